@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both set everything up from a fresh
+# clone (a .venv with the package and its dependencies); nothing else is needed but Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.samri_ml-installed
+DEMO_DATA ?= example_data
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python 3.11 is needed"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/samri_ml-example $(DEMO_DATA)
+	$(BIN)/samri_ml-register $(DEMO_DATA) $(DEMO_OUT) participant --fast \
+		--template $(DEMO_DATA)/template/template_T2w.nii.gz \
+		--template-mask $(DEMO_DATA)/template/template_desc-brain_mask.nii.gz \
+		-w $(DEMO_DATA)/../.demo_work --write-graph colored --nprocs 2
+	@echo "Outputs: $(DEMO_OUT)  (reports: $(DEMO_OUT)/sub-*.html, graph: $(DEMO_OUT)/figures/)"
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check samri_ml tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_DATA) .demo_work .pytest_cache
