@@ -1,1 +1,6 @@
+"""Nipype workflow factories (``init_*_wf``)."""
 
+from samri_ml.workflows.generic import init_generic_wf
+from samri_ml.workflows.registration import init_functional_wf, init_structural_wf
+
+__all__ = ["init_generic_wf", "init_structural_wf", "init_functional_wf"]

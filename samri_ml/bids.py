@@ -1,0 +1,103 @@
+"""BIDS naming, derivatives layout and atomic writes (pure Python, no pybids needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+#: raw-entity order of the BIDS specification (the subset SAMRI-style datasets use)
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
+_ENTITY = re.compile(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9]+)")
+
+
+def parse_entities(path) -> dict:
+    """Entities, suffix, datatype and extension of a BIDS file name.
+
+    >>> parse_entities("sub-01/ses-1/func/sub-01_ses-1_task-rest_bold.nii.gz")["task"]
+    'rest'
+    """
+    path = Path(path)
+    name = path.name
+    ext = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
+    stem = name[: len(name) - len(ext)] if ext else name
+    parts = stem.split("_")
+    out = {k: v for k, v in _ENTITY.findall(stem)}
+    out["suffix"] = parts[-1] if "-" not in parts[-1] else ""
+    out["extension"] = ext
+    out["datatype"] = path.parent.name if path.parent.name in ("anat", "func", "dwi", "fmap", "perf") else ""
+    return out
+
+
+def derivative_path(
+    out_dir, source, *, suffix=None, extension=None, datatype=None, **extra
+) -> Path:
+    """Where a derivative of ``source`` goes: ``out_dir/sub-X[/ses-Y]/<datatype>/<name>``.
+
+    ``extra`` entities (``space``, ``desc``, ``from_``, ``to``, ``mode``...) follow the raw
+    entities in the given order; a trailing underscore in a key is dropped (``from_`` -> ``from``).
+    """
+    ent = parse_entities(source)
+    parts = [f"{k}-{ent[k]}" for k in ENTITY_ORDER if k in ent]
+    parts += [f"{k.rstrip('_')}-{v}" for k, v in extra.items() if v]
+    suffix = ent["suffix"] if suffix is None else suffix
+    if suffix:
+        parts.append(suffix)
+    ext = ent["extension"] if extension is None else extension
+    folder = Path(out_dir) / f"sub-{ent['sub']}"
+    if "ses" in ent:
+        folder = folder / f"ses-{ent['ses']}"
+    datatype = ent["datatype"] if datatype is None else datatype
+    if datatype:
+        folder = folder / datatype
+    return folder / ("_".join(parts) + ext)
+
+
+def atomic_copy(src, dst) -> Path:
+    """Copy ``src`` to ``dst`` so that ``dst`` is never seen half-written (temp file + rename)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def atomic_write_text(text: str, dst) -> Path:
+    """Write text to ``dst`` atomically."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def write_dataset_description(out_dir, source_dir, version: str, command: str) -> Path:
+    """BIDS-Derivatives ``dataset_description.json`` with ``GeneratedBy``."""
+    desc = {
+        "Name": "samri_ml registration",
+        "BIDSVersion": "1.8.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {"Name": "samri_ml", "Version": version, "CodeURL": "https://pypi.org/project/samri_ml/",
+             "Description": command}
+        ],
+        "SourceDatasets": [{"URL": Path(source_dir).resolve().as_uri()}],
+    }
+    return atomic_write_text(json.dumps(desc, indent=2) + "\n", Path(out_dir) / "dataset_description.json")

@@ -1,0 +1,55 @@
+"""What every samri_ml command shares: one-line errors, exit codes, logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+from samri_ml.errors import SamriMLError
+
+__all__ = ["SamriMLError", "run_cli", "wants_verbose"]
+
+
+def wants_verbose(argv) -> bool:
+    argv = sys.argv[1:] if argv is None else argv
+    return any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
+               for a in argv)
+
+
+def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None) -> int:
+    """Run ``main(argv)``; turn failures into one line on stderr and an exit code.
+
+    0 success, 2 usage error (argparse), 1 any other failure, 130 interrupted. With ``-v`` the
+    traceback is printed as well.
+    """
+    verbose = wants_verbose(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return int(main(argv) or 0)
+    except SamriMLError as err:
+        if verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{prog}: error: out of memory; hint: use fewer --nprocs", file=sys.stderr)
+        return 1
+    except SystemExit as err:  # argparse: 2 for usage errors, 0 for --help/--version
+        return err.code if isinstance(err.code, int) else 1
+    except Exception as err:  # noqa: BLE001 - the user sees one line; -v shows the traceback
+        if verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: {type(err).__name__}: {err} (rerun with -v for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")

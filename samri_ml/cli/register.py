@@ -1,0 +1,363 @@
+"""``samri_ml-register``: SAMRI's generic registration of a BIDS dataset, as a BIDS App.
+
+    samri_ml-register BIDS_DIR [OUTPUT_DIR] [participant] --template T.nii.gz --template-mask M.nii.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from samri_ml import __version__
+from samri_ml.cli._common import run_cli, setup_logging
+from samri_ml.errors import SamriMLError
+
+PROG = "samri_ml-register"
+DEFAULT_STRUCTURAL = {"datatype": "anat", "suffix": ["T2w", "T1w"]}
+DEFAULT_FUNCTIONAL = {"datatype": "func", "suffix": ["bold", "cbv"]}
+PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph",
+           "LSF", "Condor", "OAR", "IPython", "Debug")
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err.msg})") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"suffix\": [\"T2w\"]}}', got {text!r}")
+    return value
+
+
+def _plugin_args(text: str) -> dict:
+    """``--plugin-args`` as JSON (``'{"sbatch_args": "-p short"}'``) or ``key=value,key=value``."""
+    text = text.strip()
+    if text.startswith("{"):
+        return _json_dict(text)
+    out = {}
+    for item in filter(None, text.split(",")):
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"expected key=value in --plugin-args, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Register the structural and functional scans of a BIDS dataset to a "
+        "template with SAMRI's generic workflow (antsRegistration), optionally with U-Net brain "
+        "masking, and write BIDS-Derivatives with QC (VCF, SCF).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset")
+    p.add_argument("output_dir", type=Path, nargs="?", default=None,
+                   help="derivatives folder (default: BIDS_DIR/derivatives/samri_ml)")
+    p.add_argument("analysis_level", nargs="?", default="participant", choices=["participant"],
+                   help="BIDS-App analysis level")
+    g = p.add_argument_group("selecting data")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", default=None,
+                   help="subjects to process (with or without 'sub-'); default: all")
+    g.add_argument("--session-label", nargs="+", default=None,
+                   help="sessions to process (with or without 'ses-'); default: all")
+    g.add_argument("-s", "--structural-match", type=_json_dict, default=DEFAULT_STRUCTURAL,
+                   help="pybids filters (JSON) selecting the structural scans; the first "
+                   "matching suffix in the list is used per session")
+    g.add_argument("-f", "--functional-match", type=_json_dict, default=DEFAULT_FUNCTIONAL,
+                   help="pybids filters (JSON) selecting the functional scans")
+    g = p.add_argument_group("registration")
+    g.add_argument("--template", type=Path, required=True, help="template image (NIfTI)")
+    g.add_argument("--template-mask", type=Path, required=True, help="brain mask of the template")
+    g.add_argument("--template-name", default=None,
+                   help="the space- entity of the outputs (default: from the template file name)")
+    g.add_argument("--registration-method", choices=["composite", "structural", "functional"],
+                   default="composite", help="how functional runs reach the template (SAMRI's)")
+    g.add_argument("--registration-flavour", default="default",
+                   help="default (fast, accurate), samri (SAMRI's exact phases, slow), fast, or "
+                   "a JSON file of phases")
+    g.add_argument("--fast", action="store_true",
+                   help="shorthand for --registration-flavour fast (tests, demos)")
+    g.add_argument("--masking", choices=["none", "unet"], default="none",
+                   help="unet: predict brain masks and use them in N4 and antsRegistration")
+    g.add_argument("--dummy-scans", type=int, default=10,
+                   help="volumes dropped at the start of each functional run")
+    g.add_argument("--no-slice-timing", action="store_true",
+                   help="skip slice timing correction even where SliceTiming is known")
+    g.add_argument("--no-qc", action="store_true", help="skip the VCF/SCF QC nodes")
+    g = p.add_argument_group("execution")
+    g.add_argument("-w", "--work-dir", type=Path, default=None,
+                   help="Nipype's working folder; rerunning with the same one reuses finished "
+                   "nodes (default: OUTPUT_DIR/.samri_ml_work)")
+    g.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1,
+                   help="processes (MultiProc)")
+    g.add_argument("--omp-nthreads", type=int, default=None,
+                   help="threads per ANTs call (default: --nprocs)")
+    g.add_argument("--mem-gb", type=float, default=None, help="memory limit for MultiProc")
+    g.add_argument("--plugin", default="MultiProc",
+                   help=f"Nipype execution plugin ({', '.join(PLUGINS)})")
+    g.add_argument("--plugin-args", type=_plugin_args, default={},
+                   help="plugin arguments: JSON or key=value,key=value "
+                   "(e.g. '{\"sbatch_args\": \"-p short --mem=4G\"}')")
+    g.add_argument("--write-graph", nargs="?", const="colored", default=None,
+                   choices=["hierarchical", "flat", "colored", "orig", "exec"],
+                   help="write a picture of the workflow graph to OUTPUT_DIR/figures")
+    g.add_argument("--graph-format", choices=["png", "svg"], default="png")
+    g.add_argument("--stop-on-first-crash", action="store_true")
+    g.add_argument("--dry-run", action="store_true",
+                   help="build the workflow (and its graph) but run nothing")
+    g.add_argument("-v", "--verbose", action="count", default=0)
+    g.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return p
+
+
+def template_label(path: Path) -> str:
+    """``tpl-Phantom_T2w.nii.gz`` -> ``Phantom``; else the file stem without non-alphanumerics."""
+    name = path.name
+    match = re.search(r"tpl-([a-zA-Z0-9]+)", name)
+    if match:
+        return match.group(1)
+    stem = re.sub(r"\.nii(\.gz)?$", "", name)
+    return re.sub(r"[^a-zA-Z0-9]", "", stem) or "template"
+
+
+def validate(args, parser) -> None:
+    """Check paths before building anything; usage problems go through ``parser.error`` (exit 2)."""
+    from samri_ml.io import load_nifti
+
+    bids_dir = args.bids_dir
+    if not bids_dir.exists():
+        parser.error(f"BIDS_DIR {bids_dir} does not exist")
+    if not bids_dir.is_dir():
+        parser.error(f"BIDS_DIR {bids_dir} is not a folder")
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise SamriMLError(f"{bids_dir} is not a BIDS dataset (no dataset_description.json); "
+                           "hint: point to the dataset's root folder")
+    args.bids_dir = bids_dir = bids_dir.resolve()
+    out = (args.output_dir or bids_dir / "derivatives" / "samri_ml").resolve()
+    if out == bids_dir:
+        parser.error("OUTPUT_DIR must not be BIDS_DIR itself; use BIDS_DIR/derivatives/samri_ml")
+    if out.is_relative_to(bids_dir) and not out.is_relative_to(bids_dir / "derivatives"):
+        parser.error(f"OUTPUT_DIR {out} would write among the source data; put it under "
+                     f"{bids_dir / 'derivatives'} or outside BIDS_DIR")
+    args.output_dir = out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SamriMLError(f"cannot create OUTPUT_DIR {out} ({err.strerror}); hint: choose a "
+                           "writable folder as OUTPUT_DIR") from err
+    if not os.access(out, os.W_OK):
+        raise SamriMLError(f"OUTPUT_DIR {out} is not writable; hint: choose another folder")
+    work = (args.work_dir or out / ".samri_ml_work").resolve()
+    if work.is_relative_to(bids_dir) and not work.is_relative_to(bids_dir / "derivatives"):
+        parser.error(f"--work-dir {work} would write among the source data")
+    args.work_dir = work
+    template = load_nifti(args.template, allow_4d=False)
+    mask = load_nifti(args.template_mask, allow_4d=False)
+    import numpy as np
+
+    if template.shape[:3] != mask.shape[:3] or not np.allclose(template.affine, mask.affine, atol=1e-3):
+        raise SamriMLError(
+            f"template {args.template} {template.shape[:3]} and mask {args.template_mask} "
+            f"{mask.shape[:3]} are not on the same grid; hint: resample the mask onto the "
+            "template (antsApplyTransforms -n NearestNeighbor -r TEMPLATE)")
+    if not np.any(np.asanyarray(mask.dataobj) > 0):
+        raise SamriMLError(f"template mask {args.template_mask} is empty")
+    args.template = args.template.resolve()
+    args.template_mask = args.template_mask.resolve()
+    if args.template_name is None:
+        args.template_name = template_label(args.template)
+    if args.fast:
+        args.registration_flavour = "fast"
+    from samri_ml.registration import load_flavour
+
+    load_flavour(args.registration_flavour)
+    if args.nprocs < 1:
+        parser.error("--nprocs must be at least 1")
+    if args.omp_nthreads is None:
+        args.omp_nthreads = args.nprocs
+    if args.dummy_scans < 0:
+        parser.error("--dummy-scans must be >= 0")
+
+
+def collect_sessions(args) -> list[dict]:
+    """Query the dataset: one entry per subject/session with its structural and functional scans."""
+    import bids
+
+    try:
+        layout = bids.BIDSLayout(str(args.bids_dir), validate=False)
+    except Exception as err:  # pybids raises many kinds for broken datasets
+        raise SamriMLError(f"{args.bids_dir}: cannot index the BIDS dataset ({err})") from err
+    subjects = layout.get_subjects()
+    if not subjects:
+        raise SamriMLError(f"{args.bids_dir}: no sub-* folders with scans found")
+    wanted = subjects
+    if args.participant_label:
+        wanted = [s.removeprefix("sub-") for s in args.participant_label]
+        missing = sorted(set(wanted) - set(subjects))
+        if missing:
+            raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}; "
+                               f"available: {', '.join(subjects[:20])}")
+    sessions_wanted = [s.removeprefix("ses-") for s in args.session_label] if args.session_label else None
+
+    def query(filters, subject, session):
+        filters = dict(filters)
+        filters.setdefault("extension", [".nii", ".nii.gz"])
+        kw = dict(subject=subject, return_type="object", **filters)
+        if session is not None:
+            kw["session"] = session
+        try:
+            return layout.get(**kw)
+        except Exception as err:
+            raise SamriMLError(f"invalid BIDS filter {filters} ({err})") from err
+
+    out = []
+    for subject in wanted:
+        sessions = layout.get_sessions(subject=subject) or [None]
+        if sessions_wanted is not None:
+            sessions = [s for s in sessions if s in sessions_wanted]
+        for session in sessions:
+            anats = query(args.structural_match, subject, session)
+            suffixes = args.structural_match.get("suffix")
+            if isinstance(suffixes, list):  # prefer the first suffix listed (T2w before T1w)
+                anats.sort(key=lambda f: suffixes.index(f.entities.get("suffix")))
+            funcs = query(args.functional_match, subject, session)
+            if not anats and not funcs:
+                continue
+            out.append({
+                "subject": subject, "session": session,
+                "anat": anats[0].path if anats else None,
+                "bold": [f.path for f in funcs],
+                "bold_metadata": [f.get_metadata() for f in funcs],
+            })
+    if not out:
+        raise SamriMLError(
+            f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
+            f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
+    return out
+
+
+def build_workflow(args, sessions):
+    from nipype.pipeline import engine as pe
+
+    from samri_ml.workflows import init_generic_wf
+
+    wf = pe.Workflow(name="samri_ml_wf", base_dir=str(args.work_dir))
+    for item in sessions:
+        name = f"sub_{item['subject']}" + (f"_ses_{item['session']}" if item["session"] else "")
+        sub_wf = init_generic_wf(
+            template=str(args.template), template_mask=str(args.template_mask),
+            anat_file=item["anat"], bold_files=item["bold"], bold_metadata=item["bold_metadata"],
+            output_dir=str(args.output_dir), template_name=args.template_name,
+            method=args.registration_method, flavour=args.registration_flavour,
+            masking=args.masking, dummy_scans=args.dummy_scans,
+            slice_timing=not args.no_slice_timing, qc=not args.no_qc,
+            omp_nthreads=args.omp_nthreads, name=re.sub(r"[^a-zA-Z0-9_]", "_", name))
+        log_dir = args.output_dir / f"sub-{item['subject']}" / "log"
+        sub_wf.config["execution"] = {"crashdump_dir": str(log_dir), "crashfile_format": "txt"}
+        wf.add_nodes([sub_wf])
+    wf.config["execution"] = {
+        "crashdump_dir": str(args.output_dir / "log"),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": args.stop_on_first_crash,
+        "remove_unnecessary_outputs": False,
+        "hash_method": "content",
+    }
+    return wf
+
+
+class Progress:
+    """Nipype status callback: one line per finished node, so long runs show progress."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.stream, self.start = total, 0, stream, time.monotonic()
+
+    def __call__(self, node, status):
+        if status == "start":
+            return
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        what = "FAILED" if status == "exception" else "done"
+        print(f"[{self.done}/{self.total} {elapsed:6.0f}s] {what}: {node.fullname}",
+              file=self.stream, flush=True)
+
+
+def _main(argv=None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    validate(args, parser)
+    from samri_ml.ants import ensure_ants_on_path
+
+    ants = ensure_ants_on_path()
+    sessions = collect_sessions(args)
+    from samri_ml.lock import OutputLock
+
+    with OutputLock(args.output_dir):
+        from samri_ml.bids import write_dataset_description
+
+        write_dataset_description(args.output_dir, args.bids_dir, __version__,
+                                  " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]))
+        wf = build_workflow(args, sessions)
+        n_scans = sum(bool(s["anat"]) + len(s["bold"]) for s in sessions)
+        print(f"{PROG}: {len(sessions)} session(s), {n_scans} scan(s); template "
+              f"{args.template_name}; flavour {args.registration_flavour}; masking "
+              f"{args.masking}; {ants}; work dir {args.work_dir}", file=sys.stderr)
+        if args.write_graph:
+            from samri_ml.graph import write_workflow_graph
+
+            path, how = write_workflow_graph(wf, args.output_dir / "figures" / "workflow_graph",
+                                             graph2use=args.write_graph, fmt=args.graph_format)
+            print(f"{PROG}: workflow graph written to {path} ({how})", file=sys.stderr)
+        if args.dry_run:
+            return 0
+        plugin_args = dict(args.plugin_args)
+        if args.plugin == "MultiProc":
+            plugin_args.setdefault("n_procs", args.nprocs)
+            if args.mem_gb:
+                plugin_args.setdefault("memory_gb", args.mem_gb)
+            plugin_args.setdefault("raise_insufficient", False)
+        if args.verbose == 0:
+            from nipype import logging as nlogging
+
+            nlogging.getLogger("nipype.workflow").setLevel("WARNING")
+        total = len(wf._create_flat_graph().nodes())
+        plugin_args.setdefault("status_callback", Progress(total))
+        try:
+            wf.run(plugin=args.plugin, plugin_args=plugin_args)
+        except RuntimeError as err:
+            if "Workflow did not execute cleanly" in str(err) or "Traceback" in str(err):
+                raise SamriMLError(
+                    f"some steps failed; crash files are in {args.output_dir}/sub-*/log "
+                    f"(rerun with the same -w to resume)") from err
+            raise
+        if not args.no_qc:
+            _write_reports(args, sessions)
+    print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
+    return 0
+
+
+def _write_reports(args, sessions) -> None:
+    """Per-subject HTML reports, where the report module is available."""
+    try:
+        from samri_ml.report import write_subject_reports
+    except ImportError:
+        return
+    for path in write_subject_reports(args.output_dir, sessions, template=args.template,
+                                      template_mask=args.template_mask,
+                                      template_name=args.template_name):
+        print(f"{PROG}: report {path}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``samri_ml-register``: returns the exit code."""
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

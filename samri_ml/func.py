@@ -1,0 +1,76 @@
+"""Functional-run preprocessing in numpy (what SAMRI took from FSL/AFNI): dummy-scan removal,
+slice timing correction and the temporal mean."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def n_dummy_to_drop(n_volumes: int, requested: int) -> int:
+    """Dummy volumes to drop: ``requested``, clamped so that at least one volume is left."""
+    if n_volumes < 1:
+        raise ValueError("a functional run needs at least one volume")
+    return int(max(0, min(requested, n_volumes - 1)))
+
+
+def drop_dummy_volumes(data: np.ndarray, requested: int = 10) -> tuple[np.ndarray, int]:
+    """Drop the first ``requested`` volumes of a 4D array (clamped, see :func:`n_dummy_to_drop`).
+
+    Returns the kept data and the number of volumes dropped. 3D data is returned unchanged.
+    """
+    if data.ndim < 4:
+        return data, 0
+    n = n_dummy_to_drop(data.shape[3], requested)
+    if n < requested:
+        warnings.warn(
+            f"only {data.shape[3]} volumes: dropping {n} dummy volumes instead of {requested}",
+            stacklevel=2,
+        )
+    return data[..., n:], n
+
+
+def slice_time_correct(
+    data: np.ndarray, slice_times, repetition_time: float, slice_axis: int = 2,
+    reference_time: float | None = None,
+) -> np.ndarray:
+    """Shift each slice's time series to a common reference time.
+
+    Slice ``k`` was acquired at ``t_k = slice_times[k]`` within each repetition. Its signal is
+    resampled at ``t_ref`` by Fourier (sinc) interpolation, i.e. delayed by
+    ``d_k = t_k - t_ref`` seconds: ``S_k(f) * exp(-2 pi i f d_k)`` with the series mirrored at
+    its ends (so that no wrap-around edge is created). ``t_ref`` defaults to the middle of the
+    repetition, as FSL's slicetimer does. Runs of fewer than 3 volumes are returned unchanged.
+    """
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim != 4:
+        raise ValueError("slice timing correction needs a 4D time series")
+    n_t = data.shape[3]
+    slice_times = np.asarray(slice_times, dtype=float)
+    if slice_times.size != data.shape[slice_axis]:
+        raise ValueError(
+            f"{slice_times.size} slice times for {data.shape[slice_axis]} slices along axis {slice_axis}"
+        )
+    if n_t < 3:
+        return data.copy()
+    if reference_time is None:
+        reference_time = repetition_time / 2.0
+    # mirror the series so that the FFT sees a continuous periodic signal
+    mirrored = np.concatenate([data, data[..., ::-1]], axis=3)
+    freqs = np.fft.rfftfreq(2 * n_t, d=repetition_time)
+    spectrum = np.fft.rfft(mirrored, axis=3)
+    delays = slice_times - reference_time  # positive: slice acquired late, so shift it back
+    out = np.empty_like(spectrum)
+    for k, delay in enumerate(delays):
+        index = [slice(None)] * 4
+        index[slice_axis] = k
+        phase = np.exp(-2j * np.pi * freqs * delay)
+        out[tuple(index)] = spectrum[tuple(index)] * phase
+    corrected = np.fft.irfft(out, n=2 * n_t, axis=3)[..., :n_t]
+    return corrected
+
+
+def temporal_mean(data: np.ndarray) -> np.ndarray:
+    """Mean over time of a 4D array (3D arrays are returned as they are)."""
+    return data.mean(axis=3) if data.ndim == 4 else np.asarray(data)

@@ -1,0 +1,66 @@
+"""Writing workflow results into a BIDS-Derivatives folder (atomically)."""
+
+from __future__ import annotations
+
+import json
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from samri_ml.bids import atomic_copy, atomic_write_text, derivative_path
+
+
+class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="file to store")
+    source_file = traits.Str(mandatory=True, desc="the raw BIDS file it derives from (for its name)")
+    base_directory = Directory(mandatory=True, desc="the derivatives folder")
+    space = traits.Str(desc="space entity, e.g. the template name")
+    desc = traits.Str(desc="desc entity")
+    from_ = traits.Str(desc="from entity (transforms)")
+    to = traits.Str(desc="to entity (transforms)")
+    mode = traits.Str(desc="mode entity (transforms)")
+    suffix = traits.Str(desc="suffix; default: the source's")
+    extension = traits.Str(desc="extension; default: the input's own")
+    metadata = traits.Dict(desc="sidecar JSON content (written next to the file)")
+
+
+class _DerivativesDataSinkOutputSpec(TraitedSpec):
+    out_file = File(desc="the stored file")
+
+
+class DerivativesDataSink(SimpleInterface):
+    """Copy a result into ``<base>/sub-X/[ses-Y/]<datatype>/`` under its BIDS-Derivatives name.
+
+    The copy is atomic (temporary file and rename), so a killed run never leaves a half-written
+    derivative behind.
+    """
+
+    input_spec = _DerivativesDataSinkInputSpec
+    output_spec = _DerivativesDataSinkOutputSpec
+
+    def _run_interface(self, runtime):
+        from pathlib import Path
+
+        in_file = Path(self.inputs.in_file)
+        ext = self.inputs.extension or ("".join(in_file.suffixes[-2:]) if in_file.name.endswith(
+            ".nii.gz") else in_file.suffix)
+        extra = {}
+        for key in ("space", "desc", "from_", "to", "mode"):
+            value = getattr(self.inputs, key)
+            if isinstance(value, str) and value:
+                extra[key] = value
+        suffix = self.inputs.suffix or None
+        out = derivative_path(self.inputs.base_directory, self.inputs.source_file,
+                              suffix=suffix, extension=ext, **extra)
+        atomic_copy(in_file, out)
+        if self.inputs.metadata:
+            sidecar = out.with_name(out.name[: -len(ext)] + ".json")
+            atomic_write_text(json.dumps(self.inputs.metadata, indent=2) + "\n", sidecar)
+        self._results["out_file"] = str(out)
+        return runtime

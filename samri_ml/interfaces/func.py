@@ -1,0 +1,102 @@
+"""Thin Nipype interfaces over :mod:`samri_ml.func` (functional-run preprocessing)."""
+
+from __future__ import annotations
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+from samri_ml import func
+
+
+def _save_like(data, img, in_file, suffix, cwd):
+    out = fname_presuffix(in_file, suffix=suffix, newpath=cwd)
+    hdr = img.header.copy()
+    hdr.set_data_dtype(np.float32)
+    nb.Nifti1Image(data.astype(np.float32), img.affine, hdr).to_filename(out)
+    return out
+
+
+class _DropDummyScansInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="4D functional run")
+    dummy_scans = traits.Int(10, usedefault=True, desc="volumes to drop (clamped to leave one)")
+
+
+class _DropDummyScansOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the run without its first volumes")
+    n_dropped = traits.Int(desc="volumes actually dropped")
+
+
+class DropDummyScans(SimpleInterface):
+    """Drop the first (steady-state) volumes of a functional run."""
+
+    input_spec = _DropDummyScansInputSpec
+    output_spec = _DropDummyScansOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nb.load(self.inputs.in_file)
+        data, n = func.drop_dummy_volumes(np.asanyarray(img.dataobj), self.inputs.dummy_scans)
+        self._results["out_file"] = _save_like(data, img, self.inputs.in_file, "_nodummy", runtime.cwd)
+        self._results["n_dropped"] = n
+        return runtime
+
+
+class _SliceTimingInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="4D functional run")
+    slice_timing = traits.List(traits.Float, mandatory=True, desc="acquisition time of each slice (s)")
+    repetition_time = traits.Float(mandatory=True, desc="repetition time (s)")
+    slice_encoding_direction = traits.Enum(
+        "k", "k-", "i", "i-", "j", "j-", usedefault=True, desc="BIDS SliceEncodingDirection"
+    )
+
+
+class _SliceTimingOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="slice-timing corrected run")
+
+
+class SliceTimeCorrection(SimpleInterface):
+    """Slice timing correction by Fourier interpolation (see :func:`samri_ml.func.slice_time_correct`)."""
+
+    input_spec = _SliceTimingInputSpec
+    output_spec = _SliceTimingOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nb.load(self.inputs.in_file)
+        direction = self.inputs.slice_encoding_direction
+        axis = "ijk".index(direction[0])
+        times = list(self.inputs.slice_timing)
+        if direction.endswith("-"):
+            times = times[::-1]
+        data = func.slice_time_correct(
+            np.asanyarray(img.dataobj), times, self.inputs.repetition_time, slice_axis=axis
+        )
+        self._results["out_file"] = _save_like(data, img, self.inputs.in_file, "_stc", runtime.cwd)
+        return runtime
+
+
+class _TemporalMeanInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="3D or 4D image")
+
+
+class _TemporalMeanOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="3D temporal mean")
+
+
+class TemporalMean(SimpleInterface):
+    """The temporal mean of a 4D run (the reference image SAMRI registers)."""
+
+    input_spec = _TemporalMeanInputSpec
+    output_spec = _TemporalMeanOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nb.load(self.inputs.in_file)
+        data = func.temporal_mean(np.asanyarray(img.dataobj, dtype=np.float32))
+        self._results["out_file"] = _save_like(data, img, self.inputs.in_file, "_mean", runtime.cwd)
+        return runtime

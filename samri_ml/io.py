@@ -1,0 +1,83 @@
+"""Loading images with one-line, user-facing errors (see :class:`samri_ml.errors.SamriMLError`)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.errors import SamriMLError
+
+
+def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_values: bool = True):
+    """Load a NIfTI image, refusing what would silently give nonsense downstream.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.nii`` or ``.nii.gz`` file.
+    allow_4d : bool
+        Accept 4D (time series) images.
+    allow_2d : bool
+        Accept 2D images (one slice). Otherwise a 2D image is refused.
+    check_values : bool
+        Refuse NaN/Inf voxels and all-zero images (reads the data once).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        With its data read into memory (``img.get_fdata()`` is cached).
+
+    Raises
+    ------
+    SamriMLError
+        Missing file, not a NIfTI, truncated/corrupt file, wrong number of dimensions,
+        NaN/Inf or all-zero data.
+    """
+    import nibabel as nb
+
+    path = Path(path)
+    if not path.exists():
+        raise SamriMLError(f"{path}: no such file")
+    if path.is_dir():
+        raise SamriMLError(f"{path}: is a folder, expected a NIfTI image (.nii or .nii.gz)")
+    if not os.access(path, os.R_OK):
+        raise SamriMLError(f"{path}: not readable (check its permissions)")
+    try:
+        img = nb.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (nb.filebasedimages.ImageFileError, gzip.BadGzipFile) as err:
+        raise SamriMLError(f"{path}: not a NIfTI image ({err}); hint: give a .nii or .nii.gz file") from err
+    except (EOFError, OSError, ValueError, zlib_error()) as err:
+        raise SamriMLError(f"{path}: truncated or corrupt image ({err})") from err
+    # drop trailing singleton dimensions beyond 3 (e.g. 4D with one volume)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    ndim = data.ndim
+    if ndim == 2 or (ndim == 3 and min(data.shape) == 1 and sum(s > 1 for s in data.shape) < 2):
+        if not allow_2d:
+            raise SamriMLError(f"{path}: is a 2D image {data.shape}; a 3D volume is needed")
+    if ndim > 4 or (ndim == 4 and not allow_4d):
+        raise SamriMLError(
+            f"{path}: has {ndim} dimensions {data.shape}; expected 3D" + (" or 4D" if allow_4d else "")
+        )
+    if ndim < 2:
+        raise SamriMLError(f"{path}: has {ndim} dimension(s); expected a 3D image")
+    if check_values:
+        finite = np.isfinite(data)
+        if not finite.all():
+            bad = int((~finite).sum())
+            raise SamriMLError(f"{path}: {bad} voxels are NaN or Inf; hint: fix or zero them first")
+        if not np.any(data):
+            raise SamriMLError(f"{path}: the image is all zeros")
+    if data.ndim != len(img.shape):
+        img = nb.Nifti1Image(np.asarray(data), img.affine, img.header)
+    return img
+
+
+def zlib_error():
+    import zlib
+
+    return zlib.error

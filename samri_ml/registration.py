@@ -1,0 +1,108 @@
+"""Registration settings as data: SAMRI's phases and the faster flavours, in JSON files.
+
+``samri_ml/data/registration/<flavour>.json`` holds, per flavour, the per-phase antsRegistration
+parameters (SAMRI's ``GENERIC_PHASES`` layout), which phases each stream runs, the winsorisation
+of each stream and the N4 settings. :func:`registration_inputs` turns a list of phases into the
+inputs of :class:`nipype.interfaces.ants.Registration` (one list entry per stage).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from samri_ml.errors import SamriMLError
+
+FLAVOURS = ("default", "fast", "samri")
+#: keys of a phase that become one list entry per stage of antsRegistration
+STAGE_KEYS = (
+    "transforms",
+    "transform_parameters",
+    "number_of_iterations",
+    "metric",
+    "metric_weight",
+    "radius_or_number_of_bins",
+    "sampling_strategy",
+    "sampling_percentage",
+    "convergence_threshold",
+    "convergence_window_size",
+    "smoothing_sigmas",
+    "sigma_units",
+    "shrink_factors",
+    "use_histogram_matching",
+)
+
+
+@lru_cache
+def load_flavour(flavour: str = "default") -> dict:
+    """Read a flavour's JSON (a name from :data:`FLAVOURS` or a path to a JSON file)."""
+    if flavour in FLAVOURS:
+        text = resources.files("samri_ml").joinpath(f"data/registration/{flavour}.json").read_text()
+    else:
+        path = Path(flavour)
+        if not path.is_file():
+            raise SamriMLError(
+                f"unknown registration flavour {flavour!r}; hint: one of {', '.join(FLAVOURS)} "
+                "or a path to a JSON file in their format"
+            )
+        text = path.read_text()
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SamriMLError(f"registration flavour {flavour!r} is not valid JSON ({err})") from err
+    for key in ("phases", "streams", "winsorize", "n4", "registration"):
+        if key not in settings:
+            raise SamriMLError(f"registration flavour {flavour!r} lacks the {key!r} section")
+    return settings
+
+
+def _none(value):
+    """JSON cannot say Python's ``None`` inside lists as SAMRI did; "None" stands for it."""
+    if isinstance(value, list):
+        return [_none(v) for v in value]
+    return None if value == "None" else value
+
+
+def registration_inputs(flavour: str, stream: str) -> dict:
+    """Inputs of ``nipype.interfaces.ants.Registration`` for one stream of a flavour.
+
+    Parameters
+    ----------
+    flavour : str
+        ``default``, ``fast``, ``samri`` or a JSON path.
+    stream : str
+        ``structural``, ``functional_to_structural`` or ``functional_to_template``.
+
+    Returns
+    -------
+    dict
+        Keyword arguments: per-stage lists (``transforms``, ``metric``... one entry per phase),
+        winsorisation of the stream, and the flavour's global options (``float``,
+        ``write_composite_transform``, ...).
+    """
+    settings = load_flavour(flavour)
+    try:
+        phases = [settings["phases"][name] for name in settings["streams"][stream]]
+    except KeyError as err:
+        raise SamriMLError(f"flavour {flavour!r} has no phase or stream {err}") from err
+    inputs = {key: [_none(phase[key]) for phase in phases] for key in STAGE_KEYS}
+    # a stage with a single metric is given as scalars, a multi-metric stage as lists
+    inputs["transform_parameters"] = [tuple(p) for p in inputs["transform_parameters"]]
+    lower, upper = settings["winsorize"]["functional" if stream.startswith("f") else stream]
+    inputs.update(winsorize_lower_quantile=lower, winsorize_upper_quantile=upper)
+    inputs.update(settings["registration"])
+    inputs["dimension"] = 3
+    return inputs
+
+
+def n4_inputs(flavour: str, stream: str) -> dict:
+    """Inputs of ``nipype.interfaces.ants.N4BiasFieldCorrection`` for a stream."""
+    settings = load_flavour(flavour)
+    return dict(settings["n4"]["functional" if stream.startswith("f") else "structural"])
+
+
+def n_stages(flavour: str, stream: str) -> int:
+    """How many antsRegistration stages a stream has (one mask entry is needed per stage)."""
+    return len(load_flavour(flavour)["streams"][stream])

@@ -1,0 +1,164 @@
+"""``init_generic_wf``: SAMRI's generic-prep for one subject/session, with QC and derivatives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from samri_ml.errors import SamriMLError
+from samri_ml.interfaces.bids import DerivativesDataSink
+from samri_ml.workflows.registration import (
+    _check,
+    init_functional_wf,
+    init_structural_wf,
+)
+
+
+def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None = None,
+                    bold_files=(), bold_metadata=None, output_dir: str | None = None,
+                    template_name: str = "template", method: str = "composite",
+                    flavour: str = "default", masking: str = "none", dummy_scans: int = 10,
+                    slice_timing: bool = True, qc: bool = True, workflow_label: str | None = None,
+                    omp_nthreads: int = 1, name: str = "generic_wf"):
+    """SAMRI's generic registration of one subject/session (structural and functional scans).
+
+    Parameters
+    ----------
+    template, template_mask : str
+        The template and its brain mask (paths).
+    anat_file : str or None
+        The structural scan (None for a functional-only session; ``composite`` then falls back
+        to ``functional``).
+    bold_files : list of str
+        Functional runs (4D).
+    bold_metadata : list of dict
+        Sidecar metadata of each run (``RepetitionTime``, ``SliceTiming``,
+        ``SliceEncodingDirection``).
+    output_dir : str or None
+        BIDS-Derivatives folder to write into (None: no data sinks).
+    template_name : str
+        The ``space-`` entity of the outputs.
+    method : str
+        ``composite``, ``structural`` or ``functional`` (see :func:`init_functional_wf`).
+    flavour : str
+        Registration flavour (``default``, ``fast``, ``samri`` or a JSON path).
+    masking : str
+        ``none`` (SAMRI Generic) or ``unet`` (Generic Masked: the U-Net mask feeds N4 and
+        antsRegistration in both streams).
+    dummy_scans : int
+        Volumes dropped at the start of each run.
+    slice_timing : bool
+        Correct slice timing where the sidecar gives ``SliceTiming``.
+    qc : bool
+        Compute VCF and SCF for every registered scan and write them with the derivatives.
+    workflow_label : str
+        Label recorded with the QC values (default: ``generic`` or ``generic_masked``).
+    omp_nthreads : int
+        Threads per ANTs call.
+
+    Outputs (in ``output_dir``)
+    ---------------------------
+    ``*_space-<template>_desc-preproc_<suffix>.nii.gz``, ``*_from-native_to-<to>_mode-image_xfm.h5``,
+    ``*_desc-brain_mask.nii.gz`` (with masking), ``*_desc-qc_metrics.json`` and ``.tsv``.
+    """
+    _check(method=method, masking=masking)
+    bold_files = list(bold_files)
+    bold_metadata = list(bold_metadata or [{} for _ in bold_files])
+    if anat_file is None and not bold_files:
+        raise SamriMLError("nothing to register: no structural and no functional scan")
+    if anat_file is None and method != "functional":
+        method = "functional"
+    label = workflow_label or ("generic_masked" if masking != "none" else "generic")
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(["template", "template_mask"]), name="inputnode")
+    inputnode.inputs.template = str(template)
+    inputnode.inputs.template_mask = str(template_mask)
+
+    def sink(name, source_file, node, field, **entities):
+        if output_dir is None:
+            return None
+        ds = pe.Node(DerivativesDataSink(base_directory=str(output_dir), source_file=str(source_file),
+                                         **entities), name=name, run_without_submitting=True)
+        wf.connect(node, field, ds, "in_file")
+        return ds
+
+    anat_wf = None
+    if anat_file is not None:
+        anat_wf = init_structural_wf(flavour=flavour, masking=masking, omp_nthreads=omp_nthreads,
+                                     name="anat_wf")
+        anat_wf.inputs.inputnode.in_file = str(anat_file)
+        wf.connect(inputnode, "template", anat_wf, "inputnode.template")
+        wf.connect(inputnode, "template_mask", anat_wf, "inputnode.template_mask")
+        out = "outputnode."
+        sink("ds_anat", anat_file, anat_wf, out + "out_file", space=template_name, desc="preproc")
+        sink("ds_anat_xfm", anat_file, anat_wf, out + "composite_transform", from_="native",
+             to=template_name, mode="image", suffix="xfm", extension=".h5")
+        if masking != "none":
+            sink("ds_anat_mask", anat_file, anat_wf, out + "out_mask", desc="brain", suffix="mask")
+        if qc:
+            _connect_qc(wf, anat_file, (anat_wf, out + "out_file"), "anat", label, output_dir,
+                        "anat")
+
+    for index, (bold, meta) in enumerate(zip(bold_files, bold_metadata, strict=True)):
+        times = meta.get("SliceTiming") if slice_timing else None
+        bold_method = method
+        func_wf = init_functional_wf(
+            flavour=flavour, method=bold_method, masking=masking, dummy_scans=dummy_scans,
+            slice_timing=times, repetition_time=meta.get("RepetitionTime"),
+            slice_encoding_direction=meta.get("SliceEncodingDirection", "k"),
+            omp_nthreads=omp_nthreads, name=f"func{index}_wf")
+        func_wf.inputs.inputnode.in_file = str(bold)
+        wf.connect(inputnode, "template", func_wf, "inputnode.template")
+        wf.connect(inputnode, "template_mask", func_wf, "inputnode.template_mask")
+        if anat_wf is not None and bold_method in ("composite", "structural"):
+            wf.connect(anat_wf, "outputnode.bias_corrected", func_wf, "inputnode.structural")
+            wf.connect(anat_wf, "outputnode.composite_transform",
+                       func_wf, "inputnode.structural_transform")
+            if masking != "none":
+                wf.connect(anat_wf, "outputnode.out_mask", func_wf, "inputnode.structural_mask")
+        out = "outputnode."
+        sink(f"ds_func{index}", bold, func_wf, out + "out_file", space=template_name,
+             desc="preproc")
+        if bold_method != "structural":
+            target = template_name if bold_method == "functional" else "T2w"
+            if anat_file is not None and bold_method == "composite":
+                from samri_ml.bids import parse_entities
+
+                target = parse_entities(anat_file)["suffix"] or "anat"
+            sink(f"ds_func{index}_xfm", bold, func_wf, out + "composite_transform",
+                 from_="native", to=target, mode="image", suffix="xfm", extension=".h5")
+        if masking != "none":
+            sink(f"ds_func{index}_mask", bold, func_wf, out + "out_mask", desc="brain",
+                 suffix="mask")
+        if qc:
+            _connect_qc(wf, bold, (func_wf, out + "out_file"), "func", label, output_dir,
+                        f"func{index}")
+    return wf
+
+
+def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix):
+    """VCF and SCF of a registered scan against its raw input, written beside the derivatives."""
+    from samri_ml.interfaces.qc import SmoothnessConservation, VolumeConservation, WriteQCMetrics
+
+    vcf = pe.Node(VolumeConservation(raw_file=str(raw_file)), name=f"{prefix}_vcf", mem_gb=1)
+    scf = pe.Node(SmoothnessConservation(raw_file=str(raw_file)), name=f"{prefix}_scf", mem_gb=2)
+    write = pe.Node(WriteQCMetrics(scan=Path(str(raw_file)).name, modality=modality,
+                                   workflow=label), name=f"{prefix}_qc")
+    wf.connect([
+        (processed[0], vcf, [(processed[1], "processed_file")]),
+        (processed[0], scf, [(processed[1], "processed_file")]),
+        (vcf, scf, [("vcf", "vcf")]),
+        (vcf, write, [("vcf", "vcf"), ("volume_processed", "volume_processed"),
+                      ("volume_raw", "volume_raw")]),
+        (scf, write, [("scf", "scf"), ("scf_normalised", "scf_normalised"),
+                      ("fwhm_processed", "fwhm_processed"), ("fwhm_raw", "fwhm_raw")]),
+    ])
+    if output_dir is not None:
+        for ext, field in ((".json", "out_json"), (".tsv", "out_tsv")):
+            ds = pe.Node(DerivativesDataSink(base_directory=str(output_dir),
+                                             source_file=str(raw_file), desc="qc",
+                                             suffix="metrics", extension=ext),
+                         name=f"ds_{prefix}_qc{ext[1:]}", run_without_submitting=True)
+            wf.connect(write, field, ds, "in_file")

@@ -1,0 +1,270 @@
+"""SAMRI's generic registration workflow, as Nipype workflow factories.
+
+``init_structural_wf``  N4 bias correction -> antsRegistration to the template (template mask
+                        as fixed-image mask; phases s_translation, similarity, affine, syn) ->
+                        antsApplyTransforms.
+``init_functional_wf``  drop dummy volumes -> slice timing correction (optional) -> temporal
+                        mean -> N4 -> antsRegistration of the mean (to the bias-corrected
+                        structural scan, ``composite``; or straight to the template,
+                        ``functional``) -> transforms merged -> antsApplyTransforms on the 4D run.
+``init_generic_wf``     both streams for one subject/session, with QC and BIDS-Derivatives
+                        sinks; this is what ``samri_ml-register`` runs.
+
+Every stream has a mask slot (``masking='input'`` takes ``inputnode.in_mask``; ``'unet'``
+inserts the U-Net :class:`~samri_ml.interfaces.MaskBrain` node) that feeds the N4 mask and
+antsRegistration's moving-image mask, as the "Generic Masked" workflow of the seed paper.
+"""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.interfaces.ants import ApplyTransforms, N4BiasFieldCorrection, Registration
+from nipype.pipeline import engine as pe
+
+from samri_ml.errors import SamriMLError
+from samri_ml.interfaces.func import DropDummyScans, SliceTimeCorrection, TemporalMean
+from samri_ml.registration import n4_inputs, n_stages, registration_inputs
+
+METHODS = ("composite", "structural", "functional")
+MASKING = ("none", "unet", "input")
+
+
+def _check(method=None, masking=None):
+    if method is not None and method not in METHODS:
+        raise SamriMLError(f"unknown registration method {method!r}; one of {', '.join(METHODS)}")
+    if masking is not None and masking not in MASKING:
+        raise SamriMLError(f"unknown masking {masking!r}; one of {', '.join(MASKING)}")
+
+
+def _registration_node(name, flavour, stream, omp_nthreads, mem_gb=2):
+    reg = pe.Node(Registration(**registration_inputs(flavour, stream)), name=name,
+                  n_procs=omp_nthreads, mem_gb=mem_gb)
+    reg.inputs.num_threads = omp_nthreads
+    reg.inputs.output_transform_prefix = "xfm_"
+    reg.inputs.output_warped_image = False
+    return reg
+
+
+def _replicate(in_file, n):
+    """One copy of a mask per registration stage (antsRegistration's ``--masks`` per stage)."""
+    return [in_file] * n
+
+
+def _mask_list_node(name, flavour, stream):
+    node = pe.Node(niu.Function(function=_replicate, input_names=["in_file", "n"],
+                                output_names=["out"]), name=name, run_without_submitting=True)
+    node.inputs.n = n_stages(flavour, stream)
+    return node
+
+
+def _n4_node(name, flavour, stream, omp_nthreads):
+    n4 = pe.Node(N4BiasFieldCorrection(dimension=3, copy_header=True, **n4_inputs(flavour, stream)),
+                 name=name, n_procs=omp_nthreads, mem_gb=1)
+    n4.inputs.num_threads = omp_nthreads
+    return n4
+
+
+def _mask_source(workflow, masking, inputnode, image_source, prefix):
+    """Return ``(node, field)`` giving the brain mask of a stream, or None without masking."""
+    if masking == "none":
+        return None
+    if masking == "input":
+        return inputnode, "in_mask"
+    from samri_ml.interfaces.masking import MaskBrain
+
+    mask = pe.Node(MaskBrain(), name=f"{prefix}_mask", mem_gb=2)
+    workflow.connect([(image_source[0], mask, [(image_source[1], "in_file")])])
+    return mask, "out_mask"
+
+
+def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_nthreads: int = 1,
+                       name: str = "structural_wf"):
+    """Structural stream: bias correction and registration to a template.
+
+    Parameters
+    ----------
+    flavour : str
+        Registration flavour (``default``, ``fast``, ``samri`` or a JSON path).
+    masking : str
+        ``none``, ``input`` (``inputnode.in_mask``) or ``unet`` (predict the mask).
+    omp_nthreads : int
+        Threads for ANTs.
+
+    Inputs
+    ------
+    in_file : the structural scan (native space)
+    template, template_mask : the template and its brain mask
+    in_mask : brain mask of ``in_file`` (used when ``masking='input'``)
+
+    Outputs
+    -------
+    out_file : the bias-corrected scan in template space
+    bias_corrected : the bias-corrected scan in native space
+    composite_transform, inverse_composite_transform : native <-> template (``.h5``)
+    out_mask : the brain mask used (``masking`` other than ``none``)
+    """
+    _check(masking=masking)
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(["in_file", "template", "template_mask", "in_mask"]),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(
+        ["out_file", "bias_corrected", "composite_transform", "inverse_composite_transform",
+         "out_mask"]), name="outputnode")
+    biascorrect = _n4_node("s_biascorrect", flavour, "structural", omp_nthreads)
+    register = _registration_node("s_register", flavour, "structural", omp_nthreads)
+    fixed_masks = _mask_list_node("s_fixed_masks", flavour, "structural")
+    warp = pe.Node(ApplyTransforms(interpolation="BSpline", float=True, dimension=3),
+                   name="s_warp", n_procs=omp_nthreads, mem_gb=1)
+    warp.inputs.num_threads = omp_nthreads
+    wf.connect([
+        (inputnode, biascorrect, [("in_file", "input_image")]),
+        (inputnode, register, [("template", "fixed_image")]),
+        (inputnode, fixed_masks, [("template_mask", "in_file")]),
+        (fixed_masks, register, [("out", "fixed_image_masks")]),
+        (biascorrect, register, [("output_image", "moving_image")]),
+        (biascorrect, warp, [("output_image", "input_image")]),
+        (inputnode, warp, [("template", "reference_image")]),
+        (register, warp, [("composite_transform", "transforms")]),
+        (warp, outputnode, [("output_image", "out_file")]),
+        (biascorrect, outputnode, [("output_image", "bias_corrected")]),
+        (register, outputnode, [("composite_transform", "composite_transform"),
+                                ("inverse_composite_transform", "inverse_composite_transform")]),
+    ])
+    mask = _mask_source(wf, masking, inputnode, (inputnode, "in_file"), "s")
+    if mask is not None:
+        moving_masks = _mask_list_node("s_moving_masks", flavour, "structural")
+        wf.connect([
+            (mask[0], biascorrect, [(mask[1], "mask_image")]),
+            (mask[0], moving_masks, [(mask[1], "in_file")]),
+            (moving_masks, register, [("out", "moving_image_masks")]),
+            (mask[0], outputnode, [(mask[1], "out_mask")]),
+        ])
+    return wf
+
+
+def init_functional_wf(*, flavour: str = "default", method: str = "composite",
+                       masking: str = "none", dummy_scans: int = 10, slice_timing=None,
+                       repetition_time: float | None = None,
+                       slice_encoding_direction: str = "k", omp_nthreads: int = 1,
+                       name: str = "functional_wf"):
+    """Functional stream: a 4D run into template space.
+
+    Parameters
+    ----------
+    flavour : str
+        Registration flavour.
+    method : str
+        ``composite`` (mean -> structural with f_translation, then the structural transform),
+        ``structural`` (the structural transform only; the run is assumed aligned in scanner
+        space with the structural scan) or ``functional`` (mean straight to the template with
+        f_only_translation, similarity, affine, syn).
+    masking : str
+        ``none``, ``input`` or ``unet`` (mask of the temporal mean).
+    dummy_scans : int
+        Volumes dropped at the start (clamped so that one is left).
+    slice_timing : list of float or None
+        Acquisition time of each slice (the sidecar's ``SliceTiming``); None skips slice timing
+        correction.
+    repetition_time : float
+        Needed with ``slice_timing``.
+
+    Inputs
+    ------
+    in_file : the 4D run
+    template, template_mask : the template and its mask
+    structural : the bias-corrected structural scan (``composite``)
+    structural_transform : structural -> template composite transform (``composite``,
+        ``structural``)
+    structural_mask : brain mask of the structural scan (``composite`` with masking)
+    in_mask : mask of the run's temporal mean (``masking='input'``)
+
+    Outputs
+    -------
+    out_file : the 4D run in template space
+    out_mean : its temporal mean (native space, bias corrected)
+    transforms : the list of transforms applied (antsApplyTransforms order)
+    composite_transform : the run's own registration (to the structural scan or the template)
+    out_mask : the mask used
+    """
+    _check(method=method, masking=masking)
+    if slice_timing is not None and not repetition_time:
+        raise SamriMLError("slice timing correction needs the repetition time")
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(
+        ["in_file", "template", "template_mask", "structural", "structural_transform",
+         "structural_mask", "in_mask"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(
+        ["out_file", "out_mean", "transforms", "composite_transform", "out_mask"]),
+        name="outputnode")
+    dummy = pe.Node(DropDummyScans(dummy_scans=dummy_scans), name="f_dummy")
+    wf.connect(inputnode, "in_file", dummy, "in_file")
+    series = (dummy, "out_file")
+    if slice_timing is not None:
+        stc = pe.Node(SliceTimeCorrection(slice_timing=list(slice_timing),
+                                          repetition_time=repetition_time,
+                                          slice_encoding_direction=slice_encoding_direction),
+                      name="f_stc")
+        wf.connect(dummy, "out_file", stc, "in_file")
+        series = (stc, "out_file")
+    mean = pe.Node(TemporalMean(), name="f_mean")
+    biascorrect = _n4_node("f_biascorrect", flavour, "functional", omp_nthreads)
+    warp = pe.Node(ApplyTransforms(interpolation="BSpline", float=True, dimension=3,
+                                   input_image_type=3), name="f_warp",
+                   n_procs=omp_nthreads, mem_gb=2)
+    warp.inputs.num_threads = omp_nthreads
+    merge = pe.Node(niu.Merge(2), name="f_merge", run_without_submitting=True)
+    wf.connect([
+        (series[0], mean, [(series[1], "in_file")]),
+        (mean, biascorrect, [("out_file", "input_image")]),
+        (series[0], warp, [(series[1], "input_image")]),
+        (inputnode, warp, [("template", "reference_image")]),
+        (merge, warp, [("out", "transforms")]),
+        (warp, outputnode, [("output_image", "out_file")]),
+        (biascorrect, outputnode, [("output_image", "out_mean")]),
+        (merge, outputnode, [("out", "transforms")]),
+    ])
+    register = stream = None
+    if method == "composite":
+        stream = "functional_to_structural"
+        register = _registration_node("f_register", flavour, "functional_to_structural",
+                                      omp_nthreads)
+        wf.connect([
+            (inputnode, register, [("structural", "fixed_image")]),
+            (inputnode, merge, [("structural_transform", "in1")]),
+            (register, merge, [("composite_transform", "in2")]),
+        ])
+    elif method == "functional":
+        stream = "functional_to_template"
+        register = _registration_node("f_register", flavour, "functional_to_template",
+                                      omp_nthreads)
+        fixed_masks = _mask_list_node("f_fixed_masks", flavour, stream)
+        wf.connect([
+            (inputnode, register, [("template", "fixed_image")]),
+            (inputnode, fixed_masks, [("template_mask", "in_file")]),
+            (fixed_masks, register, [("out", "fixed_image_masks")]),
+            (register, merge, [("composite_transform", "in1")]),
+        ])
+    else:
+        wf.connect(inputnode, "structural_transform", merge, "in1")
+    if register is not None:
+        wf.connect([
+            (biascorrect, register, [("output_image", "moving_image")]),
+            (register, outputnode, [("composite_transform", "composite_transform")]),
+        ])
+    mask = _mask_source(wf, masking, inputnode, (mean, "out_file"), "f")
+    if mask is not None:
+        wf.connect([
+            (mask[0], biascorrect, [(mask[1], "mask_image")]),
+            (mask[0], outputnode, [(mask[1], "out_mask")]),
+        ])
+        # a moving-image mask needs a fixed-image mask: the template's (``functional``) or
+        # the structural scan's (``composite``)
+        if register is not None:
+            moving_masks = _mask_list_node("f_moving_masks", flavour, stream)
+            wf.connect([(mask[0], moving_masks, [(mask[1], "in_file")]),
+                        (moving_masks, register, [("out", "moving_image_masks")])])
+        if method == "composite":
+            fixed_masks = _mask_list_node("f_fixed_masks", flavour, stream)
+            wf.connect([(inputnode, fixed_masks, [("structural_mask", "in_file")]),
+                        (fixed_masks, register, [("out", "fixed_image_masks")])])
+    return wf

@@ -1,0 +1,36 @@
+"""Shared fixtures: where the real data is, and a small example dataset built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SAMRI_ML_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip the test with the reason."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set SAMRI_ML_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ants_on_path():
+    from samri_ml.ants import ensure_ants_on_path
+
+    ensure_ants_on_path()
+
+
+@pytest.fixture(scope="session")
+def example_dataset(tmp_path_factory) -> Path:
+    """The project's own example BIDS dataset (2 subjects, short runs), built once."""
+    from samri_ml.example import write_example_dataset
+
+    out = tmp_path_factory.mktemp("example") / "bids"
+    write_example_dataset(out, n_subjects=2, n_volumes=14, seed=0)
+    return out

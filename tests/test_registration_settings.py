@@ -1,0 +1,46 @@
+"""Registration flavours are data (JSON) and turn into valid antsRegistration command lines."""
+
+import pytest
+from nipype.interfaces.ants import Registration
+
+from samri_ml.errors import SamriMLError
+from samri_ml.registration import FLAVOURS, load_flavour, n_stages, registration_inputs
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("stream", ["structural", "functional_to_structural", "functional_to_template"])
+def test_flavours_build_command_lines(flavour, stream, tmp_path):
+    reg = Registration(**registration_inputs(flavour, stream))
+    for name in ("f.nii.gz", "m.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    reg.inputs.fixed_image = str(tmp_path / "f.nii.gz")
+    reg.inputs.moving_image = str(tmp_path / "m.nii.gz")
+    cmd = reg.cmdline
+    assert cmd.count("--transform ") == n_stages(flavour, stream)
+    assert "--float 1" in cmd and "--write-composite-transform 1" in cmd
+    lower = "0.005" if stream == "structural" else "0.05"
+    assert f"--winsorize-image-intensities [ {lower}," in cmd
+
+
+def test_samri_phases_are_samri_s():
+    settings = load_flavour("samri")
+    syn = settings["phases"]["syn"]
+    assert syn["transform_parameters"] == [0.05, 1.0, 15]
+    assert syn["metric"] == ["MI", "CC"] and syn["metric_weight"] == [0.25, 0.75]
+    assert syn["radius_or_number_of_bins"] == [32, 5] and syn["sampling_percentage"] == [0.8, 0.8]
+    assert syn["number_of_iterations"] == [50]
+    assert settings["streams"]["structural"] == ["s_translation", "similarity", "affine", "syn"]
+    assert settings["registration"]["interpolation"] == "BSpline"
+
+
+def test_fast_has_the_same_phases_with_less_work():
+    fast, default = load_flavour("fast"), load_flavour("default")
+    assert fast["streams"] == default["streams"]
+    for name, phase in fast["phases"].items():
+        assert phase["transforms"] == default["phases"][name]["transforms"]
+        assert sum(phase["number_of_iterations"]) <= sum(default["phases"][name]["number_of_iterations"])
+
+
+def test_unknown_flavour_is_a_clear_error():
+    with pytest.raises(SamriMLError, match="unknown registration flavour"):
+        load_flavour("nonsense")
