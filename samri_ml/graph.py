@@ -80,16 +80,18 @@ def _draw_layered(workflow, path: Path, graph2use: str) -> None:
         order = sorted(graph.nodes, key=lambda n: (layer[n], groups[n], labels[n]))
     rows: dict[int, int] = {}
     pos = {}
-    for n in order:
-        row = rows.get(layer[n], 0)
-        rows[layer[n]] = row + 1
-        pos[n] = (layer[n], -row)
+    for n in order:  # data flows top to bottom; nodes of one layer side by side
+        col = rows.get(layer[n], 0)
+        rows[layer[n]] = col + 1
+        pos[n] = (col, -layer[n])
+    # centre each layer horizontally
+    width = max(rows.values(), default=1)
+    pos = {n: (x + (width - rows[layer[n]]) / 2.0, y) for n, (x, y) in pos.items()}
     group_names = sorted(set(groups.values()))
     cmap = plt.get_cmap("tab20")
     colour = {g: cmap(i % 20) for i, g in enumerate(group_names)}
     n_layers = max(layer.values(), default=0) + 1
-    height = max(rows.values(), default=1)
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * n_layers), max(3, 0.55 * height + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(6, 1.9 * width + 2.5), max(4, 0.75 * n_layers + 1)))
     node_colours = [colour[groups[n]] if graph2use in ("colored", "hierarchical") else "#9ecae1"
                     for n in graph.nodes]
     nx.draw_networkx_edges(graph, pos, ax=ax, arrows=True, arrowsize=10, edge_color="#777777",

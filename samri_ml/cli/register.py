@@ -326,7 +326,10 @@ def _main(argv=None) -> int:
             from nipype import logging as nlogging
 
             nlogging.getLogger("nipype.workflow").setLevel("WARNING")
-        total = len(wf._create_flat_graph().nodes())
+        from nipype.interfaces.utility import IdentityInterface
+
+        total = sum(not isinstance(n.interface, IdentityInterface)
+                    for n in wf._create_flat_graph().nodes())
         plugin_args.setdefault("status_callback", Progress(total))
         try:
             wf.run(plugin=args.plugin, plugin_args=plugin_args)
