@@ -1,0 +1,80 @@
+"""Every workflow builds and its graph expands, without running anything."""
+
+import pytest
+from nipype.pipeline.engine.utils import generate_expanded_graph
+
+from samri_ml.errors import SamriMLError
+from samri_ml.graph import write_workflow_graph
+from samri_ml.workflows import init_functional_wf, init_generic_wf, init_structural_wf
+
+
+def _names(wf):
+    return {n.fullname.split(".")[-1] for n in wf._create_flat_graph().nodes()}
+
+
+def _expands(wf):
+    graph = generate_expanded_graph(wf._create_flat_graph())
+    return graph.number_of_nodes()
+
+
+@pytest.mark.parametrize("masking", ["none", "input"])
+def test_structural_wf(masking):
+    wf = init_structural_wf(flavour="fast", masking=masking)
+    names = _names(wf)
+    assert {"s_biascorrect", "s_register", "s_warp"} <= names
+    assert ("s_moving_masks" in names) == (masking != "none")
+    assert _expands(wf) > 3
+
+
+@pytest.mark.parametrize("method", ["composite", "structural", "functional"])
+@pytest.mark.parametrize("masking", ["none", "input"])
+def test_functional_wf(method, masking):
+    wf = init_functional_wf(flavour="fast", method=method, masking=masking,
+                            slice_timing=[0.0, 0.5, 0.25], repetition_time=1.0)
+    names = _names(wf)
+    assert {"f_dummy", "f_stc", "f_mean", "f_biascorrect", "f_warp"} <= names
+    assert ("f_register" in names) == (method != "structural")
+    if method != "structural" and masking != "none":
+        register = wf.get_node("f_register")
+        edges = [d for _, t, d in wf._graph.edges(data=True) if t is register]
+        fields = {c[1] for d in edges for c in d["connect"]}
+        assert {"moving_image_masks", "fixed_image_masks"} <= fields
+    _expands(wf)
+
+
+def test_functional_without_slice_timing_has_no_stc():
+    assert "f_stc" not in _names(init_functional_wf(slice_timing=None))
+
+
+def test_slice_timing_needs_tr():
+    with pytest.raises(SamriMLError, match="repetition time"):
+        init_functional_wf(slice_timing=[0, 0.5])
+
+
+@pytest.mark.parametrize("anat,bolds", [("a_T2w.nii.gz", []), (None, ["b_bold.nii.gz"]),
+                                        ("a_T2w.nii.gz", ["b_bold.nii.gz", "c_bold.nii.gz"])])
+def test_generic_wf_structural_only_functional_only_and_both(anat, bolds, tmp_path):
+    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file=anat,
+                         bold_files=bolds, output_dir=str(tmp_path), qc=False)
+    names = _names(wf)
+    assert ("s_register" in names) == (anat is not None)
+    assert sum(n.startswith("ds_func") and n.endswith(("0", "1")) for n in names) == len(bolds)
+    if anat is None:  # functional-only: composite falls back to functional (to the template)
+        assert wf.get_node("func0_wf.f_register").inputs.transforms[-1] == "SyN"
+
+
+def test_generic_wf_refuses_empty_session():
+    with pytest.raises(SamriMLError, match="nothing to register"):
+        init_generic_wf(template="t", template_mask="m")
+
+
+@pytest.mark.parametrize("graph2use", ["colored", "flat", "hierarchical", "orig"])
+def test_graph_picture_without_graphviz(graph2use, tmp_path):
+    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file="a_T2w.nii.gz",
+                         bold_files=["b_bold.nii.gz"], output_dir=str(tmp_path), qc=False)
+    path, how = write_workflow_graph(wf, tmp_path / "g", graph2use=graph2use, force_fallback=True)
+    assert path.exists() and path.stat().st_size > 5000
+    assert "pure-Python" in how
+    svg, _ = write_workflow_graph(wf, tmp_path / "g2", graph2use=graph2use, fmt="svg",
+                                  force_fallback=True)
+    assert ("anat_wf" if graph2use == "orig" else "s_register") in svg.read_text()
