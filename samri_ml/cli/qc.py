@@ -1,0 +1,152 @@
+"""``samri_ml-qc``: registration QC (VCF, SCF) for one scan, and comparing workflows.
+
+samri_ml-qc scan PROCESSED RAW [--json OUT]
+samri_ml-qc compare DERIV_A DERIV_B [...] [--labels A B ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from samri_ml import __version__
+from samri_ml.cli._common import run_cli
+from samri_ml.errors import SamriMLError
+
+PROG = "samri_ml-qc"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Registration QC as in SAMRI: Volume Conservation Factor (VCF) and Smoothness "
+        "Conservation Factor (SCF) of a processed scan against its raw source, and statistical "
+        "comparison of workflows from their per-scan QC files.",
+        formatter_class=fmt,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{scan,compare}", required=True)
+
+    s = sub.add_parser(
+        "scan",
+        help="VCF and SCF of one processed image against its raw source",
+        description="Print (and optionally write) the QC JSON of one scan: vcf, scf, "
+        "scf_normalised, volume_processed, volume_raw (mm^3), fwhm_processed, fwhm_raw (mm). The "
+        "two images may be on different grids (e.g. processed in template space).",
+        formatter_class=fmt,
+    )
+    s.add_argument("processed", type=Path, help="processed (e.g. registered) image, 3D or 4D")
+    s.add_argument("raw", type=Path, help="the unprocessed source image, 3D or 4D")
+    s.add_argument("--json", type=Path, default=None, metavar="OUT",
+                   help="also write the JSON here")  # fmt: skip
+    s.add_argument(
+        "--mask",
+        type=Path,
+        default=None,
+        help="mask on the processed image's grid for the FWHM (default: automask)",
+    )
+    s.add_argument("--workflow", default="", help="workflow label stored in the JSON")
+    s.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
+
+    c = sub.add_parser(
+        "compare",
+        help="compare workflows from their *_desc-qc_metrics.json files",
+        description="Read every *_desc-qc_metrics.json under each derivatives folder (one folder "
+        "per workflow), print a table per workflow (mean and bootstrapped 95%% CI of |1-VCF|, "
+        "|1-SCF| and SCF/VCF^(1/3)), a one-way ANOVA F-test across workflows, pairwise two-tailed "
+        "Welch (and paired) t-tests and RMSE ratios; with --out, write TSVs, a markdown summary "
+        "and violin plots (PNG, SVG).",
+        formatter_class=fmt,
+    )
+    c.add_argument("folders", type=Path, nargs="+", metavar="DERIV_DIR",
+                   help="derivatives folders, one per workflow")  # fmt: skip
+    c.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                   help="workflow labels (default: dataset_description.json Name, else the "
+                   "folder name)")  # fmt: skip
+    c.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="write qc_metrics.tsv, qc_summary.tsv, qc_anova.tsv, qc_pairwise.tsv, "
+                   "qc_stats.md, qc_violin.png/.svg here")  # fmt: skip
+    c.add_argument("--modality", choices=("anat", "func"), default=None,
+                   help="only compare scans of this modality (default: all)")  # fmt: skip
+    c.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
+    return p
+
+
+def _scan(args, parser) -> int:
+    import numpy as np
+
+    from samri_ml.io import load_nifti
+    from samri_ml.qc.metrics import modality_of, qc_from_arrays, qc_record, scan_name
+
+    proc_img = load_nifti(args.processed, allow_4d=True)
+    raw_img = load_nifti(args.raw, allow_4d=True)
+    proc = np.asanyarray(proc_img.dataobj)
+    raw = np.asanyarray(raw_img.dataobj)
+    mask = None
+    if args.mask is not None:
+        mask = np.asanyarray(load_nifti(args.mask, allow_4d=False).dataobj) > 0
+        if mask.shape != proc.shape[:3]:
+            raise SamriMLError(
+                f"{args.mask}: mask shape {mask.shape} differs from {args.processed}'s "
+                f"{proc.shape[:3]}; hint: give a mask on the processed image's grid"
+            )
+    try:
+        values = qc_from_arrays(proc, proc_img.affine, raw, raw_img.affine, processed_mask=mask)
+    except ValueError as err:
+        raise SamriMLError(f"cannot compute QC: {err}") from err
+    if not values["volume_raw"]:
+        raise SamriMLError(
+            f"{args.raw}: no voxel is above the 66th percentile (a flat image?); VCF is undefined"
+        )
+    n_vol = proc.shape[3] if proc.ndim == 4 else 1
+    record = qc_record(
+        values,
+        scan=scan_name(args.processed),
+        modality=modality_of(proc.ndim, n_vol),
+        workflow=args.workflow,
+    )
+    text = json.dumps(record, indent=2)
+    print(text)
+    if args.json is not None:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n")
+        except OSError as err:
+            raise SamriMLError(f"{args.json}: cannot write ({err.strerror or err})") from err
+    return 0
+
+
+def _compare(args, parser) -> int:
+    from samri_ml.qc.compare import compare_workflows
+
+    if args.labels is not None and len(args.labels) != len(args.folders):
+        parser.error(f"--labels: {len(args.labels)} labels for {len(args.folders)} folders")
+    for folder in args.folders:
+        if not folder.is_dir():
+            parser.error(f"{folder}: no such folder")
+    res = compare_workflows(args.folders, args.labels, args.out, modality=args.modality)
+    print(res["markdown"])
+    if res["files"]:
+        print(f"\nWritten to {args.out}: " + ", ".join(p.name for p in res["files"]))
+    return 0
+
+
+def _main(argv=None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # for parser.error
+    if args.command == "scan":
+        return _scan(args, sub)
+    return _compare(args, sub)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``samri_ml-qc``: returns the exit code."""
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Accuracy of a registration where the truth is known: warp a subject's mask, compare."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from samri_ml.metrics import dice
+
+
+def warp_mask(mask_file, reference, transforms, out_file=None, interpolation="NearestNeighbor"):
+    """Warp a (native-space) mask or label map onto ``reference`` with antsApplyTransforms."""
+    from nipype.interfaces.ants import ApplyTransforms
+
+    from samri_ml.ants import ensure_ants_on_path
+
+    ensure_ants_on_path()
+    if isinstance(transforms, str | Path):
+        transforms = [str(transforms)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(out_file or Path(tmp) / "warped.nii.gz")
+        at = ApplyTransforms(input_image=str(mask_file), reference_image=str(reference),
+                             transforms=[str(t) for t in transforms], interpolation=interpolation,
+                             output_image=str(out), float=True)
+        at.terminal_output = "none"
+        at.run(cwd=str(out.parent))
+        return np.asanyarray(nb.load(str(out)).dataobj).copy()
+
+
+def warped_mask_dice(mask_file, template_mask, transforms) -> float:
+    """Dice of a subject's brain mask, warped to the template, with the template's mask."""
+    warped = warp_mask(mask_file, template_mask, transforms) > 0.5
+    return dice(warped, np.asanyarray(nb.load(str(template_mask)).dataobj) > 0)

@@ -1,0 +1,179 @@
+"""Nipype interfaces for registration QC: Volume and Smoothness Conservation, and their record.
+
+Thin wrappers: the maths lives in :mod:`samri_ml.qc`.
+
+>>> from samri_ml.interfaces.qc import VolumeConservation
+>>> VolumeConservation().inputs.percentile
+66.0
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+
+def _load(path):
+    from samri_ml.io import load_nifti
+
+    img = load_nifti(path, allow_4d=True)
+    return np.asanyarray(img.dataobj), img.affine
+
+
+class _VolumeConservationInputSpec(BaseInterfaceInputSpec):
+    processed_file = File(
+        exists=True, mandatory=True, desc="processed (e.g. registered) image, 3D or 4D"
+    )
+    raw_file = File(exists=True, mandatory=True, desc="unprocessed source image, 3D or 4D")
+    percentile = traits.Float(
+        66.0, usedefault=True, desc="percentile of the raw image used as foreground threshold"
+    )
+
+
+class _VolumeConservationOutputSpec(TraitedSpec):
+    vcf = traits.Float(desc="volume conservation factor V_processed / V_raw")
+    volume_processed = traits.Float(desc="processed volume above threshold (mm^3)")
+    volume_raw = traits.Float(desc="raw volume above threshold (mm^3)")
+
+
+class VolumeConservation(SimpleInterface):
+    """Volume Conservation Factor of a processed image (see
+    :func:`samri_ml.qc.volume.volume_conservation`)."""
+
+    input_spec = _VolumeConservationInputSpec
+    output_spec = _VolumeConservationOutputSpec
+
+    def _run_interface(self, runtime):
+        from samri_ml.qc.volume import volume_conservation
+
+        proc, proc_aff = _load(self.inputs.processed_file)
+        raw, raw_aff = _load(self.inputs.raw_file)
+        res = volume_conservation(proc, proc_aff, raw, raw_aff, percentile=self.inputs.percentile)
+        self._results["vcf"] = res.vcf
+        self._results["volume_processed"] = res.volume_processed
+        self._results["volume_raw"] = res.volume_raw
+        return runtime
+
+
+class _SmoothnessConservationInputSpec(BaseInterfaceInputSpec):
+    processed_file = File(
+        exists=True, mandatory=True, desc="processed (e.g. registered) image, 3D or 4D"
+    )
+    raw_file = File(exists=True, mandatory=True, desc="unprocessed source image, 3D or 4D")
+    mask_file = File(
+        exists=True,
+        desc="mask on the processed image's grid (default: automask of each image)",
+    )
+    vcf = traits.Float(desc="volume conservation factor, to compute the normalised SCF")
+
+
+class _SmoothnessConservationOutputSpec(TraitedSpec):
+    scf = traits.Float(desc="smoothness conservation factor FWHM_processed / FWHM_raw")
+    scf_normalised = traits.Float(desc="SCF / VCF^(1/3) (only when vcf is given)")
+    fwhm_processed = traits.Float(desc="combined FWHM of the processed image (mm)")
+    fwhm_raw = traits.Float(desc="combined FWHM of the raw image (mm)")
+
+
+class SmoothnessConservation(SimpleInterface):
+    """Smoothness Conservation Factor of a processed image (3dFWHMx-style FWHM, see
+    :func:`samri_ml.qc.smoothness.estimate_smoothness`)."""
+
+    input_spec = _SmoothnessConservationInputSpec
+    output_spec = _SmoothnessConservationOutputSpec
+
+    def _run_interface(self, runtime):
+        from samri_ml.errors import SamriMLError
+        from samri_ml.qc.smoothness import estimate_smoothness, smoothness_conservation
+
+        proc, proc_aff = _load(self.inputs.processed_file)
+        raw, raw_aff = _load(self.inputs.raw_file)
+        mask = None
+        if isdefined(self.inputs.mask_file):
+            mask = np.asanyarray(_load(self.inputs.mask_file)[0]) > 0
+            if mask.shape != proc.shape[:3]:
+                raise SamriMLError(
+                    f"{self.inputs.mask_file}: mask shape {mask.shape} differs from the processed "
+                    f"image's {proc.shape[:3]}"
+                )
+        s_p = estimate_smoothness(proc, _zooms(proc_aff), mask=mask, acf=False)
+        s_r = estimate_smoothness(raw, _zooms(raw_aff), acf=False)
+        vcf = self.inputs.vcf if isdefined(self.inputs.vcf) else None
+        scf, scf_n = smoothness_conservation(s_p.fwhm, s_r.fwhm, vcf)
+        self._results["scf"] = scf
+        if vcf is not None:
+            self._results["scf_normalised"] = scf_n
+        self._results["fwhm_processed"] = s_p.fwhm
+        self._results["fwhm_raw"] = s_r.fwhm
+        return runtime
+
+
+def _zooms(affine):
+    """Voxel edge lengths (mm): norms of the affine's columns (right for oblique affines)."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+class _WriteQCMetricsInputSpec(BaseInterfaceInputSpec):
+    scan = traits.Str(
+        mandatory=True,
+        desc="scan name or path (its BIDS entities name the output, e.g. sub-01_ses-1_T2w)",
+    )
+    modality = traits.Enum("anat", "func", mandatory=True, desc="'anat' or 'func'")
+    workflow = traits.Str("", usedefault=True, desc="workflow label (e.g. generic, masked)")
+    vcf = traits.Float(desc="volume conservation factor")
+    scf = traits.Float(desc="smoothness conservation factor")
+    scf_normalised = traits.Float(desc="SCF / VCF^(1/3)")
+    volume_processed = traits.Float(desc="processed volume (mm^3)")
+    volume_raw = traits.Float(desc="raw volume (mm^3)")
+    fwhm_processed = traits.Float(desc="FWHM of the processed image (mm)")
+    fwhm_raw = traits.Float(desc="FWHM of the raw image (mm)")
+
+
+class _WriteQCMetricsOutputSpec(TraitedSpec):
+    out_json = File(exists=True, desc="<entities>_desc-qc_metrics.json")
+    out_tsv = File(exists=True, desc="<entities>_desc-qc_metrics.tsv (one row)")
+
+
+class WriteQCMetrics(SimpleInterface):
+    """Write one scan's QC values as ``<entities>_desc-qc_metrics.json`` and ``.tsv``.
+
+    JSON keys: ``scan``, ``modality``, ``workflow``, ``vcf``, ``scf``, ``scf_normalised``,
+    ``volume_processed``, ``volume_raw`` (mm^3), ``fwhm_processed``, ``fwhm_raw`` (mm); values not
+    given are ``null``.
+    """
+
+    input_spec = _WriteQCMetricsInputSpec
+    output_spec = _WriteQCMetricsOutputSpec
+
+    def _run_interface(self, runtime):
+        from samri_ml.qc.metrics import (
+            VALUE_KEYS,
+            qc_basename,
+            qc_record,
+            scan_name,
+            write_qc_record,
+        )
+
+        values = {}
+        for key in VALUE_KEYS:
+            val = getattr(self.inputs, key)
+            values[key] = val if isdefined(val) else None
+        record = qc_record(
+            values,
+            scan=scan_name(self.inputs.scan),
+            modality=self.inputs.modality,
+            workflow=self.inputs.workflow,
+        )
+        stem = os.path.join(runtime.cwd, qc_basename(self.inputs.scan))
+        self._results["out_json"] = stem + ".json"
+        self._results["out_tsv"] = stem + ".tsv"
+        write_qc_record(record, self._results["out_json"], self._results["out_tsv"])
+        return runtime

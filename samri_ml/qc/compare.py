@@ -1,0 +1,425 @@
+"""Comparing workflows by their per-scan QC records: tables, statistics and violin plots.
+
+Reproduces the analysis of SAMRI's registration paper (its Fig. 3): for every workflow the
+distribution of the Volume and Smoothness Conservation Factors over scans, an F-test across
+workflows, pairwise two-tailed tests and RMSE ratios.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.errors import SamriMLError
+from samri_ml.qc.metrics import LABEL_KEYS, QC_SUFFIX, VALUE_KEYS
+
+#: Quantities compared across workflows: name -> (record key, transform, label).
+#: Deviations |1 - x| measure how far a factor is from perfect conservation (1).
+QUANTITIES = {
+    "vcf_dev": ("vcf", lambda x: np.abs(1.0 - x), "abs(1-VCF)"),
+    "scf_dev": ("scf", lambda x: np.abs(1.0 - x), "abs(1-SCF)"),
+    "scf_normalised": ("scf_normalised", lambda x: x, "SCF/VCF^(1/3)"),
+}
+#: Factors whose RMSE of (1 - x) is compared pairwise.
+FACTORS = ("vcf", "scf", "scf_normalised")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def workflow_label(folder: str | Path) -> str:
+    """Label of a derivatives folder: dataset_description.json "Name", else the folder name."""
+    folder = Path(folder)
+    desc = folder / "dataset_description.json"
+    if desc.is_file():
+        try:
+            name = json.loads(desc.read_text()).get("Name")
+        except (OSError, ValueError):
+            name = None
+        if isinstance(name, str) and name.strip():
+            return name.strip()
+    return folder.resolve().name
+
+
+def read_qc_folder(folder: str | Path, label: str | None = None) -> list[dict]:
+    """Read every ``*_desc-qc_metrics.json`` under a derivatives folder (recursively).
+
+    Files under ``sub-*/`` folders are used when there are any (the BIDS-Derivatives layout),
+    otherwise all files found.
+
+    Each record gets ``workflow`` = ``label`` (default :func:`workflow_label`) and ``path``.
+
+    Raises
+    ------
+    SamriMLError
+        The folder does not exist, holds no QC files, or a file is not a QC record.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SamriMLError(f"{folder}: no such folder")
+    label = label or workflow_label(folder)
+    files = sorted(folder.rglob(f"*_{QC_SUFFIX}.json"))
+    # BIDS-Derivatives keep them under sub-*/; elsewhere (e.g. a Nipype work folder inside the
+    # output folder) they would be counted twice
+    in_subjects = [f for f in files if f.relative_to(folder).parts[0].startswith("sub-")]
+    files = in_subjects or files
+    if not files:
+        raise SamriMLError(
+            f"{folder}: no *_{QC_SUFFIX}.json files; hint: run the workflow with QC, or "
+            "`samri_ml-qc scan PROCESSED RAW --json sub-X_..._desc-qc_metrics.json`"
+        )
+    records = []
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise SamriMLError(f"{path}: not a readable JSON file ({err})") from err
+        if not isinstance(data, dict) or "vcf" not in data:
+            raise SamriMLError(f"{path}: not a QC record (no 'vcf' key)")
+        rec = {k: data.get(k) for k in LABEL_KEYS + VALUE_KEYS}
+        rec["scan"] = rec["scan"] or path.name.replace(f"_{QC_SUFFIX}.json", "")
+        rec["modality"] = rec["modality"] or ""
+        rec["workflow"] = label
+        rec["path"] = str(path)
+        records.append(rec)
+    return records
+
+
+def _values(records: list[dict], quantity: str) -> np.ndarray:
+    key, fn, _ = QUANTITIES[quantity]
+    vals = np.array([np.nan if r.get(key) is None else float(r[key]) for r in records])
+    vals = vals[np.isfinite(vals)]
+    return fn(vals)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    values: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean.
+
+    .. math:: \\mathrm{CI} = [q_{(1-\\ell)/2}, q_{(1+\\ell)/2}]\\ \\text{of}\\
+              \\{\\bar{x}^{*b}\\}_{b=1}^{B}
+
+    with :math:`\\bar{x}^{*b}` the mean of a resample with replacement, B = ``n_boot``. ``nan``
+    for fewer than 2 values.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(n_boot, values.size))
+    means = values[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
+
+
+def rmse_from_one(values: np.ndarray) -> float:
+    """Root-mean-square deviation from perfect conservation.
+
+    .. math:: \\mathrm{RMSE} = \\sqrt{\\tfrac{1}{n}\\sum_i (1 - x_i)^2}
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(np.sqrt(np.mean((1.0 - values) ** 2))) if values.size else float("nan")
+
+
+def summary_table(groups: dict[str, list[dict]]) -> list[dict]:
+    """One row per workflow: n and, per quantity, mean and bootstrapped 95% CI."""
+    rows = []
+    for wf, recs in groups.items():
+        row = {"workflow": wf, "n": len(recs)}
+        for q in QUANTITIES:
+            vals = _values(recs, q)
+            lo, hi = bootstrap_ci(vals)
+            row[f"{q}_mean"] = float(vals.mean()) if vals.size else float("nan")
+            row[f"{q}_ci_low"] = lo
+            row[f"{q}_ci_high"] = hi
+        for f in FACTORS:
+            row[f"{f}_rmse"] = rmse_from_one(
+                np.array([np.nan if r.get(f) is None else r[f] for r in recs], dtype=float)
+            )
+        rows.append(row)
+    return rows
+
+
+def anova_table(groups: dict[str, list[dict]]) -> list[dict]:
+    """One-way ANOVA F-test across workflows per quantity (``scipy.stats.f_oneway``).
+
+    .. math:: F = \\frac{\\sum_g n_g(\\bar{x}_g - \\bar{x})^2/(G-1)}
+                       {\\sum_g\\sum_i (x_{gi} - \\bar{x}_g)^2/(N-G)}
+    """
+    from scipy import stats
+
+    rows = []
+    for q, (_, _, label) in QUANTITIES.items():
+        samples = [_values(recs, q) for recs in groups.values()]
+        ok = [s for s in samples if s.size >= 2]
+        if len(ok) >= 2 and any(np.ptp(s) > 0 for s in ok):
+            res = stats.f_oneway(*ok)
+            f, p = float(res.statistic), float(res.pvalue)
+        else:
+            f, p = float("nan"), float("nan")
+        rows.append({"quantity": q, "label": label, "F": f, "p": p, "groups": len(ok)})
+    return rows
+
+
+def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
+    """Pairwise comparisons of workflows A vs B per quantity.
+
+    - Welch's two-tailed t-test (unequal variances) on all scans;
+    - when scans with the same name exist in both, a paired two-tailed t-test on those;
+    - RMSE ratio of the factor behind the quantity:
+      :math:`\\mathrm{RMSE}_A(1-x) / \\mathrm{RMSE}_B(1-x)` (< 1: A conserves better).
+    """
+    from scipy import stats
+
+    rows = []
+    for (a, ra), (b, rb) in itertools.combinations(groups.items(), 2):
+        for q, (key, fn, label) in QUANTITIES.items():
+            va, vb = _values(ra, q), _values(rb, q)
+            if va.size >= 2 and vb.size >= 2 and (np.ptp(va) > 0 or np.ptp(vb) > 0):
+                res = stats.ttest_ind(va, vb, equal_var=False)
+                t, p = float(res.statistic), float(res.pvalue)
+            else:
+                t, p = float("nan"), float("nan")
+            # paired on common scans (same scan name and modality)
+            da = {(r["scan"], r["modality"]): r.get(key) for r in ra}
+            db = {(r["scan"], r["modality"]): r.get(key) for r in rb}
+            common = [
+                k for k in sorted(set(da) & set(db)) if da[k] is not None and db[k] is not None
+            ]
+            pa = fn(np.array([da[k] for k in common], dtype=float))
+            pb = fn(np.array([db[k] for k in common], dtype=float))
+            if len(common) >= 2 and np.ptp(pa - pb) > 0:
+                res = stats.ttest_rel(pa, pb)
+                tp, pp = float(res.statistic), float(res.pvalue)
+            else:
+                tp, pp = float("nan"), float("nan")
+            fa = np.array([np.nan if r.get(key) is None else r[key] for r in ra], dtype=float)
+            fb = np.array([np.nan if r.get(key) is None else r[key] for r in rb], dtype=float)
+            rmse_b = rmse_from_one(fb)
+            ratio = rmse_from_one(fa) / rmse_b if rmse_b > 0 else float("nan")
+            rows.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "quantity": q,
+                    "label": label,
+                    "mean_a": float(va.mean()) if va.size else float("nan"),
+                    "mean_b": float(vb.mean()) if vb.size else float("nan"),
+                    "welch_t": t,
+                    "welch_p": p,
+                    "n_paired": len(common),
+                    "paired_t": tp,
+                    "paired_p": pp,
+                    "rmse_ratio": ratio,
+                }
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "n/a"
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+            return f"{v:.3g}"
+        return f"{v:.4f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A GitHub-flavoured markdown table of dict rows."""
+    if not rows:
+        return ""
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_tsv(rows: list[dict], path: str | Path, columns: list[str] | None = None) -> None:
+    """Write dict rows as a TSV (``n/a`` for missing/NaN)."""
+    import csv
+
+    columns = columns or (list(rows[0]) if rows else [])
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(columns)
+        for row in rows:
+            out = []
+            for c in columns:
+                v = row.get(c)
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    out.append("n/a")
+                else:
+                    out.append(v)
+            w.writerow(out)
+
+
+def violin_plot(groups: dict[str, list[dict]], out_stem: str | Path) -> list[Path]:
+    """Violin plots of VCF, SCF and normalised SCF per workflow, scans overlaid as points.
+
+    One panel per factor, one violin per workflow, a dashed line at 1 (perfect conservation),
+    like Fig. 3 of SAMRI's registration paper. Writes ``<out_stem>.png`` and ``.svg``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(groups)
+    panels = [("vcf", "VCF"), ("scf", "SCF"), ("scf_normalised", "SCF / VCF$^{1/3}$")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.6, 4.0))
+    rng = np.random.default_rng(0)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        data = []
+        for wf in names:
+            v = np.array(
+                [np.nan if r.get(key) is None else r[key] for r in groups[wf]], dtype=float
+            )
+            data.append(v[np.isfinite(v)])
+        pos = [i + 1 for i, d in enumerate(data) if d.size >= 2 and np.ptp(d) > 0]
+        if pos:
+            parts = ax.violinplot([data[i - 1] for i in pos], positions=pos, showmedians=True)
+            for body, p in zip(parts["bodies"], pos, strict=True):
+                body.set_facecolor(colors[(p - 1) % len(colors)])
+                body.set_alpha(0.35)
+            for name in ("cbars", "cmins", "cmaxes", "cmedians"):
+                if name in parts:
+                    parts[name].set_color("0.35")
+                    parts[name].set_linewidth(0.9)
+        for i, d in enumerate(data):
+            x = i + 1 + rng.uniform(-0.08, 0.08, size=d.size)
+            ax.scatter(x, d, s=14, color=colors[i % len(colors)], edgecolor="k", linewidth=0.4)
+        ax.axhline(1.0, color="0.3", linestyle="--", linewidth=0.8)
+        ax.set_xticks(range(1, len(names) + 1))
+        ax.set_xticklabels(names, rotation=20, ha="right")
+        ax.set_title(title)
+    fig.tight_layout()
+    out_stem = Path(out_stem)
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+SUMMARY_COLUMNS = (
+    ["workflow", "n"]
+    + [f"{q}_{s}" for q in QUANTITIES for s in ("mean", "ci_low", "ci_high")]
+    + [f"{f}_rmse" for f in FACTORS]
+)
+PAIR_COLUMNS = [
+    "a", "b", "quantity", "mean_a", "mean_b", "welch_t", "welch_p", "n_paired", "paired_t",
+    "paired_p", "rmse_ratio",
+]  # fmt: skip
+
+
+def compare_workflows(
+    folders: list[str | Path],
+    labels: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    modality: str | None = None,
+) -> dict:
+    """Read the QC records of several derivatives folders and compare the workflows.
+
+    Parameters
+    ----------
+    folders : list of paths
+        One derivatives folder per workflow.
+    labels : list of str, optional
+        Workflow labels (default: :func:`workflow_label` of each folder).
+    out_dir : path, optional
+        Where to write ``qc_metrics.tsv`` (all records), ``qc_summary.tsv``, ``qc_anova.tsv``,
+        ``qc_pairwise.tsv``, ``qc_stats.md`` and ``qc_violin.png``/``.svg``.
+    modality : {'anat', 'func'}, optional
+        Keep only records of that modality.
+
+    Returns
+    -------
+    dict
+        ``records``, ``summary``, ``anova``, ``pairwise`` (lists of dicts), ``markdown`` and
+        ``files`` (written paths).
+    """
+    if labels is not None and len(labels) != len(folders):
+        raise SamriMLError(f"{len(labels)} labels given for {len(folders)} folders")
+    groups: dict[str, list[dict]] = {}
+    for i, folder in enumerate(folders):
+        label = labels[i] if labels else None
+        recs = read_qc_folder(folder, label)
+        if modality:
+            recs = [r for r in recs if r["modality"] == modality]
+            if not recs:
+                raise SamriMLError(f"{folder}: no QC records with modality '{modality}'")
+        wf = recs[0]["workflow"]
+        if wf in groups:
+            raise SamriMLError(f"two folders are labelled '{wf}'; hint: name them with --labels")
+        groups[wf] = recs
+    summary = summary_table(groups)
+    anova = anova_table(groups)
+    pairwise = pairwise_table(groups)
+    md = "\n\n".join(
+        [
+            "## Per workflow (mean [95% bootstrap CI])\n\n" + _summary_markdown(summary),
+            "## F-test across workflows (one-way ANOVA)\n\n"
+            + markdown_table(anova, ["label", "F", "p", "groups"]),
+            "## Pairwise (two-tailed; RMSE ratio = RMSE_a(1-x) / RMSE_b(1-x))\n\n"
+            + (
+                markdown_table(pairwise, ["a", "b", "label"] + PAIR_COLUMNS[3:])
+                or "(needs two or more workflows)"
+            ),
+        ]
+    )
+    files = []
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        records = [r for recs in groups.values() for r in recs]
+        write_tsv(records, out / "qc_metrics.tsv", list(LABEL_KEYS + VALUE_KEYS) + ["path"])
+        write_tsv(summary, out / "qc_summary.tsv", SUMMARY_COLUMNS)
+        write_tsv(anova, out / "qc_anova.tsv", ["quantity", "label", "F", "p", "groups"])
+        write_tsv(pairwise, out / "qc_pairwise.tsv", PAIR_COLUMNS)
+        (out / "qc_stats.md").write_text(md + "\n")
+        files = [out / n for n in
+                 ("qc_metrics.tsv", "qc_summary.tsv", "qc_anova.tsv", "qc_pairwise.tsv",
+                  "qc_stats.md")]  # fmt: skip
+        files += violin_plot(groups, out / "qc_violin")
+    return {
+        "records": [r for recs in groups.values() for r in recs],
+        "summary": summary,
+        "anova": anova,
+        "pairwise": pairwise,
+        "markdown": md,
+        "files": files,
+    }
+
+
+def _summary_markdown(summary: list[dict]) -> str:
+    rows = []
+    for s in summary:
+        row = {"workflow": s["workflow"], "n": s["n"]}
+        for q, (_, _, label) in QUANTITIES.items():
+            row[label] = (
+                f"{_fmt(s[f'{q}_mean'])} [{_fmt(s[f'{q}_ci_low'])}, {_fmt(s[f'{q}_ci_high'])}]"
+            )
+        rows.append(row)
+    return markdown_table(rows)

@@ -1,0 +1,153 @@
+"""Per-scan QC records: computing them from images, naming and writing them (JSON + one-row TSV).
+
+The record is the contract shared by ``samri_ml-qc scan``, the Nipype interfaces and
+``samri_ml-qc compare``::
+
+    {"scan": ..., "modality": "anat"|"func", "workflow": ...,
+     "vcf": ..., "scf": ..., "scf_normalised": ...,
+     "volume_processed": mm^3, "volume_raw": mm^3, "fwhm_processed": mm, "fwhm_raw": mm}
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.qc.smoothness import estimate_smoothness, smoothness_conservation
+from samri_ml.qc.volume import volume_conservation
+
+#: The numeric keys of a QC record, in output order.
+VALUE_KEYS = (
+    "vcf",
+    "scf",
+    "scf_normalised",
+    "volume_processed",
+    "volume_raw",
+    "fwhm_processed",
+    "fwhm_raw",
+)
+#: The descriptive keys of a QC record.
+LABEL_KEYS = ("scan", "modality", "workflow")
+#: Suffix (and extension-less) of per-scan QC derivative files.
+QC_SUFFIX = "desc-qc_metrics"
+
+_ENTITY = re.compile(r"^[A-Za-z0-9]+-[A-Za-z0-9.+]+$")
+
+
+def scan_name(path: str | Path) -> str:
+    """File name of an image without folder and ``.nii``/``.nii.gz`` extension."""
+    name = Path(str(path)).name
+    for ext in (".nii.gz", ".nii", ".gz"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def qc_basename(scan: str) -> str:
+    """Derivative file stem for a scan: its BIDS entities, ``desc-qc``, suffix ``metrics``.
+
+    >>> qc_basename("sub-01_ses-1_task-rest_acq-EPI_bold.nii.gz")
+    'sub-01_ses-1_task-rest_acq-EPI_desc-qc_metrics'
+    >>> qc_basename("sub-01_ses-1_desc-brain_T2w")
+    'sub-01_ses-1_desc-qc_metrics'
+
+    The suffix (``bold``, ``T2w``) and any ``desc-`` entity are dropped; a name without BIDS
+    entities is kept whole.
+    """
+    parts = scan_name(scan).split("_")
+    entities = [p for p in parts if _ENTITY.match(p) and not p.startswith("desc-")]
+    if not entities:
+        entities = [scan_name(scan)]
+    return "_".join(entities + [QC_SUFFIX])
+
+
+def qc_relative_path(scan: str, modality: str, ext: str = ".json") -> Path:
+    """Where a scan's QC file goes inside a derivatives folder.
+
+    >>> str(qc_relative_path("sub-01_ses-1_task-rest_bold.nii.gz", "func"))
+    'sub-01/ses-1/func/sub-01_ses-1_task-rest_desc-qc_metrics.json'
+    >>> str(qc_relative_path("sub-02_T2w", "anat", ".tsv"))
+    'sub-02/anat/sub-02_desc-qc_metrics.tsv'
+    """
+    parts = scan_name(scan).split("_")
+    folders = [p for p in parts if p.startswith(("sub-", "ses-")) and _ENTITY.match(p)][:2]
+    return Path(*folders, modality, qc_basename(scan) + ext)
+
+
+def _clean(value):
+    """JSON-safe float (NaN/Inf -> None)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def qc_record(values: dict, *, scan: str = "", modality: str = "", workflow: str = "") -> dict:
+    """Assemble a QC record with exactly the keys of :data:`LABEL_KEYS` + :data:`VALUE_KEYS`.
+
+    Missing or non-finite values become ``None`` (``null`` in JSON).
+    """
+    rec = {"scan": scan, "modality": modality, "workflow": workflow}
+    for key in VALUE_KEYS:
+        rec[key] = _clean(values.get(key))
+    return rec
+
+
+def write_qc_record(record: dict, out_json: str | Path, out_tsv: str | Path | None = None):
+    """Write a QC record as JSON (indented) and, optionally, as a one-row TSV (``n/a`` for None)."""
+    out_json = Path(out_json)
+    out_json.write_text(json.dumps(record, indent=2) + "\n")
+    if out_tsv is not None:
+        keys = list(LABEL_KEYS) + list(VALUE_KEYS)
+        with open(out_tsv, "w", newline="") as fh:
+            writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            writer.writerow(keys)
+            writer.writerow(["n/a" if record.get(k) is None else record.get(k) for k in keys])
+
+
+def modality_of(data_ndim: int, n_volumes: int = 1) -> str:
+    """'func' for a time series (4D with more than one volume), else 'anat'."""
+    return "func" if data_ndim == 4 and n_volumes > 1 else "anat"
+
+
+def qc_from_arrays(
+    processed: np.ndarray,
+    processed_affine: np.ndarray,
+    raw: np.ndarray,
+    raw_affine: np.ndarray,
+    *,
+    processed_mask: np.ndarray | None = None,
+    raw_mask: np.ndarray | None = None,
+    acf: bool = False,
+) -> dict:
+    """VCF, SCF and normalised SCF of a processed image against its source (see
+    :func:`~samri_ml.qc.volume.volume_conservation` and
+    :func:`~samri_ml.qc.smoothness.smoothness_conservation`).
+
+    .. math::
+
+        \\mathrm{VCF} = V_{proc}/V_{raw},\\quad \\mathrm{SCF} = S_{proc}/S_{raw},\\quad
+        \\mathrm{SCF}_{norm} = \\mathrm{SCF}/\\mathrm{VCF}^{1/3}
+
+    Returns a dict with the keys of :data:`VALUE_KEYS`.
+    """
+    vol = volume_conservation(processed, processed_affine, raw, raw_affine)
+    zooms_p = np.sqrt((np.asarray(processed_affine)[:3, :3] ** 2).sum(axis=0))
+    zooms_r = np.sqrt((np.asarray(raw_affine)[:3, :3] ** 2).sum(axis=0))
+    s_p = estimate_smoothness(processed, zooms_p, mask=processed_mask, acf=acf)
+    s_r = estimate_smoothness(raw, zooms_r, mask=raw_mask, acf=acf)
+    scf, scf_n = smoothness_conservation(s_p.fwhm, s_r.fwhm, vol.vcf)
+    return {
+        "vcf": vol.vcf,
+        "scf": scf,
+        "scf_normalised": scf_n,
+        "volume_processed": vol.volume_processed,
+        "volume_raw": vol.volume_raw,
+        "fwhm_processed": s_p.fwhm,
+        "fwhm_raw": s_r.fwhm,
+    }

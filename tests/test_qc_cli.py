@@ -1,0 +1,181 @@
+"""``samri_ml-qc scan`` and ``samri_ml-qc compare``: exit codes, JSON, statistics and plots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from samri_ml.cli.qc import main
+
+KEYS = {"vcf", "scf", "scf_normalised", "volume_processed", "volume_raw", "fwhm_processed",
+        "fwhm_raw"}  # fmt: skip
+
+
+def _brain(shape=(30, 32, 16), seed=0, n_t=None):
+    """A smooth textured blob (intensity falling with the radius) on an empty background."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    r2 = zz**2 + yy**2 + xx**2
+    tex = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
+    img = np.where(r2 < 1, 100 * np.exp(-r2 / 0.5) + 5 * tex, 0.0)
+    if n_t:
+        img = img[..., None] + (r2 < 1)[..., None] * rng.standard_normal((*shape, n_t))
+    return img.astype("float32")
+
+
+@pytest.fixture
+def images(tmp_path):
+    raw = _brain(n_t=4)
+    aff = np.diag([0.22, 0.25, 0.7, 1.0])
+    raw_f = tmp_path / "sub-1_task-rest_bold.nii.gz"
+    nb.save(nb.Nifti1Image(raw, aff), raw_f)
+    # processed: on a finer isotropic "template" grid, trilinear resampling of the same space
+    zoom = np.array([0.22, 0.25, 0.7]) / 0.2
+    proc = np.stack([ndimage.zoom(raw[..., t], zoom, order=1) for t in range(4)], axis=-1)
+    proc_f = tmp_path / "sub-1_task-rest_space-template_bold.nii.gz"
+    nb.save(nb.Nifti1Image(proc, np.diag([0.2, 0.2, 0.2, 1.0])), proc_f)
+    return proc_f, raw_f
+
+
+def test_scan_prints_and_writes_json(images, tmp_path, capsys):
+    proc_f, raw_f = images
+    out = tmp_path / "out" / "qc.json"
+    assert main(["scan", str(proc_f), str(raw_f), "--json", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert KEYS <= set(printed)
+    assert json.loads(out.read_text()) == printed
+    assert printed["modality"] == "func"
+    # resampling the same field of view conserves volume to within a few percent
+    assert printed["vcf"] == pytest.approx(1.0, abs=0.05)
+    assert printed["fwhm_processed"] > 0 and printed["fwhm_raw"] > 0
+
+
+def test_scan_errors_are_one_line(images, tmp_path, capsys):
+    proc_f, raw_f = images
+    assert main(["scan", str(tmp_path / "missing.nii.gz"), str(raw_f)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("samri_ml-qc: error:") and "missing.nii.gz" in err
+    assert len(err.splitlines()) == 1
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_text("not an image")
+    assert main(["scan", str(proc_f), str(bad)]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["scan", str(proc_f)]) == 2  # usage
+    assert main(["frobnicate"]) == 2
+
+
+def _deriv(root: Path, name: str, vcfs, scfs, modality="anat", describe=True):
+    root.mkdir(parents=True)
+    if describe:
+        (root / "dataset_description.json").write_text(json.dumps({"Name": name}))
+    for i, (v, s) in enumerate(zip(vcfs, scfs, strict=True)):
+        d = root / f"sub-{i:02d}" / "ses-1" / modality
+        d.mkdir(parents=True)
+        rec = {"scan": f"sub-{i:02d}_ses-1_T2w", "modality": modality, "workflow": name,
+               "vcf": v, "scf": s, "scf_normalised": s / v ** (1 / 3),
+               "volume_processed": 400 * v, "volume_raw": 400.0, "fwhm_processed": 0.3 * s,
+               "fwhm_raw": 0.3}  # fmt: skip
+        (d / f"sub-{i:02d}_ses-1_desc-qc_metrics.json").write_text(json.dumps(rec))
+    return root
+
+
+def test_compare_two_workflows(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 12
+    scf = 1.1 + 0.02 * rng.standard_normal(n)  # same smoothness in both workflows
+    good = _deriv(tmp_path / "a", "Generic Masked", 1 + 0.02 * rng.standard_normal(n), scf)
+    bad = _deriv(tmp_path / "b", "Generic", 0.8 + 0.05 * rng.standard_normal(n), scf,
+                 describe=False)  # fmt: skip
+    out = tmp_path / "cmp"
+    assert main(["compare", str(good), str(bad), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Generic Masked" in printed and "| b |" in printed  # Name, else folder name
+    for name in ("qc_violin.png", "qc_violin.svg", "qc_metrics.tsv", "qc_pairwise.tsv",
+                 "qc_summary.tsv", "qc_anova.tsv", "qc_stats.md"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert (out / "qc_violin.png").stat().st_size > 10_000
+    assert (out / "qc_violin.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (out / "qc_violin.svg").read_text()[:2000]
+    rows = (out / "qc_metrics.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * n
+
+    summary = _read_tsv(out / "qc_summary.tsv")
+    by_wf = {r["workflow"]: r for r in summary}
+    assert float(by_wf["b"]["vcf_dev_mean"]) > 5 * float(by_wf["Generic Masked"]["vcf_dev_mean"])
+    lo, hi = float(by_wf["b"]["vcf_dev_ci_low"]), float(by_wf["b"]["vcf_dev_ci_high"])
+    assert lo < float(by_wf["b"]["vcf_dev_mean"]) < hi
+    anova = {r["quantity"]: r for r in _read_tsv(out / "qc_anova.tsv")}
+    assert float(anova["vcf_dev"]["p"]) < 0.05
+    assert float(anova["scf_dev"]["p"]) > 0.05  # same SCF distribution
+    pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
+    assert float(pair["vcf_dev"]["welch_p"]) < 0.05
+    assert float(pair["vcf_dev"]["paired_p"]) < 0.05 and pair["vcf_dev"]["n_paired"] == str(n)
+    assert float(pair["vcf_dev"]["rmse_ratio"]) < 0.3  # A (masked) conserves volume better
+
+
+def test_compare_labels_and_errors(tmp_path, capsys):
+    a = _deriv(tmp_path / "a", "X", [1.0, 0.9, 1.1], [1.0, 1.1, 1.2])
+    b = _deriv(tmp_path / "b", "X", [0.9, 0.8, 1.0], [1.0, 1.1, 1.3])
+    assert main(["compare", str(a), str(b)]) == 1  # same Name twice
+    assert "--labels" in capsys.readouterr().err
+    assert main(["compare", str(a), str(b), "--labels", "masked", "plain"]) == 0
+    assert "masked" in capsys.readouterr().out
+    assert main(["compare", str(a), str(b), "--labels", "one"]) == 2
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["compare", str(a), str(empty), "--labels", "a", "e"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no *_desc-qc_metrics.json" in err and len(err.splitlines()) == 1
+    assert main(["compare", str(a), str(tmp_path / "nope")]) == 2
+
+
+@pytest.mark.shared_data
+def test_scan_on_real_mouse_scans(shared_data, tmp_path, capsys):
+    """A skull-stripped brain against its head scan (sammba): brain volume < head volume."""
+    d = shared_data / "mri" / "scans" / "sammba"
+    out = tmp_path / "qc.json"
+    code = main(["scan", str(d / "brain.nii.gz"), str(d / "anat.nii.gz"), "--json", str(out)])
+    assert code == 0
+    rec = json.loads(out.read_text())
+    assert 0.2 < rec["vcf"] < 0.9
+    assert 0.1 < rec["fwhm_raw"] < 2.0 and 0.1 < rec["fwhm_processed"] < 2.0
+    # the real 3-volume EPI against itself: everything conserved exactly
+    capsys.readouterr()
+    assert main(["scan", str(d / "func.nii.gz"), str(d / "func.nii.gz")]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["modality"] == "func"
+    assert rec["vcf"] == 1.0 and rec["scf"] == 1.0 and rec["scf_normalised"] == 1.0
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).with_name("samri_ml-qc")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "samri_ml.cli.qc"]
+    res = subprocess.run([*cmd, "scan", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "PROCESSED" in res.stdout.upper()
+
+
+def _read_tsv(path):
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def test_compare_ignores_copies_outside_subject_folders(tmp_path):
+    from samri_ml.qc.compare import compare_workflows
+
+    a = _deriv(tmp_path / "a", "A", [1.0, 0.9, 1.1], [1.0, 1.1, 1.2])
+    b = _deriv(tmp_path / "b", "B", [0.9, 0.8, 1.0], [1.0, 1.1, 1.3])
+    work = a / "work" / "qc_wf" / "ds_qc"
+    work.mkdir(parents=True)
+    src = next((a / "sub-00").rglob("*_desc-qc_metrics.json"))
+    (work / src.name).write_text(src.read_text())  # a Nipype node's copy
+    res = compare_workflows([a, b])
+    assert [row["n"] for row in res["summary"]] == [3, 3]

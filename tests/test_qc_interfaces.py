@@ -1,0 +1,122 @@
+"""QC Nipype interfaces run through Nipype and write the per-scan record."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nb
+import numpy as np
+import pytest
+from nipype import Node, Workflow
+from nipype.interfaces.base import isdefined
+from scipy import ndimage
+
+from samri_ml.interfaces.qc import SmoothnessConservation, VolumeConservation, WriteQCMetrics
+from samri_ml.qc.metrics import qc_basename, qc_relative_path
+
+KEYS = {
+    "scan", "modality", "workflow", "vcf", "scf", "scf_normalised", "volume_processed",
+    "volume_raw", "fwhm_processed", "fwhm_raw",
+}  # fmt: skip
+
+
+def _brain(shape=(32, 36, 20), seed=0):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    inside = (zz**2 + yy**2 + xx**2) < 0.6
+    tex = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
+    return np.where(inside, 100 + 20 * tex, 2 * rng.random(shape)).astype("float32")
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """raw on a 0.2 mm grid; processed = the same voxels on a grid 1.1x larger."""
+    raw = _brain()
+    aff = np.diag([0.2, 0.2, 0.4, 1.0])
+    proc = raw
+    aff_p = aff.copy()
+    aff_p[:3, :3] *= 1.1
+    raw_f = tmp_path / "sub-01_ses-1_T2w.nii.gz"
+    proc_f = tmp_path / "sub-01_ses-1_space-template_T2w.nii.gz"
+    nb.save(nb.Nifti1Image(raw, aff), raw_f)
+    nb.save(nb.Nifti1Image(proc, aff_p), proc_f)
+    return proc_f, raw_f
+
+
+def test_volume_and_smoothness_nodes_in_a_workflow(pair, tmp_path):
+    proc_f, raw_f = pair
+    wf = Workflow(name="qc_wf", base_dir=str(tmp_path / "work"))
+    vol = Node(VolumeConservation(processed_file=str(proc_f), raw_file=str(raw_f)), name="vcf")
+    smo = Node(SmoothnessConservation(processed_file=str(proc_f), raw_file=str(raw_f)), name="scf")
+    ds = Node(WriteQCMetrics(scan=str(raw_f), modality="anat", workflow="generic"), name="ds_qc")
+    wf.connect([
+        (vol, smo, [("vcf", "vcf")]),
+        (vol, ds, [("vcf", "vcf"), ("volume_processed", "volume_processed"),
+                   ("volume_raw", "volume_raw")]),
+        (smo, ds, [("scf", "scf"), ("scf_normalised", "scf_normalised"),
+                   ("fwhm_processed", "fwhm_processed"), ("fwhm_raw", "fwhm_raw")]),
+    ])  # fmt: skip
+    graph = wf.run()
+    node = next(n for n in graph.nodes() if n.name == "ds_qc")
+    out_json = node.result.outputs.out_json
+    assert out_json.endswith("sub-01_ses-1_desc-qc_metrics.json")
+    rec = json.loads(open(out_json).read())
+    assert set(rec) == KEYS
+    assert rec["scan"] == "sub-01_ses-1_T2w"
+    assert rec["modality"] == "anat" and rec["workflow"] == "generic"
+    # the same voxels on a 1.1x larger grid: every length x1.1, every volume x1.331
+    assert rec["vcf"] == pytest.approx(1.1**3, rel=1e-6)
+    assert rec["volume_processed"] == pytest.approx(1.331 * rec["volume_raw"], rel=1e-6)
+    assert rec["scf"] == pytest.approx(1.1, rel=1e-6)
+    # ... and normalising by VCF^(1/3) removes the size change: no smoothing was added
+    assert rec["scf_normalised"] == pytest.approx(1.0, rel=1e-6)
+    tsv = open(node.result.outputs.out_tsv).read().splitlines()
+    assert len(tsv) == 2
+    header, row = (line.split("\t") for line in tsv)
+    assert set(header) == KEYS
+    assert float(row[header.index("vcf")]) == pytest.approx(rec["vcf"])
+
+
+def test_smoothness_node_alone_without_vcf(pair, tmp_path):
+    """Smoothing the processed image raises its FWHM: SCF > 1 (mask given on its grid)."""
+    _, raw_f = pair
+    aff = np.diag([0.2, 0.2, 0.4, 1.0])
+    proc_f = tmp_path / "smoothed.nii.gz"
+    nb.save(nb.Nifti1Image(ndimage.gaussian_filter(_brain(), 1.5), aff), proc_f)
+    mask = ndimage.binary_erosion(_brain() > 50, iterations=2)
+    mask_f = tmp_path / "mask.nii.gz"
+    nb.save(nb.Nifti1Image(mask.astype("uint8"), aff), mask_f)
+    node = Node(
+        SmoothnessConservation(
+            processed_file=str(proc_f), raw_file=str(raw_f), mask_file=str(mask_f)
+        ),
+        name="scf",
+        base_dir=str(tmp_path / "w2"),
+    )
+    res = node.run()
+    assert res.outputs.scf > 1.1
+    assert res.outputs.scf == pytest.approx(res.outputs.fwhm_processed / res.outputs.fwhm_raw)
+    assert not isdefined(res.outputs.scf_normalised)  # no vcf given
+
+
+def test_write_qc_metrics_missing_values_are_null(tmp_path):
+    node = Node(
+        WriteQCMetrics(
+            scan="sub-02_ses-3_task-rest_acq-EPI_bold.nii.gz", modality="func", vcf=0.9
+        ),
+        name="ds",
+        base_dir=str(tmp_path),
+    )
+    res = node.run()
+    rec = json.loads(open(res.outputs.out_json).read())
+    assert set(rec) == KEYS
+    assert rec["vcf"] == 0.9 and rec["scf"] is None and rec["workflow"] == ""
+    assert res.outputs.out_json.endswith("sub-02_ses-3_task-rest_acq-EPI_desc-qc_metrics.json")
+    assert "n/a" in open(res.outputs.out_tsv).read()
+
+
+def test_qc_basename_and_derivative_path():
+    assert qc_basename("/x/sub-1_ses-a_desc-brain_T2w.nii.gz") == "sub-1_ses-a_desc-qc_metrics"
+    assert qc_basename("scan.nii") == "scan_desc-qc_metrics"
+    rel = qc_relative_path("sub-1_ses-a_task-rest_bold.nii.gz", "func")
+    assert rel.as_posix() == "sub-1/ses-a/func/sub-1_ses-a_task-rest_desc-qc_metrics.json"

@@ -1,0 +1,149 @@
+"""Volume Conservation Factor: exact for known rescalings, properties with hypothesis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from samri_ml.qc.volume import (
+    image_volume,
+    temporal_mean,
+    volume_conservation,
+    volume_threshold,
+    voxel_volume,
+)
+
+
+def blob(shape=(30, 34, 20), seed=0):
+    """A bright ellipsoid with texture on a dim noisy background."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    inside = (zz**2 / 0.8 + yy**2 / 0.6 + xx**2 / 0.7) < 1
+    return np.where(inside, 100 + 10 * rng.random(shape), 5 * rng.random(shape))
+
+
+AFF = np.diag([0.2, 0.25, 0.5, 1.0])
+
+
+def test_voxel_volume_oblique():
+    rot = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([0.2, 0.3, 0.4])
+    aff[:3, 3] = [5, -3, 2]
+    assert voxel_volume(aff) == pytest.approx(0.2 * 0.3 * 0.4, rel=1e-12)
+    shear = np.eye(4)
+    shear[:3, :3] = [[0.2, 0.1, 0], [0, 0.3, 0], [0, 0, 0.4]]  # header zooms would say 0.316
+    assert voxel_volume(shear) == pytest.approx(0.024, rel=1e-12)
+    flip = np.diag([-0.2, 0.3, 0.4, 1])
+    assert voxel_volume(flip) == pytest.approx(0.024)
+
+
+@pytest.mark.parametrize("k", [0.5, 0.9, 1.3, 2.0])
+def test_vcf_exact_for_zoomed_affine(k):
+    """Same voxels on a grid scaled by k in every direction: VCF = k^3."""
+    data = blob()
+    aff = AFF.copy()
+    aff[:3, :3] *= k
+    res = volume_conservation(data, aff, data, AFF)
+    assert res.vcf == pytest.approx(k**3, abs=1e-6)
+
+
+def test_vcf_exact_for_upsampled_image():
+    """Nearest-neighbour 2x upsampling with half-size voxels conserves volume exactly."""
+    data = blob()
+    up = data.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    aff = AFF.copy()
+    aff[:3, :3] /= 2
+    assert volume_conservation(up, aff, data, AFF).vcf == pytest.approx(1.0, abs=1e-6)
+
+
+def test_vcf_exact_for_known_voxel_count_change():
+    data = blob()
+    thr = volume_threshold(data)
+    above = np.argwhere(data > thr)
+    n = len(above)
+    proc = data.copy()
+    for idx in above[:250]:
+        proc[tuple(idx)] = 0
+    res = volume_conservation(proc, AFF, data, AFF)
+    assert res.vcf == pytest.approx((n - 250) / n, abs=1e-6)
+    assert res.volume_raw == pytest.approx(n * 0.2 * 0.25 * 0.5)
+
+
+def test_threshold_is_66th_percentile_of_raw_applied_to_both():
+    raw = np.arange(1000, dtype=float).reshape(10, 10, 10)
+    res = volume_conservation(raw * 2, np.eye(4), raw, np.eye(4))
+    assert res.threshold == pytest.approx(np.percentile(raw, 66))
+    assert res.volume_raw == np.count_nonzero(raw > res.threshold)
+    # the processed image is brighter, but the raw threshold is used
+    assert res.volume_processed == np.count_nonzero(2 * raw > res.threshold)
+
+
+def test_4d_is_averaged_over_time():
+    data = blob()
+    series = np.stack([data * 0.5, data * 1.5], axis=-1)
+    assert np.allclose(temporal_mean(series), data)
+    assert volume_conservation(series, AFF, data, AFF).vcf == pytest.approx(1.0)
+    assert volume_conservation(data, AFF, series, AFF).vcf == pytest.approx(1.0)
+
+
+def test_different_grids_processed_in_template_space():
+    """A processed image on a bigger, finer grid (zero padded) against its native raw."""
+    raw = blob()
+    up = raw.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    proc = np.zeros((80, 80, 50))
+    proc[5 : 5 + up.shape[0], 3 : 3 + up.shape[1], 2 : 2 + up.shape[2]] = up
+    aff = np.diag([0.1, 0.125, 0.25, 1.0])
+    assert volume_conservation(proc, aff, raw, AFF).vcf == pytest.approx(1.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------------ properties
+
+_shapes = st.tuples(st.integers(3, 8), st.integers(3, 8), st.integers(2, 6))
+
+
+@st.composite
+def images(draw):
+    shape = draw(_shapes)
+    seed = draw(st.integers(0, 2**16))
+    data = np.random.default_rng(seed).random(shape) * 100
+    zooms = draw(st.tuples(*[st.floats(0.05, 3.0)] * 3))
+    return data, np.diag([*zooms, 1.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(images())
+def test_identical_images_have_vcf_one(img):
+    data, aff = img
+    assert volume_conservation(data, aff, data, aff).vcf == 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(images(), st.floats(1e-3, 1e3))
+def test_vcf_invariant_to_intensity_scaling(img, scale):
+    data, aff = img
+    proc = data.copy()
+    proc[0] = 0  # a real volume change, so the invariance is not trivial
+    base = volume_conservation(proc, aff, data, aff).vcf
+    scaled = volume_conservation(proc * scale, aff, data * scale, aff).vcf
+    assert scaled == pytest.approx(base, rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    images(),
+    st.lists(st.floats(-2, 2), min_size=9, max_size=9),
+)
+def test_volume_scales_with_det_affine(img, entries):
+    data, aff = img
+    mat = np.array(entries).reshape(3, 3)
+    det = abs(np.linalg.det(mat))
+    assume(det > 1e-3)
+    lin = np.eye(4)
+    lin[:3, :3] = mat
+    thr = volume_threshold(data)
+    assert image_volume(data, lin @ aff, thr) == pytest.approx(
+        det * image_volume(data, aff, thr), rel=1e-9
+    )
