@@ -1,0 +1,104 @@
+"""End to end: samri_ml-register on the project's own example dataset, fast flavour.
+
+The example subjects are the template under a known pose and deformation, so the registration
+can be checked against the truth: the subject's brain mask warped with the written transform
+must overlap the template's mask.
+"""
+
+import json
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from samri_ml.cli.register import main
+from samri_ml.evaluation import warped_mask_dice
+
+
+@pytest.fixture(scope="module")
+def registered(example_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("deriv") / "samri_ml"
+    work = tmp_path_factory.mktemp("work")
+    tpl = example_dataset / "template"
+    argv = [str(example_dataset), str(out), "participant", "--participant-label", "sub-01",
+            "--fast", "--template", str(tpl / "tpl-Phantom_T2w.nii.gz"),
+            "--template-mask", str(tpl / "tpl-Phantom_desc-brain_mask.nii.gz"),
+            "-w", str(work), "--nprocs", "2", "--write-graph", "colored"]
+    assert main(argv) == 0
+    return example_dataset, out
+
+
+@pytest.mark.slow
+def test_structural_registration_is_accurate(registered):
+    bids, out = registered
+    anat = out / "sub-01" / "ses-1" / "anat"
+    xfm = anat / "sub-01_ses-1_from-native_to-Phantom_mode-image_xfm.h5"
+    truth = bids / "derivatives/groundtruth/sub-01/ses-1/anat/sub-01_ses-1_desc-brain_mask.nii.gz"
+    tpl_mask = bids / "template" / "tpl-Phantom_desc-brain_mask.nii.gz"
+    assert warped_mask_dice(truth, tpl_mask, xfm) >= 0.90
+    warped = nb.load(anat / "sub-01_ses-1_space-Phantom_desc-preproc_T2w.nii.gz")
+    assert warped.shape == nb.load(tpl_mask).shape
+
+
+@pytest.mark.slow
+def test_functional_run_reaches_template_space(registered):
+    bids, out = registered
+    func = out / "sub-01" / "ses-1" / "func"
+    bold = nb.load(func / "sub-01_ses-1_task-rest_space-Phantom_desc-preproc_bold.nii.gz")
+    tpl_mask = bids / "template" / "tpl-Phantom_desc-brain_mask.nii.gz"
+    assert bold.shape[:3] == nb.load(tpl_mask).shape
+    assert bold.shape[3] == 14 - 10  # ten dummy volumes dropped
+    xfms = [out / "sub-01/ses-1/anat/sub-01_ses-1_from-native_to-Phantom_mode-image_xfm.h5",
+            func / "sub-01_ses-1_task-rest_from-native_to-T2w_mode-image_xfm.h5"]
+    truth = bids / "derivatives/groundtruth/sub-01/ses-1/func/sub-01_ses-1_task-rest_desc-brain_mask.nii.gz"
+    assert warped_mask_dice(truth, tpl_mask, xfms) >= 0.85
+
+
+@pytest.mark.slow
+def test_derivatives_qc_report_and_graph(registered):
+    bids, out = registered
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "samri_ml"
+    for qc in (out / "sub-01/ses-1/anat/sub-01_ses-1_desc-qc_metrics.json",
+               out / "sub-01/ses-1/func/sub-01_ses-1_task-rest_desc-qc_metrics.json"):
+        values = json.loads(qc.read_text())
+        assert 0.5 < values["vcf"] < 2 and 0.3 < values["scf"] < 3
+        assert values["workflow"] == "generic"
+    report = (out / "sub-01.html").read_text()
+    assert report.count("<img") >= 3 and "Volume and smoothness conservation" in report
+    assert (out / "figures" / "workflow_graph.png").stat().st_size > 10000
+    assert not (out / "sub-02").exists()  # --participant-label
+    # no temporary files left by the atomic writes
+    assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".samri_ml.lock"]
+    # the source dataset gained nothing
+    assert not list(bids.rglob("*desc-preproc*"))
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_headless_browser(registered, tmp_path):
+    """The report loads offline in Debian's Chromium and its pictures render (black mosaics)."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (Debian: apt-get install chromium)")
+    _, out = registered
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                    "--window-size=1400,1800", f"--screenshot={shot}",
+                    (out / "sub-01.html").as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (1800, 1400)
+    # the slice mosaics are drawn on black: a page whose images failed would be nearly all white
+    assert (pixels < 30).mean() > 0.10
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}",
+                          "--dump-dom", (out / "sub-01.html").as_uri()], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "operator overview" in dom and dom.count("data:image/png;base64") >= 3
