@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.samri_ml-installed
 DEMO_DATA ?= example_data
 DEMO_OUT ?= demo_out
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint clean
@@ -22,10 +23,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/samri_ml-example $(DEMO_DATA)
 	$(BIN)/samri_ml-register $(DEMO_DATA) $(DEMO_OUT) participant --fast \
-		--template $(DEMO_DATA)/template/template_T2w.nii.gz \
-		--template-mask $(DEMO_DATA)/template/template_desc-brain_mask.nii.gz \
-		-w $(DEMO_DATA)/../.demo_work --write-graph colored --nprocs 2
-	@echo "Outputs: $(DEMO_OUT)  (reports: $(DEMO_OUT)/sub-*.html, graph: $(DEMO_OUT)/figures/)"
+		--template $(DEMO_DATA)/template/tpl-Phantom_T2w.nii.gz \
+		--template-mask $(DEMO_DATA)/template/tpl-Phantom_desc-brain_mask.nii.gz \
+		-w .demo_work --write-graph colored --nprocs 2 $(DEMO_ARGS)
+	@echo "Derivatives: $(DEMO_OUT)/  reports: $(DEMO_OUT)/sub-*.html  graph: $(DEMO_OUT)/figures/"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
