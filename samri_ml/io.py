@@ -49,9 +49,10 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
         img = nb.load(str(path))
         data = np.asanyarray(img.dataobj)
     except (nb.filebasedimages.ImageFileError, gzip.BadGzipFile) as err:
-        raise SamriMLError(f"{path}: not a NIfTI image ({err}); hint: give a .nii or .nii.gz file") from err
+        raise SamriMLError(f"{path}: not a NIfTI image ({_one_line(err)}); hint: give a .nii or "
+                           ".nii.gz file") from err
     except (EOFError, OSError, ValueError, zlib_error()) as err:
-        raise SamriMLError(f"{path}: truncated or corrupt image ({err})") from err
+        raise SamriMLError(f"{path}: truncated or corrupt image ({_one_line(err)})") from err
     # drop trailing singleton dimensions beyond 3 (e.g. 4D with one volume)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -75,6 +76,11 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     if data.ndim != len(img.shape):
         img = nb.Nifti1Image(np.asarray(data), img.affine, img.header)
     return img
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's text on one line (nibabel's messages can span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def zlib_error():

@@ -58,7 +58,8 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset")
     p.add_argument("output_dir", type=Path, nargs="?", default=None,
-                   help="derivatives folder (default: BIDS_DIR/derivatives/samri_ml)")
+                   help="derivatives folder (default: BIDS_DIR/derivatives/samri_ml; "
+                   "'BIDS_DIR participant' uses the default)")
     p.add_argument("analysis_level", nargs="?", default="participant", choices=["participant"],
                    help="BIDS-App analysis level")
     g = p.add_argument_group("selecting data")
@@ -90,6 +91,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-slice-timing", action="store_true",
                    help="skip slice timing correction even where SliceTiming is known")
     g.add_argument("--no-qc", action="store_true", help="skip the VCF/SCF QC nodes")
+    g.add_argument("--no-fov-check", action="store_true",
+                   help="register scans whose field of view differs from the template's by more "
+                   "than 4x (normally refused: their voxel sizes are probably scaled)")
     g = p.add_argument_group("execution")
     g.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="Nipype's working folder; rerunning with the same one reuses finished "
@@ -103,7 +107,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help=f"Nipype execution plugin ({', '.join(PLUGINS)})")
     g.add_argument("--plugin-args", type=_plugin_args, default={},
                    help="plugin arguments: JSON or key=value,key=value "
-                   "(e.g. '{\"sbatch_args\": \"-p short --mem=4G\"}')")
+                   "(e.g. '{\"sbatch_args\": \"-p short --mem=4G\"}'); "
+                   "poll_sleep_duration and job_finished_timeout (seconds) go to Nipype's "
+                   "execution config")
     g.add_argument("--write-graph", nargs="?", const="colored", default=None,
                    choices=["hierarchical", "flat", "colored", "orig", "exec"],
                    help="write a picture of the workflow graph to OUTPUT_DIR/figures")
@@ -146,17 +152,12 @@ def validate(args, parser) -> None:
         parser.error(f"OUTPUT_DIR {out} would write among the source data; put it under "
                      f"{bids_dir / 'derivatives'} or outside BIDS_DIR")
     args.output_dir = out
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SamriMLError(f"cannot create OUTPUT_DIR {out} ({err.strerror}); hint: choose a "
-                           "writable folder as OUTPUT_DIR") from err
-    if not os.access(out, os.W_OK):
-        raise SamriMLError(f"OUTPUT_DIR {out} is not writable; hint: choose another folder")
+    check_writable(out, "OUTPUT_DIR")
     work = (args.work_dir or out / ".samri_ml_work").resolve()
     if work.is_relative_to(bids_dir) and not work.is_relative_to(bids_dir / "derivatives"):
         parser.error(f"--work-dir {work} would write among the source data")
     args.work_dir = work
+    check_writable(work, "--work-dir")
     template = load_nifti(args.template, allow_4d=False)
     mask = load_nifti(args.template_mask, allow_4d=False)
     import numpy as np
@@ -168,6 +169,7 @@ def validate(args, parser) -> None:
             "template (antsApplyTransforms -n NearestNeighbor -r TEMPLATE)")
     if not np.any(np.asanyarray(mask.dataobj) > 0):
         raise SamriMLError(f"template mask {args.template_mask} is empty")
+    args.template_extent = field_of_view(template)
     args.template = args.template.resolve()
     args.template_mask = args.template_mask.resolve()
     if args.template_name is None:
@@ -183,6 +185,92 @@ def validate(args, parser) -> None:
         args.omp_nthreads = args.nprocs
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse a folder we could not write into, without creating anything yet.
+
+    An existing folder is probed by creating (and removing) a temporary file in it, which also
+    catches what ``os.access`` misses (root on a read-only mount or an immutable folder). A
+    folder still to be created is checked at its nearest existing parent with ``os.access``;
+    :func:`make_dirs` creates it once all inputs have been checked.
+    """
+    import tempfile
+
+    if folder.exists():
+        if not folder.is_dir():
+            raise SamriMLError(f"{what} {folder} exists and is not a folder; hint: choose "
+                               "another path")
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise SamriMLError(f"{what} {folder} is not writable ({err.strerror}); hint: choose "
+                               "a writable folder") from err
+        return
+    parent = folder.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SamriMLError(f"cannot create {what} {folder}: {parent} is not a writable folder; "
+                           "hint: choose a writable folder")
+
+
+def make_dirs(args) -> None:
+    """Create OUTPUT_DIR and the work dir (after every check passed, so that a refused run
+    leaves nothing behind)."""
+    for folder, what in ((args.output_dir, "OUTPUT_DIR"), (args.work_dir, "--work-dir")):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SamriMLError(f"cannot create {what} {folder} ({err.strerror}); hint: choose a "
+                               "writable folder") from err
+        check_writable(folder, what)
+
+
+def field_of_view(img) -> float:
+    """The largest side of an image's field of view in mm: ``max_i n_i * |column_i(A)|``,
+    with ``n_i`` the number of voxels along axis ``i`` and ``A`` the 3x3 part of the affine."""
+    import numpy as np
+
+    sizes = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+    return float(np.max(np.asarray(img.shape[:3]) * sizes))
+
+
+#: a scan whose field of view differs from the template's by more than this factor (either
+#: way) almost surely has scaled voxel sizes in its header (x10 is common for SPM/FSL)
+FOV_RATIO_LIMIT = 4.0
+
+
+def check_scans(args, sessions) -> None:
+    """Load every selected scan once before building anything, so that a broken file fails
+    in seconds with its name instead of hours later inside a node.
+
+    Structural scans must be 3D, functional runs 4D; every scan must be a readable NIfTI with
+    finite, not all-zero values (:func:`samri_ml.io.load_nifti`) and a field of view within
+    a factor :data:`FOV_RATIO_LIMIT` of the template's (unless ``--no-fov-check``).
+    """
+    from samri_ml.io import load_nifti
+
+    for item in sessions:
+        scans = ([(item["anat"], "structural")] if item["anat"] else [])
+        scans += [(bold, "functional") for bold in item["bold"]]
+        for path, kind in scans:
+            img = load_nifti(path, allow_4d=kind == "functional")
+            if kind == "functional" and len(img.shape) != 4:
+                raise SamriMLError(
+                    f"{path}: functional run is 3D {img.shape}; expected a 4D time series; "
+                    "hint: select only 4D runs with -f/--functional-match")
+            if getattr(args, "no_fov_check", False):
+                continue
+            extent = field_of_view(img)
+            ratio = extent / args.template_extent
+            if not 1 / FOV_RATIO_LIMIT <= ratio <= FOV_RATIO_LIMIT:
+                raise SamriMLError(
+                    f"{path}: field of view {extent:.3g} mm is {ratio:.3g}x the template's "
+                    f"({args.template_extent:.3g} mm); the voxel sizes in one of the headers "
+                    "look scaled (x10 is common for SPM/FSL); hint: fix the header's pixdim/"
+                    "affine, or pass --no-fov-check to register anyway")
 
 
 def collect_sessions(args) -> list[dict]:
@@ -290,12 +378,18 @@ class Progress:
 def _main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
+    if args.output_dir is not None and str(args.output_dir) == "participant":
+        # ``BIDS_DIR participant``: the analysis level with the default OUTPUT_DIR (argparse
+        # fills the optional positionals from the left); a folder of that name is ./participant
+        args.output_dir = None
     setup_logging(args.verbose)
     validate(args, parser)
     from samri_ml.ants import ensure_ants_on_path
 
     ants = ensure_ants_on_path()
     sessions = collect_sessions(args)
+    check_scans(args, sessions)
+    make_dirs(args)
     from samri_ml.lock import OutputLock
 
     with OutputLock(args.output_dir):
@@ -317,6 +411,11 @@ def _main(argv=None) -> int:
         if args.dry_run:
             return 0
         plugin_args = dict(args.plugin_args)
+        # Nipype reads these from its execution config, not from the plugin's arguments;
+        # accepting them in --plugin-args lets cluster users poll the scheduler less (or more)
+        for key in ("poll_sleep_duration", "job_finished_timeout"):
+            if key in plugin_args:
+                wf.config["execution"][key] = plugin_args.pop(key)
         if args.plugin == "MultiProc":
             plugin_args.setdefault("n_procs", args.nprocs)
             if args.mem_gb:
@@ -331,6 +430,15 @@ def _main(argv=None) -> int:
         total = sum(not isinstance(n.interface, IdentityInterface)
                     for n in wf._create_flat_graph().nodes())
         plugin_args.setdefault("status_callback", Progress(total))
+        if "LOGNAME" not in os.environ:
+            # Nipype's SLURM/SGE plugins name jobs after $LOGNAME and fail with a KeyError
+            # where it is unset (containers, CI, cron)
+            import getpass
+
+            try:
+                os.environ["LOGNAME"] = getpass.getuser()
+            except (KeyError, OSError):  # a uid without a passwd entry
+                os.environ["LOGNAME"] = "samri_ml"
         try:
             wf.run(plugin=args.plugin, plugin_args=plugin_args)
         except RuntimeError as err:

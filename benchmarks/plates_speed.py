@@ -1,0 +1,83 @@
+"""Side-by-side speed and accuracy: Siamese embedding vs MI-affine registration.
+
+Usage::
+
+    python benchmarks/plates_speed.py [--split val_2] [--mi-sections 3] [--threads 2]
+
+Both methods rank all 132 plates for the same sections of ../shared/data/plates/<split>; the
+MI-affine baseline (SimpleITK, 132 affine registrations per section) is run on the first
+``--mi-sections`` sections only, and the speed-up is computed per section on those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--split", default="val_2")
+    ap.add_argument("--mi-sections", type=int, default=3)
+    ap.add_argument("--mi-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write the numbers here")
+    args = ap.parse_args()
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    from samri_ml.plates.baseline import rank_mi_affine
+    from samri_ml.plates.data import load_atlas, load_sections, preprocess, shared_data_dir
+    from samri_ml.plates.identify import PlateIdentifier
+    from samri_ml.plates.metrics import format_metrics, ranking_metrics
+
+    root = shared_data_dir() / "plates"
+    _, labels, imgs = load_sections(root / args.split)
+    ident = PlateIdentifier()
+    ident.rank(imgs[:1])  # load + trace once ("once loaded")
+    per = []
+    rankings = []
+    for im in imgs:
+        t0 = time.perf_counter()
+        rankings.append(ident.rank([im])[0]["ranking"])
+        per.append(time.perf_counter() - t0)
+    m_s = ranking_metrics(rankings, labels, sum(per))
+    print(format_metrics(m_s, f"siamese {args.split}"))
+    n = min(args.mi_sections, len(imgs))
+    plates, pimgs = load_atlas(root / "atlas")
+    pp = [preprocess(p, args.mi_size) for p in pimgs]
+    mi_rank, mi_t = [], []
+    for im in imgs[:n]:
+        t0 = time.perf_counter()
+        r, _ = rank_mi_affine(im, plates, pp, size=args.mi_size, preprocessed=True)
+        mi_t.append(time.perf_counter() - t0)
+        mi_rank.append(r.tolist())
+        print(f"  mi-affine section {len(mi_t)}/{n}: {mi_t[-1]:.1f} s", flush=True)
+    m_mi = ranking_metrics(mi_rank, labels[:n], sum(mi_t))
+    m_s_sub = ranking_metrics(rankings[:n], labels[:n], sum(per[:n]))
+    print(format_metrics(m_mi, f"mi-affine first {n}"))
+    print(format_metrics(m_s_sub, f"siamese first {n}"))
+    speedup = (sum(mi_t) / n) / (sum(per[:n]) / n)
+    print(f"speed-up on the same {n} sections: {speedup:.0f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "siamese": m_s,
+                    "siamese_subset": m_s_sub,
+                    "mi_affine": m_mi,
+                    "speedup": speedup,
+                    "threads": args.threads,
+                },
+                f,
+                indent=1,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Cross-modality check: coronal slices of the Allen CCFv3 two-photon average template.
+
+Usage::
+
+    python benchmarks/plates_twophoton.py [--step 4]
+
+The template (../shared/data/mri/templates/average_template_200um.nii.gz, axes S, A, R, 200 um)
+is cut at the position of plate N (100 um apart from the anterior end: A index
+``66 - (N - 1) / 2``, rounded), upsampled, and ranked by the shipped model, whole and after
+simulated partial cuts (missing cortex, hemisection). The true plate of a 200 um slice is only
+known to +-1 plate, so the table gives the rank of the nearest of N-1, N, N+1 as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--step", type=int, default=4)
+    ap.add_argument("--first", type=int, default=10)
+    ap.add_argument("--last", type=int, default=128)
+    args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import cv2
+    import nibabel as nb
+
+    from samri_ml.plates.augment import hemisection, missing_cortex
+    from samri_ml.plates.data import shared_data_dir
+    from samri_ml.plates.identify import PlateIdentifier
+
+    vol = nb.load(shared_data_dir() / "mri/templates/average_template_200um.nii.gz").get_fdata()
+    ident = PlateIdentifier()
+    rng = np.random.default_rng(0)
+    rows = {"whole": [], "missing cortex": [], "hemisection": []}
+    truths = list(range(args.first, args.last + 1, args.step))
+    for n in truths:
+        j = int(round(66 - (n - 1) / 2))
+        sl = vol[::-1, j, :]  # superior up
+        sl = (255 * sl / max(sl.max(), 1)).astype(np.uint8)
+        sl = cv2.resize(sl, (sl.shape[1] * 8, sl.shape[0] * 8), interpolation=cv2.INTER_CUBIC)
+        f = sl.astype(np.float32) / 255
+        variants = {
+            "whole": sl,
+            "missing cortex": (missing_cortex(f, rng) * 255).astype(np.uint8),
+            "hemisection": (hemisection(f, rng) * 255).astype(np.uint8),
+        }
+        for name, img in variants.items():
+            r = ident.rank([img], regions=False)[0]["ranking"]
+            exact = r.index(n)
+            near = min(r.index(m) for m in (n - 1, n, n + 1) if m in r)
+            rows[name].append((exact, near))
+    print(f"{len(truths)} slices, plates {args.first}..{args.last} every {args.step}")
+    print("variant           MAE   Top-5  | nearest of N+-1: MAE  Top-5")
+    for name, v in rows.items():
+        e = np.array([x[0] for x in v])
+        nn = np.array([x[1] for x in v])
+        print(
+            f"{name:16s} {e.mean():5.1f}  {100 * np.mean(e < 5):5.1f}% |"
+            f"                  {nn.mean():5.1f} {100 * np.mean(nn < 5):5.1f}%"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""``samri_ml-identify-plate``: rank the Allen Reference Atlas plates for microscopy sections."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from samri_ml.errors import SamriMLError
+
+PROG = "samri_ml-identify-plate"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Rank all atlas plates for each section image (best first) with the shipped "
+        "Siamese embedding and plate index. Prints the top K plates per image; --json writes "
+        "the full rankings, distances, per-region plates and the estimated cutting tilt.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="section images (PNG/JPEG/TIFF)")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="plates to print per image")
+    p.add_argument(
+        "--atlas", metavar="DIR", help="re-index another atlas: folder of plates N.jpg|png|tif"
+    )
+    p.add_argument("--model", metavar="PATH", help="embedding model (.keras); default: shipped")
+    p.add_argument("--index", metavar="PATH", help="plate index (.npz); default: shipped")
+    p.add_argument(
+        "--no-regions", action="store_true", help="skip the per-region (cutting-angle) analysis"
+    )
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    return p
+
+
+def _check_args(parser, args) -> None:
+    if args.top < 1:
+        parser.error("--top must be at least 1")
+    if args.atlas and not Path(args.atlas).is_dir():
+        parser.error(f"--atlas {args.atlas}: not a directory")
+    for im in args.images:
+        if not Path(im).exists():
+            parser.error(f"{im}: no such file")
+
+
+def run(args) -> int:
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from samri_ml.plates.identify import PlateIdentifier
+
+    ident = PlateIdentifier(args.model, args.index, args.atlas)
+    results = ident.rank_files(args.images, regions=not args.no_regions)
+    for path, res in results.items():
+        top = ", ".join(
+            f"{p} ({d:.3f})"
+            for p, d in zip(res["ranking"][: args.top], res["distances"][: args.top], strict=True)
+        )
+        line = f"{path}: {top}"
+        if "tilt" in res:
+            t = res["tilt"]
+            line += (
+                f"  | regions D/C/V {res['regions']['dorsal']['plate']}/"
+                f"{res['regions']['central']['plate']}/{res['regions']['ventral']['plate']}"
+                f" L/R {res['regions']['left']['plate']}/{res['regions']['right']['plate']}"
+                f", tilt DV {t['dorsoventral_degrees']} deg"
+            )
+        print(line)
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        except OSError as e:
+            raise SamriMLError(f"cannot write {args.json}: {e.strerror}") from None
+    return 0
+
+
+def _main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    return run(args)
+
+
+def main(argv=None) -> int:
+    """Entry point: exit 0 on success, 2 on usage errors, 1 with a one-line cause otherwise."""
+    from samri_ml.cli._common import run_cli
+
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

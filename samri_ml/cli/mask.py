@@ -1,0 +1,88 @@
+"""``samri_ml-mask``: brain mask of a mouse MRI volume with the U-Net.
+
+samri_ml-mask IN.nii[.gz] OUT_MASK.nii.gz [--model PATH] [--masked OUT.nii.gz] [-v]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from samri_ml import __version__
+from samri_ml.cli._common import run_cli
+from samri_ml.errors import SamriMLError
+
+PROG = "samri_ml-mask"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Predict a binary (uint8) brain mask on IN's grid with the coronal-slice "
+        "U-Net (shipped weights by default). IN is a 3D volume or a 4D series (its temporal mean "
+        "is masked), in any orientation; T1, T2 and EPI, with or without skull.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("in_file", type=Path, metavar="IN", help="NIfTI image (.nii or .nii.gz)")
+    p.add_argument("out_file", type=Path, metavar="OUT", help="mask to write (.nii or .nii.gz)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="Keras model file (default: the shipped unet_brainmask.keras)",
+    )
+    p.add_argument(
+        "--masked",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write IN multiplied by the mask here",
+    )
+    p.add_argument("--threshold", type=float, default=0.5, help="brain probability threshold")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="print timings; tracebacks on errors"
+    )
+    return p  # fmt: skip
+
+
+def _main(argv=None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if not str(args.out_file).endswith((".nii", ".nii.gz")):
+        parser.error(f"OUT must end in .nii or .nii.gz: {args.out_file}")
+    if not 0 < args.threshold < 1:
+        parser.error("--threshold must be between 0 and 1")
+    if args.out_file.resolve() == args.in_file.resolve():
+        parser.error("OUT would overwrite IN")
+    t0 = time.perf_counter()
+    import nibabel as nb
+
+    from samri_ml.io import load_nifti
+    from samri_ml.masking.predict import apply_mask, load_model, predict_mask
+
+    img = load_nifti(args.in_file, allow_4d=True)
+    model = load_model(args.model)
+    t1 = time.perf_counter()
+    mask = predict_mask(img, model, threshold=args.threshold)
+    t2 = time.perf_counter()
+    if not args.out_file.parent.is_dir():
+        raise SamriMLError(f"{args.out_file.parent}: output folder does not exist")
+    nb.save(mask, str(args.out_file))
+    if args.masked is not None:
+        nb.save(apply_mask(img, mask), str(args.masked))
+    if args.verbose:
+        n = int((mask.get_fdata() > 0).sum())
+        print(f"{PROG}: {n} brain voxels; load {t1 - t0:.2f} s, predict {t2 - t1:.2f} s",
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

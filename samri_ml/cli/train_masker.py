@@ -1,0 +1,127 @@
+"""``samri_ml-train-masker``: train the U-Net brain masker (seed preprocessing, two-phase schedule).
+
+samri_ml-train-masker OUT.keras [--data-dir DIR] [--holdout sammba emory] [--width 8] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from samri_ml import __version__
+from samri_ml.cli._common import run_cli
+from samri_ml.errors import SamriMLError
+
+PROG = "samri_ml-train-masker"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    from samri_ml.masking.train import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train the coronal-slice U-Net brain masker on the real scans of "
+        "../shared/data/mri (dama, sammba, emory, templates; sources in --holdout are left out for an "
+        "honest leave-source-out test) plus synthetic skull-on T1/T2/EPI heads built around "
+        "their brains. Writes OUT (.keras), OUT_loss.png and OUT_training.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("out", type=Path, help="model file to write (.keras)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="shared data folder (default: $SAMRI_ML_SHARED_DATA or ../shared/data)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="folder for registration-derived masks (default ~/.cache/samri_ml/masks)",
+    )
+    p.add_argument(
+        "--holdout",
+        nargs="*",
+        default=list(d.holdout),
+        help="sources not used for training (evaluated with samri_ml-evaluate-masker)",
+    )
+    p.add_argument("--width", type=int, default=d.width, help="filters of the first U-Net level")
+    p.add_argument(
+        "--synth-per-dama",
+        type=int,
+        default=d.synth_per_dama,
+        help="synthetic heads per dama brain",
+    )
+    p.add_argument(
+        "--synth-per-template",
+        type=int,
+        default=d.synth_per_template,
+        help="synthetic heads per 0.2 mm template",
+    )
+    p.add_argument(
+        "--epochs-plain", type=int, default=d.epochs_plain, help="phase 1 epochs (no augmentation)"
+    )
+    p.add_argument(
+        "--epochs-augmented",
+        type=int,
+        default=d.epochs_augmented,
+        help="phase 2 epochs (seed augmentation)",
+    )
+    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=d.max_minutes,
+        help="stop after the epoch that passes this wall time",
+    )
+    p.add_argument("--threads", type=int, default=d.threads, help="TensorFlow intra-op threads")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--init", type=Path, default=None, help="start from this model's weights")
+    p.add_argument(
+        "--dataset-cache",
+        type=Path,
+        default=None,
+        help="store/reuse the assembled slices here (.npz); reused only with the same settings",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
+    return p  # fmt: skip
+
+
+def _main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    from samri_ml.masking.data import shared_data_dir
+    from samri_ml.masking.train import TrainConfig, train
+
+    data_dir = args.data_dir or shared_data_dir()
+    if not Path(data_dir).is_dir():
+        raise SamriMLError(f"{data_dir}: data folder not found; hint: pass --data-dir")
+    if args.out.suffix != ".keras":
+        raise SamriMLError(f"{args.out}: the model file must end in .keras")
+    config = TrainConfig(
+        width=args.width, holdout=tuple(args.holdout), synth_per_dama=args.synth_per_dama,
+        synth_per_template=args.synth_per_template, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, epochs_plain=args.epochs_plain,
+        epochs_augmented=args.epochs_augmented, steps_per_epoch=args.steps_per_epoch,
+        max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
+        init_model=str(args.init or ""), dataset_cache=str(args.dataset_cache or ""),
+    )  # fmt: skip
+    summary = train(config, args.out, data_dir, args.cache_dir,
+                    log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+    vd = summary["validation_dice"]
+    print(json.dumps({"model": str(args.out), "validation_dice": vd,
+                      "minutes": round(summary["minutes"], 1)}, indent=1))  # fmt: skip
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Nipype interface of the U-Net brain masker (the seed's masking node).
+
+The work is done by :func:`samri_ml.masking.predict.predict_mask`; TensorFlow is imported only when
+the node runs.
+"""
+
+from __future__ import annotations
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+
+class _MaskBrainInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="3D image, or 4D series (its temporal mean "
+                   "is masked), in any orientation")  # fmt: skip
+    model = File(exists=True, desc="Keras model file (default: the shipped U-Net)")
+    threshold = traits.Range(low=0.0, high=1.0, value=0.5, usedefault=True,
+                             desc="probability above which a voxel is brain")  # fmt: skip
+    num_threads = traits.Int(0, usedefault=True, nohash=True,
+                             desc="TensorFlow threads (0: TensorFlow's default)")  # fmt: skip
+
+
+class _MaskBrainOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc="binary uint8 brain mask on in_file's grid")
+    out_file = File(exists=True, desc="in_file multiplied by the mask (every volume if 4D)")
+    mask_list = traits.List(File(exists=True),
+                                 desc="[out_mask], for antsRegistration's moving_image_masks")  # fmt: skip
+
+
+class MaskBrain(SimpleInterface):
+    """Predict a brain mask with the U-Net and apply it.
+
+    >>> from samri_ml.interfaces import MaskBrain
+    >>> node = MaskBrain()
+    >>> sorted(node.output_spec().get())
+    ['mask_list', 'out_file', 'out_mask']
+    """
+
+    input_spec = _MaskBrainInputSpec
+    output_spec = _MaskBrainOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nb
+
+        from samri_ml.io import load_nifti
+        from samri_ml.masking.predict import apply_mask, predict_mask
+
+        if self.inputs.num_threads:
+            import tensorflow as tf
+
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(self.inputs.num_threads)
+            except RuntimeError:  # already initialised in this process
+                pass
+        img = load_nifti(self.inputs.in_file, allow_4d=True)
+        model = self.inputs.model or None
+        mask = predict_mask(img, model, threshold=self.inputs.threshold)
+        out_mask = fname_presuffix(self.inputs.in_file, suffix="_mask", newpath=runtime.cwd)
+        out_mask = _nii_gz(out_mask)
+        out_file = _nii_gz(fname_presuffix(self.inputs.in_file, suffix="_masked",
+                                           newpath=runtime.cwd))  # fmt: skip
+        nb.save(mask, out_mask)
+        nb.save(apply_mask(img, mask), out_file)
+        self._results["out_mask"] = out_mask
+        self._results["out_file"] = out_file
+        self._results["mask_list"] = [out_mask]
+        return runtime
+
+
+def _nii_gz(path: str) -> str:
+    for ext in (".nii.gz", ".nii"):
+        if path.endswith(ext):
+            return path[: -len(ext)] + ".nii.gz"
+    return path + ".nii.gz"

@@ -1,0 +1,87 @@
+"""Nipype interface for atlas-plate identification (thin: the work is in samri_ml.plates)."""
+
+from __future__ import annotations
+
+import json
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+
+class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="microscopy section image (PNG/JPEG/TIFF)")
+    atlas_dir = Directory(exists=True, desc="atlas folder (N.jpg|png|tif); default: shipped index")
+    model = File(exists=True, desc="embedding model (.keras); default: the shipped one")
+    index = File(exists=True, desc="plate index (.npz); default: the shipped one")
+    top = traits.Int(5, usedefault=True, desc="plates shown in the montage")
+    regions = traits.Bool(True, usedefault=True, desc="per-region plates and tilt estimate")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="TensorFlow CPU threads")
+
+
+class _IdentifyPlateOutputSpec(TraitedSpec):
+    ranking = traits.List(traits.Int, desc="all plate numbers, best first")
+    distances = traits.List(traits.Float, desc="embedding distances, same order (ascending)")
+    best_plate = traits.Int(desc="the best-matching plate")
+    out_json = File(exists=True, desc="ranking, distances, regions and tilt as JSON")
+    out_montage = File(exists=True, desc="PNG: the section beside its top plates")
+
+
+class IdentifyPlate(SimpleInterface):
+    """Rank the Allen Reference Atlas plates for one section (Siamese embedding).
+
+    >>> from samri_ml.interfaces.plates import IdentifyPlate
+    >>> IdentifyPlate(top=3).inputs.top
+    3
+    """
+
+    input_spec = _IdentifyPlateInputSpec
+    output_spec = _IdentifyPlateOutputSpec
+
+    def _run_interface(self, runtime):
+        import os
+
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(self.inputs.num_threads))
+        from samri_ml.plates.data import read_image
+        from samri_ml.plates.identify import PlateIdentifier
+        from samri_ml.plates.montage import write_montage
+
+        def opt(name):
+            value = getattr(self.inputs, name)
+            return value if traits_defined(value) else None
+
+        ident = PlateIdentifier(opt("model"), opt("index"), opt("atlas_dir"))
+        img = read_image(self.inputs.in_file)
+        res = ident.rank([img], regions=self.inputs.regions)[0]
+        res["in_file"] = self.inputs.in_file
+        out_json = fname_presuffix(
+            self.inputs.in_file, suffix="_plates.json", use_ext=False, newpath=runtime.cwd
+        )
+        with open(out_json, "w") as f:
+            json.dump(res, f, indent=1)
+        out_png = fname_presuffix(
+            self.inputs.in_file, suffix="_plates.png", use_ext=False, newpath=runtime.cwd
+        )
+        write_montage(
+            img, res, out_png, top=self.inputs.top, atlas_dir=opt("atlas_dir"), plate_images=None
+        )
+        self._results.update(
+            ranking=res["ranking"],
+            distances=res["distances"],
+            best_plate=res["ranking"][0],
+            out_json=out_json,
+            out_montage=out_png,
+        )
+        return runtime
+
+
+def traits_defined(value) -> bool:
+    from nipype.interfaces.base import isdefined
+
+    return isdefined(value) and value is not None

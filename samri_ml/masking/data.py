@@ -1,0 +1,186 @@
+"""Real training/evaluation scans for the masker, and template-mask labels by registration.
+
+The catalogue reads ``../shared/data/mri`` (never copied into the project). Every scan is a
+:class:`Scan` with a RAS image, a RAS brain mask, its source (used to keep whole sources or
+subjects together when splitting) and how its mask was made:
+
+==============  =====================================================  =========================
+source          scans                                                  mask
+==============  =====================================================  =========================
+dama            20 in-vivo T2, skull-stripped, 0.15 mm                 manual
+sammba          anat: T2 head with skull, 0.3 mm                       algorithmic (shipped)
+sammba          func: 4D EPI head (temporal mean), 0.22x0.25x0.7 mm    anat mask, affine-registered
+emory           T2 template and EPI template (voxel sizes 10x)         template mask
+templates       DSURQE MRI average, Allen two-photon average, 0.2 mm   template masks
+==============  =====================================================  =========================
+
+Registration-derived masks (the seed's way of labelling: register, then take the template mask back
+to native space) are computed with ANTs (antspyx) by :func:`register_mask` and cached in a folder. The nirodents
+T2w head is not listed: registering the DSURQE template to it (SyN, metric masked by the dilated template
+mask) misplaced the brain, so it has no trustworthy mask (it is used for visual checks only).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.masking import preprocess as pp
+
+
+def shared_data_dir() -> Path:
+    """``$SAMRI_ML_SHARED_DATA`` or ``<repo>/../shared/data``."""
+    default = Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(os.environ.get("SAMRI_ML_SHARED_DATA", default))
+
+
+@dataclass
+class Scan:
+    """A real scan with a brain mask, both RAS-oriented arrays."""
+
+    name: str
+    source: str
+    image: np.ndarray
+    mask: np.ndarray
+    zooms: tuple[float, float, float]
+    label_origin: str
+    labels: np.ndarray | None = field(default=None, repr=False)
+    path: str = ""
+
+
+def _load_ras(path, *, mean4d=True):
+    import nibabel as nb
+
+    img = nb.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 4 and mean4d:
+        data = pp.temporal_mean(data)
+    ras, ornt = pp.to_ras(data, img.affine)
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    zooms = tuple(float(zooms[int(ax)]) for ax in np.argsort(ornt[:, 0]))
+    return ras, zooms
+
+
+def register_mask(
+    moving_path, fixed_path, fixed_mask_path, out_path, *, transform="SyN", mean4d=True
+) -> Path:
+    """Label a scan the seed's way: register it to a reference, take the reference's mask back.
+
+    ``moving_path`` (the scan) is registered to ``fixed_path`` (a template or an anatomical scan of
+    the same animal) with the metric restricted to the dilated ``fixed_mask_path``; the mask is
+    warped back with the inverse transforms (linear, thresholded at 0.5) and saved on the scan's
+    grid at ``out_path``. Cached: an existing ``out_path`` is returned as is.
+    """
+    import ants
+    import nibabel as nb
+
+    out_path = Path(out_path)
+    if out_path.exists():
+        return out_path
+    ref = nb.load(str(moving_path))
+    data = np.asarray(ref.dataobj, dtype=np.float32)
+    if data.ndim == 4 and mean4d:
+        data = pp.temporal_mean(data)
+    tmp = out_path.with_name(out_path.name.replace(".nii", "_moving.nii"))
+    nb.save(nb.Nifti1Image(data, ref.affine), str(tmp))
+    fixed = ants.image_read(str(fixed_path))
+    fmask = ants.image_read(str(fixed_mask_path))
+    moving = ants.image_read(str(tmp))
+    reg = ants.registration(
+        fixed,
+        moving,
+        type_of_transform=transform,
+        mask=ants.iMath(fmask, "MD", 3),
+        aff_metric="mattes",
+        syn_metric="CC",
+        reg_iterations=(40, 20, 0),
+    )
+    invert = [True] + [False] * (len(reg["invtransforms"]) - 1)
+    warped = ants.apply_transforms(
+        moving, fmask.astype("float32"), reg["invtransforms"], whichtoinvert=invert
+    )
+    mask = (warped.numpy() > 0.5).astype(np.uint8)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nb.save(nb.Nifti1Image(mask, ref.affine), str(out_path))
+    tmp.unlink()
+    return out_path
+
+
+def real_scans(
+    data_dir=None, cache_dir=None, *, register: bool = True, skip: tuple[str, ...] = ()
+) -> list[Scan]:
+    """All real scans with a mask (see the module table); missing files are skipped.
+
+    ``skip`` lists sources not to load (nor register).
+
+    ``cache_dir`` holds registration-derived masks (default ``~/.cache/samri_ml/masks``);
+    with ``register=False`` only scans whose masks exist already are returned.
+    """
+    root = Path(data_dir) if data_dir else shared_data_dir()
+    mri = root / "mri" if (root / "mri").is_dir() else root
+    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "samri_ml" / "masks"
+    scans: list[Scan] = []
+
+    def add(name, source, image, mask, origin, labels=None):
+        if source in skip or not (Path(image).exists() and Path(mask).exists()):
+            return
+        img, zooms = _load_ras(image)
+        msk, _ = _load_ras(mask)
+        lab = _load_ras(labels)[0] if labels and Path(labels).exists() else None
+        scans.append(Scan(name, source, img, msk > 0.5, zooms, origin, lab, str(image)))
+
+    dama = mri / "scans" / "dama"
+    for path in sorted((dama / "image").glob("*.nii.gz")):
+        add(
+            "dama/" + path.name.split(".")[0],
+            "dama",
+            path,
+            dama / "mask" / path.name,
+            "manual",
+            dama / "label" / path.name,
+        )
+    sam = mri / "scans" / "sammba"
+    add("sammba/anat", "sammba", sam / "anat.nii.gz", sam / "mask.nii.gz", "algorithmic")
+    emo = mri / "scans" / "emory_templates"
+    add("emory/T2", "emory", emo / "mouseT2tmp.nii", emo / "mousebrainMask.nii", "template")
+    add("emory/EPI", "emory", emo / "mouseEPItmp.nii", emo / "mousebrainMask.nii", "template")
+    tpl = mri / "templates"
+    add(
+        "templates/DSURQE",
+        "templates",
+        tpl / "DSURQE_CCFv3_average_200um.nii.gz",
+        tpl / "DSURQE_CCFv3_mask_200um.nii.gz",
+        "template",
+        tpl / "DSURQE_CCFv3_labels_200um.nii.gz",
+    )
+    add(
+        "templates/Allen",
+        "templates",
+        tpl / "average_template_200um.nii.gz",
+        tpl / "average_template_200um_mask.nii.gz",
+        "template",
+        tpl / "DSURQE_CCFv3_labels_200um.nii.gz",
+    )
+    derived = [
+        (
+            "sammba/func",
+            "sammba",
+            sam / "func.nii.gz",
+            sam / "anat.nii.gz",
+            sam / "mask.nii.gz",
+            "Affine",
+            "anat mask, affine-registered",
+        ),
+    ]
+    for name, source, moving, fixed, fmask, transform, origin in derived:
+        out = cache / (name.replace("/", "_") + "_mask.nii.gz")
+        if source in skip or not (moving.exists() and fixed.exists() and fmask.exists()):
+            continue
+        if not out.exists() and not register:
+            continue
+        register_mask(moving, fixed, fmask, out, transform=transform)
+        add(name, source, moving, out, origin)
+    return scans

@@ -1,0 +1,181 @@
+"""Brain-mask prediction with the shipped U-Net (or any model file with the same input).
+
+``predict_mask`` takes a NIfTI image (3D, or 4D reduced to its temporal mean), predicts every
+coronal slice with the U-Net after the seed's preprocessing, inverts the preprocessing, thresholds
+at 0.5, keeps the largest 3D connected component, fills holes (in 3D and in each coronal slice) and
+returns a uint8 mask on the input's grid and affine. It never returns an empty mask: it raises
+:class:`samri_ml.errors.SamriMLError` instead.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.errors import SamriMLError
+from samri_ml.masking import preprocess as pp
+
+#: file name of the shipped model inside ``samri_ml/data/models``
+MODEL_NAME = "unet_brainmask.keras"
+
+
+def default_model_path() -> Path:
+    """Path of the shipped model (``samri_ml/data/models/unet_brainmask.keras``)."""
+    return Path(str(resources.files("samri_ml").joinpath("data", "models", MODEL_NAME)))
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, mtime: float):
+    import keras
+
+    from samri_ml.models.unet import CUSTOM_OBJECTS
+
+    return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+
+
+def load_model(path=None):
+    """Load (once per file and modification time) a Keras masking model; default: the shipped one.
+
+    Raises
+    ------
+    SamriMLError
+        Missing or unreadable model file.
+    """
+    path = Path(path) if path is not None else default_model_path()
+    if not path.is_file():
+        raise SamriMLError(
+            f"{path}: model file not found; hint: pass --model PATH to a .keras file"
+        )
+    try:
+        return _load_cached(str(path.resolve()), path.stat().st_mtime)
+    except SamriMLError:
+        raise
+    except Exception as err:  # keras raises many types for a bad file
+        raise SamriMLError(f"{path}: cannot load the model ({type(err).__name__}: {err})") from err
+
+
+def predict_probabilities(model, slices: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Run the network on preprocessed slices ``(n, 64, 64, 1)``; returns probabilities, same shape."""
+    out = []
+    for start in range(0, len(slices), batch_size):
+        out.append(np.asarray(model(slices[start : start + batch_size], training=False)))
+    return np.concatenate(out, axis=0)
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Light post-processing: keep the largest 3D connected component, then fill holes.
+
+    Holes are filled in 3D and then in each coronal slice (axis 1 of a RAS array), as the seed
+    filled its training labels per slice.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == int(np.argmax(sizes))
+    mask = ndimage.binary_fill_holes(mask)
+    for j in range(mask.shape[pp.CORONAL_AXIS]):
+        mask[:, j, :] = ndimage.binary_fill_holes(mask[:, j, :])
+    return mask
+
+
+def _as_image(img):
+    import nibabel as nb
+
+    if isinstance(img, (str, os.PathLike)):
+        from samri_ml.io import load_nifti
+
+        return load_nifti(img, allow_4d=True)
+    if not isinstance(img, nb.spatialimages.SpatialImage):
+        raise SamriMLError(f"expected a NIfTI image or a path, got {type(img).__name__}")
+    return img
+
+
+def predict_mask(img, model=None, *, threshold: float = 0.5, return_probability: bool = False):
+    """Predict the brain mask of a 3D or 4D image, on the input's grid.
+
+    Parameters
+    ----------
+    img : nibabel image or path-like
+        3D volume, or 4D series (its temporal mean is masked).
+    model : keras.Model, path-like or None
+        The network, a ``.keras`` file, or None for the shipped model (loaded once, then cached).
+    threshold : float
+        Probability above which a voxel is brain.
+    return_probability : bool
+        Also return the (unthresholded, unprocessed) probability volume on the input grid.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        uint8 mask (1 = brain) with the input's 3D shape and affine; with ``return_probability``,
+        a tuple ``(mask_image, probability_array)``.
+
+    Raises
+    ------
+    SamriMLError
+        Not 3D/4D, NaN/Inf or all-zero data, or no brain found (never an empty mask).
+    """
+    import nibabel as nb
+
+    img = _as_image(img)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim not in (3, 4):
+        raise SamriMLError(f"expected a 3D or 4D image, got shape {data.shape}")
+    if data.ndim == 3 and sum(n > 1 for n in data.shape) < 3:
+        raise SamriMLError(f"image of shape {data.shape} is not a volume; a 3D image is needed")
+    data = pp.temporal_mean(data)
+    if not np.all(np.isfinite(data)):
+        raise SamriMLError("the image has NaN or Inf voxels; hint: fix or zero them first")
+    if not np.any(data):
+        raise SamriMLError("the image is all zeros; nothing to mask")
+
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    ras, ornt = pp.to_ras(data, img.affine)
+    slices = pp.volume_to_slices(ras)
+    prob_ras = pp.slices_to_volume(predict_probabilities(model, slices), ras.shape)
+    mask_ras = prob_ras > threshold
+    if not mask_ras.any():
+        raise SamriMLError(
+            "no brain found in the image (the network predicted an empty mask); hint: check that "
+            "the image is a mouse head or brain MRI with a correct orientation header"
+        )
+    mask_ras = clean_mask(mask_ras)
+    mask = pp.from_ras(mask_ras.astype(np.uint8), ornt)
+    header = img.header.copy() if isinstance(img, nb.Nifti1Image) else None
+    out = nb.Nifti1Image(mask.astype(np.uint8), img.affine, header)
+    out.set_data_dtype(np.uint8)
+    out.header["scl_slope"] = 1
+    out.header["scl_inter"] = 0
+    if header is not None and len(header.get_data_shape()) == 4:
+        out.header.set_xyzt_units(*header.get_xyzt_units())
+    if return_probability:
+        return out, pp.from_ras(prob_ras, ornt)
+    return out
+
+
+def apply_mask(img, mask_img):
+    """The image multiplied by the mask (4D: every volume); float32 image on the input grid."""
+    import nibabel as nb
+
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    mask = np.asarray(mask_img.dataobj) > 0
+    if data.ndim == 4:
+        data = data * mask[..., None]
+    else:
+        data = data * mask
+    out = nb.Nifti1Image(data.astype(np.float32), img.affine, img.header.copy())
+    out.set_data_dtype(np.float32)
+    out.header["scl_slope"] = 1
+    out.header["scl_inter"] = 0
+    return out

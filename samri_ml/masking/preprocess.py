@@ -1,0 +1,196 @@
+"""The seed's slice preprocessing (Klug et al.), its inverse, and orientation handling.
+
+A volume is first brought to the closest RAS orientation (axes permuted and flipped only, no
+resampling) with nibabel, so that axis 1 runs posterior -> anterior and ``vol[:, j, :]`` is a coronal
+slice (left-right x inferior-superior). Then, exactly as in the seed:
+
+1. intensities are clipped from the volume's minimum to its 99th percentile and divided by the
+   (clipped) maximum: ``x <- min(x, P99) / max(min(x, P99))``;
+2. every coronal slice dimension larger than 64 is resized to 64 with ``cv2.resize`` (bilinear), a
+   smaller one is zero-padded (centred) to 64;
+3. for training labels, the mask is zeroed where the image is zero and each slice's holes are filled
+   with ``scipy.ndimage.binary_fill_holes``.
+
+Prediction inverts step 2 (crop the padding, resize back) and step 0 (back to the input's axes), so
+the mask lies on the input grid. Only the direction part of the affine is used, so the header quirks
+of real data (voxel sizes 10x too large, thick one-slice-per-millimetre coronal stacks) do not
+matter; an affine without a usable direction (zeros, NaN) falls back to the array axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from samri_ml.errors import SamriMLError
+
+#: side of the network's square input
+SIZE = 64
+#: axis of a RAS-oriented array that runs posterior -> anterior (slices along it are coronal)
+CORONAL_AXIS = 1
+
+
+def orientation_of(affine) -> np.ndarray:
+    """nibabel orientation (``ornt``) taking the array's axes to the closest RAS axes.
+
+    Falls back to the identity (array axes taken as RAS) when the affine's 3x3 part is singular or
+    not finite, as in headers with zero voxel sizes.
+    """
+    import nibabel as nb
+
+    affine = np.asarray(affine, dtype=float)
+    identity = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+    rzs = affine[:3, :3]
+    if not np.all(np.isfinite(rzs)) or abs(np.linalg.det(rzs)) < 1e-12:
+        return identity
+    ornt = nb.orientations.io_orientation(affine)
+    if np.any(np.isnan(ornt)):
+        return identity
+    return ornt
+
+
+def to_ras(data: np.ndarray, affine) -> tuple[np.ndarray, np.ndarray]:
+    """Permute/flip the first three axes of ``data`` to RAS; returns ``(ras_data, ornt)``."""
+    import nibabel as nb
+
+    ornt = orientation_of(affine)
+    return nb.orientations.apply_orientation(data, ornt), ornt
+
+
+def from_ras(ras_data: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_ras`: back to the input's axes (same shape as the original array)."""
+    import nibabel as nb
+
+    inverse = nb.orientations.ornt_transform(
+        nb.orientations.axcodes2ornt("RAS"),
+        nb.orientations.axcodes2ornt(nb.orientations.ornt2axcodes(ornt)),
+    )
+    return nb.orientations.apply_orientation(ras_data, inverse)
+
+
+def normalise(volume: np.ndarray) -> np.ndarray:
+    """The seed's intensity normalisation: ``min(x, P99) / max(min(x, P99))`` (clip min..P99).
+
+    Raises
+    ------
+    SamriMLError
+        If the volume is not finite or its clipped maximum is not positive (e.g. all zeros).
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if not np.all(np.isfinite(volume)):
+        raise SamriMLError("the image has NaN or Inf voxels; hint: fix or zero them first")
+    high = np.percentile(volume, 99)
+    clipped = np.clip(volume, volume.min(), high)
+    top = clipped.max()
+    if not top > 0:
+        raise SamriMLError(
+            "the image has no positive intensities (all zero or negative); nothing to mask"
+        )
+    return (clipped / top).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """How a coronal slice of shape ``shape`` maps to the 64 x 64 network input."""
+
+    shape: tuple[int, int]
+
+    def fitted(self) -> tuple[int, int]:
+        """Slice shape after the resize step (each dimension ``min(n, 64)``)."""
+        return tuple(min(n, SIZE) for n in self.shape)
+
+    def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Zero padding ``((before, after), (before, after))`` after resizing."""
+        out = []
+        for n in self.fitted():
+            total = SIZE - n
+            out.append((total // 2, total - total // 2))
+        return tuple(out)
+
+
+def slice_to_input(slice2d: np.ndarray, geometry: SliceGeometry, *, interpolation=None):
+    """Resize (dimensions > 64) then zero-pad (dimensions < 64) one slice to 64 x 64."""
+    import cv2
+
+    if interpolation is None:
+        interpolation = cv2.INTER_LINEAR
+    arr = np.asarray(slice2d, dtype=np.float32)
+    fitted = geometry.fitted()
+    if fitted != arr.shape:
+        # cv2 takes (width, height) = (columns, rows)
+        arr = cv2.resize(arr, (fitted[1], fitted[0]), interpolation=interpolation)
+    return np.pad(arr, geometry.pads())
+
+
+def input_to_slice(slice64: np.ndarray, geometry: SliceGeometry, *, interpolation=None):
+    """Inverse of :func:`slice_to_input`: crop the padding, resize back to the slice's shape."""
+    import cv2
+
+    if interpolation is None:
+        interpolation = cv2.INTER_LINEAR
+    (r0, r1), (c0, c1) = geometry.pads()
+    arr = np.asarray(slice64, dtype=np.float32)[r0 : SIZE - r1, c0 : SIZE - c1]
+    if arr.shape != tuple(geometry.shape):
+        arr = cv2.resize(arr, (geometry.shape[1], geometry.shape[0]), interpolation=interpolation)
+    return arr
+
+
+def volume_to_slices(ras_volume: np.ndarray, *, normalised: bool = False) -> np.ndarray:
+    """Preprocess a RAS volume into network input: ``(n_coronal, 64, 64, 1)`` float32.
+
+    Parameters
+    ----------
+    ras_volume : ndarray
+        3D array in RAS orientation (see :func:`to_ras`).
+    normalised : bool
+        Skip :func:`normalise` when the volume already went through it.
+    """
+    vol = ras_volume if normalised else normalise(ras_volume)
+    if vol.ndim != 3:
+        raise SamriMLError(f"expected a 3D volume, got shape {vol.shape}")
+    geometry = SliceGeometry((vol.shape[0], vol.shape[2]))
+    out = np.empty((vol.shape[CORONAL_AXIS], SIZE, SIZE, 1), dtype=np.float32)
+    for j in range(vol.shape[CORONAL_AXIS]):
+        out[j, :, :, 0] = slice_to_input(vol[:, j, :], geometry)
+    return out
+
+
+def mask_to_slices(ras_mask: np.ndarray, ras_volume: np.ndarray) -> np.ndarray:
+    """Training labels as in the seed: ``(n_coronal, 64, 64, 1)`` uint8.
+
+    The mask is zeroed where the image is zero, each coronal slice's holes are filled
+    (``binary_fill_holes``), then slices are resized (nearest neighbour) / padded like the image.
+    """
+    import cv2
+    from scipy.ndimage import binary_fill_holes
+
+    mask = (np.asarray(ras_mask) > 0.5) & (np.asarray(ras_volume) != 0)
+    geometry = SliceGeometry((mask.shape[0], mask.shape[2]))
+    out = np.empty((mask.shape[CORONAL_AXIS], SIZE, SIZE, 1), dtype=np.uint8)
+    for j in range(mask.shape[CORONAL_AXIS]):
+        filled = binary_fill_holes(mask[:, j, :]).astype(np.float32)
+        out[j, :, :, 0] = slice_to_input(filled, geometry, interpolation=cv2.INTER_NEAREST) > 0.5
+    return out
+
+
+def slices_to_volume(slices: np.ndarray, ras_shape: tuple[int, int, int]) -> np.ndarray:
+    """Inverse of :func:`volume_to_slices` for network outputs: a float RAS volume of ``ras_shape``."""
+    slices = np.asarray(slices, dtype=np.float32)
+    if slices.ndim == 4:
+        slices = slices[..., 0]
+    if slices.shape[0] != ras_shape[CORONAL_AXIS]:
+        raise ValueError(f"{slices.shape[0]} slices for a volume of shape {ras_shape}")
+    geometry = SliceGeometry((ras_shape[0], ras_shape[2]))
+    out = np.empty(ras_shape, dtype=np.float32)
+    for j in range(ras_shape[CORONAL_AXIS]):
+        out[:, j, :] = input_to_slice(slices[j], geometry)
+    return out
+
+
+def temporal_mean(data: np.ndarray) -> np.ndarray:
+    """A 4D series' mean over time (last axis); a 3D array is returned unchanged."""
+    data = np.asarray(data)
+    if data.ndim == 4:
+        return data.mean(axis=3, dtype=np.float64).astype(np.float32)
+    return data

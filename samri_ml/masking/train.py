@@ -1,0 +1,378 @@
+"""Training the masking U-Net: data set assembly, the seed's augmentation and two-phase schedule.
+
+Data (see :mod:`samri_ml.masking.data` and :mod:`samri_ml.masking.synth`): real scans with masks
+from the training sources, plus synthetic skull-on heads built around the real brains of those
+sources (several per brain, T1/T2/EPI/random contrasts). Every volume goes through the seed's
+preprocessing (:mod:`samri_ml.masking.preprocess`); coronal slices without brain are kept with
+probability ``empty_fraction``.
+
+Split: ``sklearn.model_selection.train_test_split`` (90/10) over *subjects* (a dama subject with all
+the synthetic heads made from its brain; a whole scan otherwise), so no brain is seen in both
+training and validation; the two 0.2 mm templates (one shared brain) always go to training. Sources listed in ``holdout`` are not used at
+all (leave-source-out evaluation).
+
+Schedule (seed): phase 1 without augmentation, then phase 2 with the seed's augmentation (rotation up
+to 90 degrees, shifts of 30 px, shear 5 degrees, zoom +-0.2, horizontal and vertical flips);
+Adam, loss BCE + Dice loss, ReduceLROnPlateau and EarlyStopping on the validation loss, Keras'
+progress bar, fixed seeds (numpy, Python, Keras/TensorFlow).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.masking import preprocess as pp
+from samri_ml.masking import synth
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (written into the model card)."""
+
+    width: int = 8
+    holdout: tuple[str, ...] = ("sammba", "emory")
+    synth_per_dama: int = 10
+    synth_per_template: int = 40
+    empty_fraction: float = 0.25
+    val_fraction: float = 0.1
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    epochs_plain: int = 3
+    epochs_augmented: int = 12
+    steps_per_epoch: int = 150
+    patience: int = 4
+    max_minutes: float = 40.0
+    seed: int = 0
+    threads: int = 2
+    init_model: str = ""
+    dataset_cache: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+def _resample_to(source: synth.BrainSource, zoom_mm: float = 0.2) -> synth.BrainSource:
+    """A coarser copy of a brain source (synthesis cost grows with the voxel count)."""
+    from scipy import ndimage
+
+    factors = np.asarray(source.zooms) / zoom_mm
+    if np.allclose(factors, 1.0, atol=0.05):
+        return source
+
+    def rs(a, order):
+        return None if a is None else ndimage.zoom(a.astype(np.float32), factors, order=order)
+
+    mask = rs(source.mask, 1) > 0.5
+    labels = rs(source.labels, 0)
+    return synth.BrainSource(
+        mask, (zoom_mm,) * 3, None if labels is None else labels.astype(np.int32),
+        rs(source.image, 1), source.name,
+    )  # fmt: skip
+
+
+def volume_slices(image, mask, rng, empty_fraction):
+    """Seed-preprocessed ``(x, y)`` slices of one RAS volume, empty slices subsampled."""
+    x = pp.volume_to_slices(image)
+    y = pp.mask_to_slices(mask, image)
+    has_brain = y.reshape(len(y), -1).any(axis=1)
+    keep = has_brain | (rng.random(len(y)) < empty_fraction)
+    return x[keep], y[keep]
+
+
+def scan_group(scan) -> str:
+    """Split group of a scan: its own name, but both 0.2 mm templates (one shared brain) together."""
+    return "templates" if scan.source == "templates" else scan.name
+
+
+def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
+    """Assemble the slices and split them by group; returns ``(x, y, groups, is_val, volumes)``.
+
+    ``volumes`` maps each validation group to its (image, mask) RAS volumes (for the 3D Dice).
+    """
+    from samri_ml.masking.data import real_scans
+
+    rng = np.random.default_rng(config.seed)
+    scans = real_scans(data_dir, cache_dir, skip=tuple(config.holdout))
+    # the templates are one shared brain, not a subject: always trained on; subjects are split
+    subjects = [scan_group(s) for s in scans if s.source != "templates"]
+    val_groups = set(split_groups(subjects, config.val_fraction, config.seed))
+    xs, ys, groups = [], [], []
+    volumes: dict[str, list] = {}
+
+    def add(group, image, mask):
+        x, y = volume_slices(image, mask, rng, config.empty_fraction)
+        xs.append(x)
+        ys.append(y)
+        groups.extend([group] * len(x))
+        if group in val_groups:
+            volumes.setdefault(group, []).append((image, mask))
+
+    t0 = time.time()
+    for scan in scans:
+        group = scan_group(scan)
+        add(group, scan.image, scan.mask)  # the real scan as it is (the seed's data)
+        n_synth = {"dama": config.synth_per_dama, "templates": config.synth_per_template}.get(
+            scan.source, 0
+        )
+        if n_synth:
+            src = _resample_to(
+                synth.BrainSource(scan.mask, scan.zooms, scan.labels, scan.image, scan.name)
+            )
+            for _ in range(n_synth):
+                image, mask, _ = synth.synth_volume(src, rng)
+                add(group, image, mask)
+        log(f"  {scan.name}: {1 + n_synth} volumes ({time.time() - t0:.0f} s so far)")
+    x = np.concatenate(xs).astype(np.float32)
+    y = np.concatenate(ys).astype(np.float32)
+    groups = np.asarray(groups)
+    return x, y, groups, np.isin(groups, sorted(val_groups)), volumes
+
+
+def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
+    """:func:`build_dataset`, stored in / read from ``config.dataset_cache`` (.npz) when set.
+
+    The cache is used only if it was built with the same data settings.
+    """
+    keys = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
+            "seed")  # fmt: skip
+    settings = json.dumps({k: getattr(config, k) for k in keys}, sort_keys=True)
+    path = Path(config.dataset_cache) if config.dataset_cache else None
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["settings"]) == settings:
+                log(f"data set read from {path}")
+                vols: dict[str, list] = {}
+                for key in f.files:
+                    if key.startswith("vimg|"):
+                        _, group, i = key.split("|")
+                        vols.setdefault(group, []).append(
+                            (f[key], f[f"vmsk|{group}|{i}"].astype(bool))
+                        )
+                return f["x"], f["y"], f["groups"], f["is_val"], vols
+    log("building the data set ...")
+    x, y, groups, is_val, vols = build_dataset(config, data_dir, cache_dir, log)
+    if path is not None:
+        arrays = {}
+        for group, items in vols.items():
+            for i, (image, mask) in enumerate(items):
+                arrays[f"vimg|{group}|{i}"] = image
+                arrays[f"vmsk|{group}|{i}"] = mask.astype(np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, x=x.astype(np.float16), y=y.astype(np.uint8), groups=groups, is_val=is_val,
+                 settings=settings, **arrays)  # fmt: skip
+    return x, y, groups, is_val, vols
+
+
+def split_groups(groups, val_fraction: float, seed: int) -> list[str]:
+    """The validation groups: ``train_test_split`` (``test_size=val_fraction``) of the unique groups."""
+    from sklearn.model_selection import train_test_split
+
+    unique = sorted(set(groups))
+    _, val = train_test_split(unique, test_size=val_fraction, random_state=seed)
+    return sorted(val)
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation (the seed's ImageDataGenerator settings, with cv2)
+# ---------------------------------------------------------------------------------------------
+
+
+def augment_pair(x, y, rng, *, rotation=90.0, shift=30.0, shear=5.0, zoom=0.2):
+    """One random affine (rotation, shift, shear, zoom) and h/v flips, same for slice and mask.
+
+    ``x`` and ``y`` are 2D 64x64 arrays; the image is interpolated bilinearly, the mask with nearest
+    neighbour; outside the slice is filled with the nearest edge value (Keras' default 'nearest').
+    """
+    import cv2
+
+    n = x.shape[0]
+    c = (n - 1) / 2.0
+    a = math.radians(rng.uniform(-rotation, rotation))
+    s = math.radians(rng.uniform(-shear, shear))
+    zx, zy = rng.uniform(1 - zoom, 1 + zoom, size=2)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    shr = np.array([[1, -math.sin(s)], [0, math.cos(s)]])
+    mat = rot @ shr @ np.diag([zx, zy])
+    t = np.array([c, c]) - mat @ np.array([c, c]) + rng.uniform(-shift, shift, size=2)
+    m = np.hstack([mat, t[:, None]]).astype(np.float32)
+    border = cv2.BORDER_REPLICATE
+    xa = cv2.warpAffine(x, m, (n, n), flags=cv2.INTER_LINEAR, borderMode=border)
+    ya = cv2.warpAffine(y, m, (n, n), flags=cv2.INTER_NEAREST, borderMode=border)
+    if rng.random() < 0.5:
+        xa, ya = xa[:, ::-1], ya[:, ::-1]
+    if rng.random() < 0.5:
+        xa, ya = xa[::-1], ya[::-1]
+    return np.ascontiguousarray(xa), np.ascontiguousarray(ya)
+
+
+def _sequence(x, y, batch_size, steps, augment, seed):
+    import keras
+
+    class Slices(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.rng = np.random.default_rng(seed)
+
+        def __len__(self):
+            return steps
+
+        def __getitem__(self, idx):
+            pick = self.rng.integers(0, len(x), size=batch_size)
+            bx, by = x[pick].copy(), y[pick].copy()
+            if augment:
+                for i in range(batch_size):
+                    bx[i, ..., 0], by[i, ..., 0] = augment_pair(
+                        bx[i, ..., 0], by[i, ..., 0], self.rng
+                    )
+            return bx, by
+
+    return Slices()
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=print) -> dict:
+    """Train, save ``out_path`` (.keras), the loss curve PNG and a JSON summary beside it.
+
+    Returns the summary (settings, data counts, per-phase history, validation Dice per volume).
+    """
+    import os
+    import random
+
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(config.threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    import keras
+
+    from samri_ml.models.unet import bce_dice_loss, build_unet, dice_coefficient
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    keras.utils.set_random_seed(config.seed)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    x, y, groups, val_m, volumes = cached_dataset(config, data_dir, cache_dir, log)
+    train_m = ~val_m
+    val_groups = sorted(volumes)
+    log(
+        f"{len(x)} slices ({train_m.sum()} train, {val_m.sum()} validation); "
+        f"validation groups: {', '.join(val_groups)}"
+    )
+    xt, yt, xv, yv = x[train_m], y[train_m], x[val_m], y[val_m]
+
+    if config.init_model:
+        log(f"starting from the weights of {config.init_model}")
+        model = keras.saving.load_model(config.init_model, compile=False)
+    else:
+        model = build_unet(width=config.width)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=bce_dice_loss,
+        metrics=[dice_coefficient],
+    )
+    deadline = t_start + 60 * config.max_minutes
+
+    class Deadline(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if time.time() > deadline:
+                log("time budget reached; stopping")
+                self.model.stop_training = True
+
+    history: dict[str, list] = {}
+    phases = [("plain", config.epochs_plain, False), ("augmented", config.epochs_augmented, True)]
+    for phase, epochs, augment in phases:
+        if epochs <= 0 or time.time() > deadline:
+            continue
+        log(f"phase {phase}: up to {epochs} epochs of {config.steps_per_epoch} batches")
+        callbacks = [
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.patience, restore_best_weights=True
+            ),
+            Deadline(),
+        ]
+        h = model.fit(
+            _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment, config.seed),
+            validation_data=(xv, yv),
+            batch_size=config.batch_size,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=1,
+        )
+        for key, values in h.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        history.setdefault("phase", []).extend([phase] * len(h.history["loss"]))
+    model.save(out_path)
+    val_dice = validation_dice(model, {g: volumes[g] for g in val_groups})
+    summary = {
+        "config": asdict(config),
+        "n_slices": int(len(x)),
+        "n_train_slices": int(train_m.sum()),
+        "n_val_slices": int(val_m.sum()),
+        "validation_groups": val_groups,
+        "validation_dice": val_dice,
+        "history": history,
+        "minutes": (time.time() - t_start) / 60,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    plot_history(history, out_path.with_name(out_path.stem + "_loss.png"))
+    out_path.with_name(out_path.stem + "_training.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def validation_dice(model, volumes_by_group) -> dict[str, float]:
+    """3D Dice of the full prediction pipeline (with post-processing) on validation volumes.
+
+    Keys ``<group>#<i>`` (i = 0 is the real scan, i > 0 its synthetic heads).
+    """
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLError
+    from samri_ml.masking.predict import predict_mask
+    from samri_ml.metrics import dice
+
+    out = {}
+    for group, vols in volumes_by_group.items():
+        for i, (image, mask) in enumerate(vols):
+            try:
+                pred = predict_mask(nb.Nifti1Image(image, np.eye(4)), model).get_fdata() > 0
+            except SamriMLError:
+                pred = np.zeros(mask.shape, bool)
+            out[f"{group}#{i}"] = dice(pred, mask)
+    return out
+
+
+def plot_history(history, path) -> None:
+    """Loss and Dice per epoch (both phases), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for key, ax in (("loss", axes[0]), ("dice_coefficient", axes[1])):
+        ax.plot(epochs, history.get(key, []), label="train")
+        ax.plot(epochs, history.get("val_" + key, []), label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title("BCE + Dice loss" if key == "loss" else "Dice (slices)")
+        ax.legend()
+    n_plain = history.get("phase", []).count("plain")
+    for ax in axes:
+        if n_plain:
+            ax.axvline(n_plain + 0.5, color="grey", ls=":")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

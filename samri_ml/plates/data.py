@@ -1,0 +1,256 @@
+"""Loading atlas plates and microscopy sections, and the seed's preprocessing.
+
+Everything here is plain numpy/OpenCV (no TensorFlow) so it is fast to import and to test.
+
+The seed (Antanavicius, Leiras, Selvan) feeds the network grayscale, CLAHE-equalised images padded
+to a square and resized to 224, 448 or 1024 px. :func:`preprocess` does exactly that for any size.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.errors import SamriMLError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+MIN_SIDE = 16  # px; anything smaller carries no anatomy worth ranking
+
+_LABEL_RE = re.compile(r"^(\d+)")
+
+
+def shared_data_dir() -> Path:
+    """Where ``../shared/data`` is (``$SAMRI_ML_SHARED_DATA`` overrides)."""
+    repo = Path(__file__).resolve().parents[2]
+    return Path(os.environ.get("SAMRI_ML_SHARED_DATA", repo.parent / "shared" / "data"))
+
+
+def label_from_name(path) -> int:
+    """Plate label of a section file: the number at the start of its name.
+
+    ``100_2.png`` -> 100, ``91.png`` -> 91.
+
+    Raises
+    ------
+    SamriMLError
+        When the name does not start with a number.
+    """
+    name = Path(path).name
+    m = _LABEL_RE.match(name)
+    if not m:
+        raise SamriMLError(
+            f"cannot read a plate number from the file name {name!r}; "
+            "hint: name labelled sections '<plate>.png' or '<plate>_<n>.png'"
+        )
+    return int(m.group(1))
+
+
+def _to_uint8(img: np.ndarray, path) -> np.ndarray:
+    """Grayscale uint8 from 8/16-bit, float, RGB(A) or multi-page arrays."""
+    img = np.asarray(img)
+    if img.ndim == 3:
+        if img.shape[2] in (3, 4):
+            import cv2
+
+            rgb = img[..., :3]
+            if rgb.dtype not in (np.uint8, np.uint16, np.float32):
+                rgb = rgb.astype(np.float32)
+            img = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
+        elif img.shape[2] == 1:
+            img = img[..., 0]
+        elif img.shape[0] in (1, 3, 4) and img.shape[1] > 4:  # channels first
+            img = img.mean(axis=0)
+        else:
+            raise SamriMLError(
+                f"{path}: a {img.shape} array is not a 2D section image; hint: pass one slice"
+            )
+    if img.ndim != 2:
+        raise SamriMLError(f"{path}: expected a 2D image, got shape {img.shape}")
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == bool:
+        return img.astype(np.uint8) * 255
+    f = img.astype(np.float64)
+    if not np.all(np.isfinite(f)):
+        f = np.where(np.isfinite(f), f, 0.0)
+    if np.issubdtype(img.dtype, np.floating) and f.min() >= 0 and f.max() <= 1.0:
+        # the originals are float in [0, 1]: value = round(255 x), as the shared PNGs
+        return np.round(f * 255).astype(np.uint8)
+    lo, hi = np.percentile(f, [0.1, 99.9])
+    if hi <= lo:
+        lo, hi = f.min(), f.max()
+    if hi <= lo:
+        return np.zeros(f.shape, np.uint8)
+    return np.clip((f - lo) / (hi - lo) * 255, 0, 255).round().astype(np.uint8)
+
+
+def read_image(path) -> np.ndarray:
+    """Read any 2D section or plate as grayscale uint8.
+
+    Accepts 8/16-bit and float PNG/TIFF/JPEG, RGB(A) images (converted to gray) and
+    float TIFFs in [0, 1] (the microscope's originals).
+
+    Raises
+    ------
+    SamriMLError
+        Missing file, not an image, an image smaller than 16 px, or one with a single value
+        (empty), each with a one-line cause.
+    """
+    import cv2
+
+    p = Path(path)
+    if not p.exists():
+        raise SamriMLError(f"{path}: no such file")
+    if p.is_dir():
+        raise SamriMLError(f"{path}: is a directory, not an image")
+    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        img = _read_with_fallbacks(p)
+    img = _to_uint8(img, path)
+    h, w = img.shape
+    if min(h, w) < MIN_SIDE:
+        raise SamriMLError(
+            f"{path}: image is {w}x{h} px, too small to identify (need at least "
+            f"{MIN_SIDE} px a side)"
+        )
+    if int(img.max()) == int(img.min()):
+        raise SamriMLError(f"{path}: image is empty (every pixel is {int(img.min())})")
+    return img
+
+
+def _read_with_fallbacks(p: Path) -> np.ndarray:
+    """OpenCV could not decode ``p``: try multi-page/odd TIFFs through SimpleITK."""
+    try:
+        import SimpleITK as sitk
+
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+    except Exception:
+        raise SamriMLError(
+            f"{p}: not a readable image; hint: give a PNG, JPEG or TIFF section"
+        ) from None
+    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        arr = arr[arr.shape[0] // 2]  # a stack: take its middle slice
+    return arr
+
+
+def clahe(img: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (OpenCV) of a uint8 image."""
+    import cv2
+
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles)).apply(img)
+
+
+def pad_square(img: np.ndarray) -> np.ndarray:
+    """Pad with zeros (background) to a centred square of side ``max(h, w)``."""
+    h, w = img.shape[:2]
+    s = max(h, w)
+    out = np.zeros((s, s) + img.shape[2:], img.dtype)
+    y, x = (s - h) // 2, (s - w) // 2
+    out[y : y + h, x : x + w] = img
+    return out
+
+
+def tissue_bbox(img: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, int]:
+    """Bounding box ``(y0, y1, x0, x1)`` of the tissue: Otsu threshold of a blurred copy,
+    connected components larger than 2 % of the largest, plus a ``margin`` (fraction of side).
+    The whole image when nothing stands out.
+    """
+    import cv2
+
+    h, w = img.shape
+    small = cv2.resize(img, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+    blur = cv2.GaussianBlur(small, (5, 5), 0)
+    _, fg = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
+    if n <= 1:
+        return 0, h, 0, w
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = 1 + np.flatnonzero(areas >= 0.02 * areas.max())
+    ys, xs = np.nonzero(np.isin(lab, keep))
+    sy, sx = h / small.shape[0], w / small.shape[1]
+    m = int(margin * max(h, w))
+    y0, y1 = max(0, int(ys.min() * sy) - m), min(h, int((ys.max() + 1) * sy) + m)
+    x0, x1 = max(0, int(xs.min() * sx) - m), min(w, int((xs.max() + 1) * sx) + m)
+    if (y1 - y0) < MIN_SIDE or (x1 - x0) < MIN_SIDE:
+        return 0, h, 0, w
+    return y0, y1, x0, x1
+
+
+def preprocess(
+    img: np.ndarray, size: int = 224, *, equalise: bool = True, crop: bool = True
+) -> np.ndarray:
+    """The seed's preprocessing: grayscale uint8 -> CLAHE -> square padding -> ``size`` px.
+
+    With ``crop`` the image is first cut to its tissue bounding box (:func:`tissue_bbox`), so
+    that plates (tissue on a wide background) and sections (tight crops) share a scale.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of shape ``(size, size)`` with values in [0, 1].
+    """
+    import cv2
+
+    img = _to_uint8(img, "<array>")
+    if crop:
+        y0, y1, x0, x1 = tissue_bbox(img)
+        img = img[y0:y1, x0:x1]
+    if equalise:
+        img = clahe(img)
+    sq = pad_square(img)
+    interp = cv2.INTER_AREA if sq.shape[0] > size else cv2.INTER_LINEAR
+    out = cv2.resize(sq, (size, size), interpolation=interp)
+    return out.astype(np.float32) / 255.0
+
+
+def _image_files(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SamriMLError(f"{folder}: not a directory")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_atlas(folder) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Load an atlas folder of plates ``N.jpg|png|tif`` (N = plate number).
+
+    Returns
+    -------
+    plates : numpy.ndarray
+        Plate numbers, ascending (int).
+    images : list of numpy.ndarray
+        The plates as grayscale uint8, same order.
+    """
+    files = []
+    for p in _image_files(folder):
+        if p.stem.isdigit():
+            files.append((int(p.stem), p))
+    if not files:
+        raise SamriMLError(
+            f"{folder}: no atlas plates found; hint: name plates N.jpg, N.png or N.tif "
+            "(N = plate number)"
+        )
+    files.sort()
+    numbers = [n for n, _ in files]
+    if len(set(numbers)) != len(numbers):
+        raise SamriMLError(f"{folder}: two files share a plate number")
+    return np.array(numbers, dtype=int), [read_image(p) for _, p in files]
+
+
+def load_sections(folder) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
+    """Load labelled sections (label = leading number of the file name).
+
+    Returns
+    -------
+    paths : list of pathlib.Path
+    labels : numpy.ndarray of int
+    images : list of numpy.ndarray (grayscale uint8)
+    """
+    files = _image_files(folder)
+    if not files:
+        raise SamriMLError(f"{folder}: no images (.png, .jpg, .tif) found")
+    labels = np.array([label_from_name(p) for p in files], dtype=int)
+    return files, labels, [read_image(p) for p in files]

@@ -1,0 +1,329 @@
+"""Rank the atlas plates for microscopy sections with the shipped embedding and plate index.
+
+The shipped files (``samri_ml/data/models``):
+
+- ``plates_embedding.keras`` -- the embedding network (:mod:`samri_ml.models.siamese`);
+- ``plates_index.npz`` -- ``plates`` (plate numbers), ``embeddings`` (one row per plate),
+  ``region_embeddings`` (plates x regions x L), ``regions`` (region names), the preprocessing
+  (``size``, ``crop``, ``equalise``), ranking settings (``smooth``, ``flip_tta``,
+  ``region_weight``) and ``height_mm`` / ``width_mm`` (brain extent per plate, from the CCF,
+  for the tilt estimate).
+
+Beyond the seed (cutting angle): each section is also cut into overlapping sub-regions
+(dorsal/central/ventral bands, left/right halves of the tissue bounding box); each region is
+ranked against the same regions of the plates, which gives a plate per region and a tilt
+estimate, and the mean region distance is mixed into the overall ranking
+(``d = (1 - w) d_whole + w mean_regions d_region``, with regions without tissue left out),
+so a section missing part of its tissue is still matched by what remains.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.errors import SamriMLError
+from samri_ml.plates.data import load_atlas, preprocess, read_image, tissue_bbox
+
+#: name -> (y0, y1, x0, x1) as fractions of the tissue bounding box
+REGIONS = {
+    "dorsal": (0.0, 0.5, 0.0, 1.0),
+    "central": (0.25, 0.75, 0.0, 1.0),
+    "ventral": (0.5, 1.0, 0.0, 1.0),
+    "left": (0.0, 1.0, 0.0, 0.55),
+    "right": (0.0, 1.0, 0.45, 1.0),
+}
+PLATE_SPACING_MM = 0.1
+MIN_TISSUE_FRACTION = 0.25
+
+
+def default_model_dir() -> Path:
+    """Folder of the shipped model and index."""
+    return Path(str(resources.files("samri_ml") / "data" / "models"))
+
+
+def region_crops(img: np.ndarray, crop: bool = True) -> dict[str, np.ndarray]:
+    """Sub-images (uint8) of the tissue bounding box for each region of :data:`REGIONS`."""
+    if crop:
+        y0, y1, x0, x1 = tissue_bbox(img)
+        img = img[y0:y1, x0:x1]
+    h, w = img.shape
+    out = {}
+    for name, (a, b, c, d) in REGIONS.items():
+        out[name] = img[
+            int(a * h) : max(int(b * h), int(a * h) + 1),
+            int(c * w) : max(int(d * w), int(c * w) + 1),
+        ]
+    return out
+
+
+def tissue_fraction(img: np.ndarray) -> float:
+    """Fraction of pixels brighter than the Otsu threshold of the whole image's tissue."""
+    import cv2
+
+    if img.size == 0 or img.max() == img.min():
+        return 0.0
+    thr, _ = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(np.mean(img > min(thr, 0.5 * thr + 8)))
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d2 = (
+        (a**2).sum(-1)[..., :, None]
+        - 2 * a @ np.swapaxes(b, -1, -2)
+        + (b**2).sum(-1)[..., None, :]
+    )
+    return np.sqrt(np.maximum(d2, 0))
+
+
+def smooth_profile(d: np.ndarray, plates: np.ndarray, smooth: float) -> np.ndarray:
+    """``d'_k = (1 - s) d_k + s (d_{k-1} + d_{k+1}) / 2`` along ascending plate numbers."""
+    if smooth <= 0:
+        return d
+    order = np.argsort(plates)
+    ds = d[..., order]
+    padded = np.concatenate([ds[..., :1], ds, ds[..., -1:]], axis=-1)
+    ds = (1 - smooth) * ds + smooth * 0.5 * (padded[..., :-2] + padded[..., 2:])
+    out = np.empty_like(ds)
+    out[..., order] = ds
+    return out
+
+
+class PlateIdentifier:
+    """Embed sections and rank the plates of an index.
+
+    Parameters
+    ----------
+    model : path, optional
+        ``.keras`` embedding network (default: the shipped one).
+    index : path, optional
+        ``.npz`` plate index (default: the shipped one).
+    atlas : path, optional
+        Folder of plates ``N.jpg|png|tif``; when given, the plates are embedded again (a
+        different atlas) instead of using the index's embeddings.
+    """
+
+    def __init__(self, model=None, index=None, atlas=None):
+        mdir = default_model_dir()
+        self.model_path = Path(model) if model else mdir / "plates_embedding.keras"
+        self.index_path = Path(index) if index else mdir / "plates_index.npz"
+        for p in (self.model_path, self.index_path):
+            if not p.exists():
+                raise SamriMLError(
+                    f"{p}: model file missing; hint: reinstall samri_ml or pass --model/--index"
+                )
+        with np.load(self.index_path, allow_pickle=False) as z:
+            self.index = {k: z[k] for k in z.files}
+        self.size = int(self.index["size"])
+        self.crop = bool(self.index.get("crop", True))
+        self.equalise = bool(self.index.get("equalise", True))
+        self.smooth = float(self.index.get("smooth", 0.0))
+        self.flip_tta = bool(self.index.get("flip_tta", True))
+        self.region_weight = float(self.index.get("region_weight", 0.0))
+        self._model = None
+        self.plates = self.index["plates"].astype(int)
+        self.embeddings = self.index["embeddings"].astype(np.float32)
+        self.region_embeddings = self.index.get("region_embeddings")
+        self.height_mm = self.index.get("height_mm")
+        if atlas is not None:
+            self.reindex(atlas)
+
+    @property
+    def model(self):
+        if self._model is None:
+            import keras
+
+            self._model = keras.saving.load_model(self.model_path, compile=False)
+        return self._model
+
+    def prep(self, img: np.ndarray) -> np.ndarray:
+        """Preprocessed ``(size, size)`` float image, as at training."""
+        return preprocess(img, self.size, equalise=self.equalise, crop=self.crop)
+
+    def embed(self, imgs: list[np.ndarray]) -> np.ndarray:
+        """Embeddings ``(N, L)`` of uint8 images (preprocessing included)."""
+        from samri_ml.plates.train import embed
+
+        x = np.stack([self.prep(im) for im in imgs])
+        return embed(self.model, x, flip_tta=self.flip_tta)
+
+    def embed_regions(self, imgs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Region embeddings ``(N, R, L)`` and tissue fractions ``(N, R)``."""
+        crops, frac = [], []
+        for im in imgs:
+            rc = region_crops(im, crop=self.crop)
+            whole = tissue_fraction(im)
+            for name in REGIONS:
+                c = rc[name]
+                crops.append(c if min(c.shape) >= 4 else np.zeros((8, 8), np.uint8))
+                frac.append(tissue_fraction(c) / max(whole, 1e-6) if whole else 0.0)
+        from samri_ml.plates.train import embed
+
+        x = np.stack(
+            [
+                preprocess(c, self.size, equalise=self.equalise, crop=False)
+                if c.max() > c.min()
+                else np.zeros((self.size,) * 2, np.float32)
+                for c in crops
+            ]
+        )
+        e = embed(self.model, x, flip_tta=False)
+        n, r = len(imgs), len(REGIONS)
+        return e.reshape(n, r, -1), np.array(frac).reshape(n, r)
+
+    def reindex(self, atlas) -> None:
+        """Embed another atlas folder (plates and their regions)."""
+        plates, imgs = load_atlas(atlas)
+        self.plates = plates
+        self.embeddings = self.embed(imgs)
+        self.region_embeddings = self.embed_regions(imgs)[0]
+        self.height_mm = None
+
+    def distances(self, imgs: list[np.ndarray], regions: bool | None = None) -> dict:
+        """Distances of every image to every plate (``(N, P)``), and per region."""
+        emb = self.embed(imgs)
+        d_whole = smooth_profile(_pairwise(emb, self.embeddings), self.plates, self.smooth)
+        out = {"whole": d_whole, "overall": d_whole}
+        use_regions = (self.region_weight > 0) if regions is None else regions
+        if use_regions and self.region_embeddings is not None:
+            remb, frac = self.embed_regions(imgs)
+            # (N, R, P): region r of the section against region r of every plate
+            d_reg = np.stack(
+                [_pairwise(remb[:, r], self.region_embeddings[:, r]) for r in range(len(REGIONS))],
+                axis=1,
+            )
+            d_reg = smooth_profile(d_reg, self.plates, self.smooth)
+            ok = frac >= MIN_TISSUE_FRACTION
+            weights = ok / np.maximum(ok.sum(1, keepdims=True), 1)
+            mean_reg = (d_reg * weights[..., None]).sum(1)
+            w = self.region_weight * ok.any(1)[:, None]
+            out.update(regions=d_reg, tissue=frac, overall=(1 - w) * d_whole + w * mean_reg)
+        return out
+
+    def rank(self, imgs: list[np.ndarray], regions: bool | None = None) -> list[dict]:
+        """For each image: ``ranking`` (all plates, best first), ``distances`` (ascending) and,
+        with regions, ``regions`` (plate per region, its distance, tissue fraction) and
+        ``tilt`` (dorsal-ventral and left-right plate differences and angles in degrees)."""
+        d = self.distances(imgs, regions)
+        results = []
+        for i in range(len(imgs)):
+            order = np.argsort(d["overall"][i], kind="stable")
+            res = {
+                "ranking": [int(p) for p in self.plates[order]],
+                "distances": [float(x) for x in d["overall"][i][order]],
+            }
+            if "regions" in d:
+                res["regions"] = {}
+                for r, name in enumerate(REGIONS):
+                    j = int(np.argmin(d["regions"][i, r]))
+                    res["regions"][name] = {
+                        "plate": int(self.plates[j]),
+                        "distance": float(d["regions"][i, r, j]),
+                        "tissue_fraction": round(float(d["tissue"][i, r]), 3),
+                    }
+                res["tilt"] = self._tilt(res["regions"], res["ranking"][0])
+            results.append(res)
+        return results
+
+    def _tilt(self, regions: dict, best: int) -> dict:
+        """Cutting angle from the plates matched by opposite regions.
+
+        Region centres are half the tissue height (width) apart, so with ``dp`` plates of
+        difference: ``angle = atan(dp * 0.1 mm / (0.5 * extent_mm))``. The extent is the brain
+        height/width at the best plate (CCF), or 6/10 mm when unknown.
+        """
+        hmm, wmm = 6.0, 10.0
+        if self.height_mm is not None and best in set(self.plates.tolist()):
+            k = int(np.flatnonzero(self.plates == best)[0])
+            hmm = float(self.height_mm[k]) or hmm
+            wmm = float(self.index.get("width_mm", np.full(len(self.plates), wmm))[k]) or wmm
+        dv = regions["dorsal"]["plate"] - regions["ventral"]["plate"]
+        lr = regions["left"]["plate"] - regions["right"]["plate"]
+        return {
+            "dorsal_minus_ventral_plates": int(dv),
+            "left_minus_right_plates": int(lr),
+            "dorsoventral_degrees": round(
+                math.degrees(math.atan(dv * PLATE_SPACING_MM / (0.5 * hmm))), 1
+            ),
+            "mediolateral_degrees": round(
+                math.degrees(math.atan(lr * PLATE_SPACING_MM / (0.5 * wmm))), 1
+            ),
+        }
+
+    def rank_files(self, paths, regions: bool | None = None) -> dict[str, dict]:
+        """``{path as given: rank result}``; unreadable files raise :class:`SamriMLError`."""
+        imgs = [read_image(p) for p in paths]
+        return dict(zip([str(p) for p in paths], self.rank(imgs, regions), strict=True))
+
+
+def brain_extent_mm(plates: np.ndarray, ccf_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """Brain height and width (mm) at each plate from the CCF annotation (25 um voxels);
+    plate N is at axis-1 index ``527 - 4 (N - 1)``. NaN where the CCF is unavailable."""
+    from samri_ml.plates.data import shared_data_dir
+
+    ccf = Path(ccf_dir) if ccf_dir else shared_data_dir() / "ccf"
+    h = np.full(len(plates), np.nan)
+    w = np.full(len(plates), np.nan)
+    f = ccf / "annotation_25_reoriented_2017.nrrd"
+    if not f.exists():
+        return h, w
+    import SimpleITK as sitk
+
+    vol = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))  # (z=IS, y=AP, x=LR)
+    vol = np.transpose(vol, (2, 1, 0))  # -> (LR, AP, IS) as in the README
+    for i, n in enumerate(plates):
+        k = 527 - 4 * (int(n) - 1)
+        if 0 <= k < vol.shape[1]:
+            sl = vol[:, k, :] > 0
+            if sl.any():
+                xs, zs = np.nonzero(sl)
+                w[i] = (xs.max() - xs.min() + 1) * 0.025
+                h[i] = (zs.max() - zs.min() + 1) * 0.025
+    return h, w
+
+
+def export_model(
+    model_path,
+    atlas_dir,
+    out_dir,
+    *,
+    size: int,
+    smooth: float = 0.0,
+    region_weight: float = 0.0,
+    flip_tta: bool = True,
+) -> Path:
+    """Write ``plates_embedding.keras`` and ``plates_index.npz`` into ``out_dir``."""
+    import shutil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if Path(model_path).resolve() != (out / "plates_embedding.keras").resolve():
+        shutil.copy(model_path, out / "plates_embedding.keras")
+    idx = out / "plates_index.npz"
+    np.savez(idx, plates=np.arange(1), embeddings=np.zeros((1, 1)), size=size)  # bootstrap
+    ident = PlateIdentifier(out / "plates_embedding.keras", idx)
+    ident.flip_tta = flip_tta
+    ident.reindex(atlas_dir)
+    h, w = brain_extent_mm(ident.plates)
+    _, imgs = load_atlas(atlas_dir)
+    thumbs = np.stack([(preprocess(im, 128) * 255).round().astype(np.uint8) for im in imgs])
+    np.savez_compressed(
+        idx,
+        plates=ident.plates,
+        embeddings=ident.embeddings,
+        region_embeddings=ident.region_embeddings,
+        regions=np.array(list(REGIONS)),
+        size=size,
+        crop=True,
+        equalise=True,
+        smooth=float(smooth),
+        flip_tta=bool(flip_tta),
+        region_weight=float(region_weight),
+        height_mm=h,
+        width_mm=w,
+        thumbnails=thumbs,
+    )
+    return idx

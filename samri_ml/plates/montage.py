@@ -1,0 +1,59 @@
+"""A PNG montage of a section beside its best-matching plates (OpenCV only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.plates.data import load_atlas, preprocess
+
+TILE = 256
+
+
+def _tile(img: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+
+    t = preprocess(img, TILE) if img.dtype == np.uint8 else img
+    t = (np.clip(t, 0, 1) * 255).astype(np.uint8) if t.dtype != np.uint8 else t
+    t = cv2.resize(t, (TILE, TILE))
+    t = cv2.cvtColor(t, cv2.COLOR_GRAY2BGR)
+    cv2.rectangle(t, (0, 0), (TILE, 24), (0, 0, 0), -1)
+    cv2.putText(t, text, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 220, 255), 1, cv2.LINE_AA)
+    return t
+
+
+def write_montage(
+    section: np.ndarray,
+    result: dict,
+    out_png,
+    *,
+    top: int = 5,
+    atlas_dir=None,
+    plate_images: dict | None = None,
+) -> Path:
+    """Write ``out_png``: the section, then its ``top`` plates (number and distance).
+
+    Plate pictures come from ``plate_images`` ({number: image}), else ``atlas_dir``, else the
+    thumbnails stored in the shipped index.
+    """
+    import cv2
+
+    if plate_images is None:
+        if atlas_dir is not None:
+            nums, imgs = load_atlas(atlas_dir)
+            plate_images = dict(zip(nums.tolist(), imgs, strict=True))
+        else:
+            from samri_ml.plates.identify import default_model_dir
+
+            with np.load(default_model_dir() / "plates_index.npz") as z:
+                plate_images = dict(zip(z["plates"].tolist(), z["thumbnails"], strict=True))
+    tiles = [_tile(section, "section")]
+    for p, d in list(zip(result["ranking"], result["distances"], strict=True))[:top]:
+        tiles.append(_tile(plate_images[p], f"#{len(tiles)} plate {p}  d={d:.3f}"))
+    out = Path(out_png)
+    if not cv2.imwrite(str(out), np.hstack(tiles)):
+        from samri_ml.errors import SamriMLError
+
+        raise SamriMLError(f"cannot write the montage {out}")
+    return out

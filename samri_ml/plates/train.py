@@ -1,0 +1,302 @@
+"""Training the plate embedding (``samri_ml-train-plates``).
+
+Each step sees a batch of ``B`` images: ``B/3`` *anchors* (real training sections, lightly
+augmented, or plates turned into synthetic partial sections by
+:func:`samri_ml.plates.augment.section_like`) with distinct plate labels, the clean plates of
+those labels, and as many other plates (neighbours of the anchors and random ones, lightly
+augmented). The loss (see :mod:`samri_ml.models.siamese`) acts on all ``B`` labelled embeddings.
+Every ``eval_every`` steps the plates are re-indexed and val_1 is ranked; training stops when
+the val_1 MAE has not improved for ``patience`` steps, and the best model is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from samri_ml.plates.augment import section_like
+from samri_ml.plates.data import load_atlas, load_sections, preprocess
+from samri_ml.plates.metrics import format_metrics, ranking_metrics
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (saved beside the checkpoints)."""
+
+    data_dir: str
+    out_dir: str
+    size: int = 128
+    backbone: str = "small"
+    width: int = 16
+    embedding_dim: int = 64
+    loss: str = "ordinal"
+    batch_size: int = 48
+    iterations: int = 10000
+    patience: int = 2000
+    eval_every: int = 250
+    learning_rate: float = 1e-4
+    seed: int = 0
+    real_fraction: float = 0.4
+    posterior_weight: float = 3.0
+    smooth: float = 0.0
+    init: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _set_seeds(seed: int) -> None:
+    import random
+
+    import keras
+
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+
+
+def embed(model, images: np.ndarray, flip_tta: bool = True, batch: int = 64) -> np.ndarray:
+    """Embeddings of preprocessed images ``(N, s, s)``; with ``flip_tta`` the mean of the
+    image's and its left-right mirror's embedding (re-normalised when the model normalises).
+    """
+    x = images[..., None].astype(np.float32)
+    out = model.predict(x, batch_size=batch, verbose=0)
+    if flip_tta:
+        out = out + model.predict(x[:, :, ::-1], batch_size=batch, verbose=0)
+        norm = np.linalg.norm(out, axis=1, keepdims=True)
+        out = out / np.maximum(norm, 1e-12)
+    return out.astype(np.float32)
+
+
+def rank_from_embeddings(
+    section_emb: np.ndarray, plate_emb: np.ndarray, plate_numbers: np.ndarray, smooth: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank plates by Euclidean distance (smallest first).
+
+    With ``smooth > 0`` the distance profile along the plate axis is smoothed first:
+    ``d'_k = (1 - smooth) d_k + smooth (d_{k-1} + d_{k+1}) / 2`` (ends repeated), which favours
+    plates whose neighbours also match (the plates form an ordered series 100 um apart).
+
+    Returns
+    -------
+    rankings : (N, P) int array of plate numbers, best first
+    distances : (N, P) float array, same order (ascending)
+    """
+    d = np.sqrt(
+        np.maximum(
+            (section_emb**2).sum(1)[:, None]
+            - 2 * section_emb @ plate_emb.T
+            + (plate_emb**2).sum(1)[None, :],
+            0,
+        )
+    )
+    if smooth > 0:
+        order = np.argsort(plate_numbers)
+        ds = d[:, order]
+        padded = np.concatenate([ds[:, :1], ds, ds[:, -1:]], axis=1)
+        ds = (1 - smooth) * ds + smooth * 0.5 * (padded[:, :-2] + padded[:, 2:])
+        d = np.empty_like(ds)
+        d[:, order] = ds
+    idx = np.argsort(d, axis=1, kind="stable")
+    return plate_numbers[idx], np.take_along_axis(d, idx, axis=1)
+
+
+class BatchMaker:
+    """Draws training batches (numpy) as described in the module docstring."""
+
+    def __init__(self, plates, plate_imgs, sec_labels, sec_imgs, cfg: TrainConfig):
+        self.plates = np.asarray(plates)
+        self.plate_imgs = plate_imgs  # (P, s, s) float32
+        self.by_label: dict[int, list[np.ndarray]] = {}
+        for lab, im in zip(sec_labels, sec_imgs, strict=True):
+            self.by_label.setdefault(int(lab), []).append(im)
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        lo = min(self.by_label) - 10 if self.by_label else self.plates.min()
+        w = np.where(self.plates >= lo, cfg.posterior_weight, 1.0)
+        self.p = w / w.sum()
+        self.index = {int(n): i for i, n in enumerate(self.plates)}
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+        rng, cfg = self.rng, self.cfg
+        n_anchor = cfg.batch_size // 3
+        anchors = rng.choice(self.plates, n_anchor, replace=False, p=self.p)
+        # half of the anchors come from labels that have real sections
+        real_labels = np.array(sorted(self.by_label))
+        n_real = int(round(cfg.real_fraction * n_anchor)) if len(real_labels) else 0
+        if n_real:
+            chosen = rng.choice(real_labels, min(n_real, len(real_labels)), replace=False)
+            rest = [a for a in anchors if a not in set(chosen)]
+            anchors = np.concatenate([chosen, rest[: n_anchor - len(chosen)]]).astype(int)
+        imgs, labs = [], []
+        for i, lab in enumerate(anchors):
+            if i < n_real and int(lab) in self.by_label:
+                src = self.by_label[int(lab)]
+                im = section_like(src[rng.integers(len(src))], rng, strength=0.5)
+            else:
+                im = section_like(self.plate_imgs[self.index[int(lab)]], rng, strength=1.0)
+            imgs.append(im)
+            labs.append(int(lab))
+        # the matching plates, then neighbours and random others
+        others = set()
+        n_other = cfg.batch_size - 2 * n_anchor
+        while len(others) < n_other:
+            if rng.random() < 0.5:
+                c = int(rng.choice(anchors)) + int(rng.choice([-3, -2, -1, 1, 2, 3]))
+            else:
+                c = int(rng.choice(self.plates))
+            if c in self.index and c not in set(anchors.tolist()):
+                others.add(c)
+        for lab in list(anchors) + sorted(others):
+            im = self.plate_imgs[self.index[int(lab)]]
+            imgs.append(section_like(im, rng, strength=0.25))
+            labs.append(int(lab))
+        return np.stack(imgs)[..., None].astype(np.float32), np.array(labs, dtype=np.int32)
+
+
+def evaluate(model, plates, plate_imgs, val_labels, val_imgs, smooth: float = 0.0) -> dict:
+    """Rank all plates for each validation section; :func:`ranking_metrics` of the result."""
+    t0 = time.perf_counter()
+    pe = embed(model, plate_imgs)
+    se = embed(model, val_imgs)
+    rankings, _ = rank_from_embeddings(se, pe, np.asarray(plates), smooth=smooth)
+    return ranking_metrics(rankings, val_labels, time.perf_counter() - t0)
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train, early-stop on val_1 MAE, save ``best.keras``, ``last.keras``, ``history.json``.
+
+    Returns
+    -------
+    dict
+        ``best_step``, ``val_1`` and ``val_2`` metrics of the best model.
+    """
+    import keras
+    from keras import ops
+    from tqdm import tqdm
+
+    from samri_ml.models.siamese import LOSSES, build_embedding_net
+
+    _set_seeds(cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    data = Path(cfg.data_dir)
+    plates, pimgs = load_atlas(data / "atlas")
+    plate_imgs = np.stack([preprocess(im, cfg.size) for im in pimgs])
+    _, tr_lab, tr_imgs = load_sections(data / "train")
+    tr_imgs = [preprocess(im, cfg.size) for im in tr_imgs]
+    _, v1_lab, v1 = load_sections(data / "val_1")
+    v1 = np.stack([preprocess(im, cfg.size) for im in v1])
+    _, v2_lab, v2 = load_sections(data / "val_2")
+    v2 = np.stack([preprocess(im, cfg.size) for im in v2])
+
+    if cfg.init:
+        # fine-tune a previous run (e.g. a second phase at a lower learning rate)
+        model = keras.saving.load_model(cfg.init, compile=False)
+    else:
+        model = build_embedding_net(
+            cfg.size, cfg.backbone, cfg.embedding_dim, width=cfg.width, normalize=True
+        )
+    log(f"model {model.name}: {model.count_params():,} parameters")
+    loss_fn = LOSSES[cfg.loss]
+    opt = keras.optimizers.Adam(cfg.learning_rate)
+    make_batch = BatchMaker(plates, plate_imgs, tr_lab, tr_imgs, cfg)
+
+    import tensorflow as tf
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            emb = model(x, training=True)
+            loss = loss_fn(y, emb)
+        grads = tape.gradient(loss, model.trainable_weights)
+        opt.apply_gradients(zip(grads, model.trainable_weights, strict=True))
+        return loss
+
+    history = []
+    best = {"mae": np.inf, "step": 0}
+    losses = []
+    bar = tqdm(range(1, cfg.iterations + 1), desc="train-plates", mininterval=30)
+    for it in bar:
+        x, y = make_batch()
+        losses.append(float(ops.convert_to_numpy(step(x, y))))
+        if it % cfg.eval_every == 0 or it == cfg.iterations:
+            m1 = evaluate(model, plates, plate_imgs, v1_lab, v1, cfg.smooth)
+            m2 = evaluate(model, plates, plate_imgs, v2_lab, v2, cfg.smooth)
+            rec = {
+                "step": it,
+                "loss": float(np.mean(losses[-cfg.eval_every :])),
+                "val_1": m1,
+                "val_2": m2,
+                "time": time.time(),
+            }
+            history.append(rec)
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+            model.save(out / "last.keras")
+            model.save(out / f"step_{it:05d}.keras")
+            if m1["mae"] < best["mae"]:
+                best = {"mae": m1["mae"], "step": it, "val_1": m1, "val_2": m2}
+                model.save(out / "best.keras")
+            log(
+                f"step {it} loss {rec['loss']:.4f} | {format_metrics(m1, 'val_1')} | "
+                f"{format_metrics(m2, 'val_2')} | best val_1 step {best['step']}"
+            )
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", val1=f"{m1['mae']:.2f}")
+            if it - best["step"] >= cfg.patience:
+                log(f"early stop at step {it}: val_1 MAE not improved for {cfg.patience} steps")
+                break
+    (out / "best.json").write_text(json.dumps(best, indent=2, default=float))
+    return best
+
+
+def export_and_measure(
+    run_dir, out_dir, data_dir, *, smooth: float = 0.0, region_weight: float = 0.0
+) -> dict:
+    """Ship ``run_dir/best.keras``: write the model and plate index into ``out_dir`` and
+    ``plates_index_metrics.json`` (val_1 and val_2 metrics of the shipped ranking)."""
+    from samri_ml.plates.identify import PlateIdentifier, export_model
+
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    data = Path(data_dir)
+    export_model(
+        Path(run_dir) / "best.keras",
+        data / "atlas",
+        out_dir,
+        size=cfg["size"],
+        smooth=smooth,
+        region_weight=region_weight,
+    )
+    ident = PlateIdentifier(
+        Path(out_dir) / "plates_embedding.keras", Path(out_dir) / "plates_index.npz"
+    )
+    out = {"run": str(run_dir), "config": cfg, "smooth": smooth, "region_weight": region_weight}
+    for split in ("val_1", "val_2"):
+        _, labels, imgs = load_sections(data / split)
+        ident.rank(imgs[:1])
+        t0 = time.perf_counter()
+        res = ident.rank(imgs)
+        m = ranking_metrics([r["ranking"] for r in res], labels, time.perf_counter() - t0)
+        out[split] = m
+    (Path(out_dir) / "plates_index_metrics.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def make_ensemble_run(member_paths, run_dir) -> Path:
+    """Write ``run_dir/best.keras`` = :func:`samri_ml.models.siamese.build_ensemble` of the
+    member models (input: the largest member input), and a ``config.json`` for
+    :func:`export_and_measure`."""
+    import keras
+
+    from samri_ml.models.siamese import build_ensemble
+
+    members = [keras.saving.load_model(p, compile=False) for p in member_paths]
+    size = max(int(m.input_shape[1]) for m in members)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    build_ensemble(members, size).save(run / "best.keras")
+    cfg = {"size": size, "backbone": "ensemble", "members": [str(p) for p in member_paths]}
+    (run / "config.json").write_text(json.dumps(cfg, indent=1))
+    return run

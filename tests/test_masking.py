@@ -1,0 +1,179 @@
+"""Brain masking without the shipped model: U-Net layout, losses, seed preprocessing, synthesis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from samri_ml.errors import SamriMLError
+from samri_ml.masking import preprocess as pp
+from samri_ml.masking import synth
+from samri_ml.metrics import dice
+
+
+def _ellipsoid(shape, centre=None, radii=None):
+    grid = np.indices(shape, dtype=float)
+    centre = np.asarray(centre if centre is not None else [(n - 1) / 2 for n in shape])
+    radii = np.asarray(radii if radii is not None else [n / 3 for n in shape])
+    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=False))
+    return r2 <= 1
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+def test_unet_has_the_seed_layout():
+    from keras import layers
+
+    from samri_ml.models.unet import build_unet
+
+    model = build_unet(width=8)
+    drops = [lay for lay in model.layers if isinstance(lay, layers.Dropout)]
+    assert [d.rate for d in drops] == [0.5, 0.5]
+    assert model.output_shape == (None, 64, 64, 1)
+    convs = [lay for lay in model.layers if isinstance(lay, layers.Conv2D)]
+    # 2 per level x 9 levels (4 down, bottleneck, 4 up) + 4 up-convolutions + 2-filter + 1x1
+    assert len(convs) == 9 * 2 + 4 + 2
+    assert convs[0].filters == 8 and max(c.filters for c in convs) == 8 * 16
+    # width 64 is zhixuhao's U-Net (the seed): 31,031,685 parameters
+    assert build_unet(width=64).count_params() == 31_031_685
+
+
+def test_losses_behave():
+    from samri_ml.models.unet import bce_dice_loss, dice_coefficient, dice_loss
+
+    a = np.zeros((2, 64, 64, 1), np.float32)
+    a[:, 10:40, 10:40] = 1
+    b = np.zeros_like(a)
+    b[:, 45:60, 45:60] = 1
+    assert float(dice_loss(a, a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(dice_loss(a, b)) == pytest.approx(1.0, abs=1e-3)
+    assert float(dice_coefficient(a, a)) == pytest.approx(1.0)
+    half = a * 0.5
+    assert 0.2 < float(dice_loss(a, half)) < 0.5
+    # BCE + Dice: near zero for a confident correct prediction, large for a wrong one
+    assert float(bce_dice_loss(a, np.clip(a, 1e-4, 1 - 1e-4))) < 0.01
+    assert float(bce_dice_loss(a, b)) > 5
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def test_normalise_is_the_seeds_clipping():
+    rng = np.random.default_rng(0)
+    vol = rng.gamma(2.0, 10.0, size=(20, 20, 20)).astype(np.float32)
+    out = pp.normalise(vol)
+    p99 = np.percentile(vol, 99)
+    np.testing.assert_allclose(out, np.clip(vol, vol.min(), p99) / p99, rtol=1e-5)
+    assert out.max() == pytest.approx(1.0)
+    with pytest.raises(SamriMLError, match="no positive"):
+        pp.normalise(np.zeros((5, 5, 5)))
+    vol[0, 0, 0] = np.nan
+    with pytest.raises(SamriMLError, match="NaN"):
+        pp.normalise(vol)
+
+
+def test_large_dimensions_are_resized_small_ones_padded():
+    vol = np.ones((100, 7, 30), np.float32)
+    x = pp.volume_to_slices(vol)
+    assert x.shape == (7, 64, 64, 1)
+    # 100 -> resized to 64 rows (all of them non-zero); 30 columns zero-padded to 64 (17 + 17)
+    assert np.all(x[0, :, 17:47, 0] == 1) and not x[0, :, :17].any() and not x[0, :, 47:].any()
+
+
+def test_labels_zeroed_outside_image_and_holes_filled():
+    shape = (40, 5, 40)
+    image = _ellipsoid(shape).astype(np.float32)
+    mask = _ellipsoid(shape, radii=[16, 10, 16])  # larger than the image
+    mask[18:22, :, 18:22] = False  # a hole
+    y = pp.mask_to_slices(mask, image)[..., 0]
+    x = pp.volume_to_slices(image)[..., 0]
+    assert not np.any(y[x == 0]), "labels must be zero where the image is zero"
+    assert y[2, 12 + 20, 12 + 20] == 1, "the hole must be filled"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.tuples(st.integers(3, 140), st.integers(1, 30), st.integers(3, 140)),
+    seed=st.integers(0, 1000),
+)
+def test_preprocessing_round_trip(shape, seed):
+    """Preprocess then invert gives back the grid; exactly so for dimensions <= 64."""
+    rng = np.random.default_rng(seed)
+    mask = _ellipsoid(shape, radii=[max(n / 2.5, 1) for n in shape])
+    vol = np.where(mask, 1.0 + rng.random(shape), 0.0).astype(np.float32)
+    back = pp.slices_to_volume(pp.volume_to_slices(vol), vol.shape)
+    assert back.shape == vol.shape
+    norm = pp.normalise(vol)
+    if max(shape[0], shape[2]) <= 64:
+        np.testing.assert_allclose(back, norm, atol=1e-6)
+    elif mask.sum() > 50:
+        assert dice(back > 0.5 * norm[mask].min(), mask) > 0.85
+
+
+@settings(max_examples=25, deadline=None)
+@given(perm=st.permutations([0, 1, 2]), flips=st.tuples(*[st.booleans()] * 3),
+       zoom=st.sampled_from([0.1, 2.0, 0.3]))  # fmt: skip
+def test_orientation_round_trip(perm, flips, zoom):
+    """Any axis permutation/flip (and 10x voxel sizes) finds the same coronal axis and goes back."""
+    rng = np.random.default_rng(0)
+    ras = rng.random((6, 7, 8)).astype(np.float32)
+    # build the same image stored with other axes: data = ras transposed/flipped, affine to match
+    data = ras
+    affine = np.diag([zoom, zoom, zoom, 1.0])
+    for ax, f in enumerate(flips):
+        if f:
+            data = np.flip(data, ax)
+            affine = affine @ _flip_matrix(ax, data.shape[ax])
+    data = np.transpose(data, perm)
+    p = np.eye(4)
+    p[:3, :3] = np.eye(3)[:, perm]
+    affine = affine @ p
+    got, ornt = pp.to_ras(data, affine)
+    np.testing.assert_array_equal(got, ras)
+    np.testing.assert_array_equal(pp.from_ras(got, ornt), data)
+
+
+def _flip_matrix(axis, n):
+    m = np.eye(4)
+    m[axis, axis] = -1
+    m[axis, 3] = n - 1
+    return m
+
+
+def test_degenerate_affine_falls_back_to_array_axes():
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    got, ornt = pp.to_ras(data, np.zeros((4, 4)))
+    np.testing.assert_array_equal(got, data)
+
+
+# -------------------------------------------------------------------------------- synthesis
+
+
+def test_synthetic_head_has_skull_and_tissue_around_the_brain():
+    brain = _ellipsoid((40, 50, 30))
+    labels = brain.astype(np.int32) + (np.indices(brain.shape)[0] > 20)
+    src = synth.BrainSource(brain, (0.2, 0.2, 0.2), labels=labels)
+    rng = np.random.default_rng(1)
+    for contrast in synth.CONTRASTS:
+        img, mask, zooms = synth.synth_volume(src, rng, contrast)
+        assert img.shape == mask.shape and len(zooms) == 3
+        assert 0.02 < mask.mean() < 0.6
+        # skull on: plenty of signal outside the brain
+        outside = img[~mask]
+        assert (outside > 0.2 * np.median(img[mask])).mean() > 0.1
+        assert np.isfinite(img).all()
+
+
+def test_augmentation_moves_image_and_mask_together():
+    from samri_ml.masking.train import augment_pair
+
+    img = np.zeros((64, 64), np.float32)
+    img[20:40, 15:35] = 1.0
+    mask = (img > 0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        xa, ya = augment_pair(img, mask, rng)
+        assert dice(xa > 0.5, ya > 0.5) > 0.9

@@ -1,0 +1,147 @@
+"""The shipped masking model on images a user would give it, the CLI and the Nipype node."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from samri_ml.errors import SamriMLError
+from samri_ml.masking.predict import default_model_path, predict_mask
+from samri_ml.metrics import dice
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """The project's mouse-head phantom (skull, muscle, CSF) in T2, T1 and EPI, with its mask."""
+    from samri_ml.example import make_template
+
+    return make_template(0, contrasts=("t2", "t1", "epi"), supersample=1)
+
+
+def test_shipped_model_is_small_and_documented():
+    path = default_model_path()
+    assert path.is_file()
+    assert path.stat().st_size < 20e6
+    card = path.with_suffix(".md")
+    assert "samri_ml-train-masker" in card.read_text()
+
+
+@pytest.mark.parametrize("contrast", ["T2w", "T1w", "bold"])
+def test_shipped_model_masks_a_skull_on_head(phantom, contrast):
+    truth = np.asarray(phantom["mask"].dataobj) > 0
+    mask = predict_mask(phantom[contrast])
+    assert mask.shape == truth.shape and np.allclose(mask.affine, phantom[contrast].affine)
+    assert mask.get_data_dtype() == np.uint8
+    assert dice(np.asarray(mask.dataobj) > 0, truth) >= 0.9
+
+
+def test_same_mask_for_any_axis_order(phantom):
+    img = phantom["T2w"]
+    ref = np.asarray(predict_mask(img).dataobj)
+    # the same image stored with axes permuted and one flipped (header adjusted): same mask
+    data = np.asarray(img.dataobj)
+    flipped = np.flip(data, 0).transpose(2, 0, 1)
+    fl = np.eye(4)
+    fl[0, 0], fl[0, 3] = -1, data.shape[0] - 1
+    perm = np.eye(4)
+    perm[:3, :3] = np.eye(3)[:, [2, 0, 1]]
+    other = nb.Nifti1Image(flipped, img.affine @ fl @ perm)
+    got = np.asarray(predict_mask(other).dataobj)
+    np.testing.assert_array_equal(got, np.flip(ref, 0).transpose(2, 0, 1))
+
+
+def test_4d_series_is_masked_through_its_temporal_mean(phantom):
+    img = phantom["bold"]
+    data = np.asarray(img.dataobj)
+    rng = np.random.default_rng(0)
+    series = np.stack([data * (1 + 0.02 * rng.standard_normal()) for _ in range(3)], axis=-1)
+    mask4d = predict_mask(nb.Nifti1Image(series.astype(np.float32), img.affine))
+    assert mask4d.shape == data.shape
+    mean = nb.Nifti1Image(series.mean(-1).astype(np.float32), img.affine)
+    np.testing.assert_array_equal(
+        np.asarray(mask4d.dataobj), np.asarray(predict_mask(mean).dataobj)
+    )
+
+
+def test_never_an_empty_mask(phantom):
+    with pytest.raises(SamriMLError, match="no brain"):
+        predict_mask(phantom["T2w"], threshold=1.0)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "samri_ml.cli.mask", *map(str, args)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_masks_a_head(tmp_path, phantom):
+    src = tmp_path / "head.nii.gz"
+    nb.save(phantom["T1w"], src)
+    out, masked = tmp_path / "mask.nii.gz", tmp_path / "brain.nii.gz"
+    r = _cli(src, out, "--masked", masked)
+    assert r.returncode == 0, r.stderr
+    mask = nb.load(out)
+    assert mask.get_data_dtype() == np.uint8
+    assert dice(np.asarray(mask.dataobj) > 0, np.asarray(phantom["mask"].dataobj) > 0) > 0.9
+    assert not np.asarray(nb.load(masked).dataobj)[np.asarray(mask.dataobj) == 0].any()
+
+
+def _garbage(tmp_path):
+    aff = np.diag([0.2, 0.2, 0.2, 1])
+    zeros = tmp_path / "zeros.nii.gz"
+    nb.save(nb.Nifti1Image(np.zeros((20, 20, 20), np.float32), aff), zeros)
+    nan = tmp_path / "nan.nii.gz"
+    data = np.ones((20, 20, 20), np.float32)
+    data[3, 3, 3] = np.nan
+    nb.save(nb.Nifti1Image(data, aff), nan)
+    flat = tmp_path / "flat.nii.gz"
+    nb.save(nb.Nifti1Image(np.ones((20, 20), np.float32), aff), flat)
+    text = tmp_path / "text.nii.gz"
+    text.write_text("not an image\n")
+    return {"all zero": zeros, "NaN": nan, "2D": flat, "not an image": text,
+            "missing": tmp_path / "missing.nii.gz"}  # fmt: skip
+
+
+def test_cli_refuses_garbage_with_one_line(tmp_path):
+    from samri_ml.cli.mask import main
+
+    for what, path in _garbage(tmp_path).items():
+        out = tmp_path / f"out_{path.stem}.nii.gz"
+        code = main([str(path), str(out)])
+        assert code == 1, what
+        assert not out.exists(), f"{what}: no mask may be written"
+
+
+def test_cli_garbage_message_is_one_line(tmp_path):
+    path = _garbage(tmp_path)["all zero"]
+    r = _cli(path, tmp_path / "o.nii.gz")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("samri_ml-mask: error:") and "zero" in lines[0]
+    assert _cli().returncode == 2
+
+
+# --------------------------------------------------------------------------------- interface
+
+
+def test_maskbrain_node(tmp_path, phantom, monkeypatch):
+    from samri_ml.interfaces.masking import MaskBrain
+
+    src = tmp_path / "sub-1_T2w.nii"
+    nb.save(phantom["T2w"], src)
+    monkeypatch.chdir(tmp_path)
+    res = MaskBrain(in_file=str(src)).run()
+    out = res.outputs
+    assert out.mask_list == [out.out_mask]
+    mask = np.asarray(nb.load(out.out_mask).dataobj)
+    assert dice(mask > 0, np.asarray(phantom["mask"].dataobj) > 0) > 0.9
+    brain = np.asarray(nb.load(out.out_file).dataobj)
+    assert not brain[mask == 0].any() and brain[mask > 0].any()

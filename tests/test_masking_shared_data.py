@@ -1,0 +1,71 @@
+"""The shipped masking model on real scans (../shared/data), and speed measurements."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from samri_ml.metrics import dice
+
+pytestmark = pytest.mark.shared_data
+
+
+@pytest.fixture(scope="module")
+def scans(shared_data):
+    from samri_ml.masking.data import real_scans
+
+    out = {s.name: s for s in real_scans(shared_data, register=False)}
+    if not out:
+        pytest.skip("no masked scans under the shared data folder")
+    return out
+
+
+@pytest.mark.parametrize(
+    "name, minimum",
+    [
+        ("sammba/anat", 0.85),  # T2 head with skull, a source the shipped model never saw
+        ("emory/T2", 0.85),  # template, voxel sizes 10x too large in the header, unseen source
+        ("dama/tg4510_tp3_7_20130522_WT", 0.9),  # in-vivo T2, validation subject, manual mask
+    ],
+)
+def test_shipped_model_on_real_scans(scans, name, minimum):
+    import nibabel as nb
+
+    from samri_ml.masking.predict import predict_mask
+
+    if name not in scans:
+        pytest.skip(f"{name} not in the shared data")
+    scan = scans[name]
+    img = nb.Nifti1Image(scan.image, np.diag([*scan.zooms, 1.0]))
+    pred = np.asarray(predict_mask(img).dataobj) > 0
+    assert dice(pred, scan.mask) >= minimum
+
+
+@pytest.mark.benchmark
+def test_speed(scans, tmp_path, request):
+    """Seconds per volume once loaded, and ``samri_ml-mask`` end to end (prints both)."""
+    if "benchmark" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("measurement; run with -m benchmark")
+    import nibabel as nb
+
+    from samri_ml.masking.predict import load_model, predict_mask
+
+    model = load_model()
+    for name in ("dama/tg4510_tp3_7_20130522_WT", "sammba/anat", "emory/EPI"):
+        scan = scans[name]
+        img = nb.Nifti1Image(scan.image, np.diag([*scan.zooms, 1.0]))
+        predict_mask(img, model)
+        t0 = time.perf_counter()
+        predict_mask(img, model)
+        print(f"{name} {scan.image.shape}: {time.perf_counter() - t0:.2f} s per volume")
+    src = scans["sammba/anat"].path
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "samri_ml.cli.mask", src, str(tmp_path / "m.nii.gz")]
+    )
+    print(f"samri_ml-mask end to end: {time.perf_counter() - t0:.1f} s")
+    assert r.returncode == 0

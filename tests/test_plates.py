@@ -1,0 +1,201 @@
+"""Plates: metrics, loading, preprocessing, augmentation, losses (no shipped model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from samri_ml.errors import SamriMLError
+from samri_ml.plates import augment
+from samri_ml.plates.data import (
+    label_from_name,
+    load_atlas,
+    load_sections,
+    pad_square,
+    preprocess,
+    read_image,
+)
+from samri_ml.plates.metrics import ranking_metrics, true_rank
+
+
+def _brain(h=120, w=160, seed=0):
+    """A bright ellipse with some texture on a dark background (a fake section)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (0.4 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 < 1
+    return (inside * rng.integers(80, 220, (h, w))).astype(np.uint8)
+
+
+# --- metrics (exactly the seed's) -------------------------------------------------------------
+
+
+def test_metrics_hand_computed():
+    rankings = [[3, 1, 2, 4], [1, 2, 3, 4], [4, 3, 2, 1]]
+    truths = [1, 1, 1]  # 0-based positions 1, 0, 3
+    m = ranking_metrics(rankings, truths, seconds=6.0)
+    assert m["ranks"] == [1, 0, 3]
+    assert m["mae"] == pytest.approx(4 / 3)
+    assert m["top1"] == pytest.approx(1 / 3)
+    assert m["top3"] == pytest.approx(2 / 3)
+    assert m["top5"] == 1.0 and m["top10"] == 1.0
+    assert m["seconds_total"] == 6.0 and m["seconds_per_section"] == 2.0
+
+
+def test_seed_like_numbers():
+    # 12 sections with ranks 0,0,0,1,1,1,1,2,2,3,3,3 -> MAE 17/12 = 1.42, Top-1 25 %, Top-3 75 %
+    ranks = [0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3]
+    plates = list(range(1, 133))
+    rankings, truths = [], []
+    for r in ranks:
+        truth = 50
+        others = [p for p in plates if p != truth]
+        rankings.append(others[:r] + [truth] + others[r:])
+        truths.append(truth)
+    m = ranking_metrics(rankings, truths)
+    assert round(m["mae"], 2) == 1.42
+    assert m["top1"] == 0.25 and m["top3"] == 0.75 and m["top5"] == 1.0
+
+
+def test_true_rank_missing_plate():
+    with pytest.raises(ValueError):
+        true_rank([1, 2, 3], 7)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 131), min_size=1, max_size=20), st.randoms())
+def test_metrics_properties(positions, rnd):
+    plates = list(range(1, 133))
+    rankings, truths = [], []
+    for pos in positions:
+        r = plates[:]
+        rnd.shuffle(r)
+        rankings.append(r)
+        truths.append(r[pos])
+    m = ranking_metrics(rankings, truths)
+    assert m["mae"] == pytest.approx(np.mean(positions))
+    assert 0 <= m["mae"] <= 131
+    assert m["top1"] <= m["top3"] <= m["top5"] <= m["top10"] <= 1
+    assert m["top1"] == pytest.approx(np.mean(np.array(positions) == 0))
+
+
+# --- loading and preprocessing ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,label", [("100_2.png", 100), ("91.png", 91), ("7.tif", 7), ("12_b_3.jpg", 12)]
+)
+def test_label_from_name(name, label):
+    assert label_from_name(name) == label
+
+
+def test_label_from_bad_name():
+    with pytest.raises(SamriMLError, match="plate number"):
+        label_from_name("section.png")
+
+
+def test_load_atlas_and_sections(tmp_path):
+    import cv2
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    for n in (3, 1, 12):
+        cv2.imwrite(str(atlas / f"{n}.png"), _brain(seed=n))
+    (atlas / "notes.txt").write_text("not a plate")
+    nums, imgs = load_atlas(atlas)
+    assert nums.tolist() == [1, 3, 12] and len(imgs) == 3
+    secs = tmp_path / "secs"
+    secs.mkdir()
+    cv2.imwrite(str(secs / "100_2.png"), _brain())
+    cv2.imwrite(str(secs / "91.png"), _brain())
+    paths, labels, _ = load_sections(secs)
+    assert [p.name for p in paths] == ["100_2.png", "91.png"] and labels.tolist() == [100, 91]
+
+
+def test_empty_atlas(tmp_path):
+    with pytest.raises(SamriMLError, match="no atlas plates"):
+        load_atlas(tmp_path)
+
+
+@pytest.mark.parametrize("size", [224, 448, 1024, 128])
+def test_preprocess_shape(size):
+    out = preprocess(_brain(), size)
+    assert out.shape == (size, size) and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1 and out.max() > 0.5
+
+
+def test_pad_square_centres():
+    sq = pad_square(np.ones((10, 30), np.uint8))
+    assert sq.shape == (30, 30) and sq[10:20].all() and not sq[:10].any()
+
+
+def test_read_odd_inputs(tmp_path):
+    import cv2
+
+    b = _brain()
+    cv2.imwrite(str(tmp_path / "s16.tif"), b.astype(np.uint16) * 200)
+    cv2.imwrite(str(tmp_path / "rgb.tif"), np.dstack([b, b // 2, b]))
+    cv2.imwrite(str(tmp_path / "f.tif"), b.astype(np.float32) / 255)
+    for name in ("s16.tif", "rgb.tif", "f.tif"):
+        img = read_image(tmp_path / name)
+        assert img.dtype == np.uint8 and img.shape == b.shape and img.max() > 150
+    # a float TIFF in [0, 1] reads as round(255 x), like the shared PNGs
+    assert np.abs(read_image(tmp_path / "f.tif").astype(int) - b).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda p: p.write_text("hello"), "not a readable image"),
+        (lambda p: __import__("cv2").imwrite(str(p), np.zeros((64, 64), np.uint8)), "empty"),
+        (lambda p: __import__("cv2").imwrite(str(p), _brain(8, 8)), "too small"),
+    ],
+    ids=["text", "empty", "tiny"],
+)
+def test_bad_inputs(tmp_path, make, match):
+    p = tmp_path / "bad.png"
+    make(p)
+    with pytest.raises(SamriMLError, match=match) as e:
+        read_image(p)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SamriMLError, match="no such file"):
+        read_image(tmp_path / "nope.png")
+
+
+# --- augmentation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        augment.random_affine,
+        augment.crop_and_pad,
+        augment.pepper_noise,
+        augment.missing_cortex,
+        augment.missing_cerebellum,
+        augment.hemisection,
+        augment.tiling_seams,
+        augment.uneven_staining,
+        augment.blur_or_noise,
+        augment.section_like,
+    ],
+)
+def test_augmentations_keep_shape(fn):
+    img = preprocess(_brain(), 96)
+    rng = np.random.default_rng(0)
+    out = fn(img, rng)
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1
+    # deterministic given the seed
+    np.testing.assert_array_equal(out, fn(img, np.random.default_rng(0)))
+
+
+def test_partial_sections_remove_tissue():
+    img = preprocess(_brain(), 96)
+    rng = np.random.default_rng(1)
+    assert augment.missing_cortex(img, rng)[:5].sum() == 0  # the dorsal rows are gone
+    assert (augment.hemisection(img, rng) > 0).sum() < (img > 0).sum()

@@ -1,0 +1,127 @@
+"""Plates with the SHIPPED model and index: inference, CLIs, the Nipype interface, val_2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from samri_ml.plates.data import shared_data_dir
+from samri_ml.plates.identify import PlateIdentifier, default_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = shared_data_dir() / "plates"
+# what the shipped model measured on val_2 (see samri_ml/data/models/plates_embedding.md)
+with np.load(default_model_dir() / "plates_index.npz") as _z:
+    N_PLATES = len(_z["plates"])
+
+
+@pytest.fixture(scope="module")
+def ident():
+    return PlateIdentifier()
+
+
+@pytest.fixture(scope="module")
+def plate_thumbs():
+    with np.load(default_model_dir() / "plates_index.npz") as z:
+        return dict(zip(z["plates"].tolist(), z["thumbnails"], strict=True))
+
+
+def test_index_content():
+    with np.load(default_model_dir() / "plates_index.npz") as z:
+        assert z["plates"].tolist() == list(range(1, 133))
+        assert z["embeddings"].shape[0] == 132
+        assert int(z["size"]) > 0
+
+
+@pytest.mark.parametrize("plate", [10, 45, 70, 95, 120])
+def test_plate_ranks_itself(ident, plate_thumbs, plate):
+    """A plate given as a section (its stored picture) ranks itself in the top 5."""
+    res = ident.rank([plate_thumbs[plate]])[0]
+    assert plate in res["ranking"][:5], res["ranking"][:5]
+    assert sorted(res["ranking"]) == list(range(1, 133))
+    assert res["distances"] == sorted(res["distances"])
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_identify_cli_json(tmp_path, plate_thumbs, capsys):
+    import cv2
+
+    a, b = tmp_path / "s1.png", tmp_path / "s2.tif"
+    cv2.imwrite(str(a), plate_thumbs[80])
+    cv2.imwrite(str(b), np.dstack([plate_thumbs[30]] * 3))  # an RGB TIFF
+    out = tmp_path / "out.json"
+    from samri_ml.cli.identify_plate import main
+
+    # in-process (TensorFlow is already loaded by the other tests): same code path as the script
+    assert main([str(a), str(b), "--json", str(out), "--top", "3"]) == 0
+    data = json.loads(out.read_text())
+    assert set(data) == {str(a), str(b)}
+    for res in data.values():
+        assert sorted(res["ranking"]) == list(range(1, 133))
+        assert len(res["distances"]) == 132
+        assert res["distances"] == sorted(res["distances"])
+        assert set(res["regions"]) == {"dorsal", "central", "ventral", "left", "right"}
+        assert "dorsoventral_degrees" in res["tilt"]
+    assert 80 in data[str(a)]["ranking"][:5]
+    assert str(a) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "missing"])
+def test_identify_cli_bad_input(tmp_path, kind):
+    import cv2
+
+    p = tmp_path / "bad.png"
+    if kind == "text":
+        p.write_text("not an image")
+    elif kind == "empty":
+        cv2.imwrite(str(p), np.zeros((50, 50), np.uint8))
+    r = _cli("samri_ml.cli.identify_plate", str(p))
+    assert r.returncode in (1, 2)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in r.stderr
+    assert lines[-1].startswith("samri_ml-identify-plate: error:")
+    if kind != "missing":
+        assert len(lines) == 1 and r.returncode == 1
+
+
+def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):
+    import cv2
+
+    from samri_ml.interfaces.plates import IdentifyPlate
+
+    sec = tmp_path / "section.png"
+    cv2.imwrite(str(sec), plate_thumbs[100])
+    monkeypatch.chdir(tmp_path)
+    res = IdentifyPlate(in_file=str(sec)).run()
+    out = res.outputs
+    assert 100 in out.ranking[:5] and len(out.ranking) == 132
+    montage = cv2.imread(out.out_montage)
+    assert montage.shape[1] == 6 * montage.shape[0]  # the section + 5 plates side by side
+    assert json.loads(Path(out.out_json).read_text())["ranking"] == out.ranking
+
+
+@pytest.mark.shared_data
+def test_shipped_model_on_val2(ident):
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data not found")
+    from samri_ml.plates.data import load_sections
+    from samri_ml.plates.metrics import ranking_metrics
+
+    card = json.loads((default_model_dir() / "plates_index_metrics.json").read_text())
+    _, labels, imgs = load_sections(SHARED / "val_2")
+    res = ident.rank(imgs)
+    m = ranking_metrics([r["ranking"] for r in res], labels)
+    assert m["top5"] >= card["val_2"]["top5"] - 0.1
+    assert m["mae"] <= card["val_2"]["mae"] + 0.3

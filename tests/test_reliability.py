@@ -1,0 +1,395 @@
+"""Bad input gets a clear, one-line error and leaves the input untouched (issue 5, part 1).
+
+Every case builds a tiny BIDS dataset (a few thousand voxels), breaks one thing and runs
+``samri_ml-register`` in-process with ``--dry-run``: a check that let a broken input through
+would return 0 there instead of failing, and nothing heavy ever runs. The table of these cases
+is ``docs/errors.rst``; keep both in step.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from samri_ml.cli.register import main
+
+ANAT = "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz"
+BOLD = "sub-01/ses-1/func/sub-01_ses-1_task-rest_bold.nii.gz"
+TEMPLATE = "template/tpl-Tiny_T2w.nii.gz"
+MASK = "template/tpl-Tiny_desc-brain_mask.nii.gz"
+
+
+def _blob(shape, seed=0) -> np.ndarray:
+    """An ellipsoid 'brain' (value ~100) in noise, float32."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = sum(g**2 for g in grid) < 0.6
+    return (inside * 100.0 + rng.normal(0, 1, shape)).astype(np.float32)
+
+
+def save(data, path: Path, zooms=(0.2, 0.2, 0.4), affine=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*zooms, 1.0]) if affine is None else affine
+    nb.Nifti1Image(np.asarray(data), affine).to_filename(str(path))
+    return path
+
+
+def make_dataset(root: Path) -> Path:
+    """``root/bids`` (one subject: a 3D T2w and a 4D BOLD run) and ``root/template``."""
+    bids = root / "bids"
+    bids.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "tiny",
+                                                               "BIDSVersion": "1.8.0"}))
+    save(_blob((24, 24, 12)), bids / ANAT)
+    run = np.stack([_blob((12, 12, 6), seed=i) for i in range(5)], axis=-1)
+    save(run, bids / BOLD, zooms=(0.4, 0.4, 0.8))
+    (bids / BOLD.replace(".nii.gz", ".json")).write_text(json.dumps({"RepetitionTime": 1.0}))
+    save(_blob((24, 24, 12)), root / TEMPLATE)
+    save((_blob((24, 24, 12)) > 50).astype(np.uint8), root / MASK)
+    return bids
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file and folder under ``folder``: content checksum, mode and mtime."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        st = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        out[str(path.relative_to(folder))] = (digest, st.st_mode, st.st_mtime_ns)
+    return out
+
+
+def _truncate(path: Path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def _replace_image(rel: str, data=None, **kw):
+    def edit(root: Path) -> None:
+        path = root / "bids" / rel if not rel.startswith("template") else root / rel
+        img = nb.load(str(path))
+        new = np.asarray(img.dataobj) if data is None else data(np.asarray(img.dataobj))
+        save(new, path, affine=kw.get("affine", img.affine))
+
+    return edit
+
+
+def _scaled_zooms(root: Path) -> None:
+    path = root / "bids" / ANAT
+    img = nb.load(str(path))
+    save(np.asarray(img.dataobj), path, affine=np.diag([2.0, 2.0, 4.0, 1.0]))  # 10x 0.2/0.4 mm
+
+
+def _mask_other_grid(root: Path) -> None:
+    save((_blob((20, 20, 10)) > 50).astype(np.uint8), root / MASK)
+
+
+def _text_as_nifti(root: Path) -> None:
+    (root / "bids" / ANAT).write_text("this is not an image\n")
+
+
+def _gzip_of_text(root: Path) -> None:
+    (root / "bids" / ANAT).write_bytes(gzip.compress(b"not an image either\n" * 10))
+
+
+def _truncated_nii(root: Path) -> None:
+    """An uncompressed .nii whose data block is cut short."""
+    path = root / "bids" / ANAT
+    img = nb.load(str(path))
+    data = np.asarray(img.dataobj)
+    path.unlink()
+    new = path.with_name(path.name.replace(".nii.gz", ".nii"))
+    save(data, new, affine=img.affine)
+    _truncate(new)
+
+
+def _no_scans(root: Path) -> None:
+    shutil.rmtree(root / "bids" / "sub-01" / "ses-1")
+    (root / "bids" / "sub-01" / "ses-1" / "anat").mkdir(parents=True)
+    (root / "bids" / "sub-01" / "ses-1" / "anat" / "notes.txt").write_text("no scans here\n")
+
+
+#: (id, how to break the dataset, extra arguments, exit code, words the message must contain)
+CASES = [
+    ("missing_bids_dir", None, ["BIDS=nope"], 2, ["does not exist"]),
+    ("not_bids", None, ["BIDS=template"], 1, ["not a BIDS dataset", "hint"]),
+    ("empty_dataset", lambda r: shutil.rmtree(r / "bids" / "sub-01"), [], 1,
+     ["no sub-* folders"]),
+    ("subject_without_scans", _no_scans, [], 1, ["no scans match", "hint"]),
+    ("no_matching_scans", None, ["-s", '{"suffix": "FLAIR"}', "-f", '{"suffix": "cbv"}'], 1,
+     ["no scans match", "hint"]),
+    ("unknown_participant", None, ["--participant-label", "sub-07"], 1,
+     ["participant(s) 07 not found", "available: 01"]),
+    ("truncated_scan", lambda r: _truncate(r / "bids" / ANAT), [], 1,
+     ["sub-01_ses-1_T2w.nii.gz", "truncated or corrupt"]),
+    ("truncated_uncompressed_scan", _truncated_nii, [], 1, ["truncated or corrupt"]),
+    ("truncated_template", lambda r: _truncate(r / TEMPLATE), [], 1,
+     ["tpl-Tiny_T2w.nii.gz", "truncated or corrupt"]),
+    ("corrupt_template", lambda r: (r / TEMPLATE).write_bytes(os.urandom(4000)), [], 1,
+     ["tpl-Tiny_T2w.nii.gz", "not a NIfTI"]),
+    ("missing_template", lambda r: (r / TEMPLATE).unlink(), [], 1, ["no such file"]),
+    ("text_named_nii_gz", _text_as_nifti, [], 1, ["not a NIfTI", "hint"]),
+    ("gzipped_text", _gzip_of_text, [], 1, ["not a NIfTI"]),
+    ("2d_scan", _replace_image(ANAT, lambda d: d[:, :, 6]), [], 1, ["2D image"]),
+    ("5d_run", _replace_image(BOLD, lambda d: np.stack([d, d], axis=-1)), [], 1,
+     ["5 dimensions"]),
+    ("4d_template", _replace_image(TEMPLATE, lambda d: np.stack([d, d], axis=-1)), [], 1,
+     ["4 dimensions", "expected 3D"]),
+    ("3d_functional_run", _replace_image(BOLD, lambda d: d[..., 0]), [], 1,
+     ["functional run is 3D", "hint"]),
+    ("nan_voxels", _replace_image(ANAT, lambda d: np.where(d > 90, np.nan, d)), [], 1,
+     ["NaN or Inf", "hint"]),
+    ("inf_voxels", _replace_image(BOLD, lambda d: np.where(d > 90, np.inf, d)), [], 1,
+     ["NaN or Inf"]),
+    ("all_zero_scan", _replace_image(ANAT, np.zeros_like), [], 1, ["all zeros"]),
+    ("all_zero_template", _replace_image(TEMPLATE, np.zeros_like), [], 1, ["all zeros"]),
+    ("empty_template_mask", _replace_image(MASK, lambda d: np.zeros_like(d)), [], 1,
+     ["all zeros"]),
+    ("voxel_sizes_10x", _scaled_zooms, [], 1, ["field of view", "10x", "--no-fov-check"]),
+    ("template_mask_other_grid", _mask_other_grid, [], 1, ["not on the same grid", "hint"]),
+    ("output_is_a_file", lambda r: (r / "out").write_text("x"), ["OUT=out"], 1,
+     ["exists and is not a folder"]),
+    ("output_under_a_file", lambda r: (r / "out").write_text("x"), ["OUT=out/deriv"], 1,
+     ["not a writable folder"]),
+    ("output_among_sources", None, ["OUT=bids/sub-01"], 2, ["would write among the source"]),
+    ("bad_plugin_args", None, ["--plugin-args", "{nope"], 2, ["not valid JSON"]),
+    ("bad_structural_filter", None, ["-s", "[1, 2]"], 2, ["expected a JSON object"]),
+]
+
+
+def _argv(root: Path, extra: list[str]) -> list[str]:
+    bids, out, rest = str(root / "bids"), None, []
+    for item in extra:
+        if item.startswith("BIDS="):
+            bids = str(root / item[5:])
+        elif item.startswith("OUT="):
+            out = str(root / item[4:])
+        else:
+            rest.append(item)
+    return [bids, *([out] if out else []), "participant", "--fast", "--no-qc", "--dry-run",
+            "--template", str(root / TEMPLATE), "--template-mask", str(root / MASK), *rest]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_one_line_error(case, tmp_path, capsys):
+    name, breaker, extra, code, words = case
+    make_dataset(tmp_path)
+    if breaker is not None:
+        breaker(tmp_path)
+    before = snapshot(tmp_path)
+    rc = main(_argv(tmp_path, extra))
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    # usage errors (2) print argparse's usage synopsis first, then the one error line
+    message = lines[-1]
+    assert message.startswith("samri_ml-register: error: "), err
+    if code == 1:
+        assert len(lines) == 1, err
+    for word in words:
+        assert word in message, message
+    # nothing was written anywhere: not into the input, and (default OUTPUT_DIR) no
+    # derivatives folder either, because every check runs before anything is created
+    assert snapshot(tmp_path) == before
+
+
+def test_verbose_shows_the_traceback(tmp_path, capsys):
+    make_dataset(tmp_path)
+    _truncate(tmp_path / TEMPLATE)
+    assert main([*_argv(tmp_path, []), "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "truncated or corrupt" in err.strip().splitlines()[-1]
+
+
+def test_checks_pass_on_a_good_dataset(tmp_path, capsys):
+    """The same dataset, unbroken, passes every check (so the cases above test one thing)."""
+    make_dataset(tmp_path)
+    assert main(_argv(tmp_path, [])) == 0, capsys.readouterr().err
+    assert (tmp_path / "bids" / "derivatives" / "samri_ml" / "dataset_description.json").exists()
+
+
+def test_no_fov_check_lets_scaled_headers_through(tmp_path, capsys):
+    make_dataset(tmp_path)
+    _scaled_zooms(tmp_path)
+    assert main([*_argv(tmp_path, []), "--no-fov-check"]) == 0, capsys.readouterr().err
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", "-R", flag, str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["existing", "to_create"])
+def test_unwritable_output_folder(tmp_path, capsys, existing):
+    """A read-only OUTPUT_DIR (or parent) fails up front, also for root (immutable folder)."""
+    make_dataset(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = locked if existing else locked / "deriv"
+    if os.geteuid() == 0:
+        if not _chattr("+i", locked):
+            pytest.skip("root ignores permissions and chattr +i is not supported here")
+    else:
+        locked.chmod(0o555)
+    try:
+        before = snapshot(tmp_path)
+        rc = main(_argv(tmp_path, [f"OUT={out.relative_to(tmp_path)}"]))
+        err = capsys.readouterr().err
+        assert snapshot(tmp_path) == before
+    finally:
+        _chattr("-i", locked) if os.geteuid() == 0 else locked.chmod(0o755)
+    assert rc == 1, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert ("not writable" in err) if existing else ("cannot create" in err)
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt_template"])
+def test_console_script_exit_code(case, tmp_path):
+    """The installed ``samri_ml-register`` script returns the same codes (2 usage, 1 other)."""
+    make_dataset(tmp_path)
+    if case == "missing":
+        argv, code = _argv(tmp_path, ["BIDS=nope"]), 2
+    else:
+        (tmp_path / TEMPLATE).write_bytes(b"\0" * 100)
+        argv, code = _argv(tmp_path, []), 1
+    script = Path(sys.executable).parent / "samri_ml-register"
+    proc = subprocess.run([str(script), *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1].startswith("samri_ml-register: error: ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_output_lock_refuses_a_second_run(tmp_path, capsys):
+    """While a run holds OUTPUT_DIR, another refuses at once (part 4; the real two-process case
+    is in test_resume.py); once released, the folder is free again."""
+    from samri_ml.lock import OutputLock
+
+    make_dataset(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    with OutputLock(out):
+        assert main(_argv(tmp_path, ["OUT=out"])) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"pid {os.getpid()}" in err[0] and "is writing to" in err[0], err
+    assert main(_argv(tmp_path, ["OUT=out"])) == 0, capsys.readouterr().err
+
+
+def test_lock_is_released_when_the_holder_is_killed(tmp_path):
+    """A run killed with SIGKILL never blocks the next one (the kernel drops flock locks)."""
+    from samri_ml.lock import OutputLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from samri_ml.lock import OutputLock\n"
+         f"with OutputLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match="another samri_ml run"):
+            with OutputLock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputLock(tmp_path):
+        pass
+
+
+# -- the other commands -----------------------------------------------------------------------
+def _bad_images(folder: Path) -> dict[str, Path]:
+    """One file per bad-input case, plus a good 3D image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = _blob((24, 24, 12))
+    files = {"good": save(good, folder / "good.nii.gz")}
+    files["2d"] = save(good[:, :, 6], folder / "2d.nii.gz")
+    files["5d"] = save(np.stack([np.stack([good, good], -1)] * 2, -1), folder / "5d.nii.gz")
+    files["nan"] = save(np.where(good > 90, np.nan, good), folder / "nan.nii.gz")
+    files["inf"] = save(np.where(good > 90, -np.inf, good), folder / "inf.nii.gz")
+    files["zero"] = save(np.zeros_like(good), folder / "zero.nii.gz")
+    files["text"] = folder / "text.nii.gz"
+    files["text"].write_text("not an image\n")
+    files["truncated"] = folder / "truncated.nii.gz"
+    raw = files["good"].read_bytes()
+    files["truncated"].write_bytes(raw[: len(raw) // 2])
+    files["missing"] = folder / "missing.nii.gz"
+    return files
+
+
+IMAGE_CASES = {  # case -> words of the message
+    "missing": ["no such file"], "text": ["not a NIfTI", "hint"],
+    "truncated": ["truncated or corrupt"], "2d": ["2D image"], "5d": ["5 dimensions"],
+    "nan": ["NaN or Inf", "hint"], "inf": ["NaN or Inf"], "zero": ["all zeros"],
+}
+
+
+def _command(name):
+    import importlib
+
+    module = importlib.import_module(f"samri_ml.cli.{name}")
+    return module.main
+
+
+@pytest.mark.parametrize("case", sorted(IMAGE_CASES))
+@pytest.mark.parametrize("tool", ["mask", "qc_processed", "qc_raw"])
+def test_other_commands_refuse_bad_images(tool, case, tmp_path, capsys):
+    """samri_ml-mask and samri_ml-qc scan: the same one-line errors, nothing written."""
+    files = _bad_images(tmp_path / "in")
+    bad, good = str(files[case]), str(files["good"])
+    if tool == "mask":
+        name, argv, prog = "mask", [bad, str(tmp_path / "out" / "m.nii.gz")], "samri_ml-mask"
+    elif tool == "qc_processed":
+        name, prog = "qc", "samri_ml-qc"
+        argv = ["scan", bad, good, "--json", str(tmp_path / "out" / "qc.json")]
+    else:
+        name, prog = "qc", "samri_ml-qc"
+        argv = ["scan", good, bad, "--json", str(tmp_path / "out" / "qc.json")]
+    before = snapshot(tmp_path)
+    rc = _command(name)(argv)
+    err = capsys.readouterr().err
+    assert rc in (1, 2), err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith(f"{prog}: error: ") and "Traceback" not in err, err
+    if rc == 1:
+        assert len(lines) == 1, err
+    for word in IMAGE_CASES[case]:
+        assert word in lines[-1], lines[-1]
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "truncated_png"])
+def test_identify_plate_refuses_bad_images(case, tmp_path, capsys):
+    path = tmp_path / ("section.png" if case != "missing" else "nope.png")
+    if case == "text":
+        path.write_text("not an image\n")
+    elif case == "truncated_png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(50)))
+    before = snapshot(tmp_path)
+    rc = _command("identify_plate")([str(path), "--json", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err
+    assert rc in (1, 2), err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("samri_ml-identify-plate: error: ") and "Traceback" not in err
+    assert str(path) in last
+    assert ("no such file" in last) if case == "missing" else ("not a readable image" in last)
+    assert snapshot(tmp_path) == before
+
+
+def test_mask_unwritable_output(tmp_path, capsys):
+    files = _bad_images(tmp_path / "in")
+    (tmp_path / "file").write_text("x")
+    rc = _command("mask")([str(files["good"]), str(tmp_path / "file" / "m.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc in (1, 2) and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("samri_ml-mask: error: ")

@@ -1,0 +1,83 @@
+"""``samri_ml-register --plugin SLURM`` on a real one-node SLURM cluster (issue 5, part 6).
+
+The test installs Debian's ``slurm-wlm`` and ``munge`` where they are missing (root and
+apt-get needed; skipped with the reason otherwise), starts munged, slurmctld and slurmd on
+localhost (:class:`samri_ml.testing.slurm.LocalSlurmCluster`: one node with 2 CPUs, no cgroups,
+a job-completion log as the record of what ran), registers the example dataset through it and
+compares the outputs with those of the MultiProc reference run of ``test_resume.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from samri_ml.testing.runs import (
+    compare_outputs,
+    derivative_files,
+    reference_run,
+    report,
+    run_register,
+)
+from samri_ml.testing.slurm import LocalSlurmCluster, why_unavailable
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+#: nodes that run inside the scheduler process (``run_without_submitting``), never as jobs
+LOCAL_NODES = {"ds_anat", "ds_anat_xfm", "ds_func0", "ds_func0_xfm", "s_fixed_masks", "f_merge"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = why_unavailable(install=True)
+    if reason:
+        pytest.skip(f"no local SLURM cluster: {reason}")
+    start = time.monotonic()
+    with LocalSlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=2) as c:
+        c.startup_seconds = time.monotonic() - start
+        yield c
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, example_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm_run")
+    plugin_args = {"sbatch_args": "--partition=samriml --cpus-per-task=1 --time=60",
+                   "poll_sleep_duration": 0.5, "job_finished_timeout": 30}
+    start = time.monotonic()
+    proc = run_register(example_dataset, root / "out", root / "work", "--plugin", "SLURM",
+                        "--plugin-args", json.dumps(plugin_args), env=cluster.env)
+    seconds = time.monotonic() - start
+    cluster.wait_for_jobs(timeout=60)
+    print(f"\nSLURM: cluster up in {cluster.startup_seconds:.1f} s, run {seconds:.0f} s, "
+          f"{len(cluster.completed_jobs())} jobs")
+    return {"out": root / "out", "work": root / "work", "seconds": seconds, "log": proc.stderr}
+
+
+def test_jobs_went_through_sbatch(cluster, slurm_run):
+    jobs = cluster.completed_jobs()
+    names = [j.get("Name", "") for j in jobs]
+    # Nipype names a job <node>.<workflow hierarchy>.<LOGNAME>
+    nodes = {n.split(".")[0] for n in names}
+    for expected in ("s_biascorrect", "s_register", "s_warp", "f_dummy", "f_mean",
+                     "f_biascorrect", "f_register", "f_warp"):
+        assert expected in nodes, names
+    assert not nodes & LOCAL_NODES, names
+    assert all(j.get("JobState") == "COMPLETED" and j.get("ExitCode") == "0:0" for j in jobs), jobs
+    allocations = re.findall(r"sched: Allocate JobId=(\d+)", cluster.ctld_log.read_text())
+    assert {j["JobId"] for j in jobs} <= set(allocations)
+    # Nipype's batch folder holds one slurm-<id>.out per job
+    outs = list((slurm_run["work"] / "samri_ml_wf" / "batch").glob("slurm-*.out"))
+    assert len(outs) == len(jobs)
+
+
+def test_slurm_outputs_match_multiproc(slurm_run, example_dataset, tmp_path_factory):
+    reference = reference_run(example_dataset, tmp_path_factory.mktemp("reference"))
+    assert len(derivative_files(slurm_run["out"])) >= 4
+    diff = compare_outputs(reference["out"], slurm_run["out"])
+    print("\n" + report(diff, "SLURM vs MultiProc"))
+    # the same programs with the same inputs, seeds and thread counts, on the same machine:
+    # a job scheduler changes where and when a node runs, not what it computes
+    assert all(d["identical"] for d in diff.values()), diff
