@@ -1,0 +1,42 @@
+"""Real data: a real 3-volume EPI with an odd orientation and a real head scan go through."""
+
+import json
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from samri_ml.cli.register import main
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_sammba_anat_and_4d_epi(shared_data, tmp_path):
+    sammba = shared_data / "mri" / "scans" / "sammba"
+    bids = tmp_path / "bids"
+    anat = bids / "sub-01" / "anat"
+    func = bids / "sub-01" / "func"
+    anat.mkdir(parents=True)
+    func.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "sammba", "BIDSVersion": "1.8.0"}')
+    # links, not copies: the real data stays in ../shared/data
+    (anat / "sub-01_T2w.nii.gz").symlink_to(sammba / "anat.nii.gz")
+    (func / "sub-01_task-rest_bold.nii.gz").symlink_to(sammba / "func.nii.gz")
+    n_slices = nb.load(sammba / "func.nii.gz").shape[2]
+    times = [(i % 2) * 0.5 + (i // 2) * (1.0 / n_slices) for i in range(n_slices)]
+    (func / "sub-01_task-rest_bold.json").write_text(
+        json.dumps({"RepetitionTime": 1.0, "SliceTiming": times}))
+    templates = shared_data / "mri" / "templates"
+    out = tmp_path / "out"
+    assert main([str(bids), str(out), "--fast", "--nprocs", "2", "-w", str(tmp_path / "work"),
+                 "--template", str(templates / "DSURQE_CCFv3_average_200um.nii.gz"),
+                 "--template-mask", str(templates / "DSURQE_CCFv3_mask_200um.nii.gz")]) == 0
+    bold = nb.load(out / "sub-01" / "func" / "sub-01_task-rest_space-DSURQECCFv3average200um_desc-preproc_bold.nii.gz")
+    tpl_mask = np.asanyarray(nb.load(templates / "DSURQE_CCFv3_mask_200um.nii.gz").dataobj) > 0
+    data = bold.get_fdata()
+    assert data.shape[:3] == tpl_mask.shape and data.ndim == 4
+    # the 12-slice EPI covers part of the brain: what it covers must lie mostly inside the mask
+    signal = data.mean(axis=3) > np.percentile(data.mean(axis=3)[data.mean(axis=3) > 0], 50)
+    assert (signal & tpl_mask).sum() / signal.sum() > 0.7
+    qc = json.loads((out / "sub-01" / "func" / "sub-01_task-rest_desc-qc_metrics.json").read_text())
+    assert np.isfinite(qc["vcf"]) and np.isfinite(qc["scf"])
