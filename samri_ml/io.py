@@ -40,7 +40,8 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
 
     path = Path(path)
     if not path.exists():
-        raise SamriMLError(f"{path}: no such file")
+        raise SamriMLError(f"{path}: no such file; hint: check the path (relative paths start "
+                           "from the current folder)")
     if path.is_dir():
         raise SamriMLError(f"{path}: is a folder, expected a NIfTI image (.nii or .nii.gz)")
     if not os.access(path, os.R_OK):
@@ -72,7 +73,8 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
             bad = int((~finite).sum())
             raise SamriMLError(f"{path}: {bad} voxels are NaN or Inf; hint: fix or zero them first")
         if not np.any(data):
-            raise SamriMLError(f"{path}: the image is all zeros")
+            raise SamriMLError(f"{path}: the image is all zeros; hint: check the file (an empty "
+                               "export or a failed conversion?)")
     if data.ndim != len(img.shape):
         img = nb.Nifti1Image(np.asarray(data), img.affine, img.header)
     return img

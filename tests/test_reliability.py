@@ -386,6 +386,7 @@ def test_identify_plate_refuses_bad_images(case, tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow  # samri_ml-mask runs the U-Net before it finds out it cannot write
 def test_mask_unwritable_output(tmp_path, capsys):
     files = _bad_images(tmp_path / "in")
     (tmp_path / "file").write_text("x")

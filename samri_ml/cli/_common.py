@@ -32,7 +32,7 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None) -> in
     except SamriMLError as err:
         if verbose:
             traceback.print_exc()
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -45,9 +45,14 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None) -> in
     except Exception as err:  # noqa: BLE001 - the user sees one line; -v shows the traceback
         if verbose:
             traceback.print_exc()
-        print(f"{prog}: error: {type(err).__name__}: {err} (rerun with -v for the traceback)",
-              file=sys.stderr)
+        print(f"{prog}: error: {type(err).__name__}: {_one_line(err)} (rerun with -v for the "
+              "traceback)", file=sys.stderr)
         return 1
+
+
+def _one_line(err) -> str:
+    """A message on one line, whatever the exception put in it."""
+    return " ".join(str(err).split())
 
 
 def setup_logging(verbose: int) -> None:
