@@ -17,22 +17,45 @@ from pathlib import Path
 
 
 def main(runs: list[str]) -> None:
-    head = ("loss", "batch", "px", "backbone", "lr", "init", "steps", "chosen", "val_1 MAE",
-            "val_2 MAE", "Top-1", "Top-3", "Top-5", "Top-10")
+    head = (
+        "loss",
+        "batch",
+        "px",
+        "backbone",
+        "lr",
+        "init",
+        "steps",
+        "chosen",
+        "val_1 MAE",
+        "val_2 MAE",
+        "Top-1",
+        "Top-3",
+        "Top-5",
+        "Top-10",
+    )
     rows = []
     for run in runs:
         cfg = json.loads((Path(run) / "config.json").read_text())
         hist = json.loads((Path(run) / "history.json").read_text())
         best = min(hist, key=lambda r: (r["val_1"]["mae"], r["step"]))
         v2 = best["val_2"]
-        rows.append((
-            cfg["loss"], str(cfg["batch_size"]), str(cfg["size"]),
-            f"{cfg['backbone']}-w{cfg['width']}" if cfg["backbone"] == "small"
-            else cfg["backbone"],
-            f"{cfg['learning_rate']:g}", "A best" if cfg.get("init") else "scratch",
-            str(hist[-1]["step"]), str(best["step"]), f"{best['val_1']['mae']:.2f}",
-            f"{v2['mae']:.2f}", *(f"{100 * v2[f'top{k}']:.0f}%" for k in (1, 3, 5, 10)),
-        ))
+        rows.append(
+            (
+                cfg["loss"],
+                str(cfg["batch_size"]),
+                str(cfg["size"]),
+                f"{cfg['backbone']}-w{cfg['width']}"
+                if cfg["backbone"] == "small"
+                else cfg["backbone"],
+                f"{cfg['learning_rate']:g}",
+                "A best" if cfg.get("init") else "scratch",
+                str(hist[-1]["step"]),
+                str(best["step"]),
+                f"{best['val_1']['mae']:.2f}",
+                f"{v2['mae']:.2f}",
+                *(f"{100 * v2[f'top{k}']:.0f}%" for k in (1, 3, 5, 10)),
+            )
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = "  ".join("=" * w for w in widths)
     print(line)

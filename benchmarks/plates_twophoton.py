@@ -30,7 +30,7 @@ def main() -> None:
     import nibabel as nb
 
     from samri_ml.plates.augment import hemisection, missing_cortex
-    from samri_ml.plates.data import shared_data_dir
+    from samri_ml.plates.data import pad_square, shared_data_dir
     from samri_ml.plates.identify import PlateIdentifier
 
     vol = nb.load(shared_data_dir() / "mri/templates/average_template_200um.nii.gz").get_fdata()
@@ -43,7 +43,7 @@ def main() -> None:
         sl = vol[::-1, j, :]  # superior up
         sl = (255 * sl / max(sl.max(), 1)).astype(np.uint8)
         sl = cv2.resize(sl, (sl.shape[1] * 8, sl.shape[0] * 8), interpolation=cv2.INTER_CUBIC)
-        f = sl.astype(np.float32) / 255
+        f = pad_square(sl).astype(np.float32) / 255  # the augmentations work on squares
         variants = {
             "whole": sl,
             "missing cortex": (missing_cortex(f, rng) * 255).astype(np.uint8),

@@ -16,9 +16,6 @@ from samri_ml.plates.identify import PlateIdentifier, default_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = shared_data_dir() / "plates"
-# what the shipped model measured on val_2 (see samri_ml/data/models/plates_embedding.md)
-with np.load(default_model_dir() / "plates_index.npz") as _z:
-    N_PLATES = len(_z["plates"])
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +122,24 @@ def test_shipped_model_on_val2(ident):
     m = ranking_metrics([r["ranking"] for r in res], labels)
     assert m["top5"] >= card["val_2"]["top5"] - 0.1
     assert m["mae"] <= card["val_2"]["mae"] + 0.3
+
+
+def test_evaluate_cli_and_reindex(tmp_path, plate_thumbs, capsys):
+    """--atlas re-indexes a (here 6-plate) atlas; evaluate prints MAE and Top-N."""
+    import cv2
+
+    from samri_ml.cli.evaluate_plates import main
+
+    atlas, secs = tmp_path / "atlas", tmp_path / "secs"
+    atlas.mkdir()
+    secs.mkdir()
+    for n in (20, 40, 60, 80, 100, 120):
+        cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n])
+    for n in (40, 100):
+        cv2.imwrite(str(secs / f"{n}_1.png"), plate_thumbs[n][8:-8, 8:-8])
+    out = tmp_path / "m.json"
+    assert main(["--images", str(secs), "--atlas", str(atlas), "--json", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["n"] == 2 and m["mae"] == 0.0 and m["top1"] == 1.0
+    assert all(sorted(r) == [20, 40, 60, 80, 100, 120] for r in m["rankings"].values())
+    assert "MAE 0.00" in capsys.readouterr().out

@@ -65,8 +65,6 @@ def run(args) -> int:
         seconds = time.perf_counter() - t0
         rankings = [r["ranking"] for r in results]
     else:
-        import numpy as np
-
         from samri_ml.plates.baseline import rank_mi_affine
         from samri_ml.plates.data import preprocess
 
@@ -84,7 +82,6 @@ def run(args) -> int:
                 file=sys.stderr,
             )
         seconds = time.perf_counter() - t0
-        np.asarray(rankings)
     m = ranking_metrics(rankings, labels, seconds)
     print(format_metrics(m, f"{args.method} on {args.images}"))
     if args.json:

@@ -11,8 +11,8 @@ The shipped files (``samri_ml/data/models``):
 
 Beyond the seed (cutting angle): each section is also cut into overlapping sub-regions
 (dorsal/central/ventral bands, left/right halves of the tissue bounding box); each region is
-ranked against the same regions of the plates, which gives a plate per region and a tilt
-estimate, and the mean region distance is mixed into the overall ranking
+ranked against the same regions of the plates, which gives a plate per region (searched within
+:data:`REGION_WINDOW` plates of the whole section's best) and a tilt estimate, and the mean region distance is mixed into the overall ranking
 (``d = (1 - w) d_whole + w mean_regions d_region``, with regions without tissue left out),
 so a section missing part of its tissue is still matched by what remains.
 """
@@ -37,6 +37,9 @@ REGIONS = {
     "right": (0.0, 1.0, 0.45, 1.0),
 }
 PLATE_SPACING_MM = 0.1
+#: a region's plate is searched within this many plates of the whole section's best plate
+#: (8 plates = 0.8 mm over half a section, i.e. tilts up to about 15 degrees)
+REGION_WINDOW = 8
 MIN_TISSUE_FRACTION = 0.25
 
 
@@ -47,10 +50,18 @@ def default_model_dir() -> Path:
 
 def region_crops(img: np.ndarray, crop: bool = True) -> dict[str, np.ndarray]:
     """Sub-images (uint8) of the tissue bounding box for each region of :data:`REGIONS`."""
+    import cv2
+
     if crop:
         y0, y1, x0, x1 = tissue_bbox(img)
         img = img[y0:y1, x0:x1]
     h, w = img.shape
+    if max(h, w) > 512:  # regions are embedded at ~128 px: no need to equalise 1024 px crops
+        f = 512 / max(h, w)
+        img = cv2.resize(
+            img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
+        )
+        h, w = img.shape
     out = {}
     for name, (a, b, c, d) in REGIONS.items():
         out[name] = img[
@@ -217,8 +228,9 @@ class PlateIdentifier:
             }
             if "regions" in d:
                 res["regions"] = {}
+                near = np.abs(self.plates - res["ranking"][0]) <= REGION_WINDOW
                 for r, name in enumerate(REGIONS):
-                    j = int(np.argmin(d["regions"][i, r]))
+                    j = int(np.argmin(np.where(near, d["regions"][i, r], np.inf)))
                     res["regions"][name] = {
                         "plate": int(self.plates[j]),
                         "distance": float(d["regions"][i, r, j]),

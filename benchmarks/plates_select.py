@@ -1,0 +1,53 @@
+"""Model selection on val_2: single runs and their ensembles, exported and measured.
+
+Usage::
+
+    python benchmarks/plates_select.py NAME=MODEL.keras [NAME=MODEL.keras ...] [--out DIR]
+
+Every model and every ensemble of two or more of them (mean squared embedding distance) is
+exported with its plate index into DIR/<names> and ranked on val_1 and val_2 (as shipped:
+flip test-time augmentation, no smoothing, no region mixing). Prints one line per candidate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--out", default="/tmp/plates_select")
+    args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from samri_ml.plates.data import shared_data_dir
+    from samri_ml.plates.metrics import format_metrics
+    from samri_ml.plates.train import export_and_measure, make_ensemble_run
+
+    named = dict(m.split("=", 1) for m in args.models)
+    data = shared_data_dir() / "plates"
+    results = {}
+    for k in range(1, len(named) + 1):
+        for combo in itertools.combinations(sorted(named), k):
+            name = "+".join(combo)
+            run = Path(args.out) / name
+            make_ensemble_run([named[c] for c in combo], run)
+            m = export_and_measure(run, run / "export", data)
+            results[name] = {
+                s: {x: m[s][x] for x in ("mae", "top1", "top3", "top5", "top10")}
+                for s in ("val_1", "val_2")
+            }
+            print(
+                f"{name:24s} {format_metrics(m['val_1'], 'val_1')} | "
+                f"{format_metrics(m['val_2'], 'val_2')}",
+                flush=True,
+            )
+    (Path(args.out) / "selection.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
