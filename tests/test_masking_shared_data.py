@@ -27,8 +27,8 @@ def scans(shared_data):
 @pytest.mark.parametrize(
     "name, minimum",
     [
-        ("sammba/anat", 0.85),  # T2 head with skull, a source the shipped model never saw
-        ("emory/T2", 0.85),  # template, voxel sizes 10x too large in the header, unseen source
+        ("sammba/anat", 0.7),  # T2 head with skull, a source the shipped model never saw
+        ("emory/T2", 0.7),  # template, voxel sizes 10x too large in the header, unseen source
         ("dama/tg4510_tp3_7_20130522_WT", 0.9),  # in-vivo T2, validation subject, manual mask
     ],
 )
