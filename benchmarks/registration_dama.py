@@ -24,10 +24,10 @@ import numpy as np
 
 from samri_ml.ants import ensure_ants_on_path
 from samri_ml.metrics import dice, label_dice
+from samri_ml.paths import shared_data_dir
 from samri_ml.registration import n_stages, registration_inputs
 
-SHARED = Path(os.environ.get("SAMRI_ML_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-DAMA = SHARED / "mri" / "scans" / "dama"
+DAMA = shared_data_dir() / "mri" / "scans" / "dama"
 
 
 def register_pair(fixed, moving, fixed_mask, flavour, workdir, nprocs=2, zoom=1):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SAMRI_ML_SHARED_DATA", REPO.parent / "shared" / "data"))
+from samri_ml.paths import shared_data_dir
+
+SHARED_DATA = shared_data_dir()
 
 
 @pytest.fixture(scope="session")

@@ -22,19 +22,13 @@ mask) misplaced the brain, so it has no trustworthy mask (it is used for visual 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from samri_ml.masking import preprocess as pp
-
-
-def shared_data_dir() -> Path:
-    """``$SAMRI_ML_SHARED_DATA`` or ``<repo>/../shared/data``."""
-    default = Path(__file__).resolve().parents[3] / "shared" / "data"
-    return Path(os.environ.get("SAMRI_ML_SHARED_DATA", default))
+from samri_ml.paths import shared_data_dir  # noqa: F401 (re-exported)
 
 
 @dataclass

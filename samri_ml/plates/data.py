@@ -8,13 +8,13 @@ to a square and resized to 224, 448 or 1024 px. :func:`preprocess` does exactly 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from samri_ml.errors import SamriMLError
+from samri_ml.paths import shared_data_dir  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MIN_SIDE = 16  # px; anything smaller carries no anatomy worth ranking
@@ -22,10 +22,6 @@ MIN_SIDE = 16  # px; anything smaller carries no anatomy worth ranking
 _LABEL_RE = re.compile(r"^(\d+)")
 
 
-def shared_data_dir() -> Path:
-    """Where ``../shared/data`` is (``$SAMRI_ML_SHARED_DATA`` overrides)."""
-    repo = Path(__file__).resolve().parents[2]
-    return Path(os.environ.get("SAMRI_ML_SHARED_DATA", repo.parent / "shared" / "data"))
 
 
 def label_from_name(path) -> int:
