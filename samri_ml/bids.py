@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 #: raw-entity order of the BIDS specification (the subset SAMRI-style datasets use)
@@ -56,35 +57,38 @@ def derivative_path(
     return folder / ("_".join(parts) + ext)
 
 
-def atomic_copy(src, dst) -> Path:
-    """Copy ``src`` to ``dst`` so that ``dst`` is never seen half-written (temp file + rename)."""
-    dst = Path(dst)
+@contextmanager
+def _atomic_target(dst: Path):
+    """Yield a temporary path beside ``dst``; rename it onto ``dst`` if the block succeeds.
+
+    The rename is atomic on one file system, so ``dst`` is never seen half-written; on failure
+    the temporary file is removed.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
     os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
+        yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_copy(src, dst) -> Path:
+    """Copy ``src`` to ``dst`` so that ``dst`` is never seen half-written (temp file + rename)."""
+    dst = Path(dst)
+    with _atomic_target(dst) as tmp:
+        shutil.copyfile(src, tmp)
     return dst
 
 
 def atomic_write_text(text: str, dst) -> Path:
     """Write text to ``dst`` atomically."""
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_target(dst) as tmp:
+        tmp.write_text(text)
     return dst
 
 
