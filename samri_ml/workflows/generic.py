@@ -7,6 +7,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from samri_ml.bids import parse_entities
 from samri_ml.errors import SamriMLError
 from samri_ml.interfaces.bids import DerivativesDataSink
 from samri_ml.workflows.registration import (
@@ -103,16 +104,15 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
 
     for index, (bold, meta) in enumerate(zip(bold_files, bold_metadata, strict=True)):
         times = meta.get("SliceTiming") if slice_timing else None
-        bold_method = method
         func_wf = init_functional_wf(
-            flavour=flavour, method=bold_method, masking=masking, dummy_scans=dummy_scans,
+            flavour=flavour, method=method, masking=masking, dummy_scans=dummy_scans,
             slice_timing=times, repetition_time=meta.get("RepetitionTime"),
             slice_encoding_direction=meta.get("SliceEncodingDirection", "k"),
             omp_nthreads=omp_nthreads, name=f"func{index}_wf")
         func_wf.inputs.inputnode.in_file = str(bold)
         wf.connect(inputnode, "template", func_wf, "inputnode.template")
         wf.connect(inputnode, "template_mask", func_wf, "inputnode.template_mask")
-        if anat_wf is not None and bold_method in ("composite", "structural"):
+        if method in ("composite", "structural"):  # then there is a structural scan
             wf.connect(anat_wf, "outputnode.bias_corrected", func_wf, "inputnode.structural")
             wf.connect(anat_wf, "outputnode.composite_transform",
                        func_wf, "inputnode.structural_transform")
@@ -121,12 +121,10 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         out = "outputnode."
         sink(f"ds_func{index}", bold, func_wf, out + "out_file", space=template_name,
              desc="preproc")
-        if bold_method != "structural":
-            target = template_name if bold_method == "functional" else "T2w"
-            if anat_file is not None and bold_method == "composite":
-                from samri_ml.bids import parse_entities
-
-                target = parse_entities(anat_file)["suffix"] or "anat"
+        if method != "structural":
+            # composite: the run's own transform goes to the structural scan (e.g. to-T2w)
+            target = template_name if method == "functional" else (
+                parse_entities(anat_file)["suffix"] or "anat")
             sink(f"ds_func{index}_xfm", bold, func_wf, out + "composite_transform",
                  from_="native", to=target, mode="image", suffix="xfm", extension=".h5")
         if masking != "none":
