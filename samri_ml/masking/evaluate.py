@@ -101,7 +101,7 @@ def rst_table(header, rows) -> str:
 def report(rows, held_out=()) -> str:
     """Per-scan table (Dice, correlations, volumes, seconds) and per-source medians, as RST."""
     per_scan = rst_table(
-        ["scan", "reference mask", "Dice", "r(I,R)", "r(I,P)", "r(R,P)", "|P|/|R|", "s"],
+        ["scan", "reference mask", "Dice", "r(I,R)", "r(I,P)", "r(R,P)", "vol P/R", "s"],
         [
             [r["scan"], r["reference"], f"{r['dice']:.3f}", f"{r['r_image_reference']:.3f}",
              f"{r['r_image_predicted']:.3f}", f"{r['r_reference_predicted']:.3f}",
