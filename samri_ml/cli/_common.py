@@ -55,6 +55,17 @@ def _one_line(err) -> str:
     return " ".join(str(err).split())
 
 
+def add_masker_data_options(parser) -> None:
+    """``--data-dir`` and ``--cache-dir``, shared by the masker's training and evaluation."""
+    from pathlib import Path
+
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="shared data folder (default: $SAMRI_ML_SHARED_DATA or ../shared/data)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="folder for registration-derived masks "
+                        "(default ~/.cache/samri_ml/masks)")
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import run_cli
+from samri_ml.cli._common import add_masker_data_options, run_cli
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-train-masker"
@@ -30,18 +30,7 @@ def get_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("out", type=Path, help="model file to write (.keras)")
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="shared data folder (default: $SAMRI_ML_SHARED_DATA or ../shared/data)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="folder for registration-derived masks (default ~/.cache/samri_ml/masks)",
-    )
+    add_masker_data_options(p)
     p.add_argument(
         "--holdout",
         nargs="*",
