@@ -199,3 +199,90 @@ def test_partial_sections_remove_tissue():
     rng = np.random.default_rng(1)
     assert augment.missing_cortex(img, rng)[:5].sum() == 0  # the dorsal rows are gone
     assert (augment.hemisection(img, rng) > 0).sum() < (img > 0).sum()
+
+
+# ------------------------------------------------------------- synthetic sections (synth.py)
+
+
+def _write_nrrd(path, arr, encoding="gzip"):
+    import gzip
+
+    body = np.ascontiguousarray(arr.transpose()).astype("<u4").tobytes()
+    if encoding == "gzip":
+        body = gzip.compress(body)
+    header = (
+        "NRRD0005\n# test\ntype: uint32\ndimension: 3\n"
+        f"sizes: {' '.join(str(n) for n in arr.shape)}\nendian: little\nencoding: {encoding}\n\n"
+    )
+    path.write_bytes(header.encode() + body)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "raw"])
+def test_read_nrrd_round_trip(tmp_path, encoding):
+    from samri_ml.plates.synth import read_nrrd
+
+    arr = np.arange(4 * 5 * 6, dtype=np.uint32).reshape(4, 5, 6)
+    _write_nrrd(tmp_path / "a.nrrd", arr, encoding)
+    np.testing.assert_array_equal(read_nrrd(tmp_path / "a.nrrd"), arr)
+
+
+def test_read_nrrd_refuses_other_files(tmp_path):
+    from samri_ml.plates.synth import read_nrrd
+
+    (tmp_path / "x.nrrd").write_bytes(b"not an nrrd")
+    with pytest.raises(SamriMLError, match="not an NRRD"):
+        read_nrrd(tmp_path / "x.nrrd")
+
+
+def _toy_annotation():
+    """A 'brain' whose label is its antero-posterior slab: a cut shows where it was made."""
+    from samri_ml.plates.synth import Annotation
+
+    nx, ny, nz = 40, 264, 30
+    vol = np.zeros((nx, ny, nz), np.uint16)
+    slab = 1 + np.arange(ny) // 2  # label = AP index // 2 + 1 (50 um grid)
+    vol[5:35, :, 5:25] = slab[None, :, None]
+    return Annotation(vol, step=2, n_labels=int(vol.max()))
+
+
+def test_cut_is_at_the_plate_position_and_tilts():
+    ann = _toy_annotation()
+    for plate in (1, 40, 100, 132):
+        sec = ann.cut(plate)
+        inside = sec[sec > 0]
+        # plate N is at AP index 527 - 4 (N - 1) of the 25 um grid
+        ap = min(int(np.floor(ann.ap_index(plate) + 0.5)), 263)
+        assert inside.size and np.all(inside == 1 + ap // 2)
+    # yaw: the left and right parts of the section come from different AP positions
+    sec = ann.cut(60, yaw_deg=8)
+    left, right = sec[:, :20], sec[:, 20:]
+    assert left[left > 0].mean() != right[right > 0].mean()
+
+
+def test_painted_sections_are_images_with_dark_background():
+    from samri_ml.plates.synth import SectionSynth
+
+    synth = SectionSynth(_toy_annotation())
+    rng = np.random.default_rng(0)
+    for plate in (10, 70, 130):
+        img = synth(plate, rng)
+        assert img.dtype == np.uint8 and img.ndim == 2
+        assert preprocess(img, 64).shape == (64, 64)
+        lab = synth.ann.cut(plate)
+        up = np.kron(lab, np.ones((2, 2), lab.dtype)) > 0
+        assert img[up].mean() > 2 * img[~up].mean()
+
+
+def test_synthetic_sections_from_the_real_annotation(shared_data):
+    from samri_ml.plates.synth import ANNOTATION, Annotation, SectionSynth
+
+    if not (shared_data / ANNOTATION).exists():
+        pytest.skip(f"{shared_data / ANNOTATION} not found")
+    ann = Annotation.load(shared_data / ANNOTATION, step=4)
+    assert ann.n_labels > 500 and ann.layer_groups is not None
+    # cortical layers are merged across areas: fewer groups than labels
+    assert len(np.unique(ann.layer_groups)) < ann.n_labels
+    # plate 1 (olfactory bulb tip) is smaller than plate 70 (mid-brain)
+    assert (ann.cut(5) > 0).sum() < (ann.cut(70) > 0).sum()
+    img = SectionSynth(ann)(70, np.random.default_rng(0))
+    assert img.std() > 10

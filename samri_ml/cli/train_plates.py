@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--synth-fraction",
+        type=float,
+        default=0.0,
+        help="share of anchors cut at random angles from the CCF annotation and painted with "
+        "random contrasts (needs ../shared/data/ccf)",
+    )
+    p.add_argument("--synth-max-tilt", type=float, default=6.0, help="degrees (pitch and yaw)")
     p.add_argument("--init", metavar="MODEL", help="start from this .keras model (fine-tuning)")
     p.add_argument("--threads", type=int, default=2, help="TensorFlow CPU threads")
     p.add_argument(
@@ -92,6 +100,8 @@ def _main(argv=None) -> int:
         learning_rate=args.lr,
         seed=args.seed,
         init=args.init,
+        synth_fraction=args.synth_fraction,
+        synth_max_tilt=args.synth_max_tilt,
     )
     if args.ensemble:
         from samri_ml.plates.train import make_ensemble_run

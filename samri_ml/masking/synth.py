@@ -8,7 +8,8 @@ the volume goes through a simulated acquisition.
 Head model (distances are in mm from the brain surface, all thicknesses random per volume):
 ``csf`` (0.03-0.15 mm) around the brain, a ``skull`` shell (0.15-0.5 mm), a scalp above, and a head
 envelope that reaches far lateral and ventral of the brain (jaw, masticatory muscles) and a little
-anterior/posterior (snout, neck); inside it soft tissue is split into muscle, fat and gland classes by
+anterior/posterior, and most heads get a snout (1-6 mm) and a neck (1-5 mm) so that many coronal
+slices hold head but no brain; inside it soft tissue is split into muscle, fat and gland classes by
 thresholding smooth random noise, with a few dark pockets (air, bone, eyes).
 
 Contrasts: ``t2`` (CSF and fat bright, muscle dark), ``t1`` (CSF dark, fat bright, brain brighter than
@@ -31,6 +32,9 @@ import numpy as np
 from scipy import ndimage
 
 CONTRASTS = ("t1", "t2", "epi", "random")
+
+#: bumped when the synthetic heads change (2: snout and neck, slices with head but no brain)
+VERSION = 2
 
 # tissue classes of the synthetic head
 AIR, BRAIN, CSF, SKULL, MUSCLE, FAT, GLAND, POCKET, SCALP = range(9)
@@ -83,14 +87,47 @@ def _shift(mask, shift_vox):
     return out
 
 
+def _snout_and_neck(brain: np.ndarray, zooms, snout_mm: float, neck_mm: float, rng) -> np.ndarray:
+    """Tissue anterior (snout: nasal cavity, eyes, teeth) and posterior (neck) of the brain.
+
+    Real heads are imaged with slices that hold no brain at all; a slice-wise masker that never
+    saw such slices calls the snout or the neck "brain". Both are elliptic cylinders along the
+    antero-posterior axis, ventral of the brain's centre, the snout tapering towards its tip.
+    """
+    idx = np.argwhere(brain)
+    lo, hi = idx.min(0), idx.max(0)
+    centre = (lo + hi) / 2
+    half = np.maximum((hi - lo) / 2, 1)
+    x, y, z = (np.arange(n, dtype=np.float32) for n in brain.shape)
+    xx, yy, zz = np.meshgrid(x, y, z, indexing="ij")
+    # snout: from inside the olfactory bulbs forward
+    y0 = hi[1] - 1.0 / zooms[1]
+    t = np.clip((yy - y0) / max(snout_mm / zooms[1], 1), 0, 1)
+    zc = lo[2] + rng.uniform(0.1, 0.45) * (hi[2] - lo[2]) - t * rng.uniform(0, 0.3) * half[2]
+    rx = half[0] * rng.uniform(0.45, 0.85) * (1 - rng.uniform(0.3, 0.7) * t)
+    rz = half[2] * rng.uniform(0.45, 0.8) * (1 - rng.uniform(0.2, 0.6) * t)
+    snout = (yy >= y0) & (yy <= y0 + snout_mm / zooms[1])
+    snout &= ((xx - centre[0]) / rx) ** 2 + ((zz - zc) / rz) ** 2 <= 1
+    # neck: from inside the cerebellum backwards, wider and lower
+    y1 = lo[1] + 1.0 / zooms[1]
+    zc = centre[2] - rng.uniform(0.1, 0.6) * half[2]
+    rx = half[0] * rng.uniform(0.7, 1.1)
+    rz = half[2] * rng.uniform(0.7, 1.1)
+    neck = (yy <= y1) & (yy >= y1 - neck_mm / zooms[1])
+    neck &= ((xx - centre[0]) / rx) ** 2 + ((zz - zc) / rz) ** 2 <= 1
+    return (snout | neck) & ~brain
+
+
 def head_labels(brain: np.ndarray, zooms, rng) -> tuple[np.ndarray, tuple]:
     """Wrap a brain mask into a synthetic head; returns ``(class_volume, padding)``.
 
     ``padding`` is the ``np.pad`` width applied to the brain's grid (room for the head).
     """
     zooms = np.asarray(zooms, dtype=float)
-    # room: lateral 3.5 mm, posterior/anterior 2 mm, inferior 6 mm, superior 1.5 mm
-    pad_mm = np.array([[3.5, 3.5], [2.0, 2.0], [6.0, 1.5]])
+    snout_mm = rng.uniform(1.0, 6.0) if rng.random() < 0.8 else 0.0
+    neck_mm = rng.uniform(1.0, 5.0) if rng.random() < 0.7 else 0.0
+    # room: lateral 3.5 mm, posterior/anterior 2 mm (+ neck/snout), inferior 6 mm, superior 1.5 mm
+    pad_mm = np.array([[3.5, 3.5], [2.0 + neck_mm, 2.0 + snout_mm], [6.0, 1.5]])
     pad = tuple(
         (int(np.ceil(a / z)), int(np.ceil(b / z)))
         for (a, b), z in zip(pad_mm, zooms, strict=False)
@@ -109,6 +146,8 @@ def head_labels(brain: np.ndarray, zooms, rng) -> tuple[np.ndarray, tuple]:
     dist_core = ndimage.distance_transform_edt(~core, sampling=zooms).astype(np.float32)
     wobble = 0.3 * smooth_noise(brain.shape, 1.0 / zooms.mean(), rng)
     head = (dist_core < rng.uniform(0.6, 2.2) + wobble) | (dist < skull_out + t_scalp)
+    if snout_mm or neck_mm:
+        head |= _snout_and_neck(brain, zooms, snout_mm, neck_mm, rng)
     head = ndimage.binary_fill_holes(head)
     out = np.zeros(brain.shape, dtype=np.int8)
     out[head] = MUSCLE
@@ -208,6 +247,9 @@ def acquire(img, brain, zooms, contrast, rng):
     lo = lo + rng.uniform(-1.0, 0.5, size=3)
     hi = hi + rng.uniform(-0.5, 1.0, size=3)
     lo[2] = rng.uniform(lo[2], blo[2] - 0.5) if rng.random() < 0.4 else lo[2]
+    if rng.random() < 0.5:  # field of view cuts into the neck / the snout
+        lo[1] = rng.uniform(lo[1], blo[1])
+        hi[1] = rng.uniform(bhi[1], hi[1])
     lo[1] = min(lo[1], blo[1] + rng.uniform(0, 0.6))
     hi[1] = max(hi[1], bhi[1] - rng.uniform(0, 0.6))
     lo[0], hi[0] = min(lo[0], blo[0] - 0.2), max(hi[0], bhi[0] + 0.2)

@@ -4,7 +4,7 @@ Data (see :mod:`samri_ml.masking.data` and :mod:`samri_ml.masking.synth`): real 
 from the training sources, plus synthetic skull-on heads built around the real brains of those
 sources (several per brain, T1/T2/EPI/random contrasts). Every volume goes through the seed's
 preprocessing (:mod:`samri_ml.masking.preprocess`); coronal slices without brain are kept with
-probability ``empty_fraction``.
+probability ``empty_fraction`` (more often when they hold tissue, see :func:`volume_slices`).
 
 Split: ``sklearn.model_selection.train_test_split`` (90/10) over *subjects* (a dama subject with all
 the synthetic heads made from its brain; a whole scan otherwise), so no brain is seen in both
@@ -80,11 +80,18 @@ def _resample_to(source: synth.BrainSource, zoom_mm: float = 0.2) -> synth.Brain
 
 
 def volume_slices(image, mask, rng, empty_fraction):
-    """Seed-preprocessed ``(x, y)`` slices of one RAS volume, empty slices subsampled."""
+    """Seed-preprocessed ``(x, y)`` slices of one RAS volume.
+
+    Slices without brain are kept with probability ``empty_fraction``, or three times that
+    (at most 0.9) when they hold tissue (snout, neck): those teach the net that a head slice
+    may have no brain in it.
+    """
     x = pp.volume_to_slices(image)
     y = pp.mask_to_slices(mask, image)
     has_brain = y.reshape(len(y), -1).any(axis=1)
-    keep = has_brain | (rng.random(len(y)) < empty_fraction)
+    has_tissue = (x.reshape(len(x), -1) > 0.1).mean(axis=1) > 0.05
+    p_keep = np.where(has_tissue, min(0.9, 3 * empty_fraction), empty_fraction)
+    keep = has_brain | (rng.random(len(y)) < p_keep)
     return x[keep], y[keep]
 
 
@@ -144,7 +151,9 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     """
     keys = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
             "seed")  # fmt: skip
-    settings = json.dumps({k: getattr(config, k) for k in keys}, sort_keys=True)
+    settings = {k: getattr(config, k) for k in keys}
+    settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
+    settings = json.dumps(settings, sort_keys=True)
     path = Path(config.dataset_cache) if config.dataset_cache else None
     if path is not None and path.is_file():
         with np.load(path, allow_pickle=False) as f:

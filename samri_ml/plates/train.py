@@ -1,8 +1,10 @@
 """Training the plate embedding (``samri_ml-train-plates``).
 
 Each step sees a batch of ``B`` images: ``B/3`` *anchors* (real training sections, lightly
-augmented, or plates turned into synthetic partial sections by
-:func:`samri_ml.plates.augment.section_like`) with distinct plate labels, the clean plates of
+augmented, plates turned into synthetic partial sections by
+:func:`samri_ml.plates.augment.section_like`, or, with ``synth_fraction``, sections cut at an
+angle from the CCF annotation and painted with random contrasts, :mod:`samri_ml.plates.synth`)
+with distinct plate labels, the clean plates of
 those labels, and as many other plates (neighbours of the anchors and random ones, lightly
 augmented). The loss (see :mod:`samri_ml.models.siamese`) acts on all ``B`` labelled embeddings.
 Every ``eval_every`` steps the plates are re-indexed and val_1 is ranked; training stops when
@@ -41,6 +43,8 @@ class TrainConfig:
     learning_rate: float = 1e-4
     seed: int = 0
     real_fraction: float = 0.4
+    synth_fraction: float = 0.0
+    synth_max_tilt: float = 6.0
     posterior_weight: float = 3.0
     smooth: float = 0.0
     init: str | None = None
@@ -148,6 +152,11 @@ class BatchMaker:
         w = np.where(self.plates >= lo, cfg.posterior_weight, 1.0)
         self.p = w / w.sum()
         self.index = {int(n): i for i, n in enumerate(self.plates)}
+        self.synth = None
+        if cfg.synth_fraction > 0:
+            from samri_ml.plates.synth import Annotation, SectionSynth
+
+            self.synth = SectionSynth(Annotation.load(), max_tilt_deg=cfg.synth_max_tilt)
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
         rng, cfg = self.rng, self.cfg
@@ -161,10 +170,15 @@ class BatchMaker:
             rest = [a for a in anchors if a not in set(chosen)]
             anchors = np.concatenate([chosen, rest[: n_anchor - len(chosen)]]).astype(int)
         imgs, labs = [], []
+        # of the other anchors, this share is cut from the CCF annotation (synth.py)
+        p_synth = cfg.synth_fraction / max(1e-6, 1 - cfg.real_fraction) if self.synth else 0
         for i, lab in enumerate(anchors):
             if i < n_real and int(lab) in self.by_label:
                 src = self.by_label[int(lab)]
                 im = section_like(src[rng.integers(len(src))], rng, strength=0.5)
+            elif rng.random() < p_synth:
+                im = preprocess(self.synth(int(lab), rng), cfg.size)
+                im = section_like(im, rng, strength=0.5)
             else:
                 im = section_like(self.plate_imgs[self.index[int(lab)]], rng, strength=1.0)
             imgs.append(im)
