@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/plates_twophoton.py [--step 4]
+    python benchmarks/plates_twophoton.py [--step 4] [--model-dir DIR]
 
 The template (../shared/data/mri/templates/average_template_200um.nii.gz, axes S, A, R, 200 um)
 is cut at the position of plate N (100 um apart from the anterior end: A index
@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=4)
     ap.add_argument("--first", type=int, default=10)
     ap.add_argument("--last", type=int, default=128)
+    ap.add_argument("--model-dir", help="folder with plates_embedding.keras + plates_index.npz "
+                    "(default: the shipped model)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import cv2
@@ -34,7 +36,11 @@ def main() -> None:
     from samri_ml.plates.identify import PlateIdentifier
 
     vol = nb.load(shared_data_dir() / "mri/templates/average_template_200um.nii.gz").get_fdata()
-    ident = PlateIdentifier()
+    if args.model_dir:
+        ident = PlateIdentifier(f"{args.model_dir}/plates_embedding.keras",
+                                f"{args.model_dir}/plates_index.npz")
+    else:
+        ident = PlateIdentifier()
     rng = np.random.default_rng(0)
     rows = {"whole": [], "missing cortex": [], "hemisection": []}
     truths = list(range(args.first, args.last + 1, args.step))

@@ -106,3 +106,15 @@ def n4_inputs(flavour: str, stream: str) -> dict:
 def n_stages(flavour: str, stream: str) -> int:
     """How many antsRegistration stages a stream has (one mask entry is needed per stage)."""
     return len(load_flavour(flavour)["streams"][stream])
+
+
+def moving_mask_stages(flavour: str, stream: str) -> list[bool]:
+    """Per stage of a stream: does the moving-image (brain) mask apply?
+
+    A phase with ``"moving_mask": false`` runs on the whole moving image (``NULL`` mask), as
+    rodent pipelines do for the first, coarse stage (e.g. RABIES): an imperfect brain mask
+    then cannot trap the initial alignment; the later stages are restricted to the brain.
+    """
+    settings = load_flavour(flavour)
+    return [bool(settings["phases"][name].get("moving_mask", True))
+            for name in settings["streams"][stream]]

@@ -110,18 +110,42 @@ def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):
 
 
 @pytest.mark.shared_data
-def test_shipped_model_on_val2(ident):
+@pytest.mark.parametrize("variant", ["default", "multimodal"])
+def test_shipped_model_on_val2(ident, variant):
     if not SHARED.is_dir():
         pytest.skip("../shared/data not found")
     from samri_ml.plates.data import load_sections
     from samri_ml.plates.metrics import ranking_metrics
 
-    card = json.loads((default_model_dir() / "plates_index_metrics.json").read_text())
+    card = json.loads((default_model_dir(variant) / "plates_index_metrics.json").read_text())
     _, labels, imgs = load_sections(SHARED / "val_2")
-    res = ident.rank(imgs)
+    res = (ident if variant == "default" else PlateIdentifier(variant=variant)).rank(imgs)
     m = ranking_metrics([r["ranking"] for r in res], labels)
     assert m["top5"] >= card["val_2"]["top5"] - 0.1
     assert m["mae"] <= card["val_2"]["mae"] + 0.3
+
+
+def test_multimodal_variant_ranks_a_ccf_style_section(plate_thumbs, tmp_path):
+    """The multimodal variant is shipped, selectable from the CLI, and ranks plates."""
+    import cv2
+
+    assert (default_model_dir("multimodal") / "plates_embedding.keras").is_file()
+    a = tmp_path / "p70.png"
+    cv2.imwrite(str(a), plate_thumbs[70])
+    r = _cli("samri_ml.cli.identify_plate", str(a), "--variant", "multimodal",
+             "--json", str(tmp_path / "o.json"), "--no-regions")
+    assert r.returncode == 0, r.stderr
+    ranking = json.loads((tmp_path / "o.json").read_text())[str(a)]["ranking"]
+    assert 70 in ranking[:5]
+    bad = _cli("samri_ml.cli.identify_plate", str(a), "--variant", "nope")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_unknown_variant_is_a_clear_error():
+    from samri_ml.errors import SamriMLError
+
+    with pytest.raises(SamriMLError, match="unknown model variant"):
+        PlateIdentifier(variant="nope")
 
 
 def test_evaluate_cli_and_reindex(tmp_path, plate_thumbs, capsys):

@@ -44,3 +44,23 @@ def test_fast_has_the_same_phases_with_less_work():
 def test_unknown_flavour_is_a_clear_error():
     with pytest.raises(SamriMLError, match="unknown registration flavour"):
         load_flavour("nonsense")
+
+
+@pytest.mark.parametrize("flavour", ["default", "fast"])
+def test_first_stage_runs_without_the_moving_mask(flavour, tmp_path):
+    """The coarse translation stage sees the whole head; the later stages the brain mask."""
+    from samri_ml.registration import moving_mask_stages
+    from samri_ml.workflows.registration import _replicate
+
+    use = moving_mask_stages(flavour, "structural")
+    assert use == [False, True, True, True]
+    assert moving_mask_stages("samri", "structural") == [True] * 4  # SAMRI's as it was
+    for name in ("f.nii.gz", "m.nii.gz", "fm.nii.gz", "mm.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    reg = Registration(**registration_inputs(flavour, "structural"))
+    reg.inputs.fixed_image = str(tmp_path / "f.nii.gz")
+    reg.inputs.moving_image = str(tmp_path / "m.nii.gz")
+    reg.inputs.fixed_image_masks = _replicate(str(tmp_path / "fm.nii.gz"), 4)
+    reg.inputs.moving_image_masks = _replicate(str(tmp_path / "mm.nii.gz"), 4, use)
+    masks = [part.split("]")[0] for part in reg.cmdline.split("--masks [ ")[1:]]
+    assert masks[0].endswith(", NULL ") and all(m.endswith("mm.nii.gz ") for m in masks[1:])

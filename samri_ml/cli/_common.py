@@ -66,6 +66,21 @@ def add_masker_data_options(parser) -> None:
                         "(default ~/.cache/samri_ml/masks)")
 
 
+def add_plate_model_options(parser) -> None:
+    """``--variant``, ``--model`` and ``--index``, shared by the plate-identification CLIs."""
+    from samri_ml.plates.identify import VARIANTS
+
+    parser.add_argument(
+        "--variant",
+        default="default",
+        choices=list(VARIANTS),
+        help="shipped model: 'default' (confocal/Nissl sections) or 'multimodal' (other "
+        "modalities, e.g. two-photon; see the model card)",
+    )
+    parser.add_argument("--model", metavar="PATH", help="embedding model (.keras) instead")
+    parser.add_argument("--index", metavar="PATH", help="plate index (.npz) instead")
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")

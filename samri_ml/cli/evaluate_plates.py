@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from samri_ml.cli._common import add_plate_model_options
+
 PROG = "samri_ml-evaluate-plates"
 
 
@@ -30,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="atlas plates N.jpg|png|tif (required for mi-affine unless the shared "
         "data is present; for siamese: re-index this atlas)",
     )
-    p.add_argument("--model", metavar="PATH", help="embedding model (.keras)")
-    p.add_argument("--index", metavar="PATH", help="plate index (.npz)")
+    add_plate_model_options(p)
     p.add_argument(
         "--regions",
         action="store_true",
@@ -58,7 +59,7 @@ def run(args) -> int:
     if args.method == "siamese":
         from samri_ml.plates.identify import PlateIdentifier
 
-        ident = PlateIdentifier(args.model, args.index, args.atlas)
+        ident = PlateIdentifier(args.model, args.index, args.atlas, variant=args.variant)
         ident.rank(imgs[:1], regions=args.regions or None)  # warm-up (graph tracing)
         t0 = time.perf_counter()
         results = ident.rank(imgs, regions=args.regions or None)

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from samri_ml.cli._common import add_plate_model_options
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-identify-plate"
@@ -27,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--atlas", metavar="DIR", help="re-index another atlas: folder of plates N.jpg|png|tif"
     )
-    p.add_argument("--model", metavar="PATH", help="embedding model (.keras); default: shipped")
-    p.add_argument("--index", metavar="PATH", help="plate index (.npz); default: shipped")
+    add_plate_model_options(p)
     p.add_argument(
         "--no-regions", action="store_true", help="skip the per-region (cutting-angle) analysis"
     )
@@ -53,7 +53,7 @@ def run(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from samri_ml.plates.identify import PlateIdentifier
 
-    ident = PlateIdentifier(args.model, args.index, args.atlas)
+    ident = PlateIdentifier(args.model, args.index, args.atlas, variant=args.variant)
     results = ident.rank_files(args.images, regions=not args.no_regions)
     for path, res in results.items():
         top = ", ".join(

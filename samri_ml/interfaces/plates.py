@@ -18,6 +18,8 @@ from nipype.utils.filemanip import fname_presuffix
 class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="microscopy section image (PNG/JPEG/TIFF)")
     atlas_dir = Directory(exists=True, desc="atlas folder (N.jpg|png|tif); default: shipped index")
+    variant = traits.Enum("default", "multimodal", usedefault=True,
+                          desc="shipped model: confocal/Nissl ('default') or other modalities")
     model = File(exists=True, desc="embedding model (.keras); default: the shipped one")
     index = File(exists=True, desc="plate index (.npz); default: the shipped one")
     top = traits.Int(5, usedefault=True, desc="plates shown in the montage")
@@ -56,7 +58,9 @@ class IdentifyPlate(SimpleInterface):
             value = getattr(self.inputs, name)
             return value if traits_defined(value) else None
 
-        ident = PlateIdentifier(opt("model"), opt("index"), opt("atlas_dir"))
+        ident = PlateIdentifier(
+            opt("model"), opt("index"), opt("atlas_dir"), variant=self.inputs.variant
+        )
         img = read_image(self.inputs.in_file)
         res = ident.rank([img], regions=self.inputs.regions)[0]
         res["in_file"] = self.inputs.in_file

@@ -78,6 +78,7 @@ def register_mask(
     data = np.asarray(ref.dataobj, dtype=np.float32)
     if data.ndim == 4 and mean4d:
         data = pp.temporal_mean(data)
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # a fresh cache folder
     tmp = out_path.with_name(out_path.name.replace(".nii", "_moving.nii"))
     nb.save(nb.Nifti1Image(data, ref.affine), str(tmp))
     fixed = ants.image_read(str(fixed_path))
@@ -97,7 +98,6 @@ def register_mask(
         moving, fmask.astype("float32"), reg["invtransforms"], whichtoinvert=invert
     )
     mask = (warped.numpy() > 0.5).astype(np.uint8)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     nb.save(nb.Nifti1Image(mask, ref.affine), str(out_path))
     tmp.unlink()
     return out_path

@@ -43,9 +43,24 @@ REGION_WINDOW = 8
 MIN_TISSUE_FRACTION = 0.25
 
 
-def default_model_dir() -> Path:
-    """Folder of the shipped model and index."""
-    return Path(str(resources.files("samri_ml") / "data" / "models"))
+#: shipped model variants -> sub-folder of ``samri_ml/data/models`` (see the model card)
+VARIANTS = {
+    # confocal / Nissl sections: best on the seed's kind of data (val_1, val_2)
+    "default": ".",
+    # also trained on sections cut at random angles from the CCF annotation and painted with
+    # random contrasts: much better on other modalities (two-photon), a little worse on confocal
+    "multimodal": "plates_multimodal",
+}
+
+
+def default_model_dir(variant: str = "default") -> Path:
+    """Folder of a shipped model variant (:data:`VARIANTS`) and its index."""
+    if variant not in VARIANTS:
+        raise SamriMLError(
+            f"unknown model variant {variant!r}; hint: one of {', '.join(VARIANTS)}"
+        )
+    base = Path(str(resources.files("samri_ml") / "data" / "models"))
+    return base / VARIANTS[variant] if VARIANTS[variant] != "." else base
 
 
 def region_crops(img: np.ndarray, crop: bool = True) -> dict[str, np.ndarray]:
@@ -115,10 +130,12 @@ class PlateIdentifier:
     atlas : path, optional
         Folder of plates ``N.jpg|png|tif``; when given, the plates are embedded again (a
         different atlas) instead of using the index's embeddings.
+    variant : str
+        Shipped model variant (:data:`VARIANTS`) used where ``model`` / ``index`` are not given.
     """
 
-    def __init__(self, model=None, index=None, atlas=None):
-        mdir = default_model_dir()
+    def __init__(self, model=None, index=None, atlas=None, variant: str = "default"):
+        mdir = default_model_dir(variant)
         self.model_path = Path(model) if model else mdir / "plates_embedding.keras"
         self.index_path = Path(index) if index else mdir / "plates_index.npz"
         for p in (self.model_path, self.index_path):

@@ -23,7 +23,12 @@ from nipype.pipeline import engine as pe
 
 from samri_ml.errors import SamriMLError
 from samri_ml.interfaces.func import DropDummyScans, SliceTimeCorrection, TemporalMean
-from samri_ml.registration import n4_inputs, n_stages, registration_inputs
+from samri_ml.registration import (
+    moving_mask_stages,
+    n4_inputs,
+    n_stages,
+    registration_inputs,
+)
 
 METHODS = ("composite", "structural", "functional")
 MASKING = ("none", "unet", "input")
@@ -45,15 +50,18 @@ def _registration_node(name, flavour, stream, omp_nthreads, mem_gb=2):
     return reg
 
 
-def _replicate(in_file, n):
-    """One copy of a mask per registration stage (antsRegistration's ``--masks`` per stage)."""
-    return [in_file] * n
+def _replicate(in_file, n, use=None):
+    """One copy of a mask per registration stage (antsRegistration's ``--masks`` per stage);
+    ``"NULL"`` (no mask) for the stages where ``use`` is false."""
+    use = use if use is not None else [True] * n
+    return [in_file if u else "NULL" for u in use]
 
 
-def _mask_list_node(name, flavour, stream):
-    node = pe.Node(niu.Function(function=_replicate, input_names=["in_file", "n"],
+def _mask_list_node(name, flavour, stream, moving=False):
+    node = pe.Node(niu.Function(function=_replicate, input_names=["in_file", "n", "use"],
                                 output_names=["out"]), name=name, run_without_submitting=True)
     node.inputs.n = n_stages(flavour, stream)
+    node.inputs.use = moving_mask_stages(flavour, stream) if moving else None
     return node
 
 
@@ -132,7 +140,7 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     ])
     mask = _mask_source(wf, masking, inputnode, (inputnode, "in_file"), "s")
     if mask is not None:
-        moving_masks = _mask_list_node("s_moving_masks", flavour, "structural")
+        moving_masks = _mask_list_node("s_moving_masks", flavour, "structural", moving=True)
         wf.connect([
             (mask[0], biascorrect, [(mask[1], "mask_image")]),
             (mask[0], moving_masks, [(mask[1], "in_file")]),
@@ -260,7 +268,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         # a moving-image mask needs a fixed-image mask: the template's (``functional``) or
         # the structural scan's (``composite``)
         if register is not None:
-            moving_masks = _mask_list_node("f_moving_masks", flavour, stream)
+            moving_masks = _mask_list_node("f_moving_masks", flavour, stream, moving=True)
             wf.connect([(mask[0], moving_masks, [(mask[1], "in_file")]),
                         (moving_masks, register, [("out", "moving_image_masks")])])
         if method == "composite":
