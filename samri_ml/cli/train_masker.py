@@ -51,6 +51,12 @@ def get_parser() -> argparse.ArgumentParser:
         help="synthetic heads per 0.2 mm template",
     )
     p.add_argument(
+        "--snout-neck",
+        action="store_true",
+        help="synthetic heads with a snout and a neck (slices with head but no brain); the "
+        "shipped model was trained without",
+    )
+    p.add_argument(
         "--epochs-plain", type=int, default=d.epochs_plain, help="phase 1 epochs (no augmentation)"
     )
     p.add_argument(
@@ -99,6 +105,7 @@ def _main(argv=None) -> int:
         epochs_augmented=args.epochs_augmented, steps_per_epoch=args.steps_per_epoch,
         max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
         init_model=str(args.init or ""), dataset_cache=str(args.dataset_cache or ""),
+        snout_neck=args.snout_neck,
     )  # fmt: skip
     summary = train(config, args.out, data_dir, args.cache_dir,
                     log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip

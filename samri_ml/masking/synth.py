@@ -8,8 +8,8 @@ the volume goes through a simulated acquisition.
 Head model (distances are in mm from the brain surface, all thicknesses random per volume):
 ``csf`` (0.03-0.15 mm) around the brain, a ``skull`` shell (0.15-0.5 mm), a scalp above, and a head
 envelope that reaches far lateral and ventral of the brain (jaw, masticatory muscles) and a little
-anterior/posterior, and most heads get a snout (1-6 mm) and a neck (1-5 mm) so that many coronal
-slices hold head but no brain; inside it soft tissue is split into muscle, fat and gland classes by
+anterior/posterior (optionally, ``snout_neck=True``, most heads get a snout of 1-6 mm and a neck of
+1-5 mm so that many coronal slices hold head but no brain); inside it soft tissue is split into muscle, fat and gland classes by
 thresholding smooth random noise, with a few dark pockets (air, bone, eyes).
 
 Contrasts: ``t2`` (CSF and fat bright, muscle dark), ``t1`` (CSF dark, fat bright, brain brighter than
@@ -33,7 +33,7 @@ from scipy import ndimage
 
 CONTRASTS = ("t1", "t2", "epi", "random")
 
-#: bumped when the synthetic heads change (2: snout and neck, slices with head but no brain)
+#: bumped when the synthetic heads change (2: optional snout and neck)
 VERSION = 2
 
 # tissue classes of the synthetic head
@@ -118,14 +118,18 @@ def _snout_and_neck(brain: np.ndarray, zooms, snout_mm: float, neck_mm: float, r
     return (snout | neck) & ~brain
 
 
-def head_labels(brain: np.ndarray, zooms, rng) -> tuple[np.ndarray, tuple]:
+def head_labels(brain: np.ndarray, zooms, rng, snout_neck: bool = False) -> tuple[np.ndarray, tuple]:
     """Wrap a brain mask into a synthetic head; returns ``(class_volume, padding)``.
 
-    ``padding`` is the ``np.pad`` width applied to the brain's grid (room for the head).
+    ``padding`` is the ``np.pad`` width applied to the brain's grid (room for the head). With
+    ``snout_neck`` most heads get a snout and a neck (:func:`_snout_and_neck`); without, the
+    random draws are those of the shipped model's training data (synthesis version 1).
     """
     zooms = np.asarray(zooms, dtype=float)
-    snout_mm = rng.uniform(1.0, 6.0) if rng.random() < 0.8 else 0.0
-    neck_mm = rng.uniform(1.0, 5.0) if rng.random() < 0.7 else 0.0
+    snout_mm = neck_mm = 0.0
+    if snout_neck:
+        snout_mm = rng.uniform(1.0, 6.0) if rng.random() < 0.8 else 0.0
+        neck_mm = rng.uniform(1.0, 5.0) if rng.random() < 0.7 else 0.0
     # room: lateral 3.5 mm, posterior/anterior 2 mm (+ neck/snout), inferior 6 mm, superior 1.5 mm
     pad_mm = np.array([[3.5, 3.5], [2.0 + neck_mm, 2.0 + snout_mm], [6.0, 1.5]])
     pad = tuple(
@@ -222,7 +226,7 @@ def _rotation(max_deg, rng) -> np.ndarray:
     return rot
 
 
-def acquire(img, brain, zooms, contrast, rng):
+def acquire(img, brain, zooms, contrast, rng, crop_ap: bool = False):
     """Resample a painted head onto a random scanner grid and add acquisition artefacts.
 
     Returns ``(image, mask, out_zooms)`` in RAS.
@@ -247,7 +251,7 @@ def acquire(img, brain, zooms, contrast, rng):
     lo = lo + rng.uniform(-1.0, 0.5, size=3)
     hi = hi + rng.uniform(-0.5, 1.0, size=3)
     lo[2] = rng.uniform(lo[2], blo[2] - 0.5) if rng.random() < 0.4 else lo[2]
-    if rng.random() < 0.5:  # field of view cuts into the neck / the snout
+    if crop_ap and rng.random() < 0.5:  # field of view cuts into the neck / the snout
         lo[1] = rng.uniform(lo[1], blo[1])
         hi[1] = rng.uniform(bhi[1], hi[1])
     lo[1] = min(lo[1], blo[1] + rng.uniform(0, 0.6))
@@ -297,7 +301,9 @@ def _epi_artefacts(vol, rng):
     return vol + ghost
 
 
-def synth_volume(source: BrainSource, rng, contrast: str | None = None):
+def synth_volume(
+    source: BrainSource, rng, contrast: str | None = None, snout_neck: bool = False
+):
     """One synthetic head from a real brain; returns ``(image, mask, zooms)`` in RAS.
 
     Parameters
@@ -308,9 +314,12 @@ def synth_volume(source: BrainSource, rng, contrast: str | None = None):
         Randomness (fix its seed for reproducible data).
     contrast : str, optional
         One of :data:`CONTRASTS`; random when None.
+    snout_neck : bool
+        Add a snout and a neck (coronal slices with head and no brain); off by default so
+        that the shipped model's training data is reproduced.
     """
     if contrast is None:
         contrast = str(rng.choice(CONTRASTS, p=[0.3, 0.25, 0.25, 0.2]))
-    classes, pad = head_labels(source.mask > 0, source.zooms, rng)
+    classes, pad = head_labels(source.mask > 0, source.zooms, rng, snout_neck)
     img = paint(classes, source, pad, contrast, rng)
-    return acquire(img, classes == BRAIN, source.zooms, contrast, rng)
+    return acquire(img, classes == BRAIN, source.zooms, contrast, rng, crop_ap=snout_neck)

@@ -40,6 +40,7 @@ class TrainConfig:
     synth_per_dama: int = 10
     synth_per_template: int = 40
     empty_fraction: float = 0.25
+    snout_neck: bool = False
     val_fraction: float = 0.1
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -79,18 +80,19 @@ def _resample_to(source: synth.BrainSource, zoom_mm: float = 0.2) -> synth.Brain
     )  # fmt: skip
 
 
-def volume_slices(image, mask, rng, empty_fraction):
+def volume_slices(image, mask, rng, empty_fraction, tissue_boost=False):
     """Seed-preprocessed ``(x, y)`` slices of one RAS volume.
 
-    Slices without brain are kept with probability ``empty_fraction``, or three times that
-    (at most 0.9) when they hold tissue (snout, neck): those teach the net that a head slice
-    may have no brain in it.
+    Slices without brain are kept with probability ``empty_fraction``; with ``tissue_boost``
+    three times that (at most 0.9) when they hold tissue (snout, neck): those teach the net
+    that a head slice may have no brain in it.
     """
     x = pp.volume_to_slices(image)
     y = pp.mask_to_slices(mask, image)
     has_brain = y.reshape(len(y), -1).any(axis=1)
     has_tissue = (x.reshape(len(x), -1) > 0.1).mean(axis=1) > 0.05
-    p_keep = np.where(has_tissue, min(0.9, 3 * empty_fraction), empty_fraction)
+    boost = min(0.9, 3 * empty_fraction) if tissue_boost else empty_fraction
+    p_keep = np.where(has_tissue, boost, empty_fraction)
     keep = has_brain | (rng.random(len(y)) < p_keep)
     return x[keep], y[keep]
 
@@ -116,7 +118,7 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
     volumes: dict[str, list] = {}
 
     def add(group, image, mask):
-        x, y = volume_slices(image, mask, rng, config.empty_fraction)
+        x, y = volume_slices(image, mask, rng, config.empty_fraction, config.snout_neck)
         xs.append(x)
         ys.append(y)
         groups.extend([group] * len(x))
@@ -135,7 +137,7 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
                 synth.BrainSource(scan.mask, scan.zooms, scan.labels, scan.image, scan.name)
             )
             for _ in range(n_synth):
-                image, mask, _ = synth.synth_volume(src, rng)
+                image, mask, _ = synth.synth_volume(src, rng, snout_neck=config.snout_neck)
                 add(group, image, mask)
         log(f"  {scan.name}: {1 + n_synth} volumes ({time.time() - t0:.0f} s so far)")
     x = np.concatenate(xs).astype(np.float32)
@@ -150,7 +152,7 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     The cache is used only if it was built with the same data settings.
     """
     keys = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
-            "seed")  # fmt: skip
+            "seed", "snout_neck")  # fmt: skip
     settings = {k: getattr(config, k) for k in keys}
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
     settings = json.dumps(settings, sort_keys=True)
