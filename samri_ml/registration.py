@@ -112,8 +112,9 @@ def moving_mask_stages(flavour: str, stream: str) -> list[bool]:
     """Per stage of a stream: does the moving-image (brain) mask apply?
 
     A phase with ``"moving_mask": false`` runs on the whole moving image (``NULL`` mask), as
-    rodent pipelines do for the first, coarse stage (e.g. RABIES): an imperfect brain mask
-    then cannot trap the initial alignment; the later stages are restricted to the brain.
+    some rodent pipelines do for the first, coarse stage (e.g. RABIES). The shipped flavours
+    mask every stage (the seed's "Generic Masked"): on the example data an unmasked translation
+    stage fixed one subject (anat Dice 0.936 -> 0.974) and broke another (0.969 -> 0.459).
     """
     settings = load_flavour(flavour)
     return [bool(settings["phases"][name].get("moving_mask", True))

@@ -46,18 +46,24 @@ def test_unknown_flavour_is_a_clear_error():
         load_flavour("nonsense")
 
 
-@pytest.mark.parametrize("flavour", ["default", "fast"])
-def test_first_stage_runs_without_the_moving_mask(flavour, tmp_path):
-    """The coarse translation stage sees the whole head; the later stages the brain mask."""
+def test_a_phase_can_run_without_the_moving_mask(tmp_path):
+    """``"moving_mask": false`` in a phase gives antsRegistration a NULL moving mask there."""
+    import json
+
     from samri_ml.registration import moving_mask_stages
     from samri_ml.workflows.registration import _replicate
 
-    use = moving_mask_stages(flavour, "structural")
+    settings = json.loads(json.dumps(load_flavour("fast")))
+    settings["phases"]["s_translation"]["moving_mask"] = False
+    flavour = tmp_path / "custom.json"
+    flavour.write_text(json.dumps(settings))
+    use = moving_mask_stages(str(flavour), "structural")
     assert use == [False, True, True, True]
-    assert moving_mask_stages("samri", "structural") == [True] * 4  # SAMRI's as it was
+    for name in FLAVOURS:  # the shipped flavours mask every stage (the seed's Generic Masked)
+        assert all(moving_mask_stages(name, "structural"))
     for name in ("f.nii.gz", "m.nii.gz", "fm.nii.gz", "mm.nii.gz"):
         (tmp_path / name).write_bytes(b"")
-    reg = Registration(**registration_inputs(flavour, "structural"))
+    reg = Registration(**registration_inputs(str(flavour), "structural"))
     reg.inputs.fixed_image = str(tmp_path / "f.nii.gz")
     reg.inputs.moving_image = str(tmp_path / "m.nii.gz")
     reg.inputs.fixed_image_masks = _replicate(str(tmp_path / "fm.nii.gz"), 4)
