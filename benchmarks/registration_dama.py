@@ -89,6 +89,8 @@ def main(argv=None):
     p.add_argument("--flavours", nargs="+", default=["fast", "default"])
     p.add_argument("--n-moving", type=int, default=5)
     p.add_argument("--fixed-index", type=int, default=0)
+    p.add_argument("--skip-moving", type=int, default=0,
+                   help="skip the first N moving subjects (to spread slow runs over sessions)")
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--zoom", type=float, default=1.0, help="resample all images by this factor first")
     p.add_argument("--json", type=Path)
@@ -99,7 +101,7 @@ def main(argv=None):
     ensure_ants_on_path()
     subjects = sorted(f.name for f in (DAMA / "image").glob("*.nii.gz"))
     fixed_name = subjects[args.fixed_index]
-    movings = [s for s in subjects if s != fixed_name][: args.n_moving]
+    movings = [s for s in subjects if s != fixed_name][args.skip_moving :][: args.n_moving]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
