@@ -108,13 +108,25 @@ def n_stages(flavour: str, stream: str) -> int:
     return len(load_flavour(flavour)["streams"][stream])
 
 
+def n4_uses_mask(flavour: str) -> bool:
+    """Does N4 bias correction estimate the field within the brain mask (``"n4_mask"``,
+    default true: the seed's "Generic Masked" workflow) or on the whole image?
+
+    A field fitted inside an imperfect mask is extrapolated outside it, which changes the
+    whole-head image that an unmasked first stage sees; ``default`` and ``fast`` fit it on the
+    whole image."""
+    return bool(load_flavour(flavour).get("n4_mask", True))
+
+
 def moving_mask_stages(flavour: str, stream: str) -> list[bool]:
     """Per stage of a stream: does the moving-image (brain) mask apply?
 
     A phase with ``"moving_mask": false`` runs on the whole moving image (``NULL`` mask), as
-    some rodent pipelines do for the first, coarse stage (e.g. RABIES). The shipped flavours
-    mask every stage (the seed's "Generic Masked"): on the example data an unmasked translation
-    stage fixed one subject (anat Dice 0.936 -> 0.974) and broke another (0.969 -> 0.459).
+    some rodent pipelines do for the first, coarse stage (e.g. RABIES): an imperfect brain mask
+    cannot then trap the initial alignment. ``default`` and ``fast`` do so for their translation
+    phases, together with ``"n4_mask": false`` (see :func:`n4_uses_mask`; either change alone
+    broke one example subject, both together match unmasked registration, see the README);
+    ``samri`` masks every stage as the seed's "Generic Masked" workflow.
     """
     settings = load_flavour(flavour)
     return [bool(settings["phases"][name].get("moving_mask", True))

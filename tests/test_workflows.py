@@ -42,6 +42,23 @@ def test_functional_wf(method, masking):
     _expands(wf)
 
 
+def _fields_into(wf, node_name):
+    node = wf.get_node(node_name)
+    return {c[1] for _, t, d in wf._graph.edges(data=True) if t is node for c in d["connect"]}
+
+
+@pytest.mark.parametrize("flavour, n4_masked", [("fast", False), ("default", False),
+                                                 ("samri", True)])
+def test_the_brain_mask_feeds_n4_only_where_the_flavour_says(flavour, n4_masked):
+    """default/fast: N4 on the whole image (a mask-restricted bias field made the whole-head
+    first stage fail on an example subject); samri: the seed's "Generic Masked" as it was."""
+    s = init_structural_wf(flavour=flavour, masking="input")
+    assert ("mask_image" in _fields_into(s, "s_biascorrect")) == n4_masked
+    f = init_functional_wf(flavour=flavour, method="composite", masking="input")
+    assert ("mask_image" in _fields_into(f, "f_biascorrect")) == n4_masked
+    assert "moving_image_masks" in _fields_into(f, "f_register")
+
+
 def test_functional_without_slice_timing_has_no_stc():
     assert "f_stc" not in _names(init_functional_wf(slice_timing=None))
 

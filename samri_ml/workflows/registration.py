@@ -25,6 +25,7 @@ from samri_ml.errors import SamriMLError
 from samri_ml.interfaces.func import DropDummyScans, SliceTimeCorrection, TemporalMean
 from samri_ml.registration import (
     moving_mask_stages,
+    n4_uses_mask,
     n4_inputs,
     n_stages,
     registration_inputs,
@@ -141,8 +142,9 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     mask = _mask_source(wf, masking, inputnode, (inputnode, "in_file"), "s")
     if mask is not None:
         moving_masks = _mask_list_node("s_moving_masks", flavour, "structural", moving=True)
+        if n4_uses_mask(flavour):
+            wf.connect(mask[0], mask[1], biascorrect, "mask_image")
         wf.connect([
-            (mask[0], biascorrect, [(mask[1], "mask_image")]),
             (mask[0], moving_masks, [(mask[1], "in_file")]),
             (moving_masks, register, [("out", "moving_image_masks")]),
             (mask[0], outputnode, [(mask[1], "out_mask")]),
@@ -261,8 +263,9 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         ])
     mask = _mask_source(wf, masking, inputnode, (mean, "out_file"), "f")
     if mask is not None:
+        if n4_uses_mask(flavour):
+            wf.connect(mask[0], mask[1], biascorrect, "mask_image")
         wf.connect([
-            (mask[0], biascorrect, [(mask[1], "mask_image")]),
             (mask[0], outputnode, [(mask[1], "out_mask")]),
         ])
         # a moving-image mask needs a fixed-image mask: the template's (``functional``) or
