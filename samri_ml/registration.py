@@ -124,8 +124,9 @@ def moving_mask_stages(flavour: str, stream: str) -> list[bool]:
     A phase with ``"moving_mask": false`` runs on the whole moving image (``NULL`` mask), as
     some rodent pipelines do for the first, coarse stage (e.g. RABIES): an imperfect brain mask
     cannot then trap the initial alignment. ``default`` and ``fast`` do so for their translation
-    phases, together with ``"n4_mask": false`` (see :func:`n4_uses_mask`; either change alone
-    broke one example subject, both together match unmasked registration, see the README);
+    phases, together with ``"n4_mask": false`` (see :func:`n4_uses_mask`; the unmasked first
+    stage alone broke one example subject, both together match unmasked registration, see the
+    README);
     ``samri`` masks every stage as the seed's "Generic Masked" workflow.
     """
     settings = load_flavour(flavour)
