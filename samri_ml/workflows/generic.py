@@ -46,8 +46,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     flavour : str
         Registration flavour (``default``, ``fast``, ``samri`` or a JSON path).
     masking : str
-        ``none`` (SAMRI Generic) or ``unet`` (Generic Masked: the U-Net mask feeds N4 and
-        antsRegistration in both streams).
+        ``none`` (SAMRI Generic) or ``unet`` (Generic Masked: the U-Net mask feeds
+        antsRegistration, and N4 where the flavour says so, in both streams).
     dummy_scans : int
         Volumes dropped at the start of each run.
     slice_timing : bool
