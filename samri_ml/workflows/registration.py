@@ -27,8 +27,8 @@ from samri_ml.errors import SamriMLError
 from samri_ml.interfaces.func import DropDummyScans, SliceTimeCorrection, TemporalMean
 from samri_ml.registration import (
     moving_mask_stages,
-    n4_uses_mask,
     n4_inputs,
+    n4_uses_mask,
     n_stages,
     registration_inputs,
 )
