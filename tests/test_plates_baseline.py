@@ -33,6 +33,7 @@ def test_mi_affine_ranks_true_plate_first():
     ranking, scores = rank_mi_affine(section, plates, imgs, size=64, iterations=50)
     assert ranking[0] == 2
     assert np.all(np.diff(scores) >= 0)  # -MI ascending = MI descending
-    # seeded sampling: the same scores on a second run (SimpleITK's seed 0 = wall clock)
+    # seeded sampling: the same scores on a second run (SimpleITK's seed 0 = wall clock, which
+    # gave differences of 0.1); multithreaded sums still differ in the 7th digit
     again = rank_mi_affine(section, plates, imgs, size=64, iterations=50)[1]
-    np.testing.assert_array_equal(again, scores)
+    np.testing.assert_allclose(again, scores, rtol=1e-5)
