@@ -66,7 +66,7 @@ def test_a_phase_can_run_without_the_moving_mask(tmp_path):
     reg = Registration(**registration_inputs(str(flavour), "structural"))
     reg.inputs.fixed_image = str(tmp_path / "f.nii.gz")
     reg.inputs.moving_image = str(tmp_path / "m.nii.gz")
-    reg.inputs.fixed_image_masks = _replicate(str(tmp_path / "fm.nii.gz"), 4)
-    reg.inputs.moving_image_masks = _replicate(str(tmp_path / "mm.nii.gz"), 4, use)
+    reg.inputs.fixed_image_masks = _replicate(str(tmp_path / "fm.nii.gz"), [True] * 4)
+    reg.inputs.moving_image_masks = _replicate(str(tmp_path / "mm.nii.gz"), use)
     masks = [part.split("]")[0] for part in reg.cmdline.split("--masks [ ")[1:]]
     assert masks[0].endswith(", NULL ") and all(m.endswith("mm.nii.gz ") for m in masks[1:])

@@ -14,11 +14,13 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from samri_ml.plates.identify import VARIANTS
+
 
 class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="microscopy section image (PNG/JPEG/TIFF)")
     atlas_dir = Directory(exists=True, desc="atlas folder (N.jpg|png|tif); default: shipped index")
-    variant = traits.Enum("default", "multimodal", usedefault=True,
+    variant = traits.Enum(*VARIANTS, usedefault=True,
                           desc="shipped model: confocal/Nissl ('default') or other modalities")
     model = File(exists=True, desc="embedding model (.keras); default: the shipped one")
     index = File(exists=True, desc="plate index (.npz); default: the shipped one")

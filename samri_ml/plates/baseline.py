@@ -35,6 +35,8 @@ def mi_affine_score(
     "seed from the wall clock" (``sitkWallClock``) and makes every run different."""
     import SimpleITK as sitk
 
+    if seed == 0:
+        raise ValueError("seed 0 means a wall-clock seed in SimpleITK; pass a nonzero seed")
     fixed = _to_sitk(plate)
     moving = _to_sitk(section)
     init = sitk.CenteredTransformInitializer(
@@ -43,8 +45,6 @@ def mi_affine_score(
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    if seed == 0:
-        raise ValueError("seed 0 means a wall-clock seed in SimpleITK; pass a nonzero seed")
     reg.SetMetricSamplingPercentage(sampling, seed)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(

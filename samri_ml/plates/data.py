@@ -22,8 +22,6 @@ MIN_SIDE = 16  # px; anything smaller carries no anatomy worth ranking
 _LABEL_RE = re.compile(r"^(\d+)")
 
 
-
-
 def label_from_name(path) -> int:
     """Plate label of a section file: the number at the start of its name.
 

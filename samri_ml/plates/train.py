@@ -118,21 +118,9 @@ def rank_from_embeddings(
     rankings : (N, P) int array of plate numbers, best first
     distances : (N, P) float array, same order (ascending)
     """
-    d = np.sqrt(
-        np.maximum(
-            (section_emb**2).sum(1)[:, None]
-            - 2 * section_emb @ plate_emb.T
-            + (plate_emb**2).sum(1)[None, :],
-            0,
-        )
-    )
-    if smooth > 0:
-        order = np.argsort(plate_numbers)
-        ds = d[:, order]
-        padded = np.concatenate([ds[:, :1], ds, ds[:, -1:]], axis=1)
-        ds = (1 - smooth) * ds + smooth * 0.5 * (padded[:, :-2] + padded[:, 2:])
-        d = np.empty_like(ds)
-        d[:, order] = ds
+    from samri_ml.plates.identify import _pairwise, smooth_profile
+
+    d = smooth_profile(_pairwise(section_emb, plate_emb), plate_numbers, smooth)
     idx = np.argsort(d, axis=1, kind="stable")
     return plate_numbers[idx], np.take_along_axis(d, idx, axis=1)
 

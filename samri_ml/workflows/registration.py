@@ -53,18 +53,17 @@ def _registration_node(name, flavour, stream, omp_nthreads, mem_gb=2):
     return reg
 
 
-def _replicate(in_file, n, use=None):
-    """One copy of a mask per registration stage (antsRegistration's ``--masks`` per stage);
-    ``"NULL"`` (no mask) for the stages where ``use`` is false."""
-    use = use if use is not None else [True] * n
+def _replicate(in_file, use):
+    """One mask entry per registration stage (antsRegistration's ``--masks`` per stage): the
+    mask where ``use`` is true, ``"NULL"`` (no mask) elsewhere."""
     return [in_file if u else "NULL" for u in use]
 
 
 def _mask_list_node(name, flavour, stream, moving=False):
-    node = pe.Node(niu.Function(function=_replicate, input_names=["in_file", "n", "use"],
+    node = pe.Node(niu.Function(function=_replicate, input_names=["in_file", "use"],
                                 output_names=["out"]), name=name, run_without_submitting=True)
-    node.inputs.n = n_stages(flavour, stream)
-    node.inputs.use = moving_mask_stages(flavour, stream) if moving else None
+    node.inputs.use = (moving_mask_stages(flavour, stream) if moving
+                       else [True] * n_stages(flavour, stream))
     return node
 
 
