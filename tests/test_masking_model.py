@@ -40,6 +40,19 @@ def test_shipped_model_masks_a_skull_on_head(phantom, contrast):
     assert dice(np.asarray(mask.dataobj) > 0, truth) >= 0.75
 
 
+def test_three_views_beat_the_seeds_coronal_slices(phantom):
+    """Averaging sagittal, coronal and axial predictions removes the neck and snout blobs."""
+    truth = np.asarray(phantom["mask"].dataobj) > 0
+    scores = {}
+    for views in (("coronal",), ("sagittal", "coronal", "axial")):
+        mask = predict_mask(phantom["T2w"], views=views)
+        scores[views] = dice(np.asarray(mask.dataobj) > 0, truth)
+    coronal, three = scores.values()
+    assert three > coronal + 0.02, scores
+    with pytest.raises(SamriMLError, match="unknown view"):
+        predict_mask(phantom["T2w"], views=("oblique",))
+
+
 def test_same_mask_for_any_axis_order(phantom):
     img = phantom["T2w"]
     ref = np.asarray(predict_mask(img).dataobj)

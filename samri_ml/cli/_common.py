@@ -66,6 +66,20 @@ def add_masker_data_options(parser) -> None:
                         "(default ~/.cache/samri_ml/masks)")
 
 
+def add_views_option(parser, help_default="predict") -> None:
+    """``--views``: the slice directions of the masking U-Net (shared by its CLIs)."""
+    from samri_ml.masking.preprocess import ALL_VIEWS
+
+    parser.add_argument(
+        "--views",
+        nargs="+",
+        choices=list(ALL_VIEWS),
+        default=list(ALL_VIEWS),
+        help=f"slice directions to {help_default} along (probabilities averaged); the seed's "
+        "method is 'coronal' alone",
+    )
+
+
 def add_plate_model_options(parser) -> None:
     """``--variant``, ``--model`` and ``--index``, shared by the plate-identification CLIs."""
     from samri_ml.plates.identify import VARIANTS

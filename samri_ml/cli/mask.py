@@ -1,6 +1,6 @@
 """``samri_ml-mask``: brain mask of a mouse MRI volume with the U-Net.
 
-samri_ml-mask IN.nii[.gz] OUT_MASK.nii.gz [--model PATH] [--masked OUT.nii.gz] [-v]
+samri_ml-mask IN.nii[.gz] OUT_MASK.nii.gz [--model PATH] [--masked OUT.nii.gz] [--views ...] [-v]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import run_cli
+from samri_ml.cli._common import add_views_option, run_cli
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-mask"
@@ -20,7 +20,7 @@ PROG = "samri_ml-mask"
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Predict a binary (uint8) brain mask on IN's grid with the coronal-slice "
+        description="Predict a binary (uint8) brain mask on IN's grid with the slice-wise "
         "U-Net (shipped weights by default). IN is a 3D volume or a 4D series (its temporal mean "
         "is masked), in any orientation; T1, T2 and EPI, with or without skull.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -41,6 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="also write IN multiplied by the mask here",
     )
     p.add_argument("--threshold", type=float, default=0.5, help="brain probability threshold")
+    add_views_option(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(
         "-v", "--verbose", action="count", default=0, help="print timings; tracebacks on errors"
@@ -66,7 +67,7 @@ def _main(argv=None) -> int:
     img = load_nifti(args.in_file, allow_4d=True)
     model = load_model(args.model)
     t1 = time.perf_counter()
-    mask = predict_mask(img, model, threshold=args.threshold)
+    mask = predict_mask(img, model, threshold=args.threshold, views=args.views)
     t2 = time.perf_counter()
     if not args.out_file.parent.is_dir():
         raise SamriMLError(f"{args.out_file.parent}: output folder does not exist")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import add_masker_data_options, run_cli
+from samri_ml.cli._common import add_masker_data_options, add_views_option, run_cli
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-train-masker"
@@ -56,6 +56,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="synthetic heads with a snout and a neck (slices with head but no brain); the "
         "shipped model was trained without",
     )
+    add_views_option(p, "train on")
     p.add_argument(
         "--epochs-plain", type=int, default=d.epochs_plain, help="phase 1 epochs (no augmentation)"
     )
@@ -105,7 +106,7 @@ def _main(argv=None) -> int:
         epochs_augmented=args.epochs_augmented, steps_per_epoch=args.steps_per_epoch,
         max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
         init_model=str(args.init or ""), dataset_cache=str(args.dataset_cache or ""),
-        snout_neck=args.snout_neck,
+        snout_neck=args.snout_neck, views=tuple(args.views),
     )  # fmt: skip
     summary = train(config, args.out, data_dir, args.cache_dir,
                     log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip

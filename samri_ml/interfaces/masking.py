@@ -22,6 +22,10 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
     model = File(exists=True, desc="Keras model file (default: the shipped U-Net)")
     threshold = traits.Range(low=0.0, high=1.0, value=0.5, usedefault=True,
                              desc="probability above which a voxel is brain")  # fmt: skip
+    views = traits.List(traits.Enum("sagittal", "coronal", "axial"),
+                        value=["sagittal", "coronal", "axial"], usedefault=True, minlen=1,
+                        desc="slice directions whose predictions are averaged (the seed: "
+                        "['coronal'])")  # fmt: skip
     num_threads = traits.Int(0, usedefault=True, nohash=True,
                              desc="TensorFlow threads (0: TensorFlow's default)")  # fmt: skip
 
@@ -60,7 +64,8 @@ class MaskBrain(SimpleInterface):
                 pass
         img = load_nifti(self.inputs.in_file, allow_4d=True)
         model = self.inputs.model or None
-        mask = predict_mask(img, model, threshold=self.inputs.threshold)
+        mask = predict_mask(img, model, threshold=self.inputs.threshold,
+                            views=tuple(self.inputs.views))  # fmt: skip
         out_mask = fname_presuffix(self.inputs.in_file, suffix="_mask", newpath=runtime.cwd)
         out_mask = _nii_gz(out_mask)
         out_file = _nii_gz(fname_presuffix(self.inputs.in_file, suffix="_masked",

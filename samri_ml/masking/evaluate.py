@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from samri_ml.masking.preprocess import ALL_VIEWS
+
 
 def pearson(a, b) -> float:
     """Pearson correlation of two arrays (flattened); NaN when one is constant."""
@@ -28,7 +30,7 @@ def pearson(a, b) -> float:
     return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
-def evaluate_scan(scan, model) -> dict:
+def evaluate_scan(scan, model, views=ALL_VIEWS) -> dict:
     """Scores of one :class:`samri_ml.masking.data.Scan` (RAS arrays) with ``model``."""
     import nibabel as nb
 
@@ -39,7 +41,7 @@ def evaluate_scan(scan, model) -> dict:
     img = nb.Nifti1Image(scan.image.astype(np.float32), np.diag([*scan.zooms, 1.0]))
     t0 = time.perf_counter()
     try:
-        pred = np.asarray(predict_mask(img, model).dataobj) > 0
+        pred = np.asarray(predict_mask(img, model, views=views).dataobj) > 0
         error = ""
     except SamriMLError as err:
         pred = np.zeros(scan.mask.shape, bool)
@@ -61,12 +63,12 @@ def evaluate_scan(scan, model) -> dict:
     }
 
 
-def evaluate(scans, model) -> list[dict]:
+def evaluate(scans, model, views=ALL_VIEWS) -> list[dict]:
     """:func:`evaluate_scan` for every scan (the first call also warms TensorFlow up)."""
     from samri_ml.masking.predict import predict_probabilities
 
     predict_probabilities(model, np.zeros((4, 64, 64, 1), np.float32))  # warm-up, not timed
-    return [evaluate_scan(s, model) for s in scans]
+    return [evaluate_scan(s, model, views) for s in scans]
 
 
 def by_source(rows, held_out=()) -> list[dict]:

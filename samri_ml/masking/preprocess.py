@@ -29,6 +29,28 @@ from samri_ml.errors import SamriMLError
 SIZE = 64
 #: axis of a RAS-oriented array that runs posterior -> anterior (slices along it are coronal)
 CORONAL_AXIS = 1
+#: the RAS axis each view slices along (sagittal: left-right, coronal: posterior-anterior,
+#: axial: inferior-superior); a slice keeps the other two axes in RAS order
+VIEW_AXES = {"sagittal": 0, "coronal": CORONAL_AXIS, "axial": 2}
+#: the seed's view (coronal slices only)
+SEED_VIEWS = ("coronal",)
+#: all three orthogonal views
+ALL_VIEWS = ("sagittal", "coronal", "axial")
+
+
+def view_axis(view: str) -> int:
+    """The RAS axis that ``view`` (``sagittal``, ``coronal`` or ``axial``) slices along."""
+    try:
+        return VIEW_AXES[view]
+    except KeyError:
+        raise SamriMLError(
+            f"unknown view {view!r}; choose from {', '.join(VIEW_AXES)}"
+        ) from None
+
+
+def _in_plane(shape, axis: int) -> tuple[int, int]:
+    """Shape of one slice along ``axis`` of a volume of ``shape``."""
+    return tuple(n for i, n in enumerate(shape) if i != axis)
 
 
 def orientation_of(affine) -> np.ndarray:
@@ -136,8 +158,10 @@ def input_to_slice(slice64: np.ndarray, geometry: SliceGeometry, *, interpolatio
     return arr
 
 
-def volume_to_slices(ras_volume: np.ndarray, *, normalised: bool = False) -> np.ndarray:
-    """Preprocess a RAS volume into network input: ``(n_coronal, 64, 64, 1)`` float32.
+def volume_to_slices(
+    ras_volume: np.ndarray, *, normalised: bool = False, axis: int = CORONAL_AXIS
+) -> np.ndarray:
+    """Preprocess a RAS volume into network input: ``(n_slices, 64, 64, 1)`` float32.
 
     Parameters
     ----------
@@ -145,46 +169,54 @@ def volume_to_slices(ras_volume: np.ndarray, *, normalised: bool = False) -> np.
         3D array in RAS orientation (see :func:`to_ras`).
     normalised : bool
         Skip :func:`normalise` when the volume already went through it.
+    axis : int
+        RAS axis to slice along (default: coronal, the seed's; see :data:`VIEW_AXES`).
     """
     vol = ras_volume if normalised else normalise(ras_volume)
     if vol.ndim != 3:
         raise SamriMLError(f"expected a 3D volume, got shape {vol.shape}")
-    geometry = SliceGeometry((vol.shape[0], vol.shape[2]))
-    out = np.empty((vol.shape[CORONAL_AXIS], SIZE, SIZE, 1), dtype=np.float32)
-    for j in range(vol.shape[CORONAL_AXIS]):
-        out[j, :, :, 0] = slice_to_input(vol[:, j, :], geometry)
+    geometry = SliceGeometry(_in_plane(vol.shape, axis))
+    out = np.empty((vol.shape[axis], SIZE, SIZE, 1), dtype=np.float32)
+    for j in range(vol.shape[axis]):
+        out[j, :, :, 0] = slice_to_input(np.take(vol, j, axis=axis), geometry)
     return out
 
 
-def mask_to_slices(ras_mask: np.ndarray, ras_volume: np.ndarray) -> np.ndarray:
-    """Training labels as in the seed: ``(n_coronal, 64, 64, 1)`` uint8.
+def mask_to_slices(
+    ras_mask: np.ndarray, ras_volume: np.ndarray, *, axis: int = CORONAL_AXIS
+) -> np.ndarray:
+    """Training labels as in the seed: ``(n_slices, 64, 64, 1)`` uint8.
 
-    The mask is zeroed where the image is zero, each coronal slice's holes are filled
+    The mask is zeroed where the image is zero, each slice's holes are filled
     (``binary_fill_holes``), then slices are resized (nearest neighbour) / padded like the image.
     """
     import cv2
     from scipy.ndimage import binary_fill_holes
 
     mask = (np.asarray(ras_mask) > 0.5) & (np.asarray(ras_volume) != 0)
-    geometry = SliceGeometry((mask.shape[0], mask.shape[2]))
-    out = np.empty((mask.shape[CORONAL_AXIS], SIZE, SIZE, 1), dtype=np.uint8)
-    for j in range(mask.shape[CORONAL_AXIS]):
-        filled = binary_fill_holes(mask[:, j, :]).astype(np.float32)
+    geometry = SliceGeometry(_in_plane(mask.shape, axis))
+    out = np.empty((mask.shape[axis], SIZE, SIZE, 1), dtype=np.uint8)
+    for j in range(mask.shape[axis]):
+        filled = binary_fill_holes(np.take(mask, j, axis=axis)).astype(np.float32)
         out[j, :, :, 0] = slice_to_input(filled, geometry, interpolation=cv2.INTER_NEAREST) > 0.5
     return out
 
 
-def slices_to_volume(slices: np.ndarray, ras_shape: tuple[int, int, int]) -> np.ndarray:
+def slices_to_volume(
+    slices: np.ndarray, ras_shape: tuple[int, int, int], *, axis: int = CORONAL_AXIS
+) -> np.ndarray:
     """Inverse of :func:`volume_to_slices` for network outputs: a float RAS volume of ``ras_shape``."""
     slices = np.asarray(slices, dtype=np.float32)
     if slices.ndim == 4:
         slices = slices[..., 0]
-    if slices.shape[0] != ras_shape[CORONAL_AXIS]:
-        raise ValueError(f"{slices.shape[0]} slices for a volume of shape {ras_shape}")
-    geometry = SliceGeometry((ras_shape[0], ras_shape[2]))
+    if slices.shape[0] != ras_shape[axis]:
+        raise ValueError(f"{slices.shape[0]} slices along axis {axis} for shape {ras_shape}")
+    geometry = SliceGeometry(_in_plane(ras_shape, axis))
     out = np.empty(ras_shape, dtype=np.float32)
-    for j in range(ras_shape[CORONAL_AXIS]):
-        out[:, j, :] = input_to_slice(slices[j], geometry)
+    index = [slice(None)] * 3
+    for j in range(ras_shape[axis]):
+        index[axis] = j
+        out[tuple(index)] = input_to_slice(slices[j], geometry)
     return out
 
 

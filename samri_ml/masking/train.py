@@ -3,8 +3,10 @@
 Data (see :mod:`samri_ml.masking.data` and :mod:`samri_ml.masking.synth`): real scans with masks
 from the training sources, plus synthetic skull-on heads built around the real brains of those
 sources (several per brain, T1/T2/EPI/random contrasts). Every volume goes through the seed's
-preprocessing (:mod:`samri_ml.masking.preprocess`); coronal slices without brain are kept with
-probability ``empty_fraction`` (more often when they hold tissue, see :func:`volume_slices`).
+preprocessing (:mod:`samri_ml.masking.preprocess`), sliced along every view of ``views`` (the
+seed: coronal only; the shipped model: sagittal, coronal and axial, predicted the same way);
+slices without brain are kept with probability ``empty_fraction`` (more often when they hold
+tissue, see :func:`volume_slices`).
 
 Split: ``sklearn.model_selection.train_test_split`` (90/10) over *subjects* (a dama subject with all
 the synthetic heads made from its brain; a whole scan otherwise), so no brain is seen in both
@@ -41,6 +43,7 @@ class TrainConfig:
     synth_per_template: int = 40
     empty_fraction: float = 0.25
     snout_neck: bool = False
+    views: tuple[str, ...] = pp.ALL_VIEWS
     val_fraction: float = 0.1
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -80,15 +83,17 @@ def _resample_to(source: synth.BrainSource, zoom_mm: float = 0.2) -> synth.Brain
     )  # fmt: skip
 
 
-def volume_slices(image, mask, rng, empty_fraction, tissue_boost=False):
-    """Seed-preprocessed ``(x, y)`` slices of one RAS volume.
+def volume_slices(image, mask, rng, empty_fraction, tissue_boost=False, views=pp.SEED_VIEWS):
+    """Seed-preprocessed ``(x, y)`` slices of one RAS volume along each of ``views``.
 
     Slices without brain are kept with probability ``empty_fraction``; with ``tissue_boost``
     three times that (at most 0.9) when they hold tissue (snout, neck): those teach the net
     that a head slice may have no brain in it.
     """
-    x = pp.volume_to_slices(image)
-    y = pp.mask_to_slices(mask, image)
+    axes = [pp.view_axis(v) for v in views]
+    vol = pp.normalise(image)
+    x = np.concatenate([pp.volume_to_slices(vol, normalised=True, axis=a) for a in axes])
+    y = np.concatenate([pp.mask_to_slices(mask, image, axis=a) for a in axes])
     has_brain = y.reshape(len(y), -1).any(axis=1)
     has_tissue = (x.reshape(len(x), -1) > 0.1).mean(axis=1) > 0.05
     boost = min(0.9, 3 * empty_fraction) if tissue_boost else empty_fraction
@@ -118,7 +123,9 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
     volumes: dict[str, list] = {}
 
     def add(group, image, mask):
-        x, y = volume_slices(image, mask, rng, config.empty_fraction, config.snout_neck)
+        x, y = volume_slices(
+            image, mask, rng, config.empty_fraction, config.snout_neck, tuple(config.views)
+        )
         xs.append(x)
         ys.append(y)
         groups.extend([group] * len(x))
@@ -152,7 +159,7 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     The cache is used only if it was built with the same data settings.
     """
     keys = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
-            "seed", "snout_neck")  # fmt: skip
+            "seed", "snout_neck", "views")  # fmt: skip
     settings = {k: getattr(config, k) for k in keys}
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
     settings = json.dumps(settings, sort_keys=True)
@@ -326,7 +333,7 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
             history.setdefault(key, []).extend(float(v) for v in values)
         history.setdefault("phase", []).extend([phase] * len(h.history["loss"]))
     model.save(out_path)
-    val_dice = validation_dice(model, {g: volumes[g] for g in val_groups})
+    val_dice = validation_dice(model, {g: volumes[g] for g in val_groups}, tuple(config.views))
     summary = {
         "config": asdict(config),
         "n_slices": int(len(x)),
@@ -343,7 +350,7 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     return summary
 
 
-def validation_dice(model, volumes_by_group) -> dict[str, float]:
+def validation_dice(model, volumes_by_group, views=pp.ALL_VIEWS) -> dict[str, float]:
     """3D Dice of the full prediction pipeline (with post-processing) on validation volumes.
 
     Keys ``<group>#<i>`` (i = 0 is the real scan, i > 0 its synthetic heads).
@@ -358,7 +365,8 @@ def validation_dice(model, volumes_by_group) -> dict[str, float]:
     for group, vols in volumes_by_group.items():
         for i, (image, mask) in enumerate(vols):
             try:
-                pred = predict_mask(nb.Nifti1Image(image, np.eye(4)), model).get_fdata() > 0
+                pred = predict_mask(nb.Nifti1Image(image, np.eye(4)), model, views=views)
+                pred = pred.get_fdata() > 0
             except SamriMLError:
                 pred = np.zeros(mask.shape, bool)
             out[f"{group}#{i}"] = dice(pred, mask)
