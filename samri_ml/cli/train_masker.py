@@ -58,6 +58,19 @@ def get_parser() -> argparse.ArgumentParser:
     )
     add_views_option(p, "train on")
     p.add_argument(
+        "--crops-per-scan",
+        type=int,
+        default=d.crops_per_scan,
+        help="copies of each real scan cropped close around the brain (brain-only templates "
+        "and small fields of view, where the brain fills the image)",
+    )
+    p.add_argument(
+        "--crop-fraction",
+        type=float,
+        default=d.crop_fraction,
+        help="fraction of the synthetic heads cropped close around the brain",
+    )
+    p.add_argument(
         "--epochs-plain", type=int, default=d.epochs_plain, help="phase 1 epochs (no augmentation)"
     )
     p.add_argument(
@@ -107,6 +120,7 @@ def _main(argv=None) -> int:
         max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
         init_model=str(args.init or ""), dataset_cache=str(args.dataset_cache or ""),
         snout_neck=args.snout_neck, views=tuple(args.views),
+        crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,
     )  # fmt: skip
     summary = train(config, args.out, data_dir, args.cache_dir,
                     log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip

@@ -102,14 +102,20 @@ def _as_image(img):
 def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS) -> np.ndarray:
     """Brain probability of a RAS volume: the mean over ``views`` of the slice-wise predictions.
 
-    All views' slices go through the network in one pass (bigger batches are faster on CPU).
+    All views' slices go through the network in one pass (bigger batches are faster on CPU);
+    all-zero slices get probability 0 without it.
     """
     vol = pp.normalise(ras)
     axes = [pp.view_axis(v) for v in views]
     if not axes:
         raise SamriMLError("no view to predict; choose from " + ", ".join(pp.VIEW_AXES))
     stacks = [pp.volume_to_slices(vol, normalised=True, axis=a) for a in axes]
-    probs = predict_probabilities(model, np.concatenate(stacks))
+    slices = np.concatenate(stacks)
+    # an all-zero slice (outside a skull-stripped brain's box) holds no brain: not run
+    filled = slices.reshape(len(slices), -1).any(axis=1)
+    probs = np.zeros_like(slices)
+    if filled.any():
+        probs[filled] = predict_probabilities(model, slices[filled])
     out = np.zeros(ras.shape, np.float32)
     start = 0
     for axis, stack in zip(axes, stacks, strict=True):

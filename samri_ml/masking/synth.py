@@ -323,3 +323,27 @@ def synth_volume(
     classes, pad = head_labels(source.mask > 0, source.zooms, rng, snout_neck)
     img = paint(classes, source, pad, contrast, rng)
     return acquire(img, classes == BRAIN, source.zooms, contrast, rng, crop_ap=snout_neck)
+
+
+def crop_to_brain(image, mask, rng, margin=(-0.05, 0.15)):
+    """A field of view cropped around the brain, as in brain-only templates and small-FOV scans.
+
+    Each side of the brain's bounding box moves outwards by a random fraction (uniform in
+    ``margin``) of the brain's extent along that axis; a negative fraction cuts into the brain.
+    Returns ``(image, mask)`` views of the cropped block.
+    """
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        return image, mask
+    idx = np.nonzero(mask)
+    index = []
+    for ax, n in enumerate(mask.shape):
+        lo, hi = int(idx[ax].min()), int(idx[ax].max()) + 1
+        extent = hi - lo
+        a = lo - int(round(rng.uniform(*margin) * extent))
+        b = hi + int(round(rng.uniform(*margin) * extent))
+        a, b = max(0, a), min(n, b)
+        if b - a < 2:
+            a, b = lo, hi
+        index.append(slice(a, b))
+    return image[tuple(index)], mask[tuple(index)]

@@ -44,6 +44,8 @@ class TrainConfig:
     empty_fraction: float = 0.25
     snout_neck: bool = False
     views: tuple[str, ...] = pp.ALL_VIEWS
+    crops_per_scan: int = 0
+    crop_fraction: float = 0.0
     val_fraction: float = 0.1
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -136,6 +138,8 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
     for scan in scans:
         group = scan_group(scan)
         add(group, scan.image, scan.mask)  # the real scan as it is (the seed's data)
+        for _ in range(config.crops_per_scan):  # its brain filling the field of view
+            add(group, *synth.crop_to_brain(scan.image, scan.mask, rng))
         n_synth = {"dama": config.synth_per_dama, "templates": config.synth_per_template}.get(
             scan.source, 0
         )
@@ -145,6 +149,8 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
             )
             for _ in range(n_synth):
                 image, mask, _ = synth.synth_volume(src, rng, snout_neck=config.snout_neck)
+                if rng.random() < config.crop_fraction:
+                    image, mask = synth.crop_to_brain(image, mask, rng)
                 add(group, image, mask)
         log(f"  {scan.name}: {1 + n_synth} volumes ({time.time() - t0:.0f} s so far)")
     x = np.concatenate(xs).astype(np.float32)
@@ -159,7 +165,7 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     The cache is used only if it was built with the same data settings.
     """
     keys = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
-            "seed", "snout_neck", "views")  # fmt: skip
+            "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction")  # fmt: skip
     settings = {k: getattr(config, k) for k in keys}
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
     settings = json.dumps(settings, sort_keys=True)
