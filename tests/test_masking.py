@@ -227,3 +227,17 @@ def test_snout_and_neck_are_opt_in():
             lengths[flag].add(c.shape[1])
     assert lengths[False] == {40 + 2 * 10}
     assert max(lengths[True]) > 60 + 20
+
+
+def test_crop_to_brain_fills_the_field_of_view():
+    shape = (60, 70, 50)
+    mask = _ellipsoid(shape, radii=[12, 15, 10])
+    image = np.where(mask, 2.0, 1.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        img, msk = synth.crop_to_brain(image, mask, rng, margin=(-0.05, 0.15))
+        assert img.shape == msk.shape and msk.sum() >= 0.8 * mask.sum()
+        # the brain's extent is at least 1 / 1.3 of the cropped field of view on every axis
+        for ax in range(3):
+            extent = np.ptp(np.flatnonzero(msk.any(axis=tuple(i for i in range(3) if i != ax)))) + 1
+            assert extent >= img.shape[ax] / 1.31

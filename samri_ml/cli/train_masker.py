@@ -23,7 +23,7 @@ def get_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Train the coronal-slice U-Net brain masker on the real scans of "
+        description="Train the slice-wise U-Net brain masker on the real scans of "
         "../shared/data/mri (dama, sammba, emory, templates; sources in --holdout are left out for an "
         "honest leave-source-out test) plus synthetic skull-on T1/T2/EPI heads built around "
         "their brains. Writes OUT (.keras), OUT_loss.png and OUT_training.json.",

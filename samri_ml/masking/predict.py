@@ -2,8 +2,9 @@
 
 ``predict_mask`` takes a NIfTI image (3D, or 4D reduced to its temporal mean), predicts every
 slice of each view (sagittal, coronal and axial by default; the seed's coronal only with
-``views=("coronal",)``) with the U-Net after the seed's preprocessing, inverts the preprocessing,
-averages the views' probabilities, thresholds at 0.5, keeps the largest 3D connected component, fills holes (in 3D and in each coronal slice) and
+``views=("coronal",)``) with the U-Net after the seed's preprocessing, inverts the
+preprocessing, averages the views' probabilities, thresholds at 0.5, keeps the largest 3D
+connected component, fills holes (in 3D and in each coronal slice) and
 returns a uint8 mask on the input's grid and affine. It never returns an empty mask: it raises
 :class:`samri_ml.errors.SamriMLError` instead.
 """

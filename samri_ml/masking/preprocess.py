@@ -2,11 +2,12 @@
 
 A volume is first brought to the closest RAS orientation (axes permuted and flipped only, no
 resampling) with nibabel, so that axis 1 runs posterior -> anterior and ``vol[:, j, :]`` is a coronal
-slice (left-right x inferior-superior). Then, exactly as in the seed:
+slice (left-right x inferior-superior), the seed's view; the functions take ``axis=`` for the
+sagittal and axial views too (:data:`VIEW_AXES`). Then, exactly as in the seed:
 
 1. intensities are clipped from the volume's minimum to its 99th percentile and divided by the
    (clipped) maximum: ``x <- min(x, P99) / max(min(x, P99))``;
-2. every coronal slice dimension larger than 64 is resized to 64 with ``cv2.resize`` (bilinear), a
+2. every slice dimension larger than 64 is resized to 64 with ``cv2.resize`` (bilinear), a
    smaller one is zero-padded (centred) to 64;
 3. for training labels, the mask is zeroed where the image is zero and each slice's holes are filled
    with ``scipy.ndimage.binary_fill_holes``.

@@ -338,7 +338,10 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
         for key, values in h.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         history.setdefault("phase", []).extend([phase] * len(h.history["loss"]))
-    model.save(out_path)
+    # saved without the optimizer state (a third of the size; prediction does not need it)
+    compact = keras.models.clone_model(model)
+    compact.set_weights(model.get_weights())
+    compact.save(out_path)
     val_dice = validation_dice(model, {g: volumes[g] for g in val_groups}, tuple(config.views))
     summary = {
         "config": asdict(config),
