@@ -36,8 +36,8 @@ def test_shipped_model_masks_a_skull_on_head(phantom, contrast):
     mask = predict_mask(phantom[contrast])
     assert mask.shape == truth.shape and np.allclose(mask.affine, phantom[contrast].affine)
     assert mask.get_data_dtype() == np.uint8
-    # measured with the shipped model: 0.82-0.83 (it over-segments the CSF rim of the phantom)
-    assert dice(np.asarray(mask.dataobj) > 0, truth) >= 0.75
+    # measured with the shipped model (three views): 0.93-0.96; coronal only: 0.82-0.92
+    assert dice(np.asarray(mask.dataobj) > 0, truth) >= 0.88
 
 
 def test_three_views_beat_the_seeds_coronal_slices(phantom):

@@ -181,7 +181,9 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
                         vols.setdefault(group, []).append(
                             (f[key], f[f"vmsk|{group}|{i}"].astype(bool))
                         )
-                return f["x"], f["y"], f["groups"], f["is_val"], vols
+                # stored as float16 to halve the file; cv2 (augmentation) needs float32
+                x = f["x"].astype(np.float32)
+                return x, f["y"].astype(np.float32), f["groups"], f["is_val"], vols
     log("building the data set ...")
     x, y, groups, is_val, vols = build_dataset(config, data_dir, cache_dir, log)
     if path is not None:
