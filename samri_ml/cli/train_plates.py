@@ -34,6 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=2000, help="early-stopping patience (steps)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    p.add_argument(
+        "--schedule",
+        default="constant",
+        choices=["constant", "cosine"],
+        help="learning rate: constant, or cosine decay to 1 %% of --lr over --iterations",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="momentum of a moving average of the weights, evaluated and saved instead of the "
+        "raw weights (e.g. 0.998; 0: off)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--synth-fraction",
@@ -98,6 +111,8 @@ def _main(argv=None) -> int:
         patience=args.patience,
         eval_every=args.eval_every,
         learning_rate=args.lr,
+        schedule=args.schedule,
+        ema=args.ema,
         seed=args.seed,
         init=args.init,
         synth_fraction=args.synth_fraction,
