@@ -159,3 +159,28 @@ def test_maskbrain_node(tmp_path, phantom, monkeypatch):
     assert dice(mask > 0, np.asarray(phantom["mask"].dataobj) > 0) > 0.75
     brain = np.asarray(nb.load(out.out_file).dataobj)
     assert not brain[mask == 0].any() and brain[mask > 0].any()
+
+
+def test_trained_model_is_saved_compact_and_predicts_the_same(tmp_path):
+    """What ``samri_ml-train-masker`` writes after its last epoch: a compiled model (custom
+    loss, Adam state after a real step) saved without optimizer, loadable, same predictions."""
+    import keras
+
+    from samri_ml.masking.train import save_without_optimizer
+    from samri_ml.models.unet import bce_dice_loss, build_unet, dice_coefficient
+
+    model = build_unet(width=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=bce_dice_loss,
+                  metrics=[dice_coefficient])  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 64, 64, 1), dtype=np.float32)
+    y = (x > 0.5).astype(np.float32)
+    model.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "m.keras"
+    save_without_optimizer(model, path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert not getattr(loaded, "compiled", False)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+    full = tmp_path / "full.keras"
+    model.save(full)
+    assert path.stat().st_size < full.stat().st_size

@@ -22,6 +22,7 @@ mask) misplaced the brain, so it has no trustworthy mask (it is used for visual 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,12 +69,28 @@ def register_mask(
     warped back with the inverse transforms (linear, thresholded at 0.5) and saved on the scan's
     grid at ``out_path``. Cached: an existing ``out_path`` is returned as is.
     """
-    import ants
-    import nibabel as nb
-
     out_path = Path(out_path)
     if out_path.exists():
         return out_path
+    # ANTs draws its metric samples from the wall clock unless given a seed, and sums them over
+    # threads in a varying order: without both the sammba EPI reference changed between fresh
+    # caches (Dice of one model against it 0.70 vs 0.53). ITK reads its thread count once per
+    # process, so a process with more threads hands the registration to a one-thread child.
+    if os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS") != "1":
+        import subprocess
+        import sys
+
+        env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
+        code = (
+            "import sys; from samri_ml.masking.data import register_mask; "
+            "register_mask(*sys.argv[1:5], transform=sys.argv[5], mean4d=sys.argv[6] == '1')"
+        )
+        args = [moving_path, fixed_path, fixed_mask_path, out_path, transform, int(mean4d)]
+        subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, check=True)
+        return out_path
+    import ants
+    import nibabel as nb
+
     ref = nb.load(str(moving_path))
     data = np.asarray(ref.dataobj, dtype=np.float32)
     if data.ndim == 4 and mean4d:
@@ -84,15 +101,21 @@ def register_mask(
     fixed = ants.image_read(str(fixed_path))
     fmask = ants.image_read(str(fixed_mask_path))
     moving = ants.image_read(str(tmp))
-    reg = ants.registration(
-        fixed,
-        moving,
-        type_of_transform=transform,
-        mask=ants.iMath(fmask, "MD", 3),
-        aff_metric="mattes",
-        syn_metric="CC",
-        reg_iterations=(40, 20, 0),
-    )
+    import ants.config
+
+    seed_before, ants.config._random_seed = ants.config._random_seed, 1
+    try:
+        reg = ants.registration(
+            fixed,
+            moving,
+            type_of_transform=transform,
+            mask=ants.iMath(fmask, "MD", 3),
+            aff_metric="mattes",
+            syn_metric="CC",
+            reg_iterations=(40, 20, 0),
+        )
+    finally:
+        ants.config._random_seed = seed_before
     invert = [True] + [False] * (len(reg["invtransforms"]) - 1)
     warped = ants.apply_transforms(
         moving, fmask.astype("float32"), reg["invtransforms"], whichtoinvert=invert

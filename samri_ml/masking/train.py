@@ -340,10 +340,7 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
         for key, values in h.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         history.setdefault("phase", []).extend([phase] * len(h.history["loss"]))
-    # saved without the optimizer state (a third of the size; prediction does not need it)
-    compact = keras.models.clone_model(model)
-    compact.set_weights(model.get_weights())
-    compact.save(out_path)
+    save_without_optimizer(model, out_path)
     val_dice = validation_dice(model, {g: volumes[g] for g in val_groups}, tuple(config.views))
     summary = {
         "config": asdict(config),
@@ -359,6 +356,20 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     plot_history(history, out_path.with_name(out_path.stem + "_loss.png"))
     out_path.with_name(out_path.stem + "_training.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def save_without_optimizer(model, path) -> None:
+    """Save ``model`` as ``.keras`` without its optimizer state or compile settings.
+
+    A third of the size, and prediction needs neither. The copy is rebuilt from the config:
+    ``keras.models.clone_model`` also clones the compile settings (Keras >= 3.12), which fails on
+    the custom loss and crashed ``samri_ml-train-masker`` after its last epoch.
+    """
+    from samri_ml.models.unet import CUSTOM_OBJECTS
+
+    compact = model.__class__.from_config(model.get_config(), custom_objects=CUSTOM_OBJECTS)
+    compact.set_weights(model.get_weights())
+    compact.save(path)
 
 
 def validation_dice(model, volumes_by_group, views=pp.ALL_VIEWS) -> dict[str, float]:
