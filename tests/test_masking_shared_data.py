@@ -69,3 +69,22 @@ def test_speed(scans, tmp_path, request):
     )
     print(f"samri_ml-mask end to end: {time.perf_counter() - t0:.1f} s")
     assert r.returncode == 0
+
+
+def test_registration_derived_reference_is_reproducible(shared_data, tmp_path):
+    """The seed's labelling (register, take the mask back) gives the same mask every time, so
+    the sammba EPI row of the evaluation does not move between fresh caches."""
+    import nibabel as nb
+
+    from samri_ml.masking.data import register_mask
+
+    sam = shared_data / "mri" / "scans" / "sammba"
+    if not (sam / "func.nii.gz").is_file():
+        pytest.skip("sammba scans not in the shared data")
+    masks = []
+    for k in range(2):
+        out = register_mask(sam / "func.nii.gz", sam / "anat.nii.gz", sam / "mask.nii.gz",
+                            tmp_path / f"m{k}.nii.gz", transform="Affine")  # fmt: skip
+        masks.append(np.asarray(nb.load(out).dataobj))
+    assert masks[0].sum() > 1000
+    np.testing.assert_array_equal(masks[0], masks[1])
