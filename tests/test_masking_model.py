@@ -184,3 +184,21 @@ def test_trained_model_is_saved_compact_and_predicts_the_same(tmp_path):
     full = tmp_path / "full.keras"
     model.save(full)
     assert path.stat().st_size < full.stat().st_size
+
+
+def test_weight_average_of_two_models():
+    """The model soup behind the shipped masker: weights are the members' mean, the average of
+    a model with itself predicts as the model does, mismatched models are refused."""
+    from samri_ml.errors import SamriMLError
+    from samri_ml.masking.train import average_weights
+    from samri_ml.models.unet import build_unet
+
+    a, b = build_unet(width=2), build_unet(width=2)
+    soup = average_weights([a, b])
+    for wa, wb, ws in zip(a.get_weights(), b.get_weights(), soup.get_weights(), strict=True):
+        np.testing.assert_allclose(ws, (wa + wb) / 2, rtol=1e-6, atol=1e-7)
+    same = average_weights([a, a])
+    x = np.random.default_rng(1).random((2, 64, 64, 1), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(same(x)), np.asarray(a(x)), atol=1e-6)
+    with pytest.raises(SamriMLError, match="differ in architecture"):
+        average_weights([a, build_unet(width=4)])

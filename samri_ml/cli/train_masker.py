@@ -97,6 +97,15 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="store/reuse the assembled slices here (.npz); reused only with the same settings",
     )
+    p.add_argument(
+        "--average-of",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="MODEL",
+        help="do not train: write OUT as the weight average of these models (runs fine-tuned "
+        "from one model; the data options select the validation subjects)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
     return p  # fmt: skip
@@ -105,7 +114,7 @@ def get_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     from samri_ml.masking.data import shared_data_dir
-    from samri_ml.masking.train import TrainConfig, train
+    from samri_ml.masking.train import TrainConfig, average, train
 
     data_dir = args.data_dir or shared_data_dir()
     if not Path(data_dir).is_dir():
@@ -122,8 +131,14 @@ def _main(argv=None) -> int:
         snout_neck=args.snout_neck, views=tuple(args.views),
         crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,
     )  # fmt: skip
-    summary = train(config, args.out, data_dir, args.cache_dir,
-                    log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.average_of:
+        for path in args.average_of:
+            if not path.is_file():
+                raise SamriMLError(f"{path}: model file not found")
+        summary = average(config, args.average_of, args.out, data_dir, args.cache_dir, log=log)
+    else:
+        summary = train(config, args.out, data_dir, args.cache_dir, log=log)
     vd = summary["validation_dice"]
     print(json.dumps({"model": str(args.out), "validation_dice": vd,
                       "minutes": round(summary["minutes"], 1)}, indent=1))  # fmt: skip
