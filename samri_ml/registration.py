@@ -129,3 +129,37 @@ def moving_mask_stages(flavour: str, stream: str) -> list[bool]:
     settings = load_flavour(flavour)
     return [bool(settings["phases"][name].get("moving_mask", True))
             for name in settings["streams"][stream]]
+
+
+def mask_dilation(flavour: str) -> int:
+    """Voxels by which the subject's brain mask grows before it restricts antsRegistration's
+    metric (``"moving_mask_dilation"``, default 0: the seed's tight mask).
+
+    A mask that ends exactly at the brain's edge leaves that edge, the strongest feature the
+    linear stages have, out of the metric: on the example data one subject's masked
+    registration diverged in the affine stage (Dice 0.14) with a mask of Dice 0.94; with the
+    mask grown by 1-2 voxels it reached 0.973, as unmasked (README). ``default`` and ``fast``
+    grow it by 2 voxels; the template's own mask is used as given.
+    """
+    return int(load_flavour(flavour).get("moving_mask_dilation", 0))
+
+
+def dilate_mask_file(in_file, voxels: int, out_dir) -> str:
+    """Write ``in_file``'s mask grown by ``voxels`` (6-connected steps) into ``out_dir``;
+    returns the new path (uint8, same grid and header)."""
+    import nibabel as nb
+    import numpy as np
+    from scipy import ndimage
+
+    img = nb.load(str(in_file))
+    mask = np.asarray(img.dataobj) > 0
+    if voxels > 0:
+        mask = ndimage.binary_dilation(
+            mask, ndimage.generate_binary_structure(3, 1), iterations=int(voxels)
+        )
+    name = Path(in_file).name.replace(".nii", f"_dil{int(voxels)}.nii")
+    out = Path(out_dir) / name
+    header = img.header.copy()
+    header.set_data_dtype(np.uint8)
+    nb.save(nb.Nifti1Image(mask.astype(np.uint8), img.affine, header), str(out))
+    return str(out)

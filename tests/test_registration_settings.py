@@ -70,3 +70,40 @@ def test_a_phase_can_run_without_the_moving_mask(tmp_path):
     reg.inputs.moving_image_masks = _replicate(str(tmp_path / "mm.nii.gz"), use)
     masks = [part.split("]")[0] for part in reg.cmdline.split("--masks [ ")[1:]]
     assert masks[0].endswith(", NULL ") and all(m.endswith("mm.nii.gz ") for m in masks[1:])
+
+
+def test_the_subject_mask_is_grown_before_it_restricts_the_metric(tmp_path, monkeypatch):
+    """``moving_mask_dilation``: the subject's mask (not the template's) grows by N voxels, so
+    the brain's edge stays inside the metric; the seed's ``samri`` flavour keeps it tight."""
+    import nibabel as nb
+    import numpy as np
+
+    from samri_ml.registration import mask_dilation
+    from samri_ml.workflows.registration import _replicate, init_functional_wf, init_structural_wf
+
+    assert mask_dilation("fast") == mask_dilation("default") == 2
+    assert mask_dilation("samri") == 0
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[8:12, 8:12, 8:12] = 1
+    src = tmp_path / "mask.nii.gz"
+    nb.save(nb.Nifti1Image(mask, np.diag([0.2, 0.2, 0.2, 1])), str(src))
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    monkeypatch.chdir(node_dir)  # a Nipype Function node runs in its own folder
+    out = _replicate(str(src), [False, True, True], dilation=2)
+    assert out[0] == "NULL" and out[1] == out[2] and out[1].startswith(str(node_dir))
+    grown = np.asarray(nb.load(out[1]).dataobj)
+    assert grown.dtype == np.uint8 and grown[mask > 0].all()
+    assert grown[8:12, 8:12, 6].all() and not grown[8:12, 8:12, 5].any()  # 2 voxels, no more
+    assert grown[6, 6, 6] == 0  # 6-connected steps: diagonal corners stay out
+    assert _replicate(str(src), [True], dilation=0) == [str(src)]
+    # wiring: moving masks and the structural mask used as fixed mask are grown, the
+    # template mask is not
+    s = init_structural_wf(flavour="fast", masking="unet")
+    assert s.get_node("s_moving_masks").inputs.dilation == 2
+    assert s.get_node("s_fixed_masks").inputs.dilation == 0
+    f = init_functional_wf(flavour="fast", masking="unet", method="composite")
+    assert f.get_node("f_moving_masks").inputs.dilation == 2
+    assert f.get_node("f_fixed_masks").inputs.dilation == 2
+    tpl = init_functional_wf(flavour="fast", masking="unet", method="functional")
+    assert tpl.get_node("f_fixed_masks").inputs.dilation == 0

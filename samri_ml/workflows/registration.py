@@ -26,6 +26,7 @@ from nipype.pipeline import engine as pe
 from samri_ml.errors import SamriMLError
 from samri_ml.interfaces.func import DropDummyScans, SliceTimeCorrection, TemporalMean
 from samri_ml.registration import (
+    mask_dilation,
     moving_mask_stages,
     n4_inputs,
     n4_uses_mask,
@@ -53,17 +54,29 @@ def _registration_node(name, flavour, stream, omp_nthreads, mem_gb=2):
     return reg
 
 
-def _replicate(in_file, use):
+def _replicate(in_file, use, dilation=0):
     """One mask entry per registration stage (antsRegistration's ``--masks`` per stage): the
-    mask where ``use`` is true, ``"NULL"`` (no mask) elsewhere."""
+    mask (grown by ``dilation`` voxels, written into the node's folder) where ``use`` is true,
+    ``"NULL"`` (no mask) elsewhere."""
+    if dilation:
+        import os
+
+        from samri_ml.registration import dilate_mask_file
+
+        in_file = dilate_mask_file(in_file, dilation, os.getcwd())
     return [in_file if u else "NULL" for u in use]
 
 
-def _mask_list_node(name, flavour, stream, moving=False):
-    node = pe.Node(niu.Function(function=_replicate, input_names=["in_file", "use"],
+def _mask_list_node(name, flavour, stream, moving=False, subject_mask=None):
+    """Per-stage mask list for antsRegistration. ``subject_mask`` (default: ``moving``) says the
+    mask is the subject's own brain mask, grown by the flavour's ``moving_mask_dilation``; the
+    template's mask is used as given."""
+    node = pe.Node(niu.Function(function=_replicate, input_names=["in_file", "use", "dilation"],
                                 output_names=["out"]), name=name, run_without_submitting=True)
     node.inputs.use = (moving_mask_stages(flavour, stream) if moving
                        else [True] * n_stages(flavour, stream))
+    subject_mask = moving if subject_mask is None else subject_mask
+    node.inputs.dilation = mask_dilation(flavour) if subject_mask else 0
     return node
 
 
@@ -276,7 +289,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
             wf.connect([(mask[0], moving_masks, [(mask[1], "in_file")]),
                         (moving_masks, register, [("out", "moving_image_masks")])])
         if method == "composite":
-            fixed_masks = _mask_list_node("f_fixed_masks", flavour, stream)
+            fixed_masks = _mask_list_node("f_fixed_masks", flavour, stream, subject_mask=True)
             wf.connect([(inputnode, fixed_masks, [("structural_mask", "in_file")]),
                         (fixed_masks, register, [("out", "fixed_image_masks")])])
     return wf
