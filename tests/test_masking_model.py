@@ -202,3 +202,12 @@ def test_weight_average_of_two_models():
     np.testing.assert_allclose(np.asarray(same(x)), np.asarray(a(x)), atol=1e-6)
     with pytest.raises(SamriMLError, match="differ in architecture"):
         average_weights([a, build_unet(width=4)])
+
+
+def test_train_masker_average_of_a_missing_model_is_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "samri_ml.cli.train_masker", str(tmp_path / "o.keras"),
+                        "--data-dir", str(tmp_path), "--average-of", str(tmp_path / "none.keras")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "none.keras: model file not found" in r.stderr
+    assert not (tmp_path / "o.keras").exists()
