@@ -133,9 +133,6 @@ def _main(argv=None) -> int:
     )  # fmt: skip
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.average_of:
-        for path in args.average_of:
-            if not path.is_file():
-                raise SamriMLError(f"{path}: model file not found")
         summary = average(config, args.average_of, args.out, data_dir, args.cache_dir, log=log)
     else:
         summary = train(config, args.out, data_dir, args.cache_dir, log=log)

@@ -159,14 +159,17 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
     return x, y, groups, np.isin(groups, sorted(val_groups)), volumes
 
 
+#: the :class:`TrainConfig` fields that define the data set (and its validation split)
+DATA_KEYS = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
+             "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction")  # fmt: skip
+
+
 def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
     """:func:`build_dataset`, stored in / read from ``config.dataset_cache`` (.npz) when set.
 
     The cache is used only if it was built with the same data settings.
     """
-    keys = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
-            "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction")  # fmt: skip
-    settings = {k: getattr(config, k) for k in keys}
+    settings = {k: getattr(config, k) for k in DATA_KEYS}
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
     settings = json.dumps(settings, sort_keys=True)
     path = Path(config.dataset_cache) if config.dataset_cache else None
@@ -370,14 +373,12 @@ def average_weights(models):
         When the models do not share one architecture.
     """
     from samri_ml.errors import SamriMLError
-    from samri_ml.models.unet import CUSTOM_OBJECTS
 
     weights = [m.get_weights() for m in models]
     shapes = [[w.shape for w in ws] for ws in weights]
     if any(s != shapes[0] for s in shapes[1:]):
         raise SamriMLError("the models to average differ in architecture (width or layers)")
-    first = models[0]
-    out = first.__class__.from_config(first.get_config(), custom_objects=CUSTOM_OBJECTS)
+    out = _uncompiled_copy(models[0])
     out.set_weights([np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*weights, strict=True)])
     return out
 
@@ -389,14 +390,15 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
     The validation Dice is computed as in :func:`train`, on the validation subjects of
     ``config``'s data set (read from ``config.dataset_cache`` when it matches).
     """
-    import keras
-
     from samri_ml.masking.predict import load_model
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
+    # load_model refuses a missing file with one line, before TensorFlow starts
     members = [load_model(p) for p in member_paths]
+    import keras
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     model = average_weights(members)
     save_without_optimizer(model, out_path)
     _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
@@ -408,7 +410,8 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
         member_info.append({"model": str(p), **{k: summary[k] for k in ("config", "history",
                             "minutes", "validation_dice") if k in summary}})  # fmt: skip
     summary = {
-        "config": asdict(config),
+        # only the data settings apply (holdout, validation split); nothing was trained here
+        "config": {k: getattr(config, k) for k in DATA_KEYS},
         "average_of": [str(p) for p in member_paths],
         "members": member_info,
         "validation_groups": val_groups,
@@ -428,11 +431,16 @@ def save_without_optimizer(model, path) -> None:
     ``keras.models.clone_model`` also clones the compile settings (Keras >= 3.12), which fails on
     the custom loss and crashed ``samri_ml-train-masker`` after its last epoch.
     """
-    from samri_ml.models.unet import CUSTOM_OBJECTS
-
-    compact = model.__class__.from_config(model.get_config(), custom_objects=CUSTOM_OBJECTS)
+    compact = _uncompiled_copy(model)
     compact.set_weights(model.get_weights())
     compact.save(path)
+
+
+def _uncompiled_copy(model):
+    """A new, uncompiled model with ``model``'s architecture (weights not copied)."""
+    from samri_ml.models.unet import CUSTOM_OBJECTS
+
+    return model.__class__.from_config(model.get_config(), custom_objects=CUSTOM_OBJECTS)
 
 
 def validation_dice(model, volumes_by_group, views=pp.ALL_VIEWS) -> dict[str, float]:
