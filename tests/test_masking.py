@@ -169,6 +169,24 @@ def test_degenerate_affine_falls_back_to_array_axes():
 # -------------------------------------------------------------------------------- synthesis
 
 
+def test_stripped_rim_is_filled_with_the_nearest_brain_intensity():
+    from samri_ml.masking.data import fill_stripped_rim
+
+    z, y, x = np.mgrid[:20, :20, :20]
+    r = np.sqrt((z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2)
+    mask = r <= 7  # the reference ("manual") brain
+    image = np.where(r <= 6, 1.0 + (x / 20.0), 0.0).astype(np.float32)  # stripped 1 voxel tighter
+    filled = fill_stripped_rim(image, mask)
+    assert np.all(filled[mask] > 0)  # tissue wherever the reference says brain
+    assert np.all(filled[~mask] == 0)  # nothing outside it
+    assert np.array_equal(filled[r <= 6], image[r <= 6])  # the visible brain unchanged
+    # the rim takes a neighbour's value: within the range of the brain next to it
+    rim = mask & (r > 6)
+    assert filled[rim].min() >= image[r <= 6].min() and filled[rim].max() <= image.max()
+    unstripped = image + 1.0
+    assert np.array_equal(fill_stripped_rim(unstripped, mask), unstripped)
+
+
 def test_synthetic_head_has_skull_and_tissue_around_the_brain():
     brain = _ellipsoid((40, 50, 30))
     labels = brain.astype(np.int32) + (np.indices(brain.shape)[0] > 20)

@@ -24,6 +24,27 @@ def scans(shared_data):
     return out
 
 
+def test_dama_labels_are_the_manual_masks_with_the_rim_filled(shared_data):
+    """The dama images were stripped about one voxel inside their manual masks: by default the
+    label is cut to the visible brain; ``stripped_rim="fill"`` keeps the manual mask and shows
+    tissue everywhere in it."""
+    import nibabel as nb
+
+    from samri_ml.masking.data import real_scans
+
+    sources = ("sammba", "emory", "templates")
+    filled = [s for s in real_scans(shared_data, register=False, skip=sources, stripped_rim="fill")]
+    cut = [s for s in real_scans(shared_data, register=False, skip=sources)]
+    if not filled:
+        pytest.skip("no dama scans under the shared data folder")
+    for f, c in zip(filled[:2], cut[:2], strict=True):
+        manual = nb.load(c.path.replace("/image/", "/mask/")).get_fdata() > 0.5
+        assert f.mask.sum() == manual.sum()  # the manual mask, whole
+        assert np.all(f.image[f.mask] != 0)
+        assert 0.10 < 1 - c.mask.sum() / manual.sum() < 0.25  # ~16 % of it cut before
+        assert np.array_equal(f.image[c.mask], c.image[c.mask])
+
+
 @pytest.mark.parametrize(
     "name, minimum",
     [

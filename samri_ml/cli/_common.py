@@ -56,7 +56,8 @@ def _one_line(err) -> str:
 
 
 def add_masker_data_options(parser) -> None:
-    """``--data-dir`` and ``--cache-dir``, shared by the masker's training and evaluation."""
+    """``--data-dir``, ``--cache-dir`` and ``--stripped-rim``, shared by the masker's training
+    and evaluation."""
     from pathlib import Path
 
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -64,6 +65,11 @@ def add_masker_data_options(parser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="folder for registration-derived masks "
                         "(default ~/.cache/samri_ml/masks)")
+    parser.add_argument("--stripped-rim", choices=["cut", "fill"], default="cut",
+                        help="skull-stripped scans (dama) whose image is zero on the rim of "
+                        "their manual mask: cut the mask to the non-zero image (the shipped "
+                        "model's labels), or fill that rim with the nearest brain intensity "
+                        "and keep the whole manual mask")  # fmt: skip
 
 
 def add_views_option(parser, help_default="predict") -> None:

@@ -94,7 +94,7 @@ def _main(argv=None) -> int:
     held_out = args.held_out if args.held_out is not None else _held_out(model_path)
     all_sources = ("dama", "sammba", "emory", "templates")
     skip = tuple(s for s in all_sources if args.sources and s not in args.sources)
-    scans = real_scans(data_dir, args.cache_dir, skip=skip)
+    scans = real_scans(data_dir, args.cache_dir, skip=skip, stripped_rim=args.stripped_rim)
     if args.phantom:
         scans += phantom_scans()
         held_out = [*held_out, "phantom"]

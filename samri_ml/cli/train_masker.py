@@ -130,6 +130,7 @@ def _main(argv=None) -> int:
         init_model=str(args.init or ""), dataset_cache=str(args.dataset_cache or ""),
         snout_neck=args.snout_neck, views=tuple(args.views),
         crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,
+        stripped_rim=args.stripped_rim,
     )  # fmt: skip
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.average_of:

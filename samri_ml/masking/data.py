@@ -59,6 +59,24 @@ def _load_ras(path, *, mean4d=True):
     return ras, zooms
 
 
+def fill_stripped_rim(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image`` with its zero voxels inside ``mask`` set to the nearest non-zero voxel's value.
+
+    For brains skull-stripped with a mask tighter than their reference mask: afterwards the image
+    shows tissue wherever the reference says brain. An image without zeros is returned as is.
+    """
+    from scipy import ndimage
+
+    image = np.asarray(image, dtype=np.float32)
+    holes = (image == 0) & (np.asarray(mask) > 0.5)
+    if not holes.any() or not image.any():
+        return image
+    nearest = ndimage.distance_transform_edt(image == 0, return_distances=False, return_indices=True)
+    out = image.copy()
+    out[holes] = image[tuple(ix[holes] for ix in nearest)]
+    return out
+
+
 def register_mask(
     moving_path, fixed_path, fixed_mask_path, out_path, *, transform="SyN", mean4d=True
 ) -> Path:
@@ -127,11 +145,19 @@ def register_mask(
 
 
 def real_scans(
-    data_dir=None, cache_dir=None, *, register: bool = True, skip: tuple[str, ...] = ()
+    data_dir=None,
+    cache_dir=None,
+    *,
+    register: bool = True,
+    skip: tuple[str, ...] = (),
+    stripped_rim: str = "cut",
 ) -> list[Scan]:
     """All real scans with a mask (see the module table); missing files are skipped.
 
-    ``skip`` lists sources not to load (nor register).
+    ``skip`` lists sources not to load (nor register). ``stripped_rim`` says what to do where a
+    skull-stripped scan's image is zero inside its manual mask: ``"cut"`` the mask to the
+    non-zero image (the shipped model's labels) or ``"fill"`` the image there
+    (:func:`fill_stripped_rim`; the label is the whole manual mask).
 
     ``cache_dir`` holds registration-derived masks (default ``~/.cache/samri_ml/masks``);
     with ``register=False`` only scans whose masks exist already are returned.
@@ -140,16 +166,18 @@ def real_scans(
     mri = root / "mri" if (root / "mri").is_dir() else root
     cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "samri_ml" / "masks"
     scans: list[Scan] = []
+    if stripped_rim not in ("fill", "cut"):
+        raise ValueError(f"stripped_rim must be 'fill' or 'cut', not {stripped_rim!r}")
 
     def add(name, source, image, mask, origin, labels=None, *, stripped=False):
         if source in skip or not (Path(image).exists() and Path(mask).exists()):
             return
         img, zooms = _load_ras(image)
         msk, _ = _load_ras(mask)
-        if stripped:
-            # skull-stripped with a tighter mask than the one shipped (dama: ~16% of the manual
-            # mask is zero in the image): the brain is where both agree (the seed's convention)
-            msk = (msk > 0.5) & (img != 0)
+        if stripped and stripped_rim == "fill":
+            img = fill_stripped_rim(img, msk)  # skull-stripped tighter than the manual mask
+        elif stripped:
+            msk = (msk > 0.5) & (img != 0)  # the brain is where both agree
         lab = _load_ras(labels)[0] if labels and Path(labels).exists() else None
         scans.append(Scan(name, source, img, msk > 0.5, zooms, origin, lab, str(image)))
 

@@ -49,9 +49,7 @@ def load_model(path=None):
     """
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
-        raise SamriMLError(
-            f"{path}: model file not found; hint: pass --model PATH to a .keras file"
-        )
+        raise SamriMLError(f"{path}: model file not found; hint: give the path of a .keras file")
     try:
         return _load_cached(str(path.resolve()), path.stat().st_mtime)
     except SamriMLError:

@@ -46,6 +46,7 @@ class TrainConfig:
     views: tuple[str, ...] = pp.ALL_VIEWS
     crops_per_scan: int = 0
     crop_fraction: float = 0.0
+    stripped_rim: str = "cut"
     val_fraction: float = 0.1
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -117,7 +118,9 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
     from samri_ml.masking.data import real_scans
 
     rng = np.random.default_rng(config.seed)
-    scans = real_scans(data_dir, cache_dir, skip=tuple(config.holdout))
+    scans = real_scans(
+        data_dir, cache_dir, skip=tuple(config.holdout), stripped_rim=config.stripped_rim
+    )
     # the templates are one shared brain, not a subject: always trained on; subjects are split
     subjects = [scan_group(s) for s in scans if s.source != "templates"]
     val_groups = set(split_groups(subjects, config.val_fraction, config.seed))
@@ -161,7 +164,7 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
 
 #: the :class:`TrainConfig` fields that define the data set (and its validation split)
 DATA_KEYS = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
-             "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction")  # fmt: skip
+             "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction", "stripped_rim")  # fmt: skip
 
 
 def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
