@@ -89,7 +89,12 @@ def get_parser() -> argparse.ArgumentParser:
         help="stop after the epoch that passes this wall time",
     )
     p.add_argument("--threads", type=int, default=d.threads, help="TensorFlow intra-op threads")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the data set (synthetic heads) and of its validation split")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="seed of the initial weights, batch order and augmentation (default: "
+                   "--seed); another value trains on the same data with the same validation "
+                   "subjects")  # fmt: skip
     p.add_argument("--init", type=Path, default=None, help="start from this model's weights")
     p.add_argument(
         "--dataset-cache",
@@ -126,7 +131,8 @@ def _main(argv=None) -> int:
         synth_per_template=args.synth_per_template, batch_size=args.batch_size,
         learning_rate=args.learning_rate, epochs_plain=args.epochs_plain,
         epochs_augmented=args.epochs_augmented, steps_per_epoch=args.steps_per_epoch,
-        max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
+        max_minutes=args.max_minutes, seed=args.seed, train_seed=args.train_seed,
+        threads=args.threads,
         init_model=str(args.init or ""), dataset_cache=str(args.dataset_cache or ""),
         snout_neck=args.snout_neck, views=tuple(args.views),
         crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,

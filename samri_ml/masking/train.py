@@ -46,7 +46,7 @@ class TrainConfig:
     views: tuple[str, ...] = pp.ALL_VIEWS
     crops_per_scan: int = 0
     crop_fraction: float = 0.0
-    stripped_rim: str = "cut"
+    stripped_rim: str = "fill"
     val_fraction: float = 0.1
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -56,6 +56,9 @@ class TrainConfig:
     patience: int = 4
     max_minutes: float = 40.0
     seed: int = 0
+    #: seed of the weights' initialisation, the batch order and the augmentation (None: ``seed``);
+    #: ``seed`` alone fixes the data set and its validation split
+    train_seed: int | None = None
     threads: int = 2
     init_model: str = ""
     dataset_cache: str = ""
@@ -289,9 +292,10 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
 
     from samri_ml.models.unet import bce_dice_loss, build_unet, dice_coefficient
 
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    keras.utils.set_random_seed(config.seed)
+    train_seed = config.seed if config.train_seed is None else config.train_seed
+    random.seed(train_seed)
+    np.random.seed(train_seed)
+    keras.utils.set_random_seed(train_seed)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -336,7 +340,7 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
             Deadline(),
         ]
         h = model.fit(
-            _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment, config.seed),
+            _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment, train_seed),
             validation_data=(xv, yv),
             batch_size=config.batch_size,
             epochs=epochs,
