@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/plates_select.py NAME=MODEL.keras [NAME=MODEL.keras ...] [--out DIR]
-        [--select-on val_1|val_2]
+        [--select-on val_1|val_2] [--max-members K]
 
 Every model and every ensemble of two or more of them (mean squared embedding distance) is
 exported with its plate index into DIR/<names> and ranked on val_1 and val_2 (as shipped:
@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("models", nargs="+")
     ap.add_argument("--out", default="/tmp/plates_select")
     ap.add_argument("--select-on", default="val_1", choices=["val_1", "val_2"])
+    ap.add_argument("--max-members", type=int, default=0,
+                    help="largest ensemble tried (0: all the models)")  # fmt: skip
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from samri_ml.plates.data import shared_data_dir
@@ -35,7 +37,7 @@ def main() -> None:
     named = dict(m.split("=", 1) for m in args.models)
     data = shared_data_dir() / "plates"
     results = {}
-    for k in range(1, len(named) + 1):
+    for k in range(1, (args.max_members or len(named)) + 1):
         for combo in itertools.combinations(sorted(named), k):
             name = "+".join(combo)
             run = Path(args.out) / name

@@ -65,11 +65,11 @@ def add_masker_data_options(parser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="folder for registration-derived masks "
                         "(default ~/.cache/samri_ml/masks)")
-    parser.add_argument("--stripped-rim", choices=["cut", "fill"], default="cut",
+    parser.add_argument("--stripped-rim", choices=["fill", "cut"], default="fill",
                         help="skull-stripped scans (dama) whose image is zero on the rim of "
-                        "their manual mask: cut the mask to the non-zero image (the shipped "
-                        "model's labels), or fill that rim with the nearest brain intensity "
-                        "and keep the whole manual mask")  # fmt: skip
+                        "their manual mask: fill that rim with the nearest brain intensity and "
+                        "keep the whole manual mask (the shipped model's labels), or cut the "
+                        "mask to the non-zero image (the labels of the models before it)")  # fmt: skip
 
 
 def add_views_option(parser, help_default="predict") -> None:

@@ -7,7 +7,7 @@ subjects together when splitting) and how its mask was made:
 ==============  =====================================================  =========================
 source          scans                                                  mask
 ==============  =====================================================  =========================
-dama            20 in-vivo T2, skull-stripped, 0.15 mm                 manual (and image > 0)
+dama            20 in-vivo T2, skull-stripped, 0.15 mm                 manual (rim filled, below)
 sammba          anat: T2 head with skull, 0.3 mm                       algorithmic (shipped)
 sammba          func: 4D EPI head (temporal mean), 0.22x0.25x0.7 mm    anat mask, affine-registered
 emory           T2 template and EPI template (voxel sizes 10x)         template mask
@@ -21,11 +21,11 @@ mask) misplaced the brain, so it has no trustworthy mask (it is used for visual 
 
 The dama images were skull-stripped with a mask about one voxel tighter than their manual masks
 (about 16 % of the manual mask is zero in the image, nearly all of it on the outer rim).
-By default (``stripped_rim="cut"``, the shipped model's labels) the label is cut to
-``image > 0`` (the seed's "zeroed where the image is zero"), a boundary one voxel (0.15 mm)
-inside the manual one; ``stripped_rim="fill"`` fills the rim with the nearest brain intensity
-(:func:`fill_stripped_rim`) and keeps the whole manual mask (tried, not shipped: see
-docs/masking.rst).
+Cutting the label to ``image > 0`` (the seed's "zeroed where the image is zero";
+``stripped_rim="cut"``, the labels of the models shipped before 2026-12-01's second session)
+taught a boundary one voxel (0.15 mm) inside the manual one. By default
+(``stripped_rim="fill"``, the shipped model's labels) the rim is filled with the nearest brain
+intensity (:func:`fill_stripped_rim`) and the whole manual mask is the label.
 """
 
 from __future__ import annotations
@@ -158,14 +158,14 @@ def real_scans(
     *,
     register: bool = True,
     skip: tuple[str, ...] = (),
-    stripped_rim: str = "cut",
+    stripped_rim: str = "fill",
 ) -> list[Scan]:
     """All real scans with a mask (see the module table); missing files are skipped.
 
     ``skip`` lists sources not to load (nor register). ``stripped_rim`` says what to do where a
-    skull-stripped scan's image is zero inside its manual mask: ``"cut"`` the mask to the
-    non-zero image (the shipped model's labels) or ``"fill"`` the image there
-    (:func:`fill_stripped_rim`; the label is the whole manual mask).
+    skull-stripped scan's image is zero inside its manual mask: ``"fill"`` the image there
+    (:func:`fill_stripped_rim`; the label is the whole manual mask; the shipped model's labels)
+    or ``"cut"`` the mask to the non-zero image (the labels before 2026-12-01's second session).
 
     ``cache_dir`` holds registration-derived masks (default ``~/.cache/samri_ml/masks``);
     with ``register=False`` only scans whose masks exist already are returned.

@@ -33,8 +33,9 @@ from scipy import ndimage
 
 CONTRASTS = ("t1", "t2", "epi", "random")
 
-#: bumped when the synthetic heads change (2: optional snout and neck)
-VERSION = 2
+#: bumped when the synthetic heads change (2: optional snout and neck; 3: T1 muscle up to
+#: nearly the brain's intensity)
+VERSION = 3
 
 # tissue classes of the synthetic head
 AIR, BRAIN, CSF, SKULL, MUSCLE, FAT, GLAND, POCKET, SCALP = range(9)
@@ -173,9 +174,10 @@ def head_labels(brain: np.ndarray, zooms, rng, snout_neck: bool = False) -> tupl
 def _class_means(contrast, rng) -> dict[int, float]:
     u = rng.uniform
     if contrast == "t1":
-        return {AIR: 0.0, BRAIN: u(0.45, 0.7), CSF: u(0.05, 0.3), SKULL: u(0.0, 0.12),
-                MUSCLE: u(0.25, 0.5), FAT: u(0.75, 1.0), GLAND: u(0.35, 0.7), POCKET: u(0, 0.1),
-                SCALP: u(0.3, 0.9)}  # fmt: skip
+        brain = u(0.45, 0.7)  # muscle is darker than brain in T1w, at times only slightly
+        return {AIR: 0.0, BRAIN: brain, CSF: u(0.05, 0.3), SKULL: u(0.0, 0.12),
+                MUSCLE: brain * u(0.45, 0.9), FAT: u(0.75, 1.0), GLAND: u(0.35, 0.7),
+                POCKET: u(0, 0.1), SCALP: u(0.3, 0.9)}  # fmt: skip
     if contrast in ("t2", "epi"):
         return {AIR: 0.0, BRAIN: u(0.35, 0.6), CSF: u(0.6, 1.0), SKULL: u(0.0, 0.12),
                 MUSCLE: u(0.1, 0.35), FAT: u(0.45, 0.9), GLAND: u(0.3, 0.7), POCKET: u(0, 0.1),

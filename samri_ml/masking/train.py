@@ -46,7 +46,7 @@ class TrainConfig:
     views: tuple[str, ...] = pp.ALL_VIEWS
     crops_per_scan: int = 0
     crop_fraction: float = 0.0
-    stripped_rim: str = "cut"
+    stripped_rim: str = "fill"
     val_fraction: float = 0.1
     batch_size: int = 32
     learning_rate: float = 1e-3
