@@ -187,6 +187,20 @@ def test_stripped_rim_is_filled_with_the_nearest_brain_intensity():
     assert np.array_equal(fill_stripped_rim(unstripped, mask), unstripped)
 
 
+def test_t1_muscle_is_darker_than_brain_and_at_times_nearly_as_bright():
+    """T1-like heads: muscle 0.45-0.9 times the brain (synthetic heads v3), so that necks whose
+    muscle is nearly as bright as the brain (the example phantom's T1w: 0.8) are in training."""
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(500):
+        means = synth._class_means("t1", rng)
+        ratios.append(means[synth.MUSCLE] / means[synth.BRAIN])
+        assert means[synth.CSF] < means[synth.BRAIN] < means[synth.FAT]
+    ratios = np.array(ratios)
+    assert 0.45 <= ratios.min() and ratios.max() <= 0.9
+    assert np.mean(ratios > 0.75) > 0.2
+
+
 def test_synthetic_head_has_skull_and_tissue_around_the_brain():
     brain = _ellipsoid((40, 50, 30))
     labels = brain.astype(np.int32) + (np.indices(brain.shape)[0] > 20)
