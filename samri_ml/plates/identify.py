@@ -20,6 +20,8 @@ so a section missing part of its tissue is still matched by what remains.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -84,6 +86,16 @@ def region_crops(img: np.ndarray, crop: bool = True) -> dict[str, np.ndarray]:
             int(c * w) : max(int(d * w), int(c * w) + 1),
         ]
     return out
+
+
+def _map(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, on up to one thread per CPU core for several items (the
+    preprocessing is OpenCV, which releases the GIL; the results are the same)."""
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def tissue_fraction(img: np.ndarray) -> float:
@@ -175,7 +187,7 @@ class PlateIdentifier:
         """Embeddings ``(N, L)`` of uint8 images (preprocessing included)."""
         from samri_ml.plates.train import embed
 
-        x = np.stack([self.prep(im) for im in imgs])
+        x = np.stack(_map(self.prep, imgs))
         return embed(self.model, x, flip_tta=self.flip_tta)
 
     def embed_regions(self, imgs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -190,14 +202,12 @@ class PlateIdentifier:
                 frac.append(tissue_fraction(c) / max(whole, 1e-6) if whole else 0.0)
         from samri_ml.plates.train import embed
 
-        x = np.stack(
-            [
-                preprocess(c, self.size, equalise=self.equalise, crop=False)
-                if c.max() > c.min()
-                else np.zeros((self.size,) * 2, np.float32)
-                for c in crops
-            ]
-        )
+        def prep_crop(c):
+            if c.max() > c.min():
+                return preprocess(c, self.size, equalise=self.equalise, crop=False)
+            return np.zeros((self.size,) * 2, np.float32)
+
+        x = np.stack(_map(prep_crop, crops))
         e = embed(self.model, x, flip_tta=False)
         n, r = len(imgs), len(REGIONS)
         return e.reshape(n, r, -1), np.array(frac).reshape(n, r)
