@@ -286,3 +286,17 @@ def test_synthetic_sections_from_the_real_annotation(shared_data):
     assert (ann.cut(5) > 0).sum() < (ann.cut(70) > 0).sum()
     img = SectionSynth(ann)(70, np.random.default_rng(0))
     assert img.std() > 10
+
+
+def test_parallel_preprocessing_keeps_order_and_values():
+    """Several images are preprocessed on one thread per core: same arrays, same order."""
+    from samri_ml.plates.identify import _map
+
+    rng = np.random.default_rng(3)
+    imgs = [(rng.random((300 + 17 * i, 260)) * 255).astype(np.uint8) for i in range(7)]
+    serial = [preprocess(im, 96) for im in imgs]
+    threaded = _map(lambda im: preprocess(im, 96), imgs)
+    assert len(threaded) == len(serial)
+    for a, b in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _map(lambda im: im.shape, imgs[:1]) == [imgs[0].shape]
