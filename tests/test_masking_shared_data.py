@@ -33,8 +33,8 @@ def test_dama_labels_are_the_manual_masks_with_the_rim_filled(shared_data):
     from samri_ml.masking.data import real_scans
 
     sources = ("sammba", "emory", "templates")
-    filled = [s for s in real_scans(shared_data, register=False, skip=sources)]
-    cut = [s for s in real_scans(shared_data, register=False, skip=sources, stripped_rim="cut")]
+    filled = real_scans(shared_data, register=False, skip=sources)
+    cut = real_scans(shared_data, register=False, skip=sources, stripped_rim="cut")
     if not filled:
         pytest.skip("no dama scans under the shared data folder")
     for f, c in zip(filled[:2], cut[:2], strict=True):
