@@ -16,6 +16,7 @@ from samri_ml.plates.data import (
     pad_square,
     preprocess,
     read_image,
+    tissue_bbox,
 )
 from samri_ml.plates.metrics import ranking_metrics, true_rank
 
@@ -123,6 +124,20 @@ def test_preprocess_shape(size):
     out = preprocess(_brain(), size)
     assert out.shape == (size, size) and out.dtype == np.float32
     assert 0 <= out.min() and out.max() <= 1 and out.max() > 0.5
+
+
+def test_tissue_bbox_spans_the_tissue_and_drops_specks():
+    img = np.full((400, 600), 10, np.uint8)
+    img[100:200, 150:300] = 200  # the section
+    img[250:300, 400:480] = 200  # a detached piece of it (27 % of the section's area)
+    img[20:24, 20:24] = 255  # dust, under 2 % of the largest piece
+    y0, y1, x0, x1 = tissue_bbox(img)
+    m = int(0.02 * 600)  # the margin, 2 % of the longer side
+    # both pieces in, the dust out; edges within the 4x downsampling plus the margin
+    assert abs(y0 - (100 - m)) <= 4 and abs(y1 - (300 + m)) <= 4
+    assert abs(x0 - (150 - m)) <= 4 and abs(x1 - (480 + m)) <= 4
+    flat = np.full((400, 600), 10, np.uint8)
+    assert tissue_bbox(flat) == (0, 400, 0, 600)  # nothing stands out: the whole image
 
 
 def test_pad_square_centres():

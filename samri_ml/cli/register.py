@@ -16,6 +16,7 @@ from pathlib import Path
 from samri_ml import __version__
 from samri_ml.cli._common import run_cli, setup_logging
 from samri_ml.errors import SamriMLError
+from samri_ml.hardware import available_cpus
 
 PROG = "samri_ml-register"
 DEFAULT_STRUCTURAL = {"datatype": "anat", "suffix": ["T2w", "T1w"]}
@@ -99,8 +100,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="Nipype's working folder; rerunning with the same one reuses finished "
                    "nodes (default: OUTPUT_DIR/.samri_ml_work)")
-    g.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1,
-                   help="processes (MultiProc)")
+    g.add_argument("--nprocs", "--n-cpus", type=int, default=available_cpus(),
+                   help="processes (MultiProc; default: the cores this job may use)")
     g.add_argument("--omp-nthreads", type=int, default=None,
                    help="threads per ANTs call (default: --nprocs)")
     g.add_argument("--mem-gb", type=float, default=None, help="memory limit for MultiProc")

@@ -9,7 +9,7 @@ source          scans                                                  mask
 ==============  =====================================================  =========================
 dama            20 in-vivo T2, skull-stripped, 0.15 mm                 manual (rim filled, below)
 sammba          anat: T2 head with skull, 0.3 mm                       algorithmic (shipped)
-sammba          func: 4D EPI head (temporal mean), 0.22x0.25x0.7 mm    anat mask, affine-registered
+sammba          func: 4D EPI head (temporal mean), 0.22x0.25x0.7 mm    anat mask, rigidly registered
 emory           T2 template and EPI template (voxel sizes 10x)         template mask
 templates       DSURQE MRI average, Allen two-photon average, 0.2 mm   template masks
 ==============  =====================================================  =========================
@@ -86,7 +86,14 @@ def fill_stripped_rim(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def register_mask(
-    moving_path, fixed_path, fixed_mask_path, out_path, *, transform="SyN", mean4d=True
+    moving_path,
+    fixed_path,
+    fixed_mask_path,
+    out_path,
+    *,
+    transform="SyN",
+    mean4d=True,
+    initial="centre-of-mass",
 ) -> Path:
     """Label a scan the seed's way: register it to a reference, take the reference's mask back.
 
@@ -94,7 +101,13 @@ def register_mask(
     the same animal) with the metric restricted to the dilated ``fixed_mask_path``; the mask is
     warped back with the inverse transforms (linear, thresholded at 0.5) and saved on the scan's
     grid at ``out_path``. Cached: an existing ``out_path`` is returned as is.
+
+    ``initial``: ``"centre-of-mass"`` (ANTs' default: the two images' intensity centres are
+    matched first; for a template and a scan of another animal) or ``"identity"`` (start from the
+    scanner coordinates; for two scans of one session, whose headers already align them).
     """
+    if initial not in ("centre-of-mass", "identity"):
+        raise ValueError(f"initial must be 'centre-of-mass' or 'identity', not {initial!r}")
     out_path = Path(out_path)
     if out_path.exists():
         return out_path
@@ -109,9 +122,11 @@ def register_mask(
         env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
         code = (
             "import sys; from samri_ml.masking.data import register_mask; "
-            "register_mask(*sys.argv[1:5], transform=sys.argv[5], mean4d=sys.argv[6] == '1')"
+            "register_mask(*sys.argv[1:5], transform=sys.argv[5], mean4d=sys.argv[6] == '1', "
+            "initial=sys.argv[7])"
         )
-        args = [moving_path, fixed_path, fixed_mask_path, out_path, transform, int(mean4d)]
+        args = [moving_path, fixed_path, fixed_mask_path, out_path, transform]
+        args += [int(mean4d), initial]
         subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, check=True)
         return out_path
     import ants
@@ -135,6 +150,7 @@ def register_mask(
             fixed,
             moving,
             type_of_transform=transform,
+            initial_transform="Identity" if initial == "identity" else None,
             mask=ants.iMath(fmask, "MD", 3),
             aff_metric="mattes",
             syn_metric="CC",
@@ -222,6 +238,10 @@ def real_scans(
         "template",
         tpl / "DSURQE_CCFv3_labels_200um.nii.gz",
     )
+    # The sammba EPI and anatomical scan are one session's: the scanner coordinates align them
+    # already, and one brain needs no scaling or shear. So: rigid, from the headers. (An affine
+    # started by matching centres of mass, the reference until 2026-12-01's third session, put
+    # the anat mask below the EPI's brain: the anat's field of view holds much more of the head.)
     derived = [
         (
             "sammba/func",
@@ -229,16 +249,18 @@ def real_scans(
             sam / "func.nii.gz",
             sam / "anat.nii.gz",
             sam / "mask.nii.gz",
-            "Affine",
-            "anat mask, affine-registered",
+            ("Rigid", "identity"),
+            "anat mask, rigidly registered",
         ),
     ]
-    for name, source, moving, fixed, fmask, transform, origin in derived:
-        out = cache / (name.replace("/", "_") + "_mask.nii.gz")
+    for name, source, moving, fixed, fmask, (transform, initial), origin in derived:
+        # the settings are in the cache's file name: a changed recipe never reads an old mask
+        tag = f"{transform}-{initial}".lower()
+        out = cache / (name.replace("/", "_") + f"_mask_{tag}.nii.gz")
         if source in skip or not (moving.exists() and fixed.exists() and fmask.exists()):
             continue
         if not out.exists() and not register:
             continue
-        register_mask(moving, fixed, fmask, out, transform=transform)
+        register_mask(moving, fixed, fmask, out, transform=transform, initial=initial)
         add(name, source, moving, out, origin)
     return scans

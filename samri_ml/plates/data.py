@@ -159,16 +159,18 @@ def tissue_bbox(img: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, i
     small = cv2.resize(img, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
     blur = cv2.GaussianBlur(small, (5, 5), 0)
     _, fg = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
     if n <= 1:
         return 0, h, 0, w
     areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = 1 + np.flatnonzero(areas >= 0.02 * areas.max())
-    ys, xs = np.nonzero(np.isin(lab, keep))
+    kept = stats[1:][areas >= 0.02 * areas.max()]
+    # the union of the kept components' boxes (from the stats: no pass over the label image)
+    top, left = kept[:, cv2.CC_STAT_TOP], kept[:, cv2.CC_STAT_LEFT]
+    bottom, right = top + kept[:, cv2.CC_STAT_HEIGHT], left + kept[:, cv2.CC_STAT_WIDTH]
     sy, sx = h / small.shape[0], w / small.shape[1]
     m = int(margin * max(h, w))
-    y0, y1 = max(0, int(ys.min() * sy) - m), min(h, int((ys.max() + 1) * sy) + m)
-    x0, x1 = max(0, int(xs.min() * sx) - m), min(w, int((xs.max() + 1) * sx) + m)
+    y0, y1 = max(0, int(top.min() * sy) - m), min(h, int(bottom.max() * sy) + m)
+    x0, x1 = max(0, int(left.min() * sx) - m), min(w, int(right.max() * sx) + m)
     if (y1 - y0) < MIN_SIDE or (x1 - x0) < MIN_SIDE:
         return 0, h, 0, w
     return y0, y1, x0, x1

@@ -20,7 +20,6 @@ so a section missing part of its tissue is still matched by what remains.
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from samri_ml.errors import SamriMLError
+from samri_ml.hardware import available_cpus
 from samri_ml.plates.data import load_atlas, preprocess, read_image, tissue_bbox
 
 #: name -> (y0, y1, x0, x1) as fractions of the tissue bounding box
@@ -89,9 +89,9 @@ def region_crops(img: np.ndarray, crop: bool = True) -> dict[str, np.ndarray]:
 
 
 def _map(fn, items: list) -> list:
-    """``[fn(x) for x in items]``, on up to one thread per CPU core for several items (the
-    preprocessing is OpenCV, which releases the GIL; the results are the same)."""
-    workers = min(len(items), os.cpu_count() or 1)
+    """``[fn(x) for x in items]``, on up to one thread per available CPU core for several items
+    (the preprocessing is OpenCV, which releases the GIL; the results are the same)."""
+    workers = min(len(items), available_cpus())
     if workers < 2:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(workers) as pool:
