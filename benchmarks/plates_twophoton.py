@@ -28,12 +28,12 @@ def main() -> None:
                     "(default: the shipped model)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import cv2
     import nibabel as nb
 
     from samri_ml.plates.augment import hemisection, missing_cortex
     from samri_ml.plates.data import pad_square, shared_data_dir
     from samri_ml.plates.identify import PlateIdentifier
+    from samri_ml.plates.synth import template_slice
 
     vol = nb.load(shared_data_dir() / "mri/templates/average_template_200um.nii.gz").get_fdata()
     if args.model_dir:
@@ -45,10 +45,7 @@ def main() -> None:
     rows = {"whole": [], "missing cortex": [], "hemisection": []}
     truths = list(range(args.first, args.last + 1, args.step))
     for n in truths:
-        j = int(round(66 - (n - 1) / 2))
-        sl = vol[::-1, j, :]  # superior up
-        sl = (255 * sl / max(sl.max(), 1)).astype(np.uint8)
-        sl = cv2.resize(sl, (sl.shape[1] * 8, sl.shape[0] * 8), interpolation=cv2.INTER_CUBIC)
+        sl = template_slice(vol, n)
         f = pad_square(sl).astype(np.float32) / 255  # the augmentations work on squares
         variants = {
             "whole": sl,

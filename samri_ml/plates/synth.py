@@ -196,3 +196,23 @@ class SectionSynth:
                              interpolation=cv2.INTER_NEAREST)
         img = paint(lab, self.ann.n_labels, rng, self.ann.layer_groups)
         return np.round(255 * img).astype(np.uint8)
+
+
+def template_slice(volume: np.ndarray, plate: int, upsample: int = 8) -> np.ndarray:
+    """The coronal slice through ``plate`` of a 200 um volume on the CCF grid, as a uint8 image.
+
+    ``volume`` has axes (superior-inferior, antero-posterior, right-left) as
+    ../shared/data/mri/templates/average_template_200um.nii.gz (the Allen two-photon average),
+    67 slices from the anterior end; plates are 100 um apart, so plate N is at slice
+    ``66 - (N - 1) / 2``, rounded (the true plate of a 200 um slice is known to +-1 plate).
+    The slice is turned superior up, scaled to 0-255 and upsampled (cubic) ``upsample`` times.
+    """
+    import cv2
+
+    j = int(round(volume.shape[1] - 1 - (plate - 1) / 2))
+    if not 0 <= j < volume.shape[1]:
+        raise SamriMLError(f"plate {plate} is outside the volume's {volume.shape[1]} slices")
+    sl = np.asarray(volume[::-1, j, :], dtype=np.float64)  # superior up
+    sl = (255 * sl / max(sl.max(), 1)).astype(np.uint8)
+    size = (sl.shape[1] * upsample, sl.shape[0] * upsample)
+    return cv2.resize(sl, size, interpolation=cv2.INTER_CUBIC)
