@@ -273,3 +273,34 @@ def test_crop_to_brain_fills_the_field_of_view():
         for ax in range(3):
             extent = np.ptp(np.flatnonzero(msk.any(axis=tuple(i for i in range(3) if i != ax)))) + 1
             assert extent >= img.shape[ax] / 1.31
+
+
+def test_far_islands_of_a_coronal_slice_are_dropped_near_or_large_ones_kept():
+    """A patch of temporal muscle beside a skull-on brain goes; a paraflocculus-like piece next
+    to the brain and a second large piece (the other olfactory bulb) stay; so do other slices,
+    whatever the voxel size (the rule is scale-free)."""
+    from samri_ml.masking.predict import clean_mask, drop_far_islands
+
+    yy, xx = np.mgrid[:80, :80]
+    brain = ((xx - 40) / 22.0) ** 2 + ((yy - 40) / 14.0) ** 2 <= 1  # about 970 voxels, r ~ 17.6
+    far = (np.abs(xx - 75) <= 2) & (np.abs(yy - 40) <= 3)  # 15 voxels off the brain's edge
+    near = (np.abs(xx - 64) <= 1) & (np.abs(yy - 40) <= 2)  # 2 voxels off the edge
+    mask = np.zeros((80, 5, 80), bool)
+    for j in range(5):
+        mask[:, j, :] = brain
+    mask[:, 2, :] |= far | near
+    out = drop_far_islands(mask)
+    assert not out[:, 2, :][far].any()
+    assert out[:, 2, :][near].all() and out[:, 2, :][brain].all()
+    np.testing.assert_array_equal(out[:, 0, :], mask[:, 0, :])
+    # two large pieces (olfactory bulbs): both stay even far apart
+    bulbs = np.zeros((80, 1, 80), bool)
+    bulbs[5:25, 0, 30:50] = True
+    bulbs[55:72, 0, 30:50] = True
+    np.testing.assert_array_equal(drop_far_islands(bulbs), bulbs)
+    # in the pipeline: the island joined to the brain through another slice is still dropped
+    joined = mask.copy()
+    joined[:, 3, :] |= (xx >= 40) & (np.abs(yy - 40) <= 3)  # a bridge slice out to the island
+    joined[:, 2, :] &= ~near
+    cleaned = clean_mask(joined)
+    assert not cleaned[:, 2, :][far].any() and cleaned[:, 2, :][brain].all()

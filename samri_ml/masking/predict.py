@@ -4,8 +4,8 @@
 slice of each view (sagittal, coronal and axial by default; the seed's coronal only with
 ``views=("coronal",)``) with the U-Net after the seed's preprocessing, inverts the
 preprocessing, averages the views' probabilities, thresholds at 0.5, keeps the largest 3D
-connected component, fills holes (in 3D and in each coronal slice) and
-returns a uint8 mask on the input's grid and affine. It never returns an empty mask: it raises
+connected component, fills holes (in 3D and in each coronal slice), drops small islands far
+from the brain in each coronal slice and returns a uint8 mask on the input's grid and affine. It never returns an empty mask: it raises
 :class:`samri_ml.errors.SamriMLError` instead.
 """
 
@@ -66,8 +66,50 @@ def predict_probabilities(model, slices: np.ndarray, batch_size: int = 256) -> n
     return np.concatenate(out, axis=0)
 
 
+#: an island of a coronal slice is dropped when it lies farther from the slice's largest piece
+#: than this fraction of that piece's equivalent radius (and is smaller than
+#: :data:`ISLAND_KEEP_FRACTION` of it); scale-free, so headers with 10x voxel sizes do not matter
+ISLAND_DISTANCE_FRACTION = 0.25
+ISLAND_KEEP_FRACTION = 0.25
+
+
+def drop_far_islands(
+    mask: np.ndarray,
+    distance_fraction: float = ISLAND_DISTANCE_FRACTION,
+    keep_fraction: float = ISLAND_KEEP_FRACTION,
+) -> np.ndarray:
+    """Remove, in each coronal slice (axis 1 of a RAS array), small pieces far from its largest.
+
+    A slice-wise network can call a patch of head tissue brain (temporal muscle beside the brain
+    of a skull-on head); when such patches join the brain's 3D component through the end slices,
+    keeping the largest component leaves them. A piece is dropped when it is smaller than
+    ``keep_fraction`` of the slice's largest piece and no voxel of it is within
+    ``distance_fraction`` x that piece's equivalent radius (``sqrt(area / pi)``) of it. Pieces
+    close to the brain (a paraflocculus, the other olfactory bulb) or large ones stay.
+    """
+    from scipy import ndimage
+
+    out = np.array(mask, dtype=bool)
+    for j in range(out.shape[pp.CORONAL_AXIS]):
+        lab, n = ndimage.label(out[:, j, :])
+        if n < 2:
+            continue
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        main = int(np.argmax(sizes))
+        dist = ndimage.distance_transform_edt(lab != main)
+        limit = distance_fraction * np.sqrt(sizes[main] / np.pi)
+        # the nearest voxel of each piece to the largest one
+        nearest = ndimage.minimum(dist, lab, index=np.arange(1, n + 1))
+        for k, d in zip(range(1, n + 1), nearest, strict=True):
+            if k != main and sizes[k] < keep_fraction * sizes[main] and d > limit:
+                out[:, j, :][lab == k] = False
+    return out
+
+
 def clean_mask(mask: np.ndarray) -> np.ndarray:
-    """Light post-processing: keep the largest 3D connected component, then fill holes.
+    """Light post-processing: keep the largest 3D connected component, fill holes, then drop
+    small islands far from the brain in each coronal slice (:func:`drop_far_islands`).
 
     Holes are filled in 3D and then in each coronal slice (axis 1 of a RAS array), as the seed
     filled its training labels per slice.
@@ -83,7 +125,7 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
     mask = ndimage.binary_fill_holes(mask)
     for j in range(mask.shape[pp.CORONAL_AXIS]):
         mask[:, j, :] = ndimage.binary_fill_holes(mask[:, j, :])
-    return mask
+    return drop_far_islands(mask)
 
 
 def _as_image(img):
