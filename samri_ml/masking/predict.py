@@ -5,8 +5,8 @@ slice of each view (sagittal, coronal and axial by default; the seed's coronal o
 ``views=("coronal",)``) with the U-Net after the seed's preprocessing, inverts the
 preprocessing, averages the views' probabilities, thresholds at 0.5, keeps the largest 3D
 connected component, fills holes (in 3D and in each coronal slice), drops small islands far
-from the brain in each coronal slice and returns a uint8 mask on the input's grid and affine. It never returns an empty mask: it raises
-:class:`samri_ml.errors.SamriMLError` instead.
+from the brain in each coronal slice and returns a uint8 mask on the input's grid and affine.
+It never returns an empty mask: it raises :class:`samri_ml.errors.SamriMLError` instead.
 """
 
 from __future__ import annotations
@@ -100,10 +100,11 @@ def drop_far_islands(
         dist = ndimage.distance_transform_edt(lab != main)
         limit = distance_fraction * np.sqrt(sizes[main] / np.pi)
         # the nearest voxel of each piece to the largest one
-        nearest = ndimage.minimum(dist, lab, index=np.arange(1, n + 1))
-        for k, d in zip(range(1, n + 1), nearest, strict=True):
-            if k != main and sizes[k] < keep_fraction * sizes[main] and d > limit:
-                out[:, j, :][lab == k] = False
+        nearest = np.asarray(ndimage.minimum(dist, lab, index=np.arange(n + 1)))
+        drop = (sizes < keep_fraction * sizes[main]) & (nearest > limit)
+        drop[0] = False  # the background
+        if drop.any():
+            out[:, j, :] &= ~drop[lab]
     return out
 
 
