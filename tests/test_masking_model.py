@@ -54,6 +54,26 @@ def test_three_views_beat_the_seeds_coronal_slices(phantom):
         predict_mask(phantom["T2w"], views=("oblique",))
 
 
+def test_flip_augmentation_makes_the_prediction_mirror_equivariant(phantom):
+    """With the left-right test-time augmentation (the default) a mirrored head gets exactly the
+    mirrored probabilities; without it the network alone is not symmetric."""
+    from samri_ml.masking import preprocess as pp
+    from samri_ml.masking.predict import LEFT_RIGHT_AXIS, load_model, predict_volume
+
+    model = load_model()
+    ras, _ = pp.to_ras(np.asarray(phantom["bold"].dataobj, np.float32), phantom["bold"].affine)
+    ras = ras[2:]  # the phantom is symmetric; this crop makes its mirror another image
+    mirrored = np.flip(ras, LEFT_RIGHT_AXIS)
+    for flip in (True, False):
+        p = predict_volume(model, ras, flip=flip)
+        q = np.flip(predict_volume(model, mirrored, flip=flip), LEFT_RIGHT_AXIS)
+        gap = np.abs(p - q).max()
+        if flip:
+            assert gap < 1e-4, gap
+        else:
+            assert gap > 1e-3, gap
+
+
 def test_same_mask_for_any_axis_order(phantom):
     img = phantom["T2w"]
     ref = np.asarray(predict_mask(img).dataobj)

@@ -86,6 +86,17 @@ def add_views_option(parser, help_default="predict") -> None:
     )
 
 
+def add_flip_option(parser) -> None:
+    """``--no-flip``: skip the masker's left-right test-time augmentation (its predicting CLIs)."""
+    parser.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        help="skip the left-right mirrored prediction (test-time augmentation, on by default): "
+        "about a third faster, slightly less accurate",
+    )
+
+
 def add_plate_model_options(parser) -> None:
     """``--variant``, ``--model`` and ``--index``, shared by the plate-identification CLIs."""
     from samri_ml.plates.identify import VARIANTS

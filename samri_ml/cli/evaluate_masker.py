@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import add_masker_data_options, add_views_option, run_cli
+from samri_ml.cli._common import (
+    add_flip_option,
+    add_masker_data_options,
+    add_views_option,
+    run_cli,
+)
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-evaluate-masker"
@@ -47,6 +52,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="also score the skull-on T2/T1/EPI phantom of samri_ml.example (seed 0)",
     )
     add_views_option(p)
+    add_flip_option(p)
     p.add_argument("--json", type=Path, default=None, help="write per-scan rows here")
     p.add_argument("--rst", type=Path, default=None, help="write the tables here")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -100,7 +106,7 @@ def _main(argv=None) -> int:
         held_out = [*held_out, "phantom"]
     if not scans:
         raise SamriMLError(f"no scans with masks found under {data_dir}")
-    rows = evaluate(scans, load_model(model_path), tuple(args.views))
+    rows = evaluate(scans, load_model(model_path), tuple(args.views), flip=args.flip)
     text = report(rows, held_out)
     print(text)
     if args.json:

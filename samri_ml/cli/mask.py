@@ -1,6 +1,7 @@
 """``samri_ml-mask``: brain mask of a mouse MRI volume with the U-Net.
 
-samri_ml-mask IN.nii[.gz] OUT_MASK.nii.gz [--model PATH] [--masked OUT.nii.gz] [--views ...] [-v]
+samri_ml-mask IN.nii[.gz] OUT_MASK.nii.gz [--model PATH] [--masked OUT.nii.gz] [--views ...]
+    [--no-flip] [-v]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import add_views_option, run_cli
+from samri_ml.cli._common import add_flip_option, add_views_option, run_cli
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-mask"
@@ -42,6 +43,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold", type=float, default=0.5, help="brain probability threshold")
     add_views_option(p)
+    add_flip_option(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(
         "-v", "--verbose", action="count", default=0, help="print timings; tracebacks on errors"
@@ -67,7 +69,7 @@ def _main(argv=None) -> int:
     img = load_nifti(args.in_file, allow_4d=True)
     model = load_model(args.model)
     t1 = time.perf_counter()
-    mask = predict_mask(img, model, threshold=args.threshold, views=args.views)
+    mask = predict_mask(img, model, threshold=args.threshold, views=args.views, flip=args.flip)
     t2 = time.perf_counter()
     if not args.out_file.parent.is_dir():
         raise SamriMLError(f"{args.out_file.parent}: output folder does not exist")

@@ -26,6 +26,9 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
                         value=["sagittal", "coronal", "axial"], usedefault=True, minlen=1,
                         desc="slice directions whose predictions are averaged (the seed: "
                         "['coronal'])")  # fmt: skip
+    flip = traits.Bool(True, usedefault=True,
+                       desc="also predict the left-right mirrored volume and average (test-time "
+                       "augmentation)")  # fmt: skip
     num_threads = traits.Int(0, usedefault=True, nohash=True,
                              desc="TensorFlow threads (0: TensorFlow's default)")  # fmt: skip
 
@@ -65,7 +68,7 @@ class MaskBrain(SimpleInterface):
         img = load_nifti(self.inputs.in_file, allow_4d=True)
         model = self.inputs.model or None
         mask = predict_mask(img, model, threshold=self.inputs.threshold,
-                            views=tuple(self.inputs.views))  # fmt: skip
+                            views=tuple(self.inputs.views), flip=self.inputs.flip)  # fmt: skip
         out_mask = fname_presuffix(self.inputs.in_file, suffix="_mask", newpath=runtime.cwd)
         out_mask = _nii_gz(out_mask)
         out_file = _nii_gz(fname_presuffix(self.inputs.in_file, suffix="_masked",

@@ -30,7 +30,7 @@ def pearson(a, b) -> float:
     return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
-def evaluate_scan(scan, model, views=ALL_VIEWS) -> dict:
+def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True) -> dict:
     """Scores of one :class:`samri_ml.masking.data.Scan` (RAS arrays) with ``model``."""
     import nibabel as nb
 
@@ -41,7 +41,7 @@ def evaluate_scan(scan, model, views=ALL_VIEWS) -> dict:
     img = nb.Nifti1Image(scan.image.astype(np.float32), np.diag([*scan.zooms, 1.0]))
     t0 = time.perf_counter()
     try:
-        pred = np.asarray(predict_mask(img, model, views=views).dataobj) > 0
+        pred = np.asarray(predict_mask(img, model, views=views, flip=flip).dataobj) > 0
         error = ""
     except SamriMLError as err:
         pred = np.zeros(scan.mask.shape, bool)
@@ -63,12 +63,12 @@ def evaluate_scan(scan, model, views=ALL_VIEWS) -> dict:
     }
 
 
-def evaluate(scans, model, views=ALL_VIEWS) -> list[dict]:
+def evaluate(scans, model, views=ALL_VIEWS, flip: bool = True) -> list[dict]:
     """:func:`evaluate_scan` for every scan (the first call also warms TensorFlow up)."""
     from samri_ml.masking.predict import predict_probabilities
 
     predict_probabilities(model, np.zeros((4, 64, 64, 1), np.float32))  # warm-up, not timed
-    return [evaluate_scan(s, model, views) for s in scans]
+    return [evaluate_scan(s, model, views, flip) for s in scans]
 
 
 #: reference kinds that the issue's target counts ("manual or template masks")

@@ -60,9 +60,13 @@ def load_model(path=None):
 
 def predict_probabilities(model, slices: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run the network on preprocessed slices ``(n, 64, 64, 1)``; returns probabilities, same shape."""
-    out = []
-    for start in range(0, len(slices), batch_size):
-        out.append(np.asarray(model(slices[start : start + batch_size], training=False)))
+    from keras import ops
+
+    from samri_ml.models.inference import inference_fn
+
+    fn = inference_fn(model)
+    x = np.asarray(slices, dtype=np.float32)
+    out = [ops.convert_to_numpy(fn(x[s : s + batch_size])) for s in range(0, len(x), batch_size)]
     return np.concatenate(out, axis=0)
 
 
@@ -141,28 +145,45 @@ def _as_image(img):
     return img
 
 
-def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS) -> np.ndarray:
+#: the RAS axis across which a mouse brain is (nearly) mirror-symmetric: left-right
+LEFT_RIGHT_AXIS = 0
+
+
+def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS, flip: bool = True) -> np.ndarray:
     """Brain probability of a RAS volume: the mean over ``views`` of the slice-wise predictions.
 
-    All views' slices go through the network in one pass (bigger batches are faster on CPU);
-    all-zero slices get probability 0 without it.
+    With ``flip`` (test-time augmentation) each view's prediction is the mean of the volume's and
+    of its left-right mirror's (mirrored back). Sagittal slices are cut along the left-right axis,
+    so the mirror only reverses their order and gives the same prediction: it is not run again;
+    the coronal and axial slices are. All slices go through the network in one pass (bigger
+    batches are faster on CPU); all-zero slices get probability 0 without it.
     """
     vol = pp.normalise(ras)
     axes = [pp.view_axis(v) for v in views]
     if not axes:
         raise SamriMLError("no view to predict; choose from " + ", ".join(pp.VIEW_AXES))
-    stacks = [pp.volume_to_slices(vol, normalised=True, axis=a) for a in axes]
+    mirrored = np.flip(vol, LEFT_RIGHT_AXIS)
+    jobs = [(a, False) for a in axes]
+    if flip:
+        jobs += [(a, True) for a in axes if a != LEFT_RIGHT_AXIS]
+    stacks = [
+        pp.volume_to_slices(mirrored if m else vol, normalised=True, axis=a) for a, m in jobs
+    ]
     slices = np.concatenate(stacks)
     # an all-zero slice (outside a skull-stripped brain's box) holds no brain: not run
     filled = slices.reshape(len(slices), -1).any(axis=1)
     probs = np.zeros_like(slices)
     if filled.any():
         probs[filled] = predict_probabilities(model, slices[filled])
-    out = np.zeros(ras.shape, np.float32)
+    per_view = {a: [] for a in axes}
     start = 0
-    for axis, stack in zip(axes, stacks, strict=True):
-        out += pp.slices_to_volume(probs[start : start + len(stack)], ras.shape, axis=axis)
+    for (axis, m), stack in zip(jobs, stacks, strict=True):
+        p = pp.slices_to_volume(probs[start : start + len(stack)], ras.shape, axis=axis)
+        per_view[axis].append(np.flip(p, LEFT_RIGHT_AXIS) if m else p)
         start += len(stack)
+    out = np.zeros(ras.shape, np.float32)
+    for preds in per_view.values():
+        out += sum(preds) / len(preds)
     return out / len(axes)
 
 
@@ -173,6 +194,7 @@ def predict_mask(
     threshold: float = 0.5,
     return_probability: bool = False,
     views=pp.ALL_VIEWS,
+    flip: bool = True,
 ):
     """Predict the brain mask of a 3D or 4D image, on the input's grid.
 
@@ -221,7 +243,7 @@ def predict_mask(
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     ras, ornt = pp.to_ras(data, img.affine)
-    prob_ras = predict_volume(model, ras, views)
+    prob_ras = predict_volume(model, ras, views, flip=flip)
     mask_ras = prob_ras > threshold
     if not mask_ras.any():
         raise SamriMLError(

@@ -81,10 +81,12 @@ def embed(model, images: np.ndarray, flip_tta: bool = True, batch: int = 64) -> 
     """
     from keras import ops
 
+    from samri_ml.models.inference import inference_fn
+
     x = images[..., None].astype(np.float32)
     if flip_tta:
         x = np.concatenate([x, x[:, :, ::-1]])
-    fn = _inference_fn(model)
+    fn = inference_fn(model)
     parts = [ops.convert_to_numpy(fn(x[i : i + batch])) for i in range(0, len(x), batch)]
     out = np.concatenate(parts)
     if flip_tta:
@@ -92,27 +94,6 @@ def embed(model, images: np.ndarray, flip_tta: bool = True, batch: int = 64) -> 
         out = out[:n] + out[n:]
         out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out.astype(np.float32)
-
-
-_FNS: dict = {}
-
-
-def _inference_fn(model):
-    """The model's forward pass, compiled once per model (``tf.function`` on the TensorFlow
-    backend: an eager call of the small CNN costs ~0.1 s of Python overhead)."""
-    import keras
-
-    key = id(model)
-    if key not in _FNS:
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            # one trace for any batch size (a dynamic batch dimension)
-            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-            _FNS[key] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-        else:
-            _FNS[key] = lambda x: model(x, training=False)
-    return _FNS[key]
 
 
 def rank_from_embeddings(
