@@ -25,6 +25,8 @@ def existing_pipeline(in_file, template, template_mask, base_dir):
     n4 = pe.Node(N4BiasFieldCorrection(dimension=3, input_image=str(in_file)), name="n4")
     reg = pe.Node(Registration(
         fixed_image=str(template), fixed_image_masks=[str(template_mask)] * 2,
+        initial_moving_transform_com=1,  # start from the centres of mass: without it, this
+        # affine often diverges on a head scan whose header places it off the template
         transforms=["Rigid", "Affine"], transform_parameters=[(0.1,), (0.1,)],
         number_of_iterations=[[200, 100], [200, 100]], metric=["MI", "MI"],
         metric_weight=[1, 1], radius_or_number_of_bins=[32, 32],

@@ -58,7 +58,8 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     ndim = data.ndim
-    if ndim == 2 or (ndim == 3 and min(data.shape) == 1 and sum(s > 1 for s in data.shape) < 2):
+    # a 3D header around one slice, e.g. (24, 24, 1), is a 2D image too
+    if ndim == 2 or (ndim == 3 and min(data.shape) == 1):
         if not allow_2d:
             raise SamriMLError(f"{path}: is a 2D image {data.shape}; a 3D volume is needed")
     if ndim > 4 or (ndim == 4 and not allow_4d):

@@ -188,3 +188,31 @@ def test_evaluate_cli_and_reindex(tmp_path, plate_thumbs, capsys):
     assert m["n"] == 2 and m["mae"] == 0.0 and m["top1"] == 1.0
     assert all(sorted(r) == [20, 40, 60, 80, 100, 120] for r in m["rankings"].values())
     assert "MAE 0.00" in capsys.readouterr().out
+
+
+def test_plate_clis_refuse_bad_options_and_unknown_labels(tmp_path, plate_thumbs, capsys):
+    """--threads -1 used to abort TensorFlow with a C++ stack trace; --limit 0 evaluated all and
+    --limit -2 silently dropped sections; a section named after no plate raised a bare
+    ValueError. Now: one line each."""
+    import cv2
+
+    from samri_ml.cli.evaluate_plates import main as evaluate
+    from samri_ml.cli.identify_plate import main as identify
+
+    secs = tmp_path / "secs"
+    secs.mkdir()
+    cv2.imwrite(str(secs / "200.png"), plate_thumbs[100])
+    cases = [
+        (identify, [str(secs / "200.png"), "--threads", "-1"], "--threads must be"),
+        (evaluate, ["--images", str(secs), "--threads", "-1"], "--threads must be"),
+        (evaluate, ["--images", str(secs), "--limit", "0"], "--limit must be"),
+        (evaluate, ["--images", str(secs)], "plate 200 (from the file name) is not in the atlas"),
+    ]
+    for main, argv, words in cases:
+        try:
+            rc = main(argv)
+        except SystemExit as stop:  # argparse's usage errors
+            rc = stop.code
+        err = capsys.readouterr().err
+        assert rc in (1, 2) and "Traceback" not in err, err
+        assert words in err.strip().splitlines()[-1], err

@@ -314,6 +314,7 @@ def _bad_images(folder: Path) -> dict[str, Path]:
     good = _blob((24, 24, 12))
     files = {"good": save(good, folder / "good.nii.gz")}
     files["2d"] = save(good[:, :, 6], folder / "2d.nii.gz")
+    files["one_slice_3d"] = save(good[:, :, 6:7], folder / "one_slice_3d.nii.gz")
     files["5d"] = save(np.stack([np.stack([good, good], -1)] * 2, -1), folder / "5d.nii.gz")
     files["nan"] = save(np.where(good > 90, np.nan, good), folder / "nan.nii.gz")
     files["inf"] = save(np.where(good > 90, -np.inf, good), folder / "inf.nii.gz")
@@ -329,7 +330,8 @@ def _bad_images(folder: Path) -> dict[str, Path]:
 
 IMAGE_CASES = {  # case -> words of the message
     "missing": ["no such file"], "text": ["not a NIfTI", "hint"],
-    "truncated": ["truncated or corrupt"], "2d": ["2D image"], "5d": ["5 dimensions"],
+    "truncated": ["truncated or corrupt"], "2d": ["2D image"], "one_slice_3d": ["2D image"],
+    "5d": ["5 dimensions"],
     "nan": ["NaN or Inf", "hint"], "inf": ["NaN or Inf"], "zero": ["all zeros"],
 }
 
@@ -394,3 +396,41 @@ def test_mask_unwritable_output(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc in (1, 2) and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("samri_ml-mask: error: ")
+
+
+@pytest.mark.parametrize("case", ["constant", "offset_background", "tiny"])
+def test_mask_refuses_images_it_would_mask_wrongly(case, tmp_path, capsys):
+    """A constant image, a background offset far above zero (the seed's scaling keeps it bright:
+    the network called the whole field of view brain) or a 5x5x5 crop: one line, nothing written
+    (before, a mask of 94-100 % of the image was written and the exit code was 0)."""
+    import nibabel as nb
+
+    from samri_ml.example import make_template
+
+    head = np.asarray(make_template(0, contrasts=("t2",), supersample=1)["T2w"].dataobj)
+    data = {"constant": np.full((24, 24, 12), 7.0), "tiny": _blob((5, 5, 5)),
+            "offset_background": head + 3 * np.percentile(head, 99)}[case]  # fmt: skip
+    src = save(data.astype(np.float32), tmp_path / "in" / "scan.nii.gz")
+    before = snapshot(tmp_path)
+    rc = _command("mask")([str(src), str(tmp_path / "m.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("samri_ml-mask: error: "), err
+    assert {"constant": "constant", "tiny": "too small", "offset_background": "fills"}[case] in last
+    assert snapshot(tmp_path) == before
+    assert nb.load(str(src)).shape == data.shape
+
+
+def test_mask_never_overwrites_its_input_or_writes_half_its_outputs(tmp_path, capsys):
+    files = _bad_images(tmp_path / "in")
+    good, out = files["good"], tmp_path / "m.nii.gz"
+    before = snapshot(tmp_path)
+    for masked, words in [(good, "overwrite IN or OUT"), (out, "overwrite IN or OUT"),
+                          (tmp_path / "b.txt", "must end in .nii"),
+                          (tmp_path / "nodir" / "b.nii.gz", "output folder does not exist")]:  # fmt: skip
+        rc = _command("mask")([str(good), str(out), "--masked", str(masked)])
+        err = capsys.readouterr().err
+        assert rc in (1, 2) and "Traceback" not in err, err
+        assert words in err.strip().splitlines()[-1], err
+        assert snapshot(tmp_path) == before, masked

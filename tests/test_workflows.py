@@ -95,3 +95,19 @@ def test_graph_picture_without_graphviz(graph2use, tmp_path):
     svg, _ = write_workflow_graph(wf, tmp_path / "g2", graph2use=graph2use, fmt="svg",
                                   force_fallback=True)
     assert ("anat_wf" if graph2use == "orig" else "s_register") in svg.read_text()
+
+
+@pytest.mark.parametrize("workflow", ["generic", "structural", "functional"])
+def test_graph_command_of_the_readme_draws_every_workflow(workflow, tmp_path, capsys):
+    """``samri_ml-graph generic graph --type colored --format svg`` (the README's command) and
+    the two sub-workflows; the generic one has QC nodes, whose inputs must be files."""
+    from samri_ml.cli.graph import main
+
+    rc = main([workflow, str(tmp_path / "graph"), "--type", "colored", "--format", "svg",
+               "--pure-python"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    svg = tmp_path / "graph.svg"
+    assert svg.stat().st_size > 5000 and str(svg) in out
+    if workflow == "generic":
+        assert "qc" in svg.read_text().lower()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from samri_ml.cli._common import add_plate_model_options
+from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-evaluate-plates"
 
@@ -60,6 +61,7 @@ def run(args) -> int:
         from samri_ml.plates.identify import PlateIdentifier
 
         ident = PlateIdentifier(args.model, args.index, args.atlas, variant=args.variant)
+        _check_labels(paths, labels, ident.plates)
         ident.rank(imgs[:1], regions=args.regions or None)  # warm-up (graph tracing)
         t0 = time.perf_counter()
         results = ident.rank(imgs, regions=args.regions or None)
@@ -71,6 +73,7 @@ def run(args) -> int:
 
         atlas = Path(args.atlas) if args.atlas else shared_data_dir() / "plates" / "atlas"
         plates, pimgs = load_atlas(atlas)
+        _check_labels(paths, labels, plates)
         pp = [preprocess(p, args.size) for p in pimgs]
         t0 = time.perf_counter()
         rankings = []
@@ -91,11 +94,27 @@ def run(args) -> int:
     return 0
 
 
+def _check_labels(paths, labels, plates) -> None:
+    """Refuse a section whose file-name label is not a plate of the atlas (before any MAE)."""
+    known = {int(p) for p in plates}
+    for path, label in zip(paths, labels, strict=True):
+        if int(label) not in known:
+            raise SamriMLError(
+                f"{path}: plate {label} (from the file name) is not in the atlas (plates "
+                f"{min(known)}-{max(known)}); hint: name labelled sections '<plate>.png' or "
+                "'<plate>_<n>.png'"
+            )
+
+
 def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not Path(args.images).is_dir():
         parser.error(f"--images {args.images}: not a directory")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    if args.threads < 0:
+        parser.error("--threads must be 0 (TensorFlow's default) or more")
     return run(args)
 
 

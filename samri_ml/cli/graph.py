@@ -40,9 +40,18 @@ def _main(argv=None) -> int:
         wf = init_functional_wf(flavour=args.flavour, method=args.method, masking=args.masking,
                                 slice_timing=[0.0, 0.5], repetition_time=1.0)
     else:
+        import tempfile
+
         masking = "none" if args.masking == "input" else args.masking
+        # the QC nodes take the raw scans as File(exists=True) inputs: empty stand-ins, only
+        # while the workflow is built and drawn
+        tmp = tempfile.TemporaryDirectory(prefix="samri_ml-graph-")
+        anat = Path(tmp.name, "sub-01_T2w.nii.gz")
+        bold = Path(tmp.name, "sub-01_task-rest_bold.nii.gz")
+        anat.touch()
+        bold.touch()
         wf = init_generic_wf(template="template.nii.gz", template_mask="mask.nii.gz",
-                             anat_file="sub-01_T2w.nii.gz", bold_files=["sub-01_task-rest_bold.nii.gz"],
+                             anat_file=str(anat), bold_files=[str(bold)],
                              bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": [0.0, 0.5]}],
                              output_dir="derivatives", method=args.method, flavour=args.flavour,
                              masking=masking, qc=True)

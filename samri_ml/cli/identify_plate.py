@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(parser, args) -> None:
     if args.top < 1:
         parser.error("--top must be at least 1")
+    if args.threads < 0:
+        parser.error("--threads must be 0 (TensorFlow's default) or more")
     if args.atlas and not Path(args.atlas).is_dir():
         parser.error(f"--atlas {args.atlas}: not a directory")
     for im in args.images:

@@ -60,6 +60,11 @@ def _main(argv=None) -> int:
         parser.error("--threshold must be between 0 and 1")
     if args.out_file.resolve() == args.in_file.resolve():
         parser.error("OUT would overwrite IN")
+    if args.masked is not None:
+        if not str(args.masked).endswith((".nii", ".nii.gz")):
+            parser.error(f"--masked must end in .nii or .nii.gz: {args.masked}")
+        if args.masked.resolve() in (args.in_file.resolve(), args.out_file.resolve()):
+            parser.error("--masked would overwrite IN or OUT")
     t0 = time.perf_counter()
     import nibabel as nb
 
@@ -67,12 +72,11 @@ def _main(argv=None) -> int:
     from samri_ml.masking.predict import apply_mask, load_model, predict_mask
 
     img = load_nifti(args.in_file, allow_4d=True)
+    _check_outputs(args)  # before the network runs: a refused output costs no prediction
     model = load_model(args.model)
     t1 = time.perf_counter()
     mask = predict_mask(img, model, threshold=args.threshold, views=args.views, flip=args.flip)
     t2 = time.perf_counter()
-    if not args.out_file.parent.is_dir():
-        raise SamriMLError(f"{args.out_file.parent}: output folder does not exist")
     nb.save(mask, str(args.out_file))
     if args.masked is not None:
         nb.save(apply_mask(img, mask), str(args.masked))
@@ -81,6 +85,16 @@ def _main(argv=None) -> int:
         print(f"{PROG}: {n} brain voxels; load {t1 - t0:.2f} s, predict {t2 - t1:.2f} s",
               file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _check_outputs(args) -> None:
+    """Refuse OUT (and --masked) where no file can be written, before anything is written."""
+    for path in [args.out_file] + ([args.masked] if args.masked is not None else []):
+        if path.is_dir():
+            raise SamriMLError(f"{path}: is a folder; hint: give a file name ending in .nii.gz")
+        if not path.parent.is_dir():
+            raise SamriMLError(f"{path.parent}: output folder does not exist; hint: create it "
+                               "first")  # fmt: skip
 
 
 def main(argv=None) -> int:

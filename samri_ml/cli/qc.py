@@ -55,7 +55,7 @@ def get_parser() -> argparse.ArgumentParser:
         "compare",
         help="compare workflows from their *_desc-qc_metrics.json files",
         description="Read every *_desc-qc_metrics.json under each derivatives folder (one folder "
-        "per workflow), print a table per workflow (mean and bootstrapped 95%% CI of |1-VCF|, "
+        "per workflow), print a table per workflow (mean and bootstrapped 95% CI of |1-VCF|, "
         "|1-SCF| and SCF/VCF^(1/3)), a one-way ANOVA F-test across workflows, pairwise two-tailed "
         "Welch (and paired) t-tests and RMSE ratios; with --out, write TSVs, a markdown summary "
         "and violin plots (PNG, SVG).",

@@ -76,6 +76,12 @@ def predict_probabilities(model, slices: np.ndarray, batch_size: int = 256) -> n
 ISLAND_DISTANCE_FRACTION = 0.25
 ISLAND_KEEP_FRACTION = 0.25
 
+#: a volume needs this many voxels along at least two axes to be masked
+MIN_SIDE = 8
+#: a mask filling more of the image than this is no brain (a brain fills at most about half of
+#: its bounding box; a tightly cropped template reaches 0.42): refused instead of written
+MAX_MASK_FRACTION = 0.9
+
 
 def drop_far_islands(
     mask: np.ndarray,
@@ -222,7 +228,8 @@ def predict_mask(
     Raises
     ------
     SamriMLError
-        Not 3D/4D, NaN/Inf or all-zero data, or no brain found (never an empty mask).
+        Not 3D/4D, a single slice, too small, NaN/Inf, all-zero or constant data, no brain found
+        (never an empty mask) or a mask filling nearly the whole image.
     """
     import nibabel as nb
 
@@ -232,13 +239,21 @@ def predict_mask(
         data = data[..., 0]
     if data.ndim not in (3, 4):
         raise SamriMLError(f"expected a 3D or 4D image, got shape {data.shape}")
-    if data.ndim == 3 and sum(n > 1 for n in data.shape) < 3:
-        raise SamriMLError(f"image of shape {data.shape} is not a volume; a 3D image is needed")
     data = pp.temporal_mean(data)
+    # after the temporal mean, so that a one-slice 4D series is refused too
+    if sum(n > 1 for n in data.shape) < 3:
+        raise SamriMLError(f"image of shape {data.shape} is not a volume (a single slice); a 3D "
+                           "image is needed")  # fmt: skip
+    if sorted(data.shape)[1] < MIN_SIDE:
+        raise SamriMLError(f"image of shape {data.shape} is too small to mask (need at least "
+                           f"{MIN_SIDE} voxels along two axes)")  # fmt: skip
     if not np.all(np.isfinite(data)):
         raise SamriMLError("the image has NaN or Inf voxels; hint: fix or zero them first")
     if not np.any(data):
         raise SamriMLError("the image is all zeros; nothing to mask")
+    if data.min() == data.max():
+        raise SamriMLError(f"the image is constant (every voxel is {data.min():g}); nothing to "
+                           "mask")  # fmt: skip
 
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model)
@@ -251,6 +266,11 @@ def predict_mask(
             "the image is a mouse head or brain MRI with a correct orientation header"
         )
     mask_ras = clean_mask(mask_ras)
+    if mask_ras.mean() > MAX_MASK_FRACTION:
+        raise SamriMLError(
+            f"the predicted mask fills {100 * mask_ras.mean():.0f} % of the image, which no brain "
+            "does; hint: check that the background is dark (zero or near zero), not offset"
+        )
     mask = pp.from_ras(mask_ras.astype(np.uint8), ornt)
     header = img.header.copy() if isinstance(img, nb.Nifti1Image) else None
     out = nb.Nifti1Image(mask.astype(np.uint8), img.affine, header)
