@@ -59,6 +59,9 @@ class MaskBrain(SimpleInterface):
         from samri_ml.masking.predict import apply_mask, predict_mask
 
         if self.inputs.num_threads:
+            from samri_ml.models.inference import import_keras
+
+            import_keras()  # TensorFlow too, without its C++ start-up lines
             import tensorflow as tf
 
             try:

@@ -32,10 +32,10 @@ def default_model_path() -> Path:
 
 @lru_cache(maxsize=4)
 def _load_cached(path: str, mtime: float):
-    import keras
-
+    from samri_ml.models.inference import import_keras
     from samri_ml.models.unet import CUSTOM_OBJECTS
 
+    keras = import_keras()
     return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
 
 

@@ -174,8 +174,9 @@ class PlateIdentifier:
     @property
     def model(self):
         if self._model is None:
-            import keras
+            from samri_ml.models.inference import import_keras
 
+            keras = import_keras()
             self._model = keras.saving.load_model(self.model_path, compile=False)
         return self._model
 
