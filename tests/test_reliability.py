@@ -434,3 +434,20 @@ def test_mask_never_overwrites_its_input_or_writes_half_its_outputs(tmp_path, ca
         assert rc in (1, 2) and "Traceback" not in err, err
         assert words in err.strip().splitlines()[-1], err
         assert snapshot(tmp_path) == before, masked
+
+
+def test_mask_error_after_the_network_ran_is_one_line_in_a_fresh_process(tmp_path):
+    """TensorFlow prints C++ lines while it is imported (whatever TF_CPP_MIN_LOG_LEVEL says);
+    a user of ``samri_ml-mask`` still sees exactly one line when it refuses a prediction."""
+    from samri_ml.example import make_template
+
+    head = np.asarray(make_template(0, contrasts=("t2",), supersample=1)["T2w"].dataobj)
+    src = save((head + 3 * np.percentile(head, 99)).astype(np.float32), tmp_path / "scan.nii.gz")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "SAMRI_ML_TF"))}
+    r = subprocess.run([sys.executable, "-m", "samri_ml.cli.mask", str(src),
+                        str(tmp_path / "m.nii.gz")], capture_output=True, text=True, env=env,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert r.stderr.startswith("samri_ml-mask: error: the predicted mask fills")
+    assert not (tmp_path / "m.nii.gz").exists()
