@@ -163,6 +163,8 @@ CASES = [
      ["not a writable folder"]),
     ("output_among_sources", None, ["OUT=bids/sub-01"], 2, ["would write among the source"]),
     ("bad_plugin_args", None, ["--plugin-args", "{nope"], 2, ["not valid JSON"]),
+    ("fast_and_another_flavour", None, ["--registration-flavour", "samri"], 2,
+     ["--fast conflicts with --registration-flavour samri"]),
     ("bad_structural_filter", None, ["-s", "[1, 2]"], 2, ["expected a JSON object"]),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -10,7 +11,19 @@ from collections.abc import Callable
 
 from samri_ml.errors import SamriMLError
 
-__all__ = ["SamriMLError", "run_cli", "wants_verbose"]
+__all__ = ["HelpFormatter", "SamriMLError", "run_cli", "wants_verbose"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default, except where its help already says it (``(default: ...)``)
+    or there is nothing to show (a required option, no default, an off switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if "(default:" in text or action.required or action.default is None or switch:
+            return text
+        return super()._get_help_string(action)
 
 
 def wants_verbose(argv) -> bool:

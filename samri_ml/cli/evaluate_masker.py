@@ -13,6 +13,7 @@ from pathlib import Path
 
 from samri_ml import __version__
 from samri_ml.cli._common import (
+    HelpFormatter,
     add_flip_option,
     add_masker_data_options,
     add_views_option,
@@ -29,7 +30,7 @@ def get_parser() -> argparse.ArgumentParser:
         description="Score a masking model on the real scans of ../shared/data/mri that have a "
         "reference mask: Dice per scan, median per source and over the sources the model was not "
         "trained on, and the seed's correlation table (image vs reference vs predicted mask).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", type=Path, default=None, help="model (default: the shipped one)")
     add_masker_data_options(p)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from samri_ml.cli._common import add_plate_model_options
+from samri_ml.cli._common import HelpFormatter, add_plate_model_options
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-evaluate-plates"
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Evaluate plate identification on labelled sections: MAE (mean 0-based rank "
         "of the true plate), Top-1/3/5/10 accuracy, total and per-section time.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--images", required=True, metavar="DIR", help="folder of sections named <plate>[_n].png"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import run_cli
+from samri_ml.cli._common import HelpFormatter, run_cli
 
 PROG = "samri_ml-example"
 
@@ -34,7 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
         "sub-*/ses-1/anat (T2w) and func (4D BOLD with slice timing), and "
         "derivatives/groundtruth (brain masks and labels on each subject's grids, and the known "
         "pose). Rerunning on an up-to-date dataset changes nothing.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created)")
     p.add_argument("--subjects", type=_positive, default=3, metavar="N", help="number of subjects")

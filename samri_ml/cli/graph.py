@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from samri_ml.cli._common import run_cli
+from samri_ml.cli._common import HelpFormatter, run_cli
 
 PROG = "samri_ml-graph"
 
 
 def get_parser():
     p = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("workflow", choices=["generic", "structural", "functional"],
                    help="which workflow factory to draw")
     p.add_argument("out", type=Path, help="output path without extension")

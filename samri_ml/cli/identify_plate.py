@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from samri_ml.cli._common import add_plate_model_options
+from samri_ml.cli._common import HelpFormatter, add_plate_model_options
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-identify-plate"
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rank all atlas plates for each section image (best first) with the shipped "
         "Siamese embedding and plate index. Prints the top K plates per image; --json writes "
         "the full rankings, distances, per-region plates and the estimated cutting tilt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="section images (PNG/JPEG/TIFF)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")

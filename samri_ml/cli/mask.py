@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import add_flip_option, add_views_option, run_cli
+from samri_ml.cli._common import HelpFormatter, add_flip_option, add_views_option, run_cli
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-mask"
@@ -24,7 +24,7 @@ def get_parser() -> argparse.ArgumentParser:
         description="Predict a binary (uint8) brain mask on IN's grid with the slice-wise "
         "U-Net (shipped weights by default). IN is a 3D volume or a 4D series (its temporal mean "
         "is masked), in any orientation; T1, T2 and EPI, with or without skull.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("in_file", type=Path, metavar="IN", help="NIfTI image (.nii or .nii.gz)")
     p.add_argument("out_file", type=Path, metavar="OUT", help="mask to write (.nii or .nii.gz)")

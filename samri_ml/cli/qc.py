@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import run_cli
+from samri_ml.cli._common import HelpFormatter, run_cli
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-qc"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Registration QC as in SAMRI: Volume Conservation Factor (VCF) and Smoothness "

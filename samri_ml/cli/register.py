@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import run_cli, setup_logging
+from samri_ml.cli._common import HelpFormatter, run_cli, setup_logging
 from samri_ml.errors import SamriMLError
 from samri_ml.hardware import available_cpus
 
@@ -55,7 +55,7 @@ def get_parser() -> argparse.ArgumentParser:
         description="Register the structural and functional scans of a BIDS dataset to a "
         "template with SAMRI's generic workflow (antsRegistration), optionally with U-Net brain "
         "masking, and write BIDS-Derivatives with QC (VCF, SCF).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset")
     p.add_argument("output_dir", type=Path, nargs="?", default=None,
@@ -177,6 +177,9 @@ def validate(args, parser) -> None:
     if args.template_name is None:
         args.template_name = template_label(args.template)
     if args.fast:
+        if args.registration_flavour not in ("default", "fast"):
+            parser.error(f"--fast conflicts with --registration-flavour "
+                         f"{args.registration_flavour}; give one of them")  # fmt: skip
         args.registration_flavour = "fast"
     from samri_ml.registration import load_flavour
 

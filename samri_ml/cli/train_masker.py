@@ -11,7 +11,12 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import add_masker_data_options, add_views_option, run_cli
+from samri_ml.cli._common import (
+    HelpFormatter,
+    add_masker_data_options,
+    add_views_option,
+    run_cli,
+)
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-train-masker"
@@ -27,7 +32,7 @@ def get_parser() -> argparse.ArgumentParser:
         "../shared/data/mri (dama, sammba, emory, templates; sources in --holdout are left out for an "
         "honest leave-source-out test) plus synthetic skull-on T1/T2/EPI heads built around "
         "their brains. Writes OUT (.keras), OUT_loss.png and OUT_training.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("out", type=Path, help="model file to write (.keras)")
     add_masker_data_options(p)

@@ -7,13 +7,14 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from samri_ml.cli._common import HelpFormatter
     from samri_ml.plates.data import shared_data_dir
 
     p = argparse.ArgumentParser(
         prog="samri_ml-train-plates",
         description="Train the plate embedding (early stopping on val_1 MAE, best model kept). "
         "--export DIR writes the shipped files (model, plate index, metrics) into DIR.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--data",

@@ -84,7 +84,9 @@ def by_source(rows, held_out=()) -> list[dict]:
     groups = [(s, [r for r in rows if r["source"] == s]) for s in sources]
     unseen = [r for r in rows if r["source"] in held_out]
     if unseen:
-        groups.append(("unseen sources (" + ", ".join(sorted(set(held_out))) + ")", unseen))
+        # named after the held-out sources actually scored (``--sources`` may leave some out)
+        names = sorted({r["source"] for r in unseen})
+        groups.append(("unseen sources (" + ", ".join(names) + ")", unseen))
         trusted = [r for r in unseen if r["reference"] in TRUSTED_REFERENCES]
         if trusted and len(trusted) < len(unseen):
             groups.append(("unseen, manual or template masks only", trusted))
