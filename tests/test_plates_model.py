@@ -106,7 +106,8 @@ def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):
     assert 100 in out.ranking[:5] and len(out.ranking) == 132
     montage = cv2.imread(out.out_montage)
     assert montage.shape[1] == 6 * montage.shape[0]  # the section + 5 plates side by side
-    assert json.loads(Path(out.out_json).read_text())["ranking"] == out.ranking
+    saved = json.loads(Path(out.out_json).read_text())  # keyed by path, as the CLI's --json
+    assert list(saved) == [str(sec)] and saved[str(sec)]["ranking"] == out.ranking
 
 
 @pytest.mark.shared_data

@@ -65,12 +65,11 @@ class IdentifyPlate(SimpleInterface):
         )
         img = read_image(self.inputs.in_file)
         res = ident.rank([img], regions=self.inputs.regions)[0]
-        res["in_file"] = self.inputs.in_file
         out_json = fname_presuffix(
             self.inputs.in_file, suffix="_plates.json", use_ext=False, newpath=runtime.cwd
         )
-        with open(out_json, "w") as f:
-            json.dump(res, f, indent=1)
+        with open(out_json, "w") as f:  # the format of samri_ml-identify-plate --json
+            json.dump({self.inputs.in_file: res}, f, indent=1)
         out_png = fname_presuffix(
             self.inputs.in_file, suffix="_plates.png", use_ext=False, newpath=runtime.cwd
         )
