@@ -1,0 +1,79 @@
+"""Identify the atlas plate of every section in a folder, as a Nipype workflow.
+
+One ``IdentifyPlate`` node per image (a MapNode, so Nipype's plugins, SLURM included, can spread
+the sections over a cluster), then one table of the results: ``OUT_DIR/plates.tsv`` with the best
+plate, the top 5, the per-region plates and the estimated tilt of each section, and
+``OUT_DIR/montages/``, a PNG per section (the section beside its top-5 plates). Run:
+
+    python examples/identify_folder_of_sections.py SECTIONS_DIR OUT_DIR [--variant multimodal]
+
+(For a single machine, ``samri_ml-identify-plate SECTIONS_DIR/* --json plates.json`` does the
+same in one process, and faster: the model is loaded once.)
+"""
+
+import argparse
+from pathlib import Path
+
+from nipype.interfaces.io import DataSink
+from nipype.interfaces.utility import Function
+from nipype.pipeline import engine as pe
+
+from samri_ml.interfaces import IdentifyPlate
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def write_table(json_files, out_file):
+    """One row per section from the nodes' JSON files (the CLI's format, keyed by path)."""
+    import json
+
+    header = ["section", "best_plate", "top5", "dorsal", "central", "ventral", "left", "right",
+              "dorsoventral_degrees", "mediolateral_degrees"]  # fmt: skip
+    rows = ["\t".join(header)]
+    for path in json_files:
+        with open(path) as f:
+            ((section, res),) = json.load(f).items()
+        regions, tilt = res.get("regions", {}), res.get("tilt", {})
+        row = [section, res["ranking"][0], ",".join(map(str, res["ranking"][:5]))]
+        row += [regions.get(r, {}).get("plate", "") for r in header[3:8]]
+        row += [tilt.get("dorsoventral_degrees", ""), tilt.get("mediolateral_degrees", "")]
+        rows.append("\t".join(map(str, row)))
+    with open(out_file, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return out_file
+
+
+def build_workflow(sections, out_dir, variant="default"):
+    """``identify`` (one IdentifyPlate per section) -> ``table``; everything under ``out_dir``."""
+    out_dir = Path(out_dir).resolve()
+    wf = pe.Workflow(name="identify_sections", base_dir=str(out_dir / "work"))
+    identify = pe.MapNode(IdentifyPlate(variant=variant), iterfield=["in_file"], name="identify")
+    identify.inputs.in_file = [str(Path(s).resolve()) for s in sections]
+    table = pe.Node(Function(function=write_table, input_names=["json_files", "out_file"],
+                             output_names=["out_file"]), name="table")  # fmt: skip
+    table.inputs.out_file = str(out_dir / "plates.tsv")
+    wf.connect(identify, "out_json", table, "json_files")
+    # the montages into OUT_DIR/montages (Nipype deletes outputs that nothing else takes)
+    sink = pe.Node(DataSink(base_directory=str(out_dir), parameterization=False), name="sink")
+    wf.connect(identify, "out_montage", sink, "montages")
+    return wf
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("sections", type=Path, help="folder of section images (PNG, JPEG, TIFF)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--variant", default="default", choices=["default", "multimodal"])
+    args = p.parse_args(argv)
+    sections = sorted(f for f in args.sections.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not sections:
+        p.error(f"{args.sections}: no PNG, JPEG or TIFF images")
+    build_workflow(sections, args.out_dir, args.variant).run()
+    montages = sorted((args.out_dir / "montages").glob("*_plates.png"))
+    print(f"{args.out_dir / 'plates.tsv'}: {len(sections)} sections; {len(montages)} montages "
+          f"in {args.out_dir / 'montages'}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The scripts in examples/ run as their docstrings say, and do what they claim."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_identify_folder_of_sections_writes_one_row_per_section(tmp_path):
+    import cv2
+
+    from samri_ml.plates.identify import default_model_dir
+
+    with np.load(default_model_dir() / "plates_index.npz") as z:
+        thumbs = dict(zip(z["plates"].tolist(), z["thumbnails"], strict=True))
+    folder = tmp_path / "sections"
+    folder.mkdir()
+    for n in (30, 90):
+        cv2.imwrite(str(folder / f"{n}.png"), thumbs[n][6:-6, 6:-6])  # a cropped plate
+    (folder / "notes.txt").write_text("not a section\n")
+    assert _load("identify_folder_of_sections").main([str(folder), str(tmp_path / "out")]) == 0
+    lines = (tmp_path / "out" / "plates.tsv").read_text().splitlines()
+    header, rows = lines[0].split("\t"), [dict(zip(lines[0].split("\t"), r.split("\t"), strict=True))
+                                          for r in lines[1:]]  # fmt: skip
+    assert header[:3] == ["section", "best_plate", "top5"] and len(rows) == 2
+    for row in rows:
+        plate = int(Path(row["section"]).stem)
+        assert plate in map(int, row["top5"].split(",")), row
+    montages = sorted(p.name for p in (tmp_path / "out" / "montages").iterdir())
+    assert montages == ["30_plates.png", "90_plates.png"]
+
+
+@pytest.mark.slow
+def test_add_maskbrain_example_registers_better_than_no_registration(example_dataset, tmp_path):
+    """The example's masked pipeline must bring the scan onto the template (it used to diverge
+    without an initial alignment: Dice 0.29-0.68 against 0.76 for no registration at all)."""
+    import ants
+
+    from samri_ml.metrics import dice
+
+    anat = next(example_dataset.glob("sub-01/ses-*/anat/*_T2w.nii.gz"))
+    tpl = example_dataset / "template"
+    template = next(tpl.glob("*_T2w.nii.gz"))
+    template_mask = next(tpl.glob("*_desc-brain_mask.nii.gz"))
+    ex = _load("add_maskbrain_to_pipeline")
+    out = tmp_path / "out"
+    wf = ex.add_masking(ex.existing_pipeline(anat, template, template_mask, out), anat)
+    wf.run()
+    xfm = next(out.rglob("transformComposite.h5"))
+    truth = next((example_dataset / "derivatives" / "groundtruth").glob(
+        "sub-01/ses-*/anat/*_desc-brain_mask.nii.gz"))  # fmt: skip
+    fixed = ants.image_read(str(template_mask))
+    moving = ants.image_read(str(truth))
+    warped = ants.apply_transforms(fixed, moving, [str(xfm)], interpolator="nearestNeighbor")
+    identity = ants.resample_image_to_target(moving, fixed, interp_type="nearestNeighbor")
+    ref = fixed.numpy() > 0
+    assert dice(warped.numpy() > 0, ref) > max(0.9, dice(identity.numpy() > 0, ref))
