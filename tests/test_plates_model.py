@@ -203,7 +203,13 @@ def test_plate_clis_refuse_bad_options_and_unknown_labels(tmp_path, plate_thumbs
     secs = tmp_path / "secs"
     secs.mkdir()
     cv2.imwrite(str(secs / "200.png"), plate_thumbs[100])
+    junk = tmp_path / "junk.bin"
+    junk.write_text("not a model\n")
     cases = [
+        (identify, [str(secs / "200.png"), "--index", str(junk)], "not a plate index"),
+        (identify, [str(secs / "200.png"), "--model", str(junk)], "not a Keras model"),
+        (identify, [str(secs / "200.png"), "--json", str(tmp_path / "no" / "x.json")],
+         "its folder does not exist"),
         (identify, [str(secs / "200.png"), "--threads", "-1"], "--threads must be"),
         (evaluate, ["--images", str(secs), "--threads", "-1"], "--threads must be"),
         (evaluate, ["--images", str(secs), "--limit", "0"], "--limit must be"),

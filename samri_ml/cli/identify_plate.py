@@ -47,6 +47,8 @@ def _check_args(parser, args) -> None:
     for im in args.images:
         if not Path(im).exists():
             parser.error(f"{im}: no such file")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        parser.error(f"--json {args.json}: its folder does not exist")
 
 
 def run(args) -> int:

@@ -155,8 +155,14 @@ class PlateIdentifier:
                 raise SamriMLError(
                     f"{p}: model file missing; hint: reinstall samri_ml or pass --model/--index"
                 )
-        with np.load(self.index_path, allow_pickle=False) as z:
-            self.index = {k: z[k] for k in z.files}
+        try:
+            with np.load(self.index_path, allow_pickle=False) as z:
+                self.index = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:  # not an .npz (numpy says "pickled data")
+            raise SamriMLError(f"{self.index_path}: not a plate index (the .npz written by "
+                               "samri_ml-train-plates --export)") from err  # fmt: skip
+        if "embeddings" not in self.index or "plates" not in self.index:
+            raise SamriMLError(f"{self.index_path}: not a plate index (no plates/embeddings)")
         self.size = int(self.index["size"])
         self.crop = bool(self.index.get("crop", True))
         self.equalise = bool(self.index.get("equalise", True))
@@ -177,7 +183,11 @@ class PlateIdentifier:
             from samri_ml.models.inference import import_keras
 
             keras = import_keras()
-            self._model = keras.saving.load_model(self.model_path, compile=False)
+            try:
+                self._model = keras.saving.load_model(self.model_path, compile=False)
+            except (OSError, ValueError) as err:
+                first = str(err).split(". ")[0]
+                raise SamriMLError(f"{self.model_path}: not a Keras model ({first})") from err
         return self._model
 
     def prep(self, img: np.ndarray) -> np.ndarray:
