@@ -101,7 +101,13 @@ def drop_far_islands(
 
     out = np.array(mask, dtype=bool)
     for j in range(out.shape[pp.CORONAL_AXIS]):
-        lab, n = ndimage.label(out[:, j, :])
+        box = ndimage.find_objects(out[:, j, :].astype(np.uint8))
+        if not box:
+            continue
+        # every piece lies in the slice's bounding box of foreground, so distances computed
+        # there are exact (and cheap where the brain fills a small part of the field of view)
+        window = out[(box[0][0], j, box[0][1])]
+        lab, n = ndimage.label(window)
         if n < 2:
             continue
         sizes = np.bincount(lab.ravel())
@@ -114,7 +120,7 @@ def drop_far_islands(
         drop = (sizes < keep_fraction * sizes[main]) & (nearest > limit)
         drop[0] = False  # the background
         if drop.any():
-            out[:, j, :] &= ~drop[lab]
+            out[(box[0][0], j, box[0][1])] = window & ~drop[lab]
     return out
 
 
