@@ -111,3 +111,41 @@ def test_graph_command_of_the_readme_draws_every_workflow(workflow, tmp_path, ca
     assert svg.stat().st_size > 5000 and str(svg) in out
     if workflow == "generic":
         assert "qc" in svg.read_text().lower()
+
+
+def test_resampled_run_keeps_its_repetition_time(tmp_path, monkeypatch):
+    """antsApplyTransforms writes 1.0 as pixdim[4]; the run in template space must keep its TR
+    (the sidecar's RepetitionTime, else the input header's)."""
+    import nibabel as nb
+    import numpy as np
+
+    from samri_ml.workflows.registration import _restore_time_header
+
+    monkeypatch.chdir(tmp_path)
+    ref = nb.Nifti1Image(np.zeros((4, 4, 3, 5), np.float32), np.eye(4))
+    ref.header.set_zooms((0.3, 0.3, 0.6, 2.5))
+    ref.header.set_xyzt_units("mm", "sec")
+    ref.to_filename(tmp_path / "ref.nii.gz")
+    warped = nb.Nifti1Image(np.ones((6, 6, 6, 5), np.float32), np.diag([0.2, 0.2, 0.2, 1]))
+    warped.to_filename(tmp_path / "warped.nii.gz")  # pixdim[4] = 1.0, as ANTs writes it
+    out = nb.load(_restore_time_header(str(tmp_path / "warped.nii.gz"), str(tmp_path / "ref.nii.gz")))
+    assert out.header.get_zooms()[3] == 2.5 and out.header.get_xyzt_units()[1] == "sec"
+    assert np.allclose(out.header.get_zooms()[:3], 0.2) and np.asanyarray(out.dataobj).min() == 1
+    out = nb.load(_restore_time_header(str(tmp_path / "warped.nii.gz"), str(tmp_path / "ref.nii.gz"),
+                                       repetition_time=2.0))
+    assert out.header.get_zooms()[3] == 2.0
+    wf = init_functional_wf(flavour="fast", method="functional", repetition_time=2.0)
+    assert wf.get_node("f_set_tr").inputs.repetition_time == 2.0
+
+
+def test_bold_derivative_has_a_sidecar(tmp_path):
+    anat, bold = tmp_path / "sub-01_T2w.nii.gz", tmp_path / "sub-01_task-rest_bold.nii.gz"
+    anat.touch()
+    bold.touch()
+    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file=str(anat),
+                         bold_files=[str(bold)], output_dir=str(tmp_path / "out"),
+                         bold_metadata=[{"RepetitionTime": 2.0, "SliceTiming": [0, 1.0],
+                                         "TaskName": "rest"}])
+    meta = wf.get_node("ds_func0").inputs.metadata
+    assert meta["RepetitionTime"] == 2.0 and meta["SliceTimingCorrected"] is True
+    assert meta["StartTime"] == 1.0 and meta["TaskName"] == "rest"

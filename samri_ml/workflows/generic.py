@@ -77,11 +77,13 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     inputnode.inputs.template = str(template)
     inputnode.inputs.template_mask = str(template_mask)
 
-    def sink(name, source_file, node, field, **entities):
+    def sink(name, source_file, node, field, metadata=None, **entities):
         if output_dir is None:
             return None
         ds = pe.Node(DerivativesDataSink(base_directory=str(output_dir), source_file=str(source_file),
                                          **entities), name=name, run_without_submitting=True)
+        if metadata:
+            ds.inputs.metadata = metadata
         wf.connect(node, field, ds, "in_file")
         return ds
 
@@ -119,8 +121,16 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             if masking != "none":
                 wf.connect(anat_wf, "outputnode.out_mask", func_wf, "inputnode.structural_mask")
         out = "outputnode."
-        sink(f"ds_func{index}", bold, func_wf, out + "out_file", space=template_name,
-             desc="preproc")
+        # the sidecar: BIDS inheritance does not reach into a derivatives dataset
+        bold_meta = {"SkullStripped": False, "SliceTimingCorrected": times is not None}
+        if meta.get("RepetitionTime"):
+            bold_meta["RepetitionTime"] = float(meta["RepetitionTime"])
+            if times is not None:  # slices are shifted to the middle of the repetition
+                bold_meta["StartTime"] = float(meta["RepetitionTime"]) / 2
+        if meta.get("TaskName"):
+            bold_meta["TaskName"] = meta["TaskName"]
+        sink(f"ds_func{index}", bold, func_wf, out + "out_file", metadata=bold_meta,
+             space=template_name, desc="preproc")
         if method != "structural":
             # composite: the run's own transform goes to the structural scan (e.g. to-T2w)
             target = template_name if method == "functional" else (

@@ -67,6 +67,37 @@ def _replicate(in_file, use, dilation=0):
     return [in_file if u else "NULL" for u in use]
 
 
+def _restore_time_header(in_file, reference, repetition_time=None):
+    """Give a resampled 4D run the repetition time (``pixdim[4]``) and time unit that
+    antsApplyTransforms drops (it writes 1.0): ``repetition_time`` where given (the sidecar's
+    ``RepetitionTime``), else the reference's own."""
+    import os
+
+    import nibabel as nb
+    import numpy as np
+
+    img = nb.load(in_file)
+    ref = nb.load(reference)
+    zooms = list(img.header.get_zooms())
+    ref_zooms = ref.header.get_zooms()
+    if len(zooms) < 4:
+        return in_file
+    tr = float(repetition_time) if repetition_time else (
+        float(ref_zooms[3]) if len(ref_zooms) > 3 else zooms[3])
+    xyz_unit = img.header.get_xyzt_units()[0]
+    t_unit = "sec" if repetition_time else ref.header.get_xyzt_units()[1]
+    if zooms[3] == tr and img.header.get_xyzt_units()[1] == t_unit:
+        return in_file
+    header = img.header.copy()
+    zooms[3] = tr
+    header.set_zooms(zooms)
+    header.set_xyzt_units(xyz_unit, t_unit)
+    name = os.path.basename(in_file)
+    out = os.path.join(os.getcwd(), name.replace(".nii", "_tr.nii", 1))
+    nb.Nifti1Image(np.asanyarray(img.dataobj), img.affine, header).to_filename(out)
+    return out
+
+
 def _mask_list_node(name, flavour, stream, moving=False, subject_mask=None):
     """Per-stage mask list for antsRegistration. ``subject_mask`` (default: ``moving``) says the
     mask is the subject's own brain mask, grown by the flavour's ``moving_mask_dilation``; the
@@ -237,13 +268,21 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
                    n_procs=omp_nthreads, mem_gb=2)
     warp.inputs.num_threads = omp_nthreads
     merge = pe.Node(niu.Merge(2), name="f_merge", run_without_submitting=True)
+    # antsApplyTransforms writes 1.0 as the 4th voxel size: put the repetition time back
+    set_tr = pe.Node(niu.Function(function=_restore_time_header,
+                                  input_names=["in_file", "reference", "repetition_time"],
+                                  output_names=["out_file"]), name="f_set_tr")
+    if repetition_time:
+        set_tr.inputs.repetition_time = float(repetition_time)
     wf.connect([
         (series[0], mean, [(series[1], "in_file")]),
         (mean, biascorrect, [("out_file", "input_image")]),
         (series[0], warp, [(series[1], "input_image")]),
         (inputnode, warp, [("template", "reference_image")]),
         (merge, warp, [("out", "transforms")]),
-        (warp, outputnode, [("output_image", "out_file")]),
+        (warp, set_tr, [("output_image", "in_file")]),
+        (series[0], set_tr, [(series[1], "reference")]),
+        (set_tr, outputnode, [("out_file", "out_file")]),
         (biascorrect, outputnode, [("output_image", "out_mean")]),
         (merge, outputnode, [("out", "transforms")]),
     ])
