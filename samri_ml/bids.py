@@ -10,8 +10,11 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-#: raw-entity order of the BIDS specification (the subset SAMRI-style datasets use)
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
+#: raw-entity order of the BIDS specification (1.9; the derivative entities space, res, den,
+#: label, desc... are added by the caller)
+ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc",
+                "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc",
+                "hemi", "split", "recording", "chunk")
 _ENTITY = re.compile(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9]+)")
 
 
@@ -43,6 +46,10 @@ def derivative_path(
     """
     ent = parse_entities(source)
     parts = [f"{k}-{ent[k]}" for k in ENTITY_ORDER if k in ent]
+    # entities this list does not know are kept too (in the source's order), so that two
+    # sources never share a derivative name
+    known = {*ENTITY_ORDER, "suffix", "extension", "datatype", *(k.rstrip("_") for k in extra)}
+    parts += [f"{k}-{v}" for k, v in ent.items() if k not in known]
     parts += [f"{k.rstrip('_')}-{v}" for k, v in extra.items() if v]
     suffix = ent["suffix"] if suffix is None else suffix
     if suffix:

@@ -25,3 +25,15 @@ def test_atomic_copy_leaves_no_temporary(tmp_path):
     dst = atomic_copy(src, tmp_path / "out" / "b.txt")
     assert dst.read_text() == "x" * 1000
     assert [p.name for p in dst.parent.iterdir()] == ["b.txt"]
+
+
+def test_derivative_names_keep_every_source_entity():
+    """Two runs that differ only in an entity such as chunk-, inv- or proc- must not share a
+    derivative (the second would overwrite the first)."""
+    names = {derivative_path("/o", f"/d/sub-01/func/sub-01_task-rest_{e}_bold.nii.gz",
+                             space="X", desc="preproc").name
+             for e in ("chunk-1", "chunk-2", "inv-1", "proc-norm", "recording-x", "foo-1")}
+    assert len(names) == 6
+    assert derivative_path("/o", "/d/sub-01/func/sub-01_task-rest_run-1_echo-2_inv-1_bold.nii.gz",
+                           space="X", desc="preproc").name == \
+        "sub-01_task-rest_run-1_echo-2_inv-1_space-X_desc-preproc_bold.nii.gz"
