@@ -123,7 +123,10 @@ def test_compare_two_workflows(tmp_path, capsys):
 def test_compare_labels_and_errors(tmp_path, capsys):
     a = _deriv(tmp_path / "a", "X", [1.0, 0.9, 1.1], [1.0, 1.1, 1.2])
     b = _deriv(tmp_path / "b", "X", [0.9, 0.8, 1.0], [1.0, 1.1, 1.3])
-    assert main(["compare", str(a), str(b)]) == 1  # same Name twice
+    # the same Name twice (as every samri_ml-register output has): the folder names
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "| a |" in (printed := capsys.readouterr().out) and "| b |" in printed
+    assert main(["compare", str(a), str(a)]) == 1  # the same folder twice
     assert "--labels" in capsys.readouterr().err
     assert main(["compare", str(a), str(b), "--labels", "masked", "plain"]) == 0
     assert "masked" in capsys.readouterr().out

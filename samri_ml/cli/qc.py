@@ -65,7 +65,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="derivatives folders, one per workflow")  # fmt: skip
     c.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                    help="workflow labels (default: dataset_description.json Name, else the "
-                   "folder name)")  # fmt: skip
+                   "folder name; the folder names where two Names are the same)")  # fmt: skip
     c.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write qc_metrics.tsv, qc_summary.tsv, qc_anova.tsv, qc_pairwise.tsv, "
                    "qc_stats.md, qc_violin.png/.svg here")  # fmt: skip

@@ -47,6 +47,17 @@ def workflow_label(folder: str | Path) -> str:
     return folder.resolve().name
 
 
+def default_labels(folders) -> list[str]:
+    """Labels of several derivatives folders: :func:`workflow_label` of each; where two share
+    one (every ``samri_ml-register`` output is named "samri_ml registration"), the folder
+    names; where these repeat too, the paths as given."""
+    for labels in ([workflow_label(f) for f in folders],
+                   [Path(f).resolve().name for f in folders]):
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(f) for f in folders]
+
+
 def read_qc_folder(folder: str | Path, label: str | None = None) -> list[dict]:
     """Read every ``*_desc-qc_metrics.json`` under a derivatives folder (recursively).
 
@@ -347,7 +358,7 @@ def compare_workflows(
     folders : list of paths
         One derivatives folder per workflow.
     labels : list of str, optional
-        Workflow labels (default: :func:`workflow_label` of each folder).
+        Workflow labels (default: :func:`default_labels`).
     out_dir : path, optional
         Where to write ``qc_metrics.tsv`` (all records), ``qc_summary.tsv``, ``qc_anova.tsv``,
         ``qc_pairwise.tsv``, ``qc_stats.md`` and ``qc_violin.png``/``.svg``.
@@ -362,9 +373,11 @@ def compare_workflows(
     """
     if labels is not None and len(labels) != len(folders):
         raise SamriMLError(f"{len(labels)} labels given for {len(folders)} folders")
+    if labels is None:
+        labels = default_labels(folders)
     groups: dict[str, list[dict]] = {}
     for i, folder in enumerate(folders):
-        label = labels[i] if labels else None
+        label = labels[i]
         recs = read_qc_folder(folder, label)
         if modality:
             recs = [r for r in recs if r["modality"] == modality]
