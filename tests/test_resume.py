@@ -126,6 +126,14 @@ def test_a_run_writes_the_expected_derivatives(reference):
     assert any(f.endswith("space-Phantom_desc-preproc_T2w.nii.gz") for f in files), files
     assert any(f.endswith("space-Phantom_desc-preproc_bold.nii.gz") for f in files), files
     assert sum(f.endswith("_xfm.h5") for f in files) == 2, files
+    # the run has --no-qc, which skips the VCF/SCF nodes only: the report is still written
+    assert (reference["out"] / "sub-01.html").is_file()
+    # the run in template space has its sidecar, and its header keeps the repetition time
+    import json
+
+    bold = next(reference["out"].rglob("*space-Phantom_desc-preproc_bold.nii.gz"))
+    meta = json.loads(Path(str(bold).replace(".nii.gz", ".json")).read_text())
+    assert meta["RepetitionTime"] == pytest.approx(nb.load(str(bold)).header.get_zooms()[3])
 
 
 def test_second_run_on_the_same_output_refuses(interrupted):

@@ -92,7 +92,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="volumes dropped at the start of each functional run")
     g.add_argument("--no-slice-timing", action="store_true",
                    help="skip slice timing correction even where SliceTiming is known")
-    g.add_argument("--no-qc", action="store_true", help="skip the VCF/SCF QC nodes")
+    g.add_argument("--no-qc", action="store_true",
+                   help="skip the VCF/SCF QC nodes (the HTML reports are still written, "
+                   "without the QC table)")
     g.add_argument("--no-fov-check", action="store_true",
                    help="register scans whose field of view differs from the template's by more "
                    "than 4x (normally refused: their voxel sizes are probably scaled)")
@@ -452,8 +454,8 @@ def _main(argv=None) -> int:
                     f"some steps failed; crash files are in {args.output_dir}/sub-*/log "
                     f"(rerun with the same -w to resume)") from err
             raise
-        if not args.no_qc:
-            _write_reports(args, sessions)
+        # the report's registration overviews do not need QC; without it there is no table
+        _write_reports(args, sessions)
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
 
