@@ -453,3 +453,26 @@ def test_mask_error_after_the_network_ran_is_one_line_in_a_fresh_process(tmp_pat
     assert r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
     assert r.stderr.startswith("samri_ml-mask: error: the predicted mask fills")
     assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_unknown_plugin_and_unreachable_slurm_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    """A misspelt --plugin is a usage error before anything is written; --plugin SLURM where
+    squeue fails names SLURM's own message (not Nipype's IndexError after the first sbatch)."""
+    make_dataset(tmp_path)
+    argv = [a for a in _argv(tmp_path, []) if a != "--dry-run"]
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    for tool in ("sbatch", "squeue"):
+        (fake / tool).write_text("#!/bin/sh\necho 'squeue: fatal: Could not establish a "
+                                 "configuration source' >&2\nexit 1\n")
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    before = snapshot(tmp_path)
+    assert main([*argv, "--plugin", "Slurm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unknown --plugin 'Slurm'" in err and "SLURM" in err
+    assert main([*argv, "--plugin", "SLURM"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "squeue fails" in err
+    assert "Could not establish a configuration source" in err
+    assert snapshot(tmp_path) == before

@@ -186,12 +186,41 @@ def validate(args, parser) -> None:
     from samri_ml.registration import load_flavour
 
     load_flavour(args.registration_flavour)
+    from nipype.pipeline import plugins
+
+    if not hasattr(plugins, f"{args.plugin}Plugin"):
+        parser.error(f"unknown --plugin {args.plugin!r}; one of {', '.join(PLUGINS)}")
+    if args.plugin in ("SLURM", "SLURMGraph") and not args.dry_run:
+        check_slurm()
     if args.nprocs < 1:
         parser.error("--nprocs must be at least 1")
     if args.omp_nthreads is None:
         args.omp_nthreads = args.nprocs
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
+
+
+def check_slurm() -> None:
+    """Ask ``squeue`` (what Nipype's SLURM plugins poll) whether the cluster answers, so that a
+    broken SLURM set-up fails at once with SLURM's own message instead of Nipype's
+    ``IndexError`` after the first ``sbatch``."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        raise SamriMLError("--plugin SLURM: sbatch/squeue not found on PATH; hint: run on a "
+                           "login node of the cluster, or use --plugin MultiProc")
+    try:
+        user = os.environ.get("LOGNAME") or str(os.getuid())
+        proc = subprocess.run(["squeue", "-h", "-u", user], capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        raise SamriMLError("--plugin SLURM: squeue did not answer within 60 s; hint: check "
+                           "the cluster, or use --plugin MultiProc") from None
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
+        raise SamriMLError(f"--plugin SLURM: squeue fails ({lines[-1].strip()}); hint: check "
+                           "the SLURM configuration (SLURM_CONF), or use --plugin MultiProc")
 
 
 def check_writable(folder: Path, what: str) -> None:
