@@ -104,8 +104,13 @@ th{background:#f3f3f3} .note{color:#666;font-size:.85em}
 """
 
 
-def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name):
-    """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths."""
+def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
+                          masking=None):
+    """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
+
+    ``masking="none"``: the run predicted no masks, so a ``desc-brain_mask`` left in
+    OUTPUT_DIR by an earlier masked run is not shown as this run's.
+    """
     output_dir = Path(output_dir)
     tpl_mask = nb.load(str(template_mask))
     subjects: dict[str, list] = {}
@@ -157,7 +162,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     body.append(_img_tag(paths["png"], f"{name} func vs struct"))
                 mask = derivative_path(output_dir, raw, desc="brain", suffix="mask",
                                        extension=".nii.gz")
-                if mask.exists():
+                if mask.exists() and masking != "none":
                     raw_img = nb.load(str(raw))
                     mask_img = nb.load(str(mask))
                     paths = mosaic(raw_img, mask_img, out_base=figures / f"{name}_desc-mask",

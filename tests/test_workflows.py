@@ -149,3 +149,31 @@ def test_bold_derivative_has_a_sidecar(tmp_path):
     meta = wf.get_node("ds_func0").inputs.metadata
     assert meta["RepetitionTime"] == 2.0 and meta["SliceTimingCorrected"] is True
     assert meta["StartTime"] == 1.0 and meta["TaskName"] == "rest"
+
+
+def test_report_ignores_a_stale_mask_of_an_earlier_masked_run(tmp_path):
+    """Rerunning unmasked into an OUTPUT_DIR that holds an earlier ``--masking unet`` run's
+    ``desc-brain_mask``: the report must not show that mask as this run's prediction."""
+    import nibabel as nb
+    import numpy as np
+
+    from samri_ml.bids import derivative_path
+    from samri_ml.report import write_subject_reports
+
+    data = np.zeros((8, 8, 8), np.float32)
+    data[2:6, 2:6, 2:6] = 1
+    raw = tmp_path / "bids" / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+    raw.parent.mkdir(parents=True)
+    nb.Nifti1Image(data, np.eye(4)).to_filename(raw)
+    out = tmp_path / "out"
+    for path in (derivative_path(out, raw, space="T", desc="preproc"),
+                 derivative_path(out, raw, desc="brain", suffix="mask"), tmp_path / "m.nii.gz"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nb.Nifti1Image(data, np.eye(4)).to_filename(path)
+    sessions = [{"subject": "01", "session": None, "anat": str(raw), "bold": []}]
+    kw = dict(template=tmp_path / "m.nii.gz", template_mask=tmp_path / "m.nii.gz",
+              template_name="T")
+    (page,) = write_subject_reports(out, sessions, masking="none", **kw)
+    assert "Predicted brain mask" not in page.read_text()
+    (page,) = write_subject_reports(out, sessions, masking="unet", **kw)
+    assert "Predicted brain mask" in page.read_text()

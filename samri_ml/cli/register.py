@@ -497,7 +497,8 @@ def _write_reports(args, sessions) -> None:
         return
     for path in write_subject_reports(args.output_dir, sessions, template=args.template,
                                       template_mask=args.template_mask,
-                                      template_name=args.template_name):
+                                      template_name=args.template_name,
+                                      masking=args.masking):
         print(f"{PROG}: report {path}", file=sys.stderr)
 
 
