@@ -178,8 +178,10 @@ def _argv(root: Path, extra: list[str]) -> list[str]:
             out = str(root / item[4:])
         else:
             rest.append(item)
+    # the tiny runs have 5 volumes: 2 dummy scans, so that no note precedes the one-line error
     return [bids, *([out] if out else []), "participant", "--fast", "--no-qc", "--dry-run",
-            "--template", str(root / TEMPLATE), "--template-mask", str(root / MASK), *rest]
+            "--dummy-scans", "2", "--template", str(root / TEMPLATE), "--template-mask",
+            str(root / MASK), *rest]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -476,3 +478,15 @@ def test_unknown_plugin_and_unreachable_slurm_are_one_line_errors(tmp_path, caps
     assert len(err.splitlines()) == 1 and "squeue fails" in err
     assert "Could not establish a configuration source" in err
     assert snapshot(tmp_path) == before
+
+
+def test_a_run_shorter_than_the_dummy_scans_is_named_up_front(tmp_path, capsys):
+    """A 5-volume run with the default --dummy-scans 10 is cut to its last volume: one note
+    before anything runs, not a Python warning inside a node's log."""
+    make_dataset(tmp_path)
+    argv = _argv(tmp_path, [])
+    assert main([*argv, "--dummy-scans", "10"]) == 0  # --dry-run
+    note = [ln for ln in capsys.readouterr().err.splitlines() if "note:" in ln]
+    assert len(note) == 1 and "5 volumes, not more than --dummy-scans 10: 4 dropped, 1 kept" in note[0]
+    assert main(argv) == 0  # --dummy-scans 2
+    assert "note:" not in capsys.readouterr().err

@@ -297,6 +297,12 @@ def check_scans(args, sessions) -> None:
                 raise SamriMLError(
                     f"{path}: functional run is 3D {img.shape}; expected a 4D time series; "
                     "hint: select only 4D runs with -f/--functional-match")
+            dummies = getattr(args, "dummy_scans", 0)
+            if kind == "functional" and img.shape[3] <= dummies:
+                # the run is kept, cut to its last volume: say so here, not in a node's warning
+                print(f"{PROG}: note: {path}: {img.shape[3]} volumes, not more than "
+                      f"--dummy-scans {dummies}: {img.shape[3] - 1} dropped, 1 kept; hint: "
+                      "--dummy-scans 0 keeps them all", file=sys.stderr)  # fmt: skip
             if getattr(args, "no_fov_check", False):
                 continue
             extent = field_of_view(img)
