@@ -177,3 +177,20 @@ def test_report_ignores_a_stale_mask_of_an_earlier_masked_run(tmp_path):
     assert "Predicted brain mask" not in page.read_text()
     (page,) = write_subject_reports(out, sessions, masking="unet", **kw)
     assert "Predicted brain mask" in page.read_text()
+
+
+def test_bold_sidecar_says_no_slice_timing_where_the_run_was_too_short(tmp_path):
+    """Slice timing needs 3 volumes after the dummy scans; a shorter run is left as it is, and
+    its sidecar must say so."""
+    import nibabel as nb
+    import numpy as np
+
+    bold = tmp_path / "sub-01_task-rest_bold.nii.gz"
+    nb.Nifti1Image(np.ones((4, 4, 2, 5), np.float32), np.eye(4)).to_filename(bold)
+    meta = {"RepetitionTime": 2.0, "SliceTiming": [0, 1.0]}
+    for dummies, corrected in ((2, True), (3, False)):
+        wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", bold_files=[str(bold)],
+                             bold_metadata=[meta], output_dir=str(tmp_path / "out"),
+                             method="functional", dummy_scans=dummies, qc=False)
+        side = wf.get_node("ds_func0").inputs.metadata
+        assert side["SliceTimingCorrected"] is corrected and ("StartTime" in side) is corrected

@@ -122,10 +122,11 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                 wf.connect(anat_wf, "outputnode.out_mask", func_wf, "inputnode.structural_mask")
         out = "outputnode."
         # the sidecar: BIDS inheritance does not reach into a derivatives dataset
-        bold_meta = {"SkullStripped": False, "SliceTimingCorrected": times is not None}
+        corrected = times is not None and _kept_volumes(bold, dummy_scans) >= 3
+        bold_meta = {"SkullStripped": False, "SliceTimingCorrected": corrected}
         if meta.get("RepetitionTime"):
             bold_meta["RepetitionTime"] = float(meta["RepetitionTime"])
-            if times is not None:  # slices are shifted to the middle of the repetition
+            if corrected:  # slices are shifted to the middle of the repetition
                 bold_meta["StartTime"] = float(meta["RepetitionTime"]) / 2
         if meta.get("TaskName"):
             bold_meta["TaskName"] = meta["TaskName"]
@@ -170,3 +171,19 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix):
                                              suffix="metrics", extension=ext),
                          name=f"ds_{prefix}_qc{ext[1:]}", run_without_submitting=True)
             wf.connect(write, field, ds, "in_file")
+
+
+def _kept_volumes(bold, dummy_scans: int) -> int:
+    """Volumes of a run left after its dummy scans (slice timing needs 3,
+    :func:`samri_ml.func.slice_time_correct`); an unreadable or absent file counts as long
+    enough (the workflow is then only drawn, or fails in its first node)."""
+    import nibabel as nb
+
+    from samri_ml.func import n_dummy_to_drop
+
+    try:
+        shape = nb.load(str(bold)).shape
+    except Exception:  # a stand-in file of samri_ml-graph, or a path not written yet
+        return 3
+    n = shape[3] if len(shape) > 3 else 1
+    return n - n_dummy_to_drop(n, dummy_scans)
