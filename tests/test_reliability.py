@@ -162,6 +162,7 @@ CASES = [
     ("output_under_a_file", lambda r: (r / "out").write_text("x"), ["OUT=out/deriv"], 1,
      ["not a writable folder"]),
     ("output_among_sources", None, ["OUT=bids/sub-01"], 2, ["would write among the source"]),
+    ("group_level", None, ["BIDS=bids", "GROUP"], 2, ["there is no group level"]),
     ("bad_plugin_args", None, ["--plugin-args", "{nope"], 2, ["not valid JSON"]),
     ("fast_and_another_flavour", None, ["--registration-flavour", "samri"], 2,
      ["--fast conflicts with --registration-flavour samri"]),
@@ -176,6 +177,8 @@ def _argv(root: Path, extra: list[str]) -> list[str]:
             bids = str(root / item[5:])
         elif item.startswith("OUT="):
             out = str(root / item[4:])
+        elif item == "GROUP":  # the BIDS-App analysis level in OUTPUT_DIR's place
+            out = "group"
         else:
             rest.append(item)
     # the tiny runs have 5 volumes: 2 dummy scans, so that no note precedes the one-line error

@@ -424,6 +424,10 @@ def _main(argv=None) -> int:
         # ``BIDS_DIR participant``: the analysis level with the default OUTPUT_DIR (argparse
         # fills the optional positionals from the left); a folder of that name is ./participant
         args.output_dir = None
+    if args.output_dir is not None and str(args.output_dir) == "group":
+        # the BIDS-App group level: not a folder to create (a folder of that name is ./group)
+        parser.error("there is no group level: samri_ml-register works per participant; "
+                     "compare workflows with `samri_ml-qc compare DERIV_DIR DERIV_DIR`")
     setup_logging(args.verbose)
     validate(args, parser)
     from samri_ml.ants import ensure_ants_on_path
