@@ -493,3 +493,13 @@ def test_a_run_shorter_than_the_dummy_scans_is_named_up_front(tmp_path, capsys):
     assert len(note) == 1 and "5 volumes, not more than --dummy-scans 10: 4 dropped, 1 kept" in note[0]
     assert main(argv) == 0  # --dummy-scans 2
     assert "note:" not in capsys.readouterr().err
+
+
+def test_a_second_structural_scan_is_named_not_silently_dropped(tmp_path, capsys):
+    make_dataset(tmp_path)
+    anat = tmp_path / "bids" / ANAT
+    shutil.copy(anat, anat.with_name(anat.name.replace("_T2w", "_acq-fast_T2w")))
+    assert main(_argv(tmp_path, [])) == 0  # --dry-run
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "note:" in ln]
+    assert len(notes) == 1 and "sub-01 ses-1: 2 structural scans; using" in notes[0], notes
+    assert "choose with -s" in notes[0]

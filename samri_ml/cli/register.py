@@ -359,6 +359,11 @@ def collect_sessions(args) -> list[dict]:
             funcs = query(args.functional_match, subject, session)
             if not anats and not funcs:
                 continue
+            if len(anats) > 1:
+                where = f"sub-{subject}" + (f" ses-{session}" if session else "")
+                print(f"{PROG}: note: {where}: {len(anats)} structural scans; using "
+                      f"{Path(anats[0].path).name} (the others are not registered); hint: "
+                      "choose with -s, e.g. '{\"run\": \"2\"}'", file=sys.stderr)  # fmt: skip
             out.append({
                 "subject": subject, "session": session,
                 "anat": anats[0].path if anats else None,
