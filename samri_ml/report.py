@@ -104,6 +104,22 @@ th{background:#f3f3f3} .note{color:#666;font-size:.85em}
 """
 
 
+def structural_outline(data: np.ndarray, percentile: float = 66) -> np.ndarray:
+    """The bright head/brain of a registered structural scan, for the contour drawn on the
+    functional mean: voxels above ``percentile``, opened once, the largest connected piece,
+    holes filled (a bare threshold also outlined noise speckles)."""
+    from scipy import ndimage
+
+    data = np.asarray(data, dtype=np.float32)
+    mask = ndimage.binary_opening(data > np.percentile(data, percentile))
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(mask)
+
+
 def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
                           masking=None):
     """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
@@ -151,8 +167,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     registered_anats.append((tag, img))
                 elif anat_warped is not None:
                     anat_mask = nb.Nifti1Image(
-                        (np.asanyarray(anat_warped.dataobj) > np.percentile(
-                            np.asanyarray(anat_warped.dataobj), 66)).astype(np.uint8),
+                        structural_outline(np.asanyarray(anat_warped.dataobj)).astype(np.uint8),
                         anat_warped.affine)
                     paths = mosaic(img, anat_mask, out_base=figures / f"{name}_desc-functostruct",
                                    title="functional mean under the structural scan's contour",

@@ -194,3 +194,20 @@ def test_bold_sidecar_says_no_slice_timing_where_the_run_was_too_short(tmp_path)
                              method="functional", dummy_scans=dummies, qc=False)
         side = wf.get_node("ds_func0").inputs.metadata
         assert side["SliceTimingCorrected"] is corrected and ("StartTime" in side) is corrected
+
+
+def test_structural_outline_of_the_report_is_one_piece_without_speckles():
+    import numpy as np
+
+    from samri_ml.report import structural_outline
+
+    rng = np.random.default_rng(0)
+    grid = np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij")
+    head = (sum(g**2 for g in grid) < 0.5) * 100.0
+    head[14:18, 14:18, 14:18] = 0  # a dark ventricle inside
+    noisy = head + rng.normal(0, 5, head.shape) + 300 * (rng.random(head.shape) > 0.999)
+    from scipy import ndimage
+
+    out = structural_outline(noisy)
+    assert ndimage.label(out)[1] == 1 and out[16, 16, 16]  # one piece, the hole filled
+    assert not (out & (head == 0) & (np.abs(grid[0]) > 0.9)).any()  # no speckle far outside
