@@ -97,6 +97,7 @@ def test_compare_two_workflows(tmp_path, capsys):
     assert main(["compare", str(good), str(bad), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Generic Masked" in printed and "| b |" in printed  # Name, else folder name
+    assert "Caution" not in printed  # 12 scans each
     for name in ("qc_violin.png", "qc_violin.svg", "qc_metrics.tsv", "qc_pairwise.tsv",
                  "qc_summary.tsv", "qc_anova.tsv", "qc_stats.md"):  # fmt: skip
         assert (out / name).is_file(), name
@@ -126,6 +127,7 @@ def test_compare_labels_and_errors(tmp_path, capsys):
     # the same Name twice (as every samri_ml-register output has): the folder names
     assert main(["compare", str(a), str(b)]) == 0
     assert "| a |" in (printed := capsys.readouterr().out) and "| b |" in printed
+    assert printed.startswith("**Caution:** 3 scan(s) in the smallest workflow")
     assert main(["compare", str(a), str(a)]) == 1  # the same folder twice
     assert "--labels" in capsys.readouterr().err
     assert main(["compare", str(a), str(b), "--labels", "masked", "plain"]) == 0

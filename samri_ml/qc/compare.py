@@ -47,6 +47,10 @@ def workflow_label(folder: str | Path) -> str:
     return folder.resolve().name
 
 
+#: below this many scans per workflow the comparison's markdown opens with a caution
+MIN_SCANS_FOR_STATISTICS = 5
+
+
 def default_labels(folders) -> list[str]:
     """Labels of several derivatives folders: :func:`workflow_label` of each; where two share
     one (every ``samri_ml-register`` output is named "samri_ml registration"), the folder
@@ -390,8 +394,14 @@ def compare_workflows(
     summary = summary_table(groups)
     anova = anova_table(groups)
     pairwise = pairwise_table(groups)
+    smallest = min(len(recs) for recs in groups.values())
+    caution = (
+        [f"**Caution:** {smallest} scan(s) in the smallest workflow; with fewer than "
+         f"{MIN_SCANS_FOR_STATISTICS} the intervals and tests below say little."]
+        if smallest < MIN_SCANS_FOR_STATISTICS else []
+    )  # fmt: skip
     md = "\n\n".join(
-        [
+        caution + [
             "## Per workflow (mean [95% bootstrap CI])\n\n" + _summary_markdown(summary),
             "## F-test across workflows (one-way ANOVA)\n\n"
             + markdown_table(anova, ["label", "F", "p", "groups"]),
