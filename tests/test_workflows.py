@@ -148,6 +148,8 @@ def test_bold_derivative_has_a_sidecar(tmp_path):
                                          "TaskName": "rest"}])
     meta = wf.get_node("ds_func0").inputs.metadata
     assert meta["RepetitionTime"] == 2.0 and meta["SliceTimingCorrected"] is True
+    assert meta["SpatialReference"] == "t.nii.gz"  # the template: space-<label> is not standard
+    assert wf.get_node("ds_anat").inputs.metadata["SpatialReference"] == "t.nii.gz"
     assert meta["StartTime"] == 1.0 and meta["TaskName"] == "rest"
 
 

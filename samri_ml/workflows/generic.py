@@ -95,7 +95,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         wf.connect(inputnode, "template", anat_wf, "inputnode.template")
         wf.connect(inputnode, "template_mask", anat_wf, "inputnode.template_mask")
         out = "outputnode."
-        sink("ds_anat", anat_file, anat_wf, out + "out_file", space=template_name, desc="preproc")
+        sink("ds_anat", anat_file, anat_wf, out + "out_file", space=template_name, desc="preproc",
+             metadata={"SkullStripped": False, "SpatialReference": str(template)})
         sink("ds_anat_xfm", anat_file, anat_wf, out + "composite_transform", from_="native",
              to=template_name, mode="image", suffix="xfm", extension=".h5")
         if masking != "none":
@@ -123,7 +124,9 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         out = "outputnode."
         # the sidecar: BIDS inheritance does not reach into a derivatives dataset
         corrected = times is not None and _kept_volumes(bold, dummy_scans) >= 3
-        bold_meta = {"SkullStripped": False, "SliceTimingCorrected": corrected}
+        # SpatialReference: BIDS asks for it where the space label is not a standard one
+        bold_meta = {"SkullStripped": False, "SliceTimingCorrected": corrected,
+                     "SpatialReference": str(template)}
         if meta.get("RepetitionTime"):
             bold_meta["RepetitionTime"] = float(meta["RepetitionTime"])
             if corrected:  # slices are shifted to the middle of the repetition
