@@ -7,6 +7,9 @@ import warnings
 
 import numpy as np
 
+#: fewest volumes slice timing correction works on; a shorter run is returned unchanged
+MIN_SLICE_TIMING_VOLUMES = 3
+
 
 def n_dummy_to_drop(n_volumes: int, requested: int) -> int:
     """Dummy volumes to drop: ``requested``, clamped so that at least one volume is left."""
@@ -52,7 +55,7 @@ def slice_time_correct(
         raise ValueError(
             f"{slice_times.size} slice times for {data.shape[slice_axis]} slices along axis {slice_axis}"
         )
-    if n_t < 3:
+    if n_t < MIN_SLICE_TIMING_VOLUMES:
         return data.copy()
     if reference_time is None:
         reference_time = repetition_time / 2.0

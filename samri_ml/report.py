@@ -18,6 +18,7 @@ import nibabel as nb
 import numpy as np
 
 from samri_ml.bids import atomic_write_text, derivative_path
+from samri_ml.masks import largest_component
 
 
 def _coronal_axis(img) -> int:
@@ -112,11 +113,7 @@ def structural_outline(data: np.ndarray, percentile: float = 66) -> np.ndarray:
 
     data = np.asarray(data, dtype=np.float32)
     mask = ndimage.binary_opening(data > np.percentile(data, percentile))
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
+    mask = largest_component(mask)
     return ndimage.binary_fill_holes(mask)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from samri_ml.errors import SamriMLError
 from samri_ml.masking import preprocess as pp
+from samri_ml.masks import largest_component
 
 #: file name of the shipped model inside ``samri_ml/data/models``
 MODEL_NAME = "unet_brainmask.keras"
@@ -106,7 +107,8 @@ def drop_far_islands(
             continue
         # every piece lies in the slice's bounding box of foreground, so distances computed
         # there are exact (and cheap where the brain fills a small part of the field of view)
-        window = out[(box[0][0], j, box[0][1])]
+        region = (box[0][0], j, box[0][1])
+        window = out[region]
         lab, n = ndimage.label(window)
         if n < 2:
             continue
@@ -120,7 +122,7 @@ def drop_far_islands(
         drop = (sizes < keep_fraction * sizes[main]) & (nearest > limit)
         drop[0] = False  # the background
         if drop.any():
-            out[(box[0][0], j, box[0][1])] = window & ~drop[lab]
+            out[region] = window & ~drop[lab]
     return out
 
 
@@ -133,12 +135,7 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
     """
     from scipy import ndimage
 
-    mask = np.asarray(mask, dtype=bool)
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
+    mask = largest_component(mask)
     mask = ndimage.binary_fill_holes(mask)
     for j in range(mask.shape[pp.CORONAL_AXIS]):
         mask[:, j, :] = ndimage.binary_fill_holes(mask[:, j, :])

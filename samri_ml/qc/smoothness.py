@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from samri_ml.masks import largest_component
+
 #: :math:`\sqrt{8 \ln 2}`, Gaussian sigma -> FWHM
 SIGMA_TO_FWHM = math.sqrt(8.0 * math.log(2.0))
 
@@ -80,11 +82,7 @@ def automask(data: np.ndarray) -> np.ndarray:
     mask = np.abs(mean) > level
     if not mask.any():
         return mask
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
+    mask = largest_component(mask)
     return ndimage.binary_fill_holes(mask)
 
 

@@ -9,6 +9,7 @@ from nipype.pipeline import engine as pe
 
 from samri_ml.bids import parse_entities
 from samri_ml.errors import SamriMLError
+from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
 from samri_ml.interfaces.bids import DerivativesDataSink
 from samri_ml.workflows.registration import (
     _check,
@@ -123,7 +124,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                 wf.connect(anat_wf, "outputnode.out_mask", func_wf, "inputnode.structural_mask")
         out = "outputnode."
         # the sidecar: BIDS inheritance does not reach into a derivatives dataset
-        corrected = times is not None and _kept_volumes(bold, dummy_scans) >= 3
+        corrected = times is not None and _kept_volumes(bold, dummy_scans) >= MIN_SLICE_TIMING_VOLUMES
         # SpatialReference: BIDS asks for it where the space label is not a standard one
         bold_meta = {"SkullStripped": False, "SliceTimingCorrected": corrected,
                      "SpatialReference": str(template)}
@@ -177,9 +178,9 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix):
 
 
 def _kept_volumes(bold, dummy_scans: int) -> int:
-    """Volumes of a run left after its dummy scans (slice timing needs 3,
-    :func:`samri_ml.func.slice_time_correct`); an unreadable or absent file counts as long
-    enough (the workflow is then only drawn, or fails in its first node)."""
+    """Volumes of a run left after its dummy scans (slice timing needs
+    :data:`~samri_ml.func.MIN_SLICE_TIMING_VOLUMES`); an unreadable or absent file counts as
+    long enough (the workflow is then only drawn, or fails in its first node)."""
     import nibabel as nb
 
     from samri_ml.func import n_dummy_to_drop
@@ -187,6 +188,6 @@ def _kept_volumes(bold, dummy_scans: int) -> int:
     try:
         shape = nb.load(str(bold)).shape
     except Exception:  # a stand-in file of samri_ml-graph, or a path not written yet
-        return 3
+        return MIN_SLICE_TIMING_VOLUMES
     n = shape[3] if len(shape) > 3 else 1
     return n - n_dummy_to_drop(n, dummy_scans)
