@@ -112,3 +112,24 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
         "SourceDatasets": [{"URL": Path(source_dir).resolve().as_uri()}],
     }
     return atomic_write_text(json.dumps(desc, indent=2) + "\n", Path(out_dir) / "dataset_description.json")
+
+
+def sidecar_path(path) -> Path:
+    """The JSON sidecar of a data file: ``x_bold.nii.gz`` -> ``x_bold.json``."""
+    path = Path(path)
+    ext = parse_entities(path)["extension"]
+    return path.with_name(path.name[: len(path.name) - len(ext)] + ".json")
+
+
+def stale_files(out_dir, produced, sources) -> list[Path]:
+    """Files in the derivative folders of ``sources`` (raw BIDS files) that a run did not
+    write: ``produced`` is what it wrote (data files; their JSON sidecars count as written).
+
+    A rerun with other options (another ``-f``, ``--masking none`` after ``unet``) leaves the
+    earlier run's derivatives beside the new ones; this names them (it deletes nothing).
+    """
+    produced = {Path(p).resolve() for p in produced}
+    produced |= {sidecar_path(p) for p in produced}
+    folders = {derivative_path(out_dir, src).parent.resolve() for src in sources}
+    return sorted(f for folder in folders if folder.is_dir() for f in folder.iterdir()
+                  if f.is_file() and not f.name.startswith(".") and f.resolve() not in produced)

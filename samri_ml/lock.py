@@ -9,6 +9,13 @@ from pathlib import Path
 from samri_ml.errors import SamriMLError
 
 
+def _busy(fd: int, folder: Path) -> SamriMLError:
+    """The error for a folder whose lock (open as ``fd``) another run holds; names its pid."""
+    other = os.read(fd, 64).decode(errors="replace").strip() or "?"
+    return SamriMLError(f"another samri_ml run (pid {other}) is writing to {folder}; "
+                        "hint: wait for it, or use another OUTPUT_DIR")
+
+
 class OutputLock:
     """Hold ``OUTPUT_DIR/.samri_ml.lock`` for the duration of a run.
 
@@ -27,15 +34,31 @@ class OutputLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
             try:
-                other = os.read(self._fd, 64).decode(errors="replace").strip() or "?"
+                busy = _busy(self._fd, self.path.parent)
             finally:
                 os.close(self._fd)
-            raise SamriMLError(
-                f"another samri_ml run (pid {other}) is writing to {self.path.parent}; "
-                "hint: wait for it, or use another OUTPUT_DIR") from err
+            raise busy from err
         os.ftruncate(self._fd, 0)
         os.write(self._fd, str(os.getpid()).encode())
         return self
+
+    @staticmethod
+    def check(folder) -> None:
+        """Refuse, as :meth:`__enter__` would, where a live run holds ``folder``'s lock, but
+        create nothing and take nothing (for ``--dry-run``)."""
+        path = Path(folder) / ".samri_ml.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError as err:
+                raise _busy(fd, path.parent) from err
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def __exit__(self, *exc):
         fcntl.flock(self._fd, fcntl.LOCK_UN)

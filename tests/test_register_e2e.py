@@ -5,7 +5,10 @@ can be checked against the truth: the subject's brain mask warped with the writt
 must overlap the template's mask.
 """
 
+import contextlib
+import io
 import json
+import shutil
 
 import nibabel as nb
 import numpy as np
@@ -24,8 +27,26 @@ def registered(example_dataset, tmp_path_factory):
             "--fast", "--template", str(tpl / "tpl-Phantom_T2w.nii.gz"),
             "--template-mask", str(tpl / "tpl-Phantom_desc-brain_mask.nii.gz"),
             "-w", str(work), "--nprocs", "2", "--write-graph", "colored"]
-    assert main(argv) == 0
+    # a mask left by an earlier run with --masking unet: kept, and named as not from this run
+    stale = out / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-brain_mask.nii.gz"
+    stale.parent.mkdir(parents=True)
+    shutil.copy(tpl / "tpl-Phantom_desc-brain_mask.nii.gz", stale)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(argv) == 0
+    (out.parent / "stderr.txt").write_text(err.getvalue())  # beside OUTPUT_DIR, not in it
     return example_dataset, out
+
+
+@pytest.mark.slow
+def test_files_an_earlier_run_left_are_named_and_kept(registered):
+    bids, out = registered
+    err = (out.parent / "stderr.txt").read_text().splitlines()
+    note = [ln for ln in err if "not from this run" in ln]
+    assert len(note) == 1, note
+    assert "1 file(s) in OUTPUT_DIR" in note[0], note  # none of this run's own derivatives
+    assert "sub-01/ses-1/anat/sub-01_ses-1_desc-brain_mask.nii.gz" in note[0]
+    assert (out / "sub-01/ses-1/anat/sub-01_ses-1_desc-brain_mask.nii.gz").is_file()
 
 
 @pytest.mark.slow

@@ -222,8 +222,8 @@ def test_verbose_shows_the_traceback(tmp_path, capsys):
 def test_checks_pass_on_a_good_dataset(tmp_path, capsys):
     """The same dataset, unbroken, passes every check (so the cases above test one thing)."""
     make_dataset(tmp_path)
-    assert main(_argv(tmp_path, [])) == 0, capsys.readouterr().err
-    assert (tmp_path / "bids" / "derivatives" / "samri_ml" / "dataset_description.json").exists()
+    assert main(_argv(tmp_path, [])) == 0
+    assert "nodes built, none run" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_no_fov_check_lets_scaled_headers_through(tmp_path, capsys):
@@ -503,3 +503,23 @@ def test_a_second_structural_scan_is_named_not_silently_dropped(tmp_path, capsys
     notes = [ln for ln in capsys.readouterr().err.splitlines() if "note:" in ln]
     assert len(notes) == 1 and "sub-01 ses-1: 2 structural scans; using" in notes[0], notes
     assert "choose with -s" in notes[0]
+
+
+def test_dry_run_writes_nothing_but_the_graph_asked_for(tmp_path, capsys):
+    """``--dry-run`` checks everything a run checks and says what it would register, but
+    creates no OUTPUT_DIR, work dir or dataset_description.json; ``--write-graph`` adds only
+    the picture."""
+    make_dataset(tmp_path)
+    before = snapshot(tmp_path)
+    assert main(_argv(tmp_path, ["OUT=out"])) == 0
+    err = capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+    plan = [ln for ln in err.splitlines() if "dry run:" in ln]
+    assert any("sub-01 ses-1:" in ln and "_T2w.nii.gz" in ln and "_bold.nii.gz" in ln
+               for ln in plan), err
+    assert "nodes built, none run" in plan[-1] and str(tmp_path / "out") in plan[-1]
+    assert main(_argv(tmp_path, ["OUT=out", "--write-graph", "--graph-format", "svg"])) == 0
+    written = set(snapshot(tmp_path)) - set(before)
+    graph = [w for w in written if w.endswith(".svg")]
+    assert graph and all(w == "out" or w.startswith("out/figures") for w in written), written
+    assert (tmp_path / graph[0]).stat().st_size > 1000

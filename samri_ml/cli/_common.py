@@ -125,6 +125,29 @@ def add_plate_model_options(parser) -> None:
     parser.add_argument("--index", metavar="PATH", help="plate index (.npz) instead")
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:  # TensorFlow aborts with a C++ stack trace on a negative count
+        raise argparse.ArgumentTypeError("--threads must be 0 (TensorFlow's default) or more")
+    return value
+
+
+def add_threads_option(parser, default: int = 2, help: str = "CPU threads for TensorFlow") -> None:
+    """``--threads N`` (N >= 0; 0 is TensorFlow's default), for the CLIs that run a network."""
+    parser.add_argument("--threads", type=_threads, default=default, help=help)
+
+
+def set_tf_threads(threads: int) -> None:
+    """Tell TensorFlow how many threads to use (before it is imported); quiet its C++ logs.
+    Variables already set in the environment win."""
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")

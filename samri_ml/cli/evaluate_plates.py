@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from samri_ml.cli._common import HelpFormatter, add_plate_model_options
+from samri_ml.cli._common import (
+    HelpFormatter,
+    add_plate_model_options,
+    add_threads_option,
+    set_tf_threads,
+)
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-evaluate-plates"
@@ -42,15 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N sections")
     p.add_argument("--size", type=int, default=128, help="mi-affine: image side in px")
     p.add_argument("--json", metavar="OUT", help="write metrics and rankings as JSON")
-    p.add_argument("--threads", type=int, default=2)
+    add_threads_option(p)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def run(args) -> int:
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    set_tf_threads(args.threads)
     from samri_ml.plates.data import load_atlas, load_sections, shared_data_dir
     from samri_ml.plates.metrics import format_metrics, ranking_metrics
 
@@ -113,8 +115,6 @@ def _main(argv=None) -> int:
         parser.error(f"--images {args.images}: not a directory")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    if args.threads < 0:
-        parser.error("--threads must be 0 (TensorFlow's default) or more")
     return run(args)
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from samri_ml.cli._common import HelpFormatter, add_plate_model_options
+from samri_ml.cli._common import (
+    HelpFormatter,
+    add_plate_model_options,
+    add_threads_option,
+    set_tf_threads,
+)
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-identify-plate"
@@ -32,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-regions", action="store_true", help="skip the per-region (cutting-angle) analysis"
     )
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for TensorFlow")
+    add_threads_option(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -40,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(parser, args) -> None:
     if args.top < 1:
         parser.error("--top must be at least 1")
-    if args.threads < 0:
-        parser.error("--threads must be 0 (TensorFlow's default) or more")
     if args.atlas and not Path(args.atlas).is_dir():
         parser.error(f"--atlas {args.atlas}: not a directory")
     for im in args.images:
@@ -52,9 +54,7 @@ def _check_args(parser, args) -> None:
 
 
 def run(args) -> int:
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    set_tf_threads(args.threads)
     from samri_ml.plates.identify import PlateIdentifier
 
     ident = PlateIdentifier(args.model, args.index, args.atlas, variant=args.variant)

@@ -124,7 +124,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--graph-format", choices=["png", "svg"], default="png")
     g.add_argument("--stop-on-first-crash", action="store_true")
     g.add_argument("--dry-run", action="store_true",
-                   help="build the workflow (and its graph) but run nothing")
+                   help="check the inputs, build the workflow and list what a run would "
+                   "register; run and write nothing (but the graph of --write-graph)")
     g.add_argument("-v", "--verbose", action="count", default=0)
     g.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
@@ -444,27 +445,21 @@ def _main(argv=None) -> int:
     ants = ensure_ants_on_path()
     sessions = collect_sessions(args)
     check_scans(args, sessions)
-    make_dirs(args)
     from samri_ml.lock import OutputLock
 
+    if args.dry_run:
+        # every check of a real run, nothing written (but the graph, where asked for)
+        OutputLock.check(args.output_dir)
+        _dry_run(args, sessions, build_workflow(args, sessions), ants)
+        return 0
+    make_dirs(args)
     with OutputLock(args.output_dir):
         from samri_ml.bids import write_dataset_description
 
         write_dataset_description(args.output_dir, args.bids_dir, __version__,
                                   " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]))
         wf = build_workflow(args, sessions)
-        n_scans = sum(bool(s["anat"]) + len(s["bold"]) for s in sessions)
-        print(f"{PROG}: {len(sessions)} session(s), {n_scans} scan(s); template "
-              f"{args.template_name}; flavour {args.registration_flavour}; masking "
-              f"{args.masking}; {ants}; work dir {args.work_dir}", file=sys.stderr)
-        if args.write_graph:
-            from samri_ml.graph import write_workflow_graph
-
-            path, how = write_workflow_graph(wf, args.output_dir / "figures" / "workflow_graph",
-                                             graph2use=args.write_graph, fmt=args.graph_format)
-            print(f"{PROG}: workflow graph written to {path} ({how})", file=sys.stderr)
-        if args.dry_run:
-            return 0
+        _announce(args, sessions, wf, ants)
         plugin_args = dict(args.plugin_args)
         # Nipype reads these from its execution config, not from the plugin's arguments;
         # accepting them in --plugin-args lets cluster users poll the scheduler less (or more)
@@ -500,7 +495,7 @@ def _main(argv=None) -> int:
             except (KeyError, OSError):  # a uid without a passwd entry
                 os.environ["LOGNAME"] = "samri_ml"
         try:
-            wf.run(plugin=args.plugin, plugin_args=plugin_args)
+            graph = wf.run(plugin=args.plugin, plugin_args=plugin_args)
         except RuntimeError as err:
             if "Workflow did not execute cleanly" in str(err) or "Traceback" in str(err):
                 raise SamriMLError(
@@ -509,8 +504,54 @@ def _main(argv=None) -> int:
             raise
         # the report's registration overviews do not need QC; without it there is no table
         _write_reports(args, sessions)
+        _note_stale(args, sessions, graph)
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
+
+
+def _announce(args, sessions, wf, ants) -> None:
+    """The run's one-line summary, and its graph where ``--write-graph`` asks for it."""
+    n_scans = sum(bool(s["anat"]) + len(s["bold"]) for s in sessions)
+    print(f"{PROG}: {len(sessions)} session(s), {n_scans} scan(s); template "
+          f"{args.template_name}; flavour {args.registration_flavour}; masking "
+          f"{args.masking}; {ants}; work dir {args.work_dir}", file=sys.stderr)
+    if args.write_graph:
+        from samri_ml.graph import write_workflow_graph
+
+        path, how = write_workflow_graph(wf, args.output_dir / "figures" / "workflow_graph",
+                                         graph2use=args.write_graph, fmt=args.graph_format)
+        print(f"{PROG}: workflow graph written to {path} ({how})", file=sys.stderr)
+
+
+def _dry_run(args, sessions, wf, ants) -> None:
+    """``--dry-run``: say what a run would register and where it would write; create nothing
+    (no OUTPUT_DIR, no work dir, no dataset_description.json) but the graph asked for."""
+    _announce(args, sessions, wf, ants)
+    for item in sessions:
+        where = f"sub-{item['subject']}" + (f" ses-{item['session']}" if item["session"] else "")
+        scans = ([Path(item["anat"]).name] if item["anat"] else ["no structural scan"])
+        scans += [Path(b).name for b in item["bold"]]
+        print(f"{PROG}: dry run: {where}: {', '.join(scans)}", file=sys.stderr)
+    nodes = sum(1 for _ in wf._create_flat_graph().nodes())
+    print(f"{PROG}: dry run: {nodes} nodes built, none run; a run writes into "
+          f"{args.output_dir}", file=sys.stderr)
+
+
+def _note_stale(args, sessions, graph) -> None:
+    """Name the derivatives an earlier run with other options left beside this run's (another
+    ``-f``, ``--masking none`` after ``unet``, ``--no-qc``): they are kept, not deleted."""
+    from samri_ml.bids import stale_files
+    from samri_ml.interfaces.bids import sink_outputs
+
+    sources = [s for item in sessions for s in ([item["anat"]] if item["anat"] else [])
+               + list(item["bold"])]
+    stale = stale_files(args.output_dir, sink_outputs(graph), sources)
+    if stale:
+        shown = ", ".join(str(p.relative_to(args.output_dir)) for p in stale[:3])
+        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        print(f"{PROG}: note: {len(stale)} file(s) in OUTPUT_DIR are not from this run (an "
+              f"earlier run with other options?), kept: {shown}{more}; hint: delete them if "
+              "they are stale, or use another OUTPUT_DIR per configuration", file=sys.stderr)
 
 
 def _write_reports(args, sessions) -> None:

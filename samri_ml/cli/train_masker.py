@@ -14,6 +14,7 @@ from samri_ml import __version__
 from samri_ml.cli._common import (
     HelpFormatter,
     add_masker_data_options,
+    add_threads_option,
     add_views_option,
     run_cli,
 )
@@ -93,7 +94,7 @@ def get_parser() -> argparse.ArgumentParser:
         default=d.max_minutes,
         help="stop after the epoch that passes this wall time",
     )
-    p.add_argument("--threads", type=int, default=d.threads, help="TensorFlow intra-op threads")
+    add_threads_option(p, default=d.threads, help="TensorFlow intra-op threads")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the data set (synthetic heads) and of its validation split")
     p.add_argument("--train-seed", type=int, default=None,

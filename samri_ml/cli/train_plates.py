@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from samri_ml.cli._common import HelpFormatter
+    from samri_ml.cli._common import HelpFormatter, add_threads_option
     from samri_ml.plates.data import shared_data_dir
 
     p = argparse.ArgumentParser(
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--synth-max-tilt", type=float, default=6.0, help="degrees (pitch and yaw)")
     p.add_argument("--init", metavar="MODEL", help="start from this .keras model (fine-tuning)")
-    p.add_argument("--threads", type=int, default=2, help="TensorFlow CPU threads")
+    add_threads_option(p)
     p.add_argument(
         "--export",
         metavar="DIR",
@@ -94,10 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import os
+    from samri_ml.cli._common import set_tf_threads
 
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    set_tf_threads(args.threads)
     from samri_ml.plates.train import TrainConfig, train
 
     cfg = TrainConfig(

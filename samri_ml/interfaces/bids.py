@@ -13,7 +13,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from samri_ml.bids import atomic_copy, atomic_write_text, derivative_path
+from samri_ml.bids import atomic_copy, atomic_write_text, derivative_path, sidecar_path
 
 
 class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
@@ -60,7 +60,20 @@ class DerivativesDataSink(SimpleInterface):
                               suffix=suffix, extension=ext, **extra)
         atomic_copy(in_file, out)
         if self.inputs.metadata:
-            sidecar = out.with_name(out.name[: -len(ext)] + ".json")
+            sidecar = sidecar_path(out)
             atomic_write_text(json.dumps(self.inputs.metadata, indent=2) + "\n", sidecar)
         self._results["out_file"] = str(out)
         return runtime
+
+
+def sink_outputs(graph) -> list[str]:
+    """The files the :class:`DerivativesDataSink` nodes of an executed graph (what
+    ``Workflow.run`` returns) wrote, from their results (also where a node was cached)."""
+    out = []
+    for node in graph.nodes():
+        if isinstance(node.interface, DerivativesDataSink):
+            result = node.result
+            stored = getattr(getattr(result, "outputs", None), "out_file", None)
+            if isinstance(stored, str) and stored:
+                out.append(stored)
+    return out
