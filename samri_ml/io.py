@@ -90,3 +90,26 @@ def zlib_error():
     import zlib
 
     return zlib.error
+
+
+def _finite(obj):
+    """``obj`` with NaN/Inf floats as None and numpy scalars/arrays as Python values."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def json_dumps(obj, **kwargs) -> str:
+    """Strict JSON (RFC 8259) that any parser reads: NaN and Inf become ``null`` (Python's
+    ``json`` would write the bare ``NaN`` that JavaScript's and many others' parsers reject)."""
+    import json
+
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)

@@ -17,3 +17,41 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
+
+
+def fill_holes(mask: np.ndarray, within_axis: int | None = None) -> np.ndarray:
+    """Fill the holes of a binary array: the background not face-connected to the array's
+    border becomes foreground (``scipy.ndimage.binary_fill_holes``, same result).
+
+    With ``within_axis``, each slice across that axis is filled on its own (as
+    ``binary_fill_holes`` of every 2D slice), in one labelling instead of a call per slice. A
+    hole in 3D is a hole in every slice through it, so this fills the 3D holes too. Only the
+    foreground's bounding box (and a one-voxel ring) is labelled: what lies outside it is
+    connected to the border anyway.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    box = ndimage.find_objects(mask.astype(np.uint8))
+    if not box:
+        return mask
+    box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box[0])
+    window = mask[box]
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    if within_axis is not None:  # no connection across slices
+        index = [slice(None)] * mask.ndim
+        for side in (0, 2):
+            index[within_axis] = side
+            structure[tuple(index)] = False
+    labels, n = ndimage.label(~window, structure=structure)
+    if n == 0:
+        return mask
+    outside = np.zeros(n + 1, dtype=bool)
+    for axis in range(mask.ndim):
+        if axis != within_axis:
+            outside[np.take(labels, 0, axis=axis)] = True
+            outside[np.take(labels, -1, axis=axis)] = True
+    outside[0] = True  # the foreground keeps label 0 and stays as it is
+    out = mask.copy()
+    out[box] = window | ~outside[labels]
+    return out

@@ -74,6 +74,22 @@ def test_flip_augmentation_makes_the_prediction_mirror_equivariant(phantom):
             assert gap > 1e-3, gap
 
 
+def test_max_slices_predicts_fewer_slices_and_interpolates(phantom):
+    """``max_slices`` predicts evenly spaced slices per view and interpolates linearly between
+    them: a linear ramp is rebuilt exactly, a mask stays close to the full prediction, and a
+    limit above every side gives the full prediction itself."""
+    from samri_ml.masking.predict import _interpolate_slices, _slice_positions
+
+    pos = _slice_positions(96, 32)
+    assert len(pos) == 32 and pos[0] == 0 and pos[-1] == 95
+    ramp = np.broadcast_to(np.arange(96, dtype=np.float32)[None, :, None], (3, 96, 2))
+    np.testing.assert_allclose(_interpolate_slices(ramp[:, pos], pos, 96, 1), ramp, atol=1e-4)
+    img = phantom["T2w"]  # 63 x 96 x 48
+    full = np.asarray(predict_mask(img).dataobj)
+    assert np.array_equal(np.asarray(predict_mask(img, max_slices=96).dataobj), full)
+    assert dice(np.asarray(predict_mask(img, max_slices=40).dataobj), full) > 0.98
+
+
 def test_same_mask_for_any_axis_order(phantom):
     img = phantom["T2w"]
     ref = np.asarray(predict_mask(img).dataobj)

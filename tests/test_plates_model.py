@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from samri_ml.errors import SamriMLError
 from samri_ml.plates.data import shared_data_dir
 from samri_ml.plates.identify import PlateIdentifier, default_model_dir
 
@@ -73,6 +74,56 @@ def test_identify_cli_json(tmp_path, plate_thumbs, capsys):
         assert "dorsoventral_degrees" in res["tilt"]
     assert 80 in data[str(a)]["ranking"][:5]
     assert str(a) in capsys.readouterr().out
+
+
+def _strict(text: str):
+    """Parse JSON as JavaScript would: a bare NaN/Infinity is an error, not a float."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_plate_1_gets_a_finite_tilt_and_strict_json(tmp_path, plate_thumbs):
+    """The index has no brain extent at plate 1 (NaN: no CCF tissue at the bulb's tip); a
+    section matched to it got tilt NaN and a --json file JavaScript's parser rejects."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+
+    sec = tmp_path / "1.png"
+    cv2.imwrite(str(sec), plate_thumbs[1])
+    out = tmp_path / "p.json"
+    assert main([str(sec), "--json", str(out)]) == 0
+    res = _strict(out.read_text())[str(sec)]
+    assert res["ranking"][0] == 1, res["ranking"][:5]
+    assert all(np.isfinite(v) for v in res["tilt"].values()), res["tilt"]
+
+
+def test_a_volume_is_refused_as_a_section(tmp_path):
+    """SimpleITK reads MRI volumes too: a NIfTI used to be ranked as its middle slice."""
+    import nibabel as nb
+
+    from samri_ml.plates.data import read_image
+
+    vol = tmp_path / "anat.nii.gz"
+    nb.save(nb.Nifti1Image(np.random.default_rng(0).random((40, 50, 30)).astype(np.float32),
+                           np.eye(4)), vol)
+    with pytest.raises(SamriMLError, match="a volume .* not a section image; hint"):
+        read_image(vol)
+    r = _cli("samri_ml.cli.identify_plate", str(vol))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "not a section image" in r.stderr
+
+
+def test_identify_plate_interface_refuses_top_below_1():
+    from traits.api import TraitError
+
+    from samri_ml.interfaces.plates import IdentifyPlate
+
+    for top in (0, -3):
+        with pytest.raises(TraitError):
+            IdentifyPlate(top=top)
 
 
 @pytest.mark.parametrize("kind", ["text", "empty", "missing"])

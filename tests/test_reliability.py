@@ -523,3 +523,14 @@ def test_dry_run_writes_nothing_but_the_graph_asked_for(tmp_path, capsys):
     graph = [w for w in written if w.endswith(".svg")]
     assert graph and all(w == "out" or w.startswith("out/figures") for w in written), written
     assert (tmp_path / graph[0]).stat().st_size > 1000
+
+
+def test_one_process_runs_linear_unless_a_plugin_is_given(tmp_path, capsys):
+    """MultiProc with one worker waits a poll per cached step (a cached rerun of the 3-subject
+    example: 45.8 s, Linear 6.7 s), so --nprocs 1 picks Linear; --plugin still wins."""
+    make_dataset(tmp_path)
+    for extra, plugin in ((["--nprocs", "1"], "Linear"), (["--nprocs", "2"], "MultiProc"),
+                          (["--nprocs", "1", "--plugin", "MultiProc"], "MultiProc")):
+        assert main(_argv(tmp_path, extra)) == 0
+        summary = [ln for ln in capsys.readouterr().err.splitlines() if "session(s)" in ln]
+        assert f"plugin {plugin};" in summary[0], (extra, summary)

@@ -1,5 +1,7 @@
 """Every workflow builds and its graph expands, without running anything."""
 
+from pathlib import Path
+
 import pytest
 from nipype.pipeline.engine.utils import generate_expanded_graph
 
@@ -148,8 +150,15 @@ def test_bold_derivative_has_a_sidecar(tmp_path):
                                          "TaskName": "rest"}])
     meta = wf.get_node("ds_func0").inputs.metadata
     assert meta["RepetitionTime"] == 2.0 and meta["SliceTimingCorrected"] is True
-    assert meta["SpatialReference"] == "t.nii.gz"  # the template: space-<label> is not standard
-    assert wf.get_node("ds_anat").inputs.metadata["SpatialReference"] == "t.nii.gz"
+    # the template (space-<label> is not a standard space), as a URI: BIDS asks for a URI or
+    # a path relative to the dataset
+    uri = (Path.cwd() / "t.nii.gz").as_uri()
+    assert meta["SpatialReference"] == uri and uri.startswith("file:///")
+    assert wf.get_node("ds_anat").inputs.metadata["SpatialReference"] == uri
+    inside = init_generic_wf(template=str(tmp_path / "out" / "tpl" / "t.nii.gz"),
+                             template_mask="m.nii.gz", anat_file=str(anat),
+                             output_dir=str(tmp_path / "out"))
+    assert inside.get_node("ds_anat").inputs.metadata["SpatialReference"] == "tpl/t.nii.gz"
     assert meta["StartTime"] == 1.0 and meta["TaskName"] == "rest"
 
 
@@ -213,3 +222,21 @@ def test_structural_outline_of_the_report_is_one_piece_without_speckles():
     out = structural_outline(noisy)
     assert ndimage.label(out)[1] == 1 and out[16, 16, 16]  # one piece, the hole filled
     assert not (out & (head == 0) & (np.abs(grid[0]) > 0.9)).any()  # no speckle far outside
+
+
+def test_interfaces_and_workflows_import_without_tensorflow():
+    """Building a pipeline never loads TensorFlow, Keras or ANTs (only running a MaskBrain or
+    IdentifyPlate node does), and the lazy interface names show in ``dir()``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, samri_ml.interfaces as i, samri_ml.workflows\n"
+        "from samri_ml.interfaces import MaskBrain, IdentifyPlate, VolumeConservation\n"
+        "MaskBrain(); IdentifyPlate()\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'ants', 'cv2') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert {'MaskBrain', 'IdentifyPlate', 'DerivativesDataSink'} <= set(dir(i)), dir(i)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

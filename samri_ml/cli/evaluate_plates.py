@@ -4,7 +4,6 @@ sections (file names start with the true plate number)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from samri_ml.cli._common import (
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
+from samri_ml.io import json_dumps
 
 PROG = "samri_ml-evaluate-plates"
 
@@ -92,7 +92,7 @@ def run(args) -> int:
     print(format_metrics(m, f"{args.method} on {args.images}"))
     if args.json:
         m["rankings"] = {str(p): r for p, r in zip(paths, rankings, strict=True)}
-        Path(args.json).write_text(json.dumps(m, indent=1, default=int))
+        Path(args.json).write_text(json_dumps(m, indent=1))
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from samri_ml.cli._common import (
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
+from samri_ml.io import json_dumps
 
 PROG = "samri_ml-identify-plate"
 
@@ -76,7 +76,7 @@ def run(args) -> int:
         print(line)
     if args.json:
         try:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            Path(args.json).write_text(json_dumps(results, indent=1))
         except OSError as e:
             raise SamriMLError(f"cannot write {args.json}: {e.strerror}") from None
     return 0

@@ -44,6 +44,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="brain probability threshold")
     add_views_option(p)
     add_flip_option(p)
+    p.add_argument(
+        "--max-slices", type=int, default=None, metavar="N",
+        help="predict at most N slices per view, evenly spaced, and interpolate between them: "
+        "faster on large volumes (e.g. 128 for a 0.1 mm head), slightly different masks "
+        "(default: every slice)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(
         "-v", "--verbose", action="count", default=0, help="print timings; tracebacks on errors"
@@ -58,6 +64,8 @@ def _main(argv=None) -> int:
         parser.error(f"OUT must end in .nii or .nii.gz: {args.out_file}")
     if not 0 < args.threshold < 1:
         parser.error("--threshold must be between 0 and 1")
+    if args.max_slices is not None and args.max_slices < 2:
+        parser.error("--max-slices must be at least 2")
     if args.out_file.resolve() == args.in_file.resolve():
         parser.error("OUT would overwrite IN")
     if args.masked is not None:
@@ -75,7 +83,8 @@ def _main(argv=None) -> int:
     _check_outputs(args)  # before the network runs: a refused output costs no prediction
     model = load_model(args.model)
     t1 = time.perf_counter()
-    mask = predict_mask(img, model, threshold=args.threshold, views=args.views, flip=args.flip)
+    mask = predict_mask(img, model, threshold=args.threshold, views=args.views, flip=args.flip,
+                        max_slices=args.max_slices)
     t2 = time.perf_counter()
     nb.save(mask, str(args.out_file))
     if args.masked is not None:

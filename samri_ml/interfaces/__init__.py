@@ -25,3 +25,7 @@ def __getattr__(name):
     if name in _WHERE:
         return getattr(import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'samri_ml.interfaces' has no attribute {name!r}")
+
+
+def __dir__():  # tab completion offers the lazy names too
+    return sorted({*globals(), *__all__})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
@@ -14,6 +12,7 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from samri_ml.io import json_dumps
 from samri_ml.plates.identify import VARIANTS
 
 
@@ -24,7 +23,7 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
                           desc="shipped model: confocal/Nissl ('default') or other modalities")
     model = File(exists=True, desc="embedding model (.keras); default: the shipped one")
     index = File(exists=True, desc="plate index (.npz); default: the shipped one")
-    top = traits.Int(5, usedefault=True, desc="plates shown in the montage")
+    top = traits.Range(low=1, value=5, usedefault=True, desc="plates shown in the montage")
     regions = traits.Bool(True, usedefault=True, desc="per-region plates and tilt estimate")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="TensorFlow CPU threads")
 
@@ -69,7 +68,7 @@ class IdentifyPlate(SimpleInterface):
             self.inputs.in_file, suffix="_plates.json", use_ext=False, newpath=runtime.cwd
         )
         with open(out_json, "w") as f:  # the format of samri_ml-identify-plate --json
-            json.dump({self.inputs.in_file: res}, f, indent=1)
+            f.write(json_dumps({self.inputs.in_file: res}, indent=1))
         out_png = fname_presuffix(
             self.inputs.in_file, suffix="_plates.png", use_ext=False, newpath=runtime.cwd
         )

@@ -62,7 +62,8 @@ def _to_uint8(img: np.ndarray, path) -> np.ndarray:
                 f"{path}: a {img.shape} array is not a 2D section image; hint: pass one slice"
             )
     if img.ndim != 2:
-        raise SamriMLError(f"{path}: expected a 2D image, got shape {img.shape}")
+        raise SamriMLError(f"{path}: expected a 2D image, got shape {img.shape}; hint: give "
+                           "one section (a PNG, JPEG or TIFF page)")
     if img.dtype == np.uint8:
         return img
     if img.dtype == bool:
@@ -116,7 +117,14 @@ def read_image(path) -> np.ndarray:
 
 
 def _read_with_fallbacks(p: Path) -> np.ndarray:
-    """OpenCV could not decode ``p``: try multi-page/odd TIFFs through SimpleITK."""
+    """OpenCV could not decode ``p``: try multi-page/odd TIFFs through SimpleITK (only TIFFs:
+    SimpleITK also reads MRI volumes, which are no sections)."""
+    name = p.name.lower()
+    if name.endswith((".nii", ".nii.gz", ".mnc", ".nrrd", ".mha", ".mhd", ".dcm")):
+        raise SamriMLError(f"{p}: a volume (MRI/CT) format, not a section image; hint: give a "
+                           "PNG, JPEG or TIFF of one microscopy section")
+    if not name.endswith((".tif", ".tiff")):
+        raise SamriMLError(f"{p}: not a readable image; hint: give a PNG, JPEG or TIFF section")
     try:
         import SimpleITK as sitk
 

@@ -130,6 +130,12 @@ def smooth_profile(d: np.ndarray, plates: np.ndarray, smooth: float) -> np.ndarr
     return out
 
 
+def _extent_or(value, default: float) -> float:
+    """An extent in mm from the index, or ``default`` where it is unknown (NaN, 0)."""
+    value = float(value)
+    return value if math.isfinite(value) and value > 0 else default
+
+
 class PlateIdentifier:
     """Embed sections and rank the plates of an index.
 
@@ -283,13 +289,14 @@ class PlateIdentifier:
 
         Region centres are half the tissue height (width) apart, so with ``dp`` plates of
         difference: ``angle = atan(dp * 0.1 mm / (0.5 * extent_mm))``. The extent is the brain
-        height/width at the best plate (CCF), or 6/10 mm when unknown.
+        height/width at the best plate (CCF), or 6/10 mm when unknown (NaN in the index: the
+        CCF has no tissue at plate 1, the olfactory bulb's tip).
         """
         hmm, wmm = 6.0, 10.0
         if self.height_mm is not None and best in set(self.plates.tolist()):
             k = int(np.flatnonzero(self.plates == best)[0])
-            hmm = float(self.height_mm[k]) or hmm
-            wmm = float(self.index.get("width_mm", np.full(len(self.plates), wmm))[k]) or wmm
+            hmm = _extent_or(self.height_mm[k], hmm)
+            wmm = _extent_or(self.index.get("width_mm", np.full(len(self.plates), wmm))[k], wmm)
         dv = regions["dorsal"]["plate"] - regions["ventral"]["plate"]
         lr = regions["left"]["plate"] - regions["right"]["plate"]
         return {

@@ -97,7 +97,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         wf.connect(inputnode, "template_mask", anat_wf, "inputnode.template_mask")
         out = "outputnode."
         sink("ds_anat", anat_file, anat_wf, out + "out_file", space=template_name, desc="preproc",
-             metadata={"SkullStripped": False, "SpatialReference": str(template)})
+             metadata={"SkullStripped": False,
+                       "SpatialReference": spatial_reference(template, output_dir)})
         sink("ds_anat_xfm", anat_file, anat_wf, out + "composite_transform", from_="native",
              to=template_name, mode="image", suffix="xfm", extension=".h5")
         if masking != "none":
@@ -127,7 +128,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         corrected = times is not None and _kept_volumes(bold, dummy_scans) >= MIN_SLICE_TIMING_VOLUMES
         # SpatialReference: BIDS asks for it where the space label is not a standard one
         bold_meta = {"SkullStripped": False, "SliceTimingCorrected": corrected,
-                     "SpatialReference": str(template)}
+                     "SpatialReference": spatial_reference(template, output_dir)}
         if meta.get("RepetitionTime"):
             bold_meta["RepetitionTime"] = float(meta["RepetitionTime"])
             if corrected:  # slices are shifted to the middle of the repetition
@@ -149,6 +150,17 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             _connect_qc(wf, bold, (func_wf, out + "out_file"), "func", label, output_dir,
                         f"func{index}")
     return wf
+
+
+def spatial_reference(template, output_dir) -> str:
+    """The template as BIDS' ``SpatialReference`` wants it: a path relative to the derivatives
+    folder where it lies inside it, else a ``file://`` URI (an absolute, unambiguous name)."""
+    from pathlib import Path
+
+    path = Path(template).resolve()
+    if output_dir is not None and path.is_relative_to(Path(output_dir).resolve()):
+        return path.relative_to(Path(output_dir).resolve()).as_posix()
+    return path.as_uri()
 
 
 def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix):

@@ -1,0 +1,119 @@
+"""Side-by-side masking speed on large volumes: the clean-up's hole filling and ``max_slices``.
+
+Usage::
+
+    python benchmarks/masking_speed.py [--threads 2] [--repeats 3] [--max-slices 128 96]
+
+Volumes (the largest at hand and real scans resampled finer, where the 1 s target is hardest):
+the nirodents T2w head (256 x 24 x 256, real, no reference mask), the two dama validation
+subjects upsampled x2 (224 x 256 x 160, their manual masks likewise) and the samri_ml.example
+phantom heads rendered at 0.1 mm (126 x 192 x 96, T2w/T1w/EPI, their truth). Each volume is
+masked, in one warm process and interleaved repeats (the best of ``--repeats``):
+
+* ``old fill``: the clean-up as before 2026-12-01's fifth session (``binary_fill_holes`` in 3D,
+  then once per coronal slice), every slice predicted;
+* ``shipped``: the clean-up with :func:`samri_ml.masks.fill_holes` (the same mask), every slice;
+* ``max N``: as shipped, with ``max_slices=N`` (not the default).
+
+Printed: seconds per volume, the Dice of each mask with the shipped one, and with the reference
+where there is one. Needs ../shared/data (the phantom rows run without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _old_clean_mask(mask):
+    from scipy import ndimage
+
+    from samri_ml.masking import preprocess as pp
+    from samri_ml.masking.predict import drop_far_islands
+    from samri_ml.masks import largest_component
+
+    mask = ndimage.binary_fill_holes(largest_component(mask))
+    for j in range(mask.shape[pp.CORONAL_AXIS]):
+        mask[:, j, :] = ndimage.binary_fill_holes(mask[:, j, :])
+    return drop_far_islands(mask)
+
+
+def _volumes(data: Path):
+    import nibabel as nb
+    from scipy import ndimage
+
+    from samri_ml.example import make_template
+
+    out = []
+    scans = data / "mri" / "scans"
+    niro = scans / "nirodents" / "sub-15_T2w.nii.gz"
+    if niro.is_file():
+        out.append(("nirodents T2w 256x24x256", nb.load(niro), None))
+    for subject in ("tg4510_tp3_11_20130523_UT", "tg4510_tp3_7_20130522_WT"):
+        image = next((scans / "dama" / "image").glob(f"{subject}*"), None)
+        mask = next((scans / "dama" / "mask").glob(f"{subject}*"), None)
+        if image is None or mask is None:
+            continue
+        img = nb.load(image)
+        affine = img.affine.copy()
+        affine[:3, :3] /= 2
+        up = ndimage.zoom(np.asarray(img.dataobj, np.float32), 2, order=1)
+        ref = ndimage.zoom((np.asarray(nb.load(mask).dataobj) > 0).astype(np.float32), 2,
+                           order=1) > 0.5
+        out.append((f"dama {subject[11:13].strip('_')} x2 224x256x160", nb.Nifti1Image(up, affine),
+                    ref))
+    ph = make_template(0, contrasts=("t2", "t1", "epi"), shape=(126, 192, 96), zoom=0.1,
+                       supersample=1)
+    for c in ("T2w", "T1w", "bold"):
+        out.append((f"phantom {c} 126x192x96", ph[c], np.asarray(ph["mask"].dataobj) > 0))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-slices", type=int, nargs="*", default=[128, 96])
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    args = ap.parse_args()
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from samri_ml.masking import predict as P
+    from samri_ml.masking import preprocess as pp
+    from samri_ml.metrics import dice
+
+    model = P.load_model()
+    setups = [("old fill", None, _old_clean_mask), ("shipped", None, P.clean_mask)]
+    setups += [(f"max {n}", n, P.clean_mask) for n in args.max_slices]
+    print(f"{'volume':32s} " + " ".join(f"{name:>22s}" for name, _, _ in setups))
+    for name, img, ref in _volumes(args.data):
+        # predict_mask's own steps (its input checks and the NIfTI output left out, the same
+        # for every setup), with the clean-up as an argument
+        ras, ornt = pp.to_ras(np.asarray(img.dataobj, np.float32), img.affine)
+        P.predict_volume(model, ras)  # warm (the traced function, the caches)
+        best = {s: np.inf for s, _, _ in setups}
+        masks = {}
+        for _ in range(args.repeats):
+            for label, max_slices, clean in setups:
+                t0 = time.perf_counter()
+                prob = P.predict_volume(model, ras, max_slices=max_slices)
+                mask = pp.from_ras(clean(prob > 0.5).astype(np.uint8), ornt)
+                best[label] = min(best[label], time.perf_counter() - t0)
+                masks[label] = mask
+        cells = []
+        for label, _, _ in setups:
+            cell = f"{best[label]:.2f}s a={dice(masks[label], masks['shipped']):.4f}"
+            if ref is not None:
+                cell += f" D={dice(masks[label], ref):.4f}"
+            cells.append(f"{cell:>22s}")
+        print(f"{name:32s} " + " ".join(cells), flush=True)
+    print("a = Dice with the shipped mask; D = Dice with the reference (manual / phantom truth)")
+
+
+if __name__ == "__main__":
+    main()
