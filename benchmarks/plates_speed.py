@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--mi-sections", type=int, default=3)
     ap.add_argument("--mi-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variant", default="auto", help="shipped variant: auto (the default "
+                    "of the CLIs), default, multimodal")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args()
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
@@ -42,12 +44,12 @@ def main() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     from samri_ml.plates.baseline import rank_mi_affine
     from samri_ml.plates.data import load_atlas, load_sections, preprocess, shared_data_dir
-    from samri_ml.plates.identify import PlateIdentifier
+    from samri_ml.plates.identify import make_identifier
     from samri_ml.plates.metrics import format_metrics, ranking_metrics
 
     root = shared_data_dir() / "plates"
     _, labels, imgs = load_sections(root / args.split)
-    ident = PlateIdentifier()
+    ident = make_identifier(variant=args.variant)
     # "once the model is loaded": load, trace, and one untimed pass over the sections (the
     # first pass of a process runs 20-40 % slower: allocator and kernel caches warming up)
     for im in imgs:

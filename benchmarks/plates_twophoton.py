@@ -26,13 +26,14 @@ def main() -> None:
     ap.add_argument("--last", type=int, default=128)
     ap.add_argument("--model-dir", help="folder with plates_embedding.keras + plates_index.npz "
                     "(default: the shipped model)")
+    ap.add_argument("--variant", default="auto", help="shipped variant: auto, default, multimodal")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import nibabel as nb
 
     from samri_ml.plates.augment import hemisection, missing_cortex
     from samri_ml.plates.data import pad_square, shared_data_dir
-    from samri_ml.plates.identify import PlateIdentifier
+    from samri_ml.plates.identify import PlateIdentifier, make_identifier
     from samri_ml.plates.synth import template_slice
 
     vol = nb.load(shared_data_dir() / "mri/templates/average_template_200um.nii.gz").get_fdata()
@@ -40,9 +41,10 @@ def main() -> None:
         ident = PlateIdentifier(f"{args.model_dir}/plates_embedding.keras",
                                 f"{args.model_dir}/plates_index.npz")
     else:
-        ident = PlateIdentifier()
+        ident = make_identifier(variant=args.variant)
     rng = np.random.default_rng(0)
     rows = {"whole": [], "missing cortex": [], "hemisection": []}
+    routed = {k: [] for k in rows}
     truths = list(range(args.first, args.last + 1, args.step))
     for n in truths:
         sl = template_slice(vol, n)
@@ -53,18 +55,21 @@ def main() -> None:
             "hemisection": (hemisection(f, rng) * 255).astype(np.uint8),
         }
         for name, img in variants.items():
-            r = ident.rank([img], regions=False)[0]["ranking"]
+            res = ident.rank([img], regions=False)[0]
+            r = res["ranking"]
+            routed[name].append(res.get("model") == "multimodal" if "model" in res else np.nan)
             exact = r.index(n)
             near = min(r.index(m) for m in (n - 1, n, n + 1) if m in r)
             rows[name].append((exact, near))
     print(f"{len(truths)} slices, plates {args.first}..{args.last} every {args.step}")
-    print("variant           MAE   Top-5  | nearest of N+-1: MAE  Top-5")
+    print("variant           MAE   Top-5  | nearest of N+-1: MAE  Top-5 | sent to multimodal")
     for name, v in rows.items():
         e = np.array([x[0] for x in v])
         nn = np.array([x[1] for x in v])
         print(
             f"{name:16s} {e.mean():5.1f}  {100 * np.mean(e < 5):5.1f}% |"
-            f"                  {nn.mean():5.1f} {100 * np.mean(nn < 5):5.1f}%"
+            f"                  {nn.mean():5.1f} {100 * np.mean(nn < 5):5.1f}% |"
+            f" {100 * np.mean(routed[name]):5.1f}%"  # nan: not --variant auto
         )
 
 

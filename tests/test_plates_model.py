@@ -198,6 +198,56 @@ def test_multimodal_variant_ranks_two_photon_slices_in_the_top_5_most_of_the_tim
     assert np.mean(ranks < 5) > 0.5, ranks
 
 
+@pytest.mark.shared_data
+def test_auto_sends_two_photon_to_multimodal_and_confocal_to_default(tmp_path):
+    """``--variant auto`` (the default): every confocal validation section (which the router
+    was not fitted on) stays with the default model, so val_1/val_2 rank exactly as with it;
+    every two-photon slice goes to the multimodal model, with the CLI saying so."""
+    import cv2
+    import nibabel as nb
+
+    from samri_ml.plates.data import load_sections
+    from samri_ml.plates.identify import make_identifier
+    from samri_ml.plates.synth import template_slice
+
+    path = shared_data_dir() / "mri" / "templates" / "average_template_200um.nii.gz"
+    if not SHARED.is_dir() or not path.is_file():
+        pytest.skip("../shared/data (plates, CCF two-photon average) not found")
+    auto, default = make_identifier(), make_identifier(variant="default")
+    for split in ("val_1", "val_2"):
+        _, _, imgs = load_sections(SHARED / split)
+        got = auto.rank(imgs, regions=False)
+        assert {r["model"] for r in got} == {"default"}, [r["other_modality"] for r in got]
+        assert [r["ranking"] for r in got] == [r["ranking"] for r in default.rank(imgs, False)]
+    vol = np.asarray(nb.load(path).dataobj, dtype=np.float32)
+    slices = [template_slice(vol, n) for n in range(10, 129, 12)]
+    got = auto.rank(slices, regions=False)
+    assert {r["model"] for r in got} == {"multimodal"}, [r["other_modality"] for r in got]
+    cv2.imwrite(str(tmp_path / "tp.png"), slices[3])
+    r = _cli("samri_ml.cli.identify_plate", str(tmp_path / "tp.png"), "--no-regions")
+    assert r.returncode == 0 and "[multimodal: other modality, p " in r.stdout, r.stdout
+
+
+def test_router_features_and_shipped_router():
+    """The router's spectrum (half FFT, weighted) equals the full-FFT definition, ignores
+    brightness and contrast, and the shipped router matches the shipped model's input."""
+    from samri_ml.plates.identify import RoutedIdentifier
+    from samri_ml.plates.modality import N_BANDS, appearance_features
+
+    rng = np.random.default_rng(0)
+    x = np.cumsum(rng.random((64, 64)), 0)
+    power = np.abs(np.fft.fft2((x - x.mean()) / (x.std() + 1e-6))) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(64), np.fft.fftfreq(64), indexing="ij")
+    radius, edges = np.hypot(fy, fx), np.geomspace(1 / 64, 0.5 * np.sqrt(2), N_BANDS + 1)
+    bands = np.log([power[(radius >= a) & (radius < b)].mean()
+                    for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    f = appearance_features(x)
+    np.testing.assert_allclose(f[:N_BANDS], bands - bands.mean(), atol=1e-4)
+    np.testing.assert_allclose(appearance_features(3 * x + 7), f, atol=1e-4)
+    ident = RoutedIdentifier()
+    assert ident.router.size == ident.default.size and 0.5 < ident.router.threshold < 1
+
+
 def test_multimodal_variant_ranks_a_ccf_style_section(plate_thumbs, tmp_path):
     """The multimodal variant is shipped, selectable from the CLI, and ranks plates."""
     import cv2

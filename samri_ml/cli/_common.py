@@ -112,14 +112,15 @@ def add_flip_option(parser) -> None:
 
 def add_plate_model_options(parser) -> None:
     """``--variant``, ``--model`` and ``--index``, shared by the plate-identification CLIs."""
-    from samri_ml.plates.identify import VARIANTS
+    from samri_ml.plates.identify import VARIANT_CHOICES
 
     parser.add_argument(
         "--variant",
-        default="default",
-        choices=list(VARIANTS),
-        help="shipped model: 'default' (confocal/Nissl sections) or 'multimodal' (other "
-        "modalities, e.g. two-photon; see the model card)",
+        default="auto",
+        choices=list(VARIANT_CHOICES),
+        help="shipped model: 'auto' (a modality router sends each section to one of the "
+        "others), 'default' (confocal/Nissl sections) or 'multimodal' (other modalities, e.g. "
+        "two-photon); see docs/plates.rst",
     )
     parser.add_argument("--model", metavar="PATH", help="embedding model (.keras) instead")
     parser.add_argument("--index", metavar="PATH", help="plate index (.npz) instead")

@@ -60,9 +60,9 @@ def run(args) -> int:
     if args.limit:
         paths, labels, imgs = paths[: args.limit], labels[: args.limit], imgs[: args.limit]
     if args.method == "siamese":
-        from samri_ml.plates.identify import PlateIdentifier
+        from samri_ml.plates.identify import make_identifier
 
-        ident = PlateIdentifier(args.model, args.index, args.atlas, variant=args.variant)
+        ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
         _check_labels(paths, labels, ident.plates)
         ident.rank(imgs[:1], regions=args.regions or None)  # warm-up (graph tracing)
         t0 = time.perf_counter()

@@ -55,9 +55,9 @@ def _check_args(parser, args) -> None:
 
 def run(args) -> int:
     set_tf_threads(args.threads)
-    from samri_ml.plates.identify import PlateIdentifier
+    from samri_ml.plates.identify import make_identifier
 
-    ident = PlateIdentifier(args.model, args.index, args.atlas, variant=args.variant)
+    ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
     results = ident.rank_files(args.images, regions=not args.no_regions)
     for path, res in results.items():
         top = ", ".join(
@@ -65,6 +65,8 @@ def run(args) -> int:
             for p, d in zip(res["ranking"][: args.top], res["distances"][: args.top], strict=True)
         )
         line = f"{path}: {top}"
+        if res.get("model") == "multimodal":  # --variant auto sent it to the multimodal model
+            line += f"  [multimodal: other modality, p {res['other_modality']:.2f}]"
         if "tilt" in res:
             t = res["tilt"]
             line += (

@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(shared_data_dir() / "plates"),
         help="folder with atlas/, train/, val_1/, val_2/",
     )
-    p.add_argument("--out", required=True, help="output folder (checkpoints, history)")
+    p.add_argument("--out", help="output folder (checkpoints, history); required but with "
+                   "--fit-router")
     p.add_argument("--size", type=int, default=128, help="input side in px")
     p.add_argument("--backbone", default="small", choices=["small", "resnet50v2", "resnet101v2"])
     p.add_argument("--width", type=int, default=16, help="first-stage channels (small CNN)")
@@ -88,12 +89,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="export: weight of the region distances in the overall ranking",
     )
+    p.add_argument(
+        "--fit-router",
+        metavar="DIR",
+        help="instead of training: fit the modality router of --variant auto (confocal/Nissl "
+        "vs other modalities; train sections and atlas plates vs synthetic CCF sections, needs "
+        "../shared/data/ccf) and write DIR/plates_router.json",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     return p
 
 
+def _fit_router(args) -> int:
+    from pathlib import Path
+
+    from samri_ml.plates.identify import PlateIdentifier
+    from samri_ml.plates.modality import ROUTER_NAME, fit_router, training_sections
+
+    ident = PlateIdentifier()
+    inside, other = training_sections(args.data, seed=args.seed)
+    router = fit_router(inside, other, ident.prep, size=ident.size,
+                        notes={"in_domain": len(inside), "other": len(other), "seed": args.seed,
+                               "command": "samri_ml-train-plates --fit-router DIR"})
+    out = router.save(Path(args.fit_router) / ROUTER_NAME)
+    print(f"router written to {out} ({len(inside)} confocal/Nissl, {len(other)} synthetic)")
+    return 0
+
+
 def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.fit_router:
+        return _fit_router(args)
+    if not args.out:
+        parser.error("--out is required (but with --fit-router)")
     from samri_ml.cli._common import set_tf_threads
 
     set_tf_threads(args.threads)

@@ -13,14 +13,15 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from samri_ml.io import json_dumps
-from samri_ml.plates.identify import VARIANTS
+from samri_ml.plates.identify import VARIANT_CHOICES
 
 
 class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="microscopy section image (PNG/JPEG/TIFF)")
     atlas_dir = Directory(exists=True, desc="atlas folder (N.jpg|png|tif); default: shipped index")
-    variant = traits.Enum(*VARIANTS, usedefault=True,
-                          desc="shipped model: confocal/Nissl ('default') or other modalities")
+    variant = traits.Enum(*VARIANT_CHOICES, usedefault=True,
+                          desc="shipped model: 'auto' (a modality router picks per section), "
+                          "confocal/Nissl ('default') or other modalities ('multimodal')")
     model = File(exists=True, desc="embedding model (.keras); default: the shipped one")
     index = File(exists=True, desc="plate index (.npz); default: the shipped one")
     top = traits.Range(low=1, value=5, usedefault=True, desc="plates shown in the montage")
@@ -52,14 +53,14 @@ class IdentifyPlate(SimpleInterface):
 
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(self.inputs.num_threads))
         from samri_ml.plates.data import read_image
-        from samri_ml.plates.identify import PlateIdentifier
+        from samri_ml.plates.identify import make_identifier
         from samri_ml.plates.montage import write_montage
 
         def opt(name):
             value = getattr(self.inputs, name)
             return value if traits_defined(value) else None
 
-        ident = PlateIdentifier(
+        ident = make_identifier(
             opt("model"), opt("index"), opt("atlas_dir"), variant=self.inputs.variant
         )
         img = read_image(self.inputs.in_file)

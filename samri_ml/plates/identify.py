@@ -55,6 +55,11 @@ VARIANTS = {
 }
 
 
+#: what ``--variant`` accepts: ``auto`` (the default: a modality router picks one of the
+#: shipped variants per section, :class:`RoutedIdentifier`) or a variant itself
+VARIANT_CHOICES = ("auto", *VARIANTS)
+
+
 def default_model_dir(variant: str = "default") -> Path:
     """Folder of a shipped model variant (:data:`VARIANTS`) and its index."""
     if variant not in VARIANTS:
@@ -200,11 +205,12 @@ class PlateIdentifier:
         """Preprocessed ``(size, size)`` float image, as at training."""
         return preprocess(img, self.size, equalise=self.equalise, crop=self.crop)
 
-    def embed(self, imgs: list[np.ndarray]) -> np.ndarray:
-        """Embeddings ``(N, L)`` of uint8 images (preprocessing included)."""
+    def embed(self, imgs: list[np.ndarray], prepped: np.ndarray | None = None) -> np.ndarray:
+        """Embeddings ``(N, L)`` of uint8 images (preprocessing included, unless ``prepped``
+        gives the images after :meth:`prep` already)."""
         from samri_ml.plates.train import embed
 
-        x = np.stack(_map(self.prep, imgs))
+        x = np.stack(_map(self.prep, imgs)) if prepped is None else prepped
         return embed(self.model, x, flip_tta=self.flip_tta)
 
     def embed_regions(self, imgs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -237,9 +243,10 @@ class PlateIdentifier:
         self.region_embeddings = self.embed_regions(imgs)[0]
         self.height_mm = None
 
-    def distances(self, imgs: list[np.ndarray], regions: bool | None = None) -> dict:
+    def distances(self, imgs: list[np.ndarray], regions: bool | None = None,
+                  prepped: np.ndarray | None = None) -> dict:
         """Distances of every image to every plate (``(N, P)``), and per region."""
-        emb = self.embed(imgs)
+        emb = self.embed(imgs, prepped)
         d_whole = smooth_profile(_pairwise(emb, self.embeddings), self.plates, self.smooth)
         out = {"whole": d_whole, "overall": d_whole}
         use_regions = (self.region_weight > 0) if regions is None else regions
@@ -258,11 +265,14 @@ class PlateIdentifier:
             out.update(regions=d_reg, tissue=frac, overall=(1 - w) * d_whole + w * mean_reg)
         return out
 
-    def rank(self, imgs: list[np.ndarray], regions: bool | None = None) -> list[dict]:
+    def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
+             prepped: np.ndarray | None = None) -> list[dict]:
         """For each image: ``ranking`` (all plates, best first), ``distances`` (ascending) and,
         with regions, ``regions`` (plate per region, its distance, tissue fraction) and
         ``tilt`` (dorsal-ventral and left-right plate differences and angles in degrees)."""
-        d = self.distances(imgs, regions)
+        if not len(imgs):
+            return []
+        d = self.distances(imgs, regions, prepped)
         results = []
         for i in range(len(imgs)):
             order = np.argsort(d["overall"][i], kind="stable")
@@ -384,3 +394,61 @@ def export_model(
         thumbnails=thumbs,
     )
     return idx
+
+
+class RoutedIdentifier:
+    """``variant="auto"``: each section is ranked by the default model, or by the multimodal
+    one where the modality router (:mod:`samri_ml.plates.modality`) is confident that it is
+    not a confocal/Nissl section. Same ``rank``/``rank_files`` as :class:`PlateIdentifier`;
+    each result also says which ``model`` ranked it and the router's ``other_modality``
+    probability. The multimodal network is loaded only when a section needs it."""
+
+    def __init__(self, atlas=None, router=None):
+        from samri_ml.plates.modality import ROUTER_NAME, ModalityRouter
+
+        self.default = PlateIdentifier(atlas=atlas, variant="default")
+        self.multimodal = PlateIdentifier(atlas=atlas, variant="multimodal")
+        path = Path(router) if router else default_model_dir("default") / ROUTER_NAME
+        if not path.exists():
+            raise SamriMLError(f"{path}: model file missing; hint: reinstall samri_ml or use "
+                               "--variant default")
+        self.router = ModalityRouter.load(path)
+        if self.router.size != self.default.size:
+            raise SamriMLError(f"{path}: router made for {self.router.size} px inputs, the "
+                               f"model takes {self.default.size} px")
+        # what callers read from an identifier (the plate list, the preprocessing size)
+        self.plates, self.size = self.default.plates, self.default.size
+
+    def rank(self, imgs: list[np.ndarray], regions: bool | None = None) -> list[dict]:
+        prepped = np.stack(_map(self.default.prep, imgs)) if len(imgs) else None
+        if prepped is None:
+            return []
+        p = self.router.other_modality(prepped)
+        other = p >= self.router.threshold
+        results: list = [None] * len(imgs)
+        for ident, chosen, name in ((self.default, ~other, "default"),
+                                    (self.multimodal, other, "multimodal")):
+            idx = np.flatnonzero(chosen)
+            if not len(idx):
+                continue
+            same = ident.size == self.default.size and ident.crop == self.default.crop and \
+                ident.equalise == self.default.equalise
+            ranked = ident.rank([imgs[i] for i in idx], regions,
+                                prepped[idx] if same else None)
+            for i, res in zip(idx, ranked, strict=True):
+                results[i] = {**res, "model": name, "other_modality": round(float(p[i]), 4)}
+        return results
+
+    def rank_files(self, paths, regions: bool | None = None) -> dict[str, dict]:
+        """``{path as given: rank result}``; unreadable files raise :class:`SamriMLError`."""
+        imgs = [read_image(p) for p in paths]
+        return dict(zip([str(p) for p in paths], self.rank(imgs, regions), strict=True))
+
+
+def make_identifier(model=None, index=None, atlas=None, variant: str = "auto"):
+    """The identifier a command line asks for: ``auto`` routes between the shipped variants
+    (:class:`RoutedIdentifier`); a given ``model``/``index`` or another variant gives one
+    :class:`PlateIdentifier`."""
+    if variant == "auto" and model is None and index is None:
+        return RoutedIdentifier(atlas=atlas)
+    return PlateIdentifier(model, index, atlas, variant="default" if variant == "auto" else variant)
