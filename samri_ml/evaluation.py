@@ -21,10 +21,12 @@ def warp_mask(mask_file, reference, transforms, out_file=None, interpolation="Ne
     if isinstance(transforms, str | Path):
         transforms = [str(transforms)]
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(out_file or Path(tmp) / "warped.nii.gz")
-        at = ApplyTransforms(input_image=str(mask_file), reference_image=str(reference),
-                             transforms=[str(t) for t in transforms], interpolation=interpolation,
-                             output_image=str(out), float=True)
+        # absolute paths: ANTs runs in the output's folder, where relative ones do not resolve
+        out = Path(out_file or Path(tmp) / "warped.nii.gz").resolve()
+        at = ApplyTransforms(input_image=str(Path(mask_file).resolve()),
+                             reference_image=str(Path(reference).resolve()),
+                             transforms=[str(Path(t).resolve()) for t in transforms],
+                             interpolation=interpolation, output_image=str(out), float=True)
         at.terminal_output = "none"
         at.run(cwd=str(out.parent))
         return np.asanyarray(nb.load(str(out)).dataobj).copy()

@@ -8,6 +8,7 @@ inputs of :class:`nipype.interfaces.ants.Registration` (one list entry per stage
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
 from importlib import resources
@@ -35,9 +36,19 @@ STAGE_KEYS = (
 )
 
 
-@lru_cache
 def load_flavour(flavour: str = "default") -> dict:
-    """Read a flavour's JSON (a name from :data:`FLAVOURS` or a path to a JSON file)."""
+    """Read a flavour's JSON (a name from :data:`FLAVOURS` or a path to a JSON file).
+
+    Returns a fresh copy each time (the parsed files are cached, per file and modification
+    time): a caller may change it without changing what the next caller gets.
+    """
+    path = Path(flavour)
+    stamp = path.stat().st_mtime_ns if flavour not in FLAVOURS and path.is_file() else None
+    return copy.deepcopy(_read_flavour(flavour, stamp))
+
+
+@lru_cache
+def _read_flavour(flavour: str, stamp) -> dict:
     if flavour in FLAVOURS:
         text = resources.files("samri_ml").joinpath(f"data/registration/{flavour}.json").read_text()
     else:

@@ -480,6 +480,16 @@ def test_unknown_plugin_and_unreachable_slurm_are_one_line_errors(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "squeue fails" in err
     assert "Could not establish a configuration source" in err
+    assert main([*argv, "--plugin", "SLURMGraph"]) == 1
+    assert "--plugin SLURMGraph: squeue fails" in capsys.readouterr().err
+    # SGE, PBS, LSF...: their programs must be on PATH (Nipype's RuntimeError came after
+    # OUTPUT_DIR and the work dir were made)
+    monkeypatch.setenv("PATH", str(fake))
+    for plugin, program in (("SGE", "qsub/qstat"), ("PBS", "qsub/qstat"), ("LSF", "bsub/bjobs")):
+        assert main([*argv, "--plugin", plugin]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"--plugin {plugin}: {program} not found on PATH; hint:" in err, err
     assert snapshot(tmp_path) == before
 
 
@@ -534,3 +544,53 @@ def test_one_process_runs_linear_unless_a_plugin_is_given(tmp_path, capsys):
         assert main(_argv(tmp_path, extra)) == 0
         summary = [ln for ln in capsys.readouterr().err.splitlines() if "session(s)" in ln]
         assert f"plugin {plugin};" in summary[0], (extra, summary)
+
+
+def _flavour(tmp_path: Path, **phase) -> Path:
+    """The fast flavour with settings of its first phase replaced."""
+    from samri_ml.registration import load_flavour
+
+    settings = load_flavour("fast")
+    settings["phases"]["s_translation"].update(phase)
+    path = tmp_path / "flavour.json"
+    path.write_text(json.dumps(settings))
+    return path
+
+
+def test_a_flavour_setting_nipype_refuses_is_one_line_before_anything_is_written(tmp_path,
+                                                                                    capsys):
+    make_dataset(tmp_path)
+    flavour = _flavour(tmp_path, sampling_percentage=7.5)  # a fraction, 0..1
+    before = snapshot(tmp_path)
+    argv = [a for a in _argv(tmp_path, ["OUT=out"]) if a not in ("--dry-run", "--fast")]
+    assert main([*argv, "--registration-flavour", str(flavour)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a setting Nipype refuses" in err[0] and "hint:" in err[0], err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_run_refused_by_the_lock_creates_no_work_dir(tmp_path, capsys):
+    from samri_ml.lock import OutputLock
+
+    make_dataset(tmp_path)
+    (tmp_path / "out").mkdir()
+    argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w2")])
+            if a != "--dry-run"]
+    with OutputLock(tmp_path / "out"):
+        assert main(argv) == 1
+    assert "another samri_ml run (pid" in capsys.readouterr().err
+    assert not (tmp_path / "w2").exists()
+
+
+def test_crash_files_land_in_the_subjects_log_folder(tmp_path, capsys):
+    """A step that fails at run time (ANTs refuses a pyramid whose smoothing and shrink lists
+    differ in length) leaves its crash file in OUTPUT_DIR/sub-XX/log, as the message says."""
+    make_dataset(tmp_path)
+    flavour = _flavour(tmp_path, smoothing_sigmas=[2, 1])
+    argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w")])
+            if a not in ("--dry-run", "--fast")]
+    assert main([*argv, "--registration-flavour", str(flavour), "--nprocs", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "some steps failed; crash files are in" in err[-1] and "sub-*/log" in err[-1], err[-3:]
+    crashes = list((tmp_path / "out" / "sub-01" / "log").glob("crash-*.txt"))
+    assert crashes and "s_register" in crashes[0].name, list((tmp_path / "out").rglob("crash*"))

@@ -85,7 +85,7 @@ def add_masker_data_options(parser) -> None:
                         "mask to the non-zero image (the labels of the models before it)")  # fmt: skip
 
 
-def add_views_option(parser, help_default="predict") -> None:
+def add_views_option(parser, use="predict along (their probabilities averaged)") -> None:
     """``--views``: the slice directions of the masking U-Net (shared by its CLIs)."""
     from samri_ml.masking.preprocess import ALL_VIEWS
 
@@ -94,8 +94,7 @@ def add_views_option(parser, help_default="predict") -> None:
         nargs="+",
         choices=list(ALL_VIEWS),
         default=list(ALL_VIEWS),
-        help=f"slice directions to {help_default} along (probabilities averaged); the seed's "
-        "method is 'coronal' alone",
+        help=f"slice directions to {use}; the seed's method is 'coronal' alone",
     )
 
 
@@ -147,6 +146,13 @@ def set_tf_threads(threads: int) -> None:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def add_version_option(parser) -> None:
+    """``--version``: the program's name and samri_ml's version."""
+    from samri_ml import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
 def setup_logging(verbose: int) -> None:

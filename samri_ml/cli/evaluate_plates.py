@@ -12,6 +12,7 @@ from samri_ml.cli._common import (
     HelpFormatter,
     add_plate_model_options,
     add_threads_option,
+    add_version_option,
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="mi-affine: image side in px")
     p.add_argument("--json", metavar="OUT", help="write metrics and rankings as JSON")
     add_threads_option(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    add_version_option(p)
     return p
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from samri_ml.cli._common import HelpFormatter, run_cli
+from samri_ml.cli._common import HelpFormatter, add_version_option, run_cli
 
 PROG = "samri_ml-graph"
 
@@ -18,14 +18,20 @@ def get_parser():
                    help="which workflow factory to draw")
     p.add_argument("out", type=Path, help="output path without extension")
     p.add_argument("--type", dest="graph2use", default="colored",
-                   choices=["hierarchical", "flat", "colored", "orig", "exec"])
-    p.add_argument("--format", default="png", choices=["png", "svg"])
-    p.add_argument("--method", default="composite", choices=["composite", "structural", "functional"])
-    p.add_argument("--masking", default="none", choices=["none", "unet", "input"])
-    p.add_argument("--flavour", default="default")
+                   choices=["hierarchical", "flat", "colored", "orig", "exec"],
+                   help="Nipype's graph types")
+    p.add_argument("--format", default="png", choices=["png", "svg"], help="picture format")
+    p.add_argument("--method", default="composite",
+                   choices=["composite", "structural", "functional"],
+                   help="registration method (as samri_ml-register --registration-method)")
+    p.add_argument("--masking", default="none", choices=["none", "unet", "input"],
+                   help="brain masking (as samri_ml-register --masking; input: a given mask)")
+    p.add_argument("--flavour", default="default",
+                   help="registration flavour (default, fast, samri or a JSON path)")
     p.add_argument("--pure-python", action="store_true",
                    help="draw with networkx/matplotlib even where Graphviz is installed")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
+    add_version_option(p)
     return p
 
 

@@ -10,6 +10,7 @@ from samri_ml.cli._common import (
     HelpFormatter,
     add_plate_model_options,
     add_threads_option,
+    add_version_option,
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_threads_option(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    add_version_option(p)
     return p
 
 

@@ -64,8 +64,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir", type=Path, nargs="?", default=None,
                    help="derivatives folder (default: BIDS_DIR/derivatives/samri_ml; "
                    "'BIDS_DIR participant' uses the default)")
-    p.add_argument("analysis_level", nargs="?", default="participant", choices=["participant"],
-                   help="BIDS-App analysis level")
+    p.add_argument("analysis_level", nargs="?", default="participant",
+                   choices=["participant", "group"],
+                   help="BIDS-App analysis level (only participant: there is no group level)")
     g = p.add_argument_group("selecting data")
     g.add_argument("--participant-label", "--participant_label", nargs="+", default=None,
                    help="subjects to process (with or without 'sub-'); default: all")
@@ -106,7 +107,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="Nipype's working folder; rerunning with the same one reuses finished "
                    "nodes (default: OUTPUT_DIR/.samri_ml_work)")
     g.add_argument("--nprocs", "--n-cpus", type=int, default=available_cpus(),
-                   help="processes (MultiProc; default: the cores this job may use)")
+                   help="processes for MultiProc; 1 runs Linear (default: the cores this job "
+                   "may use)")
     g.add_argument("--omp-nthreads", type=int, default=None,
                    help="threads per ANTs call (default: --nprocs)")
     g.add_argument("--mem-gb", type=float, default=None, help="memory limit for MultiProc")
@@ -202,35 +204,53 @@ def validate(args, parser) -> None:
         args.plugin = "Linear" if args.nprocs == 1 else "MultiProc"
     if not hasattr(plugins, f"{args.plugin}Plugin"):
         parser.error(f"unknown --plugin {args.plugin!r}; one of {', '.join(PLUGINS)}")
-    if args.plugin in ("SLURM", "SLURMGraph") and not args.dry_run:
-        check_slurm()
+    if not args.dry_run:
+        check_scheduler(args.plugin)
     if args.omp_nthreads is None:
         args.omp_nthreads = args.nprocs
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
 
 
-def check_slurm() -> None:
-    """Ask ``squeue`` (what Nipype's SLURM plugins poll) whether the cluster answers, so that a
-    broken SLURM set-up fails at once with SLURM's own message instead of Nipype's
-    ``IndexError`` after the first ``sbatch``."""
+#: the programs a cluster plugin of Nipype calls to submit and to poll jobs
+SCHEDULER_PROGRAMS = {
+    "SLURM": ("sbatch", "squeue"), "SLURMGraph": ("sbatch", "squeue"),
+    "SGE": ("qsub", "qstat"), "SGEGraph": ("qsub", "qstat"),
+    "PBS": ("qsub", "qstat"), "PBSGraph": ("qsub", "qstat"),
+    "LSF": ("bsub", "bjobs"), "Condor": ("condor_submit", "condor_q"),
+    "OAR": ("oarsub", "oarstat"),
+}
+
+
+def check_scheduler(plugin: str) -> None:
+    """Before anything is written: the cluster plugin's programs must be on PATH, and for
+    SLURM ``squeue`` (what Nipype's SLURM plugins poll) must answer, so that a broken set-up
+    fails at once with the scheduler's own message instead of Nipype's ``IndexError`` or
+    ``RuntimeError`` after the first submission."""
     import shutil
     import subprocess
 
-    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
-        raise SamriMLError("--plugin SLURM: sbatch/squeue not found on PATH; hint: run on a "
-                           "login node of the cluster, or use --plugin MultiProc")
+    programs = SCHEDULER_PROGRAMS.get(plugin)
+    if programs is None:
+        return
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        raise SamriMLError(f"--plugin {plugin}: {'/'.join(missing)} not found on PATH; hint: "
+                           "run on a login node of the cluster, or use --plugin MultiProc")
+    if programs[1] != "squeue":
+        return
     try:
         user = os.environ.get("LOGNAME") or str(os.getuid())
         proc = subprocess.run(["squeue", "-h", "-u", user], capture_output=True, text=True,
                               timeout=60)
     except subprocess.TimeoutExpired:
-        raise SamriMLError("--plugin SLURM: squeue did not answer within 60 s; hint: check "
-                           "the cluster, or use --plugin MultiProc") from None
+        raise SamriMLError(f"--plugin {plugin}: squeue did not answer within 60 s; hint: "
+                           "check the cluster, or use --plugin MultiProc") from None
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
-        raise SamriMLError(f"--plugin SLURM: squeue fails ({lines[-1].strip()}); hint: check "
-                           "the SLURM configuration (SLURM_CONF), or use --plugin MultiProc")
+        raise SamriMLError(f"--plugin {plugin}: squeue fails ({lines[-1].strip()}); hint: "
+                           "check the SLURM configuration (SLURM_CONF), or use --plugin "
+                           "MultiProc")
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -239,7 +259,7 @@ def check_writable(folder: Path, what: str) -> None:
     An existing folder is probed by creating (and removing) a temporary file in it, which also
     catches what ``os.access`` misses (root on a read-only mount or an immutable folder). A
     folder still to be created is checked at its nearest existing parent with ``os.access``;
-    :func:`make_dirs` creates it once all inputs have been checked.
+    :func:`make_dir` creates it once all inputs have been checked.
     """
     import tempfile
 
@@ -262,16 +282,15 @@ def check_writable(folder: Path, what: str) -> None:
                            "hint: choose a writable folder")
 
 
-def make_dirs(args) -> None:
-    """Create OUTPUT_DIR and the work dir (after every check passed, so that a refused run
-    leaves nothing behind)."""
-    for folder, what in ((args.output_dir, "OUTPUT_DIR"), (args.work_dir, "--work-dir")):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise SamriMLError(f"cannot create {what} {folder} ({err.strerror}); hint: choose a "
-                               "writable folder") from err
-        check_writable(folder, what)
+def make_dir(folder: Path, what: str) -> None:
+    """Create OUTPUT_DIR or the work dir (after every check passed, so that a refused run
+    leaves nothing behind: the work dir only once the OUTPUT_DIR lock is held)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SamriMLError(f"cannot create {what} {folder} ({err.strerror}); hint: choose a "
+                           "writable folder") from err
+    check_writable(folder, what)
 
 
 def field_of_view(img) -> float:
@@ -389,22 +408,36 @@ def collect_sessions(args) -> list[dict]:
 
 def build_workflow(args, sessions):
     from nipype.pipeline import engine as pe
+    from traits.api import TraitError
 
     from samri_ml.workflows import init_generic_wf
 
     wf = pe.Workflow(name="samri_ml_wf", base_dir=str(args.work_dir))
     for item in sessions:
         name = f"sub_{item['subject']}" + (f"_ses_{item['session']}" if item["session"] else "")
-        sub_wf = init_generic_wf(
-            template=str(args.template), template_mask=str(args.template_mask),
-            anat_file=item["anat"], bold_files=item["bold"], bold_metadata=item["bold_metadata"],
-            output_dir=str(args.output_dir), template_name=args.template_name,
-            method=args.registration_method, flavour=args.registration_flavour,
-            masking=args.masking, dummy_scans=args.dummy_scans,
-            slice_timing=not args.no_slice_timing, qc=not args.no_qc,
-            omp_nthreads=args.omp_nthreads, name=re.sub(r"[^a-zA-Z0-9_]", "_", name))
+        try:
+            sub_wf = init_generic_wf(
+                template=str(args.template), template_mask=str(args.template_mask),
+                anat_file=item["anat"], bold_files=item["bold"],
+                bold_metadata=item["bold_metadata"], output_dir=str(args.output_dir),
+                template_name=args.template_name, method=args.registration_method,
+                flavour=args.registration_flavour, masking=args.masking,
+                dummy_scans=args.dummy_scans, slice_timing=not args.no_slice_timing,
+                qc=not args.no_qc, omp_nthreads=args.omp_nthreads,
+                name=re.sub(r"[^a-zA-Z0-9_]", "_", name))
+        except TraitError as err:  # a flavour setting of a type or range Nipype refuses
+            first = str(err).strip().splitlines()[0]
+            raise SamriMLError(
+                f"registration flavour {args.registration_flavour!r}: a setting Nipype refuses "
+                f"({first}); hint: compare with samri_ml/data/registration/default.json"
+            ) from err
         log_dir = args.output_dir / f"sub-{item['subject']}" / "log"
-        sub_wf.config["execution"] = {"crashdump_dir": str(log_dir), "crashfile_format": "txt"}
+        # Nipype reads crashdump_dir from each node's config (merged over the top workflow's),
+        # not from a sub-workflow's: set it on every node, so a subject's crash files land in
+        # its own log folder
+        for node in sub_wf._get_all_nodes():
+            node.config = {"execution": {"crashdump_dir": str(log_dir),
+                                         "crashfile_format": "txt"}}
         wf.add_nodes([sub_wf])
     wf.config["execution"] = {
         "crashdump_dir": str(args.output_dir / "log"),
@@ -439,8 +472,10 @@ def _main(argv=None) -> int:
         # ``BIDS_DIR participant``: the analysis level with the default OUTPUT_DIR (argparse
         # fills the optional positionals from the left); a folder of that name is ./participant
         args.output_dir = None
-    if args.output_dir is not None and str(args.output_dir) == "group":
-        # the BIDS-App group level: not a folder to create (a folder of that name is ./group)
+    if args.analysis_level == "group" or (args.output_dir is not None
+                                           and str(args.output_dir) == "group"):
+        # the BIDS-App group level (``BIDS_DIR OUT group``, or ``BIDS_DIR group``: not a
+        # folder to create; a folder of that name is ./group)
         parser.error("there is no group level: samri_ml-register works per participant; "
                      "compare workflows with `samri_ml-qc compare DERIV_DIR DERIV_DIR`")
     setup_logging(args.verbose)
@@ -452,18 +487,20 @@ def _main(argv=None) -> int:
     check_scans(args, sessions)
     from samri_ml.lock import OutputLock
 
+    # built before anything is written: a flavour whose settings Nipype refuses fails here
+    wf = build_workflow(args, sessions)
     if args.dry_run:
         # every check of a real run, nothing written (but the graph, where asked for)
         OutputLock.check(args.output_dir)
-        _dry_run(args, sessions, build_workflow(args, sessions), ants)
+        _dry_run(args, sessions, wf, ants)
         return 0
-    make_dirs(args)
+    make_dir(args.output_dir, "OUTPUT_DIR")
     with OutputLock(args.output_dir):
+        make_dir(args.work_dir, "--work-dir")
         from samri_ml.bids import write_dataset_description
 
         write_dataset_description(args.output_dir, args.bids_dir, __version__,
                                   " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]))
-        wf = build_workflow(args, sessions)
         _announce(args, sessions, wf, ants)
         plugin_args = dict(args.plugin_args)
         # Nipype reads these from its execution config, not from the plugin's arguments;
@@ -485,6 +522,9 @@ def _main(argv=None) -> int:
             from nipype import logging as nlogging
 
             nlogging.getLogger("nipype.workflow").setLevel("WARNING")
+            # in-process plugins (Linear) would echo every ANTs stderr line (e.g. its notes
+            # on the NULL masks of unmasked stages); -v shows them
+            nlogging.getLogger("nipype.interface").setLevel("WARNING")
         from nipype.interfaces.utility import IdentityInterface
 
         total = sum(not isinstance(n.interface, IdentityInterface)

@@ -60,7 +60,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--snout-neck",
         action="store_true",
         help="synthetic heads with a snout and a neck (slices with head but no brain); the "
-        "shipped model was trained without",
+        "shipped model was trained with them (see its model card)",
     )
     add_views_option(p, "train on")
     p.add_argument(

@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from samri_ml.cli._common import HelpFormatter, add_threads_option
+    from samri_ml.cli._common import HelpFormatter, add_threads_option, add_version_option
     from samri_ml.plates.data import shared_data_dir
 
     p = argparse.ArgumentParser(
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "../shared/data/ccf) and write DIR/plates_router.json",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    add_version_option(p)
     return p
 
 
