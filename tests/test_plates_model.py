@@ -228,6 +228,31 @@ def test_auto_sends_two_photon_to_multimodal_and_confocal_to_default(tmp_path):
     assert r.returncode == 0 and "[multimodal: other modality, p " in r.stdout, r.stdout
 
 
+@pytest.mark.parametrize("quarter_turns", [0, 1, 2, 3])
+def test_any_orientation_finds_the_turn_of_a_section(ident, plate_thumbs, quarter_turns):
+    """A plate picture turned by quarter turns is turned back and ranked as it was upright
+    (``any_orientation``; without it a turned section is ranked wrongly)."""
+    plates = [40, 70, 100]
+    imgs = [np.ascontiguousarray(np.rot90(plate_thumbs[p], quarter_turns)) for p in plates]
+    got = ident.rank(imgs, regions=False, any_orientation=True)
+    upright = ident.rank([plate_thumbs[p] for p in plates], regions=False)
+    for res, ref in zip(got, upright, strict=True):
+        assert res["turned_degrees"] == 90 * quarter_turns
+        assert res["ranking"] == ref["ranking"]
+
+
+def test_cli_any_orientation_says_how_the_section_came(tmp_path, plate_thumbs, capsys):
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+
+    sec = tmp_path / "s.png"
+    cv2.imwrite(str(sec), np.ascontiguousarray(np.rot90(plate_thumbs[80])))
+    assert main([str(sec), "--any-orientation", "--no-regions", "--variant", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "[came turned 90 deg counterclockwise]" in out and ": 80 (" in out, out
+
+
 def test_router_features_and_shipped_router():
     """The router's spectrum (half FFT, weighted) equals the full-FFT definition, ignores
     brightness and contrast, and the shipped router matches the shipped model's input."""

@@ -123,6 +123,12 @@ def add_plate_model_options(parser) -> None:
     )
     parser.add_argument("--model", metavar="PATH", help="embedding model (.keras) instead")
     parser.add_argument("--index", metavar="PATH", help="plate index (.npz) instead")
+    parser.add_argument(
+        "--any-orientation",
+        action="store_true",
+        help="sections may come turned by quarter turns (not dorsal side up): each is ranked "
+        "in the turn whose nearest plate is nearest; four times the time",
+    )
 
 
 def _threads(text: str) -> int:

@@ -68,7 +68,8 @@ def run(args) -> int:
         _check_labels(paths, labels, ident.plates)
         ident.rank(imgs[:1], regions=args.regions or None)  # warm-up (graph tracing)
         t0 = time.perf_counter()
-        results = ident.rank(imgs, regions=args.regions or None)
+        results = ident.rank(imgs, regions=args.regions or None,
+                             any_orientation=args.any_orientation)
         seconds = time.perf_counter() - t0
         rankings = [r["ranking"] for r in results]
     else:
@@ -82,11 +83,13 @@ def run(args) -> int:
         t0 = time.perf_counter()
         rankings = []
         for i, im in enumerate(imgs):
+            t1 = time.perf_counter()
             r, _ = rank_mi_affine(im, plates, pp, size=args.size, preprocessed=True)
             rankings.append(r.tolist())
+            now = time.perf_counter()
             print(
-                f"  {paths[i].name}: true {labels[i]}, rank {r.tolist().index(labels[i])}, "
-                f"{time.perf_counter() - t0:.0f} s",
+                f"  [{i + 1}/{len(imgs)}] {paths[i].name}: true {labels[i]}, rank "
+                f"{r.tolist().index(labels[i])}, {now - t1:.0f} s ({now - t0:.0f} s in all)",
                 file=sys.stderr,
             )
         seconds = time.perf_counter() - t0

@@ -60,13 +60,16 @@ def run(args) -> int:
     from samri_ml.plates.identify import make_identifier
 
     ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
-    results = ident.rank_files(args.images, regions=not args.no_regions)
+    results = ident.rank_files(args.images, regions=not args.no_regions,
+                               any_orientation=args.any_orientation)
     for path, res in results.items():
         top = ", ".join(
             f"{p} ({d:.3f})"
             for p, d in zip(res["ranking"][: args.top], res["distances"][: args.top], strict=True)
         )
         line = f"{path}: {top}"
+        if res.get("turned_degrees"):
+            line += f"  [came turned {res['turned_degrees']} deg counterclockwise]"
         if res.get("model") == "multimodal":  # --variant auto sent it to the multimodal model
             line += f"  [multimodal: other modality, p {res['other_modality']:.2f}]"
         if "tilt" in res:

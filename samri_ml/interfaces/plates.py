@@ -26,6 +26,8 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     index = File(exists=True, desc="plate index (.npz); default: the shipped one")
     top = traits.Range(low=1, value=5, usedefault=True, desc="plates shown in the montage")
     regions = traits.Bool(True, usedefault=True, desc="per-region plates and tilt estimate")
+    any_orientation = traits.Bool(False, usedefault=True,
+                                  desc="the section may come turned by quarter turns")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="TensorFlow CPU threads")
 
 
@@ -53,7 +55,7 @@ class IdentifyPlate(SimpleInterface):
 
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(self.inputs.num_threads))
         from samri_ml.plates.data import read_image
-        from samri_ml.plates.identify import make_identifier
+        from samri_ml.plates.identify import make_identifier, turn_back
         from samri_ml.plates.montage import write_montage
 
         def opt(name):
@@ -64,7 +66,8 @@ class IdentifyPlate(SimpleInterface):
             opt("model"), opt("index"), opt("atlas_dir"), variant=self.inputs.variant
         )
         img = read_image(self.inputs.in_file)
-        res = ident.rank([img], regions=self.inputs.regions)[0]
+        res = ident.rank([img], regions=self.inputs.regions,
+                         any_orientation=self.inputs.any_orientation)[0]
         out_json = fname_presuffix(
             self.inputs.in_file, suffix="_plates.json", use_ext=False, newpath=runtime.cwd
         )
@@ -73,8 +76,9 @@ class IdentifyPlate(SimpleInterface):
         out_png = fname_presuffix(
             self.inputs.in_file, suffix="_plates.png", use_ext=False, newpath=runtime.cwd
         )
+        shown = turn_back(img, res.get("turned_degrees", 0) // 90)  # as it was ranked
         write_montage(
-            img, res, out_png, top=self.inputs.top, atlas_dir=opt("atlas_dir"), plate_images=None
+            shown, res, out_png, top=self.inputs.top, atlas_dir=opt("atlas_dir"), plate_images=None
         )
         self._results.update(
             ranking=res["ranking"],

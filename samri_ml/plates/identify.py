@@ -135,6 +135,12 @@ def smooth_profile(d: np.ndarray, plates: np.ndarray, smooth: float) -> np.ndarr
     return out
 
 
+def turn_back(img: np.ndarray, quarter_turns: int) -> np.ndarray:
+    """``img`` turned clockwise by ``quarter_turns`` x 90 degrees: upright again if it came
+    turned counterclockwise by as much."""
+    return np.ascontiguousarray(np.rot90(img, -quarter_turns))
+
+
 def _extent_or(value, default: float) -> float:
     """An extent in mm from the index, or ``default`` where it is unknown (NaN, 0)."""
     value = float(value)
@@ -265,16 +271,42 @@ class PlateIdentifier:
             out.update(regions=d_reg, tissue=frac, overall=(1 - w) * d_whole + w * mean_reg)
         return out
 
+    def upright(self, imgs: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, dict]:
+        """Each image turned back to its most plate-like quarter turn: of the four, the one
+        whose nearest plate is nearest (:func:`turn_back`). Returns the images so turned, the
+        turns found (0-3, counterclockwise quarter turns of the input from upright) and the
+        whole-section distances in the turns found."""
+        turned = [[turn_back(im, k) for im in imgs] for k in range(4)]
+        whole = np.stack([self.distances(t, regions=False)["whole"] for t in turned])
+        k = whole.min(2).argmin(0)
+        n = np.arange(len(imgs))
+        d = {"whole": whole[k, n], "overall": whole[k, n]}
+        return [turned[k[i]][i] for i in n], k, d
+
     def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
-             prepped: np.ndarray | None = None) -> list[dict]:
+             prepped: np.ndarray | None = None, any_orientation: bool = False) -> list[dict]:
         """For each image: ``ranking`` (all plates, best first), ``distances`` (ascending) and,
         with regions, ``regions`` (plate per region, its distance, tissue fraction) and
-        ``tilt`` (dorsal-ventral and left-right plate differences and angles in degrees)."""
+        ``tilt`` (dorsal-ventral and left-right plate differences and angles in degrees).
+        With ``any_orientation`` a section may come turned by quarter turns (:meth:`upright`,
+        four times the network time); ``turned_degrees`` says how it came."""
         if not len(imgs):
             return []
-        d = self.distances(imgs, regions, prepped)
+        if not any_orientation:
+            return self._results(self.distances(imgs, regions, prepped))
+        imgs, turns, d = self.upright(imgs)
+        use_regions = (self.region_weight > 0) if regions is None else regions
+        if use_regions and self.region_embeddings is not None:
+            d = self.distances(imgs, regions)  # the regions of the turned-back sections
+        results = self._results(d)
+        for res, k in zip(results, turns, strict=True):
+            res["turned_degrees"] = int(90 * k)
+        return results
+
+    def _results(self, d: dict) -> list[dict]:
+        """:meth:`rank`'s dictionaries from :meth:`distances`' arrays."""
         results = []
-        for i in range(len(imgs)):
+        for i in range(len(d["overall"])):
             order = np.argsort(d["overall"][i], kind="stable")
             res = {
                 "ranking": [int(p) for p in self.plates[order]],
@@ -320,10 +352,12 @@ class PlateIdentifier:
             ),
         }
 
-    def rank_files(self, paths, regions: bool | None = None) -> dict[str, dict]:
+    def rank_files(self, paths, regions: bool | None = None,
+                   any_orientation: bool = False) -> dict[str, dict]:
         """``{path as given: rank result}``; unreadable files raise :class:`SamriMLError`."""
         imgs = [read_image(p) for p in paths]
-        return dict(zip([str(p) for p in paths], self.rank(imgs, regions), strict=True))
+        return dict(zip([str(p) for p in paths],
+                        self.rank(imgs, regions, any_orientation=any_orientation), strict=True))
 
 
 def brain_extent_mm(plates: np.ndarray, ccf_dir=None) -> tuple[np.ndarray, np.ndarray]:
@@ -419,7 +453,9 @@ class RoutedIdentifier:
         # what callers read from an identifier (the plate list, the preprocessing size)
         self.plates, self.size = self.default.plates, self.default.size
 
-    def rank(self, imgs: list[np.ndarray], regions: bool | None = None) -> list[dict]:
+    def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
+             any_orientation: bool = False) -> list[dict]:
+        # the router's spectrum bands do not change under quarter turns: route first
         prepped = np.stack(_map(self.default.prep, imgs)) if len(imgs) else None
         if prepped is None:
             return []
@@ -434,15 +470,18 @@ class RoutedIdentifier:
             same = ident.size == self.default.size and ident.crop == self.default.crop and \
                 ident.equalise == self.default.equalise
             ranked = ident.rank([imgs[i] for i in idx], regions,
-                                prepped[idx] if same else None)
+                                prepped[idx] if same and not any_orientation else None,
+                                any_orientation=any_orientation)
             for i, res in zip(idx, ranked, strict=True):
                 results[i] = {**res, "model": name, "other_modality": round(float(p[i]), 4)}
         return results
 
-    def rank_files(self, paths, regions: bool | None = None) -> dict[str, dict]:
+    def rank_files(self, paths, regions: bool | None = None,
+                   any_orientation: bool = False) -> dict[str, dict]:
         """``{path as given: rank result}``; unreadable files raise :class:`SamriMLError`."""
         imgs = [read_image(p) for p in paths]
-        return dict(zip([str(p) for p in paths], self.rank(imgs, regions), strict=True))
+        return dict(zip([str(p) for p in paths],
+                        self.rank(imgs, regions, any_orientation=any_orientation), strict=True))
 
 
 def make_identifier(model=None, index=None, atlas=None, variant: str = "auto"):
