@@ -48,6 +48,13 @@ def run_program(name: str, argv: list[str]) -> int:
 
 def _entry(name):
     def main() -> None:
+        import signal
+
+        # Ctrl-C ends the program as it ends the compiled ANTs tools (Python would raise
+        # KeyboardInterrupt, with a traceback, only once the C++ call returned); an ignored
+        # SIGINT (a background job) stays ignored
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         sys.exit(run_program(name, sys.argv[1:]))
 
     main.__name__ = name

@@ -121,9 +121,11 @@ def sidecar_path(path) -> Path:
     return path.with_name(path.name[: len(path.name) - len(ext)] + ".json")
 
 
-def stale_files(out_dir, produced, sources) -> list[Path]:
+def stale_files(out_dir, produced, sources, figures_before: float | None = None) -> list[Path]:
     """Files in the derivative folders of ``sources`` (raw BIDS files) that a run did not
     write: ``produced`` is what it wrote (data files; their JSON sidecars count as written).
+    With ``figures_before`` (a time stamp), also the files of the subjects' ``figures``
+    folders last written before it (the reports rewrite all of their pictures on every run).
 
     A rerun with other options (another ``-f``, ``--masking none`` after ``unet``) leaves the
     earlier run's derivatives beside the new ones; this names them (it deletes nothing).
@@ -131,5 +133,11 @@ def stale_files(out_dir, produced, sources) -> list[Path]:
     produced = {Path(p).resolve() for p in produced}
     produced |= {sidecar_path(p) for p in produced}
     folders = {derivative_path(out_dir, src).parent.resolve() for src in sources}
-    return sorted(f for folder in folders if folder.is_dir() for f in folder.iterdir()
-                  if f.is_file() and not f.name.startswith(".") and f.resolve() not in produced)
+    stale = [f for folder in folders if folder.is_dir() for f in folder.iterdir()
+             if f.is_file() and not f.name.startswith(".") and f.resolve() not in produced]
+    if figures_before is not None:
+        subjects = {Path(out_dir) / f"sub-{parse_entities(src)['sub']}" for src in sources}
+        stale += [f for sub in subjects if (sub / "figures").is_dir()
+                  for f in (sub / "figures").iterdir()
+                  if f.is_file() and f.stat().st_mtime < figures_before]
+    return sorted(stale)

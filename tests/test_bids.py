@@ -37,3 +37,34 @@ def test_derivative_names_keep_every_source_entity():
     assert derivative_path("/o", "/d/sub-01/func/sub-01_task-rest_run-1_echo-2_inv-1_bold.nii.gz",
                            space="X", desc="preproc").name == \
         "sub-01_task-rest_run-1_echo-2_inv-1_space-X_desc-preproc_bold.nii.gz"
+
+
+def test_stale_files_names_what_a_run_did_not_write(tmp_path):
+    """Derivatives (and report pictures older than the run) in the folders of this run's
+    scans that it did not write are named; its own files, their sidecars, other subjects'
+    folders and hidden files are not; nothing is deleted."""
+    import os
+    import time
+
+    from samri_ml.bids import stale_files
+
+    out = tmp_path / "out"
+    anat = out / "sub-01" / "ses-1" / "anat"
+    figs = out / "sub-01" / "figures"
+    other = out / "sub-02" / "ses-1" / "anat"
+    for folder in (anat, figs, other):
+        folder.mkdir(parents=True)
+    mine = anat / "sub-01_ses-1_space-T_desc-preproc_T2w.nii.gz"
+    names = [mine, anat / "sub-01_ses-1_space-T_desc-preproc_T2w.json",
+             anat / "sub-01_ses-1_desc-brain_mask.nii.gz", anat / ".tmp", figs / "old.png",
+             figs / "new.png", other / "sub-02_ses-1_desc-brain_mask.nii.gz"]
+    for f in names:
+        f.write_text("x")
+    started = time.time()
+    os.utime(figs / "old.png", (started - 60, started - 60))
+    os.utime(figs / "new.png", (started + 1, started + 1))  # rewritten by this run's report
+    source = "/data/sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz"
+    assert stale_files(out, [mine], [source]) == [anat / "sub-01_ses-1_desc-brain_mask.nii.gz"]
+    assert stale_files(out, [mine], [source], figures_before=started) == [
+        figs / "old.png", anat / "sub-01_ses-1_desc-brain_mask.nii.gz"]
+    assert all(f.exists() for f in names)

@@ -90,6 +90,17 @@ def test_max_slices_predicts_fewer_slices_and_interpolates(phantom):
     assert dice(np.asarray(predict_mask(img, max_slices=40).dataobj), full) > 0.98
 
 
+def test_cli_refuses_too_few_slices(tmp_path, phantom, capsys):
+    """``--max-slices 2`` used to run and blame the input ("no brain found")."""
+    from samri_ml.cli.mask import MIN_MAX_SLICES, main
+
+    src = tmp_path / "in.nii.gz"
+    nb.save(phantom["T2w"], src)
+    assert main([str(src), str(tmp_path / "m.nii.gz"), "--max-slices", "8"]) == 2
+    assert f"--max-slices must be at least {MIN_MAX_SLICES}" in capsys.readouterr().err
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
 def test_same_mask_for_any_axis_order(phantom):
     img = phantom["T2w"]
     ref = np.asarray(predict_mask(img).dataobj)

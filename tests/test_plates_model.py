@@ -339,6 +339,8 @@ def test_plate_clis_refuse_bad_options_and_unknown_labels(tmp_path, plate_thumbs
         (identify, [str(secs / "200.png"), "--threads", "-1"], "--threads must be"),
         (evaluate, ["--images", str(secs), "--threads", "-1"], "--threads must be"),
         (evaluate, ["--images", str(secs), "--limit", "0"], "--limit must be"),
+        (evaluate, ["--images", str(secs), "--method", "mi-affine", "--any-orientation"],
+         "--any-orientation: for --method siamese only"),
         (evaluate, ["--images", str(secs)], "plate 200 (from the file name) is not in the atlas"),
     ]
     for main, argv, words in cases:

@@ -295,3 +295,37 @@ def test_multithreaded_ants_is_close_but_not_bit_identical(example_dataset, tmp_
     r = np.corrcoef(a.ravel(), b.ravel())[0, 1]
     print(f"registered T2w, run 2 vs run 1: r={r:.6f}")
     assert r > 0.99
+
+
+@pytest.mark.parametrize("nprocs", ["1", "2"])
+def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs):
+    """SIGINT to the process group (Ctrl-C) part-way: exit 130 at once with one
+    ``interrupted`` line, for Linear (``--nprocs 1``: Nipype turned the interrupt into a failed
+    node and went on with the others) and MultiProc (each forked worker printed a traceback).
+    The same command then resumes and finishes."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    cmd = register_command(example_dataset, out, work)
+    cmd[cmd.index("--nprocs") + 1] = nprocs
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(k.endswith("s_biascorrect") for k in _results(work)):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "no bias correction finished in 600 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # into the next nodes (an antsRegistration)
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        rc = proc.wait(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    text = (tmp_path / "first.log").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.startswith("[")]  # the progress lines
+    assert rc == 130 and waited < 10, (rc, waited, text[-2000:])
+    assert lines[-1] == "samri_ml-register: interrupted", lines
+    assert len(lines) == 2 and "session(s)" in lines[0], lines
+    assert run_register(example_dataset, out, work).returncode == 0

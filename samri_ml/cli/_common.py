@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from samri_ml.errors import SamriMLError
 
@@ -159,6 +160,49 @@ def add_version_option(parser) -> None:
     from samri_ml import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+@contextmanager
+def quiet_interrupts():
+    """Ctrl-C during a Nipype run. Yields a state whose ``interrupted`` turns True at the
+    first SIGINT: a status callback that raises ``KeyboardInterrupt`` when it is set stops the
+    run at the next node (Nipype's interfaces catch the interrupt inside a node and report it
+    as that node's failure, so an in-process plugin such as Linear went on with the others).
+    Forked workers (MultiProc) end at once and silently (each used to print a
+    KeyboardInterrupt traceback), and the logs of the broken run are muted, so the parent's
+    one ``interrupted`` line (exit 130) is all a user sees. Where SIGINT is ignored (a
+    background job) nothing changes."""
+    import signal
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(interrupted=False)
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield state
+        return
+    parent = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != parent:  # a forked worker: the parent reports the interrupt
+            os._exit(128 + signum)
+        state.interrupted = True
+        # Nipype sets a level on each of its loggers: mute every one, not only the parent
+        names = [n for n in logging.root.manager.loggerDict
+                 if n.split(".")[0] in ("nipype", "concurrent")]
+        for name in names:
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    except BaseException:
+        if state.interrupted:  # e.g. "some steps failed" because a node caught it
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if state.interrupted:  # caught by a node and turned into its failure: still an interrupt
+        raise KeyboardInterrupt
 
 
 def setup_logging(verbose: int) -> None:

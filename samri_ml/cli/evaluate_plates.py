@@ -120,6 +120,12 @@ def _main(argv=None) -> int:
         parser.error(f"--images {args.images}: not a directory")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    if args.method == "mi-affine":
+        given = [opt for opt, on in (("--any-orientation", args.any_orientation),
+                                     ("--model", args.model), ("--index", args.index),
+                                     ("--regions", args.regions)) if on]
+        if given:
+            parser.error(f"{', '.join(given)}: for --method siamese only")
     return run(args)
 
 

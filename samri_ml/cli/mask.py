@@ -12,10 +12,21 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import HelpFormatter, add_flip_option, add_views_option, run_cli
+from samri_ml.cli._common import (
+    HelpFormatter,
+    add_flip_option,
+    add_threads_option,
+    add_views_option,
+    run_cli,
+    set_tf_threads,
+)
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-mask"
+
+
+#: the smallest --max-slices accepted (half the network's 64 px frame)
+MIN_MAX_SLICES = 32
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -44,6 +55,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="brain probability threshold")
     add_views_option(p)
     add_flip_option(p)
+    from samri_ml.hardware import available_cpus
+
+    add_threads_option(p, default=available_cpus(),
+                       help="CPU threads for TensorFlow (default: the cores this job may use)")
     p.add_argument(
         "--max-slices", type=int, default=None, metavar="N",
         help="predict at most N slices per view, evenly spaced, and interpolate between them: "
@@ -64,8 +79,10 @@ def _main(argv=None) -> int:
         parser.error(f"OUT must end in .nii or .nii.gz: {args.out_file}")
     if not 0 < args.threshold < 1:
         parser.error("--threshold must be between 0 and 1")
-    if args.max_slices is not None and args.max_slices < 2:
-        parser.error("--max-slices must be at least 2")
+    if args.max_slices is not None and args.max_slices < MIN_MAX_SLICES:
+        # fewer slices than the network's 64 px frame resolves lose the brain's shape (sammba
+        # T2, 28-68 slices a view: Dice with the full mask 0.76 at 3, 0.94 at 8, 0.96 at 16)
+        parser.error(f"--max-slices must be at least {MIN_MAX_SLICES}")
     if args.out_file.resolve() == args.in_file.resolve():
         parser.error("OUT would overwrite IN")
     if args.masked is not None:
@@ -74,6 +91,7 @@ def _main(argv=None) -> int:
         if args.masked.resolve() in (args.in_file.resolve(), args.out_file.resolve()):
             parser.error("--masked would overwrite IN or OUT")
     t0 = time.perf_counter()
+    set_tf_threads(args.threads)
     import nibabel as nb
 
     from samri_ml.io import load_nifti

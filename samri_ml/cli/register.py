@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import HelpFormatter, run_cli, setup_logging
+from samri_ml.cli._common import HelpFormatter, quiet_interrupts, run_cli, setup_logging
 from samri_ml.errors import SamriMLError
 from samri_ml.hardware import available_cpus
 
@@ -452,10 +452,13 @@ def build_workflow(args, sessions):
 class Progress:
     """Nipype status callback: one line per finished node, so long runs show progress."""
 
-    def __init__(self, total: int, stream=sys.stderr):
+    def __init__(self, total: int, stream=sys.stderr, stop=None):
         self.total, self.done, self.stream, self.start = total, 0, stream, time.monotonic()
+        self.stop = stop  # a quiet_interrupts() state: raise at the next node once interrupted
 
     def __call__(self, node, status):
+        if self.stop is not None and self.stop.interrupted:
+            raise KeyboardInterrupt
         if status == "start":
             return
         self.done += 1
@@ -529,7 +532,7 @@ def _main(argv=None) -> int:
 
         total = sum(not isinstance(n.interface, IdentityInterface)
                     for n in wf._create_flat_graph().nodes())
-        plugin_args.setdefault("status_callback", Progress(total))
+        progress = plugin_args.setdefault("status_callback", Progress(total))
         if "LOGNAME" not in os.environ:
             # Nipype's SLURM/SGE plugins name jobs after $LOGNAME and fail with a KeyError
             # where it is unset (containers, CI, cron)
@@ -539,8 +542,12 @@ def _main(argv=None) -> int:
                 os.environ["LOGNAME"] = getpass.getuser()
             except (KeyError, OSError):  # a uid without a passwd entry
                 os.environ["LOGNAME"] = "samri_ml"
+        args.started = time.time()  # the reports rewrite every picture after this
         try:
-            graph = wf.run(plugin=args.plugin, plugin_args=plugin_args)
+            with quiet_interrupts() as state:
+                if isinstance(progress, Progress):
+                    progress.stop = state
+                graph = wf.run(plugin=args.plugin, plugin_args=plugin_args)
         except RuntimeError as err:
             if "Workflow did not execute cleanly" in str(err) or "Traceback" in str(err):
                 raise SamriMLError(
@@ -591,7 +598,8 @@ def _note_stale(args, sessions, graph) -> None:
 
     sources = [s for item in sessions for s in ([item["anat"]] if item["anat"] else [])
                + list(item["bold"])]
-    stale = stale_files(args.output_dir, sink_outputs(graph), sources)
+    stale = stale_files(args.output_dir, sink_outputs(graph), sources,
+                        figures_before=args.started)
     if stale:
         shown = ", ".join(str(p.relative_to(args.output_dir)) for p in stale[:3])
         more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""

@@ -135,7 +135,7 @@ def _read_with_fallbacks(p: Path) -> np.ndarray:
         ) from None
     arr = np.squeeze(arr)
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
-        arr = arr[arr.shape[0] // 2]  # a stack: take its middle slice
+        arr = arr[0]  # a stack: its first page, as OpenCV reads a multi-page TIFF
     return arr
 
 
