@@ -126,6 +126,26 @@ def test_identify_plate_interface_refuses_top_below_1():
             IdentifyPlate(top=top)
 
 
+def test_one_unreadable_image_does_not_stop_the_others(tmp_path, plate_thumbs, capsys):
+    """Of several images, one that cannot be read is named and left out; the others are
+    ranked and written; the exit code says that something was left out."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+
+    good, bad = tmp_path / "60.png", tmp_path / "bad.png"
+    cv2.imwrite(str(good), plate_thumbs[60])
+    bad.write_text("not an image")
+    out = tmp_path / "o.json"
+    assert main([str(good), str(bad), "--json", str(out), "--no-regions"]) == 1
+    captured = capsys.readouterr()
+    assert f"{good}: " in captured.out
+    err = captured.err.strip().splitlines()
+    assert err[0].startswith(f"samri_ml-identify-plate: skipped: {bad}: not a readable image")
+    assert "1 of 2 images could not be read" in err[-1] and len(err) == 2, err
+    assert list(json.loads(out.read_text())) == [str(good)]
+
+
 @pytest.mark.parametrize("kind", ["text", "empty", "missing"])
 def test_identify_cli_bad_input(tmp_path, kind):
     import cv2

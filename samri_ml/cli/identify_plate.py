@@ -57,11 +57,23 @@ def _check_args(parser, args) -> None:
 
 def run(args) -> int:
     set_tf_threads(args.threads)
+    from samri_ml.plates.data import read_image
     from samri_ml.plates.identify import make_identifier
 
+    # every image is read first: one that cannot be is named, and the others are still ranked
+    paths, imgs, bad = [], [], []
+    for path in args.images:
+        try:
+            imgs.append(read_image(path))
+            paths.append(str(path))
+        except SamriMLError as err:
+            bad.append(err)
+    if not imgs:
+        raise bad[0] if len(bad) == 1 else SamriMLError(
+            f"none of the {len(bad)} images could be read (first: {bad[0]})")
     ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
-    results = ident.rank_files(args.images, regions=not args.no_regions,
-                               any_orientation=args.any_orientation)
+    ranked = ident.rank(imgs, regions=not args.no_regions, any_orientation=args.any_orientation)
+    results = dict(zip(paths, ranked, strict=True))
     for path, res in results.items():
         top = ", ".join(
             f"{p} ({d:.3f})"
@@ -86,6 +98,11 @@ def run(args) -> int:
             Path(args.json).write_text(json_dumps(results, indent=1))
         except OSError as e:
             raise SamriMLError(f"cannot write {args.json}: {e.strerror}") from None
+    for err in bad:
+        print(f"{PROG}: skipped: {err}", file=sys.stderr)
+    if bad:
+        raise SamriMLError(f"{len(bad)} of {len(args.images)} images could not be read (named "
+                           "above, left out of the output); the others are ranked")
     return 0
 
 
