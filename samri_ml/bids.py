@@ -136,8 +136,14 @@ def stale_files(out_dir, produced, sources, figures_before: float | None = None)
     stale = [f for folder in folders if folder.is_dir() for f in folder.iterdir()
              if f.is_file() and not f.name.startswith(".") and f.resolve() not in produced]
     if figures_before is not None:
-        subjects = {Path(out_dir) / f"sub-{parse_entities(src)['sub']}" for src in sources}
-        stale += [f for sub in subjects if (sub / "figures").is_dir()
-                  for f in (sub / "figures").iterdir()
-                  if f.is_file() and f.stat().st_mtime < figures_before]
+        # a subject's figures folder is shared by its sessions: only this run's sessions' own
+        tags: dict[Path, set[str]] = {}
+        for src in sources:
+            ent = parse_entities(src)
+            tag = f"sub-{ent['sub']}" + (f"_ses-{ent['ses']}" if "ses" in ent else "")
+            tags.setdefault(Path(out_dir) / f"sub-{ent['sub']}" / "figures", set()).add(tag + "_")
+        stale += [f for figures, prefixes in tags.items() if figures.is_dir()
+                  for f in figures.iterdir()
+                  if f.is_file() and f.name.startswith(tuple(prefixes))
+                  and f.stat().st_mtime < figures_before]
     return sorted(stale)

@@ -31,7 +31,9 @@ def fill_holes(mask: np.ndarray, within_axis: int | None = None) -> np.ndarray:
     """
     from scipy import ndimage
 
-    mask = np.asarray(mask, dtype=bool)
+    mask = np.array(mask, dtype=bool)  # a copy: the caller's array is never returned
+    if within_axis is not None:
+        within_axis %= mask.ndim
     box = ndimage.find_objects(mask.astype(np.uint8))
     if not box:
         return mask

@@ -56,15 +56,34 @@ def test_stale_files_names_what_a_run_did_not_write(tmp_path):
         folder.mkdir(parents=True)
     mine = anat / "sub-01_ses-1_space-T_desc-preproc_T2w.nii.gz"
     names = [mine, anat / "sub-01_ses-1_space-T_desc-preproc_T2w.json",
-             anat / "sub-01_ses-1_desc-brain_mask.nii.gz", anat / ".tmp", figs / "old.png",
-             figs / "new.png", other / "sub-02_ses-1_desc-brain_mask.nii.gz"]
+             anat / "sub-01_ses-1_desc-brain_mask.nii.gz", anat / ".tmp", figs / "sub-01_ses-1_T2w_desc-old.png",
+             figs / "sub-01_ses-1_T2w_desc-new.png", other / "sub-02_ses-1_desc-brain_mask.nii.gz"]
     for f in names:
         f.write_text("x")
     started = time.time()
-    os.utime(figs / "old.png", (started - 60, started - 60))
-    os.utime(figs / "new.png", (started + 1, started + 1))  # rewritten by this run's report
+    os.utime(figs / "sub-01_ses-1_T2w_desc-old.png", (started - 60, started - 60))
+    os.utime(figs / "sub-01_ses-1_T2w_desc-new.png", (started + 1, started + 1))  # rewritten by this run's report
     source = "/data/sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz"
     assert stale_files(out, [mine], [source]) == [anat / "sub-01_ses-1_desc-brain_mask.nii.gz"]
     assert stale_files(out, [mine], [source], figures_before=started) == [
-        figs / "old.png", anat / "sub-01_ses-1_desc-brain_mask.nii.gz"]
+        figs / "sub-01_ses-1_T2w_desc-old.png", anat / "sub-01_ses-1_desc-brain_mask.nii.gz"]
     assert all(f.exists() for f in names)
+
+
+def test_stale_figures_only_of_the_sessions_run(tmp_path):
+    """A subject's figures folder is shared by its sessions: a rerun of ses-2 alone does not
+    call ses-1's pictures stale."""
+    import os
+    import time
+
+    from samri_ml.bids import stale_files
+
+    figs = tmp_path / "out" / "sub-01" / "figures"
+    figs.mkdir(parents=True)
+    old = time.time() - 60
+    for name in ("sub-01_ses-1_T2w_desc-overview.png", "sub-01_ses-2_T2w_desc-mask.png"):
+        (figs / name).write_text("x")
+        os.utime(figs / name, (old, old))
+    source = "/data/sub-01/ses-2/anat/sub-01_ses-2_T2w.nii.gz"
+    assert stale_files(tmp_path / "out", [], [source], figures_before=time.time()) == [
+        figs / "sub-01_ses-2_T2w_desc-mask.png"]

@@ -175,7 +175,7 @@ def quiet_interrupts():
     import signal
     from types import SimpleNamespace
 
-    state = SimpleNamespace(interrupted=False)
+    state = SimpleNamespace(interrupted=False, muted={})
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield state
         return
@@ -189,7 +189,9 @@ def quiet_interrupts():
         names = [n for n in logging.root.manager.loggerDict
                  if n.split(".")[0] in ("nipype", "concurrent")]
         for name in names:
-            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+            logger = logging.getLogger(name)
+            state.muted.setdefault(name, logger.level)
+            logger.setLevel(logging.CRITICAL + 1)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
@@ -201,6 +203,11 @@ def quiet_interrupts():
         raise
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Nipype's loggers back as they were, for in-process callers (tests, the API); the
+        # process pool's stay muted: the broken pool's callbacks log after the run has ended
+        for name, level in state.muted.items():
+            if name.split(".")[0] == "nipype":
+                logging.getLogger(name).setLevel(level)
     if state.interrupted:  # caught by a node and turned into its failure: still an interrupt
         raise KeyboardInterrupt
 

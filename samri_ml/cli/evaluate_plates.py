@@ -66,7 +66,9 @@ def run(args) -> int:
 
         ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
         _check_labels(paths, labels, ident.plates)
-        ident.rank(imgs[:1], regions=args.regions or None)  # warm-up (graph tracing)
+        # an untimed pass first: loads and traces every model the sections will need (with
+        # --variant auto, the multimodal one only where a section is sent to it)
+        ident.rank(imgs, regions=args.regions or None, any_orientation=args.any_orientation)
         t0 = time.perf_counter()
         results = ident.rank(imgs, regions=args.regions or None,
                              any_orientation=args.any_orientation)

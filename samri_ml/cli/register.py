@@ -493,7 +493,8 @@ def _main(argv=None) -> int:
     # built before anything is written: a flavour whose settings Nipype refuses fails here
     wf = build_workflow(args, sessions)
     if args.dry_run:
-        # every check of a real run, nothing written (but the graph, where asked for)
+        # every check of a real run but the cluster's (a dry run may be made off the
+        # cluster), nothing written (but the graph, where asked for)
         OutputLock.check(args.output_dir)
         _dry_run(args, sessions, wf, ants)
         return 0

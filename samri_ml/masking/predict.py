@@ -162,11 +162,14 @@ MAX_SLICES_PER_VIEW: int | None = None
 
 
 def _slice_positions(n: int, max_slices: int | None) -> np.ndarray:
-    """Indices of the slices to predict along an axis of ``n``: all, or ``max_slices`` evenly
-    spaced ones including both ends."""
+    """Indices of the slices to predict along an axis of ``n``: all, or about ``max_slices``
+    evenly spaced ones including both ends, symmetric about the middle (so that a mirrored
+    volume gets the mirrored slices and the mirror averaging stays exact)."""
     if max_slices is None or n <= max_slices:
         return np.arange(n)
-    return np.unique(np.round(np.linspace(0, n - 1, max(max_slices, 2))).astype(int))
+    spaced = np.linspace(0, n - 1, max(max_slices, 2))
+    first_half = np.floor(spaced[: (len(spaced) + 1) // 2] + 0.5).astype(int)
+    return np.unique(np.concatenate([first_half, n - 1 - first_half]))
 
 
 def _take_slices(vol: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:

@@ -441,7 +441,7 @@ class RoutedIdentifier:
         from samri_ml.plates.modality import ROUTER_NAME, ModalityRouter
 
         self.default = PlateIdentifier(atlas=atlas, variant="default")
-        self.multimodal = PlateIdentifier(atlas=atlas, variant="multimodal")
+        self._atlas, self._multimodal = atlas, None
         path = Path(router) if router else default_model_dir("default") / ROUTER_NAME
         if not path.exists():
             raise SamriMLError(f"{path}: model file missing; hint: reinstall samri_ml or use "
@@ -453,6 +453,13 @@ class RoutedIdentifier:
         # what callers read from an identifier (the plate list, the preprocessing size)
         self.plates, self.size = self.default.plates, self.default.size
 
+    @property
+    def multimodal(self) -> PlateIdentifier:
+        """The multimodal identifier, built (and, with an atlas, its index made) on first use."""
+        if self._multimodal is None:
+            self._multimodal = PlateIdentifier(atlas=self._atlas, variant="multimodal")
+        return self._multimodal
+
     def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
              any_orientation: bool = False) -> list[dict]:
         # the router's spectrum bands do not change under quarter turns: route first
@@ -462,11 +469,11 @@ class RoutedIdentifier:
         p = self.router.other_modality(prepped)
         other = p >= self.router.threshold
         results: list = [None] * len(imgs)
-        for ident, chosen, name in ((self.default, ~other, "default"),
-                                    (self.multimodal, other, "multimodal")):
+        for variant, chosen in (("default", ~other), ("multimodal", other)):
             idx = np.flatnonzero(chosen)
             if not len(idx):
                 continue
+            ident, name = getattr(self, variant), variant
             same = ident.size == self.default.size and ident.crop == self.default.crop and \
                 ident.equalise == self.default.equalise
             ranked = ident.rank([imgs[i] for i in idx], regions,
