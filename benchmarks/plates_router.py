@@ -29,8 +29,8 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import nibabel as nb
 
-    from samri_ml.plates.augment import hemisection, missing_cerebellum, missing_cortex
-    from samri_ml.plates.data import load_sections, pad_square, shared_data_dir
+    from samri_ml.plates.augment import hemisection, missing_cerebellum, missing_cortex, on_uint8
+    from samri_ml.plates.data import load_sections, shared_data_dir
     from samri_ml.plates.identify import RoutedIdentifier
     from samri_ml.plates.synth import Annotation, SectionSynth, template_slice
 
@@ -39,7 +39,7 @@ def main() -> None:
     router, prep = ident.router, ident.default.prep
 
     def cut(img, fn):
-        return (fn(pad_square(img).astype(np.float32) / 255, rng) * 255).astype(np.uint8)
+        return on_uint8(fn, img, rng)
 
     groups = {}
     for split in ("val_1", "val_2"):

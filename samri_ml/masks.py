@@ -54,6 +54,5 @@ def fill_holes(mask: np.ndarray, within_axis: int | None = None) -> np.ndarray:
             outside[np.take(labels, 0, axis=axis)] = True
             outside[np.take(labels, -1, axis=axis)] = True
     outside[0] = True  # the foreground keeps label 0 and stays as it is
-    out = mask.copy()
-    out[box] = window | ~outside[labels]
-    return out
+    mask[box] = window | ~outside[labels]
+    return mask

@@ -533,7 +533,6 @@ def _main(argv=None) -> int:
 
         total = sum(not isinstance(n.interface, IdentityInterface)
                     for n in wf._create_flat_graph().nodes())
-        progress = plugin_args.setdefault("status_callback", Progress(total))
         if "LOGNAME" not in os.environ:
             # Nipype's SLURM/SGE plugins name jobs after $LOGNAME and fail with a KeyError
             # where it is unset (containers, CI, cron)
@@ -543,11 +542,10 @@ def _main(argv=None) -> int:
                 os.environ["LOGNAME"] = getpass.getuser()
             except (KeyError, OSError):  # a uid without a passwd entry
                 os.environ["LOGNAME"] = "samri_ml"
-        args.started = time.time()  # the reports rewrite every picture after this
+        started = time.time()  # the reports rewrite every picture after this
         try:
             with quiet_interrupts() as state:
-                if isinstance(progress, Progress):
-                    progress.stop = state
+                plugin_args["status_callback"] = Progress(total, stop=state)
                 graph = wf.run(plugin=args.plugin, plugin_args=plugin_args)
         except RuntimeError as err:
             if "Workflow did not execute cleanly" in str(err) or "Traceback" in str(err):
@@ -557,14 +555,19 @@ def _main(argv=None) -> int:
             raise
         # the report's registration overviews do not need QC; without it there is no table
         _write_reports(args, sessions)
-        _note_stale(args, sessions, graph)
+        _note_stale(args, sessions, graph, started)
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
 
 
+def _scans(item: dict) -> list[str]:
+    """A session's scans (from :func:`collect_sessions`): its structural scan, then its runs."""
+    return ([item["anat"]] if item["anat"] else []) + list(item["bold"])
+
+
 def _announce(args, sessions, wf, ants) -> None:
     """The run's one-line summary, and its graph where ``--write-graph`` asks for it."""
-    n_scans = sum(bool(s["anat"]) + len(s["bold"]) for s in sessions)
+    n_scans = sum(len(_scans(item)) for item in sessions)
     print(f"{PROG}: {len(sessions)} session(s), {n_scans} scan(s); template "
           f"{args.template_name}; flavour {args.registration_flavour}; masking "
           f"{args.masking}; plugin {args.plugin}; {ants}; work dir {args.work_dir}",
@@ -583,24 +586,24 @@ def _dry_run(args, sessions, wf, ants) -> None:
     _announce(args, sessions, wf, ants)
     for item in sessions:
         where = f"sub-{item['subject']}" + (f" ses-{item['session']}" if item["session"] else "")
-        scans = ([Path(item["anat"]).name] if item["anat"] else ["no structural scan"])
-        scans += [Path(b).name for b in item["bold"]]
-        print(f"{PROG}: dry run: {where}: {', '.join(scans)}", file=sys.stderr)
+        names = [Path(scan).name for scan in _scans(item)]
+        if not item["anat"]:
+            names.insert(0, "no structural scan")
+        print(f"{PROG}: dry run: {where}: {', '.join(names)}", file=sys.stderr)
     nodes = sum(1 for _ in wf._create_flat_graph().nodes())
     print(f"{PROG}: dry run: {nodes} nodes built, none run; a run writes into "
           f"{args.output_dir}", file=sys.stderr)
 
 
-def _note_stale(args, sessions, graph) -> None:
+def _note_stale(args, sessions, graph, started: float) -> None:
     """Name the derivatives an earlier run with other options left beside this run's (another
-    ``-f``, ``--masking none`` after ``unet``, ``--no-qc``): they are kept, not deleted."""
+    ``-f``, ``--masking none`` after ``unet``, ``--no-qc``), and the report pictures of its
+    sessions not redrawn since ``started``: they are kept, not deleted."""
     from samri_ml.bids import stale_files
     from samri_ml.interfaces.bids import sink_outputs
 
-    sources = [s for item in sessions for s in ([item["anat"]] if item["anat"] else [])
-               + list(item["bold"])]
-    stale = stale_files(args.output_dir, sink_outputs(graph), sources,
-                        figures_before=args.started)
+    sources = [scan for item in sessions for scan in _scans(item)]
+    stale = stale_files(args.output_dir, sink_outputs(graph), sources, figures_before=started)
     if stale:
         shown = ", ".join(str(p.relative_to(args.output_dir)) for p in stale[:3])
         more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""

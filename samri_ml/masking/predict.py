@@ -221,24 +221,22 @@ def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS, flip: bool = True
     probs = np.zeros_like(slices)
     if filled.any():
         probs[filled] = predict_probabilities(model, slices[filled])
-    per_view = {a: None for a in axes}
+    # a view's predictions (the volume's and its mirror's) are added (commutative: the result
+    # stays exactly mirror-equivariant), then the views' means in a fixed order
+    totals = {a: np.zeros(ras.shape, np.float32) for a in axes}
+    counts = dict.fromkeys(axes, 0)
     start = 0
     for (axis, m), stack in zip(jobs, stacks, strict=True):
         shape = list(ras.shape)
         shape[axis] = len(stack)
         p = pp.slices_to_volume(probs[start : start + len(stack)], tuple(shape), axis=axis)
         p = _interpolate_slices(p, positions[axis], ras.shape[axis], axis)
-        p = np.flip(p, LEFT_RIGHT_AXIS) if m else p
-        # a view's two predictions are added (commutative: the result stays exactly
-        # mirror-equivariant), then the views in a fixed order
-        if per_view[axis] is None:
-            per_view[axis] = p
-        else:
-            per_view[axis] += p
+        totals[axis] += np.flip(p, LEFT_RIGHT_AXIS) if m else p
+        counts[axis] += 1
         start += len(stack)
     out = np.zeros(ras.shape, np.float32)
-    for axis, total in per_view.items():
-        out += total * np.float32(1 / (len(axes) * (1 + (flip and axis != LEFT_RIGHT_AXIS))))
+    for axis, total in totals.items():
+        out += total * np.float32(1 / (len(axes) * counts[axis]))
     return out
 
 

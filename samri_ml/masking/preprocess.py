@@ -191,17 +191,20 @@ def mask_to_slices(
     """Training labels as in the seed: ``(n_slices, 64, 64, 1)`` uint8.
 
     The mask is zeroed where the image is zero, each slice's holes are filled
-    (``binary_fill_holes``), then slices are resized (nearest neighbour) / padded like the image.
+    (``binary_fill_holes`` of every slice, :func:`samri_ml.masks.fill_holes`), then slices are
+    resized (nearest neighbour) / padded like the image.
     """
     import cv2
-    from scipy.ndimage import binary_fill_holes
 
-    mask = np.ascontiguousarray((np.asarray(ras_mask) > 0.5) & (np.asarray(ras_volume) != 0))
+    from samri_ml.masks import fill_holes
+
+    mask = (np.asarray(ras_mask) > 0.5) & (np.asarray(ras_volume) != 0)
+    filled = np.ascontiguousarray(fill_holes(mask, within_axis=axis), dtype=np.float32)
     geometry = SliceGeometry(_in_plane(mask.shape, axis))
     out = np.empty((mask.shape[axis], SIZE, SIZE, 1), dtype=np.uint8)
     for j in range(mask.shape[axis]):
-        filled = binary_fill_holes(np.take(mask, j, axis=axis)).astype(np.float32)
-        out[j, :, :, 0] = slice_to_input(filled, geometry, interpolation=cv2.INTER_NEAREST) > 0.5
+        out[j, :, :, 0] = slice_to_input(np.take(filled, j, axis=axis), geometry,
+                                         interpolation=cv2.INTER_NEAREST) > 0.5
     return out
 
 

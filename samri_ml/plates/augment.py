@@ -17,6 +17,12 @@ import numpy as np
 from samri_ml.plates.data import pad_square
 
 
+def on_uint8(fn, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One of these augmentations applied to a uint8 section of any shape: padded to a square,
+    scaled to [0, 1], augmented, back to uint8."""
+    return (fn(pad_square(img).astype(np.float32) / 255, rng) * 255).astype(np.uint8)
+
+
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     import cv2
 

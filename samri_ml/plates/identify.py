@@ -147,7 +147,18 @@ def _extent_or(value, default: float) -> float:
     return value if math.isfinite(value) and value > 0 else default
 
 
-class PlateIdentifier:
+class _Ranker:
+    """What both identifiers share on top of their ``rank``."""
+
+    def rank_files(self, paths, regions: bool | None = None,
+                   any_orientation: bool = False) -> dict[str, dict]:
+        """``{path as given: rank result}``; unreadable files raise :class:`SamriMLError`."""
+        imgs = [read_image(p) for p in paths]
+        return dict(zip([str(p) for p in paths],
+                        self.rank(imgs, regions, any_orientation=any_orientation), strict=True))
+
+
+class PlateIdentifier(_Ranker):
     """Embed sections and rank the plates of an index.
 
     Parameters
@@ -352,12 +363,6 @@ class PlateIdentifier:
             ),
         }
 
-    def rank_files(self, paths, regions: bool | None = None,
-                   any_orientation: bool = False) -> dict[str, dict]:
-        """``{path as given: rank result}``; unreadable files raise :class:`SamriMLError`."""
-        imgs = [read_image(p) for p in paths]
-        return dict(zip([str(p) for p in paths],
-                        self.rank(imgs, regions, any_orientation=any_orientation), strict=True))
 
 
 def brain_extent_mm(plates: np.ndarray, ccf_dir=None) -> tuple[np.ndarray, np.ndarray]:
@@ -430,7 +435,7 @@ def export_model(
     return idx
 
 
-class RoutedIdentifier:
+class RoutedIdentifier(_Ranker):
     """``variant="auto"``: each section is ranked by the default model, or by the multimodal
     one where the modality router (:mod:`samri_ml.plates.modality`) is confident that it is
     not a confocal/Nissl section. Same ``rank``/``rank_files`` as :class:`PlateIdentifier`;
@@ -462,10 +467,10 @@ class RoutedIdentifier:
 
     def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
              any_orientation: bool = False) -> list[dict]:
-        # the router's spectrum bands do not change under quarter turns: route first
-        prepped = np.stack(_map(self.default.prep, imgs)) if len(imgs) else None
-        if prepped is None:
+        if not len(imgs):
             return []
+        # the router's spectrum bands do not change under quarter turns: route first
+        prepped = np.stack(_map(self.default.prep, imgs))
         p = self.router.other_modality(prepped)
         other = p >= self.router.threshold
         results: list = [None] * len(imgs)
@@ -473,22 +478,16 @@ class RoutedIdentifier:
             idx = np.flatnonzero(chosen)
             if not len(idx):
                 continue
-            ident, name = getattr(self, variant), variant
+            ident = getattr(self, variant)
             same = ident.size == self.default.size and ident.crop == self.default.crop and \
                 ident.equalise == self.default.equalise
             ranked = ident.rank([imgs[i] for i in idx], regions,
                                 prepped[idx] if same and not any_orientation else None,
                                 any_orientation=any_orientation)
             for i, res in zip(idx, ranked, strict=True):
-                results[i] = {**res, "model": name, "other_modality": round(float(p[i]), 4)}
+                results[i] = {**res, "model": variant, "other_modality": round(float(p[i]), 4)}
         return results
 
-    def rank_files(self, paths, regions: bool | None = None,
-                   any_orientation: bool = False) -> dict[str, dict]:
-        """``{path as given: rank result}``; unreadable files raise :class:`SamriMLError`."""
-        imgs = [read_image(p) for p in paths]
-        return dict(zip([str(p) for p in paths],
-                        self.rank(imgs, regions, any_orientation=any_orientation), strict=True))
 
 
 def make_identifier(model=None, index=None, atlas=None, variant: str = "auto"):

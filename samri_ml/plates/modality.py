@@ -146,16 +146,15 @@ def training_sections(data_dir, n_synth: int = 400, seed: int = 0,
     partial cuts (in-domain), and ``n_synth`` synthetic CCF sections, a third of them partial
     (other); every image shrunk to a random size (:func:`shrink`). val_1/val_2 are left for
     checking it."""
-    from samri_ml.plates.augment import hemisection, missing_cerebellum, missing_cortex
-    from samri_ml.plates.data import load_atlas, load_sections, pad_square
+    from samri_ml.plates.augment import hemisection, missing_cerebellum, missing_cortex, on_uint8
+    from samri_ml.plates.data import load_atlas, load_sections
     from samri_ml.plates.synth import Annotation, SectionSynth
 
     rng = np.random.default_rng(seed)
     data_dir = Path(data_dir)
 
     def cut(img, fn):
-        out = (fn(pad_square(img).astype(np.float32) / 255, rng) * 255).astype(np.uint8)
-        return out
+        return on_uint8(fn, img, rng)
 
     inside = []
     _, _, sections = load_sections(data_dir / "train")

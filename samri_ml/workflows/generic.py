@@ -78,6 +78,9 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     inputnode.inputs.template = str(template)
     inputnode.inputs.template_mask = str(template_mask)
 
+    # SpatialReference: BIDS asks for it where the space label is not a standard one
+    reference = spatial_reference(template, output_dir)
+
     def sink(name, source_file, node, field, metadata=None, **entities):
         if output_dir is None:
             return None
@@ -98,7 +101,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         out = "outputnode."
         sink("ds_anat", anat_file, anat_wf, out + "out_file", space=template_name, desc="preproc",
              metadata={"SkullStripped": False,
-                       "SpatialReference": spatial_reference(template, output_dir)})
+                       "SpatialReference": reference})
         sink("ds_anat_xfm", anat_file, anat_wf, out + "composite_transform", from_="native",
              to=template_name, mode="image", suffix="xfm", extension=".h5")
         if masking != "none":
@@ -126,9 +129,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         out = "outputnode."
         # the sidecar: BIDS inheritance does not reach into a derivatives dataset
         corrected = times is not None and _kept_volumes(bold, dummy_scans) >= MIN_SLICE_TIMING_VOLUMES
-        # SpatialReference: BIDS asks for it where the space label is not a standard one
         bold_meta = {"SkullStripped": False, "SliceTimingCorrected": corrected,
-                     "SpatialReference": spatial_reference(template, output_dir)}
+                     "SpatialReference": reference}
         if meta.get("RepetitionTime"):
             bold_meta["RepetitionTime"] = float(meta["RepetitionTime"])
             if corrected:  # slices are shifted to the middle of the repetition
