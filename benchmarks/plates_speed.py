@@ -7,6 +7,9 @@ Usage::
 Both methods rank all 132 plates for the same sections of ../shared/data/plates/<split>; the
 MI-affine baseline (SimpleITK, 132 affine registrations per section) is run on the first
 ``--mi-sections`` sections only, and the speed-up is computed per section on those.
+TensorFlow runs as the plate CLIs run it (``--threads`` split over ``--parallel-ops`` ops at
+once); ``--parallel-ops 1`` is the setting before 2026-12-01's sixth session, for a side-by-side
+comparison in two interleaved runs (TensorFlow reads its thread settings once per process).
 
 The Siamese time per section is measured two ways, in a warm process (one untimed pass first),
 the best of three passes: one section per call (a user ranking one image, or the Nipype
@@ -32,12 +35,20 @@ def main() -> None:
     ap.add_argument("--mi-sections", type=int, default=3)
     ap.add_argument("--mi-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parallel-ops", type=int, default=None,
+                    help="TensorFlow ops at once (default: the plate CLIs' setting, "
+                    "PLATE_PARALLEL_OPS; 1 gives the setting before 2026-12-01's sixth session)")
     ap.add_argument("--variant", default="auto", help="shipped variant: auto (the default "
                     "of the CLIs), default, multimodal")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args()
-    os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    if args.parallel_ops is None:
+        from samri_ml.models.inference import PLATE_PARALLEL_OPS
+
+        args.parallel_ops = PLATE_PARALLEL_OPS
+    from samri_ml.models.inference import set_thread_environment
+
+    set_thread_environment(args.threads, args.parallel_ops)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import SimpleITK as sitk
 
@@ -106,6 +117,7 @@ def main() -> None:
                     "speedup_batched": speedup_batched,
                     "mi_size": args.mi_size,
                     "threads": args.threads,
+                    "parallel_ops": args.parallel_ops,
                 },
                 f,
                 indent=1,

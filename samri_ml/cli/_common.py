@@ -147,11 +147,13 @@ def add_threads_option(parser, default: int = 2, help: str = "CPU threads for Te
     parser.add_argument("--threads", type=_threads, default=default, help=help)
 
 
-def set_tf_threads(threads: int) -> None:
-    """Tell TensorFlow how many threads to use (before it is imported); quiet its C++ logs.
+def set_tf_threads(threads: int, parallel_ops: int = 1) -> None:
+    """Tell TensorFlow how many threads to use (before it is imported;
+    :func:`samri_ml.models.inference.set_thread_environment`); quiet its C++ logs.
     Variables already set in the environment win."""
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    from samri_ml.models.inference import set_thread_environment
+
+    set_thread_environment(threads, parallel_ops)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

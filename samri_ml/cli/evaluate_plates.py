@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    set_tf_threads(args.threads)
+    from samri_ml.models.inference import PLATE_PARALLEL_OPS
+
+    set_tf_threads(args.threads, PLATE_PARALLEL_OPS)
     from samri_ml.plates.data import load_atlas, load_sections, shared_data_dir
     from samri_ml.plates.metrics import format_metrics, ranking_metrics
 

@@ -56,7 +56,9 @@ def _check_args(parser, args) -> None:
 
 
 def run(args) -> int:
-    set_tf_threads(args.threads)
+    from samri_ml.models.inference import PLATE_PARALLEL_OPS
+
+    set_tf_threads(args.threads, PLATE_PARALLEL_OPS)
     from samri_ml.plates.data import read_image
     from samri_ml.plates.identify import make_identifier
 

@@ -547,6 +547,9 @@ def _main(argv=None) -> int:
             with quiet_interrupts() as state:
                 plugin_args["status_callback"] = Progress(total, stop=state)
                 graph = wf.run(plugin=args.plugin, plugin_args=plugin_args)
+        except KeyboardInterrupt:
+            _drop_interrupt_crash_files(args.output_dir, started)
+            raise
         except RuntimeError as err:
             if "Workflow did not execute cleanly" in str(err) or "Traceback" in str(err):
                 raise SamriMLError(
@@ -558,6 +561,23 @@ def _main(argv=None) -> int:
         _note_stale(args, sessions, graph, started)
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
+
+
+def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
+    """Remove the crash files of this run that only record Ctrl-C: an in-process plugin
+    (Linear) turns the interrupt into the running node's failure, and its crash file would
+    send the user looking for a bug that is not there. Crash files of real failures (they
+    name another exception) and of earlier runs stay."""
+    for path in Path(output_dir).glob("**/log/crash-*"):
+        try:
+            if path.stat().st_mtime < started:
+                continue
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        last = [ln for ln in text.splitlines() if ln.strip()][-1:]
+        if last and last[0].strip().startswith("KeyboardInterrupt"):
+            path.unlink(missing_ok=True)
 
 
 def _scans(item: dict) -> list[str]:

@@ -51,9 +51,9 @@ class IdentifyPlate(SimpleInterface):
     output_spec = _IdentifyPlateOutputSpec
 
     def _run_interface(self, runtime):
-        import os
+        from samri_ml.models.inference import PLATE_PARALLEL_OPS, set_thread_environment
 
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(self.inputs.num_threads))
+        set_thread_environment(self.inputs.num_threads, PLATE_PARALLEL_OPS)
         from samri_ml.plates.data import read_image
         from samri_ml.plates.identify import make_identifier, turn_back
         from samri_ml.plates.montage import write_montage

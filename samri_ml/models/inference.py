@@ -7,6 +7,33 @@ import sys
 
 _FNS: dict = {}
 
+#: ops the plate ensemble runs at once: its members are independent branches of one graph, and
+#: running two of them side by side, each on half the threads, beats running one at a time on
+#: all of them (2026-12-01, sixth session, 2 cores: 8-9 against 12-13 ms for a section and its
+#: mirror; no slower for batches of 20 or 64). The U-Net is one chain of layers: intra-op
+#: threads only (two ops at once made a volume 30-70 % slower).
+PLATE_PARALLEL_OPS = 2
+
+
+def thread_environment(threads: int, parallel_ops: int = 1) -> dict[str, str]:
+    """TensorFlow's thread variables for ``threads`` CPU threads (0: TensorFlow's default),
+    with up to ``parallel_ops`` independent ops running at once, each on
+    ``threads // parallel_ops`` threads (at least one)."""
+    if threads <= 0:
+        return {"TF_NUM_INTRAOP_THREADS": "0", "TF_NUM_INTEROP_THREADS": "1"}
+    at_once = max(1, min(parallel_ops, threads))
+    return {
+        "TF_NUM_INTRAOP_THREADS": str(max(1, threads // at_once)),
+        "TF_NUM_INTEROP_THREADS": str(at_once),
+    }
+
+
+def set_thread_environment(threads: int, parallel_ops: int = 1) -> None:
+    """Set :func:`thread_environment` (before TensorFlow is imported; it reads them once).
+    Variables already set in the environment win."""
+    for key, value in thread_environment(threads, parallel_ops).items():
+        os.environ.setdefault(key, value)
+
 
 def import_keras():
     """``import keras`` (and TensorFlow) without the C++ start-up lines on stderr.

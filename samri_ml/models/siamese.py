@@ -224,18 +224,21 @@ def build_ensemble(members, input_size: int):
     embeddings divided by ``sqrt(k)``, so that
     ``||E(a) - E(b)||^2 = (1/k) sum_m ||e_m(a) - e_m(b)||^2`` (the mean squared distance).
 
-    Members may have different input sizes: each gets the input resized (antialiased).
+    Members may have different input sizes: each gets the input resized (antialiased), once
+    per size for all the members of that size.
     """
     import keras
     from keras import layers
 
     inp = keras.Input((input_size, input_size, 1), name="image")
+    resized = {input_size: inp}
     outs = []
     for i, m in enumerate(members):
         m.name = f"member_{i}"  # nested models need unique names
         size = m.input_shape[1]
-        x = inp if size == input_size else layers.Resizing(size, size, antialias=True)(inp)
-        outs.append(m(x))
+        if size not in resized:
+            resized[size] = layers.Resizing(size, size, antialias=True, name=f"resize_{size}")(inp)
+        outs.append(m(resized[size]))
     x = outs[0] if len(outs) == 1 else layers.Concatenate()(outs)
     x = layers.Rescaling(1.0 / len(members) ** 0.5, name="ensemble_scale")(x)
     return keras.Model(inp, x, name="plate_embedding_ensemble")
