@@ -328,4 +328,6 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs):
     assert rc == 130 and waited < 10, (rc, waited, text[-2000:])
     assert lines[-1] == "samri_ml-register: interrupted", lines
     assert len(lines) == 2 and "session(s)" in lines[0], lines
+    # the node Linear was running when Ctrl-C came left no crash file: it did not crash
+    assert not list(out.glob("**/log/crash-*")), [p.read_text() for p in out.glob("**/crash-*")]
     assert run_register(example_dataset, out, work).returncode == 0
