@@ -261,6 +261,26 @@ def test_any_orientation_finds_the_turn_of_a_section(ident, plate_thumbs, quarte
         assert res["ranking"] == ref["ranking"]
 
 
+def test_any_orientation_keeps_the_regions_and_tilt_of_an_upright_section(ident, plate_thumbs):
+    """With the region analysis, an upright section ranked with ``any_orientation`` gets the
+    ranking, regions and tilt it gets without (the turn's whole-section distances are reused
+    for the regions' ranking, not recomputed)."""
+    imgs = [plate_thumbs[p] for p in (45, 90)]
+    calls = []
+    embed = ident.embed
+    ident.embed = lambda *a, **k: calls.append(len(a[0])) or embed(*a, **k)
+    try:
+        got = ident.rank(imgs, regions=True, any_orientation=True)
+    finally:
+        del ident.embed
+    ref = ident.rank(imgs, regions=True)
+    assert calls == [2, 2, 2, 2], calls  # the four turns, and no fifth pass
+    for res, want in zip(got, ref, strict=True):
+        assert res["turned_degrees"] == 0
+        assert res["ranking"] == want["ranking"] and res["tilt"] == want["tilt"]
+        assert res["regions"] == want["regions"]
+
+
 def test_cli_any_orientation_says_how_the_section_came(tmp_path, plate_thumbs, capsys):
     import cv2
 

@@ -261,10 +261,13 @@ class PlateIdentifier(_Ranker):
         self.height_mm = None
 
     def distances(self, imgs: list[np.ndarray], regions: bool | None = None,
-                  prepped: np.ndarray | None = None) -> dict:
-        """Distances of every image to every plate (``(N, P)``), and per region."""
-        emb = self.embed(imgs, prepped)
-        d_whole = smooth_profile(_pairwise(emb, self.embeddings), self.plates, self.smooth)
+                  prepped: np.ndarray | None = None, whole: np.ndarray | None = None) -> dict:
+        """Distances of every image to every plate (``(N, P)``), and per region. ``whole``:
+        the whole-section distances of these images, where they are known already."""
+        if whole is None:
+            emb = self.embed(imgs, prepped)
+            whole = smooth_profile(_pairwise(emb, self.embeddings), self.plates, self.smooth)
+        d_whole = whole
         out = {"whole": d_whole, "overall": d_whole}
         use_regions = (self.region_weight > 0) if regions is None else regions
         if use_regions and self.region_embeddings is not None:
@@ -308,7 +311,8 @@ class PlateIdentifier(_Ranker):
         imgs, turns, d = self.upright(imgs)
         use_regions = (self.region_weight > 0) if regions is None else regions
         if use_regions and self.region_embeddings is not None:
-            d = self.distances(imgs, regions)  # the regions of the turned-back sections
+            # the regions of the turned-back sections (their whole distances are known)
+            d = self.distances(imgs, regions, whole=d["whole"])
         results = self._results(d)
         for res, k in zip(results, turns, strict=True):
             res["turned_degrees"] = int(90 * k)
