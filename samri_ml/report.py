@@ -117,14 +117,24 @@ def structural_outline(data: np.ndarray, percentile: float = 66) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
+def _derivative(output_dir, raw, **entities) -> Path:
+    """The derivative of ``raw`` that exists: with the source's own extension (a ``.nii``
+    scan's derivatives are ``.nii``), else ``.nii.gz``, else ``.nii`` (the first if none)."""
+    candidates = [derivative_path(output_dir, raw, **entities)]
+    candidates += [derivative_path(output_dir, raw, extension=ext, **entities)
+                   for ext in (".nii.gz", ".nii")]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
 def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
-                          masking=None):
+                          masking=None, qc=True):
     """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
 
     ``masking="none"``: the run predicted no masks, so a ``desc-brain_mask`` left in
-    OUTPUT_DIR by an earlier masked run is not shown as this run's.
+    OUTPUT_DIR by an earlier masked run is not shown as this run's; likewise ``qc=False``
+    (a ``--no-qc`` run) shows no QC table from an earlier run's files.
     """
-    output_dir = Path(output_dir)
+    output_dir, qc_wanted = Path(output_dir), qc
     tpl_mask = nb.load(str(template_mask))
     subjects: dict[str, list] = {}
     for item in sessions:
@@ -146,8 +156,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
             scans = ([("anat", item["anat"])] if item["anat"] else []) + [
                 ("func", b) for b in item["bold"]]
             for kind, raw in scans:
-                deriv = derivative_path(output_dir, raw, space=template_name, desc="preproc",
-                                        extension=".nii.gz")
+                deriv = _derivative(output_dir, raw, space=template_name, desc="preproc")
                 if not deriv.exists():
                     body.append(f"<p>{html.escape(Path(raw).name)}: no registered output "
                                 "(failed or not run).</p>")
@@ -172,8 +181,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     body.append("<h3>Functional mean under the registered structural scan's "
                                 "contour (green)</h3>")
                     body.append(_img_tag(paths["png"], f"{name} func vs struct"))
-                mask = derivative_path(output_dir, raw, desc="brain", suffix="mask",
-                                       extension=".nii.gz")
+                mask = _derivative(output_dir, raw, desc="brain", suffix="mask")
                 if mask.exists() and masking != "none":
                     raw_img = nb.load(str(raw))
                     mask_img = nb.load(str(mask))
@@ -184,7 +192,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     body.append(_img_tag(paths["png"], f"{name} mask"))
                 qc = derivative_path(output_dir, raw, desc="qc", suffix="metrics",
                                      extension=".json")
-                if qc.exists():
+                if qc_wanted and qc.exists():
                     qc_rows.append(json.loads(qc.read_text()))
         if len(registered_anats) > 1:
             body.append("<h2>Coherence across sessions</h2><p class='note'>Each session's "

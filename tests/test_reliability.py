@@ -53,7 +53,8 @@ def make_dataset(root: Path) -> Path:
     save(_blob((24, 24, 12)), bids / ANAT)
     run = np.stack([_blob((12, 12, 6), seed=i) for i in range(5)], axis=-1)
     save(run, bids / BOLD, zooms=(0.4, 0.4, 0.8))
-    (bids / BOLD.replace(".nii.gz", ".json")).write_text(json.dumps({"RepetitionTime": 1.0}))
+    (bids / BOLD.replace(".nii.gz", ".json")).write_text(json.dumps(
+        {"RepetitionTime": 1.0, "SliceTiming": [0.0, 0.5, 0.1667, 0.6667, 0.3333, 0.8333]}))
     save(_blob((24, 24, 12)), root / TEMPLATE)
     save((_blob((24, 24, 12)) > 50).astype(np.uint8), root / MASK)
     return bids
@@ -119,6 +120,21 @@ def _no_scans(root: Path) -> None:
     (root / "bids" / "sub-01" / "ses-1" / "anat" / "notes.txt").write_text("no scans here\n")
 
 
+def _slice_timing_count(root: Path) -> None:
+    """A sidecar with 3 slice times for a run of 6 slices (it failed 20 s into the run)."""
+    (root / "bids" / BOLD.replace(".nii.gz", ".json")).write_text(json.dumps(
+        {"RepetitionTime": 1.0, "SliceTiming": [0.0, 0.3, 0.6]}))
+
+
+def _one_volume_run(root: Path) -> None:
+    save(_blob((12, 12, 6))[..., None], root / "bids" / BOLD, zooms=(0.4, 0.4, 0.8))
+
+
+def _template_in_spaced_folder(root: Path) -> None:
+    (root / "tpl dir").mkdir()
+    shutil.copy(root / TEMPLATE, root / "tpl dir" / "tpl-Tiny_T2w.nii.gz")
+
+
 #: (id, how to break the dataset, extra arguments, exit code, words the message must contain)
 CASES = [
     ("missing_bids_dir", None, ["BIDS=nope"], 2, ["does not exist"]),
@@ -167,14 +183,29 @@ CASES = [
     ("fast_and_another_flavour", None, ["--registration-flavour", "samri"], 2,
      ["--fast conflicts with --registration-flavour samri"]),
     ("bad_structural_filter", None, ["-s", "[1, 2]"], 2, ["expected a JSON object"]),
+    # Nipype runs the ANTs programs through a shell with unquoted paths
+    ("work_dir_with_space", None, ["WORK=a b/work"], 2, ["has a space", "-w"]),
+    ("template_with_space", _template_in_spaced_folder, ["TPL=tpl dir/tpl-Tiny_T2w.nii.gz"],
+     2, ["--template", "has a space"]),
+    ("template_name_not_a_label", None, ["--template-name", "Tiny_v2"], 2,
+     ["letters and digits"]),
+    ("output_is_the_derivatives_folder", None, ["OUT=bids/derivatives"], 2,
+     ["derivatives folder itself", "derivatives/samri_ml"]),
+    ("slice_timing_count", _slice_timing_count, [], 1,
+     ["3 SliceTiming values for 6 slices", "--no-slice-timing"]),
+    ("one_volume_run", _one_volume_run, [], 1, ["one volume", "2 volumes or more"]),
 ]
 
 
 def _argv(root: Path, extra: list[str]) -> list[str]:
-    bids, out, rest = str(root / "bids"), None, []
+    bids, out, rest, template = str(root / "bids"), None, [], str(root / TEMPLATE)
     for item in extra:
         if item.startswith("BIDS="):
             bids = str(root / item[5:])
+        elif item.startswith("WORK="):
+            rest += ["-w", str(root / item[5:])]
+        elif item.startswith("TPL="):
+            template = str(root / item[4:])
         elif item.startswith("OUT="):
             out = str(root / item[4:])
         elif item == "GROUP":  # the BIDS-App analysis level in OUTPUT_DIR's place
@@ -183,7 +214,7 @@ def _argv(root: Path, extra: list[str]) -> list[str]:
             rest.append(item)
     # the tiny runs have 5 volumes: 2 dummy scans, so that no note precedes the one-line error
     return [bids, *([out] if out else []), "participant", "--fast", "--no-qc", "--dry-run",
-            "--dummy-scans", "2", "--template", str(root / TEMPLATE), "--template-mask",
+            "--dummy-scans", "2", "--template", template, "--template-mask",
             str(root / MASK), *rest]
 
 
@@ -224,6 +255,45 @@ def test_checks_pass_on_a_good_dataset(tmp_path, capsys):
     make_dataset(tmp_path)
     assert main(_argv(tmp_path, [])) == 0
     assert "nodes built, none run" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
+    """A repeated participant label is one participant; a run without a sidecar takes its
+    repetition time from the header (said) and its task from the file name; runs without
+    slice times, participants without the session asked for, sessions without a structural
+    scan are each named in a note, not dropped or switched silently."""
+    from samri_ml.cli.register import check_scans, collect_sessions, get_parser, validate
+
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    (root / BOLD.replace(".nii.gz", ".json")).unlink()  # no sidecar at all
+    save(_blob((24, 24, 12)), root / ANAT.replace("sub-01", "sub-02"))
+    shutil.copytree(root / "sub-01" / "ses-1" / "func", root / "sub-03" / "ses-2" / "func")
+    for path in (root / "sub-03" / "ses-2" / "func").iterdir():
+        path.rename(path.with_name(path.name.replace("sub-01_ses-1", "sub-03_ses-2")))
+    argv = [a for a in _argv(tmp_path, []) if a != "--dry-run"]
+    parser = get_parser()
+    args = parser.parse_args([*argv, "--participant-label", "01", "sub-01", "02"])
+    validate(args, parser)
+    sessions = collect_sessions(args)
+    assert [s["subject"] for s in sessions] == ["01", "02"]
+    check_scans(args, sessions)
+    meta = sessions[0]["bold_metadata"][0]
+    assert meta["RepetitionTime"] == pytest.approx(1.0) and meta["TaskName"] == "rest"
+    err = capsys.readouterr().err
+    assert "no RepetitionTime in its sidecar; using the NIfTI header's, 1 s" in err, err
+    assert any("1 functional run(s) without SliceTiming" in n for n in args.scan_notes)
+    args = parser.parse_args([*argv, "--session-label", "2"])
+    validate(args, parser)
+    sessions = collect_sessions(args)
+    assert [(s["subject"], s["session"]) for s in sessions] == [("03", "2")]
+    check_scans(args, sessions)
+    err = capsys.readouterr().err
+    assert "skipped 2 participant(s): sub-01 (no session 2); sub-02 (no session 2)" in err, err
+    assert any("no structural scan in sub-03 ses-2: its functional runs are registered "
+               "straight to the template" in n for n in args.scan_notes), args.scan_notes
+    assert main([*argv, "--session-label", "2", "--dry-run"]) == 0
+    assert "note: no structural scan in sub-03 ses-2" in capsys.readouterr().err
 
 
 def test_no_fov_check_lets_scaled_headers_through(tmp_path, capsys):
@@ -589,8 +659,20 @@ def test_crash_files_land_in_the_subjects_log_folder(tmp_path, capsys):
     flavour = _flavour(tmp_path, smoothing_sigmas=[2, 1])
     argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w")])
             if a not in ("--dry-run", "--fast")]
-    assert main([*argv, "--registration-flavour", str(flavour), "--nprocs", "1"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "some steps failed; crash files are in" in err[-1] and "sub-*/log" in err[-1], err[-3:]
+    # the installed command, with its own stderr (in-process, Nipype's log handler writes
+    # into the stream of whichever test imported it first)
+    script = Path(sys.executable).parent / "samri_ml-register"
+    proc = subprocess.run([str(script), *argv, "--registration-flavour", str(flavour),
+                           "--nprocs", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()
+    assert "step(s) failed; crash files are in" in err[-1] and "sub-*/log" in err[-1], err[-3:]
     crashes = list((tmp_path / "out" / "sub-01" / "log").glob("crash-*.txt"))
     assert crashes and "s_register" in crashes[0].name, list((tmp_path / "out").rglob("crash*"))
+    # the one line names the first crash file; Nipype's tracebacks are for -v; the steps
+    # after the failed one are said not to have run; the report is written all the same
+    assert crashes[0].name in err[-1] and not any("Traceback" in ln for ln in err), err
+    assert any("not run (a step before it failed)" in ln for ln in err), err
+    assert not any(ln.endswith("done: samri_ml_wf.sub_01_ses_1.ds_anat") for ln in err), err
+    report = (tmp_path / "out" / "sub-01.html").read_text()
+    assert "sub-01_ses-1_T2w.nii.gz: no registered output (failed or not run)" in report

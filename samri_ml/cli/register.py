@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -165,13 +166,25 @@ def validate(args, parser) -> None:
     if out.is_relative_to(bids_dir) and not out.is_relative_to(bids_dir / "derivatives"):
         parser.error(f"OUTPUT_DIR {out} would write among the source data; put it under "
                      f"{bids_dir / 'derivatives'} or outside BIDS_DIR")
+    if out == bids_dir / "derivatives":
+        parser.error(f"OUTPUT_DIR {out} is the derivatives folder itself (shared by every "
+                     f"pipeline); use {out / 'samri_ml'}")
     args.output_dir = out
     check_writable(out, "OUTPUT_DIR")
     work = (args.work_dir or out / ".samri_ml_work").resolve()
     if work.is_relative_to(bids_dir) and not work.is_relative_to(bids_dir / "derivatives"):
         parser.error(f"--work-dir {work} would write among the source data")
     args.work_dir = work
+    if re.search(r"\s", str(work)):
+        # Nipype runs the ANTs programs through a shell with unquoted paths: every step
+        # writing in such a folder would fail, and a rerun could not fix it
+        parser.error(f"the work dir {str(work)!r} has a space in its path, which the ANTs "
+                     "steps cannot take; hint: give -w /a/path/without/spaces")
     check_writable(work, "--work-dir")
+    for what, path in (("--template", args.template), ("--template-mask", args.template_mask)):
+        if re.search(r"\s", str(Path(path).resolve())):
+            parser.error(f"{what} {str(path)!r} has a space in its path, which the ANTs steps "
+                         "cannot take; hint: copy or link it to a path without spaces")
     template = load_nifti(args.template, allow_4d=False)
     mask = load_nifti(args.template_mask, allow_4d=False)
     import numpy as np
@@ -188,6 +201,9 @@ def validate(args, parser) -> None:
     args.template_mask = args.template_mask.resolve()
     if args.template_name is None:
         args.template_name = template_label(args.template)
+    elif not re.fullmatch(r"[a-zA-Z0-9]+", args.template_name):
+        parser.error(f"--template-name {args.template_name!r}: a BIDS label is letters and "
+                     "digits only (it becomes space-<label> in every file name)")
     if args.fast:
         if args.registration_flavour not in ("default", "fast"):
             parser.error(f"--fast conflicts with --registration-flavour "
@@ -317,15 +333,28 @@ def check_scans(args, sessions) -> None:
     """
     from samri_ml.io import load_nifti
 
+    no_timing, direct = [], []
     for item in sessions:
         scans = ([(item["anat"], "structural")] if item["anat"] else [])
         scans += [(bold, "functional") for bold in item["bold"]]
+        metadata = dict(zip(item["bold"], item.get("bold_metadata", []), strict=False))
+        if item["bold"] and not item["anat"] and \
+                getattr(args, "registration_method", "composite") != "functional":
+            direct.append(f"sub-{item['subject']}"
+                          + (f" ses-{item['session']}" if item["session"] else ""))
         for path, kind in scans:
             img = load_nifti(path, allow_4d=kind == "functional")
             if kind == "functional" and len(img.shape) != 4:
+                import nibabel as nb
+
+                # load_nifti drops a trailing one-volume axis: the file's own header says
+                n = "one volume" if len(nb.load(path).shape) == 4 else "3D"
                 raise SamriMLError(
-                    f"{path}: functional run is 3D {img.shape}; expected a 4D time series; "
-                    "hint: select only 4D runs with -f/--functional-match")
+                    f"{path}: functional run is {n} {img.shape}; expected a 4D time series "
+                    "of 2 volumes or more; hint: select only 4D runs with "
+                    "-f/--functional-match")
+            if kind == "functional" and path in metadata:
+                _check_run_metadata(args, path, img, metadata[path], no_timing)
             dummies = getattr(args, "dummy_scans", 0)
             if kind == "functional" and img.shape[3] <= dummies:
                 # the run is kept, cut to its last volume: say so here, not in a node's warning
@@ -342,6 +371,58 @@ def check_scans(args, sessions) -> None:
                     f"({args.template_extent:.3g} mm); the voxel sizes in one of the headers "
                     "look scaled (x10 is common for SPM/FSL); hint: fix the header's pixdim/"
                     "affine, or pass --no-fov-check to register anyway")
+    # said with the run's summary (:func:`_announce`), once every check has passed
+    args.scan_notes = []
+    if no_timing:
+        args.scan_notes.append(
+            f"{len(no_timing)} functional run(s) without SliceTiming in their sidecar, not "
+            f"slice-timing corrected: {', '.join(no_timing[:3])}"
+            f"{', ...' if len(no_timing) > 3 else ''}")
+    if direct:
+        args.scan_notes.append(
+            f"no structural scan in {', '.join(direct)}: its functional runs are registered "
+            "straight to the template (as --registration-method functional)")
+
+
+def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> None:
+    """A functional run's sidecar against its image, before anything runs: the number of
+    slice times (a wrong count failed 20 s into the run), the repetition time (from the NIfTI
+    header where the sidecar has none) and the task name (from the ``task-`` entity). Fills
+    ``meta`` in place; names runs without slice times in ``no_timing``."""
+    from samri_ml.bids import parse_entities
+
+    name = Path(path).name
+    if not meta.get("RepetitionTime"):
+        zooms = img.header.get_zooms()
+        unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else None
+        tr = float(zooms[3]) if len(zooms) > 3 else 0.0
+        tr = tr / 1000 if unit == "msec" else tr * 1e-6 if unit == "usec" else tr
+        if tr > 0:
+            meta["RepetitionTime"] = tr
+            print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
+                  f"header's, {tr:g} s", file=sys.stderr)
+    if not meta.get("TaskName") and parse_entities(path).get("task"):
+        meta["TaskName"] = parse_entities(path)["task"]
+    if getattr(args, "no_slice_timing", False):
+        return
+    times = meta.get("SliceTiming")
+    if not times:
+        no_timing.append(name)
+        return
+    direction = str(meta.get("SliceEncodingDirection", "k"))
+    if direction[:1] not in ("i", "j", "k"):
+        raise SamriMLError(f"{path}: SliceEncodingDirection {direction!r} in its sidecar is "
+                           "not one of i, j, k, i-, j-, k-; hint: fix the sidecar, or pass "
+                           "--no-slice-timing")
+    axis = "ijk".index(direction[0])
+    if len(times) != img.shape[axis]:
+        raise SamriMLError(f"{path}: its sidecar gives {len(times)} SliceTiming values for "
+                           f"{img.shape[axis]} slices along axis {axis} (SliceEncodingDirection "
+                           f"{direction}); hint: fix the sidecar, or pass --no-slice-timing")
+    if not meta.get("RepetitionTime"):
+        raise SamriMLError(f"{path}: SliceTiming but no RepetitionTime, in its sidecar or its "
+                           "header; hint: add RepetitionTime to the sidecar, or pass "
+                           "--no-slice-timing")
 
 
 def collect_sessions(args) -> list[dict]:
@@ -357,12 +438,13 @@ def collect_sessions(args) -> list[dict]:
         raise SamriMLError(f"{args.bids_dir}: no sub-* folders with scans found")
     wanted = subjects
     if args.participant_label:
-        wanted = [s.removeprefix("sub-") for s in args.participant_label]
+        wanted = list(dict.fromkeys(s.removeprefix("sub-") for s in args.participant_label))
         missing = sorted(set(wanted) - set(subjects))
         if missing:
             raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}; "
                                f"available: {', '.join(subjects[:20])}")
-    sessions_wanted = [s.removeprefix("ses-") for s in args.session_label] if args.session_label else None
+    sessions_wanted = (list(dict.fromkeys(s.removeprefix("ses-") for s in args.session_label))
+                       if args.session_label else None)
 
     def query(filters, subject, session):
         filters = dict(filters)
@@ -375,11 +457,15 @@ def collect_sessions(args) -> list[dict]:
         except Exception as err:
             raise SamriMLError(f"invalid BIDS filter {filters} ({err})") from err
 
-    out = []
+    out, skipped = [], []
     for subject in wanted:
         sessions = layout.get_sessions(subject=subject) or [None]
         if sessions_wanted is not None:
             sessions = [s for s in sessions if s in sessions_wanted]
+            if not sessions:
+                skipped.append(f"sub-{subject} (no session {', '.join(sessions_wanted)})")
+                continue
+        found = len(out)
         for session in sessions:
             anats = query(args.structural_match, subject, session)
             suffixes = args.structural_match.get("suffix")
@@ -392,13 +478,19 @@ def collect_sessions(args) -> list[dict]:
                 where = f"sub-{subject}" + (f" ses-{session}" if session else "")
                 print(f"{PROG}: note: {where}: {len(anats)} structural scans; using "
                       f"{Path(anats[0].path).name} (the others are not registered); hint: "
-                      "choose with -s, e.g. '{\"run\": \"2\"}'", file=sys.stderr)  # fmt: skip
+                      "choose with -s, a whole filter, e.g. -s '{\"datatype\": \"anat\", "
+                      "\"suffix\": \"T2w\", \"run\": \"2\"}'", file=sys.stderr)  # fmt: skip
             out.append({
                 "subject": subject, "session": session,
                 "anat": anats[0].path if anats else None,
                 "bold": [f.path for f in funcs],
                 "bold_metadata": [f.get_metadata() for f in funcs],
             })
+        if len(out) == found:
+            skipped.append(f"sub-{subject} (no scan matches)")
+    if out and skipped:
+        print(f"{PROG}: note: skipped {len(skipped)} participant(s): {'; '.join(skipped)}",
+              file=sys.stderr)
     if not out:
         raise SamriMLError(
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
@@ -449,21 +541,37 @@ def build_workflow(args, sessions):
     return wf
 
 
+class _NoNodeErrors(logging.Filter):
+    """Drop Nipype's error records (the tracebacks of failed steps); warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
 class Progress:
     """Nipype status callback: one line per finished node, so long runs show progress."""
 
-    def __init__(self, total: int, stream=sys.stderr, stop=None):
+    def __init__(self, total: int, stream=None, stop=None):
+        # sys.stderr when called, not when defined (a redirected or captured stderr)
+        stream = sys.stderr if stream is None else stream
         self.total, self.done, self.stream, self.start = total, 0, stream, time.monotonic()
         self.stop = stop  # a quiet_interrupts() state: raise at the next node once interrupted
+        self.started: set[int] = set()
 
     def __call__(self, node, status):
         if self.stop is not None and self.stop.interrupted:
             raise KeyboardInterrupt
         if status == "start":
+            self.started.add(id(node))
             return
         self.done += 1
         elapsed = time.monotonic() - self.start
-        what = "FAILED" if status == "exception" else "done"
+        if status == "exception":
+            what = "FAILED"
+        elif id(node) in self.started:
+            what = "done"
+        else:  # Linear reports the dependents of a failed step as ended, never started
+            what = "not run (a step before it failed)"
         print(f"[{self.done}/{self.total} {elapsed:6.0f}s] {what}: {node.fullname}",
               file=self.stream, flush=True)
 
@@ -522,10 +630,15 @@ def _main(argv=None) -> int:
             if args.mem_gb:
                 plugin_args.setdefault("memory_gb", args.mem_gb)
             plugin_args.setdefault("raise_insufficient", False)
+        quiet_failures = _NoNodeErrors()
         if args.verbose == 0:
             from nipype import logging as nlogging
 
-            nlogging.getLogger("nipype.workflow").setLevel("WARNING")
+            workflow_log = nlogging.getLogger("nipype.workflow")
+            workflow_log.setLevel("WARNING")
+            # a failed step is one FAILED progress line and the run's last line names its
+            # crash file: Nipype's tracebacks of it (~100 lines each, twice) are for -v
+            workflow_log.addFilter(quiet_failures)
             # in-process plugins (Linear) would echo every ANTs stderr line (e.g. its notes
             # on the NULL masks of unmasked stages); -v shows them
             nlogging.getLogger("nipype.interface").setLevel("WARNING")
@@ -543,6 +656,12 @@ def _main(argv=None) -> int:
             except (KeyError, OSError):  # a uid without a passwd entry
                 os.environ["LOGNAME"] = "samri_ml"
         started = time.time()  # the reports rewrite every picture after this
+        import warnings
+
+        # check_scans said it before the run, with a hint: not again from each step (forked
+        # workers inherit the filter)
+        warnings.filterwarnings("ignore", message=r"only \d+ volumes: dropping",
+                                category=UserWarning)
         try:
             with quiet_interrupts() as state:
                 plugin_args["status_callback"] = Progress(total, stop=state)
@@ -550,17 +669,47 @@ def _main(argv=None) -> int:
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
             raise
-        except RuntimeError as err:
-            if "Workflow did not execute cleanly" in str(err) or "Traceback" in str(err):
-                raise SamriMLError(
-                    f"some steps failed; crash files are in {args.output_dir}/sub-*/log "
-                    f"(rerun with the same -w to resume)") from err
-            raise
+        except Exception as err:
+            # a failed step: Nipype re-raises the step's exception (Linear, one failure), a
+            # RuntimeError with its traceback (MultiProc) or "N raised. Re-raising first."
+            text = str(err)
+            crashes = sorted(args.output_dir.glob("**/log/crash-*"), key=os.path.getmtime)
+            crashes = [c for c in crashes if os.path.getmtime(c) >= started]
+            if not (crashes or "Workflow did not execute cleanly" in text or "Traceback" in text
+                    or re.fullmatch(r"\d+ raised\. Re-raising first\.", text)):
+                raise
+            # the sessions that finished still get their report (the failed scans marked)
+            try:
+                _write_reports(args, sessions)
+            except Exception as report_err:  # noqa: BLE001 - the run's own error comes first
+                print(f"{PROG}: note: the reports could not be written ({report_err})",
+                      file=sys.stderr)
+            n = f"{len(crashes)} step(s) failed" if crashes else "some steps failed"
+            raise SamriMLError(
+                f"{n}; crash files are in {args.output_dir}/sub-*/log, the first "
+                f"{_crash_summary(crashes)}(rerun with the same -w to resume)") from err
+        finally:  # in-process callers (tests, the API) get Nipype's logging back as it was
+            logging.getLogger("nipype.workflow").removeFilter(quiet_failures)
         # the report's registration overviews do not need QC; without it there is no table
         _write_reports(args, sessions)
         _note_stale(args, sessions, graph, started)
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
+
+
+def _crash_summary(crashes: list[Path]) -> str:
+    """``"<file>: <its last line>; "`` of the first crash file, for the run's one-line error."""
+    if not crashes:
+        return ""
+    try:
+        lines = [ln.strip() for ln in crashes[0].read_text(errors="replace").splitlines()
+                 if ln.strip()]
+    except OSError:
+        lines = []
+    cause = lines[-1] if lines else "unreadable"
+    if len(cause) > 200:
+        cause = cause[:197] + "..."
+    return f"{crashes[0].name} says: {cause}; "
 
 
 def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
@@ -592,6 +741,8 @@ def _announce(args, sessions, wf, ants) -> None:
           f"{args.template_name}; flavour {args.registration_flavour}; masking "
           f"{args.masking}; plugin {args.plugin}; {ants}; work dir {args.work_dir}",
           file=sys.stderr)
+    for note in getattr(args, "scan_notes", []):
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     if args.write_graph:
         from samri_ml.graph import write_workflow_graph
 
@@ -641,7 +792,7 @@ def _write_reports(args, sessions) -> None:
     for path in write_subject_reports(args.output_dir, sessions, template=args.template,
                                       template_mask=args.template_mask,
                                       template_name=args.template_name,
-                                      masking=args.masking):
+                                      masking=args.masking, qc=not args.no_qc):
         print(f"{PROG}: report {path}", file=sys.stderr)
 
 
