@@ -176,6 +176,47 @@ def test_bad_inputs(tmp_path, make, match):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation):
+    """A JPEG stored turned, with the EXIF tag saying how to turn it back, reads upright (as
+    PIL's exif_transpose and image viewers show it); OpenCV alone ignored the tag."""
+    import cv2
+    from PIL import Image, ImageOps
+
+    stored = _brain(90, 150)
+    stored[5:20, 5:40] = 255  # a corner mark: any wrong turn or flip shows
+    path = tmp_path / "s.jpg"
+    exif = Image.new("L", (1, 1)).getexif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, quality=100, exif=exif)
+    with Image.open(path) as im:
+        want = np.asarray(ImageOps.exif_transpose(im).convert("L")).astype(int)
+    got = read_image(path).astype(int)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1  # the same decoder's pixels, turned alike
+    plain = tmp_path / "plain.jpg"
+    cv2.imwrite(str(plain), stored)
+    assert read_image(plain).shape == stored.shape
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    """A JPEG cut short is refused (OpenCV filled the missing rows with grey, and libjpeg only
+    printed a warning); whole baseline, progressive and padded JPEGs read."""
+    import cv2
+
+    b = _brain(400, 500)
+    for name, flags in (("b.jpg", []), ("p.jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])):
+        cv2.imwrite(str(tmp_path / name), b, flags)
+        raw = (tmp_path / name).read_bytes()
+        (tmp_path / f"pad_{name}").write_bytes(raw + b"\0\0")
+        for ok in (name, f"pad_{name}"):
+            assert read_image(tmp_path / ok).shape == b.shape
+        (tmp_path / f"cut_{name}").write_bytes(raw[: len(raw) // 2])
+        with pytest.raises(SamriMLError, match="truncated or corrupt JPEG") as e:
+            read_image(tmp_path / f"cut_{name}")
+        assert "\n" not in str(e.value)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(SamriMLError, match="no such file"):
         read_image(tmp_path / "nope.png")

@@ -146,6 +146,65 @@ def test_one_unreadable_image_does_not_stop_the_others(tmp_path, plate_thumbs, c
     assert list(json.loads(out.read_text())) == [str(good)]
 
 
+def test_images_are_ranked_and_printed_chunk_by_chunk(tmp_path, plate_thumbs, capsys,
+                                                      monkeypatch):
+    """Many images go through CHUNK at a time (a line per image as its chunk is done, the
+    memory of one chunk); an unreadable one in a chunk is named at the end; the JSON has
+    every readable image, in order, ranked as one call ranks them."""
+    import cv2
+
+    from samri_ml.cli import identify_plate
+    from samri_ml.plates.identify import make_identifier
+
+    monkeypatch.setattr(identify_plate, "CHUNK", 2)
+    plates = [30, 55, 80, 105, 120]
+    paths = []
+    for p in plates:
+        cv2.imwrite(str(tmp_path / f"{p}.png"), plate_thumbs[p])
+        paths.append(str(tmp_path / f"{p}.png"))
+    (tmp_path / "bad.png").write_text("not an image")
+    paths.insert(3, str(tmp_path / "bad.png"))
+    out = tmp_path / "o.json"
+    assert identify_plate.main([*paths, "--json", str(out), "--no-regions"]) == 1
+    captured = capsys.readouterr()
+    assert [ln.split(":")[0] for ln in captured.out.splitlines()] == \
+        [p for p in paths if "bad" not in p]
+    assert "1 of 6 images could not be read" in captured.err.strip().splitlines()[-1]
+    got = json.loads(out.read_text())
+    assert list(got) == [p for p in paths if "bad" not in p]
+    one_call = make_identifier().rank([plate_thumbs[p] for p in plates], regions=False)
+    assert [r["ranking"][:3] for r in got.values()] == [r["ranking"][:3] for r in one_call]
+
+
+def test_json_may_not_overwrite_an_input_image(tmp_path, plate_thumbs, capsys):
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+
+    sec = tmp_path / "s.png"
+    cv2.imwrite(str(sec), plate_thumbs[70])
+    before = sec.read_bytes()
+    for target, words in ((sec, "one of the input images"), (tmp_path / "o.tif", "image file")):
+        assert main([str(sec), "--json", str(target)]) == 2
+        assert words in capsys.readouterr().err
+    assert sec.read_bytes() == before and not (tmp_path / "o.tif").exists()
+
+
+def test_an_index_of_another_model_is_refused_in_one_line(tmp_path, plate_thumbs, capsys):
+    """The multimodal index (128-d) with the default model (192-d) used to fail inside
+    tf.function with a 960-character TypeError."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+
+    sec = tmp_path / "s.png"
+    cv2.imwrite(str(sec), plate_thumbs[70])
+    other = default_model_dir("multimodal") / "plates_index.npz"
+    assert main([str(sec), "--index", str(other), "--variant", "default"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not belong to" in err[0] and "hint" in err[0], err
+
+
 @pytest.mark.parametrize("kind", ["text", "empty", "missing"])
 def test_identify_cli_bad_input(tmp_path, kind):
     import cv2

@@ -15,6 +15,7 @@ from samri_ml.cli._common import (
 )
 from samri_ml.errors import SamriMLError
 from samri_ml.io import json_dumps
+from samri_ml.plates.data import IMAGE_SUFFIXES
 
 PROG = "samri_ml-identify-plate"
 
@@ -51,8 +52,30 @@ def _check_args(parser, args) -> None:
     for im in args.images:
         if not Path(im).exists():
             parser.error(f"{im}: no such file")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        parser.error(f"--json {args.json}: its folder does not exist")
+    if args.json:
+        out = Path(args.json).resolve()
+        if not out.parent.is_dir():
+            parser.error(f"--json {args.json}: its folder does not exist")
+        if out in {Path(im).resolve() for im in args.images}:
+            parser.error(f"--json {args.json} is one of the input images; it would be "
+                         "overwritten")
+        if out.suffix.lower() in IMAGE_SUFFIXES:
+            parser.error(f"--json {args.json}: an image file name; hint: name it OUT.json")
+        if out.is_dir():
+            parser.error(f"--json {args.json} is a folder; hint: name a file, e.g. "
+                         f"{Path(args.json) / 'plates.json'}")
+        import tempfile
+
+        try:  # up front, not after every image was ranked (root ignores the mode bits)
+            with tempfile.TemporaryFile(dir=out.parent):
+                pass
+        except OSError as err:
+            parser.error(f"--json {args.json}: its folder is not writable ({err.strerror})")
+
+
+#: images read and ranked at a time: one line each is printed as a chunk is done, and the
+#: memory stays that of one chunk (every image used to be read before the first was ranked)
+CHUNK = 32
 
 
 def run(args) -> int:
@@ -62,20 +85,44 @@ def run(args) -> int:
     from samri_ml.plates.data import read_image
     from samri_ml.plates.identify import make_identifier
 
-    # every image is read first: one that cannot be is named, and the others are still ranked
-    paths, imgs, bad = [], [], []
-    for path in args.images:
-        try:
-            imgs.append(read_image(path))
-            paths.append(str(path))
-        except SamriMLError as err:
-            bad.append(err)
-    if not imgs:
+    # CHUNK images at a time: one that cannot be read is named at the end, the others are
+    # still ranked; each line is printed as its chunk is done
+    results, bad, ident = {}, [], None
+    for start in range(0, len(args.images), CHUNK):
+        paths, imgs = [], []
+        for path in args.images[start:start + CHUNK]:
+            try:
+                imgs.append(read_image(path))
+                paths.append(str(path))
+            except SamriMLError as err:
+                bad.append(err)
+        if not imgs:
+            continue
+        if ident is None:
+            ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
+        ranked = ident.rank(imgs, regions=not args.no_regions,
+                            any_orientation=args.any_orientation)
+        chunk = dict(zip(paths, ranked, strict=True))
+        results.update(chunk)
+        _print_results(args, chunk)
+    if not results:
         raise bad[0] if len(bad) == 1 else SamriMLError(
             f"none of the {len(bad)} images could be read (first: {bad[0]})")
-    ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
-    ranked = ident.rank(imgs, regions=not args.no_regions, any_orientation=args.any_orientation)
-    results = dict(zip(paths, ranked, strict=True))
+    if args.json:
+        try:
+            Path(args.json).write_text(json_dumps(results, indent=1))
+        except OSError as e:
+            raise SamriMLError(f"cannot write {args.json}: {e.strerror}") from None
+    for err in bad:
+        print(f"{PROG}: skipped: {err}", file=sys.stderr)
+    if bad:
+        raise SamriMLError(f"{len(bad)} of {len(args.images)} images could not be read (named "
+                           "above, left out of the output); the others are ranked")
+    return 0
+
+
+def _print_results(args, results: dict) -> None:
+    """One line per image: its top plates, and what the regions and the router said."""
     for path, res in results.items():
         top = ", ".join(
             f"{p} ({d:.3f})"
@@ -94,18 +141,7 @@ def run(args) -> int:
                 f" L/R {res['regions']['left']['plate']}/{res['regions']['right']['plate']}"
                 f", tilt DV {t['dorsoventral_degrees']} deg"
             )
-        print(line)
-    if args.json:
-        try:
-            Path(args.json).write_text(json_dumps(results, indent=1))
-        except OSError as e:
-            raise SamriMLError(f"cannot write {args.json}: {e.strerror}") from None
-    for err in bad:
-        print(f"{PROG}: skipped: {err}", file=sys.stderr)
-    if bad:
-        raise SamriMLError(f"{len(bad)} of {len(args.images)} images could not be read (named "
-                           "above, left out of the output); the others are ranked")
-    return 0
+        print(line, flush=True)
 
 
 def _main(argv=None) -> int:

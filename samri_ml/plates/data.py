@@ -101,10 +101,16 @@ def read_image(path) -> np.ndarray:
         raise SamriMLError(f"{path}: no such file")
     if p.is_dir():
         raise SamriMLError(f"{path}: is a directory, not an image")
+    if p.suffix.lower() in (".jpg", ".jpeg") and not _jpeg_complete(p):
+        # libjpeg warns on stderr and OpenCV fills the missing rows with grey
+        raise SamriMLError(f"{path}: truncated or corrupt JPEG (it ends before its last "
+                           "scan does); hint: copy or export it again")
+    _quiet_opencv()
     img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if img is None:
         img = _read_with_fallbacks(p)
     img = _to_uint8(img, path)
+    img = exif_upright(img, _exif_orientation(p))
     h, w = img.shape
     if min(h, w) < MIN_SIDE:
         raise SamriMLError(
@@ -114,6 +120,81 @@ def read_image(path) -> np.ndarray:
     if int(img.max()) == int(img.min()):
         raise SamriMLError(f"{path}: image is empty (every pixel is {int(img.min())})")
     return img
+
+
+def _quiet_opencv() -> None:
+    """OpenCV's own log lines (``[ERROR:0@0.016] global grfmt_tiff.cpp ...`` above our one-line
+    error for a broken TIFF) off: a file it cannot read is reported by :func:`read_image`."""
+    import cv2
+
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # an OpenCV build without the logging module
+        pass
+
+
+def _jpeg_complete(path: Path) -> bool:
+    """Whether a JPEG file runs to its end-of-image marker: its segments are walked (lengths),
+    each scan's entropy-coded data skipped to the next marker (``FF 00`` stuffing and restart
+    markers are data), and the file must reach ``FF D9``. A cut file ends inside a scan."""
+    data = path.read_bytes()
+    n, i = len(data), 2
+    if data[:2] != b"\xff\xd8":
+        return False
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        if i + 4 > n:
+            return False
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: its data runs to the next real marker
+            while True:
+                i = data.find(b"\xff", i)
+                if i < 0 or i + 1 >= n:
+                    return False
+                nxt = data[i + 1]
+                if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+                    i += 1 if nxt == 0xFF else 2
+                    continue
+                break
+    return False
+
+
+def _exif_orientation(path: Path) -> int:
+    """The EXIF/TIFF orientation tag (1-8; 1 where there is none or it cannot be read)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - no Pillow, a format it does not know, a broken tag
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def exif_upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    """The image as viewers show it, for an EXIF orientation (as ``PIL.ImageOps.
+    exif_transpose``): the pixels of a photo taken turned are stored turned, with the tag
+    saying how to turn them back."""
+    turn = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.T,
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.T[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }.get(orientation)
+    return img if turn is None else np.ascontiguousarray(turn(img))
 
 
 def _read_with_fallbacks(p: Path) -> np.ndarray:

@@ -212,10 +212,21 @@ class PlateIdentifier(_Ranker):
 
             keras = import_keras()
             try:
-                self._model = keras.saving.load_model(self.model_path, compile=False)
+                model = keras.saving.load_model(self.model_path, compile=False)
             except (OSError, ValueError) as err:
                 first = str(err).split(". ")[0]
+                if "File not found" in first:  # Keras' words for a file that is no .keras zip
+                    first = "not a .keras archive"
                 raise SamriMLError(f"{self.model_path}: not a Keras model ({first})") from err
+            shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
+            if shape_in != (self.size, self.size) or shape_out != self.embeddings.shape[1]:
+                raise SamriMLError(
+                    f"{self.index_path} does not belong to {self.model_path}: the index holds "
+                    f"{self.embeddings.shape[1]}-d embeddings of {self.size} px images, the "
+                    f"model takes {shape_in[0]}x{shape_in[1]} px and gives {shape_out}-d ones; "
+                    "hint: give the index exported with that model, or --atlas DIR to index an "
+                    "atlas with it")
+            self._model = model
         return self._model
 
     def prep(self, img: np.ndarray) -> np.ndarray:
