@@ -66,8 +66,21 @@ def main(argv=None):
     p.add_argument("--variant", default="default", choices=["default", "multimodal"])
     args = p.parse_args(argv)
     sections = sorted(f for f in args.sections.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    if not sections:
-        p.error(f"{args.sections}: no PNG, JPEG or TIFF images")
+    # an image that cannot be read is named and left out before the workflow runs (in the
+    # MapNode it failed the whole folder, with Nipype's tracebacks and no table)
+    from samri_ml.errors import SamriMLError
+    from samri_ml.plates.data import read_image
+
+    readable = []
+    for section in sections:
+        try:
+            read_image(section)
+            readable.append(section)
+        except SamriMLError as err:
+            print(f"skipped: {err}")
+    if not readable:
+        p.error(f"{args.sections}: no readable PNG, JPEG or TIFF images")
+    sections = readable
     build_workflow(sections, args.out_dir, args.variant).run()
     montages = sorted((args.out_dir / "montages").glob("*_plates.png"))
     print(f"{args.out_dir / 'plates.tsv'}: {len(sections)} sections; {len(montages)} montages "

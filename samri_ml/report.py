@@ -190,8 +190,8 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                                    contour_colour="#ffcc00")
                     body.append("<h3>Predicted brain mask on the native scan</h3>")
                     body.append(_img_tag(paths["png"], f"{name} mask"))
-                qc = derivative_path(output_dir, raw, desc="qc", suffix="metrics",
-                                     extension=".json")
+                qc = derivative_path(output_dir, raw, space=template_name, desc="qc",
+                                     suffix="metrics", extension=".json")
                 if qc_wanted and qc.exists():
                     qc_rows.append(json.loads(qc.read_text()))
         if len(registered_anats) > 1:

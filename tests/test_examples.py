@@ -30,6 +30,7 @@ def test_identify_folder_of_sections_writes_one_row_per_section(tmp_path):
     for n in (30, 90):
         cv2.imwrite(str(folder / f"{n}.png"), thumbs[n][6:-6, 6:-6])  # a cropped plate
     (folder / "notes.txt").write_text("not a section\n")
+    (folder / "broken.png").write_text("an unreadable image is named and left out\n")
     assert _load("identify_folder_of_sections").main([str(folder), str(tmp_path / "out")]) == 0
     lines = (tmp_path / "out" / "plates.tsv").read_text().splitlines()
     header, rows = lines[0].split("\t"), [dict(zip(lines[0].split("\t"), r.split("\t"), strict=True))

@@ -80,8 +80,8 @@ def test_derivatives_qc_report_and_graph(registered):
     bids, out = registered
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "samri_ml"
-    for qc in (out / "sub-01/ses-1/anat/sub-01_ses-1_desc-qc_metrics.json",
-               out / "sub-01/ses-1/func/sub-01_ses-1_task-rest_desc-qc_metrics.json"):
+    for qc in (out / "sub-01/ses-1/anat/sub-01_ses-1_space-Phantom_desc-qc_metrics.json",
+               out / "sub-01/ses-1/func/sub-01_ses-1_task-rest_space-Phantom_desc-qc_metrics.json"):
         values = json.loads(qc.read_text())
         assert 0.5 < values["vcf"] < 2 and 0.3 < values["scf"] < 3
         assert values["workflow"] == "generic"

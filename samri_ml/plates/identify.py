@@ -178,9 +178,10 @@ class PlateIdentifier(_Ranker):
         mdir = default_model_dir(variant)
         self.model_path = Path(model) if model else mdir / "plates_embedding.keras"
         self.index_path = Path(index) if index else mdir / "plates_index.npz"
-        for p in (self.model_path, self.index_path):
+        for p, given in ((self.model_path, model), (self.index_path, index)):
             if not p.exists():
                 raise SamriMLError(
+                    f"{p}: no such file; hint: check the path" if given else
                     f"{p}: model file missing; hint: reinstall samri_ml or pass --model/--index"
                 )
         try:

@@ -108,7 +108,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             sink("ds_anat_mask", anat_file, anat_wf, out + "out_mask", desc="brain", suffix="mask")
         if qc:
             _connect_qc(wf, anat_file, (anat_wf, out + "out_file"), "anat", label, output_dir,
-                        "anat")
+                        "anat", template_name)
 
     for index, (bold, meta) in enumerate(zip(bold_files, bold_metadata, strict=True)):
         times = meta.get("SliceTiming") if slice_timing else None
@@ -150,7 +150,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                  suffix="mask")
         if qc:
             _connect_qc(wf, bold, (func_wf, out + "out_file"), "func", label, output_dir,
-                        f"func{index}")
+                        f"func{index}", template_name)
     return wf
 
 
@@ -165,8 +165,10 @@ def spatial_reference(template, output_dir) -> str:
     return path.as_uri()
 
 
-def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix):
-    """VCF and SCF of a registered scan against its raw input, written beside the derivatives."""
+def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, space=None):
+    """VCF and SCF of a registered scan against its raw input, written beside the derivatives
+    (``space-<template>`` in their names: runs against two templates into one OUTPUT_DIR keep
+    both)."""
     from samri_ml.interfaces.qc import SmoothnessConservation, VolumeConservation, WriteQCMetrics
 
     vcf = pe.Node(VolumeConservation(raw_file=str(raw_file)), name=f"{prefix}_vcf", mem_gb=1)
@@ -186,7 +188,8 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix):
         for ext, field in ((".json", "out_json"), (".tsv", "out_tsv")):
             ds = pe.Node(DerivativesDataSink(base_directory=str(output_dir),
                                              source_file=str(raw_file), desc="qc",
-                                             suffix="metrics", extension=ext),
+                                             suffix="metrics", extension=ext,
+                                             **({"space": space} if space else {})),
                          name=f"ds_{prefix}_qc{ext[1:]}", run_without_submitting=True)
             wf.connect(write, field, ds, "in_file")
 
