@@ -264,3 +264,85 @@ def test_train_masker_average_of_a_missing_model_is_a_clear_error(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "none.keras: model file not found" in r.stderr
     assert not (tmp_path / "o.keras").exists()
+
+
+def test_a_repeated_view_counts_once(phantom):
+    """``views=("axial", "axial")`` used to halve the probabilities (summed twice, divided as
+    one view repeated): an empty mask, or another mask for ``coronal coronal axial``."""
+    img = phantom["T2w"]
+    for repeated, once in ((("axial", "axial"), ("axial",)),
+                           (("coronal", "coronal", "axial"), ("coronal", "axial"))):
+        a = np.asarray(predict_mask(img, views=repeated).dataobj)
+        b = np.asarray(predict_mask(img, views=once).dataobj)
+        assert np.array_equal(a, b), repeated
+
+
+def test_negative_or_offset_backgrounds(phantom, tmp_path, capsys):
+    """A z-scored image (negative background) gets the plain image's mask (it is shifted to a
+    zero minimum first); an offset background is named in a note by samri_ml-mask."""
+    from samri_ml.cli.mask import main
+
+    img = phantom["T2w"]
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    plain = np.asarray(predict_mask(img).dataobj) > 0
+    z = nb.Nifti1Image((data - data.mean()) / data.std(), img.affine)
+    assert data.min() == 0 and dice(np.asarray(predict_mask(z).dataobj) > 0, plain) > 0.999
+    src = tmp_path / "offset.nii.gz"
+    nb.save(nb.Nifti1Image(data + 0.3 * np.percentile(data, 99), img.affine), src)
+    assert main([str(src), str(tmp_path / "m.nii.gz")]) == 0
+    assert "note: the background is not dark" in capsys.readouterr().err
+    nb.save(img, tmp_path / "plain.nii.gz")
+    assert main([str(tmp_path / "plain.nii.gz"), str(tmp_path / "m2.nii.gz")]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_a_stack_of_a_few_slices_is_refused(phantom):
+    img = phantom["T2w"]
+    thin = nb.Nifti1Image(np.asarray(img.dataobj)[:, :, 20:24], img.affine)
+    with pytest.raises(SamriMLError, match="only 4 slices along one axis"):
+        predict_mask(thin)
+
+
+def test_cli_writes_nothing_where_an_output_cannot_be_written(tmp_path, phantom, capsys):
+    """An unwritable --masked folder used to fail after the prediction, with OUT written."""
+    import os
+    import shutil
+
+    from samri_ml.cli.mask import main
+
+    src = tmp_path / "in.nii.gz"
+    nb.save(phantom["T2w"], src)
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(
+                ["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+            pytest.skip("root ignores permissions and chattr +i is not supported here")
+    else:
+        locked.chmod(0o555)
+    try:
+        rc = main([str(src), str(tmp_path / "m.nii.gz"), "--masked", str(locked / "b.nii.gz")])
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
+        else:
+            locked.chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "output folder is not writable" in err[0], err
+    assert not (tmp_path / "m.nii.gz").exists() and not list(locked.iterdir())
+
+
+def test_maskbrain_refuses_end_thresholds_and_takes_max_slices(tmp_path, phantom, monkeypatch):
+    from traits.api import TraitError
+
+    from samri_ml.interfaces.masking import MaskBrain
+
+    for t in (0.0, 1.0):
+        with pytest.raises(TraitError):
+            MaskBrain(threshold=t)
+    src = tmp_path / "sub-1_T2w.nii.gz"
+    nb.save(phantom["T2w"], src)
+    monkeypatch.chdir(tmp_path)
+    out = MaskBrain(in_file=str(src), max_slices=64).run().outputs
+    want = predict_mask(phantom["T2w"], max_slices=64)
+    assert np.array_equal(np.asarray(nb.load(out.out_mask).dataobj), np.asarray(want.dataobj))

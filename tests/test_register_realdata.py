@@ -38,5 +38,6 @@ def test_sammba_anat_and_4d_epi(shared_data, tmp_path):
     # the 12-slice EPI covers part of the brain: what it covers must lie mostly inside the mask
     signal = data.mean(axis=3) > np.percentile(data.mean(axis=3)[data.mean(axis=3) > 0], 50)
     assert (signal & tpl_mask).sum() / signal.sum() > 0.7
-    qc = json.loads((out / "sub-01" / "func" / "sub-01_task-rest_desc-qc_metrics.json").read_text())
+    (qc_file,) = (out / "sub-01" / "func").glob("sub-01_task-rest_space-*_desc-qc_metrics.json")
+    qc = json.loads(qc_file.read_text())
     assert np.isfinite(qc["vcf"]) and np.isfinite(qc["scf"])

@@ -307,7 +307,10 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs):
     cmd = register_command(example_dataset, out, work)
     cmd[cmd.index("--nprocs") + 1] = nprocs
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Ctrl-C's default action, whatever the test runner inherited (a shell's background job
+    # ignores SIGINT, and so would the command, as it should)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600
         while not any(k.endswith("s_biascorrect") for k in _results(work)):

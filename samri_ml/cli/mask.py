@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from samri_ml import __version__
 from samri_ml.cli._common import (
     HelpFormatter,
@@ -25,8 +27,7 @@ from samri_ml.errors import SamriMLError
 PROG = "samri_ml-mask"
 
 
-#: the smallest --max-slices accepted (half the network's 64 px frame)
-MIN_MAX_SLICES = 32
+from samri_ml.masking.predict import MIN_MAX_SLICES  # noqa: E402 (numpy only, no TensorFlow)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -92,21 +93,28 @@ def _main(argv=None) -> int:
             parser.error("--masked would overwrite IN or OUT")
     t0 = time.perf_counter()
     set_tf_threads(args.threads)
-    import nibabel as nb
-
     from samri_ml.io import load_nifti
     from samri_ml.masking.predict import apply_mask, load_model, predict_mask
 
     img = load_nifti(args.in_file, allow_4d=True)
     _check_outputs(args)  # before the network runs: a refused output costs no prediction
+    from samri_ml.masking import preprocess as pp
+
+    data = pp.temporal_mean(np.asarray(img.dataobj, dtype=np.float32))
+    offset = pp.background_fraction(data)
+    if offset > pp.BACKGROUND_NOTE_FRACTION:
+        print(f"{PROG}: note: the background is not dark (1st percentile {100 * offset:.0f} % "
+              "of the 99th: an intensity offset?); the mask may come out too large; hint: "
+              "subtract the background level first", file=sys.stderr)
     model = load_model(args.model)
     t1 = time.perf_counter()
     mask = predict_mask(img, model, threshold=args.threshold, views=args.views, flip=args.flip,
                         max_slices=args.max_slices)
     t2 = time.perf_counter()
-    nb.save(mask, str(args.out_file))
+    outputs = [(mask, args.out_file)]
     if args.masked is not None:
-        nb.save(apply_mask(img, mask), str(args.masked))
+        outputs.append((apply_mask(img, mask), args.masked))
+    _save_all(outputs)
     if args.verbose:
         n = int((mask.get_fdata() > 0).sum())
         print(f"{PROG}: {n} brain voxels; load {t1 - t0:.2f} s, predict {t2 - t1:.2f} s",
@@ -116,12 +124,47 @@ def _main(argv=None) -> int:
 
 def _check_outputs(args) -> None:
     """Refuse OUT (and --masked) where no file can be written, before anything is written."""
+    import tempfile
+
     for path in [args.out_file] + ([args.masked] if args.masked is not None else []):
         if path.is_dir():
             raise SamriMLError(f"{path}: is a folder; hint: give a file name ending in .nii.gz")
         if not path.parent.is_dir():
             raise SamriMLError(f"{path.parent}: output folder does not exist; hint: create it "
                                "first")  # fmt: skip
+        try:  # a real file, not os.access: root ignores the mode bits, not chattr +i
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+        except OSError as err:
+            raise SamriMLError(f"{path.parent}: output folder is not writable ({err.strerror}); "
+                               "hint: choose a writable folder") from err
+
+
+def _save_all(outputs) -> None:
+    """Write every ``(image, path)`` to a temporary file beside its path, then rename them
+    all: a failure leaves none of the outputs (not the mask without the masked image)."""
+    import os
+    import tempfile
+
+    import nibabel as nb
+
+    temps = []
+    try:
+        for image, path in outputs:
+            suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+            os.close(fd)
+            temps.append((tmp, path))
+            nb.save(image, tmp)
+        for tmp, path in temps:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+    except OSError as err:
+        raise SamriMLError(f"cannot write {temps[-1][1] if temps else outputs[0][1]} "
+                           f"({err.strerror}); nothing written") from err
+    finally:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:

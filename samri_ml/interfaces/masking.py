@@ -13,6 +13,7 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+from nipype.interfaces.base import isdefined as traits_defined
 from nipype.utils.filemanip import fname_presuffix
 
 
@@ -20,8 +21,12 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="3D image, or 4D series (its temporal mean "
                    "is masked), in any orientation")  # fmt: skip
     model = File(exists=True, desc="Keras model file (default: the shipped U-Net)")
-    threshold = traits.Range(low=0.0, high=1.0, value=0.5, usedefault=True,
-                             desc="probability above which a voxel is brain")  # fmt: skip
+    threshold = traits.Range(low=0.0, high=1.0, value=0.5, usedefault=True, exclude_low=True,
+                             exclude_high=True,
+                             desc="probability above which a voxel is brain (0 < t < 1, as "
+                             "samri_ml-mask --threshold)")  # fmt: skip
+    max_slices = traits.Int(desc="predict at most this many slices per view and interpolate "
+                            "(samri_ml-mask --max-slices; default: every slice)")
     views = traits.List(traits.Enum("sagittal", "coronal", "axial"),
                         value=["sagittal", "coronal", "axial"], usedefault=True, minlen=1,
                         desc="slice directions whose predictions are averaged (the seed: "
@@ -70,8 +75,14 @@ class MaskBrain(SimpleInterface):
                 pass
         img = load_nifti(self.inputs.in_file, allow_4d=True)
         model = self.inputs.model or None
+        from samri_ml.masking.predict import MIN_MAX_SLICES
+
+        max_slices = self.inputs.max_slices if traits_defined(self.inputs.max_slices) else None
+        if max_slices is not None and max_slices < MIN_MAX_SLICES:
+            raise ValueError(f"max_slices must be at least {MIN_MAX_SLICES}")
         mask = predict_mask(img, model, threshold=self.inputs.threshold,
-                            views=tuple(self.inputs.views), flip=self.inputs.flip)  # fmt: skip
+                            views=tuple(self.inputs.views), flip=self.inputs.flip,
+                            max_slices=max_slices)  # fmt: skip
         out_mask = fname_presuffix(self.inputs.in_file, suffix="_mask", newpath=runtime.cwd)
         out_mask = _nii_gz(out_mask)
         out_file = _nii_gz(fname_presuffix(self.inputs.in_file, suffix="_masked",

@@ -92,6 +92,18 @@ def from_ras(ras_data: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     return nb.orientations.apply_orientation(ras_data, inverse)
 
 
+#: a background (1st percentile) above this fraction of the bright tissue (99th percentile)
+#: is an offset the seed's normalisation keeps: masks come out too large (an audit: +10 % of
+#: P99 gave Dice 0.95 with the plain image's mask, +30 % 0.90)
+BACKGROUND_NOTE_FRACTION = 0.1
+
+
+def background_fraction(volume: np.ndarray) -> float:
+    """The 1st percentile of a volume as a fraction of its 99th (0 for a dark background)."""
+    lo, hi = np.percentile(np.asarray(volume, dtype=np.float32), [1, 99])
+    return float(lo / hi) if hi > 0 and lo > 0 else 0.0
+
+
 def normalise(volume: np.ndarray) -> np.ndarray:
     """The seed's intensity normalisation: ``min(x, P99) / max(min(x, P99))`` (clip min..P99).
 
