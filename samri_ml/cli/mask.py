@@ -98,19 +98,19 @@ def _main(argv=None) -> int:
 
     img = load_nifti(args.in_file, allow_4d=True)
     _check_outputs(args)  # before the network runs: a refused output costs no prediction
-    from samri_ml.masking import preprocess as pp
-
-    data = pp.temporal_mean(np.asarray(img.dataobj, dtype=np.float32))
-    offset = pp.background_fraction(data)
-    if offset > pp.BACKGROUND_NOTE_FRACTION:
-        print(f"{PROG}: note: the background is not dark (1st percentile {100 * offset:.0f} % "
-              "of the 99th: an intensity offset?); the mask may come out too large; hint: "
-              "subtract the background level first", file=sys.stderr)
     model = load_model(args.model)
     t1 = time.perf_counter()
     mask = predict_mask(img, model, threshold=args.threshold, views=args.views, flip=args.flip,
                         max_slices=args.max_slices)
     t2 = time.perf_counter()
+    from samri_ml.masking import preprocess as pp
+
+    # after the prediction: where it failed, its one-line error says as much
+    offset = pp.background_fraction(pp.temporal_mean(np.asarray(img.dataobj, np.float32)))
+    if offset > pp.BACKGROUND_NOTE_FRACTION:
+        print(f"{PROG}: note: the background is not dark (1st percentile {100 * offset:.0f} % "
+              "of the 99th: an intensity offset?); the mask may come out too large; hint: "
+              "subtract the background level first", file=sys.stderr)
     outputs = [(mask, args.out_file)]
     if args.masked is not None:
         outputs.append((apply_mask(img, mask), args.masked))
