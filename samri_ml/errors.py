@@ -3,3 +3,8 @@
 
 class SamriMLError(Exception):
     """A failure with a one-line, user-facing cause (and, after a colon or 'hint:', a fix)."""
+
+
+class SamriMLNote(UserWarning):
+    """Something left out or changed that a user should know of (a warning, not an error):
+    the commands show it as one ``<command>: note: ...`` line."""

@@ -114,6 +114,38 @@ def test_load_atlas_and_sections(tmp_path):
     assert [p.name for p in paths] == ["100_2.png", "91.png"] and labels.tolist() == [100, 91]
 
 
+def test_what_a_folder_leaves_out_is_said(tmp_path, capsys):
+    """An atlas image not named N.* and a subfolder of sections are left out with a note
+    (as a samri_ml command shows it: one ``note:`` line), not silently."""
+    import cv2
+
+    from samri_ml.cli._common import run_cli
+
+    atlas, secs = tmp_path / "atlas", tmp_path / "secs"
+    (secs / "more").mkdir(parents=True)
+    atlas.mkdir()
+    for n in (1, 2):
+        cv2.imwrite(str(atlas / f"{n}.png"), _brain(seed=n))
+    cv2.imwrite(str(atlas / "plate111.png"), _brain())
+    cv2.imwrite(str(secs / "1.png"), _brain())
+    cv2.imwrite(str(secs / "more" / "2.png"), _brain())
+
+    def job(argv):
+        assert load_atlas(atlas)[0].tolist() == [1, 2]
+        assert [p.name for p in load_sections(secs)[0]] == ["1.png"]
+        return 0
+
+    import warnings
+
+    with warnings.catch_warnings():  # out of pytest's own recording, as in a command
+        warnings.simplefilter("default")
+        assert run_cli("samri_ml-x", job, []) == 0
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 2 and all(n.startswith("samri_ml-x: note: ") for n in notes), notes
+    assert "1 image(s) not named N.jpg|png|tif" in notes[0] and "plate111.png" in notes[0]
+    assert "subfolders are not read (more)" in notes[1]
+
+
 def test_empty_atlas(tmp_path):
     with pytest.raises(SamriMLError, match="no atlas plates"):
         load_atlas(tmp_path)

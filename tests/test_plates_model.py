@@ -170,6 +170,10 @@ def test_images_are_ranked_and_printed_chunk_by_chunk(tmp_path, plate_thumbs, ca
     assert [ln.split(":")[0] for ln in captured.out.splitlines()] == \
         [p for p in paths if "bad" not in p]
     assert "1 of 6 images could not be read" in captured.err.strip().splitlines()[-1]
+    assert identify_plate.main([paths[0], paths[0], "--no-regions"]) == 0
+    captured = capsys.readouterr()
+    assert "1 image path(s) given more than once, ranked once" in captured.err
+    assert len(captured.out.splitlines()) == 1
     got = json.loads(out.read_text())
     assert list(got) == [p for p in paths if "bad" not in p]
     one_call = make_identifier().rank([plate_thumbs[p] for p in plates], regions=False)

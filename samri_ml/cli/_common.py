@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from samri_ml.errors import SamriMLError
+from samri_ml.errors import SamriMLError, SamriMLNote
 
 __all__ = ["HelpFormatter", "SamriMLError", "run_cli", "wants_verbose"]
 
@@ -41,6 +41,18 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None) -> in
     """
     verbose = wants_verbose(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # samri_ml's own notes (what it left out or changed) as the command's note lines
+        if issubclass(category, SamriMLNote):
+            print(f"{prog}: note: {message}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
     try:
         return int(main(argv) or 0)
     except SamriMLError as err:
@@ -59,9 +71,11 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None) -> in
     except Exception as err:  # noqa: BLE001 - the user sees one line; -v shows the traceback
         if verbose:
             traceback.print_exc()
-        print(f"{prog}: error: {type(err).__name__}: {_one_line(err)} (rerun with -v for the "
-              "traceback)", file=sys.stderr)
+        hint = "" if verbose else " (rerun with -v for the traceback)"
+        print(f"{prog}: error: {type(err).__name__}: {_one_line(err)}{hint}", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = default_show
 
 
 def _one_line(err) -> str:

@@ -88,6 +88,11 @@ def run(args) -> int:
     # CHUNK images at a time: one that cannot be read is named at the end, the others are
     # still ranked; each line is printed as its chunk is done
     results, bad, ident = {}, [], None
+    twice = len(args.images) - len(dict.fromkeys(map(str, args.images)))
+    if twice:  # the results are keyed by path: one entry each
+        print(f"{PROG}: note: {twice} image path(s) given more than once, ranked once",
+              file=sys.stderr)
+        args.images = list(dict.fromkeys(args.images))
     for start in range(0, len(args.images), CHUNK):
         paths, imgs = [], []
         for path in args.images[start:start + CHUNK]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samri_ml.errors import SamriMLError
+from samri_ml.errors import SamriMLError, SamriMLNote
 from samri_ml.paths import shared_data_dir  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -309,10 +309,17 @@ def load_atlas(folder) -> tuple[np.ndarray, list[np.ndarray]]:
     images : list of numpy.ndarray
         The plates as grayscale uint8, same order.
     """
-    files = []
+    files, other = [], []
     for p in _image_files(folder):
         if p.stem.isdigit():
             files.append((int(p.stem), p))
+        else:
+            other.append(p.name)
+    if other and files:
+        import warnings
+
+        warnings.warn(f"{folder}: {len(other)} image(s) not named N.jpg|png|tif (N = plate "
+                      f"number) left out of the atlas, e.g. {other[0]}", SamriMLNote, stacklevel=2)
     if not files:
         raise SamriMLError(
             f"{folder}: no atlas plates found; hint: name plates N.jpg, N.png or N.tif "
@@ -337,5 +344,12 @@ def load_sections(folder) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
     files = _image_files(folder)
     if not files:
         raise SamriMLError(f"{folder}: no images (.png, .jpg, .tif) found")
+    nested = [d.name for d in sorted(Path(folder).iterdir()) if d.is_dir() and _image_files(d)]
+    if nested:
+        import warnings
+
+        warnings.warn(f"{folder}: subfolders are not read ({', '.join(nested[:3])}"
+                      f"{', ...' if len(nested) > 3 else ''}); hint: evaluate each folder on its "
+                      "own", SamriMLNote, stacklevel=2)
     labels = np.array([label_from_name(p) for p in files], dtype=int)
     return files, labels, [read_image(p) for p in files]
