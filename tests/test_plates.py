@@ -144,6 +144,14 @@ def test_what_a_folder_leaves_out_is_said(tmp_path, capsys):
     assert len(notes) == 2 and all(n.startswith("samri_ml-x: note: ") for n in notes), notes
     assert "1 image(s) not named N.jpg|png|tif" in notes[0] and "plate111.png" in notes[0]
     assert "subfolders are not read (more)" in notes[1]
+    page = _brain()
+    cv2.imwritemulti(str(tmp_path / "stack.tif"), [page, page // 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert run_cli("samri_ml-x", lambda argv: read_image(tmp_path / "stack.tif").size and 0,
+                       []) == 0
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "a TIFF of 2 pages; its first page is used" in note[0], note
 
 
 def test_empty_atlas(tmp_path):

@@ -109,6 +109,16 @@ def read_image(path) -> np.ndarray:
     img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if img is None:
         img = _read_with_fallbacks(p)
+    elif p.suffix.lower() in (".tif", ".tiff"):
+        try:
+            pages = cv2.imcount(str(p))
+        except (cv2.error, AttributeError):  # an OpenCV without imcount
+            pages = 1
+        if pages > 1:
+            import warnings
+
+            warnings.warn(f"{path}: a TIFF of {pages} pages; its first page is used (hint: "
+                          "save each section as its own file)", SamriMLNote, stacklevel=2)
     img = _to_uint8(img, path)
     img = exif_upright(img, _exif_orientation(p))
     h, w = img.shape
