@@ -65,14 +65,15 @@ def derivative_path(
 
 
 @contextmanager
-def _atomic_target(dst: Path):
-    """Yield a temporary path beside ``dst``; rename it onto ``dst`` if the block succeeds.
+def atomic_target(dst: Path, suffix: str = ""):
+    """Yield a temporary path beside ``dst`` (ending in ``suffix``, e.g. ``.nii.gz`` for a
+    writer that picks its format by the name); rename it onto ``dst`` if the block succeeds.
 
     The rename is atomic on one file system, so ``dst`` is never seen half-written; on failure
     the temporary file is removed.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -86,7 +87,7 @@ def _atomic_target(dst: Path):
 def atomic_copy(src, dst) -> Path:
     """Copy ``src`` to ``dst`` so that ``dst`` is never seen half-written (temp file + rename)."""
     dst = Path(dst)
-    with _atomic_target(dst) as tmp:
+    with atomic_target(dst) as tmp:
         shutil.copyfile(src, tmp)
     return dst
 
@@ -94,7 +95,7 @@ def atomic_copy(src, dst) -> Path:
 def atomic_write_text(text: str, dst) -> Path:
     """Write text to ``dst`` atomically."""
     dst = Path(dst)
-    with _atomic_target(dst) as tmp:
+    with atomic_target(dst) as tmp:
         tmp.write_text(text)
     return dst
 

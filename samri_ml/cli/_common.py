@@ -171,6 +171,16 @@ def set_tf_threads(threads: int, parallel_ops: int = 1) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def probe_writable(folder) -> None:
+    """Create and remove a temporary file in ``folder``; raises :class:`OSError` where that
+    fails. A real file, not ``os.access``: root ignores the mode bits, not a read-only mount or
+    an immutable (``chattr +i``) folder."""
+    import tempfile
+
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def add_version_option(parser) -> None:
     """``--version``: the program's name and samri_ml's version."""
     from samri_ml import __version__

@@ -11,6 +11,7 @@ from samri_ml.cli._common import (
     add_plate_model_options,
     add_threads_option,
     add_version_option,
+    probe_writable,
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
@@ -64,11 +65,8 @@ def _check_args(parser, args) -> None:
         if out.is_dir():
             parser.error(f"--json {args.json} is a folder; hint: name a file, e.g. "
                          f"{Path(args.json) / 'plates.json'}")
-        import tempfile
-
-        try:  # up front, not after every image was ranked (root ignores the mode bits)
-            with tempfile.TemporaryFile(dir=out.parent):
-                pass
+        try:  # up front, not after every image was ranked
+            probe_writable(out.parent)
         except OSError as err:
             parser.error(f"--json {args.json}: its folder is not writable ({err.strerror})")
 

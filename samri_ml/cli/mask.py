@@ -11,23 +11,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from samri_ml import __version__
 from samri_ml.cli._common import (
     HelpFormatter,
     add_flip_option,
     add_threads_option,
     add_views_option,
+    probe_writable,
     run_cli,
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
+from samri_ml.masking.predict import MIN_MAX_SLICES  # numpy only, no TensorFlow
 
 PROG = "samri_ml-mask"
-
-
-from samri_ml.masking.predict import MIN_MAX_SLICES  # noqa: E402 (numpy only, no TensorFlow)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -103,14 +100,6 @@ def _main(argv=None) -> int:
     mask = predict_mask(img, model, threshold=args.threshold, views=args.views, flip=args.flip,
                         max_slices=args.max_slices)
     t2 = time.perf_counter()
-    from samri_ml.masking import preprocess as pp
-
-    # after the prediction: where it failed, its one-line error says as much
-    offset = pp.background_fraction(pp.temporal_mean(np.asarray(img.dataobj, np.float32)))
-    if offset > pp.BACKGROUND_NOTE_FRACTION:
-        print(f"{PROG}: note: the background is not dark (1st percentile {100 * offset:.0f} % "
-              "of the 99th: an intensity offset?); the mask may come out too large; hint: "
-              "subtract the background level first", file=sys.stderr)
     outputs = [(mask, args.out_file)]
     if args.masked is not None:
         outputs.append((apply_mask(img, mask), args.masked))
@@ -124,17 +113,14 @@ def _main(argv=None) -> int:
 
 def _check_outputs(args) -> None:
     """Refuse OUT (and --masked) where no file can be written, before anything is written."""
-    import tempfile
-
     for path in [args.out_file] + ([args.masked] if args.masked is not None else []):
         if path.is_dir():
             raise SamriMLError(f"{path}: is a folder; hint: give a file name ending in .nii.gz")
         if not path.parent.is_dir():
             raise SamriMLError(f"{path.parent}: output folder does not exist; hint: create it "
                                "first")  # fmt: skip
-        try:  # a real file, not os.access: root ignores the mode bits, not chattr +i
-            with tempfile.TemporaryFile(dir=path.parent):
-                pass
+        try:
+            probe_writable(path.parent)
         except OSError as err:
             raise SamriMLError(f"{path.parent}: output folder is not writable ({err.strerror}); "
                                "hint: choose a writable folder") from err
@@ -142,30 +128,22 @@ def _check_outputs(args) -> None:
 
 def _save_all(outputs) -> None:
     """Write every ``(image, path)`` to a temporary file beside its path, then rename them
-    all: a failure leaves none of the outputs (not the mask without the masked image)."""
-    import os
-    import tempfile
+    all (:func:`samri_ml.bids.atomic_target`, nested): a failure leaves none of the outputs
+    (not the mask without the masked image)."""
+    from contextlib import ExitStack
 
     import nibabel as nb
 
-    temps = []
-    try:
-        for image, path in outputs:
-            suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-            os.close(fd)
-            temps.append((tmp, path))
-            nb.save(image, tmp)
-        for tmp, path in temps:
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-    except OSError as err:
-        raise SamriMLError(f"cannot write {temps[-1][1] if temps else outputs[0][1]} "
-                           f"({err.strerror}); nothing written") from err
-    finally:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
+    from samri_ml.bids import atomic_target
 
+    path = outputs[0][1]
+    try:
+        with ExitStack() as stack:
+            for image, path in outputs:
+                suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
+                nb.save(image, str(stack.enter_context(atomic_target(path, suffix))))
+    except OSError as err:
+        raise SamriMLError(f"cannot write {path} ({err.strerror}); nothing written") from err
 
 def main(argv=None) -> int:
     return run_cli(PROG, _main, argv)

@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import HelpFormatter, quiet_interrupts, run_cli, setup_logging
+from samri_ml.cli._common import (
+    HelpFormatter,
+    probe_writable,
+    quiet_interrupts,
+    run_cli,
+    setup_logging,
+)
 from samri_ml.errors import SamriMLError
 from samri_ml.hardware import available_cpus
 
@@ -277,15 +283,12 @@ def check_writable(folder: Path, what: str) -> None:
     folder still to be created is checked at its nearest existing parent with ``os.access``;
     :func:`make_dir` creates it once all inputs have been checked.
     """
-    import tempfile
-
     if folder.exists():
         if not folder.is_dir():
             raise SamriMLError(f"{what} {folder} exists and is not a folder; hint: choose "
                                "another path")
         try:
-            with tempfile.TemporaryFile(dir=folder):
-                pass
+            probe_writable(folder)
         except OSError as err:
             raise SamriMLError(f"{what} {folder} is not writable ({err.strerror}); hint: choose "
                                "a writable folder") from err
@@ -401,8 +404,9 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
             meta["RepetitionTime"] = tr
             print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
                   f"header's, {tr:g} s", file=sys.stderr)
-    if not meta.get("TaskName") and parse_entities(path).get("task"):
-        meta["TaskName"] = parse_entities(path)["task"]
+    task = parse_entities(path).get("task")
+    if not meta.get("TaskName") and task:
+        meta["TaskName"] = task
     if getattr(args, "no_slice_timing", False):
         return
     times = meta.get("SliceTiming")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samri_ml.errors import SamriMLError
+from samri_ml.errors import SamriMLError, SamriMLNote
 from samri_ml.masking import preprocess as pp
 from samri_ml.masks import fill_holes, largest_component
 
@@ -321,6 +321,7 @@ def predict_mask(
     if data.min() == data.max():
         raise SamriMLError(f"the image is constant (every voxel is {data.min():g}); nothing to "
                            "mask")  # fmt: skip
+    offset = pp.background_fraction(data)  # 0 where the background is dark (or negative)
     if data.min() < 0:
         # a demeaned or z-scored image has no dark zero background, which the seed's
         # normalisation (clip min..P99, divide by the maximum) assumes: shifted so that its
@@ -343,6 +344,12 @@ def predict_mask(
             f"the predicted mask fills {100 * mask_ras.mean():.0f} % of the image, which no brain "
             "does; hint: check that the background is dark (zero or near zero), not offset"
         )
+    if offset > pp.BACKGROUND_NOTE_FRACTION:  # after the checks: a refused mask says as much
+        import warnings
+
+        warnings.warn(f"the background is not dark (1st percentile {100 * offset:.0f} % of the "
+                      "99th: an intensity offset?); the mask may come out too large; hint: "
+                      "subtract the background level first", SamriMLNote, stacklevel=2)
     mask = pp.from_ras(mask_ras.astype(np.uint8), ornt)
     header = img.header.copy() if isinstance(img, nb.Nifti1Image) else None
     out = nb.Nifti1Image(mask.astype(np.uint8), img.affine, header)

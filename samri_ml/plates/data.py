@@ -101,12 +101,16 @@ def read_image(path) -> np.ndarray:
         raise SamriMLError(f"{path}: no such file")
     if p.is_dir():
         raise SamriMLError(f"{path}: is a directory, not an image")
-    if p.suffix.lower() in (".jpg", ".jpeg") and not _jpeg_complete(p):
-        # libjpeg warns on stderr and OpenCV fills the missing rows with grey
-        raise SamriMLError(f"{path}: truncated or corrupt JPEG (it ends before its last "
-                           "scan does); hint: copy or export it again")
     _quiet_opencv()
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if p.suffix.lower() in (".jpg", ".jpeg"):
+        data = p.read_bytes()  # read once: checked, then decoded
+        if not _jpeg_complete(data):
+            # libjpeg warns on stderr and OpenCV fills the missing rows with grey
+            raise SamriMLError(f"{path}: truncated or corrupt JPEG (it ends before its last "
+                               "scan does); hint: copy or export it again")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    else:
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if img is None:
         img = _read_with_fallbacks(p)
     elif p.suffix.lower() in (".tif", ".tiff"):
@@ -143,11 +147,11 @@ def _quiet_opencv() -> None:
         pass
 
 
-def _jpeg_complete(path: Path) -> bool:
-    """Whether a JPEG file runs to its end-of-image marker: its segments are walked (lengths),
-    each scan's entropy-coded data skipped to the next marker (``FF 00`` stuffing and restart
-    markers are data), and the file must reach ``FF D9``. A cut file ends inside a scan."""
-    data = path.read_bytes()
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG file's bytes run to its end-of-image marker: its segments are walked
+    (lengths), each scan's entropy-coded data skipped to the next marker (``FF 00`` stuffing
+    and restart markers are data), and the file must reach ``FF D9``. A cut file ends inside a
+    scan."""
     n, i = len(data), 2
     if data[:2] != b"\xff\xd8":
         return False

@@ -279,8 +279,7 @@ class PlateIdentifier(_Ranker):
         if whole is None:
             emb = self.embed(imgs, prepped)
             whole = smooth_profile(_pairwise(emb, self.embeddings), self.plates, self.smooth)
-        d_whole = whole
-        out = {"whole": d_whole, "overall": d_whole}
+        out = {"whole": whole, "overall": whole}
         use_regions = (self.region_weight > 0) if regions is None else regions
         if use_regions and self.region_embeddings is not None:
             remb, frac = self.embed_regions(imgs)
@@ -294,7 +293,7 @@ class PlateIdentifier(_Ranker):
             weights = ok / np.maximum(ok.sum(1, keepdims=True), 1)
             mean_reg = (d_reg * weights[..., None]).sum(1)
             w = self.region_weight * ok.any(1)[:, None]
-            out.update(regions=d_reg, tissue=frac, overall=(1 - w) * d_whole + w * mean_reg)
+            out.update(regions=d_reg, tissue=frac, overall=(1 - w) * whole + w * mean_reg)
         return out
 
     def upright(self, imgs: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, dict]:
