@@ -8,6 +8,7 @@ must overlap the template's mask.
 import contextlib
 import io
 import json
+import re
 import shutil
 
 import nibabel as nb
@@ -47,6 +48,19 @@ def test_files_an_earlier_run_left_are_named_and_kept(registered):
     assert "1 file(s) in OUTPUT_DIR" in note[0], note  # none of this run's own derivatives
     assert "sub-01/ses-1/anat/sub-01_ses-1_desc-brain_mask.nii.gz" in note[0]
     assert (out / "sub-01/ses-1/anat/sub-01_ses-1_desc-brain_mask.nii.gz").is_file()
+
+
+@pytest.mark.slow
+def test_progress_of_a_clean_multiproc_run_says_every_step_is_done(registered):
+    """MultiProc runs the data sinks in the main process and reports them as ended, never as
+    started: they were said "not run (a step before it failed)" in a run that failed nowhere."""
+    bids, out = registered
+    err = (out.parent / "stderr.txt").read_text().splitlines()
+    lines = [ln for ln in err if re.match(r"\[\d+/\d+ +\d+s\] ", ln)]
+    sinks = [ln for ln in lines if ".ds_anat" in ln]
+    assert lines and sinks, err[-20:]
+    assert all("] done: samri_ml_wf." in ln for ln in lines), [
+        ln for ln in lines if "] done: " not in ln]
 
 
 @pytest.mark.slow

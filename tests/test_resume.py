@@ -161,6 +161,10 @@ def test_killed_run_resumes_and_reuses_finished_nodes(interrupted):
           f"{interrupted['resume_seconds']:.0f} s")
     assert share >= 0.9, (finished, after)
     assert len(after) > len(finished)  # the rest of the workflow did run
+    # and the progress lines say which steps were reused, and nothing "not run"
+    log = interrupted["resume_log"]
+    assert "done (result of an earlier run reused): samri_ml_wf." in log, log[-3000:]
+    assert "not run" not in log, log[-3000:]
 
 
 def test_resumed_outputs_equal_an_uninterrupted_run(interrupted, reference):

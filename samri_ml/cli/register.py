@@ -553,13 +553,20 @@ class _NoNodeErrors(logging.Filter):
 
 
 class Progress:
-    """Nipype status callback: one line per finished node, so long runs show progress."""
+    """Nipype status callback: one line per finished node, so long runs show progress.
 
-    def __init__(self, total: int, stream=None, stop=None):
+    Nipype reports some nodes as ended that it never reported as started: under ``Linear``
+    the dependents of a failed step (they do not run: ``linear`` says so), under the other
+    plugins the steps run in the main process (data sinks, small utilities: done) and those
+    whose results an earlier run left complete in the work dir (reused).
+    """
+
+    def __init__(self, total: int, stream=None, stop=None, linear: bool = False):
         # sys.stderr when called, not when defined (a redirected or captured stderr)
         stream = sys.stderr if stream is None else stream
         self.total, self.done, self.stream, self.start = total, 0, stream, time.monotonic()
         self.stop = stop  # a quiet_interrupts() state: raise at the next node once interrupted
+        self.linear = linear
         self.started: set[int] = set()
 
     def __call__(self, node, status):
@@ -574,8 +581,12 @@ class Progress:
             what = "FAILED"
         elif id(node) in self.started:
             what = "done"
-        else:  # Linear reports the dependents of a failed step as ended, never started
+        elif self.linear:  # Linear reports the dependents of a failed step as ended, only
             what = "not run (a step before it failed)"
+        elif getattr(node, "run_without_submitting", False):  # run in the main process
+            what = "done"
+        else:  # found complete in the work dir
+            what = "done (result of an earlier run reused)"
         print(f"[{self.done}/{self.total} {elapsed:6.0f}s] {what}: {node.fullname}",
               file=self.stream, flush=True)
 
@@ -668,7 +679,8 @@ def _main(argv=None) -> int:
                                 category=UserWarning)
         try:
             with quiet_interrupts() as state:
-                plugin_args["status_callback"] = Progress(total, stop=state)
+                plugin_args["status_callback"] = Progress(total, stop=state,
+                                                         linear=args.plugin == "Linear")
                 graph = wf.run(plugin=args.plugin, plugin_args=plugin_args)
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
