@@ -8,7 +8,9 @@ Both methods rank all 132 plates for the same sections of ../shared/data/plates/
 MI-affine baseline (SimpleITK, 132 affine registrations per section) is run on the first
 ``--mi-sections`` sections only, and the speed-up is computed per section on those.
 TensorFlow runs as the plate CLIs run it (``--threads`` split over ``--parallel-ops`` ops at
-once); ``--parallel-ops 1`` is the setting before 2026-12-01's sixth session, for a side-by-side
+once); the baseline registers ``--threads`` plates at once, each on one thread (since
+2026-12-01's seventh session; before, one plate at a time on ITK's ``--threads`` threads,
+2-2.6x slower and not reproducible); ``--parallel-ops 1`` is the setting before 2026-12-01's sixth session, for a side-by-side
 comparison in two interleaved runs (TensorFlow reads its thread settings once per process).
 
 The Siamese time per section is measured two ways, in a warm process (one untimed pass first),
@@ -50,9 +52,6 @@ def main() -> None:
 
     set_thread_environment(args.threads, args.parallel_ops)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     from samri_ml.plates.baseline import rank_mi_affine
     from samri_ml.plates.data import load_atlas, load_sections, preprocess, shared_data_dir
     from samri_ml.plates.identify import make_identifier
@@ -93,7 +92,8 @@ def main() -> None:
     mi_rank, mi_t = [], []
     for im in imgs[:n]:
         t0 = time.perf_counter()
-        r, _ = rank_mi_affine(im, plates, pp, size=args.mi_size, preprocessed=True)
+        r, _ = rank_mi_affine(im, plates, pp, size=args.mi_size, preprocessed=True,
+                              workers=args.threads)
         mi_t.append(time.perf_counter() - t0)
         mi_rank.append(r.tolist())
         print(f"  mi-affine section {len(mi_t)}/{n}: {mi_t[-1]:.1f} s", flush=True)

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N sections")
     p.add_argument("--size", type=int, default=128, help="mi-affine: image side in px")
     p.add_argument("--json", metavar="OUT", help="write metrics and rankings as JSON")
-    add_threads_option(p)
+    add_threads_option(p, help="CPU threads: TensorFlow's (siamese), registrations at once, "
+                       "one thread each (mi-affine; 0: one per available core)")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     add_version_option(p)
     return p
@@ -88,7 +89,8 @@ def run(args) -> int:
         rankings = []
         for i, im in enumerate(imgs):
             t1 = time.perf_counter()
-            r, _ = rank_mi_affine(im, plates, pp, size=args.size, preprocessed=True)
+            r, _ = rank_mi_affine(im, plates, pp, size=args.size, preprocessed=True,
+                                  workers=args.threads or None)
             rankings.append(r.tolist())
             now = time.perf_counter()
             print(
