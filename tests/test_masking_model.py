@@ -156,6 +156,12 @@ def test_cli_masks_a_head(tmp_path, phantom):
     r = _cli(src, out, "--masked", masked)
     assert r.returncode == 0, r.stderr
     mask = nb.load(out)
+    # one line says what was written, with the mask's volume (mm^3 from the voxel size)
+    n = int((np.asarray(mask.dataobj) > 0).sum())
+    mm3 = n * float(np.prod(mask.header.get_zooms()[:3]))
+    assert r.stderr.strip().splitlines() == [
+        f"samri_ml-mask: {out}: brain mask of {n} voxels, {mm3:.0f} mm^3, "
+        f"{100 * n / mask.get_fdata().size:.1f} % of the image; masked image {masked}"], r.stderr
     assert mask.get_data_dtype() == np.uint8
     assert dice(np.asarray(mask.dataobj) > 0, np.asarray(phantom["mask"].dataobj) > 0) > 0.75
     assert not np.asarray(nb.load(masked).dataobj)[np.asarray(mask.dataobj) == 0].any()
@@ -298,6 +304,24 @@ def test_negative_or_offset_backgrounds(phantom, tmp_path, capsys):
         assert "note: the background is not dark" in capsys.readouterr().err
         assert main([str(tmp_path / "plain.nii.gz"), str(tmp_path / "m2.nii.gz")]) == 0
         assert "note:" not in capsys.readouterr().err
+
+
+def test_a_voxel_size_ten_times_too_large_is_named(phantom, tmp_path, capsys):
+    """The summary line gives the mask's volume; one of a thousand times a mouse brain's says
+    that the header's voxel size may be off (the emory templates: 2 mm voxels)."""
+    from samri_ml.cli.mask import main
+
+    img = phantom["T2w"]
+    big = nb.Nifti1Image(np.asarray(img.dataobj), np.diag([10, 10, 10, 1]) @ img.affine)
+    nb.save(big, tmp_path / "big.nii.gz")
+    assert main([str(tmp_path / "big.nii.gz"), str(tmp_path / "m.nii.gz")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and " mm^3, " in err[0] and "of the image" in err[0], err
+    assert err[1].startswith("samri_ml-mask: note: a rodent brain of ") and "factor of ten" \
+        in err[1], err
+    nb.save(img, tmp_path / "plain.nii.gz")
+    assert main([str(tmp_path / "plain.nii.gz"), str(tmp_path / "m2.nii.gz")]) == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_a_stack_of_a_few_slices_is_refused(phantom):

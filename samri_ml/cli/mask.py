@@ -104,11 +104,34 @@ def _main(argv=None) -> int:
     if args.masked is not None:
         outputs.append((apply_mask(img, mask), args.masked))
     _save_all(outputs)
+    print(summary(mask, args.out_file, args.masked), file=sys.stderr)
     if args.verbose:
-        n = int((mask.get_fdata() > 0).sum())
-        print(f"{PROG}: {n} brain voxels; load {t1 - t0:.2f} s, predict {t2 - t1:.2f} s",
-              file=sys.stderr)  # fmt: skip
+        print(f"{PROG}: load {t1 - t0:.2f} s, predict {t2 - t1:.2f} s", file=sys.stderr)
     return 0
+
+
+def summary(mask, out_file, masked=None) -> str:
+    """The line said when a mask is written: its volume (a mouse brain is 390-750 mm^3 in the
+    scans and templates here, a rat's about 2000, so a mask of the whole head shows at a
+    glance), its share of the image, where the files went; and a hint where the volume says
+    that the header's voxel size is off by a factor of ten, a common quirk of rodent scans."""
+    import numpy as np
+
+    data = np.asarray(mask.dataobj) > 0
+    mm3 = float(data.sum()) * float(abs(np.linalg.det(mask.affine[:3, :3])))
+    line = (f"{PROG}: {out_file}: brain mask of {int(data.sum())} voxels, {mm3:.0f} mm^3, "
+            f"{100 * data.mean():.1f} % of the image")
+    line += f"; masked image {masked}" if masked is not None else ""
+    if mm3 > TOO_LARGE_MM3 or mm3 < TOO_SMALL_MM3:
+        line += (f"\n{PROG}: note: a rodent brain of {mm3:.0f} mm^3? The header's voxel size "
+                 f"({' x '.join(f'{z:g}' for z in mask.header.get_zooms()[:3])} mm) may be off "
+                 "by a factor of ten; the mask does not depend on it, registration to a template does")
+    return line
+
+
+#: mask volumes (mm^3) outside which the voxel size is called into question: a mouse brain
+#: is 390-750 mm^3 here and a rat's about 2000; ten times the voxel edge is 1000 times that
+TOO_LARGE_MM3, TOO_SMALL_MM3 = 20_000.0, 5.0
 
 
 def _check_outputs(args) -> None:
