@@ -121,6 +121,29 @@ def test_compare_two_workflows(tmp_path, capsys):
     assert float(pair["vcf_dev"]["rmse_ratio"]) < 0.3  # A (masked) conserves volume better
 
 
+def test_compare_says_when_structural_and_functional_scans_are_pooled(tmp_path, capsys):
+    """They conserve smoothness differently (the example data: SCF about 0.77 and 1.15-1.2):
+    pooled by default, said in a note, marked apart in the plot; --modality compares one."""
+    rng = np.random.default_rng(3)
+    folders = []
+    for name in ("a", "b"):
+        root = _deriv(tmp_path / name, name, 1 + 0.02 * rng.standard_normal(6),
+                      0.77 + 0.02 * rng.standard_normal(6))
+        func = _deriv(tmp_path / f"{name}_func", name, 1 + 0.02 * rng.standard_normal(6),
+                      1.17 + 0.02 * rng.standard_normal(6), modality="func")
+        for f in func.rglob("*_desc-qc_metrics.json"):
+            target = root / f.relative_to(func)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            f.rename(target)
+        folders.append(str(root))
+    assert main(["compare", *folders, "--out", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert "**Note:** anat and func scans are pooled" in printed, printed[:500]
+    assert (tmp_path / "cmp" / "qc_violin.png").stat().st_size > 10_000
+    assert main(["compare", *folders, "--modality", "func"]) == 0
+    assert "pooled" not in capsys.readouterr().out
+
+
 def test_compare_labels_and_errors(tmp_path, capsys):
     a = _deriv(tmp_path / "a", "X", [1.0, 0.9, 1.1], [1.0, 1.1, 1.2])
     b = _deriv(tmp_path / "b", "X", [0.9, 0.8, 1.0], [1.0, 1.1, 1.3])
