@@ -125,7 +125,8 @@ def summary(mask, out_file, masked=None) -> str:
     if mm3 > TOO_LARGE_MM3 or mm3 < TOO_SMALL_MM3:
         line += (f"\n{PROG}: note: a rodent brain of {mm3:.0f} mm^3? The header's voxel size "
                  f"({' x '.join(f'{z:g}' for z in mask.header.get_zooms()[:3])} mm) may be off "
-                 "by a factor of ten; the mask does not depend on it, registration to a template does")
+                 "by a factor of ten; the mask does not depend on it, registration to a "
+                 "template does")
     return line
 
 

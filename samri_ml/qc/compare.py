@@ -336,7 +336,7 @@ def violin_plot(groups: dict[str, list[dict]], out_stem: str | Path) -> list[Pat
                 x = i + 1 + rng.uniform(-0.08, 0.08, size=v.size)
                 ax.scatter(x, v, s=16, color=colors[i % len(colors)], edgecolor="k",
                            linewidth=0.4, marker=MARKERS.get(kind, "o"),
-                           label=kind if i == 0 and len(kinds) > 1 else None)
+                           label=(kind or "unknown") if i == 0 and len(kinds) > 1 else None)
         ax.axhline(1.0, color="0.3", linestyle="--", linewidth=0.8)
         ax.set_xticks(range(1, len(names) + 1))
         ax.set_xticklabels(names, rotation=20, ha="right")
