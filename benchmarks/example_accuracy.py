@@ -23,6 +23,19 @@ import numpy as np
 from samri_ml.evaluation import warped_mask_dice
 
 
+def _tag(flavour: str) -> str:
+    """A flavour's name for folder names (a JSON path: its file name without .json)."""
+    return Path(flavour).stem if flavour.endswith(".json") else flavour
+
+
+def _one(folder: Path, pattern: str) -> dict:
+    """The one QC JSON file in ``folder`` matching ``pattern``."""
+    found = sorted(folder.glob(pattern))
+    if len(found) != 1:
+        raise SystemExit(f"{folder}: expected one {pattern}, found {len(found)}")
+    return json.loads(found[0].read_text())
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flavours", nargs="+", default=["fast", "default"])
@@ -41,20 +54,21 @@ def main(argv=None):
     rows = []
     for flavour in args.flavours:
         for masking in args.masking:
-            out = args.work / f"deriv_{flavour}_{masking}"
+            out = args.work / f"deriv_{_tag(flavour)}_{masking}"
             t0 = time.perf_counter()
             subprocess.run([bindir / "samri_ml-register", bids, out, "participant",
                             "--registration-flavour", flavour, "--masking", masking,
                             "--template", tpl, "--template-mask", tpl_mask,
-                            "-w", args.work / f"work_{flavour}_{masking}",
+                            "-w", args.work / f"work_{_tag(flavour)}_{masking}",
                             "--nprocs", str(args.nprocs)], check=True)
             seconds = time.perf_counter() - t0
             for sub in sorted(p.name for p in truth.glob("sub-*")):
                 ses = truth / sub / "ses-1"
                 a_xfm = out / sub / "ses-1" / "anat" / f"{sub}_ses-1_from-native_to-Phantom_mode-image_xfm.h5"
                 f_xfm = out / sub / "ses-1" / "func" / f"{sub}_ses-1_task-rest_from-native_to-T2w_mode-image_xfm.h5"
-                qc_a = json.loads((out / sub / "ses-1" / "anat" / f"{sub}_ses-1_desc-qc_metrics.json").read_text())
-                qc_f = json.loads((out / sub / "ses-1" / "func" / f"{sub}_ses-1_task-rest_desc-qc_metrics.json").read_text())
+                # named *_space-<template>_desc-qc_metrics.json since 2026-12-01's sixth session
+                qc_a = _one(out / sub / "ses-1" / "anat", f"{sub}_ses-1_*desc-qc_metrics.json")
+                qc_f = _one(out / sub / "ses-1" / "func", f"{sub}_ses-1_task-rest_*desc-qc_metrics.json")
                 rows.append({
                     "flavour": flavour, "masking": masking, "subject": sub,
                     "anat_dice": warped_mask_dice(ses / "anat" / f"{sub}_ses-1_desc-brain_mask.nii.gz", tpl_mask, a_xfm),
@@ -76,9 +90,9 @@ def main(argv=None):
                   f"{np.mean([x['func_vcf'] for x in r]):.3f} | {r[0]['run_seconds']:.0f} |")
     if len(args.masking) > 1:
         for flavour in args.flavours:
-            dirs = [args.work / f"deriv_{flavour}_{m}" for m in args.masking]
+            dirs = [args.work / f"deriv_{_tag(flavour)}_{m}" for m in args.masking]
             subprocess.run([bindir / "samri_ml-qc", "compare", *dirs, "--labels", *args.masking,
-                            "--out", args.work / f"compare_{flavour}"], check=True)
+                            "--out", args.work / f"compare_{_tag(flavour)}"], check=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

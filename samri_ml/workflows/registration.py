@@ -12,9 +12,10 @@
 
 Every stream has a mask slot (``masking='input'`` takes ``inputnode.in_mask``; ``'unet'``
 inserts the U-Net :class:`~samri_ml.interfaces.MaskBrain` node) that feeds antsRegistration's
-moving-image mask and, where the flavour says so (``samri``: the seed paper's "Generic Masked"
-workflow), the N4 mask; ``default`` and ``fast`` fit N4 on the whole image
-(:func:`samri_ml.registration.n4_uses_mask`).
+moving-image mask in the stages the flavour names (``default`` and ``fast``: SyN only,
+:func:`samri_ml.registration.moving_mask_stages`) and, where the flavour says so (``samri``: the
+seed paper's "Generic Masked" workflow, every stage), the N4 mask; ``default`` and ``fast`` fit
+N4 on the whole image (:func:`samri_ml.registration.n4_uses_mask`).
 """
 
 from __future__ import annotations
