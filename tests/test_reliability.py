@@ -676,3 +676,43 @@ def test_crash_files_land_in_the_subjects_log_folder(tmp_path, capsys):
     assert not any(ln.endswith("done: samri_ml_wf.sub_01_ses_1.ds_anat") for ln in err), err
     report = (tmp_path / "out" / "sub-01.html").read_text()
     assert "sub-01_ses-1_T2w.nii.gz: no registered output (failed or not run)" in report
+
+
+FORKED_TF_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+import cv2, nibabel as nb, numpy as np
+from nipype.pipeline import engine as pe
+from samri_ml.example import make_template
+from samri_ml.interfaces import IdentifyPlate, MaskBrain
+from samri_ml.masking.predict import predict_mask
+from samri_ml.plates.identify import default_model_dir
+
+tmp = Path(sys.argv[1])
+head = make_template(0, contrasts=("t2",), supersample=1)["T2w"]
+nb.save(head, tmp / "head.nii.gz")
+section = tmp / "section.png"
+with np.load(default_model_dir() / "plates_index.npz") as z:
+    thumbs = dict(zip(z["plates"].tolist(), z["thumbnails"]))
+cv2.imwrite(str(section), thumbs[100])
+direct = np.asarray(predict_mask(head).dataobj)  # TensorFlow now runs in this process
+wf = pe.Workflow("w", base_dir=str(tmp / "work"))
+wf.add_nodes([pe.Node(MaskBrain(in_file=str(tmp / "head.nii.gz")), name="mask"),
+              pe.Node(IdentifyPlate(in_file=str(section)), name="plate")])
+graph = wf.run(plugin="MultiProc", plugin_args={"n_procs": 2})
+res = {n.name: n.result.outputs for n in graph.nodes()}
+same = bool(np.array_equal(np.asarray(nb.load(res["mask"].out_mask).dataobj), direct))
+print(json.dumps({"same_mask": same, "top5": res["plate"].ranking[:5]}))
+"""
+
+
+@pytest.mark.slow
+def test_interfaces_run_in_workers_forked_after_tensorflow_ran(tmp_path):
+    """A session that masked an image, then ran a workflow with MaskBrain and IdentifyPlate
+    under MultiProc: the workers are forked from a process whose TensorFlow had started its
+    thread pools, and a network run there hung for ever. They now run in a new interpreter."""
+    r = subprocess.run([sys.executable, "-c", FORKED_TF_SCRIPT, str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["same_mask"] and 100 in out["top5"], out

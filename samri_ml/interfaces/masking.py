@@ -58,41 +58,52 @@ class MaskBrain(SimpleInterface):
     output_spec = _MaskBrainOutputSpec
 
     def _run_interface(self, runtime):
-        import nibabel as nb
-
-        from samri_ml.io import load_nifti
-        from samri_ml.masking.predict import apply_mask, predict_mask
-
-        if self.inputs.num_threads:
-            from samri_ml.models.inference import import_keras
-
-            import_keras()  # TensorFlow too, without its C++ start-up lines
-            import tensorflow as tf
-
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(self.inputs.num_threads)
-            except RuntimeError:  # already initialised in this process
-                pass
-        img = load_nifti(self.inputs.in_file, allow_4d=True)
-        model = self.inputs.model or None
         from samri_ml.masking.predict import MIN_MAX_SLICES
+        from samri_ml.models.inference import run_in_new_process, tensorflow_inherited
 
         max_slices = self.inputs.max_slices if traits_defined(self.inputs.max_slices) else None
         if max_slices is not None and max_slices < MIN_MAX_SLICES:
             raise ValueError(f"max_slices must be at least {MIN_MAX_SLICES}")
-        mask = predict_mask(img, model, threshold=self.inputs.threshold,
-                            views=tuple(self.inputs.views), flip=self.inputs.flip,
-                            max_slices=max_slices)  # fmt: skip
-        out_mask = fname_presuffix(self.inputs.in_file, suffix="_mask", newpath=runtime.cwd)
-        out_mask = _nii_gz(out_mask)
-        out_file = _nii_gz(fname_presuffix(self.inputs.in_file, suffix="_masked",
-                                           newpath=runtime.cwd))  # fmt: skip
-        nb.save(mask, out_mask)
-        nb.save(apply_mask(img, mask), out_file)
-        self._results["out_mask"] = out_mask
-        self._results["out_file"] = out_file
-        self._results["mask_list"] = [out_mask]
+        kwargs = {"in_file": self.inputs.in_file, "out_dir": runtime.cwd,
+                  "model": self.inputs.model or None, "threshold": self.inputs.threshold,
+                  "views": list(self.inputs.views), "flip": bool(self.inputs.flip),
+                  "max_slices": max_slices, "num_threads": int(self.inputs.num_threads)}
+        if tensorflow_inherited():  # TensorFlow hangs in a forked copy of itself
+            out = run_in_new_process(__name__, "mask_files", kwargs)
+        else:
+            out = mask_files(**kwargs)
+        self._results.update(out, mask_list=[out["out_mask"]])
         return runtime
+
+
+def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "coronal",
+               "axial"), flip=True, max_slices=None, num_threads=0) -> dict:
+    """What :class:`MaskBrain` does: the mask of ``in_file`` and the masked image, written into
+    ``out_dir`` as ``<name>_mask.nii.gz`` and ``<name>_masked.nii.gz``; returns their paths as
+    ``{"out_mask": ..., "out_file": ...}``."""
+    import nibabel as nb
+
+    from samri_ml.io import load_nifti
+    from samri_ml.masking.predict import apply_mask, predict_mask
+
+    if num_threads:
+        from samri_ml.models.inference import import_keras
+
+        import_keras()  # TensorFlow too, without its C++ start-up lines
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+        except RuntimeError:  # already initialised in this process
+            pass
+    img = load_nifti(in_file, allow_4d=True)
+    mask = predict_mask(img, model, threshold=threshold, views=tuple(views), flip=flip,
+                        max_slices=max_slices)  # fmt: skip
+    out_mask = _nii_gz(fname_presuffix(in_file, suffix="_mask", newpath=out_dir))
+    out_file = _nii_gz(fname_presuffix(in_file, suffix="_masked", newpath=out_dir))
+    nb.save(mask, out_mask)
+    nb.save(apply_mask(img, mask), out_file)
+    return {"out_mask": out_mask, "out_file": out_file}
 
 
 def _nii_gz(path: str) -> str:

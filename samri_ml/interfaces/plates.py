@@ -51,43 +51,49 @@ class IdentifyPlate(SimpleInterface):
     output_spec = _IdentifyPlateOutputSpec
 
     def _run_interface(self, runtime):
-        from samri_ml.models.inference import PLATE_PARALLEL_OPS, set_thread_environment
-
-        set_thread_environment(self.inputs.num_threads, PLATE_PARALLEL_OPS)
-        from samri_ml.plates.data import read_image
-        from samri_ml.plates.identify import make_identifier, turn_back
-        from samri_ml.plates.montage import write_montage
+        from samri_ml.models.inference import run_in_new_process, tensorflow_inherited
 
         def opt(name):
             value = getattr(self.inputs, name)
             return value if traits_defined(value) else None
 
-        ident = make_identifier(
-            opt("model"), opt("index"), opt("atlas_dir"), variant=self.inputs.variant
-        )
-        img = read_image(self.inputs.in_file)
-        res = ident.rank([img], regions=self.inputs.regions,
-                         any_orientation=self.inputs.any_orientation)[0]
-        out_json = fname_presuffix(
-            self.inputs.in_file, suffix="_plates.json", use_ext=False, newpath=runtime.cwd
-        )
-        with open(out_json, "w") as f:  # the format of samri_ml-identify-plate --json
-            f.write(json_dumps({self.inputs.in_file: res}, indent=1))
-        out_png = fname_presuffix(
-            self.inputs.in_file, suffix="_plates.png", use_ext=False, newpath=runtime.cwd
-        )
-        shown = turn_back(img, res.get("turned_degrees", 0) // 90)  # as it was ranked
-        write_montage(
-            shown, res, out_png, top=self.inputs.top, atlas_dir=opt("atlas_dir"), plate_images=None
-        )
-        self._results.update(
-            ranking=res["ranking"],
-            distances=res["distances"],
-            best_plate=res["ranking"][0],
-            out_json=out_json,
-            out_montage=out_png,
-        )
+        kwargs = {"in_file": self.inputs.in_file, "out_dir": runtime.cwd, "model": opt("model"),
+                  "index": opt("index"), "atlas_dir": opt("atlas_dir"),
+                  "variant": self.inputs.variant, "regions": self.inputs.regions,
+                  "any_orientation": bool(self.inputs.any_orientation),
+                  "top": int(self.inputs.top), "num_threads": int(self.inputs.num_threads)}
+        if tensorflow_inherited():  # TensorFlow hangs in a forked copy of itself
+            out = run_in_new_process(__name__, "identify_file", kwargs)
+        else:
+            out = identify_file(**kwargs)
+        self._results.update(out)
         return runtime
+
+
+def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, variant="auto",
+                  regions=None, any_orientation=False, top=5, num_threads=2) -> dict:
+    """What :class:`IdentifyPlate` does: rank the plates for one image, write
+    ``<name>_plates.json`` (the format of ``samri_ml-identify-plate --json``) and the montage
+    ``<name>_plates.png`` into ``out_dir``; returns the interface's outputs."""
+    from samri_ml.models.inference import PLATE_PARALLEL_OPS, set_thread_environment
+
+    set_thread_environment(num_threads, PLATE_PARALLEL_OPS)
+    from samri_ml.plates.data import read_image
+    from samri_ml.plates.identify import make_identifier, turn_back
+    from samri_ml.plates.montage import write_montage
+
+    ident = make_identifier(model, index, atlas_dir, variant=variant)
+    img = read_image(in_file)
+    res = ident.rank([img], regions=regions, any_orientation=any_orientation)[0]
+    out_json = fname_presuffix(in_file, suffix="_plates.json", use_ext=False, newpath=out_dir)
+    with open(out_json, "w") as f:
+        f.write(json_dumps({in_file: res}, indent=1))
+    out_png = fname_presuffix(in_file, suffix="_plates.png", use_ext=False, newpath=out_dir)
+    shown = turn_back(img, res.get("turned_degrees", 0) // 90)  # as it was ranked
+    write_montage(shown, res, out_png, top=top, atlas_dir=atlas_dir, plate_images=None)
+    return {"ranking": [int(p) for p in res["ranking"]],
+            "distances": [float(d) for d in res["distances"]],
+            "best_plate": int(res["ranking"][0]), "out_json": out_json, "out_montage": out_png}
 
 
 def traits_defined(value) -> bool:

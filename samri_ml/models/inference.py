@@ -86,3 +86,43 @@ def inference_fn(model):
         else:
             _FNS[key] = lambda x: model(x, training=False)
     return _FNS[key]
+
+
+def tensorflow_inherited() -> bool:
+    """Whether this process was forked from one that had imported TensorFlow.
+
+    TensorFlow's thread pools do not survive a fork: a network run in such a child hangs for
+    ever (a Python session that masked or ranked an image, then ran a Nipype workflow with
+    ``MaskBrain`` or ``IdentifyPlate`` under MultiProc, whose workers are forked from it). The
+    interfaces then run their work in a new interpreter (:func:`run_in_new_process`).
+    """
+    import samri_ml
+
+    return samri_ml._TENSORFLOW_BEFORE_FORK
+
+
+#: the line of a child's stdout that carries :func:`run_in_new_process`'s result
+RESULT_MARK = "samri_ml-result: "
+
+
+def run_in_new_process(module: str, function: str, kwargs: dict) -> dict:
+    """``module.function(**kwargs)`` in a new Python interpreter; returns its (JSON) dict.
+
+    For work that needs TensorFlow in a process forked from one that had it already
+    (:func:`tensorflow_inherited`). An error in the child is raised here as a RuntimeError
+    with the child's last line (a samri_ml error says what went wrong in one line).
+    """
+    import json
+    import subprocess
+
+    code = ("import json, sys, importlib; f = getattr(importlib.import_module(sys.argv[1]), "
+            "sys.argv[2]); print(sys.argv[4] + json.dumps(f(**json.loads(sys.argv[3]))))")
+    proc = subprocess.run([sys.executable, "-c", code, module, function, json.dumps(kwargs),
+                           RESULT_MARK], capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or ["(no message)"]
+        raise RuntimeError(f"{module}.{function} in a new process failed: {lines[-1]}")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    raise RuntimeError(f"{module}.{function} in a new process gave no result")
