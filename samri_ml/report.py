@@ -134,7 +134,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     OUTPUT_DIR by an earlier masked run is not shown as this run's; likewise ``qc=False``
     (a ``--no-qc`` run) shows no QC table from an earlier run's files.
     """
-    output_dir, qc_wanted = Path(output_dir), qc
+    output_dir = Path(output_dir)
     tpl_mask = nb.load(str(template_mask))
     subjects: dict[str, list] = {}
     for item in sessions:
@@ -190,10 +190,10 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                                    contour_colour="#ffcc00")
                     body.append("<h3>Predicted brain mask on the native scan</h3>")
                     body.append(_img_tag(paths["png"], f"{name} mask"))
-                qc = derivative_path(output_dir, raw, space=template_name, desc="qc",
-                                     suffix="metrics", extension=".json")
-                if qc_wanted and qc.exists():
-                    qc_rows.append(json.loads(qc.read_text()))
+                qc_file = derivative_path(output_dir, raw, space=template_name, desc="qc",
+                                          suffix="metrics", extension=".json")
+                if qc and qc_file.exists():
+                    qc_rows.append(json.loads(qc_file.read_text()))
         if len(registered_anats) > 1:
             body.append("<h2>Coherence across sessions</h2><p class='note'>Each session's "
                         "registered structural scan with the first session's contour.</p>")
