@@ -216,25 +216,26 @@ def test_bad_inputs(tmp_path, make, match):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation):
-    """A JPEG stored turned, with the EXIF tag saying how to turn it back, reads upright (as
-    PIL's exif_transpose and image viewers show it); OpenCV alone ignored the tag."""
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation, suffix):
+    """A JPEG or PNG stored turned, with the EXIF tag saying how to turn it back, reads upright
+    (as PIL's exif_transpose and image viewers show it); OpenCV alone ignored the tag."""
     import cv2
     from PIL import Image, ImageOps
 
     stored = _brain(90, 150)
     stored[5:20, 5:40] = 255  # a corner mark: any wrong turn or flip shows
-    path = tmp_path / "s.jpg"
+    path = tmp_path / f"s{suffix}"
     exif = Image.new("L", (1, 1)).getexif()
     exif[0x0112] = orientation
-    Image.fromarray(stored).save(path, quality=100, exif=exif)
+    Image.fromarray(stored).save(path, exif=exif, **({"quality": 100} if suffix == ".jpg" else {}))
     with Image.open(path) as im:
         want = np.asarray(ImageOps.exif_transpose(im).convert("L")).astype(int)
     got = read_image(path).astype(int)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1  # the same decoder's pixels, turned alike
-    plain = tmp_path / "plain.jpg"
+    plain = tmp_path / f"plain{suffix}"
     cv2.imwrite(str(plain), stored)
     assert read_image(plain).shape == stored.shape
 

@@ -102,13 +102,14 @@ def read_image(path) -> np.ndarray:
     if p.is_dir():
         raise SamriMLError(f"{path}: is a directory, not an image")
     _quiet_opencv()
-    if p.suffix.lower() in (".jpg", ".jpeg"):
-        data = p.read_bytes()  # read once: checked, then decoded
-        if not _jpeg_complete(data):
+    data = None
+    if p.suffix.lower() in (".jpg", ".jpeg", ".png"):
+        data = p.read_bytes()  # read once: checked, decoded, searched for its EXIF
+        if p.suffix.lower() != ".png" and not _jpeg_complete(data):
             # libjpeg warns on stderr and OpenCV fills the missing rows with grey
             raise SamriMLError(f"{path}: truncated or corrupt JPEG (it ends before its last "
                                "scan does); hint: copy or export it again")
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     else:
         img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if img is None:
@@ -124,7 +125,7 @@ def read_image(path) -> np.ndarray:
             warnings.warn(f"{path}: a TIFF of {pages} pages; its first page is used (hint: "
                           "save each section as its own file)", SamriMLNote, stacklevel=2)
     img = _to_uint8(img, path)
-    img = exif_upright(img, _exif_orientation(p))
+    img = exif_upright(img, _exif_orientation(p, data))
     h, w = img.shape
     if min(h, w) < MIN_SIDE:
         raise SamriMLError(
@@ -183,8 +184,27 @@ def _jpeg_complete(data: bytes) -> bool:
     return False
 
 
-def _exif_orientation(path: Path) -> int:
-    """The EXIF/TIFF orientation tag (1-8; 1 where there is none or it cannot be read)."""
+def _png_has_exif(data: bytes) -> bool:
+    """Whether a PNG file's chunks (walked by their lengths up to ``IEND``) hold an ``eXIf``
+    chunk."""
+    i = 8
+    while i + 8 <= len(data):
+        kind = data[i + 4:i + 8]
+        if kind == b"eXIf":
+            return True
+        if kind == b"IEND":
+            return False
+        i += 12 + int.from_bytes(data[i:i + 4], "big")
+    return False
+
+
+def _exif_orientation(path: Path, data: bytes | None = None) -> int:
+    """The EXIF/TIFF orientation tag (1-8; 1 where there is none or it cannot be read).
+    ``data``: the file's bytes, where read already. A PNG without an ``eXIf`` chunk has none:
+    Pillow would decode the whole image to look for one after the pixel data (6-7 ms for a
+    1024 px section, a fifth of reading it)."""
+    if data is not None and data[:8] == b"\x89PNG\r\n\x1a\n" and not _png_has_exif(data):
+        return 1
     try:
         from PIL import Image
 
