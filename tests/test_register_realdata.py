@@ -9,18 +9,23 @@ import pytest
 from samri_ml.cli.register import main
 
 
+def _sammba_bids(sammba, root):
+    """A one-subject BIDS folder with the sammba anatomical scan, linked (links, not copies:
+    the real data stays in ../shared/data)."""
+    bids = root / "bids"
+    (bids / "sub-01" / "anat").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "sammba", "BIDSVersion": "1.8.0"}')
+    (bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz").symlink_to(sammba / "anat.nii.gz")
+    return bids
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_sammba_anat_and_4d_epi(shared_data, tmp_path):
     sammba = shared_data / "mri" / "scans" / "sammba"
-    bids = tmp_path / "bids"
-    anat = bids / "sub-01" / "anat"
+    bids = _sammba_bids(sammba, tmp_path)
     func = bids / "sub-01" / "func"
-    anat.mkdir(parents=True)
     func.mkdir(parents=True)
-    (bids / "dataset_description.json").write_text('{"Name": "sammba", "BIDSVersion": "1.8.0"}')
-    # links, not copies: the real data stays in ../shared/data
-    (anat / "sub-01_T2w.nii.gz").symlink_to(sammba / "anat.nii.gz")
     (func / "sub-01_task-rest_bold.nii.gz").symlink_to(sammba / "func.nii.gz")
     n_slices = nb.load(sammba / "func.nii.gz").shape[2]
     times = [(i % 2) * 0.5 + (i // 2) * (1.0 / n_slices) for i in range(n_slices)]
@@ -55,10 +60,7 @@ def test_masked_registration_of_a_real_skull_on_head_is_no_worse(shared_data, tm
     sammba = shared_data / "mri" / "scans" / "sammba"
     templates = shared_data / "mri" / "templates"
     tpl_mask = templates / "DSURQE_CCFv3_mask_200um.nii.gz"
-    bids = tmp_path / "bids"
-    (bids / "sub-01" / "anat").mkdir(parents=True)
-    (bids / "dataset_description.json").write_text('{"Name": "sammba", "BIDSVersion": "1.8.0"}')
-    (bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz").symlink_to(sammba / "anat.nii.gz")
+    bids = _sammba_bids(sammba, tmp_path)
     dice = {}
     for masking in ("none", "unet"):
         out = tmp_path / f"out_{masking}"
