@@ -75,6 +75,25 @@ def test_normalise_is_the_seeds_clipping():
         pp.normalise(vol)
 
 
+@settings(max_examples=60, deadline=None)
+@given(offset=st.floats(0.0, 0.5), dark=st.floats(0.0, 0.05), seed=st.integers(0, 10_000))
+def test_background_fraction_skips_the_low_percentile_only_where_it_is_dark(offset, dark, seed):
+    """Above the note's fraction the value is the exact 1st / 99th percentile ratio; where the
+    shortcut (a count of dark voxels) answers 0, the exact ratio is below the fraction too."""
+    rng = np.random.default_rng(seed)
+    vol = rng.gamma(2.0, 10.0, size=(16, 16, 16)).astype(np.float32) + offset * 60
+    vol.reshape(-1)[: int(dark * vol.size)] = 0  # a share of black voxels
+    lo, hi = np.percentile(vol, [1, 99])
+    exact = lo / hi if lo > 0 else 0.0
+    got = pp.background_fraction(vol)
+    assert got == pytest.approx(pp.background_fraction(vol, pp.high_percentile(vol)))
+    if got == 0:
+        assert exact <= pp.BACKGROUND_NOTE_FRACTION
+    else:
+        assert got == pytest.approx(exact, rel=1e-5)
+    np.testing.assert_array_equal(pp.normalise(vol, pp.high_percentile(vol)), pp.normalise(vol))
+
+
 def test_large_dimensions_are_resized_small_ones_padded():
     vol = np.ones((100, 7, 30), np.float32)
     x = pp.volume_to_slices(vol)

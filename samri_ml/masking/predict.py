@@ -199,7 +199,8 @@ def _interpolate_slices(values: np.ndarray, positions: np.ndarray, n: int, axis:
 
 
 def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS, flip: bool = True,
-                   max_slices: int | None = MAX_SLICES_PER_VIEW) -> np.ndarray:
+                   max_slices: int | None = MAX_SLICES_PER_VIEW,
+                   high: float | None = None) -> np.ndarray:
     """Brain probability of a RAS volume: the mean over ``views`` of the slice-wise predictions.
 
     With ``flip`` (test-time augmentation) each view's prediction is the mean of the volume's and
@@ -208,9 +209,10 @@ def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS, flip: bool = True
     the coronal and axial slices are. A view with more than ``max_slices`` slices is predicted on
     ``max_slices`` of them and interpolated (:data:`MAX_SLICES_PER_VIEW`). All slices go through
     the network in one pass (bigger batches are faster on CPU); all-zero slices get
-    probability 0 without it.
+    probability 0 without it. ``high``: the volume's 99th percentile
+    (:func:`~samri_ml.masking.preprocess.high_percentile`), where known already.
     """
-    vol = pp.normalise(ras)
+    vol = pp.normalise(ras, high)
     # each view once: a repeated one was summed twice but divided as one (the mean shrank)
     axes = list(dict.fromkeys(pp.view_axis(v) for v in views))
     if not axes:
@@ -321,17 +323,19 @@ def predict_mask(
     if data.min() == data.max():
         raise SamriMLError(f"the image is constant (every voxel is {data.min():g}); nothing to "
                            "mask")  # fmt: skip
-    offset = pp.background_fraction(data)  # 0 where the background is dark (or negative)
+    high = pp.high_percentile(data)  # once: the note below and the normalisation use it
+    offset = pp.background_fraction(data, high)  # 0 where the background is dark (or negative)
     if data.min() < 0:
         # a demeaned or z-scored image has no dark zero background, which the seed's
         # normalisation (clip min..P99, divide by the maximum) assumes: shifted so that its
         # darkest voxel is 0 (an audit: Dice 0.79-0.81 with the plain image's mask before)
         data = data - data.min()
+        high = None  # the shifted volume's own
 
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     ras, ornt = pp.to_ras(data, img.affine)
-    prob_ras = predict_volume(model, ras, views, flip=flip, max_slices=max_slices)
+    prob_ras = predict_volume(model, ras, views, flip=flip, max_slices=max_slices, high=high)
     mask_ras = prob_ras > threshold
     if not mask_ras.any():
         raise SamriMLError(

@@ -98,14 +98,33 @@ def from_ras(ras_data: np.ndarray, ornt: np.ndarray) -> np.ndarray:
 BACKGROUND_NOTE_FRACTION = 0.1
 
 
-def background_fraction(volume: np.ndarray) -> float:
-    """The 1st percentile of a volume as a fraction of its 99th (0 for a dark background)."""
-    lo, hi = np.percentile(np.asarray(volume, dtype=np.float32), [1, 99])
-    return float(lo / hi) if hi > 0 and lo > 0 else 0.0
+def high_percentile(volume: np.ndarray) -> float:
+    """The 99th percentile of a volume, as :func:`normalise` clips it (float32)."""
+    return np.percentile(np.asarray(volume, dtype=np.float32), 99)
 
 
-def normalise(volume: np.ndarray) -> np.ndarray:
+def background_fraction(volume: np.ndarray, high: float | None = None) -> float:
+    """The 1st percentile of a volume as a fraction of its 99th (``high``, where known
+    already); 0 for a dark background.
+
+    A background is dark when more than 1 % of the voxels (plus two) lie below
+    :data:`BACKGROUND_NOTE_FRACTION` of the 99th percentile: the 1st percentile is then below
+    that fraction too and is not computed (on a large head volume a percentile costs 50 ms,
+    a count 1 ms).
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    hi = high_percentile(volume) if high is None else high
+    if not hi > 0:
+        return 0.0
+    if np.count_nonzero(volume < BACKGROUND_NOTE_FRACTION * hi) > 0.01 * volume.size + 2:
+        return 0.0
+    lo = np.percentile(volume, 1)
+    return float(lo / hi) if lo > 0 else 0.0
+
+
+def normalise(volume: np.ndarray, high: float | None = None) -> np.ndarray:
     """The seed's intensity normalisation: ``min(x, P99) / max(min(x, P99))`` (clip min..P99).
+    ``high``: the volume's :func:`high_percentile`, where known already.
 
     Raises
     ------
@@ -115,7 +134,8 @@ def normalise(volume: np.ndarray) -> np.ndarray:
     volume = np.asarray(volume, dtype=np.float32)
     if not np.all(np.isfinite(volume)):
         raise SamriMLError("the image has NaN or Inf voxels; hint: fix or zero them first")
-    high = np.percentile(volume, 99)
+    if high is None:
+        high = high_percentile(volume)
     clipped = np.clip(volume, volume.min(), high)
     top = clipped.max()
     if not top > 0:
