@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,9 +43,13 @@ def main(argv=None):
     p.add_argument("--masking", nargs="+", default=["none"])
     p.add_argument("--subjects", type=int, default=3)
     p.add_argument("--nprocs", type=int, default=2)
-    p.add_argument("--work", type=Path, default=Path("bench_example"))
+    p.add_argument("--work", type=Path, help="work folder (default: a new temporary one; "
+                   "given again, finished steps are reused)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.work is None:  # not the current folder: a run from a clone left it there, untracked
+        args.work = Path(tempfile.mkdtemp(prefix="samri_ml_example_accuracy_"))
+        print(f"work folder: {args.work}", flush=True)
     bindir = Path(sys.executable).parent
     bids = args.work / "bids"
     subprocess.run([bindir / "samri_ml-example", bids, "--subjects", str(args.subjects)], check=True)

@@ -17,7 +17,9 @@ templates       DSURQE MRI average, Allen two-photon average, 0.2 mm   template 
 Registration-derived masks (the seed's way of labelling: register, then take the template mask back
 to native space) are computed with ANTs (antspyx) by :func:`register_mask` and cached in a folder. The nirodents
 T2w head is not listed: registering the DSURQE template to it (SyN, metric masked by the dilated template
-mask) misplaced the brain, so it has no trustworthy mask (it is used for visual checks only).
+mask) misplaced the brain, so it has no trustworthy mask (it is used for visual checks only). It is
+probably a rat: its field of view (28.8 x 24 x 28.8 mm) and the predicted brain (2200 mm^3, 24 mm long:
+through all 24 of its 1 mm slices) are a rat's; a mouse brain is 400-750 mm^3 and 12-15 mm long.
 
 The dama images were skull-stripped with a mask about one voxel tighter than their manual masks
 (about 16 % of the manual mask is zero in the image, nearly all of it on the outer rim).
