@@ -87,7 +87,7 @@ def test_the_subject_mask_is_grown_before_it_restricts_the_metric(tmp_path, monk
     from samri_ml.registration import mask_dilation
     from samri_ml.workflows.registration import _replicate, init_functional_wf, init_structural_wf
 
-    assert mask_dilation("fast") == mask_dilation("default") == 2
+    assert mask_dilation("fast") == mask_dilation("default") == 8
     assert mask_dilation("samri") == 0
     mask = np.zeros((20, 20, 20), np.uint8)
     mask[8:12, 8:12, 8:12] = 1
@@ -106,10 +106,11 @@ def test_the_subject_mask_is_grown_before_it_restricts_the_metric(tmp_path, monk
     # wiring: moving masks and the structural mask used as fixed mask are grown, the
     # template mask is not
     s = init_structural_wf(flavour="fast", masking="unet")
-    assert s.get_node("s_moving_masks").inputs.dilation == 2
+    grow = mask_dilation("fast")
+    assert s.get_node("s_moving_masks").inputs.dilation == grow
     assert s.get_node("s_fixed_masks").inputs.dilation == 0
     f = init_functional_wf(flavour="fast", masking="unet", method="composite")
-    assert f.get_node("f_moving_masks").inputs.dilation == 2
-    assert f.get_node("f_fixed_masks").inputs.dilation == 2
+    assert f.get_node("f_moving_masks").inputs.dilation == grow
+    assert f.get_node("f_fixed_masks").inputs.dilation == grow
     tpl = init_functional_wf(flavour="fast", masking="unet", method="functional")
     assert tpl.get_node("f_fixed_masks").inputs.dilation == 0
