@@ -77,5 +77,7 @@ def test_masked_registration_of_a_real_skull_on_head_is_no_worse(shared_data, tm
         xfm = next((out / "sub-01" / "anat").glob("*_from-native_to-*_mode-image_xfm.h5"))
         dice[masking] = warped_mask_dice(sammba / "mask.nii.gz", tpl_mask, xfm)
     assert dice["none"] > 0.82, dice
-    assert dice["unet"] >= dice["none"] - 0.02, dice
+    # the mask grown by 8 voxels gains 0.004 here (0.8359 against 0.8316); grown by 2, as until
+    # 2026-12-02, it lost 0.006 (0.8257), which this bound refuses
+    assert dice["unet"] >= dice["none"] - 0.003, dice
 
