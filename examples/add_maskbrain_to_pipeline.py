@@ -30,7 +30,10 @@ def existing_pipeline(in_file, template, template_mask, base_dir):
         transforms=["Rigid", "Affine"], transform_parameters=[(0.1,), (0.1,)],
         number_of_iterations=[[200, 100], [200, 100]], metric=["MI", "MI"],
         metric_weight=[1, 1], radius_or_number_of_bins=[32, 32],
-        sampling_strategy=["Regular", "Regular"], sampling_percentage=[0.25, 0.25],
+        # MI on every voxel of the template mask: on a 25 % sample this pipeline, on two
+        # threads, diverged in 1 of 6 runs of the example subject (Dice 0.05, the others
+        # 0.969-0.971; every voxel: 0.9700 in 4 of 4; see the README's "on two threads")
+        sampling_strategy=["None", "None"], sampling_percentage=[1.0, 1.0],
         convergence_threshold=[1e-6, 1e-6], convergence_window_size=[10, 10],
         smoothing_sigmas=[[2, 1], [1, 0]], shrink_factors=[[4, 2], [2, 1]],
         write_composite_transform=True, output_warped_image=True), name="register")
