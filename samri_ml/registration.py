@@ -155,8 +155,7 @@ def mask_dilation(flavour: str) -> int:
     mask grown by 1-2 voxels it reached 0.973, as unmasked (README). ``default`` and ``fast``
     grow it by 8 voxels (since 2026-12-02; by 2 before, which cost a real skull-on head 0.005
     Dice against unmasked, where 8 gains 0.003-0.004) and use it in their SyN stage only
-    (:func:`moving_mask_stages`); the
-    template's own mask is used as given.
+    (:func:`moving_mask_stages`); the template's own mask is used as given.
     """
     return int(load_flavour(flavour).get("moving_mask_dilation", 0))
 
