@@ -76,7 +76,7 @@ def _none(value):
     return None if value == "None" else value
 
 
-def registration_inputs(flavour: str, stream: str) -> dict:
+def registration_inputs(flavour: str, stream: str, phases: list[str] | None = None) -> dict:
     """Inputs of ``nipype.interfaces.ants.Registration`` for one stream of a flavour.
 
     Parameters
@@ -85,6 +85,10 @@ def registration_inputs(flavour: str, stream: str) -> dict:
         ``default``, ``fast``, ``samri`` or a JSON path.
     stream : str
         ``structural``, ``functional_to_structural`` or ``functional_to_template``.
+    phases : list of str, optional
+        Run these phases of the stream only (default: all). Phases after the stream's first
+        continue from a transform given as ``initial_moving_transform``, so the flavour's
+        centre-of-mass initialisation is left out.
 
     Returns
     -------
@@ -95,9 +99,13 @@ def registration_inputs(flavour: str, stream: str) -> dict:
     """
     settings = load_flavour(flavour)
     try:
-        phases = [settings["phases"][name] for name in settings["streams"][stream]]
+        names = settings["streams"][stream]
+        chosen = names if phases is None else list(phases)
+        phases = [settings["phases"][name] for name in chosen]
     except KeyError as err:
         raise SamriMLError(f"flavour {flavour!r} has no phase or stream {err}") from err
+    if chosen and chosen[0] != names[0]:
+        settings["registration"].pop("initial_moving_transform_com", None)
     inputs = {key: [_none(phase[key]) for phase in phases] for key in STAGE_KEYS}
     # a stage with a single metric is given as scalars, a multi-metric stage as lists
     inputs["transform_parameters"] = [tuple(p) for p in inputs["transform_parameters"]]
@@ -129,20 +137,20 @@ def n4_uses_mask(flavour: str) -> bool:
     return bool(load_flavour(flavour).get("n4_mask", True))
 
 
-def moving_mask_stages(flavour: str, stream: str) -> list[bool]:
+def moving_mask_stages(flavour: str, stream: str, phases: list[str] | None = None) -> list[bool]:
     """Per stage of a stream: does the moving-image (brain) mask apply?
 
     A phase with ``"moving_mask": false`` runs on the whole moving image (``NULL`` mask), as
-    some rodent pipelines do for the first, coarse stage (e.g. RABIES). ``default`` and
-    ``fast`` mask the SyN stage only (since 2026-12-01's seventh session): with every stage
-    masked, the real skull-on sammba head registered to DSURQE reached warped-mask Dice
+    some rodent pipelines do for the first, coarse stage (e.g. RABIES). ``samri`` keeps the
+    seed's "Generic Masked" workflow, every stage masked. ``default`` and ``fast`` register
+    their linear phases brain to brain where a mask is known (:func:`brain_phases`) and mask
+    the SyN stage only (since 2026-12-01's seventh session): with every stage masked, the real skull-on sammba head registered to DSURQE reached warped-mask Dice
     0.66-0.72 against 0.82 unmasked (the linear MI stages shrank the brain into the mask), with
-    SyN alone masked 0.81; on the example data both wirings give the same Dice (README).
-    ``samri`` keeps the seed's "Generic Masked" workflow, every stage masked.
+    SyN alone masked 0.81-0.84.
     """
     settings = load_flavour(flavour)
     return [bool(settings["phases"][name].get("moving_mask", True))
-            for name in settings["streams"][stream]]
+            for name in (settings["streams"][stream] if phases is None else phases)]
 
 
 def mask_dilation(flavour: str) -> int:
@@ -153,11 +161,76 @@ def mask_dilation(flavour: str) -> int:
     linear stages have, out of the metric: on the example data one subject's masked
     registration diverged in the affine stage (Dice 0.14) with a mask of Dice 0.94; with the
     mask grown by 1-2 voxels it reached 0.973, as unmasked (README). ``default`` and ``fast``
-    grow it by 8 voxels (since 2026-12-02; by 2 before, which cost a real skull-on head 0.005
-    Dice against unmasked, where 8 gains 0.003-0.004) and use it in their SyN stage only
-    (:func:`moving_mask_stages`); the template's own mask is used as given.
+    say 8 voxels (by 2 before 2026-12-02, which cost a real skull-on head 0.005 Dice against
+    unmasked, where 8 gains 0.003-0.004), for their SyN stage only (:func:`moving_mask_stages`;
+    their linear phases run brain to brain, :func:`brain_phases`); the template's own mask is
+    used as given.
     """
     return int(load_flavour(flavour).get("moving_mask_dilation", 0))
+
+
+def brain_phases(flavour: str, stream: str) -> list[str]:
+    """The first phases of a stream, which run brain to brain where a brain mask is known
+    (``--masking unet`` or ``input``; ``"brain_extracted"``: stream -> phases, default none).
+
+    Those phases register the bias-corrected scan times its mask to the template (or, for
+    ``functional_to_structural``, the structural scan) times its own mask, with that mask
+    grown by :func:`brain_fixed_mask_dilation` voxels as the only mask; the later phases run
+    on the whole images from the transform found, in a second antsRegistration call, with the
+    masks as :func:`moving_mask_stages` and :func:`mask_dilation` say. The transform is always
+    applied to the whole, unmasked scan.
+
+    ``default`` and ``fast`` run their linear phases brain to brain and SyN on the whole images
+    (since 2026-12-02's ninth session). The real skull-on sammba head registered to DSURQE,
+    fast flavour, one thread per ANTs call, warped-mask Dice: unmasked 0.832; the mask on SyN
+    only (the wiring before) 0.836; the linear phases brain to brain 0.860 after them, 0.884
+    after SyN on the whole images. On the example phantoms, whose reference masks leave a CSF
+    rim out that the U-Net includes, every phase brain to brain fell to 0.93 (the brains'
+    outlines matched, not their insides), where SyN on the whole images keeps 0.972-0.975
+    (README). Both images must be stripped: with the template whole under its mask, the affine
+    phase of ``default`` zoomed the stripped brain until the template's mask held brain only
+    (Dice 0.66). ``samri`` keeps the seed's wiring.
+    """
+    settings = load_flavour(flavour)
+    names = settings["streams"][stream]
+    chosen = list(settings.get("brain_extracted", {}).get(stream, []))
+    if chosen != names[: len(chosen)]:
+        raise SamriMLError(
+            f"registration flavour {flavour!r}: the brain_extracted phases of {stream} "
+            f"({', '.join(chosen)}) must be its first phases ({', '.join(names)})")
+    return chosen
+
+
+def brain_fixed_mask_dilation(flavour: str) -> int:
+    """Voxels by which the fixed image's brain mask grows to make the fixed-image mask of a
+    brain-to-brain registration (:func:`brain_phases`; ``"brain_fixed_mask_dilation"``,
+    default 4): the metric then sees the brain's edge against the zero background on both
+    sides, so that shrinking or growing the brain costs (4 and 8 voxels gave the same Dice
+    on the sammba head, to 0.0012)."""
+    return int(load_flavour(flavour).get("brain_fixed_mask_dilation", 4))
+
+
+def masked_image_file(in_file, mask_file, out_dir) -> str:
+    """Write ``in_file`` times the binary ``mask_file`` (the same grid) into ``out_dir``;
+    returns the new path (float32, ``in_file``'s header and affine)."""
+    import nibabel as nb
+    import numpy as np
+
+    img, mask_img = nb.load(str(in_file)), nb.load(str(mask_file))
+    if img.shape[:3] != mask_img.shape[:3] or not np.allclose(img.affine, mask_img.affine,
+                                                               atol=1e-2):
+        raise SamriMLError(
+            f"brain mask {mask_file} {mask_img.shape[:3]} is not on the grid of {in_file} "
+            f"{img.shape[:3]}; hint: give a mask of that image")
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    mask = np.asarray(mask_img.dataobj) > 0
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    name = Path(in_file).name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+    out = Path(out_dir) / f"{stem}_brain.nii.gz"
+    nb.save(nb.Nifti1Image(data * mask, img.affine, header), str(out))
+    return str(out)
 
 
 def dilate_mask_file(in_file, voxels: int, out_dir) -> str:

@@ -2,6 +2,7 @@
 
 import pytest
 from nipype.interfaces.ants import Registration
+from nipype.interfaces.base import isdefined
 
 from samri_ml.errors import SamriMLError
 from samri_ml.registration import FLAVOURS, load_flavour, n_stages, registration_inputs
@@ -81,6 +82,8 @@ def test_a_phase_can_run_without_the_moving_mask(tmp_path):
 def test_the_subject_mask_is_grown_before_it_restricts_the_metric(tmp_path, monkeypatch):
     """``moving_mask_dilation``: the subject's mask (not the template's) grows by N voxels, so
     the brain's edge stays inside the metric; the seed's ``samri`` flavour keeps it tight."""
+    import json
+
     import nibabel as nb
     import numpy as np
 
@@ -103,14 +106,87 @@ def test_the_subject_mask_is_grown_before_it_restricts_the_metric(tmp_path, monk
     assert grown[8:12, 8:12, 6].all() and not grown[8:12, 8:12, 5].any()  # 2 voxels, no more
     assert grown[6, 6, 6] == 0  # 6-connected steps: diagonal corners stay out
     assert _replicate(str(src), [True], dilation=0) == [str(src)]
-    # wiring: moving masks and the structural mask used as fixed mask are grown, the
-    # template mask is not
-    s = init_structural_wf(flavour="fast", masking="unet")
+    # wiring where the images go in whole (fast without its brain-to-brain streams): moving
+    # masks and the structural mask used as fixed mask are grown, the template mask is not
+    settings = load_flavour("fast")
+    del settings["brain_extracted"]
+    whole = tmp_path / "whole.json"
+    whole.write_text(json.dumps(settings))
+    s = init_structural_wf(flavour=str(whole), masking="unet")
     grow = mask_dilation("fast")
     assert s.get_node("s_moving_masks").inputs.dilation == grow
     assert s.get_node("s_fixed_masks").inputs.dilation == 0
-    f = init_functional_wf(flavour="fast", masking="unet", method="composite")
+    f = init_functional_wf(flavour=str(whole), masking="unet", method="composite")
     assert f.get_node("f_moving_masks").inputs.dilation == grow
     assert f.get_node("f_fixed_masks").inputs.dilation == grow
-    tpl = init_functional_wf(flavour="fast", masking="unet", method="functional")
+    tpl = init_functional_wf(flavour=str(whole), masking="unet", method="functional")
     assert tpl.get_node("f_fixed_masks").inputs.dilation == 0
+
+
+@pytest.mark.parametrize("flavour", ["fast", "default"])
+def test_masked_streams_register_brain_to_brain_then_whole(flavour):
+    """default and fast, with a brain mask, run their linear phases on the stripped scan and
+    template (the fixed mask grown by 4 voxels, the only mask), then SyN on the whole images
+    from that transform; samri does not (README, "Masked registration of a real head")."""
+    from samri_ml.registration import brain_fixed_mask_dilation, brain_phases
+    from samri_ml.workflows.registration import init_functional_wf, init_structural_wf
+
+    linear = ["similarity", "affine"]
+    assert brain_phases(flavour, "structural") == ["s_translation", *linear]
+    assert brain_phases(flavour, "functional_to_template") == ["f_only_translation", *linear]
+    assert brain_phases(flavour, "functional_to_structural") == []
+    for stream in ("structural", "functional_to_structural", "functional_to_template"):
+        assert brain_phases("samri", stream) == []
+    assert brain_fixed_mask_dilation(flavour) == 4
+    s = init_structural_wf(flavour=flavour, masking="unet")
+    brain, whole = s.get_node("s_register_brain"), s.get_node("s_register")
+    assert brain.inputs.transforms == ["Translation", "Similarity", "Affine"]
+    assert brain.inputs.initial_moving_transform_com == 1  # the first call starts as before
+    assert whole.inputs.transforms == ["SyN"]
+    assert not isdefined(whole.inputs.initial_moving_transform_com)  # it continues
+    assert s.get_node("s_fixed_brain_masks").inputs.dilation == 4
+    assert s.get_node("s_fixed_brain_masks").inputs.use == [True] * 3
+    assert s.get_node("s_moving_masks").inputs.use == [True]  # SyN, the mask grown by 8
+    f = init_functional_wf(flavour=flavour, masking="unet", method="functional")
+    assert f.get_node("f_register").inputs.transforms == ["SyN"]
+    # unmasked: one call, every phase, on the whole images
+    s = init_structural_wf(flavour=flavour, masking="none")
+    assert s.get_node("s_register_brain") is None
+    assert s.get_node("s_register").inputs.transforms[-1] == "SyN"
+
+
+def test_brain_phases_must_come_first(tmp_path):
+    import json
+
+    settings = load_flavour("fast")
+    settings["brain_extracted"]["structural"] = ["similarity"]
+    flavour = tmp_path / "bad.json"
+    flavour.write_text(json.dumps(settings))
+    from samri_ml.registration import brain_phases
+
+    with pytest.raises(SamriMLError, match="must be its first phases"):
+        brain_phases(str(flavour), "structural")
+
+
+def test_masked_image_file(tmp_path):
+    """The image times its mask, on the image's grid; a mask of another grid is refused."""
+    import nibabel as nb
+    import numpy as np
+
+    from samri_ml.registration import masked_image_file
+
+    rng = np.random.default_rng(0)
+    data = rng.uniform(1, 2, (10, 12, 8)).astype(np.int16)
+    mask = np.zeros(data.shape, np.uint8)
+    mask[2:8, 3:9, 2:6] = 1
+    affine = np.diag([0.3, 0.3, 0.5, 1])
+    nb.save(nb.Nifti1Image(data, affine), str(tmp_path / "scan.nii.gz"))
+    nb.save(nb.Nifti1Image(mask, affine), str(tmp_path / "mask.nii.gz"))
+    out = masked_image_file(tmp_path / "scan.nii.gz", tmp_path / "mask.nii.gz", tmp_path)
+    assert out == str(tmp_path / "scan_brain.nii.gz")
+    img = nb.load(out)
+    np.testing.assert_array_equal(img.get_fdata(), data * mask)
+    np.testing.assert_allclose(img.affine, affine)
+    nb.save(nb.Nifti1Image(mask[:-1], affine), str(tmp_path / "small.nii.gz"))
+    with pytest.raises(SamriMLError, match="not on the grid of"):
+        masked_image_file(tmp_path / "scan.nii.gz", tmp_path / "small.nii.gz", tmp_path)

@@ -19,12 +19,20 @@ def _expands(wf):
     return graph.number_of_nodes()
 
 
+@pytest.mark.parametrize("flavour", ["fast", "samri"])
 @pytest.mark.parametrize("masking", ["none", "input"])
-def test_structural_wf(masking):
-    wf = init_structural_wf(flavour="fast", masking=masking)
+def test_structural_wf(masking, flavour):
+    """With a mask, fast runs its linear phases brain to brain (both images stripped) and SyN
+    on the whole images from there; samri keeps the seed's moving-image mask on every stage."""
+    wf = init_structural_wf(flavour=flavour, masking=masking)
     names = _names(wf)
-    assert {"s_biascorrect", "s_register", "s_warp"} <= names
+    assert {"s_biascorrect", "s_register", "s_warp", "s_fixed_masks"} <= names
+    stripped = masking != "none" and flavour == "fast"
+    assert ({"s_brain", "s_fixed_brain", "s_register_brain"} <= names) == stripped
     assert ("s_moving_masks" in names) == (masking != "none")
+    if stripped:
+        assert "initial_moving_transform" in _fields_into(wf, "s_register")
+        assert wf.get_node("s_register").inputs.transforms == ["SyN"]
     assert _expands(wf) > 3
 
 
@@ -41,6 +49,10 @@ def test_functional_wf(method, masking):
         edges = [d for _, t, d in wf._graph.edges(data=True) if t is register]
         fields = {c[1] for d in edges for c in d["connect"]}
         assert {"moving_image_masks", "fixed_image_masks"} <= fields
+        # to the template, fast runs its linear phases brain to brain first; the one
+        # translation to the structural scan runs on the whole images
+        assert ({"f_brain", "f_register_brain"} <= names) == (method == "functional")
+        assert ("initial_moving_transform" in fields) == (method == "functional")
     _expands(wf)
 
 

@@ -11,11 +11,14 @@
                         sinks; this is what ``samri_ml-register`` runs.
 
 Every stream has a mask slot (``masking='input'`` takes ``inputnode.in_mask``; ``'unet'``
-inserts the U-Net :class:`~samri_ml.interfaces.MaskBrain` node) that feeds antsRegistration's
-moving-image mask in the stages the flavour names (``default`` and ``fast``: SyN only,
-:func:`samri_ml.registration.moving_mask_stages`) and, where the flavour says so (``samri``: the
-seed paper's "Generic Masked" workflow, every stage), the N4 mask; ``default`` and ``fast`` fit
-N4 on the whole image (:func:`samri_ml.registration.n4_uses_mask`).
+inserts the U-Net :class:`~samri_ml.interfaces.MaskBrain` node). ``default`` and ``fast`` then
+run their linear phases brain to brain (:func:`samri_ml.registration.brain_phases`): the
+bias-corrected scan times its mask against the template times its own (``s_register_brain``),
+and SyN on the whole images from there (``s_register``, the mask on the moving side, grown);
+the transform found is applied to the whole scan. ``samri`` keeps the seed paper's "Generic
+Masked" workflow: the mask as antsRegistration's moving-image mask on every stage
+(:func:`samri_ml.registration.moving_mask_stages`) and as the N4 mask; ``default`` and
+``fast`` fit N4 on the whole image (:func:`samri_ml.registration.n4_uses_mask`).
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from nipype.pipeline import engine as pe
 from samri_ml.errors import SamriMLError
 from samri_ml.interfaces.func import DropDummyScans, SliceTimeCorrection, TemporalMean
 from samri_ml.registration import (
+    brain_fixed_mask_dilation,
+    brain_phases,
+    load_flavour,
     mask_dilation,
     moving_mask_stages,
     n4_inputs,
     n4_uses_mask,
-    n_stages,
     registration_inputs,
 )
 
@@ -46,8 +51,8 @@ def _check(method=None, masking=None):
         raise SamriMLError(f"unknown masking {masking!r}; one of {', '.join(MASKING)}")
 
 
-def _registration_node(name, flavour, stream, omp_nthreads, mem_gb=2):
-    reg = pe.Node(Registration(**registration_inputs(flavour, stream)), name=name,
+def _registration_node(name, flavour, stream, omp_nthreads, mem_gb=2, phases=None):
+    reg = pe.Node(Registration(**registration_inputs(flavour, stream, phases)), name=name,
                   n_procs=omp_nthreads, mem_gb=mem_gb)
     reg.inputs.num_threads = omp_nthreads
     reg.inputs.output_transform_prefix = "xfm_"
@@ -99,17 +104,86 @@ def _restore_time_header(in_file, reference, repetition_time=None):
     return out
 
 
-def _mask_list_node(name, flavour, stream, moving=False, subject_mask=None):
-    """Per-stage mask list for antsRegistration. ``subject_mask`` (default: ``moving``) says the
-    mask is the subject's own brain mask, grown by the flavour's ``moving_mask_dilation``; the
-    template's mask is used as given."""
+def _mask_list_node(name, flavour, stream, phases, moving=False, subject_mask=None):
+    """Per-stage mask list for antsRegistration's ``phases`` of a stream. ``subject_mask``
+    (default: ``moving``) says the mask is the subject's own brain mask, grown by the flavour's
+    ``moving_mask_dilation``; the template's mask is used as given."""
     node = pe.Node(niu.Function(function=_replicate, input_names=["in_file", "use", "dilation"],
                                 output_names=["out"]), name=name, run_without_submitting=True)
-    node.inputs.use = (moving_mask_stages(flavour, stream) if moving
-                       else [True] * n_stages(flavour, stream))
+    node.inputs.use = (moving_mask_stages(flavour, stream, phases) if moving
+                       else [True] * len(phases))
     subject_mask = moving if subject_mask is None else subject_mask
     node.inputs.dilation = mask_dilation(flavour) if subject_mask else 0
     return node
+
+
+def _brain(in_file, mask_file):
+    """The image times its brain mask, written into the node's folder."""
+    import os
+
+    from samri_ml.registration import masked_image_file
+
+    return masked_image_file(in_file, mask_file, os.getcwd())
+
+
+def _brain_node(name):
+    return pe.Node(niu.Function(function=_brain, input_names=["in_file", "mask_file"],
+                                output_names=["out_file"]), name=name)
+
+
+def _registration(wf, *, flavour, stream, prefix, omp_nthreads, fixed, moving, fixed_mask=None,
+                  moving_mask=None, fixed_is_subject=False):
+    """The antsRegistration of a stream, wired; returns the node whose ``composite_transform``
+    is the stream's transform (``<prefix>_register``).
+
+    ``fixed``, ``moving``, ``fixed_mask`` and ``moving_mask`` are ``(node, field)`` pairs (the
+    masks None where there are none). Where both masks are given, the flavour's brain phases
+    (:func:`samri_ml.registration.brain_phases`) run first on both images times their masks
+    (nodes ``<prefix>_brain``, ``<prefix>_fixed_brain``, ``<prefix>_register_brain``), the fixed
+    mask grown as the only mask. The other phases run on the whole images (from that transform,
+    where there was one), with the fixed mask on every stage (grown by the flavour's
+    ``moving_mask_dilation`` when it is a subject's mask, ``fixed_is_subject``) and the moving
+    mask on the stages the flavour names.
+    """
+    phases = load_flavour(flavour)["streams"][stream]
+    brain = brain_phases(flavour, stream) if None not in (fixed_mask, moving_mask) else []
+    rest = phases[len(brain):]
+    name = f"{prefix}_register"
+    if brain:
+        reg_brain = _registration_node(f"{name}_brain" if rest else name, flavour, stream,
+                                       omp_nthreads, phases=brain)
+        fixed_brain, moving_brain = _brain_node(f"{prefix}_fixed_brain"), _brain_node(
+            f"{prefix}_brain")
+        brain_masks = _mask_list_node(f"{prefix}_fixed_brain_masks", flavour, stream, brain)
+        brain_masks.inputs.dilation = brain_fixed_mask_dilation(flavour)
+        wf.connect([
+            (fixed[0], fixed_brain, [(fixed[1], "in_file")]),
+            (fixed_mask[0], fixed_brain, [(fixed_mask[1], "mask_file")]),
+            (moving[0], moving_brain, [(moving[1], "in_file")]),
+            (moving_mask[0], moving_brain, [(moving_mask[1], "mask_file")]),
+            (fixed_brain, reg_brain, [("out_file", "fixed_image")]),
+            (moving_brain, reg_brain, [("out_file", "moving_image")]),
+            (fixed_mask[0], brain_masks, [(fixed_mask[1], "in_file")]),
+            (brain_masks, reg_brain, [("out", "fixed_image_masks")]),
+        ])
+        if not rest:
+            return reg_brain
+    register = _registration_node(name, flavour, stream, omp_nthreads, phases=rest)
+    wf.connect([(fixed[0], register, [(fixed[1], "fixed_image")]),
+                (moving[0], register, [(moving[1], "moving_image")])])
+    if brain:
+        wf.connect(reg_brain, "composite_transform", register, "initial_moving_transform")
+    if fixed_mask is not None:
+        fixed_masks = _mask_list_node(f"{prefix}_fixed_masks", flavour, stream, rest,
+                                      subject_mask=fixed_is_subject)
+        wf.connect([(fixed_mask[0], fixed_masks, [(fixed_mask[1], "in_file")]),
+                    (fixed_masks, register, [("out", "fixed_image_masks")])])
+    if moving_mask is not None:
+        moving_masks = _mask_list_node(f"{prefix}_moving_masks", flavour, stream, rest,
+                                       moving=True)
+        wf.connect([(moving_mask[0], moving_masks, [(moving_mask[1], "in_file")]),
+                    (moving_masks, register, [("out", "moving_image_masks")])])
+    return register
 
 
 def _n4_node(name, flavour, stream, omp_nthreads):
@@ -166,35 +240,30 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
         ["out_file", "bias_corrected", "composite_transform", "inverse_composite_transform",
          "out_mask"]), name="outputnode")
     biascorrect = _n4_node("s_biascorrect", flavour, "structural", omp_nthreads)
-    register = _registration_node("s_register", flavour, "structural", omp_nthreads)
-    fixed_masks = _mask_list_node("s_fixed_masks", flavour, "structural")
     warp = pe.Node(ApplyTransforms(interpolation="BSpline", float=True, dimension=3),
                    name="s_warp", n_procs=omp_nthreads, mem_gb=1)
     warp.inputs.num_threads = omp_nthreads
     wf.connect([
         (inputnode, biascorrect, [("in_file", "input_image")]),
-        (inputnode, register, [("template", "fixed_image")]),
-        (inputnode, fixed_masks, [("template_mask", "in_file")]),
-        (fixed_masks, register, [("out", "fixed_image_masks")]),
-        (biascorrect, register, [("output_image", "moving_image")]),
         (biascorrect, warp, [("output_image", "input_image")]),
         (inputnode, warp, [("template", "reference_image")]),
-        (register, warp, [("composite_transform", "transforms")]),
         (warp, outputnode, [("output_image", "out_file")]),
         (biascorrect, outputnode, [("output_image", "bias_corrected")]),
+    ])
+    mask = _mask_source(wf, masking, inputnode, (inputnode, "in_file"), "s")
+    register = _registration(wf, flavour=flavour, stream="structural", prefix="s",
+                             omp_nthreads=omp_nthreads, fixed=(inputnode, "template"),
+                             moving=(biascorrect, "output_image"),
+                             fixed_mask=(inputnode, "template_mask"), moving_mask=mask)
+    wf.connect([
+        (register, warp, [("composite_transform", "transforms")]),
         (register, outputnode, [("composite_transform", "composite_transform"),
                                 ("inverse_composite_transform", "inverse_composite_transform")]),
     ])
-    mask = _mask_source(wf, masking, inputnode, (inputnode, "in_file"), "s")
     if mask is not None:
-        moving_masks = _mask_list_node("s_moving_masks", flavour, "structural", moving=True)
         if n4_uses_mask(flavour):
             wf.connect(mask[0], mask[1], biascorrect, "mask_image")
-        wf.connect([
-            (mask[0], moving_masks, [(mask[1], "in_file")]),
-            (moving_masks, register, [("out", "moving_image_masks")]),
-            (mask[0], outputnode, [(mask[1], "out_mask")]),
-        ])
+        wf.connect(mask[0], mask[1], outputnode, "out_mask")
     return wf
 
 
@@ -287,49 +356,34 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         (biascorrect, outputnode, [("output_image", "out_mean")]),
         (merge, outputnode, [("out", "transforms")]),
     ])
-    register = stream = None
+    mask = _mask_source(wf, masking, inputnode, (mean, "out_file"), "f")
     if method == "composite":
         stream = "functional_to_structural"
-        register = _registration_node("f_register", flavour, "functional_to_structural",
-                                      omp_nthreads)
+        # a moving-image mask needs a fixed-image mask: here the structural scan's, with
+        # masking only (the template's mask does not fit the structural scan)
+        register = _registration(
+            wf, flavour=flavour, stream=stream, prefix="f", omp_nthreads=omp_nthreads,
+            fixed=(inputnode, "structural"), moving=(biascorrect, "output_image"),
+            fixed_mask=None if mask is None else (inputnode, "structural_mask"),
+            moving_mask=mask, fixed_is_subject=True)
         wf.connect([
-            (inputnode, register, [("structural", "fixed_image")]),
             (inputnode, merge, [("structural_transform", "in1")]),
             (register, merge, [("composite_transform", "in2")]),
         ])
     elif method == "functional":
         stream = "functional_to_template"
-        register = _registration_node("f_register", flavour, "functional_to_template",
-                                      omp_nthreads)
-        fixed_masks = _mask_list_node("f_fixed_masks", flavour, stream)
-        wf.connect([
-            (inputnode, register, [("template", "fixed_image")]),
-            (inputnode, fixed_masks, [("template_mask", "in_file")]),
-            (fixed_masks, register, [("out", "fixed_image_masks")]),
-            (register, merge, [("composite_transform", "in1")]),
-        ])
+        register = _registration(
+            wf, flavour=flavour, stream=stream, prefix="f", omp_nthreads=omp_nthreads,
+            fixed=(inputnode, "template"), moving=(biascorrect, "output_image"),
+            fixed_mask=(inputnode, "template_mask"), moving_mask=mask)
+        wf.connect(register, "composite_transform", merge, "in1")
     else:
+        register = None
         wf.connect(inputnode, "structural_transform", merge, "in1")
     if register is not None:
-        wf.connect([
-            (biascorrect, register, [("output_image", "moving_image")]),
-            (register, outputnode, [("composite_transform", "composite_transform")]),
-        ])
-    mask = _mask_source(wf, masking, inputnode, (mean, "out_file"), "f")
+        wf.connect(register, "composite_transform", outputnode, "composite_transform")
     if mask is not None:
         if n4_uses_mask(flavour):
             wf.connect(mask[0], mask[1], biascorrect, "mask_image")
-        wf.connect([
-            (mask[0], outputnode, [(mask[1], "out_mask")]),
-        ])
-        # a moving-image mask needs a fixed-image mask: the template's (``functional``) or
-        # the structural scan's (``composite``)
-        if register is not None:
-            moving_masks = _mask_list_node("f_moving_masks", flavour, stream, moving=True)
-            wf.connect([(mask[0], moving_masks, [(mask[1], "in_file")]),
-                        (moving_masks, register, [("out", "moving_image_masks")])])
-        if method == "composite":
-            fixed_masks = _mask_list_node("f_fixed_masks", flavour, stream, subject_mask=True)
-            wf.connect([(inputnode, fixed_masks, [("structural_mask", "in_file")]),
-                        (fixed_masks, register, [("out", "fixed_image_masks")])])
+        wf.connect(mask[0], mask[1], outputnode, "out_mask")
     return wf
