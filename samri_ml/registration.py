@@ -144,9 +144,10 @@ def moving_mask_stages(flavour: str, stream: str, phases: list[str] | None = Non
     some rodent pipelines do for the first, coarse stage (e.g. RABIES). ``samri`` keeps the
     seed's "Generic Masked" workflow, every stage masked. ``default`` and ``fast`` register
     their linear phases brain to brain where a mask is known (:func:`brain_phases`) and mask
-    the SyN stage only (since 2026-12-01's seventh session): with every stage masked, the real skull-on sammba head registered to DSURQE reached warped-mask Dice
-    0.66-0.72 against 0.82 unmasked (the linear MI stages shrank the brain into the mask), with
-    SyN alone masked 0.81-0.84.
+    the SyN stage only (since 2026-12-01's seventh session): with every stage masked, the
+    real skull-on sammba head registered to DSURQE reached warped-mask Dice 0.66-0.72 against
+    0.82 unmasked (the linear MI stages shrank the brain into the mask), with SyN alone masked
+    0.81-0.84.
     """
     settings = load_flavour(flavour)
     return [bool(settings["phases"][name].get("moving_mask", True))

@@ -52,13 +52,13 @@ def test_sammba_anat_and_4d_epi(shared_data, tmp_path):
 @pytest.mark.shared_data
 def test_masked_registration_of_a_real_skull_on_head_is_better(shared_data, tmp_path):
     """The sammba T2 head (skull on) to DSURQE, fast flavour, with and without the U-Net mask:
-    the scan's own brain mask warped to the template. Masked, fast registers brain to brain
-    (the scan and the template stripped by their masks): Dice 0.913 against 0.832 unmasked
-    (2026-12-02, ninth session; with the mask on the SyN stage only, the wiring before, 0.836;
-    with the mask on every stage, before 2026-12-01's seventh session, 0.67-0.72). The
-    unmasked bound, 0.82, holds the MI stages to every voxel (a 25 % sample gave 0.818)
-    (benchmarks/registration_sammba.py, one thread per ANTs call, as here: two threads
-    scatter unmasked, see the README)."""
+    the scan's own brain mask warped to the template. Masked, fast runs its linear phases brain
+    to brain (the scan and the template stripped by their masks) and SyN on the whole images:
+    Dice 0.884 against 0.832 unmasked (2026-12-02, ninth session; with the mask on the SyN
+    stage only, the wiring before, 0.836; with the mask on every stage, before 2026-12-01's
+    seventh session, 0.67-0.72). The unmasked bound, 0.82, holds the MI stages to every voxel
+    (a 25 % sample gave 0.818) (benchmarks/registration_sammba.py, one thread per ANTs call,
+    as here: two threads scatter unmasked, see the README)."""
     from samri_ml.evaluation import warped_mask_dice
 
     sammba = shared_data / "mri" / "scans" / "sammba"
@@ -78,7 +78,7 @@ def test_masked_registration_of_a_real_skull_on_head_is_better(shared_data, tmp_
         xfm = next((out / "sub-01" / "anat").glob("*_from-native_to-*_mode-image_xfm.h5"))
         dice[masking] = warped_mask_dice(sammba / "mask.nii.gz", tpl_mask, xfm)
     assert dice["none"] > 0.82, dice
-    # brain to brain: 0.913; the subject's mask grown by 1 voxel before stripping gave 0.858,
-    # the template left whole under its mask 0.892 (fast) and 0.66 (default): 0.9 refuses both
-    assert dice["unet"] > 0.9 and dice["unet"] > dice["none"] + 0.05, dice
+    # linear phases brain to brain: 0.884; the SyN-only wiring (0.836) and the subject's mask
+    # grown by 1 or 2 voxels before stripping (0.858, 0.832) fail this bound
+    assert dice["unet"] > 0.87 and dice["unet"] > dice["none"] + 0.04, dice
 

@@ -98,7 +98,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="shorthand for --registration-flavour fast (tests, demos)")
     g.add_argument("--masking", choices=["none", "unet"], default="none",
                    help="unet: predict brain masks and use them in antsRegistration (default "
-                   "and fast: in the SyN stage; samri: in every stage and in N4)")
+                   "and fast: linear phases brain to brain, then SyN on the whole images with "
+                   "the mask grown; samri: the mask in every stage and in N4)")
     g.add_argument("--dummy-scans", type=int, default=10,
                    help="volumes dropped at the start of each functional run")
     g.add_argument("--no-slice-timing", action="store_true",
