@@ -7,6 +7,8 @@ from the QC files and the wall time, side by side. Then ``samri_ml-qc compare`` 
 vs unmasked runs.
 
     python benchmarks/example_accuracy.py --flavours fast default --masking none unet --subjects 3
+
+``--method functional`` registers the functional runs straight to the template.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def main(argv=None):
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--work", type=Path, help="work folder (default: a new temporary one; "
                    "given again, finished steps are reused)")
+    p.add_argument("--method", default="composite", choices=["composite", "functional"],
+                   help="functional runs: through the structural scan (composite) or straight "
+                   "to the template (functional)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.work is None:  # not the current folder: a run from a clone left it there, untracked
@@ -65,12 +70,15 @@ def main(argv=None):
                             "--registration-flavour", flavour, "--masking", masking,
                             "--template", tpl, "--template-mask", tpl_mask,
                             "-w", args.work / f"work_{_tag(flavour)}_{masking}",
+                            "--registration-method", args.method,
                             "--nprocs", str(args.nprocs)], check=True)
             seconds = time.perf_counter() - t0
             for sub in sorted(p.name for p in truth.glob("sub-*")):
                 ses = truth / sub / "ses-1"
                 a_xfm = out / sub / "ses-1" / "anat" / f"{sub}_ses-1_from-native_to-Phantom_mode-image_xfm.h5"
-                f_xfm = out / sub / "ses-1" / "func" / f"{sub}_ses-1_task-rest_from-native_to-T2w_mode-image_xfm.h5"
+                to = "T2w" if args.method == "composite" else "Phantom"
+                f_xfm = out / sub / "ses-1" / "func" / f"{sub}_ses-1_task-rest_from-native_to-{to}_mode-image_xfm.h5"
+                f_xfms = [a_xfm, f_xfm] if args.method == "composite" else [f_xfm]
                 # named *_space-<template>_desc-qc_metrics.json since 2026-12-01's sixth session
                 qc_a = _one(out / sub / "ses-1" / "anat", f"{sub}_ses-1_*desc-qc_metrics.json")
                 qc_f = _one(out / sub / "ses-1" / "func", f"{sub}_ses-1_task-rest_*desc-qc_metrics.json")
@@ -78,7 +86,7 @@ def main(argv=None):
                     "flavour": flavour, "masking": masking, "subject": sub,
                     "anat_dice": warped_mask_dice(ses / "anat" / f"{sub}_ses-1_desc-brain_mask.nii.gz", tpl_mask, a_xfm),
                     "func_dice": warped_mask_dice(ses / "func" / f"{sub}_ses-1_task-rest_desc-brain_mask.nii.gz",
-                                                  tpl_mask, [a_xfm, f_xfm]),
+                                                  tpl_mask, f_xfms),
                     "anat_vcf": qc_a["vcf"], "func_vcf": qc_f["vcf"], "anat_scf": qc_a["scf"],
                     "func_scf": qc_f["scf"], "run_seconds": seconds,
                 })
