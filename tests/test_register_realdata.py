@@ -21,7 +21,12 @@ def _sammba_bids(sammba, root):
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_sammba_anat_and_4d_epi(shared_data, tmp_path):
+@pytest.mark.parametrize("masking, inside", [("none", 0.7), ("unet", 0.8)])
+def test_sammba_anat_and_4d_epi(shared_data, tmp_path, masking, inside):
+    """The real 12-slice EPI through its anatomical scan to DSURQE. Masked, the translation to
+    the anatomical scan runs brain to brain: 0.85 of the bright EPI inside the template mask
+    (2026-12-02, ninth session; unmasked 0.81; with the masks on the whole images, the wiring
+    before, 0.26-0.44: the brain landed below the template's)."""
     sammba = shared_data / "mri" / "scans" / "sammba"
     bids = _sammba_bids(sammba, tmp_path)
     func = bids / "sub-01" / "func"
@@ -34,6 +39,7 @@ def test_sammba_anat_and_4d_epi(shared_data, tmp_path):
     templates = shared_data / "mri" / "templates"
     out = tmp_path / "out"
     assert main([str(bids), str(out), "--fast", "--nprocs", "2", "-w", str(tmp_path / "work"),
+                 "--masking", masking,
                  "--template", str(templates / "DSURQE_CCFv3_average_200um.nii.gz"),
                  "--template-mask", str(templates / "DSURQE_CCFv3_mask_200um.nii.gz")]) == 0
     bold = nb.load(out / "sub-01" / "func" / "sub-01_task-rest_space-DSURQECCFv3average200um_desc-preproc_bold.nii.gz")
@@ -42,7 +48,7 @@ def test_sammba_anat_and_4d_epi(shared_data, tmp_path):
     assert data.shape[:3] == tpl_mask.shape and data.ndim == 4
     # the 12-slice EPI covers part of the brain: what it covers must lie mostly inside the mask
     signal = data.mean(axis=3) > np.percentile(data.mean(axis=3)[data.mean(axis=3) > 0], 50)
-    assert (signal & tpl_mask).sum() / signal.sum() > 0.7
+    assert (signal & tpl_mask).sum() / signal.sum() > inside
     (qc_file,) = (out / "sub-01" / "func").glob("sub-01_task-rest_space-*_desc-qc_metrics.json")
     qc = json.loads(qc_file.read_text())
     assert np.isfinite(qc["vcf"]) and np.isfinite(qc["scf"])

@@ -134,7 +134,7 @@ def test_masked_streams_register_brain_to_brain_then_whole(flavour):
     linear = ["similarity", "affine"]
     assert brain_phases(flavour, "structural") == ["s_translation", *linear]
     assert brain_phases(flavour, "functional_to_template") == ["f_only_translation", *linear]
-    assert brain_phases(flavour, "functional_to_structural") == []
+    assert brain_phases(flavour, "functional_to_structural") == ["f_translation"]
     for stream in ("structural", "functional_to_structural", "functional_to_template"):
         assert brain_phases("samri", stream) == []
     assert brain_fixed_mask_dilation(flavour) == 4
@@ -149,6 +149,12 @@ def test_masked_streams_register_brain_to_brain_then_whole(flavour):
     assert s.get_node("s_moving_masks").inputs.use == [True]  # SyN, the mask grown by 8
     f = init_functional_wf(flavour=flavour, masking="unet", method="functional")
     assert f.get_node("f_register").inputs.transforms == ["SyN"]
+    # composite: the one translation to the structural scan, brain to brain, is the whole
+    # registration (one call, the structural scan's mask grown by 4 the only mask)
+    f = init_functional_wf(flavour=flavour, masking="unet", method="composite")
+    assert f.get_node("f_register_brain") is None and f.get_node("f_moving_masks") is None
+    assert f.get_node("f_register").inputs.transforms == ["Translation"]
+    assert f.get_node("f_fixed_brain_masks").inputs.dilation == 4
     # unmasked: one call, every phase, on the whole images
     s = init_structural_wf(flavour=flavour, masking="none")
     assert s.get_node("s_register_brain") is None

@@ -45,14 +45,13 @@ def test_functional_wf(method, masking):
     assert {"f_dummy", "f_stc", "f_mean", "f_biascorrect", "f_warp"} <= names
     assert ("f_register" in names) == (method != "structural")
     if method != "structural" and masking != "none":
-        register = wf.get_node("f_register")
-        edges = [d for _, t, d in wf._graph.edges(data=True) if t is register]
-        fields = {c[1] for d in edges for c in d["connect"]}
-        assert {"moving_image_masks", "fixed_image_masks"} <= fields
-        # to the template, fast runs its linear phases brain to brain first; the one
-        # translation to the structural scan runs on the whole images
-        assert ({"f_brain", "f_register_brain"} <= names) == (method == "functional")
+        fields = _fields_into(wf, "f_register")
+        # fast runs the linear phases brain to brain: to the template, then SyN on the whole
+        # images from there; to the structural scan, its one translation is all
+        assert {"f_brain", "f_fixed_brain"} <= names and "fixed_image_masks" in fields
+        assert ("f_register_brain" in names) == (method == "functional")
         assert ("initial_moving_transform" in fields) == (method == "functional")
+        assert ("moving_image_masks" in fields) == (method == "functional")
     _expands(wf)
 
 
@@ -70,7 +69,10 @@ def test_the_brain_mask_feeds_n4_only_where_the_flavour_says(flavour, n4_masked)
     assert ("mask_image" in _fields_into(s, "s_biascorrect")) == n4_masked
     f = init_functional_wf(flavour=flavour, method="composite", masking="input")
     assert ("mask_image" in _fields_into(f, "f_biascorrect")) == n4_masked
-    assert "moving_image_masks" in _fields_into(f, "f_register")
+    # the mask reaches the registration: as a moving-image mask (samri) or by stripping the
+    # run's mean and the structural scan before it (default, fast)
+    assert ("moving_image_masks" in _fields_into(f, "f_register")) == (flavour == "samri")
+    assert ("f_brain" in _names(f)) == (flavour != "samri")
 
 
 def test_functional_without_slice_timing_has_no_stc():
