@@ -152,8 +152,8 @@ def _registration(wf, *, flavour, stream, prefix, omp_nthreads, fixed, moving, f
     if brain:
         reg_brain = _registration_node(f"{name}_brain" if rest else name, flavour, stream,
                                        omp_nthreads, phases=brain)
-        fixed_brain, moving_brain = _brain_node(f"{prefix}_fixed_brain"), _brain_node(
-            f"{prefix}_brain")
+        fixed_brain = _brain_node(f"{prefix}_fixed_brain")
+        moving_brain = _brain_node(f"{prefix}_brain")
         brain_masks = _mask_list_node(f"{prefix}_fixed_brain_masks", flavour, stream, brain)
         brain_masks.inputs.dilation = brain_fixed_mask_dilation(flavour)
         wf.connect([
