@@ -184,8 +184,9 @@ def brain_phases(flavour: str, stream: str) -> list[str]:
     ``default`` and ``fast`` run their linear phases brain to brain and SyN on the whole images
     (since 2026-12-02's ninth session); the functional run's one translation to its
     structural scan runs brain to brain too (the real sammba EPI: 0.85 of its bright voxels in
-    the template's mask after it, 0.81 unmasked, 0.26-0.44 with the masks on the whole images). The real skull-on sammba head registered to DSURQE,
-    fast flavour, one thread per ANTs call, warped-mask Dice: unmasked 0.832; the mask on SyN
+    the template's mask after it, 0.81 unmasked, 0.26-0.44 with the masks on the whole
+    images). The real skull-on sammba head registered to DSURQE, fast flavour, one thread per
+    ANTs call, warped-mask Dice: unmasked 0.832; the mask on SyN
     only (the wiring before) 0.836; the linear phases brain to brain 0.860 after them, 0.884
     after SyN on the whole images. On the example phantoms, whose reference masks leave a CSF
     rim out that the U-Net includes, every phase brain to brain fell to 0.93 (the brains'
@@ -233,9 +234,7 @@ def masked_image_file(in_file, mask_file, out_dir) -> str:
     mask = np.asarray(mask_img.dataobj) > 0
     header = img.header.copy()
     header.set_data_dtype(np.float32)
-    name = Path(in_file).name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
-    out = Path(out_dir) / f"{stem}_brain.nii.gz"
+    out = Path(out_dir) / Path(in_file).name.replace(".nii", "_brain.nii")
     nb.save(nb.Nifti1Image(data * mask, img.affine, header), str(out))
     return str(out)
 

@@ -104,16 +104,20 @@ def _restore_time_header(in_file, reference, repetition_time=None):
     return out
 
 
-def _mask_list_node(name, flavour, stream, phases, moving=False, subject_mask=None):
+def _mask_list_node(name, flavour, stream, phases, moving=False, subject_mask=None,
+                    dilation=None):
     """Per-stage mask list for antsRegistration's ``phases`` of a stream. ``subject_mask``
     (default: ``moving``) says the mask is the subject's own brain mask, grown by the flavour's
-    ``moving_mask_dilation``; the template's mask is used as given."""
+    ``moving_mask_dilation``; the template's mask is used as given. ``dilation`` overrides
+    both."""
     node = pe.Node(niu.Function(function=_replicate, input_names=["in_file", "use", "dilation"],
                                 output_names=["out"]), name=name, run_without_submitting=True)
     node.inputs.use = (moving_mask_stages(flavour, stream, phases) if moving
                        else [True] * len(phases))
-    subject_mask = moving if subject_mask is None else subject_mask
-    node.inputs.dilation = mask_dilation(flavour) if subject_mask else 0
+    if dilation is None:
+        subject_mask = moving if subject_mask is None else subject_mask
+        dilation = mask_dilation(flavour) if subject_mask else 0
+    node.inputs.dilation = dilation
     return node
 
 
@@ -154,8 +158,8 @@ def _registration(wf, *, flavour, stream, prefix, omp_nthreads, fixed, moving, f
                                        omp_nthreads, phases=brain)
         fixed_brain = _brain_node(f"{prefix}_fixed_brain")
         moving_brain = _brain_node(f"{prefix}_brain")
-        brain_masks = _mask_list_node(f"{prefix}_fixed_brain_masks", flavour, stream, brain)
-        brain_masks.inputs.dilation = brain_fixed_mask_dilation(flavour)
+        brain_masks = _mask_list_node(f"{prefix}_fixed_brain_masks", flavour, stream, brain,
+                                      dilation=brain_fixed_mask_dilation(flavour))
         wf.connect([
             (fixed[0], fixed_brain, [(fixed[1], "in_file")]),
             (fixed_mask[0], fixed_brain, [(fixed_mask[1], "mask_file")]),
