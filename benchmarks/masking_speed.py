@@ -1,8 +1,9 @@
-"""Side-by-side masking speed on large volumes: the clean-up's hole filling and ``max_slices``.
+"""Side-by-side masking speed on large volumes: the network's precision, and ``max_slices``.
 
 Usage::
 
     python benchmarks/masking_speed.py [--threads 2] [--repeats 3] [--max-slices 128 96]
+        [--precisions float32 bfloat16] [--old-fill]
 
 Volumes (the largest at hand and real scans resampled finer, where the 1 s target is hardest):
 the nirodents T2w head (256 x 24 x 256, real, no reference mask), the two dama validation
@@ -10,12 +11,13 @@ subjects upsampled x2 (224 x 256 x 160, their manual masks likewise) and the sam
 phantom heads rendered at 0.1 mm (126 x 192 x 96, T2w/T1w/EPI, their truth). Each volume is
 masked, in one warm process and interleaved repeats (the best of ``--repeats``):
 
-* ``old fill``: the clean-up as before 2026-12-01's fifth session (``binary_fill_holes`` in 3D,
-  then once per coronal slice), every slice predicted;
-* ``shipped``: the clean-up with :func:`samri_ml.masks.fill_holes` (the same mask), every slice;
-* ``max N``: as shipped, with ``max_slices=N`` (not the default).
+* ``float32`` / ``bfloat16``: the U-Net's arithmetic (``$SAMRI_ML_PRECISION``; the default,
+  ``auto``, is bfloat16 where the CPU has native bfloat16), every slice predicted;
+* ``old fill`` (``--old-fill``): the clean-up as before 2026-12-01's fifth session
+  (``binary_fill_holes`` in 3D, then once per coronal slice), in this CPU's default precision;
+* ``max N``: this CPU's default precision with ``max_slices=N`` (not the default).
 
-Printed: seconds per volume, the Dice of each mask with the shipped one, and with the reference
+Printed: seconds per volume, the Dice of each mask with the one of this CPU's default precision, and with the reference
 where there is one. Needs ../shared/data (the phantom rows run without it).
 """
 
@@ -78,6 +80,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-slices", type=int, nargs="*", default=[128, 96])
+    ap.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"],
+                    choices=["float32", "bfloat16"], help="the network's arithmetic, side by side")
+    ap.add_argument("--old-fill", action="store_true",
+                    help="also the clean-up before 2026-12-01's fifth session")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = ap.parse_args()
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
@@ -86,33 +92,45 @@ def main() -> None:
     from samri_ml.masking import predict as P
     from samri_ml.masking import preprocess as pp
     from samri_ml.metrics import dice
+    from samri_ml.models.inference import import_keras, inference_precision, mark_for_inference
+    from samri_ml.models.unet import CUSTOM_OBJECTS
 
-    model = P.load_model()
-    setups = [("old fill", None, _old_clean_mask), ("shipped", None, P.clean_mask)]
-    setups += [(f"max {n}", n, P.clean_mask) for n in args.max_slices]
-    print(f"{'volume':32s} " + " ".join(f"{name:>22s}" for name, _, _ in setups))
+    keras = import_keras()
+    shipped = inference_precision()
+    models = {}
+    for precision in args.precisions:  # one model object each: the precision is per model
+        m = keras.saving.load_model(P.default_model_path(), custom_objects=CUSTOM_OBJECTS,
+                                    compile=False)
+        models[precision] = mark_for_inference(m, precision)
+    setups = [(precision, precision, None, P.clean_mask) for precision in args.precisions]
+    if args.old_fill:
+        setups.insert(0, ("old fill", shipped, None, _old_clean_mask))
+    setups += [(f"max {n}", shipped, n, P.clean_mask) for n in args.max_slices]
+    print(f"this CPU's default precision: {shipped}")
+    print(f"{'volume':32s} " + " ".join(f"{name:>22s}" for name, *_ in setups))
     for name, img, ref in _volumes(args.data):
         # predict_mask's own steps (its input checks and the NIfTI output left out, the same
         # for every setup), with the clean-up as an argument
         ras, ornt = pp.to_ras(np.asarray(img.dataobj, np.float32), img.affine)
-        P.predict_volume(model, ras)  # warm (the traced function, the caches)
-        best = {s: np.inf for s, _, _ in setups}
+        for model in models.values():
+            P.predict_volume(model, ras)  # warm (the traced function, the caches)
+        best = {s: np.inf for s, *_ in setups}
         masks = {}
         for _ in range(args.repeats):
-            for label, max_slices, clean in setups:
+            for label, precision, max_slices, clean in setups:
                 t0 = time.perf_counter()
-                prob = P.predict_volume(model, ras, max_slices=max_slices)
+                prob = P.predict_volume(models[precision], ras, max_slices=max_slices)
                 mask = pp.from_ras(clean(prob > 0.5).astype(np.uint8), ornt)
                 best[label] = min(best[label], time.perf_counter() - t0)
                 masks[label] = mask
         cells = []
-        for label, _, _ in setups:
-            cell = f"{best[label]:.2f}s a={dice(masks[label], masks['shipped']):.4f}"
+        for label, *_ in setups:
+            cell = f"{best[label]:.2f}s a={dice(masks[label], masks[shipped]):.4f}"
             if ref is not None:
                 cell += f" D={dice(masks[label], ref):.4f}"
             cells.append(f"{cell:>22s}")
         print(f"{name:32s} " + " ".join(cells), flush=True)
-    print("a = Dice with the shipped mask; D = Dice with the reference (manual / phantom truth)")
+    print(f"a = Dice with the mask of this CPU's default ({shipped}); D = Dice with the reference (manual / phantom truth)")
 
 
 if __name__ == "__main__":

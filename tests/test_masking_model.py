@@ -128,7 +128,9 @@ def test_4d_series_is_masked_through_its_temporal_mean(phantom):
     series = np.stack([data * (1 + 0.02 * rng.standard_normal()) for _ in range(3)], axis=-1)
     mask4d = predict_mask(nb.Nifti1Image(series.astype(np.float32), img.affine))
     assert mask4d.shape == data.shape
-    mean = nb.Nifti1Image(series.mean(-1).astype(np.float32), img.affine)
+    # the mean as predict_mask takes it (in float64): a float32 mean differs in the last bit,
+    # and a bfloat16 network (SAMRI_ML_PRECISION) may round such inputs apart
+    mean = nb.Nifti1Image(series.mean(-1, dtype=np.float64).astype(np.float32), img.affine)
     np.testing.assert_array_equal(
         np.asarray(mask4d.dataobj), np.asarray(predict_mask(mean).dataobj)
     )

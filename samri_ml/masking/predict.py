@@ -33,11 +33,12 @@ def default_model_path() -> Path:
 
 @lru_cache(maxsize=4)
 def _load_cached(path: str, mtime: float):
-    from samri_ml.models.inference import import_keras
+    from samri_ml.models.inference import import_keras, mark_for_inference
     from samri_ml.models.unet import CUSTOM_OBJECTS
 
     keras = import_keras()
-    return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+    model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+    return mark_for_inference(model)
 
 
 def load_model(path=None):

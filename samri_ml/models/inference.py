@@ -66,26 +66,132 @@ def import_keras():
     return keras
 
 
+#: where the precision of the shipped networks' forward pass is chosen (``auto``, ``float32``,
+#: ``bfloat16``); see :func:`inference_precision`
+PRECISION_VARIABLE = "SAMRI_ML_PRECISION"
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+#: layers whose arithmetic runs in bfloat16 in a :func:`bfloat16_copy`: the convolutions and
+#: what lies between them, where the time goes. Dense heads, the embeddings' normalisation
+#: and a model's output layer stay in float32.
+BFLOAT16_LAYERS = frozenset({
+    "Conv2D", "BatchNormalization", "Activation", "MaxPooling2D", "AveragePooling2D",
+    "UpSampling2D", "Concatenate", "Dropout", "Resizing",
+})
+
+
+def native_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bfloat16 natively (x86 ``avx512_bf16`` or ``amx_bf16``, read
+    from ``/proc/cpuinfo``; elsewhere False). Without it oneDNN emulates bfloat16, slower
+    than float32."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def inference_precision() -> str:
+    """``float32`` or ``bfloat16``: what loaded shipped networks compute in.
+
+    ``$SAMRI_ML_PRECISION`` decides where set; ``auto`` (the default) is bfloat16 on the
+    TensorFlow backend where the CPU has native bfloat16 (:func:`native_bfloat16`), float32
+    elsewhere.
+    """
+    from samri_ml.errors import SamriMLError
+
+    wanted = os.environ.get(PRECISION_VARIABLE, "auto").strip().lower() or "auto"
+    if wanted not in PRECISIONS:
+        raise SamriMLError(f"{PRECISION_VARIABLE}={wanted}: unknown precision; hint: one of "
+                           f"{', '.join(PRECISIONS)}")
+    if wanted != "auto":
+        return wanted
+    keras = import_keras()
+    if keras.backend.backend() == "tensorflow" and native_bfloat16():
+        return "bfloat16"
+    return "float32"
+
+
+def mark_for_inference(model, precision: str | None = None):
+    """Let :func:`inference_fn` run ``model`` in ``precision`` (default:
+    :func:`inference_precision`). For models loaded to predict: a model being trained keeps
+    float32 (:func:`bfloat16_copy` copies the weights once). Returns the model."""
+    model._samri_ml_precision = precision or inference_precision()
+    return model
+
+
+def bfloat16_copy(model):
+    """A copy of a functional Keras model whose :data:`BFLOAT16_LAYERS` compute in bfloat16
+    (``mixed_bfloat16``: float32 weights, cast on use); other layers and the output layers
+    stay float32. Nested functional models are converted too."""
+    import json
+
+    config = json.loads(json.dumps(model.get_config()))
+    heads = config.get("output_layers", [])
+    if heads and isinstance(heads[0], str):  # one output: ["name", 0, 0], not a list of them
+        heads = [heads]
+    outputs = {head[0] for head in heads}
+
+    def convert(cfg, top):
+        for layer in cfg["layers"]:
+            name, kind = layer["config"].get("name"), layer["class_name"]
+            if kind in ("Functional", "Model"):
+                convert(layer["config"], False)
+            elif kind in BFLOAT16_LAYERS and not (top and name in outputs):
+                layer["config"]["dtype"] = "mixed_bfloat16"
+
+    convert(config, True)
+    copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def inference_fn(model):
     """The model's forward pass in inference mode, compiled once per model.
 
-    On the TensorFlow backend a ``tf.function`` with a dynamic batch dimension (one trace for
-    any batch size): an eager call runs op by op, which costs ~0.1 s of Python overhead per call
-    of the small plate CNN and ~30 % of the U-Net's time on a volume's slices. Other backends
-    get the plain call.
+    On the TensorFlow backend the graph of a ``tf.function`` with a dynamic batch dimension
+    (one trace for any batch size): an eager call runs op by op, which costs ~0.1 s of Python
+    overhead per call of the small plate CNN and ~30 % of the U-Net's time on a volume's
+    slices. Other backends get the plain call. A model marked ``bfloat16``
+    (:func:`mark_for_inference`) runs as its :func:`bfloat16_copy`, made once here (a model
+    that cannot be rebuilt from its config, e.g. with unregistered custom layers, runs in
+    float32, with a note); the output is float32 either way.
     """
     keras = import_keras()
 
-    key = id(model)  # the cached function holds the model, so the id is never reused
+    key = id(model)  # the cache holds the model too, so the id is never reused
     if key not in _FNS:
+        net = model
+        if getattr(model, "_samri_ml_precision", "float32") == "bfloat16":
+            try:
+                net = bfloat16_copy(model)
+            except Exception as err:  # Keras raises many types for a config it cannot rebuild
+                import warnings
+
+                from samri_ml.errors import SamriMLNote
+
+                warnings.warn(f"{model.name}: runs in float32, not bfloat16 (cannot copy it: "
+                              f"{type(err).__name__})", SamriMLNote, stacklevel=2)
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
             spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-            _FNS[key] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+            graph = tf.function(lambda x: tf.cast(net(x, training=False), tf.float32),
+                                input_signature=[spec]).get_concrete_function()
+            # the traced graph called directly: a tf.function call first binds and checks
+            # its arguments in Python (0.5-1 ms, about a twentieth of a plate section's time)
+            fn = lambda x: graph(tf.convert_to_tensor(x, tf.float32))  # noqa: E731
         else:
-            _FNS[key] = lambda x: model(x, training=False)
-    return _FNS[key]
+            fn = lambda x: keras.ops.cast(net(x, training=False), "float32")  # noqa: E731
+        _FNS[key] = (model, fn)
+    return _FNS[key][1]
 
 
 def tensorflow_inherited() -> bool:

@@ -227,7 +227,9 @@ class PlateIdentifier(_Ranker):
                     f"model takes {shape_in[0]}x{shape_in[1]} px and gives {shape_out}-d ones; "
                     "hint: give the index exported with that model, or --atlas DIR to index an "
                     "atlas with it")
-            self._model = model
+            from samri_ml.models.inference import mark_for_inference
+
+            self._model = mark_for_inference(model)
         return self._model
 
     def prep(self, img: np.ndarray) -> np.ndarray:
