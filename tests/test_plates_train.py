@@ -74,3 +74,51 @@ def test_training_learns_the_tiny_atlas(tiny_data, tmp_path, ema):
     metrics = evaluate(model, plates, np.stack([preprocess(i, 64) for i in pimgs]), labels,
                        np.stack([preprocess(i, 64) for i in imgs]))  # fmt: skip
     assert metrics["mae"] == pytest.approx(best["mae"])
+
+
+def test_an_exported_index_is_float32_whatever_the_precision(tiny_data, tmp_path, monkeypatch):
+    """``export_model`` writes the index every machine reads: its plate embeddings are the
+    float32 ones even where the commands run the network in bfloat16."""
+    import keras
+
+    from samri_ml.models.inference import PRECISION_VARIABLE
+    from samri_ml.plates.identify import export_model
+    from samri_ml.plates.train import embed, load_atlas, preprocess
+
+    monkeypatch.setenv(PRECISION_VARIABLE, "bfloat16")
+    shipped = default_model_dir() / "plates_embedding.keras"
+    idx = export_model(shipped, tiny_data / "atlas", tmp_path / "out", size=224)
+    with np.load(idx) as z:
+        exported = z["embeddings"]
+    model = keras.saving.load_model(shipped, compile=False)  # not marked: float32
+    _, pimgs = load_atlas(tiny_data / "atlas")
+    expected = embed(model, np.stack([preprocess(i, 224) for i in pimgs]))
+    np.testing.assert_allclose(exported, expected, atol=1e-5)
+
+
+def test_a_model_of_another_size_indexes_an_atlas_of_its_own(tiny_data, tmp_path):
+    """``--model M --atlas DIR`` (the hint of the index/model mismatch error): a network of
+    another input size and embedding length than the shipped index's ranks against the atlas
+    it has just embedded, and ``export_model`` ships it with its own index (both refused the
+    model against the bootstrap or shipped index before)."""
+    from samri_ml.plates.identify import PlateIdentifier, export_model
+    from samri_ml.plates.train import load_sections
+
+    cfg = TrainConfig(
+        data_dir=str(tiny_data), out_dir=str(tmp_path / "run"), size=64, width=4,
+        batch_size=12, iterations=40, eval_every=20, learning_rate=3e-3, schedule="cosine",
+        real_fraction=0.5,
+    )  # fmt: skip
+    train(cfg, log=lambda *_: None)
+    model = tmp_path / "run" / "best.keras"
+    # the shipped index beside it; float32 throughout, so that the rankings compare exactly
+    ident = PlateIdentifier(model=model, atlas=tiny_data / "atlas", precision="float32")
+    assert ident.size == 64 and ident.embeddings.shape[0] == len(PLATES)
+    _, labels, imgs = load_sections(tiny_data / "val_1")
+    ranked = ident.rank(imgs, regions=False)
+    assert sorted(ranked[0]["ranking"]) == PLATES
+    idx = export_model(model, tiny_data / "atlas", tmp_path / "out", size=64)
+    shipped = PlateIdentifier(tmp_path / "out" / "plates_embedding.keras", idx,
+                              precision="float32")
+    assert [r["ranking"] for r in shipped.rank(imgs, regions=False)] == \
+        [r["ranking"] for r in ranked]

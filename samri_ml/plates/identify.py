@@ -172,9 +172,13 @@ class PlateIdentifier(_Ranker):
         different atlas) instead of using the index's embeddings.
     variant : str
         Shipped model variant (:data:`VARIANTS`) used where ``model`` / ``index`` are not given.
+    precision : str, optional
+        ``float32`` or ``bfloat16`` for the network (default:
+        :func:`samri_ml.models.inference.inference_precision`).
     """
 
-    def __init__(self, model=None, index=None, atlas=None, variant: str = "default"):
+    def __init__(self, model=None, index=None, atlas=None, variant: str = "default",
+                 precision: str | None = None):
         mdir = default_model_dir(variant)
         self.model_path = Path(model) if model else mdir / "plates_embedding.keras"
         self.index_path = Path(index) if index else mdir / "plates_index.npz"
@@ -198,7 +202,7 @@ class PlateIdentifier(_Ranker):
         self.smooth = float(self.index.get("smooth", 0.0))
         self.flip_tta = bool(self.index.get("flip_tta", True))
         self.region_weight = float(self.index.get("region_weight", 0.0))
-        self._model = None
+        self._model, self.precision = None, precision
         self.plates = self.index["plates"].astype(int)
         self.embeddings = self.index["embeddings"].astype(np.float32)
         self.region_embeddings = self.index.get("region_embeddings")
@@ -220,7 +224,9 @@ class PlateIdentifier(_Ranker):
                     first = "not a .keras archive"
                 raise SamriMLError(f"{self.model_path}: not a Keras model ({first})") from err
             shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
-            if shape_in != (self.size, self.size) or shape_out != self.embeddings.shape[1]:
+            reindexing = self.embeddings is None  # the index is being made with this model
+            if not reindexing and (shape_in != (self.size, self.size)
+                                   or shape_out != self.embeddings.shape[1]):
                 raise SamriMLError(
                     f"{self.index_path} does not belong to {self.model_path}: the index holds "
                     f"{self.embeddings.shape[1]}-d embeddings of {self.size} px images, the "
@@ -229,7 +235,7 @@ class PlateIdentifier(_Ranker):
                     "atlas with it")
             from samri_ml.models.inference import mark_for_inference
 
-            self._model = mark_for_inference(model)
+            self._model = mark_for_inference(model, self.precision)
         return self._model
 
     def prep(self, img: np.ndarray) -> np.ndarray:
@@ -267,9 +273,12 @@ class PlateIdentifier(_Ranker):
         return e.reshape(n, r, -1), np.array(frac).reshape(n, r)
 
     def reindex(self, atlas) -> None:
-        """Embed another atlas folder (plates and their regions)."""
+        """Embed another atlas folder (plates and their regions) with this model, at its input
+        size: the index read before, if any, is replaced, whatever model made it."""
         plates, imgs = load_atlas(atlas)
         self.plates = plates
+        self.embeddings = self.region_embeddings = None
+        self.size = int(self.model.input_shape[1])
         self.embeddings = self.embed(imgs)
         self.region_embeddings = self.embed_regions(imgs)[0]
         self.height_mm = None
@@ -427,7 +436,8 @@ def export_model(
         shutil.copy(model_path, out / "plates_embedding.keras")
     idx = out / "plates_index.npz"
     np.savez(idx, plates=np.arange(1), embeddings=np.zeros((1, 1)), size=size)  # bootstrap
-    ident = PlateIdentifier(out / "plates_embedding.keras", idx)
+    # the shipped index is float32 on every machine (sections may be embedded in bfloat16)
+    ident = PlateIdentifier(out / "plates_embedding.keras", idx, precision="float32")
     ident.flip_tta = flip_tta
     ident.reindex(atlas_dir)
     h, w = brain_extent_mm(ident.plates)
