@@ -122,3 +122,34 @@ def test_a_model_of_another_size_indexes_an_atlas_of_its_own(tiny_data, tmp_path
                               precision="float32")
     assert [r["ranking"] for r in shipped.rank(imgs, regions=False)] == \
         [r["ranking"] for r in ranked]
+
+
+def test_train_plates_exports_what_identify_plate_reads(tiny_data, tmp_path):
+    """The commands a user runs to reproduce or replace the shipped model: train with
+    ``--export``, then rank with the exported files (this pair failed from 2026-12-01 to
+    2026-12-02: the export was refused by the model/index check)."""
+    import subprocess
+    import sys
+
+    out, shipped = tmp_path / "run", tmp_path / "shipped"
+    train_cmd = [sys.executable, "-m", "samri_ml.cli.train_plates", "--data", str(tiny_data),
+                 "--out", str(out), "--size", "64", "--width", "4", "--batch-size", "12",
+                 "--iterations", "20", "--eval-every", "20", "--lr", "3e-3",
+                 "--export", str(shipped)]  # fmt: skip
+    r = subprocess.run(train_cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p.name for p in shipped.iterdir()} >= {"plates_embedding.keras", "plates_index.npz",
+                                                    "plates_index_metrics.json"}
+    metrics = json.loads((shipped / "plates_index_metrics.json").read_text())
+    assert metrics["val_1"]["n"] == len(PLATES)
+    section = tiny_data / "val_2" / f"{PLATES[3]}.png"
+    r = subprocess.run([sys.executable, "-m", "samri_ml.cli.identify_plate", str(section),
+                        "--model", str(shipped / "plates_embedding.keras"),
+                        "--index", str(shipped / "plates_index.npz"), "--top", "3",
+                        "--json", str(tmp_path / "ranked.json")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    ranked = json.loads((tmp_path / "ranked.json").read_text())
+    assert list(ranked) == [str(section)]  # design.md: {image as given: ranking, distances}
+    assert sorted(ranked[str(section)]["ranking"]) == PLATES
+    assert np.all(np.diff(ranked[str(section)]["distances"]) >= 0)
