@@ -36,6 +36,8 @@ def test_precision_follows_the_environment(monkeypatch):
     monkeypatch.setenv(inference.PRECISION_VARIABLE, "auto")
     expected = "bfloat16" if inference.native_bfloat16() else "float32"
     assert inference.inference_precision() == expected
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        inference.mark_for_inference(object(), "fp16")
     monkeypatch.setenv(inference.PRECISION_VARIABLE, "fp16")
     with pytest.raises(SamriMLError, match="SAMRI_ML_PRECISION=fp16: unknown precision"):
         inference.inference_precision()

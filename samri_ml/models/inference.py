@@ -123,7 +123,10 @@ def mark_for_inference(model, precision: str | None = None):
     """Let :func:`inference_fn` run ``model`` in ``precision`` (default:
     :func:`inference_precision`). For models loaded to predict: a model being trained keeps
     float32 (:func:`bfloat16_copy` copies the weights once). Returns the model."""
-    model._samri_ml_precision = precision or inference_precision()
+    precision = precision or inference_precision()
+    if precision not in PRECISIONS[1:]:
+        raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
+    model._samri_ml_precision = precision
     return model
 
 

@@ -278,7 +278,7 @@ class PlateIdentifier(_Ranker):
         plates, imgs = load_atlas(atlas)
         self.plates = plates
         self.embeddings = self.region_embeddings = None
-        self.size = int(self.model.input_shape[1])
+        self.size = int(self.model.input_shape[1] or self.size)  # None: any size, keep it
         self.embeddings = self.embed(imgs)
         self.region_embeddings = self.embed_regions(imgs)[0]
         self.height_mm = None
