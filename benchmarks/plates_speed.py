@@ -60,6 +60,10 @@ def main() -> None:
     root = shared_data_dir() / "plates"
     _, labels, imgs = load_sections(root / args.split)
     ident = make_identifier(variant=args.variant)
+    from samri_ml.models.inference import inference_precision
+
+    precision = inference_precision()  # $SAMRI_ML_PRECISION, or this CPU's default
+    print(f"networks in {precision}")
     # "once the model is loaded": load, trace, and one untimed pass over the sections (the
     # first pass of a process runs 20-40 % slower: allocator and kernel caches warming up)
     for im in imgs:
@@ -118,6 +122,7 @@ def main() -> None:
                     "mi_size": args.mi_size,
                     "threads": args.threads,
                     "parallel_ops": args.parallel_ops,
+                    "precision": precision,
                 },
                 f,
                 indent=1,
