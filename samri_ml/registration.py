@@ -76,6 +76,20 @@ def _none(value):
     return None if value == "None" else value
 
 
+def stream_phases(flavour: str, stream: str) -> list[str]:
+    """The names of a stream's phases, in order (``"streams"`` of the flavour).
+
+    Raises
+    ------
+    SamriMLError
+        The flavour has no such stream.
+    """
+    try:
+        return list(load_flavour(flavour)["streams"][stream])
+    except KeyError as err:
+        raise SamriMLError(f"flavour {flavour!r} has no phase or stream {err}") from err
+
+
 def registration_inputs(flavour: str, stream: str, phases: list[str] | None = None) -> dict:
     """Inputs of ``nipype.interfaces.ants.Registration`` for one stream of a flavour.
 
@@ -98,9 +112,9 @@ def registration_inputs(flavour: str, stream: str, phases: list[str] | None = No
         ``write_composite_transform``, ...).
     """
     settings = load_flavour(flavour)
+    names = stream_phases(flavour, stream)
+    chosen = names if phases is None else list(phases)
     try:
-        names = settings["streams"][stream]
-        chosen = names if phases is None else list(phases)
         phases = [settings["phases"][name] for name in chosen]
     except KeyError as err:
         raise SamriMLError(f"flavour {flavour!r} has no phase or stream {err}") from err
@@ -124,7 +138,7 @@ def n4_inputs(flavour: str, stream: str) -> dict:
 
 def n_stages(flavour: str, stream: str) -> int:
     """How many antsRegistration stages a stream has (one mask entry is needed per stage)."""
-    return len(load_flavour(flavour)["streams"][stream])
+    return len(stream_phases(flavour, stream))
 
 
 def n4_uses_mask(flavour: str) -> bool:
@@ -151,7 +165,7 @@ def moving_mask_stages(flavour: str, stream: str, phases: list[str] | None = Non
     """
     settings = load_flavour(flavour)
     return [bool(settings["phases"][name].get("moving_mask", True))
-            for name in (settings["streams"][stream] if phases is None else phases)]
+            for name in (stream_phases(flavour, stream) if phases is None else phases)]
 
 
 def mask_dilation(flavour: str) -> int:
@@ -195,9 +209,8 @@ def brain_phases(flavour: str, stream: str) -> list[str]:
     phase of ``default`` zoomed the stripped brain until the template's mask held brain only
     (Dice 0.66). ``samri`` keeps the seed's wiring.
     """
-    settings = load_flavour(flavour)
-    names = settings["streams"][stream]
-    chosen = list(settings.get("brain_extracted", {}).get(stream, []))
+    names = stream_phases(flavour, stream)
+    chosen = list(load_flavour(flavour).get("brain_extracted", {}).get(stream, []))
     if chosen != names[: len(chosen)]:
         raise SamriMLError(
             f"registration flavour {flavour!r}: the brain_extracted phases of {stream} "

@@ -174,6 +174,23 @@ def test_brain_phases_must_come_first(tmp_path):
         brain_phases(str(flavour), "structural")
 
 
+@pytest.mark.parametrize("masking", ["none", "input"])
+def test_a_flavour_without_a_stream_is_a_clear_error(tmp_path, masking):
+    """Building the workflow (what samri_ml-register does before it writes anything) names
+    the missing stream, with or without the brain-to-brain phases (it was a bare KeyError
+    there)."""
+    import json
+
+    from samri_ml.workflows.registration import init_structural_wf
+
+    settings = load_flavour("fast")
+    del settings["streams"]["structural"]
+    flavour = tmp_path / "no_structural.json"
+    flavour.write_text(json.dumps(settings))
+    with pytest.raises(SamriMLError, match="has no phase or stream 'structural'"):
+        init_structural_wf(flavour=str(flavour), masking=masking)
+
+
 def test_masked_image_file(tmp_path):
     """The image times its mask, on the image's grid; a mask of another grid is refused."""
     import nibabel as nb

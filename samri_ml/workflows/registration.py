@@ -32,12 +32,12 @@ from samri_ml.interfaces.func import DropDummyScans, SliceTimeCorrection, Tempor
 from samri_ml.registration import (
     brain_fixed_mask_dilation,
     brain_phases,
-    load_flavour,
     mask_dilation,
     moving_mask_stages,
     n4_inputs,
     n4_uses_mask,
     registration_inputs,
+    stream_phases,
 )
 
 METHODS = ("composite", "structural", "functional")
@@ -149,7 +149,7 @@ def _registration(wf, *, flavour, stream, prefix, omp_nthreads, fixed, moving, f
     ``moving_mask_dilation`` when it is a subject's mask, ``fixed_is_subject``) and the moving
     mask on the stages the flavour names.
     """
-    phases = load_flavour(flavour)["streams"][stream]
+    phases = stream_phases(flavour, stream)
     brain = brain_phases(flavour, stream) if None not in (fixed_mask, moving_mask) else []
     rest = phases[len(brain):]
     name = f"{prefix}_register"
