@@ -236,19 +236,16 @@ def masked_image_file(in_file, mask_file, out_dir) -> str:
     itself, and the bias-corrected scan that ANTs writes may spell the same grid with a
     slightly different affine (ITK keeps no shear and rounds in float32)."""
     import nibabel as nb
-    import numpy as np
+
+    from samri_ml.masking.predict import apply_mask
 
     img, mask_img = nb.load(str(in_file)), nb.load(str(mask_file))
     if img.shape[:3] != mask_img.shape[:3]:
         raise SamriMLError(
             f"brain mask {mask_file} {mask_img.shape[:3]} is not on the grid of {in_file} "
             f"{img.shape[:3]}; hint: give a mask of that image")
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    mask = np.asarray(mask_img.dataobj) > 0
-    header = img.header.copy()
-    header.set_data_dtype(np.float32)
     out = Path(out_dir) / Path(in_file).name.replace(".nii", "_brain.nii")
-    nb.save(nb.Nifti1Image(data * mask, img.affine, header), str(out))
+    nb.save(apply_mask(img, mask_img), str(out))
     return str(out)
 
 
