@@ -54,6 +54,9 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
                            ".nii.gz file") from err
     except (EOFError, OSError, ValueError, zlib_error()) as err:
         raise SamriMLError(f"{path}: truncated or corrupt image ({_one_line(err)})") from err
+    if data.dtype.fields is not None:  # RGB24 / RGBA32: a record per voxel
+        raise SamriMLError(f"{path}: a colour (RGB) NIfTI; hint: give one grayscale channel, "
+                           "e.g. the scanner's magnitude image")
     # drop trailing singleton dimensions beyond 3 (e.g. 4D with one volume)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -77,8 +80,16 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
             raise SamriMLError(f"{path}: the image is all zeros; hint: check the file (an empty "
                                "export or a failed conversion?)")
     if data.ndim != len(img.shape):
-        img = nb.Nifti1Image(np.asarray(data), img.affine, img.header)
+        img = nifti_class(img)(np.asarray(data), img.affine, img.header)
     return img
+
+
+def nifti_class(img):
+    """The NIfTI class to write data with ``img``'s header: NIfTI-2 for a NIfTI-2 image (its
+    header in a NIfTI-1 image makes nibabel print ``sizeof_hdr should be 348``), else NIfTI-1."""
+    import nibabel as nb
+
+    return nb.Nifti2Image if isinstance(img, nb.Nifti2Image) else nb.Nifti1Image
 
 
 def _one_line(err: BaseException) -> str:

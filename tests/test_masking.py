@@ -323,3 +323,28 @@ def test_far_islands_of_a_coronal_slice_are_dropped_near_or_large_ones_kept():
     joined[:, 2, :] &= ~near
     cleaned = clean_mask(joined)
     assert not cleaned[:, 2, :][far].any() and cleaned[:, 2, :][brain].all()
+
+
+def test_high_percentile_of_a_mostly_zero_volume():
+    """Under 1 % of non-zero voxels: the 99th percentile of those (the plain one is 0)."""
+    vol = np.zeros((50, 50, 50), np.float32)
+    vol[:4, :4, :4] = np.arange(64).reshape(4, 4, 4) + 1
+    assert np.percentile(vol, 99) == 0
+    assert pp.high_percentile(vol) == pytest.approx(np.percentile(np.arange(64) + 1, 99))
+    ordinary = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
+    assert pp.high_percentile(ordinary) == np.percentile(ordinary, 99)
+    assert pp.high_percentile(np.zeros((5, 5, 5))) == 0
+
+
+def test_unknown_training_data_is_said():
+    """A model without its _training.json: its sources are neither 'seen' nor 'unseen'."""
+    from samri_ml.masking.evaluate import by_source, report
+
+    rows = [{"scan": "emory/T2", "source": "emory", "reference": "template", "dice": 0.9,
+             "r_image_reference": 0.8, "r_image_predicted": float("nan"),
+             "r_reference_predicted": 0.9, "volume_reference": 10, "volume_predicted": 9,
+             "seconds": 0.1, "error": ""}]
+    assert by_source(rows, [], training_known=False)[0]["seen_in_training"] is None
+    assert by_source(rows, [])[0]["seen_in_training"] is True
+    assert by_source(rows, ["emory"], training_known=False)[0]["seen_in_training"] is False
+    assert "unknown" in report(rows, [], training_known=False)

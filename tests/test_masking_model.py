@@ -181,8 +181,11 @@ def _garbage(tmp_path):
     nb.save(nb.Nifti1Image(np.ones((20, 20), np.float32), aff), flat)
     text = tmp_path / "text.nii.gz"
     text.write_text("not an image\n")
+    rgb = tmp_path / "rgb.nii.gz"  # RGB24: a record per voxel (numpy's isfinite failed on it)
+    nb.save(nb.Nifti1Image(np.zeros((20, 20, 20), [("R", "u1"), ("G", "u1"), ("B", "u1")]),
+                           aff), rgb)
     return {"all zero": zeros, "NaN": nan, "2D": flat, "not an image": text,
-            "missing": tmp_path / "missing.nii.gz"}  # fmt: skip
+            "missing": tmp_path / "missing.nii.gz", "RGB": rgb}  # fmt: skip
 
 
 def test_cli_refuses_garbage_with_one_line(tmp_path):
@@ -193,6 +196,39 @@ def test_cli_refuses_garbage_with_one_line(tmp_path):
         code = main([str(path), str(out)])
         assert code == 1, what
         assert not out.exists(), f"{what}: no mask may be written"
+
+
+def test_a_model_that_is_no_masker_is_refused_in_one_line(tmp_path, phantom, capsys):
+    """The plate embedding given as --model used to fail deep in TensorFlow (a reshape of
+    14912 values into 182672)."""
+    from samri_ml.cli.mask import main
+    from samri_ml.plates.identify import default_model_dir
+
+    src = tmp_path / "t2.nii.gz"
+    nb.save(phantom["T2w"], src)
+    plate_model = default_model_dir() / "plates_embedding.keras"
+    assert main([str(src), str(tmp_path / "m.nii.gz"), "--model", str(plate_model)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a brain-masking model" in err[0] and "224" in err[0], err
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_a_brain_in_a_large_zero_grid_is_masked(phantom):
+    """A skull-stripped brain padded onto a grid 125 times its own: under 1 % of the voxels are
+    not zero, so the 99th percentile (the seed's clip) was 0 and the image was refused as having
+    "no positive intensities"; the 99th percentile of the positive voxels is used then."""
+    truth = np.asarray(phantom["mask"].dataobj) > 0
+    brain = np.asarray(phantom["T2w"].dataobj, np.float32) * truth
+    box = tuple(slice(a.min(), a.max() + 1) for a in np.nonzero(truth))
+    brain, truth = brain[box], truth[box]
+    pads = [(2 * n, 2 * n) for n in brain.shape]
+    big = np.pad(brain, pads)
+    assert np.percentile(big, 99) == 0
+    mask = np.asarray(predict_mask(nb.Nifti1Image(big, phantom["T2w"].affine)).dataobj) > 0
+    inner = tuple(slice(2 * n, 3 * n) for n in brain.shape)
+    assert mask.sum() == mask[inner].sum()  # nothing outside the brain's box
+    alone = np.asarray(predict_mask(nb.Nifti1Image(brain, phantom["T2w"].affine)).dataobj) > 0
+    assert dice(mask[inner], alone) >= 0.95, dice(mask[inner], alone)
 
 
 def test_cli_garbage_message_is_one_line(tmp_path):

@@ -258,6 +258,43 @@ def test_truncated_jpeg_is_refused(tmp_path):
         assert "\n" not in str(e.value)
 
 
+def test_truncated_png_and_misnamed_files(tmp_path, capfd):
+    """A PNG cut short is refused in one line (libpng printed its own line first); a file is
+    read by its content, not its name: a PNG named .jpg reads, a JPEG named .png too."""
+    import cv2
+
+    b = _brain(300, 400)
+    cv2.imwrite(str(tmp_path / "b.png"), b)
+    cv2.imwrite(str(tmp_path / "b.jpg"), b, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    png, jpg = (tmp_path / "b.png").read_bytes(), (tmp_path / "b.jpg").read_bytes()
+    (tmp_path / "png.jpg").write_bytes(png)
+    (tmp_path / "jpg.png").write_bytes(jpg)
+    assert np.array_equal(read_image(tmp_path / "png.jpg"), b)
+    assert np.array_equal(read_image(tmp_path / "jpg.png"), read_image(tmp_path / "b.jpg"))
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    capfd.readouterr()
+    with pytest.raises(SamriMLError, match="truncated or corrupt PNG") as e:
+        read_image(tmp_path / "cut.png")
+    assert "\n" not in str(e.value)
+    assert capfd.readouterr().err == ""  # nothing from libpng
+
+
+def test_one_colour_rgb_reads_its_channel(tmp_path):
+    """A section exported in one colour (DAPI blue: only the blue channel set) reads as that
+    channel; through the grey conversion its 255 levels became 29."""
+    import cv2
+
+    b = _brain()
+    for c in range(3):
+        rgb = np.zeros((*b.shape, 3), np.uint8)
+        rgb[..., c] = b
+        cv2.imwrite(str(tmp_path / f"c{c}.png"), rgb)
+        assert np.array_equal(read_image(tmp_path / f"c{c}.png"), b)
+    two = np.dstack([b, b // 2, np.zeros_like(b)])  # two channels: the usual grey
+    cv2.imwrite(str(tmp_path / "two.png"), two)
+    assert np.array_equal(read_image(tmp_path / "two.png"), cv2.cvtColor(two, cv2.COLOR_BGR2GRAY))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(SamriMLError, match="no such file"):
         read_image(tmp_path / "nope.png")

@@ -194,6 +194,42 @@ def test_json_may_not_overwrite_an_input_image(tmp_path, plate_thumbs, capsys):
     assert sec.read_bytes() == before and not (tmp_path / "o.tif").exists()
 
 
+def test_evaluate_plates_checks_its_json_before_it_runs(tmp_path, plate_thumbs, capsys):
+    """samri_ml-evaluate-plates --json used to overwrite an input section, and an unwritable
+    or missing folder failed only after the whole evaluation, with a raw OSError."""
+    import cv2
+
+    from samri_ml.cli.evaluate_plates import main
+
+    sec = tmp_path / "70.png"
+    cv2.imwrite(str(sec), plate_thumbs[70])
+    before = sec.read_bytes()
+    for args, words in (
+        (["--json", str(sec)], "one of the input images"),
+        (["--json", str(tmp_path / "o.png")], "image file name"),
+        (["--json", str(tmp_path / "nodir" / "m.json")], "its folder does not exist"),
+        (["--json", str(tmp_path)], "is a folder"),
+        (["--method", "mi-affine", "--size", "0"], "at least 16 px"),
+    ):
+        assert main(["--images", str(tmp_path), *args]) == 2
+        assert words in capsys.readouterr().err
+    assert sec.read_bytes() == before
+
+
+def test_the_same_file_spelt_twice_is_ranked_once(tmp_path, plate_thumbs, capsys, monkeypatch):
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+
+    cv2.imwrite(str(tmp_path / "s.png"), plate_thumbs[70])
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["s.png", "./s.png", str(tmp_path / "s.png"), "--no-regions", "--json",
+                 str(out)]) == 0
+    assert "2 image path(s) given more than once" in capsys.readouterr().err
+    assert list(json.loads(out.read_text())) == ["s.png"]  # the first spelling
+
+
 def test_an_index_of_another_model_is_refused_in_one_line(tmp_path, plate_thumbs, capsys):
     """The multimodal index (128-d) with the default model (192-d) used to fail inside
     tf.function with a 960-character TypeError."""

@@ -461,7 +461,8 @@ def test_identify_plate_refuses_bad_images(case, tmp_path, capsys):
     last = err.strip().splitlines()[-1]
     assert last.startswith("samri_ml-identify-plate: error: ") and "Traceback" not in err
     assert str(path) in last
-    assert ("no such file" in last) if case == "missing" else ("not a readable image" in last)
+    assert {"missing": "no such file", "text": "not a readable image",
+            "truncated_png": "truncated or corrupt PNG"}[case] in last
     assert snapshot(tmp_path) == before
 
 

@@ -181,6 +181,30 @@ def probe_writable(folder) -> None:
         pass
 
 
+def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
+                      example: str = "out.json") -> None:
+    """Refuse (a usage error, before any work) an output file ``path`` given as ``option`` that
+    would overwrite one of ``inputs``, whose name ends in one of ``refused_suffixes`` (an image
+    or volume name: a slip of the arguments' order), that is a folder, or whose folder is
+    missing or not writable."""
+    from pathlib import Path
+
+    out = Path(path).resolve()
+    if not out.parent.is_dir():
+        parser.error(f"{option} {path}: its folder does not exist")
+    if out in {Path(p).resolve() for p in inputs}:
+        parser.error(f"{option} {path} is one of the input images; it would be overwritten")
+    if out.name.lower().endswith(tuple(refused_suffixes)):
+        parser.error(f"{option} {path}: an image file name; hint: name it {example}")
+    if out.is_dir():
+        parser.error(f"{option} {path} is a folder; hint: name a file, e.g. "
+                     f"{Path(path) / example}")
+    try:  # up front, not after the work is done
+        probe_writable(out.parent)
+    except OSError as err:
+        parser.error(f"{option} {path}: its folder is not writable ({err.strerror})")
+
+
 def add_version_option(parser) -> None:
     """``--version``: the program's name and samri_ml's version."""
     from samri_ml import __version__

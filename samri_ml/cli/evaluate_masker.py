@@ -17,11 +17,14 @@ from samri_ml.cli._common import (
     add_flip_option,
     add_masker_data_options,
     add_views_option,
+    check_output_file,
     run_cli,
 )
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-evaluate-masker"
+#: the sources of ../shared/data/mri that have reference masks (:func:`real_scans`)
+SOURCES = ("dama", "sammba", "emory", "templates")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -38,7 +41,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--sources",
         nargs="*",
         default=None,
-        help="only these sources (dama sammba emory templates)",
+        choices=SOURCES,
+        help="only these sources",
     )
     p.add_argument(
         "--held-out",
@@ -61,11 +65,13 @@ def get_parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
-def _held_out(model_path: Path) -> list[str]:
+def _held_out(model_path: Path) -> list[str] | None:
+    """The sources the model was not trained on, from its ``_training.json``; None where there
+    is none (what it was trained on is unknown)."""
     info = model_path.with_name(model_path.stem + "_training.json")
     if info.is_file():
         return list(json.loads(info.read_text())["config"]["holdout"])
-    return []
+    return None
 
 
 def phantom_scans(seed: int = 0):
@@ -89,7 +95,14 @@ def phantom_scans(seed: int = 0):
 
 
 def _main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    for option, path, example in (("--json", args.json, "rows.json"),
+                                  ("--rst", args.rst, "tables.rst")):
+        if path is not None:  # up front: the evaluation takes minutes
+            check_output_file(parser, option, path, refused_suffixes=(".nii", ".nii.gz"),
+                              example=example)
+    from samri_ml.io import json_dumps
     from samri_ml.masking.data import real_scans, shared_data_dir
     from samri_ml.masking.evaluate import by_source, evaluate, report
     from samri_ml.masking.predict import default_model_path, load_model
@@ -99,20 +112,28 @@ def _main(argv=None) -> int:
         raise SamriMLError(f"{data_dir}: data folder not found; hint: pass --data-dir")
     model_path = args.model or default_model_path()
     held_out = args.held_out if args.held_out is not None else _held_out(model_path)
-    all_sources = ("dama", "sammba", "emory", "templates")
-    skip = tuple(s for s in all_sources if args.sources and s not in args.sources)
+    known = held_out is not None  # else nothing is known of what the model was trained on
+    held_out = list(held_out or [])
+    skip = tuple(s for s in SOURCES if args.sources and s not in args.sources)
     scans = real_scans(data_dir, args.cache_dir, skip=skip, stripped_rim=args.stripped_rim)
     if args.phantom:
         scans += phantom_scans()
-        held_out = [*held_out, "phantom"]
+        held_out = [*held_out, "phantom"]  # made here: never trained on
     if not scans:
         raise SamriMLError(f"no scans with masks found under {data_dir}")
+    if not known:
+        print(f"{PROG}: note: {model_path} has no _training.json beside it and --held-out was "
+              "not given: which sources it was trained on is unknown", file=sys.stderr)
     rows = evaluate(scans, load_model(model_path), tuple(args.views), flip=args.flip)
-    text = report(rows, held_out)
+    for r in rows:
+        if r["error"]:  # scored as an empty mask (Dice 0): say why
+            print(f"{PROG}: note: {r['scan']}: {r['error']}", file=sys.stderr)
+    text = report(rows, held_out, known)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "by_source": by_source(rows, held_out),
-                                         "held_out": held_out}, indent=1))  # fmt: skip
+        args.json.write_text(json_dumps({"rows": rows, "by_source": by_source(rows, held_out,
+                                                                               known),
+                                         "held_out": held_out if known else None}, indent=1))
     if args.rst:
         args.rst.write_text(text)
     return 0

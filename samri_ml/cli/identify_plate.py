@@ -11,7 +11,7 @@ from samri_ml.cli._common import (
     add_plate_model_options,
     add_threads_option,
     add_version_option,
-    probe_writable,
+    check_output_file,
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
@@ -54,21 +54,7 @@ def _check_args(parser, args) -> None:
         if not Path(im).exists():
             parser.error(f"{im}: no such file")
     if args.json:
-        out = Path(args.json).resolve()
-        if not out.parent.is_dir():
-            parser.error(f"--json {args.json}: its folder does not exist")
-        if out in {Path(im).resolve() for im in args.images}:
-            parser.error(f"--json {args.json} is one of the input images; it would be "
-                         "overwritten")
-        if out.suffix.lower() in IMAGE_SUFFIXES:
-            parser.error(f"--json {args.json}: an image file name; hint: name it OUT.json")
-        if out.is_dir():
-            parser.error(f"--json {args.json} is a folder; hint: name a file, e.g. "
-                         f"{Path(args.json) / 'plates.json'}")
-        try:  # up front, not after every image was ranked
-            probe_writable(out.parent)
-        except OSError as err:
-            parser.error(f"--json {args.json}: its folder is not writable ({err.strerror})")
+        check_output_file(parser, "--json", args.json, args.images, IMAGE_SUFFIXES, "OUT.json")
 
 
 #: images read and ranked at a time: one line each is printed as a chunk is done, and the
@@ -86,11 +72,16 @@ def run(args) -> int:
     # CHUNK images at a time: one that cannot be read is named at the end, the others are
     # still ranked; each line is printed as its chunk is done
     results, bad, ident = {}, [], None
-    twice = len(args.images) - len(dict.fromkeys(map(str, args.images)))
-    if twice:  # the results are keyed by path: one entry each
+    # the results are keyed by path as given: one entry per file (the first spelling of
+    # a file given twice, e.g. as 84.png and ./84.png)
+    first = {}
+    for im in args.images:
+        first.setdefault(Path(im).resolve(), im)
+    twice = len(args.images) - len(first)
+    if twice:
         print(f"{PROG}: note: {twice} image path(s) given more than once, ranked once",
               file=sys.stderr)
-        args.images = list(dict.fromkeys(args.images))
+        args.images = list(first.values())
     for start in range(0, len(args.images), CHUNK):
         paths, imgs = [], []
         for path in args.images[start:start + CHUNK]:

@@ -75,10 +75,11 @@ def evaluate(scans, model, views=ALL_VIEWS, flip: bool = True) -> list[dict]:
 TRUSTED_REFERENCES = ("manual", "template")
 
 
-def by_source(rows, held_out=()) -> list[dict]:
+def by_source(rows, held_out=(), training_known: bool = True) -> list[dict]:
     """Median Dice (and count, min) per source, over the held-out (unseen) sources, and over
     the unseen scans whose reference is a manual or template mask (:data:`TRUSTED_REFERENCES`:
-    not an algorithmic, registered or phantom one)."""
+    not an algorithmic, registered or phantom one). ``seen_in_training`` is None for a source
+    not in ``held_out`` when the model's training data is not known (``training_known``)."""
     out = []
     sources = sorted({r["source"] for r in rows})
     groups = [(s, [r for r in rows if r["source"] == s]) for s in sources]
@@ -94,8 +95,9 @@ def by_source(rows, held_out=()) -> list[dict]:
         d = np.array([r["dice"] for r in rs])
         out.append({
             "source": name, "n": len(rs), "median_dice": float(np.median(d)),
-            "min_dice": float(d.min()), "seen_in_training": name not in held_out
-            and not name.startswith("unseen"),
+            "min_dice": float(d.min()),
+            "seen_in_training": False if name in held_out or name.startswith("unseen")
+            else (True if training_known else None),
             "median_seconds": float(np.median([r["seconds"] for r in rs])),
         })  # fmt: skip
     return out
@@ -111,7 +113,7 @@ def rst_table(header, rows) -> str:
     return "\n".join(lines + [rule])
 
 
-def report(rows, held_out=()) -> str:
+def report(rows, held_out=(), training_known: bool = True) -> str:
     """Per-scan table (Dice, correlations, volumes, seconds) and per-source medians, as RST."""
     per_scan = rst_table(
         ["scan", "reference mask", "Dice", "r(I,R)", "r(I,P)", "r(R,P)", "vol P/R", "s"],
@@ -125,9 +127,10 @@ def report(rows, held_out=()) -> str:
     summary = rst_table(
         ["source", "scans", "seen in training", "median Dice", "min Dice", "median s"],
         [
-            [s["source"], s["n"], "yes" if s["seen_in_training"] else "no",
+            [s["source"], s["n"], {True: "yes", False: "no", None: "unknown"}[
+                s["seen_in_training"]],
              f"{s['median_dice']:.3f}", f"{s['min_dice']:.3f}", f"{s['median_seconds']:.2f}"]
-            for s in by_source(rows, held_out)
+            for s in by_source(rows, held_out, training_known)
         ],
     )  # fmt: skip
     return per_scan + "\n\n" + summary + "\n"

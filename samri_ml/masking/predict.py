@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from samri_ml.errors import SamriMLError, SamriMLNote
+from samri_ml.io import nifti_class
 from samri_ml.masking import preprocess as pp
 from samri_ml.masks import fill_holes, largest_component
 
@@ -38,7 +39,29 @@ def _load_cached(path: str, mtime: float):
 
     keras = import_keras()
     model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+    check_masker(model, path)
     return mark_for_inference(model)
+
+
+def check_masker(model, path) -> None:
+    """Refuse a model that does not map 64 x 64 x 1 slices to a 64 x 64 (x 1) probability map
+    (e.g. the plate embedding), which TensorFlow would only refuse deep in a reshape."""
+
+    def fits(shape, channels) -> bool:
+        shape = tuple(shape)[1:]
+        want = (pp.SIZE, pp.SIZE, *channels)
+        return len(shape) == len(want) and all(s in (None, w) for s, w in zip(shape, want,
+                                                                              strict=True))
+
+    try:
+        ok = fits(model.input_shape, (1,)) and (fits(model.output_shape, (1,))
+                                                or fits(model.output_shape, ()))
+    except (AttributeError, TypeError, ValueError):  # several inputs or outputs
+        ok = False
+    if not ok:
+        shape = getattr(model, "input_shape", "?")
+        raise SamriMLError(f"{path}: not a brain-masking model (it takes {shape} inputs; a "
+                           f"masker maps {pp.SIZE}x{pp.SIZE}x1 slices to brain probabilities)")
 
 
 def load_model(path=None):
@@ -357,7 +380,7 @@ def predict_mask(
                       "subtract the background level first", SamriMLNote, stacklevel=2)
     mask = pp.from_ras(mask_ras.astype(np.uint8), ornt)
     header = img.header.copy() if isinstance(img, nb.Nifti1Image) else None
-    out = nb.Nifti1Image(mask.astype(np.uint8), img.affine, header)
+    out = nifti_class(img)(mask.astype(np.uint8), img.affine, header)
     out.set_data_dtype(np.uint8)
     out.header["scl_slope"] = 1
     out.header["scl_inter"] = 0
@@ -370,7 +393,6 @@ def predict_mask(
 
 def apply_mask(img, mask_img):
     """The image multiplied by the mask (4D: every volume); float32 image on the input grid."""
-    import nibabel as nb
 
     data = np.asarray(img.dataobj, dtype=np.float32)
     mask = np.asarray(mask_img.dataobj) > 0
@@ -378,7 +400,7 @@ def apply_mask(img, mask_img):
         data = data * mask[..., None]
     else:
         data = data * mask
-    out = nb.Nifti1Image(data.astype(np.float32), img.affine, img.header.copy())
+    out = nifti_class(img)(data.astype(np.float32), img.affine, img.header.copy())
     out.set_data_dtype(np.float32)
     out.header["scl_slope"] = 1
     out.header["scl_inter"] = 0

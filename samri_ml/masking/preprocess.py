@@ -99,8 +99,16 @@ BACKGROUND_NOTE_FRACTION = 0.1
 
 
 def high_percentile(volume: np.ndarray) -> float:
-    """The 99th percentile of a volume, as :func:`normalise` clips it (float32)."""
-    return np.percentile(np.asarray(volume, dtype=np.float32), 99)
+    """The 99th percentile of a volume, as :func:`normalise` clips it (float32). Where it is
+    not positive although some voxels are (a brain in under 1 % of a zero-padded grid), the
+    99th percentile of the positive voxels."""
+    volume = np.asarray(volume, dtype=np.float32)
+    high = np.percentile(volume, 99)
+    if not high > 0:
+        positive = volume[volume > 0]
+        if positive.size:
+            high = np.percentile(positive, 99)
+    return high
 
 
 def background_fraction(volume: np.ndarray, high: float | None = None) -> float:

@@ -20,6 +20,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MIN_SIDE = 16  # px; anything smaller carries no anatomy worth ranking
 
 _LABEL_RE = re.compile(r"^(\d+)")
+JPEG_MAGIC = b"\xff\xd8"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def label_from_name(path) -> int:
@@ -50,9 +52,15 @@ def _to_uint8(img: np.ndarray, path) -> np.ndarray:
             import cv2
 
             rgb = img[..., :3]
-            if rgb.dtype not in (np.uint8, np.uint16, np.float32):
-                rgb = rgb.astype(np.float32)
-            img = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
+            live = [c for c in range(3) if rgb[..., c].max() > rgb[..., c].min()]
+            if len(live) == 1:
+                # one stain in one colour (a DAPI-blue export): that channel, whole; the grey
+                # of blue alone would span 29 levels of 255
+                img = np.ascontiguousarray(rgb[..., live[0]])
+            else:
+                if rgb.dtype not in (np.uint8, np.uint16, np.float32):
+                    rgb = rgb.astype(np.float32)
+                img = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
         elif img.shape[2] == 1:
             img = img[..., 0]
         elif img.shape[0] in (1, 3, 4) and img.shape[1] > 4:  # channels first
@@ -105,10 +113,15 @@ def read_image(path) -> np.ndarray:
     data = None
     if p.suffix.lower() in (".jpg", ".jpeg", ".png"):
         data = p.read_bytes()  # read once: checked, decoded, searched for its EXIF
-        if p.suffix.lower() != ".png" and not _jpeg_complete(data):
+        # by the content, not the name (a PNG saved as .jpg is a PNG)
+        if data[:2] == JPEG_MAGIC and not _jpeg_complete(data):
             # libjpeg warns on stderr and OpenCV fills the missing rows with grey
             raise SamriMLError(f"{path}: truncated or corrupt JPEG (it ends before its last "
                                "scan does); hint: copy or export it again")
+        if data[:8] == PNG_MAGIC and not _png_complete(data):
+            # libpng would print its own error line before ours
+            raise SamriMLError(f"{path}: truncated or corrupt PNG (it ends before its last "
+                               "chunk does); hint: copy or export it again")
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     else:
         img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
@@ -154,7 +167,7 @@ def _jpeg_complete(data: bytes) -> bool:
     and restart markers are data), and the file must reach ``FF D9``. A cut file ends inside a
     scan."""
     n, i = len(data), 2
-    if data[:2] != b"\xff\xd8":
+    if data[:2] != JPEG_MAGIC:
         return False
     while i + 1 < n:
         if data[i] != 0xFF:
@@ -184,18 +197,28 @@ def _jpeg_complete(data: bytes) -> bool:
     return False
 
 
-def _png_has_exif(data: bytes) -> bool:
-    """Whether a PNG file's chunks (walked by their lengths up to ``IEND``) hold an ``eXIf``
-    chunk."""
+def _png_chunks(data: bytes):
+    """The chunk types of a PNG file, walked by their lengths, up to ``IEND``; a chunk whose
+    data runs past the end of the file is not given (a truncated file)."""
     i = 8
     while i + 8 <= len(data):
         kind = data[i + 4:i + 8]
-        if kind == b"eXIf":
-            return True
-        if kind == b"IEND":
-            return False
         i += 12 + int.from_bytes(data[i:i + 4], "big")
-    return False
+        if i > len(data):
+            return
+        yield kind
+        if kind == b"IEND":
+            return
+
+
+def _png_has_exif(data: bytes) -> bool:
+    """Whether a PNG file's chunks hold an ``eXIf`` chunk."""
+    return b"eXIf" in _png_chunks(data)
+
+
+def _png_complete(data: bytes) -> bool:
+    """Whether a PNG file's chunks run whole to its ``IEND`` chunk."""
+    return b"IEND" in _png_chunks(data)
 
 
 def _exif_orientation(path: Path, data: bytes | None = None) -> int:
@@ -203,7 +226,7 @@ def _exif_orientation(path: Path, data: bytes | None = None) -> int:
     ``data``: the file's bytes, where read already. A PNG without an ``eXIf`` chunk has none:
     Pillow would decode the whole image to look for one after the pixel data (6-7 ms for a
     1024 px section, a fifth of reading it)."""
-    if data is not None and data[:8] == b"\x89PNG\r\n\x1a\n" and not _png_has_exif(data):
+    if data is not None and data[:8] == PNG_MAGIC and not _png_has_exif(data):
         return 1
     try:
         from PIL import Image
