@@ -101,18 +101,28 @@ def atomic_write_text(text: str, dst) -> Path:
 
 
 def write_dataset_description(out_dir, source_dir, version: str, command: str) -> Path:
-    """BIDS-Derivatives ``dataset_description.json`` with ``GeneratedBy``."""
+    """BIDS-Derivatives ``dataset_description.json`` with ``GeneratedBy``.
+
+    ``GeneratedBy`` keeps the entries of earlier runs into the same folder (other subjects'
+    derivatives may come from other options; each run used to replace the list with its own
+    command), each distinct command once, this run's last."""
+    this = {"Name": "samri_ml", "Version": version, "CodeURL": "https://pypi.org/project/samri_ml/",
+            "Description": command}
+    path = Path(out_dir) / "dataset_description.json"
+    earlier = []
+    try:
+        old = json.loads(path.read_text()).get("GeneratedBy", [])
+        earlier = [g for g in old if isinstance(g, dict) and g != this]
+    except (OSError, ValueError, AttributeError):  # none yet, or not ours to keep
+        pass
     desc = {
         "Name": "samri_ml registration",
         "BIDSVersion": "1.8.0",
         "DatasetType": "derivative",
-        "GeneratedBy": [
-            {"Name": "samri_ml", "Version": version, "CodeURL": "https://pypi.org/project/samri_ml/",
-             "Description": command}
-        ],
+        "GeneratedBy": [*earlier, this],
         "SourceDatasets": [{"URL": Path(source_dir).resolve().as_uri()}],
     }
-    return atomic_write_text(json.dumps(desc, indent=2) + "\n", Path(out_dir) / "dataset_description.json")
+    return atomic_write_text(json.dumps(desc, indent=2) + "\n", path)
 
 
 def sidecar_path(path) -> Path:

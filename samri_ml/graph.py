@@ -29,17 +29,30 @@ def write_workflow_graph(workflow, out_base, graph2use: str = "colored", fmt: st
         raise ValueError(f"graph2use must be one of {GRAPH_TYPES}")
     out_base = Path(out_base)
     out_base.parent.mkdir(parents=True, exist_ok=True)
-    if shutil.which("dot") and not force_fallback:
-        workflow.write_graph(dotfilename=str(out_base) + ".dot", graph2use=graph2use, format=fmt,
-                             simple_form=True)
-        produced = sorted(out_base.parent.glob(f"{out_base.name}*.{fmt}"),
-                          key=lambda p: p.stat().st_mtime)
-        if produced:
-            return produced[-1], "Graphviz"
+    why = "pure-Python drawing"
+    if force_fallback:
+        pass
+    elif shutil.which("dot"):
+        import time
+
+        started = time.time()
+        try:
+            workflow.write_graph(dotfilename=str(out_base) + ".dot", graph2use=graph2use,
+                                 format=fmt, simple_form=True)
+        except Exception as err:  # noqa: BLE001 - Nipype raises what dot's failure gives it
+            why += f" (Graphviz 'dot' failed: {type(err).__name__})"
+        else:
+            produced = sorted((p for p in out_base.parent.glob(f"{out_base.name}*.{fmt}")
+                               if p.stat().st_mtime >= started - 1),
+                              key=lambda p: p.stat().st_mtime)
+            if produced:
+                return produced[-1], "Graphviz"
+            why += " (Graphviz 'dot' failed: it wrote no picture)"
+    else:
+        why += " (Graphviz 'dot' not found)"
     path = Path(f"{out_base}.{fmt}")
     _draw_layered(workflow, path, graph2use)
-    return path, "pure-Python drawing (Graphviz 'dot' not found)" if not force_fallback else \
-        "pure-Python drawing"
+    return path, why
 
 
 def _node_graph(workflow, graph2use):

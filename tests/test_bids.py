@@ -87,3 +87,24 @@ def test_stale_figures_only_of_the_sessions_run(tmp_path):
     source = "/data/sub-01/ses-2/anat/sub-01_ses-2_T2w.nii.gz"
     assert stale_files(tmp_path / "out", [], [source], figures_before=time.time()) == [
         figs / "sub-01_ses-2_T2w_desc-mask.png"]
+
+
+def test_dataset_description_keeps_earlier_runs_commands(tmp_path):
+    """A run into an existing OUTPUT_DIR used to replace GeneratedBy with its own command,
+    although the other subjects' derivatives came from the earlier runs' options."""
+    import json
+
+    from samri_ml.bids import write_dataset_description
+
+    out = tmp_path / "deriv"
+    out.mkdir()
+    for command in ("samri_ml-register bids out --participant-label 01",
+                    "samri_ml-register bids out --participant-label 02 --masking unet",
+                    "samri_ml-register bids out --participant-label 01"):
+        path = write_dataset_description(out, tmp_path / "bids", "1.0", command)
+    got = [g["Description"] for g in json.loads(path.read_text())["GeneratedBy"]]
+    assert got == ["samri_ml-register bids out --participant-label 02 --masking unet",
+                   "samri_ml-register bids out --participant-label 01"]
+    path.write_text("{not json")  # a broken file is replaced, not a failure
+    got = json.loads(write_dataset_description(out, tmp_path / "bids", "1.0", "x").read_text())
+    assert [g["Description"] for g in got["GeneratedBy"]] == ["x"]

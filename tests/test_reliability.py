@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -242,6 +243,19 @@ def test_bad_input_one_line_error(case, tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+def test_plugin_args_key_value_values_are_typed():
+    """``--plugin-args n_procs=2`` gave Nipype the string '2' (a TypeError comparing it with
+    ints) and ``raise_insufficient=false`` the string 'false', which is true."""
+    from samri_ml.cli.register import _plugin_args
+
+    got = _plugin_args("n_procs=2,memory_gb=0.5,raise_insufficient=false,overwrite=True,"
+                       "sbatch_args=--partition=short --time=1:00:00,template=none")
+    assert got == {"n_procs": 2, "memory_gb": 0.5, "raise_insufficient": False,
+                   "overwrite": True, "sbatch_args": "--partition=short --time=1:00:00",
+                   "template": None}
+    assert _plugin_args('{"n_procs": 2}') == {"n_procs": 2}
+
+
 def test_verbose_shows_the_traceback(tmp_path, capsys):
     make_dataset(tmp_path)
     _truncate(tmp_path / TEMPLATE)
@@ -294,6 +308,19 @@ def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
                "straight to the template" in n for n in args.scan_notes), args.scan_notes
     assert main([*argv, "--session-label", "2", "--dry-run"]) == 0
     assert "note: no structural scan in sub-03 ses-2" in capsys.readouterr().err
+
+
+def test_a_run_too_short_for_slice_timing_is_named(tmp_path, capsys):
+    """5 volumes less 3 dummy scans leave 2, too few for slice timing: said before the run
+    (its sidecar said SliceTimingCorrected false, and nothing else did)."""
+    make_dataset(tmp_path)
+    argv = _argv(tmp_path, [])  # --dry-run, --dummy-scans 2: 3 volumes kept, corrected
+    assert main(argv) == 0
+    assert "not slice-timing corrected" not in capsys.readouterr().err
+    assert main([*argv, "--dummy-scans", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "note: 1 functional run(s) with fewer than 3 volumes after the dummy scans, not " \
+        "slice-timing corrected: sub-01_ses-1_task-rest_bold.nii.gz" in err, err
 
 
 def test_no_fov_check_lets_scaled_headers_through(tmp_path, capsys):
@@ -561,6 +588,14 @@ def test_unknown_plugin_and_unreachable_slurm_are_one_line_errors(tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1, err
         assert f"--plugin {plugin}: {program} not found on PATH; hint:" in err, err
+    # Debug (it takes a Python callable) and IPython without ipyparallel failed only after
+    # OUTPUT_DIR, its lock and work dir were made
+    assert main([*argv, "--plugin", "Debug"]) == 2
+    assert "unknown --plugin 'Debug'" in capsys.readouterr().err
+    if importlib.util.find_spec("ipyparallel") is None:
+        assert main([*argv, "--plugin", "IPython"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "ipyparallel is not installed" in err, err
     assert snapshot(tmp_path) == before
 
 

@@ -81,3 +81,28 @@ def test_slurm_outputs_match_multiproc(slurm_run, example_dataset, tmp_path_fact
     # the same programs with the same inputs, seeds and thread counts, on the same machine:
     # a job scheduler changes where and when a node runs, not what it computes
     assert all(d["identical"] for d in diff.values()), diff
+
+
+def test_slurm_graph_submits_and_a_linear_rerun_reports(cluster, example_dataset,
+                                                       tmp_path_factory):
+    """``--plugin SLURMGraph`` submits every job with its dependencies and returns: it used to
+    write reports of a run not yet done (every scan "failed or not run") and then fail with a
+    FileNotFoundError on a sink's result file. Once the jobs are done, the same command with
+    ``--plugin Linear`` reuses every step and writes the reports."""
+    root = tmp_path_factory.mktemp("slurm_graph")
+    plugin_args = {"sbatch_args": "--partition=samriml --cpus-per-task=1 --time=60"}
+    before = len(cluster.completed_jobs())
+    proc = run_register(example_dataset, root / "out", root / "work", "--plugin", "SLURMGraph",
+                        "--plugin-args", json.dumps(plugin_args), env=cluster.env)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "submitted; the jobs run under the scheduler" in last, proc.stderr[-2000:]
+    assert not (root / "out" / "sub-01.html").exists()  # nothing to report on yet
+    cluster.wait_for_jobs(timeout=900)
+    jobs = cluster.completed_jobs()[before:]
+    assert jobs and all(j.get("JobState") == "COMPLETED" for j in jobs), jobs
+    proc = run_register(example_dataset, root / "out", root / "work", "--plugin", "Linear")
+    assert "finished; derivatives in" in proc.stderr.strip().splitlines()[-1]
+    assert (root / "out" / "sub-01.html").is_file()
+    reference = reference_run(example_dataset, tmp_path_factory.mktemp("reference"))
+    diff = compare_outputs(reference["out"], root / "out")
+    assert diff and all(d["identical"] for d in diff.values()), diff

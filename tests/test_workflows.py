@@ -129,6 +129,29 @@ def test_graph_command_of_the_readme_draws_every_workflow(workflow, tmp_path, ca
         assert "qc" in svg.read_text().lower()
 
 
+def test_graph_command_refuses_what_it_would_not_draw(tmp_path, capsys):
+    """``samri_ml-graph generic --masking input`` drew the unmasked workflow without a word."""
+    from samri_ml.cli.graph import main
+
+    assert main(["generic", str(tmp_path / "g"), "--masking", "input"]) == 2
+    assert "--masking input: the generic workflow" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_failing_graphviz_is_named(tmp_path, monkeypatch):
+    """A ``dot`` on PATH that fails: the pure-Python picture, said as such (it said "dot not
+    found")."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dot").write_text("#!/bin/sh\necho 'dot: broken' >&2\nexit 1\n")
+    (fake / "dot").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
+    wf = init_structural_wf(flavour="fast")
+    path, how = write_workflow_graph(wf, tmp_path / "g", graph2use="flat")
+    assert path.is_file() and path.stat().st_size > 5000
+    assert how.startswith("pure-Python drawing (Graphviz 'dot' failed"), how
+
+
 def test_resampled_run_keeps_its_repetition_time(tmp_path, monkeypatch):
     """antsApplyTransforms writes 1.0 as pixdim[4]; the run in template space must keep its TR
     (the sidecar's RepetitionTime, else the input header's)."""
@@ -254,3 +277,19 @@ def test_interfaces_and_workflows_import_without_tensorflow():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("factory", [init_structural_wf, init_functional_wf])
+def test_building_a_workflow_puts_ants_on_path(factory, monkeypatch):
+    """The README's Python API with the virtual environment not activated (its bin/ not on
+    PATH) failed at run time with 'No command "N4BiasFieldCorrection" found on host'."""
+    import shutil
+
+    from samri_ml.ants import scripts_dir
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if shutil.which("antsRegistration"):
+        pytest.skip("a system ANTs is on /usr/bin: it is kept")
+    factory()
+    for program in ("N4BiasFieldCorrection", "antsRegistration", "antsApplyTransforms"):
+        assert Path(shutil.which(program)).parent == scripts_dir(), program

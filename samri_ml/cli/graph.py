@@ -36,7 +36,12 @@ def get_parser():
 
 
 def _main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.workflow == "generic" and args.masking == "input":
+        # it used to draw the unmasked workflow without a word
+        parser.error("--masking input: the generic workflow (samri_ml-register) masks with "
+                     "none or unet; a given mask is for the structural and functional ones")
     from samri_ml.graph import write_workflow_graph
     from samri_ml.workflows import init_functional_wf, init_generic_wf, init_structural_wf
 
@@ -48,7 +53,6 @@ def _main(argv=None) -> int:
     else:
         import tempfile
 
-        masking = "none" if args.masking == "input" else args.masking
         # the QC nodes take the raw scans as File(exists=True) inputs: empty stand-ins, only
         # while the workflow is built and drawn
         tmp = tempfile.TemporaryDirectory(prefix="samri_ml-graph-")
@@ -60,7 +64,7 @@ def _main(argv=None) -> int:
                              anat_file=str(anat), bold_files=[str(bold)],
                              bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": [0.0, 0.5]}],
                              output_dir="derivatives", method=args.method, flavour=args.flavour,
-                             masking=masking, qc=True)
+                             masking=args.masking, qc=True)
     path, how = write_workflow_graph(wf, args.out, graph2use=args.graph2use, fmt=args.format,
                                      force_fallback=args.pure_python)
     print(f"{path} ({how})")

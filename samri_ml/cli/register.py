@@ -31,8 +31,12 @@ DEFAULT_FUNCTIONAL = {"datatype": "func", "suffix": ["bold", "cbv"]}
 #: seconds between Nipype's scheduler loops in a local run (``MultiProc``, ``Linear``)
 LOCAL_POLL_SECONDS = 0.5
 
+# (Nipype's Debug plugin is left out: it takes a Python callable, which no command line gives)
 PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph",
-           "LSF", "Condor", "OAR", "IPython", "Debug")
+           "LSF", "Condor", "OAR", "IPython")
+#: plugins that submit the whole graph with job dependencies and return: the jobs run after
+#: the command has ended, so there is nothing to report on yet
+GRAPH_PLUGINS = ("SLURMGraph", "SGEGraph", "PBSGraph", "CondorDAGMan")
 
 
 def _json_dict(text: str) -> dict:
@@ -55,8 +59,25 @@ def _plugin_args(text: str) -> dict:
         if "=" not in item:
             raise argparse.ArgumentTypeError(f"expected key=value in --plugin-args, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
+        out[key.strip()] = _plugin_value(value.strip())
     return out
+
+
+def _plugin_value(text: str):
+    """A ``key=value`` value as the JSON form would give it: ``2`` -> 2, ``0.5`` -> 0.5,
+    ``true``/``false`` (any case) -> bool, ``none``/``null`` -> None, else the text (Nipype
+    compared ``n_procs='2'`` with ints, and the string ``'false'`` is true)."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -225,7 +246,7 @@ def validate(args, parser) -> None:
         parser.error("--nprocs must be at least 1")
     if args.plugin is None:
         args.plugin = "Linear" if args.nprocs == 1 else "MultiProc"
-    if not hasattr(plugins, f"{args.plugin}Plugin"):
+    if args.plugin == "Debug" or not hasattr(plugins, f"{args.plugin}Plugin"):
         parser.error(f"unknown --plugin {args.plugin!r}; one of {', '.join(PLUGINS)}")
     if not args.dry_run:
         check_scheduler(args.plugin)
@@ -253,6 +274,13 @@ def check_scheduler(plugin: str) -> None:
     import shutil
     import subprocess
 
+    if plugin == "IPython":
+        import importlib.util
+
+        if importlib.util.find_spec("ipyparallel") is None:
+            raise SamriMLError("--plugin IPython: ipyparallel is not installed; hint: pip "
+                               "install ipyparallel and start a cluster (ipcluster start), or "
+                               "use --plugin MultiProc")
     programs = SCHEDULER_PROGRAMS.get(plugin)
     if programs is None:
         return
@@ -337,7 +365,7 @@ def check_scans(args, sessions) -> None:
     """
     from samri_ml.io import load_nifti
 
-    no_timing, direct = [], []
+    no_timing, direct, too_short = [], [], []
     for item in sessions:
         scans = ([(item["anat"], "structural")] if item["anat"] else [])
         scans += [(bold, "functional") for bold in item["bold"]]
@@ -365,6 +393,13 @@ def check_scans(args, sessions) -> None:
                 print(f"{PROG}: note: {path}: {img.shape[3]} volumes, not more than "
                       f"--dummy-scans {dummies}: {img.shape[3] - 1} dropped, 1 kept; hint: "
                       "--dummy-scans 0 keeps them all", file=sys.stderr)  # fmt: skip
+            if (kind == "functional" and metadata.get(path, {}).get("SliceTiming")
+                    and not getattr(args, "no_slice_timing", False)):
+                from samri_ml.func import MIN_SLICE_TIMING_VOLUMES, n_dummy_to_drop
+
+                kept = img.shape[3] - n_dummy_to_drop(img.shape[3], dummies)
+                if kept < MIN_SLICE_TIMING_VOLUMES:
+                    too_short.append(Path(path).name)
             if getattr(args, "no_fov_check", False):
                 continue
             extent = field_of_view(img)
@@ -382,6 +417,13 @@ def check_scans(args, sessions) -> None:
             f"{len(no_timing)} functional run(s) without SliceTiming in their sidecar, not "
             f"slice-timing corrected: {', '.join(no_timing[:3])}"
             f"{', ...' if len(no_timing) > 3 else ''}")
+    if too_short:
+        from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
+
+        args.scan_notes.append(
+            f"{len(too_short)} functional run(s) with fewer than {MIN_SLICE_TIMING_VOLUMES} "
+            "volumes after the dummy scans, not slice-timing corrected: "
+            f"{', '.join(too_short[:3])}{', ...' if len(too_short) > 3 else ''}")
     if direct:
         args.scan_notes.append(
             f"no structural scan in {', '.join(direct)}: its functional runs are registered "
@@ -707,6 +749,12 @@ def _main(argv=None) -> int:
                 f"{_crash_summary(crashes)}(rerun with the same -w to resume)") from err
         finally:  # in-process callers (tests, the API) get Nipype's logging back as it was
             logging.getLogger("nipype.workflow").removeFilter(quiet_failures)
+        if args.plugin in GRAPH_PLUGINS:
+            print(f"{PROG}: submitted; the jobs run under the scheduler and write the "
+                  f"derivatives into {args.output_dir}; once they have finished, run the same "
+                  "command with --plugin Linear (and the same -w) for the reports: every step "
+                  "is reused", file=sys.stderr)
+            return 0
         # the report's registration overviews do not need QC; without it there is no table
         _write_reports(args, sessions)
         _note_stale(args, sessions, graph, started)

@@ -17,6 +17,11 @@ from samri_ml.workflows.registration import (
     init_structural_wf,
 )
 
+#: the derivatives sinks run in the submitting process and **every time**: a copy is cheap,
+#: and a cached sink (its inputs unchanged) copied nothing, so a rerun did not restore a
+#: derivative deleted from OUTPUT_DIR, nor one overwritten by a run with other options
+SINK_NODE = {"run_without_submitting": True, "overwrite": True}
+
 
 def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None = None,
                     bold_files=(), bold_metadata=None, output_dir: str | None = None,
@@ -85,7 +90,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         if output_dir is None:
             return None
         ds = pe.Node(DerivativesDataSink(base_directory=str(output_dir), source_file=str(source_file),
-                                         **entities), name=name, run_without_submitting=True)
+                                         **entities), name=name, **SINK_NODE)
         if metadata:
             ds.inputs.metadata = metadata
         wf.connect(node, field, ds, "in_file")
@@ -190,7 +195,7 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
                                              source_file=str(raw_file), desc="qc",
                                              suffix="metrics", extension=ext,
                                              **({"space": space} if space else {})),
-                         name=f"ds_{prefix}_qc{ext[1:]}", run_without_submitting=True)
+                         name=f"ds_{prefix}_qc{ext[1:]}", **SINK_NODE)
             wf.connect(write, field, ds, "in_file")
 
 

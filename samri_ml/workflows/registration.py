@@ -51,6 +51,18 @@ def _check(method=None, masking=None):
         raise SamriMLError(f"unknown masking {masking!r}; one of {', '.join(MASKING)}")
 
 
+def _ants_reachable() -> None:
+    """The ANTs programs on ``PATH`` for Nipype's interfaces (:func:`samri_ml.ants.
+    ensure_ants_on_path`): a workflow built from Python, with the virtual environment not
+    activated, failed with ``No command "N4BiasFieldCorrection" found``."""
+    from samri_ml.ants import ensure_ants_on_path
+
+    try:
+        ensure_ants_on_path()
+    except RuntimeError:  # no ANTs at all: the first ANTs step says so when it runs
+        pass
+
+
 def _registration_node(name, flavour, stream, omp_nthreads, mem_gb=2, phases=None):
     reg = pe.Node(Registration(**registration_inputs(flavour, stream, phases)), name=name,
                   n_procs=omp_nthreads, mem_gb=mem_gb)
@@ -237,6 +249,7 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     out_mask : the brain mask used (``masking`` other than ``none``)
     """
     _check(masking=masking)
+    _ants_reachable()
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(["in_file", "template", "template_mask", "in_mask"]),
                         name="inputnode")
@@ -316,6 +329,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
     out_mask : the mask used
     """
     _check(method=method, masking=masking)
+    _ants_reachable()
     if slice_timing is not None and not repetition_time:
         raise SamriMLError("slice timing correction needs the repetition time")
     wf = pe.Workflow(name=name)
