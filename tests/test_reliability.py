@@ -606,7 +606,8 @@ def test_a_run_shorter_than_the_dummy_scans_is_named_up_front(tmp_path, capsys):
     argv = _argv(tmp_path, [])
     assert main([*argv, "--dummy-scans", "10"]) == 0  # --dry-run
     note = [ln for ln in capsys.readouterr().err.splitlines() if "note:" in ln]
-    assert len(note) == 1 and "5 volumes, not more than --dummy-scans 10: 4 dropped, 1 kept" in note[0]
+    assert len(note) == 2 and "5 volumes, not more than --dummy-scans 10: 4 dropped, 1 kept" in note[0]
+    assert "not slice-timing corrected" in note[1]  # and its one volume is not corrected
     assert main(argv) == 0  # --dummy-scans 2
     assert "note:" not in capsys.readouterr().err
 
