@@ -207,3 +207,62 @@ def test_compare_ignores_copies_outside_subject_folders(tmp_path):
     (work / src.name).write_text(src.read_text())  # a Nipype node's copy
     res = compare_workflows([a, b])
     assert [row["n"] for row in res["summary"]] == [3, 3]
+
+
+def test_compare_refuses_what_it_would_pool(tmp_path, capsys):
+    """A folder above several workflows' outputs was read as one workflow; a folder with runs
+    to two templates pooled them, and paired each scan with one of its two records."""
+    rng = np.random.default_rng(1)
+    a = _deriv(tmp_path / "all" / "a", "A", 1 + 0.02 * rng.standard_normal(6), np.ones(6))
+    _deriv(tmp_path / "all" / "b", "B", 1 + 0.02 * rng.standard_normal(6), np.ones(6))
+    assert main(["compare", str(tmp_path / "all"), str(a)]) == 1
+    err = capsys.readouterr().err
+    assert "holds 2 derivatives datasets (a, b); hint: give each one as its own DERIV_DIR" in err
+    for qc in list(a.rglob("*_desc-qc_metrics.json")):
+        rec = json.loads(qc.read_text())
+        rec["vcf"] *= 1.5
+        qc.with_name(qc.name.replace("_desc-qc", "_space-Other_desc-qc")).write_text(
+            json.dumps(rec))
+        qc.rename(qc.with_name(qc.name.replace("_desc-qc", "_space-Tpl_desc-qc")))
+    b = tmp_path / "all" / "b"
+    assert main(["compare", str(a), str(b)]) == 1
+    assert "QC files of 2 templates (space Other, Tpl); hint: compare one at a time with " \
+        "--space LABEL" in capsys.readouterr().err
+    assert main(["compare", str(a), str(b), "--space", "Tpl"]) == 1  # b has no space-Tpl
+    assert "no QC files in space 'Tpl'" in capsys.readouterr().err
+    for qc in list(b.rglob("*_desc-qc_metrics.json")):
+        qc.rename(qc.with_name(qc.name.replace("_desc-qc", "_space-Tpl_desc-qc")))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--space", "Tpl", "--out", str(out)]) == 0
+    pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
+    assert pair["vcf_dev"]["n_paired"] == "6"  # Tpl's records only
+    assert {r["space"] for r in _read_tsv(out / "qc_metrics.tsv")} == {"Tpl"}
+
+
+def test_scan_guards_its_inputs_and_names_the_scan_after_its_source(images, tmp_path, capsys):
+    """--json naming an input overwrote it; a series against a volume gave a meaningless SCF;
+    the record was named after the processed file, so compare never paired it with the
+    workflow's own record of that scan (named after the raw one)."""
+    import shutil
+
+    proc_f, raw_f = images
+    copy = tmp_path / "copy.nii.gz"
+    shutil.copy(raw_f, copy)
+    before = copy.read_bytes()
+    assert main(["scan", str(proc_f), str(copy), "--json", str(copy)]) == 2
+    assert "is one of the input images" in capsys.readouterr().err
+    assert copy.read_bytes() == before
+    assert main(["scan", str(proc_f), str(raw_f), "--json", str(tmp_path / "q.nii.gz")]) == 2
+    capsys.readouterr()
+    img = nb.load(raw_f)  # a series: against one of its volumes
+    volume = tmp_path / "volume.nii.gz"
+    nb.save(nb.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine), volume)
+    assert main(["scan", str(proc_f), str(volume)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "time series (4D) and the other is not" in err
+    out = tmp_path / "sub-01_desc-qc_metrics.json"
+    assert main(["scan", str(proc_f), str(raw_f), "--json", str(out)]) == 0
+    capsys.readouterr()
+    from samri_ml.qc.metrics import scan_name
+
+    assert json.loads(out.read_text())["scan"] == scan_name(raw_f)

@@ -46,7 +46,14 @@ def get_parser() -> argparse.ArgumentParser:
         "--mask",
         type=Path,
         default=None,
-        help="mask on the processed image's grid for the FWHM (default: automask)",
+        help="mask on the processed image's grid for its FWHM (default: automask)",
+    )
+    s.add_argument(
+        "--raw-mask",
+        type=Path,
+        default=None,
+        help="mask on the raw image's grid for its FWHM (default: automask); give both masks "
+        "(the same brain) so that the two FWHMs are measured over the same tissue",
     )
     s.add_argument("--workflow", default="", help="workflow label stored in the JSON")
     s.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
@@ -56,8 +63,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="compare workflows from their *_desc-qc_metrics.json files",
         description="Read every *_desc-qc_metrics.json under each derivatives folder (one folder "
         "per workflow), print a table per workflow (mean and bootstrapped 95% CI of |1-VCF|, "
-        "|1-SCF| and SCF/VCF^(1/3)), a one-way ANOVA F-test across workflows, pairwise two-tailed "
-        "Welch (and paired) t-tests and RMSE ratios; with --out, write TSVs, a markdown summary "
+        "|1-SCF| and SCF/VCF^(1/3)), a one-way ANOVA F-test across workflows and a repeated-measures "
+        "one on the scans they share, pairwise two-tailed Welch (and paired) t-tests with Holm "
+        "adjustment, and RMSE ratios; with --out, write TSVs, a markdown summary "
         "and violin plots (PNG, SVG).",
         formatter_class=fmt,
     )
@@ -71,6 +79,9 @@ def get_parser() -> argparse.ArgumentParser:
                    "qc_stats.md, qc_violin.png/.svg here")  # fmt: skip
     c.add_argument("--modality", choices=("anat", "func"), default=None,
                    help="only compare scans of this modality (default: all)")  # fmt: skip
+    c.add_argument("--space", default=None, metavar="LABEL",
+                   help="only compare scans registered to this template (space-LABEL); needed "
+                   "where a folder holds runs to several templates")
     c.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
     return p
 
@@ -81,20 +92,34 @@ def _scan(args, parser) -> int:
     from samri_ml.io import load_nifti
     from samri_ml.qc.metrics import modality_of, qc_from_arrays, qc_record, scan_name
 
+    if args.json is not None:  # before the work: never over an input, never an image name
+        inputs = {Path(p).resolve() for p in (args.processed, args.raw, args.mask, args.raw_mask)
+                  if p is not None}
+        if args.json.resolve() in inputs:
+            parser.error(f"--json {args.json} is one of the input images; it would be "
+                         "overwritten")
+        if args.json.name.lower().endswith((".nii", ".nii.gz")):
+            parser.error(f"--json {args.json}: an image file name; hint: name it "
+                         "sub-X_..._desc-qc_metrics.json")
+        if args.json.is_dir():
+            parser.error(f"--json {args.json} is a folder; hint: name a file in it")
     proc_img = load_nifti(args.processed, allow_4d=True)
     raw_img = load_nifti(args.raw, allow_4d=True)
     proc = np.asanyarray(proc_img.dataobj)
     raw = np.asanyarray(raw_img.dataobj)
-    mask = None
-    if args.mask is not None:
-        mask = np.asanyarray(load_nifti(args.mask, allow_4d=False).dataobj) > 0
-        if mask.shape != proc.shape[:3]:
+    masks = {}
+    for key, path, image, grid in (("processed_mask", args.mask, args.processed, proc),
+                                   ("raw_mask", args.raw_mask, args.raw, raw)):
+        if path is None:
+            continue
+        masks[key] = np.asanyarray(load_nifti(path, allow_4d=False).dataobj) > 0
+        if masks[key].shape != grid.shape[:3]:
             raise SamriMLError(
-                f"{args.mask}: mask shape {mask.shape} differs from {args.processed}'s "
-                f"{proc.shape[:3]}; hint: give a mask on the processed image's grid"
+                f"{path}: mask shape {masks[key].shape} differs from {image}'s "
+                f"{grid.shape[:3]}; hint: give a mask on that image's grid"
             )
     try:
-        values = qc_from_arrays(proc, proc_img.affine, raw, raw_img.affine, processed_mask=mask)
+        values = qc_from_arrays(proc, proc_img.affine, raw, raw_img.affine, **masks)
     except ValueError as err:
         raise SamriMLError(f"cannot compute QC: {err}") from err
     if not values["volume_raw"]:
@@ -104,7 +129,8 @@ def _scan(args, parser) -> int:
     n_vol = proc.shape[3] if proc.ndim == 4 else 1
     record = qc_record(
         values,
-        scan=scan_name(args.processed),
+        # named after its source, as the workflow names it: compare pairs the two
+        scan=scan_name(args.raw),
         modality=modality_of(proc.ndim, n_vol),
         workflow=args.workflow,
     )
@@ -127,7 +153,8 @@ def _compare(args, parser) -> int:
     for folder in args.folders:
         if not folder.is_dir():
             parser.error(f"{folder}: no such folder")
-    res = compare_workflows(args.folders, args.labels, args.out, modality=args.modality)
+    res = compare_workflows(args.folders, args.labels, args.out, modality=args.modality,
+                            space=args.space)
     print(res["markdown"])
     if res["files"]:
         print(f"\nWritten to {args.out}: " + ", ".join(p.name for p in res["files"]))

@@ -2,7 +2,8 @@
 
 Reproduces the analysis of SAMRI's registration paper (its Fig. 3): for every workflow the
 distribution of the Volume and Smoothness Conservation Factors over scans, an F-test across
-workflows, pairwise two-tailed tests and RMSE ratios.
+workflows (and a repeated-measures one, as the workflows ran on the same scans), pairwise
+two-tailed tests (Holm-adjusted too) and RMSE ratios.
 """
 
 from __future__ import annotations
@@ -62,18 +63,48 @@ def default_labels(folders) -> list[str]:
     return [str(f) for f in folders]
 
 
-def read_qc_folder(folder: str | Path, label: str | None = None) -> list[dict]:
+def space_of(path: str | Path) -> str:
+    """The ``space-`` entity of a file name (the template a scan was registered to), or ''."""
+    for part in Path(path).name.split("_"):
+        if part.startswith("space-"):
+            return part[len("space-"):]
+    return ""
+
+
+def _dataset_roots(folder: Path, files: list[Path]) -> set[Path]:
+    """For each file, its nearest folder (``folder`` or below) with a
+    ``dataset_description.json``; ``folder`` itself where there is none."""
+    roots = set()
+    for f in files:
+        root = folder
+        for parent in f.parents:
+            if parent == folder or folder not in parent.parents:
+                break
+            if (parent / "dataset_description.json").is_file():
+                root = parent
+                break
+        roots.add(root)
+    return roots
+
+
+def read_qc_folder(folder: str | Path, label: str | None = None,
+                   space: str | None = None) -> list[dict]:
     """Read every ``*_desc-qc_metrics.json`` under a derivatives folder (recursively).
 
     Files under ``sub-*/`` folders are used when there are any (the BIDS-Derivatives layout),
-    otherwise all files found.
+    otherwise all files found. With ``space``, only the files of that template
+    (``space-<label>`` in their names).
 
-    Each record gets ``workflow`` = ``label`` (default :func:`workflow_label`) and ``path``.
+    Each record gets ``workflow`` = ``label`` (default :func:`workflow_label`), ``space`` and
+    ``path``.
 
     Raises
     ------
     SamriMLError
-        The folder does not exist, holds no QC files, or a file is not a QC record.
+        The folder does not exist, holds no QC files, or a file is not a QC record; it holds
+        several derivatives datasets (a folder above the workflows' outputs: their scans were
+        pooled as one workflow), or QC files of several templates and no ``space`` is given
+        (they were pooled, and paired on their scan names alone).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -89,6 +120,21 @@ def read_qc_folder(folder: str | Path, label: str | None = None) -> list[dict]:
             f"{folder}: no *_{QC_SUFFIX}.json files; hint: run the workflow with QC, or "
             "`samri_ml-qc scan PROCESSED RAW --json sub-X_..._desc-qc_metrics.json`"
         )
+    roots = _dataset_roots(folder, files)
+    if len(roots) > 1:
+        names = ", ".join(sorted(str(r.relative_to(folder)) for r in roots))
+        raise SamriMLError(f"{folder} holds {len(roots)} derivatives datasets ({names}); "
+                           "hint: give each one as its own DERIV_DIR")
+    spaces = sorted({space_of(f) for f in files})
+    if space is not None:
+        files = [f for f in files if space_of(f) == space]
+        if not files:
+            raise SamriMLError(f"{folder}: no QC files in space '{space}' (there: "
+                               f"{', '.join(s or 'none' for s in spaces)})")
+    elif len(spaces) > 1:
+        raise SamriMLError(f"{folder}: QC files of {len(spaces)} templates (space "
+                           f"{', '.join(s or 'none' for s in spaces)}); hint: compare one at a "
+                           "time with --space LABEL")
     records = []
     for path in files:
         try:
@@ -101,6 +147,7 @@ def read_qc_folder(folder: str | Path, label: str | None = None) -> list[dict]:
         rec["scan"] = rec["scan"] or path.name.replace(f"_{QC_SUFFIX}.json", "")
         rec["modality"] = rec["modality"] or ""
         rec["workflow"] = label
+        rec["space"] = space_of(path)
         rec["path"] = str(path)
         records.append(rec)
     return records
@@ -168,8 +215,74 @@ def summary_table(groups: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
+def _key(r: dict) -> tuple:
+    """What makes two workflows' records the same scan: its name, modality and template."""
+    return r["scan"], r["modality"], r.get("space", "")
+
+
+def matched_values(groups: dict[str, list[dict]], quantity: str) -> np.ndarray:
+    """``(scans, workflows)`` values of ``quantity`` for the scans every workflow has (finite
+    in all)."""
+    key, fn, _ = QUANTITIES[quantity]
+    tables = [{_key(r): r.get(key) for r in recs} for recs in groups.values()]
+    common = sorted(set.intersection(*(set(t) for t in tables))) if tables else []
+    rows = []
+    for k in common:
+        vals = [t[k] for t in tables]
+        if all(v is not None and math.isfinite(float(v)) for v in vals):
+            rows.append([float(v) for v in vals])
+    return fn(np.array(rows, dtype=float).reshape(-1, len(tables)))
+
+
+def repeated_measures_f(x: np.ndarray) -> tuple[float, float]:
+    """One-way repeated-measures ANOVA of ``x`` (scans x workflows): every workflow ran on the
+    same scans, so the scans' own differences are taken out of the error.
+
+    .. math:: F = \\frac{SS_w/(k-1)}{(SS_t - SS_w - SS_s)/((k-1)(n-1))},\\quad
+              SS_w = n\\sum_j(\\bar{x}_{\\cdot j}-\\bar{x})^2,\\
+              SS_s = k\\sum_i(\\bar{x}_{i\\cdot}-\\bar{x})^2
+
+    Returns ``(F, p)``; ``nan`` for fewer than 2 scans or workflows, or no residual variance.
+    """
+    from scipy import stats
+
+    n, k = x.shape
+    if n < 2 or k < 2:
+        return float("nan"), float("nan")
+    grand = x.mean()
+    ss_w = n * ((x.mean(axis=0) - grand) ** 2).sum()
+    ss_s = k * ((x.mean(axis=1) - grand) ** 2).sum()
+    ss_e = ((x - grand) ** 2).sum() - ss_w - ss_s
+    df1, df2 = k - 1, (k - 1) * (n - 1)
+    if not ss_e > 1e-12 * max(((x - grand) ** 2).sum(), 1e-300):
+        return float("nan"), float("nan")
+    f = (ss_w / df1) / (ss_e / df2)
+    return float(f), float(stats.f.sf(f, df1, df2))
+
+
+def holm(pvalues) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN, not counted).
+
+    .. math:: \\tilde p_{(i)} = \\max_{j \\le i} \\min(1, (m - j + 1)\\, p_{(j)})
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    running = 0.0
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return [float(v) for v in out]
+
+
 def anova_table(groups: dict[str, list[dict]]) -> list[dict]:
-    """One-way ANOVA F-test across workflows per quantity (``scipy.stats.f_oneway``).
+    """F-tests across workflows per quantity: the one-way ANOVA of SAMRI's paper
+    (``scipy.stats.f_oneway``, the workflows as independent samples) and, since the workflows
+    ran on the same scans, the repeated-measures one on the scans all of them have
+    (:func:`repeated_measures_f`; ``F_rm``, ``p_rm``, ``n_matched``), which is the one to read
+    when they did: the one-way test leaves the scans' own spread in its error (matched data
+    where every scan moved a little gave p 0.97 against 0.001).
 
     .. math:: F = \\frac{\\sum_g n_g(\\bar{x}_g - \\bar{x})^2/(G-1)}
                        {\\sum_g\\sum_i (x_{gi} - \\bar{x}_g)^2/(N-G)}
@@ -185,7 +298,10 @@ def anova_table(groups: dict[str, list[dict]]) -> list[dict]:
             f, p = float(res.statistic), float(res.pvalue)
         else:
             f, p = float("nan"), float("nan")
-        rows.append({"quantity": q, "label": label, "F": f, "p": p, "groups": len(ok)})
+        matched = matched_values(groups, q)
+        f_rm, p_rm = repeated_measures_f(matched)
+        rows.append({"quantity": q, "label": label, "F": f, "p": p, "groups": len(ok),
+                     "F_rm": f_rm, "p_rm": p_rm, "n_matched": int(matched.shape[0])})
     return rows
 
 
@@ -208,9 +324,9 @@ def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
                 t, p = float(res.statistic), float(res.pvalue)
             else:
                 t, p = float("nan"), float("nan")
-            # paired on common scans (same scan name and modality)
-            da = {(r["scan"], r["modality"]): r.get(key) for r in ra}
-            db = {(r["scan"], r["modality"]): r.get(key) for r in rb}
+            # paired on common scans (same scan name, modality and template)
+            da = {_key(r): r.get(key) for r in ra}
+            db = {_key(r): r.get(key) for r in rb}
             common = [
                 k for k in sorted(set(da) & set(db)) if da[k] is not None and db[k] is not None
             ]
@@ -241,6 +357,12 @@ def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
                     "rmse_ratio": ratio,
                 }
             )
+    # several pairs test each quantity: Holm-adjusted p-values beside the raw ones
+    for q in QUANTITIES:
+        mine = [r for r in rows if r["quantity"] == q]
+        for test in ("welch_p", "paired_p"):
+            for r, adj in zip(mine, holm([r[test] for r in mine]), strict=True):
+                r[f"{test}_holm"] = adj
     return rows
 
 
@@ -358,9 +480,10 @@ SUMMARY_COLUMNS = (
     + [f"{f}_rmse" for f in FACTORS]
 )
 PAIR_COLUMNS = [
-    "a", "b", "quantity", "mean_a", "mean_b", "welch_t", "welch_p", "n_paired", "paired_t",
-    "paired_p", "rmse_ratio",
+    "a", "b", "quantity", "mean_a", "mean_b", "welch_t", "welch_p", "welch_p_holm", "n_paired",
+    "paired_t", "paired_p", "paired_p_holm", "rmse_ratio",
 ]  # fmt: skip
+ANOVA_COLUMNS = ["quantity", "label", "F", "p", "groups", "F_rm", "p_rm", "n_matched"]
 
 
 def compare_workflows(
@@ -368,6 +491,7 @@ def compare_workflows(
     labels: list[str] | None = None,
     out_dir: str | Path | None = None,
     modality: str | None = None,
+    space: str | None = None,
 ) -> dict:
     """Read the QC records of several derivatives folders and compare the workflows.
 
@@ -382,6 +506,9 @@ def compare_workflows(
         ``qc_pairwise.tsv``, ``qc_stats.md`` and ``qc_violin.png``/``.svg``.
     modality : {'anat', 'func'}, optional
         Keep only records of that modality.
+    space : str, optional
+        Keep only records of that template (``space-<label>``); needed where a folder holds
+        several.
 
     Returns
     -------
@@ -396,7 +523,7 @@ def compare_workflows(
     groups: dict[str, list[dict]] = {}
     for i, folder in enumerate(folders):
         label = labels[i]
-        recs = read_qc_folder(folder, label)
+        recs = read_qc_folder(folder, label, space)
         if modality:
             recs = [r for r in recs if r["modality"] == modality]
             if not recs:
@@ -425,9 +552,12 @@ def compare_workflows(
     md = "\n\n".join(
         caution + [
             "## Per workflow (mean [95% bootstrap CI])\n\n" + _summary_markdown(summary),
-            "## F-test across workflows (one-way ANOVA)\n\n"
-            + markdown_table(anova, ["label", "F", "p", "groups"]),
-            "## Pairwise (two-tailed; RMSE ratio = RMSE_a(1-x) / RMSE_b(1-x))\n\n"
+            "## F-tests across workflows (one-way ANOVA as in SAMRI's paper; F_rm, p_rm: "
+            "repeated measures on the n_matched scans every workflow has, the one to read "
+            "when the workflows ran on the same scans)\n\n"
+            + markdown_table(anova, ANOVA_COLUMNS[1:]),
+            "## Pairwise (two-tailed; _holm: Holm-adjusted over the pairs; RMSE ratio = "
+            "RMSE_a(1-x) / RMSE_b(1-x))\n\n"
             + (
                 markdown_table(pairwise, ["a", "b", "label"] + PAIR_COLUMNS[3:])
                 or "(needs two or more workflows)"
@@ -439,9 +569,10 @@ def compare_workflows(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         records = [r for recs in groups.values() for r in recs]
-        write_tsv(records, out / "qc_metrics.tsv", list(LABEL_KEYS + VALUE_KEYS) + ["path"])
+        write_tsv(records, out / "qc_metrics.tsv",
+                  list(LABEL_KEYS + VALUE_KEYS) + ["space", "path"])
         write_tsv(summary, out / "qc_summary.tsv", SUMMARY_COLUMNS)
-        write_tsv(anova, out / "qc_anova.tsv", ["quantity", "label", "F", "p", "groups"])
+        write_tsv(anova, out / "qc_anova.tsv", ANOVA_COLUMNS)
         write_tsv(pairwise, out / "qc_pairwise.tsv", PAIR_COLUMNS)
         (out / "qc_stats.md").write_text(md + "\n")
         files = [out / n for n in

@@ -18,7 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from samri_ml.qc.smoothness import estimate_smoothness, smoothness_conservation
+from samri_ml.qc.smoothness import (
+    check_same_kind,
+    estimate_smoothness,
+    smoothness_conservation,
+)
 from samri_ml.qc.volume import volume_conservation
 
 #: The numeric keys of a QC record, in output order.
@@ -135,7 +139,15 @@ def qc_from_arrays(
         \\mathrm{SCF}_{norm} = \\mathrm{SCF}/\\mathrm{VCF}^{1/3}
 
     Returns a dict with the keys of :data:`VALUE_KEYS`.
+
+    Raises
+    ------
+    ValueError
+        One image is a time series and the other not: a series' smoothness is that of its
+        detrended fluctuations, a volume's that of the image itself, and their ratio means
+        nothing (a 4D copy of a volume gave SCF 0.15).
     """
+    check_same_kind(processed, raw)
     vol = volume_conservation(processed, processed_affine, raw, raw_affine)
     zooms_p = np.sqrt((np.asarray(processed_affine)[:3, :3] ** 2).sum(axis=0))
     zooms_r = np.sqrt((np.asarray(raw_affine)[:3, :3] ** 2).sum(axis=0))
