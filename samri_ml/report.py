@@ -126,13 +126,35 @@ def _derivative(output_dir, raw, **entities) -> Path:
     return next((c for c in candidates if c.exists()), candidates[0])
 
 
+def failed_steps(log_dir, since: float | None = None) -> list[dict]:
+    """The crash files (Nipype's, text) in ``log_dir`` written at or after ``since``: for each,
+    ``file``, the failed ``node`` (its name from the file's ``Node:`` line) and ``cause`` (its
+    last line)."""
+    out = []
+    for path in sorted(Path(log_dir).glob("crash-*")):
+        try:
+            if since is not None and path.stat().st_mtime < since:
+                continue
+            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
+                     if ln.strip()]
+        except OSError:
+            continue
+        node = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Node:")),
+                    "?")
+        out.append({"file": path, "node": node.split(".")[-1],
+                    "cause": (lines[-1] if lines else "")[:300]})
+    return out
+
+
 def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
-                          masking=None, qc=True):
+                          masking=None, qc=True, crashes_since: float | None = None):
     """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
 
     ``masking="none"``: the run predicted no masks, so a ``desc-brain_mask`` left in
     OUTPUT_DIR by an earlier masked run is not shown as this run's; likewise ``qc=False``
-    (a ``--no-qc`` run) shows no QC table from an earlier run's files.
+    (a ``--no-qc`` run) shows no QC table from an earlier run's files. ``crashes_since`` (the
+    run's start): the subject's crash files written since are listed (the failed step, its
+    last line and the file), so the report says what failed, not only what is missing.
     """
     output_dir = Path(output_dir)
     tpl_mask = nb.load(str(template_mask))
@@ -148,6 +170,13 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                 f"{html.escape(template_name)}). Red contours: the template's brain mask.</p>"]
         qc_rows = []
         registered_anats = []
+        failed = failed_steps(output_dir / f"sub-{subject}" / "log", crashes_since) \
+            if crashes_since is not None else []
+        if failed:
+            body.append("<h2>Failed steps</h2><ul>" + "".join(
+                f"<li><b>{html.escape(c['node'])}</b>: {html.escape(c['cause'])} "
+                f"(<a href='{html.escape(c['file'].relative_to(output_dir).as_posix())}'>"
+                f"{html.escape(c['file'].name)}</a>)</li>" for c in failed) + "</ul>")
         for item in items:
             ses = item["session"]
             tag = f"sub-{subject}" + (f"_ses-{ses}" if ses else "")

@@ -713,6 +713,9 @@ def test_crash_files_land_in_the_subjects_log_folder(tmp_path, capsys):
     assert not any(ln.endswith("done: samri_ml_wf.sub_01_ses_1.ds_anat") for ln in err), err
     report = (tmp_path / "out" / "sub-01.html").read_text()
     assert "sub-01_ses-1_T2w.nii.gz: no registered output (failed or not run)" in report
+    # and it says what failed: the step, the crash file's last line, a link to the file
+    assert "<h2>Failed steps</h2>" in report and "<b>s_register</b>" in report, report[:3000]
+    assert f"href='sub-01/log/{crashes[0].name}'" in report
 
 
 FORKED_TF_SCRIPT = r"""

@@ -739,7 +739,7 @@ def _main(argv=None) -> int:
                 raise
             # the sessions that finished still get their report (the failed scans marked)
             try:
-                _write_reports(args, sessions)
+                _write_reports(args, sessions, started)
             except Exception as report_err:  # noqa: BLE001 - the run's own error comes first
                 print(f"{PROG}: note: the reports could not be written ({report_err})",
                       file=sys.stderr)
@@ -756,7 +756,7 @@ def _main(argv=None) -> int:
                   "is reused", file=sys.stderr)
             return 0
         # the report's registration overviews do not need QC; without it there is no table
-        _write_reports(args, sessions)
+        _write_reports(args, sessions, started)
         _note_stale(args, sessions, graph, started)
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
@@ -848,8 +848,9 @@ def _note_stale(args, sessions, graph, started: float) -> None:
               "they are stale, or use another OUTPUT_DIR per configuration", file=sys.stderr)
 
 
-def _write_reports(args, sessions) -> None:
-    """Per-subject HTML reports, where the report module is available."""
+def _write_reports(args, sessions, started: float | None = None) -> None:
+    """Per-subject HTML reports, where the report module is available; the crash files
+    written since ``started`` are listed in them."""
     try:
         from samri_ml.report import write_subject_reports
     except ImportError:
@@ -857,7 +858,8 @@ def _write_reports(args, sessions) -> None:
     for path in write_subject_reports(args.output_dir, sessions, template=args.template,
                                       template_mask=args.template_mask,
                                       template_name=args.template_name,
-                                      masking=args.masking, qc=not args.no_qc):
+                                      masking=args.masking, qc=not args.no_qc,
+                                      crashes_since=started):
         print(f"{PROG}: report {path}", file=sys.stderr)
 
 
