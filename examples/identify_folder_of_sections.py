@@ -7,6 +7,9 @@ plate, the top 5, the per-region plates and the estimated tilt of each section, 
 
     python examples/identify_folder_of_sections.py SECTIONS_DIR OUT_DIR [--variant multimodal]
 
+(Montages are named after each section's file, extension included: ``101.png_plates.png``, so
+that ``101.png`` and ``101.jpg`` of one folder keep one each.)
+
 (For a single machine, ``samri_ml-identify-plate SECTIONS_DIR/* --json plates.json`` does the
 same in one process, and faster: the model is loaded once.)
 """
@@ -19,6 +22,7 @@ from nipype.interfaces.utility import Function
 from nipype.pipeline import engine as pe
 
 from samri_ml.interfaces import IdentifyPlate
+from samri_ml.plates.identify import VARIANT_CHOICES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -43,7 +47,7 @@ def write_table(json_files, out_file):
     return out_file
 
 
-def build_workflow(sections, out_dir, variant="default"):
+def build_workflow(sections, out_dir, variant="auto"):
     """``identify`` (one IdentifyPlate per section) -> ``table``; everything under ``out_dir``."""
     out_dir = Path(out_dir).resolve()
     wf = pe.Workflow(name="identify_sections", base_dir=str(out_dir / "work"))
@@ -63,8 +67,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sections", type=Path, help="folder of section images (PNG, JPEG, TIFF)")
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--variant", default="default", choices=["default", "multimodal"])
+    p.add_argument("--variant", default="auto", choices=VARIANT_CHOICES,
+                   help="shipped model: 'auto' (a router picks per section, the default), "
+                   "'default' (confocal/Nissl) or 'multimodal' (other modalities)")
     args = p.parse_args(argv)
+    if not args.sections.is_dir():
+        p.error(f"{args.sections}: no such folder")
     sections = sorted(f for f in args.sections.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     # an image that cannot be read is named and left out before the workflow runs (in the
     # MapNode it failed the whole folder, with Nipype's tracebacks and no table)

@@ -100,6 +100,23 @@ def atomic_write_text(text: str, dst) -> Path:
     return dst
 
 
+@contextmanager
+def atomic_folder(dst):
+    """Yield a new temporary folder beside the folder ``dst`` to write files into; if the block
+    succeeds, move them into ``dst`` (created where missing, its other files kept), one rename
+    each. On failure ``dst`` is left as it was and the temporary folder is removed."""
+    dst = Path(dst).resolve()  # beside the real folder: one file system, renames are atomic
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        yield tmp
+        dst.mkdir(exist_ok=True)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, dst / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_dataset_description(out_dir, source_dir, version: str, command: str) -> Path:
     """BIDS-Derivatives ``dataset_description.json`` with ``GeneratedBy``.
 

@@ -27,20 +27,31 @@ def test_identify_folder_of_sections_writes_one_row_per_section(tmp_path):
         thumbs = dict(zip(z["plates"].tolist(), z["thumbnails"], strict=True))
     folder = tmp_path / "sections"
     folder.mkdir()
-    for n in (30, 90):
-        cv2.imwrite(str(folder / f"{n}.png"), thumbs[n][6:-6, 6:-6])  # a cropped plate
+    for name in ("30.png", "90.png", "90.jpg"):  # 90.png and 90.jpg: one montage each
+        cv2.imwrite(str(folder / name), thumbs[int(name[:2])][6:-6, 6:-6])  # a cropped plate
     (folder / "notes.txt").write_text("not a section\n")
     (folder / "broken.png").write_text("an unreadable image is named and left out\n")
     assert _load("identify_folder_of_sections").main([str(folder), str(tmp_path / "out")]) == 0
     lines = (tmp_path / "out" / "plates.tsv").read_text().splitlines()
     header, rows = lines[0].split("\t"), [dict(zip(lines[0].split("\t"), r.split("\t"), strict=True))
                                           for r in lines[1:]]  # fmt: skip
-    assert header[:3] == ["section", "best_plate", "top5"] and len(rows) == 2
+    assert header[:3] == ["section", "best_plate", "top5"] and len(rows) == 3
     for row in rows:
         plate = int(Path(row["section"]).stem)
         assert plate in map(int, row["top5"].split(",")), row
     montages = sorted(p.name for p in (tmp_path / "out" / "montages").iterdir())
-    assert montages == ["30_plates.png", "90_plates.png"]
+    assert montages == ["30.png_plates.png", "90.jpg_plates.png", "90.png_plates.png"]
+
+
+def test_identify_folder_of_sections_refuses_a_missing_folder_in_one_line(tmp_path, capsys):
+    """A missing SECTIONS_DIR ended in a FileNotFoundError traceback; ``--variant auto`` (the
+    interface's default) was not offered."""
+    example = _load("identify_folder_of_sections")
+    with pytest.raises(SystemExit) as stop:
+        example.main([str(tmp_path / "none"), str(tmp_path / "out"), "--variant", "auto"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err[-1].endswith(f"error: {tmp_path / 'none'}: no such folder")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

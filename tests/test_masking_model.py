@@ -371,28 +371,13 @@ def test_a_stack_of_a_few_slices_is_refused(phantom):
 
 def test_cli_writes_nothing_where_an_output_cannot_be_written(tmp_path, phantom, capsys):
     """An unwritable --masked folder used to fail after the prediction, with OUT written."""
-    import os
-    import shutil
-
     from samri_ml.cli.mask import main
+    from samri_ml.testing import read_only_folder
 
     src = tmp_path / "in.nii.gz"
     nb.save(phantom["T2w"], src)
-    locked = tmp_path / "ro"
-    locked.mkdir()
-    if os.geteuid() == 0:
-        if shutil.which("chattr") is None or subprocess.run(
-                ["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
-            pytest.skip("root ignores permissions and chattr +i is not supported here")
-    else:
-        locked.chmod(0o555)
-    try:
+    with read_only_folder(tmp_path / "ro") as locked:
         rc = main([str(src), str(tmp_path / "m.nii.gz"), "--masked", str(locked / "b.nii.gz")])
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
-        else:
-            locked.chmod(0o755)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "output folder is not writable" in err[0], err
     assert not (tmp_path / "m.nii.gz").exists() and not list(locked.iterdir())
@@ -412,3 +397,173 @@ def test_maskbrain_refuses_end_thresholds_and_takes_max_slices(tmp_path, phantom
     out = MaskBrain(in_file=str(src), max_slices=64).run().outputs
     want = predict_mask(phantom["T2w"], max_slices=64)
     assert np.array_equal(np.asarray(nb.load(out.out_mask).dataobj), np.asarray(want.dataobj))
+
+
+# ------------------------------------------------------------------------ train-masker checks
+
+
+@pytest.fixture()
+def tiny_slices(monkeypatch):
+    """``samri_ml-train-masker`` on 40 random 64x64 slices (8 for validation) instead of the
+    shared scans: seconds per run. Returns the validation slices."""
+    from samri_ml.masking import train as mt
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 64, 64, 1), dtype=np.float32)
+    y = (x > 0.5).astype(np.float32)
+    is_val = np.arange(40) >= 32
+
+    def fake(config, data_dir=None, cache_dir=None, log=print):
+        return x, y, np.array(["g"] * 40), is_val, {}
+
+    monkeypatch.setattr(mt, "cached_dataset", fake)
+    return x[is_val], y[is_val]
+
+
+def _train_masker(tmp_path, *args):
+    from samri_ml.cli.train_masker import main
+
+    return main([str(tmp_path / "m" / "out.keras"), "--data-dir", str(tmp_path), "--width", "2",
+                 "--epochs-plain", "3", "--epochs-augmented", "0", "--steps-per-epoch", "2",
+                 "--batch-size", "4", *map(str, args)])  # fmt: skip
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--epochs-plain", "-1"], "argument --epochs-plain: -1: must be at least 0"),
+    (["--epochs-augmented", "-2"], "argument --epochs-augmented: -2: must be at least 0"),
+    (["--batch-size", "0"], "argument --batch-size: 0: must be at least 1"),
+    (["--steps-per-epoch", "0"], "argument --steps-per-epoch: 0: must be at least 1"),
+    (["--max-minutes", "0"], "argument --max-minutes: 0: must be above 0"),
+    (["--max-minutes", "-5"], "argument --max-minutes: -5: must be above 0"),
+    (["--holdout", "emroy"], "argument --holdout: invalid choice: 'emroy'"),
+    (["--epochs-plain", "0"], "--epochs-plain and --epochs-augmented are both 0"),
+])  # fmt: skip
+def test_train_masker_refuses_settings_out_of_range(tmp_path, capsys, tiny_slices, args, words):
+    """Negative epochs, zero batches or steps, no time: exit 0 with an untrained model (or a
+    raw TensorFlow error); a misspelt --holdout source trained on it. Usage errors now."""
+    assert _train_masker(tmp_path, *args) == 2
+    assert words in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_masker_checks_init_and_its_folder_first(tmp_path, capsys, monkeypatch):
+    """A missing --init failed after the data set was built (Keras' ValueError), an
+    unwritable folder after the training (PermissionError). Now before either."""
+    from samri_ml.masking import train as mt
+    from samri_ml.testing import read_only_folder
+
+    def never(*a, **k):
+        raise AssertionError("the data set was built")
+
+    monkeypatch.setattr(mt, "cached_dataset", never)
+    assert _train_masker(tmp_path, "--init", tmp_path / "none.keras") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.keras: model file not found" in err[0], err
+    from samri_ml.cli.train_masker import main
+
+    with read_only_folder(tmp_path / "ro") as ro:
+        assert main([str(ro / "sub" / "out.keras"), "--data-dir", str(tmp_path)]) == 2
+        assert f"{ro} is not writable" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main([str(tmp_path), "--data-dir", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_time_limit_before_the_first_epoch_is_an_error(tmp_path, capsys, tiny_slices):
+    """A data set that took the whole --max-minutes gave an untrained model, saved as if
+    trained; now one line and nothing written."""
+    assert _train_masker(tmp_path, "--max-minutes", "1e-7") == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the data set's log lines
+    assert err.startswith("samri_ml-train-masker: error: the time limit (1e-07 min) was over "
+                          "before the first epoch began"), err
+    assert not (tmp_path / "m").exists()
+
+
+def _ctrl_c_at_epoch(monkeypatch, epoch: int):
+    """A real SIGINT as the training starts its ``epoch``-th epoch (0: the first); the main
+    thread gets the KeyboardInterrupt there, as with Ctrl-C."""
+    import os
+    import signal
+
+    import keras
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_begin(self, index, logs=None):
+            if index == epoch:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    fit = keras.Model.fit
+
+    def fit_then_ctrl_c(self, *args, callbacks=(), **kwargs):
+        return fit(self, *args, callbacks=[*callbacks, CtrlC()], **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_then_ctrl_c)
+
+
+def test_ctrl_c_keeps_the_best_weights_so_far(tmp_path, capsys, tiny_slices, monkeypatch):
+    """Ctrl-C lost the whole training (the model was saved at the end only). Now the best
+    weights so far are saved, marked interrupted, and the command still ends with its one
+    ``interrupted`` line (exit 130)."""
+    import json
+    import warnings
+
+    import keras
+
+    from samri_ml.models.unet import bce_dice_loss
+
+    _ctrl_c_at_epoch(monkeypatch, 2)
+    with warnings.catch_warnings():  # out of pytest's own recording, as in a command
+        warnings.simplefilter("default")
+        assert _train_masker(tmp_path, "--learning-rate", "0.1") == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "samri_ml-train-masker: interrupted", err
+    assert "note: interrupted after 2 epoch(s)" in err[-2] and "best weights" in err[-2], err
+    out = tmp_path / "m" / "out.keras"
+    summary = json.loads(out.with_name("out_training.json").read_text())
+    assert summary["interrupted"] is True and summary["history"]["phase"] == ["plain"] * 2
+    # the best epoch's weights (at this learning rate the second epoch is worse than the first)
+    model = keras.saving.load_model(out, compile=False)
+    xv, yv = tiny_slices
+    model.compile(loss=bce_dice_loss)
+    loss = model.evaluate(xv, yv, batch_size=4, verbose=0)
+    assert loss == pytest.approx(min(summary["history"]["val_loss"]), rel=1e-3)
+
+
+def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, capsys, tiny_slices,
+                                                          monkeypatch):
+    import warnings
+
+    _ctrl_c_at_epoch(monkeypatch, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert _train_masker(tmp_path) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2:] == ["samri_ml-train-masker: note: interrupted before the first epoch "
+                        "ended: nothing was saved", "samri_ml-train-masker: interrupted"], err
+    assert not (tmp_path / "m").exists()
+
+
+def test_dataset_cache_without_npz_suffix_is_reused(tmp_path, monkeypatch):
+    """``--dataset-cache dcache`` was written as dcache.npz (np.savez adds it) and never read
+    back; a .npz of something else failed with ``KeyError: 'settings ...'``."""
+    from samri_ml.masking import train as mt
+
+    built = []
+
+    def build(config, data_dir=None, cache_dir=None, log=print):
+        built.append(1)
+        x = np.zeros((4, 64, 64, 1), np.float32)
+        return x, x, np.array(["a", "a", "b", "b"]), np.array([0, 0, 1, 1], bool), {}
+
+    monkeypatch.setattr(mt, "build_dataset", build)
+    config = mt.TrainConfig(dataset_cache=str(tmp_path / "dcache"))
+    assert mt.dataset_cache_path(config.dataset_cache) == tmp_path / "dcache.npz"
+    logged = []
+    for _ in range(2):
+        x, *_ = mt.cached_dataset(config, log=logged.append)
+        assert x.shape == (4, 64, 64, 1)
+    assert len(built) == 1 and logged[-1] == f"data set read from {tmp_path / 'dcache.npz'}"
+    np.savez(tmp_path / "other.npz", a=np.arange(3))
+    (tmp_path / "text.npz").write_text("not an archive\n")
+    for name in ("other.npz", "text.npz"):
+        with pytest.raises(SamriMLError, match="not a data set cache of samri_ml-train-masker"):
+            mt.cached_dataset(mt.TrainConfig(dataset_cache=str(tmp_path / name)))

@@ -280,6 +280,60 @@ def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):
     assert list(saved) == [str(sec)] and saved[str(sec)]["ranking"] == out.ranking
 
 
+def test_montage_shows_the_plates_of_the_index_that_ranked(tmp_path, plate_thumbs):
+    """The montage always took the shipped index's thumbnails: an index of another atlas
+    showed the shipped plates of the same numbers, and a number the shipped atlas lacks
+    failed (KeyError). Now the pictures of the index used; a plate without one (an index
+    exported before thumbnails were stored) is a blank tile, said in a note."""
+    import cv2
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.interfaces.plates import identify_file
+    from samri_ml.plates.montage import TILE, _tile
+
+    with np.load(default_model_dir() / "plates_index.npz") as z:
+        index = {k: z[k] for k in z.files}
+    index["plates"] = index["plates"] + 1000  # another atlas: other numbers, other pictures
+    index["thumbnails"] = 255 - index["thumbnails"]
+    np.savez(tmp_path / "other.npz", **index)
+    sec = tmp_path / "s.png"
+    cv2.imwrite(str(sec), plate_thumbs[70])
+    out = identify_file(str(sec), str(tmp_path), index=str(tmp_path / "other.npz"),
+                        variant="default", regions=False, top=2, num_threads=1)  # fmt: skip
+    best = out["best_plate"]
+    assert best > 1000
+    shown = cv2.imread(out["out_montage"])[24:, TILE : 2 * TILE]  # below the first plate's label
+    picture = index["thumbnails"][list(index["plates"]).index(best)]
+    np.testing.assert_array_equal(shown, _tile(picture, "")[24:])
+    del index["thumbnails"]
+    np.savez(tmp_path / "bare.npz", **index)
+    with pytest.warns(SamriMLNote, match=f"no picture of plate.s. {best}, "):
+        out = identify_file(str(sec), str(tmp_path), index=str(tmp_path / "bare.npz"),
+                            variant="default", regions=False, top=2, num_threads=1)  # fmt: skip
+    assert not cv2.imread(out["out_montage"])[24:, TILE:].any()  # blank tiles, numbered
+
+
+def test_sections_differing_in_extension_keep_a_montage_each(tmp_path, plate_thumbs):
+    """``101.png`` and ``101.jpg`` of one folder were both written as ``101_plates.png``
+    (and ``.json``): one overwrote the other. The names keep the extension now."""
+    import cv2
+
+    from samri_ml.interfaces.plates import identify_file
+
+    (tmp_path / "out").mkdir()
+    outs = {}
+    for name, plate in (("101.png", 40), ("101.jpg", 100)):
+        cv2.imwrite(str(tmp_path / name), plate_thumbs[plate])
+        outs[name] = identify_file(str(tmp_path / name), str(tmp_path / "out"), regions=False,
+                                   variant="default", num_threads=1)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "101.jpg_plates.json", "101.jpg_plates.png", "101.png_plates.json", "101.png_plates.png"]
+    for name, plate in (("101.png", 40), ("101.jpg", 100)):
+        saved = json.loads(Path(outs[name]["out_json"]).read_text())
+        assert list(saved) == [str(tmp_path / name)] and plate in saved[str(tmp_path / name)][
+            "ranking"][:3]
+
+
 @pytest.mark.shared_data
 @pytest.mark.parametrize("variant", ["default", "multimodal"])
 def test_shipped_model_on_val2(ident, variant):

@@ -153,3 +153,127 @@ def test_train_plates_exports_what_identify_plate_reads(tiny_data, tmp_path):
     assert list(ranked) == [str(section)]  # design.md: {image as given: ranking, distances}
     assert sorted(ranked[str(section)]["ranking"]) == PLATES
     assert np.all(np.diff(ranked[str(section)]["distances"]) >= 0)
+
+
+def test_a_failed_export_leaves_the_folder_as_it_was(tiny_data, tmp_path, capsys):
+    """``--export DIR`` copied the model and wrote a placeholder index into DIR before the
+    atlas was read: an export that failed destroyed what DIR held. Now all or nothing: the
+    inputs are checked first, the files are made beside DIR and moved into it at the end."""
+    import shutil
+
+    from samri_ml.cli.train_plates import main
+    from samri_ml.errors import SamriMLError
+    from samri_ml.plates.identify import export_model
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    before = {"plates_embedding.keras": b"old model", "plates_index.npz": b"old index"}
+    for name, data in before.items():
+        (shipped / name).write_bytes(data)
+
+    def untouched():
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+        return {p.name: p.read_bytes() for p in shipped.iterdir()} == before and not leftovers
+
+    model = default_model_dir() / "plates_embedding.keras"
+    with pytest.raises(SamriMLError, match="not a directory"):
+        export_model(model, tmp_path / "no_atlas", shipped, size=224)
+    assert untouched()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"size": 224}))
+    (run / "best.keras").write_text("not a model\n")  # fails while the index is being made
+    argv = ["--out", str(run), "--export-only", "--export", str(shipped)]
+    assert main([*argv, "--data", str(tmp_path / "nonexistent")]) == 1
+    assert main([*argv, "--data", str(tiny_data)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not a directory" in err[0] and "not a Keras model" in err[1], err
+    assert untouched()
+    shutil.copy(model, run / "best.keras")  # now it succeeds: both files replaced, metrics added
+    assert main([*argv, "--data", str(tiny_data)]) == 0
+    assert sorted(p.name for p in shipped.iterdir()) == [
+        "plates_embedding.keras", "plates_index.npz", "plates_index_metrics.json"]
+    assert (shipped / "plates_embedding.keras").read_bytes() == model.read_bytes()
+    with np.load(shipped / "plates_index.npz") as z:
+        assert sorted(z["plates"].tolist()) == PLATES
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--iterations", "0"], "argument --iterations: 0: must be at least 1"),
+    (["--iterations", "-3"], "argument --iterations: -3: must be at least 1"),
+    (["--eval-every", "0"], "argument --eval-every: 0: must be at least 1"),
+    (["--batch-size", "2"], "argument --batch-size: 2: must be at least 3"),
+    (["--size", "16"], "argument --size: 16: must be at least 32"),
+    (["--size", "-64"], "argument --size: -64: must be at least 32"),
+    (["--width", "0"], "argument --width: 0: must be at least 1"),
+    (["--lr", "0"], "argument --lr: 0: must be above 0"),
+    (["--lr", "-0.001"], "argument --lr: -0.001: must be above 0"),
+    (["--ema", "1"], "argument --ema: 1: must be at least 0 and below 1"),
+    (["--ema", "-0.1"], "argument --ema: -0.1: must be at least 0 and below 1"),
+    (["--export-only"], "--export-only needs --export DIR"),
+])  # fmt: skip
+def test_train_plates_refuses_settings_out_of_range(tiny_data, tmp_path, capsys, args, words):
+    """These ran (``--iterations 0``: exit 0, no model, a ``best.json`` with a bare Infinity)
+    or failed deep inside (ZeroDivisionError, ValueError); ``--export-only`` alone did
+    nothing. Now usage errors that name the valid range, before anything is written."""
+    from samri_ml.cli.train_plates import main
+
+    assert main(["--data", str(tiny_data), "--out", str(tmp_path / "run"), *args]) == 2
+    assert words in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
+    """An ``--init`` model of another input size failed after ``config.json`` was written
+    (an OUT holding only that); so did missing data. Now one line each, and no OUT."""
+    from samri_ml.cli.train_plates import main
+
+    out = tmp_path / "run"
+    base = ["--data", str(tiny_data), "--out", str(out), "--size", "64", "--batch-size", "12"]
+    cases = [
+        (["--init", str(default_model_dir() / "plates_embedding.keras")],
+         "takes 224 px images, the run 64 px (--size); hint: pass --size 224"),
+        (["--init", str(tmp_path / "none.keras")], "none.keras: model file not found"),
+        (["--batch-size", "48"], "needs more plates than the 12 of"),
+        (["--data", str(tmp_path / "nowhere")], "nowhere/atlas: not a directory"),
+    ]  # fmt: skip
+    for args, words in cases:
+        assert main([*base, *args]) == 1, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+        assert not out.exists(), args
+
+
+def test_output_folders_are_checked_before_the_work(tiny_data, tmp_path, capsys):
+    """``--fit-router`` into a missing folder failed after the fitting (FileNotFoundError),
+    an unwritable ``--out``/``--export`` after the training. Now usage errors up front; a
+    missing folder is created (its parent must be writable)."""
+    from samri_ml.cli.train_plates import main
+    from samri_ml.testing import read_only_folder
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    base = ["--data", str(tiny_data), "--size", "64", "--batch-size", "12"]
+    with read_only_folder(tmp_path / "ro") as ro:
+        cases = [
+            (["--fit-router", str(ro / "router")], f"{ro} is not writable"),
+            (["--fit-router", str(afile)], f"{afile} is not a folder"),
+            (["--out", str(ro / "run")], f"{ro} is not writable"),
+            (["--out", str(afile / "run")], f"{afile} is not a folder"),
+            (["--out", str(tmp_path / "run"), "--export", str(ro / "x")], f"{ro} is not writable"),
+        ]  # fmt: skip
+        for args, words in cases:
+            assert main([*base, *args]) == 2, args
+            assert words in capsys.readouterr().err.strip().splitlines()[-1], args
+            assert not list(ro.iterdir()) and not (tmp_path / "run").exists()
+
+
+def test_best_json_is_strict_json_without_an_evaluation(tiny_data, tmp_path):
+    """``train`` with no evaluation (``iterations=0``, which the command line now refuses)
+    wrote ``"mae": Infinity``, which strict JSON parsers reject; null now."""
+    cfg = TrainConfig(data_dir=str(tiny_data), out_dir=str(tmp_path / "run"), size=32, width=2,
+                      batch_size=12, iterations=0)  # fmt: skip
+    train(cfg, log=lambda *_: None)
+    text = (tmp_path / "run" / "best.json").read_text()
+    assert "Infinity" not in text and json.loads(text)["mae"] is None

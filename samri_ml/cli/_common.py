@@ -156,6 +156,34 @@ def _threads(text: str) -> int:
     return value
 
 
+def number_in(kind: type = int, low=None, high=None, *, low_open: bool = False,
+              high_open: bool = False):
+    """An argparse ``type``: a number of ``kind`` (int or float) from ``low`` to ``high``
+    (None: no bound; ``low_open``/``high_open``: that end excluded). Out of range is a usage
+    error that names the range, e.g. ``argument --ema: 1.0: must be at least 0 and below 1``."""
+    import math
+
+    bounds = []
+    if low is not None:
+        bounds.append(f"above {low}" if low_open else f"at least {low}")
+    if high is not None:
+        bounds.append(f"below {high}" if high_open else f"at most {high}")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (
+                value < low or (low_open and value == low))) or (high is not None and (
+                value > high or (high_open and value == high))):
+            raise argparse.ArgumentTypeError(f"{text}: must be {' and '.join(bounds)}")
+        return value
+
+    return parse
+
+
 def add_threads_option(parser, default: int = 2, help: str = "CPU threads for TensorFlow") -> None:
     """``--threads N`` (N >= 0; 0 is TensorFlow's default), for the CLIs that run a network."""
     parser.add_argument("--threads", type=_threads, default=default, help=help)
@@ -203,6 +231,24 @@ def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
         probe_writable(out.parent)
     except OSError as err:
         parser.error(f"{option} {path}: its folder is not writable ({err.strerror})")
+
+
+def check_output_dir(parser, what: str, folder) -> None:
+    """Refuse (a usage error, before any work) an output ``folder`` (``what``: the option and
+    path, as the message names them) that is a file or could not be written: the folder itself
+    where it exists, else its nearest existing parent (the command creates the ones between)."""
+    from pathlib import Path
+
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        parser.error(f"{what}: {existing} is not a folder")
+    try:  # up front, not after the training
+        probe_writable(existing)
+    except OSError as err:
+        parser.error(f"{what}: {existing} is not writable ({err.strerror}); hint: choose a "
+                     "writable folder")
 
 
 def add_version_option(parser) -> None:

@@ -16,8 +16,11 @@ from samri_ml.cli._common import (
     add_masker_data_options,
     add_threads_option,
     add_views_option,
+    check_output_dir,
+    number_in,
     run_cli,
 )
+from samri_ml.cli.evaluate_masker import SOURCES
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-train-masker"
@@ -27,6 +30,7 @@ def get_parser() -> argparse.ArgumentParser:
     from samri_ml.masking.train import TrainConfig
 
     d = TrainConfig()
+    count, whole = number_in(int, 0), number_in(int, 1)
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Train the slice-wise U-Net brain masker on the real scans of "
@@ -41,6 +45,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--holdout",
         nargs="*",
         default=list(d.holdout),
+        choices=SOURCES,
         help="sources not used for training (evaluated with samri_ml-evaluate-masker)",
     )
     p.add_argument("--width", type=int, default=d.width, help="filters of the first U-Net level")
@@ -77,20 +82,20 @@ def get_parser() -> argparse.ArgumentParser:
         help="fraction of the synthetic heads cropped close around the brain",
     )
     p.add_argument(
-        "--epochs-plain", type=int, default=d.epochs_plain, help="phase 1 epochs (no augmentation)"
+        "--epochs-plain", type=count, default=d.epochs_plain, help="phase 1 epochs (no augmentation)"
     )
     p.add_argument(
         "--epochs-augmented",
-        type=int,
+        type=count,
         default=d.epochs_augmented,
         help="phase 2 epochs (seed augmentation)",
     )
-    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--steps-per-epoch", type=whole, default=d.steps_per_epoch)
+    p.add_argument("--batch-size", type=whole, default=d.batch_size)
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument(
         "--max-minutes",
-        type=float,
+        type=number_in(float, 0, low_open=True),
         default=d.max_minutes,
         help="stop after the epoch that passes this wall time",
     )
@@ -123,15 +128,26 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     from samri_ml.masking.data import shared_data_dir
     from samri_ml.masking.train import TrainConfig, average, train
 
+    if args.epochs_plain == 0 and args.epochs_augmented == 0 and not args.average_of:
+        parser.error("--epochs-plain and --epochs-augmented are both 0: nothing to train")
+    if args.out.is_dir():
+        parser.error(f"OUT {args.out} is a folder; hint: name a file, e.g. "
+                     f"{args.out / 'masker.keras'}")
+    # up front, not after the training (OUT's folder is created where missing)
+    check_output_dir(parser, f"OUT {args.out}", args.out.parent)
     data_dir = args.data_dir or shared_data_dir()
     if not Path(data_dir).is_dir():
         raise SamriMLError(f"{data_dir}: data folder not found; hint: pass --data-dir")
     if args.out.suffix != ".keras":
         raise SamriMLError(f"{args.out}: the model file must end in .keras")
+    if args.init and not args.init.is_file():  # before the data set is built
+        raise SamriMLError(f"--init {args.init}: model file not found; hint: give the path "
+                           "of a .keras file")
     config = TrainConfig(
         width=args.width, holdout=tuple(args.holdout), synth_per_dama=args.synth_per_dama,
         synth_per_template=args.synth_per_template, batch_size=args.batch_size,

@@ -5,10 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+#: the smallest ``--size``: every backbone halves its input 5 times
+MIN_SIZE = 32
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from samri_ml.cli._common import HelpFormatter, add_threads_option, add_version_option
+    from samri_ml.cli._common import (
+        HelpFormatter,
+        add_threads_option,
+        add_version_option,
+        number_in,
+    )
     from samri_ml.plates.data import shared_data_dir
+
+    whole = number_in(int, 1)  # steps, images, channels: at least one
 
     p = argparse.ArgumentParser(
         prog="samri_ml-train-plates",
@@ -23,19 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="output folder (checkpoints, history); required but with "
                    "--fit-router")
-    p.add_argument("--size", type=int, default=128, help="input side in px")
+    p.add_argument("--size", type=number_in(int, MIN_SIZE), default=128,
+                   help=f"input side in px (at least {MIN_SIZE}: the networks halve it 5 times)")
     p.add_argument("--backbone", default="small", choices=["small", "resnet50v2", "resnet101v2"])
-    p.add_argument("--width", type=int, default=16, help="first-stage channels (small CNN)")
+    p.add_argument("--width", type=whole, default=16, help="first-stage channels (small CNN)")
     p.add_argument(
         "--loss",
         default="ordinal",
         choices=["ordinal", "contrastive", "triplet-semihard", "triplet-hard"],
     )
-    p.add_argument("--batch-size", type=int, default=48)
-    p.add_argument("--iterations", type=int, default=10000)
+    p.add_argument("--batch-size", type=number_in(int, 3), default=48,
+                   help="images per step (at least 3: an anchor, its plate and another)")
+    p.add_argument("--iterations", type=whole, default=10000)
     p.add_argument("--patience", type=int, default=2000, help="early-stopping patience (steps)")
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    p.add_argument("--eval-every", type=whole, default=250)
+    p.add_argument("--lr", type=number_in(float, 0, low_open=True), default=1e-4,
+                   help="Adam learning rate")
     p.add_argument(
         "--schedule",
         default="constant",
@@ -44,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ema",
-        type=float,
+        type=number_in(float, 0, 1, high_open=True),
         default=0.0,
         help="momentum of a moving average of the weights, evaluated and saved instead of the "
         "raw weights (e.g. 0.998; 0: off)",
@@ -112,18 +125,43 @@ def _fit_router(args) -> int:
     router = fit_router(inside, other, ident.prep, size=ident.size,
                         notes={"in_domain": len(inside), "other": len(other), "seed": args.seed,
                                "command": "samri_ml-train-plates --fit-router DIR"})
+    Path(args.fit_router).mkdir(parents=True, exist_ok=True)
     out = router.save(Path(args.fit_router) / ROUTER_NAME)
     print(f"router written to {out} ({len(inside)} confocal/Nissl, {len(other)} synthetic)")
     return 0
 
 
+def _check_outputs(parser, args) -> None:
+    """Usage errors before any work: options that do nothing together, a run to export that
+    is not there, output folders that cannot be written."""
+    from pathlib import Path
+
+    from samri_ml.cli._common import check_output_dir
+
+    if args.fit_router:
+        check_output_dir(parser, f"--fit-router {args.fit_router}", args.fit_router)
+        return
+    if not args.out:
+        parser.error("--out is required (but with --fit-router)")
+    if args.export_only and not args.export:
+        parser.error("--export-only needs --export DIR (where to write the model and index)")
+    if args.export_only and not args.ensemble:
+        for name in ("best.keras", "config.json"):
+            if not (Path(args.out) / name).is_file():
+                parser.error(f"--export-only: {Path(args.out) / name} not found; hint: --out "
+                             "must be the folder of a finished training run")
+    else:
+        check_output_dir(parser, f"--out {args.out}", args.out)
+    if args.export:
+        check_output_dir(parser, f"--export {args.export}", args.export)
+
+
 def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_outputs(parser, args)
     if args.fit_router:
         return _fit_router(args)
-    if not args.out:
-        parser.error("--out is required (but with --fit-router)")
     from samri_ml.cli._common import set_tf_threads
 
     set_tf_threads(args.threads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
@@ -10,7 +12,6 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
-from nipype.utils.filemanip import fname_presuffix
 
 from samri_ml.io import json_dumps
 from samri_ml.plates.identify import VARIANT_CHOICES
@@ -74,7 +75,9 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
                   regions=None, any_orientation=False, top=5, num_threads=2) -> dict:
     """What :class:`IdentifyPlate` does: rank the plates for one image, write
     ``<name>_plates.json`` (the format of ``samri_ml-identify-plate --json``) and the montage
-    ``<name>_plates.png`` into ``out_dir``; returns the interface's outputs."""
+    ``<name>_plates.png`` into ``out_dir`` (``<name>``: the image's file name with its
+    extension, so that ``101.png`` and ``101.jpg`` of one folder keep a montage each); returns
+    the interface's outputs."""
     from samri_ml.models.inference import PLATE_PARALLEL_OPS, set_thread_environment
 
     set_thread_environment(num_threads, PLATE_PARALLEL_OPS)
@@ -85,12 +88,16 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
     ident = make_identifier(model, index, atlas_dir, variant=variant)
     img = read_image(in_file)
     res = ident.rank([img], regions=regions, any_orientation=any_orientation)[0]
-    out_json = fname_presuffix(in_file, suffix="_plates.json", use_ext=False, newpath=out_dir)
+    # the file name with its extension (fname_presuffix drops it): one output per input file
+    name = os.path.join(out_dir, os.path.basename(in_file))
+    out_json = f"{name}_plates.json"
     with open(out_json, "w") as f:
         f.write(json_dumps({in_file: res}, indent=1))
-    out_png = fname_presuffix(in_file, suffix="_plates.png", use_ext=False, newpath=out_dir)
+    out_png = f"{name}_plates.png"
     shown = turn_back(img, res.get("turned_degrees", 0) // 90)  # as it was ranked
-    write_montage(shown, res, out_png, top=top, atlas_dir=atlas_dir, plate_images=None)
+    # the pictures of the index that ranked it (auto: of the variant the router chose)
+    used = getattr(ident, res["model"]) if "model" in res else ident
+    write_montage(shown, res, out_png, top=top, atlas_dir=atlas_dir, index=used.index)
     return {"ranking": [int(p) for p in res["ranking"]],
             "distances": [float(d) for d in res["distances"]],
             "best_plate": int(res["ranking"][0]), "out_json": out_json, "out_montage": out_png}

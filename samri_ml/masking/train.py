@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -178,9 +179,22 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     settings = {k: getattr(config, k) for k in DATA_KEYS}
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
     settings = json.dumps(settings, sort_keys=True)
-    path = Path(config.dataset_cache) if config.dataset_cache else None
+    path = dataset_cache_path(config.dataset_cache)
     if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as f:
+        import zipfile
+
+        from samri_ml.errors import SamriMLError
+
+        try:
+            f = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile):
+            f = None
+        if not isinstance(f, np.lib.npyio.NpzFile) or "settings" not in f.files:
+            if isinstance(f, np.lib.npyio.NpzFile):
+                f.close()
+            raise SamriMLError(f"{path}: not a data set cache of samri_ml-train-masker; hint: "
+                               "give another --dataset-cache path, or remove that file")
+        with f:
             if str(f["settings"]) == settings:
                 log(f"data set read from {path}")
                 vols: dict[str, list] = {}
@@ -205,6 +219,15 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
         np.savez(path, x=x.astype(np.float16), y=y.astype(np.uint8), groups=groups, is_val=is_val,
                  settings=settings, **arrays)  # fmt: skip
     return x, y, groups, is_val, vols
+
+
+def dataset_cache_path(name) -> Path | None:
+    """The file a ``dataset_cache`` setting names (None where unset): with ``.npz`` added where
+    it lacks it, as ``np.savez`` adds it (a cache named without it was written but never read)."""
+    if not name:
+        return None
+    path = Path(name)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
 def split_groups(groups, val_fraction: float, seed: int) -> list[str]:
@@ -297,7 +320,6 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     np.random.seed(train_seed)
     keras.utils.set_random_seed(train_seed)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     x, y, groups, val_m, volumes = cached_dataset(config, data_dir, cache_dir, log)
     train_m = ~val_m
@@ -307,6 +329,8 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
         f"validation groups: {', '.join(val_groups)}"
     )
     xt, yt, xv, yv = x[train_m], y[train_m], x[val_m], y[val_m]
+    counts = {"n_slices": int(len(x)), "n_train_slices": int(train_m.sum()),
+              "n_val_slices": int(val_m.sum()), "validation_groups": val_groups}  # fmt: skip
 
     if config.init_model:
         log(f"starting from the weights of {config.init_model}")
@@ -320,49 +344,94 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     )
     deadline = t_start + 60 * config.max_minutes
 
-    class Deadline(keras.callbacks.Callback):
+    history: dict[str, list] = {}
+
+    class Record(keras.callbacks.Callback):
+        """Each finished epoch into ``history`` (kept if a later one is interrupted) and the
+        time limit, checked at its end."""
+
+        def __init__(self, phase):
+            super().__init__()
+            self.phase = phase
+
         def on_epoch_end(self, epoch, logs=None):
+            for key, value in (logs or {}).items():
+                history.setdefault(key, []).append(float(value))
+            history.setdefault("phase", []).append(self.phase)
             if time.time() > deadline:
                 log("time budget reached; stopping")
                 self.model.stop_training = True
 
-    history: dict[str, list] = {}
     phases = [("plain", config.epochs_plain, False), ("augmented", config.epochs_augmented, True)]
-    for phase, epochs, augment in phases:
-        if epochs <= 0 or time.time() > deadline:
-            continue
-        log(f"phase {phase}: up to {epochs} epochs of {config.steps_per_epoch} batches")
-        callbacks = [
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
-            keras.callbacks.EarlyStopping(
+    stopper = None
+    try:
+        for phase, epochs, augment in phases:
+            if epochs <= 0 or time.time() > deadline:
+                continue
+            log(f"phase {phase}: up to {epochs} epochs of {config.steps_per_epoch} batches")
+            stopper = keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=config.patience, restore_best_weights=True
-            ),
-            Deadline(),
-        ]
-        h = model.fit(
-            _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment, train_seed),
-            validation_data=(xv, yv),
-            batch_size=config.batch_size,
-            epochs=epochs,
-            callbacks=callbacks,
-            verbose=1,
-        )
-        for key, values in h.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-        history.setdefault("phase", []).extend([phase] * len(h.history["loss"]))
+            )
+            callbacks = [
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
+                stopper,
+                Record(phase),
+            ]
+            model.fit(
+                _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment, train_seed),
+                validation_data=(xv, yv),
+                batch_size=config.batch_size,
+                epochs=epochs,
+                callbacks=callbacks,
+                verbose=1,
+            )
+    except KeyboardInterrupt:  # Ctrl-C: keep what the finished epochs learnt
+        from samri_ml.errors import SamriMLNote
+
+        n = len(history.get("phase", []))
+        if not n:
+            warnings.warn("interrupted before the first epoch ended: nothing was saved",
+                          SamriMLNote, stacklevel=2)
+            raise
+        if stopper is not None and stopper.best_weights is not None:
+            model.set_weights(stopper.best_weights)  # this phase's best epoch so far
+        _save_run(model, out_path, config, history, counts, t_start, interrupted=True)
+        warnings.warn(f"interrupted after {n} epoch(s): {out_path} holds the best weights so "
+                      "far (its _training.json says 'interrupted'; no validation Dice)",
+                      SamriMLNote, stacklevel=2)
+        raise
+    if not history.get("phase"):  # an untrained model is no result
+        from samri_ml.errors import SamriMLError
+
+        if config.epochs_plain <= 0 and config.epochs_augmented <= 0:
+            raise SamriMLError("epochs_plain and epochs_augmented are both 0: nothing to train")
+        raise SamriMLError(
+            f"the time limit ({config.max_minutes:g} min) was over before the first epoch "
+            f"began ({time.time() - t_start:.0f} s went into the data set); nothing was "
+            "written; hint: raise --max-minutes, or build the data set once with "
+            "--dataset-cache")
+    return _save_run(model, out_path, config, history, counts, t_start,
+                     volumes={g: volumes[g] for g in val_groups})
+
+
+def _save_run(model, out_path, config: TrainConfig, history: dict, counts: dict,
+              t_start: float, volumes: dict | None = None, interrupted: bool = False) -> dict:
+    """Save the trained ``model`` at ``out_path`` (.keras), then the validation Dice on
+    ``volumes`` (none for an ``interrupted`` run, which is marked so), the loss curve and the
+    summary (``_training.json``) beside it; returns the summary."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     save_without_optimizer(model, out_path)
-    val_dice = validation_dice(model, {g: volumes[g] for g in val_groups}, tuple(config.views))
     summary = {
         "config": asdict(config),
-        "n_slices": int(len(x)),
-        "n_train_slices": int(train_m.sum()),
-        "n_val_slices": int(val_m.sum()),
-        "validation_groups": val_groups,
-        "validation_dice": val_dice,
+        **counts,
+        "validation_dice": validation_dice(model, volumes, tuple(config.views)) if volumes
+        else {},
         "history": history,
         "minutes": (time.time() - t_start) / 60,
         "date": time.strftime("%Y-%m-%d"),
     }
+    if interrupted:  # stopped by Ctrl-C after len(history["phase"]) epochs
+        summary["interrupted"] = True
     plot_history(history, out_path.with_name(out_path.stem + "_loss.png"))
     out_path.with_name(out_path.stem + "_training.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -405,10 +474,10 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
     members = [load_model(p) for p in member_paths]
     import keras
 
+    _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = average_weights(members)
     save_without_optimizer(model, out_path)
-    _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
     val_groups = sorted(volumes)
     member_info = []
     for p in member_paths:

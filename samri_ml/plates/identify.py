@@ -427,39 +427,46 @@ def export_model(
     region_weight: float = 0.0,
     flip_tta: bool = True,
 ) -> Path:
-    """Write ``plates_embedding.keras`` and ``plates_index.npz`` into ``out_dir``."""
+    """Write ``plates_embedding.keras`` and ``plates_index.npz`` into ``out_dir``.
+
+    All or nothing: the atlas and the model are checked first, both files are made in a
+    temporary folder beside ``out_dir`` and moved into it at the end; on failure ``out_dir``
+    is left as it was (:func:`samri_ml.bids.atomic_folder`).
+    """
     import shutil
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if Path(model_path).resolve() != (out / "plates_embedding.keras").resolve():
+    from samri_ml.bids import atomic_folder
+
+    _, imgs = load_atlas(atlas_dir)  # before anything is written: it may not load
+    if not Path(model_path).is_file():
+        raise SamriMLError(f"{model_path}: no such file; hint: check the path")
+    with atomic_folder(out_dir) as out:
         shutil.copy(model_path, out / "plates_embedding.keras")
-    idx = out / "plates_index.npz"
-    np.savez(idx, plates=np.arange(1), embeddings=np.zeros((1, 1)), size=size)  # bootstrap
-    # the shipped index is float32 on every machine (sections may be embedded in bfloat16)
-    ident = PlateIdentifier(out / "plates_embedding.keras", idx, precision="float32")
-    ident.flip_tta = flip_tta
-    ident.reindex(atlas_dir)
-    h, w = brain_extent_mm(ident.plates)
-    _, imgs = load_atlas(atlas_dir)
-    thumbs = np.stack([(preprocess(im, 128) * 255).round().astype(np.uint8) for im in imgs])
-    np.savez_compressed(
-        idx,
-        plates=ident.plates,
-        embeddings=ident.embeddings,
-        region_embeddings=ident.region_embeddings,
-        regions=np.array(list(REGIONS)),
-        size=size,
-        crop=True,
-        equalise=True,
-        smooth=float(smooth),
-        flip_tta=bool(flip_tta),
-        region_weight=float(region_weight),
-        height_mm=h,
-        width_mm=w,
-        thumbnails=thumbs,
-    )
-    return idx
+        idx = out / "plates_index.npz"
+        np.savez(idx, plates=np.arange(1), embeddings=np.zeros((1, 1)), size=size)  # bootstrap
+        # the shipped index is float32 on every machine (sections may be embedded in bfloat16)
+        ident = PlateIdentifier(out / "plates_embedding.keras", idx, precision="float32")
+        ident.flip_tta = flip_tta
+        ident.reindex(atlas_dir)
+        h, w = brain_extent_mm(ident.plates)
+        thumbs = np.stack([(preprocess(im, 128) * 255).round().astype(np.uint8) for im in imgs])
+        np.savez_compressed(
+            idx,
+            plates=ident.plates,
+            embeddings=ident.embeddings,
+            region_embeddings=ident.region_embeddings,
+            regions=np.array(list(REGIONS)),
+            size=size,
+            crop=True,
+            equalise=True,
+            smooth=float(smooth),
+            flip_tta=bool(flip_tta),
+            region_weight=float(region_weight),
+            height_mm=h,
+            width_mm=w,
+            thumbnails=thumbs,
+        )
+    return Path(out_dir) / "plates_index.npz"
 
 
 class RoutedIdentifier(_Ranker):

@@ -31,11 +31,15 @@ def write_montage(
     top: int = 5,
     atlas_dir=None,
     plate_images: dict | None = None,
+    index: dict | None = None,
 ) -> Path:
     """Write ``out_png``: the section, then its ``top`` plates (number and distance).
 
     Plate pictures come from ``plate_images`` ({number: image}), else ``atlas_dir``, else the
-    thumbnails stored in the shipped index.
+    thumbnails stored in ``index`` (the plate index that ranked the section, as loaded by
+    :class:`~samri_ml.plates.identify.PlateIdentifier`), else in the shipped index. A plate
+    without a picture (an index exported before thumbnails were stored) is shown as its
+    number on a blank tile, and a note says so.
     """
     import cv2
 
@@ -44,13 +48,27 @@ def write_montage(
             nums, imgs = load_atlas(atlas_dir)
             plate_images = dict(zip(nums.tolist(), imgs, strict=True))
         else:
-            from samri_ml.plates.identify import default_model_dir
+            if index is None:
+                from samri_ml.plates.identify import default_model_dir
 
-            with np.load(default_model_dir() / "plates_index.npz") as z:
-                plate_images = dict(zip(z["plates"].tolist(), z["thumbnails"], strict=True))
+                with np.load(default_model_dir() / "plates_index.npz") as z:
+                    index = {k: z[k] for k in ("plates", "thumbnails")}
+            plate_images = dict(zip(np.asarray(index["plates"]).tolist(),
+                                    index.get("thumbnails", ()), strict=False))  # fmt: skip
     tiles = [_tile(section, "section")]
-    for p, d in list(zip(result["ranking"], result["distances"], strict=True))[:top]:
-        tiles.append(_tile(plate_images[p], f"#{len(tiles)} plate {p}  d={d:.3f}"))
+    shown = list(zip(result["ranking"], result["distances"], strict=True))[:top]
+    missing = [p for p, _ in shown if p not in plate_images]
+    if missing:
+        import warnings
+
+        from samri_ml.errors import SamriMLNote
+
+        warnings.warn(f"no picture of plate(s) {', '.join(map(str, missing))} in the plate "
+                      "index (no thumbnails stored): the montage shows their numbers only; "
+                      "hint: give the atlas folder", SamriMLNote, stacklevel=2)
+    for p, d in shown:
+        img = plate_images.get(p, np.zeros((TILE, TILE), np.float32))  # blank: no picture
+        tiles.append(_tile(img, f"#{len(tiles)} plate {p}  d={d:.3f}"))
     out = Path(out_png)
     if not cv2.imwrite(str(out), np.hstack(tiles)):
         from samri_ml.errors import SamriMLError

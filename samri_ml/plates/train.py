@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samri_ml.io import json_dumps
 from samri_ml.plates.augment import section_like
 from samri_ml.plates.data import load_atlas, load_sections, preprocess
 from samri_ml.plates.metrics import format_metrics, ranking_metrics
@@ -201,14 +202,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from keras import ops
     from tqdm import tqdm
 
+    from samri_ml.errors import SamriMLError
     from samri_ml.models.siamese import LOSSES, build_embedding_net
 
     _set_seeds(cfg.seed)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     data = Path(cfg.data_dir)
+    # the data and the starting model first: a refused run writes nothing
     plates, pimgs = load_atlas(data / "atlas")
+    if cfg.batch_size - cfg.batch_size // 3 > len(plates):  # distinct plates in a batch
+        raise SamriMLError(
+            f"--batch-size {cfg.batch_size} needs more plates than the {len(plates)} of "
+            f"{data / 'atlas'}; hint: --batch-size {3 * len(plates) // 2} or less")
     plate_imgs = np.stack([preprocess(im, cfg.size) for im in pimgs])
     _, tr_lab, tr_imgs = load_sections(data / "train")
     tr_imgs = [preprocess(im, cfg.size) for im in tr_imgs]
@@ -219,11 +224,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     if cfg.init:
         # fine-tune a previous run (e.g. a second phase at a lower learning rate)
-        model = keras.saving.load_model(cfg.init, compile=False)
+        model = _load_init(cfg.init, cfg.size)
     else:
         model = build_embedding_net(
             cfg.size, cfg.backbone, cfg.embedding_dim, width=cfg.width, normalize=True
         )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     log(f"model {model.name}: {model.count_params():,} parameters")
     loss_fn = LOSSES[cfg.loss]
     opt = keras.optimizers.Adam(learning_rate_schedule(cfg))
@@ -308,8 +315,30 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if it - best["step"] >= cfg.patience:
                 log(f"early stop at step {it}: val_1 MAE not improved for {cfg.patience} steps")
                 break
-    (out / "best.json").write_text(json.dumps(best, indent=2, default=float))
+    (out / "best.json").write_text(json_dumps(best, indent=2))
     return best
+
+
+def _load_init(path, size: int):
+    """The ``--init`` model, refused in one line where it is missing, no Keras model, or made
+    for another input size than ``size``."""
+    import keras
+
+    from samri_ml.errors import SamriMLError
+
+    if not Path(path).is_file():
+        raise SamriMLError(f"--init {path}: model file not found; hint: give the path of a "
+                           ".keras file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError) as err:
+        raise SamriMLError(f"--init {path}: not a Keras model ({str(err).split('. ')[0]})") \
+            from err
+    side = model.input_shape[1]
+    if side is not None and side != size:
+        raise SamriMLError(f"--init {path} takes {side} px images, the run {size} px (--size); "
+                           f"hint: pass --size {side}")
+    return model
 
 
 def learning_rate_schedule(cfg: TrainConfig):
@@ -329,31 +358,33 @@ def export_and_measure(
     run_dir, out_dir, data_dir, *, smooth: float = 0.0, region_weight: float = 0.0
 ) -> dict:
     """Ship ``run_dir/best.keras``: write the model and plate index into ``out_dir`` and
-    ``plates_index_metrics.json`` (val_1 and val_2 metrics of the shipped ranking)."""
+    ``plates_index_metrics.json`` (val_1 and val_2 metrics of the shipped ranking).
+
+    All or nothing, as :func:`samri_ml.plates.identify.export_model`: the run and the data are
+    checked first, the three files are made beside ``out_dir`` and moved into it at the end."""
+    from samri_ml.bids import atomic_folder
+    from samri_ml.errors import SamriMLError
     from samri_ml.plates.identify import PlateIdentifier, export_model
 
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    data = Path(data_dir)
-    export_model(
-        Path(run_dir) / "best.keras",
-        data / "atlas",
-        out_dir,
-        size=cfg["size"],
-        smooth=smooth,
-        region_weight=region_weight,
-    )
-    ident = PlateIdentifier(
-        Path(out_dir) / "plates_embedding.keras", Path(out_dir) / "plates_index.npz"
-    )
+    run, data = Path(run_dir), Path(data_dir)
+    for name in ("best.keras", "config.json"):
+        if not (run / name).is_file():
+            raise SamriMLError(f"{run / name}: no such file; hint: give the --out folder of a "
+                               "finished training run")
+    cfg = json.loads((run / "config.json").read_text())
+    splits = {split: load_sections(data / split) for split in ("val_1", "val_2")}
     out = {"run": str(run_dir), "config": cfg, "smooth": smooth, "region_weight": region_weight}
-    for split in ("val_1", "val_2"):
-        _, labels, imgs = load_sections(data / split)
-        ident.rank(imgs[:1])
-        t0 = time.perf_counter()
-        res = ident.rank(imgs)
-        m = ranking_metrics([r["ranking"] for r in res], labels, time.perf_counter() - t0)
-        out[split] = m
-    (Path(out_dir) / "plates_index_metrics.json").write_text(json.dumps(out, indent=1))
+    with atomic_folder(out_dir) as tmp:
+        export_model(run / "best.keras", data / "atlas", tmp, size=cfg["size"], smooth=smooth,
+                     region_weight=region_weight)  # fmt: skip
+        ident = PlateIdentifier(tmp / "plates_embedding.keras", tmp / "plates_index.npz")
+        for split, (_, labels, imgs) in splits.items():
+            ident.rank(imgs[:1])
+            t0 = time.perf_counter()
+            res = ident.rank(imgs)
+            m = ranking_metrics([r["ranking"] for r in res], labels, time.perf_counter() - t0)
+            out[split] = m
+        (tmp / "plates_index_metrics.json").write_text(json.dumps(out, indent=1))
     return out
 
 
