@@ -240,7 +240,8 @@ def test_compare_refuses_what_it_would_pool(tmp_path, capsys):
 
 
 def test_scan_guards_its_inputs_and_names_the_scan_after_its_source(images, tmp_path, capsys):
-    """--json naming an input overwrote it; a series against a volume gave a meaningless SCF;
+    """--json naming an input overwrote it; a series against a volume gave a meaningless SCF
+    (its temporal mean is compared now);
     the record was named after the processed file, so compare never paired it with the
     workflow's own record of that scan (named after the raw one)."""
     import shutil
@@ -254,12 +255,12 @@ def test_scan_guards_its_inputs_and_names_the_scan_after_its_source(images, tmp_
     assert copy.read_bytes() == before
     assert main(["scan", str(proc_f), str(raw_f), "--json", str(tmp_path / "q.nii.gz")]) == 2
     capsys.readouterr()
-    img = nb.load(raw_f)  # a series: against one of its volumes
-    volume = tmp_path / "volume.nii.gz"
-    nb.save(nb.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine), volume)
-    assert main(["scan", str(proc_f), str(volume)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "time series (4D) and the other is not" in err
+    img = nb.load(raw_f)  # five copies of a volume against that volume: SCF 0.15 before
+    volume = np.asanyarray(img.dataobj)[..., 0]
+    nb.save(nb.Nifti1Image(volume, img.affine), tmp_path / "volume.nii.gz")
+    nb.save(nb.Nifti1Image(np.stack([volume] * 5, -1), img.affine), tmp_path / "copies.nii.gz")
+    assert main(["scan", str(tmp_path / "copies.nii.gz"), str(tmp_path / "volume.nii.gz")]) == 0
+    assert json.loads(capsys.readouterr().out)["scf"] == pytest.approx(1.0, abs=1e-6)
     out = tmp_path / "sub-01_desc-qc_metrics.json"
     assert main(["scan", str(proc_f), str(raw_f), "--json", str(out)]) == 0
     capsys.readouterr()

@@ -93,17 +93,14 @@ class SmoothnessConservation(SimpleInterface):
     def _run_interface(self, runtime):
         from samri_ml.errors import SamriMLError
         from samri_ml.qc.smoothness import (
-            check_same_kind,
             estimate_smoothness,
+            same_kind,
             smoothness_conservation,
         )
 
         proc, proc_aff = _load(self.inputs.processed_file)
         raw, raw_aff = _load(self.inputs.raw_file)
-        try:
-            check_same_kind(proc, raw)
-        except ValueError as err:
-            raise SamriMLError(str(err)) from None
+        proc, raw = same_kind(proc, raw)  # a run cut to one volume: its source's mean
         mask = None
         if isdefined(self.inputs.mask_file):
             mask = np.asanyarray(_load(self.inputs.mask_file)[0]) > 0

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from samri_ml.qc.smoothness import (
-    check_same_kind,
     estimate_smoothness,
+    same_kind,
     smoothness_conservation,
 )
 from samri_ml.qc.volume import volume_conservation
@@ -140,17 +140,13 @@ def qc_from_arrays(
 
     Returns a dict with the keys of :data:`VALUE_KEYS`.
 
-    Raises
-    ------
-    ValueError
-        One image is a time series and the other not: a series' smoothness is that of its
-        detrended fluctuations, a volume's that of the image itself, and their ratio means
-        nothing (a 4D copy of a volume gave SCF 0.15).
+    Where one image is a time series and the other a single volume, the SCF compares the
+    series' temporal mean with the volume (:func:`~samri_ml.qc.smoothness.same_kind`).
     """
-    check_same_kind(processed, raw)
     vol = volume_conservation(processed, processed_affine, raw, raw_affine)
     zooms_p = np.sqrt((np.asarray(processed_affine)[:3, :3] ** 2).sum(axis=0))
     zooms_r = np.sqrt((np.asarray(raw_affine)[:3, :3] ** 2).sum(axis=0))
+    processed, raw = same_kind(processed, raw)
     s_p = estimate_smoothness(processed, zooms_p, mask=processed_mask, acf=acf)
     s_r = estimate_smoothness(raw, zooms_r, mask=raw_mask, acf=acf)
     scf, scf_n = smoothness_conservation(s_p.fwhm, s_r.fwhm, vol.vcf)

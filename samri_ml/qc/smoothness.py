@@ -104,16 +104,20 @@ def automask(data: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def check_same_kind(processed, raw) -> None:
-    """Refuse (``ValueError``) a time series against a volume: a series' smoothness is that of
-    its detrended fluctuations, a volume's that of the image itself, and their ratio means
-    nothing (a 4D copy of a volume gave SCF 0.15)."""
-    series = [np.ndim(a) == 4 and np.shape(a)[3] > 1 for a in (processed, raw)]
+def same_kind(processed, raw) -> tuple[np.ndarray, np.ndarray]:
+    """The two images, made comparable for their smoothness: where one is a time series and the
+    other a single volume, the series' temporal mean. A series' FWHM is that of its detrended
+    fluctuations, a volume's that of the image itself, and their ratio means nothing (a series
+    of five copies of a volume against that volume gave SCF 0.15; the means give 1). This
+    happens in the workflow, too: a run cut by its dummy scans to one volume."""
+    processed, raw = np.asarray(processed), np.asarray(raw)
+    series = [a.ndim == 4 and a.shape[3] > 1 for a in (processed, raw)]
     if series[0] != series[1]:
-        which = "processed" if series[0] else "raw"
-        raise ValueError(f"the {which} image is a time series (4D) and the other is not; their "
-                         "smoothness is not comparable; hint: compare a series with its source "
-                         "series, a volume with its source volume")
+        if series[0]:
+            processed = processed.mean(axis=3, dtype=np.float64)
+        else:
+            raw = raw.mean(axis=3, dtype=np.float64)
+    return processed, raw
 
 
 def detrend(series: np.ndarray, order: int) -> np.ndarray:
