@@ -125,6 +125,10 @@ def volume_conservation(
     VolumeConservation
         ``vcf``, ``volume_processed``, ``volume_raw`` (mm^3) and the ``threshold`` used.
     """
+    from samri_ml.qc.smoothness import _require_finite
+
+    for image in (processed, raw):  # a NaN in raw gave VCF nan with volume 0
+        _require_finite(np.asarray(image))
     threshold = volume_threshold(raw, percentile)
     v_raw = image_volume(raw, raw_affine, threshold)
     v_proc = image_volume(processed, processed_affine, threshold)
