@@ -105,14 +105,19 @@ th{background:#f3f3f3} .note{color:#666;font-size:.85em}
 """
 
 
-def structural_outline(data: np.ndarray, percentile: float = 66) -> np.ndarray:
-    """The bright head/brain of a registered structural scan, for the contour drawn on the
-    functional mean: voxels above ``percentile``, opened once, the largest connected piece,
-    holes filled (a bare threshold also outlined noise speckles)."""
+def structural_outline(data: np.ndarray) -> np.ndarray:
+    """The head/brain of a registered structural scan, for the contour drawn on the
+    functional mean: voxels above the half-maximum level of :func:`samri_ml.qc.smoothness.
+    head_level`, opened once, the largest connected piece, holes filled (a bare threshold also
+    outlined noise speckles). The 66th percentile used before fell inside the brain where the
+    brain fills more than a third of the template grid, and the contour cut across it (the
+    sammba EPI looked as if it spilled below its structural scan)."""
     from scipy import ndimage
 
+    from samri_ml.qc.smoothness import head_level
+
     data = np.asarray(data, dtype=np.float32)
-    mask = ndimage.binary_opening(data > np.percentile(data, percentile))
+    mask = ndimage.binary_opening(data > head_level(data))
     mask = largest_component(mask)
     return ndimage.binary_fill_holes(mask)
 

@@ -92,6 +92,13 @@ def _scaled_zooms(root: Path) -> None:
     save(np.asarray(img.dataobj), path, affine=np.diag([2.0, 2.0, 4.0, 1.0]))  # 10x 0.2/0.4 mm
 
 
+def _scaled_template(root: Path) -> None:
+    for path in (root / TEMPLATE, root / MASK):  # 20x: 96 mm
+        img = nb.load(str(path))
+        save(np.asarray(img.dataobj), path, affine=np.diag([*(20 * np.array(img.header.get_zooms()[:3])),
+                                                             1.0]))
+
+
 def _mask_other_grid(root: Path) -> None:
     save((_blob((20, 20, 10)) > 50).astype(np.uint8), root / MASK)
 
@@ -172,7 +179,13 @@ CASES = [
     ("all_zero_template", _replace_image(TEMPLATE, np.zeros_like), [], 1, ["all zeros"]),
     ("empty_template_mask", _replace_image(MASK, lambda d: np.zeros_like(d)), [], 1,
      ["all zeros"]),
-    ("voxel_sizes_10x", _scaled_zooms, [], 1, ["field of view", "10x", "--no-fov-check"]),
+    # a factor near 10: how to fix the header, not --no-fov-check (which registered the
+    # emory template into a blur)
+    ("voxel_sizes_10x", _scaled_zooms, [], 1, ["field of view", "10x", "scaled by 10",
+                                                "multiply the affine's first three columns"]),
+    # every subject used to be named in turn
+    ("template_scaled", _scaled_template, [], 1, ["tpl-Tiny_T2w.nii.gz: the template's field "
+                                                  "of view 96 mm is implausible for a rodent"]),
     ("template_mask_other_grid", _mask_other_grid, [], 1, ["not on the same grid", "hint"]),
     ("output_is_a_file", lambda r: (r / "out").write_text("x"), ["OUT=out"], 1,
      ["exists and is not a folder"]),
@@ -756,3 +769,19 @@ def test_interfaces_run_in_workers_forked_after_tensorflow_ran(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["same_mask"] and 100 in out["top5"], out
+
+
+def test_a_run_whose_vcf_says_it_failed_is_named(tmp_path):
+    """A rat head registered to DSURQE (VCF 0.046) or a 10x scan (0.002) ended with "finished"
+    and exit 0, the failure visible only in the report's pictures."""
+    from samri_ml.cli.register import implausible_qc_notes
+
+    paths = []
+    for name, vcf in (("sub-01_ses-1_T2w", 0.046), ("sub-02_ses-1_T2w", 0.93),
+                      ("sub-03_ses-1_T2w", None)):
+        path = tmp_path / f"{name.rsplit('_', 1)[0]}_space-X_desc-qc_metrics.json"
+        path.write_text(json.dumps({"scan": name, "vcf": vcf}))
+        paths.append(str(path))
+    notes = implausible_qc_notes([*paths, str(tmp_path / "sub-01_T2w.nii.gz")], tmp_path)
+    assert len(notes) == 1 and notes[0].startswith("sub-01_ses-1_T2w: VCF 0.046")
+    assert str(tmp_path / "sub-01.html") in notes[0]

@@ -293,3 +293,17 @@ def test_building_a_workflow_puts_ants_on_path(factory, monkeypatch):
     factory()
     for program in ("N4BiasFieldCorrection", "antsRegistration", "antsApplyTransforms"):
         assert Path(shutil.which(program)).parent == scripts_dir(), program
+
+
+def test_structural_outline_covers_a_brain_that_fills_most_of_the_grid():
+    """The 66th percentile fell inside a brain filling 42 % of the template grid, and the
+    contour cut across the brain (the real sammba scan in DSURQE space)."""
+    import numpy as np
+
+    from samri_ml.report import structural_outline
+
+    grid = np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij")
+    brain = sum(g**2 for g in grid) < 0.9  # about 45 % of the grid
+    data = brain * (100 + 60 * grid[2])  # bright dorsally, darker ventrally (40-160)
+    out = structural_outline(data)
+    assert brain.mean() > 0.4 and (out & brain).sum() / brain.sum() > 0.97

@@ -350,6 +350,34 @@ def field_of_view(img) -> float:
     return float(np.max(np.asarray(img.shape[:3]) * sizes))
 
 
+#: fields of view (mm) a rodent head or brain image can have; outside, its header is the
+#: scaled one (the emory template's 10x voxel sizes give 114 mm)
+PLAUSIBLE_FOV_MM = (3.0, 60.0)
+
+
+def _fov_message(path, extent: float, args) -> str:
+    """The error for a scan whose field of view is far from the template's: it names the file
+    whose own field of view is implausible for a rodent (the template, where it is; every
+    subject was blamed in turn before), and for a factor near 10 says how to fix the header
+    instead of offering --no-fov-check (which registered such a scan into a blur, VCF 0.002)."""
+    ratio = extent / args.template_extent
+    lo, hi = PLAUSIBLE_FOV_MM
+    template_odd = not lo <= args.template_extent <= hi and lo <= extent <= hi
+    factor = 1 / ratio if template_odd else ratio
+    head = (f"{args.template}: the template's field of view {args.template_extent:.3g} mm is "
+            f"implausible for a rodent, {factor:.3g}x that of {path} ({extent:.3g} mm)"
+            if template_odd else
+            f"{path}: field of view {extent:.3g} mm is {ratio:.3g}x the template's "
+            f"({args.template_extent:.3g} mm)")
+    if 7 <= factor <= 14 or 1 / 14 <= factor <= 1 / 7:
+        scale = "0.1" if factor > 1 else "10"
+        return (f"{head}; its voxel sizes look scaled by {'10' if factor > 1 else '0.1'} (common "
+                f"for SPM/FSL exports); hint: fix its header: multiply the affine's first three "
+                f"columns (and pixdim) by {scale}, e.g. with nibabel")
+    return (f"{head}; the voxel sizes in one of the headers look scaled; hint: fix the header's "
+            "pixdim/affine, or pass --no-fov-check if both are right")
+
+
 #: a scan whose field of view differs from the template's by more than this factor (either
 #: way) almost surely has scaled voxel sizes in its header (x10 is common for SPM/FSL)
 FOV_RATIO_LIMIT = 4.0
@@ -405,11 +433,7 @@ def check_scans(args, sessions) -> None:
             extent = field_of_view(img)
             ratio = extent / args.template_extent
             if not 1 / FOV_RATIO_LIMIT <= ratio <= FOV_RATIO_LIMIT:
-                raise SamriMLError(
-                    f"{path}: field of view {extent:.3g} mm is {ratio:.3g}x the template's "
-                    f"({args.template_extent:.3g} mm); the voxel sizes in one of the headers "
-                    "look scaled (x10 is common for SPM/FSL); hint: fix the header's pixdim/"
-                    "affine, or pass --no-fov-check to register anyway")
+                raise SamriMLError(_fov_message(path, extent, args))
     # said with the run's summary (:func:`_announce`), once every check has passed
     args.scan_notes = []
     if no_timing:
@@ -758,6 +782,7 @@ def _main(argv=None) -> int:
         # the report's registration overviews do not need QC; without it there is no table
         _write_reports(args, sessions, started)
         _note_stale(args, sessions, graph, started)
+        _note_implausible_qc(args, graph)
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
 
@@ -846,6 +871,43 @@ def _note_stale(args, sessions, graph, started: float) -> None:
         print(f"{PROG}: note: {len(stale)} file(s) in OUTPUT_DIR are not from this run (an "
               f"earlier run with other options?), kept: {shown}{more}; hint: delete them if "
               "they are stale, or use another OUTPUT_DIR per configuration", file=sys.stderr)
+
+
+#: a VCF outside this range means the registered scan lost or gained most of its volume: the
+#: registration diverged (a rat head to DSURQE: 0.046; the 10x emory scan: 0.002)
+PLAUSIBLE_VCF = (0.25, 4.0)
+
+
+def _note_implausible_qc(args, graph) -> None:
+    """Name each scan of this run whose VCF says the registration failed (such runs ended with
+    "finished" and exit 0, the failure visible only in the report's pictures)."""
+    from samri_ml.interfaces.bids import sink_outputs
+
+    for line in implausible_qc_notes(sink_outputs(graph), args.output_dir):
+        print(f"{PROG}: note: {line}", file=sys.stderr)
+
+
+def implausible_qc_notes(paths, output_dir) -> list[str]:
+    """One line per QC record among ``paths`` whose VCF is outside :data:`PLAUSIBLE_VCF`."""
+    import json
+
+    lo, hi = PLAUSIBLE_VCF
+    notes = []
+    for path in paths:
+        if not str(path).endswith("_desc-qc_metrics.json"):
+            continue
+        try:
+            record = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        vcf = record.get("vcf")
+        if isinstance(vcf, (int, float)) and not lo <= vcf <= hi:
+            subject = Path(path).name.split("_")[0]
+            notes.append(f"{record.get('scan', Path(path).name)}: VCF {vcf:.3g} (the registered "
+                         "scan holds that fraction of its source's volume): the registration "
+                         "probably failed; hint: look at "
+                         f"{Path(output_dir) / (subject + '.html')}")
+    return notes
 
 
 def _write_reports(args, sessions, started: float | None = None) -> None:
