@@ -785,3 +785,32 @@ def test_a_run_whose_vcf_says_it_failed_is_named(tmp_path):
     notes = implausible_qc_notes([*paths, str(tmp_path / "sub-01_T2w.nii.gz")], tmp_path)
     assert len(notes) == 1 and notes[0].startswith("sub-01_ses-1_T2w: VCF 0.046")
     assert str(tmp_path / "sub-01.html") in notes[0]
+
+
+def test_a_scan_with_two_disagreeing_orientations_is_named(tmp_path, capsys):
+    """sform and qform mirrored against each other: ANTs read one, the checks and pictures the
+    other, and the result came out mirrored without a word."""
+    from samri_ml.cli.register import check_scans, collect_sessions, get_parser, validate
+
+    make_dataset(tmp_path)
+    path = tmp_path / "bids" / ANAT
+    img = nb.load(str(path))
+    mirrored = img.affine.copy()
+    mirrored[0, 0] *= -1
+    mirrored[0, 3] = img.shape[0] * img.affine[0, 0]
+    img.set_sform(img.affine, code=2)
+    img.set_qform(mirrored, code=1)
+    nb.save(img, str(path))
+    parser = get_parser()
+    args = parser.parse_args(_argv(tmp_path, []))
+    validate(args, parser)
+    sessions = collect_sessions(args)
+    check_scans(args, sessions)
+    assert any("1 scan(s) whose header holds two different orientations (sform and qform)"
+               in n and "sub-01_ses-1_T2w.nii.gz" in n for n in args.scan_notes), args.scan_notes
+    img.set_qform(img.affine, code=1)  # agreeing: no note
+    nb.save(img, str(path))
+    args = parser.parse_args(_argv(tmp_path, []))
+    validate(args, parser)
+    check_scans(args, collect_sessions(args))
+    assert not any("two different orientations" in n for n in args.scan_notes)

@@ -341,6 +341,24 @@ def make_dir(folder: Path, what: str) -> None:
     check_writable(folder, what)
 
 
+def header_affines_disagree(img, tol_mm: float = 0.1) -> bool:
+    """Whether a NIfTI header's sform and qform are both set (codes > 0) and map some corner
+    voxel of the grid more than ``tol_mm`` apart."""
+    import numpy as np
+
+    header = getattr(img, "header", None)
+    if header is None or not hasattr(header, "get_sform"):
+        return False
+    sform, scode = header.get_sform(coded=True)
+    qform, qcode = header.get_qform(coded=True)
+    if not scode or not qcode or sform is None or qform is None:
+        return False
+    shape = np.asarray(img.shape[:3]) - 1
+    corners = np.array([[i, j, k, 1] for i in (0, shape[0]) for j in (0, shape[1])
+                        for k in (0, shape[2])], dtype=float).T
+    return bool(np.abs((sform - qform) @ corners).max() > tol_mm)
+
+
 def field_of_view(img) -> float:
     """The largest side of an image's field of view in mm: ``max_i n_i * |column_i(A)|``,
     with ``n_i`` the number of voxels along axis ``i`` and ``A`` the 3x3 part of the affine."""
@@ -393,7 +411,7 @@ def check_scans(args, sessions) -> None:
     """
     from samri_ml.io import load_nifti
 
-    no_timing, direct, too_short = [], [], []
+    no_timing, direct, too_short, two_affines = [], [], [], []
     for item in sessions:
         scans = ([(item["anat"], "structural")] if item["anat"] else [])
         scans += [(bold, "functional") for bold in item["bold"]]
@@ -428,6 +446,8 @@ def check_scans(args, sessions) -> None:
                 kept = img.shape[3] - n_dummy_to_drop(img.shape[3], dummies)
                 if kept < MIN_SLICE_TIMING_VOLUMES:
                     too_short.append(Path(path).name)
+            if header_affines_disagree(img):
+                two_affines.append(Path(path).name)
             if getattr(args, "no_fov_check", False):
                 continue
             extent = field_of_view(img)
@@ -441,6 +461,12 @@ def check_scans(args, sessions) -> None:
             f"{len(no_timing)} functional run(s) without SliceTiming in their sidecar, not "
             f"slice-timing corrected: {', '.join(no_timing[:3])}"
             f"{', ...' if len(no_timing) > 3 else ''}")
+    if two_affines:
+        args.scan_notes.append(
+            f"{len(two_affines)} scan(s) whose header holds two different orientations (sform "
+            "and qform), which tools read differently (a mirrored qform gave a mirrored "
+            f"result): {', '.join(two_affines[:3])}{', ...' if len(two_affines) > 3 else ''}; "
+            "hint: make them agree, e.g. nibabel's img.set_qform(img.get_sform())")
     if too_short:
         from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
 
