@@ -209,7 +209,7 @@ def test_evaluate_plates_checks_its_json_before_it_runs(tmp_path, plate_thumbs, 
         (["--json", str(tmp_path / "o.png")], "image file name"),
         (["--json", str(tmp_path / "nodir" / "m.json")], "its folder does not exist"),
         (["--json", str(tmp_path)], "is a folder"),
-        (["--method", "mi-affine", "--size", "0"], "at least 16 px"),
+        (["--method", "mi-affine", "--size", "0"], "--size: 0: must be at least 16"),
     ):
         assert main(["--images", str(tmp_path), *args]) == 2
         assert words in capsys.readouterr().err

@@ -209,16 +209,27 @@ def probe_writable(folder) -> None:
         pass
 
 
+def _nearest_existing(path):
+    """``path`` (absolute) where it exists, else its nearest existing parent."""
+    from pathlib import Path
+
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
-                      example: str = "out.json") -> None:
+                      example: str = "out.json", make_folder: bool = False) -> None:
     """Refuse (a usage error, before any work) an output file ``path`` given as ``option`` that
     would overwrite one of ``inputs``, whose name ends in one of ``refused_suffixes`` (an image
     or volume name: a slip of the arguments' order), that is a folder, or whose folder is
-    missing or not writable."""
+    missing (unless the command makes it: ``make_folder``, where the nearest existing parent
+    is probed) or not writable."""
     from pathlib import Path
 
     out = Path(path).resolve()
-    if not out.parent.is_dir():
+    if not make_folder and not out.parent.is_dir():
         parser.error(f"{option} {path}: its folder does not exist")
     if out in {Path(p).resolve() for p in inputs}:
         parser.error(f"{option} {path} is one of the input images; it would be overwritten")
@@ -227,8 +238,11 @@ def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
     if out.is_dir():
         parser.error(f"{option} {path} is a folder; hint: name a file, e.g. "
                      f"{Path(path) / example}")
+    folder = _nearest_existing(out.parent)
+    if not folder.is_dir():
+        parser.error(f"{option} {path}: {folder} is not a folder")
     try:  # up front, not after the work is done
-        probe_writable(out.parent)
+        probe_writable(folder)
     except OSError as err:
         parser.error(f"{option} {path}: its folder is not writable ({err.strerror})")
 
@@ -237,11 +251,7 @@ def check_output_dir(parser, what: str, folder) -> None:
     """Refuse (a usage error, before any work) an output ``folder`` (``what``: the option and
     path, as the message names them) that is a file or could not be written: the folder itself
     where it exists, else its nearest existing parent (the command creates the ones between)."""
-    from pathlib import Path
-
-    existing = Path(folder).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(folder)
     if not existing.is_dir():
         parser.error(f"{what}: {existing} is not a folder")
     try:  # up front, not after the training

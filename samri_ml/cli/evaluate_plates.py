@@ -14,10 +14,12 @@ from samri_ml.cli._common import (
     add_threads_option,
     add_version_option,
     check_output_file,
+    number_in,
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
 from samri_ml.io import json_dumps
+from samri_ml.plates.data import IMAGE_SUFFIXES, MIN_SIDE
 
 PROG = "samri_ml-evaluate-plates"
 
@@ -46,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="siamese: force the region analysis on (default: as in the index)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N sections")
-    p.add_argument("--size", type=_side, default=128, help="mi-affine: image side in px")
+    p.add_argument("--size", type=number_in(int, MIN_SIDE), default=128,
+                   help=f"mi-affine: image side in px (at least {MIN_SIDE})")
     p.add_argument("--json", metavar="OUT", help="write metrics and rankings as JSON")
     add_threads_option(p, help="CPU threads: TensorFlow's (siamese), registrations at once, "
                        "one thread each (mi-affine; 0: one per available core)")
@@ -108,19 +111,6 @@ def run(args) -> int:
     return 0
 
 
-def _side(text: str) -> int:
-    """``--size``: an image side of at least 16 px (the smallest section image read)."""
-    from samri_ml.plates.data import MIN_SIDE
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < MIN_SIDE:
-        raise argparse.ArgumentTypeError(f"{value}: at least {MIN_SIDE} px")
-    return value
-
-
 def _check_labels(paths, labels, plates) -> None:
     """Refuse a section whose file-name label is not a plate of the atlas (before any MAE)."""
     known = {int(p) for p in plates}
@@ -141,8 +131,6 @@ def _main(argv=None) -> int:
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     if args.json:
-        from samri_ml.plates.data import IMAGE_SUFFIXES
-
         inputs = [p for p in Path(args.images).iterdir() if p.is_file()]
         check_output_file(parser, "--json", args.json, inputs, IMAGE_SUFFIXES, "OUT.json")
     if args.method == "mi-affine":

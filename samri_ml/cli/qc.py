@@ -93,16 +93,12 @@ def _scan(args, parser) -> int:
     from samri_ml.qc.metrics import modality_of, qc_from_arrays, qc_record, scan_name
 
     if args.json is not None:  # before the work: never over an input, never an image name
-        inputs = {Path(p).resolve() for p in (args.processed, args.raw, args.mask, args.raw_mask)
-                  if p is not None}
-        if args.json.resolve() in inputs:
-            parser.error(f"--json {args.json} is one of the input images; it would be "
-                         "overwritten")
-        if args.json.name.lower().endswith((".nii", ".nii.gz")):
-            parser.error(f"--json {args.json}: an image file name; hint: name it "
-                         "sub-X_..._desc-qc_metrics.json")
-        if args.json.is_dir():
-            parser.error(f"--json {args.json} is a folder; hint: name a file in it")
+        from samri_ml.cli._common import check_output_file
+
+        check_output_file(parser, "--json", args.json,
+                          [p for p in (args.processed, args.raw, args.mask, args.raw_mask) if p],
+                          (".nii", ".nii.gz"), "sub-X_..._desc-qc_metrics.json",
+                          make_folder=True)
     proc_img = load_nifti(args.processed, allow_4d=True)
     raw_img = load_nifti(args.raw, allow_4d=True)
     proc = np.asanyarray(proc_img.dataobj)

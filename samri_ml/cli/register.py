@@ -388,10 +388,10 @@ def _fov_message(path, extent: float, args) -> str:
             f"{path}: field of view {extent:.3g} mm is {ratio:.3g}x the template's "
             f"({args.template_extent:.3g} mm)")
     if 7 <= factor <= 14 or 1 / 14 <= factor <= 1 / 7:
-        scale = "0.1" if factor > 1 else "10"
-        return (f"{head}; its voxel sizes look scaled by {'10' if factor > 1 else '0.1'} (common "
-                f"for SPM/FSL exports); hint: fix its header: multiply the affine's first three "
-                f"columns (and pixdim) by {scale}, e.g. with nibabel")
+        scaled, fix = ("10", "0.1") if factor > 1 else ("0.1", "10")
+        return (f"{head}; its voxel sizes look scaled by {scaled} (common for SPM/FSL exports); "
+                f"hint: fix its header: multiply the affine's first three columns (and pixdim) "
+                f"by {fix}, e.g. with nibabel")
     return (f"{head}; the voxel sizes in one of the headers look scaled; hint: fix the header's "
             "pixdim/affine, or pass --no-fov-check if both are right")
 
@@ -459,13 +459,12 @@ def check_scans(args, sessions) -> None:
     if no_timing:
         args.scan_notes.append(
             f"{len(no_timing)} functional run(s) without SliceTiming in their sidecar, not "
-            f"slice-timing corrected: {', '.join(no_timing[:3])}"
-            f"{', ...' if len(no_timing) > 3 else ''}")
+            f"slice-timing corrected: {_some(no_timing)}")
     if two_affines:
         args.scan_notes.append(
             f"{len(two_affines)} scan(s) whose header holds two different orientations (sform "
             "and qform), which tools read differently (a mirrored qform gave a mirrored "
-            f"result): {', '.join(two_affines[:3])}{', ...' if len(two_affines) > 3 else ''}; "
+            f"result): {_some(two_affines)}; "
             "hint: make them agree, e.g. nibabel's img.set_qform(img.get_sform())")
     if too_short:
         from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
@@ -473,11 +472,16 @@ def check_scans(args, sessions) -> None:
         args.scan_notes.append(
             f"{len(too_short)} functional run(s) with fewer than {MIN_SLICE_TIMING_VOLUMES} "
             "volumes after the dummy scans, not slice-timing corrected: "
-            f"{', '.join(too_short[:3])}{', ...' if len(too_short) > 3 else ''}")
+            f"{_some(too_short)}")
     if direct:
         args.scan_notes.append(
             f"no structural scan in {', '.join(direct)}: its functional runs are registered "
             "straight to the template (as --registration-method functional)")
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names``, comma-separated, with ``...`` where there are more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> None:
