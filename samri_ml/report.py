@@ -1,15 +1,24 @@
 """Per-subject HTML QC reports (one self-contained, offline-viewable page per subject).
 
-Each page shows, for every registered scan, SAMRI's "operator overview" (the registered scan
-slice by slice under the template's brain contour), the functional mean under the registered
-structural scan's contour, brain-mask overlays where masks were predicted, the VCF/SCF values,
-a coherence view across sessions and the workflow graph. Pictures are also written to
+Each page shows, for every registered scan, SAMRI's "operator overview": the registered scan
+slice by slice under the template's brain mask (red) and the template's own anatomy (cyan:
+the edges of its darkest and brightest regions inside the brain, e.g. ventricles and white
+matter), above the template itself at the same slices, so a scan registered to the wrong
+place does not pass as good. A functional mean is shown above its registered structural scan,
+brain masks where masks were predicted (in native space), the VCF/SCF values (a red banner
+names each scan whose VCF says the registration failed, and each failed step), a coherence
+view across sessions and the workflow graph. Pictures are also written to
 ``sub-*/figures/`` as PNG and SVG.
+
+Panels are coronal slices in the neurological convention (the subject's left on the left,
+superior up, marked L/R and S/I), drawn with the physical voxel size, titled with their
+position in mm along the posterior -> anterior axis, and chosen where the image has data.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import json
 from pathlib import Path
@@ -19,6 +28,18 @@ import numpy as np
 
 from samri_ml.bids import atomic_write_text, derivative_path
 from samri_ml.masks import largest_component
+from samri_ml.qc.volume import PLAUSIBLE_VCF
+
+#: colours of the pictures (and their legends)
+TEMPLATE_MASK_COLOUR = "#ff3b30"
+TEMPLATE_EDGES_COLOUR = "#32d2ff"
+PREDICTED_MASK_COLOUR = "#ffcc00"
+#: a slice of the brain is shown only where the image has data in at least this fraction of it
+MIN_SLICE_COVERAGE = 0.5
+#: a scan covering less of the template brain than this is a partial field of view
+PARTIAL_FOV = 0.9
+DPI = 120
+FONT = 10
 
 
 def _coronal_axis(img) -> int:
@@ -28,64 +49,216 @@ def _coronal_axis(img) -> int:
 
 
 def _display_slice(data, axis, index):
-    """A coronal slice shown as radiologists expect (superior up)."""
+    """A coronal slice of a RAS array, superior up and the subject's left on the left (the
+    neurological convention)."""
     sl = np.take(data, index, axis=axis)
     return np.rot90(sl)
 
 
+def _volume(img, dtype=np.float32) -> np.ndarray:
+    """The RAS-canonical data of ``img``, 4D images averaged over time, extra axes dropped."""
+    data = np.asanyarray(nb.as_closest_canonical(img).dataobj, dtype=dtype)
+    if data.ndim == 4:
+        data = data.mean(axis=3)
+    return data.reshape(data.shape[:3])
+
+
+def _on_grid(img, like, order: int = 0):
+    """``img`` resampled onto ``like``'s grid (itself where it already lies there)."""
+    if img.shape[:3] == like.shape[:3] and np.allclose(img.affine, like.affine, atol=1e-4):
+        return img
+    from nibabel.processing import resample_from_to
+
+    if len(img.shape) > 3:
+        img = nb.Nifti1Image(np.asanyarray(img.dataobj, dtype=np.float32).mean(axis=3), img.affine)
+    return resample_from_to(img, (like.shape[:3], like.affine), order=order)
+
+
+def has_data(data: np.ndarray) -> np.ndarray:
+    """Voxels where an image holds data (not the zeros outside a scan's field of view after
+    resampling)."""
+    data = np.abs(np.asarray(data, dtype=np.float32))
+    top = float(np.percentile(data, 99.5)) if data.size else 0.0
+    return data > 1e-3 * (top or 1.0)
+
+
+def brain_coverage(image, brain_mask) -> float:
+    """The fraction of ``brain_mask`` (a template's brain, on ``image``'s grid) where
+    ``image`` holds data: below 1 for a functional scan whose field of view covers only part of
+    the brain."""
+    image = nb.as_closest_canonical(image)
+    mask = _volume(_on_grid(nb.as_closest_canonical(brain_mask), image)) > 0.5
+    if not mask.any():
+        return float("nan")
+    return float((has_data(_volume(image)) & mask).sum() / mask.sum())
+
+
+def choose_slices(data: np.ndarray, ref: np.ndarray, n_slices: int = 8, axis: int = 1,
+                  min_coverage: float = MIN_SLICE_COVERAGE):
+    """Coronal slices to show: spread evenly, ends included (where masks leak), over the
+    slices of ``ref`` (a brain mask) where ``data`` has data in at least ``min_coverage`` of
+    ``ref``'s voxels. Returns ``(indices, outside, n_outside)``: ``outside[i]`` is true for a
+    slice shown although it lies outside the image's field of view (where no slice of ``ref``
+    has data), ``n_outside`` the number of ``ref``'s slices outside the field of view."""
+    other = tuple(a for a in range(3) if a != axis)
+    ref = np.asarray(ref, dtype=bool)
+    if not ref.any():
+        ref = np.ones(ref.shape, dtype=bool)
+    area = ref.sum(axis=other)
+    covered = (ref & has_data(data)).sum(axis=other) / np.maximum(area, 1)
+    inside = area >= max(1.0, 0.01 * area.max())
+    good = inside & (covered >= min_coverage)
+    pool = np.flatnonzero(good if good.any() else inside)
+    pick = np.unique(np.round(np.linspace(0, pool.size - 1, min(n_slices, pool.size))).astype(int))
+    indices = pool[pick]
+    return indices, covered[indices] < min_coverage, int((inside & ~good).sum())
+
+
+def template_edges(template: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
+    """The template's own anatomy, to draw over a registered scan: the darkest and the
+    brightest eighth of the (lightly smoothed) template inside its brain mask (white matter,
+    ventricles, CSF), pieces under 8 voxels dropped. A registered scan whose own dark and
+    bright structures do not follow these edges is misregistered, even where its head fills
+    the brain mask's contour."""
+    from scipy import ndimage
+
+    brain = np.asarray(brain_mask, dtype=bool)
+    core = ndimage.binary_erosion(brain)
+    core = core if core.any() else brain
+    template = np.asarray(template, dtype=np.float32)
+    raw = template[core]
+    if raw.size < 10 or np.ptp(raw) <= 0.05 * abs(float(np.median(raw))):
+        return np.zeros(brain.shape, dtype=bool)  # no contrast: a mask, not an anatomy
+    smooth = ndimage.gaussian_filter(template, 0.7)
+    values = smooth[core]
+    lo, hi = np.percentile(values, [12, 88])
+    regions = ((smooth < lo) | (smooth > hi)) & core
+    labels, n = ndimage.label(regions)
+    if n == 0:
+        return regions
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= 8
+    keep[0] = False
+    return keep[labels]
+
+
+def _position_mm(affine, axis: int, index: int, shape) -> float:
+    """World coordinate (mm) along ``axis`` of slice ``index`` of a RAS-canonical grid."""
+    ijk = [(s - 1) / 2 for s in shape[:3]]
+    ijk[axis] = index
+    return float((affine @ [*ijk, 1.0])[axis])
+
+
 def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str = "",
-           contour_colour: str = "#ff3b30", overlay=None) -> dict:
+           contour_colour: str = TEMPLATE_MASK_COLOUR, overlay=None, edges=None,
+           edges_colour: str = TEMPLATE_EDGES_COLOUR, reference=None, row_labels=None,
+           legend=None, dpi: int = DPI) -> dict:
     """Coronal slices of ``image`` with ``contour`` (a mask) drawn on top; returns saved paths.
 
-    ``image``/``contour``/``overlay`` are nibabel images on the same grid (4D images are
-    averaged over time). Writes ``out_base.png`` and ``out_base.svg``.
+    ``image``/``contour``/``overlay``/``edges``/``reference`` are nibabel images (``edges``
+    and ``reference`` resampled to ``image``'s grid where they lie elsewhere; 4D images are
+    averaged over time). ``edges`` (a mask) is outlined in ``edges_colour``; ``reference`` (an
+    image: the template, a structural scan) is drawn as a second row at the same slices, under
+    the same contours. ``row_labels`` names the rows, ``legend`` maps colours to what they
+    show. Slices are chosen where ``image`` has data inside ``contour`` (see
+    :func:`choose_slices`), drawn with the voxel size's aspect ratio, in the neurological
+    convention (L/R, S/I marked) and titled with their position in mm. Writes
+    ``out_base.png`` and ``out_base.svg``; the returned dict also holds ``indices`` and
+    ``positions_mm`` (the slices shown) and ``outside_fov`` (which of them lie outside the
+    image's field of view).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     canonical = nb.as_closest_canonical(image)
-    data = np.asanyarray(canonical.dataobj, dtype=np.float32)
-    if data.ndim == 4:
-        data = data.mean(axis=3)
-    axis = 1  # RAS: axis 1 is anterior-posterior
-    cdata = None
-    if contour is not None:
-        cdata = np.asanyarray(nb.as_closest_canonical(contour).dataobj) > 0
-        cdata = cdata.reshape(cdata.shape[:3])
-    odata = None
-    if overlay is not None:
-        odata = np.asanyarray(nb.as_closest_canonical(overlay).dataobj) > 0
+    data = _volume(canonical)
+    axis = 1  # RAS: axis 1 is posterior -> anterior
+    dx, dy, dz = (float(z) for z in canonical.header.get_zooms()[:3])
+    grid = nb.Nifti1Image(np.zeros(data.shape, np.uint8), canonical.affine)
+
+    def on_grid(img, order=0):
+        return None if img is None else _volume(_on_grid(nb.as_closest_canonical(img), grid, order))
+
+    cdata = on_grid(contour)
+    cdata = None if cdata is None else cdata > 0.5
+    odata = on_grid(overlay)
+    odata = None if odata is None else odata > 0.5
+    edata = on_grid(edges)
+    edata = None if edata is None else edata > 0.5
+    rdata = on_grid(reference, order=1)
     ref = cdata if cdata is not None and cdata.any() else data > np.percentile(data, 60)
-    extent = np.flatnonzero(ref.any(axis=(0, 2)))
-    lo, hi = (extent[0], extent[-1]) if extent.size else (0, data.shape[axis] - 1)
-    indices = np.unique(np.linspace(lo, hi, n_slices + 2).astype(int)[1:-1])
-    vmax = np.percentile(data, 99.5) or 1.0
-    fig, axes = plt.subplots(1, len(indices), figsize=(1.9 * len(indices), 2.3), facecolor="black")
-    axes = np.atleast_1d(axes)
-    for ax, k in zip(axes, indices, strict=True):
-        ax.imshow(_display_slice(data, axis, k), cmap="gray", vmin=0, vmax=vmax,
-                  interpolation="nearest")
-        if odata is not None:
-            sl = _display_slice(odata, axis, k)
-            ax.imshow(np.ma.masked_where(~sl, sl), cmap="autumn", alpha=0.35, interpolation="nearest")
-        if cdata is not None:
-            sl = _display_slice(cdata, axis, k).astype(float)
-            if sl.any():
-                ax.contour(sl, levels=[0.5], colors=contour_colour, linewidths=0.9)
-        ax.set_axis_off()
-        ax.set_title(f"y={k}", color="white", fontsize=7)
-    if title:
-        fig.suptitle(title, color="white", fontsize=9)
-    fig.tight_layout()
-    paths = {}
+    indices, outside, n_outside = choose_slices(data, ref, n_slices, axis)
+    positions = [_position_mm(canonical.affine, axis, int(k), data.shape) for k in indices]
+    rows = [(data, np.percentile(data, 99.5) or 1.0)]
+    if rdata is not None:
+        rows.append((rdata, np.percentile(rdata, 99.5) or 1.0))
+    # physical size of a panel: the slice is X voxels wide (dx) and Z tall (dz)
+    aspect = dz / dx
+    width = 1.6
+    height = float(np.clip(width * data.shape[2] * dz / (data.shape[0] * dx), 0.7, 2.8))
+    left, right, top, bottom, gap_w, gap_h = 0.45, 0.3, 0.85, 0.55, 0.12, 0.35
+    ncol, nrow = len(indices), len(rows)
+    fig_w = left + right + ncol * width + (ncol - 1) * gap_w
+    fig_h = top + bottom + nrow * height + (nrow - 1) * gap_h
+    fig, axes = plt.subplots(nrow, ncol, figsize=(fig_w, fig_h), facecolor="black",
+                             squeeze=False)
+    fig.subplots_adjust(left=left / fig_w, right=1 - right / fig_w, top=1 - top / fig_h,
+                        bottom=bottom / fig_h, wspace=gap_w / width, hspace=gap_h / height)
+    text = dict(color="white", fontsize=FONT)
+    for r, (rows_data, vmax) in enumerate(rows):
+        for c, k in enumerate(indices):
+            ax = axes[r, c]
+            ax.set_facecolor("black")
+            ax.imshow(_display_slice(rows_data, axis, k), cmap="gray", vmin=0, vmax=vmax,
+                      interpolation="nearest", aspect=aspect)
+            if odata is not None and r == 0:
+                sl = _display_slice(odata, axis, k)
+                ax.imshow(np.ma.masked_where(~sl, sl), cmap="autumn", alpha=0.35,
+                          interpolation="nearest", aspect=aspect)
+            for mask, colour, lw in ((edata, edges_colour, 0.6), (cdata, contour_colour, 1.0)):
+                if mask is not None:
+                    sl = _display_slice(mask, axis, k).astype(float)
+                    if sl.any():
+                        ax.contour(sl, levels=[0.5], colors=colour, linewidths=lw)
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(f"y = {positions[c]:.1f} mm", pad=3, **text)
+            if r == 0 and outside[c]:
+                ax.text(0.5, 0.5, "outside the\nfield of view", transform=ax.transAxes,
+                        ha="center", va="center", color="#ffcc00", fontsize=FONT)
+            # orientation: neurological convention (the subject's left on the left)
+            small = dict(color="#bbbbbb", fontsize=FONT - 1, transform=ax.transAxes)
+            ax.text(0.0, -0.02, "L", ha="left", va="top", **small)
+            ax.text(1.0, -0.02, "R", ha="right", va="top", **small)
+            if c == ncol - 1:
+                ax.text(1.03, 1.0, "S", ha="left", va="top", **small)
+                ax.text(1.03, 0.0, "I", ha="left", va="bottom", **small)
+        if row_labels and r < len(row_labels) and row_labels[r]:
+            axes[r, 0].text(-0.06, 0.5, row_labels[r], rotation=90, ha="right", va="center",
+                            transform=axes[r, 0].transAxes, **text)
+    heading = title + ("\n" if title else "") + "coronal slices, posterior \u2192 anterior"
+    if n_outside:
+        heading += (f"; {n_outside} slice(s) of the brain (mostly) outside the field of "
+                    "view, not shown")
+    fig.suptitle(heading, color="white", fontsize=FONT + 1, y=1 - 0.08 / fig_h, va="top")
+    if legend:
+        handles = [Line2D([], [], color=colour, lw=2, label=label)
+                   for colour, label in legend.items()]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
+                   fontsize=FONT, labelcolor="white", bbox_to_anchor=(0.5, 0.0))
+    paths: dict = {"indices": [int(k) for k in indices], "positions_mm": positions,
+                   "outside_fov": [bool(o) for o in outside]}
     if out_base is not None:
         out_base = Path(out_base)
         out_base.parent.mkdir(parents=True, exist_ok=True)
         for ext in ("png", "svg"):
             path = out_base.with_name(out_base.name + f".{ext}")
-            fig.savefig(path, dpi=90, facecolor="black")
+            # the SVG keeps its text as text (searchable, smaller), not as glyph paths
+            with matplotlib.rc_context({"svg.fonttype": "none"}):
+                fig.savefig(path, dpi=dpi, facecolor="black")
             paths[ext] = path
     plt.close(fig)
     return paths
@@ -102,16 +275,18 @@ h1{font-size:1.5em} h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bott
 h3{font-size:1em;margin-bottom:.3em} img{max-width:100%;display:block;margin:.3em 0 1em}
 table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3} .note{color:#666;font-size:.85em}
+.banner{background:#c62828;color:#fff;padding:.7em 1em;border-radius:4px;margin:1em 0}
+.banner ul{margin:.3em 0 0;padding-left:1.4em} td.bad{background:#ffd6d6;color:#a00;font-weight:bold}
 """
 
 
 def structural_outline(data: np.ndarray) -> np.ndarray:
-    """The head/brain of a registered structural scan, for the contour drawn on the
-    functional mean: voxels above the half-maximum level of :func:`samri_ml.qc.smoothness.
-    head_level`, opened once, the largest connected piece, holes filled (a bare threshold also
-    outlined noise speckles). The 66th percentile used before fell inside the brain where the
-    brain fills more than a third of the template grid, and the contour cut across it (the
-    sammba EPI looked as if it spilled below its structural scan)."""
+    """The head of a registered structural scan: voxels above the half-maximum level of
+    :func:`samri_ml.qc.smoothness.head_level`, opened once, the largest connected piece, holes
+    filled (a bare threshold also outlined noise speckles). No longer drawn in the report: on a
+    real scan it outlined skull and muscle too and cut across the brain where the brain is
+    dark (the sammba scan's ventral brain); the report draws the template's brain mask, which
+    the structural scan was registered to."""
     from scipy import ndimage
 
     from samri_ml.qc.smoothness import head_level
@@ -151,8 +326,78 @@ def failed_steps(log_dir, since: float | None = None) -> list[dict]:
     return out
 
 
+def report_warnings(qc_rows, failed=(), missing=()) -> list[str]:
+    """The lines of a report's red banner: each QC record whose VCF lies outside
+    :data:`samri_ml.qc.volume.PLAUSIBLE_VCF` (the registration probably failed), each failed
+    step and each scan without a registered output."""
+    lo, hi = PLAUSIBLE_VCF
+    lines = []
+    for row in qc_rows:
+        vcf = row.get("vcf")
+        if isinstance(vcf, (int, float)) and not lo <= vcf <= hi:
+            lines.append(f"{row.get('scan', '?')}: VCF {vcf:.3g}, outside the plausible range "
+                         f"{lo:g}-{hi:g} (the registered scan holds that fraction of its "
+                         "source's volume): the registration probably failed")
+    lines += [f"step {c['node']} failed: {c['cause']}" for c in failed]
+    lines += [f"{name}: no registered output (failed or not run)" for name in missing]
+    return lines
+
+
+def _run_command(output_dir) -> str | None:
+    """The command line of the last run into ``output_dir`` (``dataset_description.json``'s
+    last ``GeneratedBy``), where it is recorded."""
+    try:
+        desc = json.loads((Path(output_dir) / "dataset_description.json").read_text())
+        return str(desc["GeneratedBy"][-1]["Description"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _flavour_of(command: str | None) -> str | None:
+    """The registration flavour a ``samri_ml-register`` command line asked for."""
+    if not command or "samri_ml-register" not in command:
+        return None
+    words = command.split()
+    for i, word in enumerate(words):
+        if word == "--fast":
+            return "fast"
+        if word == "--registration-flavour" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--registration-flavour="):
+            return word.split("=", 1)[1]
+    return "default"
+
+
+def _header(subject, *, template, template_name, masking, flavour, command, started) -> list[str]:
+    from samri_ml import __version__
+
+    now = datetime.datetime.now().astimezone()
+    facts = [f"samri_ml {__version__}",
+             f"template {html.escape(str(template))} (space-{html.escape(template_name)})"]
+    if flavour:
+        facts.append(f"registration flavour <b>{html.escape(flavour)}</b>")
+    if masking:
+        facts.append(f"masking <b>{html.escape(masking)}</b>")
+    if started is not None:
+        run = datetime.datetime.fromtimestamp(started).astimezone()
+        facts.append(f"run started {run:%Y-%m-%d %H:%M %Z}")
+    facts.append(f"report written {now:%Y-%m-%d %H:%M %Z}")
+    out = [f"<h1>samri_ml report: sub-{html.escape(subject)}</h1>",
+           "<p class='note'>" + "; ".join(facts) + ".</p>"]
+    if command:
+        out.append(f"<p class='note'>Command: <code>{html.escape(command)}</code></p>")
+    out.append("<p class='note'>Pictures: coronal slices, posterior to anterior, the "
+               "subject's left on the left (L/R, S/I marked), positions in mm. "
+               "<span style='color:#d00'>Red</span>: the template's brain mask; "
+               "<span style='color:#0aa'>cyan</span>: the template's anatomy (edges of its "
+               "darkest and brightest regions in the brain); "
+               "<span style='color:#b90'>yellow</span>: a predicted brain mask.</p>")
+    return out
+
+
 def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
-                          masking=None, qc=True, crashes_since: float | None = None):
+                          masking=None, qc=True, crashes_since: float | None = None,
+                          flavour: str | None = None):
     """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
 
     ``masking="none"``: the run predicted no masks, so a ``desc-brain_mask`` left in
@@ -160,20 +405,50 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     (a ``--no-qc`` run) shows no QC table from an earlier run's files. ``crashes_since`` (the
     run's start): the subject's crash files written since are listed (the failed step, its
     last line and the file), so the report says what failed, not only what is missing.
+    A red banner at the top names each scan whose VCF is outside the plausible range, each
+    failed step and each scan without output. The header gives the samri_ml version, the
+    template, the masking, the flavour (``flavour``, else read from the run's command line
+    in ``dataset_description.json``) and the dates.
     """
     output_dir = Path(output_dir)
     tpl_mask = nb.load(str(template_mask))
+    try:
+        tpl_img = nb.load(str(template))
+    except (OSError, ValueError, nb.filebasedimages.ImageFileError):
+        tpl_img = None
+    command = _run_command(output_dir)
+    flavour = flavour or _flavour_of(command)
     subjects: dict[str, list] = {}
     for item in sessions:
         subjects.setdefault(item["subject"], []).append(item)
     written = []
     graph = output_dir / "figures" / "workflow_graph.png"
+    lo, hi = PLAUSIBLE_VCF
+    overview_legend = {TEMPLATE_MASK_COLOUR: "template brain mask",
+                       TEMPLATE_EDGES_COLOUR: "template anatomy (dark/bright edges)"}
+    grid_cache: dict = {}
+
+    def on_template_grid(img):
+        """The template, its brain mask and its anatomy's edges on ``img``'s grid."""
+        key = (img.shape[:3], img.affine.tobytes())
+        if key not in grid_cache:
+            mask = _on_grid(tpl_mask, img)
+            mask = nb.Nifti1Image((_volume(mask) > 0.5).astype(np.uint8),
+                                  nb.as_closest_canonical(mask).affine)
+            tpl = edges = None
+            if tpl_img is not None:
+                tpl = _on_grid(tpl_img, img, order=1)
+                edges = nb.Nifti1Image(
+                    template_edges(_volume(tpl), np.asanyarray(mask.dataobj) > 0)
+                    .astype(np.uint8), mask.affine)
+            grid_cache[key] = (mask, tpl, edges)
+        return grid_cache[key]
+
     for subject, items in subjects.items():
         figures = output_dir / f"sub-{subject}" / "figures"
-        body = [f"<h1>samri_ml report: sub-{html.escape(subject)}</h1>",
-                f"<p class='note'>Template: {html.escape(str(template))} (space-"
-                f"{html.escape(template_name)}). Red contours: the template's brain mask.</p>"]
+        body = []
         qc_rows = []
+        missing = []
         registered_anats = []
         failed = failed_steps(output_dir / f"sub-{subject}" / "log", crashes_since) \
             if crashes_since is not None else []
@@ -192,75 +467,127 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
             for kind, raw in scans:
                 deriv = _derivative(output_dir, raw, space=template_name, desc="preproc")
                 if not deriv.exists():
+                    missing.append(Path(raw).name)
                     body.append(f"<p>{html.escape(Path(raw).name)}: no registered output "
                                 "(failed or not run).</p>")
                     continue
                 img = nb.load(str(deriv))
                 name = _stem(raw)
-                paths = mosaic(img, tpl_mask, out_base=figures / f"{name}_desc-overview",
-                               title=f"{name} in template space")
+                mask, tpl, edges = on_template_grid(img)
+                coverage = brain_coverage(img, mask)
+                paths = mosaic(img, mask, edges=edges, reference=tpl,
+                               out_base=figures / f"{name}_desc-overview",
+                               title=f"{name} registered (top), the template (bottom)",
+                               row_labels=[name.replace(f"{tag}_", "") or name, "template"],
+                               legend=overview_legend)
                 body.append(f"<h3>{html.escape(Path(raw).name)}: registered, under the template "
-                            "contour (operator overview)</h3>")
+                            "contour (operator overview), above the template</h3>")
+                if coverage < PARTIAL_FOV:
+                    body.append(f"<p class='note'>Partial field of view: the scan covers "
+                                f"{coverage:.0%} of the template's brain.</p>")
                 body.append(_img_tag(paths["png"], f"{name} overview"))
                 if kind == "anat":
                     anat_warped = img
                     registered_anats.append((tag, img))
                 elif anat_warped is not None:
-                    anat_mask = nb.Nifti1Image(
-                        structural_outline(np.asanyarray(anat_warped.dataobj)).astype(np.uint8),
-                        anat_warped.affine)
-                    paths = mosaic(img, anat_mask, out_base=figures / f"{name}_desc-functostruct",
-                                   title="functional mean under the structural scan's contour",
-                                   contour_colour="#34c759")
-                    body.append("<h3>Functional mean under the registered structural scan's "
-                                "contour (green)</h3>")
+                    paths = mosaic(img, mask, edges=edges, reference=anat_warped,
+                                   out_base=figures / f"{name}_desc-functostruct",
+                                   title="functional mean (top), its registered structural "
+                                         "scan (bottom)",
+                                   row_labels=["functional", "structural"],
+                                   legend=overview_legend)
+                    body.append("<h3>Functional mean above the registered structural scan, "
+                                "both under the template's brain mask</h3>")
                     body.append(_img_tag(paths["png"], f"{name} func vs struct"))
-                mask = _derivative(output_dir, raw, desc="brain", suffix="mask")
-                if mask.exists() and masking != "none":
+                native_mask = _derivative(output_dir, raw, desc="brain", suffix="mask")
+                if native_mask.exists() and masking != "none":
                     raw_img = nb.load(str(raw))
-                    mask_img = nb.load(str(mask))
+                    mask_img = nb.load(str(native_mask))
                     paths = mosaic(raw_img, mask_img, out_base=figures / f"{name}_desc-mask",
-                                   title="predicted brain mask (native space)",
-                                   contour_colour="#ffcc00")
-                    body.append("<h3>Predicted brain mask on the native scan</h3>")
+                                   title=f"{name}: predicted brain mask (native space)",
+                                   contour_colour=PREDICTED_MASK_COLOUR,
+                                   legend={PREDICTED_MASK_COLOUR: "predicted brain mask"})
+                    body.append("<h3>Predicted brain mask on the native scan: "
+                                f"{html.escape(Path(raw).name)}</h3>")
                     body.append(_img_tag(paths["png"], f"{name} mask"))
                 qc_file = derivative_path(output_dir, raw, space=template_name, desc="qc",
                                           suffix="metrics", extension=".json")
                 if qc and qc_file.exists():
-                    qc_rows.append(json.loads(qc_file.read_text()))
+                    row = json.loads(qc_file.read_text())
+                    row["_coverage"] = coverage
+                    qc_rows.append(row)
         if len(registered_anats) > 1:
             body.append("<h2>Coherence across sessions</h2><p class='note'>Each session's "
-                        "registered structural scan with the first session's contour.</p>")
-            first = registered_anats[0][1]
-            ref = (np.asanyarray(first.dataobj) > np.percentile(np.asanyarray(first.dataobj), 66))
-            ref_img = nb.Nifti1Image(ref.astype(np.uint8), first.affine)
+                        "registered structural scan above the first session's, both under "
+                        "the template's brain mask.</p>")
+            first_tag, first = registered_anats[0]
             for tag, img in registered_anats[1:]:
-                paths = mosaic(img, ref_img, out_base=figures / f"{tag}_desc-coherence",
-                               title=f"{tag} vs {registered_anats[0][0]}", contour_colour="#34c759")
+                mask, _, edges = on_template_grid(img)
+                paths = mosaic(img, mask, edges=edges, reference=first,
+                               out_base=figures / f"{tag}_desc-coherence",
+                               title=f"{tag} (top) vs {first_tag} (bottom)",
+                               row_labels=[tag, first_tag], legend=overview_legend)
                 body.append(_img_tag(paths["png"], f"{tag} coherence"))
         if qc_rows:
-            keys = ["scan", "modality", "workflow", "vcf", "scf", "scf_normalised",
-                    "volume_processed", "volume_raw", "fwhm_processed", "fwhm_raw"]
-            body.append("<h2>Volume and smoothness conservation</h2>")
-            body.append("<p class='note'>VCF = V(processed)/V(raw); SCF = FWHM(processed)/"
-                        "FWHM(raw); normalised SCF = SCF / VCF<sup>1/3</sup>. 1 is ideal.</p>")
-            body.append("<table><tr>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>")
-            for row in qc_rows:
-                cells = []
-                for k in keys:
-                    v = row.get(k, "")
-                    cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else
-                                 f"<td>{html.escape(str(v))}</td>")
-                body.append("<tr>" + "".join(cells) + "</tr>")
-            body.append("</table>")
+            body.append(_qc_table(qc_rows, lo, hi))
         if graph.exists():
             body.append("<h2>Workflow graph</h2>")
             body.append(_img_tag(graph, "workflow graph"))
+        warnings = report_warnings(qc_rows, failed, missing)
+        banner = []
+        if warnings:
+            banner = ["<div class='banner' role='alert'><b>Warning: sub-"
+                      f"{html.escape(subject)}</b><ul>"
+                      + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>"]
+        head = _header(subject, template=template, template_name=template_name,
+                       masking=masking, flavour=flavour, command=command,
+                       started=crashes_since)
         page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>samri_ml: sub-"
                 f"{html.escape(subject)}</title><style>{CSS}</style></head><body>"
-                + "\n".join(body) + "</body></html>\n")
+                + "\n".join(head[:1] + banner + head[1:] + body) + "</body></html>\n")
         written.append(atomic_write_text(page, output_dir / f"sub-{subject}.html"))
     return written
+
+
+def _qc_table(qc_rows, lo, hi) -> str:
+    """The VCF/SCF table: VCFs outside ``lo``-``hi`` in red, scans covering only part of the
+    template's brain marked, with the caveat that their VCF is not expected to be 1."""
+    keys = ["scan", "modality", "workflow", "vcf", "scf", "scf_normalised",
+            "volume_processed", "volume_raw", "fwhm_processed", "fwhm_raw"]
+    out = ["<h2>Volume and smoothness conservation</h2>",
+           "<p class='note'>VCF = V(processed)/V(raw); SCF = FWHM(processed)/FWHM(raw); "
+           "normalised SCF = SCF / VCF<sup>1/3</sup>. 1 is ideal for a scan that covers the "
+           f"whole brain; a VCF outside {lo:g}-{hi:g} (red) means the registration probably "
+           "failed.</p>",
+           "<table><tr>" + "".join(f"<th>{k}</th>" for k in keys)
+           + "<th>template brain covered</th></tr>"]
+    partial = False
+    for row in qc_rows:
+        cells = []
+        for k in keys:
+            v = row.get(k, "")
+            if k == "vcf" and isinstance(v, (int, float)) and not lo <= v <= hi:
+                cells.append(f"<td class='bad'>{v:.4g}</td>")
+            else:
+                cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else
+                             f"<td>{html.escape(str(v))}</td>")
+        cov = row.get("_coverage")
+        if isinstance(cov, float) and np.isfinite(cov):
+            mark = cov < PARTIAL_FOV
+            partial |= mark
+            cells.append(f"<td>{cov:.0%}{' &dagger;' if mark else ''}</td>")
+        else:
+            cells.append("<td></td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    if partial:
+        out.append("<p class='note'>&dagger; Partial field of view: the scan covers only part "
+                   "of the template's brain (a functional scan of a few slices). Its raw "
+                   "volume and its registered copy (cut by the template's grid) hold different "
+                   "parts of the head, so its VCF is not expected to be 1 and a VCF below 1 "
+                   "does not by itself mean a failed registration: judge it by the pictures."
+                   "</p>")
+    return "\n".join(out)
 
 
 def _stem(path) -> str:

@@ -24,6 +24,7 @@ from samri_ml.cli._common import (
 )
 from samri_ml.errors import SamriMLError
 from samri_ml.hardware import available_cpus
+from samri_ml.qc.volume import PLAUSIBLE_VCF
 
 PROG = "samri_ml-register"
 DEFAULT_STRUCTURAL = {"datatype": "anat", "suffix": ["T2w", "T1w"]}
@@ -903,9 +904,6 @@ def _note_stale(args, sessions, graph, started: float) -> None:
               "they are stale, or use another OUTPUT_DIR per configuration", file=sys.stderr)
 
 
-#: a VCF outside this range means the registered scan lost or gained most of its volume: the
-#: registration diverged (a rat head to DSURQE: 0.046; the 10x emory scan: 0.002)
-PLAUSIBLE_VCF = (0.25, 4.0)
 
 
 def _note_implausible_qc(args, graph) -> None:

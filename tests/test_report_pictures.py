@@ -1,0 +1,270 @@
+"""The pictures and the banner of the per-subject HTML report (samri_ml/report.py), on small
+synthetic NIfTI images written with nibabel and the report's real functions."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from samri_ml import __version__
+from samri_ml.bids import derivative_path
+from samri_ml.report import (
+    brain_coverage,
+    choose_slices,
+    mosaic,
+    template_edges,
+    write_subject_reports,
+)
+
+SHAPE = (28, 32, 22)  # RAS: x (L->R), y (P->A), z (I->S)
+ZOOM = 0.25
+AFFINE = np.diag([ZOOM, ZOOM, ZOOM, 1.0])
+AFFINE[:3, 3] = (-3.5, -4.0, -2.75)  # slice y=k lies at -4 + 0.25 k mm
+
+RED = (255, 59, 48)
+CYAN = (50, 210, 255)
+
+
+def _phantom():
+    """A template: a head (60) around an ellipsoid brain (100) with a bright ventricle (220)
+    and a dark band of white matter (20); its brain mask."""
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij")
+    head = (x / 0.95) ** 2 + (y / 0.95) ** 2 + (z / 0.95) ** 2 < 1
+    brain = (x / 0.7) ** 2 + (y / 0.8) ** 2 + (z / 0.65) ** 2 < 1
+    data = np.where(head, 60.0, 0.0)
+    data[brain] = 100.0
+    data[brain & (np.abs(x) < 0.12) & (np.abs(z) < 0.15) & (np.abs(y) < 0.4)] = 220.0
+    data[brain & (z > 0.25) & (z < 0.4) & (np.abs(x) < 0.5)] = 20.0
+    return data.astype(np.float32), brain
+
+
+def _save(data, path, affine=AFFINE, zooms=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nb.Nifti1Image(np.asarray(data), affine)
+    if zooms is not None:
+        img.header.set_zooms(zooms)
+    img.to_filename(path)
+    return path
+
+
+def _make_run(tmp_path, *, sessions=("1",), anat_vcf=0.95, func_vcf=0.6, shift=0,
+              command=None):
+    """A BIDS scan per session (anat and a 4D functional run) and what a run leaves in
+    OUTPUT_DIR: the registered scans (the functional one covering the anterior half of the
+    brain only), native brain masks, QC records. ``shift`` voxels misplace the registered
+    anat (a failed registration)."""
+    rng = np.random.default_rng(0)
+    tpl, brain = _phantom()
+    tpl_path = _save(tpl, tmp_path / "tpl" / "tpl-T_T2w.nii.gz")
+    mask_path = _save(brain.astype(np.uint8), tmp_path / "tpl" / "tpl-T_desc-brain_mask.nii.gz")
+    out = tmp_path / "out"
+    items = []
+    for ses in sessions:
+        base = tmp_path / "bids" / "sub-01" / f"ses-{ses}"
+        anat = _save(tpl + rng.normal(0, 3, SHAPE), base / "anat" / f"sub-01_ses-{ses}_T2w.nii.gz")
+        bold_data = np.repeat(tpl[..., None], 3, axis=3) + rng.normal(0, 3, (*SHAPE, 3))
+        bold = _save(bold_data.astype(np.float32),
+                     base / "func" / f"sub-01_ses-{ses}_task-rest_bold.nii.gz")
+        warped = np.roll(tpl, shift, axis=1) + rng.normal(0, 3, SHAPE)
+        _save(warped, derivative_path(out, anat, space="T", desc="preproc"))
+        func = tpl.copy()
+        func[:, : SHAPE[1] // 2] = 0  # posterior half outside the field of view
+        _save(func, derivative_path(out, bold, space="T", desc="preproc"))
+        for raw in (anat, bold):
+            _save(brain.astype(np.uint8), derivative_path(out, raw, desc="brain", suffix="mask"))
+        for raw, kind, vcf in ((anat, "anat", anat_vcf), (bold, "func", func_vcf)):
+            qc = derivative_path(out, raw, space="T", desc="qc", suffix="metrics",
+                                 extension=".json")
+            qc.write_text(json.dumps({"scan": raw.name.split(".")[0], "modality": kind,
+                                      "workflow": "generic", "vcf": vcf, "scf": 1.0}))
+        items.append({"subject": "01", "session": ses, "anat": str(anat), "bold": [str(bold)]})
+    if command:
+        (out / "dataset_description.json").write_text(json.dumps(
+            {"GeneratedBy": [{"Name": "samri_ml", "Description": command}]}))
+    kw = dict(template=tpl_path, template_mask=mask_path, template_name="T")
+    return out, items, kw
+
+
+def _pixels(png, colour, tol=40):
+    """Pixels of ``png`` within ``tol`` of ``colour`` (RGB 0-255)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB"), dtype=float)
+    return np.abs(rgb - np.array(colour)).max(axis=2) < tol
+
+
+def _svg_texts(svg):
+    return re.findall(r"<text[^>]*>([^<]*)</text>", svg.read_text())
+
+
+def test_template_edges_follow_the_templates_dark_and_bright_structures():
+    tpl, brain = _phantom()
+    edges = template_edges(tpl, brain)
+    assert edges[tpl == 220].mean() > 0.5 and edges[tpl == 20].mean() > 0.5
+    plain = brain & (tpl == 100)
+    assert edges[plain].mean() < 0.1  # uniform tissue is not outlined
+    assert not edges[~brain].any()
+    # a flat template (a mask passed as the template) has no anatomy to draw
+    assert not template_edges(brain.astype(float), brain).any()
+
+
+def test_overview_shows_the_template_in_a_second_colour_and_a_template_row(tmp_path):
+    out, items, kw = _make_run(tmp_path)
+    write_subject_reports(out, items, masking="unet", **kw)
+    figures = out / "sub-01" / "figures"
+    png = figures / "sub-01_ses-1_T2w_desc-overview.png"
+    assert _pixels(png, RED).sum() > 200 and _pixels(png, CYAN).sum() > 100
+    svg = figures / "sub-01_ses-1_T2w_desc-overview.svg"
+    texts = _svg_texts(svg)
+    assert "template brain mask" in texts and any("template anatomy" in t for t in texts)
+    assert "template" in texts and "T2w" in texts  # the rows are named
+    # two rows of 8 panels: the registered scan and the template at the same slices
+    assert svg.read_text().count("<image ") == 16
+
+
+def test_banner_names_the_scan_whose_vcf_is_implausible_and_the_failed_step(tmp_path):
+    out, items, kw = _make_run(tmp_path, anat_vcf=0.164, shift=6)
+    log = out / "sub-01" / "log"
+    log.mkdir(parents=True)
+    (log / "crash-1-s_register.txt").write_text("Node: wf.sub_01.s_register\nTraceback\n"
+                                                "RuntimeError: antsRegistration died\n")
+    (page,) = write_subject_reports(out, items, masking="unet", crashes_since=0, **kw)
+    text = page.read_text()
+    banner = text[text.index("<div class='banner'"):text.index("</div>")]
+    assert text.index("<div class='banner'") < text.index("<h2>")  # at the top
+    assert "sub-01_ses-1_T2w: VCF 0.164, outside the plausible range 0.25-4" in banner
+    assert "registration probably failed" in banner
+    assert "step s_register failed: RuntimeError: antsRegistration died" in banner
+    assert "<td class='bad'>0.164</td>" in text
+    assert "<h2>Failed steps</h2>" in text and "<b>s_register</b>" in text
+    # a plausible run has no banner
+    out2, items2, kw2 = _make_run(tmp_path / "good")
+    (page,) = write_subject_reports(out2, items2, masking="unet", **kw2)
+    assert "class='banner'" not in page.read_text()
+    assert "class='bad'" not in page.read_text()
+
+
+def test_functional_and_coherence_views_draw_the_template_brain_not_a_head_outline(tmp_path):
+    """The contour over the functional mean (and over later sessions) is the template's brain
+    mask, drawn where the overview draws it, and not the head of the structural scan (the
+    head here is much bigger than the brain)."""
+    out, items, kw = _make_run(tmp_path, sessions=("1", "2"))
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    figures = out / "sub-01" / "figures"
+
+    def top_row_red(png):
+        red = _pixels(png, RED)
+        return red[: red.shape[0] // 2]
+
+    func = "sub-01_ses-1_task-rest_bold"
+    overview = top_row_red(figures / f"{func}_desc-overview.png")
+    functostruct = top_row_red(figures / f"{func}_desc-functostruct.png")
+    assert overview.sum() > 100
+    assert (overview & functostruct).sum() / (overview | functostruct).sum() > 0.95
+    assert not _pixels(figures / f"{func}_desc-functostruct.png", (52, 199, 89), 30).any()
+    anat = top_row_red(figures / "sub-01_ses-2_T2w_desc-overview.png")
+    coherence = top_row_red(figures / "sub-01_ses-2_desc-coherence.png")
+    assert (anat & coherence).sum() / (anat | coherence).sum() > 0.95
+    assert "Coherence across sessions" in page.read_text()
+
+
+def test_slices_are_chosen_where_the_image_has_data():
+    _, brain = _phantom()
+    data = np.zeros(SHAPE, np.float32)
+    data[:, 16:] = 50.0  # the anterior half of the grid only
+    indices, outside, n_outside = choose_slices(data, brain, 8)
+    in_brain = np.flatnonzero(brain.any(axis=(0, 2)))
+    assert indices.min() >= 16 and not outside.any()
+    assert indices.max() == in_brain.max()  # the last slice of the brain is shown
+    assert n_outside == (in_brain < 16).sum()
+    # full coverage: the extreme slices of the mask (where masks leak) are among those shown
+    indices, _, n_outside = choose_slices(np.ones(SHAPE), brain, 8)
+    assert indices[0] == in_brain.min() and indices[-1] == in_brain.max() and n_outside == 0
+
+
+def test_a_panel_outside_the_field_of_view_is_labelled(tmp_path):
+    _, brain = _phantom()
+    empty = nb.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE)
+    paths = mosaic(empty, nb.Nifti1Image(brain.astype(np.uint8), AFFINE), n_slices=3,
+                   out_base=tmp_path / "empty")
+    assert all(paths["outside_fov"])
+    assert _svg_texts(paths["svg"]).count("outside the") == 3
+
+
+def test_anisotropic_voxels_are_drawn_with_their_physical_aspect(tmp_path):
+    """0.3 x 0.3 x 0.6 mm voxels, 20 x 10 x 10: a coronal slice 6 mm wide and 6 mm tall is
+    drawn square (it was drawn half as tall)."""
+    data = np.zeros((20, 10, 10), np.float32)
+    data[2:18, :, 2:8] = 1
+    affine = np.diag([0.3, 0.3, 0.6, 1.0])
+    paths = mosaic(nb.Nifti1Image(data, affine), n_slices=2, out_base=tmp_path / "aniso")
+    sizes = re.findall(r'<image [^>]*width="([\d.]+)" height="([\d.]+)"',
+                       re.sub(r"base64,[^\"]*", "", paths["svg"].read_text()))
+    assert sizes
+    for width, height in sizes:
+        assert float(width) / float(height) == pytest.approx(1.0, rel=0.05)
+
+
+def test_panels_have_orientation_labels_positions_in_mm_and_readable_text(tmp_path):
+    tpl, brain = _phantom()
+    paths = mosaic(nb.Nifti1Image(tpl, AFFINE), nb.Nifti1Image(brain.astype(np.uint8), AFFINE),
+                   n_slices=4, out_base=tmp_path / "m", title="scan")
+    texts = _svg_texts(paths["svg"])
+    assert {"L", "R", "S", "I"} <= set(texts)
+    assert any("posterior \u2192 anterior" in t for t in texts)
+    for k, y in zip(paths["indices"], paths["positions_mm"], strict=True):
+        assert y == pytest.approx(-4.0 + ZOOM * k)
+        assert f"y = {y:.1f} mm" in texts
+    sizes = [float(s) for s in re.findall(r"font-size: ([\d.]+)px", paths["svg"].read_text())]
+    assert sizes and min(sizes) >= 9
+    from PIL import Image
+
+    assert Image.open(paths["png"]).info["dpi"][0] == pytest.approx(120, abs=1)
+
+
+def test_mask_pictures_name_their_scan(tmp_path):
+    out, items, kw = _make_run(tmp_path)
+    (page,) = write_subject_reports(out, items, masking="unet", **kw)
+    figures = out / "sub-01" / "figures"
+    titles = {}
+    for name in ("sub-01_ses-1_T2w", "sub-01_ses-1_task-rest_bold"):
+        texts = _svg_texts(figures / f"{name}_desc-mask.svg")
+        titles[name] = next(t for t in texts if "predicted brain mask (native space)" in t)
+        assert name in titles[name]
+    assert len(set(titles.values())) == 2
+    assert "Predicted brain mask on the native scan: sub-01_ses-1_T2w.nii.gz" in page.read_text()
+
+
+def test_vcf_of_a_partial_field_of_view_has_a_caveat(tmp_path):
+    out, items, kw = _make_run(tmp_path)
+    bold = derivative_path(out, items[0]["bold"][0], space="T", desc="preproc")
+    assert brain_coverage(nb.load(bold), nb.load(kw["template_mask"])) == pytest.approx(0.5,
+                                                                                         abs=0.1)
+    (page,) = write_subject_reports(out, items, masking="unet", **kw)
+    text = page.read_text()
+    rows = {r.split("</td>")[0].split(">")[-1]: r for r in text.split("<tr>")[2:]}
+    assert "&dagger;" in rows["sub-01_ses-1_task-rest_bold"]
+    assert "100%" in rows["sub-01_ses-1_T2w"] and "&dagger;" not in rows["sub-01_ses-1_T2w"]
+    assert "Partial field of view" in text and "not expected to be 1" in text
+
+
+def test_header_names_version_masking_flavour_and_date(tmp_path):
+    command = "samri_ml-register bids out participant --template t.nii.gz --fast --masking unet"
+    out, items, kw = _make_run(tmp_path, command=command)
+    (page,) = write_subject_reports(out, items, masking="unet", crashes_since=0, **kw)
+    text = page.read_text()
+    assert f"samri_ml {__version__}" in text
+    assert "masking <b>unet</b>" in text and "registration flavour <b>fast</b>" in text
+    assert f"report written {datetime.date.today():%Y-%m-%d}" in text
+    assert "Command: <code>samri_ml-register bids out participant" in text
+    # an explicit flavour wins; without a recorded command none is guessed
+    out2, items2, kw2 = _make_run(tmp_path / "b")
+    (page,) = write_subject_reports(out2, items2, masking="none", **kw2)
+    assert "registration flavour" not in page.read_text()
+    (page,) = write_subject_reports(out2, items2, masking="none", flavour="precise", **kw2)
+    assert "registration flavour <b>precise</b>" in page.read_text()
