@@ -45,6 +45,12 @@ def derivative_path(
     entities in the given order; a trailing underscore in a key is dropped (``from_`` -> ``from``).
     """
     ent = parse_entities(source)
+    if not ent.get("sub"):
+        from samri_ml.errors import SamriMLError
+
+        raise SamriMLError(f"{source}: not a BIDS file name (no sub-<label> entity), so its "
+                           "derivatives cannot be named; hint: give the raw BIDS file it derives "
+                           "from as source_file, e.g. sub-01_ses-1_T2w.nii.gz")
     parts = [f"{k}-{ent[k]}" for k in ENTITY_ORDER if k in ent]
     # entities this list does not know are kept too (in the source's order), so that two
     # sources never share a derivative name
@@ -84,17 +90,44 @@ def atomic_target(dst: Path, suffix: str = ""):
         raise
 
 
-def atomic_copy(src, dst) -> Path:
-    """Copy ``src`` to ``dst`` so that ``dst`` is never seen half-written (temp file + rename)."""
+def atomic_copy(src, dst, *, skip_identical: bool = True) -> Path:
+    """Copy ``src`` to ``dst`` so that ``dst`` is never seen half-written (temp file + rename).
+
+    Where ``dst`` already holds the same bytes (``skip_identical``), nothing is written: a rerun
+    that changes nothing keeps its derivatives' modification times, which Nipype's default
+    (timestamp) hashing reads, so that a lab's downstream workflow does not recompute. A
+    missing or different ``dst`` is (re)written.
+    """
     dst = Path(dst)
+    if skip_identical and same_content(src, dst):
+        return dst
     with atomic_target(dst) as tmp:
         shutil.copyfile(src, tmp)
     return dst
 
 
-def atomic_write_text(text: str, dst) -> Path:
-    """Write text to ``dst`` atomically."""
+def same_content(src, dst) -> bool:
+    """Whether ``dst`` is a file with the bytes of ``src`` (compared byte by byte, not by size
+    and time; False where either is missing)."""
+    import filecmp
+
+    try:
+        filecmp.clear_cache()  # its cache is keyed by size and mtime, which may not move
+        return Path(dst).is_file() and filecmp.cmp(src, dst, shallow=False)
+    except OSError:
+        return False
+
+
+def atomic_write_text(text: str, dst, *, skip_identical: bool = False) -> Path:
+    """Write text to ``dst`` atomically (``skip_identical``: not where it holds it already,
+    keeping its modification time)."""
     dst = Path(dst)
+    if skip_identical:
+        try:
+            if dst.is_file() and dst.read_bytes() == text.encode():
+                return dst
+        except OSError:
+            pass
     with atomic_target(dst) as tmp:
         tmp.write_text(text)
     return dst

@@ -38,11 +38,15 @@ class DerivativesDataSink(SimpleInterface):
     """Copy a result into ``<base>/sub-X/[ses-Y/]<datatype>/`` under its BIDS-Derivatives name.
 
     The copy is atomic (temporary file and rename), so a killed run never leaves a half-written
-    derivative behind.
+    derivative behind. Like Nipype's ``DataSink`` the node runs on every run, also where its
+    inputs are unchanged, so that a derivative deleted from the folder, or overwritten by
+    another run, is written again; a derivative that holds the same bytes already is left as
+    it is (with its modification time, which downstream Nipype workflows hash).
     """
 
     input_spec = _DerivativesDataSinkInputSpec
     output_spec = _DerivativesDataSinkOutputSpec
+    _always_run = True
 
     def _run_interface(self, runtime):
         from pathlib import Path
@@ -61,7 +65,8 @@ class DerivativesDataSink(SimpleInterface):
         atomic_copy(in_file, out)
         if self.inputs.metadata:
             sidecar = sidecar_path(out)
-            atomic_write_text(json.dumps(self.inputs.metadata, indent=2) + "\n", sidecar)
+            atomic_write_text(json.dumps(self.inputs.metadata, indent=2) + "\n", sidecar,
+                              skip_identical=True)
         self._results["out_file"] = str(out)
         return runtime
 

@@ -36,6 +36,33 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
                        "augmentation)")  # fmt: skip
     num_threads = traits.Int(0, usedefault=True, nohash=True,
                              desc="TensorFlow threads (0: TensorFlow's default)")  # fmt: skip
+    model_checksum = traits.Str(usedefault=True,
+                                desc="size and sha256 of the model file used (set from "
+                                "'model', else the shipped U-Net's): part of the cache key, so "
+                                "that other weights invalidate cached masks")  # fmt: skip
+
+    def _model_checksum_default(self):
+        return masker_checksum(self.model)
+
+    def _model_changed(self, new):
+        self.model_checksum = masker_checksum(new)
+
+    def get_hashval(self, hash_method=None):
+        # the file's content now, when Nipype makes the cache key (not when 'model' was set)
+        self.model_checksum = masker_checksum(self.model)
+        return super().get_hashval(hash_method=hash_method)
+
+
+def masker_checksum(model=None) -> str:
+    """:func:`~samri_ml.models.inference.file_checksum` of a masking model file (None or
+    undefined: the shipped U-Net)."""
+    from samri_ml.masking.predict import default_model_path
+    from samri_ml.models.inference import file_checksum
+
+    try:
+        return file_checksum(model if traits_defined(model) and model else default_model_path())
+    except OSError:  # gone: Nipype's check of the 'model' input says so
+        return "unreadable"
 
 
 class _MaskBrainOutputSpec(TraitedSpec):

@@ -30,6 +30,51 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     any_orientation = traits.Bool(False, usedefault=True,
                                   desc="the section may come turned by quarter turns")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="TensorFlow CPU threads")
+    model_checksum = traits.Str(usedefault=True,
+                                desc="sizes and sha256 of the model and index files used (set "
+                                "from 'model' and 'index', else the shipped ones'): part of "
+                                "the cache key, so that other weights or another index "
+                                "invalidate cached rankings")
+
+    def _model_checksum_default(self):
+        return plates_checksum(self.model, self.index)
+
+    def _model_changed(self, new):
+        self.model_checksum = plates_checksum(new, self.index)
+
+    def _index_changed(self, new):
+        self.model_checksum = plates_checksum(self.model, new)
+
+    def get_hashval(self, hash_method=None):
+        # the files' content now, when Nipype makes the cache key (not when they were set)
+        self.model_checksum = plates_checksum(self.model, self.index)
+        return super().get_hashval(hash_method=hash_method)
+
+
+def plates_checksum(model=None, index=None) -> str:
+    """The files that rank the plates, as :func:`~samri_ml.models.inference.file_checksum`
+    values: ``model`` and ``index`` where given (None or undefined: the shipped embedding
+    models, indexes and modality router of every variant, which ``variant`` picks from)."""
+    from samri_ml.models.inference import file_checksum
+    from samri_ml.plates.identify import VARIANTS, default_model_dir
+
+    def checksum(path):
+        try:
+            return file_checksum(path)
+        except OSError:  # gone: Nipype's check of the input says so
+            return "unreadable"
+
+    def shipped(pattern):
+        files = sorted({f for v in VARIANTS for f in default_model_dir(v).glob(pattern)})
+        return "+".join(checksum(f) for f in files)
+
+    given_model = model if traits_defined(model) else None
+    given_index = index if traits_defined(index) else None
+    parts = [f"model {checksum(given_model) if given_model else shipped('plates_*.keras')}",
+             f"index {checksum(given_index) if given_index else shipped('plates_*.npz')}"]
+    if given_model is None and given_index is None:
+        parts.append(f"router {shipped('plates_router*.json')}")
+    return "; ".join(parts)
 
 
 class _IdentifyPlateOutputSpec(TraitedSpec):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -44,6 +45,7 @@ def import_keras():
     noise. Those lines are dropped by pointing file descriptor 2 at /dev/null for the import
     only (Python errors of the import still raise normally). ``SAMRI_ML_TF_LOGS=1`` keeps them.
     """
+    refuse_inherited_tensorflow()  # loading a model hangs there too, not only running one
     if "keras" in sys.modules or os.environ.get("SAMRI_ML_TF_LOGS") == "1":
         import keras
 
@@ -166,7 +168,12 @@ def inference_fn(model):
     (:func:`mark_for_inference`) runs as its :func:`bfloat16_copy`, made once here (a model
     that cannot be rebuilt from its config, e.g. with unregistered custom layers, runs in
     float32, with a note); the output is float32 either way.
+
+    Raises :class:`~samri_ml.errors.SamriMLError` in a process forked from one that had
+    imported TensorFlow (:func:`refuse_inherited_tensorflow`), where the forward pass would
+    hang for ever, also for a model compiled before the fork.
     """
+    refuse_inherited_tensorflow()
     keras = import_keras()
 
     key = id(model)  # the cache holds the model too, so the id is never reused
@@ -203,11 +210,56 @@ def tensorflow_inherited() -> bool:
     TensorFlow's thread pools do not survive a fork: a network run in such a child hangs for
     ever (a Python session that masked or ranked an image, then ran a Nipype workflow with
     ``MaskBrain`` or ``IdentifyPlate`` under MultiProc, whose workers are forked from it). The
-    interfaces then run their work in a new interpreter (:func:`run_in_new_process`).
+    interfaces then run their work in a new interpreter (:func:`run_in_new_process`); the
+    Python API refuses there (:func:`refuse_inherited_tensorflow`). Set at fork time by
+    ``samri_ml/__init__.py`` (``os.register_at_fork``): TensorFlow merely imported before the
+    fork is enough for a network to hang in the child.
     """
     import samri_ml
 
     return samri_ml._TENSORFLOW_BEFORE_FORK
+
+
+#: why the Python API refuses to run a network in a forked process, and what to do instead
+FORKED_MESSAGE = (
+    "TensorFlow cannot run in a process forked from one that had already imported it (it "
+    "would hang for ever); hint: run the workflow with the Linear plugin, or start the "
+    "workers with a 'forkserver' or 'spawn' multiprocessing context (MultiProc: "
+    "plugin_args={'mp_context': 'forkserver'}), or use the samri_ml interfaces MaskBrain and "
+    "IdentifyPlate, which run the network in a new interpreter there")
+
+
+def refuse_inherited_tensorflow() -> None:
+    """Raise :class:`~samri_ml.errors.SamriMLError` (:data:`FORKED_MESSAGE`) where
+    :func:`tensorflow_inherited`: loading or running a network there hangs for ever (a lab's
+    own Nipype Function node calling :func:`~samri_ml.masking.predict.predict_mask` under
+    MultiProc, or a ``multiprocessing`` fork pool, after TensorFlow ran in the parent)."""
+    if tensorflow_inherited():
+        from samri_ml.errors import SamriMLError
+
+        raise SamriMLError(FORKED_MESSAGE)
+
+
+def file_checksum(path) -> str:
+    """``<size>:<sha256>`` of a file's content (computed once per path, size, inode,
+    modification and change time): the model's part of a Nipype cache key, so that other
+    weights (a samri_ml upgrade, or a model file replaced under the same name and time)
+    invalidate cached results."""
+    st = os.stat(path)
+    # the change time too: a file rewritten with its old size and modification time
+    return _file_checksum(os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino,
+                          st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_checksum(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{size}:{digest.hexdigest()}"
 
 
 #: the line of a child's stdout that carries :func:`run_in_new_process`'s result
@@ -229,9 +281,29 @@ def run_in_new_process(module: str, function: str, kwargs: dict) -> dict:
     proc = subprocess.run([sys.executable, "-c", code, module, function, json.dumps(kwargs),
                            RESULT_MARK], capture_output=True, text=True)  # fmt: skip
     if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines() or ["(no message)"]
-        raise RuntimeError(f"{module}.{function} in a new process failed: {lines[-1]}")
+        raise RuntimeError(f"{module}.{function} in a new process failed: "
+                           f"{_child_failure(proc.returncode, proc.stderr)}")
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK):])
     raise RuntimeError(f"{module}.{function} in a new process gave no result")
+
+
+def _child_failure(returncode: int, stderr: str) -> str:
+    """What :func:`run_in_new_process` says of a failed child: its last line of stderr (a
+    samri_ml error's one line), and where a signal ended it, which (the out-of-memory killer's
+    SIGKILL leaves no message at all)."""
+    import signal
+
+    lines = stderr.strip().splitlines()
+    last = lines[-1] if lines else ""
+    if returncode >= 0:
+        return last or f"exit code {returncode} (no message)"
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = "an unknown signal"
+    why = f"killed by {name} (signal {number}"
+    why += "; out of memory?)" if number == signal.SIGKILL else ")"
+    return f"{why}; its last message: {last}" if last else why

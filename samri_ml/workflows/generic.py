@@ -17,9 +17,12 @@ from samri_ml.workflows.registration import (
     init_structural_wf,
 )
 
-#: the derivatives sinks run in the submitting process and **every time**: a copy is cheap,
-#: and a cached sink (its inputs unchanged) copied nothing, so a rerun did not restore a
-#: derivative deleted from OUTPUT_DIR, nor one overwritten by a run with other options
+#: the derivatives sinks run in the submitting process and **every time**: a cached sink (its
+#: inputs unchanged) copied nothing, so a rerun did not restore a derivative deleted from
+#: OUTPUT_DIR, nor one overwritten by a run with other options (DerivativesDataSink now always
+#: runs by itself too). A derivative that holds the same bytes already is not copied again
+#: (:func:`samri_ml.bids.atomic_copy`): its modification time stays, and a downstream workflow
+#: that hashes it by time does not recompute
 SINK_NODE = {"run_without_submitting": True, "overwrite": True}
 
 
@@ -53,7 +56,10 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         Registration flavour (``default``, ``fast``, ``samri`` or a JSON path).
     masking : str
         ``none`` (SAMRI Generic) or ``unet`` (Generic Masked: the U-Net mask feeds
-        antsRegistration, and N4 where the flavour says so, in both streams).
+        antsRegistration, and N4 where the flavour says so, in both streams). ``input`` is
+        refused: there is no parameter to give the masks (build the streams with
+        :func:`init_structural_wf` / :func:`init_functional_wf` and connect
+        ``inputnode.in_mask``).
     dummy_scans : int
         Volumes dropped at the start of each run.
     slice_timing : bool
@@ -71,6 +77,11 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     ``*_desc-brain_mask.nii.gz`` (with masking), ``*_desc-qc_metrics.json`` and ``.tsv``.
     """
     _check(method=method, masking=masking)
+    if masking == "input":
+        raise SamriMLError(
+            "init_generic_wf: masking='input' needs masks, and it takes none; hint: use "
+            "masking='unet' or 'none', or build the streams with init_structural_wf/"
+            "init_functional_wf(masking='input') and connect your mask to inputnode.in_mask")
     bold_files = list(bold_files)
     bold_metadata = list(bold_metadata or [{} for _ in bold_files])
     if anat_file is None and not bold_files:

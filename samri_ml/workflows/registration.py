@@ -209,12 +209,31 @@ def _n4_node(name, flavour, stream, omp_nthreads):
     return n4
 
 
+def _given_mask(in_mask=None):
+    """The mask of ``masking='input'`` as given; a one-line error where none was (nothing
+    connected to, or set on, ``inputnode.in_mask``)."""
+    if in_mask is None:
+        from samri_ml.errors import SamriMLError
+
+        raise SamriMLError("masking='input' but no mask was given (inputnode.in_mask is neither "
+                           "connected nor set); hint: connect your mask to inputnode.in_mask "
+                           "(or set wf.inputs.inputnode.in_mask), or use masking='unet' or "
+                           "'none'")
+    return in_mask
+
+
 def _mask_source(workflow, masking, inputnode, image_source, prefix):
     """Return ``(node, field)`` giving the brain mask of a stream, or None without masking."""
     if masking == "none":
         return None
     if masking == "input":
-        return inputnode, "in_mask"
+        # a mask nobody gave failed late, in a mask node, with "TypeError: _replicate() missing
+        # 1 required positional argument": this node says what is missing instead
+        given = pe.Node(niu.Function(function=_given_mask, input_names=["in_mask"],
+                                     output_names=["out_mask"]),
+                        name=f"{prefix}_in_mask", run_without_submitting=True)
+        workflow.connect(inputnode, "in_mask", given, "in_mask")
+        return given, "out_mask"
     from samri_ml.interfaces.masking import MaskBrain
 
     mask = pe.Node(MaskBrain(), name=f"{prefix}_mask", mem_gb=2)

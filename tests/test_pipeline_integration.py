@@ -1,0 +1,396 @@
+"""samri_ml inside a lab's own pipelines: its Python API in forked workers, its derivatives sinks
+on reruns, its workflow factories with a mask slot, and its interfaces' cache keys (real
+files, real Nipype runs, real forks; no mocks)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from samri_ml.errors import SamriMLError
+from samri_ml.models.inference import FORKED_MESSAGE
+
+FORK_TIMEOUT = 90  # seconds; a hang fails the test instead of blocking it
+
+
+def _in_fork(fn, timeout: float = FORK_TIMEOUT):
+    """``fn()`` in a child forked from this process (a ``multiprocessing`` fork context, as
+    MultiProc's and a fork Pool's workers); returns ``("ok", value)`` or ``("error", "Type:
+    message")``. A child that does not answer within ``timeout`` fails the test (and is
+    killed)."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def target():
+        try:
+            answer = ("ok", fn())
+        except BaseException as err:  # noqa: BLE001 - everything goes back to the test
+            answer = ("error", f"{type(err).__name__}: {err}")
+        send.send(answer)
+
+    proc = ctx.Process(target=target)
+    proc.start()
+    try:
+        if not recv.poll(timeout):
+            pytest.fail(f"the forked child hung: no answer in {timeout} s")
+        return recv.recv()
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_ran():
+    """A tiny convolutional network run through :func:`inference_fn` in this process: its
+    TensorFlow has started its thread pools before the tests fork."""
+    from samri_ml.models.inference import import_keras, inference_fn
+
+    keras = import_keras()
+    inp = keras.Input((16, 16, 1))
+    model = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same")(inp))
+    x = np.random.default_rng(0).random((4, 16, 16, 1), dtype=np.float32)
+    out = np.asarray(inference_fn(model)(x))
+    assert out.shape == (4, 16, 16, 2)
+    return model, x
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    from samri_ml.example import make_template
+
+    path = tmp_path_factory.mktemp("head") / "head_T2w.nii.gz"
+    nb.save(make_template(0, contrasts=("t2",), supersample=1)["T2w"], path)
+    return path
+
+
+# ------------------------------------------------------------ TensorFlow in forked processes
+
+
+def test_a_network_compiled_before_the_fork_refuses_in_the_child(tiny_model_ran):
+    """The forward pass of a model compiled in the parent hung for ever in a forked child."""
+    from samri_ml.models.inference import inference_fn, tensorflow_inherited
+
+    model, x = tiny_model_ran
+    assert not tensorflow_inherited()
+    assert _in_fork(tensorflow_inherited) == ("ok", True)
+    status, message = _in_fork(lambda: np.asarray(inference_fn(model)(x)).shape)
+    assert status == "error" and message == f"SamriMLError: {FORKED_MESSAGE}"
+    assert "\n" not in message and "hint: run the workflow with the Linear plugin" in message
+    assert "'forkserver' or 'spawn'" in message
+    # the parent itself still runs it
+    assert np.asarray(inference_fn(model)(x)).shape == (4, 16, 16, 2)
+
+
+def test_predict_mask_in_a_forked_child_refuses_instead_of_hanging(tiny_model_ran, head):
+    """A lab's own Function node or fork Pool calling the documented predict_mask after
+    TensorFlow ran in the parent: loading the U-Net hung there too, not only running it."""
+    from samri_ml.masking.predict import predict_mask
+
+    def child():
+        return int(np.asarray(predict_mask(str(head), views=("coronal",), flip=False).dataobj).sum())
+
+    t0 = time.monotonic()
+    status, message = _in_fork(child)
+    assert (status, message) == ("error", f"SamriMLError: {FORKED_MESSAGE}")
+    assert time.monotonic() - t0 < 30
+
+
+def test_plate_ranking_in_a_forked_child_refuses_instead_of_hanging(tiny_model_ran, tmp_path):
+    from samri_ml.plates.identify import default_model_dir, make_identifier
+
+    with np.load(default_model_dir() / "plates_index.npz") as z:
+        section = z["thumbnails"][len(z["plates"]) // 2]
+
+    def child():
+        return make_identifier().rank([section], regions=False)[0]["ranking"][0]
+
+    status, message = _in_fork(child)
+    assert (status, message) == ("error", f"SamriMLError: {FORKED_MESSAGE}")
+
+
+def test_a_function_node_under_multiproc_fails_with_the_hint(tiny_model_ran, head, tmp_path):
+    """The audit's case: a lab's niu.Function node calling predict_mask, under MultiProc, after
+    TensorFlow ran in the session. It sat at "Running 1 tasks" for ever."""
+
+    def mask(in_file):
+        import os
+
+        from samri_ml.masking.predict import predict_mask
+
+        out = os.path.abspath("mask.nii.gz")
+        predict_mask(in_file, views=("coronal",), flip=False).to_filename(out)
+        return out
+
+    def run():
+        wf = pe.Workflow("lab", base_dir=str(tmp_path / "work"))
+        node = pe.Node(niu.Function(function=mask, input_names=["in_file"],
+                                    output_names=["out"]), name="mask")
+        node.inputs.in_file = str(head)
+        wf.add_nodes([node])
+        wf.config["execution"] = {"crashdump_dir": str(tmp_path / "crash"),
+                                  "crashfile_format": "txt"}
+        wf.run(plugin="MultiProc", plugin_args={"n_procs": 1})
+        return "finished"
+
+    # the workflow is run from a fork, so that MultiProc's own workers are forked from a
+    # process with TensorFlow, as in a lab's session; its workers are forked again from there
+    status, message = _in_fork(run)
+    assert status == "error" and message.startswith("RuntimeError: ")  # Nipype's, naming it
+    assert FORKED_MESSAGE in message
+    crash = "".join(p.read_text() for p in (tmp_path / "crash").glob("*.txt"))
+    assert f"SamriMLError: {FORKED_MESSAGE}" in crash
+
+
+def test_maskbrain_in_a_forked_worker_still_runs_in_a_new_interpreter(tiny_model_ran, head,
+                                                                      tmp_path):
+    """The interfaces' own way out: in a forked process they run the network in a new
+    interpreter, where import_keras and inference_fn have no reason to refuse."""
+    from samri_ml.interfaces.masking import MaskBrain
+
+    def child():
+        os.chdir(tmp_path)
+        out = MaskBrain(in_file=str(head), views=["coronal"], flip=False).run().outputs
+        return out.out_mask
+
+    status, out_mask = _in_fork(child, timeout=150)
+    assert status == "ok", out_mask
+    assert np.asarray(nb.load(out_mask).dataobj).sum() > 1000
+
+
+def test_a_child_killed_by_a_signal_is_named():
+    """A new-process child killed by a signal (the out-of-memory killer's SIGKILL) said only
+    "failed: (no message)"."""
+    from samri_ml.models.inference import run_in_new_process
+
+    with pytest.raises(RuntimeError, match=r"^os\.abort in a new process failed: killed by "
+                                           r"SIGABRT \(signal 6\)$"):
+        run_in_new_process("os", "abort", {})
+    with pytest.raises(RuntimeError, match=r"failed: killed by SIGKILL \(signal 9; out of "
+                                           r"memory\?\)$"):
+        run_in_new_process("os", "system", {"command": "kill -9 $PPID; sleep 5"})
+    # an error in the child still gives its last line, as before
+    with pytest.raises(RuntimeError, match=r"failed: FileNotFoundError: .*no-such-file"):
+        run_in_new_process("os", "stat", {"path": "/no-such-file"})
+
+
+# ------------------------------------------------------------------- derivatives on reruns
+
+
+SOURCE = "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz"
+
+
+def _sink_wf(base, in_file, out_dir):
+    from samri_ml.interfaces.bids import DerivativesDataSink
+
+    wf = pe.Workflow("sinks", base_dir=str(base))
+    ds = pe.Node(DerivativesDataSink(in_file=str(in_file), source_file=SOURCE,
+                                     base_directory=str(out_dir), space="Phantom",
+                                     desc="preproc", metadata={"SkullStripped": False}),
+                 name="ds_anat")  # a plain Node, as a lab would use the exported interface
+    wf.add_nodes([ds])
+    return wf
+
+
+def _downstream_wf(base, derivative):
+    def stamp(in_file):
+        import time
+
+        return time.time()
+
+    wf = pe.Workflow("second_level", base_dir=str(base))
+    node = pe.Node(niu.Function(function=stamp, input_names=["in_file"],
+                                output_names=["when"]), name="stamp")
+    node.inputs.in_file = str(derivative)
+    wf.add_nodes([node])
+    return wf
+
+
+def _result(graph, name):
+    return next(n for n in graph.nodes() if n.name == name).result.outputs
+
+
+def test_a_rerun_keeps_unchanged_derivatives_and_restores_lost_ones(head, tmp_path):
+    """A no-op rerun re-copied every derivative (new modification times, so a downstream
+    workflow hashing by time recomputed); the exported sink used as a plain Node was cached,
+    so a deleted derivative was never written again."""
+    src = tmp_path / "preproc.nii.gz"
+    shutil.copyfile(head, src)
+    out_dir, work = tmp_path / "derivatives", tmp_path / "work"
+    graph = _sink_wf(work, src, out_dir).run()
+    derivative = Path(_result(graph, "ds_anat").out_file)
+    sidecar = derivative.with_name(derivative.name.replace(".nii.gz", ".json"))
+    assert derivative.name == "sub-01_ses-1_space-Phantom_desc-preproc_T2w.nii.gz"
+    assert json.loads(sidecar.read_text()) == {"SkullStripped": False}
+    before = {p: p.stat().st_mtime_ns for p in (derivative, sidecar)}
+    first = _result(_downstream_wf(work, derivative).run(), "stamp").when
+
+    time.sleep(0.05)  # a copy now would have a later modification time
+    _sink_wf(work, src, out_dir).run()
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert _result(_downstream_wf(work, derivative).run(), "stamp").when == first  # cached
+
+    derivative.unlink()  # lost: the always-running sink writes it again
+    sidecar.unlink()
+    _sink_wf(work, src, out_dir).run()
+    assert derivative.read_bytes() == src.read_bytes()
+    assert json.loads(sidecar.read_text()) == {"SkullStripped": False}
+
+    derivative.write_bytes(b"another run's file")  # overwritten: replaced
+    _sink_wf(work, src, out_dir).run()
+    assert derivative.read_bytes() == src.read_bytes()
+    # the same size and time but other bytes: still replaced (compared byte by byte)
+    stat = derivative.stat()
+    data = bytearray(derivative.read_bytes())
+    data[-1] ^= 0xFF
+    derivative.write_bytes(bytes(data))
+    os.utime(derivative, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    _sink_wf(work, src, out_dir).run()
+    assert derivative.read_bytes() == src.read_bytes()
+
+
+def test_the_sink_refuses_a_non_bids_source_with_one_line(head, tmp_path):
+    from samri_ml.interfaces.bids import DerivativesDataSink
+
+    sink = DerivativesDataSink(in_file=str(head), source_file="/data/scan.nii.gz",
+                               base_directory=str(tmp_path))
+    with pytest.raises(SamriMLError) as err:
+        sink.run()
+    message = str(err.value).splitlines()[0]
+    assert message.startswith("/data/scan.nii.gz: not a BIDS file name (no sub-<label> entity)")
+    assert "hint: give the raw BIDS file it derives from" in message
+    assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------- masking='input'
+
+
+def test_generic_wf_refuses_input_masking():
+    from samri_ml.workflows import init_generic_wf
+
+    with pytest.raises(SamriMLError, match=r"init_generic_wf: masking='input' needs masks, and "
+                                           r"it takes none; hint: use masking='unet' or 'none'"):
+        init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file="a_T2w.nii.gz",
+                        masking="input")
+
+
+def test_a_structural_wf_without_its_input_mask_says_so(tmp_path):
+    """init_structural_wf(masking='input') with nothing connected to in_mask crashed late with
+    "TypeError: _replicate() missing 1 required positional argument"."""
+    from samri_ml.workflows import init_structural_wf
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.4, 0.4, 0.4, 1.0])
+    scan, mask = tmp_path / "scan.nii.gz", tmp_path / "mask.nii.gz"
+    nb.save(nb.Nifti1Image(rng.random((12, 12, 12), dtype=np.float32) + 1, affine), scan)
+    nb.save(nb.Nifti1Image(np.ones((12, 12, 12), np.uint8), affine), mask)
+    wf = init_structural_wf(flavour="fast", masking="input", name="lab_anat")
+    wf.inputs.inputnode.in_file = str(scan)
+    wf.inputs.inputnode.template = str(scan)
+    wf.inputs.inputnode.template_mask = str(mask)
+    wf.base_dir = str(tmp_path / "work")
+    wf.config["execution"] = {"crashdump_dir": str(tmp_path / "crash"),
+                              "crashfile_format": "txt", "stop_on_first_crash": True}
+    with pytest.raises(Exception):  # noqa: B017 - Nipype's own error; the crash file says why
+        wf.run()
+    crash = "".join(p.read_text() for p in (tmp_path / "crash").glob("*s_in_mask*.txt"))
+    assert ("SamriMLError: masking='input' but no mask was given (inputnode.in_mask is "
+            "neither connected nor set); hint: connect your mask") in crash
+    assert "_replicate() missing" not in crash
+
+    # given, the mask goes through as it is
+    node = init_structural_wf(flavour="fast", masking="input").get_node("s_in_mask")
+    node.base_dir = str(tmp_path / "node")
+    node.inputs.in_mask = str(mask)
+    assert node.run().outputs.out_mask == str(mask)
+
+
+# ------------------------------------------------------------------ models in cache keys
+
+
+def _hashed(node) -> tuple[dict, str]:
+    listed, digest = node.interface.inputs.get_hashval(hash_method="timestamp")
+    return dict(listed), digest
+
+
+def _rewrite_keeping_size_and_time(path: Path) -> None:
+    """Other bytes in the file, with its old size and modification time (what Nipype's
+    timestamp hash of a File input sees)."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_maskbrain_cache_key_follows_the_model_content(head, tmp_path):
+    """Cached masks were reused after the model changed (a samri_ml upgrade shipping new
+    weights): the hashed inputs named no model at all."""
+    from samri_ml.interfaces.masking import MaskBrain
+    from samri_ml.masking.predict import default_model_path
+    from samri_ml.models.inference import file_checksum
+
+    shipped = MaskBrain(in_file=str(head)).inputs
+    assert shipped.model_checksum == file_checksum(default_model_path())
+    assert shipped.model_checksum.startswith(f"{default_model_path().stat().st_size}:")
+    assert "model_checksum" in dict(shipped.get_hashval()[0])
+
+    model = tmp_path / "my_unet.keras"
+    shutil.copyfile(default_model_path(), model)
+
+    def node():  # as a lab's script builds it, on every run
+        return pe.Node(MaskBrain(in_file=str(head), model=str(model), views=["coronal"],
+                                 flip=False, max_slices=32), name="mask",
+                       base_dir=str(tmp_path / "work"))
+
+    assert node().inputs.model_checksum == shipped.model_checksum  # the same bytes
+    node().run()
+    result = tmp_path / "work" / "mask" / "result_mask.pklz"
+    stamp = result.stat().st_mtime_ns
+    node().run()
+    assert result.stat().st_mtime_ns == stamp  # a rerun reuses the cached mask
+    before = _hashed(node())
+    _rewrite_keeping_size_and_time(model)
+    after = _hashed(node())
+    assert after[0]["model"] == before[0]["model"]  # Nipype's own hash of the file: unchanged
+    assert after[0]["model_checksum"] != before[0]["model_checksum"]
+    assert after[1] != before[1]
+    try:  # now the node runs again (the changed bytes may not load: either way not reused)
+        node().run()
+    except Exception as err:  # noqa: BLE001
+        assert "my_unet.keras" in str(err)
+    else:
+        assert result.stat().st_mtime_ns != stamp
+
+
+def test_identifyplate_cache_key_follows_the_model_and_index_content(tmp_path):
+    from samri_ml.interfaces.plates import IdentifyPlate, plates_checksum
+    from samri_ml.models.inference import file_checksum
+    from samri_ml.plates.identify import default_model_dir
+
+    shipped = IdentifyPlate().inputs.model_checksum
+    for name in ("plates_embedding.keras", "plates_index.npz", "plates_router.json"):
+        assert file_checksum(default_model_dir() / name) in shipped
+    assert file_checksum(default_model_dir("multimodal") / "plates_embedding.keras") in shipped
+    assert "unet" not in shipped and plates_checksum() == shipped
+
+    section = tmp_path / "section.png"
+    section.write_bytes(b"\x89PNG")  # hashed only, never read here
+    index = tmp_path / "my_index.npz"
+    shutil.copyfile(default_model_dir() / "plates_index.npz", index)
+    node = pe.Node(IdentifyPlate(in_file=str(section), index=str(index)), name="plate")
+    assert f"index {file_checksum(index)}" in node.inputs.model_checksum
+    before = _hashed(node)
+    _rewrite_keeping_size_and_time(index)
+    after = _hashed(node)
+    assert after[0]["index"] == before[0]["index"] and after[1] != before[1]
