@@ -304,7 +304,7 @@ def test_montage_shows_the_plates_of_the_index_that_ranked(tmp_path, plate_thumb
     assert best > 1000
     shown = cv2.imread(out["out_montage"])[24:, TILE : 2 * TILE]  # below the first plate's label
     picture = index["thumbnails"][list(index["plates"]).index(best)]
-    np.testing.assert_array_equal(shown, _tile(picture, "")[24:])
+    np.testing.assert_array_equal(shown, _tile(picture, "", prepared=True)[24:])
     del index["thumbnails"]
     np.savez(tmp_path / "bare.npz", **index)
     with pytest.warns(SamriMLNote, match=f"no picture of plate.s. {best}, "):
@@ -332,6 +332,27 @@ def test_sections_differing_in_extension_keep_a_montage_each(tmp_path, plate_thu
         saved = json.loads(Path(outs[name]["out_json"]).read_text())
         assert list(saved) == [str(tmp_path / name)] and plate in saved[str(tmp_path / name)][
             "ranking"][:3]
+
+
+def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs):
+    """``samri_ml-identify-plate --montage DIR``: the command line made no picture (only the
+    interface did); now a PNG per image, named after it, the section titled with its name,
+    then its top plates; two images of one name from two folders keep one each."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+    from samri_ml.plates.montage import TILE
+
+    for sub, plate in (("a", 60), ("b", 100)):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "s.png"), plate_thumbs[plate])
+    out = tmp_path / "montages"
+    assert main([str(tmp_path / "a" / "s.png"), str(tmp_path / "b" / "s.png"), "--montage",
+                 str(out), "--top", "3", "--no-regions", "--variant", "default"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["s.png_2_plates.png", "s.png_plates.png"]
+    montage = cv2.imread(str(out / "s.png_plates.png"))
+    assert montage.shape == (TILE, 6 * TILE, 3)  # the section and at least 5 plates
+    assert main([str(tmp_path / "a" / "s.png"), "--montage", str(tmp_path / "a" / "s.png")]) == 2
 
 
 @pytest.mark.shared_data

@@ -277,3 +277,47 @@ def test_best_json_is_strict_json_without_an_evaluation(tiny_data, tmp_path):
     train(cfg, log=lambda *_: None)
     text = (tmp_path / "run" / "best.json").read_text()
     assert "Infinity" not in text and json.loads(text)["mae"] is None
+
+
+def test_the_tissue_box_of_a_run_travels_to_its_index(tiny_data, tmp_path):
+    """A run trained with ``crop_threshold="triangle"`` exports an index that says so, and
+    ranking with it cuts sections with that box (the plates were); an index without the key
+    (exported before 2026-12-02) is ``otsu``; members trained with different boxes are
+    refused as one ensemble; an unknown box in an index is named in one line."""
+    from samri_ml.errors import SamriMLError
+    from samri_ml.plates.data import preprocess
+    from samri_ml.plates.identify import PlateIdentifier
+    from samri_ml.plates.train import export_and_measure, make_ensemble_run
+
+    runs = {}
+    for box in ("triangle", "otsu"):
+        cfg = TrainConfig(
+            data_dir=str(tiny_data), out_dir=str(tmp_path / box), size=64, width=4,
+            batch_size=12, iterations=20, eval_every=20, learning_rate=3e-3,
+            real_fraction=0.5, crop_threshold=box,
+        )  # fmt: skip
+        train(cfg, log=lambda *_: None)
+        runs[box] = tmp_path / box
+    assert json.loads((runs["triangle"] / "config.json").read_text())["crop_threshold"] == \
+        "triangle"
+    export_and_measure(runs["triangle"], tmp_path / "ship", tiny_data)
+    ident = PlateIdentifier(tmp_path / "ship" / "plates_embedding.keras",
+                            tmp_path / "ship" / "plates_index.npz", precision="float32")
+    assert ident.crop_threshold == "triangle"
+    img = np.full((300, 400), 4, np.uint8)
+    img[40:140, 100:300], img[140:260, 140:260] = 200, 30  # bright over dim tissue
+    np.testing.assert_array_equal(ident.prep(img), preprocess(img, 64, crop_threshold="triangle"))
+    assert not np.array_equal(ident.prep(img), preprocess(img, 64))
+    with np.load(tmp_path / "ship" / "plates_index.npz") as z:
+        index = {k: z[k] for k in z.files if k != "crop_threshold"}
+    np.savez(tmp_path / "old.npz", **index)
+    assert PlateIdentifier(tmp_path / "ship" / "plates_embedding.keras",
+                           tmp_path / "old.npz").crop_threshold == "otsu"
+    np.savez(tmp_path / "odd.npz", **index, crop_threshold="li")
+    with pytest.raises(SamriMLError, match="unknown crop_threshold 'li'"):
+        PlateIdentifier(tmp_path / "ship" / "plates_embedding.keras", tmp_path / "odd.npz")
+    with pytest.raises(SamriMLError, match="different tissue boxes"):
+        make_ensemble_run([runs["triangle"] / "best.keras", runs["otsu"] / "best.keras"],
+                          tmp_path / "mixed")
+    ens = make_ensemble_run([runs["triangle"] / "best.keras"] * 2, tmp_path / "ens")
+    assert json.loads((ens / "config.json").read_text())["crop_threshold"] == "triangle"

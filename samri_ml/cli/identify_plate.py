@@ -11,6 +11,7 @@ from samri_ml.cli._common import (
     add_plate_model_options,
     add_threads_option,
     add_version_option,
+    check_output_dir,
     check_output_file,
     set_tf_threads,
 )
@@ -32,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="section images (PNG/JPEG/TIFF)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     p.add_argument("--top", type=int, default=5, metavar="K", help="plates to print per image")
+    p.add_argument(
+        "--montage", metavar="DIR",
+        help="also write a PNG per image into DIR (created): the section beside its top K "
+        "plates (at least 5), named after the image, e.g. 101.png_plates.png",
+    )
     p.add_argument(
         "--atlas", metavar="DIR", help="re-index another atlas: folder of plates N.jpg|png|tif"
     )
@@ -55,6 +61,8 @@ def _check_args(parser, args) -> None:
             parser.error(f"{im}: no such file")
     if args.json:
         check_output_file(parser, "--json", args.json, args.images, IMAGE_SUFFIXES, "OUT.json")
+    if args.montage:
+        check_output_dir(parser, f"--montage {args.montage}", args.montage)
 
 
 #: images read and ranked at a time: one line each is printed as a chunk is done, and the
@@ -71,7 +79,7 @@ def run(args) -> int:
 
     # CHUNK images at a time: one that cannot be read is named at the end, the others are
     # still ranked; each line is printed as its chunk is done
-    results, bad, ident = {}, [], None
+    results, bad, ident, montages = {}, [], None, {}
     # the results are keyed by path as given: one entry per file (the first spelling of
     # a file given twice, e.g. as 84.png and ./84.png)
     first = {}
@@ -99,6 +107,8 @@ def run(args) -> int:
         chunk = dict(zip(paths, ranked, strict=True))
         results.update(chunk)
         _print_results(args, chunk)
+        if args.montage:
+            _write_montages(args, ident, paths, imgs, ranked, montages)
     if not results:
         raise bad[0] if len(bad) == 1 else SamriMLError(
             f"none of the {len(bad)} images could be read (first: {bad[0]})")
@@ -113,6 +123,22 @@ def run(args) -> int:
         raise SamriMLError(f"{len(bad)} of {len(args.images)} images could not be read (named "
                            "above, left out of the output); the others are ranked")
     return 0
+
+
+def _write_montages(args, ident, paths, imgs, ranked, written: dict) -> None:
+    """``--montage DIR``: one PNG per image, named after it; images of one name from other
+    folders get ``_2``, ``_3``... (``written``: the names used so far, across chunks)."""
+    from samri_ml.plates.montage import MONTAGE_SUFFIX, write_ranked_montage
+
+    out = Path(args.montage)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, img, res in zip(paths, imgs, ranked, strict=True):
+        name = Path(path).name
+        written[name] = written.get(name, 0) + 1
+        if written[name] > 1:
+            name = f"{name}_{written[name]}"
+        write_ranked_montage(ident, img, res, out / f"{name}{MONTAGE_SUFFIX}",
+                             top=max(5, args.top), atlas_dir=args.atlas, title=Path(path).name)
 
 
 def _print_results(args, results: dict) -> None:

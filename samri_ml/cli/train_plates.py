@@ -44,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=number_in(int, 3), default=48,
                    help="images per step (at least 3: an anchor, its plate and another)")
-    p.add_argument("--iterations", type=whole, default=10000)
+    p.add_argument("--iterations", type=whole, default=10000,
+                   help="training steps at most (early stopping may end the run before)")
     p.add_argument("--patience", type=int, default=2000, help="early-stopping patience (steps)")
-    p.add_argument("--eval-every", type=whole, default=250)
+    p.add_argument("--eval-every", type=whole, default=250,
+                   help="steps between evaluations on val_1 (the best model is kept)")
     p.add_argument("--lr", type=number_in(float, 0, low_open=True), default=1e-4,
                    help="Adam learning rate")
     p.add_argument(
@@ -62,7 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="momentum of a moving average of the weights, evaluated and saved instead of the "
         "raw weights (e.g. 0.998; 0: off)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the weights, the batches and the augmentation (and "
+                   "of the sections --fit-router draws)")
+    p.add_argument(
+        "--crop-threshold",
+        default="otsu",
+        choices=["otsu", "triangle"],
+        help="threshold of the tissue box every image is cut to: otsu (the shipped models; "
+        "cuts the dim brainstem off plates 100-131) or triangle (keeps all the tissue); the "
+        "exported index records it",
+    )
     p.add_argument(
         "--synth-fraction",
         type=float,
@@ -185,6 +197,7 @@ def _main(argv=None) -> int:
         init=args.init,
         synth_fraction=args.synth_fraction,
         synth_max_tilt=args.synth_max_tilt,
+        crop_threshold=args.crop_threshold,
     )
     if args.ensemble:
         from samri_ml.plates.train import make_ensemble_run

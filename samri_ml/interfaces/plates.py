@@ -127,8 +127,8 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
 
     set_thread_environment(num_threads, PLATE_PARALLEL_OPS)
     from samri_ml.plates.data import read_image
-    from samri_ml.plates.identify import make_identifier, turn_back
-    from samri_ml.plates.montage import write_montage
+    from samri_ml.plates.identify import make_identifier
+    from samri_ml.plates.montage import MONTAGE_SUFFIX, write_ranked_montage
 
     ident = make_identifier(model, index, atlas_dir, variant=variant)
     img = read_image(in_file)
@@ -138,11 +138,9 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
     out_json = f"{name}_plates.json"
     with open(out_json, "w") as f:
         f.write(json_dumps({in_file: res}, indent=1))
-    out_png = f"{name}_plates.png"
-    shown = turn_back(img, res.get("turned_degrees", 0) // 90)  # as it was ranked
-    # the pictures of the index that ranked it (auto: of the variant the router chose)
-    used = getattr(ident, res["model"]) if "model" in res else ident
-    write_montage(shown, res, out_png, top=top, atlas_dir=atlas_dir, index=used.index)
+    out_png = f"{name}{MONTAGE_SUFFIX}"
+    write_ranked_montage(ident, img, res, out_png, top=top, atlas_dir=atlas_dir,
+                         title=os.path.basename(in_file))
     return {"ranking": [int(p) for p in res["ranking"]],
             "distances": [float(d) for d in res["distances"]],
             "best_plate": int(res["ranking"][0]), "out_json": out_json, "out_montage": out_png}

@@ -70,12 +70,14 @@ def default_model_dir(variant: str = "default") -> Path:
     return base / VARIANTS[variant] if VARIANTS[variant] != "." else base
 
 
-def region_crops(img: np.ndarray, crop: bool = True) -> dict[str, np.ndarray]:
-    """Sub-images (uint8) of the tissue bounding box for each region of :data:`REGIONS`."""
+def region_crops(img: np.ndarray, crop: bool = True,
+                 crop_threshold: str = "otsu") -> dict[str, np.ndarray]:
+    """Sub-images (uint8) of the tissue bounding box (:func:`tissue_bbox` at
+    ``crop_threshold``) for each region of :data:`REGIONS`."""
     import cv2
 
     if crop:
-        y0, y1, x0, x1 = tissue_bbox(img)
+        y0, y1, x0, x1 = tissue_bbox(img, threshold=crop_threshold)
         img = img[y0:y1, x0:x1]
     h, w = img.shape
     if max(h, w) > 512:  # regions are embedded at ~128 px: no need to equalise 1024 px crops
@@ -198,6 +200,7 @@ class PlateIdentifier(_Ranker):
             raise SamriMLError(f"{self.index_path}: not a plate index (no plates/embeddings)")
         self.size = int(self.index["size"])
         self.crop = bool(self.index.get("crop", True))
+        self.crop_threshold = self._crop_threshold(self.index, self.index_path)
         self.equalise = bool(self.index.get("equalise", True))
         self.smooth = float(self.index.get("smooth", 0.0))
         self.flip_tta = bool(self.index.get("flip_tta", True))
@@ -240,7 +243,20 @@ class PlateIdentifier(_Ranker):
 
     def prep(self, img: np.ndarray) -> np.ndarray:
         """Preprocessed ``(size, size)`` float image, as at training."""
-        return preprocess(img, self.size, equalise=self.equalise, crop=self.crop)
+        return preprocess(img, self.size, equalise=self.equalise, crop=self.crop,
+                          crop_threshold=self.crop_threshold)
+
+    @staticmethod
+    def _crop_threshold(index: dict, path) -> str:
+        """The tissue-box threshold the index's model was trained with (``otsu`` for an index
+        that does not say: those exported before 2026-12-02)."""
+        from samri_ml.plates.data import CROP_THRESHOLDS
+
+        value = str(index.get("crop_threshold", "otsu"))
+        if value not in CROP_THRESHOLDS:
+            raise SamriMLError(f"{path}: unknown crop_threshold {value!r} (this samri_ml knows "
+                               f"{', '.join(CROP_THRESHOLDS)}); hint: update samri_ml")
+        return value
 
     def embed(self, imgs: list[np.ndarray], prepped: np.ndarray | None = None) -> np.ndarray:
         """Embeddings ``(N, L)`` of uint8 images (preprocessing included, unless ``prepped``
@@ -254,7 +270,7 @@ class PlateIdentifier(_Ranker):
         """Region embeddings ``(N, R, L)`` and tissue fractions ``(N, R)``."""
         crops, frac = [], []
         for im in imgs:
-            rc = region_crops(im, crop=self.crop)
+            rc = region_crops(im, crop=self.crop, crop_threshold=self.crop_threshold)
             whole = tissue_fraction(im)
             for name in REGIONS:
                 c = rc[name]
@@ -391,6 +407,14 @@ class PlateIdentifier(_Ranker):
 
 
 
+def plate_thumbnails(imgs: list[np.ndarray], size: int = 128) -> np.ndarray:
+    """The index's ``thumbnails`` (uint8, ``(P, size, size)``), for montages: each plate cut
+    to its whole tissue (the triangle threshold, whatever box the model uses: the Otsu box
+    drops the brainstem of plates 100-131), equalised as the network sees it."""
+    return np.stack([(preprocess(im, size, crop_threshold="triangle") * 255).round()
+                     .astype(np.uint8) for im in imgs])
+
+
 def brain_extent_mm(plates: np.ndarray, ccf_dir=None) -> tuple[np.ndarray, np.ndarray]:
     """Brain height and width (mm) at each plate from the CCF annotation (25 um voxels);
     plate N is at axis-1 index ``527 - 4 (N - 1)``. NaN where the CCF is unavailable."""
@@ -426,8 +450,12 @@ def export_model(
     smooth: float = 0.0,
     region_weight: float = 0.0,
     flip_tta: bool = True,
+    crop_threshold: str = "otsu",
 ) -> Path:
     """Write ``plates_embedding.keras`` and ``plates_index.npz`` into ``out_dir``.
+
+    ``crop_threshold``: the tissue box the model was trained with (its run's
+    ``config.json``); the index keeps it, so sections are cut as the plates were.
 
     All or nothing: the atlas and the model are checked first, both files are made in a
     temporary folder beside ``out_dir`` and moved into it at the end; on failure ``out_dir``
@@ -443,13 +471,14 @@ def export_model(
     with atomic_folder(out_dir) as out:
         shutil.copy(model_path, out / "plates_embedding.keras")
         idx = out / "plates_index.npz"
-        np.savez(idx, plates=np.arange(1), embeddings=np.zeros((1, 1)), size=size)  # bootstrap
+        np.savez(idx, plates=np.arange(1), embeddings=np.zeros((1, 1)), size=size,
+                 crop_threshold=crop_threshold)  # bootstrap
         # the shipped index is float32 on every machine (sections may be embedded in bfloat16)
         ident = PlateIdentifier(out / "plates_embedding.keras", idx, precision="float32")
         ident.flip_tta = flip_tta
         ident.reindex(atlas_dir)
         h, w = brain_extent_mm(ident.plates)
-        thumbs = np.stack([(preprocess(im, 128) * 255).round().astype(np.uint8) for im in imgs])
+        thumbs = plate_thumbnails(imgs)
         np.savez_compressed(
             idx,
             plates=ident.plates,
@@ -458,6 +487,7 @@ def export_model(
             regions=np.array(list(REGIONS)),
             size=size,
             crop=True,
+            crop_threshold=crop_threshold,
             equalise=True,
             smooth=float(smooth),
             flip_tta=bool(flip_tta),
@@ -513,8 +543,8 @@ class RoutedIdentifier(_Ranker):
             if not len(idx):
                 continue
             ident = getattr(self, variant)
-            same = ident.size == self.default.size and ident.crop == self.default.crop and \
-                ident.equalise == self.default.equalise
+            same = all(getattr(ident, k) == getattr(self.default, k)
+                       for k in ("size", "crop", "equalise", "crop_threshold"))
             ranked = ident.rank([imgs[i] for i in idx], regions,
                                 prepped[idx] if same and not any_orientation else None,
                                 any_orientation=any_orientation)

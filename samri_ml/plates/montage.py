@@ -8,13 +8,21 @@ import numpy as np
 
 from samri_ml.plates.data import load_atlas, preprocess
 
+#: a montage's file name: the section's file name, extension included (``101.png`` and
+#: ``101.jpg`` of one folder keep a montage each), then this
+MONTAGE_SUFFIX = "_plates.png"
+
 TILE = 256
 
 
-def _tile(img: np.ndarray, text: str) -> np.ndarray:
+def _tile(img: np.ndarray, text: str, prepared: bool = False) -> np.ndarray:
+    """A labelled tile: ``img`` cut to its whole tissue and equalised (the triangle box: the
+    Otsu box cuts the brainstem off posterior plates), unless ``prepared`` (an index
+    thumbnail, made so already)."""
     import cv2
 
-    t = preprocess(img, TILE) if img.dtype == np.uint8 else img
+    t = img if prepared or img.dtype != np.uint8 else preprocess(img, TILE,
+                                                                   crop_threshold="triangle")
     t = (np.clip(t, 0, 1) * 255).astype(np.uint8) if t.dtype != np.uint8 else t
     t = cv2.resize(t, (TILE, TILE))
     t = cv2.cvtColor(t, cv2.COLOR_GRAY2BGR)
@@ -32,8 +40,10 @@ def write_montage(
     atlas_dir=None,
     plate_images: dict | None = None,
     index: dict | None = None,
+    title: str = "section",
 ) -> Path:
-    """Write ``out_png``: the section, then its ``top`` plates (number and distance).
+    """Write ``out_png``: the section (labelled ``title``, e.g. its file name), then its
+    ``top`` plates (number and distance).
 
     Plate pictures come from ``plate_images`` ({number: image}), else ``atlas_dir``, else the
     thumbnails stored in ``index`` (the plate index that ranked the section, as loaded by
@@ -43,6 +53,7 @@ def write_montage(
     """
     import cv2
 
+    prepared = plate_images is None and atlas_dir is None  # the index's thumbnails
     if plate_images is None:
         if atlas_dir is not None:
             nums, imgs = load_atlas(atlas_dir)
@@ -55,7 +66,7 @@ def write_montage(
                     index = {k: z[k] for k in ("plates", "thumbnails")}
             plate_images = dict(zip(np.asarray(index["plates"]).tolist(),
                                     index.get("thumbnails", ()), strict=False))  # fmt: skip
-    tiles = [_tile(section, "section")]
+    tiles = [_tile(section, title if len(title) <= 30 else "..." + title[-27:])]
     shown = list(zip(result["ranking"], result["distances"], strict=True))[:top]
     missing = [p for p, _ in shown if p not in plate_images]
     if missing:
@@ -68,10 +79,24 @@ def write_montage(
                       "hint: give the atlas folder", SamriMLNote, stacklevel=2)
     for p, d in shown:
         img = plate_images.get(p, np.zeros((TILE, TILE), np.float32))  # blank: no picture
-        tiles.append(_tile(img, f"#{len(tiles)} plate {p}  d={d:.3f}"))
+        tiles.append(_tile(img, f"#{len(tiles)} plate {p}  d={d:.3f}", prepared))
     out = Path(out_png)
     if not cv2.imwrite(str(out), np.hstack(tiles)):
         from samri_ml.errors import SamriMLError
 
         raise SamriMLError(f"cannot write the montage {out}")
     return out
+
+
+def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: int = 5,
+                         atlas_dir=None, title: str = "section") -> Path:
+    """:func:`write_montage` of a section as ``ident`` (an identifier of
+    :mod:`samri_ml.plates.identify`) ranked it: turned back as it was ranked, beside the
+    pictures of the index that ranked it (with ``variant="auto"``: of the variant the router
+    chose)."""
+    from samri_ml.plates.identify import turn_back
+
+    shown = turn_back(img, result.get("turned_degrees", 0) // 90)
+    used = getattr(ident, result["model"]) if "model" in result else ident
+    return write_montage(shown, result, out_png, top=top, atlas_dir=atlas_dir, index=used.index,
+                         title=title)

@@ -59,6 +59,8 @@ class TrainConfig:
     synth_max_tilt: float = 6.0
     posterior_weight: float = 3.0
     smooth: float = 0.0
+    #: threshold of the tissue box (:data:`samri_ml.plates.data.CROP_THRESHOLDS`)
+    crop_threshold: str = "otsu"
     init: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -158,7 +160,8 @@ class BatchMaker:
                 src = self.by_label[int(lab)]
                 im = section_like(src[rng.integers(len(src))], rng, strength=0.5)
             elif rng.random() < p_synth:
-                im = preprocess(self.synth(int(lab), rng), cfg.size)
+                im = preprocess(self.synth(int(lab), rng), cfg.size,
+                                crop_threshold=cfg.crop_threshold)
                 im = section_like(im, rng, strength=0.5)
             else:
                 im = section_like(self.plate_imgs[self.index[int(lab)]], rng, strength=1.0)
@@ -214,13 +217,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
         raise SamriMLError(
             f"--batch-size {cfg.batch_size} needs more plates than the {len(plates)} of "
             f"{data / 'atlas'}; hint: --batch-size {3 * len(plates) // 2} or less")
-    plate_imgs = np.stack([preprocess(im, cfg.size) for im in pimgs])
+    def prep(im):
+        return preprocess(im, cfg.size, crop_threshold=cfg.crop_threshold)
+
+    plate_imgs = np.stack([prep(im) for im in pimgs])
     _, tr_lab, tr_imgs = load_sections(data / "train")
-    tr_imgs = [preprocess(im, cfg.size) for im in tr_imgs]
+    tr_imgs = [prep(im) for im in tr_imgs]
     _, v1_lab, v1 = load_sections(data / "val_1")
-    v1 = np.stack([preprocess(im, cfg.size) for im in v1])
+    v1 = np.stack([prep(im) for im in v1])
     _, v2_lab, v2 = load_sections(data / "val_2")
-    v2 = np.stack([preprocess(im, cfg.size) for im in v2])
+    v2 = np.stack([prep(im) for im in v2])
 
     if cfg.init:
         # fine-tune a previous run (e.g. a second phase at a lower learning rate)
@@ -376,7 +382,8 @@ def export_and_measure(
     out = {"run": str(run_dir), "config": cfg, "smooth": smooth, "region_weight": region_weight}
     with atomic_folder(out_dir) as tmp:
         export_model(run / "best.keras", data / "atlas", tmp, size=cfg["size"], smooth=smooth,
-                     region_weight=region_weight)  # fmt: skip
+                     region_weight=region_weight,
+                     crop_threshold=cfg.get("crop_threshold", "otsu"))  # fmt: skip
         ident = PlateIdentifier(tmp / "plates_embedding.keras", tmp / "plates_index.npz")
         for split, (_, labels, imgs) in splits.items():
             ident.rank(imgs[:1])
@@ -388,6 +395,27 @@ def export_and_measure(
     return out
 
 
+def members_crop_threshold(member_paths) -> str:
+    """The tissue box (``crop_threshold``) the member models were trained with, from the
+    ``config.json`` beside each (a member without one counts as ``otsu``, the setting before
+    there was a choice). Members trained with different boxes cannot share one
+    preprocessing: refused."""
+    from samri_ml.errors import SamriMLError
+
+    found = {}
+    for p in member_paths:
+        cfg = Path(p).parent / "config.json"
+        value = "otsu"
+        if cfg.is_file():
+            value = json.loads(cfg.read_text()).get("crop_threshold", "otsu")
+        found.setdefault(value, []).append(str(p))
+    if len(found) > 1:
+        detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in found.items())
+        raise SamriMLError(f"--ensemble: the members were trained with different tissue boxes "
+                           f"({detail}); hint: train them with the same --crop-threshold")
+    return next(iter(found)) if found else "otsu"
+
+
 def make_ensemble_run(member_paths, run_dir) -> Path:
     """Write ``run_dir/best.keras`` = :func:`samri_ml.models.siamese.build_ensemble` of the
     member models (input: the largest member input), and a ``config.json`` for
@@ -396,11 +424,13 @@ def make_ensemble_run(member_paths, run_dir) -> Path:
 
     from samri_ml.models.siamese import build_ensemble
 
+    crop_threshold = members_crop_threshold(member_paths)
     members = [keras.saving.load_model(p, compile=False) for p in member_paths]
     size = max(int(m.input_shape[1]) for m in members)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     build_ensemble(members, size).save(run / "best.keras")
-    cfg = {"size": size, "backbone": "ensemble", "members": [str(p) for p in member_paths]}
+    cfg = {"size": size, "backbone": "ensemble", "members": [str(p) for p in member_paths],
+           "crop_threshold": crop_threshold}
     (run / "config.json").write_text(json.dumps(cfg, indent=1))
     return run
