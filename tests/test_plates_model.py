@@ -355,6 +355,20 @@ def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs):
     assert main([str(tmp_path / "a" / "s.png"), "--montage", str(tmp_path / "a" / "s.png")]) == 2
 
 
+def test_a_section_far_from_every_plate_is_flagged_uncertain(plate_thumbs):
+    """A quarter-turned section ranked its true plate 25th-70th with nothing said; a section
+    farther from every plate than any val_1 section was (the index's ``uncertain_distance``)
+    is now flagged, and the command line says so."""
+    from samri_ml.plates.identify import PlateIdentifier
+
+    ident = PlateIdentifier(variant="default")
+    assert ident.uncertain_distance == pytest.approx(0.35)
+    upright, turned = ident.rank([plate_thumbs[70], np.rot90(plate_thumbs[70]).copy()],
+                                 regions=False)  # fmt: skip
+    assert "uncertain" not in upright and upright["ranking"].index(70) < 3
+    assert turned["uncertain"] is True and turned["distances"][0] > 0.35
+
+
 @pytest.mark.shared_data
 @pytest.mark.parametrize("variant", ["default", "multimodal"])
 def test_shipped_model_on_val2(ident, variant):

@@ -300,10 +300,12 @@ def test_the_tissue_box_of_a_run_travels_to_its_index(tiny_data, tmp_path):
         runs[box] = tmp_path / box
     assert json.loads((runs["triangle"] / "config.json").read_text())["crop_threshold"] == \
         "triangle"
-    export_and_measure(runs["triangle"], tmp_path / "ship", tiny_data)
+    m = export_and_measure(runs["triangle"], tmp_path / "ship", tiny_data)
     ident = PlateIdentifier(tmp_path / "ship" / "plates_embedding.keras",
                             tmp_path / "ship" / "plates_index.npz", precision="float32")
     assert ident.crop_threshold == "triangle"
+    # sections farther from every plate than any val_1 section are flagged "uncertain"
+    assert ident.uncertain_distance == m["uncertain_distance"] > 0
     img = np.full((300, 400), 4, np.uint8)
     img[40:140, 100:300], img[140:260, 140:260] = 200, 30  # bright over dim tissue
     np.testing.assert_array_equal(ident.prep(img), preprocess(img, 64, crop_threshold="triangle"))

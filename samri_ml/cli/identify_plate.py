@@ -151,6 +151,9 @@ def _print_results(args, results: dict) -> None:
         line = f"{path}: {top}"
         if res.get("turned_degrees"):
             line += f"  [came turned {res['turned_degrees']} deg counterclockwise]"
+        if res.get("uncertain"):
+            line += "  [uncertain: farther from every plate than any validation section; check"
+            line += " the montage (--montage DIR)]"
         if res.get("model") == "multimodal":  # --variant auto sent it to the multimodal model
             line += f"  [multimodal: other modality, p {res['other_modality']:.2f}]"
         if "tilt" in res:

@@ -210,6 +210,10 @@ class PlateIdentifier(_Ranker):
         self.embeddings = self.index["embeddings"].astype(np.float32)
         self.region_embeddings = self.index.get("region_embeddings")
         self.height_mm = self.index.get("height_mm")
+        # the largest nearest-plate distance of the validation sections (val_1) the index was
+        # exported with: a section farther from every plate than that is flagged "uncertain"
+        self.uncertain_distance = (float(self.index["uncertain_distance"])
+                                   if "uncertain_distance" in self.index else None)
         if atlas is not None:
             self.reindex(atlas)
 
@@ -298,6 +302,7 @@ class PlateIdentifier(_Ranker):
         self.embeddings = self.embed(imgs)
         self.region_embeddings = self.embed_regions(imgs)[0]
         self.height_mm = None
+        self.uncertain_distance = None  # measured for the index's own atlas only
 
     def distances(self, imgs: list[np.ndarray], regions: bool | None = None,
                   prepped: np.ndarray | None = None, whole: np.ndarray | None = None) -> dict:
@@ -365,6 +370,12 @@ class PlateIdentifier(_Ranker):
                 "ranking": [int(p) for p in self.plates[order]],
                 "distances": [float(x) for x in d["overall"][i][order]],
             }
+            if self.uncertain_distance is not None and \
+                    res["distances"][0] > self.uncertain_distance:
+                # farther from every plate than any validation section was: a turned, partial
+                # or unusual section (an audit: 90-100 % of quarter-turned sections whose true
+                # plate fell out of the top 5, none of the untransformed ones)
+                res["uncertain"] = True
             if "regions" in d:
                 res["regions"] = {}
                 near = np.abs(self.plates - res["ranking"][0]) <= REGION_WINDOW

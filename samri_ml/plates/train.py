@@ -19,6 +19,7 @@ included) are offered: the averaged weights are what is evaluated and saved.
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -391,6 +392,11 @@ def export_and_measure(
             res = ident.rank(imgs)
             m = ranking_metrics([r["ranking"] for r in res], labels, time.perf_counter() - t0)
             out[split] = m
+            if split == "val_1":  # the early-stopping split: how far a good match may lie
+                # rounded up to 0.01: bfloat16 networks move distances in the third decimal
+                nearest = max(r["distances"][0] for r in res)
+                out["uncertain_distance"] = math.ceil(100 * nearest) / 100
+        set_uncertain_distance(tmp / "plates_index.npz", out["uncertain_distance"])
         (tmp / "plates_index_metrics.json").write_text(json.dumps(out, indent=1))
     return out
 
@@ -414,6 +420,15 @@ def members_crop_threshold(member_paths) -> str:
         raise SamriMLError(f"--ensemble: the members were trained with different tissue boxes "
                            f"({detail}); hint: train them with the same --crop-threshold")
     return next(iter(found)) if found else "otsu"
+
+
+def set_uncertain_distance(index_path, value: float) -> None:
+    """Write ``uncertain_distance`` into a plate index: sections whose nearest plate is
+    farther are flagged ``uncertain`` (:class:`samri_ml.plates.identify.PlateIdentifier`)."""
+    with np.load(index_path, allow_pickle=False) as z:
+        index = {k: z[k] for k in z.files}
+    index["uncertain_distance"] = np.float64(value)
+    np.savez_compressed(index_path, **index)
 
 
 def make_ensemble_run(member_paths, run_dir) -> Path:
