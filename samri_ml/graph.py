@@ -74,51 +74,258 @@ def _node_graph(workflow, graph2use):
     return graph, groups, labels
 
 
-def _draw_layered(workflow, path: Path, graph2use: str) -> None:
+#: sizes of the pure-Python drawing, in inches (one data unit is one inch)
+_FONT = 7.0
+_BOX_H = 0.30
+_PAD_X = 0.09
+_GAP_X = 0.22  # between two boxes of a row
+_GAP_EDGE = 0.1  # between an edge passing a row and its neighbours
+_LAYER_DY = 0.72
+_LANE_GAP = 0.45
+_GROUP_PAD = 0.12
+_MARGIN = 0.3
+
+
+def _text_width(text: str, size: float = _FONT) -> float:
+    """Width of ``text`` in inches at ``size`` points (matplotlib's default font)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+
+    ext = TextPath((0, 0), text, size=size, prop=FontProperties()).get_extents()
+    return ext.width / 72.0
+
+
+def _layout(graph, groups, labels, layer, hierarchical, root):
+    """Where the boxes go (inches) and the rows each edge passes.
+
+    Layers top to bottom, nodes of one layer side by side, as wide as their labels. An edge
+    that skips layers gets a point of its own in each row it passes (as Graphviz does), so it
+    runs beside the boxes there, never through them. ``hierarchical`` puts each sub-workflow
+    in a block of its own, blocks whose layers do not overlap one under the other. Rows are
+    ordered by the mean x of their neighbours (a down, up and down sweep: fewer crossings).
+
+    Returns ``pos`` (node or passing point -> centre), ``width`` (node -> box width) and
+    ``chains`` (edge -> its passing points, top to bottom) and ``block_of`` (node or passing
+    point -> its block: a sub-workflow's name for ``hierarchical``, else ``root``).
+    """
+    width = {n: _text_width(labels[n]) + 2 * _PAD_X for n in graph.nodes}
+    block_of = dict(groups) if hierarchical else dict.fromkeys(graph.nodes, root)
+    span = {}
+    for n in graph.nodes:
+        lo, hi = span.get(block_of[n], (layer[n], layer[n]))
+        span[block_of[n]] = (min(lo, layer[n]), max(hi, layer[n]))
+    lay = dict(layer)
+    chains, up, down = {}, {}, {}
+    for u, v in graph.edges:
+        prev, chain = u, []
+        for k in range(layer[u] + 1, layer[v]):
+            d = ("edge", u, v, k)
+            chain.append(d)
+            lay[d], width[d] = k, 0.0
+            bu, bv = block_of[u], block_of[v]
+            block_of[d] = bu if span[bu][0] <= k <= span[bu][1] or not (
+                span[bv][0] <= k <= span[bv][1]) else bv
+            down.setdefault(prev, []).append(d)
+            up.setdefault(d, []).append(prev)
+            prev = d
+        down.setdefault(prev, []).append(v)
+        up.setdefault(v, []).append(prev)
+        chains[(u, v)] = chain
+    span = {}
+    for n in lay:
+        lo, hi = span.get(block_of[n], (lay[n], lay[n]))
+        span[block_of[n]] = (min(lo, lay[n]), max(hi, lay[n]))
+    rows = {}  # (block, layer) -> nodes and passing points
+    for n in lay:
+        rows.setdefault((block_of[n], lay[n]), []).append(n)
+
+    def gap(a, b):  # passing points (tuples) sit closer to their neighbours than boxes
+        return _GAP_EDGE if isinstance(a, tuple) or isinstance(b, tuple) else _GAP_X
+
+    def row_width(nodes):
+        pairs = zip(nodes, nodes[1:], strict=False)
+        return sum(width[n] for n in nodes) + sum(gap(a, b) for a, b in pairs)
+
+    bound = {k: sum(width[n] for n in v) + _GAP_X * (len(v) - 1) for k, v in rows.items()}
+    blocks = sorted(span, key=lambda b: (b != root, span[b][0], b))
+    block_w = {b: max(w for (bb, _), w in bound.items() if bb == b) for b in blocks}
+    lanes: list[list[str]] = []
+    for b in blocks:  # the first lane whose blocks leave this one's layers free
+        for lane in lanes:
+            if b != root and root not in lane and all(
+                    span[b][1] < span[o][0] or span[b][0] > span[o][1] for o in lane):
+                lane.append(b)
+                break
+        else:
+            lanes.append([b])
+    centre_x, x = {}, 0.0
+    for lane in lanes:
+        w = max(block_w[b] for b in lane)
+        for b in lane:
+            centre_x[b] = x + w / 2
+        x += w + _LANE_GAP + (2 * _GROUP_PAD if hierarchical else 0)
+
+    def tiebreak(n):
+        return (groups[n], labels[n]) if n in groups else (groups[n[1]], labels[n[1]])
+
+    pos = {}
+    for sweep in ("down", "up", "down"):
+        keys = sorted(rows, key=lambda k: k[1], reverse=sweep == "up")
+        for key in keys:
+            nodes = rows[key]
+            near = up if sweep == "down" else down
+
+            def bary(n, near=near):
+                xs = [pos[p][0] for p in near.get(n, []) if p in pos]
+                old = pos[n][0] if n in pos else float("inf")
+                return (sum(xs) / len(xs) if xs else old, tiebreak(n))
+
+            nodes.sort(key=bary)
+            left = centre_x[key[0]] - row_width(nodes) / 2
+            for i, n in enumerate(nodes):
+                if i:
+                    left += gap(nodes[i - 1], n)
+                pos[n] = (left + width[n] / 2, -key[1] * _LAYER_DY)
+                left += width[n]
+    return pos, width, chains, block_of
+
+
+def _edge_path(points):
+    """A smooth path through ``points`` (top to bottom): straight down through each row it
+    passes, an S-shaped cubic curve across each gap between rows (where no box lies)."""
+    from matplotlib.path import Path as MPath
+
+    verts, codes = [points[0]], [MPath.MOVETO]
+    for (xa, ya), (xb, yb) in zip(points, points[1:], strict=False):
+        if abs(xa - xb) < 1e-9 or ya - yb <= 1e-9:
+            verts.append((xb, yb))
+            codes.append(MPath.LINETO)
+            continue
+        k = (ya - yb) / 2
+        verts += [(xa, ya - k), (xb, yb + k), (xb, yb)]
+        codes += [MPath.CURVE4] * 3
+    return MPath(verts, codes)
+
+
+def _draw_layered(workflow, path: Path, graph2use: str):
+    """Draw the graph top to bottom with matplotlib; returns the (closed) figure.
+
+    Boxes are as wide as their labels; edges that skip layers run beside the boxes of the rows
+    they pass; ``hierarchical`` puts a rectangle around each sub-workflow. Patches carry gids
+    ``node:<label>``, ``group:<name>``, ``edge:<a>-><b>`` (for tests and SVG readers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import networkx as nx
+    import numpy as np
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
     graph, groups, labels = _node_graph(workflow, graph2use)
-    # layers: longest path from a source, so data flows left to right
+    # layers: longest path from a source, so data flows top to bottom
     layer = {}
     for n in nx.topological_sort(graph):
         preds = list(graph.predecessors(n))
         layer[n] = 0 if not preds else 1 + max(layer[p] for p in preds)
-    if graph2use == "hierarchical":  # keep each sub-workflow's nodes on neighbouring rows
-        order = sorted(graph.nodes, key=lambda n: (groups[n], layer[n], labels[n]))
-    else:
-        order = sorted(graph.nodes, key=lambda n: (layer[n], groups[n], labels[n]))
-    rows: dict[int, int] = {}
-    pos = {}
-    for n in order:  # data flows top to bottom; nodes of one layer side by side
-        col = rows.get(layer[n], 0)
-        rows[layer[n]] = col + 1
-        pos[n] = (col, -layer[n])
-    # centre each layer horizontally
-    width = max(rows.values(), default=1)
-    pos = {n: (x + (width - rows[layer[n]]) / 2.0, y) for n, (x, y) in pos.items()}
+    hierarchical = graph2use == "hierarchical"
+    root = workflow.name
+    pos, width, chains, block_of = _layout(graph, groups, labels, layer, hierarchical, root)
     group_names = sorted(set(groups.values()))
     cmap = plt.get_cmap("tab20")
     colour = {g: cmap(i % 20) for i, g in enumerate(group_names)}
-    n_layers = max(layer.values(), default=0) + 1
-    fig, ax = plt.subplots(figsize=(max(6, 1.9 * width + 2.5), max(4, 0.75 * n_layers + 1)))
-    node_colours = [colour[groups[n]] if graph2use in ("colored", "hierarchical") else "#9ecae1"
-                    for n in graph.nodes]
-    nx.draw_networkx_edges(graph, pos, ax=ax, arrows=True, arrowsize=10, edge_color="#777777",
-                           node_size=1600, connectionstyle="arc3,rad=0.05")
-    nx.draw_networkx_nodes(graph, pos, ax=ax, node_color=node_colours, node_size=1600,
-                           node_shape="s", alpha=0.9)
-    nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=7)
-    if graph2use in ("colored", "hierarchical"):
+    by_group = graph2use in ("colored", "hierarchical")
+    half = _BOX_H / 2
+    boxes = {n: (pos[n][0] - width[n] / 2, pos[n][1] - half,
+                 pos[n][0] + width[n] / 2, pos[n][1] + half) for n in graph.nodes}
+
+    # edge ends spread along the bottom (out) and top (in) of each box, ordered by direction
+    def first(e):
+        return pos[chains[e][0]] if chains[e] else pos[e[1]]
+
+    def last(e):
+        return pos[chains[e][-1]] if chains[e] else pos[e[0]]
+
+    start, end = {}, {}
+    for n in graph.nodes:
+        for ends, edges, other in ((start, list(graph.out_edges(n)), first),
+                                   (end, list(graph.in_edges(n)), last)):
+            edges.sort(key=lambda e, other=other: other(e)[0])
+            step = min(0.08, 0.8 * width[n] / max(len(edges), 1))
+            for i, e in enumerate(edges):
+                ends[e] = pos[n][0] + (i - (len(edges) - 1) / 2) * step
+    routes = []
+    for (u, v), chain in chains.items():
+        pts = [(start[(u, v)], pos[u][1] - half)]
+        for d in chain:
+            pts += [(pos[d][0], pos[d][1] + half), (pos[d][0], pos[d][1] - half)]
+        pts.append((end[(u, v)], pos[v][1] + half))
+        routes.append((u, v, _edge_path(pts)))
+
+    group_rects = {}
+    if hierarchical:
+        for g in group_names:
+            members = [n for n in graph.nodes if groups[n] == g]
+            if g == root or not members:
+                continue
+            b = np.array([boxes[n] for n in members])
+            lo, hi = b[:, 1].min(), b[:, 3].max()
+            passing = [pos[d][0] for d in pos if isinstance(d, tuple) and block_of[d] == g
+                       and lo < pos[d][1] < hi]  # edges passing the block's rows
+            b = np.vstack([b] + [[x, lo, x, hi] for x in passing])
+            group_rects[g] = (b[:, 0].min() - _GROUP_PAD, b[:, 1].min() - _GROUP_PAD,
+                              b[:, 2].max() + _GROUP_PAD, b[:, 3].max() + _GROUP_PAD + 0.12)
+    pts = [np.array([[a, b], [c, d]]) for a, b, c, d in boxes.values()]
+    pts += [r[2].vertices for r in routes]
+    pts += [np.array([[a, b], [c, d]]) for a, b, c, d in group_rects.values()]
+    allp = np.vstack(pts) if pts else np.zeros((1, 2))
+    x0, y0 = allp.min(axis=0) - _MARGIN
+    x1, y1 = allp.max(axis=0) + _MARGIN
+    if hierarchical:  # the whole workflow's rectangle
+        outer = (x0 + 0.08, y0 + 0.08, x1 - 0.08, y1 + 0.1)
+        x0, y0, x1, y1 = x0 - 0.1, y0 - 0.1, x1 + 0.1, y1 + 0.25
+    title = f"{workflow.name} ({graph2use}; data flow top to bottom)"
+    y1 += 0.4
+    x1 = max(x1, x0 + _text_width(title, 10) + 2 * _MARGIN)
+    legend_w = 0.0
+    if by_group:
+        legend_w = max(_text_width(g) for g in group_names + ["workflow"]) + 0.55
+        x1 += legend_w
+    fig = plt.figure(figsize=(x1 - x0, y1 - y0))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.axis("off")
+    if hierarchical:
+        ax.add_patch(Rectangle(outer[:2], outer[2] - outer[0], outer[3] - outer[1], fill=False,
+                               ec="0.4", lw=1.0, gid=f"group:{root}"))
+        ax.text(outer[0] + 0.06, outer[3] - 0.05, root, fontsize=_FONT, va="top",
+                color="0.3", style="italic")
+        for g, (a, b, c, d) in group_rects.items():
+            ax.add_patch(FancyBboxPatch((a, b), c - a, d - b,
+                                        boxstyle="round,pad=0,rounding_size=0.05",
+                                        fc=(*colour[g][:3], 0.08), ec=colour[g], lw=1.0,
+                                        gid=f"group:{g}"))
+            ax.text(a + 0.05, d - 0.03, g, fontsize=_FONT, va="top", color="0.25",
+                    style="italic")
+    for n in graph.nodes:
+        a, b, c, d = boxes[n]
+        face = colour[groups[n]] if by_group else "#9ecae1"
+        ax.add_patch(FancyBboxPatch((a, b), c - a, d - b,
+                                    boxstyle="round,pad=0,rounding_size=0.04", fc=face,
+                                    ec="0.3", lw=0.6, alpha=0.95, zorder=3,
+                                    gid=f"node:{labels[n]}"))
+        ax.text(pos[n][0], pos[n][1], labels[n], fontsize=_FONT, ha="center", va="center",
+                zorder=4, gid=f"label:{labels[n]}")
+    for u, v, p in routes:
+        ax.add_patch(FancyArrowPatch(path=p, arrowstyle="-|>", mutation_scale=8,
+                                     color="#666666", lw=0.8, zorder=2,
+                                     gid=f"edge:{labels[u]}->{labels[v]}"))
+    ax.text((x0 + x1 - legend_w) / 2, y1 - 0.2, title, fontsize=10, ha="center", va="center")
+    if by_group:
         handles = [plt.Line2D([], [], marker="s", ls="", color=colour[g], label=g)
                    for g in group_names]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7,
-                  title="workflow", title_fontsize=8, frameon=False)
-    ax.set_title(f"{workflow.name} ({graph2use})", fontsize=10)
-    ax.axis("off")
-    fig.tight_layout()
+        ax.legend(handles=handles, loc="upper right", fontsize=_FONT, title="workflow",
+                  title_fontsize=8, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig

@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images", required=True, metavar="DIR", help="folder of sections named <plate>[_n].png"
     )
-    p.add_argument("--method", default="siamese", choices=["siamese", "mi-affine"])
+    p.add_argument("--method", default="siamese", choices=["siamese", "mi-affine"],
+                   help="siamese: the plate embedding (the shipped model, or --model/--index); "
+                   "mi-affine: the brute-force baseline, each section registered affinely to "
+                   "every plate by mutual information (seconds per section)")
     p.add_argument(
         "--atlas",
         metavar="DIR",

@@ -14,6 +14,9 @@ from samri_ml import __version__
 from samri_ml.cli._common import HelpFormatter, run_cli
 
 PROG = "samri_ml-example"
+#: the fewest BOLD volumes per run: samri_ml-register refuses a run of one volume (it needs a
+#: time series)
+MIN_VOLUMES = 2
 
 
 def _positive(text: str) -> int:
@@ -39,7 +42,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created)")
     p.add_argument("--subjects", type=_positive, default=3, metavar="N", help="number of subjects")
     p.add_argument("--volumes", type=_positive, default=20, metavar="V",
-                   help="BOLD volumes per run")  # fmt: skip
+                   help=f"BOLD volumes per run, at least {MIN_VOLUMES} (samri_ml-register needs "
+                   "a time series; it drops its --dummy-scans, 10 by default, from the start of "
+                   "each run, keeping at least the last volume)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument("--force", action="store_true",
                    help="rewrite even an up-to-date example dataset, or write into a non-empty "
@@ -52,9 +57,14 @@ def get_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     from samri_ml.example import is_current_example, write_example_dataset
 
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     if args.subjects > 99:
-        get_parser().error("--subjects: at most 99")
+        parser.error("--subjects: at most 99")
+    if args.volumes < MIN_VOLUMES:
+        # it wrote a data set that samri_ml-register refused ("functional run is one volume")
+        parser.error(f"--volumes {args.volumes}: samri_ml-register refuses a functional run of "
+                     f"one volume (it needs a time series); give --volumes {MIN_VOLUMES} or more")
     t0 = time.perf_counter()
     if not args.force and is_current_example(args.out_dir, args.subjects, args.volumes, args.seed):
         print(f"Example dataset in {args.out_dir} is up to date (use --force to rewrite it)")

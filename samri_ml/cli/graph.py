@@ -12,8 +12,8 @@ PROG = "samri_ml-graph"
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description="Draw any samri_ml workflow's graph "
+                                "(without running it).", formatter_class=HelpFormatter)
     p.add_argument("workflow", choices=["generic", "structural", "functional"],
                    help="which workflow factory to draw")
     p.add_argument("out", type=Path, help="output path without extension")

@@ -60,8 +60,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-slices", type=int, default=None, metavar="N",
         help="predict at most N slices per view, evenly spaced, and interpolate between them: "
-        "faster on large volumes (e.g. 128 for a 0.1 mm head), slightly different masks "
-        "(default: every slice)",
+        "faster on large volumes (e.g. 128 for a 0.1 mm head), slightly different masks; at "
+        f"least {MIN_MAX_SLICES} (default: every slice)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(

@@ -34,7 +34,7 @@ LOCAL_POLL_SECONDS = 0.5
 
 # (Nipype's Debug plugin is left out: it takes a Python callable, which no command line gives)
 PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph",
-           "LSF", "Condor", "OAR", "IPython")
+           "LSF", "Condor", "CondorDAGMan", "OAR", "IPython")
 #: plugins that submit the whole graph with job dependencies and return: the jobs run after
 #: the command has ended, so there is nothing to report on yet
 GRAPH_PLUGINS = ("SLURMGraph", "SGEGraph", "PBSGraph", "CondorDAGMan")
@@ -159,8 +159,10 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--graph-format", choices=["png", "svg"], default="png")
     g.add_argument("--stop-on-first-crash", action="store_true")
     g.add_argument("--dry-run", action="store_true",
-                   help="check the inputs, build the workflow and list what a run would "
-                   "register; run and write nothing (but the graph of --write-graph)")
+                   help="make every check of a run (the inputs, the scheduler's programs, "
+                   "that OUTPUT_DIR and the work dir can be written, the lock), build the "
+                   "workflow and list what a run would register; run and write nothing (but "
+                   "the graph of --write-graph)")
     g.add_argument("-v", "--verbose", action="count", default=0)
     g.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
@@ -249,8 +251,9 @@ def validate(args, parser) -> None:
         args.plugin = "Linear" if args.nprocs == 1 else "MultiProc"
     if args.plugin == "Debug" or not hasattr(plugins, f"{args.plugin}Plugin"):
         parser.error(f"unknown --plugin {args.plugin!r}; one of {', '.join(PLUGINS)}")
-    if not args.dry_run:
-        check_scheduler(args.plugin)
+    # in a dry run too: a cluster run checked on the login node must pass or fail there as
+    # the real run would
+    check_scheduler(args.plugin)
     if args.omp_nthreads is None:
         args.omp_nthreads = args.nprocs
     if args.dummy_scans < 0:
@@ -263,7 +266,7 @@ SCHEDULER_PROGRAMS = {
     "SGE": ("qsub", "qstat"), "SGEGraph": ("qsub", "qstat"),
     "PBS": ("qsub", "qstat"), "PBSGraph": ("qsub", "qstat"),
     "LSF": ("bsub", "bjobs"), "Condor": ("condor_submit", "condor_q"),
-    "OAR": ("oarsub", "oarstat"),
+    "CondorDAGMan": ("condor_submit_dag", "condor_q"), "OAR": ("oarsub", "oarstat"),
 }
 
 
@@ -310,7 +313,9 @@ def check_writable(folder: Path, what: str) -> None:
 
     An existing folder is probed by creating (and removing) a temporary file in it, which also
     catches what ``os.access`` misses (root on a read-only mount or an immutable folder). A
-    folder still to be created is checked at its nearest existing parent with ``os.access``;
+    folder still to be created is probed the same way at its nearest existing parent (an
+    unnamed ``O_TMPFILE`` where the file system has it, so not even the parent's modification
+    time changes; ``os.access`` let root through to a ``mkdir`` that failed, e.g. in /proc);
     :func:`make_dir` creates it once all inputs have been checked.
     """
     if folder.exists():
@@ -326,9 +331,15 @@ def check_writable(folder: Path, what: str) -> None:
     parent = folder.parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise SamriMLError(f"cannot create {what} {folder}: {parent} is not a writable folder; "
-                           "hint: choose a writable folder")
+    why = "" if parent.is_dir() else " (not a folder)"
+    if not why:
+        try:
+            probe_writable(parent)
+        except OSError as err:
+            why = f" ({err.strerror})"
+    if why:
+        raise SamriMLError(f"cannot create {what} {folder}: {parent} is not a writable "
+                           f"folder{why}; hint: choose a writable folder")
 
 
 def make_dir(folder: Path, what: str) -> None:
@@ -540,12 +551,12 @@ def collect_sessions(args) -> list[dict]:
         raise SamriMLError(f"{args.bids_dir}: no sub-* folders with scans found")
     wanted = subjects
     if args.participant_label:
-        wanted = list(dict.fromkeys(s.removeprefix("sub-") for s in args.participant_label))
+        wanted = _labels_once("--participant-label", "sub-", args.participant_label)
         missing = sorted(set(wanted) - set(subjects))
         if missing:
             raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}; "
                                f"available: {', '.join(subjects[:20])}")
-    sessions_wanted = (list(dict.fromkeys(s.removeprefix("ses-") for s in args.session_label))
+    sessions_wanted = (_labels_once("--session-label", "ses-", args.session_label)
                        if args.session_label else None)
 
     def query(filters, subject, session):
@@ -598,6 +609,17 @@ def collect_sessions(args) -> list[dict]:
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
             f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
     return out
+
+
+def _labels_once(option: str, prefix: str, given: list[str]) -> list[str]:
+    """``given`` without ``prefix``, each label once (in the order given); a label given more
+    than once (``01 sub-01``) is said in one note."""
+    labels = [s.removeprefix(prefix) for s in given]
+    repeated = [label for label in dict.fromkeys(labels) if labels.count(label) > 1]
+    if repeated:
+        print(f"{PROG}: note: {option}: {', '.join(repeated)} given more than once; taken once",
+              file=sys.stderr)
+    return list(dict.fromkeys(labels))
 
 
 def build_workflow(args, sessions):
@@ -714,8 +736,8 @@ def _main(argv=None) -> int:
     # built before anything is written: a flavour whose settings Nipype refuses fails here
     wf = build_workflow(args, sessions)
     if args.dry_run:
-        # every check of a real run but the cluster's (a dry run may be made off the
-        # cluster), nothing written (but the graph, where asked for)
+        # every check of a real run (the scheduler's programs and the output folders were
+        # checked in validate()), nothing written (but the graph, where asked for)
         OutputLock.check(args.output_dir)
         _dry_run(args, sessions, wf, ants)
         return 0

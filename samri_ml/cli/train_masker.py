@@ -31,6 +31,7 @@ def get_parser() -> argparse.ArgumentParser:
 
     d = TrainConfig()
     count, whole = number_in(int, 0), number_in(int, 1)
+    fraction, rate = number_in(float, 0, 1), number_in(float, 0, low_open=True)
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Train the slice-wise U-Net brain masker on the real scans of "
@@ -46,18 +47,20 @@ def get_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=list(d.holdout),
         choices=SOURCES,
-        help="sources not used for training (evaluated with samri_ml-evaluate-masker)",
+        help="sources not used for training (evaluated with samri_ml-evaluate-masker); not "
+        "dama: the validation subjects are drawn from it",
     )
-    p.add_argument("--width", type=int, default=d.width, help="filters of the first U-Net level")
+    p.add_argument("--width", type=whole, default=d.width,
+                   help="filters of the first U-Net level")
     p.add_argument(
         "--synth-per-dama",
-        type=int,
+        type=count,
         default=d.synth_per_dama,
         help="synthetic heads per dama brain",
     )
     p.add_argument(
         "--synth-per-template",
-        type=int,
+        type=count,
         default=d.synth_per_template,
         help="synthetic heads per 0.2 mm template",
     )
@@ -70,14 +73,14 @@ def get_parser() -> argparse.ArgumentParser:
     add_views_option(p, "train on")
     p.add_argument(
         "--crops-per-scan",
-        type=int,
+        type=count,
         default=d.crops_per_scan,
         help="copies of each real scan cropped close around the brain (brain-only templates "
         "and small fields of view, where the brain fills the image)",
     )
     p.add_argument(
         "--crop-fraction",
-        type=float,
+        type=fraction,
         default=d.crop_fraction,
         help="fraction of the synthetic heads cropped close around the brain",
     )
@@ -90,9 +93,12 @@ def get_parser() -> argparse.ArgumentParser:
         default=d.epochs_augmented,
         help="phase 2 epochs (seed augmentation)",
     )
-    p.add_argument("--steps-per-epoch", type=whole, default=d.steps_per_epoch)
-    p.add_argument("--batch-size", type=whole, default=d.batch_size)
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--steps-per-epoch", type=whole, default=d.steps_per_epoch,
+                   help="batches per epoch (an epoch is this many steps, not the whole data set)")
+    p.add_argument("--batch-size", type=whole, default=d.batch_size, help="slices per batch")
+    p.add_argument("--learning-rate", type=rate, default=d.learning_rate,
+                   help="Adam's initial learning rate (lowered on plateaus of the validation "
+                   "loss)")
     p.add_argument(
         "--max-minutes",
         type=number_in(float, 0, low_open=True),
@@ -135,6 +141,12 @@ def _main(argv=None) -> int:
 
     if args.epochs_plain == 0 and args.epochs_augmented == 0 and not args.average_of:
         parser.error("--epochs-plain and --epochs-augmented are both 0: nothing to train")
+    if "dama" in args.holdout:
+        # sammba's two scans are one brain, emory's two one template: without dama the split
+        # is empty (scikit-learn's ValueError after the data set) or puts a brain on both sides
+        parser.error("--holdout dama: the validation subjects are drawn from dama (sammba's "
+                     "and emory's scans are one brain each); hint: hold out sammba, emory or "
+                     "templates, and measure dama with samri_ml-evaluate-masker")
     if args.out.is_dir():
         parser.error(f"OUT {args.out} is a folder; hint: name a file, e.g. "
                      f"{args.out / 'masker.keras'}")
@@ -161,6 +173,15 @@ def _main(argv=None) -> int:
         stripped_rim=args.stripped_rim,
     )  # fmt: skip
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if not args.average_of:
+        # TensorFlow started here, with the training's threads, without its C++ start-up lines
+        # (train() imports keras plainly: four lines above a one-line error); average() loads
+        # its members through import_keras already
+        from samri_ml.cli._common import set_tf_threads
+        from samri_ml.models.inference import import_keras
+
+        set_tf_threads(args.threads)
+        import_keras()
     if args.average_of:
         summary = average(config, args.average_of, args.out, data_dir, args.cache_dir, log=log)
     else:

@@ -177,6 +177,9 @@ def _main(argv=None) -> int:
     from samri_ml.cli._common import set_tf_threads
 
     set_tf_threads(args.threads)
+    from samri_ml.models.inference import import_keras
+
+    import_keras()  # TensorFlow without its C++ start-up lines above a one-line error
     from samri_ml.plates.train import TrainConfig, train
 
     cfg = TrainConfig(

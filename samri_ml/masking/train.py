@@ -432,7 +432,8 @@ def _save_run(model, out_path, config: TrainConfig, history: dict, counts: dict,
     }
     if interrupted:  # stopped by Ctrl-C after len(history["phase"]) epochs
         summary["interrupted"] = True
-    plot_history(history, out_path.with_name(out_path.stem + "_loss.png"))
+    plot_history(history, out_path.with_name(out_path.stem + "_loss.png"),
+                 init_model=config.init_model or "random weights")
     out_path.with_name(out_path.stem + "_training.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -542,25 +543,99 @@ def validation_dice(model, volumes_by_group, views=pp.ALL_VIEWS) -> dict[str, fl
     return out
 
 
-def plot_history(history, path) -> None:
-    """Loss and Dice per epoch (both phases), saved as PNG."""
+def plot_history(history, path, *, init_model: str | None = None, title: str | None = None):
+    """Loss and Dice per epoch (both phases), saved as PNG; returns the (closed) figure.
+
+    The loss axis starts at 0 and the Dice axis ends at 1, so that noise of a percent does
+    not look like unstable training. Marked: the epoch whose weights each phase restored (the
+    lowest ``val_loss``; ``EarlyStopping(restore_best_weights=True)`` restores it at the end of
+    a phase), learning-rate changes (``learning_rate``/``lr`` in ``history``) and the switch
+    from plain to augmented slices. The title names the model file (``path`` less its
+    ``_loss.png``) and the weights it started from: ``init_model``, else the ``init_model`` of
+    a ``<model>_training.json`` beside it whose history is this one (a regenerated plot).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    path = Path(path)
+    model_name = path.name[: -len("_loss.png")] if path.name.endswith("_loss.png") else path.stem
+    if init_model is None:
+        beside = path.with_name(model_name + "_training.json")
+        try:
+            saved = json.loads(beside.read_text())
+            if saved.get("history") == history:
+                init_model = saved.get("config", {}).get("init_model") or "random weights"
+        except (OSError, ValueError, AttributeError):
+            pass
+    n = len(history.get("loss", []))
+    epochs = np.arange(1, n + 1)
+    phases = list(history.get("phase", [])) or ["training"] * n
+    lr = history.get("learning_rate", history.get("lr"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
     for key, ax in (("loss", axes[0]), ("dice_coefficient", axes[1])):
-        ax.plot(epochs, history.get(key, []), label="train")
-        ax.plot(epochs, history.get("val_" + key, []), label="validation")
+        for pre, label, style in (("", "train", "-o"), ("val_", "validation", "-s")):
+            v = np.asarray(history.get(pre + key, []), dtype=float)
+            if v.size:
+                ax.plot(epochs[: v.size], v, style, ms=3.5, label=label)
         ax.set_xlabel("epoch")
-        ax.set_title("BCE + Dice loss" if key == "loss" else "Dice (slices)")
-        ax.legend()
-    n_plain = history.get("phase", []).count("plain")
-    for ax in axes:
-        if n_plain:
-            ax.axvline(n_plain + 0.5, color="grey", ls=":")
+        ax.set_xlim(0.5, max(n, 1) + 0.5)
+        ax.set_xticks(epochs if n <= 20 else np.unique(np.linspace(1, n, 10).round()))
+        vals = np.concatenate([np.asarray(history.get(p + key, []), dtype=float)
+                               for p in ("", "val_")])
+        vals = vals[np.isfinite(vals)]
+        if key == "loss":
+            ax.set_title("BCE + Dice loss (lower is better)")
+            ax.set_ylabel("loss")
+            ax.set_ylim(0.0, 1.15 * float(vals.max()) if vals.size and vals.max() > 0 else 1.0)
+        else:
+            ax.set_title("Dice on 2D slices (higher is better)")
+            ax.set_ylabel("Dice")
+            lo = float(vals.min()) if vals.size else 0.0
+            ax.set_ylim(max(0.0, min(lo - 0.05, lo - 0.25 * (1.0 - lo))), 1.0)
+        ax.grid(alpha=0.3)
+    # the epoch each phase restored (lowest val_loss of the phase)
+    val_loss = np.asarray(history.get("val_loss", []), dtype=float)
+    for ph in dict.fromkeys(phases):
+        idx = [i for i, p in enumerate(phases) if p == ph and i < val_loss.size
+               and np.isfinite(val_loss[i])]
+        if not idx:
+            continue
+        best = min(idx, key=lambda i: val_loss[i])
+        for j, ax in enumerate(axes):
+            ax.axvline(best + 1, color="tab:green", lw=1.2, alpha=0.8,
+                       label=f"restored: epoch {best + 1}" + (f" ({ph})" if len(set(phases)) > 1
+                                                               else "") if j == 0 else None)
+        key = "val_dice_coefficient"
+        if len(history.get(key, [])) > best:
+            axes[1].plot(best + 1, history[key][best], "*", color="tab:green", ms=11)
+        axes[0].plot(best + 1, val_loss[best], "*", color="tab:green", ms=11)
+    # learning-rate changes: the rate logged for epoch i is the one it trained with
+    if lr is not None and len(lr) > 1:
+        for i in range(1, len(lr)):
+            if lr[i] != lr[i - 1]:
+                for j, ax in enumerate(axes):
+                    ax.axvline(i + 0.5, color="tab:red", ls="--", lw=0.9,
+                               label=(f"learning rate {lr[i - 1]:.2g} \u2192 {lr[i]:.2g}"
+                                      if j == 0 else None))
+    n_plain = phases.count("plain")
+    if n_plain and n_plain < n:
+        for j, ax in enumerate(axes):
+            ax.axvline(n_plain + 0.5, color="grey", ls=":",
+                       label="plain \u2192 augmented" if j == 0 else None)
+    for ax, where in zip(axes, ("lower left", "lower right"), strict=True):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc=where)
+    if title is None:
+        title = f"{model_name}.keras"
+        if init_model:
+            title += f" (started from {Path(str(init_model)).name})"
+        if lr is not None and len(lr):
+            title += f", initial learning rate {lr[0]:.2g}"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig

@@ -413,14 +413,28 @@ def write_tsv(rows: list[dict], path: str | Path, columns: list[str] | None = No
 
 #: point markers of the scans in :func:`violin_plot`, by modality
 MARKERS = {"anat": "o", "func": "^"}
+#: a group needs this many scans before :func:`violin_plot` draws a distribution (a violin)
+#: over its points; fewer are shown as points only
+MIN_SCANS_FOR_VIOLIN = 5
+#: panels of :func:`violin_plot`: (record key, deviation |1 - x|?, axis label, ideal value)
+PLOT_PANELS = (
+    ("vcf", False, "VCF", 1.0),
+    ("vcf", True, "|1 \u2212 VCF|  (tested)", 0.0),
+    ("scf", False, "SCF", 1.0),
+    ("scf", True, "|1 \u2212 SCF|  (tested)", 0.0),
+    ("scf_normalised", False, "SCF / VCF$^{1/3}$  (tested)", 1.0),
+)
 
 
-def violin_plot(groups: dict[str, list[dict]], out_stem: str | Path) -> list[Path]:
-    """Violin plots of VCF, SCF and normalised SCF per workflow, scans overlaid as points
-    (structural circles, functional triangles).
+def violin_figure(groups: dict[str, list[dict]]):
+    """The figure of :func:`violin_plot` (a closed matplotlib Figure).
 
-    One panel per factor, one violin per workflow, a dashed line at 1 (perfect conservation),
-    like Fig. 3 of SAMRI's registration paper. Writes ``<out_stem>.png`` and ``.svg``.
+    One row of panels per modality (anat and func conserve smoothness differently, so they are
+    never pooled), one column per quantity: the signed factors with their ideal (1, dashed)
+    and the deviations |1 - x| that the statistics test (ideal 0). In every panel each scan is
+    a point, the same scan in different workflows joined by a grey line (the workflows ran on
+    the same scans); a violin with its median is drawn behind a workflow's points only where
+    it has at least :data:`MIN_SCANS_FOR_VIOLIN` of them. Tick labels give each group's n.
     """
     import matplotlib
 
@@ -428,49 +442,82 @@ def violin_plot(groups: dict[str, list[dict]], out_stem: str | Path) -> list[Pat
     import matplotlib.pyplot as plt
 
     names = list(groups)
-    kinds = sorted({r["modality"] for recs in groups.values() for r in recs})
-    panels = [("vcf", "VCF"), ("scf", "SCF"), ("scf_normalised", "SCF / VCF$^{1/3}$")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.6, 4.0))
-    rng = np.random.default_rng(0)
+    kinds = sorted({r.get("modality") or "unknown" for recs in groups.values() for r in recs})
+    kinds = kinds or ["unknown"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        data = []
-        for wf in names:
-            v = np.array(
-                [np.nan if r.get(key) is None else r[key] for r in groups[wf]], dtype=float
-            )
-            data.append(v[np.isfinite(v)])
-        pos = [i + 1 for i, d in enumerate(data) if d.size >= 2 and np.ptp(d) > 0]
-        if pos:
-            parts = ax.violinplot([data[i - 1] for i in pos], positions=pos, showmedians=True)
-            for body, p in zip(parts["bodies"], pos, strict=True):
-                body.set_facecolor(colors[(p - 1) % len(colors)])
-                body.set_alpha(0.35)
-            for name in ("cbars", "cmins", "cmaxes", "cmedians"):
-                if name in parts:
-                    parts[name].set_color("0.35")
-                    parts[name].set_linewidth(0.9)
-        for i, wf in enumerate(names):
-            for kind in kinds:
-                v = np.array([np.nan if r.get(key) is None else r[key] for r in groups[wf]
-                              if r["modality"] == kind], dtype=float)
-                v = v[np.isfinite(v)]
-                x = i + 1 + rng.uniform(-0.08, 0.08, size=v.size)
-                ax.scatter(x, v, s=16, color=colors[i % len(colors)], edgecolor="k",
-                           linewidth=0.4, marker=MARKERS.get(kind, "o"),
-                           label=(kind or "unknown") if i == 0 and len(kinds) > 1 else None)
-        ax.axhline(1.0, color="0.3", linestyle="--", linewidth=0.8)
-        ax.set_xticks(range(1, len(names) + 1))
-        ax.set_xticklabels(names, rotation=20, ha="right")
-        ax.set_title(title)
-    if len(kinds) > 1:
-        axes[0].legend(loc="best", fontsize=8, title="scans", title_fontsize=8)
+    fig, axes = plt.subplots(len(kinds), len(PLOT_PANELS), squeeze=False,
+                             figsize=(2.7 * len(PLOT_PANELS) + 0.4,
+                                      3.3 * len(kinds) + 0.9))  # fmt: skip
+    for row, kind in enumerate(kinds):
+        # per workflow: scan key -> record, of this modality
+        tables = [{_key(r): r for r in groups[wf] if (r.get("modality") or "unknown") == kind}
+                  for wf in names]
+        scans = sorted(set().union(*tables), key=str) if tables else []
+        offset = {k: (0.0 if len(scans) < 2 else -0.12 + 0.24 * j / (len(scans) - 1))
+                  for j, k in enumerate(scans)}  # fmt: skip
+        for col, (key, deviation, label, ideal) in enumerate(PLOT_PANELS):
+            ax = axes[row, col]
+
+            def value(rec, key=key, deviation=deviation):
+                v = None if rec is None else rec.get(key)
+                if v is None or not math.isfinite(float(v)):
+                    return np.nan
+                return abs(1.0 - float(v)) if deviation else float(v)
+
+            vals = np.array([[value(t.get(k)) for t in tables] for k in scans],
+                            dtype=float).reshape(len(scans), len(names))
+            counts = np.isfinite(vals).sum(axis=0)
+            for i in range(len(names)):
+                d = vals[np.isfinite(vals[:, i]), i]
+                if d.size >= MIN_SCANS_FOR_VIOLIN and np.ptp(d) > 0:
+                    parts = ax.violinplot([d], positions=[i + 1], widths=0.7,
+                                          showextrema=False, showmedians=True)
+                    for body in parts["bodies"]:
+                        body.set_facecolor(colors[i % len(colors)])
+                        body.set_alpha(0.25)
+                    parts["cmedians"].set_color("0.2")
+                    parts["cmedians"].set_linewidth(1.2)
+            for j, k in enumerate(scans):  # the same scan across workflows
+                x = np.arange(1, len(names) + 1) + offset[k]
+                ok = np.isfinite(vals[j])
+                if ok.sum() >= 2:
+                    ax.plot(x[ok], vals[j][ok], color="0.55", lw=0.7, alpha=0.8, zorder=2)
+            for i in range(len(names)):
+                ok = np.isfinite(vals[:, i])
+                x = i + 1 + np.array([offset[k] for k in scans])[ok]
+                ax.scatter(x, vals[ok, i], s=20, color=colors[i % len(colors)], edgecolor="k",
+                           linewidth=0.4, marker=MARKERS.get(kind, "o"), zorder=3)
+            ax.axhline(ideal, color="0.3", linestyle="--", linewidth=0.8, zorder=1)
+            if deviation:
+                ax.set_ylim(bottom=0.0)
+            ax.set_xlim(0.4, len(names) + 0.6)
+            ax.set_xticks(range(1, len(names) + 1))
+            ax.set_xticklabels([f"{wf}\nn={c}" for wf, c in zip(names, counts, strict=True)],
+                               rotation=20 if len(names) > 2 else 0,
+                               ha="right" if len(names) > 2 else "center", fontsize=8)
+            ax.set_ylabel(f"{kind} scans\n{label}" if col == 0 else label, fontsize=9)
+            ax.tick_params(axis="y", labelsize=8)
+            if row == 0:
+                ax.set_title(f"{label.replace('  (tested)', '')}\n(ideal = {ideal:g})",
+                             fontsize=9)
+    fig.suptitle(
+        "One point per scan; grey lines join a scan across workflows; violins only where a "
+        f"group has \u2265 {MIN_SCANS_FOR_VIOLIN} scans.\nThe statistics (qc_stats.md) test "
+        "|1 \u2212 VCF|, |1 \u2212 SCF| and SCF/VCF^(1/3); dashed: the ideal value.",
+        fontsize=9)
     fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def violin_plot(groups: dict[str, list[dict]], out_stem: str | Path) -> list[Path]:
+    """QC factors per workflow and modality (:func:`violin_figure`), like Fig. 3 of SAMRI's
+    registration paper but with the scans paired. Writes ``<out_stem>.png`` and ``.svg``."""
+    fig = violin_figure(groups)
     out_stem = Path(out_stem)
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
     for p in paths:
         fig.savefig(p, dpi=120)
-    plt.close(fig)
     return paths
 
 

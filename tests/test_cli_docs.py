@@ -1,0 +1,313 @@
+"""What the docs say the commands do, checked against the commands (a documentation audit's
+findings): ``--dry-run`` makes the checks of a run, the plugins offered are the plugins
+checked, Ctrl-C under MultiProc prints one line, the training commands refuse bad settings in
+one line up front, the notes the docs promise are printed, and ``--help`` shows what a user
+needs. Real commands on a one-subject example dataset, in-process where they can be."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file and folder under ``folder``: content checksum, mode and mtime."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        st = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        out[str(path.relative_to(folder))] = (digest, st.st_mode, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory) -> Path:
+    """``samri_ml-example --subjects 1 --volumes 2``: the fewest volumes it accepts."""
+    from samri_ml.cli.example import main
+
+    out = tmp_path_factory.mktemp("cli_docs") / "bids"
+    assert main([str(out), "--subjects", "1", "--volumes", "2"]) == 0
+    return out
+
+
+def _register_argv(bids: Path, out: Path | None, *extra: str) -> list[str]:
+    template = bids / "template"
+    return [str(bids), *([str(out)] if out else []), "participant", "--fast",
+            "--dummy-scans", "0", "--no-slice-timing",
+            "--template", str(template / "tpl-Phantom_T2w.nii.gz"),
+            "--template-mask", str(template / "tpl-Phantom_desc-brain_mask.nii.gz"), *extra]
+
+
+def _fake_programs(folder: Path, *names: str) -> Path:
+    """Programs that fail as an unconfigured SLURM does."""
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).write_text("#!/bin/sh\necho 'squeue: fatal: Could not establish a "
+                                   "configuration source' >&2\nexit 1\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+# --------------------------------------------------------------------- samri_ml-example
+
+
+def test_example_refuses_fewer_volumes_than_registration_takes(tmp_path, capsys, example):
+    """``--volumes 1`` wrote a data set that samri_ml-register refused ("functional run is
+    one volume"); the fewest it accepts (2) gives one that the register's checks pass."""
+    from samri_ml.cli.example import main
+    from samri_ml.cli.register import main as register
+
+    assert main([str(tmp_path / "ex"), "--volumes", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("samri_ml-example: error: --volumes 1: samri_ml-register refuses a "
+                   "functional run of one volume (it needs a time series); give --volumes 2 "
+                   "or more"), err
+    assert not (tmp_path / "ex").exists()
+    assert register([*_register_argv(example, tmp_path / "out"), "--dry-run"]) == 0
+    assert "nodes built, none run" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- samri_ml-register --dry-run
+
+
+def test_dry_run_checks_the_schedulers_programs(tmp_path, capsys, monkeypatch, example):
+    """README: ``--dry-run`` makes every check of a run. It skipped the scheduler's: a cluster
+    command checked on the login node passed, and the run failed at once."""
+    from samri_ml.cli.register import main
+
+    fake = _fake_programs(tmp_path / "bin", "sbatch", "squeue")
+    monkeypatch.setenv("PATH", str(fake))  # no qsub, no condor_*: only the fake SLURM
+    before = snapshot(tmp_path)
+    argv = [*_register_argv(example, tmp_path / "out"), "--dry-run"]
+    for plugin, words in (("SLURM", "--plugin SLURM: squeue fails (squeue: fatal: Could not "
+                           "establish a configuration source)"),
+                          ("SGE", "--plugin SGE: qsub/qstat not found on PATH; hint:"),
+                          ("CondorDAGMan", "--plugin CondorDAGMan: condor_submit_dag/condor_q "
+                           "not found on PATH; hint:")):
+        assert main([*argv, "--plugin", plugin]) == 1, plugin
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert snapshot(tmp_path) == before
+
+
+def test_condor_dagman_is_offered_and_refused_up_front_without_condor(tmp_path, capsys,
+                                                                      monkeypatch, example):
+    """``--plugin CondorDAGMan`` (docs/cluster.rst) was accepted but missing from --help and
+    the unknown-plugin message, and without Condor it made OUTPUT_DIR, its lock and work dir
+    before failing with a raw OSError about condor_submit_dag."""
+    from samri_ml.cli.register import get_parser, main
+
+    help_text = " ".join(get_parser().format_help().split())
+    assert "Condor, CondorDAGMan, OAR" in help_text
+    argv = _register_argv(example, tmp_path / "out")
+    assert main([*argv, "--plugin", "Condr"]) == 2
+    assert "Condor, CondorDAGMan, OAR" in capsys.readouterr().err.strip().splitlines()[-1]
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main([*argv, "--plugin", "CondorDAGMan"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "condor_submit_dag/condor_q not found on PATH" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_checks_that_output_dir_can_be_created(tmp_path, capsys, example):
+    """A dry run passed an OUTPUT_DIR the run could not create (``os.access`` says yes to
+    root: /proc, an immutable folder); the parent is now probed, as an existing folder is,
+    without a trace in it (its modification time included)."""
+    from samri_ml.cli.register import main
+    from samri_ml.testing import read_only_folder
+
+    targets = [Path("/proc/samri_ml_cannot_be_here")] if Path("/proc").is_dir() else []
+    with read_only_folder(tmp_path / "ro") as ro:
+        for out in [*targets, ro / "deriv" / "samri_ml"]:
+            assert main([*_register_argv(example, out), "--dry-run"]) == 1, out
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"cannot create OUTPUT_DIR {out}: " in err[0], err
+            assert "is not a writable folder (" in err[0], err
+    free = tmp_path / "free"
+    free.mkdir()
+    before = snapshot(tmp_path)
+    assert main([*_register_argv(example, free / "a" / "b"), "--dry-run"]) == 0
+    capsys.readouterr()
+    assert snapshot(tmp_path) == before and os.listdir(free) == []
+
+
+def test_a_repeated_label_is_said_in_a_note(tmp_path, capsys, example):
+    """docs/errors.rst promises a note for a repeated participant or session label; it was
+    taken once without a word."""
+    from samri_ml.cli.register import main
+
+    argv = [*_register_argv(example, tmp_path / "out"), "--dry-run",
+            "--participant-label", "01", "sub-01", "--session-label", "1", "ses-1", "1"]
+    assert main(argv) == 0
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "note:" in ln]
+    assert "samri_ml-register: note: --participant-label: 01 given more than once; taken " \
+        "once" in notes, notes
+    assert "samri_ml-register: note: --session-label: 1 given more than once; taken once" \
+        in notes, notes
+    assert main([*_register_argv(example, tmp_path / "out"), "--dry-run",
+                 "--participant-label", "01"]) == 0
+    assert "more than once" not in capsys.readouterr().err
+
+
+def test_the_5d_message_is_the_one_documented(tmp_path):
+    """docs/errors.rst quoted "expected 3D or 4D" for a 5D image; a structural scan or
+    template (3D only) says "expected 3D"."""
+    from samri_ml.errors import SamriMLError
+    from samri_ml.io import load_nifti
+
+    path = tmp_path / "five.nii.gz"
+    nb.save(nb.Nifti1Image(np.ones((12, 12, 6, 5, 2), np.float32), np.eye(4)), path)
+    doc = " ".join((ROOT / "docs" / "errors.rst").read_text().split())
+    with pytest.raises(SamriMLError) as err:  # samri_ml-register's structural scans
+        load_nifti(path, allow_4d=False)
+    message = str(err.value).removeprefix(f"{path}")
+    assert message == ": has 5 dimensions (12, 12, 6, 5, 2); expected 3D"
+    assert f"``…{message}`` (a template or structural scan; ``expected 3D or 4D`` for a " \
+        "functional run)" in doc
+    with pytest.raises(SamriMLError, match=r"; expected 3D or 4D$"):  # a functional run
+        load_nifti(path, allow_4d=True)
+
+
+# ------------------------------------------------------------------- Ctrl-C with MultiProc
+
+POOL_SCRIPT = """
+import concurrent.futures as cf, hashlib, multiprocessing as mp, sys, time
+from samri_ml.cli._common import quiet_interrupts, run_cli, setup_logging
+
+def _main(argv):
+    setup_logging(0)
+    with quiet_interrupts():
+        pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
+        future = pool.submit(time.sleep, 60)
+        future.add_done_callback(lambda f: f.result())  # as Nipype's MultiProc does
+        time.sleep(1)
+        print("ready", flush=True)
+        # the main thread in a long C call (the GIL released): the Python-level SIGINT
+        # handler waits for it, while the pool's thread already logs the broken pool
+        hashlib.pbkdf2_hmac("sha256", b"x", b"y", 6_000_000)
+        time.sleep(30)
+    return 0
+
+sys.exit(run_cli("prog", _main))
+"""
+
+
+def test_ctrl_c_under_a_process_pool_is_one_line(tmp_path):
+    """Ctrl-C reaches the workers too; the broken pool's thread logged a 15-line
+    ``BrokenProcessPool`` traceback ("exception calling callback") before the parent's handler
+    had run and muted it (1 run in 11 of samri_ml-register --nprocs 2). Now one line, 130."""
+    script = tmp_path / "pool.py"
+    script.write_text(textwrap.dedent(POOL_SCRIPT))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the whole process group
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert err == "prog: interrupted\n", err
+
+
+# ------------------------------------------------------------------ samri_ml-train-masker
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--width", "0"], "argument --width: 0: must be at least 1"),
+    (["--learning-rate", "0"], "argument --learning-rate: 0: must be above 0"),
+    (["--crop-fraction", "1.5"], "argument --crop-fraction: 1.5: must be at least 0 and at most 1"),
+    (["--synth-per-dama", "-1"], "argument --synth-per-dama: -1: must be at least 0"),
+    (["--holdout", "dama", "sammba", "emory"],
+     "--holdout dama: the validation subjects are drawn from dama (sammba's and emory's scans "
+     "are one brain each); hint: hold out sammba, emory or templates"),
+    (["--holdout", "dama"], "--holdout dama: the validation subjects are drawn from dama"),
+])  # fmt: skip
+def test_train_masker_refuses_up_front(tmp_path, capsys, args, words):
+    """``--width 0`` and ``--learning-rate 0`` built the data set for minutes first;
+    ``--holdout dama sammba emory`` ended in scikit-learn's ValueError after it (no subject
+    left for the validation split, which is drawn from dama). Usage errors now."""
+    from samri_ml.cli.train_masker import main
+
+    assert main([str(tmp_path / "m" / "out.keras"), "--data-dir", str(tmp_path), *args]) == 2
+    assert words in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_masker_error_is_one_line_without_tensorflow_logs(tmp_path):
+    """TensorFlow's C++ start-up lines (``WARNING: All log messages before
+    absl::InitializeLog() ...``, ``oneDNN custom operations are on ...``) came above the
+    one-line error of a foreign --dataset-cache. The installed command, its own stderr."""
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "SAMRI_ML_TF"))}
+    script = Path(sys.executable).parent / "samri_ml-train-masker"
+    proc = subprocess.run([str(script), str(tmp_path / "q.keras"), "--data-dir", str(tmp_path),
+                           "--dataset-cache", str(tmp_path / "other.npz")], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("samri_ml-train-masker: error: ") and \
+        "not a data set cache of samri_ml-train-masker" in proc.stderr, proc.stderr
+
+
+# -------------------------------------------------------------------------------- --help
+
+
+def _option_help(parser, option: str) -> str:
+    """The help of ``option`` in ``parser``'s --help, on one line."""
+    lines = parser.format_help().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith(option + " ")
+                 or ln.strip() == option or ln.lstrip().startswith(option + ","))
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith("   ") or line.lstrip().startswith("-"):
+            break
+        block.append(line)
+    return " ".join(" ".join(block).split())
+
+
+@pytest.mark.parametrize("module, factory, option, words", [
+    ("mask", "get_parser", "--max-slices", ["at least 32", "(default: every slice)"]),
+    ("train_plates", "build_parser", "--iterations", ["training steps", "(default: 10000)"]),
+    ("train_plates", "build_parser", "--eval-every", ["val_1", "(default: 250)"]),
+    ("train_plates", "build_parser", "--seed", ["random seed", "(default: 0)"]),
+    ("train_masker", "get_parser", "--steps-per-epoch", ["batches per epoch", "(default: 150)"]),
+    ("train_masker", "get_parser", "--batch-size", ["slices per batch", "(default: 32)"]),
+    ("train_masker", "get_parser", "--learning-rate", ["Adam", "(default: 0.001)"]),
+    ("train_masker", "get_parser", "--holdout", ["not dama"]),
+    ("evaluate_plates", "build_parser", "--method", ["registered affinely to every plate",
+                                                     "(default: siamese)"]),
+    ("example", "get_parser", "--volumes", ["at least 2", "(default: 20)"]),
+    ("register", "get_parser", "--dry-run", ["the scheduler's programs"]),
+])  # fmt: skip
+def test_help_says_the_range_and_default(monkeypatch, module, factory, option, words):
+    import importlib
+
+    monkeypatch.setenv("COLUMNS", "100")
+    parser = getattr(importlib.import_module(f"samri_ml.cli.{module}"), factory)()
+    text = _option_help(parser, option)
+    for word in words:
+        assert word in text, text
+
+
+def test_graph_help_has_no_rst_markup():
+    from samri_ml.cli.graph import get_parser
+
+    text = get_parser().format_help()
+    assert "``" not in text
+    assert "Draw any samri_ml workflow's graph (without running it)." in " ".join(text.split())

@@ -1,0 +1,198 @@
+"""What the pictures show: the QC comparison plot, the masker's loss curve and the workflow
+graph drawn without Graphviz (checked on the matplotlib objects, not just the file size)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.collections import PathCollection, PolyCollection
+from matplotlib.patches import FancyArrowPatch
+from matplotlib.transforms import Bbox
+
+from samri_ml.graph import _draw_layered
+from samri_ml.masking.train import plot_history
+from samri_ml.qc.compare import PLOT_PANELS, violin_figure, violin_plot
+from samri_ml.workflows import init_functional_wf, init_generic_wf
+
+SHIPPED = Path(__file__).resolve().parents[1] / "samri_ml/data/models/unet_brainmask_training.json"
+
+
+# --------------------------------------------------------------------------------------------
+# samri_ml-qc compare: one row per modality, paired points, violins only from 5 scans on
+# --------------------------------------------------------------------------------------------
+
+
+def _groups(n_anat=6, n_func=3):
+    rng = np.random.default_rng(1)
+    groups = {}
+    for wf, centre in (("masked", 1.0), ("plain", 0.85)):
+        recs = []
+        for kind, n, s0 in (("anat", n_anat, 0.8), ("func", n_func, 1.17)):
+            for i in range(n):
+                v = centre + 0.03 * rng.standard_normal()
+                s = s0 + 0.03 * rng.standard_normal()
+                recs.append({"scan": f"sub-{i:02d}_{kind}", "modality": kind, "workflow": wf,
+                             "space": "T", "vcf": v, "scf": s, "scf_normalised": s / v ** (1 / 3)})
+        groups[wf] = recs
+    return groups
+
+
+def test_qc_plot_has_a_row_per_modality_paired_points_and_n():
+    groups = _groups()
+    fig = violin_figure(groups)
+    axes = np.array(fig.axes).reshape(2, len(PLOT_PANELS))  # anat, func rows
+    for row, (kind, n) in enumerate((("anat", 6), ("func", 3))):
+        assert axes[row, 0].get_ylabel().startswith(f"{kind} scans")
+        for col, (key, deviation, _label, ideal) in enumerate(PLOT_PANELS):
+            ax = axes[row, col]
+            assert ax.get_ylabel()  # every panel says what it shows
+            ticks = [t.get_text() for t in ax.get_xticklabels()]
+            assert ticks == [f"masked\nn={n}", f"plain\nn={n}"]
+            # a violin (PolyCollection) only where a group has 5 scans or more
+            violins = [c for c in ax.collections if isinstance(c, PolyCollection)]
+            assert len(violins) == (2 if n >= 5 else 0)
+            # points: the plotted values, |1 - x| on the deviation panels
+            pts = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections
+                                  if isinstance(c, PathCollection)])
+            raw = np.array([r[key] for wf in groups for r in groups[wf] if r["modality"] == kind])
+            want = np.abs(1 - raw) if deviation else raw
+            assert np.allclose(np.sort(pts), np.sort(want))
+            if deviation:
+                assert ax.get_ylim()[0] == 0 and pts.min() >= 0
+            # one line per scan joins its two workflows, plus the dashed ideal
+            lines = ax.get_lines()
+            ideal_lines = [ln for ln in lines if ln.get_linestyle() == "--"]
+            assert len(ideal_lines) == 1 and np.allclose(ideal_lines[0].get_ydata(), ideal)
+            assert sum(len(ln.get_xdata()) == 2 and ln.get_linestyle() == "-"
+                       for ln in lines) == n
+
+
+def test_qc_plot_writes_png_and_svg(tmp_path):
+    paths = violin_plot(_groups(2, 2), tmp_path / "qc_violin")
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[0].stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------------------------
+# the masker's loss curve
+# --------------------------------------------------------------------------------------------
+
+
+def _history():
+    return json.loads(SHIPPED.read_text())["history"]
+
+
+def test_loss_curve_axes_marks_and_title(tmp_path):
+    history = _history()
+    fig = plot_history(history, tmp_path / "unet_brainmask_loss.png", init_model="x/GH.keras")
+    assert (tmp_path / "unet_brainmask_loss.png").stat().st_size > 10_000
+    loss_ax, dice_ax = fig.axes
+    assert loss_ax.get_ylim()[0] == 0 and loss_ax.get_ylim()[1] > max(history["loss"])
+    lo, hi = dice_ax.get_ylim()
+    assert hi == 1.0 and hi - lo >= 0.05 and lo <= min(history["val_dice_coefficient"])
+    best = int(np.argmin(history["val_loss"])) + 1  # the restored epoch: 3
+    lr_drop = 1 + next(i for i in range(1, 7)
+                       if history["learning_rate"][i] != history["learning_rate"][i - 1])
+    for ax in (loss_ax, dice_ax):
+        xs = [ln.get_xdata()[0] for ln in ax.get_lines()
+              if len(ln.get_xdata()) == 2 and ln.get_xdata()[0] == ln.get_xdata()[1]]
+        assert best in xs and lr_drop - 0.5 in xs
+    legend = [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    assert f"restored: epoch {best}" in legend
+    assert any(t.startswith("learning rate") for t in legend)
+    assert fig._suptitle.get_text().startswith("unet_brainmask.keras (started from GH.keras)")
+
+
+def test_loss_curve_reads_init_only_from_its_own_training_json(tmp_path):
+    history = _history()
+    summary = {"config": {"init_model": "GH.keras"}, "history": history}
+    (tmp_path / "m_training.json").write_text(json.dumps(summary))
+    fig = plot_history(history, tmp_path / "m_loss.png")
+    assert "GH.keras" in fig._suptitle.get_text()
+    other = dict(history, loss=history["loss"][:-1] + [0.5])  # a stale json of another run
+    fig = plot_history(other, tmp_path / "m_loss.png")
+    assert "GH" not in fig._suptitle.get_text() and "m.keras" in fig._suptitle.get_text()
+
+
+# --------------------------------------------------------------------------------------------
+# workflow graph without Graphviz
+# --------------------------------------------------------------------------------------------
+
+
+def _generic(tmp_path):
+    files = {n: tmp_path / n for n in ("t.nii.gz", "m.nii.gz", "a_T2w.nii.gz", "b_bold.nii.gz")}
+    for f in files.values():
+        f.touch()  # the QC nodes want existing inputs; nothing runs
+    return init_generic_wf(template=str(files["t.nii.gz"]), template_mask=str(files["m.nii.gz"]),
+                           anat_file=str(files["a_T2w.nii.gz"]),
+                           bold_files=[str(files["b_bold.nii.gz"])], output_dir=str(tmp_path),
+                           qc=True)
+
+
+def _renderer(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # a closed figure has lost its canvas
+    return fig.canvas.get_renderer()
+
+
+def _extents(fig, prefix):
+    r = fig.canvas.get_renderer()
+    return {a: a.get_window_extent(r) for a in fig.findobj()
+            if (a.get_gid() or "").startswith(prefix)}
+
+
+@pytest.mark.parametrize("which,graph2use", [("functional", "orig"), ("generic", "colored"),
+                                             ("generic", "hierarchical")])
+def test_graph_fallback_labels_inside_boxes_and_image(which, graph2use, tmp_path):
+    wf = (init_functional_wf()
+          if which == "functional" else _generic(tmp_path))
+    fig = _draw_layered(wf, tmp_path / "g.png", graph2use)
+    r = _renderer(fig)
+    image = fig.bbox
+    boxes = _extents(fig, "node:")
+    labels = _extents(fig, "label:")
+    assert len(boxes) == len(labels) > 5
+    by_label = {}
+    for box, ext in boxes.items():
+        by_label.setdefault(box.get_gid()[5:], []).append(ext)
+    for text, ext in labels.items():
+        assert image.contains(ext.x0, ext.y0) and image.contains(ext.x1, ext.y1), text.get_text()
+        # the label lies inside its own box
+        assert any(b.x0 <= ext.x0 and ext.x1 <= b.x1 and b.y0 <= ext.y0 and ext.y1 <= b.y1
+                   for b in by_label[text.get_text()]), text.get_text()
+    # no two boxes overlap
+    exts = list(boxes.values())
+    for i, a in enumerate(exts):
+        for b in exts[i + 1:]:
+            assert not a.overlaps(b)
+    # edges: inside the image; none passes through a box that is not one of its ends
+    n_edges = 0
+    for arrow in fig.findobj(FancyArrowPatch):
+        gid = arrow.get_gid() or ""
+        if not gid.startswith("edge:"):
+            continue
+        n_edges += 1
+        poly = np.vstack(arrow.get_path().to_polygons(closed_only=False))
+        pts = arrow.get_transform().transform(poly)
+        assert Bbox.from_extents(*pts.min(0), *pts.max(0)).x0 >= image.x0 - 1
+        assert pts[:, 0].max() <= image.x1 + 1 and pts[:, 1].min() >= image.y0 - 1
+        src, dst = gid[5:].split("->")
+        for box, ext in boxes.items():
+            name = box.get_gid()[5:]
+            if name in (src, dst):
+                continue  # its ends (and same-named nodes of other sub-workflows)
+            inner = ext.padded(-3)
+            inside = ((pts[:, 0] > inner.x0) & (pts[:, 0] < inner.x1)
+                      & (pts[:, 1] > inner.y0) & (pts[:, 1] < inner.y1))
+            assert not inside.any(), f"{gid} crosses {name}"
+    assert n_edges > 5
+    if graph2use == "hierarchical":  # a rectangle per sub-workflow, around its nodes
+        groups = {a.get_gid()[6:]: a.get_window_extent(r) for a in fig.findobj()
+                  if (a.get_gid() or "").startswith("group:")}
+        assert {"generic_wf", "anat_wf", "func0_wf"} <= set(groups)
+        for box, ext in boxes.items():
+            if box.get_gid() in ("node:s_register", "node:f_register"):
+                rect = groups["anat_wf" if "s_" in box.get_gid() else "func0_wf"]
+                assert rect.x0 < ext.x0 and ext.x1 < rect.x1 and rect.y0 < ext.y0 < rect.y1
