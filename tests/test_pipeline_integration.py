@@ -418,3 +418,16 @@ def test_identifyplate_cache_key_follows_the_model_and_index_content(tmp_path):
     _rewrite_keeping_size_and_time(index)
     after = _hashed(node)
     assert after[0]["index"] == before[0]["index"] and after[1] != before[1]
+
+
+def test_multiproc_reserves_cpus_for_the_unet_nodes():
+    """MaskBrain's num_threads defaulted to 0 (TensorFlow's default: every core), which Nipype
+    takes as the CPUs to reserve: none, so MultiProc ran a MapNode's masks all at once, each on
+    every core. Now one thread by default, and the factories' nodes their omp_nthreads."""
+    from samri_ml.interfaces.masking import MaskBrain
+    from samri_ml.workflows.registration import init_functional_wf, init_structural_wf
+
+    assert pe.Node(MaskBrain(), name="m").n_procs == 1
+    for wf, node in ((init_structural_wf(masking="unet", omp_nthreads=3), "s_mask"),
+                     (init_functional_wf(masking="unet", omp_nthreads=3), "f_mask")):
+        assert wf.get_node(node).n_procs == 3

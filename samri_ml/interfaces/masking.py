@@ -34,8 +34,12 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
     flip = traits.Bool(True, usedefault=True,
                        desc="also predict the left-right mirrored volume and average (test-time "
                        "augmentation)")  # fmt: skip
-    num_threads = traits.Int(0, usedefault=True, nohash=True,
-                             desc="TensorFlow threads (0: TensorFlow's default)")  # fmt: skip
+    # Nipype reserves num_threads CPUs for the node under MultiProc: 0 (TensorFlow's default,
+    # every core) counted as none, so a MapNode of masks ran all at once, each on every core
+    num_threads = traits.Int(1, usedefault=True, nohash=True,
+                             desc="TensorFlow threads, and the CPUs MultiProc reserves for the "
+                             "node (0: TensorFlow's default, every core, but reserved as "
+                             "none)")  # fmt: skip
     model_checksum = traits.Str(usedefault=True,
                                 desc="size and sha256 of the model file used (set from "
                                 "'model', else the shipped U-Net's): part of the cache key, so "

@@ -222,8 +222,9 @@ def _given_mask(in_mask=None):
     return in_mask
 
 
-def _mask_source(workflow, masking, inputnode, image_source, prefix):
-    """Return ``(node, field)`` giving the brain mask of a stream, or None without masking."""
+def _mask_source(workflow, masking, inputnode, image_source, prefix, omp_nthreads=1):
+    """Return ``(node, field)`` giving the brain mask of a stream, or None without masking.
+    The U-Net node runs on ``omp_nthreads`` threads, which MultiProc reserves for it."""
     if masking == "none":
         return None
     if masking == "input":
@@ -236,7 +237,7 @@ def _mask_source(workflow, masking, inputnode, image_source, prefix):
         return given, "out_mask"
     from samri_ml.interfaces.masking import MaskBrain
 
-    mask = pe.Node(MaskBrain(), name=f"{prefix}_mask", mem_gb=2)
+    mask = pe.Node(MaskBrain(num_threads=omp_nthreads), name=f"{prefix}_mask", mem_gb=2)
     workflow.connect([(image_source[0], mask, [(image_source[1], "in_file")])])
     return mask, "out_mask"
 
@@ -286,7 +287,7 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
         (warp, outputnode, [("output_image", "out_file")]),
         (biascorrect, outputnode, [("output_image", "bias_corrected")]),
     ])
-    mask = _mask_source(wf, masking, inputnode, (inputnode, "in_file"), "s")
+    mask = _mask_source(wf, masking, inputnode, (inputnode, "in_file"), "s", omp_nthreads)
     register = _registration(wf, flavour=flavour, stream="structural", prefix="s",
                              omp_nthreads=omp_nthreads, fixed=(inputnode, "template"),
                              moving=(biascorrect, "output_image"),
@@ -393,7 +394,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         (biascorrect, outputnode, [("output_image", "out_mean")]),
         (merge, outputnode, [("out", "transforms")]),
     ])
-    mask = _mask_source(wf, masking, inputnode, (mean, "out_file"), "f")
+    mask = _mask_source(wf, masking, inputnode, (mean, "out_file"), "f", omp_nthreads)
     if method == "composite":
         stream = "functional_to_structural"
         # a moving-image mask needs a fixed-image mask: here the structural scan's, with
