@@ -65,12 +65,19 @@ def _node_graph(workflow, graph2use):
         labels = {n: n.name for n in graph.nodes}
         return graph, groups, labels
     flat = workflow._create_flat_graph()
+    if graph2use == "exec":  # the iterables expanded: one node per value, as the run sees
+        from copy import deepcopy
+
+        from nipype.pipeline.engine.utils import generate_expanded_graph
+
+        flat = generate_expanded_graph(deepcopy(flat))
     graph = nx.DiGraph(flat)
     groups, labels = {}, {}
     for n in graph.nodes:
         parts = n.fullname.split(".")
         groups[n] = ".".join(parts[1:-1]) or parts[0]
-        labels[n] = parts[-1]
+        values = [str(p).split(".")[-1] for p in (getattr(n, "parameterization", None) or [])]
+        labels[n] = parts[-1] + (f" [{', '.join(values)}]" if values else "")
     return graph, groups, labels
 
 

@@ -196,3 +196,26 @@ def test_graph_fallback_labels_inside_boxes_and_image(which, graph2use, tmp_path
             if box.get_gid() in ("node:s_register", "node:f_register"):
                 rect = groups["anat_wf" if "s_" in box.get_gid() else "func0_wf"]
                 assert rect.x0 < ext.x0 and ext.x1 < rect.x1 and rect.y0 < ext.y0 < rect.y1
+
+
+def _same(x):
+    return x
+
+
+def test_the_exec_graph_without_graphviz_expands_the_iterables(tmp_path):
+    """Without ``dot`` the "exec" type drew the flat graph: one node for an iterable's three
+    runs. Now one node per value, as Nipype's own exec graph, labelled with the value."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from samri_ml.graph import _node_graph
+
+    wf = pe.Workflow("w")
+    a = pe.Node(niu.Function(function=_same, input_names=["x"], output_names=["y"]), name="a")
+    a.iterables = ("x", [1, 2, 3])
+    b = pe.Node(niu.Function(function=_same, input_names=["x"], output_names=["y"]), name="b")
+    wf.connect(a, "y", b, "x")
+    assert sorted(_node_graph(wf, "flat")[2].values()) == ["a", "b"]
+    graph, _, labels = _node_graph(wf, "exec")
+    assert sorted(labels.values()) == [f"{n} [_x_{v}]" for n in "ab" for v in (1, 2, 3)]
+    assert graph.number_of_edges() == 3
