@@ -611,3 +611,18 @@ def test_a_splines_undershoot_is_clipped_not_shifted(phantom):
     assert dice(mask, own) > 0.97
     demeaned = np.asarray(predict_mask(nb.Nifti1Image(data - data.mean(), img.affine)).dataobj)
     assert dice(demeaned > 0, own) > 0.97
+
+
+def test_a_constant_background_offset_is_subtracted(phantom):
+    """A skull-stripped brain with a constant added to it (1 % of its 99th percentile) got
+    Dice 0.62-0.70 with its manual mask in an audit: the network learnt that outside is 0. A
+    minimum above 0 shared by a fifth of the voxels or more is now subtracted: the same mask."""
+    import nibabel as nb
+
+    img = phantom["T2w"]
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    assert data.min() == 0 and np.mean(data == 0) > 0.2  # a flat zero background
+    own = np.asarray(predict_mask(img).dataobj)
+    offset = data + 0.01 * np.percentile(data, 99)
+    np.testing.assert_array_equal(
+        np.asarray(predict_mask(nb.Nifti1Image(offset, img.affine)).dataobj), own)
