@@ -27,7 +27,6 @@ import nibabel as nb
 import numpy as np
 
 from samri_ml.bids import atomic_write_text, derivative_path
-from samri_ml.masks import largest_component
 from samri_ml.qc.volume import PLAUSIBLE_VCF
 
 #: colours of the pictures (and their legends)
@@ -182,12 +181,11 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
     def on_grid(img, order=0):
         return None if img is None else _volume(_on_grid(nb.as_closest_canonical(img), grid, order))
 
-    cdata = on_grid(contour)
-    cdata = None if cdata is None else cdata > 0.5
-    odata = on_grid(overlay)
-    odata = None if odata is None else odata > 0.5
-    edata = on_grid(edges)
-    edata = None if edata is None else edata > 0.5
+    def mask_on_grid(img):
+        vol = on_grid(img)
+        return None if vol is None else vol > 0.5
+
+    cdata, odata, edata = mask_on_grid(contour), mask_on_grid(overlay), mask_on_grid(edges)
     rdata = on_grid(reference, order=1)
     ref = cdata if cdata is not None and cdata.any() else data > np.percentile(data, 60)
     indices, outside, n_outside = choose_slices(data, ref, n_slices, axis)
@@ -278,23 +276,6 @@ th{background:#f3f3f3} .note{color:#666;font-size:.85em}
 .banner{background:#c62828;color:#fff;padding:.7em 1em;border-radius:4px;margin:1em 0}
 .banner ul{margin:.3em 0 0;padding-left:1.4em} td.bad{background:#ffd6d6;color:#a00;font-weight:bold}
 """
-
-
-def structural_outline(data: np.ndarray) -> np.ndarray:
-    """The head of a registered structural scan: voxels above the half-maximum level of
-    :func:`samri_ml.qc.smoothness.head_level`, opened once, the largest connected piece, holes
-    filled (a bare threshold also outlined noise speckles). No longer drawn in the report: on a
-    real scan it outlined skull and muscle too and cut across the brain where the brain is
-    dark (the sammba scan's ventral brain); the report draws the template's brain mask, which
-    the structural scan was registered to."""
-    from scipy import ndimage
-
-    from samri_ml.qc.smoothness import head_level
-
-    data = np.asarray(data, dtype=np.float32)
-    mask = ndimage.binary_opening(data > head_level(data))
-    mask = largest_component(mask)
-    return ndimage.binary_fill_holes(mask)
 
 
 def _derivative(output_dir, raw, **entities) -> Path:

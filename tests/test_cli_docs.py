@@ -6,7 +6,6 @@ needs. Real commands on a one-subject example dataset, in-process where they can
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -19,17 +18,9 @@ import nibabel as nb
 import numpy as np
 import pytest
 
+from samri_ml.testing.runs import snapshot
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def snapshot(folder: Path) -> dict:
-    """Every file and folder under ``folder``: content checksum, mode and mtime."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        st = path.stat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-        out[str(path.relative_to(folder))] = (digest, st.st_mode, st.st_mtime_ns)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ is ``docs/errors.rst``; keep both in step.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 from samri_ml.cli.register import main
+from samri_ml.testing.runs import snapshot
 
 ANAT = "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz"
 BOLD = "sub-01/ses-1/func/sub-01_ses-1_task-rest_bold.nii.gz"
@@ -59,16 +59,6 @@ def make_dataset(root: Path) -> Path:
     save(_blob((24, 24, 12)), root / TEMPLATE)
     save((_blob((24, 24, 12)) > 50).astype(np.uint8), root / MASK)
     return bids
-
-
-def snapshot(folder: Path) -> dict:
-    """Every file and folder under ``folder``: content checksum, mode and mtime."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        st = path.stat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-        out[str(path.relative_to(folder))] = (digest, st.st_mode, st.st_mtime_ns)
-    return out
 
 
 def _truncate(path: Path) -> None:

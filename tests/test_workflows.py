@@ -244,23 +244,6 @@ def test_bold_sidecar_says_no_slice_timing_where_the_run_was_too_short(tmp_path)
         assert side["SliceTimingCorrected"] is corrected and ("StartTime" in side) is corrected
 
 
-def test_structural_outline_of_the_report_is_one_piece_without_speckles():
-    import numpy as np
-
-    from samri_ml.report import structural_outline
-
-    rng = np.random.default_rng(0)
-    grid = np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij")
-    head = (sum(g**2 for g in grid) < 0.5) * 100.0
-    head[14:18, 14:18, 14:18] = 0  # a dark ventricle inside
-    noisy = head + rng.normal(0, 5, head.shape) + 300 * (rng.random(head.shape) > 0.999)
-    from scipy import ndimage
-
-    out = structural_outline(noisy)
-    assert ndimage.label(out)[1] == 1 and out[16, 16, 16]  # one piece, the hole filled
-    assert not (out & (head == 0) & (np.abs(grid[0]) > 0.9)).any()  # no speckle far outside
-
-
 def test_interfaces_and_workflows_import_without_tensorflow():
     """Building a pipeline never loads TensorFlow, Keras or ANTs (only running a MaskBrain or
     IdentifyPlate node does), and the lazy interface names show in ``dir()``."""
@@ -295,15 +278,3 @@ def test_building_a_workflow_puts_ants_on_path(factory, monkeypatch):
         assert Path(shutil.which(program)).parent == scripts_dir(), program
 
 
-def test_structural_outline_covers_a_brain_that_fills_most_of_the_grid():
-    """The 66th percentile fell inside a brain filling 42 % of the template grid, and the
-    contour cut across the brain (the real sammba scan in DSURQE space)."""
-    import numpy as np
-
-    from samri_ml.report import structural_outline
-
-    grid = np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij")
-    brain = sum(g**2 for g in grid) < 0.9  # about 45 % of the grid
-    data = brain * (100 + 60 * grid[2])  # bright dorsally, darker ventrally (40-160)
-    out = structural_outline(data)
-    assert brain.mean() > 0.4 and (out & brain).sum() / brain.sum() > 0.97

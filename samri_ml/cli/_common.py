@@ -211,7 +211,7 @@ def probe_writable(folder) -> None:
         pass
 
 
-def _nearest_existing(path):
+def nearest_existing(path):
     """``path`` (absolute) where it exists, else its nearest existing parent."""
     from pathlib import Path
 
@@ -240,7 +240,7 @@ def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
     if out.is_dir():
         parser.error(f"{option} {path} is a folder; hint: name a file, e.g. "
                      f"{Path(path) / example}")
-    folder = _nearest_existing(out.parent)
+    folder = nearest_existing(out.parent)
     if not folder.is_dir():
         parser.error(f"{option} {path}: {folder} is not a folder")
     try:  # up front, not after the work is done
@@ -253,7 +253,7 @@ def check_output_dir(parser, what: str, folder) -> None:
     """Refuse (a usage error, before any work) an output ``folder`` (``what``: the option and
     path, as the message names them) that is a file or could not be written: the folder itself
     where it exists, else its nearest existing parent (the command creates the ones between)."""
-    existing = _nearest_existing(folder)
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         parser.error(f"{what}: {existing} is not a folder")
     try:  # up front, not after the training

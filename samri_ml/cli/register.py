@@ -17,6 +17,7 @@ from pathlib import Path
 from samri_ml import __version__
 from samri_ml.cli._common import (
     HelpFormatter,
+    nearest_existing,
     probe_writable,
     quiet_interrupts,
     run_cli,
@@ -328,9 +329,7 @@ def check_writable(folder: Path, what: str) -> None:
             raise SamriMLError(f"{what} {folder} is not writable ({err.strerror}); hint: choose "
                                "a writable folder") from err
         return
-    parent = folder.parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = nearest_existing(folder.parent)
     why = "" if parent.is_dir() else " (not a folder)"
     if not why:
         try:

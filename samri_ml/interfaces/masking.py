@@ -61,12 +61,9 @@ def masker_checksum(model=None) -> str:
     """:func:`~samri_ml.models.inference.file_checksum` of a masking model file (None or
     undefined: the shipped U-Net)."""
     from samri_ml.masking.predict import default_model_path
-    from samri_ml.models.inference import file_checksum
+    from samri_ml.models.inference import input_checksum
 
-    try:
-        return file_checksum(model if traits_defined(model) and model else default_model_path())
-    except OSError:  # gone: Nipype's check of the 'model' input says so
-        return "unreadable"
+    return input_checksum(model if traits_defined(model) and model else default_model_path())
 
 
 class _MaskBrainOutputSpec(TraitedSpec):

@@ -55,14 +55,8 @@ def plates_checksum(model=None, index=None) -> str:
     """The files that rank the plates, as :func:`~samri_ml.models.inference.file_checksum`
     values: ``model`` and ``index`` where given (None or undefined: the shipped embedding
     models, indexes and modality router of every variant, which ``variant`` picks from)."""
-    from samri_ml.models.inference import file_checksum
+    from samri_ml.models.inference import input_checksum as checksum
     from samri_ml.plates.identify import VARIANTS, default_model_dir
-
-    def checksum(path):
-        try:
-            return file_checksum(path)
-        except OSError:  # gone: Nipype's check of the input says so
-            return "unreadable"
 
     def shipped(pattern):
         files = sorted({f for v in VARIANTS for f in default_model_dir(v).glob(pattern)})

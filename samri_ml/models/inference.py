@@ -251,6 +251,15 @@ def file_checksum(path) -> str:
                           st.st_ctime_ns)
 
 
+def input_checksum(path) -> str:
+    """:func:`file_checksum` of an interface's model or index file, or ``unreadable`` where it
+    cannot be read (gone: Nipype's own check of the input says so)."""
+    try:
+        return file_checksum(path)
+    except OSError:
+        return "unreadable"
+
+
 @functools.lru_cache(maxsize=64)
 def _file_checksum(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
     import hashlib

@@ -384,14 +384,12 @@ def _union_box(stats: np.ndarray) -> tuple[int, int, int, int]:
 
 def _section_pieces(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Of connected components (``connectedComponentsWithStats`` rows, background row
-    removed): those that make up the section, and the section-sized pieces left out.
+    removed): those that make up the section, and those left out.
 
     Components under 2 % of the largest are dust. The section is the largest component and,
     repeatedly, every other one within :data:`NEAR` of the section's box size from its box; a
     scale bar, a label or a second section farther away is left out (their boxes used to be
-    joined to the section's: a slide with a label ranked the true plate 45th on average).
-    Left out and returned: pieces of at least a quarter of the largest one's area (another
-    section, most likely)."""
+    joined to the section's: a slide with a label ranked the true plate 45th on average)."""
     import cv2
 
     areas = stats[:, cv2.CC_STAT_AREA]
@@ -409,8 +407,7 @@ def _section_pieces(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if (grown == inside).all():
             break
         inside = grown
-    out = big[~inside]
-    return big[inside], out[out[:, cv2.CC_STAT_AREA] >= 0.25 * areas.max()]
+    return big[inside], big[~inside]
 
 
 def _quarter(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -444,10 +441,8 @@ def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
     if n <= 1:
         return None
-    stats = stats[1:]
-    areas = stats[:, cv2.CC_STAT_AREA]
-    kept, far = _section_pieces(stats)
-    if len(kept) == int((areas >= 0.02 * areas.max()).sum()):  # nothing far away
+    kept, far = _section_pieces(stats[1:])
+    if not len(far):  # nothing far away
         return None
     t, lo, b, r = _union_box(kept)
     if (b - t) * (r - lo) >= 0.5 * blur.size:
@@ -471,9 +466,15 @@ def _section_region(img: np.ndarray):
 
 def other_sections(img: np.ndarray) -> int:
     """How many section-sized pieces of tissue :func:`tissue_bbox` leaves out of ``img``
-    (0 for one section; 1 or more for a slide of several, of which the largest is used)."""
+    (0 for one section; 1 or more for a slide of several, of which the largest is used):
+    pieces left out with at least a quarter of the largest one's area."""
+    import cv2
+
     slide = _on_a_slide(_quarter(img)[1])
-    return 0 if slide is None else len(slide[1])
+    if slide is None:
+        return 0
+    kept, far = slide
+    return int((far[:, cv2.CC_STAT_AREA] >= 0.25 * kept[:, cv2.CC_STAT_AREA].max()).sum())
 
 
 #: :func:`looks_brightfield`'s limit on the flatness ratio of the bright and dark tenths
