@@ -579,3 +579,117 @@ def test_plate_clis_refuse_bad_options_and_unknown_labels(tmp_path, plate_thumbs
         err = capsys.readouterr().err
         assert rc in (1, 2) and "Traceback" not in err, err
         assert words in err.strip().splitlines()[-1], err
+
+
+def test_part_canvas_puts_a_piece_where_it_lies_in_a_section():
+    from samri_ml.plates.identify import PARTS, WIDE_ASPECT, candidate_parts, part_canvas
+
+    piece = np.arange(1, 13, dtype=np.uint8).reshape(3, 4)
+    ventral = part_canvas(piece, "ventral part")
+    assert ventral.shape == (6, 4) and (ventral[3:] == piece).all() and not ventral[:3].any()
+    dorsal = part_canvas(piece, "dorsal part")
+    assert (dorsal[:3] == piece).all() and not dorsal[3:].any()
+    left, right = part_canvas(piece, "left half"), part_canvas(piece, "right half")
+    assert left.shape == right.shape == (3, 8)
+    assert (left[:, :4] == piece).all() and (right[:, 4:] == piece).all()
+    assert set(PARTS) == {"dorsal part", "ventral part", "left half", "right half"}
+    # (y0, y1, x0, x1): only a piece wider than a whole section can be is a dorsal/ventral part
+    assert candidate_parts((0, 100, 0, int(100 * WIDE_ASPECT))) == []
+    assert candidate_parts((0, 100, 0, int(100 * WIDE_ASPECT) + 1)) == ["dorsal part",
+                                                                       "ventral part"]
+    assert candidate_parts((0, 100, 0, 100), hemisections=True) == ["left half", "right half"]
+
+
+def _half(img, which):
+    from samri_ml.plates.data import tissue_bbox
+
+    y0, y1, x0, x1 = tissue_bbox(img)
+    t = img[y0:y1, x0:x1]
+    h, w = t.shape
+    return np.ascontiguousarray({"ventral": t[h // 2 :], "dorsal": t[: h // 2],
+                                 "left": t[:, : w // 2]}[which])
+
+
+def test_a_wide_piece_is_also_ranked_as_the_dorsal_or_ventral_part_of_a_section(
+        ident, plate_thumbs, monkeypatch):
+    """The crop to the tissue box blew the ventral half of a section up to a whole plate's
+    size, and it was ranked as a whole section (true plate 10th-30th); a piece over twice as
+    wide as high is now also ranked at a whole section's scale, as a dorsal and a ventral
+    part, and its line says which it was read as."""
+    from samri_ml.plates import identify
+
+    plates = [60, 75, 90]
+    halves = [_half(plate_thumbs[p], "ventral") for p in plates]
+    assert all(h.shape[1] > identify.WIDE_ASPECT * h.shape[0] for h in halves)
+    now = ident.rank(halves, regions=False)
+    monkeypatch.setattr(identify, "WIDE_ASPECT", np.inf)
+    before = ident.rank(halves, regions=False)
+    ranks_now = [r["ranking"].index(p) for r, p in zip(now, plates, strict=True)]
+    ranks_before = [r["ranking"].index(p) for r, p in zip(before, plates, strict=True)]
+    assert sum(ranks_now) < sum(ranks_before), (ranks_now, ranks_before)
+    assert max(ranks_now) < 5, ranks_now
+    assert [r.get("read_as") for r in now] == ["ventral part"] * 3
+    assert all("read_as" not in r for r in before)
+
+
+def test_whole_sections_are_not_read_as_parts(ident, plate_thumbs, monkeypatch):
+    """Plates given as sections (none wider than WIDE_ASPECT) rank as before."""
+    from samri_ml.plates import identify
+
+    imgs = [plate_thumbs[p] for p in range(5, 133, 9)]
+    now = ident.rank(imgs, regions=False)
+    monkeypatch.setattr(identify, "WIDE_ASPECT", np.inf)
+    assert ident.rank(imgs, regions=False) == now
+    assert all("read_as" not in r for r in now)
+
+
+def test_cli_hemisections_ranks_a_hemisphere_at_a_sections_scale(tmp_path, plate_thumbs,
+                                                                 capsys):
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+
+    paths = []
+    for p in (55, 85):
+        paths.append(tmp_path / f"{p}_left.png")
+        cv2.imwrite(str(paths[-1]), _half(plate_thumbs[p], "left"))
+    out = tmp_path / "r.json"
+    assert main([*map(str, paths), "--hemisections", "--no-regions", "--variant", "default",
+                 "--json", str(out), "--montage", str(tmp_path / "m")]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    for p, path in zip((55, 85), paths, strict=True):
+        r = res[str(path)]
+        assert p in r["ranking"][:5], (p, r["ranking"][:5])
+        assert r["read_as"] in ("left half", "right half")
+    assert "[read as the left half of a section]" in printed, printed
+    # the montage draws the piece as it was read: at a section's scale, beside its plates
+    import cv2
+
+    montage = cv2.imread(str(tmp_path / "m" / "55_left.png_plates.png"), cv2.IMREAD_GRAYSCALE)
+    assert montage is not None and montage.shape[1] == 6 * 256
+    tile = montage[30:, :256]
+    cols = np.flatnonzero(tile.max(0) > 40)
+    assert cols.max() - cols.min() < 0.75 * 256, "the hemisphere fills half the tile's width"
+
+
+@pytest.mark.shared_data
+def test_the_validation_sections_rank_as_before_the_parts(ident, monkeypatch):
+    """The real validation sections (val_1, val_2) are not read as parts: each one's nearest
+    plates and the rank of its true plate are what they were without the parts (plates far
+    down a ranking may move), so their MAE and Top-5 stand."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data not found")
+    from samri_ml.plates import identify
+    from samri_ml.plates.data import load_sections
+
+    for split in ("val_1", "val_2"):
+        _, labels, imgs = load_sections(SHARED / split)
+        now = ident.rank(imgs, regions=False)
+        assert all("read_as" not in r for r in now)
+        with monkeypatch.context() as m:
+            m.setattr(identify, "WIDE_ASPECT", np.inf)
+            before = ident.rank(imgs, regions=False)
+        for r, b, label in zip(now, before, labels, strict=True):
+            assert r["ranking"][:5] == b["ranking"][:5]
+            assert r["ranking"].index(label) == b["ranking"].index(label)

@@ -102,6 +102,7 @@ def run(args) -> int:
             continue
         if ident is None:
             ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
+            ident.hemisections = args.hemisections
         ranked = ident.rank(imgs, regions=not args.no_regions,
                             any_orientation=args.any_orientation)
         chunk = dict(zip(paths, ranked, strict=True))
@@ -151,6 +152,8 @@ def _print_results(args, results: dict) -> None:
         line = f"{path}: {top}"
         if res.get("turned_degrees"):
             line += f"  [came turned {res['turned_degrees']} deg counterclockwise]"
+        if res.get("read_as"):
+            line += f"  [read as the {res['read_as']} of a section]"
         if res.get("uncertain"):
             line += "  [uncertain: farther from every plate than any validation section; check"
             line += " the montage (--montage DIR)]"

@@ -511,13 +511,13 @@ def looks_brightfield(img: np.ndarray) -> bool:
 
 def preprocess(
     img: np.ndarray, size: int = 224, *, equalise: bool = True, crop: bool = True,
-    crop_threshold: str = "otsu",
+    crop_threshold: str = "otsu", box: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """The seed's preprocessing: grayscale uint8 -> CLAHE -> square padding -> ``size`` px.
 
     With ``crop`` the image is first cut to its tissue bounding box (:func:`tissue_bbox` at
-    ``crop_threshold``), so that plates (tissue on a wide background) and sections (tight
-    crops) share a scale.
+    ``crop_threshold``, or ``box`` where the caller has it already), so that plates (tissue on
+    a wide background) and sections (tight crops) share a scale.
 
     Returns
     -------
@@ -528,7 +528,7 @@ def preprocess(
 
     img = _to_uint8(img, "<array>")
     if crop:
-        y0, y1, x0, x1 = tissue_bbox(img, threshold=crop_threshold)
+        y0, y1, x0, x1 = tissue_bbox(img, threshold=crop_threshold) if box is None else box
         img = img[y0:y1, x0:x1]
     if equalise:
         img = clahe(img)

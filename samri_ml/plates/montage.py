@@ -93,10 +93,18 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
     """:func:`write_montage` of a section as ``ident`` (an identifier of
     :mod:`samri_ml.plates.identify`) ranked it: turned back as it was ranked, beside the
     pictures of the index that ranked it (with ``variant="auto"``: of the variant the router
-    chose)."""
-    from samri_ml.plates.identify import turn_back
+    chose). A piece read as a part of a section (``read_as``) is drawn as it was read: at a
+    whole section's scale, where that part lies in a section."""
+    from samri_ml.plates.data import _to_uint8
+    from samri_ml.plates.identify import part_canvas, turn_back
 
     shown = turn_back(img, result.get("turned_degrees", 0) // 90)
     used = getattr(ident, result["model"]) if "model" in result else ident
+    if result.get("read_as"):
+        shown = _to_uint8(shown, "<array>")
+        y0, y1, x0, x1 = used._box(shown)
+        shown = preprocess(part_canvas(shown[y0:y1, x0:x1], result["read_as"]), TILE,
+                           crop=False)
+        title = f"{title} ({result['read_as']})"
     return write_montage(shown, result, out_png, top=top, atlas_dir=atlas_dir, index=used.index,
                          title=title)
