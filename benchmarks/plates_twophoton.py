@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/plates_twophoton.py [--step 4] [--model-dir DIR]
+    python benchmarks/plates_twophoton.py [--step 4] [--model-dir DIR] [--hemisections]
 
 The template (../shared/data/mri/templates/average_template_200um.nii.gz, axes S, A, R, 200 um)
 is cut at the position of plate N (100 um apart from the anterior end: A index
@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--model-dir", help="folder with plates_embedding.keras + plates_index.npz "
                     "(default: the shipped model)")
     ap.add_argument("--variant", default="auto", help="shipped variant: auto, default, multimodal")
+    ap.add_argument("--hemisections", action="store_true",
+                    help="also rank every slice as a hemisphere (samri_ml-identify-plate's option)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import nibabel as nb
@@ -42,6 +44,7 @@ def main() -> None:
                                 f"{args.model_dir}/plates_index.npz")
     else:
         ident = make_identifier(variant=args.variant)
+    ident.hemisections = args.hemisections
     rng = np.random.default_rng(0)
     rows = {"whole": [], "missing cortex": [], "hemisection": []}
     routed = {k: [] for k in rows}
