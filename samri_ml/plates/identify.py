@@ -15,6 +15,12 @@ ranked against the same regions of the plates, which gives a plate per region (s
 :data:`REGION_WINDOW` plates of the whole section's best) and a tilt estimate, and the mean region distance is mixed into the overall ranking
 (``d = (1 - w) d_whole + w mean_regions d_region``, with regions without tissue left out),
 so a section missing part of its tissue is still matched by what remains.
+
+Pieces of sections: the crop to the tissue box blows a piece up to a whole plate's size, so a
+piece over :data:`WIDE_ASPECT` times as wide as high is also ranked as the dorsal and the
+ventral part of a section, drawn at a section's scale (:func:`part_canvas`), and with
+``hemisections`` every image also as a left and a right half (:meth:`PlateIdentifier.distances`;
+``read_as`` in a result names the part that gave the nearest plate).
 """
 
 from __future__ import annotations
