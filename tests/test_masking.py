@@ -267,6 +267,22 @@ def test_augmentation_moves_image_and_mask_together():
         assert dice(xa > 0.5, ya > 0.5) > 0.9
 
 
+def test_intensity_curves_keep_the_background_dark_and_change_the_contrast():
+    from samri_ml.masking.train import remap_intensity
+
+    x = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
+    x[:, :8] = 0  # background
+    rng = np.random.default_rng(0)
+    inverted = 0
+    for _ in range(50):
+        r = remap_intensity(x, rng)
+        assert r.dtype == np.float32 and r.shape == x.shape
+        assert (r[:, :8] == 0).all() and r.min() >= 0 and r.max() <= 1
+        assert r.max() > 0.9  # the highest level is 1, at one of the knots
+        inverted += r[0, 40] > r[0, 63]  # mid-grey brighter than the brightest input
+    assert 10 < inverted < 40  # some curves invert the top of the range, some do not
+
+
 def test_snout_and_neck_are_opt_in():
     """Without ``snout_neck`` the head has version 1's antero-posterior room (2 mm each side of
     the brain: what the shipped model was trained on); with it, up to 6 + 5 mm more."""

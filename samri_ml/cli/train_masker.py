@@ -72,6 +72,14 @@ def get_parser() -> argparse.ArgumentParser:
     )
     add_views_option(p, "train on")
     p.add_argument(
+        "--intensity-augment",
+        type=fraction,
+        default=0.0,
+        metavar="P",
+        help="probability that a slice of the augmented phase goes through a random intensity "
+        "curve (background kept dark), for contrasts the training set lacks",
+    )
+    p.add_argument(
         "--crops-per-scan",
         type=count,
         default=d.crops_per_scan,
@@ -170,7 +178,7 @@ def _main(argv=None) -> int:
         init_model=str(args.init or ""), dataset_cache=str(args.dataset_cache or ""),
         snout_neck=args.snout_neck, views=tuple(args.views),
         crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,
-        stripped_rim=args.stripped_rim,
+        stripped_rim=args.stripped_rim, intensity_augment=args.intensity_augment,
     )  # fmt: skip
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if not args.average_of:

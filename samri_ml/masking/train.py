@@ -61,6 +61,9 @@ class TrainConfig:
     #: ``seed`` alone fixes the data set and its validation split
     train_seed: int | None = None
     threads: int = 2
+    #: probability that a slice of the augmented phase gets a random intensity curve
+    #: (:func:`remap_intensity`)
+    intensity_augment: float = 0.0
     init_model: str = ""
     dataset_cache: str = ""
     extra: dict = field(default_factory=dict)
@@ -272,7 +275,18 @@ def augment_pair(x, y, rng, *, rotation=90.0, shift=30.0, shear=5.0, zoom=0.2):
     return np.ascontiguousarray(xa), np.ascontiguousarray(ya)
 
 
-def _sequence(x, y, batch_size, steps, augment, seed):
+def remap_intensity(x, rng, knots: int = 5):
+    """``x`` (a preprocessed slice, values in [0, 1]) through a random intensity curve: linear
+    between ``knots`` random levels at equal steps of [0, 1], scaled so that the highest is 1,
+    with 0 kept at 0 (the background stays dark, as :mod:`~samri_ml.masking.preprocess`
+    leaves it). One anatomy is so seen in contrasts no scan or synthetic head of the training
+    set has (the brain darker than the tissue around it, or brighter, or CSF dark)."""
+    levels = rng.uniform(0.05, 1.0, knots)
+    levels = np.concatenate([[0.0], levels / levels.max()])
+    return np.interp(x, np.linspace(0.0, 1.0, knots + 1), levels).astype(np.float32)
+
+
+def _sequence(x, y, batch_size, steps, augment, seed, intensity: float = 0.0):
     import keras
 
     class Slices(keras.utils.PyDataset):
@@ -291,6 +305,8 @@ def _sequence(x, y, batch_size, steps, augment, seed):
                     bx[i, ..., 0], by[i, ..., 0] = augment_pair(
                         bx[i, ..., 0], by[i, ..., 0], self.rng
                     )
+                    if intensity and self.rng.random() < intensity:
+                        bx[i, ..., 0] = remap_intensity(bx[i, ..., 0], self.rng)
             return bx, by
 
     return Slices()
@@ -378,7 +394,8 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
                 Record(phase),
             ]
             model.fit(
-                _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment, train_seed),
+                _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment, train_seed,
+                          config.intensity_augment),
                 validation_data=(xv, yv),
                 batch_size=config.batch_size,
                 epochs=epochs,
