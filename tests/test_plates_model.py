@@ -693,3 +693,25 @@ def test_the_validation_sections_rank_as_before_the_parts(ident, monkeypatch):
         for r, b, label in zip(now, before, labels, strict=True):
             assert r["ranking"][:5] == b["ranking"][:5]
             assert r["ranking"].index(label) == b["ranking"].index(label)
+
+
+def test_a_section_narrower_than_any_plate_gets_the_hemisections_hint(tmp_path, plate_thumbs,
+                                                                      capsys):
+    """Without --hemisections a hemisphere is ranked at the wrong scale; its line says that
+    --hemisections exists. No atlas plate is that narrow (nor a val_1/val_2 section)."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+    from samri_ml.plates.identify import looks_like_a_hemisphere
+
+    assert not any(looks_like_a_hemisphere(t) for t in plate_thumbs.values())
+    half, whole = tmp_path / "half.png", tmp_path / "whole.png"
+    cv2.imwrite(str(half), _half(plate_thumbs[85], "left"))
+    cv2.imwrite(str(whole), plate_thumbs[85])
+    assert main([str(half), str(whole), "--no-regions", "--variant", "default"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    hint = "--hemisections ranks it at a section's scale"
+    assert hint in next(x for x in lines if x.startswith(str(half)))
+    assert hint not in next(x for x in lines if x.startswith(str(whole)))
+    assert main([str(half), "--no-regions", "--variant", "default", "--hemisections"]) == 0
+    assert hint not in capsys.readouterr().out

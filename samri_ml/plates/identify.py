@@ -68,6 +68,19 @@ PARTS = {
 }
 
 
+#: a whole coronal section is at least this wide for its height (the atlas' narrowest plate,
+#: plate 22, is 0.92 times as wide as high at its tissue box): a narrower image may be one
+#: hemisphere, which ``hemisections`` ranks at a section's scale
+NARROW_ASPECT = 0.9
+
+
+def looks_like_a_hemisphere(img: np.ndarray, crop_threshold: str = "otsu") -> bool:
+    """Whether a uint8 section's tissue box is narrower than any whole section's
+    (:data:`NARROW_ASPECT`): a hint that it may be one hemisphere."""
+    y0, y1, x0, x1 = tissue_bbox(img, threshold=crop_threshold)
+    return (x1 - x0) < NARROW_ASPECT * (y1 - y0)
+
+
 def part_canvas(piece: np.ndarray, part: str) -> np.ndarray:
     """``piece`` (a uint8 tissue crop) placed in a zero canvas as :data:`PARTS` ``[part]``
     says: the dorsal part of a section at the top of a canvas twice its height, and so on."""
