@@ -51,7 +51,6 @@ REGION_WINDOW = 8
 MIN_TISSUE_FRACTION = 0.25
 
 
-#: shipped model variants -> sub-folder of ``samri_ml/data/models`` (see the model card)
 #: a whole coronal section is at most this wide for its height (the atlas' widest plate is
 #: 1.94 times as wide as high, at its tissue box); a wider piece of tissue is also ranked as
 #: the dorsal and as the ventral part of a section (:data:`PARTS`)
@@ -101,6 +100,7 @@ def candidate_parts(box: tuple[int, int, int, int], hemisections: bool = False) 
     return parts + (["left half", "right half"] if hemisections else [])
 
 
+#: shipped model variants -> sub-folder of ``samri_ml/data/models`` (see the model card)
 VARIANTS = {
     # confocal / Nissl sections: best on the seed's kind of data (val_1, val_2)
     "default": ".",
