@@ -44,7 +44,7 @@ def main() -> None:
     from samri_ml.plates.metrics import ranking_metrics
 
     ident = identify.make_identifier()
-    wide = identify.WIDE_ASPECT
+    wide = ident.wide_aspect
     settings = {"before": (np.inf, False), "default": (wide, False),
                 "--hemisections": (wide, True)}
     for split in args.splits:
@@ -57,11 +57,11 @@ def main() -> None:
                       for im, (y0, y1, x0, x1) in zip(imgs, boxes, strict=True)]
             row = []
             for aspect, hemi in settings.values():
-                identify.WIDE_ASPECT, ident.hemisections = aspect, hemi
+                ident.wide_aspect, ident.hemisections = aspect, hemi
                 m = ranking_metrics([r["ranking"] for r in ident.rank(pieces)], list(labels))
                 row.append(f"{m['mae']:6.2f} / {100 * m['top5']:3.0f}")
             print(f"{name:30s}" + "".join(f"{c:>18s}" for c in row), flush=True)
-        identify.WIDE_ASPECT, ident.hemisections = wide, False
+        ident.wide_aspect, ident.hemisections = wide, False
 
 
 if __name__ == "__main__":

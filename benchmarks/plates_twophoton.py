@@ -41,10 +41,10 @@ def main() -> None:
     vol = nb.load(shared_data_dir() / "mri/templates/average_template_200um.nii.gz").get_fdata()
     if args.model_dir:
         ident = PlateIdentifier(f"{args.model_dir}/plates_embedding.keras",
-                                f"{args.model_dir}/plates_index.npz")
+                                f"{args.model_dir}/plates_index.npz",
+                                hemisections=args.hemisections)
     else:
-        ident = make_identifier(variant=args.variant)
-    ident.hemisections = args.hemisections
+        ident = make_identifier(variant=args.variant, hemisections=args.hemisections)
     rng = np.random.default_rng(0)
     rows = {"whole": [], "missing cortex": [], "hemisection": []}
     routed = {k: [] for k in rows}

@@ -622,7 +622,7 @@ def test_a_wide_piece_is_also_ranked_as_the_dorsal_or_ventral_part_of_a_section(
     halves = [_half(plate_thumbs[p], "ventral") for p in plates]
     assert all(h.shape[1] > identify.WIDE_ASPECT * h.shape[0] for h in halves)
     now = ident.rank(halves, regions=False)
-    monkeypatch.setattr(identify, "WIDE_ASPECT", np.inf)
+    monkeypatch.setattr(ident, "wide_aspect", np.inf)
     before = ident.rank(halves, regions=False)
     ranks_now = [r["ranking"].index(p) for r, p in zip(now, plates, strict=True)]
     ranks_before = [r["ranking"].index(p) for r, p in zip(before, plates, strict=True)]
@@ -634,11 +634,9 @@ def test_a_wide_piece_is_also_ranked_as_the_dorsal_or_ventral_part_of_a_section(
 
 def test_whole_sections_are_not_read_as_parts(ident, plate_thumbs, monkeypatch):
     """Plates given as sections (none wider than WIDE_ASPECT) rank as before."""
-    from samri_ml.plates import identify
-
     imgs = [plate_thumbs[p] for p in range(5, 133, 9)]
     now = ident.rank(imgs, regions=False)
-    monkeypatch.setattr(identify, "WIDE_ASPECT", np.inf)
+    monkeypatch.setattr(ident, "wide_aspect", np.inf)
     assert ident.rank(imgs, regions=False) == now
     assert all("read_as" not in r for r in now)
 
@@ -680,7 +678,6 @@ def test_the_validation_sections_rank_as_before_the_parts(ident, monkeypatch):
     down a ranking may move), so their MAE and Top-5 stand."""
     if not SHARED.is_dir():
         pytest.skip("../shared/data not found")
-    from samri_ml.plates import identify
     from samri_ml.plates.data import load_sections
 
     for split in ("val_1", "val_2"):
@@ -688,7 +685,7 @@ def test_the_validation_sections_rank_as_before_the_parts(ident, monkeypatch):
         now = ident.rank(imgs, regions=False)
         assert all("read_as" not in r for r in now)
         with monkeypatch.context() as m:
-            m.setattr(identify, "WIDE_ASPECT", np.inf)
+            m.setattr(ident, "wide_aspect", np.inf)
             before = ident.rank(imgs, regions=False)
         for r, b, label in zip(now, before, labels, strict=True):
             assert r["ranking"][:5] == b["ranking"][:5]
@@ -708,10 +705,32 @@ def test_a_section_narrower_than_any_plate_gets_the_hemisections_hint(tmp_path, 
     half, whole = tmp_path / "half.png", tmp_path / "whole.png"
     cv2.imwrite(str(half), _half(plate_thumbs[85], "left"))
     cv2.imwrite(str(whole), plate_thumbs[85])
-    assert main([str(half), str(whole), "--no-regions", "--variant", "default"]) == 0
+    out = tmp_path / "r.json"
+    assert main([str(half), str(whole), "--no-regions", "--variant", "default",
+                 "--json", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     hint = "--hemisections ranks it at a section's scale"
     assert hint in next(x for x in lines if x.startswith(str(half)))
     assert hint not in next(x for x in lines if x.startswith(str(whole)))
-    assert main([str(half), "--no-regions", "--variant", "default", "--hemisections"]) == 0
+    # the JSON says it too (and so the Nipype interface's JSON)
+    res = json.loads(out.read_text())
+    assert res[str(half)]["may_be_hemisphere"] is True
+    assert "may_be_hemisphere" not in res[str(whole)]
+    assert main([str(half), "--no-regions", "--variant", "default", "--hemisections",
+                 "--json", str(out)]) == 0
     assert hint not in capsys.readouterr().out
+    assert "may_be_hemisphere" not in json.loads(out.read_text())[str(half)]
+
+
+def test_reading_settings_reach_both_variants():
+    """``make_identifier(hemisections=...)`` and the routed identifier's settings are those
+    of both shipped variants, the multimodal one built later included."""
+    from samri_ml.plates.identify import WIDE_ASPECT, make_identifier
+
+    routed = make_identifier(hemisections=True)
+    assert routed.hemisections and routed.default.hemisections
+    routed.wide_aspect = np.inf
+    assert routed.multimodal.hemisections and routed.multimodal.wide_aspect == np.inf
+    routed.hemisections, routed.wide_aspect = False, WIDE_ASPECT
+    assert not routed.multimodal.hemisections and routed.default.wide_aspect == WIDE_ASPECT
+    assert make_identifier(variant="default", hemisections=True).hemisections

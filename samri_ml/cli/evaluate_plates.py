@@ -74,8 +74,8 @@ def run(args) -> int:
     if args.method == "siamese":
         from samri_ml.plates.identify import make_identifier
 
-        ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
-        ident.hemisections = args.hemisections
+        ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant,
+                                hemisections=args.hemisections)
         _check_labels(paths, labels, ident.plates)
         # an untimed pass first: loads and traces every model the sections will need (with
         # --variant auto, the multimodal one only where a section is sent to it)

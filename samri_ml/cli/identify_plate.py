@@ -101,13 +101,13 @@ def run(args) -> int:
         if not imgs:
             continue
         if ident is None:
-            ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant)
-            ident.hemisections = args.hemisections
+            ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant,
+                                    hemisections=args.hemisections)
         ranked = ident.rank(imgs, regions=not args.no_regions,
                             any_orientation=args.any_orientation)
         chunk = dict(zip(paths, ranked, strict=True))
         results.update(chunk)
-        _print_results(args, chunk, _narrow(args, paths, imgs))
+        _print_results(args, chunk)
         if args.montage:
             _write_montages(args, ident, paths, imgs, ranked, montages)
     if not results:
@@ -142,19 +142,8 @@ def _write_montages(args, ident, paths, imgs, ranked, written: dict) -> None:
                              top=max(5, args.top), atlas_dir=args.atlas, title=Path(path).name)
 
 
-def _narrow(args, paths, imgs) -> set:
-    """The paths of images narrower than any whole section (maybe one hemisphere), where
-    ``--hemisections`` is not given: their lines say so."""
-    if args.hemisections:
-        return set()
-    from samri_ml.plates.identify import looks_like_a_hemisphere
-
-    return {p for p, im in zip(paths, imgs, strict=True) if looks_like_a_hemisphere(im)}
-
-
-def _print_results(args, results: dict, narrow=frozenset()) -> None:
-    """One line per image: its top plates, and what the regions and the router said
-    (``narrow``: paths of images that may be one hemisphere)."""
+def _print_results(args, results: dict) -> None:
+    """One line per image: its top plates, and what the regions and the router said."""
     for path, res in results.items():
         top = ", ".join(
             f"{p} ({d:.3f})"
@@ -165,7 +154,7 @@ def _print_results(args, results: dict, narrow=frozenset()) -> None:
             line += f"  [came turned {res['turned_degrees']} deg counterclockwise]"
         if res.get("read_as"):
             line += f"  [read as the {res['read_as']} of a section]"
-        if path in narrow:
+        if res.get("may_be_hemisphere"):  # narrower than any whole section
             line += ("  [narrower than any whole section: if it is one hemisphere, "
                      "--hemisections ranks it at a section's scale]")
         if res.get("uncertain"):

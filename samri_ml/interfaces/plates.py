@@ -129,8 +129,8 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
     from samri_ml.plates.identify import make_identifier
     from samri_ml.plates.montage import MONTAGE_SUFFIX, write_ranked_montage
 
-    ident = make_identifier(model, index, atlas_dir, variant=variant)
-    ident.hemisections = hemisections
+    ident = make_identifier(model, index, atlas_dir, variant=variant,
+                            hemisections=hemisections)
     img = read_image(in_file)
     res = ident.rank([img], regions=regions, any_orientation=any_orientation)[0]
     # the file name with its extension (fname_presuffix drops it): one output per input file

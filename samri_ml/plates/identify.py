@@ -76,7 +76,13 @@ NARROW_ASPECT = 0.9
 def looks_like_a_hemisphere(img: np.ndarray, crop_threshold: str = "otsu") -> bool:
     """Whether a uint8 section's tissue box is narrower than any whole section's
     (:data:`NARROW_ASPECT`): a hint that it may be one hemisphere."""
-    y0, y1, x0, x1 = tissue_bbox(img, threshold=crop_threshold)
+    return narrow_box(tissue_bbox(img, threshold=crop_threshold))
+
+
+def narrow_box(box: tuple[int, int, int, int]) -> bool:
+    """Whether a tissue box ``(y0, y1, x0, x1)`` is narrower than any whole section's
+    (:data:`NARROW_ASPECT`)."""
+    y0, y1, x0, x1 = box
     return (x1 - x0) < NARROW_ASPECT * (y1 - y0)
 
 
@@ -91,12 +97,13 @@ def part_canvas(piece: np.ndarray, part: str) -> np.ndarray:
     return canvas
 
 
-def candidate_parts(box: tuple[int, int, int, int], hemisections: bool = False) -> list[str]:
+def candidate_parts(box: tuple[int, int, int, int], hemisections: bool = False,
+                    wide_aspect: float = WIDE_ASPECT) -> list[str]:
     """The :data:`PARTS` a section with tissue box ``box`` is also ranked as: dorsal and
-    ventral part where the box is wider than :data:`WIDE_ASPECT` times its height, left and
-    right half with ``hemisections``."""
+    ventral part where the box is wider than ``wide_aspect`` (:data:`WIDE_ASPECT`) times its
+    height, left and right half with ``hemisections``."""
     y0, y1, x0, x1 = box
-    parts = ["dorsal part", "ventral part"] if (x1 - x0) > WIDE_ASPECT * (y1 - y0) else []
+    parts = ["dorsal part", "ventral part"] if (x1 - x0) > wide_aspect * (y1 - y0) else []
     return parts + (["left half", "right half"] if hemisections else [])
 
 
@@ -232,10 +239,17 @@ class PlateIdentifier(_Ranker):
     precision : str, optional
         ``float32`` or ``bfloat16`` for the network (default:
         :func:`samri_ml.models.inference.inference_precision`).
+    hemisections : bool
+        Also rank every image as the left and the right half of a section (:data:`PARTS`);
+        without it, an image narrower than any whole section gets ``may_be_hemisphere``.
+    wide_aspect : float
+        A piece wider than this many times its height is also ranked as the dorsal and the
+        ventral part of a section (:data:`WIDE_ASPECT`; ``numpy.inf``: never).
     """
 
     def __init__(self, model=None, index=None, atlas=None, variant: str = "default",
-                 precision: str | None = None):
+                 precision: str | None = None, hemisections: bool = False,
+                 wide_aspect: float = WIDE_ASPECT):
         mdir = default_model_dir(variant)
         self.model_path = Path(model) if model else mdir / "plates_embedding.keras"
         self.index_path = Path(index) if index else mdir / "plates_index.npz"
@@ -262,7 +276,9 @@ class PlateIdentifier(_Ranker):
         self.region_weight = float(self.index.get("region_weight", 0.0))
         self._model, self.precision = None, precision
         #: also rank every section as a left and a right hemisection (:data:`PARTS`)
-        self.hemisections = False
+        self.hemisections = bool(hemisections)
+        #: a piece wider than this many times its height is also read as a dorsal/ventral part
+        self.wide_aspect = float(wide_aspect)
         self.plates = self.index["plates"].astype(int)
         self.embeddings = self.index["embeddings"].astype(np.float32)
         self.region_embeddings = self.index.get("region_embeddings")
@@ -310,12 +326,12 @@ class PlateIdentifier(_Ranker):
         """:meth:`prep`'s image and the tissue box ``(y0, y1, x0, x1)`` it was cut to (the
         whole image without ``crop``)."""
         img = _to_uint8(img, "<array>")
-        box = self._box(img)
+        box = self.tissue_box(img)
         return preprocess(img, self.size, equalise=self.equalise, crop=self.crop,
                           crop_threshold=self.crop_threshold, box=box), box
 
-    def _box(self, img: np.ndarray) -> tuple[int, int, int, int]:
-        """The tissue box :meth:`prep` cuts a uint8 image to."""
+    def tissue_box(self, img: np.ndarray) -> tuple[int, int, int, int]:
+        """The tissue box ``(y0, y1, x0, x1)`` :meth:`prep` cuts a uint8 image to."""
         h, w = img.shape
         return tissue_bbox(img, threshold=self.crop_threshold) if self.crop else (0, h, 0, w)
 
@@ -334,7 +350,7 @@ class PlateIdentifier(_Ranker):
         reading sends a dorsal half taken for a ventral one far off (val_1 dorsal halves MAE
         20.2 against 11.1 plate by plate)."""
         jobs = [(i, part) for i, box in enumerate(boxes)
-                for part in candidate_parts(box, self.hemisections)]
+                for part in candidate_parts(box, self.hemisections, self.wide_aspect)]
         read_as: list = [None] * len(imgs)
         if not jobs:
             return whole, read_as
@@ -414,9 +430,9 @@ class PlateIdentifier(_Ranker):
                   prepped: np.ndarray | None = None, known: dict | None = None,
                   boxes: list | None = None) -> dict:
         """Distances of every image to every plate (``(N, P)``), and per region. ``known``:
-        these images' ``whole``, ``read_as`` and ``as_section`` where they are known already
-        (from :meth:`upright`). ``boxes``: the tissue boxes of ``prepped``'s images
-        (:meth:`prepare`).
+        these images' ``whole``, ``read_as``, ``as_section`` and ``boxes`` where they are known
+        already (from :meth:`upright`). ``boxes``: the tissue boxes of ``prepped``'s images
+        (:meth:`prepare`); they come back in the result.
 
         A piece of tissue that may be part of a section (:func:`candidate_parts`) is also
         ranked as that part, and each plate keeps its nearest distance; ``read_as`` says which
@@ -427,14 +443,15 @@ class PlateIdentifier(_Ranker):
             if prepped is None:
                 prepped, boxes = self.prepare(imgs)
             elif boxes is None:
-                boxes = [self._box(_to_uint8(im, "<array>")) for im in imgs]
+                boxes = [self.tissue_box(_to_uint8(im, "<array>")) for im in imgs]
             emb = self.embed(imgs, prepped)
             whole = smooth_profile(_pairwise(emb, self.embeddings), self.plates, self.smooth)
             as_section = whole.min(1)
             whole, read_as = self._as_parts(imgs, boxes, whole)
-            known = {"whole": whole, "read_as": read_as, "as_section": as_section}
-        out = {"whole": known["whole"], "overall": known["whole"],
-               "read_as": known["read_as"], "as_section": known["as_section"]}
+            known = {"whole": whole, "read_as": read_as, "as_section": as_section,
+                     "boxes": boxes}
+        out = {"whole": known["whole"], "overall": known["whole"], "read_as": known["read_as"],
+               "as_section": known["as_section"], "boxes": known["boxes"]}
         whole = out["whole"]
         use_regions = (self.region_weight > 0) if regions is None else regions
         if use_regions and self.region_embeddings is not None:
@@ -464,7 +481,8 @@ class PlateIdentifier(_Ranker):
         n = np.arange(len(imgs))
         d = {"whole": whole[k, n], "overall": whole[k, n],
              "read_as": [ds[k[i]]["read_as"][i] for i in n],
-             "as_section": np.array([ds[k[i]]["as_section"][i] for i in n])}
+             "as_section": np.array([ds[k[i]]["as_section"][i] for i in n]),
+             "boxes": [ds[k[i]]["boxes"][i] for i in n]}
         return [turned[k[i]][i] for i in n], k, d
 
     def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
@@ -476,7 +494,8 @@ class PlateIdentifier(_Ranker):
         With ``any_orientation`` a section may come turned by quarter turns (:meth:`upright`,
         four times the network time); ``turned_degrees`` says how it came. A piece of
         tissue ranked best as a part of a section (:meth:`distances`) has ``read_as`` (e.g.
-        ``"ventral part"``)."""
+        ``"ventral part"``). Without :attr:`hemisections`, an image whose tissue box is
+        narrower than any whole section's (:func:`narrow_box`) has ``may_be_hemisphere``."""
         if not len(imgs):
             return []
         if not any_orientation:
@@ -502,6 +521,9 @@ class PlateIdentifier(_Ranker):
             }
             if d["read_as"][i] is not None:
                 res["read_as"] = d["read_as"][i]
+            if not self.hemisections and narrow_box(d["boxes"][i]):
+                # ranked at twice its scale if it is one hemisphere: the CLI's line says so
+                res["may_be_hemisphere"] = True
             if self.uncertain_distance is not None and \
                     d["as_section"][i] > self.uncertain_distance:
                 # farther from every plate than any validation section was: a turned, partial
@@ -642,6 +664,21 @@ def export_model(
     return Path(out_dir) / "plates_index.npz"
 
 
+def _both_variants(name: str, kind):
+    """A :class:`RoutedIdentifier` property that reads :class:`PlateIdentifier`'s setting
+    ``name`` from the default variant and sets it on both."""
+
+    def get(self):
+        return getattr(self.default, name)
+
+    def set_(self, value) -> None:
+        for ident in (self.default, self._multimodal):
+            if ident is not None:
+                setattr(ident, name, kind(value))
+
+    return property(get, set_, doc=f":attr:`PlateIdentifier.{name}` of both variants.")
+
+
 class RoutedIdentifier(_Ranker):
     """``variant="auto"``: each section is ranked by the default model, or by the multimodal
     one where the modality router (:mod:`samri_ml.plates.modality`) is confident that it is
@@ -649,10 +686,12 @@ class RoutedIdentifier(_Ranker):
     each result also says which ``model`` ranked it and the router's ``other_modality``
     probability. The multimodal network is loaded only when a section needs it."""
 
-    def __init__(self, atlas=None, router=None):
+    def __init__(self, atlas=None, router=None, hemisections: bool = False,
+                 wide_aspect: float = WIDE_ASPECT):
         from samri_ml.plates.modality import ROUTER_NAME, ModalityRouter
 
-        self.default = PlateIdentifier(atlas=atlas, variant="default")
+        self.default = PlateIdentifier(atlas=atlas, variant="default",
+                                       hemisections=hemisections, wide_aspect=wide_aspect)
         self._atlas, self._multimodal = atlas, None
         path = Path(router) if router else default_model_dir("default") / ROUTER_NAME
         if not path.exists():
@@ -669,20 +708,13 @@ class RoutedIdentifier(_Ranker):
     def multimodal(self) -> PlateIdentifier:
         """The multimodal identifier, built (and, with an atlas, its index made) on first use."""
         if self._multimodal is None:
-            self._multimodal = PlateIdentifier(atlas=self._atlas, variant="multimodal")
-            self._multimodal.hemisections = self.default.hemisections
+            self._multimodal = PlateIdentifier(
+                atlas=self._atlas, variant="multimodal", hemisections=self.hemisections,
+                wide_aspect=self.wide_aspect)
         return self._multimodal
 
-    @property
-    def hemisections(self) -> bool:
-        """:attr:`PlateIdentifier.hemisections` of both variants."""
-        return self.default.hemisections
-
-    @hemisections.setter
-    def hemisections(self, value: bool) -> None:
-        self.default.hemisections = bool(value)
-        if self._multimodal is not None:
-            self._multimodal.hemisections = bool(value)
+    hemisections = _both_variants("hemisections", bool)
+    wide_aspect = _both_variants("wide_aspect", float)
 
     def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
              any_orientation: bool = False) -> list[dict]:
@@ -711,10 +743,12 @@ class RoutedIdentifier(_Ranker):
 
 
 
-def make_identifier(model=None, index=None, atlas=None, variant: str = "auto"):
+def make_identifier(model=None, index=None, atlas=None, variant: str = "auto",
+                    hemisections: bool = False):
     """The identifier a command line asks for: ``auto`` routes between the shipped variants
     (:class:`RoutedIdentifier`); a given ``model``/``index`` or another variant gives one
-    :class:`PlateIdentifier`."""
+    :class:`PlateIdentifier`. ``hemisections``: :attr:`PlateIdentifier.hemisections`."""
     if variant == "auto" and model is None and index is None:
-        return RoutedIdentifier(atlas=atlas)
-    return PlateIdentifier(model, index, atlas, variant="default" if variant == "auto" else variant)
+        return RoutedIdentifier(atlas=atlas, hemisections=hemisections)
+    return PlateIdentifier(model, index, atlas, variant="default" if variant == "auto" else variant,
+                           hemisections=hemisections)

@@ -102,7 +102,7 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
     used = getattr(ident, result["model"]) if "model" in result else ident
     if result.get("read_as"):
         shown = _to_uint8(shown, "<array>")
-        y0, y1, x0, x1 = used._box(shown)
+        y0, y1, x0, x1 = used.tissue_box(shown)
         shown = preprocess(part_canvas(shown[y0:y1, x0:x1], result["read_as"]), TILE,
                            crop=False)
         title = f"{title} ({result['read_as']})"
