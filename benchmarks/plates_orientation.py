@@ -1,13 +1,19 @@
-"""``--any-orientation``: are sections turned by quarter turns found and ranked as upright?
+"""Sections turned by quarter turns: are they found and ranked as upright?
 
 Usage::
 
-    python benchmarks/plates_orientation.py [--splits val_1 val_2 train]
+    python benchmarks/plates_orientation.py [--splits val_1 val_2 train] [--pieces]
 
 Every section of each split is turned counterclockwise by 0, 90, 180 and 270 degrees and
 ranked by the default model with ``any_orientation=True``. Printed per split and turn: the
 share of sections whose turn was found, MAE and Top-5 (upright, without the option, for
 comparison), and seconds per section.
+
+``--pieces``: the default ranking instead, which turns back only a section that comes out
+``uncertain`` upright (:meth:`~samri_ml.plates.identify.PlateIdentifier.turn_back_uncertain`),
+against ``--upright`` (``turn_uncertain=False``), on whole sections and pieces cut from their
+tissue box, each upright and turned: how many were turned back rightly and wrongly, and MAE /
+Top-5 with and without the turning back.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ import numpy as np
 def main() -> None:
     ap = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--splits", nargs="+", default=["val_1", "val_2", "train"])
+    ap.add_argument("--pieces", action="store_true",
+                    help="the default turning back of uncertain sections, on pieces too")
     args = ap.parse_args()
+    if args.pieces:
+        return pieces(args.splits)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from samri_ml.plates.data import load_sections, shared_data_dir
     from samri_ml.plates.identify import PlateIdentifier
@@ -46,6 +56,59 @@ def main() -> None:
             found = np.mean([r["turned_degrees"] == 90 * k for r in res])
             print(f"{split} turned {90 * k:3d}: turn found {100 * found:.0f} %, MAE {m['mae']:.2f}, "
                   f"Top-5 {100 * m['top5']:.0f} %, {1e3 * sec:.0f} ms/section", flush=True)
+
+
+#: pieces cut from a section's tissue box (as in benchmarks/plates_parts.py, plus two)
+PIECES = {
+    "whole": lambda t: t,
+    "dorsal half": lambda t: t[: t.shape[0] // 2],
+    "ventral half": lambda t: t[t.shape[0] // 2 :],
+    "left half": lambda t: t[:, : t.shape[1] // 2],
+    "no cortex (dorsal 30 % off)": lambda t: t[int(0.3 * t.shape[0]) :],
+    "dorsal two thirds": lambda t: t[: int(0.67 * t.shape[0])],
+    "central 60 %": lambda t: t[int(0.2 * t.shape[0]) : int(0.8 * t.shape[0]),
+                                int(0.2 * t.shape[1]) : int(0.8 * t.shape[1])],
+}
+
+
+def pieces(splits) -> None:
+    from samri_ml.plates.data import load_sections, shared_data_dir, tissue_bbox
+    from samri_ml.plates.identify import PlateIdentifier
+    from samri_ml.plates.metrics import ranking_metrics
+
+    ident = PlateIdentifier()
+    for split in splits:
+        _, labels, imgs = load_sections(shared_data_dir() / "plates" / split)
+        boxes = [tissue_bbox(im) for im in imgs]
+        print(f"\n{split} (n = {len(labels)}): turned back right / wrong; MAE / Top-5 % with "
+              "--upright -> by default")
+        totals = {"upright pieces turned": 0, "upright pieces": 0,
+                  "turned whole sections turned back": 0, "turned whole sections": 0}
+        for name, cut in PIECES.items():
+            base = [np.ascontiguousarray(cut(im[y0:y1, x0:x1]))
+                    for im, (y0, y1, x0, x1) in zip(imgs, boxes, strict=True)]
+            for k in range(4):
+                turned = [np.ascontiguousarray(np.rot90(p, k)) for p in base]
+                row = []
+                for on in (False, True):
+                    ident.turn_uncertain = on
+                    res = ident.rank(turned, regions=False)
+                    row.append(ranking_metrics([r["ranking"] for r in res], labels))
+                came = [r.get("turned_degrees", 0) // 90 for r in res]
+                right = sum(c == k for c in came if c)
+                wrong = sum(c != k for c in came if c)
+                if k == 0:
+                    totals["upright pieces turned"] += wrong
+                    totals["upright pieces"] += len(turned)
+                elif name == "whole":
+                    totals["turned whole sections turned back"] += right
+                    totals["turned whole sections"] += len(turned)
+                (a, b) = row
+                print(f"{name:28s} {90 * k:3d} deg: {right:2d} / {wrong:2d}; "
+                      f"{a['mae']:5.1f} / {100 * a['top5']:3.0f} -> "
+                      f"{b['mae']:5.1f} / {100 * b['top5']:3.0f}", flush=True)
+        print(", ".join(f"{key}: {v}" for key, v in totals.items()))
+        ident.turn_uncertain = True
 
 
 if __name__ == "__main__":

@@ -361,7 +361,7 @@ def test_a_section_far_from_every_plate_is_flagged_uncertain(plate_thumbs):
     is now flagged, and the command line says so."""
     from samri_ml.plates.identify import PlateIdentifier
 
-    ident = PlateIdentifier(variant="default")
+    ident = PlateIdentifier(variant="default", turn_uncertain=False)  # as it comes
     assert ident.uncertain_distance == pytest.approx(0.35)
     upright, turned = ident.rank([plate_thumbs[70], np.rot90(plate_thumbs[70]).copy()],
                                  regions=False)  # fmt: skip
@@ -479,6 +479,50 @@ def test_cli_any_orientation_says_how_the_section_came(tmp_path, plate_thumbs, c
     assert main([str(sec), "--any-orientation", "--no-regions", "--variant", "default"]) == 0
     out = capsys.readouterr().out
     assert "[came turned 90 deg counterclockwise]" in out and ": 80 (" in out, out
+
+
+def test_a_turned_section_far_from_every_plate_is_turned_back(plate_thumbs, tmp_path, capsys):
+    """A section that comes out uncertain upright is tried in the other quarter turns and
+    turned back where one is clearly plate-like; an upright one is left as it is, and
+    ``turn_uncertain=False`` (``--upright``) turns none."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+    from samri_ml.plates.identify import PlateIdentifier
+
+    ident = PlateIdentifier(variant="default")
+    plates, turns = [30, 70, 100], [1, 2, 3]
+    imgs = [np.ascontiguousarray(np.rot90(plate_thumbs[p], k))
+            for p, k in zip(plates, turns, strict=True)] + [plate_thumbs[85]]
+    calls = []
+    embed = ident.embed
+    ident.embed = lambda *a, **k: calls.append(len(a[0])) or embed(*a, **k)
+    try:
+        got = ident.rank(imgs, regions=False)
+    finally:
+        del ident.embed
+    assert calls == [4, 3, 3, 3], calls  # only the three doubtful ones in the other turns
+    upright = ident.rank([plate_thumbs[p] for p in plates], regions=False)
+    for res, ref, p, k in zip(got[:3], upright, plates, turns, strict=True):
+        assert res["turned_degrees"] == 90 * k and res["ranking"] == ref["ranking"]
+        assert p in res["ranking"][:3] and "uncertain" not in res
+    assert "turned_degrees" not in got[3] and got[3]["ranking"][0] == 85
+    ident.turn_uncertain = False
+    off = ident.rank(imgs, regions=False)
+    assert all("turned_degrees" not in r for r in off)
+    assert all(r.get("uncertain") for r in off[:3])
+    # the command line says why it turned one, and --upright keeps it as it came
+    sec = tmp_path / "s.png"
+    cv2.imwrite(str(sec), imgs[0])
+    assert main([str(sec), "--variant", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "[came turned 90 deg counterclockwise: far from every plate upright; --upright " \
+        "keeps it as it is]" in out and ": 29 (" in out, out
+    assert main([str(sec), "--variant", "default", "--upright", "--no-regions"]) == 0
+    out = capsys.readouterr().out
+    assert "came turned" not in out and "[uncertain" in out, out
+    assert main([str(sec), "--upright", "--any-orientation"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_router_features_and_shipped_router():
@@ -684,6 +728,8 @@ def test_the_validation_sections_rank_as_before_the_parts(ident, monkeypatch):
         _, labels, imgs = load_sections(SHARED / split)
         now = ident.rank(imgs, regions=False)
         assert all("read_as" not in r for r in now)
+        # nor turned back: none is uncertain upright
+        assert all("turned_degrees" not in r and "uncertain" not in r for r in now)
         with monkeypatch.context() as m:
             m.setattr(ident, "wide_aspect", np.inf)
             before = ident.rank(imgs, regions=False)
@@ -727,10 +773,13 @@ def test_reading_settings_reach_both_variants():
     of both shipped variants, the multimodal one built later included."""
     from samri_ml.plates.identify import WIDE_ASPECT, make_identifier
 
-    routed = make_identifier(hemisections=True)
+    routed = make_identifier(hemisections=True, turn_uncertain=False)
     assert routed.hemisections and routed.default.hemisections
     routed.wide_aspect = np.inf
     assert routed.multimodal.hemisections and routed.multimodal.wide_aspect == np.inf
+    assert not routed.multimodal.turn_uncertain
+    routed.turn_uncertain = True
+    assert routed.default.turn_uncertain and routed.multimodal.turn_uncertain
     routed.hemisections, routed.wide_aspect = False, WIDE_ASPECT
     assert not routed.multimodal.hemisections and routed.default.wide_aspect == WIDE_ASPECT
     assert make_identifier(variant="default", hemisections=True).hemisections

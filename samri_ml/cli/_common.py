@@ -138,13 +138,22 @@ def add_plate_model_options(parser) -> None:
     )
     parser.add_argument("--model", metavar="PATH", help="embedding model (.keras) instead")
     parser.add_argument("--index", metavar="PATH", help="plate index (.npz) instead")
-    parser.add_argument(
+    turns = parser.add_mutually_exclusive_group()
+    turns.add_argument(
         "--any-orientation",
         action="store_true",
         help="sections may come turned by quarter turns (not dorsal side up): each is ranked "
         "in the turn whose nearest plate is nearest; four times the time. For whole sections "
         "only: a partial or slightly rotated section is often taken for a turned one (an "
-        "audit: 60 %% centre crops MAE 6.5 -> 40)",
+        "audit: 60 %% centre crops MAE 6.5 -> 40). Without it, only a section far from every "
+        "plate upright is tried in the other turns, and turned back where one of them is "
+        "clearly plate-like (its line says so)",
+    )
+    turns.add_argument(
+        "--upright",
+        action="store_true",
+        help="the sections are all dorsal side up: never turn one back (not even one far "
+        "from every plate upright)",
     )
     parser.add_argument(
         "--hemisections",

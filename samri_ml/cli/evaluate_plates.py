@@ -75,7 +75,8 @@ def run(args) -> int:
         from samri_ml.plates.identify import make_identifier
 
         ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant,
-                                hemisections=args.hemisections)
+                                hemisections=args.hemisections,
+                                turn_uncertain=not args.upright)
         _check_labels(paths, labels, ident.plates)
         # an untimed pass first: loads and traces every model the sections will need (with
         # --variant auto, the multimodal one only where a section is sent to it)
@@ -139,6 +140,7 @@ def _main(argv=None) -> int:
         check_output_file(parser, "--json", args.json, inputs, IMAGE_SUFFIXES, "OUT.json")
     if args.method == "mi-affine":
         given = [opt for opt, on in (("--any-orientation", args.any_orientation),
+                                     ("--upright", args.upright),
                                      ("--hemisections", args.hemisections),
                                      ("--model", args.model), ("--index", args.index),
                                      ("--regions", args.regions)) if on]

@@ -102,7 +102,8 @@ def run(args) -> int:
             continue
         if ident is None:
             ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant,
-                                    hemisections=args.hemisections)
+                                    hemisections=args.hemisections,
+                                    turn_uncertain=not args.upright)
         ranked = ident.rank(imgs, regions=not args.no_regions,
                             any_orientation=args.any_orientation)
         chunk = dict(zip(paths, ranked, strict=True))
@@ -151,7 +152,10 @@ def _print_results(args, results: dict) -> None:
         )
         line = f"{path}: {top}"
         if res.get("turned_degrees"):
-            line += f"  [came turned {res['turned_degrees']} deg counterclockwise]"
+            line += f"  [came turned {res['turned_degrees']} deg counterclockwise"
+            if not args.any_orientation:  # turned back because it was far from every plate
+                line += ": far from every plate upright; --upright keeps it as it is"
+            line += "]"
         if res.get("read_as"):
             line += f"  [read as the {res['read_as']} of a section]"
         if res.get("may_be_hemisphere"):  # narrower than any whole section

@@ -29,6 +29,10 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     regions = traits.Bool(True, usedefault=True, desc="per-region plates and tilt estimate")
     any_orientation = traits.Bool(False, usedefault=True,
                                   desc="the section may come turned by quarter turns")
+    upright = traits.Bool(False, usedefault=True,
+                          desc="the section is dorsal side up: never turned back (by default "
+                          "one far from every plate upright is turned back where a quarter "
+                          "turn of it is clearly plate-like)")
     hemisections = traits.Bool(False, usedefault=True,
                                desc="the section may be one hemisphere: also ranked as a left "
                                "and a right half of a section")
@@ -105,6 +109,7 @@ class IdentifyPlate(SimpleInterface):
                   "variant": self.inputs.variant, "regions": self.inputs.regions,
                   "any_orientation": bool(self.inputs.any_orientation),
                   "hemisections": bool(self.inputs.hemisections),
+                  "upright": bool(self.inputs.upright),
                   "top": int(self.inputs.top), "num_threads": int(self.inputs.num_threads)}
         if tensorflow_inherited():  # TensorFlow hangs in a forked copy of itself
             out = run_in_new_process(__name__, "identify_file", kwargs)
@@ -116,7 +121,7 @@ class IdentifyPlate(SimpleInterface):
 
 def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, variant="auto",
                   regions=None, any_orientation=False, top=5, num_threads=2,
-                  hemisections=False) -> dict:
+                  hemisections=False, upright=False) -> dict:
     """What :class:`IdentifyPlate` does: rank the plates for one image, write
     ``<name>_plates.json`` (the format of ``samri_ml-identify-plate --json``) and the montage
     ``<name>_plates.png`` into ``out_dir`` (``<name>``: the image's file name with its
@@ -130,7 +135,7 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
     from samri_ml.plates.montage import MONTAGE_SUFFIX, write_ranked_montage
 
     ident = make_identifier(model, index, atlas_dir, variant=variant,
-                            hemisections=hemisections)
+                            hemisections=hemisections, turn_uncertain=not upright)
     img = read_image(in_file)
     res = ident.rank([img], regions=regions, any_orientation=any_orientation)[0]
     # the file name with its extension (fname_presuffix drops it): one output per input file
