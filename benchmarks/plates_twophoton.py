@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/plates_twophoton.py [--step 4] [--model-dir DIR] [--hemisections]
+    python benchmarks/plates_twophoton.py [--step 4] [--model-dir DIR] [--hemisections] [--upright]
 
 The template (../shared/data/mri/templates/average_template_200um.nii.gz, axes S, A, R, 200 um)
 is cut at the position of plate N (100 um apart from the anterior end: A index
@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--variant", default="auto", help="shipped variant: auto, default, multimodal")
     ap.add_argument("--hemisections", action="store_true",
                     help="also rank every slice as a hemisphere (samri_ml-identify-plate's option)")
+    ap.add_argument("--upright", action="store_true",
+                    help="never turn a slice back (samri_ml-identify-plate's option)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import nibabel as nb
@@ -42,12 +44,14 @@ def main() -> None:
     if args.model_dir:
         ident = PlateIdentifier(f"{args.model_dir}/plates_embedding.keras",
                                 f"{args.model_dir}/plates_index.npz",
-                                hemisections=args.hemisections)
+                                hemisections=args.hemisections, turn_uncertain=not args.upright)
     else:
-        ident = make_identifier(variant=args.variant, hemisections=args.hemisections)
+        ident = make_identifier(variant=args.variant, hemisections=args.hemisections,
+                                turn_uncertain=not args.upright)
     rng = np.random.default_rng(0)
     rows = {"whole": [], "missing cortex": [], "hemisection": []}
     routed = {k: [] for k in rows}
+    turned = {k: [] for k in rows}
     truths = list(range(args.first, args.last + 1, args.step))
     for n in truths:
         sl = template_slice(vol, n)
@@ -61,11 +65,13 @@ def main() -> None:
             res = ident.rank([img], regions=False)[0]
             r = res["ranking"]
             routed[name].append(res.get("model") == "multimodal" if "model" in res else np.nan)
+            turned[name].append(bool(res.get("turned_degrees")))
             exact = r.index(n)
             near = min(r.index(m) for m in (n - 1, n, n + 1) if m in r)
             rows[name].append((exact, near))
     print(f"{len(truths)} slices, plates {args.first}..{args.last} every {args.step}")
-    print("variant           MAE   Top-5  | nearest of N+-1: MAE  Top-5 | sent to multimodal")
+    print("variant           MAE   Top-5  | nearest of N+-1: MAE  Top-5 | sent to multimodal"
+          " | turned back")
     for name, v in rows.items():
         e = np.array([x[0] for x in v])
         nn = np.array([x[1] for x in v])
@@ -73,6 +79,7 @@ def main() -> None:
             f"{name:16s} {e.mean():5.1f}  {100 * np.mean(e < 5):5.1f}% |"
             f"                  {nn.mean():5.1f} {100 * np.mean(nn < 5):5.1f}% |"
             f" {100 * np.mean(routed[name]):5.1f}%"  # nan: not --variant auto
+            f"             | {sum(turned[name])}"
         )
 
 
