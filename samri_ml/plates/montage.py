@@ -93,12 +93,15 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
     """:func:`write_montage` of a section as ``ident`` (an identifier of
     :mod:`samri_ml.plates.identify`) ranked it: turned back as it was ranked, beside the
     pictures of the index that ranked it (with ``variant="auto"``: of the variant the router
-    chose). A piece read as a part of a section (``read_as``) is drawn as it was read: at a
-    whole section's scale, where that part lies in a section."""
+    chose); its title says so where it came turned. A piece read as a part of a section
+    (``read_as``) is drawn as it was read: at a whole section's scale, where that part lies
+    in a section."""
     from samri_ml.plates.data import _to_uint8
     from samri_ml.plates.identify import part_canvas, turn_back
 
     shown = turn_back(img, result.get("turned_degrees", 0) // 90)
+    if result.get("turned_degrees"):  # drawn as it was ranked: turned back
+        title = f"{title} (came turned {result['turned_degrees']} deg)"
     used = getattr(ident, result["model"]) if "model" in result else ident
     if result.get("read_as"):
         shown = _to_uint8(shown, "<array>")
