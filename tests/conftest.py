@@ -34,3 +34,14 @@ def example_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("example") / "bids"
     write_example_dataset(out, n_subjects=2, n_volumes=14, seed=0)
     return out
+
+
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, whatever started pytest: a job that
+    a non-interactive shell puts in the background ignores SIGINT, and so do its children."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

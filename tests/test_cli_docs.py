@@ -195,15 +195,24 @@ sys.exit(run_cli("prog", _main))
 """
 
 
+def _sigint_default() -> None:
+    """In the child before it starts: SIGINT back to its default (Python then raises
+    KeyboardInterrupt on it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_under_a_process_pool_is_one_line(tmp_path):
     """Ctrl-C reaches the workers too; the broken pool's thread logged a 15-line
     ``BrokenProcessPool`` traceback ("exception calling callback") before the parent's handler
     had run and muted it (1 run in 11 of samri_ml-register --nprocs 2). Now one line, 130."""
     script = tmp_path / "pool.py"
     script.write_text(textwrap.dedent(POOL_SCRIPT))
+    # SIGINT as in a terminal, even where pytest runs as a background job (which ignores it)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            cwd=ROOT)
+                            cwd=ROOT, preexec_fn=_sigint_default)
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.2)

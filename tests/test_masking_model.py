@@ -499,7 +499,8 @@ def _ctrl_c_at_epoch(monkeypatch, epoch: int):
     monkeypatch.setattr(keras.Model, "fit", fit_then_ctrl_c)
 
 
-def test_ctrl_c_keeps_the_best_weights_so_far(tmp_path, capsys, tiny_slices, monkeypatch):
+def test_ctrl_c_keeps_the_best_weights_so_far(tmp_path, capsys, tiny_slices, monkeypatch,
+                                              sigint_as_in_a_terminal):
     """Ctrl-C lost the whole training (the model was saved at the end only). Now the best
     weights so far are saved, marked interrupted, and the command still ends with its one
     ``interrupted`` line (exit 130)."""
@@ -529,7 +530,7 @@ def test_ctrl_c_keeps_the_best_weights_so_far(tmp_path, capsys, tiny_slices, mon
 
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, capsys, tiny_slices,
-                                                          monkeypatch):
+                                                          monkeypatch, sigint_as_in_a_terminal):
     import warnings
 
     _ctrl_c_at_epoch(monkeypatch, 0)
