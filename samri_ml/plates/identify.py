@@ -70,10 +70,9 @@ PARTS = {
 #: a section that comes out far from every plate upright is turned back (by quarter turns)
 #: where a turn is the most plate-like of the four and nearer its nearest plate than this
 #: share of the index's ``uncertain_distance`` (:meth:`PlateIdentifier.turn_back_uncertain`).
-#: Set on the
-#: training and val_1 sections, whole and cut into pieces, upright and turned
-#: (``benchmarks/plates_orientation.py``): of val_1's upright pieces none is turned, of its
-#: turned whole sections 24 of 36 are turned back.
+#: Set on the training and val_1 sections, whole and cut into pieces, upright and turned
+#: (``benchmarks/plates_orientation.py --pieces``): of val_1's upright pieces none is turned,
+#: of its turned whole sections 24 of 36 are turned back.
 TURN_FRACTION = 0.7
 
 
@@ -213,6 +212,17 @@ def turn_back(img: np.ndarray, quarter_turns: int) -> np.ndarray:
     """``img`` turned clockwise by ``quarter_turns`` x 90 degrees: upright again if it came
     turned counterclockwise by as much."""
     return np.ascontiguousarray(np.rot90(img, -quarter_turns))
+
+
+def _gather(rows: list[tuple[dict, int]]) -> dict:
+    """:meth:`PlateIdentifier.distances`' whole-section results (``whole``, ``read_as``,
+    ``as_section``, ``boxes``; ``overall`` = ``whole``) of images taken one by one: ``rows``
+    of (results, index of the image in them)."""
+    d = {key: [src[key][i] for src, i in rows]
+         for key in ("whole", "read_as", "as_section", "boxes")}
+    d["whole"], d["as_section"] = np.stack(d["whole"]), np.array(d["as_section"])
+    d["overall"] = d["whole"]
+    return d
 
 
 def _extent_or(value, default: float) -> float:
@@ -501,12 +511,8 @@ class PlateIdentifier(_Ranker):
         if accept is not None:
             k = np.array([k[i] if k[i] and accept(i, k[i], ds[k[i]]) else 0
                           for i in range(len(imgs))], int)
-        n = np.arange(len(imgs))
-        d = {key: [ds[k[i]][key][i] for i in n]
-             for key in ("whole", "read_as", "as_section", "boxes")}
-        d["whole"], d["as_section"] = np.stack(d["whole"]), np.array(d["as_section"])
-        d["overall"] = d["whole"]
-        return [turned[k[i]][i] for i in n], k, d
+        n = range(len(imgs))
+        return [turned[k[i]][i] for i in n], k, _gather([(ds[k[i]], i) for i in n])
 
     def turn_back_uncertain(self, imgs: list[np.ndarray], d: dict):
         """:meth:`upright` for the images that come out farther from every plate than the
@@ -524,30 +530,21 @@ class PlateIdentifier(_Ranker):
         on val_2 (all three already outside the top 5 or nearly); whole sections that came
         turned, turned back 127 of 144 (train), 24 of 36 (val_1), 20 of 30 (val_2)."""
         n = len(imgs)
-        none = (list(imgs), np.zeros(n, int), d)
         if not self.turn_uncertain or self.uncertain_distance is None:
-            return none
+            return list(imgs), np.zeros(n, int), d
         # doubtful: far from every plate in every reading (a piece read well as a part of a
         # section is not, though its whole-section reading may be "uncertain")
         doubtful = np.flatnonzero(d["whole"].min(1) > self.uncertain_distance)
         if not len(doubtful):
-            return none
+            return list(imgs), np.zeros(n, int), d
         limit = TURN_FRACTION * self.uncertain_distance
-        sub = {key: ([d[key][i] for i in doubtful] if isinstance(d[key], list)
-                     else d[key][doubtful]) for key in ("whole", "read_as", "as_section",
-                                                         "boxes")}
-        turned, k, dt = self._upright([imgs[i] for i in doubtful], sub,
-                                      accept=lambda i, _k, dk: dk["as_section"][i] <= limit)
-        imgs, turns = list(imgs), np.zeros(n, int)
-        out = {key: (list(v) if isinstance(v, list) else v.copy()) for key, v in d.items()
-               if key in ("whole", "read_as", "as_section", "boxes")}
-        for j, i in enumerate(doubtful):
-            if k[j]:
-                imgs[i], turns[i] = turned[j], k[j]
-                for key in out:
-                    out[key][i] = dt[key][j]
-        out["overall"] = out["whole"]
-        return imgs, turns, out
+        turned, k, dt = self._upright([imgs[i] for i in doubtful],
+                                      _gather([(d, i) for i in doubtful]),
+                                      accept=lambda j, _k, dk: dk["as_section"][j] <= limit)
+        at = {i: j for j, i in enumerate(doubtful) if k[j]}  # image -> its row in the turned
+        return ([turned[at[i]] if i in at else im for i, im in enumerate(imgs)],
+                np.array([k[at[i]] if i in at else 0 for i in range(n)], int),
+                _gather([(dt, at[i]) if i in at else (d, i) for i in range(n)]))
 
     def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
              prepped: np.ndarray | None = None, any_orientation: bool = False,
@@ -557,7 +554,7 @@ class PlateIdentifier(_Ranker):
         ``tilt`` (dorsal-ventral and left-right plate differences and angles in degrees).
         With ``any_orientation`` a section may come turned by quarter turns (:meth:`upright`,
         four times the network time); ``turned_degrees`` says how it came. Without it, a
-        section ``uncertain`` upright may still be turned back
+        section far from every plate upright may still be turned back
         (:meth:`turn_back_uncertain`), with ``turned_degrees``. A piece of
         tissue ranked best as a part of a section (:meth:`distances`) has ``read_as`` (e.g.
         ``"ventral part"``). Without :attr:`hemisections`, an image whose tissue box is
