@@ -783,3 +783,16 @@ def test_reading_settings_reach_both_variants():
     routed.hemisections, routed.wide_aspect = False, WIDE_ASPECT
     assert not routed.multimodal.hemisections and routed.default.wide_aspect == WIDE_ASPECT
     assert make_identifier(variant="default", hemisections=True).hemisections
+
+
+def test_montage_labels_keep_their_note_and_the_end_of_a_long_name():
+    """A section's tile says how it was read (turned back, a part of a section) however long
+    its file name: the name loses its start, the note is kept whole."""
+    from samri_ml.plates.montage import LABEL_CHARS, _label
+
+    assert _label("104.png", "(turned 90 deg)") == "104.png (turned 90 deg)"
+    long = _label("a_very_long_section_file_name_0001.png", "(turned 270 deg)")
+    assert len(long) == LABEL_CHARS and long.startswith("...")
+    assert long.endswith("0001.png (turned 270 deg)"), long
+    assert _label("a_very_long_section_file_name_0001.png") == "..." + \
+        "a_very_long_section_file_name_0001.png"[-(LABEL_CHARS - 3):]

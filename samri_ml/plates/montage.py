@@ -41,9 +41,10 @@ def write_montage(
     plate_images: dict | None = None,
     index: dict | None = None,
     title: str = "section",
+    note: str = "",
 ) -> Path:
-    """Write ``out_png``: the section (labelled ``title``, e.g. its file name), then its
-    ``top`` plates (number and distance).
+    """Write ``out_png``: the section (labelled ``title``, e.g. its file name, and ``note``,
+    e.g. how it was read), then its ``top`` plates (number and distance).
 
     Plate pictures come from ``plate_images`` ({number: image}), else ``atlas_dir``, else the
     thumbnails stored in ``index`` (the plate index that ranked the section, as loaded by
@@ -66,7 +67,7 @@ def write_montage(
                     index = {k: z[k] for k in ("plates", "thumbnails")}
             plate_images = dict(zip(np.asarray(index["plates"]).tolist(),
                                     index.get("thumbnails", ()), strict=False))  # fmt: skip
-    tiles = [_tile(section, title if len(title) <= 30 else "..." + title[-27:])]
+    tiles = [_tile(section, _label(title, note))]
     shown = list(zip(result["ranking"], result["distances"], strict=True))[:top]
     missing = [p for p, _ in shown if p not in plate_images]
     if missing:
@@ -88,6 +89,20 @@ def write_montage(
     return out
 
 
+#: characters of a tile's label that fit its width
+LABEL_CHARS = 30
+
+
+def _label(title: str, note: str = "") -> str:
+    """``title`` and ``note`` in :data:`LABEL_CHARS` characters: a long title loses its
+    start (a file name's end tells it from its neighbours), the note is kept whole."""
+    text = f"{title} {note}" if note else title
+    if len(text) <= LABEL_CHARS:
+        return text
+    room = max(LABEL_CHARS - len(note) - 4 if note else LABEL_CHARS - 3, 1)
+    return "..." + title[-room:] + (f" {note}" if note else "")
+
+
 def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: int = 5,
                          atlas_dir=None, title: str = "section") -> Path:
     """:func:`write_montage` of a section as ``ident`` (an identifier of
@@ -100,14 +115,15 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
     from samri_ml.plates.identify import part_canvas, turn_back
 
     shown = turn_back(img, result.get("turned_degrees", 0) // 90)
+    notes = []
     if result.get("turned_degrees"):  # drawn as it was ranked: turned back
-        title = f"{title} (came turned {result['turned_degrees']} deg)"
+        notes.append(f"turned {result['turned_degrees']} deg")
     used = getattr(ident, result["model"]) if "model" in result else ident
     if result.get("read_as"):
         shown = _to_uint8(shown, "<array>")
         y0, y1, x0, x1 = used.tissue_box(shown)
         shown = preprocess(part_canvas(shown[y0:y1, x0:x1], result["read_as"]), TILE,
                            crop=False)
-        title = f"{title} ({result['read_as']})"
+        notes.append(result["read_as"])
     return write_montage(shown, result, out_png, top=top, atlas_dir=atlas_dir, index=used.index,
-                         title=title)
+                         title=title, note=f"({', '.join(notes)})" if notes else "")
