@@ -278,6 +278,9 @@ def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):
     assert montage.shape[1] == 6 * montage.shape[0]  # the section + 5 plates side by side
     saved = json.loads(Path(out.out_json).read_text())  # keyed by path, as the CLI's --json
     assert list(saved) == [str(sec)] and saved[str(sec)]["ranking"] == out.ranking
+    # contradictory settings are refused, as the command line refuses them
+    with pytest.raises(ValueError, match="upright and any_orientation"):
+        IdentifyPlate(in_file=str(sec), upright=True, any_orientation=True).run()
 
 
 def test_montage_shows_the_plates_of_the_index_that_ranked(tmp_path, plate_thumbs):
@@ -506,10 +509,10 @@ def test_a_turned_section_far_from_every_plate_is_turned_back(plate_thumbs, tmp_
     for res, ref, p, k in zip(got[:3], upright, plates, turns, strict=True):
         assert res["turned_degrees"] == 90 * k and res["ranking"] == ref["ranking"]
         assert p in res["ranking"][:3] and "uncertain" not in res
-    assert "turned_degrees" not in got[3] and got[3]["ranking"][0] == 85
+    assert got[3]["turned_degrees"] == 0 and got[3]["ranking"][0] == 85
     ident.turn_uncertain = False
     off = ident.rank(imgs, regions=False)
-    assert all("turned_degrees" not in r for r in off)
+    assert all(r["turned_degrees"] == 0 for r in off)
     assert all(r.get("uncertain") for r in off[:3])
     # the command line says why it turned one, and --upright keeps it as it came
     sec = tmp_path / "s.png"
@@ -520,7 +523,8 @@ def test_a_turned_section_far_from_every_plate_is_turned_back(plate_thumbs, tmp_
         "keeps it as it is]" in out and ": 29 (" in out, out
     assert main([str(sec), "--variant", "default", "--upright", "--no-regions"]) == 0
     out = capsys.readouterr().out
-    assert "came turned" not in out and "[uncertain" in out, out
+    assert "[came turned" not in out and "[uncertain" in out, out
+    assert "if it came turned, --any-orientation tries every turn" in out, out
     assert main([str(sec), "--upright", "--any-orientation"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
 
@@ -729,7 +733,7 @@ def test_the_validation_sections_rank_as_before_the_parts(ident, monkeypatch):
         now = ident.rank(imgs, regions=False)
         assert all("read_as" not in r for r in now)
         # nor turned back: none is uncertain upright
-        assert all("turned_degrees" not in r and "uncertain" not in r for r in now)
+        assert all(r["turned_degrees"] == 0 and "uncertain" not in r for r in now)
         with monkeypatch.context() as m:
             m.setattr(ident, "wide_aspect", np.inf)
             before = ident.rank(imgs, regions=False)
@@ -785,14 +789,26 @@ def test_reading_settings_reach_both_variants():
     assert make_identifier(variant="default", hemisections=True).hemisections
 
 
-def test_montage_labels_keep_their_note_and_the_end_of_a_long_name():
-    """A section's tile says how it was read (turned back, a part of a section) however long
-    its file name: the name loses its start, the note is kept whole."""
-    from samri_ml.plates.montage import LABEL_CHARS, _label
+def test_montage_says_how_the_section_was_read_at_its_foot(tmp_path, plate_thumbs):
+    """A section turned back (or read as a part of a section) says so in a second label at
+    the foot of its tile, whatever the length of its file name (the name label keeps its
+    end)."""
+    import cv2
 
-    assert _label("104.png", "(turned 90 deg)") == "104.png (turned 90 deg)"
-    long = _label("a_very_long_section_file_name_0001.png", "(turned 270 deg)")
-    assert len(long) == LABEL_CHARS and long.startswith("...")
-    assert long.endswith("0001.png (turned 270 deg)"), long
-    assert _label("a_very_long_section_file_name_0001.png") == "..." + \
-        "a_very_long_section_file_name_0001.png"[-(LABEL_CHARS - 3):]
+    from samri_ml.plates.identify import PlateIdentifier
+    from samri_ml.plates.montage import LABEL_CHARS, _label, write_ranked_montage
+
+    name = "a_very_long_section_file_name_0001.png"
+    assert _label(name) == "..." + name[-(LABEL_CHARS - 3):] and _label("104.png") == "104.png"
+    ident = PlateIdentifier(variant="default")
+    img = np.ascontiguousarray(np.rot90(plate_thumbs[70]))
+    res = ident.rank([img], regions=False)[0]
+    assert res["turned_degrees"] == 90
+    feet = []
+    for r in (res, {**res, "turned_degrees": 0}):
+        out = write_ranked_montage(ident, img, r, tmp_path / "m.png", title=name)
+        tile = cv2.imread(str(out))[:, :256]
+        feet.append(tile[-24:].copy())
+    # the label's colour (orange; the section is grey) at the foot of the turned one only
+    orange = [int(((f[..., 2].astype(int) - f[..., 0]) > 100).sum()) for f in feet]
+    assert orange[0] > 50 and orange[1] == 0, orange

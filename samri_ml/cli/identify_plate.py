@@ -163,7 +163,10 @@ def _print_results(args, results: dict) -> None:
                      "--hemisections ranks it at a section's scale]")
         if res.get("uncertain"):
             line += "  [uncertain: farther from every plate than any validation section; check"
-            line += " the montage (--montage DIR)]"
+            line += " the montage (--montage DIR)"
+            if not args.any_orientation:  # not turned back: no turn was clearly plate-like
+                line += "; if it came turned, --any-orientation tries every turn"
+            line += "]"
         if res.get("model") == "multimodal":  # --variant auto sent it to the multimodal model
             line += f"  [multimodal: other modality, p {res['other_modality']:.2f}]"
         if "tilt" in res:

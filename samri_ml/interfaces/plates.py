@@ -98,6 +98,9 @@ class IdentifyPlate(SimpleInterface):
     output_spec = _IdentifyPlateOutputSpec
 
     def _run_interface(self, runtime):
+        if self.inputs.upright and self.inputs.any_orientation:  # as the command line refuses
+            raise ValueError("IdentifyPlate: upright and any_orientation contradict each other "
+                             "(a section dorsal side up, or one that may come turned); set one")
         from samri_ml.models.inference import run_in_new_process, tensorflow_inherited
 
         def opt(name):

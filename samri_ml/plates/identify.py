@@ -553,9 +553,9 @@ class PlateIdentifier(_Ranker):
         with regions, ``regions`` (plate per region, its distance, tissue fraction) and
         ``tilt`` (dorsal-ventral and left-right plate differences and angles in degrees).
         With ``any_orientation`` a section may come turned by quarter turns (:meth:`upright`,
-        four times the network time); ``turned_degrees`` says how it came. Without it, a
-        section far from every plate upright may still be turned back
-        (:meth:`turn_back_uncertain`), with ``turned_degrees``. A piece of
+        four times the network time). Without it, a section far from every plate upright may
+        still be turned back (:meth:`turn_back_uncertain`). ``turned_degrees`` says how each
+        came (0: upright, or ranked as it came). A piece of
         tissue ranked best as a part of a section (:meth:`distances`) has ``read_as`` (e.g.
         ``"ventral part"``). Without :attr:`hemisections`, an image whose tissue box is
         narrower than any whole section's (:func:`narrow_box`) has ``may_be_hemisphere``."""
@@ -572,8 +572,7 @@ class PlateIdentifier(_Ranker):
             d = self.distances(imgs, regions, known=d)
         results = self._results(d)
         for res, k in zip(results, turns, strict=True):
-            if any_orientation or k:
-                res["turned_degrees"] = int(90 * k)
+            res["turned_degrees"] = int(90 * k)  # 0: ranked as it came
         return results
 
     def _results(self, d: dict) -> list[dict]:

@@ -15,10 +15,10 @@ MONTAGE_SUFFIX = "_plates.png"
 TILE = 256
 
 
-def _tile(img: np.ndarray, text: str, prepared: bool = False) -> np.ndarray:
+def _tile(img: np.ndarray, text: str, prepared: bool = False, note: str = "") -> np.ndarray:
     """A labelled tile: ``img`` cut to its whole tissue and equalised (the triangle box: the
     Otsu box cuts the brainstem off posterior plates), unless ``prepared`` (an index
-    thumbnail, made so already)."""
+    thumbnail, made so already); ``note`` on a second label at its foot."""
     import cv2
 
     t = img if prepared or img.dtype != np.uint8 else preprocess(img, TILE,
@@ -28,6 +28,10 @@ def _tile(img: np.ndarray, text: str, prepared: bool = False) -> np.ndarray:
     t = cv2.cvtColor(t, cv2.COLOR_GRAY2BGR)
     cv2.rectangle(t, (0, 0), (TILE, 24), (0, 0, 0), -1)
     cv2.putText(t, text, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 220, 255), 1, cv2.LINE_AA)
+    if note:
+        cv2.rectangle(t, (0, TILE - 24), (TILE, TILE), (0, 0, 0), -1)
+        cv2.putText(t, _label(note), (4, TILE - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (80, 220, 255), 1, cv2.LINE_AA)
     return t
 
 
@@ -43,8 +47,8 @@ def write_montage(
     title: str = "section",
     note: str = "",
 ) -> Path:
-    """Write ``out_png``: the section (labelled ``title``, e.g. its file name, and ``note``,
-    e.g. how it was read), then its ``top`` plates (number and distance).
+    """Write ``out_png``: the section (labelled ``title``, e.g. its file name, and at its foot
+    ``note``, e.g. how it was read), then its ``top`` plates (number and distance).
 
     Plate pictures come from ``plate_images`` ({number: image}), else ``atlas_dir``, else the
     thumbnails stored in ``index`` (the plate index that ranked the section, as loaded by
@@ -67,7 +71,7 @@ def write_montage(
                     index = {k: z[k] for k in ("plates", "thumbnails")}
             plate_images = dict(zip(np.asarray(index["plates"]).tolist(),
                                     index.get("thumbnails", ()), strict=False))  # fmt: skip
-    tiles = [_tile(section, _label(title, note))]
+    tiles = [_tile(section, _label(title), note=note)]
     shown = list(zip(result["ranking"], result["distances"], strict=True))[:top]
     missing = [p for p, _ in shown if p not in plate_images]
     if missing:
@@ -93,14 +97,10 @@ def write_montage(
 LABEL_CHARS = 30
 
 
-def _label(title: str, note: str = "") -> str:
-    """``title`` and ``note`` in :data:`LABEL_CHARS` characters: a long title loses its
-    start (a file name's end tells it from its neighbours), the note is kept whole."""
-    text = f"{title} {note}" if note else title
-    if len(text) <= LABEL_CHARS:
-        return text
-    room = max(LABEL_CHARS - len(note) - 4 if note else LABEL_CHARS - 3, 1)
-    return "..." + title[-room:] + (f" {note}" if note else "")
+def _label(text: str) -> str:
+    """``text`` in :data:`LABEL_CHARS` characters: a long one loses its start (a file name's
+    end tells it from its neighbours)."""
+    return text if len(text) <= LABEL_CHARS else "..." + text[-(LABEL_CHARS - 3):]
 
 
 def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: int = 5,
@@ -117,7 +117,7 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
     shown = turn_back(img, result.get("turned_degrees", 0) // 90)
     notes = []
     if result.get("turned_degrees"):  # drawn as it was ranked: turned back
-        notes.append(f"turned {result['turned_degrees']} deg")
+        notes.append(f"came turned {result['turned_degrees']} deg")
     used = getattr(ident, result["model"]) if "model" in result else ident
     if result.get("read_as"):
         shown = _to_uint8(shown, "<array>")
@@ -126,4 +126,4 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
                            crop=False)
         notes.append(result["read_as"])
     return write_montage(shown, result, out_png, top=top, atlas_dir=atlas_dir, index=used.index,
-                         title=title, note=f"({', '.join(notes)})" if notes else "")
+                         title=title, note=", ".join(notes))
