@@ -527,6 +527,19 @@ def test_a_turned_section_far_from_every_plate_is_turned_back(plate_thumbs, tmp_
     assert "if it came turned, --any-orientation tries every turn" in out, out
     assert main([str(sec), "--upright", "--any-orientation"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
+    # samri_ml-evaluate-plates' summary says how many it turned back
+    from samri_ml.cli.evaluate_plates import main as evaluate
+
+    folder = tmp_path / "secs"
+    folder.mkdir()
+    for p, im in zip([*plates, 85], imgs, strict=True):
+        cv2.imwrite(str(folder / f"{p}.png"), im)
+    assert evaluate(["--images", str(folder), "--variant", "default"]) == 0
+    err = capsys.readouterr().err
+    assert "note: 3 of 4 sections were far from every plate upright and were turned back" in err
+    assert evaluate(["--images", str(folder), "--variant", "default", "--upright"]) == 0
+    err = capsys.readouterr().err
+    assert "turned back" not in err and "note: 3 of 4 sections are uncertain" in err, err
 
 
 def test_router_features_and_shipped_router():

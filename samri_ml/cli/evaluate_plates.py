@@ -86,6 +86,7 @@ def run(args) -> int:
                              any_orientation=args.any_orientation)
         seconds = time.perf_counter() - t0
         rankings = [r["ranking"] for r in results]
+        _note_readings(results, args.any_orientation)
     else:
         from samri_ml.plates.baseline import rank_mi_affine
         from samri_ml.plates.data import preprocess
@@ -114,6 +115,24 @@ def run(args) -> int:
         m["rankings"] = {str(p): r for p, r in zip(paths, rankings, strict=True)}
         Path(args.json).write_text(json_dumps(m, indent=1))
     return 0
+
+
+def _note_readings(results: list[dict], any_orientation: bool) -> None:
+    """Say how many sections were turned back, read as parts of a section or flagged
+    uncertain: a summary should not hide that the ranking took liberties."""
+    n = len(results)
+    turned = sum(bool(r.get("turned_degrees")) for r in results)
+    if turned and not any_orientation:
+        print(f"{PROG}: note: {turned} of {n} sections were far from every plate upright and "
+              "were turned back by quarter turns (--upright: none)", file=sys.stderr)
+    parts = sum("read_as" in r for r in results)
+    if parts:
+        print(f"{PROG}: note: {parts} of {n} sections were read as a part of a section "
+              "(docs/plates.rst, \"Pieces of sections\")", file=sys.stderr)
+    uncertain = sum(bool(r.get("uncertain")) for r in results)
+    if uncertain:
+        print(f"{PROG}: note: {uncertain} of {n} sections are uncertain (farther from every "
+              "plate than any validation section)", file=sys.stderr)
 
 
 def _check_labels(paths, labels, plates) -> None:
