@@ -31,9 +31,9 @@ def main() -> None:
     ap.add_argument("--pieces", action="store_true",
                     help="the default turning back of uncertain sections, on pieces too")
     args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.pieces:
         return pieces(args.splits)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from samri_ml.plates.data import load_sections, shared_data_dir
     from samri_ml.plates.identify import PlateIdentifier
     from samri_ml.plates.metrics import ranking_metrics
@@ -58,20 +58,11 @@ def main() -> None:
                   f"Top-5 {100 * m['top5']:.0f} %, {1e3 * sec:.0f} ms/section", flush=True)
 
 
-#: pieces cut from a section's tissue box (as in benchmarks/plates_parts.py, plus two)
-PIECES = {
-    "whole": lambda t: t,
-    "dorsal half": lambda t: t[: t.shape[0] // 2],
-    "ventral half": lambda t: t[t.shape[0] // 2 :],
-    "left half": lambda t: t[:, : t.shape[1] // 2],
-    "no cortex (dorsal 30 % off)": lambda t: t[int(0.3 * t.shape[0]) :],
-    "dorsal two thirds": lambda t: t[: int(0.67 * t.shape[0])],
-    "central 60 %": lambda t: t[int(0.2 * t.shape[0]) : int(0.8 * t.shape[0]),
-                                int(0.2 * t.shape[1]) : int(0.8 * t.shape[1])],
-}
-
-
 def pieces(splits) -> None:
+    from plates_parts import PIECES as ALL_PIECES  # this folder, beside this script
+
+    # benchmarks/plates_parts.py's pieces of a tissue box; one half of each kind will do
+    PIECES = {k: cut for k, cut in ALL_PIECES.items() if k != "right half"}
     from samri_ml.plates.data import load_sections, shared_data_dir, tissue_bbox
     from samri_ml.plates.identify import PlateIdentifier
     from samri_ml.plates.metrics import ranking_metrics

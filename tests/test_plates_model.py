@@ -762,9 +762,10 @@ def test_a_section_narrower_than_any_plate_gets_the_hemisections_hint(tmp_path, 
     import cv2
 
     from samri_ml.cli.identify_plate import main
-    from samri_ml.plates.identify import looks_like_a_hemisphere
+    from samri_ml.plates.data import tissue_bbox
+    from samri_ml.plates.identify import narrow_box
 
-    assert not any(looks_like_a_hemisphere(t) for t in plate_thumbs.values())
+    assert not any(narrow_box(tissue_bbox(t)) for t in plate_thumbs.values())
     half, whole = tmp_path / "half.png", tmp_path / "whole.png"
     cv2.imwrite(str(half), _half(plate_thumbs[85], "left"))
     cv2.imwrite(str(whole), plate_thumbs[85])

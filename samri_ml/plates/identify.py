@@ -82,15 +82,9 @@ TURN_FRACTION = 0.7
 NARROW_ASPECT = 0.9
 
 
-def looks_like_a_hemisphere(img: np.ndarray, crop_threshold: str = "otsu") -> bool:
-    """Whether a uint8 section's tissue box is narrower than any whole section's
-    (:data:`NARROW_ASPECT`): a hint that it may be one hemisphere."""
-    return narrow_box(tissue_bbox(img, threshold=crop_threshold))
-
-
 def narrow_box(box: tuple[int, int, int, int]) -> bool:
     """Whether a tissue box ``(y0, y1, x0, x1)`` is narrower than any whole section's
-    (:data:`NARROW_ASPECT`)."""
+    (:data:`NARROW_ASPECT`): a hint that the image may be one hemisphere."""
     y0, y1, x0, x1 = box
     return (x1 - x0) < NARROW_ASPECT * (y1 - y0)
 

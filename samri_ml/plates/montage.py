@@ -26,12 +26,11 @@ def _tile(img: np.ndarray, text: str, prepared: bool = False, note: str = "") ->
     t = (np.clip(t, 0, 1) * 255).astype(np.uint8) if t.dtype != np.uint8 else t
     t = cv2.resize(t, (TILE, TILE))
     t = cv2.cvtColor(t, cv2.COLOR_GRAY2BGR)
-    cv2.rectangle(t, (0, 0), (TILE, 24), (0, 0, 0), -1)
-    cv2.putText(t, text, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 220, 255), 1, cv2.LINE_AA)
-    if note:
-        cv2.rectangle(t, (0, TILE - 24), (TILE, TILE), (0, 0, 0), -1)
-        cv2.putText(t, _label(note), (4, TILE - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                    (80, 220, 255), 1, cv2.LINE_AA)
+    # a black band 24 px high with the label in it: at the top always, at the foot for a note
+    for top, label in [(0, text)] + ([(TILE - 24, _label(note))] if note else []):
+        cv2.rectangle(t, (0, top), (TILE, top + 24), (0, 0, 0), -1)
+        cv2.putText(t, label, (4, top + 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 220, 255), 1,
+                    cv2.LINE_AA)
     return t
 
 
@@ -108,9 +107,9 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
     """:func:`write_montage` of a section as ``ident`` (an identifier of
     :mod:`samri_ml.plates.identify`) ranked it: turned back as it was ranked, beside the
     pictures of the index that ranked it (with ``variant="auto"``: of the variant the router
-    chose); its title says so where it came turned. A piece read as a part of a section
-    (``read_as``) is drawn as it was read: at a whole section's scale, where that part lies
-    in a section."""
+    chose). A piece read as a part of a section (``read_as``) is drawn as it was read: at a
+    whole section's scale, where that part lies in a section. How it was read (turned back,
+    the part) is noted at the foot of its tile."""
     from samri_ml.plates.data import _to_uint8
     from samri_ml.plates.identify import part_canvas, turn_back
 
