@@ -151,7 +151,7 @@ def _position_mm(affine, axis: int, index: int, shape) -> float:
 def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str = "",
            contour_colour: str = TEMPLATE_MASK_COLOUR, overlay=None, edges=None,
            edges_colour: str = TEMPLATE_EDGES_COLOUR, reference=None, row_labels=None,
-           legend=None, dpi: int = DPI) -> dict:
+           legend=None, dpi: int = DPI, formats=("png", "svg")) -> dict:
     """Coronal slices of ``image`` with ``contour`` (a mask) drawn on top; returns saved paths.
 
     ``image``/``contour``/``overlay``/``edges``/``reference`` are nibabel images (``edges``
@@ -162,7 +162,7 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
     show. Slices are chosen where ``image`` has data inside ``contour`` (see
     :func:`choose_slices`), drawn with the voxel size's aspect ratio, in the neurological
     convention (L/R, S/I marked) and titled with their position in mm. Writes
-    ``out_base.png`` and ``out_base.svg``; the returned dict also holds ``indices`` and
+    ``out_base.<format>`` for each of ``formats``; the returned dict also holds ``indices`` and
     ``positions_mm`` (the slices shown) and ``outside_fov`` (which of them lie outside the
     image's field of view).
     """
@@ -252,7 +252,7 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
     if out_base is not None:
         out_base = Path(out_base)
         out_base.parent.mkdir(parents=True, exist_ok=True)
-        for ext in ("png", "svg"):
+        for ext in formats:
             path = out_base.with_name(out_base.name + f".{ext}")
             # the SVG keeps its text as text (searchable, smaller), not as glyph paths
             with matplotlib.rc_context({"svg.fonttype": "none"}):
@@ -260,6 +260,30 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
             paths[ext] = path
     plt.close(fig)
     return paths
+
+
+#: the outline of a reference mask drawn beside a predicted one (:func:`mask_figure`)
+REFERENCE_MASK_COLOUR = TEMPLATE_EDGES_COLOUR
+
+
+def mask_figure(image, mask, out_png, *, reference=None, title: str = "",
+                n_slices: int = 8) -> Path:
+    """A PNG of ``mask`` (a predicted brain mask) outlined on coronal slices of ``image``
+    (:func:`mosaic`; a 4D image is averaged over time), and of ``reference`` (another mask of
+    that image, e.g. a manual one) outlined in :data:`REFERENCE_MASK_COLOUR` where given: what
+    ``samri_ml-mask --png`` and ``samri_ml-evaluate-masker --figures`` write. Returns the
+    PNG's path."""
+    out_png = Path(out_png)
+    if out_png.suffix.lower() != ".png":
+        raise ValueError(f"{out_png}: a PNG's name ends in .png")
+    legend = {PREDICTED_MASK_COLOUR: "predicted brain mask"}
+    if reference is not None:
+        legend[REFERENCE_MASK_COLOUR] = "reference mask"
+    ext = out_png.suffix[1:]
+    paths = mosaic(image, mask, edges=reference, out_base=out_png.with_suffix(""), title=title,
+                   contour_colour=PREDICTED_MASK_COLOUR, edges_colour=REFERENCE_MASK_COLOUR,
+                   legend=legend, n_slices=n_slices, formats=(ext,))
+    return paths[ext]
 
 
 def _img_tag(path: Path, alt: str) -> str:

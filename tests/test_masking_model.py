@@ -152,10 +152,13 @@ def _cli(*args):
 
 
 def test_cli_masks_a_head(tmp_path, phantom):
+    from samri_ml.report import PREDICTED_MASK_COLOUR
+    from samri_ml.testing import colour_pixels
+
     src = tmp_path / "head.nii.gz"
     nb.save(phantom["T1w"], src)
-    out, masked = tmp_path / "mask.nii.gz", tmp_path / "brain.nii.gz"
-    r = _cli(src, out, "--masked", masked)
+    out, masked, png = tmp_path / "mask.nii.gz", tmp_path / "brain.nii.gz", tmp_path / "qc.png"
+    r = _cli(src, out, "--masked", masked, "--png", png)
     assert r.returncode == 0, r.stderr
     mask = nb.load(out)
     # one line says what was written, with the mask's volume (mm^3 from the voxel size)
@@ -163,7 +166,12 @@ def test_cli_masks_a_head(tmp_path, phantom):
     mm3 = n * float(np.prod(mask.header.get_zooms()[:3]))
     assert r.stderr.strip().splitlines() == [
         f"samri_ml-mask: {out}: brain mask of {n} voxels, {mm3:.0f} mm^3, "
-        f"{100 * n / mask.get_fdata().size:.1f} % of the image; masked image {masked}"], r.stderr
+        f"{100 * n / mask.get_fdata().size:.1f} % of the image; masked image {masked}",
+        f"samri_ml-mask: figure {png}"], r.stderr
+    # the mask's outline is drawn; nothing but the PNG is left beside it
+    assert colour_pixels(png, PREDICTED_MASK_COLOUR) > 500
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brain.nii.gz", "head.nii.gz",
+                                                            "mask.nii.gz", "qc.png"]
     assert mask.get_data_dtype() == np.uint8
     assert dice(np.asarray(mask.dataobj) > 0, np.asarray(phantom["mask"].dataobj) > 0) > 0.75
     assert not np.asarray(nb.load(masked).dataobj)[np.asarray(mask.dataobj) == 0].any()
@@ -231,6 +239,17 @@ def test_a_brain_in_a_large_zero_grid_is_masked(phantom):
     assert dice(mask[inner], alone) >= 0.95, dice(mask[inner], alone)
 
 
+def test_cli_refuses_a_png_that_is_no_png(tmp_path, phantom, capsys):
+    from samri_ml.cli.mask import main
+
+    src = tmp_path / "t2.nii.gz"
+    nb.save(phantom["T2w"], src)
+    for bad in ("qc.jpg", str(src)):
+        assert main([str(src), str(tmp_path / "m.nii.gz"), "--png", bad]) == 2
+        assert f"--png must end in .png: {bad}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.nii.gz"]
+
+
 def test_cli_garbage_message_is_one_line(tmp_path):
     path = _garbage(tmp_path)["all zero"]
     r = _cli(path, tmp_path / "o.nii.gz")
@@ -249,9 +268,14 @@ def test_maskbrain_node(tmp_path, phantom, monkeypatch):
     src = tmp_path / "sub-1_T2w.nii"
     nb.save(phantom["T2w"], src)
     monkeypatch.chdir(tmp_path)
-    res = MaskBrain(in_file=str(src)).run()
+    res = MaskBrain(in_file=str(src), report=True).run()
     out = res.outputs
     assert out.mask_list == [out.out_mask]
+    from samri_ml.report import PREDICTED_MASK_COLOUR
+    from samri_ml.testing import colour_pixels
+
+    assert out.out_report.endswith("sub-1_T2w_mask.png")
+    assert colour_pixels(out.out_report, PREDICTED_MASK_COLOUR) > 500
     mask = np.asarray(nb.load(out.out_mask).dataobj)
     assert dice(mask > 0, np.asarray(phantom["mask"].dataobj) > 0) > 0.75
     brain = np.asarray(nb.load(out.out_file).dataobj)

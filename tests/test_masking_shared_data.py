@@ -123,7 +123,8 @@ def test_evaluate_masker_scores_unseen_sources_and_the_trusted_references(shared
         pytest.skip("emory templates not in the shared data")
     out = tmp_path / "eval.json"
     argv = ["--data-dir", str(shared_data), "--cache-dir", str(tmp_path / "cache"),
-            "--sources", "emory", "sammba", "--json", str(out)]  # fmt: skip
+            "--sources", "emory", "sammba", "--json", str(out),
+            "--figures", str(tmp_path / "figures")]  # fmt: skip
     assert main(argv) == 0
     res = json.loads(out.read_text())
     scans = {r["scan"]: r for r in res["rows"]}
@@ -133,6 +134,15 @@ def test_evaluate_masker_scores_unseen_sources_and_the_trusted_references(shared
     emory = [scans["emory/T2"]["dice"], scans["emory/EPI"]["dice"]]
     assert trusted["n"] == 2 and trusted["median_dice"] == pytest.approx(np.median(emory))
     assert min(emory) > 0.9  # both templates are masked (shipped model: 0.969, 0.944)
+    # a picture per scan, the predicted and the reference outline both drawn
+    from samri_ml.report import PREDICTED_MASK_COLOUR, REFERENCE_MASK_COLOUR
+    from samri_ml.testing import colour_pixels
+
+    pngs = sorted((tmp_path / "figures").iterdir())
+    assert [p.name for p in pngs] == sorted(f"{s.replace('/', '_')}.png" for s in scans)
+    for png in pngs:
+        assert colour_pixels(png, PREDICTED_MASK_COLOUR) > 300, png.name
+        assert colour_pixels(png, REFERENCE_MASK_COLOUR) > 300, png.name
 
 
 def test_train_masker_writes_a_model_samri_ml_mask_uses(shared_data, tmp_path):

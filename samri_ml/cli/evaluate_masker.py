@@ -17,6 +17,7 @@ from samri_ml.cli._common import (
     add_flip_option,
     add_masker_data_options,
     add_views_option,
+    check_output_dir,
     check_output_file,
     run_cli,
 )
@@ -60,6 +61,9 @@ def get_parser() -> argparse.ArgumentParser:
     add_flip_option(p)
     p.add_argument("--json", type=Path, default=None, help="write per-scan rows here")
     p.add_argument("--rst", type=Path, default=None, help="write the tables here")
+    p.add_argument("--figures", type=Path, default=None, metavar="DIR",
+                   help="draw each scan's predicted and reference masks into DIR/<scan>.png "
+                   "(made if missing), to see where they differ")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
     return p  # fmt: skip
@@ -102,6 +106,8 @@ def _main(argv=None) -> int:
         if path is not None:  # up front: the evaluation takes minutes
             check_output_file(parser, option, path, refused_suffixes=(".nii", ".nii.gz"),
                               example=example)
+    if args.figures is not None:
+        check_output_dir(parser, f"--figures {args.figures}", args.figures)
     from samri_ml.io import json_dumps
     from samri_ml.masking.data import real_scans, shared_data_dir
     from samri_ml.masking.evaluate import by_source, evaluate, report
@@ -124,7 +130,8 @@ def _main(argv=None) -> int:
     if not known:
         print(f"{PROG}: note: {model_path} has no _training.json beside it and --held-out was "
               "not given: which sources it was trained on is unknown", file=sys.stderr)
-    rows = evaluate(scans, load_model(model_path), tuple(args.views), flip=args.flip)
+    rows = evaluate(scans, load_model(model_path), tuple(args.views), flip=args.flip,
+                    figures=args.figures)
     for r in rows:
         if r["error"]:  # scored as an empty mask (Dice 0): say why
             print(f"{PROG}: note: {r['scan']}: {r['error']}", file=sys.stderr)
@@ -136,6 +143,8 @@ def _main(argv=None) -> int:
                                          "held_out": held_out if known else None}, indent=1))
     if args.rst:
         args.rst.write_text(text)
+    if args.figures is not None:
+        print(f"{PROG}: {len(rows)} figures in {args.figures}", file=sys.stderr)
     return 0
 
 

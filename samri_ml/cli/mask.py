@@ -1,7 +1,7 @@
 """``samri_ml-mask``: brain mask of a mouse MRI volume with the U-Net.
 
-samri_ml-mask IN.nii[.gz] OUT_MASK.nii.gz [--model PATH] [--masked OUT.nii.gz] [--views ...]
-    [--no-flip] [-v]
+samri_ml-mask IN.nii[.gz] OUT_MASK.nii.gz [--model PATH] [--masked OUT.nii.gz] [--png QC.png]
+    [--views ...] [--no-flip] [-v]
 """
 
 from __future__ import annotations
@@ -50,6 +50,14 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also write IN multiplied by the mask here",
     )
+    p.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also draw the mask's outline on coronal slices of IN into this PNG (a 4D IN: "
+        "its temporal mean), to check it at a glance",
+    )
     p.add_argument("--threshold", type=float, default=0.5, help="brain probability threshold")
     add_views_option(p)
     add_flip_option(p)
@@ -88,6 +96,8 @@ def _main(argv=None) -> int:
             parser.error(f"--masked must end in .nii or .nii.gz: {args.masked}")
         if args.masked.resolve() in (args.in_file.resolve(), args.out_file.resolve()):
             parser.error("--masked would overwrite IN or OUT")
+    if args.png is not None and args.png.suffix.lower() != ".png":  # IN and OUT are no .png
+        parser.error(f"--png must end in .png: {args.png}")
     t0 = time.perf_counter()
     set_tf_threads(args.threads)
     from samri_ml.io import load_nifti
@@ -105,6 +115,8 @@ def _main(argv=None) -> int:
         outputs.append((apply_mask(img, mask), args.masked))
     _save_all(outputs)
     print(summary(mask, args.out_file, args.masked), file=sys.stderr)
+    if args.png is not None:
+        _draw(img, mask, args.png, args.in_file)
     if args.verbose:
         print(f"{PROG}: load {t1 - t0:.2f} s, predict {t2 - t1:.2f} s", file=sys.stderr)
     return 0
@@ -137,7 +149,7 @@ TOO_LARGE_MM3, TOO_SMALL_MM3 = 20_000.0, 5.0
 
 def _check_outputs(args) -> None:
     """Refuse OUT (and --masked) where no file can be written, before anything is written."""
-    for path in [args.out_file] + ([args.masked] if args.masked is not None else []):
+    for path in [args.out_file] + [p for p in (args.masked, args.png) if p is not None]:
         if path.is_dir():
             raise SamriMLError(f"{path}: is a folder; hint: give a file name ending in .nii.gz")
         if not path.parent.is_dir():
@@ -148,6 +160,20 @@ def _check_outputs(args) -> None:
         except OSError as err:
             raise SamriMLError(f"{path.parent}: output folder is not writable ({err.strerror}); "
                                "hint: choose a writable folder") from err
+
+
+def _draw(img, mask, png, in_file) -> None:
+    """:func:`samri_ml.report.mask_figure` into ``png``, written beside it and renamed (the
+    masks are written by then: a figure that fails is said, and loses nothing)."""
+    from samri_ml.bids import atomic_target
+    from samri_ml.report import mask_figure
+
+    try:
+        with atomic_target(png, ".png") as tmp:
+            mask_figure(img, mask, tmp, title=f"{Path(in_file).name}: predicted brain mask")
+    except OSError as err:
+        raise SamriMLError(f"cannot write {png} ({err.strerror}); the mask is written") from err
+    print(f"{PROG}: figure {png}", file=sys.stderr)
 
 
 def _save_all(outputs) -> None:

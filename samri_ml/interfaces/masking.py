@@ -34,6 +34,9 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
     flip = traits.Bool(True, usedefault=True,
                        desc="also predict the left-right mirrored volume and average (test-time "
                        "augmentation)")  # fmt: skip
+    report = traits.Bool(False, usedefault=True,
+                         desc="also draw the mask's outline on coronal slices of in_file into "
+                         "out_report (a PNG, as samri_ml-mask --png)")
     # Nipype reserves num_threads CPUs for the node under MultiProc: 0 (TensorFlow's default,
     # every core) counted as none, so a MapNode of masks ran all at once, each on every core
     num_threads = traits.Int(1, usedefault=True, nohash=True,
@@ -71,6 +74,8 @@ class _MaskBrainOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="in_file multiplied by the mask (every volume if 4D)")
     mask_list = traits.List(File(exists=True),
                                  desc="[out_mask], for antsRegistration's moving_image_masks")  # fmt: skip
+    out_report = File(exists=True, desc="the mask outlined on coronal slices of in_file (PNG; "
+                      "with report=True)")
 
 
 class MaskBrain(SimpleInterface):
@@ -79,7 +84,7 @@ class MaskBrain(SimpleInterface):
     >>> from samri_ml.interfaces import MaskBrain
     >>> node = MaskBrain()
     >>> sorted(node.output_spec().get())
-    ['mask_list', 'out_file', 'out_mask']
+    ['mask_list', 'out_file', 'out_mask', 'out_report']
     """
 
     input_spec = _MaskBrainInputSpec
@@ -95,7 +100,8 @@ class MaskBrain(SimpleInterface):
         kwargs = {"in_file": self.inputs.in_file, "out_dir": runtime.cwd,
                   "model": self.inputs.model or None, "threshold": self.inputs.threshold,
                   "views": list(self.inputs.views), "flip": bool(self.inputs.flip),
-                  "max_slices": max_slices, "num_threads": int(self.inputs.num_threads)}
+                  "max_slices": max_slices, "num_threads": int(self.inputs.num_threads),
+                  "report": bool(self.inputs.report)}
         if tensorflow_inherited():  # TensorFlow hangs in a forked copy of itself
             out = run_in_new_process(__name__, "mask_files", kwargs)
         else:
@@ -105,10 +111,11 @@ class MaskBrain(SimpleInterface):
 
 
 def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "coronal",
-               "axial"), flip=True, max_slices=None, num_threads=0) -> dict:
+               "axial"), flip=True, max_slices=None, num_threads=0, report=False) -> dict:
     """What :class:`MaskBrain` does: the mask of ``in_file`` and the masked image, written into
-    ``out_dir`` as ``<name>_mask.nii.gz`` and ``<name>_masked.nii.gz``; returns their paths as
-    ``{"out_mask": ..., "out_file": ...}``."""
+    ``out_dir`` as ``<name>_mask.nii.gz`` and ``<name>_masked.nii.gz``, and with ``report`` the
+    mask outlined on the image (:func:`samri_ml.report.mask_figure`) as ``<name>_mask.png``;
+    returns their paths as ``{"out_mask": ..., "out_file": ...[, "out_report": ...]}``."""
     import nibabel as nb
 
     from samri_ml.io import load_nifti
@@ -131,7 +138,16 @@ def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "
     out_file = _nii_gz(fname_presuffix(in_file, suffix="_masked", newpath=out_dir))
     nb.save(mask, out_mask)
     nb.save(apply_mask(img, mask), out_file)
-    return {"out_mask": out_mask, "out_file": out_file}
+    out = {"out_mask": out_mask, "out_file": out_file}
+    if report:
+        from pathlib import Path
+
+        from samri_ml.report import mask_figure
+
+        png = out_mask[: -len(".nii.gz")] + ".png"
+        out["out_report"] = str(mask_figure(img, mask, png, title=f"{Path(in_file).name}: "
+                                            "predicted brain mask"))
+    return out
 
 
 def _nii_gz(path: str) -> str:

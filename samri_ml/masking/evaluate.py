@@ -30,8 +30,10 @@ def pearson(a, b) -> float:
     return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
-def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True) -> dict:
-    """Scores of one :class:`samri_ml.masking.data.Scan` (RAS arrays) with ``model``."""
+def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True, figure=None) -> dict:
+    """Scores of one :class:`samri_ml.masking.data.Scan` (RAS arrays) with ``model``; with
+    ``figure`` (a ``.png`` path) the predicted and the reference mask are also drawn on the
+    scan there (:func:`samri_ml.report.mask_figure`; not timed)."""
     import nibabel as nb
 
     from samri_ml.errors import SamriMLError
@@ -48,6 +50,15 @@ def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True) -> dict:
         error = str(err)
     seconds = time.perf_counter() - t0
     ref = scan.mask > 0
+    if figure is not None:
+        from samri_ml.report import mask_figure
+
+        def as_image(data):
+            return nb.Nifti1Image(data.astype(np.uint8), img.affine)
+
+        mask_figure(img, as_image(pred), figure, reference=as_image(ref),
+                    title=f"{scan.name}: Dice {dice(pred, ref):.3f} with the "
+                    f"{scan.label_origin} reference")
     return {
         "scan": scan.name,
         "source": scan.source,
@@ -63,12 +74,22 @@ def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True) -> dict:
     }
 
 
-def evaluate(scans, model, views=ALL_VIEWS, flip: bool = True) -> list[dict]:
-    """:func:`evaluate_scan` for every scan (the first call also warms TensorFlow up)."""
+def evaluate(scans, model, views=ALL_VIEWS, flip: bool = True, figures=None) -> list[dict]:
+    """:func:`evaluate_scan` for every scan (the first call also warms TensorFlow up); with
+    ``figures`` (a folder) a picture of each, named after the scan (:func:`figure_name`)."""
+    from pathlib import Path
+
     from samri_ml.masking.predict import predict_probabilities
 
     predict_probabilities(model, np.zeros((4, 64, 64, 1), np.float32))  # warm-up, not timed
-    return [evaluate_scan(s, model, views, flip) for s in scans]
+    return [evaluate_scan(s, model, views, flip,
+                          None if figures is None else Path(figures) / figure_name(s.name))
+            for s in scans]
+
+
+def figure_name(scan_name: str) -> str:
+    """The file name of a scan's picture: ``dama/tg4510_tp3_1`` -> ``dama_tg4510_tp3_1.png``."""
+    return scan_name.replace("/", "_") + ".png"
 
 
 #: reference kinds that the issue's target counts ("manual or template masks")

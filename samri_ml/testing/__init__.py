@@ -30,3 +30,16 @@ def read_only_folder(path):
             subprocess.run(["chattr", "-i", str(path)], capture_output=True)
         else:
             path.chmod(0o755)
+
+
+def colour_pixels(png, colour: str, tolerance: int = 40) -> int:
+    """How many pixels of the picture ``png`` are within ``tolerance`` (per channel, 0-255) of
+    ``colour`` (``#rrggbb``): whether an outline of that colour was drawn."""
+    import cv2
+    import numpy as np
+
+    bgr = cv2.imread(str(png))
+    if bgr is None:
+        raise AssertionError(f"{png}: not a readable picture")
+    want = np.array([int(colour[i:i + 2], 16) for i in (5, 3, 1)])  # OpenCV's BGR order
+    return int((np.abs(bgr.astype(int) - want) <= tolerance).all(-1).sum())
