@@ -283,6 +283,24 @@ def test_intensity_curves_keep_the_background_dark_and_change_the_contrast():
     assert 10 < inverted < 40  # some curves invert the top of the range, some do not
 
 
+def test_a_faint_background_fills_only_the_black_of_a_stripped_brain():
+    from samri_ml.masking.train import FAINT_BACKGROUND_MAX, faint_background
+
+    brain = _ellipsoid((64, 64, 3))[..., 1].astype(np.float32) * 0.8  # black around it
+    rng = np.random.default_rng(0)
+    levels = []
+    for _ in range(20):
+        out = faint_background(brain, rng)
+        assert out.dtype == np.float32 and out.shape == brain.shape
+        np.testing.assert_array_equal(out[brain > 0], brain[brain > 0])  # the brain untouched
+        outside = out[brain == 0]
+        assert outside.min() >= 0 and outside.max() <= FAINT_BACKGROUND_MAX
+        levels.append(outside.max())
+    assert np.ptp(levels) > 0.05  # faint and fainter backgrounds
+    head = brain + 0.02  # no black pixel: air with noise already; unchanged
+    assert faint_background(head, rng) is head
+
+
 def test_snout_and_neck_are_opt_in():
     """Without ``snout_neck`` the head has version 1's antero-posterior room (2 mm each side of
     the brain: what the shipped model was trained on); with it, up to 6 + 5 mm more."""

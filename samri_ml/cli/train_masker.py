@@ -80,6 +80,15 @@ def get_parser() -> argparse.ArgumentParser:
         "curve (background kept dark), for contrasts the training set lacks",
     )
     p.add_argument(
+        "--background-augment",
+        type=fraction,
+        default=0.0,
+        metavar="P",
+        help="probability that a slice of the augmented phase with a black background (a "
+        "skull-stripped brain) gets a faint one (noise, a ramp), for brains stripped without "
+        "zeroing the background",
+    )
+    p.add_argument(
         "--crops-per-scan",
         type=count,
         default=d.crops_per_scan,
@@ -179,6 +188,7 @@ def _main(argv=None) -> int:
         snout_neck=args.snout_neck, views=tuple(args.views),
         crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,
         stripped_rim=args.stripped_rim, intensity_augment=args.intensity_augment,
+        background_augment=args.background_augment,
     )  # fmt: skip
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if not args.average_of:
