@@ -89,6 +89,14 @@ def get_parser() -> argparse.ArgumentParser:
         "zeroing the background",
     )
     p.add_argument(
+        "--background-min-brain",
+        type=fraction,
+        default=0.0,
+        metavar="F",
+        help="--background-augment only slices whose brain fills at least this share of the "
+        "slice (not the ends of the brain, which look like a neck or a snout)",
+    )
+    p.add_argument(
         "--crops-per-scan",
         type=count,
         default=d.crops_per_scan,
@@ -189,6 +197,7 @@ def _main(argv=None) -> int:
         crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,
         stripped_rim=args.stripped_rim, intensity_augment=args.intensity_augment,
         background_augment=args.background_augment,
+        background_min_brain=args.background_min_brain,
     )  # fmt: skip
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if not args.average_of:

@@ -67,6 +67,8 @@ class TrainConfig:
     #: probability that a slice of the augmented phase with a black background (a skull-stripped
     #: brain) gets a faint one (:func:`faint_background`)
     background_augment: float = 0.0
+    #: ... only on slices whose brain fills at least this share of the slice (0: any slice)
+    background_min_brain: float = 0.0
     init_model: str = ""
     dataset_cache: str = ""
     extra: dict = field(default_factory=dict)
@@ -322,7 +324,7 @@ def faint_background(x, rng, max_level: float = FAINT_BACKGROUND_MAX):
 
 
 def _sequence(x, y, batch_size, steps, augment, seed, intensity: float = 0.0,
-              background: float = 0.0):
+              background: float = 0.0, background_min_brain: float = 0.0):
     import keras
 
     class Slices(keras.utils.PyDataset):
@@ -343,7 +345,8 @@ def _sequence(x, y, batch_size, steps, augment, seed, intensity: float = 0.0,
                     )
                     if intensity and self.rng.random() < intensity:
                         bx[i, ..., 0] = remap_intensity(bx[i, ..., 0], self.rng)
-                    if background and self.rng.random() < background:
+                    if (background and by[i].mean() >= background_min_brain
+                            and self.rng.random() < background):
                         bx[i, ..., 0] = faint_background(bx[i, ..., 0], self.rng)
             return bx, by
 
@@ -433,7 +436,8 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
             ]
             model.fit(
                 _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment, train_seed,
-                          config.intensity_augment, config.background_augment),
+                          config.intensity_augment, config.background_augment,
+                          config.background_min_brain),
                 validation_data=(xv, yv),
                 batch_size=config.batch_size,
                 epochs=epochs,
