@@ -247,7 +247,11 @@ def test_cli_refuses_a_png_that_is_no_png(tmp_path, phantom, capsys):
     for bad in ("qc.jpg", str(src)):
         assert main([str(src), str(tmp_path / "m.nii.gz"), "--png", bad]) == 2
         assert f"--png must end in .png: {bad}" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.nii.gz"]
+    folder = tmp_path / "qc.png"
+    folder.mkdir()  # refused before the network runs, as OUT is
+    assert main([str(src), str(tmp_path / "m.nii.gz"), "--png", str(folder)]) == 1
+    assert "is a folder; hint: give a file name ending in .png" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qc.png", "t2.nii.gz"]
 
 
 def test_cli_garbage_message_is_one_line(tmp_path):

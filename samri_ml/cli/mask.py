@@ -148,10 +148,12 @@ TOO_LARGE_MM3, TOO_SMALL_MM3 = 20_000.0, 5.0
 
 
 def _check_outputs(args) -> None:
-    """Refuse OUT (and --masked) where no file can be written, before anything is written."""
+    """Refuse OUT (and --masked, --png) where no file can be written, before anything is
+    written."""
     for path in [args.out_file] + [p for p in (args.masked, args.png) if p is not None]:
         if path.is_dir():
-            raise SamriMLError(f"{path}: is a folder; hint: give a file name ending in .nii.gz")
+            ending = ".png" if path is args.png else ".nii.gz"
+            raise SamriMLError(f"{path}: is a folder; hint: give a file name ending in {ending}")
         if not path.parent.is_dir():
             raise SamriMLError(f"{path.parent}: output folder does not exist; hint: create it "
                                "first")  # fmt: skip
