@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from nipype.interfaces.ants import N4BiasFieldCorrection, Registration
+from nipype.interfaces.io import DataSink
 from nipype.pipeline import engine as pe
 
 from samri_ml.ants import ensure_ants_on_path
@@ -47,12 +48,16 @@ def add_masking(wf, in_file):
     Both stages (rigid, affine) are restricted to the brain; N4 keeps fitting the bias field
     on the whole image. (``niu_repeat([False, True])`` would leave the first stage unmasked.)
     """
-    mask = pe.Node(MaskBrain(in_file=str(in_file)), name="mask_brain")
+    # report=True: also a PNG of the mask outlined on the scan (out_report), to check it by eye
+    mask = pe.Node(MaskBrain(in_file=str(in_file), report=True), name="mask_brain")
     reg = wf.get_node("register")
     # one moving mask per registration stage (here 2)
     repeat = pe.Node(niu_repeat([True, True]), name="moving_masks")
     wf.connect(mask, "out_mask", repeat, "in_file")
     wf.connect(repeat, "out", reg, "moving_image_masks")
+    # Nipype deletes a node's outputs that nothing downstream uses: a DataSink keeps the picture
+    sink = pe.Node(DataSink(base_directory=str(Path(wf.base_dir) / "qc")), name="qc_sink")
+    wf.connect(mask, "out_report", sink, "@mask_picture")
     return wf
 
 
@@ -75,4 +80,5 @@ if __name__ == "__main__":
     ensure_ants_on_path()  # antspyx-backed antsRegistration & co. when no system ANTs
     wf = add_masking(existing_pipeline(in_file, template, template_mask, out), in_file)
     wf.run()
-    print(f"done: see {out / 'my_pipeline'}")
+    print(f"done: see {out / 'my_pipeline'}; the mask, drawn on the scan: "
+          f"{next((out / 'qc').glob('*_mask.png'))}")

@@ -70,6 +70,7 @@ def test_add_maskbrain_example_registers_better_than_no_registration(example_dat
     out = tmp_path / "out"
     wf = ex.add_masking(ex.existing_pipeline(anat, template, template_mask, out), anat)
     wf.run()
+    assert len(list((out / "qc").glob("*_mask.png"))) == 1  # MaskBrain's picture, kept
     xfm = next(out.rglob("transformComposite.h5"))
     truth = next((example_dataset / "derivatives" / "groundtruth").glob(
         "sub-01/ses-*/anat/*_desc-brain_mask.nii.gz"))  # fmt: skip
