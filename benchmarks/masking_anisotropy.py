@@ -12,7 +12,10 @@ are combined with
 
 * ``limit L``: only the views whose in-plane voxel aspect ratio is at most L (all when none is);
 * ``None``: every view, equal weights (as shipped);
-* ``inv`` / ``inv2``: every view, weight 1 / aspect (squared).
+* ``inv`` / ``inv2``: every view, weight 1 / aspect (squared);
+* ``veto``: every view, equal weights, but a voxel to which the view with the finest in-plane
+  voxels gives under :data:`VIEW_VETO` is not brain (volumes with anisotropic voxels only;
+  2026-12-02, fifteenth session; not shipped: the real sammba EPI lost its end slices).
 
 Volumes, from the two dama validation subjects (never trained on): the real brain resliced
 thick along anterior-posterior (x3: 0.45 mm, x6: 0.9 mm; their manual masks likewise) and
@@ -31,7 +34,9 @@ import time
 import numpy as np
 
 VALIDATION = ("dama/tg4510_tp3_11_20130523_UT", "dama/tg4510_tp3_7_20130522_WT")
-RULES = (1.5, 2, 3, 4, 6, None, "inv", "inv2")
+RULES = (1.5, 2, 3, 4, 6, None, "inv", "inv2", "veto")
+#: the ``veto`` rule (tried 2026-12-02, fifteenth session; not shipped, docs/masking.rst)
+VIEW_VETO, VETO_ASPECT = 0.2, 1.5
 
 
 def _aspect(zooms, axis: int) -> float:
@@ -80,6 +85,12 @@ def main() -> None:
         row = {"name": name, "zooms": [round(x, 3) for x in z],
                "max_aspect": round(max(aspect.values()), 2)}
         for rule in RULES:
+            if rule == "veto":
+                m = sum(probs.values()) / len(probs) > 0.5
+                if max(aspect.values()) > VETO_ASPECT:
+                    m &= probs[min(aspect, key=aspect.get)] >= VIEW_VETO
+                row[rule] = round(float(dice(clean_mask(m), msk)), 4) if m.any() else 0.0
+                continue
             if rule in ("inv", "inv2"):
                 w = {a: aspect[a] ** (-1 if rule == "inv" else -2) for a in probs}
             else:
