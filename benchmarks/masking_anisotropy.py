@@ -85,19 +85,15 @@ def main() -> None:
         row = {"name": name, "zooms": [round(x, 3) for x in z],
                "max_aspect": round(max(aspect.values()), 2)}
         for rule in RULES:
-            if rule == "veto":
-                m = sum(probs.values()) / len(probs) > 0.5
-                if max(aspect.values()) > VETO_ASPECT:
-                    m &= probs[min(aspect, key=aspect.get)] >= VIEW_VETO
-                row[rule] = round(float(dice(clean_mask(m), msk)), 4) if m.any() else 0.0
-                continue
             if rule in ("inv", "inv2"):
                 w = {a: aspect[a] ** (-1 if rule == "inv" else -2) for a in probs}
-            else:
-                w = {a: float(rule is None or aspect[a] <= rule) for a in probs}
+            else:  # a limit, None (every view) or the veto (every view, then the veto)
+                w = {a: float(rule in (None, "veto") or aspect[a] <= rule) for a in probs}
                 if not any(w.values()):
                     w = dict.fromkeys(probs, 1.0)
             m = sum(probs[a] * w[a] for a in probs) / sum(w.values()) > 0.5
+            if rule == "veto" and max(aspect.values()) > VETO_ASPECT:
+                m &= probs[min(aspect, key=aspect.get)] >= VIEW_VETO
             row[str(rule)] = round(float(dice(clean_mask(m), msk)), 4) if m.any() else 0.0
         rows.append(row)
         print(json.dumps(row), f"({time.time() - t0:.0f} s)", flush=True)

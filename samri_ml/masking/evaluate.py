@@ -50,6 +50,7 @@ def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True, figure=None) 
         error = str(err)
     seconds = time.perf_counter() - t0
     ref = scan.mask > 0
+    score = dice(pred, ref)
     if figure is not None:
         from samri_ml.report import mask_figure
 
@@ -57,13 +58,13 @@ def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True, figure=None) 
             return nb.Nifti1Image(data.astype(np.uint8), img.affine)
 
         mask_figure(img, as_image(pred), figure, reference=as_image(ref),
-                    title=f"{scan.name}: Dice {dice(pred, ref):.3f} with the "
+                    title=f"{scan.name}: Dice {score:.3f} with the "
                     f"{scan.label_origin} reference")
     return {
         "scan": scan.name,
         "source": scan.source,
         "reference": scan.label_origin,
-        "dice": dice(pred, ref),
+        "dice": score,
         "r_image_reference": pearson(scan.image, ref),
         "r_image_predicted": pearson(scan.image, pred),
         "r_reference_predicted": pearson(ref, pred),
