@@ -135,11 +135,12 @@ def test_evaluate_masker_scores_unseen_sources_and_the_trusted_references(shared
     assert trusted["n"] == 2 and trusted["median_dice"] == pytest.approx(np.median(emory))
     assert min(emory) > 0.9  # both templates are masked (shipped model: 0.969, 0.944)
     # a picture per scan, the predicted and the reference outline both drawn
+    from samri_ml.masking.evaluate import figure_name
     from samri_ml.report import PREDICTED_MASK_COLOUR, REFERENCE_MASK_COLOUR
     from samri_ml.testing import colour_pixels
 
     pngs = sorted((tmp_path / "figures").iterdir())
-    assert [p.name for p in pngs] == sorted(f"{s.replace('/', '_')}.png" for s in scans)
+    assert [p.name for p in pngs] == sorted(figure_name(s) for s in scans)
     for png in pngs:
         assert colour_pixels(png, PREDICTED_MASK_COLOUR) > 300, png.name
         assert colour_pixels(png, REFERENCE_MASK_COLOUR) > 300, png.name
