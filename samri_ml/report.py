@@ -276,14 +276,21 @@ def mask_figure(image, mask, out_png, *, reference=None, title: str = "",
     out_png = Path(out_png)
     if out_png.suffix.lower() != ".png":
         raise ValueError(f"{out_png}: a PNG's name ends in .png")
+    ext = out_png.suffix[1:]
+    return _mask_mosaic(image, mask, out_png.with_suffix(""), reference=reference, title=title,
+                        n_slices=n_slices, formats=(ext,))[ext]
+
+
+def _mask_mosaic(image, mask, out_base, *, reference=None, title: str = "", n_slices: int = 8,
+                 formats=("png", "svg")) -> dict:
+    """:func:`mosaic` of a predicted mask (and a reference one) in the masks' colours and
+    legend: the one drawing of :func:`mask_figure` and of the subject reports."""
     legend = {PREDICTED_MASK_COLOUR: "predicted brain mask"}
     if reference is not None:
         legend[REFERENCE_MASK_COLOUR] = "reference mask"
-    ext = out_png.suffix[1:]
-    paths = mosaic(image, mask, edges=reference, out_base=out_png.with_suffix(""), title=title,
-                   contour_colour=PREDICTED_MASK_COLOUR, edges_colour=REFERENCE_MASK_COLOUR,
-                   legend=legend, n_slices=n_slices, formats=(ext,))
-    return paths[ext]
+    return mosaic(image, mask, edges=reference, out_base=out_base, title=title,
+                  contour_colour=PREDICTED_MASK_COLOUR, edges_colour=REFERENCE_MASK_COLOUR,
+                  legend=legend, n_slices=n_slices, formats=formats)
 
 
 def _img_tag(path: Path, alt: str) -> str:
@@ -508,10 +515,8 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                 if native_mask.exists() and masking != "none":
                     raw_img = nb.load(str(raw))
                     mask_img = nb.load(str(native_mask))
-                    paths = mosaic(raw_img, mask_img, out_base=figures / f"{name}_desc-mask",
-                                   title=f"{name}: predicted brain mask (native space)",
-                                   contour_colour=PREDICTED_MASK_COLOUR,
-                                   legend={PREDICTED_MASK_COLOUR: "predicted brain mask"})
+                    paths = _mask_mosaic(raw_img, mask_img, figures / f"{name}_desc-mask",
+                                         title=f"{name}: predicted brain mask (native space)")
                     body.append("<h3>Predicted brain mask on the native scan: "
                                 f"{html.escape(Path(raw).name)}</h3>")
                     body.append(_img_tag(paths["png"], f"{name} mask"))
