@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from samri_ml.errors import SamriMLError
+
+
+@contextmanager
+def quiet_stderr():
+    """File descriptor 2 pointed at /dev/null for the ``with`` block: what C libraries print
+    there themselves (TensorFlow's start-up lines, libtiff's and ITK's warnings about a file)
+    is dropped, so that a command's one-line error stands alone. Python errors raised inside
+    still propagate; without a file descriptor 2 (an embedded interpreter) nothing changes."""
+    try:
+        sys.stderr.flush()
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        yield
+        return
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()  # what Python wrote meanwhile goes to /dev/null too
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
 
 
 def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_values: bool = True):

@@ -51,20 +51,10 @@ def import_keras():
 
         return keras
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        sys.stderr.flush()
-        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    except OSError:  # no file descriptor 2 (an embedded interpreter): plain import
-        import keras
+    from samri_ml.io import quiet_stderr
 
-        return keras
-    os.dup2(null, 2)
-    try:
+    with quiet_stderr():
         import keras
-    finally:
-        os.dup2(saved, 2)
-        os.close(null)
-        os.close(saved)
     return keras
 
 
