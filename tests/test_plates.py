@@ -357,6 +357,131 @@ def test_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation, suffix
     assert read_image(plain).shape == stored.shape
 
 
+def _as_viewers_show(tmp_path, stored: np.ndarray, orientation: int) -> np.ndarray:
+    """``stored`` as viewers show it with an orientation tag: PIL's exif_transpose of a PNG."""
+    from PIL import Image, ImageOps
+
+    exif = Image.new("L", (1, 1)).getexif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "ref.png", exif=exif)
+    with Image.open(tmp_path / "ref.png") as im:
+        return np.asarray(ImageOps.exif_transpose(im))
+
+
+@pytest.mark.parametrize("kind", ["gray8", "gray16", "rgb"])
+def test_tiff_orientation_is_applied_once(tmp_path, capfd, kind):
+    """A TIFF's orientation tag was applied twice: libtiff (in OpenCV) applies tags 2-4
+    itself, then exif_upright again (tag 3 came back turned 180 deg, a mirror for 2 and 4).
+    Tags 5-8 (stored turned by a quarter turn) no reader here decodes reliably (OpenCV fails,
+    SimpleITK's fallback mirrored them and cut 16 bits to 8 with ITK warnings): refused in one
+    line, nothing else on stderr."""
+    from PIL import Image
+
+    from samri_ml.plates.data import _to_uint8
+
+    stored = _brain(90, 150)
+    stored[5:20, 5:40] = 255  # a corner mark: any wrong turn or flip shows
+    for orientation in range(1, 9):
+        want = _as_viewers_show(tmp_path, stored, orientation)
+        if kind == "gray16":
+            pixels, want = stored.astype(np.uint16) * 257, _to_uint8(want.astype(np.uint16) * 257,
+                                                                        "")
+        elif kind == "rgb":
+            pixels = np.dstack([stored, stored // 2, stored // 3])
+            want = _to_uint8(np.dstack([want // 3, want // 2, want]), "")  # as OpenCV's BGR
+        else:
+            pixels = stored
+        path = tmp_path / f"{kind}_{orientation}.tif"
+        Image.fromarray(pixels).save(path, tiffinfo={0x0112: orientation})
+        capfd.readouterr()
+        if orientation <= 4:
+            got = read_image(path)
+            assert got.shape == want.shape, orientation
+            assert np.abs(got.astype(int) - want).max() <= 1, orientation
+        else:
+            with pytest.raises(SamriMLError, match=f"orientation tag {orientation}.*hint: save "
+                               "it upright") as e:
+                read_image(path)
+            assert "\n" not in str(e.value)
+        assert capfd.readouterr().err == "", orientation
+
+
+def test_a_tiff_of_several_channels_per_pixel_is_refused(tmp_path, capfd):
+    """A spectral or multi-channel TIFF (2 or 20 samples per pixel) went through SimpleITK,
+    and its first pixel row was taken for a page: "2x1024 px, too small", or a 1024x20 strip
+    ranked with exit 0. Now one line that says which image it is, nothing from libtiff; a
+    stack of pages is still read from its first page, with a note."""
+    import SimpleITK as sitk
+
+    from samri_ml.errors import SamriMLNote
+
+    b = _brain(93, 102)
+    for channels in (2, 20):
+        path = tmp_path / f"ch{channels}.tif"
+        sitk.WriteImage(sitk.GetImageFromArray(np.stack([b] * channels, -1), isVector=True),
+                        str(path))
+        capfd.readouterr()
+        with pytest.raises(SamriMLError, match=f"{channels} channels per pixel .shape "
+                           f"\\(93, 102, {channels}\\)\\).*hint: save the channel") as e:
+            read_image(path)
+        assert "\n" not in str(e.value)
+        assert capfd.readouterr().err == ""
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([b, b // 2, b // 3])), str(tmp_path / "s.tif"))
+    with pytest.warns(SamriMLNote, match="a TIFF of 3 pages; its first page is used"):
+        assert np.array_equal(read_image(tmp_path / "s.tif"), b)
+
+
+def test_a_dim_float_image_is_stretched_as_16_bits_are(tmp_path):
+    """A float TIFF in [0, 1] was read as round(255 x): a dim export (max 0.05) kept 13 grey
+    levels and ranked plate 132 for 101, while the same pixels in 16 bits were stretched and
+    ranked 101. Under half of [0, 1] used (FLOAT_MIN_SPAN): stretched alike; a float image
+    that uses the range reads as round(255 x), as before (the shared PNGs)."""
+    from PIL import Image
+
+    b = _brain()
+    f = b.astype(np.float32) / 255
+    Image.fromarray(f * 0.05).save(tmp_path / "dim.tif")
+    Image.fromarray(np.round(f * 0.05 * 65535).astype(np.uint16)).save(tmp_path / "dim16.tif")
+    Image.fromarray(f).save(tmp_path / "full.tif")
+    dim, dim16 = read_image(tmp_path / "dim.tif"), read_image(tmp_path / "dim16.tif")
+    assert len(np.unique(dim)) > 100
+    assert np.abs(dim.astype(int) - dim16).max() <= 1
+    assert np.array_equal(read_image(tmp_path / "full.tif"), b)
+
+
+def test_a_constant_image_is_named_by_its_own_value(tmp_path):
+    """A constant 16-bit image of 1000 was "empty (every pixel is 0)": the value after the
+    8-bit conversion. Now the file's own value."""
+    from PIL import Image
+
+    for name, pixels, value in (("u16.tif", np.full((64, 64), 1000, np.uint16), "1000"),
+                                ("f.tif", np.full((64, 64), 0.25, np.float32), "0.25"),
+                                ("u8.png", np.full((64, 64), 7, np.uint8), "7")):
+        Image.fromarray(pixels).save(tmp_path / name)
+        with pytest.raises(SamriMLError, match=f"empty \\(every pixel is {value}\\)$"):
+            read_image(tmp_path / name)
+
+
+def test_a_truncated_tiff_is_refused_in_one_line(tmp_path, capfd):
+    """A TIFF cut short printed libtiff's own lines (``TIFFFillStrip: Read error on strip 0``)
+    above "not a readable image"; now one line that says what is wrong, as for PNG and JPEG,
+    whether its tags come first (uncompressed, Pillow) or last (LZW, libtiff)."""
+    from PIL import Image
+
+    b = _brain(400, 500)
+    Image.fromarray(b.astype(np.uint16) * 257).save(tmp_path / "s16.tif")
+    Image.fromarray(b).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    for name in ("s16.tif", "lzw.tif"):
+        raw = (tmp_path / name).read_bytes()
+        assert read_image(tmp_path / name).shape == b.shape
+        (tmp_path / f"cut_{name}").write_bytes(raw[: len(raw) // 2])
+        capfd.readouterr()
+        with pytest.raises(SamriMLError, match="truncated or corrupt TIFF.*hint: copy") as e:
+            read_image(tmp_path / f"cut_{name}")
+        assert "\n" not in str(e.value)
+        assert capfd.readouterr().err == ""
+
+
 def test_truncated_jpeg_is_refused(tmp_path):
     """A JPEG cut short is refused (OpenCV filled the missing rows with grey, and libjpeg only
     printed a warning); whole baseline, progressive and padded JPEGs read."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from samri_ml.errors import SamriMLError, SamriMLNote
+from samri_ml.io import quiet_stderr
 from samri_ml.paths import shared_data_dir  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -22,6 +23,14 @@ MIN_SIDE = 16  # px; anything smaller carries no anatomy worth ranking
 _LABEL_RE = re.compile(r"^(\d+)")
 JPEG_MAGIC = b"\xff\xd8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+#: a float image in [0, 1] whose 0.1st-99.9th percentiles span less than this is stretched
+#: between them, as 16-bit images are: ``round(255 x)`` would leave it fewer than half of the
+#: 8-bit grey levels (a bit or more lost; a float export with max 0.05 kept 13 levels and
+#: ranked plate 132 for 101). Every shared section and plate spans at least 0.55 (sections
+#: 0.70), so a float copy of them reads as its 8-bit PNG.
+FLOAT_MIN_SPAN = 0.5
 
 
 def label_from_name(path) -> int:
@@ -79,10 +88,12 @@ def _to_uint8(img: np.ndarray, path) -> np.ndarray:
     f = img.astype(np.float64)
     if not np.all(np.isfinite(f)):
         f = np.where(np.isfinite(f), f, 0.0)
-    if np.issubdtype(img.dtype, np.floating) and f.min() >= 0 and f.max() <= 1.0:
-        # the originals are float in [0, 1]: value = round(255 x), as the shared PNGs
-        return np.round(f * 255).astype(np.uint8)
     lo, hi = np.percentile(f, [0.1, 99.9])
+    if (np.issubdtype(img.dtype, np.floating) and f.min() >= 0 and f.max() <= 1.0
+            and hi - lo >= FLOAT_MIN_SPAN):
+        # the originals are float in [0, 1]: value = round(255 x), as the shared PNGs; a dim
+        # one (FLOAT_MIN_SPAN) is stretched below, as 16-bit images are
+        return np.round(f * 255).astype(np.uint8)
     if hi <= lo:
         lo, hi = f.min(), f.max()
     if hi <= lo:
@@ -95,12 +106,16 @@ def read_image(path) -> np.ndarray:
 
     Accepts 8/16-bit and float PNG/TIFF/JPEG, RGB(A) images (converted to gray) and
     float TIFFs in [0, 1] (the microscope's originals). A brightfield section (dark tissue on a
-    bright background) is inverted, with a note, to look like the plates.
+    bright background) is inverted, with a note, to look like the plates. An EXIF orientation
+    tag is applied as viewers apply it: by :func:`exif_upright` for JPEG and PNG, by the
+    decoder itself for a TIFF (libtiff applies tags 2-4; tags 5-8, stored turned by a quarter
+    turn, no reader here decodes reliably, so they are refused).
 
     Raises
     ------
     SamriMLError
-        Missing file, not an image, an image smaller than 16 px, or one with a single value
+        Missing file, not an image, a truncated file, a TIFF stored turned by a quarter turn or
+        of several channels per pixel, an image smaller than 16 px, or one with a single value
         (empty), each with a one-line cause.
     """
     import cv2
@@ -112,7 +127,12 @@ def read_image(path) -> np.ndarray:
         raise SamriMLError(f"{path}: is a directory, not an image")
     _quiet_opencv()
     data = None
-    if p.suffix.lower() in (".jpg", ".jpeg", ".png"):
+    tiff = _is_tiff(p)
+    if tiff:
+        _check_tiff(p)
+        with quiet_stderr():  # libtiff's own warnings and errors about the file
+            img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    elif p.suffix.lower() in (".jpg", ".jpeg", ".png"):
         data = p.read_bytes()  # read once: checked, decoded, searched for its EXIF
         # by the content, not the name (a PNG saved as .jpg is a PNG)
         if data[:2] == JPEG_MAGIC and not _jpeg_complete(data):
@@ -127,19 +147,17 @@ def read_image(path) -> np.ndarray:
     else:
         img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if img is None:
-        img = _read_with_fallbacks(p)
-    elif p.suffix.lower() in (".tif", ".tiff"):
+        img = _read_with_fallbacks(p, path)
+    elif tiff:
         try:
-            pages = cv2.imcount(str(p))
+            with quiet_stderr():
+                pages = cv2.imcount(str(p))
         except (cv2.error, AttributeError):  # an OpenCV without imcount
             pages = 1
-        if pages > 1:
-            import warnings
-
-            warnings.warn(f"{path}: a TIFF of {pages} pages; its first page is used (hint: "
-                          "save each section as its own file)", SamriMLNote, stacklevel=2)
-    img = _to_uint8(img, path)
-    img = exif_upright(img, _exif_orientation(p, data))
+        _first_page_note(path, pages)
+    raw, img = img, _to_uint8(img, path)
+    if not tiff:  # libtiff has applied a TIFF's tag already (_check_tiff)
+        img = exif_upright(img, _exif_orientation(p, data))
     h, w = img.shape
     if min(h, w) < MIN_SIDE:
         raise SamriMLError(
@@ -147,8 +165,87 @@ def read_image(path) -> np.ndarray:
             f"{MIN_SIDE} px a side)"
         )
     if int(img.max()) == int(img.min()):
-        raise SamriMLError(f"{path}: image is empty (every pixel is {int(img.min())})")
+        # the file's own value (a constant 16-bit 1000 is 0 in 8 bits)
+        value = raw.flat[0] if raw.size and np.all(raw == raw.flat[0]) else img.flat[0]
+        raise SamriMLError(f"{path}: image is empty (every pixel is {_value_text(value)})")
     return _as_the_plates(img, path)
+
+
+def _value_text(value) -> str:
+    """A pixel value as a user would write it: ``1000``, ``0.25``."""
+    value = np.asarray(value).item()
+    return f"{value:g}" if isinstance(value, float) else str(int(value))
+
+
+def _first_page_note(path, pages: int) -> None:
+    """The ``note:`` that only the first page of a multi-page TIFF is used."""
+    if pages > 1:
+        import warnings
+
+        warnings.warn(f"{path}: a TIFF of {pages} pages; its first page is used (hint: "
+                      "save each section as its own file)", SamriMLNote, stacklevel=3)
+
+
+def _is_tiff(path: Path) -> bool:
+    """Whether a file's first bytes are a TIFF's (whatever its name)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in TIFF_MAGICS
+    except OSError:
+        return False
+
+
+def _check_tiff(path: Path) -> None:
+    """Refuse a TIFF that cannot be read as it is shown, from its first page's tags (Pillow
+    reads them without decoding the image):
+
+    - cut short: its first tags (libtiff writes them after the image data) or a strip or
+      tile lie past the end of the file (libtiff printed its own lines above ours);
+    - orientation 5-8 (stored turned by a quarter turn): OpenCV cannot decode such a file,
+      SimpleITK's fallback returns tag 5 as stored and 6-8 wrongly turned, and Pillow turns
+      gray ones wrongly, so none of them is trusted. Tags 2-4 are applied by libtiff itself
+      (in OpenCV and SimpleITK alike), so :func:`exif_upright` is not applied to a TIFF: it
+      turned or mirrored such images a second time."""
+    import logging
+    import warnings
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    order = "little" if head[:2] == b"II" else "big"
+    first_ifd = (int.from_bytes(head[4:8], order) if head[2:4] in (b"*\x00", b"\x00*")
+                 else int.from_bytes(head[8:16], order))  # BigTIFF: a 64-bit offset
+    if len(head) < 8 or first_ifd >= size:  # libtiff writes the tags after the image data
+        raise SamriMLError(f"{path}: truncated or corrupt TIFF (it ends before its tags); "
+                           "hint: copy or export it again")
+    # Pillow warns and logs of its own on a file it cannot decode (20 samples per pixel)
+    log = logging.getLogger("PIL.TiffImagePlugin")
+    was, log.disabled = log.disabled, True
+    try:
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(path)
+        with im:
+            tags = im.tag_v2
+            orientation = int(tags.get(0x0112, 1))
+            offsets = tags.get(273) or tags.get(324)  # StripOffsets or TileOffsets
+            counts = tags.get(279) or tags.get(325)  # StripByteCounts or TileByteCounts
+    except Exception:  # noqa: BLE001 - no Pillow, or tags it cannot read: the decoders judge
+        return
+    finally:
+        log.disabled = was
+    offsets = offsets if isinstance(offsets, tuple) else (offsets,)
+    counts = counts if isinstance(counts, tuple) else (counts,)
+    if any(o is not None and c is not None and o + c > size
+           for o, c in zip(offsets, counts, strict=False)):
+        raise SamriMLError(f"{path}: truncated or corrupt TIFF (its image data runs past the "
+                           "end of the file); hint: copy or export it again")
+    if orientation in (5, 6, 7, 8):
+        raise SamriMLError(f"{path}: a TIFF stored turned by a quarter turn (orientation tag "
+                           f"{orientation}), which cannot be read reliably here; hint: save it "
+                           "upright (orientation tag 1)")
 
 
 def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
@@ -274,9 +371,13 @@ def exif_upright(img: np.ndarray, orientation: int) -> np.ndarray:
     return img if turn is None else np.ascontiguousarray(turn(img))
 
 
-def _read_with_fallbacks(p: Path) -> np.ndarray:
+def _read_with_fallbacks(p: Path, path=None) -> np.ndarray:
     """OpenCV could not decode ``p``: try multi-page/odd TIFFs through SimpleITK (only TIFFs:
-    SimpleITK also reads MRI volumes, which are no sections)."""
+    SimpleITK also reads MRI volumes, which are no sections). A stack of pages gives its first
+    page (with a note); an image of more channels per pixel than RGBA (a spectral or
+    multi-channel confocal export) is refused: which channel holds the section is for the
+    user to say. ``path``: the path as given, for the messages."""
+    path = p if path is None else path
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz", ".mnc", ".nrrd", ".mha", ".mhd", ".dcm")):
         raise SamriMLError(f"{p}: a volume (MRI/CT) format, not a section image; hint: give a "
@@ -286,14 +387,21 @@ def _read_with_fallbacks(p: Path) -> np.ndarray:
     try:
         import SimpleITK as sitk
 
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+        with quiet_stderr():  # libtiff's and ITK's own lines about the file
+            image = sitk.ReadImage(str(p))
+            arr = sitk.GetArrayFromImage(image)
     except Exception:
         raise SamriMLError(
-            f"{p}: not a readable image; hint: give a PNG, JPEG or TIFF section"
+            f"{path}: not a readable image; hint: give a PNG, JPEG or TIFF section"
         ) from None
-    arr = np.squeeze(arr)
-    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
-        arr = arr[0]  # a stack: its first page, as OpenCV reads a multi-page TIFF
+    channels = image.GetNumberOfComponentsPerPixel()
+    if channels not in (1, 3, 4):
+        raise SamriMLError(f"{path}: an image of {channels} channels per pixel (shape "
+                           f"{arr.shape}), not one grey or colour section; hint: save the "
+                           "channel to rank as its own image")
+    if image.GetDimension() == 3:  # a stack of pages: the first, as OpenCV reads one
+        _first_page_note(path, arr.shape[0])
+        arr = arr[0]
     return arr
 
 
