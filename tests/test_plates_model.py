@@ -826,3 +826,44 @@ def test_montage_says_how_the_section_was_read_at_its_foot(tmp_path, plate_thumb
     # the label's colour (orange; the section is grey) at the foot of the turned one only
     orange = [int(((f[..., 2].astype(int) - f[..., 0]) > 100).sum()) for f in feet]
     assert orange[0] > 50 and orange[1] == 0, orange
+
+
+@pytest.mark.shared_data
+def test_an_atlas_of_the_shipped_plates_keeps_the_uncertain_flag_and_the_turn_back(tmp_path):
+    """``--atlas DIR`` turned the ``uncertain`` flag and the turn-back off for every atlas,
+    silently, even for the shipped plates themselves. Now they stay on where DIR holds the
+    model's own plates (some of them), and a note says where they are off."""
+    import shutil
+
+    import cv2
+
+
+    section = cv2.imread(str(SHARED / "val_2" / "101.png"), cv2.IMREAD_GRAYSCALE)
+    near, gap = tmp_path / "near", tmp_path / "gap"
+    for folder, plates in ((near, range(96, 107)), (gap, [*range(92, 100), *range(110, 114)])):
+        folder.mkdir()
+        for n in plates:
+            shutil.copy(SHARED / "atlas" / f"{n}.jpg", folder)
+    ident = PlateIdentifier(atlas=near, variant="default")
+    assert ident.uncertain_distance == pytest.approx(0.35)
+    turned = ident.rank([np.rot90(section).copy()], regions=False)[0]
+    assert turned["turned_degrees"] in (90, 270) and turned["ranking"][0] == 101
+    ident = PlateIdentifier(atlas=gap, variant="default")
+    far = ident.rank([section], regions=False)[0]  # its plate and its neighbours are missing
+    assert far["distances"][0] > 0.35 and far["uncertain"] is True
+
+
+def test_an_atlas_of_other_plates_says_the_uncertain_flag_is_off(tmp_path, plate_thumbs):
+    import cv2
+
+    from samri_ml.errors import SamriMLNote
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    for n in (20, 60, 100):
+        cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n][::-1])  # other pictures
+    with pytest.warns(SamriMLNote, match="no result is flagged uncertain and no section"):
+        ident = PlateIdentifier(atlas=atlas, variant="default")
+    assert ident.uncertain_distance is None
+    res = ident.rank([np.rot90(plate_thumbs[60]).copy()], regions=False)[0]
+    assert "uncertain" not in res and res["turned_degrees"] == 0

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "plates (at least 5), named after the image, e.g. 101.png_plates.png",
     )
     p.add_argument(
-        "--atlas", metavar="DIR", help="re-index another atlas: folder of plates N.jpg|png|tif"
+        "--atlas", metavar="DIR", help="re-index another atlas: folder of plates N.jpg|png|tif. "
+        "The 'uncertain' flag and the turn-back of sections far from every plate stay on only "
+        "where DIR holds the model's own plates (or some of them); otherwise a note says so",
     )
     add_plate_model_options(p)
     p.add_argument(

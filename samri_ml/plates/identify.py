@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samri_ml.errors import SamriMLError
+from samri_ml.errors import SamriMLError, SamriMLNote
 from samri_ml.hardware import available_cpus
 from samri_ml.plates.data import _to_uint8, load_atlas, preprocess, read_image, tissue_bbox
 
@@ -74,6 +74,14 @@ PARTS = {
 #: (``benchmarks/plates_orientation.py --pieces``): of val_1's upright pieces none is turned,
 #: of its turned whole sections 24 of 36 are turned back.
 TURN_FRACTION = 0.7
+
+#: an atlas re-indexed (``--atlas``) keeps the index's ``uncertain_distance`` (and so the
+#: ``uncertain`` flag and the turn-back) where each of its plates, re-embedded, lies within
+#: this distance of the index's embedding of the plate of its number: the shipped plates (or
+#: some of them) under the shipped model. Re-embedding the shipped atlas moved no plate by
+#: more than 0.0033 (default and multimodal; sections may be embedded in bfloat16); the
+#: nearest two distinct plates lie 0.073 apart.
+SAME_PLATE_DISTANCE = 0.02
 
 
 #: a whole coronal section is at least this wide for its height (the atlas' narrowest plate,
@@ -435,15 +443,33 @@ class PlateIdentifier(_Ranker):
 
     def reindex(self, atlas) -> None:
         """Embed another atlas folder (plates and their regions) with this model, at its input
-        size: the index read before, if any, is replaced, whatever model made it."""
+        size: the index read before, if any, is replaced, whatever model made it.
+
+        The index's ``uncertain_distance`` was measured on its own plates: it is kept where
+        the atlas holds those plates (or some of them), as this model embeds them
+        (:data:`SAME_PLATE_DISTANCE`); otherwise the ``uncertain`` flag and the turn-back
+        are off, said in a note."""
         plates, imgs = load_atlas(atlas)
+        known = ({} if self.embeddings is None
+                 else dict(zip(self.plates.tolist(), self.embeddings, strict=True)))
+        limit = self.uncertain_distance
         self.plates = plates
         self.embeddings = self.region_embeddings = None
         self.size = int(self.model.input_shape[1] or self.size)  # None: any size, keep it
         self.embeddings = self.embed(imgs)
         self.region_embeddings = self.embed_regions(imgs)[0]
         self.height_mm = None
-        self.uncertain_distance = None  # measured for the index's own atlas only
+        same = all(p in known and known[p].shape == e.shape
+                   and float(np.linalg.norm(known[p] - e)) <= SAME_PLATE_DISTANCE
+                   for p, e in zip(plates.tolist(), self.embeddings, strict=True))
+        self.uncertain_distance = limit if same else None
+        if limit is not None and not same:
+            import warnings
+
+            warnings.warn(f"{atlas}: not the plates of the model's own index, so no result is "
+                          "flagged uncertain and no section far from every plate is turned back "
+                          "(their limit was measured on that index's plates)", SamriMLNote,
+                          stacklevel=2)
 
     def distances(self, imgs: list[np.ndarray], regions: bool | None = None,
                   prepped: np.ndarray | None = None, known: dict | None = None,
