@@ -867,3 +867,33 @@ def test_an_atlas_of_other_plates_says_the_uncertain_flag_is_off(tmp_path, plate
     assert ident.uncertain_distance is None
     res = ident.rank([np.rot90(plate_thumbs[60]).copy()], regions=False)[0]
     assert "uncertain" not in res and res["turned_degrees"] == 0
+
+
+def test_identify_plate_reranks_when_the_atlas_folder_changes(tmp_path, plate_thumbs):
+    """IdentifyPlate's cache key held atlas_dir's path only: after plates were removed from
+    the folder, a rerun of the workflow gave the cached ranking, plates that were gone
+    included. Now the folder's image files (names, sizes, times) are part of the key."""
+    import cv2
+    import nipype.pipeline.engine as pe
+
+    from samri_ml.interfaces.plates import IdentifyPlate
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    for n in (60, 80, 100, 101, 102):
+        cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n])
+    sec = tmp_path / "s.png"
+    cv2.imwrite(str(sec), plate_thumbs[101])
+
+    def ranking():
+        wf = pe.Workflow(name="w", base_dir=str(tmp_path / "work"))
+        wf.add_nodes([pe.Node(IdentifyPlate(in_file=str(sec), atlas_dir=str(atlas),
+                                            regions=False, variant="default"), name="ident")])
+        return list(wf.run(plugin="Linear").nodes)[0].result.outputs.ranking
+
+    first = ranking()
+    assert sorted(first) == [60, 80, 100, 101, 102] and first[0] == 101
+    assert ranking() == first  # the same folder: the same (cached) ranking
+    (atlas / "101.png").unlink()
+    (atlas / "102.png").unlink()
+    assert sorted(ranking()) == [60, 80, 100]

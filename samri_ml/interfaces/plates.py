@@ -13,6 +13,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from samri_ml.errors import SamriMLError
 from samri_ml.io import json_dumps
 from samri_ml.plates.identify import VARIANT_CHOICES
 
@@ -43,8 +44,16 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
                                 "the cache key, so that other weights or another index "
                                 "invalidate cached rankings")
 
+    atlas_checksum = traits.Str(usedefault=True,
+                                desc="names, sizes and modification times of atlas_dir's image "
+                                "files (set from 'atlas_dir'): part of the cache key, so that "
+                                "plates added, removed or replaced invalidate cached rankings")
+
     def _model_checksum_default(self):
         return plates_checksum(self.model, self.index)
+
+    def _atlas_dir_changed(self, new):
+        self.atlas_checksum = atlas_checksum(new)
 
     def _model_changed(self, new):
         self.model_checksum = plates_checksum(new, self.index)
@@ -55,7 +64,30 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     def get_hashval(self, hash_method=None):
         # the files' content now, when Nipype makes the cache key (not when they were set)
         self.model_checksum = plates_checksum(self.model, self.index)
+        self.atlas_checksum = atlas_checksum(self.atlas_dir)
         return super().get_hashval(hash_method=hash_method)
+
+
+def atlas_checksum(folder=None) -> str:
+    """sha256 of the names, sizes and modification times of an atlas folder's image files
+    (what :func:`~samri_ml.plates.data.load_atlas` may read); ``""`` without a folder,
+    ``unreadable`` where it cannot be listed (Nipype's own check of the input says so). A
+    Directory input is hashed by its path only: plates removed from the folder kept the
+    cached ranking, which still held them."""
+    if not traits_defined(folder):
+        return ""
+    import hashlib
+
+    from samri_ml.plates.data import _image_files
+
+    digest = hashlib.sha256()
+    try:
+        for path in _image_files(folder):
+            st = path.stat()
+            digest.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    except (OSError, SamriMLError):
+        return "unreadable"
+    return digest.hexdigest()
 
 
 def plates_checksum(model=None, index=None) -> str:
