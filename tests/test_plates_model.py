@@ -897,3 +897,23 @@ def test_identify_plate_reranks_when_the_atlas_folder_changes(tmp_path, plate_th
     (atlas / "101.png").unlink()
     (atlas / "102.png").unlink()
     assert sorted(ranking()) == [60, 80, 100]
+
+
+@pytest.mark.parametrize("with_atlas", [True, False])
+def test_a_model_that_is_no_plate_embedding_is_refused_in_one_line(tmp_path, plate_thumbs,
+                                                                    capsys, with_atlas):
+    """The brain masker given as ``--model`` with ``--atlas`` failed with a raw ``TypeError:
+    only length-1 arrays ...`` (or an IndexError); without --atlas it was "does not belong"."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    for n in (20, 60, 100):
+        cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n])
+    masker = default_model_dir() / "unet_brainmask.keras"
+    argv = [str(atlas / "60.png"), "--model", str(masker)]
+    assert main(argv + (["--atlas", str(atlas)] if with_atlas else [])) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a plate embedding model" in err[0] and "hint:" in err[0], err

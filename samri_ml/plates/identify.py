@@ -330,6 +330,12 @@ class PlateIdentifier(_Ranker):
                 if "File not found" in first:  # Keras' words for a file that is no .keras zip
                     first = "not a .keras archive"
                 raise SamriMLError(f"{self.model_path}: not a Keras model ({first})") from err
+            if not _is_embedding(model):  # a masker, say: it failed deep in numpy
+                raise SamriMLError(
+                    f"{self.model_path}: not a plate embedding model (it takes "
+                    f"{model.input_shape} inputs and gives {model.output_shape} outputs; a plate "
+                    "embedding maps a grey image to one vector); hint: give a model from "
+                    "samri_ml-train-plates --export")
             shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
             reindexing = self.embeddings is None  # the index is being made with this model
             if not reindexing and (shape_in != (self.size, self.size)
@@ -466,10 +472,10 @@ class PlateIdentifier(_Ranker):
         if limit is not None and not same:
             import warnings
 
-            warnings.warn(f"{atlas}: not the plates of the model's own index, so no result is "
-                          "flagged uncertain and no section far from every plate is turned back "
-                          "(their limit was measured on that index's plates)", SamriMLNote,
-                          stacklevel=2)
+            warnings.warn(f"{atlas}: these plates, re-embedded, are not the plate index's, so "
+                          "no result is flagged uncertain and no section far from every plate "
+                          "is turned back (their limit was measured on the index's plates)",
+                          SamriMLNote, stacklevel=2)
 
     def distances(self, imgs: list[np.ndarray], regions: bool | None = None,
                   prepped: np.ndarray | None = None, known: dict | None = None,
@@ -655,6 +661,14 @@ class PlateIdentifier(_Ranker):
             ),
         }
 
+
+
+def _is_embedding(model) -> bool:
+    """Whether a Keras model maps one grey image (``(None, H, W, 1)``) to one vector
+    (``(None, L)``), as the plate embeddings do."""
+    shape_in, shape_out = model.input_shape, model.output_shape
+    return (isinstance(shape_in, tuple) and isinstance(shape_out, tuple) and len(shape_in) == 4
+            and shape_in[-1] == 1 and len(shape_out) == 2)
 
 
 def plate_thumbnails(imgs: list[np.ndarray], size: int = 128) -> np.ndarray:
