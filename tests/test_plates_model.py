@@ -337,7 +337,7 @@ def test_sections_differing_in_extension_keep_a_montage_each(tmp_path, plate_thu
             "ranking"][:3]
 
 
-def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs):
+def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs, capsys):
     """``samri_ml-identify-plate --montage DIR``: the command line made no picture (only the
     interface did); now a PNG per image, named after it, the section titled with its name,
     then its top plates; two images of one name from two folders keep one each."""
@@ -353,6 +353,9 @@ def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs):
     assert main([str(tmp_path / "a" / "s.png"), str(tmp_path / "b" / "s.png"), "--montage",
                  str(out), "--top", "3", "--no-regions", "--variant", "default"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["s.png_2_plates.png", "s.png_plates.png"]
+    # which is which is said (nothing named the second one's montage)
+    assert (f"note: {tmp_path / 'b' / 's.png'}: montage s.png_2_plates.png"
+            in capsys.readouterr().err)
     montage = cv2.imread(str(out / "s.png_plates.png"))
     assert montage.shape == (TILE, 6 * TILE, 3)  # the section and at least 5 plates
     assert main([str(tmp_path / "a" / "s.png"), "--montage", str(tmp_path / "a" / "s.png")]) == 2
@@ -917,3 +920,46 @@ def test_a_model_that_is_no_plate_embedding_is_refused_in_one_line(tmp_path, pla
     assert main(argv + (["--atlas", str(atlas)] if with_atlas else [])) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a plate embedding model" in err[0] and "hint:" in err[0], err
+
+
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path, plate_thumbs):
+    """``samri_ml-identify-plate ... --json OUT | head -1`` stopped at the first line it could
+    not print, with ``error: BrokenPipeError`` and exit 1, and OUT was never written. Now the
+    run goes on quietly: OUT holds every image, exit 0, nothing on stderr."""
+    import cv2
+
+    images = []
+    for n in (30, 60, 90):
+        images.append(str(tmp_path / f"{n}.png"))
+        cv2.imwrite(images[-1], plate_thumbs[n])
+    out, err = tmp_path / "r.json", tmp_path / "err.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "samri_ml.cli.identify_plate", *images, "--no-regions",
+             "--variant", "default", "--json", str(out)],
+            stdout=subprocess.PIPE, stderr=stderr,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        proc.stdout.close()  # the reader is gone before the first line, as after head -1
+        assert proc.wait(timeout=300) == 0
+    assert err.read_text() == ""
+    assert sorted(json.loads(out.read_text())) == sorted(images)
+
+
+@pytest.mark.parametrize("argv", [["IMG", "--json", ""], ["IMG", "--montage", ""],
+                                  ["IMG", "--atlas", ""], ["--images", "", "evaluate"],
+                                  ["--images", "DIR", "--json", "", "evaluate"]])
+def test_an_empty_path_is_a_usage_error(tmp_path, plate_thumbs, capsys, argv):
+    """``--json ""`` (a script's unset variable) was taken for "not given": exit 0 and no
+    file. Now a usage error (exit 2) before anything runs; likewise the other path options."""
+    import cv2
+
+    from samri_ml.cli.evaluate_plates import main as evaluate
+    from samri_ml.cli.identify_plate import main as identify
+
+    (tmp_path / "secs").mkdir()
+    cv2.imwrite(str(tmp_path / "secs" / "60.png"), plate_thumbs[60])
+    main = evaluate if argv[-1] == "evaluate" else identify
+    argv = [{"IMG": str(tmp_path / "secs" / "60.png"), "DIR": str(tmp_path / "secs")}.get(a, a)
+            for a in argv if a != "evaluate"]
+    assert main(argv) == 2
+    assert "an empty path" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -150,6 +150,9 @@ def _check_labels(paths, labels, plates) -> None:
 def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from samri_ml.cli.identify_plate import refuse_empty_paths
+
+    refuse_empty_paths(parser, args, ("--images", "--json", "--atlas", "--model", "--index"))
     if not Path(args.images).is_dir():
         parser.error(f"--images {args.images}: not a directory")
     if args.limit is not None and args.limit < 1:

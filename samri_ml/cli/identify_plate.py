@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -53,7 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def refuse_empty_paths(parser, args, options) -> None:
+    """A usage error for a path option given as ``""`` (``--json "$OUT"`` with OUT unset): it
+    was taken for "not given", and the run wrote no file and exited 0."""
+    for option in options:
+        if getattr(args, option.lstrip("-").replace("-", "_"), None) == "":
+            parser.error(f"{option}: an empty path (an unset variable?); hint: give a path")
+
+
 def _check_args(parser, args) -> None:
+    refuse_empty_paths(parser, args, ("--json", "--montage", "--atlas", "--model", "--index"))
     if args.top < 1:
         parser.error("--top must be at least 1")
     if args.atlas and not Path(args.atlas).is_dir():
@@ -141,6 +151,8 @@ def _write_montages(args, ident, paths, imgs, ranked, written: dict) -> None:
         written[name] = written.get(name, 0) + 1
         if written[name] > 1:
             name = f"{name}_{written[name]}"
+            print(f"{PROG}: note: {path}: montage {name}{MONTAGE_SUFFIX} (an image of the same "
+                  "name came first)", file=sys.stderr)
         write_ranked_montage(ident, img, res, out / f"{name}{MONTAGE_SUFFIX}",
                              top=max(5, args.top), atlas_dir=args.atlas, title=Path(path).name)
 
@@ -179,7 +191,19 @@ def _print_results(args, results: dict) -> None:
                 f" L/R {res['regions']['left']['plate']}/{res['regions']['right']['plate']}"
                 f", tilt DV {t['dorsoventral_degrees']} deg"
             )
+        _print_line(line)
+
+
+def _print_line(line: str) -> None:
+    """Print a result line. A closed stdout (``| head -1``) used to stop the run with a
+    ``BrokenPipeError`` line, and --json was never written: now the other lines go to
+    /dev/null, and the ranking, --json and --montage go on (exit status as without it)."""
+    try:
         print(line, flush=True)
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())  # also for the flush at exit
+        os.close(null)
 
 
 def _main(argv=None) -> int:
