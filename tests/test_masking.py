@@ -382,3 +382,21 @@ def test_unknown_training_data_is_said():
     assert by_source(rows, [])[0]["seen_in_training"] is True
     assert by_source(rows, ["emory"], training_known=False)[0]["seen_in_training"] is False
     assert "unknown" in report(rows, [], training_known=False)
+
+
+def test_out_of_memory_names_the_commands_own_options(capsys):
+    """The shared handler said "use fewer --nprocs" to samri_ml-mask, which has none, and
+    printed no traceback with -v."""
+    from samri_ml.cli import mask
+    from samri_ml.cli._common import run_cli
+
+    def huge(argv):
+        return np.ones(2**62, np.uint8)  # a real MemoryError (numpy cannot allocate it)
+
+    assert run_cli(mask.PROG, huge, [], memory_hint=mask.MEMORY_HINT) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"samri_ml-mask: error: out of memory; hint: {mask.MEMORY_HINT}"], err
+    assert "--nprocs" not in mask.MEMORY_HINT and "crop IN" in mask.MEMORY_HINT
+    assert run_cli(mask.PROG, huge, ["-v"], memory_hint=mask.MEMORY_HINT) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().endswith(mask.MEMORY_HINT)
