@@ -384,6 +384,51 @@ def test_unknown_training_data_is_said():
     assert "unknown" in report(rows, [], training_known=False)
 
 
+# ------------------------------------------------------------- headers samri_ml-mask reads
+
+
+def _sammba_like(shape=(20, 24, 16)):
+    import nibabel as nb
+
+    data = _ellipsoid(shape).astype(np.float32) * 100
+    return nb.Nifti1Image(data, np.diag([0.3, 0.3, 0.3, 1]))
+
+
+def _zero_sform(img, path, row=(0, 0, 0, 0)):
+    """``img`` written to ``path`` with an sform of zeros (``row`` its first row) in force, as
+    a file can hold it (nibabel refuses such an affine given to its constructor); returns the
+    file read back by nibabel."""
+    import nibabel as nb
+
+    header = img.header.copy()
+    header["srow_x"], header["srow_y"], header["srow_z"] = row, [0] * 4, [0] * 4
+    header["sform_code"] = 1
+    nb.Nifti1Image(np.asarray(img.dataobj), None, header).to_filename(path)
+    return nb.load(path)
+
+
+def test_mask_volume_is_in_mm_whatever_the_headers_unit():
+    """A correct header in microns was reported as 497583053101 mm^3 with a note that the
+    voxel size may be off by a factor of ten."""
+    import nibabel as nb
+
+    from samri_ml.cli.mask import summary
+
+    mask = _ellipsoid((30, 40, 20)).astype(np.uint8)
+    mm = nb.Nifti1Image(mask, np.diag([0.3, 0.3, 0.3, 1]))
+    mm.header.set_xyzt_units("mm")
+    want = f"{mask.sum() * 0.027:.0f} mm^3"
+    for unit, scale in (("micron", 1000), ("meter", 1e-3)):
+        img = nb.Nifti1Image(mask, np.diag([0.3 * scale, 0.3 * scale, 0.3 * scale, 1]))
+        img.header.set_xyzt_units(unit)
+        line = summary(img, "m.nii.gz")
+        assert want in line and "note:" not in line, line
+    assert want in summary(mm, "m.nii.gz")
+    tenfold = nb.Nifti1Image(mask, np.diag([3000, 3000, 3000, 1]))
+    tenfold.header.set_xyzt_units("micron")
+    assert "voxel size (3 x 3 x 3 mm) may be off by a factor of ten" in summary(tenfold, "m")
+
+
 def test_out_of_memory_names_the_commands_own_options(capsys):
     """The shared handler said "use fewer --nprocs" to samri_ml-mask, which has none, and
     printed no traceback with -v."""

@@ -81,7 +81,7 @@ def get_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    if not str(args.out_file).endswith((".nii", ".nii.gz")):
+    if not _is_nifti_name(args.out_file):
         parser.error(f"OUT must end in .nii or .nii.gz: {args.out_file}")
     if not 0 < args.threshold < 1:
         parser.error("--threshold must be between 0 and 1")
@@ -92,7 +92,7 @@ def _main(argv=None) -> int:
     if args.out_file.resolve() == args.in_file.resolve():
         parser.error("OUT would overwrite IN")
     if args.masked is not None:
-        if not str(args.masked).endswith((".nii", ".nii.gz")):
+        if not _is_nifti_name(args.masked):
             parser.error(f"--masked must end in .nii or .nii.gz: {args.masked}")
         if args.masked.resolve() in (args.in_file.resolve(), args.out_file.resolve()):
             parser.error("--masked would overwrite IN or OUT")
@@ -122,21 +122,41 @@ def _main(argv=None) -> int:
     return 0
 
 
+def _is_nifti_name(path) -> bool:
+    """Whether ``path`` ends in .nii or .nii.gz, in any case (as IN is read)."""
+    return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def voxel_size_mm(img):
+    """The voxel edges of ``img`` in mm: the affine's column lengths in the header's spatial
+    unit (:func:`samri_ml.qc.volume.mm_per_unit`: micron, meter)."""
+    import numpy as np
+
+    from samri_ml.qc.volume import mm_per_unit
+
+    scale = mm_per_unit(img.header.get_xyzt_units()[0])
+    return np.sqrt((np.asarray(img.affine, dtype=float)[:3, :3] ** 2).sum(axis=0)) * scale
+
+
 def summary(mask, out_file, masked=None) -> str:
     """The line said when a mask is written: its volume (a mouse brain is 390-750 mm^3 in the
     scans and templates here, a rat's about 2000, so a mask of the whole head shows at a
     glance), its share of the image, where the files went; and a hint where the volume says
-    that the header's voxel size is off by a factor of ten, a common quirk of rodent scans."""
+    that the header's voxel size is off by a factor of ten, a common quirk of rodent scans.
+    Sizes are in mm whatever the header's spatial unit (micron, meter; :func:`voxel_size_mm`)."""
     import numpy as np
 
+    from samri_ml.qc.volume import mm_per_unit, voxel_volume
+
     data = np.asarray(mask.dataobj) > 0
-    mm3 = float(data.sum()) * float(abs(np.linalg.det(mask.affine[:3, :3])))
+    mm3 = (float(data.sum()) * voxel_volume(mask.affine)
+           * mm_per_unit(mask.header.get_xyzt_units()[0]) ** 3)
     line = (f"{PROG}: {out_file}: brain mask of {int(data.sum())} voxels, {mm3:.0f} mm^3, "
             f"{100 * data.mean():.1f} % of the image")
     line += f"; masked image {masked}" if masked is not None else ""
     if mm3 > TOO_LARGE_MM3 or mm3 < TOO_SMALL_MM3:
         line += (f"\n{PROG}: note: a rodent brain of {mm3:.0f} mm^3? The header's voxel size "
-                 f"({' x '.join(f'{z:g}' for z in mask.header.get_zooms()[:3])} mm) may be off "
+                 f"({' x '.join(f'{z:g}' for z in voxel_size_mm(mask))} mm) may be off "
                  "by a factor of ten; the mask does not depend on it, registration to a "
                  "template does")
     return line
@@ -192,7 +212,7 @@ def _save_all(outputs) -> None:
     try:
         with ExitStack() as stack:
             for image, path in outputs:
-                suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
+                suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
                 nb.save(image, str(stack.enter_context(atomic_target(path, suffix))))
     except OSError as err:
         raise SamriMLError(f"cannot write {path} ({err.strerror}); nothing written") from err
