@@ -397,6 +397,67 @@ def test_a_stack_of_a_few_slices_is_refused(phantom):
         predict_mask(thin)
 
 
+def test_a_complex_image_is_masked_on_its_magnitude(tmp_path, phantom):
+    """Complex data was cast to its real part (a phase ramp made it half negative: refused as
+    "fills 100 %", with raw ComplexWarning lines); its magnitude is masked now, and --masked
+    keeps the phase."""
+    img = phantom["T2w"]
+    magnitude = np.asarray(img.dataobj, dtype=np.float32)
+    ramp = np.linspace(0, 1, magnitude.shape[0])[:, None, None]
+    data = (magnitude * np.exp(1j * (1.3 + 3 * ramp))).astype(np.complex64)
+    src, out, masked = tmp_path / "c.nii.gz", tmp_path / "m.nii.gz", tmp_path / "b.nii.gz"
+    nb.save(nb.Nifti1Image(data, img.affine), src)
+    r = _cli(src, out, "--masked", masked, "--png", tmp_path / "qc.png")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == "samri_ml-mask: note: a complex image: its magnitude (abs) is masked"
+    assert len(lines) == 3 and lines[1].startswith(f"samri_ml-mask: {out}: brain mask of "), lines
+    mask = np.asarray(nb.load(out).dataobj)
+    want = predict_mask(nb.Nifti1Image(np.abs(data), img.affine))
+    assert np.array_equal(mask, np.asarray(want.dataobj))
+    brain = nb.load(masked)
+    assert brain.get_data_dtype() == np.complex64
+    np.testing.assert_array_equal(np.asarray(brain.dataobj), data * (mask > 0))
+
+
+def test_a_4d_image_of_one_volume_stays_4d_and_pairs_are_named_well(tmp_path, phantom,
+                                                                     monkeypatch, capsys):
+    """--masked and MaskBrain.out_file came back 3D for a 4D series of one volume; MaskBrain
+    named the outputs of pair.img pair_mask.img.nii.gz; OUT in capitals was refused (IN is
+    not); and the outputs were always mode 0644, whatever the umask."""
+    import os
+    import stat
+
+    from samri_ml.cli.mask import main
+    from samri_ml.interfaces.masking import MaskBrain
+
+    img = phantom["T2w"]
+    series = np.asarray(img.dataobj, dtype=np.float32)[..., None]
+    nb.save(nb.Nifti1Pair(series, img.affine), tmp_path / "pair.img")
+    monkeypatch.chdir(tmp_path)
+    out = MaskBrain(in_file=str(tmp_path / "pair.img")).run().outputs
+    assert (out.out_mask, out.out_file) == (str(tmp_path / "pair_mask.nii.gz"),
+                                            str(tmp_path / "pair_masked.nii.gz"))
+    assert nb.load(out.out_mask).shape == series.shape[:3]
+    assert nb.load(out.out_file).shape == series.shape
+
+    src = tmp_path / "v1.nii.gz"
+    nb.save(nb.Nifti1Image(series, img.affine), src)
+    old = os.umask(0o027)
+    try:
+        assert main([str(src), "V1_MASK.NII.GZ", "--masked", "V1_BRAIN.NII.GZ"]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    brain = nb.load(tmp_path / "V1_BRAIN.NII.GZ")
+    assert brain.shape == series.shape
+    mask = np.asarray(nb.load(tmp_path / "V1_MASK.NII.GZ").dataobj)
+    np.testing.assert_array_equal(np.asarray(brain.dataobj), series * (mask[..., None] > 0))
+    for name in ("V1_MASK.NII.GZ", "V1_BRAIN.NII.GZ"):
+        assert (tmp_path / name).read_bytes()[:2] == b"\x1f\x8b", name  # gzipped
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
 def test_cli_writes_nothing_where_an_output_cannot_be_written(tmp_path, phantom, capsys):
     """An unwritable --masked folder used to fail after the prediction, with OUT written."""
     from samri_ml.cli.mask import main
@@ -431,6 +492,8 @@ def test_maskbrain_refuses_end_thresholds_and_takes_max_slices(tmp_path, phantom
 
 
 @pytest.fixture()
+
+
 def tiny_slices(monkeypatch):
     """``samri_ml-train-masker`` on 40 random 64x64 slices (8 for validation) instead of the
     shared scans: seconds per run. Returns the validation slices."""
@@ -466,6 +529,8 @@ def _train_masker(tmp_path, *args):
     (["--holdout", "emroy"], "argument --holdout: invalid choice: 'emroy'"),
     (["--epochs-plain", "0"], "--epochs-plain and --epochs-augmented are both 0"),
 ])  # fmt: skip
+
+
 def test_train_masker_refuses_settings_out_of_range(tmp_path, capsys, tiny_slices, args, words):
     """Negative epochs, zero batches or steps, no time: exit 0 with an untrained model (or a
     raw TensorFlow error); a misspelt --holdout source trained on it. Usage errors now."""

@@ -21,7 +21,7 @@ from samri_ml.cli._common import (
     run_cli,
     set_tf_threads,
 )
-from samri_ml.errors import SamriMLError
+from samri_ml.errors import SamriMLError, SamriMLNote
 from samri_ml.masking.predict import MIN_MAX_SLICES  # numpy only, no TensorFlow
 
 PROG = "samri_ml-mask"
@@ -103,7 +103,7 @@ def _main(argv=None) -> int:
     from samri_ml.io import load_nifti
     from samri_ml.masking.predict import apply_mask, load_model, predict_mask
 
-    img = load_nifti(args.in_file, allow_4d=True)
+    img = load_nifti(args.in_file, allow_4d=True, squeeze=False)  # --masked keeps IN's shape
     _check_outputs(args)  # before the network runs: a refused output costs no prediction
     model = load_model(args.model)
     t1 = time.perf_counter()
@@ -184,18 +184,27 @@ def _check_outputs(args) -> None:
                                "hint: choose a writable folder") from err
 
 
-def _draw(img, mask, png, in_file) -> None:
-    """:func:`samri_ml.report.mask_figure` into ``png``, written beside it and renamed (the
-    masks are written by then: a figure that fails is said, and loses nothing)."""
+def _draw(img, mask, png, in_file) -> bool:
+    """:func:`samri_ml.report.mask_figure` into ``png``, written beside it and renamed. The
+    masks are written by then: a figure that fails, whatever the cause (a full disk, a header
+    matplotlib cannot draw), is said in a note and loses nothing; the command still succeeds.
+    Returns whether the figure was written."""
+    import warnings
+
     from samri_ml.bids import atomic_target
     from samri_ml.report import mask_figure
 
     try:
         with atomic_target(png, ".png") as tmp:
             mask_figure(img, mask, tmp, title=f"{Path(in_file).name}: predicted brain mask")
-    except OSError as err:
-        raise SamriMLError(f"cannot write {png} ({err.strerror}); the mask is written") from err
+    except Exception as err:  # noqa: BLE001 - a picture is never worth the mask's exit code
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else (
+            f"{type(err).__name__}: {' '.join(str(err).split())}")
+        warnings.warn(f"the figure {png} could not be drawn ({cause}); the mask is written",
+                      SamriMLNote, stacklevel=2)
+        return False
     print(f"{PROG}: figure {png}", file=sys.stderr)
+    return True
 
 
 def _save_all(outputs) -> None:

@@ -179,6 +179,9 @@ def _as_image(img):
         return load_nifti(img, allow_4d=True)
     if not isinstance(img, nb.spatialimages.SpatialImage):
         raise SamriMLError(f"expected a NIfTI image or a path, got {type(img).__name__}")
+    from samri_ml.io import check_affine
+
+    check_affine(img, "the image")  # load_nifti checked a file's already
     return img
 
 
@@ -351,10 +354,17 @@ def predict_mask(
         Not 3D/4D, a single slice, too small, NaN/Inf, all-zero or constant data, no brain found
         (never an empty mask) or a mask filling nearly the whole image.
     """
+    import warnings
+
     import nibabel as nb
 
+    from samri_ml.io import image_data
+
     img = _as_image(img)
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    if np.dtype(img.get_data_dtype()).kind == "c":
+        warnings.warn("a complex image: its magnitude (abs) is masked", SamriMLNote,
+                      stacklevel=2)
+    data = image_data(img)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim not in (3, 4):
@@ -444,16 +454,15 @@ def predict_mask(
 
 
 def apply_mask(img, mask_img):
-    """The image multiplied by the mask (4D: every volume); float32 image on the input grid."""
+    """The image multiplied by the mask (4D: every volume, a 4D of one volume stays 4D) on the
+    input grid: float32, or complex64 for a complex image (its phase kept)."""
 
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    dtype = np.complex64 if np.dtype(img.get_data_dtype()).kind == "c" else np.float32
+    data = np.asarray(img.dataobj, dtype=dtype)
     mask = np.asarray(mask_img.dataobj) > 0
-    if data.ndim == 4:
-        data = data * mask[..., None]
-    else:
-        data = data * mask
-    out = nifti_class(img)(data.astype(np.float32), img.affine, img.header.copy())
-    out.set_data_dtype(np.float32)
+    mask = mask.reshape(mask.shape + (1,) * (data.ndim - mask.ndim))  # across the volumes
+    out = nifti_class(img)((data * mask).astype(dtype), img.affine, img.header.copy())
+    out.set_data_dtype(dtype)
     out.header["scl_slope"] = 1
     out.header["scl_inter"] = 0
     return out
