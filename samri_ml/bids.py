@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,18 +77,40 @@ def atomic_target(dst: Path, suffix: str = ""):
     writer that picks its format by the name); rename it onto ``dst`` if the block succeeds.
 
     The rename is atomic on one file system, so ``dst`` is never seen half-written; on failure
-    the temporary file is removed.
+    the temporary file is removed. ``dst`` gets the mode ``open()`` would give it: an existing
+    file's own, a new one ``0o666`` less the umask (:func:`current_umask`; ``mkstemp`` makes
+    the temporary file ``0o600``).
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)
+        try:
+            mode = stat.S_IMODE(os.stat(dst).st_mode) if dst.is_file() else None
+        except OSError:
+            mode = None
+        os.chmod(tmp, 0o666 & ~current_umask() if mode is None else mode)
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``Umask:`` in
+    ``/proc/self/status``); elsewhere set and reset at once (``os.umask`` has no read-only
+    form; another thread creating a file in between would get mode 0o022's files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_copy(src, dst, *, skip_identical: bool = True) -> Path:

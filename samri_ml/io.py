@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samri_ml.errors import SamriMLError
+from samri_ml.errors import SamriMLError, SamriMLNote
 
 
 @contextmanager
@@ -35,7 +36,8 @@ def quiet_stderr():
         os.close(saved)
 
 
-def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_values: bool = True):
+def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_values: bool = True,
+               squeeze: bool = True):
     """Load a NIfTI image, refusing what would silently give nonsense downstream.
 
     Parameters
@@ -48,6 +50,9 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
         Accept 2D images (one slice). Otherwise a 2D image is refused.
     check_values : bool
         Refuse NaN/Inf voxels and all-zero images (reads the data once).
+    squeeze : bool
+        Return a 4D image of one volume as 3D (the default); False keeps the file's shape (what
+        an output "IN multiplied by the mask" must keep).
 
     Returns
     -------
@@ -58,7 +63,13 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     ------
     SamriMLError
         Missing file, not a NIfTI, truncated/corrupt file, wrong number of dimensions,
-        NaN/Inf or all-zero data.
+        NaN/Inf or all-zero data, an affine without a usable orientation (:func:`check_affine`).
+
+    Warns
+    -----
+    SamriMLNote
+        What nibabel fixed in the header while reading it (its log lines, e.g. a zero voxel
+        size set to 1), one note each instead of nibabel's raw line.
     """
     import nibabel as nb
 
@@ -71,7 +82,8 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     if not os.access(path, os.R_OK):
         raise SamriMLError(f"{path}: not readable (check its permissions)")
     try:
-        img = nb.load(str(path))
+        with _nibabel_log() as fixed:
+            img = nb.load(str(path))
         data = np.asanyarray(img.dataobj)
     except (nb.filebasedimages.ImageFileError, gzip.BadGzipFile) as err:
         raise SamriMLError(f"{path}: not a NIfTI image ({_one_line(err)}); hint: give a .nii or "
@@ -103,9 +115,108 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
         if not np.any(data):
             raise SamriMLError(f"{path}: the image is all zeros; hint: check the file (an empty "
                                "export or a failed conversion?)")
-    if data.ndim != len(img.shape):
+    check_affine(img, path)
+    _say_header_fixes(img, path, fixed)
+    if squeeze and data.ndim != len(img.shape):
         img = nifti_class(img)(np.asarray(data), img.affine, img.header)
     return img
+
+
+def check_affine(img, name) -> None:
+    """Refuse an image whose affine (the sform or qform that nibabel reads) has no usable
+    orientation: not finite, or singular (an sform of zeros). Every output is written on the
+    input's affine, and the voxel sizes and orientation come from it.
+
+    Raises
+    ------
+    SamriMLError
+        Naming ``name`` (the file, or what the image is) and which form the affine came from.
+    """
+    if img.affine is None:  # an image made in memory without one
+        raise SamriMLError(f"{name}: has no affine (orientation and voxel size); hint: give "
+                           "one, e.g. nibabel.Nifti1Image(data, affine)")
+    rzs = np.asarray(img.affine, dtype=float)[:3, :3]
+    finite = bool(np.all(np.isfinite(rzs)))
+    if finite and abs(np.linalg.det(rzs)) > 1e-12:
+        return
+    header = img.header
+    form = "affine"
+    if hasattr(header, "get_sform"):
+        form = ("sform" if header.get_sform(coded=True)[1] else
+                "qform" if header.get_qform(coded=True)[1] else "affine")
+    what = "singular (e.g. all zeros)" if finite else "NaN or Inf"
+    raise SamriMLError(f"{name}: the header's {form} is {what}, so the image has no "
+                       "orientation or voxel size; hint: fix the header's sform/qform (e.g. "
+                       "set sform_code to 0 where the qform is right)")
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _nibabel_log():
+    """Collect nibabel's log lines (``nibabel.global``: what it fixed in a header while
+    reading it) instead of printing them raw; yields the list of their messages."""
+    import nibabel as nb
+
+    logger = nb.imageglobals.logger
+    records = _Records()
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [records], False
+    try:
+        yield records.messages
+    finally:
+        logger.handlers, logger.propagate = saved
+
+
+def _say_header_fixes(img, path, messages) -> None:
+    """One :class:`SamriMLNote` per header fix of nibabel's; a zero voxel size (pixdim) says
+    whether the sizes (and so any volume in mm^3) are known from the sform, or unknown."""
+    import warnings
+
+    for message in messages:
+        if "pixdim" in message and "non-zero" in message:
+            if img.header.get_sform(coded=True)[1]:
+                sizes = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
+                text = (f"{path}: the header's voxel size (pixdim) is zero; the sform's "
+                        f"({' x '.join(f'{z:g}' for z in sizes)}) is used")
+            else:
+                text = (f"{path}: the header's voxel size (pixdim) is zero, taken as 1: sizes "
+                        "and volumes in mm are unknown; hint: fix the header's pixdim")
+        else:
+            text = f"{path}: header fixed while reading it: {_one_line(message)}"
+        warnings.warn(text, SamriMLNote, stacklevel=3)
+
+
+def image_data(img, dtype=np.float32) -> np.ndarray:
+    """The voxel values of ``img`` as ``dtype`` (real): the magnitude of a complex image
+    (``abs``; its real part alone is what numpy's cast keeps).
+
+    Raises
+    ------
+    SamriMLError
+        Values (after the header's scaling) beyond the range of ``dtype``: a huge ``scl_slope``
+        made them overflow to Inf in the cast.
+    """
+    if np.dtype(img.get_data_dtype()).kind == "c":
+        raw = np.abs(np.asanyarray(img.dataobj))
+    else:
+        raw = img.dataobj
+    with np.errstate(over="raise"):
+        try:
+            return np.asarray(raw, dtype=dtype)
+        except FloatingPointError:
+            slope = getattr(img.dataobj, "slope", 1)  # nibabel moves it out of the header
+            why = f" (the header's scl_slope is {float(slope):g})" if slope != 1 else ""
+            raise SamriMLError(f"the image's values overflow {np.dtype(dtype).name}{why}; "
+                               "hint: fix the header's scl_slope/scl_inter, or rescale the "
+                               "data") from None
 
 
 def nifti_class(img):

@@ -55,8 +55,11 @@ def _display_slice(data, axis, index):
 
 
 def _volume(img, dtype=np.float32) -> np.ndarray:
-    """The RAS-canonical data of ``img``, 4D images averaged over time, extra axes dropped."""
-    data = np.asanyarray(nb.as_closest_canonical(img).dataobj, dtype=dtype)
+    """The RAS-canonical data of ``img`` (a complex image's magnitude), 4D images averaged
+    over time, extra axes dropped."""
+    from samri_ml.io import image_data
+
+    data = image_data(nb.as_closest_canonical(img), dtype)
     if data.ndim == 4:
         data = data.mean(axis=3)
     return data.reshape(data.shape[:3])

@@ -108,3 +108,31 @@ def test_dataset_description_keeps_earlier_runs_commands(tmp_path):
     path.write_text("{not json")  # a broken file is replaced, not a failure
     got = json.loads(write_dataset_description(out, tmp_path / "bids", "1.0", "x").read_text())
     assert [g["Description"] for g in got["GeneratedBy"]] == ["x"]
+
+
+def test_atomic_writes_follow_the_umask_and_keep_an_existing_files_mode(tmp_path):
+    """Outputs were always 0644 (a chmod in atomic_target), whatever the umask: a umask of
+    077 still gave files the group and others could read. Now a new file gets what open()
+    gives it (0o666 less the umask), a rewritten one keeps its mode."""
+    import os
+    import stat
+
+    from samri_ml.bids import atomic_write_text, current_umask
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    old = os.umask(0o077)
+    try:
+        assert current_umask() == 0o077
+        private = atomic_write_text("x", tmp_path / "private.txt")
+        os.umask(0o002)
+        shared = atomic_write_text("x", tmp_path / "shared.txt")
+        (tmp_path / "kept.txt").write_text("old")
+        (tmp_path / "kept.txt").chmod(0o640)
+        kept = atomic_write_text("new", tmp_path / "kept.txt")
+    finally:
+        os.umask(old)
+    assert mode(private) == 0o600 and mode(shared) == 0o664
+    assert kept.read_text() == "new" and mode(kept) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt", "private.txt", "shared.txt"]

@@ -382,3 +382,185 @@ def test_unknown_training_data_is_said():
     assert by_source(rows, [])[0]["seen_in_training"] is True
     assert by_source(rows, ["emory"], training_known=False)[0]["seen_in_training"] is False
     assert "unknown" in report(rows, [], training_known=False)
+
+
+# ------------------------------------------------------------- headers samri_ml-mask reads
+
+
+def _sammba_like(shape=(20, 24, 16)):
+    import nibabel as nb
+
+    data = _ellipsoid(shape).astype(np.float32) * 100
+    return nb.Nifti1Image(data, np.diag([0.3, 0.3, 0.3, 1]))
+
+
+def _zero_sform(img, path, row=(0, 0, 0, 0)):
+    """``img`` written to ``path`` with an sform of zeros (``row`` its first row) in force, as
+    a file can hold it (nibabel refuses such an affine given to its constructor); returns the
+    file read back by nibabel."""
+    import nibabel as nb
+
+    header = img.header.copy()
+    header["srow_x"], header["srow_y"], header["srow_z"] = row, [0] * 4, [0] * 4
+    header["sform_code"] = 1
+    nb.Nifti1Image(np.asarray(img.dataobj), None, header).to_filename(path)
+    return nb.load(path)
+
+
+def test_a_header_without_orientation_is_refused_in_one_line(tmp_path):
+    """An sform of zeros or with a NaN: refused on loading (it used to be masked, then fail in
+    the --png figure or when the mask was written), and by predict_mask for an image in
+    memory; the mask would have had no orientation or voxel size."""
+
+    from samri_ml.io import load_nifti
+    from samri_ml.masking.predict import predict_mask
+
+    img = _sammba_like()
+    for name, row, words in (("zeros", [0, 0, 0, 0], "sform is singular"),
+                             ("nan", [np.nan, 0, 0, 0], "sform is NaN or Inf")):
+        path = tmp_path / f"{name}.nii.gz"
+        in_memory = _zero_sform(img, path, row)
+        with pytest.raises(SamriMLError, match=words) as err:
+            load_nifti(path)
+        assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+        with pytest.raises(SamriMLError, match=f"^the image: the header's {words}"):
+            predict_mask(in_memory)
+
+
+def test_a_zero_voxel_size_is_a_note_not_a_nibabel_line(tmp_path, capfd):
+    """nibabel printed ``pixdim[1,2,3] should be non-zero; setting 0 dims to 1`` raw and the
+    mask's volume came out in unit voxels, unsaid."""
+    import warnings
+
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.io import load_nifti
+
+    img = _sammba_like()
+    for sform in (False, True):
+        path = tmp_path / f"zero_pixdim_{sform}.nii"
+        (img if sform else nb.Nifti1Image(np.asarray(img.dataobj), None)).to_filename(path)
+        raw = bytearray(path.read_bytes())
+        raw[80:92] = np.zeros(3, "<f4").tobytes()  # pixdim[1:4] of the NIfTI-1 header
+        path.write_bytes(bytes(raw))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            load_nifti(path)
+        notes = [str(w.message) for w in seen if issubclass(w.category, SamriMLNote)]
+        assert len(notes) == 1 and "voxel size (pixdim) is zero" in notes[0], notes
+        assert ("sform's (0.3 x 0.3 x 0.3) is used" in notes[0]) == sform, notes
+        assert ("volumes in mm are unknown" in notes[0]) != sform, notes
+    assert "pixdim" not in capfd.readouterr().err
+
+
+def test_scaled_values_beyond_float32_are_named(tmp_path):
+    """int16 data times an scl_slope of 3e38: finite in float64, Inf in float32 (the masker's
+    type); it was called "NaN or Inf voxels", after a raw numpy overflow warning."""
+    import warnings
+
+    import nibabel as nb
+
+    from samri_ml.io import load_nifti
+    from samri_ml.masking.predict import predict_mask
+
+    img = nb.Nifti1Image(_ellipsoid((20, 24, 16)).astype(np.int16) * 30000,
+                         np.diag([0.3, 0.3, 0.3, 1]))
+    img.header.set_slope_inter(3e38, 0)
+    img.to_filename(tmp_path / "slope.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw RuntimeWarning on the way
+        loaded = load_nifti(tmp_path / "slope.nii.gz")
+        with pytest.raises(SamriMLError, match=r"values overflow float32 \(the header's "
+                           r"scl_slope is 3e\+38\); hint: fix the header's scl_slope"):
+            predict_mask(loaded)
+
+
+def test_a_complex_image_is_read_as_its_magnitude():
+    import nibabel as nb
+
+    from samri_ml.io import image_data
+
+    data = np.arange(1, 25, dtype=np.float32).reshape(2, 3, 4)
+    phase = np.exp(1j * np.linspace(0, 3, data.size)).reshape(data.shape)
+    img = nb.Nifti1Image((data * phase).astype(np.complex64), np.eye(4))
+    got = image_data(img)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, data, rtol=1e-6)
+
+
+def test_mask_volume_is_in_mm_whatever_the_headers_unit():
+    """A correct header in microns was reported as 497583053101 mm^3 with a note that the
+    voxel size may be off by a factor of ten."""
+    import nibabel as nb
+
+    from samri_ml.cli.mask import summary
+
+    mask = _ellipsoid((30, 40, 20)).astype(np.uint8)
+    mm = nb.Nifti1Image(mask, np.diag([0.3, 0.3, 0.3, 1]))
+    mm.header.set_xyzt_units("mm")
+    want = f"{mask.sum() * 0.027:.0f} mm^3"
+    for unit, scale in (("micron", 1000), ("meter", 1e-3)):
+        img = nb.Nifti1Image(mask, np.diag([0.3 * scale, 0.3 * scale, 0.3 * scale, 1]))
+        img.header.set_xyzt_units(unit)
+        line = summary(img, "m.nii.gz")
+        assert want in line and "note:" not in line, line
+    assert want in summary(mm, "m.nii.gz")
+    tenfold = nb.Nifti1Image(mask, np.diag([3000, 3000, 3000, 1]))
+    tenfold.header.set_xyzt_units("micron")
+    assert "voxel size (3 x 3 x 3 mm) may be off by a factor of ten" in summary(tenfold, "m")
+
+
+def test_a_figure_that_fails_is_a_note_and_the_command_succeeds(tmp_path):
+    """Whatever makes the --png picture fail after the mask is written (here an image in
+    memory whose affine nibabel cannot reorient), it is one note, not an internal error."""
+    import warnings
+
+    import nibabel as nb
+
+    from samri_ml.cli.mask import _draw
+    from samri_ml.errors import SamriMLNote
+
+    img = _sammba_like()
+    mask = nb.Nifti1Image((np.asarray(img.dataobj) > 0).astype(np.uint8), img.affine)
+    bad = _zero_sform(img, tmp_path / "zero_sform.nii")
+    out = tmp_path / "out"
+    out.mkdir()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert _draw(bad, mask, out / "qc.png", "in.nii.gz") is False
+    notes = [str(w.message) for w in seen if issubclass(w.category, SamriMLNote)]
+    assert len(notes) == 1 and notes[0].startswith(f"the figure {out / 'qc.png'} could not "
+                                                    "be drawn (") and "mask is written" in notes[0]
+    assert list(out.iterdir()) == []  # no PNG, no temporary file
+    assert _draw(img, mask, out / "ok.png", "in.nii.gz") is True
+    assert (out / "ok.png").stat().st_size > 1000
+
+
+def test_out_of_memory_names_the_commands_own_options(capsys):
+    """The shared handler said "use fewer --nprocs" to samri_ml-mask, which has none, and
+    printed no traceback with -v."""
+    from samri_ml.cli import mask
+    from samri_ml.cli._common import run_cli
+
+    def huge(argv):
+        return np.ones(2**62, np.uint8)  # a real MemoryError (numpy cannot allocate it)
+
+    assert run_cli(mask.PROG, huge, [], memory_hint=mask.MEMORY_HINT) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"samri_ml-mask: error: out of memory; hint: {mask.MEMORY_HINT}"], err
+    assert "--nprocs" not in mask.MEMORY_HINT and "crop IN" in mask.MEMORY_HINT
+    assert run_cli(mask.PROG, huge, ["-v"], memory_hint=mask.MEMORY_HINT) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().endswith(mask.MEMORY_HINT)
+
+
+def test_maskbrain_refuses_too_few_max_slices_with_one_line(tmp_path):
+    import nibabel as nb
+
+    from samri_ml.interfaces.masking import MaskBrain
+
+    src = tmp_path / "in.nii.gz"
+    nb.save(_sammba_like(), src)
+    with pytest.raises(SamriMLError, match="max_slices 10: must be at least 32"):
+        MaskBrain(in_file=str(src), max_slices=10).run(cwd=str(tmp_path))

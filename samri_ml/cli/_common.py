@@ -33,11 +33,17 @@ def wants_verbose(argv) -> bool:
                for a in argv)
 
 
-def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None) -> int:
+#: :func:`run_cli`'s hint where a command runs out of memory and names none of its own
+MEMORY_HINT = "close other programs, or run on a machine with more memory"
+
+
+def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None, *,
+            memory_hint: str = MEMORY_HINT) -> int:
     """Run ``main(argv)``; turn failures into one line on stderr and an exit code.
 
     0 success, 2 usage error (argparse), 1 any other failure, 130 interrupted. With ``-v`` the
-    traceback is printed as well.
+    traceback is printed as well. ``memory_hint``: what to try after a ``MemoryError``, in the
+    command's own options (``samri_ml-register``: fewer ``--nprocs``).
     """
     verbose = wants_verbose(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -64,7 +70,9 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None) -> in
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print(f"{prog}: error: out of memory; hint: use fewer --nprocs", file=sys.stderr)
+        if verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: out of memory; hint: {memory_hint}", file=sys.stderr)
         return 1
     except SystemExit as err:  # argparse: 2 for usage errors, 0 for --help/--version
         return err.code if isinstance(err.code, int) else 1

@@ -976,7 +976,7 @@ def _write_reports(args, sessions, started: float | None = None) -> None:
 
 def main(argv=None) -> int:
     """Entry point of ``samri_ml-register``: returns the exit code."""
-    return run_cli(PROG, _main, argv)
+    return run_cli(PROG, _main, argv, memory_hint="use fewer --nprocs (or set --mem-gb)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ the node runs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -14,7 +16,6 @@ from nipype.interfaces.base import (
     traits,
 )
 from nipype.interfaces.base import isdefined as traits_defined
-from nipype.utils.filemanip import fname_presuffix
 
 
 class _MaskBrainInputSpec(BaseInterfaceInputSpec):
@@ -96,7 +97,9 @@ class MaskBrain(SimpleInterface):
 
         max_slices = self.inputs.max_slices if traits_defined(self.inputs.max_slices) else None
         if max_slices is not None and max_slices < MIN_MAX_SLICES:
-            raise ValueError(f"max_slices must be at least {MIN_MAX_SLICES}")
+            from samri_ml.errors import SamriMLError
+
+            raise SamriMLError(f"max_slices {max_slices}: must be at least {MIN_MAX_SLICES}")
         kwargs = {"in_file": self.inputs.in_file, "out_dir": runtime.cwd,
                   "model": self.inputs.model or None, "threshold": self.inputs.threshold,
                   "views": list(self.inputs.views), "flip": bool(self.inputs.flip),
@@ -131,17 +134,15 @@ def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "
             tf.config.threading.set_intra_op_parallelism_threads(num_threads)
         except RuntimeError:  # already initialised in this process
             pass
-    img = load_nifti(in_file, allow_4d=True)
+    img = load_nifti(in_file, allow_4d=True, squeeze=False)  # out_file keeps in_file's shape
     mask = predict_mask(img, model, threshold=threshold, views=tuple(views), flip=flip,
                         max_slices=max_slices)  # fmt: skip
-    out_mask = _nii_gz(fname_presuffix(in_file, suffix="_mask", newpath=out_dir))
-    out_file = _nii_gz(fname_presuffix(in_file, suffix="_masked", newpath=out_dir))
+    out_mask = _nii_gz(in_file, "_mask", out_dir)
+    out_file = _nii_gz(in_file, "_masked", out_dir)
     nb.save(mask, out_mask)
     nb.save(apply_mask(img, mask), out_file)
     out = {"out_mask": out_mask, "out_file": out_file}
     if report:
-        from pathlib import Path
-
         from samri_ml.report import mask_figure
 
         png = out_mask[: -len(".nii.gz")] + ".png"
@@ -150,8 +151,12 @@ def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "
     return out
 
 
-def _nii_gz(path: str) -> str:
-    for ext in (".nii.gz", ".nii"):
-        if path.endswith(ext):
-            return path[: -len(ext)] + ".nii.gz"
-    return path + ".nii.gz"
+def _nii_gz(in_file: str, suffix: str, out_dir: str) -> str:
+    """``out_dir/<in_file's name without its extension><suffix>.nii.gz``, for .nii, .nii.gz
+    and Analyze/NIfTI pairs (.img/.hdr) alike."""
+    name = Path(in_file).name
+    for ext in (".nii.gz", ".nii", ".img.gz", ".hdr.gz", ".img", ".hdr"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return str(Path(out_dir) / f"{name}{suffix}.nii.gz")

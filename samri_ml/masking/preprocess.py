@@ -15,7 +15,10 @@ sagittal and axial views too (:data:`VIEW_AXES`). Then, exactly as in the seed:
 Prediction inverts step 2 (crop the padding, resize back) and step 0 (back to the input's axes), so
 the mask lies on the input grid. Only the direction part of the affine is used, so the header quirks
 of real data (voxel sizes 10x too large, thick one-slice-per-millimetre coronal stacks) do not
-matter; an affine without a usable direction (zeros, NaN) falls back to the array axes.
+matter; an affine without a usable direction (zeros, NaN) falls back to the array axes here (the
+direction finding of the training data), but :func:`samri_ml.io.load_nifti` and
+:func:`samri_ml.masking.predict.predict_mask` refuse such an image: its mask would have no
+orientation or voxel size either.
 """
 
 from __future__ import annotations

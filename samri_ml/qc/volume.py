@@ -47,6 +47,18 @@ def voxel_volume(affine: np.ndarray) -> float:
     return float(abs(np.linalg.det(affine[:3, :3])))
 
 
+#: millimetres per spatial unit of a NIfTI header (``xyzt_units``); 'unknown' (no unit) counts
+#: as mm, the convention of the rodent scans here
+MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
+
+
+def mm_per_unit(unit: str | None) -> float:
+    """Millimetres per spatial unit ``unit`` of a NIfTI header (``header.get_xyzt_units()[0]``:
+    ``meter``, ``mm``, ``micron``; unknown or None: 1). A voxel volume from the affine in the
+    header's unit is :math:`v \\cdot s^3` mm^3 with :math:`s` = ``mm_per_unit(unit)``."""
+    return MM_PER_UNIT.get(unit or "unknown", 1.0)
+
+
 def temporal_mean(data: np.ndarray) -> np.ndarray:
     """Average a 4D series over time (last axis); return 3D data unchanged (as float).
 
