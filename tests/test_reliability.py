@@ -128,6 +128,23 @@ def _one_volume_run(root: Path) -> None:
     save(_blob((12, 12, 6))[..., None], root / "bids" / BOLD, zooms=(0.4, 0.4, 0.8))
 
 
+def _broken_header_extension(root: Path) -> None:
+    """vox_offset 0 and an extension flag set over the data (as where the 4 extension bytes
+    were lost): nibabel reads the data as a header extension of 1000003 bytes, warns that its
+    size is no multiple of 16, then raises HeaderDataError (neither named the file)."""
+    _break_extension(root / "bids" / ANAT)
+
+
+def _break_extension(path: Path) -> Path:
+    import struct
+
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into("<f", raw, 108, 0.0)  # vox_offset
+    struct.pack_into("<4b2i", raw, 348, 1, 0, 0, 0, 1_000_003, 0)  # flag, esize, ecode
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
 def _template_in_spaced_folder(root: Path) -> None:
     (root / "tpl dir").mkdir()
     shutil.copy(root / TEMPLATE, root / "tpl dir" / "tpl-Tiny_T2w.nii.gz")
@@ -198,6 +215,9 @@ CASES = [
     ("slice_timing_count", _slice_timing_count, [], 1,
      ["3 SliceTiming values for 6 slices", "--no-slice-timing"]),
     ("one_volume_run", _one_volume_run, [], 1, ["one volume", "2 volumes or more"]),
+    ("broken_header_extension", _broken_header_extension, [], 1,
+     ["sub-01_ses-1_T2w.nii.gz: truncated or corrupt image (failed to read extension "
+      "content)"]),
 ]
 
 
@@ -362,12 +382,16 @@ def test_unwritable_output_folder(tmp_path, capsys, existing):
     assert ("not writable" in err) if existing else ("cannot create" in err)
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt_template"])
+@pytest.mark.parametrize("case", ["missing", "corrupt_template", "broken_header"])
 def test_console_script_exit_code(case, tmp_path):
-    """The installed ``samri_ml-register`` script returns the same codes (2 usage, 1 other)."""
+    """The installed ``samri_ml-register`` script returns the same codes (2 usage, 1 other);
+    a broken header is one line, without nibabel's warning above it."""
     make_dataset(tmp_path)
     if case == "missing":
         argv, code = _argv(tmp_path, ["BIDS=nope"]), 2
+    elif case == "broken_header":
+        _broken_header_extension(tmp_path)
+        argv, code = _argv(tmp_path, []), 1
     else:
         (tmp_path / TEMPLATE).write_bytes(b"\0" * 100)
         argv, code = _argv(tmp_path, []), 1
@@ -377,6 +401,10 @@ def test_console_script_exit_code(case, tmp_path):
     assert proc.stdout == ""
     assert proc.stderr.strip().splitlines()[-1].startswith("samri_ml-register: error: ")
     assert "Traceback" not in proc.stderr
+    if case == "broken_header":
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "_T2w.nii.gz: truncated or corrupt image (failed to read extension content)" \
+            in proc.stderr
 
 
 def test_output_lock_refuses_a_second_run(tmp_path, capsys):
@@ -432,12 +460,15 @@ def _bad_images(folder: Path) -> dict[str, Path]:
     raw = files["good"].read_bytes()
     files["truncated"].write_bytes(raw[: len(raw) // 2])
     files["missing"] = folder / "missing.nii.gz"
+    files["broken_header"] = _break_extension(save(good, folder / "broken_header.nii.gz"))
     return files
 
 
 IMAGE_CASES = {  # case -> words of the message
     "missing": ["no such file"], "text": ["not a NIfTI", "hint"],
     "truncated": ["truncated or corrupt"], "2d": ["2D image"], "one_slice_3d": ["2D image"],
+    "broken_header": ["broken_header.nii.gz: truncated or corrupt image (failed to read "
+                      "extension content)"],
     "5d": ["5 dimensions"],
     "nan": ["NaN or Inf", "hint"], "inf": ["NaN or Inf"], "zero": ["all zeros"],
 }
