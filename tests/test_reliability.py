@@ -442,6 +442,42 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path):
         pass
 
 
+def test_a_work_dir_in_use_refuses_a_second_run_before_anything_is_written(tmp_path, capsys):
+    """Two runs with one -w and two OUTPUT_DIRs crashed each other's steps (a FileNotFoundError
+    in Nipype's node folders, both exit 1): the work dir is locked like OUTPUT_DIR, and the
+    second run, and its --dry-run, refuse at once; -w OUTPUT_DIR (one lock file) is no
+    conflict with itself."""
+    make_dataset(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from samri_ml.lock import OutputLock\n"
+         f"with OutputLock({str(work)!r}, '-w'):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(tmp_path)
+        argv = _argv(tmp_path, ["OUT=out2", "-w", str(work)])
+        for run in ([a for a in argv if a != "--dry-run"], argv):
+            assert main(run) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"another samri_ml run (pid {holder.pid}) is using the " \
+                f"work dir {work}; hint: wait for it, or give another -w" in err[0], err
+            assert snapshot(tmp_path) == before  # not even OUTPUT_DIR
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_argv(tmp_path, ["OUT=out2", "-w", str(work)])) == 0, capsys.readouterr().err
+    # a run whose work dir is its OUTPUT_DIR takes the one lock once: it runs (and fails in
+    # its first registration step, as this flavour makes it), it does not refuse itself
+    flavour = _flavour(tmp_path, smoothing_sigmas=[2, 1])
+    argv = [a for a in _argv(tmp_path, ["OUT=out3", "-w", str(tmp_path / "out3")])
+            if a not in ("--dry-run", "--fast")]
+    assert main([*argv, "--registration-flavour", str(flavour), "--nprocs", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "step(s) failed" in err[-1] and "another samri_ml run" not in err[-1], err[-3:]
+
+
 # -- the other commands -----------------------------------------------------------------------
 def _bad_images(folder: Path) -> dict[str, Path]:
     """One file per bad-input case, plus a good 3D image."""

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -734,15 +735,22 @@ def _main(argv=None) -> int:
 
     # built before anything is written: a flavour whose settings Nipype refuses fails here
     wf = build_workflow(args, sessions)
+    # another run on OUTPUT_DIR, or on the work dir (two runs in one -w crashed each other's
+    # steps), refuses this one before anything is written
+    OutputLock.check(args.output_dir)
+    share_work = args.work_dir == args.output_dir  # one lock file: taken once
+    if not share_work:
+        OutputLock.check(args.work_dir, "-w")
     if args.dry_run:
         # every check of a real run (the scheduler's programs and the output folders were
         # checked in validate()), nothing written (but the graph, where asked for)
-        OutputLock.check(args.output_dir)
         _dry_run(args, sessions, wf, ants)
         return 0
     make_dir(args.output_dir, "OUTPUT_DIR")
-    with OutputLock(args.output_dir):
+    with OutputLock(args.output_dir), contextlib.ExitStack() as held:
         make_dir(args.work_dir, "--work-dir")
+        if not share_work:
+            held.enter_context(OutputLock(args.work_dir, "-w"))
         from samri_ml.bids import write_dataset_description
 
         write_dataset_description(args.output_dir, args.bids_dir, __version__,
