@@ -128,6 +128,14 @@ def _one_volume_run(root: Path) -> None:
     save(_blob((12, 12, 6))[..., None], root / "bids" / BOLD, zooms=(0.4, 0.4, 0.8))
 
 
+def _cbv_beside_bold(root: Path) -> None:
+    """A cbv run with the bold run's entities (the default -f selects both)."""
+    bold = root / "bids" / BOLD
+    for ext in (".nii.gz", ".json"):
+        src = bold.with_name(bold.name.replace(".nii.gz", ext))
+        shutil.copy(src, src.with_name(src.name.replace("_bold", "_cbv")))
+
+
 def _broken_header_extension(root: Path) -> None:
     """vox_offset 0 and an extension flag set over the data (as where the 4 extension bytes
     were lost): nibabel reads the data as a header extension of 1000003 bytes, warns that its
@@ -215,6 +223,11 @@ CASES = [
     ("slice_timing_count", _slice_timing_count, [], 1,
      ["3 SliceTiming values for 6 slices", "--no-slice-timing"]),
     ("one_volume_run", _one_volume_run, [], 1, ["one volume", "2 volumes or more"]),
+    # the transform and QC files drop the suffix: the two runs overwrote each other's
+    ("bold_and_cbv_with_the_same_entities", _cbv_beside_bold, [], 1,
+     ["sub-01 ses-1: sub-01_ses-1_task-rest_bold.nii.gz and sub-01_ses-1_task-rest_cbv.nii.gz "
+      "would write the same transform files; hint: register one suffix per "
+      "OUTPUT_DIR, e.g. -f '{\"datatype\": \"func\", \"suffix\": \"bold\"}'"]),
     ("broken_header_extension", _broken_header_extension, [], 1,
      ["sub-01_ses-1_T2w.nii.gz: truncated or corrupt image (failed to read extension "
       "content)"]),
@@ -690,14 +703,60 @@ def test_a_run_shorter_than_the_dummy_scans_is_named_up_front(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err
 
 
-def test_a_second_structural_scan_is_named_not_silently_dropped(tmp_path, capsys):
+def test_scans_whose_derivatives_share_a_name_are_refused_before_the_run(tmp_path, capsys):
+    """Any two selected scans whose derivatives would have one name (a bold and a cbv run:
+    the transform and QC files drop the suffix; one run as .nii and .nii.gz) are refused
+    before anything is written, also where --dry-run is not given; options under which
+    their derivatives stay apart pass."""
+    make_dataset(tmp_path)
+    _cbv_beside_bold(tmp_path)
+    before = snapshot(tmp_path)
+    argv = [a for a in _argv(tmp_path, ["OUT=out"]) if a not in ("--dry-run", "--no-qc")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "_bold.nii.gz and sub-01_ses-1_task-rest_cbv.nii.gz would write " \
+        "the same transform and QC files; hint: register one suffix" in err[0], err
+    assert snapshot(tmp_path) == before  # no OUTPUT_DIR, no work dir
+    # no transform per run and no QC: nothing shared (the preprocessed runs keep the suffix)
+    assert main([*argv, "--dry-run", "--registration-method", "structural", "--no-qc"]) == 0
+    assert "_bold.nii.gz, sub-01_ses-1_task-rest_cbv.nii.gz" in capsys.readouterr().err
+    # the one -f of the hint registers the bold run alone
+    assert main([*argv, "--dry-run", "-f", '{"datatype": "func", "suffix": "bold"}']) == 0
+    capsys.readouterr()
+    bold = tmp_path / "bids" / BOLD
+    for path in bold.parent.glob("*_cbv.*"):
+        path.unlink()
+    img = nb.load(str(bold))
+    nb.save(img, str(bold).replace(".nii.gz", ".nii"))  # the same run, uncompressed
+    assert main([*argv, "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "sub-01_ses-1_task-rest_bold.nii and sub-01_ses-1_task-rest_bold.nii.gz would " \
+        "write the same preprocessed image, transform and QC files; hint: the same scan " \
+        "stored as .nii and .nii.gz?" not in err  # different extensions: images stay apart
+    assert "would write the same transform and QC files; hint: the same scan stored as .nii " \
+        "and .nii.gz? keep one" in err, err
+
+
+@pytest.mark.parametrize("other", ["acq-fast_T2w", "T1w", "run-2_T2w"])
+def test_a_second_structural_scan_is_named_not_silently_dropped(other, tmp_path, capsys):
+    """The note's -s example is built from what the two scans' names differ in (it was always
+    '"run": "2"', also where the dataset had no run entity), and selects the other scan."""
+    import re
+
     make_dataset(tmp_path)
     anat = tmp_path / "bids" / ANAT
-    shutil.copy(anat, anat.with_name(anat.name.replace("_T2w", "_acq-fast_T2w")))
+    shutil.copy(anat, anat.with_name(anat.name.replace("T2w", other)))
     assert main(_argv(tmp_path, [])) == 0  # --dry-run
     notes = [ln for ln in capsys.readouterr().err.splitlines() if "note:" in ln]
     assert len(notes) == 1 and "sub-01 ses-1: 2 structural scans; using" in notes[0], notes
-    assert "choose with -s" in notes[0]
+    match = re.search(r"choose with -s, a whole filter, e.g. -s '(\{.*\})' for (\S+)$",
+                      notes[0])
+    assert match, notes[0]
+    chosen = json.loads(match.group(1))
+    assert chosen["datatype"] == "anat" and ("run" in chosen) == ("run" in other), chosen
+    assert main([*_argv(tmp_path, []), "-s", match.group(1)]) == 0
+    err = capsys.readouterr().err
+    assert "note:" not in err and f"dry run: sub-01 ses-1: {match.group(2)}, " in err, err
 
 
 def test_dry_run_writes_nothing_but_the_graph_asked_for(tmp_path, capsys):

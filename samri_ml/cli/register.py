@@ -591,8 +591,9 @@ def collect_sessions(args) -> list[dict]:
                 where = f"sub-{subject}" + (f" ses-{session}" if session else "")
                 print(f"{PROG}: note: {where}: {len(anats)} structural scans; using "
                       f"{Path(anats[0].path).name} (the others are not registered); hint: "
-                      "choose with -s, a whole filter, e.g. -s '{\"datatype\": \"anat\", "
-                      "\"suffix\": \"T2w\", \"run\": \"2\"}'", file=sys.stderr)  # fmt: skip
+                      "choose with -s, a whole filter, e.g. -s "
+                      f"'{json.dumps(_filter_for(anats[1], anats[0]))}' for "
+                      f"{Path(anats[1].path).name}", file=sys.stderr)  # fmt: skip
             out.append({
                 "subject": subject, "session": session,
                 "anat": anats[0].path if anats else None,
@@ -608,6 +609,22 @@ def collect_sessions(args) -> list[dict]:
         raise SamriMLError(
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
             f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
+    return out
+
+
+def _filter_for(scan, other) -> dict:
+    """A pybids filter (``-s``) that selects ``scan`` and not ``other`` (BIDSFile objects of
+    one session): its datatype and suffix, and where the suffixes are the same, the entities
+    the two file names differ in (``null`` for one ``scan`` lacks)."""
+    mine = scan.get_entities(metadata=False)
+    theirs = other.get_entities(metadata=False)
+    out = {"datatype": mine.get("datatype", "anat"), "suffix": mine.get("suffix")}
+    if mine.get("suffix") == theirs.get("suffix"):
+        for key in sorted(mine.keys() | theirs.keys()):
+            if key not in ("subject", "session", "datatype", "suffix") and \
+                    mine.get(key) != theirs.get(key):
+                value = mine.get(key)
+                out[key] = int(value) if isinstance(value, int) else value
     return out
 
 
@@ -663,6 +680,51 @@ def build_workflow(args, sessions):
         "hash_method": "content",
     }
     return wf
+
+
+#: what a derivative is, by its suffix, as the collision message names it (in this order)
+_DERIVATIVE_KINDS = {"": "preprocessed image", "xfm": "transform", "mask": "mask",
+                     "metrics": "QC"}
+
+
+def check_derivative_names(wf) -> None:
+    """Refuse, before anything is written, two selected scans whose derivatives would have
+    the same name: the transform and QC files drop the source's suffix, so a ``bold`` and a
+    ``cbv`` run with the same entities overwrote each other's, in silence."""
+    from samri_ml.bids import parse_entities
+    from samri_ml.interfaces.bids import planned_derivatives
+
+    writers: dict[str, list[str]] = {}
+    for path, source in planned_derivatives(wf):
+        if source not in writers.setdefault(path, []):
+            writers[path].append(source)
+    clashes: dict[tuple[str, str], list[str]] = {}
+    for path, sources in writers.items():
+        if len(sources) > 1:
+            suffix = parse_entities(path)["suffix"]
+            kind = _DERIVATIVE_KINDS.get(suffix, _DERIVATIVE_KINDS[""])
+            clashes.setdefault(tuple(sorted(sources)[:2]), []).append(kind)
+    if not clashes:
+        return
+    (first, second), found = sorted(clashes.items())[0]
+    kinds = [kind for kind in _DERIVATIVE_KINDS.values() if kind in found]
+    a, b = parse_entities(first), parse_entities(second)
+    where = f"sub-{a['sub']}" + (f" ses-{a['ses']}" if "ses" in a else "")
+    option = "-s" if a["datatype"] == "anat" else "-f"
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    if differ == {"suffix"}:
+        hint = (f"register one suffix per OUTPUT_DIR, e.g. {option} "
+                f"'{json.dumps({'datatype': a['datatype'] or 'func', 'suffix': a['suffix']})}'")
+    elif differ == {"extension"}:
+        hint = (f"the same scan stored as {a['extension']} and {b['extension']}? keep one, or "
+                f"select one with {option} "
+                f"'{json.dumps({'datatype': a['datatype'] or 'func', 'extension': a['extension']})}'")
+    else:
+        hint = f"select one of them with {option}"
+    what = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+    more = f" (and {len(clashes) - 1} more such pair(s))" if len(clashes) > 1 else ""
+    raise SamriMLError(f"{where}: {Path(first).name} and {Path(second).name} would write the "
+                       f"same {what} files{more}; hint: {hint}")
 
 
 class _NoNodeErrors(logging.Filter):
@@ -735,6 +797,7 @@ def _main(argv=None) -> int:
 
     # built before anything is written: a flavour whose settings Nipype refuses fails here
     wf = build_workflow(args, sessions)
+    check_derivative_names(wf)
     # another run on OUTPUT_DIR, or on the work dir (two runs in one -w crashed each other's
     # steps), refuses this one before anything is written
     OutputLock.check(args.output_dir)
