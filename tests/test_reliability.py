@@ -245,6 +245,23 @@ CASES = [
     ("broken_header_extension", _broken_header_extension, [], 1,
      ["sub-01_ses-1_T2w.nii.gz: truncated or corrupt image (failed to read extension "
       "content)"]),
+    # -3 hung the run for ever, with nothing run; NaN likewise
+    ("mem_gb_negative", None, ["--mem-gb", "-3"], 2, ["--mem-gb", "-3: must be above 0"]),
+    ("mem_gb_zero", None, ["--mem-gb", "0"], 2, ["must be above 0"]),
+    ("mem_gb_nan", None, ["--mem-gb", "nan"], 2, ["nan: must be above 0"]),
+    # these failed after OUTPUT_DIR and the work dir were made, with a raw ValueError
+    ("plugin_args_bad_poll_sleep", None, ["--plugin-args", "poll_sleep_duration=abc"], 2,
+     ["--plugin-args", 'poll_sleep_duration="abc": must be a number of seconds, 0 or more']),
+    ("plugin_args_no_procs", None, ["--plugin-args", '{"n_procs": 0}'], 2,
+     ["n_procs=0: must be a whole number, at least 1"]),
+    ("plugin_args_negative_memory", None, ["--plugin-args", "memory_gb=-1"], 2,
+     ["memory_gb=-1: must be a number of GB above 0"]),
+    ("plugin_args_not_an_object", None, ["--plugin-args", "[1,2]"], 2,
+     ["not a JSON object: '[1,2]'"]),
+    ("empty_participant_label", None, ["--participant-label", ""], 2,
+     ["--participant-label: an empty label; hint:"]),
+    ("empty_session_label", None, ["--session-label", "ses-"], 2,
+     ["--session-label: an empty label"]),
 ]
 
 

@@ -19,6 +19,7 @@ from samri_ml import __version__
 from samri_ml.cli._common import (
     HelpFormatter,
     nearest_existing,
+    number_in,
     probe_writable,
     quiet_interrupts,
     run_cli,
@@ -53,17 +54,64 @@ def _json_dict(text: str) -> dict:
 
 
 def _plugin_args(text: str) -> dict:
-    """``--plugin-args`` as JSON (``'{"sbatch_args": "-p short"}'``) or ``key=value,key=value``."""
+    """``--plugin-args`` as JSON (``'{"sbatch_args": "-p short"}'``) or ``key=value,key=value``;
+    the values of the keys Nipype reads as numbers or switches are checked here, before any
+    folder is made (``n_procs=0`` and ``poll_sleep_duration=abc`` failed inside the run)."""
     text = text.strip()
-    if text.startswith("{"):
-        return _json_dict(text)
+    if text[:1] in ("{", "["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err.msg})") from err
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(
+                f"not a JSON object: {text!r}; hint: give '{{\"n_procs\": 4}}' or n_procs=4")
+        return _check_plugin_args(value)
     out = {}
     for item in filter(None, text.split(",")):
         if "=" not in item:
             raise argparse.ArgumentTypeError(f"expected key=value in --plugin-args, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = _plugin_value(value.strip())
-    return out
+    return _check_plugin_args(out)
+
+
+#: ``--plugin-args`` keys Nipype reads as numbers or switches: (kind, lowest value, wording)
+PLUGIN_ARG_RULES = {
+    "n_procs": (int, 1, "a whole number, at least 1"),
+    "n_gpu_procs": (int, 0, "a whole number, 0 or more"),
+    "maxtasksperchild": (int, 1, "a whole number, at least 1"),
+    "max_jobs": (int, 1, "a whole number, at least 1"),
+    "max_tries": (int, 0, "a whole number, 0 or more"),
+    "memory_gb": (float, 0, "a number of GB above 0"),
+    "poll_sleep_duration": (float, 0, "a number of seconds, 0 or more"),
+    "job_finished_timeout": (float, 0, "a number of seconds, 0 or more"),
+    "retry_timeout": (float, 0, "a number of seconds, 0 or more"),
+    "raise_insufficient": (bool, None, "true or false"),
+}
+
+
+def _check_plugin_args(args: dict) -> dict:
+    """Refuse a value of a key of :data:`PLUGIN_ARG_RULES` of the wrong kind or range."""
+    import math
+
+    for key, value in args.items():
+        if key not in PLUGIN_ARG_RULES:
+            continue
+        kind, low, wording = PLUGIN_ARG_RULES[key]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            ok = False
+        elif kind is int:
+            ok = float(value).is_integer() and value >= low
+            if ok:
+                args[key] = int(value)
+        else:  # memory_gb must be above 0 (-3 hung the run), the times may be 0
+            ok = math.isfinite(value) and (value > low if key == "memory_gb" else value >= low)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{key}={json.dumps(value)}: must be {wording}")
+    return args
 
 
 def _plugin_value(text: str):
@@ -143,7 +191,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "may use)")
     g.add_argument("--omp-nthreads", type=int, default=None,
                    help="threads per ANTs call (default: --nprocs)")
-    g.add_argument("--mem-gb", type=float, default=None, help="memory limit for MultiProc")
+    g.add_argument("--mem-gb", type=number_in(float, 0, low_open=True), default=None,
+                   help="memory limit for MultiProc (GB)")
     g.add_argument("--plugin", default=None,
                    help=f"Nipype execution plugin ({', '.join(PLUGINS)}; default: MultiProc, "
                    "Linear with --nprocs 1, which runs finished steps of a rerun without "
@@ -184,6 +233,12 @@ def validate(args, parser) -> None:
     """Check paths before building anything; usage problems go through ``parser.error`` (exit 2)."""
     from samri_ml.io import load_nifti
 
+    for option, prefix, labels in (("--participant-label", "sub-", args.participant_label),
+                                   ("--session-label", "ses-", args.session_label)):
+        if any(not label.strip().removeprefix(prefix) for label in labels or ()):
+            # '' matched no subject: "participant(s)  not found", a blank in the message
+            parser.error(f"{option}: an empty label; hint: give labels such as 01 or "
+                         f"{prefix}01")
     bids_dir = args.bids_dir
     if not bids_dir.exists():
         parser.error(f"BIDS_DIR {bids_dir} does not exist")
