@@ -81,15 +81,27 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
         raise SamriMLError(f"{path}: is a folder, expected a NIfTI image (.nii or .nii.gz)")
     if not os.access(path, os.R_OK):
         raise SamriMLError(f"{path}: not readable (check its permissions)")
-    try:
-        with _nibabel_log() as fixed:
-            img = nb.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except (nb.filebasedimages.ImageFileError, gzip.BadGzipFile) as err:
-        raise SamriMLError(f"{path}: not a NIfTI image ({_one_line(err)}); hint: give a .nii or "
-                           ".nii.gz file") from err
-    except (EOFError, OSError, ValueError, zlib_error()) as err:
-        raise SamriMLError(f"{path}: truncated or corrupt image ({_one_line(err)})") from err
+    import warnings
+
+    from nibabel.spatialimages import HeaderDataError, HeaderTypeError
+
+    # nibabel warns before it fails on a broken header ("Extension size is not a multiple of
+    # 16 bytes"): the one-line error below says it; a file that loads keeps its warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with _nibabel_log() as fixed:
+                img = nb.load(str(path))
+            data = np.asanyarray(img.dataobj)
+        except (nb.filebasedimages.ImageFileError, gzip.BadGzipFile) as err:
+            raise SamriMLError(f"{path}: not a NIfTI image ({_one_line(err)}); hint: give a .nii "
+                               "or .nii.gz file") from err
+        except (EOFError, OSError, ValueError, HeaderDataError, HeaderTypeError,
+                zlib_error()) as err:
+            raise SamriMLError(f"{path}: truncated or corrupt image ({_one_line(err)})") from err
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
     if data.dtype.fields is not None:  # RGB24 / RGBA32: a record per voxel
         raise SamriMLError(f"{path}: a colour (RGB) NIfTI; hint: give one grayscale channel, "
                            "e.g. the scanner's magnitude image")

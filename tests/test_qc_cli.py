@@ -121,6 +121,30 @@ def test_compare_two_workflows(tmp_path, capsys):
     assert float(pair["vcf_dev"]["rmse_ratio"]) < 0.3  # A (masked) conserves volume better
 
 
+def test_compare_refuses_an_out_that_is_a_file_before_the_work(tmp_path, capsys):
+    """``--out FILE`` was a raw FileExistsError (exit 1) after the statistics: a usage error
+    with a hint, before anything runs; compare's usage errors begin ``samri_ml-qc: error:``,
+    as its other errors do (they said ``samri_ml-qc compare: error:``)."""
+    a = _deriv(tmp_path / "a", "a", [1.0, 1.1, 0.9], [1.0, 1.1, 1.2])
+    b = _deriv(tmp_path / "b", "b", [1.0, 1.2, 0.8], [1.0, 1.1, 1.2])
+    afile = tmp_path / "afile"
+    afile.write_text("kept\n")
+    for out, words in ((afile, f"--out {afile}: a file, not a folder; hint: give a folder"),
+                       (afile / "cmp", f"--out {afile / 'cmp'}: {afile} is not a folder")):
+        assert main(["compare", str(a), str(b), "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""  # nothing computed
+        err = captured.err.strip().splitlines()
+        assert err[-1].startswith("samri_ml-qc: error: ") and words in err[-1], err
+    assert afile.read_text() == "kept\n"
+    assert main(["compare", str(a), str(b), "--labels", "x"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "samri_ml-qc: error: --labels: 1 labels for 2 folders"
+    assert main(["compare", str(a), str(b), "--modality", "dwi"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "samri_ml-qc: error: argument --modality: invalid choice")
+
+
 def test_compare_says_when_structural_and_functional_scans_are_pooled(tmp_path, capsys):
     """They conserve smoothness differently (the example data: SCF about 0.77 and 1.15-1.2):
     pooled by default, said in a note, marked apart in the plot; --modality compares one."""

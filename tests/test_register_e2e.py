@@ -36,7 +36,27 @@ def registered(example_dataset, tmp_path_factory):
     with contextlib.redirect_stderr(err):
         assert main(argv) == 0
     (out.parent / "stderr.txt").write_text(err.getvalue())  # beside OUTPUT_DIR, not in it
+    (out.parent / "argv.json").write_text(json.dumps(argv))
     return example_dataset, out
+
+
+@pytest.mark.slow
+def test_the_derivative_names_checked_before_the_run_are_the_ones_it_wrote(registered):
+    """The check that refuses two scans with one derivative name (a bold and a cbv run) plans
+    the names from the built workflow: they must be exactly the files the run wrote."""
+    from samri_ml.cli.register import build_workflow, collect_sessions, get_parser, validate
+    from samri_ml.interfaces.bids import planned_derivatives
+
+    _, out = registered
+    parser = get_parser()
+    args = parser.parse_args(json.loads((out.parent / "argv.json").read_text()))
+    validate(args, parser)
+    planned = {path for path, _ in planned_derivatives(build_workflow(args,
+                                                                     collect_sessions(args)))}
+    written = {str(p) for p in (out / "sub-01").rglob("*_*") if p.is_file()
+               and p.parent.name in ("anat", "func") and "desc-brain_mask" not in p.name
+               and not (p.suffix == ".json" and "desc-preproc" in p.name)}  # sidecars
+    assert len(planned) == 8 and planned == written, (planned ^ written)
 
 
 @pytest.mark.slow

@@ -18,6 +18,15 @@ from samri_ml.errors import SamriMLError
 PROG = "samri_ml-qc"
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser whose errors begin ``samri_ml-qc: error:``, as the command's
+    other errors do (argparse named the subcommand: ``samri_ml-qc compare: error:``)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
 def get_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
     p = argparse.ArgumentParser(
@@ -28,7 +37,8 @@ def get_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{scan,compare}", required=True)
+    sub = p.add_subparsers(dest="command", metavar="{scan,compare}", required=True,
+                           parser_class=_SubcommandParser)
 
     s = sub.add_parser(
         "scan",
@@ -149,6 +159,13 @@ def _compare(args, parser) -> int:
     for folder in args.folders:
         if not folder.is_dir():
             parser.error(f"{folder}: no such folder")
+    if args.out is not None:  # before the work, not a FileExistsError after it
+        from samri_ml.cli._common import check_output_dir
+
+        if args.out.exists() and not args.out.is_dir():
+            parser.error(f"--out {args.out}: a file, not a folder; hint: give a folder for "
+                         "the tables and plots (it is created where missing)")
+        check_output_dir(parser, f"--out {args.out}", args.out)
     res = compare_workflows(args.folders, args.labels, args.out, modality=args.modality,
                             space=args.space)
     print(res["markdown"])

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from samri_ml import __version__
 from samri_ml.cli._common import (
     HelpFormatter,
     nearest_existing,
+    number_in,
     probe_writable,
     quiet_interrupts,
     run_cli,
@@ -52,17 +54,64 @@ def _json_dict(text: str) -> dict:
 
 
 def _plugin_args(text: str) -> dict:
-    """``--plugin-args`` as JSON (``'{"sbatch_args": "-p short"}'``) or ``key=value,key=value``."""
+    """``--plugin-args`` as JSON (``'{"sbatch_args": "-p short"}'``) or ``key=value,key=value``;
+    the values of the keys Nipype reads as numbers or switches are checked here, before any
+    folder is made (``n_procs=0`` and ``poll_sleep_duration=abc`` failed inside the run)."""
     text = text.strip()
-    if text.startswith("{"):
-        return _json_dict(text)
+    if text[:1] in ("{", "["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err.msg})") from err
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(
+                f"not a JSON object: {text!r}; hint: give '{{\"n_procs\": 4}}' or n_procs=4")
+        return _check_plugin_args(value)
     out = {}
     for item in filter(None, text.split(",")):
         if "=" not in item:
             raise argparse.ArgumentTypeError(f"expected key=value in --plugin-args, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = _plugin_value(value.strip())
-    return out
+    return _check_plugin_args(out)
+
+
+#: ``--plugin-args`` keys Nipype reads as numbers or switches: (kind, lowest value, wording)
+PLUGIN_ARG_RULES = {
+    "n_procs": (int, 1, "a whole number, at least 1"),
+    "n_gpu_procs": (int, 0, "a whole number, 0 or more"),
+    "maxtasksperchild": (int, 1, "a whole number, at least 1"),
+    "max_jobs": (int, 1, "a whole number, at least 1"),
+    "max_tries": (int, 0, "a whole number, 0 or more"),
+    "memory_gb": (float, 0, "a number of GB above 0"),
+    "poll_sleep_duration": (float, 0, "a number of seconds, 0 or more"),
+    "job_finished_timeout": (float, 0, "a number of seconds, 0 or more"),
+    "retry_timeout": (float, 0, "a number of seconds, 0 or more"),
+    "raise_insufficient": (bool, None, "true or false"),
+}
+
+
+def _check_plugin_args(args: dict) -> dict:
+    """Refuse a value of a key of :data:`PLUGIN_ARG_RULES` of the wrong kind or range."""
+    import math
+
+    for key, value in args.items():
+        if key not in PLUGIN_ARG_RULES:
+            continue
+        kind, low, wording = PLUGIN_ARG_RULES[key]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            ok = False
+        elif kind is int:
+            ok = float(value).is_integer() and value >= low
+            if ok:
+                args[key] = int(value)
+        else:  # memory_gb must be above 0 (-3 hung the run), the times may be 0
+            ok = math.isfinite(value) and (value > low if key == "memory_gb" else value >= low)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{key}={json.dumps(value)}: must be {wording}")
+    return args
 
 
 def _plugin_value(text: str):
@@ -142,7 +191,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "may use)")
     g.add_argument("--omp-nthreads", type=int, default=None,
                    help="threads per ANTs call (default: --nprocs)")
-    g.add_argument("--mem-gb", type=float, default=None, help="memory limit for MultiProc")
+    g.add_argument("--mem-gb", type=number_in(float, 0, low_open=True), default=None,
+                   help="memory limit for MultiProc (GB)")
     g.add_argument("--plugin", default=None,
                    help=f"Nipype execution plugin ({', '.join(PLUGINS)}; default: MultiProc, "
                    "Linear with --nprocs 1, which runs finished steps of a rerun without "
@@ -183,6 +233,12 @@ def validate(args, parser) -> None:
     """Check paths before building anything; usage problems go through ``parser.error`` (exit 2)."""
     from samri_ml.io import load_nifti
 
+    for option, prefix, labels in (("--participant-label", "sub-", args.participant_label),
+                                   ("--session-label", "ses-", args.session_label)):
+        if any(not label.strip().removeprefix(prefix) for label in labels or ()):
+            # '' matched no subject: "participant(s)  not found", a blank in the message
+            parser.error(f"{option}: an empty label; hint: give labels such as 01 or "
+                         f"{prefix}01")
     bids_dir = args.bids_dir
     if not bids_dir.exists():
         parser.error(f"BIDS_DIR {bids_dir} does not exist")
@@ -201,6 +257,11 @@ def validate(args, parser) -> None:
     if out == bids_dir / "derivatives":
         parser.error(f"OUTPUT_DIR {out} is the derivatives folder itself (shared by every "
                      f"pipeline); use {out / 'samri_ml'}")
+    other = foreign_dataset(out)
+    if other is not None:
+        # its description would be rewritten and samri_ml's files mixed into its sub-* folders
+        parser.error(f"OUTPUT_DIR {out} holds another dataset ({other}); hint: choose an empty "
+                     f"folder or samri_ml's own, e.g. {bids_dir / 'derivatives' / 'samri_ml'}")
     args.output_dir = out
     check_writable(out, "OUTPUT_DIR")
     work = (args.work_dir or out / ".samri_ml_work").resolve()
@@ -259,6 +320,30 @@ def validate(args, parser) -> None:
         args.omp_nthreads = args.nprocs
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
+
+
+def foreign_dataset(folder: Path) -> str | None:
+    """What ``folder``'s ``dataset_description.json`` says it is, where it is not samri_ml's
+    (none of its ``GeneratedBy`` entries is named ``samri_ml``, as
+    :func:`samri_ml.bids.write_dataset_description` names every run); None where there is no
+    description or it is samri_ml's."""
+    path = folder / "dataset_description.json"
+    if not path.is_file():
+        return None
+    try:
+        desc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"its {path.name} is not readable JSON"
+    generated = desc.get("GeneratedBy") if isinstance(desc, dict) else None
+    names = [g.get("Name") for g in generated if isinstance(g, dict)] \
+        if isinstance(generated, list) else []
+    if "samri_ml" in names:
+        return None
+    if names:
+        return f"its {path.name} says it was generated by {', '.join(map(str, names))}"
+    name = desc.get("Name") if isinstance(desc, dict) else None
+    return f"its {path.name} names {name!r}, not samri_ml" if name else \
+        f"its {path.name} is not samri_ml's"
 
 
 #: the programs a cluster plugin of Nipype calls to submit and to poll jobs
@@ -590,8 +675,9 @@ def collect_sessions(args) -> list[dict]:
                 where = f"sub-{subject}" + (f" ses-{session}" if session else "")
                 print(f"{PROG}: note: {where}: {len(anats)} structural scans; using "
                       f"{Path(anats[0].path).name} (the others are not registered); hint: "
-                      "choose with -s, a whole filter, e.g. -s '{\"datatype\": \"anat\", "
-                      "\"suffix\": \"T2w\", \"run\": \"2\"}'", file=sys.stderr)  # fmt: skip
+                      "choose with -s, a whole filter, e.g. -s "
+                      f"'{json.dumps(_filter_for(anats[1], anats[0]))}' for "
+                      f"{Path(anats[1].path).name}", file=sys.stderr)  # fmt: skip
             out.append({
                 "subject": subject, "session": session,
                 "anat": anats[0].path if anats else None,
@@ -607,6 +693,22 @@ def collect_sessions(args) -> list[dict]:
         raise SamriMLError(
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
             f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
+    return out
+
+
+def _filter_for(scan, other) -> dict:
+    """A pybids filter (``-s``) that selects ``scan`` and not ``other`` (BIDSFile objects of
+    one session): its datatype and suffix, and where the suffixes are the same, the entities
+    the two file names differ in (``null`` for one ``scan`` lacks)."""
+    mine = scan.get_entities(metadata=False)
+    theirs = other.get_entities(metadata=False)
+    out = {"datatype": mine.get("datatype", "anat"), "suffix": mine.get("suffix")}
+    if mine.get("suffix") == theirs.get("suffix"):
+        for key in sorted(mine.keys() | theirs.keys()):
+            if key not in ("subject", "session", "datatype", "suffix") and \
+                    mine.get(key) != theirs.get(key):
+                value = mine.get(key)
+                out[key] = int(value) if isinstance(value, int) else value
     return out
 
 
@@ -662,6 +764,51 @@ def build_workflow(args, sessions):
         "hash_method": "content",
     }
     return wf
+
+
+#: what a derivative is, by its suffix, as the collision message names it (in this order)
+_DERIVATIVE_KINDS = {"": "preprocessed image", "xfm": "transform", "mask": "mask",
+                     "metrics": "QC"}
+
+
+def check_derivative_names(wf) -> None:
+    """Refuse, before anything is written, two selected scans whose derivatives would have
+    the same name: the transform and QC files drop the source's suffix, so a ``bold`` and a
+    ``cbv`` run with the same entities overwrote each other's, in silence."""
+    from samri_ml.bids import parse_entities
+    from samri_ml.interfaces.bids import planned_derivatives
+
+    writers: dict[str, list[str]] = {}
+    for path, source in planned_derivatives(wf):
+        if source not in writers.setdefault(path, []):
+            writers[path].append(source)
+    clashes: dict[tuple[str, str], list[str]] = {}
+    for path, sources in writers.items():
+        if len(sources) > 1:
+            suffix = parse_entities(path)["suffix"]
+            kind = _DERIVATIVE_KINDS.get(suffix, _DERIVATIVE_KINDS[""])
+            clashes.setdefault(tuple(sorted(sources)[:2]), []).append(kind)
+    if not clashes:
+        return
+    (first, second), found = sorted(clashes.items())[0]
+    kinds = [kind for kind in _DERIVATIVE_KINDS.values() if kind in found]
+    a, b = parse_entities(first), parse_entities(second)
+    where = f"sub-{a['sub']}" + (f" ses-{a['ses']}" if "ses" in a else "")
+    option = "-s" if a["datatype"] == "anat" else "-f"
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    if differ == {"suffix"}:
+        hint = (f"register one suffix per OUTPUT_DIR, e.g. {option} "
+                f"'{json.dumps({'datatype': a['datatype'] or 'func', 'suffix': a['suffix']})}'")
+    elif differ == {"extension"}:
+        hint = (f"the same scan stored as {a['extension']} and {b['extension']}? keep one, or "
+                f"select one with {option} "
+                f"'{json.dumps({'datatype': a['datatype'] or 'func', 'extension': a['extension']})}'")
+    else:
+        hint = f"select one of them with {option}"
+    what = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+    more = f" (and {len(clashes) - 1} more such pair(s))" if len(clashes) > 1 else ""
+    raise SamriMLError(f"{where}: {Path(first).name} and {Path(second).name} would write the "
+                       f"same {what} files{more}; hint: {hint}")
 
 
 class _NoNodeErrors(logging.Filter):
@@ -734,15 +881,23 @@ def _main(argv=None) -> int:
 
     # built before anything is written: a flavour whose settings Nipype refuses fails here
     wf = build_workflow(args, sessions)
+    check_derivative_names(wf)
+    # another run on OUTPUT_DIR, or on the work dir (two runs in one -w crashed each other's
+    # steps), refuses this one before anything is written
+    OutputLock.check(args.output_dir)
+    share_work = args.work_dir == args.output_dir  # one lock file: taken once
+    if not share_work:
+        OutputLock.check(args.work_dir, "-w")
     if args.dry_run:
         # every check of a real run (the scheduler's programs and the output folders were
         # checked in validate()), nothing written (but the graph, where asked for)
-        OutputLock.check(args.output_dir)
         _dry_run(args, sessions, wf, ants)
         return 0
     make_dir(args.output_dir, "OUTPUT_DIR")
-    with OutputLock(args.output_dir):
+    with OutputLock(args.output_dir), contextlib.ExitStack() as held:
         make_dir(args.work_dir, "--work-dir")
+        if not share_work:
+            held.enter_context(OutputLock(args.work_dir, "-w"))
         from samri_ml.bids import write_dataset_description
 
         write_dataset_description(args.output_dir, args.bids_dir, __version__,

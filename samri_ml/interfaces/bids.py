@@ -52,16 +52,8 @@ class DerivativesDataSink(SimpleInterface):
         from pathlib import Path
 
         in_file = Path(self.inputs.in_file)
-        ext = self.inputs.extension or ("".join(in_file.suffixes[-2:]) if in_file.name.endswith(
-            ".nii.gz") else in_file.suffix)
-        extra = {}
-        for key in ("space", "desc", "from_", "to", "mode"):
-            value = getattr(self.inputs, key)
-            if isinstance(value, str) and value:
-                extra[key] = value
-        suffix = self.inputs.suffix or None
-        out = derivative_path(self.inputs.base_directory, self.inputs.source_file,
-                              suffix=suffix, extension=ext, **extra)
+        out = sink_path(self.inputs, "".join(in_file.suffixes[-2:])
+                        if in_file.name.endswith(".nii.gz") else in_file.suffix)
         atomic_copy(in_file, out)
         if self.inputs.metadata:
             sidecar = sidecar_path(out)
@@ -69,6 +61,34 @@ class DerivativesDataSink(SimpleInterface):
                               skip_identical=True)
         self._results["out_file"] = str(out)
         return runtime
+
+
+def sink_path(inputs, in_extension: str):
+    """Where a :class:`DerivativesDataSink` with these ``inputs`` writes a file whose extension
+    is ``in_extension`` (used where ``inputs.extension`` is not set)."""
+    extra = {}
+    for key in ("space", "desc", "from_", "to", "mode"):
+        value = getattr(inputs, key)
+        if isinstance(value, str) and value:
+            extra[key] = value
+    return derivative_path(inputs.base_directory, inputs.source_file,
+                           suffix=inputs.suffix or None,
+                           extension=inputs.extension or in_extension, **extra)
+
+
+def planned_derivatives(workflow) -> list[tuple[str, str]]:
+    """``(path, source_file)`` of every :class:`DerivativesDataSink` of a built (not run)
+    workflow: the files a run would write, an image named with its source's extension (the
+    steps keep it: a ``.nii`` run gives ``.nii`` derivatives)."""
+    from samri_ml.bids import parse_entities
+
+    out = []
+    for node in workflow._get_all_nodes():
+        if isinstance(node.interface, DerivativesDataSink):
+            inputs = node.inputs
+            path = sink_path(inputs, parse_entities(inputs.source_file)["extension"])
+            out.append((str(path), inputs.source_file))
+    return out
 
 
 def sink_outputs(graph) -> list[str]:
