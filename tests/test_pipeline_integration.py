@@ -420,6 +420,21 @@ def test_identifyplate_cache_key_follows_the_model_and_index_content(tmp_path):
     assert after[0]["index"] == before[0]["index"] and after[1] != before[1]
 
 
+def test_maskbrain_refuses_a_negative_thread_count(tmp_path):
+    """num_threads=-1 reached TensorFlow, whose failed check aborted the whole Python process
+    (exit 134, no exception, no crash file): the input refuses it, and so does mask_files."""
+    from traits.api import TraitError
+
+    from samri_ml.errors import SamriMLError
+    from samri_ml.interfaces.masking import MaskBrain, mask_files
+
+    with pytest.raises(TraitError, match="num_threads"):
+        MaskBrain(num_threads=-1)
+    assert MaskBrain(num_threads=0).inputs.num_threads == 0
+    with pytest.raises(SamriMLError, match="num_threads -1: must be 0"):
+        mask_files(tmp_path / "never_read.nii.gz", tmp_path, num_threads=-1)
+
+
 def test_multiproc_reserves_cpus_for_the_unet_nodes():
     """MaskBrain's num_threads defaulted to 0 (TensorFlow's default: every core), which Nipype
     takes as the CPUs to reserve: none, so MultiProc ran a MapNode's masks all at once, each on

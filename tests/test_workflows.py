@@ -101,6 +101,35 @@ def test_generic_wf_refuses_empty_session():
         init_generic_wf(template="t", template_mask="m")
 
 
+@pytest.mark.parametrize("factory", [
+    lambda n: init_structural_wf(masking="unet", omp_nthreads=n),
+    lambda n: init_functional_wf(masking="unet", omp_nthreads=n),
+    lambda n: init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz",
+                              anat_file="a_T2w.nii.gz", masking="unet", omp_nthreads=n),
+])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_factories_refuse_a_thread_count_below_one(factory, bad):
+    """-1 reached the U-Net node, where TensorFlow's failed check aborted the whole Python
+    process (no exception, no crash file): refused where the workflow is built."""
+    with pytest.raises(SamriMLError, match="omp_nthreads .*at least 1"):
+        factory(bad)
+
+
+def test_generic_wf_refuses_a_single_path_and_metadata_of_another_length():
+    """A path given as ``bold_files`` was split into its characters, and the error named a QC
+    node's ``raw_file '/'``."""
+    common = dict(template="t.nii.gz", template_mask="m.nii.gz", anat_file="a_T2w.nii.gz")
+    with pytest.raises(SamriMLError, match=r"a single path.*hint: bold_files=\['r_bold.nii.gz'\]"):
+        init_generic_wf(bold_files="r_bold.nii.gz", **common)
+    with pytest.raises(SamriMLError, match=r"2 entr\(ies\) for 1 run"):
+        init_generic_wf(bold_files=["r_bold.nii.gz"], bold_metadata=[{}, {}], **common)
+    with pytest.raises(SamriMLError, match=r"anat_file 'a_T2w.nii.gz': no such file"):
+        init_generic_wf(bold_files=["r_bold.nii.gz"], **common)  # the QC nodes need the scans
+    wf = init_generic_wf(bold_files=["r_bold.nii.gz"], bold_metadata=[{"RepetitionTime": 1.0}],
+                         qc=False, **common)
+    assert "func0_wf" in {n.split(".")[0] for n in wf.list_node_names()}
+
+
 @pytest.mark.parametrize("graph2use", ["colored", "flat", "hierarchical", "orig"])
 def test_graph_picture_without_graphviz(graph2use, tmp_path):
     wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file="a_T2w.nii.gz",

@@ -40,7 +40,8 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
                          "out_report (a PNG, as samri_ml-mask --png)")
     # Nipype reserves num_threads CPUs for the node under MultiProc: 0 (TensorFlow's default,
     # every core) counted as none, so a MapNode of masks ran all at once, each on every core
-    num_threads = traits.Int(1, usedefault=True, nohash=True,
+    # a Range: -1 reached TensorFlow, whose failed check aborted the whole Python process
+    num_threads = traits.Range(low=0, value=1, usedefault=True, nohash=True,
                              desc="TensorFlow threads, and the CPUs MultiProc reserves for the "
                              "node (0: TensorFlow's default, every core, but reserved as "
                              "none)")  # fmt: skip
@@ -124,6 +125,11 @@ def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "
     from samri_ml.io import load_nifti
     from samri_ml.masking.predict import apply_mask, predict_mask
 
+    if num_threads < 0:  # TensorFlow aborts the process on a negative count
+        from samri_ml.errors import SamriMLError
+
+        raise SamriMLError(f"num_threads {num_threads}: must be 0 (TensorFlow's default) or "
+                           "more")
     if num_threads:
         from samri_ml.models.inference import import_keras
 

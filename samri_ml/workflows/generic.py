@@ -76,12 +76,13 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     ``*_space-<template>_desc-preproc_<suffix>.nii.gz``, ``*_from-native_to-<to>_mode-image_xfm.h5``,
     ``*_desc-brain_mask.nii.gz`` (with masking), ``*_desc-qc_metrics.json`` and ``.tsv``.
     """
-    _check(method=method, masking=masking)
+    _check(method=method, masking=masking, omp_nthreads=omp_nthreads)
     if masking == "input":
         raise SamriMLError(
             "init_generic_wf: masking='input' needs masks, and it takes none; hint: use "
             "masking='unet' or 'none', or build the streams with init_structural_wf/"
             "init_functional_wf(masking='input') and connect your mask to inputnode.in_mask")
+    _check_inputs(bold_files, bold_metadata, anat_file if qc else None, qc)
     bold_files = list(bold_files)
     bold_metadata = list(bold_metadata or [{} for _ in bold_files])
     if anat_file is None and not bold_files:
@@ -224,3 +225,28 @@ def _kept_volumes(bold, dummy_scans: int) -> int:
         return MIN_SLICE_TIMING_VOLUMES
     n = shape[3] if len(shape) > 3 else 1
     return n - n_dummy_to_drop(n, dummy_scans)
+
+
+def _check_inputs(bold_files, bold_metadata, anat_file, qc: bool) -> None:
+    """The files given to :func:`init_generic_wf`, checked where it is called: a single path
+    as ``bold_files`` was split into its characters, and a metadata list of another length
+    failed inside a QC node (``raw_file '/'``) the user never made. The QC nodes take the scans
+    as they are built, so with ``qc`` a missing scan is named here too (without, the files are
+    Nipype's to check when the workflow runs)."""
+    from pathlib import Path
+
+    if isinstance(bold_files, (str, Path)):
+        raise SamriMLError(f"bold_files {str(bold_files)!r}: a single path, expected a list of "
+                           f"runs; hint: bold_files=[{str(bold_files)!r}]")
+    bold_files = list(bold_files)
+    if bold_metadata and (isinstance(bold_metadata, dict)
+                                      or len(list(bold_metadata)) != len(bold_files)):
+        given = 1 if isinstance(bold_metadata, dict) else len(list(bold_metadata))
+        raise SamriMLError(f"bold_metadata: {given} entr(ies) for {len(bold_files)} run(s); "
+                           "hint: give one dict per run, in the order of bold_files")
+    if qc:
+        named = [("anat_file", anat_file)] if anat_file is not None else []
+        for what, path in named + [(f"bold_files[{i}]", f) for i, f in enumerate(bold_files)]:
+            if not Path(path).is_file():
+                raise SamriMLError(f"{what} {str(path)!r}: no such file; hint: check the path, "
+                                   "or build with qc=False to connect scans that do not exist yet")

@@ -44,7 +44,11 @@ METHODS = ("composite", "structural", "functional")
 MASKING = ("none", "unet", "input")
 
 
-def _check(method=None, masking=None):
+def _check(method=None, masking=None, omp_nthreads=None):
+    if omp_nthreads is not None and (isinstance(omp_nthreads, bool)
+                                     or not isinstance(omp_nthreads, int) or omp_nthreads < 1):
+        # -1 reached the U-Net node, where TensorFlow's failed check aborted the process
+        raise SamriMLError(f"omp_nthreads {omp_nthreads!r}: must be a whole number, at least 1")
     if method is not None and method not in METHODS:
         raise SamriMLError(f"unknown registration method {method!r}; one of {', '.join(METHODS)}")
     if masking is not None and masking not in MASKING:
@@ -268,7 +272,7 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     composite_transform, inverse_composite_transform : native <-> template (``.h5``)
     out_mask : the brain mask used (``masking`` other than ``none``)
     """
-    _check(masking=masking)
+    _check(masking=masking, omp_nthreads=omp_nthreads)
     _ants_reachable()
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(["in_file", "template", "template_mask", "in_mask"]),
@@ -348,7 +352,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
     composite_transform : the run's own registration (to the structural scan or the template)
     out_mask : the mask used
     """
-    _check(method=method, masking=masking)
+    _check(method=method, masking=masking, omp_nthreads=omp_nthreads)
     _ants_reachable()
     if slice_timing is not None and not repetition_time:
         raise SamriMLError("slice timing correction needs the repetition time")
