@@ -249,6 +249,7 @@ CASES = [
     ("mem_gb_negative", None, ["--mem-gb", "-3"], 2, ["--mem-gb", "-3: must be above 0"]),
     ("mem_gb_zero", None, ["--mem-gb", "0"], 2, ["must be above 0"]),
     ("mem_gb_nan", None, ["--mem-gb", "nan"], 2, ["nan: must be above 0"]),
+    ("omp_nthreads_zero", None, ["--omp-nthreads", "0"], 2, ["--omp-nthreads", "0: must be at least 1"]),
     # these failed after OUTPUT_DIR and the work dir were made, with a raw ValueError
     ("plugin_args_bad_poll_sleep", None, ["--plugin-args", "poll_sleep_duration=abc"], 2,
      ["--plugin-args", 'poll_sleep_duration="abc": must be a number of seconds, 0 or more']),

@@ -189,7 +189,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--nprocs", "--n-cpus", type=int, default=available_cpus(),
                    help="processes for MultiProc; 1 runs Linear (default: the cores this job "
                    "may use)")
-    g.add_argument("--omp-nthreads", type=int, default=None,
+    g.add_argument("--omp-nthreads", type=number_in(int, 1), default=None,
                    help="threads per ANTs call (default: --nprocs)")
     g.add_argument("--mem-gb", type=number_in(float, 0, low_open=True), default=None,
                    help="memory limit for MultiProc (GB)")
