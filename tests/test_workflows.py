@@ -167,6 +167,24 @@ def test_graph_command_refuses_what_it_would_not_draw(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_graph_command_checks_out_before_drawing(tmp_path, capsys):
+    """OUT ending in the picture's extension became ``g.png.png``; a file among OUT's parents
+    or a folder where the picture goes gave a bare FileExistsError / IsADirectoryError."""
+    from samri_ml.cli.graph import main
+
+    (tmp_path / "afile").touch()
+    (tmp_path / "dir.png").mkdir()
+    for out, words in ((tmp_path / "afile" / "g", "afile is a file, not a folder"),
+                       (tmp_path / "dir", "dir.png is a folder"),
+                       (tmp_path / "g.svg", "a .svg name with --format png")):
+        assert main(["structural", str(out), "--pure-python"]) == 2
+        err = capsys.readouterr().err
+        assert words in err.strip().splitlines()[-1], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dir.png"]
+    assert main(["structural", str(tmp_path / "g.png"), "--pure-python"]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 1000 and not (tmp_path / "g.png.png").exists()
+
+
 def test_a_failing_graphviz_is_named(tmp_path, monkeypatch):
     """A ``dot`` on PATH that fails: the pure-Python picture, said as such (it said "dot not
     found")."""

@@ -42,6 +42,7 @@ def _main(argv=None) -> int:
         # it used to draw the unmasked workflow without a word
         parser.error("--masking input: the generic workflow (samri_ml-register) masks with "
                      "none or unet; a given mask is for the structural and functional ones")
+    args.out = _check_out(parser, args.out, args.format)
     from samri_ml.graph import write_workflow_graph
     from samri_ml.workflows import init_functional_wf, init_generic_wf, init_structural_wf
 
@@ -69,6 +70,29 @@ def _main(argv=None) -> int:
                                      force_fallback=args.pure_python)
     print(f"{path} ({how})")
     return 0
+
+
+def _check_out(parser, out: Path, fmt: str) -> Path:
+    """OUT without its picture's extension (``graph.png`` became ``graph.png.png``), checked
+    before anything is drawn: a file among its parent folders, or a folder where the picture
+    would go, was a bare FileExistsError / IsADirectoryError."""
+    from samri_ml.cli._common import nearest_existing
+
+    if not out.name or out.name in (".", ".."):
+        parser.error(f"OUT {str(out)!r}: no file name; hint: give a path without extension, "
+                     "e.g. figures/graph")
+    if out.suffix.lower() in (".png", ".svg"):
+        if out.suffix.lower() != f".{fmt}":
+            parser.error(f"OUT {out}: a .{out.suffix[1:].lower()} name with --format {fmt}; "
+                         f"hint: give OUT without extension, or --format {out.suffix[1:].lower()}")
+        out = out.with_suffix("")
+    picture = out.with_name(out.name + f".{fmt}")
+    if picture.is_dir():
+        parser.error(f"OUT {out}: {picture} is a folder; hint: give another name")
+    above = nearest_existing(picture.parent)
+    if not above.is_dir():
+        parser.error(f"OUT {out}: {above} is a file, not a folder; hint: give another path")
+    return out
 
 
 def main(argv=None) -> int:
