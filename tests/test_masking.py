@@ -564,3 +564,17 @@ def test_maskbrain_refuses_too_few_max_slices_with_one_line(tmp_path):
     nb.save(_sammba_like(), src)
     with pytest.raises(SamriMLError, match="max_slices 10: must be at least 32"):
         MaskBrain(in_file=str(src), max_slices=10).run(cwd=str(tmp_path))
+
+
+def test_evaluate_masker_refuses_unknown_sources_and_a_foreign_training_record(tmp_path, capsys):
+    """``--held-out bogus`` was taken (and sammba then reported as seen in training); a
+    ``_training.json`` without ``config`` gave a bare ``KeyError: 'config'``."""
+    from samri_ml.cli.evaluate_masker import main
+
+    assert main(["--held-out", "bogus", "--data-dir", str(tmp_path)]) == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    model = tmp_path / "m.keras"
+    (tmp_path / "m_training.json").write_text('{"epochs": 3}')
+    assert main(["--model", str(model), "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a training record" in err[0] and "--held-out" in err[0], err

@@ -120,3 +120,15 @@ def test_qc_basename_and_derivative_path():
     assert qc_basename("scan.nii") == "scan_desc-qc_metrics"
     rel = qc_relative_path("sub-1_ses-a_task-rest_bold.nii.gz", "func")
     assert rel.as_posix() == "sub-1/ses-a/func/sub-1_ses-a_task-rest_desc-qc_metrics.json"
+
+
+def test_volume_conservation_refuses_a_percentile_outside_0_100():
+    """percentile=200 was taken, and the run failed later in numpy without naming the input."""
+    from traits.api import TraitError
+
+    from samri_ml.interfaces import VolumeConservation
+
+    with pytest.raises(TraitError, match="percentile"):
+        VolumeConservation(percentile=200)
+    assert VolumeConservation(percentile=0).inputs.percentile == 0
+    assert VolumeConservation().inputs.percentile == 66.0

@@ -49,6 +49,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--held-out",
         nargs="*",
         default=None,
+        choices=SOURCES,  # "bogus" was taken, and sammba then called seen in training
         help="sources the model was not trained on (default: read from the model's "
         "_training.json beside it)",
     )
@@ -73,9 +74,14 @@ def _held_out(model_path: Path) -> list[str] | None:
     """The sources the model was not trained on, from its ``_training.json``; None where there
     is none (what it was trained on is unknown)."""
     info = model_path.with_name(model_path.stem + "_training.json")
-    if info.is_file():
+    if not info.is_file():
+        return None
+    try:
         return list(json.loads(info.read_text())["config"]["holdout"])
-    return None
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a bare KeyError: 'config'
+        raise SamriMLError(f"{info}: not a training record samri_ml-train-masker wrote (no "
+                           f"config.holdout: {err!r}); hint: give the sources the model never "
+                           "saw with --held-out") from None
 
 
 def phantom_scans(seed: int = 0):

@@ -34,8 +34,10 @@ class _VolumeConservationInputSpec(BaseInterfaceInputSpec):
         exists=True, mandatory=True, desc="processed (e.g. registered) image, 3D or 4D"
     )
     raw_file = File(exists=True, mandatory=True, desc="unprocessed source image, 3D or 4D")
-    percentile = traits.Float(
-        66.0, usedefault=True, desc="percentile of the raw image used as foreground threshold"
+    # a Range: 200 was taken, and the run failed in numpy without naming the input
+    percentile = traits.Range(
+        low=0.0, high=100.0, value=66.0, usedefault=True,
+        desc="percentile of the raw image used as foreground threshold (0-100)",
     )
 
 
