@@ -758,3 +758,126 @@ def test_a_constant_background_offset_is_subtracted(phantom):
     offset = data + 0.01 * np.percentile(data, 99)
     np.testing.assert_array_equal(
         np.asarray(predict_mask(nb.Nifti1Image(offset, img.affine)).dataobj), own)
+
+
+def _a_previous_run(tmp_path) -> dict:
+    """OUT's folder holding a complete earlier set (model, json, png); returns its bytes."""
+    out = tmp_path / "m" / "out.keras"
+    out.parent.mkdir()
+    for name, data in (("out.keras", b"old model"), ("out_training.json", b'{"old": true}'),
+                       ("out_loss.png", b"old png")):
+        (out.parent / name).write_bytes(data)
+    return {p.name: p.read_bytes() for p in out.parent.iterdir()}
+
+
+def _ctrl_c_in(monkeypatch, module, name: str, calls: tuple[int, ...] = (1,)):
+    """A real SIGINT inside the ``calls``-th calls (1: the first) of ``module.name``, after
+    it ran (a rename done, a model written to its temporary file)."""
+    import os
+    import signal
+
+    real, n = getattr(module, name), [0]
+
+    def then_ctrl_c(*args, **kwargs):
+        result = real(*args, **kwargs)
+        n[0] += 1
+        if n[0] in calls:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(module, name, then_ctrl_c)
+
+
+def test_ctrl_c_while_the_model_is_saved_keeps_a_complete_set(tmp_path, capsys, tiny_slices,
+                                                              monkeypatch,
+                                                              sigint_as_in_a_terminal):
+    """Ctrl-C just after the last epoch truncated OUT (saved in place, unloadable) or left
+    the new model beside the old run's json and png. Now the trained model is kept, as one
+    set with its json and png, and the note says so."""
+    import json
+    import warnings
+
+    import keras
+
+    from samri_ml.masking import train as mt
+
+    _a_previous_run(tmp_path)
+    _ctrl_c_in(monkeypatch, mt, "save_without_optimizer")  # the first save: the normal one
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert _train_masker(tmp_path) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "samri_ml-train-masker: interrupted", err
+    assert "note: interrupted after the last epoch (3 in all)" in err[-2], err
+    out = tmp_path / "m" / "out.keras"
+    keras.saving.load_model(out, compile=False)
+    summary = json.loads(out.with_name("out_training.json").read_text())
+    assert summary["interrupted"] is True and len(summary["history"]["phase"]) == 3
+    assert out.with_name("out_loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "out.keras", "out_loss.png", "out_training.json"]  # no temporary file
+
+
+def test_ctrl_c_twice_while_saving_leaves_the_previous_set(tmp_path, capsys, tiny_slices,
+                                                           monkeypatch, sigint_as_in_a_terminal):
+    import warnings
+
+    from samri_ml.masking import train as mt
+
+    before = _a_previous_run(tmp_path)
+    _ctrl_c_in(monkeypatch, mt, "save_without_optimizer", calls=(1, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert _train_masker(tmp_path) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "and again while saving" in err[-2] and "were left as they were" in err[-2], err
+    out = tmp_path / "m"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_ctrl_c_during_the_renames_waits_for_all(tmp_path, capsys, tiny_slices, monkeypatch,
+                                                 sigint_as_in_a_terminal):
+    """SIGINT after the first of the three renames: the other two are done all the same
+    (Ctrl-C deferred), so the set is this run's, complete, and not resaved as interrupted."""
+    import json
+    import os
+    import warnings
+
+    _a_previous_run(tmp_path)
+    _ctrl_c_in(monkeypatch, os, "replace")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert _train_masker(tmp_path) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "note: interrupted while saving" in err[-2] and "complete" in err[-2], err
+    out = tmp_path / "m" / "out.keras"
+    summary = json.loads(out.with_name("out_training.json").read_text())
+    assert "interrupted" not in summary and "old" not in summary
+    assert out.read_bytes() != b"old model" and out.with_name("out_loss.png").read_bytes() != \
+        b"old png"
+    assert len(list(out.parent.iterdir())) == 3
+
+
+def test_train_masker_refuses_out_that_is_an_input_model(tmp_path, capsys, monkeypatch):
+    """``--average-of a1.keras a2.keras`` with OUT a1.keras replaced a member and its
+    history with the average. Now a usage error before any work, also through a link or
+    another relative path; and OUT equal to --init too."""
+    from samri_ml.cli.train_masker import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a1.keras", "a2.keras"):
+        (tmp_path / name).write_bytes(b"a member")
+    (tmp_path / "link.keras").symlink_to(tmp_path / "a1.keras")
+    (tmp_path / "sub").mkdir()
+    data = ["--data-dir", str(tmp_path)]
+    cases = [
+        [str(tmp_path / "a1.keras"), "--average-of", "a1.keras", "a2.keras"],
+        ["link.keras", "--average-of", str(tmp_path / "a2.keras"), "a1.keras"],
+        ["sub/../a2.keras", "--average-of", "a1.keras", "a2.keras"],
+        ["a1.keras", "--init", "./link.keras"],
+    ]
+    for argv in cases:
+        assert main([*argv, *data]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "it would be overwritten" in err and "hint: name another OUT" in err, err
+    assert all((tmp_path / n).read_bytes() == b"a member" for n in ("a1.keras", "a2.keras"))

@@ -212,6 +212,16 @@ def test_a_failed_export_leaves_the_folder_as_it_was(tiny_data, tmp_path, capsys
     (["--ema", "1"], "argument --ema: 1: must be at least 0 and below 1"),
     (["--ema", "-0.1"], "argument --ema: -0.1: must be at least 0 and below 1"),
     (["--export-only"], "--export-only needs --export DIR"),
+    # the QA pass: --smooth 2 or -1 and --region-weight -5 were baked into an exported
+    # index, --patience -1 stopped at the first evaluation
+    (["--smooth", "2"], "argument --smooth: 2: must be at least 0 and at most 1"),
+    (["--smooth", "-1"], "argument --smooth: -1: must be at least 0 and at most 1"),
+    (["--export-only", "--export", "x", "--smooth", "1.5"], "argument --smooth: 1.5: must be"),
+    (["--region-weight", "-5"], "argument --region-weight: -5: must be at least 0"),
+    (["--export-only", "--export", "x", "--region-weight", "-1"],
+     "argument --region-weight: -1: must be at least 0"),
+    (["--patience", "0"], "argument --patience: 0: must be at least 1"),
+    (["--patience", "-1"], "argument --patience: -1: must be at least 1"),
 ])  # fmt: skip
 def test_train_plates_refuses_settings_out_of_range(tiny_data, tmp_path, capsys, args, words):
     """These ran (``--iterations 0``: exit 0, no model, a ``best.json`` with a bare Infinity)
@@ -323,3 +333,111 @@ def test_the_tissue_box_of_a_run_travels_to_its_index(tiny_data, tmp_path):
                           tmp_path / "mixed")
     ens = make_ensemble_run([runs["triangle"] / "best.keras"] * 2, tmp_path / "ens")
     assert json.loads((ens / "config.json").read_text())["crop_threshold"] == "triangle"
+
+
+def _tiny_run(data, out, *args):
+    return ["--data", str(data), "--out", str(out), "--size", "32", "--width", "2",
+            "--batch-size", "12", *map(str, args)]  # fmt: skip
+
+
+def test_a_new_run_into_the_folder_of_another_is_refused(tiny_data, tmp_path, capsys):
+    """A rerun into an existing --out wrote its config.json beside the other run's
+    best.keras (an --export-only then failed on the mismatch). Now a usage error, before
+    anything is written; a run with the same settings starts again (no old step left)."""
+    from samri_ml.cli.train_plates import main
+
+    out = tmp_path / "run"
+    assert main(_tiny_run(tiny_data, out, "--iterations", 4, "--eval-every", 2)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"config.json", "best.keras", "best.json", "step_00004.keras"} <= set(before)
+    capsys.readouterr()
+    assert main(_tiny_run(tiny_data, out, "--iterations", 4, "--eval-every", 2,
+                          "--size", 64)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--out {out}: it holds a run with other settings (size 32, here 64)" in err, err
+    assert "hint: choose another --out, or remove that one" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the same settings, fewer steps? other settings too (iterations): refused
+    assert main(_tiny_run(tiny_data, out, "--iterations", 2, "--eval-every", 2)) == 2
+    # an ensemble is not written beside a training run
+    assert main(["--out", str(out), "--ensemble", str(out / "best.keras")]) == 2
+    assert "it holds a training run" in capsys.readouterr().err
+    (out / "config.json").unlink()  # checkpoints without their settings: refused as well
+    assert main(_tiny_run(tiny_data, out, "--iterations", 4, "--eval-every", 2)) == 2
+    assert "without a readable config.json" in capsys.readouterr().err
+
+
+def test_the_same_settings_start_the_run_again(tiny_data, tmp_path):
+    from samri_ml.cli.train_plates import main
+
+    out = tmp_path / "run"
+    argv = _tiny_run(tiny_data, out, "--iterations", 4, "--eval-every", 2)
+    assert main(argv) == 0
+    (out / "step_00099.keras").write_text("left by an earlier run of these settings")
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.json", "best.keras", "config.json", "history.json", "last.keras",
+        "step_00002.keras", "step_00004.keras"]
+
+
+def test_ctrl_c_says_which_checkpoint_was_kept(tiny_data, tmp_path):
+    """Ctrl-C printed ``interrupted`` only, with best.keras maybe missing and best.json
+    written at the end only. Now a note names the best step kept, best.json agrees with it,
+    and no checkpoint is half-written (temporary files and renames)."""
+    import subprocess
+    import sys
+
+    import keras
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "samri_ml.cli.train_plates",
+           *_tiny_run(tiny_data, out, "--iterations", 100000, "--eval-every", 3)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_sigint_default)
+    _wait_for(p, out / "best.json")
+    _wait_for(p, out / "step_00009.keras")  # a few evaluations in: maybe while one is saved
+    p.send_signal(__import__("signal").SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    lines = err.strip().splitlines()
+    assert lines[-1] == "samri_ml-train-plates: interrupted", lines
+    best = json.loads((out / "best.json").read_text())
+    assert lines[-2].startswith("samri_ml-train-plates: note: interrupted at step "), lines
+    assert (f"{out / 'best.keras'} holds the best model so far (step {best['step']}, "
+            f"val_1 MAE {best['mae']:.2f}") in lines[-2], lines
+    keras.saving.load_model(out / "best.keras", compile=False)
+    keras.saving.load_model(out / "last.keras", compile=False)
+    assert not [q.name for q in out.iterdir() if q.name.startswith(".")]
+    history = json.loads((out / "history.json").read_text())
+    assert best["step"] in [h["step"] for h in history]
+
+    # before the first evaluation: nothing kept, and said so
+    out2 = tmp_path / "run2"
+    cmd = [sys.executable, "-m", "samri_ml.cli.train_plates",
+           *_tiny_run(tiny_data, out2, "--iterations", 100000, "--eval-every", 50000)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_sigint_default)
+    _wait_for(p, out2 / "config.json")
+    p.send_signal(__import__("signal").SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    lines = err.strip().splitlines()
+    assert "no checkpoint was saved (the first evaluation is at step 50000)" in lines[-2], lines
+    assert sorted(q.name for q in out2.iterdir()) == ["config.json"]
+
+
+def _sigint_default():
+    """In the child: SIGINT as in a terminal (a background job's children ignore it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _wait_for(p, path, limit_s: float = 120):
+    import time
+
+    t0 = time.time()
+    while not path.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.time() - t0 < limit_s, f"{path} never appeared"
+        time.sleep(0.05)

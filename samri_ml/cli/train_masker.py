@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -172,6 +173,12 @@ def _main(argv=None) -> int:
         parser.error("--holdout dama: the validation subjects are drawn from dama (sammba's "
                      "and emory's scans are one brain each); hint: hold out sammba, emory or "
                      "templates, and measure dama with samri_ml-evaluate-masker")
+    for option, models in (("--average-of", args.average_of or []),
+                           ("--init", [args.init] if args.init else [])):
+        for model in models:
+            if _same_file(model, args.out):
+                parser.error(f"OUT {args.out} is {option} {model}: it would be overwritten "
+                             "(its _training.json too); hint: name another OUT")
     if args.out.is_dir():
         parser.error(f"OUT {args.out} is a folder; hint: name a file, e.g. "
                      f"{args.out / 'masker.keras'}")
@@ -217,6 +224,16 @@ def _main(argv=None) -> int:
     print(json.dumps({"model": str(args.out), "validation_dice": vd,
                       "minutes": round(summary["minutes"], 1)}, indent=1))  # fmt: skip
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (through a link or another relative path too)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
 
 
 def main(argv=None) -> int:

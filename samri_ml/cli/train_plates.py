@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per step (at least 3: an anchor, its plate and another)")
     p.add_argument("--iterations", type=whole, default=10000,
                    help="training steps at most (early stopping may end the run before)")
-    p.add_argument("--patience", type=int, default=2000, help="early-stopping patience (steps)")
+    p.add_argument("--patience", type=whole, default=2000,
+                   help="early-stopping patience (steps)")
     p.add_argument("--eval-every", type=whole, default=250,
                    help="steps between evaluations on val_1 (the best model is kept)")
     p.add_argument("--lr", type=number_in(float, 0, low_open=True), default=1e-4,
@@ -104,13 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--smooth",
-        type=float,
+        type=number_in(float, 0, 1),
         default=0.0,
         help="export: smoothing of distances along the plate axis (0..1)",
     )
     p.add_argument(
         "--region-weight",
-        type=float,
+        type=number_in(float, 0),
         default=0.0,
         help="export: weight of the region distances in the overall ranking",
     )
@@ -143,12 +144,14 @@ def _fit_router(args) -> int:
     return 0
 
 
-def _check_outputs(parser, args) -> None:
+def _check_outputs(parser, args, cfg) -> None:
     """Usage errors before any work: options that do nothing together, a run to export that
-    is not there, output folders that cannot be written."""
+    is not there, output folders that cannot be written, an --out that holds another run
+    (``cfg``: this one's settings)."""
     from pathlib import Path
 
     from samri_ml.cli._common import check_output_dir
+    from samri_ml.plates.train import other_run, run_files
 
     if args.fit_router:
         check_output_dir(parser, f"--fit-router {args.fit_router}", args.fit_router)
@@ -164,6 +167,15 @@ def _check_outputs(parser, args) -> None:
                              "must be the folder of a finished training run")
     else:
         check_output_dir(parser, f"--out {args.out}", args.out)
+        if args.ensemble:  # writes best.keras and config.json: not beside a training run's
+            trained = [p.name for p in run_files(args.out)
+                       if p.name not in ("config.json", "best.keras")]
+            why = f"it holds a training run ({', '.join(trained)})" if trained else None
+        else:
+            why = other_run(args.out, cfg)
+        if why:
+            parser.error(f"--out {args.out}: {why}; a new run there would mix the two; hint: "
+                         "choose another --out, or remove that one")
     if args.export:
         check_output_dir(parser, f"--export {args.export}", args.export)
 
@@ -171,15 +183,6 @@ def _check_outputs(parser, args) -> None:
 def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _check_outputs(parser, args)
-    if args.fit_router:
-        return _fit_router(args)
-    from samri_ml.cli._common import set_tf_threads
-
-    set_tf_threads(args.threads)
-    from samri_ml.models.inference import import_keras
-
-    import_keras()  # TensorFlow without its C++ start-up lines above a one-line error
     from samri_ml.plates.train import TrainConfig, train
 
     cfg = TrainConfig(
@@ -202,6 +205,15 @@ def _main(argv=None) -> int:
         synth_max_tilt=args.synth_max_tilt,
         crop_threshold=args.crop_threshold,
     )
+    _check_outputs(parser, args, cfg)
+    if args.fit_router:
+        return _fit_router(args)
+    from samri_ml.cli._common import set_tf_threads
+
+    set_tf_threads(args.threads)
+    from samri_ml.models.inference import import_keras
+
+    import_keras()  # TensorFlow without its C++ start-up lines above a one-line error
     if args.ensemble:
         from samri_ml.plates.train import make_ensemble_run
 

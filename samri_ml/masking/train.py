@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -445,19 +448,14 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
                 verbose=1,
             )
     except KeyboardInterrupt:  # Ctrl-C: keep what the finished epochs learnt
-        from samri_ml.errors import SamriMLNote
-
         n = len(history.get("phase", []))
         if not n:
-            warnings.warn("interrupted before the first epoch ended: nothing was saved",
-                          SamriMLNote, stacklevel=2)
+            _note(f"interrupted before the first epoch ended: {_kept(out_path)}")
             raise
         if stopper is not None and stopper.best_weights is not None:
             model.set_weights(stopper.best_weights)  # this phase's best epoch so far
-        _save_run(model, out_path, config, history, counts, t_start, interrupted=True)
-        warnings.warn(f"interrupted after {n} epoch(s): {out_path} holds the best weights so "
-                      "far (its _training.json says 'interrupted'; no validation Dice)",
-                      SamriMLNote, stacklevel=2)
+        _save_interrupted(model, out_path, config, history, counts, t_start,
+                          f"interrupted after {n} epoch(s)")
         raise
     if not history.get("phase"):  # an untrained model is no result
         from samri_ml.errors import SamriMLError
@@ -469,17 +467,52 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
             f"began ({time.time() - t_start:.0f} s went into the data set); nothing was "
             "written; hint: raise --max-minutes, or build the data set once with "
             "--dataset-cache")
-    return _save_run(model, out_path, config, history, counts, t_start,
-                     volumes={g: volumes[g] for g in val_groups})
+    try:  # the validation Dice and the saving: Ctrl-C here keeps the trained model too
+        return _save_run(model, out_path, config, history, counts, t_start,
+                         volumes={g: volumes[g] for g in val_groups})
+    except DeferredInterrupt:  # Ctrl-C while the files were renamed: all are this run's
+        _note(f"interrupted while saving: {out_path} and the files beside it are this run's, "
+              "complete")
+        raise
+    except KeyboardInterrupt:
+        _save_interrupted(model, out_path, config, history, counts, t_start,
+                          f"interrupted after the last epoch ({len(history['phase'])} in all)")
+        raise
+
+
+def _note(text: str) -> None:
+    from samri_ml.errors import SamriMLNote
+
+    warnings.warn(text, SamriMLNote, stacklevel=3)
+
+
+def _kept(out_path: Path) -> str:
+    """What OUT holds after an interrupted run that wrote nothing."""
+    if out_path.is_file():
+        return f"{out_path} and the files beside it were left as they were"
+    return "nothing was saved"
+
+
+def _save_interrupted(model, out_path, config, history, counts, t_start, what: str) -> None:
+    """After Ctrl-C: save the weights ``model`` holds, marked as interrupted, and say so; a
+    second Ctrl-C while saving leaves OUT's previous set as it was (all are renamed at once)."""
+    try:
+        _save_run(model, out_path, config, history, counts, t_start, interrupted=True)
+    except DeferredInterrupt:
+        pass  # saved all the same
+    except KeyboardInterrupt:
+        _note(f"{what}, and again while saving: {_kept(out_path)}")
+        raise
+    _note(f"{what}: {out_path} holds the best weights so far (its _training.json says "
+          "'interrupted'; no validation Dice)")
 
 
 def _save_run(model, out_path, config: TrainConfig, history: dict, counts: dict,
               t_start: float, volumes: dict | None = None, interrupted: bool = False) -> dict:
-    """Save the trained ``model`` at ``out_path`` (.keras), then the validation Dice on
-    ``volumes`` (none for an ``interrupted`` run, which is marked so), the loss curve and the
-    summary (``_training.json``) beside it; returns the summary."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_without_optimizer(model, out_path)
+    """The validation Dice of the trained ``model`` on ``volumes`` (none for an
+    ``interrupted`` run, which is marked so), then ``out_path`` (.keras), the loss curve and
+    the summary (``_training.json``) beside it, written as one set (:func:`write_set`);
+    returns the summary."""
     summary = {
         "config": asdict(config),
         **counts,
@@ -491,10 +524,65 @@ def _save_run(model, out_path, config: TrainConfig, history: dict, counts: dict,
     }
     if interrupted:  # stopped by Ctrl-C after len(history["phase"]) epochs
         summary["interrupted"] = True
-    plot_history(history, out_path.with_name(out_path.stem + "_loss.png"),
-                 init_model=config.init_model or "random weights")
-    out_path.with_name(out_path.stem + "_training.json").write_text(json.dumps(summary, indent=1))
+    with write_set(out_path, loss_png=True) as (tmp_model, tmp_json, tmp_png):
+        save_without_optimizer(model, tmp_model)
+        plot_history(history, tmp_png, init_model=config.init_model or "random weights",
+                     model_name=out_path.stem)
+        tmp_json.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+class DeferredInterrupt(KeyboardInterrupt):
+    """Ctrl-C that :func:`deferred_sigint` held back: raised when its block was done."""
+
+
+@contextmanager
+def deferred_sigint():
+    """Inside, Ctrl-C (SIGINT) waits: it is raised as ``KeyboardInterrupt`` when the block
+    ends (as :class:`DeferredInterrupt`), so that a few renames are all done or none. Outside the main thread (where no
+    handler can be set) and where SIGINT is not Python's default handler (ignored, or
+    another handler), nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise DeferredInterrupt
+
+
+@contextmanager
+def write_set(out_path, loss_png: bool = False):
+    """Temporary paths for a model ``out_path`` (.keras), its ``_training.json`` and (with
+    ``loss_png``) its ``_loss.png``, made beside them (:func:`samri_ml.bids.atomic_target`);
+    yields ``(model, json, png or None)``. When the block succeeds all are renamed onto their
+    names, the model last, with Ctrl-C deferred (:func:`deferred_sigint`): an interruption or
+    a failure before that leaves the previous files as they were and no temporary file, so
+    the model and the files beside it are never of two runs."""
+    from samri_ml.bids import atomic_target
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        # entered first, renamed last: a model file is never newer than its json
+        model = stack.enter_context(atomic_target(out_path, ".keras"))
+        info = stack.enter_context(
+            atomic_target(out_path.with_name(out_path.stem + "_training.json"), ".json"))
+        png = stack.enter_context(
+            atomic_target(out_path.with_name(out_path.stem + "_loss.png"), ".png")
+        ) if loss_png else None
+        yield model, info, png
+        renames = stack.pop_all()
+    stale = out_path.with_name(out_path.stem + "_loss.png")
+    with deferred_sigint():
+        renames.close()
+        if not loss_png:  # an average has no loss curve: a trained model's is not its own
+            stale.unlink(missing_ok=True)
 
 
 def average_weights(models):
@@ -535,9 +623,7 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
     import keras
 
     _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     model = average_weights(members)
-    save_without_optimizer(model, out_path)
     val_groups = sorted(volumes)
     member_info = []
     for p in member_paths:
@@ -556,7 +642,9 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
         "date": time.strftime("%Y-%m-%d"),
         "keras": keras.__version__,
     }
-    out_path.with_name(out_path.stem + "_training.json").write_text(json.dumps(summary, indent=1))
+    with write_set(out_path) as (tmp_model, tmp_json, _):
+        save_without_optimizer(model, tmp_model)
+        tmp_json.write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -602,16 +690,18 @@ def validation_dice(model, volumes_by_group, views=pp.ALL_VIEWS) -> dict[str, fl
     return out
 
 
-def plot_history(history, path, *, init_model: str | None = None, title: str | None = None):
+def plot_history(history, path, *, init_model: str | None = None, title: str | None = None,
+                 model_name: str | None = None):
     """Loss and Dice per epoch (both phases), saved as PNG; returns the (closed) figure.
 
     The loss axis starts at 0 and the Dice axis ends at 1, so that noise of a percent does
     not look like unstable training. Marked: the epoch whose weights each phase restored (the
     lowest ``val_loss``; ``EarlyStopping(restore_best_weights=True)`` restores it at the end of
     a phase), learning-rate changes (``learning_rate``/``lr`` in ``history``) and the switch
-    from plain to augmented slices. The title names the model file (``path`` less its
-    ``_loss.png``) and the weights it started from: ``init_model``, else the ``init_model`` of
-    a ``<model>_training.json`` beside it whose history is this one (a regenerated plot).
+    from plain to augmented slices. The title names the model file (``model_name``, else
+    ``path`` less its ``_loss.png``; ``path`` may be a temporary name) and the weights it
+    started from: ``init_model``, else the ``init_model`` of a ``<model>_training.json``
+    beside it whose history is this one (a regenerated plot).
     """
     import matplotlib
 
@@ -619,7 +709,9 @@ def plot_history(history, path, *, init_model: str | None = None, title: str | N
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    model_name = path.name[: -len("_loss.png")] if path.name.endswith("_loss.png") else path.stem
+    if model_name is None:
+        model_name = (path.name[: -len("_loss.png")] if path.name.endswith("_loss.png")
+                      else path.stem)
     if init_model is None:
         beside = path.with_name(model_name + "_training.json")
         try:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import contextmanager
+import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -207,11 +208,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from tqdm import tqdm
 
     from samri_ml.errors import SamriMLError
+    from samri_ml.masking.train import DeferredInterrupt
     from samri_ml.models.siamese import LOSSES, build_embedding_net
 
     _set_seeds(cfg.seed)
     out = Path(cfg.out_dir)
     data = Path(cfg.data_dir)
+    why = other_run(out, cfg)
+    if why:
+        raise SamriMLError(f"{out}: {why}; hint: choose another out_dir, or remove that one")
     # the data and the starting model first: a refused run writes nothing
     plates, pimgs = load_atlas(data / "atlas")
     if cfg.batch_size - cfg.batch_size // 3 > len(plates):  # distinct plates in a batch
@@ -237,7 +242,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             cfg.size, cfg.backbone, cfg.embedding_dim, width=cfg.width, normalize=True
         )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    for old in run_files(out):  # a run with these settings starts again (the CLI refuses others)
+        old.unlink()
+    _write_files(out, {"config.json": lambda p: p.write_text(json.dumps(asdict(cfg), indent=2))})
     log(f"model {model.name}: {model.count_params():,} parameters")
     loss_fn = LOSSES[cfg.loss]
     opt = keras.optimizers.Adam(learning_rate_schedule(cfg))
@@ -300,12 +307,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "time": time.time(),
         }
         history.append(rec)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        model.save(out / "last.keras")
-        model.save(out / f"step_{it:05d}.keras")
+        _write_files(out, {"history.json": lambda p: p.write_text(json.dumps(history, indent=1)),
+                           "last.keras": model.save, f"step_{it:05d}.keras": model.save})
         if m1["mae"] < best["mae"]:
-            best = {"mae": m1["mae"], "step": it, "val_1": m1, "val_2": m2}
-            model.save(out / "best.keras")
+            new = {"mae": m1["mae"], "step": it, "val_1": m1, "val_2": m2}
+            # the model and its record as one pair: Ctrl-C leaves both old or both new
+            try:
+                _write_files(out, {"best.keras": model.save,
+                                   "best.json": lambda p: p.write_text(json_dumps(new, indent=2))})
+            except DeferredInterrupt:  # Ctrl-C held back until both were renamed
+                best = new
+                raise
+            best = new
         log(
             f"step {it} loss {rec['loss']:.4f} | {format_metrics(m1, 'val_1')} | "
             f"{format_metrics(m2, 'val_2')} | best val_1 step {best['step']}"
@@ -313,17 +326,85 @@ def train(cfg: TrainConfig, log=print) -> dict:
         bar.set_postfix(loss=f"{rec['loss']:.3f}", val1=f"{m1['mae']:.2f}")
 
     bar = tqdm(range(1, cfg.iterations + 1), desc="train-plates", mininterval=30)
-    for it in bar:
-        x, y = make_batch()
-        losses.append(float(ops.convert_to_numpy(step(x, y))))
-        if it % cfg.eval_every == 0 or it == cfg.iterations:
-            with averaged():
-                evaluate_and_save(it)
-            if it - best["step"] >= cfg.patience:
-                log(f"early stop at step {it}: val_1 MAE not improved for {cfg.patience} steps")
-                break
-    (out / "best.json").write_text(json_dumps(best, indent=2))
+    it = 0
+    try:
+        for it in bar:
+            x, y = make_batch()
+            losses.append(float(ops.convert_to_numpy(step(x, y))))
+            if it % cfg.eval_every == 0 or it == cfg.iterations:
+                with averaged():
+                    evaluate_and_save(it)
+                if it - best["step"] >= cfg.patience:
+                    log(f"early stop at step {it}: val_1 MAE not improved for {cfg.patience} "
+                        "steps")
+                    break
+        _write_files(out, {"best.json": lambda p: p.write_text(json_dumps(best, indent=2))})
+    except KeyboardInterrupt:  # Ctrl-C: say what the checkpoints hold
+        from samri_ml.errors import SamriMLNote
+
+        bar.close()
+        if best["step"]:
+            kept = (f"{out / 'best.keras'} holds the best model so far (step {best['step']}, "
+                    f"val_1 MAE {best['mae']:.2f}; best.json says so)")
+        else:
+            kept = f"no checkpoint was saved (the first evaluation is at step {cfg.eval_every})"
+        warnings.warn(f"interrupted at step {it} of {cfg.iterations}: {kept}", SamriMLNote,
+                      stacklevel=2)
+        raise
     return best
+
+
+#: the files of a training run in its ``out_dir`` (``step_*.keras`` too: :func:`run_files`)
+RUN_FILES = ("config.json", "history.json", "best.json", "best.keras", "last.keras")
+
+
+def run_files(out_dir) -> list[Path]:
+    """The files of a training run (:data:`RUN_FILES`, ``step_*.keras``) in ``out_dir``."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    return sorted([out / n for n in RUN_FILES if (out / n).is_file()]
+                  + [p for p in out.glob("step_*.keras") if p.is_file()])
+
+
+def other_run(out_dir, cfg: TrainConfig) -> str | None:
+    """Why ``out_dir`` holds another run than one with ``cfg`` (None: no run there, or one
+    with the same settings, which :func:`train` starts again): a new run would leave its
+    ``config.json`` beside the other's checkpoints."""
+    files = run_files(out_dir)
+    if not files:
+        return None
+    config = Path(out_dir) / "config.json"
+    try:
+        old = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return f"it holds {files[0].name} of a run without a readable config.json"
+    new = json.loads(json.dumps(asdict(cfg)))
+    if not isinstance(old, dict):
+        return "its config.json is not a run's"
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if not diff:
+        return None
+    shown = ", ".join(f"{k} {old.get(k)!r}, here {new.get(k)!r}" for k in diff[:3])
+    return f"it holds a run with other settings ({shown}{', ...' if len(diff) > 3 else ''})"
+
+
+def _write_files(folder: Path, writers: dict) -> None:
+    """Write each ``name: writer(path)`` of ``writers`` into ``folder`` through a temporary
+    file beside it (:func:`samri_ml.bids.atomic_target`), renamed all together with Ctrl-C
+    deferred (:func:`samri_ml.masking.train.deferred_sigint`): a file is never seen
+    half-written, and an interruption leaves either all the old files or all the new."""
+    from samri_ml.bids import atomic_target
+    from samri_ml.masking.train import deferred_sigint
+
+    with ExitStack() as stack:
+        tmps = {name: stack.enter_context(atomic_target(folder / name, Path(name).suffix))
+                for name in writers}
+        for name, write in writers.items():
+            write(tmps[name])
+        renames = stack.pop_all()
+    with deferred_sigint():
+        renames.close()
 
 
 def _load_init(path, size: int):
@@ -444,8 +525,8 @@ def make_ensemble_run(member_paths, run_dir) -> Path:
     size = max(int(m.input_shape[1]) for m in members)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    build_ensemble(members, size).save(run / "best.keras")
     cfg = {"size": size, "backbone": "ensemble", "members": [str(p) for p in member_paths],
            "crop_threshold": crop_threshold}
-    (run / "config.json").write_text(json.dumps(cfg, indent=1))
+    _write_files(run, {"best.keras": build_ensemble(members, size).save,
+                       "config.json": lambda p: p.write_text(json.dumps(cfg, indent=1))})
     return run
