@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -231,3 +233,27 @@ def stale_files(out_dir, produced, sources, figures_before: float | None = None)
                   if f.is_file() and f.name.startswith(tuple(prefixes))
                   and f.stat().st_mtime < figures_before]
     return sorted(stale)
+
+
+class DeferredInterrupt(KeyboardInterrupt):
+    """Ctrl-C that :func:`deferred_sigint` held back: raised when its block was done."""
+
+
+@contextmanager
+def deferred_sigint():
+    """Inside, Ctrl-C (SIGINT) waits: it is raised as ``KeyboardInterrupt`` when the block
+    ends (as :class:`DeferredInterrupt`), so that a few renames are all done or none. Outside the main thread (where no
+    handler can be set) and where SIGINT is not Python's default handler (ignored, or
+    another handler), nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise DeferredInterrupt

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
 import time
 import warnings
 from contextlib import ExitStack, contextmanager
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samri_ml.bids import DeferredInterrupt
 from samri_ml.masking import preprocess as pp
 from samri_ml.masking import synth
 
@@ -532,39 +531,15 @@ def _save_run(model, out_path, config: TrainConfig, history: dict, counts: dict,
     return summary
 
 
-class DeferredInterrupt(KeyboardInterrupt):
-    """Ctrl-C that :func:`deferred_sigint` held back: raised when its block was done."""
-
-
-@contextmanager
-def deferred_sigint():
-    """Inside, Ctrl-C (SIGINT) waits: it is raised as ``KeyboardInterrupt`` when the block
-    ends (as :class:`DeferredInterrupt`), so that a few renames are all done or none. Outside the main thread (where no
-    handler can be set) and where SIGINT is not Python's default handler (ignored, or
-    another handler), nothing changes."""
-    if threading.current_thread() is not threading.main_thread() or (
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    caught = []
-    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise DeferredInterrupt
-
-
 @contextmanager
 def write_set(out_path, loss_png: bool = False):
     """Temporary paths for a model ``out_path`` (.keras), its ``_training.json`` and (with
     ``loss_png``) its ``_loss.png``, made beside them (:func:`samri_ml.bids.atomic_target`);
     yields ``(model, json, png or None)``. When the block succeeds all are renamed onto their
-    names, the model last, with Ctrl-C deferred (:func:`deferred_sigint`): an interruption or
+    names, the model last, with Ctrl-C deferred (:func:`samri_ml.bids.deferred_sigint`): an interruption or
     a failure before that leaves the previous files as they were and no temporary file, so
     the model and the files beside it are never of two runs."""
-    from samri_ml.bids import atomic_target
+    from samri_ml.bids import atomic_target, deferred_sigint
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -207,8 +207,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from keras import ops
     from tqdm import tqdm
 
+    from samri_ml.bids import DeferredInterrupt
     from samri_ml.errors import SamriMLError
-    from samri_ml.masking.train import DeferredInterrupt
     from samri_ml.models.siamese import LOSSES, build_embedding_net
 
     _set_seeds(cfg.seed)
@@ -392,10 +392,9 @@ def other_run(out_dir, cfg: TrainConfig) -> str | None:
 def _write_files(folder: Path, writers: dict) -> None:
     """Write each ``name: writer(path)`` of ``writers`` into ``folder`` through a temporary
     file beside it (:func:`samri_ml.bids.atomic_target`), renamed all together with Ctrl-C
-    deferred (:func:`samri_ml.masking.train.deferred_sigint`): a file is never seen
+    deferred (:func:`samri_ml.bids.deferred_sigint`): a file is never seen
     half-written, and an interruption leaves either all the old files or all the new."""
-    from samri_ml.bids import atomic_target
-    from samri_ml.masking.train import deferred_sigint
+    from samri_ml.bids import atomic_target, deferred_sigint
 
     with ExitStack() as stack:
         tmps = {name: stack.enter_context(atomic_target(folder / name, Path(name).suffix))
