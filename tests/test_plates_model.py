@@ -922,27 +922,35 @@ def test_a_model_that_is_no_plate_embedding_is_refused_in_one_line(tmp_path, pla
     assert len(err) == 1 and "not a plate embedding model" in err[0] and "hint:" in err[0], err
 
 
-def test_a_closed_stdout_does_not_stop_the_run(tmp_path, plate_thumbs):
+@pytest.mark.parametrize("command", ["identify_plate", "evaluate_plates"])
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path, plate_thumbs, command):
     """``samri_ml-identify-plate ... --json OUT | head -1`` stopped at the first line it could
     not print, with ``error: BrokenPipeError`` and exit 1, and OUT was never written. Now the
-    run goes on quietly: OUT holds every image, exit 0, nothing on stderr."""
+    run goes on quietly: OUT holds every image, exit 0, nothing on stderr (evaluate-plates
+    likewise: its metrics line came before its --json)."""
     import cv2
 
     images = []
+    folder = tmp_path / "sections"
+    folder.mkdir()
     for n in (30, 60, 90):
-        images.append(str(tmp_path / f"{n}.png"))
+        images.append(str(folder / f"{n}.png"))
         cv2.imwrite(images[-1], plate_thumbs[n])
     out, err = tmp_path / "r.json", tmp_path / "err.txt"
+    args = ([*images, "--no-regions"] if command == "identify_plate" else
+            ["--images", str(folder)])
     with open(err, "w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "samri_ml.cli.identify_plate", *images, "--no-regions",
+            [sys.executable, "-m", f"samri_ml.cli.{command}", *args,
              "--variant", "default", "--json", str(out)],
             stdout=subprocess.PIPE, stderr=stderr,
             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
         proc.stdout.close()  # the reader is gone before the first line, as after head -1
         assert proc.wait(timeout=300) == 0
     assert err.read_text() == ""
-    assert sorted(json.loads(out.read_text())) == sorted(images)
+    written = json.loads(out.read_text())
+    keys = written if command == "identify_plate" else written["rankings"]
+    assert sorted(keys) == sorted(images)
 
 
 @pytest.mark.parametrize("argv", [["IMG", "--json", ""], ["IMG", "--montage", ""],

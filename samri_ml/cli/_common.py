@@ -439,3 +439,23 @@ def setup_logging(verbose: int) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+
+
+def refuse_empty_paths(parser, args, options) -> None:
+    """A usage error for a path option given as ``""`` (``--json "$OUT"`` with OUT unset): it
+    was taken for "not given", and the run wrote no file and exited 0."""
+    for option in options:
+        if getattr(args, option.lstrip("-").replace("-", "_"), None) == "":
+            parser.error(f"{option}: an empty path (an unset variable?); hint: give a path")
+
+
+def print_line(line: str) -> None:
+    """Print a result line to stdout. A closed stdout (``| head -1``) used to stop the run
+    with a ``BrokenPipeError`` line, and --json was never written: now the other lines go to
+    /dev/null, and the run goes on (exit status as without it)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())  # also for the flush at exit
+        os.close(null)

@@ -15,6 +15,8 @@ from samri_ml.cli._common import (
     add_version_option,
     check_output_file,
     number_in,
+    print_line,
+    refuse_empty_paths,
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
@@ -110,7 +112,7 @@ def run(args) -> int:
             )
         seconds = time.perf_counter() - t0
     m = ranking_metrics(rankings, labels, seconds)
-    print(format_metrics(m, f"{args.method} on {args.images}"))
+    print_line(format_metrics(m, f"{args.method} on {args.images}"))
     if args.json:
         m["rankings"] = {str(p): r for p, r in zip(paths, rankings, strict=True)}
         Path(args.json).write_text(json_dumps(m, indent=1))
@@ -150,8 +152,6 @@ def _check_labels(paths, labels, plates) -> None:
 def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from samri_ml.cli.identify_plate import refuse_empty_paths
-
     refuse_empty_paths(parser, args, ("--images", "--json", "--atlas", "--model", "--index"))
     if not Path(args.images).is_dir():
         parser.error(f"--images {args.images}: not a directory")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from samri_ml.cli._common import (
     add_version_option,
     check_output_dir,
     check_output_file,
+    print_line,
+    refuse_empty_paths,
     set_tf_threads,
 )
 from samri_ml.errors import SamriMLError
@@ -52,14 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     add_version_option(p)
     return p
-
-
-def refuse_empty_paths(parser, args, options) -> None:
-    """A usage error for a path option given as ``""`` (``--json "$OUT"`` with OUT unset): it
-    was taken for "not given", and the run wrote no file and exited 0."""
-    for option in options:
-        if getattr(args, option.lstrip("-").replace("-", "_"), None) == "":
-            parser.error(f"{option}: an empty path (an unset variable?); hint: give a path")
 
 
 def _check_args(parser, args) -> None:
@@ -191,19 +184,7 @@ def _print_results(args, results: dict) -> None:
                 f" L/R {res['regions']['left']['plate']}/{res['regions']['right']['plate']}"
                 f", tilt DV {t['dorsoventral_degrees']} deg"
             )
-        _print_line(line)
-
-
-def _print_line(line: str) -> None:
-    """Print a result line. A closed stdout (``| head -1``) used to stop the run with a
-    ``BrokenPipeError`` line, and --json was never written: now the other lines go to
-    /dev/null, and the ranking, --json and --montage go on (exit status as without it)."""
-    try:
-        print(line, flush=True)
-    except BrokenPipeError:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())  # also for the flush at exit
-        os.close(null)
+        print_line(line)
 
 
 def _main(argv=None) -> int:
