@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nb
@@ -467,22 +468,31 @@ def test_output_lock_refuses_a_second_run(tmp_path, capsys):
     assert main(_argv(tmp_path, ["OUT=out"])) == 0, capsys.readouterr().err
 
 
+@contextmanager
+def _lock_held_elsewhere(*lock_args):
+    """Another process holding ``OutputLock(*lock_args)`` for the ``with`` block (it has the
+    lock when the block starts); yields that process, killed with SIGKILL at the end."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from samri_ml.lock import OutputLock\n"
+         f"with OutputLock(*{tuple(str(a) for a in lock_args)!r}):\n"
+         "    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_lock_is_released_when_the_holder_is_killed(tmp_path):
     """A run killed with SIGKILL never blocks the next one (the kernel drops flock locks)."""
     from samri_ml.lock import OutputLock
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from samri_ml.lock import OutputLock\n"
-         f"with OutputLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _lock_held_elsewhere(tmp_path):
         with pytest.raises(Exception, match="another samri_ml run"):
             with OutputLock(tmp_path):
                 pass
-    finally:
-        holder.kill()
-        holder.wait()
     with OutputLock(tmp_path):
         pass
 
@@ -495,12 +505,7 @@ def test_a_work_dir_in_use_refuses_a_second_run_before_anything_is_written(tmp_p
     make_dataset(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from samri_ml.lock import OutputLock\n"
-         f"with OutputLock({str(work)!r}, '-w'):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _lock_held_elsewhere(work, "-w") as holder:
         before = snapshot(tmp_path)
         argv = _argv(tmp_path, ["OUT=out2", "-w", str(work)])
         for run in ([a for a in argv if a != "--dry-run"], argv):
@@ -509,9 +514,6 @@ def test_a_work_dir_in_use_refuses_a_second_run_before_anything_is_written(tmp_p
             assert len(err) == 1 and f"another samri_ml run (pid {holder.pid}) is using the " \
                 f"work dir {work}; hint: wait for it, or give another -w" in err[0], err
             assert snapshot(tmp_path) == before  # not even OUTPUT_DIR
-    finally:
-        holder.kill()
-        holder.wait()
     assert main(_argv(tmp_path, ["OUT=out2", "-w", str(work)])) == 0, capsys.readouterr().err
     # a run whose work dir is its OUTPUT_DIR takes the one lock once: it runs (and fails in
     # its first registration step, as this flavour makes it), it does not refuse itself
