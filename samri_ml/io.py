@@ -192,10 +192,12 @@ def _say_header_fixes(img, path, messages) -> None:
     whether the sizes (and so any volume in mm^3) are known from the sform, or unknown."""
     import warnings
 
+    from nibabel.affines import voxel_sizes
+
     for message in messages:
         if "pixdim" in message and "non-zero" in message:
             if img.header.get_sform(coded=True)[1]:
-                sizes = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
+                sizes = voxel_sizes(img.affine)
                 text = (f"{path}: the header's voxel size (pixdim) is zero; the sform's "
                         f"({' x '.join(f'{z:g}' for z in sizes)}) is used")
             else:

@@ -130,12 +130,11 @@ def _is_nifti_name(path) -> bool:
 def voxel_size_mm(img):
     """The voxel edges of ``img`` in mm: the affine's column lengths in the header's spatial
     unit (:func:`samri_ml.qc.volume.mm_per_unit`: micron, meter)."""
-    import numpy as np
+    from nibabel.affines import voxel_sizes
 
     from samri_ml.qc.volume import mm_per_unit
 
-    scale = mm_per_unit(img.header.get_xyzt_units()[0])
-    return np.sqrt((np.asarray(img.affine, dtype=float)[:3, :3] ** 2).sum(axis=0)) * scale
+    return voxel_sizes(img.affine) * mm_per_unit(img.header.get_xyzt_units()[0])
 
 
 def summary(mask, out_file, masked=None) -> str:

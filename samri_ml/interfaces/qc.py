@@ -93,6 +93,8 @@ class SmoothnessConservation(SimpleInterface):
     output_spec = _SmoothnessConservationOutputSpec
 
     def _run_interface(self, runtime):
+        from nibabel.affines import voxel_sizes
+
         from samri_ml.errors import SamriMLError
         from samri_ml.qc.smoothness import (
             estimate_smoothness,
@@ -111,8 +113,8 @@ class SmoothnessConservation(SimpleInterface):
                     f"{self.inputs.mask_file}: mask shape {mask.shape} differs from the processed "
                     f"image's {proc.shape[:3]}"
                 )
-        s_p = estimate_smoothness(proc, _zooms(proc_aff), mask=mask, acf=False)
-        s_r = estimate_smoothness(raw, _zooms(raw_aff), acf=False)
+        s_p = estimate_smoothness(proc, voxel_sizes(proc_aff), mask=mask, acf=False)
+        s_r = estimate_smoothness(raw, voxel_sizes(raw_aff), acf=False)
         vcf = self.inputs.vcf if isdefined(self.inputs.vcf) else None
         scf, scf_n = smoothness_conservation(s_p.fwhm, s_r.fwhm, vcf)
         self._results["scf"] = scf
@@ -121,11 +123,6 @@ class SmoothnessConservation(SimpleInterface):
         self._results["fwhm_processed"] = s_p.fwhm
         self._results["fwhm_raw"] = s_r.fwhm
         return runtime
-
-
-def _zooms(affine):
-    """Voxel edge lengths (mm): norms of the affine's columns (right for oblique affines)."""
-    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
 class _WriteQCMetricsInputSpec(BaseInterfaceInputSpec):

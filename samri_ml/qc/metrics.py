@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from samri_ml.qc.smoothness import (
     estimate_smoothness,
@@ -144,8 +145,7 @@ def qc_from_arrays(
     series' temporal mean with the volume (:func:`~samri_ml.qc.smoothness.same_kind`).
     """
     vol = volume_conservation(processed, processed_affine, raw, raw_affine)
-    zooms_p = np.sqrt((np.asarray(processed_affine)[:3, :3] ** 2).sum(axis=0))
-    zooms_r = np.sqrt((np.asarray(raw_affine)[:3, :3] ** 2).sum(axis=0))
+    zooms_p, zooms_r = voxel_sizes(processed_affine), voxel_sizes(raw_affine)
     processed, raw = same_kind(processed, raw)
     s_p = estimate_smoothness(processed, zooms_p, mask=processed_mask, acf=acf)
     s_r = estimate_smoothness(raw, zooms_r, mask=raw_mask, acf=acf)
