@@ -10,7 +10,7 @@ import signal
 import stat
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 #: raw-entity order of the BIDS specification (1.9; the derivative entities space, res, den,
@@ -257,3 +257,23 @@ def deferred_sigint():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if caught:
         raise DeferredInterrupt
+
+
+@contextmanager
+def atomic_targets(dsts, remove=()):
+    """:func:`atomic_target` for a set of files: yields their temporary paths (in the order of
+    ``dsts``, each ending in its file's suffix); when the block succeeds they are renamed onto
+    ``dsts`` all together, the first one last, and the files of ``remove`` (ones that no
+    longer belong to the set) deleted, with Ctrl-C deferred (:func:`deferred_sigint`). An
+    interruption or a failure before that leaves the previous files as they were and no
+    temporary file, so the set is never of two writes."""
+    dsts = [Path(d) for d in dsts]
+    with ExitStack() as stack:
+        # entered in order, renamed in reverse: the first file is never newer than the rest
+        tmps = [stack.enter_context(atomic_target(d, d.suffix)) for d in dsts]
+        yield tmps
+        renames = stack.pop_all()
+    with deferred_sigint():
+        renames.close()
+        for path in remove:
+            Path(path).unlink(missing_ok=True)

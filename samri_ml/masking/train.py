@@ -25,7 +25,7 @@ import json
 import math
 import time
 import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -534,30 +534,18 @@ def _save_run(model, out_path, config: TrainConfig, history: dict, counts: dict,
 @contextmanager
 def write_set(out_path, loss_png: bool = False):
     """Temporary paths for a model ``out_path`` (.keras), its ``_training.json`` and (with
-    ``loss_png``) its ``_loss.png``, made beside them (:func:`samri_ml.bids.atomic_target`);
-    yields ``(model, json, png or None)``. When the block succeeds all are renamed onto their
-    names, the model last, with Ctrl-C deferred (:func:`samri_ml.bids.deferred_sigint`): an interruption or
-    a failure before that leaves the previous files as they were and no temporary file, so
-    the model and the files beside it are never of two runs."""
-    from samri_ml.bids import atomic_target, deferred_sigint
+    ``loss_png``) its ``_loss.png``; yields ``(model, json, png or None)``. They are renamed
+    as one set, the model last (:func:`samri_ml.bids.atomic_targets`), so the model and the
+    files beside it are never of two runs; without ``loss_png`` an earlier run's loss curve is
+    removed (an average has none, and a trained model's is not its own)."""
+    from samri_ml.bids import atomic_targets
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        # entered first, renamed last: a model file is never newer than its json
-        model = stack.enter_context(atomic_target(out_path, ".keras"))
-        info = stack.enter_context(
-            atomic_target(out_path.with_name(out_path.stem + "_training.json"), ".json"))
-        png = stack.enter_context(
-            atomic_target(out_path.with_name(out_path.stem + "_loss.png"), ".png")
-        ) if loss_png else None
-        yield model, info, png
-        renames = stack.pop_all()
-    stale = out_path.with_name(out_path.stem + "_loss.png")
-    with deferred_sigint():
-        renames.close()
-        if not loss_png:  # an average has no loss curve: a trained model's is not its own
-            stale.unlink(missing_ok=True)
+    png = out_path.with_name(out_path.stem + "_loss.png")
+    files = [out_path, out_path.with_name(out_path.stem + "_training.json")]
+    with atomic_targets(files + [png] * loss_png, remove=() if loss_png else [png]) as tmps:
+        yield tmps[0], tmps[1], tmps[2] if loss_png else None
 
 
 def average_weights(models):

@@ -22,7 +22,7 @@ import json
 import math
 import time
 import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -390,20 +390,14 @@ def other_run(out_dir, cfg: TrainConfig) -> str | None:
 
 
 def _write_files(folder: Path, writers: dict) -> None:
-    """Write each ``name: writer(path)`` of ``writers`` into ``folder`` through a temporary
-    file beside it (:func:`samri_ml.bids.atomic_target`), renamed all together with Ctrl-C
-    deferred (:func:`samri_ml.bids.deferred_sigint`): a file is never seen
-    half-written, and an interruption leaves either all the old files or all the new."""
-    from samri_ml.bids import atomic_target, deferred_sigint
+    """Write each ``name: writer(path)`` of ``writers`` into ``folder`` as one set
+    (:func:`samri_ml.bids.atomic_targets`): a file is never seen half-written, and an
+    interruption leaves either all the old files or all the new."""
+    from samri_ml.bids import atomic_targets
 
-    with ExitStack() as stack:
-        tmps = {name: stack.enter_context(atomic_target(folder / name, Path(name).suffix))
-                for name in writers}
-        for name, write in writers.items():
-            write(tmps[name])
-        renames = stack.pop_all()
-    with deferred_sigint():
-        renames.close()
+    with atomic_targets([folder / name for name in writers]) as tmps:
+        for write, tmp in zip(writers.values(), tmps, strict=True):
+            write(tmp)
 
 
 def _load_init(path, size: int):
