@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         number_in,
     )
     from samri_ml.plates.data import shared_data_dir
+    from samri_ml.plates.train import TrainConfig
 
     whole = number_in(int, 1)  # steps, images, channels: at least one
 
@@ -78,12 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--synth-fraction",
-        type=float,
+        type=number_in(float, 0, 1 - TrainConfig.real_fraction),
         default=0.0,
         help="share of anchors cut at random angles from the CCF annotation and painted with "
-        "random contrasts (needs ../shared/data/ccf)",
+        f"random contrasts (needs ../shared/data/ccf; at most {1 - TrainConfig.real_fraction:g}: "
+        f"{TrainConfig.real_fraction:g} of the anchors are real sections)",
     )
-    p.add_argument("--synth-max-tilt", type=float, default=6.0, help="degrees (pitch and yaw)")
+    p.add_argument("--synth-max-tilt", type=number_in(float, 0, 45), default=6.0,
+                   help="degrees (pitch and yaw) of the cut of --synth-fraction's sections")
     p.add_argument("--init", metavar="MODEL", help="start from this .keras model (fine-tuning)")
     add_threads_option(p)
     p.add_argument(
