@@ -372,9 +372,10 @@ def _as_viewers_show(tmp_path, stored: np.ndarray, orientation: int) -> np.ndarr
 def test_tiff_orientation_is_applied_once(tmp_path, capfd, kind):
     """A TIFF's orientation tag was applied twice: libtiff (in OpenCV) applies tags 2-4
     itself, then exif_upright again (tag 3 came back turned 180 deg, a mirror for 2 and 4).
-    Tags 5-8 (stored turned by a quarter turn) no reader here decodes reliably (OpenCV fails,
-    SimpleITK's fallback mirrored them and cut 16 bits to 8 with ITK warnings): refused in one
-    line, nothing else on stderr."""
+    Tags 5-8 (stored turned by a quarter turn; OpenCV fails on them, SimpleITK's fallback
+    mirrored them and cut 16 bits to 8 with ITK warnings) were then refused; now their stored
+    pixels are decoded (the tag cleared in memory) and turned as viewers turn them. Nothing
+    on stderr either way."""
     from PIL import Image
 
     from samri_ml.plates.data import _to_uint8
@@ -394,16 +395,23 @@ def test_tiff_orientation_is_applied_once(tmp_path, capfd, kind):
         path = tmp_path / f"{kind}_{orientation}.tif"
         Image.fromarray(pixels).save(path, tiffinfo={0x0112: orientation})
         capfd.readouterr()
-        if orientation <= 4:
-            got = read_image(path)
-            assert got.shape == want.shape, orientation
-            assert np.abs(got.astype(int) - want).max() <= 1, orientation
-        else:
-            with pytest.raises(SamriMLError, match=f"orientation tag {orientation}.*hint: save "
-                               "it upright") as e:
-                read_image(path)
-            assert "\n" not in str(e.value)
+        got = read_image(path)
+        assert got.shape == want.shape, orientation
+        assert np.abs(got.astype(int) - want).max() <= 1, orientation
         assert capfd.readouterr().err == "", orientation
+
+
+def test_a_big_tiff_stored_turned_reads_upright(tmp_path, capfd):
+    """BigTIFF (64-bit offsets, other tag entries) with orientation 6: read upright too."""
+    from PIL import Image
+
+    stored = _brain(90, 150)
+    stored[5:20, 5:40] = 255
+    path = tmp_path / "big.tif"
+    Image.fromarray(stored).save(path, tiffinfo={0x0112: 6}, big_tiff=True)
+    assert path.read_bytes()[2:4] == b"+\x00"
+    assert np.array_equal(read_image(path), _as_viewers_show(tmp_path, stored, 6))
+    assert capfd.readouterr().err == ""
 
 
 def test_a_tiff_of_several_channels_per_pixel_is_refused(tmp_path, capfd):

@@ -108,15 +108,16 @@ def read_image(path) -> np.ndarray:
     float TIFFs in [0, 1] (the microscope's originals). A brightfield section (dark tissue on a
     bright background) is inverted, with a note, to look like the plates. An EXIF orientation
     tag is applied as viewers apply it: by :func:`exif_upright` for JPEG and PNG, by the
-    decoder itself for a TIFF (libtiff applies tags 2-4; tags 5-8, stored turned by a quarter
-    turn, no reader here decodes reliably, so they are refused).
+    decoder itself for a TIFF's tags 2-4 (libtiff), and by :func:`exif_upright` for a TIFF's
+    tags 5-8 (stored turned by a quarter turn: OpenCV cannot decode those, so the stored
+    pixels are decoded from the file's bytes with the tag cleared, :func:`_tiff_tag_cleared`).
 
     Raises
     ------
     SamriMLError
-        Missing file, not an image, a truncated file, a TIFF stored turned by a quarter turn or
-        of several channels per pixel, an image smaller than 16 px, or one with a single value
-        (empty), each with a one-line cause.
+        Missing file, not an image, a truncated file, a TIFF of several channels per pixel
+        (or stored turned by a quarter turn in a compression OpenCV cannot decode), an image
+        smaller than 16 px, or one with a single value (empty), each with a one-line cause.
     """
     import cv2
 
@@ -128,10 +129,19 @@ def read_image(path) -> np.ndarray:
     _quiet_opencv()
     data = None
     tiff = _is_tiff(p)
+    turn = 1  # an orientation tag still to apply (libtiff applies a TIFF's tags 2-4 itself)
     if tiff:
-        _check_tiff(p)
+        turn = _check_tiff(p)
         with quiet_stderr():  # libtiff's own warnings and errors about the file
-            img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            if turn == 1:
+                img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            else:  # 5-8: OpenCV cannot decode them; the stored pixels, turned below
+                stored = _tiff_tag_cleared(p.read_bytes())
+                img = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None and turn != 1:
+            raise SamriMLError(f"{path}: a TIFF stored turned by a quarter turn (orientation "
+                               f"tag {turn}) that OpenCV cannot decode; hint: save it upright "
+                               "(orientation tag 1)")
     elif p.suffix.lower() in (".jpg", ".jpeg", ".png"):
         data = p.read_bytes()  # read once: checked, decoded, searched for its EXIF
         # by the content, not the name (a PNG saved as .jpg is a PNG)
@@ -156,8 +166,7 @@ def read_image(path) -> np.ndarray:
             pages = 1
         _first_page_note(path, pages)
     raw, img = img, _to_uint8(img, path)
-    if not tiff:  # libtiff has applied a TIFF's tag already (_check_tiff)
-        img = exif_upright(img, _exif_orientation(p, data))
+    img = exif_upright(img, turn if tiff else _exif_orientation(p, data))
     h, w = img.shape
     if min(h, w) < MIN_SIDE:
         raise SamriMLError(
@@ -195,17 +204,16 @@ def _is_tiff(path: Path) -> bool:
         return False
 
 
-def _check_tiff(path: Path) -> None:
-    """Refuse a TIFF that cannot be read as it is shown, from its first page's tags (Pillow
-    reads them without decoding the image):
+def _check_tiff(path: Path) -> int:
+    """Refuse a TIFF cut short (its first tags, which libtiff writes after the image data, or
+    a strip or tile lie past the end of the file; libtiff printed its own lines above ours),
+    from its first page's tags (Pillow reads them without decoding the image).
 
-    - cut short: its first tags (libtiff writes them after the image data) or a strip or
-      tile lie past the end of the file (libtiff printed its own lines above ours);
-    - orientation 5-8 (stored turned by a quarter turn): OpenCV cannot decode such a file,
-      SimpleITK's fallback returns tag 5 as stored and 6-8 wrongly turned, and Pillow turns
-      gray ones wrongly, so none of them is trusted. Tags 2-4 are applied by libtiff itself
-      (in OpenCV and SimpleITK alike), so :func:`exif_upright` is not applied to a TIFF: it
-      turned or mirrored such images a second time."""
+    Returns the orientation tag still to be applied to the decoded pixels: 5-8 (stored
+    turned by a quarter turn: OpenCV cannot decode such a file, SimpleITK's fallback returns
+    tag 5 as stored and 6-8 wrongly turned, and Pillow ignores the tag); 1 otherwise (tags
+    2-4 are applied by libtiff itself, in OpenCV and SimpleITK alike, so :func:`exif_upright`
+    must not apply them again: it turned or mirrored such images a second time)."""
     import logging
     import warnings
 
@@ -233,7 +241,7 @@ def _check_tiff(path: Path) -> None:
             offsets = tags.get(273) or tags.get(324)  # StripOffsets or TileOffsets
             counts = tags.get(279) or tags.get(325)  # StripByteCounts or TileByteCounts
     except Exception:  # noqa: BLE001 - no Pillow, or tags it cannot read: the decoders judge
-        return
+        return 1
     finally:
         log.disabled = was
     offsets = offsets if isinstance(offsets, tuple) else (offsets,)
@@ -242,10 +250,25 @@ def _check_tiff(path: Path) -> None:
            for o, c in zip(offsets, counts, strict=False)):
         raise SamriMLError(f"{path}: truncated or corrupt TIFF (its image data runs past the "
                            "end of the file); hint: copy or export it again")
-    if orientation in (5, 6, 7, 8):
-        raise SamriMLError(f"{path}: a TIFF stored turned by a quarter turn (orientation tag "
-                           f"{orientation}), which cannot be read reliably here; hint: save it "
-                           "upright (orientation tag 1)")
+    return orientation if orientation in (5, 6, 7, 8) else 1
+
+
+def _tiff_tag_cleared(data: bytes) -> bytes:
+    """A TIFF file's bytes with its first page's orientation tag (274) set to 1: decoded, they
+    give the pixels as stored (OpenCV decodes those; it fails on tags 5-8)."""
+    order = "little" if data[:2] == b"II" else "big"
+    if data[2:4] in (b"+\x00", b"\x00+"):  # BigTIFF: 8-byte counts, 20-byte entries
+        ifd = int.from_bytes(data[8:16], order)
+        n, first, step, value = int.from_bytes(data[ifd:ifd + 8], order), ifd + 8, 20, 12
+    else:
+        ifd = int.from_bytes(data[4:8], order)
+        n, first, step, value = int.from_bytes(data[ifd:ifd + 2], order), ifd + 2, 12, 8
+    out = bytearray(data)
+    for e in range(first, min(first + n * step, len(data) - step + 1), step):
+        if int.from_bytes(out[e:e + 2], order) == 0x0112:
+            out[e + value:e + value + 2] = (1).to_bytes(2, order)
+            break
+    return bytes(out)
 
 
 def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
