@@ -226,11 +226,12 @@ def _save_all(outputs) -> None:
         raise SamriMLError(f"cannot write {path} ({err.strerror}); nothing written") from err
 
 #: what to try where the prediction runs out of memory (:func:`run_cli`'s hint). No option
-#: of this command lowers the peak: 408 x 408 x 392 voxels took 2.9 GB (RSS) with --threads 2,
-#: --threads 1 and --max-slices 128 alike (2026-12-03), and under ``ulimit -v 4000000`` all three
-#: ran out of memory (--max-slices in its interpolation)
-MEMORY_HINT = ("masking takes about ten times IN's size in float32 (2.9 GB for 408x408x392 "
-               "voxels); free memory, or crop IN to the head first")
+#: of this command lowers the peak: 408 x 408 x 392 voxels (261 MB in float32) took 2.9 GB
+#: (RSS) with --threads 2, --threads 1 and --max-slices 128 alike (2026-12-03); 1.9 GB since
+#: 2026-12-03's seventeenth session (one view's probabilities summed at a time; the same
+#: masks, bit for bit), of which about 0.9 GB is TensorFlow and the model
+MEMORY_HINT = ("masking takes about 0.9 GB plus four times IN's size in float32 (1.9 GB for "
+               "408x408x392 voxels); free memory, or crop IN to the head first")
 
 
 def main(argv=None) -> int:

@@ -153,7 +153,10 @@ def normalise(volume: np.ndarray, high: float | None = None) -> np.ndarray:
         raise SamriMLError(
             "the image has no positive intensities (all zero or negative); nothing to mask"
         )
-    return (clipped / top).astype(np.float32)
+    if clipped.dtype != np.float32:  # a float64 ``high`` given: divided in float64, as it was
+        return (clipped / top).astype(np.float32)
+    clipped /= top  # in place: a copy of a large volume less at the peak (the same values)
+    return clipped
 
 
 @dataclass(frozen=True)
