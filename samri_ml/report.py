@@ -37,6 +37,12 @@ PREDICTED_MASK_COLOUR = "#ffcc00"
 MIN_SLICE_COVERAGE = 0.5
 #: a scan covering less of the template brain than this is a partial field of view
 PARTIAL_FOV = 0.9
+#: what an ``n/a`` in the QC table means (a record's null: the computation gave NaN)
+UNMEASURED = ("the value could not be measured: a FWHM where neighbouring voxels are not "
+              "positively correlated (an image of noise only), a VCF where no voxel of the raw "
+              "scan lies above its threshold (a flat image); the SCF and normalised SCF follow "
+              "from them. samri_ml-qc compare leaves such a scan out of that quantity's "
+              "statistics.")
 DPI = 120
 FONT = 10
 
@@ -343,8 +349,9 @@ def failed_steps(log_dir, since: float | None = None) -> list[dict]:
 
 def report_warnings(qc_rows, failed=(), missing=()) -> list[str]:
     """The lines of a report's red banner: each QC record whose VCF lies outside
-    :data:`samri_ml.qc.volume.PLAUSIBLE_VCF` (the registration probably failed), each failed
-    step and each scan without a registered output."""
+    :data:`samri_ml.qc.volume.PLAUSIBLE_VCF` (the registration probably failed) or whose VCF
+    or SCF is null (it could not be measured), each failed step and each scan without a
+    registered output."""
     lo, hi = PLAUSIBLE_VCF
     lines = []
     for row in qc_rows:
@@ -353,6 +360,10 @@ def report_warnings(qc_rows, failed=(), missing=()) -> list[str]:
             lines.append(f"{row.get('scan', '?')}: VCF {vcf:.3g}, outside the plausible range "
                          f"{lo:g}-{hi:g} (the registered scan holds that fraction of its "
                          "source's volume): the registration probably failed")
+        unmeasured = [k.upper() for k in ("vcf", "scf") if k in row and row[k] is None]
+        if unmeasured:
+            lines.append(f"{row.get('scan', '?')}: {' and '.join(unmeasured)} n/a (could not "
+                         "be measured; see the QC table's note): look at the scan")
     lines += [f"step {c['node']} failed: {c['cause']}" for c in failed]
     lines += [f"{name}: no registered output (failed or not run)" for name in missing]
     return lines
@@ -574,12 +585,16 @@ def _qc_table(qc_rows, lo, hi) -> str:
            "failed.</p>",
            "<table><tr>" + "".join(f"<th>{k}</th>" for k in keys)
            + "<th>template brain covered</th></tr>"]
-    partial = False
+    partial = unmeasured = False
     for row in qc_rows:
         cells = []
         for k in keys:
             v = row.get(k, "")
-            if k == "vcf" and isinstance(v, (int, float)) and not lo <= v <= hi:
+            if v is None or (isinstance(v, float) and not np.isfinite(v)):
+                # a record's null (NaN in the computation) read "None" here, like a value
+                unmeasured = True
+                cells.append("<td class='bad'>n/a</td>")
+            elif k == "vcf" and isinstance(v, (int, float)) and not lo <= v <= hi:
                 cells.append(f"<td class='bad'>{v:.4g}</td>")
             else:
                 cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else
@@ -593,6 +608,8 @@ def _qc_table(qc_rows, lo, hi) -> str:
             cells.append("<td></td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
+    if unmeasured:
+        out.append(f"<p class='note'>n/a: {UNMEASURED}</p>")
     if partial:
         out.append("<p class='note'>&dagger; Partial field of view: the scan covers only part "
                    "of the template's brain (a functional scan of a few slices). Its raw "

@@ -268,3 +268,38 @@ def test_header_names_version_masking_flavour_and_date(tmp_path):
     assert "registration flavour" not in page.read_text()
     (page,) = write_subject_reports(out2, items2, masking="none", flavour="precise", **kw2)
     assert "registration flavour <b>precise</b>" in page.read_text()
+
+
+def test_a_qc_value_that_could_not_be_measured_reads_n_a_and_is_named(tmp_path):
+    """A scan of noise only has no measurable smoothness: its record holds null for the raw
+    FWHM and the SCF, which the table showed as the word "None", like a value, with no
+    banner. The record here is the real QC of such a scan."""
+    from samri_ml.qc.metrics import qc_from_arrays, qc_record, write_qc_record
+
+    out, items, kw = _make_run(tmp_path)
+    anat = items[0]["anat"]
+    registered = nb.load(derivative_path(out, anat, space="T", desc="preproc"))
+    # neighbours anti-correlated along every axis (a checkerboard of noise): no FWHM
+    checker = (-1.0) ** np.indices(SHAPE).sum(axis=0)
+    noise = 100 + checker * np.random.default_rng(1).uniform(5, 15, SHAPE)
+    values = qc_from_arrays(registered.get_fdata(), AFFINE, noise, AFFINE)
+    assert values["fwhm_raw"] != values["fwhm_raw"]  # NaN
+    qc = derivative_path(out, anat, space="T", desc="qc", suffix="metrics", extension=".json")
+    write_qc_record(qc_record(values, scan="sub-01_ses-1_T2w", modality="anat",
+                              workflow="generic"), qc)
+    assert json.loads(qc.read_text())["scf"] is None
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    text = page.read_text()
+    assert "None" not in text
+    rows = {r.split("</td>")[0].split(">")[-1]: r.split("</tr>")[0]
+            for r in text.split("<tr>")[2:]}
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", rows["sub-01_ses-1_T2w"])
+    # scan modality workflow vcf scf scf_normalised v_proc v_raw fwhm_proc fwhm_raw coverage
+    assert cells[4] == cells[5] == cells[9] == "n/a", cells
+    assert float(cells[3]) == pytest.approx(values["vcf"], rel=1e-3)
+    assert "<p class='note'>n/a: the value could not be measured" in text
+    banner = text[text.index("<div class='banner'"):text.index("</div>")]
+    assert "sub-01_ses-1_T2w: SCF n/a (could not be measured" in banner
+    # the functional run's record (measured) has no n/a and no banner line
+    assert "n/a" not in rows["sub-01_ses-1_task-rest_bold"]
+    assert "task-rest_bold" not in banner
