@@ -291,3 +291,40 @@ def test_scan_guards_its_inputs_and_names_the_scan_after_its_source(images, tmp_
     from samri_ml.qc.metrics import scan_name
 
     assert json.loads(out.read_text())["scan"] == scan_name(raw_f)
+
+
+def test_compare_says_which_scans_a_statistic_left_out(tmp_path, capsys):
+    """A scan whose SCF could not be measured (null in its record) was dropped from the SCF
+    statistics without a word: the table said n=6 over a mean of 2 scans, and no caution
+    came although the SCF test rested on 2 scans. Its n is now given beside the mean, the
+    scans are named, and the caution counts the scans a statistic rests on."""
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    vcf_a, vcf_b = 1 + 0.02 * rng.standard_normal(6), 0.9 + 0.02 * rng.standard_normal(6)
+    scf = 1.1 + 0.02 * rng.standard_normal(6)
+    a = _deriv(tmp_path / "a", "a", vcf_a, scf)
+    b = _deriv(tmp_path / "b", "b", vcf_b, scf)
+    for i in range(4):  # b's first four scans: no measured smoothness
+        f = b / f"sub-{i:02d}" / "ses-1" / "anat" / f"sub-{i:02d}_ses-1_desc-qc_metrics.json"
+        rec = json.loads(f.read_text())
+        rec.update(scf=None, scf_normalised=None, fwhm_raw=None)
+        f.write_text(json.dumps(rec))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("**Caution:** 2 scan(s) in the smallest workflow"), printed[:300]
+    assert ("**Note:** 4 scan(s) with a VCF or SCF that could not be measured" in printed
+            and "b: sub-00_ses-1_T2w (scf, scf_normalised)" in printed), printed[:800]
+    row_b = next(ln for ln in printed.splitlines() if ln.startswith("| b |"))
+    cells = [c.strip() for c in row_b.strip("|").split("|")]
+    assert cells[1] == "6" and "(n=" not in cells[2] and cells[3].endswith("(n=2)"), cells
+    summary = {r["workflow"]: r for r in _read_tsv(out / "qc_summary.tsv")}
+    assert summary["b"]["n"] == "6" and summary["b"]["vcf_dev_n"] == "6"
+    assert summary["b"]["scf_dev_n"] == summary["b"]["scf_normalised_n"] == "2"
+    assert float(summary["b"]["scf_dev_mean"]) == pytest.approx(np.abs(1 - scf[4:]).mean())
+    # the tests are those of the measured scans: Welch on 6 and 2, paired on the 2 shared
+    pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
+    welch = stats.ttest_ind(np.abs(1 - scf), np.abs(1 - scf[4:]), equal_var=False)
+    assert float(pair["scf_dev"]["welch_p"]) == pytest.approx(welch.pvalue)
+    assert pair["scf_dev"]["n_paired"] == "2" and pair["vcf_dev"]["n_paired"] == "6"
