@@ -328,3 +328,24 @@ def test_compare_says_which_scans_a_statistic_left_out(tmp_path, capsys):
     welch = stats.ttest_ind(np.abs(1 - scf), np.abs(1 - scf[4:]), equal_var=False)
     assert float(pair["scf_dev"]["welch_p"]) == pytest.approx(welch.pvalue)
     assert pair["scf_dev"]["n_paired"] == "2" and pair["vcf_dev"]["n_paired"] == "6"
+
+
+def test_a_closed_stdout_does_not_cost_the_json_or_the_exit_status(images, tmp_path):
+    """``samri_ml-qc scan P R --json OUT | head -1`` stopped at the print with ``error:
+    BrokenPipeError`` and exit 1, before OUT was written (the record was lost); compare
+    likewise ended with exit 1 after its files. Now both go on quietly and exit 0."""
+    proc_f, raw_f = images
+    a = _deriv(tmp_path / "a", "a", [1.0, 1.1, 0.9], [1.0, 1.1, 1.2])
+    b = _deriv(tmp_path / "b", "b", [1.0, 1.2, 0.8], [1.0, 1.1, 1.2])
+    out, cmp_dir = tmp_path / "qc.json", tmp_path / "cmp"
+    for argv in (["scan", str(proc_f), str(raw_f), "--json", str(out)],
+                 ["compare", str(a), str(b), "--out", str(cmp_dir)]):
+        err = tmp_path / "err.txt"
+        with open(err, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.qc", *argv],
+                                    stdout=subprocess.PIPE, stderr=stderr)
+            proc.stdout.close()  # the reader is gone before the first line, as after head -1
+            assert proc.wait(timeout=300) == 0, err.read_text()
+        assert err.read_text() == ""
+    assert KEYS <= set(json.loads(out.read_text()))
+    assert (cmp_dir / "qc_stats.md").read_text().startswith("**Caution:**")
