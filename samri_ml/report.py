@@ -347,11 +347,22 @@ def failed_steps(log_dir, since: float | None = None) -> list[dict]:
     return out
 
 
-def report_warnings(qc_rows, failed=(), missing=()) -> list[str]:
+def _earlier_than(path, since: float | None) -> str | None:
+    """When ``path`` was written (``YYYY-MM-DD HH:MM``), where that is before ``since``."""
+    if since is None:
+        return None
+    mtime = Path(path).stat().st_mtime
+    if mtime >= since:
+        return None
+    return f"{datetime.datetime.fromtimestamp(mtime).astimezone():%Y-%m-%d %H:%M %Z}"
+
+
+def report_warnings(qc_rows, failed=(), missing=(), earlier=()) -> list[str]:
     """The lines of a report's red banner: each QC record whose VCF lies outside
     :data:`samri_ml.qc.volume.PLAUSIBLE_VCF` (the registration probably failed) or whose VCF
-    or SCF is null (it could not be measured), each failed step and each scan without a
-    registered output."""
+    or SCF is null (it could not be measured), each failed step, each scan without a
+    registered output and each (``earlier``: "name (date)") whose registered output predates
+    a run that failed for its subject."""
     lo, hi = PLAUSIBLE_VCF
     lines = []
     for row in qc_rows:
@@ -366,6 +377,8 @@ def report_warnings(qc_rows, failed=(), missing=()) -> list[str]:
                          "be measured; see the QC table's note): look at the scan")
     lines += [f"step {c['node']} failed: {c['cause']}" for c in failed]
     lines += [f"{name}: no registered output (failed or not run)" for name in missing]
+    lines += [f"{name}: the registered scan shown was written before this run, which failed "
+              "for this subject: it may be an earlier run's result" for name in earlier]
     return lines
 
 
@@ -430,9 +443,11 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     OUTPUT_DIR by an earlier masked run is not shown as this run's; likewise ``qc=False``
     (a ``--no-qc`` run) shows no QC table from an earlier run's files. ``crashes_since`` (the
     run's start): the subject's crash files written since are listed (the failed step, its
-    last line and the file), so the report says what failed, not only what is missing.
+    last line and the file), so the report says what failed, not only what is missing; and
+    where a subject has such a failure, its registered scans written before the run are marked
+    as possibly an earlier run's (a failed rerun showed them as its own).
     A red banner at the top names each scan whose VCF is outside the plausible range, each
-    failed step and each scan without output. The header gives the samri_ml version, the
+    failed step, each scan without output and each such older one. The header gives the samri_ml version, the
     template, the masking, the flavour (``flavour``, else read from the run's command line
     in ``dataset_description.json``) and the dates.
     """
@@ -475,6 +490,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
         body = []
         qc_rows = []
         missing = []
+        earlier = []
         registered_anats = []
         failed = failed_steps(output_dir / f"sub-{subject}" / "log", crashes_since) \
             if crashes_since is not None else []
@@ -499,6 +515,11 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     continue
                 img = nb.load(str(deriv))
                 name = _stem(raw)
+                # a failed rerun into an OUTPUT_DIR of an earlier run: its registered scans
+                # were shown (pictures, QC) as this run's, under this run's options
+                old = _earlier_than(deriv, crashes_since) if failed else None
+                if old:
+                    earlier.append(f"{Path(raw).name} ({old})")
                 mask, tpl, edges = on_template_grid(img)
                 coverage = brain_coverage(img, mask)
                 paths = mosaic(img, mask, edges=edges, reference=tpl,
@@ -508,6 +529,10 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                                legend=overview_legend)
                 body.append(f"<h3>{html.escape(Path(raw).name)}: registered, under the template "
                             "contour (operator overview), above the template</h3>")
+                if old:
+                    body.append(f"<p class='note'><b>Written {html.escape(old)}, before this "
+                                "run, whose steps for this subject failed: this may be an "
+                                "earlier run's result (and QC), not this run's.</b></p>")
                 if coverage < PARTIAL_FOV:
                     body.append(f"<p class='note'>Partial field of view: the scan covers "
                                 f"{coverage:.0%} of the template's brain.</p>")
@@ -539,6 +564,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                 if qc and qc_file.exists():
                     row = json.loads(qc_file.read_text())
                     row["_coverage"] = coverage
+                    row["_earlier"] = bool(old)
                     qc_rows.append(row)
         if len(registered_anats) > 1:
             body.append("<h2>Coherence across sessions</h2><p class='note'>Each session's "
@@ -557,7 +583,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
         if graph.exists():
             body.append("<h2>Workflow graph</h2>")
             body.append(_img_tag(graph, "workflow graph"))
-        warnings = report_warnings(qc_rows, failed, missing)
+        warnings = report_warnings(qc_rows, failed, missing, earlier)
         banner = []
         if warnings:
             banner = ["<div class='banner' role='alert'><b>Warning: sub-"
@@ -585,11 +611,15 @@ def _qc_table(qc_rows, lo, hi) -> str:
            "failed.</p>",
            "<table><tr>" + "".join(f"<th>{k}</th>" for k in keys)
            + "<th>template brain covered</th></tr>"]
-    partial = unmeasured = False
+    partial = unmeasured = earlier = False
     for row in qc_rows:
         cells = []
         for k in keys:
             v = row.get(k, "")
+            if k == "scan" and row.get("_earlier"):
+                earlier = True
+                cells.append(f"<td>{html.escape(str(v))} &Dagger;</td>")
+                continue
             if v is None or (isinstance(v, float) and not np.isfinite(v)):
                 # a record's null (NaN in the computation) read "None" here, like a value
                 unmeasured = True
@@ -610,6 +640,9 @@ def _qc_table(qc_rows, lo, hi) -> str:
     out.append("</table>")
     if unmeasured:
         out.append(f"<p class='note'>n/a: {UNMEASURED}</p>")
+    if earlier:
+        out.append("<p class='note'>&Dagger; Written before this run, which failed for this "
+                   "subject: possibly an earlier run's values.</p>")
     if partial:
         out.append("<p class='note'>&dagger; Partial field of view: the scan covers only part "
                    "of the template's brain (a functional scan of a few slices). Its raw "

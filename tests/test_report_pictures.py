@@ -303,3 +303,45 @@ def test_a_qc_value_that_could_not_be_measured_reads_n_a_and_is_named(tmp_path):
     # the functional run's record (measured) has no n/a and no banner line
     assert "n/a" not in rows["sub-01_ses-1_task-rest_bold"]
     assert "task-rest_bold" not in banner
+
+
+def test_a_failed_rerun_does_not_pass_an_earlier_runs_registration_off_as_its_own(tmp_path):
+    """A rerun into the OUTPUT_DIR of an earlier, successful run, that failed for the subject
+    (its crash file written after the run started), showed the earlier run's registered scans
+    and QC values as "registered" under the new run's options, with nothing to tell them
+    apart. They are now marked in the banner, under their heading and in the QC table. A run
+    without a failure (a cached rerun keeps identical derivatives, and their dates) and a
+    failed run's own fresh outputs are not marked."""
+    import os
+    import time
+
+    out, items, kw = _make_run(tmp_path)
+    old = time.time() - 3600
+    for f in out.rglob("*.nii.gz"):
+        os.utime(f, (old, old))
+    started = time.time()
+    (page,) = write_subject_reports(out, items, masking="unet", crashes_since=started, **kw)
+    assert "before this run" not in page.read_text()  # no failure: nothing marked
+    log = out / "sub-01" / "log"
+    log.mkdir(parents=True)
+    (log / "crash-2-s_register.txt").write_text("Node: wf.sub_01.anat_wf.s_register\n"
+                                                "RuntimeError: antsRegistration died\n")
+    (page,) = write_subject_reports(out, items, masking="unet", crashes_since=started, **kw)
+    text = page.read_text()
+    banner = text[text.index("<div class='banner'"):text.index("</div>")]
+    when = datetime.datetime.fromtimestamp(old).astimezone()
+    assert (f"sub-01_ses-1_T2w.nii.gz ({when:%Y-%m-%d %H:%M %Z}): the registered scan shown "
+            "was written before this run, which failed for this subject") in banner, banner
+    assert "sub-01_ses-1_task-rest_bold.nii.gz (" in banner
+    heading = text.index("sub-01_ses-1_T2w.nii.gz: registered, under the template")
+    assert text.index("before this run, whose steps for this subject failed", heading) \
+        < text.index("<img", heading)
+    assert "<td>sub-01_ses-1_T2w &Dagger;</td>" in text
+    assert "&Dagger; Written before this run" in text
+    # the failed run's own outputs (written after it started) are its own
+    for f in out.rglob("*_desc-preproc_*.nii.gz"):
+        os.utime(f)
+    (page,) = write_subject_reports(out, items, masking="unet", crashes_since=started, **kw)
+    text = page.read_text()
+    assert "step s_register failed" in text and "before this run" not in text
+    assert "&Dagger;" not in text
