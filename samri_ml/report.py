@@ -304,7 +304,8 @@ def _mask_mosaic(image, mask, out_base, *, reference=None, title: str = "", n_sl
 
 def _img_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/>'
+    kind = "svg+xml" if Path(path).suffix.lower() == ".svg" else "png"
+    return f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}"/>'
 
 
 CSS = """
@@ -436,7 +437,7 @@ def _header(subject, *, template, template_name, masking, flavour, command, star
 
 def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
                           masking=None, qc=True, crashes_since: float | None = None,
-                          flavour: str | None = None):
+                          flavour: str | None = None, workflow_graph=None):
     """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
 
     ``masking="none"``: the run predicted no masks, so a ``desc-brain_mask`` left in
@@ -449,7 +450,10 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     A red banner at the top names each scan whose VCF is outside the plausible range, each
     failed step, each scan without output and each such older one. The header gives the samri_ml version, the
     template, the masking, the flavour (``flavour``, else read from the run's command line
-    in ``dataset_description.json``) and the dates.
+    in ``dataset_description.json``) and the dates. ``workflow_graph``: the run's graph
+    picture (PNG or SVG) to show, ``False`` for none (a run that drew none: a picture an
+    earlier run left in ``OUTPUT_DIR/figures`` is not this run's), ``None`` for
+    ``OUTPUT_DIR/figures/workflow_graph.png`` where it exists.
     """
     output_dir = Path(output_dir)
     tpl_mask = nb.load(str(template_mask))
@@ -463,7 +467,9 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     for item in sessions:
         subjects.setdefault(item["subject"], []).append(item)
     written = []
-    graph = output_dir / "figures" / "workflow_graph.png"
+    if workflow_graph is None:
+        workflow_graph = output_dir / "figures" / "workflow_graph.png"
+    graph = Path(workflow_graph) if workflow_graph else None
     lo, hi = PLAUSIBLE_VCF
     overview_legend = {TEMPLATE_MASK_COLOUR: "template brain mask",
                        TEMPLATE_EDGES_COLOUR: "template anatomy (dark/bright edges)"}
@@ -580,7 +586,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                 body.append(_img_tag(paths["png"], f"{tag} coherence"))
         if qc_rows:
             body.append(_qc_table(qc_rows, lo, hi))
-        if graph.exists():
+        if graph is not None and graph.exists():
             body.append("<h2>Workflow graph</h2>")
             body.append(_img_tag(graph, "workflow graph"))
         warnings = report_warnings(qc_rows, failed, missing, earlier)
