@@ -349,3 +349,31 @@ def test_a_closed_stdout_does_not_cost_the_json_or_the_exit_status(images, tmp_p
         assert err.read_text() == ""
     assert KEYS <= set(json.loads(out.read_text()))
     assert (cmp_dir / "qc_stats.md").read_text().startswith("**Caution:**")
+
+
+def test_compare_cautions_when_the_matched_tests_rest_on_a_few_shared_scans(tmp_path, capsys):
+    """Two folders of 12 scans with 2 subjects in common: the paired t-test and the
+    repeated-measures F ran on those 2 and printed p-values (here p < 0.001 from noise) with
+    no caution, as 12 scans per workflow are enough for the others. Now a caution says so."""
+    rng = np.random.default_rng(0)
+    a = _deriv(tmp_path / "a", "a", 1 + 0.05 * rng.standard_normal(12),
+               1.1 + 0.05 * rng.standard_normal(12))
+    b = tmp_path / "b"
+    for i in range(10, 22):  # sub-10 and sub-11 are the only subjects a has too
+        d = b / f"sub-{i:02d}" / "ses-1" / "anat"
+        d.mkdir(parents=True)
+        v, s = 1 + 0.05 * rng.standard_normal(), 1.1 + 0.05 * rng.standard_normal()
+        (d / f"sub-{i:02d}_ses-1_desc-qc_metrics.json").write_text(json.dumps(
+            {"scan": f"sub-{i:02d}_ses-1_T2w", "modality": "anat", "workflow": "b",
+             "vcf": v, "scf": s, "scf_normalised": s / v ** (1 / 3)}))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("**Caution:** the workflows share 2 scan(s) (n_matched, "
+                              "n_paired); with fewer than 5 the repeated-measures and paired "
+                              "tests below say little."), printed[:300]
+    pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
+    assert {r["n_paired"] for r in pair.values()} == {"2"}
+    # the workflows sharing every scan (and 12 each): no caution
+    assert main(["compare", str(a), str(a), "--labels", "x", "y"]) == 0
+    assert "Caution" not in capsys.readouterr().out

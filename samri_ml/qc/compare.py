@@ -592,6 +592,15 @@ def compare_workflows(
          f"{MIN_SCANS_FOR_STATISTICS} the intervals and tests below say little."]
         if smallest < MIN_SCANS_FOR_STATISTICS else []
     )  # fmt: skip
+    # the matched tests can rest on far fewer scans than the workflows hold (folders with a few
+    # subjects in common): their p-values came without a word on it
+    shared = min((r["n_matched"] for r in anova), default=0)
+    if len(groups) > 1 and smallest >= MIN_SCANS_FOR_STATISTICS and shared < smallest \
+            and shared < MIN_SCANS_FOR_STATISTICS:
+        caution.append(f"**Caution:** the workflows share {shared} scan(s) (n_matched, "
+                       "n_paired); with fewer than "
+                       f"{MIN_SCANS_FOR_STATISTICS} the repeated-measures and paired tests "
+                       "below say little.")
     unmeasured = _unmeasured(groups)
     if unmeasured:
         # they were dropped from the statistics of that quantity without a word, under an n
