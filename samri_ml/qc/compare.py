@@ -595,8 +595,8 @@ def compare_workflows(
     # the matched tests can rest on far fewer scans than the workflows hold (folders with a few
     # subjects in common): their p-values came without a word on it
     shared = min((r["n_matched"] for r in anova), default=0)
-    if len(groups) > 1 and smallest >= MIN_SCANS_FOR_STATISTICS and shared < smallest \
-            and shared < MIN_SCANS_FOR_STATISTICS:
+    if len(groups) > 1 and smallest >= MIN_SCANS_FOR_STATISTICS \
+            and 2 <= shared < MIN_SCANS_FOR_STATISTICS:  # under 2: no test, n/a
         caution.append(f"**Caution:** the workflows share {shared} scan(s) (n_matched, "
                        "n_paired); with fewer than "
                        f"{MIN_SCANS_FOR_STATISTICS} the repeated-measures and paired tests "
