@@ -605,6 +605,11 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     return written
 
 
+#: units of the QC table's columns (the record's keys, as in its JSON)
+UNITS = {"volume_processed": " (mm&sup3;)", "volume_raw": " (mm&sup3;)",
+         "fwhm_processed": " (mm)", "fwhm_raw": " (mm)"}
+
+
 def _qc_table(qc_rows, lo, hi) -> str:
     """The VCF/SCF table: VCFs outside ``lo``-``hi`` in red, scans covering only part of the
     template's brain marked, with the caveat that their VCF is not expected to be 1."""
@@ -615,7 +620,7 @@ def _qc_table(qc_rows, lo, hi) -> str:
            "normalised SCF = SCF / VCF<sup>1/3</sup>. 1 is ideal for a scan that covers the "
            f"whole brain; a VCF outside {lo:g}-{hi:g} (red) means the registration probably "
            "failed.</p>",
-           "<table><tr>" + "".join(f"<th>{k}</th>" for k in keys)
+           "<table><tr>" + "".join(f"<th>{k}{UNITS.get(k, '')}</th>" for k in keys)
            + "<th>template brain covered</th></tr>"]
     partial = unmeasured = earlier = False
     for row in qc_rows:

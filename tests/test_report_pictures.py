@@ -298,6 +298,9 @@ def test_a_qc_value_that_could_not_be_measured_reads_n_a_and_is_named(tmp_path):
     assert cells[4] == cells[5] == cells[9] == "n/a", cells
     assert float(cells[3]) == pytest.approx(values["vcf"], rel=1e-3)
     assert "<p class='note'>n/a: the value could not be measured" in text
+    # the columns say their units (mm^3, mm), as the record's contract has them
+    assert ("<th>volume_processed (mm&sup3;)</th><th>volume_raw (mm&sup3;)</th>"
+            "<th>fwhm_processed (mm)</th><th>fwhm_raw (mm)</th>") in text
     banner = text[text.index("<div class='banner'"):text.index("</div>")]
     assert "sub-01_ses-1_T2w: SCF n/a (could not be measured" in banner
     # the functional run's record (measured) has no n/a and no banner line
