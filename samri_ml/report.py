@@ -509,6 +509,12 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
             ses = item["session"]
             tag = f"sub-{subject}" + (f"_ses-{ses}" if ses else "")
             body.append(f"<h2>{html.escape(tag)}</h2>")
+            if not item["anat"] and item["bold"]:
+                # said on the command line only: the report showed the runs as usual
+                body.append("<p class='note'><b>No structural scan in this session:</b> its "
+                            "functional runs were registered straight to the template (as "
+                            "<code>--registration-method functional</code>), without the "
+                            "structural scan's guidance.</p>")
             anat_warped = None
             scans = ([("anat", item["anat"])] if item["anat"] else []) + [
                 ("func", b) for b in item["bold"]]

@@ -348,3 +348,16 @@ def test_a_failed_rerun_does_not_pass_an_earlier_runs_registration_off_as_its_ow
     text = page.read_text()
     assert "step s_register failed" in text and "before this run" not in text
     assert "&Dagger;" not in text
+
+
+def test_a_session_without_a_structural_scan_says_so(tmp_path):
+    """A session with functional runs only (registered straight to the template) was shown
+    like any other: only the command line's note said why its VCF may differ."""
+    out, items, kw = _make_run(tmp_path, sessions=("1", "2"))
+    items[1]["anat"] = None
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    text = page.read_text()
+    ses1, ses2 = text.split("<h2>sub-01_ses-2</h2>")
+    assert "No structural scan in this session" not in ses1
+    assert ses2.index("<b>No structural scan in this session:</b> its functional runs were "
+                      "registered straight to the template") < ses2.index("<h3>")
