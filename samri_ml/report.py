@@ -448,11 +448,11 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     where a subject has such a failure, its registered scans written before the run are marked
     as possibly an earlier run's (a failed rerun showed them as its own).
     A red banner at the top names each scan whose VCF is outside the plausible range, each
-    failed step, each scan without output and each such older one. The header gives the samri_ml version, the
-    template, the masking, the flavour (``flavour``, else read from the run's command line
-    in ``dataset_description.json``) and the dates. ``workflow_graph``: the run's graph
-    picture (PNG or SVG) to show, ``False`` for none (a run that drew none: a picture an
-    earlier run left in ``OUTPUT_DIR/figures`` is not this run's), ``None`` for
+    failed step, each scan without output and each such older one. The header gives the
+    samri_ml version, the template, the masking, the flavour (``flavour``, else read from the
+    run's command line in ``dataset_description.json``) and the dates. ``workflow_graph``:
+    the run's graph picture (PNG or SVG) to show, ``False`` for none (a run that drew none: a
+    picture an earlier run left in ``OUTPUT_DIR/figures`` is not this run's), ``None`` for
     ``OUTPUT_DIR/figures/workflow_graph.png`` where it exists.
     """
     output_dir = Path(output_dir)
