@@ -665,8 +665,9 @@ def _qc_table(qc_rows, lo, hi) -> str:
                    "of the template's brain (a functional scan of a few slices). Its raw "
                    "volume and its registered copy (cut by the template's grid) hold different "
                    "parts of the head, so its VCF is not expected to be 1 and a VCF below 1 "
-                   "does not by itself mean a failed registration: judge it by the pictures."
-                   "</p>")
+                   "does not by itself mean a failed registration: judge it by the pictures. "
+                   "Its normalised SCF divides by VCF<sup>1/3</sup>, so it is skewed too (a "
+                   "VCF below 1 raises it; the SCF itself is not).</p>")
     return "\n".join(out)
 
 

@@ -251,6 +251,8 @@ def test_vcf_of_a_partial_field_of_view_has_a_caveat(tmp_path):
     assert "&dagger;" in rows["sub-01_ses-1_task-rest_bold"]
     assert "100%" in rows["sub-01_ses-1_T2w"] and "&dagger;" not in rows["sub-01_ses-1_T2w"]
     assert "Partial field of view" in text and "not expected to be 1" in text
+    # the normalised SCF divides by that VCF: a real 12-slice EPI read 1.40 with SCF 1.13
+    assert "normalised SCF divides by VCF<sup>1/3</sup>, so it is skewed too" in text
 
 
 def test_header_names_version_masking_flavour_and_date(tmp_path):
