@@ -37,6 +37,12 @@ PREDICTED_MASK_COLOUR = "#ffcc00"
 MIN_SLICE_COVERAGE = 0.5
 #: a scan covering less of the template brain than this is a partial field of view
 PARTIAL_FOV = 0.9
+#: what an ``n/a`` in the QC table means (a record's null: the computation gave NaN)
+UNMEASURED = ("the value could not be measured: a FWHM where neighbouring voxels are not "
+              "positively correlated (an image of noise only), a VCF where no voxel of the raw "
+              "scan lies above its threshold (a flat image); the SCF and normalised SCF follow "
+              "from them. samri_ml-qc compare leaves such a scan out of that quantity's "
+              "statistics.")
 DPI = 120
 FONT = 10
 
@@ -298,7 +304,8 @@ def _mask_mosaic(image, mask, out_base, *, reference=None, title: str = "", n_sl
 
 def _img_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/>'
+    kind = "svg+xml" if Path(path).suffix.lower() == ".svg" else "png"
+    return f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}"/>'
 
 
 CSS = """
@@ -341,10 +348,22 @@ def failed_steps(log_dir, since: float | None = None) -> list[dict]:
     return out
 
 
-def report_warnings(qc_rows, failed=(), missing=()) -> list[str]:
+def _earlier_than(path, since: float | None) -> str | None:
+    """When ``path`` was written (``YYYY-MM-DD HH:MM``), where that is before ``since``."""
+    if since is None:
+        return None
+    mtime = Path(path).stat().st_mtime
+    if mtime >= since:
+        return None
+    return f"{datetime.datetime.fromtimestamp(mtime).astimezone():%Y-%m-%d %H:%M %Z}"
+
+
+def report_warnings(qc_rows, failed=(), missing=(), earlier=()) -> list[str]:
     """The lines of a report's red banner: each QC record whose VCF lies outside
-    :data:`samri_ml.qc.volume.PLAUSIBLE_VCF` (the registration probably failed), each failed
-    step and each scan without a registered output."""
+    :data:`samri_ml.qc.volume.PLAUSIBLE_VCF` (the registration probably failed) or whose VCF
+    or SCF is null (it could not be measured), each failed step, each scan without a
+    registered output and each (``earlier``: "name (date)") whose registered output predates
+    a run that failed for its subject."""
     lo, hi = PLAUSIBLE_VCF
     lines = []
     for row in qc_rows:
@@ -353,8 +372,14 @@ def report_warnings(qc_rows, failed=(), missing=()) -> list[str]:
             lines.append(f"{row.get('scan', '?')}: VCF {vcf:.3g}, outside the plausible range "
                          f"{lo:g}-{hi:g} (the registered scan holds that fraction of its "
                          "source's volume): the registration probably failed")
+        unmeasured = [k.upper() for k in ("vcf", "scf") if k in row and row[k] is None]
+        if unmeasured:
+            lines.append(f"{row.get('scan', '?')}: {' and '.join(unmeasured)} n/a (could not "
+                         "be measured; see the QC table's note): look at the scan")
     lines += [f"step {c['node']} failed: {c['cause']}" for c in failed]
     lines += [f"{name}: no registered output (failed or not run)" for name in missing]
+    lines += [f"{name}: the registered scan shown was written before this run, which failed "
+              "for this subject: it may be an earlier run's result" for name in earlier]
     return lines
 
 
@@ -412,18 +437,23 @@ def _header(subject, *, template, template_name, masking, flavour, command, star
 
 def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
                           masking=None, qc=True, crashes_since: float | None = None,
-                          flavour: str | None = None):
+                          flavour: str | None = None, workflow_graph=None):
     """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
 
     ``masking="none"``: the run predicted no masks, so a ``desc-brain_mask`` left in
     OUTPUT_DIR by an earlier masked run is not shown as this run's; likewise ``qc=False``
     (a ``--no-qc`` run) shows no QC table from an earlier run's files. ``crashes_since`` (the
     run's start): the subject's crash files written since are listed (the failed step, its
-    last line and the file), so the report says what failed, not only what is missing.
+    last line and the file), so the report says what failed, not only what is missing; and
+    where a subject has such a failure, its registered scans written before the run are marked
+    as possibly an earlier run's (a failed rerun showed them as its own).
     A red banner at the top names each scan whose VCF is outside the plausible range, each
-    failed step and each scan without output. The header gives the samri_ml version, the
-    template, the masking, the flavour (``flavour``, else read from the run's command line
-    in ``dataset_description.json``) and the dates.
+    failed step, each scan without output and each such older one. The header gives the
+    samri_ml version, the template, the masking, the flavour (``flavour``, else read from the
+    run's command line in ``dataset_description.json``) and the dates. ``workflow_graph``:
+    the run's graph picture (PNG or SVG) to show, ``False`` for none (a run that drew none: a
+    picture an earlier run left in ``OUTPUT_DIR/figures`` is not this run's), ``None`` for
+    ``OUTPUT_DIR/figures/workflow_graph.png`` where it exists.
     """
     output_dir = Path(output_dir)
     tpl_mask = nb.load(str(template_mask))
@@ -437,7 +467,9 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     for item in sessions:
         subjects.setdefault(item["subject"], []).append(item)
     written = []
-    graph = output_dir / "figures" / "workflow_graph.png"
+    if workflow_graph is None:
+        workflow_graph = output_dir / "figures" / "workflow_graph.png"
+    graph = Path(workflow_graph) if workflow_graph else None
     lo, hi = PLAUSIBLE_VCF
     overview_legend = {TEMPLATE_MASK_COLOUR: "template brain mask",
                        TEMPLATE_EDGES_COLOUR: "template anatomy (dark/bright edges)"}
@@ -464,6 +496,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
         body = []
         qc_rows = []
         missing = []
+        earlier = []
         registered_anats = []
         failed = failed_steps(output_dir / f"sub-{subject}" / "log", crashes_since) \
             if crashes_since is not None else []
@@ -476,6 +509,12 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
             ses = item["session"]
             tag = f"sub-{subject}" + (f"_ses-{ses}" if ses else "")
             body.append(f"<h2>{html.escape(tag)}</h2>")
+            if not item["anat"] and item["bold"]:
+                # said on the command line only: the report showed the runs as usual
+                body.append("<p class='note'><b>No structural scan in this session:</b> its "
+                            "functional runs were registered straight to the template (as "
+                            "<code>--registration-method functional</code>), without the "
+                            "structural scan's guidance.</p>")
             anat_warped = None
             scans = ([("anat", item["anat"])] if item["anat"] else []) + [
                 ("func", b) for b in item["bold"]]
@@ -488,6 +527,11 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     continue
                 img = nb.load(str(deriv))
                 name = _stem(raw)
+                # a failed rerun into an OUTPUT_DIR of an earlier run: its registered scans
+                # were shown (pictures, QC) as this run's, under this run's options
+                old = _earlier_than(deriv, crashes_since) if failed else None
+                if old:
+                    earlier.append(f"{Path(raw).name} ({old})")
                 mask, tpl, edges = on_template_grid(img)
                 coverage = brain_coverage(img, mask)
                 paths = mosaic(img, mask, edges=edges, reference=tpl,
@@ -497,6 +541,10 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                                legend=overview_legend)
                 body.append(f"<h3>{html.escape(Path(raw).name)}: registered, under the template "
                             "contour (operator overview), above the template</h3>")
+                if old:
+                    body.append(f"<p class='note'><b>Written {html.escape(old)}, before this "
+                                "run, whose steps for this subject failed: this may be an "
+                                "earlier run's result (and QC), not this run's.</b></p>")
                 if coverage < PARTIAL_FOV:
                     body.append(f"<p class='note'>Partial field of view: the scan covers "
                                 f"{coverage:.0%} of the template's brain.</p>")
@@ -528,6 +576,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                 if qc and qc_file.exists():
                     row = json.loads(qc_file.read_text())
                     row["_coverage"] = coverage
+                    row["_earlier"] = bool(old)
                     qc_rows.append(row)
         if len(registered_anats) > 1:
             body.append("<h2>Coherence across sessions</h2><p class='note'>Each session's "
@@ -543,10 +592,10 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                 body.append(_img_tag(paths["png"], f"{tag} coherence"))
         if qc_rows:
             body.append(_qc_table(qc_rows, lo, hi))
-        if graph.exists():
+        if graph is not None and graph.exists():
             body.append("<h2>Workflow graph</h2>")
             body.append(_img_tag(graph, "workflow graph"))
-        warnings = report_warnings(qc_rows, failed, missing)
+        warnings = report_warnings(qc_rows, failed, missing, earlier)
         banner = []
         if warnings:
             banner = ["<div class='banner' role='alert'><b>Warning: sub-"
@@ -562,6 +611,11 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     return written
 
 
+#: units of the QC table's columns (the record's keys, as in its JSON)
+UNITS = {"volume_processed": " (mm&sup3;)", "volume_raw": " (mm&sup3;)",
+         "fwhm_processed": " (mm)", "fwhm_raw": " (mm)"}
+
+
 def _qc_table(qc_rows, lo, hi) -> str:
     """The VCF/SCF table: VCFs outside ``lo``-``hi`` in red, scans covering only part of the
     template's brain marked, with the caveat that their VCF is not expected to be 1."""
@@ -572,14 +626,22 @@ def _qc_table(qc_rows, lo, hi) -> str:
            "normalised SCF = SCF / VCF<sup>1/3</sup>. 1 is ideal for a scan that covers the "
            f"whole brain; a VCF outside {lo:g}-{hi:g} (red) means the registration probably "
            "failed.</p>",
-           "<table><tr>" + "".join(f"<th>{k}</th>" for k in keys)
+           "<table><tr>" + "".join(f"<th>{k}{UNITS.get(k, '')}</th>" for k in keys)
            + "<th>template brain covered</th></tr>"]
-    partial = False
+    partial = unmeasured = earlier = False
     for row in qc_rows:
         cells = []
         for k in keys:
             v = row.get(k, "")
-            if k == "vcf" and isinstance(v, (int, float)) and not lo <= v <= hi:
+            if k == "scan" and row.get("_earlier"):
+                earlier = True
+                cells.append(f"<td>{html.escape(str(v))} &Dagger;</td>")
+                continue
+            if v is None or (isinstance(v, float) and not np.isfinite(v)):
+                # a record's null (NaN in the computation) read "None" here, like a value
+                unmeasured = True
+                cells.append("<td class='bad'>n/a</td>")
+            elif k == "vcf" and isinstance(v, (int, float)) and not lo <= v <= hi:
                 cells.append(f"<td class='bad'>{v:.4g}</td>")
             else:
                 cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else
@@ -593,13 +655,19 @@ def _qc_table(qc_rows, lo, hi) -> str:
             cells.append("<td></td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
+    if unmeasured:
+        out.append(f"<p class='note'>n/a: {UNMEASURED}</p>")
+    if earlier:
+        out.append("<p class='note'>&Dagger; Written before this run, which failed for this "
+                   "subject: possibly an earlier run's values.</p>")
     if partial:
         out.append("<p class='note'>&dagger; Partial field of view: the scan covers only part "
                    "of the template's brain (a functional scan of a few slices). Its raw "
                    "volume and its registered copy (cut by the template's grid) hold different "
                    "parts of the head, so its VCF is not expected to be 1 and a VCF below 1 "
-                   "does not by itself mean a failed registration: judge it by the pictures."
-                   "</p>")
+                   "does not by itself mean a failed registration: judge it by the pictures. "
+                   "Its normalised SCF divides by VCF<sup>1/3</sup>, so it is skewed too (a "
+                   "VCF below 1 raises it; the SCF itself is not).</p>")
     return "\n".join(out)
 
 

@@ -291,3 +291,89 @@ def test_scan_guards_its_inputs_and_names_the_scan_after_its_source(images, tmp_
     from samri_ml.qc.metrics import scan_name
 
     assert json.loads(out.read_text())["scan"] == scan_name(raw_f)
+
+
+def test_compare_says_which_scans_a_statistic_left_out(tmp_path, capsys):
+    """A scan whose SCF could not be measured (null in its record) was dropped from the SCF
+    statistics without a word: the table said n=6 over a mean of 2 scans, and no caution
+    came although the SCF test rested on 2 scans. Its n is now given beside the mean, the
+    scans are named, and the caution counts the scans a statistic rests on."""
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    vcf_a, vcf_b = 1 + 0.02 * rng.standard_normal(6), 0.9 + 0.02 * rng.standard_normal(6)
+    scf = 1.1 + 0.02 * rng.standard_normal(6)
+    a = _deriv(tmp_path / "a", "a", vcf_a, scf)
+    b = _deriv(tmp_path / "b", "b", vcf_b, scf)
+    for i in range(4):  # b's first four scans: no measured smoothness
+        f = b / f"sub-{i:02d}" / "ses-1" / "anat" / f"sub-{i:02d}_ses-1_desc-qc_metrics.json"
+        rec = json.loads(f.read_text())
+        rec.update(scf=None, scf_normalised=None, fwhm_raw=None)
+        f.write_text(json.dumps(rec))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("**Caution:** 2 scan(s) in the smallest workflow"), printed[:300]
+    assert ("**Note:** 4 scan(s) with a VCF or SCF that could not be measured" in printed
+            and "b: sub-00_ses-1_T2w (scf, scf_normalised)" in printed), printed[:800]
+    row_b = next(ln for ln in printed.splitlines() if ln.startswith("| b |"))
+    cells = [c.strip() for c in row_b.strip("|").split("|")]
+    assert cells[1] == "6" and "(n=" not in cells[2] and cells[3].endswith("(n=2)"), cells
+    summary = {r["workflow"]: r for r in _read_tsv(out / "qc_summary.tsv")}
+    assert summary["b"]["n"] == "6" and summary["b"]["vcf_dev_n"] == "6"
+    assert summary["b"]["scf_dev_n"] == summary["b"]["scf_normalised_n"] == "2"
+    assert float(summary["b"]["scf_dev_mean"]) == pytest.approx(np.abs(1 - scf[4:]).mean())
+    # the tests are those of the measured scans: Welch on 6 and 2, paired on the 2 shared
+    pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
+    welch = stats.ttest_ind(np.abs(1 - scf), np.abs(1 - scf[4:]), equal_var=False)
+    assert float(pair["scf_dev"]["welch_p"]) == pytest.approx(welch.pvalue)
+    assert pair["scf_dev"]["n_paired"] == "2" and pair["vcf_dev"]["n_paired"] == "6"
+
+
+def test_a_closed_stdout_does_not_cost_the_json_or_the_exit_status(images, tmp_path):
+    """``samri_ml-qc scan P R --json OUT | head -1`` stopped at the print with ``error:
+    BrokenPipeError`` and exit 1, before OUT was written (the record was lost); compare
+    likewise ended with exit 1 after its files. Now both go on quietly and exit 0."""
+    proc_f, raw_f = images
+    a = _deriv(tmp_path / "a", "a", [1.0, 1.1, 0.9], [1.0, 1.1, 1.2])
+    b = _deriv(tmp_path / "b", "b", [1.0, 1.2, 0.8], [1.0, 1.1, 1.2])
+    out, cmp_dir = tmp_path / "qc.json", tmp_path / "cmp"
+    for argv in (["scan", str(proc_f), str(raw_f), "--json", str(out)],
+                 ["compare", str(a), str(b), "--out", str(cmp_dir)]):
+        err = tmp_path / "err.txt"
+        with open(err, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.qc", *argv],
+                                    stdout=subprocess.PIPE, stderr=stderr)
+            proc.stdout.close()  # the reader is gone before the first line, as after head -1
+            assert proc.wait(timeout=300) == 0, err.read_text()
+        assert err.read_text() == ""
+    assert KEYS <= set(json.loads(out.read_text()))
+    assert (cmp_dir / "qc_stats.md").read_text().startswith("**Caution:**")
+
+
+def test_compare_cautions_when_the_matched_tests_rest_on_a_few_shared_scans(tmp_path, capsys):
+    """Two folders of 12 scans with 2 subjects in common: the paired t-test and the
+    repeated-measures F ran on those 2 and printed p-values (here p < 0.001 from noise) with
+    no caution, as 12 scans per workflow are enough for the others. Now a caution says so."""
+    rng = np.random.default_rng(0)
+    a = _deriv(tmp_path / "a", "a", 1 + 0.05 * rng.standard_normal(12),
+               1.1 + 0.05 * rng.standard_normal(12))
+    b = tmp_path / "b"
+    for i in range(10, 22):  # sub-10 and sub-11 are the only subjects a has too
+        d = b / f"sub-{i:02d}" / "ses-1" / "anat"
+        d.mkdir(parents=True)
+        v, s = 1 + 0.05 * rng.standard_normal(), 1.1 + 0.05 * rng.standard_normal()
+        (d / f"sub-{i:02d}_ses-1_desc-qc_metrics.json").write_text(json.dumps(
+            {"scan": f"sub-{i:02d}_ses-1_T2w", "modality": "anat", "workflow": "b",
+             "vcf": v, "scf": s, "scf_normalised": s / v ** (1 / 3)}))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("**Caution:** the workflows share 2 scan(s) (n_matched, "
+                              "n_paired); with fewer than 5 the repeated-measures and paired "
+                              "tests below say little."), printed[:300]
+    pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
+    assert {r["n_paired"] for r in pair.values()} == {"2"}
+    # the workflows sharing every scan (and 12 each): no caution
+    assert main(["compare", str(a), str(a), "--labels", "x", "y"]) == 0
+    assert "Caution" not in capsys.readouterr().out

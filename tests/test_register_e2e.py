@@ -157,3 +157,28 @@ def test_report_renders_in_a_headless_browser(registered, tmp_path):
                           "--dump-dom", (out / "sub-01.html").as_uri()], check=True,
                          capture_output=True, text=True, timeout=120).stdout
     assert "operator overview" in dom and dom.count("data:image/png;base64") >= 3
+
+
+@pytest.mark.slow
+def test_report_shows_this_runs_graph_not_an_earlier_ones(registered, tmp_path):
+    """A rerun without --write-graph showed the graph an earlier run left in
+    OUTPUT_DIR/figures as this run's (of another workflow, where the options changed); one
+    with --graph-format svg showed the earlier PNG, not its SVG. The report now shows the
+    graph this run drew, or none."""
+    _, out = registered
+    copy = tmp_path / "samri_ml"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".samri_ml.lock"))
+    argv = json.loads((out.parent / "argv.json").read_text())
+    argv[argv.index(str(out))] = str(copy)
+    without = argv[:argv.index("--write-graph")]
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main(without) == 0  # every step cached
+    report = (copy / "sub-01.html").read_text()
+    assert (copy / "figures" / "workflow_graph.png").exists()  # kept, but not this run's
+    assert "Workflow graph" not in report and "Volume and smoothness conservation" in report
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main(without + ["--write-graph", "flat", "--graph-format", "svg"]) == 0
+    report = (copy / "sub-01.html").read_text()
+    graph = report[report.index("<h2>Workflow graph</h2>"):]
+    assert graph.startswith('<h2>Workflow graph</h2>\n<img alt="workflow graph" '
+                            'src="data:image/svg+xml;base64,'), graph[:200]

@@ -251,6 +251,8 @@ def test_vcf_of_a_partial_field_of_view_has_a_caveat(tmp_path):
     assert "&dagger;" in rows["sub-01_ses-1_task-rest_bold"]
     assert "100%" in rows["sub-01_ses-1_T2w"] and "&dagger;" not in rows["sub-01_ses-1_T2w"]
     assert "Partial field of view" in text and "not expected to be 1" in text
+    # the normalised SCF divides by that VCF: a real 12-slice EPI read 1.40 with SCF 1.13
+    assert "normalised SCF divides by VCF<sup>1/3</sup>, so it is skewed too" in text
 
 
 def test_header_names_version_masking_flavour_and_date(tmp_path):
@@ -268,3 +270,96 @@ def test_header_names_version_masking_flavour_and_date(tmp_path):
     assert "registration flavour" not in page.read_text()
     (page,) = write_subject_reports(out2, items2, masking="none", flavour="precise", **kw2)
     assert "registration flavour <b>precise</b>" in page.read_text()
+
+
+def test_a_qc_value_that_could_not_be_measured_reads_n_a_and_is_named(tmp_path):
+    """A scan of noise only has no measurable smoothness: its record holds null for the raw
+    FWHM and the SCF, which the table showed as the word "None", like a value, with no
+    banner. The record here is the real QC of such a scan."""
+    from samri_ml.qc.metrics import qc_from_arrays, qc_record, write_qc_record
+
+    out, items, kw = _make_run(tmp_path)
+    anat = items[0]["anat"]
+    registered = nb.load(derivative_path(out, anat, space="T", desc="preproc"))
+    # neighbours anti-correlated along every axis (a checkerboard of noise): no FWHM
+    checker = (-1.0) ** np.indices(SHAPE).sum(axis=0)
+    noise = 100 + checker * np.random.default_rng(1).uniform(5, 15, SHAPE)
+    values = qc_from_arrays(registered.get_fdata(), AFFINE, noise, AFFINE)
+    assert values["fwhm_raw"] != values["fwhm_raw"]  # NaN
+    qc = derivative_path(out, anat, space="T", desc="qc", suffix="metrics", extension=".json")
+    write_qc_record(qc_record(values, scan="sub-01_ses-1_T2w", modality="anat",
+                              workflow="generic"), qc)
+    assert json.loads(qc.read_text())["scf"] is None
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    text = page.read_text()
+    assert "None" not in text
+    rows = {r.split("</td>")[0].split(">")[-1]: r.split("</tr>")[0]
+            for r in text.split("<tr>")[2:]}
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", rows["sub-01_ses-1_T2w"])
+    # scan modality workflow vcf scf scf_normalised v_proc v_raw fwhm_proc fwhm_raw coverage
+    assert cells[4] == cells[5] == cells[9] == "n/a", cells
+    assert float(cells[3]) == pytest.approx(values["vcf"], rel=1e-3)
+    assert "<p class='note'>n/a: the value could not be measured" in text
+    # the columns say their units (mm^3, mm), as the record's contract has them
+    assert ("<th>volume_processed (mm&sup3;)</th><th>volume_raw (mm&sup3;)</th>"
+            "<th>fwhm_processed (mm)</th><th>fwhm_raw (mm)</th>") in text
+    banner = text[text.index("<div class='banner'"):text.index("</div>")]
+    assert "sub-01_ses-1_T2w: SCF n/a (could not be measured" in banner
+    # the functional run's record (measured) has no n/a and no banner line
+    assert "n/a" not in rows["sub-01_ses-1_task-rest_bold"]
+    assert "task-rest_bold" not in banner
+
+
+def test_a_failed_rerun_does_not_pass_an_earlier_runs_registration_off_as_its_own(tmp_path):
+    """A rerun into the OUTPUT_DIR of an earlier, successful run, that failed for the subject
+    (its crash file written after the run started), showed the earlier run's registered scans
+    and QC values as "registered" under the new run's options, with nothing to tell them
+    apart. They are now marked in the banner, under their heading and in the QC table. A run
+    without a failure (a cached rerun keeps identical derivatives, and their dates) and a
+    failed run's own fresh outputs are not marked."""
+    import os
+    import time
+
+    out, items, kw = _make_run(tmp_path)
+    old = time.time() - 3600
+    for f in out.rglob("*.nii.gz"):
+        os.utime(f, (old, old))
+    started = time.time()
+    (page,) = write_subject_reports(out, items, masking="unet", crashes_since=started, **kw)
+    assert "before this run" not in page.read_text()  # no failure: nothing marked
+    log = out / "sub-01" / "log"
+    log.mkdir(parents=True)
+    (log / "crash-2-s_register.txt").write_text("Node: wf.sub_01.anat_wf.s_register\n"
+                                                "RuntimeError: antsRegistration died\n")
+    (page,) = write_subject_reports(out, items, masking="unet", crashes_since=started, **kw)
+    text = page.read_text()
+    banner = text[text.index("<div class='banner'"):text.index("</div>")]
+    when = datetime.datetime.fromtimestamp(old).astimezone()
+    assert (f"sub-01_ses-1_T2w.nii.gz ({when:%Y-%m-%d %H:%M %Z}): the registered scan shown "
+            "was written before this run, which failed for this subject") in banner, banner
+    assert "sub-01_ses-1_task-rest_bold.nii.gz (" in banner
+    heading = text.index("sub-01_ses-1_T2w.nii.gz: registered, under the template")
+    assert text.index("before this run, whose steps for this subject failed", heading) \
+        < text.index("<img", heading)
+    assert "<td>sub-01_ses-1_T2w &Dagger;</td>" in text
+    assert "&Dagger; Written before this run" in text
+    # the failed run's own outputs (written after it started) are its own
+    for f in out.rglob("*_desc-preproc_*.nii.gz"):
+        os.utime(f)
+    (page,) = write_subject_reports(out, items, masking="unet", crashes_since=started, **kw)
+    text = page.read_text()
+    assert "step s_register failed" in text and "before this run" not in text
+    assert "&Dagger;" not in text
+
+
+def test_a_session_without_a_structural_scan_says_so(tmp_path):
+    """A session with functional runs only (registered straight to the template) was shown
+    like any other: only the command line's note said why its VCF may differ."""
+    out, items, kw = _make_run(tmp_path, sessions=("1", "2"))
+    items[1]["anat"] = None
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    text = page.read_text()
+    ses1, ses2 = text.split("<h2>sub-01_ses-2</h2>")
+    assert "No structural scan in this session" not in ses1
+    assert ses2.index("<b>No structural scan in this session:</b> its functional runs were "
+                      "registered straight to the template") < ses2.index("<h3>")

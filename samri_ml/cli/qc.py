@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import HelpFormatter, run_cli
+from samri_ml.cli._common import HelpFormatter, print_line, run_cli
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-qc"
@@ -141,7 +141,7 @@ def _scan(args, parser) -> int:
         workflow=args.workflow,
     )
     text = json.dumps(record, indent=2)
-    print(text)
+    print_line(text)  # a closed stdout (| head) must not cost the --json file
     if args.json is not None:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -168,9 +168,9 @@ def _compare(args, parser) -> int:
         check_output_dir(parser, f"--out {args.out}", args.out)
     res = compare_workflows(args.folders, args.labels, args.out, modality=args.modality,
                             space=args.space)
-    print(res["markdown"])
+    print_line(res["markdown"])
     if res["files"]:
-        print(f"\nWritten to {args.out}: " + ", ".join(p.name for p in res["files"]))
+        print_line(f"\nWritten to {args.out}: " + ", ".join(p.name for p in res["files"]))
     return 0
 
 

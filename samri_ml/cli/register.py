@@ -1045,6 +1045,7 @@ def _announce(args, sessions, wf, ants) -> None:
 
         path, how = write_workflow_graph(wf, args.output_dir / "figures" / "workflow_graph",
                                          graph2use=args.write_graph, fmt=args.graph_format)
+        args.graph_path = path  # the reports show this run's graph, not an earlier one's
         print(f"{PROG}: workflow graph written to {path} ({how})", file=sys.stderr)
 
 
@@ -1125,7 +1126,8 @@ def _write_reports(args, sessions, started: float | None = None) -> None:
                                       template_mask=args.template_mask,
                                       template_name=args.template_name,
                                       masking=args.masking, qc=not args.no_qc,
-                                      crashes_since=started):
+                                      crashes_since=started,
+                                      workflow_graph=getattr(args, "graph_path", False)):
         print(f"{PROG}: report {path}", file=sys.stderr)
 
 

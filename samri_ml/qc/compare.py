@@ -197,13 +197,16 @@ def rmse_from_one(values: np.ndarray) -> float:
 
 
 def summary_table(groups: dict[str, list[dict]]) -> list[dict]:
-    """One row per workflow: n and, per quantity, mean and bootstrapped 95% CI."""
+    """One row per workflow: n (its scans) and, per quantity, the scans with a measured value
+    (``<quantity>_n``: a record's null, a value that could not be measured, is left out),
+    their mean and bootstrapped 95% CI."""
     rows = []
     for wf, recs in groups.items():
         row = {"workflow": wf, "n": len(recs)}
         for q in QUANTITIES:
             vals = _values(recs, q)
             lo, hi = bootstrap_ci(vals)
+            row[f"{q}_n"] = int(vals.size)
             row[f"{q}_mean"] = float(vals.mean()) if vals.size else float("nan")
             row[f"{q}_ci_low"] = lo
             row[f"{q}_ci_high"] = hi
@@ -523,7 +526,7 @@ def violin_plot(groups: dict[str, list[dict]], out_stem: str | Path) -> list[Pat
 
 SUMMARY_COLUMNS = (
     ["workflow", "n"]
-    + [f"{q}_{s}" for q in QUANTITIES for s in ("mean", "ci_low", "ci_high")]
+    + [f"{q}_{s}" for q in QUANTITIES for s in ("n", "mean", "ci_low", "ci_high")]
     + [f"{f}_rmse" for f in FACTORS]
 )
 PAIR_COLUMNS = [
@@ -582,12 +585,30 @@ def compare_workflows(
     summary = summary_table(groups)
     anova = anova_table(groups)
     pairwise = pairwise_table(groups)
-    smallest = min(len(recs) for recs in groups.values())
+    # the scans a statistic rests on: those with a measured value of its quantity
+    smallest = min(min(s["n"], *(s[f"{q}_n"] for q in QUANTITIES)) for s in summary)
     caution = (
         [f"**Caution:** {smallest} scan(s) in the smallest workflow; with fewer than "
          f"{MIN_SCANS_FOR_STATISTICS} the intervals and tests below say little."]
         if smallest < MIN_SCANS_FOR_STATISTICS else []
     )  # fmt: skip
+    # the matched tests can rest on far fewer scans than the workflows hold (folders with a few
+    # subjects in common): their p-values came without a word on it
+    shared = min((r["n_matched"] for r in anova), default=0)
+    if len(groups) > 1 and smallest >= MIN_SCANS_FOR_STATISTICS \
+            and 2 <= shared < MIN_SCANS_FOR_STATISTICS:  # under 2: no test, n/a
+        caution.append(f"**Caution:** the workflows share {shared} scan(s) (n_matched, "
+                       "n_paired); with fewer than "
+                       f"{MIN_SCANS_FOR_STATISTICS} the repeated-measures and paired tests "
+                       "below say little.")
+    unmeasured = _unmeasured(groups)
+    if unmeasured:
+        # they were dropped from the statistics of that quantity without a word, under an n
+        # that counted them
+        caution.append(f"**Note:** {len(unmeasured)} scan(s) with a VCF or SCF that could not "
+                       "be measured (null in the QC record) are left out of that quantity's "
+                       "statistics (their n is given beside the mean): "
+                       + "; ".join(unmeasured) + ".")
     kinds = sorted({r["modality"] for recs in groups.values() for r in recs if r["modality"]})
     if len(kinds) > 1:
         # structural and functional scans conserve volume and smoothness differently (the
@@ -636,6 +657,19 @@ def compare_workflows(
     }
 
 
+def _unmeasured(groups: dict[str, list[dict]]) -> list[str]:
+    """``"<workflow>: <scan> (<factors>)"`` for each record whose VCF, SCF or normalised SCF
+    is null or not finite."""
+    out = []
+    for wf, recs in groups.items():
+        for r in recs:
+            bad = [k for k in FACTORS
+                   if r.get(k) is None or not math.isfinite(float(r[k]))]
+            if bad:
+                out.append(f"{wf}: {r.get('scan', '?')} ({', '.join(bad)})")
+    return out
+
+
 def _summary_markdown(summary: list[dict]) -> str:
     rows = []
     for s in summary:
@@ -644,5 +678,7 @@ def _summary_markdown(summary: list[dict]) -> str:
             row[label] = (
                 f"{_fmt(s[f'{q}_mean'])} [{_fmt(s[f'{q}_ci_low'])}, {_fmt(s[f'{q}_ci_high'])}]"
             )
+            if s[f"{q}_n"] != s["n"]:
+                row[label] += f" (n={s[f'{q}_n']})"
         rows.append(row)
     return markdown_table(rows)
