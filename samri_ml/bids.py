@@ -197,7 +197,8 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
         "GeneratedBy": [*earlier, this],
         "SourceDatasets": [{"URL": Path(source_dir).resolve().as_uri()}],
     }
-    return atomic_write_text(json.dumps(desc, indent=2) + "\n", path)
+    # a rerun of the same command leaves it as it is, mtime included (as the derivatives)
+    return atomic_write_text(json.dumps(desc, indent=2) + "\n", path, skip_identical=True)
 
 
 def sidecar_path(path) -> Path:

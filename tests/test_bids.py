@@ -110,6 +110,25 @@ def test_dataset_description_keeps_earlier_runs_commands(tmp_path):
     assert [g["Description"] for g in got["GeneratedBy"]] == ["x"]
 
 
+def test_dataset_description_of_a_rerun_is_left_untouched(tmp_path):
+    """A rerun of the same command rewrote dataset_description.json with the same bytes, so
+    its mtime moved although the derivatives beside it were left untouched."""
+    import os
+
+    from samri_ml.bids import write_dataset_description
+
+    out = tmp_path / "deriv"
+    out.mkdir()
+    path = write_dataset_description(out, tmp_path / "bids", "1.0", "samri_ml-register a")
+    os.utime(path, ns=(1, 1))
+    text, inode = path.read_text(), path.stat().st_ino
+    assert write_dataset_description(out, tmp_path / "bids", "1.0", "samri_ml-register a") == path
+    assert path.stat().st_mtime_ns == 1 and path.stat().st_ino == inode
+    assert path.read_text() == text
+    write_dataset_description(out, tmp_path / "bids", "1.0", "samri_ml-register b")
+    assert path.stat().st_mtime_ns != 1 and "samri_ml-register b" in path.read_text()
+
+
 def test_atomic_writes_follow_the_umask_and_keep_an_existing_files_mode(tmp_path):
     """Outputs were always 0644 (a chmod in atomic_target), whatever the umask: a umask of
     077 still gave files the group and others could read. Now a new file gets what open()
