@@ -336,8 +336,11 @@ def enclosing_dataset(folder: Path, bids_dir: Path) -> Path | None:
     for parent in folder.parents:
         if parent == bids_dir or parent.name == "derivatives":
             return None
-        if (parent / "dataset_description.json").is_file():
-            return parent
+        try:
+            if (parent / "dataset_description.json").is_file():
+                return parent
+        except OSError:  # a folder we may not look into: not ours to judge
+            continue
     return None
 
 
