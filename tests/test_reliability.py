@@ -413,6 +413,26 @@ def test_no_fov_check_lets_scaled_headers_through(tmp_path, capsys):
     assert main([*_argv(tmp_path, []), "--no-fov-check"]) == 0, capsys.readouterr().err
 
 
+def test_a_header_in_microns_is_no_scaled_header(tmp_path, capsys):
+    """A scan whose header counts in microns (ANTs reads it in mm) was refused as a field of
+    view 1000x the template's ('1.92e+04 mm'); in meters, 0.001x. A true 10x scale, in any
+    unit, is still refused."""
+    make_dataset(tmp_path)
+    path = tmp_path / "bids" / ANAT
+    img = nb.load(str(path))
+    for unit, per_mm in (("micron", 1000.0), ("meter", 0.001)):
+        out = nb.Nifti1Image(np.asarray(img.dataobj), np.diag([per_mm] * 3 + [1]) @ img.affine)
+        out.header.set_xyzt_units(unit, "sec")
+        nb.save(out, path)
+        assert main(_argv(tmp_path, [])) == 0, capsys.readouterr().err
+        capsys.readouterr()
+    out = nb.Nifti1Image(np.asarray(img.dataobj), np.diag([10_000.0] * 3 + [1]) @ img.affine)
+    out.header.set_xyzt_units("micron", "sec")
+    nb.save(out, path)
+    assert main(_argv(tmp_path, [])) == 1
+    assert "its voxel sizes look scaled by 10" in capsys.readouterr().err
+
+
 def _chattr(flag: str, path: Path) -> bool:
     if shutil.which("chattr") is None:
         return False

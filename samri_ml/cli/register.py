@@ -479,11 +479,15 @@ def header_affines_disagree(img, tol_mm: float = 0.1) -> bool:
 
 def field_of_view(img) -> float:
     """The largest side of an image's field of view in mm: ``max_i n_i * |column_i(A)|``,
-    with ``n_i`` the number of voxels along axis ``i`` and ``A`` the 3x3 part of the affine."""
+    with ``n_i`` the number of voxels along axis ``i`` and ``A`` the 3x3 part of the affine in
+    mm (:func:`samri_ml.qc.volume.affine_mm`: a header in microns or meters, which ANTs reads
+    in mm, was refused as 1000x the template's)."""
     import numpy as np
+    from nibabel.affines import voxel_sizes
 
-    sizes = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
-    return float(np.max(np.asarray(img.shape[:3]) * sizes))
+    from samri_ml.qc.volume import affine_mm
+
+    return float(np.max(np.asarray(img.shape[:3]) * voxel_sizes(affine_mm(img))))
 
 
 #: fields of view (mm) a rodent head or brain image can have; outside, its header is the
