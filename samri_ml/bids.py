@@ -144,17 +144,22 @@ def same_content(src, dst) -> bool:
 
 
 def atomic_write_text(text: str, dst, *, skip_identical: bool = False) -> Path:
-    """Write text to ``dst`` atomically (``skip_identical``: not where it holds it already,
-    keeping its modification time)."""
+    """Write text (UTF-8) to ``dst`` atomically (:func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(text.encode(), dst, skip_identical=skip_identical)
+
+
+def atomic_write_bytes(data: bytes, dst, *, skip_identical: bool = False) -> Path:
+    """Write ``data`` to ``dst`` atomically (``skip_identical``: not where it holds them
+    already, keeping its modification time)."""
     dst = Path(dst)
     if skip_identical:
         try:
-            if dst.is_file() and dst.read_bytes() == text.encode():
+            if dst.is_file() and dst.read_bytes() == data:
                 return dst
         except OSError:
             pass
     with atomic_target(dst) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
     return dst
 
 

@@ -268,3 +268,18 @@ def test_header_names_version_masking_flavour_and_date(tmp_path):
     assert "registration flavour" not in page.read_text()
     (page,) = write_subject_reports(out2, items2, masking="none", flavour="precise", **kw2)
     assert "registration flavour <b>precise</b>" in page.read_text()
+
+
+def test_a_redrawn_picture_is_the_same_bytes(tmp_path):
+    """The SVGs got new random ids and the date on every draw, so two runs of
+    samri_ml-register with the same inputs gave figures with different checksums."""
+    tpl, brain = _phantom()
+    args = (nb.Nifti1Image(tpl, AFFINE), nb.Nifti1Image(brain.astype(np.uint8), AFFINE))
+    first = mosaic(*args, n_slices=3, out_base=tmp_path / "a" / "m", title="scan")
+    second = mosaic(*args, n_slices=3, out_base=tmp_path / "b" / "m", title="scan")
+    for ext in ("svg", "png"):
+        assert first[ext].read_bytes() == second[ext].read_bytes(), ext
+    assert "<dc:date>" not in first["svg"].read_text()
+    other = mosaic(*args, n_slices=3, out_base=tmp_path / "c" / "m", title="other scan")
+    assert other["svg"].read_bytes() != first["svg"].read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.png", "m.svg"]
