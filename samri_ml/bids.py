@@ -18,6 +18,8 @@ from pathlib import Path
 ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc",
                 "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc",
                 "hemi", "split", "recording", "chunk")
+#: the raw entities that the specification puts after ``space``
+AFTER_SPACE = ("split", "recording", "chunk")
 _ENTITY = re.compile(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9]+)")
 
 
@@ -45,7 +47,9 @@ def derivative_path(
     """Where a derivative of ``source`` goes: ``out_dir/sub-X[/ses-Y]/<datatype>/<name>``.
 
     ``extra`` entities (``space``, ``desc``, ``from_``, ``to``, ``mode``...) follow the raw
-    entities in the given order; a trailing underscore in a key is dropped (``from_`` -> ``from``).
+    entities in the given order, but for ``space``, which goes where the specification puts it
+    (before ``split``, ``recording`` and ``chunk``); a trailing underscore in a key is dropped
+    (``from_`` -> ``from``).
     """
     ent = parse_entities(source)
     if not ent.get("sub"):
@@ -54,12 +58,17 @@ def derivative_path(
         raise SamriMLError(f"{source}: not a BIDS file name (no sub-<label> entity), so its "
                            "derivatives cannot be named; hint: give the raw BIDS file it derives "
                            "from as source_file, e.g. sub-01_ses-1_T2w.nii.gz")
-    parts = [f"{k}-{ent[k]}" for k in ENTITY_ORDER if k in ent]
+    extra = {k.rstrip("_"): v for k, v in extra.items() if v}
+    values = {k: ent[k] for k in ENTITY_ORDER if k in ent}
+    if "space" in extra:  # before split/recording/chunk, as the specification orders them
+        values["space"] = extra.pop("space")
+    order = [k for k in ENTITY_ORDER if k not in AFTER_SPACE] + ["space", *AFTER_SPACE]
+    parts = [f"{k}-{values[k]}" for k in order if k in values]
     # entities this list does not know are kept too (in the source's order), so that two
     # sources never share a derivative name
-    known = {*ENTITY_ORDER, "suffix", "extension", "datatype", *(k.rstrip("_") for k in extra)}
+    known = {*ENTITY_ORDER, "suffix", "extension", "datatype", *values, *extra}
     parts += [f"{k}-{v}" for k, v in ent.items() if k not in known]
-    parts += [f"{k.rstrip('_')}-{v}" for k, v in extra.items() if v]
+    parts += [f"{k}-{v}" for k, v in extra.items()]
     suffix = ent["suffix"] if suffix is None else suffix
     if suffix:
         parts.append(suffix)
@@ -144,17 +153,22 @@ def same_content(src, dst) -> bool:
 
 
 def atomic_write_text(text: str, dst, *, skip_identical: bool = False) -> Path:
-    """Write text to ``dst`` atomically (``skip_identical``: not where it holds it already,
-    keeping its modification time)."""
+    """Write text (UTF-8) to ``dst`` atomically (:func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(text.encode(), dst, skip_identical=skip_identical)
+
+
+def atomic_write_bytes(data: bytes, dst, *, skip_identical: bool = False) -> Path:
+    """Write ``data`` to ``dst`` atomically (``skip_identical``: not where it holds them
+    already, keeping its modification time)."""
     dst = Path(dst)
     if skip_identical:
         try:
-            if dst.is_file() and dst.read_bytes() == text.encode():
+            if dst.is_file() and dst.read_bytes() == data:
                 return dst
         except OSError:
             pass
     with atomic_target(dst) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
     return dst
 
 
@@ -197,7 +211,8 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
         "GeneratedBy": [*earlier, this],
         "SourceDatasets": [{"URL": Path(source_dir).resolve().as_uri()}],
     }
-    return atomic_write_text(json.dumps(desc, indent=2) + "\n", path)
+    # a rerun of the same command leaves it as it is, mtime included (as the derivatives)
+    return atomic_write_text(json.dumps(desc, indent=2) + "\n", path, skip_identical=True)
 
 
 def sidecar_path(path) -> Path:

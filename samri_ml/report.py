@@ -20,13 +20,14 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import io
 import json
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 
-from samri_ml.bids import atomic_write_text, derivative_path
+from samri_ml.bids import atomic_write_bytes, atomic_write_text, derivative_path
 from samri_ml.qc.volume import PLAUSIBLE_VCF
 
 #: colours of the pictures (and their legends)
@@ -263,10 +264,15 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
         out_base.parent.mkdir(parents=True, exist_ok=True)
         for ext in formats:
             path = out_base.with_name(out_base.name + f".{ext}")
-            # the SVG keeps its text as text (searchable, smaller), not as glyph paths
-            with matplotlib.rc_context({"svg.fonttype": "none"}):
-                fig.savefig(path, dpi=dpi, facecolor="black")
-            paths[ext] = path
+            # the SVG keeps its text as text (searchable, smaller), not as glyph paths; with
+            # a fixed salt for its ids and no date it is the same bytes for the same picture
+            # (it got new random ids and the date on every draw). Always rewritten, whole:
+            # bids.stale_files takes a picture older than the run for one it did not redraw
+            buf = io.BytesIO()
+            with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "samri_ml"}):
+                fig.savefig(buf, format=ext, dpi=dpi, facecolor="black",
+                            metadata={"Date": None} if ext == "svg" else None)
+            paths[ext] = atomic_write_bytes(buf.getvalue(), path)
     plt.close(fig)
     return paths
 

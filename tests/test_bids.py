@@ -39,6 +39,22 @@ def test_derivative_names_keep_every_source_entity():
         "sub-01_task-rest_run-1_echo-2_inv-1_space-X_desc-preproc_bold.nii.gz"
 
 
+def test_derivative_names_put_space_where_bids_orders_it():
+    """space- came after chunk-/recording-/split-, which the BIDS entity table puts after it
+    (a schema validator flags the order)."""
+    src = "/d/sub-01/ses-1/anat/sub-01_ses-1_acq-hi_run-2_chunk-3_T2w.nii.gz"
+    assert derivative_path("/o", src, space="Phantom", desc="preproc").name == \
+        "sub-01_ses-1_acq-hi_run-2_space-Phantom_chunk-3_desc-preproc_T2w.nii.gz"
+    assert derivative_path("/o", src, desc="brain", suffix="mask").name == \
+        "sub-01_ses-1_acq-hi_run-2_chunk-3_desc-brain_mask.nii.gz"
+    assert derivative_path("/o", src, from_="native", to="Phantom", mode="image",
+                           suffix="xfm", extension=".h5").name == \
+        "sub-01_ses-1_acq-hi_run-2_chunk-3_from-native_to-Phantom_mode-image_xfm.h5"
+    # a source that already has a space: the given one replaces it, once
+    assert derivative_path("/o", "/d/sub-01/anat/sub-01_space-orig_T2w.nii.gz", space="X",
+                           desc="preproc").name == "sub-01_space-X_desc-preproc_T2w.nii.gz"
+
+
 def test_stale_files_names_what_a_run_did_not_write(tmp_path):
     """Derivatives (and report pictures older than the run) in the folders of this run's
     scans that it did not write are named; its own files, their sidecars, other subjects'
@@ -108,6 +124,25 @@ def test_dataset_description_keeps_earlier_runs_commands(tmp_path):
     path.write_text("{not json")  # a broken file is replaced, not a failure
     got = json.loads(write_dataset_description(out, tmp_path / "bids", "1.0", "x").read_text())
     assert [g["Description"] for g in got["GeneratedBy"]] == ["x"]
+
+
+def test_dataset_description_of_a_rerun_is_left_untouched(tmp_path):
+    """A rerun of the same command rewrote dataset_description.json with the same bytes, so
+    its mtime moved although the derivatives beside it were left untouched."""
+    import os
+
+    from samri_ml.bids import write_dataset_description
+
+    out = tmp_path / "deriv"
+    out.mkdir()
+    path = write_dataset_description(out, tmp_path / "bids", "1.0", "samri_ml-register a")
+    os.utime(path, ns=(1, 1))
+    text, inode = path.read_text(), path.stat().st_ino
+    assert write_dataset_description(out, tmp_path / "bids", "1.0", "samri_ml-register a") == path
+    assert path.stat().st_mtime_ns == 1 and path.stat().st_ino == inode
+    assert path.read_text() == text
+    write_dataset_description(out, tmp_path / "bids", "1.0", "samri_ml-register b")
+    assert path.stat().st_mtime_ns != 1 and "samri_ml-register b" in path.read_text()
 
 
 def test_atomic_writes_follow_the_umask_and_keep_an_existing_files_mode(tmp_path):

@@ -172,7 +172,7 @@ def test_images_are_ranked_and_printed_chunk_by_chunk(tmp_path, plate_thumbs, ca
     assert "1 of 6 images could not be read" in captured.err.strip().splitlines()[-1]
     assert identify_plate.main([paths[0], paths[0], "--no-regions"]) == 0
     captured = capsys.readouterr()
-    assert "1 image path(s) given more than once, ranked once" in captured.err
+    assert "1 image path(s) repeat a file given before" in captured.err
     assert len(captured.out.splitlines()) == 1
     got = json.loads(out.read_text())
     assert list(got) == [p for p in paths if "bad" not in p]
@@ -216,18 +216,33 @@ def test_evaluate_plates_checks_its_json_before_it_runs(tmp_path, plate_thumbs, 
     assert sec.read_bytes() == before
 
 
-def test_the_same_file_spelt_twice_is_ranked_once(tmp_path, plate_thumbs, capsys, monkeypatch):
+def test_the_same_file_spelt_twice_is_ranked_once_under_every_path(tmp_path, plate_thumbs,
+                                                                   capsys, monkeypatch):
+    """The JSON is keyed by each image path as given (design.md): a file given again as
+    ./s.png, by its absolute path or through a link used to be keyed by its first spelling
+    only, so a tool looking up the paths it passed got a KeyError."""
     import cv2
 
     from samri_ml.cli.identify_plate import main
 
     cv2.imwrite(str(tmp_path / "s.png"), plate_thumbs[70])
+    cv2.imwrite(str(tmp_path / "t é.png"), plate_thumbs[100])
+    (tmp_path / "link.png").symlink_to("s.png")
+    (tmp_path / "d").symlink_to(tmp_path, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "r.json"
-    assert main(["s.png", "./s.png", str(tmp_path / "s.png"), "--no-regions", "--json",
-                 str(out)]) == 0
-    assert "2 image path(s) given more than once" in capsys.readouterr().err
-    assert list(json.loads(out.read_text())) == ["s.png"]  # the first spelling
+    given = ["s.png", "./s.png", "t é.png", str(tmp_path / "s.png"), "link.png", "d/s.png"]
+    assert main([*given, "s.png", "--no-regions", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "5 image path(s) repeat a file given before" in captured.err
+    assert [ln.split(": ")[0] for ln in captured.out.splitlines()] == [
+        "s.png", "./s.png", str(tmp_path / "s.png"), "link.png", "d/s.png", "t é.png"]
+    got = json.loads(out.read_text())
+    assert list(got) == given  # every path as given, in order
+    for name in given:
+        assert sorted(got[name]["ranking"]) == list(range(1, 133))
+        assert got[name] == got["t é.png" if name == "t é.png" else "s.png"]
+    assert got["s.png"]["ranking"][:3] != got["t é.png"]["ranking"][:3]
 
 
 def test_an_index_of_another_model_is_refused_in_one_line(tmp_path, plate_thumbs, capsys):

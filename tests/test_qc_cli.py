@@ -377,3 +377,38 @@ def test_compare_cautions_when_the_matched_tests_rest_on_a_few_shared_scans(tmp_
     # the workflows sharing every scan (and 12 each): no caution
     assert main(["compare", str(a), str(a), "--labels", "x", "y"]) == 0
     assert "Caution" not in capsys.readouterr().out
+
+
+def _in_unit(src: Path, dst: Path, unit: str, per_mm: float) -> Path:
+    """The same image with its header counting space in ``unit`` (``per_mm`` units a mm)."""
+    img = nb.load(src)
+    aff = img.affine.copy()
+    aff[:3] *= per_mm
+    out = nb.Nifti1Image(np.asanyarray(img.dataobj), aff)
+    out.header.set_xyzt_units(unit, "sec")
+    nb.save(out, dst)
+    return dst
+
+
+def test_scan_values_are_in_mm_whatever_the_headers_unit(images, tmp_path, capsys):
+    """A raw scan whose header counts in microns (the processed one in mm, a template's) gave
+    its volume in um^3 and its FWHM in um, labelled mm: VCF 9e-10, SCF 1e-3. The QC nodes of
+    samri_ml-register read the images the same way."""
+    from samri_ml.interfaces.qc import SmoothnessConservation, VolumeConservation
+
+    proc_f, raw_f = images
+    assert main(["scan", str(proc_f), str(raw_f)]) == 0
+    in_mm = json.loads(capsys.readouterr().out)
+    for unit, per_mm in (("micron", 1000.0), ("meter", 0.001)):
+        raw_u = _in_unit(raw_f, tmp_path / f"sub-1_task-rest_bold_{unit}.nii.gz", unit, per_mm)
+        assert main(["scan", str(proc_f), str(raw_u)]) == 0
+        got = json.loads(capsys.readouterr().out)
+        for key in KEYS:
+            assert got[key] == pytest.approx(in_mm[key], rel=1e-4), (unit, key)
+        vol = VolumeConservation(processed_file=str(proc_f), raw_file=str(raw_u)).run().outputs
+        smo = SmoothnessConservation(processed_file=str(proc_f), raw_file=str(raw_u),
+                                     vcf=vol.vcf).run().outputs
+        assert vol.volume_raw == pytest.approx(in_mm["volume_raw"], rel=1e-4)
+        assert vol.vcf == pytest.approx(in_mm["vcf"], rel=1e-4)
+        assert smo.fwhm_raw == pytest.approx(in_mm["fwhm_raw"], rel=1e-4)
+        assert smo.scf == pytest.approx(in_mm["scf"], rel=1e-4)

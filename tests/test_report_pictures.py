@@ -363,3 +363,18 @@ def test_a_session_without_a_structural_scan_says_so(tmp_path):
     assert "No structural scan in this session" not in ses1
     assert ses2.index("<b>No structural scan in this session:</b> its functional runs were "
                       "registered straight to the template") < ses2.index("<h3>")
+
+
+def test_a_redrawn_picture_is_the_same_bytes(tmp_path):
+    """The SVGs got new random ids and the date on every draw, so two runs of
+    samri_ml-register with the same inputs gave figures with different checksums."""
+    tpl, brain = _phantom()
+    args = (nb.Nifti1Image(tpl, AFFINE), nb.Nifti1Image(brain.astype(np.uint8), AFFINE))
+    first = mosaic(*args, n_slices=3, out_base=tmp_path / "a" / "m", title="scan")
+    second = mosaic(*args, n_slices=3, out_base=tmp_path / "b" / "m", title="scan")
+    for ext in ("svg", "png"):
+        assert first[ext].read_bytes() == second[ext].read_bytes(), ext
+    assert "<dc:date>" not in first["svg"].read_text()
+    other = mosaic(*args, n_slices=3, out_base=tmp_path / "c" / "m", title="other scan")
+    assert other["svg"].read_bytes() != first["svg"].read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.png", "m.svg"]

@@ -85,16 +85,18 @@ def run(args) -> int:
     # CHUNK images at a time: one that cannot be read is named at the end, the others are
     # still ranked; each line is printed as its chunk is done
     results, bad, ident, montages = {}, [], None, {}
-    # the results are keyed by path as given: one entry per file (the first spelling of
-    # a file given twice, e.g. as 84.png and ./84.png)
-    first = {}
-    for im in args.images:
-        first.setdefault(Path(im).resolve(), im)
-    twice = len(args.images) - len(first)
+    # the results are keyed by every path as given (the contract other tools rely on); a
+    # file given under several spellings (84.png, ./84.png, a link to it) is ranked once
+    given, spellings = list(dict.fromkeys(args.images)), {}
+    for im in given:
+        spellings.setdefault(Path(im).resolve(), []).append(im)
+    twice = len(args.images) - len(spellings)
     if twice:
-        print(f"{PROG}: note: {twice} image path(s) given more than once, ranked once",
+        print(f"{PROG}: note: {twice} image path(s) repeat a file given before (the same "
+              "path, another spelling or a link); ranked once, under each path",
               file=sys.stderr)
-        args.images = list(first.values())
+    spellings = {names[0]: names for names in spellings.values()}
+    args.images = list(spellings)
     for start in range(0, len(args.images), CHUNK):
         paths, imgs = [], []
         for path in args.images[start:start + CHUNK]:
@@ -111,7 +113,8 @@ def run(args) -> int:
                                     turn_uncertain=not args.upright)
         ranked = ident.rank(imgs, regions=not args.no_regions,
                             any_orientation=args.any_orientation)
-        chunk = dict(zip(paths, ranked, strict=True))
+        chunk = {name: res for path, res in zip(paths, ranked, strict=True)
+                 for name in spellings[path]}
         results.update(chunk)
         _print_results(args, chunk)
         if args.montage:
@@ -120,6 +123,7 @@ def run(args) -> int:
         raise bad[0] if len(bad) == 1 else SamriMLError(
             f"none of the {len(bad)} images could be read (first: {bad[0]})")
     if args.json:
+        results = {name: results[name] for name in given if name in results}  # in given order
         try:
             Path(args.json).write_text(json_dumps(results, indent=1))
         except OSError as e:

@@ -132,9 +132,9 @@ def voxel_size_mm(img):
     unit (:func:`samri_ml.qc.volume.mm_per_unit`: micron, meter)."""
     from nibabel.affines import voxel_sizes
 
-    from samri_ml.qc.volume import mm_per_unit
+    from samri_ml.qc.volume import affine_mm
 
-    return voxel_sizes(img.affine) * mm_per_unit(img.header.get_xyzt_units()[0])
+    return voxel_sizes(affine_mm(img))
 
 
 def summary(mask, out_file, masked=None) -> str:
@@ -145,11 +145,10 @@ def summary(mask, out_file, masked=None) -> str:
     Sizes are in mm whatever the header's spatial unit (micron, meter; :func:`voxel_size_mm`)."""
     import numpy as np
 
-    from samri_ml.qc.volume import mm_per_unit, voxel_volume
+    from samri_ml.qc.volume import affine_mm, voxel_volume
 
     data = np.asarray(mask.dataobj) > 0
-    mm3 = (float(data.sum()) * voxel_volume(mask.affine)
-           * mm_per_unit(mask.header.get_xyzt_units()[0]) ** 3)
+    mm3 = float(data.sum()) * voxel_volume(affine_mm(mask))
     line = (f"{PROG}: {out_file}: brain mask of {int(data.sum())} voxels, {mm3:.0f} mm^3, "
             f"{100 * data.mean():.1f} % of the image")
     line += f"; masked image {masked}" if masked is not None else ""

@@ -101,6 +101,7 @@ def _scan(args, parser) -> int:
 
     from samri_ml.io import load_nifti
     from samri_ml.qc.metrics import modality_of, qc_from_arrays, qc_record, scan_name
+    from samri_ml.qc.volume import affine_mm
 
     if args.json is not None:  # before the work: never over an input, never an image name
         from samri_ml.cli._common import check_output_file
@@ -125,7 +126,7 @@ def _scan(args, parser) -> int:
                 f"{grid.shape[:3]}; hint: give a mask on that image's grid"
             )
     try:
-        values = qc_from_arrays(proc, proc_img.affine, raw, raw_img.affine, **masks)
+        values = qc_from_arrays(proc, affine_mm(proc_img), raw, affine_mm(raw_img), **masks)
     except ValueError as err:
         raise SamriMLError(f"cannot compute QC: {err}") from err
     if not values["volume_raw"]:

@@ -257,6 +257,11 @@ def validate(args, parser) -> None:
     if out == bids_dir / "derivatives":
         parser.error(f"OUTPUT_DIR {out} is the derivatives folder itself (shared by every "
                      f"pipeline); use {out / 'samri_ml'}")
+    enclosing = enclosing_dataset(out, bids_dir)
+    if enclosing is not None:
+        # its sub-* folders would get a second dataset (description, sub-*, work dir) mixed in
+        parser.error(f"OUTPUT_DIR {out} is inside the dataset {enclosing}; hint: give a folder "
+                     f"of its own, e.g. {bids_dir / 'derivatives' / 'samri_ml'}")
     other = foreign_dataset(out)
     if other is not None:
         # its description would be rewritten and samri_ml's files mixed into its sub-* folders
@@ -320,6 +325,23 @@ def validate(args, parser) -> None:
         args.omp_nthreads = args.nprocs
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
+
+
+def enclosing_dataset(folder: Path, bids_dir: Path) -> Path | None:
+    """The dataset that ``folder`` lies inside, not in its ``derivatives/``: the nearest
+    folder above it that has a ``dataset_description.json``, looking up to a folder named
+    ``derivatives`` or ``bids_dir`` (``BIDS_DIR/derivatives/groundtruth/sub-01`` ->
+    ``BIDS_DIR/derivatives/groundtruth``); None where there is none (``BIDS_DIR/derivatives/
+    samri_ml``, ``/data/out``)."""
+    for parent in folder.parents:
+        if parent == bids_dir or parent.name == "derivatives":
+            return None
+        try:
+            if (parent / "dataset_description.json").is_file():
+                return parent
+        except OSError:  # a folder we may not look into: not ours to judge
+            continue
+    return None
 
 
 def foreign_dataset(folder: Path) -> str | None:
@@ -457,11 +479,15 @@ def header_affines_disagree(img, tol_mm: float = 0.1) -> bool:
 
 def field_of_view(img) -> float:
     """The largest side of an image's field of view in mm: ``max_i n_i * |column_i(A)|``,
-    with ``n_i`` the number of voxels along axis ``i`` and ``A`` the 3x3 part of the affine."""
+    with ``n_i`` the number of voxels along axis ``i`` and ``A`` the 3x3 part of the affine in
+    mm (:func:`samri_ml.qc.volume.affine_mm`: a header in microns or meters, which ANTs reads
+    in mm, was refused as 1000x the template's)."""
     import numpy as np
+    from nibabel.affines import voxel_sizes
 
-    sizes = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
-    return float(np.max(np.asarray(img.shape[:3]) * sizes))
+    from samri_ml.qc.volume import affine_mm
+
+    return float(np.max(np.asarray(img.shape[:3]) * voxel_sizes(affine_mm(img))))
 
 
 #: fields of view (mm) a rodent head or brain image can have; outside, its header is the

@@ -24,9 +24,10 @@ from nipype.interfaces.base import (
 
 def _load(path):
     from samri_ml.io import load_nifti
+    from samri_ml.qc.volume import affine_mm
 
     img = load_nifti(path, allow_4d=True)
-    return np.asanyarray(img.dataobj), img.affine
+    return np.asanyarray(img.dataobj), affine_mm(img)  # mm, as the record's units
 
 
 class _VolumeConservationInputSpec(BaseInterfaceInputSpec):

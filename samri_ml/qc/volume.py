@@ -59,6 +59,20 @@ def mm_per_unit(unit: str | None) -> float:
     return MM_PER_UNIT.get(unit or "unknown", 1.0)
 
 
+def affine_mm(img) -> np.ndarray:
+    """The voxel-to-world affine of a NIfTI image in mm, whatever its header's spatial unit.
+
+    .. math:: A_{mm} = \\mathrm{diag}(s, s, s, 1)\\, A
+
+    with :math:`s` = :func:`mm_per_unit` of ``img.header.get_xyzt_units()[0]``. The volumes and
+    FWHMs of the QC record are in mm^3 and mm: a scan whose header counts in microns used to
+    give them in um^3 and um (its VCF against a template in mm: 9e-10).
+    """
+    affine = np.array(img.affine, dtype=float)
+    affine[:3] *= mm_per_unit(img.header.get_xyzt_units()[0])
+    return affine
+
+
 def temporal_mean(data: np.ndarray) -> np.ndarray:
     """Average a 4D series over time (last axis); return 3D data unchanged (as float).
 
