@@ -158,6 +158,21 @@ def test_graph_command_of_the_readme_draws_every_workflow(workflow, tmp_path, ca
         assert "qc" in svg.read_text().lower()
 
 
+@pytest.mark.parametrize("graph2use", ["hierarchical", "flat", "orig", "exec"])
+def test_graph_command_draws_the_generic_workflow_in_every_type(graph2use, tmp_path, capsys):
+    """``samri_ml-graph generic g --type exec`` (offered in --help) stopped with a TraitError:
+    the exec graph sets the template's placeholder name on nodes whose inputs must be files."""
+    from samri_ml.cli.graph import main
+
+    rc = main(["generic", str(tmp_path / "g"), "--type", graph2use, "--format", "svg",
+               "--pure-python"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    svg = (tmp_path / "g.svg").read_text()
+    assert str(tmp_path / "g.svg") in out and err == ""
+    assert ("anat_wf" if graph2use == "orig" else "s_register") in svg
+
+
 def test_graph_command_refuses_what_it_would_not_draw(tmp_path, capsys):
     """``samri_ml-graph generic --masking input`` drew the unmasked workflow without a word."""
     from samri_ml.cli.graph import main
