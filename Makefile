@@ -11,8 +11,14 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test lint clean
 
+# an older Python stopped the set-up with an AssertionError traceback that did not say which
+# Python it had found; a missing one with "-c: command not found"
 $(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python 3.11 is needed"'
+	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH; hint: install" \
+		"Python 3.11, or give it: make $(MAKECMDGOALS) PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "make: " \
+		"PYTHON=$(PYTHON) is Python %d.%d; samri_ml needs 3.11 or newer; hint: make" \
+		" $(MAKECMDGOALS) PYTHON=/path/to/python3.11" % sys.version_info[:2])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel
 	$(BIN)/python -m pip install --quiet -e '.[test]'

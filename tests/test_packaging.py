@@ -97,3 +97,44 @@ def test_test_tools_are_not_runtime_requirements(built):
          and not r.marker.evaluate({"extra": ""}) else runtime).append(r.name)
     assert not {"pytest", "pytest-timeout", "hypothesis", "ruff"} & set(runtime), runtime
     assert {"pytest", "pytest-timeout", "hypothesis"} <= set(test), test
+
+
+def _older_python() -> str | None:
+    """A real Python older than 3.11 on this machine, if there is one."""
+    import glob
+    import os
+
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(10, 5, -1)]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3")))
+    for exe in filter(None, candidates):
+        done = subprocess.run([exe, "-c", "import sys; print(sys.version_info[1])"],
+                              capture_output=True, text=True)
+        if done.returncode == 0 and int(done.stdout) < 11:
+            return exe
+    return None
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_refuses_a_missing_or_old_python_in_one_line(tmp_path):
+    """``make demo`` with only an older Python stopped on an AssertionError traceback that
+    did not say which Python it had found; without any, on ``-c: command not found``."""
+    for name in ("Makefile", "setup.cfg", "pyproject.toml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    cases = [("", "make: no python3.11 or python3 on PATH; hint: install Python 3.11, or give "
+                  "it: make demo PYTHON=/path/to/python3.11")]
+    old = _older_python()
+    if old:
+        minor = subprocess.run([old, "-c", "import sys; print(sys.version_info[1])"],
+                               capture_output=True, text=True).stdout.strip()
+        cases.append((old, f"make: PYTHON={old} is Python 3.{minor}; samri_ml needs 3.11 or "
+                           "newer; hint: make demo PYTHON=/path/to/python3.11"))
+    for python, message in cases:
+        done = subprocess.run(["make", "demo", f"PYTHON={python}"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0
+        assert done.stderr.splitlines()[0] == message, done.stderr
+        assert "Traceback" not in done.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "pyproject.toml",
+                                                              "setup.cfg"]
+    if not old:
+        pytest.skip("the missing Python was checked; no Python older than 3.11 here")
