@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "samri_ml" / "data"
+SDIST_FOLDERS = ("docs", "examples", "tests", "benchmarks")
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,11 @@ def built(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("packaging")
     src = tmp / "src"
     src.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.rst"):
+    for name in ("setup.cfg", "pyproject.toml", "README.rst", "MANIFEST.in", "Makefile"):
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(ROOT / "samri_ml", src / "samri_ml",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("samri_ml", *SDIST_FOLDERS):
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     dist = tmp / "dist"
     for command in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                      "--no-cache-dir", "-q", "-w", str(dist), str(src)],
@@ -62,6 +64,22 @@ def test_wheel_and_sdist_ship_every_data_file(built):
         in_sdist = {n: t.extractfile(f"{top}/{n}").read() for n in shipped
                     if f"{top}/{n}" in t.getnames()}
     assert in_sdist == shipped
+
+
+def test_sdist_carries_what_the_readme_points_to(built):
+    """The sdist held the package only: the README it carries points to ``make demo``,
+    docs/*.rst, examples/ and the tests, none of which were in it."""
+    with tarfile.open(built["sdist"]) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    wanted = {"Makefile", "docs/masking.rst", "docs/plates.rst", "docs/errors.rst",
+              "docs/cluster.rst", "examples/compare_workflows.sh", "tests/conftest.py",
+              "tests/test_packaging.py", "benchmarks/example_accuracy.py"}
+    assert wanted <= names, sorted(wanted - names)
+    for folder in SDIST_FOLDERS:
+        tracked = {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts}
+        assert tracked <= names, sorted(tracked - names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 
 # the platforms a lab installs on; tensorflow-cpu has wheels for the first two only
