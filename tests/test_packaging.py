@@ -156,3 +156,19 @@ def test_make_refuses_a_missing_or_old_python_in_one_line(tmp_path):
                                                               "setup.cfg"]
     if not old:
         pytest.skip("the missing Python was checked; no Python older than 3.11 here")
+
+
+def test_keras_floor_loads_the_shipped_models(built):
+    """setup.cfg allowed Keras 3.3, and Keras 3.3-3.14 cannot load the shipped models (saved
+    by 3.15: initialisers' ``input_axes``, Resizing's ``antialias``): an install that kept an
+    older Keras failed on the first mask or plate. The floor is the newest saving version."""
+    import json
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    saved = max(Version(json.loads(zipfile.ZipFile(p).read("metadata.json"))["keras_version"])
+                for p in DATA.rglob("*.keras"))
+    (keras,) = [r for r in map(Requirement, _requirements(built["wheel"])) if r.name == "keras"]
+    assert keras.specifier.contains(str(saved))
+    assert not keras.specifier.contains(f"{saved.major}.{saved.minor - 1}.99"), keras
