@@ -26,11 +26,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# the paths quoted: DEMO_OUT="~/Lab Data/demo" made `make clean` remove ~/Lab and ./Data/demo
 demo: install
-	$(BIN)/samri_ml-example $(DEMO_DATA)
-	$(BIN)/samri_ml-register $(DEMO_DATA) $(DEMO_OUT) participant --fast \
-		--template $(DEMO_DATA)/template/tpl-Phantom_T2w.nii.gz \
-		--template-mask $(DEMO_DATA)/template/tpl-Phantom_desc-brain_mask.nii.gz \
+	"$(BIN)/samri_ml-example" "$(DEMO_DATA)"
+	"$(BIN)/samri_ml-register" "$(DEMO_DATA)" "$(DEMO_OUT)" participant --fast \
+		--template "$(DEMO_DATA)/template/tpl-Phantom_T2w.nii.gz" \
+		--template-mask "$(DEMO_DATA)/template/tpl-Phantom_desc-brain_mask.nii.gz" \
 		-w .demo_work --write-graph colored --nprocs 2 $(DEMO_ARGS)
 	@echo "Derivatives: $(DEMO_OUT)/  reports: $(DEMO_OUT)/sub-*.html  graph: $(DEMO_OUT)/figures/"
 
@@ -41,4 +42,4 @@ lint: install
 	$(BIN)/ruff check samri_ml tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_DATA) .demo_work .pytest_cache
+	rm -rf "$(VENV)" "$(DEMO_OUT)" "$(DEMO_DATA)" .demo_work .pytest_cache

@@ -172,3 +172,44 @@ def test_keras_floor_loads_the_shipped_models(built):
     (keras,) = [r for r in map(Requirement, _requirements(built["wheel"])) if r.name == "keras"]
     assert keras.specifier.contains(str(saved))
     assert not keras.specifier.contains(f"{saved.major}.{saved.minor - 1}.99"), keras
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_and_clean_take_paths_with_spaces(tmp_path):
+    """The Makefile did not quote DEMO_DATA and DEMO_OUT: ``make clean DEMO_OUT="~/Lab
+    Data/demo"`` removed ``~/Lab`` and ``./Data/demo``, and ``make demo`` with such a path gave
+    the commands broken arguments. Real commands of this environment, a dry-run registration."""
+    import os
+    import time
+
+    scripts = Path(sys.executable).parent
+    if not (scripts / "samri_ml-register").exists():
+        pytest.skip(f"samri_ml's commands are not installed beside {sys.executable}")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("Makefile", "setup.cfg", "pyproject.toml"):
+        shutil.copy2(ROOT / name, repo / name)
+    for name in ("setup.cfg", "pyproject.toml"):  # `make install` done: its stamp is newer
+        os.utime(repo / name, (time.time() - 60, time.time() - 60))
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".samri_ml-installed").touch()
+    # (a template path with a space is refused by samri_ml-register: the ANTs steps cannot
+    # take it; an output folder can have one)
+    data, out = tmp_path / "my_data", tmp_path / "my out"
+    paths = [f"VENV={venv}", f"BIN={scripts}", f"DEMO_DATA={data}", f"DEMO_OUT={out}"]
+    done = subprocess.run(["make", "demo", *paths,
+                           "DEMO_ARGS=--participant-label 01 --dry-run"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (data / "dataset_description.json").is_file()
+    assert "nodes built, none run" in done.stderr, done.stderr
+    assert "make: Warning" not in done.stderr, done.stderr
+    for sentinel in (tmp_path / "my" / "keep", repo / "out" / "keep"):
+        sentinel.parent.mkdir()
+        sentinel.touch()
+    done = subprocess.run(["make", "clean", *paths], cwd=repo, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not data.exists() and not out.exists() and not venv.exists()
+    assert (tmp_path / "my" / "keep").exists() and (repo / "out" / "keep").exists()
