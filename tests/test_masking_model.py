@@ -881,3 +881,23 @@ def test_train_masker_refuses_out_that_is_an_input_model(tmp_path, capsys, monke
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert "it would be overwritten" in err and "hint: name another OUT" in err, err
     assert all((tmp_path / n).read_bytes() == b"a member" for n in ("a1.keras", "a2.keras"))
+
+
+def test_a_missing_data_folder_names_where_it_was_looked_for(tmp_path, capsys, monkeypatch):
+    """From an installed package the default data folder is beside site-packages: the
+    message named that path and hinted at --data-dir only, not SAMRI_ML_SHARED_DATA."""
+    from samri_ml.cli.evaluate_masker import main as evaluate
+    from samri_ml.cli.train_masker import main as train
+
+    missing = tmp_path / "no_data"
+    hint = "data folder not found; hint: pass --data-dir DIR or set SAMRI_ML_SHARED_DATA"
+    for main, argv in ((evaluate, []), (train, [str(tmp_path / "m.keras")])):
+        assert main([*argv, "--data-dir", str(missing)]) == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+            f"error: --data-dir {missing}: {hint}")
+        monkeypatch.setenv("SAMRI_ML_SHARED_DATA", str(missing))
+        assert main(argv) == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+            f"error: SAMRI_ML_SHARED_DATA={missing}: {hint}")
+        monkeypatch.delenv("SAMRI_ML_SHARED_DATA")
+    assert sorted(tmp_path.iterdir()) == []
