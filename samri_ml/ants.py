@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import sysconfig
 from pathlib import Path
@@ -115,6 +116,9 @@ def ensure_ants_on_path() -> str:
     if system is not None:
         return f"system ANTs ({system})"
     ours = scripts_dir()
+    elsewhere = shutil.which("antsRegistration")  # another environment's samri_ml scripts
+    if not (ours / "antsRegistration").exists() and elsewhere:
+        return f"antspyx ANTs ({Path(elsewhere).parent})"
     if not (ours / "antsRegistration").exists():
         raise RuntimeError(
             "no antsRegistration found: install ANTs, or reinstall samri_ml so its "
