@@ -99,9 +99,14 @@ def test_one_tensorflow_that_has_a_wheel_for_the_platform(built, platform):
 
     env, want = PLATFORMS[platform]
     env = {**env, "python_version": "3.11", "extra": ""}
-    needed = [r.name for r in map(Requirement, _requirements(built["wheel"]))
+    needed = [r for r in map(Requirement, _requirements(built["wheel"]))
               if r.marker is None or r.marker.evaluate(env)]
-    assert [n for n in needed if n.startswith("tensorflow")] == [want], needed
+    tensorflow = [r for r in needed if r.name.startswith("tensorflow")]
+    assert [r.name for r in tensorflow] == [want], needed
+    # TensorFlow 2.16 with the Keras the models need (3.15) ended every masking and plate
+    # command with an "Exception ignored in AtomicFunction.__del__" traceback (measured with
+    # 2.16.2; 2.17.1 is clean)
+    assert not tensorflow[0].specifier.contains("2.16.2")
 
 
 def test_test_tools_are_not_runtime_requirements(built):
