@@ -5,7 +5,13 @@
 set -euo pipefail
 work=${1:-compare_example}
 bin=$(dirname "$0")/../.venv/bin
-[ -x "$bin/samri_ml-example" ] || bin=$(dirname "$(command -v samri_ml-example)")
+if [ ! -x "$bin/samri_ml-example" ]; then
+  # without this check: "./samri_ml-example: No such file or directory"
+  command -v samri_ml-example >/dev/null || { echo "compare_workflows.sh: samri_ml-example" \
+    "not found (no .venv beside examples/, none on PATH); hint: make install, or activate" \
+    "the environment samri_ml is installed in" >&2; exit 1; }
+  bin=$(dirname "$(command -v samri_ml-example)")
+fi
 "$bin/samri_ml-example" "$work/bids" --subjects 3
 tpl="$work/bids/template/tpl-Phantom_T2w.nii.gz"
 mask="$work/bids/template/tpl-Phantom_desc-brain_mask.nii.gz"

@@ -3,7 +3,9 @@
 antspyx compiles antsRegistration, antsApplyTransforms and N4BiasFieldCorrection into its
 extension module; each takes an ordinary ``argv`` list. The console scripts declared in
 ``setup.cfg`` call them, so ``nipype.interfaces.ants`` runs them unchanged. A system ANTs on
-``PATH`` wins: :func:`ensure_ants_on_path` only adds our scripts where none is found.
+``PATH`` wins: :func:`ensure_ants_on_path` only adds our scripts where none is found, and our
+scripts hand over to it where it lies behind them on ``PATH`` (an activated virtual environment
+puts its scripts first, and a system ANTs was then never used).
 """
 
 from __future__ import annotations
@@ -46,9 +48,38 @@ def run_program(name: str, argv: list[str]) -> int:
     return int(status or 0)
 
 
+#: set for a system ANTs started by one of our scripts: a system "antsRegistration" that is
+#: itself a wrapper calling antsRegistration from PATH then gets antspyx's, not ours again
+_HANDED_OVER = "SAMRI_ML_ANTS_HANDED_OVER"
+
+
+def _is_ours(program: Path) -> bool:
+    """Whether ``program`` is one of samri_ml's console scripts (of any environment)."""
+    try:
+        with open(program, "rb") as f:
+            return b"samri_ml.ants" in f.read(4096)
+    except OSError:
+        return False
+
+
+def system_ants_dir() -> Path | None:
+    """The folder of the first ``antsRegistration`` on ``PATH`` that is not a samri_ml script
+    (a system ANTs, wherever it is on ``PATH``), or None."""
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        program = Path(entry or ".", "antsRegistration")
+        if program.is_file() and os.access(program, os.X_OK) and not _is_ours(program):
+            return program.parent
+    return None
+
+
 def _entry(name):
     def main() -> None:
         import signal
+
+        system = None if os.environ.get(_HANDED_OVER) else system_ants_dir()
+        if system is not None and os.access(system / name, os.X_OK):
+            os.environ[_HANDED_OVER] = "1"
+            os.execv(system / name, [str(system / name), *sys.argv[1:]])
 
         # Ctrl-C ends the program as it ends the compiled ANTs tools (Python would raise
         # KeyboardInterrupt, with a traceback, only once the C++ call returned); an ignored
@@ -77,13 +108,17 @@ def scripts_dir() -> Path:
 def ensure_ants_on_path() -> str:
     """Make ``antsRegistration`` & co. reachable for Nipype; return which ANTs is used.
 
-    A system ANTs already on ``PATH`` is kept. Otherwise the antspyx-backed scripts of this
-    environment are put first on ``PATH`` (inherited by MultiProc workers and cluster jobs).
+    A system ANTs on ``PATH`` is kept, also behind our scripts (they hand over to it).
+    Otherwise the antspyx-backed scripts of this environment are put first on ``PATH``
+    (inherited by MultiProc workers and cluster jobs).
     """
-    found = shutil.which("antsRegistration")
+    system = system_ants_dir()
+    if system is not None:
+        return f"system ANTs ({system})"
     ours = scripts_dir()
-    if found and Path(found).parent != ours:
-        return f"system ANTs ({Path(found).parent})"
+    elsewhere = shutil.which("antsRegistration")  # another environment's samri_ml scripts
+    if not (ours / "antsRegistration").exists() and elsewhere:
+        return f"antspyx ANTs ({Path(elsewhere).parent})"
     if not (ours / "antsRegistration").exists():
         raise RuntimeError(
             "no antsRegistration found: install ANTs, or reinstall samri_ml so its "

@@ -1,5 +1,6 @@
 """The antspyx-backed ANTs executables behave like a system ANTs for Nipype."""
 
+import os
 import subprocess
 
 import nibabel as nb
@@ -7,7 +8,7 @@ import numpy as np
 from nipype.interfaces.ants import ApplyTransforms, N4BiasFieldCorrection, Registration
 from nipype.interfaces.ants.base import Info
 
-from samri_ml.ants import PROGRAMS, ensure_ants_on_path
+from samri_ml.ants import PROGRAMS, ensure_ants_on_path, scripts_dir
 
 
 def test_programs_answer_version():
@@ -24,6 +25,39 @@ def test_nipype_sees_a_version():
 
 def test_ensure_is_idempotent():
     assert ensure_ants_on_path() == ensure_ants_on_path()
+
+
+def _system_ants(folder, body):
+    """A system ANTs stand-in (none is installed here): the three programs as shell scripts."""
+    folder.mkdir()
+    for prog in PROGRAMS:
+        (folder / prog).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / prog).chmod(0o755)
+    return folder
+
+
+def test_a_system_ants_behind_our_scripts_on_path_is_used(tmp_path, monkeypatch):
+    """README: "a system ANTs on PATH is used instead when present". With the virtual
+    environment activated (its bin/, our scripts, first on PATH) ours were used, and
+    samri_ml-register said "antspyx ANTs"; now our scripts hand over to the system's."""
+    system = _system_ants(tmp_path / "ants", 'echo "ANTs Version: 9.9.9 $(basename $0) $*"')
+    monkeypatch.setenv("PATH", os.pathsep.join([str(scripts_dir()), str(system), "/usr/bin",
+                                                "/bin"]))
+    assert ensure_ants_on_path() == f"system ANTs ({system})"
+    for prog in PROGRAMS:
+        out = subprocess.run([prog, "--version"], capture_output=True, text=True, timeout=60)
+        assert out.stdout == f"ANTs Version: 9.9.9 {prog} --version\n", out
+
+
+def test_a_system_wrapper_that_calls_ants_from_path_does_not_loop(tmp_path, monkeypatch):
+    """A system "antsRegistration" that is itself a wrapper (a module system's shim) calling
+    antsRegistration from PATH reaches ours again: ours then run antspyx's ANTs."""
+    system = _system_ants(tmp_path / "ants", 'echo shim; exec $(basename $0) "$@"')
+    monkeypatch.setenv("PATH", os.pathsep.join([str(scripts_dir()), str(system), "/usr/bin",
+                                                "/bin"]))
+    out = subprocess.run(["antsRegistration", "--version"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("shim\nANTs Version: v"), out
 
 
 def test_real_registration_recovers_a_shift(tmp_path):

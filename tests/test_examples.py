@@ -80,3 +80,24 @@ def test_add_maskbrain_example_registers_better_than_no_registration(example_dat
     identity = ants.resample_image_to_target(moving, fixed, interp_type="nearestNeighbor")
     ref = fixed.numpy() > 0
     assert dice(warped.numpy() > 0, ref) > max(0.9, dice(identity.numpy() > 0, ref))
+
+
+def test_compare_workflows_without_samri_ml_says_so_in_one_line(tmp_path):
+    """``bash examples/compare_workflows.sh`` with no .venv beside examples/ and samri_ml not
+    on PATH failed with "./samri_ml-example: No such file or directory"."""
+    import shutil
+    import subprocess
+
+    if shutil.which("samri_ml-example", path="/usr/bin:/bin"):
+        pytest.skip("samri_ml is installed system-wide here")
+    script = tmp_path / "examples" / "compare_workflows.sh"  # no .venv beside this copy
+    script.parent.mkdir()
+    shutil.copy2(EXAMPLES / "compare_workflows.sh", script)
+    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "compare_workflows.sh: samri_ml-example not found (no .venv beside examples/, none on "
+        "PATH); hint: make install, or activate the environment samri_ml is installed in"]
+    assert not (tmp_path / "work").exists()

@@ -161,3 +161,57 @@ def test_an_unknown_precision_stops_a_command_with_one_line(tmp_path, monkeypatc
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "SAMRI_ML_PRECISION=half: unknown precision" in lines[0]
     assert not (tmp_path / "mask.nii.gz").exists()
+
+
+def _model_keras_refuses(tmp_path, saved_by: str):
+    """The shipped U-Net's file as a later Keras might write it: an argument this Keras does
+    not know in a layer's configuration, and ``saved_by`` in its metadata."""
+    import json
+    import zipfile
+
+    from samri_ml.masking.predict import default_model_path
+
+    out = tmp_path / f"saved_by_{saved_by}.keras"
+    with zipfile.ZipFile(default_model_path()) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                config["config"]["layers"][1]["config"]["future_option"] = True
+                data = json.dumps(config).encode()
+            elif item.filename == "metadata.json":
+                data = json.dumps({**json.loads(data), "keras_version": saved_by}).encode()
+            dst.writestr(item, data)
+    return out
+
+
+def test_a_model_from_a_newer_keras_is_refused_in_one_short_line(tmp_path, capsys,
+                                                                 example_dataset):
+    """With Keras 3.3-3.14 (which setup.cfg allowed) the shipped models failed to load, and
+    samri_ml-mask and samri_ml-identify-plate printed the whole model configuration (about 40
+    kB) as their "one line". A model saved by a newer Keras says so, with a hint; another
+    failure gives Keras' innermost cause, shortened."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main as identify
+    from samri_ml.cli.mask import main as mask
+
+    version = inference.import_keras().__version__
+    scan = next(example_dataset.glob("sub-01/ses-1/anat/*_T2w.nii.gz"))
+    section = tmp_path / "section.png"
+    picture = np.random.default_rng(0).integers(0, 60, (160, 200)).astype(np.uint8)
+    cv2.ellipse(picture, (100, 80), (80, 60), 0, 0, 360, 200, -1)  # a section-like blob
+    cv2.imwrite(str(section), picture)
+    newer = _model_keras_refuses(tmp_path, "99.0.0")
+    same = _model_keras_refuses(tmp_path, version)
+    for prog, main, argv in (("samri_ml-mask", mask, [str(scan), str(tmp_path / "m.nii.gz")]),
+                             ("samri_ml-identify-plate", identify, [str(section)])):
+        assert main([*argv, "--model", str(newer)]) == 1
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ": note: " not in ln]
+        assert err == [f"{prog}: error: {newer}: cannot load the model (saved by Keras 99.0.0, "
+                       f"this is Keras {version}); hint: pip install -U 'keras>=99.0.0'"], err
+        assert main([*argv, "--model", str(same)]) == 1
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ": note: " not in ln]
+        assert len(err) == 1 and len(err[0]) < 500, err
+        assert f"{prog}: error: {same}: " in err[0] and "future_option" in err[0], err
+    assert not (tmp_path / "m.nii.gz").exists()

@@ -911,3 +911,38 @@ def test_a_large_volume_is_predicted_with_few_copies_of_it(phantom):
         tracemalloc.stop()
     assert prob.shape == big.shape and prob.dtype == np.float32
     assert peak < 4 * big.nbytes + 3 * slices, (peak / big.nbytes, peak / 1e6)
+
+
+def test_a_missing_data_folder_names_where_it_was_looked_for(tmp_path, capsys, monkeypatch):
+    """From an installed package the default data folder is beside site-packages: the
+    message named that path and hinted at --data-dir only, not SAMRI_ML_SHARED_DATA
+    (samri_ml-evaluate-plates --method mi-affine: "…/plates/atlas: not a directory")."""
+    from samri_ml.cli.evaluate_masker import main as evaluate
+    from samri_ml.cli.train_masker import main as train
+
+    missing = tmp_path / "no_data"
+    hint = "data folder not found; hint: pass --data-dir DIR or set SAMRI_ML_SHARED_DATA"
+    for main, argv in ((evaluate, []), (train, [str(tmp_path / "m.keras")])):
+        assert main([*argv, "--data-dir", str(missing)]) == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+            f"error: --data-dir {missing}: {hint}")
+        monkeypatch.setenv("SAMRI_ML_SHARED_DATA", str(missing))
+        assert main(argv) == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+            f"error: SAMRI_ML_SHARED_DATA={missing}: {hint}")
+        monkeypatch.delenv("SAMRI_ML_SHARED_DATA")
+    assert sorted(tmp_path.iterdir()) == []
+    # samri_ml-evaluate-plates --method mi-affine reads its atlas there unless --atlas is given
+    import cv2
+
+    from samri_ml.cli.evaluate_plates import main as evaluate_plates
+
+    (tmp_path / "secs").mkdir()
+    section = np.random.default_rng(0).integers(0, 40, (120, 160)).astype(np.uint8)
+    cv2.ellipse(section, (80, 60), (50, 35), 0, 0, 360, 200, -1)
+    cv2.imwrite(str(tmp_path / "secs" / "60.png"), section)
+    monkeypatch.setenv("SAMRI_ML_SHARED_DATA", str(missing))
+    assert evaluate_plates(["--images", str(tmp_path / "secs"), "--method", "mi-affine"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: SAMRI_ML_SHARED_DATA={missing}: data folder not found; hint: pass --atlas DIR "
+        "or set SAMRI_ML_SHARED_DATA")

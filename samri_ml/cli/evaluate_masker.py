@@ -115,13 +115,12 @@ def _main(argv=None) -> int:
     if args.figures is not None:
         check_output_dir(parser, f"--figures {args.figures}", args.figures)
     from samri_ml.io import json_dumps
-    from samri_ml.masking.data import real_scans, shared_data_dir
+    from samri_ml.masking.data import real_scans
     from samri_ml.masking.evaluate import by_source, evaluate, report
     from samri_ml.masking.predict import default_model_path, load_model
+    from samri_ml.paths import existing_data_dir
 
-    data_dir = args.data_dir or shared_data_dir()
-    if not Path(data_dir).is_dir():
-        raise SamriMLError(f"{data_dir}: data folder not found; hint: pass --data-dir")
+    data_dir = existing_data_dir(args.data_dir)
     model_path = args.model or default_model_path()
     held_out = args.held_out if args.held_out is not None else _held_out(model_path)
     known = held_out is not None  # else nothing is known of what the model was trained on

@@ -67,7 +67,8 @@ def run(args) -> int:
     from samri_ml.models.inference import PLATE_PARALLEL_OPS
 
     set_tf_threads(args.threads, PLATE_PARALLEL_OPS)
-    from samri_ml.plates.data import load_atlas, load_sections, shared_data_dir
+    from samri_ml.paths import existing_data_dir
+    from samri_ml.plates.data import load_atlas, load_sections
     from samri_ml.plates.metrics import format_metrics, ranking_metrics
 
     paths, labels, imgs = load_sections(args.images)
@@ -93,7 +94,10 @@ def run(args) -> int:
         from samri_ml.plates.baseline import rank_mi_affine
         from samri_ml.plates.data import preprocess
 
-        atlas = Path(args.atlas) if args.atlas else shared_data_dir() / "plates" / "atlas"
+        # from an installed package the default was "…/lib/python3.11/shared/data/plates/atlas:
+        # not a directory", without a hint
+        atlas = (Path(args.atlas) if args.atlas
+                 else existing_data_dir(option="--atlas") / "plates" / "atlas")
         plates, pimgs = load_atlas(atlas)
         _check_labels(paths, labels, plates)
         pp = [preprocess(p, args.size) for p in pimgs]

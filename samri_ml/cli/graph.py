@@ -54,14 +54,16 @@ def _main(argv=None) -> int:
     else:
         import tempfile
 
-        # the QC nodes take the raw scans as File(exists=True) inputs: empty stand-ins, only
-        # while the workflow is built and drawn
+        # the QC nodes take the raw scans, and the exec graph (identity nodes removed, their
+        # values set on the nodes) the template too, as File(exists=True) inputs: empty
+        # stand-ins, only while the workflow is built and drawn (--type exec was a TraitError)
         tmp = tempfile.TemporaryDirectory(prefix="samri_ml-graph-")
-        anat = Path(tmp.name, "sub-01_T2w.nii.gz")
-        bold = Path(tmp.name, "sub-01_task-rest_bold.nii.gz")
-        anat.touch()
-        bold.touch()
-        wf = init_generic_wf(template="template.nii.gz", template_mask="mask.nii.gz",
+        anat, bold, template, mask = (Path(tmp.name, name) for name in (
+            "sub-01_T2w.nii.gz", "sub-01_task-rest_bold.nii.gz", "template.nii.gz",
+            "mask.nii.gz"))
+        for stand_in in (anat, bold, template, mask):
+            stand_in.touch()
+        wf = init_generic_wf(template=str(template), template_mask=str(mask),
                              anat_file=str(anat), bold_files=[str(bold)],
                              bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": [0.0, 0.5]}],
                              output_dir="derivatives", method=args.method, flavour=args.flavour,

@@ -162,8 +162,8 @@ def get_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    from samri_ml.masking.data import shared_data_dir
     from samri_ml.masking.train import TrainConfig, average, train
+    from samri_ml.paths import existing_data_dir
 
     if args.epochs_plain == 0 and args.epochs_augmented == 0 and not args.average_of:
         parser.error("--epochs-plain and --epochs-augmented are both 0: nothing to train")
@@ -184,9 +184,7 @@ def _main(argv=None) -> int:
                      f"{args.out / 'masker.keras'}")
     # up front, not after the training (OUT's folder is created where missing)
     check_output_dir(parser, f"OUT {args.out}", args.out.parent)
-    data_dir = args.data_dir or shared_data_dir()
-    if not Path(data_dir).is_dir():
-        raise SamriMLError(f"{data_dir}: data folder not found; hint: pass --data-dir")
+    data_dir = existing_data_dir(args.data_dir)
     if args.out.suffix != ".keras":
         raise SamriMLError(f"{args.out}: the model file must end in .keras")
     if args.init and not args.init.is_file():  # before the data set is built

@@ -80,10 +80,9 @@ def load_model(path=None):
     except SamriMLError:
         raise
     except Exception as err:  # keras raises many types for a bad file
-        cause = f"{type(err).__name__}: {err}"
-        if "File not found" in str(err):  # Keras' words for a file that is no .keras archive
-            cause = "not a .keras archive"
-        raise SamriMLError(f"{path}: cannot load the model ({cause})") from err
+        from samri_ml.models.inference import keras_load_failure
+
+        raise SamriMLError(keras_load_failure(path, err)) from err
 
 
 def predict_probabilities(model, slices: np.ndarray, batch_size: int = 256) -> np.ndarray:

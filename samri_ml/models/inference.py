@@ -58,6 +58,46 @@ def import_keras():
     return keras
 
 
+def keras_load_failure(path, err: Exception, words: str = "cannot load the model") -> str:
+    """One line for a ``.keras`` file that Keras failed to load: ``PATH: WORDS (CAUSE)``.
+
+    A model saved by a newer Keras than the one installed is said as such, with a hint (Keras
+    3.3-3.14 refused the shipped models, saved by 3.15, with the whole model configuration, some
+    40 kB, in the message); otherwise the cause is Keras' innermost one, shortened.
+    """
+    import keras
+
+    saved = _saved_keras_version(path)
+    if saved and _version_key(saved) > _version_key(keras.__version__):
+        return (f"{path}: cannot load the model (saved by Keras {saved}, this is Keras "
+                f"{keras.__version__}); "
+                f"hint: pip install -U 'keras>={saved}'")
+    text = str(err)
+    if "File not found" in text.split(". ")[0]:  # Keras' words for a file that is no .keras zip
+        return f"{path}: {words} (not a .keras archive)"
+    innermost = text.rsplit("Exception encountered:", 1)[-1].strip().splitlines()
+    cause = f"{type(err).__name__}: {innermost[0] if innermost else ''}".rstrip(": ")
+    return f"{path}: {words} ({cause if len(cause) <= 300 else cause[:297] + '...'})"
+
+
+def _saved_keras_version(path) -> str | None:
+    """The Keras version a ``.keras`` archive was saved by (its ``metadata.json``), or None."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return str(json.loads(archive.read("metadata.json"))["keras_version"])
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return None
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
 #: where the precision of the shipped networks' forward pass is chosen (``auto``, ``float32``,
 #: ``bfloat16``); see :func:`inference_precision`
 PRECISION_VARIABLE = "SAMRI_ML_PRECISION"

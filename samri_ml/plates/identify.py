@@ -320,16 +320,14 @@ class PlateIdentifier(_Ranker):
     @property
     def model(self):
         if self._model is None:
-            from samri_ml.models.inference import import_keras
+            from samri_ml.models.inference import import_keras, keras_load_failure
 
             keras = import_keras()
             try:
                 model = keras.saving.load_model(self.model_path, compile=False)
-            except (OSError, ValueError) as err:
-                first = str(err).split(". ")[0]
-                if "File not found" in first:  # Keras' words for a file that is no .keras zip
-                    first = "not a .keras archive"
-                raise SamriMLError(f"{self.model_path}: not a Keras model ({first})") from err
+            except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad file
+                raise SamriMLError(keras_load_failure(self.model_path, err,
+                                                      "not a Keras model")) from err
             if not _is_embedding(model):  # a masker, say: it failed deep in numpy
                 raise SamriMLError(
                     f"{self.model_path}: not a plate embedding model (it takes "

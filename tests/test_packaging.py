@@ -1,0 +1,220 @@
+"""What ``pip install samri_ml`` gives a lab: the wheel and the sdist built from this tree (real
+builds, with the setuptools at hand), their data files and their requirements."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "samri_ml" / "data"
+SDIST_FOLDERS = ("docs", "examples", "tests", "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """A wheel and an sdist of a copy of the source (a build in place leaves ``build/`` and
+    ``*.egg-info`` in the checkout)."""
+    tmp = tmp_path_factory.mktemp("packaging")
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.rst", "MANIFEST.in", "Makefile"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("samri_ml", *SDIST_FOLDERS):
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    dist = tmp / "dist"
+    for command in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                     "--no-cache-dir", "-q", "-w", str(dist), str(src)],
+                    [sys.executable, "-c", "import sys; from setuptools import build_meta as b; "
+                     "b.build_sdist(sys.argv[1])", str(dist)]):
+        done = subprocess.run(command, cwd=src, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = dist.glob("samri_ml-*.whl")
+    (sdist,) = dist.glob("samri_ml-*.tar.gz")
+    return {"wheel": wheel, "sdist": sdist}
+
+
+def _requirements(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as z:
+        (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        text = z.read(meta).decode()
+    return [ln.split(":", 1)[1].strip() for ln in text.splitlines()
+            if ln.startswith("Requires-Dist:")]
+
+
+def test_wheel_and_sdist_ship_every_data_file(built):
+    """The models, plate indexes, router and registration settings the commands load at run
+    time are in both archives, byte for byte."""
+    shipped = {p.relative_to(ROOT).as_posix(): p.read_bytes() for p in DATA.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert {"samri_ml/data/models/unet_brainmask.keras", "samri_ml/data/models/plates_index.npz",
+            "samri_ml/data/models/plates_router.json",
+            "samri_ml/data/registration/fast.json"} <= set(shipped)
+    with zipfile.ZipFile(built["wheel"]) as z:
+        assert {n: z.read(n) for n in shipped if n in z.namelist()} == shipped
+    with tarfile.open(built["sdist"]) as t:
+        top = t.getnames()[0].split("/")[0]
+        in_sdist = {n: t.extractfile(f"{top}/{n}").read() for n in shipped
+                    if f"{top}/{n}" in t.getnames()}
+    assert in_sdist == shipped
+
+
+def test_sdist_carries_what_the_readme_points_to(built):
+    """The sdist held the package only: the README it carries points to ``make demo``,
+    docs/*.rst, examples/ and the tests, none of which were in it."""
+    with tarfile.open(built["sdist"]) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    wanted = {"Makefile", "docs/masking.rst", "docs/plates.rst", "docs/errors.rst",
+              "docs/cluster.rst", "examples/compare_workflows.sh", "tests/conftest.py",
+              "tests/test_packaging.py", "benchmarks/example_accuracy.py"}
+    assert wanted <= names, sorted(wanted - names)
+    for folder in SDIST_FOLDERS:
+        tracked = {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts}
+        assert tracked <= names, sorted(tracked - names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+# the platforms a lab installs on; tensorflow-cpu has wheels for the first two only
+PLATFORMS = {
+    "linux x86_64": ({"sys_platform": "linux", "platform_machine": "x86_64"}, "tensorflow-cpu"),
+    "windows": ({"sys_platform": "win32", "platform_machine": "AMD64"}, "tensorflow-cpu"),
+    "mac arm64": ({"sys_platform": "darwin", "platform_machine": "arm64"}, "tensorflow"),
+    "linux aarch64": ({"sys_platform": "linux", "platform_machine": "aarch64"}, "tensorflow"),
+}
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_one_tensorflow_that_has_a_wheel_for_the_platform(built, platform):
+    """``pip install samri_ml`` on an Apple-silicon Mac failed: it required tensorflow-cpu,
+    which has no macOS wheel (tensorflow has). Exactly one of the two is required anywhere."""
+    from packaging.requirements import Requirement
+
+    env, want = PLATFORMS[platform]
+    env = {**env, "python_version": "3.11", "extra": ""}
+    needed = [r for r in map(Requirement, _requirements(built["wheel"]))
+              if r.marker is None or r.marker.evaluate(env)]
+    tensorflow = [r for r in needed if r.name.startswith("tensorflow")]
+    assert [r.name for r in tensorflow] == [want], needed
+    # TensorFlow 2.16 with the Keras the models need (3.15) ended every masking and plate
+    # command with an "Exception ignored in AtomicFunction.__del__" traceback (measured with
+    # 2.16.2; 2.17.1 is clean)
+    assert not tensorflow[0].specifier.contains("2.16.2")
+
+
+def test_test_tools_are_not_runtime_requirements(built):
+    """pytest was a requirement of every install (only samri_ml's own tests use it); it is in
+    the ``test`` extra with the other test tools."""
+    from packaging.requirements import Requirement
+
+    runtime, test = [], []
+    for r in map(Requirement, _requirements(built["wheel"])):
+        (test if r.marker is not None and r.marker.evaluate({"extra": "test"})
+         and not r.marker.evaluate({"extra": ""}) else runtime).append(r.name)
+    assert not {"pytest", "pytest-timeout", "hypothesis", "ruff"} & set(runtime), runtime
+    assert {"pytest", "pytest-timeout", "hypothesis"} <= set(test), test
+
+
+def _older_python() -> str | None:
+    """A real Python older than 3.11 on this machine, if there is one."""
+    import glob
+    import os
+
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(10, 5, -1)]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3")))
+    for exe in filter(None, candidates):
+        done = subprocess.run([exe, "-c", "import sys; print(sys.version_info[1])"],
+                              capture_output=True, text=True)
+        if done.returncode == 0 and int(done.stdout) < 11:
+            return exe
+    return None
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_refuses_a_missing_or_old_python_in_one_line(tmp_path):
+    """``make demo`` with only an older Python stopped on an AssertionError traceback that
+    did not say which Python it had found; without any, on ``-c: command not found``."""
+    for name in ("Makefile", "setup.cfg", "pyproject.toml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    cases = [("", "make: no python3.11 or python3 on PATH; hint: install Python 3.11, or give "
+                  "it: make demo PYTHON=/path/to/python3.11")]
+    old = _older_python()
+    if old:
+        minor = subprocess.run([old, "-c", "import sys; print(sys.version_info[1])"],
+                               capture_output=True, text=True).stdout.strip()
+        cases.append((old, f"make: PYTHON={old} is Python 3.{minor}; samri_ml needs 3.11 or "
+                           "newer; hint: make demo PYTHON=/path/to/python3.11"))
+    for python, message in cases:
+        done = subprocess.run(["make", "demo", f"PYTHON={python}"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0
+        assert done.stderr.splitlines()[0] == message, done.stderr
+        assert "Traceback" not in done.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "pyproject.toml",
+                                                              "setup.cfg"]
+    if not old:
+        pytest.skip("the missing Python was checked; no Python older than 3.11 here")
+
+
+def test_keras_floor_loads_the_shipped_models(built):
+    """setup.cfg allowed Keras 3.3, and Keras 3.3-3.14 cannot load the shipped models (saved
+    by 3.15: initialisers' ``input_axes``, Resizing's ``antialias``): an install that kept an
+    older Keras failed on the first mask or plate. The floor is the newest saving version."""
+    import json
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    saved = max(Version(json.loads(zipfile.ZipFile(p).read("metadata.json"))["keras_version"])
+                for p in DATA.rglob("*.keras"))
+    (keras,) = [r for r in map(Requirement, _requirements(built["wheel"])) if r.name == "keras"]
+    assert keras.specifier.contains(str(saved))
+    assert not keras.specifier.contains(f"{saved.major}.{saved.minor - 1}.99"), keras
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_and_clean_take_paths_with_spaces(tmp_path):
+    """The Makefile did not quote DEMO_DATA and DEMO_OUT: ``make clean DEMO_OUT="~/Lab
+    Data/demo"`` removed ``~/Lab`` and ``./Data/demo``, and ``make demo`` with such a path gave
+    the commands broken arguments. Real commands of this environment, a dry-run registration."""
+    import os
+    import time
+
+    scripts = Path(sys.executable).parent
+    if not (scripts / "samri_ml-register").exists():
+        pytest.skip(f"samri_ml's commands are not installed beside {sys.executable}")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("Makefile", "setup.cfg", "pyproject.toml"):
+        shutil.copy2(ROOT / name, repo / name)
+    for name in ("setup.cfg", "pyproject.toml"):  # `make install` done: its stamp is newer
+        os.utime(repo / name, (time.time() - 60, time.time() - 60))
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".samri_ml-installed").touch()
+    # (a template path with a space is refused by samri_ml-register: the ANTs steps cannot
+    # take it; an output folder can have one)
+    data, out = tmp_path / "my_data", tmp_path / "my out"
+    paths = [f"VENV={venv}", f"BIN={scripts}", f"DEMO_DATA={data}", f"DEMO_OUT={out}"]
+    done = subprocess.run(["make", "demo", *paths,
+                           "DEMO_ARGS=--participant-label 01 --dry-run"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (data / "dataset_description.json").is_file()
+    assert "nodes built, none run" in done.stderr, done.stderr
+    assert "make: Warning" not in done.stderr, done.stderr
+    for sentinel in (tmp_path / "my" / "keep", repo / "out" / "keep"):
+        sentinel.parent.mkdir()
+        sentinel.touch()
+    done = subprocess.run(["make", "clean", *paths], cwd=repo, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not data.exists() and not out.exists() and not venv.exists()
+    assert (tmp_path / "my" / "keep").exists() and (repo / "out" / "keep").exists()
