@@ -74,16 +74,39 @@ def scripts_dir() -> Path:
     return Path(sysconfig.get_paths()["scripts"])
 
 
+def _system_ants() -> Path | None:
+    """The folder of an ANTs on ``PATH`` that is not this environment's antspyx-backed one."""
+    found = shutil.which("antsRegistration")
+    if found and Path(found).parent != scripts_dir():
+        return Path(found).parent
+    return None
+
+
+def program(name: str) -> str:
+    """The command Nipype's interface for ANTs program ``name`` runs: the absolute path of
+    this environment's antspyx-backed script where that is the ANTs :func:`ensure_ants_on_path`
+    uses, else ``name`` (a system ANTs, found on ``PATH``).
+
+    A cluster job does not always get the submitting shell's ``PATH`` (a batch ``template``
+    without ``#PBS -V`` or ``#$ -V``, ``sbatch --export=NONE``): it runs this environment's
+    Python by its path, and found no ``N4BiasFieldCorrection`` by its name.
+    """
+    ours = scripts_dir() / name
+    if _system_ants() is None and ours.exists():
+        return str(ours)
+    return name
+
+
 def ensure_ants_on_path() -> str:
     """Make ``antsRegistration`` & co. reachable for Nipype; return which ANTs is used.
 
     A system ANTs already on ``PATH`` is kept. Otherwise the antspyx-backed scripts of this
     environment are put first on ``PATH`` (inherited by MultiProc workers and cluster jobs).
     """
-    found = shutil.which("antsRegistration")
+    system = _system_ants()
+    if system is not None:
+        return f"system ANTs ({system})"
     ours = scripts_dir()
-    if found and Path(found).parent != ours:
-        return f"system ANTs ({Path(found).parent})"
     if not (ours / "antsRegistration").exists():
         raise RuntimeError(
             "no antsRegistration found: install ANTs, or reinstall samri_ml so its "
