@@ -8,12 +8,20 @@ whose jobs do not inherit the login shell's environment (a batch ``template`` wi
 
 from __future__ import annotations
 
+import html
 import json
+import subprocess
 
 import pytest
 
 from samri_ml.testing.pbs import FakePBS
-from samri_ml.testing.runs import compare_outputs, reference_run, report, run_register
+from samri_ml.testing.runs import (
+    compare_outputs,
+    reference_run,
+    register_command,
+    report,
+    run_register,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -36,3 +44,31 @@ def test_jobs_without_the_environment_find_ants(example_dataset, tmp_path, tmp_p
     diff = compare_outputs(reference["out"], out)
     print("\n" + report(diff, "PBS (minimal job environment) vs MultiProc"))
     assert diff and all(d["identical"] for d in diff.values()), diff
+
+
+def test_a_failed_job_is_one_line_naming_its_cause(example_dataset, tmp_path):
+    """A step failing in a cluster job (ANTs refuses a pyramid whose smoothing and shrink lists
+    differ in length) ended the run with '... says: to the node could not be found.': the tail
+    of Nipype's note that the plugin had moved the job's result file, not the cause."""
+    from samri_ml.registration import load_flavour
+
+    settings = load_flavour("fast")
+    settings["phases"]["s_translation"]["smoothing_sigmas"] = [2, 1]
+    flavour = tmp_path / "flavour.json"
+    flavour.write_text(json.dumps(settings))
+    pbs = FakePBS(tmp_path / "pbs")
+    out = tmp_path / "out"
+    cmd = [a for a in register_command(example_dataset, out, tmp_path / "work") if a != "--fast"]
+    proc = subprocess.run([*cmd, "--registration-flavour", str(flavour), "--plugin", "PBS",
+                           "--plugin-args", "poll_sleep_duration=0.5"], env=pbs.env,
+                          capture_output=True, text=True, timeout=600)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    crashes = list((out / "sub-01" / "log").glob("crash-*s_register*.txt"))
+    assert crashes and crashes[0].name in last, (last, list(out.rglob("crash-*")))
+    assert "could not be found" not in last, last
+    cause = last.split(" says: ", 1)[1]
+    assert cause.split(":")[0].endswith("Error"), last  # the exception the job raised
+    # the subject's report gives the same cause for the failed step (the line cuts it short)
+    shown = cause.split("; (rerun")[0].removesuffix("...")
+    assert html.escape(shown) in (out / "sub-01.html").read_text()

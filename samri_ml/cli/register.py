@@ -998,12 +998,12 @@ def _crash_summary(crashes: list[Path]) -> str:
     """``"<file>: <its last line>; "`` of the first crash file, for the run's one-line error."""
     if not crashes:
         return ""
+    from samri_ml.report import crash_cause
+
     try:
-        lines = [ln.strip() for ln in crashes[0].read_text(errors="replace").splitlines()
-                 if ln.strip()]
+        cause = crash_cause(crashes[0].read_text(errors="replace")) or "unreadable"
     except OSError:
-        lines = []
-    cause = lines[-1] if lines else "unreadable"
+        cause = "unreadable"
     if len(cause) > 200:
         cause = cause[:197] + "..."
     return f"{crashes[0].name} says: {cause}; "
@@ -1014,6 +1014,8 @@ def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
     (Linear) turns the interrupt into the running node's failure, and its crash file would
     send the user looking for a bug that is not there. Crash files of real failures (they
     name another exception) and of earlier runs stay."""
+    from samri_ml.report import crash_cause
+
     for path in Path(output_dir).glob("**/log/crash-*"):
         try:
             if path.stat().st_mtime < started:
@@ -1021,8 +1023,7 @@ def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        last = [ln for ln in text.splitlines() if ln.strip()][-1:]
-        if last and last[0].strip().startswith("KeyboardInterrupt"):
+        if crash_cause(text).startswith("KeyboardInterrupt"):
             path.unlink(missing_ok=True)
 
 
