@@ -163,6 +163,16 @@ def _break_extension(path: Path) -> Path:
     return path
 
 
+def _more_subjects(root: Path) -> None:
+    """sub-02 ... sub-24 beside sub-01, each with sub-01's scans under its own name."""
+    bids = root / "bids"
+    for n in range(2, 25):
+        for src in (bids / "sub-01").rglob("*.*"):
+            dst = bids / str(src.relative_to(bids)).replace("sub-01", f"sub-{n:02d}")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src)
+
+
 def _template_in_spaced_folder(root: Path) -> None:
     (root / "tpl dir").mkdir()
     shutil.copy(root / TEMPLATE, root / "tpl dir" / "tpl-Tiny_T2w.nii.gz")
@@ -179,6 +189,16 @@ CASES = [
      ["no scans match", "hint"]),
     ("unknown_participant", None, ["--participant-label", "sub-07"], 1,
      ["participant(s) 07 not found", "available: 01"]),
+    # the first 20 of 24 participants were listed as if they were all
+    ("unknown_participant_among_many", _more_subjects, ["--participant-label", "01", "99"], 1,
+     ["participant(s) 99 not found", "available: 01, 02,", "20, ... (24 in all)"]),
+    # a session no selected subject has: alone it ended in "no scans match ... check -s/-f",
+    # beside a known one it was dropped in silence
+    ("unknown_session", None, ["--session-label", "ses-3"], 1,
+     ["session(s) 3 not found", "available: 1"]),
+    ("unknown_session_beside_a_known_one", None,
+     ["--participant-label", "01", "--session-label", "1", "3"], 1,
+     ["session(s) 3 not found in the selected participants; available: 1"]),
     ("truncated_scan", lambda r: _truncate(r / "bids" / ANAT), [], 1,
      ["sub-01_ses-1_T2w.nii.gz", "truncated or corrupt"]),
     ("truncated_uncompressed_scan", _truncated_nii, [], 1, ["truncated or corrupt"]),

@@ -576,8 +576,10 @@ def check_scans(args, sessions) -> None:
 
 
 def _some(names: list[str], shown: int = 3) -> str:
-    """The first ``shown`` of ``names``, comma-separated, with ``...`` where there are more."""
-    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+    """The first ``shown`` of ``names``, comma-separated, with ``..., N in all`` where there
+    are more (the first 20 of 100 participants read as all of them)."""
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown
+                                       else "")
 
 
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> None:
@@ -639,9 +641,18 @@ def collect_sessions(args) -> list[dict]:
         missing = sorted(set(wanted) - set(subjects))
         if missing:
             raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}; "
-                               f"available: {', '.join(subjects[:20])}")
+                               f"available: {_some(subjects, 20)}")
     sessions_wanted = (_labels_once("--session-label", "ses-", args.session_label)
                        if args.session_label else None)
+    if sessions_wanted is not None:
+        # a label no selected subject has is a typo (as an unknown participant is): '3' beside
+        # '2' was dropped in silence, '3' alone ended in "no scans match ... check -s/-f"
+        present = sorted(set(layout.get_sessions(subject=wanted)))
+        missing = [s for s in sessions_wanted if s not in present]
+        if missing:
+            whose = "the selected participants" if args.participant_label else args.bids_dir
+            raise SamriMLError(f"session(s) {', '.join(missing)} not found in {whose}; "
+                               f"available: {_some(present, 20) if present else 'none'}")
 
     def query(filters, subject, session):
         filters = dict(filters)
