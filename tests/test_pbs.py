@@ -31,11 +31,15 @@ def test_jobs_without_the_environment_find_ants(example_dataset, tmp_path, tmp_p
     PATH lacks the virtual environment's bin/ (the run ended '2 step(s) failed'); the jobs now
     run the environment's ANTs by its path and give the outputs of a local run."""
     pbs = FakePBS(tmp_path / "pbs")
-    out, work = tmp_path / "out", tmp_path / "work"
+    out, work, here = tmp_path / "out", tmp_path / "work", tmp_path / "here"
+    here.mkdir()
     args = json.dumps({"poll_sleep_duration": 0.5})
     proc = run_register(example_dataset, out, work, "--plugin", "PBS", "--plugin-args", args,
-                        env=pbs.env)
+                        env=pbs.env, cwd=here)
     assert "finished; derivatives in" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    # Nipype's PBS plugin wrote its qstat output (stdout.nipype, stderr.nipype) into the
+    # current folder, which may be BIDS_DIR: it runs from the work dir
+    assert not list(here.iterdir()), list(here.iterdir())
     # Nipype names a PBS job <node>.<workflow...>, cut to 15 characters
     jobs = {line.split(" -N ")[1].split(".")[0] for line in pbs.submitted()}
     assert {"s_biascorrect", "s_register", "s_warp", "f_biascorrect", "f_register",

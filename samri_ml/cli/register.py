@@ -962,8 +962,13 @@ def _main(argv=None) -> int:
         # workers inherit the filter)
         warnings.filterwarnings("ignore", message=r"only \d+ volumes: dropping",
                                 category=UserWarning)
+        template = plugin_args.get("template")
+        if isinstance(template, str) and os.path.isfile(template):  # read in the work dir
+            plugin_args["template"] = os.path.abspath(template)
         try:
-            with quiet_interrupts() as state:
+            # from the work dir: Nipype's PBS plugin writes its qstat output (stdout.nipype,
+            # stderr.nipype) into the current folder, which may be BIDS_DIR
+            with quiet_interrupts() as state, contextlib.chdir(args.work_dir):
                 plugin_args["status_callback"] = Progress(total, stop=state,
                                                          linear=args.plugin == "Linear")
                 graph = wf.run(plugin=args.plugin, plugin_args=plugin_args)
