@@ -1016,3 +1016,18 @@ def test_a_scan_with_two_disagreeing_orientations_is_named(tmp_path, capsys):
     validate(args, parser)
     check_scans(args, collect_sessions(args))
     assert not any("two different orientations" in n for n in args.scan_notes)
+
+
+@pytest.mark.parametrize("plugin, nprocs, threads", [("PBS", "4", 1), ("MultiProc", "3", 3)])
+def test_a_cluster_run_uses_one_thread_per_ants_step_by_default(tmp_path, capsys, monkeypatch,
+                                                                plugin, nprocs, threads):
+    """Without --omp-nthreads, a cluster run gave every ANTs job as many threads as the login
+    node has cores (--nprocs' default), while a job gets one CPU unless asked for more; the
+    summary line now says how many threads each ANTs step uses."""
+    from samri_ml.testing.pbs import FakePBS
+
+    make_dataset(tmp_path)
+    monkeypatch.setenv("PATH", FakePBS(tmp_path / "pbs").env["PATH"])  # qsub, qstat
+    assert main([*_argv(tmp_path, []), "--plugin", plugin, "--nprocs", nprocs]) == 0
+    summary = capsys.readouterr().err.splitlines()[0]
+    assert f"plugin {plugin}, {threads} thread(s) per ANTs step;" in summary, summary

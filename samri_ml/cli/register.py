@@ -190,7 +190,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="processes for MultiProc; 1 runs Linear (default: the cores this job "
                    "may use)")
     g.add_argument("--omp-nthreads", type=number_in(int, 1), default=None,
-                   help="threads per ANTs call (default: --nprocs)")
+                   help="threads per ANTs call (default: --nprocs; 1 with a cluster "
+                   "plugin, whose jobs get one CPU unless asked for more)")
     g.add_argument("--mem-gb", type=number_in(float, 0, low_open=True), default=None,
                    help="memory limit for MultiProc (GB)")
     g.add_argument("--plugin", default=None,
@@ -317,7 +318,10 @@ def validate(args, parser) -> None:
     # the real run would
     check_scheduler(args.plugin)
     if args.omp_nthreads is None:
-        args.omp_nthreads = args.nprocs
+        # a cluster job gets one CPU unless its sbatch_args/qsub_args ask for more: not as many
+        # threads as the login node has cores (--nprocs' default), every ANTs step
+        # oversubscribing its CPU and no two runs alike (threads change ANTs' sums)
+        args.omp_nthreads = 1 if args.plugin in SCHEDULER_PROGRAMS else args.nprocs
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
 
@@ -1053,7 +1057,8 @@ def _announce(args, sessions, wf, ants) -> None:
     n_scans = sum(len(_scans(item)) for item in sessions)
     print(f"{PROG}: {len(sessions)} session(s), {n_scans} scan(s); template "
           f"{args.template_name}; flavour {args.registration_flavour}; masking "
-          f"{args.masking}; plugin {args.plugin}; {ants}; work dir {args.work_dir}",
+          f"{args.masking}; plugin {args.plugin}, {args.omp_nthreads} thread(s) per ANTs step; "
+          f"{ants}; work dir {args.work_dir}",
           file=sys.stderr)
     for note in getattr(args, "scan_notes", []):
         print(f"{PROG}: note: {note}", file=sys.stderr)
