@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -76,3 +79,42 @@ def test_a_failed_job_is_one_line_naming_its_cause(example_dataset, tmp_path):
     # the subject's report gives the same cause for the failed step (the line cuts it short)
     shown = cause.split("; (rerun")[0].removesuffix("...")
     assert html.escape(shown) in (out / "sub-01.html").read_text()
+
+
+def test_ctrl_c_cancels_the_jobs_of_the_run(example_dataset, tmp_path):
+    """Ctrl-C on the submitting command left its queued and running jobs to the scheduler
+    (Nipype does not cancel them): they went on writing into the work dir while a rerun with
+    the same -w submitted the same steps again. They are cancelled now, and a note says so;
+    the rerun finishes."""
+    pbs = FakePBS(tmp_path / "pbs")
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ("--plugin", "PBS", "--plugin-args", "poll_sleep_duration=0.5")
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    # Ctrl-C's default action (a shell's background job ignores SIGINT); the jobs run in
+    # sessions of their own, so the signal reaches the submitting command only, as on a cluster
+    proc = subprocess.Popen(register_command(example_dataset, out, work, *args), env=pbs.env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while not (any(" -N s_register" in job for job in pbs.submitted()) and pbs.running()):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "no registration job started in 300 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # its poll of qstat has seen it running
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    text = (tmp_path / "first.log").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.startswith("[")]  # the progress lines
+    assert rc == 130 and lines[-1] == "samri_ml-register: interrupted", text[-2000:]
+    assert "note: cancelled the" in lines[-2] and "(qdel " in lines[-2], lines
+    deadline = time.monotonic() + 10
+    while pbs.running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pbs.running(), "jobs of the interrupted run still running"
+    proc = run_register(example_dataset, out, work, *args, env=pbs.env)
+    assert "finished; derivatives in" in proc.stderr.strip().splitlines()[-1], proc.stderr

@@ -360,6 +360,34 @@ SCHEDULER_PROGRAMS = {
 }
 
 
+#: the program that cancels a cluster plugin's jobs
+CANCEL_PROGRAMS = {"SLURM": "scancel", "SGE": "qdel", "PBS": "qdel", "LSF": "bkill",
+                   "Condor": "condor_rm", "OAR": "oardel"}
+
+
+def _cancel_jobs(plugin: str, runner) -> None:
+    """After Ctrl-C, cancel the jobs a cluster plugin (``runner``) submitted and had not yet
+    seen end: Nipype leaves them queued or running, writing into the work dir's step folders
+    while a rerun with the same ``-w`` submits the same steps again. Says which, in a note."""
+    import subprocess
+
+    program = CANCEL_PROGRAMS.get(plugin)
+    ids = [str(taskid) for taskid in getattr(runner, "_pending", {})]
+    if program is None or not ids:
+        return
+    command = f"{program} {' '.join(ids)}"
+    try:
+        done = subprocess.run([program, *ids], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        done = False
+    if done:
+        print(f"{PROG}: note: cancelled the {len(ids)} job(s) of this run still queued or "
+              f"running ({command})", file=sys.stderr)
+    else:
+        print(f"{PROG}: note: {len(ids)} job(s) of this run may still be queued or running; "
+              f"hint: {command}, before a rerun with the same -w", file=sys.stderr)
+
+
 def check_scheduler(plugin: str) -> None:
     """Before anything is written: the cluster plugin's programs must be on PATH, and for
     SLURM ``squeue`` (what Nipype's SLURM plugins poll) must answer, so that a broken set-up
@@ -969,15 +997,23 @@ def _main(argv=None) -> int:
         template = plugin_args.get("template")
         if isinstance(template, str) and os.path.isfile(template):  # read in the work dir
             plugin_args["template"] = os.path.abspath(template)
+        runner = None
         try:
             # from the work dir: Nipype's PBS plugin writes its qstat output (stdout.nipype,
             # stderr.nipype) into the current folder, which may be BIDS_DIR
             with quiet_interrupts() as state, contextlib.chdir(args.work_dir):
                 plugin_args["status_callback"] = Progress(total, stop=state,
                                                          linear=args.plugin == "Linear")
-                graph = wf.run(plugin=args.plugin, plugin_args=plugin_args)
+                from nipype.pipeline import plugins
+
+                # the plugin itself, not its name: its queue of submitted jobs is needed
+                # after Ctrl-C
+                runner = getattr(plugins, f"{args.plugin}Plugin")(plugin_args=plugin_args)
+                graph = wf.run(plugin=runner)
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
+            if runner is not None:
+                _cancel_jobs(args.plugin, runner)
             raise
         except Exception as err:
             # a failed step: Nipype re-raises the step's exception (Linear, one failure), a

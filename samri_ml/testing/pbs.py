@@ -1,11 +1,12 @@
 """A stand-in for a PBS/Torque cluster on this machine, for testing Nipype's ``PBS`` plugin.
 
-:class:`FakePBS` writes ``qsub`` and ``qstat`` programs into a folder. ``qsub`` runs the job
+:class:`FakePBS` writes ``qsub``, ``qstat`` and ``qdel`` programs into a folder. ``qsub`` runs the job
 script Nipype gives it at once, in the background, the way a compute node would: in a fresh
 process with a *minimal* environment (``HOME``, ``LOGNAME``, ``PATH=/usr/bin:/bin`` and the
 variables named in ``keep``), as a job gets it from a batch template without ``#PBS -V`` or
 from ``sbatch --export=NONE``. ``qstat -f ID`` answers what Nipype's plugin reads:
-``job_state = R`` while the job runs, ``job_state = C`` once it has ended.
+``job_state = R`` while the job runs, ``job_state = C`` once it has ended; ``qdel ID`` ends
+the job (SIGTERM to its process group).
 
 >>> pbs = FakePBS(tmp)                                   # doctest: +SKIP
 >>> subprocess.run(["samri_ml-register", ..., "--plugin", "PBS"], env=pbs.env)
@@ -56,9 +57,20 @@ except FileNotFoundError:
 print(f"Job Id: {{ids[0]}}.fakepbs\\n    job_state = {{'R' if running else 'C'}}")
 '''
 
+_QDEL = '''\
+import os, signal, sys
+state = {state!r}
+for jid in sys.argv[1:]:
+    try:
+        os.killpg(int(open(os.path.join(state, jid.split(".")[0] + ".pid")).read()),
+                  signal.SIGTERM)
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+'''
+
 
 class FakePBS:
-    """``qsub``/``qstat`` in ``root/bin`` that run each job locally with a minimal
+    """``qsub``/``qstat``/``qdel`` in ``root/bin`` that run each job locally with a minimal
     environment; :attr:`env` puts them first on ``PATH`` for the submitting command."""
 
     def __init__(self, root, keep: tuple[str, ...] = ("PYTHONPATH",)):
@@ -67,7 +79,7 @@ class FakePBS:
         self.state = self.root / "state"
         self.bin.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
-        for name, code in (("qsub", _QSUB), ("qstat", _QSTAT)):
+        for name, code in (("qsub", _QSUB), ("qstat", _QSTAT), ("qdel", _QDEL)):
             path = self.bin / name
             path.write_text(f"#!{sys.executable}\n"
                             + code.format(state=str(self.state), keep=tuple(keep)))
@@ -80,3 +92,16 @@ class FakePBS:
         """The arguments of every ``qsub`` call so far, one string each."""
         log = self.state / "submitted.log"
         return log.read_text().splitlines() if log.is_file() else []
+
+    def running(self) -> list[int]:
+        """The process ids of the jobs still running."""
+        alive = []
+        for path in self.state.glob("*.pid"):
+            pid = int(path.read_text())
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        alive.append(pid)
+            except FileNotFoundError:
+                pass
+        return alive
