@@ -1031,3 +1031,19 @@ def test_a_cluster_run_uses_one_thread_per_ants_step_by_default(tmp_path, capsys
     assert main([*_argv(tmp_path, []), "--plugin", plugin, "--nprocs", nprocs]) == 0
     summary = capsys.readouterr().err.splitlines()[0]
     assert f"plugin {plugin}, {threads} thread(s) per ANTs step;" in summary, summary
+
+
+@pytest.mark.parametrize("plugin, noted", [("PBS", True), ("Linear", True), ("MultiProc", False)])
+def test_mem_gb_without_multiproc_is_noted(tmp_path, capsys, monkeypatch, plugin, noted):
+    """--mem-gb limits MultiProc only: with a cluster plugin (or Linear) it was dropped in
+    silence, the jobs getting what the scheduler gives by default."""
+    from samri_ml.testing.pbs import FakePBS
+
+    make_dataset(tmp_path)
+    monkeypatch.setenv("PATH", FakePBS(tmp_path / "pbs").env["PATH"])  # qsub, qstat
+    assert main([*_argv(tmp_path, []), "--plugin", plugin, "--mem-gb", "8"]) == 0
+    err = capsys.readouterr().err
+    note = f"note: --mem-gb is not used with --plugin {plugin}; hint: "
+    assert (note in err) == noted, err
+    if plugin == "PBS":
+        assert "ask the scheduler for it in --plugin-args" in err, err

@@ -193,7 +193,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="threads per ANTs call (default: --nprocs; 1 with a cluster "
                    "plugin, whose jobs get one CPU unless asked for more)")
     g.add_argument("--mem-gb", type=number_in(float, 0, low_open=True), default=None,
-                   help="memory limit for MultiProc (GB)")
+                   help="memory limit for MultiProc (GB); a cluster job's memory is asked "
+                   "for in --plugin-args (sbatch_args --mem=...)")
     g.add_argument("--plugin", default=None,
                    help=f"Nipype execution plugin ({', '.join(PLUGINS)}; default: MultiProc, "
                    "Linear with --nprocs 1, which runs finished steps of a rerun without "
@@ -317,6 +318,12 @@ def validate(args, parser) -> None:
     # in a dry run too: a cluster run checked on the login node must pass or fail there as
     # the real run would
     check_scheduler(args.plugin)
+    if args.mem_gb and args.plugin != "MultiProc":
+        # nothing else reads it: a cluster job's memory is the scheduler's to give
+        where = ("ask the scheduler for it in --plugin-args, e.g. sbatch_args with --mem"
+                 if args.plugin in SCHEDULER_PROGRAMS else "it limits MultiProc's steps")
+        print(f"{PROG}: note: --mem-gb is not used with --plugin {args.plugin}; hint: {where}",
+              file=sys.stderr)
     if args.omp_nthreads is None:
         # a cluster job gets one CPU unless its sbatch_args/qsub_args ask for more: not as many
         # threads as the login node has cores (--nprocs' default), every ANTs step
