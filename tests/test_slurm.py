@@ -106,3 +106,19 @@ def test_slurm_graph_submits_and_a_linear_rerun_reports(cluster, example_dataset
     reference = reference_run(example_dataset, tmp_path_factory.mktemp("reference"))
     diff = compare_outputs(reference["out"], root / "out")
     assert diff and all(d["identical"] for d in diff.values()), diff
+
+
+@pytest.mark.parametrize("sbatch_args, noted", [("--partition=samriml", True),
+                                                ("--partition=samriml --cpus-per-task=2", False),
+                                                ("-p samriml -c 2", False)])
+def test_threads_without_cpus_per_task_are_noted(cluster, example_dataset, tmp_path,
+                                                 sbatch_args, noted):
+    """--omp-nthreads 2 with sbatch_args that ask for no CPUs ran every ANTs job's two threads
+    on the one CPU SLURM gives a job by default, in silence."""
+    proc = run_register(example_dataset, tmp_path / "out", tmp_path / "work", "--plugin",
+                        "SLURM", "--omp-nthreads", "2", "--dry-run", "--plugin-args",
+                        json.dumps({"sbatch_args": sbatch_args}), env=cluster.env)
+    note = ("note: --omp-nthreads 2: each ANTs job runs 2 threads, but sbatch_args asks for no "
+            "--cpus-per-task (one CPU per job); hint: add --cpus-per-task=2 to sbatch_args")
+    assert (note in proc.stderr) == noted, proc.stderr
+    assert "plugin SLURM, 2 thread(s) per ANTs step;" in proc.stderr, proc.stderr

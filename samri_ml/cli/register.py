@@ -329,6 +329,14 @@ def validate(args, parser) -> None:
         # threads as the login node has cores (--nprocs' default), every ANTs step
         # oversubscribing its CPU and no two runs alike (threads change ANTs' sums)
         args.omp_nthreads = 1 if args.plugin in SCHEDULER_PROGRAMS else args.nprocs
+    sbatch_args = str(args.plugin_args.get("sbatch_args") or "")
+    if args.plugin in ("SLURM", "SLURMGraph") and args.omp_nthreads > 1 and not re.search(
+            r"(^|\s)(--cpus-per-task\b|-c\s*\d)", sbatch_args):
+        # SLURM gives a job one CPU unless asked: the threads would share it
+        print(f"{PROG}: note: --omp-nthreads {args.omp_nthreads}: each ANTs job runs "
+              f"{args.omp_nthreads} threads, but sbatch_args asks for no --cpus-per-task (one "
+              f"CPU per job); hint: add --cpus-per-task={args.omp_nthreads} to sbatch_args in "
+              "--plugin-args", file=sys.stderr)
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
 
