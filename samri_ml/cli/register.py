@@ -317,7 +317,7 @@ def validate(args, parser) -> None:
         parser.error(f"unknown --plugin {args.plugin!r}; one of {', '.join(PLUGINS)}")
     # in a dry run too: a cluster run checked on the login node must pass or fail there as
     # the real run would
-    check_scheduler(args.plugin)
+    check_scheduler(args.plugin, args.plugin_args)
     if args.mem_gb and args.plugin != "MultiProc":
         # nothing else reads it: a cluster job's memory is the scheduler's to give
         where = ("ask the scheduler for it in --plugin-args, e.g. sbatch_args with --mem"
@@ -403,11 +403,12 @@ def _cancel_jobs(plugin: str, runner) -> None:
               f"hint: {command}, before a rerun with the same -w", file=sys.stderr)
 
 
-def check_scheduler(plugin: str) -> None:
+def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
     """Before anything is written: the cluster plugin's programs must be on PATH, and for
-    SLURM ``squeue`` (what Nipype's SLURM plugins poll) must answer, so that a broken set-up
-    fails at once with the scheduler's own message instead of Nipype's ``IndexError`` or
-    ``RuntimeError`` after the first submission."""
+    SLURM ``squeue`` (what Nipype's SLURM plugins poll) must answer and ``sbatch --test-only``
+    accept the ``sbatch_args`` of ``plugin_args``, so that a broken set-up fails at once with
+    the scheduler's own message instead of Nipype's ``IndexError`` or ``RuntimeError`` after
+    the first submission."""
     import shutil
     import subprocess
 
@@ -439,6 +440,22 @@ def check_scheduler(plugin: str) -> None:
         raise SamriMLError(f"--plugin {plugin}: squeue fails ({lines[-1].strip()}); hint: "
                            "check the SLURM configuration (SLURM_CONF), or use --plugin "
                            "MultiProc")
+    # a job sbatch refuses (a partition, time or CPU count the cluster does not have) made
+    # Nipype fail with "IndexError: list index out of range" on sbatch's empty answer
+    import shlex
+
+    sbatch_args = str((plugin_args or {}).get("sbatch_args") or "")
+    try:
+        proc = subprocess.run(["sbatch", "--test-only", *shlex.split(sbatch_args), "--wrap",
+                               "true"], capture_output=True, text=True, timeout=60)
+    except (subprocess.TimeoutExpired, ValueError):  # ValueError: unbalanced quotes
+        return  # the run's first submission says what is wrong
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise SamriMLError(f"--plugin {plugin}: sbatch refuses the jobs ("
+                           f"{lines[0] if lines else f'exit {proc.returncode}'}); hint: fix "
+                           f"sbatch_args in --plugin-args (now {sbatch_args!r}); sbatch "
+                           "--test-only ARGS --wrap true tries them")
 
 
 def check_writable(folder: Path, what: str) -> None:
