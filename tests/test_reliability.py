@@ -865,7 +865,7 @@ def test_one_process_runs_linear_unless_a_plugin_is_given(tmp_path, capsys):
                           (["--nprocs", "1", "--plugin", "MultiProc"], "MultiProc")):
         assert main(_argv(tmp_path, extra)) == 0
         summary = [ln for ln in capsys.readouterr().err.splitlines() if "session(s)" in ln]
-        assert f"plugin {plugin};" in summary[0], (extra, summary)
+        assert f"plugin {plugin}, " in summary[0], (extra, summary)
 
 
 def _flavour(tmp_path: Path, **phase) -> Path:
