@@ -105,6 +105,21 @@ def scripts_dir() -> Path:
     return Path(sysconfig.get_paths()["scripts"])
 
 
+def program(name: str) -> str:
+    """The command Nipype's interface for ANTs program ``name`` runs: the absolute path of
+    this environment's antspyx-backed script where that is the ANTs :func:`ensure_ants_on_path`
+    uses, else ``name`` (a system ANTs, found on ``PATH``).
+
+    A cluster job does not always get the submitting shell's ``PATH`` (a batch ``template``
+    without ``#PBS -V`` or ``#$ -V``, ``sbatch --export=NONE``): it runs this environment's
+    Python by its path, and found no ``N4BiasFieldCorrection`` by its name.
+    """
+    ours = scripts_dir() / name
+    if system_ants_dir() is None and ours.exists():
+        return str(ours)
+    return name
+
+
 def ensure_ants_on_path() -> str:
     """Make ``antsRegistration`` & co. reachable for Nipype; return which ANTs is used.
 

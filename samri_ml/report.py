@@ -334,23 +334,38 @@ def _derivative(output_dir, raw, **entities) -> Path:
     return next((c for c in candidates if c.exists()), candidates[0])
 
 
+#: what Nipype's ``report_crash`` appends to a crash file after the step's traceback (a
+#: cluster job's always ends with the first: its plugin had renamed the node's result file)
+CRASH_FILE_NOTES = ("When creating this crashfile, the results file",
+                    "During the creation of this crashfile triggered by the above exception")
+
+
+def crash_cause(text: str) -> str:
+    """The cause a Nipype crash file (its ``text``) gives: the last line of the traceback,
+    before Nipype's notes of :data:`CRASH_FILE_NOTES` (a cluster job's crash was said to be
+    "to the node could not be found.")."""
+    for note in CRASH_FILE_NOTES:
+        text = text.split(note)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
 def failed_steps(log_dir, since: float | None = None) -> list[dict]:
     """The crash files (Nipype's, text) in ``log_dir`` written at or after ``since``: for each,
-    ``file``, the failed ``node`` (its name from the file's ``Node:`` line) and ``cause`` (its
-    last line)."""
+    ``file``, the failed ``node`` (its name from the file's ``Node:`` line) and ``cause``
+    (:func:`crash_cause`)."""
     out = []
     for path in sorted(Path(log_dir).glob("crash-*")):
         try:
             if since is not None and path.stat().st_mtime < since:
                 continue
-            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
-                     if ln.strip()]
+            text = path.read_text(errors="replace")
         except OSError:
             continue
-        node = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Node:")),
-                    "?")
+        node = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                     if ln.strip().startswith("Node:")), "?")
         out.append({"file": path, "node": node.split(".")[-1],
-                    "cause": (lines[-1] if lines else "")[:300]})
+                    "cause": crash_cause(text)[:300]})
     return out
 
 

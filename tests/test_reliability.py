@@ -170,6 +170,16 @@ def _break_extension(path: Path) -> Path:
     return path
 
 
+def _more_subjects(root: Path) -> None:
+    """sub-02 ... sub-24 beside sub-01, each with sub-01's scans under its own name."""
+    bids = root / "bids"
+    for n in range(2, 25):
+        for src in (bids / "sub-01").rglob("*.*"):
+            dst = bids / str(src.relative_to(bids)).replace("sub-01", f"sub-{n:02d}")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src)
+
+
 def _template_in_spaced_folder(root: Path) -> None:
     (root / "tpl dir").mkdir()
     shutil.copy(root / TEMPLATE, root / "tpl dir" / "tpl-Tiny_T2w.nii.gz")
@@ -186,6 +196,16 @@ CASES = [
      ["no scans match", "hint"]),
     ("unknown_participant", None, ["--participant-label", "sub-07"], 1,
      ["participant(s) 07 not found", "available: 01"]),
+    # the first 20 of 24 participants were listed as if they were all
+    ("unknown_participant_among_many", _more_subjects, ["--participant-label", "01", "99"], 1,
+     ["participant(s) 99 not found", "available: 01, 02,", "20, ... (24 in all)"]),
+    # a session no selected subject has: alone it ended in "no scans match ... check -s/-f",
+    # beside a known one it was dropped in silence
+    ("unknown_session", None, ["--session-label", "ses-3"], 1,
+     ["session(s) 3 not found", "available: 1"]),
+    ("unknown_session_beside_a_known_one", None,
+     ["--participant-label", "01", "--session-label", "1", "3"], 1,
+     ["session(s) 3 not found in the selected participants; available: 1"]),
     ("truncated_scan", lambda r: _truncate(r / "bids" / ANAT), [], 1,
      ["sub-01_ses-1_T2w.nii.gz", "truncated or corrupt"]),
     ("truncated_uncompressed_scan", _truncated_nii, [], 1, ["truncated or corrupt"]),
@@ -884,7 +904,7 @@ def test_one_process_runs_linear_unless_a_plugin_is_given(tmp_path, capsys):
                           (["--nprocs", "1", "--plugin", "MultiProc"], "MultiProc")):
         assert main(_argv(tmp_path, extra)) == 0
         summary = [ln for ln in capsys.readouterr().err.splitlines() if "session(s)" in ln]
-        assert f"plugin {plugin};" in summary[0], (extra, summary)
+        assert f"plugin {plugin}, " in summary[0], (extra, summary)
 
 
 def _flavour(tmp_path: Path, **phase) -> Path:
@@ -1035,3 +1055,34 @@ def test_a_scan_with_two_disagreeing_orientations_is_named(tmp_path, capsys):
     validate(args, parser)
     check_scans(args, collect_sessions(args))
     assert not any("two different orientations" in n for n in args.scan_notes)
+
+
+@pytest.mark.parametrize("plugin, nprocs, threads", [("PBS", "4", 1), ("MultiProc", "3", 3)])
+def test_a_cluster_run_uses_one_thread_per_ants_step_by_default(tmp_path, capsys, monkeypatch,
+                                                                plugin, nprocs, threads):
+    """Without --omp-nthreads, a cluster run gave every ANTs job as many threads as the login
+    node has cores (--nprocs' default), while a job gets one CPU unless asked for more; the
+    summary line now says how many threads each ANTs step uses."""
+    from samri_ml.testing.pbs import FakePBS
+
+    make_dataset(tmp_path)
+    monkeypatch.setenv("PATH", FakePBS(tmp_path / "pbs").env["PATH"])  # qsub, qstat
+    assert main([*_argv(tmp_path, []), "--plugin", plugin, "--nprocs", nprocs]) == 0
+    summary = capsys.readouterr().err.splitlines()[0]
+    assert f"plugin {plugin}, {threads} thread(s) per ANTs step;" in summary, summary
+
+
+@pytest.mark.parametrize("plugin, noted", [("PBS", True), ("Linear", True), ("MultiProc", False)])
+def test_mem_gb_without_multiproc_is_noted(tmp_path, capsys, monkeypatch, plugin, noted):
+    """--mem-gb limits MultiProc only: with a cluster plugin (or Linear) it was dropped in
+    silence, the jobs getting what the scheduler gives by default."""
+    from samri_ml.testing.pbs import FakePBS
+
+    make_dataset(tmp_path)
+    monkeypatch.setenv("PATH", FakePBS(tmp_path / "pbs").env["PATH"])  # qsub, qstat
+    assert main([*_argv(tmp_path, []), "--plugin", plugin, "--mem-gb", "8"]) == 0
+    err = capsys.readouterr().err
+    note = f"note: --mem-gb is not used with --plugin {plugin}; hint: "
+    assert (note in err) == noted, err
+    if plugin == "PBS":
+        assert "ask the scheduler for it in --plugin-args" in err, err

@@ -324,12 +324,23 @@ def test_multithreaded_ants_is_close_but_not_bit_identical(example_dataset, tmp_
     assert r > 0.99
 
 
+def _live_group_members(pgid: int) -> list[str]:
+    """The processes of process group ``pgid`` still alive (zombies left out)."""
+    ps = subprocess.run(["ps", "-o", "stat=,args=", "-g", str(pgid)], capture_output=True,
+                        text=True).stdout
+    return [line for line in ps.splitlines() if line.strip() and not line.startswith("Z")]
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
 @pytest.mark.parametrize("nprocs", ["1", "2"])
-def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs):
+def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs, how):
     """SIGINT to the process group (Ctrl-C) part-way: exit 130 at once with one
     ``interrupted`` line, for Linear (``--nprocs 1``: Nipype turned the interrupt into a failed
     node and went on with the others) and MultiProc (each forked worker printed a traceback).
-    The same command then resumes and finishes."""
+    The same command then resumes and finishes. SIGTERM to the command alone (``kill PID``, a
+    scheduler ending the job that runs it) killed it at once, silently, and left MultiProc's
+    workers and the running ANTs programs writing into the unlocked work dir: now it ends
+    them and stops as Ctrl-C does."""
     out, work = tmp_path / "out", tmp_path / "work"
     cmd = register_command(example_dataset, out, work)
     cmd[cmd.index("--nprocs") + 1] = nprocs
@@ -345,10 +356,16 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs):
             assert time.monotonic() < deadline, "no bias correction finished in 600 s"
             time.sleep(0.2)
         time.sleep(1.0)  # into the next nodes (an antsRegistration)
-        os.killpg(proc.pid, signal.SIGINT)
+        if how == "ctrl_c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         rc = proc.wait(timeout=60)
         waited = time.monotonic() - sent
+        while _live_group_members(proc.pid) and time.monotonic() < sent + 10:
+            time.sleep(0.2)
+        left = _live_group_members(proc.pid)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -356,6 +373,7 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs):
     text = (tmp_path / "first.log").read_text()
     lines = [ln for ln in text.splitlines() if not ln.startswith("[")]  # the progress lines
     assert rc == 130 and waited < 10, (rc, waited, text[-2000:])
+    assert not left, left  # no worker or ANTs program left running
     assert lines[-1] == "samri_ml-register: interrupted", lines
     assert len(lines) == 2 and "session(s)" in lines[0], lines
     # the node Linear was running when Ctrl-C came left no crash file: it did not crash

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from samri_ml.testing.runs import (
     compare_outputs,
     derivative_files,
     reference_run,
+    register_command,
     report,
     run_register,
 )
@@ -106,3 +108,38 @@ def test_slurm_graph_submits_and_a_linear_rerun_reports(cluster, example_dataset
     reference = reference_run(example_dataset, tmp_path_factory.mktemp("reference"))
     diff = compare_outputs(reference["out"], root / "out")
     assert diff and all(d["identical"] for d in diff.values()), diff
+
+
+@pytest.mark.parametrize("sbatch_args, noted", [("--partition=samriml", True),
+                                                ("--partition=samriml --cpus-per-task=2", False),
+                                                ("-p samriml -c 2", False)])
+def test_threads_without_cpus_per_task_are_noted(cluster, example_dataset, tmp_path,
+                                                 sbatch_args, noted):
+    """--omp-nthreads 2 with sbatch_args that ask for no CPUs ran every ANTs job's two threads
+    on the one CPU SLURM gives a job by default, in silence."""
+    proc = run_register(example_dataset, tmp_path / "out", tmp_path / "work", "--plugin",
+                        "SLURM", "--omp-nthreads", "2", "--dry-run", "--plugin-args",
+                        json.dumps({"sbatch_args": sbatch_args}), env=cluster.env)
+    note = ("note: --omp-nthreads 2: each ANTs job runs 2 threads, but sbatch_args asks for no "
+            "--cpus-per-task (one CPU per job); hint: add --cpus-per-task=2 to sbatch_args")
+    assert (note in proc.stderr) == noted, proc.stderr
+    assert "plugin SLURM, 2 thread(s) per ANTs step;" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_sbatch_args_the_cluster_refuses_are_one_line(cluster, example_dataset, tmp_path,
+                                                      dry_run):
+    """A partition the cluster does not have made the run end, after OUTPUT_DIR and the work
+    dir were made, with 'error: IndexError: list index out of range' (Nipype read sbatch's
+    empty answer); sbatch --test-only now refuses it first, in sbatch's words."""
+    out = tmp_path / "out"
+    cmd = register_command(example_dataset, out, tmp_path / "work", "--plugin", "SLURM",
+                           "--plugin-args", json.dumps({"sbatch_args": "--partition=nope"}),
+                           *(["--dry-run"] if dry_run else []))
+    proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "samri_ml-register: error: --plugin SLURM: sbatch refuses the jobs (sbatch: error: "
+        "invalid partition specified: nope); hint: fix sbatch_args in --plugin-args (now "
+        "'--partition=nope'); sbatch --test-only ARGS --wrap true tries them"], proc.stderr
+    assert not out.exists() and not (tmp_path / "work").exists()

@@ -8,7 +8,8 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 from samri_ml.errors import SamriMLError, SamriMLNote
 
@@ -305,7 +306,9 @@ def quiet_interrupts():
     Forked workers (MultiProc) end at once and silently (each used to print a
     KeyboardInterrupt traceback), and the logs of the broken run are muted, so the parent's
     one ``interrupted`` line (exit 130) is all a user sees. Where SIGINT is ignored (a
-    background job) nothing changes.
+    background job) it stays ignored. SIGTERM (sent to this process alone: ``kill PID``, a
+    scheduler ending the job that runs the command) first ends every process below it (the
+    workers, the ANTs programs), then stops the run the same way.
 
     Ctrl-C reaches the workers too: the process pool breaks, and its thread logs each
     future's ``BrokenProcessPool`` (Nipype's callback re-raises it), maybe before the Python
@@ -317,7 +320,12 @@ def quiet_interrupts():
     from types import SimpleNamespace
 
     state = SimpleNamespace(interrupted=False, muted={})
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    # an ignored SIGINT (a background job) stays ignored; SIGTERM is taken where it would
+    # kill the process (as in a background job run with nohup ... &)
+    signals = [signum for signum, default in ((signal.SIGINT, signal.default_int_handler),
+                                              (signal.SIGTERM, signal.SIG_DFL))
+               if signal.getsignal(signum) is default]
+    if not signals:
         yield state
         return
     parent = os.getpid()
@@ -329,6 +337,13 @@ def quiet_interrupts():
     def handler(signum, frame):
         if os.getpid() != parent:  # a forked worker: the parent reports the interrupt
             os._exit(128 + signum)
+        if signum == signal.SIGTERM:
+            # sent to this process alone (kill PID, a scheduler ending the job that runs the
+            # command): MultiProc's workers and the ANTs programs went on writing into the
+            # work dir, unlocked, where a rerun started the same steps
+            for pid in _descendants(parent):
+                with suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
         state.interrupted = True
         # Nipype sets a level on each of its loggers: mute every one, not only the parent
         names = [n for n in logging.root.manager.loggerDict
@@ -339,7 +354,7 @@ def quiet_interrupts():
             logger.setLevel(logging.CRITICAL + 1)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in signals}
     try:
         yield state
     except BaseException:
@@ -347,7 +362,8 @@ def quiet_interrupts():
             raise KeyboardInterrupt from None
         raise
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum, handling in previous.items():
+            signal.signal(signum, handling)
         quiet.close()
         for logger in filtered:  # the pool's kept after a SIGINT: its callbacks log late
             if logger.name.startswith("nipype") or not quiet.signalled():
@@ -359,6 +375,24 @@ def quiet_interrupts():
                 logging.getLogger(name).setLevel(level)
     if state.interrupted:  # caught by a node and turned into its failure: still an interrupt
         raise KeyboardInterrupt
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs...), from ``/proc``; none where there is
+    no ``/proc`` (macOS)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 class _AfterSigint(logging.Filter):

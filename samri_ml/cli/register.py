@@ -190,9 +190,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="processes for MultiProc; 1 runs Linear (default: the cores this job "
                    "may use)")
     g.add_argument("--omp-nthreads", type=number_in(int, 1), default=None,
-                   help="threads per ANTs call (default: --nprocs)")
+                   help="threads per ANTs call (default: --nprocs; 1 with a cluster "
+                   "plugin, whose jobs get one CPU unless asked for more)")
     g.add_argument("--mem-gb", type=number_in(float, 0, low_open=True), default=None,
-                   help="memory limit for MultiProc (GB)")
+                   help="memory limit for MultiProc (GB); a cluster job's memory is asked "
+                   "for in --plugin-args (sbatch_args --mem=...)")
     g.add_argument("--plugin", default=None,
                    help=f"Nipype execution plugin ({', '.join(PLUGINS)}; default: MultiProc, "
                    "Linear with --nprocs 1, which runs finished steps of a rerun without "
@@ -320,9 +322,26 @@ def validate(args, parser) -> None:
         parser.error(f"unknown --plugin {args.plugin!r}; one of {', '.join(PLUGINS)}")
     # in a dry run too: a cluster run checked on the login node must pass or fail there as
     # the real run would
-    check_scheduler(args.plugin)
+    check_scheduler(args.plugin, args.plugin_args)
+    if args.mem_gb and args.plugin != "MultiProc":
+        # nothing else reads it: a cluster job's memory is the scheduler's to give
+        where = ("ask the scheduler for it in --plugin-args, e.g. sbatch_args with --mem"
+                 if args.plugin in SCHEDULER_PROGRAMS else "it limits MultiProc's steps")
+        print(f"{PROG}: note: --mem-gb is not used with --plugin {args.plugin}; hint: {where}",
+              file=sys.stderr)
     if args.omp_nthreads is None:
-        args.omp_nthreads = args.nprocs
+        # a cluster job gets one CPU unless its sbatch_args/qsub_args ask for more: not as many
+        # threads as the login node has cores (--nprocs' default), every ANTs step
+        # oversubscribing its CPU and no two runs alike (threads change ANTs' sums)
+        args.omp_nthreads = 1 if args.plugin in SCHEDULER_PROGRAMS else args.nprocs
+    sbatch_args = str(args.plugin_args.get("sbatch_args") or "")
+    if args.plugin in ("SLURM", "SLURMGraph") and args.omp_nthreads > 1 and not re.search(
+            r"(^|\s)(--cpus-per-task\b|-c\s*\d)", sbatch_args):
+        # SLURM gives a job one CPU unless asked: the threads would share it
+        print(f"{PROG}: note: --omp-nthreads {args.omp_nthreads}: each ANTs job runs "
+              f"{args.omp_nthreads} threads, but sbatch_args asks for no --cpus-per-task (one "
+              f"CPU per job); hint: add --cpus-per-task={args.omp_nthreads} to sbatch_args in "
+              "--plugin-args", file=sys.stderr)
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
 
@@ -378,11 +397,40 @@ SCHEDULER_PROGRAMS = {
 }
 
 
-def check_scheduler(plugin: str) -> None:
+#: the program that cancels a cluster plugin's jobs
+CANCEL_PROGRAMS = {"SLURM": "scancel", "SGE": "qdel", "PBS": "qdel", "LSF": "bkill",
+                   "Condor": "condor_rm", "OAR": "oardel"}
+
+
+def _cancel_jobs(plugin: str, runner) -> None:
+    """After Ctrl-C, cancel the jobs a cluster plugin (``runner``) submitted and had not yet
+    seen end: Nipype leaves them queued or running, writing into the work dir's step folders
+    while a rerun with the same ``-w`` submits the same steps again. Says which, in a note."""
+    import subprocess
+
+    program = CANCEL_PROGRAMS.get(plugin)
+    ids = [str(taskid) for taskid in getattr(runner, "_pending", {})]
+    if program is None or not ids:
+        return
+    command = f"{program} {' '.join(ids)}"
+    try:
+        done = subprocess.run([program, *ids], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        done = False
+    if done:
+        print(f"{PROG}: note: cancelled the {len(ids)} job(s) of this run still queued or "
+              f"running ({command})", file=sys.stderr)
+    else:
+        print(f"{PROG}: note: {len(ids)} job(s) of this run may still be queued or running; "
+              f"hint: {command}, before a rerun with the same -w", file=sys.stderr)
+
+
+def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
     """Before anything is written: the cluster plugin's programs must be on PATH, and for
-    SLURM ``squeue`` (what Nipype's SLURM plugins poll) must answer, so that a broken set-up
-    fails at once with the scheduler's own message instead of Nipype's ``IndexError`` or
-    ``RuntimeError`` after the first submission."""
+    SLURM ``squeue`` (what Nipype's SLURM plugins poll) must answer and ``sbatch --test-only``
+    accept the ``sbatch_args`` of ``plugin_args``, so that a broken set-up fails at once with
+    the scheduler's own message instead of Nipype's ``IndexError`` or ``RuntimeError`` after
+    the first submission."""
     import shutil
     import subprocess
 
@@ -414,6 +462,22 @@ def check_scheduler(plugin: str) -> None:
         raise SamriMLError(f"--plugin {plugin}: squeue fails ({lines[-1].strip()}); hint: "
                            "check the SLURM configuration (SLURM_CONF), or use --plugin "
                            "MultiProc")
+    # a job sbatch refuses (a partition, time or CPU count the cluster does not have) made
+    # Nipype fail with "IndexError: list index out of range" on sbatch's empty answer
+    import shlex
+
+    sbatch_args = str((plugin_args or {}).get("sbatch_args") or "")
+    try:
+        proc = subprocess.run(["sbatch", "--test-only", *shlex.split(sbatch_args), "--wrap",
+                               "true"], capture_output=True, text=True, timeout=60)
+    except (subprocess.TimeoutExpired, ValueError):  # ValueError: unbalanced quotes
+        return  # the run's first submission says what is wrong
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise SamriMLError(f"--plugin {plugin}: sbatch refuses the jobs ("
+                           f"{lines[0] if lines else f'exit {proc.returncode}'}); hint: fix "
+                           f"sbatch_args in --plugin-args (now {sbatch_args!r}); sbatch "
+                           "--test-only ARGS --wrap true tries them")
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -602,8 +666,10 @@ def check_scans(args, sessions) -> None:
 
 
 def _some(names: list[str], shown: int = 3) -> str:
-    """The first ``shown`` of ``names``, comma-separated, with ``...`` where there are more."""
-    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+    """The first ``shown`` of ``names``, comma-separated, with ``..., N in all`` where there
+    are more (the first 20 of 100 participants read as all of them)."""
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown
+                                       else "")
 
 
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> None:
@@ -665,9 +731,18 @@ def collect_sessions(args) -> list[dict]:
         missing = sorted(set(wanted) - set(subjects))
         if missing:
             raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}; "
-                               f"available: {', '.join(subjects[:20])}")
+                               f"available: {_some(subjects, 20)}")
     sessions_wanted = (_labels_once("--session-label", "ses-", args.session_label)
                        if args.session_label else None)
+    if sessions_wanted is not None:
+        # a label no selected subject has is a typo (as an unknown participant is): '3' beside
+        # '2' was dropped in silence, '3' alone ended in "no scans match ... check -s/-f"
+        present = sorted(set(layout.get_sessions(subject=wanted)))
+        missing = [s for s in sessions_wanted if s not in present]
+        if missing:
+            whose = "the selected participants" if args.participant_label else args.bids_dir
+            raise SamriMLError(f"session(s) {', '.join(missing)} not found in {whose}; "
+                               f"available: {_some(present, 20) if present else 'none'}")
 
     def query(filters, subject, session):
         filters = dict(filters)
@@ -977,13 +1052,26 @@ def _main(argv=None) -> int:
         # workers inherit the filter)
         warnings.filterwarnings("ignore", message=r"only \d+ volumes: dropping",
                                 category=UserWarning)
+        template = plugin_args.get("template")
+        if isinstance(template, str) and os.path.isfile(template):  # read in the work dir
+            plugin_args["template"] = os.path.abspath(template)
+        runner = None
         try:
-            with quiet_interrupts() as state:
+            # from the work dir: Nipype's PBS plugin writes its qstat output (stdout.nipype,
+            # stderr.nipype) into the current folder, which may be BIDS_DIR
+            with quiet_interrupts() as state, contextlib.chdir(args.work_dir):
                 plugin_args["status_callback"] = Progress(total, stop=state,
                                                          linear=args.plugin == "Linear")
-                graph = wf.run(plugin=args.plugin, plugin_args=plugin_args)
+                from nipype.pipeline import plugins
+
+                # the plugin itself, not its name: its queue of submitted jobs is needed
+                # after Ctrl-C
+                runner = getattr(plugins, f"{args.plugin}Plugin")(plugin_args=plugin_args)
+                graph = wf.run(plugin=runner)
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
+            if runner is not None:
+                _cancel_jobs(args.plugin, runner)
             raise
         except Exception as err:
             # a failed step: Nipype re-raises the step's exception (Linear, one failure), a
@@ -1024,12 +1112,12 @@ def _crash_summary(crashes: list[Path]) -> str:
     """``"<file>: <its last line>; "`` of the first crash file, for the run's one-line error."""
     if not crashes:
         return ""
+    from samri_ml.report import crash_cause
+
     try:
-        lines = [ln.strip() for ln in crashes[0].read_text(errors="replace").splitlines()
-                 if ln.strip()]
+        cause = crash_cause(crashes[0].read_text(errors="replace")) or "unreadable"
     except OSError:
-        lines = []
-    cause = lines[-1] if lines else "unreadable"
+        cause = "unreadable"
     if len(cause) > 200:
         cause = cause[:197] + "..."
     return f"{crashes[0].name} says: {cause}; "
@@ -1040,6 +1128,8 @@ def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
     (Linear) turns the interrupt into the running node's failure, and its crash file would
     send the user looking for a bug that is not there. Crash files of real failures (they
     name another exception) and of earlier runs stay."""
+    from samri_ml.report import crash_cause
+
     for path in Path(output_dir).glob("**/log/crash-*"):
         try:
             if path.stat().st_mtime < started:
@@ -1047,8 +1137,7 @@ def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        last = [ln for ln in text.splitlines() if ln.strip()][-1:]
-        if last and last[0].strip().startswith("KeyboardInterrupt"):
+        if crash_cause(text).startswith("KeyboardInterrupt"):
             path.unlink(missing_ok=True)
 
 
@@ -1062,7 +1151,8 @@ def _announce(args, sessions, wf, ants) -> None:
     n_scans = sum(len(_scans(item)) for item in sessions)
     print(f"{PROG}: {len(sessions)} session(s), {n_scans} scan(s); template "
           f"{args.template_name}; flavour {args.registration_flavour}; masking "
-          f"{args.masking}; plugin {args.plugin}; {ants}; work dir {args.work_dir}",
+          f"{args.masking}; plugin {args.plugin}, {args.omp_nthreads} thread(s) per ANTs step; "
+          f"{ants}; work dir {args.work_dir}",
           file=sys.stderr)
     for note in getattr(args, "scan_notes", []):
         print(f"{PROG}: note: {note}", file=sys.stderr)

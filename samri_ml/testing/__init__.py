@@ -1,4 +1,5 @@
-"""Helpers for samri_ml's own tests and CI (a local SLURM cluster); not needed at run time."""
+"""Helpers for samri_ml's own tests and CI (a local SLURM cluster, a fake PBS); not needed at run
+time."""
 
 from __future__ import annotations
 

@@ -34,10 +34,11 @@ def register_command(bids: Path, out: Path, work: Path, *extra: str) -> list[str
 
 
 def run_register(bids: Path, out: Path, work: Path, *extra: str, env=None,
-                 timeout: float = 1200) -> subprocess.CompletedProcess:
-    """Run ``samri_ml-register`` to the end; raise with its stderr if it fails."""
+                 timeout: float = 1200, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``samri_ml-register`` (in the folder ``cwd``) to the end; raise with its stderr if
+    it fails."""
     proc = subprocess.run(register_command(bids, out, work, *extra), env=env, timeout=timeout,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         raise AssertionError(f"samri_ml-register failed ({proc.returncode}):\n{proc.stderr}")
     return proc

@@ -67,9 +67,18 @@ def _ants_reachable() -> None:
         pass
 
 
+def _ants(interface, **inputs):
+    """A Nipype ANTs ``interface`` (class) that runs its program by the path
+    :func:`samri_ml.ants.program` gives: a cluster job without the submitting shell's ``PATH``
+    found no ``N4BiasFieldCorrection`` by name (the program is not part of the node's hash)."""
+    from samri_ml.ants import program
+
+    return interface(command=program(interface._cmd), **inputs)
+
+
 def _registration_node(name, flavour, stream, omp_nthreads, mem_gb=2, phases=None):
-    reg = pe.Node(Registration(**registration_inputs(flavour, stream, phases)), name=name,
-                  n_procs=omp_nthreads, mem_gb=mem_gb)
+    reg = pe.Node(_ants(Registration, **registration_inputs(flavour, stream, phases)),
+                  name=name, n_procs=omp_nthreads, mem_gb=mem_gb)
     reg.inputs.num_threads = omp_nthreads
     reg.inputs.output_transform_prefix = "xfm_"
     reg.inputs.output_warped_image = False
@@ -207,8 +216,8 @@ def _registration(wf, *, flavour, stream, prefix, omp_nthreads, fixed, moving, f
 
 
 def _n4_node(name, flavour, stream, omp_nthreads):
-    n4 = pe.Node(N4BiasFieldCorrection(dimension=3, copy_header=True, **n4_inputs(flavour, stream)),
-                 name=name, n_procs=omp_nthreads, mem_gb=1)
+    n4 = pe.Node(_ants(N4BiasFieldCorrection, dimension=3, copy_header=True,
+                       **n4_inputs(flavour, stream)), name=name, n_procs=omp_nthreads, mem_gb=1)
     n4.inputs.num_threads = omp_nthreads
     return n4
 
@@ -281,7 +290,7 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
         ["out_file", "bias_corrected", "composite_transform", "inverse_composite_transform",
          "out_mask"]), name="outputnode")
     biascorrect = _n4_node("s_biascorrect", flavour, "structural", omp_nthreads)
-    warp = pe.Node(ApplyTransforms(interpolation="BSpline", float=True, dimension=3),
+    warp = pe.Node(_ants(ApplyTransforms, interpolation="BSpline", float=True, dimension=3),
                    name="s_warp", n_procs=omp_nthreads, mem_gb=1)
     warp.inputs.num_threads = omp_nthreads
     wf.connect([
@@ -375,8 +384,8 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         series = (stc, "out_file")
     mean = pe.Node(TemporalMean(), name="f_mean")
     biascorrect = _n4_node("f_biascorrect", flavour, "functional", omp_nthreads)
-    warp = pe.Node(ApplyTransforms(interpolation="BSpline", float=True, dimension=3,
-                                   input_image_type=3), name="f_warp",
+    warp = pe.Node(_ants(ApplyTransforms, interpolation="BSpline", float=True, dimension=3,
+                         input_image_type=3), name="f_warp",
                    n_procs=omp_nthreads, mem_gb=2)
     warp.inputs.num_threads = omp_nthreads
     merge = pe.Node(niu.Merge(2), name="f_merge", run_without_submitting=True)

@@ -1,0 +1,120 @@
+"""``samri_ml-register --plugin PBS`` with jobs that get a minimal environment.
+
+:class:`samri_ml.testing.pbs.FakePBS` stands in for ``qsub``/``qstat``: every job runs the
+batch script Nipype wrote in a new process whose ``PATH`` is ``/usr/bin:/bin``, as on a cluster
+whose jobs do not inherit the login shell's environment (a batch ``template`` without
+``#PBS -V``/``#$ -V``, ``sbatch --export=NONE``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from samri_ml.testing.pbs import FakePBS
+from samri_ml.testing.runs import (
+    compare_outputs,
+    reference_run,
+    register_command,
+    report,
+    run_register,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def test_jobs_without_the_environment_find_ants(example_dataset, tmp_path, tmp_path_factory):
+    """Every ANTs step failed with 'No command "N4BiasFieldCorrection" found' in a job whose
+    PATH lacks the virtual environment's bin/ (the run ended '2 step(s) failed'); the jobs now
+    run the environment's ANTs by its path and give the outputs of a local run."""
+    pbs = FakePBS(tmp_path / "pbs")
+    out, work, here = tmp_path / "out", tmp_path / "work", tmp_path / "here"
+    here.mkdir()
+    args = json.dumps({"poll_sleep_duration": 0.5})
+    proc = run_register(example_dataset, out, work, "--plugin", "PBS", "--plugin-args", args,
+                        env=pbs.env, cwd=here)
+    assert "finished; derivatives in" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    # Nipype's PBS plugin wrote its qstat output (stdout.nipype, stderr.nipype) into the
+    # current folder, which may be BIDS_DIR: it runs from the work dir
+    assert not list(here.iterdir()), list(here.iterdir())
+    # Nipype names a PBS job <node>.<workflow...>, cut to 15 characters
+    jobs = {line.split(" -N ")[1].split(".")[0] for line in pbs.submitted()}
+    assert {"s_biascorrect", "s_register", "s_warp", "f_biascorrect", "f_register",
+            "f_warp"} <= jobs, jobs
+    reference = reference_run(example_dataset, tmp_path_factory.mktemp("reference"))
+    diff = compare_outputs(reference["out"], out)
+    print("\n" + report(diff, "PBS (minimal job environment) vs MultiProc"))
+    assert diff and all(d["identical"] for d in diff.values()), diff
+
+
+def test_a_failed_job_is_one_line_naming_its_cause(example_dataset, tmp_path):
+    """A step failing in a cluster job (ANTs refuses a pyramid whose smoothing and shrink lists
+    differ in length) ended the run with '... says: to the node could not be found.': the tail
+    of Nipype's note that the plugin had moved the job's result file, not the cause."""
+    from samri_ml.registration import load_flavour
+
+    settings = load_flavour("fast")
+    settings["phases"]["s_translation"]["smoothing_sigmas"] = [2, 1]
+    flavour = tmp_path / "flavour.json"
+    flavour.write_text(json.dumps(settings))
+    pbs = FakePBS(tmp_path / "pbs")
+    out = tmp_path / "out"
+    cmd = [a for a in register_command(example_dataset, out, tmp_path / "work") if a != "--fast"]
+    proc = subprocess.run([*cmd, "--registration-flavour", str(flavour), "--plugin", "PBS",
+                           "--plugin-args", "poll_sleep_duration=0.5"], env=pbs.env,
+                          capture_output=True, text=True, timeout=600)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    crashes = list((out / "sub-01" / "log").glob("crash-*s_register*.txt"))
+    assert crashes and crashes[0].name in last, (last, list(out.rglob("crash-*")))
+    assert "could not be found" not in last, last
+    cause = last.split(" says: ", 1)[1]
+    assert cause.split(":")[0].endswith("Error"), last  # the exception the job raised
+    # the subject's report gives the same cause for the failed step (the line cuts it short)
+    shown = cause.split("; (rerun")[0].removesuffix("...")
+    assert html.escape(shown) in (out / "sub-01.html").read_text()
+
+
+def test_ctrl_c_cancels_the_jobs_of_the_run(example_dataset, tmp_path):
+    """Ctrl-C on the submitting command left its queued and running jobs to the scheduler
+    (Nipype does not cancel them): they went on writing into the work dir while a rerun with
+    the same -w submitted the same steps again. They are cancelled now, and a note says so;
+    the rerun finishes."""
+    pbs = FakePBS(tmp_path / "pbs")
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ("--plugin", "PBS", "--plugin-args", "poll_sleep_duration=0.5")
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    # Ctrl-C's default action (a shell's background job ignores SIGINT); the jobs run in
+    # sessions of their own, so the signal reaches the submitting command only, as on a cluster
+    proc = subprocess.Popen(register_command(example_dataset, out, work, *args), env=pbs.env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while not (any(" -N s_register" in job for job in pbs.submitted()) and pbs.running()):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "no registration job started in 300 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # its poll of qstat has seen it running
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    text = (tmp_path / "first.log").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.startswith("[")]  # the progress lines
+    assert rc == 130 and lines[-1] == "samri_ml-register: interrupted", text[-2000:]
+    assert "note: cancelled the" in lines[-2] and "(qdel " in lines[-2], lines
+    deadline = time.monotonic() + 10
+    while pbs.running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pbs.running(), "jobs of the interrupted run still running"
+    proc = run_register(example_dataset, out, work, *args, env=pbs.env)
+    assert "finished; derivatives in" in proc.stderr.strip().splitlines()[-1], proc.stderr
