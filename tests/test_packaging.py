@@ -24,7 +24,8 @@ def built(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("packaging")
     src = tmp / "src"
     src.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.rst", "MANIFEST.in", "Makefile"):
+    for name in ("setup.cfg", "pyproject.toml", "README.rst", "MANIFEST.in", "Makefile",
+                 "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     for name in ("samri_ml", *SDIST_FOLDERS):
         shutil.copytree(ROOT / name, src / name,
@@ -80,6 +81,21 @@ def test_sdist_carries_what_the_readme_points_to(built):
                    if p.is_file() and "__pycache__" not in p.parts}
         assert tracked <= names, sorted(tracked - names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_the_license_text_ships_with_the_package(built):
+    """The metadata said Apache-2.0 but no archive (nor the repository) held the licence's
+    text, which the licence asks every copy to carry."""
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    with zipfile.ZipFile(built["wheel"]) as z:
+        licences = [n for n in z.namelist() if n.endswith("/LICENSE") and ".dist-info/" in n]
+        assert licences and z.read(licences[0]).decode() == text, z.namelist()[-12:]
+        (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        assert "Apache-2.0" in z.read(meta).decode()
+    with tarfile.open(built["sdist"]) as t:
+        top = t.getnames()[0].split("/")[0]
+        assert t.extractfile(f"{top}/LICENSE").read().decode() == text
 
 
 # the platforms a lab installs on; tensorflow-cpu has wheels for the first two only
