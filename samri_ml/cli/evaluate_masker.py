@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
+from samri_ml.bids import atomic_write_text
 from samri_ml.cli._common import (
     HelpFormatter,
     add_flip_option,
@@ -143,11 +144,12 @@ def _main(argv=None) -> int:
     text = report(rows, held_out, known)
     print(text)
     if args.json:
-        args.json.write_text(json_dumps({"rows": rows, "by_source": by_source(rows, held_out,
+        atomic_write_text(json_dumps({"rows": rows, "by_source": by_source(rows, held_out,
                                                                                known),
-                                         "held_out": held_out if known else None}, indent=1))
+                                         "held_out": held_out if known else None}, indent=1),
+                          args.json)
     if args.rst:
-        args.rst.write_text(text)
+        atomic_write_text(text, args.rst)
     if args.figures is not None:
         print(f"{PROG}: {len(rows)} figures in {args.figures}", file=sys.stderr)
     return 0

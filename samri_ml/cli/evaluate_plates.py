@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from samri_ml.bids import atomic_write_text
 from samri_ml.cli._common import (
     HelpFormatter,
     add_plate_model_options,
@@ -119,7 +120,7 @@ def run(args) -> int:
     print_line(format_metrics(m, f"{args.method} on {args.images}"))
     if args.json:
         m["rankings"] = {str(p): r for p, r in zip(paths, rankings, strict=True)}
-        Path(args.json).write_text(json_dumps(m, indent=1))
+        atomic_write_text(json_dumps(m, indent=1), args.json)  # never half-written
     return 0
 
 

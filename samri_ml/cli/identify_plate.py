@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from samri_ml.bids import atomic_write_text
 from samri_ml.cli._common import (
     HelpFormatter,
     add_plate_model_options,
@@ -125,7 +126,7 @@ def run(args) -> int:
     if args.json:
         results = {name: results[name] for name in given if name in results}  # in given order
         try:
-            Path(args.json).write_text(json_dumps(results, indent=1))
+            atomic_write_text(json_dumps(results, indent=1), args.json)  # never half-written
         except OSError as e:
             raise SamriMLError(f"cannot write {args.json}: {e.strerror}") from None
     for err in bad:
