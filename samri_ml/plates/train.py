@@ -244,7 +244,6 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for old in run_files(out):  # a run with these settings starts again (the CLI refuses others)
         old.unlink()
-    _write_files(out, {"config.json": lambda p: p.write_text(json.dumps(asdict(cfg), indent=2))})
     log(f"model {model.name}: {model.count_params():,} parameters")
     loss_fn = LOSSES[cfg.loss]
     opt = keras.optimizers.Adam(learning_rate_schedule(cfg))
@@ -328,6 +327,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     bar = tqdm(range(1, cfg.iterations + 1), desc="train-plates", mininterval=30)
     it = 0
     try:
+        # config.json first thing in here: from the moment OUT holds a run, Ctrl-C says what
+        # it holds (it was written before the model and the optimiser were built, and Ctrl-C
+        # then said only "interrupted")
+        _write_files(out, {"config.json": lambda p: p.write_text(json.dumps(asdict(cfg),
+                                                                            indent=2))})
         for it in bar:
             x, y = make_batch()
             losses.append(float(ops.convert_to_numpy(step(x, y))))
