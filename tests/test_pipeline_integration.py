@@ -208,6 +208,44 @@ def test_a_child_killed_by_a_signal_is_named():
         run_in_new_process("os", "stat", {"path": "/no-such-file"})
 
 
+# ---------------------------------------------------------------- relative paths in nodes
+
+
+def test_relative_paths_work_in_nodes_and_keep_symlinked_names(head, tmp_path, monkeypatch):
+    """``MaskBrain(in_file="sub-01_T2w.nii.gz")`` (as docs/masking.rst shows it) in a Node, or
+    ``interface.run(cwd=...)``, failed with "sub-01_T2w.nii.gz: no such file", a file that
+    was there: Nipype runs a node in a folder of its own. A relative ``base_directory`` of the
+    derivatives sink wrote inside the node's folder. The paths are now absolute from where
+    they were set, symbolic links kept (a DataLad dataset's scans keep their names)."""
+    from samri_ml.interfaces import DerivativesDataSink, MaskBrain, VolumeConservation
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "annex").mkdir()
+    shutil.copyfile(head, tmp_path / "annex" / "MD5E-s1234--0123abcd.nii.gz")
+    os.symlink("annex/MD5E-s1234--0123abcd.nii.gz", "sub-01_T2w.nii.gz")
+
+    node = pe.Node(MaskBrain(in_file="sub-01_T2w.nii.gz", views=["coronal"], flip=False,
+                             max_slices=32), name="mask", base_dir="work")
+    assert node.inputs.in_file == str(tmp_path / "sub-01_T2w.nii.gz")  # the link, not its key
+    out_mask = Path(node.run().outputs.out_mask)
+    assert out_mask == tmp_path / "work" / "mask" / "sub-01_T2w_mask.nii.gz"
+    brain = np.asarray(nb.load(out_mask).dataobj)
+    assert brain.dtype == np.uint8 and brain.sum() > 1000
+
+    (tmp_path / "elsewhere").mkdir()
+    vcf = VolumeConservation(processed_file="sub-01_T2w.nii.gz",
+                             raw_file="annex/MD5E-s1234--0123abcd.nii.gz")
+    assert vcf.run(cwd=str(tmp_path / "elsewhere")).outputs.vcf == pytest.approx(1.0)
+
+    sink = pe.Node(DerivativesDataSink(in_file=str(out_mask), source_file=SOURCE,
+                                       base_directory="derivatives", desc="brain",
+                                       suffix="mask"), name="ds_mask", base_dir="work")
+    stored = Path(sink.run().outputs.out_file)
+    assert stored == (tmp_path / "derivatives" / "sub-01" / "ses-1" / "anat" /
+                      "sub-01_ses-1_desc-brain_mask.nii.gz")
+    assert stored.read_bytes() == out_mask.read_bytes()
+
+
 # ------------------------------------------------------------------- derivatives on reruns
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    File,
     SimpleInterface,
     TraitedSpec,
     traits,
 )
 from nipype.interfaces.base import isdefined as traits_defined
+
+from samri_ml.interfaces._paths import File
 
 
 class _MaskBrainInputSpec(BaseInterfaceInputSpec):

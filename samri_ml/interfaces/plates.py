@@ -6,14 +6,13 @@ import os
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    Directory,
-    File,
     SimpleInterface,
     TraitedSpec,
     traits,
 )
 
 from samri_ml.errors import SamriMLError
+from samri_ml.interfaces._paths import Directory, File
 from samri_ml.io import json_dumps
 from samri_ml.plates.identify import VARIANT_CHOICES
 
