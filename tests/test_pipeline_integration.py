@@ -484,3 +484,18 @@ def test_multiproc_reserves_cpus_for_the_unet_nodes():
     for wf, node in ((init_structural_wf(masking="unet", omp_nthreads=3), "s_mask"),
                      (init_functional_wf(masking="unet", omp_nthreads=3), "f_mask")):
         assert wf.get_node(node).n_procs == 3
+
+
+def test_identifyplate_refuses_a_negative_thread_count_multiproc_would_count_as_free():
+    """IdentifyPlate(num_threads=-1) was taken: TensorFlow ran on every core while MultiProc,
+    reserving num_threads CPUs for the node, counted it as freeing one ("Free processors:
+    4/2" with two such nodes running)."""
+    from traits.api import TraitError
+
+    from samri_ml.interfaces.plates import IdentifyPlate
+
+    with pytest.raises(TraitError, match="num_threads"):
+        IdentifyPlate(num_threads=-1)
+    assert pe.Node(IdentifyPlate(), name="plate").n_procs == 1
+    assert pe.Node(IdentifyPlate(num_threads=3), name="plate").n_procs == 3
+    assert pe.Node(IdentifyPlate(num_threads=0), name="plate").n_procs == 0  # as MaskBrain's

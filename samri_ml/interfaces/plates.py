@@ -36,7 +36,11 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     hemisections = traits.Bool(False, usedefault=True,
                                desc="the section may be one hemisphere: also ranked as a left "
                                "and a right half of a section")
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="TensorFlow CPU threads")
+    # a Range, as MaskBrain's: -1 ran on every core while MultiProc counted it as freeing one
+    num_threads = traits.Range(low=0, value=1, usedefault=True, nohash=True,
+                               desc="TensorFlow CPU threads, and the CPUs MultiProc reserves "
+                               "for the node (0: TensorFlow's default, every core, but "
+                               "reserved as none)")
     model_checksum = traits.Str(usedefault=True,
                                 desc="sizes and sha256 of the model and index files used (set "
                                 "from 'model' and 'index', else the shipped ones'): part of "
