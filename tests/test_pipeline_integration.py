@@ -499,3 +499,67 @@ def test_identifyplate_refuses_a_negative_thread_count_multiproc_would_count_as_
     assert pe.Node(IdentifyPlate(), name="plate").n_procs == 1
     assert pe.Node(IdentifyPlate(num_threads=3), name="plate").n_procs == 3
     assert pe.Node(IdentifyPlate(num_threads=0), name="plate").n_procs == 0  # as MaskBrain's
+
+
+# ------------------------------------------------------- init_generic_wf as a sub-workflow
+
+
+def _collect(anat, anat_qc, bolds):
+    """A lab's downstream node: what the sub-workflow's outputnode handed over."""
+    import json
+
+    return {"anat": anat, "vcf": json.load(open(anat_qc))["vcf"], "bolds": bolds}
+
+
+@pytest.mark.slow
+def test_generic_wf_embedded_twice_in_a_lab_workflow(example_dataset, tmp_path):
+    """init_generic_wf had no outputnode (every other factory has one): a lab's workflow could
+    feed its inputnode but had nothing to connect its own steps to. Two instances, their
+    template from an upstream node, their outputs to a downstream node; a rerun is cached."""
+    from samri_ml.workflows import init_generic_wf
+
+    tpl = example_dataset / "template"
+
+    def pick(path):
+        return path
+
+    parent = pe.Workflow("lab", base_dir=str(tmp_path / "work"))
+    upstream = pe.Node(niu.Function(function=pick, input_names=["path"],
+                                    output_names=["path"]), name="choose_template")
+    upstream.inputs.path = str(tpl / "tpl-Phantom_T2w.nii.gz")
+    for sub, bolds in (("01", ["task-rest_bold"]), ("02", [])):
+        ses = example_dataset / f"sub-{sub}" / "ses-1"
+        generic = init_generic_wf(
+            template=str(tpl / "tpl-Phantom_T2w.nii.gz"),
+            template_mask=str(tpl / "tpl-Phantom_desc-brain_mask.nii.gz"),
+            anat_file=str(ses / "anat" / f"sub-{sub}_ses-1_T2w.nii.gz"),
+            bold_files=[str(ses / "func" / f"sub-{sub}_ses-1_{b}.nii.gz") for b in bolds],
+            bold_metadata=[{"RepetitionTime": 1.0}] * len(bolds), slice_timing=False,
+            output_dir=str(tmp_path / "derivatives"), flavour="fast", template_name="Phantom",
+            name=f"sub{sub}_wf")
+        collect = pe.Node(niu.Function(function=_collect, input_names=["anat", "anat_qc",
+                                                                       "bolds"],
+                                       output_names=["out"]), name=f"collect{sub}")
+        collect.inputs.bolds = []
+        parent.connect([
+            (upstream, generic, [("path", "inputnode.template")]),
+            (generic, collect, [("outputnode.anat_preproc", "anat"),
+                                ("outputnode.anat_qc", "anat_qc")]),
+        ])
+        if bolds:
+            parent.connect(generic, "outputnode.bold_preproc", collect, "bolds")
+    graph = parent.run()
+    template = nb.load(tpl / "tpl-Phantom_T2w.nii.gz")
+    results = {sub: _result(graph, f"collect{sub}").out for sub in ("01", "02")}
+    for sub, res in results.items():
+        assert f"sub-{sub}_ses-1_T2w" in Path(res["anat"]).name
+        assert nb.load(res["anat"]).shape == template.shape
+        assert 0.5 < res["vcf"] < 2
+    (bold,) = results["01"]["bolds"]
+    assert "sub-01_ses-1_task-rest_bold" in Path(bold).name and nb.load(bold).ndim == 4
+    assert results["02"]["bolds"] == []
+
+    stored = tmp_path / "work" / "lab" / "collect01" / "result_collect01.pklz"
+    stamp = stored.stat().st_mtime_ns
+    parent.run()  # as the lab reruns its script: cached
+    assert stored.stat().st_mtime_ns == stamp
