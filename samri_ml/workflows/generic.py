@@ -75,6 +75,12 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     omp_nthreads : int
         Threads per ANTs call.
 
+    Inputs (``inputnode``)
+    ----------------------
+    template, template_mask
+        Set from the parameters; connect a node of yours to them to give them at run time
+        (the sidecars' ``SpatialReference`` still names the ``template`` parameter).
+
     Outputs (``outputnode``, to connect a larger workflow to)
     ---------------------------------------------------------
     anat_preproc, anat_xfm, anat_mask, anat_qc
