@@ -564,6 +564,8 @@ def test_maskbrain_refuses_too_few_max_slices_with_one_line(tmp_path):
     nb.save(_sammba_like(), src)
     with pytest.raises(SamriMLError, match="max_slices 10: must be at least 32"):
         MaskBrain(in_file=str(src), max_slices=10).run(cwd=str(tmp_path))
+    # MaskBrain.help() says the minimum before a run fails on it
+    assert "(at least 32," in " ".join(MaskBrain.input_spec().trait("max_slices").desc.split())
 
 
 def test_evaluate_masker_refuses_unknown_sources_and_a_foreign_training_record(tmp_path, capsys):

@@ -208,6 +208,44 @@ def test_a_child_killed_by_a_signal_is_named():
         run_in_new_process("os", "stat", {"path": "/no-such-file"})
 
 
+# ---------------------------------------------------------------- relative paths in nodes
+
+
+def test_relative_paths_work_in_nodes_and_keep_symlinked_names(head, tmp_path, monkeypatch):
+    """``MaskBrain(in_file="sub-01_T2w.nii.gz")`` (as docs/masking.rst shows it) in a Node, or
+    ``interface.run(cwd=...)``, failed with "sub-01_T2w.nii.gz: no such file", a file that
+    was there: Nipype runs a node in a folder of its own. A relative ``base_directory`` of the
+    derivatives sink wrote inside the node's folder. The paths are now absolute from where
+    they were set, symbolic links kept (a DataLad dataset's scans keep their names)."""
+    from samri_ml.interfaces import DerivativesDataSink, MaskBrain, VolumeConservation
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "annex").mkdir()
+    shutil.copyfile(head, tmp_path / "annex" / "MD5E-s1234--0123abcd.nii.gz")
+    os.symlink("annex/MD5E-s1234--0123abcd.nii.gz", "sub-01_T2w.nii.gz")
+
+    node = pe.Node(MaskBrain(in_file="sub-01_T2w.nii.gz", views=["coronal"], flip=False,
+                             max_slices=32), name="mask", base_dir="work")
+    assert node.inputs.in_file == str(tmp_path / "sub-01_T2w.nii.gz")  # the link, not its key
+    out_mask = Path(node.run().outputs.out_mask)
+    assert out_mask == tmp_path / "work" / "mask" / "sub-01_T2w_mask.nii.gz"
+    brain = np.asarray(nb.load(out_mask).dataobj)
+    assert brain.dtype == np.uint8 and brain.sum() > 1000
+
+    (tmp_path / "elsewhere").mkdir()
+    vcf = VolumeConservation(processed_file="sub-01_T2w.nii.gz",
+                             raw_file="annex/MD5E-s1234--0123abcd.nii.gz")
+    assert vcf.run(cwd=str(tmp_path / "elsewhere")).outputs.vcf == pytest.approx(1.0)
+
+    sink = pe.Node(DerivativesDataSink(in_file=str(out_mask), source_file=SOURCE,
+                                       base_directory="derivatives", desc="brain",
+                                       suffix="mask"), name="ds_mask", base_dir="work")
+    stored = Path(sink.run().outputs.out_file)
+    assert stored == (tmp_path / "derivatives" / "sub-01" / "ses-1" / "anat" /
+                      "sub-01_ses-1_desc-brain_mask.nii.gz")
+    assert stored.read_bytes() == out_mask.read_bytes()
+
+
 # ------------------------------------------------------------------- derivatives on reruns
 
 
@@ -446,3 +484,82 @@ def test_multiproc_reserves_cpus_for_the_unet_nodes():
     for wf, node in ((init_structural_wf(masking="unet", omp_nthreads=3), "s_mask"),
                      (init_functional_wf(masking="unet", omp_nthreads=3), "f_mask")):
         assert wf.get_node(node).n_procs == 3
+
+
+def test_identifyplate_refuses_a_negative_thread_count_multiproc_would_count_as_free():
+    """IdentifyPlate(num_threads=-1) was taken: TensorFlow ran on every core while MultiProc,
+    reserving num_threads CPUs for the node, counted it as freeing one ("Free processors:
+    4/2" with two such nodes running)."""
+    from traits.api import TraitError
+
+    from samri_ml.interfaces.plates import IdentifyPlate
+
+    with pytest.raises(TraitError, match="num_threads"):
+        IdentifyPlate(num_threads=-1)
+    assert pe.Node(IdentifyPlate(), name="plate").n_procs == 1
+    assert pe.Node(IdentifyPlate(num_threads=3), name="plate").n_procs == 3
+    assert pe.Node(IdentifyPlate(num_threads=0), name="plate").n_procs == 0  # as MaskBrain's
+
+
+# ------------------------------------------------------- init_generic_wf as a sub-workflow
+
+
+def _collect(anat, anat_qc, bolds):
+    """A lab's downstream node: what the sub-workflow's outputnode handed over."""
+    import json
+
+    return {"anat": anat, "vcf": json.load(open(anat_qc))["vcf"], "bolds": bolds}
+
+
+@pytest.mark.slow
+def test_generic_wf_embedded_twice_in_a_lab_workflow(example_dataset, tmp_path):
+    """init_generic_wf had no outputnode (every other factory has one): a lab's workflow could
+    feed its inputnode but had nothing to connect its own steps to. Two instances, their
+    template from an upstream node, their outputs to a downstream node; a rerun is cached."""
+    from samri_ml.workflows import init_generic_wf
+
+    tpl = example_dataset / "template"
+
+    def pick(path):
+        return path
+
+    parent = pe.Workflow("lab", base_dir=str(tmp_path / "work"))
+    upstream = pe.Node(niu.Function(function=pick, input_names=["path"],
+                                    output_names=["path"]), name="choose_template")
+    upstream.inputs.path = str(tpl / "tpl-Phantom_T2w.nii.gz")
+    for sub, bolds in (("01", ["task-rest_bold"]), ("02", [])):
+        ses = example_dataset / f"sub-{sub}" / "ses-1"
+        generic = init_generic_wf(
+            template=str(tpl / "tpl-Phantom_T2w.nii.gz"),
+            template_mask=str(tpl / "tpl-Phantom_desc-brain_mask.nii.gz"),
+            anat_file=str(ses / "anat" / f"sub-{sub}_ses-1_T2w.nii.gz"),
+            bold_files=[str(ses / "func" / f"sub-{sub}_ses-1_{b}.nii.gz") for b in bolds],
+            bold_metadata=[{"RepetitionTime": 1.0}] * len(bolds), slice_timing=False,
+            output_dir=str(tmp_path / "derivatives"), flavour="fast", template_name="Phantom",
+            name=f"sub{sub}_wf")
+        collect = pe.Node(niu.Function(function=_collect, input_names=["anat", "anat_qc",
+                                                                       "bolds"],
+                                       output_names=["out"]), name=f"collect{sub}")
+        collect.inputs.bolds = []
+        parent.connect([
+            (upstream, generic, [("path", "inputnode.template")]),
+            (generic, collect, [("outputnode.anat_preproc", "anat"),
+                                ("outputnode.anat_qc", "anat_qc")]),
+        ])
+        if bolds:
+            parent.connect(generic, "outputnode.bold_preproc", collect, "bolds")
+    graph = parent.run()
+    template = nb.load(tpl / "tpl-Phantom_T2w.nii.gz")
+    results = {sub: _result(graph, f"collect{sub}").out for sub in ("01", "02")}
+    for sub, res in results.items():
+        assert f"sub-{sub}_ses-1_T2w" in Path(res["anat"]).name
+        assert nb.load(res["anat"]).shape == template.shape
+        assert 0.5 < res["vcf"] < 2
+    (bold,) = results["01"]["bolds"]
+    assert "sub-01_ses-1_task-rest_bold" in Path(bold).name and nb.load(bold).ndim == 4
+    assert results["02"]["bolds"] == []
+
+    stored = tmp_path / "work" / "lab" / "collect01" / "result_collect01.pklz"
+    stamp = stored.stat().st_mtime_ns
+    parent.run()  # as the lab reruns its script: cached
+    assert stored.stat().st_mtime_ns == stamp

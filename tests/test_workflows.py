@@ -388,3 +388,28 @@ def test_readme_python_api_runs_as_written(example_dataset, tmp_path):
     assert image.shape == template.shape and np.allclose(image.affine, template.affine)
     r = np.corrcoef(image.get_fdata()[mask], template.get_fdata()[mask])[0, 1]
     assert r > 0.8, r  # the scan on the template: their brains' intensities agree
+
+
+@pytest.mark.parametrize("masking,qc,method", [("none", False, "composite"),
+                                               ("unet", True, "structural")])
+def test_generic_wf_outputnode_has_what_it_built(masking, qc, method, tmp_path):
+    """The outputnode's fields are connected where the workflow makes them; the runs' fields
+    are lists in bold_files' order."""
+    anat, bolds = tmp_path / "a_T2w.nii.gz", [tmp_path / "b_bold.nii.gz", tmp_path / "c_bold.nii.gz"]
+    for path in (anat, *bolds):
+        path.write_bytes(b"")  # qc checks that the scans exist; nothing is read here
+    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file=str(anat),
+                         bold_files=[str(b) for b in bolds], masking=masking, qc=qc,
+                         method=method)
+    connected = {dest for _, target, data in wf._graph.edges(data=True)
+                 if target.name == "outputnode" for _, dest in data["connect"]}
+    expected = {"anat_preproc", "anat_xfm", "bold_preproc"}
+    expected |= {"anat_mask", "bold_mask"} if masking != "none" else set()
+    expected |= {"anat_qc", "bold_qc"} if qc else set()
+    expected |= {"bold_xfm"} if method != "structural" else set()
+    assert connected == expected
+    merge = wf.get_node("merge_bold_preproc")
+    runs = {dest: src.name for src, target, data in wf._graph.edges(data=True)
+            if target is merge for _, dest in data["connect"]}
+    assert runs == {"in1": "func0_wf", "in2": "func1_wf"}
+    assert merge.inputs.no_flatten

@@ -6,14 +6,13 @@ import json
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    Directory,
-    File,
     SimpleInterface,
     TraitedSpec,
     traits,
 )
 
 from samri_ml.bids import atomic_copy, atomic_write_text, derivative_path, sidecar_path
+from samri_ml.interfaces._paths import Directory, File
 
 
 class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):

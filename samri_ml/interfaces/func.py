@@ -6,7 +6,6 @@ import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    File,
     SimpleInterface,
     TraitedSpec,
     traits,
@@ -14,6 +13,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from samri_ml import func
+from samri_ml.interfaces._paths import File
 
 
 def _save_like(data, img, in_file, suffix, cwd):

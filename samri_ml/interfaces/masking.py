@@ -10,12 +10,14 @@ from pathlib import Path
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    File,
     SimpleInterface,
     TraitedSpec,
     traits,
 )
 from nipype.interfaces.base import isdefined as traits_defined
+
+from samri_ml.interfaces._paths import File
+from samri_ml.masking.predict import MIN_MAX_SLICES
 
 
 class _MaskBrainInputSpec(BaseInterfaceInputSpec):
@@ -27,7 +29,8 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
                              desc="probability above which a voxel is brain (0 < t < 1, as "
                              "samri_ml-mask --threshold)")  # fmt: skip
     max_slices = traits.Int(desc="predict at most this many slices per view and interpolate "
-                            "(samri_ml-mask --max-slices; default: every slice)")
+                            f"(at least {MIN_MAX_SLICES}, as samri_ml-mask --max-slices; "
+                            "default: every slice)")
     views = traits.List(traits.Enum("sagittal", "coronal", "axial"),
                         value=["sagittal", "coronal", "axial"], usedefault=True, minlen=1,
                         desc="slice directions whose predictions are averaged (the seed: "
@@ -93,7 +96,6 @@ class MaskBrain(SimpleInterface):
     output_spec = _MaskBrainOutputSpec
 
     def _run_interface(self, runtime):
-        from samri_ml.masking.predict import MIN_MAX_SLICES
         from samri_ml.models.inference import run_in_new_process, tensorflow_inherited
 
         max_slices = self.inputs.max_slices if traits_defined(self.inputs.max_slices) else None

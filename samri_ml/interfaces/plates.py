@@ -6,14 +6,13 @@ import os
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    Directory,
-    File,
     SimpleInterface,
     TraitedSpec,
     traits,
 )
 
 from samri_ml.errors import SamriMLError
+from samri_ml.interfaces._paths import Directory, File
 from samri_ml.io import json_dumps
 from samri_ml.plates.identify import VARIANT_CHOICES
 
@@ -37,7 +36,11 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     hemisections = traits.Bool(False, usedefault=True,
                                desc="the section may be one hemisphere: also ranked as a left "
                                "and a right half of a section")
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="TensorFlow CPU threads")
+    # a Range, as MaskBrain's: -1 ran on every core while MultiProc counted it as freeing one
+    num_threads = traits.Range(low=0, value=1, usedefault=True, nohash=True,
+                               desc="TensorFlow CPU threads, and the CPUs MultiProc reserves "
+                               "for the node (0: TensorFlow's default, every core, but "
+                               "reserved as none)")
     model_checksum = traits.Str(usedefault=True,
                                 desc="sizes and sha256 of the model and index files used (set "
                                 "from 'model' and 'index', else the shipped ones'): part of "

@@ -14,12 +14,13 @@ import os
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    File,
     SimpleInterface,
     TraitedSpec,
     isdefined,
     traits,
 )
+
+from samri_ml.interfaces._paths import File
 
 
 def _load(path):

@@ -25,6 +25,10 @@ from samri_ml.workflows.registration import (
 #: that hashes it by time does not recompute
 SINK_NODE = {"run_without_submitting": True, "overwrite": True}
 
+#: the fields of :func:`init_generic_wf`'s ``outputnode``
+OUTPUT_FIELDS = ["anat_preproc", "anat_xfm", "anat_mask", "anat_qc",
+                 "bold_preproc", "bold_xfm", "bold_mask", "bold_qc"]
+
 
 def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None = None,
                     bold_files=(), bold_metadata=None, output_dir: str | None = None,
@@ -71,6 +75,21 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     omp_nthreads : int
         Threads per ANTs call.
 
+    Inputs (``inputnode``)
+    ----------------------
+    template, template_mask
+        Set from the parameters; connect a node of yours to them to give them at run time
+        (the sidecars' ``SpatialReference`` still names the ``template`` parameter).
+
+    Outputs (``outputnode``, to connect a larger workflow to)
+    ---------------------------------------------------------
+    anat_preproc, anat_xfm, anat_mask, anat_qc
+        The structural scan in template space, its composite transform (``.h5``), its U-Net
+        mask (with masking) and its QC record (``*_desc-qc_metrics.json``, with ``qc``).
+    bold_preproc, bold_xfm, bold_mask, bold_qc
+        The same of the functional runs: lists, one entry per run, in ``bold_files``' order
+        (``bold_xfm`` unless ``method='structural'``).
+
     Outputs (in ``output_dir``)
     ---------------------------
     ``*_space-<template>_desc-preproc_<suffix>.nii.gz``, ``*_from-native_to-<to>_mode-image_xfm.h5``,
@@ -94,6 +113,19 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     inputnode = pe.Node(niu.IdentityInterface(["template", "template_mask"]), name="inputnode")
     inputnode.inputs.template = str(template)
     inputnode.inputs.template_mask = str(template_mask)
+    outputnode = pe.Node(niu.IdentityInterface(OUTPUT_FIELDS), name="outputnode")
+    # the runs' outputs gathered into one list each, in bold_files' order
+    bold_lists = {field: pe.Node(niu.Merge(len(bold_files), no_flatten=True),
+                                 name=f"merge_{field}", run_without_submitting=True)
+                  for field in ("bold_preproc", "bold_xfm", "bold_mask", "bold_qc")}
+
+    def output(field, node, node_field, index=None):
+        if index is None:
+            wf.connect(node, node_field, outputnode, field)
+        else:
+            wf.connect(node, node_field, bold_lists[field], f"in{index + 1}")
+            if index == 0:  # the list to the output, once
+                wf.connect(bold_lists[field], "out", outputnode, field)
 
     # SpatialReference: BIDS asks for it where the space label is not a standard one
     reference = spatial_reference(template, output_dir)
@@ -116,16 +148,20 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         wf.connect(inputnode, "template", anat_wf, "inputnode.template")
         wf.connect(inputnode, "template_mask", anat_wf, "inputnode.template_mask")
         out = "outputnode."
+        output("anat_preproc", anat_wf, out + "out_file")
+        output("anat_xfm", anat_wf, out + "composite_transform")
         sink("ds_anat", anat_file, anat_wf, out + "out_file", space=template_name, desc="preproc",
              metadata={"SkullStripped": False,
                        "SpatialReference": reference})
         sink("ds_anat_xfm", anat_file, anat_wf, out + "composite_transform", from_="native",
              to=template_name, mode="image", suffix="xfm", extension=".h5")
         if masking != "none":
+            output("anat_mask", anat_wf, out + "out_mask")
             sink("ds_anat_mask", anat_file, anat_wf, out + "out_mask", desc="brain", suffix="mask")
         if qc:
-            _connect_qc(wf, anat_file, (anat_wf, out + "out_file"), "anat", label, output_dir,
-                        "anat", template_name)
+            write = _connect_qc(wf, anat_file, (anat_wf, out + "out_file"), "anat", label,
+                                output_dir, "anat", template_name)
+            output("anat_qc", write, "out_json")
 
     for index, (bold, meta) in enumerate(zip(bold_files, bold_metadata, strict=True)):
         times = meta.get("SliceTiming") if slice_timing else None
@@ -144,6 +180,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             if masking != "none":
                 wf.connect(anat_wf, "outputnode.out_mask", func_wf, "inputnode.structural_mask")
         out = "outputnode."
+        output("bold_preproc", func_wf, out + "out_file", index)
         # the sidecar: BIDS inheritance does not reach into a derivatives dataset
         corrected = times is not None and _kept_volumes(bold, dummy_scans) >= MIN_SLICE_TIMING_VOLUMES
         bold_meta = {"SkullStripped": False, "SliceTimingCorrected": corrected,
@@ -160,14 +197,17 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             # composite: the run's own transform goes to the structural scan (e.g. to-T2w)
             target = template_name if method == "functional" else (
                 parse_entities(anat_file)["suffix"] or "anat")
+            output("bold_xfm", func_wf, out + "composite_transform", index)
             sink(f"ds_func{index}_xfm", bold, func_wf, out + "composite_transform",
                  from_="native", to=target, mode="image", suffix="xfm", extension=".h5")
         if masking != "none":
+            output("bold_mask", func_wf, out + "out_mask", index)
             sink(f"ds_func{index}_mask", bold, func_wf, out + "out_mask", desc="brain",
                  suffix="mask")
         if qc:
-            _connect_qc(wf, bold, (func_wf, out + "out_file"), "func", label, output_dir,
-                        f"func{index}", template_name)
+            write = _connect_qc(wf, bold, (func_wf, out + "out_file"), "func", label,
+                                output_dir, f"func{index}", template_name)
+            output("bold_qc", write, "out_json", index)
     return wf
 
 
@@ -185,7 +225,7 @@ def spatial_reference(template, output_dir) -> str:
 def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, space=None):
     """VCF and SCF of a registered scan against its raw input, written beside the derivatives
     (``space-<template>`` in their names: runs against two templates into one OUTPUT_DIR keep
-    both)."""
+    both); returns the node that writes the record."""
     from samri_ml.interfaces.qc import SmoothnessConservation, VolumeConservation, WriteQCMetrics
 
     vcf = pe.Node(VolumeConservation(raw_file=str(raw_file)), name=f"{prefix}_vcf", mem_gb=1)
@@ -209,6 +249,7 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
                                              **({"space": space} if space else {})),
                          name=f"ds_{prefix}_qc{ext[1:]}", **SINK_NODE)
             wf.connect(write, field, ds, "in_file")
+    return write
 
 
 def _kept_volumes(bold, dummy_scans: int) -> int:
