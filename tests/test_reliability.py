@@ -414,6 +414,32 @@ def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     assert "note: no structural scan in sub-03 ses-2" in capsys.readouterr().err
 
 
+def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
+    """A lab's ``.bidsignore`` (a scratch acquisition, a folder of extras, a comment) was not
+    read: the ignored ``acq-scratch`` scan was registered, chosen before the session's own
+    T2w (pybids indexes everything but code/, sourcedata/... and dot files)."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    anat = root / ANAT
+    shutil.copy(anat, anat.with_name("sub-01_ses-1_acq-scratch_T2w.nii.gz"))
+    (anat.parent / "extra").mkdir()
+    shutil.copy(anat, anat.parent / "extra" / "sub-01_ses-1_T1w.nii.gz")
+    shutil.copy(root / BOLD, root / BOLD.replace("_bold", "_run-2_bold"))
+    argv = _argv(tmp_path, ["--dummy-scans", "0"])
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "3 structural scans; using sub-01_ses-1_acq-scratch_T2w.nii.gz" in err, err
+    assert "sub-01_ses-1_task-rest_run-2_bold.nii.gz" in err, err
+    (root / ".bidsignore").write_text("# scratch scans\n*acq-scratch*\nextra/\n"
+                                      "sub-01/**/*_run-2_bold.nii.gz\n")
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    planned = [line for line in err.splitlines() if "dry run: sub-01" in line]
+    assert planned == ["samri_ml-register: dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz, "
+                       "sub-01_ses-1_task-rest_bold.nii.gz"], err
+    assert "structural scans" not in err, err
+
+
 def test_a_run_too_short_for_slice_timing_is_named(tmp_path, capsys):
     """5 volumes less 3 dummy scans leave 2, too few for slice timing: said before the run
     (its sidecar said SliceTimingCorrected false, and nothing else did)."""

@@ -717,9 +717,16 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
 def collect_sessions(args) -> list[dict]:
     """Query the dataset: one entry per subject/session with its structural and functional scans."""
     import bids
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
+    from samri_ml.bids import bidsignore_patterns
+
+    # pybids does not read .bidsignore: a scan a lab listed there (a scratch or failed
+    # acquisition) was registered, even chosen before the good scan of its session
+    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *bidsignore_patterns(args.bids_dir)]
     try:
-        layout = bids.BIDSLayout(str(args.bids_dir), validate=False)
+        layout = bids.BIDSLayout(str(args.bids_dir), validate=False,
+                                 indexer=bids.BIDSLayoutIndexer(validate=False, ignore=ignore))
     except Exception as err:  # pybids raises many kinds for broken datasets
         raise SamriMLError(f"{args.bids_dir}: cannot index the BIDS dataset ({err})") from err
     subjects = layout.get_subjects()
