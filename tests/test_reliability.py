@@ -221,6 +221,9 @@ CASES = [
      ["5 dimensions"]),
     ("4d_template", _replace_image(TEMPLATE, lambda d: np.stack([d, d], axis=-1)), [], 1,
      ["4 dimensions", "expected 3D"]),
+    ("4d_structural_scan", _replace_image(ANAT, lambda d: np.stack([d, d], axis=-1)), [], 1,
+     ["sub-01_ses-1_T2w.nii.gz: structural scan of 2 volumes (24, 24, 12, 2); expected one 3D "
+      "volume; hint: average its volumes or keep one", "-s/--structural-match"]),
     ("3d_functional_run", _replace_image(BOLD, lambda d: d[..., 0]), [], 1,
      ["functional run is 3D", "hint"]),
     ("nan_voxels", _replace_image(ANAT, lambda d: np.where(d > 90, np.nan, d)), [], 1,

@@ -607,6 +607,8 @@ def check_scans(args, sessions) -> None:
             direct.append(f"sub-{item['subject']}"
                           + (f" ses-{item['session']}" if item["session"] else ""))
         for path, kind in scans:
+            if kind == "structural":
+                _check_structural_volumes(path)
             img = load_nifti(path, allow_4d=kind == "functional")
             if kind == "functional" and len(img.shape) != 4:
                 import nibabel as nb
@@ -663,6 +665,23 @@ def check_scans(args, sessions) -> None:
         args.scan_notes.append(
             f"no structural scan in {', '.join(direct)}: its functional runs are registered "
             "straight to the template (as --registration-method functional)")
+
+
+def _check_structural_volumes(path: str) -> None:
+    """Refuse, with a way out, a structural scan stored as a 4D series of 3D volumes
+    (repetitions or echoes a converter kept apart): it got load_nifti's bare "has 4
+    dimensions ...; expected 3D", with no word of what to do."""
+    import nibabel as nb
+
+    try:
+        shape = nb.load(path).shape
+    except Exception:  # noqa: BLE001 - load_nifti says what is wrong with the file
+        return
+    if len(shape) == 4 and shape[3] > 1:
+        raise SamriMLError(
+            f"{path}: structural scan of {shape[3]} volumes {tuple(shape)}; expected one 3D "
+            "volume; hint: average its volumes or keep one (e.g. nibabel: "
+            "nb.funcs.four_to_three(img)[0]), or select a 3D scan with -s/--structural-match")
 
 
 def _some(names: list[str], shown: int = 3) -> str:
