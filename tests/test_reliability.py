@@ -456,6 +456,28 @@ def test_a_run_too_short_for_slice_timing_is_named(tmp_path, capsys):
         "slice-timing corrected: sub-01_ses-1_task-rest_bold.nii.gz" in err, err
 
 
+def test_a_template_scaled_by_10_is_named_so_whatever_the_ratio():
+    """A template whose header is 10x (the emory template: 114 mm) against a head scan with a
+    wide field of view (the sammba head, 20.4 mm: 5.6x) got the generic "one of the headers
+    look scaled; hint: ... or pass --no-fov-check", which registers into a blur. The
+    template's own extent says it: scaled by 10, and how to fix it."""
+    from argparse import Namespace
+
+    from samri_ml.cli.register import _fov_message
+
+    args = Namespace(template="tpl.nii.gz", template_extent=114.0)
+    message = _fov_message("sub-01_T2w.nii.gz", 20.4, args)
+    assert message.startswith("tpl.nii.gz: the template's field of view 114 mm is implausible "
+                              "for a rodent, 5.59x that of sub-01_T2w.nii.gz (20.4 mm)"), message
+    assert "look scaled by 10" in message and "by 0.1" in message, message
+    assert "--no-fov-check" not in message, message
+    args.template_extent = 1.14  # 0.1x: 11.4 mm once fixed
+    message = _fov_message("sub-01_T2w.nii.gz", 20.4, args)
+    assert "look scaled by 0.1" in message and "by 10, e.g." in message, message
+    args.template_extent = 900.0  # no power of ten makes it a rodent's: no guess
+    assert "--no-fov-check" in _fov_message("sub-01_T2w.nii.gz", 20.4, args)
+
+
 def test_no_fov_check_lets_scaled_headers_through(tmp_path, capsys):
     make_dataset(tmp_path)
     _scaled_zooms(tmp_path)

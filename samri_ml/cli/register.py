@@ -573,6 +573,11 @@ def _fov_message(path, extent: float, args) -> str:
             if template_odd else
             f"{path}: field of view {extent:.3g} mm is {ratio:.3g}x the template's "
             f"({args.template_extent:.3g} mm)")
+    if template_odd:
+        # the template is the scaled one: its own extent says by how much, not the ratio to a
+        # scan (the emory template, 10x, is 5.6x the sammba head, whose field of view is wide,
+        # and got the hint to pass --no-fov-check, which registers into a blur)
+        factor = next((f for f in (10, 0.1) if lo <= args.template_extent / f <= hi), factor)
     if 7 <= factor <= 14 or 1 / 14 <= factor <= 1 / 7:
         scaled, fix = ("10", "0.1") if factor > 1 else ("0.1", "10")
         return (f"{head}; its voxel sizes look scaled by {scaled} (common for SPM/FSL exports); "
