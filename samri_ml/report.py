@@ -28,7 +28,7 @@ import nibabel as nb
 import numpy as np
 
 from samri_ml.bids import atomic_write_bytes, atomic_write_text, derivative_path
-from samri_ml.qc.volume import PLAUSIBLE_VCF
+from samri_ml.qc.volume import PLAUSIBLE_VCF, grid_volume
 
 #: colours of the pictures (and their legends)
 TEMPLATE_MASK_COLOUR = "#ff3b30"
@@ -379,17 +379,24 @@ def _earlier_than(path, since: float | None) -> str | None:
     return f"{datetime.datetime.fromtimestamp(mtime).astimezone():%Y-%m-%d %H:%M %Z}"
 
 
-def report_warnings(qc_rows, failed=(), missing=(), earlier=()) -> list[str]:
+def report_warnings(qc_rows, failed=(), missing=(), earlier=(),
+                    grid_mm3: float | None = None) -> list[str]:
     """The lines of a report's red banner: each QC record whose VCF lies outside
     :data:`samri_ml.qc.volume.PLAUSIBLE_VCF` (the registration probably failed) or whose VCF
     or SCF is null (it could not be measured), each failed step, each scan without a
     registered output and each (``earlier``: "name (date)") whose registered output predates
     a run that failed for its subject."""
+    from samri_ml.qc.volume import uninformative_vcf_text, vcf_verdict
+
     lo, hi = PLAUSIBLE_VCF
     lines = []
     for row in qc_rows:
         vcf = row.get("vcf")
-        if isinstance(vcf, (int, float)) and not lo <= vcf <= hi:
+        verdict = vcf_verdict(row, grid_mm3)
+        if verdict == "uninformative":  # (``grid_mm3``: the template's grid volume)
+            lines.append(f"{row.get('scan', '?')}: {uninformative_vcf_text(row, grid_mm3)}: "
+                         "judge it by the pictures")
+        elif verdict == "implausible":
             lines.append(f"{row.get('scan', '?')}: VCF {vcf:.3g}, outside the plausible range "
                          f"{lo:g}-{hi:g} (the registered scan holds that fraction of its "
                          "source's volume): the registration probably failed")
@@ -616,7 +623,8 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
         if graph is not None and graph.exists():
             body.append("<h2>Workflow graph</h2>")
             body.append(_img_tag(graph, "workflow graph"))
-        warnings = report_warnings(qc_rows, failed, missing, earlier)
+        warnings = report_warnings(qc_rows, failed, missing, earlier,
+                                   grid_mm3=grid_volume(tpl_mask))
         banner = []
         if warnings:
             banner = ["<div class='banner' role='alert'><b>Warning: sub-"

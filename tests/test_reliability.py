@@ -1079,6 +1079,50 @@ def test_a_run_whose_vcf_says_it_failed_is_named(tmp_path):
     assert str(tmp_path / "sub-01.html") in notes[0]
 
 
+def test_a_wide_head_scan_is_not_said_to_have_failed_by_its_vcf(tmp_path):
+    """The nirodents T2w head (256x24x256, 29 x 24 x 29 mm, skull, neck and eyes) to the
+    DSURQE 200 um grid (41x67x58: 1274 mm^3), well registered (the report's pictures), has
+    6762 mm^3 above its threshold: VCF 0.153, where at most 0.188 fits on the grid. The run
+    said "the registration probably failed" (note and red banner). Now both say that the VCF
+    cannot tell; a VCF far below its ceiling, or one without the grid, is still a failure."""
+    from samri_ml.cli.register import implausible_qc_notes
+    from samri_ml.qc.volume import grid_volume, vcf_verdict
+    from samri_ml.report import report_warnings
+
+    template = save(np.ones((41, 67, 58), np.float32), tmp_path / "tpl.nii.gz",
+                    zooms=(0.2, 0.2, 0.2))
+    grid_mm3 = grid_volume(nb.load(template))
+    assert grid_mm3 == pytest.approx(1274.6, abs=0.1)
+    wide = {"scan": "sub-01_T2w", "vcf": 0.153, "volume_raw": 6762.1}
+    diverged = {"scan": "sub-02_T2w", "vcf": 0.002, "volume_raw": 6762.1}
+    narrow = {"scan": "sub-03_T2w", "vcf": 0.1, "volume_raw": 900.0}  # ceiling 1.4
+    assert vcf_verdict(wide, grid_mm3) == "uninformative"
+    assert vcf_verdict(wide) == "implausible"  # no grid known: as before
+    assert vcf_verdict(narrow, grid_mm3) == "implausible"
+    assert vcf_verdict({"vcf": 0.9, "volume_raw": 9e9}, grid_mm3) is None
+    assert vcf_verdict({"vcf": 9.0, "volume_raw": 9e9}, grid_mm3) == "implausible"
+    paths = []
+    for record in (wide, narrow):
+        path = tmp_path / f"{record['scan'][:6]}_space-X_desc-qc_metrics.json"
+        path.write_text(json.dumps(record))
+        paths.append(str(path))
+    first, second = implausible_qc_notes(paths, tmp_path, grid_mm3)
+    assert first == ("sub-01_T2w: VCF 0.153 is below 0.25 but could not be above 0.19: the "
+                     "template's grid (1275 mm^3) is smaller than the scan's volume above "
+                     "threshold (6762 mm^3; a field of view wider than the template's), so the "
+                     "VCF cannot tell whether the registration failed; hint: judge it by the "
+                     f"pictures in {tmp_path / 'sub-01.html'}"), first
+    assert "probably failed" not in first
+    assert second.startswith("sub-03_T2w: VCF 0.1 (the registered scan holds") and \
+        "probably failed" in second
+    banner = report_warnings([wide, narrow], grid_mm3=grid_mm3)
+    assert banner[0].startswith("sub-01_T2w: VCF 0.153 is below 0.25 but could not be above")
+    assert banner[0].endswith("judge it by the pictures")
+    assert "probably failed" in banner[1]
+    # a wide scan moved off the grid (it fills 1 % of what the grid holds) still failed
+    assert vcf_verdict(diverged, grid_mm3) == "implausible"
+
+
 def test_a_scan_with_two_disagreeing_orientations_is_named(tmp_path, capsys):
     """sform and qform mirrored against each other: ANTs read one, the checks and pictures the
     other, and the result came out mirrored without a word."""

@@ -27,7 +27,6 @@ from samri_ml.cli._common import (
 )
 from samri_ml.errors import SamriMLError
 from samri_ml.hardware import available_cpus
-from samri_ml.qc.volume import PLAUSIBLE_VCF
 
 PROG = "samri_ml-register"
 DEFAULT_STRUCTURAL = {"datatype": "anat", "suffix": ["T2w", "T1w"]}
@@ -1234,16 +1233,23 @@ def _note_implausible_qc(args, graph) -> None:
     """Name each scan of this run whose VCF says the registration failed (such runs ended with
     "finished" and exit 0, the failure visible only in the report's pictures)."""
     from samri_ml.interfaces.bids import sink_outputs
+    from samri_ml.io import load_nifti
+    from samri_ml.qc.volume import grid_volume
 
-    for line in implausible_qc_notes(sink_outputs(graph), args.output_dir):
+    grid_mm3 = grid_volume(load_nifti(args.template, allow_4d=False))
+    for line in implausible_qc_notes(sink_outputs(graph), args.output_dir, grid_mm3):
         print(f"{PROG}: note: {line}", file=sys.stderr)
 
 
-def implausible_qc_notes(paths, output_dir) -> list[str]:
-    """One line per QC record among ``paths`` whose VCF is outside :data:`PLAUSIBLE_VCF`."""
+def implausible_qc_notes(paths, output_dir, grid_mm3: float | None = None) -> list[str]:
+    """One line per QC record among ``paths`` whose VCF is outside :data:`PLAUSIBLE_VCF`:
+    the registration probably failed, or (:func:`samri_ml.qc.volume.vcf_verdict`, with the
+    template's ``grid_mm3``) the VCF cannot tell, the scan's field of view being wider than
+    the template's."""
     import json
 
-    lo, hi = PLAUSIBLE_VCF
+    from samri_ml.qc.volume import uninformative_vcf_text, vcf_verdict
+
     notes = []
     for path in paths:
         if not str(path).endswith("_desc-qc_metrics.json"):
@@ -1252,13 +1258,19 @@ def implausible_qc_notes(paths, output_dir) -> list[str]:
             record = json.loads(Path(path).read_text())
         except (OSError, ValueError):
             continue
-        vcf = record.get("vcf")
-        if isinstance(vcf, (int, float)) and not lo <= vcf <= hi:
-            subject = Path(path).name.split("_")[0]
-            notes.append(f"{record.get('scan', Path(path).name)}: VCF {vcf:.3g} (the registered "
-                         "scan holds that fraction of its source's volume): the registration "
-                         "probably failed; hint: look at "
-                         f"{Path(output_dir) / (subject + '.html')}")
+        verdict = vcf_verdict(record, grid_mm3) if isinstance(record, dict) else None
+        if verdict is None:
+            continue
+        scan = record.get("scan", Path(path).name)
+        report = Path(output_dir) / (Path(path).name.split("_")[0] + ".html")
+        if verdict == "uninformative":
+            # a wide head scan, well registered, was said to have failed
+            notes.append(f"{scan}: {uninformative_vcf_text(record, grid_mm3)}; hint: judge "
+                         f"it by the pictures in {report}")
+        else:
+            notes.append(f"{scan}: VCF {record['vcf']:.3g} (the registered scan holds that "
+                         "fraction of its source's volume): the registration probably failed; "
+                         f"hint: look at {report}")
     return notes
 
 
