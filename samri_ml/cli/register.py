@@ -152,7 +152,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="sessions to process (with or without 'ses-'); default: all")
     g.add_argument("-s", "--structural-match", type=_json_dict, default=DEFAULT_STRUCTURAL,
                    help="pybids filters (JSON) selecting the structural scans; the first "
-                   "matching suffix in the list is used per session")
+                   "matching suffix in the list is used per session, and of its scans the "
+                   "plainest name (sub-01_T2w before sub-01_acq-lowres_T2w)")
     g.add_argument("-f", "--functional-match", type=_json_dict, default=DEFAULT_FUNCTIONAL,
                    help="pybids filters (JSON) selecting the functional scans")
     g = p.add_argument_group("registration")
@@ -798,9 +799,7 @@ def collect_sessions(args) -> list[dict]:
         found = len(out)
         for session in sessions:
             anats = query(args.structural_match, subject, session)
-            suffixes = args.structural_match.get("suffix")
-            if isinstance(suffixes, list):  # prefer the first suffix listed (T2w before T1w)
-                anats.sort(key=lambda f: suffixes.index(f.entities.get("suffix")))
+            anats.sort(key=lambda f: _structural_rank(f, args.structural_match.get("suffix")))
             funcs = query(args.functional_match, subject, session)
             if not anats and not funcs:
                 continue
@@ -827,6 +826,18 @@ def collect_sessions(args) -> list[dict]:
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
             f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
     return out
+
+
+def _structural_rank(scan, suffixes) -> tuple[int, int]:
+    """Sort key of a session's structural scans (pybids BIDSFile objects), best first: the
+    first suffix of ``suffixes`` listed (T2w before T1w), then the plainest name (fewest
+    entities beyond subject and session). pybids orders by name, so ``sub-01_acq-lowres_T2w``
+    (a scout) was chosen over the session's ``sub-01_T2w``."""
+    entities = scan.get_entities(metadata=False)
+    suffix = entities.get("suffix")
+    first = suffixes.index(suffix) if isinstance(suffixes, list) and suffix in suffixes else 0
+    extra = set(entities) - {"subject", "session", "datatype", "suffix", "extension"}
+    return first, len(extra)
 
 
 def _filter_for(scan, other) -> dict:
