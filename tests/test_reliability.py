@@ -125,6 +125,14 @@ def _slice_timing_count(root: Path) -> None:
         {"RepetitionTime": 1.0, "SliceTiming": [0.0, 0.3, 0.6]}))
 
 
+def _sidecar(**meta):
+    """A breaker: the run's sidecar with ``meta``."""
+    def edit(root: Path) -> None:
+        (root / "bids" / BOLD.replace(".nii.gz", ".json")).write_text(json.dumps(meta))
+
+    return edit
+
+
 def _one_volume_run(root: Path) -> None:
     save(_blob((12, 12, 6))[..., None], root / "bids" / BOLD, zooms=(0.4, 0.4, 0.8))
 
@@ -263,6 +271,14 @@ CASES = [
     ("slice_timing_count", _slice_timing_count, [], 1,
      ["3 SliceTiming values for 6 slices", "--no-slice-timing"]),
     ("one_volume_run", _one_volume_run, [], 1, ["one volume", "2 volumes or more"]),
+    # milliseconds where BIDS says seconds: the run was scrambled (slice times in ms against
+    # a TR in s) or its outputs said TR 1000 s
+    ("slice_timing_in_ms", _sidecar(RepetitionTime=1.0, SliceTiming=[0, 500, 167, 667, 333, 833]),
+     [], 1, ["SliceTiming in its sidecar (0 to 833) is not within the repetition time, 0 to "
+             "1 s; hint: give both in seconds", "--no-slice-timing"]),
+    ("repetition_time_in_ms", _sidecar(RepetitionTime=1000), [], 1,
+     ["RepetitionTime 1000 s", "over 100 s: milliseconds? hint: give it in seconds (1 for "
+      "1000 ms)"]),
     # the transform and QC files drop the suffix: the two runs overwrote each other's
     ("bold_and_cbv_with_the_same_entities", _cbv_beside_bold, [], 1,
      ["sub-01 ses-1: sub-01_ses-1_task-rest_bold.nii.gz and sub-01_ses-1_task-rest_cbv.nii.gz "

@@ -698,6 +698,10 @@ def _some(names: list[str], shown: int = 3) -> str:
                                        else "")
 
 
+#: a repetition time (s) above this is one given in milliseconds (the BIDS validator's bound)
+MAX_TR_SECONDS = 100.0
+
+
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> None:
     """A functional run's sidecar against its image, before anything runs: the number of
     slice times (a wrong count failed 20 s into the run), the repetition time (from the NIfTI
@@ -715,6 +719,13 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
             meta["RepetitionTime"] = tr
             print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
                   f"header's, {tr:g} s", file=sys.stderr)
+    tr = meta.get("RepetitionTime")
+    if isinstance(tr, (int, float)) and not isinstance(tr, bool) and tr > MAX_TR_SECONDS:
+        # BIDS gives seconds: 1000 (ms) was taken as 1000 s, written into the outputs'
+        # sidecars and headers
+        raise SamriMLError(f"{path}: RepetitionTime {tr:g} s (its sidecar, or its header where "
+                           f"the sidecar has none) is over {MAX_TR_SECONDS:g} s: milliseconds? "
+                           f"hint: give it in seconds ({tr / 1000:g} for {tr:g} ms)")
     task = parse_entities(path).get("task")
     if not meta.get("TaskName") and task:
         meta["TaskName"] = task
@@ -738,6 +749,14 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
         raise SamriMLError(f"{path}: SliceTiming but no RepetitionTime, in its sidecar or its "
                            "header; hint: add RepetitionTime to the sidecar, or pass "
                            "--no-slice-timing")
+    tr = float(meta["RepetitionTime"])
+    late = max(float(t) for t in times)
+    if late > tr or min(float(t) for t in times) < 0:
+        # slice times in ms against a TR in s shifted every slice by hundreds of seconds of
+        # a 1 s signal: the run came out scrambled, without a word
+        raise SamriMLError(f"{path}: SliceTiming in its sidecar ({min(times):g} to {late:g}) is "
+                           f"not within the repetition time, 0 to {tr:g} s; hint: give both in "
+                           "seconds (BIDS: milliseconds / 1000), or pass --no-slice-timing")
 
 
 def collect_sessions(args) -> list[dict]:
