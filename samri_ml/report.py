@@ -619,7 +619,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                                row_labels=[tag, first_tag], legend=overview_legend)
                 body.append(_img_tag(paths["png"], f"{tag} coherence"))
         if qc_rows:
-            body.append(_qc_table(qc_rows, lo, hi))
+            body.append(_qc_table(qc_rows, lo, hi, grid_volume(tpl_mask)))
         if graph is not None and graph.exists():
             body.append("<h2>Workflow graph</h2>")
             body.append(_img_tag(graph, "workflow graph"))
@@ -645,9 +645,13 @@ UNITS = {"volume_processed": " (mm&sup3;)", "volume_raw": " (mm&sup3;)",
          "fwhm_processed": " (mm)", "fwhm_raw": " (mm)"}
 
 
-def _qc_table(qc_rows, lo, hi) -> str:
-    """The VCF/SCF table: VCFs outside ``lo``-``hi`` in red, scans covering only part of the
-    template's brain marked, with the caveat that their VCF is not expected to be 1."""
+def _qc_table(qc_rows, lo, hi, grid_mm3: float | None = None) -> str:
+    """The VCF/SCF table: VCFs outside ``lo``-``hi`` in red (but those that cannot reach the
+    range on the template's grid of ``grid_mm3``, :func:`samri_ml.qc.volume.vcf_verdict`:
+    marked), scans covering only part of the template's brain marked, with the caveat that
+    their VCF is not expected to be 1."""
+    from samri_ml.qc.volume import vcf_verdict
+
     keys = ["scan", "modality", "workflow", "vcf", "scf", "scf_normalised",
             "volume_processed", "volume_raw", "fwhm_processed", "fwhm_raw"]
     out = ["<h2>Volume and smoothness conservation</h2>",
@@ -657,7 +661,7 @@ def _qc_table(qc_rows, lo, hi) -> str:
            "failed.</p>",
            "<table><tr>" + "".join(f"<th>{k}{UNITS.get(k, '')}</th>" for k in keys)
            + "<th>template brain covered</th></tr>"]
-    partial = unmeasured = earlier = False
+    partial = unmeasured = earlier = capped = False
     for row in qc_rows:
         cells = []
         for k in keys:
@@ -670,6 +674,9 @@ def _qc_table(qc_rows, lo, hi) -> str:
                 # a record's null (NaN in the computation) read "None" here, like a value
                 unmeasured = True
                 cells.append("<td class='bad'>n/a</td>")
+            elif k == "vcf" and vcf_verdict(row, grid_mm3) == "uninformative":
+                capped = True
+                cells.append(f"<td>{v:.4g} &sect;</td>")
             elif k == "vcf" and isinstance(v, (int, float)) and not lo <= v <= hi:
                 cells.append(f"<td class='bad'>{v:.4g}</td>")
             else:
@@ -686,6 +693,11 @@ def _qc_table(qc_rows, lo, hi) -> str:
     out.append("</table>")
     if unmeasured:
         out.append(f"<p class='note'>n/a: {UNMEASURED}</p>")
+    if capped:
+        out.append("<p class='note'>&sect; The scan's field of view is wider than the "
+                   "template's: the template's grid cannot hold a quarter of its volume above "
+                   "threshold, so its VCF stays low however it is registered; judge it by the "
+                   "pictures.</p>")
     if earlier:
         out.append("<p class='note'>&Dagger; Written before this run, which failed for this "
                    "subject: possibly an earlier run's values.</p>")

@@ -1137,6 +1137,12 @@ def test_a_wide_head_scan_is_not_said_to_have_failed_by_its_vcf(tmp_path):
     assert banner[0].startswith("sub-01_T2w: VCF 0.153 is below 0.25 but could not be above")
     assert banner[0].endswith("judge it by the pictures")
     assert "probably failed" in banner[1]
+    # the report's QC table: that VCF marked and explained, not red
+    from samri_ml.report import _qc_table
+
+    table = _qc_table([wide, narrow], 0.25, 4.0, grid_mm3)
+    assert "<td>0.153 &sect;</td>" in table and "<td class='bad'>0.1</td>" in table, table
+    assert "its VCF stays low however it is registered" in table
     # a wide scan moved off the grid (it fills 1 % of what the grid holds) still failed
     assert vcf_verdict(diverged, grid_mm3) == "implausible"
 
