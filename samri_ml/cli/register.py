@@ -614,9 +614,12 @@ def check_scans(args, sessions) -> None:
             direct.append(f"sub-{item['subject']}"
                           + (f" ses-{item['session']}" if item["session"] else ""))
         for path, kind in scans:
-            if kind == "structural":
-                _check_structural_volumes(path)
-            img = load_nifti(path, allow_4d=kind == "functional")
+            try:
+                img = load_nifti(path, allow_4d=kind == "functional")
+            except SamriMLError:
+                if kind == "structural":
+                    _check_structural_volumes(path)  # a 4D one: the error with a way out
+                raise
             if kind == "functional" and len(img.shape) != 4:
                 import nibabel as nb
 
@@ -675,14 +678,20 @@ def check_scans(args, sessions) -> None:
 
 
 def _check_structural_volumes(path: str) -> None:
-    """Refuse, with a way out, a structural scan stored as a 4D series of 3D volumes
-    (repetitions or echoes a converter kept apart): it got load_nifti's bare "has 4
-    dimensions ...; expected 3D", with no word of what to do."""
+    """Where load_nifti refused a structural scan: refuse, with a way out, one stored as a
+    4D series of 3D volumes (repetitions or echoes a converter kept apart): it got
+    load_nifti's bare "has 4 dimensions ...; expected 3D", with no word of what to do."""
+    import warnings
+
     import nibabel as nb
 
-    try:
-        shape = nb.load(path).shape
-    except Exception:  # noqa: BLE001 - load_nifti says what is wrong with the file
+    from samri_ml.io import _nibabel_log
+
+    try:  # (load_nifti has said what it had to of the header: not twice)
+        with warnings.catch_warnings(), _nibabel_log():
+            warnings.simplefilter("ignore")
+            shape = nb.load(path).shape
+    except Exception:  # noqa: BLE001 - load_nifti's error says what is wrong with the file
         return
     if len(shape) == 4 and shape[3] > 1:
         raise SamriMLError(
