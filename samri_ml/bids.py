@@ -215,6 +215,61 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
     return atomic_write_text(json.dumps(desc, indent=2) + "\n", path, skip_identical=True)
 
 
+def bidsignore_regex(line: str) -> re.Pattern | None:
+    """One line of a ``.bidsignore`` (gitignore syntax, as the BIDS validator reads it) as a
+    regular expression on a path relative to the dataset root with a leading ``/`` (how pybids
+    matches its ``ignore`` patterns); None for a blank line, a comment or a negation (``!``,
+    not supported: nothing is un-ignored).
+
+    A pattern with a ``/`` before its end is anchored at the root, one without matches at any
+    depth; a trailing ``/`` matches folders only; ``*`` and ``?`` stay within one path part,
+    ``**`` spans parts. A match covers everything below it.
+
+    >>> bool(bidsignore_regex("*acq-scratch*").search("/sub-01/anat/sub-01_acq-scratch_T2w.nii"))
+    True
+    >>> bool(bidsignore_regex("/extra/").search("/sub-01/extra/x.nii"))
+    False
+    """
+    line = line.rstrip("\n").rstrip()
+    if not line or line.startswith(("#", "!")):
+        return None
+    folder_only = line.endswith("/")
+    body = line.strip("/")
+    if not body:
+        return None
+    anchored = "/" in line.rstrip("/")
+    out = ""
+    i = 0
+    while i < len(body):
+        if body.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif body.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif body[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif body[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(body[i])
+            i += 1
+    start = "^/" if anchored else "(?:^|/)"
+    return re.compile(start + out + ("/" if folder_only else "(?:/|$)"))
+
+
+def bidsignore_patterns(bids_dir) -> list[re.Pattern]:
+    """The patterns of ``bids_dir/.bidsignore`` (:func:`bidsignore_regex`); none where the
+    file is absent or unreadable."""
+    try:
+        text = (Path(bids_dir) / ".bidsignore").read_text(errors="replace")
+    except OSError:
+        return []
+    return [patt for patt in map(bidsignore_regex, text.splitlines()) if patt is not None]
+
+
 def sidecar_path(path) -> Path:
     """The JSON sidecar of a data file: ``x_bold.nii.gz`` -> ``x_bold.json``."""
     path = Path(path)

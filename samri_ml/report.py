@@ -28,7 +28,7 @@ import nibabel as nb
 import numpy as np
 
 from samri_ml.bids import atomic_write_bytes, atomic_write_text, derivative_path
-from samri_ml.qc.volume import PLAUSIBLE_VCF
+from samri_ml.qc.volume import PLAUSIBLE_VCF, grid_volume
 
 #: colours of the pictures (and their legends)
 TEMPLATE_MASK_COLOUR = "#ff3b30"
@@ -379,17 +379,24 @@ def _earlier_than(path, since: float | None) -> str | None:
     return f"{datetime.datetime.fromtimestamp(mtime).astimezone():%Y-%m-%d %H:%M %Z}"
 
 
-def report_warnings(qc_rows, failed=(), missing=(), earlier=()) -> list[str]:
+def report_warnings(qc_rows, failed=(), missing=(), earlier=(),
+                    grid_mm3: float | None = None) -> list[str]:
     """The lines of a report's red banner: each QC record whose VCF lies outside
     :data:`samri_ml.qc.volume.PLAUSIBLE_VCF` (the registration probably failed) or whose VCF
     or SCF is null (it could not be measured), each failed step, each scan without a
     registered output and each (``earlier``: "name (date)") whose registered output predates
     a run that failed for its subject."""
+    from samri_ml.qc.volume import uninformative_vcf_text, vcf_verdict
+
     lo, hi = PLAUSIBLE_VCF
     lines = []
     for row in qc_rows:
         vcf = row.get("vcf")
-        if isinstance(vcf, (int, float)) and not lo <= vcf <= hi:
+        verdict = vcf_verdict(row, grid_mm3)
+        if verdict == "uninformative":  # (``grid_mm3``: the template's grid volume)
+            lines.append(f"{row.get('scan', '?')}: {uninformative_vcf_text(row, grid_mm3)}: "
+                         "judge it by the pictures")
+        elif verdict == "implausible":
             lines.append(f"{row.get('scan', '?')}: VCF {vcf:.3g}, outside the plausible range "
                          f"{lo:g}-{hi:g} (the registered scan holds that fraction of its "
                          "source's volume): the registration probably failed")
@@ -612,11 +619,12 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                                row_labels=[tag, first_tag], legend=overview_legend)
                 body.append(_img_tag(paths["png"], f"{tag} coherence"))
         if qc_rows:
-            body.append(_qc_table(qc_rows, lo, hi))
+            body.append(_qc_table(qc_rows, lo, hi, grid_volume(tpl_mask)))
         if graph is not None and graph.exists():
             body.append("<h2>Workflow graph</h2>")
             body.append(_img_tag(graph, "workflow graph"))
-        warnings = report_warnings(qc_rows, failed, missing, earlier)
+        warnings = report_warnings(qc_rows, failed, missing, earlier,
+                                   grid_mm3=grid_volume(tpl_mask))
         banner = []
         if warnings:
             banner = ["<div class='banner' role='alert'><b>Warning: sub-"
@@ -637,9 +645,13 @@ UNITS = {"volume_processed": " (mm&sup3;)", "volume_raw": " (mm&sup3;)",
          "fwhm_processed": " (mm)", "fwhm_raw": " (mm)"}
 
 
-def _qc_table(qc_rows, lo, hi) -> str:
-    """The VCF/SCF table: VCFs outside ``lo``-``hi`` in red, scans covering only part of the
-    template's brain marked, with the caveat that their VCF is not expected to be 1."""
+def _qc_table(qc_rows, lo, hi, grid_mm3: float | None = None) -> str:
+    """The VCF/SCF table: VCFs outside ``lo``-``hi`` in red (but those that cannot reach the
+    range on the template's grid of ``grid_mm3``, :func:`samri_ml.qc.volume.vcf_verdict`:
+    marked), scans covering only part of the template's brain marked, with the caveat that
+    their VCF is not expected to be 1."""
+    from samri_ml.qc.volume import vcf_verdict
+
     keys = ["scan", "modality", "workflow", "vcf", "scf", "scf_normalised",
             "volume_processed", "volume_raw", "fwhm_processed", "fwhm_raw"]
     out = ["<h2>Volume and smoothness conservation</h2>",
@@ -649,7 +661,7 @@ def _qc_table(qc_rows, lo, hi) -> str:
            "failed.</p>",
            "<table><tr>" + "".join(f"<th>{k}{UNITS.get(k, '')}</th>" for k in keys)
            + "<th>template brain covered</th></tr>"]
-    partial = unmeasured = earlier = False
+    partial = unmeasured = earlier = capped = False
     for row in qc_rows:
         cells = []
         for k in keys:
@@ -662,6 +674,9 @@ def _qc_table(qc_rows, lo, hi) -> str:
                 # a record's null (NaN in the computation) read "None" here, like a value
                 unmeasured = True
                 cells.append("<td class='bad'>n/a</td>")
+            elif k == "vcf" and vcf_verdict(row, grid_mm3) == "uninformative":
+                capped = True
+                cells.append(f"<td>{v:.4g} &sect;</td>")
             elif k == "vcf" and isinstance(v, (int, float)) and not lo <= v <= hi:
                 cells.append(f"<td class='bad'>{v:.4g}</td>")
             else:
@@ -678,6 +693,11 @@ def _qc_table(qc_rows, lo, hi) -> str:
     out.append("</table>")
     if unmeasured:
         out.append(f"<p class='note'>n/a: {UNMEASURED}</p>")
+    if capped:
+        out.append("<p class='note'>&sect; The scan's field of view is wider than the "
+                   "template's: the template's grid cannot hold a quarter of its volume above "
+                   "threshold, so its VCF stays low however it is registered; judge it by the "
+                   "pictures.</p>")
     if earlier:
         out.append("<p class='note'>&Dagger; Written before this run, which failed for this "
                    "subject: possibly an earlier run's values.</p>")

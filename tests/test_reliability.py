@@ -125,6 +125,14 @@ def _slice_timing_count(root: Path) -> None:
         {"RepetitionTime": 1.0, "SliceTiming": [0.0, 0.3, 0.6]}))
 
 
+def _sidecar(**meta):
+    """A breaker: the run's sidecar with ``meta``."""
+    def edit(root: Path) -> None:
+        (root / "bids" / BOLD.replace(".nii.gz", ".json")).write_text(json.dumps(meta))
+
+    return edit
+
+
 def _one_volume_run(root: Path) -> None:
     save(_blob((12, 12, 6))[..., None], root / "bids" / BOLD, zooms=(0.4, 0.4, 0.8))
 
@@ -221,6 +229,9 @@ CASES = [
      ["5 dimensions"]),
     ("4d_template", _replace_image(TEMPLATE, lambda d: np.stack([d, d], axis=-1)), [], 1,
      ["4 dimensions", "expected 3D"]),
+    ("4d_structural_scan", _replace_image(ANAT, lambda d: np.stack([d, d], axis=-1)), [], 1,
+     ["sub-01_ses-1_T2w.nii.gz: structural scan of 2 volumes (24, 24, 12, 2); expected one 3D "
+      "volume; hint: average its volumes or keep one", "-s/--structural-match"]),
     ("3d_functional_run", _replace_image(BOLD, lambda d: d[..., 0]), [], 1,
      ["functional run is 3D", "hint"]),
     ("nan_voxels", _replace_image(ANAT, lambda d: np.where(d > 90, np.nan, d)), [], 1,
@@ -260,6 +271,14 @@ CASES = [
     ("slice_timing_count", _slice_timing_count, [], 1,
      ["3 SliceTiming values for 6 slices", "--no-slice-timing"]),
     ("one_volume_run", _one_volume_run, [], 1, ["one volume", "2 volumes or more"]),
+    # milliseconds where BIDS says seconds: the run was scrambled (slice times in ms against
+    # a TR in s) or its outputs said TR 1000 s
+    ("slice_timing_in_ms", _sidecar(RepetitionTime=1.0, SliceTiming=[0, 500, 167, 667, 333, 833]),
+     [], 1, ["SliceTiming in its sidecar (0 to 833) is not within the repetition time, 0 to "
+             "1 s; hint: give both in seconds", "--no-slice-timing"]),
+    ("repetition_time_in_ms", _sidecar(RepetitionTime=1000), [], 1,
+     ["RepetitionTime 1000 s", "over 100 s: milliseconds? hint: give it in seconds (1 for "
+      "1000 ms)"]),
     # the transform and QC files drop the suffix: the two runs overwrote each other's
     ("bold_and_cbv_with_the_same_entities", _cbv_beside_bold, [], 1,
      ["sub-01 ses-1: sub-01_ses-1_task-rest_bold.nii.gz and sub-01_ses-1_task-rest_cbv.nii.gz "
@@ -414,6 +433,32 @@ def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     assert "note: no structural scan in sub-03 ses-2" in capsys.readouterr().err
 
 
+def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
+    """A lab's ``.bidsignore`` (a scratch acquisition, a folder of extras, a comment) was not
+    read: the ignored ``acq-scratch`` scan was registered, chosen before the session's own
+    T2w (pybids indexes everything but code/, sourcedata/... and dot files)."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    anat = root / ANAT
+    shutil.copy(anat, anat.with_name("sub-01_ses-1_acq-scratch_T2w.nii.gz"))
+    (anat.parent / "extra").mkdir()
+    shutil.copy(anat, anat.parent / "extra" / "sub-01_ses-1_T1w.nii.gz")
+    shutil.copy(root / BOLD, root / BOLD.replace("_bold", "_run-2_bold"))
+    argv = _argv(tmp_path, ["--dummy-scans", "0"])
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "3 structural scans; using sub-01_ses-1_T2w.nii.gz" in err, err
+    assert "sub-01_ses-1_task-rest_run-2_bold.nii.gz" in err, err
+    (root / ".bidsignore").write_text("# scratch scans\n*acq-scratch*\nextra/\n"
+                                      "sub-01/**/*_run-2_bold.nii.gz\n")
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    planned = [line for line in err.splitlines() if "dry run: sub-01" in line]
+    assert planned == ["samri_ml-register: dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz, "
+                       "sub-01_ses-1_task-rest_bold.nii.gz"], err
+    assert "structural scans" not in err, err
+
+
 def test_a_run_too_short_for_slice_timing_is_named(tmp_path, capsys):
     """5 volumes less 3 dummy scans leave 2, too few for slice timing: said before the run
     (its sidecar said SliceTimingCorrected false, and nothing else did)."""
@@ -425,6 +470,28 @@ def test_a_run_too_short_for_slice_timing_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "note: 1 functional run(s) with fewer than 3 volumes after the dummy scans, not " \
         "slice-timing corrected: sub-01_ses-1_task-rest_bold.nii.gz" in err, err
+
+
+def test_a_template_scaled_by_10_is_named_so_whatever_the_ratio():
+    """A template whose header is 10x (the emory template: 114 mm) against a head scan with a
+    wide field of view (the sammba head, 20.4 mm: 5.6x) got the generic "one of the headers
+    look scaled; hint: ... or pass --no-fov-check", which registers into a blur. The
+    template's own extent says it: scaled by 10, and how to fix it."""
+    from argparse import Namespace
+
+    from samri_ml.cli.register import _fov_message
+
+    args = Namespace(template="tpl.nii.gz", template_extent=114.0)
+    message = _fov_message("sub-01_T2w.nii.gz", 20.4, args)
+    assert message.startswith("tpl.nii.gz: the template's field of view 114 mm is implausible "
+                              "for a rodent, 5.59x that of sub-01_T2w.nii.gz (20.4 mm)"), message
+    assert "look scaled by 10" in message and "by 0.1" in message, message
+    assert "--no-fov-check" not in message, message
+    args.template_extent = 1.14  # 0.1x: 11.4 mm once fixed
+    message = _fov_message("sub-01_T2w.nii.gz", 20.4, args)
+    assert "look scaled by 0.1" in message and "by 10, e.g." in message, message
+    args.template_extent = 900.0  # no power of ten makes it a rodent's: no guess
+    assert "--no-fov-check" in _fov_message("sub-01_T2w.nii.gz", 20.4, args)
 
 
 def test_no_fov_check_lets_scaled_headers_through(tmp_path, capsys):
@@ -865,7 +932,9 @@ def test_a_second_structural_scan_is_named_not_silently_dropped(other, tmp_path,
     shutil.copy(anat, anat.with_name(anat.name.replace("T2w", other)))
     assert main(_argv(tmp_path, [])) == 0  # --dry-run
     notes = [ln for ln in capsys.readouterr().err.splitlines() if "note:" in ln]
-    assert len(notes) == 1 and "sub-01 ses-1: 2 structural scans; using" in notes[0], notes
+    # the session's plain T2w, not (pybids' name order) an acq- or run- variant
+    assert len(notes) == 1 and "sub-01 ses-1: 2 structural scans; using sub-01_ses-1_T2w." \
+        "nii.gz" in notes[0], notes
     match = re.search(r"choose with -s, a whole filter, e.g. -s '(\{.*\})' for (\S+)$",
                       notes[0])
     assert match, notes[0]
@@ -1026,6 +1095,56 @@ def test_a_run_whose_vcf_says_it_failed_is_named(tmp_path):
     notes = implausible_qc_notes([*paths, str(tmp_path / "sub-01_T2w.nii.gz")], tmp_path)
     assert len(notes) == 1 and notes[0].startswith("sub-01_ses-1_T2w: VCF 0.046")
     assert str(tmp_path / "sub-01.html") in notes[0]
+
+
+def test_a_wide_head_scan_is_not_said_to_have_failed_by_its_vcf(tmp_path):
+    """The nirodents T2w head (256x24x256, 29 x 24 x 29 mm, skull, neck and eyes) to the
+    DSURQE 200 um grid (41x67x58: 1274 mm^3), well registered (the report's pictures), has
+    6762 mm^3 above its threshold: VCF 0.153, where at most 0.188 fits on the grid. The run
+    said "the registration probably failed" (note and red banner). Now both say that the VCF
+    cannot tell; a VCF far below its ceiling, or one without the grid, is still a failure."""
+    from samri_ml.cli.register import implausible_qc_notes
+    from samri_ml.qc.volume import grid_volume, vcf_verdict
+    from samri_ml.report import report_warnings
+
+    template = save(np.ones((41, 67, 58), np.float32), tmp_path / "tpl.nii.gz",
+                    zooms=(0.2, 0.2, 0.2))
+    grid_mm3 = grid_volume(nb.load(template))
+    assert grid_mm3 == pytest.approx(1274.6, abs=0.1)
+    wide = {"scan": "sub-01_T2w", "vcf": 0.153, "volume_raw": 6762.1}
+    diverged = {"scan": "sub-02_T2w", "vcf": 0.002, "volume_raw": 6762.1}
+    narrow = {"scan": "sub-03_T2w", "vcf": 0.1, "volume_raw": 900.0}  # ceiling 1.4
+    assert vcf_verdict(wide, grid_mm3) == "uninformative"
+    assert vcf_verdict(wide) == "implausible"  # no grid known: as before
+    assert vcf_verdict(narrow, grid_mm3) == "implausible"
+    assert vcf_verdict({"vcf": 0.9, "volume_raw": 9e9}, grid_mm3) is None
+    assert vcf_verdict({"vcf": 9.0, "volume_raw": 9e9}, grid_mm3) == "implausible"
+    paths = []
+    for record in (wide, narrow):
+        path = tmp_path / f"{record['scan'][:6]}_space-X_desc-qc_metrics.json"
+        path.write_text(json.dumps(record))
+        paths.append(str(path))
+    first, second = implausible_qc_notes(paths, tmp_path, grid_mm3)
+    assert first == ("sub-01_T2w: VCF 0.153 is below 0.25 but could not be above 0.19: the "
+                     "template's grid (1275 mm^3) is smaller than the scan's volume above "
+                     "threshold (6762 mm^3; a field of view wider than the template's), so the "
+                     "VCF cannot tell whether the registration failed; hint: judge it by the "
+                     f"pictures in {tmp_path / 'sub-01.html'}"), first
+    assert "probably failed" not in first
+    assert second.startswith("sub-03_T2w: VCF 0.1 (the registered scan holds") and \
+        "probably failed" in second
+    banner = report_warnings([wide, narrow], grid_mm3=grid_mm3)
+    assert banner[0].startswith("sub-01_T2w: VCF 0.153 is below 0.25 but could not be above")
+    assert banner[0].endswith("judge it by the pictures")
+    assert "probably failed" in banner[1]
+    # the report's QC table: that VCF marked and explained, not red
+    from samri_ml.report import _qc_table
+
+    table = _qc_table([wide, narrow], 0.25, 4.0, grid_mm3)
+    assert "<td>0.153 &sect;</td>" in table and "<td class='bad'>0.1</td>" in table, table
+    assert "its VCF stays low however it is registered" in table
+    # a wide scan moved off the grid (it fills 1 % of what the grid holds) still failed
+    assert vcf_verdict(diverged, grid_mm3) == "implausible"
 
 
 def test_a_scan_with_two_disagreeing_orientations_is_named(tmp_path, capsys):

@@ -27,7 +27,6 @@ from samri_ml.cli._common import (
 )
 from samri_ml.errors import SamriMLError
 from samri_ml.hardware import available_cpus
-from samri_ml.qc.volume import PLAUSIBLE_VCF
 
 PROG = "samri_ml-register"
 DEFAULT_STRUCTURAL = {"datatype": "anat", "suffix": ["T2w", "T1w"]}
@@ -153,12 +152,15 @@ def get_parser() -> argparse.ArgumentParser:
                    help="sessions to process (with or without 'ses-'); default: all")
     g.add_argument("-s", "--structural-match", type=_json_dict, default=DEFAULT_STRUCTURAL,
                    help="pybids filters (JSON) selecting the structural scans; the first "
-                   "matching suffix in the list is used per session")
+                   "matching suffix in the list is used per session, and of its scans the "
+                   "plainest name (sub-01_T2w before sub-01_acq-lowres_T2w)")
     g.add_argument("-f", "--functional-match", type=_json_dict, default=DEFAULT_FUNCTIONAL,
                    help="pybids filters (JSON) selecting the functional scans")
     g = p.add_argument_group("registration")
     g.add_argument("--template", type=Path, required=True, help="template image (NIfTI)")
-    g.add_argument("--template-mask", type=Path, required=True, help="brain mask of the template")
+    g.add_argument("--template-mask", type=Path, required=True,
+                   help="brain mask of the template (a template without one: samri_ml-mask "
+                   "TEMPLATE MASK predicts it; on the DSURQE average, Dice 0.96 with its own)")
     g.add_argument("--template-name", default=None,
                    help="the space- entity of the outputs (default: from the template file name)")
     g.add_argument("--registration-method", choices=["composite", "structural", "functional"],
@@ -573,6 +575,11 @@ def _fov_message(path, extent: float, args) -> str:
             if template_odd else
             f"{path}: field of view {extent:.3g} mm is {ratio:.3g}x the template's "
             f"({args.template_extent:.3g} mm)")
+    if template_odd:
+        # the template is the scaled one: its own extent says by how much, not the ratio to a
+        # scan (the emory template, 10x, is 5.6x the sammba head, whose field of view is wide,
+        # and got the hint to pass --no-fov-check, which registers into a blur)
+        factor = next((f for f in (10, 0.1) if lo <= args.template_extent / f <= hi), factor)
     if 7 <= factor <= 14 or 1 / 14 <= factor <= 1 / 7:
         scaled, fix = ("10", "0.1") if factor > 1 else ("0.1", "10")
         return (f"{head}; its voxel sizes look scaled by {scaled} (common for SPM/FSL exports); "
@@ -607,7 +614,12 @@ def check_scans(args, sessions) -> None:
             direct.append(f"sub-{item['subject']}"
                           + (f" ses-{item['session']}" if item["session"] else ""))
         for path, kind in scans:
-            img = load_nifti(path, allow_4d=kind == "functional")
+            try:
+                img = load_nifti(path, allow_4d=kind == "functional")
+            except SamriMLError:
+                if kind == "structural":
+                    _check_structural_volumes(path)  # a 4D one: the error with a way out
+                raise
             if kind == "functional" and len(img.shape) != 4:
                 import nibabel as nb
 
@@ -665,11 +677,38 @@ def check_scans(args, sessions) -> None:
             "straight to the template (as --registration-method functional)")
 
 
+def _check_structural_volumes(path: str) -> None:
+    """Where load_nifti refused a structural scan: refuse, with a way out, one stored as a
+    4D series of 3D volumes (repetitions or echoes a converter kept apart): it got
+    load_nifti's bare "has 4 dimensions ...; expected 3D", with no word of what to do."""
+    import warnings
+
+    import nibabel as nb
+
+    from samri_ml.io import _nibabel_log
+
+    try:  # (load_nifti has said what it had to of the header: not twice)
+        with warnings.catch_warnings(), _nibabel_log():
+            warnings.simplefilter("ignore")
+            shape = nb.load(path).shape
+    except Exception:  # noqa: BLE001 - load_nifti's error says what is wrong with the file
+        return
+    if len(shape) == 4 and shape[3] > 1:
+        raise SamriMLError(
+            f"{path}: structural scan of {shape[3]} volumes {tuple(shape)}; expected one 3D "
+            "volume; hint: average its volumes or keep one (e.g. nibabel: "
+            "nb.funcs.four_to_three(img)[0]), or select a 3D scan with -s/--structural-match")
+
+
 def _some(names: list[str], shown: int = 3) -> str:
     """The first ``shown`` of ``names``, comma-separated, with ``..., N in all`` where there
     are more (the first 20 of 100 participants read as all of them)."""
     return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown
                                        else "")
+
+
+#: a repetition time (s) above this is one given in milliseconds (the BIDS validator's bound)
+MAX_TR_SECONDS = 100.0
 
 
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> None:
@@ -689,6 +728,13 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
             meta["RepetitionTime"] = tr
             print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
                   f"header's, {tr:g} s", file=sys.stderr)
+    tr = meta.get("RepetitionTime")
+    if isinstance(tr, (int, float)) and not isinstance(tr, bool) and tr > MAX_TR_SECONDS:
+        # BIDS gives seconds: 1000 (ms) was taken as 1000 s, written into the outputs'
+        # sidecars and headers
+        raise SamriMLError(f"{path}: RepetitionTime {tr:g} s (its sidecar, or its header where "
+                           f"the sidecar has none) is over {MAX_TR_SECONDS:g} s: milliseconds? "
+                           f"hint: give it in seconds ({tr / 1000:g} for {tr:g} ms)")
     task = parse_entities(path).get("task")
     if not meta.get("TaskName") and task:
         meta["TaskName"] = task
@@ -712,14 +758,29 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
         raise SamriMLError(f"{path}: SliceTiming but no RepetitionTime, in its sidecar or its "
                            "header; hint: add RepetitionTime to the sidecar, or pass "
                            "--no-slice-timing")
+    tr = float(meta["RepetitionTime"])
+    late = max(float(t) for t in times)
+    if late > tr or min(float(t) for t in times) < 0:
+        # slice times in ms against a TR in s shifted every slice by hundreds of seconds of
+        # a 1 s signal: the run came out scrambled, without a word
+        raise SamriMLError(f"{path}: SliceTiming in its sidecar ({min(times):g} to {late:g}) is "
+                           f"not within the repetition time, 0 to {tr:g} s; hint: give both in "
+                           "seconds (BIDS: milliseconds / 1000), or pass --no-slice-timing")
 
 
 def collect_sessions(args) -> list[dict]:
     """Query the dataset: one entry per subject/session with its structural and functional scans."""
     import bids
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
+    from samri_ml.bids import bidsignore_patterns
+
+    # pybids does not read .bidsignore: a scan a lab listed there (a scratch or failed
+    # acquisition) was registered, even chosen before the good scan of its session
+    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *bidsignore_patterns(args.bids_dir)]
     try:
-        layout = bids.BIDSLayout(str(args.bids_dir), validate=False)
+        layout = bids.BIDSLayout(str(args.bids_dir), validate=False,
+                                 indexer=bids.BIDSLayoutIndexer(validate=False, ignore=ignore))
     except Exception as err:  # pybids raises many kinds for broken datasets
         raise SamriMLError(f"{args.bids_dir}: cannot index the BIDS dataset ({err})") from err
     subjects = layout.get_subjects()
@@ -766,9 +827,7 @@ def collect_sessions(args) -> list[dict]:
         found = len(out)
         for session in sessions:
             anats = query(args.structural_match, subject, session)
-            suffixes = args.structural_match.get("suffix")
-            if isinstance(suffixes, list):  # prefer the first suffix listed (T2w before T1w)
-                anats.sort(key=lambda f: suffixes.index(f.entities.get("suffix")))
+            anats.sort(key=lambda f: _structural_rank(f, args.structural_match.get("suffix")))
             funcs = query(args.functional_match, subject, session)
             if not anats and not funcs:
                 continue
@@ -795,6 +854,18 @@ def collect_sessions(args) -> list[dict]:
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
             f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
     return out
+
+
+def _structural_rank(scan, suffixes) -> tuple[int, int]:
+    """Sort key of a session's structural scans (pybids BIDSFile objects), best first: the
+    first suffix of ``suffixes`` listed (T2w before T1w), then the plainest name (fewest
+    entities beyond subject and session). pybids orders by name, so ``sub-01_acq-lowres_T2w``
+    (a scout) was chosen over the session's ``sub-01_T2w``."""
+    entities = scan.get_entities(metadata=False)
+    suffix = entities.get("suffix")
+    first = suffixes.index(suffix) if isinstance(suffixes, list) and suffix in suffixes else 0
+    extra = set(entities) - {"subject", "session", "datatype", "suffix", "extension"}
+    return first, len(extra)
 
 
 def _filter_for(scan, other) -> dict:
@@ -1203,16 +1274,23 @@ def _note_implausible_qc(args, graph) -> None:
     """Name each scan of this run whose VCF says the registration failed (such runs ended with
     "finished" and exit 0, the failure visible only in the report's pictures)."""
     from samri_ml.interfaces.bids import sink_outputs
+    from samri_ml.io import load_nifti
+    from samri_ml.qc.volume import grid_volume
 
-    for line in implausible_qc_notes(sink_outputs(graph), args.output_dir):
+    grid_mm3 = grid_volume(load_nifti(args.template, allow_4d=False))
+    for line in implausible_qc_notes(sink_outputs(graph), args.output_dir, grid_mm3):
         print(f"{PROG}: note: {line}", file=sys.stderr)
 
 
-def implausible_qc_notes(paths, output_dir) -> list[str]:
-    """One line per QC record among ``paths`` whose VCF is outside :data:`PLAUSIBLE_VCF`."""
+def implausible_qc_notes(paths, output_dir, grid_mm3: float | None = None) -> list[str]:
+    """One line per QC record among ``paths`` whose VCF is outside :data:`PLAUSIBLE_VCF`:
+    the registration probably failed, or (:func:`samri_ml.qc.volume.vcf_verdict`, with the
+    template's ``grid_mm3``) the VCF cannot tell, the scan's field of view being wider than
+    the template's."""
     import json
 
-    lo, hi = PLAUSIBLE_VCF
+    from samri_ml.qc.volume import uninformative_vcf_text, vcf_verdict
+
     notes = []
     for path in paths:
         if not str(path).endswith("_desc-qc_metrics.json"):
@@ -1221,13 +1299,19 @@ def implausible_qc_notes(paths, output_dir) -> list[str]:
             record = json.loads(Path(path).read_text())
         except (OSError, ValueError):
             continue
-        vcf = record.get("vcf")
-        if isinstance(vcf, (int, float)) and not lo <= vcf <= hi:
-            subject = Path(path).name.split("_")[0]
-            notes.append(f"{record.get('scan', Path(path).name)}: VCF {vcf:.3g} (the registered "
-                         "scan holds that fraction of its source's volume): the registration "
-                         "probably failed; hint: look at "
-                         f"{Path(output_dir) / (subject + '.html')}")
+        verdict = vcf_verdict(record, grid_mm3) if isinstance(record, dict) else None
+        if verdict is None:
+            continue
+        scan = record.get("scan", Path(path).name)
+        report = Path(output_dir) / (Path(path).name.split("_")[0] + ".html")
+        if verdict == "uninformative":
+            # a wide head scan, well registered, was said to have failed
+            notes.append(f"{scan}: {uninformative_vcf_text(record, grid_mm3)}; hint: judge "
+                         f"it by the pictures in {report}")
+        else:
+            notes.append(f"{scan}: VCF {record['vcf']:.3g} (the registered scan holds that "
+                         "fraction of its source's volume): the registration probably failed; "
+                         f"hint: look at {report}")
     return notes
 
 

@@ -22,6 +22,54 @@ DEFAULT_PERCENTILE = 66.0
 PLAUSIBLE_VCF = (0.25, 4.0)
 
 
+def grid_volume(img) -> float:
+    """Volume (mm^3) of an image's whole grid, :math:`n_x n_y n_z \\cdot v`: the most that any
+    image resampled onto it can hold above a threshold."""
+    return float(np.prod(img.shape[:3])) * voxel_volume(affine_mm(img))
+
+
+def vcf_ceiling(volume_raw, grid_mm3) -> float | None:
+    """The highest VCF a scan can reach on a grid of ``grid_mm3`` (:func:`grid_volume` of the
+    template): :math:`V_{grid} / V_{raw}`; None where either is unknown or not positive.
+
+    A scan whose field of view is much wider than the template's (a head with neck and
+    muscles, 29 mm across, against a 13 mm brain template) has more volume above threshold
+    than the template's grid holds: its VCF stays below the plausible range however well it
+    is registered (the nirodents head: ceiling 0.19, VCF 0.15, well registered).
+    """
+    if not isinstance(volume_raw, (int, float)) or not isinstance(grid_mm3, (int, float)) \
+            or volume_raw <= 0 or grid_mm3 <= 0:
+        return None
+    return float(grid_mm3 / volume_raw)
+
+
+def vcf_verdict(record: dict, grid_mm3: float | None = None) -> str | None:
+    """What a QC record's VCF says of its registration: None (within :data:`PLAUSIBLE_VCF`,
+    or not measured), ``"implausible"`` (outside it: the registration probably failed) or
+    ``"uninformative"`` (below it, but the template's grid could not hold more: the ceiling
+    of :func:`vcf_ceiling` is itself below the range, and the scan fills at least the range's
+    lower bound of what the grid can hold, so the VCF cannot tell; a scan that fills less,
+    e.g. one moved off the grid, is still implausible)."""
+    vcf = record.get("vcf")
+    lo, hi = PLAUSIBLE_VCF
+    if not isinstance(vcf, (int, float)) or lo <= vcf <= hi:
+        return None
+    ceiling = vcf_ceiling(record.get("volume_raw"), grid_mm3)
+    if vcf < lo and ceiling is not None and ceiling < lo and vcf >= lo * ceiling:
+        return "uninformative"
+    return "implausible"
+
+
+def uninformative_vcf_text(record: dict, grid_mm3: float) -> str:
+    """Why an ``"uninformative"`` VCF (:func:`vcf_verdict`) says nothing, in one phrase."""
+    ceiling = vcf_ceiling(record.get("volume_raw"), grid_mm3)
+    return (f"VCF {record['vcf']:.3g} is below {PLAUSIBLE_VCF[0]:g} but could not be above "
+            f"{ceiling:.2g}: the template's grid ({grid_mm3:.0f} mm^3) is smaller than the "
+            f"scan's volume above threshold ({record['volume_raw']:.0f} mm^3; a field of view "
+            "wider than the template's), so the VCF cannot tell whether the registration "
+            "failed")
+
+
 def voxel_volume(affine: np.ndarray) -> float:
     """Volume of one voxel in mm^3.
 
