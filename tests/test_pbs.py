@@ -20,6 +20,7 @@ import pytest
 from samri_ml.testing.pbs import FakePBS
 from samri_ml.testing.runs import (
     compare_outputs,
+    end_run,
     reference_run,
     register_command,
     report,
@@ -105,11 +106,7 @@ def test_ctrl_c_cancels_the_jobs_of_the_run(example_dataset, tmp_path):
         os.killpg(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-    text = (tmp_path / "first.log").read_text()
-    lines = [ln for ln in text.splitlines() if not ln.startswith("[")]  # the progress lines
+        text, lines = end_run(proc, log, tmp_path / "first.log")
     assert rc == 130 and lines[-1] == "samri_ml-register: interrupted", text[-2000:]
     assert "note: cancelled the" in lines[-2] and "(qdel " in lines[-2], lines
     deadline = time.monotonic() + 10

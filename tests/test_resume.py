@@ -33,6 +33,7 @@ from samri_ml.cli.register import main
 from samri_ml.testing.runs import (
     compare_outputs,
     derivative_files,
+    end_run,
     load_arrays,
     reference_run,
     register_command,
@@ -367,11 +368,7 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs, h
             time.sleep(0.2)
         left = _live_group_members(proc.pid)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-    text = (tmp_path / "first.log").read_text()
-    lines = [ln for ln in text.splitlines() if not ln.startswith("[")]  # the progress lines
+        text, lines = end_run(proc, log, tmp_path / "first.log")
     assert rc == 130 and waited < 10, (rc, waited, text[-2000:])
     assert not left, left  # no worker or ANTs program left running
     assert lines[-1] == "samri_ml-register: interrupted", lines

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +44,17 @@ def run_register(bids: Path, out: Path, work: Path, *extra: str, env=None,
     if proc.returncode != 0:
         raise AssertionError(f"samri_ml-register failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def end_run(proc: subprocess.Popen, log, path: Path) -> tuple[str, list[str]]:
+    """The end of a test that signalled a run started in a session of its own: what is left
+    of its process group killed, its log closed; the log's text and its lines without the
+    progress lines (``[...]``)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+    text = Path(path).read_text()
+    return text, [ln for ln in text.splitlines() if not ln.startswith("[")]
 
 
 def snapshot(folder: Path) -> dict:
