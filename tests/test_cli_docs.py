@@ -331,3 +331,35 @@ def test_the_docs_are_valid_restructuredtext(doc):
                 if "(WARNING/2)" in line or "(ERROR/3)" in line or "(SEVERE/4)" in line]
     problems = [x for x in problems if "Pygments" not in x]
     assert not problems, "\n".join(problems)
+
+
+def test_the_plates_reproduce_commands_train_and_ship_the_shipped_ensemble():
+    """docs/plates.rst's "Reproduce" gave the commands of the ensemble shipped before
+    (p16 + p224) under "The shipped model"; the shipped index records its members
+    (p16, p16s2, p224c). Each documented command must parse, and train and export those."""
+    import json
+    import re
+    import shlex
+
+    from samri_ml.cli.train_plates import build_parser
+
+    doc = (ROOT / "docs" / "plates.rst").read_text().split("\nReproduce\n", 1)[1]
+    block = doc.split(".. code-block:: console", 2)[1]  # the shipped model's commands
+    commands = [shlex.split(c.replace("\\\n", " ")) for c in re.split(r"^\s*\$ ", block,
+                                                                         flags=re.M)[1:]]
+    parser = build_parser()
+    trained, ensemble = set(), None
+    for argv in commands:
+        if argv[0] != "samri_ml-train-plates":
+            continue
+        args = parser.parse_args(argv[1:])
+        if args.ensemble:
+            ensemble = [Path(m).parent.name for m in args.ensemble]
+            assert args.export == "samri_ml/data/models", argv
+        else:
+            trained.add(Path(args.out).name)
+    metrics = json.loads((ROOT / "samri_ml" / "data" / "models" /
+                          "plates_index_metrics.json").read_text())
+    shipped = [Path(m).parent.name for m in metrics["config"]["members"]]
+    assert ensemble == shipped, (ensemble, shipped)
+    assert trained == set(shipped), (trained, shipped)
