@@ -294,6 +294,9 @@ def _option_help(parser, option: str) -> str:
                                                      "(default: siamese)"]),
     ("example", "get_parser", "--volumes", ["at least 2", "(default: 20)"]),
     ("register", "get_parser", "--dry-run", ["the scheduler's programs"]),
+    # it said DIR/<scan>.png; the files are named by figure_name, source first
+    ("evaluate_masker", "get_parser", "--figures", ["DIR/<source>_<scan>.png",
+                                                    "dama_tg4510_tp3_1_20130520_WT.png"]),
 ])  # fmt: skip
 def test_help_says_the_range_and_default(monkeypatch, module, factory, option, words):
     import importlib
