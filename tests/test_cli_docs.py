@@ -294,6 +294,10 @@ def _option_help(parser, option: str) -> str:
                                                      "(default: siamese)"]),
     ("example", "get_parser", "--volumes", ["at least 2", "(default: 20)"]),
     ("register", "get_parser", "--dry-run", ["the scheduler's programs"]),
+    # these three had no help at all (--graph-format's default was not even shown)
+    ("register", "get_parser", "--graph-format", ["--write-graph", "(default: png)"]),
+    ("register", "get_parser", "--stop-on-first-crash", ["first failed step"]),
+    ("register", "get_parser", "-v", ["tracebacks"]),
     # it said DIR/<scan>.png; the files are named by figure_name, source first
     ("evaluate_masker", "get_parser", "--figures", ["DIR/<source>_<scan>.png",
                                                     "dama_tg4510_tp3_1_20130520_WT.png"]),
