@@ -294,6 +294,13 @@ def _option_help(parser, option: str) -> str:
                                                      "(default: siamese)"]),
     ("example", "get_parser", "--volumes", ["at least 2", "(default: 20)"]),
     ("register", "get_parser", "--dry-run", ["the scheduler's programs"]),
+    # these three had no help at all (--graph-format's default was not even shown)
+    ("register", "get_parser", "--graph-format", ["--write-graph", "(default: png)"]),
+    ("register", "get_parser", "--stop-on-first-crash", ["first failed step"]),
+    ("register", "get_parser", "-v", ["tracebacks"]),
+    # it said DIR/<scan>.png; the files are named by figure_name, source first
+    ("evaluate_masker", "get_parser", "--figures", ["DIR/<source>_<scan>.png",
+                                                    "dama_tg4510_tp3_1_20130520_WT.png"]),
 ])  # fmt: skip
 def test_help_says_the_range_and_default(monkeypatch, module, factory, option, words):
     import importlib
@@ -331,3 +338,35 @@ def test_the_docs_are_valid_restructuredtext(doc):
                 if "(WARNING/2)" in line or "(ERROR/3)" in line or "(SEVERE/4)" in line]
     problems = [x for x in problems if "Pygments" not in x]
     assert not problems, "\n".join(problems)
+
+
+def test_the_plates_reproduce_commands_train_and_ship_the_shipped_ensemble():
+    """docs/plates.rst's "Reproduce" gave the commands of the ensemble shipped before
+    (p16 + p224) under "The shipped model"; the shipped index records its members
+    (p16, p16s2, p224c). Each documented command must parse, and train and export those."""
+    import json
+    import re
+    import shlex
+
+    from samri_ml.cli.train_plates import build_parser
+
+    doc = (ROOT / "docs" / "plates.rst").read_text().split("\nReproduce\n", 1)[1]
+    block = doc.split(".. code-block:: console", 2)[1]  # the shipped model's commands
+    commands = [shlex.split(c.replace("\\\n", " ")) for c in re.split(r"^\s*\$ ", block,
+                                                                         flags=re.M)[1:]]
+    parser = build_parser()
+    trained, ensemble = set(), None
+    for argv in commands:
+        if argv[0] != "samri_ml-train-plates":
+            continue
+        args = parser.parse_args(argv[1:])
+        if args.ensemble:
+            ensemble = [Path(m).parent.name for m in args.ensemble]
+            assert args.export == "samri_ml/data/models", argv
+        else:
+            trained.add(Path(args.out).name)
+    metrics = json.loads((ROOT / "samri_ml" / "data" / "models" /
+                          "plates_index_metrics.json").read_text())
+    shipped = [Path(m).parent.name for m in metrics["config"]["members"]]
+    assert ensemble == shipped, (ensemble, shipped)
+    assert trained == set(shipped), (trained, shipped)

@@ -539,7 +539,10 @@ def test_a_figure_that_fails_is_a_note_and_the_command_succeeds(tmp_path):
 
 def test_out_of_memory_names_the_commands_own_options(capsys):
     """The shared handler said "use fewer --nprocs" to samri_ml-mask, which has none, and
-    printed no traceback with -v."""
+    printed no traceback with -v. docs/errors.rst quotes the hint (it quoted an older one,
+    "ten times IN's size ... 2.9 GB", after the code's had changed)."""
+    from pathlib import Path
+
     from samri_ml.cli import mask
     from samri_ml.cli._common import run_cli
 
@@ -553,6 +556,9 @@ def test_out_of_memory_names_the_commands_own_options(capsys):
     assert run_cli(mask.PROG, huge, ["-v"], memory_hint=mask.MEMORY_HINT) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().endswith(mask.MEMORY_HINT)
+    doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "errors.rst").read_text()
+                   .split())
+    assert f"``out of memory; hint: {mask.MEMORY_HINT}``" in doc
 
 
 def test_maskbrain_refuses_too_few_max_slices_with_one_line(tmp_path):

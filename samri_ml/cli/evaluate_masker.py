@@ -64,8 +64,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="write per-scan rows here")
     p.add_argument("--rst", type=Path, default=None, help="write the tables here")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR",
-                   help="draw each scan's predicted and reference masks into DIR/<scan>.png "
-                   "(made if missing), to see where they differ")
+                   help="draw each scan's predicted and reference masks into "
+                   "DIR/<source>_<scan>.png, e.g. dama_tg4510_tp3_1_20130520_WT.png (DIR made "
+                   "if missing), to see where they differ")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
     return p  # fmt: skip

@@ -211,14 +211,18 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--write-graph", nargs="?", const="colored", default=None,
                    choices=["hierarchical", "flat", "colored", "orig", "exec"],
                    help="write a picture of the workflow graph to OUTPUT_DIR/figures")
-    g.add_argument("--graph-format", choices=["png", "svg"], default="png")
-    g.add_argument("--stop-on-first-crash", action="store_true")
+    g.add_argument("--graph-format", choices=["png", "svg"], default="png",
+                   help="picture format of --write-graph")
+    g.add_argument("--stop-on-first-crash", action="store_true",
+                   help="stop the run at the first failed step (Nipype's stop_on_first_crash; "
+                   "by default the other steps go on and the failures are listed at the end)")
     g.add_argument("--dry-run", action="store_true",
                    help="make every check of a run (the inputs, the scheduler's programs, "
                    "that OUTPUT_DIR and the work dir can be written, the lock), build the "
                    "workflow and list what a run would register; run and write nothing (but "
                    "the graph of --write-graph)")
-    g.add_argument("-v", "--verbose", action="count", default=0)
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="tracebacks on errors and Nipype's log of the steps (-vv: debug)")
     g.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
 
