@@ -394,6 +394,27 @@ def test_checks_pass_on_a_good_dataset(tmp_path, capsys):
     assert "nodes built, none run" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def test_a_sidecar_and_header_of_other_repetition_times_are_named(tmp_path, capsys):
+    """A sidecar saying 2 s and a header saying 1 s: the sidecar's was used (as BIDS says)
+    without a word; now a note names both. Equal ones (the usual case) say nothing."""
+    from samri_ml.cli.register import check_scans, collect_sessions, get_parser, validate
+
+    make_dataset(tmp_path)
+    sidecar = tmp_path / "bids" / BOLD.replace(".nii.gz", ".json")
+    parser = get_parser()
+    for tr, said in ((2.0, True), (1.0, False)):
+        sidecar.write_text(json.dumps({"RepetitionTime": tr}))
+        args = parser.parse_args([a for a in _argv(tmp_path, []) if a != "--dry-run"])
+        validate(args, parser)
+        sessions = collect_sessions(args)
+        check_scans(args, sessions)
+        assert sessions[0]["bold_metadata"][0]["RepetitionTime"] == tr
+        err = capsys.readouterr().err
+        note = (f"{Path(BOLD).name}: RepetitionTime 2 s in its sidecar, 1 s in its NIfTI "
+                "header; the sidecar's is used")
+        assert (note in err) is said, err
+
+
 def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     """A repeated participant label is one participant; a run without a sidecar takes its
     repetition time from the header (said) and its task from the file name; runs without

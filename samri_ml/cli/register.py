@@ -715,6 +715,15 @@ def _some(names: list[str], shown: int = 3) -> str:
 MAX_TR_SECONDS = 100.0
 
 
+def _header_tr(img) -> float:
+    """A 4D image's repetition time in seconds from its NIfTI header (pixdim[4] in the
+    header's time unit); 0 where the header has none."""
+    zooms = img.header.get_zooms()
+    unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else None
+    tr = float(zooms[3]) if len(zooms) > 3 else 0.0
+    return tr / 1000 if unit == "msec" else tr * 1e-6 if unit == "usec" else tr
+
+
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> None:
     """A functional run's sidecar against its image, before anything runs: the number of
     slice times (a wrong count failed 20 s into the run), the repetition time (from the NIfTI
@@ -723,15 +732,12 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
     from samri_ml.bids import parse_entities
 
     name = Path(path).name
+    header_tr = _header_tr(img)
     if not meta.get("RepetitionTime"):
-        zooms = img.header.get_zooms()
-        unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else None
-        tr = float(zooms[3]) if len(zooms) > 3 else 0.0
-        tr = tr / 1000 if unit == "msec" else tr * 1e-6 if unit == "usec" else tr
-        if tr > 0:
-            meta["RepetitionTime"] = tr
+        if header_tr > 0:
+            meta["RepetitionTime"] = header_tr
             print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
-                  f"header's, {tr:g} s", file=sys.stderr)
+                  f"header's, {header_tr:g} s", file=sys.stderr)
     tr = meta.get("RepetitionTime")
     if isinstance(tr, (int, float)) and not isinstance(tr, bool) and tr > MAX_TR_SECONDS:
         # BIDS gives seconds: 1000 (ms) was taken as 1000 s, written into the outputs'
@@ -739,6 +745,12 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
         raise SamriMLError(f"{path}: RepetitionTime {tr:g} s (its sidecar, or its header where "
                            f"the sidecar has none) is over {MAX_TR_SECONDS:g} s: milliseconds? "
                            f"hint: give it in seconds ({tr / 1000:g} for {tr:g} ms)")
+    if (isinstance(tr, (int, float)) and not isinstance(tr, bool) and tr > 0 < header_tr
+            and abs(tr - header_tr) > 0.01 * tr):
+        # BIDS: the sidecar wins; a header of another TR was used as it was, silently
+        print(f"{PROG}: note: {name}: RepetitionTime {tr:g} s in its sidecar, {header_tr:g} s "
+              "in its NIfTI header; the sidecar's is used (hint: fix the one that is wrong)",
+              file=sys.stderr)
     task = parse_entities(path).get("task")
     if not meta.get("TaskName") and task:
         meta["TaskName"] = task
