@@ -478,6 +478,16 @@ def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
     assert planned == ["samri_ml-register: dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz, "
                        "sub-01_ses-1_task-rest_bold.nii.gz"], err
     assert "structural scans" not in err, err
+    # a participant the .bidsignore leaves out is said to be, not just "not found"
+    shutil.copytree(root / "sub-01", root / "sub-02")
+    for path in (root / "sub-02").rglob("sub-01*"):
+        path.rename(path.with_name(path.name.replace("sub-01", "sub-02")))
+    with open(root / ".bidsignore", "a") as f:
+        f.write("sub-02/\n")
+    assert main([*argv, "--participant-label", "02"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("samri_ml-register: error: participant(s) 02 not found in "), last
+    assert "(sub-02: left out by its .bidsignore); available: 01" in last, last
 
 
 def test_a_run_too_short_for_slice_timing_is_named(tmp_path, capsys):

@@ -793,7 +793,8 @@ def collect_sessions(args) -> list[dict]:
 
     # pybids does not read .bidsignore: a scan a lab listed there (a scratch or failed
     # acquisition) was registered, even chosen before the good scan of its session
-    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *bidsignore_patterns(args.bids_dir)]
+    listed = bidsignore_patterns(args.bids_dir)
+    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *listed]
     try:
         layout = bids.BIDSLayout(str(args.bids_dir), validate=False,
                                  indexer=bids.BIDSLayoutIndexer(validate=False, ignore=ignore))
@@ -807,8 +808,12 @@ def collect_sessions(args) -> list[dict]:
         wanted = _labels_once("--participant-label", "sub-", args.participant_label)
         missing = sorted(set(wanted) - set(subjects))
         if missing:
-            raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}; "
-                               f"available: {_some(subjects, 20)}")
+            # a folder that is there, left out by the lab's own .bidsignore, is not "not found"
+            left_out = [f"sub-{m}" for m in missing if (Path(args.bids_dir) / f"sub-{m}").is_dir()
+                        and any(p.search(f"/sub-{m}/") for p in listed)]
+            why = f" ({', '.join(left_out)}: left out by its .bidsignore)" if left_out else ""
+            raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}"
+                               f"{why}; available: {_some(subjects, 20)}")
     sessions_wanted = (_labels_once("--session-label", "ses-", args.session_label)
                        if args.session_label else None)
     if sessions_wanted is not None:
