@@ -499,6 +499,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
         workflow_graph = output_dir / "figures" / "workflow_graph.png"
     graph = Path(workflow_graph) if workflow_graph else None
     lo, hi = PLAUSIBLE_VCF
+    grid_mm3 = grid_volume(tpl_mask)  # the template's grid: what a registered scan can fill
     overview_legend = {TEMPLATE_MASK_COLOUR: "template brain mask",
                        TEMPLATE_EDGES_COLOUR: "template anatomy (dark/bright edges)"}
     grid_cache: dict = {}
@@ -619,12 +620,11 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                                row_labels=[tag, first_tag], legend=overview_legend)
                 body.append(_img_tag(paths["png"], f"{tag} coherence"))
         if qc_rows:
-            body.append(_qc_table(qc_rows, lo, hi, grid_volume(tpl_mask)))
+            body.append(_qc_table(qc_rows, lo, hi, grid_mm3))
         if graph is not None and graph.exists():
             body.append("<h2>Workflow graph</h2>")
             body.append(_img_tag(graph, "workflow graph"))
-        warnings = report_warnings(qc_rows, failed, missing, earlier,
-                                   grid_mm3=grid_volume(tpl_mask))
+        warnings = report_warnings(qc_rows, failed, missing, earlier, grid_mm3=grid_mm3)
         banner = []
         if warnings:
             banner = ["<div class='banner' role='alert'><b>Warning: sub-"

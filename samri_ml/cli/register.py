@@ -295,6 +295,8 @@ def validate(args, parser) -> None:
     mask = load_nifti(args.template_mask, allow_4d=False)
     import numpy as np
 
+    from samri_ml.qc.volume import grid_volume
+
     if template.shape[:3] != mask.shape[:3] or not np.allclose(template.affine, mask.affine, atol=1e-3):
         raise SamriMLError(
             f"template {args.template} {template.shape[:3]} and mask {args.template_mask} "
@@ -303,6 +305,7 @@ def validate(args, parser) -> None:
     if not np.any(np.asanyarray(mask.dataobj) > 0):
         raise SamriMLError(f"template mask {args.template_mask} is empty")
     args.template_extent = field_of_view(template)
+    args.template_grid_mm3 = grid_volume(template)  # what a registered scan can fill at most
     args.template = args.template.resolve()
     args.template_mask = args.template_mask.resolve()
     if args.template_name is None:
@@ -739,14 +742,15 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
             print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
                   f"header's, {header_tr:g} s", file=sys.stderr)
     tr = meta.get("RepetitionTime")
-    if isinstance(tr, (int, float)) and not isinstance(tr, bool) and tr > MAX_TR_SECONDS:
+    if isinstance(tr, bool) or not isinstance(tr, (int, float)):
+        tr = None  # only a number is compared here (as before)
+    if tr is not None and tr > MAX_TR_SECONDS:
         # BIDS gives seconds: 1000 (ms) was taken as 1000 s, written into the outputs'
         # sidecars and headers
         raise SamriMLError(f"{path}: RepetitionTime {tr:g} s (its sidecar, or its header where "
                            f"the sidecar has none) is over {MAX_TR_SECONDS:g} s: milliseconds? "
                            f"hint: give it in seconds ({tr / 1000:g} for {tr:g} ms)")
-    if (isinstance(tr, (int, float)) and not isinstance(tr, bool) and tr > 0 < header_tr
-            and abs(tr - header_tr) > 0.01 * tr):
+    if tr is not None and tr > 0 < header_tr and abs(tr - header_tr) > 0.01 * tr:
         # BIDS: the sidecar wins; a header of another TR was used as it was, silently
         print(f"{PROG}: note: {name}: RepetitionTime {tr:g} s in its sidecar, {header_tr:g} s "
               "in its NIfTI header; the sidecar's is used (hint: fix the one that is wrong)",
@@ -1295,11 +1299,9 @@ def _note_implausible_qc(args, graph) -> None:
     """Name each scan of this run whose VCF says the registration failed (such runs ended with
     "finished" and exit 0, the failure visible only in the report's pictures)."""
     from samri_ml.interfaces.bids import sink_outputs
-    from samri_ml.io import load_nifti
-    from samri_ml.qc.volume import grid_volume
 
-    grid_mm3 = grid_volume(load_nifti(args.template, allow_4d=False))
-    for line in implausible_qc_notes(sink_outputs(graph), args.output_dir, grid_mm3):
+    for line in implausible_qc_notes(sink_outputs(graph), args.output_dir,
+                                     args.template_grid_mm3):
         print(f"{PROG}: note: {line}", file=sys.stderr)
 
 
