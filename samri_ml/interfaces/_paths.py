@@ -17,22 +17,19 @@ from nipype.interfaces.base import Directory as _NipypeDirectory
 from nipype.interfaces.base import File as _NipypeFile
 
 
-def _absolute(value, return_pathlike: bool):
-    value = Path(os.path.abspath(value))
-    return value if return_pathlike else str(value)
+class _Absolute:
+    """The validation of a path trait, then the path made absolute from the current folder
+    (``os.path.abspath``: symbolic links kept)."""
+
+    def validate(self, objekt, name, value, return_pathlike=False):
+        value = Path(os.path.abspath(super().validate(objekt, name, value,
+                                                      return_pathlike=True)))
+        return value if return_pathlike else str(value)
 
 
-class File(_NipypeFile):
+class File(_Absolute, _NipypeFile):
     """Nipype's ``File``, absolute from where it was set (symbolic links kept)."""
 
-    def validate(self, objekt, name, value, return_pathlike=False):
-        value = super().validate(objekt, name, value, return_pathlike=True)
-        return _absolute(value, return_pathlike)
 
-
-class Directory(_NipypeDirectory):
+class Directory(_Absolute, _NipypeDirectory):
     """Nipype's ``Directory``, absolute from where it was set (symbolic links kept)."""
-
-    def validate(self, objekt, name, value, return_pathlike=False):
-        value = super().validate(objekt, name, value, return_pathlike=True)
-        return _absolute(value, return_pathlike)
