@@ -41,6 +41,24 @@ def parse_entities(path) -> dict:
     return out
 
 
+def raw_source_uri(path) -> str | None:
+    """``path`` as a BIDS URI into the raw dataset (``bids:raw:sub-01/ses-1/anat/...``, the
+    ``raw`` link of the derivatives' ``DatasetLinks``), for a sidecar's ``Sources``; None where
+    the path lies in no ``sub-<label>`` folder (a file given from Python outside a dataset).
+
+    >>> raw_source_uri("/data/study/sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz")
+    'bids:raw:sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz'
+    """
+    parts = Path(path).parts
+    label = parse_entities(path).get("sub")
+    if not label:
+        return None
+    for i in range(len(parts) - 2, -1, -1):  # the innermost subject folder
+        if parts[i] == f"sub-{label}":
+            return "bids:raw:" + "/".join(parts[i:])
+    return None
+
+
 def derivative_path(
     out_dir, source, *, suffix=None, extension=None, datatype=None, **extra
 ) -> Path:
@@ -210,6 +228,8 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
         "DatasetType": "derivative",
         "GeneratedBy": [*earlier, this],
         "SourceDatasets": [{"URL": Path(source_dir).resolve().as_uri()}],
+        # what the sidecars' ``Sources`` (``bids:raw:sub-01/...``) point into
+        "DatasetLinks": {"raw": Path(source_dir).resolve().as_uri()},
     }
     # a rerun of the same command leaves it as it is, mtime included (as the derivatives)
     return atomic_write_text(json.dumps(desc, indent=2) + "\n", path, skip_identical=True)

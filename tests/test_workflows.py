@@ -1,5 +1,6 @@
 """Every workflow builds and its graph expands, without running anything."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -413,3 +414,44 @@ def test_generic_wf_outputnode_has_what_it_built(masking, qc, method, tmp_path):
             if target is merge for _, dest in data["connect"]}
     assert runs == {"in1": "func0_wf", "in2": "func1_wf"}
     assert merge.inputs.no_flatten
+
+
+def test_masks_and_preprocessed_scans_name_their_raw_source_in_their_sidecars(tmp_path):
+    """The masks were written without a sidecar (BIDS derivatives: a mask's ``Type``), and no
+    derivative said which raw scan it came from: now ``Sources`` holds a BIDS URI into the
+    raw dataset (``DatasetLinks.raw`` of the derivatives' dataset_description.json)."""
+    import nibabel as nb
+    import numpy as np
+
+    from samri_ml.bids import write_dataset_description
+
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    anat = bids / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T2w.nii.gz"
+    bold = bids / "sub-01" / "ses-1" / "func" / "sub-01_ses-1_task-rest_bold.nii.gz"
+    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file=str(anat),
+                         bold_files=[str(bold)], bold_metadata=[{"RepetitionTime": 1.0}],
+                         masking="unet", output_dir=str(out), qc=False)
+    mask = tmp_path / "mask.nii.gz"
+    nb.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)).to_filename(mask)
+    written = {}
+    for node, source in (("ds_anat_mask", anat), ("ds_func0_mask", bold), ("ds_anat", anat),
+                         ("ds_func0", bold)):
+        sink = wf.get_node(node).interface
+        sink.inputs.in_file = str(mask)
+        path = Path(sink.run().outputs.out_file)
+        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        rel = source.relative_to(bids).as_posix()
+        assert sidecar["Sources"] == [f"bids:raw:{rel}"], (node, sidecar)
+        written[node] = (path.name, sidecar)
+    for node in ("ds_anat_mask", "ds_func0_mask"):
+        name, sidecar = written[node]
+        assert name.endswith("_desc-brain_mask.nii.gz") and sidecar["Type"] == "Brain"
+    assert written["ds_func0"][1]["RepetitionTime"] == 1.0
+    desc = json.loads(write_dataset_description(out, bids, "1.0", "x").read_text())
+    assert desc["DatasetLinks"] == {"raw": bids.resolve().as_uri()}
+    # a file given from Python outside any sub-<label> folder gets no Sources (nothing to
+    # point into), not a wrong one
+    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz",
+                         anat_file=str(tmp_path / "sub-01_T2w.nii.gz"), masking="unet",
+                         output_dir=str(out), qc=False)
+    assert "Sources" not in wf.get_node("ds_anat_mask").inputs.metadata

@@ -7,7 +7,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from samri_ml.bids import parse_entities
+from samri_ml.bids import parse_entities, raw_source_uri
 from samri_ml.errors import SamriMLError
 from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
 from samri_ml.interfaces.bids import DerivativesDataSink
@@ -26,6 +26,11 @@ from samri_ml.workflows.registration import (
 SINK_NODE = {"run_without_submitting": True, "overwrite": True}
 
 #: the fields of :func:`init_generic_wf`'s ``outputnode``
+#: the masks' sidecar (BIDS derivatives: ``Type``; ``Sources`` is added per scan)
+MASK_METADATA = {"Type": "Brain",
+                 "Description": "brain mask predicted by the samri_ml U-Net (masking 'unet') on "
+                                "the raw scan's grid (its temporal mean for a functional run)"}
+
 OUTPUT_FIELDS = ["anat_preproc", "anat_xfm", "anat_mask", "anat_qc",
                  "bold_preproc", "bold_xfm", "bold_mask", "bold_qc"]
 
@@ -135,6 +140,9 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             return None
         ds = pe.Node(DerivativesDataSink(base_directory=str(output_dir), source_file=str(source_file),
                                          **entities), name=name, **SINK_NODE)
+        uri = raw_source_uri(source_file)
+        if metadata is not None and uri:  # provenance: the raw scan it was made from
+            metadata = {**metadata, "Sources": [uri]}
         if metadata:
             ds.inputs.metadata = metadata
         wf.connect(node, field, ds, "in_file")
@@ -157,7 +165,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
              to=template_name, mode="image", suffix="xfm", extension=".h5")
         if masking != "none":
             output("anat_mask", anat_wf, out + "out_mask")
-            sink("ds_anat_mask", anat_file, anat_wf, out + "out_mask", desc="brain", suffix="mask")
+            sink("ds_anat_mask", anat_file, anat_wf, out + "out_mask", metadata=MASK_METADATA,
+                 desc="brain", suffix="mask")
         if qc:
             write = _connect_qc(wf, anat_file, (anat_wf, out + "out_file"), "anat", label,
                                 output_dir, "anat", template_name)
@@ -202,8 +211,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                  from_="native", to=target, mode="image", suffix="xfm", extension=".h5")
         if masking != "none":
             output("bold_mask", func_wf, out + "out_mask", index)
-            sink(f"ds_func{index}_mask", bold, func_wf, out + "out_mask", desc="brain",
-                 suffix="mask")
+            sink(f"ds_func{index}_mask", bold, func_wf, out + "out_mask",
+                 metadata=MASK_METADATA, desc="brain", suffix="mask")
         if qc:
             write = _connect_qc(wf, bold, (func_wf, out + "out_file"), "func", label,
                                 output_dir, f"func{index}", template_name)
