@@ -215,3 +215,45 @@ def test_a_model_from_a_newer_keras_is_refused_in_one_short_line(tmp_path, capsy
         assert len(err) == 1 and len(err[0]) < 500, err
         assert f"{prog}: error: {same}: " in err[0] and "future_option" in err[0], err
     assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_two_tensorflow_builds_in_one_environment_are_named(tmp_path, monkeypatch):
+    """``pip install samri_ml`` into a lab's environment with the GPU ``tensorflow`` added
+    ``tensorflow-cpu`` (samri_ml's requirement on x86-64 Linux) over the same folder without a
+    word: the build installed last won. A second distribution's metadata beside this
+    environment's own TensorFlow is now named, with the way back, once per process."""
+    import sys
+    import warnings
+    from importlib import metadata
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.models import inference
+
+    ours = next(n for n in inference.TENSORFLOW_BUILDS if _installed(metadata, n))
+    other = "tensorflow" if ours != "tensorflow" else "tensorflow-cpu"
+    info = tmp_path / f"{other.replace('-', '_')}-2.99.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {other}\nVersion: 2.99.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(inference, "_FNS", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inference._note_two_tensorflows()
+        inference._note_two_tensorflows()  # once per process
+    notes = [str(w.message) for w in caught if issubclass(w.category, SamriMLNote)]
+    if not sys.platform.startswith("linux"):
+        assert notes == []
+        return
+    assert len(notes) == 1, notes
+    assert f"{other} 2.99.0" in notes[0] and "are both installed" in notes[0]
+    assert "hint: to keep tensorflow: pip uninstall -y tensorflow-cpu" in notes[0]
+    # one build alone says nothing
+    assert inference.two_tensorflows_note({ours: "2.21.0", "keras": "3.15.1"}) is None
+
+
+def _installed(metadata, name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True

@@ -46,6 +46,8 @@ def import_keras():
     only (Python errors of the import still raise normally). ``SAMRI_ML_TF_LOGS=1`` keeps them.
     """
     refuse_inherited_tensorflow()  # loading a model hangs there too, not only running one
+    if "keras" not in sys.modules:
+        _note_two_tensorflows()
     if "keras" in sys.modules or os.environ.get("SAMRI_ML_TF_LOGS") == "1":
         import keras
 
@@ -56,6 +58,52 @@ def import_keras():
     with quiet_stderr():
         import keras
     return keras
+
+
+#: TensorFlow's distributions that install the same ``tensorflow/`` folder on Linux
+TENSORFLOW_BUILDS = ("tensorflow", "tensorflow-cpu", "tensorflow-gpu")
+
+
+def two_tensorflows_note(installed: dict[str, str]) -> str | None:
+    """The note for a Python environment holding two of :data:`TENSORFLOW_BUILDS`
+    (``installed``: distribution name -> version), or None.
+
+    samri_ml depends on ``tensorflow-cpu`` on x86-64 Linux, so ``pip install samri_ml`` into a
+    lab's environment with the GPU ``tensorflow`` adds ``tensorflow-cpu`` over the same
+    folder: the one installed last wins, and nothing said that the GPU build may be gone.
+    """
+    both = sorted(name for name in installed if name in TENSORFLOW_BUILDS)
+    if len(both) < 2:
+        return None
+    keep = "tensorflow" if "tensorflow" in both else both[0]
+    names = " and ".join(f"{n} {installed[n]}" for n in both)
+    drop = " ".join(n for n in both if n != keep)
+    return (f"{names} are both installed, into one tensorflow/ folder: the one installed last "
+            f"wins, so a GPU build may have been replaced by the CPU one; hint: to keep "
+            f"{keep}: pip uninstall -y {drop} && pip install --force-reinstall --no-deps "
+            f"'{keep}=={installed[keep]}' (and upgrade samri_ml with --no-deps)")
+
+
+def _note_two_tensorflows() -> None:
+    """Say :func:`two_tensorflows_note` once per process, where it applies (Linux)."""
+    if _FNS.get("two_tensorflows_said") or not sys.platform.startswith("linux"):
+        return
+    _FNS["two_tensorflows_said"] = True
+    from importlib import metadata
+
+    installed = {}
+    for name in TENSORFLOW_BUILDS:
+        try:
+            installed[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    text = two_tensorflows_note(installed)
+    if text:
+        import warnings
+
+        from samri_ml.errors import SamriMLNote
+
+        warnings.warn(text, SamriMLNote, stacklevel=3)
 
 
 def keras_load_failure(path, err: Exception, words: str = "cannot load the model") -> str:
