@@ -41,22 +41,30 @@ def parse_entities(path) -> dict:
     return out
 
 
+def dataset_root(path) -> Path | None:
+    """The BIDS dataset ``path`` (a raw file) lies in: the folder above its innermost
+    ``sub-<label>`` folder; None where it lies in none (a file given from Python outside a
+    dataset)."""
+    path = Path(path)
+    label = parse_entities(path).get("sub")
+    if not label:
+        return None
+    for folder in path.parents:
+        if folder.name == f"sub-{label}":
+            return folder.parent
+    return None
+
+
 def raw_source_uri(path) -> str | None:
     """``path`` as a BIDS URI into the raw dataset (``bids:raw:sub-01/ses-1/anat/...``, the
     ``raw`` link of the derivatives' ``DatasetLinks``), for a sidecar's ``Sources``; None where
-    the path lies in no ``sub-<label>`` folder (a file given from Python outside a dataset).
+    it lies in no dataset (:func:`dataset_root`).
 
     >>> raw_source_uri("/data/study/sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz")
     'bids:raw:sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz'
     """
-    parts = Path(path).parts
-    label = parse_entities(path).get("sub")
-    if not label:
-        return None
-    for i in range(len(parts) - 2, -1, -1):  # the innermost subject folder
-        if parts[i] == f"sub-{label}":
-            return "bids:raw:" + "/".join(parts[i:])
-    return None
+    root = dataset_root(path)
+    return None if root is None else "bids:raw:" + Path(path).relative_to(root).as_posix()
 
 
 def derivative_path(
@@ -227,10 +235,11 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
         "BIDSVersion": "1.8.0",
         "DatasetType": "derivative",
         "GeneratedBy": [*earlier, this],
-        "SourceDatasets": [{"URL": Path(source_dir).resolve().as_uri()}],
-        # what the sidecars' ``Sources`` (``bids:raw:sub-01/...``) point into
-        "DatasetLinks": {"raw": Path(source_dir).resolve().as_uri()},
     }
+    if source_dir is not None:
+        desc["SourceDatasets"] = [{"URL": Path(source_dir).resolve().as_uri()}]
+        # what the sidecars' ``Sources`` (``bids:raw:sub-01/...``) point into
+        desc["DatasetLinks"] = {"raw": Path(source_dir).resolve().as_uri()}
     # a rerun of the same command leaves it as it is, mtime included (as the derivatives)
     return atomic_write_text(json.dumps(desc, indent=2) + "\n", path, skip_identical=True)
 

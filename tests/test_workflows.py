@@ -447,8 +447,19 @@ def test_masks_and_preprocessed_scans_name_their_raw_source_in_their_sidecars(tm
         name, sidecar = written[node]
         assert name.endswith("_desc-brain_mask.nii.gz") and sidecar["Type"] == "Brain"
     assert written["ds_func0"][1]["RepetitionTime"] == 1.0
-    desc = json.loads(write_dataset_description(out, bids, "1.0", "x").read_text())
-    assert desc["DatasetLinks"] == {"raw": bids.resolve().as_uri()}
+    # built from Python, the workflow's derivatives had no dataset_description.json (pybids
+    # refuses such a folder): the first sink writes one, where there is none
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["DatasetLinks"] == {
+        "raw": bids.resolve().as_uri()}, desc
+    assert "Nipype workflow" in desc["GeneratedBy"][0]["Description"]
+    # samri_ml-register's own (written before its run) is left as it is by the sinks
+    mine = write_dataset_description(tmp_path / "cli", bids, "1.0", "samri_ml-register x")
+    before = mine.read_bytes()
+    sink = wf.get_node("ds_anat").interface
+    sink.inputs.base_directory = str(tmp_path / "cli")
+    sink.run()
+    assert mine.read_bytes() == before
     # a file given from Python outside any sub-<label> folder gets no Sources (nothing to
     # point into), not a wrong one
     wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz",

@@ -58,8 +58,25 @@ class DerivativesDataSink(SimpleInterface):
             sidecar = sidecar_path(out)
             atomic_write_text(json.dumps(self.inputs.metadata, indent=2) + "\n", sidecar,
                               skip_identical=True)
+        _describe_dataset(Path(self.inputs.base_directory), self.inputs.source_file)
         self._results["out_file"] = str(out)
         return runtime
+
+
+def _describe_dataset(base, source_file: str) -> None:
+    """A ``dataset_description.json`` in the derivatives folder where there is none yet (a
+    workflow built from Python, e.g. ``init_generic_wf(output_dir=...)``: pybids and the BIDS
+    validator refuse a derivatives folder without one; ``samri_ml-register`` writes its own
+    before the run, which is left as it is)."""
+    from pathlib import Path
+
+    if (Path(base) / "dataset_description.json").exists():
+        return
+    from samri_ml import __version__
+    from samri_ml.bids import dataset_root, write_dataset_description
+
+    write_dataset_description(base, dataset_root(source_file), __version__,
+                              "a samri_ml Nipype workflow (samri_ml.interfaces.DerivativesDataSink)")
 
 
 def sink_path(inputs, in_extension: str):
