@@ -376,3 +376,34 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs, h
     # the node Linear was running when Ctrl-C came left no crash file: it did not crash
     assert not list(out.glob("**/log/crash-*")), [p.read_text() for p in out.glob("**/crash-*")]
     assert run_register(example_dataset, out, work).returncode == 0
+
+
+def _double(x):
+    return 2 * x
+
+
+def test_linear_resume_says_which_steps_were_reused(tmp_path):
+    """Under ``--plugin Linear`` a rerun said plain "done" for every reused step (Linear
+    starts the nodes it reuses like the others); MultiProc said "reused". A real Nipype
+    workflow run twice: the reused step is said so, one that always runs is not."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from samri_ml.cli.register import Progress
+
+    wf = pe.Workflow(name="wf", base_dir=str(tmp_path))
+    first = pe.Node(niu.Function(function=_double, input_names=["x"], output_names=["y"]),
+                    name="first")
+    first.inputs.x = 2
+    again = pe.Node(niu.Function(function=_double, input_names=["x"], output_names=["y"]),
+                    name="always", overwrite=True)
+    wf.connect(first, "y", again, "x")
+    logs = []
+    for _ in range(2):
+        stream = io.StringIO()
+        wf.run(plugin="Linear",
+               plugin_args={"status_callback": Progress(2, stream=stream, linear=True)})
+        logs.append(stream.getvalue())
+    assert "] done: wf.first" in logs[0] and "] done: wf.always" in logs[0], logs[0]
+    assert "] done (result of an earlier run reused): wf.first" in logs[1], logs[1]
+    assert "] done: wf.always" in logs[1], logs[1]

@@ -1021,7 +1021,8 @@ class Progress:
     Nipype reports some nodes as ended that it never reported as started: under ``Linear``
     the dependents of a failed step (they do not run: ``linear`` says so), under the other
     plugins the steps run in the main process (data sinks, small utilities: done) and those
-    whose results an earlier run left complete in the work dir (reused).
+    whose results an earlier run left complete in the work dir (reused). ``Linear`` starts
+    the nodes it reuses like the others: whether it will reuse one is asked at its start.
     """
 
     def __init__(self, total: int, stream=None, stop=None, linear: bool = False):
@@ -1031,17 +1032,22 @@ class Progress:
         self.stop = stop  # a quiet_interrupts() state: raise at the next node once interrupted
         self.linear = linear
         self.started: set[int] = set()
+        self.reused: set[int] = set()
 
     def __call__(self, node, status):
         if self.stop is not None and self.stop.interrupted:
             raise KeyboardInterrupt
         if status == "start":
             self.started.add(id(node))
+            if self.linear and _reusable(node):  # Linear starts the nodes it reuses too
+                self.reused.add(id(node))
             return
         self.done += 1
         elapsed = time.monotonic() - self.start
         if status == "exception":
             what = "FAILED"
+        elif id(node) in self.reused:
+            what = "done (result of an earlier run reused)"
         elif id(node) in self.started:
             what = "done"
         elif self.linear:  # Linear reports the dependents of a failed step as ended, only
@@ -1052,6 +1058,18 @@ class Progress:
             what = "done (result of an earlier run reused)"
         print(f"[{self.done}/{self.total} {elapsed:6.0f}s] {what}: {node.fullname}",
               file=self.stream, flush=True)
+
+
+def _reusable(node) -> bool:
+    """Whether Nipype will reuse ``node``'s result from the work dir instead of running it
+    (its cache up to date, and neither the node nor its interface always run); False where
+    that cannot be told."""
+    try:
+        cached, updated = node.is_cached()
+        return bool(cached and updated and not node.overwrite
+                    and not getattr(node.interface, "always_run", False))
+    except Exception:  # noqa: BLE001 -- a progress line must never fail a run
+        return False
 
 
 def _main(argv=None) -> int:
