@@ -412,3 +412,43 @@ def test_scan_values_are_in_mm_whatever_the_headers_unit(images, tmp_path, capsy
         assert vol.vcf == pytest.approx(in_mm["vcf"], rel=1e-4)
         assert smo.fwhm_raw == pytest.approx(in_mm["fwhm_raw"], rel=1e-4)
         assert smo.scf == pytest.approx(in_mm["scf"], rel=1e-4)
+
+
+def test_compare_reads_a_nan_as_not_measured_and_refuses_a_word(tmp_path, capsys):
+    """A record with ``NaN`` (Python's json writes and reads it) was left out of the
+    repeated-measures test but kept in the paired one, which came out n/a for all 8 scans
+    (n_paired 8); it is now a scan not measured, as null is: paired on the 7 others, with the
+    p-value of the repeated-measures test (the same test for two workflows). A word where a
+    number belongs failed with a bare ``ValueError`` naming no file."""
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    vcf_a, vcf_b = 1 + 0.05 * rng.standard_normal(8), 0.95 + 0.05 * rng.standard_normal(8)
+    scf = 1.1 + 0.02 * rng.standard_normal(8)
+    a = _deriv(tmp_path / "a", "a", vcf_a, scf)
+    b = _deriv(tmp_path / "b", "b", vcf_b, scf)
+    f = b / "sub-03" / "ses-1" / "anat" / "sub-03_ses-1_desc-qc_metrics.json"
+    rec = json.loads(f.read_text())
+    rec.update(vcf=float("nan"), scf_normalised=float("inf"))
+    f.write_text(json.dumps(rec))
+    assert "NaN" in f.read_text()
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "b: sub-03_ses-1_T2w (vcf, scf_normalised)" in printed, printed[:800]
+    pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
+    anova = {r["quantity"]: r for r in _read_tsv(out / "qc_anova.tsv")}
+    keep = np.arange(8) != 3
+    paired = stats.ttest_rel(np.abs(1 - vcf_a[keep]), np.abs(1 - vcf_b[keep]))
+    assert pair["vcf_dev"]["n_paired"] == "7" and anova["vcf_dev"]["n_matched"] == "7"
+    assert float(pair["vcf_dev"]["paired_p"]) == pytest.approx(paired.pvalue)
+    assert float(anova["vcf_dev"]["p_rm"]) == pytest.approx(paired.pvalue)
+    assert pair["scf_normalised"]["n_paired"] == "7"
+    assert pair["scf_normalised"]["paired_p"] != "n/a"
+
+    rec.update(vcf="n/a")
+    f.write_text(json.dumps(rec))
+    assert main(["compare", str(a), str(b)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (f"samri_ml-qc: error: {f}: vcf \"n/a\" is not a number; hint: give "
+                           "a number, or null where it could not be measured"), err

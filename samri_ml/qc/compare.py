@@ -143,7 +143,8 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
             raise SamriMLError(f"{path}: not a readable JSON file ({err})") from err
         if not isinstance(data, dict) or "vcf" not in data:
             raise SamriMLError(f"{path}: not a QC record (no 'vcf' key)")
-        rec = {k: data.get(k) for k in LABEL_KEYS + VALUE_KEYS}
+        rec = {k: data.get(k) for k in LABEL_KEYS}
+        rec.update({k: _measured(data.get(k), path, k) for k in VALUE_KEYS})
         rec["scan"] = rec["scan"] or path.name.replace(f"_{QC_SUFFIX}.json", "")
         rec["modality"] = rec["modality"] or ""
         rec["workflow"] = label
@@ -151,6 +152,18 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
         rec["path"] = str(path)
         records.append(rec)
     return records
+
+
+def _measured(value, path: Path, key: str) -> float | None:
+    """A record's value as the statistics take it: a float, or None where it was not measured
+    (null, or a NaN or Infinity that Python's json writes and reads: it left the scan out of the
+    repeated-measures test but in the paired one, which then came out n/a for every scan)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SamriMLError(f"{path}: {key} {json.dumps(value)} is not a number; hint: give a "
+                           "number, or null where it could not be measured")
+    return float(value) if math.isfinite(value) else None
 
 
 def _values(records: list[dict], quantity: str) -> np.ndarray:
