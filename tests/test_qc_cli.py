@@ -55,6 +55,14 @@ def test_scan_prints_and_writes_json(images, tmp_path, capsys):
     # resampling the same field of view conserves volume to within a few percent
     assert printed["vcf"] == pytest.approx(1.0, abs=0.05)
     assert printed["fwhm_processed"] > 0 and printed["fwhm_raw"] > 0
+    # the run's registered temporal mean, or the run cut to one volume: still the run's (it
+    # was "anat", and compare paired it with no workflow's record of the run)
+    img = nb.load(proc_f)
+    for data in (np.asarray(img.dataobj).mean(axis=3), np.asarray(img.dataobj)[..., :1]):
+        one = tmp_path / f"mean{data.ndim}.nii.gz"
+        nb.save(nb.Nifti1Image(data, img.affine), one)
+        assert main(["scan", str(one), str(raw_f)]) == 0
+        assert json.loads(capsys.readouterr().out)["modality"] == "func"
 
 
 def test_scan_errors_are_one_line(images, tmp_path, capsys):

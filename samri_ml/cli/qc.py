@@ -46,7 +46,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="VCF and SCF of one processed image against its raw source",
         description="Print (and optionally write) the QC JSON of one scan: vcf, scf, "
         "scf_normalised, volume_processed, volume_raw (mm^3), fwhm_processed, fwhm_raw (mm). The "
-        "two images may be on different grids (e.g. processed in template space).",
+        "two images may be on different grids (e.g. processed in template space). Its modality "
+        "is func where either image is a time series (a run's registered temporal mean too), "
+        "else anat.",
         formatter_class=fmt,
     )
     s.add_argument("processed", type=Path, help="processed (e.g. registered) image, 3D or 4D")
@@ -134,12 +136,15 @@ def _scan(args, parser) -> int:
         raise SamriMLError(
             f"{args.raw}: no voxel is above the 66th percentile (a flat image?); VCF is undefined"
         )
-    n_vol = proc.shape[3] if proc.ndim == 4 else 1
+    # a functional run where either image is a time series, as the workflow says of its runs:
+    # a run's registered temporal mean (or a run cut to one volume) was "anat", and compare
+    # paired it with no workflow's record of the run
+    kinds = {modality_of(a.ndim, a.shape[3] if a.ndim == 4 else 1) for a in (proc, raw)}
     record = qc_record(
         values,
         # named after its source, as the workflow names it: compare pairs the two
         scan=scan_name(args.raw),
-        modality=modality_of(proc.ndim, n_vol),
+        modality="func" if "func" in kinds else "anat",
         workflow=args.workflow,
     )
     text = json.dumps(record, indent=2)
