@@ -460,3 +460,28 @@ def test_compare_reads_a_nan_as_not_measured_and_refuses_a_word(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.strip() == (f"samri_ml-qc: error: {f}: vcf \"n/a\" is not a number; hint: give "
                            "a number, or null where it could not be measured"), err
+
+
+def test_compare_pairs_the_scans_of_workflows_on_two_templates(tmp_path, capsys):
+    """Two workflows that registered the same scans to two templates (which template is
+    better?) shared no scan, as the pairing took the template for part of a scan's name: the
+    paired and repeated-measures tests came out n/a (n_paired 0) without a word."""
+    from scipy import stats
+
+    from samri_ml.qc.compare import compare_workflows
+
+    rng = np.random.default_rng(2)
+    vcf_a, vcf_b = 1 + 0.02 * rng.standard_normal(6), 1.1 + 0.02 * rng.standard_normal(6)
+    a = _deriv(tmp_path / "a", "a", vcf_a, np.ones(6))
+    b = _deriv(tmp_path / "b", "b", vcf_b, np.ones(6))
+    for root, space in ((a, "DSURQE"), (b, "Abi")):
+        for qc in list(root.rglob("*_desc-qc_metrics.json")):
+            qc.rename(qc.with_name(qc.name.replace("_desc-qc", f"_space-{space}_desc-qc")))
+    res = compare_workflows([a, b])
+    pair = {r["quantity"]: r for r in res["pairwise"]}["vcf_dev"]
+    paired = stats.ttest_rel(np.abs(1 - vcf_a), np.abs(1 - vcf_b))
+    assert pair["n_paired"] == 6 and pair["paired_p"] == pytest.approx(paired.pvalue)
+    anova = {r["quantity"]: r for r in res["anova"]}["vcf_dev"]
+    assert anova["n_matched"] == 6 and anova["p_rm"] == pytest.approx(paired.pvalue)
+    assert ("**Note:** the workflows registered to different templates (a: DSURQE; b: Abi); "
+            "their scans are paired by the name of their source.") in res["markdown"]

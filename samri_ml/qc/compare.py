@@ -232,8 +232,11 @@ def summary_table(groups: dict[str, list[dict]]) -> list[dict]:
 
 
 def _key(r: dict) -> tuple:
-    """What makes two workflows' records the same scan: its name, modality and template."""
-    return r["scan"], r["modality"], r.get("space", "")
+    """What makes two workflows' records the same scan: its name and modality (the name of its
+    raw source). Not its template: a workflow's records share one (:func:`read_qc_folder`), and
+    two workflows registered to two templates ran on the same scans (paired on the template
+    too, they shared none: the paired and repeated-measures tests came out n/a)."""
+    return r["scan"], r["modality"]
 
 
 def matched_values(groups: dict[str, list[dict]], quantity: str) -> np.ndarray:
@@ -340,7 +343,7 @@ def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
                 t, p = float(res.statistic), float(res.pvalue)
             else:
                 t, p = float("nan"), float("nan")
-            # paired on common scans (same scan name, modality and template)
+            # paired on common scans (same scan name and modality)
             da = {_key(r): r.get(key) for r in ra}
             db = {_key(r): r.get(key) for r in rb}
             common = [
@@ -614,6 +617,11 @@ def compare_workflows(
                        "n_paired); with fewer than "
                        f"{MIN_SCANS_FOR_STATISTICS} the repeated-measures and paired tests "
                        "below say little.")
+    spaces = {wf: recs[0].get("space", "") for wf, recs in groups.items()}
+    if len(set(spaces.values())) > 1:
+        caution.append("**Note:** the workflows registered to different templates ("
+                       + "; ".join(f"{wf}: {s or 'none'}" for wf, s in spaces.items())
+                       + "); their scans are paired by the name of their source.")
     unmeasured = _unmeasured(groups)
     if unmeasured:
         # they were dropped from the statistics of that quantity without a word, under an n
