@@ -485,3 +485,19 @@ def test_compare_pairs_the_scans_of_workflows_on_two_templates(tmp_path, capsys)
     assert anova["n_matched"] == 6 and anova["p_rm"] == pytest.approx(paired.pvalue)
     assert ("**Note:** the workflows registered to different templates (a: DSURQE; b: Abi); "
             "their scans are paired by the name of their source.") in res["markdown"]
+
+
+def test_compare_refuses_two_records_of_one_scan_in_a_workflow(tmp_path, capsys):
+    """An older run's record kept in a subfolder was read as a second scan: the workflow's n,
+    mean and Welch test counted the scan twice, the paired tests once."""
+    a = _deriv(tmp_path / "a", "a", [1.0, 1.1, 0.9], np.ones(3))
+    b = _deriv(tmp_path / "b", "b", [1.0, 1.2, 0.8], np.ones(3))
+    src = a / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-qc_metrics.json"
+    old = src.parent / "old" / src.name
+    old.parent.mkdir()
+    old.write_text(src.read_text())
+    assert main(["compare", str(a), str(b)]) == 1
+    err = capsys.readouterr().err
+    first, second = sorted([src, old])  # read in sorted order
+    assert err.strip() == (f"samri_ml-qc: error: {second}: a second QC record of "
+                           f"sub-01_ses-1_T2w (anat) in {a}, beside {first}; hint: keep one"), err

@@ -136,6 +136,7 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
                            f"{', '.join(s or 'none' for s in spaces)}); hint: compare one at a "
                            "time with --space LABEL")
     records = []
+    seen: dict[tuple, Path] = {}
     for path in files:
         try:
             data = json.loads(path.read_text())
@@ -150,6 +151,13 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
         rec["workflow"] = label
         rec["space"] = space_of(path)
         rec["path"] = str(path)
+        if _key(rec) in seen:
+            # a copy (an older run's, kept in a subfolder) was counted as a second scan in the
+            # workflow's n, mean and Welch test, and one of the two was paired
+            kind = rec["modality"] or "no modality"
+            raise SamriMLError(f"{path}: a second QC record of {rec['scan']} ({kind}) in "
+                               f"{folder}, beside {seen[_key(rec)]}; hint: keep one")
+        seen[_key(rec)] = path
         records.append(rec)
     return records
 
