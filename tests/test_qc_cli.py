@@ -501,3 +501,26 @@ def test_compare_refuses_two_records_of_one_scan_in_a_workflow(tmp_path, capsys)
     first, second = sorted([src, old])  # read in sorted order
     assert err.strip() == (f"samri_ml-qc: error: {second}: a second QC record of "
                            f"sub-01_ses-1_T2w (anat) in {a}, beside {first}; hint: keep one"), err
+
+
+def test_scan_leaves_the_dummy_scans_out_of_a_raw_run(tmp_path, capsys):
+    """As samri_ml-register's QC does: a run cut by its dummy scans against the raw run gets
+    VCF and SCF 1 with --dummy-scans; without, the bright first volumes lower both."""
+    rng = np.random.default_rng(4)
+    t = np.arange(30)
+    raw = (_brain()[..., None] + rng.normal(0, 1.0, (30, 32, 16, t.size))) \
+        * (1 + 0.6 * np.exp(-t / 3))
+    aff = np.diag([0.2, 0.2, 0.4, 1.0])
+    raw_f, proc_f = tmp_path / "sub-1_task-rest_bold.nii.gz", tmp_path / "proc.nii.gz"
+    nb.save(nb.Nifti1Image(raw.astype("float32"), aff), raw_f)
+    nb.save(nb.Nifti1Image(raw[..., 10:].astype("float32"), aff), proc_f)
+    got = {}
+    for n in ("0", "10"):
+        assert main(["scan", str(proc_f), str(raw_f), "--dummy-scans", n]) == 0
+        rec = json.loads(capsys.readouterr().out)
+        got[n] = rec["vcf"], rec["scf"]
+    assert got["10"] == pytest.approx((1.0, 1.0), abs=1e-6)
+    assert got["0"][0] < 0.97, got
+    assert main(["scan", str(proc_f), str(raw_f), "--dummy-scans", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("\nsamri_ml-qc: error: --dummy-scans -1: must be 0 or more"), err

@@ -68,6 +68,10 @@ def get_parser() -> argparse.ArgumentParser:
         help="mask on the raw image's grid for its FWHM (default: automask); give both masks "
         "(the same brain) so that the two FWHMs are measured over the same tissue",
     )
+    s.add_argument("--dummy-scans", type=int, default=0, metavar="N",
+                   help="volumes at the start of a 4D RAW that the processing dropped, left out "
+                   "of RAW too, as samri_ml-register's QC does with its --dummy-scans "
+                   "(default: 0)")
     s.add_argument("--workflow", default="", help="workflow label stored in the JSON")
     s.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
 
@@ -117,6 +121,10 @@ def _scan(args, parser) -> int:
     raw_img = load_nifti(args.raw, allow_4d=True)
     proc = np.asanyarray(proc_img.dataobj)
     raw = np.asanyarray(raw_img.dataobj)
+    if raw.ndim == 4 and args.dummy_scans:
+        from samri_ml.func import n_dummy_to_drop
+
+        raw = raw[..., n_dummy_to_drop(raw.shape[3], args.dummy_scans):]
     masks = {}
     for key, path, image, grid in (("processed_mask", args.mask, args.processed, proc),
                                    ("raw_mask", args.raw_mask, args.raw, raw)):
@@ -186,6 +194,8 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]  # for parser.error
     if args.command == "scan":
+        if args.dummy_scans < 0:
+            sub.error(f"--dummy-scans {args.dummy_scans}: must be 0 or more")
         return _scan(args, sub)
     return _compare(args, sub)
 
