@@ -714,15 +714,19 @@ def test_a_head_in_a_large_zero_padded_grid_is_masked_as_in_its_own(phantom):
     data = np.asarray(img.dataobj, dtype=np.float32)
     own = np.asarray(predict_mask(img).dataobj) > 0
     assert padding_box(data) == (slice(None),) * 3  # the head fills its grid: untouched
-    big = np.zeros(tuple(int(2.5 * n) for n in data.shape), np.float32)
-    at = tuple(n // 5 for n in data.shape)  # off-centre
-    region = tuple(slice(a, a + n) for a, n in zip(at, data.shape, strict=True))
-    big[region] = data
-    padded = predict_mask(nb.Nifti1Image(big, img.affine))
-    assert padded.shape == big.shape
-    mask = np.asarray(padded.dataobj) > 0
-    assert mask.sum() == mask[region].sum()  # nothing in the padding
-    assert dice(mask[region], own) > 0.95
+    # 3.5: the whole grid's 99th percentile, mostly padding, normalised the head at half its
+    # own and the mask came out 2.3 times its volume (Dice 0.61), in silence
+    for factor in (2.5, 3.5):
+        big = np.zeros(tuple(int(factor * n) for n in data.shape), np.float32)
+        at = tuple(n // 5 for n in data.shape)  # off-centre
+        region = tuple(slice(a, a + n) for a, n in zip(at, data.shape, strict=True))
+        big[region] = data
+        padded = predict_mask(nb.Nifti1Image(big, img.affine))
+        assert padded.shape == big.shape
+        mask = np.asarray(padded.dataobj) > 0
+        assert mask.sum() == mask[region].sum()  # nothing in the padding
+        assert dice(mask[region], own) > 0.98, factor
+        assert abs(mask.sum() / own.sum() - 1) < 0.02, factor
 
 
 def test_a_splines_undershoot_is_clipped_not_shifted(phantom):

@@ -55,6 +55,14 @@ def test_scan_prints_and_writes_json(images, tmp_path, capsys):
     # resampling the same field of view conserves volume to within a few percent
     assert printed["vcf"] == pytest.approx(1.0, abs=0.05)
     assert printed["fwhm_processed"] > 0 and printed["fwhm_raw"] > 0
+    # the run's registered temporal mean, or the run cut to one volume: still the run's (it
+    # was "anat", and compare paired it with no workflow's record of the run)
+    img = nb.load(proc_f)
+    for data in (np.asarray(img.dataobj).mean(axis=3), np.asarray(img.dataobj)[..., :1]):
+        one = tmp_path / f"mean{data.ndim}.nii.gz"
+        nb.save(nb.Nifti1Image(data, img.affine), one)
+        assert main(["scan", str(one), str(raw_f)]) == 0
+        assert json.loads(capsys.readouterr().out)["modality"] == "func"
 
 
 def test_scan_errors_are_one_line(images, tmp_path, capsys):
@@ -412,3 +420,107 @@ def test_scan_values_are_in_mm_whatever_the_headers_unit(images, tmp_path, capsy
         assert vol.vcf == pytest.approx(in_mm["vcf"], rel=1e-4)
         assert smo.fwhm_raw == pytest.approx(in_mm["fwhm_raw"], rel=1e-4)
         assert smo.scf == pytest.approx(in_mm["scf"], rel=1e-4)
+
+
+def test_compare_reads_a_nan_as_not_measured_and_refuses_a_word(tmp_path, capsys):
+    """A record with ``NaN`` (Python's json writes and reads it) was left out of the
+    repeated-measures test but kept in the paired one, which came out n/a for all 8 scans
+    (n_paired 8); it is now a scan not measured, as null is: paired on the 7 others, with the
+    p-value of the repeated-measures test (the same test for two workflows). A word where a
+    number belongs failed with a bare ``ValueError`` naming no file."""
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    vcf_a, vcf_b = 1 + 0.05 * rng.standard_normal(8), 0.95 + 0.05 * rng.standard_normal(8)
+    scf = 1.1 + 0.02 * rng.standard_normal(8)
+    a = _deriv(tmp_path / "a", "a", vcf_a, scf)
+    b = _deriv(tmp_path / "b", "b", vcf_b, scf)
+    f = b / "sub-03" / "ses-1" / "anat" / "sub-03_ses-1_desc-qc_metrics.json"
+    rec = json.loads(f.read_text())
+    rec.update(vcf=float("nan"), scf_normalised=float("inf"))
+    f.write_text(json.dumps(rec))
+    assert "NaN" in f.read_text()
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "b: sub-03_ses-1_T2w (vcf, scf_normalised)" in printed, printed[:800]
+    pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
+    anova = {r["quantity"]: r for r in _read_tsv(out / "qc_anova.tsv")}
+    keep = np.arange(8) != 3
+    paired = stats.ttest_rel(np.abs(1 - vcf_a[keep]), np.abs(1 - vcf_b[keep]))
+    assert pair["vcf_dev"]["n_paired"] == "7" and anova["vcf_dev"]["n_matched"] == "7"
+    assert float(pair["vcf_dev"]["paired_p"]) == pytest.approx(paired.pvalue)
+    assert float(anova["vcf_dev"]["p_rm"]) == pytest.approx(paired.pvalue)
+    assert pair["scf_normalised"]["n_paired"] == "7"
+    assert pair["scf_normalised"]["paired_p"] != "n/a"
+
+    rec.update(vcf="n/a")
+    f.write_text(json.dumps(rec))
+    assert main(["compare", str(a), str(b)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (f"samri_ml-qc: error: {f}: vcf \"n/a\" is not a number; hint: give "
+                           "a number, or null where it could not be measured"), err
+
+
+def test_compare_pairs_the_scans_of_workflows_on_two_templates(tmp_path, capsys):
+    """Two workflows that registered the same scans to two templates (which template is
+    better?) shared no scan, as the pairing took the template for part of a scan's name: the
+    paired and repeated-measures tests came out n/a (n_paired 0) without a word."""
+    from scipy import stats
+
+    from samri_ml.qc.compare import compare_workflows
+
+    rng = np.random.default_rng(2)
+    vcf_a, vcf_b = 1 + 0.02 * rng.standard_normal(6), 1.1 + 0.02 * rng.standard_normal(6)
+    a = _deriv(tmp_path / "a", "a", vcf_a, np.ones(6))
+    b = _deriv(tmp_path / "b", "b", vcf_b, np.ones(6))
+    for root, space in ((a, "DSURQE"), (b, "Abi")):
+        for qc in list(root.rglob("*_desc-qc_metrics.json")):
+            qc.rename(qc.with_name(qc.name.replace("_desc-qc", f"_space-{space}_desc-qc")))
+    res = compare_workflows([a, b])
+    pair = {r["quantity"]: r for r in res["pairwise"]}["vcf_dev"]
+    paired = stats.ttest_rel(np.abs(1 - vcf_a), np.abs(1 - vcf_b))
+    assert pair["n_paired"] == 6 and pair["paired_p"] == pytest.approx(paired.pvalue)
+    anova = {r["quantity"]: r for r in res["anova"]}["vcf_dev"]
+    assert anova["n_matched"] == 6 and anova["p_rm"] == pytest.approx(paired.pvalue)
+    assert ("**Note:** the workflows registered to different templates (a: DSURQE; b: Abi); "
+            "their scans are paired by the name of their source.") in res["markdown"]
+
+
+def test_compare_refuses_two_records_of_one_scan_in_a_workflow(tmp_path, capsys):
+    """An older run's record kept in a subfolder was read as a second scan: the workflow's n,
+    mean and Welch test counted the scan twice, the paired tests once."""
+    a = _deriv(tmp_path / "a", "a", [1.0, 1.1, 0.9], np.ones(3))
+    b = _deriv(tmp_path / "b", "b", [1.0, 1.2, 0.8], np.ones(3))
+    src = a / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-qc_metrics.json"
+    old = src.parent / "old" / src.name
+    old.parent.mkdir()
+    old.write_text(src.read_text())
+    assert main(["compare", str(a), str(b)]) == 1
+    err = capsys.readouterr().err
+    first, second = sorted([src, old])  # read in sorted order
+    assert err.strip() == (f"samri_ml-qc: error: {second}: a second QC record of "
+                           f"sub-01_ses-1_T2w (anat) in {a}, beside {first}; hint: keep one"), err
+
+
+def test_scan_leaves_the_dummy_scans_out_of_a_raw_run(tmp_path, capsys):
+    """As samri_ml-register's QC does: a run cut by its dummy scans against the raw run gets
+    VCF and SCF 1 with --dummy-scans; without, the bright first volumes lower both."""
+    rng = np.random.default_rng(4)
+    t = np.arange(30)
+    raw = (_brain()[..., None] + rng.normal(0, 1.0, (30, 32, 16, t.size))) \
+        * (1 + 0.6 * np.exp(-t / 3))
+    aff = np.diag([0.2, 0.2, 0.4, 1.0])
+    raw_f, proc_f = tmp_path / "sub-1_task-rest_bold.nii.gz", tmp_path / "proc.nii.gz"
+    nb.save(nb.Nifti1Image(raw.astype("float32"), aff), raw_f)
+    nb.save(nb.Nifti1Image(raw[..., 10:].astype("float32"), aff), proc_f)
+    got = {}
+    for n in ("0", "10"):
+        assert main(["scan", str(proc_f), str(raw_f), "--dummy-scans", n]) == 0
+        rec = json.loads(capsys.readouterr().out)
+        got[n] = rec["vcf"], rec["scf"]
+    assert got["10"] == pytest.approx((1.0, 1.0), abs=1e-6)
+    assert got["0"][0] < 0.97, got
+    assert main(["scan", str(proc_f), str(raw_f), "--dummy-scans", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("\nsamri_ml-qc: error: --dummy-scans -1: must be 0 or more"), err

@@ -132,3 +132,38 @@ def test_volume_conservation_refuses_a_percentile_outside_0_100():
         VolumeConservation(percentile=200)
     assert VolumeConservation(percentile=0).inputs.percentile == 0
     assert VolumeConservation().inputs.percentile == 66.0
+
+
+def test_a_runs_dummy_scans_are_left_out_of_its_raw_image(tmp_path):
+    """The workflow drops a run's dummy scans, the QC compared the result with the whole raw
+    run: its bright first volumes (before the steady state) lowered the VCF and inflated the
+    raw FWHM (here, a run that was only cut: VCF 0.94, SCF 0.96 instead of 1 and 1)."""
+    from samri_ml.workflows import init_generic_wf
+
+    rng = np.random.default_rng(3)
+    base = _brain()[..., None]
+    n_dummy, n_t = 10, 40
+    t = np.arange(n_dummy + n_t)
+    raw = (base + rng.normal(0, 2.0, (*base.shape[:3], t.size))) * (1 + 0.6 * np.exp(-t / 3))
+    aff = np.diag([0.2, 0.2, 0.4, 1.0])
+    raw_f, proc_f = tmp_path / "sub-01_task-rest_bold.nii.gz", tmp_path / "proc_bold.nii.gz"
+    nb.save(nb.Nifti1Image(raw.astype("float32"), aff), raw_f)
+    nb.save(nb.Nifti1Image(raw[..., n_dummy:].astype("float32"), aff), proc_f)
+    got = {}
+    for dummies in (0, n_dummy):
+        vol = VolumeConservation(processed_file=str(proc_f), raw_file=str(raw_f),
+                                 raw_dummy_scans=dummies).run(cwd=str(tmp_path)).outputs
+        smooth = SmoothnessConservation(processed_file=str(proc_f), raw_file=str(raw_f),
+                                        raw_dummy_scans=dummies).run(cwd=str(tmp_path)).outputs
+        got[dummies] = vol.vcf, smooth.scf
+    assert got[n_dummy] == pytest.approx((1.0, 1.0), abs=1e-6)
+    assert got[0][0] < 0.95 and got[0][1] < 0.98, got  # the bias the whole run gave
+    # the workflow tells its QC nodes how many volumes it dropped
+    for name in ("t.nii.gz", "m.nii.gz"):
+        nb.save(nb.Nifti1Image(np.ones((4, 4, 4), "float32"), np.eye(4)), tmp_path / name)
+    wf = init_generic_wf(template=str(tmp_path / "t.nii.gz"),
+                         template_mask=str(tmp_path / "m.nii.gz"), anat_file=None,
+                         bold_files=[str(raw_f)], output_dir=str(tmp_path / "out"), qc=True,
+                         dummy_scans=7)
+    for node in ("func0_vcf", "func0_scf"):
+        assert wf.get_node(node).inputs.raw_dummy_scans == 7

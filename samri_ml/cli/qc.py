@@ -46,7 +46,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="VCF and SCF of one processed image against its raw source",
         description="Print (and optionally write) the QC JSON of one scan: vcf, scf, "
         "scf_normalised, volume_processed, volume_raw (mm^3), fwhm_processed, fwhm_raw (mm). The "
-        "two images may be on different grids (e.g. processed in template space).",
+        "two images may be on different grids (e.g. processed in template space). Its modality "
+        "is func where either image is a time series (a run's registered temporal mean too), "
+        "else anat.",
         formatter_class=fmt,
     )
     s.add_argument("processed", type=Path, help="processed (e.g. registered) image, 3D or 4D")
@@ -66,6 +68,10 @@ def get_parser() -> argparse.ArgumentParser:
         help="mask on the raw image's grid for its FWHM (default: automask); give both masks "
         "(the same brain) so that the two FWHMs are measured over the same tissue",
     )
+    s.add_argument("--dummy-scans", type=int, default=0, metavar="N",
+                   help="volumes at the start of a 4D RAW that the processing dropped, left out "
+                   "of RAW too, as samri_ml-register's QC does with its --dummy-scans "
+                   "(default: 0)")
     s.add_argument("--workflow", default="", help="workflow label stored in the JSON")
     s.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
 
@@ -115,6 +121,10 @@ def _scan(args, parser) -> int:
     raw_img = load_nifti(args.raw, allow_4d=True)
     proc = np.asanyarray(proc_img.dataobj)
     raw = np.asanyarray(raw_img.dataobj)
+    if raw.ndim == 4 and args.dummy_scans:
+        from samri_ml.func import n_dummy_to_drop
+
+        raw = raw[..., n_dummy_to_drop(raw.shape[3], args.dummy_scans):]
     masks = {}
     for key, path, image, grid in (("processed_mask", args.mask, args.processed, proc),
                                    ("raw_mask", args.raw_mask, args.raw, raw)):
@@ -134,12 +144,15 @@ def _scan(args, parser) -> int:
         raise SamriMLError(
             f"{args.raw}: no voxel is above the 66th percentile (a flat image?); VCF is undefined"
         )
-    n_vol = proc.shape[3] if proc.ndim == 4 else 1
+    # a functional run where either image is a time series, as the workflow says of its runs:
+    # a run's registered temporal mean (or a run cut to one volume) was "anat", and compare
+    # paired it with no workflow's record of the run
+    kinds = {modality_of(a.ndim, a.shape[3] if a.ndim == 4 else 1) for a in (proc, raw)}
     record = qc_record(
         values,
         # named after its source, as the workflow names it: compare pairs the two
         scan=scan_name(args.raw),
-        modality=modality_of(proc.ndim, n_vol),
+        modality="func" if "func" in kinds else "anat",
         workflow=args.workflow,
     )
     text = json.dumps(record, indent=2)
@@ -181,6 +194,8 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]  # for parser.error
     if args.command == "scan":
+        if args.dummy_scans < 0:
+            sub.error(f"--dummy-scans {args.dummy_scans}: must be 0 or more")
         return _scan(args, sub)
     return _compare(args, sub)
 

@@ -428,9 +428,15 @@ def predict_mask(
     # to 64 px, so the head's apparent size depended on the padding (an audit: a head
     # off-centre in a grid 2.5 times its own got a mask 5 times its brain)
     box = padding_box(data)
+    cropped = box != (slice(None),) * 3
+    if cropped:
+        # normalised by the 99th percentile of what the network sees, as a shifted image was
+        # already: the whole grid's, mostly padding, was half the head's own (an audit: the
+        # phantom in a grid 2.5 times its own came out 2 % larger, Dice 0.987 with its own)
+        high = None
     ras, ornt = pp.to_ras(data[box], img.affine)
     prob_ras = predict_volume(model, ras, views, flip=flip, max_slices=max_slices, high=high)
-    if box != (slice(None),) * 3:
+    if cropped:
         prob = np.zeros(data.shape, np.float32)
         prob[box] = pp.from_ras(prob_ras, ornt)
         prob_ras = pp.to_ras(prob, img.affine)[0]  # the whole grid again, for what follows

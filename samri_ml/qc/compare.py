@@ -136,6 +136,7 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
                            f"{', '.join(s or 'none' for s in spaces)}); hint: compare one at a "
                            "time with --space LABEL")
     records = []
+    seen: dict[tuple, Path] = {}
     for path in files:
         try:
             data = json.loads(path.read_text())
@@ -143,14 +144,34 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
             raise SamriMLError(f"{path}: not a readable JSON file ({err})") from err
         if not isinstance(data, dict) or "vcf" not in data:
             raise SamriMLError(f"{path}: not a QC record (no 'vcf' key)")
-        rec = {k: data.get(k) for k in LABEL_KEYS + VALUE_KEYS}
+        rec = {k: data.get(k) for k in LABEL_KEYS}
+        rec.update({k: _measured(data.get(k), path, k) for k in VALUE_KEYS})
         rec["scan"] = rec["scan"] or path.name.replace(f"_{QC_SUFFIX}.json", "")
         rec["modality"] = rec["modality"] or ""
         rec["workflow"] = label
         rec["space"] = space_of(path)
         rec["path"] = str(path)
+        if _key(rec) in seen:
+            # a copy (an older run's, kept in a subfolder) was counted as a second scan in the
+            # workflow's n, mean and Welch test, and one of the two was paired
+            kind = rec["modality"] or "no modality"
+            raise SamriMLError(f"{path}: a second QC record of {rec['scan']} ({kind}) in "
+                               f"{folder}, beside {seen[_key(rec)]}; hint: keep one")
+        seen[_key(rec)] = path
         records.append(rec)
     return records
+
+
+def _measured(value, path: Path, key: str) -> float | None:
+    """A record's value as the statistics take it: a float, or None where it was not measured
+    (null, or a NaN or Infinity that Python's json writes and reads: it left the scan out of the
+    repeated-measures test but in the paired one, which then came out n/a for every scan)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SamriMLError(f"{path}: {key} {json.dumps(value)} is not a number; hint: give a "
+                           "number, or null where it could not be measured")
+    return float(value) if math.isfinite(value) else None
 
 
 def _values(records: list[dict], quantity: str) -> np.ndarray:
@@ -219,8 +240,11 @@ def summary_table(groups: dict[str, list[dict]]) -> list[dict]:
 
 
 def _key(r: dict) -> tuple:
-    """What makes two workflows' records the same scan: its name, modality and template."""
-    return r["scan"], r["modality"], r.get("space", "")
+    """What makes two workflows' records the same scan: its name and modality (the name of its
+    raw source). Not its template: a workflow's records share one (:func:`read_qc_folder`), and
+    two workflows registered to two templates ran on the same scans (paired on the template
+    too, they shared none: the paired and repeated-measures tests came out n/a)."""
+    return r["scan"], r["modality"]
 
 
 def matched_values(groups: dict[str, list[dict]], quantity: str) -> np.ndarray:
@@ -327,7 +351,7 @@ def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
                 t, p = float(res.statistic), float(res.pvalue)
             else:
                 t, p = float("nan"), float("nan")
-            # paired on common scans (same scan name, modality and template)
+            # paired on common scans (same scan name and modality)
             da = {_key(r): r.get(key) for r in ra}
             db = {_key(r): r.get(key) for r in rb}
             common = [
@@ -601,6 +625,11 @@ def compare_workflows(
                        "n_paired); with fewer than "
                        f"{MIN_SCANS_FOR_STATISTICS} the repeated-measures and paired tests "
                        "below say little.")
+    spaces = {wf: recs[0].get("space", "") for wf, recs in groups.items()}
+    if len(set(spaces.values())) > 1:
+        caution.append("**Note:** the workflows registered to different templates ("
+                       + "; ".join(f"{wf}: {s or 'none'}" for wf, s in spaces.items())
+                       + "); their scans are paired by the name of their source.")
     unmeasured = _unmeasured(groups)
     if unmeasured:
         # they were dropped from the statistics of that quantity without a word, under an n
@@ -612,8 +641,8 @@ def compare_workflows(
     kinds = sorted({r["modality"] for recs in groups.values() for r in recs if r["modality"]})
     if len(kinds) > 1:
         # structural and functional scans conserve volume and smoothness differently (the
-        # example data: SCF about 0.77 structural, 1.15-1.2 functional): pooled, they widen every
-        # interval
+        # example data: SCF about 0.77 structural; functional 1.15-1.2 against the whole raw
+        # run, 1.37 without its dummy scans): pooled, they widen every interval
         caution.append(f"**Note:** {' and '.join(kinds)} scans are pooled below (the plot "
                        "marks them apart); `--modality " + "|".join(kinds) + "` compares "
                        "one kind.")

@@ -215,7 +215,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                  metadata=MASK_METADATA, desc="brain", suffix="mask")
         if qc:
             write = _connect_qc(wf, bold, (func_wf, out + "out_file"), "func", label,
-                                output_dir, f"func{index}", template_name)
+                                output_dir, f"func{index}", template_name,
+                                dummy_scans=dummy_scans)
             output("bold_qc", write, "out_json", index)
     return wf
 
@@ -231,14 +232,17 @@ def spatial_reference(template, output_dir) -> str:
     return path.as_uri()
 
 
-def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, space=None):
-    """VCF and SCF of a registered scan against its raw input, written beside the derivatives
+def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, space=None,
+                dummy_scans: int = 0):
+    """VCF and SCF of a registered scan against its raw input (a run's without the
+    ``dummy_scans`` its processing dropped), written beside the derivatives
     (``space-<template>`` in their names: runs against two templates into one OUTPUT_DIR keep
     both); returns the node that writes the record."""
     from samri_ml.interfaces.qc import SmoothnessConservation, VolumeConservation, WriteQCMetrics
 
-    vcf = pe.Node(VolumeConservation(raw_file=str(raw_file)), name=f"{prefix}_vcf", mem_gb=1)
-    scf = pe.Node(SmoothnessConservation(raw_file=str(raw_file)), name=f"{prefix}_scf", mem_gb=2)
+    raw = {"raw_file": str(raw_file), "raw_dummy_scans": int(dummy_scans)}
+    vcf = pe.Node(VolumeConservation(**raw), name=f"{prefix}_vcf", mem_gb=1)
+    scf = pe.Node(SmoothnessConservation(**raw), name=f"{prefix}_scf", mem_gb=2)
     write = pe.Node(WriteQCMetrics(scan=Path(str(raw_file)).name, modality=modality,
                                    workflow=label), name=f"{prefix}_qc")
     wf.connect([
