@@ -188,6 +188,24 @@ def _more_subjects(root: Path) -> None:
             dst.symlink_to(src)
 
 
+def _annexed(*rels: str, pointer: bool = False):
+    """A breaker: ``rels`` as a DataLad/git-annex dataset has them before ``datalad get``:
+    links into ``.git/annex/objects`` to nothing (locked files), or annex pointer files
+    (unlocked, ``pointer``)."""
+    def edit(root: Path) -> None:
+        for rel in rels:
+            path = root / "bids" / rel
+            key = f"MD5E-s100--{path.name}"
+            path.unlink()
+            if pointer:
+                path.write_text(f"/annex/objects/{key}\n")
+            else:
+                target = root / "bids" / ".git" / "annex" / "objects" / "Xy" / "Zw" / key / key
+                path.symlink_to(os.path.relpath(target, path.parent))
+
+    return edit
+
+
 def _template_in_spaced_folder(root: Path) -> None:
     (root / "tpl dir").mkdir()
     shutil.copy(root / TEMPLATE, root / "tpl dir" / "tpl-Tiny_T2w.nii.gz")
@@ -217,6 +235,16 @@ CASES = [
     ("truncated_scan", lambda r: _truncate(r / "bids" / ANAT), [], 1,
      ["sub-01_ses-1_T2w.nii.gz", "truncated or corrupt"]),
     ("truncated_uncompressed_scan", _truncated_nii, [], 1, ["truncated or corrupt"]),
+    # a DataLad dataset before `datalad get`: "no such file" for a file that ls lists
+    ("annexed_scans_not_fetched", _annexed(ANAT, BOLD), [], 1,
+     ["2 selected scan(s) have no content here (DataLad/git-annex files not fetched): "
+      "sub-01_ses-1_T2w.nii.gz, sub-01_ses-1_task-rest_bold.nii.gz; hint: cd ",
+      "bids && datalad get sub-01"]),
+    ("annexed_unlocked_scan_not_fetched", _annexed(BOLD, pointer=True), [], 1,
+     ["1 selected scan(s) have no content here", "datalad get sub-01"]),
+    ("annexed_sidecar_not_fetched", _annexed(BOLD.replace(".nii.gz", ".json")), [], 1,
+     ["sub-01_ses-1_task-rest_bold.json: its content is not here (a DataLad/git-annex file "
+      "not fetched); hint: fetch it, e.g. datalad get "]),
     ("truncated_template", lambda r: _truncate(r / TEMPLATE), [], 1,
      ["tpl-Tiny_T2w.nii.gz", "truncated or corrupt"]),
     ("corrupt_template", lambda r: (r / TEMPLATE).write_bytes(os.urandom(4000)), [], 1,

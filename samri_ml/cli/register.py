@@ -609,8 +609,18 @@ def check_scans(args, sessions) -> None:
     finite, not all-zero values (:func:`samri_ml.io.load_nifti`) and a field of view within
     a factor :data:`FOV_RATIO_LIMIT` of the template's (unless ``--no-fov-check``).
     """
-    from samri_ml.io import load_nifti
+    from samri_ml.io import annex_unfetched, load_nifti
 
+    unfetched = [Path(scan) for item in sessions for scan in _scans(item)
+                 if annex_unfetched(scan)]
+    if unfetched:
+        # all of them at once: one `datalad get`, not one failed run per file
+        where = sorted({scan.relative_to(args.bids_dir).parts[0] for scan in unfetched
+                        if scan.is_relative_to(args.bids_dir)})
+        raise SamriMLError(
+            f"{len(unfetched)} selected scan(s) have no content here (DataLad/git-annex files "
+            f"not fetched): {_some([scan.name for scan in unfetched])}; hint: cd "
+            f"{args.bids_dir} && datalad get {' '.join(where) or '.'}")
     no_timing, direct, too_short, two_affines = [], [], [], []
     for item in sessions:
         scans = ([(item["anat"], "structural")] if item["anat"] else [])
@@ -803,6 +813,12 @@ def collect_sessions(args) -> list[dict]:
         layout = bids.BIDSLayout(str(args.bids_dir), validate=False,
                                  indexer=bids.BIDSLayoutIndexer(validate=False, ignore=ignore))
     except Exception as err:  # pybids raises many kinds for broken datasets
+        from samri_ml.io import content_missing
+
+        # a sidecar not fetched: pybids reads every JSON while indexing
+        missing = getattr(err, "filename", None) and content_missing(err.filename)
+        if missing:
+            raise SamriMLError(f"{err.filename}: {missing}") from err
         raise SamriMLError(f"{args.bids_dir}: cannot index the BIDS dataset ({err})") from err
     subjects = layout.get_subjects()
     if not subjects:
