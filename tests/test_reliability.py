@@ -482,6 +482,21 @@ def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     assert "note: no structural scan in sub-03 ses-2" in capsys.readouterr().err
 
 
+def test_a_session_without_matching_scans_is_named_beside_its_subjects_others(tmp_path,
+                                                                              capsys):
+    """A session whose scans -s/-f do not select (only a dwi scan, or fieldmaps) was dropped
+    without a word where its subject had other sessions; it is named in a note."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    dwi = root / "sub-01" / "ses-2" / "dwi" / "sub-01_ses-2_dwi.nii.gz"
+    dwi.parent.mkdir(parents=True)
+    shutil.copy(root / BOLD, dwi)
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    assert "note: skipped 1 session(s) where no scan matches -s/-f: sub-01 ses-2" in err, err
+    assert "dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz" in err, err
+
+
 def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
     """A lab's ``.bidsignore`` (a scratch acquisition, a folder of extras, a comment) was not
     read: the ignored ``acq-scratch`` scan was registered, chosen before the session's own

@@ -857,7 +857,7 @@ def collect_sessions(args) -> list[dict]:
         except Exception as err:
             raise SamriMLError(f"invalid BIDS filter {filters} ({err})") from err
 
-    out, skipped = [], []
+    out, skipped, empty = [], [], []
     for subject in wanted:
         sessions = layout.get_sessions(subject=subject) or [None]
         if sessions_wanted is not None:
@@ -865,12 +865,13 @@ def collect_sessions(args) -> list[dict]:
             if not sessions:
                 skipped.append(f"sub-{subject} (no session {', '.join(sessions_wanted)})")
                 continue
-        found = len(out)
+        found, unmatched = len(out), []
         for session in sessions:
             anats = query(args.structural_match, subject, session)
             anats.sort(key=lambda f: _structural_rank(f, args.structural_match.get("suffix")))
             funcs = query(args.functional_match, subject, session)
             if not anats and not funcs:
+                unmatched.append(f"sub-{subject} ses-{session}")
                 continue
             if len(anats) > 1:
                 where = f"sub-{subject}" + (f" ses-{session}" if session else "")
@@ -887,9 +888,15 @@ def collect_sessions(args) -> list[dict]:
             })
         if len(out) == found:
             skipped.append(f"sub-{subject} (no scan matches)")
+        else:  # the sessions of a subject that has others (one of only dwi or fmap scans)
+            empty += unmatched
     if out and skipped:
         print(f"{PROG}: note: skipped {len(skipped)} participant(s): {'; '.join(skipped)}",
               file=sys.stderr)
+    if out and empty:
+        # such a session was dropped without a word, beside its subject's other sessions
+        print(f"{PROG}: note: skipped {len(empty)} session(s) where no scan matches -s/-f: "
+              f"{_some(empty, 20)}", file=sys.stderr)
     if not out:
         raise SamriMLError(
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
