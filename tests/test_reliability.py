@@ -133,6 +133,14 @@ def _sidecar(**meta):
     return edit
 
 
+def _inherited_slice_timing_count(root: Path) -> None:
+    """No sidecar of the run's own: it inherits the dataset root's ``task-rest_bold.json``
+    (BIDS inheritance), whose 3 slice times are not the run's 6 slices."""
+    (root / "bids" / BOLD.replace(".nii.gz", ".json")).unlink()
+    (root / "bids" / "task-rest_bold.json").write_text(json.dumps(
+        {"RepetitionTime": 1.0, "SliceTiming": [0.0, 0.3, 0.6]}))
+
+
 def _one_volume_run(root: Path) -> None:
     save(_blob((12, 12, 6))[..., None], root / "bids" / BOLD, zooms=(0.4, 0.4, 0.8))
 
@@ -298,6 +306,10 @@ CASES = [
      ["derivatives folder itself", "derivatives/samri_ml"]),
     ("slice_timing_count", _slice_timing_count, [], 1,
      ["3 SliceTiming values for 6 slices", "--no-slice-timing"]),
+    # "its sidecar gives..." sent users to a run sidecar that does not exist
+    ("inherited_slice_timing_count", _inherited_slice_timing_count, [], 1,
+     ["sub-01_ses-1_task-rest_bold.nii.gz: the sidecar ", "bids/task-rest_bold.json it "
+      "inherits gives 3 SliceTiming values for 6 slices", "--no-slice-timing"]),
     ("one_volume_run", _one_volume_run, [], 1, ["one volume", "2 volumes or more"]),
     # milliseconds where BIDS says seconds: the run was scrambled (slice times in ms against
     # a TR in s) or its outputs said TR 1000 s

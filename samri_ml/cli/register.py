@@ -626,6 +626,7 @@ def check_scans(args, sessions) -> None:
         scans = ([(item["anat"], "structural")] if item["anat"] else [])
         scans += [(bold, "functional") for bold in item["bold"]]
         metadata = dict(zip(item["bold"], item.get("bold_metadata", []), strict=False))
+        sidecars = dict(zip(item["bold"], item.get("bold_sidecars", []), strict=False))
         if item["bold"] and not item["anat"] and \
                 getattr(args, "registration_method", "composite") != "functional":
             direct.append(f"sub-{item['subject']}"
@@ -647,7 +648,8 @@ def check_scans(args, sessions) -> None:
                     "of 2 volumes or more; hint: select only 4D runs with "
                     "-f/--functional-match")
             if kind == "functional" and path in metadata:
-                _check_run_metadata(args, path, img, metadata[path], no_timing)
+                _check_run_metadata(args, path, img, metadata[path], no_timing,
+                                    sidecars.get(path, []))
             dummies = getattr(args, "dummy_scans", 0)
             if kind == "functional" and img.shape[3] <= dummies:
                 # the run is kept, cut to its last volume: say so here, not in a node's warning
@@ -737,14 +739,17 @@ def _header_tr(img) -> float:
     return tr / 1000 if unit == "msec" else tr * 1e-6 if unit == "usec" else tr
 
 
-def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> None:
+def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
+                        chain: list[str] = ()) -> None:
     """A functional run's sidecar against its image, before anything runs: the number of
     slice times (a wrong count failed 20 s into the run), the repetition time (from the NIfTI
     header where the sidecar has none) and the task name (from the ``task-`` entity). Fills
-    ``meta`` in place; names runs without slice times in ``no_timing``."""
+    ``meta`` in place; names runs without slice times in ``no_timing``. The messages name an
+    inherited sidecar of ``chain`` (:func:`_sidecar_of`) where the value comes from one."""
     from samri_ml.bids import parse_entities
 
     name = Path(path).name
+    had_tr = bool(meta.get("RepetitionTime"))
     header_tr = _header_tr(img)
     if not meta.get("RepetitionTime"):
         if header_tr > 0:
@@ -757,13 +762,16 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
     if tr is not None and tr > MAX_TR_SECONDS:
         # BIDS gives seconds: 1000 (ms) was taken as 1000 s, written into the outputs'
         # sidecars and headers
-        raise SamriMLError(f"{path}: RepetitionTime {tr:g} s (its sidecar, or its header where "
-                           f"the sidecar has none) is over {MAX_TR_SECONDS:g} s: milliseconds? "
+        where = (_sidecar_of(path, chain, "RepetitionTime") if had_tr
+                 else "its NIfTI header, the sidecar having none")
+        raise SamriMLError(f"{path}: RepetitionTime {tr:g} s ({where}) is over "
+                           f"{MAX_TR_SECONDS:g} s: milliseconds? "
                            f"hint: give it in seconds ({tr / 1000:g} for {tr:g} ms)")
     if tr is not None and tr > 0 < header_tr and abs(tr - header_tr) > 0.01 * tr:
         # BIDS: the sidecar wins; a header of another TR was used as it was, silently
-        print(f"{PROG}: note: {name}: RepetitionTime {tr:g} s in its sidecar, {header_tr:g} s "
-              "in its NIfTI header; the sidecar's is used (hint: fix the one that is wrong)",
+        print(f"{PROG}: note: {name}: RepetitionTime {tr:g} s in "
+              f"{_sidecar_of(path, chain, 'RepetitionTime')}, {header_tr:g} s in its NIfTI "
+              "header; the sidecar's is used (hint: fix the one that is wrong)",
               file=sys.stderr)
     task = parse_entities(path).get("task")
     if not meta.get("TaskName") and task:
@@ -776,12 +784,14 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
         return
     direction = str(meta.get("SliceEncodingDirection", "k"))
     if direction[:1] not in ("i", "j", "k"):
-        raise SamriMLError(f"{path}: SliceEncodingDirection {direction!r} in its sidecar is "
+        raise SamriMLError(f"{path}: SliceEncodingDirection {direction!r} in "
+                           f"{_sidecar_of(path, chain, 'SliceEncodingDirection')} is "
                            "not one of i, j, k, i-, j-, k-; hint: fix the sidecar, or pass "
                            "--no-slice-timing")
     axis = "ijk".index(direction[0])
     if len(times) != img.shape[axis]:
-        raise SamriMLError(f"{path}: its sidecar gives {len(times)} SliceTiming values for "
+        raise SamriMLError(f"{path}: {_sidecar_of(path, chain, 'SliceTiming')} gives "
+                           f"{len(times)} SliceTiming values for "
                            f"{img.shape[axis]} slices along axis {axis} (SliceEncodingDirection "
                            f"{direction}); hint: fix the sidecar, or pass --no-slice-timing")
     if not meta.get("RepetitionTime"):
@@ -793,7 +803,8 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
     if late > tr or min(float(t) for t in times) < 0:
         # slice times in ms against a TR in s shifted every slice by hundreds of seconds of
         # a 1 s signal: the run came out scrambled, without a word
-        raise SamriMLError(f"{path}: SliceTiming in its sidecar ({min(times):g} to {late:g}) is "
+        raise SamriMLError(f"{path}: SliceTiming in {_sidecar_of(path, chain, 'SliceTiming')} "
+                           f"({min(times):g} to {late:g}) is "
                            f"not within the repetition time, 0 to {tr:g} s; hint: give both in "
                            "seconds (BIDS: milliseconds / 1000), or pass --no-slice-timing")
 
@@ -885,6 +896,7 @@ def collect_sessions(args) -> list[dict]:
                 "anat": anats[0].path if anats else None,
                 "bold": [f.path for f in funcs],
                 "bold_metadata": [f.get_metadata() for f in funcs],
+                "bold_sidecars": [_sidecar_chain(f) for f in funcs],
             })
         if len(out) == found:
             skipped.append(f"sub-{subject} (no scan matches)")
@@ -902,6 +914,38 @@ def collect_sessions(args) -> list[dict]:
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
             f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
     return out
+
+
+def _sidecar_chain(scan) -> list[str]:
+    """The JSON files whose metadata a BIDS file (a pybids BIDSFile) gets, nearest first: its
+    own sidecar, then those it inherits (``sub-01/sub-01_task-rest_bold.json``,
+    ``task-rest_bold.json`` at the dataset root), as pybids merges them."""
+    chain, todo = [], list(scan.get_associations(kind="Metadata"))
+    while todo:
+        sidecar = todo.pop(0)
+        if sidecar.path not in chain:
+            chain.append(sidecar.path)
+            todo += sidecar.get_associations(kind="Child")
+    return chain
+
+
+def _sidecar_of(path: str, chain: list[str], key: str | None = None) -> str:
+    """Which sidecar of a run (``chain``: :func:`_sidecar_chain`) a message names: ``its
+    sidecar`` where that is the run's own (or there is none), else the inherited file that
+    gives ``key`` (``the sidecar task-rest_bold.json it inherits``): "fix the sidecar" sent
+    users to a file that does not exist."""
+    from samri_ml.bids import sidecar_path
+
+    for sidecar in chain:
+        try:
+            given = key is None or key in json.loads(Path(sidecar).read_text())
+        except (OSError, ValueError):
+            continue
+        if given:
+            if Path(sidecar) == sidecar_path(path):
+                break
+            return f"the sidecar {sidecar} it inherits"
+    return "its sidecar"
 
 
 def _structural_rank(scan, suffixes) -> tuple[int, int]:
