@@ -356,6 +356,13 @@ CASES = [
      ["not a JSON object: '[1,2]'"]),
     ("empty_participant_label", None, ["--participant-label", ""], 2,
      ["--participant-label: an empty label; hint:"]),
+    # labels run up to the next option: the analysis level (or OUTPUT_DIR) given after them
+    # was taken as a label, "participant(s) participant not found"
+    ("analysis_level_taken_as_a_label", None, ["--participant-label", "01", "participant"], 2,
+     ["--participant-label took 'participant' as a label; hint: give BIDS_DIR [OUTPUT_DIR] "
+      "participant before --participant-label"]),
+    ("output_dir_taken_as_a_session_label", None, ["--session-label", "1", "/data/out"], 2,
+     ["--session-label took '/data/out' as a label; hint:"]),
     ("empty_session_label", None, ["--session-label", "ses-"], 2,
      ["--session-label: an empty label"]),
 ]
@@ -404,6 +411,19 @@ def test_bad_input_one_line_error(case, tmp_path, capsys):
     # nothing was written anywhere: not into the input, and (default OUTPUT_DIR) no
     # derivatives folder either, because every check runs before anything is created
     assert snapshot(tmp_path) == before
+
+
+def test_bids_dir_taken_by_participant_label_is_said(tmp_path, capsys):
+    """``--participant-label 01 BIDS_DIR``: the labels took BIDS_DIR, and argparse said only
+    "the following arguments are required: bids_dir", which was given."""
+    make_dataset(tmp_path)
+    bids, level, *options = _argv(tmp_path, [])
+    assert level == "participant"
+    assert main([*options, "--participant-label", "01", bids, level]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("samri_ml-register: error: the following arguments are required: bids_dir; "
+                   "hint: give BIDS_DIR [OUTPUT_DIR] participant before --participant-label or "
+                   "--session-label, whose labels run up to the next option"), err
 
 
 def test_plugin_args_key_value_values_are_typed():

@@ -130,8 +130,33 @@ def _plugin_value(text: str):
     return text
 
 
+#: the options whose labels (``nargs="+"``) run up to the next option, taking positionals
+LABEL_OPTIONS = ("--participant-label", "--participant_label", "--session-label")
+#: what to do where a label option took the positional arguments after it
+LABELS_FIRST_HINT = ("hint: give BIDS_DIR [OUTPUT_DIR] participant before --participant-label "
+                     "or --session-label, whose labels run up to the next option")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, where a missing BIDS_DIR after a label option says that the option took it
+    (``--participant-label 01 /data/bids`` said only "the following arguments are required:
+    bids_dir")."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        tokens = sys.argv[1:] if args is None else list(args)
+        self.labels_given = any(str(t).startswith(("--participant", "--session"))
+                                for t in tokens)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message):
+        if message.startswith("the following arguments are required: bids_dir") and \
+                getattr(self, "labels_given", False):
+            message = f"{message}; {LABELS_FIRST_HINT}"
+        super().error(message)
+
+
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Register the structural and functional scans of a BIDS dataset to a "
         "template with SAMRI's generic workflow (antsRegistration), optionally with U-Net brain "
@@ -247,6 +272,12 @@ def validate(args, parser) -> None:
             # '' matched no subject: "participant(s)  not found", a blank in the message
             parser.error(f"{option}: an empty label; hint: give labels such as 01 or "
                          f"{prefix}01")
+        for label in labels or ():
+            if label in ("participant", "group") or os.sep in label or (
+                    os.altsep and os.altsep in label):
+                # `BIDS OUT --participant-label 01 participant` said "participant(s)
+                # participant not found"; a path there, "participant(s) /data/out not found"
+                parser.error(f"{option} took {label!r} as a label; {LABELS_FIRST_HINT}")
     bids_dir = args.bids_dir
     if not bids_dir.exists():
         parser.error(f"BIDS_DIR {bids_dir} does not exist")
