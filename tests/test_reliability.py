@@ -426,6 +426,26 @@ def test_bids_dir_taken_by_participant_label_is_said(tmp_path, capsys):
                    "--session-label, whose labels run up to the next option"), err
 
 
+@pytest.mark.parametrize("text, said", [
+    ('{"Name": "tiny",', "not valid JSON (Expecting property name enclosed in double quotes"),
+    ('{"Name": "tiny"}', "no BIDSVersion; the dataset is read anyway"),
+    ("[]", "not a JSON object"),
+])
+def test_a_broken_dataset_description_is_noted_not_passed_in_silence(text, said, tmp_path,
+                                                                      capsys):
+    """A dataset_description.json that is not JSON, or lacks what BIDS requires, was read
+    without a word (pybids does not validate it here); the run goes on, with a note."""
+    make_dataset(tmp_path)
+    (tmp_path / "bids" / "dataset_description.json").write_text(text)
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith("samri_ml-register: note: ") and "bids/dataset_description.json: " \
+        f"{said}" in first and first.endswith("hint: fix it (the BIDS validator refuses such a "
+                                              "dataset)"), err
+    assert "dry run: sub-01 ses-1" in err
+
+
 def test_plugin_args_key_value_values_are_typed():
     """``--plugin-args n_procs=2`` gave Nipype the string '2' (a TypeError comparing it with
     ints) and ``raise_insufficient=false`` the string 'false', which is true."""

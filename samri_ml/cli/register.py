@@ -287,6 +287,12 @@ def validate(args, parser) -> None:
         raise SamriMLError(f"{bids_dir} is not a BIDS dataset (no dataset_description.json); "
                            "hint: point to the dataset's root folder")
     args.bids_dir = bids_dir = bids_dir.resolve()
+    problem = description_problem(bids_dir / "dataset_description.json")
+    if problem:
+        # pybids reads the dataset without it (validate=False): say so, not nothing
+        print(f"{PROG}: note: {bids_dir / 'dataset_description.json'}: {problem}; the dataset "
+              "is read anyway; hint: fix it (the BIDS validator refuses such a dataset)",
+              file=sys.stderr)
     out = (args.output_dir or bids_dir / "derivatives" / "samri_ml").resolve()
     if out == bids_dir:
         parser.error("OUTPUT_DIR must not be BIDS_DIR itself; use BIDS_DIR/derivatives/samri_ml")
@@ -384,6 +390,21 @@ def validate(args, parser) -> None:
               "--plugin-args", file=sys.stderr)
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
+
+
+def description_problem(path: Path) -> str | None:
+    """What is wrong with a raw dataset's ``dataset_description.json`` (not JSON, not an
+    object, no ``Name`` or ``BIDSVersion``, which BIDS requires), or None."""
+    try:
+        desc = json.loads(path.read_text(errors="replace"))
+    except OSError as err:
+        return f"not readable ({err.strerror})"
+    except ValueError as err:
+        return f"not valid JSON ({str(err).splitlines()[0]})"
+    if not isinstance(desc, dict):
+        return "not a JSON object"
+    missing = [key for key in ("Name", "BIDSVersion") if not desc.get(key)]
+    return f"no {' and no '.join(missing)}" if missing else None
 
 
 def enclosing_dataset(folder: Path, bids_dir: Path) -> Path | None:
