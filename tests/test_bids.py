@@ -97,12 +97,12 @@ def test_stale_figures_only_of_the_sessions_run(tmp_path):
     figs = tmp_path / "out" / "sub-01" / "figures"
     figs.mkdir(parents=True)
     old = time.time() - 60
-    for name in ("sub-01_ses-1_T2w_desc-overview.png", "sub-01_ses-2_T2w_desc-mask.png"):
+    for name in ("sub-01_ses-1_desc-overview_T2w.png", "sub-01_ses-2_desc-mask_T2w.png"):
         (figs / name).write_text("x")
         os.utime(figs / name, (old, old))
     source = "/data/sub-01/ses-2/anat/sub-01_ses-2_T2w.nii.gz"
     assert stale_files(tmp_path / "out", [], [source], figures_before=time.time()) == [
-        figs / "sub-01_ses-2_T2w_desc-mask.png"]
+        figs / "sub-01_ses-2_desc-mask_T2w.png"]
 
 
 def test_dataset_description_keeps_earlier_runs_commands(tmp_path):
