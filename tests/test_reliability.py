@@ -214,6 +214,24 @@ def _annexed(*rels: str, pointer: bool = False):
     return edit
 
 
+def _scan_of_another_subject(root: Path) -> None:
+    """sub-02 beside sub-01, its structural scan a copy of sub-01's not renamed
+    (``sub-02/ses-1/anat/sub-01_ses-1_T2w.nii.gz``)."""
+    bids = root / "bids"
+    shutil.copytree(bids / "sub-01", bids / "sub-02")
+    for path in sorted((bids / "sub-02").rglob("*.*")):
+        path.rename(path.with_name(path.name.replace("sub-01", "sub-02")))
+    (bids / ANAT.replace("sub-01", "sub-02")).unlink()
+    shutil.copy(bids / ANAT, bids / "sub-02" / "ses-1" / "anat" / Path(ANAT).name)
+
+
+def _run_of_another_session(root: Path) -> None:
+    """sub-01's run copied into a ses-2 folder under its ses-1 name."""
+    bids = root / "bids"
+    (bids / "sub-01" / "ses-2" / "func").mkdir(parents=True)
+    shutil.copy(bids / BOLD, bids / "sub-01" / "ses-2" / "func" / Path(BOLD).name)
+
+
 def _template_in_spaced_folder(root: Path) -> None:
     (root / "tpl dir").mkdir()
     shutil.copy(root / TEMPLATE, root / "tpl dir" / "tpl-Tiny_T2w.nii.gz")
@@ -253,6 +271,20 @@ CASES = [
     ("annexed_sidecar_not_fetched", _annexed(BOLD.replace(".nii.gz", ".json")), [], 1,
      ["sub-01_ses-1_task-rest_bold.json: its content is not here (a DataLad/git-annex file "
       "not fetched); hint: fetch it, e.g. datalad get "]),
+    # its derivatives are named from its name: they went into sub-01's folder, replacing
+    # sub-01's, in silence
+    ("scan_named_for_another_subject", _scan_of_another_subject,
+     ["--participant-label", "02"], 1,
+     ["sub-02/ses-1/anat/sub-01_ses-1_T2w.nii.gz: its name says sub-01, its folder sub-02; "
+      "hint: rename it as BIDS names it", "or list it in the dataset's .bidsignore"]),
+    ("scan_named_for_another_session", _run_of_another_session,
+     ["--session-label", "2"], 1,
+     ["sub-01/ses-2/func/sub-01_ses-1_task-rest_bold.nii.gz: its name says ses-1, its "
+      "folder ses-2; hint:"]),
+    # "not a BIDS file name ...; hint: give the raw BIDS file it derives from as source_file"
+    ("scan_name_without_subject", lambda r: (r / "bids" / ANAT).rename(
+        r / "bids" / ANAT.replace("sub-01_ses-1_T2w", "T2w")), [], 1,
+     ["anat/T2w.nii.gz: not a BIDS file name (no sub-<label> entity); hint: rename it"]),
     ("truncated_template", lambda r: _truncate(r / TEMPLATE), [], 1,
      ["tpl-Tiny_T2w.nii.gz", "truncated or corrupt"]),
     ("corrupt_template", lambda r: (r / TEMPLATE).write_bytes(os.urandom(4000)), [], 1,

@@ -961,11 +961,28 @@ def collect_sessions(args) -> list[dict]:
         # such a session was dropped without a word, beside its subject's other sessions
         print(f"{PROG}: note: skipped {len(empty)} session(s) where no scan matches -s/-f: "
               f"{_some(empty, 20)}", file=sys.stderr)
+    check_names(args.bids_dir, [scan for item in out for scan in _scans(item)])
     if not out:
         raise SamriMLError(
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
             f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
     return out
+
+
+def check_names(bids_dir: Path, scans: list[str]) -> None:
+    """Refuse selected scans whose name and folders disagree
+    (:func:`samri_ml.bids.name_folder_mismatch`): their derivatives are named from the
+    name, so ``sub-02/anat/sub-01_T2w.nii.gz`` (a copy not renamed) overwrote sub-01's, in
+    silence, and ``sub-05/anat/T2w.nii.gz`` failed with a message about a source_file."""
+    from samri_ml.bids import name_folder_mismatch
+
+    bad = [(scan, why) for scan in scans if (why := name_folder_mismatch(scan, bids_dir))]
+    if bad:
+        (scan, why), more = bad[0], (f" (and {len(bad) - 1} more such scan(s))"
+                                     if len(bad) > 1 else "")
+        raise SamriMLError(f"{scan}: {why}{more}; hint: rename it as BIDS names it (the name "
+                           "repeats its folders' sub- and ses- labels: sub-01/ses-1/anat/"
+                           "sub-01_ses-1_T2w.nii.gz), or list it in the dataset's .bidsignore")
 
 
 def _sidecar_chain(scan) -> list[str]:
