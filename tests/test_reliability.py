@@ -285,6 +285,12 @@ CASES = [
     ("scan_name_without_subject", lambda r: (r / "bids" / ANAT).rename(
         r / "bids" / ANAT.replace("sub-01_ses-1_T2w", "T2w")), [], 1,
      ["anat/T2w.nii.gz: not a BIDS file name (no sub-<label> entity); hint: rename it"]),
+    # the folder is there: "not found" alone sent users looking for a typo
+    ("participant_folder_without_bids_files",
+     lambda r: (r / "bids" / "sub-02" / "ses-1" / "anat").mkdir(parents=True),
+     ["--participant-label", "02"], 1,
+     ["participant(s) 02 not found in ", "bids (sub-02: no BIDS files in the folder); "
+      "available: 01"]),
     ("truncated_template", lambda r: _truncate(r / TEMPLATE), [], 1,
      ["tpl-Tiny_T2w.nii.gz", "truncated or corrupt"]),
     ("corrupt_template", lambda r: (r / TEMPLATE).write_bytes(os.urandom(4000)), [], 1,
@@ -579,6 +585,16 @@ def test_a_session_without_matching_scans_is_named_beside_its_subjects_others(tm
     err = capsys.readouterr().err
     assert "note: skipped 1 session(s) where no scan matches -s/-f: sub-01 ses-2" in err, err
     assert "dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz" in err, err
+
+
+def test_a_subject_folder_without_bids_files_is_named(tmp_path, capsys):
+    """A sub-* folder that pybids finds nothing in (empty, or its scans misnamed) was passed
+    over without a word; the run names it in its note of skipped participants."""
+    make_dataset(tmp_path)
+    (tmp_path / "bids" / "sub-02" / "anat").mkdir(parents=True)
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    assert "note: skipped 1 participant(s): sub-02 (no BIDS files in its folder)" in err, err
 
 
 def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):

@@ -887,14 +887,20 @@ def collect_sessions(args) -> list[dict]:
     if not subjects:
         raise SamriMLError(f"{args.bids_dir}: no sub-* folders with scans found")
     wanted = subjects
+    # sub-* folders that pybids found nothing in (empty, or a scan under another name), where
+    # the lab's .bidsignore does not leave them out: they were passed over without a word
+    ignored = {m for m in _subject_folders(args.bids_dir)
+               if any(p.search(f"/sub-{m}/") for p in listed)}
+    bare = [m for m in _subject_folders(args.bids_dir) if m not in subjects and m not in ignored]
     if args.participant_label:
         wanted = _labels_once("--participant-label", "sub-", args.participant_label)
         missing = sorted(set(wanted) - set(subjects))
         if missing:
             # a folder that is there, left out by the lab's own .bidsignore, is not "not found"
-            left_out = [f"sub-{m}" for m in missing if (Path(args.bids_dir) / f"sub-{m}").is_dir()
-                        and any(p.search(f"/sub-{m}/") for p in listed)]
-            why = f" ({', '.join(left_out)}: left out by its .bidsignore)" if left_out else ""
+            why = [f"{', '.join(f'sub-{m}' for m in found)}: {reason}" for found, reason in (
+                ([m for m in missing if m in ignored], "left out by its .bidsignore"),
+                ([m for m in missing if m in bare], "no BIDS files in the folder")) if found]
+            why = f" ({'; '.join(why)})" if why else ""
             raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}"
                                f"{why}; available: {_some(subjects, 20)}")
     sessions_wanted = (_labels_once("--session-label", "ses-", args.session_label)
@@ -920,7 +926,9 @@ def collect_sessions(args) -> list[dict]:
         except Exception as err:
             raise SamriMLError(f"invalid BIDS filter {filters} ({err})") from err
 
-    out, skipped, empty = [], [], []
+    out, empty = [], []
+    skipped = [] if args.participant_label else [f"sub-{m} (no BIDS files in its folder)"
+                                                 for m in bare]
     for subject in wanted:
         sessions = layout.get_sessions(subject=subject) or [None]
         if sessions_wanted is not None:
@@ -1043,6 +1051,12 @@ def _filter_for(scan, other) -> dict:
                 value = mine.get(key)
                 out[key] = int(value) if isinstance(value, int) else value
     return out
+
+
+def _subject_folders(bids_dir) -> list[str]:
+    """The labels of the ``sub-<label>`` folders at the root of ``bids_dir``."""
+    return sorted(p.name[4:] for p in Path(bids_dir).glob("sub-*")
+                  if p.is_dir() and re.fullmatch(r"sub-[a-zA-Z0-9]+", p.name))
 
 
 def _labels_once(option: str, prefix: str, given: list[str]) -> list[str]:
