@@ -241,6 +241,12 @@ def _template_in_spaced_folder(root: Path) -> None:
 CASES = [
     ("missing_bids_dir", None, ["BIDS=nope"], 2, ["does not exist"]),
     ("not_bids", None, ["BIDS=template"], 1, ["not a BIDS dataset", "hint"]),
+    # the root, only without its description: "hint: point to the dataset's root folder"
+    ("root_without_dataset_description",
+     lambda r: (r / "bids" / "dataset_description.json").unlink(), [], 1,
+     ["bids has sub-* folders but no dataset_description.json; hint: add one, e.g. echo "
+      "'{\"Name\": \"bids\", \"BIDSVersion\": \"1.8.0\"}' > ",
+      "bids/dataset_description.json"]),
     ("empty_dataset", lambda r: shutil.rmtree(r / "bids" / "sub-01"), [], 1,
      ["no sub-* folders"]),
     ("subject_without_scans", _no_scans, [], 1, ["no scans match", "hint"]),

@@ -284,6 +284,14 @@ def validate(args, parser) -> None:
     if not bids_dir.is_dir():
         parser.error(f"BIDS_DIR {bids_dir} is not a folder")
     if not (bids_dir / "dataset_description.json").is_file():
+        if _subject_folders(bids_dir):
+            # the root it is, only without its description: "point to the root" misled
+            from shlex import quote
+
+            desc = json.dumps({"Name": bids_dir.resolve().name, "BIDSVersion": "1.8.0"})
+            raise SamriMLError(
+                f"{bids_dir} has sub-* folders but no dataset_description.json; hint: add one, "
+                f"e.g. echo {quote(desc)} > {quote(str(bids_dir / 'dataset_description.json'))}")
         raise SamriMLError(f"{bids_dir} is not a BIDS dataset (no dataset_description.json); "
                            "hint: point to the dataset's root folder")
     args.bids_dir = bids_dir = bids_dir.resolve()
