@@ -130,8 +130,6 @@ def _plugin_value(text: str):
     return text
 
 
-#: the options whose labels (``nargs="+"``) run up to the next option, taking positionals
-LABEL_OPTIONS = ("--participant-label", "--participant_label", "--session-label")
 #: what to do where a label option took the positional arguments after it
 LABELS_FIRST_HINT = ("hint: give BIDS_DIR [OUTPUT_DIR] participant before --participant-label "
                      "or --session-label, whose labels run up to the next option")
