@@ -297,6 +297,10 @@ CASES = [
      ["--participant-label", "02"], 1,
      ["participant(s) 02 not found in ", "bids (sub-02: no BIDS files in the folder); "
       "available: 01"]),
+    ("annexed_unlocked_sidecar_not_fetched",
+     _annexed(BOLD.replace(".nii.gz", ".json"), pointer=True), [], 1,
+     ["sub-01_ses-1_task-rest_bold.json: its content is not here (a DataLad/git-annex file "
+      "not fetched); hint: fetch it, e.g. datalad get "]),
     ("truncated_template", lambda r: _truncate(r / TEMPLATE), [], 1,
      ["tpl-Tiny_T2w.nii.gz", "truncated or corrupt"]),
     ("corrupt_template", lambda r: (r / TEMPLATE).write_bytes(os.urandom(4000)), [], 1,

@@ -884,10 +884,13 @@ def collect_sessions(args) -> list[dict]:
     except Exception as err:  # pybids raises many kinds for broken datasets
         from samri_ml.io import content_missing
 
-        # a sidecar not fetched: pybids reads every JSON while indexing
-        missing = getattr(err, "filename", None) and content_missing(err.filename)
+        # a sidecar not fetched: pybids reads every JSON while indexing (a link to nothing
+        # raises FileNotFoundError; a pointer file, its own error naming the file)
+        match = re.search(r"filename='([^']+)'", str(err))
+        name = getattr(err, "filename", None) or (match.group(1) if match else None)
+        missing = name and content_missing(name)
         if missing:
-            raise SamriMLError(f"{err.filename}: {missing}") from err
+            raise SamriMLError(f"{name}: {missing}") from err
         raise SamriMLError(f"{args.bids_dir}: cannot index the BIDS dataset ({err})") from err
     subjects = layout.get_subjects()
     if not subjects:
