@@ -877,12 +877,21 @@ def _bad_images(folder: Path) -> dict[str, Path]:
     raw = files["good"].read_bytes()
     files["truncated"].write_bytes(raw[: len(raw) // 2])
     files["missing"] = folder / "missing.nii.gz"
+    # a DataLad/git-annex file not fetched (said "no such file" for a file ls lists)
+    files["annexed"] = folder / "annexed.nii.gz"
+    files["annexed"].symlink_to("../.git/annex/objects/Xy/Zw/MD5E-s9--k.nii.gz/MD5E-s9--k.nii.gz")
+    files["dangling"] = folder / "dangling.nii.gz"
+    files["dangling"].symlink_to("/nonexistent/mount/scan.nii.gz")
     files["broken_header"] = _break_extension(save(good, folder / "broken_header.nii.gz"))
     return files
 
 
 IMAGE_CASES = {  # case -> words of the message
     "missing": ["no such file"], "text": ["not a NIfTI", "hint"],
+    "annexed": ["annexed.nii.gz: its content is not here (a DataLad/git-annex file not "
+                "fetched); hint: fetch it, e.g. datalad get "],
+    "dangling": ["dangling.nii.gz: a symbolic link to /nonexistent/mount/scan.nii.gz, which "
+                 "does not exist; hint: fix or remove the link"],
     "truncated": ["truncated or corrupt"], "2d": ["2D image"], "one_slice_3d": ["2D image"],
     "broken_header": ["broken_header.nii.gz: truncated or corrupt image (failed to read "
                       "extension content)"],
