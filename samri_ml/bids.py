@@ -59,9 +59,11 @@ def name_folder_mismatch(path, bids_dir) -> str | None:
         return "not a BIDS file name (no sub-<label> entity)"
     for key in ("sub", "ses"):
         if ent.get(key) != folders.get(key) and (key in folders or key in ent):
-            said = f"{key}-{ent[key]}" if key in ent else f"no {key}-"
-            there = f"{key}-{folders[key]}" if key in folders else f"no {key}- folder"
-            return f"its name says {said}, its folder {there}"
+            if key not in ent:
+                return f"its name has no {key}- label, its folder is {key}-{folders[key]}"
+            if key not in folders:
+                return f"its name says {key}-{ent[key]}, but it is in no {key}- folder"
+            return f"its name says {key}-{ent[key]}, its folder {key}-{folders[key]}"
     return None
 
 
