@@ -67,6 +67,32 @@ def raw_source_uri(path) -> str | None:
     return None if root is None else "bids:raw:" + Path(path).relative_to(root).as_posix()
 
 
+def name_folder_mismatch(path, bids_dir) -> str | None:
+    """What is wrong where a raw file's name and its folders disagree, or None: a name without
+    ``sub-<label>`` (``sub-05/anat/T2w.nii.gz``), or a ``sub-``/``ses-`` label other than its
+    folder's (``sub-06/anat/sub-6_T2w.nii.gz``; a file copied from another subject's folder).
+    Its derivatives are named from its name, so they went to another subject's folder (where
+    they replaced that subject's) or could not be named.
+
+    >>> name_folder_mismatch("/d/sub-02/anat/sub-01_T2w.nii.gz", "/d")
+    'its name says sub-01, its folder sub-02'
+    """
+    rel = Path(path).relative_to(bids_dir) if Path(path).is_relative_to(bids_dir) else Path(path)
+    folders = {m.group(1): m.group(2) for part in rel.parts[:-1]
+               if (m := re.fullmatch(r"(sub|ses)-([a-zA-Z0-9]+)", part))}
+    ent = parse_entities(path)
+    if not ent.get("sub"):
+        return "not a BIDS file name (no sub-<label> entity)"
+    for key in ("sub", "ses"):
+        if ent.get(key) != folders.get(key) and (key in folders or key in ent):
+            if key not in ent:
+                return f"its name has no {key}- label, its folder is {key}-{folders[key]}"
+            if key not in folders:
+                return f"its name says {key}-{ent[key]}, but it is in no {key}- folder"
+            return f"its name says {key}-{ent[key]}, its folder {key}-{folders[key]}"
+    return None
+
+
 def derivative_path(
     out_dir, source, *, suffix=None, extension=None, datatype=None, **extra
 ) -> Path:

@@ -74,6 +74,9 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     import nibabel as nb
 
     path = Path(path)
+    absent = content_missing(path)
+    if absent:
+        raise SamriMLError(f"{path}: {absent}")
     if not path.exists():
         raise SamriMLError(f"{path}: no such file; hint: check the path (relative paths start "
                            "from the current folder)")
@@ -132,6 +135,40 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     if squeeze and data.ndim != len(img.shape):
         img = nifti_class(img)(np.asarray(data), img.affine, img.header)
     return img
+
+
+#: how an unlocked git-annex file whose content is not here begins (a pointer, not the data)
+ANNEX_POINTER = b"/annex/objects/"
+
+
+def annex_unfetched(path) -> bool:
+    """Whether ``path`` is a DataLad/git-annex file whose content is not here: a symbolic
+    link into ``.git/annex/objects`` whose target is missing (a locked file), or a git-annex
+    pointer file (an unlocked one)."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return "annex/objects" in os.readlink(path).replace(os.sep, "/")
+    try:
+        if path.is_file() and path.stat().st_size < 1024:
+            with open(path, "rb") as f:
+                return f.read(len(ANNEX_POINTER)) == ANNEX_POINTER
+    except OSError:
+        pass  # load_nifti says why it cannot be read
+    return False
+
+
+def content_missing(path) -> str | None:
+    """Why ``path`` is there by name but its content is not, or None: a DataLad/git-annex
+    file not fetched (:func:`annex_unfetched`) or a symbolic link to nothing. Such scans
+    failed with "no such file" (for a file ``ls`` lists) or "not a NIfTI"."""
+    path = Path(path)
+    if annex_unfetched(path):
+        return ("its content is not here (a DataLad/git-annex file not fetched); hint: fetch "
+                f"it, e.g. datalad get {path} (or git annex get)")
+    if path.is_symlink() and not path.exists():
+        return (f"a symbolic link to {os.readlink(path)}, which does not exist; hint: fix or "
+                "remove the link")
+    return None
 
 
 def check_affine(img, name) -> None:

@@ -564,7 +564,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                 mask, tpl, edges = on_template_grid(img)
                 coverage = brain_coverage(img, mask)
                 paths = mosaic(img, mask, edges=edges, reference=tpl,
-                               out_base=figures / f"{name}_desc-overview",
+                               out_base=_figure(figures, raw, "overview"),
                                title=f"{name} registered (top), the template (bottom)",
                                row_labels=[name.replace(f"{tag}_", "") or name, "template"],
                                legend=overview_legend)
@@ -583,7 +583,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     registered_anats.append((tag, img))
                 elif anat_warped is not None:
                     paths = mosaic(img, mask, edges=edges, reference=anat_warped,
-                                   out_base=figures / f"{name}_desc-functostruct",
+                                   out_base=_figure(figures, raw, "functostruct"),
                                    title="functional mean (top), its registered structural "
                                          "scan (bottom)",
                                    row_labels=["functional", "structural"],
@@ -595,7 +595,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                 if native_mask.exists() and masking != "none":
                     raw_img = nb.load(str(raw))
                     mask_img = nb.load(str(native_mask))
-                    paths = _mask_mosaic(raw_img, mask_img, figures / f"{name}_desc-mask",
+                    paths = _mask_mosaic(raw_img, mask_img, _figure(figures, raw, "mask"),
                                          title=f"{name}: predicted brain mask (native space)")
                     body.append("<h3>Predicted brain mask on the native scan: "
                                 f"{html.escape(Path(raw).name)}</h3>")
@@ -710,6 +710,14 @@ def _qc_table(qc_rows, lo, hi, grid_mm3: float | None = None) -> str:
                    "Its normalised SCF divides by VCF<sup>1/3</sup>, so it is skewed too (a "
                    "VCF below 1 raises it; the SCF itself is not).</p>")
     return "\n".join(out)
+
+
+def _figure(figures: Path, raw, desc: str) -> Path:
+    """A report picture of the scan ``raw``, without extension, named as BIDS-Derivatives
+    figures are (fMRIPrep's ``sub-01_task-rest_desc-carpetplot_bold.svg``): the scan's
+    entities, ``desc-<desc>``, its suffix last (``sub-01_ses-1_desc-overview_T2w``; it was
+    ``sub-01_ses-1_T2w_desc-overview``, the suffix amid the entities)."""
+    return figures / derivative_path(figures, raw, desc=desc, extension="").name
 
 
 def _stem(path) -> str:

@@ -97,12 +97,12 @@ def test_stale_figures_only_of_the_sessions_run(tmp_path):
     figs = tmp_path / "out" / "sub-01" / "figures"
     figs.mkdir(parents=True)
     old = time.time() - 60
-    for name in ("sub-01_ses-1_T2w_desc-overview.png", "sub-01_ses-2_T2w_desc-mask.png"):
+    for name in ("sub-01_ses-1_desc-overview_T2w.png", "sub-01_ses-2_desc-mask_T2w.png"):
         (figs / name).write_text("x")
         os.utime(figs / name, (old, old))
     source = "/data/sub-01/ses-2/anat/sub-01_ses-2_T2w.nii.gz"
     assert stale_files(tmp_path / "out", [], [source], figures_before=time.time()) == [
-        figs / "sub-01_ses-2_T2w_desc-mask.png"]
+        figs / "sub-01_ses-2_desc-mask_T2w.png"]
 
 
 def test_dataset_description_keeps_earlier_runs_commands(tmp_path):
@@ -171,3 +171,24 @@ def test_atomic_writes_follow_the_umask_and_keep_an_existing_files_mode(tmp_path
     assert mode(private) == 0o600 and mode(shared) == 0o664
     assert kept.read_text() == "new" and mode(kept) == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt", "private.txt", "shared.txt"]
+
+
+def test_a_name_that_disagrees_with_its_folders_is_named():
+    """Derivatives are named from the file name: one that disagrees with its folders (a copy
+    not renamed) sent them into another subject's or session's folder."""
+    from samri_ml.bids import name_folder_mismatch
+
+    assert name_folder_mismatch("/d/sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz", "/d") is None
+    assert name_folder_mismatch("/d/sub-01/anat/sub-01_T2w.nii", "/d") is None
+    assert name_folder_mismatch("/d/sub-02/anat/sub-01_T2w.nii.gz", "/d") == \
+        "its name says sub-01, its folder sub-02"
+    assert name_folder_mismatch("/d/sub-01/ses-2/func/sub-01_ses-1_task-a_bold.nii", "/d") == \
+        "its name says ses-1, its folder ses-2"
+    assert name_folder_mismatch("/d/sub-01/anat/sub-01_ses-1_T2w.nii.gz", "/d") == \
+        "its name says ses-1, but it is in no ses- folder"
+    assert name_folder_mismatch("/d/sub-01/ses-2/anat/sub-01_T2w.nii.gz", "/d") == \
+        "its name has no ses- label, its folder is ses-2"
+    assert name_folder_mismatch("/d/sub-05/anat/T2w.nii.gz", "/d") == \
+        "not a BIDS file name (no sub-<label> entity)"
+    # a dataset under a folder whose own name looks like a label: only its own folders count
+    assert name_folder_mismatch("/sub-x/d/sub-01/anat/sub-01_T2w.nii.gz", "/sub-x/d") is None

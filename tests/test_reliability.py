@@ -133,6 +133,14 @@ def _sidecar(**meta):
     return edit
 
 
+def _inherited_slice_timing_count(root: Path) -> None:
+    """No sidecar of the run's own: it inherits the dataset root's ``task-rest_bold.json``
+    (BIDS inheritance), whose 3 slice times are not the run's 6 slices."""
+    (root / "bids" / BOLD.replace(".nii.gz", ".json")).unlink()
+    (root / "bids" / "task-rest_bold.json").write_text(json.dumps(
+        {"RepetitionTime": 1.0, "SliceTiming": [0.0, 0.3, 0.6]}))
+
+
 def _one_volume_run(root: Path) -> None:
     save(_blob((12, 12, 6))[..., None], root / "bids" / BOLD, zooms=(0.4, 0.4, 0.8))
 
@@ -188,6 +196,42 @@ def _more_subjects(root: Path) -> None:
             dst.symlink_to(src)
 
 
+def _annexed(*rels: str, pointer: bool = False):
+    """A breaker: ``rels`` as a DataLad/git-annex dataset has them before ``datalad get``:
+    links into ``.git/annex/objects`` to nothing (locked files), or annex pointer files
+    (unlocked, ``pointer``)."""
+    def edit(root: Path) -> None:
+        for rel in rels:
+            path = root / "bids" / rel
+            key = f"MD5E-s100--{path.name}"
+            path.unlink()
+            if pointer:
+                path.write_text(f"/annex/objects/{key}\n")
+            else:
+                target = root / "bids" / ".git" / "annex" / "objects" / "Xy" / "Zw" / key / key
+                path.symlink_to(os.path.relpath(target, path.parent))
+
+    return edit
+
+
+def _scan_of_another_subject(root: Path) -> None:
+    """sub-02 beside sub-01, its structural scan a copy of sub-01's not renamed
+    (``sub-02/ses-1/anat/sub-01_ses-1_T2w.nii.gz``)."""
+    bids = root / "bids"
+    shutil.copytree(bids / "sub-01", bids / "sub-02")
+    for path in sorted((bids / "sub-02").rglob("*.*")):
+        path.rename(path.with_name(path.name.replace("sub-01", "sub-02")))
+    (bids / ANAT.replace("sub-01", "sub-02")).unlink()
+    shutil.copy(bids / ANAT, bids / "sub-02" / "ses-1" / "anat" / Path(ANAT).name)
+
+
+def _run_of_another_session(root: Path) -> None:
+    """sub-01's run copied into a ses-2 folder under its ses-1 name."""
+    bids = root / "bids"
+    (bids / "sub-01" / "ses-2" / "func").mkdir(parents=True)
+    shutil.copy(bids / BOLD, bids / "sub-01" / "ses-2" / "func" / Path(BOLD).name)
+
+
 def _template_in_spaced_folder(root: Path) -> None:
     (root / "tpl dir").mkdir()
     shutil.copy(root / TEMPLATE, root / "tpl dir" / "tpl-Tiny_T2w.nii.gz")
@@ -197,6 +241,12 @@ def _template_in_spaced_folder(root: Path) -> None:
 CASES = [
     ("missing_bids_dir", None, ["BIDS=nope"], 2, ["does not exist"]),
     ("not_bids", None, ["BIDS=template"], 1, ["not a BIDS dataset", "hint"]),
+    # the root, only without its description: "hint: point to the dataset's root folder"
+    ("root_without_dataset_description",
+     lambda r: (r / "bids" / "dataset_description.json").unlink(), [], 1,
+     ["bids has sub-* folders but no dataset_description.json; hint: add one, e.g. echo "
+      "'{\"Name\": \"bids\", \"BIDSVersion\": \"1.8.0\"}' > ",
+      "bids/dataset_description.json"]),
     ("empty_dataset", lambda r: shutil.rmtree(r / "bids" / "sub-01"), [], 1,
      ["no sub-* folders"]),
     ("subject_without_scans", _no_scans, [], 1, ["no scans match", "hint"]),
@@ -217,6 +267,40 @@ CASES = [
     ("truncated_scan", lambda r: _truncate(r / "bids" / ANAT), [], 1,
      ["sub-01_ses-1_T2w.nii.gz", "truncated or corrupt"]),
     ("truncated_uncompressed_scan", _truncated_nii, [], 1, ["truncated or corrupt"]),
+    # a DataLad dataset before `datalad get`: "no such file" for a file that ls lists
+    ("annexed_scans_not_fetched", _annexed(ANAT, BOLD), [], 1,
+     ["2 selected scan(s) have no content here (DataLad/git-annex files not fetched): "
+      "sub-01_ses-1_T2w.nii.gz, sub-01_ses-1_task-rest_bold.nii.gz; hint: cd ",
+      "bids && datalad get sub-01"]),
+    ("annexed_unlocked_scan_not_fetched", _annexed(BOLD, pointer=True), [], 1,
+     ["1 selected scan(s) have no content here", "datalad get sub-01"]),
+    ("annexed_sidecar_not_fetched", _annexed(BOLD.replace(".nii.gz", ".json")), [], 1,
+     ["sub-01_ses-1_task-rest_bold.json: its content is not here (a DataLad/git-annex file "
+      "not fetched); hint: fetch it, e.g. datalad get "]),
+    # its derivatives are named from its name: they went into sub-01's folder, replacing
+    # sub-01's, in silence
+    ("scan_named_for_another_subject", _scan_of_another_subject,
+     ["--participant-label", "02"], 1,
+     ["sub-02/ses-1/anat/sub-01_ses-1_T2w.nii.gz: its name says sub-01, its folder sub-02; "
+      "hint: rename it as BIDS names it", "or list it in the dataset's .bidsignore"]),
+    ("scan_named_for_another_session", _run_of_another_session,
+     ["--session-label", "2"], 1,
+     ["sub-01/ses-2/func/sub-01_ses-1_task-rest_bold.nii.gz: its name says ses-1, its "
+      "folder ses-2; hint:"]),
+    # "not a BIDS file name ...; hint: give the raw BIDS file it derives from as source_file"
+    ("scan_name_without_subject", lambda r: (r / "bids" / ANAT).rename(
+        r / "bids" / ANAT.replace("sub-01_ses-1_T2w", "T2w")), [], 1,
+     ["anat/T2w.nii.gz: not a BIDS file name (no sub-<label> entity); hint: rename it"]),
+    # the folder is there: "not found" alone sent users looking for a typo
+    ("participant_folder_without_bids_files",
+     lambda r: (r / "bids" / "sub-02" / "ses-1" / "anat").mkdir(parents=True),
+     ["--participant-label", "02"], 1,
+     ["participant(s) 02 not found in ", "bids (sub-02: no BIDS files in the folder); "
+      "available: 01"]),
+    ("annexed_unlocked_sidecar_not_fetched",
+     _annexed(BOLD.replace(".nii.gz", ".json"), pointer=True), [], 1,
+     ["sub-01_ses-1_task-rest_bold.json: its content is not here (a DataLad/git-annex file "
+      "not fetched); hint: fetch it, e.g. datalad get "]),
     ("truncated_template", lambda r: _truncate(r / TEMPLATE), [], 1,
      ["tpl-Tiny_T2w.nii.gz", "truncated or corrupt"]),
     ("corrupt_template", lambda r: (r / TEMPLATE).write_bytes(os.urandom(4000)), [], 1,
@@ -270,6 +354,10 @@ CASES = [
      ["derivatives folder itself", "derivatives/samri_ml"]),
     ("slice_timing_count", _slice_timing_count, [], 1,
      ["3 SliceTiming values for 6 slices", "--no-slice-timing"]),
+    # "its sidecar gives..." sent users to a run sidecar that does not exist
+    ("inherited_slice_timing_count", _inherited_slice_timing_count, [], 1,
+     ["sub-01_ses-1_task-rest_bold.nii.gz: the sidecar ", "bids/task-rest_bold.json it "
+      "inherits gives 3 SliceTiming values for 6 slices", "--no-slice-timing"]),
     ("one_volume_run", _one_volume_run, [], 1, ["one volume", "2 volumes or more"]),
     # milliseconds where BIDS says seconds: the run was scrambled (slice times in ms against
     # a TR in s) or its outputs said TR 1000 s
@@ -316,6 +404,13 @@ CASES = [
      ["not a JSON object: '[1,2]'"]),
     ("empty_participant_label", None, ["--participant-label", ""], 2,
      ["--participant-label: an empty label; hint:"]),
+    # labels run up to the next option: the analysis level (or OUTPUT_DIR) given after them
+    # was taken as a label, "participant(s) participant not found"
+    ("analysis_level_taken_as_a_label", None, ["--participant-label", "01", "participant"], 2,
+     ["--participant-label took 'participant' as a label; hint: give BIDS_DIR [OUTPUT_DIR] "
+      "participant before --participant-label"]),
+    ("output_dir_taken_as_a_session_label", None, ["--session-label", "1", "/data/out"], 2,
+     ["--session-label took '/data/out' as a label; hint:"]),
     ("empty_session_label", None, ["--session-label", "ses-"], 2,
      ["--session-label: an empty label"]),
 ]
@@ -364,6 +459,39 @@ def test_bad_input_one_line_error(case, tmp_path, capsys):
     # nothing was written anywhere: not into the input, and (default OUTPUT_DIR) no
     # derivatives folder either, because every check runs before anything is created
     assert snapshot(tmp_path) == before
+
+
+def test_bids_dir_taken_by_participant_label_is_said(tmp_path, capsys):
+    """``--participant-label 01 BIDS_DIR``: the labels took BIDS_DIR, and argparse said only
+    "the following arguments are required: bids_dir", which was given."""
+    make_dataset(tmp_path)
+    bids, level, *options = _argv(tmp_path, [])
+    assert level == "participant"
+    assert main([*options, "--participant-label", "01", bids, level]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("samri_ml-register: error: the following arguments are required: bids_dir; "
+                   "hint: give BIDS_DIR [OUTPUT_DIR] participant before --participant-label or "
+                   "--session-label, whose labels run up to the next option"), err
+
+
+@pytest.mark.parametrize("text, said", [
+    ('{"Name": "tiny",', "not valid JSON (Expecting property name enclosed in double quotes"),
+    ('{"Name": "tiny"}', "no BIDSVersion; the dataset is read anyway"),
+    ("[]", "not a JSON object"),
+])
+def test_a_broken_dataset_description_is_noted_not_passed_in_silence(text, said, tmp_path,
+                                                                      capsys):
+    """A dataset_description.json that is not JSON, or lacks what BIDS requires, was read
+    without a word (pybids does not validate it here); the run goes on, with a note."""
+    make_dataset(tmp_path)
+    (tmp_path / "bids" / "dataset_description.json").write_text(text)
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith("samri_ml-register: note: ") and "bids/dataset_description.json: " \
+        f"{said}" in first and first.endswith("hint: fix it (the BIDS validator refuses such a "
+                                              "dataset)"), err
+    assert "dry run: sub-01 ses-1" in err
 
 
 def test_plugin_args_key_value_values_are_typed():
@@ -452,6 +580,31 @@ def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
                "straight to the template" in n for n in args.scan_notes), args.scan_notes
     assert main([*argv, "--session-label", "2", "--dry-run"]) == 0
     assert "note: no structural scan in sub-03 ses-2" in capsys.readouterr().err
+
+
+def test_a_session_without_matching_scans_is_named_beside_its_subjects_others(tmp_path,
+                                                                              capsys):
+    """A session whose scans -s/-f do not select (only a dwi scan, or fieldmaps) was dropped
+    without a word where its subject had other sessions; it is named in a note."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    dwi = root / "sub-01" / "ses-2" / "dwi" / "sub-01_ses-2_dwi.nii.gz"
+    dwi.parent.mkdir(parents=True)
+    shutil.copy(root / BOLD, dwi)
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    assert "note: skipped 1 session(s) where no scan matches -s/-f: sub-01 ses-2" in err, err
+    assert "dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz" in err, err
+
+
+def test_a_subject_folder_without_bids_files_is_named(tmp_path, capsys):
+    """A sub-* folder that pybids finds nothing in (empty, or its scans misnamed) was passed
+    over without a word; the run names it in its note of skipped participants."""
+    make_dataset(tmp_path)
+    (tmp_path / "bids" / "sub-02" / "anat").mkdir(parents=True)
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    assert "note: skipped 1 participant(s): sub-02 (no BIDS files in its folder)" in err, err
 
 
 def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
@@ -724,12 +877,21 @@ def _bad_images(folder: Path) -> dict[str, Path]:
     raw = files["good"].read_bytes()
     files["truncated"].write_bytes(raw[: len(raw) // 2])
     files["missing"] = folder / "missing.nii.gz"
+    # a DataLad/git-annex file not fetched (said "no such file" for a file ls lists)
+    files["annexed"] = folder / "annexed.nii.gz"
+    files["annexed"].symlink_to("../.git/annex/objects/Xy/Zw/MD5E-s9--k.nii.gz/MD5E-s9--k.nii.gz")
+    files["dangling"] = folder / "dangling.nii.gz"
+    files["dangling"].symlink_to("/nonexistent/mount/scan.nii.gz")
     files["broken_header"] = _break_extension(save(good, folder / "broken_header.nii.gz"))
     return files
 
 
 IMAGE_CASES = {  # case -> words of the message
     "missing": ["no such file"], "text": ["not a NIfTI", "hint"],
+    "annexed": ["annexed.nii.gz: its content is not here (a DataLad/git-annex file not "
+                "fetched); hint: fetch it, e.g. datalad get "],
+    "dangling": ["dangling.nii.gz: a symbolic link to /nonexistent/mount/scan.nii.gz, which "
+                 "does not exist; hint: fix or remove the link"],
     "truncated": ["truncated or corrupt"], "2d": ["2D image"], "one_slice_3d": ["2D image"],
     "broken_header": ["broken_header.nii.gz: truncated or corrupt image (failed to read "
                       "extension content)"],

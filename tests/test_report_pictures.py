@@ -117,9 +117,9 @@ def test_overview_shows_the_template_in_a_second_colour_and_a_template_row(tmp_p
     out, items, kw = _make_run(tmp_path)
     write_subject_reports(out, items, masking="unet", **kw)
     figures = out / "sub-01" / "figures"
-    png = figures / "sub-01_ses-1_T2w_desc-overview.png"
+    png = figures / "sub-01_ses-1_desc-overview_T2w.png"
     assert _pixels(png, RED).sum() > 200 and _pixels(png, CYAN).sum() > 100
-    svg = figures / "sub-01_ses-1_T2w_desc-overview.svg"
+    svg = figures / "sub-01_ses-1_desc-overview_T2w.svg"
     texts = _svg_texts(svg)
     assert "template brain mask" in texts and any("template anatomy" in t for t in texts)
     assert "template" in texts and "T2w" in texts  # the rows are named
@@ -161,13 +161,13 @@ def test_functional_and_coherence_views_draw_the_template_brain_not_a_head_outli
         red = _pixels(png, RED)
         return red[: red.shape[0] // 2]
 
-    func = "sub-01_ses-1_task-rest_bold"
-    overview = top_row_red(figures / f"{func}_desc-overview.png")
-    functostruct = top_row_red(figures / f"{func}_desc-functostruct.png")
+    func = "sub-01_ses-1_task-rest"
+    overview = top_row_red(figures / f"{func}_desc-overview_bold.png")
+    functostruct = top_row_red(figures / f"{func}_desc-functostruct_bold.png")
     assert overview.sum() > 100
     assert (overview & functostruct).sum() / (overview | functostruct).sum() > 0.95
-    assert not _pixels(figures / f"{func}_desc-functostruct.png", (52, 199, 89), 30).any()
-    anat = top_row_red(figures / "sub-01_ses-2_T2w_desc-overview.png")
+    assert not _pixels(figures / f"{func}_desc-functostruct_bold.png", (52, 199, 89), 30).any()
+    anat = top_row_red(figures / "sub-01_ses-2_desc-overview_T2w.png")
     coherence = top_row_red(figures / "sub-01_ses-2_desc-coherence.png")
     assert (anat & coherence).sum() / (anat | coherence).sum() > 0.95
     assert "Coherence across sessions" in page.read_text()
@@ -233,7 +233,8 @@ def test_mask_pictures_name_their_scan(tmp_path):
     figures = out / "sub-01" / "figures"
     titles = {}
     for name in ("sub-01_ses-1_T2w", "sub-01_ses-1_task-rest_bold"):
-        texts = _svg_texts(figures / f"{name}_desc-mask.svg")
+        entities, suffix = name.rsplit("_", 1)
+        texts = _svg_texts(figures / f"{entities}_desc-mask_{suffix}.svg")
         titles[name] = next(t for t in texts if "predicted brain mask (native space)" in t)
         assert name in titles[name]
     assert len(set(titles.values())) == 2
@@ -378,3 +379,21 @@ def test_a_redrawn_picture_is_the_same_bytes(tmp_path):
     other = mosaic(*args, n_slices=3, out_base=tmp_path / "c" / "m", title="other scan")
     assert other["svg"].read_bytes() != first["svg"].read_bytes()
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.png", "m.svg"]
+
+
+def test_figures_are_named_as_bids_derivatives_with_the_suffix_last(tmp_path):
+    """BIDS-Derivatives figures end in the scan's suffix, after desc- (fMRIPrep's
+    sub-01_task-rest_desc-carpetplot_bold.svg); they were sub-01_ses-1_T2w_desc-overview.png,
+    the suffix amid the entities."""
+    from samri_ml.bids import parse_entities
+
+    out, items, kw = _make_run(tmp_path, sessions=("1", "2"))
+    write_subject_reports(out, items, masking="unet", **kw)
+    names = sorted(p.name for p in (out / "sub-01" / "figures").iterdir())
+    assert "sub-01_ses-1_task-rest_desc-overview_bold.svg" in names, names
+    assert "sub-01_ses-2_desc-mask_T2w.png" in names, names
+    for name in names:
+        if "coherence" in name:  # two sessions' scans, no one scan's suffix
+            continue
+        ent = parse_entities(name)
+        assert ent["suffix"] in ("T2w", "bold") and "desc" in ent, name

@@ -130,8 +130,31 @@ def _plugin_value(text: str):
     return text
 
 
+#: what to do where a label option took the positional arguments after it
+LABELS_FIRST_HINT = ("hint: give BIDS_DIR [OUTPUT_DIR] participant before --participant-label "
+                     "or --session-label, whose labels run up to the next option")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, where a missing BIDS_DIR after a label option says that the option took it
+    (``--participant-label 01 /data/bids`` said only "the following arguments are required:
+    bids_dir")."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        tokens = sys.argv[1:] if args is None else list(args)
+        self.labels_given = any(str(t).startswith(("--participant", "--session"))
+                                for t in tokens)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message):
+        if message.startswith("the following arguments are required: bids_dir") and \
+                getattr(self, "labels_given", False):
+            message = f"{message}; {LABELS_FIRST_HINT}"
+        super().error(message)
+
+
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Register the structural and functional scans of a BIDS dataset to a "
         "template with SAMRI's generic workflow (antsRegistration), optionally with U-Net brain "
@@ -247,15 +270,35 @@ def validate(args, parser) -> None:
             # '' matched no subject: "participant(s)  not found", a blank in the message
             parser.error(f"{option}: an empty label; hint: give labels such as 01 or "
                          f"{prefix}01")
+        for label in labels or ():
+            if label in ("participant", "group") or os.sep in label or (
+                    os.altsep and os.altsep in label):
+                # `BIDS OUT --participant-label 01 participant` said "participant(s)
+                # participant not found"; a path there, "participant(s) /data/out not found"
+                parser.error(f"{option} took {label!r} as a label; {LABELS_FIRST_HINT}")
     bids_dir = args.bids_dir
     if not bids_dir.exists():
         parser.error(f"BIDS_DIR {bids_dir} does not exist")
     if not bids_dir.is_dir():
         parser.error(f"BIDS_DIR {bids_dir} is not a folder")
     if not (bids_dir / "dataset_description.json").is_file():
+        if _subject_folders(bids_dir):
+            # the root it is, only without its description: "point to the root" misled
+            from shlex import quote
+
+            desc = json.dumps({"Name": bids_dir.resolve().name, "BIDSVersion": "1.8.0"})
+            raise SamriMLError(
+                f"{bids_dir} has sub-* folders but no dataset_description.json; hint: add one, "
+                f"e.g. echo {quote(desc)} > {quote(str(bids_dir / 'dataset_description.json'))}")
         raise SamriMLError(f"{bids_dir} is not a BIDS dataset (no dataset_description.json); "
                            "hint: point to the dataset's root folder")
     args.bids_dir = bids_dir = bids_dir.resolve()
+    problem = description_problem(bids_dir / "dataset_description.json")
+    if problem:
+        # pybids reads the dataset without it (validate=False): say so, not nothing
+        print(f"{PROG}: note: {bids_dir / 'dataset_description.json'}: {problem}; the dataset "
+              "is read anyway; hint: fix it (the BIDS validator refuses such a dataset)",
+              file=sys.stderr)
     out = (args.output_dir or bids_dir / "derivatives" / "samri_ml").resolve()
     if out == bids_dir:
         parser.error("OUTPUT_DIR must not be BIDS_DIR itself; use BIDS_DIR/derivatives/samri_ml")
@@ -353,6 +396,21 @@ def validate(args, parser) -> None:
               "--plugin-args", file=sys.stderr)
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
+
+
+def description_problem(path: Path) -> str | None:
+    """What is wrong with a raw dataset's ``dataset_description.json`` (not JSON, not an
+    object, no ``Name`` or ``BIDSVersion``, which BIDS requires), or None."""
+    try:
+        desc = json.loads(path.read_text(errors="replace"))
+    except OSError as err:
+        return f"not readable ({err.strerror})"
+    except ValueError as err:
+        return f"not valid JSON ({str(err).splitlines()[0]})"
+    if not isinstance(desc, dict):
+        return "not a JSON object"
+    missing = [key for key in ("Name", "BIDSVersion") if not desc.get(key)]
+    return f"no {' and no '.join(missing)}" if missing else None
 
 
 def enclosing_dataset(folder: Path, bids_dir: Path) -> Path | None:
@@ -609,13 +667,24 @@ def check_scans(args, sessions) -> None:
     finite, not all-zero values (:func:`samri_ml.io.load_nifti`) and a field of view within
     a factor :data:`FOV_RATIO_LIMIT` of the template's (unless ``--no-fov-check``).
     """
-    from samri_ml.io import load_nifti
+    from samri_ml.io import annex_unfetched, load_nifti
 
+    unfetched = [Path(scan) for item in sessions for scan in _scans(item)
+                 if annex_unfetched(scan)]
+    if unfetched:
+        # all of them at once: one `datalad get`, not one failed run per file
+        where = sorted({scan.relative_to(args.bids_dir).parts[0] for scan in unfetched
+                        if scan.is_relative_to(args.bids_dir)})
+        raise SamriMLError(
+            f"{len(unfetched)} selected scan(s) have no content here (DataLad/git-annex files "
+            f"not fetched): {_some([scan.name for scan in unfetched])}; hint: cd "
+            f"{args.bids_dir} && datalad get {' '.join(where) or '.'}")
     no_timing, direct, too_short, two_affines = [], [], [], []
     for item in sessions:
         scans = ([(item["anat"], "structural")] if item["anat"] else [])
         scans += [(bold, "functional") for bold in item["bold"]]
         metadata = dict(zip(item["bold"], item.get("bold_metadata", []), strict=False))
+        sidecars = dict(zip(item["bold"], item.get("bold_sidecars", []), strict=False))
         if item["bold"] and not item["anat"] and \
                 getattr(args, "registration_method", "composite") != "functional":
             direct.append(f"sub-{item['subject']}"
@@ -637,7 +706,8 @@ def check_scans(args, sessions) -> None:
                     "of 2 volumes or more; hint: select only 4D runs with "
                     "-f/--functional-match")
             if kind == "functional" and path in metadata:
-                _check_run_metadata(args, path, img, metadata[path], no_timing)
+                _check_run_metadata(args, path, img, metadata[path], no_timing,
+                                    sidecars.get(path, []))
             dummies = getattr(args, "dummy_scans", 0)
             if kind == "functional" and img.shape[3] <= dummies:
                 # the run is kept, cut to its last volume: say so here, not in a node's warning
@@ -727,14 +797,17 @@ def _header_tr(img) -> float:
     return tr / 1000 if unit == "msec" else tr * 1e-6 if unit == "usec" else tr
 
 
-def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> None:
+def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
+                        chain: list[str] = ()) -> None:
     """A functional run's sidecar against its image, before anything runs: the number of
     slice times (a wrong count failed 20 s into the run), the repetition time (from the NIfTI
     header where the sidecar has none) and the task name (from the ``task-`` entity). Fills
-    ``meta`` in place; names runs without slice times in ``no_timing``."""
+    ``meta`` in place; names runs without slice times in ``no_timing``. The messages name an
+    inherited sidecar of ``chain`` (:func:`_sidecar_of`) where the value comes from one."""
     from samri_ml.bids import parse_entities
 
     name = Path(path).name
+    had_tr = bool(meta.get("RepetitionTime"))
     header_tr = _header_tr(img)
     if not meta.get("RepetitionTime"):
         if header_tr > 0:
@@ -747,13 +820,16 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
     if tr is not None and tr > MAX_TR_SECONDS:
         # BIDS gives seconds: 1000 (ms) was taken as 1000 s, written into the outputs'
         # sidecars and headers
-        raise SamriMLError(f"{path}: RepetitionTime {tr:g} s (its sidecar, or its header where "
-                           f"the sidecar has none) is over {MAX_TR_SECONDS:g} s: milliseconds? "
+        where = (_sidecar_of(path, chain, "RepetitionTime") if had_tr
+                 else "its NIfTI header, the sidecar having none")
+        raise SamriMLError(f"{path}: RepetitionTime {tr:g} s ({where}) is over "
+                           f"{MAX_TR_SECONDS:g} s: milliseconds? "
                            f"hint: give it in seconds ({tr / 1000:g} for {tr:g} ms)")
     if tr is not None and tr > 0 < header_tr and abs(tr - header_tr) > 0.01 * tr:
         # BIDS: the sidecar wins; a header of another TR was used as it was, silently
-        print(f"{PROG}: note: {name}: RepetitionTime {tr:g} s in its sidecar, {header_tr:g} s "
-              "in its NIfTI header; the sidecar's is used (hint: fix the one that is wrong)",
+        print(f"{PROG}: note: {name}: RepetitionTime {tr:g} s in "
+              f"{_sidecar_of(path, chain, 'RepetitionTime')}, {header_tr:g} s in its NIfTI "
+              "header; the sidecar's is used (hint: fix the one that is wrong)",
               file=sys.stderr)
     task = parse_entities(path).get("task")
     if not meta.get("TaskName") and task:
@@ -766,12 +842,14 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
         return
     direction = str(meta.get("SliceEncodingDirection", "k"))
     if direction[:1] not in ("i", "j", "k"):
-        raise SamriMLError(f"{path}: SliceEncodingDirection {direction!r} in its sidecar is "
+        raise SamriMLError(f"{path}: SliceEncodingDirection {direction!r} in "
+                           f"{_sidecar_of(path, chain, 'SliceEncodingDirection')} is "
                            "not one of i, j, k, i-, j-, k-; hint: fix the sidecar, or pass "
                            "--no-slice-timing")
     axis = "ijk".index(direction[0])
     if len(times) != img.shape[axis]:
-        raise SamriMLError(f"{path}: its sidecar gives {len(times)} SliceTiming values for "
+        raise SamriMLError(f"{path}: {_sidecar_of(path, chain, 'SliceTiming')} gives "
+                           f"{len(times)} SliceTiming values for "
                            f"{img.shape[axis]} slices along axis {axis} (SliceEncodingDirection "
                            f"{direction}); hint: fix the sidecar, or pass --no-slice-timing")
     if not meta.get("RepetitionTime"):
@@ -783,7 +861,8 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list) -> No
     if late > tr or min(float(t) for t in times) < 0:
         # slice times in ms against a TR in s shifted every slice by hundreds of seconds of
         # a 1 s signal: the run came out scrambled, without a word
-        raise SamriMLError(f"{path}: SliceTiming in its sidecar ({min(times):g} to {late:g}) is "
+        raise SamriMLError(f"{path}: SliceTiming in {_sidecar_of(path, chain, 'SliceTiming')} "
+                           f"({min(times):g} to {late:g}) is "
                            f"not within the repetition time, 0 to {tr:g} s; hint: give both in "
                            "seconds (BIDS: milliseconds / 1000), or pass --no-slice-timing")
 
@@ -803,19 +882,34 @@ def collect_sessions(args) -> list[dict]:
         layout = bids.BIDSLayout(str(args.bids_dir), validate=False,
                                  indexer=bids.BIDSLayoutIndexer(validate=False, ignore=ignore))
     except Exception as err:  # pybids raises many kinds for broken datasets
+        from samri_ml.io import content_missing
+
+        # a sidecar not fetched: pybids reads every JSON while indexing (a link to nothing
+        # raises FileNotFoundError; a pointer file, its own error naming the file)
+        match = re.search(r"filename='([^']+)'", str(err))
+        name = getattr(err, "filename", None) or (match.group(1) if match else None)
+        missing = name and content_missing(name)
+        if missing:
+            raise SamriMLError(f"{name}: {missing}") from err
         raise SamriMLError(f"{args.bids_dir}: cannot index the BIDS dataset ({err})") from err
     subjects = layout.get_subjects()
     if not subjects:
         raise SamriMLError(f"{args.bids_dir}: no sub-* folders with scans found")
     wanted = subjects
+    # sub-* folders that pybids found nothing in (empty, or a scan under another name), where
+    # the lab's .bidsignore does not leave them out: they were passed over without a word
+    ignored = {m for m in _subject_folders(args.bids_dir)
+               if any(p.search(f"/sub-{m}/") for p in listed)}
+    bare = [m for m in _subject_folders(args.bids_dir) if m not in subjects and m not in ignored]
     if args.participant_label:
         wanted = _labels_once("--participant-label", "sub-", args.participant_label)
         missing = sorted(set(wanted) - set(subjects))
         if missing:
             # a folder that is there, left out by the lab's own .bidsignore, is not "not found"
-            left_out = [f"sub-{m}" for m in missing if (Path(args.bids_dir) / f"sub-{m}").is_dir()
-                        and any(p.search(f"/sub-{m}/") for p in listed)]
-            why = f" ({', '.join(left_out)}: left out by its .bidsignore)" if left_out else ""
+            why = [f"{', '.join(f'sub-{m}' for m in found)}: {reason}" for found, reason in (
+                ([m for m in missing if m in ignored], "left out by its .bidsignore"),
+                ([m for m in missing if m in bare], "no BIDS files in the folder")) if found]
+            why = f" ({'; '.join(why)})" if why else ""
             raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}"
                                f"{why}; available: {_some(subjects, 20)}")
     sessions_wanted = (_labels_once("--session-label", "ses-", args.session_label)
@@ -841,7 +935,9 @@ def collect_sessions(args) -> list[dict]:
         except Exception as err:
             raise SamriMLError(f"invalid BIDS filter {filters} ({err})") from err
 
-    out, skipped = [], []
+    out, empty = [], []
+    skipped = [] if args.participant_label else [f"sub-{m} (no BIDS files in its folder)"
+                                                 for m in bare]
     for subject in wanted:
         sessions = layout.get_sessions(subject=subject) or [None]
         if sessions_wanted is not None:
@@ -849,12 +945,13 @@ def collect_sessions(args) -> list[dict]:
             if not sessions:
                 skipped.append(f"sub-{subject} (no session {', '.join(sessions_wanted)})")
                 continue
-        found = len(out)
+        found, unmatched = len(out), []
         for session in sessions:
             anats = query(args.structural_match, subject, session)
             anats.sort(key=lambda f: _structural_rank(f, args.structural_match.get("suffix")))
             funcs = query(args.functional_match, subject, session)
             if not anats and not funcs:
+                unmatched.append(f"sub-{subject} ses-{session}")
                 continue
             if len(anats) > 1:
                 where = f"sub-{subject}" + (f" ses-{session}" if session else "")
@@ -868,17 +965,73 @@ def collect_sessions(args) -> list[dict]:
                 "anat": anats[0].path if anats else None,
                 "bold": [f.path for f in funcs],
                 "bold_metadata": [f.get_metadata() for f in funcs],
+                "bold_sidecars": [_sidecar_chain(f) for f in funcs],
             })
         if len(out) == found:
             skipped.append(f"sub-{subject} (no scan matches)")
+        else:  # the sessions of a subject that has others (one of only dwi or fmap scans)
+            empty += unmatched
     if out and skipped:
         print(f"{PROG}: note: skipped {len(skipped)} participant(s): {'; '.join(skipped)}",
               file=sys.stderr)
+    if out and empty:
+        # such a session was dropped without a word, beside its subject's other sessions
+        print(f"{PROG}: note: skipped {len(empty)} session(s) where no scan matches -s/-f: "
+              f"{_some(empty, 20)}", file=sys.stderr)
+    check_names(args.bids_dir, [scan for item in out for scan in _scans(item)])
     if not out:
         raise SamriMLError(
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
             f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
     return out
+
+
+def check_names(bids_dir: Path, scans: list[str]) -> None:
+    """Refuse selected scans whose name and folders disagree
+    (:func:`samri_ml.bids.name_folder_mismatch`): their derivatives are named from the
+    name, so ``sub-02/anat/sub-01_T2w.nii.gz`` (a copy not renamed) overwrote sub-01's, in
+    silence, and ``sub-05/anat/T2w.nii.gz`` failed with a message about a source_file."""
+    from samri_ml.bids import name_folder_mismatch
+
+    bad = [(scan, why) for scan in scans if (why := name_folder_mismatch(scan, bids_dir))]
+    if bad:
+        (scan, why), more = bad[0], (f" (and {len(bad) - 1} more such scan(s))"
+                                     if len(bad) > 1 else "")
+        raise SamriMLError(f"{scan}: {why}{more}; hint: rename it as BIDS names it (the name "
+                           "repeats its folders' sub- and ses- labels: sub-01/ses-1/anat/"
+                           "sub-01_ses-1_T2w.nii.gz), or list it in the dataset's .bidsignore")
+
+
+def _sidecar_chain(scan) -> list[str]:
+    """The JSON files whose metadata a BIDS file (a pybids BIDSFile) gets, nearest first: its
+    own sidecar, then those it inherits (``sub-01/sub-01_task-rest_bold.json``,
+    ``task-rest_bold.json`` at the dataset root), as pybids merges them."""
+    chain, todo = [], list(scan.get_associations(kind="Metadata"))
+    while todo:
+        sidecar = todo.pop(0)
+        if sidecar.path not in chain:
+            chain.append(sidecar.path)
+            todo += sidecar.get_associations(kind="Child")
+    return chain
+
+
+def _sidecar_of(path: str, chain: list[str], key: str | None = None) -> str:
+    """Which sidecar of a run (``chain``: :func:`_sidecar_chain`) a message names: ``its
+    sidecar`` where that is the run's own (or there is none), else the inherited file that
+    gives ``key`` (``the sidecar task-rest_bold.json it inherits``): "fix the sidecar" sent
+    users to a file that does not exist."""
+    from samri_ml.bids import sidecar_path
+
+    for sidecar in chain:
+        try:
+            given = key is None or key in json.loads(Path(sidecar).read_text())
+        except (OSError, ValueError):
+            continue
+        if given:
+            if Path(sidecar) == sidecar_path(path):
+                break
+            return f"the sidecar {sidecar} it inherits"
+    return "its sidecar"
 
 
 def _structural_rank(scan, suffixes) -> tuple[int, int]:
@@ -907,6 +1060,12 @@ def _filter_for(scan, other) -> dict:
                 value = mine.get(key)
                 out[key] = int(value) if isinstance(value, int) else value
     return out
+
+
+def _subject_folders(bids_dir) -> list[str]:
+    """The labels of the ``sub-<label>`` folders at the root of ``bids_dir``."""
+    return sorted(p.name[4:] for p in Path(bids_dir).glob("sub-*")
+                  if p.is_dir() and re.fullmatch(r"sub-[a-zA-Z0-9]+", p.name))
 
 
 def _labels_once(option: str, prefix: str, given: list[str]) -> list[str]:
