@@ -701,6 +701,51 @@ def test_dataset_cache_without_npz_suffix_is_reused(tmp_path, monkeypatch):
             mt.cached_dataset(mt.TrainConfig(dataset_cache=str(tmp_path / name)))
 
 
+def _dama_like(folder, names, seed):
+    """``folder/mri/scans/dama/{image,mask}/NAME.nii.gz``: small skull-stripped balls."""
+    import nibabel as nb
+
+    rng = np.random.default_rng(seed)
+    grid = np.indices((24, 24, 24)).astype(np.float32) - 11.5
+    for name in names:
+        radius = rng.uniform(6, 10)
+        mask = (np.sqrt((grid**2).sum(axis=0)) < radius).astype(np.uint8)
+        image = (mask * rng.uniform(0.5, 1.0, mask.shape)).astype(np.float32)
+        for sub, data in (("image", image), ("mask", mask)):
+            (folder / "mri/scans/dama" / sub).mkdir(parents=True, exist_ok=True)
+            nb.save(nb.Nifti1Image(data, np.diag([0.15, 0.15, 0.15, 1])),
+                    folder / "mri/scans/dama" / sub / f"{name}.nii.gz")
+    return folder
+
+
+def test_dataset_cache_of_other_scans_is_rebuilt(tmp_path):
+    """``--dataset-cache`` was keyed by the settings alone: a run with another --data-dir (a
+    lab's own scans), or after a scan was replaced, trained on the cached slices of the old
+    scans without a word. The real data set builder on scans written here."""
+    from samri_ml.masking import train as mt
+
+    a = _dama_like(tmp_path / "a", ["s1", "s2", "s3"], 0)
+    b = _dama_like(tmp_path / "b", ["t1", "t2", "t3"], 1)
+    config = mt.TrainConfig(holdout=("sammba", "emory", "templates"), synth_per_dama=0,
+                            dataset_cache=str(tmp_path / "dc.npz"), val_fraction=0.34)
+
+    def groups(data_dir):
+        logged = []
+        _, _, g, _, _ = mt.cached_dataset(config, data_dir, tmp_path / "masks", logged.append)
+        return sorted({str(n).split("/")[1] for n in g}), logged
+
+    assert groups(a)[0] == ["s1", "s2", "s3"]
+    got, logged = groups(a)
+    assert got == ["s1", "s2", "s3"] and logged == [f"data set read from {tmp_path / 'dc.npz'}"]
+    got, logged = groups(b)  # another folder: its own scans, not the cached ones
+    assert got == ["t1", "t2", "t3"], logged
+    assert "holds a data set of other settings or scans" in logged[0]
+    _dama_like(tmp_path / "b", ["t1"], 5)  # a scan replaced under its name
+    x_new = mt.build_dataset(config, b, tmp_path / "masks", log=lambda m: None)[0]
+    x, *_ = mt.cached_dataset(config, b, tmp_path / "masks", lambda m: None)
+    assert np.allclose(x, x_new, atol=1e-2)  # the cache stored float16
+
+
 def test_a_head_in_a_large_zero_padded_grid_is_masked_as_in_its_own(phantom):
     """The slices are resized to 64 px, so a head in a grid several times its own size looked
     small and its mask ballooned (an audit: a head off-centre in a grid 2.5 times its own got

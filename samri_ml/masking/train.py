@@ -184,10 +184,14 @@ DATA_KEYS = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction"
 def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
     """:func:`build_dataset`, stored in / read from ``config.dataset_cache`` (.npz) when set.
 
-    The cache is used only if it was built with the same data settings.
+    The cache is used only if it was built with the same data settings from the same scans
+    (:func:`~samri_ml.masking.data.data_fingerprint` of ``data_dir``); else it is rebuilt.
     """
+    from samri_ml.masking.data import data_fingerprint
+
     settings = {k: getattr(config, k) for k in DATA_KEYS}
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
+    settings["data"] = data_fingerprint(data_dir)  # nor one of other scans
     settings = json.dumps(settings, sort_keys=True)
     path = dataset_cache_path(config.dataset_cache)
     if path is not None and path.is_file():
@@ -217,6 +221,7 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
                 # stored as float16 to halve the file; cv2 (augmentation) needs float32
                 x = f["x"].astype(np.float32)
                 return x, f["y"].astype(np.float32), f["groups"], f["is_val"], vols
+        log(f"{path} holds a data set of other settings or scans: rebuilt and replaced")
     log("building the data set ...")
     x, y, groups, is_val, vols = build_dataset(config, data_dir, cache_dir, log)
     if path is not None:
