@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -327,7 +328,7 @@ def test_weight_average_of_two_models():
     same = average_weights([a, a])
     x = np.random.default_rng(1).random((2, 64, 64, 1), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(same(x)), np.asarray(a(x)), atol=1e-6)
-    with pytest.raises(SamriMLError, match="differ in architecture"):
+    with pytest.raises(SamriMLError, match=r"differs from model 1 in architecture \(widths 2 and 4\)"):
         average_weights([a, build_unet(width=4)])
 
 
@@ -599,6 +600,54 @@ def test_train_masker_checks_init_and_its_folder_first(tmp_path, capsys, monkeyp
     assert "is a folder" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def test_train_masker_refuses_init_and_average_of_other_models_first(tmp_path, capsys,
+                                                                      monkeypatch):
+    """--init with the plate embedding failed after the data set was built ('ValueError: Input
+    0 ... expected shape=(None, 224, 224, 1)'); --init of a width-2 U-Net with --width 16
+    trained it and wrote width 16 into _training.json; --average-of models of two widths was
+    refused only after the data set. Now each in one line, before the data set."""
+    from samri_ml.masking import train as mt
+    from samri_ml.models.unet import build_unet
+    from samri_ml.plates.identify import default_model_dir
+
+    def never(*a, **k):
+        raise AssertionError("the data set was built")
+
+    monkeypatch.setattr(mt, "cached_dataset", never)
+    narrow, wide = tmp_path / "w2.keras", tmp_path / "w4.keras"
+    build_unet(width=2).save(narrow)
+    build_unet(width=4).save(wide)
+    plates = default_model_dir("default") / "plates_embedding.keras"
+    cases = [
+        (["--init", plates], f"--init {plates}: not a brain-masking model"),
+        (["--init", wide], f"--init {wide} is a U-Net of width 4, the run's --width is 2; "
+                           "hint: pass --width 4"),
+        (["--average-of", narrow, wide], f"--average-of: {wide} differs from {narrow} in "
+                                         "architecture (widths 2 and 4)"),
+    ]
+    for args, words in cases:
+        assert _train_masker(tmp_path, *args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_masker_init_of_the_runs_width_trains(tmp_path, tiny_slices):
+    """The fine-tuning the model card describes: --init of a U-Net of the run's width."""
+    import keras
+
+    from samri_ml.models.unet import build_unet
+
+    init = build_unet(width=4)
+    init.save(tmp_path / "w4.keras")
+    assert _train_masker(tmp_path, "--init", tmp_path / "w4.keras", "--width", "4") == 0
+    out = tmp_path / "m" / "out.keras"
+    summary = json.loads(out.with_name("out_training.json").read_text())
+    assert summary["config"]["width"] == 4
+    trained = keras.saving.load_model(out, compile=False)
+    assert [w.shape for w in trained.get_weights()] == [w.shape for w in init.get_weights()]
+
+
 def test_time_limit_before_the_first_epoch_is_an_error(tmp_path, capsys, tiny_slices):
     """A data set that took the whole --max-minutes gave an untrained model, saved as if
     trained; now one line and nothing written."""
@@ -635,7 +684,6 @@ def test_ctrl_c_keeps_the_best_weights_so_far(tmp_path, capsys, tiny_slices, mon
     """Ctrl-C lost the whole training (the model was saved at the end only). Now the best
     weights so far are saved, marked interrupted, and the command still ends with its one
     ``interrupted`` line (exit 130)."""
-    import json
     import warnings
 
     import keras
@@ -839,7 +887,6 @@ def test_ctrl_c_while_the_model_is_saved_keeps_a_complete_set(tmp_path, capsys, 
     """Ctrl-C just after the last epoch truncated OUT (saved in place, unloadable) or left
     the new model beside the old run's json and png. Now the trained model is kept, as one
     set with its json and png, and the note says so."""
-    import json
     import warnings
 
     import keras
@@ -884,7 +931,6 @@ def test_ctrl_c_during_the_renames_waits_for_all(tmp_path, capsys, tiny_slices, 
                                                  sigint_as_in_a_terminal):
     """SIGINT after the first of the three renames: the other two are done all the same
     (Ctrl-C deferred), so the set is this run's, complete, and not resaved as interrupted."""
-    import json
     import os
     import warnings
 

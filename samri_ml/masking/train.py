@@ -385,6 +385,9 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     keras.utils.set_random_seed(train_seed)
     out_path = Path(out_path)
     t_start = time.time()
+    # the starting model before the data set (minutes): one of another kind or width is
+    # refused at once (it failed in the first batch, or trained on under a wrong card)
+    init = load_init(config.init_model, config.width) if config.init_model else None
     x, y, groups, val_m, volumes = cached_dataset(config, data_dir, cache_dir, log)
     train_m = ~val_m
     val_groups = sorted(volumes)
@@ -396,9 +399,9 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     counts = {"n_slices": int(len(x)), "n_train_slices": int(train_m.sum()),
               "n_val_slices": int(val_m.sum()), "validation_groups": val_groups}  # fmt: skip
 
-    if config.init_model:
+    if init is not None:
         log(f"starting from the weights of {config.init_model}")
-        model = keras.saving.load_model(config.init_model, compile=False)
+        model = init
     else:
         model = build_unet(width=config.width)
     model.compile(
@@ -484,6 +487,34 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
         raise
 
 
+def load_init(path, width: int):
+    """The ``--init`` model to train on: refused in one line where it is missing, no Keras
+    model, no brain masker (e.g. the plate embedding), or a U-Net of another ``width`` than
+    the run's (the run's summary would record a width the model does not have)."""
+    import keras
+
+    from samri_ml.errors import SamriMLError
+    from samri_ml.masking.predict import check_masker
+    from samri_ml.models.inference import keras_load_failure
+    from samri_ml.models.unet import CUSTOM_OBJECTS, unet_width
+
+    path = Path(path)
+    if not path.is_file():
+        raise SamriMLError(f"--init {path}: model file not found; hint: give the path of a "
+                           ".keras file")
+    try:
+        model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+    except Exception as err:  # keras raises many types for a bad file
+        raise SamriMLError("--init " + keras_load_failure(path, err)) from err
+    check_masker(model, f"--init {path}")
+    own = unet_width(model)
+    if own is not None and own != width:
+        raise SamriMLError(f"--init {path} is a U-Net of width {own}, the run's --width is "
+                           f"{width}; hint: pass --width {own} (fine-tuning keeps the model's "
+                           "width)")
+    return model
+
+
 def _note(text: str) -> None:
     from samri_ml.errors import SamriMLNote
 
@@ -553,8 +584,9 @@ def write_set(out_path, loss_png: bool = False):
         yield tmps[0], tmps[1], tmps[2] if loss_png else None
 
 
-def average_weights(models):
-    """A copy of the first model whose weights are the element-wise mean of all ``models``.
+def average_weights(models, names=None):
+    """A copy of the first model whose weights are the element-wise mean of all ``models``
+    (``names``: their files, for the error).
 
     Averaging runs fine-tuned from one starting point (a "model soup") cancels part of their
     run-to-run variance at no cost at prediction time (the shipped masker, see its card).
@@ -565,11 +597,19 @@ def average_weights(models):
         When the models do not share one architecture.
     """
     from samri_ml.errors import SamriMLError
+    from samri_ml.models.unet import unet_width
 
     weights = [m.get_weights() for m in models]
     shapes = [[w.shape for w in ws] for ws in weights]
-    if any(s != shapes[0] for s in shapes[1:]):
-        raise SamriMLError("the models to average differ in architecture (width or layers)")
+    for i, s in enumerate(shapes[1:], 1):
+        if s != shapes[0]:
+            names = names or [f"model {j + 1}" for j in range(len(models))]
+            widths = [unet_width(models[j]) for j in (0, i)]
+            what = (f"widths {widths[0]} and {widths[1]}" if widths[0] != widths[1]
+                    else "layers")
+            raise SamriMLError(f"--average-of: {names[i]} differs from {names[0]} in "
+                               f"architecture ({what}); hint: average runs fine-tuned from "
+                               "one model")
     out = _uncompiled_copy(models[0])
     out.set_weights([np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*weights, strict=True)])
     return out
@@ -590,8 +630,8 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
     members = [load_model(p) for p in member_paths]
     import keras
 
+    model = average_weights(members, [str(p) for p in member_paths])  # before the data set
     _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
-    model = average_weights(members)
     val_groups = sorted(volumes)
     member_info = []
     for p in member_paths:
