@@ -240,9 +240,12 @@ def test_train_plates_refuses_settings_out_of_range(tiny_data, tmp_path, capsys,
 
 
 def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
-    """An ``--init`` model of another input size failed after ``config.json`` was written
-    (an OUT holding only that); so did missing data. Now one line each, and no OUT."""
+    """An ``--init`` model of another input size or kind failed after ``config.json`` was
+    written (an OUT holding only that); so did missing data. Now one line each, and no OUT."""
     from samri_ml.cli.train_plates import main
+    from samri_ml.masking.predict import default_model_path
+
+    masker = default_model_path()
 
     out = tmp_path / "run"
     base = ["--data", str(tiny_data), "--out", str(out), "--size", "64", "--batch-size", "12"]
@@ -250,6 +253,9 @@ def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
         (["--init", str(default_model_dir() / "plates_embedding.keras")],
          "takes 224 px images, the run 64 px (--size); hint: pass --size 224"),
         (["--init", str(tmp_path / "none.keras")], "none.keras: model file not found"),
+        # the brain masker (64 px too): a page-long TensorFlow error from the loss, after
+        # config.json was written
+        (["--init", str(masker)], f"--init {masker}: not a plate embedding model"),
         (["--batch-size", "48"], "needs more plates than the 12 of"),
         (["--data", str(tmp_path / "nowhere")], "nowhere/atlas: not a directory"),
     ]  # fmt: skip

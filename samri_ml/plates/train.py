@@ -405,8 +405,8 @@ def _write_files(folder: Path, writers: dict) -> None:
 
 
 def _load_init(path, size: int):
-    """The ``--init`` model, refused in one line where it is missing, no Keras model, or made
-    for another input size than ``size``."""
+    """The ``--init`` model, refused in one line where it is missing, no Keras model, no plate
+    embedding (e.g. the brain masker), or made for another input size than ``size``."""
     import keras
 
     from samri_ml.errors import SamriMLError
@@ -419,6 +419,13 @@ def _load_init(path, size: int):
     except (OSError, ValueError) as err:
         raise SamriMLError(f"--init {path}: not a Keras model ({str(err).split('. ')[0]})") \
             from err
+    from samri_ml.plates.identify import _is_embedding
+
+    if not _is_embedding(model):  # the masker, say: a page of TensorFlow error in the loss
+        raise SamriMLError(f"--init {path}: not a plate embedding model (it takes "
+                           f"{model.input_shape} inputs and gives {model.output_shape} "
+                           "outputs; a plate embedding maps a grey image to one vector); "
+                           "hint: give a model of samri_ml-train-plates (its best.keras)")
     side = model.input_shape[1]
     if side is not None and side != size:
         raise SamriMLError(f"--init {path} takes {side} px images, the run {size} px (--size); "
