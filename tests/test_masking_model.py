@@ -708,6 +708,49 @@ def test_ctrl_c_keeps_the_best_weights_so_far(tmp_path, capsys, tiny_slices, mon
     assert loss == pytest.approx(min(summary["history"]["val_loss"]), rel=1e-3)
 
 
+def test_ctrl_c_does_not_replace_a_finished_model(tmp_path, capsys, tiny_slices, monkeypatch,
+                                                  sigint_as_in_a_terminal):
+    """A rerun into the name of a finished model (by mistake, or with other settings),
+    stopped with Ctrl-C after two epochs, replaced that model with the two-epoch weights
+    ('OUT holds the best weights so far'). Now they go to OUT_interrupted.keras and OUT is
+    left as it was; an interrupted OUT is still replaced by the next interrupted run."""
+    import warnings
+
+    assert _train_masker(tmp_path) == 0
+    out = tmp_path / "m" / "out.keras"
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    _ctrl_c_at_epoch(monkeypatch, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert _train_masker(tmp_path, "--learning-rate", "0.1") == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    side = out.with_name("out_interrupted.keras")
+    assert f"note: interrupted after 2 epoch(s): {side} holds the best weights" in err[-2], err
+    assert f"{out}, a finished model, was left as it was" in err[-2], err
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir() if p.name in before} == before
+    summary = json.loads(side.with_name("out_interrupted_training.json").read_text())
+    assert summary["interrupted"] is True and summary["config"]["learning_rate"] == 0.1
+    assert side.with_name("out_interrupted_loss.png").is_file()
+    # an interrupted OUT is the run's own to replace
+    interrupted_out = tmp_path / "m2" / "out.keras"
+    for learning_rate in ("0.1", "0.2"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            assert _train_masker_into(interrupted_out, learning_rate) == 130
+    capsys.readouterr()
+    summary = json.loads(interrupted_out.with_name("out_training.json").read_text())
+    assert summary["config"]["learning_rate"] == 0.2 and summary["interrupted"] is True
+    assert not interrupted_out.with_name("out_interrupted.keras").exists()
+
+
+def _train_masker_into(out, learning_rate):
+    from samri_ml.cli.train_masker import main
+
+    return main([str(out), "--width", "2", "--epochs-plain", "3", "--epochs-augmented", "0",
+                 "--steps-per-epoch", "2", "--batch-size", "4", "--learning-rate",
+                 learning_rate, "--data-dir", str(out.parent.parent)])
+
+
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, capsys, tiny_slices,
                                                           monkeypatch, sigint_as_in_a_terminal):
     import warnings

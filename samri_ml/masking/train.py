@@ -528,18 +528,41 @@ def _kept(out_path: Path) -> str:
     return "nothing was saved"
 
 
+def _finished_model(out_path: Path) -> bool:
+    """Whether ``out_path`` holds a model that is no interrupted run's (a finished run, an
+    average, a model copied there): one that Ctrl-C must not replace."""
+    if not out_path.is_file():
+        return False
+    try:
+        summary = json.loads(out_path.with_name(out_path.stem + "_training.json").read_text())
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(summary, dict) and summary.get("interrupted"))
+
+
+def interrupted_path(out_path) -> Path:
+    """Where Ctrl-C saves a run whose OUT holds a finished model: ``OUT_interrupted.keras``."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + "_interrupted" + out_path.suffix)
+
+
 def _save_interrupted(model, out_path, config, history, counts, t_start, what: str) -> None:
     """After Ctrl-C: save the weights ``model`` holds, marked as interrupted, and say so; a
-    second Ctrl-C while saving leaves OUT's previous set as it was (all are renamed at once)."""
+    second Ctrl-C while saving leaves the previous set as it was (all are renamed at once).
+    A finished model at ``out_path`` is not replaced by them (a rerun into its name stopped
+    after an epoch put a one-epoch model there): they go to :func:`interrupted_path`."""
+    target = interrupted_path(out_path) if _finished_model(out_path) else out_path
     try:
-        _save_run(model, out_path, config, history, counts, t_start, interrupted=True)
+        _save_run(model, target, config, history, counts, t_start, interrupted=True)
     except DeferredInterrupt:
         pass  # saved all the same
     except KeyboardInterrupt:
-        _note(f"{what}, and again while saving: {_kept(out_path)}")
+        _note(f"{what}, and again while saving: {_kept(target)}")
         raise
-    _note(f"{what}: {out_path} holds the best weights so far (its _training.json says "
-          "'interrupted'; no validation Dice)")
+    kept = (f"; {out_path}, a finished model, was left as it was" if target != out_path
+            else "")
+    _note(f"{what}: {target} holds the best weights so far (its _training.json says "
+          f"'interrupted'; no validation Dice){kept}")
 
 
 def _save_run(model, out_path, config: TrainConfig, history: dict, counts: dict,
