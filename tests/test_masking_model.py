@@ -1047,6 +1047,28 @@ def test_a_large_volume_is_predicted_with_few_copies_of_it(phantom):
     assert peak < 4 * big.nbytes + 3 * slices, (peak / big.nbytes, peak / 1e6)
 
 
+def test_evaluate_masker_refuses_a_model_of_the_other_kind_before_the_scans(tmp_path, capsys,
+                                                                           monkeypatch):
+    """``samri_ml-evaluate-masker --model`` with the plate embedding (or a missing file) read
+    every scan first (40 s with the shared data, a registration on a fresh cache) and printed
+    a note about the model's missing _training.json before the error. Now the one line at
+    once."""
+    from samri_ml.cli import evaluate_masker
+    from samri_ml.masking import data
+    from samri_ml.plates.identify import default_model_dir
+
+    def never(*a, **k):
+        raise AssertionError("the scans were read")
+
+    monkeypatch.setattr(data, "real_scans", never)
+    plates = default_model_dir("default") / "plates_embedding.keras"
+    for model, words in ((plates, "not a brain-masking model"),
+                         (tmp_path / "none.keras", "model file not found")):
+        assert evaluate_masker.main(["--model", str(model), "--data-dir", str(tmp_path)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and str(model) in err[0], err
+
+
 def test_a_missing_data_folder_names_where_it_was_looked_for(tmp_path, capsys, monkeypatch):
     """From an installed package the default data folder is beside site-packages: the
     message named that path and hinted at --data-dir only, not SAMRI_ML_SHARED_DATA
