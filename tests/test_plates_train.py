@@ -391,6 +391,41 @@ def test_the_same_settings_start_the_run_again(tiny_data, tmp_path):
         "step_00002.keras", "step_00004.keras"]
 
 
+def test_ctrl_c_before_the_first_checkpoint_keeps_the_earlier_run(tiny_data, tmp_path, capsys,
+                                                                   monkeypatch,
+                                                                   sigint_as_in_a_terminal):
+    """A rerun with the same settings deleted the finished run's checkpoints at its start:
+    Ctrl-C before its first evaluation left OUT with config.json alone (the finished
+    best.keras gone). Now they are replaced at the first checkpoint; before it, the earlier
+    run's files are left as they were, and the note says so."""
+    import os
+    import signal
+    import warnings
+
+    from samri_ml.cli.train_plates import main
+    from samri_ml.plates import train as pt
+
+    out = tmp_path / "run"
+    argv = _tiny_run(tiny_data, out, "--iterations", 4, "--eval-every", 2)
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    class CtrlCAtTheFirstBatch(pt.BatchMaker):
+        def __call__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, at step 1
+            return super().__call__()
+
+    monkeypatch.setattr(pt, "BatchMaker", CtrlCAtTheFirstBatch)
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (f"no checkpoint was saved (the first evaluation is at step 2); the earlier run's "
+            f"files in {out} were left as they were") in err[-2], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_ctrl_c_says_which_checkpoint_was_kept(tiny_data, tmp_path):
     """Ctrl-C printed ``interrupted`` only, with best.keras maybe missing and best.json
     written at the end only. Now a note names the best step kept, best.json agrees with it,

@@ -242,8 +242,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             cfg.size, cfg.backbone, cfg.embedding_dim, width=cfg.width, normalize=True
         )
     out.mkdir(parents=True, exist_ok=True)
-    for old in run_files(out):  # a run with these settings starts again (the CLI refuses others)
-        old.unlink()
+    # a run with these settings starts again (the CLI refuses others), but its files go at
+    # this run's first checkpoint, not now: Ctrl-C before that left OUT without the finished
+    # run's best.keras (deleted here) and without one of its own
+    earlier = [p for p in run_files(out) if p.name != "config.json"]
     log(f"model {model.name}: {model.count_params():,} parameters")
     loss_fn = LOSSES[cfg.loss]
     opt = keras.optimizers.Adam(learning_rate_schedule(cfg))
@@ -306,6 +308,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "time": time.time(),
         }
         history.append(rec)
+        for old in earlier:  # the earlier run's checkpoints, replaced from here on
+            old.unlink(missing_ok=True)
+        earlier.clear()
         _write_files(out, {"history.json": lambda p: p.write_text(json.dumps(history, indent=1)),
                            "last.keras": model.save, f"step_{it:05d}.keras": model.save})
         if m1["mae"] < best["mae"]:
@@ -352,6 +357,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     f"val_1 MAE {best['mae']:.2f}; best.json says so)")
         else:
             kept = f"no checkpoint was saved (the first evaluation is at step {cfg.eval_every})"
+            if earlier:
+                kept += f"; the earlier run's files in {out} were left as they were"
         warnings.warn(f"interrupted at step {it} of {cfg.iterations}: {kept}", SamriMLNote,
                       stacklevel=2)
         raise
