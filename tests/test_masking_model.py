@@ -648,6 +648,33 @@ def test_train_masker_init_of_the_runs_width_trains(tmp_path, tiny_slices):
     assert [w.shape for w in trained.get_weights()] == [w.shape for w in init.get_weights()]
 
 
+def test_init_and_average_of_models_of_another_split_get_a_note(tmp_path, capsys, tiny_slices):
+    """--init or --average-of a model trained with another --seed or --holdout: its
+    training subjects may be this run's validation subjects, and the validation Dice in
+    _training.json (the number the card's choices rest on) came out too high without a
+    word. Now a note names the model and the settings that differ; none where they agree."""
+    import warnings
+
+    from samri_ml.models.unet import build_unet
+
+    same, other = tmp_path / "same.keras", tmp_path / "other.keras"
+    for path, seed, holdout in ((same, 0, ["sammba", "emory"]), (other, 1, ["sammba"])):
+        build_unet(width=2).save(path)
+        path.with_name(path.stem + "_training.json").write_text(json.dumps(
+            {"config": {"seed": seed, "holdout": holdout, "val_fraction": 0.1}}))
+    for args, noted in ((["--init", same], False), (["--init", other], True),
+                        (["--average-of", same, other], True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            assert _train_masker(tmp_path, *args) == 0
+        err = capsys.readouterr().err
+        option = args[0]
+        words = (f"note: {option} {other} was trained on another split of the subjects "
+                 "(holdout ['sammba'], here ['sammba', 'emory'], seed 1, here 0)")
+        assert (words in err) is noted, err
+        assert "same.keras was trained on another split" not in err
+
+
 def test_time_limit_before_the_first_epoch_is_an_error(tmp_path, capsys, tiny_slices):
     """A data set that took the whole --max-minutes gave an untrained model, saved as if
     trained; now one line and nothing written."""

@@ -181,6 +181,32 @@ DATA_KEYS = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction"
              "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction", "stripped_rim")  # fmt: skip
 
 
+#: the :class:`TrainConfig` fields that choose the validation subjects (:func:`split_groups`)
+SPLIT_KEYS = ("holdout", "val_fraction", "seed")
+
+
+def split_note(model_path, config: TrainConfig, role: str) -> str | None:
+    """Why the validation Dice of a run starting from (``role`` ``--init``) or averaging
+    (``--average-of``) ``model_path`` may be too high: its ``_training.json`` records another
+    split of the subjects than ``config``'s, so some of this run's validation subjects may
+    have been its training data. None where the splits agree or nothing is recorded."""
+    info = Path(model_path).with_name(Path(model_path).stem + "_training.json")
+    try:
+        saved = json.loads(info.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    here = json.loads(json.dumps({k: getattr(config, k) for k in SPLIT_KEYS}))
+    diff = [k for k in SPLIT_KEYS if k in saved and saved[k] != here[k]]
+    if not diff:
+        return None
+    shown = ", ".join(f"{k} {saved[k]!r}, here {here[k]!r}" for k in diff)
+    return (f"{role} {model_path} was trained on another split of the subjects ({shown}): "
+            "some validation subjects here may have been its training data, so the validation "
+            "Dice can be too high; hint: give the data options of its _training.json")
+
+
 def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
     """:func:`build_dataset`, stored in / read from ``config.dataset_cache`` (.npz) when set.
 
@@ -388,6 +414,8 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     # the starting model before the data set (minutes): one of another kind or width is
     # refused at once (it failed in the first batch, or trained on under a wrong card)
     init = load_init(config.init_model, config.width) if config.init_model else None
+    if init is not None and (why := split_note(config.init_model, config, "--init")):
+        _note(why)
     x, y, groups, val_m, volumes = cached_dataset(config, data_dir, cache_dir, log)
     train_m = ~val_m
     val_groups = sorted(volumes)
@@ -654,6 +682,9 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
     import keras
 
     model = average_weights(members, [str(p) for p in member_paths])  # before the data set
+    for p in member_paths:
+        if why := split_note(p, config, "--average-of"):
+            _note(why)
     _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
     val_groups = sorted(volumes)
     member_info = []
