@@ -256,6 +256,11 @@ def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
         # the brain masker (64 px too): a page-long TensorFlow error from the loss, after
         # config.json was written
         (["--init", str(masker)], f"--init {masker}: not a plate embedding model"),
+        # --ensemble alike: 'ValueError: A `Concatenate` layer requires inputs with matching
+        # shapes ...' / 'ValueError: File not found: filepath=...'
+        (["--ensemble", str(masker)], f"--ensemble {masker}: not a plate embedding model"),
+        (["--ensemble", str(tmp_path / "none.keras")],
+         f"--ensemble {tmp_path / 'none.keras'}: model file not found"),
         (["--batch-size", "48"], "needs more plates than the 12 of"),
         (["--data", str(tmp_path / "nowhere")], "nowhere/atlas: not a directory"),
     ]  # fmt: skip
@@ -376,6 +381,25 @@ def test_a_new_run_into_the_folder_of_another_is_refused(tiny_data, tmp_path, ca
     (out / "config.json").unlink()  # checkpoints without their settings: refused as well
     assert main(_tiny_run(tiny_data, out, "--iterations", 4, "--eval-every", 2)) == 2
     assert "without a readable config.json" in capsys.readouterr().err
+
+
+def test_an_ensemble_of_two_trained_runs(tiny_data, tmp_path):
+    """--ensemble of two runs (the way the shipped model is made): an embedding of both
+    members' dimensions, at the larger input size, with its config.json."""
+    import keras
+
+    from samri_ml.cli.train_plates import main
+
+    runs = []
+    for size in (32, 64):
+        runs.append(tmp_path / f"run{size}")
+        assert main(_tiny_run(tiny_data, runs[-1], "--iterations", 2, "--eval-every", 2,
+                              "--size", size)) == 0
+    out = tmp_path / "ensemble"
+    assert main(["--out", str(out), "--ensemble", *(str(r / "best.keras") for r in runs)]) == 0
+    model = keras.saving.load_model(out / "best.keras", compile=False)
+    assert model.input_shape == (None, 64, 64, 1) and model.output_shape == (None, 128)
+    assert json.loads((out / "config.json").read_text())["size"] == 64
 
 
 def test_the_same_settings_start_the_run_again(tiny_data, tmp_path):

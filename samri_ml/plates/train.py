@@ -412,31 +412,40 @@ def _write_files(folder: Path, writers: dict) -> None:
 
 
 def _load_init(path, size: int):
-    """The ``--init`` model, refused in one line where it is missing, no Keras model, no plate
-    embedding (e.g. the brain masker), or made for another input size than ``size``."""
-    import keras
-
+    """The ``--init`` model (:func:`load_embedding`), refused in one line where it is made
+    for another input size than ``size``."""
     from samri_ml.errors import SamriMLError
 
-    if not Path(path).is_file():
-        raise SamriMLError(f"--init {path}: model file not found; hint: give the path of a "
-                           ".keras file")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError) as err:
-        raise SamriMLError(f"--init {path}: not a Keras model ({str(err).split('. ')[0]})") \
-            from err
-    from samri_ml.plates.identify import _is_embedding
-
-    if not _is_embedding(model):  # the masker, say: a page of TensorFlow error in the loss
-        raise SamriMLError(f"--init {path}: not a plate embedding model (it takes "
-                           f"{model.input_shape} inputs and gives {model.output_shape} "
-                           "outputs; a plate embedding maps a grey image to one vector); "
-                           "hint: give a model of samri_ml-train-plates (its best.keras)")
+    model = load_embedding(path, "--init")
     side = model.input_shape[1]
     if side is not None and side != size:
         raise SamriMLError(f"--init {path} takes {side} px images, the run {size} px (--size); "
                            f"hint: pass --size {side}")
+    return model
+
+
+def load_embedding(path, option: str):
+    """A plate embedding model given with ``option`` (``--init``, ``--ensemble``), refused in
+    one line where it is missing, no Keras model, or no plate embedding (e.g. the brain
+    masker: a page of TensorFlow error in the loss, or in the ensemble's Concatenate)."""
+    import keras
+
+    from samri_ml.errors import SamriMLError
+    from samri_ml.plates.identify import _is_embedding
+
+    if not Path(path).is_file():
+        raise SamriMLError(f"{option} {path}: model file not found; hint: give the path of a "
+                           ".keras file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError) as err:
+        raise SamriMLError(f"{option} {path}: not a Keras model "
+                           f"({str(err).split('. ')[0]})") from err
+    if not _is_embedding(model):
+        raise SamriMLError(f"{option} {path}: not a plate embedding model (it takes "
+                           f"{model.input_shape} inputs and gives {model.output_shape} "
+                           "outputs; a plate embedding maps a grey image to one vector); "
+                           "hint: give a model of samri_ml-train-plates (its best.keras)")
     return model
 
 
@@ -527,12 +536,11 @@ def make_ensemble_run(member_paths, run_dir) -> Path:
     """Write ``run_dir/best.keras`` = :func:`samri_ml.models.siamese.build_ensemble` of the
     member models (input: the largest member input), and a ``config.json`` for
     :func:`export_and_measure`."""
-    import keras
 
     from samri_ml.models.siamese import build_ensemble
 
     crop_threshold = members_crop_threshold(member_paths)
-    members = [keras.saving.load_model(p, compile=False) for p in member_paths]
+    members = [load_embedding(p, "--ensemble") for p in member_paths]
     size = max(int(m.input_shape[1]) for m in members)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
