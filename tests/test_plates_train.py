@@ -8,6 +8,7 @@ chance. Runs in well under a minute on two CPU cores.
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -246,6 +247,9 @@ def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
     from samri_ml.masking.predict import default_model_path
 
     masker = default_model_path()
+    unknown = tmp_path / "unknown"
+    shutil.copytree(tiny_data, unknown)
+    shutil.copy(unknown / "train" / f"{PLATES[0]}.png", unknown / "train" / "999.png")
 
     out = tmp_path / "run"
     base = ["--data", str(tiny_data), "--out", str(out), "--size", "64", "--batch-size", "12"]
@@ -263,6 +267,10 @@ def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
          f"--ensemble {tmp_path / 'none.keras'}: model file not found"),
         (["--batch-size", "48"], "needs more plates than the 12 of"),
         (["--data", str(tmp_path / "nowhere")], "nowhere/atlas: not a directory"),
+        # a section of a plate the atlas lacks (a lab's partial atlas, a mistyped name):
+        # 'KeyError: 999' at the first batch, after config.json was written
+        (["--data", str(unknown)], f"{unknown / 'train' / '999.png'}: plate 999 (from the "
+                                   "file name) is not in the atlas"),
     ]  # fmt: skip
     for args, words in cases:
         assert main([*base, *args]) == 1, args

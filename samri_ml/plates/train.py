@@ -30,7 +30,7 @@ import numpy as np
 
 from samri_ml.io import json_dumps
 from samri_ml.plates.augment import section_like
-from samri_ml.plates.data import load_atlas, load_sections, preprocess
+from samri_ml.plates.data import check_labels, load_atlas, load_sections, preprocess
 from samri_ml.plates.metrics import format_metrics, ranking_metrics
 
 
@@ -226,13 +226,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
     def prep(im):
         return preprocess(im, cfg.size, crop_threshold=cfg.crop_threshold)
 
+    sections = {}
+    for split in ("train", "val_1", "val_2"):
+        paths, labels, imgs = load_sections(data / split)
+        check_labels(paths, labels, plates)
+        sections[split] = labels, [prep(im) for im in imgs]
     plate_imgs = np.stack([prep(im) for im in pimgs])
-    _, tr_lab, tr_imgs = load_sections(data / "train")
-    tr_imgs = [prep(im) for im in tr_imgs]
-    _, v1_lab, v1 = load_sections(data / "val_1")
-    v1 = np.stack([prep(im) for im in v1])
-    _, v2_lab, v2 = load_sections(data / "val_2")
-    v2 = np.stack([prep(im) for im in v2])
+    tr_lab, tr_imgs = sections["train"]
+    (v1_lab, v1), (v2_lab, v2) = ((lab, np.stack(ims)) for lab, ims in
+                                  (sections["val_1"], sections["val_2"]))
 
     if cfg.init:
         # fine-tune a previous run (e.g. a second phase at a lower learning rate)
@@ -487,7 +489,8 @@ def export_and_measure(
                      region_weight=region_weight,
                      crop_threshold=cfg.get("crop_threshold", "otsu"))  # fmt: skip
         ident = PlateIdentifier(tmp / "plates_embedding.keras", tmp / "plates_index.npz")
-        for split, (_, labels, imgs) in splits.items():
+        for split, (paths, labels, imgs) in splits.items():
+            check_labels(paths, labels, ident.plates)  # inside: a refused export writes nothing
             ident.rank(imgs[:1])
             t0 = time.perf_counter()
             res = ident.rank(imgs)
