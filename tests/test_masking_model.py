@@ -1096,6 +1096,39 @@ def test_evaluate_masker_refuses_a_model_of_the_other_kind_before_the_scans(tmp_
         assert len(err) == 1 and words in err[0] and str(model) in err[0], err
 
 
+def test_a_model_trained_on_fewer_views_gets_a_note(tmp_path, capsys, phantom):
+    """A lab's model trained with --views coronal (the seed's method) was run by samri_ml-mask
+    --model, evaluate-masker and MaskBrain along all three views by default, on sagittal and
+    axial slices it never saw, without a word. Now a note names the views and the option.
+    (The shipped weights, recorded here as coronal-only.)"""
+    import shutil
+    import warnings
+
+    from samri_ml.cli.mask import main as mask
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.interfaces import MaskBrain
+
+    model = tmp_path / "coronal.keras"
+    shutil.copy(default_model_path(), model)
+    (tmp_path / "coronal_training.json").write_text(json.dumps({"config": {"views":
+                                                                           ["coronal"]}}))
+    scan = tmp_path / "t2.nii.gz"
+    nb.save(phantom["T2w"], scan)
+    words = (f"note: {model} was trained on coronal slices only (its _training.json), not "
+             "sagittal and axial; hint: predict along those alone (--views coronal)")
+    for views, noted in (([], True), (["--views", "coronal"], False)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            assert mask([str(scan), str(tmp_path / "m.nii.gz"), "--model", str(model),
+                         *views]) == 0
+        assert (words in capsys.readouterr().err) is noted
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        MaskBrain(in_file=str(scan), model=str(model)).run(cwd=str(tmp_path))
+    assert any(issubclass(w.category, SamriMLNote) and "trained on coronal slices only"
+               in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
 def test_a_missing_data_folder_names_where_it_was_looked_for(tmp_path, capsys, monkeypatch):
     """From an installed package the default data folder is beside site-packages: the
     message named that path and hinted at --data-dir only, not SAMRI_ML_SHARED_DATA
