@@ -864,6 +864,37 @@ def test_dataset_cache_of_other_scans_is_rebuilt(tmp_path):
     assert np.allclose(x, x_new, atol=1e-2)  # the cache stored float16
 
 
+def test_ctrl_c_while_the_dataset_cache_is_written_leaves_none(tmp_path, monkeypatch,
+                                                                sigint_as_in_a_terminal):
+    """Ctrl-C while the (hundreds of MB) cache was written left a truncated .npz, which the
+    next run refused ('not a data set cache ...; hint: remove that file'). Now it is written
+    under a temporary name and renamed: no cache, and the next run builds it."""
+    import os
+    import signal
+
+    from samri_ml.masking import train as mt
+
+    data = _dama_like(tmp_path / "a", ["s1", "s2", "s3"], 0)
+    config = mt.TrainConfig(holdout=("sammba", "emory", "templates"), synth_per_dama=0,
+                            dataset_cache=str(tmp_path / "dc.npz"), val_fraction=0.34)
+    real_savez = np.savez
+
+    def ctrl_c_while_writing(file, **arrays):  # the first array written, then Ctrl-C
+        real_savez(file, x=arrays["x"])
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(np, "savez", ctrl_c_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        mt.cached_dataset(config, data, tmp_path / "masks", log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    monkeypatch.setattr(np, "savez", real_savez)
+    logged = []
+    mt.cached_dataset(config, data, tmp_path / "masks", log=logged.append)
+    assert logged[0] == "building the data set ...", logged
+    mt.cached_dataset(config, data, tmp_path / "masks", log=logged.append)
+    assert logged[-1] == f"data set read from {tmp_path / 'dc.npz'}"
+
+
 def test_a_head_in_a_large_zero_padded_grid_is_masked_as_in_its_own(phantom):
     """The slices are resized to 64 px, so a head in a grid several times its own size looked
     small and its mask ballooned (an audit: a head off-centre in a grid 2.5 times its own got

@@ -256,9 +256,13 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
             for i, (image, mask) in enumerate(items):
                 arrays[f"vimg|{group}|{i}"] = image
                 arrays[f"vmsk|{group}|{i}"] = mask.astype(np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, x=x.astype(np.float16), y=y.astype(np.uint8), groups=groups, is_val=is_val,
-                 settings=settings, **arrays)  # fmt: skip
+        from samri_ml.bids import atomic_target
+
+        # through a temporary file: Ctrl-C while the (large) cache was written left a truncated
+        # one, which the next run refused ("not a data set cache"); the rename makes it whole
+        with atomic_target(path, suffix=".npz") as tmp:
+            np.savez(tmp, x=x.astype(np.float16), y=y.astype(np.uint8), groups=groups,
+                     is_val=is_val, settings=settings, **arrays)  # fmt: skip
     return x, y, groups, is_val, vols
 
 
