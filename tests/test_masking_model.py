@@ -987,14 +987,15 @@ def test_ctrl_c_while_the_model_is_saved_keeps_a_complete_set(tmp_path, capsys, 
                                                               sigint_as_in_a_terminal):
     """Ctrl-C just after the last epoch truncated OUT (saved in place, unloadable) or left
     the new model beside the old run's json and png. Now the trained model is kept, as one
-    set with its json and png, and the note says so."""
+    set with its json and png, and the note says so; beside OUT's earlier, finished set
+    (OUT_interrupted.keras), which is left as it was."""
     import warnings
 
     import keras
 
     from samri_ml.masking import train as mt
 
-    _a_previous_run(tmp_path)
+    before = _a_previous_run(tmp_path)
     _ctrl_c_in(monkeypatch, mt, "save_without_optimizer")  # the first save: the normal one
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -1002,13 +1003,16 @@ def test_ctrl_c_while_the_model_is_saved_keeps_a_complete_set(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "samri_ml-train-masker: interrupted", err
     assert "note: interrupted after the last epoch (3 in all)" in err[-2], err
-    out = tmp_path / "m" / "out.keras"
+    out = tmp_path / "m" / "out_interrupted.keras"
+    assert f"{tmp_path / 'm' / 'out.keras'}, a finished model, was left as it was" in err[-2]
     keras.saving.load_model(out, compile=False)
-    summary = json.loads(out.with_name("out_training.json").read_text())
+    summary = json.loads(out.with_name("out_interrupted_training.json").read_text())
     assert summary["interrupted"] is True and len(summary["history"]["phase"]) == 3
-    assert out.with_name("out_loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in out.parent.iterdir()) == [
-        "out.keras", "out_loss.png", "out_training.json"]  # no temporary file
+    assert out.with_name("out_interrupted_loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([
+        *before, "out_interrupted.keras", "out_interrupted_loss.png",
+        "out_interrupted_training.json"])  # no temporary file
+    assert {n: (out.parent / n).read_bytes() for n in before} == before
 
 
 def test_ctrl_c_twice_while_saving_leaves_the_previous_set(tmp_path, capsys, tiny_slices,
@@ -1023,7 +1027,8 @@ def test_ctrl_c_twice_while_saving_leaves_the_previous_set(tmp_path, capsys, tin
         warnings.simplefilter("default")
         assert _train_masker(tmp_path) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert "and again while saving" in err[-2] and "were left as they were" in err[-2], err
+    assert "and again while saving: nothing was saved" in err[-2], err
+    assert f"{tmp_path / 'm' / 'out.keras'}, a finished model, was left as it was" in err[-2]
     out = tmp_path / "m"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 

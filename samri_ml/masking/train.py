@@ -584,15 +584,15 @@ def _save_interrupted(model, out_path, config, history, counts, t_start, what: s
     A finished model at ``out_path`` is not replaced by them (a rerun into its name stopped
     after an epoch put a one-epoch model there): they go to :func:`interrupted_path`."""
     target = interrupted_path(out_path) if _finished_model(out_path) else out_path
+    kept = (f"; {out_path}, a finished model, was left as it was" if target != out_path
+            else "")
     try:
         _save_run(model, target, config, history, counts, t_start, interrupted=True)
     except DeferredInterrupt:
         pass  # saved all the same
     except KeyboardInterrupt:
-        _note(f"{what}, and again while saving: {_kept(target)}")
+        _note(f"{what}, and again while saving: {_kept(target)}{kept}")
         raise
-    kept = (f"; {out_path}, a finished model, was left as it was" if target != out_path
-            else "")
     _note(f"{what}: {target} holds the best weights so far (its _training.json says "
           f"'interrupted'; no validation Dice){kept}")
 
