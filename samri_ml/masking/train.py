@@ -198,7 +198,11 @@ def split_note(model_path, config: TrainConfig, role: str) -> str | None:
     if not isinstance(saved, dict):
         return None
     here = json.loads(json.dumps({k: getattr(config, k) for k in SPLIT_KEYS}))
-    diff = [k for k in SPLIT_KEYS if k in saved and saved[k] != here[k]]
+
+    def split_of(key, value):  # the templates are never split (always trained on)
+        return sorted(set(value) - {"templates"}) if key == "holdout" else value
+
+    diff = [k for k in SPLIT_KEYS if k in saved and split_of(k, saved[k]) != split_of(k, here[k])]
     if not diff:
         return None
     shown = ", ".join(f"{k} {saved[k]!r}, here {here[k]!r}" for k in diff)
