@@ -370,3 +370,84 @@ def test_the_plates_reproduce_commands_train_and_ship_the_shipped_ensemble():
     shipped = [Path(m).parent.name for m in metrics["config"]["members"]]
     assert ensemble == shipped, (ensemble, shipped)
     assert trained == set(shipped), (trained, shipped)
+
+
+def _documented_commands(text: str, program: str) -> list[list[str]]:
+    """The complete ``program`` commands of a doc (inline ``code`` or indented blocks; lines
+    joined at a trailing backslash); synopses with ``[...]``, ``|`` or one-letter
+    placeholders (``P``, ``F``) and mentions of options alone (no value: ``--figures``) are
+    left out. ``DATA`` stays a token for the caller."""
+    import re
+    import shlex
+
+    flat = re.sub(r"\\\n\s*", " ", text)
+    found = re.findall(rf"``?({program} [^`]*)``?", flat)
+    found += re.findall(rf"^\s*(?:\$ )?({program} [^`\n]*)$", flat, flags=re.M)
+    out = []
+    for command in dict.fromkeys(" ".join(c.split()) for c in found):
+        argv = shlex.split(command, comments=True)
+        if any(t.startswith("[") or "|" in t or (len(t) == 1 and t.isupper()) for t in argv):
+            continue
+        if all(t.startswith("-") for t in argv[1:]):
+            continue
+        out.append(argv)
+    return out
+
+
+def test_the_masker_card_commands_parse_and_train_the_shipped_model():
+    """The masker's model card and docs/masking.rst give the training commands a lab runs to
+    reproduce or extend the shipped model; none was checked against today's flags (only the
+    plates' were). Each must parse, and the shipped model's (J: OUT unet_brainmask.keras)
+    must give the settings its _training.json records."""
+    import json
+
+    from samri_ml.cli.evaluate_masker import get_parser as evaluate_parser
+    from samri_ml.cli.train_masker import get_parser as train_parser
+
+    card = (ROOT / "samri_ml" / "data" / "models" / "unet_brainmask.md").read_text()
+    data = card.split("takes the data options `", 1)[1].split("`", 1)[0].split()
+    assert "--dataset-cache" in data, data  # the card's DATA, as the card defines it
+    parsers = {"samri_ml-train-masker": train_parser(),
+               "samri_ml-evaluate-masker": evaluate_parser()}
+    shipped = None
+    n = 0
+    for doc in (card, (ROOT / "docs" / "masking.rst").read_text()):
+        for program, parser in parsers.items():
+            for argv in _documented_commands(doc, program):
+                if "DATA" in argv:
+                    at = argv.index("DATA")
+                    argv[at:at + 1] = data
+                args = parser.parse_args(argv[1:])  # exit 2 (SystemExit) on a stale flag
+                n += 1
+                if program.endswith("train-masker") and args.out.name == "unet_brainmask.keras":
+                    shipped = args
+    assert n >= 10 and shipped is not None, n
+    recorded = json.loads((ROOT / "samri_ml" / "data" / "models" /
+                           "unet_brainmask_training.json").read_text())["config"]
+    for key in ("width", "holdout", "synth_per_dama", "synth_per_template", "snout_neck",
+                "views", "crops_per_scan", "crop_fraction", "stripped_rim", "seed",
+                "learning_rate", "epochs_plain", "epochs_augmented", "steps_per_epoch",
+                "max_minutes", "threads"):
+        got = getattr(shipped, key)
+        assert (list(got) if isinstance(got, tuple | list) else got) == recorded[key], key
+    assert shipped.init.name == recorded["init_model"]
+
+
+def test_the_plates_card_and_docs_commands_parse():
+    """Every complete samri_ml-train-plates / samri_ml-evaluate-plates command of the plate
+    model card and docs/plates.rst parses with today's flags (the "Reproduce" block alone
+    was checked)."""
+    from samri_ml.cli.evaluate_plates import build_parser as evaluate_parser
+    from samri_ml.cli.train_plates import build_parser as train_parser
+
+    parsers = {"samri_ml-train-plates": train_parser(),
+               "samri_ml-evaluate-plates": evaluate_parser()}
+    n = 0
+    for doc in (ROOT / "samri_ml" / "data" / "models" / "plates_embedding.md",
+                ROOT / "docs" / "plates.rst"):
+        text = doc.read_text()
+        for program, parser in parsers.items():
+            for argv in _documented_commands(text, program):
+                parser.parse_args(argv[1:])
+                n += 1
+    assert n >= 10, n

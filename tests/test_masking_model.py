@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -327,7 +328,7 @@ def test_weight_average_of_two_models():
     same = average_weights([a, a])
     x = np.random.default_rng(1).random((2, 64, 64, 1), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(same(x)), np.asarray(a(x)), atol=1e-6)
-    with pytest.raises(SamriMLError, match="differ in architecture"):
+    with pytest.raises(SamriMLError, match=r"differs from model 1 in architecture \(widths 2 and 4\)"):
         average_weights([a, build_unet(width=4)])
 
 
@@ -599,6 +600,83 @@ def test_train_masker_checks_init_and_its_folder_first(tmp_path, capsys, monkeyp
     assert "is a folder" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def test_train_masker_refuses_init_and_average_of_other_models_first(tmp_path, capsys,
+                                                                      monkeypatch):
+    """--init with the plate embedding failed after the data set was built ('ValueError: Input
+    0 ... expected shape=(None, 224, 224, 1)'); --init of a width-2 U-Net with --width 16
+    trained it and wrote width 16 into _training.json; --average-of models of two widths was
+    refused only after the data set. Now each in one line, before the data set."""
+    from samri_ml.masking import train as mt
+    from samri_ml.models.unet import build_unet
+    from samri_ml.plates.identify import default_model_dir
+
+    def never(*a, **k):
+        raise AssertionError("the data set was built")
+
+    monkeypatch.setattr(mt, "cached_dataset", never)
+    narrow, wide = tmp_path / "w2.keras", tmp_path / "w4.keras"
+    build_unet(width=2).save(narrow)
+    build_unet(width=4).save(wide)
+    plates = default_model_dir("default") / "plates_embedding.keras"
+    cases = [
+        (["--init", plates], f"--init {plates}: not a brain-masking model"),
+        (["--init", wide], f"--init {wide} is a U-Net of width 4, the run's --width is 2; "
+                           "hint: pass --width 4"),
+        (["--average-of", narrow, wide], f"--average-of: {wide} differs from {narrow} in "
+                                         "architecture (widths 2 and 4)"),
+    ]
+    for args, words in cases:
+        assert _train_masker(tmp_path, *args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_masker_init_of_the_runs_width_trains(tmp_path, tiny_slices):
+    """The fine-tuning the model card describes: --init of a U-Net of the run's width."""
+    import keras
+
+    from samri_ml.models.unet import build_unet
+
+    init = build_unet(width=4)
+    init.save(tmp_path / "w4.keras")
+    assert _train_masker(tmp_path, "--init", tmp_path / "w4.keras", "--width", "4") == 0
+    out = tmp_path / "m" / "out.keras"
+    summary = json.loads(out.with_name("out_training.json").read_text())
+    assert summary["config"]["width"] == 4
+    trained = keras.saving.load_model(out, compile=False)
+    assert [w.shape for w in trained.get_weights()] == [w.shape for w in init.get_weights()]
+
+
+def test_init_and_average_of_models_of_another_split_get_a_note(tmp_path, capsys, tiny_slices):
+    """--init or --average-of a model trained with another --seed or --holdout: its
+    training subjects may be this run's validation subjects, and the validation Dice in
+    _training.json (the number the card's choices rest on) came out too high without a
+    word. Now a note names the model and the settings that differ; none where they agree."""
+    import warnings
+
+    from samri_ml.models.unet import build_unet
+
+    same, other = tmp_path / "same.keras", tmp_path / "other.keras"
+    # same: the templates are never split, so holding them out too changes no split
+    for path, seed, holdout in ((same, 0, ["emory", "sammba", "templates"]),
+                                (other, 1, ["sammba"])):
+        build_unet(width=2).save(path)
+        path.with_name(path.stem + "_training.json").write_text(json.dumps(
+            {"config": {"seed": seed, "holdout": holdout, "val_fraction": 0.1}}))
+    for args, noted in ((["--init", same], False), (["--init", other], True),
+                        (["--average-of", same, other], True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            assert _train_masker(tmp_path, *args) == 0
+        err = capsys.readouterr().err
+        option = args[0]
+        words = (f"note: {option} {other} was trained on another split of the subjects "
+                 "(holdout ['sammba'], here ['sammba', 'emory'], seed 1, here 0)")
+        assert (words in err) is noted, err
+        assert "same.keras was trained on another split" not in err
+
+
 def test_time_limit_before_the_first_epoch_is_an_error(tmp_path, capsys, tiny_slices):
     """A data set that took the whole --max-minutes gave an untrained model, saved as if
     trained; now one line and nothing written."""
@@ -635,7 +713,6 @@ def test_ctrl_c_keeps_the_best_weights_so_far(tmp_path, capsys, tiny_slices, mon
     """Ctrl-C lost the whole training (the model was saved at the end only). Now the best
     weights so far are saved, marked interrupted, and the command still ends with its one
     ``interrupted`` line (exit 130)."""
-    import json
     import warnings
 
     import keras
@@ -658,6 +735,49 @@ def test_ctrl_c_keeps_the_best_weights_so_far(tmp_path, capsys, tiny_slices, mon
     model.compile(loss=bce_dice_loss)
     loss = model.evaluate(xv, yv, batch_size=4, verbose=0)
     assert loss == pytest.approx(min(summary["history"]["val_loss"]), rel=1e-3)
+
+
+def test_ctrl_c_does_not_replace_a_finished_model(tmp_path, capsys, tiny_slices, monkeypatch,
+                                                  sigint_as_in_a_terminal):
+    """A rerun into the name of a finished model (by mistake, or with other settings),
+    stopped with Ctrl-C after two epochs, replaced that model with the two-epoch weights
+    ('OUT holds the best weights so far'). Now they go to OUT_interrupted.keras and OUT is
+    left as it was; an interrupted OUT is still replaced by the next interrupted run."""
+    import warnings
+
+    assert _train_masker(tmp_path) == 0
+    out = tmp_path / "m" / "out.keras"
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    _ctrl_c_at_epoch(monkeypatch, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert _train_masker(tmp_path, "--learning-rate", "0.1") == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    side = out.with_name("out_interrupted.keras")
+    assert f"note: interrupted after 2 epoch(s): {side} holds the best weights" in err[-2], err
+    assert f"{out}, a finished model, was left as it was" in err[-2], err
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir() if p.name in before} == before
+    summary = json.loads(side.with_name("out_interrupted_training.json").read_text())
+    assert summary["interrupted"] is True and summary["config"]["learning_rate"] == 0.1
+    assert side.with_name("out_interrupted_loss.png").is_file()
+    # an interrupted OUT is the run's own to replace
+    interrupted_out = tmp_path / "m2" / "out.keras"
+    for learning_rate in ("0.1", "0.2"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            assert _train_masker_into(interrupted_out, learning_rate) == 130
+    capsys.readouterr()
+    summary = json.loads(interrupted_out.with_name("out_training.json").read_text())
+    assert summary["config"]["learning_rate"] == 0.2 and summary["interrupted"] is True
+    assert not interrupted_out.with_name("out_interrupted.keras").exists()
+
+
+def _train_masker_into(out, learning_rate):
+    from samri_ml.cli.train_masker import main
+
+    return main([str(out), "--width", "2", "--epochs-plain", "3", "--epochs-augmented", "0",
+                 "--steps-per-epoch", "2", "--batch-size", "4", "--learning-rate",
+                 learning_rate, "--data-dir", str(out.parent.parent)])
 
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, capsys, tiny_slices,
@@ -699,6 +819,82 @@ def test_dataset_cache_without_npz_suffix_is_reused(tmp_path, monkeypatch):
     for name in ("other.npz", "text.npz"):
         with pytest.raises(SamriMLError, match="not a data set cache of samri_ml-train-masker"):
             mt.cached_dataset(mt.TrainConfig(dataset_cache=str(tmp_path / name)))
+
+
+def _dama_like(folder, names, seed):
+    """``folder/mri/scans/dama/{image,mask}/NAME.nii.gz``: small skull-stripped balls."""
+    import nibabel as nb
+
+    rng = np.random.default_rng(seed)
+    grid = np.indices((24, 24, 24)).astype(np.float32) - 11.5
+    for name in names:
+        radius = rng.uniform(6, 10)
+        mask = (np.sqrt((grid**2).sum(axis=0)) < radius).astype(np.uint8)
+        image = (mask * rng.uniform(0.5, 1.0, mask.shape)).astype(np.float32)
+        for sub, data in (("image", image), ("mask", mask)):
+            (folder / "mri/scans/dama" / sub).mkdir(parents=True, exist_ok=True)
+            nb.save(nb.Nifti1Image(data, np.diag([0.15, 0.15, 0.15, 1])),
+                    folder / "mri/scans/dama" / sub / f"{name}.nii.gz")
+    return folder
+
+
+def test_dataset_cache_of_other_scans_is_rebuilt(tmp_path):
+    """``--dataset-cache`` was keyed by the settings alone: a run with another --data-dir (a
+    lab's own scans), or after a scan was replaced, trained on the cached slices of the old
+    scans without a word. The real data set builder on scans written here."""
+    from samri_ml.masking import train as mt
+
+    a = _dama_like(tmp_path / "a", ["s1", "s2", "s3"], 0)
+    b = _dama_like(tmp_path / "b", ["t1", "t2", "t3"], 1)
+    config = mt.TrainConfig(holdout=("sammba", "emory", "templates"), synth_per_dama=0,
+                            dataset_cache=str(tmp_path / "dc.npz"), val_fraction=0.34)
+
+    def groups(data_dir):
+        logged = []
+        _, _, g, _, _ = mt.cached_dataset(config, data_dir, tmp_path / "masks", logged.append)
+        return sorted({str(n).split("/")[1] for n in g}), logged
+
+    assert groups(a)[0] == ["s1", "s2", "s3"]
+    got, logged = groups(a)
+    assert got == ["s1", "s2", "s3"] and logged == [f"data set read from {tmp_path / 'dc.npz'}"]
+    got, logged = groups(b)  # another folder: its own scans, not the cached ones
+    assert got == ["t1", "t2", "t3"], logged
+    assert "holds a data set of other settings or scans" in logged[0]
+    _dama_like(tmp_path / "b", ["t1"], 5)  # a scan replaced under its name
+    x_new = mt.build_dataset(config, b, tmp_path / "masks", log=lambda m: None)[0]
+    x, *_ = mt.cached_dataset(config, b, tmp_path / "masks", lambda m: None)
+    assert np.allclose(x, x_new, atol=1e-2)  # the cache stored float16
+
+
+def test_ctrl_c_while_the_dataset_cache_is_written_leaves_none(tmp_path, monkeypatch,
+                                                                sigint_as_in_a_terminal):
+    """Ctrl-C while the (hundreds of MB) cache was written left a truncated .npz, which the
+    next run refused ('not a data set cache ...; hint: remove that file'). Now it is written
+    under a temporary name and renamed: no cache, and the next run builds it."""
+    import os
+    import signal
+
+    from samri_ml.masking import train as mt
+
+    data = _dama_like(tmp_path / "a", ["s1", "s2", "s3"], 0)
+    config = mt.TrainConfig(holdout=("sammba", "emory", "templates"), synth_per_dama=0,
+                            dataset_cache=str(tmp_path / "dc.npz"), val_fraction=0.34)
+    real_savez = np.savez
+
+    def ctrl_c_while_writing(file, **arrays):  # the first array written, then Ctrl-C
+        real_savez(file, x=arrays["x"])
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(np, "savez", ctrl_c_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        mt.cached_dataset(config, data, tmp_path / "masks", log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    monkeypatch.setattr(np, "savez", real_savez)
+    logged = []
+    mt.cached_dataset(config, data, tmp_path / "masks", log=logged.append)
+    assert logged[0] == "building the data set ...", logged
+    mt.cached_dataset(config, data, tmp_path / "masks", log=logged.append)
+    assert logged[-1] == f"data set read from {tmp_path / 'dc.npz'}"
 
 
 def test_a_head_in_a_large_zero_padded_grid_is_masked_as_in_its_own(phantom):
@@ -797,15 +993,15 @@ def test_ctrl_c_while_the_model_is_saved_keeps_a_complete_set(tmp_path, capsys, 
                                                               sigint_as_in_a_terminal):
     """Ctrl-C just after the last epoch truncated OUT (saved in place, unloadable) or left
     the new model beside the old run's json and png. Now the trained model is kept, as one
-    set with its json and png, and the note says so."""
-    import json
+    set with its json and png, and the note says so; beside OUT's earlier, finished set
+    (OUT_interrupted.keras), which is left as it was."""
     import warnings
 
     import keras
 
     from samri_ml.masking import train as mt
 
-    _a_previous_run(tmp_path)
+    before = _a_previous_run(tmp_path)
     _ctrl_c_in(monkeypatch, mt, "save_without_optimizer")  # the first save: the normal one
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -813,13 +1009,16 @@ def test_ctrl_c_while_the_model_is_saved_keeps_a_complete_set(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "samri_ml-train-masker: interrupted", err
     assert "note: interrupted after the last epoch (3 in all)" in err[-2], err
-    out = tmp_path / "m" / "out.keras"
+    out = tmp_path / "m" / "out_interrupted.keras"
+    assert f"{tmp_path / 'm' / 'out.keras'}, a finished model, was left as it was" in err[-2]
     keras.saving.load_model(out, compile=False)
-    summary = json.loads(out.with_name("out_training.json").read_text())
+    summary = json.loads(out.with_name("out_interrupted_training.json").read_text())
     assert summary["interrupted"] is True and len(summary["history"]["phase"]) == 3
-    assert out.with_name("out_loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in out.parent.iterdir()) == [
-        "out.keras", "out_loss.png", "out_training.json"]  # no temporary file
+    assert out.with_name("out_interrupted_loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([
+        *before, "out_interrupted.keras", "out_interrupted_loss.png",
+        "out_interrupted_training.json"])  # no temporary file
+    assert {n: (out.parent / n).read_bytes() for n in before} == before
 
 
 def test_ctrl_c_twice_while_saving_leaves_the_previous_set(tmp_path, capsys, tiny_slices,
@@ -834,7 +1033,8 @@ def test_ctrl_c_twice_while_saving_leaves_the_previous_set(tmp_path, capsys, tin
         warnings.simplefilter("default")
         assert _train_masker(tmp_path) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert "and again while saving" in err[-2] and "were left as they were" in err[-2], err
+    assert "and again while saving: nothing was saved" in err[-2], err
+    assert f"{tmp_path / 'm' / 'out.keras'}, a finished model, was left as it was" in err[-2]
     out = tmp_path / "m"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
@@ -843,7 +1043,6 @@ def test_ctrl_c_during_the_renames_waits_for_all(tmp_path, capsys, tiny_slices, 
                                                  sigint_as_in_a_terminal):
     """SIGINT after the first of the three renames: the other two are done all the same
     (Ctrl-C deferred), so the set is this run's, complete, and not resaved as interrupted."""
-    import json
     import os
     import warnings
 
@@ -915,6 +1114,61 @@ def test_a_large_volume_is_predicted_with_few_copies_of_it(phantom):
         tracemalloc.stop()
     assert prob.shape == big.shape and prob.dtype == np.float32
     assert peak < 4 * big.nbytes + 3 * slices, (peak / big.nbytes, peak / 1e6)
+
+
+def test_evaluate_masker_refuses_a_model_of_the_other_kind_before_the_scans(tmp_path, capsys,
+                                                                           monkeypatch):
+    """``samri_ml-evaluate-masker --model`` with the plate embedding (or a missing file) read
+    every scan first (40 s with the shared data, a registration on a fresh cache) and printed
+    a note about the model's missing _training.json before the error. Now the one line at
+    once."""
+    from samri_ml.cli import evaluate_masker
+    from samri_ml.masking import data
+    from samri_ml.plates.identify import default_model_dir
+
+    def never(*a, **k):
+        raise AssertionError("the scans were read")
+
+    monkeypatch.setattr(data, "real_scans", never)
+    plates = default_model_dir("default") / "plates_embedding.keras"
+    for model, words in ((plates, "not a brain-masking model"),
+                         (tmp_path / "none.keras", "model file not found")):
+        assert evaluate_masker.main(["--model", str(model), "--data-dir", str(tmp_path)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and str(model) in err[0], err
+
+
+def test_a_model_trained_on_fewer_views_gets_a_note(tmp_path, capsys, phantom):
+    """A lab's model trained with --views coronal (the seed's method) was run by samri_ml-mask
+    --model, evaluate-masker and MaskBrain along all three views by default, on sagittal and
+    axial slices it never saw, without a word. Now a note names the views and the option.
+    (The shipped weights, recorded here as coronal-only.)"""
+    import shutil
+    import warnings
+
+    from samri_ml.cli.mask import main as mask
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.interfaces import MaskBrain
+
+    model = tmp_path / "coronal.keras"
+    shutil.copy(default_model_path(), model)
+    (tmp_path / "coronal_training.json").write_text(json.dumps({"config": {"views":
+                                                                           ["coronal"]}}))
+    scan = tmp_path / "t2.nii.gz"
+    nb.save(phantom["T2w"], scan)
+    words = (f"note: {model} was trained on coronal slices only (its _training.json), not "
+             "sagittal and axial; hint: predict along those alone (--views coronal)")
+    for views, noted in (([], True), (["--views", "coronal"], False)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            assert mask([str(scan), str(tmp_path / "m.nii.gz"), "--model", str(model),
+                         *views]) == 0
+        assert (words in capsys.readouterr().err) is noted
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        MaskBrain(in_file=str(scan), model=str(model)).run(cwd=str(tmp_path))
+    assert any(issubclass(w.category, SamriMLNote) and "trained on coronal slices only"
+               in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
 def test_a_missing_data_folder_names_where_it_was_looked_for(tmp_path, capsys, monkeypatch):

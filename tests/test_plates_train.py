@@ -8,6 +8,7 @@ chance. Runs in well under a minute on two CPU cores.
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -240,9 +241,15 @@ def test_train_plates_refuses_settings_out_of_range(tiny_data, tmp_path, capsys,
 
 
 def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
-    """An ``--init`` model of another input size failed after ``config.json`` was written
-    (an OUT holding only that); so did missing data. Now one line each, and no OUT."""
+    """An ``--init`` model of another input size or kind failed after ``config.json`` was
+    written (an OUT holding only that); so did missing data. Now one line each, and no OUT."""
     from samri_ml.cli.train_plates import main
+    from samri_ml.masking.predict import default_model_path
+
+    masker = default_model_path()
+    unknown = tmp_path / "unknown"
+    shutil.copytree(tiny_data, unknown)
+    shutil.copy(unknown / "train" / f"{PLATES[0]}.png", unknown / "train" / "999.png")
 
     out = tmp_path / "run"
     base = ["--data", str(tiny_data), "--out", str(out), "--size", "64", "--batch-size", "12"]
@@ -250,8 +257,20 @@ def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
         (["--init", str(default_model_dir() / "plates_embedding.keras")],
          "takes 224 px images, the run 64 px (--size); hint: pass --size 224"),
         (["--init", str(tmp_path / "none.keras")], "none.keras: model file not found"),
+        # the brain masker (64 px too): a page-long TensorFlow error from the loss, after
+        # config.json was written
+        (["--init", str(masker)], f"--init {masker}: not a plate embedding model"),
+        # --ensemble alike: 'ValueError: A `Concatenate` layer requires inputs with matching
+        # shapes ...' / 'ValueError: File not found: filepath=...'
+        (["--ensemble", str(masker)], f"--ensemble {masker}: not a plate embedding model"),
+        (["--ensemble", str(tmp_path / "none.keras")],
+         f"--ensemble {tmp_path / 'none.keras'}: model file not found"),
         (["--batch-size", "48"], "needs more plates than the 12 of"),
         (["--data", str(tmp_path / "nowhere")], "nowhere/atlas: not a directory"),
+        # a section of a plate the atlas lacks (a lab's partial atlas, a mistyped name):
+        # 'KeyError: 999' at the first batch, after config.json was written
+        (["--data", str(unknown)], f"{unknown / 'train' / '999.png'}: plate 999 (from the "
+                                   "file name) is not in the atlas"),
     ]  # fmt: skip
     for args, words in cases:
         assert main([*base, *args]) == 1, args
@@ -372,6 +391,25 @@ def test_a_new_run_into_the_folder_of_another_is_refused(tiny_data, tmp_path, ca
     assert "without a readable config.json" in capsys.readouterr().err
 
 
+def test_an_ensemble_of_two_trained_runs(tiny_data, tmp_path):
+    """--ensemble of two runs (the way the shipped model is made): an embedding of both
+    members' dimensions, at the larger input size, with its config.json."""
+    import keras
+
+    from samri_ml.cli.train_plates import main
+
+    runs = []
+    for size in (32, 64):
+        runs.append(tmp_path / f"run{size}")
+        assert main(_tiny_run(tiny_data, runs[-1], "--iterations", 2, "--eval-every", 2,
+                              "--size", size)) == 0
+    out = tmp_path / "ensemble"
+    assert main(["--out", str(out), "--ensemble", *(str(r / "best.keras") for r in runs)]) == 0
+    model = keras.saving.load_model(out / "best.keras", compile=False)
+    assert model.input_shape == (None, 64, 64, 1) and model.output_shape == (None, 128)
+    assert json.loads((out / "config.json").read_text())["size"] == 64
+
+
 def test_the_same_settings_start_the_run_again(tiny_data, tmp_path):
     from samri_ml.cli.train_plates import main
 
@@ -383,6 +421,41 @@ def test_the_same_settings_start_the_run_again(tiny_data, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "best.json", "best.keras", "config.json", "history.json", "last.keras",
         "step_00002.keras", "step_00004.keras"]
+
+
+def test_ctrl_c_before_the_first_checkpoint_keeps_the_earlier_run(tiny_data, tmp_path, capsys,
+                                                                   monkeypatch,
+                                                                   sigint_as_in_a_terminal):
+    """A rerun with the same settings deleted the finished run's checkpoints at its start:
+    Ctrl-C before its first evaluation left OUT with config.json alone (the finished
+    best.keras gone). Now they are replaced at the first checkpoint; before it, the earlier
+    run's files are left as they were, and the note says so."""
+    import os
+    import signal
+    import warnings
+
+    from samri_ml.cli.train_plates import main
+    from samri_ml.plates import train as pt
+
+    out = tmp_path / "run"
+    argv = _tiny_run(tiny_data, out, "--iterations", 4, "--eval-every", 2)
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    class CtrlCAtTheFirstBatch(pt.BatchMaker):
+        def __call__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, at step 1
+            return super().__call__()
+
+    monkeypatch.setattr(pt, "BatchMaker", CtrlCAtTheFirstBatch)
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (f"no checkpoint was saved (the first evaluation is at step 2); the earlier run's "
+            f"files in {out} were left as they were") in err[-2], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_ctrl_c_says_which_checkpoint_was_kept(tiny_data, tmp_path):

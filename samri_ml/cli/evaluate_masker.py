@@ -119,12 +119,14 @@ def _main(argv=None) -> int:
     from samri_ml.io import json_dumps
     from samri_ml.masking.data import real_scans
     from samri_ml.masking.evaluate import by_source, evaluate, report
-    from samri_ml.masking.predict import default_model_path, load_model
+    from samri_ml.masking.predict import default_model_path, load_model, unseen_views_note
     from samri_ml.paths import existing_data_dir
 
     data_dir = existing_data_dir(args.data_dir)
     model_path = args.model or default_model_path()
     held_out = args.held_out if args.held_out is not None else _held_out(model_path)
+    model = load_model(model_path)  # before the scans (minutes): a wrong --model at once
+    unseen_views_note(args.model, args.views)
     known = held_out is not None  # else nothing is known of what the model was trained on
     held_out = list(held_out or [])
     skip = tuple(s for s in SOURCES if args.sources and s not in args.sources)
@@ -137,7 +139,7 @@ def _main(argv=None) -> int:
     if not known:
         print(f"{PROG}: note: {model_path} has no _training.json beside it and --held-out was "
               "not given: which sources it was trained on is unknown", file=sys.stderr)
-    rows = evaluate(scans, load_model(model_path), tuple(args.views), flip=args.flip,
+    rows = evaluate(scans, model, tuple(args.views), flip=args.flip,
                     figures=args.figures)
     for r in rows:
         if r["error"]:  # scored as an empty mask (Dice 0): say why

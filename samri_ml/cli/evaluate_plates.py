@@ -20,7 +20,6 @@ from samri_ml.cli._common import (
     refuse_empty_paths,
     set_tf_threads,
 )
-from samri_ml.errors import SamriMLError
 from samri_ml.io import json_dumps
 from samri_ml.plates.data import IMAGE_SUFFIXES, MIN_SIDE
 
@@ -69,7 +68,7 @@ def run(args) -> int:
 
     set_tf_threads(args.threads, PLATE_PARALLEL_OPS)
     from samri_ml.paths import existing_data_dir
-    from samri_ml.plates.data import load_atlas, load_sections
+    from samri_ml.plates.data import check_labels, load_atlas, load_sections
     from samri_ml.plates.metrics import format_metrics, ranking_metrics
 
     paths, labels, imgs = load_sections(args.images)
@@ -81,7 +80,7 @@ def run(args) -> int:
         ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant,
                                 hemisections=args.hemisections,
                                 turn_uncertain=not args.upright)
-        _check_labels(paths, labels, ident.plates)
+        check_labels(paths, labels, ident.plates)
         # an untimed pass first: loads and traces every model the sections will need (with
         # --variant auto, the multimodal one only where a section is sent to it)
         ident.rank(imgs, regions=args.regions or None, any_orientation=args.any_orientation)
@@ -100,7 +99,7 @@ def run(args) -> int:
         atlas = (Path(args.atlas) if args.atlas
                  else existing_data_dir(option="--atlas") / "plates" / "atlas")
         plates, pimgs = load_atlas(atlas)
-        _check_labels(paths, labels, plates)
+        check_labels(paths, labels, plates)
         pp = [preprocess(p, args.size) for p in pimgs]
         t0 = time.perf_counter()
         rankings = []
@@ -140,18 +139,6 @@ def _note_readings(results: list[dict], any_orientation: bool) -> None:
     if uncertain:
         print(f"{PROG}: note: {uncertain} of {n} sections are uncertain (farther from every "
               "plate than any validation section)", file=sys.stderr)
-
-
-def _check_labels(paths, labels, plates) -> None:
-    """Refuse a section whose file-name label is not a plate of the atlas (before any MAE)."""
-    known = {int(p) for p in plates}
-    for path, label in zip(paths, labels, strict=True):
-        if int(label) not in known:
-            raise SamriMLError(
-                f"{path}: plate {label} (from the file name) is not in the atlas (plates "
-                f"{min(known)}-{max(known)}); hint: name labelled sections '<plate>.png' or "
-                "'<plate>_<n>.png'"
-            )
 
 
 def _main(argv=None) -> int:

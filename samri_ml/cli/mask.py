@@ -101,11 +101,12 @@ def _main(argv=None) -> int:
     t0 = time.perf_counter()
     set_tf_threads(args.threads)
     from samri_ml.io import load_nifti
-    from samri_ml.masking.predict import apply_mask, load_model, predict_mask
+    from samri_ml.masking.predict import apply_mask, load_model, predict_mask, unseen_views_note
 
     img = load_nifti(args.in_file, allow_4d=True, squeeze=False)  # --masked keeps IN's shape
     _check_outputs(args)  # before the network runs: a refused output costs no prediction
     model = load_model(args.model)
+    unseen_views_note(args.model, args.views)
     t1 = time.perf_counter()
     mask = predict_mask(img, model, threshold=args.threshold, views=args.views, flip=args.flip,
                         max_slices=args.max_slices)

@@ -143,7 +143,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--dataset-cache",
         type=Path,
         default=None,
-        help="store/reuse the assembled slices here (.npz); reused only with the same settings",
+        help=("store/reuse the assembled slices here (.npz); reused only with the same data "
+              "settings and scans (else rebuilt)"),
     )
     p.add_argument(
         "--average-of",

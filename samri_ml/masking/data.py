@@ -170,6 +170,34 @@ def register_mask(
     return out_path
 
 
+def _mri_dir(data_dir=None) -> Path:
+    """The folder :func:`real_scans` reads (``scans/``, ``templates/``): ``data_dir/mri``, or
+    ``data_dir`` itself where it has no ``mri`` folder."""
+    root = Path(data_dir) if data_dir else shared_data_dir()
+    return root / "mri" if (root / "mri").is_dir() else root
+
+
+def data_fingerprint(data_dir=None) -> str:
+    """sha256 of the relative paths, sizes and modification times of the files under the
+    ``scans/`` and ``templates/`` folders :func:`real_scans` reads (links followed): the data
+    part of a data set cache's key. A cache built from other scans (another ``--data-dir``, a
+    scan added, replaced or removed) was read back as if it were of these."""
+    import hashlib
+
+    mri = _mri_dir(data_dir)
+    digest = hashlib.sha256()
+    for sub in ("scans", "templates"):
+        for path in sorted((mri / sub).rglob("*")):
+            try:
+                st = path.stat()
+            except OSError:  # a dangling link: no scan
+                continue
+            if path.is_file():
+                rel = path.relative_to(mri).as_posix()
+                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def real_scans(
     data_dir=None,
     cache_dir=None,
@@ -188,8 +216,7 @@ def real_scans(
     ``cache_dir`` holds registration-derived masks (default ``~/.cache/samri_ml/masks``);
     with ``register=False`` only scans whose masks exist already are returned.
     """
-    root = Path(data_dir) if data_dir else shared_data_dir()
-    mri = root / "mri" if (root / "mri").is_dir() else root
+    mri = _mri_dir(data_dir)
     cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "samri_ml" / "masks"
     scans: list[Scan] = []
     if stripped_rim not in ("fill", "cut"):

@@ -85,6 +85,29 @@ def load_model(path=None):
         raise SamriMLError(keras_load_failure(path, err)) from err
 
 
+def unseen_views_note(model_path, views) -> None:
+    """A note where ``model_path``'s ``_training.json`` (``samri_ml-train-masker``'s record)
+    says it was trained along fewer slice directions than ``views``: a model trained on
+    coronal slices alone (the seed's method, ``--views coronal``) was run along all three by
+    default, on sagittal and axial slices it never saw, without a word."""
+    import json
+    import warnings
+
+    if model_path is None:
+        return  # the shipped model: trained along all three
+    path = Path(model_path)
+    try:
+        trained = json.loads(path.with_name(path.stem + "_training.json").read_text())
+        trained = [str(v) for v in trained["config"]["views"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    unseen = [v for v in dict.fromkeys(views) if v not in trained]
+    if unseen and trained:
+        warnings.warn(f"{path} was trained on {' and '.join(trained)} slices only (its "
+                      f"_training.json), not {' and '.join(unseen)}; hint: predict along "
+                      f"those alone (--views {' '.join(trained)})", SamriMLNote, stacklevel=3)
+
+
 def predict_probabilities(model, slices: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run the network on preprocessed slices ``(n, 64, 64, 1)``; returns probabilities, same shape."""
     from keras import ops

@@ -181,13 +181,47 @@ DATA_KEYS = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction"
              "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction", "stripped_rim")  # fmt: skip
 
 
+#: the :class:`TrainConfig` fields that choose the validation subjects (:func:`split_groups`)
+SPLIT_KEYS = ("holdout", "val_fraction", "seed")
+
+
+def split_note(model_path, config: TrainConfig, role: str) -> str | None:
+    """Why the validation Dice of a run starting from (``role`` ``--init``) or averaging
+    (``--average-of``) ``model_path`` may be too high: its ``_training.json`` records another
+    split of the subjects than ``config``'s, so some of this run's validation subjects may
+    have been its training data. None where the splits agree or nothing is recorded."""
+    info = Path(model_path).with_name(Path(model_path).stem + "_training.json")
+    try:
+        saved = json.loads(info.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    here = json.loads(json.dumps({k: getattr(config, k) for k in SPLIT_KEYS}))
+
+    def split_of(key, value):  # the templates are never split (always trained on)
+        return sorted(set(value) - {"templates"}) if key == "holdout" else value
+
+    diff = [k for k in SPLIT_KEYS if k in saved and split_of(k, saved[k]) != split_of(k, here[k])]
+    if not diff:
+        return None
+    shown = ", ".join(f"{k} {saved[k]!r}, here {here[k]!r}" for k in diff)
+    return (f"{role} {model_path} was trained on another split of the subjects ({shown}): "
+            "some validation subjects here may have been its training data, so the validation "
+            "Dice can be too high; hint: give the data options of its _training.json")
+
+
 def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
     """:func:`build_dataset`, stored in / read from ``config.dataset_cache`` (.npz) when set.
 
-    The cache is used only if it was built with the same data settings.
+    The cache is used only if it was built with the same data settings from the same scans
+    (:func:`~samri_ml.masking.data.data_fingerprint` of ``data_dir``); else it is rebuilt.
     """
+    from samri_ml.masking.data import data_fingerprint
+
     settings = {k: getattr(config, k) for k in DATA_KEYS}
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
+    settings["data"] = data_fingerprint(data_dir)  # nor one of other scans
     settings = json.dumps(settings, sort_keys=True)
     path = dataset_cache_path(config.dataset_cache)
     if path is not None and path.is_file():
@@ -217,6 +251,7 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
                 # stored as float16 to halve the file; cv2 (augmentation) needs float32
                 x = f["x"].astype(np.float32)
                 return x, f["y"].astype(np.float32), f["groups"], f["is_val"], vols
+        log(f"{path} holds a data set of other settings or scans: rebuilt and replaced")
     log("building the data set ...")
     x, y, groups, is_val, vols = build_dataset(config, data_dir, cache_dir, log)
     if path is not None:
@@ -225,9 +260,13 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
             for i, (image, mask) in enumerate(items):
                 arrays[f"vimg|{group}|{i}"] = image
                 arrays[f"vmsk|{group}|{i}"] = mask.astype(np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, x=x.astype(np.float16), y=y.astype(np.uint8), groups=groups, is_val=is_val,
-                 settings=settings, **arrays)  # fmt: skip
+        from samri_ml.bids import atomic_target
+
+        # through a temporary file: Ctrl-C while the (large) cache was written left a truncated
+        # one, which the next run refused ("not a data set cache"); the rename makes it whole
+        with atomic_target(path, suffix=".npz") as tmp:
+            np.savez(tmp, x=x.astype(np.float16), y=y.astype(np.uint8), groups=groups,
+                     is_val=is_val, settings=settings, **arrays)  # fmt: skip
     return x, y, groups, is_val, vols
 
 
@@ -380,6 +419,11 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     keras.utils.set_random_seed(train_seed)
     out_path = Path(out_path)
     t_start = time.time()
+    # the starting model before the data set (minutes): one of another kind or width is
+    # refused at once (it failed in the first batch, or trained on under a wrong card)
+    init = load_init(config.init_model, config.width) if config.init_model else None
+    if init is not None and (why := split_note(config.init_model, config, "--init")):
+        _note(why)
     x, y, groups, val_m, volumes = cached_dataset(config, data_dir, cache_dir, log)
     train_m = ~val_m
     val_groups = sorted(volumes)
@@ -391,9 +435,9 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     counts = {"n_slices": int(len(x)), "n_train_slices": int(train_m.sum()),
               "n_val_slices": int(val_m.sum()), "validation_groups": val_groups}  # fmt: skip
 
-    if config.init_model:
+    if init is not None:
         log(f"starting from the weights of {config.init_model}")
-        model = keras.saving.load_model(config.init_model, compile=False)
+        model = init
     else:
         model = build_unet(width=config.width)
     model.compile(
@@ -479,6 +523,34 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
         raise
 
 
+def load_init(path, width: int):
+    """The ``--init`` model to train on: refused in one line where it is missing, no Keras
+    model, no brain masker (e.g. the plate embedding), or a U-Net of another ``width`` than
+    the run's (the run's summary would record a width the model does not have)."""
+    import keras
+
+    from samri_ml.errors import SamriMLError
+    from samri_ml.masking.predict import check_masker
+    from samri_ml.models.inference import keras_load_failure
+    from samri_ml.models.unet import CUSTOM_OBJECTS, unet_width
+
+    path = Path(path)
+    if not path.is_file():
+        raise SamriMLError(f"--init {path}: model file not found; hint: give the path of a "
+                           ".keras file")
+    try:
+        model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+    except Exception as err:  # keras raises many types for a bad file
+        raise SamriMLError("--init " + keras_load_failure(path, err)) from err
+    check_masker(model, f"--init {path}")
+    own = unet_width(model)
+    if own is not None and own != width:
+        raise SamriMLError(f"--init {path} is a U-Net of width {own}, the run's --width is "
+                           f"{width}; hint: pass --width {own} (fine-tuning keeps the model's "
+                           "width)")
+    return model
+
+
 def _note(text: str) -> None:
     from samri_ml.errors import SamriMLNote
 
@@ -492,18 +564,41 @@ def _kept(out_path: Path) -> str:
     return "nothing was saved"
 
 
+def _finished_model(out_path: Path) -> bool:
+    """Whether ``out_path`` holds a model that is no interrupted run's (a finished run, an
+    average, a model copied there): one that Ctrl-C must not replace."""
+    if not out_path.is_file():
+        return False
+    try:
+        summary = json.loads(out_path.with_name(out_path.stem + "_training.json").read_text())
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(summary, dict) and summary.get("interrupted"))
+
+
+def interrupted_path(out_path) -> Path:
+    """Where Ctrl-C saves a run whose OUT holds a finished model: ``OUT_interrupted.keras``."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + "_interrupted" + out_path.suffix)
+
+
 def _save_interrupted(model, out_path, config, history, counts, t_start, what: str) -> None:
     """After Ctrl-C: save the weights ``model`` holds, marked as interrupted, and say so; a
-    second Ctrl-C while saving leaves OUT's previous set as it was (all are renamed at once)."""
+    second Ctrl-C while saving leaves the previous set as it was (all are renamed at once).
+    A finished model at ``out_path`` is not replaced by them (a rerun into its name stopped
+    after an epoch put a one-epoch model there): they go to :func:`interrupted_path`."""
+    target = interrupted_path(out_path) if _finished_model(out_path) else out_path
+    kept = (f"; {out_path}, a finished model, was left as it was" if target != out_path
+            else "")
     try:
-        _save_run(model, out_path, config, history, counts, t_start, interrupted=True)
+        _save_run(model, target, config, history, counts, t_start, interrupted=True)
     except DeferredInterrupt:
         pass  # saved all the same
     except KeyboardInterrupt:
-        _note(f"{what}, and again while saving: {_kept(out_path)}")
+        _note(f"{what}, and again while saving: {_kept(target)}{kept}")
         raise
-    _note(f"{what}: {out_path} holds the best weights so far (its _training.json says "
-          "'interrupted'; no validation Dice)")
+    _note(f"{what}: {target} holds the best weights so far (its _training.json says "
+          f"'interrupted'; no validation Dice){kept}")
 
 
 def _save_run(model, out_path, config: TrainConfig, history: dict, counts: dict,
@@ -548,8 +643,9 @@ def write_set(out_path, loss_png: bool = False):
         yield tmps[0], tmps[1], tmps[2] if loss_png else None
 
 
-def average_weights(models):
-    """A copy of the first model whose weights are the element-wise mean of all ``models``.
+def average_weights(models, names=None):
+    """A copy of the first model whose weights are the element-wise mean of all ``models``
+    (``names``: their files, for the error).
 
     Averaging runs fine-tuned from one starting point (a "model soup") cancels part of their
     run-to-run variance at no cost at prediction time (the shipped masker, see its card).
@@ -560,11 +656,19 @@ def average_weights(models):
         When the models do not share one architecture.
     """
     from samri_ml.errors import SamriMLError
+    from samri_ml.models.unet import unet_width
 
     weights = [m.get_weights() for m in models]
     shapes = [[w.shape for w in ws] for ws in weights]
-    if any(s != shapes[0] for s in shapes[1:]):
-        raise SamriMLError("the models to average differ in architecture (width or layers)")
+    for i, s in enumerate(shapes[1:], 1):
+        if s != shapes[0]:
+            names = names or [f"model {j + 1}" for j in range(len(models))]
+            widths = [unet_width(models[j]) for j in (0, i)]
+            what = (f"widths {widths[0]} and {widths[1]}" if widths[0] != widths[1]
+                    else "layers")
+            raise SamriMLError(f"--average-of: {names[i]} differs from {names[0]} in "
+                               f"architecture ({what}); hint: average runs fine-tuned from "
+                               "one model")
     out = _uncompiled_copy(models[0])
     out.set_weights([np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*weights, strict=True)])
     return out
@@ -585,8 +689,11 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
     members = [load_model(p) for p in member_paths]
     import keras
 
+    model = average_weights(members, [str(p) for p in member_paths])  # before the data set
+    for p in member_paths:
+        if why := split_note(p, config, "--average-of"):
+            _note(why)
     _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
-    model = average_weights(members)
     val_groups = sorted(volumes)
     member_info = []
     for p in member_paths:

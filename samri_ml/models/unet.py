@@ -77,6 +77,15 @@ def build_unet(
     return keras.Model(inputs, outputs, name=name)
 
 
+def unet_width(model) -> int | None:
+    """The ``width`` a U-Net of :func:`build_unet` was built with (the filters of its first
+    convolution); None for a model without convolutions."""
+    for layer in model.layers:
+        if hasattr(layer, "filters"):
+            return int(layer.filters)
+    return None
+
+
 def dice_coefficient(y_true, y_pred, smooth: float = 1.0):
     """Smoothed Dice coefficient over the whole batch (the seed's ``dice_coef``).
 

@@ -730,3 +730,16 @@ def load_sections(folder) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
                       "own", SamriMLNote, stacklevel=2)
     labels = np.array([label_from_name(p) for p in files], dtype=int)
     return files, labels, [read_image(p) for p in files]
+
+
+def check_labels(paths, labels, plates) -> None:
+    """Refuse a section whose file-name label is not a plate of the atlas (before any MAE,
+    or any training: a KeyError in the batches, after config.json was written)."""
+    known = {int(p) for p in plates}
+    for path, label in zip(paths, labels, strict=True):
+        if int(label) not in known:
+            raise SamriMLError(
+                f"{path}: plate {label} (from the file name) is not in the atlas (plates "
+                f"{min(known)}-{max(known)}); hint: name labelled sections '<plate>.png' or "
+                "'<plate>_<n>.png'"
+            )

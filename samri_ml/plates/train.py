@@ -30,7 +30,7 @@ import numpy as np
 
 from samri_ml.io import json_dumps
 from samri_ml.plates.augment import section_like
-from samri_ml.plates.data import load_atlas, load_sections, preprocess
+from samri_ml.plates.data import check_labels, load_atlas, load_sections, preprocess
 from samri_ml.plates.metrics import format_metrics, ranking_metrics
 
 
@@ -226,13 +226,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
     def prep(im):
         return preprocess(im, cfg.size, crop_threshold=cfg.crop_threshold)
 
+    sections = {}
+    for split in ("train", "val_1", "val_2"):
+        paths, labels, imgs = load_sections(data / split)
+        check_labels(paths, labels, plates)
+        sections[split] = labels, [prep(im) for im in imgs]
     plate_imgs = np.stack([prep(im) for im in pimgs])
-    _, tr_lab, tr_imgs = load_sections(data / "train")
-    tr_imgs = [prep(im) for im in tr_imgs]
-    _, v1_lab, v1 = load_sections(data / "val_1")
-    v1 = np.stack([prep(im) for im in v1])
-    _, v2_lab, v2 = load_sections(data / "val_2")
-    v2 = np.stack([prep(im) for im in v2])
+    tr_lab, tr_imgs = sections["train"]
+    (v1_lab, v1), (v2_lab, v2) = ((lab, np.stack(ims)) for lab, ims in
+                                  (sections["val_1"], sections["val_2"]))
 
     if cfg.init:
         # fine-tune a previous run (e.g. a second phase at a lower learning rate)
@@ -242,8 +244,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             cfg.size, cfg.backbone, cfg.embedding_dim, width=cfg.width, normalize=True
         )
     out.mkdir(parents=True, exist_ok=True)
-    for old in run_files(out):  # a run with these settings starts again (the CLI refuses others)
-        old.unlink()
+    # a run with these settings starts again (the CLI refuses others), but its files go at
+    # this run's first checkpoint, not now: Ctrl-C before that left OUT without the finished
+    # run's best.keras (deleted here) and without one of its own
+    earlier = [p for p in run_files(out) if p.name != "config.json"]
     log(f"model {model.name}: {model.count_params():,} parameters")
     loss_fn = LOSSES[cfg.loss]
     opt = keras.optimizers.Adam(learning_rate_schedule(cfg))
@@ -306,6 +310,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "time": time.time(),
         }
         history.append(rec)
+        for old in earlier:  # the earlier run's checkpoints, replaced from here on
+            old.unlink(missing_ok=True)
+        earlier.clear()
         _write_files(out, {"history.json": lambda p: p.write_text(json.dumps(history, indent=1)),
                            "last.keras": model.save, f"step_{it:05d}.keras": model.save})
         if m1["mae"] < best["mae"]:
@@ -352,6 +359,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     f"val_1 MAE {best['mae']:.2f}; best.json says so)")
         else:
             kept = f"no checkpoint was saved (the first evaluation is at step {cfg.eval_every})"
+            if earlier:
+                kept += f"; the earlier run's files in {out} were left as they were"
         warnings.warn(f"interrupted at step {it} of {cfg.iterations}: {kept}", SamriMLNote,
                       stacklevel=2)
         raise
@@ -405,24 +414,40 @@ def _write_files(folder: Path, writers: dict) -> None:
 
 
 def _load_init(path, size: int):
-    """The ``--init`` model, refused in one line where it is missing, no Keras model, or made
+    """The ``--init`` model (:func:`load_embedding`), refused in one line where it is made
     for another input size than ``size``."""
-    import keras
-
     from samri_ml.errors import SamriMLError
 
-    if not Path(path).is_file():
-        raise SamriMLError(f"--init {path}: model file not found; hint: give the path of a "
-                           ".keras file")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError) as err:
-        raise SamriMLError(f"--init {path}: not a Keras model ({str(err).split('. ')[0]})") \
-            from err
+    model = load_embedding(path, "--init")
     side = model.input_shape[1]
     if side is not None and side != size:
         raise SamriMLError(f"--init {path} takes {side} px images, the run {size} px (--size); "
                            f"hint: pass --size {side}")
+    return model
+
+
+def load_embedding(path, option: str):
+    """A plate embedding model given with ``option`` (``--init``, ``--ensemble``), refused in
+    one line where it is missing, no Keras model, or no plate embedding (e.g. the brain
+    masker: a page of TensorFlow error in the loss, or in the ensemble's Concatenate)."""
+    import keras
+
+    from samri_ml.errors import SamriMLError
+    from samri_ml.plates.identify import _is_embedding
+
+    if not Path(path).is_file():
+        raise SamriMLError(f"{option} {path}: model file not found; hint: give the path of a "
+                           ".keras file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError) as err:
+        raise SamriMLError(f"{option} {path}: not a Keras model "
+                           f"({str(err).split('. ')[0]})") from err
+    if not _is_embedding(model):
+        raise SamriMLError(f"{option} {path}: not a plate embedding model (it takes "
+                           f"{model.input_shape} inputs and gives {model.output_shape} "
+                           "outputs; a plate embedding maps a grey image to one vector); "
+                           "hint: give a model of samri_ml-train-plates (its best.keras)")
     return model
 
 
@@ -464,7 +489,8 @@ def export_and_measure(
                      region_weight=region_weight,
                      crop_threshold=cfg.get("crop_threshold", "otsu"))  # fmt: skip
         ident = PlateIdentifier(tmp / "plates_embedding.keras", tmp / "plates_index.npz")
-        for split, (_, labels, imgs) in splits.items():
+        for split, (paths, labels, imgs) in splits.items():
+            check_labels(paths, labels, ident.plates)  # inside: a refused export writes nothing
             ident.rank(imgs[:1])
             t0 = time.perf_counter()
             res = ident.rank(imgs)
@@ -513,12 +539,11 @@ def make_ensemble_run(member_paths, run_dir) -> Path:
     """Write ``run_dir/best.keras`` = :func:`samri_ml.models.siamese.build_ensemble` of the
     member models (input: the largest member input), and a ``config.json`` for
     :func:`export_and_measure`."""
-    import keras
 
     from samri_ml.models.siamese import build_ensemble
 
     crop_threshold = members_crop_threshold(member_paths)
-    members = [keras.saving.load_model(p, compile=False) for p in member_paths]
+    members = [load_embedding(p, "--ensemble") for p in member_paths]
     size = max(int(m.input_shape[1]) for m in members)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
