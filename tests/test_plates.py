@@ -259,6 +259,26 @@ def test_a_section_on_a_slide_is_boxed_without_the_label_or_another_section(tmp_
         read_image(tmp_path / "two.png")
 
 
+def test_sections_laid_side_by_side_on_a_slide_are_told_apart():
+    """Sections laid a third of their width apart (as on a real slide) were joined into one
+    box, ranked as one wide section, with no note; a fragment of the next section in the gap
+    bridged it too. Now the largest is boxed alone and the other is counted; a section torn
+    along its midline (a crack a twentieth of its width) stays one."""
+    from samri_ml.plates.data import other_sections
+
+    sec, other = _brain(300, 400), _brain(280, 360, seed=1)
+    two = _slide({(200, 100): sec, (200, 620): other})  # gap 120 px, 0.3 of the width
+    assert other_sections(two) == 1
+    y0, y1, x0, x1 = tissue_bbox(two)
+    assert x0 < 130 and 470 < x1 < 540, (x0, x1)  # the larger section only
+    two[330:350, 560:600] = 150  # a fragment in the gap, nearer the other section
+    assert other_sections(two) == 1 and tissue_bbox(two)[3] < 540
+    halves = _slide({(200, 100): sec[:, :200], (200, 320): sec[:, 200:]})  # a 20 px crack
+    assert other_sections(halves) == 0
+    y0, y1, x0, x1 = tissue_bbox(halves)
+    assert x0 < 130 and x1 > 490, (x0, x1)
+
+
 def test_brightfield_sections_are_inverted_with_a_note(tmp_path):
     """Dark tissue on a bright background (brightfield Nissl) ranked the true plate 9th on
     average in an audit (purple-on-white: 11th); such a section is now inverted on reading,

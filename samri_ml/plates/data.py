@@ -501,6 +501,14 @@ def tissue_bbox(img: np.ndarray, margin: float = 0.02,
 #: pieces of tissue within this fraction of the section's box size from it belong to it
 #: (two olfactory bulbs, a detached cerebellum); farther ones are other things on the slide
 NEAR = 0.5
+#: a piece of at least this fraction of the section's largest piece's area is section-sized:
+#: it may be another section (:func:`other_sections`)
+SECTION_SIZED = 0.25
+#: a section-sized piece belongs to the section only within this fraction of the section's
+#: box size from it (a torn midline, two olfactory bulbs); farther, it is another section
+#: on the slide (sections laid side by side 0.46 of their width apart used to be joined
+#: into one, ranked as one wide section, with no note)
+NEAR_SECTION = 0.1
 
 
 def _union_box(stats: np.ndarray) -> tuple[int, int, int, int]:
@@ -520,21 +528,31 @@ def _section_pieces(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Components under 2 % of the largest are dust. The section is the largest component and,
     repeatedly, every other one within :data:`NEAR` of the section's box size from its box; a
     scale bar, a label or a second section farther away is left out (their boxes used to be
-    joined to the section's: a slide with a label ranked the true plate 45th on average)."""
+    joined to the section's: a slide with a label ranked the true plate 45th on average).
+    A section-sized piece (:data:`SECTION_SIZED`) joins only within :data:`NEAR_SECTION`, and
+    a smaller one only where it lies nearer the section than any section-sized piece left
+    out (a fragment of the next section used to bridge the gap to it)."""
     import cv2
 
     areas = stats[:, cv2.CC_STAT_AREA]
     big = stats[areas >= 0.02 * areas.max()]
-    inside = np.zeros(len(big), bool)
-    inside[np.argmax(big[:, cv2.CC_STAT_AREA])] = True
+    sized = big[:, cv2.CC_STAT_AREA] >= SECTION_SIZED * areas.max()
+    near = np.where(sized, NEAR_SECTION, NEAR)
     t, lo, b, r = (big[:, cv2.CC_STAT_TOP], big[:, cv2.CC_STAT_LEFT],
                    big[:, cv2.CC_STAT_TOP] + big[:, cv2.CC_STAT_HEIGHT],
                    big[:, cv2.CC_STAT_LEFT] + big[:, cv2.CC_STAT_WIDTH])
+    # gaps between the pieces' boxes (negative where they overlap), [i, j]
+    between = np.maximum(np.maximum(t[:, None] - b, t - b[:, None]),
+                         np.maximum(lo[:, None] - r, lo - r[:, None]))
+    inside = np.zeros(len(big), bool)
+    inside[np.argmax(big[:, cv2.CC_STAT_AREA])] = True
     while True:
         bt, bl, bb, br = _union_box(big[inside])
-        reach = NEAR * max(bb - bt, br - bl)
+        reach = near * max(bb - bt, br - bl)
         gap = np.maximum(np.maximum(t - bb, bt - b), np.maximum(lo - br, bl - r))
-        grown = inside | (gap <= reach)
+        others = sized & ~inside  # section-sized pieces left out so far: other sections
+        to_others = np.where(others, between, np.inf).min(axis=1)
+        grown = inside | ((gap <= reach) & (sized | (gap < to_others)))
         if (grown == inside).all():
             break
         inside = grown
@@ -584,12 +602,19 @@ def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 def _section_region(img: np.ndarray):
     """``small, blur, (top, left, bottom, right)``: the region of the quarter-size copy that
     holds the section. The whole copy, unless the section lies on a slide with other things
-    (:func:`_on_a_slide`; then the section's pieces' box grown by :data:`NEAR` of its size)."""
+    (:func:`_on_a_slide`; then the section's pieces' box grown by :data:`NEAR` of its size,
+    and in ``blur`` the boxes of the things left out, outside the section's box, are made
+    background: a second section laid nearer than that used to be boxed with it)."""
     small, blur = _quarter(img)
     slide = _on_a_slide(blur)
     if slide is None:
         return small, blur, (0, 0, small.shape[0], small.shape[1])
     t, lo, b, r = _union_box(slide[0])
+    section, background = blur[t:b, lo:r].copy(), np.median(blur)  # flat: see _mostly_background
+    blur = blur.copy()
+    for ft, fl, fb, fr in (_union_box(row[None]) for row in slide[1]):
+        blur[ft:fb, fl:fr] = background
+    blur[t:b, lo:r] = section
     pad = int(NEAR * max(b - t, r - lo))
     return small, blur, (max(0, t - pad), max(0, lo - pad), min(small.shape[0], b + pad),
                          min(small.shape[1], r + pad))
@@ -605,7 +630,7 @@ def other_sections(img: np.ndarray) -> int:
     if slide is None:
         return 0
     kept, far = slide
-    return int((far[:, cv2.CC_STAT_AREA] >= 0.25 * kept[:, cv2.CC_STAT_AREA].max()).sum())
+    return int((far[:, cv2.CC_STAT_AREA] >= SECTION_SIZED * kept[:, cv2.CC_STAT_AREA].max()).sum())
 
 
 #: :func:`looks_brightfield`'s limit on the flatness ratio of the bright and dark tenths
