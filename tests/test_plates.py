@@ -262,8 +262,9 @@ def test_a_section_on_a_slide_is_boxed_without_the_label_or_another_section(tmp_
 def test_sections_laid_side_by_side_on_a_slide_are_told_apart():
     """Sections laid a third of their width apart (as on a real slide) were joined into one
     box, ranked as one wide section, with no note; a fragment of the next section in the gap
-    bridged it too. Now the largest is boxed alone and the other is counted; a section torn
-    along its midline (a crack a twentieth of its width) stays one."""
+    bridged it too, and crops put side by side were never told apart. Now the largest is
+    boxed alone and the other is counted; a section torn along its midline (a crack a
+    twentieth of its width) stays one."""
     from samri_ml.plates.data import other_sections
 
     sec, other = _brain(300, 400), _brain(280, 360, seed=1)
@@ -277,6 +278,9 @@ def test_sections_laid_side_by_side_on_a_slide_are_told_apart():
     assert other_sections(halves) == 0
     y0, y1, x0, x1 = tissue_bbox(halves)
     assert x0 < 130 and x1 > 490, (x0, x1)
+    # crops put side by side, with no slide around them (not mostly background)
+    crops = _slide({(0, 0): sec, (0, 520): other}, shape=(300, 880))
+    assert other_sections(crops) == 1 and tissue_bbox(crops)[3] < 440
 
 
 def test_brightfield_sections_are_inverted_with_a_note(tmp_path):

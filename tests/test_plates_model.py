@@ -390,25 +390,27 @@ def test_a_section_far_from_every_plate_is_flagged_uncertain(plate_thumbs):
     assert turned["uncertain"] is True and turned["distances"][0] > 0.35
 
 
-@pytest.mark.parametrize("plate,neighbour", [(80, 40), (60, 100)])
+@pytest.mark.parametrize("plate,neighbour,around", [(80, 40, 150), (60, 100, 150),
+                                                    (80, 40, 0)])
 def test_a_section_beside_another_on_a_slide_is_ranked_alone(tmp_path, plate_thumbs, plate,
-                                                              neighbour):
-    """A slide with a smaller section laid 0.3 of a width beside the section: both used to be
-    ranked as one wide section, with no note; now reading it says so and the larger one is
-    ranked as it is alone (the true plate in the top 3)."""
+                                                              neighbour, around):
+    """A slide (``around`` px of it around the sections; 0: crops put together) with a smaller
+    section laid 0.3 of a width beside the section: both used to be ranked as one wide
+    section, with no note; now reading it says so and the larger one is ranked as it is
+    alone (the true plate in the top 3)."""
     import cv2
 
     from samri_ml.errors import SamriMLNote
     from samri_ml.plates.data import read_image
 
-    sec = plate_thumbs[plate]
-    other = cv2.resize(plate_thumbs[neighbour], None, fx=0.8, fy=0.8,
-                       interpolation=cv2.INTER_AREA)
+    sec = cv2.resize(plate_thumbs[plate], (512, 512))  # a section's size, not a thumbnail's
+    other = cv2.resize(plate_thumbs[neighbour], (410, 410))
     h, w = sec.shape
     gap = int(0.3 * w)
-    slide = np.zeros((h + 300, w + gap + other.shape[1] + 300), np.uint8)
-    slide[150:150 + h, 150:150 + w] = sec
-    slide[150:150 + other.shape[0], 150 + w + gap:150 + w + gap + other.shape[1]] = other
+    a = around
+    slide = np.zeros((h + 2 * a, w + gap + other.shape[1] + 2 * a), np.uint8)
+    slide[a:a + h, a:a + w] = sec
+    slide[a:a + other.shape[0], a + w + gap:a + w + gap + other.shape[1]] = other
     cv2.imwrite(str(tmp_path / "slide.png"), slide)
     with pytest.warns(SamriMLNote, match="1 more section-sized object"):
         img = read_image(tmp_path / "slide.png")

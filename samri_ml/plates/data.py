@@ -505,10 +505,11 @@ NEAR = 0.5
 #: it may be another section (:func:`other_sections`)
 SECTION_SIZED = 0.25
 #: a section-sized piece belongs to the section only within this fraction of the section's
-#: box size from it (a torn midline, two olfactory bulbs); farther, it is another section
+#: box size from it (a torn midline, two olfactory bulbs: 0.12 apart in plate 1's dorsal
+#: half); farther, it is another section
 #: on the slide (sections laid side by side 0.46 of their width apart used to be joined
 #: into one, ranked as one wide section, with no note)
-NEAR_SECTION = 0.1
+NEAR_SECTION = 0.15
 
 
 def _union_box(stats: np.ndarray) -> tuple[int, int, int, int]:
@@ -577,15 +578,36 @@ def _mostly_background(blur: np.ndarray) -> bool:
     return bool(p50 - p5 <= 2 + 0.05 * (p95 - p5))
 
 
+#: crops of sections laid side by side with little background around them (not
+#: :func:`_mostly_background`) are told apart where the section's largest piece of tissue at
+#: the triangle level is at least this fraction of the image (in a crop of one section the
+#: triangle level may fall in the bright tail: its pieces are specks, 1.3 % of a training
+#: section's image) and at least this fraction of the image is flat background (in a crop of
+#: tissue the triangle level may fall between bright and dim tissue: 5 % of plate 120 without
+#: its cortex is flat, 17-37 % of the validation sections put side by side)
+SIDE_BY_SIDE_TISSUE = SIDE_BY_SIDE_FLAT = 0.1
+
+
+def _flat_fraction(blur: np.ndarray) -> float:
+    """The fraction of the image within 2 grey levels and 5 % of its range (1st to 99th
+    percentile) of its 1st percentile: flat dark background."""
+    lo, hi = np.percentile(blur, [1, 99])
+    return float((blur <= lo + 2 + 0.05 * (hi - lo)).mean())
+
+
 def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`_section_pieces` at the triangle level (the whole tissue, dim parts included)
     of a section on a slide: mostly background (:func:`_mostly_background`), tissue far from
-    the section, and the section's box under half of the image. ``None`` otherwise (in a
-    crop of tissue the triangle level falls in the bright tail and its pieces are specks)."""
+    the section, and the section's box under half of the image; or sections side by side
+    with little background (crops put together): another section-sized piece
+    (:data:`SECTION_SIZED`) far from the section, whose largest piece is at least
+    :data:`SIDE_BY_SIDE_TISSUE` of the image and whose box is under three quarters of it, in
+    an image at least :data:`SIDE_BY_SIDE_FLAT` flat background (:func:`_flat_fraction`).
+    ``None`` otherwise (in a crop of tissue the triangle level falls in the bright tail and
+    its pieces are specks)."""
     import cv2
 
-    if not _mostly_background(blur):
-        return None
+    slide = _mostly_background(blur)
     _, fg = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_TRIANGLE)
     n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
     if n <= 1:
@@ -593,8 +615,13 @@ def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     kept, far = _section_pieces(stats[1:])
     if not len(far):  # nothing far away
         return None
+    largest = kept[:, cv2.CC_STAT_AREA].max()
+    if not slide and (largest < SIDE_BY_SIDE_TISSUE * blur.size
+                      or not (far[:, cv2.CC_STAT_AREA] >= SECTION_SIZED * largest).any()
+                      or _flat_fraction(blur) < SIDE_BY_SIDE_FLAT):
+        return None
     t, lo, b, r = _union_box(kept)
-    if (b - t) * (r - lo) >= 0.5 * blur.size:
+    if (b - t) * (r - lo) >= (0.5 if slide else 0.75) * blur.size:
         return None
     return kept, far
 
@@ -610,7 +637,8 @@ def _section_region(img: np.ndarray):
     if slide is None:
         return small, blur, (0, 0, small.shape[0], small.shape[1])
     t, lo, b, r = _union_box(slide[0])
-    section, background = blur[t:b, lo:r].copy(), np.median(blur)  # flat: see _mostly_background
+    # the background: the histogram's peak (the triangle level's foot)
+    section, background = blur[t:b, lo:r].copy(), np.bincount(blur.ravel()).argmax()
     blur = blur.copy()
     for ft, fl, fb, fr in (_union_box(row[None]) for row in slide[1]):
         blur[ft:fb, fl:fr] = background
