@@ -159,6 +159,48 @@ def test_empty_atlas(tmp_path):
         load_atlas(tmp_path)
 
 
+def test_an_atlas_of_two_files_for_one_plate_names_them(tmp_path):
+    """``012.png`` beside ``12.jpg`` was refused as 'two files share a plate number', which
+    said neither which files nor which plate."""
+    import cv2
+
+    for name in ("3.png", "012.png", "12.jpg"):
+        cv2.imwrite(str(tmp_path / name), _brain())
+    with pytest.raises(SamriMLError, match=r"012\.png and 12\.jpg are both plate 12; hint"):
+        load_atlas(tmp_path)
+
+
+def test_a_brightfield_atlas_is_said_in_one_note(tmp_path, capsys):
+    """An atlas of dark plates on white (the Allen Reference Atlas' own Nissl plates) is
+    inverted as its sections are; that took one note line per plate (132 for a whole atlas),
+    now one for the folder. Other notes of its plates are still said."""
+    import warnings
+
+    import cv2
+
+    from samri_ml.cli._common import run_cli
+
+    sec = _slide({(200, 300): _brain(300, 400)})
+    for n in (1, 2, 3):
+        cv2.imwrite(str(tmp_path / f"{n}.png"), 255 - sec)
+    cv2.imwritemulti(str(tmp_path / "4.tif"), [sec, sec // 2])
+
+    def job(argv):
+        nums, imgs = load_atlas(tmp_path)
+        assert nums.tolist() == [1, 2, 3, 4] and all((im == sec).all() for im in imgs)
+        return 0
+
+    with warnings.catch_warnings():  # out of pytest's own recording, as in a command
+        warnings.simplefilter("default")
+        assert run_cli("samri_ml-x", job, []) == 0
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 2, notes
+    assert "a TIFF of 2 pages" in notes[0]
+    assert notes[1] == (f"samri_ml-x: note: {tmp_path}: 3 of 4 plates are dark tissue on a "
+                        "bright background (brightfield?): inverted to bright tissue on dark, "
+                        "e.g. 1.png")
+
+
 @pytest.mark.parametrize("size", [224, 448, 1024, 128])
 def test_preprocess_shape(size):
     out = preprocess(_brain(), size)

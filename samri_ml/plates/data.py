@@ -271,6 +271,11 @@ def _tiff_tag_cleared(data: bytes) -> bytes:
     return bytes(out)
 
 
+#: what is said of a section read inverted (:func:`_as_the_plates`)
+BRIGHTFIELD_NOTE = ("dark tissue on a bright background (brightfield?): inverted to bright "
+                    "tissue on dark, as the atlas plates are")
+
+
 def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
     """A read section made to look like the atlas plates where it can be: dark tissue on a
     bright background (:func:`looks_brightfield`) is inverted; each change, and other
@@ -279,8 +284,7 @@ def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
     import warnings
 
     if looks_brightfield(img):
-        warnings.warn(f"{path}: dark tissue on a bright background (brightfield?): inverted to "
-                      "bright tissue on dark, as the atlas plates are", SamriMLNote, stacklevel=3)
+        warnings.warn(f"{path}: {BRIGHTFIELD_NOTE}", SamriMLNote, stacklevel=3)
         img = 255 - img
     n = other_sections(img)
     if n:
@@ -758,8 +762,30 @@ def load_atlas(folder) -> tuple[np.ndarray, list[np.ndarray]]:
     files.sort()
     numbers = [n for n, _ in files]
     if len(set(numbers)) != len(numbers):
-        raise SamriMLError(f"{folder}: two files share a plate number")
-    return np.array(numbers, dtype=int), [read_image(p) for _, p in files]
+        twice = [(n, p) for i, (n, p) in enumerate(files) if numbers.count(n) > 1][:2]
+        raise SamriMLError(f"{folder}: {twice[0][1].name} and {twice[1][1].name} are both "
+                           f"plate {twice[0][0]}; hint: keep one file per plate")
+    return np.array(numbers, dtype=int), _read_plates(folder, [p for _, p in files])
+
+
+def _read_plates(folder, paths: list[Path]) -> list[np.ndarray]:
+    """The plates' images; plates read inverted (brightfield, e.g. the Allen Reference Atlas'
+    own Nissl plates) are said in one note for the folder, not one line per plate."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = [read_image(p) for p in paths]
+    inverted = [w for w in caught if str(w.message).endswith(BRIGHTFIELD_NOTE)]
+    for w in caught:
+        if w not in inverted:
+            warnings.warn(w.message, w.category, stacklevel=3)
+    if inverted:
+        first = str(inverted[0].message)[:-len(BRIGHTFIELD_NOTE) - 2]
+        warnings.warn(f"{folder}: {len(inverted)} of {len(paths)} plates are dark tissue on a "
+                      "bright background (brightfield?): inverted to bright tissue on dark, "
+                      f"e.g. {Path(first).name}", SamriMLNote, stacklevel=3)
+    return images
 
 
 def load_sections(folder) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
