@@ -260,11 +260,13 @@ def test_an_index_of_another_model_is_refused_in_one_line(tmp_path, plate_thumbs
     assert len(err) == 1 and "does not belong to" in err[0] and "hint" in err[0], err
 
 
-@pytest.mark.parametrize("kind", ["text", "empty", "missing"])
+@pytest.mark.parametrize("kind", ["text", "empty", "missing", "pattern"])
 def test_identify_cli_bad_input(tmp_path, kind):
+    """A pattern that matched nothing (``sections/*.png`` of a folder of .PNG files), which
+    the shell passes on as it is, was only 'no such file'; now a hint says what it is."""
     import cv2
 
-    p = tmp_path / "bad.png"
+    p = tmp_path / ("*.png" if kind == "pattern" else "bad.png")
     if kind == "text":
         p.write_text("not an image")
     elif kind == "empty":
@@ -274,8 +276,12 @@ def test_identify_cli_bad_input(tmp_path, kind):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert "Traceback" not in r.stderr
     assert lines[-1].startswith("samri_ml-identify-plate: error:")
-    if kind != "missing":
+    if kind not in ("missing", "pattern"):
         assert len(lines) == 1 and r.returncode == 1
+    if kind == "pattern":
+        assert r.returncode == 2 and lines[-1].endswith(
+            "*.png: no such file; hint: no file matches this pattern (check the folder and "
+            "the extension's case: *.png does not match .PNG)")
 
 
 def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):

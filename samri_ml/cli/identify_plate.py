@@ -64,7 +64,10 @@ def _check_args(parser, args) -> None:
         parser.error(f"--atlas {args.atlas}: not a directory")
     for im in args.images:
         if not Path(im).exists():
-            parser.error(f"{im}: no such file")
+            # a shell pattern that matched nothing is passed on as it is (bash, zsh's nonomatch)
+            hint = ("; hint: no file matches this pattern (check the folder and the extension's "
+                    "case: *.png does not match .PNG)" if any(c in im for c in "*?[") else "")
+            parser.error(f"{im}: no such file{hint}")
     if args.json:
         check_output_file(parser, "--json", args.json, args.images, IMAGE_SUFFIXES, "OUT.json")
     if args.montage:
