@@ -180,6 +180,28 @@ def test_images_are_ranked_and_printed_chunk_by_chunk(tmp_path, plate_thumbs, ca
     assert [r["ranking"][:3] for r in got.values()] == [r["ranking"][:3] for r in one_call]
 
 
+def test_large_images_make_smaller_chunks(tmp_path, plate_thumbs, monkeypatch):
+    """A chunk was always CHUNK images: 32 whole-slide scans of 12000 x 9000 px held 3.5 GB
+    before the first line was printed. Now a chunk also ends where its images pass
+    CHUNK_PIXELS; an unreadable image is set aside as before."""
+    import cv2
+
+    from samri_ml.cli import identify_plate
+
+    monkeypatch.setattr(identify_plate, "CHUNK_PIXELS", 3 * 128 * 128)
+    paths = []
+    for p, side in [(30, 128), (55, 256), (80, 128), (105, 256), (120, 128)]:
+        paths.append(tmp_path / f"{p}.png")
+        cv2.imwrite(str(paths[-1]), cv2.resize(plate_thumbs[p], (side, side)))
+    (tmp_path / "bad.png").write_text("not an image")
+    paths.insert(2, tmp_path / "bad.png")
+    bad = []
+    chunks = [names for names, _ in identify_plate._read_chunks(paths, bad)]
+    assert chunks == [[str(paths[0]), str(paths[1])], [str(p) for p in paths[3:5]],
+                      [str(paths[5])]]
+    assert len(bad) == 1 and "bad.png" in str(bad[0])
+
+
 def test_json_may_not_overwrite_an_input_image(tmp_path, plate_thumbs, capsys):
     import cv2
 
