@@ -611,6 +611,10 @@ def _mostly_background(blur: np.ndarray) -> bool:
 #: tissue the triangle level may fall between bright and dim tissue: 5 % of plate 120 without
 #: its cortex is flat, 17-37 % of the validation sections put side by side)
 SIDE_BY_SIDE_TISSUE = SIDE_BY_SIDE_FLAT = 0.1
+#: ... and where the image is at least this many pixels high and wide (the quarter-size copy
+#: of a smaller one is too coarse: pieces of 128 px plate thumbnails, e.g. the ventral half of
+#: plate 90, 48 px high, fell apart into "sections")
+SIDE_BY_SIDE_MIN_PX = 256
 
 
 def _flat_fraction(blur: np.ndarray) -> float:
@@ -627,7 +631,8 @@ def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     with little background (crops put together): another section-sized piece
     (:data:`SECTION_SIZED`) far from the section, whose largest piece is at least
     :data:`SIDE_BY_SIDE_TISSUE` of the image and whose box is under three quarters of it, in
-    an image at least :data:`SIDE_BY_SIDE_FLAT` flat background (:func:`_flat_fraction`).
+    an image at least :data:`SIDE_BY_SIDE_FLAT` flat background (:func:`_flat_fraction`)
+    and :data:`SIDE_BY_SIDE_MIN_PX` high and wide.
     ``None`` otherwise (in a crop of tissue the triangle level falls in the bright tail and
     its pieces are specks)."""
     import cv2
@@ -641,7 +646,8 @@ def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if not len(far):  # nothing far away
         return None
     largest = kept[:, cv2.CC_STAT_AREA].max()
-    if not slide and (largest < SIDE_BY_SIDE_TISSUE * blur.size
+    if not slide and (min(blur.shape) < SIDE_BY_SIDE_MIN_PX // 4
+                      or largest < SIDE_BY_SIDE_TISSUE * blur.size
                       or not (far[:, cv2.CC_STAT_AREA] >= SECTION_SIZED * largest).any()
                       or _flat_fraction(blur) < SIDE_BY_SIDE_FLAT):
         return None
