@@ -180,6 +180,28 @@ def test_images_are_ranked_and_printed_chunk_by_chunk(tmp_path, plate_thumbs, ca
     assert [r["ranking"][:3] for r in got.values()] == [r["ranking"][:3] for r in one_call]
 
 
+def test_large_images_make_smaller_chunks(tmp_path, plate_thumbs, monkeypatch):
+    """A chunk was always CHUNK images: 32 whole-slide scans of 12000 x 9000 px held 3.5 GB
+    before the first line was printed. Now a chunk also ends where its images pass
+    CHUNK_PIXELS; an unreadable image is set aside as before."""
+    import cv2
+
+    from samri_ml.cli import identify_plate
+
+    monkeypatch.setattr(identify_plate, "CHUNK_PIXELS", 3 * 128 * 128)
+    paths = []
+    for p, side in [(30, 128), (55, 256), (80, 128), (105, 256), (120, 128)]:
+        paths.append(tmp_path / f"{p}.png")
+        cv2.imwrite(str(paths[-1]), cv2.resize(plate_thumbs[p], (side, side)))
+    (tmp_path / "bad.png").write_text("not an image")
+    paths.insert(2, tmp_path / "bad.png")
+    bad = []
+    chunks = [names for names, _ in identify_plate._read_chunks(paths, bad)]
+    assert chunks == [[str(paths[0]), str(paths[1])], [str(p) for p in paths[3:5]],
+                      [str(paths[5])]]
+    assert len(bad) == 1 and "bad.png" in str(bad[0])
+
+
 def test_json_may_not_overwrite_an_input_image(tmp_path, plate_thumbs, capsys):
     import cv2
 
@@ -260,11 +282,13 @@ def test_an_index_of_another_model_is_refused_in_one_line(tmp_path, plate_thumbs
     assert len(err) == 1 and "does not belong to" in err[0] and "hint" in err[0], err
 
 
-@pytest.mark.parametrize("kind", ["text", "empty", "missing"])
+@pytest.mark.parametrize("kind", ["text", "empty", "missing", "pattern"])
 def test_identify_cli_bad_input(tmp_path, kind):
+    """A pattern that matched nothing (``sections/*.png`` of a folder of .PNG files), which
+    the shell passes on as it is, was only 'no such file'; now a hint says what it is."""
     import cv2
 
-    p = tmp_path / "bad.png"
+    p = tmp_path / ("*.png" if kind == "pattern" else "bad.png")
     if kind == "text":
         p.write_text("not an image")
     elif kind == "empty":
@@ -274,8 +298,12 @@ def test_identify_cli_bad_input(tmp_path, kind):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert "Traceback" not in r.stderr
     assert lines[-1].startswith("samri_ml-identify-plate: error:")
-    if kind != "missing":
+    if kind not in ("missing", "pattern"):
         assert len(lines) == 1 and r.returncode == 1
+    if kind == "pattern":
+        assert r.returncode == 2 and lines[-1].endswith(
+            "*.png: no such file; hint: no file matches this pattern (check the folder and "
+            "the extension's case: *.png does not match .PNG)")
 
 
 def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):
@@ -388,6 +416,36 @@ def test_a_section_far_from_every_plate_is_flagged_uncertain(plate_thumbs):
                                  regions=False)  # fmt: skip
     assert "uncertain" not in upright and upright["ranking"].index(70) < 3
     assert turned["uncertain"] is True and turned["distances"][0] > 0.35
+
+
+@pytest.mark.parametrize("plate,neighbour,around", [(80, 40, 150), (60, 100, 150),
+                                                    (80, 40, 0)])
+def test_a_section_beside_another_on_a_slide_is_ranked_alone(tmp_path, plate_thumbs, plate,
+                                                              neighbour, around):
+    """A slide (``around`` px of it around the sections; 0: crops put together) with a smaller
+    section laid 0.3 of a width beside the section: both used to be ranked as one wide
+    section, with no note; now reading it says so and the larger one is ranked as it is
+    alone (the true plate in the top 3)."""
+    import cv2
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.plates.data import read_image
+
+    sec = cv2.resize(plate_thumbs[plate], (512, 512))  # a section's size, not a thumbnail's
+    other = cv2.resize(plate_thumbs[neighbour], (410, 410))
+    h, w = sec.shape
+    gap = int(0.3 * w)
+    a = around
+    slide = np.zeros((h + 2 * a, w + gap + other.shape[1] + 2 * a), np.uint8)
+    slide[a:a + h, a:a + w] = sec
+    slide[a:a + other.shape[0], a + w + gap:a + w + gap + other.shape[1]] = other
+    cv2.imwrite(str(tmp_path / "slide.png"), slide)
+    with pytest.warns(SamriMLNote, match="1 more section-sized object"):
+        img = read_image(tmp_path / "slide.png")
+    ident = PlateIdentifier(variant="default", turn_uncertain=False)
+    res = ident.rank([img], regions=False)[0]
+    assert plate in res["ranking"][:3] and abs(res["ranking"][0] - plate) <= 1
+    assert "uncertain" not in res and "read_as" not in res
 
 
 @pytest.mark.shared_data

@@ -64,7 +64,10 @@ def _check_args(parser, args) -> None:
         parser.error(f"--atlas {args.atlas}: not a directory")
     for im in args.images:
         if not Path(im).exists():
-            parser.error(f"{im}: no such file")
+            # a shell pattern that matched nothing is passed on as it is (bash, zsh's nonomatch)
+            hint = ("; hint: no file matches this pattern (check the folder and the extension's "
+                    "case: *.png does not match .PNG)" if any(c in im for c in "*?[") else "")
+            parser.error(f"{im}: no such file{hint}")
     if args.json:
         check_output_file(parser, "--json", args.json, args.images, IMAGE_SUFFIXES, "OUT.json")
     if args.montage:
@@ -74,17 +77,41 @@ def _check_args(parser, args) -> None:
 #: images read and ranked at a time: one line each is printed as a chunk is done, and the
 #: memory stays that of one chunk (every image used to be read before the first was ranked)
 CHUNK = 32
+#: and at most about this many pixels a chunk (32 whole-slide scans of 12000 x 9000 px held
+#: 3.5 GB, and nothing was printed until all 32 were read and ranked)
+CHUNK_PIXELS = 100_000_000
+
+
+def _read_chunks(images, bad: list):
+    """``(paths, images)`` read :data:`CHUNK` images or :data:`CHUNK_PIXELS` pixels at a time
+    (the image that passes the budget ends its chunk); an image that cannot be read is added
+    to ``bad`` (its :class:`SamriMLError`) and left out."""
+    from samri_ml.plates.data import read_image
+
+    paths, imgs, pixels = [], [], 0
+    for path in images:
+        try:
+            imgs.append(read_image(path))
+        except SamriMLError as err:
+            bad.append(err)
+            continue
+        paths.append(str(path))
+        pixels += imgs[-1].size
+        if len(imgs) == CHUNK or pixels >= CHUNK_PIXELS:
+            yield paths, imgs
+            paths, imgs, pixels = [], [], 0
+    if imgs:
+        yield paths, imgs
 
 
 def run(args) -> int:
     from samri_ml.models.inference import PLATE_PARALLEL_OPS
 
     set_tf_threads(args.threads, PLATE_PARALLEL_OPS)
-    from samri_ml.plates.data import read_image
     from samri_ml.plates.identify import make_identifier
 
-    # CHUNK images at a time: one that cannot be read is named at the end, the others are
-    # still ranked; each line is printed as its chunk is done
+    # CHUNK images (or CHUNK_PIXELS) at a time: one that cannot be read is named at the end,
+    # the others are still ranked; each line is printed as its chunk is done
     results, bad, ident, montages = {}, [], None, {}
     # the results are keyed by every path as given (the contract other tools rely on); a
     # file given under several spellings (84.png, ./84.png, a link to it) is ranked once
@@ -98,16 +125,7 @@ def run(args) -> int:
               file=sys.stderr)
     spellings = {names[0]: names for names in spellings.values()}
     args.images = list(spellings)
-    for start in range(0, len(args.images), CHUNK):
-        paths, imgs = [], []
-        for path in args.images[start:start + CHUNK]:
-            try:
-                imgs.append(read_image(path))
-                paths.append(str(path))
-            except SamriMLError as err:
-                bad.append(err)
-        if not imgs:
-            continue
+    for paths, imgs in _read_chunks(args.images, bad):
         if ident is None:
             ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant,
                                     hemisections=args.hemisections,

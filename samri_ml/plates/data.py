@@ -53,6 +53,25 @@ def label_from_name(path) -> int:
     return int(m.group(1))
 
 
+def _stretch_16bit(img: np.ndarray) -> np.ndarray:
+    """A 16-bit (or 8-bit signed) image stretched between its 0.1st and 99.9th percentiles to
+    8 bits, as :func:`_to_uint8` stretches any other, through a table of its levels: no
+    float64 copies of the image (a 12000 x 9000 16-bit slide took 2.8 GB, the same as 8-bit
+    0.8 GB)."""
+    info = np.iinfo(img.dtype)
+    lo, hi = np.percentile(img, [0.1, 99.9])
+    if hi <= lo:
+        lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        return np.zeros(img.shape, np.uint8)
+    levels = np.arange(int(info.min), int(info.max) + 1, dtype=np.float64)
+    table = np.clip((levels - lo) / (hi - lo) * 255, 0, 255).round().astype(np.uint8)
+    if info.min < 0:  # signed: its unsigned view, top bit flipped, counts from info.min
+        unsigned = np.dtype(f"u{img.dtype.itemsize}")
+        return table[img.view(unsigned) ^ unsigned.type(-int(info.min))]
+    return table[img]
+
+
 def _to_uint8(img: np.ndarray, path) -> np.ndarray:
     """Grayscale uint8 from 8/16-bit, float, RGB(A) or multi-page arrays."""
     img = np.asarray(img)
@@ -85,6 +104,8 @@ def _to_uint8(img: np.ndarray, path) -> np.ndarray:
         return img
     if img.dtype == bool:
         return img.astype(np.uint8) * 255
+    if np.issubdtype(img.dtype, np.integer) and img.dtype.itemsize <= 2:
+        return _stretch_16bit(img)
     f = img.astype(np.float64)
     if not np.all(np.isfinite(f)):
         f = np.where(np.isfinite(f), f, 0.0)
@@ -271,6 +292,11 @@ def _tiff_tag_cleared(data: bytes) -> bytes:
     return bytes(out)
 
 
+#: what is said of a section read inverted (:func:`_as_the_plates`)
+BRIGHTFIELD_NOTE = ("dark tissue on a bright background (brightfield?): inverted to bright "
+                    "tissue on dark, as the atlas plates are")
+
+
 def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
     """A read section made to look like the atlas plates where it can be: dark tissue on a
     bright background (:func:`looks_brightfield`) is inverted; each change, and other
@@ -279,8 +305,7 @@ def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
     import warnings
 
     if looks_brightfield(img):
-        warnings.warn(f"{path}: dark tissue on a bright background (brightfield?): inverted to "
-                      "bright tissue on dark, as the atlas plates are", SamriMLNote, stacklevel=3)
+        warnings.warn(f"{path}: {BRIGHTFIELD_NOTE}", SamriMLNote, stacklevel=3)
         img = 255 - img
     n = other_sections(img)
     if n:
@@ -501,6 +526,15 @@ def tissue_bbox(img: np.ndarray, margin: float = 0.02,
 #: pieces of tissue within this fraction of the section's box size from it belong to it
 #: (two olfactory bulbs, a detached cerebellum); farther ones are other things on the slide
 NEAR = 0.5
+#: a piece of at least this fraction of the section's largest piece's area is section-sized:
+#: it may be another section (:func:`other_sections`)
+SECTION_SIZED = 0.25
+#: a section-sized piece belongs to the section only within this fraction of the section's
+#: box size from it (a torn midline, two olfactory bulbs: 0.12 apart in plate 1's dorsal
+#: half); farther, it is another section
+#: on the slide (sections laid side by side 0.46 of their width apart used to be joined
+#: into one, ranked as one wide section, with no note)
+NEAR_SECTION = 0.15
 
 
 def _union_box(stats: np.ndarray) -> tuple[int, int, int, int]:
@@ -520,21 +554,31 @@ def _section_pieces(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Components under 2 % of the largest are dust. The section is the largest component and,
     repeatedly, every other one within :data:`NEAR` of the section's box size from its box; a
     scale bar, a label or a second section farther away is left out (their boxes used to be
-    joined to the section's: a slide with a label ranked the true plate 45th on average)."""
+    joined to the section's: a slide with a label ranked the true plate 45th on average).
+    A section-sized piece (:data:`SECTION_SIZED`) joins only within :data:`NEAR_SECTION`, and
+    a smaller one only where it lies nearer the section than any section-sized piece left
+    out (a fragment of the next section used to bridge the gap to it)."""
     import cv2
 
     areas = stats[:, cv2.CC_STAT_AREA]
     big = stats[areas >= 0.02 * areas.max()]
-    inside = np.zeros(len(big), bool)
-    inside[np.argmax(big[:, cv2.CC_STAT_AREA])] = True
+    sized = big[:, cv2.CC_STAT_AREA] >= SECTION_SIZED * areas.max()
+    near = np.where(sized, NEAR_SECTION, NEAR)
     t, lo, b, r = (big[:, cv2.CC_STAT_TOP], big[:, cv2.CC_STAT_LEFT],
                    big[:, cv2.CC_STAT_TOP] + big[:, cv2.CC_STAT_HEIGHT],
                    big[:, cv2.CC_STAT_LEFT] + big[:, cv2.CC_STAT_WIDTH])
+    # gaps between the pieces' boxes (negative where they overlap), [i, j]
+    between = np.maximum(np.maximum(t[:, None] - b, t - b[:, None]),
+                         np.maximum(lo[:, None] - r, lo - r[:, None]))
+    inside = np.zeros(len(big), bool)
+    inside[np.argmax(big[:, cv2.CC_STAT_AREA])] = True
     while True:
         bt, bl, bb, br = _union_box(big[inside])
-        reach = NEAR * max(bb - bt, br - bl)
+        reach = near * max(bb - bt, br - bl)
         gap = np.maximum(np.maximum(t - bb, bt - b), np.maximum(lo - br, bl - r))
-        grown = inside | (gap <= reach)
+        others = sized & ~inside  # section-sized pieces left out so far: other sections
+        to_others = np.where(others, between, np.inf).min(axis=1)
+        grown = inside | ((gap <= reach) & (sized | (gap < to_others)))
         if (grown == inside).all():
             break
         inside = grown
@@ -559,15 +603,41 @@ def _mostly_background(blur: np.ndarray) -> bool:
     return bool(p50 - p5 <= 2 + 0.05 * (p95 - p5))
 
 
+#: crops of sections laid side by side with little background around them (not
+#: :func:`_mostly_background`) are told apart where the section's largest piece of tissue at
+#: the triangle level is at least this fraction of the image (in a crop of one section the
+#: triangle level may fall in the bright tail: its pieces are specks, 1.3 % of a training
+#: section's image) and at least this fraction of the image is flat background (in a crop of
+#: tissue the triangle level may fall between bright and dim tissue: 5 % of plate 120 without
+#: its cortex is flat, 17-37 % of the validation sections put side by side)
+SIDE_BY_SIDE_TISSUE = SIDE_BY_SIDE_FLAT = 0.1
+#: ... and where the image is at least this many pixels high and wide (the quarter-size copy
+#: of a smaller one is too coarse: pieces of 128 px plate thumbnails, e.g. the ventral half of
+#: plate 90, 48 px high, fell apart into "sections")
+SIDE_BY_SIDE_MIN_PX = 256
+
+
+def _flat_fraction(blur: np.ndarray) -> float:
+    """The fraction of the image within 2 grey levels and 5 % of its range (1st to 99th
+    percentile) of its 1st percentile: flat dark background."""
+    lo, hi = np.percentile(blur, [1, 99])
+    return float((blur <= lo + 2 + 0.05 * (hi - lo)).mean())
+
+
 def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`_section_pieces` at the triangle level (the whole tissue, dim parts included)
     of a section on a slide: mostly background (:func:`_mostly_background`), tissue far from
-    the section, and the section's box under half of the image. ``None`` otherwise (in a
-    crop of tissue the triangle level falls in the bright tail and its pieces are specks)."""
+    the section, and the section's box under half of the image; or sections side by side
+    with little background (crops put together): another section-sized piece
+    (:data:`SECTION_SIZED`) far from the section, whose largest piece is at least
+    :data:`SIDE_BY_SIDE_TISSUE` of the image and whose box is under three quarters of it, in
+    an image at least :data:`SIDE_BY_SIDE_FLAT` flat background (:func:`_flat_fraction`)
+    and :data:`SIDE_BY_SIDE_MIN_PX` high and wide.
+    ``None`` otherwise (in a crop of tissue the triangle level falls in the bright tail and
+    its pieces are specks)."""
     import cv2
 
-    if not _mostly_background(blur):
-        return None
+    slide = _mostly_background(blur)
     _, fg = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_TRIANGLE)
     n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
     if n <= 1:
@@ -575,8 +645,14 @@ def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     kept, far = _section_pieces(stats[1:])
     if not len(far):  # nothing far away
         return None
+    largest = kept[:, cv2.CC_STAT_AREA].max()
+    if not slide and (min(blur.shape) < SIDE_BY_SIDE_MIN_PX // 4
+                      or largest < SIDE_BY_SIDE_TISSUE * blur.size
+                      or not (far[:, cv2.CC_STAT_AREA] >= SECTION_SIZED * largest).any()
+                      or _flat_fraction(blur) < SIDE_BY_SIDE_FLAT):
+        return None
     t, lo, b, r = _union_box(kept)
-    if (b - t) * (r - lo) >= 0.5 * blur.size:
+    if (b - t) * (r - lo) >= (0.5 if slide else 0.75) * blur.size:
         return None
     return kept, far
 
@@ -584,12 +660,20 @@ def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 def _section_region(img: np.ndarray):
     """``small, blur, (top, left, bottom, right)``: the region of the quarter-size copy that
     holds the section. The whole copy, unless the section lies on a slide with other things
-    (:func:`_on_a_slide`; then the section's pieces' box grown by :data:`NEAR` of its size)."""
+    (:func:`_on_a_slide`; then the section's pieces' box grown by :data:`NEAR` of its size,
+    and in ``blur`` the boxes of the things left out, outside the section's box, are made
+    background: a second section laid nearer than that used to be boxed with it)."""
     small, blur = _quarter(img)
     slide = _on_a_slide(blur)
     if slide is None:
         return small, blur, (0, 0, small.shape[0], small.shape[1])
     t, lo, b, r = _union_box(slide[0])
+    # the background: the histogram's peak (the triangle level's foot)
+    section, background = blur[t:b, lo:r].copy(), np.bincount(blur.ravel()).argmax()
+    blur = blur.copy()
+    for ft, fl, fb, fr in (_union_box(row[None]) for row in slide[1]):
+        blur[ft:fb, fl:fr] = background
+    blur[t:b, lo:r] = section
     pad = int(NEAR * max(b - t, r - lo))
     return small, blur, (max(0, t - pad), max(0, lo - pad), min(small.shape[0], b + pad),
                          min(small.shape[1], r + pad))
@@ -605,7 +689,7 @@ def other_sections(img: np.ndarray) -> int:
     if slide is None:
         return 0
     kept, far = slide
-    return int((far[:, cv2.CC_STAT_AREA] >= 0.25 * kept[:, cv2.CC_STAT_AREA].max()).sum())
+    return int((far[:, cv2.CC_STAT_AREA] >= SECTION_SIZED * kept[:, cv2.CC_STAT_AREA].max()).sum())
 
 
 #: :func:`looks_brightfield`'s limit on the flatness ratio of the bright and dark tenths
@@ -705,8 +789,30 @@ def load_atlas(folder) -> tuple[np.ndarray, list[np.ndarray]]:
     files.sort()
     numbers = [n for n, _ in files]
     if len(set(numbers)) != len(numbers):
-        raise SamriMLError(f"{folder}: two files share a plate number")
-    return np.array(numbers, dtype=int), [read_image(p) for _, p in files]
+        twice = [(n, p) for i, (n, p) in enumerate(files) if numbers.count(n) > 1][:2]
+        raise SamriMLError(f"{folder}: {twice[0][1].name} and {twice[1][1].name} are both "
+                           f"plate {twice[0][0]}; hint: keep one file per plate")
+    return np.array(numbers, dtype=int), _read_plates(folder, [p for _, p in files])
+
+
+def _read_plates(folder, paths: list[Path]) -> list[np.ndarray]:
+    """The plates' images; plates read inverted (brightfield, e.g. the Allen Reference Atlas'
+    own Nissl plates) are said in one note for the folder, not one line per plate."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = [read_image(p) for p in paths]
+    inverted = [w for w in caught if str(w.message).endswith(BRIGHTFIELD_NOTE)]
+    for w in caught:
+        if w not in inverted:
+            warnings.warn(w.message, w.category, stacklevel=3)
+    if inverted:
+        first = str(inverted[0].message)[:-len(BRIGHTFIELD_NOTE) - 2]
+        warnings.warn(f"{folder}: {len(inverted)} of {len(paths)} plates are dark tissue on a "
+                      "bright background (brightfield?): inverted to bright tissue on dark, "
+                      f"e.g. {Path(first).name}", SamriMLNote, stacklevel=3)
+    return images
 
 
 def load_sections(folder) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
