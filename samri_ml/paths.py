@@ -37,3 +37,38 @@ def existing_data_dir(given=None, option: str = "--data-dir") -> Path:
         where = f"{path} (the default: ../shared/data beside a source checkout)"
     raise SamriMLError(f"{where}: data folder not found; hint: pass {option} DIR or set "
                        "SAMRI_ML_SHARED_DATA")
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/samri_ml/<parts>``, else ``~/.cache/samri_ml/<parts>``.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification says. A user without a
+    home folder (no ``HOME`` and no password entry: a container's bare uid) gets a
+    :class:`~samri_ml.errors.SamriMLError` that says how to name one.
+    """
+    from samri_ml.errors import SamriMLError
+
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg, "samri_ml", *parts)
+    try:
+        return Path.home().joinpath(".cache", "samri_ml", *parts)
+    except RuntimeError as err:  # Path.home(): "Could not determine home directory."
+        raise SamriMLError("no home folder for the cache; hint: pass --cache-dir DIR or set "
+                           "XDG_CACHE_HOME") from err
+
+
+def writable_cache(path: Path) -> Path:
+    """``path``, created where missing; a :class:`~samri_ml.errors.SamriMLError` naming it
+    where it cannot be (a read-only or missing home folder: the registration's worker died
+    with a traceback)."""
+    from samri_ml.errors import SamriMLError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as err:
+        raise SamriMLError(f"cannot write the cache folder {path} ({err.strerror}); hint: pass "
+                           "--cache-dir DIR or set XDG_CACHE_HOME to a writable folder") from err
+    return path

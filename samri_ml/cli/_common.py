@@ -101,7 +101,8 @@ def add_masker_data_options(parser) -> None:
                         help="shared data folder (default: $SAMRI_ML_SHARED_DATA or ../shared/data)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="folder for registration-derived masks "
-                        "(default ~/.cache/samri_ml/masks)")
+                        "(default $XDG_CACHE_HOME/samri_ml/masks, else "
+                        "~/.cache/samri_ml/masks)")
     parser.add_argument("--stripped-rim", choices=["fill", "cut"], default="fill",
                         help="skull-stripped scans (dama) whose image is zero on the rim of "
                         "their manual mask: fill that rim with the nearest brain intensity and "
