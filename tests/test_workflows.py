@@ -173,6 +173,36 @@ def test_graph_command_draws_the_generic_workflow_in_every_type(graph2use, tmp_p
     assert ("anat_wf" if graph2use == "orig" else "s_register") in svg
 
 
+def test_nipype_messages_come_once_on_stderr_and_stdout_is_the_result(tmp_path):
+    """Nipype's own stdout handler and the commands' root handler both printed each Nipype
+    message: a failed step's warnings came twice (once on stdout, in two lines), its INFO
+    lines showed without -v, and ``samri_ml-graph`` (with Graphviz) printed Nipype's
+    "Generated workflow graph" on stdout before the picture's path. Real processes, as a
+    user's shell runs them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from samri_ml.cli._common import setup_logging; "
+            "from nipype import logging as nl; setup_logging(int(sys.argv[1])); "
+            "log = nl.getLogger('nipype.workflow'); log.info('info-line'); "
+            "log.warning('warning-line')")
+    quiet = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True,
+                           check=True)
+    assert quiet.stdout == ""
+    assert quiet.stderr.count("warning-line") == 1 and "info-line" not in quiet.stderr
+    assert len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr
+    verbose = subprocess.run([sys.executable, "-c", code, "1"], capture_output=True, text=True,
+                             check=True)
+    assert verbose.stdout == "" and verbose.stderr.count("info-line") == 1
+
+    graph = subprocess.run([sys.executable, "-m", "samri_ml.cli.graph", "structural",
+                            str(tmp_path / "g")], capture_output=True, text=True)  # fmt: skip
+    assert graph.returncode == 0, graph.stderr
+    assert graph.stdout.splitlines() == [graph.stdout.strip()], graph.stdout
+    assert graph.stdout.startswith(f"{tmp_path / 'g.png'} (") and graph.stderr == ""
+    assert (tmp_path / "g.png").stat().st_size > 5000
+
+
 def test_graph_command_refuses_what_it_would_not_draw(tmp_path, capsys):
     """``samri_ml-graph generic --masking input`` drew the unmasked workflow without a word."""
     from samri_ml.cli.graph import main
