@@ -72,3 +72,48 @@ def writable_cache(path: Path) -> Path:
         raise SamriMLError(f"cannot write the cache folder {path} ({err.strerror}); hint: pass "
                            "--cache-dir DIR or set XDG_CACHE_HOME to a writable folder") from err
     return path
+
+
+def _writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def quiet_matplotlib_dirs() -> None:
+    """Before matplotlib's import (TensorFlow, ANTs and Nipype import it): where
+    ``MPLCONFIGDIR`` is unset and matplotlib's own folders (``$XDG_CONFIG_HOME`` or
+    ``~/.config``, ``$XDG_CACHE_HOME`` or ``~/.cache``, each ``/matplotlib``) cannot be
+    written, point it at a temporary folder removed at exit.
+
+    That is what matplotlib does itself, but with a two-line warning ("mkdir -p failed ...
+    it is highly recommended to set the MPLCONFIGDIR environment variable") on every command
+    run with a read-only or missing home folder (cluster nodes, containers).
+    """
+    import sys
+
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
+        return
+    try:
+        home = Path.home()
+    except RuntimeError:  # no HOME and no password entry
+        home = None
+    for variable, default in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache")):
+        value = os.environ.get(variable, "")
+        base = Path(value) if os.path.isabs(value) else home / default if home else None
+        if base is None or not _writable_dir(base / "matplotlib"):
+            break
+    else:
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    try:
+        folder = tempfile.mkdtemp(prefix="matplotlib-")
+    except OSError:  # no writable temporary folder either: matplotlib says so itself
+        return
+    os.environ["MPLCONFIGDIR"] = folder
+    atexit.register(shutil.rmtree, folder, True)

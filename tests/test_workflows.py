@@ -203,6 +203,30 @@ def test_nipype_messages_come_once_on_stderr_and_stdout_is_the_result(tmp_path):
     assert (tmp_path / "g.png").stat().st_size > 5000
 
 
+def test_a_home_that_cannot_be_written_gives_no_matplotlib_warning(tmp_path):
+    """On a cluster node or in a container with a read-only or missing home folder every
+    command that draws (reports, graphs, samri_ml-qc compare --out) printed matplotlib's
+    "mkdir -p failed ... it is highly recommended to set the MPLCONFIGDIR environment
+    variable". Now the commands give matplotlib a temporary folder themselves, and remove it."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.write_text("")  # a file: nothing can be made under it, even by root
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), TMPDIR=str(tmp))
+    run = subprocess.run([sys.executable, "-m", "samri_ml.cli.graph", "structural",
+                          str(tmp_path / "g"), "--pure-python"], env=env, capture_output=True,
+                         text=True)  # fmt: skip
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert (tmp_path / "g.png").stat().st_size > 5000
+    assert list(tmp.iterdir()) == []  # the temporary matplotlib folder is gone
+
+
 def test_graph_command_refuses_what_it_would_not_draw(tmp_path, capsys):
     """``samri_ml-graph generic --masking input`` drew the unmasked workflow without a word."""
     from samri_ml.cli.graph import main
