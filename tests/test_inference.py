@@ -215,3 +215,36 @@ def test_a_model_from_a_newer_keras_is_refused_in_one_short_line(tmp_path, capsy
         assert len(err) == 1 and len(err[0]) < 500, err
         assert f"{prog}: error: {same}: " in err[0] and "future_option" in err[0], err
     assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_a_keras_backend_that_cannot_be_used_is_named(tmp_path, example_dataset):
+    """A ``KERAS_BACKEND`` left set for another project (``torch`` or ``jax`` where they are
+    not installed, ``TensorFlow`` in capitals) stopped samri_ml-mask and -identify-plate with
+    ``ModuleNotFoundError: No module named 'torch'`` or ``ValueError: Unable to import
+    backend : TensorFlow``, without a word of the variable. Real processes: Keras reads the
+    variable once, when it is first imported."""
+    import importlib.util
+    import os
+
+    import cv2
+
+    scan = next(example_dataset.glob("sub-01/ses-1/anat/*_T2w.nii.gz"))
+    section = tmp_path / "section.png"
+    picture = np.zeros((160, 200), np.uint8)
+    cv2.ellipse(picture, (100, 80), (80, 60), 0, 0, 360, 200, -1)  # a section-like blob
+    cv2.imwrite(str(section), picture)
+    backends = ["TensorFlow"] + [b for b in ("torch", "jax")
+                                 if importlib.util.find_spec(b) is None][:1]
+    for backend in backends:
+        for prog, argv in (("mask", [str(scan), str(tmp_path / "m.nii.gz")]),
+                           ("identify_plate", [str(section)])):
+            run = subprocess.run([sys.executable, "-m", f"samri_ml.cli.{prog}", *argv],
+                                 env={**os.environ, "KERAS_BACKEND": backend},
+                                 capture_output=True, text=True)  # fmt: skip
+            err = run.stderr.strip().splitlines()
+            assert run.returncode == 1 and len(err) == 1, run.stderr
+            assert err[0].startswith(f"samri_ml-{prog.replace('_', '-')}: error: "
+                                     f"KERAS_BACKEND={backend}: Keras cannot use this backend ("), err
+            assert err[0].endswith("; hint: unset KERAS_BACKEND (TensorFlow, installed with "
+                                   "samri_ml) or install the backend's package (jax, torch)")
+    assert not (tmp_path / "m.nii.gz").exists()

@@ -47,14 +47,32 @@ def import_keras():
     """
     refuse_inherited_tensorflow()  # loading a model hangs there too, not only running one
     if "keras" in sys.modules or os.environ.get("SAMRI_ML_TF_LOGS") == "1":
-        import keras
-
-        return keras
+        return _import_keras()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from samri_ml.io import quiet_stderr
 
     with quiet_stderr():
+        return _import_keras()
+
+
+def _import_keras():
+    """``import keras``; a ``KERAS_BACKEND`` it cannot use (set for another project, or on a
+    machine that has JAX or PyTorch) is named, with a hint. It was ``ModuleNotFoundError: No
+    module named 'jax'`` (``numpy`` and ``jax``), ``'torch'``, or ``ValueError: Unable to
+    import backend : TensorFlow`` (the name is lower case), without a word of the variable."""
+    try:
         import keras
+    except (ImportError, ValueError) as err:
+        backend = os.environ.get("KERAS_BACKEND")
+        if not backend:
+            raise
+        from samri_ml.errors import SamriMLError
+
+        cause = " ".join(f"{type(err).__name__}: {err}".split())
+        raise SamriMLError(
+            f"KERAS_BACKEND={backend}: Keras cannot use this backend ({cause}); hint: unset "
+            "KERAS_BACKEND (TensorFlow, installed with samri_ml) or install the backend's "
+            "package (jax, torch)") from err
     return keras
 
 
