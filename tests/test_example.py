@@ -125,16 +125,6 @@ def test_cli_refuses_unrelated_folder(tmp_path, capsys):
     capsys.readouterr()
 
 
-def _file_size_limit(limit):
-    """In the child, before it starts: files may grow to ``limit`` bytes; a write past that
-    fails with EFBIG (SIGXFSZ ignored), as a full disk or a quota fails a write."""
-    import resource
-    import signal
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-
 def test_a_write_that_fails_keeps_nothing_and_the_rerun_works(tmp_path):
     """On a full disk samri_ml-example stopped with a bare "OSError: [Errno 28] No space left
     on device", left an empty dataset_description.json behind, and the same command run again
@@ -144,11 +134,13 @@ def test_a_write_that_fails_keeps_nothing_and_the_rerun_works(tmp_path):
     import subprocess
     import sys
 
+    from samri_ml.testing import file_size_limit
+
     out = tmp_path / "ex"
     argv = [sys.executable, "-m", "samri_ml.cli.example", str(out), "--subjects", "1",
             "--volumes", str(N_VOL)]
     run = subprocess.run(argv, capture_output=True, text=True,
-                         preexec_fn=lambda: _file_size_limit(100_000))
+                         preexec_fn=file_size_limit(100_000))
     err = run.stderr.strip().splitlines()
     assert run.returncode == 1 and len(err) == 1, run.stderr
     assert err[0].startswith(f"samri_ml-example: error: cannot write {out}/"), err
