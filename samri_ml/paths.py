@@ -9,10 +9,12 @@ from pathlib import Path
 def shared_data_dir() -> Path:
     """``$SAMRI_ML_SHARED_DATA``, else ``../shared/data`` beside the repository.
 
-    The real data is read from there and never copied into the project.
+    The real data is read from there and never copied into the project. An empty variable
+    (``SAMRI_ML_SHARED_DATA= cmd``, ``export SAMRI_ML_SHARED_DATA=$UNSET``) counts as unset:
+    it was the current folder ("no scans with masks found under .").
     """
     repo = Path(__file__).resolve().parents[1]
-    return Path(os.environ.get("SAMRI_ML_SHARED_DATA", repo.parent / "shared" / "data"))
+    return Path(os.environ.get("SAMRI_ML_SHARED_DATA") or repo.parent / "shared" / "data")
 
 
 def existing_data_dir(given=None, option: str = "--data-dir") -> Path:
@@ -31,7 +33,7 @@ def existing_data_dir(given=None, option: str = "--data-dir") -> Path:
         return path
     if given:
         where = f"{option} {path}"
-    elif "SAMRI_ML_SHARED_DATA" in os.environ:
+    elif os.environ.get("SAMRI_ML_SHARED_DATA"):
         where = f"SAMRI_ML_SHARED_DATA={path}"
     else:
         where = f"{path} (the default: ../shared/data beside a source checkout)"

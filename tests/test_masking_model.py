@@ -913,6 +913,24 @@ def test_a_large_volume_is_predicted_with_few_copies_of_it(phantom):
     assert peak < 4 * big.nbytes + 3 * slices, (peak / big.nbytes, peak / 1e6)
 
 
+def test_an_empty_shared_data_variable_counts_as_unset(tmp_path, monkeypatch):
+    """``SAMRI_ML_SHARED_DATA= samri_ml-evaluate-masker`` (or ``export
+    SAMRI_ML_SHARED_DATA=$UNSET``) searched the current folder: "no scans with masks found
+    under .". An empty variable is now the default folder, as an unset one."""
+    from samri_ml import paths
+
+    monkeypatch.delenv("SAMRI_ML_SHARED_DATA", raising=False)
+    default = paths.shared_data_dir()
+    monkeypatch.setenv("SAMRI_ML_SHARED_DATA", "")
+    monkeypatch.chdir(tmp_path)
+    assert paths.shared_data_dir() == default and default.is_absolute()
+    if default.is_dir():
+        assert paths.existing_data_dir() == default
+    else:
+        with pytest.raises(SamriMLError, match=r"\(the default: ../shared/data beside a source"):
+            paths.existing_data_dir()
+
+
 def test_a_missing_data_folder_names_where_it_was_looked_for(tmp_path, capsys, monkeypatch):
     """From an installed package the default data folder is beside site-packages: the
     message named that path and hinted at --data-dir only, not SAMRI_ML_SHARED_DATA
