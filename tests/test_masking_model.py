@@ -599,6 +599,43 @@ def test_train_masker_checks_init_and_its_folder_first(tmp_path, capsys, monkeyp
     assert "is a folder" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+TINY_TRAINING = """
+import sys, numpy as np
+from samri_ml.masking import train as mt
+rng = np.random.default_rng(0)
+x = rng.random((40, 64, 64, 1), dtype=np.float32)
+mt.cached_dataset = lambda *a, **k: (x, (x > 0.5).astype(np.float32), np.array(["g"] * 40),
+                                     np.arange(40) >= 32, {})
+from samri_ml.cli.train_masker import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_training_into_a_log_file_is_one_plain_line_per_epoch(tmp_path):
+    """Keras' progress bar takes any POSIX system for a terminal: samri_ml-train-masker with
+    its output in a file (a cluster job's log) got the bar redrawn every 50 ms with
+    backspaces and colour codes, NO_COLOR or not. Now one plain line per epoch there (a
+    terminal keeps the bar). A real process, the 40 random slices of ``tiny_slices``."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(TINY_TRAINING)
+    log = tmp_path / "train.log"
+    with open(log, "w") as out:
+        run = subprocess.run([sys.executable, str(script), str(tmp_path / "m" / "out.keras"),
+                              "--width", "2", "--epochs-plain", "3", "--epochs-augmented", "0",
+                              "--steps-per-epoch", "12", "--batch-size", "4"],
+                             stdout=out, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "NO_COLOR": ""})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    text = log.read_text()
+    assert not any(c in text for c in "\x1b\b\r"), repr(text[:300])
+    epochs = [ln for ln in text.splitlines() if ln.startswith("12/12 - ")]
+    assert len(epochs) == 3 and all("val_loss:" in ln for ln in epochs), text
+
+
 def test_time_limit_before_the_first_epoch_is_an_error(tmp_path, capsys, tiny_slices):
     """A data set that took the whole --max-minutes gave an untrained model, saved as if
     trained; now one line and nothing written."""
