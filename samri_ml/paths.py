@@ -77,10 +77,11 @@ def writable_cache(path: Path) -> Path:
 
 
 def _writable_dir(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
+    """Whether the folder ``path`` could be written, or made and written (nothing is made)."""
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
