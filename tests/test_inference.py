@@ -248,3 +248,23 @@ def test_a_keras_backend_that_cannot_be_used_is_named(tmp_path, example_dataset)
             assert err[0].endswith("; hint: unset KERAS_BACKEND (TensorFlow, installed with "
                                    "samri_ml) or install the backend's package (jax, torch)")
     assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_the_compiled_forward_pass_leaves_nothing_in_tmpdir(tmp_path, example_dataset):
+    """Every masking step of samri_ml-register left an ``__autograph_generated_file*.py`` in
+    TMPDIR: TensorFlow's autograph writes one to convert the traced function and removes it
+    at exit, which a Nipype worker (ended with ``os._exit``) never reaches. Nothing there to
+    convert: the trace is made without autograph. A real process, ended as a worker is."""
+    import os
+
+    scan = next(example_dataset.glob("sub-01/ses-1/anat/*_T2w.nii.gz"))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = ("import os, sys, nibabel as nb; from samri_ml.masking.predict import predict_mask; "
+            "mask = predict_mask(nb.load(sys.argv[1])); "
+            "print(int(mask.get_fdata().sum()), flush=True); os._exit(0)")
+    run = subprocess.run([sys.executable, "-c", code, str(scan)], capture_output=True,
+                         text=True, env={**os.environ, "TMPDIR": str(tmp)})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout.split()[-1]) > 10_000  # a brain was masked
+    assert list(tmp.iterdir()) == []

@@ -241,8 +241,11 @@ def inference_fn(model):
             import tensorflow as tf
 
             spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+            # autograph=False: nothing to convert (no Python control flow), and the file it
+            # writes into TMPDIR for the conversion stayed there after every masking step of
+            # samri_ml-register (its workers end without Python's exit handlers)
             graph = tf.function(lambda x: tf.cast(net(x, training=False), tf.float32),
-                                input_signature=[spec]).get_concrete_function()
+                                input_signature=[spec], autograph=False).get_concrete_function()
             # the traced graph called directly: a tf.function call first binds and checks
             # its arguments in Python (0.5-1 ms, about a twentieth of a plate section's time)
             fn = lambda x: graph(tf.convert_to_tensor(x, tf.float32))  # noqa: E731
