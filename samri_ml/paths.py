@@ -86,37 +86,46 @@ def _writable_dir(path: Path) -> bool:
 
 
 def quiet_matplotlib_dirs() -> None:
-    """Before matplotlib's import (TensorFlow, ANTs and Nipype import it): where
-    ``MPLCONFIGDIR`` is unset and matplotlib's own folders (``$XDG_CONFIG_HOME`` or
+    """Before matplotlib's and Keras' import (TensorFlow, ANTs and Nipype import matplotlib):
+    where ``MPLCONFIGDIR`` is unset and matplotlib's own folders (``$XDG_CONFIG_HOME`` or
     ``~/.config``, ``$XDG_CACHE_HOME`` or ``~/.cache``, each ``/matplotlib``) cannot be
-    written, point it at a temporary folder removed at exit.
+    written, point it at a temporary folder removed at exit; the same for ``KERAS_HOME`` where
+    there is no home folder at all (no ``HOME`` and no password entry).
 
-    That is what matplotlib does itself, but with a two-line warning ("mkdir -p failed ...
+    Matplotlib makes such a folder itself, but with a two-line warning ("mkdir -p failed ...
     it is highly recommended to set the MPLCONFIGDIR environment variable") on every command
-    run with a read-only or missing home folder (cluster nodes, containers).
+    run with a read-only or missing home folder (cluster nodes, containers). Keras, without a
+    home, made a folder literally named ``~`` (``~/.keras/keras.json``) in the current folder,
+    which may be the BIDS dataset.
     """
     import sys
 
-    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
-        return
     try:
         home = Path.home()
     except RuntimeError:  # no HOME and no password entry
         home = None
-    for variable, default in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache")):
-        value = os.environ.get(variable, "")
-        base = Path(value) if os.path.isabs(value) else home / default if home else None
-        if base is None or not _writable_dir(base / "matplotlib"):
-            break
-    else:
+    matplotlib = not os.environ.get("MPLCONFIGDIR") and "matplotlib" not in sys.modules
+    if matplotlib:
+        for variable, default in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache")):
+            value = os.environ.get(variable, "")
+            base = Path(value) if os.path.isabs(value) else home / default if home else None
+            if base is None or not _writable_dir(base / "matplotlib"):
+                break
+        else:
+            matplotlib = False
+    keras = home is None and "KERAS_HOME" not in os.environ and "keras" not in sys.modules
+    if not (matplotlib or keras):
         return
     import atexit
     import shutil
     import tempfile
 
     try:
-        folder = tempfile.mkdtemp(prefix="matplotlib-")
+        folder = tempfile.mkdtemp(prefix="samri_ml-config-")
     except OSError:  # no writable temporary folder either: matplotlib says so itself
         return
-    os.environ["MPLCONFIGDIR"] = folder
     atexit.register(shutil.rmtree, folder, True)
+    if matplotlib:
+        os.environ["MPLCONFIGDIR"] = os.path.join(folder, "matplotlib")
+    if keras:
+        os.environ["KERAS_HOME"] = os.path.join(folder, "keras")

@@ -227,6 +227,49 @@ def test_a_home_that_cannot_be_written_gives_no_matplotlib_warning(tmp_path):
     assert list(tmp.iterdir()) == []  # the temporary matplotlib folder is gone
 
 
+def test_a_user_without_a_home_gets_no_tilde_folder(tmp_path):
+    """A process with no HOME and no password entry (``env -i`` under a container's bare
+    uid): Keras, imported by samri_ml-mask, -identify-plate and register's masking steps, made
+    a folder literally named ``~`` (``~/.keras/keras.json``) in the current folder, which may
+    be the BIDS dataset. A real process under a uid that has no password entry (root only)."""
+    import os
+    import pwd
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run a process under a uid without a password entry")
+    uid = next(u for u in range(54321, 54400) if not _has_passwd_entry(pwd, u))
+
+    def as_uid():
+        os.setgid(uid)
+        os.setuid(uid)
+
+    here = tmp_path / "cwd"
+    here.mkdir()
+    here.chmod(0o777)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.pathsep.join(
+        p for p in sys.path if p)}
+    probe = subprocess.run([sys.executable, "-c", "import samri_ml"], cwd=here, env=env,
+                           preexec_fn=as_uid, capture_output=True)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("the interpreter or the package cannot be read by another user here")
+    code = ("import sys; from samri_ml.cli._common import run_cli; "
+            "sys.exit(run_cli('prog', lambda argv: print(__import__('keras').__version__)))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, preexec_fn=as_uid,
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr
+    assert list(here.iterdir()) == []
+
+
+def _has_passwd_entry(pwd, uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
 def test_graph_command_refuses_what_it_would_not_draw(tmp_path, capsys):
     """``samri_ml-graph generic --masking input`` drew the unmasked workflow without a word."""
     from samri_ml.cli.graph import main
