@@ -85,7 +85,7 @@ def _writable_dir(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
-def quiet_matplotlib_dirs() -> None:
+def quiet_config_dirs() -> None:
     """Before matplotlib's and Keras' import (TensorFlow, ANTs and Nipype import matplotlib):
     where ``MPLCONFIGDIR`` is unset and matplotlib's own folders (``$XDG_CONFIG_HOME`` or
     ``~/.config``, ``$XDG_CACHE_HOME`` or ``~/.cache``, each ``/matplotlib``) cannot be

@@ -48,9 +48,9 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None, *,
     """
     verbose = wants_verbose(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from samri_ml.paths import quiet_matplotlib_dirs
+    from samri_ml.paths import quiet_config_dirs
 
-    quiet_matplotlib_dirs()
+    quiet_config_dirs()
     import warnings
 
     default_show = warnings.showwarning
