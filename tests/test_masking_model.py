@@ -592,9 +592,20 @@ def test_train_masker_checks_init_and_its_folder_first(tmp_path, capsys, monkeyp
     assert len(err) == 1 and "none.keras: model file not found" in err[0], err
     from samri_ml.cli.train_masker import main
 
+    # --dataset-cache was written after the data set had been built: a bare PermissionError
+    (tmp_path / "a file").write_text("")
+    cache = tmp_path / "a file" / "ds"
+    assert main([str(tmp_path / "m.keras"), "--data-dir", str(tmp_path), "--dataset-cache",
+                 str(cache)]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"--dataset-cache {cache}: {tmp_path / 'a file'} is not a folder")
     with read_only_folder(tmp_path / "ro") as ro:
         assert main([str(ro / "sub" / "out.keras"), "--data-dir", str(tmp_path)]) == 2
         assert f"{ro} is not writable" in capsys.readouterr().err.strip().splitlines()[-1]
+        assert main([str(tmp_path / "m.keras"), "--data-dir", str(tmp_path), "--dataset-cache",
+                     str(ro / "ds")]) == 2  # fmt: skip
+        assert (f"--dataset-cache {ro / 'ds'}: {ro} is not writable"
+                in capsys.readouterr().err.strip().splitlines()[-1])
     assert main([str(tmp_path), "--data-dir", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err.strip().splitlines()[-1]
 
