@@ -31,6 +31,7 @@ along the phase-encoding axis (y): ``x_s -> x_s + d(x_s) e_y`` before ``A_f^-1``
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -958,80 +959,110 @@ def write_example_dataset(
             f"{out}: folder is not empty and is not a samri_ml example dataset; hint: give a new "
             "or empty folder, or --force to write into it anyway"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    fresh = not out.is_dir() or not any(out.iterdir())
     written: list[Path] = []
 
     def save(img, rel):
-        _save(img, out / rel)
         written.append(out / rel)
+        _save(img, out / rel)
 
     def save_json(obj, rel):
-        _write_json(obj, out / rel)
         written.append(out / rel)
+        _write_json(obj, out / rel)
 
     def save_text(text, rel):
+        written.append(out / rel)
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text(text)
-        written.append(out / rel)
 
-    generated_by = [{"Name": GENERATOR, "Version": __version__,
-                     "Description": f"mouse-head phantom, seed {seed}"}]  # fmt: skip
-    save_json(
-        {"Name": "samri_ml example: mouse head phantom", "BIDSVersion": "1.8.0",
-         "DatasetType": "raw", "License": "CC0", "Authors": ["samri_ml"],
-         "GeneratedBy": generated_by},
-        "dataset_description.json",
-    )  # fmt: skip
-    subs = [f"{i + 1:02d}" for i in range(n_subjects)]
-    save_text(
-        "participant_id\tspecies\tstrain\n"
-        + "".join(f"sub-{s}\tMus musculus\tphantom\n" for s in subs),
-        "participants.tsv",
-    )
-    save_text("template/\nderivatives/\n", ".bidsignore")
-    save_text(_README.format(n=n_subjects, v=n_volumes, seed=seed), "README")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
 
-    tpl = make_template(seed, contrasts=("t2", "epi"))
-    tdir = "template"
-    save(tpl["T2w"], f"{tdir}/tpl-{TEMPLATE_NAME}_T2w.nii.gz")
-    save(tpl["bold"], f"{tdir}/tpl-{TEMPLATE_NAME}_bold.nii.gz")
-    save(tpl["mask"], f"{tdir}/tpl-{TEMPLATE_NAME}_desc-brain_mask.nii.gz")
-    save(tpl["dseg"], f"{tdir}/tpl-{TEMPLATE_NAME}_dseg.nii.gz")
-    lut = "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in LABELS.items() if k)
-    save_text(lut, f"{tdir}/tpl-{TEMPLATE_NAME}_dseg.tsv")
-    tmask = np.asarray(tpl["mask"].dataobj)
-    save_json(
-        {"Name": f"{TEMPLATE_NAME}: samri_ml mouse-head phantom template", "seed": int(seed),
-         "head": asdict(tpl["head"]), "RAS": True, "res_mm": TEMPLATE_ZOOM,
-         "brain_volume_mm3": float(tmask.sum() * TEMPLATE_ZOOM**3), "GeneratedBy": generated_by},
-        f"{tdir}/template_description.json",
-    )  # fmt: skip
+        generated_by = [{"Name": GENERATOR, "Version": __version__,
+                         "Description": f"mouse-head phantom, seed {seed}"}]  # fmt: skip
+        save_json(
+            {"Name": "samri_ml example: mouse head phantom", "BIDSVersion": "1.8.0",
+             "DatasetType": "raw", "License": "CC0", "Authors": ["samri_ml"],
+             "GeneratedBy": generated_by},
+            "dataset_description.json",
+        )  # fmt: skip
+        subs = [f"{i + 1:02d}" for i in range(n_subjects)]
+        save_text(
+            "participant_id\tspecies\tstrain\n"
+            + "".join(f"sub-{s}\tMus musculus\tphantom\n" for s in subs),
+            "participants.tsv",
+        )
+        save_text("template/\nderivatives/\n", ".bidsignore")
+        save_text(_README.format(n=n_subjects, v=n_volumes, seed=seed), "README")
 
-    gt = "derivatives/groundtruth"
-    save_json(
-        {"Name": "samri_ml example ground truth", "BIDSVersion": "1.8.0",
-         "DatasetType": "derivative", "GeneratedBy": generated_by,
-         "SourceDatasets": [{"URL": "../../"}]},
-        f"{gt}/dataset_description.json",
-    )  # fmt: skip
-    save_text(lut, f"{gt}/dseg.tsv")
-    for i, s in enumerate(subs):
-        subj = make_subject(tpl, [int(seed), i + 1], n_volumes=n_volumes)
-        base = f"sub-{s}/ses-1"
-        stem = f"sub-{s}_ses-1"
-        save(subj["T2w"], f"{base}/anat/{stem}_T2w.nii.gz")
-        save_json(subj["T2w_json"], f"{base}/anat/{stem}_T2w.json")
-        save(subj["bold"], f"{base}/func/{stem}_task-rest_bold.nii.gz")
-        save_json(subj["bold_json"], f"{base}/func/{stem}_task-rest_bold.json")
-        save(subj["mask"], f"{gt}/{base}/anat/{stem}_desc-brain_mask.nii.gz")
-        save(subj["dseg"], f"{gt}/{base}/anat/{stem}_dseg.nii.gz")
-        save(subj["func_mask"], f"{gt}/{base}/func/{stem}_task-rest_desc-brain_mask.nii.gz")
-        save(subj["func_dseg"], f"{gt}/{base}/func/{stem}_task-rest_dseg.nii.gz")
-        save_json(subj["pose"], f"{gt}/{base}/{stem}_pose.json")
+        tpl = make_template(seed, contrasts=("t2", "epi"))
+        tdir = "template"
+        save(tpl["T2w"], f"{tdir}/tpl-{TEMPLATE_NAME}_T2w.nii.gz")
+        save(tpl["bold"], f"{tdir}/tpl-{TEMPLATE_NAME}_bold.nii.gz")
+        save(tpl["mask"], f"{tdir}/tpl-{TEMPLATE_NAME}_desc-brain_mask.nii.gz")
+        save(tpl["dseg"], f"{tdir}/tpl-{TEMPLATE_NAME}_dseg.nii.gz")
+        lut = "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in LABELS.items() if k)
+        save_text(lut, f"{tdir}/tpl-{TEMPLATE_NAME}_dseg.tsv")
+        tmask = np.asarray(tpl["mask"].dataobj)
+        save_json(
+            {"Name": f"{TEMPLATE_NAME}: samri_ml mouse-head phantom template", "seed": int(seed),
+             "head": asdict(tpl["head"]), "RAS": True, "res_mm": TEMPLATE_ZOOM,
+             "brain_volume_mm3": float(tmask.sum() * TEMPLATE_ZOOM**3), "GeneratedBy": generated_by},
+            f"{tdir}/template_description.json",
+        )  # fmt: skip
 
-    files = {p.relative_to(out).as_posix(): _sha256(p) for p in written}
-    _write_json({"generator": GENERATOR, "settings": settings, "files": files}, out / MANIFEST)
+        gt = "derivatives/groundtruth"
+        save_json(
+            {"Name": "samri_ml example ground truth", "BIDSVersion": "1.8.0",
+             "DatasetType": "derivative", "GeneratedBy": generated_by,
+             "SourceDatasets": [{"URL": "../../"}]},
+            f"{gt}/dataset_description.json",
+        )  # fmt: skip
+        save_text(lut, f"{gt}/dseg.tsv")
+        for i, s in enumerate(subs):
+            subj = make_subject(tpl, [int(seed), i + 1], n_volumes=n_volumes)
+            base = f"sub-{s}/ses-1"
+            stem = f"sub-{s}_ses-1"
+            save(subj["T2w"], f"{base}/anat/{stem}_T2w.nii.gz")
+            save_json(subj["T2w_json"], f"{base}/anat/{stem}_T2w.json")
+            save(subj["bold"], f"{base}/func/{stem}_task-rest_bold.nii.gz")
+            save_json(subj["bold_json"], f"{base}/func/{stem}_task-rest_bold.json")
+            save(subj["mask"], f"{gt}/{base}/anat/{stem}_desc-brain_mask.nii.gz")
+            save(subj["dseg"], f"{gt}/{base}/anat/{stem}_dseg.nii.gz")
+            save(subj["func_mask"], f"{gt}/{base}/func/{stem}_task-rest_desc-brain_mask.nii.gz")
+            save(subj["func_dseg"], f"{gt}/{base}/func/{stem}_task-rest_dseg.nii.gz")
+            save_json(subj["pose"], f"{gt}/{base}/{stem}_pose.json")
+
+        files = {p.relative_to(out).as_posix(): _sha256(p) for p in written}
+        written.append(out / MANIFEST)  # last: a folder without it is never taken as complete
+        _write_json({"generator": GENERATOR, "settings": settings, "files": files}, out / MANIFEST)
+    except OSError as err:
+        # a full disk or a quota: the files written so far are removed (and the folders, where
+        # it was new or empty), so that the same command can be run again; it was a bare
+        # "OSError: [Errno 28] No space left on device", and the rerun refused the folder left
+        # behind as "not a samri_ml example dataset"
+        failed = written[-1] if written else out
+        for path in written:
+            path.unlink(missing_ok=True)
+        if fresh:
+            _remove_empty_folders(out)
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        hint = "free some space, or give OUT_DIR on another disk" if full else (
+            "give a writable OUT_DIR")
+        raise SamriMLError(f"cannot write {failed} ({err.strerror or err}); nothing kept; "
+                           f"hint: {hint}") from err
     return out
+
+
+def _remove_empty_folders(root: Path) -> None:
+    """``root`` and the folders under it, where (once their empty subfolders are gone) empty."""
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if not any(root.iterdir()):
+        root.rmdir()
 
 
 _README = """\

@@ -9,10 +9,12 @@ from pathlib import Path
 def shared_data_dir() -> Path:
     """``$SAMRI_ML_SHARED_DATA``, else ``../shared/data`` beside the repository.
 
-    The real data is read from there and never copied into the project.
+    The real data is read from there and never copied into the project. An empty variable
+    (``SAMRI_ML_SHARED_DATA= cmd``, ``export SAMRI_ML_SHARED_DATA=$UNSET``) counts as unset:
+    it was the current folder ("no scans with masks found under .").
     """
     repo = Path(__file__).resolve().parents[1]
-    return Path(os.environ.get("SAMRI_ML_SHARED_DATA", repo.parent / "shared" / "data"))
+    return Path(os.environ.get("SAMRI_ML_SHARED_DATA") or repo.parent / "shared" / "data")
 
 
 def existing_data_dir(given=None, option: str = "--data-dir") -> Path:
@@ -31,9 +33,99 @@ def existing_data_dir(given=None, option: str = "--data-dir") -> Path:
         return path
     if given:
         where = f"{option} {path}"
-    elif "SAMRI_ML_SHARED_DATA" in os.environ:
+    elif os.environ.get("SAMRI_ML_SHARED_DATA"):
         where = f"SAMRI_ML_SHARED_DATA={path}"
     else:
         where = f"{path} (the default: ../shared/data beside a source checkout)"
     raise SamriMLError(f"{where}: data folder not found; hint: pass {option} DIR or set "
                        "SAMRI_ML_SHARED_DATA")
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/samri_ml/<parts>``, else ``~/.cache/samri_ml/<parts>``.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification says. A user without a
+    home folder (no ``HOME`` and no password entry: a container's bare uid) gets a
+    :class:`~samri_ml.errors.SamriMLError` that says how to name one.
+    """
+    from samri_ml.errors import SamriMLError
+
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg, "samri_ml", *parts)
+    try:
+        return Path.home().joinpath(".cache", "samri_ml", *parts)
+    except RuntimeError as err:  # Path.home(): "Could not determine home directory."
+        raise SamriMLError("no home folder for the cache; hint: pass --cache-dir DIR or set "
+                           "XDG_CACHE_HOME") from err
+
+
+def writable_cache(path: Path) -> Path:
+    """``path``, created where missing; a :class:`~samri_ml.errors.SamriMLError` naming it
+    where it cannot be (a read-only or missing home folder: the registration's worker died
+    with a traceback)."""
+    from samri_ml.errors import SamriMLError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as err:
+        raise SamriMLError(f"cannot write the cache folder {path} ({err.strerror}); hint: pass "
+                           "--cache-dir DIR or set XDG_CACHE_HOME to a writable folder") from err
+    return path
+
+
+def _writable_dir(path: Path) -> bool:
+    """Whether the folder ``path`` could be written, or made and written (nothing is made)."""
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def quiet_config_dirs() -> None:
+    """Before matplotlib's and Keras' import (TensorFlow, ANTs and Nipype import matplotlib):
+    where ``MPLCONFIGDIR`` is unset and matplotlib's own folders (``$XDG_CONFIG_HOME`` or
+    ``~/.config``, ``$XDG_CACHE_HOME`` or ``~/.cache``, each ``/matplotlib``) cannot be
+    written, point it at a temporary folder removed at exit; the same for ``KERAS_HOME`` where
+    there is no home folder at all (no ``HOME`` and no password entry).
+
+    Matplotlib makes such a folder itself, but with a two-line warning ("mkdir -p failed ...
+    it is highly recommended to set the MPLCONFIGDIR environment variable") on every command
+    run with a read-only or missing home folder (cluster nodes, containers). Keras, without a
+    home, made a folder literally named ``~`` (``~/.keras/keras.json``) in the current folder,
+    which may be the BIDS dataset.
+    """
+    import sys
+
+    try:
+        home = Path.home()
+    except RuntimeError:  # no HOME and no password entry
+        home = None
+    matplotlib = not os.environ.get("MPLCONFIGDIR") and "matplotlib" not in sys.modules
+    if matplotlib:
+        for variable, default in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache")):
+            value = os.environ.get(variable, "")
+            base = Path(value) if os.path.isabs(value) else home / default if home else None
+            if base is None or not _writable_dir(base / "matplotlib"):
+                break
+        else:
+            matplotlib = False
+    keras = home is None and "KERAS_HOME" not in os.environ and "keras" not in sys.modules
+    if not (matplotlib or keras):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    try:
+        folder = tempfile.mkdtemp(prefix="samri_ml-config-")
+    except OSError:  # no writable temporary folder either: matplotlib says so itself
+        return
+    atexit.register(shutil.rmtree, folder, True)
+    if matplotlib:
+        os.environ["MPLCONFIGDIR"] = os.path.join(folder, "matplotlib")
+    if keras:
+        os.environ["KERAS_HOME"] = os.path.join(folder, "keras")

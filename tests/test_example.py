@@ -125,6 +125,33 @@ def test_cli_refuses_unrelated_folder(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_a_write_that_fails_keeps_nothing_and_the_rerun_works(tmp_path):
+    """On a full disk samri_ml-example stopped with a bare "OSError: [Errno 28] No space left
+    on device", left an empty dataset_description.json behind, and the same command run again
+    (space freed) refused the folder: "not empty and is not a samri_ml example dataset". Now
+    one line names the file, nothing is kept, and the rerun writes the data set. A real
+    process whose files may not grow past 100 kB."""
+    import subprocess
+    import sys
+
+    from samri_ml.testing import file_size_limit
+
+    out = tmp_path / "ex"
+    argv = [sys.executable, "-m", "samri_ml.cli.example", str(out), "--subjects", "1",
+            "--volumes", str(N_VOL)]
+    run = subprocess.run(argv, capture_output=True, text=True,
+                         preexec_fn=file_size_limit(100_000))
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and len(err) == 1, run.stderr
+    assert err[0].startswith(f"samri_ml-example: error: cannot write {out}/"), err
+    assert err[0].endswith(" (File too large); nothing kept; hint: free some space, or give "
+                           "OUT_DIR on another disk"), err
+    assert not out.exists()
+    run = subprocess.run(argv, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert ex.is_current_example(out, 1, N_VOL, 0)
+
+
 def test_masks_and_brain_volume(dataset):
     tm = nb.load(str(dataset / "template/tpl-Phantom_desc-brain_mask.nii.gz"))
     m = _data(dataset / "template/tpl-Phantom_desc-brain_mask.nii.gz")

@@ -257,3 +257,56 @@ def _installed(metadata, name: str) -> bool:
     except metadata.PackageNotFoundError:
         return False
     return True
+
+
+def test_a_keras_backend_that_cannot_be_used_is_named(tmp_path, example_dataset):
+    """A ``KERAS_BACKEND`` left set for another project (``torch`` or ``jax`` where they are
+    not installed, ``TensorFlow`` in capitals) stopped samri_ml-mask and -identify-plate with
+    ``ModuleNotFoundError: No module named 'torch'`` or ``ValueError: Unable to import
+    backend : TensorFlow``, without a word of the variable. Real processes: Keras reads the
+    variable once, when it is first imported."""
+    import importlib.util
+    import os
+
+    import cv2
+
+    scan = next(example_dataset.glob("sub-01/ses-1/anat/*_T2w.nii.gz"))
+    section = tmp_path / "section.png"
+    picture = np.zeros((160, 200), np.uint8)
+    cv2.ellipse(picture, (100, 80), (80, 60), 0, 0, 360, 200, -1)  # a section-like blob
+    cv2.imwrite(str(section), picture)
+    backends = ["TensorFlow"] + [b for b in ("torch", "jax")
+                                 if importlib.util.find_spec(b) is None][:1]
+    for backend in backends:
+        for prog, argv in (("mask", [str(scan), str(tmp_path / "m.nii.gz")]),
+                           ("identify_plate", [str(section)])):
+            run = subprocess.run([sys.executable, "-m", f"samri_ml.cli.{prog}", *argv],
+                                 env={**os.environ, "KERAS_BACKEND": backend},
+                                 capture_output=True, text=True)  # fmt: skip
+            err = run.stderr.strip().splitlines()
+            assert run.returncode == 1 and len(err) == 1, run.stderr
+            assert err[0].startswith(f"samri_ml-{prog.replace('_', '-')}: error: "
+                                     f"KERAS_BACKEND={backend}: Keras cannot use this backend ("), err
+            assert err[0].endswith("; hint: unset KERAS_BACKEND (TensorFlow, installed with "
+                                   "samri_ml) or install the backend's package (jax, torch)")
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_the_compiled_forward_pass_leaves_nothing_in_tmpdir(tmp_path, example_dataset):
+    """Every masking step of samri_ml-register left an ``__autograph_generated_file*.py`` in
+    TMPDIR: TensorFlow's autograph writes one to convert the traced function and removes it
+    at exit, which a Nipype worker (ended with ``os._exit``) never reaches. Nothing there to
+    convert: the trace is made without autograph. A real process, ended as a worker is."""
+    import os
+
+    scan = next(example_dataset.glob("sub-01/ses-1/anat/*_T2w.nii.gz"))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = ("import os, sys, nibabel as nb; from samri_ml.masking.predict import predict_mask; "
+            "mask = predict_mask(nb.load(sys.argv[1])); "
+            "print(int(mask.get_fdata().sum()), flush=True); os._exit(0)")
+    run = subprocess.run([sys.executable, "-c", code, str(scan)], capture_output=True,
+                         text=True, env={**os.environ, "TMPDIR": str(tmp)})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout.split()[-1]) > 10_000  # a brain was masked
+    assert list(tmp.iterdir()) == []

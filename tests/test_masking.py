@@ -586,3 +586,58 @@ def test_evaluate_masker_refuses_unknown_sources_and_a_foreign_training_record(t
     assert main(["--model", str(model), "--data-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a training record" in err[0] and "--held-out" in err[0], err
+
+
+def _sammba_layout(root):
+    """``root/mri/scans/sammba`` with a small func (4D), anat and mask: the one source whose
+    reference mask :func:`~samri_ml.masking.data.real_scans` registers into its cache."""
+    import nibabel as nb
+
+    sam = root / "mri" / "scans" / "sammba"
+    sam.mkdir(parents=True)
+    brain = _ellipsoid((24, 24, 20), radii=(7, 8, 6))
+    head = _ellipsoid((24, 24, 20), radii=(10, 11, 8))
+    anat = (100.0 * head + 300.0 * brain).astype(np.float32)
+    affine = np.diag([0.2, 0.2, 0.3, 1.0])
+    nb.save(nb.Nifti1Image(anat, affine), sam / "anat.nii.gz")
+    nb.save(nb.Nifti1Image(brain.astype(np.uint8), affine), sam / "mask.nii.gz")
+    nb.save(nb.Nifti1Image(np.stack([anat] * 3, axis=-1), affine), sam / "func.nii.gz")
+    return sam
+
+
+def test_the_mask_cache_follows_xdg_and_an_unwritable_one_is_named(tmp_path, monkeypatch,
+                                                                  capsys):
+    """With HOME unwritable (a cluster account, a container) samri_ml-evaluate-masker and
+    -train-masker died with the registration worker's traceback and 'CalledProcessError';
+    XDG_CACHE_HOME was ignored. Now the cache follows XDG_CACHE_HOME (a relative one is
+    ignored, as the XDG specification says), and one that cannot be written is one line."""
+    import nibabel as nb
+
+    from samri_ml import paths
+    from samri_ml.cli.evaluate_masker import main
+    from samri_ml.masking.data import real_scans
+
+    _sammba_layout(tmp_path / "data")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert paths.cache_dir("masks") == tmp_path / "home" / ".cache" / "samri_ml" / "masks"
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    scans = {s.name: s for s in real_scans(tmp_path / "data", skip=("dama",))}
+    cached = xdg / "samri_ml" / "masks" / "sammba_func_mask_rigid-identity.nii.gz"
+    assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]  # no parts left
+    mask = np.asarray(nb.load(cached).dataobj)
+    assert dice(mask > 0, scans["sammba/anat"].mask) > 0.9  # the same head, not moved
+    assert not (tmp_path / "home" / ".cache" / "samri_ml").exists()
+
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    argv = ["--data-dir", str(tmp_path / "data"), "--sources", "sammba"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"samri_ml-evaluate-masker: error: cannot write the cache folder {blocked}"
+                   "/samri_ml/masks (Not a directory); hint: pass --cache-dir DIR or set "
+                   "XDG_CACHE_HOME to a writable folder"], err
+    assert main([*argv, "--cache-dir", str(blocked / "c")]) == 1
+    assert f"cannot write the cache folder {blocked}/c (Not a directory)" in capsys.readouterr().err

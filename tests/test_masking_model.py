@@ -593,9 +593,20 @@ def test_train_masker_checks_init_and_its_folder_first(tmp_path, capsys, monkeyp
     assert len(err) == 1 and "none.keras: model file not found" in err[0], err
     from samri_ml.cli.train_masker import main
 
+    # --dataset-cache was written after the data set had been built: a bare PermissionError
+    (tmp_path / "a file").write_text("")
+    cache = tmp_path / "a file" / "ds"
+    assert main([str(tmp_path / "m.keras"), "--data-dir", str(tmp_path), "--dataset-cache",
+                 str(cache)]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"--dataset-cache {cache}: {tmp_path / 'a file'} is not a folder")
     with read_only_folder(tmp_path / "ro") as ro:
         assert main([str(ro / "sub" / "out.keras"), "--data-dir", str(tmp_path)]) == 2
         assert f"{ro} is not writable" in capsys.readouterr().err.strip().splitlines()[-1]
+        assert main([str(tmp_path / "m.keras"), "--data-dir", str(tmp_path), "--dataset-cache",
+                     str(ro / "ds")]) == 2  # fmt: skip
+        assert (f"--dataset-cache {ro / 'ds'}: {ro} is not writable"
+                in capsys.readouterr().err.strip().splitlines()[-1])
     assert main([str(tmp_path), "--data-dir", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err.strip().splitlines()[-1]
 
@@ -675,6 +686,43 @@ def test_init_and_average_of_models_of_another_split_get_a_note(tmp_path, capsys
                  "(holdout ['sammba'], here ['sammba', 'emory'], seed 1, here 0)")
         assert (words in err) is noted, err
         assert "same.keras was trained on another split" not in err
+
+
+TINY_TRAINING = """
+import sys, numpy as np
+from samri_ml.masking import train as mt
+rng = np.random.default_rng(0)
+x = rng.random((40, 64, 64, 1), dtype=np.float32)
+mt.cached_dataset = lambda *a, **k: (x, (x > 0.5).astype(np.float32), np.array(["g"] * 40),
+                                     np.arange(40) >= 32, {})
+from samri_ml.cli.train_masker import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_training_into_a_log_file_is_one_plain_line_per_epoch(tmp_path):
+    """Keras' progress bar takes any POSIX system for a terminal: samri_ml-train-masker with
+    its output in a file (a cluster job's log) got the bar redrawn every 50 ms with
+    backspaces and colour codes, NO_COLOR or not. Now one plain line per epoch there (a
+    terminal keeps the bar). A real process, the 40 random slices of ``tiny_slices``."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(TINY_TRAINING)
+    log = tmp_path / "train.log"
+    with open(log, "w") as out:
+        run = subprocess.run([sys.executable, str(script), str(tmp_path / "m" / "out.keras"),
+                              "--width", "2", "--epochs-plain", "3", "--epochs-augmented", "0",
+                              "--steps-per-epoch", "12", "--batch-size", "4"],
+                             stdout=out, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "NO_COLOR": ""})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    text = log.read_text()
+    assert not any(c in text for c in "\x1b\b\r"), repr(text[:300])
+    epochs = [ln for ln in text.splitlines() if ln.startswith("12/12 - ")]
+    assert len(epochs) == 3 and all("val_loss:" in ln for ln in epochs), text
 
 
 def test_time_limit_before_the_first_epoch_is_an_error(tmp_path, capsys, tiny_slices):
@@ -1169,6 +1217,24 @@ def test_a_model_trained_on_fewer_views_gets_a_note(tmp_path, capsys, phantom):
         MaskBrain(in_file=str(scan), model=str(model)).run(cwd=str(tmp_path))
     assert any(issubclass(w.category, SamriMLNote) and "trained on coronal slices only"
                in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def test_an_empty_shared_data_variable_counts_as_unset(tmp_path, monkeypatch):
+    """``SAMRI_ML_SHARED_DATA= samri_ml-evaluate-masker`` (or ``export
+    SAMRI_ML_SHARED_DATA=$UNSET``) searched the current folder: "no scans with masks found
+    under .". An empty variable is now the default folder, as an unset one."""
+    from samri_ml import paths
+
+    monkeypatch.delenv("SAMRI_ML_SHARED_DATA", raising=False)
+    default = paths.shared_data_dir()
+    monkeypatch.setenv("SAMRI_ML_SHARED_DATA", "")
+    monkeypatch.chdir(tmp_path)
+    assert paths.shared_data_dir() == default and default.is_absolute()
+    if default.is_dir():
+        assert paths.existing_data_dir() == default
+    else:
+        with pytest.raises(SamriMLError, match=r"\(the default: ../shared/data beside a source"):
+            paths.existing_data_dir()
 
 
 def test_a_missing_data_folder_names_where_it_was_looked_for(tmp_path, capsys, monkeypatch):

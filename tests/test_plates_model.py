@@ -404,6 +404,27 @@ def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs, capsy
     assert main([str(tmp_path / "a" / "s.png"), "--montage", str(tmp_path / "a" / "s.png")]) == 2
 
 
+def test_a_montage_that_cannot_be_written_names_the_cause(tmp_path, plate_thumbs):
+    """On a full disk ``--montage DIR`` printed libpng's own "libpng error: Write Error" and
+    then "cannot write the montage …" without a cause. Now one line, with the cause, and no
+    file. A real process whose files may not grow past 50 kB (a montage is ~600 kB)."""
+    import cv2
+
+    from samri_ml.testing import file_size_limit
+
+    section = tmp_path / "s.png"
+    cv2.imwrite(str(section), plate_thumbs[60])
+    out = tmp_path / "montages"
+    run = subprocess.run([sys.executable, "-m", "samri_ml.cli.identify_plate", str(section),
+                          "--montage", str(out), "--no-regions", "--variant", "default"],
+                         capture_output=True, text=True, preexec_fn=file_size_limit(50_000))
+    err = [ln for ln in run.stderr.strip().splitlines() if ": note: " not in ln]
+    assert run.returncode == 1 and err == [
+        f"samri_ml-identify-plate: error: cannot write the montage {out / 's.png_plates.png'} "
+        "(File too large)"], run.stderr
+    assert list(out.iterdir()) == []
+
+
 def test_a_section_far_from_every_plate_is_flagged_uncertain(plate_thumbs):
     """A quarter-turned section ranked its true plate 25th-70th with nothing said; a section
     farther from every plate than any val_1 section was (the index's ``uncertain_distance``)

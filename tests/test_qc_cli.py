@@ -94,6 +94,30 @@ def _deriv(root: Path, name: str, vcfs, scfs, modality="anat", describe=True):
     return root
 
 
+def test_compare_out_that_cannot_be_written_keeps_the_last_complete_files(tmp_path):
+    """samri_ml-qc compare --out on a full disk stopped with a bare "OSError: [Errno 28] No
+    space left on device" and left an empty (or cut short) qc_metrics.tsv beside the last run's
+    other tables. Now one line names the file, and every file is renamed into place: the last
+    complete ones stay as they were. A real process whose files may not grow past 3 kB."""
+    from samri_ml.testing import file_size_limit
+
+    rng = np.random.default_rng(1)
+    a = _deriv(tmp_path / "a", "A", 1 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
+    b = _deriv(tmp_path / "b", "B", 0.9 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
+    out = tmp_path / "cmp"
+    argv = [sys.executable, "-m", "samri_ml.cli.qc", "compare", str(a), str(b), "--out",
+            str(out)]  # fmt: skip
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before["qc_metrics.tsv"]) > 3000
+    run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=file_size_limit(3000))
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and err == [
+        f"samri_ml-qc: error: cannot write {out / 'qc_metrics.tsv'} (File too large); hint: "
+        "free some space, or give --out on another disk"], run.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no parts left either
+
+
 def test_compare_two_workflows(tmp_path, capsys):
     rng = np.random.default_rng(0)
     n = 12

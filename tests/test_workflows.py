@@ -174,6 +174,103 @@ def test_graph_command_draws_the_generic_workflow_in_every_type(graph2use, tmp_p
     assert ("anat_wf" if graph2use == "orig" else "s_register") in svg
 
 
+def test_nipype_messages_come_once_on_stderr_and_stdout_is_the_result(tmp_path):
+    """Nipype's own stdout handler and the commands' root handler both printed each Nipype
+    message: a failed step's warnings came twice (once on stdout, in two lines), its INFO
+    lines showed without -v, and ``samri_ml-graph`` (with Graphviz) printed Nipype's
+    "Generated workflow graph" on stdout before the picture's path. Real processes, as a
+    user's shell runs them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from samri_ml.cli._common import setup_logging; "
+            "from nipype import logging as nl; setup_logging(int(sys.argv[1])); "
+            "log = nl.getLogger('nipype.workflow'); log.info('info-line'); "
+            "log.warning('warning-line')")
+    quiet = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True,
+                           check=True)
+    assert quiet.stdout == ""
+    assert quiet.stderr.count("warning-line") == 1 and "info-line" not in quiet.stderr
+    assert len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr
+    verbose = subprocess.run([sys.executable, "-c", code, "1"], capture_output=True, text=True,
+                             check=True)
+    assert verbose.stdout == "" and verbose.stderr.count("info-line") == 1
+
+    graph = subprocess.run([sys.executable, "-m", "samri_ml.cli.graph", "structural",
+                            str(tmp_path / "g")], capture_output=True, text=True)  # fmt: skip
+    assert graph.returncode == 0, graph.stderr
+    assert graph.stdout.splitlines() == [graph.stdout.strip()], graph.stdout
+    assert graph.stdout.startswith(f"{tmp_path / 'g.png'} (") and graph.stderr == ""
+    assert (tmp_path / "g.png").stat().st_size > 5000
+
+
+def test_a_home_that_cannot_be_written_gives_no_matplotlib_warning(tmp_path):
+    """On a cluster node or in a container with a read-only or missing home folder every
+    command that draws (reports, graphs, samri_ml-qc compare --out) printed matplotlib's
+    "mkdir -p failed ... it is highly recommended to set the MPLCONFIGDIR environment
+    variable". Now the commands give matplotlib a temporary folder themselves, and remove it."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.write_text("")  # a file: nothing can be made under it, even by root
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), TMPDIR=str(tmp))
+    run = subprocess.run([sys.executable, "-m", "samri_ml.cli.graph", "structural",
+                          str(tmp_path / "g"), "--pure-python"], env=env, capture_output=True,
+                         text=True)  # fmt: skip
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert (tmp_path / "g.png").stat().st_size > 5000
+    assert list(tmp.iterdir()) == []  # the temporary matplotlib folder is gone
+
+
+def test_a_user_without_a_home_gets_no_tilde_folder(tmp_path):
+    """A process with no HOME and no password entry (``env -i`` under a container's bare
+    uid): Keras, imported by samri_ml-mask, -identify-plate and register's masking steps, made
+    a folder literally named ``~`` (``~/.keras/keras.json``) in the current folder, which may
+    be the BIDS dataset. A real process under a uid that has no password entry (root only)."""
+    import os
+    import pwd
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run a process under a uid without a password entry")
+    uid = next(u for u in range(54321, 54400) if not _has_passwd_entry(pwd, u))
+
+    def as_uid():
+        os.setgid(uid)
+        os.setuid(uid)
+
+    here = tmp_path / "cwd"
+    here.mkdir()
+    here.chmod(0o777)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.pathsep.join(
+        p for p in sys.path if p)}
+    probe = subprocess.run([sys.executable, "-c", "import samri_ml"], cwd=here, env=env,
+                           preexec_fn=as_uid, capture_output=True)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("the interpreter or the package cannot be read by another user here")
+    code = ("import sys; from samri_ml.cli._common import run_cli; "
+            "sys.exit(run_cli('prog', lambda argv: print(__import__('keras').__version__)))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, preexec_fn=as_uid,
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr
+    assert list(here.iterdir()) == []
+
+
+def _has_passwd_entry(pwd, uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
 def test_graph_command_refuses_what_it_would_not_draw(tmp_path, capsys):
     """``samri_ml-graph generic --masking input`` drew the unmasked workflow without a word."""
     from samri_ml.cli.graph import main

@@ -48,6 +48,9 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None, *,
     """
     verbose = wants_verbose(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from samri_ml.paths import quiet_config_dirs
+
+    quiet_config_dirs()
     import warnings
 
     default_show = warnings.showwarning
@@ -101,7 +104,8 @@ def add_masker_data_options(parser) -> None:
                         help="shared data folder (default: $SAMRI_ML_SHARED_DATA or ../shared/data)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="folder for registration-derived masks "
-                        "(default ~/.cache/samri_ml/masks)")
+                        "(default $XDG_CACHE_HOME/samri_ml/masks, else "
+                        "~/.cache/samri_ml/masks)")
     parser.add_argument("--stripped-rim", choices=["fill", "cut"], default="fill",
                         help="skull-stripped scans (dama) whose image is zero on the rim of "
                         "their manual mask: fill that rim with the nearest brain intensity and "
@@ -466,6 +470,14 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def setup_logging(verbose: int) -> None:
+    """One stderr handler on the root logger (where the program has none), at the level of
+    ``-v``; Nipype's records go through it alone.
+
+    Nipype puts its own handler on the ``nipype`` logger, on stdout, and its records also
+    reach the root's: each of its messages came twice, once on stdout in its two-line format
+    (``2>err.log`` still left the steps' warnings in the log of stdout), and its INFO lines
+    (``Generated workflow graph``) showed without ``-v``.
+    """
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     root = logging.getLogger()
     if not root.handlers:  # as logging.basicConfig: a program's own handlers are kept
@@ -473,6 +485,19 @@ def setup_logging(verbose: int) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+    ours = [h for h in root.handlers if isinstance(h, _StderrHandler)]
+    for handler in ours:
+        handler.setLevel(level)  # loggers with a level of their own (Nipype's) pass INFO on
+    if ours:
+        from nipype.utils.logger import Logging
+
+        nipype_log = logging.getLogger("nipype")
+        for handler in nipype_log.handlers[:]:
+            if type(handler) is logging.StreamHandler and getattr(
+                    handler.formatter, "_fmt", None) == Logging.fmt:
+                nipype_log.removeHandler(handler)
+        if not nipype_log.handlers:  # Nipype adds its stdout handler only to a bare logger
+            nipype_log.addHandler(logging.NullHandler())
 
 
 def refuse_empty_paths(parser, args, options) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from samri_ml.cli._common import HelpFormatter, add_version_option, run_cli
+from samri_ml.cli._common import HelpFormatter, add_version_option, run_cli, setup_logging
 
 PROG = "samri_ml-graph"
 
@@ -43,6 +43,9 @@ def _main(argv=None) -> int:
         parser.error("--masking input: the generic workflow (samri_ml-register) masks with "
                      "none or unet; a given mask is for the structural and functional ones")
     args.out = _check_out(parser, args.out, args.format)
+    # stdout is the picture's path alone (Nipype's own handler printed its "Generated workflow
+    # graph" there first, in two lines, and $(samri_ml-graph ...) took that for the path)
+    setup_logging(args.verbose)
     from samri_ml.graph import write_workflow_graph
     from samri_ml.workflows import init_functional_wf, init_generic_wf, init_structural_wf
 

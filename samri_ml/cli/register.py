@@ -1168,10 +1168,16 @@ def check_derivative_names(wf) -> None:
 
 
 class _NoNodeErrors(logging.Filter):
-    """Drop Nipype's error records (the tracebacks of failed steps); warnings pass."""
+    """Drop Nipype's error records (the tracebacks of failed steps) and its two warnings of
+    each failed step ("Storing result file without outputs", "[Node] Error on ..."): the
+    step's FAILED line and the run's last line (its crash file) say it; other warnings pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR
+        if record.levelno >= logging.ERROR:
+            return False
+        message = str(record.msg)
+        return not (message == "Storing result file without outputs"
+                    or message.startswith("[Node] Error on "))
 
 
 class Progress:

@@ -185,6 +185,13 @@ def _main(argv=None) -> int:
                      f"{args.out / 'masker.keras'}")
     # up front, not after the training (OUT's folder is created where missing)
     check_output_dir(parser, f"OUT {args.out}", args.out.parent)
+    if args.dataset_cache:
+        # and the data set's: it was written after the data set had been built (minutes of
+        # registrations), a bare PermissionError that lost it
+        from samri_ml.masking.train import dataset_cache_path
+
+        check_output_dir(parser, f"--dataset-cache {args.dataset_cache}",
+                         dataset_cache_path(args.dataset_cache).parent)
     data_dir = existing_data_dir(args.data_dir)
     if args.out.suffix != ".keras":
         raise SamriMLError(f"{args.out}: the model file must end in .keras")

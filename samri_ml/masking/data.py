@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from samri_ml import paths
+from samri_ml.bids import atomic_target
 from samri_ml.masking import preprocess as pp
 from samri_ml.paths import shared_data_dir  # noqa: F401 (re-exported)
 
@@ -165,7 +167,10 @@ def register_mask(
         moving, fmask.astype("float32"), reg["invtransforms"], whichtoinvert=invert
     )
     mask = (warped.numpy() > 0.5).astype(np.uint8)
-    nb.save(nb.Nifti1Image(mask, ref.affine), str(out_path))
+    # renamed into place: the cache trusts any file there, and one cut short (a full disk, a
+    # killed run) was read as the reference mask by every later run
+    with atomic_target(out_path, ".nii.gz") as part:
+        nb.save(nb.Nifti1Image(mask, ref.affine), str(part))
     tmp.unlink()
     return out_path
 
@@ -213,11 +218,12 @@ def real_scans(
     (:func:`fill_stripped_rim`; the label is the whole manual mask; the shipped model's labels)
     or ``"cut"`` the mask to the non-zero image (the labels before 2026-12-01's second session).
 
-    ``cache_dir`` holds registration-derived masks (default ``~/.cache/samri_ml/masks``);
+    ``cache_dir`` holds registration-derived masks (default ``$XDG_CACHE_HOME/samri_ml/masks``,
+    else ``~/.cache/samri_ml/masks``; :func:`samri_ml.paths.cache_dir`);
     with ``register=False`` only scans whose masks exist already are returned.
     """
     mri = _mri_dir(data_dir)
-    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "samri_ml" / "masks"
+    cache = Path(cache_dir) if cache_dir else paths.cache_dir("masks")
     scans: list[Scan] = []
     if stripped_rim not in ("fill", "cut"):
         raise ValueError(f"stripped_rim must be 'fill' or 'cut', not {stripped_rim!r}")
@@ -290,6 +296,8 @@ def real_scans(
             continue
         if not out.exists() and not register:
             continue
+        if not out.exists():
+            paths.writable_cache(cache)
         register_mask(moving, fixed, fmask, out, transform=transform, initial=initial)
         add(name, source, moving, out, origin)
     return scans

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -404,7 +406,6 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
 
     Returns the summary (settings, data counts, per-phase history, validation Dice per volume).
     """
-    import os
     import random
 
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(config.threads))
@@ -488,7 +489,11 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
                 batch_size=config.batch_size,
                 epochs=epochs,
                 callbacks=callbacks,
-                verbose=1,
+                # Keras' bar redraws itself every 50 ms with backspaces and colours even into
+                # a file or a pipe (it takes any POSIX system for a terminal): a cluster job's
+                # log filled with control characters, whatever NO_COLOR said. A terminal gets
+                # the bar; a file, a pipe or NO_COLOR one plain line per epoch.
+                verbose=1 if sys.stdout.isatty() and not os.environ.get("NO_COLOR") else 2,
             )
     except KeyboardInterrupt:  # Ctrl-C: keep what the finished epochs learnt
         n = len(history.get("phase", []))

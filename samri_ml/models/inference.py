@@ -49,14 +49,32 @@ def import_keras():
     if "keras" not in sys.modules:
         _note_two_tensorflows()
     if "keras" in sys.modules or os.environ.get("SAMRI_ML_TF_LOGS") == "1":
-        import keras
-
-        return keras
+        return _import_keras()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from samri_ml.io import quiet_stderr
 
     with quiet_stderr():
+        return _import_keras()
+
+
+def _import_keras():
+    """``import keras``; a ``KERAS_BACKEND`` it cannot use (set for another project, or on a
+    machine that has JAX or PyTorch) is named, with a hint. It was ``ModuleNotFoundError: No
+    module named 'jax'`` (``numpy`` and ``jax``), ``'torch'``, or ``ValueError: Unable to
+    import backend : TensorFlow`` (the name is lower case), without a word of the variable."""
+    try:
         import keras
+    except (ImportError, ValueError) as err:
+        backend = os.environ.get("KERAS_BACKEND")
+        if not backend:
+            raise
+        from samri_ml.errors import SamriMLError
+
+        cause = " ".join(f"{type(err).__name__}: {err}".split())
+        raise SamriMLError(
+            f"KERAS_BACKEND={backend}: Keras cannot use this backend ({cause}); hint: unset "
+            "KERAS_BACKEND (TensorFlow, installed with samri_ml) or install the backend's "
+            "package (jax, torch)") from err
     return keras
 
 
@@ -271,8 +289,11 @@ def inference_fn(model):
             import tensorflow as tf
 
             spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+            # autograph=False: nothing to convert (no Python control flow), and the file it
+            # writes into TMPDIR for the conversion stayed there after every masking step of
+            # samri_ml-register (its workers end without Python's exit handlers)
             graph = tf.function(lambda x: tf.cast(net(x, training=False), tf.float32),
-                                input_signature=[spec]).get_concrete_function()
+                                input_signature=[spec], autograph=False).get_concrete_function()
             # the traced graph called directly: a tf.function call first binds and checks
             # its arguments in Python (0.5-1 ms, about a twentieth of a plate section's time)
             fn = lambda x: graph(tf.convert_to_tensor(x, tf.float32))  # noqa: E731

@@ -109,10 +109,18 @@ def write_montage(
         img = plate_images.get(p, np.zeros((TILE, TILE), np.float32))  # blank: no picture
         tiles.append(_tile(img, f"#{len(tiles)} plate {p}  d={d:.3f}", prepared))
     out = Path(out_png)
-    if not cv2.imwrite(str(out), np.hstack(tiles)):
-        from samri_ml.errors import SamriMLError
+    from samri_ml.bids import atomic_write_bytes
+    from samri_ml.errors import SamriMLError
 
-        raise SamriMLError(f"cannot write the montage {out}")
+    # encoded here, renamed into place: on a full disk cv2.imwrite printed libpng's own
+    # "libpng error: Write Error" and the error line had no cause
+    ok, png = cv2.imencode(".png", np.hstack(tiles))
+    if not ok:
+        raise SamriMLError(f"cannot write the montage {out} (PNG encoding failed)")
+    try:
+        atomic_write_bytes(png.tobytes(), out)
+    except OSError as err:
+        raise SamriMLError(f"cannot write the montage {out} ({err.strerror or err})") from err
     return out
 
 

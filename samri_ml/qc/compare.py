@@ -8,6 +8,7 @@ two-tailed tests (Holm-adjusted too) and RMSE ratios.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import math
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samri_ml.bids import atomic_target
 from samri_ml.errors import SamriMLError
 from samri_ml.qc.metrics import LABEL_KEYS, QC_SUFFIX, VALUE_KEYS
 
@@ -664,18 +666,30 @@ def compare_workflows(
     files = []
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         records = [r for recs in groups.values() for r in recs]
-        write_tsv(records, out / "qc_metrics.tsv",
-                  list(LABEL_KEYS + VALUE_KEYS) + ["space", "path"])
-        write_tsv(summary, out / "qc_summary.tsv", SUMMARY_COLUMNS)
-        write_tsv(anova, out / "qc_anova.tsv", ANOVA_COLUMNS)
-        write_tsv(pairwise, out / "qc_pairwise.tsv", PAIR_COLUMNS)
-        (out / "qc_stats.md").write_text(md + "\n")
-        files = [out / n for n in
-                 ("qc_metrics.tsv", "qc_summary.tsv", "qc_anova.tsv", "qc_pairwise.tsv",
-                  "qc_stats.md")]  # fmt: skip
-        files += violin_plot(groups, out / "qc_violin")
+        fig = violin_figure(groups)
+        writers = {
+            "qc_metrics.tsv": lambda p: write_tsv(records, p, list(LABEL_KEYS + VALUE_KEYS)
+                                                  + ["space", "path"]),
+            "qc_summary.tsv": lambda p: write_tsv(summary, p, SUMMARY_COLUMNS),
+            "qc_anova.tsv": lambda p: write_tsv(anova, p, ANOVA_COLUMNS),
+            "qc_pairwise.tsv": lambda p: write_tsv(pairwise, p, PAIR_COLUMNS),
+            "qc_stats.md": lambda p: p.write_text(md + "\n"),
+            "qc_violin.png": lambda p: fig.savefig(p, dpi=120),
+            "qc_violin.svg": lambda p: fig.savefig(p, dpi=120),
+        }
+        # each renamed into place: on a full disk it was a bare "OSError: [Errno 28] No space
+        # left on device" that left an empty qc_metrics.tsv, or one cut short
+        for name, write in writers.items():
+            try:
+                with atomic_target(out / name, Path(name).suffix) as part:
+                    write(part)
+            except OSError as err:
+                raise SamriMLError(f"cannot write {out / name} ({err.strerror or err}); "
+                                   "hint: free some space, or give --out on another disk"
+                                   if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else
+                                   f"cannot write {out / name} ({err.strerror or err})") from err
+            files.append(out / name)
     return {
         "records": [r for recs in groups.values() for r in recs],
         "summary": summary,

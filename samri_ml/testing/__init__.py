@@ -44,3 +44,18 @@ def colour_pixels(png, colour: str, tolerance: int = 40) -> int:
         raise AssertionError(f"{png}: not a readable picture")
     want = np.array([int(colour[i:i + 2], 16) for i in (5, 3, 1)])  # OpenCV's BGR order
     return int((np.abs(bgr.astype(int) - want) <= tolerance).all(-1).sum())
+
+
+def file_size_limit(limit: int):
+    """A ``preexec_fn`` for :mod:`subprocess`: the child's files may not grow past ``limit``
+    bytes, and a write beyond fails with EFBIG (SIGXFSZ ignored), as a full disk or a quota
+    fails one; a real failure of the operating system, without a tmpfs to mount."""
+
+    def limit_files():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_files
