@@ -79,7 +79,8 @@ def test_scan_errors_are_one_line(images, tmp_path, capsys):
     assert main(["frobnicate"]) == 2
 
 
-def _deriv(root: Path, name: str, vcfs, scfs, modality="anat", describe=True):
+def _deriv(root: Path, name: str, vcfs, scfs, modality="anat", describe=True,
+           raw_dummy_scans=None):
     root.mkdir(parents=True)
     if describe:
         (root / "dataset_description.json").write_text(json.dumps({"Name": name}))
@@ -90,6 +91,8 @@ def _deriv(root: Path, name: str, vcfs, scfs, modality="anat", describe=True):
                "vcf": v, "scf": s, "scf_normalised": s / v ** (1 / 3),
                "volume_processed": 400 * v, "volume_raw": 400.0, "fwhm_processed": 0.3 * s,
                "fwhm_raw": 0.3}  # fmt: skip
+        if raw_dummy_scans is not None:  # None: a record of samri_ml 0.1.0 as first released
+            rec["raw_dummy_scans"] = raw_dummy_scans
         (d / f"sub-{i:02d}_ses-1_desc-qc_metrics.json").write_text(json.dumps(rec))
     return root
 
@@ -539,12 +542,51 @@ def test_scan_leaves_the_dummy_scans_out_of_a_raw_run(tmp_path, capsys):
     nb.save(nb.Nifti1Image(raw.astype("float32"), aff), raw_f)
     nb.save(nb.Nifti1Image(raw[..., 10:].astype("float32"), aff), proc_f)
     got = {}
-    for n in ("0", "10"):
+    for n in ("0", "10", "40"):
         assert main(["scan", str(proc_f), str(raw_f), "--dummy-scans", n]) == 0
         rec = json.loads(capsys.readouterr().out)
         got[n] = rec["vcf"], rec["scf"]
+        # the record says how it took the raw run (compare tells records made otherwise apart);
+        # more dummy scans than volumes: all but the last, as the workflow drops them
+        assert rec["raw_dummy_scans"] == min(int(n), t.size - 1), rec
     assert got["10"] == pytest.approx((1.0, 1.0), abs=1e-6)
     assert got["0"][0] < 0.97, got
     assert main(["scan", str(proc_f), str(raw_f), "--dummy-scans", "-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("\nsamri_ml-qc: error: --dummy-scans -1: must be 0 or more"), err
+
+
+def test_compare_cautions_when_functional_records_took_the_raw_run_differently(tmp_path, capsys):
+    """A lab's folder from the first release (functional VCF/SCF against the whole raw run, no
+    raw_dummy_scans in its records) compared with one of today's (the run's dummy scans left
+    out): the difference was silent, part of it the method's. Now a caution names how each
+    workflow took the raw run; records that took it alike (the whole run both ways, or the same
+    dummy scans) draw none, nor do structural ones (the method did not change for them)."""
+    rng = np.random.default_rng(5)
+
+    def folder(name, dummies, modality="func"):
+        return str(_deriv(tmp_path / name, name, 0.8 + 0.02 * rng.standard_normal(6),
+                          1.2 + 0.02 * rng.standard_normal(6), modality=modality,
+                          raw_dummy_scans=dummies))
+
+    old, new = folder("old", None), folder("new", 10)
+    assert main(["compare", old, new]) == 0
+    printed = capsys.readouterr().out
+    assert ("**Caution:** the functional scans' VCF and SCF were not computed alike (old: the "
+            "whole raw run, as an older samri_ml took it (no raw_dummy_scans); new: the raw run "
+            "without its first 10 volumes)") in printed, printed[:800]
+    assert "`samri_ml-qc scan PROCESSED RAW --dummy-scans N`" in printed
+    for a, b in ((folder("new0", 0), old), (new, folder("new10", 10)),
+                 (folder("old_anat", None, "anat"), folder("new_anat", 0, "anat"))):
+        assert main(["compare", a, b]) == 0
+        assert "not computed alike" not in capsys.readouterr().out, (a, b)
+    # a rerun of some subjects only into the old folder: one workflow holds both kinds
+    mixed = Path(folder("mixed", 10))
+    for f in sorted(mixed.rglob("*_desc-qc_metrics.json"))[:3]:
+        rec = json.loads(f.read_text())
+        del rec["raw_dummy_scans"]
+        f.write_text(json.dumps(rec))
+    assert main(["compare", str(mixed), new]) == 0
+    assert ("(mixed: the whole raw run, as an older samri_ml took it (no raw_dummy_scans) and "
+            "the raw run without its first 10 volumes; new: the raw run without its first 10 "
+            "volumes)") in capsys.readouterr().out

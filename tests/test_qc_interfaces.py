@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -16,7 +17,7 @@ from samri_ml.qc.metrics import qc_basename, qc_relative_path
 
 KEYS = {
     "scan", "modality", "workflow", "vcf", "scf", "scf_normalised", "volume_processed",
-    "volume_raw", "fwhm_processed", "fwhm_raw",
+    "volume_raw", "fwhm_processed", "fwhm_raw", "raw_dummy_scans",
 }  # fmt: skip
 
 
@@ -156,6 +157,7 @@ def test_a_runs_dummy_scans_are_left_out_of_its_raw_image(tmp_path):
         smooth = SmoothnessConservation(processed_file=str(proc_f), raw_file=str(raw_f),
                                         raw_dummy_scans=dummies).run(cwd=str(tmp_path)).outputs
         got[dummies] = vol.vcf, smooth.scf
+        assert vol.raw_dummy_scans == dummies  # for the record: how the raw run was taken
     assert got[n_dummy] == pytest.approx((1.0, 1.0), abs=1e-6)
     assert got[0][0] < 0.95 and got[0][1] < 0.98, got  # the bias the whole run gave
     # the workflow tells its QC nodes how many volumes it dropped
@@ -167,3 +169,11 @@ def test_a_runs_dummy_scans_are_left_out_of_its_raw_image(tmp_path):
                          dummy_scans=7)
     for node in ("func0_vcf", "func0_scf"):
         assert wf.get_node(node).inputs.raw_dummy_scans == 7
+    # and the record says how many were left out (a record without it is an older release's)
+    edge = wf._graph.get_edge_data(wf.get_node("func0_vcf"), wf.get_node("func0_qc"))
+    assert ("raw_dummy_scans", "raw_dummy_scans") in edge["connect"]
+    rec = WriteQCMetrics(scan=str(raw_f), modality="func", vcf=got[n_dummy][0],
+                         raw_dummy_scans=n_dummy).run(cwd=str(tmp_path)).outputs
+    assert json.loads(Path(rec.out_json).read_text())["raw_dummy_scans"] == n_dummy
+    header, row = Path(rec.out_tsv).read_text().splitlines()
+    assert dict(zip(header.split("\t"), row.split("\t"), strict=True))["raw_dummy_scans"] == "10"

@@ -45,7 +45,8 @@ def get_parser() -> argparse.ArgumentParser:
         "scan",
         help="VCF and SCF of one processed image against its raw source",
         description="Print (and optionally write) the QC JSON of one scan: vcf, scf, "
-        "scf_normalised, volume_processed, volume_raw (mm^3), fwhm_processed, fwhm_raw (mm). The "
+        "scf_normalised, volume_processed, volume_raw (mm^3), fwhm_processed, fwhm_raw (mm), "
+        "raw_dummy_scans (the volumes of RAW left out, see --dummy-scans). The "
         "two images may be on different grids (e.g. processed in template space). Its modality "
         "is func where either image is a time series (a run's registered temporal mean too), "
         "else anat.",
@@ -121,10 +122,12 @@ def _scan(args, parser) -> int:
     raw_img = load_nifti(args.raw, allow_4d=True)
     proc = np.asanyarray(proc_img.dataobj)
     raw = np.asanyarray(raw_img.dataobj)
+    left_out = 0
     if raw.ndim == 4 and args.dummy_scans:
         from samri_ml.func import n_dummy_to_drop
 
-        raw = raw[..., n_dummy_to_drop(raw.shape[3], args.dummy_scans):]
+        left_out = n_dummy_to_drop(raw.shape[3], args.dummy_scans)
+        raw = raw[..., left_out:]
     masks = {}
     for key, path, image, grid in (("processed_mask", args.mask, args.processed, proc),
                                    ("raw_mask", args.raw_mask, args.raw, raw)):
@@ -154,6 +157,7 @@ def _scan(args, parser) -> int:
         scan=scan_name(args.raw),
         modality="func" if "func" in kinds else "anat",
         workflow=args.workflow,
+        raw_dummy_scans=left_out,
     )
     text = json.dumps(record, indent=2)
     print_line(text)  # a closed stdout (| head) must not cost the --json file

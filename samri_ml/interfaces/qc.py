@@ -32,16 +32,19 @@ def _load(path):
 
 
 def _load_raw(inputs):
-    """The raw image of a QC interface, without the dummy volumes its processing dropped
+    """The raw image of a QC interface and its affine, without the dummy volumes its processing
+    dropped, and how many volumes were left out
     (``raw_dummy_scans``, clamped as :func:`samri_ml.func.n_dummy_to_drop` clamps them): the
     bright volumes before the steady state lowered a run's VCF and inflated its raw FWHM (a
     run of 70 volumes, the first 10 up to 1.6 times as bright, only cut: VCF 0.977, SCF 0.785)."""
     from samri_ml.func import n_dummy_to_drop
 
     raw, affine = _load(inputs.raw_file)
+    left_out = 0
     if raw.ndim == 4 and inputs.raw_dummy_scans:
-        raw = raw[..., n_dummy_to_drop(raw.shape[3], inputs.raw_dummy_scans):]
-    return raw, affine
+        left_out = n_dummy_to_drop(raw.shape[3], inputs.raw_dummy_scans)
+        raw = raw[..., left_out:]
+    return raw, affine, left_out
 
 
 def _raw_dummy_scans():
@@ -69,6 +72,8 @@ class _VolumeConservationOutputSpec(TraitedSpec):
     vcf = traits.Float(desc="volume conservation factor V_processed / V_raw")
     volume_processed = traits.Float(desc="processed volume above threshold (mm^3)")
     volume_raw = traits.Float(desc="raw volume above threshold (mm^3)")
+    raw_dummy_scans = traits.Int(desc="volumes at the start of the raw run left out (clamped "
+                                 "raw_dummy_scans; 0 for a single volume), for the QC record")
 
 
 class VolumeConservation(SimpleInterface):
@@ -82,11 +87,12 @@ class VolumeConservation(SimpleInterface):
         from samri_ml.qc.volume import volume_conservation
 
         proc, proc_aff = _load(self.inputs.processed_file)
-        raw, raw_aff = _load_raw(self.inputs)
+        raw, raw_aff, left_out = _load_raw(self.inputs)
         res = volume_conservation(proc, proc_aff, raw, raw_aff, percentile=self.inputs.percentile)
         self._results["vcf"] = res.vcf
         self._results["volume_processed"] = res.volume_processed
         self._results["volume_raw"] = res.volume_raw
+        self._results["raw_dummy_scans"] = left_out
         return runtime
 
 
@@ -128,7 +134,7 @@ class SmoothnessConservation(SimpleInterface):
         )
 
         proc, proc_aff = _load(self.inputs.processed_file)
-        raw, raw_aff = _load_raw(self.inputs)
+        raw, raw_aff, _ = _load_raw(self.inputs)
         proc, raw = same_kind(proc, raw)  # a run cut to one volume: its source's mean
         mask = None
         if isdefined(self.inputs.mask_file):
@@ -164,6 +170,9 @@ class _WriteQCMetricsInputSpec(BaseInterfaceInputSpec):
     volume_raw = traits.Float(desc="raw volume (mm^3)")
     fwhm_processed = traits.Float(desc="FWHM of the processed image (mm)")
     fwhm_raw = traits.Float(desc="FWHM of the raw image (mm)")
+    raw_dummy_scans = traits.Int(0, usedefault=True,
+                                 desc="volumes at the start of the raw run the values left out "
+                                 "(VolumeConservation's output of that name)")
 
 
 class _WriteQCMetricsOutputSpec(TraitedSpec):
@@ -176,7 +185,7 @@ class WriteQCMetrics(SimpleInterface):
 
     JSON keys: ``scan``, ``modality``, ``workflow``, ``vcf``, ``scf``, ``scf_normalised``,
     ``volume_processed``, ``volume_raw`` (mm^3), ``fwhm_processed``, ``fwhm_raw`` (mm); values not
-    given are ``null``.
+    given are ``null``; ``raw_dummy_scans``: the raw run's volumes the values left out.
     """
 
     input_spec = _WriteQCMetricsInputSpec
@@ -200,6 +209,7 @@ class WriteQCMetrics(SimpleInterface):
             scan=scan_name(self.inputs.scan),
             modality=self.inputs.modality,
             workflow=self.inputs.workflow,
+            raw_dummy_scans=self.inputs.raw_dummy_scans,
         )
         stem = os.path.join(runtime.cwd, qc_basename(self.inputs.scan))
         self._results["out_json"] = stem + ".json"

@@ -18,7 +18,7 @@ import numpy as np
 
 from samri_ml.bids import atomic_target
 from samri_ml.errors import SamriMLError
-from samri_ml.qc.metrics import LABEL_KEYS, QC_SUFFIX, VALUE_KEYS
+from samri_ml.qc.metrics import LABEL_KEYS, METHOD_KEY, QC_SUFFIX, VALUE_KEYS
 
 #: Quantities compared across workflows: name -> (record key, transform, label).
 #: Deviations |1 - x| measure how far a factor is from perfect conservation (1).
@@ -148,6 +148,7 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
             raise SamriMLError(f"{path}: not a QC record (no 'vcf' key)")
         rec = {k: data.get(k) for k in LABEL_KEYS}
         rec.update({k: _measured(data.get(k), path, k) for k in VALUE_KEYS})
+        rec[METHOD_KEY] = data.get(METHOD_KEY)  # None: a record that predates the key
         rec["scan"] = rec["scan"] or path.name.replace(f"_{QC_SUFFIX}.json", "")
         rec["modality"] = rec["modality"] or ""
         rec["workflow"] = label
@@ -632,6 +633,15 @@ def compare_workflows(
         caution.append("**Note:** the workflows registered to different templates ("
                        + "; ".join(f"{wf}: {s or 'none'}" for wf, s in spaces.items())
                        + "); their scans are paired by the name of their source.")
+    methods = _raw_run_methods(groups)
+    if methods:
+        # an older release's records (the whole raw run) beside this one's (its dummy scans
+        # left out): the functional VCF and SCF differ by the method too, and nothing said so
+        caution.append("**Caution:** the functional scans' VCF and SCF were not computed "
+                       "alike (" + "; ".join(methods) + "); their differences are partly the "
+                       "method's. Rerun the older workflow with this samri_ml (the same "
+                       "`-w` reuses its registrations) or `samri_ml-qc scan PROCESSED RAW "
+                       "--dummy-scans N` to compare them.")
     unmeasured = _unmeasured(groups)
     if unmeasured:
         # they were dropped from the statistics of that quantity without a word, under an n
@@ -698,6 +708,24 @@ def compare_workflows(
         "markdown": md,
         "files": files,
     }
+
+
+def _raw_run_methods(groups: dict[str, list[dict]]) -> list[str]:
+    """``"<workflow>: <how its functional records took the raw run>"`` for each workflow, where
+    not all functional records of the workflows took it alike (see
+    :data:`~samri_ml.qc.metrics.METHOD_KEY`: a record without it, from before it was written,
+    compared the registered run with the whole raw run); an empty list where they all did."""
+    def how(n):
+        return (f"the whole raw run, as an older samri_ml took it (no {METHOD_KEY})"
+                if n is None else
+                "the whole raw run" if n == 0 else f"the raw run without its first {n} volumes")
+
+    per_wf = {wf: sorted({r.get(METHOD_KEY) for r in recs if r["modality"] == "func"},
+                         key=lambda n: -1 if n is None else n)
+              for wf, recs in groups.items()}
+    if len({n or 0 for ns in per_wf.values() for n in ns}) < 2:  # no key: the whole run too
+        return []
+    return [f"{wf}: " + " and ".join(how(n) for n in ns) for wf, ns in per_wf.items() if ns]
 
 
 def _unmeasured(groups: dict[str, list[dict]]) -> list[str]:

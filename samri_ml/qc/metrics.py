@@ -5,7 +5,12 @@ The record is the contract shared by ``samri_ml-qc scan``, the Nipype interfaces
 
     {"scan": ..., "modality": "anat"|"func", "workflow": ...,
      "vcf": ..., "scf": ..., "scf_normalised": ...,
-     "volume_processed": mm^3, "volume_raw": mm^3, "fwhm_processed": mm, "fwhm_raw": mm}
+     "volume_processed": mm^3, "volume_raw": mm^3, "fwhm_processed": mm, "fwhm_raw": mm,
+     "raw_dummy_scans": volumes left out at the start of a raw run}
+
+``raw_dummy_scans`` says how a record was computed: records written before the raw run's dummy
+scans were left out (samri_ml 0.1.0 as first released) have no such key, and their functional
+VCF and SCF compared the registered run with the whole raw run.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ VALUE_KEYS = (
 )
 #: The descriptive keys of a QC record.
 LABEL_KEYS = ("scan", "modality", "workflow")
+#: The key saying how many volumes at the start of the raw run the values left out (a run's
+#: dummy scans, as the processing dropped them; 0 for a single volume). A record without it
+#: predates it, and a functional one was then computed against the whole raw run.
+METHOD_KEY = "raw_dummy_scans"
 #: Suffix (and extension-less) of per-scan QC derivative files.
 QC_SUFFIX = "desc-qc_metrics"
 
@@ -92,14 +101,17 @@ def _clean(value):
     return value if math.isfinite(value) else None
 
 
-def qc_record(values: dict, *, scan: str = "", modality: str = "", workflow: str = "") -> dict:
-    """Assemble a QC record with exactly the keys of :data:`LABEL_KEYS` + :data:`VALUE_KEYS`.
+def qc_record(values: dict, *, scan: str = "", modality: str = "", workflow: str = "",
+              raw_dummy_scans: int = 0) -> dict:
+    """Assemble a QC record with exactly the keys of :data:`LABEL_KEYS` + :data:`VALUE_KEYS`
+    + :data:`METHOD_KEY` (the volumes at the start of the raw run left out of the values).
 
     Missing or non-finite values become ``None`` (``null`` in JSON).
     """
     rec = {"scan": scan, "modality": modality, "workflow": workflow}
     for key in VALUE_KEYS:
         rec[key] = _clean(values.get(key))
+    rec[METHOD_KEY] = int(raw_dummy_scans)
     return rec
 
 
@@ -108,7 +120,7 @@ def write_qc_record(record: dict, out_json: str | Path, out_tsv: str | Path | No
     out_json = Path(out_json)
     out_json.write_text(json.dumps(record, indent=2) + "\n")
     if out_tsv is not None:
-        keys = list(LABEL_KEYS) + list(VALUE_KEYS)
+        keys = list(LABEL_KEYS) + list(VALUE_KEYS) + [METHOD_KEY]
         with open(out_tsv, "w", newline="") as fh:
             writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
             writer.writerow(keys)

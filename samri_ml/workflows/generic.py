@@ -250,7 +250,7 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
         (processed[0], scf, [(processed[1], "processed_file")]),
         (vcf, scf, [("vcf", "vcf")]),
         (vcf, write, [("vcf", "vcf"), ("volume_processed", "volume_processed"),
-                      ("volume_raw", "volume_raw")]),
+                      ("volume_raw", "volume_raw"), ("raw_dummy_scans", "raw_dummy_scans")]),
         (scf, write, [("scf", "scf"), ("scf_normalised", "scf_normalised"),
                       ("fwhm_processed", "fwhm_processed"), ("fwhm_raw", "fwhm_raw")]),
     ])
