@@ -360,6 +360,21 @@ def stale_files(out_dir, produced, sources, figures_before: float | None = None)
     return sorted(stale)
 
 
+def old_figure_name(path) -> bool:
+    """A report picture in a ``figures`` folder named as samri_ml's first release named them,
+    the scan's suffix amid the entities (``sub-01_ses-1_T2w_desc-overview.png``; now
+    ``sub-01_ses-1_desc-overview_T2w.png``, the suffix last): no report shows it any more.
+
+    >>> old_figure_name("out/sub-01/figures/sub-01_ses-1_task-rest_bold_desc-mask.svg")
+    True
+    >>> old_figure_name("out/sub-01/figures/sub-01_ses-1_task-rest_desc-mask_bold.svg")
+    False
+    """
+    path = Path(path)
+    return path.parent.name == "figures" and \
+        path.name.split(".")[0].rsplit("_", 1)[-1].startswith("desc-")
+
+
 class DeferredInterrupt(KeyboardInterrupt):
     """Ctrl-C that :func:`deferred_sigint` held back: raised when its block was done."""
 

@@ -86,6 +86,22 @@ def test_stale_files_names_what_a_run_did_not_write(tmp_path):
     assert all(f.exists() for f in names)
 
 
+def test_old_figure_names_are_told_from_todays():
+    """The first release named its pictures with the scan's suffix amid the entities; a rerun
+    says them apart from the derivatives of other options (the note had hidden a stale mask
+    behind them)."""
+    from samri_ml.bids import old_figure_name
+
+    for old in ("sub-01_ses-1_T2w_desc-overview.png", "sub-01_ses-1_task-rest_bold_desc-mask.svg",
+                "sub-01_task-rest_run-2_cbv_desc-functostruct.png"):
+        assert old_figure_name(f"/out/sub-01/figures/{old}"), old
+    for new in ("sub-01_ses-1_desc-overview_T2w.png", "sub-01_task-rest_desc-mask_bold.svg",
+                "workflow_graph.png"):
+        assert not old_figure_name(f"/out/sub-01/figures/{new}"), new
+    # only pictures: a derivative of that shape elsewhere is not one
+    assert not old_figure_name("/out/sub-01/anat/sub-01_T2w_desc-overview.png")
+
+
 def test_stale_figures_only_of_the_sessions_run(tmp_path):
     """A subject's figures folder is shared by its sessions: a rerun of ses-2 alone does not
     call ses-1's pictures stale."""

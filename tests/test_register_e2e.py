@@ -32,6 +32,13 @@ def registered(example_dataset, tmp_path_factory):
     stale = out / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-brain_mask.nii.gz"
     stale.parent.mkdir(parents=True)
     shutil.copy(tpl / "tpl-Phantom_desc-brain_mask.nii.gz", stale)
+    # pictures of the first release's names (the suffix before desc-), more than the note shows:
+    # they came first and the stale mask was one of "and N more"
+    figures = out / "sub-01" / "figures"
+    figures.mkdir(parents=True)
+    for name in ("T2w_desc-mask", "T2w_desc-overview", "task-rest_bold_desc-functostruct"):
+        for ext in (".png", ".svg"):
+            (figures / f"sub-01_ses-1_{name}{ext}").write_bytes(b"an old picture")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert main(argv) == 0
@@ -68,6 +75,16 @@ def test_files_an_earlier_run_left_are_named_and_kept(registered):
     assert "1 file(s) in OUTPUT_DIR" in note[0], note  # none of this run's own derivatives
     assert "sub-01/ses-1/anat/sub-01_ses-1_desc-brain_mask.nii.gz" in note[0]
     assert (out / "sub-01/ses-1/anat/sub-01_ses-1_desc-brain_mask.nii.gz").is_file()
+    # the first release's pictures: said apart, as what they are, and kept
+    renamed = [ln for ln in err if "report picture(s)" in ln]
+    assert renamed == ["samri_ml-register: note: 6 report picture(s) in OUTPUT_DIR are named as "
+                       "an earlier samri_ml named them (the scan's suffix before desc-; the "
+                       "reports no longer show them), kept: "
+                       "sub-01/figures/sub-01_ses-1_T2w_desc-mask.png, "
+                       "sub-01/figures/sub-01_ses-1_T2w_desc-mask.svg, "
+                       "sub-01/figures/sub-01_ses-1_T2w_desc-overview.png and 3 more; hint: "
+                       "delete them"], err
+    assert len(list((out / "sub-01" / "figures").glob("*_desc-mask.*"))) == 2
 
 
 @pytest.mark.slow

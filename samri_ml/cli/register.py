@@ -1463,17 +1463,29 @@ def _note_stale(args, sessions, graph, started: float) -> None:
     """Name the derivatives an earlier run with other options left beside this run's (another
     ``-f``, ``--masking none`` after ``unet``, ``--no-qc``), and the report pictures of its
     sessions not redrawn since ``started``: they are kept, not deleted."""
-    from samri_ml.bids import stale_files
+    from samri_ml.bids import old_figure_name, stale_files
     from samri_ml.interfaces.bids import sink_outputs
 
     sources = [scan for item in sessions for scan in _scans(item)]
     stale = stale_files(args.output_dir, sink_outputs(graph), sources, figures_before=started)
+    # an upgrade's rerun: the pictures the first release named otherwise came first (sorted,
+    # figures/ before ses-*/) and a stale mask of another --masking was one of "and 9 more"
+    renamed = [p for p in stale if old_figure_name(p)]
+    # the derivatives first: a stale mask is the one to see, before pictures of it
+    stale = sorted((p for p in stale if p not in renamed), key=lambda p: p.parent.name == "figures")
+
+    def kept(files):
+        shown = ", ".join(str(p.relative_to(args.output_dir)) for p in files[:3])
+        return shown + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
     if stale:
-        shown = ", ".join(str(p.relative_to(args.output_dir)) for p in stale[:3])
-        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
         print(f"{PROG}: note: {len(stale)} file(s) in OUTPUT_DIR are not from this run (an "
-              f"earlier run with other options?), kept: {shown}{more}; hint: delete them if "
+              f"earlier run with other options?), kept: {kept(stale)}; hint: delete them if "
               "they are stale, or use another OUTPUT_DIR per configuration", file=sys.stderr)
+    if renamed:
+        print(f"{PROG}: note: {len(renamed)} report picture(s) in OUTPUT_DIR are named as an "
+              "earlier samri_ml named them (the scan's suffix before desc-; the reports no "
+              f"longer show them), kept: {kept(renamed)}; hint: delete them", file=sys.stderr)
 
 
 
