@@ -908,6 +908,18 @@ def test_dataset_cache_of_other_scans_is_rebuilt(tmp_path):
     got, logged = groups(b)  # another folder: its own scans, not the cached ones
     assert got == ["t1", "t2", "t3"], logged
     assert "holds a data set of other settings or scans" in logged[0]
+    # a cache of the first release, whose key had no record of the scans: rebuilt, and said
+    # so (it read as if the settings had changed)
+    with np.load(tmp_path / "dc.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    first = json.loads(str(arrays["settings"]))
+    del first["data"]
+    np.savez(tmp_path / "dc.npz", **{**arrays, "settings": json.dumps(first, sort_keys=True)})
+    got, logged = groups(b)
+    assert got == ["t1", "t2", "t3"]
+    assert logged[:2] == [f"{tmp_path / 'dc.npz'} was built by an older samri_ml, which did not "
+                          "record its scans: rebuilt and replaced", "building the data set ..."]
+    assert groups(b)[1] == [f"data set read from {tmp_path / 'dc.npz'}"]
     _dama_like(tmp_path / "b", ["t1"], 5)  # a scan replaced under its name
     x_new = mt.build_dataset(config, b, tmp_path / "masks", log=lambda m: None)[0]
     x, *_ = mt.cached_dataset(config, b, tmp_path / "masks", lambda m: None)

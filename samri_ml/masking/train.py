@@ -241,7 +241,8 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
             raise SamriMLError(f"{path}: not a data set cache of samri_ml-train-masker; hint: "
                                "give another --dataset-cache path, or remove that file")
         with f:
-            if str(f["settings"]) == settings:
+            stored = str(f["settings"])
+            if stored == settings:
                 log(f"data set read from {path}")
                 vols: dict[str, list] = {}
                 for key in f.files:
@@ -253,7 +254,14 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
                 # stored as float16 to halve the file; cv2 (augmentation) needs float32
                 x = f["x"].astype(np.float32)
                 return x, f["y"].astype(np.float32), f["groups"], f["is_val"], vols
-        log(f"{path} holds a data set of other settings or scans: rebuilt and replaced")
+        try:
+            older = "data" not in json.loads(stored)  # a cache of the first release's key
+        except (ValueError, TypeError):
+            older = False
+        # an upgrade's rebuild (the key now covers the scans) read as if the settings had changed
+        log(f"{path} " + ("was built by an older samri_ml, which did not record its scans"
+                          if older else "holds a data set of other settings or scans")
+            + ": rebuilt and replaced")
     log("building the data set ...")
     x, y, groups, is_val, vols = build_dataset(config, data_dir, cache_dir, log)
     if path is not None:
