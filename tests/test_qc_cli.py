@@ -570,8 +570,12 @@ def test_compare_cautions_when_functional_records_took_the_raw_run_differently(t
                           raw_dummy_scans=dummies))
 
     old, new = folder("old", None), folder("new", 10)
-    assert main(["compare", old, new]) == 0
+    assert main(["compare", old, new, "--out", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
+    # and each record's in the table of records (n/a: a record without it)
+    rows = _read_tsv(tmp_path / "cmp" / "qc_metrics.tsv")
+    assert sorted({(r["workflow"], r["raw_dummy_scans"]) for r in rows}) == [("new", "10"),
+                                                                             ("old", "n/a")]
     assert ("**Caution:** the functional scans' VCF and SCF were not computed alike (old: the "
             "whole raw run, as an older samri_ml took it (no raw_dummy_scans); new: the raw run "
             "without its first 10 volumes)") in printed, printed[:800]

@@ -680,7 +680,7 @@ def compare_workflows(
         fig = violin_figure(groups)
         writers = {
             "qc_metrics.tsv": lambda p: write_tsv(records, p, list(LABEL_KEYS + VALUE_KEYS)
-                                                  + ["space", "path"]),
+                                                  + [METHOD_KEY, "space", "path"]),
             "qc_summary.tsv": lambda p: write_tsv(summary, p, SUMMARY_COLUMNS),
             "qc_anova.tsv": lambda p: write_tsv(anova, p, ANOVA_COLUMNS),
             "qc_pairwise.tsv": lambda p: write_tsv(pairwise, p, PAIR_COLUMNS),
