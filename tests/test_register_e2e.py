@@ -136,6 +136,9 @@ def test_derivatives_qc_report_and_graph(registered):
         values = json.loads(qc.read_text())
         assert 0.5 < values["vcf"] < 2 and 0.3 < values["scf"] < 3
         assert values["workflow"] == "generic"
+        # how the raw scan was taken: the run's 10 dummy scans (of 14) left out; a structural
+        # scan has none (samri_ml-qc compare tells records of the first release apart by it)
+        assert values["raw_dummy_scans"] == (10 if "/func/" in str(qc) else 0), values
     report = (out / "sub-01.html").read_text()
     assert report.count("<img") >= 3 and "Volume and smoothness conservation" in report
     assert (out / "figures" / "workflow_graph.png").stat().st_size > 10000
