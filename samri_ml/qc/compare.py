@@ -653,8 +653,8 @@ def compare_workflows(
     kinds = sorted({r["modality"] for recs in groups.values() for r in recs if r["modality"]})
     if len(kinds) > 1:
         # structural and functional scans conserve volume and smoothness differently (the
-        # example data: SCF about 0.77 structural; functional 1.15-1.2 against the whole raw
-        # run, 1.37 without its dummy scans): pooled, they widen every interval
+        # example data: SCF about 0.77 structural; functional 1.15-1.2, 1.37 without the dummy
+        # scans of a 14-volume run): pooled, they widen every interval
         caution.append(f"**Note:** {' and '.join(kinds)} scans are pooled below (the plot "
                        "marks them apart); `--modality " + "|".join(kinds) + "` compares "
                        "one kind.")
