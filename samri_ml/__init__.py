@@ -1,6 +1,6 @@
 """samri_ml: ML brain masking, SAMRI-style registration and atlas-plate identification."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import os as _os
 import sys as _sys
