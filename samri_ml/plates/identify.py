@@ -34,7 +34,14 @@ import numpy as np
 
 from samri_ml.errors import SamriMLError, SamriMLNote
 from samri_ml.hardware import available_cpus
-from samri_ml.plates.data import _to_uint8, load_atlas, preprocess, read_image, tissue_bbox
+from samri_ml.plates.data import (
+    _to_uint8,
+    as_section,
+    load_atlas,
+    preprocess,
+    read_image,
+    tissue_bbox,
+)
 
 #: name -> (y0, y1, x0, x1) as fractions of the tissue bounding box
 REGIONS = {
@@ -231,6 +238,20 @@ def _extent_or(value, default: float) -> float:
     """An extent in mm from the index, or ``default`` where it is unknown (NaN, 0)."""
     value = float(value)
     return value if math.isfinite(value) and value > 0 else default
+
+
+def as_sections(imgs) -> list[np.ndarray]:
+    """:meth:`PlateIdentifier.rank`'s images (a list, tuple, generator or stack of 2D arrays)
+    as :func:`samri_ml.plates.data.as_section` makes each, named ``imgs[i]`` in errors and
+    notes; one image given alone is refused with a hint (its rows were taken for images)."""
+    if isinstance(imgs, np.ndarray) and (imgs.ndim == 2
+                                         or (imgs.ndim == 3 and imgs.shape[2] in (3, 4))):
+        raise SamriMLError(f"rank takes a list of images, got one {imgs.shape} array; hint: "
+                           "rank([image])")
+    if isinstance(imgs, (str, Path)):
+        raise SamriMLError(f"rank takes a list of images, got the path {str(imgs)!r}; hint: "
+                           "rank_files([path])")
+    return [as_section(img, f"imgs[{i}]") for i, img in enumerate(imgs)]
 
 
 class _Ranker:
@@ -582,8 +603,11 @@ class PlateIdentifier(_Ranker):
         came (0: upright, or ranked as it came). A piece of
         tissue ranked best as a part of a section (:meth:`distances`) has ``read_as`` (e.g.
         ``"ventral part"``). Without :attr:`hemisections`, an image whose tissue box is
-        narrower than any whole section's (:func:`narrow_box`) has ``may_be_hemisphere``."""
-        if not len(imgs):
+        narrower than any whole section's (:func:`narrow_box`) has ``may_be_hemisphere``.
+        Arrays are taken as :func:`as_sections` makes them (16-bit, float, RGB: grayscale
+        uint8; brightfield inverted; too small or empty refused with :class:`SamriMLError`)."""
+        imgs = as_sections(imgs)
+        if not imgs:
             return []
         if any_orientation:
             imgs, turns, d = self.upright(imgs)
@@ -817,7 +841,10 @@ class RoutedIdentifier(_Ranker):
 
     def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
              any_orientation: bool = False) -> list[dict]:
-        if not len(imgs):
+        """:meth:`PlateIdentifier.rank` by the variant the router picks for each image, with
+        ``model`` and ``other_modality`` (the router's probability) in each result."""
+        imgs = as_sections(imgs)
+        if not imgs:
             return []
         # the router's spectrum bands do not change under quarter turns: route first
         prepped, boxes = self.default.prepare(imgs)
