@@ -504,10 +504,62 @@ def predict_mask(
     return out
 
 
-def apply_mask(img, mask_img):
-    """The image multiplied by the mask (4D: every volume, a 4D of one volume stays 4D) on the
-    input grid: float32, or complex64 for a complex image (its phase kept)."""
+def _name(img, what: str) -> str:
+    """A path as given, else ``what``: for messages."""
+    return str(img) if isinstance(img, (str, os.PathLike)) else what
 
+
+def check_same_grid(img, mask_img, img_name: str = "the image", mask_name: str = "the mask",
+                    *, affine: bool = True) -> None:
+    """Refuse a mask that is not on the image's voxel grid: another shape, or (with
+    ``affine``) an affine that puts a corner of the grid half a voxel or more away (a mask of
+    another scan of the same shape was applied as if it belonged; ITK's float32 rounding of
+    an affine stays far below that)."""
+    shape, mshape = tuple(img.shape[:3]), tuple(mask_img.shape[:3])
+    if shape != mshape:
+        raise SamriMLError(f"brain mask {mask_name} {mshape} is not on the grid of {img_name} "
+                           f"{shape}; hint: give a mask of that image")
+    if not affine:
+        return
+    corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)], float).T
+    moved = np.abs(img.affine @ corners - mask_img.affine @ corners)[:3].max()
+    voxel = float(np.min(np.linalg.norm(img.affine[:3, :3], axis=0)))
+    if not moved < 0.5 * voxel:  # NaN too
+        raise SamriMLError(f"brain mask {mask_name} is not on the grid of {img_name}: same shape "
+                           f"{shape}, but its affine puts the grid {moved:.3g} mm away; hint: "
+                           "give a mask of that image, or resample it onto the image first")
+
+
+def _read_as_is(img):
+    """A path's image as the file has it (4D of one volume, NaN voxels); an image as it is."""
+    if isinstance(img, (str, os.PathLike)):
+        from samri_ml.io import load_nifti
+
+        return load_nifti(img, allow_4d=True, check_values=False, squeeze=False)
+    return _as_image(img)
+
+
+def apply_mask(img, mask_img, *, check_affine: bool = True):
+    """The image multiplied by the mask (4D: every volume, a 4D of one volume stays 4D) on the
+    input grid: float32, or complex64 for a complex image (its phase kept).
+
+    Parameters
+    ----------
+    img, mask_img : nibabel image or path-like
+        The image, and a mask on its grid (nonzero = brain), e.g. :func:`predict_mask`'s.
+    check_affine : bool
+        Also refuse a mask whose affine puts the grid elsewhere (:func:`check_same_grid`);
+        False compares the shapes only.
+
+    Raises
+    ------
+    SamriMLError
+        An unreadable file, or a mask on another grid.
+    """
+    names = _name(img, "the image"), _name(mask_img, "the mask")
+    img, mask_img = _read_as_is(img), _read_as_is(mask_img)
+    check_same_grid(img, mask_img, *names, affine=check_affine)
     dtype = np.complex64 if np.dtype(img.get_data_dtype()).kind == "c" else np.float32
     data = np.asarray(img.dataobj, dtype=dtype)
     mask = np.asarray(mask_img.dataobj) > 0
