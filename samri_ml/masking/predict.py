@@ -367,15 +367,16 @@ def predict_mask(
         Probability above which a voxel is brain.
     return_probability : bool
         Also return the (unthresholded, unprocessed) probability volume on the input grid.
-    views : sequence of str
+    views : str or sequence of str
         Slice directions whose predictions are averaged: any of ``sagittal``, ``coronal``,
         ``axial``. Default all three (context the coronal slice lacks: a neck or snout slice
-        looks like a brain slice on its own); ``("coronal",)`` is the seed's method.
+        looks like a brain slice on its own); ``"coronal"`` is the seed's method.
     flip : bool
         Also predict the left-right mirror and average (test-time augmentation).
     max_slices : int or None
-        Predict at most this many slices per view, evenly spaced, and interpolate between them
-        (:data:`MAX_SLICES_PER_VIEW`); None predicts every slice.
+        Predict at most this many slices per view (at least :data:`MIN_MAX_SLICES`), evenly
+        spaced, and interpolate between them (:data:`MAX_SLICES_PER_VIEW`); None predicts
+        every slice.
 
     Returns
     -------
@@ -387,7 +388,8 @@ def predict_mask(
     ------
     SamriMLError
         Not 3D/4D, a single slice, too small, NaN/Inf, all-zero or constant data, no brain found
-        (never an empty mask) or a mask filling nearly the whole image.
+        (never an empty mask) or a mask filling nearly the whole image; a model that is not a
+        masker, an unknown view, ``max_slices`` under :data:`MIN_MAX_SLICES`.
     """
     import warnings
 
@@ -395,6 +397,13 @@ def predict_mask(
 
     from samri_ml.io import image_data
 
+    if isinstance(views, str):  # one view: its letters were taken for views ('unknown view 'c'')
+        views = (views,)
+    for view in views:
+        pp.view_axis(view)  # an unknown one refused before any work
+    if max_slices is not None and max_slices < MIN_MAX_SLICES:
+        # as samri_ml-mask --max-slices and MaskBrain: 3 gave a mask from 3 slices per view
+        raise SamriMLError(f"max_slices {max_slices}: must be at least {MIN_MAX_SLICES}")
     img = _as_image(img)
     if np.dtype(img.get_data_dtype()).kind == "c":
         warnings.warn("a complex image: its magnitude (abs) is masked", SamriMLNote,
@@ -447,6 +456,8 @@ def predict_mask(
 
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model)
+    else:  # a model object (a plate embedding failed deep in TensorFlow's reshape)
+        check_masker(model, f"model {getattr(model, 'name', type(model).__name__)!r}")
     # zero padding around the head (a large or padded grid): the network sees slices resized
     # to 64 px, so the head's apparent size depended on the padding (an audit: a head
     # off-centre in a grid 2.5 times its own got a mask 5 times its brain)
