@@ -1146,3 +1146,22 @@ def test_rank_takes_a_notebooks_arrays_as_rank_files_takes_their_files(tmp_path,
     ]:
         with pytest.raises(SamriMLError, match=match):
             ident.rank(imgs, regions=False)
+
+
+def test_rank_files_takes_a_glob_and_refuses_one_path(tmp_path, plate_thumbs):
+    """``rank_files(Path(folder).glob('*.png'))`` failed with ``ValueError: zip() argument 2 is
+    longer than argument 1`` (the generator used up by the reading), and ``rank_files(path)``
+    with '/: is a directory, not an image' (the path's characters read as paths)."""
+    import cv2
+
+    from samri_ml.plates.identify import make_identifier
+
+    for p in (30, 100):
+        cv2.imwrite(str(tmp_path / f"{p}.png"), plate_thumbs[p])
+    ident = make_identifier()
+    got = ident.rank_files(sorted(tmp_path.glob("*.png")), regions=False)
+    assert ident.rank_files(tmp_path.glob("*.png"), regions=False).keys() == got.keys()
+    assert sorted(got) == [str(tmp_path / "100.png"), str(tmp_path / "30.png")]
+    with pytest.raises(SamriMLError, match=r"^rank_files takes a list of paths, got the path "
+                                           r"'.*30.png'; hint: rank_files\(\['.*30.png'\]\)$"):
+        ident.rank_files(str(tmp_path / "30.png"))

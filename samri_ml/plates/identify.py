@@ -259,7 +259,12 @@ class _Ranker:
 
     def rank_files(self, paths, regions: bool | None = None,
                    any_orientation: bool = False) -> dict[str, dict]:
-        """``{path as given: rank result}``; unreadable files raise :class:`SamriMLError`."""
+        """``{path as given: rank result}`` for a list (or any iterable: ``Path.glob``'s) of
+        image paths; unreadable files raise :class:`SamriMLError`."""
+        if isinstance(paths, (str, Path)):  # its characters were taken for paths ('/: is a
+            raise SamriMLError(f"rank_files takes a list of paths, got the path "  # directory')
+                               f"{str(paths)!r}; hint: rank_files([{str(paths)!r}])")
+        paths = list(paths)  # a generator was used up by the reading (a bare zip() ValueError)
         imgs = [read_image(p) for p in paths]
         return dict(zip([str(p) for p in paths],
                         self.rank(imgs, regions, any_orientation=any_orientation), strict=True))
