@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -254,6 +255,28 @@ def as_sections(imgs) -> list[np.ndarray]:
     return [as_section(img, f"imgs[{i}]") for i, img in enumerate(imgs)]
 
 
+@lru_cache(maxsize=4)
+def _load_embedding(path: str, mtime: float, precision: str, name: str):
+    """The embedding network in ``path``, loaded once per file, modification time and
+    precision (marked for it: :func:`~samri_ml.models.inference.mark_for_inference`);
+    ``name``: the path as given, for messages. An
+    identifier made per call (``make_identifier().rank_files(...)`` in a notebook's loop)
+    loaded it again each time: 1.3-2 s and 20 MB of memory more per call."""
+    from samri_ml.models.inference import import_keras, keras_load_failure, mark_for_inference
+
+    keras = import_keras()
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise SamriMLError(keras_load_failure(Path(name), err, "not a Keras model")) from err
+    if not _is_embedding(model):  # a masker, say: it failed deep in numpy
+        raise SamriMLError(
+            f"{name}: not a plate embedding model (it takes {model.input_shape} inputs and "
+            f"gives {model.output_shape} outputs; a plate embedding maps a grey image to one "
+            "vector); hint: give a model from samri_ml-train-plates --export")
+    return mark_for_inference(model, precision)
+
+
 class _Ranker:
     """What both identifiers share on top of their ``rank``."""
 
@@ -346,20 +369,11 @@ class PlateIdentifier(_Ranker):
     @property
     def model(self):
         if self._model is None:
-            from samri_ml.models.inference import import_keras, keras_load_failure
+            from samri_ml.models.inference import inference_precision
 
-            keras = import_keras()
-            try:
-                model = keras.saving.load_model(self.model_path, compile=False)
-            except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad file
-                raise SamriMLError(keras_load_failure(self.model_path, err,
-                                                      "not a Keras model")) from err
-            if not _is_embedding(model):  # a masker, say: it failed deep in numpy
-                raise SamriMLError(
-                    f"{self.model_path}: not a plate embedding model (it takes "
-                    f"{model.input_shape} inputs and gives {model.output_shape} outputs; a plate "
-                    "embedding maps a grey image to one vector); hint: give a model from "
-                    "samri_ml-train-plates --export")
+            path = self.model_path
+            model = _load_embedding(str(path.resolve()), path.stat().st_mtime,
+                                    self.precision or inference_precision(), str(path))
             shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
             reindexing = self.embeddings is None  # the index is being made with this model
             if not reindexing and (shape_in != (self.size, self.size)
@@ -370,9 +384,7 @@ class PlateIdentifier(_Ranker):
                     f"model takes {shape_in[0]}x{shape_in[1]} px and gives {shape_out}-d ones; "
                     "hint: give the index exported with that model, or --atlas DIR to index an "
                     "atlas with it")
-            from samri_ml.models.inference import mark_for_inference
-
-            self._model = mark_for_inference(model, self.precision)
+            self._model = model
         return self._model
 
     def prep(self, img: np.ndarray) -> np.ndarray:
