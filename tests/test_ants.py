@@ -106,3 +106,15 @@ def test_warped_mask_dice_names_a_missing_file(tmp_path):
                          [str(tmp_path / "xfm.h5")]), r"transforms\[0\]")]:
         with pytest.raises(SamriMLError, match=rf"^{what} '.*': no such file; hint: check"):
             warped_mask_dice(*args)
+
+
+def test_run_program_names_what_it_runs(tmp_path):
+    """``run_program('antsApplyTransform', [...])`` (a typo) failed with antspyx's
+    ``AttributeError: module 'ants.lib' has no attribute 'antsApplyTransform'``."""
+    from samri_ml.ants import run_program
+    from samri_ml.errors import SamriMLError
+
+    with pytest.raises(SamriMLError, match=r"^antsApplyTransform: not an ANTs program samri_ml "
+                                           r"runs; hint: one of antsRegistration, "):
+        run_program("antsApplyTransform", ["--help"])
+    assert run_program("antsRegistration", ["--version"]) == 0
