@@ -202,3 +202,7 @@ def test_qc_functions_given_images_or_paths_say_what_they_take(tmp_path):
             estimate_smoothness(wrong, (0.2, 0.2, 0.4))
     with pytest.raises(ValueError, match=r"^voxel_sizes: 3 values \(mm\) needed, got 2$"):
         estimate_smoothness(data, (0.2, 0.2))
+    with pytest.raises(SamriMLError, match=r"^estimate_smoothness's mask takes voxel arrays, "
+                                           r"got a Nifti1Image; hint: pass "
+                                           r"np.asanyarray\(mask_img.dataobj\), or use"):
+        estimate_smoothness(data, (0.2, 0.2, 0.4), mask=img)

@@ -104,7 +104,8 @@ def automask(data: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def _require_array(x, what: str, geometry: str = "img.affine"):
+def _require_array(x, what: str,
+                   arrays: str = "np.asanyarray(img.dataobj) and img.affine"):
     """Refuse a nibabel image or a path where voxels are wanted: ``np.asarray`` of an image is
     a 0-d object array, refused as ``expected 3D or 4D data, got 0D`` (a path: the same)."""
     import os
@@ -115,7 +116,7 @@ def _require_array(x, what: str, geometry: str = "img.affine"):
         given = f"the path {str(x)!r}" if isinstance(x, (str, os.PathLike)) else \
             f"a {type(x).__name__}"
         raise SamriMLError(f"{what} takes voxel arrays, got {given}; hint: pass "
-                           f"np.asanyarray(img.dataobj) and {geometry}, or use the "
+                           f"{arrays}, or use the "
                            "VolumeConservation/SmoothnessConservation interfaces on files")
     return x
 
@@ -557,8 +558,8 @@ def estimate_smoothness(
     -------
     Smoothness
     """
-    data = np.asarray(_require_array(data, "estimate_smoothness",
-                                         "img.header.get_zooms()[:3]"))
+    data = np.asarray(_require_array(
+        data, "estimate_smoothness", "np.asanyarray(img.dataobj) and img.header.get_zooms()[:3]"))
     if data.ndim not in (3, 4):
         raise ValueError(f"expected 3D or 4D data, got {data.ndim}D")
     _require_finite(data)
@@ -566,7 +567,8 @@ def estimate_smoothness(
     if len(vox) < 3:  # it was an IndexError deep inside
         raise ValueError(f"voxel_sizes: 3 values (mm) needed, got {len(vox)}")
     if mask is not None:
-        m = np.asarray(mask) != 0
+        m = np.asarray(_require_array(mask, "estimate_smoothness's mask",
+                                      "np.asanyarray(mask_img.dataobj)")) != 0
         if m.shape != data.shape[:3]:
             raise ValueError(f"mask shape {m.shape} differs from the image's {data.shape[:3]}")
     elif use_automask:
