@@ -332,3 +332,21 @@ print(int(np.asarray(mask.dataobj).sum() > 0), os.environ.get("TF_CPP_MIN_LOG_LE
                        timeout=300, check=True)
     assert r.stdout.split() == ["1", "None"]
     assert r.stderr == ""
+
+
+def test_the_precision_asked_for_in_a_session_is_the_one_a_mask_is_predicted_in(monkeypatch):
+    """``SAMRI_ML_PRECISION`` set in a notebook after a first ``predict_mask`` (float32, to
+    compare with the bfloat16 default) was ignored: the cached U-Net kept the precision of its
+    first load. Each precision now has its own loaded network; both give the same mask."""
+    from samri_ml.example import make_template
+    from samri_ml.masking.predict import load_model, predict_mask
+    from samri_ml.metrics import dice
+
+    head = make_template(0, contrasts=("t2",), supersample=1)["T2w"]
+    masks = {}
+    for precision in ("bfloat16", "float32"):
+        monkeypatch.setenv(inference.PRECISION_VARIABLE, precision)
+        assert load_model()._samri_ml_precision == precision
+        masks[precision] = predict_mask(head)
+    assert load_model() is load_model()  # still loaded once per precision
+    assert dice(masks["bfloat16"], masks["float32"]) > 0.99

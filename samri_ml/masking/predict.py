@@ -33,14 +33,16 @@ def default_model_path() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float):
+def _load_cached(path: str, mtime: float, precision: str):
+    """Per precision too: ``SAMRI_ML_PRECISION`` changed in a session (float32 to compare)
+    kept the precision of the first load."""
     from samri_ml.models.inference import import_keras, mark_for_inference
     from samri_ml.models.unet import CUSTOM_OBJECTS
 
     keras = import_keras()
     model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
     check_masker(model, path)
-    return mark_for_inference(model)
+    return mark_for_inference(model, precision)
 
 
 def check_masker(model, path) -> None:
@@ -75,8 +77,10 @@ def load_model(path=None):
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise SamriMLError(f"{path}: model file not found; hint: give the path of a .keras file")
+    from samri_ml.models.inference import inference_precision
+
     try:
-        return _load_cached(str(path.resolve()), path.stat().st_mtime)
+        return _load_cached(str(path.resolve()), path.stat().st_mtime, inference_precision())
     except SamriMLError:
         raise
     except Exception as err:  # keras raises many types for a bad file
