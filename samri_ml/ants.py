@@ -36,7 +36,13 @@ def _ants_lib():
 
 
 def run_program(name: str, argv: list[str]) -> int:
-    """Run ANTs program ``name`` with ``argv`` (without the program name); return its status."""
+    """Run ANTs program ``name`` (one of :data:`PROGRAMS`) with ``argv`` (without the program
+    name); return its status."""
+    if name not in PROGRAMS:  # it was antspyx's "module 'ants.lib' has no attribute ..."
+        from samri_ml.errors import SamriMLError
+
+        raise SamriMLError(f"{name}: not an ANTs program samri_ml runs; hint: one of "
+                           f"{', '.join(PROGRAMS)}")
     lib = _ants_lib()
     if argv and argv[0] in ("--version", "-V") and name != "antsRegistration":
         # only antsRegistration and N4 know --version; answer for the others with the

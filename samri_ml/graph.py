@@ -215,17 +215,17 @@ def _edge_path(points):
 
 
 def _draw_layered(workflow, path: Path, graph2use: str):
-    """Draw the graph top to bottom with matplotlib; returns the (closed) figure.
+    """Draw the graph top to bottom with matplotlib; returns the figure (outside pyplot).
 
     Boxes are as wide as their labels; edges that skip layers run beside the boxes of the rows
     they pass; ``hierarchical`` puts a rectangle around each sub-workflow. Patches carry gids
     ``node:<label>``, ``group:<name>``, ``edge:<a>-><b>`` (for tests and SVG readers)."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import networkx as nx
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
     graph, groups, labels = _node_graph(workflow, graph2use)
@@ -238,7 +238,7 @@ def _draw_layered(workflow, path: Path, graph2use: str):
     root = workflow.name
     pos, width, chains, block_of = _layout(graph, groups, labels, layer, hierarchical, root)
     group_names = sorted(set(groups.values()))
-    cmap = plt.get_cmap("tab20")
+    cmap = matplotlib.colormaps["tab20"]
     colour = {g: cmap(i % 20) for i, g in enumerate(group_names)}
     by_group = graph2use in ("colored", "hierarchical")
     half = _BOX_H / 2
@@ -297,7 +297,9 @@ def _draw_layered(workflow, path: Path, graph2use: str):
     if by_group:
         legend_w = max(_text_width(g) for g in group_names + ["workflow"]) + 0.55
         x1 += legend_w
-    fig = plt.figure(figsize=(x1 - x0, y1 - y0))
+    # a Figure without pyplot: a notebook's backend and open figures are left alone
+    fig = Figure(figsize=(x1 - x0, y1 - y0))
+    FigureCanvasAgg(fig)  # its renderer, whatever the backend
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
@@ -329,10 +331,9 @@ def _draw_layered(workflow, path: Path, graph2use: str):
                                      gid=f"edge:{labels[u]}->{labels[v]}"))
     ax.text((x0 + x1 - legend_w) / 2, y1 - 0.2, title, fontsize=10, ha="center", va="center")
     if by_group:
-        handles = [plt.Line2D([], [], marker="s", ls="", color=colour[g], label=g)
+        handles = [Line2D([], [], marker="s", ls="", color=colour[g], label=g)
                    for g in group_names]
         ax.legend(handles=handles, loc="upper right", fontsize=_FONT, title="workflow",
                   title_fontsize=8, frameon=False)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return fig

@@ -239,13 +239,8 @@ def masked_image_file(in_file, mask_file, out_dir) -> str:
 
     from samri_ml.masking.predict import apply_mask
 
-    img, mask_img = nb.load(str(in_file)), nb.load(str(mask_file))
-    if img.shape[:3] != mask_img.shape[:3]:
-        raise SamriMLError(
-            f"brain mask {mask_file} {mask_img.shape[:3]} is not on the grid of {in_file} "
-            f"{img.shape[:3]}; hint: give a mask of that image")
     out = Path(out_dir) / Path(in_file).name.replace(".nii", "_brain.nii")
-    nb.save(apply_mask(img, mask_img), str(out))
+    nb.save(apply_mask(str(in_file), str(mask_file), check_affine=False), str(out))
     return str(out)
 
 

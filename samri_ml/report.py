@@ -177,9 +177,8 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
     image's field of view).
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     canonical = nb.as_closest_canonical(image)
@@ -211,8 +210,10 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
     ncol, nrow = len(indices), len(rows)
     fig_w = left + right + ncol * width + (ncol - 1) * gap_w
     fig_h = top + bottom + nrow * height + (nrow - 1) * gap_h
-    fig, axes = plt.subplots(nrow, ncol, figsize=(fig_w, fig_h), facecolor="black",
-                             squeeze=False)
+    # a Figure without pyplot: a notebook's backend and open figures are left alone
+    fig = Figure(figsize=(fig_w, fig_h), facecolor="black")
+    FigureCanvasAgg(fig)  # its renderer, whatever the backend
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     fig.subplots_adjust(left=left / fig_w, right=1 - right / fig_w, top=1 - top / fig_h,
                         bottom=bottom / fig_h, wspace=gap_w / width, hspace=gap_h / height)
     text = dict(color="white", fontsize=FONT)
@@ -273,7 +274,6 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
                 fig.savefig(buf, format=ext, dpi=dpi, facecolor="black",
                             metadata={"Date": None} if ext == "svg" else None)
             paths[ext] = atomic_write_bytes(buf.getvalue(), path)
-    plt.close(fig)
     return paths
 
 

@@ -5,6 +5,7 @@ import subprocess
 
 import nibabel as nb
 import numpy as np
+import pytest
 from nipype.interfaces.ants import ApplyTransforms, N4BiasFieldCorrection, Registration
 from nipype.interfaces.ants.base import Info
 
@@ -83,3 +84,37 @@ def test_real_registration_recovers_a_shift(tmp_path):
     before = np.abs(moved - blob).mean()
     after = np.abs(warped - blob).mean()
     assert after < 0.1 * before
+
+
+def test_warped_mask_dice_names_a_missing_file(tmp_path):
+    """``warped_mask_dice('sub-01_mask.nii.gz', tpl_mask, xfm)`` with a path that is not there
+    failed with Nipype's multi-line ``TraitError: The 'input_image' trait of an
+    ApplyTransformsInputSpec instance must be ...``; now one line names the argument. A real
+    antsApplyTransforms run through the identity keeps the mask (Dice 1; ``"identity"`` was
+    made a path in the current folder)."""
+    from samri_ml.errors import SamriMLError
+    from samri_ml.evaluation import warped_mask_dice
+
+    mask = np.zeros((12, 12, 12), np.uint8)
+    mask[3:9, 4:8, 2:10] = 1
+    nb.save(nb.Nifti1Image(mask, np.diag([0.2, 0.2, 0.2, 1])), str(tmp_path / "mask.nii.gz"))
+    assert warped_mask_dice(tmp_path / "mask.nii.gz", tmp_path / "mask.nii.gz",
+                            ["identity"]) == 1.0
+    for args, what in [((tmp_path / "nope.nii.gz", tmp_path / "mask.nii.gz", "identity"),
+                        "mask_file"),
+                       ((tmp_path / "mask.nii.gz", tmp_path / "mask.nii.gz",
+                         [str(tmp_path / "xfm.h5")]), r"transforms\[0\]")]:
+        with pytest.raises(SamriMLError, match=rf"^{what} '.*': no such file; hint: check"):
+            warped_mask_dice(*args)
+
+
+def test_run_program_names_what_it_runs(tmp_path):
+    """``run_program('antsApplyTransform', [...])`` (a typo) failed with antspyx's
+    ``AttributeError: module 'ants.lib' has no attribute 'antsApplyTransform'``."""
+    from samri_ml.ants import run_program
+    from samri_ml.errors import SamriMLError
+
+    with pytest.raises(SamriMLError, match=r"^antsApplyTransform: not an ANTs program samri_ml "
+                                           r"runs; hint: one of antsRegistration, "):
+        run_program("antsApplyTransform", ["--help"])
+    assert run_program("antsRegistration", ["--version"]) == 0

@@ -310,3 +310,43 @@ def test_the_compiled_forward_pass_leaves_nothing_in_tmpdir(tmp_path, example_da
     assert run.returncode == 0, run.stderr
     assert int(run.stdout.split()[-1]) > 10_000  # a brain was masked
     assert list(tmp.iterdir()) == []
+
+
+def test_predicting_leaves_the_callers_environment_and_stderr_alone(tmp_path):
+    """``predict_mask`` in a lab's notebook set ``TF_CPP_MIN_LOG_LEVEL=2`` in its environment
+    for good (its own TensorFlow scripts run from there lost their warnings). It is now set
+    for the import only; TensorFlow's C++ lines still stay off stderr, also when the network
+    runs. A Python process of its own, as a notebook's kernel is."""
+    import os
+
+    script = """
+import os
+import numpy as np
+from samri_ml.example import make_template
+from samri_ml.masking.predict import predict_mask
+mask = predict_mask(make_template(0, contrasts=("t2",), supersample=1)["T2w"])
+print(int(np.asarray(mask.dataobj).sum() > 0), os.environ.get("TF_CPP_MIN_LOG_LEVEL"))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "SAMRI_ML_TF"))}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                       timeout=300, check=True)
+    assert r.stdout.split() == ["1", "None"]
+    assert r.stderr == ""
+
+
+def test_the_precision_asked_for_in_a_session_is_the_one_a_mask_is_predicted_in(monkeypatch):
+    """``SAMRI_ML_PRECISION`` set in a notebook after a first ``predict_mask`` (float32, to
+    compare with the bfloat16 default) was ignored: the cached U-Net kept the precision of its
+    first load. Each precision now has its own loaded network; both give the same mask."""
+    from samri_ml.example import make_template
+    from samri_ml.masking.predict import load_model, predict_mask
+    from samri_ml.metrics import dice
+
+    head = make_template(0, contrasts=("t2",), supersample=1)["T2w"]
+    masks = {}
+    for precision in ("bfloat16", "float32"):
+        monkeypatch.setenv(inference.PRECISION_VARIABLE, precision)
+        assert load_model()._samri_ml_precision == precision
+        masks[precision] = predict_mask(head)
+    assert load_model() is load_model()  # still loaded once per precision
+    assert dice(masks["bfloat16"], masks["float32"]) > 0.99

@@ -641,3 +641,45 @@ def test_the_mask_cache_follows_xdg_and_an_unwritable_one_is_named(tmp_path, mon
                    "XDG_CACHE_HOME to a writable folder"], err
     assert main([*argv, "--cache-dir", str(blocked / "c")]) == 1
     assert f"cannot write the cache folder {blocked}/c (Not a directory)" in capsys.readouterr().err
+
+
+def test_apply_mask_takes_paths_and_refuses_a_mask_of_another_grid(tmp_path):
+    """``apply_mask('scan.nii.gz', mask)`` (``predict_mask`` takes paths) failed with
+    ``AttributeError: 'str' object has no attribute 'get_data_dtype'``, a mask of another
+    shape with numpy's ``operands could not be broadcast``, and a mask of another scan of
+    the same shape (another affine) was applied in silence. Now paths are read, a 4D file of
+    one volume stays 4D, and another grid is refused with one line naming the files."""
+    import nibabel as nb
+
+    from samri_ml.masking.predict import apply_mask
+
+    rng = np.random.default_rng(0)
+    data = rng.uniform(1, 100, (10, 12, 8, 1)).astype(np.float32)
+    mask = np.zeros(data.shape[:3], np.uint8)
+    mask[2:8, 3:9, 2:6] = 1
+    affine = np.diag([0.3, 0.3, 0.5, 1])
+    scan, mask_file = tmp_path / "scan.nii.gz", tmp_path / "mask.nii.gz"
+    nb.save(nb.Nifti1Image(data, affine), str(scan))
+    nb.save(nb.Nifti1Image(mask, affine), str(mask_file))
+    want = data * mask[..., None]
+    for img, m in [(str(scan), mask_file), (scan, nb.load(mask_file)), (nb.load(scan), str(mask_file))]:
+        out = apply_mask(img, m)
+        assert out.shape == data.shape  # the file's 4D of one volume
+        np.testing.assert_array_equal(out.get_fdata(), want)
+    # ITK's float32 rounding of the same affine is the same grid
+    near = affine.copy()
+    near[:3, 3] += 1e-6
+    np.testing.assert_array_equal(
+        apply_mask(scan, nb.Nifti1Image(mask, near)).get_fdata(), want)
+    shifted = affine.copy()
+    shifted[0, 3] += 1.0  # the same shape 1 mm away: 3 voxels
+    nb.save(nb.Nifti1Image(mask, shifted), str(tmp_path / "other.nii.gz"))
+    with pytest.raises(SamriMLError, match=r"^brain mask .*other.nii.gz is not on the grid of "
+                                           r".*scan.nii.gz: same shape \(10, 12, 8\), but its "
+                                           r"affine puts the grid 1 mm away; hint: "):
+        apply_mask(scan, tmp_path / "other.nii.gz")
+    # shapes only where asked (the registration's bias-corrected scan)
+    assert apply_mask(scan, tmp_path / "other.nii.gz", check_affine=False).shape == data.shape
+    with pytest.raises(SamriMLError, match=r"^brain mask the mask \(9, 12, 8\) is not on the "
+                                           r"grid of the image \(10, 12, 8\); hint: "):
+        apply_mask(nb.load(scan), nb.Nifti1Image(mask[:-1], affine))

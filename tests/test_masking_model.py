@@ -1282,3 +1282,30 @@ def test_a_missing_data_folder_names_where_it_was_looked_for(tmp_path, capsys, m
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         f"error: SAMRI_ML_SHARED_DATA={missing}: data folder not found; hint: pass --atlas DIR "
         "or set SAMRI_ML_SHARED_DATA")
+
+
+def test_predict_mask_arguments_a_notebook_gives(phantom):
+    """``predict_mask(img, views="coronal")`` said ``unknown view 'c'`` (the string's letters
+    taken for views); ``max_slices=3`` (refused by samri_ml-mask and MaskBrain) gave a mask
+    from 3 slices per view in silence; a model object that is not a masker (the plate
+    embedding) failed deep in TensorFlow (``InvalidArgumentError: Input to reshape ...``).
+    Now one view is a view, and the others are refused with one line, before any work."""
+    from samri_ml.masking.predict import load_model, predict_mask
+    from samri_ml.models.inference import import_keras
+
+    img = phantom["T2w"]
+    one = predict_mask(img, views="coronal")
+    np.testing.assert_array_equal(np.asarray(one.dataobj),
+                                  np.asarray(predict_mask(img, views=("coronal",)).dataobj))
+    assert dice(np.asarray(one.dataobj), np.asarray(phantom["mask"].dataobj) > 0) > 0.75
+    # the shipped masker as an object: taken
+    assert np.asarray(predict_mask(img, model=load_model()).dataobj).any()
+    with pytest.raises(SamriMLError, match=r"^max_slices 3: must be at least 32$"):
+        predict_mask(img, max_slices=3)
+    with pytest.raises(SamriMLError, match=r"^unknown view 'front'; choose from"):
+        predict_mask(img, views=("coronal", "front"))
+    keras = import_keras()
+    other = keras.Sequential([keras.Input((224, 224, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(64)], name="embedding")
+    with pytest.raises(SamriMLError, match=r"^model 'embedding': not a brain-masking model"):
+        predict_mask(img, model=other)

@@ -219,3 +219,44 @@ def test_the_exec_graph_without_graphviz_expands_the_iterables(tmp_path):
     graph, _, labels = _node_graph(wf, "exec")
     assert sorted(labels.values()) == [f"{n} [_x_{v}]" for n in "ab" for v in (1, 2, 3)]
     assert graph.number_of_edges() == 3
+
+
+def test_drawing_leaves_a_notebooks_matplotlib_alone(tmp_path):
+    """The figures (workflow graph without Graphviz, QC violins, mask pictures, loss curve)
+    called ``matplotlib.use('Agg')``: in a notebook or script of the lab's own, its backend
+    was switched to Agg (the inline or interactive backend gone, ``plt.show()`` then showed
+    nothing). Now they draw on Figures outside pyplot, and the lab's open figure stays
+    pyplot's only one. A Python process of its own, as a notebook's kernel is."""
+    import subprocess
+    import sys
+
+    script = f"""
+import matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+import nibabel as nb
+import numpy as np
+from pathlib import Path
+from samri_ml.graph import _draw_layered
+from samri_ml.masking.train import plot_history
+from samri_ml.qc.compare import violin_plot
+from samri_ml.report import mask_figure
+from samri_ml.workflows import init_functional_wf
+sys_path = Path({str(tmp_path)!r})
+mine = plt.figure()
+plt.plot([1, 2])
+data = np.zeros((20, 20, 20), np.float32)
+data[5:15, 5:15, 5:15] = 1
+img = nb.Nifti1Image(data, np.eye(4))
+written = [
+    _draw_layered(init_functional_wf(), sys_path / "g.png", "orig") and sys_path / "g.png",
+    *violin_plot({_groups(2, 2)!r}, sys_path / "qc"),
+    mask_figure(img, nb.Nifti1Image(data.astype(np.uint8), np.eye(4)), sys_path / "m.png"),
+    plot_history({_history()!r}, sys_path / "loss.png") and sys_path / "loss.png",
+]
+assert all(Path(p).stat().st_size > 1000 for p in written), written
+print(matplotlib.get_backend(), plt.get_fignums() == [mine.number])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["svg", "True"]

@@ -188,6 +188,32 @@ def test_label_dice_is_dice_per_label(pair):
         assert v == dice(a == k, b == k)
 
 
+def test_dice_of_images_paths_and_mismatched_masks(tmp_path):
+    """``dice(predict_mask(img), ref_img)`` (nibabel images, as ``predict_mask`` returns) was
+    1.0 for any two images (``np.asarray`` of an image is a 0-d object array, True), and
+    masks of different shapes were broadcast (a (4, 4, 1) mask against a (4, 4, 4) one:
+    1.33). Now images and NIfTI paths are read, and other shapes or things are refused."""
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLError
+
+    a = np.zeros((4, 4, 4), np.uint8)
+    a[:2] = 1
+    b = np.zeros_like(a)
+    b[1:3] = 1
+    img_a, img_b = nb.Nifti1Image(a, np.eye(4)), nb.Nifti1Image(b, np.eye(4))
+    nb.save(nb.Nifti1Image(b[..., None], np.eye(4)), str(tmp_path / "b.nii.gz"))  # 4D, 1 vol
+    assert dice(a, b) == 0.5
+    assert dice(img_a, img_b) == dice(img_a, tmp_path / "b.nii.gz") == dice(a, str(
+        tmp_path / "b.nii.gz")) == 0.5
+    assert label_dice(img_a, img_b) == {1: 0.5}
+    with pytest.raises(SamriMLError, match=r"^dice: the masks differ in shape, \(4, 4, 4\) and "
+                                           r"\(4, 4, 1\); hint: resample"):
+        dice(a, np.ones((4, 4, 1)))
+    with pytest.raises(SamriMLError, match=r"^label_dice: the second is a NoneType, not a mask"):
+        label_dice(a, None)
+
+
 # -- samri_ml.masks ------------------------------------------------------------------------------
 def _masks(max_side=12):
     shape = st.tuples(*[st.integers(1, max_side)] * 3)

@@ -171,3 +171,38 @@ def test_a_skull_stripped_scan_gets_a_threshold_inside_its_brain():
     # an ordinary head (no exact background) is unchanged
     noisy = brain + np.random.default_rng(0).uniform(1, 5, brain.shape)
     assert volume_threshold(noisy) == pytest.approx(np.percentile(noisy, 66))
+
+
+def test_qc_functions_given_images_or_paths_say_what_they_take(tmp_path):
+    """``volume_conservation(img, img.affine, raw_img, raw_img.affine)`` and
+    ``estimate_smoothness(img, zooms)`` with nibabel images or paths failed with ``ValueError:
+    expected 3D or 4D data, got 0D`` (the image as a 0-d object array); two voxel sizes with
+    an ``IndexError``; ``voxel_volume(img)`` with numpy's 'setting an array element with a
+    sequence'. Now one line says what they take; ``voxel_volume`` takes an image's affine."""
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLError
+    from samri_ml.qc import estimate_smoothness
+
+    rng = np.random.default_rng(0)
+    data = np.zeros((12, 12, 12), np.float32)
+    data[3:9, 3:9, 3:9] = 100 + rng.standard_normal((6, 6, 6))
+    affine = np.diag([0.2, 0.2, 0.4, 1.0])
+    img = nb.Nifti1Image(data, affine)
+    nb.save(img, str(tmp_path / "scan.nii.gz"))
+    assert voxel_volume(img) == pytest.approx(0.016)
+    assert volume_conservation(data, affine, data, affine).vcf == 1.0
+    for wrong in (img, tmp_path / "scan.nii.gz", str(tmp_path / "scan.nii.gz")):
+        with pytest.raises(SamriMLError, match=r"^volume_conservation takes voxel arrays, got "
+                                               r".*; hint: pass np.asanyarray\(img.dataobj\) "
+                                               r"and img.affine"):
+            volume_conservation(data, affine, wrong, affine)
+        with pytest.raises(SamriMLError, match=r"^estimate_smoothness takes voxel arrays, .*"
+                                               r"img.header.get_zooms\(\)\[:3\]"):
+            estimate_smoothness(wrong, (0.2, 0.2, 0.4))
+    with pytest.raises(ValueError, match=r"^voxel_sizes: 3 values \(mm\) needed, got 2$"):
+        estimate_smoothness(data, (0.2, 0.2))
+    with pytest.raises(SamriMLError, match=r"^estimate_smoothness's mask takes voxel arrays, "
+                                           r"got a Nifti1Image; hint: pass "
+                                           r"np.asanyarray\(mask_img.dataobj\), or use"):
+        estimate_smoothness(data, (0.2, 0.2, 0.4), mask=img)

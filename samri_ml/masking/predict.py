@@ -33,14 +33,16 @@ def default_model_path() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float):
+def _load_cached(path: str, mtime: float, precision: str):
+    """Per precision too: ``SAMRI_ML_PRECISION`` changed in a session (float32 to compare)
+    kept the precision of the first load."""
     from samri_ml.models.inference import import_keras, mark_for_inference
     from samri_ml.models.unet import CUSTOM_OBJECTS
 
     keras = import_keras()
     model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
     check_masker(model, path)
-    return mark_for_inference(model)
+    return mark_for_inference(model, precision)
 
 
 def check_masker(model, path) -> None:
@@ -75,8 +77,10 @@ def load_model(path=None):
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise SamriMLError(f"{path}: model file not found; hint: give the path of a .keras file")
+    from samri_ml.models.inference import inference_precision
+
     try:
-        return _load_cached(str(path.resolve()), path.stat().st_mtime)
+        return _load_cached(str(path.resolve()), path.stat().st_mtime, inference_precision())
     except SamriMLError:
         raise
     except Exception as err:  # keras raises many types for a bad file
@@ -367,15 +371,16 @@ def predict_mask(
         Probability above which a voxel is brain.
     return_probability : bool
         Also return the (unthresholded, unprocessed) probability volume on the input grid.
-    views : sequence of str
+    views : str or sequence of str
         Slice directions whose predictions are averaged: any of ``sagittal``, ``coronal``,
         ``axial``. Default all three (context the coronal slice lacks: a neck or snout slice
-        looks like a brain slice on its own); ``("coronal",)`` is the seed's method.
+        looks like a brain slice on its own); ``"coronal"`` is the seed's method.
     flip : bool
         Also predict the left-right mirror and average (test-time augmentation).
     max_slices : int or None
-        Predict at most this many slices per view, evenly spaced, and interpolate between them
-        (:data:`MAX_SLICES_PER_VIEW`); None predicts every slice.
+        Predict at most this many slices per view (at least :data:`MIN_MAX_SLICES`), evenly
+        spaced, and interpolate between them (:data:`MAX_SLICES_PER_VIEW`); None predicts
+        every slice.
 
     Returns
     -------
@@ -387,7 +392,8 @@ def predict_mask(
     ------
     SamriMLError
         Not 3D/4D, a single slice, too small, NaN/Inf, all-zero or constant data, no brain found
-        (never an empty mask) or a mask filling nearly the whole image.
+        (never an empty mask) or a mask filling nearly the whole image; a model that is not a
+        masker, an unknown view, ``max_slices`` under :data:`MIN_MAX_SLICES`.
     """
     import warnings
 
@@ -395,6 +401,13 @@ def predict_mask(
 
     from samri_ml.io import image_data
 
+    if isinstance(views, str):  # one view: its letters were taken for views ('unknown view 'c'')
+        views = (views,)
+    for view in views:
+        pp.view_axis(view)  # an unknown one refused before any work
+    if max_slices is not None and max_slices < MIN_MAX_SLICES:
+        # as samri_ml-mask --max-slices and MaskBrain: 3 gave a mask from 3 slices per view
+        raise SamriMLError(f"max_slices {max_slices}: must be at least {MIN_MAX_SLICES}")
     img = _as_image(img)
     if np.dtype(img.get_data_dtype()).kind == "c":
         warnings.warn("a complex image: its magnitude (abs) is masked", SamriMLNote,
@@ -447,6 +460,8 @@ def predict_mask(
 
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model)
+    else:  # a model object (a plate embedding failed deep in TensorFlow's reshape)
+        check_masker(model, f"model {getattr(model, 'name', type(model).__name__)!r}")
     # zero padding around the head (a large or padded grid): the network sees slices resized
     # to 64 px, so the head's apparent size depended on the padding (an audit: a head
     # off-centre in a grid 2.5 times its own got a mask 5 times its brain)
@@ -504,10 +519,62 @@ def predict_mask(
     return out
 
 
-def apply_mask(img, mask_img):
-    """The image multiplied by the mask (4D: every volume, a 4D of one volume stays 4D) on the
-    input grid: float32, or complex64 for a complex image (its phase kept)."""
+def _name(img, what: str) -> str:
+    """A path as given, else ``what``: for messages."""
+    return str(img) if isinstance(img, (str, os.PathLike)) else what
 
+
+def check_same_grid(img, mask_img, img_name: str = "the image", mask_name: str = "the mask",
+                    *, affine: bool = True) -> None:
+    """Refuse a mask that is not on the image's voxel grid: another shape, or (with
+    ``affine``) an affine that puts a corner of the grid half a voxel or more away (a mask of
+    another scan of the same shape was applied as if it belonged; ITK's float32 rounding of
+    an affine stays far below that)."""
+    shape, mshape = tuple(img.shape[:3]), tuple(mask_img.shape[:3])
+    if shape != mshape:
+        raise SamriMLError(f"brain mask {mask_name} {mshape} is not on the grid of {img_name} "
+                           f"{shape}; hint: give a mask of that image")
+    if not affine:
+        return
+    corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)], float).T
+    moved = np.abs(img.affine @ corners - mask_img.affine @ corners)[:3].max()
+    voxel = float(np.min(np.linalg.norm(img.affine[:3, :3], axis=0)))
+    if not moved < 0.5 * voxel:  # NaN too
+        raise SamriMLError(f"brain mask {mask_name} is not on the grid of {img_name}: same shape "
+                           f"{shape}, but its affine puts the grid {moved:.3g} mm away; hint: "
+                           "give a mask of that image, or resample it onto the image first")
+
+
+def _read_as_is(img):
+    """A path's image as the file has it (4D of one volume, NaN voxels); an image as it is."""
+    if isinstance(img, (str, os.PathLike)):
+        from samri_ml.io import load_nifti
+
+        return load_nifti(img, allow_4d=True, check_values=False, squeeze=False)
+    return _as_image(img)
+
+
+def apply_mask(img, mask_img, *, check_affine: bool = True):
+    """The image multiplied by the mask (4D: every volume, a 4D of one volume stays 4D) on the
+    input grid: float32, or complex64 for a complex image (its phase kept).
+
+    Parameters
+    ----------
+    img, mask_img : nibabel image or path-like
+        The image, and a mask on its grid (nonzero = brain), e.g. :func:`predict_mask`'s.
+    check_affine : bool
+        Also refuse a mask whose affine puts the grid elsewhere (:func:`check_same_grid`);
+        False compares the shapes only.
+
+    Raises
+    ------
+    SamriMLError
+        An unreadable file, or a mask on another grid.
+    """
+    names = _name(img, "the image"), _name(mask_img, "the mask")
+    img, mask_img = _read_as_is(img), _read_as_is(mask_img)
+    check_same_grid(img, mask_img, *names, affine=check_affine)
     dtype = np.complex64 if np.dtype(img.get_data_dtype()).kind == "c" else np.float32
     data = np.asarray(img.dataobj, dtype=dtype)
     mask = np.asarray(mask_img.dataobj) > 0

@@ -775,7 +775,7 @@ def validation_dice(model, volumes_by_group, views=pp.ALL_VIEWS) -> dict[str, fl
 
 def plot_history(history, path, *, init_model: str | None = None, title: str | None = None,
                  model_name: str | None = None):
-    """Loss and Dice per epoch (both phases), saved as PNG; returns the (closed) figure.
+    """Loss and Dice per epoch (both phases), saved as PNG; returns the figure (outside pyplot).
 
     The loss axis starts at 0 and the Dice axis ends at 1, so that noise of a percent does
     not look like unstable training. Marked: the epoch whose weights each phase restored (the
@@ -786,10 +786,8 @@ def plot_history(history, path, *, init_model: str | None = None, title: str | N
     started from: ``init_model``, else the ``init_model`` of a ``<model>_training.json``
     beside it whose history is this one (a regenerated plot).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     path = Path(path)
     if model_name is None:
@@ -808,7 +806,10 @@ def plot_history(history, path, *, init_model: str | None = None, title: str | N
     phases = list(history.get("phase", [])) or ["training"] * n
     lr = history.get("learning_rate", history.get("lr"))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
+    # a Figure without pyplot: a notebook's backend and open figures are left alone
+    fig = Figure(figsize=(10, 4.0))
+    FigureCanvasAgg(fig)  # its renderer, whatever the backend
+    axes = fig.subplots(1, 2)
     for key, ax in (("loss", axes[0]), ("dice_coefficient", axes[1])):
         for pre, label, style in (("", "train", "-o"), ("val_", "validation", "-s")):
             v = np.asarray(history.get(pre + key, []), dtype=float)
@@ -871,5 +872,4 @@ def plot_history(history, path, *, init_model: str | None = None, title: str | N
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return fig

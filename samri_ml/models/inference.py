@@ -44,17 +44,26 @@ def import_keras():
     ``TF_CPP_MIN_LOG_LEVEL`` says, so a command's one-line error came after four lines of
     noise. Those lines are dropped by pointing file descriptor 2 at /dev/null for the import
     only (Python errors of the import still raise normally). ``SAMRI_ML_TF_LOGS=1`` keeps them.
+    ``TF_CPP_MIN_LOG_LEVEL`` is 2 for the import only, where it was not set: TensorFlow keeps
+    the level it read, and the caller's environment (a notebook's, its subprocesses') is left
+    as it was (it kept TensorFlow's warnings from the lab's own scripts run from there).
     """
     refuse_inherited_tensorflow()  # loading a model hangs there too, not only running one
     if "keras" not in sys.modules:
         _note_two_tensorflows()
     if "keras" in sys.modules or os.environ.get("SAMRI_ML_TF_LOGS") == "1":
         return _import_keras()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from samri_ml.io import quiet_stderr
 
-    with quiet_stderr():
-        return _import_keras()
+    ours = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if ours:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    try:
+        with quiet_stderr():
+            return _import_keras()
+    finally:
+        if ours:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
 
 
 def _import_keras():

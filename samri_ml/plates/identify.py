@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -34,7 +35,14 @@ import numpy as np
 
 from samri_ml.errors import SamriMLError, SamriMLNote
 from samri_ml.hardware import available_cpus
-from samri_ml.plates.data import _to_uint8, load_atlas, preprocess, read_image, tissue_bbox
+from samri_ml.plates.data import (
+    _to_uint8,
+    as_section,
+    load_atlas,
+    preprocess,
+    read_image,
+    tissue_bbox,
+)
 
 #: name -> (y0, y1, x0, x1) as fractions of the tissue bounding box
 REGIONS = {
@@ -233,12 +241,53 @@ def _extent_or(value, default: float) -> float:
     return value if math.isfinite(value) and value > 0 else default
 
 
+def as_sections(imgs) -> list[np.ndarray]:
+    """:meth:`PlateIdentifier.rank`'s images (a list, tuple, generator or stack of 2D arrays)
+    as :func:`samri_ml.plates.data.as_section` makes each, named ``imgs[i]`` in errors and
+    notes; one image given alone is refused with a hint (its rows were taken for images)."""
+    if isinstance(imgs, np.ndarray) and (imgs.ndim == 2
+                                         or (imgs.ndim == 3 and imgs.shape[2] in (3, 4))):
+        raise SamriMLError(f"rank takes a list of images, got one {imgs.shape} array; hint: "
+                           "rank([image])")
+    if isinstance(imgs, (str, Path)):
+        raise SamriMLError(f"rank takes a list of images, got the path {str(imgs)!r}; hint: "
+                           "rank_files([path])")
+    return [as_section(img, f"imgs[{i}]") for i, img in enumerate(imgs)]
+
+
+@lru_cache(maxsize=4)
+def _load_embedding(path: str, mtime: float, precision: str, name: str):
+    """The embedding network in ``path``, loaded once per file, modification time and
+    precision (marked for it: :func:`~samri_ml.models.inference.mark_for_inference`);
+    ``name``: the path as given, for messages. An
+    identifier made per call (``make_identifier().rank_files(...)`` in a notebook's loop)
+    loaded it again each time: 1.3-2 s and 20 MB of memory more per call."""
+    from samri_ml.models.inference import import_keras, keras_load_failure, mark_for_inference
+
+    keras = import_keras()
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise SamriMLError(keras_load_failure(Path(name), err, "not a Keras model")) from err
+    if not _is_embedding(model):  # a masker, say: it failed deep in numpy
+        raise SamriMLError(
+            f"{name}: not a plate embedding model (it takes {model.input_shape} inputs and "
+            f"gives {model.output_shape} outputs; a plate embedding maps a grey image to one "
+            "vector); hint: give a model from samri_ml-train-plates --export")
+    return mark_for_inference(model, precision)
+
+
 class _Ranker:
     """What both identifiers share on top of their ``rank``."""
 
     def rank_files(self, paths, regions: bool | None = None,
                    any_orientation: bool = False) -> dict[str, dict]:
-        """``{path as given: rank result}``; unreadable files raise :class:`SamriMLError`."""
+        """``{path as given: rank result}`` for a list (or any iterable: ``Path.glob``'s) of
+        image paths; unreadable files raise :class:`SamriMLError`."""
+        if isinstance(paths, (str, Path)):  # its characters were taken for paths ('/: is a
+            raise SamriMLError(f"rank_files takes a list of paths, got the path "  # directory')
+                               f"{str(paths)!r}; hint: rank_files([{str(paths)!r}])")
+        paths = list(paths)  # a generator was used up by the reading (a bare zip() ValueError)
         imgs = [read_image(p) for p in paths]
         return dict(zip([str(p) for p in paths],
                         self.rank(imgs, regions, any_orientation=any_orientation), strict=True))
@@ -320,20 +369,11 @@ class PlateIdentifier(_Ranker):
     @property
     def model(self):
         if self._model is None:
-            from samri_ml.models.inference import import_keras, keras_load_failure
+            from samri_ml.models.inference import inference_precision
 
-            keras = import_keras()
-            try:
-                model = keras.saving.load_model(self.model_path, compile=False)
-            except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad file
-                raise SamriMLError(keras_load_failure(self.model_path, err,
-                                                      "not a Keras model")) from err
-            if not _is_embedding(model):  # a masker, say: it failed deep in numpy
-                raise SamriMLError(
-                    f"{self.model_path}: not a plate embedding model (it takes "
-                    f"{model.input_shape} inputs and gives {model.output_shape} outputs; a plate "
-                    "embedding maps a grey image to one vector); hint: give a model from "
-                    "samri_ml-train-plates --export")
+            path = self.model_path
+            model = _load_embedding(str(path.resolve()), path.stat().st_mtime,
+                                    self.precision or inference_precision(), str(path))
             shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
             reindexing = self.embeddings is None  # the index is being made with this model
             if not reindexing and (shape_in != (self.size, self.size)
@@ -344,9 +384,7 @@ class PlateIdentifier(_Ranker):
                     f"model takes {shape_in[0]}x{shape_in[1]} px and gives {shape_out}-d ones; "
                     "hint: give the index exported with that model, or --atlas DIR to index an "
                     "atlas with it")
-            from samri_ml.models.inference import mark_for_inference
-
-            self._model = mark_for_inference(model, self.precision)
+            self._model = model
         return self._model
 
     def prep(self, img: np.ndarray) -> np.ndarray:
@@ -582,8 +620,11 @@ class PlateIdentifier(_Ranker):
         came (0: upright, or ranked as it came). A piece of
         tissue ranked best as a part of a section (:meth:`distances`) has ``read_as`` (e.g.
         ``"ventral part"``). Without :attr:`hemisections`, an image whose tissue box is
-        narrower than any whole section's (:func:`narrow_box`) has ``may_be_hemisphere``."""
-        if not len(imgs):
+        narrower than any whole section's (:func:`narrow_box`) has ``may_be_hemisphere``.
+        Arrays are taken as :func:`as_sections` makes them (16-bit, float, RGB: grayscale
+        uint8; brightfield inverted; too small or empty refused with :class:`SamriMLError`)."""
+        imgs = as_sections(imgs)
+        if not imgs:
             return []
         if any_orientation:
             imgs, turns, d = self.upright(imgs)
@@ -817,7 +858,10 @@ class RoutedIdentifier(_Ranker):
 
     def rank(self, imgs: list[np.ndarray], regions: bool | None = None,
              any_orientation: bool = False) -> list[dict]:
-        if not len(imgs):
+        """:meth:`PlateIdentifier.rank` by the variant the router picks for each image, with
+        ``model`` and ``other_modality`` (the router's probability) in each result."""
+        imgs = as_sections(imgs)
+        if not imgs:
             return []
         # the router's spectrum bands do not change under quarter turns: route first
         prepped, boxes = self.default.prepare(imgs)

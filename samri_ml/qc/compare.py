@@ -457,7 +457,7 @@ PLOT_PANELS = (
 
 
 def violin_figure(groups: dict[str, list[dict]]):
-    """The figure of :func:`violin_plot` (a closed matplotlib Figure).
+    """The figure of :func:`violin_plot` (a matplotlib Figure outside pyplot).
 
     One row of panels per modality (anat and func conserve smoothness differently, so they are
     never pooled), one column per quantity: the signed factors with their ideal (1, dashed)
@@ -467,17 +467,17 @@ def violin_figure(groups: dict[str, list[dict]]):
     it has at least :data:`MIN_SCANS_FOR_VIOLIN` of them. Tick labels give each group's n.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = list(groups)
     kinds = sorted({r.get("modality") or "unknown" for recs in groups.values() for r in recs})
     kinds = kinds or ["unknown"]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(len(kinds), len(PLOT_PANELS), squeeze=False,
-                             figsize=(2.7 * len(PLOT_PANELS) + 0.4,
-                                      3.3 * len(kinds) + 0.9))  # fmt: skip
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    # a Figure without pyplot: a notebook's backend and open figures are left alone
+    fig = Figure(figsize=(2.7 * len(PLOT_PANELS) + 0.4, 3.3 * len(kinds) + 0.9))
+    FigureCanvasAgg(fig)  # its renderer, whatever the backend
+    axes = fig.subplots(len(kinds), len(PLOT_PANELS), squeeze=False)
     for row, kind in enumerate(kinds):
         # per workflow: scan key -> record, of this modality
         tables = [{_key(r): r for r in groups[wf] if (r.get("modality") or "unknown") == kind}
@@ -536,7 +536,6 @@ def violin_figure(groups: dict[str, list[dict]]):
         "|1 \u2212 VCF|, |1 \u2212 SCF| and SCF/VCF^(1/3); dashed: the ideal value.",
         fontsize=9)
     fig.tight_layout()
-    plt.close(fig)
     return fig
 
 

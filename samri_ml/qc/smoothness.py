@@ -104,6 +104,23 @@ def automask(data: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
+def _require_array(x, what: str,
+                   arrays: str = "np.asanyarray(img.dataobj) and img.affine"):
+    """Refuse a nibabel image or a path where voxels are wanted: ``np.asarray`` of an image is
+    a 0-d object array, refused as ``expected 3D or 4D data, got 0D`` (a path: the same)."""
+    import os
+
+    if isinstance(x, (str, os.PathLike)) or hasattr(x, "dataobj"):
+        from samri_ml.errors import SamriMLError
+
+        given = f"the path {str(x)!r}" if isinstance(x, (str, os.PathLike)) else \
+            f"a {type(x).__name__}"
+        raise SamriMLError(f"{what} takes voxel arrays, got {given}; hint: pass "
+                           f"{arrays}, or use the "
+                           "VolumeConservation/SmoothnessConservation interfaces on files")
+    return x
+
+
 def _require_finite(data: np.ndarray) -> None:
     """``ValueError`` for NaN or Inf voxels: one NaN made the automask's level 0 (the whole
     image) and moved a FWHM from 0.82 to 1.40 mm without a word. (The command line and the
@@ -541,13 +558,17 @@ def estimate_smoothness(
     -------
     Smoothness
     """
-    data = np.asarray(data)
+    data = np.asarray(_require_array(
+        data, "estimate_smoothness", "np.asanyarray(img.dataobj) and img.header.get_zooms()[:3]"))
     if data.ndim not in (3, 4):
         raise ValueError(f"expected 3D or 4D data, got {data.ndim}D")
     _require_finite(data)
-    vox = [float(abs(v)) for v in voxel_sizes][:3]
+    vox = [float(abs(v)) for v in np.ravel(voxel_sizes)][:3]
+    if len(vox) < 3:  # it was an IndexError deep inside
+        raise ValueError(f"voxel_sizes: 3 values (mm) needed, got {len(vox)}")
     if mask is not None:
-        m = np.asarray(mask) != 0
+        m = np.asarray(_require_array(mask, "estimate_smoothness's mask",
+                                      "np.asanyarray(mask_img.dataobj)")) != 0
         if m.shape != data.shape[:3]:
             raise ValueError(f"mask shape {m.shape} differs from the image's {data.shape[:3]}")
     elif use_automask:

@@ -89,6 +89,8 @@ def voxel_volume(affine: np.ndarray) -> float:
     float
         Voxel volume in mm^3.
     """
+    if hasattr(affine, "affine"):  # an image: its affine (it was numpy's 'setting an array
+        affine = affine.affine      # element with a sequence')
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got {affine.shape}")
@@ -215,8 +217,10 @@ def volume_conservation(
     VolumeConservation
         ``vcf``, ``volume_processed``, ``volume_raw`` (mm^3) and the ``threshold`` used.
     """
-    from samri_ml.qc.smoothness import _require_finite
+    from samri_ml.qc.smoothness import _require_array, _require_finite
 
+    processed = _require_array(processed, "volume_conservation")
+    raw = _require_array(raw, "volume_conservation")
     for image in (processed, raw):  # a NaN in raw gave VCF nan with volume 0
         _require_finite(np.asarray(image))
     threshold = volume_threshold(raw, percentile)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -107,7 +108,12 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             "masking='unet' or 'none', or build the streams with init_structural_wf/"
             "init_functional_wf(masking='input') and connect your mask to inputnode.in_mask")
     _check_inputs(bold_files, bold_metadata, anat_file if qc else None, qc)
-    bold_files = list(bold_files)
+    # absolute from where the factory is called, as the interfaces' paths (symbolic links
+    # kept): Nipype runs each node in a folder of its own, where a relative path failed
+    # ('file sub-01/anat/sub-01_T2w.nii.gz does not exist' in s_biascorrect)
+    template, template_mask = os.path.abspath(template), os.path.abspath(template_mask)
+    anat_file = None if anat_file is None else os.path.abspath(anat_file)
+    bold_files = [os.path.abspath(f) for f in bold_files]
     bold_metadata = list(bold_metadata or [{} for _ in bold_files])
     if anat_file is None and not bold_files:
         raise SamriMLError("nothing to register: no structural and no functional scan")
