@@ -354,7 +354,9 @@ def test_a_repeated_view_counts_once(phantom):
 
 def test_negative_or_offset_backgrounds(phantom, tmp_path, capsys):
     """A z-scored image (negative background) gets the plain image's mask (it is shifted to a
-    zero minimum first); an offset background is named in a note by samri_ml-mask."""
+    zero minimum first); an offset background is named in a note by samri_ml-mask, but not a
+    constant one, which is subtracted (the note told the user to subtract it, of a mask the
+    same as the plain image's)."""
     from samri_ml.cli.mask import main
 
     img = phantom["T2w"]
@@ -364,8 +366,11 @@ def test_negative_or_offset_backgrounds(phantom, tmp_path, capsys):
     assert data.min() == 0 and dice(np.asarray(predict_mask(z).dataobj) > 0, plain) > 0.999
     import warnings
 
-    src = tmp_path / "offset.nii.gz"
-    nb.save(nb.Nifti1Image(data + 0.3 * np.percentile(data, 99), img.affine), src)
+    high = np.percentile(data, 99)
+    noise = np.random.default_rng(0).uniform(0, 0.05 * high, data.shape).astype(np.float32)
+    src = tmp_path / "offset.nii.gz"  # an offset on a noisy background: kept, and named
+    nb.save(nb.Nifti1Image(data + noise + 0.3 * high, img.affine), src)
+    nb.save(nb.Nifti1Image(data + 0.3 * high, img.affine), tmp_path / "constant.nii.gz")
     nb.save(img, tmp_path / "plain.nii.gz")
     with warnings.catch_warnings():  # out of pytest's own recording, as in a command
         warnings.simplefilter("default")
@@ -373,6 +378,10 @@ def test_negative_or_offset_backgrounds(phantom, tmp_path, capsys):
         assert "note: the background is not dark" in capsys.readouterr().err
         assert main([str(tmp_path / "plain.nii.gz"), str(tmp_path / "m2.nii.gz")]) == 0
         assert "note:" not in capsys.readouterr().err
+        assert main([str(tmp_path / "constant.nii.gz"), str(tmp_path / "m3.nii.gz")]) == 0
+        assert "note:" not in capsys.readouterr().err
+    np.testing.assert_array_equal(nb.load(tmp_path / "m3.nii.gz").get_fdata(),
+                                  nb.load(tmp_path / "m2.nii.gz").get_fdata())
 
 
 def test_a_voxel_size_ten_times_too_large_is_named(phantom, tmp_path, capsys):

@@ -447,6 +447,7 @@ def predict_mask(
         # percentile added got Dice 0.62-0.70 with their manual masks, 0.91-0.92 without)
         data = data - data.min()
         high = None
+        offset = 0.0  # subtracted: no note that would tell the user to do it
 
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model)
