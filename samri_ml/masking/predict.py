@@ -324,29 +324,32 @@ NEGATIVE_SHIFT_FRACTION = 0.25
 #: a minimum above 0 shared by at least this share of the voxels is a constant background
 #: offset (subtracted); none of the evaluated scans has one (a minimum of 0, or no flat one)
 FLAT_BACKGROUND_FRACTION = 0.2
-#: :func:`padding_box`: the box of the data is taken where it fills under this share of the grid
-PADDING_BOX_FRACTION = 0.25
+#: :func:`padding_box` grows the box of the data by this fraction of its size each side
+#: (clipped to the grid); without it, the dama brains' minimum Dice went from 0.984 to 0.977
+PADDING_MARGIN = 0.1
 
 
-def padding_box(data: np.ndarray) -> tuple[slice, slice, slice]:
-    """Slices of ``data`` without its padding: the bounding box of the voxels above the
-    minimum, grown by a tenth of its size (at least 3 voxels) each side, where that box fills
-    under :data:`PADDING_BOX_FRACTION` of the grid (a head in a large or zero-padded grid);
-    the whole grid otherwise (every scan of the evaluation: the dama brains' boxes fill 31-48 %
-    of their grids, the heads' 83-100 %)."""
+def padding_box(data: np.ndarray) -> tuple[slice, ...]:
+    """Slices of ``data`` without its padding: the bounding box of the voxels above its
+    minimum grown by :data:`PADDING_MARGIN`, ``slice(None)`` along an axis where that reaches
+    both ends of the grid.
+
+    Always taken, whatever share of the grid the box fills, so that the network sees the same
+    volume however much zero padding a scan is stored with (a threshold on that share, a
+    quarter of the grid, let an EPI padded to 1.5-2 times its grid per axis through whole: its
+    mask came out 1.7-2.5 times its volume)."""
     inside = data > data.min()
-    whole = (slice(None),) * 3
+    whole = (slice(None),) * data.ndim
     if not inside.any():
         return whole
     box = []
-    for axis in range(3):
-        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+    for axis in range(data.ndim):
+        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(data.ndim) if a != axis)))
         lo, hi = int(hit[0]), int(hit[-1]) + 1
-        pad = max(3, (hi - lo) // 10)
-        box.append((max(0, lo - pad), min(data.shape[axis], hi + pad)))
-    if np.prod([hi - lo for lo, hi in box]) >= PADDING_BOX_FRACTION * data.size:
-        return whole
-    return tuple(slice(lo, hi) for lo, hi in box)
+        pad = int(PADDING_MARGIN * (hi - lo))
+        lo, hi = max(0, lo - pad), min(data.shape[axis], hi + pad)
+        box.append(slice(None) if (lo, hi) == (0, data.shape[axis]) else slice(lo, hi))
+    return tuple(box)
 
 
 def predict_mask(
@@ -457,6 +460,7 @@ def predict_mask(
         # percentile added got Dice 0.62-0.70 with their manual masks, 0.91-0.92 without)
         data = data - data.min()
         high = None
+        offset = 0.0  # subtracted: no note that would tell the user to do it
 
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model)
