@@ -929,6 +929,16 @@ def test_dataset_cache_of_other_scans_is_rebuilt(tmp_path):
     assert logged[:2] == [f"{tmp_path / 'dc.npz'} was built by an older samri_ml, which did not "
                           "record its scans: rebuilt and replaced", "building the data set ..."]
     assert groups(b)[1] == [f"data set read from {tmp_path / 'dc.npz'}"]
+    # a cache that other preprocessing code made (an upgrade; only the synthetic heads had a
+    # version in the key): rebuilt, and said so
+    with np.load(tmp_path / "dc.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    other_code = {**json.loads(str(arrays["settings"])), "code": "0" * 64}
+    np.savez(tmp_path / "dc.npz", **{**arrays, "settings": json.dumps(other_code, sort_keys=True)})
+    got, logged = groups(b)
+    assert logged[0] == (f"{tmp_path / 'dc.npz'} was built by other preprocessing code (another "
+                         "samri_ml version?): rebuilt and replaced"), logged
+    assert groups(b)[1] == [f"data set read from {tmp_path / 'dc.npz'}"]
     _dama_like(tmp_path / "b", ["t1"], 5)  # a scan replaced under its name
     x_new = mt.build_dataset(config, b, tmp_path / "masks", log=lambda m: None)[0]
     x, *_ = mt.cached_dataset(config, b, tmp_path / "masks", lambda m: None)

@@ -213,6 +213,39 @@ def split_note(model_path, config: TrainConfig, role: str) -> str | None:
             "Dice can be too high; hint: give the data options of its _training.json")
 
 
+#: the modules whose code decides what a data set cache holds (the slices, labels and heads)
+DATASET_MODULES = ("samri_ml.masking.preprocess", "samri_ml.masking.data",
+                   "samri_ml.masking.synth", "samri_ml.masks")
+
+
+def dataset_code_fingerprint() -> str:
+    """sha256 of the source of :data:`DATASET_MODULES`: the code part of a data set cache's key.
+    A cache made by other preprocessing code (an upgrade, a lab's own change) was read back as
+    if this code had made it (only the synthetic heads carried a version)."""
+    import hashlib
+    import importlib
+    import inspect
+
+    digest = hashlib.sha256()
+    for name in DATASET_MODULES:
+        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    return digest.hexdigest()
+
+
+def _stale_cache_reason(stored: str, settings: str) -> str:
+    """Why a data set cache whose key is ``stored`` is not the one for ``settings``."""
+    try:
+        old, new = json.loads(stored), json.loads(settings)
+    except (ValueError, TypeError):
+        return "holds a data set of other settings or scans"
+    if "data" not in old:  # the first release's key (an upgrade's rebuild, not new settings)
+        return "was built by an older samri_ml, which did not record its scans"
+    if {k: v for k, v in old.items() if k != "code"} == {k: v for k, v in new.items()
+                                                         if k != "code"}:
+        return "was built by other preprocessing code (another samri_ml version?)"
+    return "holds a data set of other settings or scans"
+
+
 def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
     """:func:`build_dataset`, stored in / read from ``config.dataset_cache`` (.npz) when set.
 
@@ -224,6 +257,7 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     settings = {k: getattr(config, k) for k in DATA_KEYS}
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
     settings["data"] = data_fingerprint(data_dir)  # nor one of other scans
+    settings["code"] = dataset_code_fingerprint()  # nor one that other code made
     settings = json.dumps(settings, sort_keys=True)
     path = dataset_cache_path(config.dataset_cache)
     if path is not None and path.is_file():
@@ -254,14 +288,7 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
                 # stored as float16 to halve the file; cv2 (augmentation) needs float32
                 x = f["x"].astype(np.float32)
                 return x, f["y"].astype(np.float32), f["groups"], f["is_val"], vols
-        try:
-            older = "data" not in json.loads(stored)  # a cache of the first release's key
-        except (ValueError, TypeError):
-            older = False
-        # an upgrade's rebuild (the key now covers the scans) read as if the settings had changed
-        log(f"{path} " + ("was built by an older samri_ml, which did not record its scans"
-                          if older else "holds a data set of other settings or scans")
-            + ": rebuilt and replaced")
+        log(f"{path} {_stale_cache_reason(stored, settings)}: rebuilt and replaced")
     log("building the data set ...")
     x, y, groups, is_val, vols = build_dataset(config, data_dir, cache_dir, log)
     if path is not None:
