@@ -451,3 +451,56 @@ def test_the_plates_card_and_docs_commands_parse():
                 parser.parse_args(argv[1:])
                 n += 1
     assert n >= 10, n
+
+
+def _option_strings(parser) -> set[str]:
+    """Every option string of ``parser`` and of its subcommands' parsers."""
+    import argparse
+
+    found = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+def test_every_option_the_docs_give_a_command_is_one_it_takes():
+    """The commands of the README, docs/*.rst, the model cards and examples/ named options
+    that a renamed or removed flag leaves behind, and only the training and evaluation
+    commands were parsed (above). Every ``--option`` (or ``-x``) after ``samri_ml-<program>``
+    in one command (lines joined at a trailing backslash; quoted arguments such as
+    ``--plugin-args '{"sbatch_args": "--mem=8G"}'`` left out) must be one the program's parser
+    takes, and every ``samri_ml-<program>`` must be a console script of setup.cfg."""
+    import configparser
+    import importlib
+    import re
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    scripts = dict(line.replace(" ", "").split("=", 1) for line in
+                   config["options.entry_points"]["console_scripts"].strip().splitlines())
+    parsers = {}
+    for name, target in scripts.items():
+        if name.startswith("samri_ml-"):
+            module = importlib.import_module(target.split(":")[0])
+            factory = getattr(module, "get_parser", None) or module.build_parser
+            parsers[name] = _option_strings(factory())
+    docs = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst")),
+            *sorted((ROOT / "samri_ml" / "data" / "models").glob("*.md")),
+            *sorted((ROOT / "examples").iterdir())]
+    wrong, n = [], 0
+    for doc in docs:
+        text = re.sub(r"\\\n\s*", " ", doc.read_text())
+        text = re.sub(r"'[^'\n]*(?:\n[^'\n]*){0,3}'", "''", text)  # quoted arguments
+        for m in re.finditer(r"(?<![\w./-])(samri_ml-[a-z-]+)((?:[ \t]+[^\s`|;&)]+)*)", text):
+            program, rest = m.group(1), m.group(2)
+            if program not in parsers:
+                wrong.append(f"{doc.name}: {program} is no command")
+                continue
+            for option in re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", rest):
+                n += 1
+                if option not in parsers[program]:
+                    wrong.append(f"{doc.name}: {program} has no {option}")
+    assert not wrong, "\n".join(dict.fromkeys(wrong))
+    assert n >= 200, n  # the commands were found
