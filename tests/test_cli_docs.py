@@ -504,3 +504,43 @@ def test_every_option_the_docs_give_a_command_is_one_it_takes():
                     wrong.append(f"{doc.name}: {program} has no {option}")
     assert not wrong, "\n".join(dict.fromkeys(wrong))
     assert n >= 200, n  # the commands were found
+
+
+def test_every_file_and_python_name_the_docs_point_to_exists():
+    """The README, docs/*.rst and the model cards send a lab to files of the project
+    (``benchmarks/masking_speed.py``, ``samri_ml/data/registration/default.json``,
+    ``tests/test_resume.py``) and to Python names (``samri_ml.graph.write_workflow_graph``,
+    ``samri_ml.masking.train.remap_intensity``); a file renamed or a function moved left the
+    docs pointing to nothing. Each path must exist and each dotted name must import."""
+    import importlib
+    import re
+
+    docs = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst")),
+            *sorted((ROOT / "samri_ml" / "data" / "models").glob("*.md"))]
+    missing, paths, names = [], 0, 0
+    for doc in docs:
+        text = doc.read_text()
+        for path in set(re.findall(r"(?<![\w/.])((?:samri_ml|tests|benchmarks|examples|docs)"
+                                   r"/[\w./-]*\w)", text)):
+            if not any(c in path for c in "*<{"):
+                paths += 1
+                if not (ROOT / path).exists():
+                    missing.append(f"{doc.name}: {path}")
+        for name in set(re.findall(r"(?<![\w/.])(samri_ml(?:\.\w+)+)", text)):
+            names += 1
+            parts = name.split(".")
+            for i in range(len(parts), 0, -1):  # the longest importable module
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                    break
+                except ImportError:
+                    continue
+            for attr in parts[i:]:
+                if attr in ("py", "json", "keras", "md", "npz", "png"):  # a file's extension
+                    break
+                if not hasattr(obj, attr):
+                    missing.append(f"{doc.name}: {name}")
+                    break
+                obj = getattr(obj, attr)
+    assert not missing, "\n".join(sorted(missing))
+    assert paths >= 50 and names >= 20, (paths, names)
