@@ -487,7 +487,7 @@ def test_every_option_the_docs_give_a_command_is_one_it_takes():
             factory = getattr(module, "get_parser", None) or module.build_parser
             parsers[name] = _option_strings(factory())
     docs = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst")),
-            *sorted((ROOT / "samri_ml" / "data" / "models").glob("*.md")),
+            *sorted((ROOT / "samri_ml" / "data" / "models").rglob("*.md")),
             *sorted((ROOT / "examples").iterdir())]
     wrong, n = [], 0
     for doc in docs:
@@ -516,7 +516,7 @@ def test_every_file_and_python_name_the_docs_point_to_exists():
     import re
 
     docs = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst")),
-            *sorted((ROOT / "samri_ml" / "data" / "models").glob("*.md"))]
+            *sorted((ROOT / "samri_ml" / "data" / "models").rglob("*.md"))]
     missing, paths, names = [], 0, 0
     for doc in docs:
         text = doc.read_text()
