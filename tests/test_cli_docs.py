@@ -294,6 +294,9 @@ def _option_help(parser, option: str) -> str:
                                                      "(default: siamese)"]),
     ("example", "get_parser", "--volumes", ["at least 2", "(default: 20)"]),
     ("register", "get_parser", "--dry-run", ["the scheduler's programs"]),
+    # since 0.2.0 the QC leaves them out of the raw run too; --help did not say so
+    ("register", "get_parser", "--dummy-scans", ["leave them out of the raw run too",
+                                                 "raw_dummy_scans", "(default: 10)"]),
     # these three had no help at all (--graph-format's default was not even shown)
     ("register", "get_parser", "--graph-format", ["--write-graph", "(default: png)"]),
     ("register", "get_parser", "--stop-on-first-crash", ["first failed step"]),
