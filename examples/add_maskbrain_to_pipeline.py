@@ -4,7 +4,12 @@ Your pipeline (here: N4 bias correction then antsRegistration to a template) gai
 ``MaskBrain``, whose mask restricts the registration metric to the brain in every stage, as the
 seed paper's "Generic Masked" workflow. Unlike the seed, N4 keeps fitting the bias field on the
 whole image: with an imperfect mask the mask-restricted field cost one example subject 0.04
-Dice (see the README). Run:
+Dice (see the README). Caution: this is the wiring the README measured as harmful on a real
+skull-on head (its "Masked registration of a real head": a moving mask alone on the MI stages
+shrank the brain into the mask, Dice 0.48 against 0.82 unmasked); it shows how to connect the
+node on the example's phantoms. samri_ml's own ``default`` and ``fast`` flavours run their
+linear phases brain to brain instead (the scan and the template each times its mask), then
+SyN on the whole images (README, "the linear phases brain to brain"). Run:
 
     python examples/add_maskbrain_to_pipeline.py T2w.nii.gz TEMPLATE.nii.gz TEMPLATE_MASK.nii.gz OUT_DIR
 """

@@ -294,6 +294,9 @@ def _option_help(parser, option: str) -> str:
                                                      "(default: siamese)"]),
     ("example", "get_parser", "--volumes", ["at least 2", "(default: 20)"]),
     ("register", "get_parser", "--dry-run", ["the scheduler's programs"]),
+    # since 0.2.0 the QC leaves them out of the raw run too; --help did not say so
+    ("register", "get_parser", "--dummy-scans", ["leave them out of the raw run too",
+                                                 "raw_dummy_scans", "(default: 10)"]),
     # these three had no help at all (--graph-format's default was not even shown)
     ("register", "get_parser", "--graph-format", ["--write-graph", "(default: png)"]),
     ("register", "get_parser", "--stop-on-first-crash", ["first failed step"]),
@@ -451,3 +454,131 @@ def test_the_plates_card_and_docs_commands_parse():
                 parser.parse_args(argv[1:])
                 n += 1
     assert n >= 10, n
+
+
+def _option_strings(parser) -> set[str]:
+    """Every option string of ``parser`` and of its subcommands' parsers."""
+    import argparse
+
+    found = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+def test_every_option_the_docs_give_a_command_is_one_it_takes():
+    """The commands of the README, docs/*.rst, the model cards and examples/ named options
+    that a renamed or removed flag leaves behind, and only the training and evaluation
+    commands were parsed (above). Every ``--option`` (or ``-x``) after ``samri_ml-<program>``
+    in one command (lines joined at a trailing backslash; quoted arguments such as
+    ``--plugin-args '{"sbatch_args": "--mem=8G"}'`` left out) must be one the program's parser
+    takes, and every ``samri_ml-<program>`` must be a console script of setup.cfg."""
+    import configparser
+    import importlib
+    import re
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    scripts = dict(line.replace(" ", "").split("=", 1) for line in
+                   config["options.entry_points"]["console_scripts"].strip().splitlines())
+    parsers = {}
+    for name, target in scripts.items():
+        if name.startswith("samri_ml-"):
+            module = importlib.import_module(target.split(":")[0])
+            factory = getattr(module, "get_parser", None) or module.build_parser
+            parsers[name] = _option_strings(factory())
+    docs = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst")),
+            *sorted((ROOT / "samri_ml" / "data" / "models").rglob("*.md")),
+            *sorted((ROOT / "examples").iterdir())]
+    wrong, n = [], 0
+    for doc in docs:
+        text = re.sub(r"\\\n\s*", " ", doc.read_text())
+        text = re.sub(r"'[^'\n]*(?:\n[^'\n]*){0,3}'", "''", text)  # quoted arguments
+        for m in re.finditer(r"(?<![\w./-])(samri_ml-[a-z-]+)((?:[ \t]+[^\s`|;&)]+)*)", text):
+            program, rest = m.group(1), m.group(2)
+            if program not in parsers:
+                wrong.append(f"{doc.name}: {program} is no command")
+                continue
+            for option in re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", rest):
+                n += 1
+                if option not in parsers[program]:
+                    wrong.append(f"{doc.name}: {program} has no {option}")
+    assert not wrong, "\n".join(dict.fromkeys(wrong))
+    assert n >= 200, n  # the commands were found
+
+
+def test_every_file_and_python_name_the_docs_point_to_exists():
+    """The README, docs/*.rst and the model cards send a lab to files of the project
+    (``benchmarks/masking_speed.py``, ``samri_ml/data/registration/default.json``,
+    ``tests/test_resume.py``) and to Python names (``samri_ml.graph.write_workflow_graph``,
+    ``samri_ml.masking.train.remap_intensity``); a file renamed or a function moved left the
+    docs pointing to nothing. Each path must exist and each dotted name must import."""
+    import importlib
+    import re
+
+    docs = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst")),
+            *sorted((ROOT / "samri_ml" / "data" / "models").rglob("*.md"))]
+    missing, paths, names = [], 0, 0
+    for doc in docs:
+        text = doc.read_text()
+        for path in set(re.findall(r"(?<![\w/.])((?:samri_ml|tests|benchmarks|examples|docs)"
+                                   r"/[\w./-]*\w)", text)):
+            if not any(c in path for c in "*<{"):
+                paths += 1
+                if not (ROOT / path).exists():
+                    missing.append(f"{doc.name}: {path}")
+        for name in set(re.findall(r"(?<![\w/.])(samri_ml(?:\.\w+)+)", text)):
+            names += 1
+            parts = name.split(".")
+            for i in range(len(parts), 0, -1):  # the longest importable module
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                    break
+                except ImportError:
+                    continue
+            for attr in parts[i:]:
+                if attr in ("py", "json", "keras", "md", "npz", "png"):  # a file's extension
+                    break
+                if not hasattr(obj, attr):
+                    missing.append(f"{doc.name}: {name}")
+                    break
+                obj = getattr(obj, attr)
+    assert not missing, "\n".join(sorted(missing))
+    assert paths >= 50 and names >= 20, (paths, names)
+
+
+def test_every_hint_docs_errors_rst_quotes_is_one_the_code_gives():
+    """docs/errors.rst quotes each error's ``hint:``; a hint reworded in the code left the
+    table quoting one no command prints (a lab comparing the line it got with the docs found
+    nothing). The words each quoted hint starts with, up to its first value (a number, a path,
+    an option, a quoted name), must be in a string of samri_ml's code."""
+    import ast
+    import re
+
+    strings = []
+    for path in (ROOT / "samri_ml").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                strings.append(node.value)
+            elif isinstance(node, ast.JoinedStr):  # the f-string's values cut it in pieces
+                strings.append("\0".join(v.value if isinstance(v, ast.Constant) else ""
+                                         for v in node.values))
+    code = "\0".join(strings)
+    doc = " ".join((ROOT / "docs" / "errors.rst").read_text().split())
+    value = re.compile(r"^-|\d|/|\.\w|['\"()\[\]<]|[,;]$")
+    missing, n = [], 0
+    for quoted in re.findall(r"``(.+?)``", doc):
+        for hint in re.findall(r"hint: ([^…]+)", quoted):
+            words = []
+            for word in hint.split():
+                if value.search(word):
+                    break
+                words.append(word)
+            if len(words) >= 3:
+                n += 1
+                if " ".join(words) not in code:
+                    missing.append(" ".join(words))
+    assert not missing, "\n".join(missing)
+    assert n >= 40, n

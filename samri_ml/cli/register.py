@@ -198,7 +198,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "and fast: linear phases brain to brain, then SyN on the whole images with "
                    "the mask grown; samri: the mask in every stage and in N4)")
     g.add_argument("--dummy-scans", type=int, default=10,
-                   help="volumes dropped at the start of each functional run")
+                   help="volumes dropped at the start of each functional run; its VCF/SCF "
+                   "leave them out of the raw run too (raw_dummy_scans in the QC record)")
     g.add_argument("--no-slice-timing", action="store_true",
                    help="skip slice timing correction even where SliceTiming is known")
     g.add_argument("--no-qc", action="store_true",
