@@ -343,14 +343,53 @@ def test_brightfield_sections_are_inverted_with_a_note(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "df.png"), sec)
 
 
+def test_a_bright_border_around_a_section_is_cut_off_not_taken_for_tissue(tmp_path):
+    """A dark-background section saved with a white or grey border (padded to a canvas,
+    pasted on a page) had the border taken for tissue: its tissue box was the whole canvas,
+    and it was read as brightfield and inverted (an audit's val_1 + val_2 sections padded
+    white by half their size: MAE 1.00 -> 10.95). Now the border is cut off, with a note,
+    and the section read as it is without one; a brightfield section's bright border is its
+    background and is inverted with it, as before."""
+    import cv2
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.plates.data import as_section, frame_box
+
+    sec = _slide({(30, 40): _brain(300, 400)}, shape=(360, 480))
+    assert frame_box(sec) is None
+    for value, pad in [(255, 240), (128, 240), (255, 24)]:
+        framed = cv2.copyMakeBorder(sec, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=value)
+        cv2.imwrite(str(tmp_path / "framed.png"), framed)
+        with pytest.warns(SamriMLNote, match=rf"framed.png: a flat bright border .*rows {pad} "
+                          rf"above, {pad} below, columns {pad} left, {pad} right\) left out"):
+            np.testing.assert_array_equal(read_image(tmp_path / "framed.png"), sec)
+        with pytest.warns(SamriMLNote, match=r"imgs\[0\]: a flat bright border"):
+            np.testing.assert_array_equal(as_section(framed, "imgs[0]"), sec)
+    # a JPEG's blocks ring around the section's edge: the border still comes off, nearly all
+    framed = cv2.copyMakeBorder(sec, 240, 240, 240, 240, cv2.BORDER_CONSTANT, value=255)
+    cv2.imwrite(str(tmp_path / "framed.jpg"), framed, [cv2.IMWRITE_JPEG_QUALITY, 20])
+    with pytest.warns(SamriMLNote, match="a flat bright border"):
+        img = read_image(tmp_path / "framed.jpg")
+    assert abs(img.shape[0] - sec.shape[0]) <= 16 and abs(img.shape[1] - sec.shape[1]) <= 16
+    assert np.median(img) < 64  # not inverted: a dark background
+    # brightfield: the white border is background, inverted with the section, no border note
+    bright = cv2.copyMakeBorder(255 - sec, 240, 240, 240, 240, cv2.BORDER_CONSTANT, value=255)
+    assert frame_box(bright) is None
+    cv2.imwrite(str(tmp_path / "bf.png"), bright)
+    with pytest.warns(SamriMLNote, match="dark tissue on a bright background") as notes:
+        np.testing.assert_array_equal(read_image(tmp_path / "bf.png"), 255 - bright)
+    assert not [n for n in notes if "flat bright border" in str(n.message)]
+
+
 def test_real_plates_and_sections_are_read_and_boxed_as_before(shared_data):
-    """The brightfield and slide rules leave the real data alone: no atlas plate, training
-    or validation section is inverted or taken for a slide, and their inverted copies are
+    """The brightfield, slide and border rules leave the real data alone: no atlas plate,
+    training or validation section is inverted, taken for a slide or has a border cut off
+    (nor have their inverted copies), and their inverted copies are
     taken for brightfield (all 132 plates; the tight crops of sections, with little
     background, mostly: 43 of the 48 training sections when the rule was set)."""
     import warnings
 
-    from samri_ml.plates.data import _quarter, _section_region, looks_brightfield
+    from samri_ml.plates.data import _quarter, _section_region, frame_box, looks_brightfield
 
     root = shared_data / "plates"
     with warnings.catch_warnings():
@@ -359,6 +398,7 @@ def test_real_plates_and_sections_are_read_and_boxed_as_before(shared_data):
         sections = [im for s in ("train", "val_1", "val_2") for im in load_sections(root / s)[2]]
     for img in plates + sections:
         assert _section_region(img)[2] == (0, 0, *_quarter(img)[0].shape)
+        assert frame_box(img) is None and frame_box(255 - img) is None
     assert all(looks_brightfield(255 - p) for p in plates)
     assert sum(looks_brightfield(255 - s) for s in sections) >= 0.8 * len(sections)
 
