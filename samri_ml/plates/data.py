@@ -72,6 +72,18 @@ def _stretch_16bit(img: np.ndarray) -> np.ndarray:
     return table[img]
 
 
+#: a colour image whose grey spans less than this fraction of its most contrasted channel's
+#: span is read from that channel (the grey would lose over half of its levels, as a dim
+#: float image would: :data:`FLOAT_MIN_SPAN`)
+COLOUR_MIN_SPAN = 0.5
+
+
+def _span(img: np.ndarray) -> float:
+    """The 0.1st to 99.9th percentile span of an image, on every fourth pixel each way."""
+    lo, hi = np.percentile(img[::4, ::4], [0.1, 99.9])
+    return float(hi - lo)
+
+
 def _to_uint8(img: np.ndarray, path) -> np.ndarray:
     """Grayscale uint8 from 8/16-bit, float, RGB(A) or multi-page arrays."""
     img = np.asarray(img)
@@ -89,6 +101,11 @@ def _to_uint8(img: np.ndarray, path) -> np.ndarray:
                 if rgb.dtype not in (np.uint8, np.uint16, np.float32):
                     rgb = rgb.astype(np.float32)
                 img = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
+                spans = [_span(rgb[..., c]) for c in range(3)]
+                if _span(img) < COLOUR_MIN_SPAN * max(spans):
+                    # one stain mostly in one colour, the others a little noise (a DAPI-blue
+                    # JPEG: its chroma rings into red and green): the grey kept 35 levels
+                    img = np.ascontiguousarray(rgb[..., int(np.argmax(spans))])
         elif img.shape[2] == 1:
             img = img[..., 0]
         elif img.shape[0] in (1, 3, 4) and img.shape[1] > 4:  # channels first
