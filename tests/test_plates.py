@@ -382,14 +382,21 @@ def test_a_bright_border_around_a_section_is_cut_off_not_taken_for_tissue(tmp_pa
 
 
 def test_real_plates_and_sections_are_read_and_boxed_as_before(shared_data):
-    """The brightfield, slide and border rules leave the real data alone: no atlas plate,
-    training or validation section is inverted, taken for a slide or has a border cut off
-    (nor have their inverted copies), and their inverted copies are
+    """The brightfield, slide, border and dim rules leave the real data alone: no atlas plate,
+    training or validation section is inverted, taken for a slide, stretched or has a border
+    cut off (nor have their inverted copies), and their inverted copies are
     taken for brightfield (all 132 plates; the tight crops of sections, with little
     background, mostly: 43 of the 48 training sections when the rule was set)."""
     import warnings
 
-    from samri_ml.plates.data import _quarter, _section_region, frame_box, looks_brightfield
+    from samri_ml.plates.data import (
+        FLOAT_MIN_SPAN,
+        _quarter,
+        _section_region,
+        _span,
+        frame_box,
+        looks_brightfield,
+    )
 
     root = shared_data / "plates"
     with warnings.catch_warnings():
@@ -399,6 +406,7 @@ def test_real_plates_and_sections_are_read_and_boxed_as_before(shared_data):
     for img in plates + sections:
         assert _section_region(img)[2] == (0, 0, *_quarter(img)[0].shape)
         assert frame_box(img) is None and frame_box(255 - img) is None
+        assert _span(img) >= FLOAT_MIN_SPAN * 255  # not dim: read as they are
     assert all(looks_brightfield(255 - p) for p in plates)
     assert sum(looks_brightfield(255 - s) for s in sections) >= 0.8 * len(sections)
 
@@ -561,6 +569,24 @@ def test_a_dim_float_image_is_stretched_as_16_bits_are(tmp_path):
     assert len(np.unique(dim)) > 100
     assert np.abs(dim.astype(int) - dim16).max() <= 1
     assert np.array_equal(read_image(tmp_path / "full.tif"), b)
+
+
+def test_a_dim_8_bit_image_is_stretched_as_its_float_copy_is(tmp_path):
+    """A dim 8-bit section (a tenth of the levels used) was read as it came, while its float
+    and 16-bit copies were stretched (an audit's val_1 + val_2 sections at a quarter and a
+    tenth of their brightness: MAE 4.32 and 31.7 against 1.00; now 1.27 both). Now stretched
+    alike; one that uses the range reads as it is (the shared PNGs)."""
+    import cv2
+    from PIL import Image
+
+    b = _brain()
+    dim = (b * 0.1).round().astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "dim.png"), dim)
+    Image.fromarray(dim.astype(np.float32) / 255).save(tmp_path / "dim.tif")
+    img = read_image(tmp_path / "dim.png")
+    assert np.ptp(img) == 255 and np.abs(img.astype(int) - read_image(tmp_path / "dim.tif")).max() <= 1
+    cv2.imwrite(str(tmp_path / "full.png"), b)
+    np.testing.assert_array_equal(read_image(tmp_path / "full.png"), b)
 
 
 def test_a_constant_image_is_named_by_its_own_value(tmp_path):

@@ -404,12 +404,18 @@ def frame_box(img: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
-    """A read section made to look like the atlas plates where it can be: a bright frame
-    around it (:func:`frame_box`) is cut off; dark tissue on a bright background
+    """A read section made to look like the atlas plates where it can be: a dim one (its
+    0.1st to 99.9th percentiles span under :data:`FLOAT_MIN_SPAN` of the 8 bits) is
+    stretched between them, as :func:`_to_uint8` stretches 16-bit and dim float images; a
+    bright frame around it (:func:`frame_box`) is cut off; dark tissue on a bright background
     (:func:`looks_brightfield`) is inverted; each change, and other sections on the same
     image (:func:`other_sections`; the largest is ranked), is said in a note."""
     import warnings
 
+    if _span(img) < FLOAT_MIN_SPAN * 255:
+        # a dim 8-bit section is stretched as a 16-bit or float one is: its float copy was,
+        # its 8-bit copy was not (a quarter of the levels: MAE 1.00 -> 4.32; a tenth: 31.7)
+        img = _stretch_16bit(img)
     box = frame_box(img)
     if box is not None:
         h, w = img.shape
