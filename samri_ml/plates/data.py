@@ -84,6 +84,24 @@ def _span(img: np.ndarray) -> float:
     return float(hi - lo)
 
 
+def _transparent_as_background(img: np.ndarray, clear: np.ndarray) -> np.ndarray:
+    """A grey image whose ``clear`` pixels (fully transparent: they show nothing, whatever
+    colour they store) take the median of the opaque pixels around them, the background the
+    section was cut out of (dark for a fluorescence or dark-field section, bright for a
+    brightfield one). A cut-out saved with white transparent pixels was read as a dark
+    section on white: an audit's val_1 + val_2 sections, background made transparent white,
+    MAE 1.00 -> 5.91."""
+    import cv2
+
+    if not clear.any() or clear.all():
+        return img
+    mask = clear.astype(np.uint8)
+    rim = cv2.dilate(mask, np.ones((3, 3), np.uint8)).astype(bool) & ~clear
+    out = img.copy()
+    out[clear] = np.median(img[rim])
+    return out
+
+
 def _to_uint8(img: np.ndarray, path) -> np.ndarray:
     """Grayscale uint8 from 8/16-bit, float, RGB(A) or multi-page arrays."""
     img = np.asarray(img)
@@ -92,6 +110,7 @@ def _to_uint8(img: np.ndarray, path) -> np.ndarray:
             import cv2
 
             rgb = img[..., :3]
+            clear = img[..., 3] == 0 if img.shape[2] == 4 else None
             live = [c for c in range(3) if rgb[..., c].max() > rgb[..., c].min()]
             if len(live) == 1:
                 # one stain in one colour (a DAPI-blue export): that channel, whole; the grey
@@ -106,6 +125,8 @@ def _to_uint8(img: np.ndarray, path) -> np.ndarray:
                     # one stain mostly in one colour, the others a little noise (a DAPI-blue
                     # JPEG: its chroma rings into red and green): the grey kept 35 levels
                     img = np.ascontiguousarray(rgb[..., int(np.argmax(spans))])
+            if clear is not None:
+                img = _transparent_as_background(img, clear)
         elif img.shape[2] == 1:
             img = img[..., 0]
         elif img.shape[0] in (1, 3, 4) and img.shape[1] > 4:  # channels first
