@@ -343,14 +343,60 @@ def test_brightfield_sections_are_inverted_with_a_note(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "df.png"), sec)
 
 
+def test_a_bright_border_around_a_section_is_cut_off_not_taken_for_tissue(tmp_path):
+    """A dark-background section saved with a white or grey border (padded to a canvas,
+    pasted on a page) had the border taken for tissue: its tissue box was the whole canvas,
+    and it was read as brightfield and inverted (an audit's val_1 + val_2 sections padded
+    white by half their size: MAE 1.00 -> 10.95). Now the border is cut off, with a note,
+    and the section read as it is without one; a brightfield section's bright border is its
+    background and is inverted with it, as before."""
+    import cv2
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.plates.data import as_section, frame_box
+
+    sec = _slide({(30, 40): _brain(300, 400)}, shape=(360, 480))
+    assert frame_box(sec) is None
+    for value, pad in [(255, 240), (128, 240), (255, 24)]:
+        framed = cv2.copyMakeBorder(sec, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=value)
+        cv2.imwrite(str(tmp_path / "framed.png"), framed)
+        with pytest.warns(SamriMLNote, match=rf"framed.png: a flat bright border .*rows {pad} "
+                          rf"above, {pad} below, columns {pad} left, {pad} right\) left out"):
+            np.testing.assert_array_equal(read_image(tmp_path / "framed.png"), sec)
+        with pytest.warns(SamriMLNote, match=r"imgs\[0\]: a flat bright border"):
+            np.testing.assert_array_equal(as_section(framed, "imgs[0]"), sec)
+    # a JPEG's blocks ring around the section's edge: the border still comes off, nearly all
+    framed = cv2.copyMakeBorder(sec, 240, 240, 240, 240, cv2.BORDER_CONSTANT, value=255)
+    cv2.imwrite(str(tmp_path / "framed.jpg"), framed, [cv2.IMWRITE_JPEG_QUALITY, 20])
+    with pytest.warns(SamriMLNote, match="a flat bright border"):
+        img = read_image(tmp_path / "framed.jpg")
+    assert abs(img.shape[0] - sec.shape[0]) <= 16 and abs(img.shape[1] - sec.shape[1]) <= 16
+    assert np.median(img) < 64  # not inverted: a dark background
+    # brightfield: the white border is background, inverted with the section, no border note
+    bright = cv2.copyMakeBorder(255 - sec, 240, 240, 240, 240, cv2.BORDER_CONSTANT, value=255)
+    assert frame_box(bright) is None
+    cv2.imwrite(str(tmp_path / "bf.png"), bright)
+    with pytest.warns(SamriMLNote, match="dark tissue on a bright background") as notes:
+        np.testing.assert_array_equal(read_image(tmp_path / "bf.png"), 255 - bright)
+    assert not [n for n in notes if "flat bright border" in str(n.message)]
+
+
 def test_real_plates_and_sections_are_read_and_boxed_as_before(shared_data):
-    """The brightfield and slide rules leave the real data alone: no atlas plate, training
-    or validation section is inverted or taken for a slide, and their inverted copies are
+    """The brightfield, slide, border and dim rules leave the real data alone: no atlas plate,
+    training or validation section is inverted, taken for a slide, stretched or has a border
+    cut off (nor have their inverted copies), and their inverted copies are
     taken for brightfield (all 132 plates; the tight crops of sections, with little
     background, mostly: 43 of the 48 training sections when the rule was set)."""
     import warnings
 
-    from samri_ml.plates.data import _quarter, _section_region, looks_brightfield
+    from samri_ml.plates.data import (
+        FLOAT_MIN_SPAN,
+        _quarter,
+        _section_region,
+        _span,
+        frame_box,
+        looks_brightfield,
+    )
 
     root = shared_data / "plates"
     with warnings.catch_warnings():
@@ -359,6 +405,8 @@ def test_real_plates_and_sections_are_read_and_boxed_as_before(shared_data):
         sections = [im for s in ("train", "val_1", "val_2") for im in load_sections(root / s)[2]]
     for img in plates + sections:
         assert _section_region(img)[2] == (0, 0, *_quarter(img)[0].shape)
+        assert frame_box(img) is None and frame_box(255 - img) is None
+        assert _span(img) >= FLOAT_MIN_SPAN * 255  # not dim: read as they are
     assert all(looks_brightfield(255 - p) for p in plates)
     assert sum(looks_brightfield(255 - s) for s in sections) >= 0.8 * len(sections)
 
@@ -523,6 +571,24 @@ def test_a_dim_float_image_is_stretched_as_16_bits_are(tmp_path):
     assert np.array_equal(read_image(tmp_path / "full.tif"), b)
 
 
+def test_a_dim_8_bit_image_is_stretched_as_its_float_copy_is(tmp_path):
+    """A dim 8-bit section (a tenth of the levels used) was read as it came, while its float
+    and 16-bit copies were stretched (an audit's val_1 + val_2 sections at a quarter and a
+    tenth of their brightness: MAE 4.32 and 31.7 against 1.00; now 1.27 both). Now stretched
+    alike; one that uses the range reads as it is (the shared PNGs)."""
+    import cv2
+    from PIL import Image
+
+    b = _brain()
+    dim = (b * 0.1).round().astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "dim.png"), dim)
+    Image.fromarray(dim.astype(np.float32) / 255).save(tmp_path / "dim.tif")
+    img = read_image(tmp_path / "dim.png")
+    assert np.ptp(img) == 255 and np.abs(img.astype(int) - read_image(tmp_path / "dim.tif")).max() <= 1
+    cv2.imwrite(str(tmp_path / "full.png"), b)
+    np.testing.assert_array_equal(read_image(tmp_path / "full.png"), b)
+
+
 def test_a_constant_image_is_named_by_its_own_value(tmp_path):
     """A constant 16-bit image of 1000 was "empty (every pixel is 0)": the value after the
     8-bit conversion. Now the file's own value."""
@@ -606,9 +672,59 @@ def test_one_colour_rgb_reads_its_channel(tmp_path):
         rgb[..., c] = b
         cv2.imwrite(str(tmp_path / f"c{c}.png"), rgb)
         assert np.array_equal(read_image(tmp_path / f"c{c}.png"), b)
-    two = np.dstack([b, b // 2, np.zeros_like(b)])  # two channels: the usual grey
+    two = np.dstack([b // 2, b, np.zeros_like(b)])  # two channels: the usual grey
     cv2.imwrite(str(tmp_path / "two.png"), two)
     assert np.array_equal(read_image(tmp_path / "two.png"), cv2.cvtColor(two, cv2.COLOR_BGR2GRAY))
+
+
+def test_transparent_pixels_read_as_the_background_around_them(tmp_path):
+    """A cut-out section saved as an RGBA PNG whose transparent background stores white was
+    read as a dark section on white, taken for brightfield and inverted (an audit's val_1 +
+    val_2 sections, their background made transparent white: MAE 1.00 -> 5.91, Top-5 95.5 %
+    -> 54.5 %). Transparent pixels show nothing: they now take the value of the opaque
+    background around them (0.95 / 95.5 %), dark or, for a brightfield section, bright."""
+    import warnings
+
+    import cv2
+
+    from samri_ml.errors import SamriMLNote
+
+    sec = _slide({(30, 40): _brain(300, 400)}, shape=(360, 480))
+    clear = np.ones(sec.shape, bool)
+    clear[20:340, 30:450] = False  # a cut-out: the section and a rim of its background
+    for stored, image, bright in [(255, sec, False), (0, 255 - sec, True)]:
+        rgba = np.dstack([image, image, image, np.where(clear, 0, 255)]).astype(np.uint8)
+        rgba[clear, :3] = stored
+        cv2.imwrite(str(tmp_path / "cut.png"), rgba)
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always")
+            img = read_image(tmp_path / "cut.png")
+        inverted = [n for n in notes if issubclass(n.category, SamriMLNote)
+                    and "dark tissue on a bright background" in str(n.message)]
+        assert len(inverted) == bright
+        np.testing.assert_array_equal(img, sec)  # as if the background had been kept
+
+
+def test_a_dapi_blue_jpeg_reads_its_blue_channel(tmp_path):
+    """A DAPI-blue section saved as a JPEG: its chroma rings into red and green, so the one
+    colour rule above did not apply and the grey kept 0.114 of the blue's levels (an audit's
+    val_1 + val_2 sections as blue JPEGs of quality 90: MAE 22.45, Top-5 41 %, against 1.00 /
+    95.5 % as they are). A colour image whose grey spans under half of its most contrasted
+    channel is now read from that channel (1.09 / 95.5 %); a tint of all three (a bluish
+    grey, 0.3/0.5/1.0) too."""
+    import cv2
+
+    b = _brain(240, 320)
+    z = np.zeros_like(b)
+    cv2.imwrite(str(tmp_path / "dapi.jpg"), np.dstack([b, z, z]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    bgr = cv2.imread(str(tmp_path / "dapi.jpg"))
+    assert (bgr[..., 1:].max(axis=(0, 1)) > 0).all()  # the JPEG's ringing: not one colour
+    img = read_image(tmp_path / "dapi.jpg")
+    np.testing.assert_array_equal(img, bgr[..., 0])
+    assert np.ptp(img) > 200 and np.ptp(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)) < 60
+    tint = np.dstack([b, 0.5 * b, 0.3 * b]).round().astype(np.uint8)  # BGR: bluish
+    cv2.imwrite(str(tmp_path / "tint.png"), tint)
+    np.testing.assert_array_equal(read_image(tmp_path / "tint.png"), b)
 
 
 def test_missing_file(tmp_path):

@@ -1107,6 +1107,39 @@ def test_the_pieces_table_gives_the_central_crops_as_ranked_now():
         doc.split())
 
 
+def test_a_section_padded_with_a_white_border_ranks_as_without_it(ident, plate_thumbs):
+    """A white or grey border around a section (padded to a canvas) was taken for tissue and
+    the section for brightfield: plates ranked themselves far down (an audit's val_1 + val_2
+    sections padded white: MAE 1.00 -> 10.95, Top-5 95 % -> 50 %). Now the border is cut
+    off, and the section ranks exactly as it does without it."""
+    import cv2
+
+    from samri_ml.errors import SamriMLNote
+
+    plates = [30, 70, 110]
+    bare = ident.rank([plate_thumbs[p] for p in plates], regions=False)
+    for value in (255, 128):
+        padded = [cv2.copyMakeBorder(plate_thumbs[p], 64, 64, 64, 64, cv2.BORDER_CONSTANT,
+                                     value=value) for p in plates]
+        with pytest.warns(SamriMLNote, match="a flat bright border"):
+            framed = ident.rank(padded, regions=False)
+        assert [r["ranking"] for r in framed] == [r["ranking"] for r in bare]
+        np.testing.assert_allclose([r["distances"] for r in framed],
+                                   [r["distances"] for r in bare], atol=1e-6)
+
+
+def test_a_dim_section_ranks_as_a_bright_one(ident, plate_thumbs):
+    """A dim 8-bit section (a tenth of the levels) was ranked as it came: plates far down
+    (an audit's val_1 + val_2 sections: MAE 31.7 against 1.00). Now it is stretched, as its
+    float copy was, and ranks its plate as the bright one does."""
+    plates = [30, 70, 110]
+    dim = [(plate_thumbs[p] * 0.1).round().astype(np.uint8) for p in plates]
+    bright = ident.rank([plate_thumbs[p] for p in plates], regions=False)
+    for r, b, p in zip(ident.rank(dim, regions=False), bright, plates, strict=True):
+        assert set(r["ranking"][:4]) == set(b["ranking"][:4]), p  # the same nearest plates
+        assert r["ranking"].index(p) <= b["ranking"].index(p) + 1, p
+
+
 def test_rank_takes_a_notebooks_arrays_as_rank_files_takes_their_files(tmp_path, plate_thumbs):
     """``rank`` ranked arrays as they came, unlike the files they would be saved as: a
     brightfield section (dark tissue on a bright background) was not inverted (the 12 val_1
