@@ -1369,8 +1369,10 @@ def _main(argv=None) -> int:
                       file=sys.stderr)
             n = f"{len(crashes)} step(s) failed" if crashes else "some steps failed"
             raise SamriMLError(
-                f"{n}; crash files are in {args.output_dir}/sub-*/log, the first "
-                f"{_crash_summary(crashes)}(rerun with the same -w to resume)") from err
+                f"{n} ({_outcomes(args, sessions, crashes)}); crash files are in "
+                f"{args.output_dir}/sub-*/log{_crash_summary(crashes)}; hint: fix the "
+                "cause and rerun the same command (with the same -w): only what failed or "
+                "did not run is redone") from err
         finally:  # in-process callers (tests, the API) get Nipype's logging back as it was
             logging.getLogger("nipype.workflow").removeFilter(quiet_failures)
         if args.plugin in GRAPH_PLUGINS:
@@ -1387,8 +1389,28 @@ def _main(argv=None) -> int:
     return 0
 
 
+def _outcomes(args, sessions, crashes: list[Path]) -> str:
+    """Which subjects of a run that failed somewhere ``failed`` (a crash file of this run in
+    their ``sub-XX/log``), ``finished`` (every selected scan registered, none failed) and are
+    ``not finished`` (a scan without its registered output: after --stop-on-first-crash, or
+    behind a failed step), for the run's one-line error: it named only the first crash file,
+    so with one subject of many failing the user could not tell what was done."""
+    from samri_ml.report import registered_output
+
+    failed = {crash.relative_to(args.output_dir).parts[0] for crash in crashes
+              if crash.is_relative_to(args.output_dir)}
+    subjects = list(dict.fromkeys(f"sub-{item['subject']}" for item in sessions))
+    unfinished = {f"sub-{item['subject']}" for item in sessions for scan in _scans(item)
+                  if not registered_output(args.output_dir, scan, args.template_name).exists()}
+    groups = [("failed", [s for s in subjects if s in failed]),
+              ("not finished", [s for s in subjects if s in unfinished - failed]),
+              ("finished", [s for s in subjects if s not in failed | unfinished])]
+    return "; ".join(f"{what}: {_some(names, 5)}" for what, names in groups if names)
+
+
 def _crash_summary(crashes: list[Path]) -> str:
-    """``"<file>: <its last line>; "`` of the first crash file, for the run's one-line error."""
+    """``", the first <file> says: <its last line>"`` of the first crash file, for the run's
+    one-line error ("" without one)."""
     if not crashes:
         return ""
     from samri_ml.report import crash_cause
@@ -1399,7 +1421,7 @@ def _crash_summary(crashes: list[Path]) -> str:
         cause = "unreadable"
     if len(cause) > 200:
         cause = cause[:197] + "..."
-    return f"{crashes[0].name} says: {cause}; "
+    return f", the first {crashes[0].name} says: {cause}"
 
 
 def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
