@@ -340,6 +340,13 @@ CRASH_FILE_NOTES = ("When creating this crashfile, the results file",
                     "During the creation of this crashfile triggered by the above exception")
 
 
+def registered_output(output_dir, raw, template_name) -> Path:
+    """The registered (``space-<template_name>_desc-preproc``) derivative of the scan ``raw``
+    in ``output_dir``, which need not exist: its report shows it, and a scan without one was
+    not registered (failed or not run)."""
+    return _derivative(output_dir, raw, space=template_name, desc="preproc")
+
+
 def crash_cause(text: str) -> str:
     """The cause a Nipype crash file (its ``text``) gives: the last line of the traceback,
     before Nipype's notes of :data:`CRASH_FILE_NOTES` (a cluster job's crash was said to be
@@ -548,7 +555,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
             scans = ([("anat", item["anat"])] if item["anat"] else []) + [
                 ("func", b) for b in item["bold"]]
             for kind, raw in scans:
-                deriv = _derivative(output_dir, raw, space=template_name, desc="preproc")
+                deriv = registered_output(output_dir, raw, template_name)
                 if not deriv.exists():
                     missing.append(Path(raw).name)
                     body.append(f"<p>{html.escape(Path(raw).name)}: no registered output "

@@ -683,3 +683,21 @@ def test_apply_mask_takes_paths_and_refuses_a_mask_of_another_grid(tmp_path):
     with pytest.raises(SamriMLError, match=r"^brain mask the mask \(9, 12, 8\) is not on the "
                                            r"grid of the image \(10, 12, 8\); hint: "):
         apply_mask(nb.load(scan), nb.Nifti1Image(mask[:-1], affine))
+
+
+def test_evaluate_masker_names_a_truncated_scan(tmp_path, capsys):
+    """A truncated scan in the data folder stopped samri_ml-evaluate-masker with
+    ``error: EOFError: Compressed file ended before the end-of-stream marker was reached``,
+    naming no file among dozens; now the file is named, as every other command names it."""
+    from samri_ml.cli.evaluate_masker import main
+
+    sam = _sammba_layout(tmp_path / "data")
+    anat = sam / "anat.nii.gz"
+    anat.write_bytes(anat.read_bytes()[:1000])  # cut short
+    argv = ["--data-dir", str(tmp_path / "data"), "--sources", "sammba",
+            "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "e.json")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"samri_ml-evaluate-masker: error: {anat}: truncated or corrupt image "
+                   "(Compressed file ended before the end-of-stream marker was reached)"], err
+    assert not (tmp_path / "e.json").exists()

@@ -78,7 +78,7 @@ def test_a_failed_job_is_one_line_naming_its_cause(example_dataset, tmp_path):
     cause = last.split(" says: ", 1)[1]
     assert cause.split(":")[0].endswith("Error"), last  # the exception the job raised
     # the subject's report gives the same cause for the failed step (the line cuts it short)
-    shown = cause.split("; (rerun")[0].removesuffix("...")
+    shown = cause.split("; hint: fix the cause")[0].removesuffix("...")
     assert html.escape(shown) in (out / "sub-01.html").read_text()
 
 

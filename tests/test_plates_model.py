@@ -144,6 +144,12 @@ def test_one_unreadable_image_does_not_stop_the_others(tmp_path, plate_thumbs, c
     assert err[0].startswith(f"samri_ml-identify-plate: skipped: {bad}: not a readable image")
     assert "1 of 2 images could not be read" in err[-1] and len(err) == 2, err
     assert list(json.loads(out.read_text())) == [str(good)]
+    # a folder of sections given as an image: the way on is said (there was none)
+    assert main([str(good), str(tmp_path), "--json", str(out), "--no-regions"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == (f"samri_ml-identify-plate: skipped: {tmp_path}: is a directory, not an "
+                      f"image; hint: give the images in it, e.g. {tmp_path / '*.png'}"), err
+    assert list(json.loads(out.read_text())) == [str(good)]
 
 
 def test_images_are_ranked_and_printed_chunk_by_chunk(tmp_path, plate_thumbs, capsys,

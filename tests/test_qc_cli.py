@@ -594,3 +594,23 @@ def test_compare_cautions_when_functional_records_took_the_raw_run_differently(t
     assert ("(mixed: the whole raw run, as an older samri_ml took it (no raw_dummy_scans) and "
             "the raw run without its first 10 volumes; new: the raw run without its first 10 "
             "volumes)") in capsys.readouterr().out
+
+
+def test_compare_names_a_damaged_record_with_a_way_on(tmp_path, capsys):
+    """One truncated (or foreign) record among many stopped the comparison with the file
+    named but no word of what to do: now a hint says how to write it again."""
+    a = _deriv(tmp_path / "a", "a", [1.0, 1.1, 0.9], [1.1, 1.0, 1.2])
+    b = _deriv(tmp_path / "b", "b", [0.9, 1.0, 1.1], [1.0, 1.1, 1.2])
+    f = b / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-qc_metrics.json"
+    f.write_text(f.read_text()[:20])  # cut short
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"samri_ml-qc: error: {f}: not a readable JSON "
+                                               "file ("), err
+    assert "hint: write it again (rerun the samri_ml-register command" in err[0], err
+    assert not out.exists()
+    f.write_text(json.dumps({"scan": "sub-01_ses-1_T2w"}))
+    assert main(["compare", str(a), str(b)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"samri_ml-qc: error: {f}: not a QC record (no 'vcf' key); hint: "), err

@@ -1219,7 +1219,8 @@ def test_crash_files_land_in_the_subjects_log_folder(tmp_path, capsys):
                            "--nprocs", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     err = proc.stderr.strip().splitlines()
-    assert "step(s) failed; crash files are in" in err[-1] and "sub-*/log" in err[-1], err[-3:]
+    assert "1 step(s) failed (failed: sub-01); crash files are in" in err[-1], err[-3:]
+    assert "sub-*/log" in err[-1], err[-3:]
     crashes = list((tmp_path / "out" / "sub-01" / "log").glob("crash-*.txt"))
     assert crashes and "s_register" in crashes[0].name, list((tmp_path / "out").rglob("crash*"))
     # the one line names the first crash file; Nipype's tracebacks are for -v; the steps
@@ -1401,3 +1402,60 @@ def test_mem_gb_without_multiproc_is_noted(tmp_path, capsys, monkeypatch, plugin
     assert (note in err) == noted, err
     if plugin == "PBS":
         assert "ask the scheduler for it in --plugin-args" in err, err
+
+
+def test_a_run_where_one_subject_fails_says_who_failed_and_who_finished(tmp_path):
+    """Two subjects, one of whose T2w is constant: it passes the checks before the run, and
+    its U-Net mask step fails. The run's one line named only the first crash file; it now
+    says which subjects failed, finished or (after --stop-on-first-crash) did not finish.
+    The finished subject keeps its derivatives, and a rerun after fixing the scan redoes the
+    failed subject only (the other's derivatives untouched, mtime included). The finished
+    subject's scan, 3x the template's width, has a VCF that cannot tell: its note, said at
+    the end of a run that finished, was not said beside a failure (only in the report)."""
+    bids = make_dataset(tmp_path)
+    for rel in (ANAT, BOLD, BOLD.replace(".nii.gz", ".json")):
+        dest = bids / rel.replace("sub-01", "sub-02")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bids / rel, dest)
+    wide = bids / ANAT.replace("sub-01", "sub-02")
+    save(np.asarray(nb.load(str(wide)).dataobj), wide, zooms=(0.6, 0.6, 1.2))
+    bad = bids / ANAT
+    good = bad.read_bytes()
+    save(np.ones((24, 24, 12), np.float32), bad)  # constant: "nothing to mask"
+
+    def run(out, *extra):
+        argv = [a for a in _argv(tmp_path, [f"OUT={out}", "-w", str(tmp_path / f"w_{out}")])
+                if a not in ("--dry-run", "--no-qc")]
+        proc = subprocess.run([sys.executable, "-m", "samri_ml.cli.register", *argv,
+                               "--masking", "unet", *extra],
+                              capture_output=True, text=True, timeout=600)
+        return proc.returncode, proc.stderr.strip().splitlines()
+
+    rc, err = run("out_stop", "--nprocs", "1", "--stop-on-first-crash")
+    assert rc == 1, err[-3:]
+    assert "1 step(s) failed (failed: sub-01; not finished: sub-02); crash files are in" \
+        in err[-1], err[-3:]
+    assert "says: samri_ml.errors.SamriMLError: the image is constant" in err[-1], err[-1]
+    assert err[-1].endswith("only what failed or did not run is redone"), err[-1]
+
+    rc, err = run("out", "--nprocs", "2")
+    assert rc == 1, err[-3:]
+    assert "1 step(s) failed (failed: sub-01; finished: sub-02); crash files are in" \
+        in err[-1], err[-3:]
+    notes = [ln for ln in err if ln.startswith("samri_ml-register: note: sub-02_ses-1_T2w: ")]
+    assert len(notes) == 1 and "sub-02.html" in notes[0], err[-4:]
+    out = tmp_path / "out"
+    done = {p: p.stat().st_mtime_ns for p in (out / "sub-02").rglob("*")
+            if p.is_file() and "figures" not in p.parts}
+    assert any(p.name.endswith("_space-Tiny_desc-preproc_bold.nii.gz") for p in done), done
+    assert any(p.name.endswith("_to-Tiny_mode-image_xfm.h5") for p in done), done
+
+    bad.write_bytes(good)
+    rc, err = run("out", "--nprocs", "2")
+    assert rc == 0 and err[-1].endswith(f"finished; derivatives in {out}"), err[-3:]
+    assert [ln for ln in err if ln.startswith("samri_ml-register: note: sub-02_ses-1_T2w: ")] \
+        == notes, err[-4:]
+    assert (out / "sub-01/ses-1/anat/sub-01_ses-1_space-Tiny_desc-preproc_T2w.nii.gz").exists()
+    assert {p: p.stat().st_mtime_ns for p in done} == done
+    assert any("done: samri_ml_wf.sub_01_ses_1.anat_wf.s_mask" in ln for ln in err), err
+    assert not any(ln.endswith("done: samri_ml_wf.sub_02_ses_1.anat_wf.s_mask") for ln in err)

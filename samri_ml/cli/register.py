@@ -1368,10 +1368,25 @@ def _main(argv=None) -> int:
             except Exception as report_err:  # noqa: BLE001 - the run's own error comes first
                 print(f"{PROG}: note: the reports could not be written ({report_err})",
                       file=sys.stderr)
+            outcomes = _outcomes(args, sessions, crashes)
+            if not args.no_qc:
+                from samri_ml.bids import derivative_path
+
+                # a subject that finished beside the failed one had its implausible VCF said
+                # only by its report: the notes of a run that finished were never printed
+                finished = set(outcomes.get("finished", []))
+                _note_implausible_qc(args, [
+                    derivative_path(args.output_dir, scan, space=args.template_name,
+                                    desc="qc", suffix="metrics", extension=".json")
+                    for item in sessions if f"sub-{item['subject']}" in finished
+                    for scan in _scans(item)])
             n = f"{len(crashes)} step(s) failed" if crashes else "some steps failed"
+            said = "; ".join(f"{what}: {_some(names, 5)}" for what, names in outcomes.items())
             raise SamriMLError(
-                f"{n}; crash files are in {args.output_dir}/sub-*/log, the first "
-                f"{_crash_summary(crashes)}(rerun with the same -w to resume)") from err
+                f"{n}{f' ({said})' if said else ''}; crash files are in "
+                f"{args.output_dir}/sub-*/log{_crash_summary(crashes)}; hint: fix the "
+                "cause and rerun the same command (with the same -w): only what failed or "
+                "did not run is redone") from err
         finally:  # in-process callers (tests, the API) get Nipype's logging back as it was
             logging.getLogger("nipype.workflow").removeFilter(quiet_failures)
         if args.plugin in GRAPH_PLUGINS:
@@ -1383,13 +1398,36 @@ def _main(argv=None) -> int:
         # the report's registration overviews do not need QC; without it there is no table
         _write_reports(args, sessions, started)
         _note_stale(args, sessions, graph, started)
-        _note_implausible_qc(args, graph)
+        from samri_ml.interfaces.bids import sink_outputs
+
+        _note_implausible_qc(args, sink_outputs(graph))
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
 
 
+def _outcomes(args, sessions, crashes: list[Path]) -> dict[str, list[str]]:
+    """Which subjects of a run that failed somewhere ``failed`` (a crash file of this run in
+    their ``sub-XX/log``), ``finished`` (every selected scan registered, none failed) and are
+    ``not finished`` (a scan without its registered output: after --stop-on-first-crash, or
+    behind a failed step), for the run's one-line error: it named only the first crash file,
+    so with one subject of many failing the user could not tell what was done. Empty groups
+    are left out."""
+    from samri_ml.report import registered_output
+
+    failed = {crash.relative_to(args.output_dir).parts[0] for crash in crashes
+              if crash.is_relative_to(args.output_dir)}
+    subjects = list(dict.fromkeys(f"sub-{item['subject']}" for item in sessions))
+    unfinished = {f"sub-{item['subject']}" for item in sessions for scan in _scans(item)
+                  if not registered_output(args.output_dir, scan, args.template_name).exists()}
+    groups = [("failed", [s for s in subjects if s in failed]),
+              ("not finished", [s for s in subjects if s in unfinished - failed]),
+              ("finished", [s for s in subjects if s not in failed | unfinished])]
+    return {what: names for what, names in groups if names}
+
+
 def _crash_summary(crashes: list[Path]) -> str:
-    """``"<file>: <its last line>; "`` of the first crash file, for the run's one-line error."""
+    """``", the first <file> says: <its last line>"`` of the first crash file, for the run's
+    one-line error ("" without one)."""
     if not crashes:
         return ""
     from samri_ml.report import crash_cause
@@ -1400,7 +1438,7 @@ def _crash_summary(crashes: list[Path]) -> str:
         cause = "unreadable"
     if len(cause) > 200:
         cause = cause[:197] + "..."
-    return f"{crashes[0].name} says: {cause}; "
+    return f", the first {crashes[0].name} says: {cause}"
 
 
 def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
@@ -1491,13 +1529,11 @@ def _note_stale(args, sessions, graph, started: float) -> None:
 
 
 
-def _note_implausible_qc(args, graph) -> None:
-    """Name each scan of this run whose VCF says the registration failed (such runs ended with
-    "finished" and exit 0, the failure visible only in the report's pictures)."""
-    from samri_ml.interfaces.bids import sink_outputs
-
-    for line in implausible_qc_notes(sink_outputs(graph), args.output_dir,
-                                     args.template_grid_mm3):
+def _note_implausible_qc(args, paths) -> None:
+    """Name each scan of this run (its QC records among ``paths``) whose VCF says the
+    registration failed (such runs ended with "finished" and exit 0, the failure visible only
+    in the report's pictures)."""
+    for line in implausible_qc_notes(paths, args.output_dir, args.template_grid_mm3):
         print(f"{PROG}: note: {line}", file=sys.stderr)
 
 

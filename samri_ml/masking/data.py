@@ -59,9 +59,12 @@ class Scan:
 
 
 def _load_ras(path, *, mean4d=True):
-    import nibabel as nb
+    from samri_ml.io import load_nifti
 
-    img = nb.load(str(path))
+    # a truncated scan stopped samri_ml-evaluate-masker with "error: EOFError: Compressed
+    # file ended ...", naming no file; load_nifti names it (values unchecked: a label or mask
+    # volume may well be all zeros)
+    img = load_nifti(path, allow_2d=True, check_values=False, squeeze=False)
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4 and mean4d:
         data = pp.temporal_mean(data)

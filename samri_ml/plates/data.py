@@ -184,7 +184,9 @@ def read_image(path) -> np.ndarray:
     if not p.exists():
         raise SamriMLError(f"{path}: no such file")
     if p.is_dir():
-        raise SamriMLError(f"{path}: is a directory, not an image")
+        # a folder of sections given as one (`samri_ml-identify-plate sections/`)
+        raise SamriMLError(f"{path}: is a directory, not an image; hint: give the images in "
+                           f"it, e.g. {p / '*.png'}")
     _quiet_opencv()
     data = None
     tiff = _is_tiff(p)

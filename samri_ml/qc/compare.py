@@ -139,13 +139,17 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
                            "time with --space LABEL")
     records = []
     seen: dict[tuple, Path] = {}
+    # one damaged record of many stopped the comparison with no way on
+    remake = ("hint: write it again (rerun the samri_ml-register command that wrote it, same "
+              "-w: it restores a derivative that differs; or samri_ml-qc scan PROCESSED RAW "
+              "--json FILE), or move it out of the folder")
     for path in files:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise SamriMLError(f"{path}: not a readable JSON file ({err})") from err
+            raise SamriMLError(f"{path}: not a readable JSON file ({err}); {remake}") from err
         if not isinstance(data, dict) or "vcf" not in data:
-            raise SamriMLError(f"{path}: not a QC record (no 'vcf' key)")
+            raise SamriMLError(f"{path}: not a QC record (no 'vcf' key); {remake}")
         rec = {k: data.get(k) for k in LABEL_KEYS}
         rec.update({k: _measured(data.get(k), path, k) for k in VALUE_KEYS})
         rec[METHOD_KEY] = data.get(METHOD_KEY)  # None: a record that predates the key
