@@ -209,6 +209,26 @@ def test_cli_refuses_garbage_with_one_line(tmp_path):
         assert not out.exists(), f"{what}: no mask may be written"
 
 
+def test_noise_that_the_network_fills_gets_a_note(tmp_path, phantom, capsys):
+    """Noise gave a mask of 89 % of the image, written without a word (masks over 90 % are
+    refused); a mask over 70 %, more than any brain fills of its grid, is now noted. A brain
+    cut to its own bounding box (37 % here) is not."""
+    from samri_ml.cli.mask import main
+
+    rng = np.random.default_rng(1)
+    noise = np.abs(rng.normal(0, 1, (48, 40, 56))).astype(np.float32)
+    truth = np.asarray(phantom["mask"].dataobj) > 0
+    box = tuple(slice(a.min(), a.max() + 1) for a in np.nonzero(truth))
+    brain = (np.asarray(phantom["T2w"].dataobj, np.float32) * truth)[box]
+    for name, data, noted in (("noise", noise, True), ("brain", brain, False)):
+        src = tmp_path / f"{name}.nii.gz"
+        nb.save(nb.Nifti1Image(data, phantom["T2w"].affine), src)
+        assert main([str(src), str(tmp_path / f"{name}_mask.nii.gz")]) == 0
+        err = capsys.readouterr().err
+        assert ("% of the image, more than a brain fills of a box around it; hint: check that "
+                "the image holds a brain" in err) is noted, (name, err)
+
+
 def test_a_model_that_is_no_masker_is_refused_in_one_line(tmp_path, phantom, capsys):
     """The plate embedding given as --model used to fail deep in TensorFlow (a reshape of
     14912 values into 182672)."""

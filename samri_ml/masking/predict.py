@@ -145,6 +145,10 @@ MIN_MAX_SLICES = 32
 #: a mask filling more of the image than this is no brain (a brain fills at most about half of
 #: its bounding box; a tightly cropped template reaches 0.42): refused instead of written
 MAX_MASK_FRACTION = 0.9
+#: a mask filling more of the image than this gets a note: more than any real brain filled of
+#: its grid (the shipped data: 0.15-0.54; a skull-stripped brain cut to its own bounding box,
+#: 0.37), as much as noise gets (absolute Gaussian noise: 0.89, written without a word)
+NOTE_MASK_FRACTION = 0.7
 
 
 def drop_far_islands(
@@ -497,6 +501,11 @@ def predict_mask(
             f"the predicted mask fills {100 * mask_ras.mean():.0f} % of the image, which no brain "
             "does; hint: check that the background is dark (zero or near zero), not offset"
         )
+    if mask_ras.mean() > NOTE_MASK_FRACTION:
+        warnings.warn(f"the mask fills {100 * mask_ras.mean():.0f} % of the image, more than a "
+                      "brain fills of a box around it; hint: check that the image holds a brain "
+                      "with a dark background around it (not noise, nor a crop inside the "
+                      "brain)", SamriMLNote, stacklevel=2)
     if min(data.shape) < RELIABLE_SLICES:  # after the checks too
         warnings.warn(f"the image has only {min(data.shape)} slices along one axis: masks of "
                       f"slabs under {RELIABLE_SLICES} slices are unreliable (Dice 0.51-0.81 with "
