@@ -263,9 +263,10 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
         "GeneratedBy": [*earlier, this],
     }
     if source_dir is not None:
-        desc["SourceDatasets"] = [{"URL": Path(source_dir).resolve().as_uri()}]
+        source = Path(source_dir).resolve().as_uri()
+        desc["SourceDatasets"] = [{"URL": source}]
         # what the sidecars' ``Sources`` (``bids:raw:sub-01/...``) point into
-        desc["DatasetLinks"] = {"raw": Path(source_dir).resolve().as_uri()}
+        desc["DatasetLinks"] = {"raw": source}
     # a rerun of the same command leaves it as it is, mtime included (as the derivatives)
     return atomic_write_text(json.dumps(desc, indent=2) + "\n", path, skip_identical=True)
 

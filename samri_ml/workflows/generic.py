@@ -26,12 +26,12 @@ from samri_ml.workflows.registration import (
 #: that hashes it by time does not recompute
 SINK_NODE = {"run_without_submitting": True, "overwrite": True}
 
-#: the fields of :func:`init_generic_wf`'s ``outputnode``
 #: the masks' sidecar (BIDS derivatives: ``Type``; ``Sources`` is added per scan)
 MASK_METADATA = {"Type": "Brain",
                  "Description": "brain mask predicted by the samri_ml U-Net (masking 'unet') on "
                                 "the raw scan's grid (its temporal mean for a functional run)"}
 
+#: the fields of :func:`init_generic_wf`'s ``outputnode``
 OUTPUT_FIELDS = ["anat_preproc", "anat_xfm", "anat_mask", "anat_qc",
                  "bold_preproc", "bold_xfm", "bold_mask", "bold_qc"]
 
