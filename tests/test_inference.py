@@ -235,7 +235,7 @@ def test_two_tensorflow_builds_in_one_environment_are_named(tmp_path, monkeypatc
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {other}\nVersion: 2.99.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(inference, "_FNS", {})
+    inference._note_two_tensorflows.cache_clear()  # as in a fresh process
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         inference._note_two_tensorflows()

@@ -111,11 +111,11 @@ def two_tensorflows_note(installed: dict[str, str]) -> str | None:
             f"'{keep}=={installed[keep]}' (and upgrade samri_ml with --no-deps)")
 
 
+@functools.cache
 def _note_two_tensorflows() -> None:
     """Say :func:`two_tensorflows_note` once per process, where it applies (Linux)."""
-    if _FNS.get("two_tensorflows_said") or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return
-    _FNS["two_tensorflows_said"] = True
     from importlib import metadata
 
     installed = {}
