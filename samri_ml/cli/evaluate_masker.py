@@ -75,7 +75,9 @@ def get_parser() -> argparse.ArgumentParser:
 def _held_out(model_path: Path) -> list[str] | None:
     """The sources the model was not trained on, from its ``_training.json``; None where there
     is none (what it was trained on is unknown)."""
-    info = model_path.with_name(model_path.stem + "_training.json")
+    from samri_ml.masking.predict import training_record_path
+
+    info = training_record_path(model_path)
     if not info.is_file():
         return None
     try:

@@ -89,6 +89,13 @@ def load_model(path=None):
         raise SamriMLError(keras_load_failure(path, err)) from err
 
 
+def training_record_path(model_path) -> Path:
+    """The ``_training.json`` that ``samri_ml-train-masker`` writes beside a model
+    (``m.keras`` -> ``m_training.json``): its settings, history and validation Dice."""
+    path = Path(model_path)
+    return path.with_name(path.stem + "_training.json")
+
+
 def unseen_views_note(model_path, views) -> None:
     """A note where ``model_path``'s ``_training.json`` (``samri_ml-train-masker``'s record)
     says it was trained along fewer slice directions than ``views``: a model trained on
@@ -101,7 +108,7 @@ def unseen_views_note(model_path, views) -> None:
         return  # the shipped model: trained along all three
     path = Path(model_path)
     try:
-        trained = json.loads(path.with_name(path.stem + "_training.json").read_text())
+        trained = json.loads(training_record_path(path).read_text())
         trained = [str(v) for v in trained["config"]["views"]]
     except (OSError, ValueError, KeyError, TypeError):
         return

@@ -36,6 +36,7 @@ import numpy as np
 from samri_ml.bids import DeferredInterrupt
 from samri_ml.masking import preprocess as pp
 from samri_ml.masking import synth
+from samri_ml.masking.predict import training_record_path
 
 
 @dataclass
@@ -192,9 +193,8 @@ def split_note(model_path, config: TrainConfig, role: str) -> str | None:
     (``--average-of``) ``model_path`` may be too high: its ``_training.json`` records another
     split of the subjects than ``config``'s, so some of this run's validation subjects may
     have been its training data. None where the splits agree or nothing is recorded."""
-    info = Path(model_path).with_name(Path(model_path).stem + "_training.json")
     try:
-        saved = json.loads(info.read_text())["config"]
+        saved = json.loads(training_record_path(model_path).read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not isinstance(saved, dict):
@@ -610,7 +610,7 @@ def _finished_model(out_path: Path) -> bool:
     if not out_path.is_file():
         return False
     try:
-        summary = json.loads(out_path.with_name(out_path.stem + "_training.json").read_text())
+        summary = json.loads(training_record_path(out_path).read_text())
     except (OSError, ValueError):
         return True
     return not (isinstance(summary, dict) and summary.get("interrupted"))
@@ -678,7 +678,7 @@ def write_set(out_path, loss_png: bool = False):
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     png = out_path.with_name(out_path.stem + "_loss.png")
-    files = [out_path, out_path.with_name(out_path.stem + "_training.json")]
+    files = [out_path, training_record_path(out_path)]
     with atomic_targets(files + [png] * loss_png, remove=() if loss_png else [png]) as tmps:
         yield tmps[0], tmps[1], tmps[2] if loss_png else None
 
@@ -737,7 +737,7 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
     val_groups = sorted(volumes)
     member_info = []
     for p in member_paths:
-        info = Path(p).with_name(Path(p).stem + "_training.json")
+        info = training_record_path(p)
         summary = json.loads(info.read_text()) if info.is_file() else {}
         member_info.append({"model": str(p), **{k: summary[k] for k in ("config", "history",
                             "minutes", "validation_dice") if k in summary}})  # fmt: skip
