@@ -899,9 +899,9 @@ def collect_sessions(args) -> list[dict]:
     wanted = subjects
     # sub-* folders that pybids found nothing in (empty, or a scan under another name), where
     # the lab's .bidsignore does not leave them out: they were passed over without a word
-    ignored = {m for m in _subject_folders(args.bids_dir)
-               if any(p.search(f"/sub-{m}/") for p in listed)}
-    bare = [m for m in _subject_folders(args.bids_dir) if m not in subjects and m not in ignored]
+    folders = _subject_folders(args.bids_dir)
+    ignored = {m for m in folders if any(p.search(f"/sub-{m}/") for p in listed)}
+    bare = [m for m in folders if m not in subjects and m not in ignored]
     if args.participant_label:
         wanted = _labels_once("--participant-label", "sub-", args.participant_label)
         missing = sorted(set(wanted) - set(subjects))
