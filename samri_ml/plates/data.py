@@ -409,6 +409,8 @@ def frame_box(img: np.ndarray) -> tuple[int, int, int, int] | None:
     h, w = img.shape
     ring = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     value = int(np.median(ring))
+    if value <= 2 * FRAME_TOL:  # no frame this dark is clearly brighter than what it holds
+        return None
     top, bottom = _frame_lines(img, value)
     if top + bottom >= h - MIN_SIDE:
         return None
@@ -418,7 +420,8 @@ def frame_box(img: np.ndarray) -> tuple[int, int, int, int] | None:
     box = top, h - bottom, left, w - right
     inner = img[box[0]:box[1], box[2]:box[3]]
     edge = np.concatenate([inner[0], inner[-1], inner[:, 0], inner[:, -1]])
-    if value <= np.median(inner) or value - np.median(edge) <= 2 * FRAME_TOL:
+    # the edge's median first: the whole section's is a partition of every pixel
+    if value - np.median(edge) <= 2 * FRAME_TOL or value <= np.median(inner):
         return None
     blur = _quarter(inner)[1]
     if _flat_fraction(blur) <= _flat_fraction(255 - blur):  # not a dark background inside

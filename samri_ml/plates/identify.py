@@ -278,7 +278,8 @@ def _load_embedding(path: str, mtime: float, precision: str, name: str):
 
 
 class _Ranker:
-    """What both identifiers share on top of their ``rank``."""
+    """What both identifiers share on top of their ``rank`` and ``_rank`` (the same, of
+    sections :func:`as_sections` or :func:`~samri_ml.plates.data.read_image` made)."""
 
     def rank_files(self, paths, regions: bool | None = None,
                    any_orientation: bool = False) -> dict[str, dict]:
@@ -288,9 +289,9 @@ class _Ranker:
             raise SamriMLError(f"rank_files takes a list of paths, got the path "  # directory')
                                f"{str(paths)!r}; hint: rank_files([{str(paths)!r}])")
         paths = list(paths)  # a generator was used up by the reading (a bare zip() ValueError)
-        imgs = [read_image(p) for p in paths]
+        imgs = [read_image(p) for p in paths]  # sections as rank makes them: not made again
         return dict(zip([str(p) for p in paths],
-                        self.rank(imgs, regions, any_orientation=any_orientation), strict=True))
+                        self._rank(imgs, regions, any_orientation=any_orientation), strict=True))
 
 
 class PlateIdentifier(_Ranker):
@@ -623,7 +624,13 @@ class PlateIdentifier(_Ranker):
         narrower than any whole section's (:func:`narrow_box`) has ``may_be_hemisphere``.
         Arrays are taken as :func:`as_sections` makes them (16-bit, float, RGB: grayscale
         uint8; brightfield inverted; too small or empty refused with :class:`SamriMLError`)."""
-        imgs = as_sections(imgs)
+        return self._rank(as_sections(imgs), regions, prepped, any_orientation, boxes)
+
+    def _rank(self, imgs: list[np.ndarray], regions: bool | None = None,
+              prepped: np.ndarray | None = None, any_orientation: bool = False,
+              boxes: list | None = None) -> list[dict]:
+        """:meth:`rank` of sections made already (:func:`as_sections`, or
+        :func:`~samri_ml.plates.data.read_image`'s files): not made twice."""
         if not imgs:
             return []
         if any_orientation:
@@ -860,7 +867,11 @@ class RoutedIdentifier(_Ranker):
              any_orientation: bool = False) -> list[dict]:
         """:meth:`PlateIdentifier.rank` by the variant the router picks for each image, with
         ``model`` and ``other_modality`` (the router's probability) in each result."""
-        imgs = as_sections(imgs)
+        return self._rank(as_sections(imgs), regions, any_orientation)
+
+    def _rank(self, imgs: list[np.ndarray], regions: bool | None = None,
+              any_orientation: bool = False) -> list[dict]:
+        """:meth:`rank` of sections made already (as :meth:`PlateIdentifier._rank`)."""
         if not imgs:
             return []
         # the router's spectrum bands do not change under quarter turns: route first
@@ -876,7 +887,7 @@ class RoutedIdentifier(_Ranker):
             same = all(getattr(ident, k) == getattr(self.default, k)
                        for k in ("size", "crop", "equalise", "crop_threshold"))
             reuse = same and not any_orientation
-            ranked = ident.rank([imgs[i] for i in idx], regions,
+            ranked = ident._rank([imgs[i] for i in idx], regions,
                                 prepped[idx] if reuse else None,
                                 any_orientation=any_orientation,
                                 boxes=[boxes[i] for i in idx] if reuse else None)
