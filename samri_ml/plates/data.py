@@ -429,6 +429,77 @@ def frame_box(img: np.ndarray) -> tuple[int, int, int, int] | None:
     return box
 
 
+#: :func:`bright_fill`: a fill's value is shared (within :data:`FRAME_TOL`) by at least this
+#: fraction of the image's outer ring ...
+FILL_RING = 0.2
+#: ... its pixels lie within this many grey levels of it in at least :data:`FILL_FLAT` of them
+#: (a rotation's or a paste's padding is one value, a JPEG's ringing aside; tissue is not) ...
+FILL_EXACT, FILL_FLAT = 4, 0.9
+#: ... and it covers at least this fraction of the image
+FILL_MIN = 0.01
+
+
+def bright_fill(img: np.ndarray) -> np.ndarray | None:
+    """Where a dark-background section is padded with a flat bright value that is not a
+    rectangle (:func:`frame_box`): a section turned by a few degrees with white corners, or
+    pasted turned on a white page. ``None`` where there is none, else a boolean mask of it.
+
+    The fill: the pixels within :data:`FRAME_TOL` of one bright value (above twice
+    :data:`FRAME_TOL`) held by at least :data:`FILL_RING` of the image's outer ring, connected
+    to that ring; nearly all of them (:data:`FILL_FLAT`) within :data:`FILL_EXACT` grey levels
+    of it, at least :data:`FILL_MIN` of the image, clearly brighter (twice
+    :data:`FRAME_TOL`) than the pixels along its edge, around a section whose flat background
+    is dark (:func:`_flat_fraction`, as :func:`frame_box`; its 1st percentile at most twice
+    :data:`FRAME_TOL`). A brightfield section's bright background fails the last: what it
+    surrounds is tissue, with no dark background of its own. Such corners were taken for tissue (the 22 val_1 + val_2 sections turned by 10
+    degrees with white corners: MAE 2.68, Top-5 73 %; with black corners 1.09, 95.5 %)."""
+    import cv2
+
+    ring = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    hist = np.bincount(ring, minlength=256)
+    near = np.convolve(hist, np.ones(2 * FRAME_TOL + 1), "same")
+    near[: 2 * FRAME_TOL + 1] = 0  # a fill this dark is not clearly brighter than the section
+    centre = int(np.argmax(near))
+    if near[centre] < FILL_RING * ring.size:
+        return None
+    lo = max(0, centre - FRAME_TOL)
+    value = lo + int(np.argmax(hist[lo:centre + FRAME_TOL + 1]))  # the fill's own value
+
+    def near_value(a: np.ndarray) -> np.ndarray:
+        return np.abs(a.astype(np.int16) - value) <= FRAME_TOL
+
+    on_ring = near_value(ring)
+    if np.mean(np.abs(ring[on_ring].astype(np.int16) - value) <= FILL_EXACT) < FILL_FLAT:
+        return None  # tissue touching the edge, not one flat value: before the costly part
+    flat = near_value(img).astype(np.uint8)
+    _, labels = cv2.connectedComponents(flat, connectivity=4)
+    edge_labels = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    touching = np.unique(edge_labels[on_ring])
+    if not len(touching):
+        return None
+    fill = np.isin(labels, touching)
+    share = fill.mean()
+    if share < FILL_MIN or share > 1 - FILL_MIN:
+        return None
+    values = img[fill].astype(np.int16)
+    if np.mean(np.abs(values - value) <= FILL_EXACT) < FILL_FLAT:
+        return None
+    grown = cv2.dilate(fill.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    edge = img[grown & ~fill]
+    if not edge.size or value - np.median(edge) <= 2 * FRAME_TOL:
+        return None
+    # what the fill surrounds, on the quarter-size copy where the other rules look
+    small, blur = _quarter(img)
+    inside = blur[cv2.resize(fill.astype(np.uint8), small.shape[::-1],
+                             interpolation=cv2.INTER_NEAREST) == 0]
+    # a brightfield section's own background is the fill: what it surrounds is tissue, with
+    # no dark background of its own (stained tissue's darkest is grey, not near black)
+    if (not inside.size or np.percentile(inside, 1) > 2 * FRAME_TOL
+            or _flat_fraction(inside) <= _flat_fraction(255 - inside)):
+        return None
+    return fill
+
+
 def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
     """A read section made to look like the atlas plates where it can be: a dim one (its
     0.1st to 99.9th percentiles span under :data:`FLOAT_MIN_SPAN` of the 8 bits) is
@@ -449,6 +520,13 @@ def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
                       f"{h - box[1]} below, columns {box[2]} left, {w - box[3]} right) left "
                       "out: it is not tissue", SamriMLNote, stacklevel=3)
         img = img[box[0]:box[1], box[2]:box[3]]
+    fill = bright_fill(img)
+    if fill is not None:
+        warnings.warn(f"{path}: flat bright corners or edges around the section (a turned "
+                      f"section's padding?, {100 * fill.mean():.0f} % of the image) made "
+                      "background: they are not tissue", SamriMLNote, stacklevel=3)
+        img = img.copy()
+        img[fill] = np.percentile(img[~fill], 1)  # the section's own dark background
     if looks_brightfield(img):
         warnings.warn(f"{path}: {BRIGHTFIELD_NOTE}", SamriMLNote, stacklevel=3)
         img = 255 - img
