@@ -1238,6 +1238,46 @@ def test_crash_files_land_in_the_subjects_log_folder(tmp_path, capsys):
     assert f"href='sub-01/log/{crashes[0].name}'" in report
 
 
+def test_a_rerun_that_succeeds_moves_the_earlier_crash_files_aside(tmp_path):
+    """Crash files of a failed run stayed in OUTPUT_DIR/sub-XX/log after a rerun that
+    succeeded, and a lab seeing them took the subject for failed. A rerun that runs a
+    session through moves that session's earlier crash files into sub-XX/log/earlier/ (kept,
+    said in one note); those of a session the rerun did not process stay in log/."""
+    bids = make_dataset(tmp_path)
+    for rel in (ANAT, BOLD, BOLD.replace(".nii.gz", ".json")):
+        dest = bids / rel.replace("ses-1", "ses-2")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bids / rel, dest)
+    flavour = _flavour(tmp_path, smoothing_sigmas=[2, 1])  # ANTs refuses it at run time
+    argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w")])
+            if a not in ("--dry-run", "--fast")]
+
+    def run(*extra):
+        proc = subprocess.run([sys.executable, "-m", "samri_ml.cli.register", *argv,
+                               "--nprocs", "1", *extra],
+                              capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stderr.strip().splitlines()
+
+    rc, err = run("--registration-flavour", str(flavour))
+    assert rc == 1 and "step(s) failed (failed: sub-01)" in err[-1], err[-3:]
+    log = tmp_path / "out" / "sub-01" / "log"
+    first = {p.name: p.read_text() for p in log.glob("crash-*.txt")}
+    ses1 = {n for n, text in first.items() if ".sub_01_ses_1." in text}
+    assert ses1 and len(ses1) < len(first), list(first)
+
+    rc, err = run("--fast", "--session-label", "1")
+    assert rc == 0 and err[-1].endswith("finished; derivatives in " + str(tmp_path / "out")), \
+        err[-3:]
+    notes = [ln for ln in err if "crash file(s) of earlier runs" in ln]
+    assert notes == [f"samri_ml-register: note: {len(ses1)} crash file(s) of earlier runs, of "
+                     "steps that have now run through, moved (kept) to "
+                     f"sub-01/log/earlier ({len(ses1)})"], err[-4:]
+    # nothing lost: ses-1's files, unchanged, in log/earlier; ses-2's (not rerun) in log/
+    assert {p.name: p.read_text() for p in (log / "earlier").iterdir()} == \
+        {n: first[n] for n in ses1}
+    assert {p.name for p in log.glob("crash-*")} == set(first) - ses1
+
+
 FORKED_TF_SCRIPT = r"""
 import json, sys
 from pathlib import Path

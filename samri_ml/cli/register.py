@@ -1088,7 +1088,6 @@ def build_workflow(args, sessions):
 
     wf = pe.Workflow(name="samri_ml_wf", base_dir=str(args.work_dir))
     for item in sessions:
-        name = f"sub_{item['subject']}" + (f"_ses_{item['session']}" if item["session"] else "")
         try:
             sub_wf = init_generic_wf(
                 template=str(args.template), template_mask=str(args.template_mask),
@@ -1098,7 +1097,7 @@ def build_workflow(args, sessions):
                 flavour=args.registration_flavour, masking=args.masking,
                 dummy_scans=args.dummy_scans, slice_timing=not args.no_slice_timing,
                 qc=not args.no_qc, omp_nthreads=args.omp_nthreads,
-                name=re.sub(r"[^a-zA-Z0-9_]", "_", name))
+                name=_session_wf_name(item))
         except TraitError as err:  # a flavour setting of a type or range Nipype refuses
             first = str(err).strip().splitlines()[0]
             raise SamriMLError(
@@ -1121,6 +1120,66 @@ def build_workflow(args, sessions):
         "hash_method": "content",
     }
     return wf
+
+
+def _session_wf_name(item: dict) -> str:
+    """The name of a session's workflow (``sub_01_ses_1``), the second part of its steps'
+    full names (``samri_ml_wf.sub_01_ses_1.anat_wf.s_register``)."""
+    name = f"sub_{item['subject']}" + (f"_ses_{item['session']}" if item["session"] else "")
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+#: where a subject's crash files of earlier runs go once the sessions they are of have run
+#: through (relative to its ``sub-XX/log``)
+EARLIER_CRASHES = "earlier"
+
+
+def _set_aside_earlier_crashes(args, sessions, started: float,
+                               crashes: list[Path] = ()) -> None:
+    """Move the crash files of earlier runs out of ``sub-XX/log`` into
+    ``sub-XX/log/earlier/`` where the session they are of (their ``Node:`` line) ran through
+    in this run: its scans all registered, none of its steps failed (``crashes``: this run's
+    crash files). They stayed in ``log/``, and a lab seeing them there took a rerun that
+    succeeded for a failed one (the report no longer listed them). Moved, not deleted, and
+    said in one note; crash files of sessions this run did not process stay."""
+    from samri_ml.report import crash_node, registered_output
+
+    failed_now = set()  # session workflows, and subjects of crash files without a Node line
+    for crash in crashes:
+        try:
+            parts = crash_node(crash.read_text(errors="replace")).split(".")
+        except OSError:
+            parts = []
+        failed_now.add(parts[1] if len(parts) > 1 else crash.parent.parent.name)
+    through = {_session_wf_name(item): item["subject"] for item in sessions
+               if not {_session_wf_name(item), f"sub-{item['subject']}"} & failed_now
+               and all(registered_output(args.output_dir, scan, args.template_name).exists()
+                       for scan in _scans(item))}
+    moved: dict[str, int] = {}
+    for subject in dict.fromkeys(through.values()):
+        log = args.output_dir / f"sub-{subject}" / "log"
+        for path in sorted(log.glob("crash-*")):
+            try:
+                if path.stat().st_mtime >= started:
+                    continue
+                parts = crash_node(path.read_text(errors="replace")).split(".")
+            except OSError:
+                continue
+            if len(parts) < 2 or parts[1] not in through:
+                continue
+            target = log / EARLIER_CRASHES / path.name
+            if target.exists():  # (a uuid in every name: never, but nothing is overwritten)
+                continue
+            try:
+                target.parent.mkdir(exist_ok=True)
+                path.rename(target)
+            except OSError:  # a log folder we may not write: the file stays where it was
+                continue
+            moved[f"sub-{subject}"] = moved.get(f"sub-{subject}", 0) + 1
+    if moved:
+        where = ", ".join(f"{name}/log/{EARLIER_CRASHES} ({n})" for name, n in moved.items())
+        print(f"{PROG}: note: {sum(moved.values())} crash file(s) of earlier runs, of steps "
+              f"that have now run through, moved (kept) to {where}", file=sys.stderr)
 
 
 #: what a derivative is, by its suffix, as the collision message names it (in this order)
@@ -1369,6 +1428,10 @@ def _main(argv=None) -> int:
                 print(f"{PROG}: note: the reports could not be written ({report_err})",
                       file=sys.stderr)
             outcomes = _outcomes(args, sessions, crashes)
+            if not args.stop_on_first_crash:
+                # the sessions beside the failed ones ran through (after a first crash they
+                # may not have run, their outputs an earlier run's)
+                _set_aside_earlier_crashes(args, sessions, started, crashes)
             if not args.no_qc:
                 from samri_ml.bids import derivative_path
 
@@ -1397,6 +1460,7 @@ def _main(argv=None) -> int:
             return 0
         # the report's registration overviews do not need QC; without it there is no table
         _write_reports(args, sessions, started)
+        _set_aside_earlier_crashes(args, sessions, started)
         _note_stale(args, sessions, graph, started)
         from samri_ml.interfaces.bids import sink_outputs
 
