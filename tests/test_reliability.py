@@ -582,6 +582,26 @@ def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     assert "note: no structural scan in sub-03 ses-2" in capsys.readouterr().err
 
 
+def test_a_functional_only_session_says_the_other_sessions_structural_is_not_used(tmp_path,
+                                                                                   capsys):
+    """A session with functional runs only, beside a session of the same subject with a
+    structural scan: its runs go straight to the template, and users expected the other
+    session's structural scan to be used. The run's note now says that it is not, and why."""
+    bids = make_dataset(tmp_path)
+    for rel in (BOLD, BOLD.replace(".nii.gz", ".json")):
+        dest = bids / rel.replace("ses-1", "ses-2")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bids / rel, dest)
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "samri_ml-register: note: no structural scan in sub-01 ses-2: its functional runs " \
+        "are registered straight to the template (as --registration-method functional); the " \
+        "structural scan of sub-01 ses-1 is not used for them (a run is paired only with its " \
+        "own session's, where the head lies as in the run)" in err, err
+    assert "samri_ml-register: dry run: sub-01 ses-2: no structural scan, " \
+        "sub-01_ses-2_task-rest_bold.nii.gz" in err, err
+
+
 def test_a_session_without_matching_scans_is_named_beside_its_subjects_others(tmp_path,
                                                                               capsys):
     """A session whose scans -s/-f do not select (only a dwi scan, or fieldmaps) was dropped

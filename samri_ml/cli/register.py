@@ -802,9 +802,18 @@ def check_scans(args, sessions) -> None:
             "volumes after the dummy scans, not slice-timing corrected: "
             f"{_some(too_short)}")
     if direct:
+        # a structural scan of the subject's other sessions is not borrowed: the run-to-
+        # structural step assumes one placement of the head, and the structural scan's own
+        # derivatives belong to its session (said, as users expected it to be borrowed)
+        elsewhere = sorted({f"sub-{item['subject']} ses-{item['session']}" for item in sessions
+                            if item["anat"] and item["session"] and any(
+                                w.startswith(f"sub-{item['subject']} ") for w in direct)})
+        other = (f"; the structural scan of {', '.join(elsewhere)} is not used for them (a run "
+                 "is paired only with its own session's, where the head lies as in the run)"
+                 if elsewhere else "")
         args.scan_notes.append(
             f"no structural scan in {', '.join(direct)}: its functional runs are registered "
-            "straight to the template (as --registration-method functional)")
+            f"straight to the template (as --registration-method functional){other}")
 
 
 def _check_structural_volumes(path: str) -> None:
