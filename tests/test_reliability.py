@@ -1560,3 +1560,8 @@ def test_a_run_where_one_subject_fails_says_who_failed_and_who_finished(tmp_path
     assert {p: p.stat().st_mtime_ns for p in done} == done
     assert any("done: samri_ml_wf.sub_01_ses_1.anat_wf.s_mask" in ln for ln in err), err
     assert not any(ln.endswith("done: samri_ml_wf.sub_02_ses_1.anat_wf.s_mask") for ln in err)
+    # the failed run's crash file of sub-01 is set aside (kept) now that it has run through
+    log = out / "sub-01" / "log"
+    assert not list(log.glob("crash-*")) and list((log / "earlier").glob("crash-*s_mask*")), \
+        list(log.rglob("*"))
+    assert any("moved (kept) to sub-01/log/earlier" in ln for ln in err), err[-4:]
