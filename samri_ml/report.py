@@ -357,6 +357,13 @@ def crash_cause(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def crash_node(text: str) -> str:
+    """The full name of the step a Nipype crash file (its ``text``) is of, from its ``Node:``
+    line (``samri_ml_wf.sub_01_ses_1.anat_wf.s_register``); ``"?"`` where it has none."""
+    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                 if ln.strip().startswith("Node:")), "?")
+
+
 def failed_steps(log_dir, since: float | None = None) -> list[dict]:
     """The crash files (Nipype's, text) in ``log_dir`` written at or after ``since``: for each,
     ``file``, the failed ``node`` (its name from the file's ``Node:`` line) and ``cause``
@@ -369,9 +376,7 @@ def failed_steps(log_dir, since: float | None = None) -> list[dict]:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        node = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
-                     if ln.strip().startswith("Node:")), "?")
-        out.append({"file": path, "node": node.split(".")[-1],
+        out.append({"file": path, "node": crash_node(text).split(".")[-1],
                     "cause": crash_cause(text)[:300]})
     return out
 

@@ -582,6 +582,26 @@ def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     assert "note: no structural scan in sub-03 ses-2" in capsys.readouterr().err
 
 
+def test_a_functional_only_session_says_the_other_sessions_structural_is_not_used(tmp_path,
+                                                                                   capsys):
+    """A session with functional runs only, beside a session of the same subject with a
+    structural scan: its runs go straight to the template, and users expected the other
+    session's structural scan to be used. The run's note now says that it is not, and why."""
+    bids = make_dataset(tmp_path)
+    for rel in (BOLD, BOLD.replace(".nii.gz", ".json")):
+        dest = bids / rel.replace("ses-1", "ses-2")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bids / rel, dest)
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "samri_ml-register: note: no structural scan in sub-01 ses-2: its functional runs " \
+        "are registered straight to the template (as --registration-method functional); the " \
+        "structural scan of sub-01 ses-1 is not used for them (a run is paired only with its " \
+        "own session's, where the head lies as in the run)" in err, err
+    assert "samri_ml-register: dry run: sub-01 ses-2: no structural scan, " \
+        "sub-01_ses-2_task-rest_bold.nii.gz" in err, err
+
+
 def test_a_session_without_matching_scans_is_named_beside_its_subjects_others(tmp_path,
                                                                               capsys):
     """A session whose scans -s/-f do not select (only a dwi scan, or fieldmaps) was dropped
@@ -1238,6 +1258,87 @@ def test_crash_files_land_in_the_subjects_log_folder(tmp_path, capsys):
     assert f"href='sub-01/log/{crashes[0].name}'" in report
 
 
+def test_a_rerun_that_succeeds_moves_the_earlier_crash_files_aside(tmp_path):
+    """Crash files of a failed run stayed in OUTPUT_DIR/sub-XX/log after a rerun that
+    succeeded, and a lab seeing them took the subject for failed. A rerun that runs a
+    session through moves that session's earlier crash files into sub-XX/log/earlier/ (kept,
+    said in one note); those of a session the rerun did not process stay in log/."""
+    bids = make_dataset(tmp_path)
+    for rel in (ANAT, BOLD, BOLD.replace(".nii.gz", ".json")):
+        dest = bids / rel.replace("ses-1", "ses-2")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bids / rel, dest)
+    flavour = _flavour(tmp_path, smoothing_sigmas=[2, 1])  # ANTs refuses it at run time
+    argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w")])
+            if a not in ("--dry-run", "--fast")]
+
+    def run(*extra):
+        proc = subprocess.run([sys.executable, "-m", "samri_ml.cli.register", *argv,
+                               "--nprocs", "1", *extra],
+                              capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stderr.strip().splitlines()
+
+    rc, err = run("--registration-flavour", str(flavour))
+    assert rc == 1 and "step(s) failed (failed: sub-01)" in err[-1], err[-3:]
+    log = tmp_path / "out" / "sub-01" / "log"
+    first = {p.name: p.read_text() for p in log.glob("crash-*.txt")}
+    ses1 = {n for n, text in first.items() if ".sub_01_ses_1." in text}
+    assert ses1 and len(ses1) < len(first), list(first)
+
+    rc, err = run("--fast", "--session-label", "1")
+    assert rc == 0 and err[-1].endswith("finished; derivatives in " + str(tmp_path / "out")), \
+        err[-3:]
+    notes = [ln for ln in err if "crash file(s) of earlier runs" in ln]
+    assert notes == [f"samri_ml-register: note: {len(ses1)} crash file(s) of earlier runs, of "
+                     "steps that have now run through, moved (kept) to "
+                     f"sub-01/log/earlier ({len(ses1)})"], err[-4:]
+    # nothing lost: ses-1's files, unchanged, in log/earlier; ses-2's (not rerun) in log/
+    assert {p.name: p.read_text() for p in (log / "earlier").iterdir()} == \
+        {n: first[n] for n in ses1}
+    assert {p.name for p in log.glob("crash-*")} == set(first) - ses1
+
+
+def test_samri_mls_own_output_as_bids_dir_is_refused(tmp_path, capsys):
+    """A previous samri_ml output folder given as BIDS_DIR was read as raw data: its
+    registered scans were registered again, into a derivatives/samri_ml inside it. It is
+    refused in one line naming the raw dataset it was made from; nothing is written."""
+    bids = make_dataset(tmp_path)
+    argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w")])
+            if a != "--dry-run"]
+    proc = subprocess.run([sys.executable, "-m", "samri_ml.cli.register", *argv,
+                           "--nprocs", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "out"
+    assert list(out.rglob("*_space-Tiny_desc-preproc_T2w.nii.gz")), list(out.rglob("*"))
+    before = snapshot(tmp_path)
+    assert main(_argv(tmp_path, ["BIDS=out"])) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"samri_ml-register: error: BIDS_DIR {out} is samri_ml's own output (a "
+                   "derivatives dataset): its registered scans would be registered again; "
+                   f"hint: give the raw dataset it was made from, {bids}"], err
+    assert snapshot(tmp_path) == before
+
+
+def test_another_pipelines_derivatives_as_bids_dir_are_said(tmp_path, capsys):
+    """A derivatives dataset of another pipeline (``DatasetType: derivative``) given as
+    BIDS_DIR was registered without a word; it is still registered (a lab may mean it), with
+    one note that names the pipeline and the dataset it was made from."""
+    bids = make_dataset(tmp_path)
+    (bids / "dataset_description.json").write_text(json.dumps({
+        "Name": "denoised", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "fMRIPrep"}],
+        "SourceDatasets": [{"URL": "https://doi.org/10.18112/openneuro.ds000001"}]}))
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    notes = [ln for ln in err if "is a derivatives dataset" in ln]
+    assert notes == [f"samri_ml-register: note: BIDS_DIR {bids} is a derivatives dataset "
+                     "(generated by fMRIPrep), not raw data: its scans are registered as they "
+                     "are, already processed; hint: give the raw dataset it was made from, "
+                     "https://doi.org/10.18112/openneuro.ds000001, unless registering these "
+                     "is meant"], err
+    assert any("dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz" in ln for ln in err), err
+
+
 FORKED_TF_SCRIPT = r"""
 import json, sys
 from pathlib import Path
@@ -1459,3 +1560,8 @@ def test_a_run_where_one_subject_fails_says_who_failed_and_who_finished(tmp_path
     assert {p: p.stat().st_mtime_ns for p in done} == done
     assert any("done: samri_ml_wf.sub_01_ses_1.anat_wf.s_mask" in ln for ln in err), err
     assert not any(ln.endswith("done: samri_ml_wf.sub_02_ses_1.anat_wf.s_mask") for ln in err)
+    # the failed run's crash file of sub-01 is set aside (kept) now that it has run through
+    log = out / "sub-01" / "log"
+    assert not list(log.glob("crash-*")) and list((log / "earlier").glob("crash-*s_mask*")), \
+        list(log.rglob("*"))
+    assert any("moved (kept) to sub-01/log/earlier" in ln for ln in err), err[-4:]
