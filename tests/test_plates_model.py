@@ -1236,3 +1236,58 @@ def test_an_identifier_made_per_call_loads_its_network_once(tmp_path, plate_thum
     assert PlateIdentifier(copy, index).model is one
     os.utime(copy, (1, 1))
     assert PlateIdentifier(copy, index).model is not one
+
+
+def _sigint_default():
+    """In the child: SIGINT as in a terminal (a background job's children ignore it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(("signame", "code", "last"), [("SIGTERM", 143, "terminated"),
+                                                        ("SIGINT", 130, "interrupted")])
+def test_an_interrupted_run_keeps_the_sections_ranked_so_far(tmp_path, plate_thumbs, signame,
+                                                             code, last):
+    """``samri_ml-identify-plate A.png ... --json OUT.json`` stopped by a cluster (SIGTERM)
+    or Ctrl-C after many sections kept nothing (SIGTERM ended it at once). Now the sections
+    ranked so far are in OUT_interrupted.json, in the format of OUT (OUT itself, which
+    other tools take for a whole run's, is not written), a note says so, exit 143 / 130.
+    The 33rd image is a named pipe that nobody writes: the run waits there, with the first
+    chunk (:data:`~samri_ml.cli.identify_plate.CHUNK`, 32 images) ranked and printed."""
+    import signal
+
+    import cv2
+
+    from samri_ml.cli.identify_plate import CHUNK
+
+    plates = sorted(plate_thumbs)[5 : 5 + CHUNK]
+    images = [str(tmp_path / f"{n}.png") for n in plates]
+    for n, path in zip(plates, images, strict=True):
+        cv2.imwrite(path, plate_thumbs[n])
+    slow = tmp_path / "slow.png"
+    os.mkfifo(slow)  # a file that takes for ever to read: a section on a hung file system
+    out = tmp_path / "out.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "samri_ml.cli.identify_plate", *images, str(slow),
+         "--variant", "default", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    printed = [proc.stdout.readline() for _ in images]  # the first chunk is done
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert [line.split(":")[0] for line in printed] == images
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    kept = tmp_path / "out_interrupted.json"
+    assert lines[-1] == f"samri_ml-identify-plate: {last}", lines
+    assert lines[-2] == (f"samri_ml-identify-plate: note: interrupted after {CHUNK} of "
+                         f"{CHUNK + 1} images: {kept} holds the {CHUNK} ranked ({out} was not "
+                         "written); hint: rerun the others"), lines
+    written = json.loads(kept.read_text())
+    assert list(written) == images  # in the order given
+    assert all(sorted(r["ranking"]) == sorted(plate_thumbs) for r in written.values())
+    # each plate's own thumbnail ranks it in its top 3, as a whole run ranks it
+    assert all(n in written[p]["ranking"][:3] for n, p in zip(plates, images, strict=True))
+    assert sorted(q.name for q in tmp_path.iterdir() if not q.name.endswith(".png")) == [
+        "out_interrupted.json"]  # no OUT, no temporary file left
