@@ -1291,3 +1291,30 @@ def test_an_interrupted_run_keeps_the_sections_ranked_so_far(tmp_path, plate_thu
     assert all(n in written[p]["ranking"][:3] for n, p in zip(plates, images, strict=True))
     assert sorted(q.name for q in tmp_path.iterdir() if not q.name.endswith(".png")) == [
         "out_interrupted.json"]  # no OUT, no temporary file left
+
+
+def test_read_sections_are_ranked_as_rank_ranks_them(shared_data, tmp_path, capsys):
+    """``samri_ml-identify-plate``, ``IdentifyPlate``, ``samri_ml-evaluate-plates`` and the
+    export read each section with ``read_image`` and then called ``rank``, which made it again
+    (``as_sections``: the checks, frame and brightfield tests, about 3 of the 10 ms a section
+    takes). Now they call ``rank_read``: the same rankings, distances, regions and tilts as
+    ``rank`` of the same images (the CLI's JSON and the interface's, real val_1 sections)."""
+    from samri_ml.cli.identify_plate import main
+    from samri_ml.interfaces.plates import identify_file
+    from samri_ml.io import json_dumps
+    from samri_ml.plates.data import read_image
+    from samri_ml.plates.identify import make_identifier
+
+    paths = [str(p) for p in sorted((shared_data / "plates" / "val_1").glob("*.png"))[:4]]
+    imgs = [read_image(p) for p in paths]
+    ident = make_identifier()  # --variant auto, as the CLI's default
+    ranked = ident.rank(imgs, regions=True)
+    expected = json.loads(json_dumps(dict(zip(paths, ranked, strict=True))))
+    assert ident.rank_files(paths, regions=True) == dict(zip(paths, ranked, strict=True))
+    out = tmp_path / "out.json"
+    assert main([*paths, "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == expected
+    one = identify_file(paths[0], str(tmp_path), regions=True)
+    assert json.loads(Path(one["out_json"]).read_text()) == json.loads(
+        json_dumps({paths[0]: ident.rank(imgs[:1], regions=True)[0]}))
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == paths

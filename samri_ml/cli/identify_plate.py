@@ -135,8 +135,9 @@ def run(args) -> int:
                                             variant=args.variant,
                                             hemisections=args.hemisections,
                                             turn_uncertain=not args.upright)
-                ranked = ident.rank(imgs, regions=not args.no_regions,
-                                    any_orientation=args.any_orientation)
+                # read_image made the sections already (rank would make each again)
+                ranked = ident.rank_read(imgs, regions=not args.no_regions,
+                                         any_orientation=args.any_orientation)
                 chunk = {name: res for path, res in zip(paths, ranked, strict=True)
                          for name in spellings[path]}
                 results.update(chunk)
