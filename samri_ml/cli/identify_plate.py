@@ -106,6 +106,14 @@ def _read_chunks(images, bad: list):
 
 
 def run(args) -> int:
+    """Rank ``args.images``; SIGTERM (a cluster ending the job) is taken as Ctrl-C throughout,
+    so the sections ranked so far are kept (:func:`_keep_interrupted`) and no temporary file
+    of the JSON is left behind."""
+    with terminate_as_interrupt():
+        return _run(args)
+
+
+def _run(args) -> int:
     from samri_ml.models.inference import PLATE_PARALLEL_OPS
 
     set_tf_threads(args.threads, PLATE_PARALLEL_OPS)
@@ -126,27 +134,25 @@ def run(args) -> int:
               file=sys.stderr)
     spellings = {names[0]: names for names in spellings.values()}
     args.images = list(spellings)
-    # SIGTERM (a cluster ending the job) as Ctrl-C: the sections ranked so far are kept
-    with terminate_as_interrupt():
-        try:
-            for paths, imgs in _read_chunks(args.images, bad):
-                if ident is None:
-                    ident = make_identifier(args.model, args.index, args.atlas,
-                                            variant=args.variant,
-                                            hemisections=args.hemisections,
-                                            turn_uncertain=not args.upright)
-                # read_image made the sections already (rank would make each again)
-                ranked = ident.rank_read(imgs, regions=not args.no_regions,
-                                         any_orientation=args.any_orientation)
-                chunk = {name: res for path, res in zip(paths, ranked, strict=True)
-                         for name in spellings[path]}
-                results.update(chunk)
-                _print_results(args, chunk)
-                if args.montage:
-                    _write_montages(args, ident, paths, imgs, ranked, montages)
-        except KeyboardInterrupt:
-            _keep_interrupted(args, given, results)
-            raise
+    try:
+        for paths, imgs in _read_chunks(args.images, bad):
+            if ident is None:
+                ident = make_identifier(args.model, args.index, args.atlas,
+                                        variant=args.variant,
+                                        hemisections=args.hemisections,
+                                        turn_uncertain=not args.upright)
+            # read_image made the sections already (rank would make each again)
+            ranked = ident.rank_read(imgs, regions=not args.no_regions,
+                                     any_orientation=args.any_orientation)
+            chunk = {name: res for path, res in zip(paths, ranked, strict=True)
+                     for name in spellings[path]}
+            results.update(chunk)
+            _print_results(args, chunk)
+            if args.montage:
+                _write_montages(args, ident, paths, imgs, ranked, montages)
+    except KeyboardInterrupt:
+        _keep_interrupted(args, given, results)
+        raise
     if not results:
         raise bad[0] if len(bad) == 1 else SamriMLError(
             f"none of the {len(bad)} images could be read (first: {bad[0]})")
