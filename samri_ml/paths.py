@@ -129,3 +129,11 @@ def quiet_config_dirs() -> None:
         os.environ["MPLCONFIGDIR"] = os.path.join(folder, "matplotlib")
     if keras:
         os.environ["KERAS_HOME"] = os.path.join(folder, "keras")
+
+
+def interrupted_path(out_path) -> Path:
+    """Where an interrupted command keeps what it made of OUT: ``OUT_interrupted.keras`` (a
+    training run whose OUT holds a finished model), ``OUT_interrupted.json`` (the sections
+    ranked before ``samri_ml-identify-plate --json OUT.json`` was stopped)."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + "_interrupted" + out_path.suffix)

@@ -1236,3 +1236,85 @@ def test_an_identifier_made_per_call_loads_its_network_once(tmp_path, plate_thum
     assert PlateIdentifier(copy, index).model is one
     os.utime(copy, (1, 1))
     assert PlateIdentifier(copy, index).model is not one
+
+
+def _sigint_default():
+    """In the child: SIGINT as in a terminal (a background job's children ignore it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(("signame", "code", "last"), [("SIGTERM", 143, "terminated"),
+                                                        ("SIGINT", 130, "interrupted")])
+def test_an_interrupted_run_keeps_the_sections_ranked_so_far(tmp_path, plate_thumbs, signame,
+                                                             code, last):
+    """``samri_ml-identify-plate A.png ... --json OUT.json`` stopped by a cluster (SIGTERM)
+    or Ctrl-C after many sections kept nothing (SIGTERM ended it at once). Now the sections
+    ranked so far are in OUT_interrupted.json, in the format of OUT (OUT itself, which
+    other tools take for a whole run's, is not written), a note says so, exit 143 / 130.
+    The 33rd image is a named pipe that nobody writes: the run waits there, with the first
+    chunk (:data:`~samri_ml.cli.identify_plate.CHUNK`, 32 images) ranked and printed."""
+    import signal
+
+    import cv2
+
+    from samri_ml.cli.identify_plate import CHUNK
+
+    plates = sorted(plate_thumbs)[5 : 5 + CHUNK]
+    images = [str(tmp_path / f"{n}.png") for n in plates]
+    for n, path in zip(plates, images, strict=True):
+        cv2.imwrite(path, plate_thumbs[n])
+    slow = tmp_path / "slow.png"
+    os.mkfifo(slow)  # a file that takes for ever to read: a section on a hung file system
+    out = tmp_path / "out.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "samri_ml.cli.identify_plate", *images, str(slow),
+         "--variant", "default", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    printed = [proc.stdout.readline() for _ in images]  # the first chunk is done
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert [line.split(":")[0] for line in printed] == images
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    kept = tmp_path / "out_interrupted.json"
+    assert lines[-1] == f"samri_ml-identify-plate: {last}", lines
+    assert lines[-2] == (f"samri_ml-identify-plate: note: interrupted after {CHUNK} of "
+                         f"{CHUNK + 1} images: {kept} holds the {CHUNK} ranked ({out} was not "
+                         "written); hint: rerun the others"), lines
+    written = json.loads(kept.read_text())
+    assert list(written) == images  # in the order given
+    assert all(sorted(r["ranking"]) == sorted(plate_thumbs) for r in written.values())
+    # each plate's own thumbnail ranks it in its top 3, as a whole run ranks it
+    assert all(n in written[p]["ranking"][:3] for n, p in zip(plates, images, strict=True))
+    assert sorted(q.name for q in tmp_path.iterdir() if not q.name.endswith(".png")) == [
+        "out_interrupted.json"]  # no OUT, no temporary file left
+
+
+def test_read_sections_are_ranked_as_rank_ranks_them(shared_data, tmp_path, capsys):
+    """``samri_ml-identify-plate``, ``IdentifyPlate``, ``samri_ml-evaluate-plates`` and the
+    export read each section with ``read_image`` and then called ``rank``, which made it again
+    (``as_sections``: the checks, frame and brightfield tests, about 3 of the 10 ms a section
+    takes). Now they call ``rank_read``: the same rankings, distances, regions and tilts as
+    ``rank`` of the same images (the CLI's JSON and the interface's, real val_1 sections)."""
+    from samri_ml.cli.identify_plate import main
+    from samri_ml.interfaces.plates import identify_file
+    from samri_ml.io import json_dumps
+    from samri_ml.plates.data import read_image
+    from samri_ml.plates.identify import make_identifier
+
+    paths = [str(p) for p in sorted((shared_data / "plates" / "val_1").glob("*.png"))[:4]]
+    imgs = [read_image(p) for p in paths]
+    ident = make_identifier()  # --variant auto, as the CLI's default
+    ranked = ident.rank(imgs, regions=True)
+    expected = json.loads(json_dumps(dict(zip(paths, ranked, strict=True))))
+    assert ident.rank_files(paths, regions=True) == dict(zip(paths, ranked, strict=True))
+    out = tmp_path / "out.json"
+    assert main([*paths, "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == expected
+    one = identify_file(paths[0], str(tmp_path), regions=True)
+    assert json.loads(Path(one["out_json"]).read_text()) == json.loads(
+        json_dumps({paths[0]: ident.rank(imgs[:1], regions=True)[0]}))
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == paths

@@ -519,3 +519,34 @@ def _wait_for(p, path, limit_s: float = 120):
         assert p.poll() is None, p.communicate()
         assert time.time() - t0 < limit_s, f"{path} never appeared"
         time.sleep(0.05)
+
+
+def test_a_run_from_an_init_model_records_that_models_network(tiny_data, tmp_path, capsys):
+    """``--init MODEL`` wrote the defaults (``backbone`` small, ``width`` 16) into the run's
+    config.json, whatever MODEL was: a width-2 network was recorded as width 16. Now
+    config.json gives the init model's network (read from its archive), a ``--width`` that
+    contradicts it is a usage error before any work, and the same command runs again."""
+    from samri_ml.cli.train_plates import main
+    from samri_ml.plates.train import init_settings
+
+    first = tmp_path / "first"
+    assert main(_tiny_run(tiny_data, first, "--iterations", 2, "--eval-every", 2)) == 0
+    assert init_settings(first / "best.keras") == {"backbone": "small", "width": 2,
+                                                   "embedding_dim": 64}
+    out = tmp_path / "tuned"
+    argv = ["--data", str(tiny_data), "--out", str(out), "--size", "32", "--batch-size", "12",
+            "--iterations", "2", "--eval-every", "2", "--init", str(first / "best.keras")]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["backbone"], config["width"], config["embedding_dim"]) == ("small", 2, 64)
+    assert main(argv) == 0  # the same settings: the run starts again (not 'another run')
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main([*argv[:3], str(other), *argv[4:], "--width", "4"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: --width 4: --init {first / 'best.keras'} is a network of width 2 "
+        "(fine-tuning keeps it); hint: leave --width out")
+    assert not other.exists()
+    # with the init model's own settings given, as docs/plates.rst shows: accepted
+    assert main([*argv[:3], str(other), *argv[4:], "--width", "2", "--backbone", "small"]) == 0
+    assert json.loads((other / "config.json").read_text())["width"] == 2

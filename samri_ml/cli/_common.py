@@ -42,7 +42,8 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None, *,
             memory_hint: str = MEMORY_HINT) -> int:
     """Run ``main(argv)``; turn failures into one line on stderr and an exit code.
 
-    0 success, 2 usage error (argparse), 1 any other failure, 130 interrupted. With ``-v`` the
+    0 success, 2 usage error (argparse), 1 any other failure, 130 interrupted, 143 terminated
+    (:class:`Terminated`: SIGTERM under :func:`terminate_as_interrupt`). With ``-v`` the
     traceback is printed as well. ``memory_hint``: what to try after a ``MemoryError``, in the
     command's own options (``samri_ml-register``: fewer ``--nprocs``).
     """
@@ -70,6 +71,9 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None, *,
             traceback.print_exc()
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
@@ -299,6 +303,36 @@ def add_version_option(parser) -> None:
     from samri_ml import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by :func:`terminate_as_interrupt`: an interrupt (what a command keeps
+    of its work after Ctrl-C it keeps after it too) that :func:`run_cli` ends with 143, the
+    shell's code for a process that SIGTERM ended."""
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """While the block runs, SIGTERM (``kill PID``, a cluster's scheduler ending the job)
+    raises :class:`Terminated` in the main thread instead of ending the process at once, so
+    that the command's ``except KeyboardInterrupt`` (what it keeps of the work done) runs as
+    after Ctrl-C. Where SIGTERM is not the default (ignored, a caller's own handler) or this
+    is not the main thread, it is left alone."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise Terminated
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextmanager

@@ -83,10 +83,12 @@ def run(args) -> int:
         check_labels(paths, labels, ident.plates)
         # an untimed pass first: loads and traces every model the sections will need (with
         # --variant auto, the multimodal one only where a section is sent to it)
-        ident.rank(imgs, regions=args.regions or None, any_orientation=args.any_orientation)
+        # read_image made the sections (load_sections): rank_read does not make them again
+        ident.rank_read(imgs, regions=args.regions or None,
+                        any_orientation=args.any_orientation)
         t0 = time.perf_counter()
-        results = ident.rank(imgs, regions=args.regions or None,
-                             any_orientation=args.any_orientation)
+        results = ident.rank_read(imgs, regions=args.regions or None,
+                                  any_orientation=args.any_orientation)
         seconds = time.perf_counter() - t0
         rankings = [r["ranking"] for r in results]
         _note_readings(results, args.any_orientation)

@@ -17,6 +17,7 @@ from samri_ml.cli._common import (
     print_line,
     refuse_empty_paths,
     set_tf_threads,
+    terminate_as_interrupt,
 )
 from samri_ml.errors import SamriMLError
 from samri_ml.io import json_dumps
@@ -105,6 +106,14 @@ def _read_chunks(images, bad: list):
 
 
 def run(args) -> int:
+    """Rank ``args.images``; SIGTERM (a cluster ending the job) is taken as Ctrl-C throughout,
+    so the sections ranked so far are kept (:func:`_keep_interrupted`) and no temporary file
+    of the JSON is left behind."""
+    with terminate_as_interrupt():
+        return _run(args)
+
+
+def _run(args) -> int:
     from samri_ml.models.inference import PLATE_PARALLEL_OPS
 
     set_tf_threads(args.threads, PLATE_PARALLEL_OPS)
@@ -125,19 +134,25 @@ def run(args) -> int:
               file=sys.stderr)
     spellings = {names[0]: names for names in spellings.values()}
     args.images = list(spellings)
-    for paths, imgs in _read_chunks(args.images, bad):
-        if ident is None:
-            ident = make_identifier(args.model, args.index, args.atlas, variant=args.variant,
-                                    hemisections=args.hemisections,
-                                    turn_uncertain=not args.upright)
-        ranked = ident.rank(imgs, regions=not args.no_regions,
-                            any_orientation=args.any_orientation)
-        chunk = {name: res for path, res in zip(paths, ranked, strict=True)
-                 for name in spellings[path]}
-        results.update(chunk)
-        _print_results(args, chunk)
-        if args.montage:
-            _write_montages(args, ident, paths, imgs, ranked, montages)
+    try:
+        for paths, imgs in _read_chunks(args.images, bad):
+            if ident is None:
+                ident = make_identifier(args.model, args.index, args.atlas,
+                                        variant=args.variant,
+                                        hemisections=args.hemisections,
+                                        turn_uncertain=not args.upright)
+            # read_image made the sections already (rank would make each again)
+            ranked = ident.rank_read(imgs, regions=not args.no_regions,
+                                     any_orientation=args.any_orientation)
+            chunk = {name: res for path, res in zip(paths, ranked, strict=True)
+                     for name in spellings[path]}
+            results.update(chunk)
+            _print_results(args, chunk)
+            if args.montage:
+                _write_montages(args, ident, paths, imgs, ranked, montages)
+    except KeyboardInterrupt:
+        _keep_interrupted(args, given, results)
+        raise
     if not results:
         raise bad[0] if len(bad) == 1 else SamriMLError(
             f"none of the {len(bad)} images could be read (first: {bad[0]})")
@@ -153,6 +168,32 @@ def run(args) -> int:
         raise SamriMLError(f"{len(bad)} of {len(args.images)} images could not be read (named "
                            "above, left out of the output); the others are ranked")
     return 0
+
+
+def _keep_interrupted(args, given: list, results: dict) -> None:
+    """After Ctrl-C or SIGTERM: the sections ranked so far, in the format of ``--json OUT``,
+    written (atomically) to :func:`~samri_ml.paths.interrupted_path` (``OUT_interrupted.json``:
+    the name says that it is incomplete, and OUT, which other tools take for the whole
+    run's, is not written), and a note that says so. A run of many sections stopped by a
+    cluster's time limit used to keep nothing."""
+    if not args.json:
+        return
+    if not results:
+        print(f"{PROG}: note: interrupted before any image was ranked: {args.json} was not "
+              "written", file=sys.stderr)
+        return
+    from samri_ml.paths import interrupted_path
+
+    done = {name: results[name] for name in given if name in results}  # in given order
+    kept = interrupted_path(args.json)
+    try:
+        atomic_write_text(json_dumps(done, indent=1), kept)
+    except OSError as e:
+        print(f"{PROG}: note: interrupted; cannot write {kept}: {e.strerror}", file=sys.stderr)
+        return
+    print(f"{PROG}: note: interrupted after {len(done)} of {len(given)} images: {kept} holds "
+          f"the {len(done)} ranked ({args.json} was not written); hint: rerun the others",
+          file=sys.stderr)
 
 
 def _write_montages(args, ident, paths, imgs, ranked, written: dict) -> None:

@@ -36,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "--fit-router")
     p.add_argument("--size", type=number_in(int, MIN_SIZE), default=128,
                    help=f"input side in px (at least {MIN_SIZE}: the networks halve it 5 times)")
-    p.add_argument("--backbone", default="small", choices=["small", "resnet50v2", "resnet101v2"])
-    p.add_argument("--width", type=whole, default=16, help="first-stage channels (small CNN)")
+    p.add_argument("--backbone", choices=["small", "resnet50v2", "resnet101v2"],
+                   help="network (default: small; with --init, the init model's)")
+    p.add_argument("--width", type=whole,
+                   help="first-stage channels of the small CNN (default: 16; with --init, "
+                   "the init model's)")
     p.add_argument(
         "--loss",
         default="ordinal",
@@ -183,6 +186,23 @@ def _check_outputs(parser, args, cfg) -> None:
         check_output_dir(parser, f"--export {args.export}", args.export)
 
 
+def _network_settings(parser, args) -> dict:
+    """``backbone``, ``width`` and ``embedding_dim`` of the network the run trains: with
+    ``--init``, the init model's (config.json recorded the defaults, small and 16, whatever
+    the model was); a ``--backbone`` / ``--width`` that contradicts it is a usage error."""
+    from samri_ml.plates.train import TrainConfig, init_settings
+
+    found = init_settings(args.init) if args.init else {}
+    settings = {"embedding_dim": found.get("embedding_dim", TrainConfig.embedding_dim)}
+    for key in ("backbone", "width"):
+        given = getattr(args, key)
+        if given is not None and key in found and given != found[key]:
+            parser.error(f"--{key} {given}: --init {args.init} is a network of {key} "
+                         f"{found[key]} (fine-tuning keeps it); hint: leave --{key} out")
+        settings[key] = given if given is not None else found.get(key, getattr(TrainConfig, key))
+    return settings
+
+
 def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -192,8 +212,7 @@ def _main(argv=None) -> int:
         data_dir=args.data,
         out_dir=args.out,
         size=args.size,
-        backbone=args.backbone,
-        width=args.width,
+        **_network_settings(parser, args),
         loss=args.loss,
         batch_size=args.batch_size,
         iterations=args.iterations,

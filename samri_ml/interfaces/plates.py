@@ -175,7 +175,7 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
     ident = make_identifier(model, index, atlas_dir, variant=variant,
                             hemisections=hemisections, turn_uncertain=not upright)
     img = read_image(in_file)
-    res = ident.rank([img], regions=regions, any_orientation=any_orientation)[0]
+    res = ident.rank_read([img], regions=regions, any_orientation=any_orientation)[0]
     # the file name with its extension (fname_presuffix drops it): one output per input file
     name = os.path.join(out_dir, os.path.basename(in_file))
     out_json = f"{name}_plates.json"

@@ -37,6 +37,7 @@ from samri_ml.bids import DeferredInterrupt
 from samri_ml.masking import preprocess as pp
 from samri_ml.masking import synth
 from samri_ml.masking.predict import training_record_path
+from samri_ml.paths import interrupted_path
 
 
 @dataclass
@@ -614,12 +615,6 @@ def _finished_model(out_path: Path) -> bool:
     except (OSError, ValueError):
         return True
     return not (isinstance(summary, dict) and summary.get("interrupted"))
-
-
-def interrupted_path(out_path) -> Path:
-    """Where Ctrl-C saves a run whose OUT holds a finished model: ``OUT_interrupted.keras``."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.stem + "_interrupted" + out_path.suffix)
 
 
 def _save_interrupted(model, out_path, config, history, counts, t_start, what: str) -> None:

@@ -23,7 +23,7 @@ import math
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +211,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from samri_ml.errors import SamriMLError
     from samri_ml.models.siamese import LOSSES, build_embedding_net
 
+    if cfg.init:  # the network trained is the --init model's: config.json says so
+        cfg = replace(cfg, **init_settings(cfg.init))
     _set_seeds(cfg.seed)
     out = Path(cfg.out_dir)
     data = Path(cfg.data_dir)
@@ -413,6 +415,38 @@ def _write_files(folder: Path, writers: dict) -> None:
             write(tmp)
 
 
+#: what the name of a plate embedding model starts with (``plate_embedding_<backbone>``:
+#: :func:`samri_ml.models.siamese.build_embedding_net`, and ``_ensemble``)
+MODEL_PREFIX = "plate_embedding_"
+
+
+def init_settings(path) -> dict:
+    """The ``backbone``, ``width`` (small CNN) and ``embedding_dim`` of the plate embedding in
+    ``path``, read from the ``.keras`` archive's saved configuration (no TensorFlow): what a
+    run that starts from it (``--init``) trains, whatever its ``--backbone`` / ``--width``
+    defaults say. Settings it cannot tell are left out; ``{}`` for a file that is no readable
+    ``.keras`` archive (loading it names the cause)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))["config"]
+        name, layers = str(config.get("name", "")), list(config["layers"])
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, zipfile.BadZipFile):
+        return {}
+    if not name.startswith(MODEL_PREFIX):
+        return {}
+    out = {"backbone": name[len(MODEL_PREFIX):]}
+    by_name = {layer.get("config", {}).get("name"): layer for layer in layers}
+    if out["backbone"] == "small":  # its first convolution has ``width`` filters
+        conv = next((la for la in layers if la.get("class_name") == "Conv2D"), None)
+        if conv is not None:
+            out["width"] = int(conv["config"]["filters"])
+    if by_name.get("embedding", {}).get("class_name") == "Dense":
+        out["embedding_dim"] = int(by_name["embedding"]["config"]["units"])
+    return out
+
+
 def _load_init(path, size: int):
     """The ``--init`` model (:func:`load_embedding`), refused in one line where it is made
     for another input size than ``size``."""
@@ -491,9 +525,9 @@ def export_and_measure(
         ident = PlateIdentifier(tmp / "plates_embedding.keras", tmp / "plates_index.npz")
         for split, (paths, labels, imgs) in splits.items():
             check_labels(paths, labels, ident.plates)  # inside: a refused export writes nothing
-            ident.rank(imgs[:1])
+            ident.rank_read(imgs[:1])  # load_sections' images: made once (read_image)
             t0 = time.perf_counter()
-            res = ident.rank(imgs)
+            res = ident.rank_read(imgs)
             m = ranking_metrics([r["ranking"] for r in res], labels, time.perf_counter() - t0)
             out[split] = m
             if split == "val_1":  # the early-stopping split: how far a good match may lie
