@@ -1379,3 +1379,46 @@ def test_predict_mask_arguments_a_notebook_gives(phantom):
                               keras.layers.Dense(64)], name="embedding")
     with pytest.raises(SamriMLError, match=r"^model 'embedding': not a brain-masking model"):
         predict_mask(img, model=other)
+
+
+def test_average_of_an_interrupted_run_is_refused_and_an_unrecorded_one_noted(
+        tmp_path, capsys, tiny_slices, monkeypatch, sigint_as_in_a_terminal):
+    """--average-of took a member that Ctrl-C had saved after two epochs (its _training.json:
+    'interrupted') and averaged it in without a word. Now it is refused in one line, before
+    anything is written; a member without a _training.json (a model copied from elsewhere)
+    is averaged with a note that its run is unknown."""
+    import shutil
+    import warnings
+
+    finished, stopped = tmp_path / "m" / "out.keras", tmp_path / "s" / "out.keras"
+    assert _train_masker(tmp_path) == 0
+    with monkeypatch.context() as m:
+        _ctrl_c_at_epoch(m, 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            assert _train_masker_into(stopped, "0.1") == 130
+    assert json.loads(stopped.with_name("out_training.json").read_text())["interrupted"]
+    copied = tmp_path / "copied.keras"
+    shutil.copy(finished, copied)
+    capsys.readouterr()
+
+    from samri_ml.cli.train_masker import main
+
+    soup = tmp_path / "soup.keras"
+    assert main([str(soup), "--data-dir", str(tmp_path), "--average-of", str(finished),
+                 str(stopped)]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"samri_ml-train-masker: error: --average-of {stopped} is an interrupted run"), err
+    assert f"hint: finish its training (samri_ml-train-masker ... --init {stopped})" in err[0]
+    assert not soup.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert main([str(soup), "--data-dir", str(tmp_path), "--average-of", str(finished),
+                     str(copied)]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert (f"note: --average-of {copied} has no copied_training.json: whether its training "
+            "finished, and on which subjects, is unknown") in err, err
+    assert f"{finished} has no" not in err
+    assert json.loads(soup.with_name("soup_training.json").read_text())["average_of"] == [
+        str(finished), str(copied)]

@@ -604,16 +604,46 @@ def _kept(out_path: Path) -> str:
     return "nothing was saved"
 
 
+def training_state(model_path) -> str:
+    """What ``model_path``'s ``_training.json`` says of its run: ``"interrupted"`` (Ctrl-C
+    saved the best weights so far), ``"finished"`` (a finished run or an average) or
+    ``"unrecorded"`` (no readable record: a model copied there, or of another tool)."""
+    try:
+        summary = json.loads(training_record_path(model_path).read_text())
+    except (OSError, ValueError):
+        return "unrecorded"
+    if isinstance(summary, dict) and summary.get("interrupted"):
+        return "interrupted"
+    return "finished"
+
+
 def _finished_model(out_path: Path) -> bool:
     """Whether ``out_path`` holds a model that is no interrupted run's (a finished run, an
     average, a model copied there): one that Ctrl-C must not replace."""
-    if not out_path.is_file():
-        return False
-    try:
-        summary = json.loads(training_record_path(out_path).read_text())
-    except (OSError, ValueError):
-        return True
-    return not (isinstance(summary, dict) and summary.get("interrupted"))
+    return out_path.is_file() and training_state(out_path) != "interrupted"
+
+
+def check_members(member_paths) -> None:
+    """Refuse ``--average-of`` members that an interrupted run saved (their ``_training.json``
+    says so): their few epochs' weights pulled the average towards an unfinished model, without
+    a word (:func:`average` notes members without a record).
+
+    Raises
+    ------
+    SamriMLError
+        Naming the first interrupted member.
+    """
+    from samri_ml.errors import SamriMLError
+
+    for path in member_paths:
+        if not Path(path).is_file():
+            continue  # load_model says so
+        if training_state(path) == "interrupted":
+            raise SamriMLError(
+                f"--average-of {path} is an interrupted run (its _training.json says "
+                "'interrupted'): its weights are those of the epochs before Ctrl-C; hint: "
+                f"finish its training (samri_ml-train-masker ... --init {path}) or leave it "
+                "out")
 
 
 def interrupted_path(out_path) -> Path:
@@ -725,13 +755,17 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
 
     out_path = Path(out_path)
     t_start = time.time()
+    check_members(member_paths)
     # load_model refuses a missing file with one line, before TensorFlow starts
     members = [load_model(p) for p in member_paths]
     import keras
 
     model = average_weights(members, [str(p) for p in member_paths])  # before the data set
     for p in member_paths:
-        if why := split_note(p, config, "--average-of"):
+        if training_state(p) == "unrecorded":  # after the refusals: a note, not an error
+            _note(f"--average-of {p} has no {training_record_path(p).name}: whether its "
+                  "training finished, and on which subjects, is unknown")
+        elif why := split_note(p, config, "--average-of"):
             _note(why)
     _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
     val_groups = sorted(volumes)
