@@ -9,7 +9,8 @@ slices without brain are kept with probability ``empty_fraction`` (more often wh
 tissue, see :func:`volume_slices`).
 
 Split: ``sklearn.model_selection.train_test_split`` (90/10) over *subjects* (a dama subject with all
-the synthetic heads made from its brain; a whole scan otherwise), so no brain is seen in both
+the synthetic heads made from its brain; a lab's ``sub-<label>`` with all its scans under
+``scans``; a whole scan otherwise), so no brain is seen in both
 training and validation; the two 0.2 mm templates (one shared brain) always go to training. Sources listed in ``holdout`` are not used at
 all (leave-source-out evaluation).
 
@@ -76,6 +77,9 @@ class TrainConfig:
     background_min_brain: float = 0.0
     init_model: str = ""
     dataset_cache: str = ""
+    #: a lab's own scans with masks (:func:`~samri_ml.masking.data.lab_scans`) instead of the
+    #: shared data's
+    scans: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -123,8 +127,9 @@ def volume_slices(image, mask, rng, empty_fraction, tissue_boost=False, views=pp
 
 
 def scan_group(scan) -> str:
-    """Split group of a scan: its own name, but both 0.2 mm templates (one shared brain) together."""
-    return "templates" if scan.source == "templates" else scan.name
+    """Split group of a scan: its subject (a lab's ``sub-<label>``) or its own name, but both
+    0.2 mm templates (one shared brain) together."""
+    return "templates" if scan.source == "templates" else scan.subject or scan.name
 
 
 def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
@@ -132,12 +137,15 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
 
     ``volumes`` maps each validation group to its (image, mask) RAS volumes (for the 3D Dice).
     """
-    from samri_ml.masking.data import real_scans
+    from samri_ml.masking.data import lab_scans, real_scans
 
     rng = np.random.default_rng(config.seed)
-    scans = real_scans(
-        data_dir, cache_dir, skip=tuple(config.holdout), stripped_rim=config.stripped_rim
-    )
+    if config.scans:
+        scans = lab_scans(config.scans)
+    else:
+        scans = real_scans(
+            data_dir, cache_dir, skip=tuple(config.holdout), stripped_rim=config.stripped_rim
+        )
     # the templates are one shared brain, not a subject: always trained on; subjects are split
     subjects = [scan_group(s) for s in scans if s.source != "templates"]
     val_groups = set(split_groups(subjects, config.val_fraction, config.seed))
@@ -181,7 +189,8 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
 
 #: the :class:`TrainConfig` fields that define the data set (and its validation split)
 DATA_KEYS = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
-             "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction", "stripped_rim")  # fmt: skip
+             "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction", "stripped_rim",
+             "scans")  # fmt: skip
 
 
 #: the :class:`TrainConfig` fields that choose the validation subjects (:func:`split_groups`)
@@ -197,8 +206,8 @@ def split_note(model_path, config: TrainConfig, role: str) -> str | None:
         saved = json.loads(training_record_path(model_path).read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not isinstance(saved, dict):
-        return None
+    if not isinstance(saved, dict) or saved.get("scans", "") != config.scans:
+        return None  # (also) other scans: a lab's are none of the shared data's subjects
     here = json.loads(json.dumps({k: getattr(config, k) for k in SPLIT_KEYS}))
 
     def split_of(key, value):  # the templates are never split (always trained on)
@@ -252,11 +261,15 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     The cache is used only if it was built with the same data settings from the same scans
     (:func:`~samri_ml.masking.data.data_fingerprint` of ``data_dir``); else it is rebuilt.
     """
-    from samri_ml.masking.data import data_fingerprint
+    from samri_ml.masking.data import data_fingerprint, lab_scans_fingerprint
 
     settings = {k: getattr(config, k) for k in DATA_KEYS}
+    if not config.scans:
+        del settings["scans"]  # the caches of the shared data made before --scans still match
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
-    settings["data"] = data_fingerprint(data_dir)  # nor one of other scans
+    # nor one of other scans
+    settings["data"] = (lab_scans_fingerprint(config.scans) if config.scans
+                        else data_fingerprint(data_dir))
     settings["code"] = dataset_code_fingerprint()  # nor one that other code made
     settings = json.dumps(settings, sort_keys=True)
     path = dataset_cache_path(config.dataset_cache)
