@@ -1476,6 +1476,29 @@ def test_train_masker_on_a_labs_own_scans(tmp_path, lab_scans_dir, capsys):
     tuned_summary = json.loads(tuned.with_name("tuned_training.json").read_text())
     assert tuned_summary["config"]["init_model"] == str(out)
     assert tuned_summary["validation_groups"] == val  # the same --seed: the same animal
+    # evaluate-masker took --holdout's default (sammba, emory) for what such a model never
+    # saw and reported dama and the templates as seen in training; it saw none of them
+    from samri_ml.cli.evaluate_masker import main as evaluate
+
+    emory = tmp_path / "data" / "mri" / "scans" / "emory_templates"
+    emory.mkdir(parents=True)
+    sub = lab_scans_dir / "sub-02" / "anat"
+    nb.save(nb.load(sub / "sub-02_T2w.nii.gz"), emory / "mouseT2tmp.nii")
+    nb.save(nb.load(sub / "sub-02_desc-brain_mask.nii.gz"), emory / "mousebrainMask.nii")
+    for model in (out, tuned):
+        assert evaluate(["--model", str(model), "--data-dir", str(tmp_path / "data"),
+                         "--views", "coronal", "--json", str(tmp_path / "e.json")]) == 0
+        rows = json.loads((tmp_path / "e.json").read_text())
+        assert rows["held_out"] == ["dama", "sammba", "emory", "templates"]
+        assert {r["seen_in_training"] for r in rows["by_source"]} == {False}
+    # fine-tuned from the shipped model: what that one never saw
+    from samri_ml.cli.evaluate_masker import _held_out
+
+    shipped = default_model_path()
+    record = json.loads(shipped.with_name(shipped.stem + "_training.json").read_text())
+    tuned.with_name("tuned_training.json").write_text(json.dumps(
+        {"config": {**tuned_summary["config"], "init_model": str(shipped)}}))
+    assert _held_out(tuned) == record["config"]["holdout"]
 
 
 def _lab_copy(src, dst, drop=(), add=()):
