@@ -1379,3 +1379,175 @@ def test_predict_mask_arguments_a_notebook_gives(phantom):
                               keras.layers.Dense(64)], name="embedding")
     with pytest.raises(SamriMLError, match=r"^model 'embedding': not a brain-masking model"):
         predict_mask(img, model=other)
+
+
+def test_average_of_an_interrupted_run_is_refused_and_an_unrecorded_one_noted(
+        tmp_path, capsys, tiny_slices, monkeypatch, sigint_as_in_a_terminal):
+    """--average-of took a member that Ctrl-C had saved after two epochs (its _training.json:
+    'interrupted') and averaged it in without a word. Now it is refused in one line, before
+    anything is written; a member without a _training.json (a model copied from elsewhere)
+    is averaged with a note that its run is unknown."""
+    import shutil
+    import warnings
+
+    finished, stopped = tmp_path / "m" / "out.keras", tmp_path / "s" / "out.keras"
+    assert _train_masker(tmp_path) == 0
+    with monkeypatch.context() as m:
+        _ctrl_c_at_epoch(m, 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            assert _train_masker_into(stopped, "0.1") == 130
+    assert json.loads(stopped.with_name("out_training.json").read_text())["interrupted"]
+    copied = tmp_path / "copied.keras"
+    shutil.copy(finished, copied)
+    capsys.readouterr()
+
+    from samri_ml.cli.train_masker import main
+
+    soup = tmp_path / "soup.keras"
+    assert main([str(soup), "--data-dir", str(tmp_path), "--average-of", str(finished),
+                 str(stopped)]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"samri_ml-train-masker: error: --average-of {stopped} is an interrupted run"), err
+    assert f"hint: finish its training (samri_ml-train-masker ... --init {stopped})" in err[0]
+    assert not soup.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert main([str(soup), "--data-dir", str(tmp_path), "--average-of", str(finished),
+                     str(copied)]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert (f"note: --average-of {copied} has no copied_training.json: whether its training "
+            "finished, and on which subjects, is unknown") in err, err
+    assert f"{finished} has no" not in err
+    assert json.loads(soup.with_name("soup_training.json").read_text())["average_of"] == [
+        str(finished), str(copied)]
+
+
+@pytest.fixture(scope="module")
+def lab_scans_dir(tmp_path_factory):
+    """A lab's own scans as ``--scans`` reads them: three phantom mice (about 65x96x50 T2w), each
+    ``sub-0N/anat/sub-0N_T2w.nii.gz`` with ``sub-0N_desc-brain_mask.nii.gz`` beside it, and
+    sub-01's one-volume EPI with its own mask (a second scan of one animal)."""
+    from samri_ml.example import make_subject, make_template
+
+    root = tmp_path_factory.mktemp("lab")
+    tpl = make_template(0, supersample=1)
+    for i in (1, 2, 3):
+        subject = make_subject(tpl, [0, i], n_volumes=1)
+        anat = root / f"sub-0{i}" / "anat"
+        anat.mkdir(parents=True)
+        nb.save(subject["T2w"], anat / f"sub-0{i}_T2w.nii.gz")
+        nb.save(subject["mask"], anat / f"sub-0{i}_desc-brain_mask.nii.gz")
+        if i == 1:
+            nb.save(subject["bold"], anat / "sub-01_task-rest_bold.nii.gz")
+            nb.save(subject["func_mask"], anat / "sub-01_task-rest_desc-brain_mask.nii.gz")
+    return root
+
+
+def test_train_masker_on_a_labs_own_scans(tmp_path, lab_scans_dir, capsys):
+    """Labs could not train or fine-tune the masker on their own scans (only the shared
+    data's layout was read). ``--scans DIR`` trains on BIDS-like image/mask pairs with no
+    shared data at all, keeps each animal's scans on one side of the validation split, and
+    ``--init`` fine-tunes the result on them (reusing the data set cache of the same scans)."""
+    from samri_ml.cli.train_masker import main
+
+    short = ["--width", "2", "--epochs-plain", "1", "--epochs-augmented", "0",
+             "--steps-per-epoch", "2", "--batch-size", "4", "--views", "coronal",
+             "--scans", str(lab_scans_dir), "--data-dir", str(tmp_path / "no shared data"),
+             "--dataset-cache", str(tmp_path / "ds.npz")]
+    out = tmp_path / "lab.keras"
+    assert main([str(out), *short]) == 0, capsys.readouterr().err
+    summary = json.loads(out.with_name("lab_training.json").read_text())
+    assert summary["config"]["scans"] == str(lab_scans_dir.resolve())
+    val = summary["validation_groups"]
+    assert len(val) == 1 and val[0] in ("sub-01", "sub-02", "sub-03"), val
+    # all of the validation animal's scans (sub-01: its T2w and its EPI), each with a Dice
+    n_scans = 2 if val == ["sub-01"] else 1
+    assert sorted(summary["validation_dice"]) == [f"{val[0]}#{i}" for i in range(n_scans)]
+    assert all(0 <= d <= 1 for d in summary["validation_dice"].values())
+    n_val = summary["n_val_slices"]
+    assert 0 < n_val < summary["n_slices"]
+    tuned = tmp_path / "tuned.keras"
+    assert main([str(tuned), *short, "--init", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "trained on another split" not in err
+    assert f"data set read from {tmp_path / 'ds.npz'}" in err  # the same scans: reused
+    tuned_summary = json.loads(tuned.with_name("tuned_training.json").read_text())
+    assert tuned_summary["config"]["init_model"] == str(out)
+    assert tuned_summary["validation_groups"] == val  # the same --seed: the same animal
+    # evaluate-masker took --holdout's default (sammba, emory) for what such a model never
+    # saw and reported dama and the templates as seen in training; it saw none of them
+    from samri_ml.cli.evaluate_masker import main as evaluate
+
+    emory = tmp_path / "data" / "mri" / "scans" / "emory_templates"
+    emory.mkdir(parents=True)
+    sub = lab_scans_dir / "sub-02" / "anat"
+    nb.save(nb.load(sub / "sub-02_T2w.nii.gz"), emory / "mouseT2tmp.nii")
+    nb.save(nb.load(sub / "sub-02_desc-brain_mask.nii.gz"), emory / "mousebrainMask.nii")
+    for model in (out, tuned):
+        assert evaluate(["--model", str(model), "--data-dir", str(tmp_path / "data"),
+                         "--views", "coronal", "--json", str(tmp_path / "e.json")]) == 0
+        rows = json.loads((tmp_path / "e.json").read_text())
+        assert rows["held_out"] == ["dama", "sammba", "emory", "templates"]
+        assert {r["seen_in_training"] for r in rows["by_source"]} == {False}
+    # fine-tuned from the shipped model: what that one never saw
+    from samri_ml.cli.evaluate_masker import _held_out
+
+    shipped = default_model_path()
+    record = json.loads(shipped.with_name(shipped.stem + "_training.json").read_text())
+    tuned.with_name("tuned_training.json").write_text(json.dumps(
+        {"config": {**tuned_summary["config"], "init_model": str(shipped)}}))
+    assert _held_out(tuned) == record["config"]["holdout"]
+
+
+def _lab_copy(src, dst, drop=(), add=()):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*drop))
+    for name, img in add:
+        nb.save(img, dst / name)
+    return dst
+
+
+@pytest.mark.parametrize("case", ["unpaired image", "unpaired mask", "other grid",
+                                  "empty mask", "one subject", "no masks"])
+def test_train_masker_refuses_lab_scans_it_cannot_pair(tmp_path, lab_scans_dir, capsys, case):
+    """An image without its mask, a mask without its image, a mask of another grid, an empty
+    mask, one animal (no validation split), or a folder without masks: one line naming the
+    file and the fix, exit 1, nothing written."""
+    from samri_ml.cli.train_masker import main
+
+    mask = nb.load(lab_scans_dir / "sub-02" / "anat" / "sub-02_desc-brain_mask.nii.gz")
+    grid = np.asarray(mask.dataobj)
+    anat = tmp_path / "lab" / "sub-02" / "anat"
+    name = "sub-02_desc-brain_mask.nii.gz"
+    setups = {
+        "unpaired image": ({"drop": [name]},
+                           f"{anat / 'sub-02_T2w.nii.gz'} has no mask beside it; hint: put "
+                           f"its mask there as sub-02_desc-brain_mask.nii.gz"),
+        "unpaired mask": ({"drop": ["sub-02_T2w.nii.gz"]},
+                          f"{anat / name} has no image beside it; hint: put its image there "
+                          "as sub-02_<suffix>.nii.gz"),
+        "other grid": ({"drop": [name], "add": [(f"sub-02/anat/{name}", nb.Nifti1Image(
+                         grid[:, :-4], mask.affine))]},
+                       f"{anat / name} ({'x'.join(map(str, grid[:, :-4].shape))}) is not on "
+                       f"the grid of {anat / 'sub-02_T2w.nii.gz'} "
+                       f"({'x'.join(map(str, grid.shape))})"),
+        "empty mask": ({"drop": [name], "add": [(f"sub-02/anat/{name}", nb.Nifti1Image(
+                         np.zeros_like(grid), mask.affine))]},
+                       f"{anat / name} is empty (no voxel above 0.5)"),
+        "one subject": ({"drop": ["sub-01", "sub-03"]},
+                        "scans of one subject (sub-02); the validation split needs two"),
+        "no masks": ({"drop": ["*_mask.nii.gz"]}, "no brain masks (*_desc-brain_mask.nii.gz)"),
+    }
+    kwargs, words = setups[case]
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab", **kwargs)
+    out = tmp_path / "m.keras"
+    assert main([str(out), "--width", "2", "--epochs-plain", "1", "--epochs-augmented", "0",
+                 "--steps-per-epoch", "1", "--batch-size", "2", "--scans", str(lab)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    # all but the empty mask (its voxels are read with the data set) before TensorFlow starts
+    assert err[-1].startswith("samri_ml-train-masker: error: --scans") and words in err[-1], err
+    assert len(err) == 1 or case == "empty mask", err
+    assert not out.exists()

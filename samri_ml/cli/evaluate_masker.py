@@ -81,11 +81,18 @@ def _held_out(model_path: Path) -> list[str] | None:
     if not info.is_file():
         return None
     try:
-        return list(json.loads(info.read_text())["config"]["holdout"])
+        config = json.loads(info.read_text())["config"]
+        holdout = list(config["holdout"])
     except (OSError, ValueError, KeyError, TypeError) as err:  # a bare KeyError: 'config'
         raise SamriMLError(f"{info}: not a training record samri_ml-train-masker wrote (no "
                            f"config.holdout: {err!r}); hint: give the sources the model never "
                            "saw with --held-out") from None
+    if config.get("scans"):
+        # trained on a lab's own scans (--scans), where --holdout does not apply: the shared
+        # sources were all unseen, unless it started from a model that saw them (--init)
+        init = config.get("init_model")
+        return _held_out(Path(init)) if init else list(SOURCES)
+    return holdout
 
 
 def phantom_scans(seed: int = 0):

@@ -44,6 +44,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="model file to write (.keras)")
     add_masker_data_options(p)
     p.add_argument(
+        "--scans",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="train on your own scans instead of the shared data: each "
+        "<entities>_desc-brain_mask.nii.gz under DIR beside its image <entities>_<suffix>.nii.gz "
+        "(e.g. sub-01_T2w.nii.gz); an animal's scans (sub-<label>) stay on one side of the "
+        "validation split; --holdout and the synthetic heads do not apply",
+    )
+    p.add_argument(
         "--holdout",
         nargs="*",
         default=list(d.holdout),
@@ -168,7 +178,10 @@ def _main(argv=None) -> int:
 
     if args.epochs_plain == 0 and args.epochs_augmented == 0 and not args.average_of:
         parser.error("--epochs-plain and --epochs-augmented are both 0: nothing to train")
-    if "dama" in args.holdout:
+    if args.scans is not None and not args.scans.is_dir():
+        parser.error(f"--scans {args.scans}: not a folder; hint: give the folder that holds "
+                     "the scans and their *_desc-brain_mask.nii.gz")
+    if "dama" in args.holdout and args.scans is None:
         # sammba's two scans are one brain, emory's two one template: without dama the split
         # is empty (scikit-learn's ValueError after the data set) or puts a brain on both sides
         parser.error("--holdout dama: the validation subjects are drawn from dama (sammba's "
@@ -192,9 +205,14 @@ def _main(argv=None) -> int:
 
         check_output_dir(parser, f"--dataset-cache {args.dataset_cache}",
                          dataset_cache_path(args.dataset_cache).parent)
-    data_dir = existing_data_dir(args.data_dir)
+    # a lab's own scans need no shared data
+    data_dir = existing_data_dir(args.data_dir) if args.scans is None else args.data_dir
     if args.out.suffix != ".keras":
         raise SamriMLError(f"{args.out}: the model file must end in .keras")
+    if args.scans is not None:  # the pairs by name and header, before TensorFlow starts
+        from samri_ml.masking.data import lab_pairs
+
+        lab_pairs(args.scans)
     if args.init and not args.init.is_file():  # before the data set is built
         raise SamriMLError(f"--init {args.init}: model file not found; hint: give the path "
                            "of a .keras file")
@@ -210,7 +228,7 @@ def _main(argv=None) -> int:
         crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,
         stripped_rim=args.stripped_rim, intensity_augment=args.intensity_augment,
         background_augment=args.background_augment,
-        background_min_brain=args.background_min_brain,
+        background_min_brain=args.background_min_brain, scans=str(args.scans.resolve()) if args.scans else "",
     )  # fmt: skip
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if not args.average_of:

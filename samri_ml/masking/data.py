@@ -14,6 +14,9 @@ emory           T2 template and EPI template (voxel sizes 10x)         template 
 templates       DSURQE MRI average, Allen two-photon average, 0.2 mm   template masks
 ==============  =====================================================  =========================
 
+A lab's own scans with masks (``samri_ml-train-masker --scans DIR``) are read by
+:func:`lab_scans` instead (BIDS-like pairs, ``*_T2w.nii.gz`` beside ``*_desc-brain_mask.nii.gz``).
+
 Registration-derived masks (the seed's way of labelling: register, then take the template mask back
 to native space) are computed with ANTs (antspyx) by :func:`register_mask` and cached in a folder. The nirodents
 T2w head is not listed: registering the DSURQE template to it (SyN, metric masked by the dilated template
@@ -56,6 +59,9 @@ class Scan:
     label_origin: str
     labels: np.ndarray | None = field(default=None, repr=False)
     path: str = ""
+    #: the animal (a lab's ``sub-<label>``): its scans stay on one side of the validation split;
+    #: empty where the scan is one animal (its ``name``)
+    subject: str = ""
 
 
 def _load_ras(path, *, mean4d=True):
@@ -190,18 +196,23 @@ def data_fingerprint(data_dir=None) -> str:
     ``scans/`` and ``templates/`` folders :func:`real_scans` reads (links followed): the data
     part of a data set cache's key. A cache built from other scans (another ``--data-dir``, a
     scan added, replaced or removed) was read back as if it were of these."""
+    return _files_fingerprint(_mri_dir(data_dir), ("scans", "templates"))
+
+
+def _files_fingerprint(root: Path, folders) -> str:
+    """sha256 of the paths (relative to ``root``), sizes and modification times of the files
+    under ``root``'s ``folders``."""
     import hashlib
 
-    mri = _mri_dir(data_dir)
     digest = hashlib.sha256()
-    for sub in ("scans", "templates"):
-        for path in sorted((mri / sub).rglob("*")):
+    for sub in folders:
+        for path in sorted((root / sub).rglob("*")):
             try:
                 st = path.stat()
             except OSError:  # a dangling link: no scan
                 continue
             if path.is_file():
-                rel = path.relative_to(mri).as_posix()
+                rel = path.relative_to(root).as_posix()
                 digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -304,3 +315,118 @@ def real_scans(
         register_mask(moving, fixed, fmask, out, transform=transform, initial=initial)
         add(name, source, moving, out, origin)
     return scans
+
+
+#: the name ending of a brain mask among a lab's scans (what ``samri_ml-register`` writes; the
+#: name to give ``samri_ml-mask``'s output): ``<entities>_desc-brain_mask.nii[.gz]``
+LAB_MASK_SUFFIX = "_desc-brain_mask"
+
+
+def _nifti_stem(path: Path) -> str | None:
+    """``path``'s name without ``.nii``/``.nii.gz``; None for a file that is no NIfTI."""
+    for ext in (".nii.gz", ".nii"):
+        if path.name.endswith(ext):
+            return path.name[: -len(ext)]
+    return None
+
+
+def lab_pairs(folder) -> list[tuple[Path, Path, str]]:
+    """A lab's own training scans under ``folder`` as ``(image, mask, subject)``, from the
+    file names and headers alone (checked before TensorFlow starts and the data set is built).
+
+    Each ``<entities>_desc-brain_mask.nii[.gz]`` (any depth) pairs with the images beside it
+    that have its entities and one suffix more (``sub-01_ses-1_T2w.nii.gz`` for
+    ``sub-01_ses-1_desc-brain_mask.nii.gz``; a T1w beside it shares the mask). Images are the
+    NIfTIs without a ``desc-`` entity that are no ``_mask``, ``_dseg`` or ``_probseg``. The
+    subject is the ``sub-<label>`` of the name (else of a folder above it; else the scan is one
+    animal), so all of an animal's scans stay on one side of the validation split.
+
+    Raises
+    ------
+    SamriMLError
+        For a folder without masks, an image without a mask (or a mask without an image), a
+        mask of another grid than its image, or scans of one subject: each names the file.
+    """
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SamriMLError(f"--scans {folder}: folder not found")
+    niftis = {}
+    for path in sorted(folder.rglob("*.nii*")):
+        stem = _nifti_stem(path)
+        if stem is not None and path.is_file() and not path.name.startswith("."):
+            niftis[path] = stem
+    masks = {p: s[: -len(LAB_MASK_SUFFIX)] for p, s in niftis.items()
+             if s.endswith(LAB_MASK_SUFFIX)}
+    # images: the NIfTIs with no desc- entity (derivatives: masks, brains, segmentations)
+    images = {p: s for p, s in niftis.items()
+              if "_desc-" not in f"_{s}" and not s.endswith(("_mask", "_dseg", "_probseg"))}
+    if not masks:
+        raise SamriMLError(f"--scans {folder}: no brain masks (*{LAB_MASK_SUFFIX}.nii.gz) "
+                           "found; hint: name each scan's mask like its image with "
+                           f"'{LAB_MASK_SUFFIX}' for the suffix, e.g. sub-01_T2w.nii.gz and "
+                           f"sub-01{LAB_MASK_SUFFIX}.nii.gz")
+    pairs = []
+    for image, stem in images.items():
+        prefix = stem.rsplit("_", 1)[0] if "_" in stem else ""
+        mask = next((m for m, p in masks.items() if m.parent == image.parent and p == prefix),
+                    None)
+        if mask is None:
+            raise SamriMLError(f"--scans: {image} has no mask beside it; hint: put its mask "
+                               f"there as {prefix or stem}{LAB_MASK_SUFFIX}.nii.gz, or move "
+                               "the image out of the folder")
+        img, msk = nb.load(image), nb.load(mask)  # headers only
+        if img.shape[:3] != msk.shape[:3] or not np.allclose(img.affine, msk.affine,
+                                                             atol=1e-3):
+            raise SamriMLError(
+                f"--scans: {mask} ({'x'.join(map(str, msk.shape))}) is not on the grid of "
+                f"{image} ({'x'.join(map(str, img.shape))}); hint: resample the mask to the "
+                "image (nearest neighbour), or mask it again with samri_ml-mask")
+        subject = next((e for e in stem.split("_") if e.startswith("sub-")), None)
+        if subject is None:
+            subject = next((d.name for d in image.relative_to(folder).parents
+                            if d.name.startswith("sub-")), stem)
+        pairs.append((image, mask, subject))
+    used = {m for _, m, _ in pairs}
+    for mask in masks:
+        if mask not in used:
+            raise SamriMLError(f"--scans: {mask} has no image beside it; hint: put its image "
+                               f"there as {masks[mask]}_<suffix>.nii.gz (e.g. _T2w)")
+    subjects = sorted({s for _, _, s in pairs})
+    if len(subjects) < 2:
+        raise SamriMLError(f"--scans {folder}: scans of one subject ({subjects[0]}); the "
+                           "validation split needs two at least; hint: add another animal's "
+                           "scans (named sub-<label>_...)")
+    return pairs
+
+
+def lab_scans(folder) -> list[Scan]:
+    """The scans of :func:`lab_pairs`, loaded (RAS; a 4D series as its temporal mean).
+
+    Raises
+    ------
+    SamriMLError
+        Besides :func:`lab_pairs`' errors, for an empty mask (naming it).
+    """
+    from samri_ml.errors import SamriMLError
+
+    folder = Path(folder)
+    scans = []
+    for image, mask, subject in lab_pairs(folder):
+        data, zooms = _load_ras(image)
+        brain = _load_ras(mask)[0] > 0.5
+        if not brain.any():
+            raise SamriMLError(f"--scans: {mask} is empty (no voxel above 0.5); hint: give "
+                               "the image's brain mask, 1 inside the brain")
+        scans.append(Scan(image.relative_to(folder).as_posix(), "scans", data, brain, zooms,
+                          "given", path=str(image), subject=subject))
+    return scans
+
+
+def lab_scans_fingerprint(folder) -> str:
+    """The data part of a data set cache's key for ``--scans`` (:func:`lab_scans`): the
+    files under ``folder``, as :func:`data_fingerprint` for the shared data."""
+    return _files_fingerprint(Path(folder), (".",))

@@ -9,7 +9,8 @@ slices without brain are kept with probability ``empty_fraction`` (more often wh
 tissue, see :func:`volume_slices`).
 
 Split: ``sklearn.model_selection.train_test_split`` (90/10) over *subjects* (a dama subject with all
-the synthetic heads made from its brain; a whole scan otherwise), so no brain is seen in both
+the synthetic heads made from its brain; a lab's ``sub-<label>`` with all its scans under
+``scans``; a whole scan otherwise), so no brain is seen in both
 training and validation; the two 0.2 mm templates (one shared brain) always go to training. Sources listed in ``holdout`` are not used at
 all (leave-source-out evaluation).
 
@@ -77,6 +78,9 @@ class TrainConfig:
     background_min_brain: float = 0.0
     init_model: str = ""
     dataset_cache: str = ""
+    #: a lab's own scans with masks (:func:`~samri_ml.masking.data.lab_scans`) instead of the
+    #: shared data's
+    scans: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -124,8 +128,9 @@ def volume_slices(image, mask, rng, empty_fraction, tissue_boost=False, views=pp
 
 
 def scan_group(scan) -> str:
-    """Split group of a scan: its own name, but both 0.2 mm templates (one shared brain) together."""
-    return "templates" if scan.source == "templates" else scan.name
+    """Split group of a scan: its subject (a lab's ``sub-<label>``) or its own name, but both
+    0.2 mm templates (one shared brain) together."""
+    return "templates" if scan.source == "templates" else scan.subject or scan.name
 
 
 def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print):
@@ -133,12 +138,15 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
 
     ``volumes`` maps each validation group to its (image, mask) RAS volumes (for the 3D Dice).
     """
-    from samri_ml.masking.data import real_scans
+    from samri_ml.masking.data import lab_scans, real_scans
 
     rng = np.random.default_rng(config.seed)
-    scans = real_scans(
-        data_dir, cache_dir, skip=tuple(config.holdout), stripped_rim=config.stripped_rim
-    )
+    if config.scans:
+        scans = lab_scans(config.scans)
+    else:
+        scans = real_scans(
+            data_dir, cache_dir, skip=tuple(config.holdout), stripped_rim=config.stripped_rim
+        )
     # the templates are one shared brain, not a subject: always trained on; subjects are split
     subjects = [scan_group(s) for s in scans if s.source != "templates"]
     val_groups = set(split_groups(subjects, config.val_fraction, config.seed))
@@ -182,7 +190,8 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
 
 #: the :class:`TrainConfig` fields that define the data set (and its validation split)
 DATA_KEYS = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction", "val_fraction",
-             "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction", "stripped_rim")  # fmt: skip
+             "seed", "snout_neck", "views", "crops_per_scan", "crop_fraction", "stripped_rim",
+             "scans")  # fmt: skip
 
 
 #: the :class:`TrainConfig` fields that choose the validation subjects (:func:`split_groups`)
@@ -198,8 +207,8 @@ def split_note(model_path, config: TrainConfig, role: str) -> str | None:
         saved = json.loads(training_record_path(model_path).read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not isinstance(saved, dict):
-        return None
+    if not isinstance(saved, dict) or saved.get("scans", "") != config.scans:
+        return None  # (also) other scans: a lab's are none of the shared data's subjects
     here = json.loads(json.dumps({k: getattr(config, k) for k in SPLIT_KEYS}))
 
     def split_of(key, value):  # the templates are never split (always trained on)
@@ -253,11 +262,15 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     The cache is used only if it was built with the same data settings from the same scans
     (:func:`~samri_ml.masking.data.data_fingerprint` of ``data_dir``); else it is rebuilt.
     """
-    from samri_ml.masking.data import data_fingerprint
+    from samri_ml.masking.data import data_fingerprint, lab_scans_fingerprint
 
     settings = {k: getattr(config, k) for k in DATA_KEYS}
+    if not config.scans:
+        del settings["scans"]  # the caches of the shared data made before --scans still match
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
-    settings["data"] = data_fingerprint(data_dir)  # nor one of other scans
+    # nor one of other scans
+    settings["data"] = (lab_scans_fingerprint(config.scans) if config.scans
+                        else data_fingerprint(data_dir))
     settings["code"] = dataset_code_fingerprint()  # nor one that other code made
     settings = json.dumps(settings, sort_keys=True)
     path = dataset_cache_path(config.dataset_cache)
@@ -605,16 +618,46 @@ def _kept(out_path: Path) -> str:
     return "nothing was saved"
 
 
+def training_state(model_path) -> str:
+    """What ``model_path``'s ``_training.json`` says of its run: ``"interrupted"`` (Ctrl-C
+    saved the best weights so far), ``"finished"`` (a finished run or an average) or
+    ``"unrecorded"`` (no readable record: a model copied there, or of another tool)."""
+    try:
+        summary = json.loads(training_record_path(model_path).read_text())
+    except (OSError, ValueError):
+        return "unrecorded"
+    if isinstance(summary, dict) and summary.get("interrupted"):
+        return "interrupted"
+    return "finished"
+
+
 def _finished_model(out_path: Path) -> bool:
     """Whether ``out_path`` holds a model that is no interrupted run's (a finished run, an
     average, a model copied there): one that Ctrl-C must not replace."""
-    if not out_path.is_file():
-        return False
-    try:
-        summary = json.loads(training_record_path(out_path).read_text())
-    except (OSError, ValueError):
-        return True
-    return not (isinstance(summary, dict) and summary.get("interrupted"))
+    return out_path.is_file() and training_state(out_path) != "interrupted"
+
+
+def check_members(member_paths) -> None:
+    """Refuse ``--average-of`` members that an interrupted run saved (their ``_training.json``
+    says so): their few epochs' weights pulled the average towards an unfinished model, without
+    a word (:func:`average` notes members without a record).
+
+    Raises
+    ------
+    SamriMLError
+        Naming the first interrupted member.
+    """
+    from samri_ml.errors import SamriMLError
+
+    for path in member_paths:
+        if not Path(path).is_file():
+            continue  # load_model says so
+        if training_state(path) == "interrupted":
+            raise SamriMLError(
+                f"--average-of {path} is an interrupted run (its _training.json says "
+                "'interrupted'): its weights are those of the epochs before Ctrl-C; hint: "
+                f"finish its training (samri_ml-train-masker ... --init {path}) or leave it "
+                "out")
 
 
 def _save_interrupted(model, out_path, config, history, counts, t_start, what: str) -> None:
@@ -720,13 +763,17 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
 
     out_path = Path(out_path)
     t_start = time.time()
+    check_members(member_paths)
     # load_model refuses a missing file with one line, before TensorFlow starts
     members = [load_model(p) for p in member_paths]
     import keras
 
     model = average_weights(members, [str(p) for p in member_paths])  # before the data set
     for p in member_paths:
-        if why := split_note(p, config, "--average-of"):
+        if training_state(p) == "unrecorded":  # after the refusals: a note, not an error
+            _note(f"--average-of {p} has no {training_record_path(p).name}: whether its "
+                  "training finished, and on which subjects, is unknown")
+        elif why := split_note(p, config, "--average-of"):
             _note(why)
     _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
     val_groups = sorted(volumes)
