@@ -1551,3 +1551,23 @@ def test_train_masker_refuses_lab_scans_it_cannot_pair(tmp_path, lab_scans_dir, 
     assert err[-1].startswith("samri_ml-train-masker: error: --scans") and words in err[-1], err
     assert len(err) == 1 or case == "empty mask", err
     assert not out.exists()
+
+
+def test_train_masker_says_shared_data_options_do_nothing_with_scans(tmp_path, lab_scans_dir,
+                                                                      capsys):
+    """--holdout, the synthetic heads' options and the shared data's folders did nothing
+    with --scans, without a word (a lab asking for --synth-per-dama 8 got none); they are
+    now named in one note before the run (here refused at once: one animal)."""
+    from samri_ml.cli.train_masker import main
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab", drop=["sub-01", "sub-03"])
+    argv = [str(tmp_path / "m.keras"), "--width", "2", "--epochs-plain", "1",
+            "--epochs-augmented", "0", "--steps-per-epoch", "1", "--batch-size", "2",
+            "--scans", str(lab)]
+    assert main([*argv, "--holdout", "sammba", "--synth-per-dama", "8", "--snout-neck"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == ("samri_ml-train-masker: note: --holdout, --synth-per-dama, --snout-neck "
+                      "left out: with --scans the data set is your scans alone (no shared "
+                      "data, no synthetic heads)"), err
+    assert main(argv) == 1  # the defaults: no note
+    assert not [line for line in capsys.readouterr().err.splitlines() if "note:" in line]

@@ -181,6 +181,19 @@ def _main(argv=None) -> int:
     if args.scans is not None and not args.scans.is_dir():
         parser.error(f"--scans {args.scans}: not a folder; hint: give the folder that holds "
                      "the scans and their *_desc-brain_mask.nii.gz")
+    if args.scans is not None:
+        # options of the shared data's sources: given with --scans they did nothing, unsaid
+        unused = [opt for opt, dest in (("--holdout", "holdout"),
+                                        ("--synth-per-dama", "synth_per_dama"),
+                                        ("--synth-per-template", "synth_per_template"),
+                                        ("--snout-neck", "snout_neck"),
+                                        ("--stripped-rim", "stripped_rim"),
+                                        ("--data-dir", "data_dir"),
+                                        ("--cache-dir", "cache_dir"))
+                  if getattr(args, dest) != parser.get_default(dest)]
+        if unused:
+            print(f"{PROG}: note: {', '.join(unused)} left out: with --scans the data set is "
+                  f"your scans alone (no shared data, no synthetic heads)", file=sys.stderr)
     if "dama" in args.holdout and args.scans is None:
         # sammba's two scans are one brain, emory's two one template: without dama the split
         # is empty (scikit-learn's ValueError after the data set) or puts a brain on both sides
