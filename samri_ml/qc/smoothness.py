@@ -8,8 +8,9 @@ correlation. This module estimates that FWHM without AFNI:
 1. **Mask**: an automask of the (temporal mean) image (:func:`automask`: half the median of
    the voxels above Otsu's threshold, largest component, holes filled), or a given mask.
 2. **Detrending** (4D): each voxel's time series is detrended with Legendre polynomials
-   (:func:`detrend`), like ``3dFWHMx -detrend``; each volume is then estimated on its own and the
-   estimates averaged.
+   (:func:`detrend`), like ``3dFWHMx -detrend``; each volume is then estimated on its own and,
+   per axis, the estimates combined by their geometric mean, as ``3dFWHMx`` does by default
+   (its ``-geom``; :func:`geometric_mean`).
 3. **Classic FWHM** per axis from first differences (:func:`classic_fwhm`), as ``3dFWHMx``
    without ``-acf``, by default modelling the Gaussian kernel as sampled on the voxel grid
    (``kernel="continuous"`` gives AFNI's formula; they differ below ~2 voxels FWHM).
@@ -310,16 +311,28 @@ def classic_fwhm(
     return _fwhm_from_rho(rho, voxel_sizes, kernel)
 
 
-def combine_fwhm(per_axis) -> float:
-    """Combined FWHM: geometric mean of the valid per-axis values.
+def geometric_mean(values) -> float:
+    """Geometric mean of the valid (finite, positive) values; ``nan`` where there are none.
 
-    .. math:: \\mathrm{FWHM} = \\Big(\\prod_{i \\in \\mathrm{valid}} \\mathrm{FWHM}_i\\Big)^{1/n}
+    .. math:: G = \\Big(\\prod_{k \\in \\mathrm{valid}} v_k\\Big)^{1/n}
+
+    3dFWHMx's default (``-geom``) both for the sub-bricks' estimates along one axis and for the
+    three axes' means; like it, a value that is not positive (an axis without neighbours, a
+    lag-1 correlation of 0 or less: ``nan`` here) is left out rather than counted as 0.
     """
-    vals = np.asarray(per_axis, dtype=float)
+    vals = np.asarray(values, dtype=float).ravel()
     vals = vals[np.isfinite(vals) & (vals > 0)]
     if vals.size == 0:
         return float("nan")
     return float(np.exp(np.mean(np.log(vals))))
+
+
+def combine_fwhm(per_axis) -> float:
+    """Combined FWHM: geometric mean of the valid per-axis values (:func:`geometric_mean`).
+
+    .. math:: \\mathrm{FWHM} = \\Big(\\prod_{i \\in \\mathrm{valid}} \\mathrm{FWHM}_i\\Big)^{1/n}
+    """
+    return geometric_mean(per_axis)
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,7 +492,8 @@ class Smoothness:
         that, applied to white noise, gives the measured first-difference statistics. Used for
         the SCF.
     fwhm_axes : tuple of 3 floats
-        Classic FWHM along the three voxel axes (mean over volumes for 4D data).
+        Classic FWHM along the three voxel axes (for 4D data the geometric mean over volumes,
+        as 3dFWHMx's default ``-geom``).
     acf_params : tuple (a, b, c) or None
         Fitted ACF model parameters (b and c in mm), or None when ``acf=False``.
     acf_fwhm : float
@@ -525,9 +539,11 @@ def estimate_smoothness(
        else all voxels;
     2. 4D: each voxel's series is detrended (:func:`detrend`, order ``detrend_order``, default
        :func:`default_detrend_order`); 3D: the mask mean is removed;
-    3. per volume, the classic per-axis FWHM (:func:`classic_fwhm`); 4D estimates are averaged over
-       volumes: :math:`\\mathrm{FWHM}_i = \\frac{1}{T}\\sum_t \\mathrm{FWHM}_{i,t}`;
-       combined :math:`\\mathrm{FWHM} = (\\prod_i \\mathrm{FWHM}_i)^{1/3}`;
+    3. per volume, the classic per-axis FWHM (:func:`classic_fwhm`); 4D estimates are combined
+       over volumes by their geometric mean, as 3dFWHMx does by default (``-geom``):
+       :math:`\\mathrm{FWHM}_i = (\\prod_t \\mathrm{FWHM}_{i,t})^{1/T}`;
+       combined :math:`\\mathrm{FWHM} = (\\prod_i \\mathrm{FWHM}_i)^{1/3}` (both over the valid
+       values only, :func:`geometric_mean`);
     4. if ``acf``: the empirical ACF pooled over (up to ``max_acf_volumes`` evenly spaced) volumes
        out to ``acf_radius`` (default 2.5 x the classic FWHM, at least 3 voxels), the model
        :math:`a e^{-r^2/(2b^2)} + (1-a) e^{-r/c}` fitted and its FWHM
@@ -597,10 +613,9 @@ def estimate_smoothness(
         return v
 
     per_vol = _fwhm_from_rho(_lag1_series(series, m), vox, kernel)  # (3, T)
-    axes = tuple(
-        float(np.mean(row[np.isfinite(row)])) if np.isfinite(row).any() else float("nan")
-        for row in per_vol
-    )
+    # 3dFWHMx's default -geom: the geometric mean over volumes (it was the arithmetic mean, while
+    # the docs said 3dFWHMx; the arithmetic is 3dFWHMx -arith, which also averages the axes so)
+    axes = tuple(geometric_mean(row) for row in per_vol)
     fwhm = combine_fwhm(axes)
     result = Smoothness(fwhm=fwhm, fwhm_axes=axes, n_voxels=n_vox, n_volumes=n_t)
     if acf:
