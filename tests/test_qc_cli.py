@@ -381,7 +381,8 @@ def test_a_closed_stdout_does_not_cost_the_json_or_the_exit_status(images, tmp_p
                                     stdout=subprocess.PIPE, stderr=stderr)
             proc.stdout.close()  # the reader is gone before the first line, as after head -1
             assert proc.wait(timeout=300) == 0, err.read_text()
-        assert err.read_text() == ""
+        # nothing but notes (the fixture's raw run is white noise: no FWHM along L-R, said)
+        assert all(": note: " in line for line in err.read_text().splitlines()), err.read_text()
     assert KEYS <= set(json.loads(out.read_text()))
     assert (cmp_dir / "qc_stats.md").read_text().startswith("**Caution:**")
 
@@ -614,3 +615,46 @@ def test_compare_names_a_damaged_record_with_a_way_on(tmp_path, capsys):
     assert main(["compare", str(a), str(b)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"samri_ml-qc: error: {f}: not a QC record (no 'vcf' key); hint: "), err
+
+
+def _anisotropic_noise(shape, vox, fwhm_mm, seed=0):
+    """1000 + white noise smoothed by a Gaussian of ``fwhm_mm`` per axis (mm)."""
+    sig = [f / np.sqrt(8 * np.log(2)) / v for f, v in zip(fwhm_mm, vox, strict=True)]
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(shape), sig,
+                                    mode="wrap")
+    return (1000 + 10 * noise / noise.std()).astype("float32")
+
+
+def test_scf_compares_the_same_axes_when_one_has_no_correlation_along_one(tmp_path, capsys):
+    """A raw scan whose neighbouring slices are anticorrelated (ringing across thick slices: no
+    FWHM along that axis) against a processed volume (on a grid stored in another axis order)
+    as smooth in-plane, blurred across slices: the raw FWHM averaged 2 axes, the processed 3,
+    the blurred one included, so the SCF came out 1.42. Now both leave that axis out, the
+    record and a note say which, and the SCF is 1."""
+    vox = (0.2, 0.2, 0.6)
+    slices = _anisotropic_noise((48, 48, 9), vox, (0.5, 0.5, 0.0)) - 1000
+    raw = 1000 + slices[..., 1:] - 0.5 * slices[..., :-1]  # lag-1 correlation -0.4 across
+    raw_f, proc_f = tmp_path / "sub-1_T2w.nii.gz", tmp_path / "sub-1_space-t_T2w.nii.gz"
+    nb.save(nb.Nifti1Image(raw.astype("float32"), np.diag([*vox, 1.0])), raw_f)
+    # the processed volume stored (z, x, y): its voxel axis 0 is the world's I-S
+    proc = _anisotropic_noise((48, 48, 8), vox, (0.5, 0.5, 1.5), seed=1).transpose(2, 0, 1)
+    perm = np.zeros((4, 4))
+    perm[2, 0], perm[0, 1], perm[1, 2], perm[3, 3] = 0.6, 0.2, 0.2, 1.0
+    nb.save(nb.Nifti1Image(proc, perm), proc_f)
+    out = tmp_path / "qc.json"
+    assert main(["scan", str(proc_f), str(raw_f), "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    rec = json.loads(out.read_text())
+    assert rec["scf_axes_left_out"] == ["I-S"]
+    assert rec["scf"] == pytest.approx(1.0, abs=0.1)
+    assert rec["scf"] == pytest.approx(rec["fwhm_processed"] / rec["fwhm_raw"])
+    assert rec["fwhm_processed"] == pytest.approx(0.5, rel=0.1)  # the in-plane axes only
+    note = [line for line in captured.err.splitlines() if "note:" in line]
+    assert note == ["samri_ml-qc: note: the FWHMs and SCF leave out the I-S axis, without a "
+                    "neighbour correlation in one image or both (a single slice?), on both "
+                    "sides; scf_axes_left_out in the record says so"]
+    # two volumes measured along every axis: nothing left out, no note
+    assert main(["scan", str(proc_f), str(proc_f)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["scf_axes_left_out"] == []
+    assert "note:" not in captured.err

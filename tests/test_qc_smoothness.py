@@ -294,3 +294,27 @@ def test_4d_fwhm_of_a_real_epi_is_the_geometric_mean_of_its_volumes(shared_data)
     per_volume = _fwhm_from_rho(_lag1_series(detrend(data[mask], 0), mask), vox, "sampled")
     assert np.allclose(est.fwhm_axes, np.exp(np.log(per_volume).mean(axis=1)), rtol=1e-6)
     assert est.fwhm == pytest.approx(0.4230, abs=5e-4)
+
+
+def test_comparable_fwhm_takes_the_same_world_axes_on_both_sides():
+    """A single slice (Python API) has no FWHM across it; the processed image, on a grid stored
+    (z, x, y), has. Its combined FWHM took 3 axes and the slice's 2: SCF 1.28 for two images as
+    smooth in-plane; over the world axes both have, 1.0 (within the estimate's noise)."""
+    from samri_ml.qc.smoothness import comparable_fwhm
+
+    vol = smoothed_noise((128, 128, 16), VOX, 0.5, seed=3)
+    vol = ndimage.gaussian_filter1d(vol, 2.0, axis=2)  # blurrier across slices
+    raw = estimate_smoothness(vol[:, :, 8:9], VOX, use_automask=False, acf=False)
+    assert math.isnan(raw.fwhm_axes[2])
+    proc = estimate_smoothness(vol.transpose(2, 0, 1), (VOX[2], *VOX[:2]), use_automask=False,
+                               acf=False)
+    perm = np.zeros((4, 4))
+    perm[2, 0], perm[0, 1], perm[1, 2], perm[3, 3] = VOX[2], VOX[0], VOX[1], 1.0
+    fwhm_p, fwhm_r, left_out = comparable_fwhm(proc.fwhm_axes, perm, raw.fwhm_axes,
+                                               np.diag([*VOX, 1.0]))
+    assert left_out == ("I-S",)
+    assert fwhm_p / fwhm_r == pytest.approx(1.0, abs=0.05)
+    assert proc.fwhm / raw.fwhm > 1.2  # what the SCF was
+    # both measured along every axis: nothing left out, the usual combined FWHMs
+    same = comparable_fwhm(proc.fwhm_axes, perm, proc.fwhm_axes, perm)
+    assert same == (pytest.approx(proc.fwhm), pytest.approx(proc.fwhm), ())

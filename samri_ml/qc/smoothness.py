@@ -634,6 +634,49 @@ def estimate_smoothness(
     return result
 
 
+#: Names of the world (RAS+) axes, as :func:`comparable_fwhm` reports those it left out.
+WORLD_AXES = ("L-R", "P-A", "I-S")
+
+
+def comparable_fwhm(axes_processed, affine_processed, axes_raw, affine_raw):
+    """Combined FWHMs of two images over the same world axes: those measured in both.
+
+    .. math::
+
+        S_{p} = \\Big(\\prod_{w \\in W} \\mathrm{FWHM}^{p}_{a_p(w)}\\Big)^{1/|W|},\\quad
+        S_{r} = \\Big(\\prod_{w \\in W} \\mathrm{FWHM}^{r}_{a_r(w)}\\Big)^{1/|W|}
+
+    with :math:`a(w)` the voxel axis of each image closest to world axis :math:`w` (its
+    affine: :func:`nibabel.orientations.io_orientation`; the processed image may be on another,
+    e.g. a template's, grid) and :math:`W` the world axes whose FWHM is valid (finite,
+    positive) in both images. An axis with no neighbour correlation (a single slice, a
+    correlation of 0 or less) has none; each image's own combined FWHM
+    (:func:`combine_fwhm`) then averaged 3 axes on one side and 2 on the other, and their
+    ratio, the SCF, compared unlike things.
+
+    Returns
+    -------
+    fwhm_processed, fwhm_raw : float
+        ``nan`` where no axis is valid in both.
+    left_out : tuple of str
+        The :data:`WORLD_AXES` left out (measured in one image or neither), in order.
+    """
+    from nibabel.orientations import io_orientation
+
+    def by_world(axes, affine):
+        vals = np.asarray(axes, dtype=float)
+        out = np.full(3, np.nan)
+        for voxel_axis, (world, _) in enumerate(io_orientation(np.asarray(affine))):
+            if not np.isnan(world):
+                out[int(world)] = vals[voxel_axis]
+        return out
+
+    p, r = by_world(axes_processed, affine_processed), by_world(axes_raw, affine_raw)
+    both = np.isfinite(p) & (p > 0) & np.isfinite(r) & (r > 0)
+    left_out = tuple(name for name, ok in zip(WORLD_AXES, both, strict=True) if not ok)
+    return geometric_mean(p[both]), geometric_mean(r[both]), left_out
+
+
 def smoothness_conservation(
     fwhm_processed: float, fwhm_raw: float, vcf: float | None = None
 ) -> tuple[float, float]:
@@ -644,7 +687,8 @@ def smoothness_conservation(
         \\mathrm{SCF} = S_{processed} / S_{raw}, \\qquad
         \\mathrm{SCF}_{norm} = \\mathrm{SCF} / \\mathrm{VCF}^{1/3}
 
-    with :math:`S` the combined FWHM (mm). A registration that scales the brain by a linear factor
+    with :math:`S` the combined FWHM (mm), over the same axes in both images
+    (:func:`comparable_fwhm`). A registration that scales the brain by a linear factor
     :math:`k` scales every length, the FWHM included, by :math:`k` and the volume by :math:`k^3`;
     dividing by :math:`\\mathrm{VCF}^{1/3}` removes that share, leaving the smoothing added by
     interpolation.
