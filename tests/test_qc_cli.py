@@ -658,3 +658,43 @@ def test_scf_compares_the_same_axes_when_one_has_no_correlation_along_one(tmp_pa
     captured = capsys.readouterr()
     assert json.loads(captured.out)["scf_axes_left_out"] == []
     assert "note:" not in captured.err
+
+
+def test_scan_says_in_one_line_which_image_cannot_be_measured(tmp_path):
+    """The console script, in a subprocess, given an image whose FWHM cannot be measured: the
+    QC functions' ValueError came out as ``cannot compute QC: only 2 voxels in the mask;
+    cannot estimate smoothness``, naming neither the image nor a way on. Now the image is
+    named, with a hint, on one line, exit 1; a ValueError is still what Python code catches."""
+    from samri_ml.errors import SamriMLError
+    from samri_ml.qc.smoothness import estimate_smoothness
+
+    aff = np.diag([0.2, 0.2, 0.2, 1.0])
+    good = tmp_path / "sub-1_T2w.nii.gz"
+    nb.save(nb.Nifti1Image(_anisotropic_noise((20, 20, 10), (0.2,) * 3, (0.4,) * 3), aff), good)
+    spike = np.zeros((20, 20, 10), "float32")
+    spike[10, 10, 5] = 100  # one bright voxel: the automask has nothing else
+    spike_f = tmp_path / "spike.nii.gz"
+    nb.save(nb.Nifti1Image(spike, aff), spike_f)
+    small = np.zeros((20, 20, 10), "uint8")
+    small[5, 5, 5:7] = 1
+    mask_f = tmp_path / "mask.nii.gz"
+    nb.save(nb.Nifti1Image(small, aff), mask_f)
+    exe = Path(sys.executable).with_name("samri_ml-qc")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "samri_ml.cli.qc"]
+    for argv, message in (
+        ([good, good, "--mask", mask_f],
+         f"{good}: only 2 voxels in the mask; cannot estimate smoothness; hint: give a mask "
+         "of the brain"),
+        ([good, spike_f],
+         f"{spike_f}: only 1 voxel in the automask; cannot estimate smoothness; hint: the "
+         "image is flat or nearly empty (no foreground for the automask); give a mask of the "
+         "brain"),
+    ):
+        run = subprocess.run([*cmd, "scan", *map(str, argv)], capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 1
+        assert run.stderr.splitlines() == [f"samri_ml-qc: error: {message}"]
+        assert run.stdout == ""
+    with pytest.raises(ValueError, match="only 2 voxels") as err:
+        estimate_smoothness(np.asarray(nb.load(good).dataobj), (0.2,) * 3, mask=small)
+    assert isinstance(err.value, SamriMLError)

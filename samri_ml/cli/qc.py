@@ -142,8 +142,11 @@ def _scan(args, parser) -> int:
                 f"{grid.shape[:3]}; hint: give a mask on that image's grid"
             )
     try:
-        values = qc_from_arrays(proc, affine_mm(proc_img), raw, affine_mm(raw_img), **masks)
-    except ValueError as err:
+        values = qc_from_arrays(proc, affine_mm(proc_img), raw, affine_mm(raw_img), **masks,
+                                names=(str(args.processed), str(args.raw)))
+    except SamriMLError:  # its cause and hint, naming the image: one line as it is
+        raise
+    except ValueError as err:  # numpy's or scipy's: at least one line
         raise SamriMLError(f"cannot compute QC: {err}") from err
     if not values["volume_raw"]:
         raise SamriMLError(

@@ -148,8 +148,9 @@ class SmoothnessConservation(SimpleInterface):
                     f"{self.inputs.mask_file}: mask shape {mask.shape} differs from the processed "
                     f"image's {proc.shape[:3]}"
                 )
-        s_p = estimate_smoothness(proc, voxel_sizes(proc_aff), mask=mask, acf=False)
-        s_r = estimate_smoothness(raw, voxel_sizes(raw_aff), acf=False)
+        s_p = estimate_smoothness(proc, voxel_sizes(proc_aff), mask=mask, acf=False,
+                                  name=self.inputs.processed_file)
+        s_r = estimate_smoothness(raw, voxel_sizes(raw_aff), acf=False, name=self.inputs.raw_file)
         vcf = self.inputs.vcf if isdefined(self.inputs.vcf) else None
         fwhm_p, fwhm_r, left_out = comparable_fwhm(s_p.fwhm_axes, proc_aff, s_r.fwhm_axes, raw_aff)
         scf, scf_n = smoothness_conservation(fwhm_p, fwhm_r, vcf)

@@ -166,6 +166,7 @@ def qc_from_arrays(
     processed_mask: np.ndarray | None = None,
     raw_mask: np.ndarray | None = None,
     acf: bool = False,
+    names: tuple[str, str] = ("processed image", "raw image"),
 ) -> dict:
     """VCF, SCF and normalised SCF of a processed image against its source (see
     :func:`~samri_ml.qc.volume.volume_conservation` and
@@ -182,12 +183,15 @@ def qc_from_arrays(
 
     Where one image is a time series and the other a single volume, the SCF compares the
     series' temporal mean with the volume (:func:`~samri_ml.qc.smoothness.same_kind`).
+
+    ``names`` (e.g. the two paths) begin the errors about either image (a
+    :class:`~samri_ml.errors.SamriMLValueError`, a ``ValueError`` too).
     """
     vol = volume_conservation(processed, processed_affine, raw, raw_affine)
     zooms_p, zooms_r = voxel_sizes(processed_affine), voxel_sizes(raw_affine)
     processed, raw = same_kind(processed, raw)
-    s_p = estimate_smoothness(processed, zooms_p, mask=processed_mask, acf=acf)
-    s_r = estimate_smoothness(raw, zooms_r, mask=raw_mask, acf=acf)
+    s_p = estimate_smoothness(processed, zooms_p, mask=processed_mask, acf=acf, name=names[0])
+    s_r = estimate_smoothness(raw, zooms_r, mask=raw_mask, acf=acf, name=names[1])
     fwhm_p, fwhm_r, left_out = comparable_fwhm(s_p.fwhm_axes, processed_affine,
                                                s_r.fwhm_axes, raw_affine)
     scf, scf_n = smoothness_conservation(fwhm_p, fwhm_r, vol.vcf)

@@ -122,13 +122,22 @@ def _require_array(x, what: str,
     return x
 
 
-def _require_finite(data: np.ndarray) -> None:
-    """``ValueError`` for NaN or Inf voxels: one NaN made the automask's level 0 (the whole
-    image) and moved a FWHM from 0.82 to 1.40 mm without a word. (The command line and the
-    Nipype interfaces refuse such images when loading them.)"""
+def _refuse(message: str, name: str | None = None):
+    """:class:`~samri_ml.errors.SamriMLValueError` (a ``ValueError`` too, as these functions
+    raised before) with its cause on one line, after the image's ``name`` where given: the
+    command line said ``cannot compute QC: only 2 voxels in the mask`` without saying whose."""
+    from samri_ml.errors import SamriMLValueError
+
+    raise SamriMLValueError(f"{name}: {message}" if name else message)
+
+
+def _require_finite(data: np.ndarray, name: str | None = None) -> None:
+    """Refuse NaN or Inf voxels (:func:`_refuse`): one NaN made the automask's level 0 (the
+    whole image) and moved a FWHM from 0.82 to 1.40 mm without a word. (The command line and
+    the Nipype interfaces refuse such images when loading them.)"""
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
-        raise ValueError(f"{bad} voxel(s) are NaN or Inf; hint: fix or zero them first")
+        _refuse(f"{bad} voxel(s) are NaN or Inf; hint: fix or zero them first", name)
 
 
 def same_kind(processed, raw) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +224,7 @@ def sigma_from_lag1(rho: float, kernel: str = "sampled") -> float:
     if kernel == "continuous":
         return sigma_c
     if kernel != "sampled":
-        raise ValueError(f"kernel must be 'sampled' or 'continuous', got {kernel!r}")
+        _refuse(f"kernel must be 'sampled' or 'continuous', got {kernel!r}")
     # aliasing error of the sampled kernel ~ 4 exp(-pi^2 sigma^2): negligible above 1.6 voxels
     if sigma_c > 2.0:
         return sigma_c
@@ -530,6 +539,7 @@ def estimate_smoothness(
     acf: bool = True,
     acf_radius: float | None = None,
     max_acf_volumes: int = 20,
+    name: str | None = None,
 ) -> Smoothness:
     """Estimate the spatial smoothness (FWHM, mm) of a 3D or 4D image, like AFNI's 3dFWHMx.
 
@@ -569,6 +579,14 @@ def estimate_smoothness(
         Largest distance (mm) of the empirical ACF.
     max_acf_volumes : int
         Volumes pooled for the ACF of 4D data (the classic estimate uses all of them).
+    name : str, optional
+        What the image is (a path), said first in the errors.
+
+    Raises
+    ------
+    samri_ml.errors.SamriMLValueError
+        (a ``ValueError``) for data that is not 3D or 4D, NaN or Inf voxels, fewer than 3 voxel
+        sizes, a mask of another shape, or fewer than 8 voxels in the mask.
 
     Returns
     -------
@@ -577,23 +595,29 @@ def estimate_smoothness(
     data = np.asarray(_require_array(
         data, "estimate_smoothness", "np.asanyarray(img.dataobj) and img.header.get_zooms()[:3]"))
     if data.ndim not in (3, 4):
-        raise ValueError(f"expected 3D or 4D data, got {data.ndim}D")
-    _require_finite(data)
+        _refuse(f"expected 3D or 4D data, got {data.ndim}D", name)
+    _require_finite(data, name)
     vox = [float(abs(v)) for v in np.ravel(voxel_sizes)][:3]
     if len(vox) < 3:  # it was an IndexError deep inside
-        raise ValueError(f"voxel_sizes: 3 values (mm) needed, got {len(vox)}")
+        _refuse(f"voxel_sizes: 3 values (mm) needed, got {len(vox)}", name)
     if mask is not None:
         m = np.asarray(_require_array(mask, "estimate_smoothness's mask",
                                       "np.asanyarray(mask_img.dataobj)")) != 0
         if m.shape != data.shape[:3]:
-            raise ValueError(f"mask shape {m.shape} differs from the image's {data.shape[:3]}")
+            _refuse(f"mask shape {m.shape} differs from the image's {data.shape[:3]}; hint: "
+                    "give a mask on the image's grid", name)
     elif use_automask:
         m = automask(data)
     else:
         m = np.ones(data.shape[:3], dtype=bool)
     n_vox = int(m.sum())
     if n_vox < 8:
-        raise ValueError(f"only {n_vox} voxels in the mask; cannot estimate smoothness")
+        hint = ("give a mask of the brain" if mask is not None else
+                "the image is flat or nearly empty (no foreground for the automask); give a "
+                "mask of the brain")
+        _refuse(f"only {n_vox} voxel{'' if n_vox == 1 else 's'} in the "
+                f"{'mask' if mask is not None else 'automask'}; "
+                f"cannot estimate smoothness; hint: {hint}", name)
 
     if data.ndim == 4 and data.shape[3] > 1:
         # float32: the 4D series can be large, and float64 copies of it cost seconds
