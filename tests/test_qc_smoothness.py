@@ -318,3 +318,8 @@ def test_comparable_fwhm_takes_the_same_world_axes_on_both_sides():
     # both measured along every axis: nothing left out, the usual combined FWHMs
     same = comparable_fwhm(proc.fwhm_axes, perm, proc.fwhm_axes, perm)
     assert same == (pytest.approx(proc.fwhm), pytest.approx(proc.fwhm), ())
+    # a raw image without a FWHM along any axis: no SCF, but the processed FWHM is still said
+    fwhm_p, fwhm_r, left_out = comparable_fwhm(proc.fwhm_axes, perm, [math.nan] * 3,
+                                               np.diag([*VOX, 1.0]))
+    assert fwhm_p == pytest.approx(proc.fwhm) and math.isnan(fwhm_r)
+    assert left_out == ("L-R", "P-A", "I-S")

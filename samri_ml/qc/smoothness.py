@@ -681,7 +681,9 @@ def comparable_fwhm(axes_processed, affine_processed, axes_raw, affine_raw):
     Returns
     -------
     fwhm_processed, fwhm_raw : float
-        ``nan`` where no axis is valid in both.
+        Where no axis is valid in both, each image's own :func:`combine_fwhm` (``nan`` for
+        one without any): there is no SCF to keep consistent, and a measured FWHM says more
+        than none.
     left_out : tuple of str
         The :data:`WORLD_AXES` left out (measured in one image or neither), in order.
     """
@@ -698,6 +700,8 @@ def comparable_fwhm(axes_processed, affine_processed, axes_raw, affine_raw):
     p, r = by_world(axes_processed, affine_processed), by_world(axes_raw, affine_raw)
     both = np.isfinite(p) & (p > 0) & np.isfinite(r) & (r > 0)
     left_out = tuple(name for name, ok in zip(WORLD_AXES, both, strict=True) if not ok)
+    if not both.any():
+        return combine_fwhm(p), combine_fwhm(r), left_out
     return geometric_mean(p[both]), geometric_mean(r[both]), left_out
 
 
