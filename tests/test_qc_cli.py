@@ -381,7 +381,8 @@ def test_a_closed_stdout_does_not_cost_the_json_or_the_exit_status(images, tmp_p
                                     stdout=subprocess.PIPE, stderr=stderr)
             proc.stdout.close()  # the reader is gone before the first line, as after head -1
             assert proc.wait(timeout=300) == 0, err.read_text()
-        assert err.read_text() == ""
+        # nothing but notes (the fixture's raw run is white noise: no FWHM along L-R, said)
+        assert all(": note: " in line for line in err.read_text().splitlines()), err.read_text()
     assert KEYS <= set(json.loads(out.read_text()))
     assert (cmp_dir / "qc_stats.md").read_text().startswith("**Caution:**")
 
@@ -614,3 +615,86 @@ def test_compare_names_a_damaged_record_with_a_way_on(tmp_path, capsys):
     assert main(["compare", str(a), str(b)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"samri_ml-qc: error: {f}: not a QC record (no 'vcf' key); hint: "), err
+
+
+def _anisotropic_noise(shape, vox, fwhm_mm, seed=0):
+    """1000 + white noise smoothed by a Gaussian of ``fwhm_mm`` per axis (mm)."""
+    sig = [f / np.sqrt(8 * np.log(2)) / v for f, v in zip(fwhm_mm, vox, strict=True)]
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(shape), sig,
+                                    mode="wrap")
+    return (1000 + 10 * noise / noise.std()).astype("float32")
+
+
+def test_scf_compares_the_same_axes_when_one_has_no_correlation_along_one(tmp_path, capsys):
+    """A raw scan whose neighbouring slices are anticorrelated (ringing across thick slices: no
+    FWHM along that axis) against a processed volume (on a grid stored in another axis order)
+    as smooth in-plane, blurred across slices: the raw FWHM averaged 2 axes, the processed 3,
+    the blurred one included, so the SCF came out 1.42. Now both leave that axis out, the
+    record and a note say which, and the SCF is 1."""
+    vox = (0.2, 0.2, 0.6)
+    slices = _anisotropic_noise((48, 48, 9), vox, (0.5, 0.5, 0.0)) - 1000
+    raw = 1000 + slices[..., 1:] - 0.5 * slices[..., :-1]  # lag-1 correlation -0.4 across
+    raw_f, proc_f = tmp_path / "sub-1_T2w.nii.gz", tmp_path / "sub-1_space-t_T2w.nii.gz"
+    nb.save(nb.Nifti1Image(raw.astype("float32"), np.diag([*vox, 1.0])), raw_f)
+    # the processed volume stored (z, x, y): its voxel axis 0 is the world's I-S
+    proc = _anisotropic_noise((48, 48, 8), vox, (0.5, 0.5, 1.5), seed=1).transpose(2, 0, 1)
+    perm = np.zeros((4, 4))
+    perm[2, 0], perm[0, 1], perm[1, 2], perm[3, 3] = 0.6, 0.2, 0.2, 1.0
+    nb.save(nb.Nifti1Image(proc, perm), proc_f)
+    out = tmp_path / "qc.json"
+    assert main(["scan", str(proc_f), str(raw_f), "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    rec = json.loads(out.read_text())
+    assert rec["scf_axes_left_out"] == ["I-S"]
+    assert rec["scf"] == pytest.approx(1.0, abs=0.1)
+    assert rec["scf"] == pytest.approx(rec["fwhm_processed"] / rec["fwhm_raw"])
+    assert rec["fwhm_processed"] == pytest.approx(0.5, rel=0.1)  # the in-plane axes only
+    note = [line for line in captured.err.splitlines() if "note:" in line]
+    assert note == ["samri_ml-qc: note: the FWHMs and SCF leave out the I-S axis, without a "
+                    "neighbour correlation in one image or both (a single slice?), on both "
+                    "sides; scf_axes_left_out in the record says so"]
+    # two volumes measured along every axis: nothing left out, no note
+    assert main(["scan", str(proc_f), str(proc_f)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["scf_axes_left_out"] == []
+    assert "note:" not in captured.err
+
+
+def test_scan_says_in_one_line_which_image_cannot_be_measured(tmp_path):
+    """The console script, in a subprocess, given an image whose FWHM cannot be measured: the
+    QC functions' ValueError came out as ``cannot compute QC: only 2 voxels in the mask;
+    cannot estimate smoothness``, naming neither the image nor a way on. Now the image is
+    named, with a hint, on one line, exit 1; a ValueError is still what Python code catches."""
+    from samri_ml.errors import SamriMLError
+    from samri_ml.qc.smoothness import estimate_smoothness
+
+    aff = np.diag([0.2, 0.2, 0.2, 1.0])
+    good = tmp_path / "sub-1_T2w.nii.gz"
+    nb.save(nb.Nifti1Image(_anisotropic_noise((20, 20, 10), (0.2,) * 3, (0.4,) * 3), aff), good)
+    spike = np.zeros((20, 20, 10), "float32")
+    spike[10, 10, 5] = 100  # one bright voxel: the automask has nothing else
+    spike_f = tmp_path / "spike.nii.gz"
+    nb.save(nb.Nifti1Image(spike, aff), spike_f)
+    small = np.zeros((20, 20, 10), "uint8")
+    small[5, 5, 5:7] = 1
+    mask_f = tmp_path / "mask.nii.gz"
+    nb.save(nb.Nifti1Image(small, aff), mask_f)
+    exe = Path(sys.executable).with_name("samri_ml-qc")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "samri_ml.cli.qc"]
+    for argv, message in (
+        ([good, good, "--mask", mask_f],
+         f"{good}: only 2 voxels in the mask; cannot estimate smoothness; hint: give a mask "
+         "of the brain"),
+        ([good, spike_f],
+         f"{spike_f}: only 1 voxel in the automask; cannot estimate smoothness; hint: the "
+         "image is flat or nearly empty (no foreground for the automask); give a mask of the "
+         "brain"),
+    ):
+        run = subprocess.run([*cmd, "scan", *map(str, argv)], capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 1
+        assert run.stderr.splitlines() == [f"samri_ml-qc: error: {message}"]
+        assert run.stdout == ""
+    with pytest.raises(ValueError, match="only 2 voxels") as err:
+        estimate_smoothness(np.asarray(nb.load(good).dataobj), (0.2,) * 3, mask=small)
+    assert isinstance(err.value, SamriMLError)

@@ -17,7 +17,7 @@ from samri_ml.qc.metrics import qc_basename, qc_relative_path
 
 KEYS = {
     "scan", "modality", "workflow", "vcf", "scf", "scf_normalised", "volume_processed",
-    "volume_raw", "fwhm_processed", "fwhm_raw", "raw_dummy_scans",
+    "volume_raw", "fwhm_processed", "fwhm_raw", "raw_dummy_scans", "scf_axes_left_out",
 }  # fmt: skip
 
 
@@ -177,3 +177,40 @@ def test_a_runs_dummy_scans_are_left_out_of_its_raw_image(tmp_path):
     assert json.loads(Path(rec.out_json).read_text())["raw_dummy_scans"] == n_dummy
     header, row = Path(rec.out_tsv).read_text().splitlines()
     assert dict(zip(header.split("\t"), row.split("\t"), strict=True))["raw_dummy_scans"] == "10"
+
+
+def test_smoothness_node_leaves_out_an_axis_one_image_has_no_fwhm_along(tmp_path):
+    """A raw scan whose neighbouring slices are anticorrelated (no FWHM across them) against a
+    processed copy blurred across slices only: SCF 1.4 from the across-slice axis that only
+    the processed side counted; now that axis is left out of both FWHMs (SCF 1.0), and the
+    workflow's record names it, in the JSON and the TSV."""
+    from scipy import ndimage
+
+    from samri_ml.workflows import init_generic_wf
+
+    rng = np.random.default_rng(0)
+    slices = ndimage.gaussian_filter(rng.standard_normal((64, 64, 13)), (1.5, 1.5, 0))
+    raw = 1000 + 10 * (slices[..., 1:] - 0.5 * slices[..., :-1]) / slices.std()
+    proc = 1000 + 10 * ndimage.gaussian_filter(slices[..., 1:], (0, 0, 1.5)) / slices.std()
+    aff = np.diag([0.2, 0.2, 0.6, 1.0])
+    raw_f, proc_f = tmp_path / "sub-01_T2w.nii.gz", tmp_path / "sub-01_space-t_T2w.nii.gz"
+    nb.save(nb.Nifti1Image(raw.astype("float32"), aff), raw_f)
+    nb.save(nb.Nifti1Image(proc.astype("float32"), aff), proc_f)
+    out = SmoothnessConservation(processed_file=str(proc_f), raw_file=str(raw_f)).run(
+        cwd=str(tmp_path)).outputs
+    assert out.scf_axes_left_out == ["I-S"]
+    assert out.scf == pytest.approx(1.0, abs=0.05)
+    rec = WriteQCMetrics(scan=str(raw_f), modality="anat", scf=out.scf,
+                         scf_axes_left_out=out.scf_axes_left_out).run(cwd=str(tmp_path)).outputs
+    assert json.loads(Path(rec.out_json).read_text())["scf_axes_left_out"] == ["I-S"]
+    header, row = Path(rec.out_tsv).read_text().splitlines()
+    assert dict(zip(header.split("\t"), row.split("\t"), strict=True))["scf_axes_left_out"] \
+        == "I-S"
+    # the workflow hands the axes to its record
+    for name in ("t.nii.gz", "m.nii.gz"):
+        nb.save(nb.Nifti1Image(np.ones((4, 4, 4), "float32"), np.eye(4)), tmp_path / name)
+    wf = init_generic_wf(template=str(tmp_path / "t.nii.gz"),
+                         template_mask=str(tmp_path / "m.nii.gz"), anat_file=str(raw_f),
+                         bold_files=[], output_dir=str(tmp_path / "out"), qc=True)
+    edge = wf._graph.get_edge_data(wf.get_node("anat_scf"), wf.get_node("anat_qc"))
+    assert ("scf_axes_left_out", "scf_axes_left_out") in edge["connect"]

@@ -46,7 +46,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="VCF and SCF of one processed image against its raw source",
         description="Print (and optionally write) the QC JSON of one scan: vcf, scf, "
         "scf_normalised, volume_processed, volume_raw (mm^3), fwhm_processed, fwhm_raw (mm), "
-        "raw_dummy_scans (the volumes of RAW left out, see --dummy-scans). The "
+        "raw_dummy_scans (the volumes of RAW left out, see --dummy-scans), "
+        "scf_axes_left_out (world axes without a FWHM in one image, a single slice, left out "
+        "of both FWHMs so that the SCF compares the same axes). The "
         "two images may be on different grids (e.g. processed in template space). Its modality "
         "is func where either image is a time series (a run's registered temporal mean too), "
         "else anat.",
@@ -108,7 +110,7 @@ def _scan(args, parser) -> int:
     import numpy as np
 
     from samri_ml.io import load_nifti
-    from samri_ml.qc.metrics import modality_of, qc_from_arrays, qc_record, scan_name
+    from samri_ml.qc.metrics import AXES_KEY, modality_of, qc_from_arrays, qc_record, scan_name
     from samri_ml.qc.volume import affine_mm
 
     if args.json is not None:  # before the work: never over an input, never an image name
@@ -140,13 +142,26 @@ def _scan(args, parser) -> int:
                 f"{grid.shape[:3]}; hint: give a mask on that image's grid"
             )
     try:
-        values = qc_from_arrays(proc, affine_mm(proc_img), raw, affine_mm(raw_img), **masks)
-    except ValueError as err:
+        values = qc_from_arrays(proc, affine_mm(proc_img), raw, affine_mm(raw_img), **masks,
+                                names=(str(args.processed), str(args.raw)))
+    except SamriMLError:  # its cause and hint, naming the image: one line as it is
+        raise
+    except ValueError as err:  # numpy's or scipy's: at least one line
         raise SamriMLError(f"cannot compute QC: {err}") from err
     if not values["volume_raw"]:
         raise SamriMLError(
             f"{args.raw}: no voxel is above the 66th percentile (a flat image?); VCF is undefined"
         )
+    if values[AXES_KEY]:  # the SCF is over fewer axes than the reader may think: say which
+        import warnings
+
+        from samri_ml.errors import SamriMLNote
+
+        axes = values[AXES_KEY]
+        warnings.warn(f"the FWHMs and SCF leave out the {', '.join(axes)} "
+                      f"{'axis' if len(axes) == 1 else 'axes'}, without a neighbour correlation "
+                      f"in one image or both (a single slice?), on both sides; {AXES_KEY} in the "
+                      "record says so", SamriMLNote, stacklevel=2)
     # a functional run where either image is a time series, as the workflow says of its runs:
     # a run's registered temporal mean (or a run cut to one volume) was "anat", and compare
     # paired it with no workflow's record of the run
@@ -158,6 +173,7 @@ def _scan(args, parser) -> int:
         modality="func" if "func" in kinds else "anat",
         workflow=args.workflow,
         raw_dummy_scans=left_out,
+        scf_axes_left_out=values[AXES_KEY],
     )
     text = json.dumps(record, indent=2)
     print_line(text)  # a closed stdout (| head) must not cost the --json file

@@ -114,6 +114,9 @@ class _SmoothnessConservationOutputSpec(TraitedSpec):
     scf_normalised = traits.Float(desc="SCF / VCF^(1/3) (only when vcf is given)")
     fwhm_processed = traits.Float(desc="combined FWHM of the processed image (mm)")
     fwhm_raw = traits.Float(desc="combined FWHM of the raw image (mm)")
+    scf_axes_left_out = traits.List(
+        traits.Str, desc="world axes (L-R, P-A, I-S) left out of both FWHMs, measured in one "
+        "image only or in neither (a single slice): the SCF compares the same axes")
 
 
 class SmoothnessConservation(SimpleInterface):
@@ -128,6 +131,7 @@ class SmoothnessConservation(SimpleInterface):
 
         from samri_ml.errors import SamriMLError
         from samri_ml.qc.smoothness import (
+            comparable_fwhm,
             estimate_smoothness,
             same_kind,
             smoothness_conservation,
@@ -144,15 +148,18 @@ class SmoothnessConservation(SimpleInterface):
                     f"{self.inputs.mask_file}: mask shape {mask.shape} differs from the processed "
                     f"image's {proc.shape[:3]}"
                 )
-        s_p = estimate_smoothness(proc, voxel_sizes(proc_aff), mask=mask, acf=False)
-        s_r = estimate_smoothness(raw, voxel_sizes(raw_aff), acf=False)
+        s_p = estimate_smoothness(proc, voxel_sizes(proc_aff), mask=mask, acf=False,
+                                  name=self.inputs.processed_file)
+        s_r = estimate_smoothness(raw, voxel_sizes(raw_aff), acf=False, name=self.inputs.raw_file)
         vcf = self.inputs.vcf if isdefined(self.inputs.vcf) else None
-        scf, scf_n = smoothness_conservation(s_p.fwhm, s_r.fwhm, vcf)
+        fwhm_p, fwhm_r, left_out = comparable_fwhm(s_p.fwhm_axes, proc_aff, s_r.fwhm_axes, raw_aff)
+        scf, scf_n = smoothness_conservation(fwhm_p, fwhm_r, vcf)
         self._results["scf"] = scf
         if vcf is not None:
             self._results["scf_normalised"] = scf_n
-        self._results["fwhm_processed"] = s_p.fwhm
-        self._results["fwhm_raw"] = s_r.fwhm
+        self._results["fwhm_processed"] = fwhm_p
+        self._results["fwhm_raw"] = fwhm_r
+        self._results["scf_axes_left_out"] = list(left_out)
         return runtime
 
 
@@ -173,6 +180,9 @@ class _WriteQCMetricsInputSpec(BaseInterfaceInputSpec):
     raw_dummy_scans = traits.Int(0, usedefault=True,
                                  desc="volumes at the start of the raw run the values left out "
                                  "(VolumeConservation's output of that name)")
+    scf_axes_left_out = traits.List(traits.Str, [], usedefault=True,
+                                    desc="world axes the FWHMs left out (SmoothnessConservation's "
+                                    "output of that name)")
 
 
 class _WriteQCMetricsOutputSpec(TraitedSpec):
@@ -210,6 +220,7 @@ class WriteQCMetrics(SimpleInterface):
             modality=self.inputs.modality,
             workflow=self.inputs.workflow,
             raw_dummy_scans=self.inputs.raw_dummy_scans,
+            scf_axes_left_out=self.inputs.scf_axes_left_out,
         )
         stem = os.path.join(runtime.cwd, qc_basename(self.inputs.scan))
         self._results["out_json"] = stem + ".json"

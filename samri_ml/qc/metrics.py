@@ -6,11 +6,15 @@ The record is the contract shared by ``samri_ml-qc scan``, the Nipype interfaces
     {"scan": ..., "modality": "anat"|"func", "workflow": ...,
      "vcf": ..., "scf": ..., "scf_normalised": ...,
      "volume_processed": mm^3, "volume_raw": mm^3, "fwhm_processed": mm, "fwhm_raw": mm,
-     "raw_dummy_scans": volumes left out at the start of a raw run}
+     "raw_dummy_scans": volumes left out at the start of a raw run,
+     "scf_axes_left_out": world axes the FWHMs and SCF left out, e.g. ["I-S"]}
 
 ``raw_dummy_scans`` says how a record was computed: records written before the raw run's dummy
 scans were left out (samri_ml 0.1.0 as first released) have no such key, and their functional
-VCF and SCF compared the registered run with the whole raw run.
+VCF and SCF compared the registered run with the whole raw run. ``scf_axes_left_out`` names
+the world axes (``L-R``, ``P-A``, ``I-S``) without a FWHM in one of the two images (a single
+slice), left out of both FWHMs so that the SCF compares the same axes; a record without it
+predates it, and its FWHMs may have averaged 3 axes on one side and 2 on the other.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 
 from samri_ml.qc.smoothness import (
+    comparable_fwhm,
     estimate_smoothness,
     same_kind,
     smoothness_conservation,
@@ -47,6 +52,9 @@ LABEL_KEYS = ("scan", "modality", "workflow")
 #: dummy scans, as the processing dropped them; 0 for a single volume). A record without it
 #: predates it, and a functional one was then computed against the whole raw run.
 METHOD_KEY = "raw_dummy_scans"
+#: The key naming the world axes the FWHMs (and so the SCF) left out, measured in one image
+#: only or in neither (:func:`~samri_ml.qc.smoothness.comparable_fwhm`); empty for none.
+AXES_KEY = "scf_axes_left_out"
 #: Suffix (and extension-less) of per-scan QC derivative files.
 QC_SUFFIX = "desc-qc_metrics"
 
@@ -102,9 +110,10 @@ def _clean(value):
 
 
 def qc_record(values: dict, *, scan: str = "", modality: str = "", workflow: str = "",
-              raw_dummy_scans: int = 0) -> dict:
+              raw_dummy_scans: int = 0, scf_axes_left_out=()) -> dict:
     """Assemble a QC record with exactly the keys of :data:`LABEL_KEYS` + :data:`VALUE_KEYS`
-    + :data:`METHOD_KEY` (the volumes at the start of the raw run left out of the values).
+    + :data:`METHOD_KEY` (the volumes at the start of the raw run left out of the values)
+    + :data:`AXES_KEY` (the world axes the FWHMs left out, a list).
 
     Missing or non-finite values become ``None`` (``null`` in JSON).
     """
@@ -112,7 +121,16 @@ def qc_record(values: dict, *, scan: str = "", modality: str = "", workflow: str
     for key in VALUE_KEYS:
         rec[key] = _clean(values.get(key))
     rec[METHOD_KEY] = int(raw_dummy_scans)
+    rec[AXES_KEY] = list(axes_list(scf_axes_left_out))
     return rec
+
+
+def axes_list(value) -> tuple[str, ...]:
+    """World axis names from a list or a comma-separated string (a Nipype trait's, a TSV
+    cell's); empty for none."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(str(v).strip() for v in value or () if str(v).strip())
 
 
 def write_qc_record(record: dict, out_json: str | Path, out_tsv: str | Path | None = None):
@@ -120,11 +138,18 @@ def write_qc_record(record: dict, out_json: str | Path, out_tsv: str | Path | No
     out_json = Path(out_json)
     out_json.write_text(json.dumps(record, indent=2) + "\n")
     if out_tsv is not None:
-        keys = list(LABEL_KEYS) + list(VALUE_KEYS) + [METHOD_KEY]
+        keys = list(LABEL_KEYS) + list(VALUE_KEYS) + [METHOD_KEY, AXES_KEY]
+
+        def cell(key):
+            value = record.get(key)
+            if key == AXES_KEY:  # a list: comma-separated, "none" for none left out
+                return ",".join(axes_list(value)) or ("n/a" if value is None else "none")
+            return "n/a" if value is None else value
+
         with open(out_tsv, "w", newline="") as fh:
             writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
             writer.writerow(keys)
-            writer.writerow(["n/a" if record.get(k) is None else record.get(k) for k in keys])
+            writer.writerow([cell(k) for k in keys])
 
 
 def modality_of(data_ndim: int, n_volumes: int = 1) -> str:
@@ -141,6 +166,7 @@ def qc_from_arrays(
     processed_mask: np.ndarray | None = None,
     raw_mask: np.ndarray | None = None,
     acf: bool = False,
+    names: tuple[str, str] = ("processed image", "raw image"),
 ) -> dict:
     """VCF, SCF and normalised SCF of a processed image against its source (see
     :func:`~samri_ml.qc.volume.volume_conservation` and
@@ -151,23 +177,31 @@ def qc_from_arrays(
         \\mathrm{VCF} = V_{proc}/V_{raw},\\quad \\mathrm{SCF} = S_{proc}/S_{raw},\\quad
         \\mathrm{SCF}_{norm} = \\mathrm{SCF}/\\mathrm{VCF}^{1/3}
 
-    Returns a dict with the keys of :data:`VALUE_KEYS`.
+    Returns a dict with the keys of :data:`VALUE_KEYS` and :data:`AXES_KEY`: the FWHMs are
+    over the world axes measured in both images (:func:`~samri_ml.qc.smoothness.comparable_fwhm`),
+    and those left out are named.
 
     Where one image is a time series and the other a single volume, the SCF compares the
     series' temporal mean with the volume (:func:`~samri_ml.qc.smoothness.same_kind`).
+
+    ``names`` (e.g. the two paths) begin the errors about either image (a
+    :class:`~samri_ml.errors.SamriMLValueError`, a ``ValueError`` too).
     """
     vol = volume_conservation(processed, processed_affine, raw, raw_affine)
     zooms_p, zooms_r = voxel_sizes(processed_affine), voxel_sizes(raw_affine)
     processed, raw = same_kind(processed, raw)
-    s_p = estimate_smoothness(processed, zooms_p, mask=processed_mask, acf=acf)
-    s_r = estimate_smoothness(raw, zooms_r, mask=raw_mask, acf=acf)
-    scf, scf_n = smoothness_conservation(s_p.fwhm, s_r.fwhm, vol.vcf)
+    s_p = estimate_smoothness(processed, zooms_p, mask=processed_mask, acf=acf, name=names[0])
+    s_r = estimate_smoothness(raw, zooms_r, mask=raw_mask, acf=acf, name=names[1])
+    fwhm_p, fwhm_r, left_out = comparable_fwhm(s_p.fwhm_axes, processed_affine,
+                                               s_r.fwhm_axes, raw_affine)
+    scf, scf_n = smoothness_conservation(fwhm_p, fwhm_r, vol.vcf)
     return {
         "vcf": vol.vcf,
         "scf": scf,
         "scf_normalised": scf_n,
         "volume_processed": vol.volume_processed,
         "volume_raw": vol.volume_raw,
-        "fwhm_processed": s_p.fwhm,
-        "fwhm_raw": s_r.fwhm,
+        "fwhm_processed": fwhm_p,
+        "fwhm_raw": fwhm_r,
+        AXES_KEY: list(left_out),
     }

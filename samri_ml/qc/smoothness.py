@@ -8,8 +8,9 @@ correlation. This module estimates that FWHM without AFNI:
 1. **Mask**: an automask of the (temporal mean) image (:func:`automask`: half the median of
    the voxels above Otsu's threshold, largest component, holes filled), or a given mask.
 2. **Detrending** (4D): each voxel's time series is detrended with Legendre polynomials
-   (:func:`detrend`), like ``3dFWHMx -detrend``; each volume is then estimated on its own and the
-   estimates averaged.
+   (:func:`detrend`), like ``3dFWHMx -detrend``; each volume is then estimated on its own and,
+   per axis, the estimates combined by their geometric mean, as ``3dFWHMx`` does by default
+   (its ``-geom``; :func:`geometric_mean`).
 3. **Classic FWHM** per axis from first differences (:func:`classic_fwhm`), as ``3dFWHMx``
    without ``-acf``, by default modelling the Gaussian kernel as sampled on the voxel grid
    (``kernel="continuous"`` gives AFNI's formula; they differ below ~2 voxels FWHM).
@@ -121,13 +122,22 @@ def _require_array(x, what: str,
     return x
 
 
-def _require_finite(data: np.ndarray) -> None:
-    """``ValueError`` for NaN or Inf voxels: one NaN made the automask's level 0 (the whole
-    image) and moved a FWHM from 0.82 to 1.40 mm without a word. (The command line and the
-    Nipype interfaces refuse such images when loading them.)"""
+def _refuse(message: str, name: str | None = None):
+    """:class:`~samri_ml.errors.SamriMLValueError` (a ``ValueError`` too, as these functions
+    raised before) with its cause on one line, after the image's ``name`` where given: the
+    command line said ``cannot compute QC: only 2 voxels in the mask`` without saying whose."""
+    from samri_ml.errors import SamriMLValueError
+
+    raise SamriMLValueError(f"{name}: {message}" if name else message)
+
+
+def _require_finite(data: np.ndarray, name: str | None = None) -> None:
+    """Refuse NaN or Inf voxels (:func:`_refuse`): one NaN made the automask's level 0 (the
+    whole image) and moved a FWHM from 0.82 to 1.40 mm without a word. (The command line and
+    the Nipype interfaces refuse such images when loading them.)"""
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
-        raise ValueError(f"{bad} voxel(s) are NaN or Inf; hint: fix or zero them first")
+        _refuse(f"{bad} voxel(s) are NaN or Inf; hint: fix or zero them first", name)
 
 
 def same_kind(processed, raw) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +224,7 @@ def sigma_from_lag1(rho: float, kernel: str = "sampled") -> float:
     if kernel == "continuous":
         return sigma_c
     if kernel != "sampled":
-        raise ValueError(f"kernel must be 'sampled' or 'continuous', got {kernel!r}")
+        _refuse(f"kernel must be 'sampled' or 'continuous', got {kernel!r}")
     # aliasing error of the sampled kernel ~ 4 exp(-pi^2 sigma^2): negligible above 1.6 voxels
     if sigma_c > 2.0:
         return sigma_c
@@ -310,16 +320,28 @@ def classic_fwhm(
     return _fwhm_from_rho(rho, voxel_sizes, kernel)
 
 
-def combine_fwhm(per_axis) -> float:
-    """Combined FWHM: geometric mean of the valid per-axis values.
+def geometric_mean(values) -> float:
+    """Geometric mean of the valid (finite, positive) values; ``nan`` where there are none.
 
-    .. math:: \\mathrm{FWHM} = \\Big(\\prod_{i \\in \\mathrm{valid}} \\mathrm{FWHM}_i\\Big)^{1/n}
+    .. math:: G = \\Big(\\prod_{k \\in \\mathrm{valid}} v_k\\Big)^{1/n}
+
+    3dFWHMx's default (``-geom``) both for the sub-bricks' estimates along one axis and for the
+    three axes' means; like it, a value that is not positive (an axis without neighbours, a
+    lag-1 correlation of 0 or less: ``nan`` here) is left out rather than counted as 0.
     """
-    vals = np.asarray(per_axis, dtype=float)
+    vals = np.asarray(values, dtype=float).ravel()
     vals = vals[np.isfinite(vals) & (vals > 0)]
     if vals.size == 0:
         return float("nan")
     return float(np.exp(np.mean(np.log(vals))))
+
+
+def combine_fwhm(per_axis) -> float:
+    """Combined FWHM: geometric mean of the valid per-axis values (:func:`geometric_mean`).
+
+    .. math:: \\mathrm{FWHM} = \\Big(\\prod_{i \\in \\mathrm{valid}} \\mathrm{FWHM}_i\\Big)^{1/n}
+    """
+    return geometric_mean(per_axis)
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,7 +501,8 @@ class Smoothness:
         that, applied to white noise, gives the measured first-difference statistics. Used for
         the SCF.
     fwhm_axes : tuple of 3 floats
-        Classic FWHM along the three voxel axes (mean over volumes for 4D data).
+        Classic FWHM along the three voxel axes (for 4D data the geometric mean over volumes,
+        as 3dFWHMx's default ``-geom``).
     acf_params : tuple (a, b, c) or None
         Fitted ACF model parameters (b and c in mm), or None when ``acf=False``.
     acf_fwhm : float
@@ -516,6 +539,7 @@ def estimate_smoothness(
     acf: bool = True,
     acf_radius: float | None = None,
     max_acf_volumes: int = 20,
+    name: str | None = None,
 ) -> Smoothness:
     """Estimate the spatial smoothness (FWHM, mm) of a 3D or 4D image, like AFNI's 3dFWHMx.
 
@@ -525,9 +549,11 @@ def estimate_smoothness(
        else all voxels;
     2. 4D: each voxel's series is detrended (:func:`detrend`, order ``detrend_order``, default
        :func:`default_detrend_order`); 3D: the mask mean is removed;
-    3. per volume, the classic per-axis FWHM (:func:`classic_fwhm`); 4D estimates are averaged over
-       volumes: :math:`\\mathrm{FWHM}_i = \\frac{1}{T}\\sum_t \\mathrm{FWHM}_{i,t}`;
-       combined :math:`\\mathrm{FWHM} = (\\prod_i \\mathrm{FWHM}_i)^{1/3}`;
+    3. per volume, the classic per-axis FWHM (:func:`classic_fwhm`); 4D estimates are combined
+       over volumes by their geometric mean, as 3dFWHMx does by default (``-geom``):
+       :math:`\\mathrm{FWHM}_i = (\\prod_t \\mathrm{FWHM}_{i,t})^{1/T}`;
+       combined :math:`\\mathrm{FWHM} = (\\prod_i \\mathrm{FWHM}_i)^{1/3}` (both over the valid
+       values only, :func:`geometric_mean`);
     4. if ``acf``: the empirical ACF pooled over (up to ``max_acf_volumes`` evenly spaced) volumes
        out to ``acf_radius`` (default 2.5 x the classic FWHM, at least 3 voxels), the model
        :math:`a e^{-r^2/(2b^2)} + (1-a) e^{-r/c}` fitted and its FWHM
@@ -553,6 +579,14 @@ def estimate_smoothness(
         Largest distance (mm) of the empirical ACF.
     max_acf_volumes : int
         Volumes pooled for the ACF of 4D data (the classic estimate uses all of them).
+    name : str, optional
+        What the image is (a path), said first in the errors.
+
+    Raises
+    ------
+    samri_ml.errors.SamriMLValueError
+        (a ``ValueError``) for data that is not 3D or 4D, NaN or Inf voxels, fewer than 3 voxel
+        sizes, a mask of another shape, or fewer than 8 voxels in the mask.
 
     Returns
     -------
@@ -561,23 +595,29 @@ def estimate_smoothness(
     data = np.asarray(_require_array(
         data, "estimate_smoothness", "np.asanyarray(img.dataobj) and img.header.get_zooms()[:3]"))
     if data.ndim not in (3, 4):
-        raise ValueError(f"expected 3D or 4D data, got {data.ndim}D")
-    _require_finite(data)
+        _refuse(f"expected 3D or 4D data, got {data.ndim}D", name)
+    _require_finite(data, name)
     vox = [float(abs(v)) for v in np.ravel(voxel_sizes)][:3]
     if len(vox) < 3:  # it was an IndexError deep inside
-        raise ValueError(f"voxel_sizes: 3 values (mm) needed, got {len(vox)}")
+        _refuse(f"voxel_sizes: 3 values (mm) needed, got {len(vox)}", name)
     if mask is not None:
         m = np.asarray(_require_array(mask, "estimate_smoothness's mask",
                                       "np.asanyarray(mask_img.dataobj)")) != 0
         if m.shape != data.shape[:3]:
-            raise ValueError(f"mask shape {m.shape} differs from the image's {data.shape[:3]}")
+            _refuse(f"mask shape {m.shape} differs from the image's {data.shape[:3]}; hint: "
+                    "give a mask on the image's grid", name)
     elif use_automask:
         m = automask(data)
     else:
         m = np.ones(data.shape[:3], dtype=bool)
     n_vox = int(m.sum())
     if n_vox < 8:
-        raise ValueError(f"only {n_vox} voxels in the mask; cannot estimate smoothness")
+        hint = ("give a mask of the brain" if mask is not None else
+                "the image is flat or nearly empty (no foreground for the automask); give a "
+                "mask of the brain")
+        _refuse(f"only {n_vox} voxel{'' if n_vox == 1 else 's'} in the "
+                f"{'mask' if mask is not None else 'automask'}; "
+                f"cannot estimate smoothness; hint: {hint}", name)
 
     if data.ndim == 4 and data.shape[3] > 1:
         # float32: the 4D series can be large, and float64 copies of it cost seconds
@@ -597,10 +637,9 @@ def estimate_smoothness(
         return v
 
     per_vol = _fwhm_from_rho(_lag1_series(series, m), vox, kernel)  # (3, T)
-    axes = tuple(
-        float(np.mean(row[np.isfinite(row)])) if np.isfinite(row).any() else float("nan")
-        for row in per_vol
-    )
+    # 3dFWHMx's default -geom: the geometric mean over volumes (it was the arithmetic mean, while
+    # the docs said 3dFWHMx; the arithmetic is 3dFWHMx -arith, which also averages the axes so)
+    axes = tuple(geometric_mean(row) for row in per_vol)
     fwhm = combine_fwhm(axes)
     result = Smoothness(fwhm=fwhm, fwhm_axes=axes, n_voxels=n_vox, n_volumes=n_t)
     if acf:
@@ -619,6 +658,53 @@ def estimate_smoothness(
     return result
 
 
+#: Names of the world (RAS+) axes, as :func:`comparable_fwhm` reports those it left out.
+WORLD_AXES = ("L-R", "P-A", "I-S")
+
+
+def comparable_fwhm(axes_processed, affine_processed, axes_raw, affine_raw):
+    """Combined FWHMs of two images over the same world axes: those measured in both.
+
+    .. math::
+
+        S_{p} = \\Big(\\prod_{w \\in W} \\mathrm{FWHM}^{p}_{a_p(w)}\\Big)^{1/|W|},\\quad
+        S_{r} = \\Big(\\prod_{w \\in W} \\mathrm{FWHM}^{r}_{a_r(w)}\\Big)^{1/|W|}
+
+    with :math:`a(w)` the voxel axis of each image closest to world axis :math:`w` (its
+    affine: :func:`nibabel.orientations.io_orientation`; the processed image may be on another,
+    e.g. a template's, grid) and :math:`W` the world axes whose FWHM is valid (finite,
+    positive) in both images. An axis with no neighbour correlation (a single slice, a
+    correlation of 0 or less) has none; each image's own combined FWHM
+    (:func:`combine_fwhm`) then averaged 3 axes on one side and 2 on the other, and their
+    ratio, the SCF, compared unlike things.
+
+    Returns
+    -------
+    fwhm_processed, fwhm_raw : float
+        Where no axis is valid in both, each image's own :func:`combine_fwhm` (``nan`` for
+        one without any): there is no SCF to keep consistent, and a measured FWHM says more
+        than none.
+    left_out : tuple of str
+        The :data:`WORLD_AXES` left out (measured in one image or neither), in order.
+    """
+    from nibabel.orientations import io_orientation
+
+    def by_world(axes, affine):
+        vals = np.asarray(axes, dtype=float)
+        out = np.full(3, np.nan)
+        for voxel_axis, (world, _) in enumerate(io_orientation(np.asarray(affine))):
+            if not np.isnan(world):
+                out[int(world)] = vals[voxel_axis]
+        return out
+
+    p, r = by_world(axes_processed, affine_processed), by_world(axes_raw, affine_raw)
+    both = np.isfinite(p) & (p > 0) & np.isfinite(r) & (r > 0)
+    left_out = tuple(name for name, ok in zip(WORLD_AXES, both, strict=True) if not ok)
+    if not both.any():
+        return combine_fwhm(p), combine_fwhm(r), left_out
+    return geometric_mean(p[both]), geometric_mean(r[both]), left_out
+
+
 def smoothness_conservation(
     fwhm_processed: float, fwhm_raw: float, vcf: float | None = None
 ) -> tuple[float, float]:
@@ -629,7 +715,8 @@ def smoothness_conservation(
         \\mathrm{SCF} = S_{processed} / S_{raw}, \\qquad
         \\mathrm{SCF}_{norm} = \\mathrm{SCF} / \\mathrm{VCF}^{1/3}
 
-    with :math:`S` the combined FWHM (mm). A registration that scales the brain by a linear factor
+    with :math:`S` the combined FWHM (mm), over the same axes in both images
+    (:func:`comparable_fwhm`). A registration that scales the brain by a linear factor
     :math:`k` scales every length, the FWHM included, by :math:`k` and the volume by :math:`k^3`;
     dividing by :math:`\\mathrm{VCF}^{1/3}` removes that share, leaving the smoothing added by
     interpolation.

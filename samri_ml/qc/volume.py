@@ -93,7 +93,9 @@ def voxel_volume(affine: np.ndarray) -> float:
         affine = affine.affine      # element with a sequence')
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4):
-        raise ValueError(f"affine must be 4x4, got {affine.shape}")
+        from samri_ml.qc.smoothness import _refuse
+
+        _refuse(f"affine must be 4x4, got {affine.shape}")
     return float(abs(np.linalg.det(affine[:3, :3])))
 
 
@@ -132,7 +134,9 @@ def temporal_mean(data: np.ndarray) -> np.ndarray:
     if data.ndim == 4:
         return data.mean(axis=3, dtype=np.float64)
     if data.ndim != 3:
-        raise ValueError(f"expected 3D or 4D data, got {data.ndim}D")
+        from samri_ml.qc.smoothness import _refuse
+
+        _refuse(f"expected 3D or 4D data, got {data.ndim}D")
     return data.astype(np.float64, copy=False)
 
 
@@ -221,8 +225,8 @@ def volume_conservation(
 
     processed = _require_array(processed, "volume_conservation")
     raw = _require_array(raw, "volume_conservation")
-    for image in (processed, raw):  # a NaN in raw gave VCF nan with volume 0
-        _require_finite(np.asarray(image))
+    for image, which in ((processed, "processed image"), (raw, "raw image")):
+        _require_finite(np.asarray(image), which)  # a NaN in raw gave VCF nan with volume 0
     threshold = volume_threshold(raw, percentile)
     v_raw = image_volume(raw, raw_affine, threshold)
     v_proc = image_volume(processed, processed_affine, threshold)

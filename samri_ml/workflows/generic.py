@@ -258,7 +258,8 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
         (vcf, write, [("vcf", "vcf"), ("volume_processed", "volume_processed"),
                       ("volume_raw", "volume_raw"), ("raw_dummy_scans", "raw_dummy_scans")]),
         (scf, write, [("scf", "scf"), ("scf_normalised", "scf_normalised"),
-                      ("fwhm_processed", "fwhm_processed"), ("fwhm_raw", "fwhm_raw")]),
+                      ("fwhm_processed", "fwhm_processed"), ("fwhm_raw", "fwhm_raw"),
+                      ("scf_axes_left_out", "scf_axes_left_out")]),
     ])
     if output_dir is not None:
         for ext, field in ((".json", "out_json"), (".tsv", "out_tsv")):
