@@ -698,3 +698,25 @@ def test_scan_says_in_one_line_which_image_cannot_be_measured(tmp_path):
     with pytest.raises(ValueError, match="only 2 voxels") as err:
         estimate_smoothness(np.asarray(nb.load(good).dataobj), (0.2,) * 3, mask=small)
     assert isinstance(err.value, SamriMLError)
+
+
+def test_compare_says_which_scfs_compare_fewer_axes(tmp_path, capsys):
+    """A record whose SCF left an axis out (``scf_axes_left_out``: one image had no
+    neighbour correlation along it) was pooled with three-axis SCFs without a word, and the
+    key was not in qc_metrics.tsv. Now a note names the scans, and the table has the column."""
+    a = _deriv(tmp_path / "a", "a", [1.0, 1.1, 0.9], [1.0, 1.1, 1.2])
+    b = _deriv(tmp_path / "b", "b", [1.0, 1.2, 0.8], [1.0, 0.9, 1.1])
+    path = b / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-qc_metrics.json"
+    rec = json.loads(path.read_text())
+    path.write_text(json.dumps({**rec, "scf_axes_left_out": ["I-S"]}))
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert ("**Note:** the SCF of 1 scan(s) compares fewer axes than the others' (an axis "
+            "without neighbour correlation in one image, `scf_axes_left_out` in its QC "
+            "record): b: sub-01_ses-1_T2w (without I-S).") in printed, printed[:1500]
+    rows = _read_tsv(tmp_path / "cmp" / "qc_metrics.tsv")
+    assert sorted((r["workflow"], r["scan"], r["scf_axes_left_out"]) for r in rows)[3:5] == [
+        ("b", "sub-00_ses-1_T2w", "n/a"), ("b", "sub-01_ses-1_T2w", "I-S")]
+    c = _deriv(tmp_path / "c", "c", [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    assert main(["compare", str(a), str(c)]) == 0  # every SCF over the same axes: no note
+    assert "compares fewer axes" not in capsys.readouterr().out

@@ -18,7 +18,7 @@ import numpy as np
 
 from samri_ml.bids import atomic_target
 from samri_ml.errors import SamriMLError
-from samri_ml.qc.metrics import LABEL_KEYS, METHOD_KEY, QC_SUFFIX, VALUE_KEYS
+from samri_ml.qc.metrics import AXES_KEY, LABEL_KEYS, METHOD_KEY, QC_SUFFIX, VALUE_KEYS
 
 #: Quantities compared across workflows: name -> (record key, transform, label).
 #: Deviations |1 - x| measure how far a factor is from perfect conservation (1).
@@ -153,6 +153,8 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
         rec = {k: data.get(k) for k in LABEL_KEYS}
         rec.update({k: _measured(data.get(k), path, k) for k in VALUE_KEYS})
         rec[METHOD_KEY] = data.get(METHOD_KEY)  # None: a record that predates the key
+        left_out = data.get(AXES_KEY)
+        rec[AXES_KEY] = [str(a) for a in left_out] if isinstance(left_out, list) else []
         rec["scan"] = rec["scan"] or path.name.replace(f"_{QC_SUFFIX}.json", "")
         rec["modality"] = rec["modality"] or ""
         rec["workflow"] = label
@@ -653,6 +655,13 @@ def compare_workflows(
                        "be measured (null in the QC record) are left out of that quantity's "
                        "statistics (their n is given beside the mean): "
                        + "; ".join(unmeasured) + ".")
+    fewer_axes = [f"{wf}: {r['scan']} (without {', '.join(r[AXES_KEY])})"
+                  for wf, recs in groups.items() for r in recs if r[AXES_KEY]]
+    if fewer_axes:
+        # an SCF over two axes pooled with SCFs over three, and nothing said so
+        caution.append(f"**Note:** the SCF of {len(fewer_axes)} scan(s) compares fewer axes "
+                       "than the others' (an axis without neighbour correlation in one image, "
+                       "`scf_axes_left_out` in its QC record): " + "; ".join(fewer_axes) + ".")
     kinds = sorted({r["modality"] for recs in groups.values() for r in recs if r["modality"]})
     if len(kinds) > 1:
         # structural and functional scans conserve volume and smoothness differently (the
@@ -682,8 +691,9 @@ def compare_workflows(
         records = [r for recs in groups.values() for r in recs]
         fig = violin_figure(groups)
         writers = {
-            "qc_metrics.tsv": lambda p: write_tsv(records, p, list(LABEL_KEYS + VALUE_KEYS)
-                                                  + [METHOD_KEY, "space", "path"]),
+            "qc_metrics.tsv": lambda p: write_tsv(
+                [{**r, AXES_KEY: ",".join(r[AXES_KEY]) or None} for r in records], p,
+                list(LABEL_KEYS + VALUE_KEYS) + [METHOD_KEY, AXES_KEY, "space", "path"]),
             "qc_summary.tsv": lambda p: write_tsv(summary, p, SUMMARY_COLUMNS),
             "qc_anova.tsv": lambda p: write_tsv(anova, p, ANOVA_COLUMNS),
             "qc_pairwise.tsv": lambda p: write_tsv(pairwise, p, PAIR_COLUMNS),
