@@ -182,8 +182,12 @@ def detrend(series: np.ndarray, order: int) -> np.ndarray:
 
 
 def default_detrend_order(n_t: int) -> int:
-    """3dFWHMx's automatic detrending order: :math:`q = \\max(1, \\lfloor T/30 \\rfloor)`, capped
-    at :math:`T-2`."""
+    """The detrending order: :math:`q = \\max(1, \\lfloor T/30 \\rfloor)` (Legendre
+    polynomials), capped at :math:`T-2`; the order of 3dFWHMx's ``-detrend`` rule of thumb,
+    not its detrending: AFNI fits other functions (sines and cosines beside the polynomials)
+    and treats short runs otherwise (an audit of 2026-12-03 read its source). Not reproduced
+    here: samri_ml's functional SCFs are comparable with one another, not with AFNI's to the
+    last digit."""
     return int(max(0, min(max(1, n_t // 30), n_t - 2)))
 
 
