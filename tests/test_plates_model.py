@@ -1291,6 +1291,21 @@ def test_an_interrupted_run_keeps_the_sections_ranked_so_far(tmp_path, plate_thu
     assert all(n in written[p]["ranking"][:3] for n, p in zip(plates, images, strict=True))
     assert sorted(q.name for q in tmp_path.iterdir() if not q.name.endswith(".png")) == [
         "out_interrupted.json"]  # no OUT, no temporary file left
+    if signame != "SIGTERM":
+        return
+    # a rerun of the others: the interrupted file is kept, and said to hold what OUT does not
+    rerun = [sys.executable, "-m", "samri_ml.cli.identify_plate", "--variant", "default",
+             "--json", str(out)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([*rerun, *images[-2:]], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and kept.exists(), done.stderr
+    assert (f"samri_ml-identify-plate: note: {kept}, of an earlier interrupted run, holds "
+            f"{CHUNK - 2} image(s) that {out} does not (e.g. {images[0]}); hint: rank them "
+            "again, or keep the two files") in done.stderr.splitlines(), done.stderr
+    done = subprocess.run([*rerun, *images], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and kept.exists(), done.stderr
+    assert (f"samri_ml-identify-plate: note: {kept}, of an earlier interrupted run, holds no "
+            f"image that {out} does not rank; hint: remove it") in done.stderr.splitlines()
 
 
 def test_read_sections_are_ranked_as_rank_ranks_them(shared_data, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -162,12 +163,36 @@ def _run(args) -> int:
             atomic_write_text(json_dumps(results, indent=1), args.json)  # never half-written
         except OSError as e:
             raise SamriMLError(f"cannot write {args.json}: {e.strerror}") from None
+        _note_earlier_interrupted(args.json, results)
     for err in bad:
         print(f"{PROG}: skipped: {err}", file=sys.stderr)
     if bad:
         raise SamriMLError(f"{len(bad)} of {len(args.images)} images could not be read (named "
                            "above, left out of the output); the others are ranked")
     return 0
+
+
+def _note_earlier_interrupted(out, results: dict) -> None:
+    """A note where an interrupted run's ``OUT_interrupted.json`` lies beside the ``OUT`` just
+    written: it stayed without a word, and a lab could not tell whether its sections were in
+    ``OUT`` (kept, not removed: it may hold sections this run did not rank)."""
+    from samri_ml.paths import interrupted_path
+
+    kept = interrupted_path(out)
+    try:
+        earlier = json.loads(Path(kept).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(earlier, dict):
+        return
+    missing = [name for name in earlier if name not in results]
+    if missing:
+        print(f"{PROG}: note: {kept}, of an earlier interrupted run, holds {len(missing)} "
+              f"image(s) that {out} does not (e.g. {missing[0]}); hint: rank them again, "
+              "or keep the two files", file=sys.stderr)
+    else:
+        print(f"{PROG}: note: {kept}, of an earlier interrupted run, holds no image that "
+              f"{out} does not rank; hint: remove it", file=sys.stderr)
 
 
 def _keep_interrupted(args, given: list, results: dict) -> None:
