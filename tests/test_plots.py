@@ -68,6 +68,30 @@ def test_qc_plot_has_a_row_per_modality_paired_points_and_n():
                        for ln in lines) == n
 
 
+@pytest.mark.parametrize("names", [
+    ("samri_ml generic", "samri_ml masked"),  # two runs of samri_ml-register, Names told apart
+    ("deriv_generic_fast", "deriv_masked_fast", "deriv_masked_precise", "averyveryverylongname"),
+])
+def test_qc_plot_tick_labels_neither_overlap_nor_lose_a_character(names):
+    """Workflow names under the panels were one line each: "samri_ml generic" ran into
+    "samri_ml masked" (and four folder names into the next panel's). Now each is wrapped to its
+    share of the panel; no two tick labels of the figure overlap, and each reads as given."""
+    base = _groups(5, 2)
+    groups = {name: [dict(r, workflow=name) for r in recs]
+              for name, recs in zip(names, [base["masked"], base["plain"]] * 2, strict=False)}
+    fig = violin_figure(groups)
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for ax in fig.axes:
+        labels = ax.get_xticklabels()
+        shown = ["".join(t.get_text().rsplit("\n", 1)[0].split()) for t in labels]
+        assert shown == ["".join(n.split()) for n in names]  # (a space ends a line)
+        boxes += [t.get_window_extent(renderer) for t in labels]
+    assert len(boxes) == 2 * len(PLOT_PANELS) * len(names)
+    overlaps = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+    assert not overlaps
+
+
 def test_qc_plot_writes_png_and_svg(tmp_path):
     paths = violin_plot(_groups(2, 2), tmp_path / "qc_violin")
     assert [p.suffix for p in paths] == [".png", ".svg"]
