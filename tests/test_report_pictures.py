@@ -227,6 +227,29 @@ def test_panels_have_orientation_labels_positions_in_mm_and_readable_text(tmp_pa
     assert Image.open(paths["png"]).info["dpi"][0] == pytest.approx(120, abs=1)
 
 
+@pytest.mark.parametrize("n_slices", [1, 2, 8])
+def test_title_and_legend_are_whole_however_few_the_slices(tmp_path, n_slices):
+    """A scan with one or two slices in the brain (a thick-slice functional run) got a figure
+    of that many panels, 2.5-4 in wide: its title ("sub-..._bold: functional mean (top), its
+    registered structural scan (bottom)") and its legend were cut off at both ends. Now the
+    figure is as wide as they are: nothing is drawn at its left and right edges."""
+    from PIL import Image
+
+    tpl, brain = _phantom()
+    img = nb.Nifti1Image(tpl, AFFINE)
+    title = ("sub-sammba_ses-1_task-rest_run-2_bold: functional mean (top), its registered "
+             "structural scan (bottom)")
+    legend = {"#ff3b30": "template brain mask", "#32d2ff": "template anatomy (dark/bright edges)"}
+    paths = mosaic(img, nb.Nifti1Image(brain.astype(np.uint8), AFFINE), reference=img,
+                   n_slices=n_slices, out_base=tmp_path / "m", title=title,
+                   row_labels=["functional", "structural"], legend=legend)
+    assert len(paths["indices"]) == n_slices
+    grey = np.asarray(Image.open(paths["png"]).convert("L"), dtype=float)
+    assert grey.shape[1] >= 120 * 7  # the title is about 7.5 in long at 11 pt
+    assert grey[:, :3].max() < 30 and grey[:, -3:].max() < 30  # (the title's letters: 255)
+    assert any(title in t for t in _svg_texts(paths["svg"]))
+
+
 def test_mask_pictures_name_their_scan(tmp_path):
     out, items, kw = _make_run(tmp_path)
     (page,) = write_subject_reports(out, items, masking="unet", **kw)
