@@ -599,14 +599,17 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     anat_warped = img
                     registered_anats.append((tag, img))
                 elif anat_warped is not None:
+                    # named, as the overview is: a session's runs had pictures of one title
+                    # and headings of one text, told apart by their order only
                     paths = mosaic(img, mask, edges=edges, reference=anat_warped,
                                    out_base=_figure(figures, raw, "functostruct"),
-                                   title="functional mean (top), its registered structural "
-                                         "scan (bottom)",
+                                   title=f"{name}: functional mean (top), its registered "
+                                         "structural scan (bottom)",
                                    row_labels=["functional", "structural"],
                                    legend=overview_legend)
-                    body.append("<h3>Functional mean above the registered structural scan, "
-                                "both under the template's brain mask</h3>")
+                    body.append(f"<h3>{html.escape(Path(raw).name)}: functional mean above the "
+                                "registered structural scan, both under the template's brain "
+                                "mask</h3>")
                     body.append(_img_tag(paths["png"], f"{name} func vs struct"))
                 native_mask = _derivative(output_dir, raw, desc="brain", suffix="mask")
                 if native_mask.exists() and masking != "none":

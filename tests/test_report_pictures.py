@@ -264,6 +264,34 @@ def test_mask_pictures_name_their_scan(tmp_path):
     assert "Predicted brain mask on the native scan: sub-01_ses-1_T2w.nii.gz" in page.read_text()
 
 
+def test_functional_runs_of_a_session_have_pictures_and_headings_of_their_own(tmp_path):
+    """Each functional run's picture above the structural scan was titled "functional mean
+    (top), its registered structural scan (bottom)" and headed "Functional mean above the
+    registered structural scan ...": two runs of a session read alike, in the report and in
+    sub-*/figures/. Now both name their run, as the overview does."""
+    import shutil
+
+    out, items, kw = _make_run(tmp_path)
+    first = items[0]["bold"][0]
+    second = first.replace("task-rest_bold", "task-rest_run-2_bold")
+    shutil.copy(first, second)
+    for desc in ("preproc",):
+        shutil.copy(derivative_path(out, first, space="T", desc=desc),
+                    derivative_path(out, second, space="T", desc=desc))
+    items[0]["bold"].append(second)
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    text = page.read_text()
+    figures = out / "sub-01" / "figures"
+    titles = []
+    for name in ("sub-01_ses-1_task-rest", "sub-01_ses-1_task-rest_run-2"):
+        assert (f"<h3>{name}_bold.nii.gz: functional mean above the registered structural "
+                "scan" in text)
+        texts = _svg_texts(figures / f"{name}_desc-functostruct_bold.svg")
+        titles.append(next(t for t in texts if "functional mean (top)" in t))
+        assert titles[-1].startswith(f"{name}_bold: ")
+    assert titles[0] != titles[1]
+
+
 def test_vcf_of_a_partial_field_of_view_has_a_caveat(tmp_path):
     out, items, kw = _make_run(tmp_path)
     bold = derivative_path(out, items[0]["bold"][0], space="T", desc="preproc")
