@@ -122,10 +122,36 @@ def test_loss_curve_axes_marks_and_title(tmp_path):
         xs = [ln.get_xdata()[0] for ln in ax.get_lines()
               if len(ln.get_xdata()) == 2 and ln.get_xdata()[0] == ln.get_xdata()[1]]
         assert best in xs and lr_drop - 0.5 in xs
-    legend = [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert f"restored: epoch {best}" in legend
     assert any(t.startswith("learning rate") for t in legend)
     assert fig._suptitle.get_text().startswith("unet_brainmask.keras (started from GH.keras)")
+
+
+def test_loss_curve_legend_hides_no_curve(tmp_path):
+    """The legend sat in the loss panel's lower left corner: for a loss falling from 0.7 over
+    30 epochs (a plain and an augmented phase, the rate lowered, raised and lowered again) its
+    eight entries covered the curves of epochs 4-9. Now one legend below both panels, each
+    entry once; no point of any curve lies under it."""
+    n = 30
+    loss = list(0.6 * np.exp(-np.arange(n) / 6) + 0.1)
+    val = [v + 0.02 for v in loss]
+    history = {"loss": loss, "val_loss": val, "dice_coefficient": [1 - 0.8 * v for v in loss],
+               "val_dice_coefficient": [1 - 0.8 * v for v in val],
+               "learning_rate": [1e-3] * 10 + [5e-4] * 8 + [1e-3] * 6 + [5e-4] * 6,
+               "phase": ["plain"] * 18 + ["augmented"] * 12}
+    fig = plot_history(history, tmp_path / "m_loss.png")
+    assert not any(ax.get_legend() for ax in fig.axes)
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert len(labels) == len(set(labels)) == 7  # train, validation, 2 restored, 2 rates, phase
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer))
+        for line in ax.get_lines():
+            pts = line.get_transform().transform(line.get_xydata())
+            assert not any(box.contains(x, y) for x, y in pts)
 
 
 def test_loss_curve_reads_init_only_from_its_own_training_json(tmp_path):
