@@ -93,7 +93,7 @@ _GROUP_PAD = 0.12
 _MARGIN = 0.3
 
 
-def _text_width(text: str, size: float = _FONT) -> float:
+def text_width(text: str, size: float = _FONT) -> float:
     """Width of ``text`` in inches at ``size`` points (matplotlib's default font)."""
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import TextPath
@@ -115,7 +115,7 @@ def _layout(graph, groups, labels, layer, hierarchical, root):
     ``chains`` (edge -> its passing points, top to bottom) and ``block_of`` (node or passing
     point -> its block: a sub-workflow's name for ``hierarchical``, else ``root``).
     """
-    width = {n: _text_width(labels[n]) + 2 * _PAD_X for n in graph.nodes}
+    width = {n: text_width(labels[n]) + 2 * _PAD_X for n in graph.nodes}
     block_of = dict(groups) if hierarchical else dict.fromkeys(graph.nodes, root)
     span = {}
     for n in graph.nodes:
@@ -292,10 +292,10 @@ def _draw_layered(workflow, path: Path, graph2use: str):
         x0, y0, x1, y1 = x0 - 0.1, y0 - 0.1, x1 + 0.1, y1 + 0.25
     title = f"{workflow.name} ({graph2use}; data flow top to bottom)"
     y1 += 0.4
-    x1 = max(x1, x0 + _text_width(title, 10) + 2 * _MARGIN)
+    x1 = max(x1, x0 + text_width(title, 10) + 2 * _MARGIN)
     legend_w = 0.0
     if by_group:
-        legend_w = max(_text_width(g) for g in group_names + ["workflow"]) + 0.55
+        legend_w = max(text_width(g) for g in group_names + ["workflow"]) + 0.55
         x1 += legend_w
     # a Figure without pyplot: a notebook's backend and open figures are left alone
     fig = Figure(figsize=(x1 - x0, y1 - y0))

@@ -210,6 +210,20 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
     ncol, nrow = len(indices), len(rows)
     fig_w = left + right + ncol * width + (ncol - 1) * gap_w
     fig_h = top + bottom + nrow * height + (nrow - 1) * gap_h
+    heading = title + ("\n" if title else "") + "coronal slices, posterior \u2192 anterior"
+    if n_outside:
+        heading += (f"; {n_outside} slice(s) of the brain (mostly) outside the field of "
+                    "view, not shown")
+    # as wide as the heading and the legend: a scan with two slices in the brain got a figure
+    # 4 in wide that cut its title and legend off at both ends (the panels keep their size)
+    from samri_ml.graph import text_width
+
+    need = max(text_width(line, FONT + 1) for line in heading.split("\n")) + 0.4
+    if legend:  # each entry: its line (2 em), the gap (0.8 em) and the columns' (2 em)
+        need = max(need, sum(text_width(label, FONT) + 4.8 * FONT / 72
+                             for label in legend.values()) + 0.4)
+    pad = max(0.0, (need - fig_w) / 2)
+    left, right, fig_w = left + pad, right + pad, fig_w + 2 * pad
     # a Figure without pyplot: a notebook's backend and open figures are left alone
     fig = Figure(figsize=(fig_w, fig_h), facecolor="black")
     FigureCanvasAgg(fig)  # its renderer, whatever the backend
@@ -248,10 +262,6 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
         if row_labels and r < len(row_labels) and row_labels[r]:
             axes[r, 0].text(-0.06, 0.5, row_labels[r], rotation=90, ha="right", va="center",
                             transform=axes[r, 0].transAxes, **text)
-    heading = title + ("\n" if title else "") + "coronal slices, posterior \u2192 anterior"
-    if n_outside:
-        heading += (f"; {n_outside} slice(s) of the brain (mostly) outside the field of "
-                    "view, not shown")
     fig.suptitle(heading, color="white", fontsize=FONT + 1, y=1 - 0.08 / fig_h, va="top")
     if legend:
         handles = [Line2D([], [], color=colour, lw=2, label=label)
@@ -594,14 +604,17 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     anat_warped = img
                     registered_anats.append((tag, img))
                 elif anat_warped is not None:
+                    # named, as the overview is: a session's runs had pictures of one title
+                    # and headings of one text, told apart by their order only
                     paths = mosaic(img, mask, edges=edges, reference=anat_warped,
                                    out_base=_figure(figures, raw, "functostruct"),
-                                   title="functional mean (top), its registered structural "
-                                         "scan (bottom)",
+                                   title=f"{name}: functional mean (top), its registered "
+                                         "structural scan (bottom)",
                                    row_labels=["functional", "structural"],
                                    legend=overview_legend)
-                    body.append("<h3>Functional mean above the registered structural scan, "
-                                "both under the template's brain mask</h3>")
+                    body.append(f"<h3>{html.escape(Path(raw).name)}: functional mean above the "
+                                "registered structural scan, both under the template's brain "
+                                "mask</h3>")
                     body.append(_img_tag(paths["png"], f"{name} func vs struct"))
                 native_mask = _derivative(output_dir, raw, desc="brain", suffix="mask")
                 if native_mask.exists() and masking != "none":

@@ -95,6 +95,33 @@ def test_speed(scans, tmp_path, request):
     assert r.returncode == 0
 
 
+@pytest.mark.parametrize("name", ["anat.nii.gz", "func.nii.gz"])  # RAI 3D; LSA 4D
+def test_evaluate_masker_figures_give_the_scans_own_positions(shared_data, tmp_path, name):
+    """samri_ml-evaluate-masker --figures drew each scan with voxel sizes from 0: the panels
+    of sammba/anat read "y = 0.3 mm" to "y = 15.6 mm" where samri_ml-mask --png of the same
+    file reads -8.2 to 7.1 mm. Now the scan's own positions: the same slices, the same mm."""
+    import nibabel as nb
+
+    from samri_ml.masking.data import Scan, _load_ras, scan_affine
+    from samri_ml.report import mosaic
+
+    path = shared_data / "mri" / "scans" / "sammba" / name
+    image, zooms = _load_ras(path)
+    scan = Scan(f"sammba/{name}", "sammba", image, image > np.percentile(image, 70), zooms,
+                "test", path=str(path))
+    affine = scan_affine(scan)
+    np.testing.assert_allclose(affine, nb.as_closest_canonical(nb.load(path)).affine, atol=1e-5)
+    drawn = mosaic(nb.Nifti1Image(image, affine), out_base=None)
+    own = mosaic(nb.load(path), out_base=None)  # as samri_ml-mask --png draws the file
+    assert drawn["indices"] == own["indices"]
+    np.testing.assert_allclose(drawn["positions_mm"], own["positions_mm"], atol=1e-4)
+    if name == "anat.nii.gz":
+        assert own["positions_mm"][0] == pytest.approx(-8.2, abs=0.05)
+    # a scan without its file (the phantom) keeps voxel sizes from 0
+    assert (scan_affine(Scan("x", "x", image, image > 0, zooms, "t"))
+            == np.diag([*zooms, 1.0])).all()
+
+
 def test_registration_derived_reference_is_reproducible(shared_data, tmp_path):
     """The seed's labelling (register, take the mask back) gives the same mask every time, so
     the sammba EPI row of the evaluation does not move between fresh caches."""

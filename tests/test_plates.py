@@ -979,6 +979,36 @@ def test_montages_of_one_atlas_read_it_once_while_it_stays_as_it_is(tmp_path, mo
     np.testing.assert_array_equal(shown, _tile(_brain(200, 150, seed=5), "")[24:])
 
 
+def test_a_montage_shows_the_whole_section_and_plates_under_their_labels(tmp_path, shared_data):
+    """The labels were drawn over the pictures: val_2/84.png lost its top 24 px of 256 (the
+    hippocampi and the midline, a tenth of what a user compares with the plates), every plate
+    its dorsal cortex's top and, with a note, the section its foot. Now the labels sit in
+    bands of their own, above (and below) the whole pictures."""
+    import cv2
+
+    from samri_ml.plates.montage import LABEL_BAND, TILE, write_montage
+
+    section = cv2.imread(str(shared_data / "plates" / "val_2" / "84.png"), cv2.IMREAD_GRAYSCALE)
+    thumb = np.full((TILE, TILE), 200, np.uint8)  # a plate picture bright to its very edges
+    index = {"plates": np.array([84]), "thumbnails": thumb[None]}
+    result = {"ranking": [84], "distances": [0.1]}
+    plain = cv2.imread(str(write_montage(section, result, tmp_path / "a.png", top=1,
+                                         index=index, title="84.png")))
+    assert plain.shape == (LABEL_BAND + TILE, 2 * TILE, 3)
+    # the section's picture, whole, below its label: its top rows are tissue, not a black band
+    alone = preprocess(section, TILE, crop_threshold="triangle")
+    alone = cv2.resize((np.clip(alone, 0, 1) * 255).astype(np.uint8), (TILE, TILE))
+    np.testing.assert_array_equal(plain[LABEL_BAND:, :TILE, 0], alone)
+    assert plain[LABEL_BAND:LABEL_BAND + 24, :TILE].mean() > 40  # (was the black band: 0)
+    assert (plain[LABEL_BAND:, TILE:] == 200).all()  # the plate whole, to its top row
+    assert plain[:LABEL_BAND, TILE:].max() > 150  # its label ("#1 plate 84 ...") above it
+    noted = cv2.imread(str(write_montage(section, result, tmp_path / "b.png", top=1,
+                                         index=index, title="84.png", note="dorsal part")))
+    assert noted.shape == (2 * LABEL_BAND + TILE, 2 * TILE, 3)  # a foot band under every tile
+    np.testing.assert_array_equal(noted[LABEL_BAND:-LABEL_BAND, :TILE, 0], alone)
+    assert noted[-LABEL_BAND:, :TILE].max() > 150 and not noted[-LABEL_BAND:, TILE:].any()
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16])
 def test_a_16_bit_image_is_stretched_without_float_copies(dtype):
     """A 16-bit image is stretched between its 0.1st and 99.9th percentiles as before, but

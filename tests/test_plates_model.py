@@ -316,6 +316,7 @@ def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):
     import cv2
 
     from samri_ml.interfaces.plates import IdentifyPlate
+    from samri_ml.plates.montage import TILE
 
     sec = tmp_path / "section.png"
     cv2.imwrite(str(sec), plate_thumbs[100])
@@ -324,7 +325,7 @@ def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):
     out = res.outputs
     assert 100 in out.ranking[:5] and len(out.ranking) == 132
     montage = cv2.imread(out.out_montage)
-    assert montage.shape[1] == 6 * montage.shape[0]  # the section + 5 plates side by side
+    assert montage.shape[1] == 6 * TILE  # the section + 5 plates side by side
     saved = json.loads(Path(out.out_json).read_text())  # keyed by path, as the CLI's --json
     assert list(saved) == [str(sec)] and saved[str(sec)]["ranking"] == out.ranking
     # contradictory settings are refused, as the command line refuses them
@@ -393,7 +394,7 @@ def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs, capsy
     import cv2
 
     from samri_ml.cli.identify_plate import main
-    from samri_ml.plates.montage import TILE
+    from samri_ml.plates.montage import LABEL_BAND, TILE
 
     for sub, plate in (("a", 60), ("b", 100)):
         (tmp_path / sub).mkdir()
@@ -406,7 +407,7 @@ def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs, capsy
     assert (f"note: {tmp_path / 'b' / 's.png'}: montage s.png_2_plates.png"
             in capsys.readouterr().err)
     montage = cv2.imread(str(out / "s.png_plates.png"))
-    assert montage.shape == (TILE, 6 * TILE, 3)  # the section and at least 5 plates
+    assert montage.shape == (TILE + LABEL_BAND, 6 * TILE, 3)  # the section, >= 5 plates
     assert main([str(tmp_path / "a" / "s.png"), "--montage", str(tmp_path / "a" / "s.png")]) == 2
 
 

@@ -68,6 +68,30 @@ def test_qc_plot_has_a_row_per_modality_paired_points_and_n():
                        for ln in lines) == n
 
 
+@pytest.mark.parametrize("names", [
+    ("samri_ml generic", "samri_ml masked"),  # two runs of samri_ml-register, Names told apart
+    ("deriv_generic_fast", "deriv_masked_fast", "deriv_masked_precise", "averyveryverylongname"),
+])
+def test_qc_plot_tick_labels_neither_overlap_nor_lose_a_character(names):
+    """Workflow names under the panels were one line each: "samri_ml generic" ran into
+    "samri_ml masked" (and four folder names into the next panel's). Now each is wrapped to its
+    share of the panel; no two tick labels of the figure overlap, and each reads as given."""
+    base = _groups(5, 2)
+    groups = {name: [dict(r, workflow=name) for r in recs]
+              for name, recs in zip(names, [base["masked"], base["plain"]] * 2, strict=False)}
+    fig = violin_figure(groups)
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for ax in fig.axes:
+        labels = ax.get_xticklabels()
+        shown = ["".join(t.get_text().rsplit("\n", 1)[0].split()) for t in labels]
+        assert shown == ["".join(n.split()) for n in names]  # (a space ends a line)
+        boxes += [t.get_window_extent(renderer) for t in labels]
+    assert len(boxes) == 2 * len(PLOT_PANELS) * len(names)
+    overlaps = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+    assert not overlaps
+
+
 def test_qc_plot_writes_png_and_svg(tmp_path):
     paths = violin_plot(_groups(2, 2), tmp_path / "qc_violin")
     assert [p.suffix for p in paths] == [".png", ".svg"]
@@ -98,10 +122,36 @@ def test_loss_curve_axes_marks_and_title(tmp_path):
         xs = [ln.get_xdata()[0] for ln in ax.get_lines()
               if len(ln.get_xdata()) == 2 and ln.get_xdata()[0] == ln.get_xdata()[1]]
         assert best in xs and lr_drop - 0.5 in xs
-    legend = [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert f"restored: epoch {best}" in legend
     assert any(t.startswith("learning rate") for t in legend)
     assert fig._suptitle.get_text().startswith("unet_brainmask.keras (started from GH.keras)")
+
+
+def test_loss_curve_legend_hides_no_curve(tmp_path):
+    """The legend sat in the loss panel's lower left corner: for a loss falling from 0.7 over
+    30 epochs (a plain and an augmented phase, the rate lowered, raised and lowered again) its
+    eight entries covered the curves of epochs 4-9. Now one legend below both panels, each
+    entry once; no point of any curve lies under it."""
+    n = 30
+    loss = list(0.6 * np.exp(-np.arange(n) / 6) + 0.1)
+    val = [v + 0.02 for v in loss]
+    history = {"loss": loss, "val_loss": val, "dice_coefficient": [1 - 0.8 * v for v in loss],
+               "val_dice_coefficient": [1 - 0.8 * v for v in val],
+               "learning_rate": [1e-3] * 10 + [5e-4] * 8 + [1e-3] * 6 + [5e-4] * 6,
+               "phase": ["plain"] * 18 + ["augmented"] * 12}
+    fig = plot_history(history, tmp_path / "m_loss.png")
+    assert not any(ax.get_legend() for ax in fig.axes)
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert len(labels) == len(set(labels)) == 7  # train, validation, 2 restored, 2 rates, phase
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer))
+        for line in ax.get_lines():
+            pts = line.get_transform().transform(line.get_xydata())
+            assert not any(box.contains(x, y) for x, y in pts)
 
 
 def test_loss_curve_reads_init_only_from_its_own_training_json(tmp_path):

@@ -227,6 +227,29 @@ def test_panels_have_orientation_labels_positions_in_mm_and_readable_text(tmp_pa
     assert Image.open(paths["png"]).info["dpi"][0] == pytest.approx(120, abs=1)
 
 
+@pytest.mark.parametrize("n_slices", [1, 2, 8])
+def test_title_and_legend_are_whole_however_few_the_slices(tmp_path, n_slices):
+    """A scan with one or two slices in the brain (a thick-slice functional run) got a figure
+    of that many panels, 2.5-4 in wide: its title ("sub-..._bold: functional mean (top), its
+    registered structural scan (bottom)") and its legend were cut off at both ends. Now the
+    figure is as wide as they are: nothing is drawn at its left and right edges."""
+    from PIL import Image
+
+    tpl, brain = _phantom()
+    img = nb.Nifti1Image(tpl, AFFINE)
+    title = ("sub-sammba_ses-1_task-rest_run-2_bold: functional mean (top), its registered "
+             "structural scan (bottom)")
+    legend = {"#ff3b30": "template brain mask", "#32d2ff": "template anatomy (dark/bright edges)"}
+    paths = mosaic(img, nb.Nifti1Image(brain.astype(np.uint8), AFFINE), reference=img,
+                   n_slices=n_slices, out_base=tmp_path / "m", title=title,
+                   row_labels=["functional", "structural"], legend=legend)
+    assert len(paths["indices"]) == n_slices
+    grey = np.asarray(Image.open(paths["png"]).convert("L"), dtype=float)
+    assert grey.shape[1] >= 120 * 7  # the title is about 7.5 in long at 11 pt
+    assert grey[:, :3].max() < 30 and grey[:, -3:].max() < 30  # (the title's letters: 255)
+    assert any(title in t for t in _svg_texts(paths["svg"]))
+
+
 def test_mask_pictures_name_their_scan(tmp_path):
     out, items, kw = _make_run(tmp_path)
     (page,) = write_subject_reports(out, items, masking="unet", **kw)
@@ -239,6 +262,34 @@ def test_mask_pictures_name_their_scan(tmp_path):
         assert name in titles[name]
     assert len(set(titles.values())) == 2
     assert "Predicted brain mask on the native scan: sub-01_ses-1_T2w.nii.gz" in page.read_text()
+
+
+def test_functional_runs_of_a_session_have_pictures_and_headings_of_their_own(tmp_path):
+    """Each functional run's picture above the structural scan was titled "functional mean
+    (top), its registered structural scan (bottom)" and headed "Functional mean above the
+    registered structural scan ...": two runs of a session read alike, in the report and in
+    sub-*/figures/. Now both name their run, as the overview does."""
+    import shutil
+
+    out, items, kw = _make_run(tmp_path)
+    first = items[0]["bold"][0]
+    second = first.replace("task-rest_bold", "task-rest_run-2_bold")
+    shutil.copy(first, second)
+    for desc in ("preproc",):
+        shutil.copy(derivative_path(out, first, space="T", desc=desc),
+                    derivative_path(out, second, space="T", desc=desc))
+    items[0]["bold"].append(second)
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    text = page.read_text()
+    figures = out / "sub-01" / "figures"
+    titles = []
+    for name in ("sub-01_ses-1_task-rest", "sub-01_ses-1_task-rest_run-2"):
+        assert (f"<h3>{name}_bold.nii.gz: functional mean above the registered structural "
+                "scan" in text)
+        texts = _svg_texts(figures / f"{name}_desc-functostruct_bold.svg")
+        titles.append(next(t for t in texts if "functional mean (top)" in t))
+        assert titles[-1].startswith(f"{name}_bold: ")
+    assert titles[0] != titles[1]
 
 
 def test_vcf_of_a_partial_field_of_view_has_a_caveat(tmp_path):

@@ -80,6 +80,28 @@ def _load_ras(path, *, mean4d=True):
     return ras, zooms
 
 
+def scan_affine(scan: Scan) -> np.ndarray:
+    """The affine of ``scan``'s RAS arrays in its file's own positions (mm), as
+    ``samri_ml-mask --png`` of that file gives them; voxel sizes from 0 where the file is
+    gone, unreadable or of another grid."""
+    import nibabel as nb
+
+    fallback = np.diag([*scan.zooms, 1.0])
+    try:
+        img = nb.load(scan.path) if scan.path else None
+    except (OSError, ValueError, nb.filebasedimages.ImageFileError):
+        img = None
+    if img is None:
+        return fallback
+    ornt = pp.orientation_of(img.affine)
+    shape = img.shape[:3] + (1,) * (3 - len(img.shape[:3]))
+    affine = img.affine @ nb.orientations.inv_ornt_aff(ornt, shape)
+    ras_shape = tuple(int(shape[int(ax)]) for ax in ornt[:, 0])
+    if ras_shape != scan.image.shape[:3] or not np.all(np.isfinite(affine)):
+        return fallback
+    return affine
+
+
 def fill_stripped_rim(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``image`` with its zero voxels inside ``mask`` set to the nearest non-zero voxel's value.
 

@@ -52,12 +52,18 @@ def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True, figure=None) 
     ref = scan.mask > 0
     score = dice(pred, ref)
     if figure is not None:
+        from samri_ml.masking.data import scan_affine
         from samri_ml.report import mask_figure
 
-        def as_image(data):
-            return nb.Nifti1Image(data.astype(np.uint8), img.affine)
+        # in the scan's own positions (mm): from 0 the panels' "y = ... mm" were not those of
+        # samri_ml-mask --png of the same file (sammba/anat: 0.3 to 15.6 against -8.2 to 7.1)
+        affine = scan_affine(scan)
 
-        mask_figure(img, as_image(pred), figure, reference=as_image(ref),
+        def as_image(data):
+            return nb.Nifti1Image(data.astype(np.uint8), affine)
+
+        mask_figure(nb.Nifti1Image(img.dataobj, affine), as_image(pred), figure,
+                    reference=as_image(ref),
                     title=f"{scan.name}: Dice {score:.3f} with the "
                     f"{scan.label_origin} reference")
     return {

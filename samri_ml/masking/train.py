@@ -929,9 +929,17 @@ def plot_history(history, path, *, init_model: str | None = None, title: str | N
         for j, ax in enumerate(axes):
             ax.axvline(n_plain + 0.5, color="grey", ls=":",
                        label="plain \u2192 augmented" if j == 0 else None)
-    for ax, where in zip(axes, ("lower left", "lower right"), strict=True):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc=where)
+    # one legend, below the panels: in a panel's corner it hid the curve there (a loss falling
+    # from 0.7 ran under the lower left one's eight entries for its epochs 4-9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    entries = dict(zip(labels, handles, strict=True))  # a rate changed back and forth: once
+    ncol = min(4, len(entries)) or 1
+    rows = -(-len(entries) // ncol)
+    legend_h = 0.22 * rows + 0.12 if entries else 0.0
+    fig.set_size_inches(10, 4.0 + legend_h)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=ncol,
+                   fontsize=8, frameon=False)
     if title is None:
         title = f"{model_name}.keras"
         if init_model:
@@ -939,6 +947,6 @@ def plot_history(history, path, *, init_model: str | None = None, title: str | N
         if lr is not None and len(lr):
             title += f", initial learning rate {lr[0]:.2g}"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_h / (4.0 + legend_h), 1, 1))
     fig.savefig(path, dpi=100)
     return fig

@@ -13,12 +13,17 @@ from samri_ml.plates.data import load_atlas, preprocess
 MONTAGE_SUFFIX = "_plates.png"
 
 TILE = 256
+#: height (px) of a tile's label band, above its picture (and of a note's, below it)
+LABEL_BAND = 24
 
 
-def _tile(img: np.ndarray, text: str, prepared: bool = False, note: str = "") -> np.ndarray:
+def _tile(img: np.ndarray, text: str, prepared: bool = False, note: str = "",
+          foot: bool = False) -> np.ndarray:
     """A labelled tile: ``img`` cut to its whole tissue and equalised (the triangle box: the
     Otsu box cuts the brainstem off posterior plates), unless ``prepared`` (an index
-    thumbnail, made so already); ``note`` on a second label at its foot."""
+    thumbnail, made so already), :data:`TILE` px square, under a band of :data:`LABEL_BAND`
+    px with ``text``; with ``note`` (or ``foot``: a blank one, so that tiles beside a noted
+    one are as high) a second band below it."""
     import cv2
 
     t = img if prepared or img.dtype != np.uint8 else preprocess(img, TILE,
@@ -26,11 +31,14 @@ def _tile(img: np.ndarray, text: str, prepared: bool = False, note: str = "") ->
     t = (np.clip(t, 0, 1) * 255).astype(np.uint8) if t.dtype != np.uint8 else t
     t = cv2.resize(t, (TILE, TILE))
     t = cv2.cvtColor(t, cv2.COLOR_GRAY2BGR)
-    # a black band 24 px high with the label in it: at the top always, at the foot for a note
-    for top, label in [(0, text)] + ([(TILE - 24, _label(note))] if note else []):
-        cv2.rectangle(t, (0, top), (TILE, top + 24), (0, 0, 0), -1)
-        cv2.putText(t, label, (4, top + 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 220, 255), 1,
+    # the labels in bands of their own, above and below the picture: drawn over it, they hid
+    # its top (and, with a note, its foot) 24 px, a tenth of the section a user compares
+    bands = [(text, "top")] + ([(_label(note), "foot")] if note or foot else [])
+    for label, where in bands:
+        band = np.zeros((LABEL_BAND, TILE, 3), np.uint8)
+        cv2.putText(band, label, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 220, 255), 1,
                     cv2.LINE_AA)
+        t = np.vstack([band, t] if where == "top" else [t, band])
     return t
 
 
@@ -72,7 +80,8 @@ def write_montage(
     note: str = "",
 ) -> Path:
     """Write ``out_png``: the section (labelled ``title``, e.g. its file name, and at its foot
-    ``note``, e.g. how it was read), then its ``top`` plates (number and distance).
+    ``note``, e.g. how it was read), then its ``top`` plates (number and distance), each whole
+    under its label: :data:`TILE` + :data:`LABEL_BAND` px high (another band with a note).
 
     Plate pictures come from ``plate_images`` ({number: image}), else ``atlas_dir``, else the
     thumbnails stored in ``index`` (the plate index that ranked the section, as loaded by
@@ -107,7 +116,8 @@ def write_montage(
                       "hint: give the atlas folder", SamriMLNote, stacklevel=2)
     for p, d in shown:
         img = plate_images.get(p, np.zeros((TILE, TILE), np.float32))  # blank: no picture
-        tiles.append(_tile(img, f"#{len(tiles)} plate {p}  d={d:.3f}", prepared))
+        tiles.append(_tile(img, f"#{len(tiles)} plate {p}  d={d:.3f}", prepared,
+                           foot=bool(note)))
     out = Path(out_png)
     from samri_ml.bids import atomic_write_bytes
     from samri_ml.errors import SamriMLError

@@ -12,6 +12,7 @@ import errno
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -462,6 +463,33 @@ PLOT_PANELS = (
 )
 
 
+#: inches of a panel's width its workflows' tick labels share (its 2.7 less the y axis')
+TICK_ROW_INCHES = 1.9
+
+
+def wrap_label(text: str, width_in: float, size: float = 8) -> str:
+    """``text`` in lines no wider than ``width_in`` inches at ``size`` points, broken after
+    spaces, underscores, hyphens and dots (a folder name such as ``deriv_masked_fast`` has
+    no space), a part wider than a line on its own broken anywhere."""
+    from samri_ml.graph import text_width
+
+    lines, line = [], ""
+    for part in re.findall(r"[^\s_\-.]*[\s_\-.]?", text):
+        if not part:
+            continue
+        if line and text_width((line + part).rstrip(), size) > width_in:
+            lines.append(line.rstrip())
+            line = ""
+        while line == "" and len(part) > 1 and text_width(part.rstrip(), size) > width_in:
+            cut = next(k for k in range(len(part), 0, -1)
+                       if k == 1 or text_width(part[:k], size) <= width_in)
+            lines.append(part[:cut])
+            part = part[cut:]
+        line += part
+    lines.append(line.rstrip())
+    return "\n".join(ln for ln in lines if ln)
+
+
 def violin_figure(groups: dict[str, list[dict]]):
     """The figure of :func:`violin_plot` (a matplotlib Figure outside pyplot).
 
@@ -528,9 +556,12 @@ def violin_figure(groups: dict[str, list[dict]]):
                 ax.set_ylim(bottom=0.0)
             ax.set_xlim(0.4, len(names) + 0.6)
             ax.set_xticks(range(1, len(names) + 1))
-            ax.set_xticklabels([f"{wf}\nn={c}" for wf, c in zip(names, counts, strict=True)],
-                               rotation=20 if len(names) > 2 else 0,
-                               ha="right" if len(names) > 2 else "center", fontsize=8)
+            # wrapped to their share of the panel: "samri_ml generic" and "samri_ml masked"
+            # ran into one another (and into the next panel's) on one line each
+            # (ticks 1 apart on an axis 0.4 wider at each end: one apart in 0.2 + len(names))
+            room = TICK_ROW_INCHES / (len(names) + 0.2) - 0.08
+            ax.set_xticklabels([f"{wrap_label(wf, room)}\nn={c}"
+                                for wf, c in zip(names, counts, strict=True)], fontsize=8)
             ax.set_ylabel(f"{kind} scans\n{label}" if col == 0 else label, fontsize=9)
             ax.tick_params(axis="y", labelsize=8)
             if row == 0:
@@ -538,7 +569,7 @@ def violin_figure(groups: dict[str, list[dict]]):
                              fontsize=9)
     fig.suptitle(
         "One point per scan; grey lines join a scan across workflows; violins only where a "
-        f"group has \u2265 {MIN_SCANS_FOR_VIOLIN} scans.\nThe statistics (qc_stats.md) test "
+        f"group has \u2265 {MIN_SCANS_FOR_VIOLIN} scans, its bar the median.\nThe statistics (qc_stats.md) test "
         "|1 \u2212 VCF|, |1 \u2212 SCF| and SCF/VCF^(1/3); dashed: the ideal value.",
         fontsize=9)
     fig.tight_layout()
