@@ -66,6 +66,12 @@ def test_training_learns_the_tiny_atlas(tiny_data, tmp_path, ema):
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [20, 40, 60]
     assert (out / "best.keras").is_file() and (out / "step_00060.keras").is_file()
+    # the curves as a picture beside the numbers (the masker's training drew its own)
+    import cv2
+
+    png = cv2.imread(str(out / "history.png"))
+    assert png is not None and png.shape[:2] == (400, 1000)
+    assert (png.std(axis=(0, 1)) > 0).all()  # drawn, not blank
     # chance level: the true plate at a random one of 12 positions, MAE 5.5
     assert best["mae"] < 3.0, history
     # what was saved is what was evaluated (with EMA: the averaged weights, not the raw ones)
@@ -419,8 +425,8 @@ def test_the_same_settings_start_the_run_again(tiny_data, tmp_path):
     (out / "step_00099.keras").write_text("left by an earlier run of these settings")
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "best.json", "best.keras", "config.json", "history.json", "last.keras",
-        "step_00002.keras", "step_00004.keras"]
+        "best.json", "best.keras", "config.json", "history.json", "history.png",
+        "last.keras", "step_00002.keras", "step_00004.keras"]
 
 
 def test_ctrl_c_before_the_first_checkpoint_keeps_the_earlier_run(tiny_data, tmp_path, capsys,

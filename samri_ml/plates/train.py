@@ -316,6 +316,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             old.unlink(missing_ok=True)
         earlier.clear()
         _write_files(out, {"history.json": lambda p: p.write_text(json.dumps(history, indent=1)),
+                           "history.png": lambda p: plot_history(history, p),
                            "last.keras": model.save, f"step_{it:05d}.keras": model.save})
         if m1["mae"] < best["mae"]:
             new = {"mae": m1["mae"], "step": it, "val_1": m1, "val_2": m2}
@@ -370,7 +371,45 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 
 #: the files of a training run in its ``out_dir`` (``step_*.keras`` too: :func:`run_files`)
-RUN_FILES = ("config.json", "history.json", "best.json", "best.keras", "last.keras")
+RUN_FILES = ("config.json", "history.json", "history.png", "best.json", "best.keras",
+             "last.keras")
+
+
+def plot_history(history: list[dict], path) -> None:
+    """``history.json``'s curves as a PNG: the training loss, and the val_1 (early stopping)
+    and val_2 (model selection) MAE per evaluation, the best val_1 step marked (the model
+    ``best.keras`` holds). Written with each evaluation: the masker's training drew its curves,
+    the plates' only wrote numbers (found by a review of the figures). A Figure without
+    pyplot: a notebook's backend and open figures are left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps = [r["step"] for r in history]
+    fig = Figure(figsize=(10, 4.0))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_mae = fig.subplots(1, 2)
+    ax_loss.plot(steps, [r["loss"] for r in history], "-o", ms=3.5, label="training loss")
+    ax_loss.set_title("training loss (mean since the last evaluation)")
+    ax_loss.set_ylabel("loss")
+    for split, style in (("val_1", "-o"), ("val_2", "-s")):
+        ax_mae.plot(steps, [r[split]["mae"] for r in history], style, ms=3.5,
+                    label=f"{split} MAE" + (" (early stopping)" if split == "val_1" else
+                                            " (model selection)"))
+    if history:
+        best = min(history, key=lambda r: (r["val_1"]["mae"], r["step"]))
+        for ax in (ax_loss, ax_mae):
+            ax.axvline(best["step"], color="tab:green", lw=1.2, alpha=0.8)
+        ax_mae.plot(best["step"], best["val_1"]["mae"], "*", color="tab:green", ms=11,
+                    label=f"best val_1: step {best['step']} (best.keras)")
+    ax_mae.set_title("MAE: mean rank of the true plate (lower is better)")
+    ax_mae.set_ylabel("MAE (plates)")
+    ax_mae.set_ylim(bottom=0)
+    for ax in (ax_loss, ax_mae):
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
 
 
 def run_files(out_dir) -> list[Path]:
