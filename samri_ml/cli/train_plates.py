@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(shared_data_dir() / "plates"),
         help="folder with atlas/, train/, val_1/, val_2/",
     )
-    p.add_argument("--out", help="output folder (checkpoints, history.json and its curves history.png); required but with "
-                   "--fit-router")
+    p.add_argument("--out", help="output folder (checkpoints, history.json and its curves "
+                   "history.png); required but with --fit-router")
     p.add_argument("--size", type=number_in(int, MIN_SIZE), default=128,
                    help=f"input side in px (at least {MIN_SIZE}: the networks halve it 5 times)")
     p.add_argument("--backbone", choices=["small", "resnet50v2", "resnet101v2"],
