@@ -448,3 +448,32 @@ def test_figures_are_named_as_bids_derivatives_with_the_suffix_last(tmp_path):
             continue
         ent = parse_entities(name)
         assert ent["suffix"] in ("T2w", "bold") and "desc" in ent, name
+
+
+def test_mask_figures_show_the_head_not_the_whole_field_of_view(tmp_path):
+    """A skull-stripped brain in a large field of view filled 60 % of each mask panel's width:
+    its outline was too small to judge. Mask figures (samri_ml-mask --png, evaluate-masker,
+    the report's mask pictures) now show the head's box grown by a margin; a head that fills
+    its grid is shown whole, and the slices' positions are those of the whole grid."""
+    import nibabel as nb
+
+    from samri_ml.report import HEAD_MARGIN, head_box, mask_figure, mosaic
+
+    data = np.zeros((100, 40, 80), np.float32)
+    data[40:60, 10:30, 30:50] = 100.0  # a 20-voxel brain in a grid 5 and 4 times as wide
+    box = head_box(data)
+    pad = int(HEAD_MARGIN * 20)
+    assert box == (slice(40 - pad, 60 + pad), slice(None), slice(30 - pad, 50 + pad))
+    assert head_box(np.ones((30, 30, 30), np.float32)) == (slice(None),) * 3
+    img = nb.Nifti1Image(data, np.diag([0.1, 0.1, 0.1, 1.0]))
+    mask = nb.Nifti1Image((data > 0).astype(np.uint8), img.affine)
+    whole = mosaic(img, mask, out_base=tmp_path / "whole", formats=("png",))
+    cropped = mosaic(img, mask, out_base=tmp_path / "cropped", formats=("png",), crop=True)
+    assert cropped["positions_mm"] == whole["positions_mm"]
+    png = mask_figure(img, mask, tmp_path / "m.png")
+    import matplotlib.image as mpimg
+
+    # the brain (grey 100 of 100: white) fills a panel: many more bright pixels than uncut
+    bright = [(mpimg.imread(p)[..., :3].mean(-1) > 0.9).sum()
+              for p in (tmp_path / "whole.png", png)]
+    assert bright[1] > 4 * bright[0], bright
