@@ -176,6 +176,59 @@ def test_a_function_node_under_multiproc_fails_with_the_hint(head, tmp_path):
     assert f"SamriMLError: {FORKED_MESSAGE}" in crash
 
 
+FAILING_NODES_AFTER_TENSORFLOW = """
+import sys
+import tensorflow  # noqa: F401 - the lab's session had run a network before the workflow
+from nipype.pipeline import engine as pe
+from samri_ml.interfaces import IdentifyPlate, MaskBrain
+
+flat, section, work = sys.argv[1:4]
+wf = pe.Workflow("lab", base_dir=work + "/work")
+wf.config["execution"] = {"crashdump_dir": work + "/crash", "crashfile_format": "txt"}
+wf.add_nodes([pe.Node(MaskBrain(in_file=flat), name="mask"),
+              pe.Node(IdentifyPlate(in_file=section, upright=True, any_orientation=True),
+                      name="plate")])
+try:
+    wf.run(plugin="MultiProc", plugin_args={"n_procs": 2})
+except RuntimeError as err:
+    print("RuntimeError:", err)
+"""
+
+
+def test_a_node_failing_in_its_new_interpreter_keeps_its_one_line_error(tmp_path):
+    """A MaskBrain node given a 2D image, under MultiProc in a session that had imported
+    TensorFlow (the node then runs in a new interpreter), left in its crash file
+    'RuntimeError: samri_ml.interfaces.masking.mask_files in a new process failed:
+    samri_ml.errors.SamriMLError: ...', the same cause that is the plain SamriMLError line
+    without TensorFlow in the session; and IdentifyPlate's contradicting settings were a
+    ValueError. Now both crash files end with the SamriMLError line alone."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    from samri_ml.plates.identify import default_model_dir
+    from samri_ml.report import failed_steps
+
+    flat = tmp_path / "flat scan.nii.gz"  # a space too: a lab's folder names have them
+    nb.save(nb.Nifti1Image(np.ones((20, 20, 1), np.float32), np.eye(4)), flat)
+    section = tmp_path / "section.png"
+    with np.load(default_model_dir() / "plates_index.npz") as z:
+        cv2.imwrite(str(section), z["thumbnails"][60])
+    script = tmp_path / "lab.py"
+    script.write_text(FAILING_NODES_AFTER_TENSORFLOW)
+    r = subprocess.run([sys.executable, str(script), str(flat), str(section), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert "RuntimeError:" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    causes = {step["node"]: step["cause"] for step in failed_steps(tmp_path / "crash")}
+    assert causes == {
+        "mask": f"samri_ml.errors.SamriMLError: {flat}: is a 2D image (20, 20, 1); a 3D "
+                "volume is needed",
+        "plate": "samri_ml.errors.SamriMLError: IdentifyPlate: upright and any_orientation "
+                 "contradict each other (a section dorsal side up, or one that may come "
+                 "turned); hint: set one of them"}
+
+
 def test_maskbrain_in_a_forked_worker_still_runs_in_a_new_interpreter(tiny_model_ran, head,
                                                                       tmp_path):
     """The interfaces' own way out: in a forked process they run the network in a new

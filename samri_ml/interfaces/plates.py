@@ -134,8 +134,11 @@ class IdentifyPlate(SimpleInterface):
 
     def _run_interface(self, runtime):
         if self.inputs.upright and self.inputs.any_orientation:  # as the command line refuses
-            raise ValueError("IdentifyPlate: upright and any_orientation contradict each other "
-                             "(a section dorsal side up, or one that may come turned); set one")
+            # a SamriMLError, as every other refusal: a ValueError's line in a crash file
+            # read as a failure of the code, not of the node's settings
+            raise SamriMLError("IdentifyPlate: upright and any_orientation contradict each "
+                               "other (a section dorsal side up, or one that may come turned); "
+                               "hint: set one of them")
         from samri_ml.models.inference import run_in_new_process, tensorflow_inherited
 
         def opt(name):
