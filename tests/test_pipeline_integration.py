@@ -335,6 +335,45 @@ def _result(graph, name):
     return next(n for n in graph.nodes() if n.name == name).result.outputs
 
 
+def test_a_space_the_ants_programs_would_get_split_is_one_line(head, tmp_path):
+    """A lab's workflow of init_structural_wf whose base_dir had a space failed in s_register
+    with ANTs' 'file /tmp/.../workdir/... does not exist', ITK's 'Fixed Image has not been
+    set' and Nipype's TraitError on the missing transform: Nipype hands the bracketed paths
+    to antsRegistration unquoted. Now the crash file says it in one line, before the program
+    runs; a scan in a folder with a space, which Nipype quotes, still runs."""
+    from samri_ml.report import crash_cause
+    from samri_ml.workflows import init_structural_wf
+    from samri_ml.workflows.registration import _n4_node
+
+    data = tmp_path / "lab data"
+    data.mkdir()
+    scan = data / "sub-01_T2w.nii.gz"
+    shutil.copy(head, scan)
+    n4 = pe.Workflow("n4_only", base_dir=str(tmp_path / "work"))
+    node = _n4_node("s_biascorrect", "fast", "structural", 1)
+    node.inputs.input_image = str(scan)
+    n4.add_nodes([node])
+    corrected = _result(n4.run(), "s_biascorrect").output_image
+    assert nb.load(corrected).shape == nb.load(head).shape
+
+    wf = init_structural_wf(flavour="fast")
+    wf.base_dir = str(tmp_path / "work dir")
+    wf.config["execution"] = {"crashdump_dir": str(tmp_path / "crash"),
+                              "crashfile_format": "txt"}
+    wf.inputs.inputnode.in_file = str(head)
+    wf.inputs.inputnode.template = wf.inputs.inputnode.template_mask = str(head)
+    with pytest.raises(RuntimeError):
+        wf.run()
+    moving = (tmp_path / "work dir/structural_wf/s_biascorrect"
+              / head.name.replace(".nii.gz", "_corrected.nii.gz"))
+    (crash,) = (tmp_path / "crash").glob("crash-*s_register-*.txt")
+    assert crash_cause(crash.read_text()) == (
+        f"samri_ml.errors.SamriMLError: antsRegistration: moving_image '{moving}' has a space "
+        "in its path, which Nipype hands to the ANTs programs unquoted; hint: copy or link it "
+        "to a path without spaces (the workflow's base_dir too)")
+    assert len(list((tmp_path / "crash").iterdir())) == 1  # the one failed step
+
+
 def test_a_rerun_keeps_unchanged_derivatives_and_restores_lost_ones(head, tmp_path):
     """A no-op rerun re-copied every derivative (new modification times, so a downstream
     workflow hashing by time recomputed); the exported sink used as a plain Node was cached,

@@ -24,10 +24,10 @@ Masked" workflow: the mask as antsRegistration's moving-image mask on every stag
 from __future__ import annotations
 
 from nipype.interfaces import utility as niu
-from nipype.interfaces.ants import ApplyTransforms, N4BiasFieldCorrection, Registration
 from nipype.pipeline import engine as pe
 
 from samri_ml.errors import SamriMLError
+from samri_ml.interfaces.ants import ApplyTransforms, N4BiasFieldCorrection, Registration
 from samri_ml.interfaces.func import DropDummyScans, SliceTimeCorrection, TemporalMean
 from samri_ml.registration import (
     brain_fixed_mask_dilation,
