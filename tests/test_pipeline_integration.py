@@ -335,6 +335,37 @@ def _result(graph, name):
     return next(n for n in graph.nodes() if n.name == name).result.outputs
 
 
+def test_the_factories_take_relative_paths_on_their_inputnode(head, tmp_path, monkeypatch):
+    """``wf.inputs.inputnode.in_file = "sub-01_T2w.nii.gz"`` on init_structural_wf (the
+    README's snippet without its abspath calls, as a lab first writes it) reached N4 as it
+    was, which ran in its node's folder: 'file sub-01_T2w.nii.gz does not exist', then a
+    segmentation fault. The inputnodes now make existing relative paths absolute where they
+    are set (symbolic links kept, as the interfaces' path inputs)."""
+    from samri_ml.workflows import init_structural_wf
+
+    img = nb.load(head)  # halved, for time: 32x48x24
+    small = nb.Nifti1Image(np.asanyarray(img.dataobj)[::2, ::2, ::2],
+                           img.affine @ np.diag([2, 2, 2, 1]))
+    monkeypatch.chdir(tmp_path)
+    nb.save(small, "template.nii.gz")
+    nb.save(nb.Nifti1Image((small.get_fdata() > np.percentile(small.get_fdata(), 60))
+                           .astype(np.uint8), small.affine), "template_mask.nii.gz")
+    os.symlink("template.nii.gz", "sub-01_T2w.nii.gz")
+
+    wf = init_structural_wf(flavour="fast", masking="input")
+    wf.inputs.inputnode.in_file = "sub-01_T2w.nii.gz"
+    wf.inputs.inputnode.template = "template.nii.gz"
+    wf.inputs.inputnode.template_mask = "template_mask.nii.gz"
+    wf.inputs.inputnode.in_mask = "template_mask.nii.gz"
+    wf.base_dir = "work"
+    graph = wf.run()
+    warped = _result(graph, "s_warp").output_image
+    assert Path(warped).name == "sub-01_T2w_corrected_trans.nii.gz"  # the link's name
+    out = nb.load(warped).get_fdata()
+    assert out.shape == small.shape
+    assert np.corrcoef(out.ravel(), small.get_fdata().ravel())[0, 1] > 0.9
+
+
 def test_a_space_the_ants_programs_would_get_split_is_one_line(head, tmp_path):
     """A lab's workflow of init_structural_wf whose base_dir had a space failed in s_register
     with ANTs' 'file /tmp/.../workdir/... does not exist', ITK's 'Fixed Image has not been
