@@ -339,8 +339,9 @@ def test_the_factories_take_relative_paths_on_their_inputnode(head, tmp_path, mo
     """``wf.inputs.inputnode.in_file = "sub-01_T2w.nii.gz"`` on init_structural_wf (the
     README's snippet without its abspath calls, as a lab first writes it) reached N4 as it
     was, which ran in its node's folder: 'file sub-01_T2w.nii.gz does not exist', then a
-    segmentation fault. The inputnodes now make existing relative paths absolute where they
-    are set (symbolic links kept, as the interfaces' path inputs)."""
+    segmentation fault; so did relative iterables over subjects. The inputnodes now make
+    existing relative paths absolute where they are set, iterables too (symbolic links kept,
+    as the interfaces' path inputs)."""
     from samri_ml.workflows import init_structural_wf
 
     img = nb.load(head)  # halved, for time: 32x48x24
@@ -350,20 +351,25 @@ def test_the_factories_take_relative_paths_on_their_inputnode(head, tmp_path, mo
     nb.save(small, "template.nii.gz")
     nb.save(nb.Nifti1Image((small.get_fdata() > np.percentile(small.get_fdata(), 60))
                            .astype(np.uint8), small.affine), "template_mask.nii.gz")
-    os.symlink("template.nii.gz", "sub-01_T2w.nii.gz")
+    for sub in ("01", "02"):
+        os.symlink("template.nii.gz", f"sub-{sub}_T2w.nii.gz")
 
     wf = init_structural_wf(flavour="fast", masking="input")
-    wf.inputs.inputnode.in_file = "sub-01_T2w.nii.gz"
+    wf.get_node("inputnode").iterables = ("in_file", ["sub-01_T2w.nii.gz", "sub-02_T2w.nii.gz"])
     wf.inputs.inputnode.template = "template.nii.gz"
     wf.inputs.inputnode.template_mask = "template_mask.nii.gz"
     wf.inputs.inputnode.in_mask = "template_mask.nii.gz"
     wf.base_dir = "work"
     graph = wf.run()
-    warped = _result(graph, "s_warp").output_image
-    assert Path(warped).name == "sub-01_T2w_corrected_trans.nii.gz"  # the link's name
-    out = nb.load(warped).get_fdata()
-    assert out.shape == small.shape
-    assert np.corrcoef(out.ravel(), small.get_fdata().ravel())[0, 1] > 0.9
+    warped = sorted(node.result.outputs.output_image for node in graph.nodes()
+                    if node.name == "s_warp")
+    # the links' names
+    assert [Path(w).name for w in warped] == [f"sub-{sub}_T2w_corrected_trans.nii.gz"
+                                              for sub in ("01", "02")]
+    for path in warped:
+        out = nb.load(path).get_fdata()
+        assert out.shape == small.shape
+        assert np.corrcoef(out.ravel(), small.get_fdata().ravel())[0, 1] > 0.9
 
 
 def test_a_space_the_ants_programs_would_get_split_is_one_line(head, tmp_path):

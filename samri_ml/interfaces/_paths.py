@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 
 from nipype.interfaces.base import Directory as _NipypeDirectory
+from nipype.interfaces.base import DynamicTraitedSpec
 from nipype.interfaces.base import File as _NipypeFile
-from nipype.interfaces.base import traits
-from nipype.interfaces.io import add_traits
 from nipype.interfaces.utility import IdentityInterface as _NipypeIdentityInterface
 
 
@@ -49,20 +48,19 @@ def absolute_if_path(value):
     return value
 
 
-class _AbsoluteIfPath(traits.Any):
-    """Any value, an existing relative path in it made absolute where it is set."""
+class _AbsolutePathsSpec(DynamicTraitedSpec):
+    """An ``IdentityInterface``'s inputs, existing relative paths made absolute where they are
+    set. On the class, not on the traits: Nipype copies a node for every value of its
+    iterables, and a copy's dynamic traits are plain ``Python`` ones."""
 
-    def validate(self, objekt, name, value):
-        return absolute_if_path(value)
+    def __setattr__(self, name, value):
+        super().__setattr__(name, absolute_if_path(value))
 
 
 class IdentityInterface(_NipypeIdentityInterface):
     """Nipype's ``IdentityInterface`` (an ``inputnode``) whose values that name existing
-    relative paths are made absolute where they are set: ``wf.inputs.inputnode.in_file =
-    "sub-01_T2w.nii.gz"`` reached N4 as it was, to run in the node's own folder ('file
-    sub-01_T2w.nii.gz does not exist', then a segmentation fault)."""
+    relative paths are made absolute where they are set (iterables too):
+    ``wf.inputs.inputnode.in_file = "sub-01_T2w.nii.gz"`` reached N4 as it was, to run in the
+    node's own folder ('file sub-01_T2w.nii.gz does not exist', then a segmentation fault)."""
 
-    def __init__(self, fields=None, mandatory_inputs=True, **inputs):
-        super().__init__(fields, mandatory_inputs)
-        add_traits(self.inputs, fields, _AbsoluteIfPath)
-        self.inputs.trait_set(**inputs)
+    input_spec = _AbsolutePathsSpec
