@@ -615,6 +615,32 @@ def test_multiproc_reserves_cpus_for_the_unet_nodes():
         assert wf.get_node(node).n_procs == 3
 
 
+def test_slurm_jobs_ask_for_what_the_nodes_declare(head, tmp_path):
+    """Nipype's SLURM plugins submit every node with the run's sbatch_args: the U-Net node
+    (mem_gb 2) and antsRegistration on omp_nthreads=4 threads got the cluster's default job
+    (one CPU). request_slurm_resources gives the heavy nodes their own; the batch Nipype's
+    SLURMGraph writes (dont_submit: no cluster needed) asks for them after the run's."""
+    import re
+
+    from samri_ml.workflows import init_structural_wf, request_slurm_resources
+
+    wf = init_structural_wf(masking="unet", omp_nthreads=4)
+    wf.base_dir = str(tmp_path / "work")
+    wf.inputs.inputnode.in_file = wf.inputs.inputnode.template = str(head)
+    wf.inputs.inputnode.template_mask = str(head)
+    asked = request_slurm_resources(wf)
+    assert asked["structural_wf.s_mask"] == "--cpus-per-task=4 --mem=2048M"
+    wf.run(plugin="SLURMGraph", plugin_args={"dont_submit": True, "sbatch_args": "-p short"})
+    (submit,) = (tmp_path / "work" / "structural_wf" / "batch").glob("submit_jobs.sh")
+    jobs = dict(re.findall(r"^j\d+_(\w+)=\$\(sbatch (.*?) -J ", submit.read_text(), re.M))
+    args = {name: re.sub(r"-[oe] \S+ ", "", line).split() for name, line in jobs.items()}
+    for name in ("s_mask", "s_register", "s_register_brain"):
+        assert args[name][:2] == ["-p", "short"] and "--cpus-per-task=4" in args[name], args
+        assert "--mem=2048M" in args[name]
+    assert args["s_biascorrect"][-2:] == ["--cpus-per-task=4", "--mem=1024M"]
+    assert args["s_fixed_masks"] == ["-p", "short"]  # runs in the submitting process locally
+
+
 def test_identifyplate_refuses_a_negative_thread_count_multiproc_would_count_as_free():
     """IdentifyPlate(num_threads=-1) was taken: TensorFlow ran on every core while MultiProc,
     reserving num_threads CPUs for the node, counted it as freeing one ("Free processors:
