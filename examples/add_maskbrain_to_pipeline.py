@@ -54,7 +54,9 @@ def add_masking(wf, in_file):
     on the whole image. (``niu_repeat([False, True])`` would leave the first stage unmasked.)
     """
     # report=True: also a PNG of the mask outlined on the scan (out_report), to check it by eye
-    mask = pe.Node(MaskBrain(in_file=str(in_file), report=True), name="mask_brain")
+    # mem_gb: a MaskBrain node peaks near 0.9 GB on the example's scans, more on larger ones;
+    # Nipype reserves 0.2 GB per node unless told (docs/masking.rst)
+    mask = pe.Node(MaskBrain(in_file=str(in_file), report=True), name="mask_brain", mem_gb=2)
     reg = wf.get_node("register")
     # one moving mask per registration stage (here 2)
     repeat = pe.Node(niu_repeat([True, True]), name="moving_masks")

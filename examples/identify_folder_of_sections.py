@@ -25,6 +25,8 @@ from samri_ml.interfaces import IdentifyPlate
 from samri_ml.plates.identify import VARIANT_CHOICES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: memory (GB) MultiProc and the cluster plugins' users reserve for each IdentifyPlate node
+IDENTIFY_MEM_GB = 1.5
 
 
 def write_table(json_files, out_file):
@@ -51,7 +53,11 @@ def build_workflow(sections, out_dir, variant="auto"):
     """``identify`` (one IdentifyPlate per section) -> ``table``; everything under ``out_dir``."""
     out_dir = Path(out_dir).resolve()
     wf = pe.Workflow(name="identify_sections", base_dir=str(out_dir / "work"))
-    identify = pe.MapNode(IdentifyPlate(variant=variant), iterfield=["in_file"], name="identify")
+    # mem_gb: one IdentifyPlate peaks near 0.8 GB (the networks in a new process), and
+    # Nipype reserves 0.2 GB per node unless told: MultiProc with memory_gb started four
+    # times too many at once
+    identify = pe.MapNode(IdentifyPlate(variant=variant), iterfield=["in_file"], name="identify",
+                          mem_gb=IDENTIFY_MEM_GB)
     identify.inputs.in_file = [str(Path(s).resolve()) for s in sections]
     table = pe.Node(Function(function=write_table, input_names=["json_files", "out_file"],
                              output_names=["out_file"]), name="table")  # fmt: skip

@@ -149,3 +149,25 @@ def ensure_ants_on_path() -> str:
     if str(ours) not in path.split(os.pathsep):
         os.environ["PATH"] = os.pathsep.join([str(ours), path]) if path else str(ours)
     return f"antspyx ANTs ({ours})"
+
+
+def unquoted_spaced_paths(cmdline: str, paths) -> list[tuple[str, str]]:
+    """The ``(name, path)`` pairs of ``paths`` that ``cmdline`` would hand to a shell split in
+    two: a path with whitespace in it found outside the command line's single quotes, whole
+    or by its file name without extensions (an output Nipype names after an input, as N4's
+    ``--output <name>_corrected.nii.gz``).
+
+    Nipype quotes a plain file argument (``--input-image '/a b/x.nii.gz'``) but not those it
+    builds into brackets (antsRegistration's ``--metric MI[ fixed, moving, ... ]``,
+    ``--masks``, ``--initial-moving-transform``), antsApplyTransforms' ``--transform``, nor the
+    output names it makes.
+    """
+    import re
+
+    outside = re.sub(r"'[^']*'", " ", cmdline)
+    found = []
+    for name, path in paths:
+        stem = os.path.basename(path).split(".")[0]
+        if any(re.search(r"\s", part) and part in outside for part in (path, stem)):
+            found.append((name, path))
+    return found

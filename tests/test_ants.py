@@ -118,3 +118,37 @@ def test_run_program_names_what_it_runs(tmp_path):
                                            r"runs; hint: one of antsRegistration, "):
         run_program("antsApplyTransform", ["--help"])
     assert run_program("antsRegistration", ["--version"]) == 0
+
+
+@pytest.mark.parametrize("interface, inputs, split", [
+    # N4 quotes its input, but names its output after it: '--output m a_corrected.nii.gz'
+    ("N4BiasFieldCorrection", {"input_image": "d/m a.nii.gz"}, "input_image"),
+    ("N4BiasFieldCorrection", {"input_image": "a b/m.nii.gz"}, None),
+    ("ApplyTransforms", {"input_image": "a b/m.nii.gz", "reference_image": "a b/m.nii.gz",
+                         "transforms": ["a b/t.h5"]}, "transforms"),
+    ("Registration", {"fixed_image": ["a b/m.nii.gz"], "moving_image": ["d/m.nii.gz"],
+                      "metric": ["MI"], "metric_weight": [1], "radius_or_number_of_bins": [32],
+                      "transforms": ["Rigid"], "transform_parameters": [(0.1,)],
+                      "number_of_iterations": [[10]], "smoothing_sigmas": [[0]],
+                      "shrink_factors": [[1]]}, "fixed_image"),
+])
+def test_a_path_the_command_line_would_split_is_found(tmp_path, interface, inputs, split):
+    """The paths with a space that Nipype puts on an ANTs command line unquoted (found on the
+    real command lines of samri_ml's ANTs interfaces), and only those: a scan in a folder with
+    a space, which Nipype quotes, runs."""
+    from samri_ml.ants import unquoted_spaced_paths
+    from samri_ml.interfaces import ants as ants_interfaces
+
+    def real(value):
+        if isinstance(value, list):
+            return [real(v) for v in value]
+        if isinstance(value, str) and "/" in value:
+            path = tmp_path / value
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            return str(path)
+        return value
+
+    iface = getattr(ants_interfaces, interface)(**{k: real(v) for k, v in inputs.items()})
+    found = unquoted_spaced_paths(iface.cmdline, ants_interfaces._path_inputs(iface.inputs))
+    assert [name for name, _ in found][:1] == ([split] if split else [])

@@ -101,3 +101,49 @@ def test_compare_workflows_without_samri_ml_says_so_in_one_line(tmp_path):
         "compare_workflows.sh: samri_ml-example not found (no .venv beside examples/, none on "
         "PATH); hint: make install, or activate the environment samri_ml is installed in"]
     assert not (tmp_path / "work").exists()
+
+
+PEAK_RSS = """
+import resource, sys
+from samri_ml.interfaces.{module} import {function}
+{function}(sys.argv[1], sys.argv[2], num_threads=1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # kB -> GB
+"""
+
+
+def _peak_gb(module, function, in_file, out_dir):
+    """Peak memory (GB) of one node's work on ``in_file``, in a fresh interpreter as a
+    MultiProc worker's new process or a cluster job runs it."""
+    import subprocess
+    import sys
+
+    code = PEAK_RSS.format(module=module, function=function)
+    out = subprocess.run([sys.executable, "-c", code, str(in_file), str(out_dir)],
+                         capture_output=True, text=True, check=True, timeout=300)
+    return float(out.stdout.split()[-1])
+
+
+def test_the_examples_reserve_the_memory_their_samri_ml_nodes_use(tmp_path):
+    """The examples' IdentifyPlate MapNode and MaskBrain node kept Nipype's 0.2 GB per node
+    while one peaks near 0.8 GB: a lab's MultiProc run with memory_gb started about four
+    times too many at once. The peak of a real run must fit in what the example reserves."""
+    import cv2
+    import nibabel as nb
+
+    from samri_ml.example import make_template
+    from samri_ml.plates.identify import default_model_dir
+
+    with np.load(default_model_dir() / "plates_index.npz") as z:
+        section = tmp_path / "60.png"
+        cv2.imwrite(str(section), z["thumbnails"][60])
+    head = tmp_path / "sub-01_T2w.nii.gz"
+    nb.save(make_template(0, contrasts=("t2",), supersample=1)["T2w"], head)
+
+    identify = _load("identify_folder_of_sections").build_workflow([section], tmp_path / "out")
+    plates_gb = _peak_gb("plates", "identify_file", section, tmp_path)
+    assert 0.3 < plates_gb <= identify.get_node("identify").mem_gb, plates_gb
+
+    example = _load("add_maskbrain_to_pipeline")
+    wf = example.add_masking(example.existing_pipeline(head, head, head, tmp_path / "work"), head)
+    mask_gb = _peak_gb("masking", "mask_files", head, tmp_path)
+    assert 0.3 < mask_gb <= wf.get_node("mask_brain").mem_gb, mask_gb

@@ -84,3 +84,44 @@ def test_slice_timing_node_follows_the_slice_encoding_direction(tmp_path, direct
     truth = np.sin(2 * np.pi * f * (t + tr / 2))
     assert np.abs(out[..., 5:-5] - truth[5:-5]).max() < 0.01
     assert np.abs(data[..., 5:-5] - truth[5:-5]).max() > 0.1
+
+
+def test_a_lab_workflow_of_the_run_interfaces_fails_in_one_line_per_node(tmp_path):
+    """A lab's workflow of DropDummyScans -> SliceTimeCorrection with the wrong SliceTiming,
+    and TemporalMean of a file that is no NIfTI: their crash files ended with 'ValueError: 2
+    slice times for 6 slices along axis 2' (no file named) and nibabel's 'ImageFileError:
+    File ... is not a gzip file'; repetition_time=0 was taken, to fail as ZeroDivisionError.
+    Now each crash file ends with a SamriMLError line naming the file, and 0 is refused where
+    it is set."""
+    import nibabel as nb
+    from nipype.pipeline import engine as pe
+    from traits.api import TraitError
+
+    from samri_ml.interfaces import DropDummyScans, SliceTimeCorrection, TemporalMean
+    from samri_ml.report import failed_steps
+
+    run = tmp_path / "sub-01_task-rest_bold.nii.gz"
+    data = np.random.default_rng(0).random((8, 8, 6, 12), dtype=np.float32)
+    nb.save(nb.Nifti1Image(data, np.eye(4)), run)
+    junk = tmp_path / "sub-02_task-rest_bold.nii.gz"
+    junk.write_bytes(b"not an image")
+    with pytest.raises(TraitError, match="repetition_time"):
+        SliceTimeCorrection(repetition_time=0.0)
+
+    wf = pe.Workflow("lab", base_dir=str(tmp_path / "work"))
+    wf.config["execution"] = {"crashdump_dir": str(tmp_path / "crash"),
+                              "crashfile_format": "txt"}
+    dummy = pe.Node(DropDummyScans(in_file=str(run), dummy_scans=2), name="dummy")
+    stc = pe.Node(SliceTimeCorrection(slice_timing=[0.0, 0.5], repetition_time=1.0),
+                  name="stc")
+    mean = pe.Node(TemporalMean(in_file=str(junk)), name="mean")
+    wf.connect(dummy, "out_file", stc, "in_file")
+    wf.add_nodes([mean])
+    with pytest.raises(RuntimeError):
+        wf.run()
+    stc_in = tmp_path / "work/lab/dummy/sub-01_task-rest_bold_nodummy.nii.gz"
+    assert {step["node"]: step["cause"] for step in failed_steps(tmp_path / "crash")} == {
+        "stc": f"samri_ml.errors.SamriMLError: {stc_in}: 2 slice times for 6 slices along "
+               "axis 2",
+        "mean": f"samri_ml.errors.SamriMLError: {junk}: not a NIfTI image (File {junk} is "
+                "not a gzip file); hint: give a .nii or .nii.gz file"}

@@ -176,6 +176,59 @@ def test_a_function_node_under_multiproc_fails_with_the_hint(head, tmp_path):
     assert f"SamriMLError: {FORKED_MESSAGE}" in crash
 
 
+FAILING_NODES_AFTER_TENSORFLOW = """
+import sys
+import tensorflow  # noqa: F401 - the lab's session had run a network before the workflow
+from nipype.pipeline import engine as pe
+from samri_ml.interfaces import IdentifyPlate, MaskBrain
+
+flat, section, work = sys.argv[1:4]
+wf = pe.Workflow("lab", base_dir=work + "/work")
+wf.config["execution"] = {"crashdump_dir": work + "/crash", "crashfile_format": "txt"}
+wf.add_nodes([pe.Node(MaskBrain(in_file=flat), name="mask"),
+              pe.Node(IdentifyPlate(in_file=section, upright=True, any_orientation=True),
+                      name="plate")])
+try:
+    wf.run(plugin="MultiProc", plugin_args={"n_procs": 2})
+except RuntimeError as err:
+    print("RuntimeError:", err)
+"""
+
+
+def test_a_node_failing_in_its_new_interpreter_keeps_its_one_line_error(tmp_path):
+    """A MaskBrain node given a 2D image, under MultiProc in a session that had imported
+    TensorFlow (the node then runs in a new interpreter), left in its crash file
+    'RuntimeError: samri_ml.interfaces.masking.mask_files in a new process failed:
+    samri_ml.errors.SamriMLError: ...', the same cause that is the plain SamriMLError line
+    without TensorFlow in the session; and IdentifyPlate's contradicting settings were a
+    ValueError. Now both crash files end with the SamriMLError line alone."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    from samri_ml.plates.identify import default_model_dir
+    from samri_ml.report import failed_steps
+
+    flat = tmp_path / "flat scan.nii.gz"  # a space too: a lab's folder names have them
+    nb.save(nb.Nifti1Image(np.ones((20, 20, 1), np.float32), np.eye(4)), flat)
+    section = tmp_path / "section.png"
+    with np.load(default_model_dir() / "plates_index.npz") as z:
+        cv2.imwrite(str(section), z["thumbnails"][60])
+    script = tmp_path / "lab.py"
+    script.write_text(FAILING_NODES_AFTER_TENSORFLOW)
+    r = subprocess.run([sys.executable, str(script), str(flat), str(section), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert "RuntimeError:" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    causes = {step["node"]: step["cause"] for step in failed_steps(tmp_path / "crash")}
+    assert causes == {
+        "mask": f"samri_ml.errors.SamriMLError: {flat}: is a 2D image (20, 20, 1); a 3D "
+                "volume is needed",
+        "plate": "samri_ml.errors.SamriMLError: IdentifyPlate: upright and any_orientation "
+                 "contradict each other (a section dorsal side up, or one that may come "
+                 "turned); hint: set one of them"}
+
+
 def test_maskbrain_in_a_forked_worker_still_runs_in_a_new_interpreter(tiny_model_ran, head,
                                                                       tmp_path):
     """The interfaces' own way out: in a forked process they run the network in a new
@@ -280,6 +333,82 @@ def _downstream_wf(base, derivative):
 
 def _result(graph, name):
     return next(n for n in graph.nodes() if n.name == name).result.outputs
+
+
+def test_the_factories_take_relative_paths_on_their_inputnode(head, tmp_path, monkeypatch):
+    """``wf.inputs.inputnode.in_file = "sub-01_T2w.nii.gz"`` on init_structural_wf (the
+    README's snippet without its abspath calls, as a lab first writes it) reached N4 as it
+    was, which ran in its node's folder: 'file sub-01_T2w.nii.gz does not exist', then a
+    segmentation fault; so did relative iterables over subjects. The inputnodes now make
+    existing relative paths absolute where they are set, iterables too (symbolic links kept,
+    as the interfaces' path inputs)."""
+    from samri_ml.workflows import init_structural_wf
+
+    img = nb.load(head)  # halved, for time: 32x48x24
+    small = nb.Nifti1Image(np.asanyarray(img.dataobj)[::2, ::2, ::2],
+                           img.affine @ np.diag([2, 2, 2, 1]))
+    monkeypatch.chdir(tmp_path)
+    nb.save(small, "template.nii.gz")
+    nb.save(nb.Nifti1Image((small.get_fdata() > np.percentile(small.get_fdata(), 60))
+                           .astype(np.uint8), small.affine), "template_mask.nii.gz")
+    for sub in ("01", "02"):
+        os.symlink("template.nii.gz", f"sub-{sub}_T2w.nii.gz")
+
+    wf = init_structural_wf(flavour="fast", masking="input")
+    wf.get_node("inputnode").iterables = ("in_file", ["sub-01_T2w.nii.gz", "sub-02_T2w.nii.gz"])
+    wf.inputs.inputnode.template = "template.nii.gz"
+    wf.inputs.inputnode.template_mask = "template_mask.nii.gz"
+    wf.inputs.inputnode.in_mask = "template_mask.nii.gz"
+    wf.base_dir = "work"
+    graph = wf.run()
+    warped = sorted(node.result.outputs.output_image for node in graph.nodes()
+                    if node.name == "s_warp")
+    # the links' names
+    assert [Path(w).name for w in warped] == [f"sub-{sub}_T2w_corrected_trans.nii.gz"
+                                              for sub in ("01", "02")]
+    for path in warped:
+        out = nb.load(path).get_fdata()
+        assert out.shape == small.shape
+        assert np.corrcoef(out.ravel(), small.get_fdata().ravel())[0, 1] > 0.9
+
+
+def test_a_space_the_ants_programs_would_get_split_is_one_line(head, tmp_path):
+    """A lab's workflow of init_structural_wf whose base_dir had a space failed in s_register
+    with ANTs' 'file /tmp/.../workdir/... does not exist', ITK's 'Fixed Image has not been
+    set' and Nipype's TraitError on the missing transform: Nipype hands the bracketed paths
+    to antsRegistration unquoted. Now the crash file says it in one line, before the program
+    runs; a scan in a folder with a space, which Nipype quotes, still runs."""
+    from samri_ml.report import crash_cause
+    from samri_ml.workflows import init_structural_wf
+    from samri_ml.workflows.registration import _n4_node
+
+    data = tmp_path / "lab data"
+    data.mkdir()
+    scan = data / "sub-01_T2w.nii.gz"
+    shutil.copy(head, scan)
+    n4 = pe.Workflow("n4_only", base_dir=str(tmp_path / "work"))
+    node = _n4_node("s_biascorrect", "fast", "structural", 1)
+    node.inputs.input_image = str(scan)
+    n4.add_nodes([node])
+    corrected = _result(n4.run(), "s_biascorrect").output_image
+    assert nb.load(corrected).shape == nb.load(head).shape
+
+    wf = init_structural_wf(flavour="fast")
+    wf.base_dir = str(tmp_path / "work dir")
+    wf.config["execution"] = {"crashdump_dir": str(tmp_path / "crash"),
+                              "crashfile_format": "txt"}
+    wf.inputs.inputnode.in_file = str(head)
+    wf.inputs.inputnode.template = wf.inputs.inputnode.template_mask = str(head)
+    with pytest.raises(RuntimeError):
+        wf.run()
+    moving = (tmp_path / "work dir/structural_wf/s_biascorrect"
+              / head.name.replace(".nii.gz", "_corrected.nii.gz"))
+    (crash,) = (tmp_path / "crash").glob("crash-*s_register-*.txt")
+    assert crash_cause(crash.read_text()) == (
+        f"samri_ml.errors.SamriMLError: antsRegistration: moving_image '{moving}' has a space "
+        "in its path, which Nipype hands to the ANTs programs unquoted; hint: copy or link it "
+        "to a path without spaces (the workflow's base_dir too)")
+    assert len(list((tmp_path / "crash").iterdir())) == 1  # the one failed step
 
 
 def test_a_rerun_keeps_unchanged_derivatives_and_restores_lost_ones(head, tmp_path):
@@ -484,6 +613,32 @@ def test_multiproc_reserves_cpus_for_the_unet_nodes():
     for wf, node in ((init_structural_wf(masking="unet", omp_nthreads=3), "s_mask"),
                      (init_functional_wf(masking="unet", omp_nthreads=3), "f_mask")):
         assert wf.get_node(node).n_procs == 3
+
+
+def test_slurm_jobs_ask_for_what_the_nodes_declare(head, tmp_path):
+    """Nipype's SLURM plugins submit every node with the run's sbatch_args: the U-Net node
+    (mem_gb 2) and antsRegistration on omp_nthreads=4 threads got the cluster's default job
+    (one CPU). request_slurm_resources gives the heavy nodes their own; the batch Nipype's
+    SLURMGraph writes (dont_submit: no cluster needed) asks for them after the run's."""
+    import re
+
+    from samri_ml.workflows import init_structural_wf, request_slurm_resources
+
+    wf = init_structural_wf(masking="unet", omp_nthreads=4)
+    wf.base_dir = str(tmp_path / "work")
+    wf.inputs.inputnode.in_file = wf.inputs.inputnode.template = str(head)
+    wf.inputs.inputnode.template_mask = str(head)
+    asked = request_slurm_resources(wf)
+    assert asked["structural_wf.s_mask"] == "--cpus-per-task=4 --mem=2048M"
+    wf.run(plugin="SLURMGraph", plugin_args={"dont_submit": True, "sbatch_args": "-p short"})
+    (submit,) = (tmp_path / "work" / "structural_wf" / "batch").glob("submit_jobs.sh")
+    jobs = dict(re.findall(r"^j\d+_(\w+)=\$\(sbatch (.*?) -J ", submit.read_text(), re.M))
+    args = {name: re.sub(r"-[oe] \S+ ", "", line).split() for name, line in jobs.items()}
+    for name in ("s_mask", "s_register", "s_register_brain"):
+        assert args[name][:2] == ["-p", "short"] and "--cpus-per-task=4" in args[name], args
+        assert "--mem=2048M" in args[name]
+    assert args["s_biascorrect"][-2:] == ["--cpus-per-task=4", "--mem=1024M"]
+    assert args["s_fixed_masks"] == ["-p", "short"]  # runs in the submitting process locally
 
 
 def test_identifyplate_refuses_a_negative_thread_count_multiproc_would_count_as_free():

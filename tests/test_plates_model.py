@@ -329,7 +329,7 @@ def test_identify_plate_interface(tmp_path, plate_thumbs, monkeypatch):
     saved = json.loads(Path(out.out_json).read_text())  # keyed by path, as the CLI's --json
     assert list(saved) == [str(sec)] and saved[str(sec)]["ranking"] == out.ranking
     # contradictory settings are refused, as the command line refuses them
-    with pytest.raises(ValueError, match="upright and any_orientation"):
+    with pytest.raises(SamriMLError, match="upright and any_orientation.*hint: set one"):
         IdentifyPlate(in_file=str(sec), upright=True, any_orientation=True).run()
 
 

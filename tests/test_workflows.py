@@ -458,8 +458,10 @@ def _readme_python_api() -> str:
 @pytest.mark.slow
 def test_readme_python_api_runs_as_written(example_dataset, tmp_path):
     """The README's Python API set the inputs as relative paths: every node failed ("file
-    sub-01_T2w.nii.gz does not exist"), as Nipype runs each node in a folder of its own. Run
-    here as written, in a folder holding files of those names (the fast flavour, for time)."""
+    sub-01_T2w.nii.gz does not exist"), as Nipype runs each node in a folder of its own; it
+    gave absolute ones since, and relative ones again now that the factories' inputnodes make
+    them absolute. Run here as written, in a folder holding files of those names (the fast
+    flavour, for time)."""
     import shutil
     import subprocess
     import sys

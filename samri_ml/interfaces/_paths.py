@@ -1,4 +1,5 @@
-"""Path inputs of the samri_ml interfaces: made absolute where they are set.
+"""Path inputs of the samri_ml interfaces and workflows' inputnodes: made absolute where they
+are set.
 
 Nipype runs a node in a folder of its own (``Node``, ``MapNode``, ``interface.run(cwd=...)``),
 so a relative path that existed where it was set was missing where the node ran
@@ -14,7 +15,9 @@ import os
 from pathlib import Path
 
 from nipype.interfaces.base import Directory as _NipypeDirectory
+from nipype.interfaces.base import DynamicTraitedSpec
 from nipype.interfaces.base import File as _NipypeFile
+from nipype.interfaces.utility import IdentityInterface as _NipypeIdentityInterface
 
 
 class _Absolute:
@@ -33,3 +36,31 @@ class File(_Absolute, _NipypeFile):
 
 class Directory(_Absolute, _NipypeDirectory):
     """Nipype's ``Directory``, absolute from where it was set (symbolic links kept)."""
+
+
+def absolute_if_path(value):
+    """``value`` with every relative path in it that exists here (a string, or in a list or
+    tuple) made absolute (``os.path.abspath``: symbolic links kept); anything else as it is."""
+    if isinstance(value, list | tuple):
+        return type(value)(absolute_if_path(item) for item in value)
+    if isinstance(value, str) and value and not os.path.isabs(value) and os.path.lexists(value):
+        return os.path.abspath(value)
+    return value
+
+
+class _AbsolutePathsSpec(DynamicTraitedSpec):
+    """An ``IdentityInterface``'s inputs, existing relative paths made absolute where they are
+    set. On the class, not on the traits: Nipype copies a node for every value of its
+    iterables, and a copy's dynamic traits are plain ``Python`` ones."""
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, absolute_if_path(value))
+
+
+class IdentityInterface(_NipypeIdentityInterface):
+    """Nipype's ``IdentityInterface`` (an ``inputnode``) whose values that name existing
+    relative paths are made absolute where they are set (iterables too):
+    ``wf.inputs.inputnode.in_file = "sub-01_T2w.nii.gz"`` reached N4 as it was, to run in the
+    node's own folder ('file sub-01_T2w.nii.gz does not exist', then a segmentation fault)."""
+
+    input_spec = _AbsolutePathsSpec

@@ -13,7 +13,16 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from samri_ml import func
+from samri_ml.errors import SamriMLError
 from samri_ml.interfaces._paths import File
+
+
+def _load(in_file):
+    """The run, read as samri_ml reads every image: a file that is no NIfTI is one line
+    naming it (it was nibabel's ImageFileError), its shape kept (4D of one volume too)."""
+    from samri_ml.io import load_nifti
+
+    return load_nifti(in_file, allow_4d=True, squeeze=False)
 
 
 def _save_like(data, img, in_file, suffix, cwd):
@@ -41,7 +50,7 @@ class DropDummyScans(SimpleInterface):
     output_spec = _DropDummyScansOutputSpec
 
     def _run_interface(self, runtime):
-        img = nb.load(self.inputs.in_file)
+        img = _load(self.inputs.in_file)
         data, n = func.drop_dummy_volumes(np.asanyarray(img.dataobj), self.inputs.dummy_scans)
         self._results["out_file"] = _save_like(data, img, self.inputs.in_file, "_nodummy", runtime.cwd)
         self._results["n_dropped"] = n
@@ -51,7 +60,9 @@ class DropDummyScans(SimpleInterface):
 class _SliceTimingInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="4D functional run")
     slice_timing = traits.List(traits.Float, mandatory=True, desc="acquisition time of each slice (s)")
-    repetition_time = traits.Float(mandatory=True, desc="repetition time (s)")
+    # above 0: 0 failed with ZeroDivisionError in the node
+    repetition_time = traits.Range(low=0.0, exclude_low=True, mandatory=True,
+                                   desc="repetition time (s), above 0")
     slice_encoding_direction = traits.Enum(
         "k", "k-", "i", "i-", "j", "j-", usedefault=True, desc="BIDS SliceEncodingDirection"
     )
@@ -68,15 +79,18 @@ class SliceTimeCorrection(SimpleInterface):
     output_spec = _SliceTimingOutputSpec
 
     def _run_interface(self, runtime):
-        img = nb.load(self.inputs.in_file)
+        img = _load(self.inputs.in_file)
         direction = self.inputs.slice_encoding_direction
         axis = "ijk".index(direction[0])
         times = list(self.inputs.slice_timing)
         if direction.endswith("-"):
             times = times[::-1]
-        data = func.slice_time_correct(
-            np.asanyarray(img.dataobj), times, self.inputs.repetition_time, slice_axis=axis
-        )
+        try:
+            data = func.slice_time_correct(
+                np.asanyarray(img.dataobj), times, self.inputs.repetition_time, slice_axis=axis
+            )
+        except ValueError as err:  # a 3D image, or a slice count the run does not have
+            raise SamriMLError(f"{self.inputs.in_file}: {err}") from err
         self._results["out_file"] = _save_like(data, img, self.inputs.in_file, "_stc", runtime.cwd)
         return runtime
 
@@ -96,7 +110,7 @@ class TemporalMean(SimpleInterface):
     output_spec = _TemporalMeanOutputSpec
 
     def _run_interface(self, runtime):
-        img = nb.load(self.inputs.in_file)
+        img = _load(self.inputs.in_file)
         data = func.temporal_mean(np.asanyarray(img.dataobj, dtype=np.float32))
         self._results["out_file"] = _save_like(data, img, self.inputs.in_file, "_mean", runtime.cwd)
         return runtime

@@ -387,9 +387,9 @@ def run_in_new_process(module: str, function: str, kwargs: dict) -> dict:
     """``module.function(**kwargs)`` in a new Python interpreter; returns its (JSON) dict.
 
     For work that needs TensorFlow in a process forked from one that had it already
-    (:func:`tensorflow_inherited`). An error in the child is raised here as a RuntimeError
-    with the child's last line (a samri_ml error says what went wrong in one line).
-    """
+    (:func:`tensorflow_inherited`). A :class:`~samri_ml.errors.SamriMLError` in the child is
+    raised here as the same error; any other failure as a RuntimeError with the child's last
+    line."""
     import json
     import subprocess
 
@@ -398,12 +398,24 @@ def run_in_new_process(module: str, function: str, kwargs: dict) -> dict:
     proc = subprocess.run([sys.executable, "-c", code, module, function, json.dumps(kwargs),
                            RESULT_MARK], capture_output=True, text=True)  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(f"{module}.{function} in a new process failed: "
-                           f"{_child_failure(proc.returncode, proc.stderr)}")
+        cause = _child_failure(proc.returncode, proc.stderr)
+        if cause.startswith(_SAMRI_ML_ERROR):
+            # the child's own one line, as the node gives it without a fork: a crash file
+            # said "RuntimeError: samri_ml.interfaces.masking.mask_files in a new process
+            # failed: samri_ml.errors.SamriMLError: ..." for the same cause only where the
+            # session had imported TensorFlow before the run
+            from samri_ml.errors import SamriMLError
+
+            raise SamriMLError(cause[len(_SAMRI_ML_ERROR):])
+        raise RuntimeError(f"{module}.{function} in a new process failed: {cause}")
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK):])
     raise RuntimeError(f"{module}.{function} in a new process gave no result")
+
+
+#: how a child's last line of stderr begins where it failed with a samri_ml error
+_SAMRI_ML_ERROR = "samri_ml.errors.SamriMLError: "
 
 
 def _child_failure(returncode: int, stderr: str) -> str:

@@ -11,6 +11,7 @@ from nipype.pipeline import engine as pe
 from samri_ml.bids import parse_entities, raw_source_uri
 from samri_ml.errors import SamriMLError
 from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
+from samri_ml.interfaces._paths import IdentityInterface
 from samri_ml.interfaces.bids import DerivativesDataSink
 from samri_ml.workflows.registration import (
     _check,
@@ -121,7 +122,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         method = "functional"
     label = workflow_label or ("generic_masked" if masking != "none" else "generic")
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(["template", "template_mask"]), name="inputnode")
+    # relative paths set on it (a template given later) made absolute where they are set
+    inputnode = pe.Node(IdentityInterface(["template", "template_mask"]), name="inputnode")
     inputnode.inputs.template = str(template)
     inputnode.inputs.template_mask = str(template_mask)
     outputnode = pe.Node(niu.IdentityInterface(OUTPUT_FIELDS), name="outputnode")

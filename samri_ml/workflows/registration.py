@@ -24,10 +24,11 @@ Masked" workflow: the mask as antsRegistration's moving-image mask on every stag
 from __future__ import annotations
 
 from nipype.interfaces import utility as niu
-from nipype.interfaces.ants import ApplyTransforms, N4BiasFieldCorrection, Registration
 from nipype.pipeline import engine as pe
 
 from samri_ml.errors import SamriMLError
+from samri_ml.interfaces._paths import IdentityInterface
+from samri_ml.interfaces.ants import ApplyTransforms, N4BiasFieldCorrection, Registration
 from samri_ml.interfaces.func import DropDummyScans, SliceTimeCorrection, TemporalMean
 from samri_ml.registration import (
     brain_fixed_mask_dilation,
@@ -284,7 +285,8 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     _check(masking=masking, omp_nthreads=omp_nthreads)
     _ants_reachable()
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(["in_file", "template", "template_mask", "in_mask"]),
+    # relative paths set on it are made absolute there: the nodes run in folders of their own
+    inputnode = pe.Node(IdentityInterface(["in_file", "template", "template_mask", "in_mask"]),
                         name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(
         ["out_file", "bias_corrected", "composite_transform", "inverse_composite_transform",
@@ -366,7 +368,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
     if slice_timing is not None and not repetition_time:
         raise SamriMLError("slice timing correction needs the repetition time")
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(
+    inputnode = pe.Node(IdentityInterface(  # relative paths made absolute, as above
         ["in_file", "template", "template_mask", "structural", "structural_transform",
          "structural_mask", "in_mask"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(

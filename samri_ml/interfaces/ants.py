@@ -1,0 +1,58 @@
+"""Nipype's ANTs interfaces as samri_ml's workflows run them: a path with a space refused in one
+line before the program runs.
+
+Nipype hands some paths to the ANTs programs unquoted (:func:`samri_ml.ants.
+unquoted_spaced_paths`), so a template, a scan or a workflow ``base_dir`` with a space in its
+path failed with ANTs' own ``file /tmp/labdir/... does not exist``, ITK's ``Fixed Image has
+not been set`` and Nipype's TraitError on the missing output, spread over the crash file.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nipype.interfaces import ants as _nipype_ants
+
+from samri_ml.errors import SamriMLError
+
+
+def _path_inputs(inputs):
+    """``(name, path)`` of every input value (in lists and tuples too) that is an existing
+    file or folder."""
+
+    def walk(name, value):
+        if isinstance(value, list | tuple):
+            for item in value:
+                yield from walk(name, item)
+        elif isinstance(value, str) and value and os.path.lexists(value):
+            yield name, value
+
+    for name, value in sorted(inputs.get().items()):
+        yield from walk(name, value)
+
+
+class _NoUnquotedSpaces:
+    """Refuse, before the program runs, a path the command line would hand over split."""
+
+    def _run_interface(self, runtime, *args, **kwargs):
+        from samri_ml.ants import unquoted_spaced_paths
+
+        found = unquoted_spaced_paths(self.cmdline, _path_inputs(self.inputs))
+        if found:
+            name, path = found[0]
+            raise SamriMLError(f"{os.path.basename(self._cmd)}: {name} {path!r} has a space in its path, which "
+                               "Nipype hands to the ANTs programs unquoted; hint: copy or link "
+                               "it to a path without spaces (the workflow's base_dir too)")
+        return super()._run_interface(runtime, *args, **kwargs)
+
+
+class Registration(_NoUnquotedSpaces, _nipype_ants.Registration):
+    """``nipype.interfaces.ants.Registration``; a path with a space is one line."""
+
+
+class ApplyTransforms(_NoUnquotedSpaces, _nipype_ants.ApplyTransforms):
+    """``nipype.interfaces.ants.ApplyTransforms``; a path with a space is one line."""
+
+
+class N4BiasFieldCorrection(_NoUnquotedSpaces, _nipype_ants.N4BiasFieldCorrection):
+    """``nipype.interfaces.ants.N4BiasFieldCorrection``; a path with a space is one line."""
