@@ -639,6 +639,12 @@ def test_slurm_jobs_ask_for_what_the_nodes_declare(head, tmp_path):
         assert "--mem=2048M" in args[name]
     assert args["s_biascorrect"][-2:] == ["--cpus-per-task=4", "--mem=1024M"]
     assert args["s_fixed_masks"] == ["-p", "short"]  # runs in the submitting process locally
+    # a CPU count or a memory the run asks for every job is left to it, the other still added
+    for run_args, want in (("--mem=16G", "--cpus-per-task=4"), ("-p short -c 2", "--mem=2048M"),
+                           ("--cpus-per-task=8 --mem-per-cpu=4G", None)):
+        wf = init_structural_wf(masking="unet", omp_nthreads=4)
+        asked = request_slurm_resources(wf, run_args)
+        assert asked.get("structural_wf.s_mask") == want, (run_args, asked)
 
 
 def test_identifyplate_refuses_a_negative_thread_count_multiproc_would_count_as_free():

@@ -110,20 +110,44 @@ def test_slurm_graph_submits_and_a_linear_rerun_reports(cluster, example_dataset
     assert diff and all(d["identical"] for d in diff.values()), diff
 
 
-@pytest.mark.parametrize("sbatch_args, noted", [("--partition=samriml", True),
-                                                ("--partition=samriml --cpus-per-task=2", False),
+@pytest.mark.parametrize("sbatch_args, noted", [("--partition=samriml", False),
+                                                ("--partition=samriml --cpus-per-task=1", True),
                                                 ("-p samriml -c 2", False)])
 def test_threads_without_cpus_per_task_are_noted(cluster, example_dataset, tmp_path,
                                                  sbatch_args, noted):
-    """--omp-nthreads 2 with sbatch_args that ask for no CPUs ran every ANTs job's two threads
-    on the one CPU SLURM gives a job by default, in silence."""
+    """--omp-nthreads 2 with sbatch_args that ask for fewer CPUs ran every ANTs job's two
+    threads on one CPU, in silence. Without a CPU count in sbatch_args each step asks for its
+    own (:func:`samri_ml.workflows.request_slurm_resources`): no note."""
     proc = run_register(example_dataset, tmp_path / "out", tmp_path / "work", "--plugin",
                         "SLURM", "--omp-nthreads", "2", "--dry-run", "--plugin-args",
                         json.dumps({"sbatch_args": sbatch_args}), env=cluster.env)
-    note = ("note: --omp-nthreads 2: each ANTs job runs 2 threads, but sbatch_args asks for no "
-            "--cpus-per-task (one CPU per job); hint: add --cpus-per-task=2 to sbatch_args")
+    note = ("note: --omp-nthreads 2: each ANTs job runs 2 threads, but sbatch_args asks for 1 "
+            "CPU(s) per job; hint: leave --cpus-per-task out of sbatch_args (each step then "
+            "asks for its own), or give as many as --omp-nthreads")
     assert (note in proc.stderr) == noted, proc.stderr
     assert "plugin SLURM, 2 thread(s) per ANTs step;" in proc.stderr, proc.stderr
+
+
+def test_each_step_asks_for_its_own_cpus_and_memory(cluster, example_dataset, tmp_path):
+    """samri_ml-register --plugin SLURM/SLURMGraph submitted every step with the run's
+    sbatch_args alone: antsRegistration on --omp-nthreads threads got one CPU. Each heavy step
+    now asks for its CPUs and memory, but a memory the run's sbatch_args give every job is
+    left to them (a lab's --mem=3G is not cut to a step's 1 GB). SLURMGraph's dont_submit
+    writes the jobs without submitting them."""
+    plugin_args = {"sbatch_args": "--partition=samriml --mem=3G", "dont_submit": True}
+    run_register(example_dataset, tmp_path / "out", tmp_path / "work", "--plugin",
+                 "SLURMGraph", "--omp-nthreads", "2", "--plugin-args", json.dumps(plugin_args),
+                 env=cluster.env)
+    (submit,) = (tmp_path / "work").rglob("submit_jobs.sh")
+    jobs = {}
+    for name, line in re.findall(r"^j\d+_(\w+)=\$\(sbatch (.*?) -J ", submit.read_text(),
+                                 re.M):
+        jobs.setdefault(name, line.split())
+    register = [args for name, args in jobs.items() if name.startswith("s_register")]
+    assert register, sorted(jobs)
+    for args in register:
+        assert "--cpus-per-task=2" in args and "--mem=3G" in args, args
+        assert not [a for a in args if a.startswith("--mem=") and a != "--mem=3G"], args
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

@@ -389,13 +389,15 @@ def validate(args, parser) -> None:
         # oversubscribing its CPU and no two runs alike (threads change ANTs' sums)
         args.omp_nthreads = 1 if args.plugin in SCHEDULER_PROGRAMS else args.nprocs
     sbatch_args = str(args.plugin_args.get("sbatch_args") or "")
-    if args.plugin in ("SLURM", "SLURMGraph") and args.omp_nthreads > 1 and not re.search(
-            r"(^|\s)(--cpus-per-task\b|-c\s*\d)", sbatch_args):
-        # SLURM gives a job one CPU unless asked: the threads would share it
+    cpus = re.search(r"(?:^|\s)(?:--cpus-per-task[= ]|-c\s*)(\d+)", sbatch_args)
+    if args.plugin in ("SLURM", "SLURMGraph") and cpus and int(cpus.group(1)) < \
+            args.omp_nthreads:
+        # every job gets the run's CPU count (each step's own is asked for only where the
+        # run's sbatch_args give none: request_slurm_resources)
         print(f"{PROG}: note: --omp-nthreads {args.omp_nthreads}: each ANTs job runs "
-              f"{args.omp_nthreads} threads, but sbatch_args asks for no --cpus-per-task (one "
-              f"CPU per job); hint: add --cpus-per-task={args.omp_nthreads} to sbatch_args in "
-              "--plugin-args", file=sys.stderr)
+              f"{args.omp_nthreads} threads, but sbatch_args asks for {cpus.group(1)} CPU(s) "
+              f"per job; hint: leave --cpus-per-task out of sbatch_args (each step then asks "
+              "for its own), or give as many as --omp-nthreads", file=sys.stderr)
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
 
@@ -1383,6 +1385,12 @@ def _main(argv=None) -> int:
     # built before anything is written: a flavour whose settings Nipype refuses fails here
     wf = build_workflow(args, sessions)
     check_derivative_names(wf)
+    if args.plugin in ("SLURM", "SLURMGraph"):
+        # each heavy step's CPUs and memory (Nipype's SLURM plugins submit every step with
+        # the run's sbatch_args alone: antsRegistration on --omp-nthreads threads got one CPU)
+        from samri_ml.workflows import request_slurm_resources
+
+        request_slurm_resources(wf, str(args.plugin_args.get("sbatch_args") or ""))
     # another run on OUTPUT_DIR, or on the work dir (two runs in one -w crashed each other's
     # steps), refuses this one before anything is written
     OutputLock.check(args.output_dir)
