@@ -1501,6 +1501,43 @@ def test_train_masker_on_a_labs_own_scans(tmp_path, lab_scans_dir, capsys):
     assert _held_out(tuned) == record["config"]["holdout"]
 
 
+
+def test_evaluate_masker_says_when_a_fine_tuned_models_init_is_lost_or_loops(tmp_path, capsys):
+    """A model fine-tuned on a lab's scans and renamed to its ``--init``'s name (its record's
+    ``init_model`` is itself) made evaluate-masker recurse until 'error: RecursionError:
+    maximum recursion depth exceeded'; an ``init_model`` not found from here said that the
+    model itself had no _training.json. Now it is evaluated, what it saw unknown, with a
+    note that says why."""
+    import shutil
+
+    from samri_ml.cli.evaluate_masker import _held_out
+    from samri_ml.cli.evaluate_masker import main as evaluate
+    from samri_ml.example import make_subject, make_template
+
+    model = tmp_path / "m.keras"
+    shutil.copy(default_model_path(), model)
+    record = tmp_path / "m_training.json"
+    config = {"holdout": ["sammba", "emory"], "scans": str(tmp_path / "lab")}
+    record.write_text(json.dumps({"config": {**config, "init_model": str(model)}}))
+    emory = tmp_path / "data" / "mri" / "scans" / "emory_templates"
+    emory.mkdir(parents=True)
+    subject = make_subject(make_template(0, supersample=1), [0, 1], n_volumes=1)
+    nb.save(subject["T2w"], emory / "mouseT2tmp.nii")
+    nb.save(subject["mask"], emory / "mousebrainMask.nii")
+    assert evaluate(["--model", str(model), "--data-dir", str(tmp_path / "data"),
+                     "--views", "coronal", "--json", str(tmp_path / "e.json")]) == 0
+    err = capsys.readouterr().err
+    assert (f"samri_ml-evaluate-masker: note: {model} was fine-tuned from --init {model}, but "
+            "its training record leads back to this model: which shared sources it saw is "
+            "unknown; hint: give the sources it never saw with --held-out") in err
+    assert "has no _training.json beside it" not in err  # it has one
+    assert json.loads((tmp_path / "e.json").read_text())["held_out"] is None
+    # an --init given relative to another folder: not found from here
+    record.write_text(json.dumps({"config": {**config, "init_model": "gone/m0.keras"}}))
+    assert _held_out(model) is None
+    assert ("--init gone/m0.keras, but it has no _training.json here"
+            in capsys.readouterr().err)
+
 def _lab_copy(src, dst, drop=(), add=()):
     import shutil
 

@@ -72,9 +72,12 @@ def get_parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
-def _held_out(model_path: Path) -> list[str] | None:
+def _held_out(model_path: Path, _seen: frozenset = frozenset()) -> list[str] | None:
     """The sources the model was not trained on, from its ``_training.json``; None where there
-    is none (what it was trained on is unknown)."""
+    is none (what it was trained on is unknown), or where it was fine-tuned on a lab's scans
+    from an ``--init`` model whose record is not found from here (a relative path of another
+    folder) or leads back to itself (a fine-tuned model renamed to its ``--init``'s name: it
+    recursed until Python's RecursionError), said in a note."""
     from samri_ml.masking.predict import training_record_path
 
     info = training_record_path(model_path)
@@ -91,7 +94,18 @@ def _held_out(model_path: Path) -> list[str] | None:
         # trained on a lab's own scans (--scans), where --holdout does not apply: the shared
         # sources were all unseen, unless it started from a model that saw them (--init)
         init = config.get("init_model")
-        return _held_out(Path(init)) if init else list(SOURCES)
+        if not init:
+            return list(SOURCES)
+        seen = _seen | {model_path.resolve()}
+        looped = Path(init).resolve() in seen
+        if looped or not training_record_path(init).is_file():
+            why = ("its training record leads back to this model" if looped else
+                   "it has no _training.json here (a path relative to another folder?)")
+            print(f"{PROG}: note: {model_path} was fine-tuned from --init {init}, but {why}: "
+                  "which shared sources it saw is unknown; hint: give the sources it never "
+                  "saw with --held-out", file=sys.stderr)
+            return None
+        return _held_out(Path(init), seen)
     return holdout
 
 
@@ -128,7 +142,12 @@ def _main(argv=None) -> int:
     from samri_ml.io import json_dumps
     from samri_ml.masking.data import real_scans
     from samri_ml.masking.evaluate import by_source, evaluate, report
-    from samri_ml.masking.predict import default_model_path, load_model, unseen_views_note
+    from samri_ml.masking.predict import (
+        default_model_path,
+        load_model,
+        training_record_path,
+        unseen_views_note,
+    )
     from samri_ml.paths import existing_data_dir
 
     data_dir = existing_data_dir(args.data_dir)
@@ -145,7 +164,7 @@ def _main(argv=None) -> int:
         held_out = [*held_out, "phantom"]  # made here: never trained on
     if not scans:
         raise SamriMLError(f"no scans with masks found under {data_dir}")
-    if not known:
+    if not known and not training_record_path(model_path).is_file():  # (else said above)
         print(f"{PROG}: note: {model_path} has no _training.json beside it and --held-out was "
               "not given: which sources it was trained on is unknown", file=sys.stderr)
     rows = evaluate(scans, model, tuple(args.views), flip=args.flip,
