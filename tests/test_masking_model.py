@@ -1538,6 +1538,7 @@ def test_evaluate_masker_says_when_a_fine_tuned_models_init_is_lost_or_loops(tmp
     assert ("--init gone/m0.keras, but it has no _training.json here"
             in capsys.readouterr().err)
 
+
 def _lab_copy(src, dst, drop=(), add=()):
     import shutil
 
@@ -1548,7 +1549,7 @@ def _lab_copy(src, dst, drop=(), add=()):
 
 
 @pytest.mark.parametrize("case", ["unpaired image", "unpaired mask", "other grid",
-                                  "empty mask", "one subject", "no masks"])
+                                  "empty mask", "one subject", "no masks", "no entities"])
 def test_train_masker_refuses_lab_scans_it_cannot_pair(tmp_path, lab_scans_dir, capsys, case):
     """An image without its mask, a mask without its image, a mask of another grid, an empty
     mask, one animal (no validation split), or a folder without masks: one line naming the
@@ -1577,6 +1578,14 @@ def test_train_masker_refuses_lab_scans_it_cannot_pair(tmp_path, lab_scans_dir, 
         "one subject": ({"drop": ["sub-01", "sub-03"]},
                         "scans of one subject (sub-02); the validation split needs two"),
         "no masks": ({"drop": ["*_mask.nii.gz"]}, "no brain masks (*_desc-brain_mask.nii.gz)"),
+        # named as the hint for an image without entities used to say: still no pair
+        "no entities": ({"drop": ["sub-02_*"], "add": [
+                            ("sub-02/anat/T2w.nii.gz", nb.Nifti1Image(grid, mask.affine)),
+                            ("sub-02/anat/T2w_desc-brain_mask.nii.gz", mask)]},
+                        f"{anat / 'T2w.nii.gz'} has no mask beside it, nor can one pair with "
+                        "it: its name has no entities (sub-<label>_...); hint: rename it "
+                        "<entities>_T2w, e.g. sub-01_T2w.nii.gz beside "
+                        "sub-01_desc-brain_mask.nii.gz"),
     }
     kwargs, words = setups[case]
     lab = _lab_copy(lab_scans_dir, tmp_path / "lab", **kwargs)

@@ -396,6 +396,13 @@ def lab_pairs(folder) -> list[tuple[Path, Path, str]]:
         prefix = stem.rsplit("_", 1)[0] if "_" in stem else ""
         mask = next((m for m, p in masks.items() if m.parent == image.parent and p == prefix),
                     None)
+        if mask is None and not prefix:
+            # no entities for a mask to share: the hint below named a mask (T2w_desc-brain_
+            # mask) that does not pair with it either
+            raise SamriMLError(f"--scans: {image} has no mask beside it, nor can one pair "
+                               "with it: its name has no entities (sub-<label>_...); hint: "
+                               f"rename it <entities>_{stem}, e.g. sub-01_{stem}.nii.gz "
+                               f"beside sub-01{LAB_MASK_SUFFIX}.nii.gz")
         if mask is None:
             raise SamriMLError(f"--scans: {image} has no mask beside it; hint: put its mask "
                                f"there as {prefix or stem}{LAB_MASK_SUFFIX}.nii.gz, or move "
