@@ -1255,7 +1255,10 @@ def test_an_interrupted_run_keeps_the_sections_ranked_so_far(tmp_path, plate_thu
     ranked so far are in OUT_interrupted.json, in the format of OUT (OUT itself, which
     other tools take for a whole run's, is not written), a note says so, exit 143 / 130.
     The 33rd image is a named pipe that nobody writes: the run waits there, with the first
-    chunk (:data:`~samri_ml.cli.identify_plate.CHUNK`, 32 images) ranked and printed."""
+    chunk (:data:`~samri_ml.cli.identify_plate.CHUNK`, 32 images) ranked and printed.
+    Under SIGINT an earlier interrupted run's OUT_interrupted.json lies there already, with an
+    image this run does not rank: it stays in the file (it was replaced, lost to a rerun of
+    the others that the same time limit stopped)."""
     import signal
 
     import cv2
@@ -1269,6 +1272,11 @@ def test_an_interrupted_run_keeps_the_sections_ranked_so_far(tmp_path, plate_thu
     slow = tmp_path / "slow.png"
     os.mkfifo(slow)  # a file that takes for ever to read: a section on a hung file system
     out = tmp_path / "out.json"
+    kept = tmp_path / "out_interrupted.json"
+    earlier = {} if signame == "SIGTERM" else {
+        str(tmp_path / "earlier.png"): {"ranking": sorted(plate_thumbs), "distances": []}}
+    if earlier:
+        kept.write_text(json.dumps(earlier))
     proc = subprocess.Popen(
         [sys.executable, "-m", "samri_ml.cli.identify_plate", *images, str(slow),
          "--variant", "default", "--json", str(out)],
@@ -1280,13 +1288,15 @@ def test_an_interrupted_run_keeps_the_sections_ranked_so_far(tmp_path, plate_thu
     assert [line.split(":")[0] for line in printed] == images
     assert proc.returncode == code, err
     lines = err.strip().splitlines()
-    kept = tmp_path / "out_interrupted.json"
     assert lines[-1] == f"samri_ml-identify-plate: {last}", lines
+    also = " and 1 of an earlier interrupted run" if earlier else ""
     assert lines[-2] == (f"samri_ml-identify-plate: note: interrupted after {CHUNK} of "
-                         f"{CHUNK + 1} images: {kept} holds the {CHUNK} ranked ({out} was not "
-                         "written); hint: rerun the others"), lines
+                         f"{CHUNK + 1} images: {kept} holds the {CHUNK} ranked{also} ({out} "
+                         "was not written); hint: rerun the others"), lines
     written = json.loads(kept.read_text())
-    assert list(written) == images  # in the order given
+    assert list(written) == images + list(earlier)  # in the order given, then the earlier
+    for name in earlier:
+        assert written.pop(name) == earlier[name]
     assert all(sorted(r["ranking"]) == sorted(plate_thumbs) for r in written.values())
     # each plate's own thumbnail ranks it in its top 3, as a whole run ranks it
     assert all(n in written[p]["ranking"][:3] for n, p in zip(plates, images, strict=True))

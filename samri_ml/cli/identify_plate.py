@@ -179,11 +179,8 @@ def _note_earlier_interrupted(out, results: dict) -> None:
     from samri_ml.paths import interrupted_path
 
     kept = interrupted_path(out)
-    try:
-        earlier = json.loads(Path(kept).read_text())
-    except (OSError, ValueError):
-        return
-    if not isinstance(earlier, dict):
+    earlier = _earlier_interrupted(kept)
+    if earlier is None:
         return
     missing = [name for name in earlier if name not in results]
     if missing:
@@ -195,12 +192,24 @@ def _note_earlier_interrupted(out, results: dict) -> None:
               f"{out} does not rank; hint: remove it", file=sys.stderr)
 
 
+def _earlier_interrupted(kept) -> dict | None:
+    """The results an earlier interrupted run kept in ``kept`` (``OUT_interrupted.json``);
+    None where there is no such file or it is no JSON object."""
+    try:
+        earlier = json.loads(Path(kept).read_text())
+    except (OSError, ValueError):
+        return None
+    return earlier if isinstance(earlier, dict) else None
+
+
 def _keep_interrupted(args, given: list, results: dict) -> None:
     """After Ctrl-C or SIGTERM: the sections ranked so far, in the format of ``--json OUT``,
     written (atomically) to :func:`~samri_ml.paths.interrupted_path` (``OUT_interrupted.json``:
     the name says that it is incomplete, and OUT, which other tools take for the whole
     run's, is not written), and a note that says so. A run of many sections stopped by a
-    cluster's time limit used to keep nothing."""
+    cluster's time limit used to keep nothing. The images an earlier interrupted run kept
+    there that this one did not rank stay in it: a rerun of the others (the note's hint)
+    stopped by the same time limit replaced them with its own."""
     if not args.json:
         return
     if not results:
@@ -211,13 +220,16 @@ def _keep_interrupted(args, given: list, results: dict) -> None:
 
     done = {name: results[name] for name in given if name in results}  # in given order
     kept = interrupted_path(args.json)
+    earlier = {name: res for name, res in (_earlier_interrupted(kept) or {}).items()
+               if name not in done}
     try:
-        atomic_write_text(json_dumps(done, indent=1), kept)
+        atomic_write_text(json_dumps({**done, **earlier}, indent=1), kept)
     except OSError as e:
         print(f"{PROG}: note: interrupted; cannot write {kept}: {e.strerror}", file=sys.stderr)
         return
+    also = f" and {len(earlier)} of an earlier interrupted run" if earlier else ""
     print(f"{PROG}: note: interrupted after {len(done)} of {len(given)} images: {kept} holds "
-          f"the {len(done)} ranked ({args.json} was not written); hint: rerun the others",
+          f"the {len(done)} ranked{also} ({args.json} was not written); hint: rerun the others",
           file=sys.stderr)
 
 
