@@ -1337,6 +1337,17 @@ def test_another_pipelines_derivatives_as_bids_dir_are_said(tmp_path, capsys):
                      "https://doi.org/10.18112/openneuro.ds000001, unless registering these "
                      "is meant"], err
     assert any("dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz" in ln for ln in err), err
+    # a SourceDatasets that is no list (a number): 'error: TypeError: 'int' object is not
+    # iterable'; now the note without a source
+    (bids / "dataset_description.json").write_text(json.dumps({
+        "Name": "denoised", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
+        "SourceDatasets": 1}))
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [ln for ln in err if "is a derivatives dataset" in ln] == [
+        f"samri_ml-register: note: BIDS_DIR {bids} is a derivatives dataset, not raw data: its "
+        "scans are registered as they are, already processed; hint: give the raw dataset it "
+        "was made from, unless registering these is meant"], err
 
 
 FORKED_TF_SCRIPT = r"""

@@ -444,7 +444,8 @@ def _check_raw_dataset(bids_dir: Path) -> None:
     if not ours and desc.get("DatasetType") != "derivative" and \
             "PipelineDescription" not in desc:
         return
-    sources = [s.get("URL") for s in desc.get("SourceDatasets") or []
+    listed = desc.get("SourceDatasets")  # BIDS: a list of objects; anything else is no source
+    sources = [s.get("URL") for s in (listed if isinstance(listed, list) else [])
                if isinstance(s, dict) and isinstance(s.get("URL"), str)]
     source = sources[0] if sources else ""
     if source:
