@@ -1599,6 +1599,25 @@ def test_train_masker_refuses_lab_scans_it_cannot_pair(tmp_path, lab_scans_dir, 
     assert not out.exists()
 
 
+def test_lab_scans_in_a_datalad_dataset_pair_as_without_it(tmp_path, lab_scans_dir):
+    """A DataLad dataset given as --scans DIR keeps a copy of each scan in
+    .git/annex/objects/.../MD5E-s<size>--<hash>.nii.gz: each was taken for an image and
+    refused ('has no mask beside it'). Hidden folders are not read: the same pairs as the
+    folder without them."""
+    from samri_ml.masking.data import lab_pairs
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
+    want = [(image.relative_to(lab), mask.relative_to(lab), subject)
+            for image, mask, subject in lab_pairs(lab)]
+    scan = lab / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
+    key = f"MD5E-s{scan.stat().st_size}--0123456789abcdef0123456789abcdef.nii.gz"
+    annexed = lab / ".git" / "annex" / "objects" / "Xy" / "Zw" / key / key
+    annexed.parent.mkdir(parents=True)
+    annexed.write_bytes(scan.read_bytes())
+    assert [(image.relative_to(lab), mask.relative_to(lab), subject)
+            for image, mask, subject in lab_pairs(lab)] == want
+    assert len(want) == 4 and {s for _, _, s in want} == {"sub-01", "sub-02", "sub-03"}
+
 def test_train_masker_says_shared_data_options_do_nothing_with_scans(tmp_path, lab_scans_dir,
                                                                       capsys):
     """--holdout, the synthetic heads' options and the shared data's folders did nothing

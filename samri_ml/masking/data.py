@@ -379,7 +379,10 @@ def lab_pairs(folder) -> list[tuple[Path, Path, str]]:
     niftis = {}
     for path in sorted(folder.rglob("*.nii*")):
         stem = _nifti_stem(path)
-        if stem is not None and path.is_file() and not path.name.startswith("."):
+        # nothing in hidden folders: a DataLad dataset's .git/annex/objects holds a copy of
+        # each scan (MD5E-s...--<hash>.nii.gz), each refused as an image without its mask
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if stem is not None and path.is_file() and not hidden:
             niftis[path] = stem
     masks = {p: s[: -len(LAB_MASK_SUFFIX)] for p, s in niftis.items()
              if s.endswith(LAB_MASK_SUFFIX)}
