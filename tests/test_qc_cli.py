@@ -720,3 +720,13 @@ def test_compare_says_which_scfs_compare_fewer_axes(tmp_path, capsys):
     c = _deriv(tmp_path / "c", "c", [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
     assert main(["compare", str(a), str(c)]) == 0  # every SCF over the same axes: no note
     assert "compares fewer axes" not in capsys.readouterr().out
+    # every record without I-S: the note said "fewer axes than the others'", of no others
+    for path in [*a.rglob("*_desc-qc_metrics.json"), *b.rglob("*_desc-qc_metrics.json")]:
+        path.write_text(json.dumps({**json.loads(path.read_text()),
+                                    "scf_axes_left_out": ["I-S"]}))
+    assert main(["compare", str(a), str(b)]) == 0
+    printed = capsys.readouterr().out
+    assert "compares fewer axes" not in printed
+    assert ("**Note:** every scan's SCF leaves out the I-S axis (no neighbour correlation "
+            "along it in one image or both, `scf_axes_left_out` in the QC records): the SCFs "
+            "compare with one another, not with SCFs over three axes.") in printed

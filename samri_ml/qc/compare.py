@@ -688,7 +688,16 @@ def compare_workflows(
                        + "; ".join(unmeasured) + ".")
     fewer_axes = [f"{wf}: {r['scan']} (without {', '.join(r[AXES_KEY])})"
                   for wf, recs in groups.items() for r in recs if r[AXES_KEY]]
-    if fewer_axes:
+    left_out = {tuple(r[AXES_KEY]) for recs in groups.values() for r in recs}
+    if fewer_axes and len(left_out) == 1:
+        # every scan's SCF over the same axes: there are no others' to compare fewer with
+        (axes,) = left_out
+        caution.append(f"**Note:** every scan's SCF leaves out the {', '.join(axes)} "
+                       f"{'axis' if len(axes) == 1 else 'axes'} (no neighbour correlation "
+                       "along it in one image or both, `scf_axes_left_out` in the QC "
+                       "records): the SCFs compare with one another, not with SCFs over "
+                       "three axes.")
+    elif fewer_axes:
         # an SCF over two axes pooled with SCFs over three, and nothing said so
         caution.append(f"**Note:** the SCF of {len(fewer_axes)} scan(s) compares fewer axes "
                        "than the others' (an axis without neighbour correlation in one image, "
