@@ -1507,7 +1507,8 @@ def test_evaluate_masker_says_when_a_fine_tuned_models_init_is_lost_or_loops(tmp
     ``init_model`` is itself) made evaluate-masker recurse until 'error: RecursionError:
     maximum recursion depth exceeded'; an ``init_model`` not found from here said that the
     model itself had no _training.json. Now it is evaluated, what it saw unknown, with a
-    note that says why."""
+    note that says why. An average of such models (--average-of with --scans) counted every
+    shared source as unseen, whatever its members had seen: now what none of them saw."""
     import shutil
 
     from samri_ml.cli.evaluate_masker import _held_out
@@ -1537,6 +1538,20 @@ def test_evaluate_masker_says_when_a_fine_tuned_models_init_is_lost_or_loops(tmp
     assert _held_out(model) is None
     assert ("--init gone/m0.keras, but it has no _training.json here"
             in capsys.readouterr().err)
+    # an average (--average-of) of models fine-tuned on the lab's scans from the shipped
+    # one: its weights are the shipped model's descendants, not all shared sources unseen
+    shipped = default_model_path()
+    shipped_holdout = json.loads(shipped.with_name(shipped.stem + "_training.json")
+                                 .read_text())["config"]["holdout"]
+    record.write_text(json.dumps({"config": {**config, "init_model": str(shipped)}}))
+    lab_only = tmp_path / "lab_only.keras"  # trained on the lab's scans from random weights
+    lab_only.with_name("lab_only_training.json").write_text(json.dumps(
+        {"config": {**config, "init_model": ""}}))
+    soup = tmp_path / "soup.keras"
+    soup.with_name("soup_training.json").write_text(json.dumps(
+        {"config": config, "average_of": [str(model), str(lab_only)]}))
+    assert _held_out(lab_only) == ["dama", "sammba", "emory", "templates"]
+    assert _held_out(soup) == shipped_holdout != _held_out(lab_only)
 
 
 def _lab_copy(src, dst, drop=(), add=()):

@@ -77,14 +77,16 @@ def _held_out(model_path: Path, _seen: frozenset = frozenset()) -> list[str] | N
     is none (what it was trained on is unknown), or where it was fine-tuned on a lab's scans
     from an ``--init`` model whose record is not found from here (a relative path of another
     folder) or leads back to itself (a fine-tuned model renamed to its ``--init``'s name: it
-    recursed until Python's RecursionError), said in a note."""
+    recursed until Python's RecursionError), said in a note. An average (``--average-of``) of
+    such models: what none of its members saw."""
     from samri_ml.masking.predict import training_record_path
 
     info = training_record_path(model_path)
     if not info.is_file():
         return None
     try:
-        config = json.loads(info.read_text())["config"]
+        record = json.loads(info.read_text())
+        config = record["config"]
         holdout = list(config["holdout"])
     except (OSError, ValueError, KeyError, TypeError) as err:  # a bare KeyError: 'config'
         raise SamriMLError(f"{info}: not a training record samri_ml-train-masker wrote (no "
@@ -92,20 +94,29 @@ def _held_out(model_path: Path, _seen: frozenset = frozenset()) -> list[str] | N
                            "saw with --held-out") from None
     if config.get("scans"):
         # trained on a lab's own scans (--scans), where --holdout does not apply: the shared
-        # sources were all unseen, unless it started from a model that saw them (--init)
+        # sources were all unseen, unless its weights came from models that saw them (its
+        # --init, or an average's members: a soup of models fine-tuned from the shipped one
+        # was said to have seen none of the shared data)
+        members = record.get("average_of") if isinstance(record, dict) else None
         init = config.get("init_model")
-        if not init:
-            return list(SOURCES)
+        parents = [(f"averages --average-of {m}", m) for m in members] if members else \
+            [(f"was fine-tuned from --init {init}", init)] if init else []
         seen = _seen | {model_path.resolve()}
-        looped = Path(init).resolve() in seen
-        if looped or not training_record_path(init).is_file():
-            why = ("its training record leads back to this model" if looped else
-                   "it has no _training.json here (a path relative to another folder?)")
-            print(f"{PROG}: note: {model_path} was fine-tuned from --init {init}, but {why}: "
-                  "which shared sources it saw is unknown; hint: give the sources it never "
-                  "saw with --held-out", file=sys.stderr)
-            return None
-        return _held_out(Path(init), seen)
+        unseen = list(SOURCES)
+        for how, parent in parents:
+            looped = Path(parent).resolve() in seen
+            if looped or not training_record_path(parent).is_file():
+                why = ("its training record leads back to this model" if looped else
+                       "it has no _training.json here (a path relative to another folder?)")
+                print(f"{PROG}: note: {model_path} {how}, but {why}: which shared sources it "
+                      "saw is unknown; hint: give the sources it never saw with --held-out",
+                      file=sys.stderr)
+                return None
+            theirs = _held_out(Path(parent), seen)
+            if theirs is None:
+                return None
+            unseen = [s for s in unseen if s in theirs]
+        return unseen
     return holdout
 
 
