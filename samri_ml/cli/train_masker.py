@@ -241,7 +241,8 @@ def _main(argv=None) -> int:
         crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,
         stripped_rim=args.stripped_rim, intensity_augment=args.intensity_augment,
         background_augment=args.background_augment,
-        background_min_brain=args.background_min_brain, scans=str(args.scans.resolve()) if args.scans else "",
+        background_min_brain=args.background_min_brain,
+        scans=str(args.scans.resolve()) if args.scans else "",
     )  # fmt: skip
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if not args.average_of:

@@ -40,7 +40,8 @@ class _NoUnquotedSpaces:
         found = unquoted_spaced_paths(self.cmdline, _path_inputs(self.inputs))
         if found:
             name, path = found[0]
-            raise SamriMLError(f"{os.path.basename(self._cmd)}: {name} {path!r} has a space in its path, which "
+            raise SamriMLError(f"{os.path.basename(self._cmd)}: {name} {path!r} has a space in "
+                               "its path, which "
                                "Nipype hands to the ANTs programs unquoted; hint: copy or link "
                                "it to a path without spaces (the workflow's base_dir too)")
         return super()._run_interface(runtime, *args, **kwargs)

@@ -19,7 +19,8 @@ from samri_ml.plates.identify import VARIANT_CHOICES
 
 class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="microscopy section image (PNG/JPEG/TIFF)")
-    atlas_dir = Directory(exists=True, desc="atlas folder (N.jpg|png|tif); default: shipped index. "
+    atlas_dir = Directory(exists=True, desc="atlas folder (N.jpg|png|tif); default: shipped "
+                          "index. "
                           "Every node embeds it anew (132 plates: about 40 s and 1.3 GB on one "
                           "thread)")
     variant = traits.Enum(*VARIANT_CHOICES, usedefault=True,

@@ -569,7 +569,8 @@ def violin_figure(groups: dict[str, list[dict]]):
                              fontsize=9)
     fig.suptitle(
         "One point per scan; grey lines join a scan across workflows; violins only where a "
-        f"group has \u2265 {MIN_SCANS_FOR_VIOLIN} scans, its bar the median.\nThe statistics (qc_stats.md) test "
+        f"group has \u2265 {MIN_SCANS_FOR_VIOLIN} scans, its bar the median.\nThe statistics "
+        "(qc_stats.md) test "
         "|1 \u2212 VCF|, |1 \u2212 SCF| and SCF/VCF^(1/3); dashed: the ideal value.",
         fontsize=9)
     fig.tight_layout()
