@@ -703,7 +703,8 @@ def test_scan_says_in_one_line_which_image_cannot_be_measured(tmp_path):
 def test_compare_says_which_scfs_compare_fewer_axes(tmp_path, capsys):
     """A record whose SCF left an axis out (``scf_axes_left_out``: one image had no
     neighbour correlation along it) was pooled with three-axis SCFs without a word, and the
-    key was not in qc_metrics.tsv. Now a note names the scans, and the table has the column."""
+    key was not in qc_metrics.tsv. Now a note names the scans, and the table has the column
+    ("none" where none was left out, n/a for a record that predates the key)."""
     a = _deriv(tmp_path / "a", "a", [1.0, 1.1, 0.9], [1.0, 1.1, 1.2])
     b = _deriv(tmp_path / "b", "b", [1.0, 1.2, 0.8], [1.0, 0.9, 1.1])
     path = b / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-qc_metrics.json"
@@ -730,3 +731,11 @@ def test_compare_says_which_scfs_compare_fewer_axes(tmp_path, capsys):
     assert ("**Note:** every scan's SCF leaves out the I-S axis (no neighbour correlation "
             "along it in one image or both, `scf_axes_left_out` in the QC records): the SCFs "
             "compare with one another, not with SCFs over three axes.") in printed
+    # a record of today's with no axis left out: "none" in qc_metrics.tsv, as in its own TSV
+    # (it was n/a, as for a record without the key: not known)
+    for path in a.rglob("*_desc-qc_metrics.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "scf_axes_left_out": []}))
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp2")]) == 0
+    rows = _read_tsv(tmp_path / "cmp2" / "qc_metrics.tsv")
+    assert {(r["workflow"], r["scf_axes_left_out"]) for r in rows} == {("a", "none"),
+                                                                       ("b", "I-S")}

@@ -155,7 +155,8 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
         rec.update({k: _measured(data.get(k), path, k) for k in VALUE_KEYS})
         rec[METHOD_KEY] = data.get(METHOD_KEY)  # None: a record that predates the key
         left_out = data.get(AXES_KEY)
-        rec[AXES_KEY] = [str(a) for a in left_out] if isinstance(left_out, list) else []
+        # None: a record that predates the key (unknown), as METHOD_KEY
+        rec[AXES_KEY] = [str(a) for a in left_out] if isinstance(left_out, list) else None
         rec["scan"] = rec["scan"] or path.name.replace(f"_{QC_SUFFIX}.json", "")
         rec["modality"] = rec["modality"] or ""
         rec["workflow"] = label
@@ -689,7 +690,7 @@ def compare_workflows(
                        + "; ".join(unmeasured) + ".")
     fewer_axes = [f"{wf}: {r['scan']} (without {', '.join(r[AXES_KEY])})"
                   for wf, recs in groups.items() for r in recs if r[AXES_KEY]]
-    left_out = {tuple(r[AXES_KEY]) for recs in groups.values() for r in recs}
+    left_out = {tuple(r[AXES_KEY] or ()) for recs in groups.values() for r in recs}
     if fewer_axes and len(left_out) == 1:
         # every scan's SCF over the same axes: there are no others' to compare fewer with
         (axes,) = left_out
@@ -733,7 +734,9 @@ def compare_workflows(
         fig = violin_figure(groups)
         writers = {
             "qc_metrics.tsv": lambda p: write_tsv(
-                [{**r, AXES_KEY: ",".join(r[AXES_KEY]) or None} for r in records], p,
+                # "none" left out, as a scan's own TSV says; n/a: a record without the key
+                [{**r, AXES_KEY: None if r[AXES_KEY] is None else ",".join(r[AXES_KEY])
+                  or "none"} for r in records], p,
                 list(LABEL_KEYS + VALUE_KEYS) + [METHOD_KEY, AXES_KEY, "space", "path"]),
             "qc_summary.tsv": lambda p: write_tsv(summary, p, SUMMARY_COLUMNS),
             "qc_anova.tsv": lambda p: write_tsv(anova, p, ANOVA_COLUMNS),
