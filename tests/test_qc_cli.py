@@ -698,6 +698,16 @@ def test_scan_says_in_one_line_which_image_cannot_be_measured(tmp_path):
     with pytest.raises(ValueError, match="only 2 voxels") as err:
         estimate_smoothness(np.asarray(nb.load(good).dataobj), (0.2,) * 3, mask=small)
     assert isinstance(err.value, SamriMLError)
+    # qc_from_arrays' names begin its errors: a NaN in the raw image said "raw image: ..."
+    from samri_ml.qc.metrics import qc_from_arrays
+
+    data = np.asarray(nb.load(good).dataobj, dtype=np.float32)
+    bad = data.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(SamriMLError) as err:
+        qc_from_arrays(data, np.eye(4), bad, np.eye(4), names=("proc.nii.gz", "raw.nii.gz"))
+    assert str(err.value) == ("raw.nii.gz: 1 voxel(s) are NaN or Inf; hint: fix or zero them "
+                              "first")
 
 
 def test_compare_says_which_scfs_compare_fewer_axes(tmp_path, capsys):

@@ -29,6 +29,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 
 from samri_ml.qc.smoothness import (
+    _require_finite,
     comparable_fwhm,
     estimate_smoothness,
     same_kind,
@@ -187,6 +188,9 @@ def qc_from_arrays(
     ``names`` (e.g. the two paths) begin the errors about either image (a
     :class:`~samri_ml.errors.SamriMLValueError`, a ``ValueError`` too).
     """
+    for image, name in zip((processed, raw), names, strict=True):
+        # named here: volume_conservation's own check says "raw image", not which
+        _require_finite(np.asarray(image), name)
     vol = volume_conservation(processed, processed_affine, raw, raw_affine)
     zooms_p, zooms_r = voxel_sizes(processed_affine), voxel_sizes(raw_affine)
     processed, raw = same_kind(processed, raw)
