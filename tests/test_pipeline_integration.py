@@ -645,6 +645,14 @@ def test_slurm_jobs_ask_for_what_the_nodes_declare(head, tmp_path):
         wf = init_structural_wf(masking="unet", omp_nthreads=4)
         asked = request_slurm_resources(wf, run_args)
         assert asked.get("structural_wf.s_mask") == want, (run_args, asked)
+    # called again (other run args): what it asked before is replaced, not added twice
+    wf = init_structural_wf(masking="unet", omp_nthreads=4)
+    wf.get_node("s_mask").plugin_args = {"sbatch_args": "--gres=gpu:1"}
+    request_slurm_resources(wf)
+    asked = request_slurm_resources(wf, "--mem=16G")
+    assert asked["structural_wf.s_mask"] == "--gres=gpu:1 --cpus-per-task=4", asked
+    assert request_slurm_resources(wf, "-c 8 --mem=16G") == {}  # the run's own for every job
+    assert wf.get_node("s_mask").plugin_args["sbatch_args"] == "--gres=gpu:1"
 
 
 def test_identifyplate_refuses_a_negative_thread_count_multiproc_would_count_as_free():

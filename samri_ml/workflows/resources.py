@@ -30,6 +30,11 @@ CPU_OPTION = re.compile(r"(^|\s)(--cpus-per-task\b|-c\s*\d)")
 MEM_OPTION = re.compile(r"(^|\s)--mem(-per-cpu|-per-gpu)?\b")
 
 
+#: the node's ``plugin_args`` key recording what :func:`request_slurm_resources` added to its
+#: ``sbatch_args``: a second call (other ``run_args``) replaces it (it was added twice)
+ASKED_KEY = "samri_ml_requested"
+
+
 def request_slurm_resources(workflow, run_args: str = "") -> dict[str, str]:
     """Give every node of ``workflow`` (sub-workflows too) that declares more than one CPU or
     more than Nipype's default memory its own ``sbatch_args`` (:func:`sbatch_resources`),
@@ -49,11 +54,20 @@ def request_slurm_resources(workflow, run_args: str = "") -> dict[str, str]:
         if node.run_without_submitting or (n_procs <= 1 and mem_gb <= NIPYPE_DEFAULT_MEM_GB):
             continue
         wanted = sbatch_resources(n_procs, mem_gb, cpus=cpus, mem=mem)
-        if not wanted:
-            continue
         args = dict(node.plugin_args or {})
-        # a leading space: SLURMGraph joins the run's sbatch_args and the node's without one
-        args["sbatch_args"] = f"{args.get('sbatch_args', '')} {wanted}"
+        own = str(args.get("sbatch_args", ""))
+        before = args.pop(ASKED_KEY, None)
+        if before and own.endswith(before):  # asked before: replaced, not added again
+            own = own[: -len(before)]
+        if wanted:
+            # a leading space: SLURMGraph joins the run's sbatch_args and the node's without one
+            own = f"{own} {wanted}"
+            args[ASKED_KEY] = f" {wanted}"  # (Nipype's plugins read only the keys they know)
+        if own:
+            args["sbatch_args"] = own
+        else:
+            args.pop("sbatch_args", None)
         node.plugin_args = args
-        asked[node.fullname] = args["sbatch_args"].strip()
+        if wanted:
+            asked[node.fullname] = own.strip()
     return asked
