@@ -56,3 +56,15 @@ def fill_holes(mask: np.ndarray, within_axis: int | None = None) -> np.ndarray:
     outside[0] = True  # the foreground keeps label 0 and stays as it is
     mask[box] = window | ~outside[labels]
     return mask
+
+
+def grown_extent(inside: np.ndarray, axis: int, margin: float,
+                 min_pad: int = 0) -> tuple[int, int]:
+    """``(lo, hi)`` of the voxels of ``inside`` (a boolean array with at least one True)
+    along ``axis``, grown by ``margin`` of that extent each side (at least ``min_pad``) and
+    clipped to the grid: the box :func:`samri_ml.masking.predict.padding_box` and
+    :func:`samri_ml.report.head_box` cut."""
+    hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
+    lo, hi = int(hit[0]), int(hit[-1]) + 1
+    pad = max(min_pad, int(margin * (hi - lo)))
+    return max(0, lo - pad), min(inside.shape[axis], hi + pad)

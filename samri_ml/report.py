@@ -171,14 +171,13 @@ def head_box(data: np.ndarray, mask=None) -> tuple[slice, slice, slice]:
     inside = data > 0.1 * (np.percentile(data, 99.5) or 1.0)
     if mask is not None:
         inside |= mask
+    from samri_ml.masks import grown_extent
+
     box = [slice(None)] * 3
     if not inside.any():
         return tuple(box)
     for axis in (0, 2):
-        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
-        lo, hi = int(hit[0]), int(hit[-1]) + 1
-        pad = max(1, int(HEAD_MARGIN * (hi - lo)))
-        lo, hi = max(0, lo - pad), min(data.shape[axis], hi + pad)
+        lo, hi = grown_extent(inside, axis, HEAD_MARGIN, min_pad=1)
         if hi - lo < 0.9 * data.shape[axis]:
             box[axis] = slice(lo, hi)
     return tuple(box)

@@ -389,9 +389,11 @@ def validate(args, parser) -> None:
         # oversubscribing its CPU and no two runs alike (threads change ANTs' sums)
         args.omp_nthreads = 1 if args.plugin in SCHEDULER_PROGRAMS else args.nprocs
     sbatch_args = str(args.plugin_args.get("sbatch_args") or "")
-    cpus = re.search(r"(?:^|\s)(?:--cpus-per-task[= ]|-c\s*)(\d+)", sbatch_args)
-    if args.plugin in ("SLURM", "SLURMGraph") and cpus and int(cpus.group(1)) < \
-            args.omp_nthreads:
+    from samri_ml.workflows.resources import CPU_OPTION
+
+    cpus = CPU_OPTION.search(sbatch_args)
+    if args.plugin in ("SLURM", "SLURMGraph") and cpus and cpus.group(1) and \
+            int(cpus.group(1)) < args.omp_nthreads:
         # every job gets the run's CPU count (each step's own is asked for only where the
         # run's sbatch_args give none: request_slurm_resources)
         print(f"{PROG}: note: --omp-nthreads {args.omp_nthreads}: each ANTs job runs "

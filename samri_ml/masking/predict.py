@@ -353,12 +353,11 @@ def padding_box(data: np.ndarray) -> tuple[slice, ...]:
     whole = (slice(None),) * data.ndim
     if not inside.any():
         return whole
+    from samri_ml.masks import grown_extent
+
     box = []
     for axis in range(data.ndim):
-        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(data.ndim) if a != axis)))
-        lo, hi = int(hit[0]), int(hit[-1]) + 1
-        pad = int(PADDING_MARGIN * (hi - lo))
-        lo, hi = max(0, lo - pad), min(data.shape[axis], hi + pad)
+        lo, hi = grown_extent(inside, axis, PADDING_MARGIN)
         box.append(slice(None) if (lo, hi) == (0, data.shape[axis]) else slice(lo, hi))
     return tuple(box)
 

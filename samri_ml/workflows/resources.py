@@ -26,7 +26,8 @@ def sbatch_resources(n_procs: int, mem_gb: float, *, cpus: bool = True,
 
 
 #: options of a run's ``sbatch_args`` that :func:`request_slurm_resources` leaves to it
-CPU_OPTION = re.compile(r"(^|\s)(--cpus-per-task\b|-c\s*\d)")
+#: (its group 1: the count, where one follows)
+CPU_OPTION = re.compile(r"(?:^|\s)(?:--cpus-per-task\b|-c(?=\s*\d))[=\s]*(\d*)")
 MEM_OPTION = re.compile(r"(^|\s)--mem(-per-cpu|-per-gpu)?\b")
 
 
