@@ -1,4 +1,8 @@
-"""Real data: a real 3-volume EPI with an odd orientation and a real head scan go through."""
+"""Real data: a real 3-volume EPI with an odd orientation and a real head scan go through.
+
+The sammba anatomical scan (skull on) and its 12-slice EPI are registered to DSURQE once per
+``--masking`` (one run each, shared by the tests of this module: three registrations of the
+same head took 7 minutes of the test suite, two take 5)."""
 
 import json
 
@@ -10,25 +14,12 @@ from samri_ml.cli.register import main
 
 
 def _sammba_bids(sammba, root):
-    """A one-subject BIDS folder with the sammba anatomical scan, linked (links, not copies:
-    the real data stays in ../shared/data)."""
+    """A one-subject BIDS folder with the sammba anatomical scan and its EPI, linked (links, not
+    copies: the real data stays in ../shared/data)."""
     bids = root / "bids"
     (bids / "sub-01" / "anat").mkdir(parents=True)
     (bids / "dataset_description.json").write_text('{"Name": "sammba", "BIDSVersion": "1.8.0"}')
     (bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz").symlink_to(sammba / "anat.nii.gz")
-    return bids
-
-
-@pytest.mark.slow
-@pytest.mark.shared_data
-@pytest.mark.parametrize("masking, inside", [("none", 0.7), ("unet", 0.8)])
-def test_sammba_anat_and_4d_epi(shared_data, tmp_path, masking, inside):
-    """The real 12-slice EPI through its anatomical scan to DSURQE. Masked, the translation to
-    the anatomical scan runs brain to brain: 0.85 of the bright EPI inside the template mask
-    (2026-12-02, ninth session; unmasked 0.81; with the masks on the whole images, the wiring
-    before, 0.26-0.44: the brain landed below the template's)."""
-    sammba = shared_data / "mri" / "scans" / "sammba"
-    bids = _sammba_bids(sammba, tmp_path)
     func = bids / "sub-01" / "func"
     func.mkdir(parents=True)
     (func / "sub-01_task-rest_bold.nii.gz").symlink_to(sammba / "func.nii.gz")
@@ -36,12 +27,41 @@ def test_sammba_anat_and_4d_epi(shared_data, tmp_path, masking, inside):
     times = [(i % 2) * 0.5 + (i // 2) * (1.0 / n_slices) for i in range(n_slices)]
     (func / "sub-01_task-rest_bold.json").write_text(
         json.dumps({"RepetitionTime": 1.0, "SliceTiming": times}))
+    return bids
+
+
+@pytest.fixture(scope="module")
+def sammba_runs(shared_data, tmp_path_factory):
+    """OUTPUT_DIR of the sammba head and EPI registered to DSURQE, fast flavour, per masking.
+
+    One thread per ANTs call: runs repeat exactly (with two, ANTs sums its metric in a varying
+    order, and the masked anatomical Dice ranged 0.77-0.81 over four runs of this head)."""
+    sammba = shared_data / "mri" / "scans" / "sammba"
     templates = shared_data / "mri" / "templates"
-    out = tmp_path / "out"
-    assert main([str(bids), str(out), "--fast", "--nprocs", "2", "-w", str(tmp_path / "work"),
-                 "--masking", masking,
-                 "--template", str(templates / "DSURQE_CCFv3_average_200um.nii.gz"),
-                 "--template-mask", str(templates / "DSURQE_CCFv3_mask_200um.nii.gz")]) == 0
+    root = tmp_path_factory.mktemp("sammba")
+    bids = _sammba_bids(sammba, root)
+    outs = {}
+    for masking in ("none", "unet"):
+        out = root / f"out_{masking}"
+        assert main([str(bids), str(out), "--fast", "--nprocs", "2", "--masking", masking,
+                     "--omp-nthreads", "1", "-w", str(root / f"work_{masking}"),
+                     "--template", str(templates / "DSURQE_CCFv3_average_200um.nii.gz"),
+                     "--template-mask",
+                     str(templates / "DSURQE_CCFv3_mask_200um.nii.gz")]) == 0
+        outs[masking] = out
+    return outs
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.parametrize("masking, inside", [("none", 0.7), ("unet", 0.8)])
+def test_sammba_anat_and_4d_epi(shared_data, sammba_runs, masking, inside):
+    """The real 12-slice EPI through its anatomical scan to DSURQE. Masked, the translation to
+    the anatomical scan runs brain to brain: 0.85 of the bright EPI inside the template mask
+    (2026-12-02, ninth session; unmasked 0.81; with the masks on the whole images, the wiring
+    before, 0.26-0.44: the brain landed below the template's)."""
+    templates = shared_data / "mri" / "templates"
+    out = sammba_runs[masking]
     bold = nb.load(out / "sub-01" / "func" / "sub-01_task-rest_space-DSURQECCFv3average200um_desc-preproc_bold.nii.gz")
     tpl_mask = np.asanyarray(nb.load(templates / "DSURQE_CCFv3_mask_200um.nii.gz").dataobj) > 0
     data = bold.get_fdata()
@@ -56,7 +76,7 @@ def test_sammba_anat_and_4d_epi(shared_data, tmp_path, masking, inside):
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_masked_registration_of_a_real_skull_on_head_is_better(shared_data, tmp_path):
+def test_masked_registration_of_a_real_skull_on_head_is_better(shared_data, sammba_runs):
     """The sammba T2 head (skull on) to DSURQE, fast flavour, with and without the U-Net mask:
     the scan's own brain mask warped to the template. Masked, fast runs its linear phases brain
     to brain (the scan and the template stripped by their masks) and SyN on the whole images:
@@ -68,23 +88,12 @@ def test_masked_registration_of_a_real_skull_on_head_is_better(shared_data, tmp_
     from samri_ml.evaluation import warped_mask_dice
 
     sammba = shared_data / "mri" / "scans" / "sammba"
-    templates = shared_data / "mri" / "templates"
-    tpl_mask = templates / "DSURQE_CCFv3_mask_200um.nii.gz"
-    bids = _sammba_bids(sammba, tmp_path)
+    tpl_mask = shared_data / "mri" / "templates" / "DSURQE_CCFv3_mask_200um.nii.gz"
     dice = {}
-    for masking in ("none", "unet"):
-        out = tmp_path / f"out_{masking}"
-        # one thread per ANTs call: runs repeat exactly (with two, ANTs sums its metric in a
-        # varying order, and the masked run ranged 0.77-0.81 over four runs of this head)
-        assert main([str(bids), str(out), "--fast", "--nprocs", "2", "--masking", masking,
-                     "--omp-nthreads", "1",
-                     "-w", str(tmp_path / f"work_{masking}"), "--no-qc",
-                     "--template", str(templates / "DSURQE_CCFv3_average_200um.nii.gz"),
-                     "--template-mask", str(tpl_mask)]) == 0
+    for masking, out in sammba_runs.items():
         xfm = next((out / "sub-01" / "anat").glob("*_from-native_to-*_mode-image_xfm.h5"))
         dice[masking] = warped_mask_dice(sammba / "mask.nii.gz", tpl_mask, xfm)
     assert dice["none"] > 0.82, dice
     # linear phases brain to brain: 0.884; the SyN-only wiring (0.836) and the subject's mask
     # grown by 1 or 2 voxels before stripping (0.858, 0.832) fail this bound
     assert dice["unet"] > 0.87 and dice["unet"] > dice["none"] + 0.04, dice
-
