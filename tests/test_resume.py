@@ -341,7 +341,8 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs, h
     The same command then resumes and finishes. SIGTERM to the command alone (``kill PID``, a
     scheduler ending the job that runs it) killed it at once, silently, and left MultiProc's
     workers and the running ANTs programs writing into the unlocked work dir: now it ends
-    them and stops as Ctrl-C does."""
+    them and stops as Ctrl-C does. The resume runs after MultiProc's stop only: the work dir
+    is left the same way by both plugins (unlocked, no crash file)."""
     out, work = tmp_path / "out", tmp_path / "work"
     cmd = register_command(example_dataset, out, work)
     cmd[cmd.index("--nprocs") + 1] = nprocs
@@ -375,7 +376,8 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs, h
     assert len(lines) == 2 and "session(s)" in lines[0], lines
     # the node Linear was running when Ctrl-C came left no crash file: it did not crash
     assert not list(out.glob("**/log/crash-*")), [p.read_text() for p in out.glob("**/crash-*")]
-    assert run_register(example_dataset, out, work).returncode == 0
+    if nprocs == "2":  # the resume is the same after either plugin's stop (25 s a run: once)
+        assert run_register(example_dataset, out, work).returncode == 0
 
 
 def _double(x):
