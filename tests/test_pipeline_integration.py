@@ -261,6 +261,26 @@ def test_a_child_killed_by_a_signal_is_named():
         run_in_new_process("os", "stat", {"path": "/no-such-file"})
 
 
+def test_a_samri_ml_error_of_a_new_process_child_keeps_its_class():
+    """A child's SamriMLValueError (the QC's errors, a ValueError too) came back as
+    "RuntimeError: ... in a new process failed: samri_ml.errors.SamriMLValueError: ...": only
+    the exact SamriMLError line was given back as samri_ml's own. Now each samri_ml error comes
+    back as itself, its one line without the class name; other lines stay RuntimeErrors."""
+    from samri_ml.errors import SamriMLError, SamriMLValueError
+    from samri_ml.models.inference import _samri_ml_error, run_in_new_process
+
+    with pytest.raises(SamriMLValueError, match=r"^raw\.nii\.gz: 1 voxel\(s\) are NaN$") as got:
+        run_in_new_process("samri_ml.qc.smoothness", "_refuse",
+                           {"message": "1 voxel(s) are NaN", "name": "raw.nii.gz"})
+    assert isinstance(got.value, ValueError)
+    with pytest.raises(SamriMLError, match=r"^/no/such\.nii\.gz: no such file; hint: ") as got:
+        run_in_new_process("samri_ml.io", "load_nifti", {"path": "/no/such.nii.gz"})
+    assert type(got.value) is SamriMLError
+    # a name that only looks like samri_ml's stays the child's line (a RuntimeError)
+    assert _samri_ml_error("samri_ml.errors.SamriMLNopeError: x") is None
+    assert _samri_ml_error("ValueError: samri_ml.errors.SamriMLError: x") is None
+
+
 # ---------------------------------------------------------------- relative paths in nodes
 
 

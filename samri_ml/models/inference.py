@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 
 _FNS: dict = {}
@@ -399,14 +400,13 @@ def run_in_new_process(module: str, function: str, kwargs: dict) -> dict:
                            RESULT_MARK], capture_output=True, text=True)  # fmt: skip
     if proc.returncode != 0:
         cause = _child_failure(proc.returncode, proc.stderr)
-        if cause.startswith(_SAMRI_ML_ERROR):
+        ours = _samri_ml_error(cause)
+        if ours is not None:
             # the child's own one line, as the node gives it without a fork: a crash file
             # said "RuntimeError: samri_ml.interfaces.masking.mask_files in a new process
             # failed: samri_ml.errors.SamriMLError: ..." for the same cause only where the
             # session had imported TensorFlow before the run
-            from samri_ml.errors import SamriMLError
-
-            raise SamriMLError(cause[len(_SAMRI_ML_ERROR):])
+            raise ours
         raise RuntimeError(f"{module}.{function} in a new process failed: {cause}")
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
@@ -415,7 +415,19 @@ def run_in_new_process(module: str, function: str, kwargs: dict) -> dict:
 
 
 #: how a child's last line of stderr begins where it failed with a samri_ml error
-_SAMRI_ML_ERROR = "samri_ml.errors.SamriMLError: "
+_SAMRI_ML_ERROR = re.compile(r"samri_ml\.errors\.(SamriML\w*Error): ")
+
+
+def _samri_ml_error(line: str) -> Exception | None:
+    """The samri_ml error (of its own class: :class:`~samri_ml.errors.SamriMLValueError` stays
+    a ``ValueError``) that a child's last line of stderr gives, or None for any other line."""
+    from samri_ml import errors
+
+    found = _SAMRI_ML_ERROR.match(line)
+    kind = getattr(errors, found.group(1), None) if found else None
+    if not (isinstance(kind, type) and issubclass(kind, errors.SamriMLError)):
+        return None
+    return kind(line[found.end():])
 
 
 def _child_failure(returncode: int, stderr: str) -> str:
