@@ -92,6 +92,36 @@ def test_qc_plot_tick_labels_neither_overlap_nor_lose_a_character(names):
     assert not overlaps
 
 
+def test_qc_plot_of_many_workflows_slants_its_labels_apart():
+    """Eight workflows: each name was wrapped to a 0.15 in column, "samri_ml" in five lines of
+    two letters. Five or more are now written on one slanted line each, slanted just enough
+    that neighbours keep apart (across their lines), the panels' label rows apart too."""
+    import math
+
+    names = [f"samri_ml {w}" for w in ("generic", "masked", "generic fast", "masked fast",
+                                       "legacy", "ants default", "masked syn only", "nothing")]
+    base = _groups(5, 2)
+    groups = {name: [dict(r, workflow=name) for r in recs]
+              for name, recs in zip(names, [base["masked"], base["plain"]] * 4, strict=True)}
+    fig = violin_figure(groups)
+    renderer = fig.canvas.get_renderer()
+    rows = {}
+    for ax in fig.axes:
+        labels = ax.get_xticklabels()
+        assert [t.get_text().rsplit(" (n=", 1)[0] for t in labels] == names
+        slant = labels[0].get_rotation()
+        assert 20 < slant <= 90 and all(t.get_rotation() == slant for t in labels)
+        # across their lines, two neighbours are further apart than a line of 8 pt is high
+        xs = [ax.transData.transform((t.get_position()[0], 0))[0] for t in labels]
+        gap = min(np.diff(xs)) * math.sin(math.radians(slant)) / fig.dpi
+        assert gap >= 0.12, gap
+        box = labels[0].get_window_extent(renderer).union(
+            [t.get_window_extent(renderer) for t in labels])
+        rows.setdefault(round(ax.get_position().y0, 3), []).append(box)
+    for boxes in rows.values():  # the label rows of two panels side by side
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def test_qc_plot_writes_png_and_svg(tmp_path):
     paths = violin_plot(_groups(2, 2), tmp_path / "qc_violin")
     assert [p.suffix for p in paths] == [".png", ".svg"]

@@ -466,6 +466,12 @@ PLOT_PANELS = (
 
 #: inches of a panel's width its workflows' tick labels share (its 2.7 less the y axis')
 TICK_ROW_INCHES = 1.9
+#: narrower than this (inches) per workflow (5 or more workflows), the tick labels are written
+#: on one slanted line each instead of wrapped into columns of a few letters
+MIN_TICK_INCHES = 0.3
+#: inches between two slanted tick labels (across their lines; 8 pt text is 0.11 high): the
+#: slant is the least that keeps them apart, the panels wider where upright is not enough
+SLANTED_GAP_INCHES = 0.13
 
 
 def wrap_label(text: str, width_in: float, size: float = 8) -> str:
@@ -509,8 +515,22 @@ def violin_figure(groups: dict[str, list[dict]]):
     kinds = sorted({r.get("modality") or "unknown" for recs in groups.values() for r in recs})
     kinds = kinds or ["unknown"]
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    # ticks 1 apart on an axis 0.4 wider at each end: one apart in 0.2 + len(names)
+    tick_row = max(TICK_ROW_INCHES, SLANTED_GAP_INCHES * (len(names) + 0.2))
+    spacing = tick_row / (len(names) + 0.2)
+    room = spacing - 0.08
+    slanted = room < MIN_TICK_INCHES
+    slant, label_height = 0.0, 0.0
+    if slanted:  # the least slant that keeps the labels apart, and the height it takes
+        from samri_ml.graph import text_width
+
+        slant = math.degrees(math.asin(min(1.0, SLANTED_GAP_INCHES / spacing)))
+        longest = max(text_width(f"{wf} (n=00)", 8) for wf in names)
+        label_height = max(0.0, longest * math.sin(math.radians(slant)) - 0.3)
+    panel = tick_row + 2.7 - TICK_ROW_INCHES
     # a Figure without pyplot: a notebook's backend and open figures are left alone
-    fig = Figure(figsize=(2.7 * len(PLOT_PANELS) + 0.4, 3.3 * len(kinds) + 0.9))
+    fig = Figure(figsize=(panel * len(PLOT_PANELS) + 0.4,
+                          (3.3 + label_height) * len(kinds) + 0.9))
     FigureCanvasAgg(fig)  # its renderer, whatever the backend
     axes = fig.subplots(len(kinds), len(PLOT_PANELS), squeeze=False)
     for row, kind in enumerate(kinds):
@@ -557,12 +577,15 @@ def violin_figure(groups: dict[str, list[dict]]):
                 ax.set_ylim(bottom=0.0)
             ax.set_xlim(0.4, len(names) + 0.6)
             ax.set_xticks(range(1, len(names) + 1))
-            # wrapped to their share of the panel: "samri_ml generic" and "samri_ml masked"
-            # ran into one another (and into the next panel's) on one line each
-            # (ticks 1 apart on an axis 0.4 wider at each end: one apart in 0.2 + len(names))
-            room = TICK_ROW_INCHES / (len(names) + 0.2) - 0.08
-            ax.set_xticklabels([f"{wrap_label(wf, room)}\nn={c}"
-                                for wf, c in zip(names, counts, strict=True)], fontsize=8)
+            if slanted:  # 5 or more workflows: wrapped, "samri_ml" took 5 lines of 2 letters
+                ax.set_xticklabels([f"{wf} (n={c})" for wf, c in zip(names, counts, strict=True)],
+                                   fontsize=8, rotation=slant, ha="right",
+                                   rotation_mode="anchor")
+            else:
+                # wrapped to their share of the panel: "samri_ml generic" and "samri_ml masked"
+                # ran into one another (and into the next panel's) on one line each
+                ax.set_xticklabels([f"{wrap_label(wf, room)}\nn={c}"
+                                    for wf, c in zip(names, counts, strict=True)], fontsize=8)
             ax.set_ylabel(f"{kind} scans\n{label}" if col == 0 else label, fontsize=9)
             ax.tick_params(axis="y", labelsize=8)
             if row == 0:
@@ -575,6 +598,13 @@ def violin_figure(groups: dict[str, list[dict]]):
         "|1 \u2212 VCF|, |1 \u2212 SCF| and SCF/VCF^(1/3); dashed: the ideal value.",
         fontsize=9)
     fig.tight_layout()
+    if slanted:  # the slant again for the panels' width after the layout (their y axes take some)
+        width = axes[0, 0].get_position().width * fig.get_figwidth()
+        slant = math.degrees(math.asin(min(1.0, SLANTED_GAP_INCHES * (len(names) + 0.2) / width)))
+        for ax in axes.flat:
+            for label in ax.get_xticklabels():
+                label.set_rotation(slant)
+        fig.tight_layout()
     return fig
 
 
