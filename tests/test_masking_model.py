@@ -1445,11 +1445,13 @@ def lab_scans_dir(tmp_path_factory):
     return root
 
 
-def test_train_masker_on_a_labs_own_scans(tmp_path, lab_scans_dir, capsys):
+def test_train_masker_on_a_labs_own_scans(tmp_path, lab_scans_dir, capsys, monkeypatch):
     """Labs could not train or fine-tune the masker on their own scans (only the shared
     data's layout was read). ``--scans DIR`` trains on BIDS-like image/mask pairs with no
     shared data at all, keeps each animal's scans on one side of the validation split, and
-    ``--init`` fine-tunes the result on them (reusing the data set cache of the same scans)."""
+    ``--init`` fine-tunes the result on them (reusing the data set cache of the same scans).
+    An ``--init`` given relative was recorded as given, which names no file from another
+    folder (evaluate-masker follows it): now resolved."""
     from samri_ml.cli.train_masker import main
 
     short = ["--width", "2", "--epochs-plain", "1", "--epochs-augmented", "0",
@@ -1469,12 +1471,13 @@ def test_train_masker_on_a_labs_own_scans(tmp_path, lab_scans_dir, capsys):
     n_val = summary["n_val_slices"]
     assert 0 < n_val < summary["n_slices"]
     tuned = tmp_path / "tuned.keras"
-    assert main([str(tuned), *short, "--init", str(out)]) == 0
+    monkeypatch.chdir(tmp_path)  # --init given relative: recorded resolved
+    assert main([str(tuned), *short, "--init", out.name]) == 0
     err = capsys.readouterr().err
     assert "trained on another split" not in err
     assert f"data set read from {tmp_path / 'ds.npz'}" in err  # the same scans: reused
     tuned_summary = json.loads(tuned.with_name("tuned_training.json").read_text())
-    assert tuned_summary["config"]["init_model"] == str(out)
+    assert tuned_summary["config"]["init_model"] == str(out.resolve())
     assert tuned_summary["validation_groups"] == val  # the same --seed: the same animal
     # evaluate-masker took --holdout's default (sammba, emory) for what such a model never
     # saw and reported dama and the templates as seen in training; it saw none of them
@@ -1632,6 +1635,7 @@ def test_lab_scans_in_a_datalad_dataset_pair_as_without_it(tmp_path, lab_scans_d
     assert [(image.relative_to(lab), mask.relative_to(lab), subject)
             for image, mask, subject in lab_pairs(lab)] == want
     assert len(want) == 4 and {s for _, _, s in want} == {"sub-01", "sub-02", "sub-03"}
+
 
 def test_train_masker_says_shared_data_options_do_nothing_with_scans(tmp_path, lab_scans_dir,
                                                                       capsys):
