@@ -1637,6 +1637,36 @@ def test_lab_scans_in_a_datalad_dataset_pair_as_without_it(tmp_path, lab_scans_d
     assert len(want) == 4 and {s for _, _, s in want} == {"sub-01", "sub-02", "sub-03"}
 
 
+def test_a_git_commit_in_the_scans_folder_keeps_its_data_set_cache(tmp_path, lab_scans_dir):
+    """The --dataset-cache key of --scans DIR hashed every file under DIR, .git's too: a
+    commit (or any git operation) in a DataLad dataset rebuilt the data set of unchanged
+    scans ('holds a data set of other settings or scans: rebuilt'). Hidden files and folders
+    are left out of the key; a changed scan still rebuilds it."""
+    import os
+
+    from samri_ml.masking import train as mt
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
+    (lab / ".git" / "objects").mkdir(parents=True)
+    config = mt.TrainConfig(scans=str(lab), views=("coronal",),
+                            dataset_cache=str(tmp_path / "dc.npz"))
+
+    def built():
+        logged = []
+        mt.cached_dataset(config, log=logged.append)
+        return logged
+
+    assert built()[0] == "building the data set ..."
+    (lab / ".git" / "objects" / "ab12").write_bytes(b"a commit")
+    (lab / ".git" / "index").write_bytes(b"git's index, rewritten by git status")
+    (lab / ".datalad").mkdir()
+    (lab / ".datalad" / "config").write_text("[datalad]")
+    assert built() == [f"data set read from {tmp_path / 'dc.npz'}"]
+    scan = lab / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
+    os.utime(scan, ns=(scan.stat().st_atime_ns, scan.stat().st_mtime_ns + 10**9))  # touched
+    assert built()[0].endswith("holds a data set of other settings or scans: rebuilt and "
+                               "replaced")
+
 def test_train_masker_says_shared_data_options_do_nothing_with_scans(tmp_path, lab_scans_dir,
                                                                       capsys):
     """--holdout, the synthetic heads' options and the shared data's folders did nothing
