@@ -1195,19 +1195,21 @@ def _session_wf_name(item: dict) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
-#: where a subject's crash files of earlier runs go once the sessions they are of have run
-#: through (relative to its ``sub-XX/log``)
+#: where a log folder's crash files of earlier runs go once the sessions they are of have run
+#: through (relative to that ``log``: ``sub-XX/log``, or OUTPUT_DIR's own ``log``)
 EARLIER_CRASHES = "earlier"
 
 
 def _set_aside_earlier_crashes(args, sessions, started: float,
                                crashes: list[Path] = ()) -> None:
-    """Move the crash files of earlier runs out of ``sub-XX/log`` into
-    ``sub-XX/log/earlier/`` where the session they are of (their ``Node:`` line) ran through
-    in this run: its scans all registered, none of its steps failed (``crashes``: this run's
-    crash files). They stayed in ``log/``, and a lab seeing them there took a rerun that
-    succeeded for a failed one (the report no longer listed them). Moved, not deleted, and
-    said in one note; crash files of sessions this run did not process stay."""
+    """Move the crash files of earlier runs out of ``sub-XX/log`` and OUTPUT_DIR's ``log``
+    into that folder's ``earlier/`` where the session they are of (their ``Node:`` line) ran
+    through in this run: its scans all registered, none of its steps failed (``crashes``:
+    this run's crash files). They stayed in ``log/``, and a lab seeing them there took a rerun
+    that succeeded for a failed one (the report no longer listed them). Moved, not deleted,
+    and said in one note; crash files of sessions this run did not process, and in OUTPUT_DIR's
+    ``log`` (the top workflow's crash folder, where an older samri_ml wrote every step's)
+    those that name no session, stay."""
     from samri_ml.report import crash_node, registered_output
 
     failed_now = set()  # session workflows, and subjects of crash files without a Node line
@@ -1221,9 +1223,12 @@ def _set_aside_earlier_crashes(args, sessions, started: float,
                if not {_session_wf_name(item), f"sub-{item['subject']}"} & failed_now
                and all(registered_output(args.output_dir, scan, args.template_name).exists()
                        for scan in _scans(item))}
+    if not through:
+        return
+    logs = [f"sub-{subject}/log" for subject in dict.fromkeys(through.values())] + ["log"]
     moved: dict[str, int] = {}
-    for subject in dict.fromkeys(through.values()):
-        log = args.output_dir / f"sub-{subject}" / "log"
+    for name in logs:
+        log = args.output_dir / name
         for path in sorted(log.glob("crash-*")):
             try:
                 if path.stat().st_mtime >= started:
@@ -1241,9 +1246,9 @@ def _set_aside_earlier_crashes(args, sessions, started: float,
                 path.rename(target)
             except OSError:  # a log folder we may not write: the file stays where it was
                 continue
-            moved[f"sub-{subject}"] = moved.get(f"sub-{subject}", 0) + 1
+            moved[name] = moved.get(name, 0) + 1
     if moved:
-        where = ", ".join(f"{name}/log/{EARLIER_CRASHES} ({n})" for name, n in moved.items())
+        where = ", ".join(f"{name}/{EARLIER_CRASHES} ({n})" for name, n in moved.items())
         print(f"{PROG}: note: {sum(moved.values())} crash file(s) of earlier runs, of steps "
               f"that have now run through, moved (kept) to {where}", file=sys.stderr)
 
