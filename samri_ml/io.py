@@ -57,7 +57,8 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     Returns
     -------
     nibabel.Nifti1Image
-        With its data read into memory (``img.get_fdata()`` is cached).
+        Holding the data read here (its ``dataobj`` an array, scaled): ``img.dataobj`` and
+        ``img.get_fdata()`` do not read the file again.
 
     Raises
     ------
@@ -95,7 +96,7 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
         try:
             with _nibabel_log() as fixed:
                 img = nb.load(str(path))
-            data = np.asanyarray(img.dataobj)
+            data = full = np.asanyarray(img.dataobj)
         except (nb.filebasedimages.ImageFileError, gzip.BadGzipFile) as err:
             raise SamriMLError(f"{path}: not a NIfTI image ({_one_line(err)}); hint: give a .nii "
                                "or .nii.gz file") from err
@@ -132,8 +133,19 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
                                "export or a failed conversion?)")
     check_affine(img, path)
     _say_header_fixes(img, path, fixed)
+    # the data are scaled: the file's scaling (which nibabel keeps in the proxy, not the
+    # header) is said in ``extra``, for image_data's message
+    slope, inter = (float(getattr(img.dataobj, key, default)) for key, default in
+                    (("slope", 1.0), ("inter", 0.0)))
+    extra = {**img.extra, **({"scl_slope": slope, "scl_inter": inter}
+                             if (slope, inter) != (1.0, 0.0) else {})}
     if squeeze and data.ndim != len(img.shape):
-        img = nifti_class(img)(np.asarray(data), img.affine, img.header)
+        img = nifti_class(img)(np.asarray(data), img.affine, img.header, extra=extra)
+    else:
+        # the image holds the data read above: its dataobj was still the file, which each
+        # caller's img.dataobj or get_fdata() read (and decompressed) a second time; the
+        # file_map keeps get_filename()
+        img = type(img)(full, img.affine, img.header, extra=extra, file_map=img.file_map)
     return img
 
 
@@ -263,7 +275,8 @@ def image_data(img, dtype=np.float32) -> np.ndarray:
         try:
             return np.asarray(raw, dtype=dtype)
         except FloatingPointError:
-            slope = getattr(img.dataobj, "slope", 1)  # nibabel moves it out of the header
+            # nibabel moves it out of the header (into the proxy; load_nifti's image: extra)
+            slope = getattr(img.dataobj, "slope", img.extra.get("scl_slope", 1))
             why = f" (the header's scl_slope is {float(slope):g})" if slope != 1 else ""
             raise SamriMLError(f"the image's values overflow {np.dtype(dtype).name}{why}; "
                                "hint: fix the header's scl_slope/scl_inter, or rescale the "

@@ -125,3 +125,73 @@ def test_a_lab_workflow_of_the_run_interfaces_fails_in_one_line_per_node(tmp_pat
                "axis 2",
         "mean": f"samri_ml.errors.SamriMLError: {junk}: not a NIfTI image (File {junk} is "
                 "not a gzip file); hint: give a .nii or .nii.gz file"}
+
+
+def test_the_run_interfaces_read_each_run_once(tmp_path):
+    """DropDummyScans, SliceTimeCorrection, TemporalMean and the QC interfaces read a run's
+    data twice: once to check it (load_nifti), once to process it (the image's dataobj was
+    still the file), decompressing a .nii.gz twice in every step. Now a step opens its run
+    as often as loading it once does (header and data), and gives the same result."""
+    import sys
+
+    import nibabel as nb
+
+    from samri_ml.interfaces import (
+        DropDummyScans,
+        SliceTimeCorrection,
+        SmoothnessConservation,
+        TemporalMean,
+        VolumeConservation,
+    )
+    from samri_ml.io import load_nifti
+
+    rng = np.random.default_rng(0)
+    data = rng.random((8, 8, 6, 12), dtype=np.float32) + 1
+    run, processed = tmp_path / "bold.nii.gz", tmp_path / "processed.nii.gz"
+    nb.save(nb.Nifti1Image(data, np.diag([0.2, 0.2, 0.5, 1])), run)
+    nb.save(nb.Nifti1Image(data[..., 2:], np.diag([0.2, 0.2, 0.5, 1])), processed)
+    opened = []
+    watching = [False]
+
+    def hook(event, args):  # an audit hook stays for the process: idle outside this test
+        if watching[0] and event == "open" and str(args[0]) == str(run):
+            opened.append(args[0])
+
+    sys.addaudithook(hook)
+
+    def opens(call):
+        opened.clear()
+        watching[0] = True
+        try:
+            result = call()
+        finally:
+            watching[0] = False
+        return len(opened), result
+
+    once, _ = opens(lambda: load_nifti(run, squeeze=False))  # (nibabel: header 2x, data 1x)
+    cwd = {"cwd": str(tmp_path)}
+    steps = {
+        "DropDummyScans": DropDummyScans(in_file=str(run), dummy_scans=2),
+        "SliceTimeCorrection": SliceTimeCorrection(
+            in_file=str(run), slice_timing=[0.5] * 6, repetition_time=1.0),
+        "TemporalMean": TemporalMean(in_file=str(run)),
+        "VolumeConservation": VolumeConservation(processed_file=str(processed),
+                                                 raw_file=str(run), raw_dummy_scans=2),
+        "SmoothnessConservation": SmoothnessConservation(
+            processed_file=str(processed), raw_file=str(run), raw_dummy_scans=2, vcf=1.0),
+    }
+    counts, results = {}, {}
+    for name, step in steps.items():
+        counts[name], results[name] = opens(lambda step=step: step.run(**cwd).outputs)
+    assert counts == dict.fromkeys(steps, once), counts
+    # nor does a caller of load_nifti that reads the image's data
+    twice, img = opens(lambda: load_nifti(run, squeeze=False).get_fdata())
+    assert twice == once and np.array_equal(img, data)
+    # and the same results as ever
+    assert np.allclose(nb.load(results["DropDummyScans"].out_file).get_fdata(), data[..., 2:])
+    assert np.allclose(nb.load(results["SliceTimeCorrection"].out_file).get_fdata(), data,
+                       atol=1e-5)  # every slice at the middle of the TR: unchanged
+    assert np.allclose(nb.load(results["TemporalMean"].out_file).get_fdata(),
+                       data.mean(axis=3), atol=1e-6)
+    assert results["VolumeConservation"].vcf == pytest.approx(1.0)
+    assert results["SmoothnessConservation"].scf == pytest.approx(1.0, abs=0.05)

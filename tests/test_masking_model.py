@@ -1445,11 +1445,13 @@ def lab_scans_dir(tmp_path_factory):
     return root
 
 
-def test_train_masker_on_a_labs_own_scans(tmp_path, lab_scans_dir, capsys):
+def test_train_masker_on_a_labs_own_scans(tmp_path, lab_scans_dir, capsys, monkeypatch):
     """Labs could not train or fine-tune the masker on their own scans (only the shared
     data's layout was read). ``--scans DIR`` trains on BIDS-like image/mask pairs with no
     shared data at all, keeps each animal's scans on one side of the validation split, and
-    ``--init`` fine-tunes the result on them (reusing the data set cache of the same scans)."""
+    ``--init`` fine-tunes the result on them (reusing the data set cache of the same scans).
+    An ``--init`` given relative was recorded as given, which names no file from another
+    folder (evaluate-masker follows it): now resolved."""
     from samri_ml.cli.train_masker import main
 
     short = ["--width", "2", "--epochs-plain", "1", "--epochs-augmented", "0",
@@ -1469,12 +1471,13 @@ def test_train_masker_on_a_labs_own_scans(tmp_path, lab_scans_dir, capsys):
     n_val = summary["n_val_slices"]
     assert 0 < n_val < summary["n_slices"]
     tuned = tmp_path / "tuned.keras"
-    assert main([str(tuned), *short, "--init", str(out)]) == 0
+    monkeypatch.chdir(tmp_path)  # --init given relative: recorded resolved
+    assert main([str(tuned), *short, "--init", out.name]) == 0
     err = capsys.readouterr().err
     assert "trained on another split" not in err
     assert f"data set read from {tmp_path / 'ds.npz'}" in err  # the same scans: reused
     tuned_summary = json.loads(tuned.with_name("tuned_training.json").read_text())
-    assert tuned_summary["config"]["init_model"] == str(out)
+    assert tuned_summary["config"]["init_model"] == str(out.resolve())
     assert tuned_summary["validation_groups"] == val  # the same --seed: the same animal
     # evaluate-masker took --holdout's default (sammba, emory) for what such a model never
     # saw and reported dama and the templates as seen in training; it saw none of them
@@ -1632,6 +1635,37 @@ def test_lab_scans_in_a_datalad_dataset_pair_as_without_it(tmp_path, lab_scans_d
     assert [(image.relative_to(lab), mask.relative_to(lab), subject)
             for image, mask, subject in lab_pairs(lab)] == want
     assert len(want) == 4 and {s for _, _, s in want} == {"sub-01", "sub-02", "sub-03"}
+
+
+def test_a_git_commit_in_the_scans_folder_keeps_its_data_set_cache(tmp_path, lab_scans_dir):
+    """The --dataset-cache key of --scans DIR hashed every file under DIR, .git's too: a
+    commit (or any git operation) in a DataLad dataset rebuilt the data set of unchanged
+    scans ('holds a data set of other settings or scans: rebuilt'). Hidden files and folders
+    are left out of the key; a changed scan still rebuilds it."""
+    import os
+
+    from samri_ml.masking import train as mt
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
+    (lab / ".git" / "objects").mkdir(parents=True)
+    config = mt.TrainConfig(scans=str(lab), views=("coronal",),
+                            dataset_cache=str(tmp_path / "dc.npz"))
+
+    def built():
+        logged = []
+        mt.cached_dataset(config, log=logged.append)
+        return logged
+
+    assert built()[0] == "building the data set ..."
+    (lab / ".git" / "objects" / "ab12").write_bytes(b"a commit")
+    (lab / ".git" / "index").write_bytes(b"git's index, rewritten by git status")
+    (lab / ".datalad").mkdir()
+    (lab / ".datalad" / "config").write_text("[datalad]")
+    assert built() == [f"data set read from {tmp_path / 'dc.npz'}"]
+    scan = lab / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
+    os.utime(scan, ns=(scan.stat().st_atime_ns, scan.stat().st_mtime_ns + 10**9))  # touched
+    assert built()[0].endswith("holds a data set of other settings or scans: rebuilt and "
+                               "replaced")
 
 def test_train_masker_says_shared_data_options_do_nothing_with_scans(tmp_path, lab_scans_dir,
                                                                       capsys):

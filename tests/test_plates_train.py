@@ -527,11 +527,14 @@ def _wait_for(p, path, limit_s: float = 120):
         time.sleep(0.05)
 
 
-def test_a_run_from_an_init_model_records_that_models_network(tiny_data, tmp_path, capsys):
+def test_a_run_from_an_init_model_records_that_models_network(tiny_data, tmp_path, capsys,
+                                                              monkeypatch):
     """``--init MODEL`` wrote the defaults (``backbone`` small, ``width`` 16) into the run's
     config.json, whatever MODEL was: a width-2 network was recorded as width 16. Now
     config.json gives the init model's network (read from its archive), a ``--width`` that
-    contradicts it is a usage error before any work, and the same command runs again."""
+    contradicts it is a usage error before any work, and the same command runs again.
+    ``--init`` given relative was recorded as given ('first/best.keras'), which names no file
+    from another folder: now the resolved path."""
     from samri_ml.cli.train_plates import main
     from samri_ml.plates.train import init_settings
 
@@ -540,17 +543,19 @@ def test_a_run_from_an_init_model_records_that_models_network(tiny_data, tmp_pat
     assert init_settings(first / "best.keras") == {"backbone": "small", "width": 2,
                                                    "embedding_dim": 64}
     out = tmp_path / "tuned"
+    monkeypatch.chdir(tmp_path)
     argv = ["--data", str(tiny_data), "--out", str(out), "--size", "32", "--batch-size", "12",
-            "--iterations", "2", "--eval-every", "2", "--init", str(first / "best.keras")]
+            "--iterations", "2", "--eval-every", "2", "--init", "first/best.keras"]
     assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["backbone"], config["width"], config["embedding_dim"]) == ("small", 2, 64)
+    assert config["init"] == str((first / "best.keras").resolve())
     assert main(argv) == 0  # the same settings: the run starts again (not 'another run')
     capsys.readouterr()
     other = tmp_path / "other"
     assert main([*argv[:3], str(other), *argv[4:], "--width", "4"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        f"error: --width 4: --init {first / 'best.keras'} is a network of width 2 "
+        "error: --width 4: --init first/best.keras is a network of width 2 "
         "(fine-tuning keeps it); hint: leave --width out")
     assert not other.exists()
     # with the init model's own settings given, as docs/plates.rst shows: accepted

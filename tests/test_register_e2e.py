@@ -39,6 +39,13 @@ def registered(example_dataset, tmp_path_factory):
     for name in ("T2w_desc-mask", "T2w_desc-overview", "task-rest_bold_desc-functostruct"):
         for ext in (".png", ".svg"):
             (figures / f"sub-01_ses-1_{name}{ext}").write_bytes(b"an old picture")
+    # crash files of earlier runs in OUTPUT_DIR/log (the top workflow's crash folder, where
+    # an older samri_ml wrote every step's): of this run's session, and of sub-02 (not run)
+    for subject in ("01", "02"):
+        (out / "log").mkdir(exist_ok=True)
+        (out / "log" / f"crash-20261120-101010-lab-s_register-{subject}.txt").write_text(
+            f"Node: samri_ml_wf.sub_{subject}_ses_1.anat_wf.s_register\nWorking directory: "
+            f"/old/work\n\nTraceback (most recent call last):\nRuntimeError: sub-{subject}\n")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert main(argv) == 0
@@ -85,6 +92,23 @@ def test_files_an_earlier_run_left_are_named_and_kept(registered):
                        "sub-01/figures/sub-01_ses-1_T2w_desc-overview.png and 3 more; hint: "
                        "delete them"], err
     assert len(list((out / "sub-01" / "figures").glob("*_desc-mask.*"))) == 2
+
+
+@pytest.mark.slow
+def test_earlier_crash_files_in_output_dirs_own_log_are_moved_aside(registered):
+    """A run that succeeded moved the earlier crash files of its sessions out of
+    sub-XX/log, not those in OUTPUT_DIR/log, where an older samri_ml wrote every step's: the
+    lab still saw them there. They are moved (kept, unchanged) to log/earlier/ as well, and
+    said in the one note; one of a subject this run did not process stays."""
+    _, out = registered
+    err = (out.parent / "stderr.txt").read_text().splitlines()
+    notes = [ln for ln in err if "crash file(s) of earlier runs" in ln]
+    assert notes == ["samri_ml-register: note: 1 crash file(s) of earlier runs, of steps that "
+                     "have now run through, moved (kept) to log/earlier (1)"], err[-5:]
+    moved = out / "log" / "earlier" / "crash-20261120-101010-lab-s_register-01.txt"
+    assert moved.read_text().endswith("RuntimeError: sub-01\n")
+    assert [p.name for p in (out / "log").glob("crash-*")] == [
+        "crash-20261120-101010-lab-s_register-02.txt"]
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -1514,6 +1515,37 @@ def test_mem_gb_without_multiproc_is_noted(tmp_path, capsys, monkeypatch, plugin
     assert (note in err) == noted, err
     if plugin == "PBS":
         assert "ask the scheduler for it in --plugin-args" in err, err
+
+
+def test_a_run_stopped_at_its_first_crash_calls_no_earlier_runs_subject_finished(tmp_path,
+                                                                                   capsys):
+    """--stop-on-first-crash: the run's one line said 'finished' of a subject whose
+    registered scans an earlier run had left in OUTPUT_DIR, although this run stopped before
+    it. Only the subjects this run ran through are said finished; the other is 'not
+    finished'. Both subjects have such leftovers (either may fail first)."""
+    from samri_ml.report import registered_output
+
+    bids = make_dataset(tmp_path)
+    for rel in (ANAT, BOLD, BOLD.replace(".nii.gz", ".json")):
+        dest = bids / rel.replace("sub-01", "sub-02")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bids / rel, dest)
+    out = tmp_path / "out"
+    for sub in ("sub-01", "sub-02"):  # an earlier run's registered scans
+        for rel in (ANAT, BOLD):
+            raw = bids / rel.replace("sub-01", sub)
+            left = registered_output(out, raw, "Tiny")
+            left.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(raw, left)
+    flavour = _flavour(tmp_path, smoothing_sigmas=[2, 1])  # ANTs refuses it at run time
+    argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w")])
+            if a not in ("--dry-run", "--fast")]
+    assert main([*argv, "--registration-flavour", str(flavour), "--nprocs", "1",
+                 "--stop-on-first-crash"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    said = re.search(r"1 step\(s\) failed \((.*?)\); crash files are in", last)
+    assert said and said.group(1) in ("failed: sub-01; not finished: sub-02",
+                                      "failed: sub-02; not finished: sub-01"), last
 
 
 def test_a_run_where_one_subject_fails_says_who_failed_and_who_finished(tmp_path):

@@ -1195,19 +1195,21 @@ def _session_wf_name(item: dict) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
-#: where a subject's crash files of earlier runs go once the sessions they are of have run
-#: through (relative to its ``sub-XX/log``)
+#: where a log folder's crash files of earlier runs go once the sessions they are of have run
+#: through (relative to that ``log``: ``sub-XX/log``, or OUTPUT_DIR's own ``log``)
 EARLIER_CRASHES = "earlier"
 
 
 def _set_aside_earlier_crashes(args, sessions, started: float,
                                crashes: list[Path] = ()) -> None:
-    """Move the crash files of earlier runs out of ``sub-XX/log`` into
-    ``sub-XX/log/earlier/`` where the session they are of (their ``Node:`` line) ran through
-    in this run: its scans all registered, none of its steps failed (``crashes``: this run's
-    crash files). They stayed in ``log/``, and a lab seeing them there took a rerun that
-    succeeded for a failed one (the report no longer listed them). Moved, not deleted, and
-    said in one note; crash files of sessions this run did not process stay."""
+    """Move the crash files of earlier runs out of ``sub-XX/log`` and OUTPUT_DIR's ``log``
+    into that folder's ``earlier/`` where the session they are of (their ``Node:`` line) ran
+    through in this run: its scans all registered, none of its steps failed (``crashes``:
+    this run's crash files). They stayed in ``log/``, and a lab seeing them there took a rerun
+    that succeeded for a failed one (the report no longer listed them). Moved, not deleted,
+    and said in one note; crash files of sessions this run did not process, and in OUTPUT_DIR's
+    ``log`` (the top workflow's crash folder, where an older samri_ml wrote every step's)
+    those that name no session, stay."""
     from samri_ml.report import crash_node, registered_output
 
     failed_now = set()  # session workflows, and subjects of crash files without a Node line
@@ -1221,9 +1223,12 @@ def _set_aside_earlier_crashes(args, sessions, started: float,
                if not {_session_wf_name(item), f"sub-{item['subject']}"} & failed_now
                and all(registered_output(args.output_dir, scan, args.template_name).exists()
                        for scan in _scans(item))}
+    if not through:
+        return
+    logs = [f"sub-{subject}/log" for subject in dict.fromkeys(through.values())] + ["log"]
     moved: dict[str, int] = {}
-    for subject in dict.fromkeys(through.values()):
-        log = args.output_dir / f"sub-{subject}" / "log"
+    for name in logs:
+        log = args.output_dir / name
         for path in sorted(log.glob("crash-*")):
             try:
                 if path.stat().st_mtime >= started:
@@ -1241,9 +1246,9 @@ def _set_aside_earlier_crashes(args, sessions, started: float,
                 path.rename(target)
             except OSError:  # a log folder we may not write: the file stays where it was
                 continue
-            moved[f"sub-{subject}"] = moved.get(f"sub-{subject}", 0) + 1
+            moved[name] = moved.get(name, 0) + 1
     if moved:
-        where = ", ".join(f"{name}/log/{EARLIER_CRASHES} ({n})" for name, n in moved.items())
+        where = ", ".join(f"{name}/{EARLIER_CRASHES} ({n})" for name, n in moved.items())
         print(f"{PROG}: note: {sum(moved.values())} crash file(s) of earlier runs, of steps "
               f"that have now run through, moved (kept) to {where}", file=sys.stderr)
 
@@ -1324,6 +1329,8 @@ class Progress:
         self.linear = linear
         self.started: set[int] = set()
         self.reused: set[int] = set()
+        #: the full names of the steps said done (run or reused) in this run
+        self.through: set[str] = set()
 
     def __call__(self, node, status):
         if self.stop is not None and self.stop.interrupted:
@@ -1347,6 +1354,8 @@ class Progress:
             what = "done"
         else:  # found complete in the work dir
             what = "done (result of an earlier run reused)"
+        if what.startswith("done"):
+            self.through.add(node.fullname)
         print(f"[{self.done}/{self.total} {elapsed:6.0f}s] {what}: {node.fullname}",
               file=self.stream, flush=True)
 
@@ -1445,8 +1454,10 @@ def _main(argv=None) -> int:
             nlogging.getLogger("nipype.interface").setLevel("WARNING")
         from nipype.interfaces.utility import IdentityInterface
 
-        total = sum(not isinstance(n.interface, IdentityInterface)
-                    for n in wf._create_flat_graph().nodes())
+        # the steps the run reports (Nipype drops the IdentityInterface nodes)
+        steps = [n.fullname for n in wf._create_flat_graph().nodes()
+                 if not isinstance(n.interface, IdentityInterface)]
+        total = len(steps)
         if "LOGNAME" not in os.environ:
             # Nipype's SLURM/SGE plugins name jobs after $LOGNAME and fail with a KeyError
             # where it is unset (containers, CI, cron)
@@ -1499,7 +1510,8 @@ def _main(argv=None) -> int:
             except Exception as report_err:  # noqa: BLE001 - the run's own error comes first
                 print(f"{PROG}: note: the reports could not be written ({report_err})",
                       file=sys.stderr)
-            outcomes = _outcomes(args, sessions, crashes)
+            through = getattr(plugin_args.get("status_callback"), "through", None)
+            outcomes = _outcomes(args, sessions, crashes, steps, through)
             if not args.stop_on_first_crash:
                 # the sessions beside the failed ones ran through (after a first crash they
                 # may not have run, their outputs an earlier run's)
@@ -1541,13 +1553,17 @@ def _main(argv=None) -> int:
     return 0
 
 
-def _outcomes(args, sessions, crashes: list[Path]) -> dict[str, list[str]]:
+def _outcomes(args, sessions, crashes: list[Path], steps=None,
+              through=None) -> dict[str, list[str]]:
     """Which subjects of a run that failed somewhere ``failed`` (a crash file of this run in
-    their ``sub-XX/log``), ``finished`` (every selected scan registered, none failed) and are
-    ``not finished`` (a scan without its registered output: after --stop-on-first-crash, or
-    behind a failed step), for the run's one-line error: it named only the first crash file,
-    so with one subject of many failing the user could not tell what was done. Empty groups
-    are left out."""
+    their ``sub-XX/log``), ``finished`` (every selected scan registered, none failed, and each
+    of its sessions' ``steps``, the full names of the run's steps, among those the run ran
+    through, ``through``) and are ``not finished`` (a scan without its registered output, or
+    a step not run: after --stop-on-first-crash, or behind a failed step), for the run's
+    one-line error: it named only the first crash file, so with one subject of many failing
+    the user could not tell what was done. Empty groups are left out. (The registered
+    outputs alone called a subject finished that the run had stopped before, where an
+    earlier run had left them.)"""
     from samri_ml.report import registered_output
 
     failed = {crash.relative_to(args.output_dir).parts[0] for crash in crashes
@@ -1555,6 +1571,11 @@ def _outcomes(args, sessions, crashes: list[Path]) -> dict[str, list[str]]:
     subjects = list(dict.fromkeys(f"sub-{item['subject']}" for item in sessions))
     unfinished = {f"sub-{item['subject']}" for item in sessions for scan in _scans(item)
                   if not registered_output(args.output_dir, scan, args.template_name).exists()}
+    if steps is not None and through is not None:
+        not_run = {step.split(".")[1] for step in steps
+                   if step not in through and step.count(".") > 1}
+        unfinished |= {f"sub-{item['subject']}" for item in sessions
+                       if _session_wf_name(item) in not_run}
     groups = [("failed", [s for s in subjects if s in failed]),
               ("not finished", [s for s in subjects if s in unfinished - failed]),
               ("finished", [s for s in subjects if s not in failed | unfinished])]

@@ -236,7 +236,10 @@ def _main(argv=None) -> int:
         epochs_augmented=args.epochs_augmented, steps_per_epoch=args.steps_per_epoch,
         max_minutes=args.max_minutes, seed=args.seed, train_seed=args.train_seed,
         threads=args.threads,
-        init_model=str(args.init or ""), dataset_cache=str(args.dataset_cache or ""),
+        # resolved, as scans: a record read from another folder still names the model
+        # (evaluate-masker follows it to what that model saw)
+        init_model=str(args.init.resolve()) if args.init else "",
+        dataset_cache=str(args.dataset_cache or ""),
         snout_neck=args.snout_neck, views=tuple(args.views),
         crops_per_scan=args.crops_per_scan, crop_fraction=args.crop_fraction,
         stripped_rim=args.stripped_rim, intensity_augment=args.intensity_augment,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 #: the smallest ``--size``: every backbone halves its input 5 times
 MIN_SIZE = 32
@@ -134,8 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fit_router(args) -> int:
-    from pathlib import Path
-
     from samri_ml.plates.identify import PlateIdentifier
     from samri_ml.plates.modality import ROUTER_NAME, fit_router, training_sections
 
@@ -154,8 +153,6 @@ def _check_outputs(parser, args, cfg) -> None:
     """Usage errors before any work: options that do nothing together, a run to export that
     is not there, output folders that cannot be written, an --out that holds another run
     (``cfg``: this one's settings)."""
-    from pathlib import Path
-
     from samri_ml.cli._common import check_output_dir
     from samri_ml.plates.train import other_run, run_files
 
@@ -222,7 +219,8 @@ def _main(argv=None) -> int:
         schedule=args.schedule,
         ema=args.ema,
         seed=args.seed,
-        init=args.init,
+        # resolved: config.json read from another folder still names the model it started from
+        init=str(Path(args.init).resolve()) if args.init else None,
         synth_fraction=args.synth_fraction,
         synth_max_tilt=args.synth_max_tilt,
         crop_threshold=args.crop_threshold,

@@ -221,14 +221,24 @@ def data_fingerprint(data_dir=None) -> str:
     return _files_fingerprint(_mri_dir(data_dir), ("scans", "templates"))
 
 
+def _hidden(path: Path, root: Path) -> bool:
+    """Whether ``path`` is, or lies in, a hidden file or folder (``.git``, ``.datalad``) below
+    ``root``: not the data (a DataLad dataset's ``.git/annex/objects`` holds a copy of each
+    scan, and every git operation changes files in ``.git``)."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _files_fingerprint(root: Path, folders) -> str:
     """sha256 of the paths (relative to ``root``), sizes and modification times of the files
-    under ``root``'s ``folders``."""
+    under ``root``'s ``folders``, hidden ones left out (:func:`_hidden`: a commit in a
+    DataLad dataset rebuilt a data set of unchanged scans)."""
     import hashlib
 
     digest = hashlib.sha256()
     for sub in folders:
         for path in sorted((root / sub).rglob("*")):
+            if _hidden(path, root):
+                continue
             try:
                 st = path.stat()
             except OSError:  # a dangling link: no scan
@@ -381,8 +391,7 @@ def lab_pairs(folder) -> list[tuple[Path, Path, str]]:
         stem = _nifti_stem(path)
         # nothing in hidden folders: a DataLad dataset's .git/annex/objects holds a copy of
         # each scan (MD5E-s...--<hash>.nii.gz), each refused as an image without its mask
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-        if stem is not None and path.is_file() and not hidden:
+        if stem is not None and path.is_file() and not _hidden(path, folder):
             niftis[path] = stem
     masks = {p: s[: -len(LAB_MASK_SUFFIX)] for p, s in niftis.items()
              if s.endswith(LAB_MASK_SUFFIX)}

@@ -436,6 +436,10 @@ def other_run(out_dir, cfg: TrainConfig) -> str | None:
     new = json.loads(json.dumps(asdict(cfg)))
     if not isinstance(old, dict):
         return "its config.json is not a run's"
+    if isinstance(old.get("init"), str) and not Path(old["init"]).is_absolute():
+        # recorded as given before it was resolved: the same command from the same folder
+        # is the same run
+        old["init"] = str(Path(old["init"]).resolve())
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if not diff:
         return None
