@@ -1510,7 +1510,10 @@ def _main(argv=None) -> int:
             except Exception as report_err:  # noqa: BLE001 - the run's own error comes first
                 print(f"{PROG}: note: the reports could not be written ({report_err})",
                       file=sys.stderr)
-            through = getattr(plugin_args.get("status_callback"), "through", None)
+            # graph plugins submit every job at once and never call the status callback:
+            # there the registered outputs alone tell
+            through = (None if args.plugin in GRAPH_PLUGINS
+                       else getattr(plugin_args.get("status_callback"), "through", None))
             outcomes = _outcomes(args, sessions, crashes, steps, through)
             if not args.stop_on_first_crash:
                 # the sessions beside the failed ones ran through (after a first crash they
