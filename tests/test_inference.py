@@ -118,6 +118,53 @@ def test_a_model_being_trained_is_run_as_it_is_now():
     np.testing.assert_allclose(np.asarray(fn(x)), np.asarray(model(x)), atol=1e-6)
 
 
+def _with_batch_statistics(model, seed: int):
+    """``model`` with moving means and variances of its batch normalisations set as after
+    training (those of a new model are 0 and 1, which folding would leave as they are)."""
+    rng = np.random.default_rng(seed)
+    layers = [model]
+    while layers:
+        layer = layers.pop()
+        layers += getattr(layer, "layers", [])
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n),
+                               rng.normal(0, 0.5, n), rng.uniform(0.05, 3, n)])
+    return model
+
+
+def test_a_float32_network_runs_with_its_batch_normalisations_folded():
+    """A plate-ensemble-like model (embedding networks nested in one model, one behind a
+    Resizing layer) marked float32 runs with every batch normalisation folded into the
+    convolution before it, and gives the plain Keras call's embeddings (within 1e-6); a batch
+    normalisation that does not follow a convolution directly is kept."""
+    from samri_ml.models.siamese import build_embedding_net
+
+    keras = inference.import_keras()
+    inp = keras.Input((48, 48, 1))
+    small = build_embedding_net(32, embedding_dim=8, width=4)
+    small.name = "member_small"
+    large = build_embedding_net(48, embedding_dim=8, width=4)
+    large.name = "member_large"
+    after_pooling = keras.layers.BatchNormalization(name="kept")(
+        keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inp)))
+    out = keras.layers.Concatenate()([small(keras.layers.Resizing(32, 32, antialias=True)(inp)),
+                                      large(inp), after_pooling])
+    model = _with_batch_statistics(keras.Model(inp, out), 4)
+    folded = inference.batchnorm_folded_copy(model)
+    kinds = [type(layer).__name__ for member in ("member_small", "member_large")
+             for layer in folded.get_layer(member).layers]
+    assert "BatchNormalization" not in kinds and kinds.count("Conv2D") == 7 * 2
+    assert folded.get_layer("kept")  # behind a pooling: not folded
+    x = np.random.default_rng(5).random((3, 48, 48, 1), dtype=np.float32)
+    fn = inference.inference_fn(inference.mark_for_inference(model, "float32"))
+    np.testing.assert_allclose(np.asarray(fn(x)), np.asarray(model(x, training=False)),
+                               atol=1e-6)
+    # nothing to fold (the U-Net has no batch normalisation): the model itself
+    plain = keras.Model(inp, keras.layers.Conv2D(2, 3)(inp))
+    assert inference.batchnorm_folded_copy(plain) is plain
+
+
 def test_a_bfloat16_mask_equals_the_float32_one(unet):
     """The shipped U-Net in both precisions on the example phantom's skull-on heads: float32
     output either way, probabilities within 0.15 (99.9 % of voxels within 0.04), masks with Dice >= 0.998 (measured:
