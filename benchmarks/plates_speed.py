@@ -22,7 +22,9 @@ read by ``read_image``), the preprocessing (tissue box, CLAHE, resize) and the f
 augmentation; each is timed for ``rank_read`` (how the CLIs and ``IdentifyPlate`` rank read
 files since 2026-12-03's nineteenth session: the speed-up the script reports first) and for
 ``rank`` (arrays given in a notebook, made sections by ``as_section`` first: the reading's
-checks again, about 3-4 ms a section).
+checks again, about 3-4 ms a section). It also prints where a call of one section goes
+(:func:`call_breakdown`: the preprocessing, the modality router, the network): the floor of a
+call, which the 1000x target has to get under.
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ def main() -> None:
         batched[name] = min(whole)
         print(f"siamese {args.split}, all {len(imgs)} in one call, {name}: "
               f"{1e3 * batched[name]:.1f} ms/section")
+    breakdown = call_breakdown(ident, imgs)
+    print("one section per call, ms (best of three passes, mean over the sections): " +
+          ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items()))
     first = next(iter(ranked_as))
     per, per_batched, rankings = per_call[first], batched[first], ranked[first]
     m_s = ranking_metrics(rankings, labels, sum(per))
@@ -144,11 +149,40 @@ def main() -> None:
                     "threads": args.threads,
                     "parallel_ops": args.parallel_ops,
                     "precision": precision,
+                    "breakdown_ms_per_call": breakdown,
                 },
                 f,
                 indent=1,
             )
 
+
+def call_breakdown(ident, imgs: list) -> dict[str, float]:
+    """Where a call of one section goes, ms (the mean over ``imgs`` of the best of three
+    passes): the preprocessing (tissue box, CLAHE, resize to the network's input), the
+    modality router (``--variant auto`` only), and the network (the ensemble on the section
+    and its mirror) with the distances to the plates; the rest of a call is Python between
+    them."""
+    single = getattr(ident, "default", ident)  # auto: the default variant ranks these
+    router = getattr(ident, "router", None)
+    prepped = [single.prepare([im]) for im in imgs]
+    steps = {"preprocessing": lambda i: single.prepare([imgs[i]]),
+             "router": lambda i: router.other_modality(prepped[i][0]),
+             "network": lambda i: single.distances([imgs[i]], False, prepped[i][0],
+                                                   boxes=prepped[i][1])}
+    if router is None:
+        del steps["router"]
+    times = {}
+    for name, step in steps.items():
+        passes = []
+        for _ in range(3):
+            row = []
+            for i in range(len(imgs)):
+                t0 = time.perf_counter()
+                step(i)
+                row.append(time.perf_counter() - t0)
+            passes.append(row)
+        times[name] = round(1e3 * float(np.mean(np.min(passes, axis=0))), 2)
+    return times
 
 if __name__ == "__main__":
     main()

@@ -57,15 +57,31 @@ def _policy(layer) -> str:
     return layer.dtype_policy.name
 
 
-def test_bfloat16_copy_keeps_the_weights_and_the_output_layer_in_float32(unet):
+def test_bfloat16_copy_rounds_the_convolutions_once_and_keeps_the_output_layer_in_float32(
+        unet):
+    """The convolutions hold their weights rounded to bfloat16 (``mixed_bfloat16`` rounded
+    them on every call), the output layer its float32 weights; the same masks' probabilities
+    to the last bit as with every convolution ``mixed_bfloat16``."""
+    import json
+
     copy = inference.bfloat16_copy(unet)
     convs = [layer for layer in copy.layers if type(layer).__name__ == "Conv2D"]
-    assert {_policy(layer) for layer in convs[:-1]} == {"mixed_bfloat16"}
+    assert {_policy(layer) for layer in convs[:-1]} == {"bfloat16"}
     assert copy.layers[-1].name == "mask" and _policy(copy.layers[-1]) == "float32"
-    for a, b in zip(unet.get_weights(), copy.get_weights(), strict=True):
-        assert b.dtype == np.float32 and np.array_equal(a, b)
+    for old, new in zip(unet.layers, copy.layers, strict=True):
+        for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
+            rounded = a.astype(b.dtype) if new in convs[:-1] else a
+            assert b.dtype == rounded.dtype and np.array_equal(rounded, b)
     # the original is untouched
     assert {_policy(layer) for layer in unet.layers} == {"float32"}
+    config = json.loads(json.dumps(copy.get_config()))
+    for layer in config["layers"]:
+        if layer["class_name"] == "Conv2D" and layer["config"]["name"] != "mask":
+            layer["config"]["dtype"] = "mixed_bfloat16"
+    mixed = unet.__class__.from_config(config)
+    mixed.set_weights(unet.get_weights())
+    x = np.random.default_rng(6).random((4, 64, 64, 1), dtype=np.float32)
+    assert np.array_equal(np.asarray(copy(x)), np.asarray(mixed(x)))
 
 
 def test_bfloat16_copy_converts_nested_models():
@@ -80,7 +96,7 @@ def test_bfloat16_copy_converts_nested_models():
     copy = inference.bfloat16_copy(outer)
     member = copy.get_layer("member")
     kinds = {type(layer).__name__: _policy(layer) for layer in member.layers}
-    assert kinds["Conv2D"] == "mixed_bfloat16"
+    assert kinds["Conv2D"] == "bfloat16"
     assert kinds["Dense"] == kinds["GlobalAveragePooling2D"] == "float32"
     x = np.random.default_rng(0).random((2, 16, 16, 1), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(outer(x)), atol=0.05, rtol=0.02)
@@ -116,6 +132,53 @@ def test_a_model_being_trained_is_run_as_it_is_now():
     np.testing.assert_allclose(np.asarray(fn(x)), np.asarray(model(x)), atol=1e-6)
     model.set_weights([w + 0.5 for w in model.get_weights()])
     np.testing.assert_allclose(np.asarray(fn(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def _with_batch_statistics(model, seed: int):
+    """``model`` with moving means and variances of its batch normalisations set as after
+    training (those of a new model are 0 and 1, which folding would leave as they are)."""
+    rng = np.random.default_rng(seed)
+    layers = [model]
+    while layers:
+        layer = layers.pop()
+        layers += getattr(layer, "layers", [])
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n),
+                               rng.normal(0, 0.5, n), rng.uniform(0.05, 3, n)])
+    return model
+
+
+def test_a_float32_network_runs_with_its_batch_normalisations_folded():
+    """A plate-ensemble-like model (embedding networks nested in one model, one behind a
+    Resizing layer) marked float32 runs with every batch normalisation folded into the
+    convolution before it, and gives the plain Keras call's embeddings (within 1e-6); a batch
+    normalisation that does not follow a convolution directly is kept."""
+    from samri_ml.models.siamese import build_embedding_net
+
+    keras = inference.import_keras()
+    inp = keras.Input((48, 48, 1))
+    small = build_embedding_net(32, embedding_dim=8, width=4)
+    small.name = "member_small"
+    large = build_embedding_net(48, embedding_dim=8, width=4)
+    large.name = "member_large"
+    after_pooling = keras.layers.BatchNormalization(name="kept")(
+        keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inp)))
+    out = keras.layers.Concatenate()([small(keras.layers.Resizing(32, 32, antialias=True)(inp)),
+                                      large(inp), after_pooling])
+    model = _with_batch_statistics(keras.Model(inp, out), 4)
+    folded = inference.batchnorm_folded_copy(model)
+    kinds = [type(layer).__name__ for member in ("member_small", "member_large")
+             for layer in folded.get_layer(member).layers]
+    assert "BatchNormalization" not in kinds and kinds.count("Conv2D") == 7 * 2
+    assert folded.get_layer("kept")  # behind a pooling: not folded
+    x = np.random.default_rng(5).random((3, 48, 48, 1), dtype=np.float32)
+    fn = inference.inference_fn(inference.mark_for_inference(model, "float32"))
+    np.testing.assert_allclose(np.asarray(fn(x)), np.asarray(model(x, training=False)),
+                               atol=1e-6)
+    # nothing to fold (the U-Net has no batch normalisation): the model itself
+    plain = keras.Model(inp, keras.layers.Conv2D(2, 3)(inp))
+    assert inference.batchnorm_folded_copy(plain) is plain
 
 
 def test_a_bfloat16_mask_equals_the_float32_one(unet):

@@ -1344,3 +1344,49 @@ def test_read_sections_are_ranked_as_rank_ranks_them(shared_data, tmp_path, caps
     assert json.loads(Path(one["out_json"]).read_text()) == json.loads(
         json_dumps({paths[0]: ident.rank(imgs[:1], regions=True)[0]}))
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == paths
+
+
+@pytest.mark.shared_data
+def test_float32_ranking_equals_the_plain_keras_call_on_val2(shared_data):
+    """In float32 the shipped ensemble runs with its batch normalisations folded into its
+    convolutions (:func:`~samri_ml.models.inference.batchnorm_folded_copy`, a quarter less
+    network time): val_2's first sections get the rankings of the plain Keras call on the same
+    preprocessed sections, every plate in the same place, distances within 1e-5 (measured:
+    within 3e-6 for train, val_1 and val_2 ranked one by one and all at once)."""
+    from samri_ml.plates.data import load_sections
+
+    ident = PlateIdentifier(precision="float32")
+    _, _, imgs = load_sections(shared_data / "plates" / "val_2")
+    imgs = imgs[:5]  # the test's time: the model's load and Keras' eager call dominate
+    res = ident.rank(imgs)
+    prepped, _ = ident.prepare(imgs)
+    x = prepped[..., None]
+    both = np.asarray(ident.model(np.concatenate([x, x[:, :, ::-1]]), training=False))
+    emb = both[: len(x)] + both[len(x):]  # the flip test-time augmentation's mean direction
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    d = np.linalg.norm(emb[:, None] - ident.embeddings[None], axis=2)
+    for r, row in zip(res, d, strict=True):
+        order = np.argsort(row, kind="stable")
+        assert r["ranking"] == ident.plates[order].tolist()
+        np.testing.assert_allclose(r["distances"], row[order], atol=1e-5)
+
+
+def test_the_regions_are_cut_from_the_box_the_section_was_cut_to(ident, plate_thumbs,
+                                                                  monkeypatch):
+    """With the region analysis (the command line's default) each section's tissue box is
+    sought once, not again for its regions (1-2.5 ms a section at 1 Mpx); the regions, their
+    plates and the tilt are those of the regions cut from a box sought again (measured: the
+    whole JSON of train, val_1 and val_2 ranked with regions the same as before)."""
+    from samri_ml.plates import identify
+
+    imgs = [plate_thumbs[p] for p in (30, 75, 110)]
+    ref_emb, ref_frac = ident.embed_regions(imgs)  # each box sought by region_crops
+    sought = []
+    real = identify.tissue_bbox
+    monkeypatch.setattr(identify, "tissue_bbox", lambda *a, **k: sought.append(1) or real(*a, **k))
+    res = ident.rank(imgs, regions=True)
+    assert len(sought) == len(imgs)
+    emb, frac = ident.embed_regions(imgs, [ident.tissue_box(im) for im in imgs])
+    np.testing.assert_array_equal(emb, ref_emb)
+    np.testing.assert_array_equal(frac, ref_frac)
+    assert all(set(r["regions"]) == set(identify.REGIONS) and "tilt" in r for r in res)

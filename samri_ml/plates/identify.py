@@ -151,14 +151,15 @@ def default_model_dir(variant: str = "default") -> Path:
     return base / VARIANTS[variant] if VARIANTS[variant] != "." else base
 
 
-def region_crops(img: np.ndarray, crop: bool = True,
-                 crop_threshold: str = "otsu") -> dict[str, np.ndarray]:
+def region_crops(img: np.ndarray, crop: bool = True, crop_threshold: str = "otsu",
+                 box: tuple[int, int, int, int] | None = None) -> dict[str, np.ndarray]:
     """Sub-images (uint8) of the tissue bounding box (:func:`tissue_bbox` at
-    ``crop_threshold``) for each region of :data:`REGIONS`."""
+    ``crop_threshold``, or ``box`` where the caller has it already) for each region of
+    :data:`REGIONS`."""
     import cv2
 
     if crop:
-        y0, y1, x0, x1 = tissue_bbox(img, threshold=crop_threshold)
+        y0, y1, x0, x1 = tissue_bbox(img, threshold=crop_threshold) if box is None else box
         img = img[y0:y1, x0:x1]
     h, w = img.shape
     if max(h, w) > 512:  # regions are embedded at ~128 px: no need to equalise 1024 px crops
@@ -471,11 +472,14 @@ class PlateIdentifier(_Ranker):
         x = np.stack(_map(self.prep, imgs)) if prepped is None else prepped
         return embed(self.model, x, flip_tta=self.flip_tta)
 
-    def embed_regions(self, imgs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Region embeddings ``(N, R, L)`` and tissue fractions ``(N, R)``."""
+    def embed_regions(self, imgs: list[np.ndarray],
+                      boxes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Region embeddings ``(N, R, L)`` and tissue fractions ``(N, R)``. ``boxes``: the
+        images' tissue boxes where known (:meth:`prepare`'s), not sought again."""
         crops, frac = [], []
-        for im in imgs:
-            rc = region_crops(im, crop=self.crop, crop_threshold=self.crop_threshold)
+        for i, im in enumerate(imgs):
+            rc = region_crops(im, crop=self.crop, crop_threshold=self.crop_threshold,
+                              box=None if boxes is None else boxes[i])
             whole = tissue_fraction(im)
             for name in REGIONS:
                 c = rc[name]
@@ -552,7 +556,9 @@ class PlateIdentifier(_Ranker):
         whole = out["whole"]
         use_regions = (self.region_weight > 0) if regions is None else regions
         if use_regions and self.region_embeddings is not None:
-            remb, frac = self.embed_regions(imgs)
+            # the boxes the whole sections were cut to: the same search, made once (1-2.5
+            # ms a section of the command line's default, regions on)
+            remb, frac = self.embed_regions(imgs, out["boxes"])
             # (N, R, P): region r of the section against region r of every plate
             d_reg = np.stack(
                 [_pairwise(remb[:, r], self.region_embeddings[:, r]) for r in range(len(REGIONS))],
