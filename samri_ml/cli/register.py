@@ -748,6 +748,9 @@ def check_scans(args, sessions) -> None:
             direct.append(f"sub-{item['subject']}"
                           + (f" ses-{item['session']}" if item["session"] else ""))
         for path, kind in scans:
+            # the scan before's image dropped first: it holds its data (read to check them),
+            # and a session's two large runs were held at once (3 runs' memory at the peak)
+            img = None
             try:
                 img = load_nifti(path, allow_4d=kind == "functional")
             except SamriMLError:
