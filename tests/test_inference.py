@@ -413,3 +413,22 @@ def test_the_precision_asked_for_in_a_session_is_the_one_a_mask_is_predicted_in(
         masks[precision] = predict_mask(head)
     assert load_model() is load_model()  # still loaded once per precision
     assert dice(masks["bfloat16"], masks["float32"]) > 0.99
+
+
+def test_a_marked_model_trained_afterwards_runs_with_its_new_weights():
+    """A model marked for inference (as samri_ml's loaders give it) whose forward pass has run,
+    then fine-tuned: its batch-normalisation-folded copy, made at the first call, kept the
+    weights it had then (the embeddings of before the training). Compiled since, it runs as it
+    is."""
+    keras = inference.import_keras()
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 3, padding="same")(inp))
+    model = inference.mark_for_inference(keras.Model(inp, keras.layers.Flatten()(out)),
+                                         "float32")
+    x = np.random.default_rng(2).random((4, 8, 8, 1), dtype=np.float32)
+    before = np.asarray(inference.inference_fn(model)(x))
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    model.fit(x, np.ones((4, 128), np.float32), epochs=2, verbose=0)
+    now = np.asarray(model(x, training=False))
+    assert np.abs(now - before).max() > 0.1  # the training changed the output
+    np.testing.assert_allclose(np.asarray(inference.inference_fn(model)(x)), now, atol=1e-5)

@@ -230,9 +230,9 @@ def inference_precision() -> str:
 def mark_for_inference(model, precision: str | None = None):
     """Let :func:`inference_fn` run ``model`` in ``precision`` (default:
     :func:`inference_precision`); in float32 with its batch normalisations folded into its
-    convolutions (:func:`batchnorm_folded_copy`). For models loaded to predict: a model being
-    trained keeps its own weights in float32 (both copies take the weights once). Returns the
-    model."""
+    convolutions (:func:`batchnorm_folded_copy`). For models loaded to predict: both copies
+    take the weights once, so a model being trained (unmarked, or compiled since it was
+    marked) runs as it is, in float32. Returns the model."""
     precision = precision or inference_precision()
     if precision not in PRECISIONS[1:]:
         raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
@@ -393,7 +393,8 @@ def inference_fn(model):
     (:func:`mark_for_inference`) runs as its :func:`batchnorm_folded_copy`, one marked
     ``bfloat16`` as its :func:`bfloat16_copy`, made once here (a model that cannot be rebuilt
     from its config, e.g. with unregistered custom layers, runs as it is, in float32, with a
-    note where bfloat16 was asked); the output is float32 either way.
+    note where bfloat16 was asked); the output is float32 either way. A marked model compiled
+    since (being trained) runs as it is, with its current weights, as an unmarked one.
 
     Raises :class:`~samri_ml.errors.SamriMLError` in a process forked from one that had
     imported TensorFlow (:func:`refuse_inherited_tensorflow`), where the forward pass would
@@ -402,9 +403,15 @@ def inference_fn(model):
     refuse_inherited_tensorflow()
     keras = import_keras()
 
-    key = id(model)  # the cache holds the model too, so the id is never reused
+    # a marked model compiled since (an optimizer: being trained, e.g. fine-tuned in a
+    # notebook) runs as it is, as an unmarked one: its copy kept the weights it had when copied
+    training = getattr(model, "optimizer", None) is not None
+    key = (id(model), training)  # the cache holds the model too, so the id is never reused
+    if training:
+        _FNS.pop((id(model), False), None)
     if key not in _FNS:
-        net, precision = model, getattr(model, "_samri_ml_precision", None)
+        net = model
+        precision = None if training else getattr(model, "_samri_ml_precision", None)
         # folded where marked float32 only: a model being trained (unmarked) keeps its own
         # weights, which a copy would not follow; in bfloat16 the folded kernels round
         # otherwise (the shipped plate ensemble's distances moved by up to 0.006 and the
