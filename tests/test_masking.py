@@ -701,3 +701,40 @@ def test_evaluate_masker_names_a_truncated_scan(tmp_path, capsys):
     assert err == [f"samri_ml-evaluate-masker: error: {anat}: truncated or corrupt image "
                    "(Compressed file ended before the end-of-stream marker was reached)"], err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_masking_a_scaled_4d_run_makes_one_array_beside_the_loaded_one(tmp_path):
+    """``samri_ml-mask --masked`` and MaskBrain load the run (load_nifti: an image that holds
+    its data, float64 for a scaled integer run), then apply the mask: that made three float32
+    copies more (cast, product, its cast), 20 bytes a voxel held at once for a scaled int16
+    run against the 12 of a proxy-backed image before. Now one float32 array, the same
+    values (negative zeros and NaN outside the mask too)."""
+    import tracemalloc
+
+    import nibabel as nb
+
+    from samri_ml.io import load_nifti
+    from samri_ml.masking.predict import apply_mask
+
+    raw = np.random.default_rng(1).integers(-3000, 3000, (32, 32, 16, 40)).astype(np.int16)
+    raw[0, 0, 0, 0] = 0
+    affine = np.diag([0.2, 0.2, 0.4, 1])
+    run = nb.Nifti1Image(raw, affine)
+    run.header.set_slope_inter(0.01, -1.5)
+    nb.save(run, str(tmp_path / "run.nii"))
+    mask = np.zeros(raw.shape[:3], np.uint8)
+    mask[4:28, 6:26, 2:14] = 1
+    nb.save(nb.Nifti1Image(mask, affine), str(tmp_path / "mask.nii"))
+    img = load_nifti(tmp_path / "run.nii", allow_4d=True, squeeze=False)
+    tracemalloc.start()
+    try:
+        out = apply_mask(img, tmp_path / "mask.nii")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5.5 * raw.size, f"{peak / raw.size:.1f} bytes a voxel"
+    # as before: the file's scaled values cast to float32, then masked
+    want = np.asarray(nb.load(tmp_path / "run.nii").dataobj, np.float32) * (mask[..., None] > 0)
+    assert out.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(np.asanyarray(out.dataobj), want)
+    assert np.signbit(np.asanyarray(out.dataobj)).sum() == np.signbit(want).sum()

@@ -595,10 +595,14 @@ def apply_mask(img, mask_img, *, check_affine: bool = True):
     img, mask_img = _read_as_is(img), _read_as_is(mask_img)
     check_same_grid(img, mask_img, *names, affine=check_affine)
     dtype = np.complex64 if np.dtype(img.get_data_dtype()).kind == "c" else np.float32
-    data = np.asarray(img.dataobj, dtype=dtype)
+    data = np.asanyarray(img.dataobj)  # a loaded image's own array (float64 if scaled)
     mask = np.asarray(mask_img.dataobj) > 0
     mask = mask.reshape(mask.shape + (1,) * (data.ndim - mask.ndim))  # across the volumes
-    out = nifti_class(img)((data * mask).astype(dtype), img.affine, img.header.copy())
+    # the product written straight into one array of ``dtype`` (times 0 or 1: the same values
+    # as cast first): the cast, the product and its cast were three arrays beside the image,
+    # which holds its data since load_nifti keeps them (20 bytes a voxel for a scaled run)
+    masked = np.multiply(data, mask, out=np.empty(data.shape, dtype), casting="unsafe")
+    out = nifti_class(img)(masked, img.affine, img.header.copy())
     out.set_data_dtype(dtype)
     out.header["scl_slope"] = 1
     out.header["scl_inter"] = 0
