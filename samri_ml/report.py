@@ -417,8 +417,23 @@ def failed_steps(log_dir, since: float | None = None) -> list[dict]:
         except OSError:
             continue
         out.append({"file": path, "node": crash_node(text).split(".")[-1],
-                    "cause": crash_cause(text)[:300]})
+                    "cause": shorten_middle(crash_cause(text), CAUSE_CHARACTERS)})
     return out
+
+
+#: the longest cause :func:`failed_steps` gives (a crash file's last line can be a whole
+#: traceback's worth of repr); a longer one keeps its start and its end (the hint)
+CAUSE_CHARACTERS = 600
+
+
+def shorten_middle(text: str, limit: int) -> str:
+    """``text``, or where longer than ``limit`` characters its start and its end around
+    `` ... ``: a cut end took the hint of a one-line error that names two long paths
+    ('...; hint: give a .nii or')."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 3
+    return f"{text[:limit - tail - 5]} ... {text[-tail:]}"
 
 
 def _earlier_than(path, since: float | None) -> str | None:

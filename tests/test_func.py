@@ -127,6 +127,38 @@ def test_a_lab_workflow_of_the_run_interfaces_fails_in_one_line_per_node(tmp_pat
                 "not a gzip file); hint: give a .nii or .nii.gz file"}
 
 
+def test_the_cause_of_a_step_failing_on_a_deeply_filed_run_keeps_its_hint(tmp_path):
+    """A step's cause, as the run's last line and the reports give it, was cut at 300
+    characters: a one-line error naming a run twice in a deep folder lost its end, the hint
+    ('...; hint: give a .nii or'). A long cause now keeps its start and its end."""
+    from nipype.pipeline import engine as pe
+
+    from samri_ml.interfaces import TemporalMean
+    from samri_ml.report import CAUSE_CHARACTERS, failed_steps, shorten_middle
+
+    deep = tmp_path / "lab_data" / ("2026-12-03_cohort_b_" * 5) / "sub-02" / "func"
+    deep.mkdir(parents=True)
+    junk = deep / "sub-02_task-rest_bold.nii.gz"
+    junk.write_text("not an image")
+    wf = pe.Workflow("lab", base_dir=str(tmp_path / "work"))
+    wf.config["execution"] = {"crashdump_dir": str(tmp_path / "crash"),
+                              "crashfile_format": "txt"}
+    wf.add_nodes([pe.Node(TemporalMean(in_file=str(junk)), name="mean")])
+    with pytest.raises(RuntimeError):
+        wf.run()
+    (step,) = failed_steps(tmp_path / "crash")
+    whole = (f"samri_ml.errors.SamriMLError: {junk}: not a NIfTI image (File {junk} is not a "
+             "gzip file); hint: give a .nii or .nii.gz file")
+    assert len(whole) > 300  # cut before
+    if len(whole) <= CAUSE_CHARACTERS:
+        assert step["cause"] == whole
+    assert step["cause"].startswith(f"samri_ml.errors.SamriMLError: {junk}: ")
+    assert step["cause"].endswith("; hint: give a .nii or .nii.gz file"), step["cause"]
+    # longer than CAUSE_CHARACTERS: the middle gives way
+    cut = shorten_middle("x" * 2000 + "; hint: give a .nii or .nii.gz file", CAUSE_CHARACTERS)
+    assert len(cut) == CAUSE_CHARACTERS and " ... " in cut and cut.endswith(".nii.gz file")
+
+
 def test_the_run_interfaces_read_each_run_once(tmp_path):
     """DropDummyScans, SliceTimeCorrection, TemporalMean and the QC interfaces read a run's
     data twice: once to check it (load_nifti), once to process it (the image's dataobj was
