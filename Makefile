@@ -8,6 +8,9 @@ DEMO_DATA ?= example_data
 DEMO_OUT ?= demo_out
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+# test files run on this many workers at once (pytest-xdist; one file's tests stay on one
+# worker, so a module's shared registration runs once): 0 runs them one after another
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint clean
 
@@ -36,7 +39,7 @@ demo: install
 	@echo "Derivatives: $(DEMO_OUT)/  reports: $(DEMO_OUT)/sub-*.html  graph: $(DEMO_OUT)/figures/"
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check samri_ml tests benchmarks examples
