@@ -207,7 +207,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from keras import ops
     from tqdm import tqdm
 
-    from samri_ml.bids import DeferredInterrupt
+    from samri_ml.bids import DeferredInterrupt, deferred_sigint
     from samri_ml.errors import SamriMLError
     from samri_ml.models.siamese import LOSSES, build_embedding_net
 
@@ -302,8 +302,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     def evaluate_and_save(it: int) -> None:
         nonlocal best
-        m1 = evaluate(model, plates, plate_imgs, v1_lab, v1, cfg.smooth)
-        m2 = evaluate(model, plates, plate_imgs, v2_lab, v2, cfg.smooth)
+        with deferred_sigint():  # TensorFlow's work: see the training step
+            m1 = evaluate(model, plates, plate_imgs, v1_lab, v1, cfg.smooth)
+            m2 = evaluate(model, plates, plate_imgs, v2_lab, v2, cfg.smooth)
         rec = {
             "step": it,
             "loss": float(np.mean(losses[-cfg.eval_every :])),
@@ -344,7 +345,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                                                             indent=2))})
         for it in bar:
             x, y = make_batch()
-            losses.append(float(ops.convert_to_numpy(step(x, y))))
+            # Ctrl-C waits for the step's end: one that came while TensorFlow traced the
+            # first step (seconds) broke the trace, and the run ended "error: AttributeError:
+            # 'SymbolicTensor' object has no attribute '_type_spec'", not "interrupted"
+            with deferred_sigint():
+                losses.append(float(ops.convert_to_numpy(step(x, y))))
             if it % cfg.eval_every == 0 or it == cfg.iterations:
                 with averaged():
                     evaluate_and_save(it)
