@@ -1593,14 +1593,14 @@ def _crash_summary(crashes: list[Path]) -> str:
     one-line error ("" without one)."""
     if not crashes:
         return ""
-    from samri_ml.report import crash_cause
+    from samri_ml.report import crash_cause, shorten_middle
 
     try:
         cause = crash_cause(crashes[0].read_text(errors="replace")) or "unreadable"
     except OSError:
         cause = "unreadable"
-    if len(cause) > 200:
-        cause = cause[:197] + "..."
+    # the start and the end (the hint) of a long cause, as the reports keep them
+    cause = shorten_middle(cause, 200)
     return f", the first {crashes[0].name} says: {cause}"
 
 
