@@ -561,3 +561,28 @@ def test_a_run_from_an_init_model_records_that_models_network(tiny_data, tmp_pat
     # with the init model's own settings given, as docs/plates.rst shows: accepted
     assert main([*argv[:3], str(other), *argv[4:], "--width", "2", "--backbone", "small"]) == 0
     assert json.loads((other / "config.json").read_text())["width"] == 2
+
+
+def test_a_run_records_its_data_and_out_folders_resolved(tiny_data, tmp_path, monkeypatch):
+    """``--data`` and ``--out`` given relative were recorded in config.json as given
+    ('plates', 'runs/A'), which name no folder when the record is read from another one
+    (as ``init`` did until it was resolved). Now both are the resolved paths; a run
+    recorded the old way, and the same run named from another folder, start again."""
+    from samri_ml.cli.train_plates import main
+
+    shutil.copytree(tiny_data, tmp_path / "plates")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data", "plates", "--out", "runs/A", *_tiny_run(tiny_data, "x")[4:],
+            "--iterations", "2", "--eval-every", "2"]
+    assert main(argv) == 0
+    config_file = tmp_path / "runs" / "A" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config["data_dir"] == str((tmp_path / "plates").resolve())
+    assert config["out_dir"] == str((tmp_path / "runs" / "A").resolve())
+    # a config.json of a run recorded as given, before: the same command is the same run
+    config_file.write_text(json.dumps({**config, "data_dir": "plates", "out_dir": "runs/A"}))
+    assert main(argv) == 0
+    # the same run named from its own folder: the same run too (out_dir is the folder itself)
+    monkeypatch.chdir(tmp_path / "runs")
+    assert main(["--data", "../plates", "--out", "A", *argv[4:]]) == 0
+    assert json.loads(config_file.read_text()) == config

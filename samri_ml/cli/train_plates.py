@@ -205,9 +205,11 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
     from samri_ml.plates.train import TrainConfig, train
 
+    # data_dir, out_dir and init resolved: config.json read from another folder still names
+    # the data, the run and the model it started from
     cfg = TrainConfig(
-        data_dir=args.data,
-        out_dir=args.out,
+        data_dir=str(Path(args.data).resolve()),
+        out_dir=str(Path(args.out).resolve()),
         size=args.size,
         **_network_settings(parser, args),
         loss=args.loss,
@@ -219,7 +221,6 @@ def _main(argv=None) -> int:
         schedule=args.schedule,
         ema=args.ema,
         seed=args.seed,
-        # resolved: config.json read from another folder still names the model it started from
         init=str(Path(args.init).resolve()) if args.init else None,
         synth_fraction=args.synth_fraction,
         synth_max_tilt=args.synth_max_tilt,

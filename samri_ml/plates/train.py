@@ -441,11 +441,14 @@ def other_run(out_dir, cfg: TrainConfig) -> str | None:
     new = json.loads(json.dumps(asdict(cfg)))
     if not isinstance(old, dict):
         return "its config.json is not a run's"
-    if isinstance(old.get("init"), str) and not Path(old["init"]).is_absolute():
-        # recorded as given before it was resolved: the same command from the same folder
-        # is the same run
-        old["init"] = str(Path(old["init"]).resolve())
-    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    for key in ("data_dir", "init"):
+        if isinstance(old.get(key), str):
+            # recorded as given before it was resolved: the same command from the same folder
+            # is the same run
+            old[key] = str(Path(old[key]).resolve())
+    # out_dir is the folder itself, whatever name led to it (relative, moved, through a link)
+    diff = [k for k in sorted(set(old) | set(new))
+            if k != "out_dir" and old.get(k) != new.get(k)]
     if not diff:
         return None
     shown = ", ".join(f"{k} {old.get(k)!r}, here {new.get(k)!r}" for k in diff[:3])
