@@ -1299,6 +1299,53 @@ def test_a_rerun_that_succeeds_moves_the_earlier_crash_files_aside(tmp_path):
     assert {p.name for p in log.glob("crash-*")} == set(first) - ses1
 
 
+def test_a_rerun_stopped_at_its_first_crash_moves_aside_only_the_finished_sessions_crashes(
+        tmp_path):
+    """After a --stop-on-first-crash rerun, the earlier crash files of a session that ran
+    through stayed in sub-XX/log (a normal run moves them to log/earlier/). Now they are moved
+    too, and only those: the earlier crash files of the session that failed again stay.
+    Linear runs the steps of both sessions in turns, ses-1's before ses-2's; ses-2's last
+    step (the sink of its registered BOLD) fails, so ses-1 has run through."""
+    from samri_ml.report import registered_output
+
+    bids = make_dataset(tmp_path)
+    for rel in (ANAT, BOLD, BOLD.replace(".nii.gz", ".json")):
+        dest = bids / rel.replace("ses-1", "ses-2")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bids / rel, dest)
+    flavour = _flavour(tmp_path, smoothing_sigmas=[2, 1])  # ANTs refuses it at run time
+    argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w")])
+            if a not in ("--dry-run", "--fast")]
+
+    def run(*extra):
+        proc = subprocess.run([sys.executable, "-m", "samri_ml.cli.register", *argv,
+                               "--nprocs", "1", *extra],
+                              capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stderr.strip().splitlines()
+
+    rc, err = run("--registration-flavour", str(flavour))
+    assert rc == 1 and "step(s) failed (failed: sub-01)" in err[-1], err[-3:]
+    log = tmp_path / "out" / "sub-01" / "log"
+    first = {p.name: p.read_text() for p in log.glob("crash-*.txt")}
+    ses1 = {n for n, text in first.items() if ".sub_01_ses_1." in text}
+    assert ses1 and len(ses1) < len(first), list(first)
+    # ses-2's registered BOLD cannot be written: a folder in its place
+    registered_output(tmp_path / "out", bids / BOLD.replace("ses-1", "ses-2"),
+                      "Tiny").mkdir(parents=True)
+
+    rc, err = run("--fast", "--plugin", "Linear", "--stop-on-first-crash")
+    assert rc == 1 and "1 step(s) failed (failed: sub-01)" in err[-1], err[-3:]
+    assert "FAILED: samri_ml_wf.sub_01_ses_2.ds_func0" in "\n".join(err), err[-6:]
+    notes = [ln for ln in err if "crash file(s) of earlier runs" in ln]
+    assert notes == [f"samri_ml-register: note: {len(ses1)} crash file(s) of earlier runs, of "
+                     "steps that have now run through, moved (kept) to "
+                     f"sub-01/log/earlier ({len(ses1)})"], err[-4:]
+    assert {p.name: p.read_text() for p in (log / "earlier").iterdir()} == \
+        {n: first[n] for n in ses1}
+    left = {p.name for p in log.glob("crash-*")}
+    assert left - set(first) and left & set(first) == set(first) - ses1, sorted(left)
+
+
 def test_samri_mls_own_output_as_bids_dir_is_refused(tmp_path, capsys):
     """A previous samri_ml output folder given as BIDS_DIR was read as raw data: its
     registered scans were registered again, into a derivatives/samri_ml inside it. It is

@@ -1519,9 +1519,15 @@ def _main(argv=None) -> int:
                        else getattr(plugin_args.get("status_callback"), "through", None))
             outcomes = _outcomes(args, sessions, crashes, steps, through)
             if not args.stop_on_first_crash:
-                # the sessions beside the failed ones ran through (after a first crash they
-                # may not have run, their outputs an earlier run's)
+                # the sessions beside the failed ones ran through
                 _set_aside_earlier_crashes(args, sessions, started, crashes)
+            elif through is not None:
+                # after a first crash the others may not have run (their outputs an earlier
+                # run's): only those whose every step this run ran through (or reused)
+                not_run = _sessions_not_run(steps, through)
+                _set_aside_earlier_crashes(
+                    args, [item for item in sessions if _session_wf_name(item) not in not_run],
+                    started, crashes)
             if not args.no_qc:
                 from samri_ml.bids import derivative_path
 
@@ -1578,14 +1584,20 @@ def _outcomes(args, sessions, crashes: list[Path], steps=None,
     unfinished = {f"sub-{item['subject']}" for item in sessions for scan in _scans(item)
                   if not registered_output(args.output_dir, scan, args.template_name).exists()}
     if steps is not None and through is not None:
-        not_run = {step.split(".")[1] for step in steps
-                   if step not in through and step.count(".") > 1}
+        not_run = _sessions_not_run(steps, through)
         unfinished |= {f"sub-{item['subject']}" for item in sessions
                        if _session_wf_name(item) in not_run}
     groups = [("failed", [s for s in subjects if s in failed]),
               ("not finished", [s for s in subjects if s in unfinished - failed]),
               ("finished", [s for s in subjects if s not in failed | unfinished])]
     return {what: names for what, names in groups if names}
+
+
+def _sessions_not_run(steps, through) -> set[str]:
+    """The session workflows (:func:`_session_wf_name`) with a step of ``steps`` (the run's
+    steps, full names) that is not among ``through`` (those the run ran through or reused:
+    :attr:`Progress.through`)."""
+    return {step.split(".")[1] for step in steps if step not in through and step.count(".") > 1}
 
 
 def _crash_summary(crashes: list[Path]) -> str:
