@@ -432,3 +432,47 @@ def test_a_marked_model_trained_afterwards_runs_with_its_new_weights():
     now = np.asarray(model(x, training=False))
     assert np.abs(now - before).max() > 0.1  # the training changed the output
     np.testing.assert_allclose(np.asarray(inference.inference_fn(model)(x)), now, atol=1e-5)
+
+
+@pytest.mark.parametrize(("precision", "atol"), [("float32", 1e-5), ("bfloat16", 0.05)])
+def test_a_marked_model_given_new_weights_runs_with_them(tmp_path, precision, atol):
+    """A marked model whose forward pass has run, then given other weights without a compile
+    (``set_weights``, ``load_weights``): its batch-normalisation-folded (float32) or bfloat16
+    copy, made at the first call, kept the weights it had then (outputs off by more than 1).
+    Now the next call makes a new copy; a model trained by a traced step of its own loop (no
+    compile: Keras' optimizer writes the TensorFlow variables themselves) runs as it is."""
+    import tensorflow as tf
+
+    keras = inference.import_keras()
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 3, padding="same")(inp))
+    model = _with_batch_statistics(keras.Model(inp, keras.layers.Flatten()(out)), 7)
+    inference.mark_for_inference(model, precision)
+    x = np.random.default_rng(2).random((4, 8, 8, 1), dtype=np.float32)
+    before = np.asarray(inference.inference_fn(model)(x))
+    np.testing.assert_allclose(before, np.asarray(model(x, training=False)), atol=atol)
+    model.save_weights(tmp_path / "before.weights.h5")
+
+    rng = np.random.default_rng(3)
+    model.set_weights([w + rng.normal(0, 1, w.shape) for w in model.get_weights()])
+    now = np.asarray(model(x, training=False))
+    assert np.abs(now - before).max() > 1
+    np.testing.assert_allclose(np.asarray(inference.inference_fn(model)(x)), now, atol=atol)
+
+    model.load_weights(tmp_path / "before.weights.h5")
+    np.testing.assert_allclose(np.asarray(inference.inference_fn(model)(x)), before, atol=1e-6)
+
+    opt = keras.optimizers.SGD(0.5)
+
+    @tf.function
+    def step(batch):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((model(batch, training=False) - 1.0) ** 2)
+        grads = tape.gradient(loss, model.trainable_weights)
+        opt.apply_gradients(zip(grads, model.trainable_weights, strict=True))
+
+    for _ in range(3):
+        step(x)
+    now = np.asarray(model(x, training=False))
+    assert np.abs(now - before).max() > 0.1
+    np.testing.assert_allclose(np.asarray(inference.inference_fn(model)(x)), now, atol=1e-5)
