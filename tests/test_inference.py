@@ -102,6 +102,34 @@ def test_bfloat16_copy_converts_nested_models():
     np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(outer(x)), atol=0.05, rtol=0.02)
 
 
+def test_both_inference_copies_reach_a_model_nested_two_deep():
+    """The bfloat16 and the batch-normalisation-folded copies walk a model's config with one
+    walker: a functional model inside a model inside the model is converted by both (its
+    convolution in bfloat16, its batch normalisation folded), and both copies give the
+    model's outputs."""
+    keras = inference.import_keras()
+    inner_in = keras.Input((16, 16, 1))
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 3, name="conv")(inner_in))
+    inner = keras.Model(inner_in, keras.layers.GlobalAveragePooling2D()(x), name="inner")
+    middle_in = keras.Input((16, 16, 1))
+    middle = keras.Model(middle_in, keras.layers.Dense(3)(inner(middle_in)), name="middle")
+    outer_in = keras.Input((16, 16, 1))
+    outer = _with_batch_statistics(
+        keras.Model(outer_in, keras.layers.Rescaling(2.0)(middle(outer_in))), 9)
+    x = np.random.default_rng(8).random((2, 16, 16, 1), dtype=np.float32)
+    want = np.asarray(outer(x, training=False))
+
+    rounded = inference.bfloat16_copy(outer).get_layer("middle").get_layer("inner")
+    assert _policy(rounded.get_layer("conv")) == "bfloat16"
+    np.testing.assert_allclose(np.asarray(inference.bfloat16_copy(outer)(x)), want, rtol=0.05,
+                               atol=0.05)
+    folded = inference.batchnorm_folded_copy(outer)
+    kinds = [type(layer).__name__
+             for layer in folded.get_layer("middle").get_layer("inner").layers]
+    assert "BatchNormalization" not in kinds and "Conv2D" in kinds
+    np.testing.assert_allclose(np.asarray(folded(x)), want, atol=1e-5)
+
+
 def test_a_model_that_cannot_be_copied_runs_in_float32_with_a_note():
     """A user's model with a custom layer Keras cannot rebuild from its config."""
     from samri_ml.errors import SamriMLNote

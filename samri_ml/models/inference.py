@@ -241,6 +241,38 @@ def mark_for_inference(model, precision: str | None = None):
     return model
 
 
+#: the ``class_name`` of a functional model nested in a functional model's config
+_NESTED_MODELS = ("Functional", "Model")
+
+
+def _config_of(model) -> dict:
+    """A functional model's config, a plain JSON copy (free to change: the model keeps its
+    own)."""
+    import json
+
+    return json.loads(json.dumps(model.get_config()))
+
+
+def _output_names(cfg: dict) -> set[str]:
+    """The names of the output layers of one functional config."""
+    heads = cfg.get("output_layers", [])
+    if heads and isinstance(heads[0], str):  # one output: ["name", 0, 0], not a list of them
+        heads = [heads]
+    return {head[0] for head in heads}
+
+
+def _functional_configs(config: dict, path: tuple = ()):
+    """Each functional config in ``config`` (a functional model's) with its path, the names
+    of the models it is nested in (``()``: ``config`` itself): nested ones before the one
+    that holds them, so that a caller may change a config's ``layers`` once it has it (the
+    copies made for inference, :func:`bfloat16_copy` and :func:`batchnorm_folded_copy`,
+    walk a model's config this way)."""
+    for layer in config["layers"]:
+        if layer["class_name"] in _NESTED_MODELS:
+            yield from _functional_configs(layer["config"], (*path, layer["config"]["name"]))
+    yield config, path
+
+
 def bfloat16_copy(model):
     """A copy of a functional Keras model whose :data:`BFLOAT16_LAYERS` compute in bfloat16
     (``mixed_bfloat16``: float32 weights, cast on use; the convolutions ``bfloat16``, their
@@ -252,23 +284,14 @@ def bfloat16_copy(model):
     the last bit (the plate ensemble on the 70 shared sections and their mirrors), without a
     cast of every kernel per call (4-6 % of the plate ensemble's time for a section and its
     mirror, 1-4 % for ten)."""
-    import json
-
-    config = json.loads(json.dumps(model.get_config()))
-    heads = config.get("output_layers", [])
-    if heads and isinstance(heads[0], str):  # one output: ["name", 0, 0], not a list of them
-        heads = [heads]
-    outputs = {head[0] for head in heads}
-
-    def convert(cfg, top):
+    config = _config_of(model)
+    outputs = _output_names(config)
+    for cfg, path in _functional_configs(config):
         for layer in cfg["layers"]:
             name, kind = layer["config"].get("name"), layer["class_name"]
-            if kind in ("Functional", "Model"):
-                convert(layer["config"], False)
-            elif kind in BFLOAT16_LAYERS and not (top and name in outputs):
+            # the model's own outputs stay float32 (a nested model's feed the model)
+            if kind in BFLOAT16_LAYERS and (path or name not in outputs):
                 layer["config"]["dtype"] = "bfloat16" if kind == "Conv2D" else "mixed_bfloat16"
-
-    convert(config, True)
     copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
@@ -295,8 +318,7 @@ def _foldable(cfg: dict) -> dict[str, str]:
     for layer in cfg["layers"]:
         for history in _keras_histories(layer.get("inbound_nodes", [])):
             uses[history[0]] = uses.get(history[0], 0) + 1
-    heads = cfg.get("output_layers", [])
-    outputs = {heads[0]} if heads and isinstance(heads[0], str) else {h[0] for h in heads}
+    outputs = _output_names(cfg)
     folds = {}
     for layer in cfg["layers"]:
         c = layer["config"]
@@ -327,19 +349,13 @@ def batchnorm_folded_copy(model):
     over the feature maps are gone: about a quarter of the plate ensemble's time (Keras runs
     a batch normalisation as separate ops, which TensorFlow does not fuse into the
     convolution)."""
-    import json
-
     keras = import_keras()
-    config = json.loads(json.dumps(model.get_config()))
+    config = _config_of(model)
     folded: dict[tuple, tuple] = {}  # path of a Conv2D -> path of the BN folded into it
-
-    def convert(cfg, path):
-        for layer in cfg["layers"]:
-            if layer["class_name"] in ("Functional", "Model"):
-                convert(layer["config"], (*path, layer["config"]["name"]))
+    for cfg, path in _functional_configs(config):
         folds = _foldable(cfg)
         if not folds:
-            return
+            continue
         for layer in cfg["layers"]:
             if layer["config"]["name"] in folds.values():
                 layer["config"]["use_bias"] = True
@@ -348,8 +364,6 @@ def batchnorm_folded_copy(model):
         for history in _keras_histories(cfg["layers"]):
             history[0] = folds.get(history[0], history[0])
         folded.update({(*path, conv): (*path, bn) for bn, conv in folds.items()})
-
-    convert(config, ())
     if not folded:
         return model
 
