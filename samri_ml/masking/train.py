@@ -28,13 +28,13 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from samri_ml.bids import DeferredInterrupt
+from samri_ml.bids import DeferredInterrupt, deferred_sigint
 from samri_ml.masking import preprocess as pp
 from samri_ml.masking import synth
 from samri_ml.masking.predict import training_record_path
@@ -515,8 +515,30 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
                 log("time budget reached; stopping")
                 self.model.stop_training = True
 
+    class OneBatchAtATime(keras.callbacks.Callback):
+        """Ctrl-C waits for the end of the batch it came in (a training or a validation
+        step): one that came while TensorFlow traced the first step (seconds) broke the
+        trace, and the run ended "error: SystemError: Objects/listobject.c:338: bad argument
+        to internal function" (exit 1, the finished epochs not saved), not "interrupted", as
+        train-plates' did (bids.deferred_sigint there too). ``stack`` is closed by the caller
+        where a batch ends in an error (the handler put back)."""
+
+        def __init__(self):
+            super().__init__()
+            self.stack = ExitStack()
+
+        def _begin(self, batch, logs=None):
+            self.stack.enter_context(deferred_sigint())
+
+        def _end(self, batch, logs=None):
+            self.stack.close()  # raises DeferredInterrupt where Ctrl-C came
+
+        on_train_batch_begin = on_test_batch_begin = _begin
+        on_train_batch_end = on_test_batch_end = _end
+
     phases = [("plain", config.epochs_plain, False), ("augmented", config.epochs_augmented, True)]
     stopper = None
+    batches = OneBatchAtATime()
     try:
         for phase, epochs, augment in phases:
             if epochs <= 0 or time.time() > deadline:
@@ -529,21 +551,23 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
                 keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
                 stopper,
                 Record(phase),
+                batches,
             ]
-            model.fit(
-                _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment, train_seed,
-                          config.intensity_augment, config.background_augment,
-                          config.background_min_brain),
-                validation_data=(xv, yv),
-                batch_size=config.batch_size,
-                epochs=epochs,
-                callbacks=callbacks,
-                # Keras' bar redraws itself every 50 ms with backspaces and colours even into
-                # a file or a pipe (it takes any POSIX system for a terminal): a cluster job's
-                # log filled with control characters, whatever NO_COLOR said. A terminal gets
-                # the bar; a file, a pipe or NO_COLOR one plain line per epoch.
-                verbose=1 if sys.stdout.isatty() and not os.environ.get("NO_COLOR") else 2,
-            )
+            with batches.stack:  # (a batch that failed: Ctrl-C is Python's again)
+                model.fit(
+                    _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment,
+                              train_seed, config.intensity_augment, config.background_augment,
+                              config.background_min_brain),
+                    validation_data=(xv, yv),
+                    batch_size=config.batch_size,
+                    epochs=epochs,
+                    callbacks=callbacks,
+                    # Keras' bar redraws itself every 50 ms with backspaces and colours even into
+                    # a file or a pipe (it takes any POSIX system for a terminal): a cluster job's
+                    # log filled with control characters, whatever NO_COLOR said. A terminal gets
+                    # the bar; a file, a pipe or NO_COLOR one plain line per epoch.
+                    verbose=1 if sys.stdout.isatty() and not os.environ.get("NO_COLOR") else 2,
+                )
     except KeyboardInterrupt:  # Ctrl-C: keep what the finished epochs learnt
         n = len(history.get("phase", []))
         if not n:
