@@ -283,6 +283,25 @@ def image_data(img, dtype=np.float32) -> np.ndarray:
                                "data") from None
 
 
+def held_as_float32(img):
+    """``img``, an image holding its data (:func:`load_nifti`'s), holding them as float32
+    where they are float64 (nibabel scales an integer run with ``scl_slope`` into float64):
+    the values the network (:func:`image_data`) and a masked copy take anyway, in half the
+    memory. Called before the network pass, the float64 array is not held through it. Any
+    other image (one on its file, other dtypes) is returned as it is.
+
+    Raises
+    ------
+    SamriMLError
+        Values beyond float32's range (:func:`image_data`).
+    """
+    data = img.dataobj
+    if not (isinstance(data, np.ndarray) and data.dtype == np.float64):
+        return img
+    return type(img)(image_data(img), img.affine, img.header, extra=img.extra,
+                     file_map=img.file_map)
+
+
 def nifti_class(img):
     """The NIfTI class to write data with ``img``'s header: NIfTI-2 for a NIfTI-2 image (its
     header in a NIfTI-1 image makes nibabel print ``sizeof_hdr should be 348``), else NIfTI-1."""

@@ -100,10 +100,11 @@ def _main(argv=None) -> int:
         parser.error(f"--png must end in .png: {args.png}")
     t0 = time.perf_counter()
     set_tf_threads(args.threads)
-    from samri_ml.io import load_nifti
+    from samri_ml.io import held_as_float32, load_nifti
     from samri_ml.masking.predict import apply_mask, load_model, predict_mask, unseen_views_note
 
-    img = load_nifti(args.in_file, allow_4d=True, squeeze=False)  # --masked keeps IN's shape
+    # --masked keeps IN's shape; a scaled run's float64 data are not held through the network
+    img = held_as_float32(load_nifti(args.in_file, allow_4d=True, squeeze=False))
     _check_outputs(args)  # before the network runs: a refused output costs no prediction
     model = load_model(args.model)
     unseen_views_note(args.model, args.views)
