@@ -54,6 +54,26 @@ def _fake_programs(folder: Path, *names: str) -> Path:
 # --------------------------------------------------------------------- samri_ml-example
 
 
+def test_register_runs_from_inside_the_dataset_beside_its_template_folder(
+        tmp_path, capsys, monkeypatch, example):
+    """``cd bids; samri_ml-register . OUT`` failed, --dry-run too, with 'AttributeError:
+    'NoneType' object has no attribute 'type'': adding the inputnode's input named
+    ``template`` sets Traits' ``trait_added`` event to that name, which the inputnode made
+    absolute (``/.../bids/template``) since the dataset's ``template`` folder was there."""
+    from samri_ml.cli.register import main as register
+    from samri_ml.interfaces._paths import IdentityInterface
+
+    monkeypatch.chdir(example)
+    assert (example / "template").is_dir()
+    argv = _register_argv(Path("."), tmp_path / "out", "--dry-run")
+    assert register(argv) == 0, capsys.readouterr().err[-2000:]
+    assert "nodes built, none run" in capsys.readouterr().err
+    # an input named after a folder here is still made absolute where it is set
+    node = IdentityInterface(fields=["template"])
+    node.inputs.template = "template"
+    assert node.inputs.template == str(example / "template")
+
+
 def test_example_refuses_fewer_volumes_than_registration_takes(tmp_path, capsys, example):
     """``--volumes 1`` wrote a data set that samri_ml-register refused ("functional run is
     one volume"); the fewest it accepts (2) gives one that the register's checks pass."""

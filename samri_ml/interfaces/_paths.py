@@ -51,10 +51,16 @@ def absolute_if_path(value):
 class _AbsolutePathsSpec(DynamicTraitedSpec):
     """An ``IdentityInterface``'s inputs, existing relative paths made absolute where they are
     set. On the class, not on the traits: Nipype copies a node for every value of its
-    iterables, and a copy's dynamic traits are plain ``Python`` ones."""
+    iterables, and a copy's dynamic traits are plain ``Python`` ones. The spec's own class
+    traits are left alone: adding an input sets Traits' ``trait_added`` event to its name, and
+    an input named ``template`` became ``/cwd/template`` where a ``template`` folder existed
+    (``samri_ml-register`` run beside one: ``AttributeError: 'NoneType' object has no
+    attribute 'type'``)."""
 
     def __setattr__(self, name, value):
-        super().__setattr__(name, absolute_if_path(value))
+        if name not in self.class_trait_names():
+            value = absolute_if_path(value)
+        super().__setattr__(name, value)
 
 
 class IdentityInterface(_NipypeIdentityInterface):
