@@ -912,7 +912,8 @@ def _section_region(img: np.ndarray):
 
 
 #: :func:`_quarter_look` of the images :func:`read_image` returned, by ``id``: ``(a weak
-#: reference to the image, its look)``, dropped when the image is
+#: reference to the image, its look)``, dropped when the image is freed (the reference tells
+#: a later image given the same ``id`` from it)
 _LOOKS: dict[int, tuple] = {}
 
 
