@@ -1399,7 +1399,8 @@ def test_a_read_section_is_looked_at_once_and_ranked_as_before(shared_data, tmp_
     quarter-size copy and sought its pieces on a slide, 1.5-2 ms of a section's 7.5 ms
     ``rank_read``. Now reading keeps what it found with the (read-only) image: each file is
     looked at once, and the JSON of ``samri_ml-identify-plate`` (real val_2 sections and two
-    real sections laid on one slide) is that of images looked at again (their copies)."""
+    real sections laid on one slide) is that of images looked at again (their copies). So
+    are arrays given to ``rank`` (their sections are its own; the arrays stay writable)."""
     import cv2
 
     from samri_ml.cli.identify_plate import main
@@ -1428,6 +1429,13 @@ def test_a_read_section_is_looked_at_once_and_ranked_as_before(shared_data, tmp_
     assert "two.png: 1 more section-sized object" in capsys.readouterr().err
     assert json.loads(out.read_text()) == expected
     assert len(looks) == len(paths)  # once a file: it was twice
+    # arrays a notebook read: ranked alike, looked at once each, left writable
+    arrays = [cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in paths]
+    looks.clear()
+    with pytest.warns(data.SamriMLNote, match="1 more section-sized object"):
+        ranked = ident.rank(arrays)
+    assert json.loads(json_dumps(dict(zip(paths, ranked, strict=True)))) == expected
+    assert len(looks) == len(paths) and all(a.flags.writeable for a in arrays)
     with pytest.warns(data.SamriMLNote, match="1 more section-sized object"):
         img = read_image(paths[-1])
     with pytest.raises(ValueError, match="read-only"):

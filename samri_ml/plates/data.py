@@ -253,7 +253,7 @@ def _check_section(img: np.ndarray, raw: np.ndarray, path) -> None:
         raise SamriMLError(f"{path}: image is empty (every pixel is {text})")
 
 
-def as_section(img, name: str = "<array>") -> np.ndarray:
+def as_section(img, name: str = "<array>", keep: bool = False) -> np.ndarray:
     """A section given as an array (read in a notebook, with any reader) made what
     :func:`read_image` makes of a file: grayscale uint8 (:func:`_to_uint8`: 16-bit, float,
     RGB(A)), refused where too small or empty (NaN and Inf pixels count as 0), then as
@@ -263,6 +263,9 @@ def as_section(img, name: str = "<array>") -> np.ndarray:
     :meth:`~samri_ml.plates.identify.PlateIdentifier.rank` takes arrays through it (the 12
     val_1 sections inverted, as arrays: MAE 6.8, their files 0.7; blank and NaN arrays were
     ranked). It leaves :func:`read_image`'s images as they are (never brightfield).
+    ``keep``: the section is for the caller alone (``rank``'s): read-only, its quarter-size
+    look kept for the tissue box as :func:`read_image`'s are, and a copy where it would be
+    ``img`` itself (the array given is left writable).
 
     Raises
     ------
@@ -273,7 +276,7 @@ def as_section(img, name: str = "<array>") -> np.ndarray:
     raw = np.asarray(img)
     out = _to_uint8(raw, name)
     _check_section(out, raw, name)
-    return _as_the_plates(out, name)
+    return _as_the_plates(out, name, keep, given=raw)
 
 
 def _value_text(value) -> str:
@@ -505,15 +508,17 @@ def bright_fill(img: np.ndarray) -> np.ndarray | None:
     return fill
 
 
-def _as_the_plates(img: np.ndarray, path, keep: bool = False) -> np.ndarray:
+def _as_the_plates(img: np.ndarray, path, keep: bool = False,
+                   given: np.ndarray | None = None) -> np.ndarray:
     """A read section made to look like the atlas plates where it can be: a dim one (its
     0.1st to 99.9th percentiles span under :data:`FLOAT_MIN_SPAN` of the 8 bits) is
     stretched between them, as :func:`_to_uint8` stretches 16-bit and dim float images; a
     bright frame around it (:func:`frame_box`) is cut off; dark tissue on a bright background
     (:func:`looks_brightfield`) is inverted; each change, and other sections on the same
     image (:func:`other_sections`; the largest is ranked), is said in a note. ``keep``: the
-    image returned is one of :func:`read_image`'s own, its quarter-size look kept for the
-    tissue box (:func:`_keep_look`: read-only)."""
+    image returned is the caller's own (:func:`read_image`'s), its quarter-size look kept for
+    the tissue box (:func:`_keep_look`: read-only); a copy where it shares memory with
+    ``given`` (an array a user gave, left writable)."""
     import warnings
 
     if _span(img) < FLOAT_MIN_SPAN * 255:
@@ -544,6 +549,8 @@ def _as_the_plates(img: np.ndarray, path, keep: bool = False) -> np.ndarray:
                       "section? a label?), left out: the largest is ranked (hint: one section "
                       "per image)", SamriMLNote, stacklevel=3)
     if keep:
+        if given is not None and np.may_share_memory(img, given):
+            img = img.copy()  # the same pixels: the same look
         _keep_look(img, look)
     return img
 
