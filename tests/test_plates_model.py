@@ -1390,3 +1390,56 @@ def test_the_regions_are_cut_from_the_box_the_section_was_cut_to(ident, plate_th
     np.testing.assert_array_equal(emb, ref_emb)
     np.testing.assert_array_equal(frac, ref_frac)
     assert all(set(r["regions"]) == set(identify.REGIONS) and "tilt" in r for r in res)
+
+
+@pytest.mark.shared_data
+def test_a_read_section_is_looked_at_once_and_ranked_as_before(shared_data, tmp_path,
+                                                              monkeypatch, capsys):
+    """Reading a file (the other-sections check) and its tissue box both made the image's
+    quarter-size copy and sought its pieces on a slide, 1.5-2 ms of a section's 7.5 ms
+    ``rank_read``. Now reading keeps what it found with the (read-only) image: each file is
+    looked at once, and the JSON of ``samri_ml-identify-plate`` (real val_2 sections and two
+    real sections laid on one slide) is that of images looked at again (their copies). So
+    are arrays given to ``rank`` (their sections are its own; the arrays stay writable)."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+    from samri_ml.io import json_dumps
+    from samri_ml.plates import data
+    from samri_ml.plates.data import read_image
+    from samri_ml.plates.identify import make_identifier
+
+    val2 = sorted((shared_data / "plates" / "val_2").glob("*.png"))[:3]
+    a, b = (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in val2[:2])
+    slide = np.zeros((1400, 2600), np.uint8)  # the larger section is ranked, with a note
+    slide[100:100 + a.shape[0], 100:100 + a.shape[1]] = a
+    half = b[::2, ::2]
+    slide[200:200 + half.shape[0], 1500:1500 + half.shape[1]] = half
+    cv2.imwrite(str(tmp_path / "two.png"), slide)
+    paths = [str(p) for p in val2] + [str(tmp_path / "two.png")]
+    ident = make_identifier()
+    with pytest.warns(data.SamriMLNote, match="1 more section-sized object"):
+        copies = [read_image(p).copy() for p in paths]  # copies: looked at again
+    expected = json.loads(json_dumps(dict(zip(paths, ident.rank_read(copies), strict=True))))
+    looks = []
+    real = data._on_a_slide
+    monkeypatch.setattr(data, "_on_a_slide", lambda blur: looks.append(1) or real(blur))
+    out = tmp_path / "out.json"
+    assert main([*paths, "--json", str(out), "--no-regions"]) == 0
+    assert "two.png: 1 more section-sized object" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == expected
+    assert len(looks) == len(paths)  # once a file: it was twice
+    # arrays a notebook read: ranked alike, looked at once each, left writable
+    arrays = [cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in paths]
+    looks.clear()
+    with pytest.warns(data.SamriMLNote, match="1 more section-sized object"):
+        ranked = ident.rank(arrays)
+    assert json.loads(json_dumps(dict(zip(paths, ranked, strict=True)))) == expected
+    assert len(looks) == len(paths) and all(a.flags.writeable for a in arrays)
+    with pytest.warns(data.SamriMLNote, match="1 more section-sized object"):
+        img = read_image(paths[-1])
+    with pytest.raises(ValueError, match="read-only"):
+        img[:, :1300] = 0
+    left_out = img.copy()  # a changed copy is boxed as it now is, not as the file was
+    left_out[:, :1300] = 0
+    assert data.tissue_bbox(left_out)[2] >= 1300 > data.tissue_bbox(img)[2]

@@ -9,6 +9,7 @@ to a square and resized to 224, 448 or 1024 px. :func:`preprocess` does exactly 
 from __future__ import annotations
 
 import re
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,9 @@ def read_image(path) -> np.ndarray:
     tags 5-8 (stored turned by a quarter turn: OpenCV cannot decode those, so the stored
     pixels are decoded from the file's bytes with the tag cleared, :func:`_tiff_tag_cleared`).
 
+    The image is read-only: what the tissue box needs of it was found while reading and is
+    kept with it (:func:`_keep_look`); change a copy (``img.copy()``).
+
     Raises
     ------
     SamriMLError
@@ -229,7 +233,7 @@ def read_image(path) -> np.ndarray:
     raw, img = img, _to_uint8(img, path)
     img = exif_upright(img, turn if tiff else _exif_orientation(p, data))
     _check_section(img, raw, path)
-    return _as_the_plates(img, path)
+    return _as_the_plates(img, path, keep=True)
 
 
 def _check_section(img: np.ndarray, raw: np.ndarray, path) -> None:
@@ -249,7 +253,7 @@ def _check_section(img: np.ndarray, raw: np.ndarray, path) -> None:
         raise SamriMLError(f"{path}: image is empty (every pixel is {text})")
 
 
-def as_section(img, name: str = "<array>") -> np.ndarray:
+def as_section(img, name: str = "<array>", keep: bool = False) -> np.ndarray:
     """A section given as an array (read in a notebook, with any reader) made what
     :func:`read_image` makes of a file: grayscale uint8 (:func:`_to_uint8`: 16-bit, float,
     RGB(A)), refused where too small or empty (NaN and Inf pixels count as 0), then as
@@ -259,6 +263,9 @@ def as_section(img, name: str = "<array>") -> np.ndarray:
     :meth:`~samri_ml.plates.identify.PlateIdentifier.rank` takes arrays through it (the 12
     val_1 sections inverted, as arrays: MAE 6.8, their files 0.7; blank and NaN arrays were
     ranked). It leaves :func:`read_image`'s images as they are (never brightfield).
+    ``keep``: the section is for the caller alone (``rank``'s): read-only, its quarter-size
+    look kept for the tissue box as :func:`read_image`'s are, and a copy where it would be
+    ``img`` itself (the array given is left writable).
 
     Raises
     ------
@@ -269,7 +276,7 @@ def as_section(img, name: str = "<array>") -> np.ndarray:
     raw = np.asarray(img)
     out = _to_uint8(raw, name)
     _check_section(out, raw, name)
-    return _as_the_plates(out, name)
+    return _as_the_plates(out, name, keep, given=raw)
 
 
 def _value_text(value) -> str:
@@ -501,13 +508,17 @@ def bright_fill(img: np.ndarray) -> np.ndarray | None:
     return fill
 
 
-def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
+def _as_the_plates(img: np.ndarray, path, keep: bool = False,
+                   given: np.ndarray | None = None) -> np.ndarray:
     """A read section made to look like the atlas plates where it can be: a dim one (its
     0.1st to 99.9th percentiles span under :data:`FLOAT_MIN_SPAN` of the 8 bits) is
     stretched between them, as :func:`_to_uint8` stretches 16-bit and dim float images; a
     bright frame around it (:func:`frame_box`) is cut off; dark tissue on a bright background
     (:func:`looks_brightfield`) is inverted; each change, and other sections on the same
-    image (:func:`other_sections`; the largest is ranked), is said in a note."""
+    image (:func:`other_sections`; the largest is ranked), is said in a note. ``keep``: the
+    image returned is the caller's own (:func:`read_image`'s), its quarter-size look kept for
+    the tissue box (:func:`_keep_look`: read-only); a copy where it shares memory with
+    ``given`` (an array a user gave, left writable)."""
     import warnings
 
     if _span(img) < FLOAT_MIN_SPAN * 255:
@@ -531,11 +542,16 @@ def _as_the_plates(img: np.ndarray, path) -> np.ndarray:
     if looks_brightfield(img):
         warnings.warn(f"{path}: {BRIGHTFIELD_NOTE}", SamriMLNote, stacklevel=3)
         img = 255 - img
-    n = other_sections(img)
+    look = _quarter_look(img)
+    n = other_sections(img, look)
     if n:
         warnings.warn(f"{path}: {n} more section-sized object(s) on the image (another "
                       "section? a label?), left out: the largest is ranked (hint: one section "
                       "per image)", SamriMLNote, stacklevel=3)
+    if keep:
+        if given is not None and np.may_share_memory(img, given):
+            img = img.copy()  # the same pixels: the same look
+        _keep_look(img, look)
     return img
 
 
@@ -887,8 +903,7 @@ def _section_region(img: np.ndarray):
     (:func:`_on_a_slide`; then the section's pieces' box grown by :data:`NEAR` of its size,
     and in ``blur`` the boxes of the things left out, outside the section's box, are made
     background: a second section laid nearer than that used to be boxed with it)."""
-    small, blur = _quarter(img)
-    slide = _on_a_slide(blur)
+    small, blur, slide = _quarter_look(img)
     if slide is None:
         return small, blur, (0, 0, small.shape[0], small.shape[1])
     t, lo, b, r = _union_box(slide[0])
@@ -903,13 +918,42 @@ def _section_region(img: np.ndarray):
                          min(small.shape[1], r + pad))
 
 
-def other_sections(img: np.ndarray) -> int:
+#: :func:`_quarter_look` of the images :func:`read_image` returned, by ``id``: ``(a weak
+#: reference to the image, its look)``, dropped when the image is freed (the reference tells
+#: a later image given the same ``id`` from it)
+_LOOKS: dict[int, tuple] = {}
+
+
+def _quarter_look(img: np.ndarray) -> tuple:
+    """``small, blur, slide``: :func:`_quarter` of ``img`` and :func:`_on_a_slide` of its
+    blur, which reading (:func:`other_sections`) and the tissue box (:func:`tissue_bbox`)
+    both need. Made once for an image :func:`read_image` returned (:func:`_keep_look`): it
+    was made twice, 1.5-2 ms of a 1000 px section's 7.5 ms ranking."""
+    kept = _LOOKS.get(id(img))
+    if kept is not None and kept[0]() is img:
+        return kept[1]
+    small, blur = _quarter(img)
+    return small, blur, _on_a_slide(blur)
+
+
+def _keep_look(img: np.ndarray, look: tuple) -> None:
+    """Keep ``look`` (:func:`_quarter_look`) for ``img`` as long as it lives, ``img`` made
+    read-only: a look kept for pixels changed in place would box the old ones (a copy,
+    ``img.copy()``, is looked at again)."""
+    img.flags.writeable = False
+    key = id(img)
+    _LOOKS[key] = (weakref.ref(img), look)
+    weakref.finalize(img, _LOOKS.pop, key, None)
+
+
+def other_sections(img: np.ndarray, look: tuple | None = None) -> int:
     """How many section-sized pieces of tissue :func:`tissue_bbox` leaves out of ``img``
     (0 for one section; 1 or more for a slide of several, of which the largest is used):
-    pieces left out with at least a quarter of the largest one's area."""
+    pieces left out with at least a quarter of the largest one's area. ``look``:
+    :func:`_quarter_look` of ``img``, where made already."""
     import cv2
 
-    slide = _on_a_slide(_quarter(img)[1])
+    slide = (_quarter_look(img) if look is None else look)[2]
     if slide is None:
         return 0
     kept, far = slide
