@@ -1003,6 +1003,51 @@ def test_identify_plate_reranks_when_the_atlas_folder_changes(tmp_path, plate_th
     assert sorted(ranking()) == [60, 80, 100]
 
 
+def test_identify_plate_nodes_of_one_atlas_embed_it_once(tmp_path, plate_thumbs, monkeypatch):
+    """Every IdentifyPlate node with atlas_dir embedded the whole atlas anew (a MapNode over
+    100 sections: the 132 plates 100 times, about 40 s each). Now the first node keeps the
+    atlas' index in the user's cache and the next reads it back: no plate embedded, the same
+    ranking and distances. A plate replaced in the folder is embedded again."""
+    import cv2
+
+    from samri_ml.interfaces.plates import IdentifyPlate
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    for n in (60, 80, 100, 101, 102):
+        cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n])
+    sec = tmp_path / "s.png"
+    cv2.imwrite(str(sec), plate_thumbs[101])
+    embedded = []  # the number of images of each embedding (the real one)
+    embed = PlateIdentifier.embed
+
+    def counted(self, imgs, prepped=None):
+        embedded.append(len(imgs))
+        return embed(self, imgs, prepped)
+
+    monkeypatch.setattr(PlateIdentifier, "embed", counted)
+
+    def node(name):  # a node of its own folder, as Nipype runs one
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        embedded.clear()
+        out = IdentifyPlate(in_file=str(sec), atlas_dir=str(atlas), variant="default").run()
+        return out.outputs, list(embedded)
+
+    first, counts = node("n1")
+    assert 5 in counts and first.ranking[0] == 101 and sorted(first.ranking) == [60, 80, 100,
+                                                                                   101, 102]
+    kept = list((tmp_path / "cache" / "samri_ml" / "atlas_index").iterdir())
+    assert len(kept) == 1 and kept[0].suffix == ".npz", kept  # renamed whole, no temporary
+    second, counts = node("n2")
+    assert counts == [1], counts  # the section alone
+    assert second.ranking == first.ranking and second.distances == first.distances
+    cv2.imwrite(str(atlas / "60.png"), plate_thumbs[101])  # another picture for plate 60
+    third, counts = node("n3")
+    assert 5 in counts and third.ranking[:2] in ([101, 60], [60, 101]), third.ranking
+
+
 @pytest.mark.parametrize("with_atlas", [True, False])
 def test_a_model_that_is_no_plate_embedding_is_refused_in_one_line(tmp_path, plate_thumbs,
                                                                     capsys, with_atlas):

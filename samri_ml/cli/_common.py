@@ -47,6 +47,21 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None, *,
     traceback is printed as well. ``memory_hint``: what to try after a ``MemoryError``, in the
     command's own options (``samri_ml-register``: fewer ``--nprocs``).
     """
+    code = _run_cli(prog, main, argv, memory_hint)
+    if code in (130, 143):
+        import gc
+
+        # what the interrupted step held, in reference cycles through the interrupt's
+        # traceback (a training's TensorFlow data set iterator), is finalized now, while
+        # Python is whole: left to the interpreter's exit, TensorFlow printed "Error occurred
+        # when finalizing GeneratorDataset iterator: FAILED_PRECONDITION ..." after the
+        # 'interrupted' line (samri_ml-train-masker, Ctrl-C inside an epoch)
+        gc.collect()
+    return code
+
+
+def _run_cli(prog: str, main: Callable[[list[str] | None], int], argv, memory_hint: str) -> int:
+    """:func:`run_cli` but the collection after an interrupt."""
     verbose = wants_verbose(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from samri_ml.paths import quiet_config_dirs

@@ -101,10 +101,20 @@ def _main(argv=None) -> int:
     t0 = time.perf_counter()
     set_tf_threads(args.threads)
     from samri_ml.io import held_as_float32, load_nifti
-    from samri_ml.masking.predict import apply_mask, load_model, predict_mask, unseen_views_note
+    from samri_ml.masking.predict import (
+        apply_mask,
+        load_model,
+        predict_mask,
+        temporal_mean_image,
+        unseen_views_note,
+    )
 
     # --masked keeps IN's shape; a scaled run's float64 data are not held through the network
     img = held_as_float32(load_nifti(args.in_file, allow_4d=True, squeeze=False))
+    if args.masked is None and args.png is None:
+        # nothing after the network needs a 4D run's volumes, only the mean it masks: the run
+        # is not held through the network pass (T volumes' memory, the mean is one's)
+        img = temporal_mean_image(img)
     _check_outputs(args)  # before the network runs: a refused output costs no prediction
     model = load_model(args.model)
     unseen_views_note(args.model, args.views)

@@ -20,9 +20,9 @@ from samri_ml.plates.identify import VARIANT_CHOICES
 class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="microscopy section image (PNG/JPEG/TIFF)")
     atlas_dir = Directory(exists=True, desc="atlas folder (N.jpg|png|tif); default: shipped "
-                          "index. "
-                          "Every node embeds it anew (132 plates: about 40 s and 1.3 GB on one "
-                          "thread)")
+                          "index. The first node to use a folder embeds it (132 plates: about "
+                          "40 s and 1.3 GB on one thread) and keeps its index in the user's "
+                          "cache ($XDG_CACHE_HOME/samri_ml/atlas_index); the others read it")
     variant = traits.Enum(*VARIANT_CHOICES, usedefault=True,
                           desc="shipped model: 'auto' (a modality router picks per section), "
                           "confocal/Nissl ('default') or other modalities ('multimodal')")
@@ -82,18 +82,12 @@ def atlas_checksum(folder=None) -> str:
     cached ranking, which still held them."""
     if not traits_defined(folder):
         return ""
-    import hashlib
+    from samri_ml.plates.data import atlas_signature
 
-    from samri_ml.plates.data import _image_files
-
-    digest = hashlib.sha256()
     try:
-        for path in _image_files(folder):
-            st = path.stat()
-            digest.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return atlas_signature(folder)
     except (OSError, SamriMLError):
         return "unreadable"
-    return digest.hexdigest()
 
 
 def plates_checksum(model=None, index=None) -> str:

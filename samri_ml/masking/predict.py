@@ -226,6 +226,30 @@ def _as_image(img):
     return img
 
 
+def temporal_mean_image(img):
+    """The image :func:`predict_mask` masks in place of a 4D series: its temporal mean (the
+    values :func:`predict_mask` computes from the series, float32) with the series' affine and
+    header, so that its mask is the series' own, bit for bit, header included. Any other image
+    (3D, a single volume, 5D) is returned as it is.
+
+    A caller that needs nothing else of the series (``samri_ml-mask`` without ``--masked`` or
+    ``--png``) drops the series' volumes before the network pass this way: a mean is one
+    volume's memory, the series is T of them.
+
+    Raises
+    ------
+    SamriMLError
+        Values beyond float32's range (:func:`samri_ml.io.image_data`).
+    """
+    from samri_ml.io import image_data
+
+    shape = img.shape
+    if len(shape) != 4 or shape[-1] < 2:
+        return img
+    mean = pp.temporal_mean(image_data(img))
+    return nifti_class(img)(mean, img.affine, img.header, extra=img.extra)
+
+
 #: the RAS axis across which a mouse brain is (nearly) mirror-symmetric: left-right
 LEFT_RIGHT_AXIS = 0
 

@@ -1028,6 +1028,26 @@ def _image_files(folder) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def atlas_signature(folder) -> str:
+    """sha256 of the names, sizes and modification times of an atlas folder's image files
+    (what :func:`load_atlas` may read): what tells one state of the folder from another
+    without reading the plates (IdentifyPlate's cache key, the atlas index cache of
+    :meth:`~samri_ml.plates.identify.PlateIdentifier.reindex`).
+
+    Raises
+    ------
+    SamriMLError, OSError
+        Not a folder, or one that cannot be listed.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in _image_files(folder):
+        st = path.stat()
+        digest.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def load_atlas(folder) -> tuple[np.ndarray, list[np.ndarray]]:
     """Load an atlas folder of plates ``N.jpg|png|tif`` (N = plate number).
 
