@@ -20,6 +20,23 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _own_cache_folder(tmp_path_factory):
+    """The user's cache (``$XDG_CACHE_HOME``: the atlas indexes ``--atlas`` and
+    ``IdentifyPlate``'s ``atlas_dir`` keep) in a folder of the test session's, the commands
+    the tests start included: a test neither writes into ``~/.cache`` nor finds what an
+    earlier session left there."""
+    import os
+
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _ants_on_path():
     from samri_ml.ants import ensure_ants_on_path
 
