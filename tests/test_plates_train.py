@@ -586,3 +586,20 @@ def test_a_run_records_its_data_and_out_folders_resolved(tiny_data, tmp_path, mo
     monkeypatch.chdir(tmp_path / "runs")
     assert main(["--data", "../plates", "--out", "A", *argv[4:]]) == 0
     assert json.loads(config_file.read_text()) == config
+
+
+def test_the_same_python_run_with_relative_folders_starts_again(tiny_data, tmp_path,
+                                                                monkeypatch):
+    """``train(TrainConfig(data_dir="plates", ...))`` called again from the same folder (a
+    notebook's cell run twice) was refused as another run: config.json's relative data_dir
+    was resolved before the comparison, the one given was not ("it holds a run with other
+    settings (data_dir '/.../plates', here 'plates')"). Both sides are resolved now."""
+    shutil.copytree(tiny_data, tmp_path / "plates")
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(data_dir="plates", out_dir="run", size=32, width=2, batch_size=12,
+                      iterations=2, eval_every=2)
+    train(cfg, log=lambda *_: None)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == "plates"
+    train(cfg, log=lambda *_: None)  # the same run: started again, not refused
+    assert [h["step"] for h in json.loads((tmp_path / "run" / "history.json").read_text())] \
+        == [2]

@@ -442,10 +442,11 @@ def other_run(out_dir, cfg: TrainConfig) -> str | None:
     if not isinstance(old, dict):
         return "its config.json is not a run's"
     for key in ("data_dir", "init"):
-        if isinstance(old.get(key), str):
-            # recorded as given before it was resolved: the same command from the same folder
-            # is the same run
-            old[key] = str(Path(old[key]).resolve())
+        for record in (old, new):
+            if isinstance(record.get(key), str):
+                # recorded as given before it was resolved (and given relative to train() in
+                # Python): the same command, or call, from the same folder is the same run
+                record[key] = str(Path(record[key]).resolve())
     # out_dir is the folder itself, whatever name led to it (relative, moved, through a link)
     diff = [k for k in sorted(set(old) | set(new))
             if k != "out_dir" and old.get(k) != new.get(k)]
