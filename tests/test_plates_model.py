@@ -1048,6 +1048,38 @@ def test_identify_plate_nodes_of_one_atlas_embed_it_once(tmp_path, plate_thumbs,
     assert 5 in counts and third.ranking[:2] in ([101, 60], [60, 101]), third.ranking
 
 
+def test_a_plate_rewritten_with_its_size_and_time_is_not_read_from_the_kept_index(
+        tmp_path, plate_thumbs, monkeypatch):
+    """The atlas index kept in the cache was keyed by the plates' names, sizes and
+    modification times: a plate rewritten with another picture of the same byte size (an
+    uncompressed TIFF of the same dimensions) within the file system's time step, or put
+    back with its time (``cp -p``, ``rsync -a``, an archive), was ranked with the embedding
+    of the picture it replaced. The plates' content is in the key now."""
+    import cv2
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    plain = [cv2.IMWRITE_TIFF_COMPRESSION, 1]  # uncompressed: the size is the dimensions'
+    for n in (60, 80, 100, 101):
+        cv2.imwrite(str(atlas / f"{n}.tif"), plate_thumbs[n], plain)
+    section = [plate_thumbs[101]]
+    first = PlateIdentifier(atlas=atlas, precision="float32").rank(section, regions=False)[0]
+    assert first["ranking"][0] == 101
+    plate = atlas / "60.tif"
+    st = plate.stat()
+    cv2.imwrite(str(plate), plate_thumbs[101], plain)  # plate 60 now pictures plate 101
+    os.utime(plate, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert plate.stat().st_size == st.st_size
+    kept = PlateIdentifier(atlas=atlas, precision="float32").rank(section, regions=False)[0]
+    fresh = PlateIdentifier(precision="float32")
+    fresh.reindex(atlas, cache=False)
+    made = fresh.rank(section, regions=False)[0]
+    assert made["ranking"][:2] in ([101, 60], [60, 101]), made["ranking"]
+    assert kept["ranking"] == made["ranking"]
+    assert kept["distances"] == pytest.approx(made["distances"], abs=1e-6)
+
+
 @pytest.mark.parametrize("with_atlas", [True, False])
 def test_a_model_that_is_no_plate_embedding_is_refused_in_one_line(tmp_path, plate_thumbs,
                                                                     capsys, with_atlas):

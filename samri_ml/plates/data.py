@@ -1031,8 +1031,9 @@ def _image_files(folder) -> list[Path]:
 def atlas_signature(folder) -> str:
     """sha256 of the names, sizes and modification times of an atlas folder's image files
     (what :func:`load_atlas` may read): what tells one state of the folder from another
-    without reading the plates (IdentifyPlate's cache key, the atlas index cache of
-    :meth:`~samri_ml.plates.identify.PlateIdentifier.reindex`).
+    without reading the plates (IdentifyPlate's cache key; the atlas index cache of
+    :meth:`~samri_ml.plates.identify.PlateIdentifier.reindex` reads their content:
+    :func:`~samri_ml.plates.identify.atlas_index_path`).
 
     Raises
     ------

@@ -38,7 +38,6 @@ from samri_ml.hardware import available_cpus
 from samri_ml.plates.data import (
     _to_uint8,
     as_section,
-    atlas_signature,
     load_atlas,
     preprocess,
     read_image,
@@ -776,20 +775,27 @@ _INDEXING_CODE = ("plates/identify.py", "plates/data.py", "plates/train.py",
 def atlas_index_path(ident: PlateIdentifier, atlas) -> Path | None:
     """The file that holds (or will hold) the index of ``atlas`` made by ``ident``:
     ``$XDG_CACHE_HOME/samri_ml/atlas_index/<key>.npz`` (else ``~/.cache/...``). The key is the
-    sha256 of the atlas' plate files (names, sizes, modification times:
-    :func:`~samri_ml.plates.data.atlas_signature`), the model file's size and sha256, the
-    precision, the preprocessing settings and samri_ml's indexing code. None where the folder
-    cannot be listed or there is no home folder for a cache."""
+    sha256 of the atlas' plate files (names, sizes and content), the model file's size and
+    sha256, the precision, the preprocessing settings and samri_ml's indexing code. None where
+    the folder cannot be listed or read, or there is no home folder for a cache.
+
+    The plates' content, not only their modification times (as
+    :func:`~samri_ml.plates.data.atlas_signature`): a plate rewritten at the same size within
+    the file system's time step, or put back with its time (``cp -p``, ``rsync -a``, an
+    archive), was ranked with the embedding of the picture it replaced. Reading them costs 0.2-0.3 s for the shared atlas
+    (103 MB), against 8.8 s a node with the index kept."""
     import hashlib
     import json
 
     import samri_ml
     from samri_ml.models.inference import file_checksum, inference_precision
     from samri_ml.paths import cache_dir
+    from samri_ml.plates.data import _image_files
 
     package = Path(samri_ml.__file__).parent
     try:
-        key = {"atlas": atlas_signature(atlas), "model": file_checksum(ident.model_path),
+        plates = [(p.name, file_checksum(p)) for p in _image_files(atlas)]
+        key = {"plates": plates, "model": file_checksum(ident.model_path),
                "code": [file_checksum(package / f) for f in _INDEXING_CODE],
                "version": samri_ml.__version__,
                "precision": ident.precision or inference_precision(), "size": ident.size,
