@@ -603,3 +603,20 @@ def test_the_same_python_run_with_relative_folders_starts_again(tiny_data, tmp_p
     train(cfg, log=lambda *_: None)  # the same run: started again, not refused
     assert [h["step"] for h in json.loads((tmp_path / "run" / "history.json").read_text())] \
         == [2]
+
+
+def test_without_out_the_command_says_so_and_fit_router_needs_none(tiny_data, tmp_path,
+                                                                  capsys):
+    """Since --data and --out were resolved for config.json, a command without ``--out``
+    ended "error: TypeError: expected str, bytes or os.PathLike object, not NoneType" (exit
+    1): ``--fit-router DIR``, which takes no --out, and a training run that forgot it, whose
+    usage error is "--out is required" (exit 2)."""
+    from samri_ml.cli.train_plates import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    base = ["--data", str(tiny_data), "--size", "64", "--batch-size", "12"]
+    assert main(base) == 2
+    assert "--out is required (but with --fit-router)" in capsys.readouterr().err
+    assert main([*base, "--fit-router", str(afile)]) == 2  # checked, as a folder to write
+    assert f"{afile} is not a folder" in capsys.readouterr().err

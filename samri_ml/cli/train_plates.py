@@ -206,10 +206,11 @@ def _main(argv=None) -> int:
     from samri_ml.plates.train import TrainConfig, train
 
     # data_dir, out_dir and init resolved: config.json read from another folder still names
-    # the data, the run and the model it started from
+    # the data, the run and the model it started from (no --out: --fit-router, or a usage
+    # error _check_outputs says)
     cfg = TrainConfig(
         data_dir=str(Path(args.data).resolve()),
-        out_dir=str(Path(args.out).resolve()),
+        out_dir=str(Path(args.out).resolve()) if args.out else args.out,
         size=args.size,
         **_network_settings(parser, args),
         loss=args.loss,
