@@ -462,7 +462,9 @@ def test_a_marked_model_trained_afterwards_runs_with_its_new_weights():
     np.testing.assert_allclose(np.asarray(inference.inference_fn(model)(x)), now, atol=1e-5)
 
 
-@pytest.mark.parametrize(("precision", "atol"), [("float32", 1e-5), ("bfloat16", 0.05)])
+# bfloat16: outputs up to 4 after the noisy weights, 0.6 % of that in rounding (0.065 seen);
+# the copy that kept its old weights is off by more than 1
+@pytest.mark.parametrize(("precision", "atol"), [("float32", 1e-5), ("bfloat16", 0.2)])
 def test_a_marked_model_given_new_weights_runs_with_them(tmp_path, precision, atol):
     """A marked model whose forward pass has run, then given other weights without a compile
     (``set_weights``, ``load_weights``): its batch-normalisation-folded (float32) or bfloat16
