@@ -1080,6 +1080,35 @@ def test_a_plate_rewritten_with_its_size_and_time_is_not_read_from_the_kept_inde
     assert kept["distances"] == pytest.approx(made["distances"], abs=1e-6)
 
 
+def test_an_index_made_by_a_model_whose_file_was_replaced_is_kept_as_that_models(
+        tmp_path, plate_thumbs, monkeypatch):
+    """An identifier whose model was loaded, then its file replaced (a training run writing
+    best.keras again under a notebook's identifier), kept its next atlas index under the new
+    file's key with the loaded model's embeddings: every later identifier of the new file
+    ranked with the old network's plates. The key is now the file the model was loaded
+    from."""
+    import shutil
+
+    import cv2
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    for n in (60, 80, 100, 101):
+        cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n])
+    model = tmp_path / "best.keras"
+    shutil.copy(default_model_dir() / "plates_embedding.keras", model)
+    ident = PlateIdentifier(model=model, precision="float32")
+    ident.rank([plate_thumbs[101]], regions=False)  # the model loaded
+    shutil.copy(default_model_dir("multimodal") / "plates_embedding.keras", model)
+    ident.reindex(atlas)  # with the network it loaded
+    later = PlateIdentifier(model=model, atlas=atlas, precision="float32")
+    fresh = PlateIdentifier(model=model, precision="float32")
+    fresh.reindex(atlas, cache=False)
+    assert ident.embeddings.shape[1] == 192 and fresh.embeddings.shape[1] == 128  # two nets
+    np.testing.assert_allclose(later.embeddings, fresh.embeddings, atol=1e-6)
+
+
 @pytest.mark.parametrize("with_atlas", [True, False])
 def test_a_model_that_is_no_plate_embedding_is_refused_in_one_line(tmp_path, plate_thumbs,
                                                                     capsys, with_atlas):

@@ -362,6 +362,8 @@ class PlateIdentifier(_Ranker):
         self.flip_tta = bool(self.index.get("flip_tta", True))
         self.region_weight = float(self.index.get("region_weight", 0.0))
         self._model, self.precision = None, precision
+        #: :func:`~samri_ml.models.inference.input_checksum` of the model file when loaded
+        self._model_checksum: str | None = None
         #: also rank every section as a left and a right hemisection (:data:`PARTS`)
         self.hemisections = bool(hemisections)
         #: a piece wider than this many times its height is also read as a dorsal/ventral part
@@ -382,9 +384,12 @@ class PlateIdentifier(_Ranker):
     @property
     def model(self):
         if self._model is None:
-            from samri_ml.models.inference import inference_precision
+            from samri_ml.models.inference import inference_precision, input_checksum
 
             path = self.model_path
+            # the file as loaded: the atlas index kept (atlas_index_path) is this network's,
+            # whatever the file holds later (a training run writing it again)
+            self._model_checksum = input_checksum(path)
             model = _load_embedding(str(path.resolve()), path.stat().st_mtime,
                                     self.precision or inference_precision(), str(path))
             shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
@@ -776,14 +781,16 @@ def atlas_index_path(ident: PlateIdentifier, atlas) -> Path | None:
     """The file that holds (or will hold) the index of ``atlas`` made by ``ident``:
     ``$XDG_CACHE_HOME/samri_ml/atlas_index/<key>.npz`` (else ``~/.cache/...``). The key is the
     sha256 of the atlas' plate files (names, sizes and content), the model file's size and
-    sha256, the precision, the preprocessing settings and samri_ml's indexing code. None where
-    the folder cannot be listed or read, or there is no home folder for a cache.
+    sha256 when the model was loaded (the index is that network's, whatever the file holds
+    later), the precision, the preprocessing settings and samri_ml's indexing code. None
+    where the folder cannot be listed or read, there is no home folder for a cache, or the
+    network was set in memory (no file tells which it is).
 
     The plates' content, not only their modification times (as
     :func:`~samri_ml.plates.data.atlas_signature`): a plate rewritten at the same size within
     the file system's time step, or put back with its time (``cp -p``, ``rsync -a``, an
-    archive), was ranked with the embedding of the picture it replaced. Reading them costs 0.2-0.3 s for the shared atlas
-    (103 MB), against 8.8 s a node with the index kept."""
+    archive), was ranked with the embedding of the picture it replaced. Reading them costs
+    0.2-0.3 s for the shared atlas (103 MB), against 8.8 s a node with the index kept."""
     import hashlib
     import json
 
@@ -795,7 +802,10 @@ def atlas_index_path(ident: PlateIdentifier, atlas) -> Path | None:
     package = Path(samri_ml.__file__).parent
     try:
         plates = [(p.name, file_checksum(p)) for p in _image_files(atlas)]
-        key = {"plates": plates, "model": file_checksum(ident.model_path),
+        ident.model  # noqa: B018 - loaded: its file's checksum as loaded is the key's
+        if ident._model_checksum is None:  # a network set in memory: no file tells which
+            return None
+        key = {"plates": plates, "model": ident._model_checksum,
                "code": [file_checksum(package / f) for f in _INDEXING_CODE],
                "version": samri_ml.__version__,
                "precision": ident.precision or inference_precision(), "size": ident.size,
