@@ -703,12 +703,10 @@ def test_evaluate_masker_names_a_truncated_scan(tmp_path, capsys):
     assert not (tmp_path / "e.json").exists()
 
 
-def test_samri_ml_mask_does_not_hold_a_scaled_runs_float64_data_through_the_network(
-        tmp_path, monkeypatch):
-    """load_nifti holds a scaled int16 run's data as float64 (8 bytes a voxel), and
-    samri_ml-mask kept that array through the network pass, beside the float32 values the
-    network takes. Now the run is held as float32 from the start (the same values): 4 bytes a
-    voxel held when the network starts, not 8; the same mask, header included."""
+def _held_at_the_network(tmp_path, monkeypatch, seed: int) -> tuple[float, tuple]:
+    """samri_ml-mask on a scaled int16 4D run of 8 volumes: the bytes a voxel of the run that
+    were held (tracemalloc) as the real network pass started, and the run's shape; asserts the
+    mask, header included, is the one predict_mask makes of the whole run held in float64."""
     import tracemalloc
 
     import nibabel as nb
@@ -719,53 +717,7 @@ def test_samri_ml_mask_does_not_hold_a_scaled_runs_float64_data_through_the_netw
     from samri_ml.masking import predict
 
     head = make_template(0, contrasts=("t2",), supersample=1)["T2w"]
-    rng = np.random.default_rng(4)
-    frames = [np.asarray(head.dataobj) * rng.uniform(0.95, 1.05) for _ in range(8)]
-    raw = np.round(np.stack(frames, axis=-1) / np.max(frames) * 30000).astype(np.int16)
-    run = nb.Nifti1Image(raw, head.affine)
-    run.header.set_slope_inter(0.01, 2.0)
-    nb.save(run, str(tmp_path / "run.nii"))
-    predict.load_model()  # the shipped network loaded (and cached) before the count starts
-    held = []
-    network = predict.predict_volume
-
-    def counted(*args, **kwargs):  # the real network pass; what is held as it starts
-        held.append(tracemalloc.get_traced_memory()[0])
-        return network(*args, **kwargs)
-
-    monkeypatch.setattr(predict, "predict_volume", counted)
-    tracemalloc.start()
-    try:
-        assert main([str(tmp_path / "run.nii"), str(tmp_path / "mask.nii.gz")]) == 0
-    finally:
-        tracemalloc.stop()
-    assert held[0] < 6 * raw.size, f"{held[0] / raw.size:.1f} bytes a voxel"
-    # as before: the mask of the run held in float64
-    monkeypatch.setattr(predict, "predict_volume", network)
-    nb.save(predict.predict_mask(load_nifti(tmp_path / "run.nii", squeeze=False)),
-            str(tmp_path / "want.nii.gz"))
-    got, want = nb.load(tmp_path / "mask.nii.gz"), nb.load(tmp_path / "want.nii.gz")
-    np.testing.assert_array_equal(np.asanyarray(got.dataobj), np.asanyarray(want.dataobj))
-    assert got.header.binaryblock == want.header.binaryblock
-
-
-def test_samri_ml_mask_does_not_hold_a_4d_runs_volumes_through_the_network(tmp_path,
-                                                                           monkeypatch):
-    """samri_ml-mask without --masked or --png needs only a 4D run's temporal mean, yet it
-    held the whole run (as float32: 4 bytes a voxel of the run) through the network pass. Now
-    only the mean is held there (an eighth of that for 8 volumes); the same mask, header
-    included, as the mask of the whole run."""
-    import tracemalloc
-
-    import nibabel as nb
-
-    from samri_ml.cli.mask import main
-    from samri_ml.example import make_template
-    from samri_ml.io import load_nifti
-    from samri_ml.masking import predict
-
-    head = make_template(0, contrasts=("t2",), supersample=1)["T2w"]
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     frames = [np.asarray(head.dataobj) * rng.uniform(0.95, 1.05) for _ in range(8)]
     raw = np.round(np.stack(frames, axis=-1) / np.max(frames) * 30000).astype(np.int16)
     run = nb.Nifti1Image(raw, head.affine)
@@ -786,8 +738,6 @@ def test_samri_ml_mask_does_not_hold_a_4d_runs_volumes_through_the_network(tmp_p
         assert main([str(tmp_path / "run.nii"), str(tmp_path / "mask.nii.gz")]) == 0
     finally:
         tracemalloc.stop()
-    assert held[0] < 2 * raw.size, f"{held[0] / raw.size:.2f} bytes a voxel of the run"
-    # the mask of the whole run, as before
     monkeypatch.setattr(predict, "predict_volume", network)
     nb.save(predict.predict_mask(load_nifti(tmp_path / "run.nii", squeeze=False)),
             str(tmp_path / "want.nii.gz"))
@@ -795,6 +745,27 @@ def test_samri_ml_mask_does_not_hold_a_4d_runs_volumes_through_the_network(tmp_p
     assert got.shape == raw.shape[:3]
     np.testing.assert_array_equal(np.asanyarray(got.dataobj), np.asanyarray(want.dataobj))
     assert got.header.binaryblock == want.header.binaryblock
+    return held[0] / raw.size, raw.shape
+
+
+def test_samri_ml_mask_does_not_hold_a_scaled_runs_float64_data_through_the_network(
+        tmp_path, monkeypatch):
+    """load_nifti holds a scaled int16 run's data as float64 (8 bytes a voxel), and
+    samri_ml-mask kept that array through the network pass, beside the float32 values the
+    network takes. Now the run is held as float32 from the start (the same values): 4 bytes a
+    voxel held when the network starts, not 8; the same mask, header included."""
+    per_voxel, _ = _held_at_the_network(tmp_path, monkeypatch, seed=4)
+    assert per_voxel < 6, f"{per_voxel:.1f} bytes a voxel"
+
+
+def test_samri_ml_mask_does_not_hold_a_4d_runs_volumes_through_the_network(tmp_path,
+                                                                           monkeypatch):
+    """samri_ml-mask without --masked or --png needs only a 4D run's temporal mean, yet it
+    held the whole run (as float32: 4 bytes a voxel of the run) through the network pass. Now
+    only the mean is held there (an eighth of that for 8 volumes); the same mask, header
+    included, as the mask of the whole run."""
+    per_voxel, _ = _held_at_the_network(tmp_path, monkeypatch, seed=5)
+    assert per_voxel < 2, f"{per_voxel:.2f} bytes a voxel of the run"
 
 
 def test_masking_a_scaled_4d_run_makes_one_array_beside_the_loaded_one(tmp_path):
