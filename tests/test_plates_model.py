@@ -973,14 +973,10 @@ def test_an_atlas_of_other_plates_says_the_uncertain_flag_is_off(tmp_path, plate
     assert "uncertain" not in res and res["turned_degrees"] == 0
 
 
-def test_identify_plate_reranks_when_the_atlas_folder_changes(tmp_path, plate_thumbs):
-    """IdentifyPlate's cache key held atlas_dir's path only: after plates were removed from
-    the folder, a rerun of the workflow gave the cached ranking, plates that were gone
-    included. Now the folder's image files (names, sizes, times) are part of the key."""
+def _five_plate_atlas(tmp_path, plate_thumbs) -> tuple[Path, Path]:
+    """An atlas folder of five shipped plate thumbnails (60, 80, 100, 101, 102) and a
+    section file that is plate 101's."""
     import cv2
-    import nipype.pipeline.engine as pe
-
-    from samri_ml.interfaces.plates import IdentifyPlate
 
     atlas = tmp_path / "atlas"
     atlas.mkdir()
@@ -988,6 +984,18 @@ def test_identify_plate_reranks_when_the_atlas_folder_changes(tmp_path, plate_th
         cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n])
     sec = tmp_path / "s.png"
     cv2.imwrite(str(sec), plate_thumbs[101])
+    return atlas, sec
+
+
+def test_identify_plate_reranks_when_the_atlas_folder_changes(tmp_path, plate_thumbs):
+    """IdentifyPlate's cache key held atlas_dir's path only: after plates were removed from
+    the folder, a rerun of the workflow gave the cached ranking, plates that were gone
+    included. Now the folder's image files (names, sizes, times) are part of the key."""
+    import nipype.pipeline.engine as pe
+
+    from samri_ml.interfaces.plates import IdentifyPlate
+
+    atlas, sec = _five_plate_atlas(tmp_path, plate_thumbs)
 
     def ranking():
         wf = pe.Workflow(name="w", base_dir=str(tmp_path / "work"))
@@ -1013,12 +1021,7 @@ def test_identify_plate_nodes_of_one_atlas_embed_it_once(tmp_path, plate_thumbs,
     from samri_ml.interfaces.plates import IdentifyPlate
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    atlas = tmp_path / "atlas"
-    atlas.mkdir()
-    for n in (60, 80, 100, 101, 102):
-        cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n])
-    sec = tmp_path / "s.png"
-    cv2.imwrite(str(sec), plate_thumbs[101])
+    atlas, sec = _five_plate_atlas(tmp_path, plate_thumbs)
     embedded = []  # the number of images of each embedding (the real one)
     embed = PlateIdentifier.embed
 

@@ -1259,11 +1259,11 @@ def test_crash_files_land_in_the_subjects_log_folder(tmp_path, capsys):
     assert f"href='sub-01/log/{crashes[0].name}'" in report
 
 
-def test_a_rerun_that_succeeds_moves_the_earlier_crash_files_aside(tmp_path):
-    """Crash files of a failed run stayed in OUTPUT_DIR/sub-XX/log after a rerun that
-    succeeded, and a lab seeing them took the subject for failed. A rerun that runs a
-    session through moves that session's earlier crash files into sub-XX/log/earlier/ (kept,
-    said in one note); those of a session the rerun did not process stay in log/."""
+def _two_sessions_failed_once(tmp_path):
+    """A dataset of sub-01 with two sessions, registered once with a flavour ANTs refuses at
+    run time (every session fails): ``(bids, run, log, first, ses1)``, ``run(*extra)`` the
+    command again (its exit code and stderr lines), ``log`` sub-01's log folder, ``first``
+    the crash files there by name (their text), ``ses1`` the names of ses-1's."""
     bids = make_dataset(tmp_path)
     for rel in (ANAT, BOLD, BOLD.replace(".nii.gz", ".json")):
         dest = bids / rel.replace("ses-1", "ses-2")
@@ -1285,6 +1285,15 @@ def test_a_rerun_that_succeeds_moves_the_earlier_crash_files_aside(tmp_path):
     first = {p.name: p.read_text() for p in log.glob("crash-*.txt")}
     ses1 = {n for n, text in first.items() if ".sub_01_ses_1." in text}
     assert ses1 and len(ses1) < len(first), list(first)
+    return bids, run, log, first, ses1
+
+
+def test_a_rerun_that_succeeds_moves_the_earlier_crash_files_aside(tmp_path):
+    """Crash files of a failed run stayed in OUTPUT_DIR/sub-XX/log after a rerun that
+    succeeded, and a lab seeing them took the subject for failed. A rerun that runs a
+    session through moves that session's earlier crash files into sub-XX/log/earlier/ (kept,
+    said in one note); those of a session the rerun did not process stay in log/."""
+    _, run, log, first, ses1 = _two_sessions_failed_once(tmp_path)
 
     rc, err = run("--fast", "--session-label", "1")
     assert rc == 0 and err[-1].endswith("finished; derivatives in " + str(tmp_path / "out")), \
@@ -1308,27 +1317,7 @@ def test_a_rerun_stopped_at_its_first_crash_moves_aside_only_the_finished_sessio
     step (the sink of its registered BOLD) fails, so ses-1 has run through."""
     from samri_ml.report import registered_output
 
-    bids = make_dataset(tmp_path)
-    for rel in (ANAT, BOLD, BOLD.replace(".nii.gz", ".json")):
-        dest = bids / rel.replace("ses-1", "ses-2")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(bids / rel, dest)
-    flavour = _flavour(tmp_path, smoothing_sigmas=[2, 1])  # ANTs refuses it at run time
-    argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w")])
-            if a not in ("--dry-run", "--fast")]
-
-    def run(*extra):
-        proc = subprocess.run([sys.executable, "-m", "samri_ml.cli.register", *argv,
-                               "--nprocs", "1", *extra],
-                              capture_output=True, text=True, timeout=300)
-        return proc.returncode, proc.stderr.strip().splitlines()
-
-    rc, err = run("--registration-flavour", str(flavour))
-    assert rc == 1 and "step(s) failed (failed: sub-01)" in err[-1], err[-3:]
-    log = tmp_path / "out" / "sub-01" / "log"
-    first = {p.name: p.read_text() for p in log.glob("crash-*.txt")}
-    ses1 = {n for n, text in first.items() if ".sub_01_ses_1." in text}
-    assert ses1 and len(ses1) < len(first), list(first)
+    bids, run, log, first, ses1 = _two_sessions_failed_once(tmp_path)
     # ses-2's registered BOLD cannot be written: a folder in its place
     registered_output(tmp_path / "out", bids / BOLD.replace("ses-1", "ses-2"),
                       "Tiny").mkdir(parents=True)
