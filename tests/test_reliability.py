@@ -1288,6 +1288,18 @@ def _two_sessions_failed_once(tmp_path):
     return bids, run, log, first, ses1
 
 
+def _assert_ses1_crashes_set_aside(err, log, first, ses1) -> None:
+    """The rerun's note says ses-1's earlier crash files (``ses1`` of ``first``, from
+    :func:`_two_sessions_failed_once`) were moved to ``log/earlier``, and they are there,
+    unchanged."""
+    notes = [ln for ln in err if "crash file(s) of earlier runs" in ln]
+    assert notes == [f"samri_ml-register: note: {len(ses1)} crash file(s) of earlier runs, of "
+                     "steps that have now run through, moved (kept) to "
+                     f"sub-01/log/earlier ({len(ses1)})"], err[-4:]
+    assert {p.name: p.read_text() for p in (log / "earlier").iterdir()} == \
+        {n: first[n] for n in ses1}
+
+
 def test_a_rerun_that_succeeds_moves_the_earlier_crash_files_aside(tmp_path):
     """Crash files of a failed run stayed in OUTPUT_DIR/sub-XX/log after a rerun that
     succeeded, and a lab seeing them took the subject for failed. A rerun that runs a
@@ -1298,13 +1310,8 @@ def test_a_rerun_that_succeeds_moves_the_earlier_crash_files_aside(tmp_path):
     rc, err = run("--fast", "--session-label", "1")
     assert rc == 0 and err[-1].endswith("finished; derivatives in " + str(tmp_path / "out")), \
         err[-3:]
-    notes = [ln for ln in err if "crash file(s) of earlier runs" in ln]
-    assert notes == [f"samri_ml-register: note: {len(ses1)} crash file(s) of earlier runs, of "
-                     "steps that have now run through, moved (kept) to "
-                     f"sub-01/log/earlier ({len(ses1)})"], err[-4:]
     # nothing lost: ses-1's files, unchanged, in log/earlier; ses-2's (not rerun) in log/
-    assert {p.name: p.read_text() for p in (log / "earlier").iterdir()} == \
-        {n: first[n] for n in ses1}
+    _assert_ses1_crashes_set_aside(err, log, first, ses1)
     assert {p.name for p in log.glob("crash-*")} == set(first) - ses1
 
 
@@ -1325,12 +1332,7 @@ def test_a_rerun_stopped_at_its_first_crash_moves_aside_only_the_finished_sessio
     rc, err = run("--fast", "--plugin", "Linear", "--stop-on-first-crash")
     assert rc == 1 and "1 step(s) failed (failed: sub-01)" in err[-1], err[-3:]
     assert "FAILED: samri_ml_wf.sub_01_ses_2.ds_func0" in "\n".join(err), err[-6:]
-    notes = [ln for ln in err if "crash file(s) of earlier runs" in ln]
-    assert notes == [f"samri_ml-register: note: {len(ses1)} crash file(s) of earlier runs, of "
-                     "steps that have now run through, moved (kept) to "
-                     f"sub-01/log/earlier ({len(ses1)})"], err[-4:]
-    assert {p.name: p.read_text() for p in (log / "earlier").iterdir()} == \
-        {n: first[n] for n in ses1}
+    _assert_ses1_crashes_set_aside(err, log, first, ses1)
     left = {p.name for p in log.glob("crash-*")}
     assert left - set(first) and left & set(first) == set(first) - ses1, sorted(left)
 
