@@ -154,6 +154,26 @@ def test_what_a_folder_leaves_out_is_said(tmp_path, capsys):
     assert len(note) == 1 and "a TIFF of 2 pages; its first page is used" in note[0], note
 
 
+def test_an_atlas_of_132_plates_is_hashed_once_per_process(tmp_path):
+    """atlas_signature (IdentifyPlate's cache key, the kept atlas index's key) hashes every
+    plate's content; the checksums a process kept held 64 files, fewer than the Allen
+    atlas' 132 plates, so every signature read the whole atlas again (0.2 s for the
+    shared one, each time Nipype makes a node's key). The second signature reads no plate."""
+    from samri_ml.models.inference import _file_checksum
+    from samri_ml.plates.data import atlas_signature
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(1, 133):
+        (atlas / f"{n}.jpg").write_bytes(rng.bytes(64))
+    first = atlas_signature(atlas)
+    before = _file_checksum.cache_info()
+    assert atlas_signature(atlas) == first
+    after = _file_checksum.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (0, 132)
+
+
 def test_empty_atlas(tmp_path):
     with pytest.raises(SamriMLError, match="no atlas plates"):
         load_atlas(tmp_path)

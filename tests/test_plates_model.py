@@ -1051,6 +1051,54 @@ def test_identify_plate_nodes_of_one_atlas_embed_it_once(tmp_path, plate_thumbs,
     assert 5 in counts and third.ranking[:2] in ([101, 60], [60, 101]), third.ranking
 
 
+def _tiff_atlas(tmp_path, plate_thumbs) -> Path:
+    """An atlas folder of four shipped plate thumbnails (60, 80, 100, 101) as uncompressed
+    TIFFs: a file's size is its dimensions', whatever it pictures."""
+    import cv2
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    for n in (60, 80, 100, 101):
+        cv2.imwrite(str(atlas / f"{n}.tif"), plate_thumbs[n], [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    return atlas
+
+
+def _put_back_as_plate_101(plate: Path, plate_thumbs) -> None:
+    """Rewrite a plate of :func:`_tiff_atlas` with plate 101's picture at its old size and
+    modification time, as ``cp -p``, ``rsync -a`` or an archive put back leave it."""
+    import cv2
+
+    st = plate.stat()
+    cv2.imwrite(str(plate), plate_thumbs[101], [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    os.utime(plate, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert plate.stat().st_size == st.st_size and plate.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_identify_plate_reranks_a_plate_put_back_with_its_size_and_time(tmp_path,
+                                                                       plate_thumbs):
+    """IdentifyPlate's cache key held the atlas plates' names, sizes and modification times:
+    a plate rewritten with another picture and put back with its size and time (``cp -p``,
+    ``rsync -a``, an archive) kept the key, and Nipype gave the old ranking. The key holds
+    the plates' content now."""
+    import nipype.pipeline.engine as pe
+
+    from samri_ml.interfaces.plates import IdentifyPlate
+
+    atlas = _tiff_atlas(tmp_path, plate_thumbs)
+    sec = tmp_path / "s.tif"
+    sec.write_bytes((atlas / "101.tif").read_bytes())
+
+    def ranking():
+        wf = pe.Workflow(name="w", base_dir=str(tmp_path / "work"))
+        wf.add_nodes([pe.Node(IdentifyPlate(in_file=str(sec), atlas_dir=str(atlas),
+                                            regions=False, variant="default"), name="ident")])
+        return list(wf.run(plugin="Linear").nodes)[0].result.outputs.ranking
+
+    assert ranking()[0] == 101
+    _put_back_as_plate_101(atlas / "60.tif", plate_thumbs)  # plate 60 now pictures 101
+    assert ranking()[:2] in ([101, 60], [60, 101])
+
+
 def test_a_plate_rewritten_with_its_size_and_time_is_not_read_from_the_kept_index(
         tmp_path, plate_thumbs, monkeypatch):
     """The atlas index kept in the cache was keyed by the plates' names, sizes and
@@ -1058,22 +1106,12 @@ def test_a_plate_rewritten_with_its_size_and_time_is_not_read_from_the_kept_inde
     uncompressed TIFF of the same dimensions) within the file system's time step, or put
     back with its time (``cp -p``, ``rsync -a``, an archive), was ranked with the embedding
     of the picture it replaced. The plates' content is in the key now."""
-    import cv2
-
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    atlas = tmp_path / "atlas"
-    atlas.mkdir()
-    plain = [cv2.IMWRITE_TIFF_COMPRESSION, 1]  # uncompressed: the size is the dimensions'
-    for n in (60, 80, 100, 101):
-        cv2.imwrite(str(atlas / f"{n}.tif"), plate_thumbs[n], plain)
+    atlas = _tiff_atlas(tmp_path, plate_thumbs)
     section = [plate_thumbs[101]]
     first = PlateIdentifier(atlas=atlas, precision="float32").rank(section, regions=False)[0]
     assert first["ranking"][0] == 101
-    plate = atlas / "60.tif"
-    st = plate.stat()
-    cv2.imwrite(str(plate), plate_thumbs[101], plain)  # plate 60 now pictures plate 101
-    os.utime(plate, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert plate.stat().st_size == st.st_size
+    _put_back_as_plate_101(atlas / "60.tif", plate_thumbs)
     kept = PlateIdentifier(atlas=atlas, precision="float32").rank(section, regions=False)[0]
     fresh = PlateIdentifier(precision="float32")
     fresh.reindex(atlas, cache=False)

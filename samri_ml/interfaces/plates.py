@@ -51,9 +51,10 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
                                 "invalidate cached rankings")
 
     atlas_checksum = traits.Str(usedefault=True,
-                                desc="names, sizes and modification times of atlas_dir's image "
+                                desc="sha256 of the names and content of atlas_dir's image "
                                 "files (set from 'atlas_dir'): part of the cache key, so that "
-                                "plates added, removed or replaced invalidate cached rankings")
+                                "plates added, removed or replaced (even with their old size "
+                                "and time) invalidate cached rankings")
 
     def _model_checksum_default(self):
         return plates_checksum(self.model, self.index)
@@ -75,11 +76,10 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
 
 
 def atlas_checksum(folder=None) -> str:
-    """sha256 of the names, sizes and modification times of an atlas folder's image files
-    (what :func:`~samri_ml.plates.data.load_atlas` may read); ``""`` without a folder,
-    ``unreadable`` where it cannot be listed (Nipype's own check of the input says so). A
-    Directory input is hashed by its path only: plates removed from the folder kept the
-    cached ranking, which still held them."""
+    """:func:`~samri_ml.plates.data.atlas_signature` of an atlas folder (its image files'
+    names and content); ``""`` without a folder, ``unreadable`` where it cannot be listed or
+    read (Nipype's own check of the input says so). A Directory input is hashed by its path
+    only: plates removed from the folder kept the cached ranking, which still held them."""
     if not traits_defined(folder):
         return ""
     from samri_ml.plates.data import atlas_signature

@@ -587,7 +587,13 @@ def input_checksum(path) -> str:
         return "unreadable"
 
 
-@functools.lru_cache(maxsize=64)
+#: files whose checksum a process keeps: an atlas of 132 plates (or several atlases) and the
+#: models; 64 held less than one atlas, so each atlas signature hashed all of it again. An
+#: entry is some 200 bytes
+FILE_CHECKSUMS_KEPT = 4096
+
+
+@functools.lru_cache(maxsize=FILE_CHECKSUMS_KEPT)
 def _file_checksum(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
     import hashlib
 

@@ -1029,23 +1029,30 @@ def _image_files(folder) -> list[Path]:
 
 
 def atlas_signature(folder) -> str:
-    """sha256 of the names, sizes and modification times of an atlas folder's image files
-    (what :func:`load_atlas` may read): what tells one state of the folder from another
-    without reading the plates (IdentifyPlate's cache key; the atlas index cache of
-    :meth:`~samri_ml.plates.identify.PlateIdentifier.reindex` reads their content:
-    :func:`~samri_ml.plates.identify.atlas_index_path`).
+    """sha256 of the names and content of an atlas folder's image files (what
+    :func:`load_atlas` may read): what tells one state of the folder from another, for
+    IdentifyPlate's cache key and the key of the atlas index that
+    :meth:`~samri_ml.plates.identify.PlateIdentifier.reindex` keeps
+    (:func:`~samri_ml.plates.identify.atlas_index_path`).
+
+    The content, not the sizes and modification times: a plate rewritten at its size and
+    put back with its time (``cp -p``, ``rsync -a``, an archive) kept the old key, and
+    Nipype the old ranking. Each file is hashed once per process and state
+    (:func:`~samri_ml.models.inference.file_checksum`): the shared atlas (132 plates,
+    103 MB) takes about 0.1-0.3 s the first time, a few ms after.
 
     Raises
     ------
     SamriMLError, OSError
-        Not a folder, or one that cannot be listed.
+        Not a folder, or one that cannot be listed or read.
     """
     import hashlib
 
+    from samri_ml.models.inference import file_checksum
+
     digest = hashlib.sha256()
     for path in _image_files(folder):
-        st = path.stat()
-        digest.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digest.update(f"{path.name}\0{file_checksum(path)}\n".encode())
     return digest.hexdigest()
 
 

@@ -510,7 +510,7 @@ class PlateIdentifier(_Ranker):
 
         With ``cache``, the atlas' index is kept in the user's cache
         (:func:`atlas_index_path`) and read back by the next reindex of the same folder
-        (its plates' names, sizes and modification times) with the same model file and
+        (its plates' names and content) with the same model file and
         settings: a MapNode of IdentifyPlate over 100 sections embedded the 132 plates 100
         times (about 40 s each on one thread).
 
@@ -780,28 +780,23 @@ _INDEXING_CODE = ("plates/identify.py", "plates/data.py", "plates/train.py",
 def atlas_index_path(ident: PlateIdentifier, atlas) -> Path | None:
     """The file that holds (or will hold) the index of ``atlas`` made by ``ident``:
     ``$XDG_CACHE_HOME/samri_ml/atlas_index/<key>.npz`` (else ``~/.cache/...``). The key is the
-    sha256 of the atlas' plate files (names, sizes and content), the model file's size and
-    sha256 when the model was loaded (the index is that network's, whatever the file holds
-    later), the precision, the preprocessing settings and samri_ml's indexing code. None
-    where the folder cannot be listed or read, there is no home folder for a cache, or the
-    network was set in memory (no file tells which it is).
-
-    The plates' content, not only their modification times (as
-    :func:`~samri_ml.plates.data.atlas_signature`): a plate rewritten at the same size within
-    the file system's time step, or put back with its time (``cp -p``, ``rsync -a``, an
-    archive), was ranked with the embedding of the picture it replaced. Reading them costs
-    0.2-0.3 s for the shared atlas (103 MB), against 8.8 s a node with the index kept."""
+    atlas' :func:`~samri_ml.plates.data.atlas_signature` (its plate files' names and content:
+    a plate rewritten at its size and time, ``cp -p``, ``rsync -a``, an archive, is seen),
+    the model file's size and sha256 when the model was loaded (the index is that network's,
+    whatever the file holds later), the precision, the preprocessing settings and samri_ml's
+    indexing code. None where the folder cannot be listed or read, there is no home folder
+    for a cache, or the network was set in memory (no file tells which it is)."""
     import hashlib
     import json
 
     import samri_ml
     from samri_ml.models.inference import file_checksum, inference_precision
     from samri_ml.paths import cache_dir
-    from samri_ml.plates.data import _image_files
+    from samri_ml.plates.data import atlas_signature
 
     package = Path(samri_ml.__file__).parent
     try:
-        plates = [(p.name, file_checksum(p)) for p in _image_files(atlas)]
+        plates = atlas_signature(atlas)
         ident.model  # noqa: B018 - loaded: its file's checksum as loaded is the key's
         if ident._model_checksum is None:  # a network set in memory: no file tells which
             return None

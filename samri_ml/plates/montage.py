@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samri_ml.plates.data import load_atlas, preprocess
+from samri_ml.plates.data import atlas_signature, load_atlas, preprocess
 
 #: a montage's file name: the section's file name, extension included (``101.png`` and
 #: ``101.jpg`` of one folder keep a montage each), then this
@@ -42,8 +42,8 @@ def _tile(img: np.ndarray, text: str, prepared: bool = False, note: str = "",
     return t
 
 
-#: the last atlas folder read for montages: ``(folder, its files' names, sizes and times)``
-#: and ``{plate: image}``
+#: the last atlas folder read for montages: ``(folder, its atlas_signature)`` and
+#: ``{plate: image}``
 _ATLAS_READ: dict = {}
 
 
@@ -56,8 +56,8 @@ def _atlas_pictures(atlas_dir) -> dict:
     from samri_ml.errors import SamriMLNote
 
     folder = Path(atlas_dir).resolve()
-    key = (folder, tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                                for p in folder.iterdir())))
+    # the plates' content (a plate put back with its size and time is read again)
+    key = (folder, atlas_signature(folder))
     if key not in _ATLAS_READ:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SamriMLNote)
