@@ -1121,6 +1121,62 @@ def test_a_plate_rewritten_with_its_size_and_time_is_not_read_from_the_kept_inde
     assert kept["distances"] == pytest.approx(made["distances"], abs=1e-6)
 
 
+def test_the_atlas_index_cache_keeps_the_most_recently_used_indexes(tmp_path, plate_thumbs,
+                                                                     monkeypatch):
+    """The atlas index cache ($XDG_CACHE_HOME/samri_ml/atlas_index, 0.6 MB an atlas state)
+    was never pruned: a lab re-indexing edited atlases, or after upgrades, grew it for ever.
+    Now each index written keeps the 16 most recently used (made or read: an index read a
+    month after it was made is kept before those made since) and removes a killed writer's
+    temporary file."""
+    import shutil
+    import time
+
+    from samri_ml.plates.identify import ATLAS_INDEXES_KEPT
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "samri_ml" / "atlas_index"
+    atlas, _ = _five_plate_atlas(tmp_path, plate_thumbs)
+    made = PlateIdentifier(atlas=atlas, precision="float32").embeddings
+    (index,) = folder.iterdir()
+    month_ago = time.time() - 30 * 86400
+    os.utime(index, (month_ago, month_ago))
+    earlier = [folder / f"{n:032x}.npz" for n in range(20)]  # other atlas states, made since
+    for n, path in enumerate(earlier):
+        shutil.copy(index, path)
+        os.utime(path, (month_ago + 3600 * (n + 1),) * 2)
+    dead = folder / f".{index.name}.killed.npz"
+    dead.write_bytes(b"half")
+    os.utime(dead, (month_ago,) * 2)
+    read = PlateIdentifier(atlas=atlas, precision="float32").embeddings  # read: used now
+    np.testing.assert_array_equal(read, made)
+    other = tmp_path / "other"
+    shutil.copytree(atlas, other)
+    (other / "60.png").unlink()
+    PlateIdentifier(atlas=other, precision="float32")  # a new index: the folder is pruned
+    left = {p.name for p in folder.iterdir()}
+    assert len(left) == ATLAS_INDEXES_KEPT == 16, sorted(left)
+    assert index.name in left and {p.name for p in earlier[6:]} <= left  # and other's
+    assert not {p.name for p in earlier[:6]} & left and dead.name not in left
+
+
+def test_atlas_index_cache_pruned_by_parallel_writers_keeps_16(tmp_path):
+    """Writers pruning one cache folder at once (a MultiProc workflow's IdentifyPlate nodes
+    of several atlases) find files removed by the others between listing and removing: none
+    fails, and the 16 most recent indexes are left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from samri_ml.plates.identify import _prune_atlas_indexes
+
+    for n in range(200):
+        path = tmp_path / f"{n:032x}.npz"
+        path.write_bytes(b"index")
+        os.utime(path, (1e9 + n,) * 2)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: _prune_atlas_indexes(tmp_path), range(8)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{n:032x}.npz"
+                                                          for n in range(184, 200)]
+
+
 def test_an_index_made_by_a_model_whose_file_was_replaced_is_kept_as_that_models(
         tmp_path, plate_thumbs, monkeypatch):
     """An identifier whose model was loaded, then its file replaced (a training run writing

@@ -26,6 +26,7 @@ ventral part of a section, drawn at a section's scale (:func:`part_canvas`), and
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from importlib import resources
@@ -813,9 +814,20 @@ def atlas_index_path(ident: PlateIdentifier, atlas) -> Path | None:
     return folder / f"{digest[:32]}.npz"
 
 
+#: the atlas indexes kept in the cache: the most recently used (made or read) this many
+#: (about 0.6 MB each for 132 plates); a lab re-indexing edited atlases, or after upgrades,
+#: grew the folder for ever
+ATLAS_INDEXES_KEPT = 16
+
+#: a temporary file of :func:`_write_atlas_index` older than this (s) is a writer's that was
+#: killed: it is removed with the indexes pruned
+ATLAS_INDEX_TEMPORARY_S = 24 * 3600
+
+
 def _read_atlas_index(path: Path) -> dict | None:
     """A kept atlas index, or None where there is none (or not a whole one: it is made
-    again)."""
+    again). Its modification time is set to now: it was used (:func:`_prune_atlas_indexes`
+    keeps the most recently used)."""
     import zipfile
 
     try:
@@ -824,21 +836,64 @@ def _read_atlas_index(path: Path) -> dict | None:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
     wanted = {"plates", "embeddings", "region_embeddings", "notes"}
-    return index if wanted <= set(index) else None
+    if not wanted <= set(index):
+        return None
+    try:
+        os.utime(path)
+    except OSError:  # pruned by another process meanwhile, or a read-only cache: read anyway
+        pass
+    return index
 
 
 def _write_atlas_index(path: Path, **arrays) -> None:
     """Keep an atlas index: written beside its name, then renamed onto it
     (:func:`samri_ml.bids.atomic_target`), so that parallel nodes indexing one atlas never
-    read a half-written file (the last rename wins; both wrote the same index). A cache that
-    cannot be written costs the next run the embedding, nothing more."""
+    read a half-written file (the last rename wins; both wrote the same index); then the
+    folder is pruned (:func:`_prune_atlas_indexes`). A cache that cannot be written costs the
+    next run the embedding, nothing more."""
     from samri_ml.bids import atomic_target
 
     try:
         with atomic_target(path, ".npz") as tmp:
             np.savez(tmp, **arrays)
     except OSError:
-        pass
+        return
+    _prune_atlas_indexes(path.parent)
+
+
+def _atlas_indexes_to_prune(entries: dict, now: float, kept: int = ATLAS_INDEXES_KEPT,
+                           temporary_s: float = ATLAS_INDEX_TEMPORARY_S) -> list[str]:
+    """The files of the atlas index cache to remove, from ``{name: modification time}``:
+    the indexes (``<key>.npz``) after the ``kept`` most recently used (newest time first;
+    ties by name, so that parallel writers agree), and temporary files (``.<key>.npz.*``,
+    being written) older than ``temporary_s`` seconds at ``now``."""
+    indexes = sorted((n for n in entries if not n.startswith(".") and n.endswith(".npz")),
+                     key=lambda n: (-entries[n], n))
+    stale = [n for n in entries if n.startswith(".") and now - entries[n] > temporary_s]
+    return indexes[kept:] + sorted(stale)
+
+
+def _prune_atlas_indexes(folder: Path) -> None:
+    """Remove what :func:`_atlas_indexes_to_prune` says from the atlas index cache. Another
+    process may be writing, reading or pruning it at the same time: a file gone meanwhile, or
+    one that cannot be removed, is passed over (a reader of a removed index makes it again)."""
+    import time
+
+    entries = {}
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        try:
+            entries[name] = os.stat(folder / name).st_mtime
+        except OSError:  # removed or renamed by another process since the listing
+            pass
+    for name in _atlas_indexes_to_prune(entries, time.time()):
+        try:
+            os.unlink(folder / name)
+        except OSError:
+            pass
 
 
 def _is_embedding(model) -> bool:
