@@ -1177,6 +1177,42 @@ def test_atlas_index_cache_pruned_by_parallel_writers_keeps_16(tmp_path):
                                                           for n in range(184, 200)]
 
 
+def test_an_atlas_index_is_made_again_after_keras_its_backend_or_opencv_change(
+        tmp_path, plate_thumbs, monkeypatch):
+    """The atlas index cache's key left out the libraries that shape the embedding: after an
+    upgrade of Keras, its backend (TensorFlow here) or OpenCV (CLAHE, the resize), the index
+    made under the old version was read back. Each version is in the key now: each change
+    makes an index of its own, and the versions as they are read theirs back."""
+    import importlib
+
+    import cv2
+    import keras
+
+    from samri_ml.plates.identify import atlas_index_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "samri_ml" / "atlas_index"
+    atlas, _ = _five_plate_atlas(tmp_path, plate_thumbs)
+
+    def kept() -> int:
+        PlateIdentifier(atlas=atlas, precision="float32")
+        return len(list(folder.iterdir()))
+
+    assert kept() == 1
+    ident = PlateIdentifier(precision="float32")
+    paths = {atlas_index_path(ident, atlas)}
+    assert paths == set(folder.iterdir())
+    for library in (keras, importlib.import_module(keras.backend.backend()), cv2):
+        with monkeypatch.context() as m:
+            m.setattr(library, "__version__", "0.0.1")  # as another installed version says
+            paths.add(atlas_index_path(ident, atlas))
+    assert len(paths) == 4  # a key of its own for each
+    with monkeypatch.context() as m:
+        m.setattr(cv2, "__version__", "0.0.1")
+        assert kept() == 2  # made again, not read back
+    assert kept() == 2  # the versions installed: their index is read back
+
+
 def test_an_index_made_by_a_model_whose_file_was_replaced_is_kept_as_that_models(
         tmp_path, plate_thumbs, monkeypatch):
     """An identifier whose model was loaded, then its file replaced (a training run writing

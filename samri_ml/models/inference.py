@@ -578,6 +578,25 @@ def file_checksum(path) -> str:
                           st.st_ctime_ns)
 
 
+def embedding_library_versions() -> dict:
+    """The versions of the libraries that shape an embedding, beside the model and the code:
+    Keras, its backend (``tensorflow 2.21.0``, or JAX's, PyTorch's...) and OpenCV (the
+    CLAHE and the resize of :func:`~samri_ml.plates.data.preprocess`). Part of the atlas
+    index cache's key: an index made under one version was read back under another."""
+    import importlib
+
+    import cv2
+
+    keras = import_keras()
+    backend = keras.backend.backend()
+    try:
+        backend_version = getattr(importlib.import_module(backend), "__version__", "unknown")
+    except ImportError:  # a backend whose name is not its module's
+        backend_version = "unknown"
+    return {"keras": keras.__version__, "backend": f"{backend} {backend_version}",
+            "opencv": cv2.__version__}
+
+
 def input_checksum(path) -> str:
     """:func:`file_checksum` of an interface's model or index file, or ``unreadable`` where it
     cannot be read (gone: Nipype's own check of the input says so)."""

@@ -784,14 +784,20 @@ def atlas_index_path(ident: PlateIdentifier, atlas) -> Path | None:
     atlas' :func:`~samri_ml.plates.data.atlas_signature` (its plate files' names and content:
     a plate rewritten at its size and time, ``cp -p``, ``rsync -a``, an archive, is seen),
     the model file's size and sha256 when the model was loaded (the index is that network's,
-    whatever the file holds later), the precision, the preprocessing settings and samri_ml's
-    indexing code. None where the folder cannot be listed or read, there is no home folder
-    for a cache, or the network was set in memory (no file tells which it is)."""
+    whatever the file holds later), the precision, the preprocessing settings, samri_ml's
+    indexing code and the versions of Keras, its backend and OpenCV
+    (:func:`~samri_ml.models.inference.embedding_library_versions`). None where the folder
+    cannot be listed or read, there is no home folder for a cache, or the network was set in
+    memory (no file tells which it is)."""
     import hashlib
     import json
 
     import samri_ml
-    from samri_ml.models.inference import file_checksum, inference_precision
+    from samri_ml.models.inference import (
+        embedding_library_versions,
+        file_checksum,
+        inference_precision,
+    )
     from samri_ml.paths import cache_dir
     from samri_ml.plates.data import atlas_signature
 
@@ -803,7 +809,7 @@ def atlas_index_path(ident: PlateIdentifier, atlas) -> Path | None:
             return None
         key = {"plates": plates, "model": ident._model_checksum,
                "code": [file_checksum(package / f) for f in _INDEXING_CODE],
-               "version": samri_ml.__version__,
+               "version": samri_ml.__version__, "libraries": embedding_library_versions(),
                "precision": ident.precision or inference_precision(), "size": ident.size,
                "crop": ident.crop, "crop_threshold": ident.crop_threshold,
                "equalise": ident.equalise, "flip_tta": ident.flip_tta}
