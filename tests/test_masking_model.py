@@ -1061,6 +1061,27 @@ def test_dataset_cache_of_other_scans_is_rebuilt(tmp_path):
     assert np.allclose(x, x_new, atol=1e-2)  # the cache stored float16
 
 
+def test_dataset_cache_key_tells_a_scan_put_back_with_its_size_and_time(tmp_path):
+    """The data part of ``--dataset-cache``'s key was the scans' sizes and modification times:
+    a scan replaced by another of its size and put back with its time (``cp -p``,
+    ``rsync -a``, an archive) was trained on as the cached slices of the scan it replaced."""
+    import os
+
+    from samri_ml.masking.data import data_fingerprint
+
+    data = _dama_like(tmp_path / "a", ["s1", "s2"], 0)
+    before = data_fingerprint(data)
+    scan = data / "mri/scans/dama/image/s1.nii.gz"
+    st = scan.stat()
+    other = (data / "mri/scans/dama/image/s2.nii.gz").read_bytes()
+    # another scan's bytes at this one's size (cut or padded), then its old times put back
+    scan.write_bytes(other[:st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(scan, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert scan.stat().st_size == st.st_size and scan.stat().st_mtime_ns == st.st_mtime_ns
+    assert data_fingerprint(data) != before
+    assert data_fingerprint(data) == data_fingerprint(data)  # the same state, the same key
+
+
 def test_ctrl_c_while_the_dataset_cache_is_written_leaves_none(tmp_path, monkeypatch,
                                                                 sigint_as_in_a_terminal):
     """Ctrl-C while the (hundreds of MB) cache was written left a truncated .npz, which the
