@@ -624,8 +624,8 @@ def test_the_mask_cache_follows_xdg_and_an_unwritable_one_is_named(tmp_path, mon
     xdg = tmp_path / "xdg"
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
     scans = {s.name: s for s in real_scans(tmp_path / "data", skip=("dama",))}
-    cached = xdg / "samri_ml" / "masks" / "sammba_func_mask_rigid-identity.nii.gz"
-    assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]  # no parts left
+    [cached] = (xdg / "samri_ml" / "masks").iterdir()  # no parts left
+    assert cached.name.startswith("sammba_func_mask_rigid-identity_")
     mask = np.asarray(nb.load(cached).dataobj)
     assert dice(mask > 0, scans["sammba/anat"].mask) > 0.9  # the same head, not moved
     assert not (tmp_path / "home" / ".cache" / "samri_ml").exists()
@@ -641,6 +641,27 @@ def test_the_mask_cache_follows_xdg_and_an_unwritable_one_is_named(tmp_path, mon
                    "XDG_CACHE_HOME to a writable folder"], err
     assert main([*argv, "--cache-dir", str(blocked / "c")]) == 1
     assert f"cannot write the cache folder {blocked}/c (Not a directory)" in capsys.readouterr().err
+
+
+def test_a_derived_mask_of_other_scans_is_not_read_from_the_cache(tmp_path):
+    """The registration-derived reference mask (sammba/func) was cached under the scan's name
+    and the recipe alone: another --data-dir (or a scan replaced) read the old scans' mask
+    as its reference, in silence. The inputs' contents are now in the cache's name."""
+    import nibabel as nb
+
+    from samri_ml.masking.data import real_scans
+
+    _sammba_layout(tmp_path / "a")
+    _sammba_layout(tmp_path / "b")
+    mask_b = tmp_path / "b/mri/scans/sammba/mask.nii.gz"
+    half = np.asarray(nb.load(mask_b).dataobj).copy()
+    half[12:] = 0  # another reference: the left half of the brain
+    nb.save(nb.Nifti1Image(half, nb.load(mask_b).affine), mask_b)
+    masks = tmp_path / "masks"
+    func = {d: {s.name: s for s in real_scans(tmp_path / d, masks, skip=("dama",))}
+            ["sammba/func"].mask for d in ("a", "b")}
+    assert dice(func["b"], half > 0) > 0.9 and dice(func["a"], half > 0) < 0.8
+    assert len(list(masks.iterdir())) == 2
 
 
 def test_apply_mask_takes_paths_and_refuses_a_mask_of_another_grid(tmp_path):

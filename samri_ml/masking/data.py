@@ -221,6 +221,18 @@ def data_fingerprint(data_dir=None) -> str:
     return _files_fingerprint(_mri_dir(data_dir), ("scans", "templates"))
 
 
+def _inputs_digest(files) -> str:
+    """The first 12 hex digits of the sha256 of ``files``' contents
+    (:func:`~samri_ml.models.inference.file_checksum`): the inputs' part of a derived mask's
+    cache name."""
+    import hashlib
+
+    from samri_ml.models.inference import file_checksum
+
+    joined = "\n".join(file_checksum(f) for f in files)
+    return hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
 def _hidden(path: Path, root: Path) -> bool:
     """Whether ``path`` is, or lies in, a hidden file or folder (``.git``, ``.datalad``) below
     ``root``: not the data (a DataLad dataset's ``.git/annex/objects`` holds a copy of each
@@ -344,11 +356,13 @@ def real_scans(
         ),
     ]
     for name, source, moving, fixed, fmask, (transform, initial), origin in derived:
-        # the settings are in the cache's file name: a changed recipe never reads an old mask
-        tag = f"{transform}-{initial}".lower()
-        out = cache / (name.replace("/", "_") + f"_mask_{tag}.nii.gz")
         if source in skip or not (moving.exists() and fixed.exists() and fmask.exists()):
             continue
+        # the settings and the inputs are in the cache's file name: a changed recipe, or other
+        # scans (another --data-dir, a scan replaced), never reads an old mask
+        tag = f"{transform}-{initial}".lower()
+        tag += "_" + _inputs_digest((moving, fixed, fmask))
+        out = cache / (name.replace("/", "_") + f"_mask_{tag}.nii.gz")
         if not out.exists() and not register:
             continue
         if not out.exists():
