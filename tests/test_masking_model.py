@@ -55,6 +55,29 @@ def test_three_views_beat_the_seeds_coronal_slices(phantom):
         predict_mask(phantom["T2w"], views=("oblique",))
 
 
+def test_a_masker_file_replaced_with_its_time_is_loaded_again(tmp_path):
+    """``load_model`` kept the networks it loaded per file and modification time: a model file
+    replaced by another and put back with its time (``cp -p``, ``rsync -a``) ran the network
+    loaded before. Now they are kept per content."""
+    import os
+
+    from samri_ml.masking.predict import load_model
+    from samri_ml.models.unet import build_unet
+
+    path = tmp_path / "m.keras"
+    first = build_unet(width=2, depth=2)
+    first.save(path)
+    st = path.stat()
+    x = np.random.default_rng(0).uniform(0, 1, (1, 64, 64, 1)).astype(np.float32)
+    assert np.allclose(load_model(path).predict(x, verbose=0), first.predict(x, verbose=0))
+    second = build_unet(width=3, depth=2)  # other weights, another file
+    second.save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    got = load_model(path).predict(x, verbose=0)
+    assert np.allclose(got, second.predict(x, verbose=0), atol=1e-5)
+    assert not np.allclose(got, first.predict(x, verbose=0), atol=1e-3)
+
+
 def test_flip_augmentation_makes_the_prediction_mirror_equivariant(phantom):
     """With the left-right test-time augmentation (the default) a mirrored head gets exactly the
     mirrored probabilities; without it the network alone is not symmetric."""
@@ -1761,6 +1784,8 @@ def test_a_git_commit_in_the_scans_folder_keeps_its_data_set_cache(tmp_path, lab
     are left out of the key; a changed scan still rebuilds it."""
     import os
 
+    import nibabel as nb
+
     from samri_ml.masking import train as mt
 
     lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
@@ -1781,6 +1806,9 @@ def test_a_git_commit_in_the_scans_folder_keeps_its_data_set_cache(tmp_path, lab
     assert built() == [f"data set read from {tmp_path / 'dc.npz'}"]
     scan = lab / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
     os.utime(scan, ns=(scan.stat().st_atime_ns, scan.stat().st_mtime_ns + 10**9))  # touched
+    assert built() == [f"data set read from {tmp_path / 'dc.npz'}"]  # the same content
+    img = nb.load(scan)
+    nb.save(nb.Nifti1Image(np.asarray(img.dataobj) * 2, img.affine, img.header), scan)
     assert built()[0].endswith("holds a data set of other settings or scans: rebuilt and "
                                "replaced")
 

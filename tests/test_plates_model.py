@@ -1242,6 +1242,31 @@ def test_an_index_made_by_a_model_whose_file_was_replaced_is_kept_as_that_models
     np.testing.assert_allclose(later.embeddings, fresh.embeddings, atol=1e-6)
 
 
+def test_a_model_file_replaced_with_its_time_is_loaded_again(tmp_path, plate_thumbs):
+    """The networks loaded in a process were kept per file and modification time: a model
+    file replaced by another and put back with its time (``cp -p``, ``rsync -a``) ran the
+    network loaded before, while the atlas index cache was keyed by the new file's
+    content. Now they are kept per content."""
+    import os
+    import shutil
+
+    import cv2
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    for n in (60, 100):
+        cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n])
+    model = tmp_path / "best.keras"
+    shutil.copy(default_model_dir() / "plates_embedding.keras", model)
+    PlateIdentifier(model=model, precision="float32").reindex(atlas, cache=False)
+    st = model.stat()
+    shutil.copy(default_model_dir("multimodal") / "plates_embedding.keras", model)
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = PlateIdentifier(model=model, precision="float32")
+    again.reindex(atlas, cache=False)
+    assert again.embeddings.shape[1] == 128  # the multimodal network's, not the default's 192
+
+
 @pytest.mark.parametrize("with_atlas", [True, False])
 def test_a_model_that_is_no_plate_embedding_is_refused_in_one_line(tmp_path, plate_thumbs,
                                                                     capsys, with_atlas):
@@ -1466,7 +1491,8 @@ def test_an_identifier_made_per_call_loads_its_network_once(tmp_path, plate_thum
         assert make_identifier().rank(imgs, regions=False) == first
     assert rss_mb() - before < 40  # 6 loads: about 120 MB
     assert make_identifier().default.model is make_identifier().default.model
-    # a network of another precision, or a file changed since, is its own
+    # a network of another precision, or a file whose content changed since, is its own; a
+    # file only touched is the same network
     assert (PlateIdentifier(variant="default", precision="float32").model
             is not PlateIdentifier(variant="default", precision="bfloat16").model)
     copy = tmp_path / "embedding.keras"
@@ -1475,7 +1501,10 @@ def test_an_identifier_made_per_call_loads_its_network_once(tmp_path, plate_thum
     one = PlateIdentifier(copy, index).model
     assert PlateIdentifier(copy, index).model is one
     os.utime(copy, (1, 1))
-    assert PlateIdentifier(copy, index).model is not one
+    assert PlateIdentifier(copy, index).model is one
+    shutil.copy(default_model_dir("multimodal") / "plates_embedding.keras", copy)
+    other = PlateIdentifier(copy, default_model_dir("multimodal") / "plates_index.npz").model
+    assert other is not one and other.output_shape[-1] == 128
 
 
 def _sigint_default():

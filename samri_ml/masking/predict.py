@@ -33,9 +33,11 @@ def default_model_path() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float, precision: str):
-    """Per precision too: ``SAMRI_ML_PRECISION`` changed in a session (float32 to compare)
-    kept the precision of the first load."""
+def _load_cached(path: str, checksum: str, precision: str):
+    """Per file content (``checksum``: :func:`~samri_ml.models.inference.file_checksum`; a
+    modification time kept the network of a file replaced with its time, ``cp -p``) and per
+    precision too: ``SAMRI_ML_PRECISION`` changed in a session (float32 to compare) kept the
+    precision of the first load."""
     from samri_ml.models.inference import import_keras, mark_for_inference
     from samri_ml.models.unet import CUSTOM_OBJECTS
 
@@ -67,7 +69,8 @@ def check_masker(model, path) -> None:
 
 
 def load_model(path=None):
-    """Load (once per file and modification time) a Keras masking model; default: the shipped one.
+    """Load (once per file content and precision) a Keras masking model; default: the shipped
+    one.
 
     Raises
     ------
@@ -77,10 +80,10 @@ def load_model(path=None):
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise SamriMLError(f"{path}: model file not found; hint: give the path of a .keras file")
-    from samri_ml.models.inference import inference_precision
+    from samri_ml.models.inference import file_checksum, inference_precision
 
     try:
-        return _load_cached(str(path.resolve()), path.stat().st_mtime, inference_precision())
+        return _load_cached(str(path.resolve()), file_checksum(path), inference_precision())
     except SamriMLError:
         raise
     except Exception as err:  # keras raises many types for a bad file

@@ -260,9 +260,11 @@ def as_sections(imgs) -> list[np.ndarray]:
 
 
 @lru_cache(maxsize=4)
-def _load_embedding(path: str, mtime: float, precision: str, name: str):
-    """The embedding network in ``path``, loaded once per file, modification time and
-    precision (marked for it: :func:`~samri_ml.models.inference.mark_for_inference`);
+def _load_embedding(path: str, checksum: str, precision: str, name: str):
+    """The embedding network in ``path``, loaded once per file, content (``checksum``:
+    :func:`~samri_ml.models.inference.file_checksum`; a modification time kept the network of
+    a file replaced with its time, ``cp -p``, while the atlas index was keyed by the new
+    file's content) and precision (marked for it: :func:`~samri_ml.models.inference.mark_for_inference`);
     ``name``: the path as given, for messages. An
     identifier made per call (``make_identifier().rank_files(...)`` in a notebook's loop)
     loaded it again each time: 1.3-2 s and 20 MB of memory more per call."""
@@ -391,7 +393,7 @@ class PlateIdentifier(_Ranker):
             # the file as loaded: the atlas index kept (atlas_index_path) is this network's,
             # whatever the file holds later (a training run writing it again)
             self._model_checksum = input_checksum(path)
-            model = _load_embedding(str(path.resolve()), path.stat().st_mtime,
+            model = _load_embedding(str(path.resolve()), self._model_checksum,
                                     self.precision or inference_precision(), str(path))
             shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
             reindexing = self.embeddings is None  # the index is being made with this model
