@@ -506,3 +506,31 @@ def test_a_marked_model_given_new_weights_runs_with_them(tmp_path, precision, at
     now = np.asarray(model(x, training=False))
     assert np.abs(now - before).max() > 0.1
     np.testing.assert_allclose(np.asarray(inference.inference_fn(model)(x)), now, atol=1e-5)
+
+
+def test_a_model_marked_again_with_another_precision_runs_in_that_one():
+    """A model marked bfloat16 whose forward pass has run, then marked float32 (a notebook
+    comparing the two on one loaded model): it kept running its bfloat16 copy (off by 0.006
+    from the float32 call, the same outputs to the bit). Now each mark runs a copy of its own
+    precision, and the compiled call of the earlier one (which holds its copy's weights) is
+    let go."""
+    import gc
+    import weakref
+
+    keras = inference.import_keras()
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, padding="same")(inp))
+    model = _with_batch_statistics(keras.Model(inp, keras.layers.Flatten()(out)), 8)
+    x = np.random.default_rng(2).random((4, 8, 8, 1), dtype=np.float32)
+    plain = np.asarray(model(x, training=False))
+    outputs, calls = {}, []
+    for precision in ("bfloat16", "float32", "bfloat16"):
+        fn = inference.inference_fn(inference.mark_for_inference(model, precision))
+        outputs.setdefault(precision, []).append(np.asarray(fn(x)))
+        calls.append(weakref.ref(fn))
+        del fn
+    assert np.abs(outputs["bfloat16"][0] - plain).max() > 1e-3  # bfloat16 is seen
+    np.testing.assert_allclose(outputs["float32"][0], plain, atol=1e-5)
+    np.testing.assert_array_equal(outputs["bfloat16"][1], outputs["bfloat16"][0])
+    gc.collect()
+    assert [call() is None for call in calls] == [True, True, False]

@@ -468,8 +468,9 @@ def inference_fn(model):
     ``bfloat16`` as its :func:`bfloat16_copy`, made once here (a model that cannot be rebuilt
     from its config, e.g. with unregistered custom layers, runs as it is, in float32, with a
     note where bfloat16 was asked); the output is float32 either way. A marked model whose
-    weights were assigned since its copy was made (``set_weights``, ``load_weights``) gets a
-    new copy (:func:`_watch_weights`); one compiled since (being trained), or trained by a
+    weights were assigned since its copy was made (``set_weights``, ``load_weights``), or
+    marked again with another precision, gets a new copy in place of the old one
+    (:func:`_watch_weights`); one compiled since (being trained), or trained by a
     traced step of a loop of its own, runs as it is, with its current weights, as an
     unmarked one.
 
@@ -488,12 +489,15 @@ def inference_fn(model):
     watch = _watch_weights(model) if precision else None
     training = getattr(model, "optimizer", None) is not None or bool(watch and watch.traced)
     key = (id(model), training)  # the cache holds the model too, so the id is never reused
-    version = None if training or watch is None else watch.version
+    precision = None if training else precision
+    # the precision too: a model marked again with another one (a notebook comparing float32
+    # with bfloat16 on one loaded model) kept running the copy of its first mark; its entry
+    # is replaced, so the old copy is let go
+    made_for = (precision, None if training or watch is None else watch.version)
     if training:
         _FNS.pop((id(model), False), None)
-    if key not in _FNS or _FNS[key][2] != version:
+    if key not in _FNS or _FNS[key][2] != made_for:
         net = model
-        precision = None if training else precision
         # folded where marked float32 only: a model being trained (unmarked) keeps its own
         # weights, which a copy would not follow; in bfloat16 the folded kernels round
         # otherwise (the shipped plate ensemble's distances moved by up to 0.006 and the
@@ -527,7 +531,7 @@ def inference_fn(model):
             fn = lambda x: graph(tf.convert_to_tensor(x, tf.float32))  # noqa: E731
         else:
             fn = lambda x: keras.ops.cast(net(x, training=False), "float32")  # noqa: E731
-        _FNS[key] = (model, fn, version)
+        _FNS[key] = (model, fn, made_for)
     return _FNS[key][1]
 
 
