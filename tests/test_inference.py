@@ -534,3 +534,23 @@ def test_a_model_marked_again_with_another_precision_runs_in_that_one():
     np.testing.assert_array_equal(outputs["bfloat16"][1], outputs["bfloat16"][0])
     gc.collect()
     assert [call() is None for call in calls] == [True, True, False]
+
+
+def test_the_plate_precision_benchmark_compares_two_precisions():
+    """benchmarks/plates_precision.py marked the one model that two ``PlateIdentifier()``
+    share float32 then bfloat16: its float32 column was bfloat16. Each identifier now has a
+    model of its own precision: the float32 one gives the plain Keras call's embeddings."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "plates_precision.py"
+    spec = importlib.util.spec_from_file_location("plates_precision", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    models = {p: ident.model for p, ident in bench.identifiers().items()}
+    shape = models["float32"].input_shape[1:]
+    x = np.random.default_rng(4).random((2, *shape), dtype=np.float32)
+    plain = np.asarray(models["float32"](x, training=False))
+    out = {p: np.asarray(inference.inference_fn(m)(x)) for p, m in models.items()}
+    np.testing.assert_allclose(out["float32"], plain, atol=1e-5)
+    assert np.abs(out["bfloat16"] - plain).max() > 1e-4
