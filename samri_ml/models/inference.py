@@ -406,8 +406,7 @@ class _WeightsWatch:
     ``count`` counts the writes that go through a variable's write methods; ``in_place``
     holds the variables whose tensors count their own writes (PyTorch's: Keras' optimizers
     there add to ``variable.value`` in place with ``torch._foreach_add_``, past every Keras
-    method, and so do ``torch.optim`` optimizers and ``torch.compile``'d steps), read at each
-    ``version``."""
+    method, and so do ``torch.optim`` optimizers), read at each ``version``."""
 
     def __init__(self, in_place=()):
         self.count = 0
@@ -440,7 +439,8 @@ def _watch_weights(model) -> _WeightsWatch:
     TensorFlow and JAX, where a checksum of the weights took 0.4-0.7 ms (the plate
     ensemble's 1.3 M weights, the U-Net's 0.5 M), 2-4 % of a plate section's time.
 
-    What each backend's writes go through (Keras 3.15's source): on TensorFlow every write
+    What each backend's writes go through (Keras 3.15's source; the PyTorch and JAX cases
+    were run with PyTorch 2.13 and JAX 0.10.2 on the CPU): on TensorFlow every write
     is one of :data:`_TF_WRITES` (optimizers call them on the ``tf.Variable``); on JAX,
     whose arrays cannot change in place, every write replaces the value through
     ``assign`` and ``_direct_assign`` (eager optimizers' ``assign_sub``, and after a jitted
