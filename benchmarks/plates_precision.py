@@ -24,6 +24,17 @@ import numpy as np
 PRECISIONS = ("float32", "bfloat16")
 
 
+def identifiers() -> dict:
+    """``{precision: PlateIdentifier}`` for :data:`PRECISIONS`, each with a model of its own.
+
+    Two ``PlateIdentifier()`` of one precision share one loaded model: marking it float32
+    then bfloat16 ran both identifiers in bfloat16, so the table compared bfloat16 with
+    itself."""
+    from samri_ml.plates.identify import PlateIdentifier
+
+    return {precision: PlateIdentifier(precision=precision) for precision in PRECISIONS}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -32,20 +43,14 @@ def main() -> None:
     from samri_ml.models.inference import (
         PLATE_PARALLEL_OPS,
         inference_precision,
-        mark_for_inference,
         set_thread_environment,
     )
 
     set_thread_environment(args.threads, PLATE_PARALLEL_OPS)
     from samri_ml.plates.data import load_sections, shared_data_dir
-    from samri_ml.plates.identify import PlateIdentifier
     from samri_ml.plates.metrics import ranking_metrics
 
-    idents = {}
-    for precision in PRECISIONS:  # one model object each: the precision is per model
-        ident = PlateIdentifier()
-        mark_for_inference(ident.model, precision)
-        idents[precision] = ident
+    idents = identifiers()
     print(f"this CPU's default precision: {inference_precision()}")
     splits = {}
     for split in ("train", "val_1", "val_2"):

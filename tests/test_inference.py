@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
 
@@ -506,3 +508,93 @@ def test_a_marked_model_given_new_weights_runs_with_them(tmp_path, precision, at
     now = np.asarray(model(x, training=False))
     assert np.abs(now - before).max() > 0.1
     np.testing.assert_allclose(np.asarray(inference.inference_fn(model)(x)), now, atol=1e-5)
+
+
+def test_a_model_marked_again_with_another_precision_runs_in_that_one():
+    """A model marked bfloat16 whose forward pass has run, then marked float32 (a notebook
+    comparing the two on one loaded model): it kept running its bfloat16 copy (off by 0.006
+    from the float32 call, the same outputs to the bit). Now each mark runs a copy of its own
+    precision, and the compiled call of the earlier one (which holds its copy's weights) is
+    let go."""
+    import gc
+    import weakref
+
+    keras = inference.import_keras()
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, padding="same")(inp))
+    model = _with_batch_statistics(keras.Model(inp, keras.layers.Flatten()(out)), 8)
+    x = np.random.default_rng(2).random((4, 8, 8, 1), dtype=np.float32)
+    plain = np.asarray(model(x, training=False))
+    outputs, calls = {}, []
+    for precision in ("bfloat16", "float32", "bfloat16"):
+        fn = inference.inference_fn(inference.mark_for_inference(model, precision))
+        outputs.setdefault(precision, []).append(np.asarray(fn(x)))
+        calls.append(weakref.ref(fn))
+        del fn
+    assert np.abs(outputs["bfloat16"][0] - plain).max() > 1e-3  # bfloat16 is seen
+    np.testing.assert_allclose(outputs["float32"][0], plain, atol=1e-5)
+    np.testing.assert_array_equal(outputs["bfloat16"][1], outputs["bfloat16"][0])
+    gc.collect()
+    assert [call() is None for call in calls] == [True, True, False]
+
+
+def test_the_plate_precision_benchmark_compares_two_precisions():
+    """benchmarks/plates_precision.py marked the one model that two ``PlateIdentifier()``
+    share float32 then bfloat16: its float32 column was bfloat16. Each identifier now has a
+    model of its own precision: the float32 one gives the plain Keras call's embeddings."""
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "plates_precision.py"
+    spec = importlib.util.spec_from_file_location("plates_precision", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    models = {p: ident.model for p, ident in bench.identifiers().items()}
+    shape = models["float32"].input_shape[1:]
+    x = np.random.default_rng(4).random((2, *shape), dtype=np.float32)
+    plain = np.asarray(models["float32"](x, training=False))
+    out = {p: np.asarray(inference.inference_fn(m)(x)) for p, m in models.items()}
+    np.testing.assert_allclose(out["float32"], plain, atol=1e-5)
+    assert np.abs(out["bfloat16"] - plain).max() > 1e-4
+
+
+#: a marked float32 model (its batch normalisation folded) trained by a loop of its own on
+#: the PyTorch backend, as Keras' guide writes one; prints how far the forward pass is from
+#: the model's own call before and after
+_TORCH_OWN_LOOP = """
+import numpy as np
+import torch
+from samri_ml.models import inference
+
+keras = inference.import_keras()
+inp = keras.Input((8, 8, 1))
+out = keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 3, padding="same")(inp))
+model = inference.mark_for_inference(keras.Model(inp, keras.layers.Flatten()(out)), "float32")
+x = np.random.default_rng(2).random((4, 8, 8, 1), dtype=np.float32)
+before = keras.ops.convert_to_numpy(inference.inference_fn(model)(x))
+opt = keras.optimizers.SGD(0.5)
+for _ in range(3):
+    loss = ((model(torch.tensor(x), training=False) - 1.0) ** 2).mean()
+    model.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        opt.apply([v.value.grad for v in model.trainable_weights], model.trainable_weights)
+now = keras.ops.convert_to_numpy(model(x, training=False))
+fn = keras.ops.convert_to_numpy(inference.inference_fn(model)(x))
+print(np.abs(now - before).max(), np.abs(fn - now).max())
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="PyTorch is not installed (KERAS_BACKEND=torch)")
+def test_a_marked_model_trained_by_a_torch_loop_runs_with_its_new_weights():
+    """On the PyTorch backend Keras' optimizers add to a variable's tensor in place, past
+    every Keras method the weights' watch counted: a marked model trained by a loop of its
+    own (no compile) kept running the copy of its old weights (off by 1.2). The tensors'
+    own write counters are read now."""
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    r = subprocess.run([sys.executable, "-c", _TORCH_OWN_LOOP], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    moved, off = (float(v) for v in r.stdout.split()[-2:])
+    assert moved > 0.1  # the training changed the output
+    assert off < 1e-5

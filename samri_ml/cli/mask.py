@@ -100,7 +100,7 @@ def _main(argv=None) -> int:
         parser.error(f"--png must end in .png: {args.png}")
     t0 = time.perf_counter()
     set_tf_threads(args.threads)
-    from samri_ml.io import held_as_float32, load_nifti
+    from samri_ml.io import load_nifti
     from samri_ml.masking.predict import (
         apply_mask,
         load_model,
@@ -109,8 +109,8 @@ def _main(argv=None) -> int:
         unseen_views_note,
     )
 
-    # --masked keeps IN's shape; a scaled run's float64 data are not held through the network
-    img = held_as_float32(load_nifti(args.in_file, allow_4d=True, squeeze=False))
+    # --masked keeps IN's shape; a scaled run is read as float32, never as a float64 array
+    img = load_nifti(args.in_file, allow_4d=True, squeeze=False, float32=True)
     if args.masked is None and args.png is None:
         # nothing after the network needs a 4D run's volumes, only the mean it masks: the run
         # is not held through the network pass (T volumes' memory, the mean is one's)

@@ -124,7 +124,7 @@ def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "
     returns their paths as ``{"out_mask": ..., "out_file": ...[, "out_report": ...]}``."""
     import nibabel as nb
 
-    from samri_ml.io import held_as_float32, load_nifti
+    from samri_ml.io import load_nifti
     from samri_ml.masking.predict import apply_mask, predict_mask, unseen_views_note
 
     if num_threads < 0:  # TensorFlow aborts the process on a negative count
@@ -142,9 +142,9 @@ def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "
             tf.config.threading.set_intra_op_parallelism_threads(num_threads)
         except RuntimeError:  # already initialised in this process
             pass
-    # out_file keeps in_file's shape; a scaled run's float64 data are not held through the
-    # network
-    img = held_as_float32(load_nifti(in_file, allow_4d=True, squeeze=False))
+    # out_file keeps in_file's shape; a scaled run is read as float32, never as a float64
+    # array
+    img = load_nifti(in_file, allow_4d=True, squeeze=False, float32=True)
     unseen_views_note(model, views)
     mask = predict_mask(img, model, threshold=threshold, views=tuple(views), flip=flip,
                         max_slices=max_slices)  # fmt: skip

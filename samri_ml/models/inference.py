@@ -399,13 +399,28 @@ def batchnorm_folded_copy(model):
 
 
 class _WeightsWatch:
-    """How often a marked model's weights were assigned since it was watched
-    (``version``), and whether a traced function assigns them (``traced``: a training step
-    compiled by TensorFlow, whose writes run without Python, so they cannot be counted)."""
+    """How often a marked model's weights were written since it was watched (``version``),
+    and whether a traced function assigns them (``traced``: a training step compiled by
+    TensorFlow, whose writes run without Python, so they cannot be counted).
 
-    def __init__(self):
-        self.version = 0
+    ``count`` counts the writes that go through a variable's write methods; ``in_place``
+    holds the variables whose tensors count their own writes (PyTorch's: Keras' optimizers
+    there add to ``variable.value`` in place with ``torch._foreach_add_``, past every Keras
+    method, and so do ``torch.optim`` optimizers), read at each ``version``."""
+
+    def __init__(self, in_place=()):
+        self.count = 0
         self.traced = False
+        self.in_place = tuple(in_place)
+
+    @property
+    def version(self):
+        """What changes with every write: ``count``, with the in-place counters of
+        ``in_place``'s tensors (``Tensor._version``) where there are any (PyTorch 2.13: 0.08
+        us a variable, 20 us for 240 on this machine)."""
+        if not self.in_place:
+            return self.count
+        return self.count, tuple(getattr(v._value, "_version", None) for v in self.in_place)
 
 
 #: the methods of a TensorFlow variable that write it: Keras' ``assign`` (``set_weights``,
@@ -420,15 +435,26 @@ def _watch_weights(model) -> _WeightsWatch:
     first call: each write method of its variables (:data:`_TF_WRITES` on the TensorFlow
     backend, Keras' ``_direct_assign`` on the others) counts first, then writes. A copy made
     from the weights (:func:`batchnorm_folded_copy`, :func:`bfloat16_copy`) is current while
-    the count is the one it was made at; checking that costs nothing per call, where a
-    checksum of the weights took 0.4-0.7 ms (the plate ensemble's 1.3 M weights, the U-Net's
-    0.5 M), 2-4 % of a plate section's time."""
+    the version is the one it was made at; checking that costs nothing per call on
+    TensorFlow and JAX, where a checksum of the weights took 0.4-0.7 ms (the plate
+    ensemble's 1.3 M weights, the U-Net's 0.5 M), 2-4 % of a plate section's time.
+
+    What each backend's writes go through (Keras 3.15's source; the PyTorch and JAX cases
+    were run with PyTorch 2.13 and JAX 0.10.2 on the CPU): on TensorFlow every write
+    is one of :data:`_TF_WRITES` (optimizers call them on the ``tf.Variable``); on JAX,
+    whose arrays cannot change in place, every write replaces the value through
+    ``assign`` and ``_direct_assign`` (eager optimizers' ``assign_sub``, and after a jitted
+    step the trainer's ``jax_state_sync`` or the caller's own ``assign``); on PyTorch the
+    optimizers write the tensor in place, past ``_direct_assign``, so the tensors' own
+    counters are read there (:class:`_WeightsWatch`). A write none of these sees (JAX's
+    ``variable._value = ...`` by hand) leaves the copy as it was."""
     watch = getattr(model, "_samri_ml_weights_watch", None)
     if watch is not None:
         return watch
-    watch = _WeightsWatch()
     keras = import_keras()
-    if keras.backend.backend() == "tensorflow":
+    backend = keras.backend.backend()
+    watch = _WeightsWatch(model.weights if backend == "torch" else ())
+    if backend == "tensorflow":
         import tensorflow as tf
 
         inside_trace = tf.inside_function
@@ -441,13 +467,13 @@ def _watch_weights(model) -> _WeightsWatch:
             if inside_trace():
                 watch.traced = True
             else:
-                watch.version += 1
+                watch.count += 1
             return write(*args, **kwargs)
 
         return call
 
     for variable in model.weights:
-        if keras.backend.backend() == "tensorflow":
+        if backend == "tensorflow":
             target = variable.value  # the tf.Variable behind the Keras one
             for name in _TF_WRITES:
                 setattr(target, name, counted(getattr(target, name)))
@@ -468,8 +494,9 @@ def inference_fn(model):
     ``bfloat16`` as its :func:`bfloat16_copy`, made once here (a model that cannot be rebuilt
     from its config, e.g. with unregistered custom layers, runs as it is, in float32, with a
     note where bfloat16 was asked); the output is float32 either way. A marked model whose
-    weights were assigned since its copy was made (``set_weights``, ``load_weights``) gets a
-    new copy (:func:`_watch_weights`); one compiled since (being trained), or trained by a
+    weights were assigned since its copy was made (``set_weights``, ``load_weights``), or
+    marked again with another precision, gets a new copy in place of the old one
+    (:func:`_watch_weights`); one compiled since (being trained), or trained by a
     traced step of a loop of its own, runs as it is, with its current weights, as an
     unmarked one.
 
@@ -488,12 +515,15 @@ def inference_fn(model):
     watch = _watch_weights(model) if precision else None
     training = getattr(model, "optimizer", None) is not None or bool(watch and watch.traced)
     key = (id(model), training)  # the cache holds the model too, so the id is never reused
-    version = None if training or watch is None else watch.version
+    precision = None if training else precision
+    # the precision too: a model marked again with another one (a notebook comparing float32
+    # with bfloat16 on one loaded model) kept running the copy of its first mark; its entry
+    # is replaced, so the old copy is let go
+    made_for = (precision, None if training or watch is None else watch.version)
     if training:
         _FNS.pop((id(model), False), None)
-    if key not in _FNS or _FNS[key][2] != version:
+    if key not in _FNS or _FNS[key][2] != made_for:
         net = model
-        precision = None if training else precision
         # folded where marked float32 only: a model being trained (unmarked) keeps its own
         # weights, which a copy would not follow; in bfloat16 the folded kernels round
         # otherwise (the shipped plate ensemble's distances moved by up to 0.006 and the
@@ -527,7 +557,7 @@ def inference_fn(model):
             fn = lambda x: graph(tf.convert_to_tensor(x, tf.float32))  # noqa: E731
         else:
             fn = lambda x: keras.ops.cast(net(x, training=False), "float32")  # noqa: E731
-        _FNS[key] = (model, fn, version)
+        _FNS[key] = (model, fn, made_for)
     return _FNS[key][1]
 
 
