@@ -483,8 +483,9 @@ def test_real_sections_turned_with_white_corners_rank_as_with_black(shared_data)
 
 def test_real_plates_and_sections_are_read_and_boxed_as_before(shared_data):
     """The brightfield, slide, border and dim rules leave the real data alone: no atlas plate,
-    training or validation section is inverted, taken for a slide, stretched or has a border
-    cut off (nor have their inverted copies), and their inverted copies are
+    training or validation section (nor its dorsal half or two thirds) is inverted, taken
+    for a slide, stretched or has a border cut off (nor have their inverted copies), and
+    their inverted copies are
     taken for brightfield (all 132 plates; the tight crops of sections, with little
     background, mostly: 43 of the 48 training sections when the rule was set)."""
     import warnings
@@ -509,6 +510,13 @@ def test_real_plates_and_sections_are_read_and_boxed_as_before(shared_data):
         assert _span(img) >= FLOAT_MIN_SPAN * 255  # not dim: read as they are
     assert all(looks_brightfield(255 - p) for p in plates)
     assert sum(looks_brightfield(255 - s) for s in sections) >= 0.8 * len(sections)
+    # pieces with no background, whose bright tenth is tissue: 8 of their dorsal halves and
+    # two thirds were inverted (val_1's 87.png dorsal half ranked its plate 40th, not 12th)
+    for s in sections:
+        y0, y1, x0, x1 = tissue_bbox(s)
+        box = s[y0:y1, x0:x1]
+        for piece in (box[: box.shape[0] // 2], box[: 2 * box.shape[0] // 3]):
+            assert not looks_brightfield(np.ascontiguousarray(piece))
 
 
 def test_pad_square_centres():
