@@ -111,6 +111,9 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                warning.lineno)
+    if 0 in img.shape or data.size == 0:  # nibabel reads a header of no voxels as shape (0,)
+        raise SamriMLError(f"{path}: holds no voxels (its header's shape {img.shape}); hint: "
+                           "check the file (an empty export or a failed conversion?)")
     if data.dtype.fields is not None:  # RGB24 / RGBA32: a record per voxel
         raise SamriMLError(f"{path}: a colour (RGB) NIfTI; hint: give one grayscale channel, "
                            "e.g. the scanner's magnitude image")
@@ -121,7 +124,8 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     # a 3D header around one slice, e.g. (24, 24, 1), is a 2D image too
     if ndim == 2 or (ndim == 3 and min(data.shape) == 1):
         if not allow_2d:
-            raise SamriMLError(f"{path}: is a 2D image {data.shape}; a 3D volume is needed")
+            what = "one voxel" if data.size == 1 else "a 2D image"
+            raise SamriMLError(f"{path}: is {what} {data.shape}; a 3D volume is needed")
     if ndim > 4 or (ndim == 4 and not allow_4d):
         raise SamriMLError(
             f"{path}: has {ndim} dimensions {data.shape}; expected 3D" + (" or 4D" if allow_4d else "")

@@ -892,6 +892,10 @@ def _bad_images(folder: Path) -> dict[str, Path]:
     files["nan"] = save(np.where(good > 90, np.nan, good), folder / "nan.nii.gz")
     files["inf"] = save(np.where(good > 90, -np.inf, good), folder / "inf.nii.gz")
     files["zero"] = save(np.zeros_like(good), folder / "zero.nii.gz")
+    # a 4D header of no volumes (an interrupted export) read as '1 dimension(s)'
+    files["no_volumes"] = save(np.zeros((*good.shape, 0), np.float32),
+                               folder / "no_volumes.nii.gz")
+    files["one_voxel"] = save(good[:1, :1, :1], folder / "one_voxel.nii.gz")
     files["text"] = folder / "text.nii.gz"
     files["text"].write_text("not an image\n")
     files["truncated"] = folder / "truncated.nii.gz"
@@ -918,6 +922,9 @@ IMAGE_CASES = {  # case -> words of the message
                       "extension content)"],
     "5d": ["5 dimensions"],
     "nan": ["NaN or Inf", "hint"], "inf": ["NaN or Inf"], "zero": ["all zeros"],
+    "no_volumes": ["no_volumes.nii.gz: holds no voxels (its header's shape (24, 24, 12, 0))",
+                   "hint"],
+    "one_voxel": ["one_voxel.nii.gz: is one voxel (1, 1, 1); a 3D volume is needed"],
 }
 
 
