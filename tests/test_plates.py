@@ -174,6 +174,39 @@ def test_an_atlas_of_132_plates_is_hashed_once_per_process(tmp_path):
     assert (after.misses - before.misses, after.hits - before.hits) == (0, 132)
 
 
+def test_an_atlas_signature_reads_no_image_beside_the_plates(tmp_path):
+    """atlas_signature (IdentifyPlate's cache key, the kept atlas index's key) read every
+    image of the folder, those load_atlas leaves out by name too: a slide scan kept beside
+    the plates (GBs: 13 s a 4 GiB file on this machine) was read by each process making a
+    node's key, and one the user cannot read made the key 'unreadable', blind to every plate
+    edited after. Those images are known by name now; a plate's content still counts."""
+    import os
+
+    from samri_ml.interfaces.plates import atlas_checksum
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3):
+        (atlas / f"{n}.jpg").write_bytes(rng.bytes(64))
+    scan = atlas / "slide_scan.tif"
+    scan.write_bytes(b"\1" * 4096)
+    st = scan.stat()
+    atime = st.st_mtime_ns - 86400 * 10**9  # before the last write: relatime records a read
+    os.utime(scan, ns=(atime, st.st_mtime_ns))
+    first = atlas_checksum(atlas)
+    assert scan.stat().st_atime_ns == atime  # not read
+    assert first not in ("", "unreadable")
+    plate = atlas / "2.jpg"
+    st = plate.stat()
+    plate.write_bytes(rng.bytes(64))  # another picture at its size, its time put back
+    os.utime(plate, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = atlas_checksum(atlas)
+    assert second != first
+    scan.rename(atlas / "overview.tif")  # the names of the other images count
+    assert atlas_checksum(atlas) not in (first, second)
+
+
 def test_empty_atlas(tmp_path):
     with pytest.raises(SamriMLError, match="no atlas plates"):
         load_atlas(tmp_path)

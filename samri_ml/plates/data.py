@@ -1057,8 +1057,8 @@ def _image_files(folder) -> list[Path]:
 
 
 def atlas_signature(folder) -> str:
-    """sha256 of the names and content of an atlas folder's image files (what
-    :func:`load_atlas` may read): what tells one state of the folder from another, for
+    """sha256 of the names of an atlas folder's image files and the content of its plates
+    (what :func:`load_atlas` reads): what tells one state of the folder from another, for
     IdentifyPlate's cache key and the key of the atlas index that
     :meth:`~samri_ml.plates.identify.PlateIdentifier.reindex` keeps
     (:func:`~samri_ml.plates.identify.atlas_index_path`).
@@ -1080,7 +1080,11 @@ def atlas_signature(folder) -> str:
 
     digest = hashlib.sha256()
     for path in _image_files(folder):
-        digest.update(f"{path.name}\0{file_checksum(path)}\n".encode())
+        # the content of the plates only (N.jpg|png|tif): the other images, which load_atlas
+        # leaves out by name, were read too (a slide scan of GBs kept beside the plates, each
+        # process), and one this user cannot read made the key "unreadable" for good
+        checksum = file_checksum(path) if path.stem.isdigit() else "not a plate"
+        digest.update(f"{path.name}\0{checksum}\n".encode())
     return digest.hexdigest()
 
 
