@@ -313,7 +313,10 @@ def read_float32(dataobj) -> np.ndarray:
     from nibabel.arrayproxy import is_proxy
     from nibabel.volumeutils import apply_read_scaling
 
-    scaled = is_proxy(dataobj) and (float(dataobj.slope), float(dataobj.inter)) != (1.0, 0.0)
+    # a proxy without slope and inter (MINC's, PAR/REC's, ECAT's) scales in its own way: its
+    # whole array, as nibabel gives it (an AttributeError reached samri_ml-mask's users)
+    factors = (float(getattr(dataobj, "slope", 1.0)), float(getattr(dataobj, "inter", 0.0)))
+    scaled = is_proxy(dataobj) and factors != (1.0, 0.0)
     raw = np.asanyarray(dataobj.get_unscaled() if scaled else dataobj)
     if scaled and raw.dtype.kind in "iuf":
         # the proxy's own factors, as nibabel's get_scaled takes them (float64 arrays)

@@ -800,6 +800,31 @@ def test_samri_ml_mask_reads_a_scaled_run_without_a_float64_copy(tmp_path, monke
     assert peak < 8, f"{peak:.1f} bytes a voxel of the run"
 
 
+@pytest.mark.parametrize("name", ["minc1_4d.mnc", "minc2_4d.mnc"])
+def test_samri_ml_mask_reads_a_minc_file_as_before(tmp_path, name, capsys):
+    """load_nifti(float32=True) (4be71e2) asked every nibabel proxy for the NIfTI scaling
+    factors: a MINC file, which load_nifti reads and MINC's own proxy scales, stopped
+    samri_ml-mask and MaskBrain with ``AttributeError: 'MincImageArrayProxy' object has no
+    attribute 'slope'``. It is read as before (nibabel's own MINC test files: their values
+    as float32), and samri_ml-mask goes on to judge the image itself."""
+    from pathlib import Path
+
+    import nibabel as nb
+
+    from samri_ml.cli.mask import main
+    from samri_ml.io import load_nifti
+
+    path = Path(nb.__file__).parent / "tests" / "data" / name
+    if not path.is_file():
+        pytest.skip(f"nibabel's test data are not installed ({path})")
+    want = np.asanyarray(nb.load(path).dataobj).astype(np.float32)
+    got = load_nifti(path, allow_4d=True, squeeze=False, float32=True)
+    assert got.dataobj.dtype == np.float32 and np.array_equal(np.asanyarray(got.dataobj), want)
+    assert main([str(path), str(tmp_path / "mask.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "AttributeError" not in err and "too few for a 3D brain mask" in err, err
+
+
 def test_masking_a_scaled_4d_run_makes_one_array_beside_the_loaded_one(tmp_path):
     """``samri_ml-mask --masked`` and MaskBrain load the run (load_nifti: an image that holds
     its data, float64 for a scaled integer run), then apply the mask: that made three float32

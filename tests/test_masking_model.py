@@ -1812,6 +1812,83 @@ def test_a_git_commit_in_the_scans_folder_keeps_its_data_set_cache(tmp_path, lab
     assert built()[0].endswith("holds a data set of other settings or scans: rebuilt and "
                                "replaced")
 
+def _read_since(path, atime_ns) -> bool:
+    """Whether ``path`` was read since its access time was set to ``atime_ns`` (older than
+    its modification time, which relatime updates on the next read); the test is skipped
+    where the file system keeps no access times (noatime)."""
+    return path.stat().st_atime_ns != atime_ns
+
+
+def _old_atime(path) -> int:
+    """Set ``path``'s access time a day before its modification time; returns it (skips
+    where a read does not update it: a noatime mount)."""
+    import os
+
+    st = path.stat()
+    atime = st.st_mtime_ns - 86400 * 10**9
+    os.utime(path, ns=(atime, st.st_mtime_ns))
+    with open(path, "rb") as f:
+        f.read(1)
+    if not _read_since(path, atime):
+        pytest.skip("this file system does not record reads (noatime)")
+    os.utime(path, ns=(atime, st.st_mtime_ns))
+    return atime
+
+
+def test_training_without_a_dataset_cache_reads_no_other_file_of_the_scans(tmp_path,
+                                                                           lab_scans_dir):
+    """The data set cache's key reads every file under --scans (their content): it was made
+    on every run, with no --dataset-cache too, where nothing reads it. A lab's folder with
+    its raw data beside the scans (sourcedata/, many GB: 13 s a 4 GiB file on this machine)
+    paid that on each samri_ml-train-masker run for nothing. Now the key is made only for a
+    cache."""
+    from samri_ml.masking import train as mt
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
+    raw = lab / "sourcedata" / "raw.tar"
+    raw.parent.mkdir()
+    raw.write_bytes(b"\1" * 4096)
+    atime = _old_atime(raw)
+    logged = []
+    x, y, groups, _, _ = mt.cached_dataset(mt.TrainConfig(scans=str(lab), views=("coronal",)),
+                                           log=logged.append)
+    assert logged[0] == "building the data set ..." and len(x) == len(y) > 0
+    assert {g.split("/")[0] for g in groups} >= {"sub-01", "sub-02", "sub-03"}
+    assert not _read_since(raw, atime)
+
+
+def test_a_dataset_cache_of_scans_reads_only_their_niftis(tmp_path, lab_scans_dir):
+    """The --dataset-cache key of --scans DIR read every file under DIR: a lab's raw data
+    beside its scans (sourcedata/, many GB: 13 s a 4 GiB file on this machine) was read on
+    each run to find the cache it could read. Only the NIfTIs (what the data set is made of)
+    are read now; a changed scan still rebuilds the data set."""
+    import nibabel as nb
+
+    from samri_ml.masking import train as mt
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
+    raw = lab / "sourcedata" / "raw.tar"
+    raw.parent.mkdir()
+    raw.write_bytes(b"\1" * 4096)
+    config = mt.TrainConfig(scans=str(lab), views=("coronal",),
+                            dataset_cache=str(tmp_path / "dc.npz"))
+
+    def built():
+        logged = []
+        mt.cached_dataset(config, log=logged.append)
+        return logged
+
+    assert built()[0] == "building the data set ..."
+    atime = _old_atime(raw)
+    assert built() == [f"data set read from {tmp_path / 'dc.npz'}"]
+    assert not _read_since(raw, atime)
+    scan = lab / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
+    img = nb.load(scan)
+    nb.save(nb.Nifti1Image(np.asarray(img.dataobj) * 2, img.affine, img.header), scan)
+    assert built()[0].endswith("holds a data set of other settings or scans: rebuilt and "
+                               "replaced")
+
+
 def test_train_masker_says_shared_data_options_do_nothing_with_scans(tmp_path, lab_scans_dir,
                                                                       capsys):
     """--holdout, the synthetic heads' options and the shared data's folders did nothing

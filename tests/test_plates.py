@@ -174,6 +174,39 @@ def test_an_atlas_of_132_plates_is_hashed_once_per_process(tmp_path):
     assert (after.misses - before.misses, after.hits - before.hits) == (0, 132)
 
 
+def test_an_atlas_signature_reads_no_image_beside_the_plates(tmp_path):
+    """atlas_signature (IdentifyPlate's cache key, the kept atlas index's key) read every
+    image of the folder, those load_atlas leaves out by name too: a slide scan kept beside
+    the plates (GBs: 13 s a 4 GiB file on this machine) was read by each process making a
+    node's key, and one the user cannot read made the key 'unreadable', blind to every plate
+    edited after. Those images are known by name now; a plate's content still counts."""
+    import os
+
+    from samri_ml.interfaces.plates import atlas_checksum
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3):
+        (atlas / f"{n}.jpg").write_bytes(rng.bytes(64))
+    scan = atlas / "slide_scan.tif"
+    scan.write_bytes(b"\1" * 4096)
+    st = scan.stat()
+    atime = st.st_mtime_ns - 86400 * 10**9  # before the last write: relatime records a read
+    os.utime(scan, ns=(atime, st.st_mtime_ns))
+    first = atlas_checksum(atlas)
+    assert scan.stat().st_atime_ns == atime  # not read
+    assert first not in ("", "unreadable")
+    plate = atlas / "2.jpg"
+    st = plate.stat()
+    plate.write_bytes(rng.bytes(64))  # another picture at its size, its time put back
+    os.utime(plate, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = atlas_checksum(atlas)
+    assert second != first
+    scan.rename(atlas / "overview.tif")  # the names of the other images count
+    assert atlas_checksum(atlas) not in (first, second)
+
+
 def test_empty_atlas(tmp_path):
     with pytest.raises(SamriMLError, match="no atlas plates"):
         load_atlas(tmp_path)
@@ -517,6 +550,36 @@ def test_real_plates_and_sections_are_read_and_boxed_as_before(shared_data):
         box = s[y0:y1, x0:x1]
         for piece in (box[: box.shape[0] // 2], box[: 2 * box.shape[0] // 3]):
             assert not looks_brightfield(np.ascontiguousarray(piece))
+
+
+def test_brightfield_photos_with_a_glare_spot_are_still_taken_for_brightfield(shared_data):
+    """looks_brightfield asked the bright tenth (a background) to lie at 0.78 or more of the
+    image's 99th percentile (80425c0): a slide photo's glare spot of 2 % of the picture,
+    above a background at 0.8 or 0.75 of its level, set that percentile, and 0-3 of the 22
+    validation sections as such photos were flagged (all 22 before 80425c0), so they were
+    ranked dark tissue on white. A flat spot brighter than the background is left out of the
+    image's brightest now: all 22 flagged, the sections as they are still none."""
+    import cv2
+
+    from samri_ml.plates.data import looks_brightfield
+
+    root = shared_data / "plates"
+    sections = [im for s in ("val_1", "val_2") for im in load_sections(root / s)[2]]
+
+    def photo(img, background, glare):
+        """``img`` as brightfield (inverted) under a dimmer light, with a saturated glare
+        disc of ``glare`` of its area in a corner."""
+        out = (255 - img).astype(np.float32) * background
+        h, w = out.shape
+        r = int(np.sqrt(glare * h * w / np.pi))
+        cv2.circle(out, (w - r - 5, r + 5), r, 255, -1)
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+    for background in (0.8, 0.75):
+        for glare in (0.02, 0.04):
+            flagged = sum(looks_brightfield(photo(s, background, glare)) for s in sections)
+            assert flagged == len(sections), (background, glare, flagged)
+    assert not any(looks_brightfield(s) for s in sections)
 
 
 def test_pad_square_centres():

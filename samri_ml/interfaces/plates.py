@@ -51,8 +51,9 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
                                 "invalidate cached rankings")
 
     atlas_checksum = traits.Str(usedefault=True,
-                                desc="sha256 of the names and content of atlas_dir's image "
-                                "files (set from 'atlas_dir'): part of the cache key, so that "
+                                desc="sha256 of the names of atlas_dir's image files and "
+                                "the content of its plates (set from 'atlas_dir'): part of "
+                                "the cache key, so that "
                                 "plates added, removed or replaced (even with their old size "
                                 "and time) invalidate cached rankings")
 
@@ -77,9 +78,10 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
 
 def atlas_checksum(folder=None) -> str:
     """:func:`~samri_ml.plates.data.atlas_signature` of an atlas folder (its image files'
-    names and content); ``""`` without a folder, ``unreadable`` where it cannot be listed or
-    read (Nipype's own check of the input says so). A Directory input is hashed by its path
-    only: plates removed from the folder kept the cached ranking, which still held them."""
+    names, its plates' content); ``""`` without a folder, ``unreadable`` where it cannot be
+    listed or read (Nipype's own check of the input says so). A Directory input is hashed by
+    its path only: plates removed from the folder kept the cached ranking, which still held
+    them."""
     if not traits_defined(folder):
         return ""
     from samri_ml.plates.data import atlas_signature

@@ -240,10 +240,10 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _files_fingerprint(root: Path, folders) -> str:
+def _files_fingerprint(root: Path, folders, pattern: str = "*") -> str:
     """sha256 of the paths (relative to ``root``) and contents
     (:func:`~samri_ml.models.inference.file_checksum`) of the files under ``root``'s
-    ``folders``, hidden ones left out (:func:`_hidden`: a commit in a DataLad dataset rebuilt a
+    ``folders`` whose names match ``pattern``, hidden ones left out (:func:`_hidden`: a commit in a DataLad dataset rebuilt a
     data set of unchanged scans).
 
     The contents, not the sizes and modification times: a scan replaced by another of its size
@@ -256,7 +256,7 @@ def _files_fingerprint(root: Path, folders) -> str:
 
     digest = hashlib.sha256()
     for sub in folders:
-        for path in sorted((root / sub).rglob("*")):
+        for path in sorted((root / sub).rglob(pattern)):
             if _hidden(path, root):
                 continue
             try:
@@ -492,5 +492,7 @@ def lab_scans(folder) -> list[Scan]:
 
 def lab_scans_fingerprint(folder) -> str:
     """The data part of a data set cache's key for ``--scans`` (:func:`lab_scans`): the
-    files under ``folder``, as :func:`data_fingerprint` for the shared data."""
-    return _files_fingerprint(Path(folder), (".",))
+    NIfTI files under ``folder`` (the only ones :func:`lab_pairs` reads), as
+    :func:`data_fingerprint` for the shared data. Not every file: their content is read, and
+    a lab's raw data beside its scans (``sourcedata/``, many GB) cost each run minutes."""
+    return _files_fingerprint(Path(folder), (".",), "*.nii*")

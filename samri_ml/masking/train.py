@@ -264,6 +264,12 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     """
     from samri_ml.masking.data import data_fingerprint, lab_scans_fingerprint
 
+    path = dataset_cache_path(config.dataset_cache)
+    if path is None:
+        # no key without a cache: it reads every file of the scans (a lab's --scans folder of
+        # many GB took minutes, for nothing)
+        log("building the data set ...")
+        return build_dataset(config, data_dir, cache_dir, log)
     settings = {k: getattr(config, k) for k in DATA_KEYS}
     if not config.scans:
         del settings["scans"]  # the caches of the shared data made before --scans still match
@@ -273,8 +279,7 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
                         else data_fingerprint(data_dir))
     settings["code"] = dataset_code_fingerprint()  # nor one that other code made
     settings = json.dumps(settings, sort_keys=True)
-    path = dataset_cache_path(config.dataset_cache)
-    if path is not None and path.is_file():
+    if path.is_file():
         import zipfile
 
         from samri_ml.errors import SamriMLError
@@ -305,19 +310,18 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
         log(f"{path} {_stale_cache_reason(stored, settings)}: rebuilt and replaced")
     log("building the data set ...")
     x, y, groups, is_val, vols = build_dataset(config, data_dir, cache_dir, log)
-    if path is not None:
-        arrays = {}
-        for group, items in vols.items():
-            for i, (image, mask) in enumerate(items):
-                arrays[f"vimg|{group}|{i}"] = image
-                arrays[f"vmsk|{group}|{i}"] = mask.astype(np.uint8)
-        from samri_ml.bids import atomic_target
+    arrays = {}
+    for group, items in vols.items():
+        for i, (image, mask) in enumerate(items):
+            arrays[f"vimg|{group}|{i}"] = image
+            arrays[f"vmsk|{group}|{i}"] = mask.astype(np.uint8)
+    from samri_ml.bids import atomic_target
 
-        # through a temporary file: Ctrl-C while the (large) cache was written left a truncated
-        # one, which the next run refused ("not a data set cache"); the rename makes it whole
-        with atomic_target(path, suffix=".npz") as tmp:
-            np.savez(tmp, x=x.astype(np.float16), y=y.astype(np.uint8), groups=groups,
-                     is_val=is_val, settings=settings, **arrays)  # fmt: skip
+    # through a temporary file: Ctrl-C while the (large) cache was written left a truncated
+    # one, which the next run refused ("not a data set cache"); the rename makes it whole
+    with atomic_target(path, suffix=".npz") as tmp:
+        np.savez(tmp, x=x.astype(np.float16), y=y.astype(np.uint8), groups=groups,
+                 is_val=is_val, settings=settings, **arrays)  # fmt: skip
     return x, y, groups, is_val, vols
 
 
