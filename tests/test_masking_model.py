@@ -1777,6 +1777,21 @@ def test_lab_scans_in_a_datalad_dataset_pair_as_without_it(tmp_path, lab_scans_d
     assert len(want) == 4 and {s for _, _, s in want} == {"sub-01", "sub-02", "sub-03"}
 
 
+def _cached_dataset_of(lab, cache):
+    """A function that runs ``cached_dataset`` on ``--scans lab`` (coronal slices) with
+    ``cache`` and returns what it logged."""
+    from samri_ml.masking import train as mt
+
+    config = mt.TrainConfig(scans=str(lab), views=("coronal",), dataset_cache=str(cache))
+
+    def built():
+        logged = []
+        mt.cached_dataset(config, log=logged.append)
+        return logged
+
+    return built
+
+
 def test_a_git_commit_in_the_scans_folder_keeps_its_data_set_cache(tmp_path, lab_scans_dir):
     """The --dataset-cache key of --scans DIR hashed every file under DIR, .git's too: a
     commit (or any git operation) in a DataLad dataset rebuilt the data set of unchanged
@@ -1786,18 +1801,10 @@ def test_a_git_commit_in_the_scans_folder_keeps_its_data_set_cache(tmp_path, lab
 
     import nibabel as nb
 
-    from samri_ml.masking import train as mt
 
     lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
     (lab / ".git" / "objects").mkdir(parents=True)
-    config = mt.TrainConfig(scans=str(lab), views=("coronal",),
-                            dataset_cache=str(tmp_path / "dc.npz"))
-
-    def built():
-        logged = []
-        mt.cached_dataset(config, log=logged.append)
-        return logged
-
+    built = _cached_dataset_of(lab, tmp_path / "dc.npz")
     assert built()[0] == "building the data set ..."
     (lab / ".git" / "objects" / "ab12").write_bytes(b"a commit")
     (lab / ".git" / "index").write_bytes(b"git's index, rewritten by git status")
@@ -1864,20 +1871,12 @@ def test_a_dataset_cache_of_scans_reads_only_their_niftis(tmp_path, lab_scans_di
     are read now; a changed scan still rebuilds the data set."""
     import nibabel as nb
 
-    from samri_ml.masking import train as mt
 
     lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
     raw = lab / "sourcedata" / "raw.tar"
     raw.parent.mkdir()
     raw.write_bytes(b"\1" * 4096)
-    config = mt.TrainConfig(scans=str(lab), views=("coronal",),
-                            dataset_cache=str(tmp_path / "dc.npz"))
-
-    def built():
-        logged = []
-        mt.cached_dataset(config, log=logged.append)
-        return logged
-
+    built = _cached_dataset_of(lab, tmp_path / "dc.npz")
     assert built()[0] == "building the data set ..."
     atime = _old_atime(raw)
     assert built() == [f"data set read from {tmp_path / 'dc.npz'}"]
