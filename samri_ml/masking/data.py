@@ -243,8 +243,8 @@ def _hidden(path: Path, root: Path) -> bool:
 def _files_fingerprint(root: Path, folders, pattern: str = "*") -> str:
     """sha256 of the paths (relative to ``root``) and contents
     (:func:`~samri_ml.models.inference.file_checksum`) of the files under ``root``'s
-    ``folders`` whose names match ``pattern``, hidden ones left out (:func:`_hidden`: a commit in a DataLad dataset rebuilt a
-    data set of unchanged scans).
+    ``folders`` whose names match ``pattern``, hidden ones left out (:func:`_hidden`: a
+    commit in a DataLad dataset rebuilt a data set of unchanged scans).
 
     The contents, not the sizes and modification times: a scan replaced by another of its size
     and put back with its time (``cp -p``, ``rsync -a``, an archive) was trained on as the

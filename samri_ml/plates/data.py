@@ -987,9 +987,8 @@ def looks_brightfield(img: np.ndarray) -> bool:
 
     The bright tenth must also be at the image's brightest (the local mean's 90th percentile
     at least :data:`BRIGHTFIELD_LEVEL` times the image's 99th percentile): a background's
-    level. A piece of a
-    confocal section with no background (its dorsal half or two thirds) has a bright tenth of
-    tissue, less flat than its dark tenth there; the flatness alone flagged 8 of the 490 such
+    level. A piece of a confocal section with no background (its dorsal half or two thirds)
+    has a bright tenth of tissue, less flat than its dark tenth there; the flatness alone flagged 8 of the 490 such
     pieces of train, val_1 and val_2 (ratio 0.60-0.69), which were inverted (val_1's 87.png
     dorsal half: its plate ranked 40th, not 12th). Their bright tenths lie at 0.67-0.77 of
     the 99th percentile, those of every flagged inverted plate, section and piece (591) at

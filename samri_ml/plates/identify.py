@@ -264,7 +264,8 @@ def _load_embedding(path: str, checksum: str, precision: str, name: str):
     """The embedding network in ``path``, loaded once per file, content (``checksum``:
     :func:`~samri_ml.models.inference.file_checksum`; a modification time kept the network of
     a file replaced with its time, ``cp -p``, while the atlas index was keyed by the new
-    file's content) and precision (marked for it: :func:`~samri_ml.models.inference.mark_for_inference`);
+    file's content) and precision (marked for it:
+    :func:`~samri_ml.models.inference.mark_for_inference`);
     ``name``: the path as given, for messages. An
     identifier made per call (``make_identifier().rank_files(...)`` in a notebook's loop)
     loaded it again each time: 1.3-2 s and 20 MB of memory more per call."""
