@@ -445,6 +445,31 @@ def test_the_precision_asked_for_in_a_session_is_the_one_a_mask_is_predicted_in(
     assert dice(masks["bfloat16"], masks["float32"]) > 0.99
 
 
+def test_the_shared_masker_is_not_marked_with_another_precision(monkeypatch):
+    """``load_model()`` gives every caller of the process one network per file and precision:
+    a notebook marking it float32 (to compare with the bfloat16 default) made every later
+    ``predict_mask`` and ``MaskBrain`` run of the process float32 too. The mark is refused
+    with a hint; ``load_model(precision=...)`` gives a network of that precision, and the
+    shared one still predicts in its own."""
+    from samri_ml.masking.predict import load_model, predict_probabilities
+
+    monkeypatch.setenv(inference.PRECISION_VARIABLE, "bfloat16")
+    shared = load_model()
+    x = np.random.default_rng(4).random((8, 64, 64, 1), dtype=np.float32)
+    before = predict_probabilities(shared, x)
+    with pytest.raises(SamriMLError, match=r"hint: load one in float32: load_model\(path, "
+                                           r"precision='float32'\)"):
+        inference.mark_for_inference(shared, "float32")
+    assert inference.mark_for_inference(shared, "bfloat16") is shared  # its own precision
+    own = load_model(precision="float32")
+    assert own is not shared and load_model() is shared
+    np.testing.assert_array_equal(predict_probabilities(load_model(), x), before)
+    float32 = predict_probabilities(own, x)
+    assert np.abs(float32 - before).max() > 1e-4  # the precisions tell apart
+    with pytest.raises(SamriMLError, match="precision 'fp16': one of float32, bfloat16"):
+        load_model(precision="fp16")
+
+
 def test_a_marked_model_trained_afterwards_runs_with_its_new_weights():
     """A model marked for inference (as samri_ml's loaders give it) whose forward pass has run,
     then fine-tuned: its batch-normalisation-folded copy, made at the first call, kept the

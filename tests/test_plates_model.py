@@ -1267,6 +1267,52 @@ def test_a_model_file_replaced_with_its_time_is_loaded_again(tmp_path, plate_thu
     assert again.embeddings.shape[1] == 128  # the multimodal network's, not the default's 192
 
 
+def test_a_model_given_by_a_relative_and_an_absolute_path_is_loaded_once(tmp_path,
+                                                                         monkeypatch):
+    """The identifiers' networks were kept per file and per path as given (for messages): a
+    notebook's ``best.keras`` and a workflow's absolute path of the same file loaded the
+    network twice (1.3-2 s and 20 MB each). Now one network per file; a bad file is still
+    named as given."""
+    import shutil
+
+    from samri_ml.plates.identify import _load_embedding
+
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "best.keras"
+    shutil.copy(default_model_dir() / "plates_embedding.keras", model)
+    monkeypatch.chdir(tmp_path)
+    _load_embedding.cache_clear()
+    relative = PlateIdentifier(model="models/best.keras", precision="float32").model
+    assert PlateIdentifier(model=model, precision="float32").model is relative
+    assert PlateIdentifier(model="./models/../models/best.keras",
+                           precision="float32").model is relative
+    assert _load_embedding.cache_info().currsize == 1
+    (tmp_path / "junk.keras").write_bytes(b"not a model")
+    with pytest.raises(SamriMLError, match=r"^junk.keras: not a Keras model"):
+        PlateIdentifier(model="junk.keras").model  # noqa: B018
+
+
+def test_the_shared_embedding_is_not_marked_with_another_precision(plate_thumbs):
+    """Identifiers of one file and precision share one network: marking it float32 (a
+    notebook comparing precisions, as benchmarks/plates_precision.py once did) ran every
+    other identifier of the process in float32 too. The mark is refused with a hint; an
+    identifier of that precision has a network of its own."""
+    from samri_ml.models.inference import mark_for_inference
+
+    shared = PlateIdentifier(precision="bfloat16")
+    section = [plate_thumbs[80]]
+    before = shared.rank(section, regions=False)[0]["distances"]
+    with pytest.raises(SamriMLError, match=r"hint: load one in float32: PlateIdentifier\(model, "
+                                           r"precision='float32'\)"):
+        mark_for_inference(shared.model, "float32")
+    later = PlateIdentifier(precision="bfloat16")
+    assert later.model is shared.model
+    assert later.rank(section, regions=False)[0]["distances"] == before
+    own = PlateIdentifier(precision="float32")
+    assert own.model is not shared.model
+    assert own.rank(section, regions=False)[0]["distances"] != before
+
+
 @pytest.mark.parametrize("with_atlas", [True, False])
 def test_a_model_that_is_no_plate_embedding_is_refused_in_one_line(tmp_path, plate_thumbs,
                                                                     capsys, with_atlas):

@@ -37,14 +37,15 @@ def _load_cached(path: str, checksum: str, precision: str):
     """Per file content (``checksum``: :func:`~samri_ml.models.inference.file_checksum`; a
     modification time kept the network of a file replaced with its time, ``cp -p``) and per
     precision too: ``SAMRI_ML_PRECISION`` changed in a session (float32 to compare) kept the
-    precision of the first load."""
-    from samri_ml.models.inference import import_keras, mark_for_inference
+    precision of the first load. Shared by every user of the process: its precision is not
+    marked again (:func:`~samri_ml.models.inference.mark_shared`)."""
+    from samri_ml.models.inference import import_keras, mark_shared
     from samri_ml.models.unet import CUSTOM_OBJECTS
 
     keras = import_keras()
     model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
     check_masker(model, path)
-    return mark_for_inference(model, precision)
+    return mark_shared(model, precision, "load_model(path, precision={precision})")
 
 
 def check_masker(model, path) -> None:
@@ -68,9 +69,11 @@ def check_masker(model, path) -> None:
                            f"masker maps {pp.SIZE}x{pp.SIZE}x1 slices to brain probabilities)")
 
 
-def load_model(path=None):
+def load_model(path=None, precision: str | None = None):
     """Load (once per file content and precision) a Keras masking model; default: the shipped
-    one.
+    one. ``precision``: ``float32`` or ``bfloat16`` (default:
+    :func:`~samri_ml.models.inference.inference_precision`). The model is every caller's of
+    the process: mark none with another precision, ask for one in it here.
 
     Raises
     ------
@@ -80,10 +83,13 @@ def load_model(path=None):
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise SamriMLError(f"{path}: model file not found; hint: give the path of a .keras file")
-    from samri_ml.models.inference import file_checksum, inference_precision
+    from samri_ml.models.inference import PRECISIONS, file_checksum, inference_precision
 
+    if precision not in (None, *PRECISIONS[1:]):
+        raise SamriMLError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
     try:
-        return _load_cached(str(path.resolve()), file_checksum(path), inference_precision())
+        return _load_cached(str(path.resolve()), file_checksum(path),
+                            precision or inference_precision())
     except SamriMLError:
         raise
     except Exception as err:  # keras raises many types for a bad file

@@ -233,11 +233,39 @@ def mark_for_inference(model, precision: str | None = None):
     convolutions (:func:`batchnorm_folded_copy`). For models loaded to predict: both copies
     take the weights once (again after ``set_weights`` or ``load_weights``), so a model being
     trained (unmarked, or compiled since it was marked) runs as it is, in float32. Returns
-    the model."""
+    the model.
+
+    A network the loaders keep for every user of the process (:func:`mark_shared`:
+    :func:`~samri_ml.masking.predict.load_model`, :attr:`PlateIdentifier.model
+    <samri_ml.plates.identify.PlateIdentifier.model>`, kept per file and precision) is not
+    marked with another precision: :class:`~samri_ml.errors.SamriMLError`, whose hint says
+    how to load one in that precision. Marking it changed it for every later user: a
+    notebook's masker marked float32 made a ``MaskBrain`` run of the same process float32
+    (bfloat16 asked), and a benchmark's two precisions compared bfloat16 with itself."""
     precision = precision or inference_precision()
     if precision not in PRECISIONS[1:]:
         raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
+    shared, loader = getattr(model, "_samri_ml_shared", (precision, ""))
+    if precision != shared:
+        from samri_ml.errors import SamriMLError
+
+        raise SamriMLError(
+            f"{model.name}: this {shared} network is loaded once for every user of the "
+            f"process, so marking it {precision} would run theirs in {precision} too (a "
+            f"MaskBrain run, an identifier made later); hint: load one in {precision}: "
+            f"{loader.format(precision=repr(precision))}, or set SAMRI_ML_PRECISION="
+            f"{precision} before loading")
     model._samri_ml_precision = precision
+    return model
+
+
+def mark_shared(model, precision: str, loader: str):
+    """:func:`mark_for_inference` of a network a loader keeps for every user of the process,
+    per file and precision (``lru_cache``): marking it with another precision later is
+    refused, since it would change it for all of them. ``loader``: how to load one in
+    another ``{precision}``, for the refusal's hint. Returns the model."""
+    mark_for_inference(model, precision)
+    model._samri_ml_shared = precision, loader
     return model
 
 

@@ -260,28 +260,39 @@ def as_sections(imgs) -> list[np.ndarray]:
 
 
 @lru_cache(maxsize=4)
-def _load_embedding(path: str, checksum: str, precision: str, name: str):
-    """The embedding network in ``path``, loaded once per file, content (``checksum``:
+def _load_embedding(path: str, checksum: str, precision: str):
+    """The network in ``path`` (resolved), loaded once per file, content (``checksum``:
     :func:`~samri_ml.models.inference.file_checksum`; a modification time kept the network of
     a file replaced with its time, ``cp -p``, while the atlas index was keyed by the new
-    file's content) and precision (marked for it:
-    :func:`~samri_ml.models.inference.mark_for_inference`);
-    ``name``: the path as given, for messages. An
-    identifier made per call (``make_identifier().rank_files(...)`` in a notebook's loop)
-    loaded it again each time: 1.3-2 s and 20 MB of memory more per call."""
-    from samri_ml.models.inference import import_keras, keras_load_failure, mark_for_inference
+    file's content) and precision, shared by the process' identifiers
+    (:func:`~samri_ml.models.inference.mark_shared`). An identifier made per call
+    (``make_identifier().rank_files(...)`` in a notebook's loop) loaded it again each time:
+    1.3-2 s and 20 MB of memory more per call. :func:`load_embedding` checks it."""
+    from samri_ml.models.inference import import_keras, mark_shared
 
-    keras = import_keras()
+    return mark_shared(import_keras().saving.load_model(path, compile=False), precision,
+                       "PlateIdentifier(model, precision={precision})")
+
+
+def load_embedding(path: Path, checksum: str, precision: str):
+    """:func:`_load_embedding` of ``path``, refused with its name as given where it is not a
+    Keras model or not a plate embedding. Its key is the resolved path alone: the path as
+    given was part of it too, so a relative and an absolute path of one file (a notebook's
+    ``best.keras`` and a workflow's ``/lab/models/best.keras``) loaded the network twice."""
+    from samri_ml.models.inference import keras_load_failure
+
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = _load_embedding(str(path.resolve()), checksum, precision)
+    except SamriMLError:
+        raise
     except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad file
-        raise SamriMLError(keras_load_failure(Path(name), err, "not a Keras model")) from err
+        raise SamriMLError(keras_load_failure(path, err, "not a Keras model")) from err
     if not _is_embedding(model):  # a masker, say: it failed deep in numpy
         raise SamriMLError(
-            f"{name}: not a plate embedding model (it takes {model.input_shape} inputs and "
+            f"{path}: not a plate embedding model (it takes {model.input_shape} inputs and "
             f"gives {model.output_shape} outputs; a plate embedding maps a grey image to one "
             "vector); hint: give a model from samri_ml-train-plates --export")
-    return mark_for_inference(model, precision)
+    return model
 
 
 class _Ranker:
@@ -394,8 +405,8 @@ class PlateIdentifier(_Ranker):
             # the file as loaded: the atlas index kept (atlas_index_path) is this network's,
             # whatever the file holds later (a training run writing it again)
             self._model_checksum = input_checksum(path)
-            model = _load_embedding(str(path.resolve()), self._model_checksum,
-                                    self.precision or inference_precision(), str(path))
+            model = load_embedding(path, self._model_checksum,
+                                   self.precision or inference_precision())
             shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
             reindexing = self.embeddings is None  # the index is being made with this model
             if not reindexing and (shape_in != (self.size, self.size)
