@@ -1213,6 +1213,35 @@ def test_an_atlas_index_is_made_again_after_keras_its_backend_or_opencv_change(
     assert kept() == 2  # the versions installed: their index is read back
 
 
+def test_an_atlas_index_is_made_again_after_numpy_or_simpleitk_change(
+        tmp_path, plate_thumbs, monkeypatch):
+    """The atlas index cache's key held Keras', the backend's and OpenCV's versions, not
+    NumPy's (its percentiles make a 16-bit, float or colour plate the network's 8-bit grey
+    and decide whether a plate is brightfield, inverted) nor SimpleITK's (it decodes the
+    TIFFs OpenCV cannot): after an upgrade of either the index of before was read back. Now
+    a NumPy of another version makes an index of its own, and the installed SimpleITK's
+    version is in the key."""
+    from importlib import metadata
+
+    from samri_ml.models.inference import embedding_library_versions
+    from samri_ml.plates.identify import atlas_index_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "samri_ml" / "atlas_index"
+    atlas, _ = _five_plate_atlas(tmp_path, plate_thumbs)
+    PlateIdentifier(atlas=atlas, precision="float32")
+    ident = PlateIdentifier(precision="float32")
+    kept = atlas_index_path(ident, atlas)
+    assert set(folder.iterdir()) == {kept}
+    with monkeypatch.context() as m:
+        m.setattr(np, "__version__", "0.0.1")  # as another installed NumPy says
+        assert atlas_index_path(ident, atlas) != kept
+        PlateIdentifier(atlas=atlas, precision="float32")
+        assert len(list(folder.iterdir())) == 2  # made again, not read back
+    assert atlas_index_path(ident, atlas) == kept
+    assert embedding_library_versions()["simpleitk"] == metadata.version("SimpleITK")
+
+
 def test_an_index_made_by_a_model_whose_file_was_replaced_is_kept_as_that_models(
         tmp_path, plate_thumbs, monkeypatch):
     """An identifier whose model was loaded, then its file replaced (a training run writing

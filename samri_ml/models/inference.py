@@ -638,12 +638,19 @@ def file_checksum(path) -> str:
 
 def embedding_library_versions() -> dict:
     """The versions of the libraries that shape an embedding, beside the model and the code:
-    Keras, its backend (``tensorflow 2.21.0``, or JAX's, PyTorch's...) and OpenCV (the
-    CLAHE and the resize of :func:`~samri_ml.plates.data.preprocess`). Part of the atlas
-    index cache's key: an index made under one version was read back under another."""
+    Keras, its backend (``tensorflow 2.21.0``, or JAX's, PyTorch's...), OpenCV (the
+    decoding, the CLAHE and the resize of :func:`~samri_ml.plates.data.preprocess`), NumPy
+    (its percentiles turn a 16-bit, float or colour plate into the 8-bit grey the network
+    sees, and decide whether a plate is brightfield, so inverted) and SimpleITK (it decodes
+    the TIFFs OpenCV cannot: :func:`~samri_ml.plates.data.read_image`; its installed
+    version, read without importing it, a second). Part of the atlas index cache's key: an
+    index made under one version was read back under another. SciPy is not in it: it
+    shapes no plate (the modality router, which uses it, routes sections)."""
     import importlib
+    from importlib import metadata
 
     import cv2
+    import numpy as np
 
     keras = import_keras()
     backend = keras.backend.backend()
@@ -651,8 +658,12 @@ def embedding_library_versions() -> dict:
         backend_version = getattr(importlib.import_module(backend), "__version__", "unknown")
     except ImportError:  # a backend whose name is not its module's
         backend_version = "unknown"
+    try:
+        simpleitk = metadata.version("SimpleITK")
+    except metadata.PackageNotFoundError:
+        simpleitk = "not installed"
     return {"keras": keras.__version__, "backend": f"{backend} {backend_version}",
-            "opencv": cv2.__version__}
+            "opencv": cv2.__version__, "numpy": np.__version__, "simpleitk": simpleitk}
 
 
 def input_checksum(path) -> str:

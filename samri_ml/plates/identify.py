@@ -799,7 +799,7 @@ def atlas_index_path(ident: PlateIdentifier, atlas) -> Path | None:
     a plate rewritten at its size and time, ``cp -p``, ``rsync -a``, an archive, is seen),
     the model file's size and sha256 when the model was loaded (the index is that network's,
     whatever the file holds later), the precision, the preprocessing settings, samri_ml's
-    indexing code and the versions of Keras, its backend and OpenCV
+    indexing code and the versions of Keras, its backend, OpenCV, NumPy and SimpleITK
     (:func:`~samri_ml.models.inference.embedding_library_versions`). None where the folder
     cannot be listed or read, there is no home folder for a cache, or the network was set in
     memory (no file tells which it is)."""
