@@ -1121,6 +1121,39 @@ def test_a_plate_rewritten_with_its_size_and_time_is_not_read_from_the_kept_inde
     assert kept["distances"] == pytest.approx(made["distances"], abs=1e-6)
 
 
+def test_a_plate_edited_while_the_atlas_is_read_is_not_kept_under_the_old_key(
+        tmp_path, plate_thumbs, monkeypatch):
+    """The atlas index's key was taken before the plates were read: a plate rewritten in
+    between (here with plate 101's picture, at its size and time) was embedded and kept
+    under the key of the folder before the edit, so once the plate was put back the edited
+    picture's embedding was read back (plate 60 ranked first or second for plate 101's
+    section). An index is kept only where the folder's key is the same after reading."""
+    import cv2
+
+    from samri_ml.plates import identify
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    atlas = _tiff_atlas(tmp_path, plate_thumbs)
+    load = identify.load_atlas
+
+    def edited_meanwhile(folder):  # the real reading, after another user's edit
+        _put_back_as_plate_101(atlas / "60.tif", plate_thumbs)
+        return load(folder)
+
+    with monkeypatch.context() as m:
+        m.setattr(identify, "load_atlas", edited_meanwhile)
+        PlateIdentifier(atlas=atlas, precision="float32")
+    cv2.imwrite(str(atlas / "60.tif"), plate_thumbs[60], [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    section = [plate_thumbs[101]]
+    read = PlateIdentifier(atlas=atlas, precision="float32").rank(section, regions=False)[0]
+    fresh = PlateIdentifier(precision="float32")
+    fresh.reindex(atlas, cache=False)
+    made = fresh.rank(section, regions=False)[0]
+    assert 60 not in made["ranking"][:2]
+    assert read["ranking"] == made["ranking"]
+    assert read["distances"] == pytest.approx(made["distances"], abs=1e-6)
+
+
 def test_the_atlas_index_cache_keeps_the_most_recently_used_indexes(tmp_path, plate_thumbs,
                                                                      monkeypatch):
     """The atlas index cache ($XDG_CACHE_HOME/samri_ml/atlas_index, 0.6 MB an atlas state)

@@ -560,8 +560,9 @@ class PlateIdentifier(_Ranker):
 
     def _atlas_index(self, atlas, cache: bool):
         """``(plates, embeddings, region_embeddings)`` of an atlas folder with this model:
-        from the cache where :meth:`reindex` kept them, else embedded (and kept). The notes
-        of loading the atlas (plates left out, plates inverted) are said either way."""
+        from the cache where :meth:`reindex` kept them, else embedded (and kept, unless the
+        folder changed while it was read). The notes of loading the atlas (plates left out,
+        plates inverted) are said either way."""
         import warnings
 
         path = atlas_index_path(self, atlas) if cache else None
@@ -578,7 +579,11 @@ class PlateIdentifier(_Ranker):
             warnings.warn(w.message, w.category, stacklevel=3)
         embeddings = self.embed(imgs)
         region_embeddings = self.embed_regions(imgs)[0]
-        if path is not None:
+        # the key was taken before the plates were read: a plate edited in between was kept
+        # under the key of before, and read back by a folder in that state (the plate put
+        # back, a node keyed before the edit). Kept only where the key is still the same
+        # (the plates' checksums are kept per file state: a few ms)
+        if path is not None and atlas_index_path(self, atlas) == path:
             notes = [str(w.message) for w in caught if issubclass(w.category, SamriMLNote)]
             _write_atlas_index(path, plates=plates, embeddings=embeddings,
                                region_embeddings=region_embeddings,
