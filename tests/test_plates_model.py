@@ -1192,6 +1192,55 @@ def test_the_atlas_index_cache_keeps_the_most_recently_used_indexes(tmp_path, pl
     assert not {p.name for p in earlier[:6]} & left and dead.name not in left
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0
+                    or not Path("/usr/bin/setpriv").exists(),
+                    reason="a reader that may not write the cache: root without CAP_FOWNER "
+                           "and CAP_DAC_OVERRIDE (setpriv) reading another user's files")
+def test_an_index_read_from_a_cache_the_reader_cannot_write_is_kept_as_used(
+        tmp_path, plate_thumbs, monkeypatch):
+    """An index read marks itself used by setting its modification time, the pruning's key;
+    a reader of a cache folder it may not write (another user's, a lab's shared one) cannot
+    set it, silently: the index it used each day was removed as unused by the next writer,
+    then embedded again by each of its runs, which cannot keep it. The access time its
+    read leaves counts as a use now: the index is kept."""
+    import shutil
+    import time
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "samri_ml" / "atlas_index"
+    atlas, _ = _five_plate_atlas(tmp_path, plate_thumbs)
+    PlateIdentifier(atlas=atlas, precision="float32")
+    (index,) = folder.iterdir()
+    day = 86400
+    os.utime(index, (time.time() - 3 * day,) * 2)
+    others = [folder / f"{n:032x}.npz" for n in range(20)]  # made since, not used since
+    for path in others:
+        shutil.copy(index, path)
+        os.utime(path, (time.time() - 2 * day,) * 2)
+    for path in (folder, folder.parent, *folder.iterdir()):  # the folder another user's
+        os.chown(path, 65534, 65534)
+    reader = ("from samri_ml.plates.identify import PlateIdentifier, atlas_index_path; "
+              f"i = PlateIdentifier(atlas={str(atlas)!r}, precision='float32'); "
+              f"print(atlas_index_path(i, {str(atlas)!r}).name)")  # its key: the index's
+    drop = ["setpriv", "--bounding-set", "-dac_override,-fowner", "--inh-caps",
+            "-dac_override,-fowner"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    r = subprocess.run([*drop, sys.executable, "-c", reader], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.split()[-1] == index.name, r.stderr  # read it
+    st = index.stat()
+    assert time.time() - st.st_mtime > 2.5 * day  # it could not set the time
+    assert sorted(folder.iterdir()) == sorted([index, *others])  # nor write
+    if time.time() - st.st_atime > day:
+        pytest.skip("this file system records no access time (noatime)")
+    other = tmp_path / "other"
+    shutil.copytree(atlas, other)
+    (other / "60.png").unlink()
+    PlateIdentifier(atlas=other, precision="float32")  # a writer: the folder is pruned
+    assert index.exists()  # used the latest but one
+    assert len(list(folder.iterdir())) == 16
+
+
 def test_atlas_index_cache_pruned_by_parallel_writers_keeps_16(tmp_path):
     """Writers pruning one cache folder at once (a MultiProc workflow's IdentifyPlate nodes
     of several atlases) find files removed by the others between listing and removing: none

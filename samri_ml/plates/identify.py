@@ -852,7 +852,8 @@ ATLAS_INDEX_TEMPORARY_S = 24 * 3600
 def _read_atlas_index(path: Path) -> dict | None:
     """A kept atlas index, or None where there is none (or not a whole one: it is made
     again). Its modification time is set to now: it was used (:func:`_prune_atlas_indexes`
-    keeps the most recently used)."""
+    keeps the most recently used). A reader that may not set it (a cache folder another
+    user writes) leaves its access time, which the pruning reads too."""
     import zipfile
 
     try:
@@ -901,7 +902,14 @@ def _atlas_indexes_to_prune(entries: dict, now: float, kept: int = ATLAS_INDEXES
 def _prune_atlas_indexes(folder: Path) -> None:
     """Remove what :func:`_atlas_indexes_to_prune` says from the atlas index cache. Another
     process may be writing, reading or pruning it at the same time: a file gone meanwhile, or
-    one that cannot be removed, is passed over (a reader of a removed index makes it again)."""
+    one that cannot be removed, is passed over (a reader of a removed index makes it again).
+
+    An index was last used at its modification time (set by each read) or its access time,
+    whichever is later: a reader of a cache it may not write (another user's, a lab's
+    shared one) cannot set the first, so the index it used every day was removed by the
+    writers as unused, and embedded again by each of its runs (which cannot keep it). Its
+    read sets the access time where the file system records it (Linux' default
+    ``relatime``: at the first read after the file's modification, then at most daily)."""
     import time
 
     entries = {}
@@ -911,9 +919,11 @@ def _prune_atlas_indexes(folder: Path) -> None:
         return
     for name in names:
         try:
-            entries[name] = os.stat(folder / name).st_mtime
+            st = os.stat(folder / name)
         except OSError:  # removed or renamed by another process since the listing
-            pass
+            continue
+        # a temporary file is never read: its age is its writer's
+        entries[name] = st.st_mtime if name.startswith(".") else max(st.st_mtime, st.st_atime)
     for name in _atlas_indexes_to_prune(entries, time.time()):
         try:
             os.unlink(folder / name)
