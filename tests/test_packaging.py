@@ -67,6 +67,18 @@ def test_wheel_and_sdist_ship_every_data_file(built):
     assert in_sdist == shipped
 
 
+def test_the_package_says_it_is_typed(built):
+    """No archive held ``samri_ml/py.typed`` (PEP 561): mypy stopped a lab's script at
+    ``from samri_ml.masking.predict import ...`` ("module is installed, but missing library
+    stubs or py.typed marker") and never used the package's annotations."""
+    assert (ROOT / "samri_ml" / "py.typed").is_file()
+    with zipfile.ZipFile(built["wheel"]) as z:
+        assert "samri_ml/py.typed" in z.namelist()
+    with tarfile.open(built["sdist"]) as t:
+        top = t.getnames()[0].split("/")[0]
+        assert f"{top}/samri_ml/py.typed" in t.getnames()
+
+
 def test_sdist_carries_what_the_readme_points_to(built):
     """The sdist held the package only: the README it carries points to ``make demo``,
     docs/*.rst, examples/ and the tests, none of which were in it."""
