@@ -12,10 +12,11 @@ PYTEST_ARGS ?=
 # worker, so a module's shared registration runs once): 0 runs them one after another
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint dist clean
 
 # an older Python stopped the set-up with an AssertionError traceback that did not say which
-# Python it had found; a missing one with "-c: command not found"
+# Python it had found; a missing one with "-c: command not found". setuptools: `make dist`
+# builds with it (Python 3.12's venv has none)
 $(STAMP): setup.cfg pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH; hint: install" \
 		"Python 3.11, or give it: make $(MAKECMDGOALS) PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -23,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 		"PYTHON=$(PYTHON) is Python %d.%d; samri_ml needs 3.11 or newer; hint: make" \
 		" $(MAKECMDGOALS) PYTHON=/path/to/python3.11" % sys.version_info[:2])'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip wheel
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel 'setuptools>=64'
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -44,5 +45,22 @@ test: install
 lint: install
 	$(BIN)/ruff check samri_ml tests benchmarks examples
 
+# a release's sdist and wheel, in dist/, built from a `git archive` of HEAD: a wheel built in
+# the checkout (`pip wheel .`) shipped whatever an earlier build had left in build/lib (a
+# module removed since) and any untracked file under samri_ml/data (a scratch model)
+SDIST := import os, setuptools.build_meta as m; os.chdir(".dist_src"); m.build_sdist("../dist")
+dist: install
+	@git rev-parse --verify -q HEAD >/dev/null || { echo "make: dist builds the committed" \
+		"tree (git archive HEAD); hint: run it in a git checkout with a commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=no)" || echo "make: note: uncommitted" \
+		"changes are not in the archives (they are built from HEAD)" >&2
+	rm -rf dist .dist_src
+	mkdir -p dist .dist_src
+	git archive HEAD | tar -x -C .dist_src
+	"$(BIN)/python" -c '$(SDIST)' >/dev/null
+	"$(BIN)/python" -m pip wheel --quiet --no-deps --no-build-isolation -w dist dist/*.tar.gz
+	rm -rf .dist_src
+	@ls dist
+
 clean:
-	rm -rf "$(VENV)" "$(DEMO_OUT)" "$(DEMO_DATA)" .demo_work .pytest_cache
+	rm -rf "$(VENV)" "$(DEMO_OUT)" "$(DEMO_DATA)" .demo_work .pytest_cache .dist_src

@@ -17,19 +17,24 @@ DATA = ROOT / "samri_ml" / "data"
 SDIST_FOLDERS = ("docs", "examples", "tests", "benchmarks")
 
 
+def _copy_source(src: Path) -> Path:
+    """A copy of the source tree (no caches) in the new folder ``src``."""
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.rst", "MANIFEST.in", "Makefile",
+                 "LICENSE", ".gitignore"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("samri_ml", *SDIST_FOLDERS):
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return src
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
     """A wheel and an sdist of a copy of the source (a build in place leaves ``build/`` and
     ``*.egg-info`` in the checkout)."""
     tmp = tmp_path_factory.mktemp("packaging")
-    src = tmp / "src"
-    src.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.rst", "MANIFEST.in", "Makefile",
-                 "LICENSE"):
-        shutil.copy2(ROOT / name, src / name)
-    for name in ("samri_ml", *SDIST_FOLDERS):
-        shutil.copytree(ROOT / name, src / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    src = _copy_source(tmp / "src")
     dist = tmp / "dist"
     for command in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                      "--no-cache-dir", "-q", "-w", str(dist), str(src)],
@@ -65,6 +70,18 @@ def test_wheel_and_sdist_ship_every_data_file(built):
         in_sdist = {n: t.extractfile(f"{top}/{n}").read() for n in shipped
                     if f"{top}/{n}" in t.getnames()}
     assert in_sdist == shipped
+
+
+def test_the_package_says_it_is_typed(built):
+    """No archive held ``samri_ml/py.typed`` (PEP 561): mypy stopped a lab's script at
+    ``from samri_ml.masking.predict import ...`` ("module is installed, but missing library
+    stubs or py.typed marker") and never used the package's annotations."""
+    assert (ROOT / "samri_ml" / "py.typed").is_file()
+    with zipfile.ZipFile(built["wheel"]) as z:
+        assert "samri_ml/py.typed" in z.namelist()
+    with tarfile.open(built["sdist"]) as t:
+        top = t.getnames()[0].split("/")[0]
+        assert f"{top}/samri_ml/py.typed" in t.getnames()
 
 
 def test_sdist_carries_what_the_readme_points_to(built):
@@ -234,3 +251,47 @@ def test_make_demo_and_clean_take_paths_with_spaces(tmp_path):
     assert done.returncode == 0, done.stderr
     assert not data.exists() and not out.exists() and not venv.exists()
     assert (tmp_path / "my" / "keep").exists() and (repo / "out" / "keep").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None or shutil.which("git") is None,
+                    reason="make or git is not installed")
+def test_make_dist_builds_the_committed_tree_only(tmp_path):
+    """A wheel built in a checkout (``pip wheel .``) shipped what an earlier build had left in
+    ``build/lib`` (a module removed since) and any untracked file under ``samri_ml/data`` (a
+    scratch model). ``make dist`` builds the sdist from ``git archive HEAD`` and the wheel from
+    that sdist: both hold the committed files only. Real git, make and setuptools."""
+    import os
+    import time
+
+    repo = _copy_source(tmp_path / "repo")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c",
+           "commit.gpgsign=false"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"]):
+        subprocess.run([*git, *command], cwd=repo, check=True, capture_output=True)
+    committed = set(subprocess.run(["git", "ls-files", "samri_ml"], cwd=repo, check=True,
+                                   capture_output=True, text=True).stdout.split())
+    stale = {"build/lib/samri_ml/stale_module.py": "x = 1\n",
+             "samri_ml/data/models/scratch.keras": "not a model"}
+    for name, text in stale.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    for name in ("setup.cfg", "pyproject.toml"):  # `make install` done: its stamp is newer
+        os.utime(repo / name, (time.time() - 60, time.time() - 60))
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".samri_ml-installed").touch()
+    done = subprocess.run(["make", "dist", f"VENV={venv}", f"BIN={Path(sys.executable).parent}"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "uncommitted" not in done.stderr, done.stderr
+    (wheel,) = (repo / "dist").glob("samri_ml-*.whl")
+    (sdist,) = (repo / "dist").glob("samri_ml-*.tar.gz")
+    assert sorted(p.name for p in (repo / "dist").iterdir()) == sorted([wheel.name, sdist.name])
+    assert not (repo / ".dist_src").exists()
+    with zipfile.ZipFile(wheel) as z:
+        in_wheel = {n for n in z.namelist() if n.startswith("samri_ml/")}
+    assert in_wheel == committed, (sorted(in_wheel - committed), sorted(committed - in_wheel))
+    with tarfile.open(sdist) as t:
+        in_sdist = {n.split("/", 1)[1] for n in t.getnames() if "/samri_ml/" in n}
+    assert not {"samri_ml/stale_module.py", *stale} & in_sdist
+    assert committed <= in_sdist
