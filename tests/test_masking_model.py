@@ -708,6 +708,11 @@ def test_train_masker_init_of_the_runs_width_trains(tmp_path, tiny_slices):
     out = tmp_path / "m" / "out.keras"
     summary = json.loads(out.with_name("out_training.json").read_text())
     assert summary["config"]["width"] == 4
+    # one of the four scans validated, with its 3D Dice (the real data set's volumes)
+    (val,) = summary["validation_groups"]
+    assert val in ("dama/s1", "dama/s2", "dama/s3", "dama/s4"), val
+    assert list(summary["validation_dice"]) == [f"{val}#0"]
+    assert 0 <= summary["validation_dice"][f"{val}#0"] <= 1
     trained = keras.saving.load_model(out, compile=False)
     assert [w.shape for w in trained.get_weights()] == [w.shape for w in init.get_weights()]
 
