@@ -586,21 +586,22 @@ def test_maskbrain_refuses_end_thresholds_and_takes_max_slices(tmp_path, phantom
 # ------------------------------------------------------------------------ train-masker checks
 
 
+#: the data options of the short training runs: the scans as they are (no synthetic heads, no
+#: crops of them), so that the real data set builder takes a second
+TINY_DATA = ("--synth-per-dama", "0", "--crops-per-scan", "0")
+
+
 @pytest.fixture()
-def tiny_slices(monkeypatch):
-    """``samri_ml-train-masker`` on 40 random 64x64 slices (8 for validation) instead of the
-    shared scans: seconds per run. Returns the validation slices."""
+def tiny_slices(tmp_path):
+    """``samri_ml-train-masker`` on four small dama-like scans written into ``tmp_path`` (the
+    runs' ``--data-dir``), through the real data set builder (seconds per run). Returns the
+    validation slices the runs are validated on."""
     from samri_ml.masking import train as mt
 
-    rng = np.random.default_rng(0)
-    x = rng.random((40, 64, 64, 1), dtype=np.float32)
-    y = (x > 0.5).astype(np.float32)
-    is_val = np.arange(40) >= 32
-
-    def fake(config, data_dir=None, cache_dir=None, log=print):
-        return x, y, np.array(["g"] * 40), is_val, {}
-
-    monkeypatch.setattr(mt, "cached_dataset", fake)
+    _dama_like(tmp_path, ["s1", "s2", "s3", "s4"], 0)
+    config = mt.TrainConfig(synth_per_dama=0, crops_per_scan=0)
+    x, y, _, is_val, _ = mt.build_dataset(config, tmp_path, log=lambda m: None)
+    assert 0 < is_val.sum() < len(x)  # a training and a validation side
     return x[is_val], y[is_val]
 
 
@@ -609,7 +610,7 @@ def _train_masker(tmp_path, *args):
 
     return main([str(tmp_path / "m" / "out.keras"), "--data-dir", str(tmp_path), "--width", "2",
                  "--epochs-plain", "3", "--epochs-augmented", "0", "--steps-per-epoch", "2",
-                 "--batch-size", "4", *map(str, args)])  # fmt: skip
+                 "--batch-size", "4", *TINY_DATA, *map(str, args)])  # fmt: skip
 
 
 @pytest.mark.parametrize("args, words", [
@@ -707,6 +708,11 @@ def test_train_masker_init_of_the_runs_width_trains(tmp_path, tiny_slices):
     out = tmp_path / "m" / "out.keras"
     summary = json.loads(out.with_name("out_training.json").read_text())
     assert summary["config"]["width"] == 4
+    # one of the four scans validated, with its 3D Dice (the real data set's volumes)
+    (val,) = summary["validation_groups"]
+    assert val in ("dama/s1", "dama/s2", "dama/s3", "dama/s4"), val
+    assert list(summary["validation_dice"]) == [f"{val}#0"]
+    assert 0 <= summary["validation_dice"][f"{val}#0"] <= 1
     trained = keras.saving.load_model(out, compile=False)
     assert [w.shape for w in trained.get_weights()] == [w.shape for w in init.get_weights()]
 
@@ -740,23 +746,19 @@ def test_init_and_average_of_models_of_another_split_get_a_note(tmp_path, capsys
         assert "same.keras was trained on another split" not in err
 
 
+#: samri_ml-train-masker as a script (a prelude can add to it)
 TINY_TRAINING = """
-import sys, numpy as np
-from samri_ml.masking import train as mt
-rng = np.random.default_rng(0)
-x = rng.random((40, 64, 64, 1), dtype=np.float32)
-mt.cached_dataset = lambda *a, **k: (x, (x > 0.5).astype(np.float32), np.array(["g"] * 40),
-                                     np.arange(40) >= 32, {})
+import sys
 from samri_ml.cli.train_masker import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_training_into_a_log_file_is_one_plain_line_per_epoch(tmp_path):
+def test_training_into_a_log_file_is_one_plain_line_per_epoch(tmp_path, tiny_slices):
     """Keras' progress bar takes any POSIX system for a terminal: samri_ml-train-masker with
     its output in a file (a cluster job's log) got the bar redrawn every 50 ms with
     backspaces and colour codes, NO_COLOR or not. Now one plain line per epoch there (a
-    terminal keeps the bar). A real process, the 40 random slices of ``tiny_slices``."""
+    terminal keeps the bar). A real process, on the scans of ``tiny_slices``."""
     import os
     import subprocess
     import sys
@@ -767,7 +769,8 @@ def test_training_into_a_log_file_is_one_plain_line_per_epoch(tmp_path):
     with open(log, "w") as out:
         run = subprocess.run([sys.executable, str(script), str(tmp_path / "m" / "out.keras"),
                               "--width", "2", "--epochs-plain", "3", "--epochs-augmented", "0",
-                              "--steps-per-epoch", "12", "--batch-size", "4"],
+                              "--steps-per-epoch", "12", "--batch-size", "4",
+                              "--data-dir", str(tmp_path), *TINY_DATA],
                              stdout=out, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "NO_COLOR": ""})  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -796,7 +799,7 @@ keras.Model.fit = lambda self, *a, callbacks=(), **k: fit(self, *a,
 """ + TINY_TRAINING
 
 
-def test_ctrl_c_inside_an_epoch_ends_with_the_interrupted_line(tmp_path):
+def test_ctrl_c_inside_an_epoch_ends_with_the_interrupted_line(tmp_path, tiny_slices):
     """Ctrl-C inside an epoch left the training's data set iterator (TensorFlow's) to be
     finalized at the interpreter's exit, and TensorFlow said so after the 'interrupted' line:
     'Error occurred when finalizing GeneratorDataset iterator: FAILED_PRECONDITION: Python
@@ -810,7 +813,8 @@ def test_ctrl_c_inside_an_epoch_ends_with_the_interrupted_line(tmp_path):
     script.write_text(CTRL_C_IN_AN_EPOCH)
     run = subprocess.run([sys.executable, str(script), str(tmp_path / "m" / "out.keras"),
                           "--width", "2", "--epochs-plain", "4", "--epochs-augmented", "0",
-                          "--steps-per-epoch", "4", "--batch-size", "4"],
+                          "--steps-per-epoch", "4", "--batch-size", "4",
+                          "--data-dir", str(tmp_path), *TINY_DATA],
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})  # fmt: skip
     assert run.returncode == 130, run.stderr
@@ -925,7 +929,10 @@ def test_ctrl_c_keeps_the_best_weights_so_far(tmp_path, capsys, tiny_slices, mon
     out = tmp_path / "m" / "out.keras"
     summary = json.loads(out.with_name("out_training.json").read_text())
     assert summary["interrupted"] is True and summary["history"]["phase"] == ["plain"] * 2
-    # the best epoch's weights (at this learning rate the second epoch is worse than the first)
+    # the best epoch's weights (at this learning rate the second epoch is worse than the first:
+    # the last epoch's weights would not do)
+    val_loss = summary["history"]["val_loss"]
+    assert val_loss[1] > val_loss[0], val_loss
     model = keras.saving.load_model(out, compile=False)
     xv, yv = tiny_slices
     model.compile(loss=bce_dice_loss)
@@ -973,7 +980,7 @@ def _train_masker_into(out, learning_rate):
 
     return main([str(out), "--width", "2", "--epochs-plain", "3", "--epochs-augmented", "0",
                  "--steps-per-epoch", "2", "--batch-size", "4", "--learning-rate",
-                 learning_rate, "--data-dir", str(out.parent.parent)])
+                 learning_rate, "--data-dir", str(out.parent.parent), *TINY_DATA])
 
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, capsys, tiny_slices,
@@ -990,31 +997,33 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, capsys, tiny
     assert not (tmp_path / "m").exists()
 
 
-def test_dataset_cache_without_npz_suffix_is_reused(tmp_path, monkeypatch):
+def test_dataset_cache_without_npz_suffix_is_reused(tmp_path):
     """``--dataset-cache dcache`` was written as dcache.npz (np.savez adds it) and never read
-    back; a .npz of something else failed with ``KeyError: 'settings ...'``."""
+    back; a .npz of something else failed with ``KeyError: 'settings ...'``. The real data set
+    builder on scans written here."""
     from samri_ml.masking import train as mt
 
-    built = []
-
-    def build(config, data_dir=None, cache_dir=None, log=print):
-        built.append(1)
-        x = np.zeros((4, 64, 64, 1), np.float32)
-        return x, x, np.array(["a", "a", "b", "b"]), np.array([0, 0, 1, 1], bool), {}
-
-    monkeypatch.setattr(mt, "build_dataset", build)
-    config = mt.TrainConfig(dataset_cache=str(tmp_path / "dcache"))
+    data = _dama_like(tmp_path / "a", ["s1", "s2", "s3"], 0)
+    config = mt.TrainConfig(synth_per_dama=0, crops_per_scan=0,
+                            dataset_cache=str(tmp_path / "dcache"))
     assert mt.dataset_cache_path(config.dataset_cache) == tmp_path / "dcache.npz"
-    logged = []
+    logged, built = [], []
     for _ in range(2):
-        x, *_ = mt.cached_dataset(config, log=logged.append)
-        assert x.shape == (4, 64, 64, 1)
-    assert len(built) == 1 and logged[-1] == f"data set read from {tmp_path / 'dcache.npz'}"
+        built.append(mt.cached_dataset(config, data, log=logged.append))
+    assert logged.count("building the data set ...") == 1, logged
+    assert logged[-1] == f"data set read from {tmp_path / 'dcache.npz'}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "dcache.npz"]
+    (x, y, groups, is_val, _), (x2, y2, groups2, is_val2, _) = built
+    assert len(x) > 0 and x2.shape == x.shape
+    np.testing.assert_allclose(x2, x, atol=1e-2)  # (the cache stores float16)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(groups2, groups)
+    np.testing.assert_array_equal(is_val2, is_val)
     np.savez(tmp_path / "other.npz", a=np.arange(3))
     (tmp_path / "text.npz").write_text("not an archive\n")
     for name in ("other.npz", "text.npz"):
         with pytest.raises(SamriMLError, match="not a data set cache of samri_ml-train-masker"):
-            mt.cached_dataset(mt.TrainConfig(dataset_cache=str(tmp_path / name)))
+            mt.cached_dataset(mt.TrainConfig(dataset_cache=str(tmp_path / name)), data)
 
 
 def _dama_like(folder, names, seed):
@@ -1545,8 +1554,8 @@ def test_average_of_an_interrupted_run_is_refused_and_an_unrecorded_one_noted(
     from samri_ml.cli.train_masker import main
 
     soup = tmp_path / "soup.keras"
-    assert main([str(soup), "--data-dir", str(tmp_path), "--average-of", str(finished),
-                 str(stopped)]) == 1  # fmt: skip
+    assert main([str(soup), "--data-dir", str(tmp_path), *TINY_DATA, "--average-of",
+                 str(finished), str(stopped)]) == 1  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
         f"samri_ml-train-masker: error: --average-of {stopped} is an interrupted run"), err
@@ -1554,8 +1563,8 @@ def test_average_of_an_interrupted_run_is_refused_and_an_unrecorded_one_noted(
     assert not soup.exists()
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        assert main([str(soup), "--data-dir", str(tmp_path), "--average-of", str(finished),
-                     str(copied)]) == 0  # fmt: skip
+        assert main([str(soup), "--data-dir", str(tmp_path), *TINY_DATA, "--average-of",
+                     str(finished), str(copied)]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert (f"note: --average-of {copied} has no copied_training.json: whether its training "
             "finished, and on which subjects, is unknown") in err, err
