@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1671,6 +1672,25 @@ def _sigint_default():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _wait_at_the_pipe(pid: int, timeout: float = 60.0) -> None:
+    """Wait until the process's main thread is blocked opening the named pipe (its kernel
+    wait channel), so the signal interrupts the ``open``: sent while Python was between its
+    last signal check and that ``open`` (a loaded CI machine), the signal was handled before
+    the call blocked and the run waited there for ever (a CI timeout, 2026-12-04). Where the
+    wait channel cannot be read, a short sleep."""
+    wchan = Path(f"/proc/{pid}/task/{pid}/wchan")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            where = wchan.read_text()
+        except OSError:
+            time.sleep(2)
+            return
+        if "fifo" in where or "partner" in where:
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(("signame", "code", "last"), [("SIGTERM", 143, "terminated"),
                                                         ("SIGINT", 130, "interrupted")])
 def test_an_interrupted_run_keeps_the_sections_ranked_so_far(tmp_path, plate_thumbs, signame,
@@ -1708,6 +1728,7 @@ def test_an_interrupted_run_keeps_the_sections_ranked_so_far(tmp_path, plate_thu
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     printed = [proc.stdout.readline() for _ in images]  # the first chunk is done
+    _wait_at_the_pipe(proc.pid)
     proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=120)
     assert [line.split(":")[0] for line in printed] == images
