@@ -1423,6 +1423,8 @@ def test_the_shared_embedding_is_not_marked_with_another_precision(plate_thumbs)
     own = PlateIdentifier(precision="float32")
     assert own.model is not shared.model
     assert own.rank(section, regions=False)[0]["distances"] != before
+    with pytest.raises(SamriMLError, match=r"^precision 'fp16': one of float32, bfloat16$"):
+        _ = PlateIdentifier(precision="fp16").model  # was: "...keras: not a Keras model (...)"
 
 
 @pytest.mark.parametrize("with_atlas", [True, False])

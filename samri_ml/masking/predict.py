@@ -83,13 +83,11 @@ def load_model(path=None, precision: str | None = None):
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise SamriMLError(f"{path}: model file not found; hint: give the path of a .keras file")
-    from samri_ml.models.inference import PRECISIONS, file_checksum, inference_precision
+    from samri_ml.models.inference import checked_precision, file_checksum
 
-    if precision not in (None, *PRECISIONS[1:]):
-        raise SamriMLError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
+    precision = checked_precision(precision)
     try:
-        return _load_cached(str(path.resolve()), file_checksum(path),
-                            precision or inference_precision())
+        return _load_cached(str(path.resolve()), file_checksum(path), precision)
     except SamriMLError:
         raise
     except Exception as err:  # keras raises many types for a bad file

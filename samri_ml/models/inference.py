@@ -259,6 +259,19 @@ def mark_for_inference(model, precision: str | None = None):
     return model
 
 
+def checked_precision(precision: str | None) -> str:
+    """``precision`` (``float32`` or ``bfloat16``), or :func:`inference_precision` for None;
+    another value is refused (:class:`~samri_ml.errors.SamriMLError`) before a loader reads
+    a network for it."""
+    if precision is None:
+        return inference_precision()
+    if precision not in PRECISIONS[1:]:
+        from samri_ml.errors import SamriMLError
+
+        raise SamriMLError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
+    return precision
+
+
 def mark_shared(model, precision: str, loader: str):
     """:func:`mark_for_inference` of a network a loader keeps for every user of the process,
     per file and precision (``lru_cache``): marking it with another precision later is

@@ -274,13 +274,16 @@ def _load_embedding(path: str, checksum: str, precision: str):
                        "PlateIdentifier(model, precision={precision})")
 
 
-def load_embedding(path: Path, checksum: str, precision: str):
-    """:func:`_load_embedding` of ``path``, refused with its name as given where it is not a
-    Keras model or not a plate embedding. Its key is the resolved path alone: the path as
-    given was part of it too, so a relative and an absolute path of one file (a notebook's
-    ``best.keras`` and a workflow's ``/lab/models/best.keras``) loaded the network twice."""
-    from samri_ml.models.inference import keras_load_failure
+def load_embedding(path: Path, checksum: str, precision: str | None):
+    """:func:`_load_embedding` of ``path`` in ``precision`` (None: the default), refused with
+    its name as given where it is not a Keras model or not a plate embedding. Its key is the
+    resolved path alone: the path as given was part of it too, so a relative and an absolute
+    path of one file (a notebook's ``best.keras`` and a workflow's
+    ``/lab/models/best.keras``) loaded the network twice. An unknown precision is refused
+    first (marked inside the loading, it was told as "not a Keras model")."""
+    from samri_ml.models.inference import checked_precision, keras_load_failure
 
+    precision = checked_precision(precision)
     try:
         model = _load_embedding(str(path.resolve()), checksum, precision)
     except SamriMLError:
@@ -399,14 +402,13 @@ class PlateIdentifier(_Ranker):
     @property
     def model(self):
         if self._model is None:
-            from samri_ml.models.inference import inference_precision, input_checksum
+            from samri_ml.models.inference import input_checksum
 
             path = self.model_path
             # the file as loaded: the atlas index kept (atlas_index_path) is this network's,
             # whatever the file holds later (a training run writing it again)
             self._model_checksum = input_checksum(path)
-            model = load_embedding(path, self._model_checksum,
-                                   self.precision or inference_precision())
+            model = load_embedding(path, self._model_checksum, self.precision)
             shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
             reindexing = self.embeddings is None  # the index is being made with this model
             if not reindexing and (shape_in != (self.size, self.size)
