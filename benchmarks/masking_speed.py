@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/masking_speed.py [--threads 2] [--repeats 3] [--max-slices 128 96]
+        [--models OTHER.keras ...]
         [--precisions float32 bfloat16] [--old-fill]
 
 Volumes (the largest at hand and real scans resampled finer, where the 1 s target is hardest):
@@ -15,7 +16,9 @@ masked, in one warm process and interleaved repeats (the best of ``--repeats``):
   ``auto``, is bfloat16 where the CPU has native bfloat16), every slice predicted;
 * ``old fill`` (``--old-fill``): the clean-up as before 2026-12-01's fifth session
   (``binary_fill_holes`` in 3D, then once per coronal slice), in this CPU's default precision;
-* ``max N``: this CPU's default precision with ``max_slices=N`` (not the default).
+* ``max N``: this CPU's default precision with ``max_slices=N`` (not the default);
+* ``--models``: other masking models (e.g. a wider U-Net), this CPU's default precision, every
+  slice, named by their file's stem.
 
 Printed: seconds per volume, the Dice of each mask with the one of this CPU's default precision, and with the reference
 where there is one. Needs ../shared/data (the phantom rows run without it).
@@ -84,6 +87,8 @@ def main() -> None:
                     choices=["float32", "bfloat16"], help="the network's arithmetic, side by side")
     ap.add_argument("--old-fill", action="store_true",
                     help="also the clean-up before 2026-12-01's fifth session")
+    ap.add_argument("--models", type=Path, nargs="*", default=[],
+                    help="other masking models, timed beside the shipped one")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = ap.parse_args()
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
@@ -97,12 +102,17 @@ def main() -> None:
 
     keras = import_keras()
     shipped = inference_precision()
-    models = {}
-    for precision in args.precisions:  # one model object each: the precision is per model
-        m = keras.saving.load_model(P.default_model_path(), custom_objects=CUSTOM_OBJECTS,
-                                    compile=False)
-        models[precision] = mark_for_inference(m, precision)
+    def load(path, precision):  # one model object each: the precision is per model
+        m = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+        return mark_for_inference(m, precision)
+
+    models = {precision: load(P.default_model_path(), precision) for precision in args.precisions}
+    if shipped not in models:  # the reference of the "a=" Dice
+        models[shipped] = load(P.default_model_path(), shipped)
+    for path in args.models:
+        models[path.stem] = load(path, shipped)
     setups = [(precision, precision, None, P.clean_mask) for precision in args.precisions]
+    setups += [(path.stem, path.stem, None, P.clean_mask) for path in args.models]
     if args.old_fill:
         setups.insert(0, ("old fill", shipped, None, _old_clean_mask))
     setups += [(f"max {n}", shipped, n, P.clean_mask) for n in args.max_slices]

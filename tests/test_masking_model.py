@@ -618,6 +618,7 @@ def _train_masker(tmp_path, *args):
     (["--epochs-augmented", "-2"], "argument --epochs-augmented: -2: must be at least 0"),
     (["--batch-size", "0"], "argument --batch-size: 0: must be at least 1"),
     (["--steps-per-epoch", "0"], "argument --steps-per-epoch: 0: must be at least 1"),
+    (["--patience", "0"], "argument --patience: 0: must be at least 1"),
     (["--max-minutes", "0"], "argument --max-minutes: 0: must be above 0"),
     (["--max-minutes", "-5"], "argument --max-minutes: -5: must be above 0"),
     (["--holdout", "emroy"], "argument --holdout: invalid choice: 'emroy'"),
@@ -704,10 +705,11 @@ def test_train_masker_init_of_the_runs_width_trains(tmp_path, tiny_slices):
 
     init = build_unet(width=4)
     init.save(tmp_path / "w4.keras")
-    assert _train_masker(tmp_path, "--init", tmp_path / "w4.keras", "--width", "4") == 0
+    assert _train_masker(tmp_path, "--init", tmp_path / "w4.keras", "--width", "4",
+                         "--patience", "7") == 0
     out = tmp_path / "m" / "out.keras"
     summary = json.loads(out.with_name("out_training.json").read_text())
-    assert summary["config"]["width"] == 4
+    assert summary["config"]["width"] == 4 and summary["config"]["patience"] == 7
     # one of the four scans validated, with its 3D Dice (the real data set's volumes)
     (val,) = summary["validation_groups"]
     assert val in ("dama/s1", "dama/s2", "dama/s3", "dama/s4"), val

@@ -135,6 +135,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=rate, default=d.learning_rate,
                    help="Adam's initial learning rate (lowered on plateaus of the validation "
                    "loss)")
+    p.add_argument("--patience", type=whole, default=d.patience,
+                   help="epochs without a lower validation loss before a phase stops "
+                   "(EarlyStopping; its best epoch's weights are kept)")
     p.add_argument(
         "--max-minutes",
         type=number_in(float, 0, low_open=True),
@@ -234,7 +237,7 @@ def _main(argv=None) -> int:
         synth_per_template=args.synth_per_template, batch_size=args.batch_size,
         learning_rate=args.learning_rate, epochs_plain=args.epochs_plain,
         epochs_augmented=args.epochs_augmented, steps_per_epoch=args.steps_per_epoch,
-        max_minutes=args.max_minutes, seed=args.seed, train_seed=args.train_seed,
+        patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, train_seed=args.train_seed,
         threads=args.threads,
         # resolved, as scans: a record read from another folder still names the model
         # (evaluate-masker follows it to what that model saw)
