@@ -213,12 +213,9 @@ def test_a_float32_network_runs_with_its_batch_normalisations_folded():
 
 def test_a_bfloat16_mask_equals_the_float32_one(unet):
     """The shipped U-Net in both precisions on the example phantom's skull-on heads: float32
-    output either way, probabilities within 0.15 (99.9 % of voxels within 0.06), masks with
-    Dice >= 0.995 and the same Dice with the phantom's truth within 0.005. Measured: J (shipped
-    until 2026-12-04) 0.9991-0.9998 between the masks; T8-3 0.9997-0.9998 on T2w and bold and
-    0.9960 on T1w (471 voxels of its neck near p = 0.5; Dice with the truth 0.9242 in float32,
-    0.9271 in bfloat16); on 29 real and phantom scans the Dice with their references moved by
-    at most 0.0008."""
+    output either way, probabilities within 0.15 (99.9 % of voxels within 0.04), masks with Dice >= 0.998 (measured:
+    0.9991-0.9998 here; on 29 real and phantom scans the Dice with their references moved by
+    at most 0.0006)."""
     from samri_ml.example import make_template
     from samri_ml.masking.predict import predict_mask, predict_volume
     from samri_ml.masking.preprocess import to_ras
@@ -238,13 +235,10 @@ def test_a_bfloat16_mask_equals_the_float32_one(unet):
         ras, _ = to_ras(np.asarray(img.dataobj, np.float32), img.affine)
         p32, p16 = (predict_volume(models[p], ras) for p in ("float32", "bfloat16"))
         diff = np.abs(p32 - p16)
-        # measured: J max 0.024-0.055, 99.9th percentile 0.007-0.018; T8-3 (shipped since
-        # 2026-12-04) max 0.076-0.106, 99.9th percentile 0.009-0.045 (bold the highest)
-        assert diff.max() < 0.15 and np.percentile(diff, 99.9) < 0.06
+        # measured: max 0.024-0.055, 99.9th percentile 0.007-0.018
+        assert diff.max() < 0.15 and np.percentile(diff, 99.9) < 0.04
         m32, m16 = (np.asarray(predict_mask(img, models[p]).dataobj) > 0 for p in models)
-        assert dice(m32, m16) >= 0.995, contrast
-        truth = np.asarray(phantom["mask"].dataobj) > 0
-        assert abs(dice(m32, truth) - dice(m16, truth)) <= 0.005, contrast
+        assert dice(m32, m16) >= 0.998, contrast
 
 
 def test_an_unknown_precision_stops_a_command_with_one_line(tmp_path, monkeypatch):
