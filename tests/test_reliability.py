@@ -345,6 +345,12 @@ CASES = [
     ("fast_and_another_flavour", None, ["--registration-flavour", "samri"], 2,
      ["--fast conflicts with --registration-flavour samri"]),
     ("bad_structural_filter", None, ["-s", "[1, 2]"], 2, ["expected a JSON object"]),
+    # a masker of the lab's own: unused without a word under --masking none, a missing file
+    # found only when the first mask node ran
+    ("mask_model_without_unet", lambda r: (r / "own.keras").write_text("x"),
+     ["--mask-model", "own.keras"], 2, ["--mask-model own.keras needs --masking unet"]),
+    ("mask_model_missing", None, ["--masking", "unet", "--mask-model", "none.keras"], 2,
+     ["--mask-model none.keras: model file not found"]),
     # Nipype runs the ANTs programs through a shell with unquoted paths
     ("work_dir_with_space", None, ["WORK=a b/work"], 2, ["has a space", "-w"]),
     ("template_with_space", _template_in_spaced_folder, ["TPL=tpl dir/tpl-Tiny_T2w.nii.gz"],

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from nipype.interfaces.base import isdefined
 from nipype.pipeline.engine.utils import generate_expanded_graph
 
 from samri_ml.errors import SamriMLError
@@ -114,6 +115,26 @@ def test_factories_refuse_a_thread_count_below_one(factory, bad):
     process (no exception, no crash file): refused where the workflow is built."""
     with pytest.raises(SamriMLError, match="omp_nthreads .*at least 1"):
         factory(bad)
+
+
+def test_mask_model_reaches_the_mask_node_of_both_streams(tmp_path):
+    """``mask_model`` (``samri_ml-register --mask-model``): a lab's own U-Net, e.g. fine-tuned
+    with ``samri_ml-train-masker --scans``, masks both streams; without it the shipped one."""
+    for name in ("a_T2w.nii.gz", "r_bold.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    own = tmp_path / "own.keras"
+    own.write_bytes(b"")
+    common = dict(template="t.nii.gz", template_mask="m.nii.gz", masking="unet", qc=False,
+                  anat_file=str(tmp_path / "a_T2w.nii.gz"),
+                  bold_files=[str(tmp_path / "r_bold.nii.gz")],
+                  bold_metadata=[{"RepetitionTime": 1.0}])
+    for model, want in ((str(own), str(own)), (None, None)):
+        wf = init_generic_wf(mask_model=model, **common)
+        nodes = {n.name: n for n in wf._get_all_nodes() if n.name in ("s_mask", "f_mask")}
+        assert set(nodes) == {"s_mask", "f_mask"}
+        for node in nodes.values():
+            got = node.inputs.model if isdefined(node.inputs.model) else None
+            assert got == want, (node.name, got)
 
 
 def test_generic_wf_refuses_a_single_path_and_metadata_of_another_length():

@@ -197,6 +197,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="unet: predict brain masks and use them in antsRegistration (default "
                    "and fast: linear phases brain to brain, then SyN on the whole images with "
                    "the mask grown; samri: the mask in every stage and in N4)")
+    g.add_argument("--mask-model", type=Path, default=None, metavar="MODEL",
+                   help="the U-Net of --masking unet (a .keras file, e.g. one fine-tuned on "
+                   "your scans with samri_ml-train-masker --scans; default: the shipped one)")
     g.add_argument("--dummy-scans", type=int, default=10,
                    help="volumes dropped at the start of each functional run; its VCF/SCF "
                    "leave them out of the raw run too (raw_dummy_scans in the QC record)")
@@ -402,6 +405,14 @@ def validate(args, parser) -> None:
               "for its own), or give as many as --omp-nthreads", file=sys.stderr)
     if args.dummy_scans < 0:
         parser.error("--dummy-scans must be >= 0")
+    if args.mask_model is not None:
+        if args.masking != "unet":  # it would be left unused without a word
+            parser.error(f"--mask-model {args.mask_model} needs --masking unet (it is the "
+                         f"U-Net that predicts the masks; --masking is {args.masking})")
+        if not args.mask_model.is_file():
+            parser.error(f"--mask-model {args.mask_model}: model file not found; hint: give "
+                         "the path of a .keras file (samri_ml-train-masker writes one)")
+        args.mask_model = args.mask_model.absolute()  # the nodes run in folders of their own
 
 
 def description_problem(path: Path) -> str | None:
@@ -1164,7 +1175,7 @@ def build_workflow(args, sessions):
                 bold_metadata=item["bold_metadata"], output_dir=str(args.output_dir),
                 template_name=args.template_name, method=args.registration_method,
                 flavour=args.registration_flavour, masking=args.masking,
-                dummy_scans=args.dummy_scans, slice_timing=not args.no_slice_timing,
+                mask_model=args.mask_model, dummy_scans=args.dummy_scans, slice_timing=not args.no_slice_timing,
                 qc=not args.no_qc, omp_nthreads=args.omp_nthreads,
                 name=_session_wf_name(item))
         except TraitError as err:  # a flavour setting of a type or range Nipype refuses

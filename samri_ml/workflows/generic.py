@@ -42,7 +42,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                     template_name: str = "template", method: str = "composite",
                     flavour: str = "default", masking: str = "none", dummy_scans: int = 10,
                     slice_timing: bool = True, qc: bool = True, workflow_label: str | None = None,
-                    omp_nthreads: int = 1, name: str = "generic_wf"):
+                    omp_nthreads: int = 1, mask_model: str | None = None,
+                    name: str = "generic_wf"):
     """SAMRI's generic registration of one subject/session (structural and functional scans).
 
     Parameters
@@ -71,6 +72,9 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         refused: there is no parameter to give the masks (build the streams with
         :func:`init_structural_wf` / :func:`init_functional_wf` and connect
         ``inputnode.in_mask``).
+    mask_model : str or None
+        The U-Net of ``masking='unet'`` (a ``.keras`` file, e.g. one fine-tuned with
+        ``samri_ml-train-masker --scans``); None: the shipped one.
     dummy_scans : int
         Volumes dropped at the start of each run.
     slice_timing : bool
@@ -159,6 +163,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     anat_wf = None
     if anat_file is not None:
         anat_wf = init_structural_wf(flavour=flavour, masking=masking, omp_nthreads=omp_nthreads,
+                                     mask_model=mask_model,
                                      name="anat_wf")
         anat_wf.inputs.inputnode.in_file = str(anat_file)
         wf.connect(inputnode, "template", anat_wf, "inputnode.template")
@@ -186,7 +191,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             flavour=flavour, method=method, masking=masking, dummy_scans=dummy_scans,
             slice_timing=times, repetition_time=meta.get("RepetitionTime"),
             slice_encoding_direction=meta.get("SliceEncodingDirection", "k"),
-            omp_nthreads=omp_nthreads, name=f"func{index}_wf")
+            omp_nthreads=omp_nthreads, mask_model=mask_model, name=f"func{index}_wf")
         func_wf.inputs.inputnode.in_file = str(bold)
         wf.connect(inputnode, "template", func_wf, "inputnode.template")
         wf.connect(inputnode, "template_mask", func_wf, "inputnode.template_mask")

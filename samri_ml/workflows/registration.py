@@ -23,6 +23,8 @@ Masked" workflow: the mask as antsRegistration's moving-image mask on every stag
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -236,9 +238,11 @@ def _given_mask(in_mask=None):
     return in_mask
 
 
-def _mask_source(workflow, masking, inputnode, image_source, prefix, omp_nthreads=1):
+def _mask_source(workflow, masking, inputnode, image_source, prefix, omp_nthreads=1,
+                 mask_model=None):
     """Return ``(node, field)`` giving the brain mask of a stream, or None without masking.
-    The U-Net node runs on ``omp_nthreads`` threads, which MultiProc reserves for it."""
+    The U-Net node runs on ``omp_nthreads`` threads, which MultiProc reserves for it, with
+    ``mask_model`` (a ``.keras`` file; None: the shipped U-Net)."""
     if masking == "none":
         return None
     if masking == "input":
@@ -252,12 +256,14 @@ def _mask_source(workflow, masking, inputnode, image_source, prefix, omp_nthread
     from samri_ml.interfaces.masking import MaskBrain
 
     mask = pe.Node(MaskBrain(num_threads=omp_nthreads), name=f"{prefix}_mask", mem_gb=2)
+    if mask_model:
+        mask.inputs.model = str(Path(mask_model).absolute())
     workflow.connect([(image_source[0], mask, [(image_source[1], "in_file")])])
     return mask, "out_mask"
 
 
 def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_nthreads: int = 1,
-                       name: str = "structural_wf"):
+                       mask_model: str | None = None, name: str = "structural_wf"):
     """Structural stream: bias correction and registration to a template.
 
     Parameters
@@ -268,6 +274,9 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
         ``none``, ``input`` (``inputnode.in_mask``) or ``unet`` (predict the mask).
     omp_nthreads : int
         Threads for ANTs.
+    mask_model : str or None
+        The U-Net of ``masking='unet'`` (a ``.keras`` file, e.g. one fine-tuned with
+        ``samri_ml-train-masker --scans``); None: the shipped one.
 
     Inputs
     ------
@@ -302,7 +311,8 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
         (warp, outputnode, [("output_image", "out_file")]),
         (biascorrect, outputnode, [("output_image", "bias_corrected")]),
     ])
-    mask = _mask_source(wf, masking, inputnode, (inputnode, "in_file"), "s", omp_nthreads)
+    mask = _mask_source(wf, masking, inputnode, (inputnode, "in_file"), "s", omp_nthreads,
+                        mask_model)
     register = _registration(wf, flavour=flavour, stream="structural", prefix="s",
                              omp_nthreads=omp_nthreads, fixed=(inputnode, "template"),
                              moving=(biascorrect, "output_image"),
@@ -323,7 +333,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
                        masking: str = "none", dummy_scans: int = 10, slice_timing=None,
                        repetition_time: float | None = None,
                        slice_encoding_direction: str = "k", omp_nthreads: int = 1,
-                       name: str = "functional_wf"):
+                       mask_model: str | None = None, name: str = "functional_wf"):
     """Functional stream: a 4D run into template space.
 
     Parameters
@@ -337,6 +347,8 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         f_only_translation, similarity, affine, syn).
     masking : str
         ``none``, ``input`` or ``unet`` (mask of the temporal mean).
+    mask_model : str or None
+        The U-Net of ``masking='unet'`` (None: the shipped one).
     dummy_scans : int
         Volumes dropped at the start (clamped so that one is left).
     slice_timing : list of float or None
@@ -409,7 +421,8 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         (biascorrect, outputnode, [("output_image", "out_mean")]),
         (merge, outputnode, [("out", "transforms")]),
     ])
-    mask = _mask_source(wf, masking, inputnode, (mean, "out_file"), "f", omp_nthreads)
+    mask = _mask_source(wf, masking, inputnode, (mean, "out_file"), "f", omp_nthreads,
+                        mask_model)
     if method == "composite":
         stream = "functional_to_structural"
         # a moving-image mask needs a fixed-image mask: here the structural scan's, with
