@@ -9,6 +9,10 @@ vs unmasked runs.
     python benchmarks/example_accuracy.py --flavours fast default --masking none unet --subjects 3
 
 ``--method functional`` registers the functional runs straight to the template.
+``--mask-model M.keras`` masks the ``unet`` runs with a candidate U-Net instead of the shipped
+one: a masker is shipped only if masked registration stays no worse than unmasked here (the
+issue's target; a GPU-trained candidate failed it on the functional runs, 2026-12-04, the
+model card's "Tried on a GPU").
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def main(argv=None):
     p.add_argument("--method", default="composite", choices=["composite", "functional"],
                    help="functional runs: through the structural scan (composite) or straight "
                    "to the template (functional)")
+    p.add_argument("--mask-model", type=Path,
+                   help="U-Net of the unet runs (default: the shipped one)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.work is None:  # not the current folder: a run from a clone left it there, untracked
@@ -71,7 +77,9 @@ def main(argv=None):
                             "--template", tpl, "--template-mask", tpl_mask,
                             "-w", args.work / f"work_{_tag(flavour)}_{masking}",
                             "--registration-method", args.method,
-                            "--nprocs", str(args.nprocs)], check=True)
+                            "--nprocs", str(args.nprocs),
+                            *(["--mask-model", args.mask_model.absolute()]
+                              if args.mask_model and masking == "unet" else [])], check=True)
             seconds = time.perf_counter() - t0
             for sub in sorted(p.name for p in truth.glob("sub-*")):
                 ses = truth / sub / "ses-1"
