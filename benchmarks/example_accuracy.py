@@ -78,7 +78,7 @@ def main(argv=None):
                             "-w", args.work / f"work_{_tag(flavour)}_{masking}",
                             "--registration-method", args.method,
                             "--nprocs", str(args.nprocs),
-                            *(["--mask-model", args.mask_model.absolute()]
+                            *(["--mask-model", args.mask_model]
                               if args.mask_model and masking == "unet" else [])], check=True)
             seconds = time.perf_counter() - t0
             for sub in sorted(p.name for p in truth.glob("sub-*")):

@@ -291,13 +291,11 @@ def test_4d_fwhm_of_a_real_epi_is_the_geometric_mean_of_its_volumes(shared_data)
     vox = [float(v) for v in img.header.get_zooms()[:3]]
     mask = automask(data)
     est = estimate_smoothness(data, vox, mask=mask, detrend_order=0, acf=False)
-    from samri_ml.qc.smoothness import _fwhm_from_rho, _lag1_series, detrend
+    from samri_ml.qc.smoothness import _fwhm_from_rho, _lag1_series, detrend, geometric_mean
 
     per_volume = _fwhm_from_rho(_lag1_series(detrend(data[mask], 0), mask), vox, "sampled")
     geom = np.exp(np.log(per_volume).mean(axis=1))
     assert np.allclose(est.fwhm_axes, geom, rtol=1e-6)
-    from samri_ml.qc.smoothness import geometric_mean
-
     assert est.fwhm == pytest.approx(geometric_mean(geom), rel=1e-6)
     # the volumes differ (demeaned): the geometric mean is below the arithmetic one, which the
     # code used to give

@@ -412,7 +412,6 @@ def validate(args, parser) -> None:
         if not args.mask_model.is_file():
             parser.error(f"--mask-model {args.mask_model}: model file not found; hint: give "
                          "the path of a .keras file (samri_ml-train-masker writes one)")
-        args.mask_model = args.mask_model.absolute()  # the nodes run in folders of their own
 
 
 def description_problem(path: Path) -> str | None:
@@ -1175,7 +1174,8 @@ def build_workflow(args, sessions):
                 bold_metadata=item["bold_metadata"], output_dir=str(args.output_dir),
                 template_name=args.template_name, method=args.registration_method,
                 flavour=args.registration_flavour, masking=args.masking,
-                mask_model=args.mask_model, dummy_scans=args.dummy_scans, slice_timing=not args.no_slice_timing,
+                mask_model=args.mask_model, dummy_scans=args.dummy_scans,
+                slice_timing=not args.no_slice_timing,
                 qc=not args.no_qc, omp_nthreads=args.omp_nthreads,
                 name=_session_wf_name(item))
         except TraitError as err:  # a flavour setting of a type or range Nipype refuses

@@ -237,7 +237,8 @@ def _main(argv=None) -> int:
         synth_per_template=args.synth_per_template, batch_size=args.batch_size,
         learning_rate=args.learning_rate, epochs_plain=args.epochs_plain,
         epochs_augmented=args.epochs_augmented, steps_per_epoch=args.steps_per_epoch,
-        patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, train_seed=args.train_seed,
+        patience=args.patience, max_minutes=args.max_minutes, seed=args.seed,
+        train_seed=args.train_seed,
         threads=args.threads,
         # resolved, as scans: a record read from another folder still names the model
         # (evaluate-masker follows it to what that model saw)
