@@ -375,6 +375,7 @@ def test_the_plates_reproduce_commands_train_and_ship_the_shipped_ensemble():
 
     doc = (ROOT / "docs" / "plates.rst").read_text().split("\nReproduce\n", 1)[1]
     block = doc.split(".. code-block:: console", 2)[1]  # the shipped model's commands
+    block = re.split(r"^\S", block.lstrip("\n"), maxsplit=1, flags=re.M)[0]  # not the prose
     commands = [shlex.split(c.replace("\\\n", " ")) for c in re.split(r"^\s*\$ ", block,
                                                                          flags=re.M)[1:]]
     parser = build_parser()

@@ -7,8 +7,12 @@ chance. Runs in well under a minute on two CPU cores.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -620,3 +624,51 @@ def test_without_out_the_command_says_so_and_fit_router_needs_none(tiny_data, tm
     assert "--out is required (but with --fit-router)" in capsys.readouterr().err
     assert main([*base, "--fit-router", str(afile)]) == 2  # checked, as a folder to write
     assert f"{afile} is not a folder" in capsys.readouterr().err
+
+
+def test_a_time_limit_ends_the_run_at_its_next_evaluation(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    said = []
+    cfg = TrainConfig(data_dir=str(tiny_data), out_dir=str(out), size=64, width=4, batch_size=12,
+                      iterations=60, eval_every=20, learning_rate=3e-3, real_fraction=0.5,
+                      max_minutes=1e-6)  # fmt: skip
+    best = train(cfg, log=said.append)
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == [20]  # not 40, 60: stopped after the first
+    assert best["step"] == 20 and (out / "best.keras").is_file()
+    assert any("time limit (1e-06 min) reached at step 20" in s for s in said), said
+    assert json.loads((out / "config.json").read_text())["max_minutes"] == 1e-6
+
+
+TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.mark.skipif(not TORCH, reason="PyTorch is not installed (KERAS_BACKEND=torch trains "
+                    "the plates where TensorFlow is not, e.g. on a GPU machine)")
+def test_the_plates_train_on_the_torch_backend(tiny_data, tmp_path):
+    """The training step without TensorFlow's tf.function: the same tiny run learns on
+    PyTorch, with the moving average, and what it saved ranks as it said (checked here on the
+    default backend, where the shipped models run)."""
+    import keras
+
+    from samri_ml.plates.train import evaluate, load_atlas, load_sections, preprocess
+
+    out = tmp_path / "run"
+    code = (f"from samri_ml.plates.train import TrainConfig, train\n"
+            f"import keras; assert keras.backend.backend() == 'torch'\n"
+            f"b = train(TrainConfig(data_dir={str(tiny_data)!r}, out_dir={str(out)!r}, size=64, "
+            f"width=4, batch_size=12, iterations=60, eval_every=20, learning_rate=3e-3, "
+            f"schedule='cosine', ema=0.9, real_fraction=0.5), log=lambda *_: None)\n"
+            f"print(b['mae'])\n")  # fmt: skip
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    mae = float(done.stdout.split()[-1])
+    assert mae < 3.0  # chance: 5.5
+    model = keras.saving.load_model(out / "best.keras", compile=False)
+    plates, pimgs = load_atlas(tiny_data / "atlas")
+    _, labels, imgs = load_sections(tiny_data / "val_1")
+    metrics = evaluate(model, plates, np.stack([preprocess(i, 64) for i in pimgs]), labels,
+                       np.stack([preprocess(i, 64) for i in imgs]))  # fmt: skip
+    assert metrics["mae"] == pytest.approx(mae)

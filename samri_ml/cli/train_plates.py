@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training steps at most (early stopping may end the run before)")
     p.add_argument("--patience", type=whole, default=2000,
                    help="early-stopping patience (steps)")
+    p.add_argument("--max-minutes", type=number_in(float, 0, low_open=True),
+                   help="end the run at its first evaluation after this many minutes (the "
+                   "best model so far kept; default: no limit)")
     p.add_argument("--eval-every", type=whole, default=250,
                    help="steps between evaluations on val_1 (the best model is kept)")
     p.add_argument("--lr", type=number_in(float, 0, low_open=True), default=1e-4,
@@ -217,6 +220,7 @@ def _main(argv=None) -> int:
         batch_size=args.batch_size,
         iterations=args.iterations,
         patience=args.patience,
+        max_minutes=args.max_minutes,
         eval_every=args.eval_every,
         learning_rate=args.lr,
         schedule=args.schedule,

@@ -14,6 +14,9 @@ At a constant learning rate the val_1 MAE of successive checkpoints jumps by sev
 (e.g. 1.6 -> 5.6 -> 2.7 within 500 steps), so a cosine decay (``schedule="cosine"``) and an
 exponential moving average of the weights (``ema``, Polyak averaging; BatchNorm statistics
 included) are offered: the averaged weights are what is evaluated and saved.
+
+The step runs on Keras' TensorFlow or PyTorch backend (:func:`make_train_step`): a GPU
+machine with PyTorch and without TensorFlow trains the same networks (``KERAS_BACKEND=torch``).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class TrainConfig:
     #: threshold of the tissue box (:data:`samri_ml.plates.data.CROP_THRESHOLDS`)
     crop_threshold: str = "otsu"
     init: str | None = None
+    #: minutes after which the run ends at its next evaluation (None: no limit)
+    max_minutes: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -186,6 +191,91 @@ class BatchMaker:
         return np.stack(imgs)[..., None].astype(np.float32), np.array(labs, dtype=np.int32)
 
 
+def make_train_step(model, loss_fn, opt, ema: float = 0.0):
+    """The training step of :func:`train` on Keras' backend, and the averaged weights.
+
+    Returns ``step(x, y) -> loss`` (one Adam update of ``model`` on a batch, and, with
+    ``ema > 0``, of an exponential moving average of every float weight, BatchNorm moving
+    statistics included, warmed up as ``tf.train.ExponentialMovingAverage``: momentum
+    ``min(ema, (1 + n) / (10 + n))`` after ``n`` updates; integer states such as dropout seeds
+    are not averaged) and ``averaged_weights() -> list | None`` (the model's weights as
+    :meth:`get_weights` gives them, the averaged ones in place of the float weights; None
+    without ``ema``).
+
+    TensorFlow traces the step once (``tf.function``); PyTorch runs it eagerly, on the GPU
+    where there is one (``KERAS_BACKEND=torch``: the plates can be trained where TensorFlow is
+    not installed). JAX, whose steps are pure functions of the weights, is refused.
+    """
+    import keras
+
+    from samri_ml.errors import SamriMLError
+
+    backend = keras.backend.backend()
+    weights, trainable = model.weights, model.trainable_weights
+    averaged_idx = [i for i, w in enumerate(weights) if "float" in str(w.dtype)]
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        shadow = [tf.Variable(weights[i], trainable=False) for i in averaged_idx] if ema else []
+        n_updates = tf.Variable(0.0, trainable=False)
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                emb = model(x, training=True)
+                loss = loss_fn(y, emb)
+            grads = tape.gradient(loss, trainable)
+            opt.apply_gradients(zip(grads, trainable, strict=True))
+            if shadow:
+                n_updates.assign_add(1.0)
+                m = tf.minimum(ema, (1.0 + n_updates) / (10.0 + n_updates))
+                for s, i in zip(shadow, averaged_idx, strict=True):
+                    s.assign(m * s + (1.0 - m) * weights[i])
+            return loss
+
+        def shadow_values():
+            return [v.numpy() for v in shadow]
+
+    elif backend == "torch":
+        import torch
+
+        with torch.no_grad():
+            shadow = [weights[i].value.detach().clone() for i in averaged_idx] if ema else []
+        count = [0]
+
+        def step(x, y):
+            emb = model(keras.ops.convert_to_tensor(x), training=True)
+            loss = loss_fn(keras.ops.convert_to_tensor(y), emb)
+            model.zero_grad()
+            loss.backward()
+            with torch.no_grad():  # as Keras' own torch trainer applies the gradients
+                opt.apply([v.value.grad for v in trainable], trainable)
+                if shadow:
+                    count[0] += 1
+                    m = min(ema, (1.0 + count[0]) / (10.0 + count[0]))
+                    for s, i in zip(shadow, averaged_idx, strict=True):
+                        s.mul_(m).add_(weights[i].value.detach(), alpha=1.0 - m)
+            return loss.detach()
+
+        def shadow_values():
+            return [s.cpu().numpy() for s in shadow]
+
+    else:
+        raise SamriMLError(f"samri_ml-train-plates trains on the tensorflow or torch backend, "
+                           f"not {backend}; hint: KERAS_BACKEND=tensorflow (or torch)")
+
+    def averaged_weights():
+        if not ema:
+            return None
+        mixed = [np.asarray(w) for w in model.get_weights()]
+        for i, v in zip(averaged_idx, shadow_values(), strict=True):
+            mixed[i] = v
+        return mixed
+
+    return step, averaged_weights
+
+
 def evaluate(model, plates, plate_imgs, val_labels, val_imgs, smooth: float = 0.0) -> dict:
     """Rank all plates for each validation section; :func:`ranking_metrics` of the result."""
     t0 = time.perf_counter()
@@ -255,41 +345,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
     opt = keras.optimizers.Adam(learning_rate_schedule(cfg))
     make_batch = BatchMaker(plates, plate_imgs, tr_lab, tr_imgs, cfg)
 
-    import tensorflow as tf
-
-    # shadow copies of every float weight (BatchNorm moving statistics too) for the EMA;
-    # integer states (dropout seeds) are not averaged
-    averaged_idx = [i for i, w in enumerate(model.weights) if "float" in str(w.dtype)]
-    shadow = (
-        [tf.Variable(model.weights[i], trainable=False) for i in averaged_idx] if cfg.ema else []
-    )
-    n_updates = tf.Variable(0.0, trainable=False)
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            emb = model(x, training=True)
-            loss = loss_fn(y, emb)
-        grads = tape.gradient(loss, model.trainable_weights)
-        opt.apply_gradients(zip(grads, model.trainable_weights, strict=True))
-        if shadow:
-            n_updates.assign_add(1.0)
-            # warm-up as tf.train.ExponentialMovingAverage: early weights are forgotten fast
-            m = tf.minimum(cfg.ema, (1.0 + n_updates) / (10.0 + n_updates))
-            for s, i in zip(shadow, averaged_idx, strict=True):
-                s.assign(m * s + (1.0 - m) * model.weights[i])
-        return loss
+    step, averaged_weights = make_train_step(model, loss_fn, opt, cfg.ema)
 
     @contextmanager
     def averaged():
         """Inside: the model holds the averaged weights (if any); after: its own again."""
-        if not shadow:
+        mixed = averaged_weights()
+        if mixed is None:
             yield
             return
         raw = model.get_weights()
-        mixed = list(raw)
-        for i, v in zip(averaged_idx, shadow, strict=True):
-            mixed[i] = v.numpy()
         model.set_weights(mixed)
         try:
             yield
@@ -336,6 +401,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         bar.set_postfix(loss=f"{rec['loss']:.3f}", val1=f"{m1['mae']:.2f}")
 
     bar = tqdm(range(1, cfg.iterations + 1), desc="train-plates", mininterval=30)
+    started = time.time()
     it = 0
     try:
         # config.json first thing in here: from the moment OUT holds a run, Ctrl-C says what
@@ -356,6 +422,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 if it - best["step"] >= cfg.patience:
                     log(f"early stop at step {it}: val_1 MAE not improved for {cfg.patience} "
                         "steps")
+                    break
+                if cfg.max_minutes and time.time() - started > 60 * cfg.max_minutes:
+                    log(f"time limit ({cfg.max_minutes:g} min) reached at step {it}; the best "
+                        f"model so far is step {best['step']}'s")
                     break
         _write_files(out, {"best.json": lambda p: p.write_text(json_dumps(best, indent=2))})
     except KeyboardInterrupt:  # Ctrl-C: say what the checkpoints hold
