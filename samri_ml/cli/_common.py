@@ -166,7 +166,8 @@ def add_plate_model_options(parser) -> None:
         choices=list(VARIANT_CHOICES),
         help="shipped model: 'auto' (a modality router sends each section to one of the "
         "others), 'default' (confocal/Nissl sections) or 'multimodal' (other modalities, e.g. "
-        "two-photon); see docs/plates.rst",
+        "two-photon); the model cards beside the shipped models (samri_ml/data/models/"
+        "plates_embedding.md, plates_multimodal/README.md) say what each was trained on",
     )
     parser.add_argument("--model", metavar="PATH", help="embedding model (.keras) instead")
     parser.add_argument("--index", metavar="PATH", help="plate index (.npz) instead")

@@ -136,7 +136,8 @@ def _note_readings(results: list[dict], any_orientation: bool) -> None:
     parts = sum("read_as" in r for r in results)
     if parts:
         print(f"{PROG}: note: {parts} of {n} sections were read as a part of a section "
-              "(docs/plates.rst, \"Pieces of sections\")", file=sys.stderr)
+              "(a dorsal or ventral half, or a hemisphere, matched at a whole section's scale; "
+              "samri_ml-identify-plate --json names the part: read_as)", file=sys.stderr)
     uncertain = sum(bool(r.get("uncertain")) for r in results)
     if uncertain:
         print(f"{PROG}: note: {uncertain} of {n} sections are uncertain (farther from every "
