@@ -623,3 +623,26 @@ def test_a_marked_model_trained_by_a_torch_loop_runs_with_its_new_weights():
     moved, off = (float(v) for v in r.stdout.split()[-2:])
     assert moved > 0.1  # the training changed the output
     assert off < 1e-5
+
+
+_TORCH_NO_GRAD = """
+import keras, numpy as np
+from samri_ml.models import inference
+inp = keras.Input((8, 8, 1))
+model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(inp)))
+out = inference.inference_fn(model)(np.ones((4, 8, 8, 1), np.float32))
+direct = model(np.ones((4, 8, 8, 1), np.float32), training=False)
+print(bool(out.requires_grad), bool(direct.requires_grad))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="PyTorch is not installed (KERAS_BACKEND=torch)")
+def test_the_torch_forward_pass_keeps_no_autograd_record():
+    """On PyTorch the inference pass ran with autograd recording it, as a plain call does:
+    evaluating a ResNet101V2 plate network during GPU training ran out of memory."""
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    r = subprocess.run([sys.executable, "-c", _TORCH_NO_GRAD], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-2:] == ["False", "True"]  # ours without, the plain call with
