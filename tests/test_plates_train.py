@@ -672,3 +672,16 @@ def test_the_plates_train_on_the_torch_backend(tiny_data, tmp_path):
     metrics = evaluate(model, plates, np.stack([preprocess(i, 64) for i in pimgs]), labels,
                        np.stack([preprocess(i, 64) for i in imgs]))  # fmt: skip
     assert metrics["mae"] == pytest.approx(mae)
+
+
+def test_a_backend_without_a_training_step_is_refused_before_anything_is_written(
+        tiny_data, tmp_path, monkeypatch):
+    import keras
+
+    from samri_ml.errors import SamriMLError
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    out = tmp_path / "run"
+    with pytest.raises(SamriMLError, match="trains on the tensorflow or torch backend, not jax"):
+        train(TrainConfig(data_dir=str(tiny_data), out_dir=str(out), size=64, width=4))
+    assert not out.exists()

@@ -191,6 +191,19 @@ class BatchMaker:
         return np.stack(imgs)[..., None].astype(np.float32), np.array(labs, dtype=np.int32)
 
 
+#: the Keras backends :func:`make_train_step` has a step for
+TRAIN_BACKENDS = ("tensorflow", "torch")
+
+
+def refuse_backend(backend: str) -> None:
+    """Refuse, in one line, a Keras backend without a training step (:data:`TRAIN_BACKENDS`)."""
+    from samri_ml.errors import SamriMLError
+
+    if backend not in TRAIN_BACKENDS:
+        raise SamriMLError(f"samri_ml-train-plates trains on the tensorflow or torch backend, "
+                           f"not {backend}; hint: KERAS_BACKEND=tensorflow (or torch)")
+
+
 def make_train_step(model, loss_fn, opt, ema: float = 0.0):
     """The training step of :func:`train` on Keras' backend, and the averaged weights.
 
@@ -207,8 +220,6 @@ def make_train_step(model, loss_fn, opt, ema: float = 0.0):
     not installed). JAX, whose steps are pure functions of the weights, is refused.
     """
     import keras
-
-    from samri_ml.errors import SamriMLError
 
     backend = keras.backend.backend()
     weights, trainable = model.weights, model.trainable_weights
@@ -262,8 +273,7 @@ def make_train_step(model, loss_fn, opt, ema: float = 0.0):
             return [s.cpu().numpy() for s in shadow]
 
     else:
-        raise SamriMLError(f"samri_ml-train-plates trains on the tensorflow or torch backend, "
-                           f"not {backend}; hint: KERAS_BACKEND=tensorflow (or torch)")
+        refuse_backend(backend)
 
     def averaged_weights():
         if not ema:
@@ -301,6 +311,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from samri_ml.errors import SamriMLError
     from samri_ml.models.siamese import LOSSES, build_embedding_net
 
+    refuse_backend(keras.backend.backend())  # before anything is read or written
     if cfg.init:  # the network trained is the --init model's: config.json says so
         cfg = replace(cfg, **init_settings(cfg.init))
     _set_seeds(cfg.seed)
