@@ -682,6 +682,6 @@ def test_a_backend_without_a_training_step_is_refused_before_anything_is_written
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     out = tmp_path / "run"
-    with pytest.raises(SamriMLError, match="trains on the tensorflow or torch backend, not jax"):
+    with pytest.raises(SamriMLError, match="trains on Keras. tensorflow or torch backend, not jax"):
         train(TrainConfig(data_dir=str(tiny_data), out_dir=str(out), size=64, width=4))
     assert not out.exists()

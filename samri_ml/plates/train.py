@@ -200,7 +200,7 @@ def refuse_backend(backend: str) -> None:
     from samri_ml.errors import SamriMLError
 
     if backend not in TRAIN_BACKENDS:
-        raise SamriMLError(f"samri_ml-train-plates trains on the tensorflow or torch backend, "
+        raise SamriMLError(f"the plate embedding trains on Keras' tensorflow or torch backend, "
                            f"not {backend}; hint: KERAS_BACKEND=tensorflow (or torch)")
 
 
