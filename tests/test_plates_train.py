@@ -238,6 +238,7 @@ def test_a_failed_export_leaves_the_folder_as_it_was(tiny_data, tmp_path, capsys
     (["--synth-fraction", "2"], "argument --synth-fraction: 2: must be at least 0 and at most 0.6"),
     (["--synth-fraction", "-0.1"], "argument --synth-fraction: -0.1: must be at least 0 and"),
     (["--synth-max-tilt", "-6"], "argument --synth-max-tilt: -6: must be at least 0 and at most 45"),
+    (["--max-minutes", "0"], "argument --max-minutes: 0: must be above 0"),
 ])  # fmt: skip
 def test_train_plates_refuses_settings_out_of_range(tiny_data, tmp_path, capsys, args, words):
     """These ran (``--iterations 0``: exit 0, no model, a ``best.json`` with a bare Infinity)
