@@ -530,11 +530,11 @@ def inference_fn(model):
     On the TensorFlow backend the graph of a ``tf.function`` with a dynamic batch dimension
     (one trace for any batch size): an eager call runs op by op, which costs ~0.1 s of Python
     overhead per call of the small plate CNN and ~30 % of the U-Net's time on a volume's
-    slices. PyTorch's runs under ``torch.no_grad()``; other backends get the plain call. A model marked ``float32``
-    (:func:`mark_for_inference`) runs as its :func:`batchnorm_folded_copy`, one marked
-    ``bfloat16`` as its :func:`bfloat16_copy`, made once here (a model that cannot be rebuilt
-    from its config, e.g. with unregistered custom layers, runs as it is, in float32, with a
-    note where bfloat16 was asked); the output is float32 either way. A marked model whose
+    slices. PyTorch's runs under ``torch.no_grad()``; other backends get the plain call. A
+    model marked ``float32`` (:func:`mark_for_inference`) runs as its
+    :func:`batchnorm_folded_copy`, one marked ``bfloat16`` as its :func:`bfloat16_copy`, made
+    once here (a model that cannot be rebuilt from its config, e.g. with unregistered custom
+    layers, runs as it is, in float32, with a note where bfloat16 was asked); the output is float32 either way. A marked model whose
     weights were assigned since its copy was made (``set_weights``, ``load_weights``), or
     marked again with another precision, gets a new copy in place of the old one
     (:func:`_watch_weights`); one compiled since (being trained), or trained by a
@@ -599,7 +599,7 @@ def inference_fn(model):
         elif keras.backend.backend() == "torch":
             import torch
 
-            def fn(x, net=net):
+            def fn(x):
                 # without autograd's record of the pass: a plate network's evaluation during
                 # training on a GPU (ResNet101V2, 224 px, batches of 64) ran out of memory
                 with torch.no_grad():

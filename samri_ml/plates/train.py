@@ -211,9 +211,9 @@ def make_train_step(model, loss_fn, opt, ema: float = 0.0):
     ``ema > 0``, of an exponential moving average of every float weight, BatchNorm moving
     statistics included, warmed up as ``tf.train.ExponentialMovingAverage``: momentum
     ``min(ema, (1 + n) / (10 + n))`` after ``n`` updates; integer states such as dropout seeds
-    are not averaged) and ``averaged_weights() -> list | None`` (the model's weights as
-    :meth:`get_weights` gives them, the averaged ones in place of the float weights; None
-    without ``ema``).
+    are not averaged) and ``averaged_weights(raw) -> list | None`` (``raw``, the model's
+    weights as :meth:`get_weights` gives them, with the averaged ones in place of the float
+    weights; None without ``ema``).
 
     TensorFlow traces the step once (``tf.function``); PyTorch runs it eagerly, on the GPU
     where there is one (``KERAS_BACKEND=torch``: the plates can be trained where TensorFlow is
@@ -275,10 +275,10 @@ def make_train_step(model, loss_fn, opt, ema: float = 0.0):
     else:
         refuse_backend(backend)
 
-    def averaged_weights():
+    def averaged_weights(raw):
         if not ema:
             return None
-        mixed = [np.asarray(w) for w in model.get_weights()]
+        mixed = list(raw)
         for i, v in zip(averaged_idx, shadow_values(), strict=True):
             mixed[i] = v
         return mixed
@@ -361,11 +361,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     @contextmanager
     def averaged():
         """Inside: the model holds the averaged weights (if any); after: its own again."""
-        mixed = averaged_weights()
+        raw = model.get_weights()
+        mixed = averaged_weights(raw)
         if mixed is None:
             yield
             return
-        raw = model.get_weights()
         model.set_weights(mixed)
         try:
             yield
