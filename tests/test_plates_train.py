@@ -42,6 +42,19 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+def _val_1_mae(model_path, data, size: int = 64) -> float:
+    """val_1 MAE of a saved plate model on ``data``, evaluated here as training evaluates."""
+    import keras
+
+    from samri_ml.plates.train import evaluate, load_atlas, load_sections, preprocess
+
+    model = keras.saving.load_model(model_path, compile=False)
+    plates, pimgs = load_atlas(data / "atlas")
+    _, labels, imgs = load_sections(data / "val_1")
+    return evaluate(model, plates, np.stack([preprocess(i, size) for i in pimgs]), labels,
+                    np.stack([preprocess(i, size) for i in imgs]))["mae"]  # fmt: skip
+
+
 def test_cosine_schedule_decays_to_one_percent():
     cfg = TrainConfig(data_dir="", out_dir="", learning_rate=1e-3, iterations=100,
                       schedule="cosine")  # fmt: skip
@@ -56,9 +69,7 @@ def test_cosine_schedule_decays_to_one_percent():
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_training_learns_the_tiny_atlas(tiny_data, tmp_path, ema):
-    import keras
 
-    from samri_ml.plates.train import evaluate, load_atlas, load_sections, preprocess
 
     out = tmp_path / "run"
     cfg = TrainConfig(
@@ -79,12 +90,7 @@ def test_training_learns_the_tiny_atlas(tiny_data, tmp_path, ema):
     # chance level: the true plate at a random one of 12 positions, MAE 5.5
     assert best["mae"] < 3.0, history
     # what was saved is what was evaluated (with EMA: the averaged weights, not the raw ones)
-    model = keras.saving.load_model(out / "best.keras", compile=False)
-    plates, pimgs = load_atlas(tiny_data / "atlas")
-    _, labels, imgs = load_sections(tiny_data / "val_1")
-    metrics = evaluate(model, plates, np.stack([preprocess(i, 64) for i in pimgs]), labels,
-                       np.stack([preprocess(i, 64) for i in imgs]))  # fmt: skip
-    assert metrics["mae"] == pytest.approx(best["mae"])
+    assert _val_1_mae(out / "best.keras", tiny_data) == pytest.approx(best["mae"])
 
 
 def test_an_exported_index_is_float32_whatever_the_precision(tiny_data, tmp_path, monkeypatch):
@@ -650,9 +656,7 @@ def test_the_plates_train_on_the_torch_backend(tiny_data, tmp_path):
     """The training step without TensorFlow's tf.function: the same tiny run learns on
     PyTorch, with the moving average, and what it saved ranks as it said (checked here on the
     default backend, where the shipped models run)."""
-    import keras
 
-    from samri_ml.plates.train import evaluate, load_atlas, load_sections, preprocess
 
     out = tmp_path / "run"
     code = (f"from samri_ml.plates.train import TrainConfig, train\n"
@@ -667,12 +671,7 @@ def test_the_plates_train_on_the_torch_backend(tiny_data, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     mae = float(done.stdout.split()[-1])
     assert mae < 3.0  # chance: 5.5
-    model = keras.saving.load_model(out / "best.keras", compile=False)
-    plates, pimgs = load_atlas(tiny_data / "atlas")
-    _, labels, imgs = load_sections(tiny_data / "val_1")
-    metrics = evaluate(model, plates, np.stack([preprocess(i, 64) for i in pimgs]), labels,
-                       np.stack([preprocess(i, 64) for i in imgs]))  # fmt: skip
-    assert metrics["mae"] == pytest.approx(mae)
+    assert _val_1_mae(out / "best.keras", tiny_data) == pytest.approx(mae)
 
 
 def test_a_backend_without_a_training_step_is_refused_before_anything_is_written(
