@@ -27,13 +27,17 @@ def main() -> None:
         ap.error("give two or more models to average")
     if args.out.suffix != ".keras":
         ap.error(f"{args.out}: the output must end in .keras")
+    from samri_ml.errors import SamriMLError
+    from samri_ml.masking.predict import load_model
     from samri_ml.models.inference import import_keras
-    from samri_ml.models.unet import CUSTOM_OBJECTS
 
     keras = import_keras()
     members = []
     for i, path in enumerate(args.models):
-        model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+        try:  # the masker's own loading: a missing or unreadable file in one line
+            model = load_model(path, "float32")
+        except SamriMLError as err:
+            ap.error(str(err))
         if model.input_shape != (None, 64, 64, 1) or model.output_shape != (None, 64, 64, 1):
             ap.error(f"{path}: not a brain-masking U-Net (it takes {model.input_shape} and "
                      f"gives {model.output_shape})")
