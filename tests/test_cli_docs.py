@@ -421,8 +421,9 @@ def _documented_commands(text: str, program: str) -> list[list[str]]:
 def test_the_masker_card_commands_parse_and_train_the_shipped_model():
     """The masker's model card and docs/masking.rst give the training commands a lab runs to
     reproduce or extend the shipped model; none was checked against today's flags (only the
-    plates' were). Each must parse, and the shipped model's (J: OUT unet_brainmask.keras)
-    must give the settings its _training.json records."""
+    plates' were). Each must parse, and those that make the shipped model (OUT
+    unet_brainmask.keras, an ensemble of J and T8-soup, T8-soup an average of T8-2 and T8-3)
+    must give the members and settings its _training.json records."""
     import json
 
     from samri_ml.cli.evaluate_masker import get_parser as evaluate_parser
@@ -433,7 +434,7 @@ def test_the_masker_card_commands_parse_and_train_the_shipped_model():
     assert "--dataset-cache" in data, data  # the card's DATA, as the card defines it
     parsers = {"samri_ml-train-masker": train_parser(),
                "samri_ml-evaluate-masker": evaluate_parser()}
-    shipped = None
+    trained = {}  # OUT name -> the card's command for it
     n = 0
     for doc in (card, (ROOT / "docs" / "masking.rst").read_text()):
         for program, parser in parsers.items():
@@ -443,18 +444,43 @@ def test_the_masker_card_commands_parse_and_train_the_shipped_model():
                     argv[at:at + 1] = data
                 args = parser.parse_args(argv[1:])  # exit 2 (SystemExit) on a stale flag
                 n += 1
-                if program.endswith("train-masker") and args.out.name == "unet_brainmask.keras":
-                    shipped = args
-    assert n >= 10 and shipped is not None, n
-    recorded = json.loads((ROOT / "samri_ml" / "data" / "models" /
-                           "unet_brainmask_training.json").read_text())["config"]
-    for key in ("width", "holdout", "synth_per_dama", "synth_per_template", "snout_neck",
-                "views", "crops_per_scan", "crop_fraction", "stripped_rim", "seed",
-                "learning_rate", "epochs_plain", "epochs_augmented", "steps_per_epoch",
-                "max_minutes", "threads"):
-        got = getattr(shipped, key)
-        assert (list(got) if isinstance(got, tuple | list) else got) == recorded[key], key
-    assert shipped.init.name == recorded["init_model"]
+                if program.endswith("train-masker") and doc is card:
+                    trained[args.out.name] = args
+    assert n >= 10 and "unet_brainmask.keras" in trained, n
+    record = json.loads((ROOT / "samri_ml" / "data" / "models" /
+                         "unet_brainmask_training.json").read_text())
+    checked = []
+
+    def check(name, record):
+        args = trained[name]
+        for kind in ("ensemble_of", "average_of"):
+            if kind in record:
+                assert [p.name for p in getattr(args, kind)] == [Path(m).name for m in
+                                                                 record[kind]], name
+                for key in ("holdout", "seed", "views", "stripped_rim"):
+                    got = getattr(args, key)
+                    assert (list(got) if isinstance(got, tuple) else got) == \
+                        record["config"][key], (name, key)
+                for member in record["members"]:
+                    if Path(member["model"]).name in trained:
+                        check(Path(member["model"]).name, member)
+                checked.append(name)
+                return
+        config = record["config"]
+        for key in ("width", "holdout", "synth_per_dama", "synth_per_template", "snout_neck",
+                    "views", "crops_per_scan", "crop_fraction", "stripped_rim", "seed",
+                    "learning_rate", "epochs_plain", "epochs_augmented", "steps_per_epoch",
+                    "max_minutes", "threads", "train_seed"):
+            got = getattr(args, key)
+            assert (list(got) if isinstance(got, tuple | list) else got) == config[key], \
+                (name, key)
+        assert args.init.name == Path(config["init_model"]).name, name
+        checked.append(name)
+
+    check("unet_brainmask.keras", record)
+    # the ensemble, its two members (J trained; T8-soup an average) and T8-3, trained
+    assert {"unet_brainmask.keras", "J.keras", "T8-soup.keras", "T8-3.keras"} <= set(checked), \
+        checked
 
 
 def test_the_plates_card_and_docs_commands_parse():

@@ -146,13 +146,27 @@ def add_views_option(parser, use="predict along (their probabilities averaged)")
 
 
 def add_flip_option(parser) -> None:
-    """``--no-flip``: skip the masker's left-right test-time augmentation (its predicting CLIs)."""
-    parser.add_argument(
+    """``--flip`` / ``--no-flip``: the masker's left-right test-time augmentation (its
+    predicting CLIs); neither: the model's own choice
+    (:func:`samri_ml.masking.predict.mirrors_by_default`)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--flip",
+        dest="flip",
+        action="store_true",
+        default=None,
+        help="also predict the left-right mirrored volume and average (test-time "
+        "augmentation). Default: the model's own choice: a single network is mirrored, an "
+        "ensemble of networks (the shipped masker) is not (its members' mean replaces the "
+        "mirror)",
+    )
+    group.add_argument(
         "--no-flip",
         dest="flip",
         action="store_false",
-        help="skip the left-right mirrored prediction (test-time augmentation, on by default): "
-        "about a third faster, slightly less accurate",
+        default=None,
+        help="never predict the mirrored volume: a single network about a third faster, "
+        "slightly less accurate",
     )
 
 

@@ -77,8 +77,8 @@ def _held_out(model_path: Path, _seen: frozenset = frozenset()) -> list[str] | N
     is none (what it was trained on is unknown), or where it was fine-tuned on a lab's scans
     from an ``--init`` model whose record is not found from here (a relative path of another
     folder) or leads back to itself (a fine-tuned model renamed to its ``--init``'s name: it
-    recursed until Python's RecursionError), said in a note. An average (``--average-of``) of
-    such models: what none of its members saw."""
+    recursed until Python's RecursionError), said in a note. An average (``--average-of``)
+    or ensemble (``--ensemble-of``) of such models: what none of its members saw."""
     from samri_ml.masking.predict import training_record_path
 
     info = training_record_path(model_path)
@@ -97,9 +97,10 @@ def _held_out(model_path: Path, _seen: frozenset = frozenset()) -> list[str] | N
         # sources were all unseen, unless its weights came from models that saw them (its
         # --init, or an average's members: a soup of models fine-tuned from the shipped one
         # was said to have seen none of the shared data)
-        members = record.get("average_of") if isinstance(record, dict) else None
+        kind = next((k for k in ("average", "ensemble") if record.get(f"{k}_of")), None)
+        members = record[f"{kind}_of"] if kind else None
         init = config.get("init_model")
-        parents = [(f"averages --average-of {m}", m) for m in members] if members else \
+        parents = [(f"{kind}s --{kind}-of {m}", m) for m in members] if members else \
             [(f"was fine-tuned from --init {init}", init)] if init else []
         seen = _seen | {model_path.resolve()}
         unseen = list(SOURCES)

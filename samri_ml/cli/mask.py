@@ -1,7 +1,7 @@
 """``samri_ml-mask``: brain mask of a mouse MRI volume with the U-Net.
 
 samri_ml-mask IN.nii[.gz] OUT_MASK.nii.gz [--model PATH] [--masked OUT.nii.gz] [--png QC.png]
-    [--views ...] [--no-flip] [-v]
+    [--views ...] [--flip | --no-flip] [-v]
 """
 
 from __future__ import annotations

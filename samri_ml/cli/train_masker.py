@@ -159,7 +159,8 @@ def get_parser() -> argparse.ArgumentParser:
         help=("store/reuse the assembled slices here (.npz); reused only with the same data "
               "settings and scans (else rebuilt)"),
     )
-    p.add_argument(
+    combined = p.add_mutually_exclusive_group()
+    combined.add_argument(
         "--average-of",
         type=Path,
         nargs="+",
@@ -167,6 +168,16 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="do not train: write OUT as the weight average of these models (runs fine-tuned "
         "from one model; the data options select the validation subjects)",
+    )
+    combined.add_argument(
+        "--ensemble-of",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="MODEL",
+        help="do not train: write OUT as one model giving the mean of these models' "
+        "predictions (an ensemble: each member's time; not mirrored by default, the members' "
+        "mean replaces the mirror; the data options select the validation subjects)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
@@ -176,10 +187,14 @@ def get_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    from samri_ml.masking.train import TrainConfig, average, train
+    from samri_ml.masking.train import COMBINE_KINDS, TrainConfig, combine, train
     from samri_ml.paths import existing_data_dir
 
-    if args.epochs_plain == 0 and args.epochs_augmented == 0 and not args.average_of:
+    members = args.average_of or args.ensemble_of
+    kind = "average" if args.average_of else "ensemble"
+    if members is not None and len(members) < 2:
+        parser.error(f"{COMBINE_KINDS[kind]}: give two or more models")
+    if args.epochs_plain == 0 and args.epochs_augmented == 0 and not members:
         parser.error("--epochs-plain and --epochs-augmented are both 0: nothing to train")
     if args.scans is not None and not args.scans.is_dir():
         parser.error(f"--scans {args.scans}: not a folder; hint: give the folder that holds "
@@ -203,7 +218,7 @@ def _main(argv=None) -> int:
         parser.error("--holdout dama: the validation subjects are drawn from dama (sammba's "
                      "and emory's scans are one brain each); hint: hold out sammba, emory or "
                      "templates, and measure dama with samri_ml-evaluate-masker")
-    for option, models in (("--average-of", args.average_of or []),
+    for option, models in ((COMBINE_KINDS[kind], members or []),
                            ("--init", [args.init] if args.init else [])):
         for model in models:
             if _same_file(model, args.out):
@@ -252,17 +267,18 @@ def _main(argv=None) -> int:
         scans=str(args.scans.resolve()) if args.scans else "",
     )  # fmt: skip
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    if not args.average_of:
+    if not members:
         # TensorFlow started here, with the training's threads, without its C++ start-up lines
-        # (train() imports keras plainly: four lines above a one-line error); average() loads
+        # (train() imports keras plainly: four lines above a one-line error); combine() loads
         # its members through import_keras already
         from samri_ml.cli._common import set_tf_threads
         from samri_ml.models.inference import import_keras
 
         set_tf_threads(args.threads)
         import_keras()
-    if args.average_of:
-        summary = average(config, args.average_of, args.out, data_dir, args.cache_dir, log=log)
+    if members:
+        summary = combine(config, members, args.out, data_dir, args.cache_dir, log=log,
+                          kind=kind)
     else:
         summary = train(config, args.out, data_dir, args.cache_dir, log=log)
     vd = summary["validation_dice"]

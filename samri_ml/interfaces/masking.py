@@ -35,9 +35,9 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
                         value=["sagittal", "coronal", "axial"], usedefault=True, minlen=1,
                         desc="slice directions whose predictions are averaged (the seed: "
                         "['coronal'])")  # fmt: skip
-    flip = traits.Bool(True, usedefault=True,
-                       desc="also predict the left-right mirrored volume and average (test-time "
-                       "augmentation)")  # fmt: skip
+    flip = traits.Bool(desc="also predict the left-right mirrored volume and average (test-time "
+                       "augmentation); default: the model's own choice (a single network is "
+                       "mirrored, an ensemble such as the shipped masker is not)")  # fmt: skip
     report = traits.Bool(False, usedefault=True,
                          desc="also draw the mask's outline on coronal slices of in_file into "
                          "out_report (a PNG, as samri_ml-mask --png)")
@@ -103,9 +103,10 @@ class MaskBrain(SimpleInterface):
             from samri_ml.errors import SamriMLError
 
             raise SamriMLError(f"max_slices {max_slices}: must be at least {MIN_MAX_SLICES}")
+        flip = bool(self.inputs.flip) if traits_defined(self.inputs.flip) else None
         kwargs = {"in_file": self.inputs.in_file, "out_dir": runtime.cwd,
                   "model": self.inputs.model or None, "threshold": self.inputs.threshold,
-                  "views": list(self.inputs.views), "flip": bool(self.inputs.flip),
+                  "views": list(self.inputs.views), "flip": flip,
                   "max_slices": max_slices, "num_threads": int(self.inputs.num_threads),
                   "report": bool(self.inputs.report)}
         if tensorflow_inherited():  # TensorFlow hangs in a forked copy of itself
@@ -117,7 +118,7 @@ class MaskBrain(SimpleInterface):
 
 
 def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "coronal",
-               "axial"), flip=True, max_slices=None, num_threads=0, report=False) -> dict:
+               "axial"), flip=None, max_slices=None, num_threads=0, report=False) -> dict:
     """What :class:`MaskBrain` does: the mask of ``in_file`` and the masked image, written into
     ``out_dir`` as ``<name>_mask.nii.gz`` and ``<name>_masked.nii.gz``, and with ``report`` the
     mask outlined on the image (:func:`samri_ml.report.mask_figure`) as ``<name>_mask.png``;

@@ -30,7 +30,7 @@ def pearson(a, b) -> float:
     return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
-def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True, figure=None) -> dict:
+def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool | None = None, figure=None) -> dict:
     """Scores of one :class:`samri_ml.masking.data.Scan` (RAS arrays) with ``model``; with
     ``figure`` (a ``.png`` path) the predicted and the reference mask are also drawn on the
     scan there (:func:`samri_ml.report.mask_figure`; not timed)."""
@@ -81,7 +81,7 @@ def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool = True, figure=None) 
     }
 
 
-def evaluate(scans, model, views=ALL_VIEWS, flip: bool = True, figures=None) -> list[dict]:
+def evaluate(scans, model, views=ALL_VIEWS, flip: bool | None = None, figures=None) -> list[dict]:
     """:func:`evaluate_scan` for every scan (the first call also warms TensorFlow up); with
     ``figures`` (a folder) a picture of each, named after the scan (:func:`figure_name`)."""
     from pathlib import Path

@@ -297,13 +297,23 @@ def _interpolate_slices(values: np.ndarray, positions: np.ndarray, n: int, axis:
     return np.take(values, k, axis=axis) * (1 - w) + np.take(values, k + 1, axis=axis) * w
 
 
-def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS, flip: bool = True,
+def mirrors_by_default(model) -> bool:
+    """Whether ``model`` predicts the left-right mirrored volume too when ``flip`` is not
+    given: a single network does (test-time augmentation), an ensemble of networks
+    (:func:`samri_ml.models.unet.ensemble`, the shipped masker) does not: its members'
+    mean replaces the mirror, in as many passes (mirrored too it took twice the time)."""
+    from samri_ml.models.unet import ensemble_size
+
+    return ensemble_size(model) == 1
+
+
+def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS, flip: bool | None = None,
                    max_slices: int | None = MAX_SLICES_PER_VIEW,
                    high: float | None = None) -> np.ndarray:
     """Brain probability of a RAS volume: the mean over ``views`` of the slice-wise predictions.
 
-    With ``flip`` (test-time augmentation) each view's prediction is the mean of the volume's and
-    of its left-right mirror's (mirrored back). Sagittal slices are cut along the left-right axis,
+    With ``flip`` (test-time augmentation; None: :func:`mirrors_by_default`) each view's
+    prediction is the mean of the volume's and of its left-right mirror's (mirrored back). Sagittal slices are cut along the left-right axis,
     so the mirror only reverses their order and gives the same prediction: it is not run again;
     the coronal and axial slices are. A view with more than ``max_slices`` slices is predicted on
     ``max_slices`` of them and interpolated (:data:`MAX_SLICES_PER_VIEW`). All slices go through
@@ -318,7 +328,7 @@ def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS, flip: bool = True
         raise SamriMLError("no view to predict; choose from " + ", ".join(pp.VIEW_AXES))
     mirrored = np.flip(vol, LEFT_RIGHT_AXIS)
     jobs = [(a, False) for a in axes]
-    if flip:
+    if mirrors_by_default(model) if flip is None else flip:
         jobs += [(a, True) for a in axes if a != LEFT_RIGHT_AXIS]
     positions = {a: _slice_positions(ras.shape[a], max_slices) for a in axes}
     stacks = [
@@ -400,7 +410,7 @@ def predict_mask(
     threshold: float = 0.5,
     return_probability: bool = False,
     views=pp.ALL_VIEWS,
-    flip: bool = True,
+    flip: bool | None = None,
     max_slices: int | None = MAX_SLICES_PER_VIEW,
 ):
     """Predict the brain mask of a 3D or 4D image, on the input's grid.
@@ -419,8 +429,10 @@ def predict_mask(
         Slice directions whose predictions are averaged: any of ``sagittal``, ``coronal``,
         ``axial``. Default all three (context the coronal slice lacks: a neck or snout slice
         looks like a brain slice on its own); ``"coronal"`` is the seed's method.
-    flip : bool
-        Also predict the left-right mirror and average (test-time augmentation).
+    flip : bool or None
+        Also predict the left-right mirror and average (test-time augmentation); None (the
+        default): the model's own choice, :func:`mirrors_by_default` (a single network is
+        mirrored, an ensemble such as the shipped model is not).
     max_slices : int or None
         Predict at most this many slices per view (at least :data:`MIN_MAX_SLICES`), evenly
         spaced, and interpolate between them (:data:`MAX_SLICES_PER_VIEW`); None predicts

@@ -665,10 +665,10 @@ def _finished_model(out_path: Path) -> bool:
     return out_path.is_file() and training_state(out_path) != "interrupted"
 
 
-def check_members(member_paths) -> None:
-    """Refuse ``--average-of`` members that an interrupted run saved (their ``_training.json``
-    says so): their few epochs' weights pulled the average towards an unfinished model, without
-    a word (:func:`average` notes members without a record).
+def check_members(member_paths, option: str = "--average-of") -> None:
+    """Refuse ``--average-of`` (``option``) members that an interrupted run saved (their
+    ``_training.json`` says so): their few epochs' weights pulled the average towards an
+    unfinished model, without a word (:func:`combine` notes members without a record).
 
     Raises
     ------
@@ -682,7 +682,7 @@ def check_members(member_paths) -> None:
             continue  # load_model says so
         if training_state(path) == "interrupted":
             raise SamriMLError(
-                f"--average-of {path} is an interrupted run (its _training.json says "
+                f"{option} {path} is an interrupted run (its _training.json says "
                 "'interrupted'): its weights are those of the epochs before Ctrl-C; hint: "
                 f"finish its training (samri_ml-train-masker ... --init {path}) or leave it "
                 "out")
@@ -780,28 +780,47 @@ def average_weights(models, names=None):
     return out
 
 
+#: how :func:`combine` makes one model of several: its option and what it writes
+COMBINE_KINDS = {"average": "--average-of", "ensemble": "--ensemble-of"}
+
+
 def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_dir=None,
             log=print) -> dict:  # fmt: skip
-    """Save the weight average of ``member_paths`` at ``out_path`` with a summary beside it.
+    """Save the weight average of ``member_paths`` at ``out_path`` (:func:`combine`)."""
+    return combine(config, member_paths, out_path, data_dir, cache_dir, log, kind="average")
+
+
+def combine(config: TrainConfig, member_paths, out_path, data_dir=None, cache_dir=None,
+            log=print, kind: str = "average") -> dict:  # fmt: skip
+    """Save one model made of ``member_paths`` at ``out_path`` with a summary beside it:
+    ``kind`` ``"average"``, their weight average (:func:`average_weights`, one network's
+    time), or ``"ensemble"``, the mean of their predictions
+    (:func:`samri_ml.models.unet.ensemble`; members of any width, each one's time, not
+    mirrored by default).
 
     The validation Dice is computed as in :func:`train`, on the validation subjects of
     ``config``'s data set (read from ``config.dataset_cache`` when it matches).
     """
     from samri_ml.masking.predict import load_model
+    from samri_ml.models.unet import ensemble
 
+    option = COMBINE_KINDS[kind]
     out_path = Path(out_path)
     t_start = time.time()
-    check_members(member_paths)
-    # load_model refuses a missing file with one line, before TensorFlow starts
-    members = [load_model(p) for p in member_paths]
+    check_members(member_paths, option)
+    # load_model refuses a missing file with one line, before TensorFlow starts; float32:
+    # their weights are copied into the new model, in whatever precision the session runs
+    members = [load_model(p, "float32") for p in member_paths]
     import keras
 
-    model = average_weights(members, [str(p) for p in member_paths])  # before the data set
+    # before the data set
+    model = (average_weights(members, [str(p) for p in member_paths]) if kind == "average"
+             else ensemble(members))
     for p in member_paths:
         if training_state(p) == "unrecorded":  # after the refusals: a note, not an error
-            _note(f"--average-of {p} has no {training_record_path(p).name}: whether its "
+            _note(f"{option} {p} has no {training_record_path(p).name}: whether its "
                   "training finished, and on which subjects, is unknown")
-        elif why := split_note(p, config, "--average-of"):
+        elif why := split_note(p, config, option):
             _note(why)
     _, _, _, _, volumes = cached_dataset(config, data_dir, cache_dir, log)
     val_groups = sorted(volumes)
@@ -809,12 +828,13 @@ def average(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
     for p in member_paths:
         info = training_record_path(p)
         summary = json.loads(info.read_text()) if info.is_file() else {}
-        member_info.append({"model": str(p), **{k: summary[k] for k in ("config", "history",
-                            "minutes", "validation_dice") if k in summary}})  # fmt: skip
+        member_info.append({"model": str(p), **{k: summary[k] for k in (
+            "config", "average_of", "ensemble_of", "members", "history", "minutes",
+            "validation_dice") if k in summary}})  # fmt: skip
     summary = {
         # only the data settings apply (holdout, validation split); nothing was trained here
         "config": {k: getattr(config, k) for k in DATA_KEYS},
-        "average_of": [str(p) for p in member_paths],
+        f"{kind}_of": [str(p) for p in member_paths],
         "members": member_info,
         "validation_groups": val_groups,
         "validation_dice": validation_dice(model, volumes, tuple(config.views)),

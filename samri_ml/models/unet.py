@@ -79,11 +79,47 @@ def build_unet(
 
 def unet_width(model) -> int | None:
     """The ``width`` a U-Net of :func:`build_unet` was built with (the filters of its first
-    convolution); None for a model without convolutions."""
+    convolution; of an :func:`ensemble`, its first member's); None for a model without
+    convolutions."""
     for layer in model.layers:
         if hasattr(layer, "filters"):
             return int(layer.filters)
+        if hasattr(layer, "layers") and (width := unet_width(layer)) is not None:
+            return width
     return None
+
+
+def ensemble(members, name: str = "unet_ensemble"):
+    """One Keras model giving the mean of ``members``' brain probabilities (each maps a
+    64 x 64 x 1 slice to a probability map): several networks run as one, with every command
+    that takes ``--model``. The members are copied (renamed ``member_0``, ...: two of one
+    name cannot sit in one model), so the models given stay as they were.
+
+    Two networks averaged replace the left-right mirrored prediction, which a single network
+    needs (:func:`samri_ml.masking.predict.mirrors_by_default`): the same number of passes.
+    """
+    from samri_ml.models.inference import import_keras
+
+    keras = import_keras()
+    inp = keras.Input(INPUT_SHAPE, name="slice")
+    outs = []
+    for i, model in enumerate(members):
+        config = model.get_config()
+        config["name"] = f"member_{i}"
+        copy = model.__class__.from_config(config, custom_objects=CUSTOM_OBJECTS)
+        copy.set_weights(model.get_weights())
+        outs.append(copy(inp))
+    out = keras.layers.Average(name="mean_probability")(outs)
+    return keras.Model(inp, out, name=name)
+
+
+def ensemble_size(model) -> int:
+    """How many networks' mean ``model`` gives: the members of an :func:`ensemble` (a model
+    whose output averages sub-models), else 1."""
+    layers = getattr(model, "layers", ())
+    if not any(type(layer).__name__ == "Average" for layer in layers):
+        return 1
+    return max(1, sum(1 for layer in layers if hasattr(layer, "layers")))
 
 
 def dice_coefficient(y_true, y_pred, smooth: float = 1.0):
