@@ -313,12 +313,12 @@ def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS, flip: bool | None
     """Brain probability of a RAS volume: the mean over ``views`` of the slice-wise predictions.
 
     With ``flip`` (test-time augmentation; None: :func:`mirrors_by_default`) each view's
-    prediction is the mean of the volume's and of its left-right mirror's (mirrored back). Sagittal slices are cut along the left-right axis,
-    so the mirror only reverses their order and gives the same prediction: it is not run again;
-    the coronal and axial slices are. A view with more than ``max_slices`` slices is predicted on
-    ``max_slices`` of them and interpolated (:data:`MAX_SLICES_PER_VIEW`). All slices go through
-    the network in one pass (bigger batches are faster on CPU); all-zero slices get
-    probability 0 without it. ``high``: the volume's 99th percentile
+    prediction is the mean of the volume's and of its left-right mirror's (mirrored back).
+    Sagittal slices are cut along the left-right axis, so the mirror only reverses their order
+    and gives the same prediction: it is not run again; the coronal and axial slices are. A
+    view with more than ``max_slices`` slices is predicted on ``max_slices`` of them and
+    interpolated (:data:`MAX_SLICES_PER_VIEW`). All slices go through the network in one pass
+    (bigger batches are faster on CPU); all-zero slices get probability 0 without it. ``high``: the volume's 99th percentile
     (:func:`~samri_ml.masking.preprocess.high_percentile`), where known already.
     """
     vol = pp.normalise(ras, high)
