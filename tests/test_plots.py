@@ -134,7 +134,10 @@ def test_qc_plot_writes_png_and_svg(tmp_path):
 
 
 def _history():
-    return json.loads(SHIPPED.read_text())["history"]
+    """J's training history (the shipped ensemble's first member, its record's ``members``)."""
+    record = json.loads(SHIPPED.read_text())
+    (j,) = [m for m in record["members"] if m["model"] == "J.keras"]
+    return j["history"]
 
 
 def test_loss_curve_axes_marks_and_title(tmp_path):
