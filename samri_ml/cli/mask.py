@@ -31,8 +31,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Predict a binary (uint8) brain mask on IN's grid with the slice-wise "
-        "U-Net (shipped weights by default). IN is a 3D volume or a 4D series (its temporal mean "
-        "is masked), in any orientation; T1, T2 and EPI, with or without skull.",
+        "U-Net (by default the shipped masker, two U-Nets averaged). IN is a 3D volume or a 4D "
+        "series (its temporal mean is masked), in any orientation; T1, T2 and EPI, with or "
+        "without skull.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("in_file", type=Path, metavar="IN", help="NIfTI image (.nii or .nii.gz)")

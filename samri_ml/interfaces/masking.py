@@ -23,7 +23,8 @@ from samri_ml.masking.predict import MIN_MAX_SLICES
 class _MaskBrainInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="3D image, or 4D series (its temporal mean "
                    "is masked), in any orientation")  # fmt: skip
-    model = File(exists=True, desc="Keras model file (default: the shipped U-Net)")
+    model = File(exists=True, desc="Keras model file (default: the shipped masker, two U-Nets "
+                 "averaged)")
     threshold = traits.Range(low=0.0, high=1.0, value=0.5, usedefault=True, exclude_low=True,
                              exclude_high=True,
                              desc="probability above which a voxel is brain (0 < t < 1, as "

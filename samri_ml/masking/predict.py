@@ -1,4 +1,5 @@
-"""Brain-mask prediction with the shipped U-Net (or any model file with the same input).
+"""Brain-mask prediction with the shipped masker (two U-Nets averaged) or any model file with
+the same input.
 
 ``predict_mask`` takes a NIfTI image (3D, or 4D reduced to its temporal mean), predicts every
 slice of each view (sagittal, coronal and axial by default; the seed's coronal only with
