@@ -264,20 +264,10 @@ def test_an_unknown_precision_stops_a_command_with_one_line(tmp_path, monkeypatc
 
 
 def _first_conv(config):
-    """The first Conv2D layer's entry in a saved model's configuration (in a member of an
-    ensemble too), depth first."""
-    if isinstance(config, dict):
-        if config.get("class_name") == "Conv2D":
-            return config
-        values = config.values()
-    elif isinstance(config, list):
-        values = config
-    else:
-        return None
-    for value in values:
-        if (found := _first_conv(value)) is not None:
-            return found
-    return None
+    """The first Conv2D layer's entry in a saved model's ``config.json`` (in an ensemble's
+    member too), found as the inference copies walk nested models."""
+    return next(layer for cfg, _ in inference._functional_configs(config["config"])
+                for layer in cfg["layers"] if layer["class_name"] == "Conv2D")
 
 
 def _model_keras_refuses(tmp_path, saved_by: str):

@@ -69,8 +69,6 @@ def test_cosine_schedule_decays_to_one_percent():
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_training_learns_the_tiny_atlas(tiny_data, tmp_path, ema):
-
-
     out = tmp_path / "run"
     cfg = TrainConfig(
         data_dir=str(tiny_data), out_dir=str(out), size=64, width=4, batch_size=12,
@@ -656,8 +654,6 @@ def test_the_plates_train_on_the_torch_backend(tiny_data, tmp_path):
     """The training step without TensorFlow's tf.function: the same tiny run learns on
     PyTorch, with the moving average, and what it saved ranks as it said (checked here on the
     default backend, where the shipped models run)."""
-
-
     out = tmp_path / "run"
     code = (f"from samri_ml.plates.train import TrainConfig, train\n"
             f"import keras; assert keras.backend.backend() == 'torch'\n"

@@ -328,8 +328,9 @@ def predict_volume(model, ras: np.ndarray, views=pp.ALL_VIEWS, flip: bool | None
     if not axes:
         raise SamriMLError("no view to predict; choose from " + ", ".join(pp.VIEW_AXES))
     mirrored = np.flip(vol, LEFT_RIGHT_AXIS)
+    mirror = mirrors_by_default(model) if flip is None else flip
     jobs = [(a, False) for a in axes]
-    if mirrors_by_default(model) if flip is None else flip:
+    if mirror:
         jobs += [(a, True) for a in axes if a != LEFT_RIGHT_AXIS]
     positions = {a: _slice_positions(ras.shape[a], max_slices) for a in axes}
     stacks = [

@@ -534,8 +534,8 @@ def inference_fn(model):
     model marked ``float32`` (:func:`mark_for_inference`) runs as its
     :func:`batchnorm_folded_copy`, one marked ``bfloat16`` as its :func:`bfloat16_copy`, made
     once here (a model that cannot be rebuilt from its config, e.g. with unregistered custom
-    layers, runs as it is, in float32, with a note where bfloat16 was asked); the output is float32 either way. A marked model whose
-    weights were assigned since its copy was made (``set_weights``, ``load_weights``), or
+    layers, runs as it is, in float32, with a note where bfloat16 was asked); the output is
+    float32 either way. A marked model whose weights were assigned since its copy was made (``set_weights``, ``load_weights``), or
     marked again with another precision, gets a new copy in place of the old one
     (:func:`_watch_weights`); one compiled since (being trained), or trained by a
     traced step of a loop of its own, runs as it is, with its current weights, as an
