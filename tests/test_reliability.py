@@ -504,14 +504,32 @@ def test_a_broken_dataset_description_is_noted_not_passed_in_silence(text, said,
 def test_plugin_args_key_value_values_are_typed():
     """``--plugin-args n_procs=2`` gave Nipype the string '2' (a TypeError comparing it with
     ints) and ``raise_insufficient=false`` the string 'false', which is true."""
-    from samri_ml.cli.register import _plugin_args
+    from samri_ml.cluster import parse_plugin_args
 
-    got = _plugin_args("n_procs=2,memory_gb=0.5,raise_insufficient=false,overwrite=True,"
-                       "sbatch_args=--partition=short --time=1:00:00,template=none")
+    got = parse_plugin_args("n_procs=2,memory_gb=0.5,raise_insufficient=false,overwrite=True,"
+                            "sbatch_args=--partition=short --time=1:00:00,template=none")
     assert got == {"n_procs": 2, "memory_gb": 0.5, "raise_insufficient": False,
                    "overwrite": True, "sbatch_args": "--partition=short --time=1:00:00",
                    "template": None}
-    assert _plugin_args('{"n_procs": 2}') == {"n_procs": 2}
+    assert parse_plugin_args('{"n_procs": 2}') == {"n_procs": 2}
+
+
+@pytest.mark.parametrize("text, said", [
+    ("n_procs=0", "n_procs=0: must be a whole number, at least 1"),
+    ("memory_gb=-3", "memory_gb=-3: must be a number of GB above 0"),
+    ("raise_insufficient=2", "raise_insufficient=2: must be true or false"),
+    ("[1, 2]", "not a JSON object"),
+    ("n_procs", "expected key=value"),
+])
+def test_plugin_args_refused_in_python_and_on_the_command_line(text, said, capsys):
+    """``samri_ml.cluster.parse_plugin_args`` (for Python users) refuses with a ValueError;
+    the command line says the same as argparse's one-line usage error, exit 2."""
+    from samri_ml.cluster import parse_plugin_args
+
+    with pytest.raises(ValueError, match=re.escape(said)):
+        parse_plugin_args(text)
+    assert main(["/nonexistent", "--plugin-args", text]) == 2
+    assert said in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_verbose_shows_the_traceback(tmp_path, capsys):

@@ -25,6 +25,14 @@ from samri_ml.cli._common import (
     run_cli,
     setup_logging,
 )
+from samri_ml.cluster import (
+    GRAPH_PLUGINS,
+    PLUGINS,
+    SCHEDULER_PROGRAMS,
+    cancel_jobs,
+    check_scheduler,
+    parse_plugin_args,
+)
 from samri_ml.errors import SamriMLError
 from samri_ml.hardware import available_cpus
 
@@ -33,13 +41,6 @@ DEFAULT_STRUCTURAL = {"datatype": "anat", "suffix": ["T2w", "T1w"]}
 DEFAULT_FUNCTIONAL = {"datatype": "func", "suffix": ["bold", "cbv"]}
 #: seconds between Nipype's scheduler loops in a local run (``MultiProc``, ``Linear``)
 LOCAL_POLL_SECONDS = 0.5
-
-# (Nipype's Debug plugin is left out: it takes a Python callable, which no command line gives)
-PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph",
-           "LSF", "Condor", "CondorDAGMan", "OAR", "IPython")
-#: plugins that submit the whole graph with job dependencies and return: the jobs run after
-#: the command has ended, so there is nothing to report on yet
-GRAPH_PLUGINS = ("SLURMGraph", "SGEGraph", "PBSGraph", "CondorDAGMan")
 
 
 def _json_dict(text: str) -> dict:
@@ -53,81 +54,11 @@ def _json_dict(text: str) -> dict:
 
 
 def _plugin_args(text: str) -> dict:
-    """``--plugin-args`` as JSON (``'{"sbatch_args": "-p short"}'``) or ``key=value,key=value``;
-    the values of the keys Nipype reads as numbers or switches are checked here, before any
-    folder is made (``n_procs=0`` and ``poll_sleep_duration=abc`` failed inside the run)."""
-    text = text.strip()
-    if text[:1] in ("{", "["):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err.msg})") from err
-        if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError(
-                f"not a JSON object: {text!r}; hint: give '{{\"n_procs\": 4}}' or n_procs=4")
-        return _check_plugin_args(value)
-    out = {}
-    for item in filter(None, text.split(",")):
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"expected key=value in --plugin-args, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _plugin_value(value.strip())
-    return _check_plugin_args(out)
-
-
-#: ``--plugin-args`` keys Nipype reads as numbers or switches: (kind, lowest value, wording)
-PLUGIN_ARG_RULES = {
-    "n_procs": (int, 1, "a whole number, at least 1"),
-    "n_gpu_procs": (int, 0, "a whole number, 0 or more"),
-    "maxtasksperchild": (int, 1, "a whole number, at least 1"),
-    "max_jobs": (int, 1, "a whole number, at least 1"),
-    "max_tries": (int, 0, "a whole number, 0 or more"),
-    "memory_gb": (float, 0, "a number of GB above 0"),
-    "poll_sleep_duration": (float, 0, "a number of seconds, 0 or more"),
-    "job_finished_timeout": (float, 0, "a number of seconds, 0 or more"),
-    "retry_timeout": (float, 0, "a number of seconds, 0 or more"),
-    "raise_insufficient": (bool, None, "true or false"),
-}
-
-
-def _check_plugin_args(args: dict) -> dict:
-    """Refuse a value of a key of :data:`PLUGIN_ARG_RULES` of the wrong kind or range."""
-    import math
-
-    for key, value in args.items():
-        if key not in PLUGIN_ARG_RULES:
-            continue
-        kind, low, wording = PLUGIN_ARG_RULES[key]
-        if kind is bool:
-            ok = isinstance(value, bool)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            ok = False
-        elif kind is int:
-            ok = float(value).is_integer() and value >= low
-            if ok:
-                args[key] = int(value)
-        else:  # memory_gb must be above 0 (-3 hung the run), the times may be 0
-            ok = math.isfinite(value) and (value > low if key == "memory_gb" else value >= low)
-        if not ok:
-            raise argparse.ArgumentTypeError(f"{key}={json.dumps(value)}: must be {wording}")
-    return args
-
-
-def _plugin_value(text: str):
-    """A ``key=value`` value as the JSON form would give it: ``2`` -> 2, ``0.5`` -> 0.5,
-    ``true``/``false`` (any case) -> bool, ``none``/``null`` -> None, else the text (Nipype
-    compared ``n_procs='2'`` with ints, and the string ``'false'`` is true)."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    """``--plugin-args``: :func:`samri_ml.cluster.parse_plugin_args`, its refusal argparse's."""
+    try:
+        return parse_plugin_args(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 #: what to do where a label option took the positional arguments after it
@@ -521,98 +452,6 @@ def foreign_dataset(folder: Path) -> str | None:
     return f"its {path.name} names {name!r}, not samri_ml" if name else \
         f"its {path.name} is not samri_ml's"
 
-
-#: the programs a cluster plugin of Nipype calls to submit and to poll jobs
-SCHEDULER_PROGRAMS = {
-    "SLURM": ("sbatch", "squeue"), "SLURMGraph": ("sbatch", "squeue"),
-    "SGE": ("qsub", "qstat"), "SGEGraph": ("qsub", "qstat"),
-    "PBS": ("qsub", "qstat"), "PBSGraph": ("qsub", "qstat"),
-    "LSF": ("bsub", "bjobs"), "Condor": ("condor_submit", "condor_q"),
-    "CondorDAGMan": ("condor_submit_dag", "condor_q"), "OAR": ("oarsub", "oarstat"),
-}
-
-
-#: the program that cancels a cluster plugin's jobs
-CANCEL_PROGRAMS = {"SLURM": "scancel", "SGE": "qdel", "PBS": "qdel", "LSF": "bkill",
-                   "Condor": "condor_rm", "OAR": "oardel"}
-
-
-def _cancel_jobs(plugin: str, runner) -> None:
-    """After Ctrl-C, cancel the jobs a cluster plugin (``runner``) submitted and had not yet
-    seen end: Nipype leaves them queued or running, writing into the work dir's step folders
-    while a rerun with the same ``-w`` submits the same steps again. Says which, in a note."""
-    import subprocess
-
-    program = CANCEL_PROGRAMS.get(plugin)
-    ids = [str(taskid) for taskid in getattr(runner, "_pending", {})]
-    if program is None or not ids:
-        return
-    command = f"{program} {' '.join(ids)}"
-    try:
-        done = subprocess.run([program, *ids], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        done = False
-    if done:
-        print(f"{PROG}: note: cancelled the {len(ids)} job(s) of this run still queued or "
-              f"running ({command})", file=sys.stderr)
-    else:
-        print(f"{PROG}: note: {len(ids)} job(s) of this run may still be queued or running; "
-              f"hint: {command}, before a rerun with the same -w", file=sys.stderr)
-
-
-def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
-    """Before anything is written: the cluster plugin's programs must be on PATH, and for
-    SLURM ``squeue`` (what Nipype's SLURM plugins poll) must answer and ``sbatch --test-only``
-    accept the ``sbatch_args`` of ``plugin_args``, so that a broken set-up fails at once with
-    the scheduler's own message instead of Nipype's ``IndexError`` or ``RuntimeError`` after
-    the first submission."""
-    import shutil
-    import subprocess
-
-    if plugin == "IPython":
-        import importlib.util
-
-        if importlib.util.find_spec("ipyparallel") is None:
-            raise SamriMLError("--plugin IPython: ipyparallel is not installed; hint: pip "
-                               "install ipyparallel and start a cluster (ipcluster start), or "
-                               "use --plugin MultiProc")
-    programs = SCHEDULER_PROGRAMS.get(plugin)
-    if programs is None:
-        return
-    missing = [p for p in programs if shutil.which(p) is None]
-    if missing:
-        raise SamriMLError(f"--plugin {plugin}: {'/'.join(missing)} not found on PATH; hint: "
-                           "run on a login node of the cluster, or use --plugin MultiProc")
-    if programs[1] != "squeue":
-        return
-    try:
-        user = os.environ.get("LOGNAME") or str(os.getuid())
-        proc = subprocess.run(["squeue", "-h", "-u", user], capture_output=True, text=True,
-                              timeout=60)
-    except subprocess.TimeoutExpired:
-        raise SamriMLError(f"--plugin {plugin}: squeue did not answer within 60 s; hint: "
-                           "check the cluster, or use --plugin MultiProc") from None
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
-        raise SamriMLError(f"--plugin {plugin}: squeue fails ({lines[-1].strip()}); hint: "
-                           "check the SLURM configuration (SLURM_CONF), or use --plugin "
-                           "MultiProc")
-    # a job sbatch refuses (a partition, time or CPU count the cluster does not have) made
-    # Nipype fail with "IndexError: list index out of range" on sbatch's empty answer
-    import shlex
-
-    sbatch_args = str((plugin_args or {}).get("sbatch_args") or "")
-    try:
-        proc = subprocess.run(["sbatch", "--test-only", *shlex.split(sbatch_args), "--wrap",
-                               "true"], capture_output=True, text=True, timeout=60)
-    except (subprocess.TimeoutExpired, ValueError):  # ValueError: unbalanced quotes
-        return  # the run's first submission says what is wrong
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise SamriMLError(f"--plugin {plugin}: sbatch refuses the jobs ("
-                           f"{lines[0] if lines else f'exit {proc.returncode}'}); hint: fix "
-                           f"sbatch_args in --plugin-args (now {sbatch_args!r}); sbatch "
-                           "--test-only ARGS --wrap true tries them")
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -1507,7 +1346,7 @@ def _main(argv=None) -> int:
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
             if runner is not None:
-                _cancel_jobs(args.plugin, runner)
+                cancel_jobs(args.plugin, runner, PROG)
             raise
         except Exception as err:
             # a failed step: Nipype re-raises the step's exception (Linear, one failure), a
