@@ -58,7 +58,8 @@ def registered(example_dataset, tmp_path_factory):
 def test_the_derivative_names_checked_before_the_run_are_the_ones_it_wrote(registered):
     """The check that refuses two scans with one derivative name (a bold and a cbv run) plans
     the names from the built workflow: they must be exactly the files the run wrote."""
-    from samri_ml.cli.register import build_workflow, collect_sessions, get_parser, validate
+    from samri_ml.cli._inputs import collect_sessions
+    from samri_ml.cli.register import build_workflow, get_parser, validate
     from samri_ml.interfaces.bids import planned_derivatives
 
     _, out = registered

@@ -550,7 +550,8 @@ def test_checks_pass_on_a_good_dataset(tmp_path, capsys):
 def test_a_sidecar_and_header_of_other_repetition_times_are_named(tmp_path, capsys):
     """A sidecar saying 2 s and a header saying 1 s: the sidecar's was used (as BIDS says)
     without a word; now a note names both. Equal ones (the usual case) say nothing."""
-    from samri_ml.cli.register import check_scans, collect_sessions, get_parser, validate
+    from samri_ml.cli._inputs import check_scans, collect_sessions
+    from samri_ml.cli.register import get_parser, validate
 
     make_dataset(tmp_path)
     sidecar = tmp_path / "bids" / BOLD.replace(".nii.gz", ".json")
@@ -573,7 +574,8 @@ def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     repetition time from the header (said) and its task from the file name; runs without
     slice times, participants without the session asked for, sessions without a structural
     scan are each named in a note, not dropped or switched silently."""
-    from samri_ml.cli.register import check_scans, collect_sessions, get_parser, validate
+    from samri_ml.cli._inputs import check_scans, collect_sessions
+    from samri_ml.cli.register import get_parser, validate
 
     make_dataset(tmp_path)
     root = tmp_path / "bids"
@@ -708,7 +710,7 @@ def test_a_template_scaled_by_10_is_named_so_whatever_the_ratio():
     template's own extent says it: scaled by 10, and how to fix it."""
     from argparse import Namespace
 
-    from samri_ml.cli.register import _fov_message
+    from samri_ml.cli._inputs import _fov_message
 
     args = Namespace(template="tpl.nii.gz", template_extent=114.0)
     message = _fov_message("sub-01_T2w.nii.gz", 20.4, args)
@@ -1529,7 +1531,8 @@ def test_a_wide_head_scan_is_not_said_to_have_failed_by_its_vcf(tmp_path):
 def test_a_scan_with_two_disagreeing_orientations_is_named(tmp_path, capsys):
     """sform and qform mirrored against each other: ANTs read one, the checks and pictures the
     other, and the result came out mirrored without a word."""
-    from samri_ml.cli.register import check_scans, collect_sessions, get_parser, validate
+    from samri_ml.cli._inputs import check_scans, collect_sessions
+    from samri_ml.cli.register import get_parser, validate
 
     make_dataset(tmp_path)
     path = tmp_path / "bids" / ANAT
@@ -1686,7 +1689,8 @@ def test_the_scan_checks_hold_one_scans_data_at_a_time(tmp_path):
     reading one run takes."""
     import tracemalloc
 
-    from samri_ml.cli.register import check_scans, collect_sessions, get_parser, validate
+    from samri_ml.cli._inputs import check_scans, collect_sessions
+    from samri_ml.cli.register import get_parser, validate
 
     make_dataset(tmp_path)
     run = np.stack([_blob((40, 40, 20), seed=i) for i in range(60)], axis=-1)  # 7.7 MB

@@ -1,0 +1,523 @@
+"""``samri_ml-register``'s inputs: the dataset's scans found (pybids, the lab's
+``.bidsignore`` honoured, labels checked) and every selected scan read and checked before
+anything is built (readable, finite, 3D or 4D as expected, a plausible field of view, the
+functional runs' sidecars against their images), so that a broken file fails in seconds with
+its name instead of hours later inside a node.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from samri_ml.errors import SamriMLError
+
+PROG = "samri_ml-register"
+
+
+def header_affines_disagree(img, tol_mm: float = 0.1) -> bool:
+    """Whether a NIfTI header's sform and qform are both set (codes > 0) and map some corner
+    voxel of the grid more than ``tol_mm`` apart."""
+    import numpy as np
+
+    header = getattr(img, "header", None)
+    if header is None or not hasattr(header, "get_sform"):
+        return False
+    sform, scode = header.get_sform(coded=True)
+    qform, qcode = header.get_qform(coded=True)
+    if not scode or not qcode or sform is None or qform is None:
+        return False
+    shape = np.asarray(img.shape[:3]) - 1
+    corners = np.array([[i, j, k, 1] for i in (0, shape[0]) for j in (0, shape[1])
+                        for k in (0, shape[2])], dtype=float).T
+    return bool(np.abs((sform - qform) @ corners).max() > tol_mm)
+
+
+def field_of_view(img) -> float:
+    """The largest side of an image's field of view in mm: ``max_i n_i * |column_i(A)|``,
+    with ``n_i`` the number of voxels along axis ``i`` and ``A`` the 3x3 part of the affine in
+    mm (:func:`samri_ml.qc.volume.affine_mm`: a header in microns or meters, which ANTs reads
+    in mm, was refused as 1000x the template's)."""
+    import numpy as np
+    from nibabel.affines import voxel_sizes
+
+    from samri_ml.qc.volume import affine_mm
+
+    return float(np.max(np.asarray(img.shape[:3]) * voxel_sizes(affine_mm(img))))
+
+
+#: fields of view (mm) a rodent head or brain image can have; outside, its header is the
+#: scaled one (the emory template's 10x voxel sizes give 114 mm)
+PLAUSIBLE_FOV_MM = (3.0, 60.0)
+
+
+def _fov_message(path, extent: float, args) -> str:
+    """The error for a scan whose field of view is far from the template's: it names the file
+    whose own field of view is implausible for a rodent (the template, where it is; every
+    subject was blamed in turn before), and for a factor near 10 says how to fix the header
+    instead of offering --no-fov-check (which registered such a scan into a blur, VCF 0.002)."""
+    ratio = extent / args.template_extent
+    lo, hi = PLAUSIBLE_FOV_MM
+    template_odd = not lo <= args.template_extent <= hi and lo <= extent <= hi
+    factor = 1 / ratio if template_odd else ratio
+    head = (f"{args.template}: the template's field of view {args.template_extent:.3g} mm is "
+            f"implausible for a rodent, {factor:.3g}x that of {path} ({extent:.3g} mm)"
+            if template_odd else
+            f"{path}: field of view {extent:.3g} mm is {ratio:.3g}x the template's "
+            f"({args.template_extent:.3g} mm)")
+    if template_odd:
+        # the template is the scaled one: its own extent says by how much, not the ratio to a
+        # scan (the emory template, 10x, is 5.6x the sammba head, whose field of view is wide,
+        # and got the hint to pass --no-fov-check, which registers into a blur)
+        factor = next((f for f in (10, 0.1) if lo <= args.template_extent / f <= hi), factor)
+    if 7 <= factor <= 14 or 1 / 14 <= factor <= 1 / 7:
+        scaled, fix = ("10", "0.1") if factor > 1 else ("0.1", "10")
+        return (f"{head}; its voxel sizes look scaled by {scaled} (common for SPM/FSL exports); "
+                f"hint: fix its header: multiply the affine's first three columns (and pixdim) "
+                f"by {fix}, e.g. with nibabel")
+    return (f"{head}; the voxel sizes in one of the headers look scaled; hint: fix the header's "
+            "pixdim/affine, or pass --no-fov-check if both are right")
+
+
+#: a scan whose field of view differs from the template's by more than this factor (either
+#: way) almost surely has scaled voxel sizes in its header (x10 is common for SPM/FSL)
+FOV_RATIO_LIMIT = 4.0
+
+
+def check_scans(args, sessions) -> None:
+    """Load every selected scan once before building anything, so that a broken file fails
+    in seconds with its name instead of hours later inside a node.
+
+    Structural scans must be 3D, functional runs 4D; every scan must be a readable NIfTI with
+    finite, not all-zero values (:func:`samri_ml.io.load_nifti`) and a field of view within
+    a factor :data:`FOV_RATIO_LIMIT` of the template's (unless ``--no-fov-check``).
+    """
+    from samri_ml.io import annex_unfetched, load_nifti
+
+    unfetched = [Path(scan) for item in sessions for scan in session_scans(item)
+                 if annex_unfetched(scan)]
+    if unfetched:
+        # all of them at once: one `datalad get`, not one failed run per file
+        where = sorted({scan.relative_to(args.bids_dir).parts[0] for scan in unfetched
+                        if scan.is_relative_to(args.bids_dir)})
+        raise SamriMLError(
+            f"{len(unfetched)} selected scan(s) have no content here (DataLad/git-annex files "
+            f"not fetched): {some_names([scan.name for scan in unfetched])}; hint: cd "
+            f"{args.bids_dir} && datalad get {' '.join(where) or '.'}")
+    no_timing, direct, too_short, two_affines = [], [], [], []
+    for item in sessions:
+        scans = ([(item["anat"], "structural")] if item["anat"] else [])
+        scans += [(bold, "functional") for bold in item["bold"]]
+        metadata = dict(zip(item["bold"], item.get("bold_metadata", []), strict=False))
+        sidecars = dict(zip(item["bold"], item.get("bold_sidecars", []), strict=False))
+        if item["bold"] and not item["anat"] and \
+                getattr(args, "registration_method", "composite") != "functional":
+            direct.append(f"sub-{item['subject']}"
+                          + (f" ses-{item['session']}" if item["session"] else ""))
+        for path, kind in scans:
+            # the scan before's image dropped first: it holds its data (read to check them),
+            # and a session's two large runs were held at once (3 runs' memory at the peak)
+            img = None
+            try:
+                img = load_nifti(path, allow_4d=kind == "functional")
+            except SamriMLError:
+                if kind == "structural":
+                    _check_structural_volumes(path)  # a 4D one: the error with a way out
+                raise
+            if kind == "functional" and len(img.shape) != 4:
+                import nibabel as nb
+
+                # load_nifti drops a trailing one-volume axis: the file's own header says
+                n = "one volume" if len(nb.load(path).shape) == 4 else "3D"
+                raise SamriMLError(
+                    f"{path}: functional run is {n} {img.shape}; expected a 4D time series "
+                    "of 2 volumes or more; hint: select only 4D runs with "
+                    "-f/--functional-match")
+            if kind == "functional" and path in metadata:
+                _check_run_metadata(args, path, img, metadata[path], no_timing,
+                                    sidecars.get(path, []))
+            dummies = getattr(args, "dummy_scans", 0)
+            if kind == "functional" and img.shape[3] <= dummies:
+                # the run is kept, cut to its last volume: say so here, not in a node's warning
+                print(f"{PROG}: note: {path}: {img.shape[3]} volumes, not more than "
+                      f"--dummy-scans {dummies}: {img.shape[3] - 1} dropped, 1 kept; hint: "
+                      "--dummy-scans 0 keeps them all", file=sys.stderr)  # fmt: skip
+            if (kind == "functional" and metadata.get(path, {}).get("SliceTiming")
+                    and not getattr(args, "no_slice_timing", False)):
+                from samri_ml.func import MIN_SLICE_TIMING_VOLUMES, n_dummy_to_drop
+
+                kept = img.shape[3] - n_dummy_to_drop(img.shape[3], dummies)
+                if kept < MIN_SLICE_TIMING_VOLUMES:
+                    too_short.append(Path(path).name)
+            if header_affines_disagree(img):
+                two_affines.append(Path(path).name)
+            if getattr(args, "no_fov_check", False):
+                continue
+            extent = field_of_view(img)
+            ratio = extent / args.template_extent
+            if not 1 / FOV_RATIO_LIMIT <= ratio <= FOV_RATIO_LIMIT:
+                raise SamriMLError(_fov_message(path, extent, args))
+    # said with the run's summary (register._announce), once every check has passed
+    args.scan_notes = []
+    if no_timing:
+        args.scan_notes.append(
+            f"{len(no_timing)} functional run(s) without SliceTiming in their sidecar, not "
+            f"slice-timing corrected: {some_names(no_timing)}")
+    if two_affines:
+        args.scan_notes.append(
+            f"{len(two_affines)} scan(s) whose header holds two different orientations (sform "
+            "and qform), which tools read differently (a mirrored qform gave a mirrored "
+            f"result): {some_names(two_affines)}; "
+            "hint: make them agree, e.g. nibabel's img.set_qform(img.get_sform())")
+    if too_short:
+        from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
+
+        args.scan_notes.append(
+            f"{len(too_short)} functional run(s) with fewer than {MIN_SLICE_TIMING_VOLUMES} "
+            "volumes after the dummy scans, not slice-timing corrected: "
+            f"{some_names(too_short)}")
+    if direct:
+        # a structural scan of the subject's other sessions is not borrowed: the run-to-
+        # structural step assumes one placement of the head, and the structural scan's own
+        # derivatives belong to its session (said, as users expected it to be borrowed)
+        elsewhere = sorted({f"sub-{item['subject']} ses-{item['session']}" for item in sessions
+                            if item["anat"] and item["session"] and any(
+                                w.startswith(f"sub-{item['subject']} ") for w in direct)})
+        other = (f"; the structural scan of {', '.join(elsewhere)} is not used for them (a run "
+                 "is paired only with its own session's, where the head lies as in the run)"
+                 if elsewhere else "")
+        args.scan_notes.append(
+            f"no structural scan in {', '.join(direct)}: its functional runs are registered "
+            f"straight to the template (as --registration-method functional){other}")
+
+
+def _check_structural_volumes(path: str) -> None:
+    """Where load_nifti refused a structural scan: refuse, with a way out, one stored as a
+    4D series of 3D volumes (repetitions or echoes a converter kept apart): it got
+    load_nifti's bare "has 4 dimensions ...; expected 3D", with no word of what to do."""
+    import warnings
+
+    import nibabel as nb
+
+    from samri_ml.io import _nibabel_log
+
+    try:  # (load_nifti has said what it had to of the header: not twice)
+        with warnings.catch_warnings(), _nibabel_log():
+            warnings.simplefilter("ignore")
+            shape = nb.load(path).shape
+    except Exception:  # noqa: BLE001 - load_nifti's error says what is wrong with the file
+        return
+    if len(shape) == 4 and shape[3] > 1:
+        raise SamriMLError(
+            f"{path}: structural scan of {shape[3]} volumes {tuple(shape)}; expected one 3D "
+            "volume; hint: average its volumes or keep one (e.g. nibabel: "
+            "nb.funcs.four_to_three(img)[0]), or select a 3D scan with -s/--structural-match")
+
+
+def some_names(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names``, comma-separated, with ``..., N in all`` where there
+    are more (the first 20 of 100 participants read as all of them)."""
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown
+                                       else "")
+
+
+#: a repetition time (s) above this is one given in milliseconds (the BIDS validator's bound)
+MAX_TR_SECONDS = 100.0
+
+
+def _header_tr(img) -> float:
+    """A 4D image's repetition time in seconds from its NIfTI header (pixdim[4] in the
+    header's time unit); 0 where the header has none."""
+    zooms = img.header.get_zooms()
+    unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else None
+    tr = float(zooms[3]) if len(zooms) > 3 else 0.0
+    return tr / 1000 if unit == "msec" else tr * 1e-6 if unit == "usec" else tr
+
+
+def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
+                        chain: list[str] = ()) -> None:
+    """A functional run's sidecar against its image, before anything runs: the number of
+    slice times (a wrong count failed 20 s into the run), the repetition time (from the NIfTI
+    header where the sidecar has none) and the task name (from the ``task-`` entity). Fills
+    ``meta`` in place; names runs without slice times in ``no_timing``. The messages name an
+    inherited sidecar of ``chain`` (:func:`_sidecar_of`) where the value comes from one."""
+    from samri_ml.bids import parse_entities
+
+    name = Path(path).name
+    had_tr = bool(meta.get("RepetitionTime"))
+    header_tr = _header_tr(img)
+    if not meta.get("RepetitionTime"):
+        if header_tr > 0:
+            meta["RepetitionTime"] = header_tr
+            print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
+                  f"header's, {header_tr:g} s", file=sys.stderr)
+    tr = meta.get("RepetitionTime")
+    if isinstance(tr, bool) or not isinstance(tr, (int, float)):
+        tr = None  # only a number is compared here (as before)
+    if tr is not None and tr > MAX_TR_SECONDS:
+        # BIDS gives seconds: 1000 (ms) was taken as 1000 s, written into the outputs'
+        # sidecars and headers
+        where = (_sidecar_of(path, chain, "RepetitionTime") if had_tr
+                 else "its NIfTI header, the sidecar having none")
+        raise SamriMLError(f"{path}: RepetitionTime {tr:g} s ({where}) is over "
+                           f"{MAX_TR_SECONDS:g} s: milliseconds? "
+                           f"hint: give it in seconds ({tr / 1000:g} for {tr:g} ms)")
+    if tr is not None and tr > 0 < header_tr and abs(tr - header_tr) > 0.01 * tr:
+        # BIDS: the sidecar wins; a header of another TR was used as it was, silently
+        print(f"{PROG}: note: {name}: RepetitionTime {tr:g} s in "
+              f"{_sidecar_of(path, chain, 'RepetitionTime')}, {header_tr:g} s in its NIfTI "
+              "header; the sidecar's is used (hint: fix the one that is wrong)",
+              file=sys.stderr)
+    task = parse_entities(path).get("task")
+    if not meta.get("TaskName") and task:
+        meta["TaskName"] = task
+    if getattr(args, "no_slice_timing", False):
+        return
+    times = meta.get("SliceTiming")
+    if not times:
+        no_timing.append(name)
+        return
+    direction = str(meta.get("SliceEncodingDirection", "k"))
+    if direction[:1] not in ("i", "j", "k"):
+        raise SamriMLError(f"{path}: SliceEncodingDirection {direction!r} in "
+                           f"{_sidecar_of(path, chain, 'SliceEncodingDirection')} is "
+                           "not one of i, j, k, i-, j-, k-; hint: fix the sidecar, or pass "
+                           "--no-slice-timing")
+    axis = "ijk".index(direction[0])
+    if len(times) != img.shape[axis]:
+        raise SamriMLError(f"{path}: {_sidecar_of(path, chain, 'SliceTiming')} gives "
+                           f"{len(times)} SliceTiming values for "
+                           f"{img.shape[axis]} slices along axis {axis} (SliceEncodingDirection "
+                           f"{direction}); hint: fix the sidecar, or pass --no-slice-timing")
+    if not meta.get("RepetitionTime"):
+        raise SamriMLError(f"{path}: SliceTiming but no RepetitionTime, in its sidecar or its "
+                           "header; hint: add RepetitionTime to the sidecar, or pass "
+                           "--no-slice-timing")
+    tr = float(meta["RepetitionTime"])
+    late = max(float(t) for t in times)
+    if late > tr or min(float(t) for t in times) < 0:
+        # slice times in ms against a TR in s shifted every slice by hundreds of seconds of
+        # a 1 s signal: the run came out scrambled, without a word
+        raise SamriMLError(f"{path}: SliceTiming in {_sidecar_of(path, chain, 'SliceTiming')} "
+                           f"({min(times):g} to {late:g}) is "
+                           f"not within the repetition time, 0 to {tr:g} s; hint: give both in "
+                           "seconds (BIDS: milliseconds / 1000), or pass --no-slice-timing")
+
+
+def collect_sessions(args) -> list[dict]:
+    """Query the dataset: one entry per subject/session with its structural and functional scans."""
+    import bids
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
+
+    from samri_ml.bids import bidsignore_patterns
+
+    # pybids does not read .bidsignore: a scan a lab listed there (a scratch or failed
+    # acquisition) was registered, even chosen before the good scan of its session
+    listed = bidsignore_patterns(args.bids_dir)
+    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *listed]
+    try:
+        layout = bids.BIDSLayout(str(args.bids_dir), validate=False,
+                                 indexer=bids.BIDSLayoutIndexer(validate=False, ignore=ignore))
+    except Exception as err:  # pybids raises many kinds for broken datasets
+        from samri_ml.io import content_missing
+
+        # a sidecar not fetched: pybids reads every JSON while indexing (a link to nothing
+        # raises FileNotFoundError; a pointer file, its own error naming the file)
+        match = re.search(r"filename='([^']+)'", str(err))
+        name = getattr(err, "filename", None) or (match.group(1) if match else None)
+        missing = name and content_missing(name)
+        if missing:
+            raise SamriMLError(f"{name}: {missing}") from err
+        raise SamriMLError(f"{args.bids_dir}: cannot index the BIDS dataset ({err})") from err
+    subjects = layout.get_subjects()
+    if not subjects:
+        raise SamriMLError(f"{args.bids_dir}: no sub-* folders with scans found")
+    wanted = subjects
+    # sub-* folders that pybids found nothing in (empty, or a scan under another name), where
+    # the lab's .bidsignore does not leave them out: they were passed over without a word
+    folders = subject_folders(args.bids_dir)
+    ignored = {m for m in folders if any(p.search(f"/sub-{m}/") for p in listed)}
+    bare = [m for m in folders if m not in subjects and m not in ignored]
+    if args.participant_label:
+        wanted = _labels_once("--participant-label", "sub-", args.participant_label)
+        missing = sorted(set(wanted) - set(subjects))
+        if missing:
+            # a folder that is there, left out by the lab's own .bidsignore, is not "not found"
+            why = [f"{', '.join(f'sub-{m}' for m in found)}: {reason}" for found, reason in (
+                ([m for m in missing if m in ignored], "left out by its .bidsignore"),
+                ([m for m in missing if m in bare], "no BIDS files in the folder")) if found]
+            why = f" ({'; '.join(why)})" if why else ""
+            raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}"
+                               f"{why}; available: {some_names(subjects, 20)}")
+    sessions_wanted = (_labels_once("--session-label", "ses-", args.session_label)
+                       if args.session_label else None)
+    if sessions_wanted is not None:
+        # a label no selected subject has is a typo (as an unknown participant is): '3' beside
+        # '2' was dropped in silence, '3' alone ended in "no scans match ... check -s/-f"
+        present = sorted(set(layout.get_sessions(subject=wanted)))
+        missing = [s for s in sessions_wanted if s not in present]
+        if missing:
+            whose = "the selected participants" if args.participant_label else args.bids_dir
+            raise SamriMLError(f"session(s) {', '.join(missing)} not found in {whose}; "
+                               f"available: {some_names(present, 20) if present else 'none'}")
+
+    def query(filters, subject, session):
+        filters = dict(filters)
+        filters.setdefault("extension", [".nii", ".nii.gz"])
+        kw = dict(subject=subject, return_type="object", **filters)
+        if session is not None:
+            kw["session"] = session
+        try:
+            return layout.get(**kw)
+        except Exception as err:
+            raise SamriMLError(f"invalid BIDS filter {filters} ({err})") from err
+
+    out, empty = [], []
+    skipped = [] if args.participant_label else [f"sub-{m} (no BIDS files in its folder)"
+                                                 for m in bare]
+    for subject in wanted:
+        sessions = layout.get_sessions(subject=subject) or [None]
+        if sessions_wanted is not None:
+            sessions = [s for s in sessions if s in sessions_wanted]
+            if not sessions:
+                skipped.append(f"sub-{subject} (no session {', '.join(sessions_wanted)})")
+                continue
+        found, unmatched = len(out), []
+        for session in sessions:
+            anats = query(args.structural_match, subject, session)
+            anats.sort(key=lambda f: _structural_rank(f, args.structural_match.get("suffix")))
+            funcs = query(args.functional_match, subject, session)
+            if not anats and not funcs:
+                unmatched.append(f"sub-{subject} ses-{session}")
+                continue
+            if len(anats) > 1:
+                where = f"sub-{subject}" + (f" ses-{session}" if session else "")
+                print(f"{PROG}: note: {where}: {len(anats)} structural scans; using "
+                      f"{Path(anats[0].path).name} (the others are not registered); hint: "
+                      "choose with -s, a whole filter, e.g. -s "
+                      f"'{json.dumps(_filter_for(anats[1], anats[0]))}' for "
+                      f"{Path(anats[1].path).name}", file=sys.stderr)  # fmt: skip
+            out.append({
+                "subject": subject, "session": session,
+                "anat": anats[0].path if anats else None,
+                "bold": [f.path for f in funcs],
+                "bold_metadata": [f.get_metadata() for f in funcs],
+                "bold_sidecars": [_sidecar_chain(f) for f in funcs],
+            })
+        if len(out) == found:
+            skipped.append(f"sub-{subject} (no scan matches)")
+        else:  # the sessions of a subject that has others (one of only dwi or fmap scans)
+            empty += unmatched
+    if out and skipped:
+        print(f"{PROG}: note: skipped {len(skipped)} participant(s): {'; '.join(skipped)}",
+              file=sys.stderr)
+    if out and empty:
+        # such a session was dropped without a word, beside its subject's other sessions
+        print(f"{PROG}: note: skipped {len(empty)} session(s) where no scan matches -s/-f: "
+              f"{some_names(empty, 20)}", file=sys.stderr)
+    check_names(args.bids_dir, [scan for item in out for scan in session_scans(item)])
+    if not out:
+        raise SamriMLError(
+            f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
+            f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
+    return out
+
+
+def check_names(bids_dir: Path, scans: list[str]) -> None:
+    """Refuse selected scans whose name and folders disagree
+    (:func:`samri_ml.bids.name_folder_mismatch`): their derivatives are named from the
+    name, so ``sub-02/anat/sub-01_T2w.nii.gz`` (a copy not renamed) overwrote sub-01's, in
+    silence, and ``sub-05/anat/T2w.nii.gz`` failed with a message about a source_file."""
+    from samri_ml.bids import name_folder_mismatch
+
+    bad = [(scan, why) for scan in scans if (why := name_folder_mismatch(scan, bids_dir))]
+    if bad:
+        (scan, why), more = bad[0], (f" (and {len(bad) - 1} more such scan(s))"
+                                     if len(bad) > 1 else "")
+        raise SamriMLError(f"{scan}: {why}{more}; hint: rename it as BIDS names it (the name "
+                           "repeats its folders' sub- and ses- labels: sub-01/ses-1/anat/"
+                           "sub-01_ses-1_T2w.nii.gz), or list it in the dataset's .bidsignore")
+
+
+def _sidecar_chain(scan) -> list[str]:
+    """The JSON files whose metadata a BIDS file (a pybids BIDSFile) gets, nearest first: its
+    own sidecar, then those it inherits (``sub-01/sub-01_task-rest_bold.json``,
+    ``task-rest_bold.json`` at the dataset root), as pybids merges them."""
+    chain, todo = [], list(scan.get_associations(kind="Metadata"))
+    while todo:
+        sidecar = todo.pop(0)
+        if sidecar.path not in chain:
+            chain.append(sidecar.path)
+            todo += sidecar.get_associations(kind="Child")
+    return chain
+
+
+def _sidecar_of(path: str, chain: list[str], key: str | None = None) -> str:
+    """Which sidecar of a run (``chain``: :func:`_sidecar_chain`) a message names: ``its
+    sidecar`` where that is the run's own (or there is none), else the inherited file that
+    gives ``key`` (``the sidecar task-rest_bold.json it inherits``): "fix the sidecar" sent
+    users to a file that does not exist."""
+    from samri_ml.bids import sidecar_path
+
+    for sidecar in chain:
+        try:
+            given = key is None or key in json.loads(Path(sidecar).read_text())
+        except (OSError, ValueError):
+            continue
+        if given:
+            if Path(sidecar) == sidecar_path(path):
+                break
+            return f"the sidecar {sidecar} it inherits"
+    return "its sidecar"
+
+
+def _structural_rank(scan, suffixes) -> tuple[int, int]:
+    """Sort key of a session's structural scans (pybids BIDSFile objects), best first: the
+    first suffix of ``suffixes`` listed (T2w before T1w), then the plainest name (fewest
+    entities beyond subject and session). pybids orders by name, so ``sub-01_acq-lowres_T2w``
+    (a scout) was chosen over the session's ``sub-01_T2w``."""
+    entities = scan.get_entities(metadata=False)
+    suffix = entities.get("suffix")
+    first = suffixes.index(suffix) if isinstance(suffixes, list) and suffix in suffixes else 0
+    extra = set(entities) - {"subject", "session", "datatype", "suffix", "extension"}
+    return first, len(extra)
+
+
+def _filter_for(scan, other) -> dict:
+    """A pybids filter (``-s``) that selects ``scan`` and not ``other`` (BIDSFile objects of
+    one session): its datatype and suffix, and where the suffixes are the same, the entities
+    the two file names differ in (``null`` for one ``scan`` lacks)."""
+    mine = scan.get_entities(metadata=False)
+    theirs = other.get_entities(metadata=False)
+    out = {"datatype": mine.get("datatype", "anat"), "suffix": mine.get("suffix")}
+    if mine.get("suffix") == theirs.get("suffix"):
+        for key in sorted(mine.keys() | theirs.keys()):
+            if key not in ("subject", "session", "datatype", "suffix") and \
+                    mine.get(key) != theirs.get(key):
+                value = mine.get(key)
+                out[key] = int(value) if isinstance(value, int) else value
+    return out
+
+
+def subject_folders(bids_dir) -> list[str]:
+    """The labels of the ``sub-<label>`` folders at the root of ``bids_dir``."""
+    return sorted(p.name[4:] for p in Path(bids_dir).glob("sub-*")
+                  if p.is_dir() and re.fullmatch(r"sub-[a-zA-Z0-9]+", p.name))
+
+
+def _labels_once(option: str, prefix: str, given: list[str]) -> list[str]:
+    """``given`` without ``prefix``, each label once (in the order given); a label given more
+    than once (``01 sub-01``) is said in one note."""
+    labels = [s.removeprefix(prefix) for s in given]
+    repeated = [label for label in dict.fromkeys(labels) if labels.count(label) > 1]
+    if repeated:
+        print(f"{PROG}: note: {option}: {', '.join(repeated)} given more than once; taken once",
+              file=sys.stderr)
+    return list(dict.fromkeys(labels))
+
+
+def session_scans(item: dict) -> list[str]:
+    """A session's scans (from :func:`collect_sessions`): its structural scan, then its runs."""
+    return ([item["anat"]] if item["anat"] else []) + list(item["bold"])
