@@ -415,22 +415,29 @@ def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs, capsy
 def test_a_montage_that_cannot_be_written_names_the_cause(tmp_path, plate_thumbs):
     """On a full disk ``--montage DIR`` printed libpng's own "libpng error: Write Error" and
     then "cannot write the montage …" without a cause. Now one line, with the cause, and no
-    file. A real process whose files may not grow past 50 kB (a montage is ~600 kB)."""
+    file. A real process whose files may not grow past 50 kB (a montage is ~600 kB). The
+    montage is skipped, not the run: the ranking is printed and --json written (a lost
+    montage used to stop the run and lose the JSON of every image ranked), exit 1."""
     import cv2
 
     from samri_ml.testing import file_size_limit
 
     section = tmp_path / "s.png"
     cv2.imwrite(str(section), plate_thumbs[60])
-    out = tmp_path / "montages"
+    out, js = tmp_path / "montages", tmp_path / "r.json"
     run = subprocess.run([sys.executable, "-m", "samri_ml.cli.identify_plate", str(section),
-                          "--montage", str(out), "--no-regions", "--variant", "default"],
+                          "--montage", str(out), "--no-regions", "--variant", "default",
+                          "--json", str(js)],
                          capture_output=True, text=True, preexec_fn=file_size_limit(50_000))
     err = [ln for ln in run.stderr.strip().splitlines() if ": note: " not in ln]
     assert run.returncode == 1 and err == [
-        f"samri_ml-identify-plate: error: cannot write the montage {out / 's.png_plates.png'} "
-        "(File too large)"], run.stderr
+        f"samri_ml-identify-plate: skipped: cannot write the montage "
+        f"{out / 's.png_plates.png'} (File too large)",
+        f"samri_ml-identify-plate: error: 1 montage(s) could not be written (named above); "
+        f"every image is ranked and in {js}"], run.stderr
+    assert run.stdout.startswith(f"{section}: 61 ("), run.stdout
     assert list(out.iterdir()) == []
+    assert json.loads(js.read_text())[str(section)]["ranking"][0] == 61
 
 
 def test_a_section_far_from_every_plate_is_flagged_uncertain(plate_thumbs):

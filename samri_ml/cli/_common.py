@@ -293,6 +293,7 @@ def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
     or volume name: a slip of the arguments' order), that is a folder, or whose folder is
     missing (unless the command makes it: ``make_folder``, where the nearest existing parent
     is probed) or not writable."""
+    import os
     from pathlib import Path
 
     out = Path(path).resolve()
@@ -300,6 +301,12 @@ def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
         parser.error(f"{option} {path}: its folder does not exist")
     if out in {Path(p).resolve() for p in inputs}:
         parser.error(f"{option} {path} is one of the input images; it would be overwritten")
+    given = Path(path)  # /dev/stdout resolves to no path where it is a pipe
+    if given.exists() and not given.is_file() and not given.is_dir():
+        # /dev/stdout, a named pipe: written into (write_output_text), not replaced
+        if not os.access(given, os.W_OK):
+            parser.error(f"{option} {path}: not writable")
+        return
     if out.name.lower().endswith(tuple(refused_suffixes)):
         parser.error(f"{option} {path}: an image file name; hint: name it {example}")
     if out.is_dir():
@@ -312,6 +319,25 @@ def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
         probe_writable(folder)
     except OSError as err:
         parser.error(f"{option} {path}: its folder is not writable ({err.strerror})")
+
+
+def write_output_text(text: str, path) -> None:
+    """Write a command's output file (``--json``, ``--rst``) given by the user: atomically
+    (never half-written) where it is a regular file or a new name; through a symbolic link to
+    the file it points to, the link kept (as a shell's ``>`` does: the link was replaced by a
+    file, its target left stale); straight into a device or a named pipe (``/dev/stdout``,
+    a FIFO another program reads), which cannot be replaced (as root, ``--json /dev/null``
+    replaced the device with a regular file)."""
+    from pathlib import Path
+
+    from samri_ml.bids import atomic_write_text
+
+    given = Path(path)
+    if given.exists() and not given.is_file():  # (/dev/stdout resolves to no path in a pipe)
+        with open(given, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    atomic_write_text(text, given.resolve())  # a dangling link: the file it names, made
 
 
 def check_output_dir(parser, what: str, folder) -> None:
@@ -575,10 +601,15 @@ def refuse_empty_paths(parser, args, options) -> None:
 def print_line(line: str) -> None:
     """Print a result line to stdout. A closed stdout (``| head -1``) used to stop the run
     with a ``BrokenPipeError`` line, and --json was never written: now the other lines go to
-    /dev/null, and the run goes on (exit status as without it)."""
+    /dev/null, and the run goes on (exit status as without it). Characters stdout's encoding
+    cannot show are printed as escapes (a name with ``ü`` on an ASCII console stopped the
+    run with a UnicodeEncodeError, and --json was never written)."""
     try:
         print(line, flush=True)
     except BrokenPipeError:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())  # also for the flush at exit
         os.close(null)
+    except UnicodeEncodeError:
+        encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+        print(line.encode(encoding, "backslashreplace").decode(encoding), flush=True)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.bids import atomic_write_text
 from samri_ml.cli._common import (
     HelpFormatter,
     add_flip_option,
@@ -21,6 +20,7 @@ from samri_ml.cli._common import (
     check_output_dir,
     check_output_file,
     run_cli,
+    write_output_text,
 )
 from samri_ml.errors import SamriMLError
 
@@ -187,12 +187,12 @@ def _main(argv=None) -> int:
     text = report(rows, held_out, known)
     print(text)
     if args.json:
-        atomic_write_text(json_dumps({"rows": rows, "by_source": by_source(rows, held_out,
+        write_output_text(json_dumps({"rows": rows, "by_source": by_source(rows, held_out,
                                                                                known),
                                          "held_out": held_out if known else None}, indent=1),
                           args.json)
     if args.rst:
-        atomic_write_text(text, args.rst)
+        write_output_text(text, args.rst)
     if args.figures is not None:
         print(f"{PROG}: {len(rows)} figures in {args.figures}", file=sys.stderr)
     return 0

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from samri_ml.bids import atomic_write_text
 from samri_ml.cli._common import (
     HelpFormatter,
     add_plate_model_options,
@@ -19,6 +18,7 @@ from samri_ml.cli._common import (
     print_line,
     refuse_empty_paths,
     set_tf_threads,
+    write_output_text,
 )
 from samri_ml.io import json_dumps
 from samri_ml.plates.data import IMAGE_SUFFIXES, MIN_SIDE
@@ -71,9 +71,7 @@ def run(args) -> int:
     from samri_ml.plates.data import check_labels, load_atlas, load_sections
     from samri_ml.plates.metrics import format_metrics, ranking_metrics
 
-    paths, labels, imgs = load_sections(args.images)
-    if args.limit:
-        paths, labels, imgs = paths[: args.limit], labels[: args.limit], imgs[: args.limit]
+    paths, labels, imgs = load_sections(args.images, limit=args.limit or None)
     if args.method == "siamese":
         from samri_ml.plates.identify import make_identifier
 
@@ -121,7 +119,7 @@ def run(args) -> int:
     print_line(format_metrics(m, f"{args.method} on {args.images}"))
     if args.json:
         m["rankings"] = {str(p): r for p, r in zip(paths, rankings, strict=True)}
-        atomic_write_text(json_dumps(m, indent=1), args.json)  # never half-written
+        write_output_text(json_dumps(m, indent=1), args.json)  # never half-written
     return 0
 
 

@@ -19,6 +19,7 @@ from samri_ml.cli._common import (
     refuse_empty_paths,
     set_tf_threads,
     terminate_as_interrupt,
+    write_output_text,
 )
 from samri_ml.errors import SamriMLError
 from samri_ml.io import json_dumps
@@ -160,7 +161,7 @@ def _run(args) -> int:
     if args.json:
         results = {name: results[name] for name in given if name in results}  # in given order
         try:
-            atomic_write_text(json_dumps(results, indent=1), args.json)  # never half-written
+            write_output_text(json_dumps(results, indent=1), args.json)  # never half-written
         except OSError as e:
             raise SamriMLError(f"cannot write {args.json}: {e.strerror}") from None
         _note_earlier_interrupted(args.json, results)
@@ -169,6 +170,11 @@ def _run(args) -> int:
     if bad:
         raise SamriMLError(f"{len(bad)} of {len(args.images)} images could not be read (named "
                            "above, left out of the output); the others are ranked")
+    unwritten = montages.get(None, [])
+    if unwritten:
+        raise SamriMLError(f"{len(unwritten)} montage(s) could not be written (named above); "
+                           "every image is ranked" + (f" and in {args.json}" if args.json
+                                                      else ""))
     return 0
 
 
@@ -235,8 +241,10 @@ def _keep_interrupted(args, given: list, results: dict) -> None:
 
 def _write_montages(args, ident, paths, imgs, ranked, written: dict) -> None:
     """``--montage DIR``: one PNG per image, named after it; images of one name from other
-    folders get ``_2``, ``_3``... (``written``: the names used so far, across chunks)."""
-    from samri_ml.plates.montage import MONTAGE_SUFFIX, write_ranked_montage
+    folders get ``_2``, ``_3``... (``written``: the names used so far, across chunks; under
+    ``None`` the images whose montage could not be written, which the run goes on after)."""
+    from samri_ml.plates.data import MONTAGE_SUFFIX
+    from samri_ml.plates.montage import write_ranked_montage
 
     out = Path(args.montage)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,8 +255,15 @@ def _write_montages(args, ident, paths, imgs, ranked, written: dict) -> None:
             name = f"{name}_{written[name]}"
             print(f"{PROG}: note: {path}: montage {name}{MONTAGE_SUFFIX} (an image of the same "
                   "name came first)", file=sys.stderr)
-        write_ranked_montage(ident, img, res, out / f"{name}{MONTAGE_SUFFIX}",
-                             top=max(5, args.top), atlas_dir=args.atlas, title=Path(path).name)
+        try:
+            write_ranked_montage(ident, img, res, out / f"{name}{MONTAGE_SUFFIX}",
+                                 top=max(5, args.top), atlas_dir=args.atlas,
+                                 title=Path(path).name)
+        except SamriMLError as err:
+            # a name too long with the suffix, a full disk: one montage lost, not the run (the
+            # rankings of every image done so far, and the JSON, were lost with it)
+            print(f"{PROG}: skipped: {err}", file=sys.stderr)
+            written.setdefault(None, []).append(path)
 
 
 def _print_results(args, results: dict) -> None:

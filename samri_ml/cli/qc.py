@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.bids import atomic_write_text
-from samri_ml.cli._common import HelpFormatter, print_line, run_cli
+from samri_ml.cli._common import HelpFormatter, print_line, run_cli, write_output_text
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-qc"
@@ -180,7 +179,7 @@ def _scan(args, parser) -> int:
     if args.json is not None:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(text + "\n", args.json)  # never half-written
+            write_output_text(text + "\n", args.json)  # never half-written
         except OSError as err:
             raise SamriMLError(f"{args.json}: cannot write ({err.strerror or err})") from err
     return 0

@@ -170,9 +170,9 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
     from samri_ml.models.inference import PLATE_PARALLEL_OPS, set_thread_environment
 
     set_thread_environment(num_threads, PLATE_PARALLEL_OPS)
-    from samri_ml.plates.data import read_image
+    from samri_ml.plates.data import MONTAGE_SUFFIX, read_image
     from samri_ml.plates.identify import make_identifier
-    from samri_ml.plates.montage import MONTAGE_SUFFIX, write_ranked_montage
+    from samri_ml.plates.montage import write_ranked_montage
 
     ident = make_identifier(model, index, atlas_dir, variant=variant,
                             hemisections=hemisections, turn_uncertain=not upright)

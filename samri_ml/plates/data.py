@@ -19,6 +19,9 @@ from samri_ml.io import quiet_stderr
 from samri_ml.paths import shared_data_dir  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+#: a montage's file name (:mod:`samri_ml.plates.montage`): the section's file name, extension
+#: included (``101.png`` and ``101.jpg`` of one folder keep a montage each), then this
+MONTAGE_SUFFIX = "_plates.png"
 MIN_SIDE = 16  # px; anything smaller carries no anatomy worth ranking
 
 _LABEL_RE = re.compile(r"^(\d+)")
@@ -130,6 +133,9 @@ def _to_uint8(img: np.ndarray, path) -> np.ndarray:
                 img = _transparent_as_background(img, clear)
         elif img.shape[2] == 1:
             img = img[..., 0]
+        elif img.shape[2] == 2:  # grey and alpha (a cut-out section)
+            img = _transparent_as_background(np.ascontiguousarray(img[..., 0]),
+                                             img[..., 1] == 0)
         elif img.shape[0] in (1, 3, 4) and img.shape[1] > 4:  # channels first
             img = img.mean(axis=0)
         else:
@@ -203,6 +209,8 @@ def read_image(path) -> np.ndarray:
             else:  # 5-8: OpenCV cannot decode them; the stored pixels, turned below
                 stored = _tiff_tag_cleared(p.read_bytes())
                 img = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is not None and img.ndim == 2:
+            img = _tiff_grey_alpha(p, img)
         if img is None and turn != 1:
             raise SamriMLError(f"{path}: a TIFF stored turned by a quarter turn (orientation "
                                f"tag {turn}) that OpenCV cannot decode; hint: save it upright "
@@ -236,8 +244,30 @@ def read_image(path) -> np.ndarray:
     return _as_the_plates(img, path, keep=True)
 
 
+#: :func:`neighbour_correlation` below which an image is noise, not a section: the 132
+#: atlas plates and the 70 train/val sections have 0.76-0.95, white noise and a camera's
+#: dark frame stretched to 8 bits about 0.0
+MIN_NEIGHBOUR_CORRELATION = 0.3
+
+
+def neighbour_correlation(img: np.ndarray, size: int = 128) -> float:
+    """Correlation of neighbouring pixels (the mean of the vertical and horizontal lag-1
+    autocorrelations) of ``img`` shrunk to ``size`` px a side by area averaging: near 1 for
+    an image with structure (a section: tissue against background), near 0 for noise."""
+    import cv2
+
+    a = cv2.resize(np.asarray(img, np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    a -= a.mean()
+    var = float((a * a).mean())
+    if var == 0:
+        return 0.0
+    return float(((a[1:] * a[:-1]).mean() + (a[:, 1:] * a[:, :-1]).mean()) / (2 * var))
+
+
 def _check_section(img: np.ndarray, raw: np.ndarray, path) -> None:
-    """Refuse a uint8 section (``raw``: as it came) too small or empty to identify."""
+    """Refuse a uint8 section (``raw``: as it came) too small, empty or without structure
+    (noise: a camera's dark frame, stretched to 8 bits, was ranked plate 52 at a distance no
+    section is flagged uncertain at) to identify."""
     h, w = img.shape
     if min(h, w) < MIN_SIDE:
         raise SamriMLError(
@@ -251,6 +281,12 @@ def _check_section(img: np.ndarray, raw: np.ndarray, path) -> None:
         if raw.dtype.kind in "fc" and not np.all(np.isfinite(raw)):
             text += " or NaN/Inf"
         raise SamriMLError(f"{path}: image is empty (every pixel is {text})")
+    r = neighbour_correlation(img)
+    if r < MIN_NEIGHBOUR_CORRELATION:
+        raise SamriMLError(f"{path}: no tissue: the image is noise (neighbouring pixels "
+                           f"correlate at r = {r:.2f}; sections and plates at 0.76 or more); "
+                           "hint: check that it is the section's image or channel, not a dark "
+                           "frame or an empty channel")
 
 
 def as_section(img, name: str = "<array>", keep: bool = False) -> np.ndarray:
@@ -350,6 +386,23 @@ def _check_tiff(path: Path) -> int:
         raise SamriMLError(f"{path}: truncated or corrupt TIFF (its image data runs past the "
                            "end of the file); hint: copy or export it again")
     return orientation if orientation in (5, 6, 7, 8) else 1
+
+
+def _tiff_grey_alpha(path: Path, img: np.ndarray) -> np.ndarray:
+    """A grey TIFF as OpenCV decoded it (``img``), or, where the file holds grey and alpha (two
+    samples per pixel), both from Pillow: OpenCV drops the alpha, and a cut-out whose clear
+    background is stored white was ranked as a dark section on white (val_2's 101: plate 102
+    first, against 101 from the same pixels as a PNG)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if int(im.tag_v2.get(277, 1)) != 2 or im.mode != "LA":
+                return img
+            both = np.asarray(im)
+    except Exception:  # noqa: BLE001 - Pillow cannot read it: OpenCV's grey, as before
+        return img
+    return both if both.shape[:2] == img.shape else img
 
 
 def _tiff_tag_cleared(data: bytes) -> bytes:
@@ -1142,8 +1195,12 @@ def _read_plates(folder, paths: list[Path]) -> list[np.ndarray]:
     return images
 
 
-def load_sections(folder) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
-    """Load labelled sections (label = leading number of the file name).
+def load_sections(folder, limit: int | None = None
+                  ) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
+    """Load labelled sections (label = leading number of the file name): the first ``limit``
+    (sorted by name) where given, the others not read. Montages of the identification
+    (``*_plates.png``, :data:`MONTAGE_SUFFIX`) written into the folder are left out, with a
+    note: ``101.png_plates.png`` was read as a section of plate 101 (MAE 26 for val_2's 1.4).
 
     Returns
     -------
@@ -1152,6 +1209,14 @@ def load_sections(folder) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
     images : list of numpy.ndarray (grayscale uint8)
     """
     files = _image_files(folder)
+    montages = [p for p in files if p.name.lower().endswith(MONTAGE_SUFFIX)]
+    files = [p for p in files if p not in montages]
+    if montages:
+        import warnings
+
+        warnings.warn(f"{folder}: {len(montages)} montage(s) of samri_ml-identify-plate "
+                      f"(*{MONTAGE_SUFFIX}, e.g. {montages[0].name}) left out; hint: write them "
+                      "into another folder (--montage DIR)", SamriMLNote, stacklevel=2)
     if not files:
         raise SamriMLError(f"{folder}: no images (.png, .jpg, .tif) found")
     nested = [d.name for d in sorted(Path(folder).iterdir()) if d.is_dir() and _image_files(d)]
@@ -1161,7 +1226,8 @@ def load_sections(folder) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
         warnings.warn(f"{folder}: subfolders are not read ({', '.join(nested[:3])}"
                       f"{', ...' if len(nested) > 3 else ''}); hint: evaluate each folder on its "
                       "own", SamriMLNote, stacklevel=2)
-    labels = np.array([label_from_name(p) for p in files], dtype=int)
+    labels = np.array([label_from_name(p) for p in files], dtype=int)  # all: a bad name says so
+    files, labels = files[:limit], labels[:limit]
     return files, labels, [read_image(p) for p in files]
 
 

@@ -8,10 +8,6 @@ import numpy as np
 
 from samri_ml.plates.data import atlas_signature, load_atlas, preprocess
 
-#: a montage's file name: the section's file name, extension included (``101.png`` and
-#: ``101.jpg`` of one folder keep a montage each), then this
-MONTAGE_SUFFIX = "_plates.png"
-
 TILE = 256
 #: height (px) of a tile's label band, above its picture (and of a note's, below it)
 LABEL_BAND = 24
