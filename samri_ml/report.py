@@ -67,9 +67,9 @@ def _volume(img, dtype=np.float32) -> np.ndarray:
     from samri_ml.io import image_data
 
     data = image_data(nb.as_closest_canonical(img), dtype)
-    if data.ndim == 4:
-        data = data.mean(axis=3)
-    return data.reshape(data.shape[:3])
+    if data.ndim > 3:  # (X, Y, Z, T, 1) too: it failed to draw (a reshape error)
+        data = data.reshape(*data.shape[:3], -1).mean(axis=3)
+    return data
 
 
 def _on_grid(img, like, order: int = 0):
@@ -79,7 +79,8 @@ def _on_grid(img, like, order: int = 0):
     from nibabel.processing import resample_from_to
 
     if len(img.shape) > 3:
-        img = nb.Nifti1Image(np.asanyarray(img.dataobj, dtype=np.float32).mean(axis=3), img.affine)
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        img = nb.Nifti1Image(data.reshape(*data.shape[:3], -1).mean(axis=3), img.affine)
     return resample_from_to(img, (like.shape[:3], like.affine), order=order)
 
 

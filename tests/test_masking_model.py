@@ -294,6 +294,55 @@ def test_noise_that_the_network_fills_gets_a_note(tmp_path, phantom, capsys):
         assert rc == 0 and "more than a brain fills of a box around it" in err, err
 
 
+def test_swapped_arguments_keep_the_scan(tmp_path, phantom, capsys):
+    """``samri_ml-mask mask.nii.gz scan.nii.gz`` (the order slipped) replaced the scan with a
+    mask of the mask, exit 0. A mask as IN is noted; OUT that is an image but no mask is
+    refused before anything is written; an earlier mask as OUT is still replaced."""
+    from samri_ml.cli.mask import main
+
+    scan, mask = tmp_path / "scan.nii.gz", tmp_path / "scan_mask.nii.gz"
+    nb.save(phantom["T2w"], scan)
+    before = scan.read_bytes()
+    assert main([str(scan), str(mask)]) == 0
+    capsys.readouterr()
+    assert main([str(mask), str(scan)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"samri_ml-mask: note: {mask} holds only the values 0 and 1: a mask")
+    assert err[-1] == (f"samri_ml-mask: error: {scan} exists and is no mask (values other than "
+                       "0 and 1: a scan?); it would be overwritten; hint: check the order "
+                       "(samri_ml-mask IN OUT), or remove it first")
+    assert scan.read_bytes() == before
+    assert main([str(scan), str(mask), "--threshold", "0.6"]) == 0  # a mask: rewritten
+
+
+def test_sigterm_leaves_no_temporary_file(tmp_path, phantom):
+    """SIGTERM (``kill``, ``timeout``, a cluster's time limit) ended samri_ml-mask without a
+    word and left its hidden temporary outputs; it is Ctrl-C now: 'terminated', exit 143,
+    nothing left but the input. The signal is sent as the outputs are being written (the
+    network's pass done: the run printed nothing yet, the temporary files exist)."""
+    import signal
+    import time
+
+    src = tmp_path / "head.nii.gz"
+    nb.save(phantom["T2w"], src)
+    proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.mask", str(src),
+                             str(tmp_path / "m.nii.gz"), "--masked", str(tmp_path / "b.nii.gz")],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.name.startswith(".")
+                                                  for p in tmp_path.iterdir()):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    if proc.returncode == 0:  # the writing was done before the signal came: all of it there
+        assert names == ["b.nii.gz", "head.nii.gz", "m.nii.gz"], (names, err)
+    else:
+        assert proc.returncode == 143 and err.strip().splitlines()[-1] == \
+            "samri_ml-mask: terminated", err
+        assert names == ["head.nii.gz"], names
+
+
 def test_a_model_that_is_no_masker_is_refused_in_one_line(tmp_path, phantom, capsys):
     """The plate embedding given as --model used to fail deep in TensorFlow (a reshape of
     14912 values into 182672)."""

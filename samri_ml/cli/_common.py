@@ -287,7 +287,8 @@ def nearest_existing(path):
 
 
 def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
-                      example: str = "out.json", make_folder: bool = False) -> None:
+                      example: str = "out.json", make_folder: bool = False,
+                      inputs_are: str = "the input images") -> None:
     """Refuse (a usage error, before any work) an output file ``path`` given as ``option`` that
     would overwrite one of ``inputs``, whose name ends in one of ``refused_suffixes`` (an image
     or volume name: a slip of the arguments' order), that is a folder, or whose folder is
@@ -300,7 +301,7 @@ def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
     if not make_folder and not out.parent.is_dir():
         parser.error(f"{option} {path}: its folder does not exist")
     if out in {Path(p).resolve() for p in inputs}:
-        parser.error(f"{option} {path} is one of the input images; it would be overwritten")
+        parser.error(f"{option} {path} is one of {inputs_are}; it would be overwritten")
     given = Path(path)  # /dev/stdout resolves to no path where it is a pipe
     if given.exists() and not given.is_file() and not given.is_dir():
         # /dev/stdout, a named pipe: written into (write_output_text), not replaced

@@ -144,26 +144,29 @@ def phantom_scans(seed: int = 0):
 def _main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
+    from samri_ml.masking.predict import default_model_path, training_record_path
+
+    # the model and its record are inputs: --json on either replaced it with the rows (the
+    # record is what --held-out is read from)
+    model_path = args.model or default_model_path()
+    inputs = (model_path, training_record_path(model_path))
     for option, path, example in (("--json", args.json, "rows.json"),
                                   ("--rst", args.rst, "tables.rst")):
         if path is not None:  # up front: the evaluation takes minutes
-            check_output_file(parser, option, path, refused_suffixes=(".nii", ".nii.gz"),
-                              example=example)
+            check_output_file(parser, option, path, inputs,
+                              refused_suffixes=(".nii", ".nii.gz", ".keras"), example=example,
+                              inputs_are="the model's files (its .keras and _training.json)")
+    if args.json and args.rst and Path(args.json).resolve() == Path(args.rst).resolve():
+        parser.error("--json and --rst name the same file; one would overwrite the other")
     if args.figures is not None:
         check_output_dir(parser, f"--figures {args.figures}", args.figures)
     from samri_ml.io import json_dumps
     from samri_ml.masking.data import real_scans
     from samri_ml.masking.evaluate import by_source, evaluate, report
-    from samri_ml.masking.predict import (
-        default_model_path,
-        load_model,
-        training_record_path,
-        unseen_views_note,
-    )
+    from samri_ml.masking.predict import load_model, unseen_views_note
     from samri_ml.paths import existing_data_dir
 
     data_dir = existing_data_dir(args.data_dir)
-    model_path = args.model or default_model_path()
     held_out = args.held_out if args.held_out is not None else _held_out(model_path)
     model = load_model(model_path)  # before the scans (minutes): a wrong --model at once
     unseen_views_note(args.model, args.views)
@@ -187,10 +190,9 @@ def _main(argv=None) -> int:
     text = report(rows, held_out, known)
     print(text)
     if args.json:
-        write_output_text(json_dumps({"rows": rows, "by_source": by_source(rows, held_out,
-                                                                               known),
-                                         "held_out": held_out if known else None}, indent=1),
-                          args.json)
+        rows_json = {"rows": rows, "by_source": by_source(rows, held_out, known),
+                     "held_out": held_out if known else None}
+        write_output_text(json_dumps(rows_json, indent=1), args.json)
     if args.rst:
         write_output_text(text, args.rst)
     if args.figures is not None:

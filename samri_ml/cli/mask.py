@@ -20,6 +20,7 @@ from samri_ml.cli._common import (
     probe_writable,
     run_cli,
     set_tf_threads,
+    terminate_as_interrupt,
 )
 from samri_ml.errors import SamriMLError, SamriMLNote
 from samri_ml.masking.predict import MIN_MAX_SLICES  # numpy only, no TensorFlow
@@ -80,8 +81,16 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv=None) -> int:
+    """Parse, then run; SIGTERM (``kill``, ``timeout``, a cluster's time limit) is taken as
+    Ctrl-C (:func:`~samri_ml.cli._common.terminate_as_interrupt`): the temporary files are
+    removed and the command says so, exit 143 (they were left, hidden, without a word)."""
     parser = get_parser()
     args = parser.parse_args(argv)
+    with terminate_as_interrupt():
+        return _run(parser, args)
+
+
+def _run(parser, args) -> int:
     if not _is_nifti_name(args.out_file):
         parser.error(f"OUT must end in .nii or .nii.gz: {args.out_file}")
     if not 0 < args.threshold < 1:
@@ -112,6 +121,7 @@ def _main(argv=None) -> int:
 
     # --masked keeps IN's shape; a scaled run is read as float32, never as a float64 array
     img = load_nifti(args.in_file, allow_4d=True, squeeze=False, float32=True)
+    _note_binary_input(img, args.in_file)
     if args.masked is None and args.png is None:
         # nothing after the network needs a 4D run's volumes, only the mean it masks: the run
         # is not held through the network pass (T volumes' memory, the mean is one's)
@@ -178,9 +188,49 @@ def summary(mask, out_file, masked=None) -> str:
 TOO_LARGE_MM3, TOO_SMALL_MM3 = 20_000.0, 5.0
 
 
+def _only_zero_and_one(data) -> bool:
+    import numpy as np
+
+    data = np.asarray(data)
+    return bool(data.size) and bool(np.all((data == 0) | (data == 1)))
+
+
+def _note_binary_input(img, in_file) -> None:
+    """IN holding only 0 and 1 is a mask, likely given for the scan (``samri_ml-mask
+    mask.nii.gz scan.nii.gz``, the arguments' order slipped): it gets a believable mask, and
+    OUT, the scan, is overwritten by it (:func:`_check_outputs` refuses that much)."""
+    import warnings
+
+    if _only_zero_and_one(img.dataobj):
+        warnings.warn(f"{in_file} holds only the values 0 and 1: a mask, not a scan? hint: "
+                      "give the scan first (samri_ml-mask IN OUT)", SamriMLNote, stacklevel=2)
+
+
+def _existing_not_a_mask(path) -> bool:
+    """Whether ``path`` is a readable image holding values other than 0 and 1 (a scan): OUT
+    is then no earlier mask, and writing the mask would lose it."""
+    import nibabel as nb
+
+    from samri_ml.io import quiet_stderr
+
+    if not path.is_file():
+        return False
+    try:
+        with quiet_stderr():
+            data = nb.load(str(path)).dataobj
+            return not _only_zero_and_one(data)
+    except Exception:  # noqa: BLE001 - not an image nibabel reads: nothing of value to keep
+        return False
+
+
 def _check_outputs(args) -> None:
-    """Refuse OUT (and --masked, --png) where no file can be written, before anything is
-    written."""
+    """Refuse OUT (and --masked, --png) where no file can be written, and OUT where it is an
+    image that is no mask (a scan: ``samri_ml-mask mask.nii.gz scan.nii.gz`` replaced the scan
+    by a mask of the mask, exit 0), before anything is written."""
+    if _existing_not_a_mask(args.out_file):
+        raise SamriMLError(f"{args.out_file} exists and is no mask (values other than 0 and 1: "
+                           "a scan?); it would be overwritten; hint: check the order "
+                           "(samri_ml-mask IN OUT), or remove it first")
     for path in [args.out_file] + [p for p in (args.masked, args.png) if p is not None]:
         if path.is_dir():
             ending = ".png" if path is args.png else ".nii.gz"
@@ -220,13 +270,13 @@ def _draw(img, mask, png, in_file) -> bool:
 
 def _save_all(outputs) -> None:
     """Write every ``(image, path)`` to a temporary file beside its path, then rename them
-    all (:func:`samri_ml.bids.atomic_target`, nested): a failure leaves none of the outputs
-    (not the mask without the masked image)."""
+    all (:func:`samri_ml.bids.atomic_target`, nested; Ctrl-C deferred during the renames): a
+    failure leaves none of the outputs (not the mask without the masked image)."""
     from contextlib import ExitStack
 
     import nibabel as nb
 
-    from samri_ml.bids import atomic_target
+    from samri_ml.bids import atomic_target, deferred_sigint
 
     path = outputs[0][1]
     try:
@@ -234,6 +284,9 @@ def _save_all(outputs) -> None:
             for image, path in outputs:
                 suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
                 nb.save(image, str(stack.enter_context(atomic_target(path, suffix))))
+            renames = stack.pop_all()
+        with deferred_sigint():  # Ctrl-C between two renames left --masked without OUT
+            renames.close()
     except OSError as err:
         raise SamriMLError(f"cannot write {path} ({err.strerror}); nothing written") from err
 
