@@ -103,6 +103,9 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
                 img = nb.load(str(path))
             data = full = read_float32(img.dataobj) if float32 else np.asanyarray(img.dataobj)
         except (nb.filebasedimages.ImageFileError, gzip.BadGzipFile) as err:
+            misnamed = _misnamed_nifti(path)
+            if misnamed:
+                raise SamriMLError(f"{path}: {misnamed}") from err
             raise SamriMLError(f"{path}: not a NIfTI image ({_one_line(err)}); hint: give a .nii "
                                "or .nii.gz file") from err
         except (EOFError, OSError, ValueError, HeaderDataError, HeaderTypeError,
@@ -160,6 +163,26 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
 
 #: how an unlocked git-annex file whose content is not here begins (a pointer, not the data)
 ANNEX_POINTER = b"/annex/objects/"
+
+
+def _misnamed_nifti(path) -> str | None:
+    """What is wrong with a NIfTI file whose name says the other compression (an uncompressed
+    one named ``.nii.gz``, a gzipped one named ``.nii``: nibabel picks by the name, and both
+    were called "not a NIfTI image", with the hint to give the very extension they had);
+    None where that is not it."""
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(352)
+    except OSError:
+        return None
+    nifti = head[344:348] == b"n+1\0" or head[4:8] == b"n+2\0"  # NIfTI-1's magic, NIfTI-2's
+    if name.lower().endswith(".nii.gz") and nifti:
+        return (f"an uncompressed NIfTI named .gz; hint: rename it to {name[:-3]} (or gzip "
+                "it)")
+    if name.lower().endswith(".nii") and head[:2] == b"\x1f\x8b":
+        return f"a gzip-compressed NIfTI named .nii; hint: rename it to {name}.gz"
+    return None
 
 
 def annex_unfetched(path) -> bool:

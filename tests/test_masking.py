@@ -860,3 +860,32 @@ def test_masking_a_scaled_4d_run_makes_one_array_beside_the_loaded_one(tmp_path)
     assert out.get_data_dtype() == np.float32
     np.testing.assert_array_equal(np.asanyarray(out.dataobj), want)
     assert np.signbit(np.asanyarray(out.dataobj)).sum() == np.signbit(want).sum()
+
+
+@pytest.mark.parametrize("nifti2", [False, True])
+def test_a_nifti_named_for_the_other_compression_is_said_so(tmp_path, nifti2):
+    """An uncompressed NIfTI named .nii.gz, and a gzipped one named .nii, were "not a NIfTI
+    image … hint: give a .nii or .nii.gz file": the extension they had. Said what they are."""
+    import gzip
+
+    import nibabel as nb
+
+    from samri_ml.io import load_nifti
+
+    kind = nb.Nifti2Image if nifti2 else nb.Nifti1Image
+    plain = tmp_path / "scan.nii"
+    nb.save(kind(np.ones((8, 8, 8), np.float32), np.eye(4)), plain)
+    raw = tmp_path / "raw.nii.gz"
+    raw.write_bytes(plain.read_bytes())
+    with pytest.raises(SamriMLError, match=r"raw.nii.gz: an uncompressed NIfTI named .gz; "
+                       r"hint: rename it to .*raw.nii \(or gzip it\)$"):
+        load_nifti(raw)
+    packed = tmp_path / "packed.nii"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    with pytest.raises(SamriMLError, match=r"packed.nii: a gzip-compressed NIfTI named .nii; "
+                       r"hint: rename it to .*packed.nii.gz$"):
+        load_nifti(packed)
+    text = tmp_path / "text.nii.gz"
+    text.write_text("not an image\n")
+    with pytest.raises(SamriMLError, match=r"not a NIfTI image"):
+        load_nifti(text)

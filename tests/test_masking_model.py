@@ -193,8 +193,13 @@ def test_4d_series_is_masked_through_its_temporal_mean(phantom):
 def test_never_an_empty_mask(phantom):
     # the hint names the threshold where one other than the default was given
     with pytest.raises(SamriMLError, match=r"no brain .*hint: lower the threshold "
-                       r"\(--threshold; 1 given, default 0.5\)"):
-        predict_mask(phantom["T2w"], threshold=1.0)
+                       r"\(--threshold; 0.99999 given, default 0.5\)"):
+        predict_mask(phantom["T2w"], threshold=0.99999)
+    # one that is no probability is refused before the network runs (0 was blamed on a
+    # bright background, 1.5 and NaN on the image), as samri_ml-mask --threshold is
+    for bad in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(SamriMLError, match=r"threshold .*: must be between 0 and 1"):
+            predict_mask(phantom["T2w"], threshold=bad)
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -41,7 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
     add_masker_data_options(p)
     p.add_argument(
         "--sources",
-        nargs="*",
+        nargs="+",  # none given ran every source
         default=None,
         choices=SOURCES,
         help="only these sources",

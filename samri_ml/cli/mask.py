@@ -235,6 +235,9 @@ def _check_outputs(args) -> None:
         if path.is_dir():
             ending = ".png" if path is args.png else ".nii.gz"
             raise SamriMLError(f"{path}: is a folder; hint: give a file name ending in {ending}")
+        if path.parent.exists() and not path.parent.is_dir():
+            raise SamriMLError(f"{path.parent}: is a file, not a folder; hint: choose another "
+                               "output folder")
         if not path.parent.is_dir():
             raise SamriMLError(f"{path.parent}: output folder does not exist; hint: create it "
                                "first")  # fmt: skip

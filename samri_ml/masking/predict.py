@@ -466,6 +466,11 @@ def predict_mask(
     if max_slices is not None and max_slices < MIN_MAX_SLICES:
         # as samri_ml-mask --max-slices and MaskBrain: 3 gave a mask from 3 slices per view
         raise SamriMLError(f"max_slices {max_slices}: must be at least {MIN_MAX_SLICES}")
+    if not 0 < threshold < 1:  # NaN too (MaskBrain's Range lets it through)
+        # as samri_ml-mask --threshold: 0 was blamed on a bright background, 1.5 and NaN
+        # on the image ("no brain found"), after the network's pass
+        raise SamriMLError(f"threshold {threshold}: must be between 0 and 1 (a brain "
+                           "probability; default 0.5)")
     img = _as_image(img)
     if np.dtype(img.get_data_dtype()).kind == "c":
         warnings.warn("a complex image: its magnitude (abs) is masked", SamriMLNote,
