@@ -50,6 +50,10 @@ def parse_plugin_args(text: str) -> dict:
     return check_plugin_args(out)
 
 
+#: the least memory (GB) MultiProc runs a step with: below, it never starts one (it waits
+#: for 0.01 GB free), and the run hangs without a word
+MIN_MEMORY_GB = 0.01
+
 #: ``--plugin-args`` keys Nipype reads as numbers or switches: (kind, lowest value, wording)
 PLUGIN_ARG_RULES = {
     "n_procs": (int, 1, "a whole number, at least 1"),
@@ -57,7 +61,7 @@ PLUGIN_ARG_RULES = {
     "maxtasksperchild": (int, 1, "a whole number, at least 1"),
     "max_jobs": (int, 1, "a whole number, at least 1"),
     "max_tries": (int, 0, "a whole number, 0 or more"),
-    "memory_gb": (float, 0, "a number of GB above 0"),
+    "memory_gb": (float, MIN_MEMORY_GB, f"a number of GB, at least {MIN_MEMORY_GB}"),
     "poll_sleep_duration": (float, 0, "a number of seconds, 0 or more"),
     "job_finished_timeout": (float, 0, "a number of seconds, 0 or more"),
     "retry_timeout": (float, 0, "a number of seconds, 0 or more"),
@@ -65,10 +69,25 @@ PLUGIN_ARG_RULES = {
 }
 
 
+#: start methods of multiprocessing (MultiProc's ``mp_context``)
+MP_CONTEXTS = ("fork", "spawn", "forkserver")
+#: ``plugin_args`` keys that take Python objects, which no command line gives
+OBJECT_KEYS = ("status_callback",)
+
+
 def check_plugin_args(args: dict) -> dict:
-    """Refuse a value of a key of :data:`PLUGIN_ARG_RULES` of the wrong kind or range."""
+    """Refuse a value of a key of :data:`PLUGIN_ARG_RULES` of the wrong kind or range, an
+    ``mp_context`` that is no start method (it failed after OUTPUT_DIR was made, with a raw
+    ValueError) and keys that take Python objects (:data:`OBJECT_KEYS`)."""
     import math
 
+    for key in OBJECT_KEYS:
+        if key in args:
+            raise ValueError(f"{key}: takes a Python function, which a command line cannot "
+                             "give; hint: leave it out")
+    if "mp_context" in args and args["mp_context"] not in MP_CONTEXTS:
+        raise ValueError(f"mp_context={json.dumps(args['mp_context'])}: must be one of "
+                         f"{', '.join(MP_CONTEXTS)}")
     for key, value in args.items():
         if key not in PLUGIN_ARG_RULES:
             continue
@@ -81,8 +100,8 @@ def check_plugin_args(args: dict) -> dict:
             ok = float(value).is_integer() and value >= low
             if ok:
                 args[key] = int(value)
-        else:  # memory_gb must be above 0 (-3 hung the run), the times may be 0
-            ok = math.isfinite(value) and (value > low if key == "memory_gb" else value >= low)
+        else:  # memory_gb at least MIN_MEMORY_GB (-3 and 0.005 hung the run)
+            ok = math.isfinite(value) and value >= low
         if not ok:
             raise ValueError(f"{key}={json.dumps(value)}: must be {wording}")
     return args

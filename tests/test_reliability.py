@@ -396,9 +396,10 @@ CASES = [
      ["sub-01_ses-1_T2w.nii.gz: truncated or corrupt image (failed to read extension "
       "content)"]),
     # -3 hung the run for ever, with nothing run; NaN likewise
-    ("mem_gb_negative", None, ["--mem-gb", "-3"], 2, ["--mem-gb", "-3: must be above 0"]),
-    ("mem_gb_zero", None, ["--mem-gb", "0"], 2, ["must be above 0"]),
-    ("mem_gb_nan", None, ["--mem-gb", "nan"], 2, ["nan: must be above 0"]),
+    ("mem_gb_negative", None, ["--mem-gb", "-3"], 2, ["--mem-gb", "-3: must be at least 0.01"]),
+    ("mem_gb_tiny", None, ["--mem-gb", "0.005"], 2, ["--mem-gb", "0.005: must be at least 0.01"]),
+    ("mem_gb_zero", None, ["--mem-gb", "0"], 2, ["must be at least 0.01"]),
+    ("mem_gb_nan", None, ["--mem-gb", "nan"], 2, ["nan: must be at least 0.01"]),
     ("omp_nthreads_zero", None, ["--omp-nthreads", "0"], 2, ["--omp-nthreads", "0: must be at least 1"]),
     # these failed after OUTPUT_DIR and the work dir were made, with a raw ValueError
     ("plugin_args_bad_poll_sleep", None, ["--plugin-args", "poll_sleep_duration=abc"], 2,
@@ -406,7 +407,7 @@ CASES = [
     ("plugin_args_no_procs", None, ["--plugin-args", '{"n_procs": 0}'], 2,
      ["n_procs=0: must be a whole number, at least 1"]),
     ("plugin_args_negative_memory", None, ["--plugin-args", "memory_gb=-1"], 2,
-     ["memory_gb=-1: must be a number of GB above 0"]),
+     ["memory_gb=-1: must be a number of GB, at least 0.01"]),
     ("plugin_args_not_an_object", None, ["--plugin-args", "[1,2]"], 2,
      ["not a JSON object: '[1,2]'"]),
     ("empty_participant_label", None, ["--participant-label", ""], 2,
@@ -516,7 +517,9 @@ def test_plugin_args_key_value_values_are_typed():
 
 @pytest.mark.parametrize("text, said", [
     ("n_procs=0", "n_procs=0: must be a whole number, at least 1"),
-    ("memory_gb=-3", "memory_gb=-3: must be a number of GB above 0"),
+    ("memory_gb=0.001", "memory_gb=0.001: must be a number of GB, at least 0.01"),
+    ("mp_context=bogus", 'mp_context="bogus": must be one of fork, spawn, forkserver'),
+    ("status_callback=x", "status_callback: takes a Python function"),
     ("raise_insufficient=2", "raise_insufficient=2: must be true or false"),
     ("[1, 2]", "not a JSON object"),
     ("n_procs", "expected key=value"),
@@ -1709,3 +1712,87 @@ def test_the_scan_checks_hold_one_scans_data_at_a_time(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 2.5 * run.nbytes, f"peak {peak / run.nbytes:.2f} runs"
+
+
+# --- a QA pass of the BIDS App (2026-12-04) ---------------------------------------------------
+
+
+def _foreign(folder: Path, name: str = "gt") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dataset_description.json").write_text(json.dumps(
+        {"Name": name, "BIDSVersion": "1.8.0", "DatasetType": "derivative"}))
+    return folder
+
+
+@pytest.mark.parametrize("work, said", [
+    ("bids/derivatives", "is the derivatives folder itself"),
+    ("bids/derivatives/gt", "is inside another dataset (" ),
+    ("bids/derivatives/gt/sub-01", "is inside another dataset ("),
+])
+def test_the_work_dir_is_refused_where_another_pipeline_keeps_its_files(tmp_path, capsys,
+                                                                         work, said):
+    """``-w BIDS_DIR/derivatives`` and ``-w`` inside another pipeline's derivatives passed (a
+    run wrote its work folders and a lock among that dataset's files), as OUTPUT_DIR does not."""
+    make_dataset(tmp_path)
+    _foreign(tmp_path / "bids" / "derivatives" / "gt")
+    before = snapshot(tmp_path / "bids")
+    assert main(_argv(tmp_path, [f"WORK={work}"])) == 2
+    assert said in capsys.readouterr().err.strip().splitlines()[-1]
+    assert snapshot(tmp_path / "bids") == before
+
+
+def test_an_output_dir_of_another_dataset_is_refused_and_a_moved_one_noted(tmp_path, capsys):
+    """A second dataset run into an OUTPUT_DIR re-pointed its description's source at itself,
+    without a word: the first dataset's sidecars (Sources: bids:raw:sub-01/...) then named
+    another dataset's files. Refused where that dataset is still there; where it is gone
+    (moved), noted."""
+    make_dataset(tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "bids", other)
+    out = tmp_path / "out"
+    out.mkdir()
+    desc = {"Name": "samri_ml registration", "BIDSVersion": "1.8.0",
+            "DatasetType": "derivative", "GeneratedBy": [{"Name": "samri_ml"}],
+            "DatasetLinks": {"raw": other.resolve().as_uri()}}
+    (out / "dataset_description.json").write_text(json.dumps(desc))
+    assert main(_argv(tmp_path, ["OUT=out"])) == 2
+    assert f"holds the derivatives of another dataset ({other.resolve()})" in \
+        capsys.readouterr().err.strip().splitlines()[-1]
+    shutil.rmtree(other)  # moved away: a note, and the run goes on
+    assert main(_argv(tmp_path, ["OUT=out"])) == 0
+    assert f"was made from {other.resolve()}, which is gone" in capsys.readouterr().err
+    desc["DatasetLinks"]["raw"] = (tmp_path / "bids").resolve().as_uri()  # its own: silent
+    (out / "dataset_description.json").write_text(json.dumps(desc))
+    assert main(_argv(tmp_path, ["OUT=out"])) == 0
+    assert "note" not in capsys.readouterr().err
+
+
+def test_a_functional_filter_that_matches_no_run_is_noted(tmp_path, capsys):
+    """A misspelt task in -f dropped every functional run: the structural scan alone was
+    registered, exit 0, without a word."""
+    make_dataset(tmp_path)
+    assert main(_argv(tmp_path, ["-f", '{"suffix": "bold", "task": "rset"}'])) == 0
+    err = capsys.readouterr().err
+    assert 'note: no functional run matches -f {"suffix": "bold", "task": "rset"}, of the 1 ' \
+        "in the selected participants' func/ folders (e.g. sub-01_ses-1_task-rest_bold" in err
+    assert main(_argv(tmp_path, [])) == 0
+    assert "no functional run matches" not in capsys.readouterr().err
+
+
+def test_sessions_left_out_of_a_report_are_named(tmp_path, capsys):
+    """A rerun of one session rewrote the subject's report without the others, whose
+    derivatives stay in OUTPUT_DIR, without a word."""
+    from samri_ml.cli.register import _note_sessions_not_reported
+
+    for ses in ("1", "2"):
+        anat = tmp_path / "sub-01" / f"ses-{ses}" / "anat"
+        anat.mkdir(parents=True)
+        (anat / f"sub-01_ses-{ses}_space-T_T2w.nii.gz").write_bytes(b"")
+    (tmp_path / "sub-01" / "ses-3").mkdir()  # nothing in it: nothing to report
+    _note_sessions_not_reported(tmp_path, [{"subject": "01", "session": "2"}])
+    assert capsys.readouterr().err == (
+        "samri_ml-register: note: sub-01.html shows this run's session(s) only; the derivatives "
+        f"of ses-1 in {tmp_path / 'sub-01'} are not in it; hint: rerun without --session-label "
+        "(finished steps are reused) for a report of them all\n")
+    _note_sessions_not_reported(tmp_path, [{"subject": "01", "session": s} for s in "12"])
+    assert capsys.readouterr().err == ""

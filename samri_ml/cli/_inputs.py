@@ -422,6 +422,16 @@ def collect_sessions(args) -> list[dict]:
         raise SamriMLError(
             f"no scans match in {args.bids_dir} (structural {json.dumps(args.structural_match)}, "
             f"functional {json.dumps(args.functional_match)}); hint: check -s/-f and the labels")
+    if not any(item["bold"] for item in out):
+        # a misspelt task in -f dropped every run: the structural scans alone were registered,
+        # exit 0, without a word (an -s that matches nothing is noted per session)
+        runs = layout.get(subject=wanted, datatype="func", extension=[".nii", ".nii.gz"],
+                          return_type="filename")
+        if runs:
+            print(f"{PROG}: note: no functional run matches -f "
+                  f"{json.dumps(args.functional_match)}, of the {len(runs)} in the selected "
+                  f"participants' func/ folders (e.g. {Path(runs[0]).name}): only structural "
+                  "scans are registered; hint: check -f", file=sys.stderr)
     return out
 
 

@@ -36,6 +36,7 @@ from samri_ml.cli._inputs import (
 )
 from samri_ml.cluster import (
     GRAPH_PLUGINS,
+    MIN_MEMORY_GB,
     PLUGINS,
     SCHEDULER_PROGRAMS,
     cancel_jobs,
@@ -160,7 +161,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--omp-nthreads", type=number_in(int, 1), default=None,
                    help="threads per ANTs call (default: --nprocs; 1 with a cluster "
                    "plugin, whose jobs get one CPU unless asked for more)")
-    g.add_argument("--mem-gb", type=number_in(float, 0, low_open=True), default=None,
+    # below 0.01 GB Nipype's MultiProc never starts a step: the run hung, printing nothing
+    g.add_argument("--mem-gb", type=number_in(float, MIN_MEMORY_GB), default=None,
                    help="memory limit for MultiProc (GB); a cluster job's memory is asked "
                    "for in --plugin-args (sbatch_args --mem=...)")
     g.add_argument("--plugin", default=None,
@@ -262,11 +264,33 @@ def validate(args, parser) -> None:
         # its description would be rewritten and samri_ml's files mixed into its sub-* folders
         parser.error(f"OUTPUT_DIR {out} holds another dataset ({other}); hint: choose an empty "
                      f"folder or samri_ml's own, e.g. {bids_dir / 'derivatives' / 'samri_ml'}")
+    recorded = recorded_source(out)
+    if recorded is not None and (recorded == bids_dir or _same_folder(recorded, bids_dir)):
+        recorded = None  # (the same folder under another path: a bind mount, a link)
+    if recorded is not None and (recorded / "dataset_description.json").is_file():
+        # its description was re-pointed at this dataset: the earlier subjects' sidecars
+        # (Sources: bids:raw:sub-01/...) then named files of a dataset they were not made from
+        parser.error(f"OUTPUT_DIR {out} holds the derivatives of another dataset ({recorded}); "
+                     f"hint: give {bids_dir.name} an OUTPUT_DIR of its own, e.g. "
+                     f"{bids_dir / 'derivatives' / 'samri_ml'}")
+    if recorded is not None:
+        print(f"{PROG}: note: OUTPUT_DIR {out} was made from {recorded}, which is gone (moved "
+              f"to {bids_dir}?); this run records {bids_dir} as its source", file=sys.stderr)
     args.output_dir = out
     check_writable(out, "OUTPUT_DIR")
     work = (args.work_dir or out / ".samri_ml_work").resolve()
     if work.is_relative_to(bids_dir) and not work.is_relative_to(bids_dir / "derivatives"):
         parser.error(f"--work-dir {work} would write among the source data")
+    if work == bids_dir / "derivatives":
+        parser.error(f"--work-dir {work} is the derivatives folder itself (shared by every "
+                     f"pipeline); hint: give a folder of its own, e.g. {out / '.samri_ml_work'}")
+    inside = enclosing_dataset(work, bids_dir)
+    for dataset in {d for d in (inside, work) if d is not None and d != out}:
+        other = foreign_dataset(dataset)
+        if other is not None:
+            # its work folders and lock would be mixed into that pipeline's dataset
+            parser.error(f"--work-dir {work} is inside another dataset ({dataset}: {other}); "
+                         f"hint: give a folder of its own, e.g. {out / '.samri_ml_work'}")
     args.work_dir = work
     if re.search(r"\s", str(work)):
         # Nipype runs the ANTs programs through a shell with unquoted paths: every step
@@ -420,6 +444,26 @@ def _check_raw_dataset(bids_dir: Path) -> None:
           "its scans are registered as they are, already processed; hint: give the raw "
           f"dataset it was made from{source}, unless registering these is meant",
           file=sys.stderr)
+
+
+def recorded_source(out: Path) -> Path | None:
+    """The raw dataset OUTPUT_DIR's ``dataset_description.json`` says its derivatives were
+    made from (``DatasetLinks.raw``, a ``file://`` URL); None where it names none."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        raw = json.loads((out / "dataset_description.json").read_text())["DatasetLinks"]["raw"]
+        url = urlparse(raw)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return Path(unquote(url.path)) if url.scheme == "file" else None
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def enclosing_dataset(folder: Path, bids_dir: Path) -> Path | None:
@@ -746,6 +790,9 @@ def _main(argv=None) -> int:
         parser.error("there is no group level: samri_ml-register works per participant; "
                      "compare workflows with `samri_ml-qc compare DERIV_DIR DERIV_DIR`")
     setup_logging(args.verbose)
+    # pybids' in-memory database: Ctrl-C while the dataset is indexed logged sqlalchemy's
+    # 30-line "Error closing cursor" traceback above the one 'interrupted' line
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     validate(args, parser)
     from samri_ml.ants import ensure_ants_on_path
 
@@ -1111,6 +1158,26 @@ def _write_reports(args, sessions, started: float | None = None) -> None:
                                       crashes_since=started,
                                       workflow_graph=getattr(args, "graph_path", False)):
         print(f"{PROG}: report {path}", file=sys.stderr)
+    _note_sessions_not_reported(args.output_dir, sessions)
+
+
+def _note_sessions_not_reported(output_dir: Path, sessions) -> None:
+    """A subject's report shows the sessions of this run: a rerun of one session
+    (``--session-label 2``) rewrote ``sub-01.html`` without ses-1, whose derivatives stay in
+    OUTPUT_DIR, without a word. Names them."""
+    for subject in dict.fromkeys(item["subject"] for item in sessions):
+        ran = {item["session"] for item in sessions if item["subject"] == subject}
+        folder = output_dir / f"sub-{subject}"
+        try:
+            earlier = sorted(d.name[4:] for d in folder.glob("ses-*") if d.is_dir()
+                             and d.name[4:] not in ran and any(d.rglob("*.nii*")))
+        except OSError:
+            continue
+        if earlier:
+            print(f"{PROG}: note: sub-{subject}.html shows this run's session(s) only; the "
+                  f"derivatives of {', '.join(f'ses-{s}' for s in earlier)} in {folder} are not "
+                  "in it; hint: rerun without --session-label (finished steps are reused) for "
+                  "a report of them all", file=sys.stderr)
 
 
 def main(argv=None) -> int:
