@@ -152,3 +152,22 @@ def test_a_path_the_command_line_would_split_is_found(tmp_path, interface, input
     iface = getattr(ants_interfaces, interface)(**{k: real(v) for k, v in inputs.items()})
     found = unquoted_spaced_paths(iface.cmdline, ants_interfaces._path_inputs(iface.inputs))
     assert [name for name, _ in found][:1] == ([split] if split else [])
+
+
+def test_a_program_that_fails_without_a_word_is_named_with_its_status(tmp_path, monkeypatch):
+    """N4 with a shrink factor larger than the image exits 1 and prints nothing; Nipype checks
+    the status after listing the outputs, so the step was reported as "FileNotFoundError: No
+    such file or directory '..._corrected.nii.gz'". Now the program and its status."""
+    from samri_ml.errors import SamriMLError
+    from samri_ml.interfaces.ants import N4BiasFieldCorrection as OurN4
+
+    ensure_ants_on_path()
+    img = tmp_path / "img.nii.gz"
+    nb.save(nb.Nifti1Image(np.random.default_rng(0).random((12, 12, 12), np.float32) + 1,
+                           np.diag([0.2, 0.2, 0.2, 1])), img)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SamriMLError, match=r"^N4BiasFieldCorrection exited 1 without a word; "
+                       r"hint: check its settings .* --shrink-factor 100$"):
+        OurN4(dimension=3, input_image=str(img), shrink_factor=100).run()
+    out = OurN4(dimension=3, input_image=str(img), shrink_factor=2).run().outputs.output_image
+    assert nb.load(out).shape == (12, 12, 12)

@@ -1796,3 +1796,11 @@ def test_sessions_left_out_of_a_report_are_named(tmp_path, capsys):
         "(finished steps are reused) for a report of them all\n")
     _note_sessions_not_reported(tmp_path, [{"subject": "01", "session": s} for s in "12"])
     assert capsys.readouterr().err == ""
+
+
+def test_a_label_with_spaces_around_it_is_found(tmp_path, capsys):
+    """``--participant-label "01 "`` (from a spreadsheet or a quoted list) said "participant(s)
+    01 not found ...; available: 01"."""
+    make_dataset(tmp_path)
+    assert main(_argv(tmp_path, ["--participant-label", " 01 ", "--session-label", "1 "])) == 0
+    assert "dry run: sub-01 ses-1" in capsys.readouterr().err

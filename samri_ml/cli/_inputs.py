@@ -518,9 +518,10 @@ def subject_folders(bids_dir) -> list[str]:
 
 
 def _labels_once(option: str, prefix: str, given: list[str]) -> list[str]:
-    """``given`` without ``prefix``, each label once (in the order given); a label given more
-    than once (``01 sub-01``) is said in one note."""
-    labels = [s.removeprefix(prefix) for s in given]
+    """``given`` without ``prefix`` and surrounding spaces (``"01 "``, from a spreadsheet or a
+    quoted list, was "not found; available: 01"), each label once (in the order given); a
+    label given more than once (``01 sub-01``) is said in one note."""
+    labels = [s.strip().removeprefix(prefix) for s in given]
     repeated = [label for label in dict.fromkeys(labels) if labels.count(label) > 1]
     if repeated:
         print(f"{PROG}: note: {option}: {', '.join(repeated)} given more than once; taken once",

@@ -1,5 +1,5 @@
 """Nipype's ANTs interfaces as samri_ml's workflows run them: a path with a space refused in one
-line before the program runs.
+line before the program runs, and a program that fails named with its status and last words.
 
 Nipype hands some paths to the ANTs programs unquoted (:func:`samri_ml.ants.
 unquoted_spaced_paths`), so a template, a scan or a workflow ``base_dir`` with a space in its
@@ -44,7 +44,18 @@ class _NoUnquotedSpaces:
                                "its path, which "
                                "Nipype hands to the ANTs programs unquoted; hint: copy or link "
                                "it to a path without spaces (the workflow's base_dir too)")
-        return super()._run_interface(runtime, *args, **kwargs)
+        runtime = super()._run_interface(runtime, *args, **kwargs)
+        codes = getattr(runtime, "success_codes", None) or (0,)
+        if runtime.returncode is not None and runtime.returncode not in codes:
+            # Nipype checks the status after it has listed the outputs: a program that failed
+            # without a word (N4 with a shrink factor larger than the image) was reported as
+            # "FileNotFoundError: No such file or directory '..._corrected.nii.gz'"
+            said = " ".join((runtime.stderr or runtime.stdout or "").split())
+            said = f": {said[-300:]}" if said else " without a word"
+            raise SamriMLError(f"{os.path.basename(self._cmd)} exited {runtime.returncode}"
+                               f"{said}; hint: check its settings (the registration flavour) "
+                               f"and inputs; the command: {self.cmdline}")
+        return runtime
 
 
 class Registration(_NoUnquotedSpaces, _nipype_ants.Registration):
