@@ -526,8 +526,10 @@ def _header(subject, *, template, template_name, masking, flavour, command, star
                "subject's left on the left (L/R, S/I marked), positions in mm. "
                "<span style='color:#d00'>Red</span>: the template's brain mask; "
                "<span style='color:#0aa'>cyan</span>: the template's anatomy (edges of its "
-               "darkest and brightest regions in the brain); "
-               "<span style='color:#b90'>yellow</span>: a predicted brain mask.</p>")
+               "darkest and brightest regions in the brain)"
+               # none is drawn where the run predicted none (--masking none): no yellow then
+               + ("" if masking == "none" else
+                  "; <span style='color:#b90'>yellow</span>: a predicted brain mask") + ".</p>")
     return out
 
 

@@ -171,6 +171,8 @@ def test_functional_and_coherence_views_draw_the_template_brain_not_a_head_outli
     coherence = top_row_red(figures / "sub-01_ses-2_desc-coherence.png")
     assert (anat & coherence).sum() / (anat | coherence).sum() > 0.95
     assert "Coherence across sessions" in page.read_text()
+    # no mask was predicted: the legend has no yellow (it named "a predicted brain mask")
+    assert "predicted brain mask" not in page.read_text()
 
 
 def test_slices_are_chosen_where_the_image_has_data():

@@ -178,6 +178,11 @@ def test_graph_command_of_the_readme_draws_every_workflow(workflow, tmp_path, ca
     assert svg.stat().st_size > 5000 and str(svg) in out
     if workflow == "generic":
         assert "qc" in svg.read_text().lower()
+    # an existing folder as OUT: the picture goes into it (it went beside it, as folder.png)
+    (tmp_path / "figs").mkdir()
+    assert main([workflow, str(tmp_path / "figs"), "--pure-python"]) == 0
+    assert (tmp_path / "figs" / f"{workflow}_graph.png").is_file()
+    assert not (tmp_path / "figs.png").exists()
 
 
 @pytest.mark.parametrize("graph2use", ["hierarchical", "flat", "orig", "exec"])

@@ -16,7 +16,8 @@ def get_parser():
                                 "(without running it).", formatter_class=HelpFormatter)
     p.add_argument("workflow", choices=["generic", "structural", "functional"],
                    help="which workflow factory to draw")
-    p.add_argument("out", type=Path, help="output path without extension")
+    p.add_argument("out", type=Path, help="output path without extension (an existing "
+                   "folder: WORKFLOW_graph.png in it)")
     p.add_argument("--type", dest="graph2use", default="colored",
                    choices=["hierarchical", "flat", "colored", "orig", "exec"],
                    help="Nipype's graph types")
@@ -42,6 +43,8 @@ def _main(argv=None) -> int:
         # it used to draw the unmasked workflow without a word
         parser.error("--masking input: the generic workflow (samri_ml-register) masks with "
                      "none or unet; a given mask is for the structural and functional ones")
+    if args.out.is_dir():  # a folder: the picture goes into it (it went beside it, as
+        args.out = args.out / f"{args.workflow}_graph"  # folder.png)
     args.out = _check_out(parser, args.out, args.format)
     # stdout is the picture's path alone (Nipype's own handler printed its "Generated workflow
     # graph" there first, in two lines, and $(samri_ml-graph ...) took that for the path)
