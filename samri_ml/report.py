@@ -66,10 +66,13 @@ def _volume(img, dtype=np.float32) -> np.ndarray:
     over time, extra axes dropped."""
     from samri_ml.io import image_data
 
-    data = image_data(nb.as_closest_canonical(img), dtype)
-    if data.ndim > 3:  # (X, Y, Z, T, 1) too: it failed to draw (a reshape error)
-        data = data.reshape(*data.shape[:3], -1).mean(axis=3)
-    return data
+    return _time_mean(image_data(nb.as_closest_canonical(img), dtype))
+
+
+def _time_mean(data: np.ndarray) -> np.ndarray:
+    """``data`` averaged over every axis after the third (time, and a 5D image's trailing
+    ones: (X, Y, Z, T, 1) failed to draw, a reshape error); 3D data as it is."""
+    return data.reshape(*data.shape[:3], -1).mean(axis=3) if data.ndim > 3 else data
 
 
 def _on_grid(img, like, order: int = 0):
@@ -79,8 +82,8 @@ def _on_grid(img, like, order: int = 0):
     from nibabel.processing import resample_from_to
 
     if len(img.shape) > 3:
-        data = np.asanyarray(img.dataobj, dtype=np.float32)
-        img = nb.Nifti1Image(data.reshape(*data.shape[:3], -1).mean(axis=3), img.affine)
+        img = nb.Nifti1Image(_time_mean(np.asanyarray(img.dataobj, dtype=np.float32)),
+                             img.affine)
     return resample_from_to(img, (like.shape[:3], like.affine), order=order)
 
 

@@ -302,10 +302,8 @@ def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
         parser.error(f"{option} {path}: its folder does not exist")
     if out in {Path(p).resolve() for p in inputs}:
         parser.error(f"{option} {path} is one of {inputs_are}; it would be overwritten")
-    given = Path(path)  # /dev/stdout resolves to no path where it is a pipe
-    if given.exists() and not given.is_file() and not given.is_dir():
-        # /dev/stdout, a named pipe: written into (write_output_text), not replaced
-        if not os.access(given, os.W_OK):
+    if is_stream(path):  # written into (write_output_text), not replaced
+        if not os.access(path, os.W_OK):
             parser.error(f"{option} {path}: not writable")
         return
     if out.name.lower().endswith(tuple(refused_suffixes)):
@@ -322,6 +320,16 @@ def check_output_file(parser, option: str, path, inputs=(), refused_suffixes=(),
         parser.error(f"{option} {path}: its folder is not writable ({err.strerror})")
 
 
+def is_stream(path) -> bool:
+    """Whether ``path`` names an existing device or named pipe (``/dev/stdout``, a FIFO): no
+    regular file and no folder. Asked of the path as given: ``/dev/stdout`` resolves to no
+    path where it is a pipe."""
+    from pathlib import Path
+
+    given = Path(path)
+    return given.exists() and not given.is_file() and not given.is_dir()
+
+
 def write_output_text(text: str, path) -> None:
     """Write a command's output file (``--json``, ``--rst``) given by the user: atomically
     (never half-written) where it is a regular file or a new name; through a symbolic link to
@@ -333,12 +341,11 @@ def write_output_text(text: str, path) -> None:
 
     from samri_ml.bids import atomic_write_text
 
-    given = Path(path)
-    if given.exists() and not given.is_file():  # (/dev/stdout resolves to no path in a pipe)
-        with open(given, "w", encoding="utf-8") as f:
+    if is_stream(path):
+        with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         return
-    atomic_write_text(text, given.resolve())  # a dangling link: the file it names, made
+    atomic_write_text(text, Path(path).resolve())  # a dangling link: the file it names, made
 
 
 def check_output_dir(parser, what: str, folder) -> None:

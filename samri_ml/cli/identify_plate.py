@@ -123,7 +123,7 @@ def _run(args) -> int:
 
     # CHUNK images (or CHUNK_PIXELS) at a time: one that cannot be read is named at the end,
     # the others are still ranked; each line is printed as its chunk is done
-    results, bad, ident, montages = {}, [], None, {}
+    results, bad, ident, montages, unwritten = {}, [], None, {}, []
     # the results are keyed by every path as given (the contract other tools rely on); a
     # file given under several spellings (84.png, ./84.png, a link to it) is ranked once
     given, spellings = list(dict.fromkeys(args.images)), {}
@@ -151,7 +151,7 @@ def _run(args) -> int:
             results.update(chunk)
             _print_results(args, chunk)
             if args.montage:
-                _write_montages(args, ident, paths, imgs, ranked, montages)
+                _write_montages(args, ident, paths, imgs, ranked, montages, unwritten)
     except KeyboardInterrupt:
         _keep_interrupted(args, given, results)
         raise
@@ -170,7 +170,6 @@ def _run(args) -> int:
     if bad:
         raise SamriMLError(f"{len(bad)} of {len(args.images)} images could not be read (named "
                            "above, left out of the output); the others are ranked")
-    unwritten = montages.get(None, [])
     if unwritten:
         raise SamriMLError(f"{len(unwritten)} montage(s) could not be written (named above); "
                            "every image is ranked" + (f" and in {args.json}" if args.json
@@ -239,10 +238,10 @@ def _keep_interrupted(args, given: list, results: dict) -> None:
           file=sys.stderr)
 
 
-def _write_montages(args, ident, paths, imgs, ranked, written: dict) -> None:
+def _write_montages(args, ident, paths, imgs, ranked, written: dict, unwritten: list) -> None:
     """``--montage DIR``: one PNG per image, named after it; images of one name from other
-    folders get ``_2``, ``_3``... (``written``: the names used so far, across chunks; under
-    ``None`` the images whose montage could not be written, which the run goes on after)."""
+    folders get ``_2``, ``_3``... (``written``: the names used so far, across chunks). An
+    image whose montage cannot be written is added to ``unwritten``, and the run goes on."""
     from samri_ml.plates.data import MONTAGE_SUFFIX
     from samri_ml.plates.montage import write_ranked_montage
 
@@ -263,7 +262,7 @@ def _write_montages(args, ident, paths, imgs, ranked, written: dict) -> None:
             # a name too long with the suffix, a full disk: one montage lost, not the run (the
             # rankings of every image done so far, and the JSON, were lost with it)
             print(f"{PROG}: skipped: {err}", file=sys.stderr)
-            written.setdefault(None, []).append(path)
+            unwritten.append(path)
 
 
 def _print_results(args, results: dict) -> None:

@@ -129,7 +129,7 @@ def _scan(args, parser) -> int:
 
         left_out = n_dummy_to_drop(raw.shape[3], args.dummy_scans)
         if left_out < args.dummy_scans:  # as samri_ml-register says of such a run
-            print(f"samri_ml-qc: note: {args.raw}: {raw.shape[3]} volumes, not more than "
+            print(f"{PROG}: note: {args.raw}: {raw.shape[3]} volumes, not more than "
                   f"--dummy-scans {args.dummy_scans}: {left_out} left out, 1 kept",
                   file=sys.stderr)
         raw = raw[..., left_out:]

@@ -265,7 +265,7 @@ def validate(args, parser) -> None:
         parser.error(f"OUTPUT_DIR {out} holds another dataset ({other}); hint: choose an empty "
                      f"folder or samri_ml's own, e.g. {bids_dir / 'derivatives' / 'samri_ml'}")
     recorded = recorded_source(out)
-    if recorded is not None and (recorded == bids_dir or _same_folder(recorded, bids_dir)):
+    if recorded is not None and _same_folder(recorded, bids_dir):
         recorded = None  # (the same folder under another path: a bind mount, a link)
     if recorded is not None and (recorded / "dataset_description.json").is_file():
         # its description was re-pointed at this dataset: the earlier subjects' sidecars

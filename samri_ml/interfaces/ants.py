@@ -49,12 +49,13 @@ class _NoUnquotedSpaces:
         if runtime.returncode is not None and runtime.returncode not in codes:
             # Nipype checks the status after it has listed the outputs: a program that failed
             # without a word (N4 with a shrink factor larger than the image) was reported as
-            # "FileNotFoundError: No such file or directory '..._corrected.nii.gz'"
-            # short, so that the run's one line and the report give it whole: the last words
-            # of the program (the node's crash file holds its command line)
+            # "FileNotFoundError: No such file or directory '..._corrected.nii.gz'". Kept
+            # short, so that the run's one line and the report give it whole: the program's
+            # last words (the node's crash file holds its command line)
             said = " ".join((runtime.stderr or runtime.stdout or "").split())
-            said = f": ...{said[-80:]}" if len(said) > 80 else f": {said}" if said else \
-                " without a word"
+            if len(said) > 80:
+                said = "..." + said[-80:]
+            said = f": {said}" if said else " without a word"
             raise SamriMLError(f"{os.path.basename(self._cmd)} exited {runtime.returncode}"
                                f"{said}; hint: check its settings (the registration flavour) "
                                "and inputs")

@@ -202,14 +202,14 @@ def read_image(path) -> np.ndarray:
     tiff = _is_tiff(p)
     turn = 1  # an orientation tag still to apply (libtiff applies a TIFF's tags 2-4 itself)
     if tiff:
-        turn = _check_tiff(p)
+        turn, grey_alpha = _check_tiff(p)
         with quiet_stderr():  # libtiff's own warnings and errors about the file
             if turn == 1:
                 img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
             else:  # 5-8: OpenCV cannot decode them; the stored pixels, turned below
                 stored = _tiff_tag_cleared(p.read_bytes())
                 img = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is not None and img.ndim == 2:
+        if grey_alpha and img is not None and img.ndim == 2:
             img = _tiff_grey_alpha(p, img)
         if img is None and turn != 1:
             raise SamriMLError(f"{path}: a TIFF stored turned by a quarter turn (orientation "
@@ -339,7 +339,7 @@ def _is_tiff(path: Path) -> bool:
         return False
 
 
-def _check_tiff(path: Path) -> int:
+def _check_tiff(path: Path) -> tuple[int, bool]:
     """Refuse a TIFF cut short (its first tags, which libtiff writes after the image data, or
     a strip or tile lie past the end of the file; libtiff printed its own lines above ours),
     from its first page's tags (Pillow reads them without decoding the image).
@@ -348,7 +348,9 @@ def _check_tiff(path: Path) -> int:
     turned by a quarter turn: OpenCV cannot decode such a file, SimpleITK's fallback returns
     tag 5 as stored and 6-8 wrongly turned, and Pillow ignores the tag); 1 otherwise (tags
     2-4 are applied by libtiff itself, in OpenCV and SimpleITK alike, so :func:`exif_upright`
-    must not apply them again: it turned or mirrored such images a second time)."""
+    must not apply them again: it turned or mirrored such images a second time). And whether
+    the page holds grey and alpha (two samples per pixel, which OpenCV decodes as grey
+    alone: :func:`_tiff_grey_alpha`)."""
     import logging
     import warnings
 
@@ -373,10 +375,11 @@ def _check_tiff(path: Path) -> int:
         with im:
             tags = im.tag_v2
             orientation = int(tags.get(0x0112, 1))
+            grey_alpha = int(tags.get(277, 1)) == 2 and im.mode == "LA"
             offsets = tags.get(273) or tags.get(324)  # StripOffsets or TileOffsets
             counts = tags.get(279) or tags.get(325)  # StripByteCounts or TileByteCounts
     except Exception:  # noqa: BLE001 - no Pillow, or tags it cannot read: the decoders judge
-        return 1
+        return 1, False
     finally:
         log.disabled = was
     offsets = offsets if isinstance(offsets, tuple) else (offsets,)
@@ -385,20 +388,18 @@ def _check_tiff(path: Path) -> int:
            for o, c in zip(offsets, counts, strict=False)):
         raise SamriMLError(f"{path}: truncated or corrupt TIFF (its image data runs past the "
                            "end of the file); hint: copy or export it again")
-    return orientation if orientation in (5, 6, 7, 8) else 1
+    return (orientation if orientation in (5, 6, 7, 8) else 1), grey_alpha
 
 
 def _tiff_grey_alpha(path: Path, img: np.ndarray) -> np.ndarray:
-    """A grey TIFF as OpenCV decoded it (``img``), or, where the file holds grey and alpha (two
-    samples per pixel), both from Pillow: OpenCV drops the alpha, and a cut-out whose clear
-    background is stored white was ranked as a dark section on white (val_2's 101: plate 102
-    first, against 101 from the same pixels as a PNG)."""
+    """A grey-and-alpha TIFF (:func:`_check_tiff` says which) read with its alpha by Pillow;
+    ``img``, OpenCV's decoding, where Pillow cannot. OpenCV drops the alpha, and a cut-out
+    whose clear background is stored white was ranked as a dark section on white (val_2's
+    101: plate 102 first, against 101 from the same pixels as a PNG)."""
     try:
         from PIL import Image
 
         with Image.open(path) as im:
-            if int(im.tag_v2.get(277, 1)) != 2 or im.mode != "LA":
-                return img
             both = np.asarray(im)
     except Exception:  # noqa: BLE001 - Pillow cannot read it: OpenCV's grey, as before
         return img
