@@ -889,3 +889,29 @@ def test_a_nifti_named_for_the_other_compression_is_said_so(tmp_path, nifti2):
     text.write_text("not an image\n")
     with pytest.raises(SamriMLError, match=r"not a NIfTI image"):
         load_nifti(text)
+
+
+def test_samri_ml_mask_refuses_an_image_before_loading_the_model(tmp_path):
+    """A 2-slice image (or NaNs, a single slice, a constant image) is refused before the model
+    is loaded: the command loaded the network first (TensorFlow's start, about 8 s) to say in
+    one line that the image cannot be masked. In a fresh process the refusal leaves Keras and
+    TensorFlow unimported."""
+    import subprocess
+    import sys
+
+    import nibabel as nb
+
+    rng = np.random.default_rng(0)
+    cases = {"two_slices": rng.random((40, 40, 2)),
+             "nan": np.where(rng.random((40, 40, 20)) > 0.5, np.nan, 1.0)}
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.nii.gz"
+        nb.save(nb.Nifti1Image(data.astype(np.float32), np.eye(4)), path)
+        code = ("import sys\nfrom samri_ml.cli.mask import main\n"
+                f"rc = main([{str(path)!r}, {str(tmp_path / 'out.nii.gz')!r}])\n"
+                "print(rc, 'keras' in sys.modules, 'tensorflow' in sys.modules)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.stdout.split() == ["1", "False", "False"], (name, proc.stdout, proc.stderr)
+        assert "samri_ml-mask: error:" in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "out.nii.gz").exists()

@@ -113,6 +113,7 @@ def _run(parser, args) -> int:
     from samri_ml.io import load_nifti
     from samri_ml.masking.predict import (
         apply_mask,
+        check_maskable,
         load_model,
         predict_mask,
         temporal_mean_image,
@@ -122,16 +123,18 @@ def _run(parser, args) -> int:
     # --masked keeps IN's shape; a scaled run is read as float32, never as a float64 array
     img = load_nifti(args.in_file, allow_4d=True, squeeze=False, float32=True)
     _note_binary_input(img, args.in_file)
+    # what the network masks: a 4D run's temporal mean (its mask is the run's, bit for bit),
+    # computed once; the run itself is held only where --masked or --png need its volumes
+    mean = temporal_mean_image(img)
     if args.masked is None and args.png is None:
-        # nothing after the network needs a 4D run's volumes, only the mean it masks: the run
-        # is not held through the network pass (T volumes' memory, the mean is one's)
-        img = temporal_mean_image(img)
+        img = mean
+    check_maskable(mean)  # before the model's load: a refused image cost 8 s of it
     _check_outputs(args)  # before the network runs: a refused output costs no prediction
     model = load_model(args.model)
     unseen_views_note(args.model, args.views)
     t1 = time.perf_counter()
-    mask = predict_mask(img, model, threshold=args.threshold, views=args.views, flip=args.flip,
-                        max_slices=args.max_slices)
+    mask = predict_mask(mean, model, threshold=args.threshold, views=args.views,
+                        flip=args.flip, max_slices=args.max_slices)
     t2 = time.perf_counter()
     outputs = [(mask, args.out_file)]
     if args.masked is not None:

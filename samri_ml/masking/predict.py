@@ -405,6 +405,53 @@ def padding_box(data: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
+def check_maskable(img) -> None:
+    """Refuse an image :func:`predict_mask` cannot mask, before any network is loaded: not
+    3D/4D, a single slice, too small or too few slices, NaN/Inf, all-zero or constant data.
+    ``samri_ml-mask`` calls it before loading the model (a refused image cost the model's load,
+    8 s with TensorFlow's start, for a one-line error).
+
+    Raises
+    ------
+    SamriMLError
+        What :func:`predict_mask` would raise for the image's data.
+    """
+    _checked_volume(img)
+
+
+def _checked_volume(img):
+    """``(image, data)``: ``img`` as a nibabel image and its 3D data (a 4D series' temporal
+    mean), checked as :func:`check_maskable` says."""
+    from samri_ml.io import image_data
+
+    img = _as_image(img)
+    data = image_data(img)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim not in (3, 4):
+        raise SamriMLError(f"expected a 3D or 4D image, got shape {data.shape}")
+    data = pp.temporal_mean(data)
+    # after the temporal mean, so that a one-slice 4D series is refused too
+    if sum(n > 1 for n in data.shape) < 3:
+        raise SamriMLError(f"image of shape {data.shape} is not a volume (a single slice); a 3D "
+                           "image is needed")  # fmt: skip
+    if sorted(data.shape)[1] < MIN_SIDE:
+        raise SamriMLError(f"image of shape {data.shape} is too small to mask (need at least "
+                           f"{MIN_SIDE} voxels along two axes)")  # fmt: skip
+    if min(data.shape) < MIN_SLICES:
+        raise SamriMLError(f"image of shape {data.shape} has only {min(data.shape)} slices "
+                           f"along one axis, too few for a 3D brain mask (need {MIN_SLICES}); "
+                           "hint: mask the whole stack the slices come from")
+    if not np.all(np.isfinite(data)):
+        raise SamriMLError("the image has NaN or Inf voxels; hint: fix or zero them first")
+    if not np.any(data):
+        raise SamriMLError("the image is all zeros; nothing to mask")
+    if data.min() == data.max():
+        raise SamriMLError(f"the image is constant (every voxel is {data.min():g}); nothing to "
+                           "mask")  # fmt: skip
+    return img, data
+
+
 def predict_mask(
     img,
     model=None,
@@ -457,8 +504,6 @@ def predict_mask(
 
     import nibabel as nb
 
-    from samri_ml.io import image_data
-
     if isinstance(views, str):  # one view: its letters were taken for views ('unknown view 'c'')
         views = (views,)
     for view in views:
@@ -475,30 +520,7 @@ def predict_mask(
     if np.dtype(img.get_data_dtype()).kind == "c":
         warnings.warn("a complex image: its magnitude (abs) is masked", SamriMLNote,
                       stacklevel=2)
-    data = image_data(img)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim not in (3, 4):
-        raise SamriMLError(f"expected a 3D or 4D image, got shape {data.shape}")
-    data = pp.temporal_mean(data)
-    # after the temporal mean, so that a one-slice 4D series is refused too
-    if sum(n > 1 for n in data.shape) < 3:
-        raise SamriMLError(f"image of shape {data.shape} is not a volume (a single slice); a 3D "
-                           "image is needed")  # fmt: skip
-    if sorted(data.shape)[1] < MIN_SIDE:
-        raise SamriMLError(f"image of shape {data.shape} is too small to mask (need at least "
-                           f"{MIN_SIDE} voxels along two axes)")  # fmt: skip
-    if min(data.shape) < MIN_SLICES:
-        raise SamriMLError(f"image of shape {data.shape} has only {min(data.shape)} slices "
-                           f"along one axis, too few for a 3D brain mask (need {MIN_SLICES}); "
-                           "hint: mask the whole stack the slices come from")
-    if not np.all(np.isfinite(data)):
-        raise SamriMLError("the image has NaN or Inf voxels; hint: fix or zero them first")
-    if not np.any(data):
-        raise SamriMLError("the image is all zeros; nothing to mask")
-    if data.min() == data.max():
-        raise SamriMLError(f"the image is constant (every voxel is {data.min():g}); nothing to "
-                           "mask")  # fmt: skip
+    img, data = _checked_volume(img)
     high = pp.high_percentile(data)  # once: the note below and the normalisation use it
     offset = pp.background_fraction(data, high)  # 0 where the background is dark (or negative)
     if data.min() < 0:
