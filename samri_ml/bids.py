@@ -134,6 +134,17 @@ def derivative_path(
     return folder / ("_".join(parts) + ext)
 
 
+def _temporary_prefix(name: str, suffix: str = "") -> str:
+    """``.NAME.``, the hidden prefix of a temporary file beside ``NAME``, cut where the
+    temporary name (with ``tempfile``'s 8 random characters and ``suffix``) would pass the
+    file system's limit: an output of a 250-byte name that fits could not be written
+    (``File name too long`` for its temporary file)."""
+    from samri_ml.paths import NAME_MAX
+
+    room = NAME_MAX - len(suffix.encode()) - 8 - 2  # the random part, the two dots
+    return "." + name.encode()[:room].decode(errors="ignore") + "."
+
+
 @contextmanager
 def atomic_target(dst: Path, suffix: str = ""):
     """Yield a temporary path beside ``dst`` (ending in ``suffix``, e.g. ``.nii.gz`` for a
@@ -145,7 +156,8 @@ def atomic_target(dst: Path, suffix: str = ""):
     the temporary file ``0o600``).
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(dst.name, suffix), suffix=suffix,
+                               dir=dst.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -231,7 +243,7 @@ def atomic_folder(dst):
     each. On failure ``dst`` is left as it was and the temporary folder is removed."""
     dst = Path(dst).resolve()  # beside the real folder: one file system, renames are atomic
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(dst.name), dir=dst.parent))
     try:
         yield tmp
         dst.mkdir(exist_ok=True)

@@ -137,3 +137,25 @@ def interrupted_path(out_path) -> Path:
     ranked before ``samri_ml-identify-plate --json OUT.json`` was stopped)."""
     out_path = Path(out_path)
     return out_path.with_name(out_path.stem + "_interrupted" + out_path.suffix)
+
+
+#: the longest file name (bytes) of the file systems labs use (ext4, XFS, NTFS, APFS)
+NAME_MAX = 255
+
+
+def file_name_with(name: str, suffix: str, limit: int = NAME_MAX) -> str:
+    """``name + suffix``, or, where that is longer than ``limit`` bytes (UTF-8), the start of
+    ``name`` with ``~`` and 8 hexadecimal digits of its hash before ``suffix``: an output named
+    after an input of a 250-byte name (a slide scanner's) could not be written
+    (``File name too long``), and two long names cut alike keep two files."""
+    import hashlib
+
+    full = name + suffix
+    if len(full.encode()) <= limit:
+        return full
+    tag = "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    room = limit - len((tag + suffix).encode())
+    if room < 1:
+        raise ValueError(f"suffix {suffix!r} leaves no room for a name")
+    start = name.encode()[:room].decode(errors="ignore")  # never half a character
+    return start + tag + suffix

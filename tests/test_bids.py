@@ -208,3 +208,19 @@ def test_a_name_that_disagrees_with_its_folders_is_named():
         "not a BIDS file name (no sub-<label> entity)"
     # a dataset under a folder whose own name looks like a label: only its own folders count
     assert name_folder_mismatch("/sub-x/d/sub-01/anat/sub-01_T2w.nii.gz", "/sub-x/d") is None
+
+
+def test_atomic_writes_of_names_at_the_file_system_limit(tmp_path):
+    """A file (or folder) whose name is 255 bytes, the limit, could not be written: its
+    hidden temporary file beside it (``.NAME.`` and 8 random characters) was too long. The
+    temporary name is cut now; the file itself keeps its whole name."""
+    from samri_ml.bids import atomic_folder, atomic_write_text
+
+    name = "é" + "n" * 248 + ".json"  # 2 + 248 + 5 bytes
+    assert len(name.encode()) == 255
+    atomic_write_text("{}", tmp_path / name)
+    assert (tmp_path / name).read_text() == "{}"
+    with atomic_folder(tmp_path / name[:-5]) as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert (tmp_path / name[:-5] / "a.txt").read_text() == "a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, name[:-5]])

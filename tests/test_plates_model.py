@@ -388,6 +388,34 @@ def test_sections_differing_in_extension_keep_a_montage_each(tmp_path, plate_thu
             "ranking"][:3]
 
 
+def test_sections_of_long_names_keep_their_outputs(tmp_path, plate_thumbs, capsys):
+    """A section named with 248 bytes (a slide scanner's names run long) failed
+    ``IdentifyPlate`` (``File name too long`` for ``<name>_plates.json``) and lost its
+    montage in ``samri_ml-identify-plate --montage``. The outputs' names are cut to 255 bytes
+    with a hash of the whole name; two names cut alike keep two files."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+    from samri_ml.interfaces.plates import identify_file
+
+    names = ["ü" + "x" * 242 + f"_{i}.png" for i in (1, 2)]  # 248 bytes each
+    for name in names:
+        cv2.imwrite(str(tmp_path / name), plate_thumbs[60])
+    (tmp_path / "out").mkdir()
+    outs = [identify_file(str(tmp_path / n), str(tmp_path / "out"), regions=False,
+                          variant="default", num_threads=1) for n in names]
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(files) == 4 and all(len(f.encode()) <= 255 for f in files), files
+    for out, name in zip(outs, names, strict=True):
+        assert out["out_json"].endswith("_plates.json") and Path(out["out_montage"]).is_file()
+        assert list(json.loads(Path(out["out_json"]).read_text())) == [str(tmp_path / name)]
+    assert main([str(tmp_path / n) for n in names] + [
+        "--montage", str(tmp_path / "m"), "--no-regions", "--variant", "default"]) == 0
+    montages = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert len(montages) == 2 and all(m.endswith("_plates.png") for m in montages)
+    assert "is too long for a file" in capsys.readouterr().err
+
+
 def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs, capsys):
     """``samri_ml-identify-plate --montage DIR``: the command line made no picture (only the
     interface did); now a PNG per image, named after it, the section titled with its name,

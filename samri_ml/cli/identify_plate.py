@@ -242,6 +242,7 @@ def _write_montages(args, ident, paths, imgs, ranked, written: dict, unwritten: 
     """``--montage DIR``: one PNG per image, named after it; images of one name from other
     folders get ``_2``, ``_3``... (``written``: the names used so far, across chunks). An
     image whose montage cannot be written is added to ``unwritten``, and the run goes on."""
+    from samri_ml.paths import file_name_with
     from samri_ml.plates.data import MONTAGE_SUFFIX
     from samri_ml.plates.montage import write_ranked_montage
 
@@ -252,10 +253,15 @@ def _write_montages(args, ident, paths, imgs, ranked, written: dict, unwritten: 
         written[name] = written.get(name, 0) + 1
         if written[name] > 1:
             name = f"{name}_{written[name]}"
-            print(f"{PROG}: note: {path}: montage {name}{MONTAGE_SUFFIX} (an image of the same "
-                  "name came first)", file=sys.stderr)
+        montage = file_name_with(name, MONTAGE_SUFFIX)
+        if written[Path(path).name] > 1:
+            print(f"{PROG}: note: {path}: montage {montage} (an image of the same name came "
+                  "first)", file=sys.stderr)
+        elif montage != f"{name}{MONTAGE_SUFFIX}":
+            print(f"{PROG}: note: {path}: montage {montage} (the name with {MONTAGE_SUFFIX} is "
+                  "too long for a file)", file=sys.stderr)
         try:
-            write_ranked_montage(ident, img, res, out / f"{name}{MONTAGE_SUFFIX}",
+            write_ranked_montage(ident, img, res, out / montage,
                                  top=max(5, args.top), atlas_dir=args.atlas,
                                  title=Path(path).name)
         except SamriMLError as err:

@@ -168,6 +168,7 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
     extension, so that ``101.png`` and ``101.jpg`` of one folder keep a montage each); returns
     the interface's outputs."""
     from samri_ml.models.inference import PLATE_PARALLEL_OPS, set_thread_environment
+    from samri_ml.paths import file_name_with
 
     set_thread_environment(num_threads, PLATE_PARALLEL_OPS)
     from samri_ml.plates.data import MONTAGE_SUFFIX, read_image
@@ -178,12 +179,13 @@ def identify_file(in_file, out_dir, model=None, index=None, atlas_dir=None, vari
                             hemisections=hemisections, turn_uncertain=not upright)
     img = read_image(in_file)
     res = ident.rank_read([img], regions=regions, any_orientation=any_orientation)[0]
-    # the file name with its extension (fname_presuffix drops it): one output per input file
-    name = os.path.join(out_dir, os.path.basename(in_file))
-    out_json = f"{name}_plates.json"
+    # the file name with its extension (fname_presuffix drops it): one output per input file;
+    # a name too long with the suffixes is cut, with a hash (an OSError failed the node)
+    name = os.path.basename(in_file)
+    out_json = os.path.join(out_dir, file_name_with(name, "_plates.json"))
     with open(out_json, "w") as f:
         f.write(json_dumps({in_file: res}, indent=1))
-    out_png = f"{name}{MONTAGE_SUFFIX}"
+    out_png = os.path.join(out_dir, file_name_with(name, MONTAGE_SUFFIX))
     write_ranked_montage(ident, img, res, out_png, top=top, atlas_dir=atlas_dir,
                          title=os.path.basename(in_file))
     return {"ranking": [int(p) for p in res["ranking"]],
