@@ -18,6 +18,16 @@ def n_dummy_to_drop(n_volumes: int, requested: int) -> int:
     return int(max(0, min(requested, n_volumes - 1)))
 
 
+def too_few_volumes_note(n_volumes: int, requested: int) -> str | None:
+    """What ``samri_ml-register`` and ``samri_ml-qc scan`` say of a run of no more volumes than
+    ``--dummy-scans`` asks to drop (all but the last are dropped); None where it has more."""
+    if n_volumes > requested:
+        return None
+    dropped = n_dummy_to_drop(n_volumes, requested)
+    return (f"{n_volumes} volumes, not more than --dummy-scans {requested}: {dropped} dropped, "
+            f"{n_volumes - dropped} kept; hint: --dummy-scans 0 keeps them all")
+
+
 def drop_dummy_volumes(data: np.ndarray, requested: int = 10) -> tuple[np.ndarray, int]:
     """Drop the first ``requested`` volumes of a 4D array (clamped, see :func:`n_dummy_to_drop`).
 

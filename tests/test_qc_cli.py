@@ -548,7 +548,7 @@ def test_scan_leaves_the_dummy_scans_out_of_a_raw_run(tmp_path, capsys):
         out, err = capsys.readouterr()
         rec = json.loads(out)
         # more than the run has: said, as samri_ml-register says it (it was silent)
-        assert ("30 volumes, not more than --dummy-scans 40: 29 left out, 1 kept" in err) \
+        assert ("30 volumes, not more than --dummy-scans 40: 29 dropped, 1 kept" in err) \
             is (n == "40"), err
         got[n] = rec["vcf"], rec["scf"]
         # the record says how it took the raw run (compare tells records made otherwise apart);

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from samri_ml.errors import SamriMLError
+from samri_ml.func import MIN_SLICE_TIMING_VOLUMES, n_dummy_to_drop, too_few_volumes_note
 
 PROG = "samri_ml-register"
 
@@ -139,15 +140,11 @@ def check_scans(args, sessions) -> None:
                 _check_run_metadata(args, path, img, metadata[path], no_timing,
                                     sidecars.get(path, []))
             dummies = getattr(args, "dummy_scans", 0)
-            if kind == "functional" and img.shape[3] <= dummies:
-                # the run is kept, cut to its last volume: say so here, not in a node's warning
-                print(f"{PROG}: note: {path}: {img.shape[3]} volumes, not more than "
-                      f"--dummy-scans {dummies}: {img.shape[3] - 1} dropped, 1 kept; hint: "
-                      "--dummy-scans 0 keeps them all", file=sys.stderr)  # fmt: skip
+            note = too_few_volumes_note(img.shape[3], dummies) if kind == "functional" else None
+            if note:  # the run is kept, cut to its last volume: said here, not in a node's warning
+                print(f"{PROG}: note: {path}: {note}", file=sys.stderr)
             if (kind == "functional" and metadata.get(path, {}).get("SliceTiming")
                     and not getattr(args, "no_slice_timing", False)):
-                from samri_ml.func import MIN_SLICE_TIMING_VOLUMES, n_dummy_to_drop
-
                 kept = img.shape[3] - n_dummy_to_drop(img.shape[3], dummies)
                 if kept < MIN_SLICE_TIMING_VOLUMES:
                     too_short.append(Path(path).name)
@@ -172,8 +169,6 @@ def check_scans(args, sessions) -> None:
             f"result): {some_names(two_affines)}; "
             "hint: make them agree, e.g. nibabel's img.set_qform(img.get_sform())")
     if too_short:
-        from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
-
         args.scan_notes.append(
             f"{len(too_short)} functional run(s) with fewer than {MIN_SLICE_TIMING_VOLUMES} "
             "volumes after the dummy scans, not slice-timing corrected: "

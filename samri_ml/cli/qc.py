@@ -125,13 +125,12 @@ def _scan(args, parser) -> int:
     raw = np.asanyarray(raw_img.dataobj)
     left_out = 0
     if raw.ndim == 4 and args.dummy_scans:
-        from samri_ml.func import n_dummy_to_drop
+        from samri_ml.func import n_dummy_to_drop, too_few_volumes_note
 
         left_out = n_dummy_to_drop(raw.shape[3], args.dummy_scans)
-        if left_out < args.dummy_scans:  # as samri_ml-register says of such a run
-            print(f"{PROG}: note: {args.raw}: {raw.shape[3]} volumes, not more than "
-                  f"--dummy-scans {args.dummy_scans}: {left_out} left out, 1 kept",
-                  file=sys.stderr)
+        note = too_few_volumes_note(raw.shape[3], args.dummy_scans)
+        if note:  # as samri_ml-register says of such a run
+            print(f"{PROG}: note: {args.raw}: {note}", file=sys.stderr)
         raw = raw[..., left_out:]
     masks = {}
     for key, path, image, grid in (("processed_mask", args.mask, args.processed, proc),
