@@ -762,7 +762,7 @@ def average_weights(models, names=None):
         When the models do not share one architecture.
     """
     from samri_ml.errors import SamriMLError
-    from samri_ml.models.unet import unet_width
+    from samri_ml.models.unet import uncompiled_copy, unet_width
 
     weights = [m.get_weights() for m in models]
     shapes = [[w.shape for w in ws] for ws in weights]
@@ -775,7 +775,7 @@ def average_weights(models, names=None):
             raise SamriMLError(f"--average-of: {names[i]} differs from {names[0]} in "
                                f"architecture ({what}); hint: average runs fine-tuned from "
                                "one model")
-    out = _uncompiled_copy(models[0])
+    out = uncompiled_copy(models[0])
     out.set_weights([np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*weights, strict=True)])
     return out
 
@@ -855,16 +855,11 @@ def save_without_optimizer(model, path) -> None:
     ``keras.models.clone_model`` also clones the compile settings (Keras >= 3.12), which fails on
     the custom loss and crashed ``samri_ml-train-masker`` after its last epoch.
     """
-    compact = _uncompiled_copy(model)
+    from samri_ml.models.unet import uncompiled_copy
+
+    compact = uncompiled_copy(model)
     compact.set_weights(model.get_weights())
     compact.save(path)
-
-
-def _uncompiled_copy(model):
-    """A new, uncompiled model with ``model``'s architecture (weights not copied)."""
-    from samri_ml.models.unet import CUSTOM_OBJECTS
-
-    return model.__class__.from_config(model.get_config(), custom_objects=CUSTOM_OBJECTS)
 
 
 def validation_dice(model, volumes_by_group, views=pp.ALL_VIEWS) -> dict[str, float]:

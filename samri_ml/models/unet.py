@@ -89,6 +89,15 @@ def unet_width(model) -> int | None:
     return None
 
 
+def uncompiled_copy(model, name: str | None = None):
+    """A new, uncompiled model with ``model``'s architecture (its weights not copied), named
+    ``name`` where given."""
+    config = model.get_config()
+    if name is not None:
+        config["name"] = name
+    return model.__class__.from_config(config, custom_objects=CUSTOM_OBJECTS)
+
+
 def ensemble(members, name: str = "unet_ensemble"):
     """One Keras model giving the mean of ``members``' brain probabilities (each maps a
     64 x 64 x 1 slice to a probability map): several networks run as one, with every command
@@ -104,9 +113,7 @@ def ensemble(members, name: str = "unet_ensemble"):
     inp = keras.Input(INPUT_SHAPE, name="slice")
     outs = []
     for i, model in enumerate(members):
-        config = model.get_config()
-        config["name"] = f"member_{i}"
-        copy = model.__class__.from_config(config, custom_objects=CUSTOM_OBJECTS)
+        copy = uncompiled_copy(model, name=f"member_{i}")
         copy.set_weights(model.get_weights())
         outs.append(copy(inp))
     out = keras.layers.Average(name="mean_probability")(outs)
