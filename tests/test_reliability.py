@@ -693,6 +693,30 @@ def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
     assert "(sub-02: left out by its .bidsignore); available: 01" in last, last
 
 
+def test_a_broken_sidecar_is_named_and_stops_only_its_subject(tmp_path, capsys):
+    """A sidecar that is not JSON stopped the run with pybids' words ("Error occurred while
+    trying to decode JSON from file <BIDSJSONFile filename=...>"), even where its subject was
+    not selected. Now the file and the JSON error are named with a hint, and a subject left
+    out by --participant-label is left out of the indexing too, with a note."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    shutil.copytree(root / "sub-01", root / "sub-02")
+    for path in (root / "sub-02").rglob("sub-01*"):
+        path.rename(path.with_name(path.name.replace("sub-01", "sub-02")))
+    broken = root / "sub-02/ses-1/func/sub-02_ses-1_task-rest_bold.json"
+    broken.write_text('{"RepetitionTime": 1.0,')
+    argv = _argv(tmp_path, [])
+    assert main(argv) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"samri_ml-register: error: {broken}: not valid JSON ("), last
+    assert last.endswith("hint: fix the file, or list it in the dataset's .bidsignore"), last
+    assert main([*argv, "--participant-label", "01"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {broken}: not valid JSON (" in err and "sub-02 is not selected: left out" \
+        in err, err
+    assert "dry run: sub-01 ses-1" in err and "dry run: sub-02" not in err, err
+
+
 def test_a_run_too_short_for_slice_timing_is_named(tmp_path, capsys):
     """5 volumes less 3 dummy scans leave 2, too few for slice timing: said before the run
     (its sidecar said SliceTimingCorrected false, and nothing else did)."""

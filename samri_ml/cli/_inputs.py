@@ -301,6 +301,40 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
                            "seconds (BIDS: milliseconds / 1000), or pass --no-slice-timing")
 
 
+def _index_failure(bids_dir, err) -> tuple[str | None, str]:
+    """``(file, message)`` of pybids' failure to index ``bids_dir``: the file it names (None
+    where it names none) and a one-line message with a hint."""
+    from samri_ml.io import content_missing
+
+    # a sidecar not fetched: pybids reads every JSON while indexing (a link to nothing
+    # raises FileNotFoundError; a pointer file, its own error naming the file)
+    match = re.search(r"filename='([^']+)'", str(err))
+    name = getattr(err, "filename", None) or (match.group(1) if match else None)
+    missing = name and content_missing(name)
+    if missing:
+        return name, f"{name}: {missing}"
+    if name and "decode JSON" in str(err):  # pybids' words; the JSON error is its cause
+        cause = err.__cause__ or err.__context__
+        detail = f" ({cause})" if cause is not None else ""
+        return name, (f"{name}: not valid JSON{detail}; hint: fix the file, or list it in the "
+                      "dataset's .bidsignore")
+    return name, f"{bids_dir}: cannot index the BIDS dataset ({err})"
+
+
+def _unselected_subject(bids_dir, path, selected) -> str | None:
+    """The label of the subject whose folder holds ``path`` where it is not ``selected``
+    (None: no selection, or the file belongs to a selected subject or none)."""
+    if path is None or selected is None:
+        return None
+    try:
+        first = Path(path).resolve().relative_to(Path(bids_dir).resolve()).parts[0]
+    except (ValueError, IndexError):
+        return None
+    if not first.startswith("sub-") or first[4:] in selected:
+        return None
+    return first[4:]
+
+
 def collect_sessions(args) -> list[dict]:
     """Query the dataset: one entry per subject/session with its structural and functional scans."""
     import bids
@@ -312,20 +346,23 @@ def collect_sessions(args) -> list[dict]:
     # acquisition) was registered, even chosen before the good scan of its session
     listed = bidsignore_patterns(args.bids_dir)
     ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *listed]
-    try:
-        layout = bids.BIDSLayout(str(args.bids_dir), validate=False,
-                                 indexer=bids.BIDSLayoutIndexer(validate=False, ignore=ignore))
-    except Exception as err:  # pybids raises many kinds for broken datasets
-        from samri_ml.io import content_missing
-
-        # a sidecar not fetched: pybids reads every JSON while indexing (a link to nothing
-        # raises FileNotFoundError; a pointer file, its own error naming the file)
-        match = re.search(r"filename='([^']+)'", str(err))
-        name = getattr(err, "filename", None) or (match.group(1) if match else None)
-        missing = name and content_missing(name)
-        if missing:
-            raise SamriMLError(f"{name}: {missing}") from err
-        raise SamriMLError(f"{args.bids_dir}: cannot index the BIDS dataset ({err})") from err
+    selected = (set(_labels_once("--participant-label", "sub-", args.participant_label))
+                if args.participant_label else None)
+    while True:
+        try:
+            layout = bids.BIDSLayout(str(args.bids_dir), validate=False,
+                                     indexer=bids.BIDSLayoutIndexer(validate=False,
+                                                                    ignore=ignore))
+            break
+        except Exception as err:  # pybids raises many kinds for broken datasets
+            name, why = _index_failure(args.bids_dir, err)
+            other = _unselected_subject(args.bids_dir, name, selected)
+            if other is None:
+                raise SamriMLError(why) from err
+            # a broken sidecar of a subject not asked for stopped the run of the others
+            print(f"{PROG}: note: {why.split('; hint')[0]}; sub-{other} is not selected: "
+                  "left out", file=sys.stderr)
+            ignore.append(re.compile(f"^/sub-{re.escape(other)}/"))
     subjects = layout.get_subjects()
     if not subjects:
         raise SamriMLError(f"{args.bids_dir}: no sub-* folders with scans found")
