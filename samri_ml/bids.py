@@ -265,6 +265,9 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
     earlier = []
     try:
         old = json.loads(path.read_text()).get("GeneratedBy", [])
+        # one entry written as an object (not BIDS' list) is kept; a number or a string, not
+        # (a number stopped the run with a TypeError, an object lost its entry)
+        old = [old] if isinstance(old, dict) else old if isinstance(old, list) else []
         earlier = [g for g in old if isinstance(g, dict) and g != this]
     except (OSError, ValueError, AttributeError):  # none yet, or not ours to keep
         pass

@@ -1,5 +1,7 @@
 """BIDS-Derivatives names and atomic writes."""
 
+import pytest
+
 from samri_ml.bids import atomic_copy, derivative_path, parse_entities
 
 
@@ -224,3 +226,20 @@ def test_atomic_writes_of_names_at_the_file_system_limit(tmp_path):
         (tmp / "a.txt").write_text("a")
     assert (tmp_path / name[:-5] / "a.txt").read_text() == "a"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, name[:-5]])
+
+
+@pytest.mark.parametrize("generated_by", [5, "someone", {"Name": "fmriprep"}, None, [1, {"Name": "x"}]])
+def test_dataset_description_of_odd_generated_by(tmp_path, generated_by):
+    """``GeneratedBy`` that is not BIDS' list of objects (a number stopped the run with a
+    TypeError; one object lost its entry): objects are kept, the rest dropped."""
+    import json
+
+    from samri_ml.bids import write_dataset_description
+
+    (tmp_path / "dataset_description.json").write_text(json.dumps({"GeneratedBy": generated_by}))
+    write_dataset_description(tmp_path, None, "9.9", "samri_ml-register x")
+    got = json.loads((tmp_path / "dataset_description.json").read_text())["GeneratedBy"]
+    kept = {"Name": "fmriprep"} if isinstance(generated_by, dict) else (
+        {"Name": "x"} if isinstance(generated_by, list) else None)
+    assert got[-1]["Description"] == "samri_ml-register x"
+    assert got[:-1] == ([kept] if kept else [])
