@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -243,6 +244,11 @@ def test_a_failed_export_leaves_the_folder_as_it_was(tiny_data, tmp_path, capsys
     (["--synth-fraction", "-0.1"], "argument --synth-fraction: -0.1: must be at least 0 and"),
     (["--synth-max-tilt", "-6"], "argument --synth-max-tilt: -6: must be at least 0 and at most 45"),
     (["--max-minutes", "0"], "argument --max-minutes: 0: must be above 0"),
+    (["--margin", "0"], "argument --margin: 0: must be above 0"),
+    (["--margin", "0.5"], "--margin: the ordinal loss has no margin"),
+    (["--backbone-weights", "w.h5"], "--backbone-weights: the small CNN has no pretrained"),
+    (["--backbone", "resnet50v2", "--backbone-weights", "nope.h5"],
+     "--backbone-weights nope.h5: no such file"),
 ])  # fmt: skip
 def test_train_plates_refuses_settings_out_of_range(tiny_data, tmp_path, capsys, args, words):
     """These ran (``--iterations 0``: exit 0, no model, a ``best.json`` with a bare Infinity)
@@ -377,6 +383,30 @@ def test_the_tissue_box_of_a_run_travels_to_its_index(tiny_data, tmp_path):
 def _tiny_run(data, out, *args):
     return ["--data", str(data), "--out", str(out), "--size", "32", "--width", "2",
             "--batch-size", "12", *map(str, args)]  # fmt: skip
+
+
+def test_a_margin_reaches_the_loss_and_the_bar_ends_where_the_run_stopped(tiny_data, tmp_path,
+                                                                        capsys):
+    """``--margin`` (the seed's contrastive margin m; there was no way to set it) is recorded
+    in config.json and changes the loss; the progress bar of a run that stopped early ended
+    one step short (tqdm counted a step when the next began)."""
+    from samri_ml.cli.train_plates import main
+
+    out = {}
+    for margin in ("0.05", "1.5"):
+        out[margin] = tmp_path / f"m{margin}"
+        assert main(_tiny_run(tiny_data, out[margin], "--iterations", 40, "--eval-every", 2,
+                              "--patience", 2, "--loss", "contrastive", "--margin", margin)) == 0
+        assert json.loads((out[margin] / "config.json").read_text())["margin"] == float(margin)
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    stop = re.findall(r"early stop at step (\d+)", err)
+    assert len(stop) == 2, err
+    bars = [line for line in err.replace("\r", "\n").splitlines() if "train-plates:" in line]
+    assert f"| {stop[0]}/40 [" in "".join(bars), bars
+    history = [json.loads((out[m] / "history.json").read_text()) for m in out]
+    first = [h[0]["loss"] for h in history]
+    assert first[0] != first[1]  # a hinge at 0.05 against one at 1.5: other losses
 
 
 def test_a_new_run_into_the_folder_of_another_is_refused(tiny_data, tmp_path, capsys):

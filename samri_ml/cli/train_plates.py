@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="ordinal",
         choices=["ordinal", "contrastive", "triplet-semihard", "triplet-hard"],
     )
+    p.add_argument("--margin", type=number_in(float, 0, low_open=True),
+                   help="margin of the contrastive and triplet losses (default: 1.0 for "
+                   "contrastive, 0.2 for the triplets; ordinal has none)")
+    p.add_argument("--backbone-weights", metavar="FILE",
+                   help="weights of the ResNet backbone (.h5 / .weights.h5, e.g. ImageNet's "
+                   "saved where they can be downloaded; never downloaded here): then only its "
+                   "conv5 layers train, as in the seed")
     p.add_argument("--batch-size", type=number_in(int, 3), default=48,
                    help="images per step (at least 3: an anchor, its plate and another)")
     p.add_argument("--iterations", type=whole, default=10000,
@@ -164,6 +171,18 @@ def _check_outputs(parser, args, cfg) -> None:
         return
     if not args.out:
         parser.error("--out is required (but with --fit-router)")
+    if args.margin is not None and cfg.loss == "ordinal":
+        parser.error("--margin: the ordinal loss has no margin; hint: --loss contrastive, "
+                     "triplet-semihard or triplet-hard")
+    if args.backbone_weights:
+        if args.init:
+            parser.error("--backbone-weights with --init: the --init model's weights are used; "
+                         "hint: leave one out")
+        if cfg.backbone == "small":
+            parser.error("--backbone-weights: the small CNN has no pretrained weights; hint: "
+                         "--backbone resnet50v2 or resnet101v2")
+        if not Path(args.backbone_weights).is_file():
+            parser.error(f"--backbone-weights {args.backbone_weights}: no such file")
     if args.export_only and not args.export:
         parser.error("--export-only needs --export DIR (where to write the model and index)")
     if args.export_only and not args.ensemble:
@@ -217,6 +236,9 @@ def _main(argv=None) -> int:
         size=args.size,
         **_network_settings(parser, args),
         loss=args.loss,
+        margin=args.margin,
+        backbone_weights=(str(Path(args.backbone_weights).resolve())
+                          if args.backbone_weights else None),
         batch_size=args.batch_size,
         iterations=args.iterations,
         patience=args.patience,

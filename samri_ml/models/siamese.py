@@ -86,7 +86,15 @@ def build_embedding_net(
         rgb = layers.Concatenate()([inp, inp, inp])  # the ImageNet stem expects 3 channels
         base = app(include_top=False, weights=None, input_shape=(input_size, input_size, 3))
         if weights:
-            base.load_weights(weights)
+            try:
+                base.load_weights(weights)
+            except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad file
+                from samri_ml.errors import SamriMLError
+
+                raise SamriMLError(f"{weights}: not weights of a {backbone} backbone without "
+                                   f"its top ({type(err).__name__}: {err}); hint: save them "
+                                   f"with keras.applications.{app.__name__}(include_top="
+                                   "False).save_weights('x.weights.h5')") from err
             for layer in base.layers:
                 layer.trainable = layer.name.startswith("conv5") or layer.name == "post_bn"
         feats = layers.GlobalAveragePooling2D()(base(rgb))

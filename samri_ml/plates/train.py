@@ -21,6 +21,7 @@ machine with PyTorch and without TensorFlow trains the same networks (``KERAS_BA
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -48,6 +49,10 @@ class TrainConfig:
     width: int = 16
     embedding_dim: int = 64
     loss: str = "ordinal"
+    #: margin of the contrastive and triplet losses (None: the loss's default, 1.0 and 0.2)
+    margin: float | None = None
+    #: weights file of a ResNet backbone (then only its ``conv5`` layers train, as the seed's)
+    backbone_weights: str | None = None
     batch_size: int = 48
     iterations: int = 10000
     patience: int = 2000
@@ -344,7 +349,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         model = _load_init(cfg.init, cfg.size)
     else:
         model = build_embedding_net(
-            cfg.size, cfg.backbone, cfg.embedding_dim, width=cfg.width, normalize=True
+            cfg.size, cfg.backbone, cfg.embedding_dim, width=cfg.width, normalize=True,
+            weights=cfg.backbone_weights,
         )
     out.mkdir(parents=True, exist_ok=True)
     # a run with these settings starts again (the CLI refuses others), but its files go at
@@ -353,6 +359,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     earlier = [p for p in run_files(out) if p.name != "config.json"]
     log(f"model {model.name}: {model.count_params():,} parameters")
     loss_fn = LOSSES[cfg.loss]
+    if cfg.margin is not None:
+        loss_fn = functools.partial(loss_fn, margin=cfg.margin)
     opt = keras.optimizers.Adam(learning_rate_schedule(cfg))
     make_batch = BatchMaker(plates, plate_imgs, tr_lab, tr_imgs, cfg)
 
@@ -411,7 +419,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         )
         bar.set_postfix(loss=f"{rec['loss']:.3f}", val1=f"{m1['mae']:.2f}")
 
-    bar = tqdm(range(1, cfg.iterations + 1), desc="train-plates", mininterval=30)
+    # a redraw at most every 2 s (30 s left a short run's bar at 0 until its end)
+    bar = tqdm(total=cfg.iterations, desc="train-plates", mininterval=2)
     started = time.time()
     it = 0
     try:
@@ -420,13 +429,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
         # then said only "interrupted")
         _write_files(out, {"config.json": lambda p: p.write_text(json.dumps(asdict(cfg),
                                                                             indent=2))})
-        for it in bar:
+        # counted by hand: iterated, tqdm counts a step when the next one starts (a run that
+        # stopped early ended its bar one step short)
+        for it in range(1, cfg.iterations + 1):
             x, y = make_batch()
             # Ctrl-C waits for the step's end: one that came while TensorFlow traced the
             # first step (seconds) broke the trace, and the run ended "error: AttributeError:
             # 'SymbolicTensor' object has no attribute '_type_spec'", not "interrupted"
             with deferred_sigint():
                 losses.append(float(ops.convert_to_numpy(step(x, y))))
+            bar.update(1)
             if it % cfg.eval_every == 0 or it == cfg.iterations:
                 with averaged():
                     evaluate_and_save(it)
@@ -438,6 +450,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     log(f"time limit ({cfg.max_minutes:g} min) reached at step {it}; the best "
                         f"model so far is step {best['step']}'s")
                     break
+        bar.close()
         _write_files(out, {"best.json": lambda p: p.write_text(json_dumps(best, indent=2))})
     except KeyboardInterrupt:  # Ctrl-C: say what the checkpoints hold
         from samri_ml.errors import SamriMLNote
