@@ -903,7 +903,8 @@ def test_samri_ml_mask_refuses_an_image_before_loading_the_model(tmp_path):
 
     rng = np.random.default_rng(0)
     cases = {"two_slices": rng.random((40, 40, 2)),
-             "nan": np.where(rng.random((40, 40, 20)) > 0.5, np.nan, 1.0)}
+             "nan": np.where(rng.random((40, 40, 20)) > 0.5, np.nan, 1.0),
+             "constant": np.full((40, 40, 20), 5.0), "one_slice_run": rng.random((40, 40, 1, 3))}
     for name, data in cases.items():
         path = tmp_path / f"{name}.nii.gz"
         nb.save(nb.Nifti1Image(data.astype(np.float32), np.eye(4)), path)
@@ -913,5 +914,7 @@ def test_samri_ml_mask_refuses_an_image_before_loading_the_model(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=120)
         assert proc.stdout.split() == ["1", "False", "False"], (name, proc.stdout, proc.stderr)
-        assert "samri_ml-mask: error:" in proc.stderr and "Traceback" not in proc.stderr
-        assert not (tmp_path / "out.nii.gz").exists()
+        # the file named, as the all-zero and not-a-NIfTI refusals name it (a constant image
+        # or a 2-slice stack among many scans was not)
+        assert f"samri_ml-mask: error: {path}: " in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "out.nii.gz").exists()

@@ -65,9 +65,12 @@ def check_masker(model, path) -> None:
     except (AttributeError, TypeError, ValueError):  # several inputs or outputs
         ok = False
     if not ok:
-        shape = getattr(model, "input_shape", "?")
-        raise SamriMLError(f"{path}: not a brain-masking model (it takes {shape} inputs; a "
-                           f"masker maps {pp.SIZE}x{pp.SIZE}x1 slices to brain probabilities)")
+        shapes = (getattr(model, "input_shape", "?"), getattr(model, "output_shape", "?"))
+        # both shapes: a plate embedding takes the masker's 64x64x1 slices, and "it takes
+        # (None, 64, 64, 1) inputs" named the one that fits
+        raise SamriMLError(f"{path}: not a brain-masking model (it maps {shapes[0]} inputs to "
+                           f"{shapes[1]} outputs; a masker maps {pp.SIZE}x{pp.SIZE}x1 slices "
+                           f"to {pp.SIZE}x{pp.SIZE} brain probabilities)")
 
 
 def load_model(path=None, precision: str | None = None):
@@ -255,7 +258,10 @@ def temporal_mean_image(img):
     if len(shape) != 4 or shape[-1] < 2:
         return img
     mean = pp.temporal_mean(image_data(img))
-    return nifti_class(img)(mean, img.affine, img.header, extra=img.extra)
+    out = nifti_class(img)(mean, img.affine, img.header, extra=img.extra)
+    if img.get_filename():  # the series' file, for messages that name the image
+        out.set_filename(img.get_filename())
+    return out
 
 
 #: the RAS axis across which a mouse brain is (nearly) mirror-symmetric: left-right
@@ -419,6 +425,16 @@ def check_maskable(img) -> None:
     _checked_volume(img)
 
 
+def _refused(img, message: str) -> SamriMLError:
+    """The error refusing ``img``, named by the file it was read from where it was (a batch of
+    scans through MaskBrain said "the image is constant" of one of them, without which)."""
+    try:
+        name = img.get_filename()
+    except Exception:  # noqa: BLE001 - an image without a file map
+        name = None
+    return SamriMLError(f"{name}: {message}" if name else message)
+
+
 def _checked_volume(img):
     """``(image, data)``: ``img`` as a nibabel image and its 3D data (a 4D series' temporal
     mean), checked as :func:`check_maskable` says."""
@@ -429,26 +445,26 @@ def _checked_volume(img):
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim not in (3, 4):
-        raise SamriMLError(f"expected a 3D or 4D image, got shape {data.shape}")
+        raise _refused(img, f"expected a 3D or 4D image, got shape {data.shape}")
     data = pp.temporal_mean(data)
     # after the temporal mean, so that a one-slice 4D series is refused too
     if sum(n > 1 for n in data.shape) < 3:
-        raise SamriMLError(f"image of shape {data.shape} is not a volume (a single slice); a 3D "
-                           "image is needed")  # fmt: skip
+        raise _refused(img, f"image of shape {data.shape} is not a volume (a single slice); a 3D "
+                       "image is needed")  # fmt: skip
     if sorted(data.shape)[1] < MIN_SIDE:
-        raise SamriMLError(f"image of shape {data.shape} is too small to mask (need at least "
-                           f"{MIN_SIDE} voxels along two axes)")  # fmt: skip
+        raise _refused(img, f"image of shape {data.shape} is too small to mask (need at least "
+                       f"{MIN_SIDE} voxels along two axes)")  # fmt: skip
     if min(data.shape) < MIN_SLICES:
-        raise SamriMLError(f"image of shape {data.shape} has only {min(data.shape)} slices "
-                           f"along one axis, too few for a 3D brain mask (need {MIN_SLICES}); "
-                           "hint: mask the whole stack the slices come from")
+        raise _refused(img, f"image of shape {data.shape} has only {min(data.shape)} slices "
+                       f"along one axis, too few for a 3D brain mask (need {MIN_SLICES}); "
+                       "hint: mask the whole stack the slices come from")
     if not np.all(np.isfinite(data)):
-        raise SamriMLError("the image has NaN or Inf voxels; hint: fix or zero them first")
+        raise _refused(img, "the image has NaN or Inf voxels; hint: fix or zero them first")
     if not np.any(data):
-        raise SamriMLError("the image is all zeros; nothing to mask")
+        raise _refused(img, "the image is all zeros; nothing to mask")
     if data.min() == data.max():
-        raise SamriMLError(f"the image is constant (every voxel is {data.min():g}); nothing to "
-                           "mask")  # fmt: skip
+        raise _refused(img, f"the image is constant (every voxel is {data.min():g}); nothing to "
+                       "mask")  # fmt: skip
     return img, data
 
 
@@ -571,11 +587,12 @@ def predict_mask(
         if threshold != 0.5:
             hint = (f"lower the threshold (--threshold; {threshold:g} given, default 0.5), or "
                     f"{hint}")
-        raise SamriMLError("no brain found in the image (the network predicted an empty mask); "
-                           f"hint: {hint}")
+        raise _refused(img, "no brain found in the image (the network predicted an empty "
+                       f"mask); hint: {hint}")
     mask_ras = clean_mask(mask_ras)
     if mask_ras.mean() > MAX_MASK_FRACTION:
-        raise SamriMLError(
+        raise _refused(
+            img,
             f"the predicted mask fills {100 * mask_ras.mean():.0f} % of the image, which no brain "
             "does; hint: check that the background is dark (zero or near zero), not offset"
         )
