@@ -509,6 +509,11 @@ def test_mask_volume_is_in_mm_whatever_the_headers_unit():
     tenfold = nb.Nifti1Image(mask, np.diag([3000, 3000, 3000, 1]))
     tenfold.header.set_xyzt_units("micron")
     assert "voxel size (3 x 3 x 3 mm) may be off by a factor of ten" in summary(tenfold, "m")
+    # micrometres in a header without units: 1000 times, not "ten" (the QA pass)
+    micrometres = nb.Nifti1Image(mask, np.diag([300, 300, 300, 1]))
+    micrometres.header.set_xyzt_units("mm")
+    assert "voxel size (300 x 300 x 300 mm) may be off by a factor of 1,000;" in summary(
+        micrometres, "m")
 
 
 def test_a_figure_that_fails_is_a_note_and_the_command_succeeds(tmp_path):

@@ -179,9 +179,13 @@ def summary(mask, out_file, masked=None) -> str:
             f"{100 * data.mean():.1f} % of the image")
     line += f"; masked image {masked}" if masked is not None else ""
     if mm3 > TOO_LARGE_MM3 or mm3 < TOO_SMALL_MM3:
+        # the voxel edge's factor, a power of ten, from the volume's against a mouse brain's
+        # (coordinates in micrometres with no unit in the header were "off by ten": 1000)
+        power = max(1, abs(round(np.log10(max(mm3, 1e-12) / TYPICAL_BRAIN_MM3) / 3)))
+        factor = "ten" if power == 1 else f"{10 ** power:,}"
         line += (f"\n{PROG}: note: a rodent brain of {mm3:.0f} mm^3? The header's voxel size "
                  f"({' x '.join(f'{z:g}' for z in voxel_size_mm(mask))} mm) may be off "
-                 "by a factor of ten; the mask does not depend on it, registration to a "
+                 f"by a factor of {factor}; the mask does not depend on it, registration to a "
                  "template does")
     return line
 
@@ -189,6 +193,8 @@ def summary(mask, out_file, masked=None) -> str:
 #: mask volumes (mm^3) outside which the voxel size is called into question: a mouse brain
 #: is 390-750 mm^3 here and a rat's about 2000; ten times the voxel edge is 1000 times that
 TOO_LARGE_MM3, TOO_SMALL_MM3 = 20_000.0, 5.0
+#: a mouse brain's volume (mm^3), the scale the voxel size's factor is told against
+TYPICAL_BRAIN_MM3 = 500.0
 
 
 def _only_zero_and_one(data) -> bool:
