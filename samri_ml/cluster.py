@@ -162,12 +162,26 @@ def cancel_jobs(plugin: str, runner, prog: str = "samri_ml") -> None:
               f"hint: {command}, before a rerun with the same -w", file=sys.stderr)
 
 
+def ensure_logname() -> None:
+    """Set ``$LOGNAME`` from the user id where it is unset (containers, CI, cron): Nipype's
+    SLURM/SGE plugins name jobs after it and fail with a bare ``KeyError: 'LOGNAME'``."""
+    if os.environ.get("LOGNAME"):
+        return
+    import getpass
+
+    try:
+        os.environ["LOGNAME"] = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry
+        os.environ["LOGNAME"] = "samri_ml"
+
+
 def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
     """Before anything is written: the cluster plugin's programs must be on PATH, and for
     SLURM ``squeue`` (what Nipype's SLURM plugins poll) must answer and ``sbatch --test-only``
     accept the ``sbatch_args`` of ``plugin_args``, so that a broken set-up fails at once with
     the scheduler's own message instead of Nipype's ``IndexError`` or ``RuntimeError`` after
-    the first submission."""
+    the first submission. Sets ``$LOGNAME`` where it is unset (:func:`ensure_logname`): a
+    workflow run from Python on SLURM or SGE failed with ``KeyError: 'LOGNAME'``."""
     import shutil
     import subprocess
 
@@ -181,6 +195,7 @@ def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
     programs = SCHEDULER_PROGRAMS.get(plugin)
     if programs is None:
         return
+    ensure_logname()
     missing = [p for p in programs if shutil.which(p) is None]
     if missing:
         raise SamriMLError(f"--plugin {plugin}: {'/'.join(missing)} not found on PATH; hint: "

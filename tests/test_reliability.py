@@ -535,6 +535,40 @@ def test_plugin_args_refused_in_python_and_on_the_command_line(text, said, capsy
     assert said in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def test_logname_is_set_for_cluster_runs_from_python(tmp_path, monkeypatch):
+    """A workflow of one's own run on PBS (SGE, LSF, Condor, OAR) from Python with $LOGNAME
+    unset (a container, cron) failed with a bare ``KeyError: 'LOGNAME'`` in Nipype's job
+    naming; only samri_ml-register set it. ``check_scheduler`` sets it now
+    (``samri_ml.cluster.ensure_logname``), and a set one is kept. Run through the stand-in
+    PBS of ``samri_ml.testing.pbs`` (qsub runs each job at once, in a fresh process)."""
+    import getpass
+
+    from nipype import Node, Workflow
+
+    from samri_ml.cluster import check_scheduler, ensure_logname
+    from samri_ml.interfaces import VolumeConservation
+    from samri_ml.testing.pbs import FakePBS
+
+    monkeypatch.setenv("LOGNAME", "lab")
+    ensure_logname()
+    assert os.environ["LOGNAME"] == "lab"
+    pbs = FakePBS(tmp_path / "pbs")
+    for key, value in pbs.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LOGNAME")
+    check_scheduler("PBS", {})
+    assert os.environ["LOGNAME"] == getpass.getuser()
+    make_dataset(tmp_path)
+    scan = str(tmp_path / "bids" / ANAT)
+    wf = Workflow("w", base_dir=str(tmp_path / "work"))
+    wf.add_nodes([Node(VolumeConservation(processed_file=scan, raw_file=scan), name="vcf")])
+    monkeypatch.chdir(tmp_path)
+    graph = wf.run(plugin="PBS", plugin_args={"poll_sleep_duration": 0.5})
+    (node,) = graph.nodes()
+    assert node.result.outputs.vcf == pytest.approx(1.0)
+    assert len(pbs.submitted()) == 1
+
+
 def test_verbose_shows_the_traceback(tmp_path, capsys):
     make_dataset(tmp_path)
     _truncate(tmp_path / TEMPLATE)

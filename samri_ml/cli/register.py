@@ -41,6 +41,7 @@ from samri_ml.cluster import (
     SCHEDULER_PROGRAMS,
     cancel_jobs,
     check_scheduler,
+    ensure_logname,
     parse_plugin_args,
 )
 from samri_ml.errors import SamriMLError
@@ -865,15 +866,7 @@ def _main(argv=None) -> int:
         steps = [n.fullname for n in wf._create_flat_graph().nodes()
                  if not isinstance(n.interface, IdentityInterface)]
         total = len(steps)
-        if "LOGNAME" not in os.environ:
-            # Nipype's SLURM/SGE plugins name jobs after $LOGNAME and fail with a KeyError
-            # where it is unset (containers, CI, cron)
-            import getpass
-
-            try:
-                os.environ["LOGNAME"] = getpass.getuser()
-            except (KeyError, OSError):  # a uid without a passwd entry
-                os.environ["LOGNAME"] = "samri_ml"
+        ensure_logname()  # Nipype's SLURM/SGE plugins name jobs after it
         started = time.time()  # the reports rewrite every picture after this
         import warnings
 
