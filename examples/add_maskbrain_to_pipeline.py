@@ -21,15 +21,19 @@ from nipype.interfaces.ants import N4BiasFieldCorrection, Registration
 from nipype.interfaces.io import DataSink
 from nipype.pipeline import engine as pe
 
-from samri_ml.ants import ensure_ants_on_path
+from samri_ml.ants import ensure_ants_on_path, program
 from samri_ml.interfaces import MaskBrain
 
 
 def existing_pipeline(in_file, template, template_mask, base_dir):
     """What a lab may already run: N4, then a quick affine registration to a template."""
     wf = pe.Workflow(name="my_pipeline", base_dir=str(base_dir))
-    n4 = pe.Node(N4BiasFieldCorrection(dimension=3, input_image=str(in_file)), name="n4")
+    # command=program(...): the ANTs program by its full path (antspyx's, where there is no
+    # system ANTs), so that cluster jobs that do not get this shell's PATH find it too
+    n4 = pe.Node(N4BiasFieldCorrection(dimension=3, input_image=str(in_file),
+                                       command=program("N4BiasFieldCorrection")), name="n4")
     reg = pe.Node(Registration(
+        command=program("antsRegistration"),
         fixed_image=str(template), fixed_image_masks=[str(template_mask)] * 2,
         initial_moving_transform_com=1,  # start from the centres of mass: without it, this
         # affine often diverges on a head scan whose header places it off the template

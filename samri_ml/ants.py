@@ -131,7 +131,9 @@ def ensure_ants_on_path() -> str:
 
     A system ANTs on ``PATH`` is kept, also behind our scripts (they hand over to it).
     Otherwise the antspyx-backed scripts of this environment are put first on ``PATH``
-    (inherited by MultiProc workers and cluster jobs).
+    (inherited by MultiProc workers, and by cluster jobs that get the submitting shell's
+    environment; for those that do not, give Nipype's ANTs interfaces
+    ``command=program(name)``, :func:`program`, as samri_ml's own workflows do).
     """
     system = system_ants_dir()
     if system is not None:

@@ -69,6 +69,11 @@ def test_add_maskbrain_example_registers_better_than_no_registration(example_dat
     ex = _load("add_maskbrain_to_pipeline")
     out = tmp_path / "out"
     wf = ex.add_masking(ex.existing_pipeline(anat, template, template_mask, out), anat)
+    # the ANTs programs by their full path: cluster jobs without the shell's PATH find them
+    from samri_ml.ants import program
+
+    for node, name in (("n4", "N4BiasFieldCorrection"), ("register", "antsRegistration")):
+        assert wf.get_node(node).interface.cmd == program(name)
     wf.run()
     assert len(list((out / "qc").glob("*_mask.png"))) == 1  # MaskBrain's picture, kept
     xfm = next(out.rglob("transformComposite.h5"))
