@@ -76,9 +76,20 @@ def _node_graph(workflow, graph2use):
     for n in graph.nodes:
         parts = n.fullname.split(".")
         groups[n] = ".".join(parts[1:-1]) or parts[0]
-        values = [str(p).split(".")[-1] for p in (getattr(n, "parameterization", None) or [])]
+        values = [iterable_label(p) for p in (getattr(n, "parameterization", None) or [])]
         labels[n] = parts[-1] + (f" [{', '.join(values)}]" if values else "")
     return graph, groups, labels
+
+
+def iterable_label(parameterization: str) -> str:
+    """A node's iterable values as Nipype names its expanded copy
+    (``_in_file_..data..sub-01..anat..sub-01_T2w.nii.gz_n_1``), with each path cut to its file
+    name: ``in_file_sub-01_T2w.nii.gz_n_1``. (Its last dot-separated part was used: every
+    copy of an iteration over ``.nii.gz`` files was labelled ``gz``.)"""
+    import re
+
+    short = re.sub(r"\.\.(?:(?!\.\.).)*(?=\.\.)", "", str(parameterization))
+    return short.replace("..", "").lstrip("_")
 
 
 #: sizes of the pure-Python drawing, in inches (one data unit is one inch)
@@ -91,6 +102,28 @@ _LAYER_DY = 0.72
 _LANE_GAP = 0.45
 _GROUP_PAD = 0.12
 _MARGIN = 0.3
+
+
+def _nested(rects: dict, groups: dict, boxes: dict) -> dict:
+    """Sub-workflow rectangles grown around those of their own sub-workflows
+    (``generic_01`` around ``generic_01.anat_wf``: a workflow two levels down was drawn beside
+    its parent), deepest first, where the grown one covers no box of another workflow;
+    ordered parents first, so that a child is drawn over its parent."""
+    import numpy as np
+
+    out = dict(rects)
+    for g in sorted(rects, key=lambda g: -g.count(".")):
+        inner = [c for c in out if c.startswith(g + ".")]
+        if not inner:
+            continue
+        r = np.array([out[g]] + [out[c] for c in inner])
+        grown = (r[:, 0].min() - _GROUP_PAD / 2, r[:, 1].min() - _GROUP_PAD / 2,
+                 r[:, 2].max() + _GROUP_PAD / 2, r[:, 3].max() + _GROUP_PAD / 2 + 0.12)
+        mine = {g, *inner}
+        if not any(groups[n] not in mine and a < grown[2] and c > grown[0] and b < grown[3]
+                   and d > grown[1] for n, (a, b, c, d) in boxes.items() if n in groups):
+            out[g] = grown
+    return dict(sorted(out.items(), key=lambda item: item[0].count(".")))
 
 
 def text_width(text: str, size: float = _FONT) -> float:
@@ -281,6 +314,7 @@ def _draw_layered(workflow, path: Path, graph2use: str):
             b = np.vstack([b] + [[x, lo, x, hi] for x in passing])
             group_rects[g] = (b[:, 0].min() - _GROUP_PAD, b[:, 1].min() - _GROUP_PAD,
                               b[:, 2].max() + _GROUP_PAD, b[:, 3].max() + _GROUP_PAD + 0.12)
+        group_rects = _nested(group_rects, groups, boxes)
     pts = [np.array([[a, b], [c, d]]) for a, b, c, d in boxes.values()]
     pts += [r[2].vertices for r in routes]
     pts += [np.array([[a, b], [c, d]]) for a, b, c, d in group_rects.values()]

@@ -300,8 +300,36 @@ def test_the_exec_graph_without_graphviz_expands_the_iterables(tmp_path):
     wf.connect(a, "y", b, "x")
     assert sorted(_node_graph(wf, "flat")[2].values()) == ["a", "b"]
     graph, _, labels = _node_graph(wf, "exec")
-    assert sorted(labels.values()) == [f"{n} [_x_{v}]" for n in "ab" for v in (1, 2, 3)]
+    assert sorted(labels.values()) == [f"{n} [x_{v}]" for n in "ab" for v in (1, 2, 3)]
     assert graph.number_of_edges() == 3
+    # an iteration over files: each copy named by its file (every one was "[gz]")
+    a.iterables = ("x", [f"/data/sub-0{i}/anat/sub-0{i}_T2w.nii.gz" for i in (1, 2)])
+    labels = _node_graph(wf, "exec")[2]
+    assert sorted(labels.values()) == [f"{n} [x_sub-0{i}_T2w.nii.gz]" for n in "ab"
+                                       for i in (1, 2)]
+
+
+def test_a_workflow_two_levels_down_is_drawn_inside_its_parent(tmp_path):
+    """The hierarchical drawing without Graphviz put ``generic_01.anat_wf`` (a lab's workflow
+    holding init_generic_wf) beside the ``generic_01`` box, not inside it."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    lab = pe.Workflow("lab_wf")
+    generic = _generic(tmp_path)
+    source = pe.Node(niu.Function(function=_same, input_names=["x"], output_names=["y"]),
+                     name="source")
+    source.inputs.x = str(tmp_path / "a_T2w.nii.gz")
+    lab.connect(source, "y", generic, "inputnode.template")
+    fig = _draw_layered(lab, tmp_path / "g.png", "hierarchical")
+    r = _renderer(fig)
+    groups = {a.get_gid()[6:]: a.get_window_extent(r) for a in fig.findobj()
+              if (a.get_gid() or "").startswith("group:")}
+    assert {"generic_wf", "generic_wf.anat_wf", "generic_wf.func0_wf"} <= set(groups), groups
+    outer = groups["generic_wf"]
+    for inner in ("generic_wf.anat_wf", "generic_wf.func0_wf"):
+        box = groups[inner]
+        assert outer.x0 < box.x0 and box.x1 < outer.x1 and outer.y0 < box.y0 < box.y1 < outer.y1
 
 
 def test_drawing_leaves_a_notebooks_matplotlib_alone(tmp_path):
