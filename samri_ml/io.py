@@ -36,8 +36,12 @@ def quiet_stderr():
         os.close(saved)
 
 
+#: the hint of an all-zero image (:func:`load_nifti`'s ``zero_hint``), unless the caller knows more
+ZERO_HINT = "check the file (an empty export or a failed conversion?)"
+
+
 def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_values: bool = True,
-               squeeze: bool = True, float32: bool = False):
+               squeeze: bool = True, float32: bool = False, zero_hint: str = ZERO_HINT):
     """Load a NIfTI image, refusing what would silently give nonsense downstream.
 
     Parameters
@@ -57,6 +61,9 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
         Hold float64 values as float32 (:func:`read_float32`): what the network
         (:func:`image_data`) and a masked copy take anyway, in half the memory, and for a
         scaled integer image without nibabel's float64 array of the whole image.
+    zero_hint : str
+        The hint of the all-zero refusal (the QC of a processed image names the registration,
+        not the file's export).
 
     Returns
     -------
@@ -141,8 +148,7 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
             bad = int((~finite).sum())
             raise SamriMLError(f"{path}: {bad} voxels are NaN or Inf; hint: fix or zero them first")
         if not np.any(data):
-            raise SamriMLError(f"{path}: the image is all zeros; hint: check the file (an empty "
-                               "export or a failed conversion?)")
+            raise SamriMLError(f"{path}: the image is all zeros; hint: {zero_hint}")
     check_affine(img, path)
     _say_header_fixes(img, path, fixed)
     # the data are scaled: the file's scaling (which nibabel keeps in the proxy, not the

@@ -79,6 +79,29 @@ def test_scan_errors_are_one_line(images, tmp_path, capsys):
     assert main(["frobnicate"]) == 2
 
 
+def test_an_empty_processed_image_points_at_the_registration(images, tmp_path, capsys):
+    """A processed image of zeros (a registration that moved the scan off the template's grid)
+    was refused with "hint: check the file (an empty export or a failed conversion?)", by
+    samri_ml-qc scan and the QC interfaces alike; it names the processing now. An all-zero
+    raw image keeps the file's hint."""
+    from samri_ml.interfaces import SmoothnessConservation, VolumeConservation
+
+    proc_f, raw_f = images
+    empty = tmp_path / "warped_offgrid.nii.gz"
+    img = nb.load(proc_f)
+    nb.save(nb.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), empty)
+    assert main(["scan", str(empty), str(raw_f)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"samri_ml-qc: error: {empty}: the image is all zeros; hint: the processing "
+                   "left nothing in the image: a registration that moved the scan off the "
+                   "template's grid? check its transform"), err
+    for iface in (VolumeConservation, SmoothnessConservation):
+        with pytest.raises(Exception, match="a registration that moved the scan off"):
+            iface(processed_file=str(empty), raw_file=str(raw_f)).run(cwd=str(tmp_path))
+    assert main(["scan", str(proc_f), str(empty)]) == 1
+    assert "hint: check the file (an empty export" in capsys.readouterr().err
+
+
 def _deriv(root: Path, name: str, vcfs, scfs, modality="anat", describe=True,
            raw_dummy_scans=None):
     root.mkdir(parents=True)

@@ -110,7 +110,7 @@ def _scan(args, parser) -> int:
 
     from samri_ml.io import load_nifti
     from samri_ml.qc.metrics import AXES_KEY, modality_of, qc_from_arrays, qc_record, scan_name
-    from samri_ml.qc.volume import affine_mm
+    from samri_ml.qc.volume import EMPTY_PROCESSED_HINT, affine_mm
 
     if args.json is not None:  # before the work: never over an input, never an image name
         from samri_ml.cli._common import check_output_file
@@ -119,7 +119,7 @@ def _scan(args, parser) -> int:
                           [p for p in (args.processed, args.raw, args.mask, args.raw_mask) if p],
                           (".nii", ".nii.gz"), "sub-X_..._desc-qc_metrics.json",
                           make_folder=True)
-    proc_img = load_nifti(args.processed, allow_4d=True)
+    proc_img = load_nifti(args.processed, allow_4d=True, zero_hint=EMPTY_PROCESSED_HINT)
     raw_img = load_nifti(args.raw, allow_4d=True)
     proc = np.asanyarray(proc_img.dataobj)
     raw = np.asanyarray(raw_img.dataobj)

@@ -23,11 +23,14 @@ from nipype.interfaces.base import (
 from samri_ml.interfaces._paths import File
 
 
-def _load(path):
-    from samri_ml.io import load_nifti
-    from samri_ml.qc.volume import affine_mm
+def _load(path, processed: bool = False):
+    """An image's data and its affine in mm; a ``processed`` one that is all zeros is refused
+    with a hint at the registration (it blamed the file's export)."""
+    from samri_ml.io import ZERO_HINT, load_nifti
+    from samri_ml.qc.volume import EMPTY_PROCESSED_HINT, affine_mm
 
-    img = load_nifti(path, allow_4d=True)
+    img = load_nifti(path, allow_4d=True,
+                     zero_hint=EMPTY_PROCESSED_HINT if processed else ZERO_HINT)
     return np.asanyarray(img.dataobj), affine_mm(img)  # mm, as the record's units
 
 
@@ -86,7 +89,7 @@ class VolumeConservation(SimpleInterface):
     def _run_interface(self, runtime):
         from samri_ml.qc.volume import volume_conservation
 
-        proc, proc_aff = _load(self.inputs.processed_file)
+        proc, proc_aff = _load(self.inputs.processed_file, processed=True)
         raw, raw_aff, left_out = _load_raw(self.inputs)
         res = volume_conservation(proc, proc_aff, raw, raw_aff, percentile=self.inputs.percentile)
         self._results["vcf"] = res.vcf
@@ -137,7 +140,7 @@ class SmoothnessConservation(SimpleInterface):
             smoothness_conservation,
         )
 
-        proc, proc_aff = _load(self.inputs.processed_file)
+        proc, proc_aff = _load(self.inputs.processed_file, processed=True)
         raw, raw_aff, _ = _load_raw(self.inputs)
         proc, raw = same_kind(proc, raw)  # a run cut to one volume: its source's mean
         mask = None

@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+#: the hint of a processed image that is all zeros (the QC interfaces and ``samri_ml-qc scan``)
+EMPTY_PROCESSED_HINT = ("the processing left nothing in the image: a registration that moved "
+                        "the scan off the template's grid? check its transform")
+
 #: Percentile of the unprocessed image used as the foreground threshold (SAMRI's choice).
 DEFAULT_PERCENTILE = 66.0
 
