@@ -77,12 +77,18 @@ def writable_cache(path: Path) -> Path:
 
 
 def _writable_dir(path: Path) -> bool:
-    """Whether the folder ``path`` could be written, or made and written (nothing is made)."""
-    while not path.exists():
-        if path.parent == path:
-            return False
-        path = path.parent
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    """Whether the folder ``path`` could be written, or made and written (nothing is made).
+    A folder that cannot be looked into is not writable (``Path.exists`` raised
+    ``PermissionError`` under a home of mode 700 owned by another user, e.g. ``docker run -u
+    1000`` with ``HOME=/root``: every command stopped with that traceback)."""
+    try:
+        while not path.exists():
+            if path.parent == path:
+                return False
+            path = path.parent
+        return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    except OSError:
+        return False
 
 
 def quiet_config_dirs() -> None:

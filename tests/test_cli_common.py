@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from samri_ml.cli._common import write_output_text
 
 
@@ -52,3 +54,28 @@ def test_a_name_the_console_cannot_show_does_not_stop_the_run(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.decode("ascii").startswith(f"{tmp_path}/schnitt \\xfc.png: ")
     assert out.exists()
+
+
+def test_commands_start_with_a_home_they_cannot_look_into(tmp_path):
+    """A command run as another user whose HOME cannot be entered (``docker run -u 1000`` on an
+    image with ``HOME=/root``, mode 700) stopped with ``PermissionError: ... '/root/.config/
+    matplotlib'`` before reading its inputs: looking for matplotlib's folder raised. It goes on
+    with a temporary folder, as with a read-only home. Run as an unprivileged user, which
+    needs root and util-linux' setpriv."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a command as another user")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    tmp_path.chmod(0o755)
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "")}
+    code = ("from samri_ml.paths import quiet_config_dirs\nquiet_config_dirs()\n"
+            "import os\nprint(os.environ.get('MPLCONFIGDIR', 'unset'))\n")
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd="/", timeout=120)
+    if "Permission denied" in proc.stderr and "samri_ml" not in proc.stderr:
+        pytest.skip(f"the interpreter cannot be run as another user here: {proc.stderr[-200:]}")
+    assert proc.returncode == 0 and "PermissionError" not in proc.stderr, proc.stderr
+    assert "samri_ml-config-" in proc.stdout, proc.stdout
