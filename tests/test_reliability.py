@@ -569,6 +569,32 @@ def test_logname_is_set_for_cluster_runs_from_python(tmp_path, monkeypatch):
     assert len(pbs.submitted()) == 1
 
 
+def test_a_dataset_made_read_only_is_not_written_into_even_by_root(tmp_path, capsys):
+    """``chmod -R a-w`` on a dataset (a lab protecting its raw data): as root, the user of a
+    Docker BIDS App, the run wrote derivatives/, its lock, work folders and every derivative
+    into it (root ignores the mode bits), exit 0. Refused now, before anything is made; the
+    same with OUTPUT_DIR elsewhere runs."""
+    import stat
+
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    modes = {}
+    for path in [root, *root.rglob("*")]:
+        modes[path] = path.stat().st_mode
+        path.chmod(stat.S_IMODE(modes[path]) & ~0o222)
+    try:
+        assert main(_argv(tmp_path, [])) == 1
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "is not a writable folder (read-only: no write permission for anyone" in last, \
+            last
+        assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+        assert main(_argv(tmp_path, ["OUT=out"])) == 0
+    finally:
+        for path, mode in modes.items():
+            path.chmod(stat.S_IMODE(mode))
+
+
 def test_verbose_shows_the_traceback(tmp_path, capsys):
     make_dataset(tmp_path)
     _truncate(tmp_path / TEMPLATE)

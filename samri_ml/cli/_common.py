@@ -269,9 +269,16 @@ def set_tf_threads(threads: int, parallel_ops: int = 1) -> None:
 def probe_writable(folder) -> None:
     """Create and remove a temporary file in ``folder``; raises :class:`OSError` where that
     fails. A real file, not ``os.access``: root ignores the mode bits, not a read-only mount or
-    an immutable (``chattr +i``) folder."""
+    an immutable (``chattr +i``) folder. A folder without any write permission bit (``chmod
+    a-w``, a lab's way to protect a dataset) is refused to root too: as root (a Docker BIDS
+    App's user) a run wrote its derivatives, work folders and lock into such a dataset."""
+    import errno
+    import stat
     import tempfile
 
+    if not os.stat(folder).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(errno.EACCES, "read-only: no write permission for anyone, as "
+                              "chmod a-w leaves it")
     with tempfile.TemporaryFile(dir=folder):
         pass
 
