@@ -595,6 +595,22 @@ def test_a_dataset_made_read_only_is_not_written_into_even_by_root(tmp_path, cap
             path.chmod(stat.S_IMODE(mode))
 
 
+def test_the_recorded_command_names_absolute_paths(tmp_path, monkeypatch):
+    """GeneratedBy's Description (and the reports' command line) recorded the command as typed:
+    ``samri_ml-register bids rel_out participant`` could not be run again from another folder.
+    Relative paths that exist are made absolute; labels, the level and options stay."""
+    from samri_ml.cli.register import recorded_command
+
+    for name in ("bids", "out", "my work", "tpl.nii.gz", "01"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    got = recorded_command(["bids", "out", "participant", "--participant-label", "01", "02",
+                            "-w", "my work", "--template=tpl.nii.gz", "--fast"])
+    assert got == (f"samri_ml-register {tmp_path / 'bids'} {tmp_path / 'out'} participant "
+                   f"--participant-label 01 02 -w '{tmp_path / 'my work'}' "
+                   f"--template={tmp_path / 'tpl.nii.gz'} --fast")
+
+
 def test_verbose_shows_the_traceback(tmp_path, capsys):
     make_dataset(tmp_path)
     _truncate(tmp_path / TEMPLATE)

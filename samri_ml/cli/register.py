@@ -507,6 +507,28 @@ def foreign_dataset(folder: Path) -> str | None:
 
 
 
+def recorded_command(tokens) -> str:
+    """The command line as ``GeneratedBy`` and the reports record it, each relative path made
+    absolute (``samri_ml-register bids rel_out participant``, as typed, could not be run again
+    from another folder). Recorded once OUTPUT_DIR and the work dir exist: a token (or an
+    ``--option=value``'s value) that names an existing file or folder is a path, but the
+    analysis level and the labels."""
+    import shlex
+
+    labels = ("--participant-label", "--participant_label", "--session-label")
+    out, in_labels = [], False
+    for token in map(str, tokens):
+        prefix, value = token.split("=", 1) if token.startswith("--") and "=" in token else \
+            ("", token)
+        if token.startswith("-") and not prefix:
+            in_labels = token in labels
+        elif not in_labels and value not in ("participant", "group") and \
+                not os.path.isabs(value) and os.path.exists(value):
+            value = os.path.abspath(value)
+        out.append(f"{prefix}={value}" if prefix else value)
+    return " ".join([PROG, *map(shlex.quote, out)])
+
+
 def check_writable(folder: Path, what: str) -> None:
     """Refuse a folder we could not write into, without creating anything yet.
 
@@ -830,7 +852,7 @@ def _main(argv=None) -> int:
         from samri_ml.bids import write_dataset_description
 
         write_dataset_description(args.output_dir, args.bids_dir, __version__,
-                                  " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]))
+                                  recorded_command(sys.argv[1:] if argv is None else argv))
         _announce(args, sessions, wf, ants)
         plugin_args = dict(args.plugin_args)
         # Nipype reads these from its execution config, not from the plugin's arguments;
