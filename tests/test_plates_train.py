@@ -503,6 +503,36 @@ def test_ctrl_c_before_the_first_checkpoint_keeps_the_earlier_run(tiny_data, tmp
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_ctrl_c_at_the_first_checkpoint_of_a_rerun_keeps_the_earlier_best(
+        tiny_data, tmp_path, capsys, monkeypatch, sigint_as_in_a_terminal):
+    """A rerun removed the earlier run's files at its first checkpoint before writing its own:
+    Ctrl-C there left neither run's best.keras (config.json alone, and a note that nothing was
+    saved). Its own files are written first now, the earlier ones removed after."""
+    import os
+    import signal
+    import warnings
+
+    from samri_ml.cli.train_plates import main
+    from samri_ml.plates import train as pt
+
+    out = tmp_path / "run"
+    argv = _tiny_run(tiny_data, out, "--iterations", 4, "--eval-every", 2)
+    assert main(argv) == 0
+    earlier_best = (out / "best.keras").read_bytes()
+    plot = pt.plot_history
+
+    def ctrl_c_while_writing(history, path):  # inside the first checkpoint's writes
+        os.kill(os.getpid(), signal.SIGINT)
+        return plot(history, path)
+
+    monkeypatch.setattr(pt, "plot_history", ctrl_c_while_writing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert main(argv) == 130
+    assert (out / "best.keras").read_bytes() == earlier_best
+    assert (out / "best.json").is_file() and (out / "config.json").is_file()
+
+
 def test_ctrl_c_says_which_checkpoint_was_kept(tiny_data, tmp_path):
     """Ctrl-C printed ``interrupted`` only, with best.keras maybe missing and best.json
     written at the end only. Now a note names the best step kept, best.json agrees with it,

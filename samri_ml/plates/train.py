@@ -397,14 +397,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "time": time.time(),
         }
         history.append(rec)
-        for old in earlier:  # the earlier run's checkpoints, replaced from here on
-            old.unlink(missing_ok=True)
-        earlier.clear()
-        _write_files(out, {"history.json": lambda p: p.write_text(json.dumps(history, indent=1)),
-                           "history.png": lambda p: plot_history(history, p),
-                           "last.keras": model.save, f"step_{it:05d}.keras": model.save})
+        written = {"history.json": lambda p: p.write_text(json.dumps(history, indent=1)),
+                   "history.png": lambda p: plot_history(history, p),
+                   "last.keras": model.save, f"step_{it:05d}.keras": model.save}
+        _write_files(out, written)
+        names = set(written)
         if m1["mae"] < best["mae"]:
             new = {"mae": m1["mae"], "step": it, "val_1": m1, "val_2": m2}
+            names |= {"best.keras", "best.json"}
             # the model and its record as one pair: Ctrl-C leaves both old or both new
             try:
                 _write_files(out, {"best.keras": model.save,
@@ -413,6 +413,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 best = new
                 raise
             best = new
+        # the earlier run's files this run did not replace, once its own are written (they
+        # were removed first: Ctrl-C in between left neither run's best.keras)
+        for old in earlier:
+            if old.name not in names:
+                old.unlink(missing_ok=True)
+        earlier.clear()
         log(
             f"step {it} loss {rec['loss']:.4f} | {format_metrics(m1, 'val_1')} | "
             f"{format_metrics(m2, 'val_2')} | best val_1 step {best['step']}"
