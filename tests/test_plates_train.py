@@ -632,6 +632,28 @@ def test_a_run_from_an_init_model_records_that_models_network(tiny_data, tmp_pat
     assert json.loads((other / "config.json").read_text())["width"] == 2
 
 
+def test_fine_tuning_keeps_the_model_it_started_from_where_nothing_beats_it(tiny_data,
+                                                                            tmp_path):
+    """``--init``: the starting model was never scored, so a run that only made it worse kept
+    (and exported) its best trained step: val_1 MAE 42 from the shipped 0.67 (a QA pass). It
+    is evaluated at step 0 now, a candidate like any step; here a learning rate too small to
+    change it leaves step 0 the best, and best.keras ranks as the starting model does."""
+    from samri_ml.cli.train_plates import main
+
+    first = tmp_path / "first"
+    assert main(_tiny_run(tiny_data, first, "--iterations", 4, "--eval-every", 2)) == 0
+    tuned = tmp_path / "tuned"
+    assert main(["--data", str(tiny_data), "--out", str(tuned), "--size", "32",
+                 "--batch-size", "12", "--iterations", "4", "--eval-every", "2",
+                 "--lr", "1e-12", "--init", str(first / "best.keras")]) == 0
+    history = json.loads((tuned / "history.json").read_text())
+    assert [r["step"] for r in history] == [0, 2, 4] and history[0]["loss"] is None
+    best = json.loads((tuned / "best.json").read_text())
+    started = json.loads((first / "best.json").read_text())
+    assert best["step"] == 0 and best["mae"] == pytest.approx(started["mae"])
+    assert (tuned / "history.png").stat().st_size > 0
+
+
 def test_a_run_records_its_data_and_out_folders_resolved(tiny_data, tmp_path, monkeypatch):
     """``--data`` and ``--out`` given relative were recorded in config.json as given
     ('plates', 'runs/A'), which name no folder when the record is read from another one

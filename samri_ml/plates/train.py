@@ -391,7 +391,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             m2 = evaluate(model, plates, plate_imgs, v2_lab, v2, cfg.smooth)
         rec = {
             "step": it,
-            "loss": float(np.mean(losses[-cfg.eval_every :])),
+            # None at step 0, the --init model's evaluation before any training
+            "loss": float(np.mean(losses[-cfg.eval_every :])) if losses else None,
             "val_1": m1,
             "val_2": m2,
             "time": time.time(),
@@ -419,11 +420,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if old.name not in names:
                 old.unlink(missing_ok=True)
         earlier.clear()
+        loss = "-" if rec["loss"] is None else f"{rec['loss']:.4f}"
         log(
-            f"step {it} loss {rec['loss']:.4f} | {format_metrics(m1, 'val_1')} | "
+            f"step {it} loss {loss} | {format_metrics(m1, 'val_1')} | "
             f"{format_metrics(m2, 'val_2')} | best val_1 step {best['step']}"
         )
-        bar.set_postfix(loss=f"{rec['loss']:.3f}", val1=f"{m1['mae']:.2f}")
+        bar.set_postfix(loss=loss, val1=f"{m1['mae']:.2f}")
 
     # a redraw at most every 2 s (30 s left a short run's bar at 0 until its end)
     bar = tqdm(total=cfg.iterations, desc="train-plates", mininterval=2)
@@ -435,6 +437,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
         # then said only "interrupted")
         _write_files(out, {"config.json": lambda p: p.write_text(json.dumps(asdict(cfg),
                                                                             indent=2))})
+        if cfg.init:
+            # the model fine-tuned is a candidate too (step 0): a run that only made it worse
+            # kept and exported its best trained step (val_1 MAE 42 from the shipped 0.67)
+            evaluate_and_save(0)
         # counted by hand: iterated, tqdm counts a step when the next one starts (a run that
         # stopped early ended its bar one step short)
         for it in range(1, cfg.iterations + 1):
@@ -512,7 +518,7 @@ def plot_history(history: list[dict], path) -> None:
     for ax in (ax_loss, ax_mae):
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)  # upper right covered a fine-tune's flat curves
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
 
