@@ -1926,3 +1926,28 @@ def test_a_read_section_is_looked_at_once_and_ranked_as_before(shared_data, tmp_
     left_out = img.copy()  # a changed copy is boxed as it now is, not as the file was
     left_out[:, :1300] = 0
     assert data.tissue_bbox(left_out)[2] >= 1300 > data.tissue_bbox(img)[2]
+
+
+def test_a_model_given_without_its_index_is_refused(tmp_path):
+    """``--model`` without ``--index``: a fine-tune of the shipped network has its shapes, so
+    it ranked against the shipped index (another network's plates, MAE 62 where its own index
+    gave 42; only 'uncertain' on every section said anything). An exported index records its
+    model's checksum (the shipped ones too) and refuses another model; a byte-identical copy
+    of the model is its model."""
+    import shutil
+
+    import keras
+
+    from samri_ml.plates.identify import PlateIdentifier, default_model_dir
+
+    shipped = default_model_dir("default") / "plates_embedding.keras"
+    copy = tmp_path / "copy.keras"
+    shutil.copy(shipped, copy)
+    assert PlateIdentifier(model=copy).model is not None  # the same bytes: its index
+    tuned = keras.models.load_model(shipped, compile=False)
+    weights = tuned.get_weights()
+    weights[-1] = weights[-1] + 1e-3
+    tuned.set_weights(weights)
+    tuned.save(tmp_path / "tuned.keras")
+    with pytest.raises(SamriMLError, match="the index was made with another model file"):
+        PlateIdentifier(model=tmp_path / "tuned.keras").model  # noqa: B018

@@ -411,6 +411,16 @@ class PlateIdentifier(_Ranker):
             model = load_embedding(path, self._model_checksum, self.precision)
             shape_in, shape_out = tuple(model.input_shape[1:3]), model.output_shape[-1]
             reindexing = self.embeddings is None  # the index is being made with this model
+            made_with = str(self.index.get("model_checksum", ""))
+            if not reindexing and made_with and made_with != self._model_checksum:
+                # a fine-tuned model beside the shipped index (--model without --index) has
+                # the shipped shapes: it ranked against another network's plates, MAE 62
+                # where its own index gave 42, with every section 'uncertain' the only sign
+                raise SamriMLError(
+                    f"{self.index_path} does not belong to {self.model_path}: the index was "
+                    "made with another model file (its model_checksum); hint: give the index "
+                    "exported with that model (--index, samri_ml-train-plates --export), or "
+                    "--atlas DIR to index an atlas with it")
             if not reindexing and (shape_in != (self.size, self.size)
                                    or shape_out != self.embeddings.shape[1]):
                 raise SamriMLError(
@@ -998,6 +1008,7 @@ def export_model(
     import shutil
 
     from samri_ml.bids import atomic_folder
+    from samri_ml.models.inference import file_checksum
 
     _, imgs = load_atlas(atlas_dir)  # before anything is written: it may not load
     if not Path(model_path).is_file():
@@ -1029,6 +1040,8 @@ def export_model(
             height_mm=h,
             width_mm=w,
             thumbnails=thumbs,
+            # which network the embeddings are of: a model given without its index is refused
+            model_checksum=np.str_(file_checksum(out / "plates_embedding.keras")),
         )
     return Path(out_dir) / "plates_index.npz"
 
