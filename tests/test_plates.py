@@ -1183,3 +1183,17 @@ def test_a_grey_and_alpha_tiff_keeps_its_alpha(tmp_path):
     tif, png = read_image(tmp_path / "cut.tif"), read_image(tmp_path / "cut.png")
     assert np.array_equal(tif, png)
     assert not np.array_equal(tif, read_image(tmp_path / "white.tif"))
+
+
+def test_a_plate_the_atlas_lacks_is_named_with_the_atlas_gaps(tmp_path):
+    """A section of plate 104 with an atlas lacking 104 and 105 was told "not in the atlas
+    (plates 1-132); hint: name labelled sections '<plate>.png'": the range hid the gap and the
+    hint blamed a correct name."""
+    from samri_ml.plates.data import check_labels
+
+    plates = [p for p in range(1, 133) if p not in (104, 105)]
+    with pytest.raises(SamriMLError, match=r"plate 104 \(from the file name\) is not in the "
+                       r"atlas \(plates 1-103, 106-132\); hint: the atlas lacks that plate"):
+        check_labels([tmp_path / "104.png"], [104], plates)
+    with pytest.raises(SamriMLError, match=r"\(plates 1-103, 106-132\); hint: name labelled"):
+        check_labels([tmp_path / "200.png"], [200], plates)

@@ -154,11 +154,16 @@ def test_train_plates_exports_what_identify_plate_reads(tiny_data, tmp_path):
                  "--export", str(shipped)]  # fmt: skip
     r = subprocess.run(train_cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "\r" not in r.stderr  # a log file: no progress bar's redraws
     assert {p.name for p in shipped.iterdir()} >= {"plates_embedding.keras", "plates_index.npz",
                                                     "plates_index_metrics.json"}
     metrics = json.loads((shipped / "plates_index_metrics.json").read_text())
     assert metrics["val_1"]["n"] == len(PLATES)
     section = tiny_data / "val_2" / f"{PLATES[3]}.png"
+    # an export over an earlier one says what it replaces (it did so without a word)
+    r = subprocess.run([*train_cmd, "--export-only"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"exported to {shipped} (replacing an export of val_1 MAE " in r.stdout, r.stdout
     r = subprocess.run([sys.executable, "-m", "samri_ml.cli.identify_plate", str(section),
                         "--model", str(shipped / "plates_embedding.keras"),
                         "--index", str(shipped / "plates_index.npz"), "--top", "3",
@@ -386,12 +391,13 @@ def _tiny_run(data, out, *args):
 
 
 def test_a_margin_reaches_the_loss_and_the_bar_ends_where_the_run_stopped(tiny_data, tmp_path,
-                                                                        capsys):
+                                                                        capsys, monkeypatch):
     """``--margin`` (the seed's contrastive margin m; there was no way to set it) is recorded
     in config.json and changes the loss; the progress bar of a run that stopped early ended
     one step short (tqdm counted a step when the next began)."""
     from samri_ml.cli.train_plates import main
 
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is for a terminal
     out = {}
     for margin in ("0.05", "1.5"):
         out[margin] = tmp_path / f"m{margin}"

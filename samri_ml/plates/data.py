@@ -1232,14 +1232,29 @@ def load_sections(folder, limit: int | None = None
     return files, labels, [read_image(p) for p in files]
 
 
+def plate_ranges(plates) -> str:
+    """Plate numbers as ranges: ``1-103, 106-132``."""
+    out, run = [], []
+    for p in sorted({int(p) for p in plates}):
+        if run and p != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
+            run = []
+        run.append(p)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
+    return ", ".join(out)
+
+
 def check_labels(paths, labels, plates) -> None:
     """Refuse a section whose file-name label is not a plate of the atlas (before any MAE,
     or any training: a KeyError in the batches, after config.json was written)."""
     known = {int(p) for p in plates}
     for path, label in zip(paths, labels, strict=True):
         if int(label) not in known:
-            raise SamriMLError(
-                f"{path}: plate {label} (from the file name) is not in the atlas (plates "
-                f"{min(known)}-{max(known)}); hint: name labelled sections '<plate>.png' or "
-                "'<plate>_<n>.png'"
-            )
+            # the atlas' plates as ranges: "plates 1-132" hid the gap a subset of an atlas has
+            inside = min(known) < int(label) < max(known)
+            hint = ("the atlas lacks that plate: give an atlas that has it, or leave the "
+                    "section out" if inside else "name labelled sections '<plate>.png' or "
+                    "'<plate>_<n>.png'")
+            raise SamriMLError(f"{path}: plate {label} (from the file name) is not in the "
+                               f"atlas (plates {plate_ranges(known)}); hint: {hint}")

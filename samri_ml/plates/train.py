@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -428,7 +429,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
         bar.set_postfix(loss=loss, val1=f"{m1['mae']:.2f}")
 
     # a redraw at most every 2 s (30 s left a short run's bar at 0 until its end)
-    bar = tqdm(total=cfg.iterations, desc="train-plates", mininterval=2)
+    # not into a log file (a redirected stderr): its redraws piled up on one line there; the
+    # evaluations' lines say the progress (as train-masker's one line per epoch does)
+    bar = tqdm(total=cfg.iterations, desc="train-plates", mininterval=2,
+               disable=not sys.stderr.isatty())
     started = time.time()
     it = 0
     try:
