@@ -30,6 +30,10 @@ import numpy as np
 from samri_ml.bids import atomic_write_bytes, atomic_write_text, derivative_path
 from samri_ml.qc.volume import PLAUSIBLE_VCF, grid_volume
 
+#: the report pictures this process drew (written, or found holding the same bytes): what
+#: :func:`samri_ml.bids.stale_files` does not call stale
+DRAWN: set[Path] = set()
+
 #: colours of the pictures (and their legends)
 TEMPLATE_MASK_COLOUR = "#ff3b30"
 TEMPLATE_EDGES_COLOUR = "#32d2ff"
@@ -311,13 +315,15 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
             path = out_base.with_name(out_base.name + f".{ext}")
             # the SVG keeps its text as text (searchable, smaller), not as glyph paths; with
             # a fixed salt for its ids and no date it is the same bytes for the same picture
-            # (it got new random ids and the date on every draw). Always rewritten, whole:
-            # bids.stale_files takes a picture older than the run for one it did not redraw
+            # (it got new random ids and the date on every draw). A picture that holds these
+            # bytes already is left as it is, modification time included (a rerun rewrote
+            # every one: rsync, make and DataLad saw them changed); DRAWN says it was drawn
             buf = io.BytesIO()
             with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "samri_ml"}):
                 fig.savefig(buf, format=ext, dpi=dpi, facecolor="black",
                             metadata={"Date": None} if ext == "svg" else None)
-            paths[ext] = atomic_write_bytes(buf.getvalue(), path)
+            paths[ext] = atomic_write_bytes(buf.getvalue(), path, skip_identical=True)
+            DRAWN.add(Path(path).resolve())
     return paths
 
 

@@ -85,6 +85,11 @@ def test_stale_files_names_what_a_run_did_not_write(tmp_path):
     assert stale_files(out, [mine], [source]) == [anat / "sub-01_ses-1_desc-brain_mask.nii.gz"]
     assert stale_files(out, [mine], [source], figures_before=started) == [
         figs / "sub-01_ses-1_T2w_desc-old.png", anat / "sub-01_ses-1_desc-brain_mask.nii.gz"]
+    # by what the reports drew (a picture of the same bytes is not rewritten: its time is old)
+    os.utime(figs / "sub-01_ses-1_T2w_desc-new.png", (started - 60, started - 60))
+    drawn = {figs / "sub-01_ses-1_T2w_desc-new.png"}
+    assert stale_files(out, [mine], [source], figures_drawn=drawn) == [
+        figs / "sub-01_ses-1_T2w_desc-old.png", anat / "sub-01_ses-1_desc-brain_mask.nii.gz"]
     assert all(f.exists() for f in names)
 
 

@@ -190,9 +190,14 @@ def test_a_cached_rerun_restores_deleted_and_overwritten_derivatives(interrupted
     (out / gone).unlink()
     (out / changed).write_bytes(b"another run's file")
     computing = {k: v for k, v in _results(work).items() if not Path(k).name.startswith("ds_")}
+    figures = {p: p.stat().st_mtime_ns for p in out.glob("sub-*/figures/*")}
+    assert figures
     run_register(example_dataset, out, work)
     again = _results(work)
     assert all(again[k] == v for k, v in computing.items())  # nothing recomputed
+    # the report pictures, the same bytes, are left as they were, modification time included
+    # (every one was rewritten: rsync, make and DataLad saw them changed on each rerun)
+    assert {p: p.stat().st_mtime_ns for p in figures} == figures
     diff = compare_outputs(reference["out"], out)
     assert gone in diff and changed in diff
     assert all(d["identical"] for d in diff.values()), diff

@@ -1090,12 +1090,14 @@ def _dry_run(args, sessions, wf, ants) -> None:
 def _note_stale(args, sessions, graph, started: float) -> None:
     """Name the derivatives an earlier run with other options left beside this run's (another
     ``-f``, ``--masking none`` after ``unet``, ``--no-qc``), and the report pictures of its
-    sessions not redrawn since ``started``: they are kept, not deleted."""
+    sessions this run did not draw (report.DRAWN): they are kept, not deleted."""
     from samri_ml.bids import old_figure_name, stale_files
     from samri_ml.interfaces.bids import sink_outputs
 
     sources = [scan for item in sessions for scan in session_scans(item)]
-    stale = stale_files(args.output_dir, sink_outputs(graph), sources, figures_before=started)
+    from samri_ml.report import DRAWN
+
+    stale = stale_files(args.output_dir, sink_outputs(graph), sources, figures_drawn=DRAWN)
     # an upgrade's rerun: the pictures the first release named otherwise came first (sorted,
     # figures/ before ses-*/) and a stale mask of another --masking was one of "and 9 more"
     renamed = [p for p in stale if old_figure_name(p)]
