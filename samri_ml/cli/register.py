@@ -889,7 +889,10 @@ def _main(argv=None) -> int:
                  if not isinstance(n.interface, IdentityInterface)]
         total = len(steps)
         ensure_logname()  # Nipype's SLURM/SGE plugins name jobs after it
-        started = time.time()  # the reports rewrite every picture after this
+        started = time.time()  # crash files and the reports' "since" are this run's after it
+        from samri_ml.report import DRAWN
+
+        DRAWN.clear()  # the pictures this run draws (an earlier run in this process drew others)
         import warnings
 
         # check_scans said it before the run, with a hint: not again from each step (forked
