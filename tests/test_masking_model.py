@@ -1855,7 +1855,8 @@ def _lab_copy(src, dst, drop=(), add=()):
 
 
 @pytest.mark.parametrize("case", ["unpaired image", "unpaired mask", "other grid",
-                                  "empty mask", "one subject", "no masks", "no entities"])
+                                  "other affine", "empty mask", "one subject", "no masks",
+                                  "no entities"])
 def test_train_masker_refuses_lab_scans_it_cannot_pair(tmp_path, lab_scans_dir, capsys, case):
     """An image without its mask, a mask without its image, a mask of another grid, an empty
     mask, one animal (no validation split), or a folder without masks: one line naming the
@@ -1878,6 +1879,11 @@ def test_train_masker_refuses_lab_scans_it_cannot_pair(tmp_path, lab_scans_dir, 
                        f"{anat / name} ({'x'.join(map(str, grid[:, :-4].shape))}) is not on "
                        f"the grid of {anat / 'sub-02_T2w.nii.gz'} "
                        f"({'x'.join(map(str, grid.shape))})"),
+        # the same shape, another affine: two equal shapes were named, not the affine
+        "other affine": ({"drop": [name], "add": [(f"sub-02/anat/{name}", nb.Nifti1Image(
+                           grid, mask.affine @ np.diag([2.0, 1, 1, 1])))]},
+                         f"{anat / name} has the shape of {anat / 'sub-02_T2w.nii.gz'} "
+                         f"({'x'.join(map(str, grid.shape))}) but not its affine"),
         "empty mask": ({"drop": [name], "add": [(f"sub-02/anat/{name}", nb.Nifti1Image(
                          np.zeros_like(grid), mask.affine))]},
                        f"{anat / name} is empty (no voxel above 0.5)"),

@@ -445,10 +445,15 @@ def lab_pairs(folder) -> list[tuple[Path, Path, str]]:
         img, msk = nb.load(image), nb.load(mask)  # headers only
         if img.shape[:3] != msk.shape[:3] or not np.allclose(img.affine, msk.affine,
                                                              atol=1e-3):
+            # where the shapes agree, the affines do not: said (two equal shapes were named)
+            moved = float(np.abs(img.affine - msk.affine).max())
+            why = (f"({'x'.join(map(str, msk.shape))}) is not on the grid of {image} "
+                   f"({'x'.join(map(str, img.shape))})" if img.shape[:3] != msk.shape[:3] else
+                   f"has the shape of {image} ({'x'.join(map(str, img.shape[:3]))}) but not "
+                   f"its affine (they differ by up to {moved:.3g})")
             raise SamriMLError(
-                f"--scans: {mask} ({'x'.join(map(str, msk.shape))}) is not on the grid of "
-                f"{image} ({'x'.join(map(str, img.shape))}); hint: resample the mask to the "
-                "image (nearest neighbour), or mask it again with samri_ml-mask")
+                f"--scans: {mask} {why}; hint: resample the mask to the image (nearest "
+                "neighbour), or mask it again with samri_ml-mask")
         subject = next((e for e in stem.split("_") if e.startswith("sub-")), None)
         if subject is None:
             subject = next((d.name for d in image.relative_to(folder).parents
