@@ -572,6 +572,12 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
                     # the bar; a file, a pipe or NO_COLOR one plain line per epoch.
                     verbose=1 if sys.stdout.isatty() and not os.environ.get("NO_COLOR") else 2,
                 )
+            if stopper.stopped_epoch:  # said (a phase of 'up to 5 epochs' ended at 3 silently)
+                best_epoch = getattr(stopper, "best_epoch", None)
+                restored = (f"; epoch {best_epoch + 1}'s weights restored"
+                            if best_epoch is not None else "")
+                log(f"phase {phase}: early stop after epoch {stopper.stopped_epoch + 1}: "
+                    f"val_loss not improved for {config.patience} epochs{restored}")
     except KeyboardInterrupt:  # Ctrl-C: keep what the finished epochs learnt
         n = len(history.get("phase", []))
         if not n:
