@@ -2060,3 +2060,25 @@ def test_train_masker_says_shared_data_options_do_nothing_with_scans(tmp_path, l
                       "data, no synthetic heads)"), err
     assert main(argv) == 1  # the defaults: no note
     assert not [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+
+
+def test_evaluate_masker_notes_name_their_scan():
+    """A note of the masking (the mask filling most of the image, a bright background) in an
+    evaluation of many scans did not say which scan it was about."""
+    import warnings
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.masking.data import Scan
+    from samri_ml.masking.evaluate import evaluate_scan
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:40, :48, :40]
+    brain = ((x - 20) / 14) ** 2 + ((y - 24) / 18) ** 2 + ((z - 20) / 11) ** 2 <= 1
+    # a brain on a bright, noisy background: "the background is not dark" (a note)
+    image = np.where(brain, 100.0, rng.uniform(20, 30, brain.shape)).astype(np.float32)
+    scan = Scan("lab/offset", "lab", image, brain.astype(np.uint8), (0.2, 0.2, 0.2), "manual")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate_scan(scan, None)
+    notes = [str(w.message) for w in caught if issubclass(w.category, SamriMLNote)]
+    assert notes and all(n.startswith("lab/offset: ") for n in notes), notes

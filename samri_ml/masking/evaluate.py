@@ -34,21 +34,29 @@ def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool | None = None, figure
     """Scores of one :class:`samri_ml.masking.data.Scan` (RAS arrays) with ``model``; with
     ``figure`` (a ``.png`` path) the predicted and the reference mask are also drawn on the
     scan there (:func:`samri_ml.report.mask_figure`; not timed)."""
+    import warnings
+
     import nibabel as nb
 
-    from samri_ml.errors import SamriMLError
+    from samri_ml.errors import SamriMLError, SamriMLNote
     from samri_ml.masking.predict import predict_mask
     from samri_ml.metrics import dice
 
     img = nb.Nifti1Image(scan.image.astype(np.float32), np.diag([*scan.zooms, 1.0]))
     t0 = time.perf_counter()
-    try:
-        pred = np.asarray(predict_mask(img, model, views=views, flip=flip).dataobj) > 0
-        error = ""
-    except SamriMLError as err:
-        pred = np.zeros(scan.mask.shape, bool)
-        error = str(err)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            pred = np.asarray(predict_mask(img, model, views=views, flip=flip).dataobj) > 0
+            error = ""
+        except SamriMLError as err:
+            pred = np.zeros(scan.mask.shape, bool)
+            error = str(err)
     seconds = time.perf_counter() - t0
+    for note in caught:  # said again with the scan's name: "the mask fills 76 % ..." of which?
+        message = f"{scan.name}: {note.message}" if issubclass(note.category, SamriMLNote) \
+            else note.message
+        warnings.warn_explicit(message, note.category, note.filename, note.lineno)
     ref = scan.mask > 0
     score = dice(pred, ref)
     if figure is not None:
