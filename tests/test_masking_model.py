@@ -1973,6 +1973,26 @@ def test_a_git_commit_in_the_scans_folder_keeps_its_data_set_cache(tmp_path, lab
     assert built()[0].endswith("holds a data set of other settings or scans: rebuilt and "
                                "replaced")
 
+def test_shared_data_options_keep_a_labs_data_set_cache(tmp_path, lab_scans_dir):
+    """--holdout, --synth-per-dama and the other options of the shared data do nothing with
+    --scans (the command says so), but they were part of the cache's key: given, the lab's
+    data set was rebuilt and replaced. They are left out of a lab's key now."""
+    from dataclasses import replace
+
+    from samri_ml.masking import train as mt
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
+    cache = tmp_path / "dc.npz"
+    config = mt.TrainConfig(scans=str(lab), views=("coronal",), dataset_cache=str(cache))
+    logged = []
+    mt.cached_dataset(config, log=logged.append)
+    assert logged[0] == "building the data set ..."
+    other = replace(config, holdout=("templates",), synth_per_dama=3, stripped_rim="cut")
+    logged = []
+    mt.cached_dataset(other, log=logged.append)
+    assert logged == [f"data set read from {cache}"], logged
+
+
 def _read_since(path, atime_ns) -> bool:
     """Whether ``path`` was read since its access time was set to ``atime_ns`` (older than
     its modification time, which relatime updates on the next read); the test is skipped

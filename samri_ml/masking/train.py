@@ -194,6 +194,11 @@ DATA_KEYS = ("holdout", "synth_per_dama", "synth_per_template", "empty_fraction"
              "scans")  # fmt: skip
 
 
+#: the :data:`DATA_KEYS` of the shared data alone: a lab's ``--scans`` data set has none of them
+SHARED_DATA_KEYS = ("holdout", "synth_per_dama", "synth_per_template", "snout_neck",
+                    "stripped_rim")
+
+
 #: the :class:`TrainConfig` fields that choose the validation subjects (:func:`split_groups`)
 SPLIT_KEYS = ("holdout", "val_fraction", "seed")
 
@@ -273,6 +278,11 @@ def cached_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print
     settings = {k: getattr(config, k) for k in DATA_KEYS}
     if not config.scans:
         del settings["scans"]  # the caches of the shared data made before --scans still match
+    else:
+        # options of the shared data do nothing with a lab's scans (the command says so): a
+        # --holdout or --synth-per-dama given threw the lab's cache away all the same
+        for key in SHARED_DATA_KEYS:
+            settings.pop(key, None)
     settings["synth_version"] = synth.VERSION  # a cache of older synthetic heads is not reused
     # nor one of other scans
     settings["data"] = (lab_scans_fingerprint(config.scans) if config.scans
