@@ -2102,3 +2102,22 @@ def test_evaluate_masker_notes_name_their_scan():
         evaluate_scan(scan, None)
     notes = [str(w.message) for w in caught if issubclass(w.category, SamriMLNote)]
     assert notes and all(n.startswith("lab/offset: ") for n in notes), notes
+
+
+def test_a_weight_average_far_below_its_members_is_noted():
+    """--average-of two networks trained from random weights gave validation Dice 0.0 without
+    a word (their weights average to another network); a soup of fine-tunes, no note."""
+    import warnings
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.masking.train import _note_worse_average
+
+    members = [{"validation_dice": {"a#0": 0.98, "b#0": 0.97}},
+               {"validation_dice": {"a#0": 0.96, "b#0": 0.99}}, {"model": "no record"}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _note_worse_average({"a#0": 0.0, "b#0": 0.01}, members)
+        _note_worse_average({"a#0": 0.975, "b#0": 0.98}, members)
+    notes = [str(w.message) for w in caught if issubclass(w.category, SamriMLNote)]
+    assert len(notes) == 1 and notes[0].startswith(
+        "the weight average's median validation Dice is 0.005, its members' 0.975-0.975"), notes

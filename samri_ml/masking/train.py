@@ -858,10 +858,32 @@ def combine(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
         "date": time.strftime("%Y-%m-%d"),
         "keras": keras.__version__,
     }
+    if kind == "average":
+        _note_worse_average(summary["validation_dice"], member_info)
     with write_set(out_path) as (tmp_model, tmp_json, _):
         save_without_optimizer(model, tmp_model)
         tmp_json.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+#: a weight average this much below its worst member's median validation Dice is noted
+AVERAGE_LOSS_NOTE = 0.1
+
+
+def _note_worse_average(dice: dict, member_info: list[dict]) -> None:
+    """Note a weight average far worse than its members on the validation volumes: the weights
+    of networks not fine-tuned from one model average to noise (two models trained from
+    random weights gave Dice 0.0, without a word)."""
+    medians = [float(np.median(list(m["validation_dice"].values()))) for m in member_info
+               if isinstance(m.get("validation_dice"), dict) and m["validation_dice"]]
+    if not dice or not medians:
+        return
+    mine = float(np.median(list(dice.values())))
+    if mine < min(medians) - AVERAGE_LOSS_NOTE:
+        _note(f"the weight average's median validation Dice is {mine:.3f}, its members' "
+              f"{min(medians):.3f}-{max(medians):.3f}: averaged weights of networks not "
+              "fine-tuned from one model make another network; hint: --ensemble-of averages "
+              "their predictions instead")
 
 
 def save_without_optimizer(model, path) -> None:
