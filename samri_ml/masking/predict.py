@@ -262,8 +262,9 @@ def temporal_mean_image(img):
         return img
     mean = pp.temporal_mean(image_data(img))
     out = nifti_class(img)(mean, img.affine, img.header, extra=img.extra)
-    if img.get_filename():  # the series' file, for messages that name the image
-        out.set_filename(img.get_filename())
+    # the series' file, for the messages that name the image (set_filename would refuse a
+    # MINC file's name for a NIfTI image)
+    out.samri_ml_source = img.get_filename()
     return out
 
 
@@ -431,10 +432,12 @@ def check_maskable(img) -> None:
 def _refused(img, message: str) -> SamriMLError:
     """The error refusing ``img``, named by the file it was read from where it was (a batch of
     scans through MaskBrain said "the image is constant" of one of them, without which)."""
-    try:
-        name = img.get_filename()
-    except Exception:  # noqa: BLE001 - an image without a file map
-        name = None
+    name = getattr(img, "samri_ml_source", None)
+    if not name:
+        try:
+            name = img.get_filename()
+        except Exception:  # noqa: BLE001 - an image without a file map
+            name = None
     return SamriMLError(f"{name}: {message}" if name else message)
 
 
