@@ -348,14 +348,12 @@ def sidecar_path(path) -> Path:
     return path.with_name(path.name[: len(path.name) - len(ext)] + ".json")
 
 
-def stale_files(out_dir, produced, sources, figures_before: float | None = None,
-                figures_drawn=None) -> list[Path]:
+def stale_files(out_dir, produced, sources, figures_drawn=None) -> list[Path]:
     """Files in the derivative folders of ``sources`` (raw BIDS files) that a run did not
     write: ``produced`` is what it wrote (data files; their JSON sidecars count as written).
     With ``figures_drawn`` (the pictures the reports drew, :data:`samri_ml.report.DRAWN`:
-    a picture that held the same bytes is not rewritten), also the files of the subjects'
-    ``figures`` folders not among them; with ``figures_before`` (a time stamp), those last
-    written before it.
+    a picture that held the same bytes is not rewritten, so its time tells nothing), also
+    the files of the subjects' ``figures`` folders not among them.
 
     A rerun with other options (another ``-f``, ``--masking none`` after ``unet``) leaves the
     earlier run's derivatives beside the new ones; this names them (it deletes nothing).
@@ -365,15 +363,9 @@ def stale_files(out_dir, produced, sources, figures_before: float | None = None,
     folders = {derivative_path(out_dir, src).parent.resolve() for src in sources}
     stale = [f for folder in folders if folder.is_dir() for f in folder.iterdir()
              if f.is_file() and not f.name.startswith(".") and f.resolve() not in produced]
-    if figures_before is not None or figures_drawn is not None:
-        drawn = {Path(p).resolve() for p in figures_drawn or ()}
-
-        def not_redrawn(f: Path) -> bool:
-            if figures_drawn is not None:
-                return f.resolve() not in drawn
-            return f.stat().st_mtime < figures_before
-
-        # a subject's figures folder is shared by its sessions: only this run's sessions' own
+    if figures_drawn is not None:
+        drawn = {Path(p).resolve() for p in figures_drawn}
+    # a subject's figures folder is shared by its sessions: only this run's sessions' own
         tags: dict[Path, set[str]] = {}
         for src in sources:
             ent = parse_entities(src)
@@ -381,7 +373,8 @@ def stale_files(out_dir, produced, sources, figures_before: float | None = None,
             tags.setdefault(Path(out_dir) / f"sub-{ent['sub']}" / "figures", set()).add(tag + "_")
         stale += [f for figures, prefixes in tags.items() if figures.is_dir()
                   for f in figures.iterdir()
-                  if f.is_file() and f.name.startswith(tuple(prefixes)) and not_redrawn(f)]
+                  if f.is_file() and f.name.startswith(tuple(prefixes))
+                  and f.resolve() not in drawn]
     return sorted(stale)
 
 

@@ -979,7 +979,7 @@ def _main(argv=None) -> int:
         # the report's registration overviews do not need QC; without it there is no table
         _write_reports(args, sessions, started)
         _set_aside_earlier_crashes(args, sessions, started)
-        _note_stale(args, sessions, graph, started)
+        _note_stale(args, sessions, graph)
         from samri_ml.interfaces.bids import sink_outputs
 
         _note_implausible_qc(args, sink_outputs(graph))
@@ -1090,7 +1090,7 @@ def _dry_run(args, sessions, wf, ants) -> None:
           f"{args.output_dir}", file=sys.stderr)
 
 
-def _note_stale(args, sessions, graph, started: float) -> None:
+def _note_stale(args, sessions, graph) -> None:
     """Name the derivatives an earlier run with other options left beside this run's (another
     ``-f``, ``--masking none`` after ``unet``, ``--no-qc``), and the report pictures of its
     sessions this run did not draw (report.DRAWN): they are kept, not deleted."""
