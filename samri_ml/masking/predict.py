@@ -426,7 +426,7 @@ def check_maskable(img) -> None:
     SamriMLError
         What :func:`predict_mask` would raise for the image's data.
     """
-    _checked_volume(img)
+    _checked_volume(_as_image(img))
 
 
 def _refused(img, message: str) -> SamriMLError:
@@ -441,12 +441,11 @@ def _refused(img, message: str) -> SamriMLError:
     return SamriMLError(f"{name}: {message}" if name else message)
 
 
-def _checked_volume(img):
-    """``(image, data)``: ``img`` as a nibabel image and its 3D data (a 4D series' temporal
-    mean), checked as :func:`check_maskable` says."""
+def _checked_volume(img) -> np.ndarray:
+    """The 3D data of the nibabel image ``img`` (a 4D series' temporal mean), checked as
+    :func:`check_maskable` says."""
     from samri_ml.io import image_data
 
-    img = _as_image(img)
     data = image_data(img)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -471,7 +470,7 @@ def _checked_volume(img):
     if data.min() == data.max():
         raise _refused(img, f"the image is constant (every voxel is {data.min():g}); nothing to "
                        "mask")  # fmt: skip
-    return img, data
+    return data
 
 
 def predict_mask(
@@ -542,7 +541,7 @@ def predict_mask(
     if np.dtype(img.get_data_dtype()).kind == "c":
         warnings.warn("a complex image: its magnitude (abs) is masked", SamriMLNote,
                       stacklevel=2)
-    img, data = _checked_volume(img)
+    data = _checked_volume(img)
     high = pp.high_percentile(data)  # once: the note below and the normalisation use it
     offset = pp.background_fraction(data, high)  # 0 where the background is dark (or negative)
     if data.min() < 0:
