@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-regions", action="store_true", help="skip the per-region (cutting-angle) "
         "analysis, the plate of each region and the tilt (with it a section takes about "
-        "three times as long; the "
-        "shipped indexes rank by the whole section alone, so the ranking stays the same)"
+        "three times as long; the shipped indexes rank by the whole section alone, so the "
+        "ranking stays the same)"
     )
     add_threads_option(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
@@ -254,10 +254,11 @@ def _write_montages(args, ident, paths, imgs, ranked, written: dict, unwritten: 
     for path, img, res in zip(paths, imgs, ranked, strict=True):
         name = Path(path).name
         written[name] = written.get(name, 0) + 1
-        if written[name] > 1:
+        again = written[name] > 1
+        if again:
             name = f"{name}_{written[name]}"
         montage = file_name_with(name, MONTAGE_SUFFIX)
-        if written[Path(path).name] > 1:
+        if again:
             print(f"{PROG}: note: {path}: montage {montage} (an image of the same name came "
                   "first)", file=sys.stderr)
         elif montage != f"{name}{MONTAGE_SUFFIX}":

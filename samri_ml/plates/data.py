@@ -1234,15 +1234,13 @@ def load_sections(folder, limit: int | None = None
 
 def plate_ranges(plates) -> str:
     """Plate numbers as ranges: ``1-103, 106-132``."""
-    out, run = [], []
-    for p in sorted({int(p) for p in plates}):
-        if run and p != run[-1] + 1:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
-            run = []
-        run.append(p)
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
-    return ", ".join(out)
+    from itertools import groupby
+
+    numbers = sorted({int(p) for p in plates})
+    # consecutive numbers share their difference from their position
+    runs = [[p for _, p in run] for _, run in groupby(enumerate(numbers),
+                                                       key=lambda ip: ip[1] - ip[0])]
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
 
 
 def check_labels(paths, labels, plates) -> None:
