@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 
 from samri_ml.errors import SamriMLError
 
@@ -160,6 +161,70 @@ def cancel_jobs(plugin: str, runner, prog: str = "samri_ml") -> None:
     else:
         print(f"{prog}: note: {len(ids)} job(s) of this run may still be queued or running; "
               f"hint: {command}, before a rerun with the same -w", file=sys.stderr)
+
+
+def submit_whole(runner) -> None:
+    """Make each job submission of a cluster plugin (``runner``) finish before Ctrl-C stops the
+    run. Ctrl-C reaches the terminal's whole process group, the submit program (``qsub``,
+    ``sbatch``) too: one interrupted after the scheduler had taken its job, or this process
+    interrupted before it had read the job's id, left a job that :func:`cancel_jobs` did not
+    know of, running on after the "interrupted" line. During a submission the submit program
+    runs in a session of its own (Ctrl-C does not reach it) and a Ctrl-C is held, then acted on
+    once the job is in the plugin's queue; a second Ctrl-C does not wait. SIGTERM
+    (``kill PID``) is not held. Plugins without per-job submission (the Graph plugins,
+    MultiProc) are left as they are."""
+    import functools
+    import signal
+    import threading
+
+    submit = getattr(runner, "_submit_batchtask", None)
+    if submit is None or threading.current_thread() is not threading.main_thread():
+        return
+
+    @functools.wraps(submit)
+    def whole(*args, **kwargs):
+        previous = signal.getsignal(signal.SIGINT)
+        if not callable(previous):  # ignored (a background job) or not Python's
+            return submit(*args, **kwargs)
+        held = []
+
+        def hold(signum, frame):
+            held.append(signum)
+            if len(held) > 1:
+                previous(signum, frame)
+
+        signal.signal(signal.SIGINT, hold)
+        try:
+            with _children_apart():
+                return submit(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if len(held) == 1:
+                previous(signal.SIGINT, None)
+
+    runner._submit_batchtask = whole
+
+
+@contextmanager
+def _children_apart():
+    """The programs Nipype's interfaces start meanwhile run in sessions of their own, reading
+    no terminal: a Ctrl-C is not theirs."""
+    import subprocess
+
+    from nipype.utils import subprocess as nipype_subprocess
+
+    popen = nipype_subprocess.Popen
+
+    def apart(*args, **kwargs):
+        kwargs.setdefault("start_new_session", True)
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        return popen(*args, **kwargs)
+
+    nipype_subprocess.Popen = apart
+    try:
+        yield
+    finally:
+        nipype_subprocess.Popen = popen
 
 
 def ensure_logname() -> None:

@@ -118,3 +118,36 @@ def test_ctrl_c_cancels_the_jobs_of_the_run(example_dataset, tmp_path):
     assert not pbs.running(), "jobs of the interrupted run still running"
     proc = run_register(example_dataset, out, work, *args, env=pbs.env)
     assert "finished; derivatives in" in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_ctrl_c_during_a_submission_cancels_the_job_submitted(example_dataset, tmp_path):
+    """Ctrl-C while ``qsub`` was submitting a job (the scheduler had taken it, its id was not
+    yet read) left that job running after the "interrupted" line: Ctrl-C stopped qsub and the
+    command before the job's id was in the plugin's queue, so it was not cancelled. The
+    submission now finishes first, and its job is cancelled with the others."""
+    pbs = FakePBS(tmp_path / "pbs", delay=3.0)
+    out, work = tmp_path / "out", tmp_path / "work"
+    log = open(tmp_path / "run.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        register_command(example_dataset, out, work, "--plugin", "PBS", "--plugin-args",
+                         "poll_sleep_duration=0.5"),
+        env=pbs.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while not pbs.running():  # the first job started; qsub has not answered its id
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.monotonic() < deadline, "no job started in 300 s"
+            time.sleep(0.1)
+        assert len(pbs.submitted()) == 1
+        os.killpg(proc.pid, signal.SIGINT)  # to the command and its qsub, as Ctrl-C
+        rc = proc.wait(timeout=60)
+    finally:
+        text, lines = end_run(proc, log, tmp_path / "run.log")
+    assert rc == 130 and lines[-1] == "samri_ml-register: interrupted", text[-2000:]
+    assert "note: cancelled the 1 job(s)" in lines[-2] and "(qdel 0)" in lines[-2], lines
+    deadline = time.monotonic() + 10
+    while pbs.running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pbs.running(), "the job being submitted at Ctrl-C is still running"
+

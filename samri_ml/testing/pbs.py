@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 _QSUB = '''\
-import os, subprocess, sys
+import os, signal, subprocess, sys, time
 state = {state!r}
 args = sys.argv[1:]
 name = args[args.index("-N") + 1] if "-N" in args else "job"
@@ -33,9 +33,13 @@ env = {{"HOME": os.environ.get("HOME", "/"), "PATH": "/usr/bin:/bin",
 env.update({{k: os.environ[k] for k in {keep!r} if k in os.environ}})
 with open(os.path.join(logdir, f"{{name}}.o{{n}}"), "w") as out:
     job = subprocess.Popen(["sh", args[-1]], stdout=out, stderr=subprocess.STDOUT, env=env,
-                           cwd=env["HOME"], start_new_session=True)
+                           cwd=env["HOME"], start_new_session=True,
+                           # a compute node's job has none of the submitting command's blocked
+                           # signals (qsub itself keeps them, as a real one does)
+                           preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, set()))
 with open(os.path.join(state, f"{{n}}.pid"), "w") as f:
     f.write(str(job.pid))
+time.sleep({delay!r})  # a busy server: the job is queued, its id not yet answered
 print(f"{{n}}.fakepbs")
 '''
 
@@ -71,9 +75,10 @@ for jid in sys.argv[1:]:
 
 class FakePBS:
     """``qsub``/``qstat``/``qdel`` in ``root/bin`` that run each job locally with a minimal
-    environment; :attr:`env` puts them first on ``PATH`` for the submitting command."""
+    environment; :attr:`env` puts them first on ``PATH`` for the submitting command. ``qsub``
+    answers a job's id ``delay`` seconds after starting it (a busy scheduler)."""
 
-    def __init__(self, root, keep: tuple[str, ...] = ("PYTHONPATH",)):
+    def __init__(self, root, keep: tuple[str, ...] = ("PYTHONPATH",), delay: float = 0.0):
         self.root = Path(root)
         self.bin = self.root / "bin"
         self.state = self.root / "state"
@@ -82,7 +87,8 @@ class FakePBS:
         for name, code in (("qsub", _QSUB), ("qstat", _QSTAT), ("qdel", _QDEL)):
             path = self.bin / name
             path.write_text(f"#!{sys.executable}\n"
-                            + code.format(state=str(self.state), keep=tuple(keep)))
+                            + code.format(state=str(self.state), keep=tuple(keep),
+                                          delay=float(delay)))
             path.chmod(0o755)
         #: environment for the command that submits the jobs
         self.env = dict(os.environ, PATH=os.pathsep.join([str(self.bin),
