@@ -15,12 +15,14 @@ the job (SIGTERM to its process group).
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
 
 _QSUB = '''\
-import os, signal, subprocess, sys, time
+import os, subprocess, sys, time
+{started}
 state = {state!r}
 args = sys.argv[1:]
 name = args[args.index("-N") + 1] if "-N" in args else "job"
@@ -33,44 +35,55 @@ env = {{"HOME": os.environ.get("HOME", "/"), "PATH": "/usr/bin:/bin",
 env.update({{k: os.environ[k] for k in {keep!r} if k in os.environ}})
 with open(os.path.join(logdir, f"{{name}}.o{{n}}"), "w") as out:
     job = subprocess.Popen(["sh", args[-1]], stdout=out, stderr=subprocess.STDOUT, env=env,
-                           cwd=env["HOME"], start_new_session=True,
-                           # a compute node's job has none of the submitting command's blocked
-                           # signals (qsub itself keeps them, as a real one does)
-                           preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, set()))
+                           cwd=env["HOME"], start_new_session=True)
 with open(os.path.join(state, f"{{n}}.pid"), "w") as f:
-    f.write(str(job.pid))
+    f.write(f"{{job.pid}} {{started(job.pid)}}")
 time.sleep({delay!r})  # a busy server: the job is queued, its id not yet answered
 print(f"{{n}}.fakepbs")
 '''
 
 _QSTAT = '''\
 import os, sys
+{started}
 state = {state!r}
 ids = [a.split(".")[0] for a in sys.argv[1:] if not a.startswith("-")]
 if not ids:
     sys.exit(0)
 try:
-    pid = int(open(os.path.join(state, ids[0] + ".pid")).read())
+    pid, start = open(os.path.join(state, ids[0] + ".pid")).read().split()
 except FileNotFoundError:
     sys.exit(f"qstat: Unknown Job Id {{ids[0]}}")
-try:
-    with open(f"/proc/{{pid}}/stat") as f:
-        running = f.read().rsplit(")", 1)[1].split()[0] != "Z"
-except FileNotFoundError:
-    running = False
+running = started(int(pid)) == start
 print(f"Job Id: {{ids[0]}}.fakepbs\\n    job_state = {{'R' if running else 'C'}}")
 '''
 
 _QDEL = '''\
 import os, signal, sys
+{started}
 state = {state!r}
 for jid in sys.argv[1:]:
     try:
-        os.killpg(int(open(os.path.join(state, jid.split(".")[0] + ".pid")).read()),
-                  signal.SIGTERM)
+        pid, start = open(os.path.join(state, jid.split(".")[0] + ".pid")).read().split()
+        if started(int(pid)) == start:  # not another process that got the pid since
+            os.killpg(int(pid), signal.SIGTERM)
     except (FileNotFoundError, ProcessLookupError):
         pass
 '''
+
+
+def started(pid):
+    """The start time of process ``pid`` (clock ticks after boot, as a string), None once it
+    has ended (a zombie too). With the pid it names a job: on a busy machine another process
+    gets the pid of a job that has ended (pids are reused), and was taken for the job."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+_STARTED = inspect.getsource(started)
 
 
 class FakePBS:
@@ -88,7 +101,7 @@ class FakePBS:
             path = self.bin / name
             path.write_text(f"#!{sys.executable}\n"
                             + code.format(state=str(self.state), keep=tuple(keep),
-                                          delay=float(delay)))
+                                          started=_STARTED, delay=float(delay)))
             path.chmod(0o755)
         #: environment for the command that submits the jobs
         self.env = dict(os.environ, PATH=os.pathsep.join([str(self.bin),
@@ -103,11 +116,7 @@ class FakePBS:
         """The process ids of the jobs still running."""
         alive = []
         for path in self.state.glob("*.pid"):
-            pid = int(path.read_text())
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                        alive.append(pid)
-            except FileNotFoundError:
-                pass
+            fields = path.read_text().split()  # none while qsub writes it
+            if len(fields) == 2 and started(int(fields[0])) == fields[1]:
+                alive.append(int(fields[0]))
         return alive
