@@ -258,9 +258,9 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
 
     ``GeneratedBy`` keeps the entries of earlier runs into the same folder (other subjects'
     derivatives may come from other options; each run used to replace the list with its own
-    command), each distinct command once, this run's last."""
-    this = {"Name": "samri_ml", "Version": version, "CodeURL": "https://pypi.org/project/samri_ml/",
-            "Description": command}
+    command), each distinct command once, this run's last. No ``CodeURL``: samri_ml is not
+    published at an address of its own yet (the PyPI page it named does not exist)."""
+    this = {"Name": "samri_ml", "Version": version, "Description": command}
     path = Path(out_dir) / "dataset_description.json"
     earlier = []
     try:
@@ -268,7 +268,8 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
         # one entry written as an object (not BIDS' list) is kept; a number or a string, not
         # (a number stopped the run with a TypeError, an object lost its entry)
         old = [old] if isinstance(old, dict) else old if isinstance(old, list) else []
-        earlier = [g for g in old if isinstance(g, dict) and g != this]
+        # an entry of an older samri_ml that named a CodeURL is this run's all the same
+        earlier = [g for g in old if isinstance(g, dict) and {k: g.get(k) for k in this} != this]
     except (OSError, ValueError, AttributeError):  # none yet, or not ours to keep
         pass
     desc = {

@@ -234,3 +234,22 @@ def test_dataset_description_of_odd_generated_by(tmp_path, generated_by):
         {"Name": "x"} if isinstance(generated_by, list) else None)
     assert got[-1]["Description"] == "samri_ml-register x"
     assert got[:-1] == ([kept] if kept else [])
+
+
+def test_dataset_description_names_no_code_url_that_does_not_exist(tmp_path):
+    """GeneratedBy's CodeURL named https://pypi.org/project/samri_ml/, a page that does not
+    exist (samri_ml is not on PyPI): derivatives recorded a dead link, or one anybody could
+    register. It has none now; an older run's entry of the same command, with that CodeURL, is
+    this run's (not kept as a second entry)."""
+    import json
+
+    from samri_ml.bids import write_dataset_description
+
+    path = tmp_path / "dataset_description.json"
+    path.write_text(json.dumps({"GeneratedBy": [
+        {"Name": "samri_ml", "Version": "1.0", "CodeURL": "https://pypi.org/project/samri_ml/",
+         "Description": "samri_ml-register bids out"}]}))
+    write_dataset_description(tmp_path, tmp_path / "bids", "1.0", "samri_ml-register bids out")
+    (entry,) = json.loads(path.read_text())["GeneratedBy"]
+    assert entry == {"Name": "samri_ml", "Version": "1.0",
+                     "Description": "samri_ml-register bids out"}

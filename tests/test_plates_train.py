@@ -266,7 +266,7 @@ def test_train_plates_refuses_settings_out_of_range(tiny_data, tmp_path, capsys,
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
+def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys, monkeypatch):
     """An ``--init`` model of another input size or kind failed after ``config.json`` was
     written (an OUT holding only that); so did missing data. Now one line each, and no OUT."""
     from samri_ml.cli.train_plates import main
@@ -303,6 +303,14 @@ def test_a_run_refused_at_its_start_writes_nothing(tiny_data, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
         assert not out.exists(), args
+    # no --data, and no shared data where the default looks (an installed package): said
+    # with a way on ("…/site-packages/../shared/data/plates/atlas: not a directory")
+    monkeypatch.setenv("SAMRI_ML_SHARED_DATA", str(tmp_path / "nowhere"))
+    assert main(base[2:]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"samri_ml-train-plates: error: SAMRI_ML_SHARED_DATA={tmp_path / 'nowhere'}: "
+                   "data folder not found; hint: pass --data DIR or set SAMRI_ML_SHARED_DATA"], err
+    assert not out.exists()
 
 
 def test_output_folders_are_checked_before_the_work(tiny_data, tmp_path, capsys):

@@ -18,7 +18,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_version_option,
         number_in,
     )
-    from samri_ml.plates.data import shared_data_dir
     from samri_ml.plates.train import TrainConfig
 
     whole = number_in(int, 1)  # steps, images, channels: at least one
@@ -31,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        default=str(shared_data_dir() / "plates"),
-        help="folder with atlas/, train/, val_1/, val_2/",
+        default=None,
+        help="folder with atlas/, train/, val_1/, val_2/ (default: plates/ in "
+        "$SAMRI_ML_SHARED_DATA or ../shared/data)",
     )
     p.add_argument("--out", help="output folder (checkpoints, history.json and its curves "
                    "history.png); required but with --fit-router")
@@ -239,7 +239,11 @@ def _earlier_export(folder) -> str | None:
 def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from samri_ml.paths import existing_data_dir
     from samri_ml.plates.train import TrainConfig, train
+
+    if args.data is None:  # from an installed package, ../shared/data is beside site-packages
+        args.data = str(existing_data_dir(None, "--data") / "plates")
 
     # data_dir, out_dir and init resolved: config.json read from another folder still names
     # the data, the run and the model it started from (no --out: --fit-router, or a usage
