@@ -28,6 +28,7 @@ import nibabel as nb
 import numpy as np
 
 from samri_ml.bids import atomic_write_bytes, atomic_write_text, derivative_path
+from samri_ml.qc.metrics import PARTIAL_FOV
 from samri_ml.qc.volume import PLAUSIBLE_VCF, grid_volume
 
 #: the report pictures this process drew (written, or found holding the same bytes): what
@@ -40,8 +41,6 @@ TEMPLATE_EDGES_COLOUR = "#32d2ff"
 PREDICTED_MASK_COLOUR = "#ffcc00"
 #: a slice of the brain is shown only where the image has data in at least this fraction of it
 MIN_SLICE_COVERAGE = 0.5
-#: a scan covering less of the template brain than this is a partial field of view
-PARTIAL_FOV = 0.9
 #: what an ``n/a`` in the QC table means (a record's null: the computation gave NaN)
 UNMEASURED = ("the value could not be measured: a FWHM where neighbouring voxels are not "
               "positively correlated (an image of noise only), a VCF where no voxel of the raw "
@@ -100,14 +99,16 @@ def has_data(data: np.ndarray) -> np.ndarray:
 
 
 def brain_coverage(image, brain_mask) -> float:
-    """The fraction of ``brain_mask`` (a template's brain, on ``image``'s grid) where
+    """The fraction of ``brain_mask`` (a template's brain, on any grid) where
     ``image`` holds data: below 1 for a functional scan whose field of view covers only part of
-    the brain."""
-    image = nb.as_closest_canonical(image)
-    mask = _volume(_on_grid(nb.as_closest_canonical(brain_mask), image)) > 0.5
+    the brain. Measured on the mask's grid: the part of the brain outside ``image``'s grid
+    is not covered."""
+    mask_img = nb.as_closest_canonical(brain_mask)
+    mask = _volume(mask_img) > 0.5
     if not mask.any():
         return float("nan")
-    return float((has_data(_volume(image)) & mask).sum() / mask.sum())
+    data = _volume(_on_grid(nb.as_closest_canonical(image), mask_img))
+    return float((has_data(data) & mask).sum() / mask.sum())
 
 
 def choose_slices(data: np.ndarray, ref: np.ndarray, n_slices: int = 8, axis: int = 1,

@@ -776,3 +776,55 @@ def test_compare_says_which_scfs_compare_fewer_axes(tmp_path, capsys):
     rows = _read_tsv(tmp_path / "cmp2" / "qc_metrics.tsv")
     assert {(r["workflow"], r["scf_axes_left_out"]) for r in rows} == {("a", "none"),
                                                                        ("b", "I-S")}
+
+
+def test_scan_records_the_template_brain_it_covers(images, tmp_path, capsys):
+    """--template-mask: the record's brain_coverage, the fraction of the template's brain the
+    processed scan covers, measured on the mask's grid (the brain beyond the scan's grid is not
+    covered); null without it."""
+    proc_f, raw_f = images
+    img = nb.load(proc_f)
+    inside = np.asarray(img.dataobj).mean(axis=3) != 0
+    # the template's brain: the scan's, and as much again beyond its last slice
+    mask_f = tmp_path / "tpl_desc-brain_mask.nii.gz"
+    nb.save(nb.Nifti1Image(np.concatenate([inside, inside], axis=2).astype("uint8"),
+                           img.affine), mask_f)
+    assert main(["scan", str(proc_f), str(raw_f), "--template-mask", str(mask_f)]) == 0
+    assert json.loads(capsys.readouterr().out)["brain_coverage"] == pytest.approx(0.5, abs=0.02)
+    assert main(["scan", str(proc_f), str(raw_f)]) == 0
+    assert json.loads(capsys.readouterr().out)["brain_coverage"] is None
+
+
+def test_compare_names_the_scans_of_a_partial_field_of_view(tmp_path, capsys):
+    """A functional scan covering 72 % of the template's brain (the sammba EPI, VCF 0.51) was
+    pooled with the others without a word: the subject's report said it, the comparison did
+    not. It now names such scans (brain_coverage below 0.9 in their records), and --modality
+    anat where they are all functional; records without the key (older, or no template mask)
+    are not named."""
+    rng = np.random.default_rng(5)
+    folders = []
+    for name in ("a", "b"):
+        root = _deriv(tmp_path / name, name, 1 + 0.02 * rng.standard_normal(6),
+                      0.77 + 0.02 * rng.standard_normal(6))
+        func = _deriv(tmp_path / f"{name}_func", name, 0.5 + 0.02 * rng.standard_normal(6),
+                      1.17 + 0.02 * rng.standard_normal(6), modality="func")
+        for i, f in enumerate(sorted(func.rglob("*_desc-qc_metrics.json"))):
+            rec = json.loads(f.read_text())
+            rec["brain_coverage"] = 0.72 if i < 2 else 0.98
+            target = root / f.relative_to(func)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(rec))
+        folders.append(str(root))
+    out = tmp_path / "cmp"
+    assert main(["compare", *folders, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    (note,) = [p for p in printed.split("\n\n") if "partial field of view" in p]
+    assert note.startswith("**Note:** 4 scan(s) cover less than 90% of the template's brain"), note
+    assert "a: sub-00_ses-1_T2w (72%); a: sub-01_ses-1_T2w (72%); b: sub-00" in note, note
+    assert note.endswith("(`--modality anat` leaves them out)."), note
+    rows = _read_tsv(out / "qc_metrics.tsv")
+    assert sorted(r["brain_coverage"] for r in rows if r["modality"] == "func")[:4] == [
+        "0.72"] * 4
+    assert {r["brain_coverage"] for r in rows if r["modality"] == "anat"} == {"n/a"}
+    assert main(["compare", *folders, "--modality", "anat"]) == 0
+    assert "partial field of view" not in capsys.readouterr().out

@@ -18,6 +18,7 @@ from samri_ml.qc.metrics import qc_basename, qc_relative_path
 KEYS = {
     "scan", "modality", "workflow", "vcf", "scf", "scf_normalised", "volume_processed",
     "volume_raw", "fwhm_processed", "fwhm_raw", "raw_dummy_scans", "scf_axes_left_out",
+    "brain_coverage",
 }  # fmt: skip
 
 
@@ -214,3 +215,37 @@ def test_smoothness_node_leaves_out_an_axis_one_image_has_no_fwhm_along(tmp_path
                          bold_files=[], output_dir=str(tmp_path / "out"), qc=True)
     edge = wf._graph.get_edge_data(wf.get_node("anat_scf"), wf.get_node("anat_qc"))
     assert ("scf_axes_left_out", "scf_axes_left_out") in edge["connect"]
+
+
+def test_volume_conservation_measures_the_template_brain_a_scan_covers(pair, tmp_path):
+    """A functional scan of a few slices covers part of the template's brain, and its VCF is
+    not expected to be 1: the record now says how much it covers (brain_coverage), so that
+    samri_ml-qc compare can say which scans it pools are partial; null without a mask."""
+    proc_f, raw_f = pair
+    img = nb.load(proc_f)
+    data = np.asarray(img.dataobj)
+    brain = data > 50
+    # the template's brain: the scan's, and as much again in slices the scan does not hold
+    # (the same mask on a grid twice as long along I-S, any grid will do)
+    mask = np.concatenate([brain, brain], axis=2).astype("uint8")
+    mask_f = tmp_path / "tpl_desc-brain_mask.nii.gz"
+    nb.save(nb.Nifti1Image(mask, img.affine), mask_f)
+    out = VolumeConservation(processed_file=str(proc_f), raw_file=str(raw_f),
+                             reference_mask=str(mask_f)).run(cwd=str(tmp_path)).outputs
+    assert out.brain_coverage == pytest.approx(0.5, abs=0.02)
+    rec = WriteQCMetrics(scan=str(raw_f), modality="anat", vcf=out.vcf,
+                         brain_coverage=out.brain_coverage).run(
+                             cwd=str(tmp_path)).outputs
+    assert json.loads(Path(rec.out_json).read_text())["brain_coverage"] == pytest.approx(
+        out.brain_coverage)
+    header, row = Path(rec.out_tsv).read_text().splitlines()
+    assert float(dict(zip(header.split("\t"), row.split("\t"), strict=True))[
+        "brain_coverage"]) == pytest.approx(out.brain_coverage)
+    # without the mask: no coverage measured, null in the record
+    plain = VolumeConservation(processed_file=str(proc_f), raw_file=str(raw_f)).run(
+        cwd=str(tmp_path)).outputs
+    assert not isdefined(plain.brain_coverage)
+    rec = WriteQCMetrics(scan=str(raw_f), modality="anat", vcf=plain.vcf).run(
+        cwd=str(tmp_path)).outputs
+    assert json.loads(Path(rec.out_json).read_text())["brain_coverage"] is None
+

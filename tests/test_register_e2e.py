@@ -164,6 +164,8 @@ def test_derivatives_qc_report_and_graph(registered):
         # how the raw scan was taken: the run's 10 dummy scans (of 14) left out; a structural
         # scan has none (samri_ml-qc compare tells records of the first release apart by it)
         assert values["raw_dummy_scans"] == (10 if "/func/" in str(qc) else 0), values
+        # both scans cover the whole template brain: no partial field of view
+        assert values["brain_coverage"] == pytest.approx(1.0, abs=0.02), values
     report = (out / "sub-01.html").read_text()
     assert report.count("<img") >= 3 and "Volume and smoothness conservation" in report
     assert (out / "figures" / "workflow_graph.png").stat().st_size > 10000

@@ -72,6 +72,8 @@ def test_sammba_anat_and_4d_epi(shared_data, sammba_runs, masking, inside):
     (qc_file,) = (out / "sub-01" / "func").glob("sub-01_task-rest_space-*_desc-qc_metrics.json")
     qc = json.loads(qc_file.read_text())
     assert np.isfinite(qc["vcf"]) and np.isfinite(qc["scf"])
+    # a partial field of view, and its record says so (samri_ml-qc compare names it)
+    assert 0.5 < qc["brain_coverage"] < 0.9, qc
 
 
 @pytest.mark.slow

@@ -47,7 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
         "scf_normalised, volume_processed, volume_raw (mm^3), fwhm_processed, fwhm_raw (mm), "
         "raw_dummy_scans (the volumes of RAW left out, see --dummy-scans), "
         "scf_axes_left_out (world axes without a FWHM in one image, a single slice, left out "
-        "of both FWHMs so that the SCF compares the same axes). The "
+        "of both FWHMs so that the SCF compares the same axes), brain_coverage (with "
+        "--template-mask). The "
         "two images may be on different grids (e.g. processed in template space). Its modality "
         "is func where either image is a time series (a run's registered temporal mean too), "
         "else anat.",
@@ -69,6 +70,15 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="mask on the raw image's grid for its FWHM (default: automask); give both masks "
         "(the same brain) so that the two FWHMs are measured over the same tissue",
+    )
+    s.add_argument(
+        "--template-mask",
+        type=Path,
+        default=None,
+        metavar="MASK",
+        help="the brain mask of the template PROCESSED was registered to (any grid): the "
+        "record's brain_coverage, the fraction of it PROCESSED covers (below 0.9 a partial "
+        "field of view, whose VCF is not expected to be 1; samri_ml-qc compare says so)",
     )
     s.add_argument("--dummy-scans", type=int, default=0, metavar="N",
                    help="volumes at the start of a 4D RAW that the processing dropped, left out "
@@ -116,7 +126,8 @@ def _scan(args, parser) -> int:
         from samri_ml.cli._common import check_output_file
 
         check_output_file(parser, "--json", args.json,
-                          [p for p in (args.processed, args.raw, args.mask, args.raw_mask) if p],
+                          [p for p in (args.processed, args.raw, args.mask, args.raw_mask,
+                                       args.template_mask) if p],
                           (".nii", ".nii.gz"), "sub-X_..._desc-qc_metrics.json",
                           make_folder=True)
     proc_img = load_nifti(args.processed, allow_4d=True, zero_hint=EMPTY_PROCESSED_HINT)
@@ -164,6 +175,11 @@ def _scan(args, parser) -> int:
                       f"{'axis' if len(axes) == 1 else 'axes'}, without a neighbour correlation "
                       f"in one image or both (a single slice?), on both sides; {AXES_KEY} in the "
                       "record says so", SamriMLNote, stacklevel=2)
+    coverage = None
+    if args.template_mask is not None:
+        from samri_ml.report import brain_coverage
+
+        coverage = brain_coverage(proc_img, load_nifti(args.template_mask, allow_4d=False))
     # a functional run where either image is a time series, as the workflow says of its runs:
     # a run's registered temporal mean (or a run cut to one volume) was "anat", and compare
     # paired it with no workflow's record of the run
@@ -176,6 +192,7 @@ def _scan(args, parser) -> int:
         workflow=args.workflow,
         raw_dummy_scans=left_out,
         scf_axes_left_out=values[AXES_KEY],
+        brain_coverage=coverage,
     )
     text = json.dumps(record, indent=2)
     print_line(text)  # a closed stdout (| head) must not cost the --json file

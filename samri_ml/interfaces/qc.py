@@ -69,6 +69,11 @@ class _VolumeConservationInputSpec(BaseInterfaceInputSpec):
         desc="percentile of the raw image used as foreground threshold (0-100)",
     )
     raw_dummy_scans = _raw_dummy_scans()
+    reference_mask = File(
+        exists=True,
+        desc="the template's brain mask (the processed image's space, any grid): gives "
+        "brain_coverage, the fraction of it the processed image covers",
+    )
 
 
 class _VolumeConservationOutputSpec(TraitedSpec):
@@ -77,6 +82,9 @@ class _VolumeConservationOutputSpec(TraitedSpec):
     volume_raw = traits.Float(desc="raw volume above threshold (mm^3)")
     raw_dummy_scans = traits.Int(desc="volumes at the start of the raw run left out (clamped "
                                  "raw_dummy_scans; 0 for a single volume), for the QC record")
+    brain_coverage = traits.Float(desc="fraction of reference_mask where the processed image "
+                                  "holds data (only when reference_mask is given): below 0.9 "
+                                  "a partial field of view, whose VCF is not expected to be 1")
 
 
 class VolumeConservation(SimpleInterface):
@@ -96,6 +104,13 @@ class VolumeConservation(SimpleInterface):
         self._results["volume_processed"] = res.volume_processed
         self._results["volume_raw"] = res.volume_raw
         self._results["raw_dummy_scans"] = left_out
+        if isdefined(self.inputs.reference_mask):
+            import nibabel as nb
+
+            from samri_ml.report import brain_coverage
+
+            self._results["brain_coverage"] = brain_coverage(
+                nb.load(self.inputs.processed_file), nb.load(self.inputs.reference_mask))
         return runtime
 
 
@@ -186,6 +201,8 @@ class _WriteQCMetricsInputSpec(BaseInterfaceInputSpec):
     scf_axes_left_out = traits.List(traits.Str, [], usedefault=True,
                                     desc="world axes the FWHMs left out (SmoothnessConservation's "
                                     "output of that name)")
+    brain_coverage = traits.Float(desc="fraction of the template's brain the processed image "
+                                  "covers (VolumeConservation's output of that name)")
 
 
 class _WriteQCMetricsOutputSpec(TraitedSpec):
@@ -198,7 +215,8 @@ class WriteQCMetrics(SimpleInterface):
 
     JSON keys: ``scan``, ``modality``, ``workflow``, ``vcf``, ``scf``, ``scf_normalised``,
     ``volume_processed``, ``volume_raw`` (mm^3), ``fwhm_processed``, ``fwhm_raw`` (mm); values not
-    given are ``null``; ``raw_dummy_scans``: the raw run's volumes the values left out.
+    given are ``null``; ``raw_dummy_scans``: the raw run's volumes the values left out;
+    ``brain_coverage``: the fraction of the template's brain the processed image covers.
     """
 
     input_spec = _WriteQCMetricsInputSpec
@@ -224,6 +242,8 @@ class WriteQCMetrics(SimpleInterface):
             workflow=self.inputs.workflow,
             raw_dummy_scans=self.inputs.raw_dummy_scans,
             scf_axes_left_out=self.inputs.scf_axes_left_out,
+            brain_coverage=(self.inputs.brain_coverage if isdefined(self.inputs.brain_coverage)
+                            else None),
         )
         stem = os.path.join(runtime.cwd, qc_basename(self.inputs.scan))
         self._results["out_json"] = stem + ".json"

@@ -19,7 +19,15 @@ import numpy as np
 
 from samri_ml.bids import atomic_target
 from samri_ml.errors import SamriMLError
-from samri_ml.qc.metrics import AXES_KEY, LABEL_KEYS, METHOD_KEY, QC_SUFFIX, VALUE_KEYS
+from samri_ml.qc.metrics import (
+    AXES_KEY,
+    COVERAGE_KEY,
+    LABEL_KEYS,
+    METHOD_KEY,
+    PARTIAL_FOV,
+    QC_SUFFIX,
+    VALUE_KEYS,
+)
 
 #: Quantities compared across workflows: name -> (record key, transform, label).
 #: Deviations |1 - x| measure how far a factor is from perfect conservation (1).
@@ -157,6 +165,8 @@ def read_qc_folder(folder: str | Path, label: str | None = None,
         left_out = data.get(AXES_KEY)
         # None: a record that predates the key (unknown), as METHOD_KEY
         rec[AXES_KEY] = [str(a) for a in left_out] if isinstance(left_out, list) else None
+        # None: not measured (no template mask given), or a record that predates the key
+        rec[COVERAGE_KEY] = _measured(data.get(COVERAGE_KEY), path, COVERAGE_KEY)
         rec["scan"] = rec["scan"] or path.name.replace(f"_{QC_SUFFIX}.json", "")
         rec["modality"] = rec["modality"] or ""
         rec["workflow"] = label
@@ -734,6 +744,21 @@ def compare_workflows(
         caution.append(f"**Note:** the SCF of {len(fewer_axes)} scan(s) compares fewer axes "
                        "than the others' (an axis without neighbour correlation in one image, "
                        "`scf_axes_left_out` in its QC record): " + "; ".join(fewer_axes) + ".")
+    partial = _partial_fov(groups)
+    if partial:
+        # their VCF (0.51 for the sammba EPI, 72 % of the brain) was pooled with the others'
+        # without a word; the report said it, this table did not
+        only_func = all(r["modality"] == "func" for recs in groups.values() for r in recs
+                        if _is_partial(r))
+        caution.append(f"**Note:** {len(partial)} scan(s) cover less than {PARTIAL_FOV:.0%} of "
+                       "the template's brain (`brain_coverage` in the QC record), a partial "
+                       "field of view: " + "; ".join(partial) + ". Their raw volume and their "
+                       "registered copy (cut by the template's grid) hold different parts of "
+                       "the head, so their VCF is not expected to be 1 and a low one does not "
+                       "by itself mean a failed registration (see the report's pictures); they "
+                       "are pooled below with the others"
+                       + (" (`--modality anat` leaves them out)" if only_func and not modality
+                          else "") + ".")
     kinds = sorted({r["modality"] for recs in groups.values() for r in recs if r["modality"]})
     if len(kinds) > 1:
         # structural and functional scans conserve volume and smoothness differently (the
@@ -767,7 +792,8 @@ def compare_workflows(
                 # "none" left out, as a scan's own TSV says; n/a: a record without the key
                 [{**r, AXES_KEY: None if r[AXES_KEY] is None else ",".join(r[AXES_KEY])
                   or "none"} for r in records], p,
-                list(LABEL_KEYS + VALUE_KEYS) + [METHOD_KEY, AXES_KEY, "space", "path"]),
+                list(LABEL_KEYS + VALUE_KEYS)
+                + [METHOD_KEY, AXES_KEY, COVERAGE_KEY, "space", "path"]),
             "qc_summary.tsv": lambda p: write_tsv(summary, p, SUMMARY_COLUMNS),
             "qc_anova.tsv": lambda p: write_tsv(anova, p, ANOVA_COLUMNS),
             "qc_pairwise.tsv": lambda p: write_tsv(pairwise, p, PAIR_COLUMNS),
@@ -813,6 +839,19 @@ def _raw_run_methods(groups: dict[str, list[dict]]) -> list[str]:
     if len({n or 0 for ns in per_wf.values() for n in ns}) < 2:  # no key: the whole run too
         return []
     return [f"{wf}: " + " and ".join(how(n) for n in ns) for wf, ns in per_wf.items() if ns]
+
+
+def _is_partial(record: dict) -> bool:
+    """Whether a record's scan is a partial field of view (its coverage measured and below
+    :data:`~samri_ml.qc.metrics.PARTIAL_FOV`)."""
+    coverage = record.get(COVERAGE_KEY)
+    return coverage is not None and coverage < PARTIAL_FOV
+
+
+def _partial_fov(groups: dict[str, list[dict]]) -> list[str]:
+    """``"<workflow>: <scan> (<coverage>)"`` for each record of a partial field of view."""
+    return [f"{wf}: {r['scan']} ({r[COVERAGE_KEY]:.0%})"
+            for wf, recs in groups.items() for r in recs if _is_partial(r)]
 
 
 def _unmeasured(groups: dict[str, list[dict]]) -> list[str]:

@@ -7,7 +7,8 @@ The record is the contract shared by ``samri_ml-qc scan``, the Nipype interfaces
      "vcf": ..., "scf": ..., "scf_normalised": ...,
      "volume_processed": mm^3, "volume_raw": mm^3, "fwhm_processed": mm, "fwhm_raw": mm,
      "raw_dummy_scans": volumes left out at the start of a raw run,
-     "scf_axes_left_out": world axes the FWHMs and SCF left out, e.g. ["I-S"]}
+     "scf_axes_left_out": world axes the FWHMs and SCF left out, e.g. ["I-S"],
+     "brain_coverage": fraction of the template's brain the processed image covers}
 
 ``raw_dummy_scans`` says how a record was computed: records written before the raw run's dummy
 scans were left out (samri_ml 0.1.0 as first released) have no such key, and their functional
@@ -15,6 +16,8 @@ VCF and SCF compared the registered run with the whole raw run. ``scf_axes_left_
 the world axes (``L-R``, ``P-A``, ``I-S``) without a FWHM in one of the two images (a single
 slice), left out of both FWHMs so that the SCF compares the same axes; a record without it
 predates it, and its FWHMs may have averaged 3 axes on one side and 2 on the other.
+``brain_coverage`` is null where no template mask was given (and absent from older records);
+below :data:`PARTIAL_FOV` the scan is a partial field of view, whose VCF is not expected to be 1.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ METHOD_KEY = "raw_dummy_scans"
 #: The key naming the world axes the FWHMs (and so the SCF) left out, measured in one image
 #: only or in neither (:func:`~samri_ml.qc.smoothness.comparable_fwhm`); empty for none.
 AXES_KEY = "scf_axes_left_out"
+#: The key of the fraction of the template's brain mask where the processed image holds data
+#: (:func:`samri_ml.report.brain_coverage`); null where no template mask was given.
+COVERAGE_KEY = "brain_coverage"
+#: a scan covering less of the template's brain than this is a partial field of view: its raw
+#: volume and its registered copy (cut by the template's grid) hold different parts of the head
+PARTIAL_FOV = 0.9
 #: Suffix (and extension-less) of per-scan QC derivative files.
 QC_SUFFIX = "desc-qc_metrics"
 
@@ -111,10 +120,12 @@ def _clean(value):
 
 
 def qc_record(values: dict, *, scan: str = "", modality: str = "", workflow: str = "",
-              raw_dummy_scans: int = 0, scf_axes_left_out=()) -> dict:
+              raw_dummy_scans: int = 0, scf_axes_left_out=(),
+              brain_coverage: float | None = None) -> dict:
     """Assemble a QC record with exactly the keys of :data:`LABEL_KEYS` + :data:`VALUE_KEYS`
     + :data:`METHOD_KEY` (the volumes at the start of the raw run left out of the values)
-    + :data:`AXES_KEY` (the world axes the FWHMs left out, a list).
+    + :data:`AXES_KEY` (the world axes the FWHMs left out, a list)
+    + :data:`COVERAGE_KEY` (None where not measured).
 
     Missing or non-finite values become ``None`` (``null`` in JSON).
     """
@@ -123,6 +134,7 @@ def qc_record(values: dict, *, scan: str = "", modality: str = "", workflow: str
         rec[key] = _clean(values.get(key))
     rec[METHOD_KEY] = int(raw_dummy_scans)
     rec[AXES_KEY] = list(axes_list(scf_axes_left_out))
+    rec[COVERAGE_KEY] = _clean(brain_coverage)
     return rec
 
 
@@ -139,7 +151,7 @@ def write_qc_record(record: dict, out_json: str | Path, out_tsv: str | Path | No
     out_json = Path(out_json)
     out_json.write_text(json.dumps(record, indent=2) + "\n")
     if out_tsv is not None:
-        keys = list(LABEL_KEYS) + list(VALUE_KEYS) + [METHOD_KEY, AXES_KEY]
+        keys = list(LABEL_KEYS) + list(VALUE_KEYS) + [METHOD_KEY, AXES_KEY, COVERAGE_KEY]
 
         def cell(key):
             value = record.get(key)

@@ -182,7 +182,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                  desc="brain", suffix="mask")
         if qc:
             write = _connect_qc(wf, anat_file, (anat_wf, out + "out_file"), "anat", label,
-                                output_dir, "anat", template_name)
+                                output_dir, "anat", template_name,
+                                template_mask=(inputnode, "template_mask"))
             output("anat_qc", write, "out_json")
 
     for index, (bold, meta) in enumerate(zip(bold_files, bold_metadata, strict=True)):
@@ -229,7 +230,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         if qc:
             write = _connect_qc(wf, bold, (func_wf, out + "out_file"), "func", label,
                                 output_dir, f"func{index}", template_name,
-                                dummy_scans=dummy_scans)
+                                dummy_scans=dummy_scans,
+                                template_mask=(inputnode, "template_mask"))
             output("bold_qc", write, "out_json", index)
     return wf
 
@@ -246,9 +248,10 @@ def spatial_reference(template, output_dir) -> str:
 
 
 def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, space=None,
-                dummy_scans: int = 0):
+                dummy_scans: int = 0, template_mask=None):
     """VCF and SCF of a registered scan against its raw input (a run's without the
-    ``dummy_scans`` its processing dropped), written beside the derivatives
+    ``dummy_scans`` its processing dropped), and the fraction of the template's brain it covers
+    (``template_mask``: node, field), written beside the derivatives
     (``space-<template>`` in their names: runs against two templates into one OUTPUT_DIR keep
     both); returns the node that writes the record."""
     from samri_ml.interfaces.qc import SmoothnessConservation, VolumeConservation, WriteQCMetrics
@@ -263,11 +266,14 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
         (processed[0], scf, [(processed[1], "processed_file")]),
         (vcf, scf, [("vcf", "vcf")]),
         (vcf, write, [("vcf", "vcf"), ("volume_processed", "volume_processed"),
-                      ("volume_raw", "volume_raw"), ("raw_dummy_scans", "raw_dummy_scans")]),
+                      ("volume_raw", "volume_raw"), ("raw_dummy_scans", "raw_dummy_scans")]
+         + ([("brain_coverage", "brain_coverage")] if template_mask else [])),
         (scf, write, [("scf", "scf"), ("scf_normalised", "scf_normalised"),
                       ("fwhm_processed", "fwhm_processed"), ("fwhm_raw", "fwhm_raw"),
                       ("scf_axes_left_out", "scf_axes_left_out")]),
     ])
+    if template_mask is not None:  # a node's output: the file need not exist when it is built
+        wf.connect(*template_mask, vcf, "reference_mask")
     if output_dir is not None:
         for ext, field in ((".json", "out_json"), (".tsv", "out_tsv")):
             ds = pe.Node(DerivativesDataSink(base_directory=str(output_dir),
