@@ -941,3 +941,26 @@ def test_samri_ml_mask_refuses_an_image_before_loading_the_model(tmp_path):
         # or a 2-slice stack among many scans was not)
         assert f"samri_ml-mask: error: {path}: " in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_masker_file_is_told_from_other_files_without_loading_it(tmp_path):
+    """What samri_ml-register checks of --mask-model before its run (no TensorFlow): the
+    shipped masker passes; the plate model, a model for other slices and a text file do not."""
+    import json
+    import zipfile
+
+    from samri_ml.masking.predict import default_model_path, masker_file_problem
+    from samri_ml.plates.identify import default_model_dir
+
+    assert masker_file_problem(default_model_path()) is None
+    assert masker_file_problem(default_model_dir() / "plates_embedding.keras").startswith(
+        "a plate embedding model")
+    text = tmp_path / "text.keras"
+    text.write_text("x")
+    assert masker_file_problem(text).startswith("not a Keras model file")
+    other = tmp_path / "other.keras"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("config.json", json.dumps({"config": {"name": "unet", "layers": [
+            {"class_name": "InputLayer", "config": {"batch_shape": [None, 128, 128, 1]}}]}}))
+    assert masker_file_problem(other) == ("not a brain-masking model (it takes (None, 128, 128, "
+                                          "1) inputs; a masker takes 64x64x1 slices)")

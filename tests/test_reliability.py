@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from samri_ml.cli.register import main
+from samri_ml.plates.identify import default_model_dir
 from samri_ml.testing.runs import snapshot
 
 ANAT = "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz"
@@ -351,6 +352,17 @@ CASES = [
      ["--mask-model", "own.keras"], 2, ["--mask-model own.keras needs --masking unet"]),
     ("mask_model_missing", None, ["--masking", "unet", "--mask-model", "none.keras"], 2,
      ["--mask-model none.keras: model file not found"]),
+    # other models: the run failed in its masking steps, 16 s in, with OUTPUT_DIR made (and
+    # --dry-run passed them)
+    ("mask_model_not_a_keras_file", lambda r: (r / "own.keras").write_text("x"),
+     ["--masking", "unet", "MODEL=own.keras"], 2,
+     ["--mask-model ", "own.keras: not a Keras model file"]),
+    ("mask_model_of_the_plates", lambda r: shutil.copy(
+        default_model_dir() / "plates_embedding.keras",
+        r / "plates.keras"),
+     ["--masking", "unet", "MODEL=plates.keras"], 2,
+     ["--mask-model ", "plates.keras: a plate embedding model (samri_ml-identify-plate's), "
+      "not a brain-masking model"]),
     # Nipype runs the ANTs programs through a shell with unquoted paths
     ("work_dir_with_space", None, ["WORK=a b/work"], 2, ["has a space", "-w"]),
     ("template_with_space", _template_in_spaced_folder, ["TPL=tpl dir/tpl-Tiny_T2w.nii.gz"],
@@ -435,6 +447,8 @@ def _argv(root: Path, extra: list[str]) -> list[str]:
             template = str(root / item[4:])
         elif item.startswith("OUT="):
             out = str(root / item[4:])
+        elif item.startswith("MODEL="):
+            rest += ["--mask-model", str(root / item[6:])]
         elif item == "GROUP":  # the BIDS-App analysis level in OUTPUT_DIR's place
             out = "group"
         else:

@@ -346,8 +346,9 @@ def collect_sessions(args) -> list[dict]:
     # acquisition) was registered, even chosen before the good scan of its session
     listed = bidsignore_patterns(args.bids_dir)
     ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *listed]
-    selected = (set(_labels_once("--participant-label", "sub-", args.participant_label))
-                if args.participant_label else None)
+    chosen = (_labels_once("--participant-label", "sub-", args.participant_label)
+              if args.participant_label else None)  # its note said once
+    selected = set(chosen) if chosen else None
     while True:
         try:
             layout = bids.BIDSLayout(str(args.bids_dir), validate=False,
@@ -373,7 +374,7 @@ def collect_sessions(args) -> list[dict]:
     ignored = {m for m in folders if any(p.search(f"/sub-{m}/") for p in listed)}
     bare = [m for m in folders if m not in subjects and m not in ignored]
     if args.participant_label:
-        wanted = _labels_once("--participant-label", "sub-", args.participant_label)
+        wanted = chosen
         missing = sorted(set(wanted) - set(subjects))
         if missing:
             # a folder that is there, left out by the lab's own .bidsignore, is not "not found"

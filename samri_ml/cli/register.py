@@ -377,6 +377,12 @@ def validate(args, parser) -> None:
         if not args.mask_model.is_file():
             parser.error(f"--mask-model {args.mask_model}: model file not found; hint: give "
                          "the path of a .keras file (samri_ml-train-masker writes one)")
+        from samri_ml.masking.predict import masker_file_problem
+
+        # before any folder is made: a plate model failed the run in its masking steps
+        why = masker_file_problem(args.mask_model)
+        if why:
+            parser.error(f"--mask-model {args.mask_model}: {why}")
 
 
 def description_problem(path: Path) -> str | None:

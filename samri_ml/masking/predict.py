@@ -73,6 +73,34 @@ def check_masker(model, path) -> None:
                            f"to {pp.SIZE}x{pp.SIZE} brain probabilities)")
 
 
+def masker_file_problem(path) -> str | None:
+    """Why the ``.keras`` file at ``path`` is no brain-masking model, from its saved
+    configuration alone (no TensorFlow: for the checks a command makes before its work, e.g.
+    ``samri_ml-register --mask-model``, whose run only failed in its masking steps); None where
+    it may be one (:func:`check_masker` checks the loaded model in full)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        name = str(config["config"].get("name", ""))
+        inputs = [layer["config"].get("batch_shape") or layer["config"].get("batch_input_shape")
+                  for layer in config["config"]["layers"] if layer["class_name"] == "InputLayer"]
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, zipfile.BadZipFile):
+        return "not a Keras model file (a .keras archive, as samri_ml-train-masker writes)"
+    if name.startswith("plate_embedding_"):
+        return "a plate embedding model (samri_ml-identify-plate's), not a brain-masking model"
+    want = (pp.SIZE, pp.SIZE, 1)
+    if len(inputs) == 1 and isinstance(inputs[0], list) and not (
+            len(inputs[0]) == 4 and all(s in (None, w) for s, w in zip(inputs[0][1:], want,
+                                                                     strict=True))):
+        shape = tuple(inputs[0])
+        return (f"not a brain-masking model (it takes {shape} inputs; a masker takes "
+                f"{pp.SIZE}x{pp.SIZE}x1 slices)")
+    return None
+
+
 def load_model(path=None, precision: str | None = None):
     """Load (once per file content and precision) a Keras masking model; default: the shipped
     one. ``precision``: ``float32`` or ``bfloat16`` (default:
