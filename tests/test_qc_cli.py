@@ -102,6 +102,29 @@ def test_an_empty_processed_image_points_at_the_registration(images, tmp_path, c
     assert "hint: check the file (an empty export" in capsys.readouterr().err
 
 
+def test_a_constant_processed_image_is_refused_not_given_vcf_0(images, tmp_path, capsys):
+    """A processed image of one value (7 everywhere) came out of samri_ml-qc scan with exit 0,
+    "vcf": 0.0 (a number compare counted as measured) and a null FWHM with a note blaming its
+    axes; docs/errors.rst says a flat image is refused. Refused now, by the command line and
+    the QC interfaces, naming the file; a constant raw image too."""
+    from samri_ml.interfaces import SmoothnessConservation, VolumeConservation
+
+    proc_f, raw_f = images
+    flat = tmp_path / "warped_flat.nii.gz"
+    img = nb.load(proc_f)
+    nb.save(nb.Nifti1Image(np.full(img.shape, 7, np.float32), img.affine), flat)
+    assert main(["scan", str(flat), str(raw_f)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"samri_ml-qc: error: {flat}: the image is constant (every voxel is 7): its "
+                   "volume and smoothness are undefined; hint: the processing left a constant "
+                   "image: a failed registration? check its transform"), err
+    for iface in (VolumeConservation, SmoothnessConservation):
+        with pytest.raises(Exception, match=f"{flat}: the image is constant"):
+            iface(processed_file=str(flat), raw_file=str(raw_f)).run(cwd=str(tmp_path))
+    assert main(["scan", str(proc_f), str(flat)]) == 1
+    assert "constant (every voxel is 7)" in capsys.readouterr().err
+
+
 def _deriv(root: Path, name: str, vcfs, scfs, modality="anat", describe=True,
            raw_dummy_scans=None):
     root.mkdir(parents=True)

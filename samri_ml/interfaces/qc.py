@@ -34,6 +34,15 @@ def _load(path, processed: bool = False):
     return np.asanyarray(img.dataobj), affine_mm(img)  # mm, as the record's units
 
 
+def _require_varying(processed, raw, inputs) -> None:
+    """Refuse a constant processed or raw image, naming its file (a constant processed image
+    gave VCF 0.0, and a null FWHM with a note blaming its axes)."""
+    from samri_ml.qc.smoothness import _require_varying as refuse_constant
+
+    refuse_constant(np.asarray(processed), inputs.processed_file, processed=True)
+    refuse_constant(np.asarray(raw), inputs.raw_file)
+
+
 def _load_raw(inputs):
     """The raw image of a QC interface and its affine, without the dummy volumes its processing
     dropped, and how many volumes were left out
@@ -99,6 +108,7 @@ class VolumeConservation(SimpleInterface):
 
         proc, proc_aff = _load(self.inputs.processed_file, processed=True)
         raw, raw_aff, left_out = _load_raw(self.inputs)
+        _require_varying(proc, raw, self.inputs)
         res = volume_conservation(proc, proc_aff, raw, raw_aff, percentile=self.inputs.percentile)
         self._results["vcf"] = res.vcf
         self._results["volume_processed"] = res.volume_processed
@@ -157,6 +167,7 @@ class SmoothnessConservation(SimpleInterface):
 
         proc, proc_aff = _load(self.inputs.processed_file, processed=True)
         raw, raw_aff, _ = _load_raw(self.inputs)
+        _require_varying(proc, raw, self.inputs)
         proc, raw = same_kind(proc, raw)  # a run cut to one volume: its source's mean
         mask = None
         if isdefined(self.inputs.mask_file):

@@ -33,6 +33,7 @@ from nibabel.affines import voxel_sizes
 
 from samri_ml.qc.smoothness import (
     _require_finite,
+    _require_varying,
     comparable_fwhm,
     estimate_smoothness,
     same_kind,
@@ -200,9 +201,11 @@ def qc_from_arrays(
     ``names`` (e.g. the two paths) begin the errors about either image (a
     :class:`~samri_ml.errors.SamriMLValueError`, a ``ValueError`` too).
     """
+    # named here: volume_conservation's own checks say "raw image", not which
     for image, name in zip((processed, raw), names, strict=True):
-        # named here: volume_conservation's own check says "raw image", not which
         _require_finite(np.asarray(image), name)
+    for image, name, is_processed in zip((processed, raw), names, (True, False), strict=True):
+        _require_varying(np.asarray(image), name, processed=is_processed)
     vol = volume_conservation(processed, processed_affine, raw, raw_affine)
     zooms_p, zooms_r = voxel_sizes(processed_affine), voxel_sizes(raw_affine)
     processed, raw = same_kind(processed, raw)

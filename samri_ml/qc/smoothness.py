@@ -140,6 +140,18 @@ def _require_finite(data: np.ndarray, name: str | None = None) -> None:
         _refuse(f"{bad} voxel(s) are NaN or Inf; hint: fix or zero them first", name)
 
 
+def _require_varying(data: np.ndarray, name: str | None = None, processed: bool = False) -> None:
+    """Refuse a constant image (:func:`_refuse`): a processed one came out with VCF 0.0 (no
+    voxel above the raw image's threshold, a number that compare counted as measured), and its
+    FWHM null with a note blaming its axes. All zeros are refused when loading."""
+    if data.size and float(np.min(data)) == float(np.max(data)):
+        value = float(np.min(data))
+        hint = ("the processing left a constant image: a failed registration? check its "
+                "transform" if processed else "check the file (an empty export?)")
+        _refuse(f"the image is constant (every voxel is {value:g}): its volume and smoothness "
+                f"are undefined; hint: {hint}", name)
+
+
 def same_kind(processed, raw) -> tuple[np.ndarray, np.ndarray]:
     """The two images, made comparable for their smoothness: where one is a time series and the
     other a single volume, the series' temporal mean. A series' FWHM is that of its detrended

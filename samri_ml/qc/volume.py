@@ -232,12 +232,15 @@ def volume_conservation(
     VolumeConservation
         ``vcf``, ``volume_processed``, ``volume_raw`` (mm^3) and the ``threshold`` used.
     """
-    from samri_ml.qc.smoothness import _require_array, _require_finite
+    from samri_ml.qc.smoothness import _require_array, _require_finite, _require_varying
 
     processed = _require_array(processed, "volume_conservation")
     raw = _require_array(raw, "volume_conservation")
-    for image, which in ((processed, "processed image"), (raw, "raw image")):
+    images = ((processed, "processed image"), (raw, "raw image"))
+    for image, which in images:
         _require_finite(np.asarray(image), which)  # a NaN in raw gave VCF nan with volume 0
+    for image, which in images:
+        _require_varying(np.asarray(image), which, processed=which.startswith("processed"))
     threshold = volume_threshold(raw, percentile)
     v_raw = image_volume(raw, raw_affine, threshold)
     v_proc = image_volume(processed, processed_affine, threshold)
