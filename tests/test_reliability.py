@@ -609,6 +609,27 @@ def test_a_dataset_made_read_only_is_not_written_into_even_by_root(tmp_path, cap
             path.chmod(stat.S_IMODE(mode))
 
 
+def test_example_and_graph_refuse_a_read_only_folder_even_to_root(tmp_path, capsys):
+    """samri_ml-example and samri_ml-graph wrote into a ``chmod a-w`` folder as root (the
+    other commands refuse it): a whole example dataset, a graph picture, exit 0."""
+    from samri_ml.cli.example import main as example
+    from samri_ml.cli.graph import main as graph
+
+    folder = tmp_path / "protected"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        for command, argv, what in ((example, [str(folder / "ex")], "OUT_DIR"),
+                                    (graph, ["structural", str(folder / "g")], "OUT")):
+            assert command(argv) == 2
+            last = capsys.readouterr().err.strip().splitlines()[-1]
+            assert f"error: {what} {folder}" in last and f"{folder} is not writable (" in last, \
+                last
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+
+
 def test_the_recorded_command_names_absolute_paths(tmp_path, monkeypatch):
     """GeneratedBy's Description (and the reports' command line) recorded the command as typed:
     ``samri_ml-register bids rel_out participant`` could not be run again from another folder.

@@ -84,7 +84,7 @@ def _check_out(parser, out: Path, fmt: str) -> Path:
     """OUT without its picture's extension (``graph.png`` became ``graph.png.png``), checked
     before anything is drawn: a file among its parent folders, or a folder where the picture
     would go, was a bare FileExistsError / IsADirectoryError."""
-    from samri_ml.cli._common import nearest_existing
+    from samri_ml.cli._common import nearest_existing, probe_writable
 
     if not out.name or out.name in (".", ".."):
         parser.error(f"OUT {str(out)!r}: no file name; hint: give a path without extension, "
@@ -100,6 +100,11 @@ def _check_out(parser, out: Path, fmt: str) -> Path:
     above = nearest_existing(picture.parent)
     if not above.is_dir():
         parser.error(f"OUT {out}: {above} is a file, not a folder; hint: give another path")
+    try:  # a folder protected with chmod a-w was written into by root
+        probe_writable(above)
+    except OSError as err:
+        parser.error(f"OUT {out}: {above} is not writable ({err.strerror}); hint: choose a "
+                     "writable folder")
     return out
 
 
