@@ -180,7 +180,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "execution config")
     g.add_argument("--write-graph", nargs="?", const="colored", default=None,
                    choices=["hierarchical", "flat", "colored", "orig", "exec"],
-                   help="write a picture of the workflow graph to OUTPUT_DIR/figures")
+                   help="write a picture of the workflow graph to OUTPUT_DIR/figures (the "
+                   "type given, colored without one)")
     g.add_argument("--graph-format", choices=["png", "svg"], default="png",
                    help="picture format of --write-graph")
     g.add_argument("--stop-on-first-crash", action="store_true",

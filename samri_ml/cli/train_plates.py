@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss",
         default="ordinal",
         choices=["ordinal", "contrastive", "triplet-semihard", "triplet-hard"],
+        help="training loss (default: ordinal)",
     )
     p.add_argument("--margin", type=number_in(float, 0, low_open=True),
                    help="margin of the contrastive and triplet losses (default: 1.0 for "
