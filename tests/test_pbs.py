@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,36 @@ def test_a_failed_job_is_one_line_naming_its_cause(example_dataset, tmp_path):
         assert html.escape(part) in report, (part, shown)
 
 
+def _ctrl_c_when(ready, pbs: FakePBS, command: list[str], log_path) -> tuple[int, str, list]:
+    """Run ``command`` with ``pbs``'s programs until ``ready()``, then press Ctrl-C: SIGINT to
+    its process group (the submitting command and its qsub, not the jobs, which run in
+    sessions of their own, as on a cluster). Returns its exit status, output and lines."""
+    log = open(log_path, "w")  # noqa: SIM115
+    # Ctrl-C's default action (a shell's background job ignores SIGINT)
+    proc = subprocess.Popen(command, env=pbs.env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            assert proc.poll() is None, Path(log_path).read_text()
+            assert time.monotonic() < deadline, "no job started in 300 s"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        text, lines = end_run(proc, log, log_path)
+    return rc, text, lines
+
+
+def _left_running(pbs: FakePBS, seconds: float = 10) -> list[int]:
+    """The jobs still running ``seconds`` after a run ended (qdel's SIGTERM takes a moment)."""
+    deadline = time.monotonic() + seconds
+    while pbs.running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pbs.running()
+
+
 def test_ctrl_c_cancels_the_jobs_of_the_run(example_dataset, tmp_path):
     """Ctrl-C on the submitting command left its queued and running jobs to the scheduler
     (Nipype does not cancel them): they went on writing into the work dir while a rerun with
@@ -93,29 +124,19 @@ def test_ctrl_c_cancels_the_jobs_of_the_run(example_dataset, tmp_path):
     pbs = FakePBS(tmp_path / "pbs")
     out, work = tmp_path / "out", tmp_path / "work"
     args = ("--plugin", "PBS", "--plugin-args", "poll_sleep_duration=0.5")
-    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
-    # Ctrl-C's default action (a shell's background job ignores SIGINT); the jobs run in
-    # sessions of their own, so the signal reaches the submitting command only, as on a cluster
-    proc = subprocess.Popen(register_command(example_dataset, out, work, *args), env=pbs.env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 300
-        while not (any(" -N s_register" in job for job in pbs.submitted()) and pbs.running()):
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "no registration job started in 300 s"
-            time.sleep(0.2)
-        time.sleep(1.0)  # its poll of qstat has seen it running
-        os.killpg(proc.pid, signal.SIGINT)
-        rc = proc.wait(timeout=60)
-    finally:
-        text, lines = end_run(proc, log, tmp_path / "first.log")
+    seen = []
+
+    def registering() -> bool:  # a registration job runs, and the plugin's poll has seen it
+        seen.append(any(" -N s_register" in job for job in pbs.submitted())
+                    and bool(pbs.running()))
+        return sum(seen) > 10  # a second (0.1 s a check)
+
+    rc, text, lines = _ctrl_c_when(registering, pbs,
+                                   register_command(example_dataset, out, work, *args),
+                                   tmp_path / "first.log")
     assert rc == 130 and lines[-1] == "samri_ml-register: interrupted", text[-2000:]
     assert "note: cancelled the" in lines[-2] and "(qdel " in lines[-2], lines
-    deadline = time.monotonic() + 10
-    while pbs.running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not pbs.running(), "jobs of the interrupted run still running"
+    assert not _left_running(pbs), "jobs of the interrupted run still running"
     proc = run_register(example_dataset, out, work, *args, env=pbs.env)
     assert "finished; derivatives in" in proc.stderr.strip().splitlines()[-1], proc.stderr
 
@@ -126,28 +147,11 @@ def test_ctrl_c_during_a_submission_cancels_the_job_submitted(example_dataset, t
     command before the job's id was in the plugin's queue, so it was not cancelled. The
     submission now finishes first, and its job is cancelled with the others."""
     pbs = FakePBS(tmp_path / "pbs", delay=3.0)
-    out, work = tmp_path / "out", tmp_path / "work"
-    log = open(tmp_path / "run.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        register_command(example_dataset, out, work, "--plugin", "PBS", "--plugin-args",
-                         "poll_sleep_duration=0.5"),
-        env=pbs.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 300
-        while not pbs.running():  # the first job started; qsub has not answered its id
-            assert proc.poll() is None, (tmp_path / "run.log").read_text()
-            assert time.monotonic() < deadline, "no job started in 300 s"
-            time.sleep(0.1)
-        assert len(pbs.submitted()) == 1
-        os.killpg(proc.pid, signal.SIGINT)  # to the command and its qsub, as Ctrl-C
-        rc = proc.wait(timeout=60)
-    finally:
-        text, lines = end_run(proc, log, tmp_path / "run.log")
+    command = register_command(example_dataset, tmp_path / "out", tmp_path / "work",
+                               "--plugin", "PBS", "--plugin-args", "poll_sleep_duration=0.5")
+    # the first job started; qsub has not answered its id
+    rc, text, lines = _ctrl_c_when(pbs.running, pbs, command, tmp_path / "run.log")
+    assert len(pbs.submitted()) == 1
     assert rc == 130 and lines[-1] == "samri_ml-register: interrupted", text[-2000:]
     assert "note: cancelled the 1 job(s)" in lines[-2] and "(qdel 0)" in lines[-2], lines
-    deadline = time.monotonic() + 10
-    while pbs.running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not pbs.running(), "the job being submitted at Ctrl-C is still running"
-
+    assert not _left_running(pbs), "the job being submitted at Ctrl-C is still running"

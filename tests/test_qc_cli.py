@@ -226,21 +226,30 @@ def test_compare_refuses_an_out_that_is_a_file_before_the_work(tmp_path, capsys)
         "samri_ml-qc: error: argument --modality: invalid choice")
 
 
+def _anat_and_func(tmp_path: Path, name: str, rng, func_vcf: float = 1.0,
+                   coverage=None) -> str:
+    """A workflow's derivatives folder with 6 structural records (SCF about 0.77) and 6
+    functional ones (SCF about 1.17, VCF about ``func_vcf``; ``brain_coverage`` from
+    ``coverage``, one per functional scan, where given), as the example data gives them."""
+    root = _deriv(tmp_path / name, name, 1 + 0.02 * rng.standard_normal(6),
+                  0.77 + 0.02 * rng.standard_normal(6))
+    func = _deriv(tmp_path / f"{name}_func", name, func_vcf + 0.02 * rng.standard_normal(6),
+                  1.17 + 0.02 * rng.standard_normal(6), modality="func")
+    for i, f in enumerate(sorted(func.rglob("*_desc-qc_metrics.json"))):
+        rec = json.loads(f.read_text())
+        if coverage is not None:
+            rec["brain_coverage"] = coverage[i]
+        target = root / f.relative_to(func)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(rec))
+    return str(root)
+
+
 def test_compare_says_when_structural_and_functional_scans_are_pooled(tmp_path, capsys):
     """They conserve smoothness differently (the example data: SCF about 0.77 and 1.15-1.2):
     pooled by default, said in a note, marked apart in the plot; --modality compares one."""
     rng = np.random.default_rng(3)
-    folders = []
-    for name in ("a", "b"):
-        root = _deriv(tmp_path / name, name, 1 + 0.02 * rng.standard_normal(6),
-                      0.77 + 0.02 * rng.standard_normal(6))
-        func = _deriv(tmp_path / f"{name}_func", name, 1 + 0.02 * rng.standard_normal(6),
-                      1.17 + 0.02 * rng.standard_normal(6), modality="func")
-        for f in func.rglob("*_desc-qc_metrics.json"):
-            target = root / f.relative_to(func)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            f.rename(target)
-        folders.append(str(root))
+    folders = [_anat_and_func(tmp_path, name, rng) for name in ("a", "b")]
     assert main(["compare", *folders, "--out", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
     assert "**Note:** anat and func scans are pooled" in printed, printed[:500]
@@ -825,19 +834,10 @@ def test_compare_names_the_scans_of_a_partial_field_of_view(tmp_path, capsys):
     anat where they are all functional; records without the key (older, or no template mask)
     are not named."""
     rng = np.random.default_rng(5)
-    folders = []
-    for name in ("a", "b"):
-        root = _deriv(tmp_path / name, name, 1 + 0.02 * rng.standard_normal(6),
-                      0.77 + 0.02 * rng.standard_normal(6))
-        func = _deriv(tmp_path / f"{name}_func", name, 0.5 + 0.02 * rng.standard_normal(6),
-                      1.17 + 0.02 * rng.standard_normal(6), modality="func")
-        for i, f in enumerate(sorted(func.rglob("*_desc-qc_metrics.json"))):
-            rec = json.loads(f.read_text())
-            rec["brain_coverage"] = 0.72 if i < 2 else 0.98
-            target = root / f.relative_to(func)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(rec))
-        folders.append(str(root))
+    # the first two functional scans of each cover 72 % of the brain
+    folders = [_anat_and_func(tmp_path, name, rng, func_vcf=0.5,
+                              coverage=[0.72, 0.72, 0.98, 0.98, 0.98, 0.98])
+               for name in ("a", "b")]
     out = tmp_path / "cmp"
     assert main(["compare", *folders, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
