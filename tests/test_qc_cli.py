@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,50 +80,37 @@ def test_scan_errors_are_one_line(images, tmp_path, capsys):
     assert main(["frobnicate"]) == 2
 
 
-def test_an_empty_processed_image_points_at_the_registration(images, tmp_path, capsys):
-    """A processed image of zeros (a registration that moved the scan off the template's grid)
-    was refused with "hint: check the file (an empty export or a failed conversion?)", by
-    samri_ml-qc scan and the QC interfaces alike; it names the processing now. An all-zero
-    raw image keeps the file's hint."""
+@pytest.mark.parametrize("value, cause, raw_words", [
+    # a registration that moved the scan off the template's grid: refused with "hint: check
+    # the file (an empty export or a failed conversion?)", by samri_ml-qc scan and the QC
+    # interfaces alike; it names the processing now
+    (0, "the image is all zeros; hint: the processing left nothing in the image: a "
+        "registration that moved the scan off the template's grid? check its transform",
+     "hint: check the file (an empty export"),
+    # one value everywhere: exit 0, "vcf": 0.0 (a number compare counted as measured) and a
+    # null FWHM with a note blaming its axes; docs/errors.rst says a flat image is refused
+    (7, "the image is constant (every voxel is 7): its volume and smoothness are undefined; "
+        "hint: the processing left a constant image: a failed registration? check its "
+        "transform", "constant (every voxel is 7)"),
+])
+def test_an_empty_or_constant_processed_image_points_at_the_registration(
+        images, tmp_path, capsys, value, cause, raw_words):
+    """A processed image of zeros or of one value is refused, by the command line and the QC
+    interfaces, naming the file and the processing; as RAW, with the file's hint."""
     from samri_ml.interfaces import SmoothnessConservation, VolumeConservation
 
     proc_f, raw_f = images
-    empty = tmp_path / "warped_offgrid.nii.gz"
+    bad = tmp_path / "warped.nii.gz"
     img = nb.load(proc_f)
-    nb.save(nb.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), empty)
-    assert main(["scan", str(empty), str(raw_f)]) == 1
+    nb.save(nb.Nifti1Image(np.full(img.shape, value, np.float32), img.affine), bad)
+    assert main(["scan", str(bad), str(raw_f)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == (f"samri_ml-qc: error: {empty}: the image is all zeros; hint: the processing "
-                   "left nothing in the image: a registration that moved the scan off the "
-                   "template's grid? check its transform"), err
+    assert err == f"samri_ml-qc: error: {bad}: {cause}", err
     for iface in (VolumeConservation, SmoothnessConservation):
-        with pytest.raises(Exception, match="a registration that moved the scan off"):
-            iface(processed_file=str(empty), raw_file=str(raw_f)).run(cwd=str(tmp_path))
-    assert main(["scan", str(proc_f), str(empty)]) == 1
-    assert "hint: check the file (an empty export" in capsys.readouterr().err
-
-
-def test_a_constant_processed_image_is_refused_not_given_vcf_0(images, tmp_path, capsys):
-    """A processed image of one value (7 everywhere) came out of samri_ml-qc scan with exit 0,
-    "vcf": 0.0 (a number compare counted as measured) and a null FWHM with a note blaming its
-    axes; docs/errors.rst says a flat image is refused. Refused now, by the command line and
-    the QC interfaces, naming the file; a constant raw image too."""
-    from samri_ml.interfaces import SmoothnessConservation, VolumeConservation
-
-    proc_f, raw_f = images
-    flat = tmp_path / "warped_flat.nii.gz"
-    img = nb.load(proc_f)
-    nb.save(nb.Nifti1Image(np.full(img.shape, 7, np.float32), img.affine), flat)
-    assert main(["scan", str(flat), str(raw_f)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err == (f"samri_ml-qc: error: {flat}: the image is constant (every voxel is 7): its "
-                   "volume and smoothness are undefined; hint: the processing left a constant "
-                   "image: a failed registration? check its transform"), err
-    for iface in (VolumeConservation, SmoothnessConservation):
-        with pytest.raises(Exception, match=f"{flat}: the image is constant"):
-            iface(processed_file=str(flat), raw_file=str(raw_f)).run(cwd=str(tmp_path))
-    assert main(["scan", str(proc_f), str(flat)]) == 1
-    assert "constant (every voxel is 7)" in capsys.readouterr().err
+        with pytest.raises(Exception, match=re.escape(f"{bad}: {cause.split(';')[0]}")):
+            iface(processed_file=str(bad), raw_file=str(raw_f)).run(cwd=str(tmp_path))
+    assert main(["scan", str(proc_f), str(bad)]) == 1
+    assert raw_words in capsys.readouterr().err
 
 
 def _deriv(root: Path, name: str, vcfs, scfs, modality="anat", describe=True,
