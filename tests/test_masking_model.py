@@ -2121,3 +2121,33 @@ def test_a_weight_average_far_below_its_members_is_noted():
     notes = [str(w.message) for w in caught if issubclass(w.category, SamriMLNote)]
     assert len(notes) == 1 and notes[0].startswith(
         "the weight average's median validation Dice is 0.005, its members' 0.975-0.975"), notes
+
+
+def test_shared_scans_linked_into_a_labs_scans_folder_count_as_seen(tmp_path):
+    """A model trained with --scans on a folder that links to scans of the shared data: those
+    sources were counted among those it never saw. linked_sources names them (links only;
+    a folder no longer there gives none)."""
+    import json
+    from types import SimpleNamespace
+
+    from samri_ml.cli.evaluate_masker import linked_sources
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    emory, dama = shared / "mouseT2tmp.nii", shared / "d1.nii.gz"
+    for path in (emory, dama):
+        path.write_bytes(b"x")
+    lab = tmp_path / "lab" / "sub-07" / "anat"
+    lab.mkdir(parents=True)
+    (lab / "sub-07_T2w.nii").symlink_to(emory)
+    (lab / "sub-08_T2w.nii.gz").write_bytes(b"a copy: not recognised")
+    model = tmp_path / "m.keras"
+    (tmp_path / "m_training.json").write_text(json.dumps({"config": {
+        "scans": str(tmp_path / "lab"), "holdout": []}}))
+    scans = [SimpleNamespace(source="emory", path=str(emory)),
+             SimpleNamespace(source="dama", path=str(dama)),
+             SimpleNamespace(source="phantom", path="")]
+    assert linked_sources(model, scans) == ["emory"]
+    (tmp_path / "m_training.json").write_text(json.dumps({"config": {
+        "scans": str(tmp_path / "moved"), "holdout": []}}))
+    assert linked_sources(model, scans) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -121,6 +122,28 @@ def _held_out(model_path: Path, _seen: frozenset = frozenset()) -> list[str] | N
     return holdout
 
 
+def linked_sources(model_path: Path, scans) -> list[str]:
+    """The sources of ``scans`` whose image files the model's ``--scans`` folder (its
+    ``_training.json``'s ``config.scans``) holds links to: a lab that linked shared scans into
+    its own folder trained on them, and they were counted as never seen. Copies are not
+    recognised; a folder no longer there gives none."""
+    from samri_ml.masking.predict import training_record_path
+
+    try:
+        folder = json.loads(training_record_path(model_path).read_text())["config"]["scans"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not folder or not Path(folder).is_dir():
+        return []
+    targets = set()
+    for root, _, files in os.walk(folder, followlinks=True):
+        for name in files:
+            path = Path(root) / name
+            if path.is_symlink():
+                targets.add(path.resolve())
+    return sorted({s.source for s in scans if s.path and Path(s.path).resolve() in targets})
+
+
 def phantom_scans(seed: int = 0):
     """The example phantom's T2w, T1w and EPI heads as :class:`~samri_ml.masking.data.Scan`."""
     import numpy as np
@@ -179,6 +202,12 @@ def _main(argv=None) -> int:
         held_out = [*held_out, "phantom"]  # made here: never trained on
     if not scans:
         raise SamriMLError(f"no scans with masks found under {data_dir}")
+    linked = linked_sources(model_path, scans) if args.held_out is None and known else []
+    if linked:
+        held_out = [s for s in held_out if s not in linked]
+        print(f"{PROG}: note: {model_path}'s --scans folder links to scans of "
+              f"{', '.join(linked)}: trained on, so not counted among the sources never seen",
+              file=sys.stderr)
     if not known and not training_record_path(model_path).is_file():  # (else said above)
         print(f"{PROG}: note: {model_path} has no _training.json beside it and --held-out was "
               "not given: which sources it was trained on is unknown", file=sys.stderr)
