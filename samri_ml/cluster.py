@@ -164,15 +164,22 @@ def cancel_jobs(plugin: str, runner, prog: str = "samri_ml") -> None:
 
 
 def submit_whole(runner) -> None:
-    """Make each job submission of a cluster plugin (``runner``) finish before Ctrl-C stops the
-    run. Ctrl-C reaches the terminal's whole process group, the submit program (``qsub``,
-    ``sbatch``) too: one interrupted after the scheduler had taken its job, or this process
-    interrupted before it had read the job's id, left a job that :func:`cancel_jobs` did not
-    know of, running on after the "interrupted" line. During a submission the submit program
-    runs in a session of its own (Ctrl-C does not reach it) and a Ctrl-C is held, then acted on
-    once the job is in the plugin's queue; a second Ctrl-C does not wait. SIGTERM
-    (``kill PID``) is not held. Plugins without per-job submission (the Graph plugins,
-    MultiProc) are left as they are."""
+    """Make each job submission of a cluster plugin (``runner``) finish before Ctrl-C or
+    SIGTERM stops the run, and a refused one fail in one line naming the step.
+
+    Ctrl-C reaches the terminal's whole process group, the submit program (``qsub``,
+    ``sbatch``) too, and SIGTERM (``kill PID``, a scheduler ending the job that runs the
+    command) ends every process below this one: a submit program stopped after the scheduler
+    had taken its job, or this process stopped before it had read the job's id, left a job
+    that :func:`cancel_jobs` did not know of, running on after the "interrupted" line. During
+    a submission the submit program runs in a session of its own and either signal is held,
+    then acted on once the job is in the plugin's queue; a second one does not wait.
+
+    A submit program that refuses a job (exit status not 0: a step's ``--cpus-per-task`` or
+    ``--mem`` more than the partition has, a QOS limit) stopped the run with ``IndexError:
+    list index out of range`` (SLURM: Nipype read the job id from its empty output) or queued
+    a job without an id (PBS); its message is now the error. Plugins without per-job
+    submission (the Graph plugins, MultiProc) are left as they are."""
     import functools
     import signal
     import threading
@@ -182,49 +189,88 @@ def submit_whole(runner) -> None:
         return
 
     @functools.wraps(submit)
-    def whole(*args, **kwargs):
-        previous = signal.getsignal(signal.SIGINT)
-        if not callable(previous):  # ignored (a background job) or not Python's
-            return submit(*args, **kwargs)
+    def whole(scriptfile, node, *args, **kwargs):
+        previous = {signum: signal.getsignal(signum)
+                    for signum in (signal.SIGINT, signal.SIGTERM)}
+        # ignored (a background job's SIGINT) or not Python's: left as they are
+        previous = {signum: handler for signum, handler in previous.items() if callable(handler)}
         held = []
 
         def hold(signum, frame):
             held.append(signum)
-            if len(held) > 1:
-                previous(signum, frame)
+            if len(held) > 1:  # a second signal: not held
+                previous[signum](signum, frame)
 
-        signal.signal(signal.SIGINT, hold)
+        for signum in previous:
+            signal.signal(signum, hold)
+        calls = []
         try:
-            with _children_apart():
-                return submit(*args, **kwargs)
+            with _children_apart(calls):
+                try:
+                    taskid = submit(scriptfile, node, *args, **kwargs)
+                except Exception as err:
+                    refused = _refusal(calls, node)
+                    if refused:
+                        raise SamriMLError(refused) from err
+                    raise
+            refused = _refusal(calls, node)
+            if refused:  # queued without an id: not a job to wait for, or to cancel
+                getattr(runner, "_pending", {}).pop(taskid, None)
+                raise SamriMLError(refused)
+            return taskid
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             if len(held) == 1:
-                previous(signal.SIGINT, None)
+                previous[held[0]](held[0], None)
 
     runner._submit_batchtask = whole
 
 
+def _refusal(calls: list, node) -> str | None:
+    """The error for a submission whose last program (of ``calls``, Nipype's runtimes) exited
+    with another status than 0: its command, the step, and what it said."""
+    failed = [c for c in calls if getattr(c, "returncode", 0) not in (0, None)]
+    if not failed:
+        return None
+    runtime = failed[-1]
+    program = str(getattr(runtime, "cmdline", "") or "the submit program").split()[0]
+    said = " ".join(line.strip() for line in str(getattr(runtime, "stderr", "") or
+                                                  getattr(runtime, "stdout", "")).splitlines()
+                    if line.strip()) or f"exit status {runtime.returncode}"
+    step = getattr(node, "fullname", None) or getattr(node, "_id", "?")
+    return (f"{os.path.basename(program)} refused the job of step {step}: {said}; hint: check "
+            "what the step asks for (docs/cluster.rst) against the partition, and "
+            "--plugin-args' sbatch_args/qsub_args")
+
+
 @contextmanager
-def _children_apart():
-    """The programs Nipype's interfaces start meanwhile run in sessions of their own, reading
-    no terminal: a Ctrl-C is not theirs."""
+def _children_apart(calls: list):
+    """Meanwhile the programs Nipype's interfaces start run in sessions of their own, reading
+    no terminal (a Ctrl-C is not theirs, nor this process's SIGTERM to those below it), and
+    their runtimes (command, exit status, output) are appended to ``calls``."""
     import subprocess
 
+    from nipype.interfaces.base import core
     from nipype.utils import subprocess as nipype_subprocess
 
-    popen = nipype_subprocess.Popen
+    popen, run_command = nipype_subprocess.Popen, core.run_command
 
     def apart(*args, **kwargs):
         kwargs.setdefault("start_new_session", True)
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         return popen(*args, **kwargs)
 
-    nipype_subprocess.Popen = apart
+    def recorded(runtime, *args, **kwargs):
+        runtime = run_command(runtime, *args, **kwargs)
+        calls.append(runtime)
+        return runtime
+
+    nipype_subprocess.Popen, core.run_command = apart, recorded
     try:
         yield
     finally:
-        nipype_subprocess.Popen = popen
+        nipype_subprocess.Popen, core.run_command = popen, run_command
 
 
 def ensure_logname() -> None:

@@ -86,10 +86,13 @@ def test_a_failed_job_is_one_line_naming_its_cause(example_dataset, tmp_path):
         assert html.escape(part) in report, (part, shown)
 
 
-def _ctrl_c_when(ready, pbs: FakePBS, command: list[str], log_path) -> tuple[int, str, list]:
+def _ctrl_c_when(ready, pbs: FakePBS, command: list[str], log_path,
+                 terminate: bool = False) -> tuple[int, str, list]:
     """Run ``command`` with ``pbs``'s programs until ``ready()``, then press Ctrl-C: SIGINT to
     its process group (the submitting command and its qsub, not the jobs, which run in
-    sessions of their own, as on a cluster). Returns its exit status, output and lines."""
+    sessions of their own, as on a cluster); ``terminate``: SIGTERM to the command alone
+    (``kill PID``, a scheduler ending the job that runs it). Returns its exit status, output
+    and lines."""
     log = open(log_path, "w")  # noqa: SIM115
     # Ctrl-C's default action (a shell's background job ignores SIGINT)
     proc = subprocess.Popen(command, env=pbs.env, stdout=log, stderr=subprocess.STDOUT,
@@ -101,7 +104,10 @@ def _ctrl_c_when(ready, pbs: FakePBS, command: list[str], log_path) -> tuple[int
             assert proc.poll() is None, Path(log_path).read_text()
             assert time.monotonic() < deadline, "no job started in 300 s"
             time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGINT)
+        if terminate:
+            os.kill(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=60)
     finally:
         text, lines = end_run(proc, log, log_path)
@@ -141,17 +147,45 @@ def test_ctrl_c_cancels_the_jobs_of_the_run(example_dataset, tmp_path):
     assert "finished; derivatives in" in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 
-def test_ctrl_c_during_a_submission_cancels_the_job_submitted(example_dataset, tmp_path):
+@pytest.mark.parametrize("terminate", [False, True], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_during_a_submission_cancels_the_job_submitted(example_dataset, tmp_path,
+                                                              terminate):
     """Ctrl-C while ``qsub`` was submitting a job (the scheduler had taken it, its id was not
     yet read) left that job running after the "interrupted" line: Ctrl-C stopped qsub and the
     command before the job's id was in the plugin's queue, so it was not cancelled. The
-    submission now finishes first, and its job is cancelled with the others."""
+    submission now finishes first, and its job is cancelled with the others. SIGTERM to the
+    command alone likewise (it ended qsub with the command's other children)."""
     pbs = FakePBS(tmp_path / "pbs", delay=3.0)
     command = register_command(example_dataset, tmp_path / "out", tmp_path / "work",
                                "--plugin", "PBS", "--plugin-args", "poll_sleep_duration=0.5")
     # the first job started; qsub has not answered its id
-    rc, text, lines = _ctrl_c_when(pbs.running, pbs, command, tmp_path / "run.log")
+    rc, text, lines = _ctrl_c_when(pbs.running, pbs, command, tmp_path / "run.log",
+                                   terminate=terminate)
     assert len(pbs.submitted()) == 1
     assert rc == 130 and lines[-1] == "samri_ml-register: interrupted", text[-2000:]
     assert "note: cancelled the 1 job(s)" in lines[-2] and "(qdel 0)" in lines[-2], lines
     assert not _left_running(pbs), "the job being submitted at Ctrl-C is still running"
+
+
+def test_a_job_the_scheduler_refuses_is_one_line_and_the_queued_jobs_are_cancelled(
+        example_dataset, tmp_path):
+    """A submit program that refuses a step's job (its memory over the queue's limit): with
+    SLURM the run stopped with 'IndexError: list index out of range' (Nipype read a job id
+    from sbatch's empty output), with PBS it queued a job without an id and waited on it; the
+    jobs already queued ran on. Now the scheduler's own words, naming the step, exit 1, and
+    the queued jobs are cancelled."""
+    pbs = FakePBS(tmp_path / "pbs", refuse="s_register")
+    proc = subprocess.run(register_command(example_dataset, tmp_path / "out",
+                                           tmp_path / "work", "--plugin", "PBS", "--plugin-args",
+                                           "poll_sleep_duration=0.5"),
+                          env=pbs.env, capture_output=True, text=True, timeout=600)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    # the jobs queued at that moment (their number depends on timing), cancelled
+    assert all("note: cancelled the " in ln for ln in lines if "note:" in ln), lines
+    assert lines[-1].startswith("samri_ml-register: error: qsub refused the job of step "
+                                "samri_ml_wf.sub_01_ses_1.anat_wf.s_register: qsub: Job "
+                                "exceeds queue resource limits MSG=cannot satisfy queue max "
+                                "mem requirement; hint: check what the step asks for"), lines
+    assert not _left_running(pbs), "jobs of the stopped run still running"
+

@@ -930,6 +930,10 @@ def _main(argv=None) -> int:
                 cancel_jobs(args.plugin, runner, PROG)
             raise
         except Exception as err:
+            if runner is not None and getattr(runner, "_pending", None):
+                # the plugin stopped with jobs queued (a later submission refused): Nipype
+                # leaves them running, as after Ctrl-C
+                cancel_jobs(args.plugin, runner, PROG)
             # a failed step: Nipype re-raises the step's exception (Linear, one failure), a
             # RuntimeError with its traceback (MultiProc) or "N raised. Re-raising first."
             text = str(err)

@@ -26,6 +26,9 @@ import os, subprocess, sys, time
 state = {state!r}
 args = sys.argv[1:]
 name = args[args.index("-N") + 1] if "-N" in args else "job"
+if {refuse!r} and {refuse!r} in name:  # as PBS refuses a job over the queue's limits
+    sys.exit("qsub: Job exceeds queue resource limits MSG=cannot satisfy queue max mem "
+             "requirement")
 logdir = args[args.index("-o") + 1] if "-o" in args else os.path.dirname(args[-1])
 with open(os.path.join(state, "submitted.log"), "a") as log:
     log.write(" ".join(args) + "\\n")
@@ -89,9 +92,11 @@ _STARTED = inspect.getsource(started)
 class FakePBS:
     """``qsub``/``qstat``/``qdel`` in ``root/bin`` that run each job locally with a minimal
     environment; :attr:`env` puts them first on ``PATH`` for the submitting command. ``qsub``
-    answers a job's id ``delay`` seconds after starting it (a busy scheduler)."""
+    answers a job's id ``delay`` seconds after starting it (a busy scheduler), and refuses the
+    jobs whose name holds ``refuse`` (exit status 1, as a queue's limits do)."""
 
-    def __init__(self, root, keep: tuple[str, ...] = ("PYTHONPATH",), delay: float = 0.0):
+    def __init__(self, root, keep: tuple[str, ...] = ("PYTHONPATH",), delay: float = 0.0,
+                 refuse: str = ""):
         self.root = Path(root)
         self.bin = self.root / "bin"
         self.state = self.root / "state"
@@ -101,7 +106,8 @@ class FakePBS:
             path = self.bin / name
             path.write_text(f"#!{sys.executable}\n"
                             + code.format(state=str(self.state), keep=tuple(keep),
-                                          started=_STARTED, delay=float(delay)))
+                                          started=_STARTED, delay=float(delay),
+                                          refuse=str(refuse)))
             path.chmod(0o755)
         #: environment for the command that submits the jobs
         self.env = dict(os.environ, PATH=os.pathsep.join([str(self.bin),
