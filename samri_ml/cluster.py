@@ -45,7 +45,9 @@ def parse_plugin_args(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         if "=" not in item:
-            raise ValueError(f"expected key=value in --plugin-args, got {item!r}")
+            raise ValueError(f"expected key=value in --plugin-args, got {item!r}; hint: a value "
+                             "with a comma needs the JSON form, e.g. "
+                             "'{\"sbatch_args\": \"--mail-type=END,FAIL\"}'")
         key, value = item.split("=", 1)
         out[key.strip()] = plugin_value(value.strip())
     return check_plugin_args(out)
@@ -79,13 +81,24 @@ OBJECT_KEYS = ("status_callback",)
 def check_plugin_args(args: dict) -> dict:
     """Refuse a value of a key of :data:`PLUGIN_ARG_RULES` of the wrong kind or range, an
     ``mp_context`` that is no start method (it failed after OUTPUT_DIR was made, with a raw
-    ValueError) and keys that take Python objects (:data:`OBJECT_KEYS`)."""
+    ValueError), a ``template`` that is neither a file nor a header's text, and keys that
+    take Python objects (:data:`OBJECT_KEYS`)."""
     import math
 
     for key in OBJECT_KEYS:
         if key in args:
             raise ValueError(f"{key}: takes a Python function, which a command line cannot "
                              "give; hint: leave it out")
+    template = args.get("template")
+    if template is not None and not (isinstance(template, str) and (
+            "\n" in template or template.lstrip().startswith("#!")
+            or os.path.isfile(template))):
+        # Nipype takes a name that is no file as the header's text: the scheduler refused the
+        # script, and the run stopped with "IndexError: list index out of range", OUTPUT_DIR made
+        what = ("no such file (Nipype would take it as the batch script's text, which must "
+                "start with #!)" if isinstance(template, str) else "not a file's path")
+        raise ValueError(f"template={json.dumps(template)}: {what}; hint: give the path of a "
+                         "header file, or the header itself")
     if "mp_context" in args and args["mp_context"] not in MP_CONTEXTS:
         raise ValueError(f"mp_context={json.dumps(args['mp_context'])}: must be one of "
                          f"{', '.join(MP_CONTEXTS)}")

@@ -422,6 +422,15 @@ CASES = [
      ["memory_gb=-1: must be a number of GB, at least 0.01"]),
     ("plugin_args_not_an_object", None, ["--plugin-args", "[1,2]"], 2,
      ["not a JSON object: '[1,2]'"]),
+    # Nipype took the name as the header's text: sbatch refused the script and the run
+    # stopped with "IndexError: list index out of range", OUTPUT_DIR made
+    ("plugin_args_template_not_a_file", None, ["--plugin-args", "template=hdr_missing.sh"], 2,
+     ['template="hdr_missing.sh": no such file (Nipype would take it as the batch script\'s '
+      "text, which must start with #!)"]),
+    ("plugin_args_comma_in_a_value", None,
+     ["--plugin-args", "sbatch_args=--partition=short --mail-type=END,FAIL"], 2,
+     ["expected key=value in --plugin-args, got 'FAIL'; hint: a value with a comma needs the "
+      "JSON form"]),
     ("empty_participant_label", None, ["--participant-label", ""], 2,
      ["--participant-label: an empty label; hint:"]),
     # labels run up to the next option: the analysis level (or OUTPUT_DIR) given after them

@@ -915,8 +915,9 @@ def _main(argv=None) -> int:
             # from the work dir: Nipype's PBS plugin writes its qstat output (stdout.nipype,
             # stderr.nipype) into the current folder, which may be BIDS_DIR
             with quiet_interrupts() as state, contextlib.chdir(args.work_dir):
-                plugin_args["status_callback"] = Progress(total, stop=state,
-                                                         linear=args.plugin == "Linear")
+                if args.plugin not in GRAPH_PLUGINS:  # they print a warning of Nipype's
+                    plugin_args["status_callback"] = Progress(total, stop=state,
+                                                             linear=args.plugin == "Linear")
                 from nipype.pipeline import plugins
 
                 # the plugin itself, not its name: its queue of submitted jobs is needed
