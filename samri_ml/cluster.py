@@ -354,3 +354,33 @@ def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
                            f"{lines[0] if lines else f'exit {proc.returncode}'}); hint: fix "
                            f"sbatch_args in --plugin-args (now {sbatch_args!r}); sbatch "
                            "--test-only ARGS --wrap true tries them")
+
+
+def check_step_requests(plugin: str, run_args: str, asked: dict[str, str]) -> None:
+    """Before anything is written: ``sbatch --test-only`` must accept the run's
+    ``sbatch_args`` with each distinct request of the steps (``asked``: step -> its
+    sbatch_args, :func:`samri_ml.workflows.request_slurm_resources`), so that a step asking
+    for more CPUs or memory than the partition has fails at once, named, not at its
+    submission minutes into the run. Skipped where ``sbatch`` does not answer in time."""
+    import shlex
+    import subprocess
+
+    requests: dict[str, str] = {}
+    for step, request in asked.items():
+        requests.setdefault(request, step)
+    for request, step in requests.items():
+        try:
+            proc = subprocess.run(["sbatch", "--test-only", *shlex.split(run_args),
+                                   *shlex.split(request), "--wrap", "true"],
+                                  capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            return  # the submission says what is wrong
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines()
+                     if ln.strip()]
+            raise SamriMLError(
+                f"--plugin {plugin}: sbatch refuses the job of step {step}, which asks for "
+                f"{request} ({lines[-1] if lines else f'exit {proc.returncode}'}); hint: a "
+                "partition with more (sbatch_args in --plugin-args), or fewer threads "
+                "(--omp-nthreads)")
+

@@ -1274,6 +1274,36 @@ def test_unknown_plugin_and_unreachable_slurm_are_one_line_errors(tmp_path, caps
     assert snapshot(tmp_path) == before
 
 
+def test_a_step_asking_more_than_the_partition_has_is_refused_before_the_run(
+        tmp_path, capsys, monkeypatch):
+    """A step's own request (--omp-nthreads 2: antsRegistration's --cpus-per-task=2, its
+    --mem) over the partition's limits passed --dry-run and sbatch --test-only of the run's
+    sbatch_args; the run stopped at that step's submission, minutes in. Refused up front now,
+    with sbatch's words and the step; a partition that takes it runs."""
+    make_dataset(tmp_path)
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    # a partition of one CPU per task: sbatch refuses --cpus-per-task=2, as SLURM does
+    (fake / "sbatch").write_text(
+        "#!/bin/sh\ncase \"$*\" in *cpus-per-task=2*) echo 'sbatch: error: CPU count per "
+        "node can not be satisfied' >&2; echo 'sbatch: error: Batch job submission failed: "
+        "Requested node configuration is not available' >&2; exit 1;; esac\nexit 0\n")
+    for tool in ("sbatch", "squeue"):
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    argv = [*_argv(tmp_path, []), "--plugin", "SLURM", "--plugin-args", "sbatch_args=-p short"]
+    before = snapshot(tmp_path)
+    assert main([*argv, "--omp-nthreads", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("samri_ml-register: error: --plugin SLURM: sbatch refuses the job "
+                              "of step anat_wf."), err
+    assert "which asks for --cpus-per-task=2" in err[-1] and "(sbatch: error: Batch job " \
+        "submission failed: Requested node configuration is not available)" in err[-1], err
+    assert snapshot(tmp_path) == before
+    assert main([*argv, "--omp-nthreads", "1"]) == 0  # --dry-run: every check passes
+
+
 def test_a_run_shorter_than_the_dummy_scans_is_named_up_front(tmp_path, capsys):
     """A 5-volume run with the default --dummy-scans 10 is cut to its last volume: one note
     before anything runs, not a Python warning inside a node's log."""

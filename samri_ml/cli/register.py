@@ -838,9 +838,12 @@ def _main(argv=None) -> int:
     if args.plugin in ("SLURM", "SLURMGraph"):
         # each heavy step's CPUs and memory (Nipype's SLURM plugins submit every step with
         # the run's sbatch_args alone: antsRegistration on --omp-nthreads threads got one CPU)
+        from samri_ml.cluster import check_step_requests
         from samri_ml.workflows import request_slurm_resources
 
-        request_slurm_resources(wf, str(args.plugin_args.get("sbatch_args") or ""))
+        run_args = str(args.plugin_args.get("sbatch_args") or "")
+        # a step's request over the partition's limits was refused only at its submission
+        check_step_requests(args.plugin, run_args, request_slurm_resources(wf, run_args))
     # another run on OUTPUT_DIR, or on the work dir (two runs in one -w crashed each other's
     # steps), refuses this one before anything is written
     OutputLock.check(args.output_dir)
