@@ -241,6 +241,11 @@ def test_compare_says_when_structural_and_functional_scans_are_pooled(tmp_path, 
     assert main(["compare", *folders, "--out", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
     assert "**Note:** anat and func scans are pooled" in printed, printed[:500]
+    # records without brain_coverage (an older samri_ml's): a partial field of view among
+    # them cannot be named, and that is said
+    assert "**Note:** 12 functional scan(s) without `brain_coverage` in their QC record (a: " \
+        "sub-00_ses-1_T2w; a: sub-01_ses-1_T2w; a: sub-02_ses-1_T2w; …): written by an older " \
+        "samri_ml" in printed, printed[:1500]
     assert (tmp_path / "cmp" / "qc_violin.png").stat().st_size > 10_000
     assert main(["compare", *folders, "--modality", "func"]) == 0
     assert "pooled" not in capsys.readouterr().out
@@ -839,3 +844,16 @@ def test_compare_names_the_scans_of_a_partial_field_of_view(tmp_path, capsys):
     assert {r["brain_coverage"] for r in rows if r["modality"] == "anat"} == {"n/a"}
     assert main(["compare", *folders, "--modality", "anat"]) == 0
     assert "partial field of view" not in capsys.readouterr().out
+    # the plot draws them hollow, and says so: a VCF of 0.5 read as half the volume lost
+    from samri_ml.qc.compare import read_qc_folder, violin_figure
+
+    groups = {name: read_qc_folder(folder, name) for name, folder in zip("ab", folders,
+                                                                          strict=True)}
+    fig = violin_figure(groups)
+    assert "Hollow points: a partial field of view" in fig._suptitle.get_text()
+    from matplotlib.collections import PathCollection
+
+    hollow = [c for ax in fig.axes for c in ax.collections  # scatter points without a face
+              if isinstance(c, PathCollection) and len(c.get_facecolor()) == 0]
+    # in each of the 5 func panels, 2 of each workflow's 6 scans
+    assert sorted(c.get_offsets().shape[0] for c in hollow) == [2] * 10, hollow

@@ -577,11 +577,19 @@ def violin_figure(groups: dict[str, list[dict]]):
                 ok = np.isfinite(vals[j])
                 if ok.sum() >= 2:
                     ax.plot(x[ok], vals[j][ok], color="0.55", lw=0.7, alpha=0.8, zorder=2)
+            shift = np.array([offset[k] for k in scans])
             for i in range(len(names)):
                 ok = np.isfinite(vals[:, i])
-                x = i + 1 + np.array([offset[k] for k in scans])[ok]
-                ax.scatter(x, vals[ok, i], s=20, color=colors[i % len(colors)], edgecolor="k",
-                           linewidth=0.4, marker=MARKERS.get(kind, "o"), zorder=3)
+                # a partial field of view hollow: its VCF is not expected to be 1
+                part = np.array([_is_partial(tables[i].get(k) or {}) for k in scans], bool)
+                colour = colors[i % len(colors)]
+                for chosen, hollow in ((ok & ~part, False), (ok & part, True)):
+                    if chosen.any():
+                        ax.scatter(i + 1 + shift[chosen], vals[chosen, i], s=20,
+                                   color="none" if hollow else colour,
+                                   edgecolor=colour if hollow else "k",
+                                   linewidth=1.1 if hollow else 0.4,
+                                   marker=MARKERS.get(kind, "o"), zorder=3)
             ax.axhline(ideal, color="0.3", linestyle="--", linewidth=0.8, zorder=1)
             if deviation:
                 ax.set_ylim(bottom=0.0)
@@ -601,11 +609,14 @@ def violin_figure(groups: dict[str, list[dict]]):
             if row == 0:
                 ax.set_title(f"{label.replace('  (tested)', '')}\n(ideal = {ideal:g})",
                              fontsize=9)
+    hollow = ("\nHollow points: a partial field of view (the scan covers under "
+              f"{PARTIAL_FOV:.0%} of the template's brain): its VCF is not expected to be 1."
+              if any(_is_partial(r) for recs in groups.values() for r in recs) else "")
     fig.suptitle(
         "One point per scan; grey lines join a scan across workflows; violins only where a "
         f"group has \u2265 {MIN_SCANS_FOR_VIOLIN} scans, its bar the median.\nThe statistics "
         "(qc_stats.md) test "
-        "|1 \u2212 VCF|, |1 \u2212 SCF| and SCF/VCF^(1/3); dashed: the ideal value.",
+        "|1 \u2212 VCF|, |1 \u2212 SCF| and SCF/VCF^(1/3); dashed: the ideal value." + hollow,
         fontsize=9)
     fig.tight_layout()
     if slanted:  # the slant again for the panels' width after the layout (their y axes take some)
@@ -759,6 +770,17 @@ def compare_workflows(
                        "are pooled below with the others"
                        + (" (`--modality anat` leaves them out)" if only_func and not modality
                           else "") + ".")
+    unknown = [f"{wf}: {r['scan']}" for wf, recs in groups.items() for r in recs
+               if r["modality"] == "func" and r.get(COVERAGE_KEY) is None]
+    if unknown:
+        # records of an older samri_ml, or of samri_ml-qc scan without --template-mask: a
+        # partial field of view among them went without a word
+        caution.append(f"**Note:** {len(unknown)} functional scan(s) without `brain_coverage` "
+                       "in their QC record (" + "; ".join(unknown[:3])
+                       + ("; …" if len(unknown) > 3 else "") + "): written by an older "
+                       "samri_ml, or by `samri_ml-qc scan` without `--template-mask`, so a "
+                       "partial field of view among them (VCF not expected to be 1) cannot be "
+                       "named here; their subjects' reports say it.")
     kinds = sorted({r["modality"] for recs in groups.values() for r in recs if r["modality"]})
     if len(kinds) > 1:
         # structural and functional scans conserve volume and smoothness differently (the
