@@ -112,7 +112,8 @@ def write_montage(
                       "hint: give the atlas folder", SamriMLNote, stacklevel=2)
     for p, d in shown:
         img = plate_images.get(p, np.zeros((TILE, TILE), np.float32))  # blank: no picture
-        tiles.append(_tile(img, f"#{len(tiles)} plate {p}  d={d:.3f}", prepared,
+        # the embedding distance, lower closer ("d=" read as nothing in particular)
+        tiles.append(_tile(img, f"#{len(tiles)} plate {p}  dist {d:.3f}", prepared,
                            foot=bool(note)))
     out = Path(out_png)
     from samri_ml.bids import atomic_write_bytes
