@@ -78,6 +78,12 @@ def _node_graph(workflow, graph2use):
         groups[n] = ".".join(parts[1:-1]) or parts[0]
         values = [iterable_label(p) for p in (getattr(n, "parameterization", None) or [])]
         labels[n] = parts[-1] + (f" [{', '.join(values)}]" if values else "")
+    # a name several sub-workflows use (inputnode, outputnode) with its sub-workflow's: the
+    # flat graph showed three "inputnode" boxes, uncoloured, telling nothing apart
+    names = [labels[n] for n in graph.nodes]
+    for n in graph.nodes:
+        if names.count(labels[n]) > 1 and groups[n] != workflow.name:
+            labels[n] = f"{groups[n].split('.')[-1]}.{labels[n]}"
     return graph, groups, labels
 
 

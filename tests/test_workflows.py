@@ -164,6 +164,21 @@ def test_graph_picture_without_graphviz(graph2use, tmp_path):
     assert ("anat_wf" if graph2use == "orig" else "s_register") in svg.read_text()
 
 
+def test_flat_graph_names_the_sub_workflow_of_a_repeated_node_name():
+    """The flat graph showed three boxes "inputnode" (and three "outputnode"), uncoloured:
+    which sub-workflow each belonged to could not be told. A name several sub-workflows use
+    now carries its sub-workflow's; the top level's stays bare."""
+    from samri_ml.graph import _node_graph
+
+    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file="a_T2w.nii.gz",
+                         bold_files=["b_bold.nii.gz"], qc=False)
+    for graph2use in ("flat", "colored"):
+        _, _, labels = _node_graph(wf, graph2use)
+        names = sorted(labels.values())
+        assert {"inputnode", "anat_wf.inputnode", "func0_wf.inputnode"} <= set(names), names
+        assert len(names) == len(set(names)), names  # every box told apart
+
+
 @pytest.mark.parametrize("workflow", ["generic", "structural", "functional"])
 def test_graph_command_of_the_readme_draws_every_workflow(workflow, tmp_path, capsys):
     """``samri_ml-graph generic graph --type colored --format svg`` (the README's command) and
