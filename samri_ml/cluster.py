@@ -366,7 +366,7 @@ def check_step_requests(plugin: str, run_args: str, asked: dict[str, str]) -> No
     import subprocess
 
     requests: dict[str, str] = {}
-    for step, request in asked.items():
+    for step, request in sorted(asked.items()):  # the first step of a request, by name
         requests.setdefault(request, step)
     for request, step in requests.items():
         try:

@@ -1296,8 +1296,9 @@ def test_a_step_asking_more_than_the_partition_has_is_refused_before_the_run(
     before = snapshot(tmp_path)
     assert main([*argv, "--omp-nthreads", "2"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
+    # a step of those asking for 2 CPUs (the first by name: anat_wf.s_biascorrect)
     assert err[-1].startswith("samri_ml-register: error: --plugin SLURM: sbatch refuses the job "
-                              "of step anat_wf."), err
+                              "of step anat_wf.s_biascorrect, "), err
     assert "which asks for --cpus-per-task=2" in err[-1] and "(sbatch: error: Batch job " \
         "submission failed: Requested node configuration is not available)" in err[-1], err
     assert snapshot(tmp_path) == before
