@@ -366,7 +366,7 @@ def stale_files(out_dir, produced, sources, figures_drawn=None) -> list[Path]:
              if f.is_file() and not f.name.startswith(".") and f.resolve() not in produced]
     if figures_drawn is not None:
         drawn = {Path(p).resolve() for p in figures_drawn}
-    # a subject's figures folder is shared by its sessions: only this run's sessions' own
+        # a subject's figures folder is shared by its sessions: only this run's sessions' own
         tags: dict[Path, set[str]] = {}
         for src in sources:
             ent = parse_entities(src)

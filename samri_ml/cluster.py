@@ -340,20 +340,32 @@ def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
                            "MultiProc")
     # a job sbatch refuses (a partition, time or CPU count the cluster does not have) made
     # Nipype fail with "IndexError: list index out of range" on sbatch's empty answer
-    import shlex
-
     sbatch_args = str((plugin_args or {}).get("sbatch_args") or "")
-    try:
-        proc = subprocess.run(["sbatch", "--test-only", *shlex.split(sbatch_args), "--wrap",
-                               "true"], capture_output=True, text=True, timeout=60)
-    except (subprocess.TimeoutExpired, ValueError):  # ValueError: unbalanced quotes
-        return  # the run's first submission says what is wrong
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise SamriMLError(f"--plugin {plugin}: sbatch refuses the jobs ("
-                           f"{lines[0] if lines else f'exit {proc.returncode}'}); hint: fix "
+    said = _sbatch_refusal(sbatch_args)
+    if said:
+        raise SamriMLError(f"--plugin {plugin}: sbatch refuses the jobs ({said[0]}); hint: fix "
                            f"sbatch_args in --plugin-args (now {sbatch_args!r}); sbatch "
                            "--test-only ARGS --wrap true tries them")
+
+
+def _sbatch_refusal(*args: str) -> list[str] | None:
+    """What ``sbatch --test-only ARGS --wrap true`` says (its lines; ``exit N`` where it says
+    nothing) where it refuses a job with the options ``args`` (strings of options, split as a
+    shell would); None where it accepts it, or cannot tell (not answering within 60 s,
+    unbalanced quotes): the submission then says what is wrong."""
+    import shlex
+    import subprocess
+
+    try:
+        options = [option for text in args for option in shlex.split(text)]
+        proc = subprocess.run(["sbatch", "--test-only", *options, "--wrap", "true"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired, ValueError):  # ValueError: unbalanced quotes
+        return None
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+    return lines or [f"exit {proc.returncode}"]
 
 
 def check_step_requests(plugin: str, run_args: str, asked: dict[str, str]) -> None:
@@ -361,26 +373,15 @@ def check_step_requests(plugin: str, run_args: str, asked: dict[str, str]) -> No
     ``sbatch_args`` with each distinct request of the steps (``asked``: step -> its
     sbatch_args, :func:`samri_ml.workflows.request_slurm_resources`), so that a step asking
     for more CPUs or memory than the partition has fails at once, named, not at its
-    submission minutes into the run. Skipped where ``sbatch`` does not answer in time."""
-    import shlex
-    import subprocess
-
+    submission minutes into the run. A request ``sbatch`` does not answer within 60 s passes."""
     requests: dict[str, str] = {}
     for step, request in sorted(asked.items()):  # the first step of a request, by name
         requests.setdefault(request, step)
     for request, step in requests.items():
-        try:
-            proc = subprocess.run(["sbatch", "--test-only", *shlex.split(run_args),
-                                   *shlex.split(request), "--wrap", "true"],
-                                  capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired, ValueError):
-            return  # the submission says what is wrong
-        if proc.returncode != 0:
-            lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines()
-                     if ln.strip()]
+        said = _sbatch_refusal(run_args, request)
+        if said:
             raise SamriMLError(
                 f"--plugin {plugin}: sbatch refuses the job of step {step}, which asks for "
-                f"{request} ({lines[-1] if lines else f'exit {proc.returncode}'}); hint: a "
-                "partition with more (sbatch_args in --plugin-args), or fewer threads "
-                "(--omp-nthreads)")
+                f"{request} ({said[-1]}); hint: a partition with more (sbatch_args in "
+                "--plugin-args), or fewer threads (--omp-nthreads)")
 

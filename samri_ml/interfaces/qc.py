@@ -117,10 +117,16 @@ class VolumeConservation(SimpleInterface):
         if isdefined(self.inputs.reference_mask):
             import nibabel as nb
 
+            from samri_ml.qc.volume import affine_mm
             from samri_ml.report import brain_coverage
 
+            # the data read above (a registered run read again was a second decompression
+            # of the largest file of the run), both images in mm as _load gives them
+            mask = nb.load(self.inputs.reference_mask)
             self._results["brain_coverage"] = brain_coverage(
-                nb.load(self.inputs.processed_file), nb.load(self.inputs.reference_mask))
+                nb.Nifti1Image(proc, proc_aff, dtype=np.float32),  # (any data type in memory)
+                nb.Nifti1Image((np.asanyarray(mask.dataobj) > 0.5).astype(np.uint8),
+                               affine_mm(mask)))
         return runtime
 
 

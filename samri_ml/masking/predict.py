@@ -49,19 +49,21 @@ def _load_cached(path: str, checksum: str, precision: str):
     return mark_shared(model, precision, "load_model(path, precision={precision})")
 
 
+def _fits(shape, channels) -> bool:
+    """Whether a batch ``shape`` (batch axis first) is of 64 x 64 slices with ``channels``
+    (``(1,)``, or ``()`` for none); ``None`` fits any size."""
+    shape = tuple(shape)[1:]
+    want = (pp.SIZE, pp.SIZE, *channels)
+    return len(shape) == len(want) and all(s in (None, w) for s, w in zip(shape, want,
+                                                                          strict=True))
+
+
 def check_masker(model, path) -> None:
     """Refuse a model that does not map 64 x 64 x 1 slices to a 64 x 64 (x 1) probability map
     (e.g. the plate embedding), which TensorFlow would only refuse deep in a reshape."""
-
-    def fits(shape, channels) -> bool:
-        shape = tuple(shape)[1:]
-        want = (pp.SIZE, pp.SIZE, *channels)
-        return len(shape) == len(want) and all(s in (None, w) for s, w in zip(shape, want,
-                                                                              strict=True))
-
     try:
-        ok = fits(model.input_shape, (1,)) and (fits(model.output_shape, (1,))
-                                                or fits(model.output_shape, ()))
+        ok = _fits(model.input_shape, (1,)) and (_fits(model.output_shape, (1,))
+                                                 or _fits(model.output_shape, ()))
     except (AttributeError, TypeError, ValueError):  # several inputs or outputs
         ok = False
     if not ok:
@@ -78,23 +80,19 @@ def masker_file_problem(path) -> str | None:
     configuration alone (no TensorFlow: for the checks a command makes before its work, e.g.
     ``samri_ml-register --mask-model``, whose run only failed in its masking steps); None where
     it may be one (:func:`check_masker` checks the loaded model in full)."""
-    import json
-    import zipfile
+    from samri_ml.models.inference import saved_config
+    from samri_ml.models.siamese import MODEL_PREFIX
 
+    config = saved_config(path)
     try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-        name = str(config["config"].get("name", ""))
+        name = str(config.get("name", ""))
         inputs = [layer["config"].get("batch_shape") or layer["config"].get("batch_input_shape")
-                  for layer in config["config"]["layers"] if layer["class_name"] == "InputLayer"]
-    except (OSError, KeyError, ValueError, TypeError, AttributeError, zipfile.BadZipFile):
+                  for layer in config["layers"] if layer["class_name"] == "InputLayer"]
+    except (KeyError, TypeError, AttributeError):  # None: no readable archive
         return "not a Keras model file (a .keras archive, as samri_ml-train-masker writes)"
-    if name.startswith("plate_embedding_"):
+    if name.startswith(MODEL_PREFIX):
         return "a plate embedding model (samri_ml-identify-plate's), not a brain-masking model"
-    want = (pp.SIZE, pp.SIZE, 1)
-    if len(inputs) == 1 and isinstance(inputs[0], list) and not (
-            len(inputs[0]) == 4 and all(s in (None, w) for s, w in zip(inputs[0][1:], want,
-                                                                     strict=True))):
+    if len(inputs) == 1 and isinstance(inputs[0], list) and not _fits(inputs[0], (1,)):
         shape = tuple(inputs[0])
         return (f"not a brain-masking model (it takes {shape} inputs; a masker takes "
                 f"{pp.SIZE}x{pp.SIZE}x1 slices)")

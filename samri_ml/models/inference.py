@@ -168,6 +168,20 @@ def _saved_keras_version(path) -> str | None:
         return None
 
 
+def saved_config(path) -> dict | None:
+    """The model configuration a ``.keras`` archive holds (its ``config.json``'s ``config``:
+    name, layers...), read without TensorFlow; None where ``path`` is no readable archive."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))["config"]
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def _version_key(version: str) -> tuple[int, ...]:
     import re
 

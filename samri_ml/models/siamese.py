@@ -13,6 +13,9 @@ shape ``(B,)`` and ``embeddings`` of shape ``(B, L)``; they are written on ``ker
 from __future__ import annotations
 
 BACKBONES = ("small", "resnet50v2", "resnet101v2")
+#: what the name of a plate embedding model starts with (``plate_embedding_<backbone>``, and
+#: ``plate_embedding_ensemble``): how its saved configuration tells it from other models
+MODEL_PREFIX = "plate_embedding_"
 
 
 def build_embedding_net(
@@ -103,7 +106,7 @@ def build_embedding_net(
     x = layers.Dense(embedding_dim, name="embedding")(x)
     if normalize:
         x = layers.UnitNormalization(name="l2_normalize")(x)
-    return keras.Model(inp, x, name=f"plate_embedding_{backbone}")
+    return keras.Model(inp, x, name=f"{MODEL_PREFIX}{backbone}")
 
 
 def pairwise_sq_distances(embeddings):
@@ -249,4 +252,4 @@ def build_ensemble(members, input_size: int):
         outs.append(m(resized[size]))
     x = outs[0] if len(outs) == 1 else layers.Concatenate()(outs)
     x = layers.Rescaling(1.0 / len(members) ** 0.5, name="ensemble_scale")(x)
-    return keras.Model(inp, x, name="plate_embedding_ensemble")
+    return keras.Model(inp, x, name=f"{MODEL_PREFIX}ensemble")

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from samri_ml.io import json_dumps
+from samri_ml.models.siamese import MODEL_PREFIX
 from samri_ml.plates.augment import section_like
 from samri_ml.plates.data import check_labels, load_atlas, load_sections, preprocess
 from samri_ml.plates.metrics import format_metrics, ranking_metrics
@@ -577,9 +578,6 @@ def _write_files(folder: Path, writers: dict) -> None:
             write(tmp)
 
 
-#: what the name of a plate embedding model starts with (``plate_embedding_<backbone>``:
-#: :func:`samri_ml.models.siamese.build_embedding_net`, and ``_ensemble``)
-MODEL_PREFIX = "plate_embedding_"
 
 
 def init_settings(path) -> dict:
@@ -588,13 +586,12 @@ def init_settings(path) -> dict:
     run that starts from it (``--init``) trains, whatever its ``--backbone`` / ``--width``
     defaults say. Settings it cannot tell are left out; ``{}`` for a file that is no readable
     ``.keras`` archive (loading it names the cause)."""
-    import zipfile
+    from samri_ml.models.inference import saved_config
 
+    config = saved_config(path)
     try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))["config"]
         name, layers = str(config.get("name", "")), list(config["layers"])
-    except (OSError, KeyError, ValueError, TypeError, AttributeError, zipfile.BadZipFile):
+    except (KeyError, TypeError, AttributeError):  # None: no readable archive
         return {}
     if not name.startswith(MODEL_PREFIX):
         return {}

@@ -266,14 +266,14 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
         (processed[0], scf, [(processed[1], "processed_file")]),
         (vcf, scf, [("vcf", "vcf")]),
         (vcf, write, [("vcf", "vcf"), ("volume_processed", "volume_processed"),
-                      ("volume_raw", "volume_raw"), ("raw_dummy_scans", "raw_dummy_scans")]
-         + ([("brain_coverage", "brain_coverage")] if template_mask else [])),
+                      ("volume_raw", "volume_raw"), ("raw_dummy_scans", "raw_dummy_scans")]),
         (scf, write, [("scf", "scf"), ("scf_normalised", "scf_normalised"),
                       ("fwhm_processed", "fwhm_processed"), ("fwhm_raw", "fwhm_raw"),
                       ("scf_axes_left_out", "scf_axes_left_out")]),
     ])
     if template_mask is not None:  # a node's output: the file need not exist when it is built
         wf.connect(*template_mask, vcf, "reference_mask")
+        wf.connect(vcf, "brain_coverage", write, "brain_coverage")
     if output_dir is not None:
         for ext, field in ((".json", "out_json"), (".tsv", "out_tsv")):
             ds = pe.Node(DerivativesDataSink(base_directory=str(output_dir),
