@@ -1747,14 +1747,20 @@ def test_a_cluster_run_uses_one_thread_per_ants_step_by_default(tmp_path, capsys
                                                                 plugin, nprocs, threads):
     """Without --omp-nthreads, a cluster run gave every ANTs job as many threads as the login
     node has cores (--nprocs' default), while a job gets one CPU unless asked for more; the
-    summary line now says how many threads each ANTs step uses."""
+    summary line now says how many threads each ANTs step uses. --nprocs given with a cluster
+    plugin, where nothing reads it, is noted (it was accepted without a word)."""
     from samri_ml.testing.pbs import FakePBS
 
     make_dataset(tmp_path)
     monkeypatch.setenv("PATH", FakePBS(tmp_path / "pbs").env["PATH"])  # qsub, qstat
     assert main([*_argv(tmp_path, []), "--plugin", plugin, "--nprocs", nprocs]) == 0
-    summary = capsys.readouterr().err.splitlines()[0]
-    assert f"plugin {plugin}, {threads} thread(s) per ANTs step;" in summary, summary
+    err = capsys.readouterr().err
+    summary = next(line for line in err.splitlines() if "thread(s) per ANTs step" in line)
+    assert f"plugin {plugin}, {threads} thread(s) per ANTs step;" in summary, err
+    note = f"note: --nprocs is not used with --plugin {plugin} (each step is a job"
+    assert (note in err) == (plugin == "PBS"), err
+    assert main([*_argv(tmp_path, []), "--plugin", plugin]) == 0  # not given: no note
+    assert "--nprocs is not used" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("plugin, noted", [("PBS", True), ("Linear", True), ("MultiProc", False)])

@@ -157,7 +157,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="Nipype's working folder; rerunning with the same one reuses finished "
                    "nodes (default: OUTPUT_DIR/.samri_ml_work)")
-    g.add_argument("--nprocs", "--n-cpus", type=int, default=available_cpus(),
+    g.add_argument("--nprocs", "--n-cpus", type=int, default=None,
                    help="processes for MultiProc; 1 runs Linear (default: the cores this job "
                    "may use)")
     g.add_argument("--omp-nthreads", type=number_in(int, 1), default=None,
@@ -337,8 +337,11 @@ def validate(args, parser) -> None:
     load_flavour(args.registration_flavour)
     from nipype.pipeline import plugins
 
-    if args.nprocs < 1:
+    nprocs_given = args.nprocs is not None
+    if nprocs_given and args.nprocs < 1:
         parser.error("--nprocs must be at least 1")
+    if not nprocs_given:
+        args.nprocs = available_cpus()
     if args.plugin is None:
         args.plugin = "Linear" if args.nprocs == 1 else "MultiProc"
     if args.plugin == "Debug" or not hasattr(plugins, f"{args.plugin}Plugin"):
@@ -346,6 +349,11 @@ def validate(args, parser) -> None:
     # in a dry run too: a cluster run checked on the login node must pass or fail there as
     # the real run would
     check_scheduler(args.plugin, args.plugin_args)
+    if nprocs_given and args.plugin in SCHEDULER_PROGRAMS:
+        # each step is a job of its own: nothing reads it (it was accepted without a word)
+        print(f"{PROG}: note: --nprocs is not used with --plugin {args.plugin} (each step is "
+              "a job of its own); hint: the scheduler decides how many run at once, and "
+              "--omp-nthreads sets the threads of each ANTs job", file=sys.stderr)
     if args.mem_gb and args.plugin != "MultiProc":
         # nothing else reads it: a cluster job's memory is the scheduler's to give
         where = ("ask the scheduler for it in --plugin-args, e.g. sbatch_args with --mem"
