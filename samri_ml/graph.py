@@ -253,6 +253,24 @@ def _edge_path(points):
     return MPath(verts, codes)
 
 
+def group_colours(names, n_colours: int = 10) -> dict[str, int]:
+    """A colour index per sub-workflow, from its own name (the part after the last dot), not
+    from its place among the graph's names: ``anat_wf`` keeps its colour in every graph it is
+    in (the report's and ``samri_ml-graph``'s differed). Two names on one index: the later
+    (in name order) takes the next free one."""
+    import zlib
+
+    out: dict[str, int] = {}
+    for g in sorted(set(names)):
+        i = zlib.crc32(str(g).rsplit(".", 1)[-1].encode()) % n_colours
+        taken = set(out.values())
+        if len(taken) < n_colours:
+            while i in taken:
+                i = (i + 1) % n_colours
+        out[g] = i
+    return out
+
+
 def _draw_layered(workflow, path: Path, graph2use: str):
     """Draw the graph top to bottom with matplotlib; returns the figure (outside pyplot).
 
@@ -277,8 +295,13 @@ def _draw_layered(workflow, path: Path, graph2use: str):
     root = workflow.name
     pos, width, chains, block_of = _layout(graph, groups, labels, layer, hierarchical, root)
     group_names = sorted(set(groups.values()))
-    cmap = matplotlib.colormaps["tab20"]
-    colour = {g: cmap(i % 20) for i, g in enumerate(group_names)}
+    # tab10 where it is enough: tab20's neighbours are pairs of one hue (anat_wf and func0_wf
+    # came out two cyans)
+    n_colours = 10 if len(group_names) <= 10 else 20
+    cmap = matplotlib.colormaps[f"tab{n_colours}"]
+    # half-way to white: black labels stay readable on tab10's grey and blue
+    colour = {g: tuple(0.5 + 0.5 * np.asarray(cmap(i)[:3])) + (1.0,)
+              for g, i in group_colours(group_names, n_colours).items()}
     by_group = graph2use in ("colored", "hierarchical")
     half = _BOX_H / 2
     boxes = {n: (pos[n][0] - width[n] / 2, pos[n][1] - half,

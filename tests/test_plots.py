@@ -371,3 +371,16 @@ print(matplotlib.get_backend(), plt.get_fignums() == [mine.number])
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["svg", "True"]
+
+
+def test_a_sub_workflow_keeps_its_colour_in_every_graph():
+    """Colours followed the place of a sub-workflow's name among the graph's names, so
+    ``anat_wf`` had one colour in the report's graph and another in ``samri_ml-graph``'s."""
+    from samri_ml.graph import group_colours
+
+    small = group_colours(["register.anat_wf", "register.func_wf"])
+    large = group_colours(["a_wf", "qc_wf", "anat_wf", "func_wf", "masking_wf", "register"])
+    assert small["register.anat_wf"] == large["anat_wf"]
+    assert small["register.func_wf"] == large["func_wf"]
+    many = group_colours([f"wf{i}" for i in range(20)], 20)
+    assert sorted(many.values()) == list(range(20))  # as many names as colours: all differ
