@@ -1006,8 +1006,7 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path):
 def test_a_work_dir_in_use_refuses_a_second_run_before_anything_is_written(tmp_path, capsys):
     """Two runs with one -w and two OUTPUT_DIRs crashed each other's steps (a FileNotFoundError
     in Nipype's node folders, both exit 1): the work dir is locked like OUTPUT_DIR, and the
-    second run, and its --dry-run, refuse at once; -w OUTPUT_DIR (one lock file) is no
-    conflict with itself."""
+    second run, and its --dry-run, refuse at once."""
     make_dataset(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
@@ -1021,14 +1020,24 @@ def test_a_work_dir_in_use_refuses_a_second_run_before_anything_is_written(tmp_p
                 f"work dir {work}; hint: wait for it, or give another -w" in err[0], err
             assert snapshot(tmp_path) == before  # not even OUTPUT_DIR
     assert main(_argv(tmp_path, ["OUT=out2", "-w", str(work)])) == 0, capsys.readouterr().err
-    # a run whose work dir is its OUTPUT_DIR takes the one lock once: it runs (and fails in
-    # its first registration step, as this flavour makes it), it does not refuse itself
-    flavour = _flavour(tmp_path, smoothing_sigmas=[2, 1])
-    argv = [a for a in _argv(tmp_path, ["OUT=out3", "-w", str(tmp_path / "out3")])
-            if a not in ("--dry-run", "--fast")]
-    assert main([*argv, "--registration-flavour", str(flavour), "--nprocs", "1"]) == 1
+
+
+@pytest.mark.parametrize("work, refused", [("out3", True), ("out3/sub-01", True),
+                                           ("out3/.mywork", False)])
+def test_a_work_dir_among_the_derivatives_is_refused(tmp_path, capsys, work, refused):
+    """-w OUTPUT_DIR/sub-01 (or OUTPUT_DIR itself) was accepted: Nipype's intermediate images
+    (…_corrected.nii.gz) and a lock file landed in the subject's derivatives, which BIDS tools
+    indexed as results. A dot folder inside OUTPUT_DIR, as the default's, is fine."""
+    make_dataset(tmp_path)
+    before = snapshot(tmp_path)
+    code = main(_argv(tmp_path, ["OUT=out3", "-w", str(tmp_path / work)]))
     err = capsys.readouterr().err.strip().splitlines()
-    assert "step(s) failed" in err[-1] and "another samri_ml run" not in err[-1], err[-3:]
+    if refused:
+        assert code == 2 and f"--work-dir {tmp_path / work} is inside OUTPUT_DIR " \
+            f"{tmp_path / 'out3'}, among the derivatives; hint: leave -w out" in err[-1], err
+        assert snapshot(tmp_path) == before
+    else:
+        assert code == 0, err
 
 
 def test_another_pipelines_derivatives_are_refused_samri_mls_own_reused(tmp_path, capsys):

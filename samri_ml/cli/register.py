@@ -287,6 +287,13 @@ def validate(args, parser) -> None:
     if work == bids_dir / "derivatives":
         parser.error(f"--work-dir {work} is the derivatives folder itself (shared by every "
                      f"pipeline); hint: give a folder of its own, e.g. {out / '.samri_ml_work'}")
+    below = work.relative_to(out).parts if work.is_relative_to(out) else None
+    if below is not None and not (below and below[0].startswith(".")):
+        # Nipype's intermediate images (…_corrected.nii.gz) among the derivatives, where BIDS
+        # tools took them for results (a dot folder, the default's, they leave alone)
+        parser.error(f"--work-dir {work} is inside OUTPUT_DIR {out}, among the derivatives; "
+                     f"hint: leave -w out (the default is {out / '.samri_ml_work'}) or give a "
+                     "folder outside OUTPUT_DIR")
     inside = enclosing_dataset(work, bids_dir)
     for dataset in {d for d in (inside, work) if d is not None and d != out}:
         other = foreign_dataset(dataset)
@@ -855,9 +862,7 @@ def _main(argv=None) -> int:
     # another run on OUTPUT_DIR, or on the work dir (two runs in one -w crashed each other's
     # steps), refuses this one before anything is written
     OutputLock.check(args.output_dir)
-    share_work = args.work_dir == args.output_dir  # one lock file: taken once
-    if not share_work:
-        OutputLock.check(args.work_dir, "-w")
+    OutputLock.check(args.work_dir, "-w")
     if args.dry_run:
         # every check of a real run (the scheduler's programs and the output folders were
         # checked in validate()), nothing written (but the graph, where asked for)
@@ -866,8 +871,7 @@ def _main(argv=None) -> int:
     make_dir(args.output_dir, "OUTPUT_DIR")
     with OutputLock(args.output_dir), contextlib.ExitStack() as held:
         make_dir(args.work_dir, "--work-dir")
-        if not share_work:
-            held.enter_context(OutputLock(args.work_dir, "-w"))
+        held.enter_context(OutputLock(args.work_dir, "-w"))
         from samri_ml.bids import write_dataset_description
 
         write_dataset_description(args.output_dir, args.bids_dir, __version__,
