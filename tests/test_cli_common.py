@@ -79,3 +79,34 @@ def test_commands_start_with_a_home_they_cannot_look_into(tmp_path):
         pytest.skip(f"the interpreter cannot be run as another user here: {proc.stderr[-200:]}")
     assert proc.returncode == 0 and "PermissionError" not in proc.stderr, proc.stderr
     assert "samri_ml-config-" in proc.stdout, proc.stdout
+
+
+_INTERRUPTED = """
+import os, signal, sys
+from samri_ml.cli._common import run_cli
+
+def interrupted(argv):
+    raise KeyboardInterrupt
+
+given = sys.argv[1] == "given"
+code = run_cli("prog", interrupted, ["x"] if given else None)
+handler = signal.getsignal(signal.SIGINT)
+print("ignored" if handler is signal.SIG_IGN else "restored", code, flush=True)
+if not given:
+    os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C after the 'interrupted' line
+print("alive", flush=True)
+"""
+
+
+@pytest.mark.parametrize("argv", ["command-line", "given"])
+def test_a_second_ctrl_c_after_the_interrupted_line_prints_no_traceback(argv):
+    """``timeout -s INT`` signals the whole process group: a second SIGINT reached
+    samri_ml-register while it finalized after its 'interrupted' line, and a KeyboardInterrupt
+    traceback followed that line (2 of 16 tries). From the command line further Ctrl-Cs are
+    ignored until the exit; a caller that gives argv gets its handler back."""
+    run = subprocess.run([sys.executable, "-c", _INTERRUPTED, argv], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip() == "prog: interrupted", run.stderr
+    expected = "restored 130\nalive" if argv == "given" else "ignored 130\nalive"
+    assert run.stdout.strip() == expected, run.stdout
