@@ -545,7 +545,8 @@ def _header(subject, *, template, template_name, masking, flavour, command, star
 
 def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
                           masking=None, qc=True, crashes_since: float | None = None,
-                          flavour: str | None = None, workflow_graph=None):
+                          flavour: str | None = None, workflow_graph=None,
+                          confirmed=None):
     """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
 
     ``masking="none"``: the run predicted no masks, so a ``desc-brain_mask`` left in
@@ -554,7 +555,9 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     run's start): the subject's crash files written since are listed (the failed step, its
     last line and the file), so the report says what failed, not only what is missing; and
     where a subject has such a failure, its registered scans written before the run are marked
-    as possibly an earlier run's (a failed rerun showed them as its own).
+    as possibly an earlier run's (a failed rerun showed them as its own), but those among
+    ``confirmed`` (paths this run's sink steps wrote, or found holding the bytes they would
+    have written; ``None``: not known).
     A red banner at the top names each scan whose VCF is outside the plausible range, each
     failed step, each scan without output and each such older one. The header gives the
     samri_ml version, the template, the masking, the flavour (``flavour``, else read from the
@@ -638,7 +641,8 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                 name = _stem(raw)
                 # a failed rerun into an OUTPUT_DIR of an earlier run: its registered scans
                 # were shown (pictures, QC) as this run's, under this run's options
-                old = _earlier_than(deriv, crashes_since) if failed else None
+                old = _earlier_than(deriv, crashes_since) if failed and not (
+                    confirmed is not None and deriv.resolve() in confirmed) else None
                 if old:
                     earlier.append(f"{Path(raw).name} ({old})")
                 mask, tpl, edges = on_template_grid(img)

@@ -397,6 +397,18 @@ def test_a_failed_rerun_does_not_pass_an_earlier_runs_registration_off_as_its_ow
         < text.index("<img", heading)
     assert "<td>sub-01_ses-1_T2w &Dagger;</td>" in text
     assert "&Dagger; Written before this run" in text
+    # the structural scan's sink step ran through this run and found its bytes in place (so
+    # left the file and its time): confirmed, not marked; the functional run still is
+    from samri_ml.report import registered_output
+
+    anat = registered_output(out, items[0]["anat"], kw["template_name"]).resolve()
+    (page,) = write_subject_reports(out, items, masking="unet", crashes_since=started,
+                                    confirmed={anat}, **kw)
+    text = page.read_text()
+    banner = text[text.index("<div class='banner'"):text.index("</div>")]
+    assert "sub-01_ses-1_T2w.nii.gz (" not in banner, banner
+    assert "sub-01_ses-1_task-rest_bold.nii.gz (" in banner, banner
+    assert "<td>sub-01_ses-1_T2w &Dagger;</td>" not in text
     # the failed run's own outputs (written after it started) are its own
     for f in out.rglob("*_desc-preproc_*.nii.gz"):
         os.utime(f)

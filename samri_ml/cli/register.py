@@ -958,16 +958,17 @@ def _main(argv=None) -> int:
             if not (crashes or "Workflow did not execute cleanly" in text or "Traceback" in text
                     or re.fullmatch(r"\d+ raised\. Re-raising first\.", text)):
                 raise
-            # the sessions that finished still get their report (the failed scans marked)
-            try:
-                _write_reports(args, sessions, started)
-            except Exception as report_err:  # noqa: BLE001 - the run's own error comes first
-                print(f"{PROG}: note: the reports could not be written ({report_err})",
-                      file=sys.stderr)
             # graph plugins submit every job at once and never call the status callback:
             # there the registered outputs alone tell
             through = (None if args.plugin in GRAPH_PLUGINS
                        else getattr(plugin_args.get("status_callback"), "through", None))
+            # the sessions that finished still get their report (the failed scans marked)
+            try:
+                _write_reports(args, sessions, started,
+                               confirmed=_confirmed_outputs(args, sessions, through))
+            except Exception as report_err:  # noqa: BLE001 - the run's own error comes first
+                print(f"{PROG}: note: the reports could not be written ({report_err})",
+                      file=sys.stderr)
             outcomes = _outcomes(args, sessions, crashes, steps, through)
             if not args.stop_on_first_crash:
                 # the sessions beside the failed ones ran through
@@ -1193,9 +1194,30 @@ def implausible_qc_notes(paths, output_dir, grid_mm3: float | None = None) -> li
     return notes
 
 
-def _write_reports(args, sessions, started: float | None = None) -> None:
+def _confirmed_outputs(args, sessions, through) -> set[Path] | None:
+    """The registered scans whose sink step this run ran through (or reused), although they
+    may predate it: a sink leaves a file of the same bytes as it was, its time included, so
+    the time alone called them an earlier run's. ``None`` where the run cannot tell
+    (``through`` is None: a graph plugin)."""
+    if through is None:
+        return None
+    from samri_ml.report import registered_output
+
+    out = set()
+    for item in sessions:
+        prefix = f"samri_ml_wf.{_session_wf_name(item)}."
+        sinks = ([("ds_anat", item["anat"])] if item["anat"] else []) + [
+            (f"ds_func{i}", bold) for i, bold in enumerate(item["bold"])]
+        out |= {registered_output(args.output_dir, raw, args.template_name).resolve()
+                for node, raw in sinks if prefix + node in through}
+    return out
+
+
+def _write_reports(args, sessions, started: float | None = None,
+                   confirmed: set[Path] | None = None) -> None:
     """Per-subject HTML reports, where the report module is available; the crash files
-    written since ``started`` are listed in them."""
+    written since ``started`` are listed in them; ``confirmed``: the registered scans this
+    run wrote or found as it would have written them (:func:`_confirmed_outputs`)."""
     try:
         from samri_ml.report import write_subject_reports
     except ImportError:
@@ -1204,7 +1226,7 @@ def _write_reports(args, sessions, started: float | None = None) -> None:
                                       template_mask=args.template_mask,
                                       template_name=args.template_name,
                                       masking=args.masking, qc=not args.no_qc,
-                                      crashes_since=started,
+                                      crashes_since=started, confirmed=confirmed,
                                       workflow_graph=getattr(args, "graph_path", False)):
         print(f"{PROG}: report {path}", file=sys.stderr)
     _note_sessions_not_reported(args.output_dir, sessions)
