@@ -727,6 +727,33 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     return written
 
 
+def mark_interrupted(report, rewritten: list[str], when: float) -> bool:
+    """Put a banner at the top of ``report`` (an earlier run's ``sub-X.html``): a run started at
+    ``when`` rewrote ``rewritten`` (file names) of the subject's derivatives before it was
+    interrupted, so the report's pictures and QC may describe other files than those in the
+    folder (a rerun with another ``--masking`` stopped half-way left the new registered scan
+    beside the old QC record, under a report that said "masking none"). False where there
+    is no such report or it is marked already."""
+    report = Path(report)
+    try:
+        page = report.read_text()
+    except OSError:
+        return False
+    if "class='banner interrupted'" in page or "<body>" not in page:
+        return False
+    stamp = f"{datetime.datetime.fromtimestamp(when).astimezone():%Y-%m-%d %H:%M %Z}"
+    names = ", ".join(rewritten[:5]) + (f" and {len(rewritten) - 5} more"
+                                       if len(rewritten) > 5 else "")
+    banner = ("<div class='banner interrupted' role='alert'><b>A later run (started "
+              f"{html.escape(stamp)}) was interrupted</b> after rewriting "
+              f"{len(rewritten)} of this subject's files ({html.escape(names)}): this report "
+              "is an earlier run's, and its pictures and QC may not match the files in the "
+              "folder. Rerun that command (finished steps are reused) for a report of one "
+              "run.</div>")
+    atomic_write_text(page.replace("<body>", "<body>" + banner, 1), report)
+    return True
+
+
 #: units of the QC table's columns (the record's keys, as in its JSON)
 UNITS = {"volume_processed": " (mm&sup3;)", "volume_raw": " (mm&sup3;)",
          "fwhm_processed": " (mm)", "fwhm_raw": " (mm)"}

@@ -2002,3 +2002,46 @@ def test_a_label_with_spaces_around_it_is_found(tmp_path, capsys):
     make_dataset(tmp_path)
     assert main(_argv(tmp_path, ["--participant-label", " 01 ", "--session-label", "1 "])) == 0
     assert "dry run: sub-01 ses-1" in capsys.readouterr().err
+
+
+def test_an_interrupted_rerun_that_rewrote_part_of_a_subject_says_so(tmp_path, capsys):
+    """A rerun with another --masking, interrupted after it wrote the new registered scan,
+    left it beside the earlier run's QC record and under a report that said "masking none",
+    nothing telling them apart. The subject is now named in a note, and its earlier report
+    gets a banner (once); a subject whose files are all of one run is not named."""
+    import argparse
+    import os
+    import time
+
+    from samri_ml.cli.register import _note_mixed_outputs
+
+    out = tmp_path / "out"
+    anat = out / "sub-01" / "ses-1" / "anat"
+    anat.mkdir(parents=True)
+    old = time.time() - 3600
+    files = {n: anat / n for n in ("sub-01_ses-1_space-P_desc-preproc_T2w.nii.gz",
+                                   "sub-01_ses-1_space-P_desc-qc_metrics.json")}
+    for path in files.values():
+        path.write_text("x")
+        os.utime(path, (old, old))
+    only_old = out / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T2w.nii.gz"
+    only_old.parent.mkdir(parents=True)
+    only_old.write_text("x")
+    report = out / "sub-01.html"
+    report.write_text("<!DOCTYPE html><html><head></head><body><h1>masking none</h1>"
+                      "</body></html>\n")
+    os.utime(report, (old, old))
+    started = time.time() - 10
+    files["sub-01_ses-1_space-P_desc-preproc_T2w.nii.gz"].write_text("new")
+    args = argparse.Namespace(output_dir=out)
+    sessions = [{"subject": "01"}, {"subject": "02"}]
+    _note_mixed_outputs(args, sessions, started)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["samri_ml-register: note: sub-01: this run rewrote 1 of its derivatives "
+                   "before the interrupt, beside 1 of an earlier run (marked in sub-01.html); "
+                   "hint: rerun the same command to finish (finished steps are reused)"], err
+    page = report.read_text()
+    assert page.index("A later run (started") < page.index("masking none")
+    assert "rewriting 1 of this subject's files (sub-01_ses-1_space-P_desc-preproc_T2w" in page
+    _note_mixed_outputs(args, sessions, started)  # a second interrupt: one banner
+    assert report.read_text().count("class='banner interrupted'") == 1

@@ -942,6 +942,7 @@ def _main(argv=None) -> int:
                 graph = wf.run(plugin=runner)
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
+            _note_mixed_outputs(args, sessions, started)
             if runner is not None:
                 cancel_jobs(args.plugin, runner, PROG)
             raise
@@ -1084,6 +1085,42 @@ def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
             continue
         if crash_cause(text).startswith("KeyboardInterrupt"):
             path.unlink(missing_ok=True)
+
+
+def _note_mixed_outputs(args, sessions, started: float) -> None:
+    """After an interrupt: each subject whose derivatives this run rewrote in part, beside
+    an earlier run's, is named, and its earlier report gets a banner (:func:`mark_interrupted`).
+    An interrupted rerun with another option left the new registered scan beside the old
+    QC record and report, nothing telling them apart."""
+    try:
+        from samri_ml.report import mark_interrupted
+    except ImportError:
+        return
+    for subject in dict.fromkeys(item["subject"] for item in sessions):
+        folder = args.output_dir / f"sub-{subject}"
+        new, old = [], 0
+        try:
+            for path in sorted(folder.rglob("*")):
+                rel = path.relative_to(folder).parts
+                if not path.is_file() or rel[0] in ("log", "figures") or \
+                        path.name.startswith("."):
+                    continue
+                if path.stat().st_mtime >= started:
+                    new.append(path.name)
+                else:
+                    old += 1
+        except OSError:
+            continue
+        if not (new and old):
+            continue
+        report = args.output_dir / f"sub-{subject}.html"
+        marked = report.is_file() and report.stat().st_mtime < started and \
+            mark_interrupted(report, new, started)
+        print(f"{PROG}: note: sub-{subject}: this run rewrote {len(new)} of its derivatives "
+              f"before the interrupt, beside {old} of an earlier run"
+              + (f" (marked in {report.name})" if marked else "")
+              + "; hint: rerun the same command to finish (finished steps are reused)",
+              file=sys.stderr)
 
 
 def _announce(args, sessions, wf, ants) -> None:
