@@ -310,6 +310,10 @@ def test_relative_paths_work_in_nodes_and_keep_symlinked_names(head, tmp_path, m
                              raw_file="annex/MD5E-s1234--0123abcd.nii.gz")
     assert vcf.run(cwd=str(tmp_path / "elsewhere")).outputs.vcf == pytest.approx(1.0)
 
+    # the raw file, relative too: the derivatives' description named the node's folder as
+    # the raw dataset
+    (tmp_path / SOURCE).parent.mkdir(parents=True)
+    os.symlink(tmp_path / "sub-01_T2w.nii.gz", tmp_path / SOURCE)
     sink = pe.Node(DerivativesDataSink(in_file=str(out_mask), source_file=SOURCE,
                                        base_directory="derivatives", desc="brain",
                                        suffix="mask"), name="ds_mask", base_dir="work")
@@ -317,6 +321,8 @@ def test_relative_paths_work_in_nodes_and_keep_symlinked_names(head, tmp_path, m
     assert stored == (tmp_path / "derivatives" / "sub-01" / "ses-1" / "anat" /
                       "sub-01_ses-1_desc-brain_mask.nii.gz")
     assert stored.read_bytes() == out_mask.read_bytes()
+    described = json.loads((tmp_path / "derivatives" / "dataset_description.json").read_text())
+    assert described["DatasetLinks"]["raw"] == tmp_path.as_uri(), described
 
 
 # ------------------------------------------------------------------- derivatives on reruns
@@ -359,9 +365,9 @@ def test_the_factories_take_relative_paths_on_their_inputnode(head, tmp_path, mo
     """``wf.inputs.inputnode.in_file = "sub-01_T2w.nii.gz"`` on init_structural_wf (the
     README's snippet without its abspath calls, as a lab first writes it) reached N4 as it
     was, which ran in its node's folder: 'file sub-01_T2w.nii.gz does not exist', then a
-    segmentation fault; so did relative iterables over subjects. The inputnodes now make
-    existing relative paths absolute where they are set, iterables too (symbolic links kept,
-    as the interfaces' path inputs)."""
+    segmentation fault; so did relative iterables over subjects, and later a relative
+    ``pathlib.Path``. The inputnodes now make existing relative paths absolute where they are
+    set, iterables too (symbolic links kept, as the interfaces' path inputs)."""
     from samri_ml.workflows import init_structural_wf
 
     img = nb.load(head)  # halved, for time: 32x48x24
@@ -376,9 +382,11 @@ def test_the_factories_take_relative_paths_on_their_inputnode(head, tmp_path, mo
 
     wf = init_structural_wf(flavour="fast", masking="input")
     wf.get_node("inputnode").iterables = ("in_file", ["sub-01_T2w.nii.gz", "sub-02_T2w.nii.gz"])
-    wf.inputs.inputnode.template = "template.nii.gz"
+    # a pathlib.Path as a string (a relative Path was left as it was, and N4 failed on it)
+    wf.inputs.inputnode.template = Path("template.nii.gz")
     wf.inputs.inputnode.template_mask = "template_mask.nii.gz"
-    wf.inputs.inputnode.in_mask = "template_mask.nii.gz"
+    wf.inputs.inputnode.in_mask = Path("template_mask.nii.gz")
+    assert wf.inputs.inputnode.template == str(tmp_path / "template.nii.gz")
     wf.base_dir = "work"
     graph = wf.run()
     warped = sorted(node.result.outputs.output_image for node in graph.nodes()

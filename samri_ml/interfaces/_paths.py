@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from nipype.interfaces.base import Directory as _NipypeDirectory
-from nipype.interfaces.base import DynamicTraitedSpec
+from nipype.interfaces.base import DynamicTraitedSpec, traits
 from nipype.interfaces.base import File as _NipypeFile
 from nipype.interfaces.utility import IdentityInterface as _NipypeIdentityInterface
 
@@ -38,11 +38,30 @@ class Directory(_Absolute, _NipypeDirectory):
     """Nipype's ``Directory``, absolute from where it was set (symbolic links kept)."""
 
 
+class PathStr(traits.BaseStr):
+    """A string naming a file that need not be read (``DerivativesDataSink.source_file``: the
+    raw file a derivative is named after), made absolute where it is set if it names an
+    existing relative path (it was resolved against the node's folder: the derivatives'
+    ``dataset_description.json`` recorded that folder as the raw dataset)."""
+
+    def validate(self, objekt, name, value):
+        return absolute_if_path(super().validate(objekt, name, os.fspath(value)
+                                                 if isinstance(value, os.PathLike) else value))
+
+
 def absolute_if_path(value):
-    """``value`` with every relative path in it that exists here (a string, or in a list or
-    tuple) made absolute (``os.path.abspath``: symbolic links kept); anything else as it is."""
+    """``value`` with every relative path in it that exists here (a string or a
+    ``pathlib.Path``, or in a list or tuple) made absolute (``os.path.abspath``: symbolic links
+    kept; a ``Path`` becomes a string, as Nipype's path traits give it); anything else as it
+    is. (A relative ``Path`` was left as it was: N4 ran in the node's folder, 'file does not
+    exist', a segmentation fault.)"""
     if isinstance(value, list | tuple):
         return type(value)(absolute_if_path(item) for item in value)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+        if not isinstance(value, str):  # bytes
+            return value
+        return os.path.abspath(value) if value else value
     if isinstance(value, str) and value and not os.path.isabs(value) and os.path.lexists(value):
         return os.path.abspath(value)
     return value

@@ -12,12 +12,12 @@ from nipype.interfaces.base import (
 )
 
 from samri_ml.bids import atomic_copy, atomic_write_text, derivative_path, sidecar_path
-from samri_ml.interfaces._paths import Directory, File
+from samri_ml.interfaces._paths import Directory, File, PathStr
 
 
 class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="file to store")
-    source_file = traits.Str(mandatory=True, desc="the raw BIDS file it derives from (for its name)")
+    source_file = PathStr(mandatory=True, desc="the raw BIDS file it derives from (for its name)")
     base_directory = Directory(mandatory=True, desc="the derivatives folder")
     space = traits.Str(desc="space entity, e.g. the template name")
     desc = traits.Str(desc="desc entity")
