@@ -3,6 +3,7 @@ layered drawing (networkx + matplotlib), so a picture is always written."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def write_workflow_graph(workflow, out_base, graph2use: str = "colored", fmt: st
     """
     if graph2use not in GRAPH_TYPES:
         raise ValueError(f"graph2use must be one of {GRAPH_TYPES}")
-    out_base = Path(out_base)
+    # absolute: Nipype puts a bare name under the workflow's base_dir/name, where the picture
+    # was not looked for (a second one was drawn, "dot failed", for a dot that had worked)
+    out_base = Path(os.path.abspath(out_base))
     out_base.parent.mkdir(parents=True, exist_ok=True)
     why = "pure-Python drawing"
     if force_fallback:

@@ -638,3 +638,25 @@ def test_generic_wf_takes_paths_relative_to_where_it_is_built(example_dataset, t
     n4.inputs.input_image = given["in_file"]
     n4.base_dir = str(tmp_path / "work")
     assert Path(n4.run().outputs.output_image).is_file()
+
+
+def test_a_graphviz_picture_under_a_relative_name_is_found(tmp_path, monkeypatch):
+    """``write_workflow_graph(wf, "graph")`` with ``wf.base_dir`` set (the README's call):
+    Nipype put Graphviz's picture under base_dir/<name>/, where it was not looked for, so a
+    second, pure-Python one was drawn and "dot failed" said of a dot that had worked."""
+    import os
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # a dot that writes a picture where -o says (Nipype: dot -Tpng -o"out.png" "in.dot")
+    (fake / "dot").write_text(
+        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -o*) o=\"${a#-o}\";; esac; done\n"
+        "o=\"${o%\\\"}\"; o=\"${o#\\\"}\"; printf 'picture' > \"$o\"\n")
+    (fake / "dot").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    wf = init_structural_wf(flavour="fast")
+    wf.base_dir = str(tmp_path / "work")
+    path, how = write_workflow_graph(wf, "graph", graph2use="flat")
+    assert how == "Graphviz", how
+    assert path.parent == tmp_path and path.name.startswith("graph") and path.is_file()
