@@ -381,10 +381,13 @@ def test_resampled_run_keeps_its_repetition_time(tmp_path, monkeypatch):
     assert wf.get_node("f_set_tr").inputs.repetition_time == 2.0
 
 
-def test_bold_derivative_has_a_sidecar(tmp_path):
+def test_bold_derivative_has_a_sidecar(tmp_path, monkeypatch):
     anat, bold = tmp_path / "sub-01_T2w.nii.gz", tmp_path / "sub-01_task-rest_bold.nii.gz"
-    anat.touch()
-    bold.touch()
+    (tmp_path / "out" / "tpl").mkdir(parents=True)
+    for path in (anat, bold, tmp_path / "t.nii.gz", tmp_path / "m.nii.gz",
+                 tmp_path / "out" / "tpl" / "t.nii.gz"):  # the QC nodes' files are checked
+        path.touch()
+    monkeypatch.chdir(tmp_path)
     wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file=str(anat),
                          bold_files=[str(bold)], output_dir=str(tmp_path / "out"),
                          bold_metadata=[{"RepetitionTime": 2.0, "SliceTiming": [0, 1.0],
@@ -540,9 +543,10 @@ def test_generic_wf_outputnode_has_what_it_built(masking, qc, method, tmp_path):
     """The outputnode's fields are connected where the workflow makes them; the runs' fields
     are lists in bold_files' order."""
     anat, bolds = tmp_path / "a_T2w.nii.gz", [tmp_path / "b_bold.nii.gz", tmp_path / "c_bold.nii.gz"]
-    for path in (anat, *bolds):
-        path.write_bytes(b"")  # qc checks that the scans exist; nothing is read here
-    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file=str(anat),
+    tpl = tmp_path / "t.nii.gz"
+    for path in (anat, *bolds, tpl):
+        path.write_bytes(b"")  # qc checks that the files exist; nothing is read here
+    wf = init_generic_wf(template=str(tpl), template_mask=str(tpl), anat_file=str(anat),
                          bold_files=[str(b) for b in bolds], masking=masking, qc=qc,
                          method=method)
     connected = {dest for _, target, data in wf._graph.edges(data=True)
@@ -660,3 +664,18 @@ def test_a_graphviz_picture_under_a_relative_name_is_found(tmp_path, monkeypatch
     path, how = write_workflow_graph(wf, "graph", graph2use="flat")
     assert how == "Graphviz", how
     assert path.parent == tmp_path and path.name.startswith("graph") and path.is_file()
+
+
+def test_generic_wf_refuses_a_missing_template_and_negative_dummy_scans(tmp_path):
+    """A missing template built without a word and failed at run time with a TraitError of an
+    ApplyTransforms node the user never made; dummy_scans=-1 failed in a QC node, or (qc=False,
+    init_functional_wf) was taken as 0 without a word."""
+    scan = tmp_path / "a_T2w.nii.gz"
+    scan.write_bytes(b"")
+    with pytest.raises(SamriMLError, match=r"template '/no/t.nii.gz': no such file; hint: "):
+        init_generic_wf(template="/no/t.nii.gz", template_mask=str(scan), anat_file=str(scan))
+    with pytest.raises(SamriMLError, match=r"dummy_scans -1: must be a whole number, at least 0"):
+        init_generic_wf(template=str(scan), template_mask=str(scan), anat_file=str(scan),
+                        dummy_scans=-1, qc=False)
+    with pytest.raises(SamriMLError, match=r"dummy_scans -5: must be a whole number, at least 0"):
+        init_functional_wf(dummy_scans=-5)

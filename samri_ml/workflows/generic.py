@@ -106,7 +106,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     ``*_space-<template>_desc-preproc_<suffix>.nii.gz``, ``*_from-native_to-<to>_mode-image_xfm.h5``,
     ``*_desc-brain_mask.nii.gz`` (with masking), ``*_desc-qc_metrics.json`` and ``.tsv``.
     """
-    _check(method=method, masking=masking, omp_nthreads=omp_nthreads)
+    _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans)
     if masking == "input":
         raise SamriMLError(
             "init_generic_wf: masking='input' needs masks, and it takes none; hint: use "
@@ -122,6 +122,12 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     bold_metadata = list(bold_metadata or [{} for _ in bold_files])
     if anat_file is None and not bold_files:
         raise SamriMLError("nothing to register: no structural and no functional scan")
+    for what, path in (("template", template), ("template_mask", template_mask)) if qc else ():
+        # a missing one failed at run time in a node the user never made ('reference_image'
+        # trait of an ApplyTransformsInputSpec), where a missing anat_file was refused here
+        if not os.path.isfile(path):
+            raise SamriMLError(f"{what} {str(path)!r}: no such file; hint: check the path, or "
+                               "build with qc=False to set inputnode.template later")
     if anat_file is None and method != "functional":
         method = "functional"
     label = workflow_label or ("generic_masked" if masking != "none" else "generic")

@@ -47,7 +47,11 @@ METHODS = ("composite", "structural", "functional")
 MASKING = ("none", "unet", "input")
 
 
-def _check(method=None, masking=None, omp_nthreads=None):
+def _check(method=None, masking=None, omp_nthreads=None, dummy_scans=None):
+    if dummy_scans is not None and (isinstance(dummy_scans, bool)
+                                    or not isinstance(dummy_scans, int) or dummy_scans < 0):
+        # -1 failed in a QC node the user never made, or was taken as 0 without a word
+        raise SamriMLError(f"dummy_scans {dummy_scans!r}: must be a whole number, at least 0")
     if omp_nthreads is not None and (isinstance(omp_nthreads, bool)
                                      or not isinstance(omp_nthreads, int) or omp_nthreads < 1):
         # -1 reached the U-Net node, where TensorFlow's failed check aborted the process
@@ -375,7 +379,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
     composite_transform : the run's own registration (to the structural scan or the template)
     out_mask : the mask used
     """
-    _check(method=method, masking=masking, omp_nthreads=omp_nthreads)
+    _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans)
     _ants_reachable()
     if slice_timing is not None and not repetition_time:
         raise SamriMLError("slice timing correction needs the repetition time")
