@@ -108,6 +108,9 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
         try:
             with _nibabel_log() as fixed:
                 img = nb.load(str(path))
+            short = _shorter_than_its_header(path, img)
+            if short:  # before the header's size is allocated (a 4 KB file took 13 GB)
+                raise SamriMLError(f"{path}: truncated or corrupt image ({short})")
             data = full = read_float32(img.dataobj) if float32 else np.asanyarray(img.dataobj)
         except (nb.filebasedimages.ImageFileError, gzip.BadGzipFile) as err:
             misnamed = _misnamed_nifti(path)
@@ -390,6 +393,34 @@ def nifti_class(img):
 def _one_line(err: BaseException) -> str:
     """An exception's text on one line (nibabel's messages can span several)."""
     return " ".join(str(err).split()) or type(err).__name__
+
+
+#: deflate's largest compression ratio (1032:1), with room: a .nii.gz this many times smaller
+#: than the data its header gives cannot hold them
+MAX_GZIP_RATIO = 1100
+
+
+def _shorter_than_its_header(path: Path, img) -> str | None:
+    """Why ``path`` cannot hold the voxels its header gives (shape times type size after
+    ``vox_offset``), or None: a small file whose header claims a huge volume was found
+    truncated only after that volume was allocated (13 GB and 33 s for a 4 KB file, or "out
+    of memory" with advice to crop). A .nii is measured; a .nii.gz is bounded by deflate's
+    ratio."""
+    try:
+        header = img.header
+        need = int(np.prod(img.shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+        offset = int(header.get("vox_offset", 0) or 0)
+        size = path.stat().st_size
+    except (AttributeError, TypeError, ValueError, OSError):
+        return None
+    if path.name.lower().endswith(".gz"):
+        if need > MAX_GZIP_RATIO * size:
+            return (f"its header gives {need:,} bytes of voxels, which a {size:,}-byte "
+                    "compressed file cannot hold")
+        return None
+    if size < offset + need:
+        return f"its header gives {offset + need:,} bytes, the file has {size:,}"
+    return None
 
 
 def zlib_error():

@@ -964,3 +964,28 @@ def test_a_masker_file_is_told_from_other_files_without_loading_it(tmp_path):
             {"class_name": "InputLayer", "config": {"batch_shape": [None, 128, 128, 1]}}]}}))
     assert masker_file_problem(other) == ("not a brain-masking model (it takes (None, 128, 128, "
                                           "1) inputs; a masker takes 64x64x1 slices)")
+
+
+@pytest.mark.parametrize("name", ["liar.nii", "liar.nii.gz"])
+def test_a_small_file_whose_header_claims_a_huge_volume_is_refused_at_once(tmp_path, name):
+    """A 4 KB .nii whose header said 1500^3 float32 voxels took 33 s and 13 GB before it was
+    found truncated (5000^3: 'out of memory', with advice to crop the scan); the file's size is
+    now weighed against the header before anything is allocated."""
+    import gzip
+    import time
+
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLError
+    from samri_ml.io import load_nifti
+
+    img = nb.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4))
+    img.header.set_data_shape((1500, 1500, 1500))
+    raw = img.header.binaryblock + b"\0" * 4 + np.ones(1000, np.float32).tobytes()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    start = time.perf_counter()
+    with pytest.raises(SamriMLError, match=r"truncated or corrupt image \(its header gives "
+                                           r"13,500,000,\d+ bytes"):
+        load_nifti(path)
+    assert time.perf_counter() - start < 5
