@@ -306,8 +306,10 @@ def _save_all(outputs) -> None:
 #: of this command lowers the peak: 408 x 408 x 392 voxels (261 MB in float32) took 2.9 GB
 #: (RSS) with --threads 2, --threads 1 and --max-slices 128 alike (2026-12-03); 1.9 GB since
 #: 2026-12-03's seventeenth session (one view's probabilities summed at a time; the same
-#: masks, bit for bit), of which about 0.9 GB is TensorFlow and the model
-MEMORY_HINT = ("masking takes about 0.9 GB plus four times IN's size in float32 (1.9 GB for "
+#: masks, bit for bit), of which about 0.9 GB is TensorFlow and the model. Measured again
+#: with /usr/bin/time -v (2026-12-05): 2.41 GB for those voxels, 5.24 GB for 612 x 612 x 504:
+#: about six times IN's size in float32 besides the 0.9 GB, not the four the hint said
+MEMORY_HINT = ("masking takes about 0.9 GB plus six times IN's size in float32 (2.4 GB for "
                "408x408x392 voxels); free memory, or crop IN to the head first")
 
 
