@@ -642,6 +642,37 @@ def test_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation, suffix
     assert read_image(plain).shape == stored.shape
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_the_orientation_of_an_image_over_pillows_size_limit_is_read(tmp_path, monkeypatch,
+                                                                     suffix):
+    """Pillow refuses an image over twice its MAX_IMAGE_PIXELS (179 megapixels) and warns over
+    it: the orientation tag of a large slide scan was taken as absent, without a word, and a
+    raw DecompressionBombWarning was printed. The limit is lowered here so that a small image
+    is over it."""
+    import warnings
+
+    from PIL import Image
+
+    stored = _brain(90, 150)
+    stored[5:20, 5:40] = 255
+    path = tmp_path / f"s{suffix}"
+    if suffix == ".jpg":
+        exif = Image.new("L", (1, 1)).getexif()
+        exif[0x0112] = 6
+        Image.fromarray(stored).save(path, exif=exif, quality=100)
+    else:
+        Image.fromarray(stored).save(path, tiffinfo={0x0112: 6})
+    want = read_image(path)
+    assert want.shape == stored.shape[::-1]  # turned by the tag
+    for limit in (90 * 150 // 3, 90 * 150 // 2 + 1):  # over twice the limit; over it
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no DecompressionBombWarning either
+            got = read_image(path)
+        assert np.array_equal(got, want)
+        assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's limit given back
+
+
 def _as_viewers_show(tmp_path, stored: np.ndarray, orientation: int) -> np.ndarray:
     """``stored`` as viewers show it with an orientation tag: PIL's exif_transpose of a PNG."""
     from PIL import Image, ImageOps

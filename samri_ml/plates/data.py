@@ -9,6 +9,8 @@ to a square and resized to 224, 448 or 1024 px. :func:`preprocess` does exactly 
 from __future__ import annotations
 
 import re
+import threading
+import warnings
 import weakref
 from pathlib import Path
 
@@ -367,11 +369,9 @@ def _check_tiff(path: Path) -> tuple[int, bool]:
     log = logging.getLogger("PIL.TiffImagePlugin")
     was, log.disabled = log.disabled, True
     try:
-        from PIL import Image
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(path)
+            im = _pil_open(path)
         with im:
             tags = im.tag_v2
             orientation = int(tags.get(0x0112, 1))
@@ -391,15 +391,37 @@ def _check_tiff(path: Path) -> tuple[int, bool]:
     return (orientation if orientation in (5, 6, 7, 8) else 1), grey_alpha
 
 
+_PIL_SIZE_LOCK = threading.Lock()
+
+
+def _pil_open(path):
+    """``PIL.Image.open(path)`` whatever the image's size, without Pillow's warning. Pillow
+    refuses an image over twice its ``MAX_IMAGE_PIXELS`` (179 megapixels) and warns over it
+    (89): the tags read here were taken as absent for a large slide scan (its EXIF or TIFF
+    orientation ignored, the TIFF checks skipped), and a raw ``DecompressionBombWarning``
+    was printed. The pixels are OpenCV's to decode, which has no such limit."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombError:
+            with _PIL_SIZE_LOCK:  # Pillow's limit is global: given back at once
+                was, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    return Image.open(path)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = was
+
+
 def _tiff_grey_alpha(path: Path, img: np.ndarray) -> np.ndarray:
     """A grey-and-alpha TIFF (:func:`_check_tiff` says which) read with its alpha by Pillow;
     ``img``, OpenCV's decoding, where Pillow cannot. OpenCV drops the alpha, and a cut-out
     whose clear background is stored white was ranked as a dark section on white (val_2's
     101: plate 102 first, against 101 from the same pixels as a PNG)."""
     try:
-        from PIL import Image
-
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             both = np.asarray(im)
     except Exception:  # noqa: BLE001 - Pillow cannot read it: OpenCV's grey, as before
         return img
@@ -688,9 +710,7 @@ def _exif_orientation(path: Path, data: bytes | None = None) -> int:
     if data is not None and data[:8] == PNG_MAGIC and not _png_has_exif(data):
         return 1
     try:
-        from PIL import Image
-
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             value = int(im.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - no Pillow, a format it does not know, a broken tag
         return 1
