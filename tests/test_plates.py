@@ -129,10 +129,14 @@ def test_what_a_folder_leaves_out_is_said(tmp_path, capsys):
     cv2.imwrite(str(atlas / "plate111.png"), _brain())
     cv2.imwrite(str(secs / "1.png"), _brain())
     cv2.imwrite(str(secs / "more" / "2.png"), _brain())
+    # a WebP section was dropped without a word; macOS' metadata file beside a section
+    # stopped the evaluation ("cannot read a plate number from the file name '._1.png'")
+    cv2.imwrite(str(secs / "2.webp"), _brain())
+    (secs / "._1.png").write_bytes(b"\0\5\26\7 AppleDouble")
 
     def job(argv):
         assert load_atlas(atlas)[0].tolist() == [1, 2]
-        assert [p.name for p in load_sections(secs)[0]] == ["1.png"]
+        assert [p.name for p in load_sections(secs)[0]] == ["1.png", "2.webp"]
         return 0
 
     import warnings
@@ -141,9 +145,10 @@ def test_what_a_folder_leaves_out_is_said(tmp_path, capsys):
         warnings.simplefilter("default")
         assert run_cli("samri_ml-x", job, []) == 0
     notes = capsys.readouterr().err.strip().splitlines()
-    assert len(notes) == 2 and all(n.startswith("samri_ml-x: note: ") for n in notes), notes
+    assert len(notes) == 3 and all(n.startswith("samri_ml-x: note: ") for n in notes), notes
     assert "1 image(s) not named N.jpg|png|tif" in notes[0] and "plate111.png" in notes[0]
-    assert "subfolders are not read (more)" in notes[1]
+    assert "1 hidden file(s) left out (e.g. ._1.png; '._' files are macOS metadata" in notes[1]
+    assert "subfolders are not read (more)" in notes[2]
     page = _brain()
     cv2.imwritemulti(str(tmp_path / "stack.tif"), [page, page // 2])
     with warnings.catch_warnings():

@@ -20,7 +20,7 @@ from samri_ml.errors import SamriMLError, SamriMLNote
 from samri_ml.io import quiet_stderr
 from samri_ml.paths import shared_data_dir  # noqa: F401 (re-exported)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 #: a montage's file name (:mod:`samri_ml.plates.montage`): the section's file name, extension
 #: included (``101.png`` and ``101.jpg`` of one folder keep a montage each), then this
 MONTAGE_SUFFIX = "_plates.png"
@@ -1122,11 +1122,15 @@ def preprocess(
     return out.astype(np.float32) / 255.0
 
 
-def _image_files(folder) -> list[Path]:
+def _image_files(folder, hidden: bool = False) -> list[Path]:
+    """The image files of ``folder`` (:data:`IMAGE_SUFFIXES`), sorted; a hidden one (``.x.png``,
+    macOS' ``._84.png`` metadata beside ``84.png``) only with ``hidden``: one stopped an
+    evaluation with "cannot read a plate number from the file name"."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SamriMLError(f"{folder}: not a directory")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                  and (hidden or not p.name.startswith(".")))
 
 
 def atlas_signature(folder) -> str:
@@ -1230,6 +1234,12 @@ def load_sections(folder, limit: int | None = None
     images : list of numpy.ndarray (grayscale uint8)
     """
     files = _image_files(folder)
+    hidden = [p.name for p in _image_files(folder, hidden=True) if p.name.startswith(".")]
+    if hidden:
+        import warnings
+
+        warnings.warn(f"{folder}: {len(hidden)} hidden file(s) left out (e.g. {hidden[0]}; "
+                      "'._' files are macOS metadata, not images)", SamriMLNote, stacklevel=2)
     montages = [p for p in files if p.name.lower().endswith(MONTAGE_SUFFIX)]
     files = [p for p in files if p not in montages]
     if montages:
@@ -1239,7 +1249,7 @@ def load_sections(folder, limit: int | None = None
                       f"(*{MONTAGE_SUFFIX}, e.g. {montages[0].name}) left out; hint: write them "
                       "into another folder (--montage DIR)", SamriMLNote, stacklevel=2)
     if not files:
-        raise SamriMLError(f"{folder}: no images (.png, .jpg, .tif) found")
+        raise SamriMLError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     nested = [d.name for d in sorted(Path(folder).iterdir()) if d.is_dir() and _image_files(d)]
     if nested:
         import warnings
