@@ -379,6 +379,27 @@ def stale_files(out_dir, produced, sources, figures_drawn=None) -> list[Path]:
     return sorted(stale)
 
 
+#: a temporary file of :func:`atomic_target`: ``.NAME.`` + tempfile's 8 characters + a suffix
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)*$")
+
+
+def leftover_temporaries(out_dir, sources, before: float) -> list[Path]:
+    """The temporary files (:func:`atomic_target`'s) written before ``before`` in the derivative
+    folders of ``sources`` and their subjects' ``figures``: a run killed with SIGKILL (out of
+    memory, a scheduler's limit) during a write leaves one, which nothing removed or named."""
+    folders = {derivative_path(out_dir, src).parent for src in sources}
+    folders |= {Path(out_dir) / f"sub-{parse_entities(src)['sub']}" / "figures"
+                for src in sources}
+    found = []
+    for folder in folders:
+        try:
+            found += [f for f in folder.iterdir() if _TEMPORARY.match(f.name) and f.is_file()
+                      and f.stat().st_mtime < before]
+        except OSError:
+            continue
+    return sorted(found)
+
+
 def old_figure_name(path) -> bool:
     """A report picture in a ``figures`` folder named as samri_ml's first release named them,
     the scan's suffix amid the entities (``sub-01_ses-1_T2w_desc-overview.png``; now

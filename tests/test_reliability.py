@@ -2045,3 +2045,31 @@ def test_an_interrupted_rerun_that_rewrote_part_of_a_subject_says_so(tmp_path, c
     assert "rewriting 1 of this subject's files (sub-01_ses-1_space-P_desc-preproc_T2w" in page
     _note_mixed_outputs(args, sessions, started)  # a second interrupt: one banner
     assert report.read_text().count("class='banner interrupted'") == 1
+
+
+def test_a_rerun_removes_the_temporary_files_a_killed_run_left(tmp_path, capsys):
+    """A run killed (SIGKILL) during a write leaves its hidden temporary file
+    (.NAME.xxxxxxxx) among the derivatives; a rerun left it there, unnamed. The next run that
+    finishes removes such files from before it started, and says so; other hidden files
+    stay."""
+    import os
+    import time
+
+    make_dataset(tmp_path)
+    argv = [a for a in _argv(tmp_path, ["OUT=out", "-w", str(tmp_path / "w")])
+            if a != "--dry-run"]
+    assert main([*argv, "--nprocs", "1"]) == 0
+    anat = tmp_path / "out" / "sub-01" / "ses-1" / "anat"
+    left = anat / ".sub-01_ses-1_space-Tiny_desc-preproc_T2w.nii.gz.k2j3h4g5.nii.gz"
+    left.write_bytes(b"half a file")
+    keep = anat / ".keep"
+    keep.write_text("")
+    old = time.time() - 60
+    for path in (left, keep):
+        os.utime(path, (old, old))
+    capsys.readouterr()
+    assert main([*argv, "--nprocs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert ("note: removed 1 temporary file(s) a killed run left (e.g. sub-01/ses-1/anat/"
+            f"{left.name})") in err, err
+    assert not left.exists() and keep.exists()

@@ -1011,6 +1011,7 @@ def _main(argv=None) -> int:
         _write_reports(args, sessions, started)
         _set_aside_earlier_crashes(args, sessions, started)
         _note_stale(args, sessions, graph)
+        _remove_leftover_temporaries(args, sessions, started)
         from samri_ml.interfaces.bids import sink_outputs
 
         _note_implausible_qc(args, sink_outputs(graph))
@@ -1155,6 +1156,25 @@ def _dry_run(args, sessions, wf, ants) -> None:
     nodes = sum(1 for _ in wf._create_flat_graph().nodes())
     print(f"{PROG}: dry run: {nodes} nodes built, none run; a run writes into "
           f"{args.output_dir}", file=sys.stderr)
+
+
+def _remove_leftover_temporaries(args, sessions, started: float) -> None:
+    """Remove the temporary files a killed run left among the derivatives (hidden
+    ``.NAME.xxxxxxxx`` files: a SIGKILL during a write), and say so. This run holds OUTPUT_DIR's
+    lock, and they predate it: no run writes them any more."""
+    from samri_ml.bids import leftover_temporaries
+
+    sources = [scan for item in sessions for scan in session_scans(item)]
+    removed = []
+    for path in leftover_temporaries(args.output_dir, sources, started):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        print(f"{PROG}: note: removed {len(removed)} temporary file(s) a killed run left "
+              f"(e.g. {removed[0].relative_to(args.output_dir)})", file=sys.stderr)
 
 
 def _note_stale(args, sessions, graph) -> None:
