@@ -249,3 +249,20 @@ def test_volume_conservation_measures_the_template_brain_a_scan_covers(pair, tmp
         cwd=str(tmp_path)).outputs
     assert json.loads(Path(rec.out_json).read_text())["brain_coverage"] is None
 
+
+
+@pytest.mark.parametrize("interface, inputs", [
+    ("MaskBrain", {"max_slices": 3}),
+    ("VolumeConservation", {"percentile": 100.0}),
+    ("WriteQCMetrics", {"scan": ""}),
+])
+def test_inputs_that_cannot_work_are_refused_where_they_are_set(interface, inputs):
+    """MaskBrain(max_slices=3) was refused only when the node ran (after the work upstream);
+    VolumeConservation(percentile=100) gave a VCF of NaN (nothing above the threshold), and
+    WriteQCMetrics(scan="") wrote a file named _desc-qc_metrics.json, both without a word."""
+    from traits.api import TraitError
+
+    from samri_ml import interfaces
+
+    with pytest.raises(TraitError):
+        getattr(interfaces, interface)(**inputs)

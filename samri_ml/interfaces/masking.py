@@ -29,7 +29,9 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
                              exclude_high=True,
                              desc="probability above which a voxel is brain (0 < t < 1, as "
                              "samri_ml-mask --threshold)")  # fmt: skip
-    max_slices = traits.Int(desc="predict at most this many slices per view and interpolate "
+    # a Range: 3 was taken when set and refused only when the node ran, after upstream work
+    max_slices = traits.Range(low=MIN_MAX_SLICES, desc="predict at most this many slices per "
+                              "view and interpolate "
                             f"(at least {MIN_MAX_SLICES}, as samri_ml-mask --max-slices; "
                             "default: every slice)")
     views = traits.List(traits.Enum("sagittal", "coronal", "axial"),

@@ -73,9 +73,10 @@ class _VolumeConservationInputSpec(BaseInterfaceInputSpec):
     )
     raw_file = File(exists=True, mandatory=True, desc="unprocessed source image, 3D or 4D")
     # a Range: 200 was taken, and the run failed in numpy without naming the input
+    # below 100: at 100 nothing is above the threshold, and the VCF was NaN without a word
     percentile = traits.Range(
-        low=0.0, high=100.0, value=66.0, usedefault=True,
-        desc="percentile of the raw image used as foreground threshold (0-100)",
+        low=0.0, high=100.0, value=66.0, usedefault=True, exclude_high=True,
+        desc="percentile of the raw image used as foreground threshold (0 <= p < 100)",
     )
     raw_dummy_scans = _raw_dummy_scans()
     reference_mask = File(
@@ -199,7 +200,8 @@ class SmoothnessConservation(SimpleInterface):
 
 
 class _WriteQCMetricsInputSpec(BaseInterfaceInputSpec):
-    scan = traits.Str(
+    scan = traits.String(
+        minlen=1,  # "" wrote a file named _desc-qc_metrics.json
         mandatory=True,
         desc="scan name or path (its BIDS entities name the output, e.g. sub-01_ses-1_T2w)",
     )
