@@ -22,6 +22,7 @@ import datetime
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 import nibabel as nb
@@ -514,6 +515,20 @@ def _flavour_of(command: str | None) -> str | None:
     return "default"
 
 
+def _other_spaces(folder: Path, template_name: str) -> list[str]:
+    """The ``space-`` labels other than ``template_name`` of the registered scans
+    (``*_desc-preproc_*``) in a subject's derivatives folder."""
+    spaces = set()
+    try:
+        for path in folder.glob("**/*_desc-preproc_*.nii*"):
+            found = re.search(r"_space-([A-Za-z0-9]+)_", path.name)
+            if found and found.group(1) != template_name:
+                spaces.add(found.group(1))
+    except OSError:
+        return []
+    return sorted(spaces)
+
+
 def _header(subject, *, template, template_name, masking, flavour, command, started) -> list[str]:
     from samri_ml import __version__
 
@@ -606,6 +621,15 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     for subject, items in subjects.items():
         figures = output_dir / f"sub-{subject}" / "figures"
         body = []
+        others = _other_spaces(output_dir / f"sub-{subject}", template_name)
+        if others:
+            # a second template's run rewrote sub-X.html and its pictures: the first one's
+            # registrations stayed in the folder with nothing to review them by
+            body.append("<p class='note'>This subject's folder also holds registrations to "
+                        f"{', '.join(f'space-{html.escape(o)}' for o in others)}; this report "
+                        f"shows space-{html.escape(template_name)} only (the report and its "
+                        "pictures are rewritten by each run); hint: give each template an "
+                        "OUTPUT_DIR of its own to keep a report of each.</p>")
         qc_rows = []
         missing = []
         earlier = []

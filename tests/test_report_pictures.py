@@ -491,3 +491,19 @@ def test_mask_figures_show_the_head_not_the_whole_field_of_view(tmp_path):
     bright = [(mpimg.imread(p)[..., :3].mean(-1) > 0.9).sum()
               for p in (tmp_path / "whole.png", png)]
     assert bright[1] > 4 * bright[0], bright
+
+
+def test_a_report_names_the_other_templates_registrations_it_does_not_show(tmp_path):
+    """A run to a second template rewrote sub-01.html and its pictures for that template
+    alone: the first template's registrations stayed in the folder, with nothing saying the
+    report no longer reviews them."""
+    import shutil
+
+    out, items, kw = _make_run(tmp_path)
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    assert "also holds registrations to" not in page.read_text()
+    anat = next(out.glob("sub-01/ses-1/anat/*_space-T_desc-preproc_T2w.nii.gz"))
+    shutil.copy(anat, anat.with_name(anat.name.replace("space-T_", "space-Other_")))
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    assert ("This subject's folder also holds registrations to space-Other; this report "
+            "shows space-T only") in page.read_text()
