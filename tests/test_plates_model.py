@@ -245,6 +245,35 @@ def test_evaluate_plates_checks_its_json_before_it_runs(tmp_path, plate_thumbs, 
     assert sec.read_bytes() == before
 
 
+def test_evaluate_plates_reads_a_folder_a_chunk_at_a_time(tmp_path, plate_thumbs, capsys,
+                                                          monkeypatch):
+    """samri_ml-evaluate-plates read every section before ranking the first (24 slide scans:
+    4.3 GB); it now reads and ranks a chunk at a time, as identify-plate does, with the same
+    rankings."""
+    import json
+
+    import cv2
+
+    from samri_ml.cli import evaluate_plates
+
+    for n in (60, 70, 80, 90, 100):
+        cv2.imwrite(str(tmp_path / f"{n}.png"), plate_thumbs[n])
+    runs = {}
+    for chunk in (32, 2):
+        monkeypatch.setattr(evaluate_plates, "CHUNK", chunk)
+        read = []
+        real = evaluate_plates._read_chunks
+        monkeypatch.setattr(evaluate_plates, "_read_chunks",
+                            lambda paths, real=real, read=read: (read.append(len(c)) or c
+                                                                 for c in real(paths)))
+        out = tmp_path / f"r{chunk}.json"
+        assert evaluate_plates.main(["--images", str(tmp_path), "--json", str(out)]) == 0
+        runs[chunk] = json.loads(out.read_text())["rankings"]
+        assert read == ([5] if chunk == 32 else [2, 2, 1]), read
+    assert runs[2] == runs[32]
+    capsys.readouterr()
+
+
 def test_the_same_file_spelt_twice_is_ranked_once_under_every_path(tmp_path, plate_thumbs,
                                                                    capsys, monkeypatch):
     """The JSON is keyed by each image path as given (design.md): a file given again as

@@ -1223,9 +1223,7 @@ def _read_plates(folder, paths: list[Path]) -> list[np.ndarray]:
 def load_sections(folder, limit: int | None = None
                   ) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
     """Load labelled sections (label = leading number of the file name): the first ``limit``
-    (sorted by name) where given, the others not read. Montages of the identification
-    (``*_plates.png``, :data:`MONTAGE_SUFFIX`) written into the folder are left out, with a
-    note: ``101.png_plates.png`` was read as a section of plate 101 (MAE 26 for val_2's 1.4).
+    (sorted by name) where given, the others not read (:func:`section_files`).
 
     Returns
     -------
@@ -1233,6 +1231,16 @@ def load_sections(folder, limit: int | None = None
     labels : numpy.ndarray of int
     images : list of numpy.ndarray (grayscale uint8)
     """
+    files, labels = section_files(folder, limit)
+    return files, labels, [read_image(p) for p in files]
+
+
+def section_files(folder, limit: int | None = None) -> tuple[list[Path], np.ndarray]:
+    """The labelled sections of ``folder`` and their labels (the leading number of the file
+    name), not read: the first ``limit`` (sorted by name) where given. Montages of the
+    identification (``*_plates.png``, :data:`MONTAGE_SUFFIX`) written into the folder are left
+    out, with a note: ``101.png_plates.png`` was read as a section of plate 101 (MAE 26 for
+    val_2's 1.4)."""
     files = _image_files(folder)
     hidden = [p.name for p in _image_files(folder, hidden=True) if p.name.startswith(".")]
     if hidden:
@@ -1258,8 +1266,7 @@ def load_sections(folder, limit: int | None = None
                       f"{', ...' if len(nested) > 3 else ''}); hint: evaluate each folder on its "
                       "own", SamriMLNote, stacklevel=2)
     labels = np.array([label_from_name(p) for p in files], dtype=int)  # all: a bad name says so
-    files, labels = files[:limit], labels[:limit]
-    return files, labels, [read_image(p) for p in files]
+    return files[:limit], labels[:limit]
 
 
 def plate_ranges(plates) -> str:
