@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import re
 import subprocess
 import sys
@@ -258,8 +259,13 @@ def test_compare_labels_and_errors(tmp_path, capsys):
     assert main(["compare", str(a), str(b)]) == 0
     assert "| a |" in (printed := capsys.readouterr().out) and "| b |" in printed
     assert printed.startswith("**Caution:** 3 scan(s) in the smallest workflow")
-    assert main(["compare", str(a), str(a)]) == 1  # the same folder twice
-    assert "--labels" in capsys.readouterr().err
+    # the same folder twice (also spelt otherwise) was compared with itself: F 0, p 1
+    assert main(["compare", str(a), str(tmp_path / "a" / ".." / "a")]) == 1
+    assert f"is given twice (also as {a})" in capsys.readouterr().err
+    a2 = _deriv(tmp_path / "a2", "X", [1.0, 0.9, 1.1], [1.0, 1.1, 1.2])
+    assert main(["compare", str(a), str(a2), "--labels", "one", "one"]) == 1
+    assert "two folders are labelled 'one'; hint: give each its own label in --labels" \
+        in capsys.readouterr().err
     assert main(["compare", str(a), str(b), "--labels", "masked", "plain"]) == 0
     assert "masked" in capsys.readouterr().out
     assert main(["compare", str(a), str(b), "--labels", "one"]) == 2
@@ -459,8 +465,20 @@ def test_compare_cautions_when_the_matched_tests_rest_on_a_few_shared_scans(tmp_
     pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
     assert {r["n_paired"] for r in pair.values()} == {"2"}
     # the workflows sharing every scan (and 12 each): no caution
-    assert main(["compare", str(a), str(a), "--labels", "x", "y"]) == 0
+    shutil.copytree(a, tmp_path / "a_copy")
+    assert main(["compare", str(a), str(tmp_path / "a_copy"), "--labels", "x", "y"]) == 0
     assert "Caution" not in capsys.readouterr().out
+    # sharing none (other subjects, or scans named otherwise): the matched tests are n/a,
+    # which came without a word
+    c = tmp_path / "c"
+    shutil.copytree(b, c)
+    for f in c.rglob("*.json"):
+        rec = json.loads(f.read_text())
+        rec["scan"] = rec["scan"].replace("sub-1", "sub-3").replace("sub-2", "sub-4")
+        f.write_text(json.dumps(rec))
+    assert main(["compare", str(a), str(c)]) == 0
+    assert ("**Note:** the workflows share 0 scan(s) (matched by source name and modality), "
+            "so the repeated-measures and paired tests are n/a") in capsys.readouterr().out
 
 
 def _in_unit(src: Path, dst: Path, unit: str, per_mm: float) -> Path:

@@ -85,3 +85,32 @@ def test_holm_adjustment():
     pair = pairwise_table({"a": _group([1.0, 1.1, 0.9], "a"), "b": _group([1.2, 1.0, 0.8], "b"),
                            "c": _group([1.0, 1.05, 0.95], "c")})
     assert all(r["welch_p_holm"] >= r["welch_p"] for r in pair if np.isfinite(r["welch_p"]))
+
+
+def test_the_paired_test_and_the_repeated_measures_f_agree_on_a_constant_difference():
+    """Every scan's |1-VCF| 0.0486 apart give or take rounding (2e-16): the repeated-measures
+    F said n/a (no residual variance) while the paired t-test of the same report said
+    t = -1e15, p = 1e-74. Both now judge the residual alike; the scipy warning of all-alike
+    values (one workflow's SCF all 1.0) is not printed raw."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    base = 0.8 + 0.05 * rng.random(8)
+    groups = {"a": _group(base, "a"), "b": _group(base - 0.0486, "b")}
+    for rec in groups["b"]:
+        rec["scf"] = 1.0
+    anova = {r["quantity"]: r for r in anova_table(groups)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pair = {r["quantity"]: r for r in pairwise_table(groups)}
+    assert np.isnan(anova["vcf_dev"]["p_rm"]), anova["vcf_dev"]
+    assert np.isnan(pair["vcf_dev"]["paired_t"]) and np.isnan(pair["vcf_dev"]["paired_p"])
+    assert pair["vcf_dev"]["n_paired"] == 8
+
+
+def test_a_label_with_a_bar_keeps_its_markdown_row():
+    """A workflow label with '|' added a column to its row of qc_stats.md."""
+    from samri_ml.qc.compare import markdown_table
+
+    table = markdown_table([{"workflow": "a|b", "n": 3}]).splitlines()
+    assert table[2] == "| a\\|b | 3 |"

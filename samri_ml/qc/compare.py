@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,19 @@ def matched_values(groups: dict[str, list[dict]], quantity: str) -> np.ndarray:
     return fn(np.array(rows, dtype=float).reshape(-1, len(tables)))
 
 
+#: residual variance below this fraction of the total is rounding's: no test (a constant
+#: difference between two workflows, 0.0486 on every scan give or take 2e-16, gave a paired
+#: t of -1e15 beside a repeated-measures F of n/a)
+RESIDUAL_FLOOR = 1e-12
+
+
+def _varies(d: np.ndarray, scale: np.ndarray) -> bool:
+    """Whether the differences ``d`` vary more than rounding, relative to the values
+    ``scale`` (:data:`RESIDUAL_FLOOR`, as :func:`repeated_measures_f` judges its residual)."""
+    spread = ((d - d.mean()) ** 2).sum()
+    return bool(spread > RESIDUAL_FLOOR * max(((scale - scale.mean()) ** 2).sum(), 1e-300))
+
+
 def repeated_measures_f(x: np.ndarray) -> tuple[float, float]:
     """One-way repeated-measures ANOVA of ``x`` (scans x workflows): every workflow ran on the
     same scans, so the scans' own differences are taken out of the error.
@@ -302,7 +316,7 @@ def repeated_measures_f(x: np.ndarray) -> tuple[float, float]:
     ss_s = k * ((x.mean(axis=1) - grand) ** 2).sum()
     ss_e = ((x - grand) ** 2).sum() - ss_w - ss_s
     df1, df2 = k - 1, (k - 1) * (n - 1)
-    if not ss_e > 1e-12 * max(((x - grand) ** 2).sum(), 1e-300):
+    if not ss_e > RESIDUAL_FLOOR * max(((x - grand) ** 2).sum(), 1e-300):
         return float("nan"), float("nan")
     f = (ss_w / df1) / (ss_e / df2)
     return float(f), float(stats.f.sf(f, df1, df2))
@@ -368,7 +382,10 @@ def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
         for q, (key, fn, label) in QUANTITIES.items():
             va, vb = _values(ra, q), _values(rb, q)
             if va.size >= 2 and vb.size >= 2 and (np.ptp(va) > 0 or np.ptp(vb) > 0):
-                res = stats.ttest_ind(va, vb, equal_var=False)
+                with warnings.catch_warnings():  # scipy's raw "Precision loss occurred in
+                    # moment calculation" where one workflow's values are all alike
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    res = stats.ttest_ind(va, vb, equal_var=False)
                 t, p = float(res.statistic), float(res.pvalue)
             else:
                 t, p = float("nan"), float("nan")
@@ -380,7 +397,7 @@ def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
             ]
             pa = fn(np.array([da[k] for k in common], dtype=float))
             pb = fn(np.array([db[k] for k in common], dtype=float))
-            if len(common) >= 2 and np.ptp(pa - pb) > 0:
+            if len(common) >= 2 and _varies(pa - pb, np.concatenate([pa, pb])):
                 res = stats.ttest_rel(pa, pb)
                 tp, pp = float(res.statistic), float(res.pvalue)
             else:
@@ -434,9 +451,13 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     if not rows:
         return ""
     columns = columns or list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    def cell(text: str) -> str:  # a label with '|' added a column to its row
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, columns)) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join(cell(_fmt(row.get(c, ""))) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -684,8 +705,17 @@ def compare_workflows(
     """
     if labels is not None and len(labels) != len(folders):
         raise SamriMLError(f"{len(labels)} labels given for {len(folders)} folders")
+    given_labels = labels is not None
     if labels is None:
         labels = default_labels(folders)
+    seen: dict[Path, str] = {}
+    for folder in folders:
+        where = Path(folder).resolve()
+        if where in seen:
+            # compared with itself as two workflows: F 0, p 1, without a word
+            raise SamriMLError(f"{folder} is given twice (also as {seen[where]}); hint: give "
+                               "each workflow's derivatives folder once")
+        seen[where] = str(folder)
     groups: dict[str, list[dict]] = {}
     for i, folder in enumerate(folders):
         label = labels[i]
@@ -696,7 +726,9 @@ def compare_workflows(
                 raise SamriMLError(f"{folder}: no QC records with modality '{modality}'")
         wf = recs[0]["workflow"]
         if wf in groups:
-            raise SamriMLError(f"two folders are labelled '{wf}'; hint: name them with --labels")
+            raise SamriMLError(f"two folders are labelled '{wf}'; hint: "
+                               + ("give each its own label in --labels" if given_labels
+                                  else "name them with --labels"))
         groups[wf] = recs
     summary = summary_table(groups)
     anova = anova_table(groups)
@@ -704,15 +736,23 @@ def compare_workflows(
     # the scans a statistic rests on: those with a measured value of its quantity
     smallest = min(min(s["n"], *(s[f"{q}_n"] for q in QUANTITIES)) for s in summary)
     caution = (
-        [f"**Caution:** {smallest} scan(s) in the smallest workflow; with fewer than "
+        # "0 scan(s)" beside a table of n=6 (none with a measured SCF) read as a wrong count
+        [f"**Caution:** {smallest} scan(s) in the smallest workflow (counting those with a "
+         "measured value of each quantity); with fewer than "
          f"{MIN_SCANS_FOR_STATISTICS} the intervals and tests below say little."]
         if smallest < MIN_SCANS_FOR_STATISTICS else []
     )  # fmt: skip
     # the matched tests can rest on far fewer scans than the workflows hold (folders with a few
     # subjects in common): their p-values came without a word on it
     shared = min((r["n_matched"] for r in anova), default=0)
-    if len(groups) > 1 and smallest >= MIN_SCANS_FOR_STATISTICS \
-            and 2 <= shared < MIN_SCANS_FOR_STATISTICS:  # under 2: no test, n/a
+    if len(groups) > 1 and shared < 2:
+        # the matched tests came out n/a without a word: folders of other subjects, or scans
+        # named otherwise (records without scan or modality)
+        caution.append(f"**Note:** the workflows share {shared} scan(s) (matched by source "
+                       "name and modality), so the repeated-measures and paired tests are "
+                       "n/a; hint: check that they ran on the same scans.")
+    elif len(groups) > 1 and smallest >= MIN_SCANS_FOR_STATISTICS \
+            and shared < MIN_SCANS_FOR_STATISTICS:
         caution.append(f"**Caution:** the workflows share {shared} scan(s) (n_matched, "
                        "n_paired); with fewer than "
                        f"{MIN_SCANS_FOR_STATISTICS} the repeated-measures and paired tests "
@@ -760,7 +800,8 @@ def compare_workflows(
         # their VCF (0.51 for the sammba EPI, 72 % of the brain) was pooled with the others'
         # without a word; the report said it, this table did not
         only_func = all(r["modality"] == "func" for recs in groups.values() for r in recs
-                        if _is_partial(r))
+                        if _is_partial(r)) and any(r["modality"] == "anat"
+                                                   for recs in groups.values() for r in recs)
         caution.append(f"**Note:** {len(partial)} scan(s) cover less than {PARTIAL_FOV:.0%} of "
                        "the template's brain (`brain_coverage` in the QC record), a partial "
                        "field of view: " + "; ".join(partial) + ". Their raw volume and their "
