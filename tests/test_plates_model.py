@@ -1020,6 +1020,17 @@ def test_an_atlas_of_the_shipped_plates_keeps_the_uncertain_flag_and_the_turn_ba
     ident = PlateIdentifier(atlas=gap, variant="default")
     far = ident.rank([section], regions=False)[0]  # its plate and its neighbours are missing
     assert far["distances"][0] > 0.35 and far["uncertain"] is True
+    # the brain's extent at each plate (the tilt's degrees) is kept too, by plate number: it
+    # was dropped, and the shipped plates as --atlas gave 4.6 degrees where the index gave 11.4
+    shipped = PlateIdentifier(variant="default")
+    want = {p: (h, w) for p, h, w in zip(shipped.plates.tolist(), shipped.height_mm,
+                                         shipped.width_mm, strict=True)}
+    assert [(p, h, w) for p, h, w in zip(ident.plates.tolist(), ident.height_mm,
+                                         ident.width_mm, strict=True)] == \
+        [(p, *want[p]) for p in ident.plates.tolist()]
+    regions = {name: {"plate": 96 + i} for i, name in enumerate(
+        ("dorsal", "central", "ventral", "left", "right"))}
+    assert ident._tilt(regions, 111) == shipped._tilt(regions, 111)
 
 
 def test_an_atlas_of_other_plates_says_the_uncertain_flag_is_off(tmp_path, plate_thumbs):
@@ -1031,11 +1042,46 @@ def test_an_atlas_of_other_plates_says_the_uncertain_flag_is_off(tmp_path, plate
     atlas.mkdir()
     for n in (20, 60, 100):
         cv2.imwrite(str(atlas / f"{n}.png"), plate_thumbs[n][::-1])  # other pictures
-    with pytest.warns(SamriMLNote, match="no result is flagged uncertain and no section"):
+    with pytest.warns(SamriMLNote, match="no result is flagged uncertain and no section.*"
+                                         "the tilt's degrees take a brain of 6 x 10 mm"):
         ident = PlateIdentifier(atlas=atlas, variant="default")
-    assert ident.uncertain_distance is None
+    assert ident.uncertain_distance is None and ident.height_mm is None
     res = ident.rank([np.rot90(plate_thumbs[60]).copy()], regions=False)[0]
     assert "uncertain" not in res and res["turned_degrees"] == 0
+
+
+def test_the_tilt_says_what_its_sign_means_and_flags_a_piece():
+    """The left/right halves' centres lie 0.45 of the width apart, not the 0.5 the tilt took
+    (its mediolateral angle a tenth too small); a piece of a section (ranked as a part, or as
+    narrow as a hemisphere) got a tilt as if it were whole, without a flag."""
+    import math
+
+    from samri_ml.plates.identify import REGION_CENTRES_APART
+
+    assert REGION_CENTRES_APART == pytest.approx((0.5, 0.45))
+    ident = PlateIdentifier(variant="default")
+    k = int(np.flatnonzero(ident.plates == 60)[0])
+    regions = {name: {"plate": 60} for name in ("dorsal", "central", "ventral", "left", "right")}
+    regions["left"]["plate"], regions["dorsal"]["plate"] = 64, 62
+    tilt = ident._tilt(regions, 60)
+    assert tilt["mediolateral_degrees"] == round(math.degrees(math.atan(
+        0.4 / (0.45 * ident.width_mm[k]))), 1)
+    assert tilt["dorsoventral_degrees"] > 0 and "whole_section" not in tilt  # dorsal posterior
+    assert ident._tilt(regions, 60, whole=False)["whole_section"] is False
+
+
+def test_a_kept_atlas_index_of_mismatched_arrays_is_made_again(tmp_path):
+    """A cached index whose arrays disagree (5 plates, region embeddings of 41: written over
+    by hand) stopped the run with a numpy broadcasting error; it is now a cache miss."""
+    from samri_ml.plates.identify import _read_atlas_index
+
+    path = tmp_path / "i.npz"
+    np.savez(path, plates=np.arange(5), embeddings=np.zeros((5, 4)),
+             region_embeddings=np.zeros((41, 5, 4)), notes=np.array([], dtype=str))
+    assert _read_atlas_index(path) is None
+    np.savez(path, plates=np.arange(5), embeddings=np.zeros((5, 4)),
+             region_embeddings=np.zeros((5, 5, 4)), notes=np.array([], dtype=str))
+    assert _read_atlas_index(path) is not None
 
 
 def _five_plate_atlas(tmp_path, plate_thumbs) -> tuple[Path, Path]:

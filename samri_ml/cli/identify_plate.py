@@ -308,6 +308,7 @@ def _print_results(args, results: dict) -> None:
                 f"{res['regions']['central']['plate']}/{res['regions']['ventral']['plate']}"
                 f" L/R {res['regions']['left']['plate']}/{res['regions']['right']['plate']}"
                 f", tilt DV {t['dorsoventral_degrees']} deg"
+                + (" (as if a whole section)" if t.get("whole_section") is False else "")
             )
         print_line(line)
 

@@ -54,6 +54,21 @@ REGIONS = {
     "right": (0.0, 1.0, 0.45, 1.0),
 }
 PLATE_SPACING_MM = 0.1
+
+
+def _centres_apart() -> tuple[float, float]:
+    """How far apart, as fractions of the tissue's height and width, the centres of the
+    dorsal and ventral bands and of the left and right halves of :data:`REGIONS` lie."""
+    def centre(name, axis):
+        lo, hi = REGIONS[name][2 * axis: 2 * axis + 2]
+        return (lo + hi) / 2
+
+    return (centre("ventral", 0) - centre("dorsal", 0), centre("right", 1) - centre("left", 1))
+
+
+#: (dorsal to ventral, left to right): 0.5 and 0.45 (the tilt took 0.5 for both, so its
+#: mediolateral angle came out about a tenth too small)
+REGION_CENTRES_APART = _centres_apart()
 #: a region's plate is searched within this many plates of the whole section's best plate
 #: (8 plates = 0.8 mm over half a section, i.e. tilts up to about 15 degrees)
 REGION_WINDOW = 8
@@ -392,6 +407,7 @@ class PlateIdentifier(_Ranker):
         self.embeddings = self.index["embeddings"].astype(np.float32)
         self.region_embeddings = self.index.get("region_embeddings")
         self.height_mm = self.index.get("height_mm")
+        self.width_mm = self.index.get("width_mm")
         # the largest nearest-plate distance of the validation sections (val_1) the index was
         # exported with: a section farther from every plate than that is flagged "uncertain"
         self.uncertain_distance = (float(self.index["uncertain_distance"])
@@ -547,6 +563,7 @@ class PlateIdentifier(_Ranker):
         are off, said in a note."""
         known = ({} if self.embeddings is None
                  else dict(zip(self.plates.tolist(), self.embeddings, strict=True)))
+        extents = self._extents_by_plate()
         limit = self.uncertain_distance
         before = self.plates, self.embeddings, self.region_embeddings, self.size
         self.embeddings = None  # being made: the model is not checked against the old index
@@ -557,18 +574,33 @@ class PlateIdentifier(_Ranker):
             self.plates, self.embeddings, self.region_embeddings, self.size = before
             raise
         self.plates = plates
-        self.height_mm = None
         same = all(p in known and known[p].shape == e.shape
                    and float(np.linalg.norm(known[p] - e)) <= SAME_PLATE_DISTANCE
                    for p, e in zip(plates.tolist(), self.embeddings, strict=True))
         self.uncertain_distance = limit if same else None
+        # the brain's extent at each plate (the tilt's degrees) is the CCF's, by plate number:
+        # kept for the index's own plates (it was dropped: the shipped plates given as
+        # --atlas turned a tilt of 11.4 degrees into 4.6, the 6 x 10 mm fallback's)
+        self.height_mm, self.width_mm = (
+            (np.array([extents.get(p, (np.nan, np.nan))[i] for p in plates.tolist()])
+             for i in (0, 1)) if same and extents else (None, None))
         if limit is not None and not same:
             import warnings
 
             warnings.warn(f"{atlas}: these plates, re-embedded, are not the plate index's, so "
                           "no result is flagged uncertain and no section far from every plate "
-                          "is turned back (their limit was measured on the index's plates)",
-                          SamriMLNote, stacklevel=2)
+                          "is turned back (their limit was measured on the index's plates), "
+                          "and the tilt's degrees take a brain of 6 x 10 mm (the CCF's extent "
+                          "is known for the index's plates)", SamriMLNote, stacklevel=2)
+
+    def _extents_by_plate(self) -> dict[int, tuple[float, float]]:
+        """``{plate: (height_mm, width_mm)}`` of the brain at the index's plates (the CCF's;
+        ``{}`` where the index has none)."""
+        if self.height_mm is None or self.embeddings is None:
+            return {}
+        width = self.width_mm if self.width_mm is not None else np.full(len(self.plates), np.nan)
+        return {int(p): (float(h), float(w))
+                for p, h, w in zip(self.plates.tolist(), self.height_mm, width, strict=True)}
 
     def _atlas_index(self, atlas, cache: bool):
         """``(plates, embeddings, region_embeddings)`` of an atlas folder with this model:
@@ -767,35 +799,49 @@ class PlateIdentifier(_Ranker):
                         "distance": float(d["regions"][i, r, j]),
                         "tissue_fraction": round(float(d["tissue"][i, r]), 3),
                     }
-                res["tilt"] = self._tilt(res["regions"], res["ranking"][0])
+                res["tilt"] = self._tilt(res["regions"], res["ranking"][0],
+                                         whole=not (res.get("read_as")
+                                                    or res.get("may_be_hemisphere")))
             results.append(res)
         return results
 
-    def _tilt(self, regions: dict, best: int) -> dict:
+    def _tilt(self, regions: dict, best: int, whole: bool = True) -> dict:
         """Cutting angle from the plates matched by opposite regions.
 
-        Region centres are half the tissue height (width) apart, so with ``dp`` plates of
-        difference: ``angle = atan(dp * 0.1 mm / (0.5 * extent_mm))``. The extent is the brain
-        height/width at the best plate (CCF), or 6/10 mm when unknown (NaN in the index: the
-        CCF has no tissue at plate 1, the olfactory bulb's tip).
+        With ``dp`` plates of difference between regions whose centres lie ``c`` of the
+        tissue's height (width) apart (:data:`REGION_CENTRES_APART`: 0.5 dorsal to ventral,
+        0.45 left to right): ``angle = atan(dp * 0.1 mm / (c * extent_mm))``. The extent is
+        the brain height/width at the best plate (CCF), or 6/10 mm when unknown (NaN in the
+        index: the CCF has no tissue at plate 1, the olfactory bulb's tip). Plates are
+        numbered from anterior to posterior, so a positive ``dorsoventral_degrees`` means the
+        dorsal part of the section lies posterior to its ventral part, and a positive
+        ``mediolateral_degrees`` that the image's left half lies posterior to its right half.
+        ``whole``: False for a piece of a section (ranked as a part, or as narrow as one
+        hemisphere): its bands are not the brain's, and ``"whole_section": false`` says the
+        angles assume what it is not.
         """
         hmm, wmm = 6.0, 10.0
         if self.height_mm is not None and best in set(self.plates.tolist()):
             k = int(np.flatnonzero(self.plates == best)[0])
             hmm = _extent_or(self.height_mm[k], hmm)
-            wmm = _extent_or(self.index.get("width_mm", np.full(len(self.plates), wmm))[k], wmm)
+            if self.width_mm is not None:
+                wmm = _extent_or(self.width_mm[k], wmm)
         dv = regions["dorsal"]["plate"] - regions["ventral"]["plate"]
         lr = regions["left"]["plate"] - regions["right"]["plate"]
-        return {
+        apart_dv, apart_lr = REGION_CENTRES_APART
+        out = {
             "dorsal_minus_ventral_plates": int(dv),
             "left_minus_right_plates": int(lr),
             "dorsoventral_degrees": round(
-                math.degrees(math.atan(dv * PLATE_SPACING_MM / (0.5 * hmm))), 1
+                math.degrees(math.atan(dv * PLATE_SPACING_MM / (apart_dv * hmm))), 1
             ),
             "mediolateral_degrees": round(
-                math.degrees(math.atan(lr * PLATE_SPACING_MM / (0.5 * wmm))), 1
+                math.degrees(math.atan(lr * PLATE_SPACING_MM / (apart_lr * wmm))), 1
             ),
         }
+        if not whole:
+            out["whole_section"] = False
+        return out
 
 
 
@@ -875,6 +921,12 @@ def _read_atlas_index(path: Path) -> dict | None:
         return None
     wanted = {"plates", "embeddings", "region_embeddings", "notes"}
     if not wanted <= set(index):
+        return None
+    n = len(index["plates"])
+    if index["plates"].ndim != 1 or len(index["embeddings"]) != n or \
+            len(index["region_embeddings"]) != n:
+        # arrays of different atlases (a file written over by hand): the run stopped with a
+        # numpy broadcasting error; made again instead
         return None
     try:
         os.utime(path)
