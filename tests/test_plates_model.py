@@ -1265,6 +1265,19 @@ def test_a_plate_edited_while_the_atlas_is_read_is_not_kept_under_the_old_key(
     assert read["distances"] == pytest.approx(made["distances"], abs=1e-6)
 
 
+def test_an_atlas_index_that_cannot_be_kept_is_said(tmp_path, plate_thumbs, monkeypatch):
+    """A cache folder that cannot be written (XDG_CACHE_HOME under a file) let the run go on
+    without a word, and a MapNode of IdentifyPlate embedded the atlas in every node."""
+    from samri_ml.errors import SamriMLNote
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file" / "cache"))
+    atlas = _tiff_atlas(tmp_path, plate_thumbs)
+    with pytest.warns(SamriMLNote, match="the atlas index could not be kept in .*: the next run "
+                                         "embeds this atlas again; hint: set XDG_CACHE_HOME"):
+        PlateIdentifier(atlas=atlas, precision="float32")
+
+
 def test_the_atlas_index_cache_keeps_the_most_recently_used_indexes(tmp_path, plate_thumbs,
                                                                      monkeypatch):
     """The atlas index cache ($XDG_CACHE_HOME/samri_ml/atlas_index, 0.6 MB an atlas state)

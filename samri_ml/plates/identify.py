@@ -946,7 +946,15 @@ def _write_atlas_index(path: Path, **arrays) -> None:
     try:
         with atomic_target(path, ".npz") as tmp:
             np.savez(tmp, **arrays)
-    except OSError:
+    except OSError as err:
+        import warnings
+
+        # said: a MapNode of IdentifyPlate embedded the atlas again in every node (40 s
+        # each), nothing telling why
+        why = err.strerror or str(err)
+        warnings.warn(f"the atlas index could not be kept in {path.parent} ({why}): the next "
+                      "run embeds this atlas again; hint: set XDG_CACHE_HOME to a writable "
+                      "folder", SamriMLNote, stacklevel=2)
         return
     _prune_atlas_indexes(path.parent)
 
