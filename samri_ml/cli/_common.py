@@ -70,7 +70,30 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None, *,
         finally:
             if main_thread and argv is not None:
                 signal.signal(signal.SIGINT, before)
+        if argv is None:  # the command is ending (a caller's pools are left alone)
+            _settle_process_pools()
     return code
+
+
+def _settle_process_pools(timeout: float = 10.0) -> None:
+    """Let the threads of the process pools an interrupt broke (Nipype's MultiProc) finish
+    before the interpreter's exit: its ``concurrent.futures`` hook wakes each pool's thread
+    without the lock the thread closes its wake-up pipe under, and a thread that was closing
+    it made the hook print an ``OSError: [Errno 9] Bad file descriptor`` traceback after the
+    'interrupted' line (CPython 3.11; seen in CI). Done here, the same wake-up is guarded and
+    the threads are joined, so the exit finds the pipes closed and writes to none."""
+    process = sys.modules.get("concurrent.futures.process")
+    if process is None:
+        return
+    items = list(getattr(process, "_threads_wakeups", {}).items())
+    if not items:
+        return
+    process._global_shutdown = True  # as the exit hook does: the command is ending
+    for _, wakeup in items:
+        with suppress(OSError, ValueError):
+            wakeup.wakeup()
+    for thread, _ in items:
+        thread.join(timeout)
 
 
 def _run_cli(prog: str, main: Callable[[list[str] | None], int], argv, memory_hint: str) -> int:

@@ -95,6 +95,11 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+class _Default(int):
+    """An option's default number, told apart from the same number given (``--nprocs``: noted
+    where a cluster plugin does not use it)."""
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -157,7 +162,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="Nipype's working folder; rerunning with the same one reuses finished "
                    "nodes (default: OUTPUT_DIR/.samri_ml_work)")
-    g.add_argument("--nprocs", "--n-cpus", type=int, default=None,
+    g.add_argument("--nprocs", "--n-cpus", type=int, default=_Default(available_cpus()),
                    help="processes for MultiProc; 1 runs Linear (default: the cores this job "
                    "may use)")
     g.add_argument("--omp-nthreads", type=number_in(int, 1), default=None,
@@ -344,11 +349,9 @@ def validate(args, parser) -> None:
     load_flavour(args.registration_flavour)
     from nipype.pipeline import plugins
 
-    nprocs_given = args.nprocs is not None
-    if nprocs_given and args.nprocs < 1:
+    nprocs_given = not isinstance(args.nprocs, _Default)
+    if args.nprocs < 1:
         parser.error("--nprocs must be at least 1")
-    if not nprocs_given:
-        args.nprocs = available_cpus()
     if args.plugin is None:
         args.plugin = "Linear" if args.nprocs == 1 else "MultiProc"
     if args.plugin == "Debug" or not hasattr(plugins, f"{args.plugin}Plugin"):

@@ -27,9 +27,17 @@ def script(name: str = "samri_ml-register") -> str:
 
 
 def register_command(bids: Path, out: Path, work: Path, *extra: str) -> list[str]:
-    """The command line of a reliability run on the example dataset ``bids``."""
+    """The command line of a reliability run on the example dataset ``bids`` (without
+    ``--nprocs`` where ``extra`` names a cluster plugin, which does not use it)."""
+    from samri_ml.cluster import SCHEDULER_PROGRAMS
+
     template = bids / "template"
-    return [script(), str(bids), str(out), *RUN_ARGS,
+    run_args = list(RUN_ARGS)
+    plugin = extra[extra.index("--plugin") + 1] if "--plugin" in extra[:-1] else None
+    if plugin in SCHEDULER_PROGRAMS:
+        i = run_args.index("--nprocs")
+        del run_args[i:i + 2]
+    return [script(), str(bids), str(out), *run_args,
             "--template", str(template / "tpl-Phantom_T2w.nii.gz"),
             "--template-mask", str(template / "tpl-Phantom_desc-brain_mask.nii.gz"),
             "-w", str(work), *extra]
