@@ -11,8 +11,8 @@ val_1 MAE, val_2 MAE / Top-1 / Top-3 / Top-5 / Top-10.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -67,4 +67,8 @@ def main(runs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # --help printed a traceback ('--help/config.json': no such file)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="output folders of samri_ml-train-plates")
+    main(parser.parse_args().runs)
