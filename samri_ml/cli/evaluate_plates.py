@@ -20,6 +20,7 @@ from samri_ml.cli._common import (
     set_tf_threads,
     write_output_text,
 )
+from samri_ml.cli.identify_plate import CHUNK, CHUNK_PIXELS
 from samri_ml.io import json_dumps
 from samri_ml.plates.data import IMAGE_SUFFIXES, MIN_SIDE
 
@@ -130,15 +131,12 @@ def run(args) -> int:
     return 0
 
 
-#: sections read and ranked at a time (as samri_ml-identify-plate): memory stays that of one
-#: chunk, not of the folder (24 slide scans of 12000 x 9000 px held 4.3 GB)
-CHUNK = 32
-CHUNK_PIXELS = 100_000_000
-
-
 def _read_chunks(paths):
-    """The images of ``paths`` (:func:`~samri_ml.plates.data.read_image`), :data:`CHUNK` images
-    or :data:`CHUNK_PIXELS` pixels a list (the image that passes the budget ends its list)."""
+    """The images of ``paths`` (:func:`~samri_ml.plates.data.read_image`), ``CHUNK`` images
+    or ``CHUNK_PIXELS`` pixels a list (the image that passes the budget ends its list), as
+    samri_ml-identify-plate reads them: memory stays that of one chunk, not of the folder (24
+    slide scans of 12000 x 9000 px held 4.3 GB). An unreadable image stops the evaluation (its
+    MAE would leave it out), where identify-plate skips it."""
     from samri_ml.plates.data import read_image
 
     imgs, pixels = [], 0
