@@ -379,8 +379,16 @@ def stale_files(out_dir, produced, sources, figures_drawn=None) -> list[Path]:
     return sorted(stale)
 
 
-#: a temporary file of :func:`atomic_target`: ``.NAME.`` + tempfile's 8 characters + a suffix
-_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)*$")
+#: a temporary file of :func:`atomic_target` beside a derivative or a report picture:
+#: ``.NAME.`` + tempfile's 8 characters + a suffix that ends NAME (:func:`_is_temporary`)
+_TEMPORARY = re.compile(r"^\.(sub-.+)\.[a-z0-9_]{8}((?:\.[A-Za-z0-9]+){0,2})$")
+
+
+def _is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`atomic_target` beside a file of
+    samri_ml's (``sub-…``): not a user's hidden file such as ``.backup.original.nii.gz``."""
+    found = _TEMPORARY.match(name)
+    return bool(found) and found.group(1).endswith(found.group(2))
 
 
 def leftover_temporaries(out_dir, sources, before: float) -> list[Path]:
@@ -393,7 +401,7 @@ def leftover_temporaries(out_dir, sources, before: float) -> list[Path]:
     found = []
     for folder in folders:
         try:
-            found += [f for f in folder.iterdir() if _TEMPORARY.match(f.name) and f.is_file()
+            found += [f for f in folder.iterdir() if _is_temporary(f.name) and f.is_file()
                       and f.stat().st_mtime < before]
         except OSError:
             continue

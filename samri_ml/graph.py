@@ -263,9 +263,25 @@ def group_colours(names, n_colours: int = 10) -> dict[str, int]:
     (in name order) takes the next free one."""
     import zlib
 
+    import re
+
+    def own(name) -> int | None:
+        """samri_ml's own sub-workflows' fixed colours: the structural stream the first, the
+        N-th functional run's the (N+1)-th, tab10's grey (7) left to the others (anat_wf and
+        func0_wf shared a hash, and func0_wf's colour hung on whether anat_wf was drawn)."""
+        last = str(name).rsplit(".", 1)[-1]
+        if last == "anat_wf":
+            return 0
+        run = re.fullmatch(r"func(\d+)_wf", last)
+        if run:
+            return [1, 2, 3, 4, 5, 6, 8, 9][int(run.group(1)) % 8] % n_colours
+        return None
+
     out: dict[str, int] = {}
-    for g in sorted(set(names)):
-        i = zlib.crc32(str(g).rsplit(".", 1)[-1].encode()) % n_colours
+    for g in sorted(set(names), key=lambda g: (own(g) is None, str(g))):
+        i = own(g)
+        if i is None:
+            i = zlib.crc32(str(g).rsplit(".", 1)[-1].encode()) % n_colours
         taken = set(out.values())
         if len(taken) < n_colours:
             while i in taken:

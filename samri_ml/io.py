@@ -406,17 +406,25 @@ def _shorter_than_its_header(path: Path, img) -> str | None:
     truncated only after that volume was allocated (13 GB and 33 s for a 4 KB file, or "out
     of memory" with advice to crop). A .nii is measured; a .nii.gz is bounded by deflate's
     ratio."""
+    import nibabel as nb
+
+    if not isinstance(img, nb.AnalyzeImage):  # NIfTI-1/2 and their pairs; not MGH (.mgz)
+        return None
     try:
         header = img.header
         need = int(np.prod(img.shape, dtype=np.int64)) * header.get_data_dtype().itemsize
-        offset = int(header.get("vox_offset", 0) or 0)
-        size = path.stat().st_size
-    except (AttributeError, TypeError, ValueError, OSError):
+        offset = int(header.get_data_offset())
+        data_file = Path(img.file_map["image"].filename)  # a pair's .img, not its .hdr
+        size = data_file.stat().st_size
+    except (AttributeError, TypeError, ValueError, KeyError, OSError):
         return None
-    if path.name.lower().endswith(".gz"):
+    name = data_file.name.lower()
+    if name.endswith(".gz"):
         if need > MAX_GZIP_RATIO * size:
             return (f"its header gives {need:,} bytes of voxels, which a {size:,}-byte "
                     "compressed file cannot hold")
+        return None
+    if name.endswith((".bz2", ".zst", ".xz")):  # other compressions: no bound known here
         return None
     if size < offset + need:
         return f"its header gives {offset + need:,} bytes, the file has {size:,}"

@@ -760,8 +760,8 @@ def mark_interrupted(report, rewritten: list[str], when: float) -> bool:
     is no such report or it is marked already."""
     report = Path(report)
     try:
-        page = report.read_text()
-    except OSError:
+        page = report.read_text(encoding="utf-8")  # as written (atomic_write_text)
+    except (OSError, UnicodeDecodeError):
         return False
     if "class='banner interrupted'" in page or "<body>" not in page:
         return False

@@ -989,3 +989,9 @@ def test_a_small_file_whose_header_claims_a_huge_volume_is_refused_at_once(tmp_p
                                            r"13,500,000,\d+ bytes"):
         load_nifti(path)
     assert time.perf_counter() - start < 5
+    # whole files of every kind load: a pair's voxels are in its .img, not its .hdr
+    data = np.random.default_rng(0).random((20, 22, 12)).astype(np.float32)
+    for whole, kind in (("pair.hdr", nb.Nifti1Pair), ("pair_gz.hdr.gz", nb.Nifti1Pair),
+                        ("two.nii", nb.Nifti2Image), ("two.nii.gz", nb.Nifti2Image)):
+        nb.save(kind(data, np.eye(4)), tmp_path / whole)
+        assert load_nifti(tmp_path / whole).shape == data.shape

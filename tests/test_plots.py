@@ -378,9 +378,11 @@ def test_a_sub_workflow_keeps_its_colour_in_every_graph():
     ``anat_wf`` had one colour in the report's graph and another in ``samri_ml-graph``'s."""
     from samri_ml.graph import group_colours
 
-    small = group_colours(["register.anat_wf", "register.func_wf"])
-    large = group_colours(["a_wf", "qc_wf", "anat_wf", "func_wf", "masking_wf", "register"])
-    assert small["register.anat_wf"] == large["anat_wf"]
-    assert small["register.func_wf"] == large["func_wf"]
+    small = group_colours(["sub_01.func0_wf", "sub_01.func1_wf"])
+    large = group_colours(["a_wf", "qc_wf", "sub_02.anat_wf", "sub_02.func0_wf",
+                           "sub_02.func1_wf", "masking_wf", "register"])
+    assert small["sub_01.func0_wf"] == large["sub_02.func0_wf"]
+    assert small["sub_01.func1_wf"] == large["sub_02.func1_wf"]
+    assert len({large[g] for g in ("sub_02.anat_wf", "sub_02.func0_wf", "sub_02.func1_wf")}) == 3
     many = group_colours([f"wf{i}" for i in range(20)], 20)
     assert sorted(many.values()) == list(range(20))  # as many names as colours: all differ

@@ -114,3 +114,26 @@ def test_a_label_with_a_bar_keeps_its_markdown_row():
 
     table = markdown_table([{"workflow": "a|b", "n": 3}]).splitlines()
     assert table[2] == "| a\\|b | 3 |"
+
+
+def test_a_quantity_unmeasured_everywhere_does_not_say_the_workflows_share_no_scans(tmp_path):
+    """With every SCF null, SCF's n_matched was 0 and the note said the workflows share no
+    scans and every matched test is n/a, beside a VCF repeated-measures p of 1e-7."""
+    import json
+
+    from samri_ml.qc.compare import compare_workflows
+
+    rng = np.random.default_rng(0)
+    folders = []
+    for name, shift in (("w1", 0.0), ("w2", 0.05)):
+        for i in range(8):
+            d = tmp_path / name / f"sub-{i:02d}" / "anat"
+            d.mkdir(parents=True)
+            (d / f"sub-{i:02d}_desc-qc_metrics.json").write_text(json.dumps(
+                {"scan": f"sub-{i:02d}_T2w", "modality": "anat", "workflow": name,
+                 "vcf": 0.9 - shift + 0.01 * rng.standard_normal(), "scf": None,
+                 "scf_normalised": None}))
+        folders.append(tmp_path / name)
+    result = compare_workflows(folders)
+    assert "share 0 scan(s)" not in result["markdown"]
+    assert {r["quantity"]: r["n_matched"] for r in result["anova"]}["vcf_dev"] == 8

@@ -2062,14 +2062,15 @@ def test_a_rerun_removes_the_temporary_files_a_killed_run_left(tmp_path, capsys)
     anat = tmp_path / "out" / "sub-01" / "ses-1" / "anat"
     left = anat / ".sub-01_ses-1_space-Tiny_desc-preproc_T2w.nii.gz.k2j3h4g5.nii.gz"
     left.write_bytes(b"half a file")
-    keep = anat / ".keep"
-    keep.write_text("")
+    keep = [anat / n for n in (".keep", ".backup.original.nii.gz", ".notes.markdown")]
+    for path in keep:  # a user's hidden files, however their names look
+        path.write_text("")
     old = time.time() - 60
-    for path in (left, keep):
+    for path in (left, *keep):
         os.utime(path, (old, old))
     capsys.readouterr()
     assert main([*argv, "--nprocs", "1"]) == 0
     err = capsys.readouterr().err
     assert ("note: removed 1 temporary file(s) a killed run left (e.g. sub-01/ses-1/anat/"
             f"{left.name})") in err, err
-    assert not left.exists() and keep.exists()
+    assert not left.exists() and all(path.exists() for path in keep)

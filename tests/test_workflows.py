@@ -679,3 +679,6 @@ def test_generic_wf_refuses_a_missing_template_and_negative_dummy_scans(tmp_path
                         dummy_scans=-1, qc=False)
     with pytest.raises(SamriMLError, match=r"dummy_scans -5: must be a whole number, at least 0"):
         init_functional_wf(dummy_scans=-5)
+    import numpy as np
+
+    init_functional_wf(dummy_scans=np.int64(2), omp_nthreads=np.int32(1))  # numpy's whole numbers

@@ -945,9 +945,12 @@ def _main(argv=None) -> int:
                 graph = wf.run(plugin=runner)
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
-            _note_mixed_outputs(args, sessions, started)
             if runner is not None:
                 cancel_jobs(args.plugin, runner, PROG)
+            try:  # after the jobs are cancelled: nothing writes while the files are counted
+                _note_mixed_outputs(args, sessions, started)
+            except Exception:  # noqa: BLE001 - a full disk must not turn Ctrl-C into its error
+                pass
             raise
         except Exception as err:
             if runner is not None and getattr(runner, "_pending", None):

@@ -579,19 +579,32 @@ class PlateIdentifier(_Ranker):
                    for p, e in zip(plates.tolist(), self.embeddings, strict=True))
         self.uncertain_distance = limit if same else None
         # the brain's extent at each plate (the tilt's degrees) is the CCF's, by plate number:
-        # kept for the index's own plates (it was dropped: the shipped plates given as
-        # --atlas turned a tilt of 11.4 degrees into 4.6, the 6 x 10 mm fallback's)
-        self.height_mm, self.width_mm = (
-            (np.array([extents.get(p, (np.nan, np.nan))[i] for p in plates.tolist()])
-             for i in (0, 1)) if same and extents else (None, None))
+        # kept for each of the index's own plates (it was dropped: the shipped plates given
+        # as --atlas turned a tilt of 11.4 degrees into 4.6, the 6 x 10 mm fallback's); NaN,
+        # so 6 x 10 mm, for another picture of a plate
+        own = {p for p, e in zip(plates.tolist(), self.embeddings, strict=True)
+               if p in known and known[p].shape == e.shape
+               and float(np.linalg.norm(known[p] - e)) <= SAME_PLATE_DISTANCE}
+        if extents and own:
+            self.height_mm, self.width_mm = (
+                np.array([extents[p][i] if p in own and p in extents else np.nan
+                          for p in plates.tolist()]) for i in (0, 1))
+        else:
+            self.height_mm = self.width_mm = None
         if limit is not None and not same:
             import warnings
 
             warnings.warn(f"{atlas}: these plates, re-embedded, are not the plate index's, so "
                           "no result is flagged uncertain and no section far from every plate "
-                          "is turned back (their limit was measured on the index's plates), "
-                          "and the tilt's degrees take a brain of 6 x 10 mm (the CCF's extent "
-                          "is known for the index's plates)", SamriMLNote, stacklevel=2)
+                          "is turned back (their limit was measured on the index's plates)",
+                          SamriMLNote, stacklevel=2)
+        if extents and len(own) < len(plates):
+            import warnings
+
+            warnings.warn(f"{atlas}: {len(plates) - len(own)} of its {len(plates)} plates are "
+                          "not the plate index's: the tilt's degrees at them take a brain of "
+                          "6 x 10 mm (the CCF's extent is known for the index's plates)",
+                          SamriMLNote, stacklevel=2)
 
     def _extents_by_plate(self) -> dict[int, tuple[float, float]]:
         """``{plate: (height_mm, width_mm)}`` of the brain at the index's plates (the CCF's;

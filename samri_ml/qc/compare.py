@@ -745,10 +745,13 @@ def compare_workflows(
     # the matched tests can rest on far fewer scans than the workflows hold (folders with a few
     # subjects in common): their p-values came without a word on it
     shared = min((r["n_matched"] for r in anova), default=0)
-    if len(groups) > 1 and shared < 2:
+    # the scans every workflow has, whatever was measured on them (a quantity unmeasured
+    # everywhere, SCF null, leaves its own n_matched 0 with the others' tests standing)
+    common = len(set.intersection(*({_key(r) for r in recs} for recs in groups.values())))
+    if len(groups) > 1 and common < 2:
         # the matched tests came out n/a without a word: folders of other subjects, or scans
         # named otherwise (records without scan or modality)
-        caution.append(f"**Note:** the workflows share {shared} scan(s) (matched by source "
+        caution.append(f"**Note:** the workflows share {common} scan(s) (matched by source "
                        "name and modality), so the repeated-measures and paired tests are "
                        "n/a; hint: check that they ran on the same scans.")
     elif len(groups) > 1 and smallest >= MIN_SCANS_FOR_STATISTICS \

@@ -47,13 +47,20 @@ METHODS = ("composite", "structural", "functional")
 MASKING = ("none", "unet", "input")
 
 
+def _whole(value) -> bool:
+    """A whole number (numpy's too, not a bool)."""
+    import numbers
+
+    import numpy as np
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
 def _check(method=None, masking=None, omp_nthreads=None, dummy_scans=None):
-    if dummy_scans is not None and (isinstance(dummy_scans, bool)
-                                    or not isinstance(dummy_scans, int) or dummy_scans < 0):
+    if dummy_scans is not None and (not _whole(dummy_scans) or dummy_scans < 0):
         # -1 failed in a QC node the user never made, or was taken as 0 without a word
         raise SamriMLError(f"dummy_scans {dummy_scans!r}: must be a whole number, at least 0")
-    if omp_nthreads is not None and (isinstance(omp_nthreads, bool)
-                                     or not isinstance(omp_nthreads, int) or omp_nthreads < 1):
+    if omp_nthreads is not None and (not _whole(omp_nthreads) or omp_nthreads < 1):
         # -1 reached the U-Net node, where TensorFlow's failed check aborted the process
         raise SamriMLError(f"omp_nthreads {omp_nthreads!r}: must be a whole number, at least 1")
     if method is not None and method not in METHODS:
