@@ -261,9 +261,8 @@ def group_colours(names, n_colours: int = 10) -> dict[str, int]:
     from its place among the graph's names: ``anat_wf`` keeps its colour in every graph it is
     in (the report's and ``samri_ml-graph``'s differed). Two names on one index: the later
     (in name order) takes the next free one."""
-    import zlib
-
     import re
+    import zlib
 
     def own(name) -> int | None:
         """samri_ml's own sub-workflows' fixed colours: the structural stream the first, the
