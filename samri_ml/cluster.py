@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 
@@ -164,16 +165,36 @@ def cancel_jobs(plugin: str, runner, prog: str = "samri_ml") -> None:
     if program is None or not ids:
         return
     command = f"{program} {' '.join(ids)}"
-    try:
-        done = subprocess.run([program, *ids], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        done = False
-    if done:
+
+    def cancel(*which) -> tuple[bool, str]:
+        try:
+            run = subprocess.run([program, *which], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False, ""
+        return run.returncode == 0, run.stdout + run.stderr
+
+    done, _ = cancel(*ids)
+    left = []
+    if not done:
+        # one job ended since the plugin last polled: qdel/bkill refuse the whole call for it
+        # ("does not exist", "already finished"), and the note said every job may still run
+        for taskid in ids:
+            ok, said = cancel(taskid)
+            if not (ok or ENDED.search(said)):
+                left.append(taskid)
+    if not left:
         print(f"{prog}: note: cancelled the {len(ids)} job(s) of this run still queued or "
               f"running ({command})", file=sys.stderr)
     else:
-        print(f"{prog}: note: {len(ids)} job(s) of this run may still be queued or running; "
-              f"hint: {command}, before a rerun with the same -w", file=sys.stderr)
+        print(f"{prog}: note: {len(left)} job(s) of this run may still be queued or running; "
+              f"hint: {program} {' '.join(left)}, before a rerun with the same -w",
+              file=sys.stderr)
+
+
+#: what a cancel program says of a job that has ended already (SGE's qdel, LSF's bkill, PBS'
+#: qdel, SLURM's scancel, HTCondor's condor_rm, OAR's oardel)
+ENDED = re.compile(r"does not exist|already (finished|completed|completing)|unknown job|"
+                   r"invalid job id|not found|no such job|has finished", re.IGNORECASE)
 
 
 def submit_whole(runner) -> None:
@@ -252,9 +273,18 @@ def _refusal(calls: list, node) -> str | None:
                                                   getattr(runtime, "stdout", "")).splitlines()
                     if line.strip()) or f"exit status {runtime.returncode}"
     step = getattr(node, "fullname", None) or getattr(node, "_id", "?")
-    return (f"{os.path.basename(program)} refused the job of step {step}: {said}; hint: check "
-            "what the step asks for (docs/cluster.rst) against the partition, and "
-            "--plugin-args' sbatch_args/qsub_args")
+    name = os.path.basename(program)
+    # the plugin's own argument (LSF was told to fix sbatch_args/qsub_args); a scheduler that
+    # is down ("unable to contact qmaster") is no request to fix
+    args = SUBMIT_ARGS.get(name, "sbatch_args/qsub_args/bsub_args")
+    return (f"{name} refused the job of step {step}: {said}; hint: if the scheduler is "
+            f"reachable, check what the step asks for (docs/cluster.rst) against the queue "
+            f"or partition, and --plugin-args' {args}")
+
+
+#: the --plugin-args key of each submit program's arguments
+SUBMIT_ARGS = {"sbatch": "sbatch_args", "qsub": "qsub_args", "bsub": "bsub_args",
+               "oarsub": "oarsub_args"}
 
 
 @contextmanager

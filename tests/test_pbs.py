@@ -186,6 +186,7 @@ def test_a_job_the_scheduler_refuses_is_one_line_and_the_queued_jobs_are_cancell
     assert lines[-1].startswith("samri_ml-register: error: qsub refused the job of step "
                                 "samri_ml_wf.sub_01_ses_1.anat_wf.s_register: qsub: Job "
                                 "exceeds queue resource limits MSG=cannot satisfy queue max "
-                                "mem requirement; hint: check what the step asks for"), lines
+                                "mem requirement; hint: if the scheduler is reachable, check "
+                                "what the step asks for"), lines
     assert not _left_running(pbs), "jobs of the stopped run still running"
 

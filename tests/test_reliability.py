@@ -2074,3 +2074,30 @@ def test_a_rerun_removes_the_temporary_files_a_killed_run_left(tmp_path, capsys)
     assert ("note: removed 1 temporary file(s) a killed run left (e.g. sub-01/ses-1/anat/"
             f"{left.name})") in err, err
     assert not left.exists() and all(path.exists() for path in keep)
+
+
+def test_cancelling_says_only_the_jobs_that_may_still_run(tmp_path, monkeypatch, capsys):
+    """A job that ended after the plugin's last poll made qdel (bkill) refuse the whole call
+    ('denied: job "1004" does not exist', exit 1), and the note said every job of the run may
+    still be queued or running. Each is now tried on its own, and one that is gone counts as
+    ended; one the scheduler keeps is named."""
+    from types import SimpleNamespace
+
+    from samri_ml.cluster import cancel_jobs
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "qdel").write_text(
+        "#!/bin/sh\nrc=0\nfor j in \"$@\"; do case $j in\n"
+        "  1004) echo \"denied: job \\\"1004\\\" does not exist\" >&2; rc=1;;\n"
+        "  1005) echo \"qdel: cannot reach qmaster\" >&2; rc=1;;\nesac; done\nexit $rc\n")
+    (fake / "qdel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    cancel_jobs("SGE", SimpleNamespace(_pending={1003: "a", 1004: "b"}), "prog")
+    assert capsys.readouterr().err.strip() == (
+        "prog: note: cancelled the 2 job(s) of this run still queued or running "
+        "(qdel 1003 1004)")
+    cancel_jobs("SGE", SimpleNamespace(_pending={1003: "a", 1004: "b", 1005: "c"}), "prog")
+    assert capsys.readouterr().err.strip() == (
+        "prog: note: 1 job(s) of this run may still be queued or running; hint: qdel 1005, "
+        "before a rerun with the same -w")
