@@ -197,7 +197,7 @@ ENDED = re.compile(r"does not exist|already (finished|completed|completing)|unkn
                    r"invalid job id|not found|no such job|has finished", re.IGNORECASE)
 
 
-def submit_whole(runner) -> None:
+def submit_whole(runner, prog: str = "samri_ml") -> None:
     """Make each job submission of a cluster plugin (``runner``) finish before Ctrl-C or
     SIGTERM stops the run, and a refused one fail in one line naming the step.
 
@@ -218,8 +218,13 @@ def submit_whole(runner) -> None:
     import signal
     import threading
 
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if hasattr(runner, "_submit_graph"):  # one script submits every job
+        _say_graph_refusals(runner, prog)
+        return
     submit = getattr(runner, "_submit_batchtask", None)
-    if submit is None or threading.current_thread() is not threading.main_thread():
+    if submit is None:
         return
 
     @functools.wraps(submit)
@@ -285,6 +290,33 @@ def _refusal(calls: list, node) -> str | None:
 #: the --plugin-args key of each submit program's arguments
 SUBMIT_ARGS = {"sbatch": "sbatch_args", "qsub": "qsub_args", "bsub": "bsub_args",
                "oarsub": "oarsub_args"}
+
+
+def _say_graph_refusals(runner, prog: str = "samri_ml") -> None:
+    """A Graph plugin (SLURMGraph, SGEGraph, PBSGraph) submits every job from one script,
+    which goes on where a submit program refuses a job: the run said "submitted", exit 0,
+    with 29 refusals (the scheduler's words unseen), or with a later job held on a missing id.
+    What the script's submit programs wrote to stderr is now a note, with a hint."""
+    import functools
+
+    submit = runner._submit_graph
+
+    @functools.wraps(submit)
+    def said(*args, **kwargs):
+        calls = []
+        with _children_apart(calls):
+            result = submit(*args, **kwargs)
+        errors = [line.strip() for c in calls
+                  for line in str(getattr(c, "stderr", "") or "").splitlines() if line.strip()]
+        if errors or any(getattr(c, "returncode", 0) not in (0, None) for c in calls):
+            shown = "; ".join(dict.fromkeys(errors[:3])) or "its script ended with an error"
+            more = f" (and {len(errors) - 3} more lines)" if len(errors) > 3 else ""
+            print(f"{prog}: note: submitting the jobs said: {shown}{more}; some jobs may "
+                  "not be queued, or wait on one that is not; hint: check the queue, cancel "
+                  "this run's jobs and fix --plugin-args before a rerun", file=sys.stderr)
+        return result
+
+    runner._submit_graph = said
 
 
 @contextmanager

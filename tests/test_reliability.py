@@ -2101,3 +2101,35 @@ def test_cancelling_says_only_the_jobs_that_may_still_run(tmp_path, monkeypatch,
     assert capsys.readouterr().err.strip() == (
         "prog: note: 1 job(s) of this run may still be queued or running; hint: qdel 1005, "
         "before a rerun with the same -w")
+
+
+def _one(x):
+    return x
+
+
+def test_a_graph_plugins_refused_submissions_are_said(tmp_path, monkeypatch, capsys):
+    """A Graph plugin submits every job from one script, which goes on past a refusal: the
+    run said 'submitted', exit 0, with every qsub refused and the scheduler's words unseen.
+    What the submit programs wrote to stderr is now a note."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+    from nipype.pipeline import plugins
+
+    from samri_ml.cluster import submit_whole
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "qsub").write_text("#!/bin/sh\necho 'Unable to run job: Job was rejected because "
+                               "job requests unknown queue \"nope\".' >&2\nexit 1\n")
+    (fake / "qsub").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    wf = pe.Workflow("w", base_dir=str(tmp_path / "work"))
+    wf.add_nodes([pe.Node(niu.Function(function=_one, input_names=["x"],
+                                       output_names=["y"]), name="a")])
+    wf.get_node("a").inputs.x = 1
+    runner = plugins.SGEGraphPlugin(plugin_args={"qsub_args": "-q nope"})
+    submit_whole(runner, "prog")
+    wf.run(plugin=runner)
+    err = capsys.readouterr().err
+    assert "prog: note: submitting the jobs said: Unable to run job: Job was rejected because " \
+           "job requests unknown queue \"nope\"." in err, err

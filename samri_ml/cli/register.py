@@ -941,7 +941,7 @@ def _main(argv=None) -> int:
                 # the plugin itself, not its name: its queue of submitted jobs is needed
                 # after Ctrl-C
                 runner = getattr(plugins, f"{args.plugin}Plugin")(plugin_args=plugin_args)
-                submit_whole(runner)  # Ctrl-C waits for a submission: its job is cancelled
+                submit_whole(runner, PROG)  # Ctrl-C waits for a submission: its job is cancelled
                 graph = wf.run(plugin=runner)
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
