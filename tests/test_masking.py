@@ -586,13 +586,16 @@ def test_out_of_memory_names_the_commands_own_options(capsys):
 
 def test_maskbrain_refuses_too_few_max_slices_with_one_line(tmp_path):
     import nibabel as nb
+    from traits.api import TraitError
 
     from samri_ml.interfaces.masking import MaskBrain
 
     src = tmp_path / "in.nii.gz"
     nb.save(_sammba_like(), src)
-    with pytest.raises(SamriMLError, match="max_slices 10: must be at least 32"):
-        MaskBrain(in_file=str(src), max_slices=10).run(cwd=str(tmp_path))
+    # where it is set, before any work upstream (it was refused only when the node ran)
+    with pytest.raises(TraitError, match="'max_slices' trait .* must be an integer >= 32, but "
+                                         "a value of 10"):
+        MaskBrain(in_file=str(src), max_slices=10)
     # MaskBrain.help() says the minimum before a run fails on it
     assert "(at least 32," in " ".join(MaskBrain.input_spec().trait("max_slices").desc.split())
 

@@ -101,11 +101,8 @@ class MaskBrain(SimpleInterface):
     def _run_interface(self, runtime):
         from samri_ml.models.inference import run_in_new_process, tensorflow_inherited
 
+        # (below MIN_MAX_SLICES refused where it is set: the trait's range)
         max_slices = self.inputs.max_slices if traits_defined(self.inputs.max_slices) else None
-        if max_slices is not None and max_slices < MIN_MAX_SLICES:
-            from samri_ml.errors import SamriMLError
-
-            raise SamriMLError(f"max_slices {max_slices}: must be at least {MIN_MAX_SLICES}")
         flip = bool(self.inputs.flip) if traits_defined(self.inputs.flip) else None
         kwargs = {"in_file": self.inputs.in_file, "out_dir": runtime.cwd,
                   "model": self.inputs.model or None, "threshold": self.inputs.threshold,
