@@ -386,3 +386,17 @@ def test_a_sub_workflow_keeps_its_colour_in_every_graph():
     assert len({large[g] for g in ("sub_02.anat_wf", "sub_02.func0_wf", "sub_02.func1_wf")}) == 3
     many = group_colours([f"wf{i}" for i in range(20)], 20)
     assert sorted(many.values()) == list(range(20))  # as many names as colours: all differ
+
+
+def test_a_scan_missing_from_a_middle_workflow_is_not_joined_across_it():
+    """Three workflows, one scan missing from the second: its grey line ran straight from the
+    first to the third, across the second's violin, as if it had a value there."""
+    base = _groups(6, 0)
+    groups = {wf: [dict(r, workflow=wf) for r in base["masked"]] for wf in ("a", "b", "c")}
+    groups["b"] = [r for r in groups["b"] if r["scan"] != "sub-00_anat"]
+    fig = violin_figure(groups)
+    ax = fig.axes[0]
+    grey = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    assert len(grey) == 5  # the scan in a and c only has no line (no neighbours to join)
+    for ln in grey:
+        assert np.isfinite(np.asarray(ln.get_ydata(), float)).all()

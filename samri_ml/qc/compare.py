@@ -596,8 +596,10 @@ def violin_figure(groups: dict[str, list[dict]]):
             for j, k in enumerate(scans):  # the same scan across workflows
                 x = np.arange(1, len(names) + 1) + offset[k]
                 ok = np.isfinite(vals[j])
-                if ok.sum() >= 2:
-                    ax.plot(x[ok], vals[j][ok], color="0.55", lw=0.7, alpha=0.8, zorder=2)
+                if (ok[1:] & ok[:-1]).any():
+                    # NaN breaks the line: a scan missing from a middle workflow was joined
+                    # across that workflow's violin, as if it had a value there
+                    ax.plot(x, vals[j], color="0.55", lw=0.7, alpha=0.8, zorder=2)
             shift = np.array([offset[k] for k in scans])
             for i in range(len(names)):
                 ok = np.isfinite(vals[:, i])
