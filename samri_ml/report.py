@@ -22,7 +22,6 @@ import datetime
 import html
 import io
 import json
-import re
 from pathlib import Path
 
 import nibabel as nb
@@ -518,15 +517,14 @@ def _flavour_of(command: str | None) -> str | None:
 def _other_spaces(folder: Path, template_name: str) -> list[str]:
     """The ``space-`` labels other than ``template_name`` of the registered scans
     (``*_desc-preproc_*``) in a subject's derivatives folder."""
-    spaces = set()
+    from samri_ml.bids import parse_entities
+
     try:
-        for path in folder.glob("**/*_desc-preproc_*.nii*"):
-            found = re.search(r"_space-([A-Za-z0-9]+)_", path.name)
-            if found and found.group(1) != template_name:
-                spaces.add(found.group(1))
+        spaces = {parse_entities(path).get("space") for path in
+                  folder.glob("**/*_desc-preproc_*.nii*")}
     except OSError:
         return []
-    return sorted(spaces)
+    return sorted(s for s in spaces if s and s != template_name)
 
 
 def _header(subject, *, template, template_name, masking, flavour, command, started) -> list[str]:

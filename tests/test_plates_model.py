@@ -254,17 +254,17 @@ def test_evaluate_plates_reads_a_folder_a_chunk_at_a_time(tmp_path, plate_thumbs
 
     import cv2
 
-    from samri_ml.cli import evaluate_plates
+    from samri_ml.cli import evaluate_plates, identify_plate
 
     for n in (60, 70, 80, 90, 100):
         cv2.imwrite(str(tmp_path / f"{n}.png"), plate_thumbs[n])
     runs = {}
     for chunk in (32, 2):
-        monkeypatch.setattr(evaluate_plates, "CHUNK", chunk)
+        monkeypatch.setattr(identify_plate, "CHUNK", chunk)  # the one chunk reader's
         read = []
         real = evaluate_plates._read_chunks
         monkeypatch.setattr(evaluate_plates, "_read_chunks",
-                            lambda paths, real=real, read=read: (read.append(len(c)) or c
+                            lambda paths, real=real, read=read: (read.append(len(c[1])) or c
                                                                  for c in real(paths)))
         out = tmp_path / f"r{chunk}.json"
         assert evaluate_plates.main(["--images", str(tmp_path), "--json", str(out)]) == 0

@@ -20,7 +20,7 @@ from samri_ml.cli._common import (
     set_tf_threads,
     write_output_text,
 )
-from samri_ml.cli.identify_plate import CHUNK, CHUNK_PIXELS
+from samri_ml.cli.identify_plate import _read_chunks
 from samri_ml.io import json_dumps
 from samri_ml.plates.data import IMAGE_SUFFIXES, MIN_SIDE
 
@@ -83,7 +83,9 @@ def run(args) -> int:
                                 turn_uncertain=not args.upright)
         check_labels(paths, labels, ident.plates)
         results, seconds = [], 0.0
-        for imgs in _read_chunks(paths):  # one chunk held at a time (all: 125 MB a slide scan)
+        # a chunk held at a time, as identify-plate reads them (every section read first:
+        # 24 slide scans held 4.3 GB)
+        for _, imgs in _read_chunks(paths):
             # an untimed pass first: loads and traces every model the sections will need
             # (with --variant auto, the multimodal one only where a section is sent to it);
             # read_image made the sections: rank_read does not make them again
@@ -129,25 +131,6 @@ def run(args) -> int:
         m["rankings"] = {str(p): r for p, r in zip(paths, rankings, strict=True)}
         write_output_text(json_dumps(m, indent=1), args.json)  # never half-written
     return 0
-
-
-def _read_chunks(paths):
-    """The images of ``paths`` (:func:`~samri_ml.plates.data.read_image`), ``CHUNK`` images
-    or ``CHUNK_PIXELS`` pixels a list (the image that passes the budget ends its list), as
-    samri_ml-identify-plate reads them: memory stays that of one chunk, not of the folder (24
-    slide scans of 12000 x 9000 px held 4.3 GB). An unreadable image stops the evaluation (its
-    MAE would leave it out), where identify-plate skips it."""
-    from samri_ml.plates.data import read_image
-
-    imgs, pixels = [], 0
-    for path in paths:
-        imgs.append(read_image(path))
-        pixels += imgs[-1].size
-        if len(imgs) == CHUNK or pixels >= CHUNK_PIXELS:
-            yield imgs
-            imgs, pixels = [], 0
-    if imgs:
-        yield imgs
 
 
 def _note_readings(results: list[dict], any_orientation: bool) -> None:

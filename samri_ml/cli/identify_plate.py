@@ -88,10 +88,11 @@ CHUNK = 32
 CHUNK_PIXELS = 100_000_000
 
 
-def _read_chunks(images, bad: list):
+def _read_chunks(images, bad: list | None = None):
     """``(paths, images)`` read :data:`CHUNK` images or :data:`CHUNK_PIXELS` pixels at a time
     (the image that passes the budget ends its chunk); an image that cannot be read is added
-    to ``bad`` (its :class:`SamriMLError`) and left out."""
+    to ``bad`` (its :class:`SamriMLError`) and left out, or, without ``bad``, stops the
+    reading (samri_ml-evaluate-plates: an MAE would leave it out)."""
     from samri_ml.plates.data import read_image
 
     paths, imgs, pixels = [], [], 0
@@ -99,6 +100,8 @@ def _read_chunks(images, bad: list):
         try:
             imgs.append(read_image(path))
         except SamriMLError as err:
+            if bad is None:
+                raise
             bad.append(err)
             continue
         paths.append(str(path))

@@ -326,8 +326,6 @@ def _value_text(value) -> str:
 def _first_page_note(path, pages: int) -> None:
     """The ``note:`` that only the first page of a multi-page TIFF is used."""
     if pages > 1:
-        import warnings
-
         warnings.warn(f"{path}: a TIFF of {pages} pages; its first page is used (hint: "
                       "save each section as its own file)", SamriMLNote, stacklevel=3)
 
@@ -354,7 +352,6 @@ def _check_tiff(path: Path) -> tuple[int, bool]:
     the page holds grey and alpha (two samples per pixel, which OpenCV decodes as grey
     alone: :func:`_tiff_grey_alpha`)."""
     import logging
-    import warnings
 
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -595,8 +592,6 @@ def _as_the_plates(img: np.ndarray, path, keep: bool = False,
     image returned is the caller's own (:func:`read_image`'s), its quarter-size look kept for
     the tissue box (:func:`_keep_look`: read-only); a copy where it shares memory with
     ``given`` (an array a user gave, left writable)."""
-    import warnings
-
     if _span(img) < FLOAT_MIN_SPAN * 255:
         # a dim 8-bit section is stretched as a 16-bit or float one is: its float copy was,
         # its 8-bit copy was not (a quarter of the levels: MAE 1.00 -> 4.32; a tenth: 31.7)
@@ -1182,8 +1177,6 @@ def load_atlas(folder) -> tuple[np.ndarray, list[np.ndarray]]:
         else:
             other.append(p.name)
     if other and files:
-        import warnings
-
         warnings.warn(f"{folder}: {len(other)} image(s) not named N.jpg|png|tif (N = plate "
                       f"number) left out of the atlas, e.g. {other[0]}", SamriMLNote, stacklevel=2)
     if not files:
@@ -1203,8 +1196,6 @@ def load_atlas(folder) -> tuple[np.ndarray, list[np.ndarray]]:
 def _read_plates(folder, paths: list[Path]) -> list[np.ndarray]:
     """The plates' images; plates read inverted (brightfield, e.g. the Allen Reference Atlas'
     own Nissl plates) are said in one note for the folder, not one line per plate."""
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         images = [read_image(p) for p in paths]
@@ -1241,18 +1232,15 @@ def section_files(folder, limit: int | None = None) -> tuple[list[Path], np.ndar
     identification (``*_plates.png``, :data:`MONTAGE_SUFFIX`) written into the folder are left
     out, with a note: ``101.png_plates.png`` was read as a section of plate 101 (MAE 26 for
     val_2's 1.4)."""
-    files = _image_files(folder)
-    hidden = [p.name for p in _image_files(folder, hidden=True) if p.name.startswith(".")]
+    every = _image_files(folder, hidden=True)  # one listing: the hidden ones are said
+    hidden = [p.name for p in every if p.name.startswith(".")]
+    files = [p for p in every if not p.name.startswith(".")]
     if hidden:
-        import warnings
-
         warnings.warn(f"{folder}: {len(hidden)} hidden file(s) left out (e.g. {hidden[0]}; "
                       "'._' files are macOS metadata, not images)", SamriMLNote, stacklevel=2)
     montages = [p for p in files if p.name.lower().endswith(MONTAGE_SUFFIX)]
     files = [p for p in files if p not in montages]
     if montages:
-        import warnings
-
         warnings.warn(f"{folder}: {len(montages)} montage(s) of samri_ml-identify-plate "
                       f"(*{MONTAGE_SUFFIX}, e.g. {montages[0].name}) left out; hint: write them "
                       "into another folder (--montage DIR)", SamriMLNote, stacklevel=2)
@@ -1260,8 +1248,6 @@ def section_files(folder, limit: int | None = None) -> tuple[list[Path], np.ndar
         raise SamriMLError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     nested = [d.name for d in sorted(Path(folder).iterdir()) if d.is_dir() and _image_files(d)]
     if nested:
-        import warnings
-
         warnings.warn(f"{folder}: subfolders are not read ({', '.join(nested[:3])}"
                       f"{', ...' if len(nested) > 3 else ''}); hint: evaluate each folder on its "
                       "own", SamriMLNote, stacklevel=2)

@@ -574,17 +574,16 @@ class PlateIdentifier(_Ranker):
             self.plates, self.embeddings, self.region_embeddings, self.size = before
             raise
         self.plates = plates
-        same = all(p in known and known[p].shape == e.shape
-                   and float(np.linalg.norm(known[p] - e)) <= SAME_PLATE_DISTANCE
-                   for p, e in zip(plates.tolist(), self.embeddings, strict=True))
+        # the plates this model embeds as the index did: the index's own
+        own = {p for p, e in zip(plates.tolist(), self.embeddings, strict=True)
+               if p in known and known[p].shape == e.shape
+               and float(np.linalg.norm(known[p] - e)) <= SAME_PLATE_DISTANCE}
+        same = len(own) == len(plates)
         self.uncertain_distance = limit if same else None
         # the brain's extent at each plate (the tilt's degrees) is the CCF's, by plate number:
         # kept for each of the index's own plates (it was dropped: the shipped plates given
         # as --atlas turned a tilt of 11.4 degrees into 4.6, the 6 x 10 mm fallback's); NaN,
         # so 6 x 10 mm, for another picture of a plate
-        own = {p for p, e in zip(plates.tolist(), self.embeddings, strict=True)
-               if p in known and known[p].shape == e.shape
-               and float(np.linalg.norm(known[p] - e)) <= SAME_PLATE_DISTANCE}
         if extents and own:
             self.height_mm, self.width_mm = (
                 np.array([extents[p][i] if p in own and p in extents else np.nan
@@ -598,7 +597,7 @@ class PlateIdentifier(_Ranker):
                           "no result is flagged uncertain and no section far from every plate "
                           "is turned back (their limit was measured on the index's plates)",
                           SamriMLNote, stacklevel=2)
-        if extents and len(own) < len(plates):
+        if extents and not same:
             import warnings
 
             warnings.warn(f"{atlas}: {len(plates) - len(own)} of its {len(plates)} plates are "

@@ -289,11 +289,15 @@ def matched_values(groups: dict[str, list[dict]], quantity: str) -> np.ndarray:
 RESIDUAL_FLOOR = 1e-12
 
 
-def _varies(d: np.ndarray, scale: np.ndarray) -> bool:
-    """Whether the differences ``d`` vary more than rounding, relative to the values
-    ``scale`` (:data:`RESIDUAL_FLOOR`, as :func:`repeated_measures_f` judges its residual)."""
-    spread = ((d - d.mean()) ** 2).sum()
-    return bool(spread > RESIDUAL_FLOOR * max(((scale - scale.mean()) ** 2).sum(), 1e-300))
+def _above_rounding(residual: float, total: float) -> bool:
+    """Whether a sum of squares ``residual`` is more than rounding beside the ``total`` sum of
+    squares (:data:`RESIDUAL_FLOOR`): the one test of the paired t-test and the
+    repeated-measures F."""
+    return bool(residual > RESIDUAL_FLOOR * max(total, 1e-300))
+
+
+def _spread(x: np.ndarray) -> float:
+    return float(((x - x.mean()) ** 2).sum())
 
 
 def repeated_measures_f(x: np.ndarray) -> tuple[float, float]:
@@ -316,7 +320,7 @@ def repeated_measures_f(x: np.ndarray) -> tuple[float, float]:
     ss_s = k * ((x.mean(axis=1) - grand) ** 2).sum()
     ss_e = ((x - grand) ** 2).sum() - ss_w - ss_s
     df1, df2 = k - 1, (k - 1) * (n - 1)
-    if not ss_e > RESIDUAL_FLOOR * max(((x - grand) ** 2).sum(), 1e-300):
+    if not _above_rounding(ss_e, _spread(x)):
         return float("nan"), float("nan")
     f = (ss_w / df1) / (ss_e / df2)
     return float(f), float(stats.f.sf(f, df1, df2))
@@ -397,7 +401,8 @@ def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
             ]
             pa = fn(np.array([da[k] for k in common], dtype=float))
             pb = fn(np.array([db[k] for k in common], dtype=float))
-            if len(common) >= 2 and _varies(pa - pb, np.concatenate([pa, pb])):
+            if len(common) >= 2 and _above_rounding(_spread(pa - pb),
+                                                    _spread(np.concatenate([pa, pb]))):
                 res = stats.ttest_rel(pa, pb)
                 tp, pp = float(res.statistic), float(res.pvalue)
             else:

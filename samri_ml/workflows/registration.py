@@ -48,12 +48,10 @@ MASKING = ("none", "unet", "input")
 
 
 def _whole(value) -> bool:
-    """A whole number (numpy's too, not a bool)."""
+    """A whole number (numpy's too; not a bool: numpy's is no ``Integral``)."""
     import numbers
 
-    import numpy as np
-
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check(method=None, masking=None, omp_nthreads=None, dummy_scans=None):
