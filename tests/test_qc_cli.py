@@ -350,6 +350,17 @@ def test_compare_refuses_what_it_would_pool(tmp_path, capsys):
     pair = {r["quantity"]: r for r in _read_tsv(out / "qc_pairwise.tsv")}
     assert pair["vcf_dev"]["n_paired"] == "6"  # Tpl's records only
     assert {r["space"] for r in _read_tsv(out / "qc_metrics.tsv")} == {"Tpl"}
+    # one label per folder: a's runs to Other against b's to Tpl (one label served all folders)
+    out2 = tmp_path / "cmp2"
+    assert main(["compare", str(a), str(b), "--space", "Other,Tpl", "--out", str(out2)]) == 0
+    assert "registered to different templates (A: Other; B: Tpl)" in capsys.readouterr().out
+    rows = _read_tsv(out2 / "qc_metrics.tsv")
+    assert {(r["workflow"], r["space"]) for r in rows} == {("A", "Other"), ("B", "Tpl")}
+    pair = {r["quantity"]: r for r in _read_tsv(out2 / "qc_pairwise.tsv")}
+    assert pair["vcf_dev"]["n_paired"] == "6"
+    for bad in ("Other,Tpl,Tpl", "Other,"):
+        assert main(["compare", str(a), str(b), "--space", bad]) == 2
+        assert f"--space {bad}: " in capsys.readouterr().err
 
 
 def test_scan_guards_its_inputs_and_names_the_scan_after_its_source(images, tmp_path, capsys):

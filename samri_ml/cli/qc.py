@@ -108,9 +108,10 @@ def get_parser() -> argparse.ArgumentParser:
                    "qc_stats.md, qc_violin.png/.svg here")  # fmt: skip
     c.add_argument("--modality", choices=("anat", "func"), default=None,
                    help="only compare scans of this modality (default: all)")  # fmt: skip
-    c.add_argument("--space", default=None, metavar="LABEL",
+    c.add_argument("--space", default=None, metavar="LABEL[,LABEL...]",
                    help="only compare scans registered to this template (space-LABEL); needed "
-                   "where a folder holds runs to several templates")
+                   "where a folder holds runs to several templates; one label per DERIV_DIR, "
+                   "comma-separated, where the workflows registered to different templates")
     c.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
     return p
 
@@ -210,6 +211,11 @@ def _compare(args, parser) -> int:
 
     if args.labels is not None and len(args.labels) != len(args.folders):
         parser.error(f"--labels: {len(args.labels)} labels for {len(args.folders)} folders")
+    space = None if args.space is None else args.space.split(",")
+    if space is not None and (len(space) not in (1, len(args.folders)) or "" in space):
+        parser.error(f"--space {args.space}: {len(space)} labels for {len(args.folders)} "
+                     "folders; hint: give one for all folders, or one per folder, "
+                     "comma-separated")
     for folder in args.folders:
         if not folder.is_dir():
             parser.error(f"{folder}: no such folder")
@@ -220,8 +226,10 @@ def _compare(args, parser) -> int:
             parser.error(f"--out {args.out}: a file, not a folder; hint: give a folder for "
                          "the tables and plots (it is created where missing)")
         check_output_dir(parser, f"--out {args.out}", args.out)
+    if space is not None and len(space) == 1:
+        space = space[0]
     res = compare_workflows(args.folders, args.labels, args.out, modality=args.modality,
-                            space=args.space)
+                            space=space)
     print_line(res["markdown"])
     if res["files"]:
         print_line(f"\nWritten to {args.out}: " + ", ".join(p.name for p in res["files"]))

@@ -685,7 +685,7 @@ def compare_workflows(
     labels: list[str] | None = None,
     out_dir: str | Path | None = None,
     modality: str | None = None,
-    space: str | None = None,
+    space: str | list[str] | None = None,
 ) -> dict:
     """Read the QC records of several derivatives folders and compare the workflows.
 
@@ -700,9 +700,10 @@ def compare_workflows(
         ``qc_pairwise.tsv``, ``qc_stats.md`` and ``qc_violin.png``/``.svg``.
     modality : {'anat', 'func'}, optional
         Keep only records of that modality.
-    space : str, optional
+    space : str or list of str, optional
         Keep only records of that template (``space-<label>``); needed where a folder holds
-        several.
+        several. A list gives one label per folder (workflows registered to different
+        templates, each folder holding several).
 
     Returns
     -------
@@ -712,6 +713,11 @@ def compare_workflows(
     """
     if labels is not None and len(labels) != len(folders):
         raise SamriMLError(f"{len(labels)} labels given for {len(folders)} folders")
+    spaces_given = [space] * len(folders) if space is None or isinstance(space, str) \
+        else list(space)
+    if len(spaces_given) != len(folders):
+        raise SamriMLError(f"{len(spaces_given)} spaces given for {len(folders)} folders; "
+                           "hint: give one for all folders, or one per folder")
     given_labels = labels is not None
     if labels is None:
         labels = default_labels(folders)
@@ -726,7 +732,7 @@ def compare_workflows(
     groups: dict[str, list[dict]] = {}
     for i, folder in enumerate(folders):
         label = labels[i]
-        recs = read_qc_folder(folder, label, space)
+        recs = read_qc_folder(folder, label, spaces_given[i])
         if modality:
             recs = [r for r in recs if r["modality"] == modality]
             if not recs:
