@@ -102,12 +102,15 @@ def brain_coverage(image, brain_mask) -> float:
     """The fraction of ``brain_mask`` (a template's brain, on any grid) where
     ``image`` holds data: below 1 for a functional scan whose field of view covers only part of
     the brain. Measured on the mask's grid: the part of the brain outside ``image``'s grid
-    is not covered."""
-    mask_img = nb.as_closest_canonical(brain_mask)
+    is not covered. Both count in mm, whatever their headers' unit
+    (:func:`~samri_ml.qc.volume.image_mm`)."""
+    from samri_ml.qc.volume import image_mm
+
+    mask_img = nb.as_closest_canonical(image_mm(brain_mask))
     mask = _volume(mask_img) > 0.5
     if not mask.any():
         return float("nan")
-    data = _volume(_on_grid(nb.as_closest_canonical(image), mask_img))
+    data = _volume(_on_grid(nb.as_closest_canonical(image_mm(image)), mask_img))
     return float((has_data(data) & mask).sum() / mask.sum())
 
 

@@ -847,6 +847,15 @@ def test_scan_records_the_template_brain_it_covers(images, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["brain_coverage"] == pytest.approx(0.5, abs=0.02)
     assert main(["scan", str(proc_f), str(raw_f)]) == 0
     assert json.loads(capsys.readouterr().out)["brain_coverage"] is None
+    # the same mask with a header counting in microns (as the Allen CCF's NIfTIs do; ANTs
+    # writes the registered scan in mm): it lay 1000x away from the scan, coverage 0.0001
+    um = nb.load(mask_f)
+    um_img = nb.Nifti1Image(np.asanyarray(um.dataobj), np.diag([1000.0] * 3 + [1.0]) @ um.affine)
+    um_img.header.set_xyzt_units("micron")
+    mask_um = tmp_path / "tpl_um_desc-brain_mask.nii.gz"
+    nb.save(um_img, mask_um)
+    assert main(["scan", str(proc_f), str(raw_f), "--template-mask", str(mask_um)]) == 0
+    assert json.loads(capsys.readouterr().out)["brain_coverage"] == pytest.approx(0.5, abs=0.02)
 
 
 def test_compare_names_the_scans_of_a_partial_field_of_view(tmp_path, capsys):

@@ -129,6 +129,18 @@ def affine_mm(img) -> np.ndarray:
     return affine
 
 
+def image_mm(img):
+    """``img`` with its affine in mm (:func:`affine_mm`) and its header's spatial unit mm;
+    ``img`` itself where that is its unit already. Two images compared on one grid (a
+    template's mask and a scan registered to it) must count in the same unit: a mask in
+    microns lay 1000x away from a scan in mm (its brain_coverage: 0.0001)."""
+    if mm_per_unit(img.header.get_xyzt_units()[0]) == 1.0:
+        return img
+    out = img.__class__(img.dataobj, affine_mm(img), img.header)
+    out.header.set_xyzt_units("mm", img.header.get_xyzt_units()[1])
+    return out
+
+
 def temporal_mean(data: np.ndarray) -> np.ndarray:
     """Average a 4D series over time (last axis); return 3D data unchanged (as float).
 
