@@ -895,3 +895,40 @@ def test_compare_names_the_scans_of_a_partial_field_of_view(tmp_path, capsys):
               if isinstance(c, PathCollection) and len(c.get_facecolor()) == 0]
     # in each of the 5 func panels, 2 of each workflow's 6 scans
     assert sorted(c.get_offsets().shape[0] for c in hollow) == [2] * 10, hollow
+
+
+def test_scan_refuses_a_mask_of_the_same_shape_on_another_grid(tmp_path, capsys):
+    """--mask and --raw-mask were checked by shape only: another scan's mask of the same shape,
+    its grid 3 mm away, measured the FWHM of whatever it covered here (SCF 3.9 for a copy
+    smoothed to 1.1). It is refused in one line, naming both files; the same mask with a header
+    counting in microns lies on the same grid and is taken."""
+    vox = (0.2, 0.2, 0.4)
+    aff = np.diag([*vox, 1.0])
+    raw = _anisotropic_noise((32, 32, 16), vox, (0.5,) * 3)
+    raw_f, proc_f = tmp_path / "raw.nii.gz", tmp_path / "proc.nii.gz"
+    nb.save(nb.Nifti1Image(raw, aff), raw_f)
+    nb.save(nb.Nifti1Image(ndimage.gaussian_filter(raw, 1.0), aff), proc_f)
+    mask = np.zeros(raw.shape, "uint8")
+    mask[4:28, 4:28, 2:14] = 1
+    moved = aff.copy()
+    moved[:3, 3] += (3.0, 2.0, 0.0)
+    um = nb.Nifti1Image(mask, np.diag([1000.0] * 3 + [1.0]) @ aff)
+    um.header.set_xyzt_units("micron")
+    other_f, um_f, ok_f = (tmp_path / n for n in ("other.nii.gz", "um.nii.gz", "ok.nii.gz"))
+    nb.save(nb.Nifti1Image(mask, moved), other_f)
+    nb.save(um, um_f)
+    nb.save(nb.Nifti1Image(mask, aff), ok_f)
+    for option in ("--mask", "--raw-mask"):
+        image = proc_f if option == "--mask" else raw_f
+        assert main(["scan", str(proc_f), str(raw_f), option, str(other_f)]) == 1
+        err = capsys.readouterr().err
+        assert err.splitlines() == [
+            f"samri_ml-qc: error: brain mask {other_f} is not on the grid of {image}: same "
+            "shape (32, 32, 16), but its affine puts the grid 3 mm away; hint: give a mask of "
+            "that image, or resample it onto the image first"]
+    scf = {}
+    for name, path in (("um", um_f), ("mm", ok_f)):
+        assert main(["scan", str(proc_f), str(raw_f), "--mask", str(path), "--raw-mask",
+                     str(path)]) == 0
+        scf[name] = json.loads(capsys.readouterr().out)["scf"]
+    assert scf["um"] == scf["mm"] > 1.0

@@ -101,6 +101,31 @@ def test_smoothness_node_alone_without_vcf(pair, tmp_path):
     assert not isdefined(res.outputs.scf_normalised)  # no vcf given
 
 
+def test_smoothness_node_refuses_a_mask_of_the_same_shape_on_another_grid(pair, tmp_path):
+    """mask_file was checked by shape only: another scan's mask, its grid 3 mm away, gave the
+    FWHM of whatever it covered. It is refused, naming both files."""
+    from samri_ml.errors import SamriMLError
+
+    proc_f, raw_f = pair
+    aff = np.diag([0.2, 0.2, 0.4, 1.0])
+    aff_p = aff.copy()
+    aff_p[:3, :3] *= 1.1  # the processed image's grid
+    mask = ndimage.binary_erosion(_brain() > 50, iterations=2).astype("uint8")
+    moved = aff_p.copy()
+    moved[:3, 3] += (3.0, 0.0, 0.0)
+    ok_f, other_f = tmp_path / "ok.nii.gz", tmp_path / "other.nii.gz"
+    nb.save(nb.Nifti1Image(mask, aff_p), ok_f)
+    nb.save(nb.Nifti1Image(mask, moved), other_f)
+    res = SmoothnessConservation(processed_file=str(proc_f), raw_file=str(raw_f),
+                                 mask_file=str(ok_f)).run(cwd=str(tmp_path))
+    assert res.outputs.scf > 0
+    with pytest.raises(SamriMLError, match=r"brain mask .*other.nii.gz is not on the grid of "
+                       r".*space-template_T2w.nii.gz: same shape \(32, 36, 20\), but its affine "
+                       r"puts the grid 3 mm away"):
+        SmoothnessConservation(processed_file=str(proc_f), raw_file=str(raw_f),
+                               mask_file=str(other_f)).run(cwd=str(tmp_path))
+
+
 def test_write_qc_metrics_missing_values_are_null(tmp_path):
     node = Node(
         WriteQCMetrics(

@@ -120,8 +120,9 @@ def _scan(args, parser) -> int:
     import numpy as np
 
     from samri_ml.io import load_nifti
+    from samri_ml.masking.predict import check_same_grid
     from samri_ml.qc.metrics import AXES_KEY, modality_of, qc_from_arrays, qc_record, scan_name
-    from samri_ml.qc.volume import EMPTY_PROCESSED_HINT, affine_mm
+    from samri_ml.qc.volume import EMPTY_PROCESSED_HINT, affine_mm, image_mm
 
     if args.json is not None:  # before the work: never over an input, never an image name
         from samri_ml.cli._common import check_output_file
@@ -145,16 +146,20 @@ def _scan(args, parser) -> int:
             print(f"{PROG}: note: {args.raw}: {note}", file=sys.stderr)
         raw = raw[..., left_out:]
     masks = {}
-    for key, path, image, grid in (("processed_mask", args.mask, args.processed, proc),
-                                   ("raw_mask", args.raw_mask, args.raw, raw)):
+    for key, path, image, img in (("processed_mask", args.mask, args.processed, proc_img),
+                                  ("raw_mask", args.raw_mask, args.raw, raw_img)):
         if path is None:
             continue
-        masks[key] = np.asanyarray(load_nifti(path, allow_4d=False).dataobj) > 0
-        if masks[key].shape != grid.shape[:3]:
+        mask_img = load_nifti(path, allow_4d=False)
+        masks[key] = np.asanyarray(mask_img.dataobj) > 0
+        if masks[key].shape != img.shape[:3]:
             raise SamriMLError(
                 f"{path}: mask shape {masks[key].shape} differs from {image}'s "
-                f"{grid.shape[:3]}; hint: give a mask on that image's grid"
+                f"{img.shape[:3]}; hint: give a mask on that image's grid"
             )
+        # the same shape is not the same grid: another scan's mask measured the FWHM of
+        # whatever it covered here (SCF 3.9 for 1.1)
+        check_same_grid(image_mm(img), image_mm(mask_img), str(image), str(path))
     try:
         values = qc_from_arrays(proc, affine_mm(proc_img), raw, affine_mm(raw_img), **masks,
                                 names=(str(args.processed), str(args.raw)))

@@ -178,12 +178,21 @@ class SmoothnessConservation(SimpleInterface):
         proc, raw = same_kind(proc, raw)  # a run cut to one volume: its source's mean
         mask = None
         if isdefined(self.inputs.mask_file):
-            mask = np.asanyarray(_load(self.inputs.mask_file)[0]) > 0
+            import nibabel as nb
+
+            from samri_ml.masking.predict import check_same_grid
+
+            mask, mask_aff = _load(self.inputs.mask_file)
+            mask = np.asanyarray(mask) > 0
             if mask.shape != proc.shape[:3]:
                 raise SamriMLError(
                     f"{self.inputs.mask_file}: mask shape {mask.shape} differs from the processed "
                     f"image's {proc.shape[:3]}"
                 )
+            # the same shape is not the same grid (another scan's mask): their grids, in mm
+            grid = np.empty(mask.shape, np.uint8)
+            check_same_grid(nb.Nifti1Image(grid, proc_aff), nb.Nifti1Image(grid, mask_aff),
+                            self.inputs.processed_file, self.inputs.mask_file)
         s_p = estimate_smoothness(proc, voxel_sizes(proc_aff), mask=mask, acf=False,
                                   name=self.inputs.processed_file)
         s_r = estimate_smoothness(raw, voxel_sizes(raw_aff), acf=False, name=self.inputs.raw_file)
