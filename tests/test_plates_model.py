@@ -1212,6 +1212,49 @@ def test_identify_plate_reranks_a_plate_put_back_with_its_size_and_time(tmp_path
     assert ranking()[:2] in ([101, 60], [60, 101])
 
 
+def test_identify_plate_reranks_sections_renamed_or_swapped_with_their_size_and_time(
+        tmp_path, plate_thumbs):
+    """Nipype's cache key holds a File input's size and modification time, not its path: a
+    section renamed (``mv``) kept its cached result, keyed in out_json and named by the old
+    path, and two sections of one size and time swapped (uncompressed TIFFs unpacked from an
+    archive) kept each other's rankings. The path and the content are in the key now."""
+    import cv2
+    import nipype.pipeline.engine as pe
+
+    from samri_ml.interfaces.plates import IdentifyPlate
+
+    secs = tmp_path / "sections"
+    secs.mkdir()
+    for name, plate in (("a.tif", 60), ("b.tif", 101)):
+        cv2.imwrite(str(secs / name), plate_thumbs[plate], [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+        os.utime(secs / name, ns=(10**18, 10**18))
+    assert (secs / "a.tif").stat().st_size == (secs / "b.tif").stat().st_size
+
+    def results():  # as examples/identify_folder_of_sections.py runs it
+        wf = pe.Workflow(name="w", base_dir=str(tmp_path / "work"))
+        node = pe.MapNode(IdentifyPlate(regions=False, variant="default"),
+                          iterfield=["in_file"], name="identify")
+        node.inputs.in_file = sorted(str(f) for f in secs.iterdir())
+        wf.add_nodes([node])
+        out = list(wf.run(plugin="Linear").nodes)[0].result.outputs
+        best = {}
+        for path in out.out_json:
+            ((key, res),) = json.loads(Path(path).read_text()).items()
+            best[Path(key).name] = res["ranking"][0]
+        return best, sorted(Path(m).name for m in out.out_montage)
+
+    first, montages = results()
+    assert montages == ["a.tif_plates.png", "b.tif_plates.png"]
+    a, b = first["a.tif"], first["b.tif"]
+    assert abs(a - 60) <= 2 and abs(b - 101) <= 2
+    (secs / "a.tif").rename(secs / "t.tif")  # a rename keeps the size and the time
+    (secs / "b.tif").rename(secs / "a.tif")
+    (secs / "t.tif").rename(secs / "b.tif")
+    assert results()[0] == {"a.tif": b, "b.tif": a}
+    (secs / "b.tif").rename(secs / "c.tif")
+    assert results() == ({"a.tif": b, "c.tif": a}, ["a.tif_plates.png", "c.tif_plates.png"])
+
+
 def test_a_plate_rewritten_with_its_size_and_time_is_not_read_from_the_kept_index(
         tmp_path, plate_thumbs, monkeypatch):
     """The atlas index kept in the cache was keyed by the plates' names, sizes and

@@ -57,6 +57,13 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
                                 "plates added, removed or replaced (even with their old size "
                                 "and time) invalidate cached rankings")
 
+    in_file_checksum = traits.Str(usedefault=True,
+                                  desc="the section's path and the size and sha256 of its "
+                                  "content (set from 'in_file'): part of the cache key, as the "
+                                  "outputs are keyed and named by the path, which Nipype leaves "
+                                  "out of it, and so that a section replaced with its old size "
+                                  "and time is ranked again")
+
     def _model_checksum_default(self):
         return plates_checksum(self.model, self.index)
 
@@ -73,7 +80,22 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
         # the files' content now, when Nipype makes the cache key (not when they were set)
         self.model_checksum = plates_checksum(self.model, self.index)
         self.atlas_checksum = atlas_checksum(self.atlas_dir)
+        self.in_file_checksum = section_checksum(self.in_file)
         return super().get_hashval(hash_method=hash_method)
+
+
+def section_checksum(in_file=None) -> str:
+    """``<path> <size>:<sha256>`` of a section (of each, ``; ``-joined, for a MapNode's list of
+    them; ``""`` without one). Nipype's key holds a File input's size and modification time,
+    not its path: a section renamed (``mv 99.png 74.png``) kept its cached result, keyed and
+    named by the old path, and two sections of one size and time swapped (uncompressed TIFFs
+    from an archive) kept each other's rankings."""
+    from samri_ml.models.inference import input_checksum
+
+    if not traits_defined(in_file):
+        return ""
+    files = in_file if isinstance(in_file, list | tuple) else [in_file]
+    return "; ".join(f"{f} {input_checksum(f)}" for f in files)
 
 
 def atlas_checksum(folder=None) -> str:
