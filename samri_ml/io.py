@@ -384,10 +384,11 @@ def _overflow_error(dtype, slope) -> SamriMLError:
 
 def nifti_class(img):
     """The NIfTI class to write data with ``img``'s header: NIfTI-2 for a NIfTI-2 image (its
-    header in a NIfTI-1 image makes nibabel print ``sizeof_hdr should be 348``), else NIfTI-1."""
+    header in a NIfTI-1 image makes nibabel print ``sizeof_hdr should be 348``), a NIfTI-2
+    pair's too (.img/.hdr), else NIfTI-1."""
     import nibabel as nb
 
-    return nb.Nifti2Image if isinstance(img, nb.Nifti2Image) else nb.Nifti1Image
+    return nb.Nifti2Image if isinstance(img, (nb.Nifti2Image, nb.Nifti2Pair)) else nb.Nifti1Image
 
 
 def _one_line(err: BaseException) -> str:

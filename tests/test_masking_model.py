@@ -618,6 +618,29 @@ def test_a_masks_header_is_a_masks(tmp_path, phantom, monkeypatch):
         np.testing.assert_allclose(mask.affine, img.affine, atol=1e-6)
 
 
+@pytest.mark.parametrize("pair", [nb.Nifti1Pair, nb.Nifti2Pair])
+def test_a_pairs_mask_keeps_its_header_codes(tmp_path, phantom, capfd, pair):
+    """The mask of a 3D .img/.hdr pair was written with a new header: qform_code 0 and
+    sform_code 2 for the pair's 1 and 1 (a .nii kept them, a 4D pair too), and --masked of a
+    NIfTI-2 pair printed nibabel's raw 'sizeof_hdr should be 348'."""
+    from samri_ml.cli.mask import main
+
+    img = phantom["T2w"]
+    src = pair(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+    src.header.set_qform(img.affine, 1)
+    src.header.set_sform(img.affine, 1)
+    nb.save(src, tmp_path / "pair.img")
+    assert main([str(tmp_path / "pair.hdr"), str(tmp_path / "mask.nii.gz"),
+                 "--masked", str(tmp_path / "brain.nii.gz")]) == 0
+    assert "sizeof_hdr" not in capfd.readouterr().err
+    for name in ("mask.nii.gz", "brain.nii.gz"):
+        h = nb.load(tmp_path / name).header
+        assert (int(h["qform_code"]), int(h["sform_code"])) == (1, 1), name
+        np.testing.assert_allclose(h.get_qform(), img.affine, atol=1e-6)
+        np.testing.assert_allclose(h.get_sform(), img.affine, atol=1e-6)
+    assert nb.load(tmp_path / "mask.nii.gz").get_data_dtype() == np.uint8
+
+
 def test_a_4d_image_of_one_volume_stays_4d_and_pairs_are_named_well(tmp_path, phantom,
                                                                      monkeypatch, capsys):
     """--masked and MaskBrain.out_file came back 3D for a 4D series of one volume; MaskBrain

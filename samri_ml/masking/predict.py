@@ -642,7 +642,8 @@ def predict_mask(
                       "99th: an intensity offset?); the mask may come out too large; hint: "
                       "subtract the background level first", SamriMLNote, stacklevel=2)
     mask = pp.from_ras(mask_ras.astype(np.uint8), ornt)
-    header = img.header.copy() if isinstance(img, nb.Nifti1Image) else None
+    # a NIfTI pair's (.img/.hdr) header too: its qform and sform codes were lost (0 and 2)
+    header = img.header.copy() if isinstance(img, nb.Nifti1Pair) else None
     out = nifti_class(img)(mask.astype(np.uint8), img.affine, header)
     out.set_data_dtype(np.uint8)
     out.header["scl_slope"] = 1
