@@ -445,6 +445,27 @@ def test_a_header_without_orientation_is_refused_in_one_line(tmp_path):
             predict_mask(in_memory)
 
 
+def test_a_fine_grid_in_meters_is_not_singular(tmp_path):
+    """A header counting in meters (which the QC converts to mm) with 40 um voxels has an
+    affine determinant of 6.4e-14: it was refused as 'singular (e.g. all zeros)'."""
+    import nibabel as nb
+
+    from samri_ml.io import load_nifti
+
+    img = _sammba_like()
+    affine = np.diag([4e-5, 4e-5, 4e-5, 1])
+    meters = nb.Nifti1Image(np.asarray(img.dataobj), affine)
+    meters.header.set_xyzt_units("meter")
+    meters.to_filename(tmp_path / "meters.nii.gz")
+    np.testing.assert_allclose(load_nifti(tmp_path / "meters.nii.gz").affine, affine)
+    # a rank-deficient one, whatever its scale, is still refused
+    flat = affine.copy()
+    flat[:3, 2] = flat[:3, 0]
+    nb.Nifti1Image(np.asarray(img.dataobj), flat).to_filename(tmp_path / "flat.nii.gz")
+    with pytest.raises(SamriMLError, match="sform is singular"):
+        load_nifti(tmp_path / "flat.nii.gz")
+
+
 def test_a_zero_voxel_size_is_a_note_not_a_nibabel_line(tmp_path, capfd):
     """nibabel printed ``pixdim[1,2,3] should be non-zero; setting 0 dims to 1`` raw and the
     mask's volume came out in unit voxels, unsaid."""
