@@ -114,26 +114,41 @@ def registration_inputs(flavour: str, stream: str, phases: list[str] | None = No
     settings = load_flavour(flavour)
     names = stream_phases(flavour, stream)
     chosen = names if phases is None else list(phases)
-    try:
-        phases = [settings["phases"][name] for name in chosen]
-    except KeyError as err:
-        raise SamriMLError(f"flavour {flavour!r} has no phase or stream {err}") from err
+    for name in chosen:
+        if name not in settings["phases"]:
+            raise SamriMLError(f"flavour {flavour!r} has no phase or stream {name!r}")
     if chosen and chosen[0] != names[0]:
         settings["registration"].pop("initial_moving_transform_com", None)
-    inputs = {key: [_none(phase[key]) for phase in phases] for key in STAGE_KEYS}
+    inputs = {key: [_none(_setting(settings, flavour, "phases", name, key)) for name in chosen]
+              for key in STAGE_KEYS}
     # a stage with a single metric is given as scalars, a multi-metric stage as lists
     inputs["transform_parameters"] = [tuple(p) for p in inputs["transform_parameters"]]
-    lower, upper = settings["winsorize"]["functional" if stream.startswith("f") else stream]
+    lower, upper = _setting(settings, flavour, "winsorize",
+                            "functional" if stream.startswith("f") else stream)
     inputs.update(winsorize_lower_quantile=lower, winsorize_upper_quantile=upper)
     inputs.update(settings["registration"])
     inputs["dimension"] = 3
     return inputs
 
 
+def _setting(settings: dict, flavour: str, *keys: str):
+    """``settings[keys[0]][keys[1]]...``; a one-line error naming the first key a flavour JSON
+    lacks (a phase without ``use_histogram_matching`` was a bare ``KeyError``)."""
+    value = settings
+    for depth, key in enumerate(keys):
+        if not isinstance(value, dict) or key not in value:
+            raise SamriMLError(
+                f"registration flavour {flavour!r} lacks {'.'.join(keys[:depth + 1])!r}; hint: "
+                "compare with samri_ml/data/registration/default.json")
+        value = value[key]
+    return value
+
+
 def n4_inputs(flavour: str, stream: str) -> dict:
     """Inputs of ``nipype.interfaces.ants.N4BiasFieldCorrection`` for a stream."""
     settings = load_flavour(flavour)
-    return dict(settings["n4"]["functional" if stream.startswith("f") else "structural"])
+    return dict(_setting(settings, flavour, "n4",
+                         "functional" if stream.startswith("f") else "structural"))
 
 
 def n_stages(flavour: str, stream: str) -> int:
@@ -246,12 +261,15 @@ def masked_image_file(in_file, mask_file, out_dir) -> str:
 
 def dilate_mask_file(in_file, voxels: int, out_dir) -> str:
     """Write ``in_file``'s mask grown by ``voxels`` (6-connected steps) into ``out_dir``;
-    returns the new path (uint8, same grid and header)."""
+    returns the new path (uint8, same grid and header; 3D, also from a mask saved as 4D of one
+    volume)."""
     import nibabel as nb
     import numpy as np
     from scipy import ndimage
 
-    img = nb.load(str(in_file))
+    from samri_ml.io import load_nifti
+
+    img = load_nifti(in_file, allow_4d=False, check_values=False)
     mask = np.asarray(img.dataobj) > 0
     if voxels > 0:
         mask = ndimage.binary_dilation(

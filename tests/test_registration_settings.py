@@ -213,3 +213,55 @@ def test_masked_image_file(tmp_path):
     nb.save(nb.Nifti1Image(mask[:-1], affine), str(tmp_path / "small.nii.gz"))
     with pytest.raises(SamriMLError, match="not on the grid of"):
         masked_image_file(tmp_path / "scan.nii.gz", tmp_path / "small.nii.gz", tmp_path)
+
+
+def test_a_template_mask_saved_as_4d_of_one_volume(tmp_path):
+    """A template mask of shape (x, y, z, 1), which samri_ml-register accepts, failed
+    --masking unet in s_fixed_brain ('operands could not be broadcast together') and in the
+    grown mask (IndexError): both take it as the 3D mask it is."""
+    import nibabel as nb
+    import numpy as np
+
+    from samri_ml.registration import dilate_mask_file, masked_image_file
+
+    rng = np.random.default_rng(0)
+    data = rng.uniform(1, 2, (10, 12, 8)).astype(np.float32)
+    mask = np.zeros(data.shape, np.uint8)
+    mask[3:7, 4:8, 3:5] = 1
+    affine = np.diag([0.3, 0.3, 0.5, 1])
+    nb.save(nb.Nifti1Image(data, affine), str(tmp_path / "tpl.nii.gz"))
+    nb.save(nb.Nifti1Image(mask[..., None], affine), str(tmp_path / "mask4d.nii.gz"))
+    out = nb.load(masked_image_file(tmp_path / "tpl.nii.gz", tmp_path / "mask4d.nii.gz",
+                                    tmp_path))
+    assert out.shape == data.shape
+    np.testing.assert_array_equal(out.get_fdata(), data * mask)
+    grown = nb.load(dilate_mask_file(tmp_path / "mask4d.nii.gz", 1, tmp_path))
+    assert grown.shape == data.shape and grown.get_data_dtype() == np.uint8
+    want = np.zeros(data.shape, bool)
+    want[2:8, 4:8, 3:5] = want[3:7, 3:9, 3:5] = want[3:7, 4:8, 2:6] = True
+    np.testing.assert_array_equal(np.asarray(grown.dataobj) > 0, want)
+
+
+@pytest.mark.parametrize(("where", "lacks"), [
+    (("phases", "similarity", "use_histogram_matching"),
+     "phases.similarity.use_histogram_matching"),
+    (("winsorize", "functional"), "winsorize.functional"),
+    (("n4", "structural"), "n4.structural"),
+])
+def test_a_flavour_lacking_a_setting_names_it(tmp_path, where, lacks):
+    """A flavour JSON without a phase's setting, a stream's winsorisation or N4 settings
+    ended samri_ml-register with a bare 'KeyError: 'use_histogram_matching''."""
+    import json
+
+    from samri_ml.workflows.registration import init_functional_wf, init_structural_wf
+
+    settings = load_flavour("fast")
+    section = settings
+    for key in where[:-1]:
+        section = section[key]
+    del section[where[-1]]
+    flavour = tmp_path / "lacking.json"
+    flavour.write_text(json.dumps(settings))
+    with pytest.raises(SamriMLError, match=f"^registration flavour .* lacks '{lacks}'; hint"):
+        init_structural_wf(flavour=str(flavour))
+        init_functional_wf(flavour=str(flavour), method="functional")

@@ -718,6 +718,8 @@ def apply_mask(img, mask_img, *, check_affine: bool = True):
     dtype = np.complex64 if np.dtype(img.get_data_dtype()).kind == "c" else np.float32
     data = np.asanyarray(img.dataobj)  # a loaded image's own array (float64 if scaled)
     mask = np.asarray(mask_img.dataobj) > 0
+    while mask.ndim > 3 and mask.shape[-1] == 1:  # a 3D mask saved as 4D of one volume
+        mask = mask[..., 0]
     mask = mask.reshape(mask.shape + (1,) * (data.ndim - mask.ndim))  # across the volumes
     # the product written straight into one array of ``dtype`` (times 0 or 1: the same values
     # as cast first): the cast, the product and its cast were three arrays beside the image,
