@@ -150,6 +150,12 @@ def test_generic_wf_refuses_a_single_path_and_metadata_of_another_length():
     wf = init_generic_wf(bold_files=["r_bold.nii.gz"], bold_metadata=[{"RepetitionTime": 1.0}],
                          qc=False, **common)
     assert "func0_wf" in {n.split(".")[0] for n in wf.list_node_names()}
+    # iterators (a Path.glob) were used up by the checks: the runs were left out unsaid
+    wf = init_generic_wf(bold_files=iter(["r_bold.nii.gz", "s_bold.nii.gz"]),
+                         bold_metadata=({"RepetitionTime": t} for t in (1.0, 2.0)), qc=False,
+                         **common)
+    assert {"func0_wf", "func1_wf"} <= {n.split(".")[0] for n in wf.list_node_names()}
+    assert wf.get_node("func1_wf.f_set_tr").inputs.repetition_time == 2.0
 
 
 @pytest.mark.parametrize("graph2use", ["colored", "flat", "hierarchical", "orig"])

@@ -112,7 +112,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             "init_generic_wf: masking='input' needs masks, and it takes none; hint: use "
             "masking='unet' or 'none', or build the streams with init_structural_wf/"
             "init_functional_wf(masking='input') and connect your mask to inputnode.in_mask")
-    _check_inputs(bold_files, bold_metadata, anat_file if qc else None, qc)
+    bold_files, bold_metadata = _check_inputs(bold_files, bold_metadata,
+                                              anat_file if qc else None, qc)
     # absolute from where the factory is called, as the interfaces' paths (symbolic links
     # kept): Nipype runs each node in a folder of its own, where a relative path failed
     # ('file sub-01/anat/sub-01_T2w.nii.gz does not exist' in s_biascorrect)
@@ -307,21 +308,24 @@ def _kept_volumes(bold, dummy_scans: int) -> int:
     return n - n_dummy_to_drop(n, dummy_scans)
 
 
-def _check_inputs(bold_files, bold_metadata, anat_file, qc: bool) -> None:
+def _check_inputs(bold_files, bold_metadata, anat_file, qc: bool) -> tuple[list, list | None]:
     """The files given to :func:`init_generic_wf`, checked where it is called: a single path
     as ``bold_files`` was split into its characters, and a metadata list of another length
     failed inside a QC node (``raw_file '/'``) the user never made. The QC nodes take the scans
     as they are built, so with ``qc`` a missing scan is named here too (without, the files are
-    Nipype's to check when the workflow runs)."""
+    Nipype's to check when the workflow runs). Returns both as lists: an iterator given (a
+    ``Path.glob``) was used up here, and the workflow was built without the runs."""
     from pathlib import Path
 
     if isinstance(bold_files, (str, Path)):
         raise SamriMLError(f"bold_files {str(bold_files)!r}: a single path, expected a list of "
                            f"runs; hint: bold_files=[{str(bold_files)!r}]")
     bold_files = list(bold_files)
+    if bold_metadata is not None and not isinstance(bold_metadata, dict):
+        bold_metadata = list(bold_metadata)
     if bold_metadata and (isinstance(bold_metadata, dict)
-                                      or len(list(bold_metadata)) != len(bold_files)):
-        given = 1 if isinstance(bold_metadata, dict) else len(list(bold_metadata))
+                          or len(bold_metadata) != len(bold_files)):
+        given = 1 if isinstance(bold_metadata, dict) else len(bold_metadata)
         raise SamriMLError(f"bold_metadata: {given} entr(ies) for {len(bold_files)} run(s); "
                            "hint: give one dict per run, in the order of bold_files")
     if qc:
@@ -330,3 +334,4 @@ def _check_inputs(bold_files, bold_metadata, anat_file, qc: bool) -> None:
             if not Path(path).is_file():
                 raise SamriMLError(f"{what} {str(path)!r}: no such file; hint: check the path, "
                                    "or build with qc=False to connect scans that do not exist yet")
+    return bold_files, bold_metadata
