@@ -15,6 +15,7 @@ same in one process, and faster: the model is loaded once.)
 """
 
 import argparse
+import os
 from pathlib import Path
 
 from nipype.interfaces.io import DataSink
@@ -22,9 +23,10 @@ from nipype.interfaces.utility import Function
 from nipype.pipeline import engine as pe
 
 from samri_ml.interfaces import IdentifyPlate
+from samri_ml.paths import file_name_with
+from samri_ml.plates.data import IMAGE_SUFFIXES, MONTAGE_SUFFIX
 from samri_ml.plates.identify import VARIANT_CHOICES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: memory (GB) MultiProc and the cluster plugins' users reserve for each IdentifyPlate node
 IDENTIFY_MEM_GB = 1.5
 
@@ -58,7 +60,9 @@ def build_workflow(sections, out_dir, variant="auto"):
     # times too many at once
     identify = pe.MapNode(IdentifyPlate(variant=variant), iterfield=["in_file"], name="identify",
                           mem_gb=IDENTIFY_MEM_GB)
-    identify.inputs.in_file = [str(Path(s).resolve()) for s in sections]
+    # absolute, links kept (as IdentifyPlate keeps them): resolved, a DataLad dataset's
+    # sections were tabled and their montages named by their annex keys
+    identify.inputs.in_file = [os.path.abspath(s) for s in sections]
     table = pe.Node(Function(function=write_table, input_names=["json_files", "out_file"],
                              output_names=["out_file"]), name="table")  # fmt: skip
     table.inputs.out_file = str(out_dir / "plates.tsv")
@@ -79,7 +83,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not args.sections.is_dir():
         p.error(f"{args.sections}: no such folder")
-    sections = sorted(f for f in args.sections.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    # hidden files left out: macOS' ._84.png beside 84.png is metadata, not an image
+    sections = sorted(f for f in args.sections.iterdir()
+                      if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
     # an image that cannot be read is named and left out before the workflow runs (in the
     # MapNode it failed the whole folder, with Nipype's tracebacks and no table)
     from samri_ml.errors import SamriMLError
@@ -96,9 +102,14 @@ def main(argv=None):
         p.error(f"{args.sections}: no readable PNG, JPEG or TIFF images")
     sections = readable
     build_workflow(sections, args.out_dir, args.variant).run()
-    montages = sorted((args.out_dir / "montages").glob("*_plates.png"))
-    print(f"{args.out_dir / 'plates.tsv'}: {len(sections)} sections; {len(montages)} montages "
-          f"in {args.out_dir / 'montages'}")  # fmt: skip
+    # this run's montages (the folder keeps those of sections an earlier run had, renamed or
+    # removed since, which were counted too: "2 sections; 3 montages")
+    folder = args.out_dir / "montages"
+    ours = {file_name_with(s.name, MONTAGE_SUFFIX) for s in sections}
+    earlier = [m for m in folder.glob(f"*{MONTAGE_SUFFIX}") if m.name not in ours]
+    print(f"{args.out_dir / 'plates.tsv'}: {len(sections)} sections; montages in {folder}"
+          + (f" ({len(earlier)} more of an earlier run, e.g. {earlier[0].name}: their sections "
+             "are no longer in SECTIONS_DIR)" if earlier else ""))
     return 0
 
 

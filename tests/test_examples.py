@@ -43,6 +43,38 @@ def test_identify_folder_of_sections_writes_one_row_per_section(tmp_path):
     assert montages == ["30.png_plates.png", "90.jpg_plates.png", "90.png_plates.png"]
 
 
+def test_identify_folder_of_sections_keeps_links_and_leaves_hidden_files_out(tmp_path, capsys):
+    """The example resolved the sections' paths: a linked section (a DataLad dataset's) was
+    tabled and its montage named by its target's name (the annex key); macOS' ``._30.png``
+    was read and named as skipped; montages an earlier run left for a section since removed
+    were counted as this run's ("1 sections; 2 montages")."""
+    import cv2
+
+    from samri_ml.plates.identify import default_model_dir
+
+    with np.load(default_model_dir() / "plates_index.npz") as z:
+        thumbs = dict(zip(z["plates"].tolist(), z["thumbnails"], strict=True))
+    annex, folder = tmp_path / "annex", tmp_path / "sections"
+    annex.mkdir()
+    folder.mkdir()
+    cv2.imwrite(str(folder / "30.png"), thumbs[30][6:-6, 6:-6])
+    cv2.imwrite(str(annex / "MD5E-s1--d41d8cd9.png"), thumbs[90][6:-6, 6:-6])
+    (folder / "90 b.png").symlink_to(annex / "MD5E-s1--d41d8cd9.png")
+    (folder / "._30.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
+    example, out = _load("identify_folder_of_sections"), tmp_path / "out"
+    assert example.main([str(folder), str(out)]) == 0
+    assert "skipped" not in capsys.readouterr().out
+    rows = [r.split("\t")[0] for r in (out / "plates.tsv").read_text().splitlines()[1:]]
+    assert rows == [str(folder / "30.png"), str(folder / "90 b.png")]
+    montages = sorted(p.name for p in (out / "montages").iterdir())
+    assert montages == ["30.png_plates.png", "90 b.png_plates.png"]
+    (folder / "30.png").unlink()
+    assert example.main([str(folder), str(out)]) == 0
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said.endswith("(1 more of an earlier run, e.g. 30.png_plates.png: their sections "
+                         "are no longer in SECTIONS_DIR)"), said
+
+
 def test_identify_folder_of_sections_refuses_a_missing_folder_in_one_line(tmp_path, capsys):
     """A missing SECTIONS_DIR ended in a FileNotFoundError traceback; ``--variant auto`` (the
     interface's default) was not offered."""
