@@ -120,6 +120,9 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
                                "or .nii.gz file") from err
         except (EOFError, OSError, ValueError, HeaderDataError, HeaderTypeError,
                 zlib_error()) as err:
+            unread = _unreadable_voxel_type(err)
+            if unread:
+                raise SamriMLError(f"{path}: {unread}") from err
             raise SamriMLError(f"{path}: truncated or corrupt image ({_one_line(err)})") from err
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename,
@@ -168,6 +171,23 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
         # file_map keeps get_filename()
         img = type(img)(full, img.affine, img.header, extra=extra, file_map=img.file_map)
     return img
+
+
+def _unreadable_voxel_type(err: BaseException) -> str | None:
+    """What to say of a header whose voxel type is a valid one that nibabel cannot read (NIfTI's
+    1-bit DT_BINARY, code 1; a 128-bit float where numpy has none), or None: such a file was
+    called "truncated or corrupt" (an unknown code still is: that header is corrupt)."""
+    import re
+
+    match = re.fullmatch(r"data code (\d+) not supported", str(err))
+    if not match:
+        return None
+    from nibabel.nifti1 import data_type_codes
+
+    code = int(match[1])
+    label = data_type_codes.label.get(code, "")
+    return (f"its voxel type (NIfTI datatype {code}, {label}) cannot be read; hint: save "
+            "it as uint8, int16 or float32")
 
 
 #: how an unlocked git-annex file whose content is not here begins (a pointer, not the data)

@@ -938,6 +938,28 @@ def test_a_nifti_named_for_the_other_compression_is_said_so(tmp_path, nifti2):
         load_nifti(text)
 
 
+def test_a_voxel_type_nibabel_cannot_read_is_not_called_corrupt(tmp_path):
+    """A valid 1-bit NIfTI (DT_BINARY, datatype 1, a mask format of some tools) was refused as
+    "truncated or corrupt image (data code 1 not supported)"; an unknown code still is."""
+    import struct
+
+    import nibabel as nb
+
+    from samri_ml.io import load_nifti
+
+    plain = tmp_path / "mask.nii"
+    nb.save(nb.Nifti1Image(np.ones((8, 8, 8), np.uint8), np.eye(4)), plain)
+    raw = bytearray(plain.read_bytes())
+    for code, words in ((1, r"its voxel type \(NIfTI datatype 1, binary\) cannot be read; "
+                            r"hint: save it as uint8, int16 or float32$"),
+                        (9999, r"truncated or corrupt image \(data code 9999 not recognized\)$")):
+        raw[70:72] = struct.pack("<h", code)  # the header's datatype
+        path = tmp_path / f"code{code}.nii"
+        path.write_bytes(bytes(raw))
+        with pytest.raises(SamriMLError, match=f"^{path}: {words}"):
+            load_nifti(path)
+
+
 def test_samri_ml_mask_refuses_an_image_before_loading_the_model(tmp_path):
     """A 2-slice image (or NaNs, a single slice, a constant image) is refused before the model
     is loaded: the command loaded the network first (TensorFlow's start, about 8 s) to say in
