@@ -683,6 +683,18 @@ def test_slurm_jobs_ask_for_what_the_nodes_declare(head, tmp_path):
     assert wf.get_node("s_mask").plugin_args["sbatch_args"] == "--gres=gpu:1"
 
 
+def test_a_runs_mem_bind_is_no_memory_request():
+    """``--mem-bind=local`` (NUMA binding) in the run's sbatch_args was read as ``--mem``: the
+    U-Net node then asked for no memory and got the cluster's default."""
+    from samri_ml.workflows import init_structural_wf, request_slurm_resources
+
+    for run_args, want in (("-p short --mem-bind=local", "--cpus-per-task=4 --mem=2048M"),
+                           ("--mem 16G", "--cpus-per-task=4"),
+                           ("--mem-per-gpu=8G", "--cpus-per-task=4")):
+        wf = init_structural_wf(masking="unet", omp_nthreads=4)
+        assert request_slurm_resources(wf, run_args)["structural_wf.s_mask"] == want, run_args
+
+
 def test_identifyplate_refuses_a_negative_thread_count_multiproc_would_count_as_free():
     """IdentifyPlate(num_threads=-1) was taken: TensorFlow ran on every core while MultiProc,
     reserving num_threads CPUs for the node, counted it as freeing one ("Free processors:

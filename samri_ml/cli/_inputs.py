@@ -136,6 +136,13 @@ def check_scans(args, sessions) -> None:
                     f"{path}: functional run is {n} {img.shape}; expected a 4D time series "
                     "of 2 volumes or more; hint: select only 4D runs with "
                     "-f/--functional-match")
+            if kind == "functional" and min(img.shape[:3]) == 1:
+                # a structural scan of one slice is refused by load_nifti; a run of one slice
+                # passed and failed in its N4 step ("exited 1 without a word")
+                raise SamriMLError(
+                    f"{path}: functional run of one slice {img.shape}; its volumes must be 3D "
+                    "to be bias-corrected and registered; hint: leave it out with "
+                    "-f/--functional-match or the dataset's .bidsignore")
             if kind == "functional" and path in metadata:
                 _check_run_metadata(args, path, img, metadata[path], no_timing,
                                     sidecars.get(path, []))

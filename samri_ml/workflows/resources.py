@@ -26,9 +26,9 @@ def sbatch_resources(n_procs: int, mem_gb: float, *, cpus: bool = True,
 
 
 #: options of a run's ``sbatch_args`` that :func:`request_slurm_resources` leaves to it
-#: (its group 1: the count, where one follows)
+#: (its group 1: the count, where one follows); ``--mem-bind`` asks for no memory
 CPU_OPTION = re.compile(r"(?:^|\s)(?:--cpus-per-task\b|-c(?=\s*\d))[=\s]*(\d*)")
-MEM_OPTION = re.compile(r"(^|\s)--mem(-per-cpu|-per-gpu)?\b")
+MEM_OPTION = re.compile(r"(^|\s)--mem(-per-cpu|-per-gpu)?(?=[=\s]|$)")
 
 
 #: the node's ``plugin_args`` key recording what :func:`request_slurm_resources` added to its
