@@ -157,6 +157,7 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
             raise SamriMLError(f"{path}: the image is all zeros; hint: {zero_hint}")
     check_affine(img, path)
     _say_header_fixes(img, path, fixed)
+    _say_analyze_orientation(img, path)
     # the data are scaled: the file's scaling (which nibabel keeps in the proxy, not the
     # header) is said in ``extra``, for image_data's message
     slope, inter = (float(getattr(img.dataobj, key, default)) for key, default in
@@ -319,6 +320,25 @@ def _say_header_fixes(img, path, messages) -> None:
         else:
             text = f"{path}: header fixed while reading it: {_one_line(message)}"
         warnings.warn(text, SamriMLNote, stacklevel=3)
+
+
+def _say_analyze_orientation(img, path) -> None:
+    """A note where ``img`` is an Analyze 7.5 image without an SPM ``.mat`` beside it: its
+    header holds no orientation, and nibabel takes x from right to left (LAS) without a word
+    (a mask of a scan stored the other way round came out mirrored)."""
+    import warnings
+
+    import nibabel as nb
+
+    if not isinstance(img, nb.AnalyzeImage) or isinstance(img, nb.Nifti1Pair):
+        return
+    mat = img.file_map.get("mat")
+    if mat is not None and mat.filename and Path(mat.filename).exists():
+        return  # SPM's affine: the orientation is known
+    warnings.warn(f"{path}: an Analyze 7.5 image, whose header holds no orientation: its x "
+                  "axis is taken to run from right to left (nibabel's default); hint: check "
+                  "left and right in the output, or convert the scan to NIfTI where its "
+                  "orientation is known", SamriMLNote, stacklevel=3)
 
 
 def image_data(img, dtype=np.float32) -> np.ndarray:

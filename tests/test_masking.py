@@ -960,6 +960,39 @@ def test_a_voxel_type_nibabel_cannot_read_is_not_called_corrupt(tmp_path):
             load_nifti(path)
 
 
+def test_an_analyze_image_says_its_orientation_is_assumed(tmp_path):
+    """An Analyze 7.5 pair (no orientation in its header) was read as LAS without a word: a
+    scan stored right to left got a mirrored mask. It is named in a note now; a NIfTI pair and
+    an Analyze image with SPM's .mat beside it (its affine known) are not."""
+    import warnings
+
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.io import load_nifti
+
+    data = np.random.default_rng(0).random((6, 7, 8)).astype(np.float32)
+    affine = np.diag([0.3, 0.3, 0.3, 1.0])
+    cases = {"analyze.hdr": nb.AnalyzeImage, "pair.hdr": nb.Nifti1Pair,
+             "spm.hdr": nb.Spm99AnalyzeImage}
+    for name, kind in cases.items():
+        nb.save(kind(data, affine), tmp_path / name)
+    assert (tmp_path / "spm.mat").exists()  # SPM's affine beside it
+    for name in cases:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            img = load_nifti(tmp_path / name)
+        np.testing.assert_array_equal(np.asanyarray(img.dataobj), data)
+        notes = [str(w.message) for w in seen if issubclass(w.category, SamriMLNote)]
+        if name == "analyze.hdr":
+            assert notes == [f"{tmp_path / name}: an Analyze 7.5 image, whose header holds no "
+                             "orientation: its x axis is taken to run from right to left "
+                             "(nibabel's default); hint: check left and right in the output, "
+                             "or convert the scan to NIfTI where its orientation is known"]
+        else:
+            assert notes == [], name
+
+
 def test_samri_ml_mask_refuses_an_image_before_loading_the_model(tmp_path):
     """A 2-slice image (or NaNs, a single slice, a constant image) is refused before the model
     is loaded: the command loaded the network first (TensorFlow's start, about 8 s) to say in
