@@ -326,11 +326,6 @@ CASES = [
      ["sub-01_ses-1_task-rest_bold.nii.gz: functional run of one slice (12, 12, 1, 5); its "
       "volumes must be 3D",
       "hint: leave it out with -f/--functional-match"]),
-    # a run of one slice (a coronal EPI cut to its slice of interest) passed the checks and
-    # failed in its N4 step, "exited 1 without a word"; a one-slice structural scan was refused
-    ("one_slice_functional_run", _replace_image(BOLD, lambda d: d[:, :, 5:6]), [], 1,
-     ["sub-01_ses-1_task-rest_bold.nii.gz: functional run of one slice (12, 12, 1, 5); its volumes must be 3D",
-      "hint: leave it out with -f/--functional-match"]),
     ("nan_voxels", _replace_image(ANAT, lambda d: np.where(d > 90, np.nan, d)), [], 1,
      ["NaN or Inf", "hint"]),
     ("inf_voxels", _replace_image(BOLD, lambda d: np.where(d > 90, np.inf, d)), [], 1,
