@@ -698,6 +698,25 @@ def test_a_sidecar_and_header_of_other_repetition_times_are_named(tmp_path, caps
         assert (note in err) is said, err
 
 
+@pytest.mark.parametrize("folder", ["func", "anat"])
+def test_scans_are_selected_by_their_own_folder_whatever_folder_holds_the_dataset(
+        tmp_path, folder):
+    """pybids reads a scan's datatype from the first datatype-named folder of its whole path:
+    a dataset kept under /data/func/ had its T2w taken for 'func' (the runs registered
+    straight to the template, 'no structural scan'), one under /data/anat/ lost its runs."""
+    from samri_ml.cli._inputs import collect_sessions
+    from samri_ml.cli.register import get_parser, validate
+
+    root = tmp_path / folder
+    make_dataset(root)
+    parser = get_parser()
+    args = parser.parse_args([a for a in _argv(root, []) if a != "--dry-run"])
+    validate(args, parser)
+    (session,) = collect_sessions(args)
+    assert Path(session["anat"]).name == Path(ANAT).name
+    assert [Path(b).name for b in session["bold"]] == [Path(BOLD).name]
+
+
 def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     """A repeated participant label is one participant; a run without a sidecar takes its
     repetition time from the header (said) and its task from the file name; runs without

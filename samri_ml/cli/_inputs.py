@@ -413,11 +413,13 @@ def collect_sessions(args) -> list[dict]:
     def query(filters, subject, session):
         filters = dict(filters)
         filters.setdefault("extension", [".nii", ".nii.gz"])
+        datatype = filters.pop("datatype", None)  # pybids' can be wrong: _datatype_of
         kw = dict(subject=subject, return_type="object", **filters)
         if session is not None:
             kw["session"] = session
         try:
-            return layout.get(**kw)
+            found = layout.get(**kw)
+            return [f for f in found if _of_datatype(f.path, layout.root, datatype)]
         except Exception as err:
             raise SamriMLError(f"invalid BIDS filter {filters} ({err})") from err
 
@@ -444,7 +446,7 @@ def collect_sessions(args) -> list[dict]:
                 print(f"{PROG}: note: {where}: {len(anats)} structural scans; using "
                       f"{Path(anats[0].path).name} (the others are not registered); hint: "
                       "choose with -s, a whole filter, e.g. -s "
-                      f"'{json.dumps(_filter_for(anats[1], anats[0]))}' for "
+                      f"'{json.dumps(_filter_for(anats[1], anats[0], layout.root))}' for "
                       f"{Path(anats[1].path).name}", file=sys.stderr)  # fmt: skip
             out.append({
                 "subject": subject, "session": session,
@@ -472,8 +474,9 @@ def collect_sessions(args) -> list[dict]:
     if not any(item["bold"] for item in out):
         # a misspelt task in -f dropped every run: the structural scans alone were registered,
         # exit 0, without a word (an -s that matches nothing is noted per session)
-        runs = layout.get(subject=wanted, datatype="func", extension=[".nii", ".nii.gz"],
-                          return_type="filename")
+        runs = [f for f in layout.get(subject=wanted, extension=[".nii", ".nii.gz"],
+                                      return_type="filename")
+                if _datatype_of(f, layout.root) == "func"]
         if runs:
             print(f"{PROG}: note: no functional run matches -f "
                   f"{json.dumps(args.functional_match)}, of the {len(runs)} in the selected "
@@ -530,6 +533,23 @@ def _sidecar_of(path: str, chain: list[str], key: str | None = None) -> str:
     return "its sidecar"
 
 
+def _datatype_of(path, root) -> str:
+    """The datatype of a scan of the dataset at ``root``: the folder below its ``sub-`` and
+    ``ses-`` folders (``sub-01/ses-1/anat/...``), whatever folders hold the dataset (pybids
+    takes the first datatype-named folder of the whole path: under /data/func/ every scan
+    was 'func', the T2w left out; under /data/anat/ the runs were)."""
+    folders = Path(path).relative_to(root).parts[1:-1]  # below sub-<label>
+    folders = folders[1:] if folders and folders[0].startswith("ses-") else folders
+    return folders[0] if folders else ""
+
+
+def _of_datatype(path, root, datatype) -> bool:
+    """Whether a scan's datatype (:func:`_datatype_of`) is ``datatype``, a name or a list of
+    names (None: any)."""
+    wanted = [datatype] if isinstance(datatype, str) else datatype
+    return datatype is None or _datatype_of(path, root) in wanted
+
+
 def _structural_rank(scan, suffixes) -> tuple[int, int]:
     """Sort key of a session's structural scans (pybids BIDSFile objects), best first: the
     first suffix of ``suffixes`` listed (T2w before T1w), then the plainest name (fewest
@@ -542,13 +562,13 @@ def _structural_rank(scan, suffixes) -> tuple[int, int]:
     return first, len(extra)
 
 
-def _filter_for(scan, other) -> dict:
+def _filter_for(scan, other, root) -> dict:
     """A pybids filter (``-s``) that selects ``scan`` and not ``other`` (BIDSFile objects of
     one session): its datatype and suffix, and where the suffixes are the same, the entities
     the two file names differ in (``null`` for one ``scan`` lacks)."""
     mine = scan.get_entities(metadata=False)
     theirs = other.get_entities(metadata=False)
-    out = {"datatype": mine.get("datatype", "anat"), "suffix": mine.get("suffix")}
+    out = {"datatype": _datatype_of(scan.path, root), "suffix": mine.get("suffix")}
     if mine.get("suffix") == theirs.get("suffix"):
         for key in sorted(mine.keys() | theirs.keys()):
             if key not in ("subject", "session", "datatype", "suffix") and \
