@@ -717,6 +717,33 @@ def test_scans_are_selected_by_their_own_folder_whatever_folder_holds_the_datase
     assert [Path(b).name for b in session["bold"]] == [Path(BOLD).name]
 
 
+@pytest.mark.parametrize("sidecar, said", [
+    ({"RepetitionTime": "1.0"}, "RepetitionTime '1.0' in its sidecar is not a number"),
+    ({"RepetitionTime": -1}, "RepetitionTime -1 in its sidecar is not a number of seconds "
+                             "above 0"),
+    ({"SliceTiming": ["0", "0.5", "0.1", "0.6", "0.3", "0.8"]},
+     "SliceTiming in its sidecar is not a list of numbers"),
+    ({"SliceTiming": 0.5}, "SliceTiming in its sidecar is not a list of numbers"),
+    ({"SliceEncodingDirection": "k+"}, "SliceEncodingDirection 'k+' in its sidecar is not one "
+                                       "of i, j, k, i-, j-, k-"),
+])
+def test_sidecar_values_of_the_wrong_type_are_refused_in_one_line(tmp_path, sidecar, said):
+    """Strings where BIDS has numbers failed as 'registration flavour ...: a setting Nipype
+    refuses' (hint: compare with default.json), or in a bare ValueError or TypeError."""
+    from samri_ml.cli._inputs import check_scans, collect_sessions
+    from samri_ml.cli.register import get_parser, validate
+    from samri_ml.errors import SamriMLError
+
+    make_dataset(tmp_path)
+    path = tmp_path / "bids" / BOLD.replace(".nii.gz", ".json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), **sidecar}))
+    parser = get_parser()
+    args = parser.parse_args([a for a in _argv(tmp_path, []) if a != "--dry-run"])
+    validate(args, parser)
+    with pytest.raises(SamriMLError, match=re.escape(said)):
+        check_scans(args, collect_sessions(args))
+
+
 def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     """A repeated participant label is one participant; a run without a sidecar takes its
     repetition time from the header (said) and its task from the file name; runs without

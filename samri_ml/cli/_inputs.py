@@ -245,6 +245,11 @@ def _header_tr(img) -> float:
     return tr / 1000 if unit == "msec" else tr * 1e-6 if unit == "usec" else tr
 
 
+def _is_number(value) -> bool:
+    """Whether a sidecar value is a JSON number (not a string, a boolean or null)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
                         chain: list[str] = ()) -> None:
     """A functional run's sidecar against its image, before anything runs: the number of
@@ -263,8 +268,14 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
             print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
                   f"header's, {header_tr:g} s", file=sys.stderr)
     tr = meta.get("RepetitionTime")
-    if isinstance(tr, bool) or not isinstance(tr, (int, float)):
-        tr = None  # only a number is compared here (as before)
+    if had_tr and not (_is_number(tr) and tr > 0):
+        # a string ("1.0") or a negative time was blamed on the registration flavour ("a
+        # setting Nipype refuses"), or ended in a bare ValueError
+        raise SamriMLError(f"{path}: RepetitionTime {tr!r} in "
+                           f"{_sidecar_of(path, chain, 'RepetitionTime')} is not a number of "
+                           "seconds above 0; hint: fix the sidecar (BIDS: a number, 1.5, "
+                           "not \"1.5\")")
+    tr = float(tr) if tr else None
     if tr is not None and tr > MAX_TR_SECONDS:
         # BIDS gives seconds: 1000 (ms) was taken as 1000 s, written into the outputs'
         # sidecars and headers
@@ -288,8 +299,13 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
     if not times:
         no_timing.append(name)
         return
+    if not isinstance(times, list) or not all(_is_number(t) for t in times):
+        # ["0", "0.5"] was blamed on the registration flavour, 0.5 ended in a bare TypeError
+        raise SamriMLError(f"{path}: SliceTiming in {_sidecar_of(path, chain, 'SliceTiming')} "
+                           "is not a list of numbers (the time in seconds of each slice); "
+                           "hint: fix the sidecar, or pass --no-slice-timing")
     direction = str(meta.get("SliceEncodingDirection", "k"))
-    if direction[:1] not in ("i", "j", "k"):
+    if direction not in ("i", "j", "k", "i-", "j-", "k-"):
         raise SamriMLError(f"{path}: SliceEncodingDirection {direction!r} in "
                            f"{_sidecar_of(path, chain, 'SliceEncodingDirection')} is "
                            "not one of i, j, k, i-, j-, k-; hint: fix the sidecar, or pass "
