@@ -455,6 +455,26 @@ def test_bold_sidecar_says_no_slice_timing_where_the_run_was_too_short(tmp_path)
                              method="functional", dummy_scans=dummies, qc=False)
         side = wf.get_node("ds_func0").inputs.metadata
         assert side["SliceTimingCorrected"] is corrected and ("StartTime" in side) is corrected
+        assert side["NumberOfVolumesDiscardedByUser"] == dummies
+
+
+def test_bold_sidecar_counts_the_volumes_dropped_before_it():
+    """The derivative run lacked its dummy scans, and its sidecar did not say so: onsets from
+    the raw events.tsv were that many repetitions off. The user's count adds the dummy scans
+    to the raw sidecar's; the scanner's is carried over; nothing is said where nothing was
+    dropped."""
+    from samri_ml.workflows.generic import _discarded_volumes
+
+    assert _discarded_volumes({}, 0) == {}
+    assert _discarded_volumes({}, 10) == {"NumberOfVolumesDiscardedByUser": 10}
+    raw = {"NumberOfVolumesDiscardedByUser": 2, "NumberOfVolumesDiscardedByScanner": 4}
+    assert _discarded_volumes(raw, 10) == {"NumberOfVolumesDiscardedByUser": 12,
+                                           "NumberOfVolumesDiscardedByScanner": 4}
+    assert _discarded_volumes(raw, 0) == {"NumberOfVolumesDiscardedByUser": 2,
+                                          "NumberOfVolumesDiscardedByScanner": 4}
+    # not a count (a string, a boolean, negative): not carried into the derivative
+    odd = {"NumberOfVolumesDiscardedByUser": "2", "NumberOfVolumesDiscardedByScanner": True}
+    assert _discarded_volumes(odd, 3) == {"NumberOfVolumesDiscardedByUser": 3}
 
 
 def test_interfaces_and_workflows_import_without_tensorflow():

@@ -221,6 +221,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                 bold_meta["StartTime"] = float(meta["RepetitionTime"]) / 2
         if meta.get("TaskName"):
             bold_meta["TaskName"] = meta["TaskName"]
+        bold_meta.update(_discarded_volumes(meta, dummy_scans))
         sink(f"ds_func{index}", bold, func_wf, out + "out_file", metadata=bold_meta,
              space=template_name, desc="preproc")
         if method != "structural":
@@ -290,6 +291,25 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
                          name=f"ds_{prefix}_qc{ext[1:]}", **SINK_NODE)
             wf.connect(write, field, ds, "in_file")
     return write
+
+
+def _discarded_volumes(meta: dict, dummy_scans: int) -> dict:
+    """BIDS' counts of the volumes a derivative run lacks at its start: the dummy scans dropped
+    here added to those the user dropped before (``NumberOfVolumesDiscardedByUser``), the
+    scanner's as the raw sidecar gives them. Without them, onsets taken from the raw
+    ``events.tsv`` were ``dummy_scans`` repetitions off on the derivative, unsaid."""
+    def count(key):
+        value = meta.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) \
+            and value >= 0 else None
+
+    out = {}
+    by_user = (count("NumberOfVolumesDiscardedByUser") or 0) + int(dummy_scans)
+    if by_user or count("NumberOfVolumesDiscardedByUser") is not None:
+        out["NumberOfVolumesDiscardedByUser"] = by_user
+    if count("NumberOfVolumesDiscardedByScanner") is not None:
+        out["NumberOfVolumesDiscardedByScanner"] = count("NumberOfVolumesDiscardedByScanner")
+    return out
 
 
 def _kept_volumes(bold, dummy_scans: int) -> int:
