@@ -469,6 +469,35 @@ def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs, capsy
     assert main([str(tmp_path / "a" / "s.png"), "--montage", str(tmp_path / "a" / "s.png")]) == 2
 
 
+def test_identify_plate_leaves_out_its_montages_given_as_images(tmp_path, plate_thumbs, capsys):
+    """Montages written beside the sections (``--montage`` their folder) came back with them
+    through ``SECTIONS/*.png`` on the next run: ranked as sections (a montage of plate 130's
+    section: plate 126, not flagged) and montaged again (``s.png_plates.png_plates.png``).
+    Left out now, with a note, as samri_ml-evaluate-plates leaves them out."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+
+    section, js = tmp_path / "s.png", tmp_path / "r.json"
+    cv2.imwrite(str(section), plate_thumbs[60])
+    opts = ["--montage", str(tmp_path), "--no-regions", "--variant", "default"]
+    assert main([str(section), *opts]) == 0
+    montage = tmp_path / "s.png_plates.png"
+    assert montage.is_file()
+    capsys.readouterr()
+    assert main([str(section), str(montage), "--json", str(js), *opts]) == 0
+    assert list(json.loads(js.read_text())) == [str(section)]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["s.png", "s.png_plates.png"]
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{section}: ") and len(out.splitlines()) == 1, out
+    assert (f"note: 1 montage(s) of samri_ml-identify-plate (*_plates.png, e.g. {montage}) "
+            "left out; hint: write them into another folder (--montage DIR)") in err
+    assert main([str(montage)]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: no section to rank: every image given is a montage of samri_ml-identify-plate "
+        f"(*_plates.png, e.g. {montage}); hint: rename a section named so")
+
+
 def test_a_montage_that_cannot_be_written_names_the_cause(tmp_path, plate_thumbs):
     """On a full disk ``--montage DIR`` printed libpng's own "libpng error: Write Error" and
     then "cannot write the montage …" without a cause. Now one line, with the cause, and no

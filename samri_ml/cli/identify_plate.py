@@ -23,7 +23,7 @@ from samri_ml.cli._common import (
 )
 from samri_ml.errors import SamriMLError
 from samri_ml.io import json_dumps
-from samri_ml.plates.data import IMAGE_SUFFIXES
+from samri_ml.plates.data import IMAGE_SUFFIXES, MONTAGE_SUFFIX, is_montage
 
 PROG = "samri_ml-identify-plate"
 
@@ -130,6 +130,17 @@ def _run(args) -> int:
     # CHUNK images (or CHUNK_PIXELS) at a time: one that cannot be read is named at the end,
     # the others are still ranked; each line is printed as its chunk is done
     results, bad, ident, montages, unwritten = {}, [], None, {}, []
+    # montages written beside the sections (--montage their folder) came back with them
+    # through SECTIONS/*.png: ranked as sections (130.png_plates.png: plate 126), montaged
+    ours = [im for im in args.images if is_montage(im)]
+    args.images = [im for im in args.images if not is_montage(im)]
+    if not args.images:
+        raise SamriMLError(f"no section to rank: every image given is a montage of {PROG} "
+                           f"(*{MONTAGE_SUFFIX}, e.g. {ours[0]}); hint: rename a section named so")
+    if ours:
+        print(f"{PROG}: note: {len(ours)} montage(s) of {PROG} (*{MONTAGE_SUFFIX}, e.g. "
+              f"{ours[0]}) left out; hint: write them into another folder (--montage DIR)",
+              file=sys.stderr)
     # the results are keyed by every path as given (the contract other tools rely on); a
     # file given under several spellings (84.png, ./84.png, a link to it) is ranked once
     given, spellings = list(dict.fromkeys(args.images)), {}

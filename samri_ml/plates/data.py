@@ -26,6 +26,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".g
 MONTAGE_SUFFIX = "_plates.png"
 MIN_SIDE = 16  # px; anything smaller carries no anatomy worth ranking
 
+
+def is_montage(path) -> bool:
+    """Whether ``path`` is named as a montage of the identification (:data:`MONTAGE_SUFFIX`):
+    written beside the sections (``--montage`` their folder), one was read as a section."""
+    return Path(path).name.lower().endswith(MONTAGE_SUFFIX)
+
 _LABEL_RE = re.compile(r"^(\d+)")
 JPEG_MAGIC = b"\xff\xd8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -1238,7 +1244,7 @@ def section_files(folder, limit: int | None = None) -> tuple[list[Path], np.ndar
     if hidden:
         warnings.warn(f"{folder}: {len(hidden)} hidden file(s) left out (e.g. {hidden[0]}; "
                       "'._' files are macOS metadata, not images)", SamriMLNote, stacklevel=2)
-    montages = [p for p in files if p.name.lower().endswith(MONTAGE_SUFFIX)]
+    montages = [p for p in files if is_montage(p)]
     files = [p for p in files if p not in montages]
     if montages:
         warnings.warn(f"{folder}: {len(montages)} montage(s) of samri_ml-identify-plate "
