@@ -24,7 +24,7 @@ from nipype.pipeline import engine as pe
 
 from samri_ml.interfaces import IdentifyPlate
 from samri_ml.paths import file_name_with
-from samri_ml.plates.data import IMAGE_SUFFIXES, MONTAGE_SUFFIX
+from samri_ml.plates.data import IMAGE_SUFFIXES, MONTAGE_SUFFIX, is_montage
 from samri_ml.plates.identify import VARIANT_CHOICES
 
 #: memory (GB) MultiProc and the cluster plugins' users reserve for each IdentifyPlate node
@@ -86,6 +86,11 @@ def main(argv=None):
     # hidden files left out: macOS' ._84.png beside 84.png is metadata, not an image
     sections = sorted(f for f in args.sections.iterdir()
                       if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+    montages = [f for f in sections if is_montage(f)]  # samri_ml-identify-plate's, not sections
+    if montages:
+        print(f"left out: {len(montages)} montage(s) of samri_ml-identify-plate (e.g. "
+              f"{montages[0].name})")
+        sections = [f for f in sections if f not in montages]
     # an image that cannot be read is named and left out before the workflow runs (in the
     # MapNode it failed the whole folder, with Nipype's tracebacks and no table)
     from samri_ml.errors import SamriMLError

@@ -46,8 +46,9 @@ def test_identify_folder_of_sections_writes_one_row_per_section(tmp_path):
 def test_identify_folder_of_sections_keeps_links_and_leaves_hidden_files_out(tmp_path, capsys):
     """The example resolved the sections' paths: a linked section (a DataLad dataset's) was
     tabled and its montage named by its target's name (the annex key); macOS' ``._30.png``
-    was read and named as skipped; montages an earlier run left for a section since removed
-    were counted as this run's ("1 sections; 2 montages")."""
+    was read and named as skipped, a montage of samri_ml-identify-plate ranked; montages an
+    earlier run left for a section since removed were counted as this run's ("1 sections;
+    2 montages")."""
     import cv2
 
     from samri_ml.plates.identify import default_model_dir
@@ -61,9 +62,11 @@ def test_identify_folder_of_sections_keeps_links_and_leaves_hidden_files_out(tmp
     cv2.imwrite(str(annex / "MD5E-s1--d41d8cd9.png"), thumbs[90][6:-6, 6:-6])
     (folder / "90 b.png").symlink_to(annex / "MD5E-s1--d41d8cd9.png")
     (folder / "._30.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
+    (folder / "30.png_plates.png").write_bytes((folder / "30.png").read_bytes())  # a montage
     example, out = _load("identify_folder_of_sections"), tmp_path / "out"
     assert example.main([str(folder), str(out)]) == 0
-    assert "skipped" not in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "skipped" not in said and "left out: 1 montage(s) of samri_ml-identify-plate" in said
     rows = [r.split("\t")[0] for r in (out / "plates.tsv").read_text().splitlines()[1:]]
     assert rows == [str(folder / "30.png"), str(folder / "90 b.png")]
     montages = sorted(p.name for p in (out / "montages").iterdir())
