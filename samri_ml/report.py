@@ -28,7 +28,7 @@ import nibabel as nb
 import numpy as np
 
 from samri_ml.bids import atomic_write_bytes, atomic_write_text, derivative_path
-from samri_ml.qc.metrics import PARTIAL_FOV
+from samri_ml.qc.metrics import PARTIAL_FOV, off_template_text, structural_off_template
 from samri_ml.qc.volume import PLAUSIBLE_VCF, grid_volume
 
 #: the report pictures this process drew (written, or found holding the same bytes): what
@@ -466,7 +466,8 @@ def report_warnings(qc_rows, failed=(), missing=(), earlier=(),
     :data:`samri_ml.qc.volume.PLAUSIBLE_VCF` (the registration probably failed) or whose VCF
     or SCF is null (it could not be measured), each failed step, each scan without a
     registered output and each (``earlier``: "name (date)") whose registered output predates
-    a run that failed for its subject."""
+    a run that failed for its subject; each structural scan covering little of the
+    template's brain (:func:`~samri_ml.qc.metrics.structural_off_template`)."""
     from samri_ml.qc.volume import uninformative_vcf_text, vcf_verdict
 
     lo, hi = PLAUSIBLE_VCF
@@ -474,7 +475,10 @@ def report_warnings(qc_rows, failed=(), missing=(), earlier=(),
     for row in qc_rows:
         vcf = row.get("vcf")
         verdict = vcf_verdict(row, grid_mm3)
-        if verdict == "uninformative":  # (``grid_mm3``: the template's grid volume)
+        off = structural_off_template(row)
+        if off is not None and verdict != "implausible":
+            lines.append(f"{row.get('scan', '?')}: {off_template_text(off)}")
+        elif verdict == "uninformative":  # (``grid_mm3``: the template's grid volume)
             lines.append(f"{row.get('scan', '?')}: {uninformative_vcf_text(row, grid_mm3)}: "
                          "judge it by the pictures")
         elif verdict == "implausible":
@@ -683,7 +687,12 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     body.append(f"<p class='note'><b>Written {html.escape(old)}, before this "
                                 "run, whose steps for this subject failed: this may be an "
                                 "earlier run's result (and QC), not this run's.</b></p>")
-                if coverage < PARTIAL_FOV:
+                if kind == "anat" and coverage < PARTIAL_FOV:
+                    # a head registered off the template was called a partial field of view
+                    text = off_template_text(coverage)
+                    body.append(f"<p class='note'><b>{text[0].upper() + text[1:]}</b>; judge "
+                                "it by the pictures.</p>")
+                elif coverage < PARTIAL_FOV:
                     body.append(f"<p class='note'>Partial field of view: the scan covers "
                                 f"{coverage:.0%} of the template's brain.</p>")
                 body.append(_img_tag(paths["png"], f"{name} overview"))
@@ -800,7 +809,7 @@ def _qc_table(qc_rows, lo, hi, grid_mm3: float | None = None) -> str:
            "failed.</p>",
            "<table><tr>" + "".join(f"<th>{k}{UNITS.get(k, '')}</th>" for k in keys)
            + "<th>template brain covered</th></tr>"]
-    partial = unmeasured = earlier = capped = False
+    partial = partial_anat = unmeasured = earlier = capped = False
     for row in qc_rows:
         cells = []
         for k in keys:
@@ -825,7 +834,10 @@ def _qc_table(qc_rows, lo, hi, grid_mm3: float | None = None) -> str:
         if isinstance(cov, float) and np.isfinite(cov):
             mark = cov < PARTIAL_FOV
             partial |= mark
-            cells.append(f"<td>{cov:.0%}{' &dagger;' if mark else ''}</td>")
+            structural = structural_off_template(row) is not None
+            partial_anat |= structural
+            cls = " class='bad'" if structural else ""
+            cells.append(f"<td{cls}>{cov:.0%}{' &dagger;' if mark else ''}</td>")
         else:
             cells.append("<td></td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -848,6 +860,10 @@ def _qc_table(qc_rows, lo, hi, grid_mm3: float | None = None) -> str:
                    "does not by itself mean a failed registration: judge it by the pictures. "
                    "Its normalised SCF divides by VCF<sup>1/3</sup>, so it is skewed too (a "
                    "VCF below 1 raises it; the SCF itself is not).</p>")
+    if partial_anat:
+        out.append("<p class='note'>&dagger; in red: a structural scan holds the whole head as "
+                   "a rule; unless it was acquired as a slab of part of the brain, covering so "
+                   "little of the template's brain means its registration probably failed.</p>")
     return "\n".join(out)
 
 

@@ -1773,6 +1773,40 @@ def test_a_wide_head_scan_is_not_said_to_have_failed_by_its_vcf(tmp_path):
     assert vcf_verdict(diverged, grid_mm3) == "implausible"
 
 
+def test_a_structural_scan_registered_off_the_template_is_not_a_partial_field_of_view(tmp_path):
+    """The nirodents head, registered unmasked with the fast flavour, covered 40 % of the
+    DSURQE brain: the run said only that its VCF "cannot tell", and the report called it a
+    partial field of view, "not by itself a failed registration". A structural scan holds the
+    whole head as a rule: its low coverage is named as a probable failure now (note, banner,
+    red cell); a functional run of a few slices stays a partial field of view."""
+    from samri_ml.cli.register import implausible_qc_notes
+    from samri_ml.report import _qc_table, report_warnings
+
+    grid_mm3 = 1274.6
+    head = {"scan": "sub-15_T2w", "modality": "anat", "vcf": 0.153, "volume_raw": 6762.1,
+            "brain_coverage": 0.40}
+    slab = {"scan": "sub-15_task-rest_bold", "modality": "func", "vcf": 0.6,
+            "volume_raw": 600.0, "brain_coverage": 0.40}
+    whole = {"scan": "sub-16_T2w", "modality": "anat", "vcf": 0.95, "volume_raw": 600.0,
+             "brain_coverage": 0.97}
+    paths = []
+    for record in (head, slab, whole):
+        path = tmp_path / f"{record['scan']}_space-X_desc-qc_metrics.json"
+        path.write_text(json.dumps(record))
+        paths.append(str(path))
+    (note,) = implausible_qc_notes(paths, tmp_path, grid_mm3)
+    assert note == ("sub-15_T2w: the registered structural scan covers only 40% of the "
+                    "template's brain: the registration probably failed, unless the scan is a "
+                    f"slab of part of the brain; hint: look at {tmp_path / 'sub-15.html'}")
+    (line,) = report_warnings([head, slab, whole], grid_mm3=grid_mm3)
+    assert line.startswith("sub-15_T2w: the registered structural scan covers only 40%")
+    table = _qc_table([{**r, "_coverage": r["brain_coverage"]} for r in (head, slab, whole)],
+                      0.25, 4.0, grid_mm3)
+    assert "<td class='bad'>40% &dagger;</td>" in table  # the head
+    assert "<td>40% &dagger;</td>" in table and "<td>97%</td>" in table  # the run; sub-16
+    assert "a structural scan holds the whole head as a rule" in table
+
+
 def test_a_scan_with_two_disagreeing_orientations_is_named(tmp_path, capsys):
     """sform and qform mirrored against each other: ANTs read one, the checks and pictures the
     other, and the result came out mirrored without a word."""

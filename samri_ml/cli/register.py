@@ -1228,9 +1228,12 @@ def implausible_qc_notes(paths, output_dir, grid_mm3: float | None = None) -> li
     """One line per QC record among ``paths`` whose VCF is outside :data:`PLAUSIBLE_VCF`:
     the registration probably failed, or (:func:`samri_ml.qc.volume.vcf_verdict`, with the
     template's ``grid_mm3``) the VCF cannot tell, the scan's field of view being wider than
-    the template's."""
+    the template's; and one per structural scan covering less than
+    :data:`~samri_ml.qc.metrics.PARTIAL_FOV` of the template's brain (a head scan holds the
+    whole brain: its registration probably failed)."""
     import json
 
+    from samri_ml.qc.metrics import off_template_text, structural_off_template
     from samri_ml.qc.volume import uninformative_vcf_text, vcf_verdict
 
     notes = []
@@ -1241,12 +1244,19 @@ def implausible_qc_notes(paths, output_dir, grid_mm3: float | None = None) -> li
             record = json.loads(Path(path).read_text())
         except (OSError, ValueError):
             continue
-        verdict = vcf_verdict(record, grid_mm3) if isinstance(record, dict) else None
-        if verdict is None:
+        if not isinstance(record, dict):
+            continue
+        verdict = vcf_verdict(record, grid_mm3)
+        # a whole head registered off the template (40 % of its brain covered) got only
+        # "the VCF cannot tell"
+        off = structural_off_template(record)
+        if verdict is None and off is None:
             continue
         scan = record.get("scan", Path(path).name)
         report = Path(output_dir) / (Path(path).name.split("_")[0] + ".html")
-        if verdict == "uninformative":
+        if off is not None and verdict != "implausible":
+            notes.append(f"{scan}: {off_template_text(off)}; hint: look at {report}")
+        elif verdict == "uninformative":
             # a wide head scan, well registered, was said to have failed
             notes.append(f"{scan}: {uninformative_vcf_text(record, grid_mm3)}; hint: judge "
                          f"it by the pictures in {report}")

@@ -66,6 +66,29 @@ COVERAGE_KEY = "brain_coverage"
 #: a scan covering less of the template's brain than this is a partial field of view: its raw
 #: volume and its registered copy (cut by the template's grid) hold different parts of the head
 PARTIAL_FOV = 0.9
+
+
+def structural_off_template(record: dict) -> float | None:
+    """The template brain coverage of a structural scan's record (``brain_coverage``, or the
+    report's own ``_coverage``) where it is below :data:`PARTIAL_FOV`, else None. A
+    functional scan of a few slices covers part of the brain; a structural scan holds the
+    whole head as a rule, so its registration probably failed (a head registered off the
+    template, 40 % of its brain covered, was called a partial field of view)."""
+    cov = record.get("_coverage", record.get(COVERAGE_KEY))
+    if record.get("modality") != "anat" or isinstance(cov, bool) \
+            or not isinstance(cov, (int, float)) or not cov < PARTIAL_FOV:
+        return None
+    return float(cov)
+
+
+def off_template_text(coverage: float) -> str:
+    """Why a structural scan's low coverage (:func:`structural_off_template`) points to a
+    failed registration, in one phrase."""
+    return (f"the registered structural scan covers only {coverage:.0%} of the template's "
+            "brain: the registration probably failed, unless the scan is a slab of part of "
+            "the brain")
+
+
 #: Suffix (and extension-less) of per-scan QC derivative files.
 QC_SUFFIX = "desc-qc_metrics"
 
