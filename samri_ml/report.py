@@ -687,9 +687,10 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     body.append(f"<p class='note'><b>Written {html.escape(old)}, before this "
                                 "run, whose steps for this subject failed: this may be an "
                                 "earlier run's result (and QC), not this run's.</b></p>")
-                if kind == "anat" and coverage < PARTIAL_FOV:
+                off = structural_off_template({"modality": kind, "_coverage": coverage})
+                if off is not None:
                     # a head registered off the template was called a partial field of view
-                    text = off_template_text(coverage)
+                    text = off_template_text(off)
                     body.append(f"<p class='note'><b>{text[0].upper() + text[1:]}</b>; judge "
                                 "it by the pictures.</p>")
                 elif coverage < PARTIAL_FOV:
@@ -861,9 +862,10 @@ def _qc_table(qc_rows, lo, hi, grid_mm3: float | None = None) -> str:
                    "Its normalised SCF divides by VCF<sup>1/3</sup>, so it is skewed too (a "
                    "VCF below 1 raises it; the SCF itself is not).</p>")
     if partial_anat:
-        out.append("<p class='note'>&dagger; in red: a structural scan holds the whole head as "
-                   "a rule; unless it was acquired as a slab of part of the brain, covering so "
-                   "little of the template's brain means its registration probably failed.</p>")
+        out.append("<p class='note'>&dagger; in red: a structural scan holds the whole brain, "
+                   "or most of it, as a rule; unless it was acquired as a slab of part of the "
+                   "brain, covering so little of the template's brain means its registration "
+                   "probably failed.</p>")
     return "\n".join(out)
 
 
