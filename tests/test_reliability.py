@@ -744,6 +744,40 @@ def test_sidecar_values_of_the_wrong_type_are_refused_in_one_line(tmp_path, side
         check_scans(args, collect_sessions(args))
 
 
+def test_a_runs_slice_axis_comes_from_its_header_where_the_sidecar_has_none(tmp_path, capsys):
+    """Without SliceEncodingDirection the third axis was taken whatever the header's slice_dim
+    said: a run of 12 slices along j (BIDS: the header then tells) was refused for its 12
+    slice times, or, where two axes had the same size, corrected along the wrong one. The
+    header's axis is used now, said in a note; a sidecar's that disagrees with it is noted."""
+    from samri_ml.cli._inputs import check_scans, collect_sessions
+    from samri_ml.cli.register import get_parser, validate
+
+    make_dataset(tmp_path)
+    path = tmp_path / "bids" / BOLD
+    img = nb.load(path)
+    img = nb.Nifti1Image(np.asarray(img.dataobj), img.affine)  # (12, 12, 6, 5)
+    img.header.set_dim_info(slice=1)
+    img.to_filename(path)
+    sidecar = path.with_name(path.name.replace(".nii.gz", ".json"))
+    times = [i / 12 for i in (0, 6, 1, 7, 2, 8, 3, 9, 4, 10, 5, 11)]
+    sidecar.write_text(json.dumps({"RepetitionTime": 1.0, "SliceTiming": times}))
+    parser = get_parser()
+    args = parser.parse_args([a for a in _argv(tmp_path, []) if a != "--dry-run"])
+    validate(args, parser)
+    sessions = collect_sessions(args)
+    check_scans(args, sessions)
+    err = capsys.readouterr().err
+    assert "no SliceEncodingDirection in its sidecar; using the NIfTI header's slice axis " \
+        "(slice_dim), j" in err
+    assert sessions[0]["bold_metadata"][0]["SliceEncodingDirection"] == "j"  # what runs
+    # a sidecar that says otherwise wins, with a note
+    sidecar.write_text(json.dumps({"RepetitionTime": 1.0, "SliceEncodingDirection": "k",
+                                   "SliceTiming": [0.0, 0.5, 0.1667, 0.6667, 0.3333, 0.8333]}))
+    check_scans(args, collect_sessions(args))
+    assert "SliceEncodingDirection k in its sidecar, slice axis j in its NIfTI header " \
+        "(slice_dim); the sidecar's is used" in capsys.readouterr().err
+
+
 def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     """A repeated participant label is one participant; a run without a sidecar takes its
     repetition time from the header (said) and its task from the file name; runs without

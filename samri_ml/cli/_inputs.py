@@ -250,6 +250,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _header_slice_dim(img) -> int | None:
+    """The slice axis (0, 1, 2) a NIfTI header gives in its ``dim_info``, or None (unset, or
+    not a NIfTI header)."""
+    try:
+        dim = img.header.get_dim_info()[2]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return dim if dim in (0, 1, 2) else None
+
+
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
                         chain: list[str] = ()) -> None:
     """A functional run's sidecar against its image, before anything runs: the number of
@@ -304,6 +314,13 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
         raise SamriMLError(f"{path}: SliceTiming in {_sidecar_of(path, chain, 'SliceTiming')} "
                            "is not a list of numbers (the time in seconds of each slice); "
                            "hint: fix the sidecar, or pass --no-slice-timing")
+    slice_dim = _header_slice_dim(img)
+    if "SliceEncodingDirection" not in meta and slice_dim not in (None, 2):
+        # BIDS: without SliceEncodingDirection the header's slice_dim tells the slice axis;
+        # the third was taken whatever it said (a run of slices along j, corrected along k)
+        meta["SliceEncodingDirection"] = "ijk"[slice_dim]
+        print(f"{PROG}: note: {name}: no SliceEncodingDirection in its sidecar; using the "
+              f"NIfTI header's slice axis (slice_dim), {'ijk'[slice_dim]}", file=sys.stderr)
     direction = str(meta.get("SliceEncodingDirection", "k"))
     if direction not in ("i", "j", "k", "i-", "j-", "k-"):
         raise SamriMLError(f"{path}: SliceEncodingDirection {direction!r} in "
@@ -311,6 +328,11 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
                            "not one of i, j, k, i-, j-, k-; hint: fix the sidecar, or pass "
                            "--no-slice-timing")
     axis = "ijk".index(direction[0])
+    if slice_dim is not None and slice_dim != axis:
+        print(f"{PROG}: note: {name}: SliceEncodingDirection {direction} in "
+              f"{_sidecar_of(path, chain, 'SliceEncodingDirection')}, slice axis "
+              f"{'ijk'[slice_dim]} in its NIfTI header (slice_dim); the sidecar's is used "
+              "(hint: fix the one that is wrong)", file=sys.stderr)
     if len(times) != img.shape[axis]:
         raise SamriMLError(f"{path}: {_sidecar_of(path, chain, 'SliceTiming')} gives "
                            f"{len(times)} SliceTiming values for "
