@@ -10,12 +10,8 @@ from samri_ml.errors import SamriMLError
 
 
 def _voxels(x, what: str, name: str) -> np.ndarray:
-    """The voxels of an array, a nibabel image or a NIfTI path (an image's ``np.asarray`` is a
-    0-d object array, ``True``: any two images had Dice 1.0)."""
-    if isinstance(x, (str, os.PathLike)):
-        from samri_ml.io import load_nifti
-
-        x = load_nifti(x, check_values=False)
+    """The voxels of an array or a nibabel image (an image's ``np.asarray`` is a 0-d object
+    array, ``True``: any two images had Dice 1.0)."""
     if hasattr(x, "dataobj"):
         return np.asanyarray(x.dataobj)
     arr = np.asarray(x)
@@ -25,10 +21,36 @@ def _voxels(x, what: str, name: str) -> np.ndarray:
     return arr
 
 
+def _image(x):
+    """``x`` as a nibabel image where it is one or a NIfTI path (it has a grid), else None."""
+    if isinstance(x, (str, os.PathLike)):
+        from samri_ml.io import load_nifti
+
+        return load_nifti(x, check_values=False)
+    return x if hasattr(x, "dataobj") and hasattr(x, "affine") else None
+
+
 def _pair(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Both masks as arrays of one shape (trailing axes of length 1 aside: a 4D file of one
-    volume); numpy broadcast other shapes silently (Dice above 1)."""
-    a, b = _voxels(a, what, "the first"), _voxels(b, what, "the second")
+    volume); numpy broadcast other shapes silently (Dice above 1). Two images (or paths) must
+    also be on one grid: a mask stored in another orientation, same shape, was compared voxel
+    by voxel (the dama manual mask with itself flipped L-R in its header: Dice 0.936)."""
+    img_a, img_b = _image(a), _image(b)
+    if img_a is not None and img_b is not None and img_a.affine is not None \
+            and img_b.affine is not None and img_a.shape[:3] == img_b.shape[:3]:
+        from samri_ml.masking.predict import grid_offset
+
+        moved = grid_offset(img_a.affine, img_b.affine, img_a.shape[:3])
+        voxel = float(np.min(np.linalg.norm(img_a.affine[:3, :3], axis=0)))
+        if not moved < 0.5 * voxel:  # half a voxel, as a mask applied to an image; NaN too
+            names = [str(x) if isinstance(x, (str, os.PathLike)) else n
+                     for x, n in ((a, "the first"), (b, "the second"))]
+            raise SamriMLError(f"{what}: {names[0]} and {names[1]} have one shape but not one "
+                               f"grid (their affines put it up to {moved:.3g} mm apart: another "
+                               "orientation or position); hint: resample one onto the other's "
+                               "grid first (nearest neighbour)")
+    a = _voxels(a if img_a is None else img_a, what, "the first")
+    b = _voxels(b if img_b is None else img_b, what, "the second")
 
     def core(shape):
         shape = list(shape)
@@ -45,13 +67,14 @@ def _pair(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
 def dice(a, b) -> float:
     """Dice coefficient of two binary masks: ``2 |A & B| / (|A| + |B|)`` (1.0 if both are empty).
 
-    ``a``, ``b``: arrays, nibabel images or NIfTI paths of one shape; nonzero is inside (a
-    probability map: threshold it first).
+    ``a``, ``b``: arrays, nibabel images or NIfTI paths of one shape (two images or paths: of
+    one grid, their affines too); nonzero is inside (a probability map: threshold it first;
+    a label map: every label is inside).
 
     Raises
     ------
     SamriMLError
-        Masks of different shapes, or something that is not a mask.
+        Masks of different shapes or grids, or something that is not a mask.
     """
     a, b = _pair(a, b, "dice")
     a = np.asarray(a, dtype=bool)

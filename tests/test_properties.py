@@ -214,6 +214,30 @@ def test_dice_of_images_paths_and_mismatched_masks(tmp_path):
         label_dice(a, None)
 
 
+def test_dice_refuses_two_images_of_one_shape_on_different_grids(tmp_path):
+    """A reference mask stored in another orientation (the same brain, flipped L-R in its
+    array and its affine: what a reorienting tool writes) has the prediction's shape, and was
+    compared voxel by voxel: the dama manual mask against itself so stored, Dice 0.936, unsaid.
+    Two images or paths must share the grid (to half a voxel); arrays carry none."""
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLError
+
+    a = np.zeros((6, 4, 4), np.uint8)
+    a[:2, 1:3, 1:3] = 1  # off-centre along x, so that the flip moves it
+    img = nb.Nifti1Image(a, np.diag([0.2, 0.2, 0.2, 1.0]))
+    flipped = img.as_reoriented(np.array([[0, -1], [1, 1], [2, 1]]))
+    assert flipped.shape == img.shape and not np.array_equal(flipped.dataobj, a)
+    nb.save(flipped, str(tmp_path / "ref.nii.gz"))
+    with pytest.raises(SamriMLError, match=r"^dice: the first and .*ref\.nii\.gz have one "
+                                           r"shape but not one grid .* 1 mm apart"):
+        dice(img, tmp_path / "ref.nii.gz")
+    # the same grid, to float32 rounding: scored; the arrays alone: scored as they are
+    nudged = nb.Nifti1Image(a, img.affine + 1e-6)
+    assert dice(img, nudged) == 1.0
+    assert dice(a, np.asarray(flipped.dataobj)) == 0.0
+
+
 # -- samri_ml.masks ------------------------------------------------------------------------------
 def _masks(max_side=12):
     shape = st.tuples(*[st.integers(1, max_side)] * 3)

@@ -664,6 +664,14 @@ def _name(img, what: str) -> str:
     return str(img) if isinstance(img, (str, os.PathLike)) else what
 
 
+def grid_offset(affine, other, shape) -> float:
+    """How far (in the affines' unit) ``other`` puts a corner of a grid of ``shape`` from
+    where ``affine`` puts it, at most over the eight corners; 0 for one grid."""
+    corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)], float).T
+    return float(np.abs(affine @ corners - other @ corners)[:3].max())
+
+
 def check_same_grid(img, mask_img, img_name: str = "the image", mask_name: str = "the mask",
                     *, affine: bool = True) -> None:
     """Refuse a mask that is not on the image's voxel grid: another shape, or (with
@@ -676,9 +684,7 @@ def check_same_grid(img, mask_img, img_name: str = "the image", mask_name: str =
                            f"{shape}; hint: give a mask of that image")
     if not affine:
         return
-    corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                        for k in (0, shape[2] - 1)], float).T
-    moved = np.abs(img.affine @ corners - mask_img.affine @ corners)[:3].max()
+    moved = grid_offset(img.affine, mask_img.affine, shape)
     voxel = float(np.min(np.linalg.norm(img.affine[:3, :3], axis=0)))
     if not moved < 0.5 * voxel:  # NaN too
         raise SamriMLError(f"brain mask {mask_name} is not on the grid of {img_name}: same shape "
