@@ -1877,6 +1877,36 @@ def _lab_copy(src, dst, drop=(), add=()):
     return dst
 
 
+def test_evaluate_masker_scores_a_labs_own_scans(tmp_path, lab_scans_dir, capsys):
+    """A lab could score the masker only on the shared data (``--data-dir`` of its layout; a
+    folder of its own scans: 'no scans with masks found'), so not on its own scans without
+    writing Python. ``--scans DIR`` reads the pairs ``samri_ml-train-masker --scans`` reads
+    (one animal is enough here: no validation split) and gives each scan's Dice, the one
+    ``dice(predict_mask(image), mask)`` gives, and their summary."""
+    from samri_ml.cli import evaluate_masker
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab", drop=["sub-02", "sub-03"])
+    out = tmp_path / "rows.json"
+    assert evaluate_masker.main(["--scans", str(lab), "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    rows = {r["scan"]: r for r in json.loads(out.read_text())["rows"]}
+    anat = "sub-01/anat/sub-01_"
+    masks = {f"{anat}T2w.nii.gz": f"{anat}desc-brain_mask.nii.gz",
+             f"{anat}task-rest_bold.nii.gz": f"{anat}task-rest_desc-brain_mask.nii.gz"}
+    assert set(rows) == set(masks)
+    for name, row in rows.items():
+        image, mask = lab / name, lab / masks[name]
+        assert row["dice"] == pytest.approx(dice(predict_mask(image), mask), abs=1e-3)
+        assert row["dice"] > 0.8 and f"{row['dice']:.3f}" in table
+    assert "scans" in table and "no" in table  # the summary: a lab's scans, never seen
+    # a mask of another grid is refused before anything runs, naming it
+    lab2 = _lab_copy(lab_scans_dir, tmp_path / "lab2", drop=["sub-02", "sub-03"])
+    bold_mask = lab2 / "sub-01" / "anat" / "sub-01_task-rest_desc-brain_mask.nii.gz"
+    nb.save(nb.load(lab2 / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz"), bold_mask)
+    assert evaluate_masker.main(["--scans", str(lab2)]) == 1
+    assert f"{bold_mask}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["unpaired image", "unpaired mask", "other grid",
                                   "other affine", "empty mask", "one subject", "no masks",
                                   "no entities"])

@@ -1,7 +1,7 @@
 """``samri_ml-evaluate-masker``: Dice and correlation tables of a masking model on real scans.
 
-samri_ml-evaluate-masker [--model PATH] [--data-dir DIR] [--sources ...] [--held-out ...]
-                         [--json OUT.json] [--rst OUT.rst]
+samri_ml-evaluate-masker [--model PATH] [--data-dir DIR | --scans DIR] [--sources ...]
+                         [--held-out ...] [--json OUT.json] [--rst OUT.rst]
 """
 
 from __future__ import annotations
@@ -34,12 +34,19 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Score a masking model on the real scans of ../shared/data/mri that have a "
-        "reference mask: Dice per scan, median per source and over the sources the model was not "
-        "trained on, and the seed's correlation table (image vs reference vs predicted mask).",
+        "reference mask (or on your own, --scans DIR): Dice per scan, median per source and over "
+        "the sources the model was not trained on, and the seed's correlation table (image vs "
+        "reference vs predicted mask).",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", type=Path, default=None, help="model (default: the shipped one)")
     add_masker_data_options(p)
+    p.add_argument(
+        "--scans", type=Path, default=None, metavar="DIR",
+        help="score your own scans instead of the shared data: each "
+        "<entities>_desc-brain_mask.nii.gz under DIR beside its image <entities>_<suffix>.nii.gz "
+        "(e.g. sub-01_T2w.nii.gz), as samri_ml-train-masker --scans reads them",
+    )
     p.add_argument(
         "--sources",
         nargs="+",  # none given ran every source
@@ -122,6 +129,18 @@ def _held_out(model_path: Path, _seen: frozenset = frozenset()) -> list[str] | N
     return holdout
 
 
+def _trained_on(model_path: Path, folder: Path) -> bool:
+    """Whether the model's ``_training.json`` names ``folder`` as its ``--scans`` (then its
+    scans are no test of it)."""
+    from samri_ml.masking.predict import training_record_path
+
+    try:
+        scans = json.loads(training_record_path(model_path).read_text())["config"]["scans"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(scans) and Path(scans).resolve() == folder.resolve()
+
+
 def linked_sources(model_path: Path, scans) -> list[str]:
     """The sources of ``scans`` whose image files the model's ``--scans`` folder (its
     ``_training.json``'s ``config.scans``) holds links to: a lab that linked shared scans into
@@ -183,20 +202,37 @@ def _main(argv=None) -> int:
         parser.error("--json and --rst name the same file; one would overwrite the other")
     if args.figures is not None:
         check_output_dir(parser, f"--figures {args.figures}", args.figures)
+    if args.scans is not None and not args.scans.is_dir():
+        parser.error(f"--scans {args.scans}: not a folder; hint: give the folder that holds "
+                     "the scans and their *_desc-brain_mask.nii.gz")
+    if args.scans is not None and (args.sources or args.held_out is not None):
+        parser.error("--sources and --held-out name shared sources; with --scans only your "
+                     "scans are scored")
     from samri_ml.io import json_dumps
     from samri_ml.masking.data import real_scans
     from samri_ml.masking.evaluate import by_source, evaluate, report
     from samri_ml.masking.predict import load_model, unseen_views_note
     from samri_ml.paths import existing_data_dir
 
-    data_dir = existing_data_dir(args.data_dir)
-    held_out = args.held_out if args.held_out is not None else _held_out(model_path)
+    if args.scans is not None:  # the pairs by name and header, before TensorFlow starts
+        from samri_ml.masking.data import lab_pairs
+
+        lab_pairs(args.scans, min_subjects=1)
+        held_out = [] if _trained_on(model_path, args.scans) else ["scans"]
+    else:
+        data_dir = existing_data_dir(args.data_dir)
+        held_out = args.held_out if args.held_out is not None else _held_out(model_path)
     model = load_model(model_path)  # before the scans (minutes): a wrong --model at once
     unseen_views_note(args.model, args.views)
     known = held_out is not None  # else nothing is known of what the model was trained on
     held_out = list(held_out or [])
-    skip = tuple(s for s in SOURCES if args.sources and s not in args.sources)
-    scans = real_scans(data_dir, args.cache_dir, skip=skip, stripped_rim=args.stripped_rim)
+    if args.scans is not None:
+        from samri_ml.masking.data import lab_scans
+
+        scans = lab_scans(args.scans, min_subjects=1)
+    else:
+        skip = tuple(s for s in SOURCES if args.sources and s not in args.sources)
+        scans = real_scans(data_dir, args.cache_dir, skip=skip, stripped_rim=args.stripped_rim)
     if args.phantom:
         scans += phantom_scans()
         held_out = [*held_out, "phantom"]  # made here: never trained on

@@ -385,7 +385,7 @@ def _nifti_stem(path: Path) -> str | None:
     return None
 
 
-def lab_pairs(folder) -> list[tuple[Path, Path, str]]:
+def lab_pairs(folder, min_subjects: int = 2) -> list[tuple[Path, Path, str]]:
     """A lab's own training scans under ``folder`` as ``(image, mask, subject)``, from the
     file names and headers alone (checked before TensorFlow starts and the data set is built).
 
@@ -394,7 +394,8 @@ def lab_pairs(folder) -> list[tuple[Path, Path, str]]:
     ``sub-01_ses-1_desc-brain_mask.nii.gz``; a T1w beside it shares the mask). Images are the
     NIfTIs without a ``desc-`` entity that are no ``_mask``, ``_dseg`` or ``_probseg``. The
     subject is the ``sub-<label>`` of the name (else of a folder above it; else the scan is one
-    animal), so all of an animal's scans stay on one side of the validation split.
+    animal), so all of an animal's scans stay on one side of the validation split, which needs
+    ``min_subjects`` animals (1 to score a model on them: ``samri_ml-evaluate-masker --scans``).
 
     Raises
     ------
@@ -465,14 +466,14 @@ def lab_pairs(folder) -> list[tuple[Path, Path, str]]:
             raise SamriMLError(f"--scans: {mask} has no image beside it; hint: put its image "
                                f"there as {masks[mask]}_<suffix>.nii.gz (e.g. _T2w)")
     subjects = sorted({s for _, _, s in pairs})
-    if len(subjects) < 2:
+    if len(subjects) < min_subjects:
         raise SamriMLError(f"--scans {folder}: scans of one subject ({subjects[0]}); the "
                            "validation split needs two at least; hint: add another animal's "
                            "scans (named sub-<label>_...)")
     return pairs
 
 
-def lab_scans(folder) -> list[Scan]:
+def lab_scans(folder, min_subjects: int = 2) -> list[Scan]:
     """The scans of :func:`lab_pairs`, loaded (RAS; a 4D series as its temporal mean).
 
     Raises
@@ -484,7 +485,7 @@ def lab_scans(folder) -> list[Scan]:
 
     folder = Path(folder)
     scans = []
-    for image, mask, subject in lab_pairs(folder):
+    for image, mask, subject in lab_pairs(folder, min_subjects):
         data, zooms = _load_ras(image)
         brain = _load_ras(mask)[0] > 0.5
         if not brain.any():
