@@ -13,6 +13,7 @@ What each node asks a SLURM cluster for (CPUs, memory) is
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -139,12 +140,13 @@ def plugin_value(text: str):
     return text
 
 
-#: the programs a cluster plugin of Nipype calls to submit and to poll jobs
+#: the programs a cluster plugin of Nipype calls to submit and to poll jobs (Nipype's Condor
+#: plugin submits with HTCondor's qsub emulation, condor_qsub, not condor_submit)
 SCHEDULER_PROGRAMS = {
     "SLURM": ("sbatch", "squeue"), "SLURMGraph": ("sbatch", "squeue"),
     "SGE": ("qsub", "qstat"), "SGEGraph": ("qsub", "qstat"),
     "PBS": ("qsub", "qstat"), "PBSGraph": ("qsub", "qstat"),
-    "LSF": ("bsub", "bjobs"), "Condor": ("condor_submit", "condor_q"),
+    "LSF": ("bsub", "bjobs"), "Condor": ("condor_qsub", "condor_q"),
     "CondorDAGMan": ("condor_submit_dag", "condor_q"), "OAR": ("oarsub", "oarstat"),
 }
 
@@ -194,7 +196,8 @@ def cancel_jobs(plugin: str, runner, prog: str = "samri_ml") -> None:
 #: what a cancel program says of a job that has ended already (SGE's qdel, LSF's bkill, PBS'
 #: qdel, SLURM's scancel, HTCondor's condor_rm, OAR's oardel)
 ENDED = re.compile(r"does not exist|already (finished|completed|completing)|unknown job|"
-                   r"invalid job id|not found|no such job|has finished", re.IGNORECASE)
+                   r"invalid job id|not found|no such job|has finished|"
+                   r"couldn't find/remove", re.IGNORECASE)
 
 
 def submit_whole(runner, prog: str = "samri_ml") -> None:
@@ -214,7 +217,6 @@ def submit_whole(runner, prog: str = "samri_ml") -> None:
     list index out of range`` (SLURM: Nipype read the job id from its empty output) or queued
     a job without an id (PBS); its message is now the error. Plugins without per-job
     submission (the Graph plugins, MultiProc) are left as they are."""
-    import functools
     import signal
     import threading
 
@@ -289,7 +291,55 @@ def _refusal(calls: list, node) -> str | None:
 
 #: the --plugin-args key of each submit program's arguments
 SUBMIT_ARGS = {"sbatch": "sbatch_args", "qsub": "qsub_args", "bsub": "bsub_args",
-               "oarsub": "oarsub_args"}
+               "oarsub": "oarsub_args", "condor_qsub": "qsub_args"}
+
+
+def follow_jobs(runner) -> None:
+    """Mend how a job-by-job cluster plugin (``runner``: SLURM, SGE, PBS, LSF, Condor, OAR)
+    follows its jobs.
+
+    A job that ended without the step's result file (killed by the scheduler at its memory or
+    time limit, removed by hand) stopped the whole run with ``TypeError: can only concatenate
+    str (not "list") to str`` (Nipype's crash report added its note to the plugin's message,
+    a string, as to a list), no crash file written; the step now fails with a crash file
+    saying so, and the run goes on as after any failed step.
+
+    HTCondor's ``condor_q`` lists batches, not jobs, since 8.5.6, and Nipype's Condor plugin,
+    which looks for a line starting with the job's id, took every job for ended at once: each
+    step failed ``job_finished_timeout`` seconds after its submission, its job running on. It
+    asks ``condor_q -af ClusterId ID`` now."""
+    get = getattr(runner, "_get_result", None)
+    if get is None or not hasattr(runner, "_pending"):
+        return
+
+    @functools.wraps(get)
+    def result(taskid):
+        out = get(taskid)
+        if isinstance(out, dict) and isinstance(out.get("traceback"), str):
+            out["traceback"] = [
+                f"{out['traceback']}\n",
+                f"OSError: job {taskid} ended without the step's result (killed or removed "
+                "by the scheduler: its memory or time limit?); hint: ask the scheduler for "
+                "more in --plugin-args\n"]
+        return out
+
+    runner._get_result = result
+    if type(runner).__name__ == "CondorPlugin":
+        runner._is_pending = _condor_pending
+
+
+def _condor_pending(taskid) -> bool:
+    """Whether HTCondor's queue holds job cluster ``taskid`` (idle, running or held)."""
+    import subprocess
+
+    try:
+        said = subprocess.run(["condor_q", "-af", "ClusterId", str(taskid)], text=True,
+                              capture_output=True, timeout=60, stdin=subprocess.DEVNULL).stdout
+    except subprocess.TimeoutExpired:
+        return True  # asked again at the next poll
+    except OSError:
+        return False
+    return str(taskid) in said.split()
 
 
 def _say_graph_refusals(runner, prog: str = "samri_ml") -> None:
@@ -297,8 +347,6 @@ def _say_graph_refusals(runner, prog: str = "samri_ml") -> None:
     which goes on where a submit program refuses a job: the run said "submitted", exit 0,
     with 29 refusals (the scheduler's words unseen), or with a later job held on a missing id.
     What the script's submit programs wrote to stderr is now a note, with a hint."""
-    import functools
-
     submit = runner._submit_graph
 
     @functools.wraps(submit)

@@ -190,3 +190,41 @@ def test_a_job_the_scheduler_refuses_is_one_line_and_the_queued_jobs_are_cancell
                                 "what the step asks for"), lines
     assert not _left_running(pbs), "jobs of the stopped run still running"
 
+
+
+def test_a_job_killed_by_the_scheduler_fails_its_step_not_the_run(example_dataset, tmp_path):
+    """A job the scheduler killed (its memory or time limit: SIGKILL, no result file written)
+    stopped the run with 'error: TypeError: can only concatenate str (not "list") to str'
+    (Nipype's crash report took its plugin's message for a list), with no crash file. Now the
+    step fails with a crash file that says why, and the run ends as after any failed step."""
+    pbs = FakePBS(tmp_path / "pbs")
+    out = tmp_path / "out"
+    command = register_command(example_dataset, out, tmp_path / "work", "--plugin", "PBS",
+                               "--plugin-args", "poll_sleep_duration=0.5,job_finished_timeout=1")
+    log_path = tmp_path / "run.log"
+    log = open(log_path, "w")  # noqa: SIM115
+    proc = subprocess.Popen(command, env=pbs.env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # the registration job runs: the scheduler kills it (SIGKILL, as at OOM)
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            jobs = pbs.submitted()
+            n = next((i for i, job in enumerate(jobs) if " -N s_register" in job), None)
+            pid = pbs.state / f"{n}.pid"  # (FakePBS' job ids count from 0)
+            fields = pid.read_text().split() if n is not None and pid.is_file() else []
+            if len(fields) == 2:
+                os.killpg(int(fields[0]), signal.SIGKILL)
+                break
+            time.sleep(0.1)
+        rc = proc.wait(timeout=300)
+    finally:
+        text, lines = end_run(proc, log, log_path)
+    assert rc == 1, text[-3000:]
+    assert "TypeError" not in text, text[-3000:]
+    crashes = list((out / "sub-01" / "log").glob("crash-*s_register*.txt"))
+    assert crashes and crashes[0].name in lines[-1], (lines[-1], list(out.rglob("crash-*")))
+    assert lines[-1].startswith("samri_ml-register: error: 1 step(s) failed"), lines[-1]
+    assert f"says: OSError: job {n} ended without the step's result (killed or removed by " \
+        "the scheduler: its memory or time limit?); hint: ask the scheduler for more in " \
+        "--plugin-args" in lines[-1], lines[-1]

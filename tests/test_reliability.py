@@ -2223,6 +2223,74 @@ def test_cancelling_says_only_the_jobs_that_may_still_run(tmp_path, monkeypatch,
     assert capsys.readouterr().err.strip() == (
         "prog: note: 1 job(s) of this run may still be queued or running; hint: qdel 1005, "
         "before a rerun with the same -w")
+    # HTCondor's condor_rm of a job that has just ended (the note said both may still run)
+    (fake / "condor_rm").write_text(
+        "#!/bin/sh\nrc=0\nfor j in \"$@\"; do case $j in\n"
+        "  8) echo \"Couldn't find/remove all jobs in cluster 8.\" >&2; rc=1;;\n"
+        "  *) echo \"All jobs in cluster $j have been marked for removal\";;\nesac; done\n"
+        "exit $rc\n")
+    (fake / "condor_rm").chmod(0o755)
+    cancel_jobs("Condor", SimpleNamespace(_pending={7: "a", 8: "b"}), "prog")
+    assert capsys.readouterr().err.strip() == (
+        "prog: note: cancelled the 2 job(s) of this run still queued or running "
+        "(condor_rm 7 8)")
+
+
+def _slow(x):
+    import time
+
+    time.sleep(3)
+    return x
+
+
+def test_condor_jobs_are_followed_with_todays_condor_q(tmp_path, monkeypatch):
+    """HTCondor 8.5.6 and later list batches in condor_q's answer, not one line per job, and
+    Nipype's Condor plugin (which looks for a line starting with the job's id) took each job
+    for ended at once: its step failed job_finished_timeout seconds after submission, the job
+    running on (the run ended with 'TypeError: can only concatenate str (not "list") to
+    str'). samri_ml.cluster.follow_jobs asks condor_q -af ClusterId ID."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+    from nipype.pipeline import plugins
+
+    from samri_ml.cluster import check_scheduler, follow_jobs
+    from samri_ml.errors import SamriMLError
+
+    fake, state = tmp_path / "bin", tmp_path / "state"
+    fake.mkdir()
+    state.mkdir()
+    # condor_qsub (HTCondor's qsub emulation, what Nipype's plugin calls) runs the job here
+    (fake / "condor_qsub").write_text(
+        f"#!/bin/sh\nfor a; do script=$a; done\nn=$(ls {state} | wc -l)\n"
+        f"touch {state}/$n\n(sh \"$script\"; rm {state}/$n) >/dev/null 2>&1 </dev/null &\n"
+        "echo \"Your job $n (\\\"x\\\") has been submitted\"\n")
+    (fake / "condor_q").write_text(
+        "#!/bin/sh\nfor a; do case $a in [0-9]*) id=$a;; esac; done\n"
+        f"[ -e {state}/$id ] || exit 0\n"
+        "case \" $* \" in *\" -af \"*) echo $id; exit 0;; esac\n"
+        "echo 'OWNER BATCH_NAME    SUBMITTED   DONE   RUN    IDLE  TOTAL JOB_IDS'\n"
+        "echo \"$LOGNAME ID: $id     12/5 10:26      _      1      _      1 $id.0\"\n")
+    for program in ("condor_qsub", "condor_q"):
+        (fake / program).chmod(0o755)
+    # the plugin submits with condor_qsub: a set-up without it passed the check for
+    # condor_submit, then failed at the first step
+    (fake / "condor_qsub").rename(fake / "condor_submit")
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(fake))
+    with pytest.raises(SamriMLError, match="^--plugin Condor: condor_qsub not found on PATH"):
+        check_scheduler("Condor")
+    (fake / "condor_submit").rename(fake / "condor_qsub")
+    monkeypatch.setenv("PATH", f"{fake}:{path}")
+    check_scheduler("Condor")
+    wf = pe.Workflow("w", base_dir=str(tmp_path / "work"))
+    wf.add_nodes([pe.Node(niu.Function(function=_slow, input_names=["x"],
+                                       output_names=["y"]), name="a")])
+    wf.get_node("a").inputs.x = 1
+    wf.config["execution"].update({"poll_sleep_duration": 0.2, "job_finished_timeout": 0.5})
+    runner = plugins.CondorPlugin()
+    follow_jobs(runner)
+    graph = wf.run(plugin=runner)
+    assert next(iter(graph.nodes())).result.outputs.y == 1
 
 
 def _one(x):

@@ -42,6 +42,7 @@ from samri_ml.cluster import (
     cancel_jobs,
     check_scheduler,
     ensure_logname,
+    follow_jobs,
     parse_plugin_args,
     submit_whole,
 )
@@ -942,6 +943,7 @@ def _main(argv=None) -> int:
                 # after Ctrl-C
                 runner = getattr(plugins, f"{args.plugin}Plugin")(plugin_args=plugin_args)
                 submit_whole(runner, PROG)  # Ctrl-C waits for a submission: its job is cancelled
+                follow_jobs(runner)  # a job killed by the scheduler fails its step, not the run
                 graph = wf.run(plugin=runner)
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
