@@ -165,7 +165,11 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     extra = {**img.extra, **({"scl_slope": slope, "scl_inter": inter}
                              if (slope, inter) != (1.0, 0.0) else {})}
     if squeeze and data.ndim != len(img.shape):
-        img = nifti_class(img)(np.asarray(data), img.affine, img.header, extra=extra)
+        kind = nifti_class(img)
+        # the file_map keeps get_filename(): the messages naming the image (a batch's
+        # "the image is constant" of an (x, y, z, 1) scan named none)
+        img = kind(np.asarray(data), img.affine, img.header, extra=extra,
+                   file_map=img.file_map if kind is type(img) else None)
     else:
         # the image holds the data read above: its dataobj was still the file, which each
         # caller's img.dataobj or get_fdata() read (and decompressed) a second time; the

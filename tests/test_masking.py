@@ -960,6 +960,22 @@ def test_a_voxel_type_nibabel_cannot_read_is_not_called_corrupt(tmp_path):
             load_nifti(path)
 
 
+def test_a_scan_of_one_volume_in_4d_is_named_in_its_refusal(tmp_path):
+    """load_nifti made an (x, y, z, 1) scan 3D without its file name: a refusal of its data
+    ("the image is constant"), in a batch of scans through MaskBrain, named no scan."""
+    import nibabel as nb
+
+    from samri_ml.io import load_nifti
+    from samri_ml.masking.predict import check_maskable
+
+    path = tmp_path / "sub-07_T2w.nii.gz"
+    nb.save(nb.Nifti1Image(np.full((40, 40, 20, 1), 5.0, np.float32), np.eye(4)), path)
+    img = load_nifti(path)
+    assert img.shape == (40, 40, 20) and img.get_filename() == str(path)
+    with pytest.raises(SamriMLError, match=f"^{path}: the image is constant"):
+        check_maskable(img)
+
+
 def test_an_analyze_image_says_its_orientation_is_assumed(tmp_path):
     """An Analyze 7.5 pair (no orientation in its header) was read as LAS without a word: a
     scan stored right to left got a mirrored mask. It is named in a note now; a NIfTI pair and
