@@ -37,7 +37,7 @@ demo: install
 		--template "$(DEMO_DATA)/template/tpl-Phantom_T2w.nii.gz" \
 		--template-mask "$(DEMO_DATA)/template/tpl-Phantom_desc-brain_mask.nii.gz" \
 		-w .demo_work --write-graph colored --nprocs 2 $(DEMO_ARGS)
-	@echo "Derivatives: $(DEMO_OUT)/  reports: $(DEMO_OUT)/sub-*.html  graph: $(DEMO_OUT)/figures/"
+	@echo "Derivatives: $(DEMO_OUT)/  reports: $(DEMO_OUT)/index.html  graph: $(DEMO_OUT)/figures/"
 
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

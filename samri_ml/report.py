@@ -1,4 +1,5 @@
-"""Per-subject HTML QC reports (one self-contained, offline-viewable page per subject).
+"""Per-subject HTML QC reports (one self-contained, offline-viewable page per subject), and an
+``index.html`` that lists them.
 
 Each page shows, for every registered scan, SAMRI's "operator overview": the registered scan
 slice by slice under the template's brain mask (red) and the template's own anatomy (cyan:
@@ -7,7 +8,7 @@ matter), above the template itself at the same slices, so a scan registered to t
 place does not pass as good. A functional mean is shown above its registered structural scan,
 brain masks where masks were predicted (in native space), the VCF/SCF values (a red banner
 names each scan whose VCF says the registration failed, and each failed step), a coherence
-view across sessions and the workflow graph. Pictures are also written to
+view across sessions and a link to the run's workflow graph. Pictures are also written to
 ``sub-*/figures/`` as PNG and SVG.
 
 Panels are coronal slices in the neurological convention (the subject's left on the left,
@@ -376,6 +377,7 @@ table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ccc;paddi
 th{background:#f3f3f3} .note{color:#666;font-size:.85em}
 .banner{background:#c62828;color:#fff;padding:.7em 1em;border-radius:4px;margin:1em 0}
 .banner ul{margin:.3em 0 0;padding-left:1.4em} td.bad{background:#ffd6d6;color:#a00;font-weight:bold}
+td.text{text-align:left}
 """
 
 
@@ -534,7 +536,7 @@ def _other_spaces(folder: Path, template_name: str) -> list[str]:
     return sorted(s for s in spaces if s and s != template_name)
 
 
-def _header(subject, *, template, template_name, masking, flavour, command, started) -> list[str]:
+def _header(title, *, template, template_name, masking, flavour, command, started) -> list[str]:
     from samri_ml import __version__
 
     now = datetime.datetime.now().astimezone()
@@ -548,7 +550,7 @@ def _header(subject, *, template, template_name, masking, flavour, command, star
         run = datetime.datetime.fromtimestamp(started).astimezone()
         facts.append(f"run started {run:%Y-%m-%d %H:%M %Z}")
     facts.append(f"report written {now:%Y-%m-%d %H:%M %Z}")
-    out = [f"<h1>samri_ml report: sub-{html.escape(subject)}</h1>",
+    out = [f"<h1>{html.escape(title)}</h1>",
            "<p class='note'>" + "; ".join(facts) + ".</p>"]
     if command:
         out.append(f"<p class='note'>Command: <code>{html.escape(command)}</code></p>")
@@ -598,6 +600,9 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     for item in sessions:
         subjects.setdefault(item["subject"], []).append(item)
     written = []
+    summaries: dict = {}
+    facts = dict(template=template, template_name=template_name, masking=masking,
+                 flavour=flavour, command=command, started=crashes_since)
     if workflow_graph is None:
         workflow_graph = output_dir / "figures" / "workflow_graph.png"
     graph = Path(workflow_graph) if workflow_graph else None
@@ -744,22 +749,76 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
         if qc_rows:
             body.append(_qc_table(qc_rows, lo, hi, grid_mm3))
         if graph is not None and graph.exists():
-            body.append("<h2>Workflow graph</h2>")
-            body.append(_img_tag(graph, "workflow graph"))
+            body.append(_graph_link(graph, output_dir))
         warnings = report_warnings(qc_rows, failed, missing, earlier, grid_mm3=grid_mm3)
+        summaries[subject] = ([tag for tag in dict.fromkeys(
+            f"ses-{item['session']}" for item in items if item["session"])], warnings)
         banner = []
         if warnings:
             banner = ["<div class='banner' role='alert'><b>Warning: sub-"
                       f"{html.escape(subject)}</b><ul>"
                       + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>"]
-        head = _header(subject, template=template, template_name=template_name,
-                       masking=masking, flavour=flavour, command=command,
-                       started=crashes_since)
+        head = _header(f"samri_ml report: sub-{subject}", **facts)
+        back = f"<p class='note'><a href='{INDEX}'>All subjects ({INDEX})</a></p>"
         page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>samri_ml: sub-"
                 f"{html.escape(subject)}</title><style>{CSS}</style></head><body>"
-                + "\n".join(head[:1] + banner + head[1:] + body) + "</body></html>\n")
+                + "\n".join(head[:1] + banner + head[1:] + [back] + body) + "</body></html>\n")
         written.append(atomic_write_text(page, output_dir / f"sub-{subject}.html"))
+    write_index(output_dir, summaries, graph=graph, **facts)
     return written
+
+
+#: the page of ``OUTPUT_DIR`` that lists every subject's report (:func:`write_index`)
+INDEX = "index.html"
+
+
+def _graph_link(graph: Path, output_dir: Path) -> str:
+    """A link to the run's workflow graph, relative to ``output_dir`` where it lies there (the
+    reports stay whole when the folder is moved). Not embedded: it is the whole run's graph,
+    every subject's steps, and each subject's report carried a copy (30 subjects: 7.9 MB of
+    PNG, 10.5 MB in each of the 30 reports)."""
+    try:
+        href = Path(graph).resolve().relative_to(Path(output_dir).resolve()).as_posix()
+    except ValueError:
+        href = Path(graph).resolve().as_uri()
+    return ("<h2>Workflow graph</h2><p class='note'>The run's workflow graph (every "
+            f"subject's steps): <a href='{html.escape(href)}'>{html.escape(href)}</a></p>")
+
+
+def write_index(output_dir, summaries: dict, *, graph=None, **facts) -> Path:
+    """``OUTPUT_DIR/index.html``: a link to every ``sub-*.html`` in ``output_dir`` (this run's
+    and earlier runs'), each of this run's subjects with its sessions and the lines of its
+    red banner (``summaries``: subject label -> (session tags, warnings)), the run's facts
+    (:func:`_header`'s ``facts``) and its workflow graph (``graph``, a link). A run of many
+    subjects left as many pages side by side, with nothing to start from."""
+    output_dir = Path(output_dir)
+    rows = []
+    for page in sorted(output_dir.glob("sub-*.html")):
+        subject = page.stem[4:]
+        link = f"<a href='{html.escape(page.name)}'>sub-{html.escape(subject)}</a>"
+        if subject in summaries:
+            sessions, warnings = summaries[subject]
+            status = ("<td class='bad text'>" + "<br>".join(html.escape(w) for w in warnings)
+                      + "</td>") if warnings else "<td class='text'>no warnings</td>"
+        else:
+            sessions = []
+            written = datetime.datetime.fromtimestamp(page.stat().st_mtime).astimezone()
+            status = ("<td class='text'>an earlier run's report (written "
+                      f"{written:%Y-%m-%d %H:%M %Z})</td>")
+        rows.append(f"<tr><td class='text'>{link}</td>"
+                    f"<td>{html.escape(', '.join(sessions))}</td>{status}</tr>")
+    n_warned = sum(bool(w) for _, w in summaries.values())
+    body = _header(f"samri_ml reports: {output_dir.name}", **facts)[:-1]  # no picture key
+    body.append(f"<p>{len(rows)} subject report(s); this run: {len(summaries)} subject(s), "
+                f"{n_warned} with warnings (in red).</p>")
+    body.append("<table><tr><th>subject</th><th>sessions</th><th>warnings of this run"
+                "</th></tr>" + "".join(rows) + "</table>")
+    if graph is not None and Path(graph).exists():
+        body.append(_graph_link(graph, output_dir))
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>samri_ml: "
+            f"{html.escape(output_dir.name)}</title><style>{CSS}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")
+    return atomic_write_text(page, output_dir / INDEX)
 
 
 def mark_interrupted(report, rewritten: list[str], when: float) -> bool:

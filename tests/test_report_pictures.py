@@ -507,3 +507,54 @@ def test_a_report_names_the_other_templates_registrations_it_does_not_show(tmp_p
     (page,) = write_subject_reports(out, items, masking="none", **kw)
     assert ("This subject's folder also holds registrations to space-Other; this report "
             "shows space-T only") in page.read_text()
+
+
+def test_index_lists_every_report_and_links_the_graph_relative_to_the_folder(tmp_path):
+    """A run of many subjects left as many sub-*.html side by side, nothing to start from, and
+    each embedded the whole run's workflow graph (30 subjects: 10.5 MB of it in each of the
+    30 reports). index.html lists them, with each subject's warnings; the graph is one file,
+    linked from the folder, and the links still hold in a copy whose path has a space."""
+    import base64
+    import shutil
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    out, items, kw = _make_run(tmp_path, anat_vcf=0.164, shift=6)
+    graph = out / "figures" / "workflow_graph.png"
+    graph.parent.mkdir(parents=True)
+    noise = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(graph)
+    (out / "sub-02.html").write_text("<!DOCTYPE html><html><body>earlier</body></html>\n")
+    (page,) = write_subject_reports(out, items, masking="unet", workflow_graph=graph, **kw)
+    text = page.read_text()
+    assert base64.b64encode(graph.read_bytes()).decode()[:200] not in text  # not embedded
+    index = (out / "index.html").read_text()
+    assert "sub-01_ses-1_T2w: VCF 0.164, outside the plausible range" in index
+    assert "an earlier run's report" in index and f"samri_ml {__version__}" in index
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.hrefs, self.open = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.hrefs += [v for k, v in attrs if k == "href"]
+            if tag not in ("meta", "img", "br"):
+                self.open.append(tag)
+
+        def handle_endtag(self, tag):
+            if tag not in ("meta", "img", "br"):
+                assert self.open.pop() == tag
+
+    moved = tmp_path / "moved dir" / "copy"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    for name, expected in (("index.html", {"sub-01.html", "sub-02.html",
+                                           "figures/workflow_graph.png"}),
+                           ("sub-01.html", {"index.html", "figures/workflow_graph.png"})):
+        parser = Links()
+        parser.feed((moved / name).read_text())
+        assert not parser.open, name  # every tag closed
+        assert set(parser.hrefs) == expected, (name, parser.hrefs)
+        assert all((moved / href).is_file() for href in parser.hrefs)

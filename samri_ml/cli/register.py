@@ -1294,7 +1294,7 @@ def _write_reports(args, sessions, started: float | None = None,
     written since ``started`` are listed in them; ``confirmed``: the registered scans this
     run wrote or found as it would have written them (:func:`_confirmed_outputs`)."""
     try:
-        from samri_ml.report import write_subject_reports
+        from samri_ml.report import INDEX, write_subject_reports
     except ImportError:
         return
     for path in write_subject_reports(args.output_dir, sessions, template=args.template,
@@ -1304,6 +1304,7 @@ def _write_reports(args, sessions, started: float | None = None,
                                       crashes_since=started, confirmed=confirmed,
                                       workflow_graph=getattr(args, "graph_path", False)):
         print(f"{PROG}: report {path}", file=sys.stderr)
+    print(f"{PROG}: every subject's report: {args.output_dir / INDEX}", file=sys.stderr)
     _note_sessions_not_reported(args.output_dir, sessions)
 
 
