@@ -35,10 +35,11 @@ def main() -> None:
 
     set_thread_environment(args.threads, PLATE_PARALLEL_OPS)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from samri_ml.plates.data import load_sections, shared_data_dir
+    from samri_ml.paths import existing_data_dir
+    from samri_ml.plates.data import load_sections
     from samri_ml.plates.identify import make_identifier
 
-    _, _, imgs = load_sections(shared_data_dir() / "plates" / args.split)
+    _, _, imgs = load_sections(existing_data_dir(option=None) / "plates" / args.split)
     ident = make_identifier(variant=args.variant)
     ways = {"rank (made again)": ident.rank, "rank_read (made once)": ident.rank_read}
     for rank in ways.values():  # load, trace and warm both paths first
@@ -70,4 +71,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_made_once.py", main))

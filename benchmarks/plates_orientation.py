@@ -34,13 +34,14 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.pieces:
         return pieces(args.splits)
-    from samri_ml.plates.data import load_sections, shared_data_dir
+    from samri_ml.paths import existing_data_dir
+    from samri_ml.plates.data import load_sections
     from samri_ml.plates.identify import PlateIdentifier
     from samri_ml.plates.metrics import ranking_metrics
 
     ident = PlateIdentifier()
     for split in args.splits:
-        _, labels, imgs = load_sections(shared_data_dir() / "plates" / split)
+        _, labels, imgs = load_sections(existing_data_dir(option=None) / "plates" / split)
         ident.rank(imgs[:1])  # warm
         t0 = time.perf_counter()
         m = ranking_metrics([r["ranking"] for r in ident.rank(imgs, regions=False)], labels)
@@ -63,13 +64,14 @@ def pieces(splits) -> None:
 
     # benchmarks/plates_parts.py's pieces of a tissue box; one half of each kind will do
     PIECES = {k: cut for k, cut in ALL_PIECES.items() if k != "right half"}
-    from samri_ml.plates.data import load_sections, shared_data_dir, tissue_bbox
+    from samri_ml.paths import existing_data_dir
+    from samri_ml.plates.data import load_sections, tissue_bbox
     from samri_ml.plates.identify import PlateIdentifier
     from samri_ml.plates.metrics import ranking_metrics
 
     ident = PlateIdentifier()
     for split in splits:
-        _, labels, imgs = load_sections(shared_data_dir() / "plates" / split)
+        _, labels, imgs = load_sections(existing_data_dir(option=None) / "plates" / split)
         boxes = [tissue_bbox(im) for im in imgs]
         print(f"\n{split} (n = {len(labels)}): turned back right / wrong; MAE / Top-5 % with "
               "--upright -> by default")
@@ -103,4 +105,6 @@ def pieces(splits) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_orientation.py", main))

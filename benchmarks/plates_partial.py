@@ -24,12 +24,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from samri_ml.paths import existing_data_dir
     from samri_ml.plates import augment
-    from samri_ml.plates.data import load_sections, pad_square, shared_data_dir
+    from samri_ml.plates.data import load_sections, pad_square
     from samri_ml.plates.identify import PlateIdentifier
     from samri_ml.plates.metrics import ranking_metrics
 
-    _, labels, imgs = load_sections(shared_data_dir() / "plates" / args.split)
+    _, labels, imgs = load_sections(existing_data_dir(option=None) / "plates" / args.split)
     ident = PlateIdentifier()
     rng = np.random.default_rng(0)
     cuts = {
@@ -61,4 +62,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_partial.py", main))

@@ -39,8 +39,9 @@ def main() -> None:
     ap.add_argument("--splits", nargs="+", default=["train", "val_1", "val_2"])
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from samri_ml.paths import existing_data_dir
     from samri_ml.plates import identify
-    from samri_ml.plates.data import load_sections, shared_data_dir, tissue_bbox
+    from samri_ml.plates.data import load_sections, tissue_bbox
     from samri_ml.plates.metrics import ranking_metrics
 
     ident = identify.make_identifier()
@@ -48,7 +49,7 @@ def main() -> None:
     settings = {"before": (np.inf, False), "default": (wide, False),
                 "--hemisections": (wide, True)}
     for split in args.splits:
-        _, labels, imgs = load_sections(shared_data_dir() / "plates" / split)
+        _, labels, imgs = load_sections(existing_data_dir(option=None) / "plates" / split)
         boxes = [tissue_bbox(im) for im in imgs]
         print(f"\n{split} (n = {len(labels)}): MAE / Top-5 %")
         print(f"{'piece':30s}" + "".join(f"{s:>18s}" for s in settings))
@@ -65,4 +66,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_parts.py", main))

@@ -47,14 +47,15 @@ def main() -> None:
     )
 
     set_thread_environment(args.threads, PLATE_PARALLEL_OPS)
-    from samri_ml.plates.data import load_sections, shared_data_dir
+    from samri_ml.paths import existing_data_dir
+    from samri_ml.plates.data import load_sections
     from samri_ml.plates.metrics import ranking_metrics
 
     idents = identifiers()
     print(f"this CPU's default precision: {inference_precision()}")
     splits = {}
     for split in ("train", "val_1", "val_2"):
-        _, labels, imgs = load_sections(shared_data_dir() / "plates" / split)
+        _, labels, imgs = load_sections(existing_data_dir(option=None) / "plates" / split)
         prepped = np.stack([idents["float32"].prep(im) for im in imgs])
         splits[split] = (labels, imgs, prepped)
         rankings = {p: [r["ranking"] for r in ident.rank(imgs, prepped=prepped)]
@@ -90,4 +91,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_precision.py", main))

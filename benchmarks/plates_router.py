@@ -29,8 +29,9 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import nibabel as nb
 
+    from samri_ml.paths import existing_data_dir
     from samri_ml.plates.augment import hemisection, missing_cerebellum, missing_cortex, on_uint8
-    from samri_ml.plates.data import load_sections, shared_data_dir
+    from samri_ml.plates.data import load_sections
     from samri_ml.plates.identify import RoutedIdentifier
     from samri_ml.plates.synth import Annotation, SectionSynth, template_slice
 
@@ -43,11 +44,12 @@ def main() -> None:
 
     groups = {}
     for split in ("val_1", "val_2"):
-        _, _, imgs = load_sections(shared_data_dir() / "plates" / split)
+        _, _, imgs = load_sections(existing_data_dir(option=None) / "plates" / split)
         groups[f"{split} whole"] = imgs
         groups[f"{split} cut (3 kinds)"] = [cut(im, fn) for im in imgs for fn in
                                             (missing_cortex, hemisection, missing_cerebellum)]
-    vol = nb.load(shared_data_dir() / "mri/templates/average_template_200um.nii.gz").get_fdata()
+    vol = nb.load(existing_data_dir(option=None) / "mri/templates"
+                  / "average_template_200um.nii.gz").get_fdata()
     slices = [template_slice(vol, n) for n in range(10, 129, 4)]
     groups["two-photon whole"] = slices
     groups["two-photon cut (2 kinds)"] = [cut(s, fn) for s in slices
@@ -64,4 +66,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_router.py", main))

@@ -30,12 +30,12 @@ def main() -> None:
                     help="largest ensemble tried (0: all the models)")  # fmt: skip
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from samri_ml.plates.data import shared_data_dir
+    from samri_ml.paths import existing_data_dir
     from samri_ml.plates.metrics import format_metrics
     from samri_ml.plates.train import export_and_measure, make_ensemble_run
 
     named = dict(m.split("=", 1) for m in args.models)
-    data = shared_data_dir() / "plates"
+    data = existing_data_dir(option=None) / "plates"
     results = {}
     for k in range(1, (args.max_members or len(named)) + 1):
         for combo in itertools.combinations(sorted(named), k):
@@ -65,4 +65,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_select.py", main))

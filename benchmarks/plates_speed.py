@@ -58,12 +58,13 @@ def main() -> None:
 
     set_thread_environment(args.threads, args.parallel_ops)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from samri_ml.paths import existing_data_dir
     from samri_ml.plates.baseline import rank_mi_affine
-    from samri_ml.plates.data import load_atlas, load_sections, preprocess, shared_data_dir
+    from samri_ml.plates.data import load_atlas, load_sections, preprocess
     from samri_ml.plates.identify import make_identifier
     from samri_ml.plates.metrics import format_metrics, ranking_metrics
 
-    root = shared_data_dir() / "plates"
+    root = existing_data_dir(option=None) / "plates"
     _, labels, imgs = load_sections(root / args.split)
     ident = make_identifier(variant=args.variant)
     from samri_ml.models.inference import inference_precision
@@ -185,4 +186,6 @@ def call_breakdown(ident, imgs: list) -> dict[str, float]:
     return times
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_speed.py", main))

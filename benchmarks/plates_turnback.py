@@ -32,10 +32,11 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from plates_parts import PIECES
 
-    from samri_ml.plates.data import load_sections, shared_data_dir, tissue_bbox
+    from samri_ml.paths import existing_data_dir
+    from samri_ml.plates.data import load_sections, tissue_bbox
     from samri_ml.plates.identify import make_identifier
 
-    root = shared_data_dir() / "plates"
+    root = existing_data_dir(option=None) / "plates"
     ident = make_identifier(variant="auto")
     for split in args.splits:
         with warnings.catch_warnings():  # the notes of reading (none for these files)
@@ -63,4 +64,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_turnback.py", main))

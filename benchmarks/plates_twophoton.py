@@ -35,12 +35,14 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import nibabel as nb
 
+    from samri_ml.paths import existing_data_dir
     from samri_ml.plates.augment import hemisection, missing_cortex
-    from samri_ml.plates.data import pad_square, shared_data_dir
+    from samri_ml.plates.data import pad_square
     from samri_ml.plates.identify import PlateIdentifier, make_identifier
     from samri_ml.plates.synth import template_slice
 
-    vol = nb.load(shared_data_dir() / "mri/templates/average_template_200um.nii.gz").get_fdata()
+    vol = nb.load(existing_data_dir(option=None) / "mri/templates"
+                  / "average_template_200um.nii.gz").get_fdata()
     if args.model_dir:
         ident = PlateIdentifier(f"{args.model_dir}/plates_embedding.keras",
                                 f"{args.model_dir}/plates_index.npz",
@@ -84,4 +86,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/plates_twophoton.py", main))

@@ -23,8 +23,9 @@ import nibabel as nb
 import numpy as np
 
 from samri_ml.ants import ensure_ants_on_path
+from samri_ml.errors import SamriMLError
 from samri_ml.metrics import dice, label_dice
-from samri_ml.paths import shared_data_dir
+from samri_ml.paths import existing_data_dir, shared_data_dir
 from samri_ml.registration import n_stages, registration_inputs
 
 DAMA = shared_data_dir() / "mri" / "scans" / "dama"
@@ -95,9 +96,9 @@ def main(argv=None):
     p.add_argument("--zoom", type=float, default=1.0, help="resample all images by this factor first")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if not DAMA.exists():
-        print(f"skipped: {DAMA} not found", file=sys.stderr)
-        return 0
+    if not DAMA.is_dir():  # exit 1: it said 'skipped' and exited 0, as a benchmark that ran
+        existing_data_dir(option=None)  # no data folder at all: says where it was looked for
+        raise SamriMLError(f"{DAMA}: not a directory")
     ensure_ants_on_path()
     subjects = sorted(f.name for f in (DAMA / "image").glob("*.nii.gz"))
     fixed_name = subjects[args.fixed_index]
@@ -153,4 +154,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from samri_ml.cli._common import run_script
+
+    sys.exit(run_script("benchmarks/registration_dama.py", main))

@@ -39,10 +39,11 @@ def main() -> None:
                     help="register the first N dama mice instead of the sammba head")
     args = ap.parse_args()
     from samri_ml.cli.register import main as register
+    from samri_ml.errors import SamriMLError
     from samri_ml.evaluation import warped_mask_dice
-    from samri_ml.plates.data import shared_data_dir
+    from samri_ml.paths import existing_data_dir
 
-    data = shared_data_dir() / "mri"
+    data = existing_data_dir(option=None) / "mri"
     sammba, templates = data / "scans" / "sammba", data / "templates"
     tpl = templates / "DSURQE_CCFv3_average_200um.nii.gz"
     tpl_mask = templates / "DSURQE_CCFv3_mask_200um.nii.gz"
@@ -72,7 +73,9 @@ def main() -> None:
                     "-w", str(root / f"work_{tag}_{masking}"),
                     "--template", str(tpl), "--template-mask", str(tpl_mask)]
             argv += ["--registration-flavour", flavour]
-            assert register(argv) == 0, (flavour, masking)
+            if register(argv) != 0:  # its error line is above
+                raise SamriMLError(f"samri_ml-register failed (--registration-flavour "
+                                   f"{flavour} --masking {masking})")
             seconds = time.monotonic() - t0
             dice, vcf = [], []
             for sub, _, mask in scans:
@@ -91,4 +94,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from samri_ml.cli._common import run_script
+
+    raise SystemExit(run_script("benchmarks/registration_sammba.py", main))

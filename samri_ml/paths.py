@@ -17,10 +17,11 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("SAMRI_ML_SHARED_DATA") or repo.parent / "shared" / "data")
 
 
-def existing_data_dir(given=None, option: str = "--data-dir") -> Path:
+def existing_data_dir(given=None, option: str | None = "--data-dir") -> Path:
     """The real-data folder of a command's ``--data-dir`` (else :func:`shared_data_dir`), or a
     :class:`~samri_ml.errors.SamriMLError` saying where it was looked for; ``option``: the
-    command's option that stands in for the folder (named in the hint).
+    command's option that stands in for the folder (named in the hint; None: a script without
+    one, e.g. the benchmarks, whose hint names ``SAMRI_ML_SHARED_DATA`` alone).
 
     From an installed package the default, ``../shared/data`` beside the repository, is a
     folder beside ``site-packages``; the message named that path and hinted at ``--data-dir``
@@ -37,8 +38,8 @@ def existing_data_dir(given=None, option: str = "--data-dir") -> Path:
         where = f"SAMRI_ML_SHARED_DATA={path}"
     else:
         where = f"{path} (the default: ../shared/data beside a source checkout)"
-    raise SamriMLError(f"{where}: data folder not found; hint: pass {option} DIR or set "
-                       "SAMRI_ML_SHARED_DATA")
+    how = f"pass {option} DIR or set" if option else "set"
+    raise SamriMLError(f"{where}: data folder not found; hint: {how} SAMRI_ML_SHARED_DATA")
 
 
 def cache_dir(*parts: str) -> Path:

@@ -110,3 +110,29 @@ def test_a_second_ctrl_c_after_the_interrupted_line_prints_no_traceback(argv):
     assert run.stderr.strip() == "prog: interrupted", run.stderr
     expected = "restored 130\nalive" if argv == "given" else "ignored 130\nalive"
     assert run.stdout.strip() == expected, run.stdout
+
+
+def test_a_benchmark_without_the_shared_data_says_so_in_one_line(tmp_path):
+    """Without the real-data folder, ``benchmarks/registration_dama.py`` said 'skipped' and
+    exited 0, as a benchmark that ran; the plate benchmarks ended in a traceback
+    ('…/plates/val_2: not a directory'), plates_twophoton.py in nibabel's FileNotFoundError,
+    registration_sammba.py in an AssertionError. Each now exits 1 with one line that says
+    where the data were looked for (:func:`samri_ml.cli._common.run_script`)."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    missing = tmp_path / "no_data"
+    env = {**os.environ, "SAMRI_ML_SHARED_DATA": str(missing)}
+    scripts = sorted(p.name for p in bench.glob("*.py")
+                     if p.stem.startswith(("plates_", "registration_")) and
+                     p.stem != "plates_table")  # plates_table reads training runs only
+    assert len(scripts) >= 12, scripts
+    for script in scripts:
+        argv = ["m=model.keras"] if script == "plates_select.py" else []
+        proc = subprocess.run([sys.executable, str(bench / script), *argv], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, (script, proc.stderr)
+        assert "Traceback" not in proc.stderr, (script, proc.stderr)
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"benchmarks/{script}: error: SAMRI_ML_SHARED_DATA={missing}: data folder not "
+            "found; hint: set SAMRI_ML_SHARED_DATA"), script

@@ -75,6 +75,18 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None, *,
     return code
 
 
+def run_script(prog: str, main: Callable[[], object]) -> int:
+    """Run a script's ``main()`` (``benchmarks/*.py``), a :class:`SamriMLError` (no shared data
+    folder, a refused input) as one line on stderr and exit 1; any other error keeps its
+    traceback (the scripts have no ``-v``; an unexpected one is for their developer)."""
+    try:
+        main()
+    except SamriMLError as err:
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _settle_process_pools(timeout: float = 10.0) -> None:
     """Let the threads of the process pools an interrupt broke (Nipype's MultiProc) finish
     before the interpreter's exit: its ``concurrent.futures`` hook wakes each pool's thread
