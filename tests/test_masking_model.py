@@ -238,6 +238,53 @@ def test_cli_masks_a_head(tmp_path, phantom):
     assert not np.asarray(nb.load(masked).dataobj)[np.asarray(mask.dataobj) == 0].any()
 
 
+def test_cli_masks_many_scans_with_one_model(tmp_path, phantom):
+    """A lab looping samri_ml-mask over its scans loaded the model for each (5-10 s of 6-20):
+    ``IN [IN ...] --out-dir DIR`` loads it once, writes DIR/<name>_mask.nii.gz (and, with
+    --figures, a picture) the same as IN OUT, and a scan that cannot be masked is said while
+    the others are masked (exit 1)."""
+    from samri_ml.cli.mask import main
+
+    scans = []
+    for contrast in ("T2w", "bold"):
+        scans.append(tmp_path / "in" / f"head_{contrast}.nii.gz")
+        scans[-1].parent.mkdir(exist_ok=True)
+        nb.save(phantom[contrast], scans[-1])
+    single = tmp_path / "single.nii.gz"
+    assert main([str(scans[0]), str(single)]) == 0
+    out = tmp_path / "masks"  # created
+    r = _cli(*scans, "--out-dir", out, "--figures")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "head_T2w_mask.nii.gz", "head_T2w_mask.png", "head_bold_mask.nii.gz",
+        "head_bold_mask.png"]
+    np.testing.assert_array_equal(np.asarray(nb.load(out / "head_T2w_mask.nii.gz").dataobj),
+                                  np.asarray(nb.load(single).dataobj))
+    assert f"[2/2] {scans[1]}" in r.stderr and f"2 masks in {out}" in r.stderr
+    # one scan refused: the others are masked, the failure named, exit 1
+    constant = tmp_path / "in" / "constant.nii.gz"
+    nb.save(nb.Nifti1Image(np.full((40, 40, 20), 5.0, np.float32), np.eye(4)), constant)
+    again = tmp_path / "again"
+    r = _cli(constant, scans[1], "--out-dir", again)
+    assert r.returncode == 1
+    assert f"samri_ml-mask: error: {constant}: the image is constant" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"samri_ml-mask: error: 1 of 2 scans could not be masked: {constant}")
+    assert sorted(p.name for p in again.iterdir()) == ["head_bold_mask.nii.gz"]
+    # refused before anything runs: two scans of one name, the options of one file, IN OUT
+    twin = tmp_path / "other" / "head_bold.nii.gz"
+    twin.parent.mkdir()
+    nb.save(phantom["bold"], twin)
+    for argv, said in (([scans[1], twin, "--out-dir", again], "would both be masked into "
+                        "head_bold_mask.nii.gz"),
+                       ([scans[0], "--out-dir", again, "--png", tmp_path / "q.png"],
+                        "--masked and --png name one file"),
+                       ([scans[0], single, "--figures"], "--figures is for --out-dir"),
+                       ([scans[0], scans[1], single], "give IN and OUT (got 3 path(s))")):
+        r = _cli(*argv)
+        assert r.returncode == 2 and said in r.stderr, r.stderr
+
+
 def _garbage(tmp_path):
     aff = np.diag([0.2, 0.2, 0.2, 1])
     zeros = tmp_path / "zeros.nii.gz"

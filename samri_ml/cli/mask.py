@@ -2,6 +2,7 @@
 
 samri_ml-mask IN.nii[.gz] OUT_MASK.nii.gz [--model PATH] [--masked OUT.nii.gz] [--png QC.png]
     [--views ...] [--flip | --no-flip] [-v]
+samri_ml-mask IN [IN ...] --out-dir DIR [--figures] [...]: many scans, the model loaded once
 """
 
 from __future__ import annotations
@@ -37,8 +38,19 @@ def get_parser() -> argparse.ArgumentParser:
         "without skull.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("in_file", type=Path, metavar="IN", help="NIfTI image (.nii or .nii.gz)")
-    p.add_argument("out_file", type=Path, metavar="OUT", help="mask to write (.nii or .nii.gz)")
+    p.usage = (f"{PROG} [options] IN OUT\n       {PROG} [options] IN [IN ...] --out-dir DIR "
+               "[--figures]")
+    p.add_argument("files", type=Path, nargs="+", metavar="IN OUT",
+                   help="NIfTI image (.nii or .nii.gz) and the mask to write (.nii or .nii.gz); "
+                   "with --out-dir, the images only")
+    p.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
+                   help="mask every IN, the model loaded once (a loop of this command loads it "
+                   "for each scan, 5-10 s), into DIR/<IN's name>_mask.nii.gz (DIR is created "
+                   "where missing); a scan that cannot be masked is said and the others are "
+                   "masked (exit 1)")
+    p.add_argument("--figures", action="store_true",
+                   help="with --out-dir: a picture of each mask on its scan, "
+                   "DIR/<IN's name>_mask.png")
     p.add_argument(
         "--model",
         type=Path,
@@ -91,14 +103,17 @@ def _main(argv=None) -> int:
 
 
 def _run(parser, args) -> int:
+    if args.out_dir is not None:
+        return _run_batch(parser, args)
+    if args.figures:
+        parser.error("--figures is for --out-dir; hint: with IN OUT, give --png QC.png")
+    if len(args.files) != 2:
+        parser.error(f"give IN and OUT (got {len(args.files)} path(s)); hint: for many scans, "
+                     "IN [IN ...] --out-dir DIR")
+    args.in_file, args.out_file = args.files
+    _check_options(parser, args)
     if not _is_nifti_name(args.out_file):
         parser.error(f"OUT must end in .nii or .nii.gz: {args.out_file}")
-    if not 0 < args.threshold < 1:
-        parser.error("--threshold must be between 0 and 1")
-    if args.max_slices is not None and args.max_slices < MIN_MAX_SLICES:
-        # fewer slices than the network's 64 px frame resolves lose the brain's shape (sammba
-        # T2, 28-68 slices a view: Dice with the full mask 0.76 at 3, 0.94 at 8, 0.96 at 16)
-        parser.error(f"--max-slices must be at least {MIN_MAX_SLICES}")
     if args.out_file.resolve() == args.in_file.resolve():
         parser.error("OUT would overwrite IN")
     if args.masked is not None:
@@ -110,41 +125,126 @@ def _run(parser, args) -> int:
         parser.error(f"--png must end in .png: {args.png}")
     t0 = time.perf_counter()
     set_tf_threads(args.threads)
+    times = _mask_one(args, args.in_file, args.out_file, args.masked, args.png, _ModelOnce(args))
+    if args.verbose:
+        print(f"{PROG}: load {times[0] - t0:.2f} s, predict {times[1] - times[0]:.2f} s",
+              file=sys.stderr)
+    return 0
+
+
+def _check_options(parser, args) -> None:
+    """The options both forms share."""
+    if not 0 < args.threshold < 1:
+        parser.error("--threshold must be between 0 and 1")
+    if args.max_slices is not None and args.max_slices < MIN_MAX_SLICES:
+        # fewer slices than the network's 64 px frame resolves lose the brain's shape (sammba
+        # T2, 28-68 slices a view: Dice with the full mask 0.76 at 3, 0.94 at 8, 0.96 at 16)
+        parser.error(f"--max-slices must be at least {MIN_MAX_SLICES}")
+
+
+class _ModelOnce:
+    """The network, loaded at the first call (after the first scan's checks: a refused image
+    costs no model load, 8 s with TensorFlow's start) and kept for the next scans."""
+
+    def __init__(self, args):
+        self.args, self.model = args, None
+
+    def __call__(self):
+        if self.model is None:
+            from samri_ml.masking.predict import load_model, unseen_views_note
+
+            self.model = load_model(self.args.model)
+            unseen_views_note(self.args.model, self.args.views)
+        return self.model
+
+
+def _mask_one(args, in_file, out_file, masked, png, model) -> tuple[float, float]:
+    """Mask ``in_file`` into ``out_file`` (and ``masked``, ``png`` where given) with
+    ``model()``; returns the times (perf_counter) the model was ready and the mask predicted."""
     from samri_ml.io import load_nifti
     from samri_ml.masking.predict import (
         apply_mask,
         check_maskable,
-        load_model,
         predict_mask,
         temporal_mean_image,
-        unseen_views_note,
     )
 
     # --masked keeps IN's shape; a scaled run is read as float32, never as a float64 array
-    img = load_nifti(args.in_file, allow_4d=True, squeeze=False, float32=True)
-    _note_binary_input(img, args.in_file)
+    img = load_nifti(in_file, allow_4d=True, squeeze=False, float32=True)
+    _note_binary_input(img, in_file)
     # what the network masks: a 4D run's temporal mean (its mask is the run's, bit for bit),
     # computed once; the run itself is held only where --masked or --png need its volumes
     mean = temporal_mean_image(img)
-    if args.masked is None and args.png is None:
+    if masked is None and png is None:
         img = mean
     check_maskable(mean)  # before the model's load: a refused image cost 8 s of it
-    _check_outputs(args)  # before the network runs: a refused output costs no prediction
-    model = load_model(args.model)
-    unseen_views_note(args.model, args.views)
+    _check_outputs(out_file, masked, png)  # before the network runs: no prediction lost
+    network = model()
     t1 = time.perf_counter()
-    mask = predict_mask(mean, model, threshold=args.threshold, views=args.views,
+    mask = predict_mask(mean, network, threshold=args.threshold, views=args.views,
                         flip=args.flip, max_slices=args.max_slices)
     t2 = time.perf_counter()
-    outputs = [(mask, args.out_file)]
-    if args.masked is not None:
-        outputs.append((apply_mask(img, mask), args.masked))
+    outputs = [(mask, out_file)]
+    if masked is not None:
+        outputs.append((apply_mask(img, mask), masked))
     _save_all(outputs)
-    print(summary(mask, args.out_file, args.masked), file=sys.stderr)
-    if args.png is not None:
-        _draw(img, mask, args.png, args.in_file)
-    if args.verbose:
-        print(f"{PROG}: load {t1 - t0:.2f} s, predict {t2 - t1:.2f} s", file=sys.stderr)
+    print(summary(mask, out_file, masked), file=sys.stderr)
+    if png is not None:
+        _draw(img, mask, png, in_file)
+    return t1, t2
+
+
+def batch_name(in_file) -> str:
+    """The name of IN's mask in ``--out-dir``: IN's name without .nii/.nii.gz, ``_mask``."""
+    name = Path(in_file).name
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)] + "_mask"
+    return name + "_mask"
+
+
+def _run_batch(parser, args) -> int:
+    """``IN [IN ...] --out-dir DIR``: each scan masked in turn with one model; a scan that
+    cannot be masked is said in one line and the others are masked; exit 1 where any failed.
+    Outputs that two scans would share, or that would replace a scan, are refused first."""
+    if args.masked is not None or args.png is not None:
+        parser.error("--masked and --png name one file: with --out-dir, give --figures for "
+                     "a picture of each mask")
+    _check_options(parser, args)
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        parser.error(f"--out-dir {args.out_dir}: a file, not a folder")
+    names: dict[str, Path] = {}
+    for path in args.files:
+        name = batch_name(path)
+        if name in names and names[name].resolve() != path.resolve():
+            parser.error(f"{names[name]} and {path} would both be masked into {name}.nii.gz; "
+                         "hint: mask them into two folders, or rename one")
+        names[name] = path
+    inputs = {p.resolve() for p in args.files}
+    for name in names:
+        if (args.out_dir / f"{name}.nii.gz").resolve() in inputs:
+            parser.error(f"--out-dir: {args.out_dir / (name + '.nii.gz')} is one of the "
+                         "inputs; it would be overwritten")
+    try:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SamriMLError(f"--out-dir {args.out_dir}: cannot create it "
+                           f"({err.strerror or err})") from err
+    set_tf_threads(args.threads)
+    model = _ModelOnce(args)
+    failed = []
+    for i, (name, path) in enumerate(names.items(), 1):
+        print(f"{PROG}: [{i}/{len(names)}] {path}", file=sys.stderr)
+        png = args.out_dir / f"{name}.png" if args.figures else None
+        try:
+            _mask_one(args, path, args.out_dir / f"{name}.nii.gz", None, png, model)
+        except SamriMLError as err:  # one line, and on to the next scan
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            failed.append(str(path))
+    if failed:
+        raise SamriMLError(f"{len(failed)} of {len(names)} scans could not be masked: "
+                           + ", ".join(failed))
+    print(f"{PROG}: {len(names)} masks in {args.out_dir}", file=sys.stderr)
     return 0
 
 
@@ -232,17 +332,17 @@ def _existing_not_a_mask(path) -> bool:
         return False
 
 
-def _check_outputs(args) -> None:
+def _check_outputs(out_file, masked=None, png=None) -> None:
     """Refuse OUT (and --masked, --png) where no file can be written, and OUT where it is an
     image that is no mask (a scan: ``samri_ml-mask mask.nii.gz scan.nii.gz`` replaced the scan
     by a mask of the mask, exit 0), before anything is written."""
-    if _existing_not_a_mask(args.out_file):
-        raise SamriMLError(f"{args.out_file} exists and is no mask (values other than 0 and 1: "
+    if _existing_not_a_mask(out_file):
+        raise SamriMLError(f"{out_file} exists and is no mask (values other than 0 and 1: "
                            "a scan?); it would be overwritten; hint: check the order "
                            "(samri_ml-mask IN OUT), or remove it first")
-    for path in [args.out_file] + [p for p in (args.masked, args.png) if p is not None]:
+    for path in [out_file] + [p for p in (masked, png) if p is not None]:
         if path.is_dir():
-            ending = ".png" if path is args.png else ".nii.gz"
+            ending = ".png" if path is png else ".nii.gz"
             raise SamriMLError(f"{path}: is a folder; hint: give a file name ending in {ending}")
         if path.parent.exists() and not path.parent.is_dir():
             raise SamriMLError(f"{path.parent}: is a file, not a folder; hint: choose another "
