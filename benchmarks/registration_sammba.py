@@ -27,6 +27,20 @@ import time
 from pathlib import Path
 
 
+def link_dataset(bids: Path, scans, name: str) -> None:
+    """``bids``: one ``sub-<sub>/anat/sub-<sub>_T2w.nii.gz`` link per ``(sub, scan, mask)`` of
+    ``scans``; on every run, a link missing or pointing elsewhere is made again."""
+    for sub, scan, _ in scans:
+        link = bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T2w.nii.gz"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and link.readlink() != Path(scan):
+            link.unlink()
+        if not link.is_symlink():
+            link.symlink_to(scan)
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": name, "BIDSVersion": "1.8.0"}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--flavours", nargs="+", default=["fast", "default"])
@@ -48,29 +62,26 @@ def main() -> None:
     tpl = templates / "DSURQE_CCFv3_average_200um.nii.gz"
     tpl_mask = templates / "DSURQE_CCFv3_mask_200um.nii.gz"
     root = Path(args.work or tempfile.mkdtemp(prefix="samri_ml_sammba_"))
-    bids = root / "bids"
+    # a folder per data set: a --work of a sammba run, given to --dama 2, kept its one-subject
+    # BIDS folder and outputs (the sammba head scored against a dama mouse's mask)
+    kind = f"dama{args.dama}" if args.dama else "sammba"
+    bids = root / f"bids_{kind}"
     if args.dama:  # (subject, scan, its brain mask), linked, not copied
         dama = data / "scans" / "dama"
         scans = [(f"{i + 1:02d}", p, dama / "mask" / p.name)
                  for i, p in enumerate(sorted((dama / "image").glob("*.nii*"))[: args.dama])]
     else:
         scans = [("01", sammba / "anat.nii.gz", sammba / "mask.nii.gz")]
-    if not bids.is_dir():
-        for sub, scan, _ in scans:
-            anat = bids / f"sub-{sub}" / "anat"
-            anat.mkdir(parents=True)
-            (anat / f"sub-{sub}_T2w.nii.gz").symlink_to(scan)
-        (bids / "dataset_description.json").write_text(
-            json.dumps({"Name": "dama" if args.dama else "sammba", "BIDSVersion": "1.8.0"}))
+    link_dataset(bids, scans, "dama" if args.dama else "sammba")
     rows = []
     for flavour in args.flavours:
         for masking in ("none", "unet"):
             tag = Path(flavour).stem
-            out = root / f"out_{tag}_{masking}"
+            out = root / f"out_{kind}_{tag}_{masking}"
             t0 = time.monotonic()
             argv = [str(bids), str(out), "participant", "--masking", masking,
                     "--nprocs", str(args.nprocs), "--omp-nthreads", str(args.omp_nthreads),
-                    "-w", str(root / f"work_{tag}_{masking}"),
+                    "-w", str(root / f"work_{kind}_{tag}_{masking}"),
                     "--template", str(tpl), "--template-mask", str(tpl_mask)]
             argv += ["--registration-flavour", flavour]
             if register(argv) != 0:  # its error line is above
