@@ -828,6 +828,9 @@ def test_plate_clis_refuse_bad_options_and_unknown_labels(tmp_path, plate_thumbs
         (evaluate, ["--images", str(secs), "--limit", "0"], "--limit must be"),
         (evaluate, ["--images", str(secs), "--method", "mi-affine", "--any-orientation"],
          "--any-orientation: for --method siamese only"),
+        # taken and ignored before: the network ranks at its own input size
+        (evaluate, ["--images", str(secs), "--size", "64"], "--size: for --method mi-affine "
+                                                             "only"),
         (evaluate, ["--images", str(secs)], "plate 200 (from the file name) is not in the atlas"),
     ]
     for main, argv, words in cases:

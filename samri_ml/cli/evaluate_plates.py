@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(region_weight > 0; the shipped indexes: 0, so the metrics stay the same)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N sections")
-    p.add_argument("--size", type=number_in(int, MIN_SIDE), default=128,
-                   help=f"mi-affine: image side in px (at least {MIN_SIDE})")
+    p.add_argument("--size", type=number_in(int, MIN_SIDE), default=None,
+                   help=f"mi-affine: image side in px (at least {MIN_SIDE}; default 128); the "
+                   "siamese method takes its model's")
     p.add_argument("--json", metavar="OUT", help="write metrics and rankings as JSON")
     add_threads_option(p, help="CPU threads: TensorFlow's (siamese), registrations at once, "
                        "one thread each (mi-affine; 0: one per available core)")
@@ -171,6 +172,11 @@ def _main(argv=None) -> int:
                                      ("--regions", args.regions)) if on]
         if given:
             parser.error(f"{', '.join(given)}: for --method siamese only")
+        if args.size is None:
+            args.size = 128
+    elif args.size is not None:  # it was taken and ignored, the network at its own 224 px
+        parser.error("--size: for --method mi-affine only (the siamese method takes its "
+                     "model's input size)")
     return run(args)
 
 
