@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--max-members", type=int, default=0,
                     help="largest ensemble tried (0: all the models)")  # fmt: skip
     args = ap.parse_args()
+    unnamed = [m for m in args.models if "=" not in m or m.startswith("=")]
+    if unnamed:  # a ValueError traceback from dict() before
+        ap.error(f"give each model as NAME=MODEL.keras: {', '.join(unnamed)}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from samri_ml.paths import existing_data_dir
     from samri_ml.plates.metrics import format_metrics

@@ -35,8 +35,15 @@ def main(runs: list[str]) -> None:
     )
     rows = []
     for run in runs:
-        cfg = json.loads((Path(run) / "config.json").read_text())
-        hist = json.loads((Path(run) / "history.json").read_text())
+        try:
+            cfg = json.loads((Path(run) / "config.json").read_text())
+            hist = json.loads((Path(run) / "history.json").read_text())
+        except (OSError, ValueError) as err:  # a traceback before
+            raise SystemExit(f"benchmarks/plates_table.py: error: {run}: not a training run of "
+                             f"samri_ml-train-plates ({type(err).__name__}: {err})") from None
+        if "loss" not in cfg or not hist:  # an ensemble of plates_select: a KeyError before
+            raise SystemExit(f"benchmarks/plates_table.py: error: {run}: an ensemble or a run "
+                             "without a training history; hint: give the members' runs")
         best = min(hist, key=lambda r: (r["val_1"]["mae"], r["step"]))
         v2 = best["val_2"]
         rows.append(
@@ -48,7 +55,7 @@ def main(runs: list[str]) -> None:
                 if cfg["backbone"] == "small"
                 else cfg["backbone"],
                 f"{cfg['learning_rate']:g}",
-                "A best" if cfg.get("init") else "scratch",
+                Path(cfg["init"]).parent.name or cfg["init"] if cfg.get("init") else "scratch",
                 str(hist[-1]["step"]),
                 str(best["step"]),
                 f"{best['val_1']['mae']:.2f}",
