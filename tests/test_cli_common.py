@@ -56,6 +56,29 @@ def test_a_name_the_console_cannot_show_does_not_stop_the_run(tmp_path):
     assert out.exists()
 
 
+@pytest.mark.parametrize("command", ["example", "graph"])
+def test_a_result_line_on_an_ascii_console_or_a_closed_stdout_ends_well(tmp_path, command):
+    """samri_ml-example and samri_ml-graph printed their last line (where the files are) with
+    a bare print: into a folder named with ``µ`` on an ASCII console the files were written,
+    then 'error: UnicodeEncodeError', exit 1; with the reader of stdout gone (``| true``,
+    ``| head -1`` that ended) 'error: BrokenPipeError', exit 1. Now the line is escaped, or
+    dropped (:func:`samri_ml.cli._common.print_line`), and the exit status is 0."""
+    module = f"samri_ml.cli.{command}"
+    args = {"example": ["--subjects", "1", "--volumes", "2"], "graph": ["structural"]}[command]
+    out = tmp_path / "données µm" / "out"
+    run = subprocess.run([sys.executable, "-m", module, *args, str(out)], capture_output=True,
+                         env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "donn\\xe9es \\xb5m" in run.stdout.decode("ascii"), run.stdout
+    err = tmp_path / "err.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", module, *args, str(tmp_path / "b")],
+                                stdout=subprocess.PIPE, stderr=stderr)
+        proc.stdout.close()  # the reader is gone before the first line, as after head -1
+        assert proc.wait(timeout=300) == 0, err.read_text()
+    assert err.read_text() == ""
+
+
 def test_commands_start_with_a_home_they_cannot_look_into(tmp_path):
     """A command run as another user whose HOME cannot be entered (``docker run -u 1000`` on an
     image with ``HOME=/root``, mode 700) stopped with ``PermissionError: ... '/root/.config/

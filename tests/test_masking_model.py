@@ -933,7 +933,10 @@ def test_training_into_a_log_file_is_one_plain_line_per_epoch(tmp_path, tiny_sli
     """Keras' progress bar takes any POSIX system for a terminal: samri_ml-train-masker with
     its output in a file (a cluster job's log) got the bar redrawn every 50 ms with
     backspaces and colour codes, NO_COLOR or not. Now one plain line per epoch there (a
-    terminal keeps the bar). A real process, on the scans of ``tiny_slices``."""
+    terminal keeps the bar). The epoch lines go to stderr with the other progress lines: on
+    stdout, before the result's JSON, ``train-masker ... | python -m json.tool`` failed. A
+    real process, on the scans of ``tiny_slices``."""
+    import json
     import os
     import subprocess
     import sys
@@ -941,18 +944,19 @@ def test_training_into_a_log_file_is_one_plain_line_per_epoch(tmp_path, tiny_sli
     script = tmp_path / "train.py"
     script.write_text(TINY_TRAINING)
     log = tmp_path / "train.log"
-    with open(log, "w") as out:
+    with open(log, "w") as err:
         run = subprocess.run([sys.executable, str(script), str(tmp_path / "m" / "out.keras"),
                               "--width", "2", "--epochs-plain", "3", "--epochs-augmented", "0",
                               "--steps-per-epoch", "12", "--batch-size", "4",
                               "--data-dir", str(tmp_path), *TINY_DATA],
-                             stdout=out, stderr=subprocess.PIPE, text=True,
+                             stdout=subprocess.PIPE, stderr=err, text=True,
                              env={**os.environ, "NO_COLOR": ""})  # fmt: skip
-    assert run.returncode == 0, run.stderr
     text = log.read_text()
+    assert run.returncode == 0, text
     assert not any(c in text for c in "\x1b\b\r"), repr(text[:300])
     epochs = [ln for ln in text.splitlines() if ln.startswith("12/12 - ")]
     assert len(epochs) == 3 and all("val_loss:" in ln for ln in epochs), text
+    assert json.loads(run.stdout)["model"] == str(tmp_path / "m" / "out.keras"), run.stdout
 
 
 #: TINY_TRAINING with a real SIGINT in the second batch of the second epoch (the main thread
@@ -1952,6 +1956,28 @@ def test_evaluate_masker_scores_a_labs_own_scans(tmp_path, lab_scans_dir, capsys
     nb.save(nb.load(lab2 / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz"), bold_mask)
     assert evaluate_masker.main(["--scans", str(lab2)]) == 1
     assert f"{bold_mask}" in capsys.readouterr().err
+
+
+def test_evaluate_masker_with_a_closed_stdout_still_writes_its_json(tmp_path, lab_scans_dir):
+    """``samri_ml-evaluate-masker --scans DIR --json OUT | head -1`` stopped at the table's
+    print with 'error: BrokenPipeError', exit 1, and OUT (written after it) was lost, as
+    samri_ml-qc and the plate commands once did. Now the table is dropped, OUT written, exit
+    0. A real process whose reader is gone before the first line."""
+    import subprocess
+    import sys
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab", drop=["sub-02", "sub-03", "*bold*",
+                                                           "*task-rest_desc*"])
+    out, err = tmp_path / "rows.json", tmp_path / "err.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.evaluate_masker",
+                                 "--scans", str(lab), "--json", str(out)],
+                                stdout=subprocess.PIPE, stderr=stderr)
+        proc.stdout.close()  # the reader is gone before the first line, as after head -1
+        assert proc.wait(timeout=600) == 0, err.read_text()
+    assert "Error" not in err.read_text(), err.read_text()
+    assert [r["scan"] for r in json.loads(out.read_text())["rows"]] == [
+        "sub-01/anat/sub-01_T2w.nii.gz"]
 
 
 @pytest.mark.parametrize("case", ["unpaired image", "unpaired mask", "other grid",

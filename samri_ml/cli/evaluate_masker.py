@@ -20,6 +20,7 @@ from samri_ml.cli._common import (
     add_views_option,
     check_output_dir,
     check_output_file,
+    print_line,
     run_cli,
     write_output_text,
 )
@@ -253,7 +254,7 @@ def _main(argv=None) -> int:
         if r["error"]:  # scored as an empty mask (Dice 0): say why
             print(f"{PROG}: note: {r['scan']}: {r['error']}", file=sys.stderr)
     text = report(rows, held_out, known)
-    print(text)
+    print_line(text)  # a closed stdout (| head) must not cost --json
     if args.json:
         rows_json = {"rows": rows, "by_source": by_source(rows, held_out, known),
                      "held_out": held_out if known else None}

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import HelpFormatter, check_output_dir, run_cli
+from samri_ml.cli._common import HelpFormatter, check_output_dir, print_line, run_cli
 
 PROG = "samri_ml-example"
 #: the fewest BOLD volumes per run: samri_ml-register refuses a run of one volume (it needs a
@@ -67,7 +67,7 @@ def _main(argv=None) -> int:
                      f"one volume (it needs a time series); give --volumes {MIN_VOLUMES} or more")
     t0 = time.perf_counter()
     if not args.force and is_current_example(args.out_dir, args.subjects, args.volumes, args.seed):
-        print(f"Example dataset in {args.out_dir} is up to date (use --force to rewrite it)")
+        print_line(f"Example dataset in {args.out_dir} is up to date (use --force to rewrite it)")
         return 0
     # a folder protected with chmod a-w was written into by root, as every other command refuses
     check_output_dir(parser, f"OUT_DIR {args.out_dir}", args.out_dir)
@@ -75,7 +75,7 @@ def _main(argv=None) -> int:
         args.out_dir, n_subjects=args.subjects, n_volumes=args.volumes, seed=args.seed,
         force=args.force,
     )  # fmt: skip
-    print(
+    print_line(
         f"Example dataset in {out} ({args.subjects} subjects, {args.volumes} volumes, seed "
         f"{args.seed}; {time.perf_counter() - t0:.1f} s). Template: {out / 'template'}; ground "
         f"truth: {out / 'derivatives' / 'groundtruth'}"

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from samri_ml.cli._common import HelpFormatter, add_version_option, run_cli, setup_logging
+from samri_ml.cli._common import (
+    HelpFormatter,
+    add_version_option,
+    print_line,
+    run_cli,
+    setup_logging,
+)
 
 PROG = "samri_ml-graph"
 
@@ -76,7 +82,7 @@ def _main(argv=None) -> int:
                              masking=args.masking, qc=True)
     path, how = write_workflow_graph(wf, args.out, graph2use=args.graph2use, fmt=args.format,
                                      force_fallback=args.pure_python)
-    print(f"{path} ({how})")
+    print_line(f"{path} ({how})")
     return 0
 
 

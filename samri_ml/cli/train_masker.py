@@ -19,6 +19,7 @@ from samri_ml.cli._common import (
     add_views_option,
     check_output_dir,
     number_in,
+    print_line,
     run_cli,
 )
 from samri_ml.cli.evaluate_masker import SOURCES
@@ -282,7 +283,7 @@ def _main(argv=None) -> int:
     else:
         summary = train(config, args.out, data_dir, args.cache_dir, log=log)
     vd = summary["validation_dice"]
-    print(json.dumps({"model": str(args.out), "validation_dice": vd,
+    print_line(json.dumps({"model": str(args.out), "validation_dice": vd,
                       "minutes": round(summary["minutes"], 1)}, indent=1))  # fmt: skip
     return 0
 

@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fit_router(args) -> int:
+    from samri_ml.cli._common import print_line
     from samri_ml.plates.identify import PlateIdentifier
     from samri_ml.plates.modality import ROUTER_NAME, fit_router, training_sections
 
@@ -157,7 +158,7 @@ def _fit_router(args) -> int:
                                "command": "samri_ml-train-plates --fit-router DIR"})
     Path(args.fit_router).mkdir(parents=True, exist_ok=True)
     out = router.save(Path(args.fit_router) / ROUTER_NAME)
-    print(f"router written to {out} ({len(inside)} confocal/Nissl, {len(other)} synthetic)")
+    print_line(f"router written to {out} ({len(inside)} confocal/Nissl, {len(other)} synthetic)")
     return 0
 
 
@@ -275,7 +276,7 @@ def _main(argv=None) -> int:
     _check_outputs(parser, args, cfg)
     if args.fit_router:
         return _fit_router(args)
-    from samri_ml.cli._common import set_tf_threads
+    from samri_ml.cli._common import print_line, set_tf_threads
 
     set_tf_threads(args.threads)
     from samri_ml.models.inference import import_keras
@@ -287,7 +288,7 @@ def _main(argv=None) -> int:
         make_ensemble_run(args.ensemble, args.out)
     elif not args.export_only:
         best = train(cfg)
-        print(f"best val_1 MAE {best['mae']:.2f} at step {best['step']}")
+        print_line(f"best val_1 MAE {best['mae']:.2f} at step {best['step']}")
     if args.export:
         from samri_ml.plates.metrics import format_metrics
         from samri_ml.plates.train import export_and_measure
@@ -296,9 +297,9 @@ def _main(argv=None) -> int:
         m = export_and_measure(
             args.out, args.export, args.data, smooth=args.smooth, region_weight=args.region_weight
         )
-        print(f"exported to {args.export}" + (f" (replacing {replaced})" if replaced else ""))
+        print_line(f"exported to {args.export}" + (f" (replacing {replaced})" if replaced else ""))
         for split in ("val_1", "val_2"):
-            print(format_metrics(m[split], split))
+            print_line(format_metrics(m[split], split))
     return 0
 
 

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -567,7 +567,9 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
                 Record(phase),
                 batches,
             ]
-            with batches.stack:  # (a batch that failed: Ctrl-C is Python's again)
+            # Keras writes its bar or epoch lines to stdout, where train-masker prints its
+            # result (JSON): progress goes to stderr, as the commands' other lines do
+            with batches.stack, redirect_stdout(sys.stderr):
                 model.fit(
                     _sequence(xt, yt, config.batch_size, config.steps_per_epoch, augment,
                               train_seed, config.intensity_augment, config.background_augment,
@@ -580,7 +582,7 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
                     # a file or a pipe (it takes any POSIX system for a terminal): a cluster job's
                     # log filled with control characters, whatever NO_COLOR said. A terminal gets
                     # the bar; a file, a pipe or NO_COLOR one plain line per epoch.
-                    verbose=1 if sys.stdout.isatty() and not os.environ.get("NO_COLOR") else 2,
+                    verbose=1 if sys.stderr.isatty() and not os.environ.get("NO_COLOR") else 2,
                 )
             if stopper.stopped_epoch:  # said (a phase of 'up to 5 epochs' ended at 3 silently)
                 best_epoch = getattr(stopper, "best_epoch", None)
