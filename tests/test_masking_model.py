@@ -2057,6 +2057,36 @@ def test_lab_scans_in_a_datalad_dataset_pair_as_without_it(tmp_path, lab_scans_d
     assert len(want) == 4 and {s for _, _, s in want} == {"sub-01", "sub-02", "sub-03"}
 
 
+def test_lab_scans_in_linked_animal_folders_are_read(tmp_path, lab_scans_dir):
+    """A --scans folder of links to the animals' folders (sub-02 -> /data/study/sub-02):
+    ``Path.rglob`` did not follow them (Python < 3.13), so those animals were left out of the
+    training and of evaluate-masker's table, unsaid (all linked: 'no brain masks found').
+    Linked folders are read as the folders themselves, once each (a link loop ends), and a
+    scan changed in one rebuilds the data set cache."""
+    from samri_ml.masking.data import lab_pairs
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
+    want = [(image.relative_to(lab), mask.relative_to(lab), subject)
+            for image, mask, subject in lab_pairs(lab)]
+    study = tmp_path / "study"
+    study.mkdir()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for sub in ("sub-01", "sub-02", "sub-03"):
+        (lab / sub).rename(study / sub)
+        (linked / sub).symlink_to(study / sub, target_is_directory=True)
+    (study / "sub-01" / "loop").symlink_to(study, target_is_directory=True)
+    assert [(image.relative_to(linked), mask.relative_to(linked), subject)
+            for image, mask, subject in lab_pairs(linked)] == want
+    built = _cached_dataset_of(linked, tmp_path / "dc.npz")
+    assert built()[0] == "building the data set ..."
+    scan = study / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
+    img = nb.load(scan)
+    nb.save(nb.Nifti1Image(np.asarray(img.dataobj) * 2, img.affine, img.header), scan)
+    assert built()[0].endswith("holds a data set of other settings or scans: rebuilt and "
+                               "replaced")
+
+
 def _cached_dataset_of(lab, cache):
     """A function that runs ``cached_dataset`` on ``--scans lab`` (coronal slices) with
     ``cache`` and returns what it logged."""

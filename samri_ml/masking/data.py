@@ -233,17 +233,40 @@ def _inputs_digest(files) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:12]
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    """Whether ``path`` is, or lies in, a hidden file or folder (``.git``, ``.datalad``) below
-    ``root``: not the data (a DataLad dataset's ``.git/annex/objects`` holds a copy of each
-    scan, and every git operation changes files in ``.git``)."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _files_under(folder: Path, pattern: str = "*") -> list[Path]:
+    """The files under ``folder`` (any depth) whose names match ``pattern``, sorted, through
+    linked folders too: each folder once, by its shortest path (a link loop ends). Hidden
+    files and folders (``.git``, ``.datalad``) are not the data: a DataLad dataset's
+    ``.git/annex/objects`` holds a copy of each scan, and every git operation changes files in
+    ``.git``. ``Path.rglob`` does not follow a linked folder before Python 3.13: a lab's
+    ``--scans`` folder of links to its animals' folders lost those animals, unsaid (none
+    linked: "no brain masks found")."""
+    import fnmatch
+
+    found, seen, queue = [], set(), [Path(folder)]
+    for top in queue:  # breadth first: a folder met again deeper (a link) is not read again
+        real = os.path.realpath(top)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(top), key=lambda e: e.name)
+        except OSError:  # gone meanwhile, or not readable
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # a link to a folder too
+                queue.append(Path(entry.path))
+            elif fnmatch.fnmatchcase(entry.name, pattern):
+                found.append(Path(entry.path))
+    return sorted(found)
 
 
 def _files_fingerprint(root: Path, folders, pattern: str = "*") -> str:
     """sha256 of the paths (relative to ``root``) and contents
     (:func:`~samri_ml.models.inference.file_checksum`) of the files under ``root``'s
-    ``folders`` whose names match ``pattern``, hidden ones left out (:func:`_hidden`: a
+    ``folders`` whose names match ``pattern`` (:func:`_files_under`: hidden ones left out, a
     commit in a DataLad dataset rebuilt a data set of unchanged scans).
 
     The contents, not the sizes and modification times: a scan replaced by another of its size
@@ -256,9 +279,7 @@ def _files_fingerprint(root: Path, folders, pattern: str = "*") -> str:
 
     digest = hashlib.sha256()
     for sub in folders:
-        for path in sorted((root / sub).rglob(pattern)):
-            if _hidden(path, root):
-                continue
+        for path in _files_under(root / sub, pattern):
             try:
                 if not path.is_file():
                     continue
@@ -411,11 +432,11 @@ def lab_pairs(folder, min_subjects: int = 2) -> list[tuple[Path, Path, str]]:
     if not folder.is_dir():
         raise SamriMLError(f"--scans {folder}: folder not found")
     niftis = {}
-    for path in sorted(folder.rglob("*.nii*")):
+    # nothing in hidden folders: a DataLad dataset's .git/annex/objects holds a copy of each
+    # scan (MD5E-s...--<hash>.nii.gz), each refused as an image without its mask
+    for path in _files_under(folder, "*.nii*"):
         stem = _nifti_stem(path)
-        # nothing in hidden folders: a DataLad dataset's .git/annex/objects holds a copy of
-        # each scan (MD5E-s...--<hash>.nii.gz), each refused as an image without its mask
-        if stem is not None and path.is_file() and not _hidden(path, folder):
+        if stem is not None and path.is_file():
             niftis[path] = stem
     masks = {p: s[: -len(LAB_MASK_SUFFIX)] for p, s in niftis.items()
              if s.endswith(LAB_MASK_SUFFIX)}
