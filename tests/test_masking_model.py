@@ -1958,6 +1958,34 @@ def test_evaluate_masker_scores_a_labs_own_scans(tmp_path, lab_scans_dir, capsys
     assert f"{bold_mask}" in capsys.readouterr().err
 
 
+def test_evaluate_masker_on_a_labs_training_scans_says_so_plainly(tmp_path, lab_scans_dir,
+                                                                   capsys):
+    """A model fine-tuned with --scans LAB, scored with --scans LAB, got 'its --scans folder
+    links to scans of scans' (a lab's folder is no shared source; the table says 'seen'
+    already), and so did one scored on another folder of links to LAB's files. Now no note
+    for its own folder, and one naming the other folder."""
+    import shutil
+
+    from samri_ml.cli import evaluate_masker
+    from samri_ml.masking.predict import default_model_path
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab", drop=["sub-02", "sub-03"])
+    model = tmp_path / "ours.keras"
+    shutil.copy(default_model_path(), model)
+    (tmp_path / "ours_training.json").write_text(json.dumps({"config": {
+        "scans": str(lab.resolve()), "holdout": [], "init_model": ""}}))
+    other = tmp_path / "other" / "sub-01"
+    other.parent.mkdir()
+    other.symlink_to(lab / "sub-01", target_is_directory=True)
+    for folder, note in ((lab, None), (other.parent, f"holds scans of {other.parent} (the "
+                                                     "same files): trained on")):
+        assert evaluate_masker.main(["--scans", str(folder), "--model", str(model)]) == 0
+        captured = capsys.readouterr()
+        assert "of scans" not in captured.err
+        assert (note in captured.err) if note else "note:" not in captured.err, captured.err
+        assert "scans   2      yes" in captured.out, captured.out
+
+
 def test_evaluate_masker_with_a_closed_stdout_still_writes_its_json(tmp_path, lab_scans_dir):
     """``samri_ml-evaluate-masker --scans DIR --json OUT | head -1`` stopped at the table's
     print with 'error: BrokenPipeError', exit 1, and OUT (written after it) was lost, as

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -144,9 +143,10 @@ def _trained_on(model_path: Path, folder: Path) -> bool:
 
 def linked_sources(model_path: Path, scans) -> list[str]:
     """The sources of ``scans`` whose image files the model's ``--scans`` folder (its
-    ``_training.json``'s ``config.scans``) holds links to: a lab that linked shared scans into
-    its own folder trained on them, and they were counted as never seen. Copies are not
-    recognised; a folder no longer there gives none."""
+    ``_training.json``'s ``config.scans``) holds, through links (a file's or a folder's): a
+    lab that linked shared scans into its own folder trained on them, and they were counted
+    as never seen. Copies are not recognised; a folder no longer there gives none."""
+    from samri_ml.masking.data import files_under
     from samri_ml.masking.predict import training_record_path
 
     try:
@@ -155,13 +155,8 @@ def linked_sources(model_path: Path, scans) -> list[str]:
         return []
     if not folder or not Path(folder).is_dir():
         return []
-    targets = set()
-    for root, _, files in os.walk(folder, followlinks=True):
-        for name in files:
-            path = Path(root) / name
-            if path.is_symlink():
-                targets.add(path.resolve())
-    return sorted({s.source for s in scans if s.path and Path(s.path).resolve() in targets})
+    held = {path.resolve() for path in files_under(Path(folder))}
+    return sorted({s.source for s in scans if s.path and Path(s.path).resolve() in held})
 
 
 def phantom_scans(seed: int = 0):
@@ -239,11 +234,16 @@ def _main(argv=None) -> int:
         held_out = [*held_out, "phantom"]  # made here: never trained on
     if not scans:
         raise SamriMLError(f"no scans with masks found under {data_dir}")
-    linked = linked_sources(model_path, scans) if args.held_out is None and known else []
+    # (--scans of the model's own folder: seen already, said in the table)
+    linked = (linked_sources(model_path, scans) if args.held_out is None and known
+              and held_out else [])
     if linked:
         held_out = [s for s in held_out if s not in linked]
-        print(f"{PROG}: note: {model_path}'s --scans folder links to scans of "
-              f"{', '.join(linked)}: trained on, so not counted among the sources never seen",
+        # a lab's folder is no source to name ('links to scans of scans')
+        what = (f"links to scans of {', '.join(linked)}" if args.scans is None
+                else f"holds scans of {args.scans} (the same files)")
+        print(f"{PROG}: note: {model_path}'s --scans folder {what}: trained on, so not "
+              "counted among the sources never seen",
               file=sys.stderr)
     if not known and not training_record_path(model_path).is_file():  # (else said above)
         print(f"{PROG}: note: {model_path} has no _training.json beside it and --held-out was "

@@ -233,7 +233,7 @@ def _inputs_digest(files) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:12]
 
 
-def _files_under(folder: Path, pattern: str = "*") -> list[Path]:
+def files_under(folder: Path, pattern: str = "*") -> list[Path]:
     """The files under ``folder`` (any depth) whose names match ``pattern``, sorted, through
     linked folders too: each folder once, by its shortest path (a link loop ends). Hidden
     files and folders (``.git``, ``.datalad``) are not the data: a DataLad dataset's
@@ -266,7 +266,7 @@ def _files_under(folder: Path, pattern: str = "*") -> list[Path]:
 def _files_fingerprint(root: Path, folders, pattern: str = "*") -> str:
     """sha256 of the paths (relative to ``root``) and contents
     (:func:`~samri_ml.models.inference.file_checksum`) of the files under ``root``'s
-    ``folders`` whose names match ``pattern`` (:func:`_files_under`: hidden ones left out, a
+    ``folders`` whose names match ``pattern`` (:func:`files_under`: hidden ones left out, a
     commit in a DataLad dataset rebuilt a data set of unchanged scans).
 
     The contents, not the sizes and modification times: a scan replaced by another of its size
@@ -279,7 +279,7 @@ def _files_fingerprint(root: Path, folders, pattern: str = "*") -> str:
 
     digest = hashlib.sha256()
     for sub in folders:
-        for path in _files_under(root / sub, pattern):
+        for path in files_under(root / sub, pattern):
             try:
                 if not path.is_file():
                     continue
@@ -434,7 +434,7 @@ def lab_pairs(folder, min_subjects: int = 2) -> list[tuple[Path, Path, str]]:
     niftis = {}
     # nothing in hidden folders: a DataLad dataset's .git/annex/objects holds a copy of each
     # scan (MD5E-s...--<hash>.nii.gz), each refused as an image without its mask
-    for path in _files_under(folder, "*.nii*"):
+    for path in files_under(folder, "*.nii*"):
         stem = _nifti_stem(path)
         if stem is not None and path.is_file():
             niftis[path] = stem
