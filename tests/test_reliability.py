@@ -877,8 +877,9 @@ def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
     argv = _argv(tmp_path, ["--dummy-scans", "0"])
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert "3 structural scans; using sub-01_ses-1_T2w.nii.gz" in err, err
+    assert "2 structural scans; using sub-01_ses-1_T2w.nii.gz" in err, err
     assert "sub-01_ses-1_task-rest_run-2_bold.nii.gz" in err, err
+    assert "left out 1 scan(s) in a folder below their datatype folder" in err, err
     (root / ".bidsignore").write_text("# scratch scans\n*acq-scratch*\nextra/\n"
                                       "sub-01/**/*_run-2_bold.nii.gz\n")
     assert main(argv) == 0
@@ -886,7 +887,7 @@ def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
     planned = [line for line in err.splitlines() if "dry run: sub-01" in line]
     assert planned == ["samri_ml-register: dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz, "
                        "sub-01_ses-1_task-rest_bold.nii.gz"], err
-    assert "structural scans" not in err, err
+    assert "structural scans" not in err and "left out" not in err, err
     # a participant the .bidsignore leaves out is said to be, not just "not found"
     shutil.copytree(root / "sub-01", root / "sub-02")
     for path in (root / "sub-02").rglob("sub-01*"):
@@ -897,6 +898,58 @@ def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("samri_ml-register: error: participant(s) 02 not found in "), last
     assert "(sub-02: left out by its .bidsignore); available: 01" in last, last
+
+
+def test_set_aside_copies_and_phase_images_are_left_out_with_a_note(tmp_path, capsys):
+    """A lab's copies set aside in a folder below anat/ or func/ (``func/old/``) were
+    registered beside the session's scans (the run twice, its derivatives written to
+    ``sub-01/ses-1/`` outside ``func/``), and a ``part-phase`` run as a magnitude image (a
+    VCF of 0.09, "the registration probably failed"). Both are left out, each in a note;
+    an -f that names ``part`` still selects a phase run."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    for rel in (ANAT, BOLD):
+        (root / rel).parent.joinpath("old").mkdir()
+        shutil.copy(root / rel, (root / rel).parent / "old" / Path(rel).name)
+    shutil.copy(root / BOLD, root / BOLD.replace("_bold", "_part-phase_bold"))
+    argv = _argv(tmp_path, [])
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    planned = [line for line in err.splitlines() if "dry run: sub-01" in line]
+    assert planned == ["samri_ml-register: dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz, "
+                       "sub-01_ses-1_task-rest_bold.nii.gz"], err
+    assert "structural scans" not in err, err
+    assert ("note: left out 2 scan(s) in a folder below their datatype folder (not BIDS "
+            "files): sub-01/ses-1/anat/old/sub-01_ses-1_T2w.nii.gz, sub-01/ses-1/func/old/"
+            "sub-01_ses-1_task-rest_bold.nii.gz; hint: list the folder in the dataset's "
+            ".bidsignore") in err, err
+    assert ("note: left out 1 scan(s) that are not magnitude images (part-phase/real/imag): "
+            "sub-01_ses-1_task-rest_part-phase_bold.nii.gz") in err, err
+    (root / ".bidsignore").write_text("old/\n")
+    assert main([*argv, "-f", '{"datatype": "func", "part": "phase"}']) == 0
+    err = capsys.readouterr().err
+    assert "left out" not in err, err
+    assert "dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz, " \
+        "sub-01_ses-1_task-rest_part-phase_bold.nii.gz" in err, err
+
+
+def test_a_scan_outside_the_sessions_of_its_subject_is_named(tmp_path, capsys):
+    """A structural scan at the subject's level (``sub-01/anat/sub-01_T2w.nii.gz``, scanned
+    once) beside ``sub-01/ses-1/func/`` is in no session, so no session's query found it: its
+    runs were registered "without a structural scan", the scan never named. A note names it."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    (root / "sub-01" / "anat").mkdir()
+    (root / ANAT).rename(root / "sub-01" / "anat" / "sub-01_T2w.nii.gz")
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    assert ("note: left out 1 scan(s) in no ses-* folder of a subject that has sessions (each "
+            "scan belongs to one session): sub-01/anat/sub-01_T2w.nii.gz; hint: move it into "
+            "its session's folder, named with its ses- label") in err, err
+    assert "dry run: sub-01 ses-1: no structural scan, sub-01_ses-1_task-rest_bold" in err, err
+    # --session-label chooses the sessions: nothing to say of the others
+    assert main(_argv(tmp_path, ["--session-label", "1"])) == 0
+    assert "left out" not in capsys.readouterr().err
 
 
 def test_a_broken_sidecar_is_named_and_stops_only_its_subject(tmp_path, capsys):

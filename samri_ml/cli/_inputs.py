@@ -232,6 +232,11 @@ def some_names(names: list[str], shown: int = 3) -> str:
                                        else "")
 
 
+#: ``part-`` labels of images that are not magnitudes (complex data stored as phase, or
+#: real and imaginary parts): left out unless -s/-f names ``part`` (a phase run was registered
+#: as a magnitude one, into a failure, VCF 0.09)
+NOT_MAGNITUDE = ("phase", "real", "imag")
+
 #: a repetition time (s) above this is one given in milliseconds (the BIDS validator's bound)
 MAX_TR_SECONDS = 100.0
 
@@ -390,9 +395,10 @@ def _unselected_subject(bids_dir, path, selected) -> str | None:
 def collect_sessions(args) -> list[dict]:
     """Query the dataset: one entry per subject/session with its structural and functional scans."""
     import bids
+    from bids.layout import Query
     from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
-    from samri_ml.bids import bidsignore_patterns
+    from samri_ml.bids import bidsignore_patterns, parse_entities
 
     # pybids does not read .bidsignore: a scan a lab listed there (a scratch or failed
     # acquisition) was registered, even chosen before the good scan of its session
@@ -457,11 +463,18 @@ def collect_sessions(args) -> list[dict]:
             kw["session"] = session
         try:
             found = layout.get(**kw)
-            return [f for f in found if _of_datatype(f.path, layout.root, datatype)]
         except Exception as err:
             raise SamriMLError(f"invalid BIDS filter {filters} ({err})") from err
+        found = [f for f in found if _of_datatype(f.path, layout.root, datatype)]
+        # a copy set aside in a folder of its own (func/old/) was registered beside its
+        # scan, its derivatives written outside func/; a phase image as a magnitude one
+        nested.update(f.path for f in found if len(_folders_below_session(f.path,
+                                                                          layout.root)) > 1)
+        phase.update(f.path for f in found if "part" not in filters and f.path not in nested
+                     and parse_entities(f.path).get("part") in NOT_MAGNITUDE)
+        return [f for f in found if f.path not in nested and f.path not in phase]
 
-    out, empty = [], []
+    out, empty, outside, nested, phase = [], [], [], set(), set()
     skipped = [] if args.participant_label else [f"sub-{m} (no BIDS files in its folder)"
                                                  for m in bare]
     for subject in wanted:
@@ -471,6 +484,11 @@ def collect_sessions(args) -> list[dict]:
             if not sessions:
                 skipped.append(f"sub-{subject} (no session {', '.join(sessions_wanted)})")
                 continue
+        elif sessions != [None]:
+            # sub-01/anat/sub-01_T2w.nii.gz beside sub-01/ses-1/: in no session, so in no
+            # query of one; its runs were registered 'without a structural scan', unsaid
+            outside += [f.path for match in (args.structural_match, args.functional_match)
+                        for f in query(match, subject, Query.NONE)]
         found, unmatched = len(out), []
         for session in sessions:
             anats = query(args.structural_match, subject, session)
@@ -504,6 +522,22 @@ def collect_sessions(args) -> list[dict]:
         # such a session was dropped without a word, beside its subject's other sessions
         print(f"{PROG}: note: skipped {len(empty)} session(s) where no scan matches -s/-f: "
               f"{some_names(empty, 20)}", file=sys.stderr)
+    if outside:
+        where = [Path(p).relative_to(layout.root).as_posix() for p in outside]
+        print(f"{PROG}: note: left out {len(outside)} scan(s) in no ses-* folder of a subject "
+              f"that has sessions (each scan belongs to one session): {some_names(where)}; "
+              "hint: move it into its session's folder, named with its ses- label",
+              file=sys.stderr)
+    if nested:
+        where = [Path(p).relative_to(layout.root).as_posix() for p in sorted(nested)]
+        print(f"{PROG}: note: left out {len(nested)} scan(s) in a folder below their datatype "
+              f"folder (not BIDS files): {some_names(where)}; hint: list the folder in the "
+              "dataset's .bidsignore", file=sys.stderr)
+    if phase:
+        names = [Path(p).name for p in sorted(phase)]
+        print(f"{PROG}: note: left out {len(phase)} scan(s) that are not magnitude images "
+              f"(part-{'/'.join(NOT_MAGNITUDE)}): {some_names(names)}; hint: -s/-f with a "
+              "\"part\" entity selects them", file=sys.stderr)
     check_names(args.bids_dir, [scan for item in out for scan in session_scans(item)])
     if not out:
         raise SamriMLError(
@@ -576,9 +610,15 @@ def _datatype_of(path, root) -> str:
     ``ses-`` folders (``sub-01/ses-1/anat/...``), whatever folders hold the dataset (pybids
     takes the first datatype-named folder of the whole path: under /data/func/ every scan
     was 'func', the T2w left out; under /data/anat/ the runs were)."""
-    folders = Path(path).relative_to(root).parts[1:-1]  # below sub-<label>
-    folders = folders[1:] if folders and folders[0].startswith("ses-") else folders
+    folders = _folders_below_session(path, root)
     return folders[0] if folders else ""
+
+
+def _folders_below_session(path, root) -> tuple[str, ...]:
+    """The folders of a file of the dataset at ``root`` below its ``sub-`` and ``ses-``
+    folders: ``("func",)`` for a BIDS scan, more where it lies deeper (``func/old/``)."""
+    folders = Path(path).relative_to(root).parts[1:-1]  # below sub-<label>
+    return folders[1:] if folders and folders[0].startswith("ses-") else folders
 
 
 def _of_datatype(path, root, datatype) -> bool:
