@@ -863,6 +863,24 @@ def test_a_subject_folder_without_bids_files_is_named(tmp_path, capsys):
     assert "note: skipped 1 participant(s): sub-02 (no BIDS files in its folder)" in err, err
 
 
+def test_participants_listed_without_a_folder_are_named(tmp_path, capsys):
+    """Animals in participants.tsv whose scans were not copied over (no ``sub-*`` folder)
+    were passed over without a word, the run 'finished' on the others; they are named in the
+    note of skipped participants, and asked for by label, in the refusal."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    (root / "participants.tsv").write_text("participant_id\tstrain\nsub-01\tC57\n"
+                                           "sub-04\tC57\nsub-05\tC57\n")
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    assert ("note: skipped 2 participant(s): sub-04 (in participants.tsv, no folder); "
+            "sub-05 (in participants.tsv, no folder)") in err, err
+    assert main(_argv(tmp_path, ["--participant-label", "04"])) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "participant(s) 04 not found in " in last, last
+    assert last.endswith("(sub-04: in participants.tsv, no folder); available: 01"), last
+
+
 def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):
     """A lab's ``.bidsignore`` (a scratch acquisition, a folder of extras, a comment) was not
     read: the ignored ``acq-scratch`` scan was registered, chosen before the session's own

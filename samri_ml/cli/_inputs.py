@@ -438,7 +438,10 @@ def collect_sessions(args) -> list[dict]:
             # a folder that is there, left out by the lab's own .bidsignore, is not "not found"
             why = [f"{', '.join(f'sub-{m}' for m in found)}: {reason}" for found, reason in (
                 ([m for m in missing if m in ignored], "left out by its .bidsignore"),
-                ([m for m in missing if m in bare], "no BIDS files in the folder")) if found]
+                ([m for m in missing if m in bare], "no BIDS files in the folder"),
+                ([m for m in missing if m not in folders
+                  and m in listed_participants(args.bids_dir)],
+                 "in participants.tsv, no folder")) if found]
             why = f" ({'; '.join(why)})" if why else ""
             raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}"
                                f"{why}; available: {some_names(subjects, 20)}")
@@ -477,6 +480,10 @@ def collect_sessions(args) -> list[dict]:
     out, empty, outside, nested, phase = [], [], [], set(), set()
     skipped = [] if args.participant_label else [f"sub-{m} (no BIDS files in its folder)"
                                                  for m in bare]
+    if not args.participant_label:
+        # animals the lab listed whose scans were not copied over were passed over unsaid
+        skipped += [f"sub-{m} (in participants.tsv, no folder)"
+                    for m in listed_participants(args.bids_dir) if m not in folders]
     for subject in wanted:
         sessions = layout.get_sessions(subject=subject) or [None]
         if sessions_wanted is not None:
@@ -654,6 +661,20 @@ def _filter_for(scan, other, root) -> dict:
                 value = mine.get(key)
                 out[key] = int(value) if isinstance(value, int) else value
     return out
+
+
+def listed_participants(bids_dir) -> list[str]:
+    """The labels (without ``sub-``) of ``bids_dir/participants.tsv``'s ``participant_id``
+    column, in its order; none where the file or the column is missing or unreadable."""
+    import csv
+
+    try:
+        with open(Path(bids_dir) / "participants.tsv", newline="", errors="replace") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except (OSError, csv.Error):
+        return []
+    labels = [(row.get("participant_id") or "").strip().removeprefix("sub-") for row in rows]
+    return list(dict.fromkeys(label for label in labels if label))
 
 
 def subject_folders(bids_dir) -> list[str]:
