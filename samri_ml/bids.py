@@ -430,19 +430,32 @@ class DeferredInterrupt(KeyboardInterrupt):
 @contextmanager
 def deferred_sigint():
     """Inside, Ctrl-C (SIGINT) waits: it is raised as ``KeyboardInterrupt`` when the block
-    ends (as :class:`DeferredInterrupt`), so that a few renames are all done or none. Outside the main thread (where no
-    handler can be set) and where SIGINT is not Python's default handler (ignored, or
-    another handler), nothing changes."""
-    if threading.current_thread() is not threading.main_thread() or (
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    ends (as :class:`DeferredInterrupt`), so that a few renames are all done or none. SIGTERM
+    waits too where Python handles it (a command under
+    :func:`~samri_ml.cli._common.terminate_as_interrupt`, which raises it as ``Terminated``):
+    it is delivered again when the block ends. Outside the main thread (where no handler can
+    be set) nothing changes, nor for SIGINT where it is not Python's default handler
+    (ignored, or another handler)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught = []
-    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    hold_int = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    term = signal.getsignal(signal.SIGTERM)
+    hold_term = callable(term)  # (SIG_DFL and SIG_IGN are not)
+    caught, terms = [], []
+    if hold_int:
+        signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    if hold_term:
+        signal.signal(signal.SIGTERM, lambda *_: terms.append(True))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if hold_int:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if hold_term:
+            signal.signal(signal.SIGTERM, term)
+    if terms:
+        signal.raise_signal(signal.SIGTERM)  # its handler raises here
     if caught:
         raise DeferredInterrupt
 

@@ -1003,6 +1003,34 @@ def test_ctrl_c_inside_an_epoch_ends_with_the_interrupted_line(tmp_path, tiny_sl
     assert "GeneratorDataset" not in run.stderr, err[-3:]
 
 
+def test_sigterm_inside_an_epoch_keeps_the_finished_epochs(tmp_path, tiny_slices):
+    """SIGTERM (``kill``, a cluster's time limit: SLURM sends it before SIGKILL) ended
+    samri_ml-train-masker at once: no model, no record, no word, the epochs done lost (Ctrl-C
+    kept them). Now it is taken as Ctrl-C: the best weights so far are saved, marked
+    interrupted, and the run ends 'terminated', exit 143. A real process, a real SIGTERM
+    in the second batch of the second epoch."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(CTRL_C_IN_AN_EPOCH.replace("signal.SIGINT)\n\n\nfit",
+                                                 "signal.SIGTERM)\n\n\nfit"))
+    out = tmp_path / "m" / "out.keras"
+    run = subprocess.run([sys.executable, str(script), str(out),
+                          "--width", "2", "--epochs-plain", "4", "--epochs-augmented", "0",
+                          "--steps-per-epoch", "4", "--batch-size", "4",
+                          "--data-dir", str(tmp_path), *TINY_DATA],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 143, run.stderr
+    assert err[-1] == "samri_ml-train-masker: terminated", err[-3:]
+    assert "note: interrupted after 1 epoch(s)" in err[-2], err[-3:]
+    record = json.loads((tmp_path / "m" / "out_training.json").read_text())
+    assert record["interrupted"] and record["history"]["phase"] == ["plain"]
+    assert out.is_file()
+
+
 def test_time_limit_before_the_first_epoch_is_an_error(tmp_path, capsys, tiny_slices):
     """A data set that took the whole --max-minutes gave an untrained model, saved as if
     trained; now one line and nothing written."""

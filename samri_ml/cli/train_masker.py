@@ -21,6 +21,7 @@ from samri_ml.cli._common import (
     number_in,
     print_line,
     run_cli,
+    terminate_as_interrupt,
 )
 from samri_ml.cli.evaluate_masker import SOURCES
 from samri_ml.errors import SamriMLError
@@ -186,8 +187,16 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv=None) -> int:
+    """Parse, then run; SIGTERM (``kill``, a cluster's time limit) is taken as Ctrl-C
+    (:func:`~samri_ml.cli._common.terminate_as_interrupt`): the finished epochs are saved,
+    exit 143 (the process ended at once, nothing saved, without a word)."""
     parser = get_parser()
     args = parser.parse_args(argv)
+    with terminate_as_interrupt():
+        return _run(parser, args)
+
+
+def _run(parser, args) -> int:
     from samri_ml.masking.train import COMBINE_KINDS, TrainConfig, combine, train
     from samri_ml.paths import existing_data_dir
 
