@@ -960,6 +960,36 @@ def test_a_voxel_type_nibabel_cannot_read_is_not_called_corrupt(tmp_path):
             load_nifti(path)
 
 
+def test_a_model_an_interrupted_training_saved_is_named_where_it_masks(tmp_path):
+    """samri_ml-mask, MaskBrain and evaluate-masker used a model that Ctrl-C or a time limit
+    saved mid-training (its record says 'interrupted') without a word; --average-of refused
+    one. A finished run's model, or one without a record, gets no note."""
+    import json
+    import warnings
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.masking.predict import model_record_notes
+
+    model = tmp_path / "lab.keras"
+    views = ["sagittal", "coronal", "axial"]
+    said = {}
+    for state, record in (("interrupted", {"interrupted": "interrupted after 1 epoch(s)",
+                                           "config": {"views": views}}),
+                          ("finished", {"config": {"views": views}}), ("none", None)):
+        record_path = tmp_path / "lab_training.json"
+        record_path.unlink(missing_ok=True)
+        if record is not None:
+            record_path.write_text(json.dumps(record))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            model_record_notes(model, views)
+        said[state] = [str(w.message) for w in seen if issubclass(w.category, SamriMLNote)]
+    assert said["interrupted"] == [f"{model} was saved by an interrupted training run (its "
+                                   "_training.json says 'interrupted'): the best epochs before "
+                                   "it stopped; hint: finish the training, or use it knowingly"]
+    assert said["finished"] == said["none"] == []
+
+
 def test_a_scan_of_one_volume_in_4d_is_named_in_its_refusal(tmp_path):
     """load_nifti made an (x, y, z, 1) scan 3D without its file name: a refusal of its data
     ("the image is constant"), in a batch of scans through MaskBrain, named no scan."""

@@ -207,7 +207,7 @@ def _main(argv=None) -> int:
     from samri_ml.io import json_dumps
     from samri_ml.masking.data import real_scans
     from samri_ml.masking.evaluate import by_source, evaluate, report
-    from samri_ml.masking.predict import load_model, unseen_views_note
+    from samri_ml.masking.predict import load_model, model_record_notes
     from samri_ml.paths import existing_data_dir
 
     if args.scans is not None:  # the pairs by name and header, before TensorFlow starts
@@ -219,7 +219,7 @@ def _main(argv=None) -> int:
         data_dir = existing_data_dir(args.data_dir)
         held_out = args.held_out if args.held_out is not None else _held_out(model_path)
     model = load_model(model_path)  # before the scans (minutes): a wrong --model at once
-    unseen_views_note(args.model, args.views)
+    model_record_notes(args.model, args.views)
     known = held_out is not None  # else nothing is known of what the model was trained on
     held_out = list(held_out or [])
     if args.scans is not None:

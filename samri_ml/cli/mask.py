@@ -151,10 +151,10 @@ class _ModelOnce:
 
     def __call__(self):
         if self.model is None:
-            from samri_ml.masking.predict import load_model, unseen_views_note
+            from samri_ml.masking.predict import load_model, model_record_notes
 
             self.model = load_model(self.args.model)
-            unseen_views_note(self.args.model, self.args.views)
+            model_record_notes(self.args.model, self.args.views)
         return self.model
 
 

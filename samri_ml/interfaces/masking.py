@@ -126,7 +126,7 @@ def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "
     import nibabel as nb
 
     from samri_ml.io import load_nifti
-    from samri_ml.masking.predict import apply_mask, predict_mask, unseen_views_note
+    from samri_ml.masking.predict import apply_mask, model_record_notes, predict_mask
 
     if num_threads < 0:  # TensorFlow aborts the process on a negative count
         from samri_ml.errors import SamriMLError
@@ -146,7 +146,7 @@ def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "
     # out_file keeps in_file's shape; a scaled run is read as float32, never as a float64
     # array
     img = load_nifti(in_file, allow_4d=True, squeeze=False, float32=True)
-    unseen_views_note(model, views)
+    model_record_notes(model, views)
     mask = predict_mask(img, model, threshold=threshold, views=tuple(views), flip=flip,
                         max_slices=max_slices)  # fmt: skip
     out_mask = _nii_gz(in_file, "_mask", out_dir)

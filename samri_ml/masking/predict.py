@@ -133,11 +133,13 @@ def training_record_path(model_path) -> Path:
     return path.with_name(path.stem + "_training.json")
 
 
-def unseen_views_note(model_path, views) -> None:
-    """A note where ``model_path``'s ``_training.json`` (``samri_ml-train-masker``'s record)
-    says it was trained along fewer slice directions than ``views``: a model trained on
-    coronal slices alone (the seed's method, ``--views coronal``) was run along all three by
-    default, on sagittal and axial slices it never saw, without a word."""
+def model_record_notes(model_path, views) -> None:
+    """Notes from ``model_path``'s ``_training.json`` (``samri_ml-train-masker``'s record):
+    where it was trained along fewer slice directions than ``views`` (a model trained on
+    coronal slices alone, the seed's method, ``--views coronal``, was run along all three by
+    default, on sagittal and axial slices it never saw, without a word), and where an
+    interrupted run saved it (the best epochs before Ctrl-C or a time limit: masks from it
+    went without a word; ``--average-of`` refuses one)."""
     import json
     import warnings
 
@@ -145,9 +147,18 @@ def unseen_views_note(model_path, views) -> None:
         return  # the shipped model: trained along all three
     path = Path(model_path)
     try:
-        trained = json.loads(training_record_path(path).read_text())
-        trained = [str(v) for v in trained["config"]["views"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(training_record_path(path).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(record, dict):
+        return
+    if record.get("interrupted"):
+        warnings.warn(f"{path} was saved by an interrupted training run (its _training.json "
+                      "says 'interrupted'): the best epochs before it stopped; hint: finish "
+                      "the training, or use it knowingly", SamriMLNote, stacklevel=3)
+    try:
+        trained = [str(v) for v in record["config"]["views"]]
+    except (KeyError, TypeError):
         return
     unseen = [v for v in dict.fromkeys(views) if v not in trained]
     if unseen and trained:
