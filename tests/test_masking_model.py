@@ -888,8 +888,33 @@ def test_train_masker_init_of_the_runs_width_trains(tmp_path, tiny_slices):
     assert val in ("dama/s1", "dama/s2", "dama/s3", "dama/s4"), val
     assert list(summary["validation_dice"]) == [f"{val}#0"]
     assert 0 <= summary["validation_dice"][f"{val}#0"] <= 1
+    # the --init model on the same volumes, before training: the baseline a fine-tune beats
+    assert list(summary["init_validation_dice"]) == [f"{val}#0"]
     trained = keras.saving.load_model(out, compile=False)
     assert [w.shape for w in trained.get_weights()] == [w.shape for w in init.get_weights()]
+
+
+def test_a_fine_tune_worse_than_its_init_is_said():
+    """Each phase restores its own best epoch, none the --init model: a lab's fine-tune could
+    end worse than the model it started from on its validation volumes, unsaid."""
+    import warnings
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.masking.train import _note_worse_than_init
+
+    init = {"a#0": 0.95, "b#0": 0.93}
+    said = []
+    for trained in ({"a#0": 0.90, "b#0": 0.92}, {"a#0": 0.95, "b#0": 0.929},
+                    {"a#0": 0.97, "b#0": 0.96}):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            _note_worse_than_init(trained, init, "lab_init.keras")
+            _note_worse_than_init(trained, None, None)  # from random weights: no baseline
+        said.append([str(w.message) for w in seen if issubclass(w.category, SamriMLNote)])
+    assert said == [["the trained model's median validation Dice is 0.9100, its --init "
+                     "model's 0.9400 on the same volumes (lab_init.keras): the training made it "
+                     "worse there; hint: fewer epochs or a lower --learning-rate, or keep the "
+                     "--init model"], [], []]  # within 0.002: no note
 
 
 def test_init_and_average_of_models_of_another_split_get_a_note(tmp_path, capsys, tiny_slices):

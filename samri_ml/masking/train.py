@@ -501,6 +501,13 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
 
     if init is not None:
         log(f"starting from the weights of {config.init_model}")
+        # the starting point on the same volumes: a fine-tune that made the model worse
+        # (a lab's few scans, too many epochs) was not said
+        counts["init_validation_dice"] = validation_dice(
+            init, {g: volumes[g] for g in val_groups}, tuple(config.views))
+        if counts["init_validation_dice"]:
+            log(f"the --init model's median validation Dice: "
+                f"{np.median(list(counts['init_validation_dice'].values())):.4f}")
         model = init
     else:
         model = build_unet(width=config.width)
@@ -742,6 +749,8 @@ def _save_run(model, out_path, config: TrainConfig, history: dict, counts: dict,
     }
     if interrupted:  # stopped by Ctrl-C after len(history["phase"]) epochs
         summary["interrupted"] = True
+    _note_worse_than_init(summary["validation_dice"], counts.get("init_validation_dice"),
+                          config.init_model)
     with write_set(out_path, loss_png=True) as (tmp_model, tmp_json, tmp_png):
         save_without_optimizer(model, tmp_model)
         plot_history(history, tmp_png, init_model=config.init_model or "random weights",
@@ -870,6 +879,23 @@ def combine(config: TrainConfig, member_paths, out_path, data_dir=None, cache_di
 
 #: a weight average this much below its worst member's median validation Dice is noted
 AVERAGE_LOSS_NOTE = 0.1
+
+
+#: a fine-tuned model's median validation Dice this far below its --init model's is said
+INIT_LOSS_NOTE = 0.002
+
+
+def _note_worse_than_init(dice: dict, init_dice: dict | None, init_model) -> None:
+    """Note a fine-tuned model whose median validation Dice is below its ``--init`` model's
+    on the same volumes (each phase restores its own best epoch, none the starting point: a
+    lab's run could end worse than the model it started from, unsaid)."""
+    if not dice or not init_dice:
+        return
+    mine, before = (float(np.median(list(d.values()))) for d in (dice, init_dice))
+    if mine < before - INIT_LOSS_NOTE:
+        _note(f"the trained model's median validation Dice is {mine:.4f}, its --init model's "
+              f"{before:.4f} on the same volumes ({init_model}): the training made it worse "
+              "there; hint: fewer epochs or a lower --learning-rate, or keep the --init model")
 
 
 def _note_worse_average(dice: dict, member_info: list[dict]) -> None:
