@@ -592,6 +592,19 @@ def test_ctrl_c_says_which_checkpoint_was_kept(tiny_data, tmp_path):
     assert "no checkpoint was saved (the first evaluation is at step 50000)" in lines[-2], lines
     assert sorted(q.name for q in out2.iterdir()) == ["config.json"]
 
+    # SIGTERM (kill, a cluster's time limit) as Ctrl-C: it ended the run at once, unsaid
+    out3 = tmp_path / "run3"
+    cmd = [sys.executable, "-m", "samri_ml.cli.train_plates",
+           *_tiny_run(tiny_data, out3, "--iterations", 100000, "--eval-every", 3)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(p, out3 / "best.json")
+    p.terminate()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-2000:]
+    lines = err.strip().splitlines()
+    assert lines[-1] == "samri_ml-train-plates: terminated", lines
+    assert f"{out3 / 'best.keras'} holds the best model so far" in lines[-2], lines
+
 
 def _sigint_default():
     """In the child: SIGINT as in a terminal (a background job's children ignore it)."""

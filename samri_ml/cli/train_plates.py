@@ -239,8 +239,18 @@ def _earlier_export(folder) -> str | None:
 
 
 def _main(argv=None) -> int:
+    """Parse, then run; SIGTERM (``kill``, a cluster's time limit) is taken as Ctrl-C
+    (:func:`~samri_ml.cli._common.terminate_as_interrupt`): the note says which checkpoint
+    is kept, exit 143 (the process ended at once, without a word)."""
+    from samri_ml.cli._common import terminate_as_interrupt
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    with terminate_as_interrupt():
+        return _run(parser, args)
+
+
+def _run(parser, args) -> int:
     from samri_ml.paths import existing_data_dir
     from samri_ml.plates.train import TrainConfig, train
 
