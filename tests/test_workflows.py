@@ -477,6 +477,24 @@ def test_bold_sidecar_counts_the_volumes_dropped_before_it():
     assert _discarded_volumes(odd, 3) == {"NumberOfVolumesDiscardedByUser": 3}
 
 
+def test_bold_sidecar_counts_the_dummy_volumes_actually_dropped(tmp_path):
+    """A run of no more volumes than --dummy-scans keeps its last one (4 of 5 dropped under
+    the default 10): its sidecar said 10 dropped, so onsets from the raw events.tsv were put 6
+    repetitions off."""
+    import nibabel as nb
+    import numpy as np
+
+    bold = tmp_path / "sub-01_task-rest_bold.nii.gz"
+    nb.Nifti1Image(np.ones((4, 4, 2, 5), np.float32), np.eye(4)).to_filename(bold)
+    for dummies, dropped in ((10, 4), (3, 3)):
+        wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", bold_files=[str(bold)],
+                             bold_metadata=[{"RepetitionTime": 2.0}],
+                             output_dir=str(tmp_path / "out"), method="functional",
+                             dummy_scans=dummies, qc=False)
+        side = wf.get_node("ds_func0").inputs.metadata
+        assert side["NumberOfVolumesDiscardedByUser"] == dropped
+
+
 def test_interfaces_and_workflows_import_without_tensorflow():
     """Building a pipeline never loads TensorFlow, Keras or ANTs (only running a MaskBrain or
     IdentifyPlate node does), and the lazy interface names show in ``dir()``."""
