@@ -285,6 +285,27 @@ def test_cli_masks_many_scans_with_one_model(tmp_path, phantom):
         assert r.returncode == 2 and said in r.stderr, r.stderr
 
 
+def test_cli_many_scans_stop_at_a_model_that_cannot_be_loaded(tmp_path, capsys):
+    """A wrong --model with --out-dir was tried again for every scan (a broken file: TensorFlow
+    each time), each scan named as failed, and the closing line blamed the scans ('3 of 3 scans
+    could not be masked'): the run stops at the model's error, which names it."""
+    from samri_ml.cli.mask import main
+
+    scans = []
+    for name in ("a", "b", "c"):
+        scans.append(tmp_path / f"{name}.nii.gz")
+        data = np.zeros((20, 20, 20), np.float32)
+        data[5:15, 5:15, 5:15] = 100 + np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+        nb.save(nb.Nifti1Image(data, np.diag([0.2, 0.2, 0.2, 1])), scans[-1])
+    model = tmp_path / "missing.keras"
+    out = tmp_path / "masks"
+    assert main([*map(str, scans), "--out-dir", str(out), "--model", str(model)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("model file not found") == 1 and f"{model}: model file not found" in err
+    assert "[2/3]" not in err and "could not be masked" not in err
+    assert not list(out.iterdir())
+
+
 def _garbage(tmp_path):
     aff = np.diag([0.2, 0.2, 0.2, 1])
     zeros = tmp_path / "zeros.nii.gz"

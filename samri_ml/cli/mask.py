@@ -142,6 +142,10 @@ def _check_options(parser, args) -> None:
         parser.error(f"--max-slices must be at least {MIN_MAX_SLICES}")
 
 
+class _ModelError(SamriMLError):
+    """The model could not be loaded: no scan can be masked (``--out-dir`` stops there)."""
+
+
 class _ModelOnce:
     """The network, loaded at the first call (after the first scan's checks: a refused image
     costs no model load, 8 s with TensorFlow's start) and kept for the next scans."""
@@ -153,7 +157,10 @@ class _ModelOnce:
         if self.model is None:
             from samri_ml.masking.predict import load_model, model_record_notes
 
-            self.model = load_model(self.args.model)
+            try:
+                self.model = load_model(self.args.model)
+            except SamriMLError as err:
+                raise _ModelError(str(err)) from err
             model_record_notes(self.args.model, self.args.views)
         return self.model
 
@@ -238,6 +245,8 @@ def _run_batch(parser, args) -> int:
         png = args.out_dir / f"{name}.png" if args.figures else None
         try:
             _mask_one(args, path, args.out_dir / f"{name}.nii.gz", None, png, model)
+        except _ModelError:  # not the scan's fault: every scan would fail, each loading it
+            raise
         except SamriMLError as err:  # one line, and on to the next scan
             print(f"{PROG}: error: {err}", file=sys.stderr)
             failed.append(str(path))
