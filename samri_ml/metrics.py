@@ -40,7 +40,8 @@ def _pair(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
             and img_b.affine is not None and img_a.shape[:3] == img_b.shape[:3]:
         from samri_ml.masking.predict import grid_offset
 
-        moved = grid_offset(img_a.affine, img_b.affine, img_a.shape[:3])
+        # (a 2D image's grid is one slice thick: its shape alone has no third axis)
+        moved = grid_offset(img_a.affine, img_b.affine, (*img_a.shape[:3], 1, 1)[:3])
         voxel = float(np.min(np.linalg.norm(img_a.affine[:3, :3], axis=0)))
         if not moved < 0.5 * voxel:  # half a voxel, as a mask applied to an image; NaN too
             names = [str(x) if isinstance(x, (str, os.PathLike)) else n

@@ -236,6 +236,13 @@ def test_dice_refuses_two_images_of_one_shape_on_different_grids(tmp_path):
     nudged = nb.Nifti1Image(a, img.affine + 1e-6)
     assert dice(img, nudged) == 1.0
     assert dice(a, np.asarray(flipped.dataobj)) == 0.0
+    # two 2D images (one section each) have a grid too: scored, or refused where it moved (an
+    # IndexError, the grid's third axis looked for in a shape of two)
+    section = nb.Nifti1Image(a[:, :, 1], img.affine)
+    assert dice(section, nb.Nifti1Image(a[:, :, 1], img.affine)) == 1.0
+    moved = nb.Nifti1Image(a[:, :, 1], img.affine @ nb.affines.from_matvec(np.eye(3), [0, 0, 3]))
+    with pytest.raises(SamriMLError, match="have one shape but not one grid"):
+        dice(section, moved)
 
 
 # -- samri_ml.masks ------------------------------------------------------------------------------
