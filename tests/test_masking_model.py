@@ -2340,6 +2340,23 @@ def test_train_masker_says_shared_data_options_do_nothing_with_scans(tmp_path, l
     assert not [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
 
 
+def test_evaluate_masker_says_shared_data_options_do_nothing_with_scans(tmp_path, capsys):
+    """--data-dir, --cache-dir and --stripped-rim are the shared data's: with --scans
+    evaluate-masker took and ignored them, unsaid (train-masker named them); now one note
+    before the run (here refused at once: a folder without masks)."""
+    from samri_ml.cli.evaluate_masker import main
+
+    empty = tmp_path / "lab"
+    empty.mkdir()
+    argv = ["--scans", str(empty)]
+    assert main([*argv, "--data-dir", str(tmp_path), "--stripped-rim", "cut"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == ("samri_ml-evaluate-masker: note: --data-dir, --stripped-rim left out: "
+                      "with --scans only your scans are scored (no shared data)"), err
+    assert main(argv) == 1  # the defaults: no note
+    assert not [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+
+
 def test_evaluate_masker_notes_name_their_scan():
     """A note of the masking (the mask filling most of the image, a bright background) in an
     evaluation of many scans did not say which scan it was about."""

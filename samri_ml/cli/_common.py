@@ -162,6 +162,18 @@ def _one_line(err) -> str:
     return " ".join(str(err).split())
 
 
+#: the options of :func:`add_masker_data_options` as ``(flag, dest)``: the shared data's, which
+#: do nothing with ``--scans`` (a lab's own folder)
+MASKER_DATA_OPTIONS = (("--data-dir", "data_dir"), ("--cache-dir", "cache_dir"),
+                       ("--stripped-rim", "stripped_rim"))
+
+
+def options_given(parser, args, options) -> list[str]:
+    """The flags of ``options`` (``(flag, dest)`` pairs) that ``args`` gives a value other
+    than the parser's default: options a mode leaves out, to be named rather than ignored."""
+    return [flag for flag, dest in options if getattr(args, dest) != parser.get_default(dest)]
+
+
 def add_masker_data_options(parser) -> None:
     """``--data-dir``, ``--cache-dir`` and ``--stripped-rim``, shared by the masker's training
     and evaluation."""

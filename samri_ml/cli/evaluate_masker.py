@@ -13,12 +13,14 @@ from pathlib import Path
 
 from samri_ml import __version__
 from samri_ml.cli._common import (
+    MASKER_DATA_OPTIONS,
     HelpFormatter,
     add_flip_option,
     add_masker_data_options,
     add_views_option,
     check_output_dir,
     check_output_file,
+    options_given,
     print_line,
     run_cli,
     write_output_text,
@@ -204,6 +206,10 @@ def _main(argv=None) -> int:
     if args.scans is not None and (args.sources or args.held_out is not None):
         parser.error("--sources and --held-out name shared sources; with --scans only your "
                      "scans are scored")
+    unused = options_given(parser, args, MASKER_DATA_OPTIONS) if args.scans is not None else []
+    if unused:  # the shared data's: given with --scans they did nothing, unsaid
+        print(f"{PROG}: note: {', '.join(unused)} left out: with --scans only your scans are "
+              "scored (no shared data)", file=sys.stderr)
     from samri_ml.io import json_dumps
     from samri_ml.masking.data import real_scans
     from samri_ml.masking.evaluate import by_source, evaluate, report

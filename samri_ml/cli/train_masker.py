@@ -13,12 +13,14 @@ from pathlib import Path
 
 from samri_ml import __version__
 from samri_ml.cli._common import (
+    MASKER_DATA_OPTIONS,
     HelpFormatter,
     add_masker_data_options,
     add_threads_option,
     add_views_option,
     check_output_dir,
     number_in,
+    options_given,
     print_line,
     run_cli,
     terminate_as_interrupt,
@@ -211,14 +213,11 @@ def _run(parser, args) -> int:
                      "the scans and their *_desc-brain_mask.nii.gz")
     if args.scans is not None:
         # options of the shared data's sources: given with --scans they did nothing, unsaid
-        unused = [opt for opt, dest in (("--holdout", "holdout"),
-                                        ("--synth-per-dama", "synth_per_dama"),
-                                        ("--synth-per-template", "synth_per_template"),
-                                        ("--snout-neck", "snout_neck"),
-                                        ("--stripped-rim", "stripped_rim"),
-                                        ("--data-dir", "data_dir"),
-                                        ("--cache-dir", "cache_dir"))
-                  if getattr(args, dest) != parser.get_default(dest)]
+        unused = options_given(parser, args, (("--holdout", "holdout"),
+                                              ("--synth-per-dama", "synth_per_dama"),
+                                              ("--synth-per-template", "synth_per_template"),
+                                              ("--snout-neck", "snout_neck"),
+                                              *MASKER_DATA_OPTIONS))
         if unused:
             print(f"{PROG}: note: {', '.join(unused)} left out: with --scans the data set is "
                   f"your scans alone (no shared data, no synthetic heads)", file=sys.stderr)
