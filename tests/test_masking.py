@@ -960,6 +960,15 @@ def test_a_voxel_type_nibabel_cannot_read_is_not_called_corrupt(tmp_path):
             load_nifti(path)
 
 
+def test_a_scans_mask_in_an_out_dir_is_named_without_its_image_extension():
+    """samri_ml-mask IN... --out-dir: an Analyze pair's mask was named scan.img_mask.nii.gz."""
+    from samri_ml.cli.mask import batch_name
+
+    for name in ("sub-01_T2w.nii.gz", "sub-01_T2w.nii", "sub-01_T2w.img", "sub-01_T2w.hdr",
+                 "sub-01_T2w.img.gz", "sub-01_T2w.NII.GZ"):
+        assert batch_name(f"/data/{name}").endswith("_T2w_mask"), name
+
+
 def test_a_model_an_interrupted_training_saved_is_named_where_it_masks(tmp_path):
     """samri_ml-mask, MaskBrain and evaluate-masker used a model that Ctrl-C or a time limit
     saved mid-training (its record says 'interrupted') without a word; --average-of refused

@@ -45,7 +45,7 @@ def get_parser() -> argparse.ArgumentParser:
                    "with --out-dir, the images only")
     p.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
                    help="mask every IN, the model loaded once (a loop of this command loads it "
-                   "for each scan, 5-10 s), into DIR/<IN's name>_mask.nii.gz (DIR is created "
+                   "for each scan, 5-20 s), into DIR/<IN's name>_mask.nii.gz (DIR is created "
                    "where missing); a scan that cannot be masked is said and the others are "
                    "masked (exit 1)")
     p.add_argument("--figures", action="store_true",
@@ -202,9 +202,10 @@ def _mask_one(args, in_file, out_file, masked, png, model) -> tuple[float, float
 
 
 def batch_name(in_file) -> str:
-    """The name of IN's mask in ``--out-dir``: IN's name without .nii/.nii.gz, ``_mask``."""
+    """The name of IN's mask in ``--out-dir``: IN's name without its image extension
+    (.nii, .nii.gz; an Analyze or NIfTI pair's .hdr/.img, gzipped or not), ``_mask``."""
     name = Path(in_file).name
-    for ext in (".nii.gz", ".nii"):
+    for ext in (".nii.gz", ".nii", ".img.gz", ".hdr.gz", ".img", ".hdr"):
         if name.lower().endswith(ext):
             return name[: -len(ext)] + "_mask"
     return name + "_mask"
