@@ -38,12 +38,12 @@ def _pair(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
     img_a, img_b = _image(a), _image(b)
     if img_a is not None and img_b is not None and img_a.affine is not None \
             and img_b.affine is not None and img_a.shape[:3] == img_b.shape[:3]:
-        from samri_ml.masking.predict import grid_offset
+        from samri_ml.masking.predict import grids_apart
 
-        # (a 2D image's grid is one slice thick: its shape alone has no third axis)
-        moved = grid_offset(img_a.affine, img_b.affine, (*img_a.shape[:3], 1, 1)[:3])
-        voxel = float(np.min(np.linalg.norm(img_a.affine[:3, :3], axis=0)))
-        if not moved < 0.5 * voxel:  # half a voxel, as a mask applied to an image; NaN too
+        # (a 2D image's grid is one slice thick: its shape alone has no third axis); half a
+        # voxel apart or more, as a mask applied to an image
+        moved = grids_apart(img_a.affine, img_b.affine, (*img_a.shape[:3], 1, 1)[:3])
+        if moved is not None:
             names = [str(x) if isinstance(x, (str, os.PathLike)) else n
                      for x, n in ((a, "the first"), (b, "the second"))]
             raise SamriMLError(f"{what}: {names[0]} and {names[1]} have one shape but not one "

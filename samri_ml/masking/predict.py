@@ -683,6 +683,15 @@ def grid_offset(affine, other, shape) -> float:
     return float(np.abs(affine @ corners - other @ corners)[:3].max())
 
 
+def grids_apart(affine, other, shape) -> float | None:
+    """How far apart :func:`grid_offset` puts two grids of ``shape`` where it is half a voxel
+    (of ``affine``) or more, NaN included: not one grid; None for one grid (ITK's float32
+    rounding of an affine stays far below that)."""
+    moved = grid_offset(affine, other, shape)
+    voxel = float(np.min(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
+    return None if moved < 0.5 * voxel else moved
+
+
 def check_same_grid(img, mask_img, img_name: str = "the image", mask_name: str = "the mask",
                     *, affine: bool = True) -> None:
     """Refuse a mask that is not on the image's voxel grid: another shape, or (with
@@ -695,9 +704,8 @@ def check_same_grid(img, mask_img, img_name: str = "the image", mask_name: str =
                            f"{shape}; hint: give a mask of that image")
     if not affine:
         return
-    moved = grid_offset(img.affine, mask_img.affine, shape)
-    voxel = float(np.min(np.linalg.norm(img.affine[:3, :3], axis=0)))
-    if not moved < 0.5 * voxel:  # NaN too
+    moved = grids_apart(img.affine, mask_img.affine, shape)
+    if moved is not None:
         raise SamriMLError(f"brain mask {mask_name} is not on the grid of {img_name}: same shape "
                            f"{shape}, but its affine puts the grid {moved:.3g} mm away; hint: "
                            "give a mask of that image, or resample it onto the image first")
