@@ -363,6 +363,24 @@ def test_compare_refuses_what_it_would_pool(tmp_path, capsys):
         assert f"--space {bad}: " in capsys.readouterr().err
 
 
+def test_scan_of_analyze_images_measures_them_in_mm(images, tmp_path, capsys):
+    """An Analyze 7.5 pair (no spatial unit in its header: mm by convention) ended in
+    "AttributeError: 'Spm2AnalyzeHeader' object has no attribute 'get_xyzt_units'"."""
+    proc_f, raw_f = images
+    pairs = []
+    for path in (proc_f, raw_f):
+        img = nb.load(path)
+        pair = tmp_path / (Path(path).name.split(".")[0] + ".hdr")
+        nb.save(nb.AnalyzeImage(np.asarray(img.dataobj, np.float32), img.affine), pair)
+        pairs.append(pair)
+    assert main(["scan", str(proc_f), str(raw_f)]) == 0
+    nifti = json.loads(capsys.readouterr().out)
+    assert main(["scan", *map(str, pairs)]) == 0
+    analyze = json.loads(capsys.readouterr().out)
+    for key in ("vcf", "volume_processed", "volume_raw", "fwhm_raw"):
+        assert analyze[key] == pytest.approx(nifti[key], rel=1e-4), key
+
+
 def test_scan_guards_its_inputs_and_names_the_scan_after_its_source(images, tmp_path, capsys):
     """--json naming an input overwrote it; a series against a volume gave a meaningless SCF
     (its temporal mean is compared now);

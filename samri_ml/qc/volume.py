@@ -115,6 +115,14 @@ def mm_per_unit(unit: str | None) -> float:
     return MM_PER_UNIT.get(unit or "unknown", 1.0)
 
 
+def spatial_unit(img) -> str:
+    """The spatial unit of ``img``'s header (``meter``, ``mm``, ``micron``, ``unknown``);
+    ``unknown`` (taken as mm) for a header without one, such as Analyze 7.5's (a QC of an
+    Analyze image ended in "AttributeError: ... no attribute 'get_xyzt_units'")."""
+    units = getattr(img.header, "get_xyzt_units", None)
+    return units()[0] if units is not None else "unknown"
+
+
 def affine_mm(img) -> np.ndarray:
     """The voxel-to-world affine of a NIfTI image in mm, whatever its header's spatial unit.
 
@@ -125,7 +133,7 @@ def affine_mm(img) -> np.ndarray:
     give them in um^3 and um (its VCF against a template in mm: 9e-10).
     """
     affine = np.array(img.affine, dtype=float)
-    affine[:3] *= mm_per_unit(img.header.get_xyzt_units()[0])
+    affine[:3] *= mm_per_unit(spatial_unit(img))
     return affine
 
 
@@ -134,7 +142,7 @@ def image_mm(img):
     ``img`` itself where that is its unit already. Two images compared on one grid (a
     template's mask and a scan registered to it) must count in the same unit: a mask in
     microns lay 1000x away from a scan in mm (its brain_coverage: 0.0001)."""
-    if mm_per_unit(img.header.get_xyzt_units()[0]) == 1.0:
+    if mm_per_unit(spatial_unit(img)) == 1.0:
         return img
     out = img.__class__(img.dataobj, affine_mm(img), img.header)
     out.header.set_xyzt_units("mm", img.header.get_xyzt_units()[1])
