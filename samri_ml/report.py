@@ -644,6 +644,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
         missing = []
         earlier = []
         registered_anats = []
+        unrecorded = []  # scans off the template without a QC record
         failed = failed_steps(output_dir / f"sub-{subject}" / "log", crashes_since) \
             if crashes_since is not None else []
         if failed:
@@ -734,6 +735,10 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     row["_coverage"] = coverage
                     row["_earlier"] = bool(old)
                     qc_rows.append(row)
+                elif off is not None:
+                    # without a QC record (--no-qc) the banner and index.html said nothing of
+                    # a structural scan registered off the template
+                    unrecorded.append({"scan": name, "modality": kind, "_coverage": coverage})
         if len(registered_anats) > 1:
             body.append("<h2>Coherence across sessions</h2><p class='note'>Each session's "
                         "registered structural scan above the first session's, both under "
@@ -750,7 +755,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
             body.append(_qc_table(qc_rows, lo, hi, grid_mm3))
         if graph is not None and graph.exists():
             body.append(_graph_link(graph, output_dir))
-        warnings = report_warnings(qc_rows, failed, missing, earlier, grid_mm3=grid_mm3)
+        warnings = report_warnings(qc_rows + unrecorded, failed, missing, earlier, grid_mm3=grid_mm3)
         summaries[subject] = ([tag for tag in dict.fromkeys(
             f"ses-{item['session']}" for item in items if item["session"])], warnings)
         banner = []

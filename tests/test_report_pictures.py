@@ -558,3 +558,23 @@ def test_index_lists_every_report_and_links_the_graph_relative_to_the_folder(tmp
         assert not parser.open, name  # every tag closed
         assert set(parser.hrefs) == expected, (name, parser.hrefs)
         assert all((moved / href).is_file() for href in parser.hrefs)
+
+
+def test_a_structural_scan_off_the_template_is_in_the_banner_and_index_without_qc(tmp_path):
+    """With --no-qc (no QC records) a structural scan covering a quarter of the template's
+    brain got its note in the page's body only: no banner, and index.html said 'no
+    warnings'. The coverage is the report's own: it is named there as with QC."""
+    out, items, kw = _make_run(tmp_path)
+    anat = derivative_path(out, items[0]["anat"], space="T", desc="preproc")
+    data = np.asanyarray(nb.load(anat).dataobj).copy()
+    data[:, :20] = data[:, 26:] = 0  # a slab: the rest of the brain off the scan
+    _save(data, anat)
+    for qc in (True, False):
+        (page,) = write_subject_reports(out, items, masking="none", qc=qc, **kw)
+        text = page.read_text()
+        banner = text[text.index("<div class='banner'"):text.index("</div>")]
+        assert "sub-01_ses-1_T2w: the registered structural scan covers only" in banner
+        assert "unless the scan is a slab of part of the brain" in banner
+        assert "task-rest_bold" not in banner  # a functional run of part of the brain: never
+        index = (out / "index.html").read_text()
+        assert "no warnings" not in index and "the registration probably failed" in index
