@@ -717,6 +717,36 @@ def test_scans_are_selected_by_their_own_folder_whatever_folder_holds_the_datase
     assert [Path(b).name for b in session["bold"]] == [Path(BOLD).name]
 
 
+@pytest.mark.parametrize("folder, said", [
+    ("sub-01", "(sub-01), which pybids reads as every scan's subject; hint: rename that folder "
+               "(sub-01 -> sub01)"),
+    ("task-x", "(task-x), which pybids reads as every scan's task; hint: rename that folder "
+               "(task-x -> taskx)"),
+])
+def test_a_dataset_in_a_folder_named_as_an_entity_is_refused(tmp_path, capsys, folder, said):
+    """pybids matches entities on a file's whole path, the first match winning: a dataset
+    kept in /data/sub-01/ had every scan taken as sub-01's (sub-02's run registered with
+    sub-01's T2w, sub-02 'no BIDS files'), one in /data/task-x/ every run's task as x."""
+    root = tmp_path / folder
+    make_dataset(root)
+    bids = root / "bids"
+    shutil.copytree(bids / "sub-01", bids / "sub-02")
+    for path in sorted((bids / "sub-02").rglob("sub-01*"), reverse=True):
+        path.rename(path.with_name(path.name.replace("sub-01", "sub-02")))
+    assert main(_argv(root, [])) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"samri_ml-register: error: {bids}: a folder holding the dataset is named "
+                    f"as a BIDS entity {said} or move the dataset out of it"), last
+    # the same dataset in a folder of another name: both subjects, each with its own scans
+    plain = tmp_path / "plain"
+    shutil.copytree(root, plain)
+    assert main(_argv(plain, [])) == 0
+    err = capsys.readouterr().err
+    for sub in ("01", "02"):
+        assert f"dry run: sub-{sub} ses-1: sub-{sub}_ses-1_T2w.nii.gz, " \
+            f"sub-{sub}_ses-1_task-rest_bold.nii.gz\n" in err, err
+
+
 @pytest.mark.parametrize("sidecar, said", [
     ({"RepetitionTime": "1.0"}, "RepetitionTime '1.0' in its sidecar is not a number"),
     ({"RepetitionTime": -1}, "RepetitionTime -1 in its sidecar is not a number of seconds "

@@ -392,6 +392,24 @@ def _unselected_subject(bids_dir, path, selected) -> str | None:
     return first[4:]
 
 
+def _entity_folder(root) -> tuple[str, str] | None:
+    """``(folder, entity)`` where a folder holding the dataset at ``root`` is named as pybids
+    reads an entity (``/data/sub-01/``, ``/data/task-x/``), or None. pybids matches its
+    entities on a file's whole path, the first match winning: under ``/data/sub-01/`` every
+    scan was sub-01's (sub-02's run registered with sub-01's T2w), under ``/data/task-x/``
+    every run's task was x (-f's task and the sidecars it inherits matched nothing). The
+    datatype is read from the scan's own folder (:func:`_datatype_of`)."""
+    from bids.layout.models import Config
+
+    text = Path(root).as_posix().rstrip("/") + "/"
+    for name, entity in Config.load("bids").entities.items():
+        found = None if name == "datatype" or entity.regex is None else \
+            entity.regex.search(text)
+        if found:
+            return found.group(0).strip("/_"), name
+    return None
+
+
 def collect_sessions(args) -> list[dict]:
     """Query the dataset: one entry per subject/session with its structural and functional scans."""
     import bids
@@ -399,6 +417,13 @@ def collect_sessions(args) -> list[dict]:
     from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     from samri_ml.bids import bidsignore_patterns, parse_entities
+
+    named = _entity_folder(args.bids_dir)
+    if named:
+        raise SamriMLError(
+            f"{args.bids_dir}: a folder holding the dataset is named as a BIDS entity "
+            f"({named[0]}), which pybids reads as every scan's {named[1]}; hint: rename that "
+            f"folder ({named[0]} -> {named[0].replace('-', '')}) or move the dataset out of it")
 
     # pybids does not read .bidsignore: a scan a lab listed there (a scratch or failed
     # acquisition) was registered, even chosen before the good scan of its session
