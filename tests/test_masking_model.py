@@ -285,6 +285,22 @@ def test_cli_masks_many_scans_with_one_model(tmp_path, phantom):
         assert r.returncode == 2 and said in r.stderr, r.stderr
 
 
+def test_cli_many_scans_take_a_pairs_hdr_and_img_as_one_scan(tmp_path, phantom):
+    """``samri_ml-mask scans/* --out-dir DIR`` on a folder of Analyze/NIfTI pairs gives each
+    pair's .hdr and .img: they were refused as two scans masked into one name ('hint: ...
+    rename one', which breaks the pair); one scan, masked once."""
+    img = phantom["T2w"]
+    pair = tmp_path / "scans" / "head.img"
+    pair.parent.mkdir()
+    nb.save(nb.Nifti1Pair(np.asarray(img.dataobj), img.affine), pair)
+    given = sorted(pair.parent.iterdir())  # head.hdr, head.img
+    out = tmp_path / "masks"
+    r = _cli(*given, "--out-dir", out)
+    assert r.returncode == 0, r.stderr
+    assert "[1/1]" in r.stderr and "[2/" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["head_mask.nii.gz"]
+
+
 def test_cli_many_scans_stop_at_a_model_that_cannot_be_loaded(tmp_path, capsys):
     """A wrong --model with --out-dir was tried again for every scan (a broken file: TensorFlow
     each time), each scan named as failed, and the closing line blamed the scans ('3 of 3 scans

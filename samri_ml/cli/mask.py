@@ -211,6 +211,17 @@ def batch_name(in_file) -> str:
     return name + "_mask"
 
 
+def _scan_key(path) -> Path:
+    """What names IN's scan: its resolved path, where an Analyze or NIfTI pair's .hdr and .img
+    are one scan (a glob of a folder of pairs, ``scans/*``, gives both: they were refused as
+    two scans of one name, with a hint to rename one)."""
+    real = Path(path).resolve()
+    for ext in (".img.gz", ".hdr.gz", ".img", ".hdr"):
+        if real.name.lower().endswith(ext):
+            return real.with_name(real.name[: -len(ext)] + ext.replace("hdr", "img"))
+    return real
+
+
 def _run_batch(parser, args) -> int:
     """``IN [IN ...] --out-dir DIR``: each scan masked in turn with one model; a scan that
     cannot be masked is said in one line and the others are masked; exit 1 where any failed.
@@ -224,7 +235,7 @@ def _run_batch(parser, args) -> int:
     names: dict[str, Path] = {}
     for path in args.files:
         name = batch_name(path)
-        if name in names and names[name].resolve() != path.resolve():
+        if name in names and _scan_key(names[name]) != _scan_key(path):
             parser.error(f"{names[name]} and {path} would both be masked into {name}.nii.gz; "
                          "hint: mask them into two folders, or rename one")
         names[name] = path
