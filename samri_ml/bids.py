@@ -18,6 +18,11 @@ from pathlib import Path
 ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc",
                 "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc",
                 "hemi", "split", "recording", "chunk")
+#: pybids' names of the entities whose BIDS key differs (``-s '{"acq": "fast"}'`` was
+#: refused by pybids, "'acq' is not a recognized entity")
+PYBIDS_NAMES = {"sub": "subject", "ses": "session", "acq": "acquisition", "nuc": "nucleus",
+                "voi": "volume", "ce": "ceagent", "trc": "tracer", "stain": "staining",
+                "rec": "reconstruction", "dir": "direction", "mod": "modality"}
 #: the raw entities that the specification puts after ``space``
 AFTER_SPACE = ("split", "recording", "chunk")
 _ENTITY = re.compile(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9]+)")

@@ -717,6 +717,29 @@ def test_scans_are_selected_by_their_own_folder_whatever_folder_holds_the_datase
     assert [Path(b).name for b in session["bold"]] == [Path(BOLD).name]
 
 
+def test_filters_take_bids_keys_and_refuse_the_subject_or_session(tmp_path, capsys):
+    """-s/-f with BIDS' own keys ("acq") was refused by pybids ("'acq' is not a recognized
+    entity"); one with a subject ended in 'TypeError: dict() got multiple values', and a
+    session was overridden by each session's query: -f '{"session": "2"}' registered ses-1's
+    runs, unsaid."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    fast = root / BOLD.replace("_bold", "_acq-fast_bold")
+    shutil.copy(root / BOLD, fast)
+    shutil.copy(root / BOLD.replace(".nii.gz", ".json"), fast.with_name(
+        fast.name.replace(".nii.gz", ".json")))
+    assert main(_argv(tmp_path, ["-f", '{"datatype": "func", "acq": "fast"}'])) == 0
+    err = capsys.readouterr().err
+    assert f"dry run: sub-01 ses-1: sub-01_ses-1_T2w.nii.gz, {fast.name}\n" in err, err
+    for given, said in (('{"subject": "01"}', "choose the subject with --participant-label"),
+                        ('{"datatype": "func", "ses": "2"}',
+                         "choose the session with --session-label")):
+        assert main(_argv(tmp_path, ["-f", given])) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.endswith(f"argument -f/--functional-match: {given!r}: {said}, not in "
+                             "-s/-f"), last
+
+
 @pytest.mark.parametrize("folder, said", [
     ("sub-01", "(sub-01), which pybids reads as every scan's subject; hint: rename that folder "
                "(sub-01 -> sub01)"),

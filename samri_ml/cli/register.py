@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
+from samri_ml.bids import PYBIDS_NAMES
 from samri_ml.cli._common import (
     HelpFormatter,
     nearest_existing,
@@ -62,6 +63,15 @@ def _json_dict(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err.msg})") from err
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"suffix\": [\"T2w\"]}}', got {text!r}")
+    # BIDS' keys (acq, rec, ...) taken as pybids names them (acquisition, ...)
+    value = {PYBIDS_NAMES.get(key, key): item for key, item in value.items()}
+    chosen = [f"the {key} with {option}" for key, option in (
+        ("subject", "--participant-label"), ("session", "--session-label")) if key in value]
+    if chosen:
+        # a subject ended in a TypeError; a session was overridden by each session's own
+        # query (ses-1's runs registered for -f '{"session": "2"}'), unsaid
+        raise argparse.ArgumentTypeError(f"{text!r}: choose {' and '.join(chosen)}, not in "
+                                         "-s/-f")
     return value
 
 
