@@ -1023,6 +1023,23 @@ def test_a_scan_outside_the_sessions_of_its_subject_is_named(tmp_path, capsys):
     assert "left out" not in capsys.readouterr().err
 
 
+def test_a_run_left_out_is_not_named_again_as_unmatched_by_f(tmp_path, capsys):
+    """A run in no ses-* folder of a subject with sessions was named as left out, then again
+    as one that -f did not match ('no functional run matches -f ...; hint: check -f'), the
+    -f that had matched it."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    (root / "sub-01" / "func").mkdir()
+    for ext in (".nii.gz", ".json"):
+        (root / BOLD.replace(".nii.gz", ext)).rename(
+            root / "sub-01" / "func" / f"sub-01_task-rest_bold{ext}")
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    assert "left out 1 scan(s) in no ses-* folder of a subject that has sessions (each scan " \
+        "belongs to one session): sub-01/func/sub-01_task-rest_bold.nii.gz" in err, err
+    assert "no functional run matches" not in err, err
+
+
 def test_a_broken_sidecar_is_named_and_stops_only_its_subject(tmp_path, capsys):
     """A sidecar that is not JSON stopped the run with pybids' words ("Error occurred while
     trying to decode JSON from file <BIDSJSONFile filename=...>"), even where its subject was

@@ -578,9 +578,12 @@ def collect_sessions(args) -> list[dict]:
     if not any(item["bold"] for item in out):
         # a misspelt task in -f dropped every run: the structural scans alone were registered,
         # exit 0, without a word (an -s that matches nothing is noted per session)
+        # those named as left out above (in no session, nested, phase) matched -f: not again
+        # as "check -f"
+        named = {*outside, *nested, *phase}
         runs = [f for f in layout.get(subject=wanted, extension=[".nii", ".nii.gz"],
                                       return_type="filename")
-                if _datatype_of(f, layout.root) == "func"]
+                if _datatype_of(f, layout.root) == "func" and f not in named]
         if runs:
             print(f"{PROG}: note: no functional run matches -f "
                   f"{json.dumps(args.functional_match)}, of the {len(runs)} in the selected "
