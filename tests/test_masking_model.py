@@ -2175,6 +2175,29 @@ def test_lab_scans_in_a_datalad_dataset_pair_as_without_it(tmp_path, lab_scans_d
     assert len(want) == 4 and {s for _, _, s in want} == {"sub-01", "sub-02", "sub-03"}
 
 
+def test_lab_scans_there_by_name_only_are_named(tmp_path, lab_scans_dir):
+    """A DataLad dataset not fetched (its scans links into .git/annex/objects, content not
+    there) or a folder of links to scans moved away: the files were passed over, and
+    train-masker/evaluate-masker --scans said 'no brain masks found; hint: name each scan's
+    mask like its image', of masks named so. They are named, with the way to fetch them."""
+    from samri_ml.masking.data import lab_pairs
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab")
+    for path in sorted(lab.rglob("*.nii.gz")):  # `datalad drop`: links to absent content
+        path.unlink()
+        path.symlink_to(f"../../.git/annex/objects/Xy/Zw/MD5E-s1--{path.name}/x.nii.gz")
+    with pytest.raises(SamriMLError, match=r"--scans .*: 8 NIfTI file\(s\) without their "
+                       r"content, e\.g\. .*sub-01_T2w.*datalad get"):
+        lab_pairs(lab)
+    mask = lab / "sub-02" / "anat" / "sub-02_desc-brain_mask.nii.gz"
+    other = _lab_copy(lab_scans_dir, tmp_path / "other")
+    (other / mask.relative_to(lab)).unlink()
+    (other / mask.relative_to(lab)).symlink_to(tmp_path / "moved" / mask.name)
+    with pytest.raises(SamriMLError, match=r"1 NIfTI file\(s\) .*sub-02_desc-brain_mask"
+                       r".*a symbolic link to .*moved.*which does not exist"):
+        lab_pairs(other)
+
+
 def test_lab_scans_in_linked_animal_folders_are_read(tmp_path, lab_scans_dir):
     """A --scans folder of links to the animals' folders (sub-02 -> /data/study/sub-02):
     ``Path.rglob`` did not follow them (Python < 3.13), so those animals were left out of the
