@@ -740,30 +740,36 @@ def test_filters_take_bids_keys_and_refuse_the_subject_or_session(tmp_path, caps
                              "-s/-f"), last
 
 
-@pytest.mark.parametrize("folder, said", [
-    ("sub-01", "(sub-01), which pybids reads as every scan's subject; hint: rename that folder "
-               "(sub-01 -> sub01)"),
-    ("task-x", "(task-x), which pybids reads as every scan's task; hint: rename that folder "
-               "(task-x -> taskx)"),
+@pytest.mark.parametrize("folder, extra, said", [
+    ("sub-01", [], "(sub-01), which pybids reads as every scan's subject; hint: rename that "
+                   "folder (sub-01 -> sub01)"),
+    ("task-x", ["-f", '{"datatype": "func", "task": "rest"}'],
+     "(task-x), which pybids reads as every scan's task; hint: rename that folder "
+     "(task-x -> taskx)"),
 ])
-def test_a_dataset_in_a_folder_named_as_an_entity_is_refused(tmp_path, capsys, folder, said):
+def test_a_dataset_in_a_folder_named_as_an_entity_is_refused(tmp_path, capsys, folder, extra,
+                                                             said):
     """pybids matches entities on a file's whole path, the first match winning: a dataset
     kept in /data/sub-01/ had every scan taken as sub-01's (sub-02's run registered with
-    sub-01's T2w, sub-02 'no BIDS files'), one in /data/task-x/ every run's task as x."""
+    sub-01's T2w, sub-02 'no BIDS files'), one in /data/task-x/ every run's task as x (-f's
+    task matched nothing; without one in -s/-f the task is not read, and it runs)."""
     root = tmp_path / folder
     make_dataset(root)
     bids = root / "bids"
     shutil.copytree(bids / "sub-01", bids / "sub-02")
     for path in sorted((bids / "sub-02").rglob("sub-01*"), reverse=True):
         path.rename(path.with_name(path.name.replace("sub-01", "sub-02")))
-    assert main(_argv(root, [])) == 1
+    assert main(_argv(root, extra)) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == (f"samri_ml-register: error: {bids}: a folder holding the dataset is named "
                     f"as a BIDS entity {said} or move the dataset out of it"), last
+    if extra:
+        assert main(_argv(root, [])) == 0
+        capsys.readouterr()
     # the same dataset in a folder of another name: both subjects, each with its own scans
     plain = tmp_path / "plain"
     shutil.copytree(root, plain)
-    assert main(_argv(plain, [])) == 0
+    assert main(_argv(plain, extra)) == 0
     err = capsys.readouterr().err
     for sub in ("01", "02"):
         assert f"dry run: sub-{sub} ses-1: sub-{sub}_ses-1_T2w.nii.gz, " \

@@ -392,21 +392,22 @@ def _unselected_subject(bids_dir, path, selected) -> str | None:
     return first[4:]
 
 
-def _entity_folder(root) -> tuple[str, str] | None:
+def _entity_folder(root, used=()) -> tuple[str, str] | None:
     """``(folder, entity)`` where a folder holding the dataset at ``root`` is named as pybids
-    reads an entity (``/data/sub-01/``, ``/data/task-x/``), or None. pybids matches its
-    entities on a file's whole path, the first match winning: under ``/data/sub-01/`` every
-    scan was sub-01's (sub-02's run registered with sub-01's T2w), under ``/data/task-x/``
-    every run's task was x (-f's task and the sidecars it inherits matched nothing). The
-    datatype is read from the scan's own folder (:func:`_datatype_of`)."""
+    reads the subject, the session or an entity of ``used`` (the -s/-f keys), or None.
+    pybids matches its entities on a file's whole path, the first match winning: under
+    ``/data/sub-01/`` every scan was sub-01's (sub-02's run registered with sub-01's T2w),
+    under ``/data/task-x/`` every run's task x (-f's ``task`` matched nothing). Other entities
+    so named do no harm (every file has the same); the datatype is read from the scan's own
+    folder (:func:`_datatype_of`)."""
     from bids.layout.models import Config
 
     text = Path(root).as_posix().rstrip("/") + "/"
     for name, entity in Config.load("bids").entities.items():
-        found = None if name == "datatype" or entity.regex is None else \
-            entity.regex.search(text)
-        if found:
-            return found.group(0).strip("/_"), name
+        if name in ("subject", "session", *used) and name != "datatype" and entity.regex:
+            found = entity.regex.search(text)
+            if found:
+                return found.group(0).strip("/_"), name
     return None
 
 
@@ -418,7 +419,7 @@ def collect_sessions(args) -> list[dict]:
 
     from samri_ml.bids import bidsignore_patterns, parse_entities
 
-    named = _entity_folder(args.bids_dir)
+    named = _entity_folder(args.bids_dir, {*args.structural_match, *args.functional_match})
     if named:
         raise SamriMLError(
             f"{args.bids_dir}: a folder holding the dataset is named as a BIDS entity "
