@@ -850,6 +850,18 @@ def mark_interrupted(report, rewritten: list[str], when: float) -> bool:
               "folder. Rerun that command (finished steps are reused) for a report of one "
               "run.</div>")
     atomic_write_text(page.replace("<body>", "<body>" + banner, 1), report)
+    # index.html said "no warnings" of a subject whose report it links now warns
+    index = report.parent / INDEX
+    try:
+        listing = index.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return True
+    line = (f"<div class='banner interrupted' role='alert'><b>{html.escape(report.stem)}:</b> a "
+            f"later run (started {html.escape(stamp)}) was interrupted after rewriting "
+            f"{len(rewritten)} of its files: its report, and this page, are an earlier run's "
+            "(see its report).</div>")
+    if line not in listing and "<body>" in listing:
+        atomic_write_text(listing.replace("<body>", "<body>" + line, 1), index)
     return True
 
 

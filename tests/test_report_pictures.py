@@ -578,3 +578,24 @@ def test_a_structural_scan_off_the_template_is_in_the_banner_and_index_without_q
         assert "task-rest_bold" not in banner  # a functional run of part of the brain: never
         index = (out / "index.html").read_text()
         assert "no warnings" not in index and "the registration probably failed" in index
+
+
+def test_an_interrupted_rerun_is_named_in_the_index_too(tmp_path):
+    """A rerun interrupted after it rewrote part of a subject's files marked the subject's
+    report (mark_interrupted), but index.html, an earlier run's, still said 'no warnings'
+    of it. The index names the subject in a banner too, once."""
+    import time
+
+    from samri_ml.report import mark_interrupted
+
+    out, items, kw = _make_run(tmp_path)
+    (page,) = write_subject_reports(out, items, masking="none", **kw)
+    index = out / "index.html"
+    assert "no warnings" in index.read_text()
+    when = time.time()
+    for _ in range(2):
+        mark_interrupted(page, ["sub-01_ses-1_space-T_desc-preproc_T2w.nii.gz"], when)
+    text = index.read_text()
+    assert text.count("class='banner interrupted'") == 1
+    assert text.index("<b>sub-01:</b> a later run (started") < text.index("<h1>")
+    assert "was interrupted after rewriting 1 of its files" in text
