@@ -938,6 +938,12 @@ def test_participants_listed_without_a_folder_are_named(tmp_path, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "participant(s) 04 not found in " in last, last
     assert last.endswith("(sub-04: in participants.tsv, no folder); available: 01"), last
+    # saved from a spreadsheet (a byte-order mark, CRLF): its column was not found, unsaid
+    (root / "participants.tsv").write_bytes(b"\xef\xbb\xbfparticipant_id\tstrain\r\n"
+                                            b"sub-01\tC57\r\nsub-04\tC57\r\n")
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    assert "note: skipped 1 participant(s): sub-04 (in participants.tsv, no folder)" in err, err
 
 
 def test_scans_listed_in_bidsignore_are_not_registered(tmp_path, capsys):

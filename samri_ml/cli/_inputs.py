@@ -698,7 +698,10 @@ def listed_participants(bids_dir) -> list[str]:
     import csv
 
     try:
-        with open(Path(bids_dir) / "participants.tsv", newline="", errors="replace") as f:
+        # utf-8-sig: a file saved from a spreadsheet starts with a byte-order mark, which
+        # hid its first column (no participant_id, its animals not named)
+        with open(Path(bids_dir) / "participants.tsv", newline="", encoding="utf-8-sig",
+                  errors="replace") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
     except (OSError, csv.Error):
         return []
