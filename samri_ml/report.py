@@ -808,8 +808,15 @@ def write_index(output_dir, summaries: dict, *, graph=None, **facts) -> Path:
         else:
             sessions = []
             written = datetime.datetime.fromtimestamp(page.stat().st_mtime).astimezone()
-            status = ("<td class='text'>an earlier run's report (written "
-                      f"{written:%Y-%m-%d %H:%M %Z})</td>")
+            # its red banner (its run's warnings, or a later run interrupted) went unsaid
+            try:
+                warned = "<div class='banner" in page.read_text(encoding="utf-8",
+                                                                 errors="replace")
+            except OSError:
+                warned = False
+            status = (f"<td class='{'bad ' if warned else ''}text'>an earlier run's report "
+                      f"(written {written:%Y-%m-%d %H:%M %Z})"
+                      f"{', with warnings: see it' if warned else ''}</td>")
         rows.append(f"<tr><td class='text'>{link}</td>"
                     f"<td>{html.escape(', '.join(sessions))}</td>{status}</tr>")
     n_warned = sum(bool(w) for _, w in summaries.values())

@@ -599,3 +599,21 @@ def test_an_interrupted_rerun_is_named_in_the_index_too(tmp_path):
     assert text.count("class='banner interrupted'") == 1
     assert text.index("<b>sub-01:</b> a later run (started") < text.index("<h1>")
     assert "was interrupted after rewriting 1 of its files" in text
+
+
+def test_the_index_says_an_earlier_runs_report_has_warnings(tmp_path):
+    """A rerun of one subject (--participant-label 01) listed sub-02's report as 'an earlier
+    run's report', its red banner (a failed registration, a later run interrupted) unsaid:
+    the index read as if sub-02 were fine."""
+    out, items, kw = _make_run(tmp_path)
+    (out / "sub-02.html").write_text(
+        "<!DOCTYPE html><html><body><div class='banner' role='alert'><b>Warning: sub-02</b>"
+        "<ul><li>VCF 0.1</li></ul></div></body></html>\n")
+    (out / "sub-03.html").write_text("<!DOCTYPE html><html><body>fine</body></html>\n")
+    write_subject_reports(out, items, masking="none", **kw)
+    rows = {r.split("'>")[2].split("<")[0]: r
+            for r in (out / "index.html").read_text().split("<tr>")[2:]}
+    assert "<td class='bad text'>an earlier run's report" in rows["sub-02"]
+    assert "with warnings: see it" in rows["sub-02"]
+    assert "<td class='text'>an earlier run's report" in rows["sub-03"]
+    assert "with warnings" not in rows["sub-03"]
