@@ -1241,8 +1241,8 @@ def implausible_qc_notes(paths, output_dir, grid_mm3: float | None = None) -> li
     the registration probably failed, or (:func:`samri_ml.qc.volume.vcf_verdict`, with the
     template's ``grid_mm3``) the VCF cannot tell, the scan's field of view being wider than
     the template's; and one per structural scan covering less than
-    :data:`~samri_ml.qc.metrics.PARTIAL_FOV` of the template's brain (a head scan holds the
-    whole brain: its registration probably failed)."""
+    :data:`~samri_ml.qc.metrics.STRUCTURAL_MIN_COVERAGE` of the template's brain (a head scan
+    holds the whole brain: its registration probably failed)."""
     import json
 
     from samri_ml.qc.metrics import off_template_text, structural_off_template
