@@ -432,6 +432,37 @@ def test_sigterm_leaves_no_temporary_file(tmp_path, phantom):
         assert names == ["head.nii.gz"], names
 
 
+def test_sigterm_in_many_scans_says_where_it_stopped(tmp_path, phantom):
+    """``IN [IN ...] --out-dir DIR`` stopped by SIGTERM (a cluster's time limit) or Ctrl-C
+    said 'terminated' alone: the closing line naming the scans that could not be masked was
+    lost, and which were done was left to the log. A note says where it stopped, what failed
+    before, and which scans are left."""
+    import signal
+
+    scans = [tmp_path / "a.nii.gz", tmp_path / "notascan", tmp_path / "c.nii.gz",
+             tmp_path / "d.nii.gz"]
+    nb.save(phantom["T2w"], scans[0])
+    scans[1].mkdir()
+    nb.save(phantom["T1w"], scans[2])
+    nb.save(phantom["bold"], scans[3])
+    out = tmp_path / "masks"
+    proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.mask", *map(str, scans),
+                             "--out-dir", str(out)], stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # the third scan begun: its prediction takes a second or more
+        lines.append(line)
+        if "[3/4]" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    err = "".join(lines) + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-2:] == [
+        f"samri_ml-mask: note: interrupted at [3/4] {scans[2]}: of the 2 scans before it, 1 "
+        f"could not be masked ({scans[1]}), the others' masks are in {out}; hint: mask "
+        f"{scans[2]} and the 1 after it", "samri_ml-mask: terminated"], err
+    assert (out / "a_mask.nii.gz").is_file() and not (out / "d_mask.nii.gz").exists()
+
+
 def test_a_model_that_is_no_masker_is_refused_in_one_line(tmp_path, phantom, capsys):
     """The plate embedding given as --model used to fail deep in TensorFlow (a reshape of
     14912 values into 182672)."""

@@ -251,17 +251,25 @@ def _run_batch(parser, args) -> int:
                            f"({err.strerror or err})") from err
     set_tf_threads(args.threads)
     model = _ModelOnce(args)
-    failed = []
-    for i, (name, path) in enumerate(names.items(), 1):
-        print(f"{PROG}: [{i}/{len(names)}] {path}", file=sys.stderr)
-        png = args.out_dir / f"{name}.png" if args.figures else None
-        try:
-            _mask_one(args, path, args.out_dir / f"{name}.nii.gz", None, png, model)
-        except _ModelError:  # not the scan's fault: every scan would fail, each loading it
-            raise
-        except SamriMLError as err:  # one line, and on to the next scan
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            failed.append(str(path))
+    failed, i, path = [], 1, args.files[0]
+    try:
+        for i, (name, path) in enumerate(names.items(), 1):
+            print(f"{PROG}: [{i}/{len(names)}] {path}", file=sys.stderr)
+            png = args.out_dir / f"{name}.png" if args.figures else None
+            try:
+                _mask_one(args, path, args.out_dir / f"{name}.nii.gz", None, png, model)
+            except _ModelError:  # not the scan's fault: every scan would fail, each loading it
+                raise
+            except SamriMLError as err:  # one line, and on to the next scan
+                print(f"{PROG}: error: {err}", file=sys.stderr)
+                failed.append(str(path))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (a time limit): 'terminated' said no more
+        done = (f"of the {i - 1} scans before it, {len(failed)} could not be masked "
+                f"({', '.join(failed)}), the others' masks are in {args.out_dir}" if failed
+                else f"the {i - 1} scans before it are masked into {args.out_dir}")
+        print(f"{PROG}: note: interrupted at [{i}/{len(names)}] {path}: {done}; hint: mask "
+              f"{path} and the {len(names) - i} after it", file=sys.stderr)
+        raise
     if failed:
         raise SamriMLError(f"{len(failed)} of {len(names)} scans could not be masked: "
                            + ", ".join(failed))
