@@ -402,6 +402,17 @@ def test_swapped_arguments_keep_the_scan(tmp_path, phantom, capsys):
                        "(samri_ml-mask IN OUT), or remove it first")
     assert scan.read_bytes() == before
     assert main([str(scan), str(mask), "--threshold", "0.6"]) == 0  # a mask: rewritten
+    # --out-dir names OUT itself: no order to check (the hint said to)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "scan_mask.nii.gz").write_bytes(before)
+    capsys.readouterr()
+    assert main([str(scan), "--out-dir", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert (f"{other / 'scan_mask.nii.gz'} exists and is no mask (values other than 0 and 1: "
+            "a scan?); it would be overwritten; hint: remove it first, or give another "
+            "--out-dir\n") in err and "check the order" not in err, err
+    assert (other / "scan_mask.nii.gz").read_bytes() == before
 
 
 def test_sigterm_leaves_no_temporary_file(tmp_path, phantom):

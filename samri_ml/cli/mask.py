@@ -185,7 +185,8 @@ def _mask_one(args, in_file, out_file, masked, png, model) -> tuple[float, float
     if masked is None and png is None:
         img = mean
     check_maskable(mean)  # before the model's load: a refused image cost 8 s of it
-    _check_outputs(out_file, masked, png)  # before the network runs: no prediction lost
+    # before the network runs: no prediction lost
+    _check_outputs(out_file, masked, png, batch=args.out_dir is not None)
     network = model()
     t1 = time.perf_counter()
     mask = predict_mask(mean, network, threshold=args.threshold, views=args.views,
@@ -361,14 +362,16 @@ def _existing_not_a_mask(path) -> bool:
         return False
 
 
-def _check_outputs(out_file, masked=None, png=None) -> None:
+def _check_outputs(out_file, masked=None, png=None, batch: bool = False) -> None:
     """Refuse OUT (and --masked, --png) where no file can be written, and OUT where it is an
     image that is no mask (a scan: ``samri_ml-mask mask.nii.gz scan.nii.gz`` replaced the scan
-    by a mask of the mask, exit 0), before anything is written."""
+    by a mask of the mask, exit 0), before anything is written. ``batch``: OUT is the name
+    ``--out-dir`` gave (no order of arguments to check)."""
     if _existing_not_a_mask(out_file):
+        fix = ("remove it first, or give another --out-dir" if batch else
+               "check the order (samri_ml-mask IN OUT), or remove it first")
         raise SamriMLError(f"{out_file} exists and is no mask (values other than 0 and 1: "
-                           "a scan?); it would be overwritten; hint: check the order "
-                           "(samri_ml-mask IN OUT), or remove it first")
+                           f"a scan?); it would be overwritten; hint: {fix}")
     for path in [out_file] + [p for p in (masked, png) if p is not None]:
         if path.is_dir():
             ending = ".png" if path is png else ".nii.gz"
