@@ -2219,7 +2219,8 @@ def test_lab_scans_in_a_datalad_dataset_pair_as_without_it(tmp_path, lab_scans_d
 
 def test_lab_scans_there_by_name_only_are_named(tmp_path, lab_scans_dir):
     """A DataLad dataset not fetched (its scans links into .git/annex/objects, content not
-    there) or a folder of links to scans moved away: the files were passed over, and
+    there), links to scans moved away, or to an animal's folder not there: the files were
+    passed over (an animal left out of training and scoring, unsaid), and
     train-masker/evaluate-masker --scans said 'no brain masks found; hint: name each scan's
     mask like its image', of masks named so. They are named, with the way to fetch them."""
     from samri_ml.masking.data import lab_pairs
@@ -2228,8 +2229,9 @@ def test_lab_scans_there_by_name_only_are_named(tmp_path, lab_scans_dir):
     for path in sorted(lab.rglob("*.nii.gz")):  # `datalad drop`: links to absent content
         path.unlink()
         path.symlink_to(f"../../.git/annex/objects/Xy/Zw/MD5E-s1--{path.name}/x.nii.gz")
-    with pytest.raises(SamriMLError, match=r"--scans .*: 8 NIfTI file\(s\) without their "
-                       r"content, e\.g\. .*sub-01_T2w.*datalad get"):
+    (lab / "README").symlink_to(".git/annex/objects/Xy/Zw/MD5E-s2--x/x")  # not a scan
+    with pytest.raises(SamriMLError, match=r"--scans .*: 8 NIfTI file\(s\) or linked "
+                       r"folder\(s\) without their content, e\.g\. .*sub-01_T2w.*datalad get"):
         lab_pairs(lab)
     mask = lab / "sub-02" / "anat" / "sub-02_desc-brain_mask.nii.gz"
     other = _lab_copy(lab_scans_dir, tmp_path / "other")
@@ -2238,6 +2240,12 @@ def test_lab_scans_there_by_name_only_are_named(tmp_path, lab_scans_dir):
     with pytest.raises(SamriMLError, match=r"1 NIfTI file\(s\) .*sub-02_desc-brain_mask"
                        r".*a symbolic link to .*moved.*which does not exist"):
         lab_pairs(other)
+    # an animal's folder linked from a drive not mounted: that animal was left out, unsaid
+    third = _lab_copy(lab_scans_dir, tmp_path / "third")
+    (third / "sub-04").symlink_to(tmp_path / "unmounted" / "sub-04", target_is_directory=True)
+    with pytest.raises(SamriMLError, match=r"1 NIfTI file\(s\) or linked folder\(s\) .*"
+                       r"sub-04: a symbolic link to .*unmounted.*which does not exist"):
+        lab_pairs(third)
 
 
 def test_lab_scans_in_linked_animal_folders_are_read(tmp_path, lab_scans_dir):

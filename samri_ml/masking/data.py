@@ -423,25 +423,30 @@ def lab_pairs(folder, min_subjects: int = 2) -> list[tuple[Path, Path, str]]:
     SamriMLError
         For a folder without masks, an image without a mask (or a mask without an image), a
         mask of another grid than its image, scans of one subject, or NIfTI files there by
-        name only (a DataLad dataset not fetched, links to nothing): each names the file.
+        name only (a DataLad dataset not fetched, links to nothing, a folder's too): each
+        names the file.
     """
     import nibabel as nb
 
     from samri_ml.errors import SamriMLError
-    from samri_ml.io import content_missing
+    from samri_ml.io import annex_unfetched, content_missing
 
     folder = Path(folder)
     if not folder.is_dir():
         raise SamriMLError(f"--scans {folder}: folder not found")
     # nothing in hidden folders: a DataLad dataset's .git/annex/objects holds a copy of each
     # scan (MD5E-s...--<hash>.nii.gz), each refused as an image without its mask
-    found = [path for path in files_under(folder, "*.nii*") if _nifti_stem(path) is not None]
-    # a DataLad dataset not fetched, or links to scans moved away: the files are there by
-    # name only (they were passed over: 'no brain masks found; hint: name each scan's mask')
-    missing = [path for path in found if content_missing(path)]
+    every = files_under(folder)
+    found = [path for path in every if _nifti_stem(path) is not None]
+    # a DataLad dataset not fetched, links to scans moved away, an animal's folder linked
+    # from a drive not mounted (sub-04 -> /mnt/study/sub-04): there by name only, they were
+    # passed over ('no brain masks found; hint: name each scan's mask', or an animal left out)
+    missing = [path for path in every if content_missing(path) and (
+        _nifti_stem(path) is not None or not (path.suffix or annex_unfetched(path)))]
     if missing:
-        raise SamriMLError(f"--scans {folder}: {len(missing)} NIfTI file(s) without their "
-                           f"content, e.g. {missing[0]}: {content_missing(missing[0])}")
+        raise SamriMLError(f"--scans {folder}: {len(missing)} NIfTI file(s) or linked "
+                           f"folder(s) without their content, e.g. {missing[0]}: "
+                           f"{content_missing(missing[0])}")
     niftis = {path: _nifti_stem(path) for path in found if path.is_file()}
     masks = {p: s[: -len(LAB_MASK_SUFFIX)] for p, s in niftis.items()
              if s.endswith(LAB_MASK_SUFFIX)}
