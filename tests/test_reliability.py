@@ -780,6 +780,8 @@ def test_a_dataset_in_a_folder_named_as_an_entity_is_refused(tmp_path, capsys, f
     ({"RepetitionTime": "1.0"}, "RepetitionTime '1.0' in its sidecar is not a number"),
     ({"RepetitionTime": -1}, "RepetitionTime -1 in its sidecar is not a number of seconds "
                              "above 0"),
+    ({"RepetitionTime": 0}, "RepetitionTime 0 in its sidecar is not a number of seconds "
+                            "above 0"),
     ({"SliceTiming": ["0", "0.5", "0.1", "0.6", "0.3", "0.8"]},
      "SliceTiming in its sidecar is not a list of numbers"),
     ({"SliceTiming": 0.5}, "SliceTiming in its sidecar is not a list of numbers"),

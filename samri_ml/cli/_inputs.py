@@ -275,9 +275,11 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
     from samri_ml.bids import parse_entities
 
     name = Path(path).name
-    had_tr = bool(meta.get("RepetitionTime"))
+    # 0 is a value given (refused below), not one missing: it was replaced by the header's,
+    # with a note that the sidecar had none
+    had_tr = meta.get("RepetitionTime") is not None
     header_tr = _header_tr(img)
-    if not meta.get("RepetitionTime"):
+    if not had_tr:
         if header_tr > 0:
             meta["RepetitionTime"] = header_tr
             print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
