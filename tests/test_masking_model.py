@@ -280,6 +280,11 @@ def test_cli_masks_many_scans_with_one_model(tmp_path, phantom):
                        ([scans[0], "--out-dir", again, "--png", tmp_path / "q.png"],
                         "--masked and --png name one file"),
                        ([scans[0], single, "--figures"], "--figures is for --out-dir"),
+                       # the first run's masks among the inputs of a rerun (a glob of DIR)
+                       ([scans[0], out / "head_T2w_mask.nii.gz", "--out-dir", out],
+                        f"{out / 'head_T2w_mask.nii.gz'} is one of the inputs; it would be "
+                        "overwritten; hint: an earlier run's mask? leave the *_mask.nii.gz "
+                        "out of IN"),
                        ([scans[0], scans[1], single], "give IN and OUT (got 3 path(s))")):
         r = _cli(*argv)
         assert r.returncode == 2 and said in r.stderr, r.stderr

@@ -243,8 +243,11 @@ def _run_batch(parser, args) -> int:
     inputs = {p.resolve() for p in args.files}
     for name in names:
         if (args.out_dir / f"{name}.nii.gz").resolve() in inputs:
+            # `samri_ml-mask scans/*.nii.gz --out-dir scans` run again: the glob takes the
+            # first run's masks (said without a hint of why)
             parser.error(f"--out-dir: {args.out_dir / (name + '.nii.gz')} is one of the "
-                         "inputs; it would be overwritten")
+                         "inputs; it would be overwritten; hint: an earlier run's mask? leave "
+                         "the *_mask.nii.gz out of IN")
     try:
         args.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
