@@ -280,6 +280,10 @@ def test_cli_masks_many_scans_with_one_model(tmp_path, phantom):
                        ([scans[0], "--out-dir", again, "--png", tmp_path / "q.png"],
                         "--masked and --png name one file"),
                        ([scans[0], single, "--figures"], "--figures is for --out-dir"),
+                       ([scans[0], single, "--overwrite"], "--overwrite is for --out-dir"),
+                       # the first run's masks there: replaced with --overwrite only
+                       ([*scans, "--out-dir", out], "--out-dir: 2 of the masks exist already "
+                        f"({out / 'head_T2w_mask.nii.gz'}, ...); hint: --overwrite"),
                        # the first run's masks among the inputs of a rerun (a glob of DIR)
                        ([scans[0], out / "head_T2w_mask.nii.gz", "--out-dir", out],
                         f"{out / 'head_T2w_mask.nii.gz'} is one of the inputs; it would be "
@@ -412,7 +416,12 @@ def test_swapped_arguments_keep_the_scan(tmp_path, phantom, capsys):
     other.mkdir()
     (other / "scan_mask.nii.gz").write_bytes(before)
     capsys.readouterr()
-    assert main([str(scan), "--out-dir", str(other)]) == 1
+    # a file of the mask's name: refused before anything runs without --overwrite (a lab's
+    # own <scan>_mask.nii.gz was replaced without a word); with it, a scan still is not
+    assert main([str(scan), "--out-dir", str(other)]) == 2
+    assert (f"--out-dir: 1 of the masks exist already ({other / 'scan_mask.nii.gz'}); hint: "
+            "--overwrite to replace them") in capsys.readouterr().err
+    assert main([str(scan), "--out-dir", str(other), "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert (f"{other / 'scan_mask.nii.gz'} exists and is no mask (values other than 0 and 1: "
             "a scan?); it would be overwritten; hint: remove it first, or give another "

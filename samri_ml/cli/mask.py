@@ -48,6 +48,9 @@ def get_parser() -> argparse.ArgumentParser:
                    "for each scan, 5-20 s), into DIR/<IN's name>_mask.nii.gz (DIR is created "
                    "where missing); a scan that cannot be masked is said and the others are "
                    "masked (exit 1)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --out-dir: replace masks there of the names it writes (refused "
+                   "otherwise: a lab's own <scan>_mask.nii.gz may be there)")
     p.add_argument("--figures", action="store_true",
                    help="with --out-dir: a picture of each mask on its scan, "
                    "DIR/<IN's name>_mask.png")
@@ -105,8 +108,9 @@ def _main(argv=None) -> int:
 def _run(parser, args) -> int:
     if args.out_dir is not None:
         return _run_batch(parser, args)
-    if args.figures:
-        parser.error("--figures is for --out-dir; hint: with IN OUT, give --png QC.png")
+    if args.figures or args.overwrite:
+        parser.error(f"{'--figures' if args.figures else '--overwrite'} is for --out-dir; "
+                     "hint: with IN OUT, give --png QC.png for a picture; OUT is replaced")
     if len(args.files) != 2:
         parser.error(f"give IN and OUT (got {len(args.files)} path(s)); hint: for many scans, "
                      "IN [IN ...] --out-dir DIR")
@@ -248,6 +252,14 @@ def _run_batch(parser, args) -> int:
             parser.error(f"--out-dir: {args.out_dir / (name + '.nii.gz')} is one of the "
                          "inputs; it would be overwritten; hint: an earlier run's mask? leave "
                          "the *_mask.nii.gz out of IN")
+    there = [args.out_dir / f"{name}.nii.gz" for name in names
+             if (args.out_dir / f"{name}.nii.gz").exists()]
+    if there and not args.overwrite:
+        # names the command made up: a lab's own <scan>_mask.nii.gz beside its scans (manual,
+        # --out-dir the data folder) was replaced without a word
+        parser.error(f"--out-dir: {len(there)} of the masks exist already ({there[0]}"
+                     f"{', ...' if len(there) > 1 else ''}); hint: --overwrite to replace them "
+                     "(an earlier batch's), or give another --out-dir")
     try:
         args.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
