@@ -765,9 +765,7 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                       + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>"]
         head = _header(f"samri_ml report: sub-{subject}", **facts)
         back = f"<p class='note'><a href='{INDEX}'>All subjects ({INDEX})</a></p>"
-        page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>samri_ml: sub-"
-                f"{html.escape(subject)}</title><style>{CSS}</style></head><body>"
-                + "\n".join(head[:1] + banner + head[1:] + [back] + body) + "</body></html>\n")
+        page = _page(f"sub-{subject}", head[:1] + banner + head[1:] + [back] + body)
         written.append(atomic_write_text(page, output_dir / f"sub-{subject}.html"))
     write_index(output_dir, summaries, graph=graph, **facts)
     return written
@@ -827,10 +825,14 @@ def write_index(output_dir, summaries: dict, *, graph=None, **facts) -> Path:
                 "</th></tr>" + "".join(rows) + "</table>")
     if graph is not None and Path(graph).exists():
         body.append(_graph_link(graph, output_dir))
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>samri_ml: "
-            f"{html.escape(output_dir.name)}</title><style>{CSS}</style></head><body>"
-            + "\n".join(body) + "</body></html>\n")
-    return atomic_write_text(page, output_dir / INDEX)
+    return atomic_write_text(_page(output_dir.name, body), output_dir / INDEX)
+
+
+def _page(title: str, lines: list[str]) -> str:
+    """A whole HTML page, ``samri_ml: <title>``, of the report's style and these lines."""
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>samri_ml: "
+            f"{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            + "\n".join(lines) + "</body></html>\n")
 
 
 def mark_interrupted(report, rewritten: list[str], when: float) -> bool:

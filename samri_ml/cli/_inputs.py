@@ -459,6 +459,8 @@ def collect_sessions(args) -> list[dict]:
     folders = subject_folders(args.bids_dir)
     ignored = {m for m in folders if any(p.search(f"/sub-{m}/") for p in listed)}
     bare = [m for m in folders if m not in subjects and m not in ignored]
+    # animals participants.tsv lists whose scans were not copied over (passed over unsaid)
+    unfoldered = [m for m in listed_participants(args.bids_dir) if m not in folders]
     if args.participant_label:
         wanted = chosen
         missing = sorted(set(wanted) - set(subjects))
@@ -467,9 +469,8 @@ def collect_sessions(args) -> list[dict]:
             why = [f"{', '.join(f'sub-{m}' for m in found)}: {reason}" for found, reason in (
                 ([m for m in missing if m in ignored], "left out by its .bidsignore"),
                 ([m for m in missing if m in bare], "no BIDS files in the folder"),
-                ([m for m in missing if m not in folders
-                  and m in listed_participants(args.bids_dir)],
-                 "in participants.tsv, no folder")) if found]
+                ([m for m in missing if m in unfoldered], "in participants.tsv, no folder"))
+                if found]
             why = f" ({'; '.join(why)})" if why else ""
             raise SamriMLError(f"participant(s) {', '.join(missing)} not found in {args.bids_dir}"
                                f"{why}; available: {some_names(subjects, 20)}")
@@ -506,12 +507,9 @@ def collect_sessions(args) -> list[dict]:
         return [f for f in found if f.path not in nested and f.path not in phase]
 
     out, empty, outside, nested, phase = [], [], [], set(), set()
-    skipped = [] if args.participant_label else [f"sub-{m} (no BIDS files in its folder)"
-                                                 for m in bare]
-    if not args.participant_label:
-        # animals the lab listed whose scans were not copied over were passed over unsaid
-        skipped += [f"sub-{m} (in participants.tsv, no folder)"
-                    for m in listed_participants(args.bids_dir) if m not in folders]
+    skipped = [] if args.participant_label else (
+        [f"sub-{m} (no BIDS files in its folder)" for m in bare]
+        + [f"sub-{m} (in participants.tsv, no folder)" for m in unfoldered])
     for subject in wanted:
         sessions = layout.get_sessions(subject=subject) or [None]
         if sessions_wanted is not None:

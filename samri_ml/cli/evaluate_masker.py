@@ -131,15 +131,21 @@ def _held_out(model_path: Path, _seen: frozenset = frozenset()) -> list[str] | N
     return holdout
 
 
-def _trained_on(model_path: Path, folder: Path) -> bool:
-    """Whether the model's ``_training.json`` names ``folder`` as its ``--scans`` (then its
-    scans are no test of it)."""
+def _training_scans(model_path: Path) -> str | None:
+    """The ``--scans`` folder the model's ``_training.json`` names (``config.scans``), or None
+    (trained on the shared data, or no readable record)."""
     from samri_ml.masking.predict import training_record_path
 
     try:
-        scans = json.loads(training_record_path(model_path).read_text())["config"]["scans"]
+        return json.loads(training_record_path(model_path).read_text())["config"]["scans"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
+
+
+def _trained_on(model_path: Path, folder: Path) -> bool:
+    """Whether the model's ``_training.json`` names ``folder`` as its ``--scans`` (then its
+    scans are no test of it)."""
+    scans = _training_scans(model_path)
     return bool(scans) and Path(scans).resolve() == folder.resolve()
 
 
@@ -149,12 +155,8 @@ def linked_sources(model_path: Path, scans) -> list[str]:
     lab that linked shared scans into its own folder trained on them, and they were counted
     as never seen. Copies are not recognised; a folder no longer there gives none."""
     from samri_ml.masking.data import files_under
-    from samri_ml.masking.predict import training_record_path
 
-    try:
-        folder = json.loads(training_record_path(model_path).read_text())["config"]["scans"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    folder = _training_scans(model_path)
     if not folder or not Path(folder).is_dir():
         return []
     held = {path.resolve() for path in files_under(Path(folder))}

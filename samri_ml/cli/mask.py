@@ -206,14 +206,21 @@ def _mask_one(args, in_file, out_file, masked, png, model) -> tuple[float, float
     return t1, t2
 
 
+#: an Analyze or NIfTI pair's file extensions, gzipped or not
+PAIR_EXTENSIONS = (".img.gz", ".hdr.gz", ".img", ".hdr")
+
+
+def _extension(name: str, extensions) -> str:
+    """The one of ``extensions`` that ``name`` ends in, in any case; '' for none."""
+    return next((ext for ext in extensions if name.lower().endswith(ext)), "")
+
+
 def batch_name(in_file) -> str:
     """The name of IN's mask in ``--out-dir``: IN's name without its image extension
     (.nii, .nii.gz; an Analyze or NIfTI pair's .hdr/.img, gzipped or not), ``_mask``."""
     name = Path(in_file).name
-    for ext in (".nii.gz", ".nii", ".img.gz", ".hdr.gz", ".img", ".hdr"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)] + "_mask"
-    return name + "_mask"
+    ext = _extension(name, (".nii.gz", ".nii", *PAIR_EXTENSIONS))
+    return name[: len(name) - len(ext)] + "_mask"
 
 
 def _scan_key(path) -> Path:
@@ -221,10 +228,10 @@ def _scan_key(path) -> Path:
     are one scan (a glob of a folder of pairs, ``scans/*``, gives both: they were refused as
     two scans of one name, with a hint to rename one)."""
     real = Path(path).resolve()
-    for ext in (".img.gz", ".hdr.gz", ".img", ".hdr"):
-        if real.name.lower().endswith(ext):
-            return real.with_name(real.name[: -len(ext)] + ext.replace("hdr", "img"))
-    return real
+    ext = _extension(real.name, PAIR_EXTENSIONS)
+    if not ext:
+        return real
+    return real.with_name(real.name[: -len(ext)] + ext.replace("hdr", "img"))
 
 
 def _run_batch(parser, args) -> int:
@@ -244,16 +251,15 @@ def _run_batch(parser, args) -> int:
             parser.error(f"{names[name]} and {path} would both be masked into {name}.nii.gz; "
                          "hint: mask them into two folders, or rename one")
         names[name] = path
+    targets = {name: args.out_dir / f"{name}.nii.gz" for name in names}
     inputs = {p.resolve() for p in args.files}
-    for name in names:
-        if (args.out_dir / f"{name}.nii.gz").resolve() in inputs:
+    for target in targets.values():
+        if target.resolve() in inputs:
             # `samri_ml-mask scans/*.nii.gz --out-dir scans` run again: the glob takes the
             # first run's masks (said without a hint of why)
-            parser.error(f"--out-dir: {args.out_dir / (name + '.nii.gz')} is one of the "
-                         "inputs; it would be overwritten; hint: an earlier run's mask? leave "
-                         "the *_mask.nii.gz out of IN")
-    there = [args.out_dir / f"{name}.nii.gz" for name in names
-             if (args.out_dir / f"{name}.nii.gz").exists()]
+            parser.error(f"--out-dir: {target} is one of the inputs; it would be overwritten; "
+                         "hint: an earlier run's mask? leave the *_mask.nii.gz out of IN")
+    there = [target for target in targets.values() if target.exists()]
     if there and not args.overwrite:
         # names the command made up: a lab's own <scan>_mask.nii.gz beside its scans (manual,
         # --out-dir the data folder) was replaced without a word
@@ -273,7 +279,7 @@ def _run_batch(parser, args) -> int:
             print(f"{PROG}: [{i}/{len(names)}] {path}", file=sys.stderr)
             png = args.out_dir / f"{name}.png" if args.figures else None
             try:
-                _mask_one(args, path, args.out_dir / f"{name}.nii.gz", None, png, model)
+                _mask_one(args, path, targets[name], None, png, model)
             except _ModelError:  # not the scan's fault: every scan would fail, each loading it
                 raise
             except SamriMLError as err:  # one line, and on to the next scan

@@ -178,7 +178,7 @@ class SmoothnessConservation(SimpleInterface):
         proc, raw = same_kind(proc, raw)  # a run cut to one volume: its source's mean
         mask = None
         if isdefined(self.inputs.mask_file):
-            import nibabel as nb
+            from types import SimpleNamespace
 
             from samri_ml.masking.predict import check_same_grid
 
@@ -190,8 +190,9 @@ class SmoothnessConservation(SimpleInterface):
                     f"image's {proc.shape[:3]}"
                 )
             # the same shape is not the same grid (another scan's mask): their grids, in mm
-            grid = np.empty(mask.shape, np.uint8)
-            check_same_grid(nb.Nifti1Image(grid, proc_aff), nb.Nifti1Image(grid, mask_aff),
+            # (what check_same_grid reads of an image: its shape and affine)
+            check_same_grid(SimpleNamespace(shape=mask.shape, affine=proc_aff),
+                            SimpleNamespace(shape=mask.shape, affine=mask_aff),
                             self.inputs.processed_file, self.inputs.mask_file)
         s_p = estimate_smoothness(proc, voxel_sizes(proc_aff), mask=mask, acf=False,
                                   name=self.inputs.processed_file)

@@ -491,6 +491,7 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
     x, y, groups, val_m, volumes = cached_dataset(config, data_dir, cache_dir, log)
     train_m = ~val_m
     val_groups = sorted(volumes)
+    val_volumes = {g: volumes[g] for g in val_groups}
     log(
         f"{len(x)} slices ({train_m.sum()} train, {val_m.sum()} validation); "
         f"validation groups: {', '.join(val_groups)}"
@@ -504,7 +505,7 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
         # the starting point on the same volumes: a fine-tune that made the model worse
         # (a lab's few scans, too many epochs) was not said
         counts["init_validation_dice"] = validation_dice(
-            init, {g: volumes[g] for g in val_groups}, tuple(config.views))
+            init, val_volumes, tuple(config.views))
         if counts["init_validation_dice"]:
             log(f"the --init model's median validation Dice: "
                 f"{np.median(list(counts['init_validation_dice'].values())):.4f}")
@@ -619,7 +620,7 @@ def train(config: TrainConfig, out_path, data_dir=None, cache_dir=None, log=prin
             "--dataset-cache")
     try:  # the validation Dice and the saving: Ctrl-C here keeps the trained model too
         return _save_run(model, out_path, config, history, counts, t_start,
-                         volumes={g: volumes[g] for g in val_groups})
+                         volumes=val_volumes)
     except DeferredInterrupt:  # Ctrl-C while the files were renamed: all are this run's
         _note(f"interrupted while saving: {out_path} and the files beside it are this run's, "
               "complete")

@@ -212,7 +212,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         out = "outputnode."
         output("bold_preproc", func_wf, out + "out_file", index)
         # the sidecar: BIDS inheritance does not reach into a derivatives dataset
-        corrected = times is not None and _kept_volumes(bold, dummy_scans) >= MIN_SLICE_TIMING_VOLUMES
+        kept, dropped = _kept_and_dropped(bold, dummy_scans)
+        corrected = times is not None and kept >= MIN_SLICE_TIMING_VOLUMES
         bold_meta = {"SkullStripped": False, "SliceTimingCorrected": corrected,
                      "SpatialReference": reference}
         if meta.get("RepetitionTime"):
@@ -221,7 +222,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                 bold_meta["StartTime"] = float(meta["RepetitionTime"]) / 2
         if meta.get("TaskName"):
             bold_meta["TaskName"] = meta["TaskName"]
-        bold_meta.update(_discarded_volumes(meta, _dropped_volumes(bold, dummy_scans)))
+        bold_meta.update(_discarded_volumes(meta, dropped))
         sink(f"ds_func{index}", bold, func_wf, out + "out_file", metadata=bold_meta,
              space=template_name, desc="preproc")
         if method != "structural":
@@ -295,55 +296,42 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
 
 def _discarded_volumes(meta: dict, dummy_scans: int) -> dict:
     """BIDS' counts of the volumes a derivative run lacks at its start: the dummy scans dropped
-    here (``dummy_scans``, :func:`_dropped_volumes`) added to those the user dropped before
+    here (``dummy_scans``, :func:`_kept_and_dropped`) added to those the user dropped before
     (``NumberOfVolumesDiscardedByUser``), the scanner's as the raw sidecar gives them. Without
     them, onsets taken from the raw ``events.tsv`` were ``dummy_scans`` repetitions off on the
     derivative, unsaid."""
-    def count(key):
-        value = meta.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) \
-            and value >= 0 else None
+    from samri_ml.workflows.registration import _whole
 
+    user, scanner = (meta.get(key) if _whole(meta.get(key)) and meta[key] >= 0 else None
+                     for key in ("NumberOfVolumesDiscardedByUser",
+                                 "NumberOfVolumesDiscardedByScanner"))
     out = {}
-    by_user = (count("NumberOfVolumesDiscardedByUser") or 0) + int(dummy_scans)
-    if by_user or count("NumberOfVolumesDiscardedByUser") is not None:
+    by_user = (user or 0) + int(dummy_scans)
+    if by_user or user is not None:
         out["NumberOfVolumesDiscardedByUser"] = by_user
-    if count("NumberOfVolumesDiscardedByScanner") is not None:
-        out["NumberOfVolumesDiscardedByScanner"] = count("NumberOfVolumesDiscardedByScanner")
+    if scanner is not None:
+        out["NumberOfVolumesDiscardedByScanner"] = scanner
     return out
 
 
-def _run_volumes(bold) -> int | None:
-    """The volumes of a run (1 for a 3D image); None where the file cannot be read (a stand-in
-    file of samri_ml-graph, or a path not written yet)."""
+def _kept_and_dropped(bold, dummy_scans: int) -> tuple[int, int]:
+    """The volumes of a run left after its dummy scans (slice timing needs
+    :data:`~samri_ml.func.MIN_SLICE_TIMING_VOLUMES`), and the dummy volumes its workflow drops
+    (``dummy_scans`` clamped as :func:`~samri_ml.func.n_dummy_to_drop` clamps them: a run of 5
+    volumes under ``--dummy-scans 10`` loses 4, and its sidecar said 10). A file that cannot
+    be read (a stand-in of samri_ml-graph, a path not written yet) counts as long enough,
+    ``dummy_scans`` dropped (the workflow is then only drawn, or fails in its first node)."""
     import nibabel as nb
+
+    from samri_ml.func import n_dummy_to_drop
 
     try:
         shape = nb.load(str(bold)).shape
     except Exception:
-        return None
-    return shape[3] if len(shape) > 3 else 1
-
-
-def _kept_volumes(bold, dummy_scans: int) -> int:
-    """Volumes of a run left after its dummy scans (slice timing needs
-    :data:`~samri_ml.func.MIN_SLICE_TIMING_VOLUMES`); an unreadable or absent file counts as
-    long enough (the workflow is then only drawn, or fails in its first node)."""
-    from samri_ml.func import n_dummy_to_drop
-
-    n = _run_volumes(bold)
-    return MIN_SLICE_TIMING_VOLUMES if n is None else n - n_dummy_to_drop(n, dummy_scans)
-
-
-def _dropped_volumes(bold, dummy_scans: int) -> int:
-    """The dummy volumes the run's workflow drops: ``dummy_scans``, clamped as
-    :func:`~samri_ml.func.n_dummy_to_drop` clamps them (a run of 5 volumes under
-    ``--dummy-scans 10`` loses 4: its sidecar said 10); ``dummy_scans`` where the file cannot
-    be read."""
-    from samri_ml.func import n_dummy_to_drop
-
-    n = _run_volumes(bold)
-    return int(dummy_scans) if n is None else n_dummy_to_drop(n, dummy_scans)
+        return MIN_SLICE_TIMING_VOLUMES, int(dummy_scans)
+    n = shape[3] if len(shape) > 3 else 1
+    dropped = n_dummy_to_drop(n, dummy_scans)
+    return n - dropped, dropped
 
 
 def _check_inputs(bold_files, bold_metadata, anat_file, qc: bool) -> tuple[list, list | None]:
