@@ -950,3 +950,17 @@ def test_scan_refuses_a_mask_of_the_same_shape_on_another_grid(tmp_path, capsys)
                      str(path)]) == 0
         scf[name] = json.loads(capsys.readouterr().out)["scf"]
     assert scf["um"] == scf["mm"] > 1.0
+
+
+def test_scan_of_a_saturated_head_has_a_vcf(shared_data, tmp_path, capsys):
+    """The sammba head clipped at its 60th percentile (40 % of it at the top, a saturated
+    scan) and shifted by half a voxel: samri_ml-qc scan said 'no voxel is above the 66th
+    percentile (a flat image?)' and exited 1; the workflow's record had VCF null."""
+    img = nb.load(shared_data / "mri/scans/sammba/anat.nii.gz")
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    sat = np.minimum(data, np.percentile(data, 60))
+    raw_f, proc_f = tmp_path / "sat.nii.gz", tmp_path / "sat_shift.nii.gz"
+    nb.save(nb.Nifti1Image(sat, img.affine), raw_f)
+    nb.save(nb.Nifti1Image(ndimage.shift(sat, (0.5, 0, 0), order=1), img.affine), proc_f)
+    assert main(["scan", str(proc_f), str(raw_f)]) == 0
+    assert json.loads(capsys.readouterr().out)["vcf"] == pytest.approx(1.0, abs=0.02)

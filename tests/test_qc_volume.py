@@ -231,3 +231,22 @@ def test_qc_functions_given_images_or_paths_say_what_they_take(tmp_path):
                                            r"got a Nifti1Image; hint: pass "
                                            r"np.asanyarray\(mask_img.dataobj\), or use"):
         estimate_smoothness(data, (0.2, 0.2, 0.4), mask=img)
+
+
+def test_a_scan_over_a_third_at_its_maximum_gets_a_threshold_below_it():
+    """A saturated scan (or a label image): over 34 % of its voxels at its maximum, the 66th
+    percentile was the maximum and no voxel was above it: VCF null (samri_ml-qc scan called
+    the image flat). Half way down to the median of the voxels below it, as at the bottom."""
+    from scipy import ndimage
+
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, 40)] * 3, indexing="ij")
+    head = np.where(zz**2 + yy**2 + xx**2 < 0.9, 1000.0, 100 + 50 * np.cos(6 * xx))
+    assert np.percentile(head, 66) == head.max()
+    theta = volume_threshold(head)
+    assert theta == pytest.approx(1000 - 0.5 * (1000 - np.median(head[head < 1000])))
+    moved = ndimage.shift(head, (0.5, 0.3, 0.2), order=1, mode="nearest")
+    vcf = volume_conservation(moved, np.eye(4), head, np.eye(4)).vcf
+    assert vcf == pytest.approx(1.0, abs=0.03)
+    # a binary image (a mask): its ones
+    mask = (zz**2 + yy**2 + xx**2 < 0.9).astype(np.uint8)
+    assert volume_threshold(mask) == 0.5

@@ -175,6 +175,11 @@ def volume_threshold(raw_data: np.ndarray, percentile: float = DEFAULT_PERCENTIL
     :math:`\\theta = b + (M - b) / 2`: the tissue's edge at half its partial volume, which
     interpolation and blur leave where it was.
 
+    Where it is the image's maximum ``t`` (a saturated scan, a label or mask image: more
+    than 34 % of it one top value), likewise half way from the median :math:`m` of the voxels
+    below ``t`` to ``t``, :math:`\\theta = t - (t - m) / 2` (nothing is above ``t``: the VCF
+    was null, and ``samri_ml-qc scan`` called the image flat).
+
     (Over all voxels the threshold was ``b``, and every processed voxel above it counted, the
     faint halo of interpolation too: a well registered dama brain got VCF 1.39 to 1.68. The
     66th percentile of the voxels above ``b`` took the brightest third of the tissue, which
@@ -184,11 +189,15 @@ def volume_threshold(raw_data: np.ndarray, percentile: float = DEFAULT_PERCENTIL
     """
     mean = temporal_mean(raw_data)
     theta = float(np.percentile(mean, percentile))
-    low = float(mean.min())
+    low, high = float(mean.min()), float(mean.max())
     if theta <= low:
         above = mean[mean > low]
         if above.size:
             theta = low + 0.5 * (float(np.median(above)) - low)
+    elif theta >= high:
+        below = mean[mean < high]
+        if below.size:
+            theta = high - 0.5 * (high - float(np.median(below)))
     return theta
 
 
