@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
+#: a mask's voxels above this value are inside it: a binary mask's ones (or 255s, or labels),
+#: and of a soft mask (probabilities, a mask resampled with linear interpolation) the voxels
+#: more likely in than out
+MASK_LEVEL = 0.5
+
+
+def mask_inside(data) -> np.ndarray:
+    """The voxels inside a mask given as data, :math:`m > 0.5` (:data:`MASK_LEVEL`): the one
+    rule of the QC's masks. Above 0, a soft mask's faint halo counted: the SCF of a
+    brain mask blurred into probabilities measured the FWHM over 4x the brain, while the
+    brain coverage of the same mask took its voxels above 0.5."""
+    return np.asarray(data) > MASK_LEVEL
+
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest face-connected component of a binary array (the array itself, as bool, when

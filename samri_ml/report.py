@@ -105,10 +105,11 @@ def brain_coverage(image, brain_mask) -> float:
     the brain. Measured on the mask's grid: the part of the brain outside ``image``'s grid
     is not covered. Both count in mm, whatever their headers' unit
     (:func:`~samri_ml.qc.volume.image_mm`)."""
+    from samri_ml.masks import mask_inside
     from samri_ml.qc.volume import image_mm
 
     mask_img = nb.as_closest_canonical(image_mm(brain_mask))
-    mask = _volume(mask_img) > 0.5
+    mask = mask_inside(_volume(mask_img))
     if not mask.any():
         return float("nan")
     data = _volume(_on_grid(nb.as_closest_canonical(image_mm(image)), mask_img))

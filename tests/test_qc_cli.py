@@ -964,3 +964,20 @@ def test_scan_of_a_saturated_head_has_a_vcf(shared_data, tmp_path, capsys):
     nb.save(nb.Nifti1Image(ndimage.shift(sat, (0.5, 0, 0), order=1), img.affine), proc_f)
     assert main(["scan", str(proc_f), str(raw_f)]) == 0
     assert json.loads(capsys.readouterr().out)["vcf"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_scan_takes_a_soft_mask_as_its_voxels_above_half(shared_data, tmp_path, capsys):
+    """--mask and --raw-mask took a soft mask's voxels above 0 (the sammba brain mask blurred
+    into probabilities: 4x the brain, its whole halo), brain_coverage those above 0.5."""
+    folder = shared_data / "mri/scans/sammba"
+    mask = nb.load(folder / "mask.nii.gz")
+    soft = ndimage.gaussian_filter(np.asanyarray(mask.dataobj).astype(np.float32), 1.5)
+    soft_f, hard_f = tmp_path / "soft.nii.gz", tmp_path / "hard.nii.gz"
+    nb.save(nb.Nifti1Image(soft, mask.affine), soft_f)
+    nb.save(nb.Nifti1Image((soft > 0.5).astype(np.uint8), mask.affine), hard_f)
+    fwhm = {}
+    for name, path in (("soft", soft_f), ("hard", hard_f)):
+        assert main(["scan", str(folder / "anat.nii.gz"), str(folder / "anat.nii.gz"),
+                     "--mask", str(path), "--raw-mask", str(path)]) == 0
+        fwhm[name] = json.loads(capsys.readouterr().out)["fwhm_raw"]
+    assert fwhm["soft"] == fwhm["hard"]

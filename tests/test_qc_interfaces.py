@@ -126,6 +126,22 @@ def test_smoothness_node_refuses_a_mask_of_the_same_shape_on_another_grid(pair, 
                                mask_file=str(other_f)).run(cwd=str(tmp_path))
 
 
+def test_smoothness_node_takes_a_soft_mask_as_its_voxels_above_half(pair, tmp_path):
+    """mask_file's voxels above 0 were the mask: a brain mask blurred into probabilities took
+    its whole halo, while brain_coverage took the same mask's voxels above 0.5."""
+    proc_f, raw_f = pair
+    img = nb.load(proc_f)
+    soft = ndimage.gaussian_filter((np.asanyarray(img.dataobj) > 50).astype("float32"), 1.5)
+    fwhm = {}
+    for name, data in (("soft", soft), ("hard", (soft > 0.5).astype("uint8"))):
+        path = tmp_path / f"{name}_mask.nii.gz"
+        nb.save(nb.Nifti1Image(data, img.affine), path)
+        res = SmoothnessConservation(processed_file=str(proc_f), raw_file=str(raw_f),
+                                     mask_file=str(path)).run(cwd=str(tmp_path))
+        fwhm[name] = res.outputs.fwhm_processed
+    assert fwhm["soft"] == fwhm["hard"]
+
+
 def test_write_qc_metrics_missing_values_are_null(tmp_path):
     node = Node(
         WriteQCMetrics(

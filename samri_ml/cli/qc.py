@@ -121,6 +121,7 @@ def _scan(args, parser) -> int:
 
     from samri_ml.io import load_nifti
     from samri_ml.masking.predict import check_same_grid
+    from samri_ml.masks import mask_inside
     from samri_ml.qc.metrics import AXES_KEY, modality_of, qc_from_arrays, qc_record, scan_name
     from samri_ml.qc.volume import EMPTY_PROCESSED_HINT, affine_mm, image_mm
 
@@ -151,7 +152,7 @@ def _scan(args, parser) -> int:
         if path is None:
             continue
         mask_img = load_nifti(path, allow_4d=False)
-        masks[key] = np.asanyarray(mask_img.dataobj) > 0
+        masks[key] = mask_inside(np.asanyarray(mask_img.dataobj))
         if masks[key].shape != img.shape[:3]:
             raise SamriMLError(
                 f"{path}: mask shape {masks[key].shape} differs from {image}'s "

@@ -118,16 +118,14 @@ class VolumeConservation(SimpleInterface):
         if isdefined(self.inputs.reference_mask):
             import nibabel as nb
 
-            from samri_ml.qc.volume import affine_mm
             from samri_ml.report import brain_coverage
 
             # the data read above (a registered run read again was a second decompression
-            # of the largest file of the run), both images in mm as _load gives them
-            mask = nb.load(self.inputs.reference_mask)
+            # of the largest file of the run), in mm as _load gives it; the mask's voxels
+            # and its unit are brain_coverage's to read
             self._results["brain_coverage"] = brain_coverage(
                 nb.Nifti1Image(proc, proc_aff, dtype=np.float32),  # (any data type in memory)
-                nb.Nifti1Image((np.asanyarray(mask.dataobj) > 0.5).astype(np.uint8),
-                               affine_mm(mask)))
+                nb.load(self.inputs.reference_mask))
         return runtime
 
 
@@ -181,9 +179,10 @@ class SmoothnessConservation(SimpleInterface):
             from types import SimpleNamespace
 
             from samri_ml.masking.predict import check_same_grid
+            from samri_ml.masks import mask_inside
 
             mask, mask_aff = _load(self.inputs.mask_file)
-            mask = np.asanyarray(mask) > 0
+            mask = mask_inside(mask)  # a soft mask as brain_coverage takes one
             if mask.shape != proc.shape[:3]:
                 raise SamriMLError(
                     f"{self.inputs.mask_file}: mask shape {mask.shape} differs from the processed "
