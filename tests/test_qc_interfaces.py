@@ -156,6 +156,29 @@ def test_write_qc_metrics_missing_values_are_null(tmp_path):
     assert rec["vcf"] == 0.9 and rec["scf"] is None and rec["workflow"] == ""
     assert res.outputs.out_json.endswith("sub-02_ses-3_task-rest_acq-EPI_desc-qc_metrics.json")
     assert "n/a" in open(res.outputs.out_tsv).read()
+    assert res.outputs.out_tsv.endswith(
+        "sub-02_ses-3_task-rest_acq-EPI_desc-qctable_metrics.tsv")
+
+
+def test_the_record_is_not_read_as_its_tables_sidecar(tmp_path):
+    """The record ``..._desc-qc_metrics.json`` beside ``..._desc-qc_metrics.tsv`` was, to
+    BIDS tools (pybids, the validator's inheritance rule), the TSV's sidecar: pybids gave the
+    table ``vcf``, ``scf``... as metadata, and as entities to query by."""
+    bids = pytest.importorskip("bids")
+    deriv = tmp_path / "deriv"
+    folder = deriv / "sub-01" / "ses-1" / "anat"
+    folder.mkdir(parents=True)
+    (deriv / "dataset_description.json").write_text(json.dumps(
+        {"Name": "qc", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+         "GeneratedBy": [{"Name": "samri_ml"}]}))
+    res = Node(WriteQCMetrics(scan="sub-01_ses-1_T2w.nii.gz", modality="anat", vcf=0.98,
+                              scf=1.1), name="ds", base_dir=str(tmp_path / "work")).run()
+    for out in (res.outputs.out_json, res.outputs.out_tsv):
+        Path(folder / Path(out).name).write_bytes(Path(out).read_bytes())
+    layout = bids.BIDSLayout(deriv, validate=False, is_derivative=True)
+    (table,) = layout.get(extension=".tsv")
+    assert table.get_metadata() == {}
+    assert layout.get(extension=".json", desc="qc")[0].get_dict()["vcf"] == 0.98
 
 
 def test_qc_basename_and_derivative_path():
@@ -163,6 +186,8 @@ def test_qc_basename_and_derivative_path():
     assert qc_basename("scan.nii") == "scan_desc-qc_metrics"
     rel = qc_relative_path("sub-1_ses-a_task-rest_bold.nii.gz", "func")
     assert rel.as_posix() == "sub-1/ses-a/func/sub-1_ses-a_task-rest_desc-qc_metrics.json"
+    rel = qc_relative_path("sub-1_ses-a_task-rest_bold.nii.gz", "func", ".tsv")
+    assert rel.as_posix() == "sub-1/ses-a/func/sub-1_ses-a_task-rest_desc-qctable_metrics.tsv"
 
 
 def test_volume_conservation_refuses_a_percentile_outside_0_100():

@@ -235,11 +235,13 @@ class _WriteQCMetricsInputSpec(BaseInterfaceInputSpec):
 
 class _WriteQCMetricsOutputSpec(TraitedSpec):
     out_json = File(exists=True, desc="<entities>_desc-qc_metrics.json")
-    out_tsv = File(exists=True, desc="<entities>_desc-qc_metrics.tsv (one row)")
+    out_tsv = File(exists=True, desc="<entities>_desc-qctable_metrics.tsv (one row; another "
+                   "desc than the JSON's, which BIDS would read as its sidecar)")
 
 
 class WriteQCMetrics(SimpleInterface):
-    """Write one scan's QC values as ``<entities>_desc-qc_metrics.json`` and ``.tsv``.
+    """Write one scan's QC values as ``<entities>_desc-qc_metrics.json`` and, one row,
+    ``<entities>_desc-qctable_metrics.tsv``.
 
     JSON keys: ``scan``, ``modality``, ``workflow``, ``vcf``, ``scf``, ``scf_normalised``,
     ``volume_processed``, ``volume_raw`` (mm^3), ``fwhm_processed``, ``fwhm_raw`` (mm); values not
@@ -252,6 +254,7 @@ class WriteQCMetrics(SimpleInterface):
 
     def _run_interface(self, runtime):
         from samri_ml.qc.metrics import (
+            QC_TABLE_SUFFIX,
             VALUE_KEYS,
             qc_basename,
             qc_record,
@@ -273,8 +276,9 @@ class WriteQCMetrics(SimpleInterface):
             brain_coverage=(self.inputs.brain_coverage if isdefined(self.inputs.brain_coverage)
                             else None),
         )
-        stem = os.path.join(runtime.cwd, qc_basename(self.inputs.scan))
-        self._results["out_json"] = stem + ".json"
-        self._results["out_tsv"] = stem + ".tsv"
+        self._results["out_json"] = os.path.join(runtime.cwd,
+                                                 qc_basename(self.inputs.scan) + ".json")
+        self._results["out_tsv"] = os.path.join(
+            runtime.cwd, qc_basename(self.inputs.scan, QC_TABLE_SUFFIX) + ".tsv")
         write_qc_record(record, self._results["out_json"], self._results["out_tsv"])
         return runtime

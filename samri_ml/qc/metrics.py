@@ -1,5 +1,10 @@
 """Per-scan QC records: computing them from images, naming and writing them (JSON + one-row TSV).
 
+A scan's record is ``<entities>_desc-qc_metrics.json`` (:data:`QC_SUFFIX`), its one-row table
+``<entities>_desc-qctable_metrics.tsv`` (:data:`QC_TABLE_SUFFIX`): under one name, BIDS tools
+(pybids, the validator's inheritance rule) read the JSON as the TSV's sidecar, its data
+dictionary, and gave the TSV ``vcf``, ``scf``... as metadata.
+
 The record is the contract shared by ``samri_ml-qc scan``, the Nipype interfaces and
 ``samri_ml-qc compare``::
 
@@ -97,8 +102,11 @@ def off_template_text(coverage: float) -> str:
             "the brain")
 
 
-#: Suffix (and extension-less) of per-scan QC derivative files.
+#: Suffix (and extension-less) of per-scan QC records (JSON).
 QC_SUFFIX = "desc-qc_metrics"
+#: Suffix (and extension-less) of a QC record's one-row table (TSV): another ``desc`` than the
+#: record's, which BIDS would otherwise take for the table's sidecar
+QC_TABLE_SUFFIX = "desc-qctable_metrics"
 
 _ENTITY = re.compile(r"^[A-Za-z0-9]+-[A-Za-z0-9.+]+$")
 
@@ -112,8 +120,9 @@ def scan_name(path: str | Path) -> str:
     return name
 
 
-def qc_basename(scan: str) -> str:
-    """Derivative file stem for a scan: its BIDS entities, ``desc-qc``, suffix ``metrics``.
+def qc_basename(scan: str, suffix: str = QC_SUFFIX) -> str:
+    """Derivative file stem for a scan: its BIDS entities, then ``suffix`` (``desc-qc``,
+    suffix ``metrics``; :data:`QC_TABLE_SUFFIX` for the table).
 
     >>> qc_basename("sub-01_ses-1_task-rest_acq-EPI_bold.nii.gz")
     'sub-01_ses-1_task-rest_acq-EPI_desc-qc_metrics'
@@ -127,20 +136,22 @@ def qc_basename(scan: str) -> str:
     entities = [p for p in parts if _ENTITY.match(p) and not p.startswith("desc-")]
     if not entities:
         entities = [scan_name(scan)]
-    return "_".join(entities + [QC_SUFFIX])
+    return "_".join(entities + [suffix])
 
 
 def qc_relative_path(scan: str, modality: str, ext: str = ".json") -> Path:
-    """Where a scan's QC file goes inside a derivatives folder.
+    """Where a scan's QC file goes inside a derivatives folder (the record, or its table
+    for ``ext=".tsv"``).
 
     >>> str(qc_relative_path("sub-01_ses-1_task-rest_bold.nii.gz", "func"))
     'sub-01/ses-1/func/sub-01_ses-1_task-rest_desc-qc_metrics.json'
     >>> str(qc_relative_path("sub-02_T2w", "anat", ".tsv"))
-    'sub-02/anat/sub-02_desc-qc_metrics.tsv'
+    'sub-02/anat/sub-02_desc-qctable_metrics.tsv'
     """
     parts = scan_name(scan).split("_")
     folders = [p for p in parts if p.startswith(("sub-", "ses-")) and _ENTITY.match(p)][:2]
-    return Path(*folders, modality, qc_basename(scan) + ext)
+    suffix = QC_TABLE_SUFFIX if ext == ".tsv" else QC_SUFFIX
+    return Path(*folders, modality, qc_basename(scan, suffix) + ext)
 
 
 def _clean(value):
@@ -179,7 +190,8 @@ def axes_list(value) -> tuple[str, ...]:
 
 
 def write_qc_record(record: dict, out_json: str | Path, out_tsv: str | Path | None = None):
-    """Write a QC record as JSON (indented) and, optionally, as a one-row TSV (``n/a`` for None)."""
+    """Write a QC record as JSON (indented) and, optionally, as a one-row TSV (``n/a`` for None;
+    named with :data:`QC_TABLE_SUFFIX`, not the record's stem: see the module's docstring)."""
     out_json = Path(out_json)
     out_json.write_text(json.dumps(record, indent=2) + "\n")
     if out_tsv is not None:

@@ -284,9 +284,10 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
         wf.connect(*template_mask, vcf, "reference_mask")
         wf.connect(vcf, "brain_coverage", write, "brain_coverage")
     if output_dir is not None:
-        for ext, field in ((".json", "out_json"), (".tsv", "out_tsv")):
+        # the table's desc is not the record's: BIDS read the record as its sidecar
+        for ext, field, desc in ((".json", "out_json", "qc"), (".tsv", "out_tsv", "qctable")):
             ds = pe.Node(DerivativesDataSink(base_directory=str(output_dir),
-                                             source_file=str(raw_file), desc="qc",
+                                             source_file=str(raw_file), desc=desc,
                                              suffix="metrics", extension=ext,
                                              **({"space": space} if space else {})),
                          name=f"ds_{prefix}_qc{ext[1:]}", **SINK_NODE)
