@@ -261,10 +261,15 @@ MIN_NEIGHBOUR_CORRELATION = 0.3
 def neighbour_correlation(img: np.ndarray, size: int = 128) -> float:
     """Correlation of neighbouring pixels (the mean of the vertical and horizontal lag-1
     autocorrelations) of ``img`` shrunk to ``size`` px a side by area averaging: near 1 for
-    an image with structure (a section: tissue against background), near 0 for noise."""
+    an image with structure (a section: tissue against background), near 0 for noise. A
+    uint8 image is shrunk as it is (a float32 copy of a 20000 x 15000 slide scan took 1.2 GB;
+    the correlations move by under 0.001)."""
     import cv2
 
-    a = cv2.resize(np.asarray(img, np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        img = img.astype(np.float32)
+    a = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
     a -= a.mean()
     var = float((a * a).mean())
     if var == 0:
@@ -552,24 +557,22 @@ def bright_fill(img: np.ndarray) -> np.ndarray | None:
     lo = max(0, centre - FRAME_TOL)
     value = lo + int(np.argmax(hist[lo:centre + FRAME_TOL + 1]))  # the fill's own value
 
-    def near_value(a: np.ndarray) -> np.ndarray:
-        return np.abs(a.astype(np.int16) - value) <= FRAME_TOL
-
-    on_ring = near_value(ring)
+    on_ring = np.abs(ring.astype(np.int16) - value) <= FRAME_TOL
     if np.mean(np.abs(ring[on_ring].astype(np.int16) - value) <= FILL_EXACT) < FILL_FLAT:
         return None  # tissue touching the edge, not one flat value: before the costly part
-    flat = near_value(img).astype(np.uint8)
-    _, labels = cv2.connectedComponents(flat, connectivity=4)
-    edge_labels = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    touching = np.unique(edge_labels[on_ring])
-    if not len(touching):
-        return None
-    fill = np.isin(labels, touching)
+    # the pixels near the value connected to the ring: flooded (4-connected) from a border
+    # around the image, in one uint8 copy (labelling every flat piece and picking the ring's
+    # with np.isin took 24 s and 5.9 GB for a 20000 x 15000 brightfield slide scan)
+    flat = cv2.copyMakeBorder(cv2.inRange(img, value - FRAME_TOL, value + FRAME_TOL),
+                              1, 1, 1, 1, cv2.BORDER_CONSTANT, value=255)
+    cv2.floodFill(flat, None, (0, 0), 128, flags=4)
+    fill = flat[1:-1, 1:-1] == 128
+    del flat
     share = fill.mean()
     if share < FILL_MIN or share > 1 - FILL_MIN:
         return None
-    values = img[fill].astype(np.int16)
-    if np.mean(np.abs(values - value) <= FILL_EXACT) < FILL_FLAT:
+    hist = cv2.calcHist([img], [0], fill.view(np.uint8), [256], [0, 256]).ravel()
+    if hist[max(0, value - FILL_EXACT):value + FILL_EXACT + 1].sum() < FILL_FLAT * hist.sum():
         return None
     grown = cv2.dilate(fill.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     edge = img[grown & ~fill]
