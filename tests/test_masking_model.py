@@ -281,9 +281,15 @@ def test_cli_masks_many_scans_with_one_model(tmp_path, phantom):
                         "--masked and --png name one file"),
                        ([scans[0], single, "--figures"], "--figures is for --out-dir"),
                        ([scans[0], single, "--overwrite"], "--overwrite is for --out-dir"),
-                       # the first run's masks there: replaced with --overwrite only
+                       ([scans[0], single, "--skip-existing"],
+                        "--skip-existing is for --out-dir"),
+                       ([*scans, "--out-dir", out, "--skip-existing", "--overwrite"],
+                        "--overwrite and --skip-existing: give one"),
+                       # the first run's masks there: replaced with --overwrite only, kept
+                       # with --skip-existing
                        ([*scans, "--out-dir", out], "--out-dir: 2 of the masks exist already "
-                        f"({out / 'head_T2w_mask.nii.gz'}, ...); hint: --overwrite"),
+                        f"({out / 'head_T2w_mask.nii.gz'}, ...); hint: --skip-existing to "
+                        "keep them and mask the others (an interrupted batch), --overwrite"),
                        # the first run's masks among the inputs of a rerun (a glob of DIR)
                        ([scans[0], out / "head_T2w_mask.nii.gz", "--out-dir", out],
                         f"{out / 'head_T2w_mask.nii.gz'} is one of the inputs; it would be "
@@ -483,9 +489,30 @@ def test_sigterm_in_many_scans_says_where_it_stopped(tmp_path, phantom):
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-2:] == [
         f"samri_ml-mask: note: interrupted at [3/4] {scans[2]}: of the 2 scans before it, 1 "
-        f"could not be masked ({scans[1]}), the others' masks are in {out}; hint: mask "
-        f"{scans[2]} and the 1 after it", "samri_ml-mask: terminated"], err
+        f"could not be masked ({scans[1]}), the others' masks are in {out}; hint: the same "
+        f"command with --skip-existing masks {scans[2]} and the 1 after it",
+        "samri_ml-mask: terminated"], err
     assert (out / "a_mask.nii.gz").is_file() and not (out / "d_mask.nii.gz").exists()
+    # resumed: it was refused ('2 of the masks exist already') unless --overwrite, which
+    # masked every scan again; --skip-existing keeps a's mask, untouched, and masks the rest
+    # (the one there that is no mask is not kept: refused at its turn, as without the option)
+    kept = (out / "a_mask.nii.gz").read_bytes()
+    nb.save(phantom["bold"], out / "c_mask.nii.gz")  # a scan, not a mask
+    r = _cli(scans[0], scans[2], scans[3], "--out-dir", out, "--skip-existing")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines()[0] == (
+        f"samri_ml-mask: note: 1 of the 3 masks are in {out} already, kept: a_mask.nii.gz")
+    assert f"[1/2] {scans[2]}" in r.stderr and "exists and is no mask" in r.stderr
+    assert (out / "a_mask.nii.gz").read_bytes() == kept and (out / "d_mask.nii.gz").is_file()
+    (out / "c_mask.nii.gz").unlink()
+    r = _cli(scans[0], scans[2], scans[3], "--out-dir", out, "--skip-existing")
+    assert r.returncode == 0, r.stderr
+    assert "2 of the 3 masks" in r.stderr and f"[1/1] {scans[2]}" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"samri_ml-mask: 3 masks in {out} (2 kept)"
+    single = tmp_path / "c_single.nii.gz"
+    assert _cli(scans[2], single).returncode == 0
+    np.testing.assert_array_equal(np.asarray(nb.load(out / "c_mask.nii.gz").dataobj),
+                                  np.asarray(nb.load(single).dataobj))
 
 
 def test_a_model_that_is_no_masker_is_refused_in_one_line(tmp_path, phantom, capsys):

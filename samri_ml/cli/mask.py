@@ -51,6 +51,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="with --out-dir: replace masks there of the names it writes (refused "
                    "otherwise: a lab's own <scan>_mask.nii.gz may be there)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="with --out-dir: keep the masks there of the names it writes (each a "
+                   "readable image of 0 and 1) and mask the other scans: an interrupted batch "
+                   "resumed")
     p.add_argument("--figures", action="store_true",
                    help="with --out-dir: a picture of each mask on its scan, "
                    "DIR/<IN's name>_mask.png")
@@ -108,9 +112,11 @@ def _main(argv=None) -> int:
 def _run(parser, args) -> int:
     if args.out_dir is not None:
         return _run_batch(parser, args)
-    if args.figures or args.overwrite:
-        parser.error(f"{'--figures' if args.figures else '--overwrite'} is for --out-dir; "
-                     "hint: with IN OUT, give --png QC.png for a picture; OUT is replaced")
+    batch_only = [o for o, given in (("--figures", args.figures), ("--overwrite",
+                  args.overwrite), ("--skip-existing", args.skip_existing)) if given]
+    if batch_only:
+        parser.error(f"{batch_only[0]} is for --out-dir; hint: with IN OUT, give --png QC.png "
+                     "for a picture; OUT is replaced")
     if len(args.files) != 2:
         parser.error(f"give IN and OUT (got {len(args.files)} path(s)); hint: for many scans, "
                      "IN [IN ...] --out-dir DIR")
@@ -242,6 +248,9 @@ def _run_batch(parser, args) -> int:
         parser.error("--masked and --png name one file: with --out-dir, give --figures for "
                      "a picture of each mask")
     _check_options(parser, args)
+    if args.overwrite and args.skip_existing:
+        parser.error("--overwrite and --skip-existing: give one (replace the masks there, or "
+                     "keep them)")
     if args.out_dir.exists() and not args.out_dir.is_dir():
         parser.error(f"--out-dir {args.out_dir}: a file, not a folder")
     names: dict[str, Path] = {}
@@ -260,12 +269,27 @@ def _run_batch(parser, args) -> int:
             parser.error(f"--out-dir: {target} is one of the inputs; it would be overwritten; "
                          "hint: an earlier run's mask? leave the *_mask.nii.gz out of IN")
     there = [target for target in targets.values() if target.exists()]
-    if there and not args.overwrite:
+    if there and not (args.overwrite or args.skip_existing):
         # names the command made up: a lab's own <scan>_mask.nii.gz beside its scans (manual,
         # --out-dir the data folder) was replaced without a word
         parser.error(f"--out-dir: {len(there)} of the masks exist already ({there[0]}"
-                     f"{', ...' if len(there) > 1 else ''}); hint: --overwrite to replace them "
-                     "(an earlier batch's), or give another --out-dir")
+                     f"{', ...' if len(there) > 1 else ''}); hint: --skip-existing to keep "
+                     "them and mask the others (an interrupted batch), --overwrite to replace "
+                     "them, or give another --out-dir")
+    total = len(names)
+    if args.skip_existing and there:
+        # an interrupted batch could only be run again whole (--overwrite); a file there that
+        # is no mask is not kept: the scan's turn refuses it, as without --skip-existing
+        kept = [name for name, target in targets.items() if _is_mask(target)]
+        if kept:
+            print(f"{PROG}: note: {len(kept)} of the {total} masks are in {args.out_dir} "
+                  f"already, kept: {', '.join(f'{name}.nii.gz' for name in kept)}",
+                  file=sys.stderr)
+        names = {name: path for name, path in names.items() if name not in kept}
+        if not names:
+            print(f"{PROG}: {total} masks in {args.out_dir}, none left to mask",
+                  file=sys.stderr)
+            return 0
     try:
         args.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -289,13 +313,15 @@ def _run_batch(parser, args) -> int:
         done = (f"of the {i - 1} scans before it, {len(failed)} could not be masked "
                 f"({', '.join(failed)}), the others' masks are in {args.out_dir}" if failed
                 else f"the {i - 1} scans before it are masked into {args.out_dir}")
-        print(f"{PROG}: note: interrupted at [{i}/{len(names)}] {path}: {done}; hint: mask "
-              f"{path} and the {len(names) - i} after it", file=sys.stderr)
+        print(f"{PROG}: note: interrupted at [{i}/{len(names)}] {path}: {done}; hint: the "
+              f"same command with --skip-existing masks {path} and the {len(names) - i} after "
+              "it", file=sys.stderr)
         raise
     if failed:
         raise SamriMLError(f"{len(failed)} of {len(names)} scans could not be masked: "
                            + ", ".join(failed))
-    print(f"{PROG}: {len(names)} masks in {args.out_dir}", file=sys.stderr)
+    print(f"{PROG}: {total} masks in {args.out_dir}"
+          f"{f' ({total - len(names)} kept)' if total > len(names) else ''}", file=sys.stderr)
     return 0
 
 
@@ -366,21 +392,32 @@ def _note_binary_input(img, in_file) -> None:
                       "give the scan first (samri_ml-mask IN OUT)", SamriMLNote, stacklevel=2)
 
 
-def _existing_not_a_mask(path) -> bool:
-    """Whether ``path`` is a readable image holding values other than 0 and 1 (a scan): OUT
-    is then no earlier mask, and writing the mask would lose it."""
+def _holds_a_mask(path) -> bool | None:
+    """Whether the file ``path`` is an image holding only 0 and 1 (a mask) or other values (a
+    scan); None where it is no file or no image nibabel reads."""
     import nibabel as nb
 
     from samri_ml.io import quiet_stderr
 
     if not path.is_file():
-        return False
+        return None
     try:
         with quiet_stderr():
-            data = nb.load(str(path)).dataobj
-            return not _only_zero_and_one(data)
-    except Exception:  # noqa: BLE001 - not an image nibabel reads: nothing of value to keep
-        return False
+            return _only_zero_and_one(nb.load(str(path)).dataobj)
+    except Exception:  # noqa: BLE001 - not an image nibabel reads
+        return None
+
+
+def _is_mask(path) -> bool:
+    """Whether ``path`` is a readable mask (``--skip-existing`` keeps it)."""
+    return _holds_a_mask(path) is True
+
+
+def _existing_not_a_mask(path) -> bool:
+    """Whether ``path`` is a readable image holding values other than 0 and 1 (a scan): OUT
+    is then no earlier mask, and writing the mask would lose it (a file that is no image
+    holds nothing of value to keep)."""
+    return _holds_a_mask(path) is False
 
 
 def _check_outputs(out_file, masked=None, png=None, batch: bool = False) -> None:
