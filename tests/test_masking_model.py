@@ -2131,6 +2131,47 @@ def test_evaluate_masker_scores_a_labs_own_scans(tmp_path, lab_scans_dir, capsys
     assert f"{bold_mask}" in capsys.readouterr().err
 
 
+def test_evaluate_masker_reads_batch_masks_and_leaves_out_an_unmasked_image(tmp_path,
+                                                                           lab_scans_dir,
+                                                                           capsys):
+    """A lab that masked its scans with ``samri_ml-mask IN... --out-dir`` (masks named
+    ``<IN's name>_mask.nii.gz``) could not score them: ``--scans`` read only
+    ``*_desc-brain_mask`` ('no brain masks found'); and one image without a mask stopped the
+    whole evaluation. Now an image's own ``<name>_mask`` beside it is its mask, an image
+    without one is left out with a note naming it (none with a mask: refused), and an image
+    with both kinds is refused (which is the corrected one?)."""
+    from samri_ml.cli import evaluate_masker, mask
+    from samri_ml.masking.data import lab_pairs
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab", drop=["*desc-brain_mask*", "sub-03",
+                                                           "*bold*"])
+    anat = lab / "sub-01" / "anat"
+    assert mask.main([str(anat / "sub-01_T2w.nii.gz"), "--out-dir", str(anat)]) == 0
+    assert (anat / "sub-01_T2w_mask.nii.gz").is_file()
+    capsys.readouterr()
+    out = tmp_path / "rows.json"
+    assert evaluate_masker.main(["--scans", str(lab), "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert ("samri_ml-evaluate-masker: note: --scans: 1 image(s) without a mask beside them "
+            "left out: sub-02/anat/sub-02_T2w.nii.gz") in err, err
+    rows = json.loads(out.read_text())["rows"]
+    # the model's own masks: scored against themselves
+    assert [r["scan"] for r in rows] == ["sub-01/anat/sub-01_T2w.nii.gz"]
+    assert rows[0]["dice"] == pytest.approx(1.0)
+    # training still refuses an image without a mask
+    with pytest.raises(SamriMLError, match="sub-02_T2w.nii.gz has no mask beside it"):
+        lab_pairs(lab)
+    shared = lab_scans_dir / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz"
+    (anat / shared.name).write_bytes(shared.read_bytes())
+    with pytest.raises(SamriMLError, match="sub-01_T2w.nii.gz has two masks beside it, "
+                       "sub-01_desc-brain_mask.nii.gz and sub-01_T2w_mask.nii.gz"):
+        lab_pairs(lab, min_subjects=1, skip_unmasked=True)
+    for name in (shared.name, "sub-01_T2w_mask.nii.gz"):
+        (anat / name).unlink()
+    assert evaluate_masker.main(["--scans", str(lab)]) == 1
+    assert "no brain masks" in capsys.readouterr().err
+
+
 def test_evaluate_masker_on_a_labs_training_scans_says_so_plainly(tmp_path, lab_scans_dir,
                                                                    capsys):
     """A model fine-tuned with --scans LAB, scored with --scans LAB, got 'its --scans folder
@@ -2216,7 +2257,8 @@ def test_train_masker_refuses_lab_scans_it_cannot_pair(tmp_path, lab_scans_dir, 
                        f"{anat / name} is empty (no voxel above 0.5)"),
         "one subject": ({"drop": ["sub-01", "sub-03"]},
                         "scans of one subject (sub-02); the validation split needs two"),
-        "no masks": ({"drop": ["*_mask.nii.gz"]}, "no brain masks (*_desc-brain_mask.nii.gz)"),
+        "no masks": ({"drop": ["*_mask.nii.gz"]}, "no brain masks (*_desc-brain_mask.nii.gz, "
+                     "or <image>_mask.nii.gz) found"),
         # named as the hint for an image without entities used to say: still no pair
         "no entities": ({"drop": ["sub-02_*"], "add": [
                             ("sub-02/anat/T2w.nii.gz", nb.Nifti1Image(grid, mask.affine)),

@@ -47,7 +47,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--scans", type=Path, default=None, metavar="DIR",
         help="score your own scans instead of the shared data: each "
         "<entities>_desc-brain_mask.nii.gz under DIR beside its image <entities>_<suffix>.nii.gz "
-        "(e.g. sub-01_T2w.nii.gz), as samri_ml-train-masker --scans reads them",
+        "(e.g. sub-01_T2w.nii.gz), or an image's own <name>_mask.nii.gz beside it (as "
+        "samri_ml-mask --out-dir names them), as samri_ml-train-masker --scans reads them; an "
+        "image without a mask is left out, named in a note",
     )
     p.add_argument(
         "--sources",
@@ -221,7 +223,8 @@ def _main(argv=None) -> int:
     if args.scans is not None:  # the pairs by name and header, before TensorFlow starts
         from samri_ml.masking.data import lab_pairs
 
-        lab_pairs(args.scans, min_subjects=1)
+        # an image without a mask is left out, named (it stopped the whole evaluation)
+        pairs = lab_pairs(args.scans, min_subjects=1, skip_unmasked=True)
         held_out = [] if _trained_on(model_path, args.scans) else ["scans"]
     else:
         data_dir = existing_data_dir(args.data_dir)
@@ -233,7 +236,7 @@ def _main(argv=None) -> int:
     if args.scans is not None:
         from samri_ml.masking.data import lab_scans
 
-        scans = lab_scans(args.scans, min_subjects=1)
+        scans = lab_scans(args.scans, pairs=pairs)
     else:
         skip = tuple(s for s in SOURCES if args.sources and s not in args.sources)
         scans = real_scans(data_dir, args.cache_dir, skip=skip, stripped_rim=args.stripped_rim)

@@ -54,7 +54,8 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="train on your own scans instead of the shared data: each "
         "<entities>_desc-brain_mask.nii.gz under DIR beside its image <entities>_<suffix>.nii.gz "
-        "(e.g. sub-01_T2w.nii.gz); an animal's scans (sub-<label>) stay on one side of the "
+        "(e.g. sub-01_T2w.nii.gz), or an image's own <name>_mask.nii.gz beside it (as "
+        "samri_ml-mask --out-dir names them); an animal's scans (sub-<label>) stay on one side of the "
         "validation split; --holdout and the synthetic heads do not apply",
     )
     p.add_argument(

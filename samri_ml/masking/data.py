@@ -396,6 +396,9 @@ def real_scans(
 #: the name ending of a brain mask among a lab's scans (what ``samri_ml-register`` writes; the
 #: name to give ``samri_ml-mask``'s output): ``<entities>_desc-brain_mask.nii[.gz]``
 LAB_MASK_SUFFIX = "_desc-brain_mask"
+#: the name ending of one image's mask (``samri_ml-mask IN [IN ...] --out-dir DIR`` writes
+#: ``<IN's name>_mask.nii.gz``): ``<image's name>_mask.nii[.gz]`` beside that image
+IMAGE_MASK_SUFFIX = "_mask"
 
 
 def _nifti_stem(path: Path) -> str | None:
@@ -406,29 +409,36 @@ def _nifti_stem(path: Path) -> str | None:
     return None
 
 
-def lab_pairs(folder, min_subjects: int = 2) -> list[tuple[Path, Path, str]]:
+def lab_pairs(folder, min_subjects: int = 2, *,
+              skip_unmasked: bool = False) -> list[tuple[Path, Path, str]]:
     """A lab's own training scans under ``folder`` as ``(image, mask, subject)``, from the
     file names and headers alone (checked before TensorFlow starts and the data set is built).
 
     Each ``<entities>_desc-brain_mask.nii[.gz]`` (any depth) pairs with the images beside it
     that have its entities and one suffix more (``sub-01_ses-1_T2w.nii.gz`` for
-    ``sub-01_ses-1_desc-brain_mask.nii.gz``; a T1w beside it shares the mask). Images are the
-    NIfTIs without a ``desc-`` entity that are no ``_mask``, ``_dseg`` or ``_probseg``. The
-    subject is the ``sub-<label>`` of the name (else of a folder above it; else the scan is one
-    animal), so all of an animal's scans stay on one side of the validation split, which needs
-    ``min_subjects`` animals (1 to score a model on them: ``samri_ml-evaluate-masker --scans``).
+    ``sub-01_ses-1_desc-brain_mask.nii.gz``; a T1w beside it shares the mask); an image's own
+    ``<image's name>_mask.nii[.gz]`` beside it (``sub-01_T2w_mask.nii.gz``, as ``samri_ml-mask
+    --out-dir`` names it) is its mask too, and an image with both is refused (which one is
+    the corrected mask?). Images are the NIfTIs without a ``desc-`` entity that are no
+    ``_mask``, ``_dseg`` or ``_probseg``. The subject is the ``sub-<label>`` of the name (else
+    of a folder above it; else the scan is one animal), so all of an animal's scans stay on
+    one side of the validation split, which needs ``min_subjects`` animals (1 to score a model
+    on them: ``samri_ml-evaluate-masker --scans``). ``skip_unmasked``: images without a mask
+    are left out, named in a note (:class:`~samri_ml.errors.SamriMLNote`), not refused.
 
     Raises
     ------
     SamriMLError
-        For a folder without masks, an image without a mask (or a mask without an image), a
-        mask of another grid than its image, scans of one subject, or NIfTI files there by
-        name only (a DataLad dataset not fetched, links to nothing, a folder's too): each
-        names the file.
+        For a folder without masks, an image without a mask (unless ``skip_unmasked``) or
+        with two, a mask without an image, a mask of another grid than its image, scans of
+        one subject, or NIfTI files there by name only (a DataLad dataset not fetched, links
+        to nothing, a folder's too): each names the file.
     """
+    import warnings
+
     import nibabel as nb
 
-    from samri_ml.errors import SamriMLError
+    from samri_ml.errors import SamriMLError, SamriMLNote
     from samri_ml.io import annex_unfetched, content_missing
 
     folder = Path(folder)
@@ -453,23 +463,39 @@ def lab_pairs(folder, min_subjects: int = 2) -> list[tuple[Path, Path, str]]:
     # images: the NIfTIs with no desc- entity (derivatives: masks, brains, segmentations)
     images = {p: s for p, s in niftis.items()
               if "_desc-" not in f"_{s}" and not s.endswith(("_mask", "_dseg", "_probseg"))}
-    if not masks:
-        raise SamriMLError(f"--scans {folder}: no brain masks (*{LAB_MASK_SUFFIX}.nii.gz) "
-                           "found; hint: name each scan's mask like its image with "
-                           f"'{LAB_MASK_SUFFIX}' for the suffix, e.g. sub-01_T2w.nii.gz and "
+    # an image's own mask, as samri_ml-mask --out-dir names it (they were not read: a lab
+    # that masked its scans so, then corrected them, could not score or train on them)
+    own = {(p.parent, s[: -len(IMAGE_MASK_SUFFIX)]): p for p, s in niftis.items()
+           if s.endswith(IMAGE_MASK_SUFFIX) and p not in masks}
+    own = {image: own[image.parent, stem] for image, stem in images.items()
+           if (image.parent, stem) in own}
+    if not masks and not own:
+        raise SamriMLError(f"--scans {folder}: no brain masks (*{LAB_MASK_SUFFIX}.nii.gz, or "
+                           f"<image>{IMAGE_MASK_SUFFIX}.nii.gz) found; hint: name each "
+                           f"scan's mask like its image with '{LAB_MASK_SUFFIX}' for the "
+                           f"suffix, e.g. sub-01_T2w.nii.gz and "
                            f"sub-01{LAB_MASK_SUFFIX}.nii.gz")
-    pairs = []
+    pairs, unmasked = [], []
     for image, stem in images.items():
         prefix = stem.rsplit("_", 1)[0] if "_" in stem else ""
-        mask = next((m for m, p in masks.items() if m.parent == image.parent and p == prefix),
-                    None)
+        shared = next((m for m, p in masks.items() if m.parent == image.parent
+                       and p == prefix), None) if prefix else None
+        if shared is not None and image in own:
+            raise SamriMLError(f"--scans: {image} has two masks beside it, {shared.name} and "
+                               f"{own[image].name}; hint: move the one that is not its brain "
+                               "mask out of the folder")
+        mask = own.get(image, shared)
+        if mask is None and skip_unmasked:
+            unmasked.append(image)
+            continue
         if mask is None and not prefix:
             # no entities for a mask to share: the hint below named a mask (T2w_desc-brain_
             # mask) that does not pair with it either
             raise SamriMLError(f"--scans: {image} has no mask beside it, nor can one pair "
                                "with it: its name has no entities (sub-<label>_...); hint: "
                                f"rename it <entities>_{stem}, e.g. sub-01_{stem}.nii.gz "
-                               f"beside sub-01{LAB_MASK_SUFFIX}.nii.gz")
+                               f"beside sub-01{LAB_MASK_SUFFIX}.nii.gz, or name its mask "
+                               f"{stem}{IMAGE_MASK_SUFFIX}.nii.gz")
         if mask is None:
             raise SamriMLError(f"--scans: {image} has no mask beside it; hint: put its mask "
                                f"there as {prefix or stem}{LAB_MASK_SUFFIX}.nii.gz, or move "
@@ -496,6 +522,10 @@ def lab_pairs(folder, min_subjects: int = 2) -> list[tuple[Path, Path, str]]:
         if mask not in used:
             raise SamriMLError(f"--scans: {mask} has no image beside it; hint: put its image "
                                f"there as {masks[mask]}_<suffix>.nii.gz (e.g. _T2w)")
+    if unmasked:  # skip_unmasked: one image without a mask stopped a whole evaluation
+        names = ", ".join(path.relative_to(folder).as_posix() for path in unmasked)
+        warnings.warn(f"--scans: {len(unmasked)} image(s) without a mask beside them left "
+                      f"out: {names}", SamriMLNote, stacklevel=2)
     subjects = sorted({s for _, _, s in pairs})
     if len(subjects) < min_subjects:
         raise SamriMLError(f"--scans {folder}: scans of one subject ({subjects[0]}); the "
@@ -504,8 +534,9 @@ def lab_pairs(folder, min_subjects: int = 2) -> list[tuple[Path, Path, str]]:
     return pairs
 
 
-def lab_scans(folder, min_subjects: int = 2) -> list[Scan]:
-    """The scans of :func:`lab_pairs`, loaded (RAS; a 4D series as its temporal mean).
+def lab_scans(folder, min_subjects: int = 2, *, pairs=None) -> list[Scan]:
+    """The scans of :func:`lab_pairs`, loaded (RAS; a 4D series as its temporal mean);
+    ``pairs``: those :func:`lab_pairs` gave already (its checks and notes not repeated).
 
     Raises
     ------
@@ -516,7 +547,7 @@ def lab_scans(folder, min_subjects: int = 2) -> list[Scan]:
 
     folder = Path(folder)
     scans = []
-    for image, mask, subject in lab_pairs(folder, min_subjects):
+    for image, mask, subject in pairs or lab_pairs(folder, min_subjects):
         data, zooms = _load_ras(image)
         brain = _load_ras(mask)[0] > 0.5
         if not brain.any():
