@@ -137,3 +137,27 @@ def test_a_quantity_unmeasured_everywhere_does_not_say_the_workflows_share_no_sc
     result = compare_workflows(folders)
     assert "share 0 scan(s)" not in result["markdown"]
     assert {r["quantity"]: r["n_matched"] for r in result["anova"]}["vcf_dev"] == 8
+
+
+def test_a_scan_one_workflow_has_no_record_of_is_named(tmp_path):
+    """A subject one workflow failed on (no record written) was in the other workflow's mean,
+    F-test and Welch test, out of its own, and nothing said so."""
+    import json
+
+    from samri_ml.qc.compare import compare_workflows
+
+    rng = np.random.default_rng(0)
+    for name, subjects in (("w1", range(7)), ("w2", [0, 1, 2, 4, 5, 6])):
+        for i in subjects:
+            d = tmp_path / name / f"sub-{i:02d}" / "anat"
+            d.mkdir(parents=True)
+            (d / f"sub-{i:02d}_desc-qc_metrics.json").write_text(json.dumps(
+                {"scan": f"sub-{i:02d}_T2w", "modality": "anat", "workflow": name,
+                 "vcf": 0.95 + 0.01 * rng.standard_normal(), "scf": 1.1,
+                 "scf_normalised": 1.1}))
+    result = compare_workflows([tmp_path / "w1", tmp_path / "w2"])
+    assert "w2 lacks 1: sub-03_T2w (anat)" in result["markdown"]
+    assert "w1 lacks" not in result["markdown"]
+    # the same scans in both: no such note
+    (tmp_path / "w1" / "sub-03").rename(tmp_path / "sub-03")
+    assert "lacks" not in compare_workflows([tmp_path / "w1", tmp_path / "w2"])["markdown"]

@@ -773,6 +773,15 @@ def compare_workflows(
                        "n_paired); with fewer than "
                        f"{MIN_SCANS_FOR_STATISTICS} the repeated-measures and paired tests "
                        "below say little.")
+    lacking = _lacking(groups)
+    if lacking and common >= 2:
+        # a subject one workflow failed on (no record written) left its statistics without
+        # the scan, the others' with it, and nothing said so
+        caution.append("**Note:** not every workflow has a QC record of every scan ("
+                       + "; ".join(lacking) + "): the means, the F-test and the Welch tests "
+                       "count each workflow's own scans, the repeated-measures and paired "
+                       "tests those they share; a workflow that failed on a scan wrote no "
+                       "record of it (see its reports and crash files).")
     spaces = {wf: recs[0].get("space", "") for wf, recs in groups.items()}
     if len(set(spaces.values())) > 1:
         caution.append("**Note:** the workflows registered to different templates ("
@@ -931,6 +940,21 @@ def _partial_fov(groups: dict[str, list[dict]]) -> list[str]:
     """``"<workflow>: <scan> (<coverage>)"`` for each record of a partial field of view."""
     return [f"{wf}: {r['scan']} ({r[COVERAGE_KEY]:.0%})"
             for wf, recs in groups.items() for r in recs if _is_partial(r)]
+
+
+def _lacking(groups: dict[str, list[dict]]) -> list[str]:
+    """``"<workflow> lacks <n>: <scan> (<modality>), ..."`` (three named at most) for each
+    workflow without a record of scans that another workflow has (:func:`_key`)."""
+    have = {wf: {_key(r) for r in recs} for wf, recs in groups.items()}
+    every = set().union(*have.values())
+    out = []
+    for wf, keys in have.items():
+        lacks = sorted(every - keys, key=lambda k: (str(k[0]), str(k[1])))
+        if lacks:
+            names = [f"{scan} ({kind or 'no modality'})" for scan, kind in lacks]
+            out.append(f"{wf} lacks {len(lacks)}: " + ", ".join(names[:3])
+                       + (", …" if len(names) > 3 else ""))
+    return out
 
 
 def _unmeasured(groups: dict[str, list[dict]]) -> list[str]:
