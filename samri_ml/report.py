@@ -569,7 +569,7 @@ def _header(title, *, template, template_name, masking, flavour, command, starte
 def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
                           masking=None, qc=True, crashes_since: float | None = None,
                           flavour: str | None = None, workflow_graph=None,
-                          confirmed=None):
+                          confirmed=None, off_template: list | None = None):
     """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
 
     ``masking="none"``: the run predicted no masks, so a ``desc-brain_mask`` left in
@@ -587,7 +587,10 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     run's command line in ``dataset_description.json``) and the dates. ``workflow_graph``:
     the run's graph picture (PNG or SVG) to show, ``False`` for none (a run that drew none: a
     picture an earlier run left in ``OUTPUT_DIR/figures`` is not this run's), ``None`` for
-    ``OUTPUT_DIR/figures/workflow_graph.png`` where it exists.
+    ``OUTPUT_DIR/figures/workflow_graph.png`` where it exists. ``off_template``: a list that
+    gets the structural scans off the template that have no QC record to say so (``qc=False``):
+    records of ``scan``, ``modality`` and ``_coverage``, for the run's end-of-run notes
+    (:func:`samri_ml.cli.register.implausible_qc_notes`).
     """
     output_dir = Path(output_dir)
     tpl_mask = nb.load(str(template_mask))
@@ -740,6 +743,8 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                     # without a QC record (--no-qc) the banner and index.html said nothing of
                     # a structural scan registered off the template
                     unrecorded.append({"scan": name, "modality": kind, "_coverage": coverage})
+        if off_template is not None:
+            off_template.extend(unrecorded)
         if len(registered_anats) > 1:
             body.append("<h2>Coherence across sessions</h2><p class='note'>Each session's "
                         "registered structural scan above the first session's, both under "

@@ -580,6 +580,27 @@ def test_a_structural_scan_off_the_template_is_in_the_banner_and_index_without_q
         assert "no warnings" not in index and "the registration probably failed" in index
 
 
+def test_a_structural_scan_off_the_template_is_named_at_the_end_of_a_run_without_qc(tmp_path):
+    """With --no-qc a structural scan covering a quarter of the template's brain was named in
+    its report and index.html but not in the run's end-of-run notes (they read QC records):
+    the reports hand their records of it over, and the note is the one a QC record gives."""
+    from samri_ml.cli.register import implausible_qc_notes
+
+    out, items, kw = _make_run(tmp_path)
+    anat = derivative_path(out, items[0]["anat"], space="T", desc="preproc")
+    data = np.asanyarray(nb.load(anat).dataobj).copy()
+    data[:, :20] = data[:, 26:] = 0  # a slab: the rest of the brain off the scan
+    _save(data, anat)
+    for qc, expected in ((True, 0), (False, 1)):  # with QC, the record says it
+        found: list = []
+        write_subject_reports(out, items, masking="none", qc=qc, off_template=found, **kw)
+        assert len(found) == expected, found
+    (note,) = implausible_qc_notes(found, out)
+    assert note.startswith("sub-01_ses-1_T2w: the registered structural scan covers only ")
+    assert note.endswith(f"unless the scan is a slab of part of the brain; hint: look at "
+                         f"{out / 'sub-01.html'}"), note
+
+
 def test_an_interrupted_rerun_is_named_in_the_index_too(tmp_path):
     """A rerun interrupted after it rewrote part of a subject's files marked the subject's
     report (mark_interrupted), but index.html, an earlier run's, still said 'no warnings'

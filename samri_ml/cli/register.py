@@ -982,9 +982,11 @@ def _main(argv=None) -> int:
             through = (None if args.plugin in GRAPH_PLUGINS
                        else getattr(plugin_args.get("status_callback"), "through", None))
             # the sessions that finished still get their report (the failed scans marked)
+            off_template = []
             try:
-                _write_reports(args, sessions, started,
-                               confirmed=_confirmed_outputs(args, sessions, through))
+                off_template = _write_reports(args, sessions, started,
+                                              confirmed=_confirmed_outputs(args, sessions,
+                                                                           through))
             except Exception as report_err:  # noqa: BLE001 - the run's own error comes first
                 print(f"{PROG}: note: the reports could not be written ({report_err})",
                       file=sys.stderr)
@@ -999,17 +1001,18 @@ def _main(argv=None) -> int:
                 _set_aside_earlier_crashes(
                     args, [item for item in sessions if _session_wf_name(item) not in not_run],
                     started, crashes)
-            if not args.no_qc:
-                from samri_ml.bids import derivative_path
+            from samri_ml.bids import derivative_path
 
-                # a subject that finished beside the failed one had its implausible VCF said
-                # only by its report: the notes of a run that finished were never printed
-                finished = set(outcomes.get("finished", []))
-                _note_implausible_qc(args, [
-                    derivative_path(args.output_dir, scan, space=args.template_name,
-                                    desc="qc", suffix="metrics", extension=".json")
-                    for item in sessions if f"sub-{item['subject']}" in finished
-                    for scan in session_scans(item)])
+            # a subject that finished beside the failed one had its implausible VCF said
+            # only by its report: the notes of a run that finished were never printed
+            finished = set(outcomes.get("finished", []))
+            _note_implausible_qc(args, [
+                derivative_path(args.output_dir, scan, space=args.template_name,
+                                desc="qc", suffix="metrics", extension=".json")
+                for item in sessions if f"sub-{item['subject']}" in finished
+                for scan in session_scans(item)] + [
+                record for record in off_template
+                if record["scan"].split("_")[0] in finished])
             n = f"{len(crashes)} step(s) failed" if crashes else "some steps failed"
             said = "; ".join(f"{what}: {some_names(names, 5)}" for what, names in outcomes.items())
             raise SamriMLError(
@@ -1026,13 +1029,15 @@ def _main(argv=None) -> int:
                   "is reused", file=sys.stderr)
             return 0
         # the report's registration overviews do not need QC; without it there is no table
-        _write_reports(args, sessions, started)
+        off_template = _write_reports(args, sessions, started)
         _set_aside_earlier_crashes(args, sessions, started)
         _note_stale(args, sessions, graph)
         _remove_leftover_temporaries(args, sessions, started)
         from samri_ml.interfaces.bids import sink_outputs
 
-        _note_implausible_qc(args, sink_outputs(graph))
+        # with --no-qc, the structural scans off the template have no QC record: the
+        # reports' own coverage names them (they were in the reports only)
+        _note_implausible_qc(args, [*sink_outputs(graph), *off_template])
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
 
@@ -1229,15 +1234,17 @@ def _note_stale(args, sessions, graph) -> None:
 
 
 def _note_implausible_qc(args, paths) -> None:
-    """Name each scan of this run (its QC records among ``paths``) whose VCF says the
-    registration failed (such runs ended with "finished" and exit 0, the failure visible only
-    in the report's pictures)."""
+    """Name each scan of this run (its QC records among ``paths``, or the reports' records of
+    scans without one) whose VCF or coverage says the registration failed (such runs ended
+    with "finished" and exit 0, the failure visible only in the report's pictures)."""
     for line in implausible_qc_notes(paths, args.output_dir, args.template_grid_mm3):
         print(f"{PROG}: note: {line}", file=sys.stderr)
 
 
 def implausible_qc_notes(paths, output_dir, grid_mm3: float | None = None) -> list[str]:
-    """One line per QC record among ``paths`` whose VCF is outside :data:`PLAUSIBLE_VCF`:
+    """One line per QC record among ``paths`` (``*_desc-qc_metrics.json`` files, or records:
+    the reports' of scans without one, ``write_subject_reports``'s ``off_template``) whose
+    VCF is outside :data:`PLAUSIBLE_VCF`:
     the registration probably failed, or (:func:`samri_ml.qc.volume.vcf_verdict`, with the
     template's ``grid_mm3``) the VCF cannot tell, the scan's field of view being wider than
     the template's; and one per structural scan covering less than
@@ -1250,12 +1257,15 @@ def implausible_qc_notes(paths, output_dir, grid_mm3: float | None = None) -> li
 
     notes = []
     for path in paths:
-        if not str(path).endswith("_desc-qc_metrics.json"):
+        if isinstance(path, dict):
+            record = path
+        elif not str(path).endswith("_desc-qc_metrics.json"):
             continue
-        try:
-            record = json.loads(Path(path).read_text())
-        except (OSError, ValueError):
-            continue
+        else:
+            try:
+                record = json.loads(Path(path).read_text())
+            except (OSError, ValueError):
+                continue
         if not isinstance(record, dict):
             continue
         verdict = vcf_verdict(record, grid_mm3)
@@ -1264,8 +1274,9 @@ def implausible_qc_notes(paths, output_dir, grid_mm3: float | None = None) -> li
         off = structural_off_template(record)
         if verdict is None and off is None:
             continue
-        scan = record.get("scan", Path(path).name)
-        report = Path(output_dir) / (Path(path).name.split("_")[0] + ".html")
+        name = str(record["scan"]) if isinstance(path, dict) else Path(path).name
+        scan = record.get("scan", name)
+        report = Path(output_dir) / (name.split("_")[0] + ".html")
         if off is not None and verdict != "implausible":
             notes.append(f"{scan}: {off_template_text(off)}; hint: look at {report}")
         elif verdict == "uninformative":
@@ -1299,23 +1310,28 @@ def _confirmed_outputs(args, sessions, through) -> set[Path] | None:
 
 
 def _write_reports(args, sessions, started: float | None = None,
-                   confirmed: set[Path] | None = None) -> None:
+                   confirmed: set[Path] | None = None) -> list[dict]:
     """Per-subject HTML reports, where the report module is available; the crash files
     written since ``started`` are listed in them; ``confirmed``: the registered scans this
-    run wrote or found as it would have written them (:func:`_confirmed_outputs`)."""
+    run wrote or found as it would have written them (:func:`_confirmed_outputs`). Returns
+    the reports' records of the structural scans off the template without a QC record
+    (``--no-qc``), for :func:`_note_implausible_qc`."""
     try:
         from samri_ml.report import INDEX, write_subject_reports
     except ImportError:
-        return
+        return []
+    off_template: list[dict] = []
     for path in write_subject_reports(args.output_dir, sessions, template=args.template,
                                       template_mask=args.template_mask,
                                       template_name=args.template_name,
                                       masking=args.masking, qc=not args.no_qc,
                                       crashes_since=started, confirmed=confirmed,
-                                      workflow_graph=getattr(args, "graph_path", False)):
+                                      workflow_graph=getattr(args, "graph_path", False),
+                                      off_template=off_template):
         print(f"{PROG}: report {path}", file=sys.stderr)
     print(f"{PROG}: every subject's report: {args.output_dir / INDEX}", file=sys.stderr)
     _note_sessions_not_reported(args.output_dir, sessions)
+    return off_template
 
 
 def _note_sessions_not_reported(output_dir: Path, sessions) -> None:
