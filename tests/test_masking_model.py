@@ -298,6 +298,14 @@ def test_cli_masks_many_scans_with_one_model(tmp_path, phantom):
                        ([scans[0], scans[1], single], "give IN and OUT (got 3 path(s))")):
         r = _cli(*argv)
         assert r.returncode == 2 and said in r.stderr, r.stderr
+    # resumed with --figures: a mask whose picture is missing (stopped while it was drawn)
+    # was kept without it; it is masked again, with its picture
+    (out / "head_bold_mask.png").unlink()
+    r = _cli(*scans, "--out-dir", out, "--figures", "--skip-existing")
+    assert r.returncode == 0, r.stderr
+    assert (f"1 of the 2 masks are in {out} already, kept: head_T2w_mask.nii.gz" in r.stderr
+            and f"[1/1] {scans[1]}" in r.stderr), r.stderr
+    assert (out / "head_bold_mask.png").is_file()
 
 
 def test_cli_many_scans_take_a_pairs_hdr_and_img_as_one_scan(tmp_path, phantom):

@@ -53,8 +53,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "otherwise: a lab's own <scan>_mask.nii.gz may be there)")
     p.add_argument("--skip-existing", action="store_true",
                    help="with --out-dir: keep the masks there of the names it writes (each a "
-                   "readable image of 0 and 1) and mask the other scans: an interrupted batch "
-                   "resumed")
+                   "readable image of 0 and 1, with its picture where --figures is given) and mask "
+                   "the other scans: an interrupted batch resumed")
     p.add_argument("--figures", action="store_true",
                    help="with --out-dir: a picture of each mask on its scan, "
                    "DIR/<IN's name>_mask.png")
@@ -279,8 +279,10 @@ def _run_batch(parser, args) -> int:
     total = len(names)
     if args.skip_existing and there:
         # an interrupted batch could only be run again whole (--overwrite); a file there that
-        # is no mask is not kept: the scan's turn refuses it, as without --skip-existing
-        kept = [name for name, target in targets.items() if _is_mask(target)]
+        # is no mask is not kept: the scan's turn refuses it, as without --skip-existing; nor
+        # is a mask without its --figures picture (stopped while drawing it): masked again
+        kept = [name for name, target in targets.items() if _is_mask(target) and not (
+            args.figures and not (args.out_dir / f"{name}.png").is_file())]
         if kept:
             print(f"{PROG}: note: {len(kept)} of the {total} masks are in {args.out_dir} "
                   f"already, kept: {', '.join(f'{name}.nii.gz' for name in kept)}",
