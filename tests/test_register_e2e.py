@@ -168,7 +168,7 @@ def test_derivatives_qc_report_and_graph(registered):
         assert values["brain_coverage"] == pytest.approx(1.0, abs=0.02), values
     report = (out / "sub-01.html").read_text()
     assert report.count("<img") >= 3 and "Volume and smoothness conservation" in report
-    assert (out / "figures" / "workflow_graph.png").stat().st_size > 10000
+    assert (out / "figures" / "workflow_graph_sub-01.png").stat().st_size > 10000
     assert not (out / "sub-02").exists()  # --participant-label
     # no temporary files left by the atomic writes
     assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".samri_ml.lock"]
@@ -221,12 +221,12 @@ def test_report_shows_this_runs_graph_not_an_earlier_ones(registered, tmp_path):
     with contextlib.redirect_stderr(io.StringIO()):
         assert main(without) == 0  # every step cached
     report = (copy / "sub-01.html").read_text()
-    assert (copy / "figures" / "workflow_graph.png").exists()  # kept, but not this run's
+    assert (copy / "figures" / "workflow_graph_sub-01.png").exists()  # kept, not this run's
     assert "Workflow graph" not in report and "Volume and smoothness conservation" in report
     with contextlib.redirect_stderr(io.StringIO()):
         assert main(without + ["--write-graph", "flat", "--graph-format", "svg"]) == 0
     report = (copy / "sub-01.html").read_text()
     graph = report[report.index("<h2>Workflow graph</h2>"):]
     # linked, not embedded: the whole run's graph in every subject's report
-    assert "<a href='figures/workflow_graph.svg'>" in graph[:300], graph[:300]
-    assert "<a href='figures/workflow_graph.svg'>" in (copy / "index.html").read_text()
+    assert "<a href='figures/workflow_graph_sub-01.svg'>" in graph[:300], graph[:300]
+    assert "<a href='figures/workflow_graph_sub-01.svg'>" in (copy / "index.html").read_text()

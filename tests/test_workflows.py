@@ -726,3 +726,35 @@ def test_generic_wf_refuses_a_missing_template_and_negative_dummy_scans(tmp_path
     import numpy as np
 
     init_functional_wf(dummy_scans=np.int64(2), omp_nthreads=np.int32(1))  # numpy's whole numbers
+
+
+def test_a_rerun_of_one_subject_keeps_the_graph_the_other_reports_link(example_dataset,
+                                                                       tmp_path, capsys):
+    """``samri_ml-register BIDS OUT participant --participant-label 02 --write-graph``
+    replaced ``figures/workflow_graph.png``, the graph sub-01.html (an earlier run's) links,
+    with a graph without sub-01. A run of some subjects draws a graph of its own name."""
+    from samri_ml.cli.register import graph_stem, main
+
+    out = tmp_path / "out"
+    whole = out / "figures" / "workflow_graph.png"
+    whole.parent.mkdir(parents=True)
+    whole.write_bytes(b"the graph of the run of every subject")
+    template = example_dataset / "template"
+    argv = [str(example_dataset), str(out), "participant", "--fast", "--dry-run",
+            "--template", str(template / "tpl-Phantom_T2w.nii.gz"),
+            "--template-mask", str(template / "tpl-Phantom_desc-brain_mask.nii.gz"),
+            "--participant-label", "02", "--write-graph", "flat"]
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    assert whole.read_bytes() == b"the graph of the run of every subject"
+    own = out / "figures" / "workflow_graph_sub-02.png"
+    assert own.stat().st_size > 1000
+    assert f"workflow graph written to {own} " in capsys.readouterr().err
+    # sessions named where they were selected; many labels: a name of bounded length,
+    # one per selection
+    sessions = [{"subject": f"{i:02d}", "session": "1"} for i in range(40)]
+    assert graph_stem(sessions[:2], ["00", "01"]) == "workflow_graph_sub-00_sub-01"
+    assert graph_stem(sessions[:2], None, ["1"]) == "workflow_graph_sub-00_sub-01_ses-1"
+    assert graph_stem(sessions, None, None) == "workflow_graph"
+    many = graph_stem(sessions, ["x"])
+    assert len(many) <= 100 and many.startswith("workflow_graph_40-sessions_")
+    assert many != graph_stem(sessions[1:], ["x"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -197,7 +198,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--write-graph", nargs="?", const="colored", default=None,
                    choices=["hierarchical", "flat", "colored", "orig", "exec"],
                    help="write a picture of the workflow graph to OUTPUT_DIR/figures (the "
-                   "type given, colored without one)")
+                   "type given, colored without one): workflow_graph.png, or for a run of "
+                   "--participant-label or --session-label one of its own, "
+                   "workflow_graph_sub-02.png")
     g.add_argument("--graph-format", choices=["png", "svg"], default="png",
                    help="picture format of --write-graph")
     g.add_argument("--stop-on-first-crash", action="store_true",
@@ -1160,10 +1163,37 @@ def _announce(args, sessions, wf, ants) -> None:
     if args.write_graph:
         from samri_ml.graph import write_workflow_graph
 
-        path, how = write_workflow_graph(wf, args.output_dir / "figures" / "workflow_graph",
+        path, how = write_workflow_graph(wf, args.output_dir / "figures"
+                                         / graph_stem(sessions, args.participant_label,
+                                                      args.session_label),
                                          graph2use=args.write_graph, fmt=args.graph_format)
         args.graph_path = path  # the reports show this run's graph, not an earlier one's
         print(f"{PROG}: workflow graph written to {path} ({how})", file=sys.stderr)
+
+
+#: the longest graph name of subjects' and sessions' labels (:func:`graph_stem`; 30 subjects
+#: would take 225 characters, near the file system's limit)
+GRAPH_STEM_MAX = 100
+
+
+def graph_stem(sessions, participant_label=None, session_label=None) -> str:
+    """The file name (no extension) of a run's workflow graph in ``OUTPUT_DIR/figures``:
+    ``workflow_graph`` for a run of the whole dataset, else one per selection of subjects
+    and sessions (``--participant-label 02``: ``workflow_graph_sub-02``; with
+    ``--session-label 2`` too: ``workflow_graph_sub-02_ses-2``), their number and a digest
+    where the labels are many. A rerun of one subject replaced the graph that the other
+    subjects' reports link, which then showed a graph without them."""
+    if not (participant_label or session_label):
+        return "workflow_graph"
+    tags = [f"sub-{s}" for s in sorted({item["subject"] for item in sessions})]
+    if session_label:
+        tags += [f"ses-{s}" for s in sorted({item["session"] for item in sessions
+                                             if item["session"]})]
+    stem = "_".join(["workflow_graph", *tags])
+    if len(stem) > GRAPH_STEM_MAX:
+        digest = hashlib.sha1(stem.encode()).hexdigest()[:8]
+        stem = f"workflow_graph_{len(sessions)}-sessions_{digest}"
+    return stem
 
 
 def _dry_run(args, sessions, wf, ants) -> None:
