@@ -306,6 +306,14 @@ def test_cli_masks_many_scans_with_one_model(tmp_path, phantom):
     assert (f"1 of the 2 masks are in {out} already, kept: head_T2w_mask.nii.gz" in r.stderr
             and f"[1/1] {scans[1]}" in r.stderr), r.stderr
     assert (out / "head_bold_mask.png").is_file()
+    # the same command again, as the interrupted run's note says, where --out-dir is the
+    # scans' folder: its glob takes the masks written before, refused as inputs it would
+    # overwrite; with --skip-existing they are the earlier run's outputs, kept
+    r = _cli(scans[1], out / "head_bold_mask.nii.gz", "--out-dir", out, "--skip-existing")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [
+        f"samri_ml-mask: note: 1 of the 1 masks are in {out} already, kept: "
+        "head_bold_mask.nii.gz", f"samri_ml-mask: 1 masks in {out}, none left to mask"]
 
 
 def test_cli_many_scans_take_a_pairs_hdr_and_img_as_one_scan(tmp_path, phantom):

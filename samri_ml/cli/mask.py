@@ -262,12 +262,20 @@ def _run_batch(parser, args) -> int:
         names[name] = path
     targets = {name: args.out_dir / f"{name}.nii.gz" for name in names}
     inputs = {p.resolve() for p in args.files}
+    if args.skip_existing:
+        # the same command again (`scans/*.nii.gz --out-dir scans`), as the interrupted run's
+        # note says: its glob takes the masks that run wrote, outputs of it, not scans
+        outputs = {target.resolve() for target in targets.values()}
+        names = {name: path for name, path in names.items() if path.resolve() not in outputs}
+        targets = {name: targets[name] for name in names}
+        inputs -= outputs
     for target in targets.values():
         if target.resolve() in inputs:
             # `samri_ml-mask scans/*.nii.gz --out-dir scans` run again: the glob takes the
             # first run's masks (said without a hint of why)
             parser.error(f"--out-dir: {target} is one of the inputs; it would be overwritten; "
-                         "hint: an earlier run's mask? leave the *_mask.nii.gz out of IN")
+                         "hint: an earlier run's mask? leave the *_mask.nii.gz out of IN, or give "
+                         "--skip-existing to keep them")
     there = [target for target in targets.values() if target.exists()]
     if there and not (args.overwrite or args.skip_existing):
         # names the command made up: a lab's own <scan>_mask.nii.gz beside its scans (manual,
@@ -315,9 +323,9 @@ def _run_batch(parser, args) -> int:
         done = (f"of the {i - 1} scans before it, {len(failed)} could not be masked "
                 f"({', '.join(failed)}), the others' masks are in {args.out_dir}" if failed
                 else f"the {i - 1} scans before it are masked into {args.out_dir}")
+        after = f" and the {len(names) - i} after it" if len(names) > i else ""
         print(f"{PROG}: note: interrupted at [{i}/{len(names)}] {path}: {done}; hint: the "
-              f"same command with --skip-existing masks {path} and the {len(names) - i} after "
-              "it", file=sys.stderr)
+              f"same command with --skip-existing masks {path}{after}", file=sys.stderr)
         raise
     if failed:
         raise SamriMLError(f"{len(failed)} of {len(names)} scans could not be masked: "
