@@ -732,7 +732,9 @@ def test_a_rerun_of_one_subject_keeps_the_graph_the_other_reports_link(example_d
                                                                        tmp_path, capsys):
     """``samri_ml-register BIDS OUT participant --participant-label 02 --write-graph``
     replaced ``figures/workflow_graph.png``, the graph sub-01.html (an earlier run's) links,
-    with a graph without sub-01. A run of some subjects draws a graph of its own name."""
+    with a graph without sub-01; so did a dry run (with --masking unet: the U-Net's steps
+    under reports of masking none). A run of some subjects, and a dry run, draw a graph of
+    their own name."""
     from samri_ml.cli.register import graph_stem, main
 
     out = tmp_path / "out"
@@ -743,15 +745,18 @@ def test_a_rerun_of_one_subject_keeps_the_graph_the_other_reports_link(example_d
     argv = [str(example_dataset), str(out), "participant", "--fast", "--dry-run",
             "--template", str(template / "tpl-Phantom_T2w.nii.gz"),
             "--template-mask", str(template / "tpl-Phantom_desc-brain_mask.nii.gz"),
-            "--participant-label", "02", "--write-graph", "flat"]
-    assert main(argv) == 0, capsys.readouterr().err[-2000:]
-    assert whole.read_bytes() == b"the graph of the run of every subject"
-    own = out / "figures" / "workflow_graph_sub-02.png"
-    assert own.stat().st_size > 1000
-    assert f"workflow graph written to {own} " in capsys.readouterr().err
-    # sessions named where they were selected; many labels: a name of bounded length,
-    # one per selection
+            "--write-graph", "flat"]
+    for extra, name in ((["--participant-label", "02"], "workflow_graph_sub-02_dry-run.png"),
+                        ([], "workflow_graph_dry-run.png")):
+        assert main(argv + extra) == 0, capsys.readouterr().err[-2000:]
+        assert whole.read_bytes() == b"the graph of the run of every subject"
+        own = out / "figures" / name
+        assert own.stat().st_size > 1000
+        assert f"workflow graph written to {own} " in capsys.readouterr().err
+    # a run's: sessions named where they were selected; many labels: a name of bounded
+    # length, one per selection
     sessions = [{"subject": f"{i:02d}", "session": "1"} for i in range(40)]
+    assert graph_stem(sessions[2:3], ["02"]) == "workflow_graph_sub-02"
     assert graph_stem(sessions[:2], ["00", "01"]) == "workflow_graph_sub-00_sub-01"
     assert graph_stem(sessions[:2], None, ["1"]) == "workflow_graph_sub-00_sub-01_ses-1"
     assert graph_stem(sessions, None, None) == "workflow_graph"

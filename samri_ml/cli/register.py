@@ -200,7 +200,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="write a picture of the workflow graph to OUTPUT_DIR/figures (the "
                    "type given, colored without one): workflow_graph.png, or for a run of "
                    "--participant-label or --session-label one of its own, "
-                   "workflow_graph_sub-02.png")
+                   "workflow_graph_sub-02.png; of --dry-run, workflow_graph_dry-run.png)")
     g.add_argument("--graph-format", choices=["png", "svg"], default="png",
                    help="picture format of --write-graph")
     g.add_argument("--stop-on-first-crash", action="store_true",
@@ -1163,10 +1163,12 @@ def _announce(args, sessions, wf, ants) -> None:
     if args.write_graph:
         from samri_ml.graph import write_workflow_graph
 
-        path, how = write_workflow_graph(wf, args.output_dir / "figures"
-                                         / graph_stem(sessions, args.participant_label,
-                                                      args.session_label),
-                                         graph2use=args.write_graph, fmt=args.graph_format)
+        stem = graph_stem(sessions, args.participant_label, args.session_label)
+        # a dry run's is a preview: it replaced the graph the reports of the run before link
+        # (a dry run with --masking unet: theirs, masking none, showed the U-Net's steps)
+        path, how = write_workflow_graph(
+            wf, args.output_dir / "figures" / (stem + ("_dry-run" if args.dry_run else "")),
+            graph2use=args.write_graph, fmt=args.graph_format)
         args.graph_path = path  # the reports show this run's graph, not an earlier one's
         print(f"{PROG}: workflow graph written to {path} ({how})", file=sys.stderr)
 
