@@ -213,12 +213,15 @@ def submit_whole(runner, prog: str = "samri_ml") -> None:
     then acted on once the job is in the plugin's queue; a second one does not wait.
 
     A submit program that refuses a job (exit status not 0: a step's ``--cpus-per-task`` or
-    ``--mem`` more than the partition has, a QOS limit) stopped the run with ``IndexError:
-    list index out of range`` (SLURM: Nipype read the job id from its empty output) or queued
-    a job without an id (PBS); its message is now the error. Plugins without per-job
-    submission (the Graph plugins, MultiProc) are left as they are."""
-    import signal
+    ``--mem`` more than the partition has, a QOS limit, a busy controller's "Socket timed out
+    on send/recv") stopped the run with ``IndexError: list index out of range`` (SLURM: Nipype
+    read the job id from its empty output) or queued a job without an id (PBS). The
+    submission is tried again ``max_tries`` times, ``retry_timeout`` seconds apart (the
+    plugin's, from ``plugin_args``; Nipype's own retry never saw a submit program's exit
+    status), each retry a note; after the last, the scheduler's message is the error. Plugins
+    without per-job submission (the Graph plugins, MultiProc) are left as they are."""
     import threading
+    import time
 
     if threading.current_thread() is not threading.main_thread():
         return
@@ -228,9 +231,42 @@ def submit_whole(runner, prog: str = "samri_ml") -> None:
     submit = getattr(runner, "_submit_batchtask", None)
     if submit is None:
         return
+    once = _submit_held(runner, submit)
 
     @functools.wraps(submit)
     def whole(scriptfile, node, *args, **kwargs):
+        tries = max(0, int(getattr(runner, "_max_tries", 0) or 0))
+        wait = max(0.0, float(getattr(runner, "_retry_timeout", 0) or 0))
+        for retry in range(1, tries + 2):
+            taskid, refused = once(scriptfile, node, *args, **kwargs)
+            if refused is None:
+                return taskid
+            if retry > tries:
+                break
+            # a busy or restarting controller refuses for a moment ("Socket timed out")
+            print(f"{prog}: note: {refused[0]}; trying again in {wait:g} s (retry {retry} "
+                  f"of {tries})", file=sys.stderr)
+            time.sleep(wait)
+        what, program = refused
+        args = SUBMIT_ARGS.get(program, "sbatch_args/qsub_args/bsub_args")
+        tried = (f" (tried {tries + 1} times, {wait:g} s apart: max_tries, retry_timeout)"
+                 if tries else "")
+        # the plugin's own argument (LSF was told to fix sbatch_args/qsub_args); a scheduler
+        # that is down ("unable to contact qmaster") is no request to fix
+        raise SamriMLError(f"{what}; hint: if the scheduler is reachable, check what the step "
+                           "asks for (docs/cluster.rst) against the queue or partition, and "
+                           f"--plugin-args' {args}{tried}")
+
+    runner._submit_batchtask = whole
+
+
+def _submit_held(runner, submit):
+    """``submit`` (a plugin's ``_submit_batchtask``) made to run whole, with Ctrl-C and
+    SIGTERM held (:func:`submit_whole`), returning ``(job id, None)``, or ``(None, (what,
+    program))`` where the submit program refused the job (:func:`_refusal`)."""
+    import signal
+
+    def once(scriptfile, node, *args, **kwargs):
         previous = {signum: signal.getsignal(signum)
                     for signum in (signal.SIGINT, signal.SIGTERM)}
         # ignored (a background job's SIGINT) or not Python's: left as they are
@@ -249,28 +285,29 @@ def submit_whole(runner, prog: str = "samri_ml") -> None:
             with _children_apart(calls):
                 try:
                     taskid = submit(scriptfile, node, *args, **kwargs)
-                except Exception as err:
+                except Exception:
                     refused = _refusal(calls, node)
                     if refused:
-                        raise SamriMLError(refused) from err
+                        return None, refused
                     raise
             refused = _refusal(calls, node)
             if refused:  # queued without an id: not a job to wait for, or to cancel
                 getattr(runner, "_pending", {}).pop(taskid, None)
-                raise SamriMLError(refused)
-            return taskid
+                return None, refused
+            return taskid, None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            if len(held) == 1:
+            if len(held) == 1:  # a refused submission too: nothing was queued, no retry
                 previous[held[0]](held[0], None)
 
-    runner._submit_batchtask = whole
+    return once
 
 
-def _refusal(calls: list, node) -> str | None:
-    """The error for a submission whose last program (of ``calls``, Nipype's runtimes) exited
-    with another status than 0: its command, the step, and what it said."""
+def _refusal(calls: list, node) -> tuple[str, str] | None:
+    """What a submission whose last program (of ``calls``, Nipype's runtimes) exited with
+    another status than 0 tells: ``("<program> refused the job of step <step>: <what it
+    said>", program)``; None where none did."""
     failed = [c for c in calls if getattr(c, "returncode", 0) not in (0, None)]
     if not failed:
         return None
@@ -281,12 +318,7 @@ def _refusal(calls: list, node) -> str | None:
                     if line.strip()) or f"exit status {runtime.returncode}"
     step = getattr(node, "fullname", None) or getattr(node, "_id", "?")
     name = os.path.basename(program)
-    # the plugin's own argument (LSF was told to fix sbatch_args/qsub_args); a scheduler that
-    # is down ("unable to contact qmaster") is no request to fix
-    args = SUBMIT_ARGS.get(name, "sbatch_args/qsub_args/bsub_args")
-    return (f"{name} refused the job of step {step}: {said}; hint: if the scheduler is "
-            f"reachable, check what the step asks for (docs/cluster.rst) against the queue "
-            f"or partition, and --plugin-args' {args}")
+    return f"{name} refused the job of step {step}: {said}", name
 
 
 #: the --plugin-args key of each submit program's arguments

@@ -2452,6 +2452,117 @@ def _one(x):
     return x
 
 
+#: a stand-in submit program's first lines: the calls are counted in ``calls``, and the first
+#: ``$FAILS`` refused with ``$SAID`` on stderr, as a busy controller does
+_REFUSE_FIRST = ("#!/bin/sh\necho \"$*\" >> {state}/calls\nn=$(wc -l < {state}/calls)\n"
+                 "if [ \"$n\" -le \"$FAILS\" ]; then echo \"$SAID\" >&2; exit 1; fi\n"
+                 "for a; do script=$a; done\nn=$((n + 100))\ntouch {state}/job$n\n"
+                 "(sh \"$script\"; touch {state}/done$n; rm {state}/job$n) >/dev/null 2>&1 "
+                 "</dev/null &\n")
+
+
+def _one_step_run(tmp_path, runner, prog="prog", function=_one):
+    """Run a workflow of one step (``function`` of 1) with the cluster plugin ``runner`` as
+    samri_ml-register does (:func:`samri_ml.cluster.submit_whole`); the step's output."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from samri_ml.cluster import ensure_logname, follow_jobs, submit_whole
+
+    ensure_logname()
+    wf = pe.Workflow("w", base_dir=str(tmp_path / "work"))
+    wf.add_nodes([pe.Node(niu.Function(function=function, input_names=["x"],
+                                       output_names=["y"]), name="a")])
+    wf.get_node("a").inputs.x = 1
+    wf.config["execution"].update({"poll_sleep_duration": 0.2, "job_finished_timeout": 1})
+    submit_whole(runner, prog)
+    follow_jobs(runner)
+    graph = wf.run(plugin=runner)
+    return next(iter(graph.nodes())).result.outputs.y
+
+
+@pytest.mark.parametrize("plugin", ["SLURM", "SGE"])
+def test_a_submission_refused_for_a_moment_is_tried_again(tmp_path, monkeypatch, capsys,
+                                                          plugin):
+    """A controller that is busy or restarting refuses a submission for a moment ('Socket
+    timed out on send/recv', SGE's 'unable to contact qmaster'): the run ended at the first
+    refusal, max_tries and retry_timeout of --plugin-args accepted and not in effect (Nipype's
+    retry never saw sbatch's or qsub's exit status). The job is submitted again, each retry a
+    note; a job still refused after the last is one line naming the step and the scheduler's
+    words."""
+    from nipype.pipeline import plugins
+
+    from samri_ml.errors import SamriMLError
+
+    fake, state = tmp_path / "bin", tmp_path / "state"
+    fake.mkdir()
+    state.mkdir()
+    if plugin == "SLURM":
+        said = ("sbatch: error: Batch job submission failed: Socket timed out on send/recv "
+                "operation")
+        (fake / "sbatch").write_text(_REFUSE_FIRST.format(state=state)
+                                     + "echo \"Submitted batch job $n\"\n")
+        # squeue -j ID lists the job while it runs
+        (fake / "squeue").write_text(
+            f"#!/bin/sh\nfor a; do id=$a; done\n[ -e {state}/job$id ] && echo \" $id x\"\n"
+            "exit 0\n")
+        programs = ("sbatch", "squeue")
+    else:
+        said = ("error: commlib error: got select error (Connection refused)\nUnable to run "
+                "job: unable to send message to qmaster using port 6444 on host \"master\"")
+        (fake / "qsub").write_text(_REFUSE_FIRST.format(state=state)
+                                   + "echo \"Your job $n (\\\"a\\\") has been submitted\"\n")
+        # qstat -xml -s psrz lists the jobs running, and those ended as zombies (Nipype's
+        # plugin takes only these for ended)
+        (fake / "qstat").write_text(
+            "#!/bin/sh\necho '<?xml version=\"1.0\"?><job_info><queue_info>'\n"
+            f"cd {state}; for n in $(seq 101 199); do [ -e job$n ] && echo \"<job_list "
+            f"state='running'><JB_job_number>$n</JB_job_number></job_list>\"; [ -e done$n ] "
+            "&& echo \"<job_list state='zombie'><JB_job_number>$n</JB_job_number></job_list>\"; "
+            "done\necho '</queue_info><job_info></job_info></job_info>'\n")
+        programs = ("qsub", "qstat")
+    for program in programs:
+        (fake / program).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setenv("SAID", said)
+    plugin_class = getattr(plugins, f"{plugin}Plugin")
+    calls = state / "calls"
+
+    # refused twice, taken at the third try
+    monkeypatch.setenv("FAILS", "2")
+    runner = plugin_class(plugin_args={"max_tries": 2, "retry_timeout": 0.1})
+    assert _one_step_run(tmp_path / "twice", runner) == 1
+    assert len(calls.read_text().splitlines()) == 3
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("prog: note:")]
+    program = programs[0]
+    first = said.splitlines()[-1]
+    assert [n.split("; trying again in 0.1 s ")[1] for n in notes] == [
+        "(retry 1 of 2)", "(retry 2 of 2)"], notes
+    assert notes[0].startswith(f"prog: note: {program} refused the job of step w.a: "), notes
+    assert first in notes[0], notes
+
+    # refused every time: one line after the last try, the step and the scheduler's words
+    calls.unlink()
+    monkeypatch.setenv("FAILS", "99")
+    runner = plugin_class(plugin_args={"max_tries": 1, "retry_timeout": 0})
+    with pytest.raises(SamriMLError) as refused:
+        _one_step_run(tmp_path / "always", runner)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(
+        f"{program} refused the job of step w.a: "), message
+    assert first in message and message.endswith(
+        "(tried 2 times, 0 s apart: max_tries, retry_timeout)"), message
+    assert len(calls.read_text().splitlines()) == 2
+    assert len([ln for ln in capsys.readouterr().err.splitlines() if "trying again" in ln]) == 1
+
+    # max_tries=0: no retry
+    calls.unlink()
+    runner = plugin_class(plugin_args={"max_tries": 0})
+    with pytest.raises(SamriMLError, match=r"_args$"):
+        _one_step_run(tmp_path / "never", runner)
+    assert len(calls.read_text().splitlines()) == 1
+
+
 def test_a_graph_plugins_refused_submissions_are_said(tmp_path, monkeypatch, capsys):
     """A Graph plugin submits every job from one script, which goes on past a refusal: the
     run said 'submitted', exit 0, with every qsub refused and the scheduler's words unseen.
