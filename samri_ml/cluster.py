@@ -339,7 +339,12 @@ def follow_jobs(runner) -> None:
     HTCondor's ``condor_q`` lists batches, not jobs, since 8.5.6, and Nipype's Condor plugin,
     which looks for a line starting with the job's id, took every job for ended at once: each
     step failed ``job_finished_timeout`` seconds after its submission, its job running on. It
-    asks ``condor_q -af ClusterId ID`` now."""
+    asks ``condor_q -af ClusterId ID`` now.
+
+    A ``squeue`` that failed for a moment (a busy controller's "Socket timed out on send/recv")
+    made Nipype's SLURM plugin take the job for ended (Nipype meant to ask again, but never saw
+    squeue's exit status): its step failed as if the job had been killed, the job running on.
+    The job now counts as queued until squeue answers or says it knows no such job."""
     get = getattr(runner, "_get_result", None)
     if get is None or not hasattr(runner, "_pending"):
         return
@@ -358,6 +363,8 @@ def follow_jobs(runner) -> None:
     runner._get_result = result
     if type(runner).__name__ == "CondorPlugin":
         runner._is_pending = _condor_pending
+    elif type(runner).__name__ == "SLURMPlugin":
+        runner._is_pending = _slurm_pending
 
 
 def _condor_pending(taskid) -> bool:
@@ -372,6 +379,23 @@ def _condor_pending(taskid) -> bool:
     except OSError:
         return False
     return str(taskid) in said.split()
+
+
+def _slurm_pending(taskid) -> bool:
+    """Whether SLURM's queue holds job ``taskid``: True while ``squeue`` fails otherwise than
+    for a job id it does not know (asked again at the next poll)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["squeue", "-h", "-o", "%i", "-j", str(taskid)], text=True,
+                              capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return True
+    except OSError:
+        return False
+    if proc.returncode != 0:  # a job SLURM has forgotten: "Invalid job id specified"
+        return "invalid job id" not in proc.stderr.lower()
+    return str(taskid) in proc.stdout.split()
 
 
 def _say_graph_refusals(runner, prog: str = "samri_ml") -> None:

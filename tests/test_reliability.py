@@ -2563,6 +2563,34 @@ def test_a_submission_refused_for_a_moment_is_tried_again(tmp_path, monkeypatch,
     assert len(calls.read_text().splitlines()) == 1
 
 
+def test_a_squeue_that_fails_for_a_moment_does_not_end_a_running_job(tmp_path, monkeypatch):
+    """squeue timing out once while a job ran ('slurm_load_jobs error: Socket timed out on
+    send/recv operation', a busy controller) made Nipype's SLURM plugin take the job for ended:
+    its step failed with 'job N ended without the step's result (killed or removed by the
+    scheduler ...)', the job running on. It is asked again at the next poll; a job SLURM says
+    it does not know ('Invalid job id specified') has ended."""
+    from nipype.pipeline import plugins
+
+    fake, state = tmp_path / "bin", tmp_path / "state"
+    fake.mkdir()
+    state.mkdir()
+    (fake / "sbatch").write_text(_REFUSE_FIRST.format(state=state)
+                                 + "echo \"Submitted batch job $n\"\n")
+    (fake / "squeue").write_text(
+        f"#!/bin/sh\necho \"$*\" >> {state}/polls\nfor a; do id=$a; done\n"
+        f"if [ $(wc -l < {state}/polls) -eq 2 ]; then echo 'slurm_load_jobs error: Socket timed "
+        "out on send/recv operation' >&2; exit 1; fi\n"
+        f"[ -e {state}/job$id ] && echo $id && exit 0\n"
+        "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1\n")
+    for program in ("sbatch", "squeue"):
+        (fake / program).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAILS", "0")
+    runner = plugins.SLURMPlugin(plugin_args={"poll_sleep_duration": 0.2})
+    assert _one_step_run(tmp_path, runner, function=_slow) == 1
+    assert len((state / "polls").read_text().splitlines()) > 2
+
+
 def test_a_graph_plugins_refused_submissions_are_said(tmp_path, monkeypatch, capsys):
     """A Graph plugin submits every job from one script, which goes on past a refusal: the
     run said 'submitted', exit 0, with every qsub refused and the scheduler's words unseen.
