@@ -143,11 +143,13 @@ def _temporary_prefix(name: str, suffix: str = "") -> str:
     """``.NAME.``, the hidden prefix of a temporary file beside ``NAME``, cut where the
     temporary name (with ``tempfile``'s 8 random characters and ``suffix``) would pass the
     file system's limit: an output of a 250-byte name that fits could not be written
-    (``File name too long`` for its temporary file)."""
+    (``File name too long`` for its temporary file). The name's bytes as the file system
+    stores them (:func:`os.fsencode`): one that is not UTF-8 (a Latin-1 byte) could not be
+    written (UnicodeEncodeError)."""
     from samri_ml.paths import NAME_MAX
 
     room = NAME_MAX - len(suffix.encode()) - 8 - 2  # the random part, the two dots
-    return "." + name.encode()[:room].decode(errors="ignore") + "."
+    return "." + os.fsencode(name)[:room].decode(errors="ignore") + "."
 
 
 @contextmanager

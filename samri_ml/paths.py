@@ -151,18 +151,21 @@ NAME_MAX = 255
 
 
 def file_name_with(name: str, suffix: str, limit: int = NAME_MAX) -> str:
-    """``name + suffix``, or, where that is longer than ``limit`` bytes (UTF-8), the start of
-    ``name`` with ``~`` and 8 hexadecimal digits of its hash before ``suffix``: an output named
-    after an input of a 250-byte name (a slide scanner's) could not be written
-    (``File name too long``), and two long names cut alike keep two files."""
+    """``name + suffix``, or, where that is longer than ``limit`` bytes (as the file system
+    stores them, :func:`os.fsencode`), the start of ``name`` with ``~`` and 8 hexadecimal
+    digits of its hash before ``suffix``: an output named after an input of a 250-byte name (a
+    slide scanner's) could not be written (``File name too long``), and two long names cut
+    alike keep two files. A name that is not UTF-8 (``sec\\xe9.png``, Latin-1 from a Windows
+    share: Python holds its byte as a surrogate) is counted and cut by its bytes too (it ended
+    in a UnicodeEncodeError: no montage, no JSON)."""
     import hashlib
 
     full = name + suffix
-    if len(full.encode()) <= limit:
+    if len(os.fsencode(full)) <= limit:
         return full
-    tag = "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    tag = "~" + hashlib.sha1(os.fsencode(name)).hexdigest()[:8]
     room = limit - len((tag + suffix).encode())
     if room < 1:
         raise ValueError(f"suffix {suffix!r} leaves no room for a name")
-    start = name.encode()[:room].decode(errors="ignore")  # never half a character
+    start = os.fsencode(name)[:room].decode(errors="ignore")  # never half a character
     return start + tag + suffix

@@ -445,6 +445,29 @@ def test_sections_of_long_names_keep_their_outputs(tmp_path, plate_thumbs, capsy
     assert "is too long for a file" in capsys.readouterr().err
 
 
+def test_sections_of_names_that_are_not_utf8_are_ranked_and_montaged(tmp_path, plate_thumbs):
+    """A section named in Latin-1 (``sec\\xe9.tif``, from a Windows share or an old
+    microscope PC: Python holds the byte as a surrogate) ended the run: a TIFF (or BMP) in a
+    segmentation fault (OpenCV opens files by UTF-8 names), a PNG's montage in
+    ``UnicodeEncodeError`` (its name's length counted in UTF-8, then ``putText`` crashed);
+    nothing written. A real process: ranked, montaged and in the JSON under its name."""
+    import cv2
+
+    names = [os.fsdecode(b"sec\xe9.tif"), os.fsdecode(b"sec\xe9.png")]
+    for name in names:
+        ok, data = cv2.imencode(Path(name).suffix, plate_thumbs[60])
+        (tmp_path / name).write_bytes(data.tobytes())
+    out, js = tmp_path / "montages", tmp_path / "r.json"
+    run = subprocess.run([sys.executable, "-m", "samri_ml.cli.identify_plate",
+                          *(os.fsencode(tmp_path / n) for n in names), "--montage", str(out),
+                          "--no-regions", "--variant", "default", "--json", str(js)],
+                         capture_output=True)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}_plates.png" for n in names)
+    results = json.loads(js.read_text())
+    assert [results[str(tmp_path / n)]["ranking"][0] for n in names] == [61, 61]
+
+
 def test_identify_plate_writes_a_montage_per_image(tmp_path, plate_thumbs, capsys):
     """``samri_ml-identify-plate --montage DIR``: the command line made no picture (only the
     interface did); now a PNG per image, named after it, the section titled with its name,

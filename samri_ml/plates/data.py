@@ -12,6 +12,7 @@ import re
 import threading
 import warnings
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -206,50 +207,80 @@ def read_image(path) -> np.ndarray:
         raise SamriMLError(f"{path}: is a directory, not an image; hint: give the images in "
                            f"it, e.g. {p / '*.png'}")
     _quiet_opencv()
-    data = None
-    tiff = _is_tiff(p)
-    turn = 1  # an orientation tag still to apply (libtiff applies a TIFF's tags 2-4 itself)
-    if tiff:
-        turn, grey_alpha = _check_tiff(p)
-        with quiet_stderr():  # libtiff's own warnings and errors about the file
-            if turn == 1:
-                img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-            else:  # 5-8: OpenCV cannot decode them; the stored pixels, turned below
-                stored = _tiff_tag_cleared(p.read_bytes())
-                img = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_UNCHANGED)
-        if grey_alpha and img is not None and img.ndim == 2:
-            img = _tiff_grey_alpha(p, img)
-        if img is None and turn != 1:
-            raise SamriMLError(f"{path}: a TIFF stored turned by a quarter turn (orientation "
-                               f"tag {turn}) that OpenCV cannot decode; hint: save it upright "
-                               "(orientation tag 1)")
-    elif p.suffix.lower() in (".jpg", ".jpeg", ".png"):
-        data = p.read_bytes()  # read once: checked, decoded, searched for its EXIF
-        # by the content, not the name (a PNG saved as .jpg is a PNG)
-        if data[:2] == JPEG_MAGIC and not _jpeg_complete(data):
-            # libjpeg warns on stderr and OpenCV fills the missing rows with grey
-            raise SamriMLError(f"{path}: truncated or corrupt JPEG (it ends before its last "
-                               "scan does); hint: copy or export it again")
-        if data[:8] == PNG_MAGIC and not _png_complete(data):
-            # libpng would print its own error line before ours
-            raise SamriMLError(f"{path}: truncated or corrupt PNG (it ends before its last "
-                               "chunk does); hint: copy or export it again")
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    else:
-        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        img = _read_with_fallbacks(p, path)
-    elif tiff:
-        try:
-            with quiet_stderr():
-                pages = cv2.imcount(str(p))
-        except (cv2.error, AttributeError):  # an OpenCV without imcount
-            pages = 1
-        _first_page_note(path, pages)
+    # OpenCV (and SimpleITK) open files by a UTF-8 name: a link to one that is not UTF-8
+    with _opencv_path(p, path) as cv:
+        data = None
+        tiff = _is_tiff(p)
+        turn = 1  # an orientation tag still to apply (libtiff applies a TIFF's tags 2-4 itself)
+        if tiff:
+            turn, grey_alpha = _check_tiff(p)
+            with quiet_stderr():  # libtiff's own warnings and errors about the file
+                if turn == 1:
+                    img = cv2.imread(cv, cv2.IMREAD_UNCHANGED)
+                else:  # 5-8: OpenCV cannot decode them; the stored pixels, turned below
+                    stored = _tiff_tag_cleared(p.read_bytes())
+                    img = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_UNCHANGED)
+            if grey_alpha and img is not None and img.ndim == 2:
+                img = _tiff_grey_alpha(p, img)
+            if img is None and turn != 1:
+                raise SamriMLError(f"{path}: a TIFF stored turned by a quarter turn (orientation "
+                                   f"tag {turn}) that OpenCV cannot decode; hint: save it upright "
+                                   "(orientation tag 1)")
+        elif p.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            data = p.read_bytes()  # read once: checked, decoded, searched for its EXIF
+            # by the content, not the name (a PNG saved as .jpg is a PNG)
+            if data[:2] == JPEG_MAGIC and not _jpeg_complete(data):
+                # libjpeg warns on stderr and OpenCV fills the missing rows with grey
+                raise SamriMLError(f"{path}: truncated or corrupt JPEG (it ends before its last "
+                                   "scan does); hint: copy or export it again")
+            if data[:8] == PNG_MAGIC and not _png_complete(data):
+                # libpng would print its own error line before ours
+                raise SamriMLError(f"{path}: truncated or corrupt PNG (it ends before its last "
+                                   "chunk does); hint: copy or export it again")
+            img = (cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+                   if data else None)
+        else:
+            img = cv2.imread(cv, cv2.IMREAD_UNCHANGED)
+        if img is None:
+            img = _read_with_fallbacks(Path(cv), path)
+        elif tiff:
+            try:
+                with quiet_stderr():
+                    pages = cv2.imcount(cv)
+            except (cv2.error, AttributeError):  # an OpenCV without imcount
+                pages = 1
+            _first_page_note(path, pages)
     raw, img = img, _to_uint8(img, path)
     img = exif_upright(img, turn if tiff else _exif_orientation(p, data))
     _check_section(img, raw, path)
     return _as_the_plates(img, path, keep=True)
+
+
+@contextmanager
+def _opencv_path(p: Path, path=None):
+    """``str(p)``, the name OpenCV opens ``p`` by; where ``p``'s name is not UTF-8 (a Latin-1
+    byte from a Windows share or an old microscope PC, which Python holds as a surrogate),
+    a link to it of an ASCII name in a temporary folder: OpenCV takes a name as UTF-8 only,
+    and such a name crashed it (a segmentation fault: the run ended, nothing written, for a
+    TIFF, BMP, WebP or GIF section). ``path``: the path as given, for the message."""
+    name = str(p)
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield name
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="samri_ml-") as folder:
+        link = Path(folder) / p.name.encode("ascii", "replace").decode()
+        try:
+            link.symlink_to(p.resolve())
+        except OSError:
+            raise SamriMLError(f"{path if path is not None else p}: a file name that is not "
+                               "UTF-8, which OpenCV cannot open; hint: rename the file") from None
+        yield str(link)
 
 
 #: :func:`neighbour_correlation` below which an image is noise, not a section: the 132
@@ -746,10 +777,11 @@ def _read_with_fallbacks(p: Path, path=None) -> np.ndarray:
     path = p if path is None else path
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz", ".mnc", ".nrrd", ".mha", ".mhd", ".dcm")):
-        raise SamriMLError(f"{p}: a volume (MRI/CT) format, not a section image; hint: give a "
-                           "PNG, JPEG or TIFF of one microscopy section")
+        raise SamriMLError(f"{path}: a volume (MRI/CT) format, not a section image; hint: "
+                           "give a PNG, JPEG or TIFF of one microscopy section")
     if not name.endswith((".tif", ".tiff")):
-        raise SamriMLError(f"{p}: not a readable image; hint: give a PNG, JPEG or TIFF section")
+        raise SamriMLError(f"{path}: not a readable image; hint: give a PNG, JPEG or TIFF "
+                           "section")
     try:
         import SimpleITK as sitk
 

@@ -32,6 +32,9 @@ def _tile(img: np.ndarray, text: str, prepared: bool = False, note: str = "",
     bands = [(text, "top")] + ([(_label(note), "foot")] if note or foot else [])
     for label, where in bands:
         band = np.zeros((LABEL_BAND, TILE, 3), np.uint8)
+        # OpenCV's fonts draw ASCII only, and a file name that is not UTF-8 (a Latin-1 byte,
+        # held by Python as a surrogate) crashed putText: the process ended, nothing written
+        label = label.encode("ascii", "replace").decode()
         cv2.putText(band, label, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 220, 255), 1,
                     cv2.LINE_AA)
         t = np.vstack([band, t] if where == "top" else [t, band])
