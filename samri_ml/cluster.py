@@ -231,6 +231,8 @@ def submit_whole(runner, prog: str = "samri_ml") -> None:
     submit = getattr(runner, "_submit_batchtask", None)
     if submit is None:
         return
+    if getattr(runner, "_jobid_re", None) == NIPYPE_SBATCH_ID:
+        runner._jobid_re = SBATCH_ID
     once = _submit_held(runner, submit)
 
     @functools.wraps(submit)
@@ -285,10 +287,12 @@ def _submit_held(runner, submit):
             with _children_apart(calls):
                 try:
                     taskid = submit(scriptfile, node, *args, **kwargs)
-                except Exception:
+                except Exception as err:
                     refused = _refusal(calls, node)
                     if refused:
                         return None, refused
+                    if calls and isinstance(err, (AttributeError, IndexError, ValueError)):
+                        raise SamriMLError(_no_job_id(calls[-1], node)) from err
                     raise
             refused = _refusal(calls, node)
             if refused:  # queued without an id: not a job to wait for, or to cancel
@@ -320,6 +324,24 @@ def _refusal(calls: list, node) -> tuple[str, str] | None:
     name = os.path.basename(program)
     return f"{name} refused the job of step {step}: {said}", name
 
+
+def _no_job_id(runtime, node) -> str:
+    """The error for a submission whose program (``runtime``, Nipype's) exited with status 0
+    but answered no job id that Nipype reads (a site's wrapper adding a line; the run stopped
+    with ``AttributeError`` or ``IndexError``)."""
+    program = os.path.basename(str(getattr(runtime, "cmdline", "") or "?").split()[0])
+    answer = " ".join(str(getattr(runtime, "stdout", "") or "").split()) or "nothing"
+    step = getattr(node, "fullname", None) or getattr(node, "_id", "?")
+    return (f"{program} answered no job id for step {step} (it said: {answer}); hint: a job "
+            "may be queued: check the queue, and leave out options that change what the "
+            "submit program answers")
+
+
+#: how Nipype's SLURM plugin reads a job's id from sbatch's last line, and how samri_ml does:
+#: ``sbatch --parsable`` (in sbatch_args) answers the id alone (``123``, ``123;cluster``), and
+#: the run stopped with "AttributeError: 'NoneType' object has no attribute 'groups'"
+NIPYPE_SBATCH_ID = "Submitted batch job ([0-9]*)"
+SBATCH_ID = r"(?:Submitted batch job )?([0-9]+)"
 
 #: the --plugin-args key of each submit program's arguments
 SUBMIT_ARGS = {"sbatch": "sbatch_args", "qsub": "qsub_args", "bsub": "bsub_args",

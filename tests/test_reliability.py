@@ -2591,6 +2591,38 @@ def test_a_squeue_that_fails_for_a_moment_does_not_end_a_running_job(tmp_path, m
     assert len((state / "polls").read_text().splitlines()) > 2
 
 
+def test_sbatch_parsable_runs_and_an_answer_without_a_job_id_is_one_line(tmp_path,
+                                                                        monkeypatch):
+    """sbatch_args with --parsable (sbatch answers '123;cluster', not 'Submitted batch job
+    123') stopped the run with "AttributeError: 'NoneType' object has no attribute 'groups'";
+    the id is read from either answer. A submit program whose answer holds no id Nipype reads
+    (a site's wrapper adding a line) is one line naming the step and what it said."""
+    from nipype.pipeline import plugins
+
+    from samri_ml.errors import SamriMLError
+
+    fake, state = tmp_path / "bin", tmp_path / "state"
+    fake.mkdir()
+    state.mkdir()
+    (fake / "sbatch").write_text(
+        _REFUSE_FIRST.format(state=state) + "case \"$*\" in *--parsable*) echo \"$n;cluster1\""
+        ";; *) echo \"Submitted batch job $n\"; echo 'Remember: quota 90% full';; esac\n")
+    (fake / "squeue").write_text(
+        f"#!/bin/sh\nfor a; do id=$a; done\n[ -e {state}/job$id ] && echo $id\nexit 0\n")
+    for program in ("sbatch", "squeue"):
+        (fake / program).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAILS", "0")
+    runner = plugins.SLURMPlugin(plugin_args={"sbatch_args": "--parsable"})
+    assert _one_step_run(tmp_path / "parsable", runner) == 1
+    runner = plugins.SLURMPlugin(plugin_args={})
+    with pytest.raises(SamriMLError) as said:
+        _one_step_run(tmp_path / "wrapped", runner)
+    assert str(said.value).startswith(
+        "sbatch answered no job id for step w.a (it said: Submitted batch job 102 Remember: "
+        "quota 90% full); hint: a job may be queued"), said.value
+
+
 def test_a_graph_plugins_refused_submissions_are_said(tmp_path, monkeypatch, capsys):
     """A Graph plugin submits every job from one script, which goes on past a refusal: the
     run said 'submitted', exit 0, with every qsub refused and the scheduler's words unseen.
