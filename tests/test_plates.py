@@ -212,6 +212,26 @@ def test_an_atlas_signature_reads_no_image_beside_the_plates(tmp_path):
     assert atlas_checksum(atlas) not in (first, second)
 
 
+def test_an_atlas_with_a_file_name_that_is_not_utf8_is_keyed(tmp_path):
+    """A file of an atlas folder named in Latin-1 (``l\\xe9gende.png`` from a Windows share)
+    ended ``--atlas DIR`` and IdentifyPlate's key in a UnicodeEncodeError (the names were
+    hashed as UTF-8). Keyed by its bytes now; a folder of UTF-8 names keeps its key: the
+    sha256 of each name's bytes, NUL, its checksum (or 'not a plate') and a newline."""
+    import hashlib
+    import os
+
+    from samri_ml.models.inference import file_checksum
+    from samri_ml.plates.data import atlas_signature
+
+    atlas = tmp_path / "atlas"
+    atlas.mkdir()
+    (atlas / "1.jpg").write_bytes(b"\1" * 64)
+    want = hashlib.sha256(f"1.jpg\0{file_checksum(atlas / '1.jpg')}\n".encode()).hexdigest()
+    assert atlas_signature(atlas) == want
+    (atlas / os.fsdecode(b"l\xe9gende.png")).write_bytes(b"\2" * 64)
+    assert atlas_signature(atlas) not in ("", want)
+
+
 def test_empty_atlas(tmp_path):
     with pytest.raises(SamriMLError, match="no atlas plates"):
         load_atlas(tmp_path)

@@ -8,6 +8,7 @@ to a square and resized to 224, 448 or 1024 px. :func:`preprocess` does exactly 
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import warnings
@@ -1197,7 +1198,9 @@ def atlas_signature(folder) -> str:
         # leaves out by name, were read too (a slide scan of GBs kept beside the plates, each
         # process), and one this user cannot read made the key "unreadable" for good
         checksum = file_checksum(path) if path.stem.isdigit() else "not a plate"
-        digest.update(f"{path.name}\0{checksum}\n".encode())
+        # the name's bytes (os.fsencode): one that is not UTF-8 ended --atlas and
+        # IdentifyPlate in a UnicodeEncodeError
+        digest.update(os.fsencode(path.name) + f"\0{checksum}\n".encode())
     return digest.hexdigest()
 
 
