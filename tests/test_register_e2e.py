@@ -176,6 +176,27 @@ def test_derivatives_qc_report_and_graph(registered):
     assert not list(bids.rglob("*desc-preproc*"))
 
 
+@pytest.mark.slow
+def test_report_names_the_flavour_that_ran(registered, tmp_path):
+    """The reports read the flavour from the recorded command line: a repeated option
+    (``--registration-flavour samri ... --registration-flavour fast``, argparse takes the
+    last) or an abbreviated one (``--registration-fl``) put a flavour in the header that had
+    not run."""
+    _, out = registered
+    copy = tmp_path / "samri_ml"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".samri_ml.lock"))
+    argv = json.loads((out.parent / "argv.json").read_text())
+    argv[argv.index(str(out))] = str(copy)
+    argv = argv[:argv.index("--write-graph")]
+    argv.remove("--fast")
+    for flavour in (["--registration-flavour", "samri", "--registration-flavour", "fast"],
+                    ["--registration-fl", "fast"]):
+        with contextlib.redirect_stderr(io.StringIO()):
+            assert main(argv + flavour) == 0  # every step cached
+        for page in ("sub-01.html", "index.html"):
+            assert "registration flavour <b>fast</b>" in (copy / page).read_text(), page
+
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -1357,6 +1357,9 @@ def _write_reports(args, sessions, started: float | None = None,
                                       template_mask=args.template_mask,
                                       template_name=args.template_name,
                                       masking=args.masking, qc=not args.no_qc,
+                                      # the flavour that ran: read from the command line,
+                                      # a repeated option or an abbreviated one misled it
+                                      flavour=args.registration_flavour,
                                       crashes_since=started, confirmed=confirmed,
                                       workflow_graph=getattr(args, "graph_path", False),
                                       off_template=off_template):
