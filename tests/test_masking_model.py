@@ -442,13 +442,14 @@ def test_swapped_arguments_keep_the_scan(tmp_path, phantom, capsys):
     # own <scan>_mask.nii.gz was replaced without a word); with it, a scan still is not
     assert main([str(scan), "--out-dir", str(other)]) == 2
     assert (f"--out-dir: 1 of the masks exist already ({other / 'scan_mask.nii.gz'}); hint: "
-            "--overwrite to replace them") in capsys.readouterr().err
-    assert main([str(scan), "--out-dir", str(other), "--overwrite"]) == 1
-    err = capsys.readouterr().err
-    assert (f"{other / 'scan_mask.nii.gz'} exists and is no mask (values other than 0 and 1: "
-            "a scan?); it would be overwritten; hint: remove it first, or give another "
-            "--out-dir\n") in err and "check the order" not in err, err
-    assert (other / "scan_mask.nii.gz").read_bytes() == before
+            "--skip-existing to keep them") in capsys.readouterr().err
+    for option in ("--overwrite", "--skip-existing"):  # nor kept as a mask
+        assert main([str(scan), "--out-dir", str(other), option]) == 1
+        err = capsys.readouterr().err
+        assert (f"{other / 'scan_mask.nii.gz'} exists and is no mask (values other than 0 and "
+                "1: a scan?); it would be overwritten; hint: remove it first, or give another "
+                "--out-dir\n") in err and "check the order" not in err, err
+        assert (other / "scan_mask.nii.gz").read_bytes() == before
 
 
 def test_sigterm_leaves_no_temporary_file(tmp_path, phantom):
