@@ -366,7 +366,13 @@ def follow_jobs(runner) -> None:
     A ``squeue`` that failed for a moment (a busy controller's "Socket timed out on send/recv")
     made Nipype's SLURM plugin take the job for ended (Nipype meant to ask again, but never saw
     squeue's exit status): its step failed as if the job had been killed, the job running on.
-    The job now counts as queued until squeue answers or says it knows no such job."""
+    The job now counts as queued until squeue answers or says it knows no such job.
+
+    Nipype's SGE plugin asks ``qacct`` whether a job that ``qstat`` no longer lists has ended,
+    and compared its answer (bytes) with a string: a TypeError, taken for "not ended" after 50
+    s of retries, so a job that ended unseen (a cluster with ``finished_jobs 0``, or more jobs
+    ending between two polls than qstat keeps) counted as running for ever and the run hung.
+    ``qacct -j ID`` is read as text now."""
     get = getattr(runner, "_get_result", None)
     if get is None or not hasattr(runner, "_pending"):
         return
@@ -387,6 +393,8 @@ def follow_jobs(runner) -> None:
         runner._is_pending = _condor_pending
     elif type(runner).__name__ == "SLURMPlugin":
         runner._is_pending = _slurm_pending
+    elif hasattr(runner, "_refQstatSubstitute"):  # SGE
+        runner._refQstatSubstitute._qacct_verified_complete = _sge_ended
 
 
 def _condor_pending(taskid) -> bool:
@@ -418,6 +426,19 @@ def _slurm_pending(taskid) -> bool:
     if proc.returncode != 0:  # a job SLURM has forgotten: "Invalid job id specified"
         return "invalid job id" not in proc.stderr.lower()
     return str(taskid) in proc.stdout.split()
+
+
+def _sge_ended(taskid) -> bool:
+    """Whether SGE's accounting (``qacct -j ID``) lists job ``taskid``: it has ended."""
+    import subprocess
+
+    try:
+        said = subprocess.run(["qacct", "-j", str(taskid)], text=True, capture_output=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False  # asked again at the next poll
+    return said.returncode == 0 and re.search(
+        rf"^jobnumber\s+{int(taskid)}\s*$", said.stdout, re.MULTILINE) is not None
 
 
 def _say_graph_refusals(runner, prog: str = "samri_ml") -> None:

@@ -2623,6 +2623,37 @@ def test_sbatch_parsable_runs_and_an_answer_without_a_job_id_is_one_line(tmp_pat
         "quota 90% full); hint: a job may be queued"), said.value
 
 
+@pytest.mark.timeout(120)
+def test_an_sge_job_that_ended_unseen_by_qstat_ends_its_step(tmp_path, monkeypatch):
+    """Nipype's SGE plugin asks qacct whether a job qstat no longer lists has ended, and
+    compared qacct's answer (bytes) with a string: a TypeError taken for 'not ended', so on a
+    cluster whose qstat lists no ended jobs (finished_jobs 0) every step's job counted as
+    running for ever, the run hanging with the step's result written. qacct is read now."""
+    from nipype.pipeline import plugins
+
+    fake, state = tmp_path / "bin", tmp_path / "state"
+    fake.mkdir()
+    state.mkdir()
+    (fake / "qsub").write_text(_REFUSE_FIRST.format(state=state)
+                               + "echo \"Your job $n (\\\"a\\\") has been submitted\"\n")
+    # qstat -xml lists the running jobs only; qacct -j ID knows the ended ones
+    (fake / "qstat").write_text(
+        "#!/bin/sh\necho '<?xml version=\"1.0\"?><job_info><queue_info>'\n"
+        f"cd {state}; for n in $(seq 101 199); do [ -e job$n ] && echo \"<job_list "
+        "state='running'><JB_job_number>$n</JB_job_number></job_list>\"; done\n"
+        "echo '</queue_info><job_info></job_info></job_info>'\n")
+    (fake / "qacct").write_text(
+        f"#!/bin/sh\nfor a; do id=$a; done\n[ -e {state}/done$id ] || "
+        "{ echo \"error: job id $id not found\" >&2; exit 1; }\n"
+        "printf 'qname        all.q\\njobnumber    %s\\nexit_status  0\\n' $id\n")
+    for program in ("qsub", "qstat", "qacct"):
+        (fake / program).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAILS", "0")
+    runner = plugins.SGEPlugin(plugin_args={"poll_sleep_duration": 0.2})
+    assert _one_step_run(tmp_path, runner, function=_slow) == 1
+
+
 def test_a_graph_plugins_refused_submissions_are_said(tmp_path, monkeypatch, capsys):
     """A Graph plugin submits every job from one script, which goes on past a refusal: the
     run said 'submitted', exit 0, with every qsub refused and the scheduler's words unseen.
