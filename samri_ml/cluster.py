@@ -550,6 +550,11 @@ def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
     # a job sbatch refuses (a partition, time or CPU count the cluster does not have) made
     # Nipype fail with "IndexError: list index out of range" on sbatch's empty answer
     sbatch_args = str((plugin_args or {}).get("sbatch_args") or "")
+    if plugin == "SLURMGraph" and re.search(r"(^|\s)--parsable\b", sbatch_args):
+        # its script reads each id from "Submitted batch job N": the jobs waiting on another
+        # were refused ("Job dependency problem") or ran before it
+        raise SamriMLError(f"--plugin {plugin}: --parsable in sbatch_args leaves the jobs "
+                           "without the ids their dependencies need; hint: leave it out")
     said = _sbatch_refusal(sbatch_args)
     if said:
         raise SamriMLError(f"--plugin {plugin}: sbatch refuses the jobs ({said[0]}); hint: fix "

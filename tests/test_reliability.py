@@ -1522,6 +1522,15 @@ def test_unknown_plugin_and_unreachable_slurm_are_one_line_errors(tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "ipyparallel is not installed" in err, err
     assert snapshot(tmp_path) == before
+    # SLURMGraph's script reads the ids its dependencies need from "Submitted batch job N",
+    # which sbatch --parsable does not say (SLURM takes it: fe1b1c0)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.defpath}")
+    (fake / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    assert main([*argv, "--plugin", "SLURMGraph", "--plugin-args",
+                 "sbatch_args=-p short --parsable"]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        "--plugin SLURMGraph: --parsable in sbatch_args leaves the jobs without the ids their "
+        "dependencies need; hint: leave it out")
 
 
 def test_a_step_asking_more_than_the_partition_has_is_refused_before_the_run(
