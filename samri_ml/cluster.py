@@ -552,7 +552,7 @@ def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
     sbatch_args = str((plugin_args or {}).get("sbatch_args") or "")
     if plugin == "SLURMGraph" and re.search(r"(^|\s)--parsable\b", sbatch_args):
         # its script reads each id from "Submitted batch job N": the jobs waiting on another
-        # were refused ("Job dependency problem") or ran before it
+        # were refused ("Job dependency problem")
         raise SamriMLError(f"--plugin {plugin}: --parsable in sbatch_args leaves the jobs "
                            "without the ids their dependencies need; hint: leave it out")
     said = _sbatch_refusal(sbatch_args)
