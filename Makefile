@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.samri_ml-installed
 DEMO_DATA ?= example_data
 DEMO_OUT ?= demo_out
+DEMO_WORK ?= .demo_work
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 # test files run on this many workers at once (pytest-xdist; one file's tests stay on one
@@ -30,13 +31,19 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# the paths quoted: DEMO_OUT="~/Lab Data/demo" made `make clean` remove ~/Lab and ./Data/demo
+# the paths quoted: DEMO_OUT="~/Lab Data/demo" made `make clean` remove ~/Lab and ./Data/demo.
+# The ANTs steps cannot take a template or work dir with a space in its path: a clone in
+# ~/Lab Projects/ stopped on samri_ml-register's hint to give -w, which make does not take
 demo: install
+	@for p in "$(DEMO_DATA)" "$(DEMO_WORK)"; do case "$$p" in /*) ;; *) p="$$(pwd)/$$p";; esac; \
+		case "$$p" in *[[:space:]]*) echo "make: $$p has a space in its path, which the ANTs" \
+			"steps cannot take; hint: make demo DEMO_DATA=/path/without/spaces/example_data" \
+			"DEMO_WORK=/path/without/spaces/demo_work" >&2; exit 1;; esac; done
 	"$(BIN)/samri_ml-example" "$(DEMO_DATA)"
 	"$(BIN)/samri_ml-register" "$(DEMO_DATA)" "$(DEMO_OUT)" participant --fast \
 		--template "$(DEMO_DATA)/template/tpl-Phantom_T2w.nii.gz" \
 		--template-mask "$(DEMO_DATA)/template/tpl-Phantom_desc-brain_mask.nii.gz" \
-		-w .demo_work --write-graph colored --nprocs 2 $(DEMO_ARGS)
+		-w "$(DEMO_WORK)" --write-graph colored --nprocs 2 $(DEMO_ARGS)
 	@echo "Derivatives: $(DEMO_OUT)/  reports: $(DEMO_OUT)/index.html  graph: $(DEMO_OUT)/figures/"
 
 test: install
@@ -63,4 +70,4 @@ dist: install
 	@ls dist
 
 clean:
-	rm -rf "$(VENV)" "$(DEMO_OUT)" "$(DEMO_DATA)" .demo_work .pytest_cache .dist_src
+	rm -rf "$(VENV)" "$(DEMO_OUT)" "$(DEMO_DATA)" "$(DEMO_WORK)" .pytest_cache .dist_src

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import shutil
 import sys
 import sysconfig
@@ -118,11 +119,14 @@ def program(name: str) -> str:
 
     A cluster job does not always get the submitting shell's ``PATH`` (a batch ``template``
     without ``#PBS -V`` or ``#$ -V``, ``sbatch --export=NONE``): it runs this environment's
-    Python by its path, and found no ``N4BiasFieldCorrection`` by its name.
+    Python by its path, and found no ``N4BiasFieldCorrection`` by its name. The path is
+    quoted for the shell Nipype runs it through where it needs to be: an environment in a
+    folder with a space (``~/Lab Projects/samri_ml/.venv``) failed every ANTs step with
+    ``No command "/home/me/Lab" found``.
     """
     ours = scripts_dir() / name
     if system_ants_dir() is None and ours.exists():
-        return str(ours)
+        return shlex.quote(str(ours))
     return name
 
 

@@ -171,3 +171,31 @@ def test_a_program_that_fails_without_a_word_is_named_with_its_status(tmp_path, 
         OurN4(dimension=3, input_image=str(img), shrink_factor=100).run()
     out = OurN4(dimension=3, input_image=str(img), shrink_factor=2).run().outputs.output_image
     assert nb.load(out).shape == (12, 12, 12)
+
+
+def test_an_environment_in_a_folder_with_a_space_runs_its_ants(tmp_path, monkeypatch):
+    """samri_ml installed in ``~/Lab Projects/samri_ml/.venv`` (``make demo`` in a clone
+    there): the workflows run ANTs by this environment's path (``program``), which the shell
+    Nipype runs it through split at the space, and every ANTs step failed with ``No command
+    "/home/me/Lab" found``. Here the environment's ``bin/`` as such a folder: links to this
+    interpreter and its real scripts."""
+    import sys
+
+    from samri_ml.ants import program
+    from samri_ml.interfaces.ants import N4BiasFieldCorrection as OurN4
+
+    spaced = tmp_path / "Lab Projects" / "bin"
+    spaced.mkdir(parents=True)
+    for name in ("python", *PROGRAMS):
+        (spaced / name).symlink_to(scripts_dir() / name if name != "python" else sys.executable)
+    monkeypatch.setattr(sys, "executable", str(spaced / "python"))
+    assert scripts_dir() == spaced
+    img = tmp_path / "img.nii.gz"
+    nb.save(nb.Nifti1Image(np.random.default_rng(0).random((12, 12, 12), np.float32) + 1,
+                           np.diag([0.2, 0.2, 0.2, 1])), img)
+    monkeypatch.chdir(tmp_path)
+    node = OurN4(command=program("N4BiasFieldCorrection"), dimension=3, input_image=str(img),
+                 shrink_factor=2)
+    result = node.run()
+    assert result.runtime.command_path == str(spaced / "N4BiasFieldCorrection")
+    assert nb.load(result.outputs.output_image).shape == (12, 12, 12)

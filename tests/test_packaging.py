@@ -253,6 +253,44 @@ def test_make_demo_and_clean_take_paths_with_spaces(tmp_path):
     assert (tmp_path / "my" / "keep").exists() and (repo / "out" / "keep").exists()
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_in_a_clone_in_a_folder_with_a_space(tmp_path):
+    """``make demo`` in a clone in ``~/Lab Projects/`` (its example data and work dir in it,
+    which the ANTs steps cannot take) stopped on samri_ml-register's hint to give ``-w``,
+    which make does not take; it says so in one line with the variables that move them, and
+    runs with them. Real commands of this environment, a dry-run registration."""
+    import os
+    import time
+
+    scripts = Path(sys.executable).parent
+    if not (scripts / "samri_ml-register").exists():
+        pytest.skip(f"samri_ml's commands are not installed beside {sys.executable}")
+    repo = tmp_path / "Lab Projects" / "samri_ml"
+    repo.mkdir(parents=True)
+    for name in ("Makefile", "setup.cfg", "pyproject.toml"):
+        shutil.copy2(ROOT / name, repo / name)
+    for name in ("setup.cfg", "pyproject.toml"):  # `make install` done: its stamp is newer
+        os.utime(repo / name, (time.time() - 60, time.time() - 60))
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".samri_ml-installed").touch()
+    paths = [f"VENV={venv}", f"BIN={scripts}", "DEMO_ARGS=--participant-label 01 --dry-run"]
+    done = subprocess.run(["make", "demo", *paths], cwd=repo, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[0] == (
+        f"make: {repo}/example_data has a space in its path, which the ANTs steps cannot "
+        "take; hint: make demo DEMO_DATA=/path/without/spaces/example_data "
+        "DEMO_WORK=/path/without/spaces/demo_work"), done.stderr
+    assert not (repo / "example_data").exists()
+    data, work = tmp_path / "data", tmp_path / "work"
+    done = subprocess.run(["make", "demo", *paths, f"DEMO_DATA={data}", f"DEMO_WORK={work}"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "nodes built, none run" in done.stderr, done.stderr
+    assert f"work dir {work}" in done.stderr, done.stderr
+
+
 @pytest.mark.skipif(shutil.which("make") is None or shutil.which("git") is None,
                     reason="make or git is not installed")
 def test_make_dist_builds_the_committed_tree_only(tmp_path):

@@ -10,6 +10,7 @@ not been set`` and Nipype's TraitError on the missing output, spread over the cr
 from __future__ import annotations
 
 import os
+import shlex
 
 from nipype.interfaces import ants as _nipype_ants
 
@@ -37,10 +38,11 @@ class _NoUnquotedSpaces:
     def _run_interface(self, runtime, *args, **kwargs):
         from samri_ml.ants import unquoted_spaced_paths
 
+        program = os.path.basename(shlex.split(self._cmd)[0])  # the command may be quoted
         found = unquoted_spaced_paths(self.cmdline, _path_inputs(self.inputs))
         if found:
             name, path = found[0]
-            raise SamriMLError(f"{os.path.basename(self._cmd)}: {name} {path!r} has a space in "
+            raise SamriMLError(f"{program}: {name} {path!r} has a space in "
                                "its path, which "
                                "Nipype hands to the ANTs programs unquoted; hint: copy or link "
                                "it to a path without spaces (the workflow's base_dir too)")
@@ -56,7 +58,7 @@ class _NoUnquotedSpaces:
             if len(said) > 80:
                 said = "..." + said[-80:]
             said = f": {said}" if said else " without a word"
-            raise SamriMLError(f"{os.path.basename(self._cmd)} exited {runtime.returncode}"
+            raise SamriMLError(f"{program} exited {runtime.returncode}"
                                f"{said}; hint: check its settings (the registration flavour) "
                                "and inputs")
         return runtime
