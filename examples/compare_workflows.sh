@@ -4,6 +4,12 @@
 #   bash examples/compare_workflows.sh [WORK_FOLDER]
 set -euo pipefail
 work=${1:-compare_example}
+case "$work" in /*) full=$work ;; *) full=$PWD/$work ;; esac
+case "$full" in *[[:space:]]*)
+  # samri_ml-register refused its work dir with a hint to give -w, which this script does not take
+  echo "compare_workflows.sh: $full has a space in its path, which the ANTs steps cannot" \
+    "take; hint: bash $0 /path/without/spaces" >&2; exit 1 ;;
+esac
 bin=$(dirname "$0")/../.venv/bin
 if [ ! -x "$bin/samri_ml-example" ]; then
   # without this check: "./samri_ml-example: No such file or directory"

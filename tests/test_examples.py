@@ -143,6 +143,24 @@ def test_compare_workflows_without_samri_ml_says_so_in_one_line(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+def test_compare_workflows_in_a_folder_with_a_space_says_so_in_one_line(tmp_path):
+    """``bash examples/compare_workflows.sh`` in a clone in ``~/Lab Projects/`` wrote the
+    example there and stopped on samri_ml-register's hint to give ``-w``, which the script
+    does not take; it says so before anything is written, with the argument that helps."""
+    import subprocess
+
+    here = tmp_path / "Lab Projects"
+    here.mkdir()
+    script = EXAMPLES / "compare_workflows.sh"
+    done = subprocess.run(["bash", str(script)], cwd=here, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"compare_workflows.sh: {here}/compare_example has a space in its path, which the ANTs "
+        f"steps cannot take; hint: bash {script} /path/without/spaces"]
+    assert list(here.iterdir()) == []
+
+
 # VmHWM, the peak of this interpreter's own memory: getrusage's ru_maxrss keeps, across the
 # exec, the peak of the process it was started from (2.02 GB measured from a pytest-xdist
 # worker that had run the other tests, 0.70 GB from a fresh one)
