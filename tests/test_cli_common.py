@@ -159,3 +159,34 @@ def test_a_benchmark_without_the_shared_data_says_so_in_one_line(tmp_path):
         assert proc.stderr.strip().splitlines()[-1] == (
             f"benchmarks/{script}: error: SAMRI_ML_SHARED_DATA={missing}: data folder not "
             "found; hint: set SAMRI_ML_SHARED_DATA"), script
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("mask", ["{missing}", "{out}/m.nii.gz"]),
+    ("mask", ["{missing}", "--out-dir", "{out}"]),
+    ("qc", ["scan", "{missing}", "{missing}"]),
+    ("qc", ["scan", "{missing}", "{missing}", "--mask", "{missing}"]),
+    ("identify_plate", ["{missing}"]),
+])
+@pytest.mark.parametrize("case", ["missing", "pattern", "annexed"])
+def test_a_missing_input_is_a_usage_error_in_every_command(command, argv, case, tmp_path, capsys):
+    """An input path that names no file: exit 2 (docs/errors.rst: a usage error), before any
+    work and with nothing written. ``samri_ml-mask`` and ``samri_ml-qc scan`` exited 1 after
+    TensorFlow's start-up, ``identify-plate`` and ``qc compare`` 2 before anything ran."""
+    import importlib
+
+    missing = {"missing": tmp_path / "nope.nii.gz", "pattern": tmp_path / "*.nii.gz",
+               "annexed": tmp_path / "annexed.nii.gz"}[case]
+    if case == "annexed":  # a DataLad file not fetched: ls lists it
+        missing.symlink_to("../.git/annex/objects/Xy/Zw/MD5E-s9--k.nii.gz/MD5E-s9--k.nii.gz")
+    out = tmp_path / "out"
+    argv = [a.format(missing=missing, out=out) for a in argv]
+    rc = importlib.import_module(f"samri_ml.cli.{command}").main(argv)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2, last
+    assert str(missing) in last and "Traceback" not in last
+    assert {"missing": "no such file; hint: check the path",
+            "pattern": "no file matches this pattern",
+            "annexed": "its content is not here (a DataLad/git-annex file not fetched)"}[case] \
+        in last
+    assert not out.exists()

@@ -673,6 +673,28 @@ def refuse_empty_paths(parser, args, options) -> None:
             parser.error(f"{option}: an empty path (an unset variable?); hint: give a path")
 
 
+def refuse_missing_inputs(parser, paths, option: str = "") -> None:
+    """A usage error (exit 2, before any work) for an input path that names no file: a typo,
+    a shell pattern that matched nothing (passed on as it is), a DataLad/git-annex file not
+    fetched, a link to nothing. ``samri_ml-mask`` and ``samri_ml-qc scan`` said so only when
+    they came to read it (exit 1, after TensorFlow's start-up), ``identify-plate`` and ``qc
+    compare`` before anything ran (exit 2): one rule now, docs/errors.rst's."""
+    from samri_ml.io import content_missing
+
+    for path in paths:
+        if path is None:
+            continue
+        label = f"{option} {path}" if option else str(path)
+        absent = content_missing(path)
+        if absent:
+            parser.error(f"{label}: {absent}")
+        if not Path(path).exists():
+            hint = ("no file matches this pattern (check the folder and the extension's case: "
+                    "*.png does not match .PNG)" if any(c in str(path) for c in "*?[") else
+                    "check the path (relative paths start from the current folder)")
+            parser.error(f"{label}: no such file; hint: {hint}")
+
+
 def print_line(line: str) -> None:
     """Print a result line to stdout. A closed stdout (``| head -1``) used to stop the run
     with a ``BrokenPipeError`` line, and --json was never written: now the other lines go to

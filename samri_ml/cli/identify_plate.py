@@ -17,6 +17,7 @@ from samri_ml.cli._common import (
     check_output_file,
     print_line,
     refuse_empty_paths,
+    refuse_missing_inputs,
     set_tf_threads,
     terminate_as_interrupt,
     write_output_text,
@@ -68,12 +69,7 @@ def _check_args(parser, args) -> None:
         parser.error("--top must be at least 1")
     if args.atlas and not Path(args.atlas).is_dir():
         parser.error(f"--atlas {args.atlas}: not a directory")
-    for im in args.images:
-        if not Path(im).exists():
-            # a shell pattern that matched nothing is passed on as it is (bash, zsh's nonomatch)
-            hint = ("; hint: no file matches this pattern (check the folder and the extension's "
-                    "case: *.png does not match .PNG)" if any(c in im for c in "*?[") else "")
-            parser.error(f"{im}: no such file{hint}")
+    refuse_missing_inputs(parser, args.images)
     if args.json:
         check_output_file(parser, "--json", args.json, args.images, IMAGE_SUFFIXES, "OUT.json")
     if args.montage:

@@ -19,6 +19,7 @@ from samri_ml.cli._common import (
     add_threads_option,
     add_views_option,
     probe_writable,
+    refuse_missing_inputs,
     run_cli,
     set_tf_threads,
     terminate_as_interrupt,
@@ -122,6 +123,7 @@ def _run(parser, args) -> int:
                      "IN [IN ...] --out-dir DIR")
     args.in_file, args.out_file = args.files
     _check_options(parser, args)
+    refuse_missing_inputs(parser, [args.in_file])
     if not _is_nifti_name(args.out_file):
         parser.error(f"OUT must end in .nii or .nii.gz: {args.out_file}")
     if args.out_file.resolve() == args.in_file.resolve():
@@ -248,6 +250,7 @@ def _run_batch(parser, args) -> int:
         parser.error("--masked and --png name one file: with --out-dir, give --figures for "
                      "a picture of each mask")
     _check_options(parser, args)
+    refuse_missing_inputs(parser, args.files)
     if args.overwrite and args.skip_existing:
         parser.error("--overwrite and --skip-existing: give one (replace the masks there, or "
                      "keep them)")
