@@ -38,7 +38,7 @@ def _pair(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
     img_a, img_b = _image(a), _image(b)
     if img_a is not None and img_b is not None and img_a.affine is not None \
             and img_b.affine is not None and img_a.shape[:3] == img_b.shape[:3]:
-        from samri_ml.masking.predict import grids_apart
+        from samri_ml.io import affine_unit, grids_apart
 
         # (a 2D image's grid is one slice thick: its shape alone has no third axis); half a
         # voxel apart or more, as a mask applied to an image
@@ -47,8 +47,9 @@ def _pair(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
             names = [str(x) if isinstance(x, (str, os.PathLike)) else n
                      for x, n in ((a, "the first"), (b, "the second"))]
             raise SamriMLError(f"{what}: {names[0]} and {names[1]} have one shape but not one "
-                               f"grid (their affines put it up to {moved:.3g} mm apart: another "
-                               "orientation or position); hint: resample one onto the other's "
+                               f"grid (their affines put it up to {moved:.3g} "
+                               f"{affine_unit(img_a)} apart: another orientation or position); "
+                               "hint: resample one onto the other's "
                                "grid first (nearest neighbour)")
     a = _voxels(a if img_a is None else img_a, what, "the first")
     b = _voxels(b if img_b is None else img_b, what, "the second")

@@ -746,6 +746,13 @@ def test_apply_mask_takes_paths_and_refuses_a_mask_of_another_grid(tmp_path):
                                            r".*scan.nii.gz: same shape \(10, 12, 8\), but its "
                                            r"affine puts the grid 1 mm away; hint: "):
         apply_mask(scan, tmp_path / "other.nii.gz")
+    # the distance in the header's unit (a scan in microns was said to be "mm" away)
+    in_um = nb.Nifti1Image(data, affine * [[1000], [1000], [1000], [1]])
+    in_um.header.set_xyzt_units("micron")
+    um_shifted = in_um.affine.copy()
+    um_shifted[0, 3] += 1000.0
+    with pytest.raises(SamriMLError, match=r"affine puts the grid 1e\+03 um away; hint: "):
+        apply_mask(in_um, nb.Nifti1Image(mask, um_shifted))
     # shapes only where asked (the registration's bias-corrected scan)
     assert apply_mask(scan, tmp_path / "other.nii.gz", check_affine=False).shape == data.shape
     with pytest.raises(SamriMLError, match=r"^brain mask the mask \(9, 12, 8\) is not on the "

@@ -120,8 +120,7 @@ def _scan(args, parser) -> int:
     import numpy as np
 
     from samri_ml.cli._common import refuse_missing_inputs
-    from samri_ml.io import load_nifti
-    from samri_ml.masking.predict import check_same_grid
+    from samri_ml.io import check_same_grid, load_nifti
     from samri_ml.masks import mask_inside
     from samri_ml.qc.metrics import AXES_KEY, modality_of, qc_from_arrays, qc_record, scan_name
     from samri_ml.qc.volume import EMPTY_PROCESSED_HINT, affine_mm, image_mm

@@ -178,7 +178,7 @@ class SmoothnessConservation(SimpleInterface):
         if isdefined(self.inputs.mask_file):
             from types import SimpleNamespace
 
-            from samri_ml.masking.predict import check_same_grid
+            from samri_ml.io import check_same_grid
             from samri_ml.masks import mask_inside
 
             mask, mask_aff = _load(self.inputs.mask_file)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from samri_ml.errors import SamriMLError, SamriMLNote
-from samri_ml.io import nifti_class
+from samri_ml.io import check_same_grid, nifti_class
 from samri_ml.masking import preprocess as pp
 from samri_ml.masks import fill_holes, largest_component
 
@@ -673,42 +673,6 @@ def predict_mask(
 def _name(img, what: str) -> str:
     """A path as given, else ``what``: for messages."""
     return str(img) if isinstance(img, (str, os.PathLike)) else what
-
-
-def grid_offset(affine, other, shape) -> float:
-    """How far (in the affines' unit) ``other`` puts a corner of a grid of ``shape`` from
-    where ``affine`` puts it, at most over the eight corners; 0 for one grid."""
-    corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                        for k in (0, shape[2] - 1)], float).T
-    return float(np.abs(affine @ corners - other @ corners)[:3].max())
-
-
-def grids_apart(affine, other, shape) -> float | None:
-    """How far apart :func:`grid_offset` puts two grids of ``shape`` where it is half a voxel
-    (of ``affine``) or more, NaN included: not one grid; None for one grid (ITK's float32
-    rounding of an affine stays far below that)."""
-    moved = grid_offset(affine, other, shape)
-    voxel = float(np.min(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
-    return None if moved < 0.5 * voxel else moved
-
-
-def check_same_grid(img, mask_img, img_name: str = "the image", mask_name: str = "the mask",
-                    *, affine: bool = True) -> None:
-    """Refuse a mask that is not on the image's voxel grid: another shape, or (with
-    ``affine``) an affine that puts a corner of the grid half a voxel or more away (a mask of
-    another scan of the same shape was applied as if it belonged; ITK's float32 rounding of
-    an affine stays far below that)."""
-    shape, mshape = tuple(img.shape[:3]), tuple(mask_img.shape[:3])
-    if shape != mshape:
-        raise SamriMLError(f"brain mask {mask_name} {mshape} is not on the grid of {img_name} "
-                           f"{shape}; hint: give a mask of that image")
-    if not affine:
-        return
-    moved = grids_apart(img.affine, mask_img.affine, shape)
-    if moved is not None:
-        raise SamriMLError(f"brain mask {mask_name} is not on the grid of {img_name}: same shape "
-                           f"{shape}, but its affine puts the grid {moved:.3g} mm away; hint: "
-                           "give a mask of that image, or resample it onto the image first")
 
 
 def _read_as_is(img):
