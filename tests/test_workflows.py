@@ -763,3 +763,31 @@ def test_a_rerun_of_one_subject_keeps_the_graph_the_other_reports_link(example_d
     many = graph_stem(sessions, ["x"])
     assert len(many) <= 100 and many.startswith("workflow_graph_40-sessions_")
     assert many != graph_stem(sessions[1:], ["x"])
+
+
+def test_runs_whose_sidecar_says_volumes_were_discarded_get_a_note(example_dataset, tmp_path,
+                                                                   capsys):
+    """A run whose sidecar says the scanner (or the user) discarded volumes before the file
+    was written lost --dummy-scans' 10 more without a word; the run summary names it."""
+    import json
+    import shutil
+
+    from samri_ml.cli.register import main
+
+    bids = tmp_path / "bids"
+    shutil.copytree(example_dataset, bids)
+    sidecar = next(bids.glob("sub-01/ses-1/func/*_bold.json"))
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "NumberOfVolumesDiscardedByScanner": 4,
+                                   "NumberOfVolumesDiscardedByUser": "2"}))  # not a count
+    template = bids / "template"
+    argv = [str(bids), str(tmp_path / "out"), "participant", "--fast", "--dry-run",
+            "--template", str(template / "tpl-Phantom_T2w.nii.gz"),
+            "--template-mask", str(template / "tpl-Phantom_desc-brain_mask.nii.gz")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert ("note: 1 functional run(s) whose sidecar says volumes were discarded before "
+            "(NumberOfVolumesDiscardedByScanner/ByUser): sub-01_ses-1_task-rest_bold.nii.gz "
+            "(4); --dummy-scans drops 10 more volumes from each; hint: --dummy-scans 0") in err
+    assert main(argv + ["--dummy-scans", "0"]) == 0  # nothing more dropped: nothing to say
+    assert "discarded before" not in capsys.readouterr().err

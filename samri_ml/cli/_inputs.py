@@ -108,6 +108,7 @@ def check_scans(args, sessions) -> None:
             f"not fetched): {some_names([scan.name for scan in unfetched])}; hint: cd "
             f"{args.bids_dir} && datalad get {' '.join(where) or '.'}")
     no_timing, direct, too_short, two_affines, unchecked = [], [], [], [], []
+    discarded = []  # runs whose sidecar says volumes were dropped before (scanner, user)
     for item in sessions:
         scans = ([(item["anat"], "structural")] if item["anat"] else [])
         scans += [(bold, "functional") for bold in item["bold"]]
@@ -147,6 +148,9 @@ def check_scans(args, sessions) -> None:
                 _check_run_metadata(args, path, img, metadata[path], no_timing,
                                     sidecars.get(path, []))
             dummies = getattr(args, "dummy_scans", 0)
+            before = _discarded_before(metadata.get(path, {})) if kind == "functional" else 0
+            if before and dummies:
+                discarded.append(f"{Path(path).name} ({before})")
             note = too_few_volumes_note(img.shape[3], dummies) if kind == "functional" else None
             if note:  # the run is kept, cut to its last volume: said here, not in a node's warning
                 print(f"{PROG}: note: {path}: {note}", file=sys.stderr)
@@ -187,6 +191,14 @@ def check_scans(args, sessions) -> None:
             f"{len(too_short)} functional run(s) with fewer than {MIN_SLICE_TIMING_VOLUMES} "
             "volumes after the dummy scans, not slice-timing corrected: "
             f"{some_names(too_short)}")
+    if discarded:
+        # BIDS: those volumes are not in the file; the first volumes may be at steady state
+        # already, and the default 10 dummy scans were dropped on top of them, unsaid
+        args.scan_notes.append(
+            f"{len(discarded)} functional run(s) whose sidecar says volumes were discarded "
+            "before (NumberOfVolumesDiscardedByScanner/ByUser): "
+            f"{some_names(discarded)}; --dummy-scans drops {args.dummy_scans} more volumes "
+            "from each; hint: --dummy-scans 0 where the runs start at steady state")
     if direct:
         # a structural scan of the subject's other sessions is not borrowed: the run-to-
         # structural step assumes one placement of the head, and the structural scan's own
@@ -253,6 +265,17 @@ def _header_tr(img) -> float:
 def _is_number(value) -> bool:
     """Whether a sidecar value is a JSON number (not a string, a boolean or null)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _discarded_before(meta: dict) -> int:
+    """The volumes a run's sidecar says were discarded before the file was written, by the
+    scanner and by the user (BIDS' ``NumberOfVolumesDiscardedByScanner``/``ByUser``; values
+    that are no whole number of 0 or more count as none)."""
+    from samri_ml.workflows.registration import _whole
+
+    return sum(int(meta[key]) for key in ("NumberOfVolumesDiscardedByScanner",
+                                          "NumberOfVolumesDiscardedByUser")
+               if _whole(meta.get(key)) and meta[key] >= 0)
 
 
 def _header_slice_dim(img) -> int | None:
