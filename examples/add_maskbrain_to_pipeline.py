@@ -14,6 +14,7 @@ SyN on the whole images (README, "the linear phases brain to brain"). Run:
     python examples/add_maskbrain_to_pipeline.py T2w.nii.gz TEMPLATE.nii.gz TEMPLATE_MASK.nii.gz OUT_DIR
 """
 
+import re
 import sys
 from pathlib import Path
 
@@ -84,12 +85,31 @@ def niu_repeat(use):
     return iface
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 5:
-        sys.exit(__doc__)
-    in_file, template, template_mask, out = (Path(a).resolve() for a in sys.argv[1:])
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0])
+    for name in ("T2w", "TEMPLATE", "TEMPLATE_MASK", "OUT_DIR"):
+        p.add_argument(name, type=Path)
+    args = p.parse_args(argv)
+    paths = {name: path.resolve() for name, path in vars(args).items()}
+    for name, path in paths.items():
+        if name != "OUT_DIR" and not path.is_file():
+            p.error(f"{name} {path}: no such file")
+        if re.search(r"\s", str(path)):
+            # Nipype hands some paths to the ANTs programs unquoted (antsRegistration's
+            # --metric MI[ fixed, moving, ... ]): the run failed in a Nipype traceback
+            p.error(f"{name} {str(path)!r} has a space in its path, which Nipype hands to the "
+                    "ANTs programs unquoted; hint: copy or link it to a path without spaces")
+    in_file, out = paths["T2w"], paths["OUT_DIR"]
     ensure_ants_on_path()  # antspyx-backed antsRegistration & co. when no system ANTs
-    wf = add_masking(existing_pipeline(in_file, template, template_mask, out), in_file)
+    wf = add_masking(existing_pipeline(in_file, paths["TEMPLATE"], paths["TEMPLATE_MASK"], out),
+                     in_file)
     wf.run()
     print(f"done: see {out / 'my_pipeline'}; the mask, drawn on the scan: "
           f"{next((out / 'qc').glob('*_mask.png'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -122,6 +122,31 @@ def test_add_maskbrain_example_registers_better_than_no_registration(example_dat
     assert dice(warped.numpy() > 0, ref) > max(0.9, dice(identity.numpy() > 0, ref))
 
 
+def test_add_maskbrain_example_refuses_a_path_with_a_space_in_one_line(example_dataset, tmp_path,
+                                                                     capsys):
+    """``add_maskbrain_to_pipeline.py ... OUT_DIR`` with a space in OUT_DIR (or in the scan's or
+    template's path) ran N4 and the mask, then ended in a Nipype traceback (antsRegistration
+    got the path split: 'file /tmp/out/... does not exist'); a missing input was a TraitError
+    traceback. Each is one line, before anything is written."""
+    anat = next(example_dataset.glob("sub-01/ses-*/anat/*_T2w.nii.gz"))
+    tpl = example_dataset / "template"
+    template = next(tpl.glob("*_T2w.nii.gz"))
+    template_mask = next(tpl.glob("*_desc-brain_mask.nii.gz"))
+    example = _load("add_maskbrain_to_pipeline")
+    out = tmp_path / "my out"
+    for argv, said in (
+            ([anat, template, template_mask, out], f"OUT_DIR {str(out)!r} has a space in its "
+             "path, which Nipype hands to the ANTs programs unquoted; hint: copy or link it to "
+             "a path without spaces"),
+            ([tmp_path / "none.nii.gz", template, template_mask, tmp_path / "out"],
+             f"T2w {tmp_path / 'none.nii.gz'}: no such file")):
+        with pytest.raises(SystemExit) as stop:
+            example.main([str(a) for a in argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and err[-1] == f"add_maskbrain_to_pipeline.py: error: {said}"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_compare_workflows_without_samri_ml_says_so_in_one_line(tmp_path):
     """``bash examples/compare_workflows.sh`` with no .venv beside examples/ and samri_ml not
     on PATH failed with "./samri_ml-example: No such file or directory"."""
