@@ -46,6 +46,12 @@ def parse_entities(path) -> dict:
     return out
 
 
+def is_label(value) -> bool:
+    """Whether ``value`` is a BIDS label (letters and digits only: what follows ``key-`` in a
+    file name, as ``Phantom`` in ``space-Phantom``)."""
+    return isinstance(value, str) and re.fullmatch(r"[a-zA-Z0-9]+", value) is not None
+
+
 def dataset_root(path) -> Path | None:
     """The BIDS dataset ``path`` (a raw file) lies in: the folder above its innermost
     ``sub-<label>`` folder; None where it lies in none (a file given from Python outside a

@@ -503,6 +503,30 @@ def test_generic_wf_refuses_input_masking():
                         masking="input")
 
 
+def test_generic_wf_refuses_a_template_name_that_is_no_bids_label(head, tmp_path):
+    """``template_name='dsurqec_200micron'`` (SAMRI's template's name) wrote
+    ``sub-01_space-dsurqec_200micron_desc-preproc_T2w.nii.gz``, which BIDS tools, and samri_ml's
+    own parse_entities, read as ``space-dsurqec``; the factory refuses it as samri_ml-register
+    refuses --template-name."""
+    from samri_ml.bids import parse_entities
+    from samri_ml.interfaces.bids import planned_derivatives
+    from samri_ml.workflows import init_generic_wf
+
+    anat = tmp_path / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+    anat.parent.mkdir(parents=True)
+    shutil.copy(head, anat)
+    given = {"template": str(head), "template_mask": str(head), "anat_file": str(anat),
+             "output_dir": str(tmp_path / "out"), "flavour": "fast"}
+    with pytest.raises(SamriMLError) as err:
+        init_generic_wf(**given, template_name="dsurqec_200micron")
+    assert str(err.value) == ("template_name 'dsurqec_200micron': a BIDS label is letters and "
+                              "digits only (it becomes space-<label> in every file name); hint: "
+                              "template_name='dsurqec200micron'")
+    wf = init_generic_wf(**given, template_name="dsurqec200micron")
+    spaces = {parse_entities(path).get("space") for path, _ in planned_derivatives(wf)}
+    assert spaces == {"dsurqec200micron", None}  # None: the transform's from-/to- name
+
+
 def test_a_structural_wf_without_its_input_mask_says_so(tmp_path):
     """init_structural_wf(masking='input') with nothing connected to in_mask crashed late with
     "TypeError: _replicate() missing 1 required positional argument"."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from samri_ml.bids import parse_entities, raw_source_uri
+from samri_ml.bids import is_label, parse_entities, raw_source_uri
 from samri_ml.errors import SamriMLError
 from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
 from samri_ml.interfaces._paths import IdentityInterface
@@ -61,7 +62,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     output_dir : str or None
         BIDS-Derivatives folder to write into (None: no data sinks).
     template_name : str
-        The ``space-`` entity of the outputs.
+        The ``space-`` entity of the outputs: a BIDS label, letters and digits only.
     method : str
         ``composite``, ``structural`` or ``functional`` (see :func:`init_functional_wf`).
     flavour : str
@@ -107,6 +108,13 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     ``*_desc-brain_mask.nii.gz`` (with masking), ``*_desc-qc_metrics.json`` and ``.tsv``.
     """
     _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans)
+    if not is_label(template_name):
+        # 'dsurqec_200micron' (SAMRI's template) wrote space-dsurqec_200micron_desc-preproc_...
+        # names, which BIDS tools and samri_ml's own parse_entities read as space 'dsurqec'
+        fixed = re.sub(r"[^a-zA-Z0-9]", "", str(template_name)) or "template"
+        raise SamriMLError(f"template_name {template_name!r}: a BIDS label is letters and "
+                           "digits only (it becomes space-<label> in every file name); hint: "
+                           f"template_name={fixed!r}")
     if masking == "input":
         raise SamriMLError(
             "init_generic_wf: masking='input' needs masks, and it takes none; hint: use "
