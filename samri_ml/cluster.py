@@ -151,6 +151,12 @@ SCHEDULER_PROGRAMS = {
 }
 
 
+#: plugins whose job scripts run the environment's Python unquoted (Nipype 1.11), and the
+#: plugin of the same scheduler that quotes it
+UNQUOTED_PYTHON_PLUGINS = {"SLURMGraph": "SLURM", "SGEGraph": "SGE", "PBSGraph": "PBS",
+                           "CondorDAGMan": "Condor"}
+
+
 #: the program that cancels a cluster plugin's jobs
 CANCEL_PROGRAMS = {"SLURM": "scancel", "SGE": "qdel", "PBS": "qdel", "LSF": "bkill",
                    "Condor": "condor_rm", "OAR": "oardel"}
@@ -533,6 +539,14 @@ def check_scheduler(plugin: str, plugin_args: dict | None = None) -> None:
     if missing:
         raise SamriMLError(f"--plugin {plugin}: {'/'.join(missing)} not found on PATH; hint: "
                            "run on a login node of the cluster, or use --plugin MultiProc")
+    if plugin in UNQUOTED_PYTHON_PLUGINS and any(c.isspace() for c in sys.executable):
+        # their job scripts run f"{sys.executable} {script}": every job failed with "No such
+        # file or directory" on the environment's path cut at the space
+        raise SamriMLError(f"--plugin {plugin}: the Python of this environment, "
+                           f"{sys.executable}, is in a folder with a space, which {plugin}'s "
+                           "job scripts do not quote; hint: use --plugin "
+                           f"{UNQUOTED_PYTHON_PLUGINS[plugin]}, or install samri_ml in a "
+                           "folder without spaces")
     if programs[1] != "squeue":
         return
     try:

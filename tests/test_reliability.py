@@ -1531,6 +1531,14 @@ def test_unknown_plugin_and_unreachable_slurm_are_one_line_errors(tmp_path, caps
     assert capsys.readouterr().err.strip().endswith(
         "--plugin SLURMGraph: --parsable in sbatch_args leaves the jobs without the ids their "
         "dependencies need; hint: leave it out")
+    # the Graph plugins' job scripts run the environment's Python unquoted: an environment
+    # in a folder with a space failed every job (SLURM's quotes it)
+    monkeypatch.setattr(sys, "executable", "/home/me/Lab Projects/.venv/bin/python")
+    assert main([*argv, "--plugin", "SLURMGraph"]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        "--plugin SLURMGraph: the Python of this environment, /home/me/Lab Projects/.venv/bin/"
+        "python, is in a folder with a space, which SLURMGraph's job scripts do not quote; "
+        "hint: use --plugin SLURM, or install samri_ml in a folder without spaces")
 
 
 def test_a_step_asking_more_than_the_partition_has_is_refused_before_the_run(
