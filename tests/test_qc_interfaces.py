@@ -181,6 +181,49 @@ def test_the_record_is_not_read_as_its_tables_sidecar(tmp_path):
     assert layout.get(extension=".json", desc="qc")[0].get_dict()["vcf"] == 0.98
 
 
+def test_one_data_dictionary_describes_every_qc_tables_columns(tmp_path):
+    """BIDS wants a TSV's columns described: one dictionary at the top of the derivatives
+    folder, which the inheritance principle applies to every scan's table (pybids reads it as
+    each table's metadata, and nothing of the record), one entry per column of the table, in
+    its order, with the units of the volumes and FWHMs."""
+    bids = pytest.importorskip("bids")
+    from samri_ml.qc.metrics import QC_TABLE_DICTIONARY, write_qc_table_dictionary
+
+    deriv = tmp_path / "deriv"
+    deriv.mkdir()
+    (deriv / "dataset_description.json").write_text(json.dumps(
+        {"Name": "qc", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+         "GeneratedBy": [{"Name": "samri_ml"}]}))
+    for scan, modality in (("sub-01_ses-1_T2w.nii.gz", "anat"),
+                           ("sub-02_ses-1_task-rest_bold.nii.gz", "func")):
+        res = Node(WriteQCMetrics(scan=scan, modality=modality, vcf=0.98, scf=1.1),
+                   name=f"ds_{modality}", base_dir=str(tmp_path / "work")).run()
+        for out in (res.outputs.out_json, res.outputs.out_tsv):
+            folder = deriv / qc_relative_path(scan, modality).parent
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / Path(out).name).write_bytes(Path(out).read_bytes())
+    path = write_qc_table_dictionary(deriv)
+    assert path == deriv / QC_TABLE_DICTIONARY == deriv / "desc-qctable_metrics.json"
+    layout = bids.BIDSLayout(deriv, validate=False, is_derivative=True)
+    tables = layout.get(extension=".tsv", suffix="metrics")
+    assert len(tables) == 2
+    for table in tables:
+        header = Path(table.path).read_text().splitlines()[0].split("\t")
+        meta = table.get_metadata()
+        assert set(meta) == set(header), (meta, header)  # pybids sorts the keys
+        assert list(json.loads(path.read_text())) == header  # the file has the table's order
+        assert all(meta[column]["Description"] for column in header)
+        assert meta["volume_raw"]["Units"] == "mm^3" and meta["fwhm_raw"]["Units"] == "mm"
+        assert set(meta["modality"]["Levels"]) == {"anat", "func"}
+    # the record keeps its values; the dictionary is no record's sidecar
+    (record,) = layout.get(extension=".json", desc="qc", subject="01")
+    assert record.get_dict()["vcf"] == 0.98
+    # written again unchanged: left as it is (a rerun keeps a downstream cache valid)
+    before = path.stat().st_mtime_ns
+    write_qc_table_dictionary(deriv)
+    assert path.stat().st_mtime_ns == before
+
+
 def test_qc_basename_and_derivative_path():
     assert qc_basename("/x/sub-1_ses-a_desc-brain_T2w.nii.gz") == "sub-1_ses-a_desc-qc_metrics"
     assert qc_basename("scan.nii") == "scan_desc-qc_metrics"

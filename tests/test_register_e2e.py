@@ -166,6 +166,10 @@ def test_derivatives_qc_report_and_graph(registered):
         assert values["raw_dummy_scans"] == (10 if "/func/" in str(qc) else 0), values
         # both scans cover the whole template brain: no partial field of view
         assert values["brain_coverage"] == pytest.approx(1.0, abs=0.02), values
+        # the table's columns are described by the one data dictionary at the top
+        header = qc.with_name(qc.name.replace("desc-qc_", "desc-qctable_")).with_suffix(
+            ".tsv").read_text().splitlines()[0].split("\t")
+        assert list(json.loads((out / "desc-qctable_metrics.json").read_text())) == header
     report = (out / "sub-01.html").read_text()
     assert report.count("<img") >= 3 and "Volume and smoothness conservation" in report
     assert (out / "figures" / "workflow_graph_sub-01.png").stat().st_size > 10000

@@ -893,6 +893,10 @@ def _main(argv=None) -> int:
 
         write_dataset_description(args.output_dir, args.bids_dir, __version__,
                                   recorded_command(sys.argv[1:] if argv is None else argv))
+        if not args.no_qc:  # the columns of every scan's QC table, which BIDS wants described
+            from samri_ml.qc.metrics import write_qc_table_dictionary
+
+            write_qc_table_dictionary(args.output_dir)
         _announce(args, sessions, wf, ants)
         plugin_args = dict(args.plugin_args)
         # Nipype reads these from its execution config, not from the plugin's arguments;

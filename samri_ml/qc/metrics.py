@@ -107,6 +107,51 @@ QC_SUFFIX = "desc-qc_metrics"
 #: Suffix (and extension-less) of a QC record's one-row table (TSV): another ``desc`` than the
 #: record's, which BIDS would otherwise take for the table's sidecar
 QC_TABLE_SUFFIX = "desc-qctable_metrics"
+#: The columns of a record's one-row table, in order (:func:`write_qc_record`)
+TABLE_COLUMNS = (*LABEL_KEYS, *VALUE_KEYS, METHOD_KEY, AXES_KEY, COVERAGE_KEY)
+#: The BIDS data dictionary of the QC columns (each one's ``Description``, ``Units``,
+#: ``Levels``): ``samri_ml-register`` writes those of :data:`TABLE_COLUMNS` as
+#: :data:`QC_TABLE_DICTIONARY`, ``samri_ml-qc compare`` those of its ``qc_metrics.tsv``
+COLUMN_DESCRIPTIONS = {
+    "scan": {"Description": "The raw scan the values are of: its file name without "
+             "extension"},
+    "modality": {"Description": "Kind of scan",
+                 "Levels": {"anat": "structural scan (one volume)",
+                            "func": "functional run (a time series)"}},
+    "workflow": {"Description": "Label of the workflow that processed the scan "
+                 "(samri_ml-register: generic, or generic_masked with --masking unet)"},
+    "vcf": {"Description": "Volume Conservation Factor: volume_processed / volume_raw (1: the "
+            "registration kept the volume; n/a: not measured)"},
+    "scf": {"Description": "Smoothness Conservation Factor: fwhm_processed / fwhm_raw (1: the "
+            "registration added no smoothness; n/a: not measured)"},
+    "scf_normalised": {"Description": "SCF / VCF^(1/3): the SCF without the share of a "
+                       "change of scale (n/a: not measured)"},
+    "volume_processed": {"Description": "Volume of the processed image above the raw "
+                         "image's 66th intensity percentile (of a run: its temporal mean)",
+                         "Units": "mm^3"},
+    "volume_raw": {"Description": "Volume of the raw image above its 66th intensity "
+                   "percentile (of a run: its temporal mean, without raw_dummy_scans)",
+                   "Units": "mm^3"},
+    "fwhm_processed": {"Description": "Smoothness of the processed image: the geometric mean "
+                       "of its FWHMs along the world axes measured in both images, inside "
+                       "its automask (of a run: the geometric mean over its volumes)",
+                       "Units": "mm"},
+    "fwhm_raw": {"Description": "Smoothness of the raw image, as fwhm_processed (of a run: "
+                 "without raw_dummy_scans)", "Units": "mm"},
+    METHOD_KEY: {"Description": "Number of volumes at the start of the raw run left out of "
+                 "volume_raw and fwhm_raw (the dummy scans the processing dropped; 0 for a "
+                 "structural scan; n/a: a record of samri_ml 0.1.0, which took the whole run)"},
+    AXES_KEY: {"Description": "World axes (L-R, P-A, I-S; comma-separated) left out of both "
+               "FWHMs, as one of the two images has no smoothness along them (a single "
+               "slice); none: no axis left out"},
+    COVERAGE_KEY: {"Description": "Fraction (0 to 1) of the template's brain mask the "
+                   f"processed image covers; below {PARTIAL_FOV} a partial field of view, "
+                   "whose VCF is not expected to be 1 (n/a: no template mask given)"},
+}
+#: The data dictionary of every scan's QC table: at the top of a derivatives folder the BIDS
+#: inheritance principle applies it to each ``*_desc-qctable_metrics.tsv`` below (same
+#: suffix, no entity the table lacks) and to nothing else
+QC_TABLE_DICTIONARY = QC_TABLE_SUFFIX + ".json"
 
 _ENTITY = re.compile(r"^[A-Za-z0-9]+-[A-Za-z0-9.+]+$")
 
@@ -195,7 +240,7 @@ def write_qc_record(record: dict, out_json: str | Path, out_tsv: str | Path | No
     out_json = Path(out_json)
     out_json.write_text(json.dumps(record, indent=2) + "\n")
     if out_tsv is not None:
-        keys = list(LABEL_KEYS) + list(VALUE_KEYS) + [METHOD_KEY, AXES_KEY, COVERAGE_KEY]
+        keys = list(TABLE_COLUMNS)
 
         def cell(key):
             value = record.get(key)
@@ -207,6 +252,22 @@ def write_qc_record(record: dict, out_json: str | Path, out_tsv: str | Path | No
             writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
             writer.writerow(keys)
             writer.writerow([cell(k) for k in keys])
+
+
+def data_dictionary(columns) -> dict:
+    """The BIDS data dictionary of a table's ``columns`` (:data:`COLUMN_DESCRIPTIONS`), in
+    their order."""
+    return {key: dict(COLUMN_DESCRIPTIONS[key]) for key in columns}
+
+
+def write_qc_table_dictionary(out_dir: str | Path) -> Path:
+    """Write :data:`QC_TABLE_DICTIONARY`, the description of the columns of every scan's QC
+    table (:data:`TABLE_COLUMNS`), into a derivatives folder; one that holds it already is
+    left as it is, modification time included."""
+    from samri_ml.bids import atomic_write_text
+
+    text = json.dumps(data_dictionary(TABLE_COLUMNS), indent=2) + "\n"
+    return atomic_write_text(text, Path(out_dir) / QC_TABLE_DICTIONARY, skip_identical=True)
 
 
 def modality_of(data_ndim: int, n_volumes: int = 1) -> str:
