@@ -191,6 +191,29 @@ def test_compare_two_workflows(tmp_path, capsys):
     assert float(pair["vcf_dev"]["rmse_ratio"]) < 0.3  # A (masked) conserves volume better
 
 
+def test_compare_describes_the_columns_of_each_table_it_writes(tmp_path):
+    """qc_summary.tsv's vcf_dev_ci_low, qc_pairwise.tsv's rmse_ratio, qc_metrics.tsv's volumes
+    (mm^3, not the header's unit) were said nowhere a reader of the tables would look: each
+    table has a JSON of its name describing every column, in its order, as BIDS describes a
+    TSV."""
+    a = _deriv(tmp_path / "a", "a", [1.0, 1.1, 0.9], [1.0, 1.1, 1.2])
+    b = _deriv(tmp_path / "b", "b", [1.0, 1.2, 0.8], [1.0, 1.1, 1.2])
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    for table in ("qc_metrics", "qc_summary", "qc_anova", "qc_pairwise"):
+        header = (out / f"{table}.tsv").read_text().splitlines()[0].split("\t")
+        columns = json.loads((out / f"{table}.json").read_text())
+        assert list(columns) == header, table
+        assert all(columns[c]["Description"] for c in header), table
+    columns = json.loads((out / "qc_metrics.json").read_text())
+    assert columns["volume_raw"]["Units"] == "mm^3" and columns["fwhm_raw"]["Units"] == "mm"
+    assert "--labels" in columns["workflow"]["Description"]  # the comparison's label
+    summary = json.loads((out / "qc_summary.json").read_text())
+    assert "95% bootstrap" in summary["vcf_dev_ci_low"]["Description"]
+    anova = json.loads((out / "qc_anova.json").read_text())
+    assert anova["quantity"]["Levels"]["vcf_dev"] == "abs(1-VCF)"
+
+
 def test_compare_refuses_an_out_that_is_a_file_before_the_work(tmp_path, capsys):
     """``--out FILE`` was a raw FileExistsError (exit 1) after the statistics: a usage error
     with a hint, before anything runs; compare's usage errors begin ``samri_ml-qc: error:``,

@@ -104,8 +104,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="workflow labels (default: dataset_description.json Name, else the "
                    "folder name; the folder names where two Names are the same)")  # fmt: skip
     c.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="write qc_metrics.tsv, qc_summary.tsv, qc_anova.tsv, qc_pairwise.tsv, "
-                   "qc_stats.md, qc_violin.png/.svg here")  # fmt: skip
+                   help="write qc_metrics.tsv, qc_summary.tsv, qc_anova.tsv, qc_pairwise.tsv "
+                   "(each with a .json describing its columns), qc_stats.md, "
+                   "qc_violin.png/.svg here")  # fmt: skip
     c.add_argument("--modality", choices=("anat", "func"), default=None,
                    help="only compare scans of this modality (default: all)")  # fmt: skip
     c.add_argument("--space", default=None, metavar="LABEL[,LABEL...]",

@@ -27,7 +27,9 @@ from samri_ml.qc.metrics import (
     METHOD_KEY,
     PARTIAL_FOV,
     QC_SUFFIX,
+    TABLE_COLUMNS,
     VALUE_KEYS,
+    data_dictionary,
 )
 
 #: Quantities compared across workflows: name -> (record key, transform, label).
@@ -678,6 +680,70 @@ PAIR_COLUMNS = [
     "paired_t", "paired_p", "paired_p_holm", "rmse_ratio",
 ]  # fmt: skip
 ANOVA_COLUMNS = ["quantity", "label", "F", "p", "groups", "F_rm", "p_rm", "n_matched"]
+#: the columns of ``qc_metrics.tsv``: a scan's QC table's, the template and the record read
+METRICS_COLUMNS = [*TABLE_COLUMNS, "space", "path"]
+
+
+def table_dictionaries() -> dict[str, dict]:
+    """The BIDS data dictionary (each column's ``Description``, ``Units``, ``Levels``) of each
+    table :func:`compare_workflows` writes, by the table's file name; written beside it as
+    ``<table>.json``."""
+    quantity = {"Description": "Quantity compared",
+                "Levels": {q: label for q, (_, _, label) in QUANTITIES.items()}}
+    wf = {"Description": "The workflow's label in this comparison (--labels; else its "
+          "folder's dataset_description.json Name, else the folder's name)"}
+    stats = {}
+    for q, (_, _, label) in QUANTITIES.items():
+        stats[f"{q}_n"] = {"Description": f"Scans of the workflow whose {label} was measured "
+                           "(those the mean and CI are of)"}
+        stats[f"{q}_mean"] = {"Description": f"Mean {label} over those scans"}
+        for side, bound in (("low", "Lower"), ("high", "Upper")):
+            stats[f"{q}_ci_{side}"] = {"Description": f"{bound} bound of the 95% bootstrap "
+                                       f"confidence interval of {q}_mean"}
+    for f in FACTORS:
+        stats[f"{f}_rmse"] = {"Description": f"Root-mean-square deviation of {f} from 1 over "
+                              f"the workflow's scans, sqrt(mean((1 - {f})^2)): 0 is perfect "
+                              "conservation"}
+    p_holm = "Holm-adjusted over the pairs of workflows"
+    columns = {
+        "qc_metrics.tsv": {
+            **data_dictionary(TABLE_COLUMNS), "workflow": wf,
+            "space": {"Description": "Template of the record: its file name's space- label "
+                      "(n/a: none)"},
+            "path": {"Description": "The QC record the row was read from"}},
+        "qc_summary.tsv": {"workflow": wf, "n": {"Description": "Scans of the workflow (its "
+                                                 "QC records)"}, **stats},
+        "qc_anova.tsv": {
+            "quantity": quantity, "label": {"Description": "The quantity as a formula"},
+            "F": {"Description": "F of the one-way ANOVA across workflows, as independent "
+                  "samples (SAMRI's test)"},
+            "p": {"Description": "p-value of F"},
+            "groups": {"Description": "Workflows with 2 or more values, those F compares"},
+            "F_rm": {"Description": "F of the repeated-measures ANOVA on the scans every "
+                     "workflow has (the one to read where the workflows ran on the same "
+                     "scans)"},
+            "p_rm": {"Description": "p-value of F_rm"},
+            "n_matched": {"Description": "Scans every workflow has, those F_rm compares"}},
+        "qc_pairwise.tsv": {
+            "a": {"Description": "First workflow of the pair"},
+            "b": {"Description": "Second workflow of the pair"},
+            "quantity": quantity,
+            "mean_a": {"Description": "Mean of the quantity over workflow a's scans"},
+            "mean_b": {"Description": "Mean of the quantity over workflow b's scans"},
+            "welch_t": {"Description": "Welch's t (a - b; unequal variances, all scans)"},
+            "welch_p": {"Description": "Two-tailed p-value of welch_t"},
+            "welch_p_holm": {"Description": f"welch_p {p_holm}"},
+            "n_paired": {"Description": "Scans both workflows have, those the paired test "
+                         "compares"},
+            "paired_t": {"Description": "Paired t (a - b) on those scans"},
+            "paired_p": {"Description": "Two-tailed p-value of paired_t"},
+            "paired_p_holm": {"Description": f"paired_p {p_holm}"},
+            "rmse_ratio": {"Description": "RMSE of a's factor from 1 / RMSE of b's (below 1: a "
+                           "conserves better)"}},
+    }
+    order = {"qc_metrics.tsv": METRICS_COLUMNS, "qc_summary.tsv": SUMMARY_COLUMNS,
+             "qc_anova.tsv": ANOVA_COLUMNS, "qc_pairwise.tsv": PAIR_COLUMNS}
+    return {name: {c: columns[name][c] for c in cols} for name, cols in order.items()}
 
 
 def compare_workflows(
@@ -697,7 +763,8 @@ def compare_workflows(
         Workflow labels (default: :func:`default_labels`).
     out_dir : path, optional
         Where to write ``qc_metrics.tsv`` (all records), ``qc_summary.tsv``, ``qc_anova.tsv``,
-        ``qc_pairwise.tsv``, ``qc_stats.md`` and ``qc_violin.png``/``.svg``.
+        ``qc_pairwise.tsv`` (each with its data dictionary, ``qc_metrics.json``...:
+        :func:`table_dictionaries`), ``qc_stats.md`` and ``qc_violin.png``/``.svg``.
     modality : {'anat', 'func'}, optional
         Keep only records of that modality.
     space : str or list of str, optional
@@ -879,12 +946,13 @@ def compare_workflows(
             "qc_metrics.tsv": lambda p: write_tsv(
                 # "none" left out, as a scan's own TSV says; n/a: a record without the key
                 [{**r, AXES_KEY: None if r[AXES_KEY] is None else ",".join(r[AXES_KEY])
-                  or "none"} for r in records], p,
-                list(LABEL_KEYS + VALUE_KEYS)
-                + [METHOD_KEY, AXES_KEY, COVERAGE_KEY, "space", "path"]),
+                  or "none"} for r in records], p, METRICS_COLUMNS),
             "qc_summary.tsv": lambda p: write_tsv(summary, p, SUMMARY_COLUMNS),
             "qc_anova.tsv": lambda p: write_tsv(anova, p, ANOVA_COLUMNS),
             "qc_pairwise.tsv": lambda p: write_tsv(pairwise, p, PAIR_COLUMNS),
+            # each table's columns (and their units) described, as BIDS describes a TSV's
+            **{table[:-4] + ".json": lambda p, d=columns: p.write_text(
+                json.dumps(d, indent=2) + "\n") for table, columns in table_dictionaries().items()},
             "qc_stats.md": lambda p: p.write_text(md + "\n"),
             "qc_violin.png": lambda p: fig.savefig(p, dpi=120),
             "qc_violin.svg": lambda p: fig.savefig(p, dpi=120),
