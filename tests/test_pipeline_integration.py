@@ -616,6 +616,43 @@ def test_maskbrain_cache_key_follows_the_model_content(head, tmp_path):
         assert result.stat().st_mtime_ns != stamp
 
 
+def test_maskbrain_cache_key_follows_the_scans_name_and_content(head, tmp_path):
+    """A scan renamed (``mv sub-1_T2w.nii.gz sub-01_T2w.nii.gz``, a BIDS label fixed) kept its
+    cached mask, named ``sub-1_T2w_mask.nii.gz`` (Nipype's key holds a file's size and time,
+    not its path), and a scan replaced with its old size and time kept the old scan's mask."""
+    import copy
+
+    import nipype
+
+    from samri_ml.interfaces.masking import MaskBrain
+
+    old, new = tmp_path / "sub-1_T2w.nii.gz", tmp_path / "sub-01_T2w.nii.gz"
+    shutil.copy2(head, old)
+
+    def node(scan):  # as a lab's script builds it, on every run
+        return pe.Node(MaskBrain(in_file=str(scan), views=["coronal"], flip=False,
+                                 max_slices=32), name="mask", base_dir=str(tmp_path / "work"))
+
+    first = node(old).run().outputs.out_mask
+    result = tmp_path / "work" / "mask" / "result_mask.pklz"
+    stamp = result.stat().st_mtime_ns
+    assert node(old).run().outputs.out_mask == first and result.stat().st_mtime_ns == stamp
+    old.rename(new)
+    assert Path(node(new).run().outputs.out_mask).name == "sub-01_T2w_mask.nii.gz"
+    before = _hashed(node(new))
+    _rewrite_keeping_size_and_time(new)
+    after = _hashed(node(new))
+    assert after[0]["in_file"] == before[0]["in_file"]  # Nipype's own hash: size and time
+    assert after[0]["in_file_checksum"] != before[0]["in_file_checksum"]
+    assert after[1] != before[1]
+    # a MapNode's key holds the path and content of each scan of its list
+    mapped = pe.MapNode(MaskBrain(), iterfield=["in_file"], name="masks")
+    mapped.inputs.in_file = [str(new), str(head)]
+    mapped.config = copy.deepcopy(nipype.config._sections)  # what a workflow gives it
+    listed = dict(mapped._get_hashval()[0])["in_file_checksum"]
+    assert listed.startswith(f"{new} ") and f"; {head} " in listed
+
+
 def test_identifyplate_cache_key_follows_the_model_and_index_content(tmp_path):
     from samri_ml.interfaces.plates import IdentifyPlate, plates_checksum
     from samri_ml.models.inference import file_checksum

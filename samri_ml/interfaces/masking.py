@@ -56,6 +56,13 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
                                 "'model', else the shipped U-Net's): part of the cache key, so "
                                 "that other weights invalidate cached masks")  # fmt: skip
 
+    in_file_checksum = traits.Str(usedefault=True,
+                                  desc="in_file's path and the size and sha256 of its content "
+                                  "(set from 'in_file'): part of the cache key, as the outputs "
+                                  "are named by the path, which Nipype leaves out of it, and so "
+                                  "that a scan replaced with its old size and time is masked "
+                                  "again")  # fmt: skip
+
     def _model_checksum_default(self):
         return masker_checksum(self.model)
 
@@ -63,8 +70,11 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
         self.model_checksum = masker_checksum(new)
 
     def get_hashval(self, hash_method=None):
-        # the file's content now, when Nipype makes the cache key (not when 'model' was set)
+        from samri_ml.models.inference import named_checksum
+
+        # the files' content now, when Nipype makes the cache key (not when they were set)
         self.model_checksum = masker_checksum(self.model)
+        self.in_file_checksum = named_checksum(self.in_file)
         return super().get_hashval(hash_method=hash_method)
 
 

@@ -77,25 +77,13 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
         self.model_checksum = plates_checksum(self.model, new)
 
     def get_hashval(self, hash_method=None):
+        from samri_ml.models.inference import named_checksum
+
         # the files' content now, when Nipype makes the cache key (not when they were set)
         self.model_checksum = plates_checksum(self.model, self.index)
         self.atlas_checksum = atlas_checksum(self.atlas_dir)
-        self.in_file_checksum = section_checksum(self.in_file)
+        self.in_file_checksum = named_checksum(self.in_file)
         return super().get_hashval(hash_method=hash_method)
-
-
-def section_checksum(in_file=None) -> str:
-    """``<path> <size>:<sha256>`` of a section (of each, ``; ``-joined, for a MapNode's list of
-    them; ``""`` without one). Nipype's key holds a File input's size and modification time,
-    not its path: a section renamed (``mv 99.png 74.png``) kept its cached result, keyed and
-    named by the old path, and two sections of one size and time swapped (uncompressed TIFFs
-    from an archive) kept each other's rankings."""
-    from samri_ml.models.inference import input_checksum
-
-    if not traits_defined(in_file):
-        return ""
-    files = in_file if isinstance(in_file, list | tuple) else [in_file]
-    return "; ".join(f"{f} {input_checksum(f)}" for f in files)
 
 
 def atlas_checksum(folder=None) -> str:

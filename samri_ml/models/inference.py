@@ -710,6 +710,21 @@ def input_checksum(path) -> str:
         return "unreadable"
 
 
+def named_checksum(in_file=None) -> str:
+    """``<path> <size>:<sha256>`` of an interface's input file (of each, ``; ``-joined, for a
+    MapNode's list of them; ``""`` without one), for its cache key. Nipype's key holds a File
+    input's size and modification time, not its path: a file renamed (``mv 99.png 74.png``,
+    ``mv sub-1_T2w.nii.gz sub-01_T2w.nii.gz``) kept its cached result, keyed and named by the
+    old path, and two files of one size and time swapped (uncompressed TIFFs or NIfTIs from an
+    archive) kept each other's results."""
+    from nipype.interfaces.base import isdefined
+
+    if not isdefined(in_file) or in_file is None:
+        return ""
+    files = in_file if isinstance(in_file, list | tuple) else [in_file]
+    return "; ".join(f"{f} {input_checksum(f)}" for f in files)
+
+
 #: files whose checksum a process keeps: an atlas of 132 plates (or several atlases) and the
 #: models; 64 held less than one atlas, so each atlas signature hashed all of it again. An
 #: entry is some 200 bytes
