@@ -300,6 +300,25 @@ def write_dataset_description(out_dir, source_dir, version: str, command: str) -
     return atomic_write_text(json.dumps(desc, indent=2) + "\n", path, skip_identical=True)
 
 
+def write_bidsignore(out_dir, patterns) -> Path:
+    """Add to ``out_dir/.bidsignore`` each of ``patterns`` (gitignore syntax) it lacks, its own
+    lines kept (a lab's additions); one that holds them all is left as it is, modification
+    time included. The BIDS validator then leaves those files out: files BIDS does not
+    describe are its errors (``NOT_INCLUDED``)."""
+    path = Path(out_dir) / ".bidsignore"
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    have = {line.strip() for line in text.splitlines()}
+    missing = [p for p in patterns if p not in have]
+    if not missing:
+        return path
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return atomic_write_text(text + "".join(f"{p}\n" for p in missing), path)
+
+
 def bidsignore_regex(line: str) -> re.Pattern | None:
     """One line of a ``.bidsignore`` (gitignore syntax, as the BIDS validator reads it) as a
     regular expression on a path relative to the dataset root with a leading ``/`` (how pybids

@@ -253,3 +253,21 @@ def test_dataset_description_names_no_code_url_that_does_not_exist(tmp_path):
     (entry,) = json.loads(path.read_text())["GeneratedBy"]
     assert entry == {"Name": "samri_ml", "Version": "1.0",
                      "Description": "samri_ml-register bids out"}
+
+
+def test_write_bidsignore_adds_what_is_missing_and_keeps_a_labs_lines(tmp_path):
+    """samri_ml-register's derivatives the BIDS validator called errors (a QC record 'a
+    sidecar without a data file', the reports 'not included') are listed in OUTPUT_DIR's
+    .bidsignore; lines a lab wrote there stay, and a rerun changes nothing."""
+    from samri_ml.bids import write_bidsignore
+    from samri_ml.cli.register import output_bidsignore
+
+    path = tmp_path / ".bidsignore"
+    path.write_text("extra/")  # a lab's own, without a last newline
+    write_bidsignore(tmp_path, output_bidsignore())
+    lines = path.read_text().splitlines()
+    assert lines[0] == "extra/" and lines[1:] == list(output_bidsignore())
+    assert "*_desc-qc_metrics.json" in lines and "*.html" in lines
+    before = path.stat().st_mtime_ns
+    write_bidsignore(tmp_path, output_bidsignore())
+    assert path.stat().st_mtime_ns == before and path.read_text().splitlines() == lines

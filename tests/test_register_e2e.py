@@ -15,6 +15,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
+from samri_ml.bids import bidsignore_regex
 from samri_ml.cli.register import main
 from samri_ml.evaluation import warped_mask_dice
 
@@ -175,7 +176,16 @@ def test_derivatives_qc_report_and_graph(registered):
     assert (out / "figures" / "workflow_graph_sub-01.png").stat().st_size > 10000
     assert not (out / "sub-02").exists()  # --participant-label
     # no temporary files left by the atomic writes
-    assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".samri_ml.lock"]
+    assert not [p for p in out.rglob(".*") if p.is_file()
+                and p.name not in (".samri_ml.lock", ".bidsignore")]
+    # what BIDS does not describe is left out of the validator's view, nothing more: the QC
+    # record was its error 'a sidecar without a data file', the reports 'not included'
+    ignore = [bidsignore_regex(line) for line in (out / ".bidsignore").read_text().splitlines()]
+    ignored = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+               and any(i.search("/" + p.relative_to(out).as_posix()) for i in ignore)}
+    assert "sub-01/ses-1/anat/sub-01_ses-1_space-Phantom_desc-qc_metrics.json" in ignored
+    assert {"sub-01.html", "desc-qctable_metrics.json"} <= ignored
+    assert not [p for p in ignored if p.endswith((".nii.gz", "_T2w.json", "_bold.json"))]
     # the source dataset gained nothing
     assert not list(bids.rglob("*desc-preproc*"))
 

@@ -98,7 +98,8 @@ def interrupted(example_dataset, tmp_path_factory):
     info["killed_rc"] = proc.returncode
     info["finished"] = _results(work)
     info["after_kill"] = {rel: _loads(out / rel) for rel in derivative_files(out)}
-    info["temp_files"] = [str(p) for p in out.rglob(".*") if p.name != ".samri_ml.lock"
+    info["temp_files"] = [str(p) for p in out.rglob(".*")
+                          if p.name not in (".samri_ml.lock", ".bidsignore")
                           and ".samri_ml_work" not in p.parts]
     start = time.monotonic()
     proc2 = run_register(example_dataset, out, work, "-v")
