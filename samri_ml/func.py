@@ -44,6 +44,17 @@ def drop_dummy_volumes(data: np.ndarray, requested: int = 10) -> tuple[np.ndarra
     return data[..., n:], n
 
 
+def check_slice_times(slice_times, repetition_time: float) -> None:
+    """Refuse (``ValueError``) slice times outside the repetition, 0 to ``repetition_time``:
+    times in milliseconds against a repetition time in seconds delayed each slice by hundreds
+    of repetitions, and the run came out scrambled without a word."""
+    times = np.asarray(slice_times, dtype=float)
+    if times.size and (times.min() < 0 or times.max() > repetition_time):
+        raise ValueError(f"slice times {times.min():g} to {times.max():g} are not within the "
+                         f"repetition time, 0 to {repetition_time:g} s; hint: give both in "
+                         "seconds (BIDS: milliseconds / 1000)")
+
+
 def slice_time_correct(
     data: np.ndarray, slice_times, repetition_time: float, slice_axis: int = 2,
     reference_time: float | None = None,
@@ -65,6 +76,7 @@ def slice_time_correct(
         raise ValueError(
             f"{slice_times.size} slice times for {data.shape[slice_axis]} slices along axis {slice_axis}"
         )
+    check_slice_times(slice_times, repetition_time)
     if n_t < MIN_SLICE_TIMING_VOLUMES:
         return data.copy()
     if reference_time is None:

@@ -86,6 +86,38 @@ def test_slice_timing_node_follows_the_slice_encoding_direction(tmp_path, direct
     assert np.abs(data[..., 5:-5] - truth[5:-5]).max() > 0.1
 
 
+def test_slice_times_in_milliseconds_are_refused_in_the_node_and_the_factories(tmp_path):
+    """SliceTiming in milliseconds (0 to 941) against a repetition time in seconds (1) was
+    taken by SliceTimeCorrection and by init_generic_wf(bold_metadata=...): each slice delayed
+    by hundreds of repetitions, the run scrambled without a word (samri_ml-register refused
+    such a sidecar); the node says so in one line, the factory before anything runs."""
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLError
+    from samri_ml.interfaces.func import SliceTimeCorrection
+    from samri_ml.workflows import init_generic_wf
+
+    run = tmp_path / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz"
+    run.parent.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    nb.save(nb.Nifti1Image(rng.random((4, 4, 3, 6), dtype=np.float32), np.eye(4)), run)
+    seconds = [0.0, 0.66, 0.33]
+    millis = [t * 1000 for t in seconds]
+    said = ("slice times 0 to 660 are not within the repetition time, 0 to 1 s; hint: give "
+            "both in seconds (BIDS: milliseconds / 1000)")
+    node = SliceTimeCorrection(in_file=str(run), slice_timing=millis, repetition_time=1.0)
+    with pytest.raises(SamriMLError) as err:
+        node.run(cwd=str(tmp_path))
+    assert str(err.value) == f"{run}: {said}"
+    SliceTimeCorrection(in_file=str(run), slice_timing=seconds,
+                        repetition_time=1.0).run(cwd=str(tmp_path))  # in seconds: taken
+    with pytest.raises(SamriMLError) as err:
+        init_generic_wf(template=str(run), template_mask=str(run), bold_files=[str(run)],
+                        bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": millis}],
+                        flavour="fast")
+    assert str(err.value) == f"bold_files[0] {run}: slice_timing: {said}"
+
+
 def test_a_lab_workflow_of_the_run_interfaces_fails_in_one_line_per_node(tmp_path):
     """A lab's workflow of DropDummyScans -> SliceTimeCorrection with the wrong SliceTiming,
     and TemporalMean of a file that is no NIfTI: their crash files ended with 'ValueError: 2

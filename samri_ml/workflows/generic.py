@@ -203,11 +203,14 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
 
     for index, (bold, meta) in enumerate(zip(bold_files, bold_metadata, strict=True)):
         times = meta.get("SliceTiming") if slice_timing else None
-        func_wf = init_functional_wf(
-            flavour=flavour, method=method, masking=masking, dummy_scans=dummy_scans,
-            slice_timing=times, repetition_time=meta.get("RepetitionTime"),
-            slice_encoding_direction=meta.get("SliceEncodingDirection", "k"),
-            omp_nthreads=omp_nthreads, mask_model=mask_model, name=f"func{index}_wf")
+        try:
+            func_wf = init_functional_wf(
+                flavour=flavour, method=method, masking=masking, dummy_scans=dummy_scans,
+                slice_timing=times, repetition_time=meta.get("RepetitionTime"),
+                slice_encoding_direction=meta.get("SliceEncodingDirection", "k"),
+                omp_nthreads=omp_nthreads, mask_model=mask_model, name=f"func{index}_wf")
+        except SamriMLError as err:  # its metadata: name the run
+            raise SamriMLError(f"bold_files[{index}] {bold}: {err}") from None
         func_wf.inputs.inputnode.in_file = str(bold)
         wf.connect(inputnode, "template", func_wf, "inputnode.template")
         wf.connect(inputnode, "template_mask", func_wf, "inputnode.template_mask")

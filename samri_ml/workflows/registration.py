@@ -23,6 +23,7 @@ Masked" workflow: the mask as antsRegistration's moving-image mask on every stag
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -388,6 +389,13 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
     _ants_reachable()
     if slice_timing is not None and not repetition_time:
         raise SamriMLError("slice timing correction needs the repetition time")
+    if slice_timing is not None and isinstance(repetition_time, numbers.Real):
+        from samri_ml.func import check_slice_times
+
+        try:  # here, not in the node after the workflow has started
+            check_slice_times(slice_timing, repetition_time)
+        except ValueError as err:
+            raise SamriMLError(f"slice_timing: {err}") from None
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(  # relative paths made absolute, as above
         ["in_file", "template", "template_mask", "structural", "structural_transform",
