@@ -44,13 +44,22 @@ def drop_dummy_volumes(data: np.ndarray, requested: int = 10) -> tuple[np.ndarra
     return data[..., n:], n
 
 
-def check_slice_times(slice_times, repetition_time: float) -> None:
-    """Refuse (``ValueError``) slice times outside the repetition, 0 to ``repetition_time``:
-    times in milliseconds against a repetition time in seconds delayed each slice by hundreds
-    of repetitions, and the run came out scrambled without a word."""
+def slice_times_outside(slice_times, repetition_time: float) -> tuple[float, float] | None:
+    """The first and last slice time where one lies outside the repetition, 0 to
+    ``repetition_time``; None where all lie within it."""
     times = np.asarray(slice_times, dtype=float)
     if times.size and (times.min() < 0 or times.max() > repetition_time):
-        raise ValueError(f"slice times {times.min():g} to {times.max():g} are not within the "
+        return float(times.min()), float(times.max())
+    return None
+
+
+def check_slice_times(slice_times, repetition_time: float) -> None:
+    """Refuse (``ValueError``) slice times outside the repetition (:func:`slice_times_outside`):
+    times in milliseconds against a repetition time in seconds delayed each slice by hundreds
+    of repetitions, and the run came out scrambled without a word."""
+    outside = slice_times_outside(slice_times, repetition_time)
+    if outside:
+        raise ValueError(f"slice times {outside[0]:g} to {outside[1]:g} are not within the "
                          f"repetition time, 0 to {repetition_time:g} s; hint: give both in "
                          "seconds (BIDS: milliseconds / 1000)")
 

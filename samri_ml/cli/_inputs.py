@@ -13,7 +13,12 @@ import sys
 from pathlib import Path
 
 from samri_ml.errors import SamriMLError
-from samri_ml.func import MIN_SLICE_TIMING_VOLUMES, n_dummy_to_drop, too_few_volumes_note
+from samri_ml.func import (
+    MIN_SLICE_TIMING_VOLUMES,
+    n_dummy_to_drop,
+    slice_times_outside,
+    too_few_volumes_note,
+)
 
 PROG = "samri_ml-register"
 
@@ -373,12 +378,12 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
                            "header; hint: add RepetitionTime to the sidecar, or pass "
                            "--no-slice-timing")
     tr = float(meta["RepetitionTime"])
-    late = max(float(t) for t in times)
-    if late > tr or min(float(t) for t in times) < 0:
+    outside = slice_times_outside(times, tr)
+    if outside:
         # slice times in ms against a TR in s shifted every slice by hundreds of seconds of
         # a 1 s signal: the run came out scrambled, without a word
         raise SamriMLError(f"{path}: SliceTiming in {_sidecar_of(path, chain, 'SliceTiming')} "
-                           f"({min(times):g} to {late:g}) is "
+                           f"({outside[0]:g} to {outside[1]:g}) is "
                            f"not within the repetition time, 0 to {tr:g} s; hint: give both in "
                            "seconds (BIDS: milliseconds / 1000), or pass --no-slice-timing")
 

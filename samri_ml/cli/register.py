@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.bids import PYBIDS_NAMES
+from samri_ml.bids import PYBIDS_NAMES, is_label
 from samri_ml.cli._common import (
     HelpFormatter,
     nearest_existing,
@@ -350,7 +350,7 @@ def validate(args, parser) -> None:
     args.template_mask = args.template_mask.resolve()
     if args.template_name is None:
         args.template_name = template_label(args.template)
-    elif not re.fullmatch(r"[a-zA-Z0-9]+", args.template_name):
+    elif not is_label(args.template_name):
         parser.error(f"--template-name {args.template_name!r}: a BIDS label is letters and "
                      "digits only (it becomes space-<label> in every file name)")
     if args.fast:
