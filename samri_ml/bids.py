@@ -319,6 +319,16 @@ def write_bidsignore(out_dir, patterns) -> Path:
     return atomic_write_text(text + "".join(f"{p}\n" for p in missing), path)
 
 
+def output_bidsignore() -> tuple[str, ...]:
+    """What OUTPUT_DIR holds that BIDS does not describe (yet), as ``.bidsignore`` lines: the
+    reports and their pictures, crash files, the ANTs transforms (``_xfm.h5``) and the QC
+    records, their tables and the tables' data dictionary."""
+    from samri_ml.qc.metrics import QC_SUFFIX, QC_TABLE_DICTIONARY, QC_TABLE_SUFFIX
+
+    return ("*.html", "figures", "log", "*_xfm.h5", f"*_{QC_SUFFIX}.json",
+            f"*_{QC_TABLE_SUFFIX}.tsv", QC_TABLE_DICTIONARY)
+
+
 def bidsignore_regex(line: str) -> re.Pattern | None:
     """One line of a ``.bidsignore`` (gitignore syntax, as the BIDS validator reads it) as a
     regular expression on a path relative to the dataset root with a leading ``/`` (how pybids

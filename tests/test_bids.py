@@ -259,8 +259,7 @@ def test_write_bidsignore_adds_what_is_missing_and_keeps_a_labs_lines(tmp_path):
     """samri_ml-register's derivatives the BIDS validator called errors (a QC record 'a
     sidecar without a data file', the reports 'not included') are listed in OUTPUT_DIR's
     .bidsignore; lines a lab wrote there stay, and a rerun changes nothing."""
-    from samri_ml.bids import write_bidsignore
-    from samri_ml.cli.register import output_bidsignore
+    from samri_ml.bids import output_bidsignore, write_bidsignore
 
     path = tmp_path / ".bidsignore"
     path.write_text("extra/")  # a lab's own, without a last newline

@@ -833,3 +833,35 @@ def test_generic_wf_embedded_twice_in_a_lab_workflow(example_dataset, tmp_path):
     stamp = stored.stat().st_mtime_ns
     parent.run()  # as the lab reruns its script: cached
     assert stored.stat().st_mtime_ns == stamp
+
+
+def test_a_python_workflows_derivatives_folder_is_described_as_the_commands(tmp_path):
+    """A workflow built from Python (``init_generic_wf(output_dir=...)``) wrote QC tables
+    without the data dictionary of their columns and no ``.bidsignore`` (the BIDS validator's
+    errors on the QC records): ``samri_ml-register`` wrote both before its run, the sinks did
+    not. Now the sink writes them, a lab's own ``.bidsignore`` lines kept, and a sink of no QC
+    table writes no dictionary."""
+    import json
+
+    from samri_ml.bids import output_bidsignore
+    from samri_ml.interfaces.bids import DerivativesDataSink
+    from samri_ml.qc.metrics import QC_TABLE_DICTIONARY, QC_TABLE_SUFFIX, TABLE_COLUMNS
+
+    out = tmp_path / "derivatives"
+    out.mkdir()
+    (out / ".bidsignore").write_text("scratch/\n")
+    image = tmp_path / "image.nii.gz"
+    image.write_bytes(b"not read")
+    DerivativesDataSink(in_file=str(image), source_file=SOURCE, base_directory=str(out),
+                        desc="preproc").run(cwd=str(tmp_path))
+    assert not (out / QC_TABLE_DICTIONARY).exists()
+    assert (out / ".bidsignore").read_text().splitlines() == ["scratch/", *output_bidsignore()]
+    table = tmp_path / "table.tsv"
+    table.write_text("\t".join(TABLE_COLUMNS) + "\n")
+    res = DerivativesDataSink(in_file=str(table), source_file=SOURCE, base_directory=str(out),
+                              desc="qctable", suffix="metrics").run(cwd=str(tmp_path))
+    assert res.outputs.out_file.endswith(f"_{QC_TABLE_SUFFIX}.tsv")
+    described = json.loads((out / QC_TABLE_DICTIONARY).read_text())
+    assert list(described) == list(TABLE_COLUMNS)
+    assert all(described[c]["Description"] for c in TABLE_COLUMNS)
+    assert (out / "dataset_description.json").exists()

@@ -889,7 +889,7 @@ def _main(argv=None) -> int:
     with OutputLock(args.output_dir), contextlib.ExitStack() as held:
         make_dir(args.work_dir, "--work-dir")
         held.enter_context(OutputLock(args.work_dir, "-w"))
-        from samri_ml.bids import write_bidsignore, write_dataset_description
+        from samri_ml.bids import output_bidsignore, write_bidsignore, write_dataset_description
 
         write_dataset_description(args.output_dir, args.bids_dir, __version__,
                                   recorded_command(sys.argv[1:] if argv is None else argv))
@@ -1203,16 +1203,6 @@ def graph_stem(sessions, participant_label=None, session_label=None) -> str:
         digest = hashlib.sha1(stem.encode()).hexdigest()[:8]
         stem = f"workflow_graph_{len(sessions)}-sessions_{digest}"
     return stem
-
-
-def output_bidsignore() -> tuple[str, ...]:
-    """What OUTPUT_DIR holds that BIDS does not describe (yet), as ``.bidsignore`` lines: the
-    reports and their pictures, crash files, the ANTs transforms (``_xfm.h5``) and the QC
-    records, their tables and the tables' data dictionary."""
-    from samri_ml.qc.metrics import QC_SUFFIX, QC_TABLE_DICTIONARY, QC_TABLE_SUFFIX
-
-    return ("*.html", "figures", "log", "*_xfm.h5", f"*_{QC_SUFFIX}.json",
-            f"*_{QC_TABLE_SUFFIX}.tsv", QC_TABLE_DICTIONARY)
 
 
 def _dry_run(args, sessions, wf, ants) -> None:

@@ -58,18 +58,26 @@ class DerivativesDataSink(SimpleInterface):
             sidecar = sidecar_path(out)
             atomic_write_text(json.dumps(self.inputs.metadata, indent=2) + "\n", sidecar,
                               skip_identical=True)
-        _describe_dataset(Path(self.inputs.base_directory), self.inputs.source_file)
+        _describe_dataset(Path(self.inputs.base_directory), self.inputs.source_file, out)
         self._results["out_file"] = str(out)
         return runtime
 
 
-def _describe_dataset(base, source_file: str) -> None:
-    """A ``dataset_description.json`` in the derivatives folder where there is none yet (a
-    workflow built from Python, e.g. ``init_generic_wf(output_dir=...)``: pybids and the BIDS
-    validator refuse a derivatives folder without one; ``samri_ml-register`` writes its own
-    before the run, which is left as it is)."""
+def _describe_dataset(base, source_file: str, out_file=None) -> None:
+    """What describes the derivatives folder, as ``samri_ml-register`` writes it before a run,
+    for a workflow built from Python (``init_generic_wf(output_dir=...)``, whose folder had
+    none of it): a ``dataset_description.json`` where there is none yet (pybids and the BIDS
+    validator refuse a derivatives folder without one; one there is left as it is), the
+    ``.bidsignore`` lines of :func:`~samri_ml.bids.output_bidsignore` (a lab's own kept), and
+    with a QC table (``out_file``) the data dictionary of its columns."""
     from pathlib import Path
 
+    from samri_ml.bids import output_bidsignore, write_bidsignore
+    from samri_ml.qc.metrics import QC_TABLE_SUFFIX, write_qc_table_dictionary
+
+    if out_file is not None and Path(out_file).name.endswith(f"_{QC_TABLE_SUFFIX}.tsv"):
+        write_qc_table_dictionary(base)
+    write_bidsignore(base, output_bidsignore())
     if (Path(base) / "dataset_description.json").exists():
         return
     from samri_ml import __version__
