@@ -456,6 +456,11 @@ def test_bold_sidecar_says_no_slice_timing_where_the_run_was_too_short(tmp_path)
         side = wf.get_node("ds_func0").inputs.metadata
         assert side["SliceTimingCorrected"] is corrected and ("StartTime" in side) is corrected
         assert side["NumberOfVolumesDiscardedByUser"] == dummies
+        # BIDS recommends a Description for a desc- derivative (the validator's warning)
+        assert side["Description"] == (
+            f"{dummies} dummy volume(s) dropped, " + "slice-timing corrected, " * corrected
+            + "registered to template with antsRegistration (flavour default, masking none, "
+            "functional method)")
 
 
 def test_bold_sidecar_counts_the_volumes_dropped_before_it():

@@ -175,6 +175,9 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         wf.connect(node, field, ds, "in_file")
         return ds
 
+    # the derivatives' Description (BIDS recommends one for a desc- entity)
+    how = (f"flavour {Path(flavour).name if str(flavour).endswith('.json') else flavour}, "
+           f"masking {masking}")
     anat_wf = None
     if anat_file is not None:
         anat_wf = init_structural_wf(flavour=flavour, masking=masking, omp_nthreads=omp_nthreads,
@@ -187,7 +190,9 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         output("anat_preproc", anat_wf, out + "out_file")
         output("anat_xfm", anat_wf, out + "composite_transform")
         sink("ds_anat", anat_file, anat_wf, out + "out_file", space=template_name, desc="preproc",
-             metadata={"SkullStripped": False,
+             metadata={"Description": f"bias-corrected (N4) and registered to {template_name} "
+                                      f"with antsRegistration ({how})",
+                       "SkullStripped": False,
                        "SpatialReference": reference})
         sink("ds_anat_xfm", anat_file, anat_wf, out + "composite_transform", from_="native",
              to=template_name, mode="image", suffix="xfm", extension=".h5")
@@ -225,7 +230,12 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         # the sidecar: BIDS inheritance does not reach into a derivatives dataset
         kept, dropped = _kept_and_dropped(bold, dummy_scans)
         corrected = times is not None and kept >= MIN_SLICE_TIMING_VOLUMES
-        bold_meta = {"SkullStripped": False, "SliceTimingCorrected": corrected,
+        steps = ", ".join([f"{dropped} dummy volume(s) dropped"] * bool(dropped)
+                          + ["slice-timing corrected"] * corrected)
+        bold_meta = {"Description": f"{steps + ', ' if steps else ''}registered to "
+                                    f"{template_name} with antsRegistration ({how}, "
+                                    f"{method} method)",
+                     "SkullStripped": False, "SliceTimingCorrected": corrected,
                      "SpatialReference": reference}
         if meta.get("RepetitionTime"):
             bold_meta["RepetitionTime"] = float(meta["RepetitionTime"])
