@@ -8,7 +8,8 @@ plate, the top 5, the per-region plates and the estimated tilt of each section, 
     python examples/identify_folder_of_sections.py SECTIONS_DIR OUT_DIR [--variant multimodal]
 
 (Montages are named after each section's file, extension included: ``101.png_plates.png``, so
-that ``101.png`` and ``101.jpg`` of one folder keep one each.)
+that ``101.png`` and ``101.jpg`` of one folder keep one each. Subfolders are not read; a note
+names those that hold images.)
 
 (For a single machine, ``samri_ml-identify-plate SECTIONS_DIR/* --json plates.json`` does the
 same in one process, and faster: the model is loaded once.)
@@ -24,7 +25,7 @@ from nipype.pipeline import engine as pe
 
 from samri_ml.interfaces import IdentifyPlate
 from samri_ml.paths import file_name_with
-from samri_ml.plates.data import IMAGE_SUFFIXES, MONTAGE_SUFFIX, is_montage
+from samri_ml.plates.data import IMAGE_SUFFIXES, MONTAGE_SUFFIX, image_subfolders, is_montage
 from samri_ml.plates.identify import VARIANT_CHOICES
 
 #: memory (GB) MultiProc and the cluster plugins' users reserve for each IdentifyPlate node
@@ -86,6 +87,13 @@ def main(argv=None):
     # hidden files left out: macOS' ._84.png beside 84.png is metadata, not an image
     sections = sorted(f for f in args.sections.iterdir()
                       if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+    # one level deep, as samri_ml-evaluate-plates reads a folder: its subfolders' sections were
+    # left out unsaid (that command names them)
+    nested = image_subfolders(args.sections)
+    if nested:
+        print(f"left out: {len(nested)} subfolder(s) of images, not read ("
+              f"{', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''}); hint: run the "
+              "example on each folder")
     montages = [f for f in sections if is_montage(f)]  # samri_ml-identify-plate's, not sections
     if montages:
         print(f"left out: {len(montages)} montage(s) of samri_ml-identify-plate (e.g. "

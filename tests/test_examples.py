@@ -48,7 +48,8 @@ def test_identify_folder_of_sections_keeps_links_and_leaves_hidden_files_out(tmp
     tabled and its montage named by its target's name (the annex key); macOS' ``._30.png``
     was read and named as skipped, a montage of samri_ml-identify-plate ranked; montages an
     earlier run left for a section since removed were counted as this run's ("1 sections;
-    2 montages")."""
+    2 montages"); a subfolder's sections were left out unsaid (samri_ml-evaluate-plates names
+    them)."""
     import cv2
 
     from samri_ml.plates.identify import default_model_dir
@@ -63,10 +64,14 @@ def test_identify_folder_of_sections_keeps_links_and_leaves_hidden_files_out(tmp
     (folder / "90 b.png").symlink_to(annex / "MD5E-s1--d41d8cd9.png")
     (folder / "._30.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
     (folder / "30.png_plates.png").write_bytes((folder / "30.png").read_bytes())  # a montage
+    (folder / "batch 2").mkdir()
+    cv2.imwrite(str(folder / "batch 2" / "60.png"), thumbs[60][6:-6, 6:-6])
     example, out = _load("identify_folder_of_sections"), tmp_path / "out"
     assert example.main([str(folder), str(out)]) == 0
     said = capsys.readouterr().out
     assert "skipped" not in said and "left out: 1 montage(s) of samri_ml-identify-plate" in said
+    assert ("left out: 1 subfolder(s) of images, not read (batch 2); hint: run the example on "
+            "each folder") in said, said
     rows = [r.split("\t")[0] for r in (out / "plates.tsv").read_text().splitlines()[1:]]
     assert rows == [str(folder / "30.png"), str(folder / "90 b.png")]
     montages = sorted(p.name for p in (out / "montages").iterdir())

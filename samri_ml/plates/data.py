@@ -1170,6 +1170,12 @@ def _image_files(folder, hidden: bool = False) -> list[Path]:
                   and (hidden or not p.name.startswith(".")))
 
 
+def image_subfolders(folder) -> list[str]:
+    """The names of ``folder``'s subfolders that hold image files, sorted: a folder of
+    sections is read one level deep, and these are said to be left out."""
+    return [d.name for d in sorted(Path(folder).iterdir()) if d.is_dir() and _image_files(d)]
+
+
 def atlas_signature(folder) -> str:
     """sha256 of the names of an atlas folder's image files and the content of its plates
     (what :func:`load_atlas` reads): what tells one state of the folder from another, for
@@ -1290,7 +1296,7 @@ def section_files(folder, limit: int | None = None) -> tuple[list[Path], np.ndar
                       "into another folder (--montage DIR)", SamriMLNote, stacklevel=2)
     if not files:
         raise SamriMLError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    nested = [d.name for d in sorted(Path(folder).iterdir()) if d.is_dir() and _image_files(d)]
+    nested = image_subfolders(folder)
     if nested:
         warnings.warn(f"{folder}: subfolders are not read ({', '.join(nested[:3])}"
                       f"{', ...' if len(nested) > 3 else ''}); hint: evaluate each folder on its "
