@@ -2217,6 +2217,35 @@ def test_evaluate_masker_on_a_labs_training_scans_says_so_plainly(tmp_path, lab_
         assert "scans   2      yes" in captured.out, captured.out
 
 
+def test_evaluate_masker_figures_of_a_labs_scans_have_clean_unique_names(tmp_path, lab_scans_dir,
+                                                                         capsys):
+    """``--scans DIR --figures FIGS`` named a picture after the scan's path with its image
+    extension (``sub-01_anat_sub-01_T2w.nii.gz.png``), and two scans whose paths differ only in
+    where the ``/`` is (``a/b_c`` and ``a_b/c``) shared one: '2 figures', one file. Now the
+    extension is dropped and the second gets ``_2``, named in a note."""
+    import shutil
+
+    from samri_ml.cli import evaluate_masker
+    from samri_ml.report import PREDICTED_MASK_COLOUR, REFERENCE_MASK_COLOUR
+    from samri_ml.testing import colour_pixels
+
+    lab = tmp_path / "lab"
+    for folder in ("a/b_c", "a_b/c"):
+        (lab / folder).mkdir(parents=True)
+        for name in ("sub-01_T2w.nii.gz", "sub-01_desc-brain_mask.nii.gz"):
+            shutil.copy(lab_scans_dir / "sub-01" / "anat" / name, lab / folder / name)
+    figures = tmp_path / "figures"
+    assert evaluate_masker.main(["--scans", str(lab), "--figures", str(figures)]) == 0
+    err = capsys.readouterr().err
+    pngs = sorted(p.name for p in figures.iterdir())
+    assert pngs == ["a_b_c_sub-01_T2w.png", "a_b_c_sub-01_T2w_2.png"], pngs
+    assert ("note: a_b/c/sub-01_T2w.nii.gz: figure a_b_c_sub-01_T2w_2.png (a scan before it "
+            "has the same picture name)") in err, err
+    for png in pngs:
+        assert colour_pixels(figures / png, PREDICTED_MASK_COLOUR) > 100, png
+        assert colour_pixels(figures / png, REFERENCE_MASK_COLOUR) > 100, png
+
+
 def test_evaluate_masker_with_a_closed_stdout_still_writes_its_json(tmp_path, lab_scans_dir):
     """``samri_ml-evaluate-masker --scans DIR --json OUT | head -1`` stopped at the table's
     print with 'error: BrokenPipeError', exit 1, and OUT (written after it) was lost, as

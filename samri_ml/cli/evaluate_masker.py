@@ -77,8 +77,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--rst", type=Path, default=None, help="write the tables here")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR",
                    help="draw each scan's predicted and reference masks into "
-                   "DIR/<source>_<scan>.png, e.g. dama_tg4510_tp3_1_20130520_WT.png (DIR made "
-                   "if missing), to see where they differ")
+                   "DIR/<source>_<scan>.png, e.g. dama_tg4510_tp3_1_20130520_WT.png (with "
+                   "--scans, the scan's path under it, / as _, without .nii.gz: "
+                   "sub-01_anat_sub-01_T2w.png; DIR made if missing), to see where they differ")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
     return p  # fmt: skip
@@ -216,7 +217,7 @@ def _main(argv=None) -> int:
               "scored (no shared data)", file=sys.stderr)
     from samri_ml.io import json_dumps
     from samri_ml.masking.data import real_scans
-    from samri_ml.masking.evaluate import by_source, evaluate, report
+    from samri_ml.masking.evaluate import by_source, evaluate, figure_name, figure_names, report
     from samri_ml.masking.predict import load_model, model_record_notes
     from samri_ml.paths import existing_data_dir
 
@@ -273,6 +274,10 @@ def _main(argv=None) -> int:
     if args.rst:
         write_output_text(text, args.rst)
     if args.figures is not None:
+        for scan, name in zip(scans, figure_names([s.name for s in scans]), strict=True):
+            if name != figure_name(scan.name):
+                print(f"{PROG}: note: {scan.name}: figure {name} (a scan before it has the "
+                      "same picture name)", file=sys.stderr)
         print(f"{PROG}: {len(rows)} figures in {args.figures}", file=sys.stderr)
     return 0
 

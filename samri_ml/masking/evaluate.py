@@ -98,14 +98,39 @@ def evaluate(scans, model, views=ALL_VIEWS, flip: bool | None = None, figures=No
     from samri_ml.masking.predict import predict_probabilities
 
     predict_probabilities(model, np.zeros((4, 64, 64, 1), np.float32))  # warm-up, not timed
+    names = figure_names([s.name for s in scans])
     return [evaluate_scan(s, model, views, flip,
-                          None if figures is None else Path(figures) / figure_name(s.name))
-            for s in scans]
+                          None if figures is None else Path(figures) / name)
+            for s, name in zip(scans, names, strict=True)]
 
 
 def figure_name(scan_name: str) -> str:
-    """The file name of a scan's picture: ``dama/tg4510_tp3_1`` -> ``dama_tg4510_tp3_1.png``."""
+    """The file name of a scan's picture: its name with ``/`` as ``_``, without an image
+    extension: ``dama/tg4510_tp3_1`` -> ``dama_tg4510_tp3_1.png``,
+    ``sub-01/anat/sub-01_T2w.nii.gz`` -> ``sub-01_anat_sub-01_T2w.png`` (it was
+    ``..._T2w.nii.gz.png``)."""
+    for ext in (".nii.gz", ".nii"):
+        if scan_name.lower().endswith(ext):
+            scan_name = scan_name[: -len(ext)]
+            break
     return scan_name.replace("/", "_") + ".png"
+
+
+def figure_names(scan_names) -> list[str]:
+    """:func:`figure_name` of each scan, in order, made unique: a name a scan before it took
+    (``a/b_c`` and ``a_b/c``, or names that differ in case only, one file on macOS) gets
+    ``_2``, ``_3``... (the second picture replaced the first)."""
+    taken: set[str] = set()
+    out = []
+    for scan_name in scan_names:
+        stem = figure_name(scan_name)[: -len(".png")]
+        name, n = stem, 1
+        while name.casefold() in taken:
+            n += 1
+            name = f"{stem}_{n}"
+        taken.add(name.casefold())
+        out.append(f"{name}.png")
+    return out
 
 
 #: reference kinds that the issue's target counts ("manual or template masks")
