@@ -794,6 +794,41 @@ def _graph_link(graph: Path, output_dir: Path) -> str:
             f"subject's steps): <a href='{html.escape(href)}'>{html.escape(href)}</a></p>")
 
 
+#: the name a workflow graph of ``samri_ml-register --write-graph`` in ``OUTPUT_DIR/figures``
+#: starts with (:func:`samri_ml.cli.register.graph_stem`)
+GRAPH_PREFIX = "workflow_graph"
+
+
+def _graph_group(name: str) -> str:
+    """A graph's picture and the files Graphviz writes beside it (``.dot``, ``_detailed``)
+    as one: ``workflow_graph_sub-02_detailed.png`` -> ``workflow_graph_sub-02``."""
+    return name.split(".")[0].removesuffix("_detailed")
+
+
+def unlinked_graphs(output_dir) -> list[Path]:
+    """The workflow graphs in ``OUTPUT_DIR/figures`` (:data:`GRAPH_PREFIX`, with the files
+    Graphviz wrote beside them) that no page of ``output_dir`` (``index.html``,
+    ``sub-*.html``) links any more: an earlier run's, since replaced (a run of the whole
+    dataset after one of ``--participant-label 02`` left ``workflow_graph_sub-02.png``,
+    which nothing named), or ``--dry-run``'s preview."""
+    import re
+
+    output_dir = Path(output_dir)
+    folder = output_dir / "figures"
+    if not folder.is_dir():
+        return []
+    linked = set()
+    for page in [output_dir / INDEX, *output_dir.glob("sub-*.html")]:
+        try:
+            text = page.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        linked |= {_graph_group(Path(html.unescape(href)).name)
+                   for href in re.findall(r"href='([^']*)'", text)}
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(GRAPH_PREFIX)
+                  and _graph_group(p.name) not in linked)
+
+
 def write_index(output_dir, summaries: dict, *, graph=None, **facts) -> Path:
     """``OUTPUT_DIR/index.html``: a link to every ``sub-*.html`` in ``output_dir`` (this run's
     and earlier runs'), each of this run's subjects with its sessions and the lines of its
@@ -876,7 +911,16 @@ def mark_interrupted(report, rewritten: list[str], when: float) -> bool:
             f"{len(rewritten)} of its files: its report, and this page, are an earlier run's "
             "(see its report).</div>")
     if line not in listing and "<body>" in listing:
-        atomic_write_text(listing.replace("<body>", "<body>" + line, 1), index)
+        # in the table's order, the subjects': each went first, so sub-02's came before
+        # sub-01's (the run marks them in order)
+        head, rest = listing.split("<body>", 1)
+        banners = [line]
+        while rest.startswith("<div class='banner interrupted'"):
+            end = rest.index("</div>") + len("</div>")
+            banners.append(rest[:end])
+            rest = rest[end:]
+        banners.sort(key=lambda b: b.split("<b>", 1)[1].split(":</b>", 1)[0])
+        atomic_write_text(head + "<body>" + "".join(banners) + rest, index)
     return True
 
 

@@ -253,10 +253,13 @@ def test_report_shows_this_runs_graph_not_an_earlier_ones(registered, tmp_path):
     argv = json.loads((out.parent / "argv.json").read_text())
     argv[argv.index(str(out))] = str(copy)
     without = argv[:argv.index("--write-graph")]
-    with contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(without) == 0  # every step cached
     report = (copy / "sub-01.html").read_text()
     assert (copy / "figures" / "workflow_graph_sub-01.png").exists()  # kept, not this run's
+    # and named: no page links it any more (nothing said it was there)
+    (note,) = [line for line in err.getvalue().splitlines() if "not from this run" in line]
+    assert "figures/workflow_graph_sub-01.png" in note, note
     assert "Workflow graph" not in report and "Volume and smoothness conservation" in report
     with contextlib.redirect_stderr(io.StringIO()):
         assert main(without + ["--write-graph", "flat", "--graph-format", "svg"]) == 0

@@ -622,6 +622,59 @@ def test_an_interrupted_rerun_is_named_in_the_index_too(tmp_path):
     assert "was interrupted after rewriting 1 of its files" in text
 
 
+def test_the_index_lists_interrupted_subjects_in_their_order(tmp_path):
+    """An interrupted rerun marks its subjects in order, and each banner went first in
+    index.html: sub-03's above sub-02's above sub-01's, against the table's order."""
+    import time
+
+    from samri_ml.report import mark_interrupted
+
+    out, items, kw = _make_run(tmp_path)
+    pages = write_subject_reports(out, items, masking="none", **kw)
+    for subject in ("02", "03"):  # earlier runs' reports of other subjects
+        pages.append(out / f"sub-{subject}.html")
+        pages[-1].write_text("<!DOCTYPE html><html><body>earlier</body></html>\n")
+    when = time.time()
+    for page in (pages[0], pages[2], pages[1]):  # a later interrupted run may mark out of order
+        assert mark_interrupted(page, [f"{page.stem}_T2w.nii.gz"], when)
+    text = (out / "index.html").read_text()
+    assert text.count("class='banner interrupted'") == 3
+    places = [text.index(f"<b>sub-{s}:</b> a later run") for s in ("01", "02", "03")]
+    assert places == sorted(places) and places[-1] < text.index("<h1>"), places
+
+
+def test_graphs_no_report_links_are_named(tmp_path):
+    """A run of the whole dataset after one of ``--participant-label 01 --write-graph`` left
+    ``figures/workflow_graph_sub-01.png``, which no report linked any more, and nothing
+    named it (the end-of-run note of files not from this run names these). A graph an
+    earlier run's report still links, and the files Graphviz writes beside a linked one,
+    are not named."""
+    from PIL import Image
+
+    from samri_ml.report import unlinked_graphs
+
+    out, items, kw = _make_run(tmp_path)
+    figures = out / "figures"
+    figures.mkdir(parents=True)
+    picture = Image.fromarray(np.zeros((20, 30, 3), np.uint8))
+    for name in ("workflow_graph_sub-01.png", "workflow_graph_sub-02.png", "workflow_graph.png",
+                 "workflow_graph_dry-run.png"):
+        picture.save(figures / name)
+    (figures / "workflow_graph.dot").write_text("digraph {}\n")
+    (out / "sub-02.html").write_text(  # an earlier run's report, which links its own graph
+        "<!DOCTYPE html><html><body><a href='figures/workflow_graph_sub-02.png'>graph</a>"
+        "</body></html>\n")
+    write_subject_reports(out, items, masking="none",
+                          workflow_graph=figures / "workflow_graph_sub-01.png", **kw)
+    assert [p.name for p in unlinked_graphs(out)] == [
+        "workflow_graph.dot", "workflow_graph.png", "workflow_graph_dry-run.png"]
+    write_subject_reports(out, items, masking="none",
+                          workflow_graph=figures / "workflow_graph.png", **kw)  # a rerun of all
+    assert [p.name for p in unlinked_graphs(out)] == [
+        "workflow_graph_dry-run.png", "workflow_graph_sub-01.png"]
+    assert unlinked_graphs(tmp_path / "none") == []
+
+
 def test_the_index_says_an_earlier_runs_report_has_warnings(tmp_path):
     """A rerun of one subject (--participant-label 01) listed sub-02's report as 'an earlier
     run's report', its red banner (a failed registration, a later run interrupted) unsaid:

@@ -1241,15 +1241,17 @@ def _remove_leftover_temporaries(args, sessions, started: float) -> None:
 
 def _note_stale(args, sessions, graph) -> None:
     """Name the derivatives an earlier run with other options left beside this run's (another
-    ``-f``, ``--masking none`` after ``unet``, ``--no-qc``), and the report pictures of its
-    sessions this run did not draw (report.DRAWN): they are kept, not deleted."""
+    ``-f``, ``--masking none`` after ``unet``, ``--no-qc``), the report pictures of its
+    sessions this run did not draw (report.DRAWN) and the workflow graphs no report links
+    any more (report.unlinked_graphs): they are kept, not deleted."""
     from samri_ml.bids import old_figure_name, stale_files
     from samri_ml.interfaces.bids import sink_outputs
 
     sources = [scan for item in sessions for scan in session_scans(item)]
-    from samri_ml.report import DRAWN
+    from samri_ml.report import DRAWN, unlinked_graphs
 
     stale = stale_files(args.output_dir, sink_outputs(graph), sources, figures_drawn=DRAWN)
+    stale += unlinked_graphs(args.output_dir)
     # an upgrade's rerun: the pictures the first release named otherwise came first (sorted,
     # figures/ before ses-*/) and a stale mask of another --masking was one of "and 9 more"
     renamed = [p for p in stale if old_figure_name(p)]
