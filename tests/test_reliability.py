@@ -2160,6 +2160,10 @@ def test_a_run_where_one_subject_fails_says_who_failed_and_who_finished(tmp_path
             if p.is_file() and "figures" not in p.parts}
     assert any(p.name.endswith("_space-Tiny_desc-preproc_bold.nii.gz") for p in done), done
     assert any(p.name.endswith("_to-Tiny_mode-image_xfm.h5") for p in done), done
+    # with --no-qc the QC record there is the run's before: its VCF was said as this run's
+    rc, err = run("out", "--nprocs", "2", "--no-qc")
+    assert rc == 1 and "(failed: sub-01; finished: sub-02)" in err[-1], err[-3:]
+    assert not [ln for ln in err if ln.startswith("samri_ml-register: note: sub-02_")], err[-4:]
 
     bad.write_bytes(good)
     rc, err = run("out", "--nprocs", "2")
