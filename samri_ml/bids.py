@@ -465,6 +465,21 @@ def old_figure_name(path) -> bool:
         path.name.split(".")[0].rsplit("_", 1)[-1].startswith("desc-")
 
 
+def old_qc_table_name(path) -> bool:
+    """A QC record's one-row table named as samri_ml named it until 2026-12-05, as the record
+    (``*_desc-qc_metrics.tsv``; now ``*_desc-qctable_metrics.tsv``): BIDS tools read the
+    record beside it as its sidecar, and a rerun leaves it (this run wrote no such file).
+
+    >>> old_qc_table_name("out/sub-01/anat/sub-01_space-Phantom_desc-qc_metrics.tsv")
+    True
+    >>> old_qc_table_name("out/sub-01/anat/sub-01_space-Phantom_desc-qctable_metrics.tsv")
+    False
+    """
+    from samri_ml.qc.metrics import QC_SUFFIX
+
+    return Path(path).name.endswith(f"_{QC_SUFFIX}.tsv")
+
+
 class DeferredInterrupt(KeyboardInterrupt):
     """Ctrl-C that :func:`deferred_sigint` held back: raised when its block was done."""
 

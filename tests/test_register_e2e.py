@@ -33,6 +33,8 @@ def registered(example_dataset, tmp_path_factory):
     stale = out / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-brain_mask.nii.gz"
     stale.parent.mkdir(parents=True)
     shutil.copy(tpl / "tpl-Phantom_desc-brain_mask.nii.gz", stale)
+    # a QC table as samri_ml named it before it was *_desc-qctable_metrics.tsv
+    (stale.parent / "sub-01_ses-1_space-Phantom_desc-qc_metrics.tsv").write_text("scan\n")
     # pictures of the first release's names (the suffix before desc-), more than the note shows:
     # they came first and the stale mask was one of "and N more"
     figures = out / "sub-01" / "figures"
@@ -94,6 +96,15 @@ def test_files_an_earlier_run_left_are_named_and_kept(registered):
                        "sub-01/figures/sub-01_ses-1_T2w_desc-overview.png and 3 more; hint: "
                        "delete them"], err
     assert len(list((out / "sub-01" / "figures").glob("*_desc-mask.*"))) == 2
+    # an earlier samri_ml's QC table: said as what it is (it was "an earlier run with other
+    # options?"), and kept
+    tables = [ln for ln in err if "QC table(s)" in ln]
+    assert tables == ["samri_ml-register: note: 1 QC table(s) in OUTPUT_DIR are named as an "
+                      "earlier samri_ml named them (*_desc-qc_metrics.tsv, now "
+                      "*_desc-qctable_metrics.tsv: BIDS tools take the QC record beside one for "
+                      "its sidecar), kept: sub-01/ses-1/anat/sub-01_ses-1_space-Phantom_desc-qc_"
+                      "metrics.tsv; hint: delete them"], err
+    assert (out / "sub-01/ses-1/anat/sub-01_ses-1_space-Phantom_desc-qc_metrics.tsv").is_file()
 
 
 @pytest.mark.slow

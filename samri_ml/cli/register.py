@@ -1245,7 +1245,7 @@ def _note_stale(args, sessions, graph) -> None:
     ``-f``, ``--masking none`` after ``unet``, ``--no-qc``), the report pictures of its
     sessions this run did not draw (report.DRAWN) and the workflow graphs no report links
     any more (report.unlinked_graphs): they are kept, not deleted."""
-    from samri_ml.bids import old_figure_name, stale_files
+    from samri_ml.bids import old_figure_name, old_qc_table_name, stale_files
     from samri_ml.interfaces.bids import sink_outputs
 
     sources = [scan for item in sessions for scan in session_scans(item)]
@@ -1256,8 +1256,12 @@ def _note_stale(args, sessions, graph) -> None:
     # an upgrade's rerun: the pictures the first release named otherwise came first (sorted,
     # figures/ before ses-*/) and a stale mask of another --masking was one of "and 9 more"
     renamed = [p for p in stale if old_figure_name(p)]
+    # and the QC tables an earlier samri_ml named as their records: said to be "an earlier
+    # run with other options?" (BIDS tools take the record beside one for its sidecar)
+    old_tables = [p for p in stale if old_qc_table_name(p)]
     # the derivatives first: a stale mask is the one to see, before pictures of it
-    stale = sorted((p for p in stale if p not in renamed), key=lambda p: p.parent.name == "figures")
+    stale = sorted((p for p in stale if p not in renamed and p not in old_tables),
+                   key=lambda p: p.parent.name == "figures")
 
     def kept(files):
         shown = ", ".join(str(p.relative_to(args.output_dir)) for p in files[:3])
@@ -1271,6 +1275,11 @@ def _note_stale(args, sessions, graph) -> None:
         print(f"{PROG}: note: {len(renamed)} report picture(s) in OUTPUT_DIR are named as an "
               "earlier samri_ml named them (the scan's suffix before desc-; the reports no "
               f"longer show them), kept: {kept(renamed)}; hint: delete them", file=sys.stderr)
+    if old_tables:
+        print(f"{PROG}: note: {len(old_tables)} QC table(s) in OUTPUT_DIR are named as an "
+              "earlier samri_ml named them (*_desc-qc_metrics.tsv, now *_desc-qctable_metrics"
+              ".tsv: BIDS tools take the QC record beside one for its sidecar), kept: "
+              f"{kept(old_tables)}; hint: delete them", file=sys.stderr)
 
 
 
