@@ -532,6 +532,37 @@ def test_sigterm_in_many_scans_says_where_it_stopped(tmp_path, phantom):
                                   np.asarray(nb.load(single).dataobj))
 
 
+def test_an_interrupted_overwrite_batch_is_resumed_as_its_note_says(tmp_path, phantom):
+    """A batch with --overwrite stopped by SIGTERM said 'the same command with
+    --skip-existing', which with --overwrite is refused ('give one'): the hint says to give
+    it instead of --overwrite, and that command resumes the batch, the mask done kept."""
+    import signal
+
+    scans = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
+    nb.save(phantom["T2w"], scans[0])
+    nb.save(phantom["T1w"], scans[1])
+    out = tmp_path / "masks"
+    command = [*map(str, scans), "--out-dir", str(out), "--overwrite"]
+    proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.mask", *command],
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # the second scan begun
+        lines.append(line)
+        if "[2/2]" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    err = "".join(lines) + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-2].endswith(
+        f"hint: the same command with --skip-existing instead of --overwrite masks "
+        f"{scans[1]}"), err
+    kept = (out / "a_mask.nii.gz").read_bytes()
+    r = _cli(*[a if a != "--overwrite" else "--skip-existing" for a in command])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"samri_ml-mask: 2 masks in {out} (1 kept)"
+    assert (out / "a_mask.nii.gz").read_bytes() == kept and (out / "b_mask.nii.gz").is_file()
+
+
 def test_a_model_that_is_no_masker_is_refused_in_one_line(tmp_path, phantom, capsys):
     """The plate embedding given as --model used to fail deep in TensorFlow (a reshape of
     14912 values into 182672)."""

@@ -327,8 +327,10 @@ def _run_batch(parser, args) -> int:
                 f"({', '.join(failed)}), the others' masks are in {args.out_dir}" if failed
                 else f"the {i - 1} scans before it are masked into {args.out_dir}")
         after = f" and the {len(names) - i} after it" if len(names) > i else ""
+        # with --overwrite, the two options together are refused
+        option = "--skip-existing" + (" instead of --overwrite" if args.overwrite else "")
         print(f"{PROG}: note: interrupted at [{i}/{len(names)}] {path}: {done}; hint: the "
-              f"same command with --skip-existing masks {path}{after}", file=sys.stderr)
+              f"same command with {option} masks {path}{after}", file=sys.stderr)
         raise
     if failed:
         raise SamriMLError(f"{len(failed)} of {len(names)} scans could not be masked: "
