@@ -105,7 +105,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     Outputs (in ``output_dir``)
     ---------------------------
     ``*_space-<template>_desc-preproc_<suffix>.nii.gz``, ``*_from-native_to-<to>_mode-image_xfm.h5``,
-    ``*_desc-brain_mask.nii.gz`` (with masking), ``*_desc-qc_metrics.json`` and ``.tsv``.
+    ``*_desc-brain_mask.nii.gz`` (with masking), ``*_desc-qc_metrics.json`` and
+    ``*_desc-qctable_metrics.tsv``.
     """
     _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans)
     if not is_label(template_name):
