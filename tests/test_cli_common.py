@@ -167,6 +167,13 @@ def test_a_benchmark_without_the_shared_data_says_so_in_one_line(tmp_path):
     ("qc", ["scan", "{missing}", "{missing}"]),
     ("qc", ["scan", "{missing}", "{missing}", "--mask", "{missing}"]),
     ("identify_plate", ["{missing}"]),
+    # a model or plate index given is an input too (they exited 1)
+    ("mask", ["{given}", "{out}/m.nii.gz", "--model", "{missing}"]),
+    ("mask", ["{given}", "--out-dir", "{out}", "--model", "{missing}"]),
+    ("evaluate_masker", ["--model", "{missing}"]),
+    ("identify_plate", ["{given}", "--model", "{missing}"]),
+    ("identify_plate", ["{given}", "--index", "{missing}"]),
+    ("evaluate_plates", ["--images", "{folder}", "--model", "{missing}"]),
 ])
 @pytest.mark.parametrize("case", ["missing", "pattern", "annexed"])
 def test_a_missing_input_is_a_usage_error_in_every_command(command, argv, case, tmp_path, capsys):
@@ -180,7 +187,9 @@ def test_a_missing_input_is_a_usage_error_in_every_command(command, argv, case, 
     if case == "annexed":  # a DataLad file not fetched: ls lists it
         missing.symlink_to("../.git/annex/objects/Xy/Zw/MD5E-s9--k.nii.gz/MD5E-s9--k.nii.gz")
     out = tmp_path / "out"
-    argv = [a.format(missing=missing, out=out) for a in argv]
+    given = tmp_path / "given.png"  # an input that is there
+    given.write_bytes(b"")
+    argv = [a.format(missing=missing, out=out, given=given, folder=tmp_path) for a in argv]
     rc = importlib.import_module(f"samri_ml.cli.{command}").main(argv)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2, last

@@ -344,13 +344,17 @@ def test_cli_many_scans_stop_at_a_model_that_cannot_be_loaded(tmp_path, capsys):
         data = np.zeros((20, 20, 20), np.float32)
         data[5:15, 5:15, 5:15] = 100 + np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
         nb.save(nb.Nifti1Image(data, np.diag([0.2, 0.2, 0.2, 1])), scans[-1])
-    model = tmp_path / "missing.keras"
+    model = tmp_path / "broken.keras"
+    model.write_bytes(b"not a model")
     out = tmp_path / "masks"
     assert main([*map(str, scans), "--out-dir", str(out), "--model", str(model)]) == 1
     err = capsys.readouterr().err
-    assert err.count("model file not found") == 1 and f"{model}: model file not found" in err
+    assert err.count("cannot load the model") == 1 and f"{model}: cannot load the model" in err
     assert "[2/3]" not in err and "could not be masked" not in err
     assert not list(out.iterdir())
+    # a missing one is a usage error, before any scan (test_cli_common)
+    assert main([*map(str, scans), "--out-dir", str(out), "--model", str(tmp_path / "no.keras")]) == 2
+    assert "[1/3]" not in capsys.readouterr().err
 
 
 def _garbage(tmp_path):
@@ -1810,11 +1814,11 @@ def test_evaluate_masker_refuses_a_model_of_the_other_kind_before_the_scans(tmp_
 
     monkeypatch.setattr(data, "real_scans", never)
     plates = default_model_dir("default") / "plates_embedding.keras"
-    for model, words in ((plates, "not a brain-masking model"),
-                         (tmp_path / "none.keras", "model file not found")):
-        assert evaluate_masker.main(["--model", str(model), "--data-dir", str(tmp_path)]) == 1
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and words in err[0] and str(model) in err[0], err
+    for model, words, rc in ((plates, "not a brain-masking model", 1),
+                             (tmp_path / "none.keras", "no such file", 2)):  # a usage error
+        assert evaluate_masker.main(["--model", str(model), "--data-dir", str(tmp_path)]) == rc
+        err = capsys.readouterr().err.strip().splitlines()  # (a usage error: after the usage)
+        assert (len(err) == 1 or rc == 2) and words in err[-1] and str(model) in err[-1], err
 
 
 def test_a_model_trained_on_fewer_views_gets_a_note(tmp_path, capsys, phantom):

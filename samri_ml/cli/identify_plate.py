@@ -70,6 +70,8 @@ def _check_args(parser, args) -> None:
     if args.atlas and not Path(args.atlas).is_dir():
         parser.error(f"--atlas {args.atlas}: not a directory")
     refuse_missing_inputs(parser, args.images)
+    for option in ("--model", "--index"):  # they exited 1
+        refuse_missing_inputs(parser, [getattr(args, option[2:])], option)
     if args.json:
         check_output_file(parser, "--json", args.json, args.images, IMAGE_SUFFIXES, "OUT.json")
     if args.montage:

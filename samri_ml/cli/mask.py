@@ -146,6 +146,8 @@ def _run(parser, args) -> int:
 
 def _check_options(parser, args) -> None:
     """The options both forms share."""
+    # a missing model is a missing input (it exited 1, the first scan read)
+    refuse_missing_inputs(parser, [args.model], "--model")
     if not 0 < args.threshold < 1:
         parser.error("--threshold must be between 0 and 1")
     if args.max_slices is not None and args.max_slices < MIN_MAX_SLICES:
