@@ -3,12 +3,60 @@ slice timing correction and the temporal mean."""
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
 
 #: fewest volumes slice timing correction works on; a shorter run is returned unchanged
 MIN_SLICE_TIMING_VOLUMES = 3
+
+#: BIDS' ``SliceEncodingDirection`` values: the slice axis, ``-`` where the slices were
+#: acquired from its end (the ``SliceTiming`` list then starts there)
+SLICE_ENCODING_DIRECTIONS = ("i", "j", "k", "i-", "j-", "k-")
+
+#: a repetition time (s) above this is one given in milliseconds (the BIDS validator's bound)
+MAX_TR_SECONDS = 100.0
+
+
+def is_number(value) -> bool:
+    """Whether a metadata value is a number (JSON's or numpy's; not a string, a boolean or
+    None): the rule of ``RepetitionTime`` and each ``SliceTiming`` value, for the sidecars
+    ``samri_ml-register`` reads and the ``bold_metadata`` given to ``init_generic_wf``."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_repetition_time(value) -> bool:
+    """Whether ``value`` is a repetition time: a number of seconds above 0 (``"1.0"``, 0 and
+    -1 are not; one over :data:`MAX_TR_SECONDS` is, in milliseconds: check that apart)."""
+    return is_number(value) and value > 0
+
+
+def is_slice_timing(value) -> bool:
+    """Whether ``value`` is a ``SliceTiming``: a list (or tuple, or 1D array) of numbers, the
+    time in seconds of each slice (``["0", "0.5"]`` and a single 0.5 are not)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist() if value.ndim == 1 else None
+    return isinstance(value, (list, tuple)) and all(is_number(t) for t in value)
+
+
+def slice_axis(direction) -> int | None:
+    """The voxel axis (0, 1, 2) of a ``SliceEncodingDirection`` (``"j-"``: 1); None for a
+    value that is none of :data:`SLICE_ENCODING_DIRECTIONS` (``"z"``, ``"k+"``)."""
+    if direction not in SLICE_ENCODING_DIRECTIONS:
+        return None
+    return "ijk".index(direction[0])
+
+
+def header_slice_axis(img) -> int | None:
+    """The slice axis (0, 1, 2) a NIfTI header gives in its ``dim_info`` (``slice_dim``), or
+    None (unset, or not a NIfTI header): BIDS' slice axis where the sidecar gives no
+    ``SliceEncodingDirection``."""
+    try:
+        dim = img.header.get_dim_info()[2]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return dim if dim in (0, 1, 2) else None
 
 
 def n_dummy_to_drop(n_volumes: int, requested: int) -> int:
@@ -18,14 +66,16 @@ def n_dummy_to_drop(n_volumes: int, requested: int) -> int:
     return int(max(0, min(requested, n_volumes - 1)))
 
 
-def too_few_volumes_note(n_volumes: int, requested: int) -> str | None:
+def too_few_volumes_note(n_volumes: int, requested: int,
+                         option: str = "--dummy-scans") -> str | None:
     """What ``samri_ml-register`` and ``samri_ml-qc scan`` say of a run of no more volumes than
-    ``--dummy-scans`` asks to drop (all but the last are dropped); None where it has more."""
+    ``--dummy-scans`` asks to drop (all but the last are dropped), and ``init_generic_wf`` of
+    its ``dummy_scans`` (``option``); None where it has more."""
     if n_volumes > requested:
         return None
     dropped = n_dummy_to_drop(n_volumes, requested)
-    return (f"{n_volumes} volumes, not more than --dummy-scans {requested}: {dropped} dropped, "
-            f"{n_volumes - dropped} kept; hint: --dummy-scans 0 keeps them all")
+    return (f"{n_volumes} volumes, not more than {option} {requested}: {dropped} dropped, "
+            f"{n_volumes - dropped} kept; hint: {option} 0 keeps them all")
 
 
 def drop_dummy_volumes(data: np.ndarray, requested: int = 10) -> tuple[np.ndarray, int]:

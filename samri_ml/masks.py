@@ -81,3 +81,21 @@ def grown_extent(inside: np.ndarray, axis: int, margin: float,
     lo, hi = int(hit[0]), int(hit[-1]) + 1
     pad = max(min_pad, int(margin * (hi - lo)))
     return max(0, lo - pad), min(inside.shape[axis], hi + pad)
+
+
+def check_template_mask(template, template_mask, template_img, mask_img) -> None:
+    """Refuse (:class:`~samri_ml.errors.SamriMLError`, naming both files) a template's brain
+    mask that is not on the template's grid (same shape, affines within 1e-3) or holds no
+    voxel above 0: the rule of ``samri_ml-register --template-mask`` and of
+    ``init_generic_wf(template_mask=...)``, which took either, to register to a template
+    without its brain or measure brain coverage on another grid."""
+    from samri_ml.errors import SamriMLError
+
+    if tuple(template_img.shape[:3]) != tuple(mask_img.shape[:3]) or not np.allclose(
+            template_img.affine, mask_img.affine, atol=1e-3):
+        raise SamriMLError(
+            f"template {template} {tuple(template_img.shape[:3])} and mask {template_mask} "
+            f"{tuple(mask_img.shape[:3])} are not on the same grid; hint: resample the mask "
+            "onto the template (antsApplyTransforms -n NearestNeighbor -r TEMPLATE)")
+    if not np.any(np.asanyarray(mask_img.dataobj) > 0):
+        raise SamriMLError(f"template mask {template_mask} is empty")

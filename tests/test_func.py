@@ -259,3 +259,18 @@ def test_the_run_interfaces_read_each_run_once(tmp_path):
                        data.mean(axis=3), atol=1e-6)
     assert results["VolumeConservation"].vcf == pytest.approx(1.0)
     assert results["SmoothnessConservation"].scf == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_metadata_rules_are_the_commands_and_the_factorys():
+    """One rule each for samri_ml-register's sidecars and init_generic_wf's bold_metadata: a
+    repetition time is a number of seconds above 0 (not "1.0", True, 0), slice times a list of
+    numbers (numpy's too), a slice encoding direction one of BIDS' six."""
+    from samri_ml.func import is_repetition_time, is_slice_timing, slice_axis
+
+    assert [is_repetition_time(v) for v in (1.0, 2, np.float32(0.5), "1.0", True, 0, -1,
+                                           None, float("nan"))] == [True] * 3 + [False] * 6
+    assert is_slice_timing([0, 0.5]) and is_slice_timing((0, 1)) and is_slice_timing(np.ones(3))
+    assert not any(is_slice_timing(v) for v in (["0", "0.5"], 0.5, [True], np.ones((2, 2)),
+                                                "0.5"))
+    assert [slice_axis(d) for d in ("i", "j-", "k", "z", "k+", None)] == [0, 1, 2, None, None,
+                                                                          None]

@@ -796,3 +796,166 @@ def test_runs_whose_sidecar_says_volumes_were_discarded_get_a_note(example_datas
             "(4); --dummy-scans drops 10 more volumes from each; hint: --dummy-scans 0") in err
     assert main(argv + ["--dummy-scans", "0"]) == 0  # nothing more dropped: nothing to say
     assert "discarded before" not in capsys.readouterr().err
+
+
+def _run_with_slices(path, shape=(4, 5, 3, 6), slice_dim=None):
+    """A small 4D run (``shape``), its header's slice axis ``slice_dim`` where given."""
+    import nibabel as nb
+    import numpy as np
+
+    img = nb.Nifti1Image(np.ones(shape, np.float32), np.eye(4))
+    if slice_dim is not None:
+        img.header.set_dim_info(slice=slice_dim)
+    img.to_filename(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("meta, said", [
+    ({"RepetitionTime": "1.0"}, "RepetitionTime '1.0' in bold_metadata[0] is not a number of "
+                                "seconds above 0; hint: a number, 1.5, not \"1.5\""),
+    ({"RepetitionTime": True}, "RepetitionTime True in bold_metadata[0] is not a number"),
+    ({"RepetitionTime": 1000}, "RepetitionTime 1000 s in bold_metadata[0] is over 100 s: "
+                               "milliseconds? hint: give it in seconds (1 for 1000 ms)"),
+    ({"RepetitionTime": 1.0, "SliceTiming": [0, 0.3, 0.6], "SliceEncodingDirection": "z"},
+     "SliceEncodingDirection 'z' in bold_metadata[0] is not one of i, j, k, i-, j-, k-; hint: "
+     "fix it, or build with slice_timing=False"),
+    ({"RepetitionTime": 1.0, "SliceTiming": ["0", "0.5", "0.2"]},
+     "SliceTiming in bold_metadata[0] is not a list of numbers"),
+    ({"RepetitionTime": 1.0, "SliceTiming": [0, 0.5]},
+     "bold_metadata[0] gives 2 SliceTiming values for 3 slices along axis 2 "
+     "(SliceEncodingDirection k); hint: fix it, or build with slice_timing=False"),
+    ({"RepetitionTime": 1.0, "SliceTiming": [0, 0.3, 0.6], "SliceEncodingDirection": "j-"},
+     "bold_metadata[0] gives 3 SliceTiming values for 5 slices along axis 1"),
+    ({"SliceTiming": [0, 0.3, 0.6]}, "SliceTiming but no RepetitionTime in bold_metadata[0]"),
+    ("rest", "bold_metadata[0] 'rest' is not a dict"),
+])
+def test_a_runs_metadata_is_refused_before_anything_is_built_naming_the_run(tmp_path, meta, said):
+    """What samri_ml-register refuses in a run's sidecar, init_generic_wf refused late or not
+    at all: a string RepetitionTime or a SliceEncodingDirection 'z' was a Nipype TraitError
+    traceback, a SliceTiming count other than the run's slices failed in the node after N4
+    had run, a repetition time in ms (1000) was written into the outputs. Now one line naming
+    the run, before anything is built, by the same rules (samri_ml.func)."""
+    run = _run_with_slices(tmp_path / "sub-01_task-rest_bold.nii.gz")
+    with pytest.raises(SamriMLError) as err:
+        init_generic_wf(template=run, template_mask=run, bold_files=[run], bold_metadata=[meta],
+                        method="functional", flavour="fast", dummy_scans=0)
+    assert str(err.value).startswith(f"bold_files[0] {run}: {said}")
+    # the slice-timing rules are of slice timing: without it, such a run is taken
+    if isinstance(meta, dict) and "SliceTiming" in meta and "RepetitionTime" in meta:
+        init_generic_wf(template=run, template_mask=run, bold_files=[run], bold_metadata=[meta],
+                        method="functional", flavour="fast", slice_timing=False, dummy_scans=0)
+
+
+def test_a_runs_slice_axis_comes_from_its_header_where_its_metadata_gives_none(tmp_path):
+    """BIDS (and samri_ml-register): without SliceEncodingDirection, the NIfTI header's
+    slice_dim is the slice axis; init_generic_wf took the third axis whatever the header said
+    (5 slice times for a run of 5 slices along j went to the node, to fail there). Said in a
+    note; empty SliceTiming is no slice timing (it failed in the node, the sidecar said
+    'corrected')."""
+    from samri_ml.errors import SamriMLNote
+
+    run = _run_with_slices(tmp_path / "sub-01_task-rest_bold.nii.gz", slice_dim=1)
+    times = [0, 0.2, 0.4, 0.6, 0.8]
+    with pytest.warns(SamriMLNote, match=r"no SliceEncodingDirection in bold_metadata\[0\]; "
+                                         r"using the NIfTI header's slice axis \(slice_dim\), j"):
+        wf = init_generic_wf(template=run, template_mask=run, bold_files=[run],
+                             bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": times}],
+                             method="functional", flavour="fast", dummy_scans=0)
+    assert wf.get_node("func0_wf.f_stc").inputs.slice_encoding_direction == "j"
+    wf = init_generic_wf(template=run, template_mask=run, bold_files=[run], dummy_scans=0,
+                         bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": []}],
+                         method="functional", flavour="fast", output_dir=str(tmp_path / "out"))
+    assert "f_stc" not in _names(wf)
+    assert wf.get_node("ds_func0").inputs.metadata["SliceTimingCorrected"] is False
+
+
+@pytest.mark.parametrize("method", ["structural", "composite"])
+def test_runs_without_a_structural_scan_are_registered_functional_with_a_note(tmp_path, method):
+    """method='structural' without anat_file registered the runs straight to the template
+    without a word (samri_ml-register notes it of a session without a T2w); now the same
+    note, and the same registration (as method='functional')."""
+    from samri_ml.errors import SamriMLNote
+
+    run = _run_with_slices(tmp_path / "sub-01_task-rest_bold.nii.gz")
+    with pytest.warns(SamriMLNote, match=r"no anat_file: the functional runs are registered "
+                                         rf"straight to the template \(as method='functional', "
+                                         rf"not '{method}'\); hint: give anat_file"):
+        wf = init_generic_wf(template=run, template_mask=run, bold_files=[run], method=method,
+                             flavour="fast", dummy_scans=0)
+    assert "anat_wf" not in {n.name for n in wf._graph.nodes()}
+    # its own registration, to the template (method='structural' has none)
+    assert "fixed_image" in _fields_into(wf.get_node("func0_wf"), "f_register")
+
+
+def test_a_run_cut_to_its_last_volume_by_dummy_scans_is_said_when_built(tmp_path):
+    """dummy_scans=10 of a 5-volume run kept 1 volume (no slice timing, a one-volume run
+    registered) and only the node's log said so; samri_ml-register notes it up front."""
+    from samri_ml.errors import SamriMLNote
+
+    run = _run_with_slices(tmp_path / "sub-01_task-rest_bold.nii.gz", shape=(4, 5, 3, 5))
+    with pytest.warns(SamriMLNote, match=r"bold_files\[0\] .*: 5 volumes, not more than "
+                                         r"dummy_scans 10: 4 dropped, 1 kept; hint: "
+                                         "dummy_scans 0 keeps them all"):
+        init_generic_wf(template=run, template_mask=run, bold_files=[run], method="functional",
+                        flavour="fast", dummy_scans=10)
+
+
+def test_a_mask_model_that_is_missing_or_would_go_unused_is_refused_in_one_line(tmp_path):
+    """mask_model of a file that is not there was a Traits error traceback on the mask node's
+    'model'; with masking='none' it was left unused without a word (samri_ml-register
+    refuses both of --mask-model)."""
+    missing = str(tmp_path / "own.keras")
+    for factory in (init_generic_wf, init_structural_wf, init_functional_wf):
+        kw = dict(template="t.nii.gz", template_mask="m.nii.gz", anat_file="a_T2w.nii.gz",
+                  qc=False) if factory is init_generic_wf else {}
+        with pytest.raises(SamriMLError, match=r"^mask_model '.*own.keras': model file not "
+                                               r"found; hint: give the path of a .keras file"):
+            factory(masking="unet", mask_model=missing, **kw)
+        with pytest.raises(SamriMLError, match=r"^mask_model '.*own.keras' needs "
+                                               r"masking='unet' .*masking is 'none'"):
+            factory(mask_model=missing, **kw)
+
+
+def test_a_4d_structural_scan_or_a_3d_run_is_refused_when_built(tmp_path):
+    """A 4D anat_file or a 3D 'run' was taken by init_generic_wf (samri_ml-register refuses
+    both): a 3D T2w given as a run was registered and written as a _bold derivative, without
+    a word."""
+    anat = _run_with_slices(tmp_path / "sub-01_T2w.nii.gz", shape=(4, 5, 3))
+    run = _run_with_slices(tmp_path / "sub-01_task-rest_bold.nii.gz")
+    one = _run_with_slices(tmp_path / "sub-01_task-one_bold.nii.gz", shape=(4, 5, 3, 1))
+    kw = dict(template=anat, template_mask=anat, dummy_scans=0)
+    with pytest.raises(SamriMLError, match=r"^anat_file .*sub-01_task-rest_bold.nii.gz: "
+                                           r"structural scan of 6 volumes \(4, 5, 3, 6\); "
+                                           "expected one 3D volume; hint: average"):
+        init_generic_wf(anat_file=run, **kw)
+    for bad in (anat, one):
+        with pytest.raises(SamriMLError, match=r"^bold_files\[1\] .*: functional run of shape "
+                                               r"\(4, 5, 3(, 1)?\); expected a 4D time series"):
+            init_generic_wf(anat_file=anat, bold_files=[run, bad], **kw)
+    init_generic_wf(anat_file=anat, bold_files=[run], **kw)
+
+
+def test_a_template_mask_off_the_templates_grid_or_empty_is_refused_when_built(tmp_path):
+    """samri_ml-register refuses a --template-mask on another grid than the template or
+    empty; init_generic_wf took either (the brain coverage measured on another grid, a
+    registration to a template without its brain). The same rule, in the same words."""
+    import nibabel as nb
+    import numpy as np
+
+    template = _run_with_slices(tmp_path / "tpl.nii.gz", shape=(8, 8, 8))
+    data = np.zeros((8, 8, 8), np.uint8)
+    data[2:6, 2:6, 2:6] = 1
+    for name, img in (("coarse.nii.gz", nb.Nifti1Image(data[::2, ::2, ::2], np.diag([2, 2, 2, 1]))),
+                      ("empty.nii.gz", nb.Nifti1Image(data * 0, np.eye(4))),
+                      ("mask.nii.gz", nb.Nifti1Image(data, np.eye(4)))):
+        img.to_filename(tmp_path / name)
+    kw = dict(template=template, anat_file=template, flavour="fast")
+    with pytest.raises(SamriMLError) as err:
+        init_generic_wf(template_mask=str(tmp_path / "coarse.nii.gz"), **kw)
+    assert str(err.value) == (
+        f"template {template} (8, 8, 8) and mask {tmp_path / 'coarse.nii.gz'} (4, 4, 4) are not "
+        "on the same grid; hint: resample the mask onto the template (antsApplyTransforms -n "
+        "NearestNeighbor -r TEMPLATE)")
+    with pytest.raises(SamriMLError, match=r"^template mask .*empty.nii.gz is empty$"):
+        init_generic_wf(template_mask=str(tmp_path / "empty.nii.gz"), **kw)
+    init_generic_wf(template_mask=str(tmp_path / "mask.nii.gz"), **kw)

@@ -14,8 +14,14 @@ from pathlib import Path
 
 from samri_ml.errors import SamriMLError
 from samri_ml.func import (
+    MAX_TR_SECONDS,
     MIN_SLICE_TIMING_VOLUMES,
+    SLICE_ENCODING_DIRECTIONS,
+    header_slice_axis,
+    is_repetition_time,
+    is_slice_timing,
     n_dummy_to_drop,
+    slice_axis,
     slice_times_outside,
     too_few_volumes_note,
 )
@@ -254,10 +260,6 @@ def some_names(names: list[str], shown: int = 3) -> str:
 #: as a magnitude one, into a failure, VCF 0.09)
 NOT_MAGNITUDE = ("phase", "real", "imag")
 
-#: a repetition time (s) above this is one given in milliseconds (the BIDS validator's bound)
-MAX_TR_SECONDS = 100.0
-
-
 def _header_tr(img) -> float:
     """A 4D image's repetition time in seconds from its NIfTI header (pixdim[4] in the
     header's time unit); 0 where the header has none."""
@@ -265,11 +267,6 @@ def _header_tr(img) -> float:
     unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else None
     tr = float(zooms[3]) if len(zooms) > 3 else 0.0
     return tr / 1000 if unit == "msec" else tr * 1e-6 if unit == "usec" else tr
-
-
-def _is_number(value) -> bool:
-    """Whether a sidecar value is a JSON number (not a string, a boolean or null)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _discarded_before(meta: dict) -> int:
@@ -281,16 +278,6 @@ def _discarded_before(meta: dict) -> int:
     return sum(int(meta[key]) for key in ("NumberOfVolumesDiscardedByScanner",
                                           "NumberOfVolumesDiscardedByUser")
                if _whole(meta.get(key)) and meta[key] >= 0)
-
-
-def _header_slice_dim(img) -> int | None:
-    """The slice axis (0, 1, 2) a NIfTI header gives in its ``dim_info``, or None (unset, or
-    not a NIfTI header)."""
-    try:
-        dim = img.header.get_dim_info()[2]
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return dim if dim in (0, 1, 2) else None
 
 
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
@@ -313,7 +300,7 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
             print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
                   f"header's, {header_tr:g} s", file=sys.stderr)
     tr = meta.get("RepetitionTime")
-    if had_tr and not (_is_number(tr) and tr > 0):
+    if had_tr and not is_repetition_time(tr):
         # a string ("1.0") or a negative time was blamed on the registration flavour ("a
         # setting Nipype refuses"), or ended in a bare ValueError
         raise SamriMLError(f"{path}: RepetitionTime {tr!r} in "
@@ -344,12 +331,12 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
     if not times:
         no_timing.append(name)
         return
-    if not isinstance(times, list) or not all(_is_number(t) for t in times):
+    if not is_slice_timing(times):
         # ["0", "0.5"] was blamed on the registration flavour, 0.5 ended in a bare TypeError
         raise SamriMLError(f"{path}: SliceTiming in {_sidecar_of(path, chain, 'SliceTiming')} "
                            "is not a list of numbers (the time in seconds of each slice); "
                            "hint: fix the sidecar, or pass --no-slice-timing")
-    slice_dim = _header_slice_dim(img)
+    slice_dim = header_slice_axis(img)
     if "SliceEncodingDirection" not in meta and slice_dim not in (None, 2):
         # BIDS: without SliceEncodingDirection the header's slice_dim tells the slice axis;
         # the third was taken whatever it said (a run of slices along j, corrected along k)
@@ -357,12 +344,12 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
         print(f"{PROG}: note: {name}: no SliceEncodingDirection in its sidecar; using the "
               f"NIfTI header's slice axis (slice_dim), {'ijk'[slice_dim]}", file=sys.stderr)
     direction = str(meta.get("SliceEncodingDirection", "k"))
-    if direction not in ("i", "j", "k", "i-", "j-", "k-"):
+    axis = slice_axis(direction)
+    if axis is None:
         raise SamriMLError(f"{path}: SliceEncodingDirection {direction!r} in "
                            f"{_sidecar_of(path, chain, 'SliceEncodingDirection')} is "
-                           "not one of i, j, k, i-, j-, k-; hint: fix the sidecar, or pass "
-                           "--no-slice-timing")
-    axis = "ijk".index(direction[0])
+                           f"not one of {', '.join(SLICE_ENCODING_DIRECTIONS)}; hint: fix the "
+                           "sidecar, or pass --no-slice-timing")
     if slice_dim is not None and slice_dim != axis:
         print(f"{PROG}: note: {name}: SliceEncodingDirection {direction} in "
               f"{_sidecar_of(path, chain, 'SliceEncodingDirection')}, slice axis "

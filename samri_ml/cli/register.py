@@ -333,17 +333,10 @@ def validate(args, parser) -> None:
                          "cannot take; hint: copy or link it to a path without spaces")
     template = load_nifti(args.template, allow_4d=False)
     mask = load_nifti(args.template_mask, allow_4d=False)
-    import numpy as np
-
+    from samri_ml.masks import check_template_mask
     from samri_ml.qc.volume import grid_volume
 
-    if template.shape[:3] != mask.shape[:3] or not np.allclose(template.affine, mask.affine, atol=1e-3):
-        raise SamriMLError(
-            f"template {args.template} {template.shape[:3]} and mask {args.template_mask} "
-            f"{mask.shape[:3]} are not on the same grid; hint: resample the mask onto the "
-            "template (antsApplyTransforms -n NearestNeighbor -r TEMPLATE)")
-    if not np.any(np.asanyarray(mask.dataobj) > 0):
-        raise SamriMLError(f"template mask {args.template_mask} is empty")
+    check_template_mask(args.template, args.template_mask, template, mask)
     args.template_extent = field_of_view(template)
     args.template_grid_mm3 = grid_volume(template)  # what a registered scan can fill at most
     args.template = args.template.resolve()
@@ -613,24 +606,33 @@ def make_dir(folder: Path, what: str) -> None:
 
 
 def build_workflow(args, sessions):
+    import warnings
+
     from nipype.pipeline import engine as pe
     from traits.api import TraitError
 
+    from samri_ml.errors import SamriMLNote
     from samri_ml.workflows import init_generic_wf
 
     wf = pe.Workflow(name="samri_ml_wf", base_dir=str(args.work_dir))
     for item in sessions:
         try:
-            sub_wf = init_generic_wf(
-                template=str(args.template), template_mask=str(args.template_mask),
-                anat_file=item["anat"], bold_files=item["bold"],
-                bold_metadata=item["bold_metadata"], output_dir=str(args.output_dir),
-                template_name=args.template_name, method=args.registration_method,
-                flavour=args.registration_flavour, masking=args.masking,
-                mask_model=args.mask_model, dummy_scans=args.dummy_scans,
-                slice_timing=not args.no_slice_timing,
-                qc=not args.no_qc, omp_nthreads=args.omp_nthreads,
-                name=_session_wf_name(item))
+            with warnings.catch_warnings():
+                # check_scans said it, in the command's words (--dummy-scans): not twice
+                warnings.filterwarnings("ignore", r"bold_files\[\d+\] .*not more than "
+                                        "dummy_scans", SamriMLNote)
+                sub_wf = init_generic_wf(
+                    template=str(args.template), template_mask=str(args.template_mask),
+                    anat_file=item["anat"], bold_files=item["bold"],
+                    bold_metadata=item["bold_metadata"], output_dir=str(args.output_dir),
+                    template_name=args.template_name,
+                    # a session without a structural scan: check_scans said it goes functional
+                    method=args.registration_method if item["anat"] else "functional",
+                    flavour=args.registration_flavour, masking=args.masking,
+                    mask_model=args.mask_model, dummy_scans=args.dummy_scans,
+                    slice_timing=not args.no_slice_timing,
+                    qc=not args.no_qc, omp_nthreads=args.omp_nthreads,
+                    name=_session_wf_name(item))
         except TraitError as err:  # a flavour setting of a type or range Nipype refuses
             first = str(err).strip().splitlines()[0]
             raise SamriMLError(

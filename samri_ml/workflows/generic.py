@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from samri_ml.bids import is_label, parse_entities, raw_source_uri
-from samri_ml.errors import SamriMLError
-from samri_ml.func import MIN_SLICE_TIMING_VOLUMES
+from samri_ml.errors import SamriMLError, SamriMLNote
+from samri_ml.func import (
+    MAX_TR_SECONDS,
+    MIN_SLICE_TIMING_VOLUMES,
+    SLICE_ENCODING_DIRECTIONS,
+    header_slice_axis,
+    is_repetition_time,
+    is_slice_timing,
+    slice_axis,
+    too_few_volumes_note,
+)
 from samri_ml.interfaces._paths import IdentityInterface
 from samri_ml.interfaces.bids import DerivativesDataSink
 from samri_ml.workflows.registration import (
@@ -52,13 +63,19 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     template, template_mask : str
         The template and its brain mask (paths).
     anat_file : str or None
-        The structural scan (None for a functional-only session; ``composite`` then falls back
-        to ``functional``).
+        The structural scan (None for a functional-only session: the runs are then registered
+        straight to the template, as ``method='functional'``; ``composite`` and
+        ``structural`` say so in a :class:`~samri_ml.errors.SamriMLNote`, as
+        ``samri_ml-register`` does of a session without a structural scan).
     bold_files : list of str
         Functional runs (4D).
     bold_metadata : list of dict
-        Sidecar metadata of each run (``RepetitionTime``, ``SliceTiming``,
-        ``SliceEncodingDirection``).
+        Sidecar metadata of each run (``RepetitionTime`` in seconds, ``SliceTiming``,
+        ``SliceEncodingDirection``: without it, the NIfTI header's slice axis where it gives
+        one, else ``k``), checked as ``samri_ml-register`` checks the sidecars, before
+        anything is built (a ``RepetitionTime`` that is no number above 0 or is over 100 s,
+        ``SliceTiming`` that is no list of numbers in the repetition or does not count the
+        run's slices, an unknown ``SliceEncodingDirection``: one line naming the run).
     output_dir : str or None
         BIDS-Derivatives folder to write into (None: no data sinks).
     template_name : str
@@ -108,7 +125,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     ``*_desc-brain_mask.nii.gz`` (with masking), ``*_desc-qc_metrics.json`` and
     ``*_desc-qctable_metrics.tsv``.
     """
-    _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans)
+    _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans,
+           mask_model=mask_model)
     if not is_label(template_name):
         # 'dsurqec_200micron' (SAMRI's template) wrote space-dsurqec_200micron_desc-preproc_...
         # names, which BIDS tools and samri_ml's own parse_entities read as space 'dsurqec'
@@ -132,13 +150,27 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     bold_metadata = list(bold_metadata or [{} for _ in bold_files])
     if anat_file is None and not bold_files:
         raise SamriMLError("nothing to register: no structural and no functional scan")
+    images = [_header_of(path) for path in (template, template_mask)]
+    if None not in images:  # readable (a template given later, at run time, is not here)
+        from samri_ml.masks import check_template_mask
+
+        check_template_mask(template, template_mask, *images)
     for what, path in (("template", template), ("template_mask", template_mask)) if qc else ():
         # a missing one failed at run time in a node the user never made ('reference_image'
         # trait of an ApplyTransformsInputSpec), where a missing anat_file was refused here
         if not os.path.isfile(path):
             raise SamriMLError(f"{what} {str(path)!r}: no such file; hint: check the path, or "
                                "build with qc=False to set inputnode.template later")
+    _check_dimensions(anat_file, bold_files)
+    bold_metadata = [_check_run_metadata(index, bold, meta, slice_timing)
+                     for index, (bold, meta) in enumerate(zip(bold_files, bold_metadata,
+                                                              strict=True))]
     if anat_file is None and method != "functional":
+        if bold_files:
+            # as samri_ml-register says of a session without a structural scan
+            warnings.warn(f"no anat_file: the functional runs are registered straight to the "
+                          f"template (as method='functional', not {method!r}); hint: give "
+                          "anat_file, or method='functional'", SamriMLNote, stacklevel=2)
         method = "functional"
     label = workflow_label or ("generic_masked" if masking != "none" else "generic")
     wf = pe.Workflow(name=name)
@@ -230,6 +262,10 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         output("bold_preproc", func_wf, out + "out_file", index)
         # the sidecar: BIDS inheritance does not reach into a derivatives dataset
         kept, dropped = _kept_and_dropped(bold, dummy_scans)
+        short = dropped < dummy_scans and too_few_volumes_note(kept + dropped, dummy_scans,
+                                                               "dummy_scans")
+        if short:  # cut to its last volume: said here, not in the node's log only
+            warnings.warn(f"bold_files[{index}] {bold}: {short}", SamriMLNote, stacklevel=2)
         corrected = times is not None and kept >= MIN_SLICE_TIMING_VOLUMES
         steps = ", ".join([f"{dropped} dummy volume(s) dropped"] * bool(dropped)
                           + ["slice-timing corrected"] * corrected)
@@ -335,6 +371,95 @@ def _discarded_volumes(meta: dict, dummy_scans: int) -> dict:
     if scanner is not None:
         out["NumberOfVolumesDiscardedByScanner"] = scanner
     return out
+
+
+def _check_run_metadata(index: int, bold: str, meta, slice_timing: bool) -> dict:
+    """Run ``index``'s ``bold_metadata`` entry, checked by the rules ``samri_ml-register``
+    checks a run's sidecar by (:mod:`samri_ml.func`), before anything is built: a string
+    ``RepetitionTime`` ("1.0") or a ``SliceEncodingDirection`` 'z' was a Nipype TraitError
+    traceback, a repetition time in milliseconds was written into the outputs, and
+    ``SliceTiming`` of another count than the run's slices failed in its node, after N4 and
+    more had run. Returns the entry (a copy, where it changes): without
+    ``SliceEncodingDirection``, the NIfTI header's slice axis where it gives one (said in a
+    note, as the command says it; the third axis was taken whatever the header said); empty
+    ``SliceTiming`` dropped (no slice times: not corrected; it failed in the node). The run's
+    image is read where it can be (its header only), else its slices are not counted."""
+    where = f"bold_metadata[{index}]"
+
+    def refuse(why):
+        raise SamriMLError(f"bold_files[{index}] {bold}: {why}")
+
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        refuse(f"{where} {meta!r} is not a dict; hint: give one dict per run, its sidecar's "
+               "fields (RepetitionTime, SliceTiming, ...)")
+    tr = meta.get("RepetitionTime")
+    if tr is not None and not is_repetition_time(tr):
+        refuse(f"RepetitionTime {tr!r} in {where} is not a number of seconds above 0; hint: "
+               "a number, 1.5, not \"1.5\"")
+    if tr is not None and tr > MAX_TR_SECONDS:
+        refuse(f"RepetitionTime {tr:g} s in {where} is over {MAX_TR_SECONDS:g} s: "
+               f"milliseconds? hint: give it in seconds ({tr / 1000:g} for {tr:g} ms)")
+    times = meta.get("SliceTiming")
+    if not slice_timing or times is None:
+        return dict(meta)
+    if not is_slice_timing(times):
+        refuse(f"SliceTiming in {where} is not a list of numbers (the time in seconds of each "
+               "slice); hint: fix it, or build with slice_timing=False")
+    if not len(times):
+        return {key: value for key, value in meta.items() if key != "SliceTiming"}
+    if tr is None:
+        refuse(f"SliceTiming but no RepetitionTime in {where}; hint: add RepetitionTime (in "
+               "seconds), or build with slice_timing=False")
+    img = _header_of(bold)
+    meta = dict(meta)
+    header_axis = None if img is None else header_slice_axis(img)
+    if meta.get("SliceEncodingDirection") is None and header_axis not in (None, 2):
+        meta["SliceEncodingDirection"] = "ijk"[header_axis]
+        warnings.warn(f"bold_files[{index}] {bold}: no SliceEncodingDirection in {where}; "
+                      f"using the NIfTI header's slice axis (slice_dim), {'ijk'[header_axis]}",
+                      SamriMLNote, stacklevel=3)
+    direction = meta.get("SliceEncodingDirection", "k")
+    axis = slice_axis(direction)
+    if axis is None:
+        refuse(f"SliceEncodingDirection {direction!r} in {where} is not one of "
+               f"{', '.join(SLICE_ENCODING_DIRECTIONS)}; hint: fix it, or build with "
+               "slice_timing=False")
+    if img is not None and len(img.shape) > axis and len(times) != img.shape[axis]:
+        refuse(f"{where} gives {len(times)} SliceTiming values for {img.shape[axis]} slices "
+               f"along axis {axis} (SliceEncodingDirection {direction}); hint: fix it, or "
+               "build with slice_timing=False")
+    return meta
+
+
+def _check_dimensions(anat_file, bold_files) -> None:
+    """The scans' dimensions, from their headers where they can be read, refused as
+    ``samri_ml-register`` refuses them: a 4D ``anat_file`` or a 3D run was taken (a 3D image
+    was registered and written as a run, or failed in its slice-timing step)."""
+    img = None if anat_file is None else _header_of(anat_file)
+    shape = None if img is None else tuple(img.shape)
+    if shape and len(shape) > 3 and any(n > 1 for n in shape[3:]):
+        raise SamriMLError(f"anat_file {anat_file}: structural scan of {shape[3]} volumes "
+                           f"{shape}; expected one 3D volume; hint: average its volumes or "
+                           "keep one (e.g. nibabel: nb.funcs.four_to_three(img)[0])")
+    for index, bold in enumerate(bold_files):
+        img = _header_of(bold)
+        shape = None if img is None else tuple(img.shape)
+        if shape and (len(shape) < 4 or shape[3] < 2 or any(n > 1 for n in shape[4:])):
+            raise SamriMLError(f"bold_files[{index}] {bold}: functional run of shape {shape}; "
+                               "expected a 4D time series of 2 volumes or more")
+
+
+def _header_of(path):
+    """The image at ``path`` as nibabel opens it (its header read, not its data), or None
+    where it cannot be read (a path not written yet, a stand-in of samri_ml-graph)."""
+    import nibabel as nb
+
+    try:
+        return nb.load(str(path))
+    except Exception:  # noqa: BLE001 - the workflow's first node says what is wrong with it
+        return None
 
 
 def _kept_and_dropped(bold, dummy_scans: int) -> tuple[int, int]:

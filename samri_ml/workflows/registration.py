@@ -55,7 +55,7 @@ def _whole(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check(method=None, masking=None, omp_nthreads=None, dummy_scans=None):
+def _check(method=None, masking=None, omp_nthreads=None, dummy_scans=None, mask_model=None):
     if dummy_scans is not None and (not _whole(dummy_scans) or dummy_scans < 0):
         # -1 failed in a QC node the user never made, or was taken as 0 without a word
         raise SamriMLError(f"dummy_scans {dummy_scans!r}: must be a whole number, at least 0")
@@ -66,6 +66,14 @@ def _check(method=None, masking=None, omp_nthreads=None, dummy_scans=None):
         raise SamriMLError(f"unknown registration method {method!r}; one of {', '.join(METHODS)}")
     if masking is not None and masking not in MASKING:
         raise SamriMLError(f"unknown masking {masking!r}; one of {', '.join(MASKING)}")
+    if mask_model is not None and masking != "unet":
+        # left unused without a word (samri_ml-register refuses --mask-model so)
+        raise SamriMLError(f"mask_model {str(mask_model)!r} needs masking='unet' (it is the "
+                           f"U-Net that predicts the masks; masking is {masking!r})")
+    if mask_model is not None and not Path(mask_model).is_file():
+        # a Traits error traceback on the mask node's 'model' trait
+        raise SamriMLError(f"mask_model {str(mask_model)!r}: model file not found; hint: give "
+                           "the path of a .keras file (samri_ml-train-masker writes one)")
 
 
 def _ants_reachable() -> None:
@@ -301,7 +309,7 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     composite_transform, inverse_composite_transform : native <-> template (``.h5``)
     out_mask : the brain mask used (``masking`` other than ``none``)
     """
-    _check(masking=masking, omp_nthreads=omp_nthreads)
+    _check(masking=masking, omp_nthreads=omp_nthreads, mask_model=mask_model)
     _ants_reachable()
     wf = pe.Workflow(name=name)
     # relative paths set on it are made absolute there: the nodes run in folders of their own
@@ -385,7 +393,8 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
     composite_transform : the run's own registration (to the structural scan or the template)
     out_mask : the mask used
     """
-    _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans)
+    _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans,
+           mask_model=mask_model)
     _ants_reachable()
     if slice_timing is not None and not repetition_time:
         raise SamriMLError("slice timing correction needs the repetition time")
