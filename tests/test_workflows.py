@@ -959,3 +959,20 @@ def test_a_template_mask_off_the_templates_grid_or_empty_is_refused_when_built(t
     with pytest.raises(SamriMLError, match=r"^template mask .*empty.nii.gz is empty$"):
         init_generic_wf(template_mask=str(tmp_path / "empty.nii.gz"), **kw)
     init_generic_wf(template_mask=str(tmp_path / "mask.nii.gz"), **kw)
+
+
+@pytest.mark.parametrize("kw, said", [
+    (dict(repetition_time="1.0"), "repetition_time '1.0': not a number of seconds above 0; "
+                                  "hint: a number, 1.5, not \"1.5\""),
+    (dict(repetition_time=1.0, slice_timing=[0, 0.5], slice_encoding_direction="z"),
+     "slice_encoding_direction 'z': not one of i, j, k, i-, j-, k-"),
+    (dict(repetition_time=1.0, slice_timing=["0", "0.5"]),
+     "slice_timing ['0', '0.5']: not a list of numbers (the time in seconds of each slice)"),
+])
+def test_init_functional_wf_refuses_what_its_slice_timing_node_would_in_one_line(kw, said):
+    """init_functional_wf(repetition_time='1.0') or slice_encoding_direction='z' was a Traits
+    error traceback on the slice-timing node: one line naming the parameter now."""
+    with pytest.raises(SamriMLError) as err:
+        init_functional_wf(**kw)
+    assert str(err.value) == said
+    assert "f_stc" in _names(init_functional_wf(slice_timing=(0, 0.5), repetition_time=1))

@@ -396,11 +396,27 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
     _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans,
            mask_model=mask_model)
     _ants_reachable()
+    from samri_ml.func import (
+        SLICE_ENCODING_DIRECTIONS,
+        check_slice_times,
+        is_repetition_time,
+        is_slice_timing,
+        slice_axis,
+    )
+
+    if repetition_time is not None and not is_repetition_time(repetition_time):
+        # "1.0" was a Traits error traceback on the slice-timing node's repetition_time
+        raise SamriMLError(f"repetition_time {repetition_time!r}: not a number of seconds "
+                           "above 0; hint: a number, 1.5, not \"1.5\"")
     if slice_timing is not None and not repetition_time:
         raise SamriMLError("slice timing correction needs the repetition time")
+    if slice_timing is not None and not is_slice_timing(slice_timing):
+        raise SamriMLError(f"slice_timing {slice_timing!r}: not a list of numbers (the time "
+                           "in seconds of each slice)")
+    if slice_timing is not None and slice_axis(slice_encoding_direction) is None:
+        raise SamriMLError(f"slice_encoding_direction {slice_encoding_direction!r}: not one of "
+                           f"{', '.join(SLICE_ENCODING_DIRECTIONS)}")
     if slice_timing is not None and isinstance(repetition_time, numbers.Real):
-        from samri_ml.func import check_slice_times
-
         try:  # here, not in the node after the workflow has started
             check_slice_times(slice_timing, repetition_time)
         except ValueError as err:
