@@ -484,12 +484,28 @@ def test_sigterm_leaves_no_temporary_file(tmp_path, phantom):
         assert names == ["head.nii.gz"], names
 
 
+def _terminated_at(marker: str, *args):
+    """``samri_ml-mask ARGS`` sent SIGTERM once it prints a line holding ``marker``: its exit
+    status and all it said on stderr."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.mask", *map(str, args)],
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if marker in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    err = "".join(lines) + proc.communicate(timeout=120)[1]
+    return proc.returncode, err
+
+
 def test_sigterm_in_many_scans_says_where_it_stopped(tmp_path, phantom):
     """``IN [IN ...] --out-dir DIR`` stopped by SIGTERM (a cluster's time limit) or Ctrl-C
     said 'terminated' alone: the closing line naming the scans that could not be masked was
     lost, and which were done was left to the log. A note says where it stopped, what failed
     before, and which scans are left."""
-    import signal
 
     scans = [tmp_path / "a.nii.gz", tmp_path / "notascan", tmp_path / "c.nii.gz",
              tmp_path / "d.nii.gz"]
@@ -498,16 +514,9 @@ def test_sigterm_in_many_scans_says_where_it_stopped(tmp_path, phantom):
     nb.save(phantom["T1w"], scans[2])
     nb.save(phantom["bold"], scans[3])
     out = tmp_path / "masks"
-    proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.mask", *map(str, scans),
-                             "--out-dir", str(out)], stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in proc.stderr:  # the third scan begun: its prediction takes a second or more
-        lines.append(line)
-        if "[3/4]" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    err = "".join(lines) + proc.communicate(timeout=120)[1]
-    assert proc.returncode == 143, err
+    # the third scan begun: its prediction takes a second or more
+    rc, err = _terminated_at("[3/4]", *scans, "--out-dir", out)
+    assert rc == 143, err
     assert err.strip().splitlines()[-2:] == [
         f"samri_ml-mask: note: interrupted at [3/4] {scans[2]}: of the 2 scans before it, 1 "
         f"could not be masked ({scans[1]}), the others' masks are in {out}; hint: the same "
@@ -540,23 +549,14 @@ def test_an_interrupted_overwrite_batch_is_resumed_as_its_note_says(tmp_path, ph
     """A batch with --overwrite stopped by SIGTERM said 'the same command with
     --skip-existing', which with --overwrite is refused ('give one'): the hint says to give
     it instead of --overwrite, and that command resumes the batch, the mask done kept."""
-    import signal
 
     scans = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
     nb.save(phantom["T2w"], scans[0])
     nb.save(phantom["T1w"], scans[1])
     out = tmp_path / "masks"
     command = [*map(str, scans), "--out-dir", str(out), "--overwrite"]
-    proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.mask", *command],
-                            stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in proc.stderr:  # the second scan begun
-        lines.append(line)
-        if "[2/2]" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    err = "".join(lines) + proc.communicate(timeout=120)[1]
-    assert proc.returncode == 143, err
+    rc, err = _terminated_at("[2/2]", *command)  # the second scan begun
+    assert rc == 143, err
     assert err.strip().splitlines()[-2].endswith(
         f"hint: the same command with --skip-existing instead of --overwrite masks "
         f"{scans[1]}"), err
