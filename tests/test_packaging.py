@@ -212,26 +212,33 @@ def test_keras_floor_loads_the_shipped_models(built):
     assert not keras.specifier.contains(f"{saved.major}.{saved.minor - 1}.99"), keras
 
 
+def _installed_clone(repo: Path, venv: Path) -> Path:
+    """The Makefile and packaging files in ``repo``, with ``make install`` done into ``venv``
+    (its stamp newer than them): ``make demo`` there runs this environment's commands."""
+    import os
+    import time
+
+    for name in ("Makefile", "setup.cfg", "pyproject.toml"):
+        shutil.copy2(ROOT / name, repo / name)
+    for name in ("setup.cfg", "pyproject.toml"):
+        os.utime(repo / name, (time.time() - 60, time.time() - 60))
+    venv.mkdir()
+    (venv / ".samri_ml-installed").touch()
+    return venv
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_demo_and_clean_take_paths_with_spaces(tmp_path):
     """The Makefile did not quote DEMO_DATA and DEMO_OUT: ``make clean DEMO_OUT="~/Lab
     Data/demo"`` removed ``~/Lab`` and ``./Data/demo``, and ``make demo`` with such a path gave
     the commands broken arguments. Real commands of this environment, a dry-run registration."""
-    import os
-    import time
 
     scripts = Path(sys.executable).parent
     if not (scripts / "samri_ml-register").exists():
         pytest.skip(f"samri_ml's commands are not installed beside {sys.executable}")
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("Makefile", "setup.cfg", "pyproject.toml"):
-        shutil.copy2(ROOT / name, repo / name)
-    for name in ("setup.cfg", "pyproject.toml"):  # `make install` done: its stamp is newer
-        os.utime(repo / name, (time.time() - 60, time.time() - 60))
-    venv = tmp_path / "venv"
-    venv.mkdir()
-    (venv / ".samri_ml-installed").touch()
+    venv = _installed_clone(repo, tmp_path / "venv")
     # (a template path with a space is refused by samri_ml-register: the ANTs steps cannot
     # take it; an output folder can have one)
     data, out = tmp_path / "my_data", tmp_path / "my out"
@@ -259,21 +266,13 @@ def test_make_demo_in_a_clone_in_a_folder_with_a_space(tmp_path):
     which the ANTs steps cannot take) stopped on samri_ml-register's hint to give ``-w``,
     which make does not take; it says so in one line with the variables that move them, and
     runs with them. Real commands of this environment, a dry-run registration."""
-    import os
-    import time
 
     scripts = Path(sys.executable).parent
     if not (scripts / "samri_ml-register").exists():
         pytest.skip(f"samri_ml's commands are not installed beside {sys.executable}")
     repo = tmp_path / "Lab Projects" / "samri_ml"
     repo.mkdir(parents=True)
-    for name in ("Makefile", "setup.cfg", "pyproject.toml"):
-        shutil.copy2(ROOT / name, repo / name)
-    for name in ("setup.cfg", "pyproject.toml"):  # `make install` done: its stamp is newer
-        os.utime(repo / name, (time.time() - 60, time.time() - 60))
-    venv = tmp_path / "venv"
-    venv.mkdir()
-    (venv / ".samri_ml-installed").touch()
+    venv = _installed_clone(repo, tmp_path / "venv")
     paths = [f"VENV={venv}", f"BIN={scripts}", "DEMO_ARGS=--participant-label 01 --dry-run"]
     done = subprocess.run(["make", "demo", *paths], cwd=repo, capture_output=True, text=True,
                           timeout=600)
