@@ -780,6 +780,38 @@ def test_a_tiff_of_several_channels_per_pixel_is_refused(tmp_path, capfd):
         assert np.array_equal(read_image(tmp_path / "s.tif"), b)
 
 
+def test_a_pyramid_tiff_is_read_from_its_first_page_without_a_note(tmp_path):
+    """A slide scanner's or a microscope export's pyramid TIFF (the image, then copies of it at
+    1/2, 1/4, ...; a thumbnail) was noted as "a TIFF of 4 pages; its first page is used (hint:
+    save each section as its own file)", though nothing is left out. Its smaller copies, by
+    size (or their reduced-resolution tag), are not counted now; other pages still are."""
+    import warnings
+
+    import cv2
+    from PIL import Image
+
+    from samri_ml.errors import SamriMLNote
+
+    big = cv2.resize(_brain(120, 160), (1280, 960), interpolation=cv2.INTER_CUBIC)
+    levels = [Image.fromarray(cv2.resize(big, (1280 // k, 960 // k), interpolation=cv2.INTER_AREA))
+              for k in (2, 4, 8)]
+    Image.fromarray(big).save(tmp_path / "pyramid.tif", save_all=True, append_images=levels,
+                              compression="tiff_deflate")
+    other = Image.fromarray(_brain(200, 150, seed=1))  # another picture (a slide's label)
+    Image.fromarray(big).save(tmp_path / "svs.tif", save_all=True,
+                              append_images=[levels[0], other])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SamriMLNote)
+        np.testing.assert_array_equal(read_image(tmp_path / "pyramid.tif"), big)
+    with pytest.warns(SamriMLNote, match=r"a TIFF of 3 pages \(1 of them smaller copies of the "
+                      r"first\); its first page is used"):
+        np.testing.assert_array_equal(read_image(tmp_path / "svs.tif"), big)
+    Image.fromarray(big).save(tmp_path / "two.tif", save_all=True,
+                              append_images=[Image.fromarray(big // 2)])
+    with pytest.warns(SamriMLNote, match=r"a TIFF of 2 pages; its first page is used"):
+        read_image(tmp_path / "two.tif")
+
+
 def test_a_dim_float_image_is_stretched_as_16_bits_are(tmp_path):
     """A float TIFF in [0, 1] was read as round(255 x): a dim export (max 0.05) kept 13 grey
     levels and ranked plate 132 for 101, while the same pixels in 16 bits were stretched and

@@ -250,7 +250,7 @@ def read_image(path) -> np.ndarray:
                     pages = cv2.imcount(cv)
             except (cv2.error, AttributeError):  # an OpenCV without imcount
                 pages = 1
-            _first_page_note(path, pages)
+            _first_page_note(path, pages, _tiff_smaller_copies(p) if pages > 1 else 0)
     raw, img = img, _to_uint8(img, path)
     img = exif_upright(img, turn if tiff else _exif_orientation(p, data))
     _check_section(img, raw, path)
@@ -366,11 +366,33 @@ def _value_text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(int(value))
 
 
-def _first_page_note(path, pages: int) -> None:
-    """The ``note:`` that only the first page of a multi-page TIFF is used."""
-    if pages > 1:
-        warnings.warn(f"{path}: a TIFF of {pages} pages; its first page is used (hint: "
+def _first_page_note(path, pages: int, copies: int = 0) -> None:
+    """The ``note:`` that only the first page of a multi-page TIFF is used, where pages other
+    than ``copies`` of it (:func:`_tiff_smaller_copies`) are left out."""
+    if pages - copies > 1:
+        of = f" ({copies} of them smaller copies of the first)" if copies else ""
+        warnings.warn(f"{path}: a TIFF of {pages} pages{of}; its first page is used (hint: "
                       "save each section as its own file)", SamriMLNote, stacklevel=3)
+
+
+def _tiff_smaller_copies(path: Path) -> int:
+    """How many pages after a TIFF's first are smaller copies of it (a slide scanner's or
+    microscope export's pyramid levels and thumbnail): marked reduced-resolution (bit 0 of
+    NewSubfileType) or smaller at its aspect ratio (within 2 %). Such a pyramid was noted
+    as a TIFF of several pages to save as one file each, though its first page is the image
+    and nothing is left out."""
+    try:
+        with _pil_open(path) as im:
+            w, h = im.size
+            copies = 0
+            for i in range(1, getattr(im, "n_frames", 1)):
+                im.seek(i)
+                pw, ph = im.size
+                copies += bool(int(im.tag_v2.get(254, 0)) & 1
+                               or (pw < w and ph < h and abs(pw * h - ph * w) <= 0.02 * w * ph))
+    except Exception:  # noqa: BLE001 - pages Pillow cannot read: every page is noted
+        return 0
+    return copies
 
 
 def _is_tiff(path: Path) -> bool:
