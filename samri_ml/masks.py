@@ -83,13 +83,53 @@ def grown_extent(inside: np.ndarray, axis: int, margin: float,
     return max(0, lo - pad), min(inside.shape[axis], hi + pad)
 
 
+def is_binary(data) -> bool:
+    """Whether a mask's values are 0 and 1 alone (what every program takes alike)."""
+    data = np.asarray(data)
+    return bool(np.all((data == 0) | (data == 1)))
+
+
+def binary_mask_file(in_file, out_dir) -> str:
+    """``in_file`` itself where its values are 0 and 1 alone, else its voxels inside
+    (:func:`mask_inside`, above 0.5) as a 0/1 uint8 mask on its grid, written into
+    ``out_dir``; returns the path.
+
+    antsRegistration reads a mask as 8-bit integers, so a soft mask's values below 1 were
+    outside (a probabilistic template mask of 0.99 at most was an empty fixed-image mask: the
+    registration did nothing, exit 0) and 256 was 0, while the QC took the voxels above 0.5.
+    """
+    from pathlib import Path
+
+    import nibabel as nb
+
+    img = nb.load(str(in_file))
+    data = np.asanyarray(img.dataobj)
+    if is_binary(data):
+        return str(in_file)
+    name = Path(in_file).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    out = Path(out_dir) / f"{name}_binary.nii.gz"
+    header = img.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1, 0)
+    nb.save(nb.Nifti1Image(mask_inside(data).astype(np.uint8), img.affine, header), str(out))
+    return str(out)
+
+
 def check_template_mask(template, template_mask, template_img, mask_img) -> None:
     """Refuse (:class:`~samri_ml.errors.SamriMLError`, naming both files) a template's brain
     mask that is not on the template's grid (same shape, affines within 1e-3) or holds no
-    voxel above 0: the rule of ``samri_ml-register --template-mask`` and of
-    ``init_generic_wf(template_mask=...)``, which took either, to register to a template
-    without its brain or measure brain coverage on another grid."""
-    from samri_ml.errors import SamriMLError
+    voxel inside (:func:`mask_inside`): the rule of ``samri_ml-register --template-mask`` and
+    of ``init_generic_wf(template_mask=...)``, which took either, to register to a template
+    without its brain or measure brain coverage on another grid. A mask of other values than
+    0 and 1 (probabilities, 0/255) gets a :class:`~samri_ml.errors.SamriMLNote`: its voxels
+    above 0.5 are the brain, for the registration (:func:`binary_mask_file`) as for the QC."""
+    import warnings
+
+    from samri_ml.errors import SamriMLError, SamriMLNote
 
     if tuple(template_img.shape[:3]) != tuple(mask_img.shape[:3]) or not np.allclose(
             template_img.affine, mask_img.affine, atol=1e-3):
@@ -97,5 +137,15 @@ def check_template_mask(template, template_mask, template_img, mask_img) -> None
             f"template {template} {tuple(template_img.shape[:3])} and mask {template_mask} "
             f"{tuple(mask_img.shape[:3])} are not on the same grid; hint: resample the mask "
             "onto the template (antsApplyTransforms -n NearestNeighbor -r TEMPLATE)")
-    if not np.any(np.asanyarray(mask_img.dataobj) > 0):
+    data = np.asanyarray(mask_img.dataobj)
+    if not np.any(data):
         raise SamriMLError(f"template mask {template_mask} is empty")
+    if is_binary(data):
+        return
+    low, high = float(np.min(data[data != 0])), float(np.max(data))
+    if not np.any(mask_inside(data)):
+        raise SamriMLError(f"template mask {template_mask} has no voxel above {MASK_LEVEL} (its "
+                           f"values: {low:g} to {high:g}); hint: give a brain mask, 1 inside")
+    warnings.warn(f"template mask {template_mask} is not binary (values {low:g} to {high:g}): "
+                  f"its voxels above {MASK_LEVEL} are taken as the brain, by the registration "
+                  "and the QC alike", SamriMLNote, stacklevel=3)

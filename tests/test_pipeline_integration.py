@@ -865,3 +865,35 @@ def test_a_python_workflows_derivatives_folder_is_described_as_the_commands(tmp_
     assert list(described) == list(TABLE_COLUMNS)
     assert all(described[c]["Description"] for c in TABLE_COLUMNS)
     assert (out / "dataset_description.json").exists()
+
+
+@pytest.mark.slow
+def test_a_soft_template_mask_is_the_brain_above_half_for_the_registration_too(
+        example_dataset, tmp_path):
+    """antsRegistration reads a mask as 8-bit integers: a probabilistic template mask (0.99
+    in the brain) was an empty fixed-image mask, the phantom's T2w was left where it lay
+    (correlation with the template 0.13 in its brain; 'No valid points' in the node's log
+    alone) and the run ended well, QC coverage 1.0. The workflow binarises the mask by the
+    QC's rule (above 0.5), with a note, and registers as with the binary mask."""
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.workflows import init_generic_wf
+
+    tpl = example_dataset / "template"
+    given = nb.load(str(tpl / "tpl-Phantom_desc-brain_mask.nii.gz"))
+    brain = np.asanyarray(given.dataobj) > 0
+    soft = tmp_path / "soft_mask.nii.gz"
+    nb.save(nb.Nifti1Image((brain * 0.99).astype(np.float32), given.affine), str(soft))
+    out = tmp_path / "derivatives"
+    with pytest.warns(SamriMLNote, match=r"soft_mask.nii.gz is not binary \(values 0.99 to "
+                                         r"0.99\): its voxels above 0.5 are taken as the brain"):
+        wf = init_generic_wf(
+            template=str(tpl / "tpl-Phantom_T2w.nii.gz"), template_mask=str(soft),
+            anat_file=str(example_dataset / "sub-01" / "ses-1" / "anat" /
+                          "sub-01_ses-1_T2w.nii.gz"),
+            output_dir=str(out), flavour="fast", template_name="Phantom", omp_nthreads=1)
+    wf.base_dir = str(tmp_path / "work")
+    wf.run()
+    registered = nb.load(str(next(out.rglob("*_space-Phantom_desc-preproc_T2w.nii.gz"))))
+    template = np.asanyarray(nb.load(str(tpl / "tpl-Phantom_T2w.nii.gz")).dataobj)
+    corr = np.corrcoef(np.asanyarray(registered.dataobj)[brain], template[brain])[0, 1]
+    assert corr > 0.8, corr  # 0.89, as with the binary mask

@@ -204,12 +204,14 @@ def test_loss_curve_reads_init_only_from_its_own_training_json(tmp_path):
 
 
 def _generic(tmp_path):
-    files = {n: tmp_path / n for n in ("t.nii.gz", "m.nii.gz", "a_T2w.nii.gz", "b_bold.nii.gz")}
+    files = {n: tmp_path / n for n in ("t.nii.gz", "m.nii.gz", "sub-01_T2w.nii.gz",
+                                       "sub-01_task-b_bold.nii.gz")}
     for f in files.values():
         f.touch()  # the QC nodes want existing inputs; nothing runs
     return init_generic_wf(template=str(files["t.nii.gz"]), template_mask=str(files["m.nii.gz"]),
-                           anat_file=str(files["a_T2w.nii.gz"]),
-                           bold_files=[str(files["b_bold.nii.gz"])], output_dir=str(tmp_path),
+                           anat_file=str(files["sub-01_T2w.nii.gz"]),
+                           bold_files=[str(files["sub-01_task-b_bold.nii.gz"])],
+                           output_dir=str(tmp_path),
                            qc=True)
 
 

@@ -86,8 +86,9 @@ def test_slice_timing_needs_tr():
         init_functional_wf(slice_timing=[0, 0.5])
 
 
-@pytest.mark.parametrize("anat,bolds", [("a_T2w.nii.gz", []), (None, ["b_bold.nii.gz"]),
-                                        ("a_T2w.nii.gz", ["b_bold.nii.gz", "c_bold.nii.gz"])])
+@pytest.mark.parametrize("anat,bolds", [
+    ("sub-01_T2w.nii.gz", []), (None, ["sub-01_task-b_bold.nii.gz"]),
+    ("sub-01_T2w.nii.gz", ["sub-01_task-b_bold.nii.gz", "sub-01_task-c_bold.nii.gz"])])
 def test_generic_wf_structural_only_functional_only_and_both(anat, bolds, tmp_path):
     wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file=anat,
                          bold_files=bolds, output_dir=str(tmp_path), qc=False)
@@ -160,8 +161,9 @@ def test_generic_wf_refuses_a_single_path_and_metadata_of_another_length():
 
 @pytest.mark.parametrize("graph2use", ["colored", "flat", "hierarchical", "orig"])
 def test_graph_picture_without_graphviz(graph2use, tmp_path):
-    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz", anat_file="a_T2w.nii.gz",
-                         bold_files=["b_bold.nii.gz"], output_dir=str(tmp_path), qc=False)
+    wf = init_generic_wf(template="t.nii.gz", template_mask="m.nii.gz",
+                         anat_file="sub-01_T2w.nii.gz", bold_files=["sub-01_task-b_bold.nii.gz"],
+                         output_dir=str(tmp_path), qc=False)
     path, how = write_workflow_graph(wf, tmp_path / "g", graph2use=graph2use, force_fallback=True)
     assert path.exists() and path.stat().st_size > 5000
     assert "pure-Python" in how
@@ -976,3 +978,82 @@ def test_init_functional_wf_refuses_what_its_slice_timing_node_would_in_one_line
         init_functional_wf(**kw)
     assert str(err.value) == said
     assert "f_stc" in _names(init_functional_wf(slice_timing=(0, 0.5), repetition_time=1))
+
+
+def test_runs_whose_derivatives_would_share_a_name_are_refused_when_built(tmp_path):
+    """A bold and a cbv run of the same entities: the transform and QC files drop the suffix,
+    so init_generic_wf planned one name for both and one run overwrote the other's in
+    silence (samri_ml-register refused them). One line naming both runs and a shared file;
+    where their derivatives stay apart (no transform per run, no QC) it builds."""
+    from samri_ml.interfaces.bids import planned_derivatives
+
+    folder = tmp_path / "sub-01" / "func"
+    folder.mkdir(parents=True)
+    anat = _run_with_slices(tmp_path / "sub-01_T2w.nii.gz", shape=(4, 5, 3))
+    bold = _run_with_slices(folder / "sub-01_task-rest_bold.nii.gz")
+    cbv = _run_with_slices(folder / "sub-01_task-rest_cbv.nii.gz")
+    template = _run_with_slices(tmp_path / "tpl.nii.gz", shape=(4, 5, 3))
+    out = tmp_path / "out"
+    kw = dict(template=template, template_mask=template, anat_file=anat, bold_files=[cbv, bold],
+              dummy_scans=0, output_dir=str(out))
+    with pytest.raises(SamriMLError) as err:
+        init_generic_wf(**kw)
+    assert str(err.value) == (
+        f"bold_files[1] {bold} and bold_files[0] {cbv} would write the same transform and QC "
+        "files, e.g. sub-01_task-rest_from-native_to-T2w_mode-image_xfm.h5; hint: give each "
+        "its own output_dir")
+    assert not out.exists()
+    # a name without sub-: its data sink failed at run time, after the registration
+    with pytest.raises(SamriMLError, match=r"^anat_file .*/tpl.nii.gz: not a BIDS file name "
+                                           r"\(no sub-<label> entity\), so its derivatives "
+                                           "cannot be named; hint: .* or build with "
+                                           r"output_dir=None$"):
+        init_generic_wf(**{**kw, "anat_file": kw["template"]})
+    wf = init_generic_wf(**{**kw, "method": "structural", "qc": False})
+    planned = [path for path, _ in planned_derivatives(wf)]
+    assert len(planned) == len(set(planned)) == 4  # the T2w, its transform, the two runs
+
+
+def test_a_template_mask_of_other_values_than_0_and_1_is_the_brain_above_half(tmp_path):
+    """A probabilistic template mask: antsRegistration (8-bit) took its values below 1 as
+    outside, the QC those above 0.5. The factory says so in a note and its
+    template_binary_mask node gives every use the voxels above 0.5 (a 0/1 mask itself); a
+    mask with nothing above 0.5 is refused as empty is."""
+    import warnings
+
+    import nibabel as nb
+    import numpy as np
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.masks import binary_mask_file
+
+    template = _run_with_slices(tmp_path / "tpl.nii.gz", shape=(8, 8, 8))
+    data = np.zeros((8, 8, 8), np.float32)
+    data[1:7, 1:7, 1:7] = 0.3  # a halo
+    data[2:6, 2:6, 2:6] = 1
+    for name, values in (("soft.nii.gz", data), ("faint.nii.gz", data * 0.4),
+                         ("binary.nii.gz", (data == 1).astype(np.uint8))):
+        nb.Nifti1Image(values, np.eye(4)).to_filename(tmp_path / name)
+    kw = dict(template=template, anat_file=template, flavour="fast")
+    with pytest.raises(SamriMLError, match=r"^template mask .*faint.nii.gz has no voxel above "
+                                           r"0.5 \(its values: 0.12 to 0.4\); hint: give a brain "
+                                           "mask, 1 inside$"):
+        init_generic_wf(template_mask=str(tmp_path / "faint.nii.gz"), **kw)
+    with pytest.warns(SamriMLNote, match=r"^template mask .*soft.nii.gz is not binary \(values "
+                                         r"0.3 to 1\): its voxels above 0.5 are taken as the "
+                                         "brain, by the registration and the QC alike$"):
+        wf = init_generic_wf(template_mask=str(tmp_path / "soft.nii.gz"), **kw)
+    given = [(dst.name, c) for _, dst, d in wf._graph.out_edges(wf.get_node("inputnode"),
+                                                                 data=True)
+             for c in d["connect"] if c[0] == "template_mask"]
+    assert given == [("template_binary_mask", ("template_mask", "in_file"))]  # its one use
+    uses = {dst.name for _, dst in wf._graph.out_edges(wf.get_node("template_binary_mask"))}
+    assert uses == {"anat_wf", "anat_vcf"}  # the registration and the QC
+    soft = nb.load(binary_mask_file(tmp_path / "soft.nii.gz", tmp_path))
+    assert soft.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asanyarray(soft.dataobj), data == 1)
+    binary = str(tmp_path / "binary.nii.gz")
+    assert binary_mask_file(binary, tmp_path) == binary  # as it is: no copy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a 0/1 mask: no note
+        init_generic_wf(template_mask=binary, **kw)

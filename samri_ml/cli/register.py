@@ -612,6 +612,7 @@ def build_workflow(args, sessions):
     from traits.api import TraitError
 
     from samri_ml.errors import SamriMLNote
+    from samri_ml.interfaces.bids import SharedDerivativeNames
     from samri_ml.workflows import init_generic_wf
 
     wf = pe.Workflow(name="samri_ml_wf", base_dir=str(args.work_dir))
@@ -621,6 +622,8 @@ def build_workflow(args, sessions):
                 # check_scans said it, in the command's words (--dummy-scans): not twice
                 warnings.filterwarnings("ignore", r"bold_files\[\d+\] .*not more than "
                                         "dummy_scans", SamriMLNote)
+                # validate() said it of --template-mask, once
+                warnings.filterwarnings("ignore", r"template mask .* is not binary", SamriMLNote)
                 sub_wf = init_generic_wf(
                     template=str(args.template), template_mask=str(args.template_mask),
                     anat_file=item["anat"], bold_files=item["bold"],
@@ -633,6 +636,9 @@ def build_workflow(args, sessions):
                     slice_timing=not args.no_slice_timing,
                     qc=not args.no_qc, omp_nthreads=args.omp_nthreads,
                     name=_session_wf_name(item))
+        except SharedDerivativeNames as err:  # in the command's words (its options)
+            check_derivative_names(err.clashes)
+            raise
         except TraitError as err:  # a flavour setting of a type or range Nipype refuses
             first = str(err).strip().splitlines()[0]
             raise SamriMLError(
@@ -722,32 +728,17 @@ def _set_aside_earlier_crashes(args, sessions, started: float,
               f"that have now run through, moved (kept) to {where}", file=sys.stderr)
 
 
-#: what a derivative is, by its suffix, as the collision message names it (in this order)
-_DERIVATIVE_KINDS = {"": "preprocessed image", "xfm": "transform", "mask": "mask",
-                     "metrics": "QC"}
-
-
-def check_derivative_names(wf) -> None:
+def check_derivative_names(clashes) -> None:
     """Refuse, before anything is written, two selected scans whose derivatives would have
-    the same name: the transform and QC files drop the source's suffix, so a ``bold`` and a
-    ``cbv`` run with the same entities overwrote each other's, in silence."""
+    the same name (``clashes``: :func:`samri_ml.interfaces.bids.shared_derivatives` of a
+    session, which ``init_generic_wf`` refuses): the transform and QC files drop the
+    source's suffix, so a ``bold`` and a ``cbv`` run with the same entities overwrote each
+    other's, in silence. The hint names the command's options."""
     from samri_ml.bids import parse_entities
-    from samri_ml.interfaces.bids import planned_derivatives
 
-    writers: dict[str, list[str]] = {}
-    for path, source in planned_derivatives(wf):
-        if source not in writers.setdefault(path, []):
-            writers[path].append(source)
-    clashes: dict[tuple[str, str], list[str]] = {}
-    for path, sources in writers.items():
-        if len(sources) > 1:
-            suffix = parse_entities(path)["suffix"]
-            kind = _DERIVATIVE_KINDS.get(suffix, _DERIVATIVE_KINDS[""])
-            clashes.setdefault(tuple(sorted(sources)[:2]), []).append(kind)
     if not clashes:
         return
-    (first, second), found = sorted(clashes.items())[0]
-    kinds = [kind for kind in _DERIVATIVE_KINDS.values() if kind in found]
+    first, second, what, _ = clashes[0]
     a, b = parse_entities(first), parse_entities(second)
     where = f"sub-{a['sub']}" + (f" ses-{a['ses']}" if "ses" in a else "")
     option = "-s" if a["datatype"] == "anat" else "-f"
@@ -761,7 +752,6 @@ def check_derivative_names(wf) -> None:
                 f"'{json.dumps({'datatype': a['datatype'] or 'func', 'extension': a['extension']})}'")
     else:
         hint = f"select one of them with {option}"
-    what = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
     more = f" (and {len(clashes) - 1} more such pair(s))" if len(clashes) > 1 else ""
     raise SamriMLError(f"{where}: {Path(first).name} and {Path(second).name} would write the "
                        f"same {what} files{more}; hint: {hint}")
@@ -866,9 +856,9 @@ def _main(argv=None) -> int:
     check_scans(args, sessions)
     from samri_ml.lock import OutputLock
 
-    # built before anything is written: a flavour whose settings Nipype refuses fails here
+    # built before anything is written: a flavour whose settings Nipype refuses fails here,
+    # and scans whose derivatives would share a name
     wf = build_workflow(args, sessions)
-    check_derivative_names(wf)
     if args.plugin in ("SLURM", "SLURMGraph"):
         # each heavy step's CPUs and memory (Nipype's SLURM plugins submit every step with
         # the run's sbatch_args alone: antsRegistration on --omp-nthreads threads got one CPU)

@@ -12,6 +12,7 @@ from nipype.interfaces.base import (
 )
 
 from samri_ml.bids import atomic_copy, atomic_write_text, derivative_path, sidecar_path
+from samri_ml.errors import SamriMLError
 from samri_ml.interfaces._paths import Directory, File, PathStr
 
 
@@ -112,6 +113,49 @@ def planned_derivatives(workflow) -> list[tuple[str, str]]:
             inputs = node.inputs
             path = sink_path(inputs, parse_entities(inputs.source_file)["extension"])
             out.append((str(path), inputs.source_file))
+    return out
+
+
+#: what a derivative is, by its suffix, as the collision messages name it (in this order)
+DERIVATIVE_KINDS = {"": "preprocessed image", "xfm": "transform", "mask": "mask",
+                    "metrics": "QC"}
+
+
+class SharedDerivativeNames(SamriMLError):
+    """Sources whose derivatives would have one name (:func:`shared_derivatives`), refused by
+    :func:`~samri_ml.workflows.init_generic_wf`; ``clashes`` holds them, for a caller that
+    says it in its own words (``samri_ml-register`` names its options)."""
+
+    def __init__(self, message: str, clashes: list):
+        super().__init__(message)
+        self.clashes = clashes
+
+
+def shared_derivatives(planned) -> list[tuple[str, str, str, list[str]]]:
+    """The pairs of sources in ``planned`` (``(path, source_file)``, as
+    :func:`planned_derivatives` gives them) whose derivatives would have one name: one would
+    overwrite the other's, in silence (the transform and QC files drop the source's suffix: a
+    ``bold`` and a ``cbv`` run with the same entities). ``(first, second, what, paths)``,
+    sorted by the sources: ``what`` the kinds of file they share as a message says them
+    (``"transform and QC"``, in :data:`DERIVATIVE_KINDS`' order), ``paths`` the shared
+    names."""
+    from samri_ml.bids import parse_entities
+
+    writers: dict[str, list[str]] = {}
+    for path, source in planned:
+        if source not in writers.setdefault(path, []):
+            writers[path].append(source)
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for path, sources in writers.items():
+        if len(sources) > 1:
+            pairs.setdefault(tuple(sorted(sources)[:2]), []).append(path)
+    out = []
+    for (first, second), paths in sorted(pairs.items()):
+        found = {DERIVATIVE_KINDS.get(parse_entities(p)["suffix"], DERIVATIVE_KINDS[""])
+                 for p in paths}
+        kinds = [kind for kind in DERIVATIVE_KINDS.values() if kind in found]
+        what = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+        out.append((first, second, what, sorted(paths)))
     return out
 
 

@@ -61,7 +61,10 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     Parameters
     ----------
     template, template_mask : str
-        The template and its brain mask (paths).
+        The template and its brain mask (paths). A mask of other values than 0 and 1
+        (probabilities, 0/255) is taken as its voxels above 0.5 by the registration and the
+        QC alike (node ``template_binary_mask``; a :class:`~samri_ml.errors.SamriMLNote` says
+        so): antsRegistration, given it as it is, took its values below 1 as outside.
     anat_file : str or None
         The structural scan (None for a functional-only session: the runs are then registered
         straight to the template, as ``method='functional'``; ``composite`` and
@@ -150,6 +153,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     bold_metadata = list(bold_metadata or [{} for _ in bold_files])
     if anat_file is None and not bold_files:
         raise SamriMLError("nothing to register: no structural and no functional scan")
+    if output_dir is not None:
+        _check_bids_names(anat_file, bold_files)
     images = [_header_of(path) for path in (template, template_mask)]
     if None not in images:  # readable (a template given later, at run time, is not here)
         from samri_ml.masks import check_template_mask
@@ -179,6 +184,13 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     inputnode.inputs.template = str(template)
     inputnode.inputs.template_mask = str(template_mask)
     outputnode = pe.Node(niu.IdentityInterface(OUTPUT_FIELDS), name="outputnode")
+    # one rule for every use of the template's mask (antsRegistration reads a mask as 8-bit
+    # integers: a soft mask's values below 1 were outside, where the QC takes those above 0.5)
+    template_mask_node = pe.Node(niu.Function(function=_binary_mask, input_names=["in_file"],
+                                              output_names=["out_file"]),
+                                 name="template_binary_mask", run_without_submitting=True)
+    wf.connect(inputnode, "template_mask", template_mask_node, "in_file")
+    binary_mask = (template_mask_node, "out_file")
     # the runs' outputs gathered into one list each, in bold_files' order
     bold_lists = {field: pe.Node(niu.Merge(len(bold_files), no_flatten=True),
                                  name=f"merge_{field}", run_without_submitting=True)
@@ -218,7 +230,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                                      name="anat_wf")
         anat_wf.inputs.inputnode.in_file = str(anat_file)
         wf.connect(inputnode, "template", anat_wf, "inputnode.template")
-        wf.connect(inputnode, "template_mask", anat_wf, "inputnode.template_mask")
+        wf.connect(*binary_mask, anat_wf, "inputnode.template_mask")
         out = "outputnode."
         output("anat_preproc", anat_wf, out + "out_file")
         output("anat_xfm", anat_wf, out + "composite_transform")
@@ -236,7 +248,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         if qc:
             write = _connect_qc(wf, anat_file, (anat_wf, out + "out_file"), "anat", label,
                                 output_dir, "anat", template_name,
-                                template_mask=(inputnode, "template_mask"))
+                                template_mask=binary_mask)
             output("anat_qc", write, "out_json")
 
     for index, (bold, meta) in enumerate(zip(bold_files, bold_metadata, strict=True)):
@@ -251,7 +263,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             raise SamriMLError(f"bold_files[{index}] {bold}: {err}") from None
         func_wf.inputs.inputnode.in_file = str(bold)
         wf.connect(inputnode, "template", func_wf, "inputnode.template")
-        wf.connect(inputnode, "template_mask", func_wf, "inputnode.template_mask")
+        wf.connect(*binary_mask, func_wf, "inputnode.template_mask")
         if method in ("composite", "structural"):  # then there is a structural scan
             wf.connect(anat_wf, "outputnode.bias_corrected", func_wf, "inputnode.structural")
             wf.connect(anat_wf, "outputnode.composite_transform",
@@ -298,9 +310,56 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
             write = _connect_qc(wf, bold, (func_wf, out + "out_file"), "func", label,
                                 output_dir, f"func{index}", template_name,
                                 dummy_scans=dummy_scans,
-                                template_mask=(inputnode, "template_mask"))
+                                template_mask=binary_mask)
             output("bold_qc", write, "out_json", index)
+    _check_derivative_names(wf, anat_file, bold_files)
     return wf
+
+
+def _check_bids_names(anat_file, bold_files) -> None:
+    """Refuse a scan whose derivatives cannot be named (no ``sub-`` entity: not a BIDS
+    name): its data sink failed at run time, once the registration was done."""
+    named = [("anat_file", anat_file)] * (anat_file is not None) + [
+        (f"bold_files[{index}]", path) for index, path in enumerate(bold_files)]
+    for what, path in named:
+        if not parse_entities(path).get("sub"):
+            raise SamriMLError(f"{what} {path}: not a BIDS file name (no sub-<label> entity), "
+                               "so its derivatives cannot be named; hint: name it as BIDS "
+                               "does (sub-01_T2w.nii.gz), or build with output_dir=None")
+
+
+def _check_derivative_names(wf, anat_file, bold_files) -> None:
+    """Refuse scans whose derivatives would have one name (a ``bold`` and a ``cbv`` run of
+    the same entities: the transform and QC files drop the suffix), one overwriting the
+    other's in silence: one line naming both and a shared file, as built, before it runs."""
+    from samri_ml.interfaces.bids import (
+        SharedDerivativeNames,
+        planned_derivatives,
+        shared_derivatives,
+    )
+
+    clashes = shared_derivatives(planned_derivatives(wf))
+    if not clashes:
+        return
+    names = {str(path): f"bold_files[{index}] {path}" for index, path in enumerate(bold_files)}
+    if anat_file is not None:
+        names[str(anat_file)] = f"anat_file {anat_file}"
+    first, second, what, paths = clashes[0]
+    more = f" (and {len(clashes) - 1} more such pair(s))" if len(clashes) > 1 else ""
+    raise SharedDerivativeNames(
+        f"{names.get(first, first)} and {names.get(second, second)} would write the same "
+        f"{what} files, e.g. {Path(paths[0]).name}{more}; hint: give each its own output_dir",
+        clashes)
+
+
+def _binary_mask(in_file):
+    """The template's mask as :func:`samri_ml.masks.binary_mask_file` makes it (itself where
+    it is 0/1 already), written into the node's folder."""
+    import os
+
+    from samri_ml.masks import binary_mask_file
+
+    return binary_mask_file(in_file, os.getcwd())
 
 
 def spatial_reference(template, output_dir) -> str:
