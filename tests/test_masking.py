@@ -629,6 +629,7 @@ def test_evaluate_masker_refuses_unknown_sources_and_a_foreign_training_record(t
     assert main(["--held-out", "bogus", "--data-dir", str(tmp_path)]) == 2
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
     model = tmp_path / "m.keras"
+    model.write_bytes(b"not read: the record beside it is refused first")
     (tmp_path / "m_training.json").write_text('{"epochs": 3}')
     assert main(["--model", str(model), "--data-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
