@@ -271,13 +271,10 @@ def _header_tr(img) -> float:
 
 def _discarded_before(meta: dict) -> int:
     """The volumes a run's sidecar says were discarded before the file was written, by the
-    scanner and by the user (BIDS' ``NumberOfVolumesDiscardedByScanner``/``ByUser``; values
-    that are no whole number of 0 or more count as none)."""
-    from samri_ml.workflows.registration import _whole
+    user and by the scanner (:func:`~samri_ml.workflows.generic.raw_discarded`)."""
+    from samri_ml.workflows.generic import raw_discarded
 
-    return sum(int(meta[key]) for key in ("NumberOfVolumesDiscardedByScanner",
-                                          "NumberOfVolumesDiscardedByUser")
-               if _whole(meta.get(key)) and meta[key] >= 0)
+    return sum(count or 0 for count in raw_discarded(meta))
 
 
 def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,

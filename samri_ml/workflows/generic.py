@@ -412,17 +412,24 @@ def _connect_qc(wf, raw_file, processed, modality, label, output_dir, prefix, sp
     return write
 
 
+def raw_discarded(meta: dict) -> tuple[int | None, int | None]:
+    """The volumes a raw run's sidecar says were discarded before its file was written, by
+    the user and by the scanner (BIDS' ``NumberOfVolumesDiscardedByUser``/``ByScanner``);
+    None for one missing or no whole number of 0 or more."""
+    from samri_ml.workflows.registration import _whole
+
+    return tuple(meta.get(key) if _whole(meta.get(key)) and meta[key] >= 0 else None
+                 for key in ("NumberOfVolumesDiscardedByUser",
+                             "NumberOfVolumesDiscardedByScanner"))
+
+
 def _discarded_volumes(meta: dict, dummy_scans: int) -> dict:
     """BIDS' counts of the volumes a derivative run lacks at its start: the dummy scans dropped
     here (``dummy_scans``, :func:`_kept_and_dropped`) added to those the user dropped before
     (``NumberOfVolumesDiscardedByUser``), the scanner's as the raw sidecar gives them. Without
     them, onsets taken from the raw ``events.tsv`` were ``dummy_scans`` repetitions off on the
     derivative, unsaid."""
-    from samri_ml.workflows.registration import _whole
-
-    user, scanner = (meta.get(key) if _whole(meta.get(key)) and meta[key] >= 0 else None
-                     for key in ("NumberOfVolumesDiscardedByUser",
-                                 "NumberOfVolumesDiscardedByScanner"))
+    user, scanner = raw_discarded(meta)
     out = {}
     by_user = (user or 0) + int(dummy_scans)
     if by_user or user is not None:
