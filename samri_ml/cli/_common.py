@@ -669,8 +669,14 @@ def refuse_empty_paths(parser, args, options) -> None:
     """A usage error for a path option given as ``""`` (``--json "$OUT"`` with OUT unset): it
     was taken for "not given", and the run wrote no file and exited 0."""
     for option in options:
-        if getattr(args, option.lstrip("-").replace("-", "_"), None) == "":
+        if getattr(args, _dest(option), None) == "":
             parser.error(f"{option}: an empty path (an unset variable?); hint: give a path")
+
+
+def _dest(option: str) -> str:
+    """The ``args`` attribute of an option (``--raw-mask`` -> ``raw_mask``), as argparse
+    names it."""
+    return option.lstrip("-").replace("-", "_")
 
 
 def refuse_missing_inputs(parser, paths, option: str = "") -> None:
@@ -693,6 +699,13 @@ def refuse_missing_inputs(parser, paths, option: str = "") -> None:
                     "*.png does not match .PNG)" if any(c in str(path) for c in "*?[") else
                     "check the path (relative paths start from the current folder)")
             parser.error(f"{label}: no such file; hint: {hint}")
+
+
+def refuse_missing_options(parser, args, options) -> None:
+    """:func:`refuse_missing_inputs` for the path each option of ``options`` (``--model``)
+    gives, where it gives one, the option named."""
+    for option in options:
+        refuse_missing_inputs(parser, [getattr(args, _dest(option), None)], option)
 
 
 def print_line(line: str) -> None:

@@ -22,7 +22,7 @@ from samri_ml.cli._common import (
     check_output_file,
     options_given,
     print_line,
-    refuse_missing_inputs,
+    refuse_missing_options,
     run_cli,
     write_output_text,
 )
@@ -192,7 +192,7 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
     from samri_ml.masking.predict import default_model_path, training_record_path
 
-    refuse_missing_inputs(parser, [args.model], "--model")  # it exited 1
+    refuse_missing_options(parser, args, ("--model",))  # it exited 1
     # the model and its record are inputs: --json on either replaced it with the rows (the
     # record is what --held-out is read from)
     model_path = args.model or default_model_path()

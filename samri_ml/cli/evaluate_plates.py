@@ -17,7 +17,7 @@ from samri_ml.cli._common import (
     number_in,
     print_line,
     refuse_empty_paths,
-    refuse_missing_inputs,
+    refuse_missing_options,
     set_tf_threads,
     write_output_text,
 )
@@ -160,8 +160,7 @@ def _main(argv=None) -> int:
     refuse_empty_paths(parser, args, ("--images", "--json", "--atlas", "--model", "--index"))
     if not Path(args.images).is_dir():
         parser.error(f"--images {args.images}: not a directory")
-    for option in ("--model", "--index"):  # they exited 1
-        refuse_missing_inputs(parser, [getattr(args, option[2:])], option)
+    refuse_missing_options(parser, args, ("--model", "--index"))  # they exited 1
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     if args.json:

@@ -18,6 +18,7 @@ from samri_ml.cli._common import (
     print_line,
     refuse_empty_paths,
     refuse_missing_inputs,
+    refuse_missing_options,
     set_tf_threads,
     terminate_as_interrupt,
     write_output_text,
@@ -70,8 +71,7 @@ def _check_args(parser, args) -> None:
     if args.atlas and not Path(args.atlas).is_dir():
         parser.error(f"--atlas {args.atlas}: not a directory")
     refuse_missing_inputs(parser, args.images)
-    for option in ("--model", "--index"):  # they exited 1
-        refuse_missing_inputs(parser, [getattr(args, option[2:])], option)
+    refuse_missing_options(parser, args, ("--model", "--index"))  # they exited 1
     if args.json:
         check_output_file(parser, "--json", args.json, args.images, IMAGE_SUFFIXES, "OUT.json")
     if args.montage:

@@ -20,6 +20,7 @@ from samri_ml.cli._common import (
     add_views_option,
     probe_writable,
     refuse_missing_inputs,
+    refuse_missing_options,
     run_cli,
     set_tf_threads,
     terminate_as_interrupt,
@@ -147,7 +148,7 @@ def _run(parser, args) -> int:
 def _check_options(parser, args) -> None:
     """The options both forms share."""
     # a missing model is a missing input (it exited 1, the first scan read)
-    refuse_missing_inputs(parser, [args.model], "--model")
+    refuse_missing_options(parser, args, ("--model",))
     if not 0 < args.threshold < 1:
         parser.error("--threshold must be between 0 and 1")
     if args.max_slices is not None and args.max_slices < MIN_MAX_SLICES:

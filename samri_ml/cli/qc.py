@@ -120,15 +120,14 @@ def get_parser() -> argparse.ArgumentParser:
 def _scan(args, parser) -> int:
     import numpy as np
 
-    from samri_ml.cli._common import refuse_missing_inputs
+    from samri_ml.cli._common import refuse_missing_inputs, refuse_missing_options
     from samri_ml.io import check_same_grid, load_nifti
     from samri_ml.masks import mask_inside
     from samri_ml.qc.metrics import AXES_KEY, modality_of, qc_from_arrays, qc_record, scan_name
     from samri_ml.qc.volume import EMPTY_PROCESSED_HINT, affine_mm, image_mm
 
     refuse_missing_inputs(parser, [args.processed, args.raw])
-    for option in ("--mask", "--raw-mask", "--template-mask"):
-        refuse_missing_inputs(parser, [getattr(args, option[2:].replace("-", "_"))], option)
+    refuse_missing_options(parser, args, ("--mask", "--raw-mask", "--template-mask"))
     if args.json is not None:  # before the work: never over an input, never an image name
         from samri_ml.cli._common import check_output_file
 
