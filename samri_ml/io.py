@@ -289,6 +289,24 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+#: an Analyze or NIfTI pair's file extensions, gzipped or not
+PAIR_EXTENSIONS = (".img.gz", ".hdr.gz", ".img", ".hdr")
+#: the image file extensions samri_ml reads: NIfTI, and a pair's
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", *PAIR_EXTENSIONS)
+
+
+def image_extension(name: str, extensions=IMAGE_EXTENSIONS) -> str:
+    """The one of ``extensions`` that the file name ``name`` ends in, in any case; '' for
+    none."""
+    return next((ext for ext in extensions if name.lower().endswith(ext)), "")
+
+
+def image_stem(name: str, extensions=IMAGE_EXTENSIONS) -> str:
+    """The file name ``name`` without its image extension (:func:`image_extension`):
+    ``sub-01_T2w.nii.gz`` -> ``sub-01_T2w``, ``head.IMG`` -> ``head``."""
+    return name[: len(name) - len(image_extension(name, extensions))]
+
+
 def grid_offset(affine, other, shape) -> float:
     """How far (in the affines' unit) ``other`` puts a corner of a grid of ``shape`` from
     where ``affine`` puts it, at most over the eight corners; 0 for one grid."""

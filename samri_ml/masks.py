@@ -106,12 +106,9 @@ def binary_mask_file(in_file, out_dir) -> str:
     data = np.asanyarray(img.dataobj)
     if is_binary(data):
         return str(in_file)
-    name = Path(in_file).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    out = Path(out_dir) / f"{name}_binary.nii.gz"
+    from samri_ml.io import image_stem
+
+    out = Path(out_dir) / f"{image_stem(Path(in_file).name, ('.nii.gz', '.nii'))}_binary.nii.gz"
     header = img.header.copy()
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1, 0)

@@ -217,29 +217,22 @@ def _mask_one(args, in_file, out_file, masked, png, model) -> tuple[float, float
     return t1, t2
 
 
-#: an Analyze or NIfTI pair's file extensions, gzipped or not
-PAIR_EXTENSIONS = (".img.gz", ".hdr.gz", ".img", ".hdr")
-
-
-def _extension(name: str, extensions) -> str:
-    """The one of ``extensions`` that ``name`` ends in, in any case; '' for none."""
-    return next((ext for ext in extensions if name.lower().endswith(ext)), "")
-
-
 def batch_name(in_file) -> str:
     """The name of IN's mask in ``--out-dir``: IN's name without its image extension
     (.nii, .nii.gz; an Analyze or NIfTI pair's .hdr/.img, gzipped or not), ``_mask``."""
-    name = Path(in_file).name
-    ext = _extension(name, (".nii.gz", ".nii", *PAIR_EXTENSIONS))
-    return name[: len(name) - len(ext)] + "_mask"
+    from samri_ml.io import image_stem
+
+    return image_stem(Path(in_file).name) + "_mask"
 
 
 def _scan_key(path) -> Path:
     """What names IN's scan: its resolved path, where an Analyze or NIfTI pair's .hdr and .img
     are one scan (a glob of a folder of pairs, ``scans/*``, gives both: they were refused as
     two scans of one name, with a hint to rename one)."""
+    from samri_ml.io import PAIR_EXTENSIONS, image_extension
+
     real = Path(path).resolve()
-    ext = _extension(real.name, PAIR_EXTENSIONS)
+    ext = image_extension(real.name, PAIR_EXTENSIONS)
     if not ext:
         return real
     return real.with_name(real.name[: -len(ext)] + ext.replace("hdr", "img"))

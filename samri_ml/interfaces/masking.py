@@ -176,9 +176,6 @@ def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "
 def _nii_gz(in_file: str, suffix: str, out_dir: str) -> str:
     """``out_dir/<in_file's name without its extension><suffix>.nii.gz``, for .nii, .nii.gz
     and Analyze/NIfTI pairs (.img/.hdr) alike."""
-    name = Path(in_file).name
-    for ext in (".nii.gz", ".nii", ".img.gz", ".hdr.gz", ".img", ".hdr"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return str(Path(out_dir) / f"{name}{suffix}.nii.gz")
+    from samri_ml.io import image_stem
+
+    return str(Path(out_dir) / f"{image_stem(Path(in_file).name)}{suffix}.nii.gz")

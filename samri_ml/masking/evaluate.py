@@ -109,11 +109,9 @@ def figure_name(scan_name: str) -> str:
     extension: ``dama/tg4510_tp3_1`` -> ``dama_tg4510_tp3_1.png``,
     ``sub-01/anat/sub-01_T2w.nii.gz`` -> ``sub-01_anat_sub-01_T2w.png`` (it was
     ``..._T2w.nii.gz.png``)."""
-    for ext in (".nii.gz", ".nii"):
-        if scan_name.lower().endswith(ext):
-            scan_name = scan_name[: -len(ext)]
-            break
-    return scan_name.replace("/", "_") + ".png"
+    from samri_ml.io import image_stem
+
+    return image_stem(scan_name, (".nii.gz", ".nii")).replace("/", "_") + ".png"
 
 
 def figure_names(scan_names) -> list[str]:
