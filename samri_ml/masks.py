@@ -84,9 +84,10 @@ def grown_extent(inside: np.ndarray, axis: int, margin: float,
 
 
 def is_binary(data) -> bool:
-    """Whether a mask's values are 0 and 1 alone (what every program takes alike)."""
+    """Whether a mask's values are 0 and 1 alone (what every program takes alike); False for
+    data of no voxels."""
     data = np.asarray(data)
-    return bool(np.all((data == 0) | (data == 1)))
+    return bool(data.size) and bool(np.all((data == 0) | (data == 1)))
 
 
 def binary_mask_file(in_file, out_dir) -> str:

@@ -385,20 +385,15 @@ TOO_LARGE_MM3, TOO_SMALL_MM3 = 20_000.0, 5.0
 TYPICAL_BRAIN_MM3 = 500.0
 
 
-def _only_zero_and_one(data) -> bool:
-    import numpy as np
-
-    data = np.asarray(data)
-    return bool(data.size) and bool(np.all((data == 0) | (data == 1)))
-
-
 def _note_binary_input(img, in_file) -> None:
     """IN holding only 0 and 1 is a mask, likely given for the scan (``samri_ml-mask
     mask.nii.gz scan.nii.gz``, the arguments' order slipped): it gets a believable mask, and
     OUT, the scan, is overwritten by it (:func:`_check_outputs` refuses that much)."""
     import warnings
 
-    if _only_zero_and_one(img.dataobj):
+    from samri_ml.masks import is_binary
+
+    if is_binary(img.dataobj):
         warnings.warn(f"{in_file} holds only the values 0 and 1: a mask, not a scan? hint: "
                       "give the scan first (samri_ml-mask IN OUT)", SamriMLNote, stacklevel=2)
 
@@ -409,12 +404,13 @@ def _holds_a_mask(path) -> bool | None:
     import nibabel as nb
 
     from samri_ml.io import quiet_stderr
+    from samri_ml.masks import is_binary
 
     if not path.is_file():
         return None
     try:
         with quiet_stderr():
-            return _only_zero_and_one(nb.load(str(path)).dataobj)
+            return is_binary(nb.load(str(path)).dataobj)
     except Exception:  # noqa: BLE001 - not an image nibabel reads
         return None
 
