@@ -1009,11 +1009,12 @@ def _main(argv=None) -> int:
             # only by its report: the notes of a run that finished were never printed;
             # with --no-qc a record there is an earlier run's (its VCF said as this run's)
             finished = set(outcomes.get("finished", []))
-            _note_implausible_qc(args, [
+            records = [] if args.no_qc else [
                 derivative_path(args.output_dir, scan, space=args.template_name,
                                 desc="qc", suffix="metrics", extension=".json")
                 for item in sessions if f"sub-{item['subject']}" in finished
-                and not args.no_qc for scan in session_scans(item)] + [
+                for scan in session_scans(item)]
+            _note_implausible_qc(args, records + [
                 record for record in off_template
                 if record["scan"].split("_")[0] in finished])
             n = f"{len(crashes)} step(s) failed" if crashes else "some steps failed"
