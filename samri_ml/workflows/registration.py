@@ -50,8 +50,6 @@ MASKING = ("none", "unet", "input")
 
 def _whole(value) -> bool:
     """A whole number (numpy's too; not a bool: numpy's is no ``Integral``)."""
-    import numbers
-
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -416,7 +414,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
     if slice_timing is not None and slice_axis(slice_encoding_direction) is None:
         raise SamriMLError(f"slice_encoding_direction {slice_encoding_direction!r}: not one of "
                            f"{', '.join(SLICE_ENCODING_DIRECTIONS)}")
-    if slice_timing is not None and isinstance(repetition_time, numbers.Real):
+    if slice_timing is not None:  # (its repetition time a number above 0, checked above)
         try:  # here, not in the node after the workflow has started
             check_slice_times(slice_timing, repetition_time)
         except ValueError as err:
