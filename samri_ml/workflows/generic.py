@@ -166,8 +166,10 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         if not os.path.isfile(path):
             raise SamriMLError(f"{what} {str(path)!r}: no such file; hint: check the path, or "
                                "build with qc=False to set inputnode.template later")
-    _check_dimensions(anat_file, bold_files)
-    bold_metadata = [_check_run_metadata(index, bold, meta, slice_timing)
+    # each scan's header read once, for the checks and the runs' sidecars
+    headers = {path: _header_of(path) for path in [anat_file, *bold_files] if path is not None}
+    _check_dimensions(anat_file, bold_files, headers)
+    bold_metadata = [_check_run_metadata(index, bold, meta, slice_timing, headers[bold])
                      for index, (bold, meta) in enumerate(zip(bold_files, bold_metadata,
                                                               strict=True))]
     if anat_file is None and method != "functional":
@@ -273,7 +275,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
         out = "outputnode."
         output("bold_preproc", func_wf, out + "out_file", index)
         # the sidecar: BIDS inheritance does not reach into a derivatives dataset
-        kept, dropped = _kept_and_dropped(bold, dummy_scans)
+        kept, dropped = _kept_and_dropped(headers[bold], dummy_scans)
         short = dropped < dummy_scans and too_few_volumes_note(kept + dropped, dummy_scans,
                                                                "dummy_scans")
         if short:  # cut to its last volume: said here, not in the node's log only
@@ -439,7 +441,7 @@ def _discarded_volumes(meta: dict, dummy_scans: int) -> dict:
     return out
 
 
-def _check_run_metadata(index: int, bold: str, meta, slice_timing: bool) -> dict:
+def _check_run_metadata(index: int, bold: str, meta, slice_timing: bool, img=None) -> dict:
     """Run ``index``'s ``bold_metadata`` entry, checked by the rules ``samri_ml-register``
     checks a run's sidecar by (:mod:`samri_ml.func`), before anything is built: a string
     ``RepetitionTime`` ("1.0") or a ``SliceEncodingDirection`` 'z' was a Nipype TraitError
@@ -448,8 +450,9 @@ def _check_run_metadata(index: int, bold: str, meta, slice_timing: bool) -> dict
     more had run. Returns the entry (a copy, where it changes): without
     ``SliceEncodingDirection``, the NIfTI header's slice axis where it gives one (said in a
     note, as the command says it; the third axis was taken whatever the header said); empty
-    ``SliceTiming`` dropped (no slice times: not corrected; it failed in the node). The run's
-    image is read where it can be (its header only), else its slices are not counted."""
+    ``SliceTiming`` dropped (no slice times: not corrected; it failed in the node). ``img``:
+    the run's image as :func:`_header_of` opens it; None (unreadable) and its slices are not
+    counted."""
     where = f"bold_metadata[{index}]"
 
     def refuse(why):
@@ -478,7 +481,6 @@ def _check_run_metadata(index: int, bold: str, meta, slice_timing: bool) -> dict
     if tr is None:
         refuse(f"SliceTiming but no RepetitionTime in {where}; hint: add RepetitionTime (in "
                "seconds), or build with slice_timing=False")
-    img = _header_of(bold)
     meta = dict(meta)
     header_axis = None if img is None else header_slice_axis(img)
     if meta.get("SliceEncodingDirection") is None and header_axis not in (None, 2):
@@ -499,18 +501,19 @@ def _check_run_metadata(index: int, bold: str, meta, slice_timing: bool) -> dict
     return meta
 
 
-def _check_dimensions(anat_file, bold_files) -> None:
-    """The scans' dimensions, from their headers where they can be read, refused as
-    ``samri_ml-register`` refuses them: a 4D ``anat_file`` or a 3D run was taken (a 3D image
-    was registered and written as a run, or failed in its slice-timing step)."""
-    img = None if anat_file is None else _header_of(anat_file)
+def _check_dimensions(anat_file, bold_files, headers: dict) -> None:
+    """The scans' dimensions, from their headers (``headers``: path -> :func:`_header_of`)
+    where they can be read, refused as ``samri_ml-register`` refuses them: a 4D
+    ``anat_file`` or a 3D run was taken (a 3D image was registered and written as a run, or
+    failed in its slice-timing step)."""
+    img = None if anat_file is None else headers[anat_file]
     shape = None if img is None else tuple(img.shape)
     if shape and len(shape) > 3 and any(n > 1 for n in shape[3:]):
         raise SamriMLError(f"anat_file {anat_file}: structural scan of {shape[3]} volumes "
                            f"{shape}; expected one 3D volume; hint: average its volumes or "
                            "keep one (e.g. nibabel: nb.funcs.four_to_three(img)[0])")
     for index, bold in enumerate(bold_files):
-        img = _header_of(bold)
+        img = headers[bold]
         shape = None if img is None else tuple(img.shape)
         if shape and (len(shape) < 4 or shape[3] < 2 or any(n > 1 for n in shape[4:])):
             raise SamriMLError(f"bold_files[{index}] {bold}: functional run of shape {shape}; "
@@ -528,21 +531,19 @@ def _header_of(path):
         return None
 
 
-def _kept_and_dropped(bold, dummy_scans: int) -> tuple[int, int]:
+def _kept_and_dropped(img, dummy_scans: int) -> tuple[int, int]:
     """The volumes of a run left after its dummy scans (slice timing needs
     :data:`~samri_ml.func.MIN_SLICE_TIMING_VOLUMES`), and the dummy volumes its workflow drops
     (``dummy_scans`` clamped as :func:`~samri_ml.func.n_dummy_to_drop` clamps them: a run of 5
-    volumes under ``--dummy-scans 10`` loses 4, and its sidecar said 10). A file that cannot
-    be read (a stand-in of samri_ml-graph, a path not written yet) counts as long enough,
-    ``dummy_scans`` dropped (the workflow is then only drawn, or fails in its first node)."""
-    import nibabel as nb
-
+    volumes under ``--dummy-scans 10`` loses 4, and its sidecar said 10). ``img``: the run as
+    :func:`_header_of` opens it; None, a file that cannot be read (a stand-in of
+    samri_ml-graph, a path not written yet), counts as long enough, ``dummy_scans`` dropped
+    (the workflow is then only drawn, or fails in its first node)."""
     from samri_ml.func import n_dummy_to_drop
 
-    try:
-        shape = nb.load(str(bold)).shape
-    except Exception:
+    if img is None:
         return MIN_SLICE_TIMING_VOLUMES, int(dummy_scans)
+    shape = img.shape
     n = shape[3] if len(shape) > 3 else 1
     dropped = n_dummy_to_drop(n, dummy_scans)
     return n - dropped, dropped
