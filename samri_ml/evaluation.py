@@ -43,6 +43,10 @@ def warp_mask(mask_file, reference, transforms, out_file=None, interpolation="Ne
 
 
 def warped_mask_dice(mask_file, template_mask, transforms) -> float:
-    """Dice of a subject's brain mask, warped to the template, with the template's mask."""
-    warped = warp_mask(mask_file, template_mask, transforms) > 0.5
-    return dice(warped, np.asanyarray(nb.load(str(template_mask)).dataobj) > 0)
+    """Dice of a subject's brain mask, warped to the template, with the template's mask, each
+    taken above 0.5 (:func:`samri_ml.masks.mask_inside`, as the registration and the QC take a
+    soft mask; the template's was taken above 0, its faint halo counted)."""
+    from samri_ml.masks import mask_inside
+
+    warped = mask_inside(warp_mask(mask_file, template_mask, transforms))
+    return dice(warped, mask_inside(np.asanyarray(nb.load(str(template_mask)).dataobj)))

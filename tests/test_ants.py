@@ -108,6 +108,23 @@ def test_warped_mask_dice_names_a_missing_file(tmp_path):
             warped_mask_dice(*args)
 
 
+def test_warped_mask_dice_takes_a_soft_template_mask_above_half(tmp_path):
+    """A soft template mask (probabilities, a halo of 0.3 round the brain): its voxels above
+    0.5 are the brain, as the registration and the QC take them; warped_mask_dice took them
+    above 0, the halo counted (Dice 0.59 of a perfect registration)."""
+    from samri_ml.evaluation import warped_mask_dice
+
+    soft = np.zeros((12, 12, 12), np.float32)
+    soft[2:10, 2:10, 2:10] = 0.3
+    soft[3:9, 3:9, 3:9] = 0.9
+    affine = np.diag([0.2, 0.2, 0.2, 1])
+    nb.save(nb.Nifti1Image(soft, affine), str(tmp_path / "template_mask.nii.gz"))
+    nb.save(nb.Nifti1Image((soft > 0.5).astype(np.uint8), affine),
+            str(tmp_path / "subject_mask.nii.gz"))
+    assert warped_mask_dice(tmp_path / "subject_mask.nii.gz", tmp_path / "template_mask.nii.gz",
+                            "identity") == 1.0
+
+
 def test_run_program_names_what_it_runs(tmp_path):
     """``run_program('antsApplyTransform', [...])`` (a typo) failed with antspyx's
     ``AttributeError: module 'ants.lib' has no attribute 'antsApplyTransform'``."""

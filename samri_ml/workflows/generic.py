@@ -27,6 +27,7 @@ from samri_ml.interfaces._paths import IdentityInterface
 from samri_ml.interfaces.bids import DerivativesDataSink
 from samri_ml.workflows.registration import (
     _check,
+    _template_binary_mask,
     init_functional_wf,
     init_structural_wf,
 )
@@ -188,11 +189,7 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     outputnode = pe.Node(niu.IdentityInterface(OUTPUT_FIELDS), name="outputnode")
     # one rule for every use of the template's mask (antsRegistration reads a mask as 8-bit
     # integers: a soft mask's values below 1 were outside, where the QC takes those above 0.5)
-    template_mask_node = pe.Node(niu.Function(function=_binary_mask, input_names=["in_file"],
-                                              output_names=["out_file"]),
-                                 name="template_binary_mask", run_without_submitting=True)
-    wf.connect(inputnode, "template_mask", template_mask_node, "in_file")
-    binary_mask = (template_mask_node, "out_file")
+    binary_mask = _template_binary_mask(wf, (inputnode, "template_mask"))
     # the runs' outputs gathered into one list each, in bold_files' order
     bold_lists = {field: pe.Node(niu.Merge(len(bold_files), no_flatten=True),
                                  name=f"merge_{field}", run_without_submitting=True)
@@ -352,16 +349,6 @@ def _check_derivative_names(wf, anat_file, bold_files) -> None:
         f"{names.get(first, first)} and {names.get(second, second)} would write the same "
         f"{what} files, e.g. {Path(paths[0]).name}{more}; hint: give each its own output_dir",
         clashes)
-
-
-def _binary_mask(in_file):
-    """The template's mask as :func:`samri_ml.masks.binary_mask_file` makes it (itself where
-    it is 0/1 already), written into the node's folder."""
-    import os
-
-    from samri_ml.masks import binary_mask_file
-
-    return binary_mask_file(in_file, os.getcwd())
 
 
 def spatial_reference(template, output_dir) -> str:

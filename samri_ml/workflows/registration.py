@@ -165,6 +165,28 @@ def _mask_list_node(name, flavour, stream, phases, moving=False, subject_mask=No
     return node
 
 
+def _binary_mask(in_file):
+    """The template's mask as :func:`samri_ml.masks.binary_mask_file` makes it (itself where
+    it is 0/1 already), written into the node's folder."""
+    import os
+
+    from samri_ml.masks import binary_mask_file
+
+    return binary_mask_file(in_file, os.getcwd())
+
+
+def _template_binary_mask(wf, source):
+    """Node ``template_binary_mask`` of ``wf``, the template's mask from ``source`` (node,
+    field) above 0.5 (:data:`samri_ml.masks.MASK_LEVEL`), as the registration takes it; returns
+    ``(node, field)``. antsRegistration reads a mask as 8-bit integers: a soft mask's values
+    below 1 were outside (a mask of 0.99 at most was empty, the scan left unregistered)."""
+    node = pe.Node(niu.Function(function=_binary_mask, input_names=["in_file"],
+                                output_names=["out_file"]),
+                   name="template_binary_mask", run_without_submitting=True)
+    wf.connect(*source, node, "in_file")
+    return node, "out_file"
+
+
 def _brain(in_file, mask_file):
     """The image times its brain mask, written into the node's folder."""
     import os
@@ -297,7 +319,8 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     Inputs
     ------
     in_file : the structural scan (native space)
-    template, template_mask : the template and its brain mask
+    template, template_mask : the template and its brain mask (a soft mask, of other values
+        than 0 and 1, is taken above 0.5: node ``template_binary_mask``)
     in_mask : brain mask of ``in_file`` (used when ``masking='input'``)
 
     Outputs
@@ -332,7 +355,8 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     register = _registration(wf, flavour=flavour, stream="structural", prefix="s",
                              omp_nthreads=omp_nthreads, fixed=(inputnode, "template"),
                              moving=(biascorrect, "output_image"),
-                             fixed_mask=(inputnode, "template_mask"), moving_mask=mask)
+                             fixed_mask=_template_binary_mask(wf, (inputnode, "template_mask")),
+                             moving_mask=mask)
     wf.connect([
         (register, warp, [("composite_transform", "transforms")]),
         (register, outputnode, [("composite_transform", "composite_transform"),
@@ -376,7 +400,8 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
     Inputs
     ------
     in_file : the 4D run
-    template, template_mask : the template and its mask
+    template, template_mask : the template and its mask (taken above 0.5, as
+        :func:`init_structural_wf` takes it)
     structural : the bias-corrected structural scan (``composite``)
     structural_transform : structural -> template composite transform (``composite``,
         ``structural``)
@@ -481,7 +506,8 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         register = _registration(
             wf, flavour=flavour, stream=stream, prefix="f", omp_nthreads=omp_nthreads,
             fixed=(inputnode, "template"), moving=(biascorrect, "output_image"),
-            fixed_mask=(inputnode, "template_mask"), moving_mask=mask)
+            fixed_mask=_template_binary_mask(wf, (inputnode, "template_mask")),
+            moving_mask=mask)
         wf.connect(register, "composite_transform", merge, "in1")
     else:
         register = None
