@@ -136,18 +136,7 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
     # drop trailing singleton dimensions beyond 3 (e.g. 4D with one volume)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
-    ndim = data.ndim
-    # a 3D header around one slice, e.g. (24, 24, 1), is a 2D image too
-    if ndim == 2 or (ndim == 3 and min(data.shape) == 1):
-        if not allow_2d:
-            what = "one voxel" if data.size == 1 else "a 2D image"
-            raise SamriMLError(f"{path}: is {what} {data.shape}; a 3D volume is needed")
-    if ndim > 4 or (ndim == 4 and not allow_4d):
-        raise SamriMLError(
-            f"{path}: has {ndim} dimensions {data.shape}; expected 3D" + (" or 4D" if allow_4d else "")
-        )
-    if ndim < 2:
-        raise SamriMLError(f"{path}: has {ndim} dimension(s); expected a 3D image")
+    check_dimensions(path, data.shape, allow_4d=allow_4d, allow_2d=allow_2d)
     if check_values:
         finite = np.isfinite(data)
         if not finite.all():
@@ -176,6 +165,28 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
         # file_map keeps get_filename()
         img = type(img)(full, img.affine, img.header, extra=extra, file_map=img.file_map)
     return img
+
+
+def check_dimensions(path, shape, *, allow_4d: bool = True, allow_2d: bool = False) -> None:
+    """Refuse (:class:`SamriMLError`, one line naming ``path``) an image of ``shape`` (its
+    trailing dimensions of 1 beyond the third left out: a 4D image of one volume is 3D) that
+    is not 3D, or 4D with ``allow_4d``, or 2D with ``allow_2d``: the rule of
+    :func:`load_nifti`, and of the workflow factories, which have the header only."""
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    ndim = len(shape)
+    # a 3D header around one slice, e.g. (24, 24, 1), is a 2D image too
+    if ndim == 2 or (ndim == 3 and min(shape) == 1):
+        if not allow_2d:
+            what = "one voxel" if np.prod(shape) == 1 else "a 2D image"
+            raise SamriMLError(f"{path}: is {what} {shape}; a 3D volume is needed")
+    if ndim > 4 or (ndim == 4 and not allow_4d):
+        raise SamriMLError(
+            f"{path}: has {ndim} dimensions {shape}; expected 3D" + (" or 4D" if allow_4d else "")
+        )
+    if ndim < 2:
+        raise SamriMLError(f"{path}: has {ndim} dimension(s); expected a 3D image")
 
 
 def _unreadable_voxel_type(err: BaseException) -> str | None:

@@ -101,6 +101,8 @@ def test_slice_times_in_milliseconds_are_refused_in_the_node_and_the_factories(t
     run.parent.mkdir(parents=True)
     rng = np.random.default_rng(0)
     nb.save(nb.Nifti1Image(rng.random((4, 4, 3, 6), dtype=np.float32), np.eye(4)), run)
+    template = tmp_path / "tpl.nii.gz"  # 3D: a 4D template is refused
+    nb.save(nb.Nifti1Image(np.ones((4, 4, 3), np.float32), np.eye(4)), template)
     seconds = [0.0, 0.66, 0.33]
     millis = [t * 1000 for t in seconds]
     said = ("slice times 0 to 660 are not within the repetition time, 0 to 1 s; hint: give "
@@ -112,7 +114,8 @@ def test_slice_times_in_milliseconds_are_refused_in_the_node_and_the_factories(t
     SliceTimeCorrection(in_file=str(run), slice_timing=seconds,
                         repetition_time=1.0).run(cwd=str(tmp_path))  # in seconds: taken
     with pytest.raises(SamriMLError) as err:
-        init_generic_wf(template=str(run), template_mask=str(run), bold_files=[str(run)],
+        init_generic_wf(template=str(template), template_mask=str(template),
+                        bold_files=[str(run)],
                         bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": millis}],
                         flavour="fast")
     assert str(err.value) == f"bold_files[0] {run}: slice_timing: {said}"

@@ -812,6 +812,13 @@ def _run_with_slices(path, shape=(4, 5, 3, 6), slice_dim=None):
     return str(path)
 
 
+def _template(tmp_path) -> dict:
+    """A 3D template, its own mask, on the grid of :func:`_run_with_slices`' runs (a 4D one is
+    refused, as samri_ml-register refuses it)."""
+    path = _run_with_slices(tmp_path / "tpl.nii.gz", shape=(4, 5, 3))
+    return {"template": path, "template_mask": path}
+
+
 @pytest.mark.parametrize("meta, said", [
     ({"RepetitionTime": "1.0"}, "RepetitionTime '1.0' in bold_metadata[0] is not a number of "
                                 "seconds above 0; hint: a number, 1.5, not \"1.5\""),
@@ -839,12 +846,12 @@ def test_a_runs_metadata_is_refused_before_anything_is_built_naming_the_run(tmp_
     the run, before anything is built, by the same rules (samri_ml.func)."""
     run = _run_with_slices(tmp_path / "sub-01_task-rest_bold.nii.gz")
     with pytest.raises(SamriMLError) as err:
-        init_generic_wf(template=run, template_mask=run, bold_files=[run], bold_metadata=[meta],
+        init_generic_wf(**_template(tmp_path), bold_files=[run], bold_metadata=[meta],
                         method="functional", flavour="fast", dummy_scans=0)
     assert str(err.value).startswith(f"bold_files[0] {run}: {said}")
     # the slice-timing rules are of slice timing: without it, such a run is taken
     if isinstance(meta, dict) and "SliceTiming" in meta and "RepetitionTime" in meta:
-        init_generic_wf(template=run, template_mask=run, bold_files=[run], bold_metadata=[meta],
+        init_generic_wf(**_template(tmp_path), bold_files=[run], bold_metadata=[meta],
                         method="functional", flavour="fast", slice_timing=False, dummy_scans=0)
 
 
@@ -860,11 +867,11 @@ def test_a_runs_slice_axis_comes_from_its_header_where_its_metadata_gives_none(t
     times = [0, 0.2, 0.4, 0.6, 0.8]
     with pytest.warns(SamriMLNote, match=r"no SliceEncodingDirection in bold_metadata\[0\]; "
                                          r"using the NIfTI header's slice axis \(slice_dim\), j"):
-        wf = init_generic_wf(template=run, template_mask=run, bold_files=[run],
+        wf = init_generic_wf(**_template(tmp_path), bold_files=[run],
                              bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": times}],
                              method="functional", flavour="fast", dummy_scans=0)
     assert wf.get_node("func0_wf.f_stc").inputs.slice_encoding_direction == "j"
-    wf = init_generic_wf(template=run, template_mask=run, bold_files=[run], dummy_scans=0,
+    wf = init_generic_wf(**_template(tmp_path), bold_files=[run], dummy_scans=0,
                          bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": []}],
                          method="functional", flavour="fast", output_dir=str(tmp_path / "out"))
     assert "f_stc" not in _names(wf)
@@ -882,7 +889,7 @@ def test_runs_without_a_structural_scan_are_registered_functional_with_a_note(tm
     with pytest.warns(SamriMLNote, match=r"no anat_file: the functional runs are registered "
                                          rf"straight to the template \(as method='functional', "
                                          rf"not '{method}'\); hint: give anat_file"):
-        wf = init_generic_wf(template=run, template_mask=run, bold_files=[run], method=method,
+        wf = init_generic_wf(**_template(tmp_path), bold_files=[run], method=method,
                              flavour="fast", dummy_scans=0)
     assert "anat_wf" not in {n.name for n in wf._graph.nodes()}
     # its own registration, to the template (method='structural' has none)
@@ -898,7 +905,7 @@ def test_a_run_cut_to_its_last_volume_by_dummy_scans_is_said_when_built(tmp_path
     with pytest.warns(SamriMLNote, match=r"bold_files\[0\] .*: 5 volumes, not more than "
                                          r"dummy_scans 10: 4 dropped, 1 kept; hint: "
                                          "dummy_scans 0 keeps them all"):
-        init_generic_wf(template=run, template_mask=run, bold_files=[run], method="functional",
+        init_generic_wf(**_template(tmp_path), bold_files=[run], method="functional",
                         flavour="fast", dummy_scans=10)
 
 
@@ -1091,3 +1098,60 @@ def test_the_streams_on_their_own_take_a_soft_template_mask_above_half(factory, 
     given = nb.load(node.run().outputs.out_file)
     assert given.get_data_dtype() == np.uint8
     assert np.array_equal(np.asanyarray(given.dataobj), soft > 0.5)
+
+
+def test_the_same_run_given_twice_is_refused_when_built(tmp_path, monkeypatch):
+    """init_generic_wf(bold_files=[a, a]) was built (a run registered twice; with output_dir
+    both wrote one set of derivatives): one line naming both entries, also where the second
+    is spelled another way (relative, ./)."""
+    monkeypatch.chdir(tmp_path)
+    anat = _run_with_slices(tmp_path / "sub-01_T2w.nii.gz", shape=(4, 5, 3))
+    run = _run_with_slices(tmp_path / "sub-01_task-rest_bold.nii.gz")
+    other = _run_with_slices(tmp_path / "sub-01_task-other_bold.nii.gz")
+    kw = dict(template=anat, template_mask=anat, anat_file=anat, dummy_scans=0)
+    for again, output_dir in ((run, None),
+                              ("./sub-01_task-rest_bold.nii.gz", str(tmp_path / "o"))):
+        with pytest.raises(SamriMLError) as err:
+            init_generic_wf(bold_files=[run, other, again], output_dir=output_dir, **kw)
+        assert str(err.value) == (f"bold_files[2] {run}: the same run as bold_files[0]; hint: "
+                                  "give each run once")
+    init_generic_wf(bold_files=[run, other], **kw)
+
+
+@pytest.mark.parametrize("what, value", [("qc", "false"), ("slice_timing", "no"), ("qc", 0),
+                                         ("slice_timing", None)])
+def test_a_switch_that_is_no_bool_is_refused_when_built(tmp_path, what, value):
+    """qc='false' or slice_timing='no' (strings, true) built the QC and the slice timing
+    they were to leave out, without a word."""
+    import numpy as np
+
+    anat = _run_with_slices(tmp_path / "sub-01_T2w.nii.gz", shape=(4, 5, 3))
+    run = _run_with_slices(tmp_path / "sub-01_task-rest_bold.nii.gz", shape=(4, 5, 3, 20))
+    kw = dict(template=anat, template_mask=anat, anat_file=anat, bold_files=[run],
+              bold_metadata=[{"RepetitionTime": 1.0, "SliceTiming": [0, 0.3, 0.6]}])
+    with pytest.raises(SamriMLError) as err:
+        init_generic_wf(**kw, **{what: value})
+    assert str(err.value) == f"{what} {value!r}: must be True or False"
+    left_out = {"qc": "anat_vcf", "slice_timing": "f_stc"}[what]
+    assert left_out in _names(init_generic_wf(**kw, **{what: np.True_}))
+    assert left_out not in _names(init_generic_wf(**kw, **{what: np.False_}))
+
+
+def test_a_4d_template_or_template_mask_is_refused_when_built_as_the_command_does(tmp_path):
+    """samri_ml-register refused a 4D --template (or --template-mask); init_generic_wf took it
+    (antsRegistration read its first volume). The same check, in the command's words."""
+    from samri_ml.io import load_nifti
+
+    anat = _run_with_slices(tmp_path / "sub-01_T2w.nii.gz", shape=(4, 5, 3))
+    four = _run_with_slices(tmp_path / "tpl4d.nii.gz", shape=(4, 5, 3, 2))
+    with pytest.raises(SamriMLError) as command:
+        load_nifti(four, allow_4d=False)  # samri_ml-register's check of --template
+    assert str(command.value) == f"{four}: has 4 dimensions (4, 5, 3, 2); expected 3D"
+    for given in (dict(template=four, template_mask=anat),
+                  dict(template=anat, template_mask=four)):
+        for qc in (True, False):
+            with pytest.raises(SamriMLError) as err:
+                init_generic_wf(anat_file=anat, qc=qc, **given)
+            assert str(err.value) == str(command.value)
+    one = _run_with_slices(tmp_path / "tpl1.nii.gz", shape=(4, 5, 3, 1))  # one volume: 3D
+    init_generic_wf(anat_file=anat, template=one, template_mask=anat)

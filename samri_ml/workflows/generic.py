@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -25,6 +26,7 @@ from samri_ml.func import (
 )
 from samri_ml.interfaces._paths import IdentityInterface
 from samri_ml.interfaces.bids import DerivativesDataSink
+from samri_ml.io import check_dimensions
 from samri_ml.workflows.registration import (
     _check,
     _template_binary_mask,
@@ -62,7 +64,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     Parameters
     ----------
     template, template_mask : str
-        The template and its brain mask (paths). A mask of other values than 0 and 1
+        The template and its brain mask (paths; 3D images, as ``samri_ml-register`` takes
+        them). A mask of other values than 0 and 1
         (probabilities, 0/255) is taken as its voxels above 0.5 by the registration and the
         QC alike (node ``template_binary_mask``; a :class:`~samri_ml.errors.SamriMLNote` says
         so): antsRegistration, given it as it is, took its values below 1 as outside.
@@ -131,6 +134,10 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     """
     _check(method=method, masking=masking, omp_nthreads=omp_nthreads, dummy_scans=dummy_scans,
            mask_model=mask_model)
+    for what, value in (("slice_timing", slice_timing), ("qc", qc)):
+        if not isinstance(value, bool | np.bool_):
+            # a string 'false' or 'no' is true: the step ran where it was to be left out
+            raise SamriMLError(f"{what} {value!r}: must be True or False")
     if not is_label(template_name):
         # 'dsurqec_200micron' (SAMRI's template) wrote space-dsurqec_200micron_desc-preproc_...
         # names, which BIDS tools and samri_ml's own parse_entities read as space 'dsurqec'
@@ -151,12 +158,20 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
     template, template_mask = os.path.abspath(template), os.path.abspath(template_mask)
     anat_file = None if anat_file is None else os.path.abspath(anat_file)
     bold_files = [os.path.abspath(f) for f in bold_files]
+    for index, bold in enumerate(bold_files):
+        if bold in bold_files[:index]:
+            # registered twice into one set of derivatives, or built twice without a word
+            raise SamriMLError(f"bold_files[{index}] {bold}: the same run as "
+                               f"bold_files[{bold_files.index(bold)}]; hint: give each run once")
     bold_metadata = list(bold_metadata or [{} for _ in bold_files])
     if anat_file is None and not bold_files:
         raise SamriMLError("nothing to register: no structural and no functional scan")
     if output_dir is not None:
         _check_bids_names(anat_file, bold_files)
     images = [_header_of(path) for path in (template, template_mask)]
+    for path, img in zip((template, template_mask), images, strict=True):
+        if img is not None:  # as samri_ml-register refuses a 4D one (ANTs took its first volume)
+            check_dimensions(path, img.shape, allow_4d=False)
     if None not in images:  # readable (a template given later, at run time, is not here)
         from samri_ml.masks import check_template_mask
 
