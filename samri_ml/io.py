@@ -146,7 +146,7 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
             raise SamriMLError(f"{path}: the image is all zeros; hint: {zero_hint}")
     check_affine(img, path)
     _say_header_fixes(img, path, fixed)
-    _say_analyze_orientation(img, path)
+    _say_unknown_orientation(img, path)
     # the data are scaled: the file's scaling (which nibabel keeps in the proxy, not the
     # header) is said in ``extra``, for image_data's message
     slope, inter = (float(getattr(img.dataobj, key, default)) for key, default in
@@ -400,15 +400,26 @@ def _say_header_fixes(img, path, messages) -> None:
         warnings.warn(text, SamriMLNote, stacklevel=3)
 
 
-def _say_analyze_orientation(img, path) -> None:
-    """A note where ``img`` is an Analyze 7.5 image without an SPM ``.mat`` beside it: its
-    header holds no orientation, and nibabel takes x from right to left (LAS) without a word
-    (a mask of a scan stored the other way round came out mirrored)."""
+def _say_unknown_orientation(img, path) -> None:
+    """A note where ``img``'s header holds no orientation: an Analyze 7.5 image without an SPM
+    ``.mat`` beside it, whose x axis nibabel takes from right to left (LAS) without a word (a
+    mask of a scan stored the other way round came out mirrored), or a NIfTI image whose
+    qform_code and sform_code are both 0, which nibabel reads as LAS and ANTs (ITK) as LPS:
+    ``samri_ml-register`` registered such a scan from upside down, VCF 0.64, exit 0."""
     import warnings
 
     import nibabel as nb
 
-    if not isinstance(img, nb.AnalyzeImage) or isinstance(img, nb.Nifti1Pair):
+    if isinstance(img, nb.Nifti1Pair):  # NIfTI-1 and -2, single files and pairs
+        header = img.header
+        if int(header["qform_code"]) or int(header["sform_code"]):
+            return
+        warnings.warn(f"{path}: its header holds no orientation (qform_code and sform_code 0): "
+                      "nibabel, and so samri_ml, takes its axes as LAS, ANTs as LPS; hint: set "
+                      "the header's sform/qform to the scan's orientation (e.g. nibabel's "
+                      "img.set_sform(affine, code=1))", SamriMLNote, stacklevel=3)
+        return
+    if not isinstance(img, nb.AnalyzeImage):
         return
     mat = img.file_map.get("mat")
     if mat is not None and mat.filename and Path(mat.filename).exists():

@@ -487,7 +487,10 @@ def test_a_zero_voxel_size_is_a_note_not_a_nibabel_line(tmp_path, capfd):
             warnings.simplefilter("always")
             load_nifti(path)
         notes = [str(w.message) for w in seen if issubclass(w.category, SamriMLNote)]
-        assert len(notes) == 1 and "voxel size (pixdim) is zero" in notes[0], notes
+        # without the sform, no form is coded: its orientation is said too
+        assert len(notes) == 2 - sform, notes
+        assert ("holds no orientation" in notes[-1]) != sform, notes
+        assert "voxel size (pixdim) is zero" in notes[0], notes
         assert ("sform's (0.3 x 0.3 x 0.3) is used" in notes[0]) == sform, notes
         assert ("volumes in mm are unknown" in notes[0]) != sform, notes
     assert "pixdim" not in capfd.readouterr().err
@@ -1054,6 +1057,42 @@ def test_an_analyze_image_says_its_orientation_is_assumed(tmp_path):
                              "or convert the scan to NIfTI where its orientation is known"]
         else:
             assert notes == [], name
+
+
+def test_a_nifti_without_orientation_codes_says_its_orientation_is_assumed(tmp_path):
+    """A NIfTI whose qform_code and sform_code are both 0 holds no orientation: nibabel reads
+    it as LAS, ANTs as LPS, and samri_ml-register registered such a scan from upside down
+    (VCF 0.64, exit 0) without a word. It is named in a note now, in samri_ml-mask too; one
+    code set is enough."""
+    import warnings
+
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.io import load_nifti
+
+    data = np.random.default_rng(0).random((6, 7, 8)).astype(np.float32)
+    said = {}
+    for name, codes in {"none.nii": (0, 0), "qform.nii": (1, 0), "sform.nii.gz": (0, 1),
+                        "pair.hdr": (0, 0)}.items():
+        img = (nb.Nifti1Pair if name.endswith(".hdr") else nb.Nifti1Image)(data, None)
+        img.header.set_zooms((0.3, 0.3, 0.3))
+        img.header.set_qform(np.diag([0.3, 0.3, 0.3, 1]), code=codes[0])
+        img.header.set_sform(np.diag([0.3, 0.3, 0.3, 1]), code=codes[1])
+        nb.save(img, tmp_path / name)
+        header = nb.load(tmp_path / name).header
+        assert (int(header["qform_code"]), int(header["sform_code"])) == codes  # as written
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            load_nifti(tmp_path / name)
+        said[name] = [str(w.message) for w in seen if issubclass(w.category, SamriMLNote)]
+    for name in ("none.nii", "pair.hdr"):
+        assert said[name] == [f"{tmp_path / name}: its header holds no orientation (qform_code "
+                              "and sform_code 0): nibabel, and so samri_ml, takes its axes as "
+                              "LAS, ANTs as LPS; hint: set the header's sform/qform to the "
+                              "scan's orientation (e.g. nibabel's img.set_sform(affine, "
+                              "code=1))"]
+    assert said["qform.nii"] == said["sform.nii.gz"] == []
 
 
 def test_samri_ml_mask_refuses_an_image_before_loading_the_model(tmp_path):
