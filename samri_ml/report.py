@@ -268,6 +268,16 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
                              for label in legend.values()) + 0.4)
     pad = max(0.0, (need - fig_w) / 2)
     left, right, fig_w = left + pad, right + pad, fig_w + 2 * pad
+    # each row's label in lines as long as the panel is high, the left margin as wide as
+    # they are: a BIDS name of a few entities (task-rest_acq-highres_run-01_bold) ran off the
+    # top of the figure and over the next row's label
+    from samri_ml.qc.compare import wrap_label
+
+    labels = [wrap_label(label, height - 0.1, FONT) if label else label
+              for label in (row_labels or [])]
+    lines = max((label.count("\n") + 1 for label in labels if label), default=0)
+    widen = max(0.0, 0.1 + lines * 1.25 * FONT / 72 + 0.06 - left)
+    left, fig_w = left + widen, fig_w + widen
     # a Figure without pyplot: a notebook's backend and open figures are left alone
     fig = Figure(figsize=(fig_w, fig_h), facecolor="black")
     FigureCanvasAgg(fig)  # its renderer, whatever the backend
@@ -303,9 +313,9 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
             if c == ncol - 1:
                 ax.text(1.03, 1.0, "S", ha="left", va="top", **small)
                 ax.text(1.03, 0.0, "I", ha="left", va="bottom", **small)
-        if row_labels and r < len(row_labels) and row_labels[r]:
-            axes[r, 0].text(-0.06, 0.5, row_labels[r], rotation=90, ha="right", va="center",
-                            transform=axes[r, 0].transAxes, **text)
+        if r < len(labels) and labels[r]:
+            axes[r, 0].text(-0.06, 0.5, labels[r], rotation=90, ha="right", va="center",
+                            multialignment="center", transform=axes[r, 0].transAxes, **text)
     fig.suptitle(heading, color="white", fontsize=FONT + 1, y=1 - 0.08 / fig_h, va="top")
     if legend:
         handles = [Line2D([], [], color=colour, lw=2, label=label)

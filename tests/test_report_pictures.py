@@ -252,6 +252,28 @@ def test_title_and_legend_are_whole_however_few_the_slices(tmp_path, n_slices):
     assert any(title in t for t in _svg_texts(paths["svg"]))
 
 
+def test_a_long_row_label_is_wrapped_to_its_row(tmp_path):
+    """A functional run of a few BIDS entities is the overview's row label
+    (task-rest_acq-highres_dir-AP_run-01_echo-1_bold): on one line, 3.4 in, beside a row 1.3 in
+    high, it ran off the top of the figure and over the next row's "template". Now it is
+    wrapped to the row's height, whole, and the rest of the figure keeps its size."""
+    from PIL import Image
+
+    tpl, brain = _phantom()
+    img = nb.Nifti1Image(tpl, AFFINE)
+    label = "task-rest_acq-highres_dir-AP_run-01_echo-1_bold"
+    paths = mosaic(img, nb.Nifti1Image(brain.astype(np.uint8), AFFINE), reference=img,
+                   n_slices=4, out_base=tmp_path / "m", row_labels=[label, "template"])
+    assert "".join(t for t in _svg_texts(paths["svg"]) if t in label) == label
+    grey = np.asarray(Image.open(paths["png"]).convert("L"), dtype=float)
+    # (120 dpi) the panels' rows: 0.85 in from the top, 1.6 * 22 / 28 in high, 0.35 in apart
+    top, high, gap = 0.85 * 120, 1.6 * 22 / 28 * 120, 0.35 * 120
+    margin = grey[:, : int(0.3 * 120)] > 100  # the row labels' column, left of the panels
+    rows = np.flatnonzero(margin.any(axis=1))
+    assert rows.size and rows.min() >= top - 2 and rows.max() <= top + 2 * high + gap + 2
+    first = rows[rows < top + high + gap / 2]
+    assert first.size and first.max() <= top + high + 2  # within its own row
+
 def test_mask_pictures_name_their_scan(tmp_path):
     out, items, kw = _make_run(tmp_path)
     (page,) = write_subject_reports(out, items, masking="unet", **kw)
