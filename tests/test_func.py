@@ -277,3 +277,30 @@ def test_the_metadata_rules_are_the_commands_and_the_factorys():
                                                 "0.5"))
     assert [slice_axis(d) for d in ("i", "j-", "k", "z", "k+", None)] == [0, 1, 2, None, None,
                                                                           None]
+
+
+def test_the_run_interfaces_write_a_nifti_pairs_result_as_one_nifti(tmp_path):
+    """A run given as a NIfTI pair (.img/.hdr, which load_nifti and samri_ml-mask read) failed
+    DropDummyScans, SliceTimeCorrection and TemporalMean after the work, in nibabel ('Filespec
+    ".../run_mean.img" does not look right'): their result was named with the pair's extension.
+    Now it is <name><suffix>.nii.gz, a NIfTI of the result; a .nii keeps its extension."""
+    import nibabel as nb
+
+    from samri_ml.interfaces import DropDummyScans, SliceTimeCorrection, TemporalMean
+
+    data = np.random.default_rng(0).random((6, 5, 3, 8), dtype=np.float32) + 1
+    run = tmp_path / "run.img"
+    nb.Nifti1Pair(data, np.diag([0.2, 0.2, 0.5, 1])).to_filename(run)
+    steps = [(DropDummyScans(in_file=str(run), dummy_scans=2), "run_nodummy", data[..., 2:]),
+             (SliceTimeCorrection(in_file=str(run), slice_timing=[0.5] * 3,
+                                  repetition_time=1.0), "run_stc", data),
+             (TemporalMean(in_file=str(run)), "run_mean", data.mean(axis=3))]
+    for step, name, expected in steps:
+        out = step.run(cwd=str(tmp_path)).outputs.out_file
+        assert out == str(tmp_path / f"{name}.nii.gz")
+        img = nb.load(out)
+        assert isinstance(img, nb.Nifti1Image) and np.allclose(img.affine, np.diag([0.2, 0.2, 0.5, 1]))
+        assert np.allclose(img.get_fdata(), expected, atol=1e-5)
+    nb.Nifti1Image(data, np.eye(4)).to_filename(tmp_path / "run.nii")
+    out = TemporalMean(in_file=str(tmp_path / "run.nii")).run(cwd=str(tmp_path)).outputs.out_file
+    assert out == str(tmp_path / "run_mean.nii")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
@@ -10,7 +12,6 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
-from nipype.utils.filemanip import fname_presuffix
 
 from samri_ml import func
 from samri_ml.errors import SamriMLError
@@ -26,7 +27,17 @@ def _load(in_file):
 
 
 def _save_like(data, img, in_file, suffix, cwd):
-    out = fname_presuffix(in_file, suffix=suffix, newpath=cwd)
+    """``data`` as float32 on ``img``'s grid, named ``<in_file's name><suffix>`` in ``cwd``
+    with in_file's extension, a .nii.gz for a pair's (.img/.hdr: nibabel's NIfTI cannot be
+    written to such a name, and the node failed with 'Filespec ... does not look right')."""
+    from samri_ml.io import image_stem
+
+    name = os.path.basename(in_file)
+    stem = image_stem(name)
+    extension = name[len(stem):]
+    if extension.lower() not in (".nii", ".nii.gz"):
+        extension = ".nii.gz"
+    out = os.path.join(cwd, stem + suffix + extension)
     hdr = img.header.copy()
     hdr.set_data_dtype(np.float32)
     nb.Nifti1Image(data.astype(np.float32), img.affine, hdr).to_filename(out)
