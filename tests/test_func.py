@@ -279,6 +279,53 @@ def test_the_metadata_rules_are_the_commands_and_the_factorys():
                                                                           None]
 
 
+@pytest.mark.parametrize("interface, kw, suffix", [
+    ("DropDummyScans", dict(dummy_scans=2), "_nodummy"),
+    ("TemporalMean", {}, "_mean"),
+    ("SliceTimeCorrection", dict(slice_timing=[0, 0.3, 0.6], repetition_time=1.0), "_stc"),
+])
+def test_the_run_interfaces_cache_by_the_runs_path_and_content(tmp_path, interface, kw, suffix):
+    """Nipype's cache key (its default hash_method, 'timestamp') holds a file's size and
+    modification time, not its path: another run of one size and time (uncompressed runs
+    written in one clock tick, or unpacked from an archive) got the first run's result, its
+    data and its name, from a Node in the same folder; a renamed run kept its old name. Now
+    each is run again, and an unchanged run stays cached."""
+    import os
+    from copy import deepcopy
+
+    import nibabel as nb
+    from nipype import config
+    from nipype.pipeline import engine as pe
+
+    from samri_ml.interfaces import func as interfaces
+
+    def write(name, value):
+        path = tmp_path / name
+        nb.Nifti1Image(np.full((4, 4, 3, 6), value, np.float32), np.eye(4)).to_filename(path)
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+        return str(path)
+
+    def node(in_file):  # a script run again: a new Node in the same folder
+        step = pe.Node(getattr(interfaces, interface)(in_file=in_file, **kw), name="step",
+                       base_dir=str(tmp_path / "work"))
+        step.config = deepcopy(config._sections)  # Nipype's default key, whatever is set
+        step.config["execution"]["hash_method"] = "timestamp"
+        return step
+
+    def result(in_file):
+        out = node(in_file).run().outputs.out_file
+        return os.path.basename(out), float(np.asanyarray(nb.load(out).dataobj).mean())
+
+    first = write("sub-01_bold.nii", 1.0)
+    assert result(first) == (f"sub-01_bold{suffix}.nii", 1.0)
+    assert node(first).is_cached()[1]  # unchanged: cached, up to date
+    other = write("sub-02_bold.nii", 2.0)  # another run, of the same size and time
+    assert not node(other).is_cached()[1]
+    assert result(other) == (f"sub-02_bold{suffix}.nii", 2.0)
+    os.rename(other, tmp_path / "sub-03_bold.nii")
+    assert result(str(tmp_path / "sub-03_bold.nii")) == (f"sub-03_bold{suffix}.nii", 2.0)
+
+
 def test_the_run_interfaces_write_a_nifti_pairs_result_as_one_nifti(tmp_path):
     """A run given as a NIfTI pair (.img/.hdr, which load_nifti and samri_ml-mask read) failed
     DropDummyScans, SliceTimeCorrection and TemporalMean after the work, in nibabel ('Filespec

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nipype.interfaces.base import BaseInterfaceInputSpec, DynamicTraitedSpec, traits
 from nipype.interfaces.base import Directory as _NipypeDirectory
-from nipype.interfaces.base import DynamicTraitedSpec, traits
 from nipype.interfaces.base import File as _NipypeFile
 from nipype.interfaces.utility import IdentityInterface as _NipypeIdentityInterface
 
@@ -47,6 +47,27 @@ class PathStr(traits.BaseStr):
     def validate(self, objekt, name, value):
         return absolute_if_path(super().validate(objekt, name, os.fspath(value)
                                                  if isinstance(value, os.PathLike) else value))
+
+
+class InFileKeyedInputSpec(BaseInterfaceInputSpec):
+    """The input spec of an interface on ``in_file`` whose cache key holds that file's path and
+    content (:func:`samri_ml.models.inference.named_checksum`), when Nipype makes the key.
+    Nipype's own key holds a File input's size and modification time (its default
+    ``hash_method``, 'timestamp'), not its path: another run of one size and time (written in
+    one clock tick, or unpacked from an archive) kept the first's result, its data and its
+    name, and a file renamed kept its old name (with 'content' too)."""
+
+    in_file_checksum = traits.Str(usedefault=True,
+                                  desc="in_file's path and the size and sha256 of its content "
+                                  "(set from 'in_file' when the cache key is made): part of "
+                                  "the key, so that another file or a file replaced with its "
+                                  "old size and time is processed again")
+
+    def get_hashval(self, hash_method=None):
+        from samri_ml.models.inference import named_checksum
+
+        self.in_file_checksum = named_checksum(self.in_file)
+        return super().get_hashval(hash_method=hash_method)
 
 
 def absolute_if_path(value):

@@ -7,7 +7,6 @@ import os
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
     SimpleInterface,
     TraitedSpec,
     traits,
@@ -15,7 +14,7 @@ from nipype.interfaces.base import (
 
 from samri_ml import func
 from samri_ml.errors import SamriMLError
-from samri_ml.interfaces._paths import File
+from samri_ml.interfaces._paths import File, InFileKeyedInputSpec
 
 
 def _load(in_file):
@@ -44,7 +43,7 @@ def _save_like(data, img, in_file, suffix, cwd):
     return out
 
 
-class _DropDummyScansInputSpec(BaseInterfaceInputSpec):
+class _DropDummyScansInputSpec(InFileKeyedInputSpec):
     in_file = File(exists=True, mandatory=True, desc="4D functional run")
     dummy_scans = traits.Int(10, usedefault=True, desc="volumes to drop (clamped to leave one)")
 
@@ -68,7 +67,7 @@ class DropDummyScans(SimpleInterface):
         return runtime
 
 
-class _SliceTimingInputSpec(BaseInterfaceInputSpec):
+class _SliceTimingInputSpec(InFileKeyedInputSpec):
     in_file = File(exists=True, mandatory=True, desc="4D functional run")
     slice_timing = traits.List(traits.Float, mandatory=True, desc="acquisition time of each slice (s)")
     # above 0: 0 failed with ZeroDivisionError in the node
@@ -106,7 +105,7 @@ class SliceTimeCorrection(SimpleInterface):
         return runtime
 
 
-class _TemporalMeanInputSpec(BaseInterfaceInputSpec):
+class _TemporalMeanInputSpec(InFileKeyedInputSpec):
     in_file = File(exists=True, mandatory=True, desc="3D or 4D image")
 
 
