@@ -105,10 +105,25 @@ N4BiasFieldCorrection = _entry("N4BiasFieldCorrection")
 
 
 def scripts_dir() -> Path:
-    """Where this interpreter's console scripts (ours included) are installed."""
+    """Where samri_ml's console scripts are installed: beside this interpreter (a virtual
+    environment), else where the package's install record puts them, else this interpreter's
+    scripts folder.
+
+    ``pip install --user`` puts them in ``~/.local/bin``, beside neither: run from there (pip
+    warns that it is not on ``PATH``), every registration stopped on "no antsRegistration
+    found"."""
     candidate = Path(sys.executable).parent
     if (candidate / "antsRegistration").exists():
         return candidate
+    from importlib import metadata
+
+    try:
+        recorded = metadata.distribution("samri_ml").files or []
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        recorded = []
+    for file in recorded:
+        if file.name in ("antsRegistration", "antsRegistration.exe"):
+            return Path(os.path.normpath(file.locate())).parent
     return Path(sysconfig.get_paths()["scripts"])
 
 

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -216,3 +217,31 @@ def test_an_environment_in_a_folder_with_a_space_runs_its_ants(tmp_path, monkeyp
     result = node.run()
     assert result.runtime.command_path == str(spaced / "N4BiasFieldCorrection")
     assert nb.load(result.outputs.output_image).shape == (12, 12, 12)
+
+
+def test_a_user_install_runs_its_ants_from_where_pip_put_the_scripts(tmp_path):
+    """``pip install --user samri_ml`` puts the scripts in ``~/.local/bin``, beside neither
+    the interpreter (``/usr/bin/python3.11``) nor its ``sysconfig`` scripts folder, and pip
+    warns that the folder is not on PATH: ``~/.local/bin/samri_ml-register`` then stopped on
+    "no antsRegistration found: ... reinstall samri_ml so its antspyx-backed scripts are
+    created". The scripts are found where the package's install record says. Here this
+    environment's package from its base interpreter, as a user install's is (real
+    interpreter, real install record, no ANTs on PATH)."""
+    import site
+    import sys
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    ours = scripts_dir()
+    if not (ours / "antsRegistration").exists() or Path(base).parent == ours:
+        pytest.skip("samri_ml's scripts are beside this interpreter only")
+    code = ("import site, sys; site.addsitedir(sys.argv[1]); "
+            "from samri_ml.ants import ensure_ants_on_path, program; "
+            "print(ensure_ants_on_path()); print(program('antsRegistration'))")
+    packages = [p for p in site.getsitepackages() if Path(p, "samri_ml").exists()
+                or list(Path(p).glob("samri_ml-*.dist-info"))]
+    done = subprocess.run([base, "-I", "-c", code, packages[0]], capture_output=True, text=True,
+                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [f"antspyx ANTs ({ours})",
+                                        str(ours / "antsRegistration")], done.stdout
