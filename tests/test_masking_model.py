@@ -2183,6 +2183,31 @@ def test_evaluate_masker_scores_a_labs_own_scans(tmp_path, lab_scans_dir, capsys
     assert f"{bold_mask}" in capsys.readouterr().err
 
 
+def test_evaluate_masker_sigterm_says_terminated_and_leaves_no_temporary_file(tmp_path,
+                                                                              lab_scans_dir):
+    """SIGTERM (``kill``, a cluster's time limit) ended samri_ml-evaluate-masker without a
+    word (exit -15) and could leave a figure's hidden temporary file in --figures; it is
+    Ctrl-C now: 'terminated', exit 143, no temporary file. The signal is sent once the first
+    scan's figure is there (the next scans still to score). A real process."""
+    import signal
+    import time
+
+    figures = tmp_path / "figures"
+    proc = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.evaluate_masker", "--scans",
+                             str(lab_scans_dir), "--views", "coronal", "--figures",
+                             str(figures)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not (
+            figures.is_dir() and any(p.suffix == ".png" for p in figures.iterdir())):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == "samri_ml-evaluate-masker: terminated", err
+    assert not [p.name for p in figures.iterdir() if p.name.startswith(".")]
+
+
 def test_evaluate_masker_reads_batch_masks_and_leaves_out_an_unmasked_image(tmp_path,
                                                                            lab_scans_dir,
                                                                            capsys):

@@ -156,6 +156,64 @@ def test_compare_out_that_cannot_be_written_keeps_the_last_complete_files(tmp_pa
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no parts left either
 
 
+def test_compare_stopped_half_way_keeps_the_last_complete_set(tmp_path):
+    """A rerun of samri_ml-qc compare into the same --out stopped half-way (a full disk at the
+    plots, Ctrl-C) left its new tables beside the earlier run's plots and stats: tables of
+    workflows 'X' and 'Y', a violin plot of 'A' and 'B', without a word. Every file is now
+    written first and renamed into place all together. A real process whose files may not
+    grow past 20 kB (the tables fit, the plot does not)."""
+    from samri_ml.testing import file_size_limit
+
+    rng = np.random.default_rng(1)
+    a = _deriv(tmp_path / "a", "A", 1 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
+    b = _deriv(tmp_path / "b", "B", 0.9 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
+    out = tmp_path / "cmp"
+    argv = [sys.executable, "-m", "samri_ml.cli.qc", "compare", str(a), str(b), "--out",
+            str(out)]  # fmt: skip
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before["qc_violin.png"]) > 20000 > len(before["qc_metrics.tsv"])
+    run = subprocess.run(argv + ["--labels", "X", "Y"], capture_output=True, text=True,
+                         preexec_fn=file_size_limit(20000))
+    assert run.returncode == 1 and run.stderr.strip().splitlines() == [
+        f"samri_ml-qc: error: cannot write {out / 'qc_violin.png'} (File too large); hint: "
+        "free some space, or give --out on another disk"], run.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_compare_sigterm_leaves_no_temporary_file(tmp_path):
+    """SIGTERM (``kill``, a cluster's time limit) ended samri_ml-qc compare without a word
+    and left a hidden, empty temporary file in --out (``.qc_violin.png.*.png``); it is
+    Ctrl-C now: 'terminated', exit 143, the earlier run's files as they were. The signal is
+    sent once the temporary files exist."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(1)
+    a = _deriv(tmp_path / "a", "A", 1 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
+    b = _deriv(tmp_path / "b", "B", 0.9 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
+    out = tmp_path / "cmp"
+    argv = [sys.executable, "-m", "samri_ml.cli.qc", "compare", str(a), str(b), "--out",
+            str(out)]  # fmt: skip
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = subprocess.Popen(argv + ["--labels", "X", "Y"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not any(
+            p.name.startswith(".") for p in out.iterdir()):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    if proc.returncode == 0:  # all written before the signal came
+        assert after.keys() == before.keys() and after != before, err
+    else:
+        assert proc.returncode == 143 and err.strip().splitlines() == [
+            "samri_ml-qc: terminated"], err
+        assert after == before
+
+
 def test_compare_two_workflows(tmp_path, capsys):
     rng = np.random.default_rng(0)
     n = 12

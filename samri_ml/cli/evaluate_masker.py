@@ -24,6 +24,7 @@ from samri_ml.cli._common import (
     print_line,
     refuse_missing_options,
     run_cli,
+    terminate_as_interrupt,
     write_output_text,
 )
 from samri_ml.errors import SamriMLError
@@ -188,8 +189,16 @@ def phantom_scans(seed: int = 0):
 
 
 def _main(argv=None) -> int:
+    """Parse, then evaluate; SIGTERM (``kill``, a cluster's time limit) is taken as Ctrl-C
+    (:func:`~samri_ml.cli._common.terminate_as_interrupt`): the temporary files are removed
+    and the command says so, exit 143 (a figure's was left, hidden, without a word)."""
     parser = get_parser()
     args = parser.parse_args(argv)
+    with terminate_as_interrupt():
+        return _evaluate(parser, args)
+
+
+def _evaluate(parser, args) -> int:
     from samri_ml.masking.predict import default_model_path, training_record_path
 
     refuse_missing_options(parser, args, ("--model",))  # it exited 1

@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import HelpFormatter, print_line, run_cli, write_output_text
+from samri_ml.cli._common import (
+    HelpFormatter,
+    print_line,
+    run_cli,
+    terminate_as_interrupt,
+    write_output_text,
+)
 from samri_ml.errors import SamriMLError
 
 PROG = "samri_ml-qc"
@@ -246,14 +252,18 @@ def _compare(args, parser) -> int:
 
 
 def _main(argv=None) -> int:
+    """Parse, then run; SIGTERM (``kill``, a cluster's time limit) is taken as Ctrl-C
+    (:func:`~samri_ml.cli._common.terminate_as_interrupt`): the temporary files are removed
+    and the command says so, exit 143 (they were left, hidden, without a word)."""
     parser = get_parser()
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]  # for parser.error
-    if args.command == "scan":
-        if args.dummy_scans < 0:
-            sub.error(f"--dummy-scans {args.dummy_scans}: must be 0 or more")
-        return _scan(args, sub)
-    return _compare(args, sub)
+    with terminate_as_interrupt():
+        if args.command == "scan":
+            if args.dummy_scans < 0:
+                sub.error(f"--dummy-scans {args.dummy_scans}: must be 0 or more")
+            return _scan(args, sub)
+        return _compare(args, sub)
 
 
 def main(argv=None) -> int:

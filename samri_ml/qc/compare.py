@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samri_ml.bids import atomic_target
+from samri_ml.bids import atomic_targets
 from samri_ml.errors import SamriMLError
 from samri_ml.qc.metrics import (
     AXES_KEY,
@@ -957,18 +957,21 @@ def compare_workflows(
             "qc_violin.png": lambda p: fig.savefig(p, dpi=120),
             "qc_violin.svg": lambda p: fig.savefig(p, dpi=120),
         }
-        # each renamed into place: on a full disk it was a bare "OSError: [Errno 28] No space
-        # left on device" that left an empty qc_metrics.tsv, or one cut short
-        for name, write in writers.items():
-            try:
-                with atomic_target(out / name, Path(name).suffix) as part:
-                    write(part)
-            except OSError as err:
-                raise SamriMLError(f"cannot write {out / name} ({err.strerror or err}); "
-                                   "hint: free some space, or give --out on another disk"
-                                   if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else
-                                   f"cannot write {out / name} ({err.strerror or err})") from err
-            files.append(out / name)
+        # renamed into place all together once every one is written: on a full disk it was a
+        # bare "OSError: [Errno 28] No space left on device" that left an empty
+        # qc_metrics.tsv, or one cut short; and a rerun stopped half-way (Ctrl-C, a full disk)
+        # left the new tables beside the earlier run's plots and stats, without a word
+        name = next(iter(writers))  # the one being written: named where it fails
+        try:
+            with atomic_targets([out / n for n in writers]) as parts:
+                for name, part in zip(writers, parts, strict=True):
+                    writers[name](part)
+        except OSError as err:
+            raise SamriMLError(f"cannot write {out / name} ({err.strerror or err}); "
+                               "hint: free some space, or give --out on another disk"
+                               if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else
+                               f"cannot write {out / name} ({err.strerror or err})") from err
+        files = [out / n for n in writers]
     return {
         "records": [r for recs in groups.values() for r in recs],
         "summary": summary,
