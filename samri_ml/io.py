@@ -395,6 +395,15 @@ def _say_header_fixes(img, path, messages) -> None:
             else:
                 text = (f"{path}: the header's voxel size (pixdim) is zero, taken as 1: sizes "
                         "and volumes in mm are unknown; hint: fix the header's pixdim")
+        elif "pixdim" in message and "positive" in message:
+            # NIfTI's voxel sizes are positive; ITK takes a negative one as a mirrored axis:
+            # nibabel's "setting to abs of pixdim values" hid that a mask written here (with
+            # the sizes positive) lay mirrored on its scan in ANTs and ITK-SNAP
+            text = (f"{path}: the header's voxel size (pixdim) is negative, which NIfTI does not "
+                    "allow: taken as positive (nibabel's reading, and the outputs' headers), "
+                    "where ANTs and ITK-SNAP mirror that axis, so outputs on the scan's grid "
+                    "lie mirrored on the scan there; hint: check which way that axis runs, and "
+                    "make the header's pixdim positive")
         else:
             text = f"{path}: header fixed while reading it: {_one_line(message)}"
         warnings.warn(text, SamriMLNote, stacklevel=3)

@@ -496,6 +496,37 @@ def test_a_zero_voxel_size_is_a_note_not_a_nibabel_line(tmp_path, capfd):
     assert "pixdim" not in capfd.readouterr().err
 
 
+def test_a_negative_voxel_size_says_that_ants_reads_it_mirrored(tmp_path, capfd):
+    """A negative pixdim (NIfTI allows none) is taken as positive by nibabel, which said only
+    "setting to abs of pixdim values", while ANTs (ITK) mirrors that axis: a mask written with
+    the sizes positive lay mirrored on its scan in ITK-SNAP and in the registration's tools.
+    The note says so, for a qform and an sform alike."""
+    import warnings
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.io import load_nifti
+
+    img = _sammba_like()
+    for codes in ((1, 0), (0, 1), (1, 1)):
+        path = tmp_path / f"negative_{codes[0]}{codes[1]}.nii"
+        img.header.set_qform(img.affine, code=codes[0])
+        img.header.set_sform(img.affine, code=codes[1])
+        img.to_filename(path)
+        raw = bytearray(path.read_bytes())
+        raw[80:84] = np.array([-0.3], "<f4").tobytes()  # pixdim[1] of the NIfTI-1 header
+        path.write_bytes(bytes(raw))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            load_nifti(path)
+        notes = [str(w.message) for w in seen if issubclass(w.category, SamriMLNote)]
+        assert notes == [f"{path}: the header's voxel size (pixdim) is negative, which NIfTI "
+                         "does not allow: taken as positive (nibabel's reading, and the "
+                         "outputs' headers), where ANTs and ITK-SNAP mirror that axis, so "
+                         "outputs on the scan's grid lie mirrored on the scan there; hint: check "
+                         "which way that axis runs, and make the header's pixdim positive"], notes
+    assert "pixdim" not in capfd.readouterr().err
+
+
 def test_scaled_values_beyond_float32_are_named(tmp_path):
     """int16 data times an scl_slope of 3e38: finite in float64, Inf in float32 (the masker's
     type); it was called "NaN or Inf voxels", after a raw numpy overflow warning."""
