@@ -120,7 +120,7 @@ def load_nifti(path, *, allow_4d: bool = True, allow_2d: bool = False, check_val
                                "or .nii.gz file") from err
         except (EOFError, OSError, ValueError, HeaderDataError, HeaderTypeError,
                 zlib_error()) as err:
-            unread = _unreadable_voxel_type(err)
+            unread = _unreadable_voxel_type(err) or _invalid_intercept(err)
             if unread:
                 raise SamriMLError(f"{path}: {unread}") from err
             raise SamriMLError(f"{path}: truncated or corrupt image ({_one_line(err)})") from err
@@ -204,6 +204,20 @@ def _unreadable_voxel_type(err: BaseException) -> str | None:
     label = data_type_codes.label.get(code, "")
     return (f"its voxel type (NIfTI datatype {code}, {label}) cannot be read; hint: save "
             "it as uint8, int16 or float32")
+
+
+def _invalid_intercept(err: BaseException) -> str | None:
+    """What to say of a header whose scl_slope scales the voxels but whose scl_inter is NaN
+    or Inf (nibabel refuses to read it), or None: such a file, whole, was called "truncated
+    or corrupt"."""
+    import re
+
+    match = re.fullmatch(r"Valid slope but invalid intercept (\S+)", str(err))
+    if not match:
+        return None
+    return (f"its header's scl_inter is {match[1]} where its scl_slope scales the voxel "
+            "values, so they cannot be read; hint: set scl_inter to the offset meant, e.g. 0 "
+            "(nibabel: img.header['scl_inter'] = 0)")
 
 
 #: how an unlocked git-annex file whose content is not here begins (a pointer, not the data)

@@ -527,6 +527,30 @@ def test_a_negative_voxel_size_says_that_ants_reads_it_mirrored(tmp_path, capfd)
     assert "pixdim" not in capfd.readouterr().err
 
 
+def test_a_scaled_image_of_an_invalid_intercept_is_not_called_corrupt(tmp_path):
+    """int16 data whose scl_slope scales them but whose scl_inter is NaN or Inf: nibabel
+    refuses to read it, and samri_ml-mask and samri_ml-qc called the whole file "truncated or
+    corrupt". The header's field is named, with its fix."""
+    import nibabel as nb
+
+    from samri_ml.io import load_nifti
+
+    img = nb.Nifti1Image(_ellipsoid((20, 24, 16)).astype(np.int16), np.diag([0.3, 0.3, 0.3, 1]))
+    img.header.set_slope_inter(2.5, 0)
+    for inter in (np.nan, np.inf):
+        path = tmp_path / f"inter_{inter}.nii"
+        img.to_filename(path)
+        raw = bytearray(path.read_bytes())
+        raw[116:120] = np.array([inter], "<f4").tobytes()  # scl_inter of the NIfTI-1 header
+        path.write_bytes(bytes(raw))
+        with pytest.raises(SamriMLError) as err:
+            load_nifti(path)
+        assert str(err.value) == (f"{path}: its header's scl_inter is {inter} where its "
+                                  "scl_slope scales the voxel values, so they cannot be read; "
+                                  "hint: set scl_inter to the offset meant, e.g. 0 (nibabel: "
+                                  "img.header['scl_inter'] = 0)")
+
+
 def test_scaled_values_beyond_float32_are_named(tmp_path):
     """int16 data times an scl_slope of 3e38: finite in float64, Inf in float32 (the masker's
     type); it was called "NaN or Inf voxels", after a raw numpy overflow warning."""
