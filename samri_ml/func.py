@@ -81,8 +81,12 @@ def too_few_volumes_note(n_volumes: int, requested: int,
 def drop_dummy_volumes(data: np.ndarray, requested: int = 10) -> tuple[np.ndarray, int]:
     """Drop the first ``requested`` volumes of a 4D array (clamped, see :func:`n_dummy_to_drop`).
 
-    Returns the kept data and the number of volumes dropped. 3D data is returned unchanged.
+    Returns the kept data and the number of volumes dropped. 3D data is returned unchanged; a
+    5D run of one 4D series, ``(x, y, z, t, 1)`` (which ``samri_ml-register`` takes as 4D),
+    comes back 4D (its 5th axis was cut instead, to no voxels, and the run failed two steps on).
     """
+    while data.ndim > 4 and data.shape[-1] == 1:
+        data = data[..., 0]
     if data.ndim < 4:
         return data, 0
     n = n_dummy_to_drop(data.shape[3], requested)
@@ -91,7 +95,7 @@ def drop_dummy_volumes(data: np.ndarray, requested: int = 10) -> tuple[np.ndarra
             f"only {data.shape[3]} volumes: dropping {n} dummy volumes instead of {requested}",
             stacklevel=2,
         )
-    return data[..., n:], n
+    return data[:, :, :, n:], n
 
 
 def slice_times_outside(slice_times, repetition_time: float) -> tuple[float, float] | None:

@@ -351,3 +351,24 @@ def test_the_run_interfaces_write_a_nifti_pairs_result_as_one_nifti(tmp_path):
     nb.Nifti1Image(data, np.eye(4)).to_filename(tmp_path / "run.nii")
     out = TemporalMean(in_file=str(tmp_path / "run.nii")).run(cwd=str(tmp_path)).outputs.out_file
     assert out == str(tmp_path / "run_mean.nii")
+
+
+def test_a_run_stored_5d_loses_its_dummy_volumes_not_its_fifth_axis(tmp_path):
+    """A run stored as (x, y, z, t, 1), which samri_ml-register's checks take as 4D: the
+    DropDummyScans node cut the 5th axis instead of the 4th, to (x, y, z, t, 0), and the run
+    failed in the next step ("holds no voxels"). It comes out 4D, its first volumes dropped."""
+    import nibabel as nb
+
+    from samri_ml.interfaces.func import DropDummyScans
+
+    series = np.random.default_rng(0).random((6, 6, 5, 12)).astype(np.float32)
+    img = nb.Nifti1Image(series[..., None], np.diag([0.3, 0.3, 0.6, 1]))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 1.5  # the repetition time
+    nb.save(img, tmp_path / "sub-01_task-rest_bold.nii.gz")
+    res = DropDummyScans(in_file=str(tmp_path / "sub-01_task-rest_bold.nii.gz"),
+                         dummy_scans=10).run(cwd=str(tmp_path)).outputs
+    out = nb.load(res.out_file)
+    assert res.n_dropped == 10 and out.shape == (6, 6, 5, 2)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), series[..., 10:])
+    assert out.header.get_zooms()[3] == 1.5
