@@ -18,11 +18,13 @@ SDIST_FOLDERS = ("docs", "examples", "tests", "benchmarks")
 
 
 def _copy_source(src: Path) -> Path:
-    """A copy of the source tree (no caches) in the new folder ``src``."""
+    """A copy of the source tree (no caches) in the new folder ``src``: a checkout's, or an
+    unpacked sdist's (which has no ``.gitignore``)."""
     src.mkdir()
     for name in ("setup.cfg", "pyproject.toml", "README.rst", "MANIFEST.in", "Makefile",
                  "LICENSE", ".gitignore"):
-        shutil.copy2(ROOT / name, src / name)
+        if name != ".gitignore" or (ROOT / name).exists():
+            shutil.copy2(ROOT / name, src / name)
     for name in ("samri_ml", *SDIST_FOLDERS):
         shutil.copytree(ROOT / name, src / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -45,6 +47,24 @@ def built(tmp_path_factory) -> dict[str, Path]:
     (wheel,) = dist.glob("samri_ml-*.whl")
     (sdist,) = dist.glob("samri_ml-*.tar.gz")
     return {"wheel": wheel, "sdist": sdist}
+
+
+def test_the_sdist_tests_run_in_the_unpacked_sdist(built, tmp_path):
+    """The sdist carries the tests (``make test`` in it), but its packaging tests copied the
+    tree's ``.gitignore``, which no sdist holds: every one of them stopped on
+    FileNotFoundError there. The sdist's own copy of this module, run from the unpacked sdist."""
+    import importlib.util
+
+    with tarfile.open(built["sdist"]) as t:
+        t.extractall(tmp_path / "unpacked", filter="data")
+    (tree,) = (tmp_path / "unpacked").iterdir()
+    spec = importlib.util.spec_from_file_location("sdist_test_packaging",
+                                                  tree / "tests" / "test_packaging.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    copy = module._copy_source(tmp_path / "copy")
+    assert (copy / "setup.cfg").read_bytes() == (tree / "setup.cfg").read_bytes()
+    assert (copy / "samri_ml" / "ants.py").is_file() and (copy / "tests").is_dir()
 
 
 def _requirements(wheel: Path) -> list[str]:
