@@ -425,8 +425,11 @@ def test_a_space_the_ants_programs_would_get_split_is_one_line(head, tmp_path):
     wf.base_dir = str(tmp_path / "work dir")
     wf.config["execution"] = {"crashdump_dir": str(tmp_path / "crash"),
                               "crashfile_format": "txt"}
-    wf.inputs.inputnode.in_file = str(head)
-    wf.inputs.inputnode.template = wf.inputs.inputnode.template_mask = str(head)
+    wf.inputs.inputnode.in_file = wf.inputs.inputnode.template = str(head)
+    img = nb.load(head)  # a 0/1 mask, used as it is (a soft one is written into the work dir)
+    mask = (np.asanyarray(img.dataobj) > np.percentile(img.dataobj, 60)).astype(np.uint8)
+    nb.Nifti1Image(mask, img.affine).to_filename(tmp_path / "mask.nii.gz")
+    wf.inputs.inputnode.template_mask = str(tmp_path / "mask.nii.gz")
     with pytest.raises(RuntimeError):
         wf.run()
     moving = (tmp_path / "work dir/structural_wf/s_biascorrect"
@@ -722,7 +725,9 @@ def test_slurm_jobs_ask_for_what_the_nodes_declare(head, tmp_path):
     wf.run(plugin="SLURMGraph", plugin_args={"dont_submit": True, "sbatch_args": "-p short"})
     (submit,) = (tmp_path / "work" / "structural_wf" / "batch").glob("submit_jobs.sh")
     jobs = dict(re.findall(r"^j\d+_(\w+)=\$\(sbatch (.*?) -J ", submit.read_text(), re.M))
-    args = {name: re.sub(r"-[oe] \S+ ", "", line).split() for name, line in jobs.items()}
+    # what each job asks for (not its log files, nor the jobs it waits for)
+    args = {name: [arg for arg in re.sub(r"-[oe] \S+ ", "", line).split()
+                   if not arg.startswith("--dependency=")] for name, line in jobs.items()}
     for name in ("s_mask", "s_register", "s_register_brain"):
         assert args[name][:2] == ["-p", "short"] and "--cpus-per-task=4" in args[name], args
         assert "--mem=2048M" in args[name]
