@@ -200,7 +200,8 @@ def head_box(data: np.ndarray, mask=None) -> tuple[slice, slice, slice]:
 def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str = "",
            contour_colour: str = TEMPLATE_MASK_COLOUR, overlay=None, edges=None,
            edges_colour: str = TEMPLATE_EDGES_COLOUR, reference=None, row_labels=None,
-           legend=None, dpi: int = DPI, formats=("png", "svg"), crop: bool = False) -> dict:
+           legend=None, dpi: int = DPI, formats=("png", "svg"), crop: bool = False,
+           span_edges: bool = False) -> dict:
     """Coronal slices of ``image`` with ``contour`` (a mask) drawn on top; returns saved paths.
 
     ``image``/``contour``/``overlay``/``edges``/``reference`` are nibabel images (``edges``
@@ -214,7 +215,8 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
     ``out_base.<format>`` for each of ``formats``; the returned dict also holds ``indices`` and
     ``positions_mm`` (the slices shown) and ``outside_fov`` (which of them lie outside the
     image's field of view). With ``crop``, the panels show the head (:func:`head_box`), not
-    the whole field of view.
+    the whole field of view. With ``span_edges``, the slices (and the crop) cover ``edges``
+    too: a reference mask beside a predicted one, where the prediction missed part of it.
     """
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -236,11 +238,15 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
 
     cdata, odata, edata = mask_on_grid(contour), mask_on_grid(overlay), mask_on_grid(edges)
     rdata = on_grid(reference, order=1)
-    ref = cdata if cdata is not None and cdata.any() else data > np.percentile(data, 60)
+    if span_edges and edata is not None:  # the slices a predicted mask missed shown too
+        span = edata if cdata is None else cdata | edata
+    else:
+        span = cdata
+    ref = span if span is not None and span.any() else data > np.percentile(data, 60)
     indices, outside, n_outside = choose_slices(data, ref, n_slices, axis)
     positions = [_position_mm(canonical.affine, axis, int(k), data.shape) for k in indices]
     if crop:  # every volume cut to the head's box in x and z (the slices' positions kept)
-        box = head_box(data, cdata)
+        box = head_box(data, span)
         data, cdata, odata, edata, rdata = (None if v is None else v[box] for v in
                                             (data, cdata, odata, edata, rdata))
     rows = [(data, np.percentile(data, 99.5) or 1.0)]
@@ -369,9 +375,13 @@ def _mask_mosaic(image, mask, out_base, *, reference=None, title: str = "", n_sl
     legend = {PREDICTED_MASK_COLOUR: "predicted brain mask"}
     if reference is not None:
         legend[REFERENCE_MASK_COLOUR] = "reference mask"
+    # the slices over both masks: over the predicted one only, a prediction that missed the
+    # posterior half of the brain was drawn on its anterior half, where it matched the
+    # reference, and looked right
     return mosaic(image, mask, edges=reference, out_base=out_base, title=title,
                   contour_colour=PREDICTED_MASK_COLOUR, edges_colour=REFERENCE_MASK_COLOUR,
-                  legend=legend, n_slices=n_slices, formats=formats, crop=True)
+                  legend=legend, n_slices=n_slices, formats=formats, crop=True,
+                  span_edges=True)
 
 
 def _img_tag(path: Path, alt: str) -> str:

@@ -515,6 +515,25 @@ def test_mask_figures_show_the_head_not_the_whole_field_of_view(tmp_path):
     assert bright[1] > 4 * bright[0], bright
 
 
+def test_a_mask_figure_shows_the_part_of_the_reference_its_prediction_missed(tmp_path):
+    """samri_ml-evaluate-masker --figures: a predicted mask that missed the posterior half
+    of the brain was drawn on slices of its own extent only, the anterior half, where it
+    lay on the reference mask and hid it: the picture of a Dice 0.67 looked perfect. The
+    slices now span both masks: the missed half shows the reference's outline alone."""
+    from samri_ml.report import REFERENCE_MASK_COLOUR, mask_figure
+
+    _, brain = _phantom()
+    predicted = brain.copy()
+    predicted[:, : SHAPE[1] // 2] = False
+    png = mask_figure(nb.Nifti1Image(_phantom()[0], AFFINE),
+                      nb.Nifti1Image(predicted.astype(np.uint8), AFFINE), tmp_path / "m.png",
+                      reference=nb.Nifti1Image(brain.astype(np.uint8), AFFINE), n_slices=6)
+    cyan = tuple(int(REFERENCE_MASK_COLOUR[i:i + 2], 16) for i in (1, 3, 5))
+    left = _pixels(png, cyan, tol=60)
+    half = left.shape[1] // 2
+    # the posterior slices (the left half of the figure) outline the reference alone
+    assert left[:, :half].sum() > 200
+
 def test_a_report_names_the_other_templates_registrations_it_does_not_show(tmp_path):
     """A run to a second template rewrote sub-01.html and its pictures for that template
     alone: the first template's registrations stayed in the folder, with nothing saying the
