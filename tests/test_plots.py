@@ -159,6 +159,26 @@ def test_loss_curve_axes_marks_and_title(tmp_path):
     assert f"restored: epoch {best}" in legend
     assert any(t.startswith("learning rate") for t in legend)
     assert fig._suptitle.get_text().startswith("unet_brainmask.keras (started from GH.keras)")
+    from PIL import Image
+
+    # the title in the file itself: which model a loss curve is of, read without the figure
+    assert Image.open(tmp_path / "unet_brainmask_loss.png").info["Title"] == \
+        fig._suptitle.get_text()
+
+
+def test_the_shipped_loss_curve_names_the_model_whose_curves_it_shows():
+    """The shipped unet_brainmask_J_loss.png (the curves of J, the ensemble's first member, as
+    the model card says) was titled "unet_brainmask.keras (started from GH.keras)": the
+    shipped model, an average of two U-Nets that has no curves of its own. Its title, in the
+    PNG's Title text, names J now."""
+    from PIL import Image
+
+    models = Path(__file__).resolve().parents[1] / "samri_ml" / "data" / "models"
+    record = json.loads((models / "unet_brainmask_training.json").read_text())
+    member = next(m for m in record["members"] if m["model"] == "J.keras")
+    title = Image.open(models / "unet_brainmask_J_loss.png").info.get("Title", "")
+    assert title.startswith("J.keras, the first member of unet_brainmask.keras")
+    assert member["config"]["init_model"] in title
 
 
 def test_loss_curve_legend_hides_no_curve(tmp_path):

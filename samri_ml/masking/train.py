@@ -963,7 +963,8 @@ def plot_history(history, path, *, init_model: str | None = None, title: str | N
     from plain to augmented slices. The title names the model file (``model_name``, else
     ``path`` less its ``_loss.png``; ``path`` may be a temporary name) and the weights it
     started from: ``init_model``, else the ``init_model`` of a ``<model>_training.json``
-    beside it whose history is this one (a regenerated plot).
+    beside it whose history is this one (a regenerated plot); it is also the PNG's ``Title``
+    text.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -1058,5 +1059,6 @@ def plot_history(history, path, *, init_model: str | None = None, title: str | N
             title += f", initial learning rate {lr[0]:.2g}"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, legend_h / (4.0 + legend_h), 1, 1))
-    fig.savefig(path, dpi=100)
+    # the title in the PNG's own text too: which model's curves a file shows is read there
+    fig.savefig(path, format="png", dpi=100, metadata={"Title": title})
     return fig
