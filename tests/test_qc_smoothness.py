@@ -175,10 +175,18 @@ def test_normalised_scf_removes_isotropic_scaling(fwhm, k, s):
 def test_fwhm_recovery_table(request, capsys):
     """Recovery error of the FWHM estimators across kernel sizes (prints a markdown table).
 
-    Run with ``pytest -m benchmark tests/test_qc_smoothness.py -s`` (about a minute).
+    Run with ``pytest -m benchmark tests/test_qc_smoothness.py -s`` (about a minute). The
+    README gives the worst mean error for kernels of 1-12 voxels (FWHM 0.2-1.2 mm here); it
+    said 1.1 % while the 4D 1.2 mm row measures -1.13 %.
     """
+    import re
+    from pathlib import Path
+
     if "benchmark" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("measurement; run with -m benchmark")
+    readme = " ".join((Path(__file__).parents[1] / "README.rst").read_text().split())
+    claimed = float(re.search(r"Gaussian-smoothed noise within ([\d.]+) %", readme).group(1))
+    worst = 0.0
     rows = []
     for n_t, shape in ((None, (128, 128, 64)), (10, (64, 64, 32))):
         for fwhm in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.2):
@@ -198,11 +206,13 @@ def test_fwhm_recovery_table(request, capsys):
             )
             if fwhm >= 0.2:
                 assert abs(e[:, 0].mean()) < 5
+                worst = max(worst, abs(e[:, 0].mean()))
     with capsys.disabled():
         print(
             "\n| data | FWHM mm | voxels | classic, sampled kernel (%) | classic, AFNI "
             "continuous (%) | ACF/sqrt2 (%) |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
         )
+    assert worst <= claimed, f"README: within {claimed} %, measured {worst:.2f} %"
 
 
 def test_a_smoothed_copy_of_a_head_has_scf_above_one(example_dataset):
