@@ -1231,3 +1231,30 @@ def test_a_small_file_whose_header_claims_a_huge_volume_is_refused_at_once(tmp_p
                         ("two.nii", nb.Nifti2Image), ("two.nii.gz", nb.Nifti2Image)):
         nb.save(kind(data, np.eye(4)), tmp_path / whole)
         assert load_nifti(tmp_path / whole).shape == data.shape
+
+
+def test_two_runs_filling_one_mask_cache_at_once_both_finish(example_dataset, tmp_path):
+    """The registration-derived reference masks of ``samri_ml-evaluate-masker`` and
+    ``samri_ml-train-masker`` (``register_mask``) saved the moving image under one name in
+    the cache (``<mask>_moving.nii.gz``): two runs filling one cache at once (the two
+    commands side by side, two jobs of a cluster) shared it, and the one that finished second
+    ended in ``FileNotFoundError`` (the first had removed it). Two real processes at once:
+    both finish, with the same mask, and the cache holds that mask alone."""
+    import subprocess
+    import sys
+
+    import nibabel as nb
+
+    tpl = example_dataset / "template"
+    out = tmp_path / "cache" / "sub-01_mask_rigid.nii.gz"
+    code = ("import sys; from samri_ml.masking.data import register_mask; "
+            "register_mask(*sys.argv[1:5], transform='Rigid')")
+    argv = [sys.executable, "-c", code,
+            str(example_dataset / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T2w.nii.gz"),
+            str(tpl / "tpl-Phantom_T2w.nii.gz"), str(tpl / "tpl-Phantom_desc-brain_mask.nii.gz"),
+            str(out)]  # fmt: skip
+    runs = [subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [run.communicate(timeout=600)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errs
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+    assert np.asarray(nb.load(out).dataobj).sum() > 1000

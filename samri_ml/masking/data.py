@@ -164,6 +164,8 @@ def register_mask(
         args += [int(mean4d), initial]
         subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, check=True)
         return out_path
+    import tempfile
+
     import ants
     import nibabel as nb
 
@@ -172,11 +174,16 @@ def register_mask(
     if data.ndim == 4 and mean4d:
         data = pp.temporal_mean(data)
     out_path.parent.mkdir(parents=True, exist_ok=True)  # a fresh cache folder
-    tmp = out_path.with_name(out_path.name.replace(".nii", "_moving.nii"))
-    nb.save(nb.Nifti1Image(data, ref.affine), str(tmp))
+    # the moving image as ANTs reads it, in a folder of this call's own, removed however the
+    # call ends: one name in the cache (<out>_moving.nii.gz) was shared by two runs filling it
+    # (evaluate-masker beside train-masker), and the second ended in FileNotFoundError once
+    # the first had removed it (or read it half-written); Ctrl-C left it in the cache
+    with tempfile.TemporaryDirectory(prefix="samri_ml-") as folder:
+        tmp = Path(folder) / "moving.nii.gz"
+        nb.save(nb.Nifti1Image(data, ref.affine), str(tmp))
+        moving = ants.image_read(str(tmp))
     fixed = ants.image_read(str(fixed_path))
     fmask = ants.image_read(str(fixed_mask_path))
-    moving = ants.image_read(str(tmp))
     import ants.config
 
     seed_before, ants.config._random_seed = ants.config._random_seed, 1
@@ -202,7 +209,6 @@ def register_mask(
     # killed run) was read as the reference mask by every later run
     with atomic_target(out_path, ".nii.gz") as part:
         nb.save(nb.Nifti1Image(mask, ref.affine), str(part))
-    tmp.unlink()
     return out_path
 
 
