@@ -1036,16 +1036,19 @@ def write_example_dataset(
         files = {p.relative_to(out).as_posix(): _sha256(p) for p in written}
         written.append(out / MANIFEST)  # last: a folder without it is never taken as complete
         _write_json({"generator": GENERATOR, "settings": settings, "files": files}, out / MANIFEST)
-    except OSError as err:
-        # a full disk or a quota: the files written so far are removed (and the folders, where
-        # it was new or empty), so that the same command can be run again; it was a bare
-        # "OSError: [Errno 28] No space left on device", and the rerun refused the folder left
-        # behind as "not a samri_ml example dataset"
+    except (OSError, KeyboardInterrupt) as err:
+        # a full disk or a quota, Ctrl-C or SIGTERM: the files written so far are removed (and
+        # the folders, where it was new or empty), so that the same command can be run again;
+        # it was a bare "OSError: [Errno 28] No space left on device" (an interrupt: a file cut
+        # short at its name), and the rerun refused the folder left behind as "not a samri_ml
+        # example dataset"
         failed = written[-1] if written else out
         for path in written:
             path.unlink(missing_ok=True)
         if fresh:
             _remove_empty_folders(out)
+        if isinstance(err, KeyboardInterrupt):
+            raise
         full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         hint = "free some space, or give OUT_DIR on another disk" if full else (
             "give a writable OUT_DIR")

@@ -152,6 +152,34 @@ def test_a_write_that_fails_keeps_nothing_and_the_rerun_works(tmp_path):
     assert ex.is_current_example(out, 1, N_VOL, 0)
 
 
+def test_an_interrupted_write_keeps_nothing_and_the_rerun_works(tmp_path):
+    """SIGTERM (a cluster's time limit; Ctrl-C alike) ended samri_ml-example without a word,
+    left the files written so far (the one being written cut short at its name), and the same
+    command run again refused the folder: "not empty and is not a samri_ml example dataset".
+    Now it says 'terminated' (exit 143), nothing is kept, and the rerun writes the data set.
+    A real process, sent the signal once a subject's files are being written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ex"
+    argv = [sys.executable, "-m", "samri_ml.cli.example", str(out), "--subjects", "2",
+            "--volumes", str(N_VOL)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (out / "sub-01").is_dir():
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err.strip().splitlines() == ["samri_ml-example: terminated"], err
+    assert not out.exists()
+    run = subprocess.run(argv, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert ex.is_current_example(out, 2, N_VOL, 0)
+
+
 def test_masks_and_brain_volume(dataset):
     tm = nb.load(str(dataset / "template/tpl-Phantom_desc-brain_mask.nii.gz"))
     m = _data(dataset / "template/tpl-Phantom_desc-brain_mask.nii.gz")

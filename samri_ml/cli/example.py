@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 
 from samri_ml import __version__
-from samri_ml.cli._common import HelpFormatter, check_output_dir, print_line, run_cli
+from samri_ml.cli._common import (
+    HelpFormatter,
+    check_output_dir,
+    print_line,
+    run_cli,
+    terminate_as_interrupt,
+)
 
 PROG = "samri_ml-example"
 #: the fewest BOLD volumes per run: samri_ml-register refuses a run of one volume (it needs a
@@ -71,10 +77,11 @@ def _main(argv=None) -> int:
         return 0
     # a folder protected with chmod a-w was written into by root, as every other command refuses
     check_output_dir(parser, f"OUT_DIR {args.out_dir}", args.out_dir)
-    out = write_example_dataset(
-        args.out_dir, n_subjects=args.subjects, n_volumes=args.volumes, seed=args.seed,
-        force=args.force,
-    )  # fmt: skip
+    with terminate_as_interrupt():  # SIGTERM as Ctrl-C: what was written is removed
+        out = write_example_dataset(
+            args.out_dir, n_subjects=args.subjects, n_volumes=args.volumes, seed=args.seed,
+            force=args.force,
+        )  # fmt: skip
     print_line(
         f"Example dataset in {out} ({args.subjects} subjects, {args.volumes} volumes, seed "
         f"{args.seed}; {time.perf_counter() - t0:.1f} s). Template: {out / 'template'}; ground "
