@@ -300,6 +300,28 @@ def test_tissue_bbox_spans_the_tissue_and_drops_specks():
     assert tissue_bbox(flat) == (0, 400, 0, 600)  # nothing stands out: the whole image
 
 
+def test_a_section_scanned_larger_is_read_at_the_training_scale():
+    """The same section scanned at 3 and 6 times a training section's size (over
+    :data:`WORKING_SIDE`) is boxed and equalised at that scale: boxes within a pixel of each
+    other at the section's own size, and the network's inputs alike (CLAHE worked on the
+    whole crop's own tiles, the box blurred a fixed 5 px: 0.196 apart at most, now 0.051)."""
+    import cv2
+
+    from samri_ml.plates.data import WORKING_SIDE, at_working_scale
+
+    h, w = 700, 900
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.47 * w)) ** 2 < 1
+    texture = 120 + 60 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + 40 * np.sin((xx + yy) / 41.0)
+    section = np.where(inside, texture, 8).astype(np.uint8)
+    assert at_working_scale(section) is section  # at most 1024 px: as it is
+    three, six = (cv2.resize(section, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
+                  for f in (3, 6))
+    assert max(at_working_scale(six).shape) == WORKING_SIDE
+    assert np.abs(np.array(tissue_bbox(three)) / 3 - np.array(tissue_bbox(six)) / 6).max() <= 1
+    assert np.abs(preprocess(three) - preprocess(six)).max() < 0.1
+
+
 def test_the_triangle_box_keeps_dim_tissue_that_otsus_box_cuts_off():
     """Otsu's level falls between a plate's bright cerebellum and its dim brainstem, so the
     box held the cerebellum only (plates 100-131 of the Allen atlas); the triangle level sits

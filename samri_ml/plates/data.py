@@ -833,6 +833,27 @@ def clahe(img: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarra
     return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles)).apply(img)
 
 
+#: px: the longest side of the images the shipped models were trained and indexed at (the
+#: atlas plates and the training and validation sections are 1024 px). A larger tissue crop
+#: is shrunk to it before CLAHE (:func:`at_working_scale`): CLAHE works on 8 x 8 tiles of
+#: the image it is given, so the same section read at 10000 px was equalised differently
+#: and ranked differently (the top 5 of 6 of the 22 validation sections blown up 8 times)
+WORKING_SIDE = 1024
+
+
+def at_working_scale(img: np.ndarray, side: int = WORKING_SIDE) -> np.ndarray:
+    """``img`` shrunk (area averaging) so that its longest side is ``side`` px; ``img``
+    itself where it is no larger (every shared plate and section: their rankings unchanged)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    if max(h, w) <= side:
+        return img
+    f = side / max(h, w)
+    return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))),
+                      interpolation=cv2.INTER_AREA)
+
+
 def pad_square(img: np.ndarray) -> np.ndarray:
     """Pad with zeros (background) to a centred square of side ``max(h, w)``."""
     h, w = img.shape[:2]
@@ -865,6 +886,9 @@ def tissue_bbox(img: np.ndarray, margin: float = 0.02,
     sought within the section's region only, and its margin is a fraction of the tissue's
     size, not of the slide's. Images without such pieces (the atlas plates, the training and
     validation sections) get the box they always got.
+
+    An image of one section larger than :data:`WORKING_SIDE` px is looked at shrunk to it
+    (:func:`_quarter_look`), the box scaled back.
     """
     import cv2
 
@@ -1061,12 +1085,23 @@ def _quarter_look(img: np.ndarray) -> tuple:
     """``small, blur, slide``: :func:`_quarter` of ``img`` and :func:`_on_a_slide` of its
     blur, which reading (:func:`other_sections`) and the tissue box (:func:`tissue_bbox`)
     both need. Made once for an image :func:`read_image` returned (:func:`_keep_look`): it
-    was made twice, 1.5-2 ms of a 1000 px section's 7.5 ms ranking."""
+    was made twice, 1.5-2 ms of a 1000 px section's 7.5 ms ranking.
+
+    An image of one section (nothing else on it) larger than :data:`WORKING_SIDE` px is
+    then looked at shrunk to it (:func:`at_working_scale`), where its tissue box is sought:
+    the blur and the thresholds see it at the scale of the plates and sections the models
+    were trained with (a quarter of the image whatever its size, blurred 5 px, gave the same
+    section read at 8 times its size a box up to 13 % of its width narrower). A slide with
+    other things on it is looked at at its own size, as before: its section may be small in
+    it (a label shrunk with it came out as large as a section)."""
     kept = _LOOKS.get(id(img))
     if kept is not None and kept[0]() is img:
         return kept[1]
     small, blur = _quarter(img)
-    return small, blur, _on_a_slide(blur)
+    slide = _on_a_slide(blur)
+    if slide is None and max(img.shape) > WORKING_SIDE:
+        small, blur = _quarter(at_working_scale(img))
+    return small, blur, slide
 
 
 def _keep_look(img: np.ndarray, look: tuple) -> None:
@@ -1160,7 +1195,9 @@ def preprocess(
 
     With ``crop`` the image is first cut to its tissue bounding box (:func:`tissue_bbox` at
     ``crop_threshold``, or ``box`` where the caller has it already), so that plates (tissue on
-    a wide background) and sections (tight crops) share a scale.
+    a wide background) and sections (tight crops) share a scale, and that crop is equalised
+    at no more than :data:`WORKING_SIDE` px (:func:`at_working_scale`), the scale the models
+    were trained at, whatever the size the section was scanned at.
 
     Returns
     -------
@@ -1172,7 +1209,7 @@ def preprocess(
     img = _to_uint8(img, "<array>")
     if crop:
         y0, y1, x0, x1 = tissue_bbox(img, threshold=crop_threshold) if box is None else box
-        img = img[y0:y1, x0:x1]
+        img = at_working_scale(img[y0:y1, x0:x1])
     if equalise:
         img = clahe(img)
     sq = pad_square(img)

@@ -39,6 +39,7 @@ from samri_ml.hardware import available_cpus
 from samri_ml.plates.data import (
     _to_uint8,
     as_section,
+    at_working_scale,
     load_atlas,
     preprocess,
     read_image,
@@ -130,6 +131,14 @@ def part_canvas(piece: np.ndarray, part: str) -> np.ndarray:
     y, x = round((canvas.shape[0] - h) * ay), round((canvas.shape[1] - w) * ax)
     canvas[y : y + h, x : x + w] = piece
     return canvas
+
+
+def part_image(img: np.ndarray, box: tuple[int, int, int, int], part: str) -> np.ndarray:
+    """The tissue ``box`` of a uint8 ``img`` in its :func:`part_canvas` for ``part``, the
+    tissue at no more than :data:`~samri_ml.plates.data.WORKING_SIDE` px (as
+    :func:`~samri_ml.plates.data.preprocess` equalises a whole section's crop)."""
+    y0, y1, x0, x1 = box
+    return part_canvas(at_working_scale(img[y0:y1, x0:x1]), part)
 
 
 def candidate_parts(box: tuple[int, int, int, int], hemisections: bool = False,
@@ -488,10 +497,8 @@ class PlateIdentifier(_Ranker):
 
         def prep_part(job):
             i, part = job
-            y0, y1, x0, x1 = boxes[i]
-            piece = _to_uint8(imgs[i], "<array>")[y0:y1, x0:x1]
-            return preprocess(part_canvas(piece, part), self.size, equalise=self.equalise,
-                              crop=False)
+            return preprocess(part_image(_to_uint8(imgs[i], "<array>"), boxes[i], part),
+                              self.size, equalise=self.equalise, crop=False)
 
         emb = embed(self.model, np.stack(_map(prep_part, jobs)), flip_tta=self.flip_tta)
         d = smooth_profile(_pairwise(emb, self.embeddings), self.plates, self.smooth)

@@ -153,7 +153,7 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
     whole section's scale, where that part lies in a section. How it was read (turned back,
     the part) is noted at the foot of its tile."""
     from samri_ml.plates.data import _to_uint8
-    from samri_ml.plates.identify import part_canvas, turn_back
+    from samri_ml.plates.identify import part_image, turn_back
 
     shown = turn_back(img, result.get("turned_degrees", 0) // 90)
     notes = []
@@ -162,8 +162,7 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
     used = getattr(ident, result["model"]) if "model" in result else ident
     if result.get("read_as"):
         shown = _to_uint8(shown, "<array>")
-        y0, y1, x0, x1 = used.tissue_box(shown)
-        shown = preprocess(part_canvas(shown[y0:y1, x0:x1], result["read_as"]), TILE,
+        shown = preprocess(part_image(shown, used.tissue_box(shown), result["read_as"]), TILE,
                            crop=False)
         notes.append(result["read_as"])
     return write_montage(shown, result, out_png, top=top, atlas_dir=atlas_dir, index=used.index,
