@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
-from nipype import Node, Workflow
+from nipype import Function, Node, Workflow
 from nipype.interfaces.base import isdefined
 from scipy import ndimage
 
@@ -375,3 +375,39 @@ def test_inputs_that_cannot_work_are_refused_where_they_are_set(interface, input
 
     with pytest.raises(TraitError):
         getattr(interfaces, interface)(**inputs)
+
+
+def test_a_cached_node_whose_output_is_gone_runs_again(tmp_path):
+    """A cached node whose result Nipype cannot read back (an output file of it deleted: its
+    result names a file that is not there) is asked to list its outputs again: Nipype's
+    SimpleInterface listed none, and the node gave them all undefined, without running, to
+    fail the next node ('requires a value for input'). Now it runs again, as Nipype's own
+    interfaces do; every samri_ml interface has that base."""
+    import samri_ml.interfaces as interfaces
+    from samri_ml.interfaces._base import SimpleInterface
+
+    wf = Workflow(name="wf", base_dir=str(tmp_path))
+    write = Node(WriteQCMetrics(scan="sub-01_T2w.nii.gz", modality="anat", vcf=0.9),
+                 name="write")
+    read = Node(Function(function=_vcf_of, input_names=["in_file"], output_names=["vcf"]),
+                name="read")
+    wf.connect(write, "out_json", read, "in_file")
+
+    def run():
+        graph = wf.run()
+        return {n.name: n.result.outputs for n in graph.nodes()}
+
+    first = run()
+    assert first["read"].vcf == 0.9
+    Path(first["write"].out_json).unlink()
+    again = run()
+    assert Path(again["write"].out_json).is_file() and again["read"].vcf == 0.9
+    assert all(issubclass(getattr(interfaces, name), SimpleInterface)
+               for name in interfaces.__all__)
+
+
+def _vcf_of(in_file):
+    import json
+
+    with open(in_file) as f:
+        return json.load(f)["vcf"]

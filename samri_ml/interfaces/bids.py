@@ -6,13 +6,13 @@ import json
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    SimpleInterface,
     TraitedSpec,
     traits,
 )
 
 from samri_ml.bids import atomic_copy, atomic_write_text, derivative_path, sidecar_path
 from samri_ml.errors import SamriMLError
+from samri_ml.interfaces._base import SimpleInterface
 from samri_ml.interfaces._paths import Directory, File, PathStr
 
 

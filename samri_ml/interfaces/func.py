@@ -7,13 +7,13 @@ import os
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
-    SimpleInterface,
     TraitedSpec,
     traits,
 )
 
 from samri_ml import func
 from samri_ml.errors import SamriMLError
+from samri_ml.interfaces._base import SimpleInterface
 from samri_ml.interfaces._paths import File, InFileKeyedInputSpec
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    SimpleInterface,
     TraitedSpec,
     traits,
 )
 from nipype.interfaces.base import isdefined as traits_defined
 
+from samri_ml.interfaces._base import SimpleInterface
 from samri_ml.interfaces._paths import File
 from samri_ml.masking.predict import MIN_MAX_SLICES
 

@@ -6,12 +6,12 @@ import os
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    SimpleInterface,
     TraitedSpec,
     traits,
 )
 
 from samri_ml.errors import SamriMLError
+from samri_ml.interfaces._base import SimpleInterface
 from samri_ml.interfaces._paths import Directory, File
 from samri_ml.io import json_dumps
 from samri_ml.plates.identify import VARIANT_CHOICES

@@ -14,12 +14,12 @@ import os
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
-    SimpleInterface,
     TraitedSpec,
     isdefined,
     traits,
 )
 
+from samri_ml.interfaces._base import SimpleInterface
 from samri_ml.interfaces._paths import File
 
 
