@@ -2183,6 +2183,38 @@ def test_evaluate_masker_scores_a_labs_own_scans(tmp_path, lab_scans_dir, capsys
     assert f"{bold_mask}" in capsys.readouterr().err
 
 
+def test_evaluate_masker_scores_a_scan_with_an_empty_reference_and_goes_on(tmp_path,
+                                                                          lab_scans_dir, capsys):
+    """One empty reference mask under ``--scans`` (a failed export, a mask not drawn yet)
+    stopped the whole evaluation ('--scans: ... is empty'), the other scans unscored. Now that
+    scan is scored Dice 0 (nothing to overlap; two empty masks would have made 1.0), named
+    in a note, its volume ratio 'n/a', and the others are scored as before; training still
+    refuses it."""
+    import numpy as np
+
+    from samri_ml.cli import evaluate_masker
+    from samri_ml.errors import SamriMLError
+    from samri_ml.masking.data import lab_scans
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab", drop=["sub-03"])
+    empty = lab / "sub-02" / "anat" / "sub-02_desc-brain_mask.nii.gz"
+    ref = nb.load(empty)
+    nb.save(nb.Nifti1Image(np.zeros(ref.shape, np.uint8), ref.affine), empty)
+    out = tmp_path / "rows.json"
+    assert evaluate_masker.main(["--scans", str(lab), "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    rows = {r["scan"]: r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 3  # sub-01's T2w and EPI, sub-02's T2w
+    assert rows["sub-02/anat/sub-02_T2w.nii.gz"]["dice"] == 0.0
+    assert all(r["dice"] > 0.8 for name, r in rows.items() if "sub-02" not in name)
+    assert ("note: sub-02/anat/sub-02_T2w.nii.gz: its reference mask is empty (no voxel "
+            "above 0.5), scored Dice 0") in captured.err
+    line = next(x for x in captured.out.splitlines() if x.startswith("sub-02/"))
+    assert "0.000" in line and "n/a" in line
+    with pytest.raises(SamriMLError, match="is empty"):  # no training on it
+        lab_scans(lab)
+
+
 def test_evaluate_masker_sigterm_says_terminated_and_leaves_no_temporary_file(tmp_path,
                                                                               lab_scans_dir):
     """SIGTERM (``kill``, a cluster's time limit) ended samri_ml-evaluate-masker without a

@@ -248,7 +248,8 @@ def _evaluate(parser, args) -> int:
     if args.scans is not None:
         from samri_ml.masking.data import lab_scans
 
-        scans = lab_scans(args.scans, pairs=pairs)
+        # an empty reference is scored (Dice 0) and named (it stopped the whole evaluation)
+        scans = lab_scans(args.scans, pairs=pairs, empty_masks=True)
     else:
         skip = tuple(s for s in SOURCES if args.sources and s not in args.sources)
         scans = real_scans(data_dir, args.cache_dir, skip=skip, stripped_rim=args.stripped_rim)
@@ -274,7 +275,7 @@ def _evaluate(parser, args) -> int:
     rows = evaluate(scans, model, tuple(args.views), flip=args.flip,
                     figures=args.figures)
     for r in rows:
-        if r["error"]:  # scored as an empty mask (Dice 0): say why
+        if r["error"]:  # scored Dice 0 (no prediction, or an empty reference): say why
             print(f"{PROG}: note: {r['scan']}: {r['error']}", file=sys.stderr)
     text = report(rows, held_out, known)
     print_line(text)  # a closed stdout (| head) must not cost --json

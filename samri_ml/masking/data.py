@@ -540,14 +540,18 @@ def lab_pairs(folder, min_subjects: int = 2, *,
     return pairs
 
 
-def lab_scans(folder, min_subjects: int = 2, *, pairs=None) -> list[Scan]:
+def lab_scans(folder, min_subjects: int = 2, *, pairs=None,
+              empty_masks: bool = False) -> list[Scan]:
     """The scans of :func:`lab_pairs`, loaded (RAS; a 4D series as its temporal mean);
-    ``pairs``: those :func:`lab_pairs` gave already (its checks and notes not repeated).
+    ``pairs``: those :func:`lab_pairs` gave already (its checks and notes not repeated);
+    ``empty_masks``: an empty mask is kept (an evaluation scores its scan, with a note)
+    rather than refused (training on it would teach the network that no brain is there).
 
     Raises
     ------
     SamriMLError
-        Besides :func:`lab_pairs`' errors, for an empty mask (naming it).
+        Besides :func:`lab_pairs`' errors, for an empty mask (naming it), unless
+        ``empty_masks``.
     """
     from samri_ml.errors import SamriMLError
 
@@ -556,7 +560,7 @@ def lab_scans(folder, min_subjects: int = 2, *, pairs=None) -> list[Scan]:
     for image, mask, subject in pairs or lab_pairs(folder, min_subjects):
         data, zooms = _load_ras(image)
         brain = _load_ras(mask)[0] > 0.5
-        if not brain.any():
+        if not brain.any() and not empty_masks:
             raise SamriMLError(f"--scans: {mask} is empty (no voxel above 0.5); hint: give "
                                "the image's brain mask, 1 inside the brain")
         scans.append(Scan(image.relative_to(folder).as_posix(), "scans", data, brain, zooms,

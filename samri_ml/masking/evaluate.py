@@ -3,7 +3,7 @@
 For every scan with a reference mask ``R`` (manual, template or registration-derived) the predicted
 mask ``P`` is scored with
 
-* Dice ``D = 2 |P & R| / (|P| + |R|)``;
+* Dice ``D = 2 |P & R| / (|P| + |R|)`` (0 where R is empty: nothing to find);
 * the seed's correlation table (its Fig. 2): voxel-wise Pearson correlations
   ``r(a, b) = cov(a, b) / (sd(a) sd(b))`` between the image ``I`` and ``R``, ``I`` and ``P``, and
   ``R`` and ``P`` (masks as 0/1); a good mask correlates with the image as much as the reference does;
@@ -59,6 +59,12 @@ def evaluate_scan(scan, model, views=ALL_VIEWS, flip: bool | None = None, figure
         warnings.warn_explicit(message, note.category, note.filename, note.lineno)
     ref = scan.mask > 0
     score = dice(pred, ref)
+    if not ref.any():
+        # nothing to overlap: 0 whatever the prediction (two empty masks, a prediction that
+        # failed, made 1.0); a lab's empty reference had stopped the whole evaluation
+        score = 0.0
+        error = "; ".join(filter(None, ["its reference mask is empty (no voxel above 0.5), "
+                                        "scored Dice 0; hint: give its brain mask", error]))
     if figure is not None:
         from samri_ml.masking.data import scan_affine
         from samri_ml.report import mask_figure
@@ -180,7 +186,8 @@ def report(rows, held_out=(), training_known: bool = True) -> str:
         [
             [r["scan"], r["reference"], f"{r['dice']:.3f}", f"{r['r_image_reference']:.3f}",
              f"{r['r_image_predicted']:.3f}", f"{r['r_reference_predicted']:.3f}",
-             f"{r['volume_predicted'] / max(r['volume_reference'], 1):.3f}", f"{r['seconds']:.2f}"]
+             f"{r['volume_predicted'] / r['volume_reference']:.3f}" if r["volume_reference"]
+             else "n/a", f"{r['seconds']:.2f}"]  # no ratio to an empty reference
             for r in rows
         ],
     )  # fmt: skip
