@@ -454,6 +454,8 @@ def test_a_rerun_keeps_unchanged_derivatives_and_restores_lost_ones(head, tmp_pa
     sidecar = derivative.with_name(derivative.name.replace(".nii.gz", ".json"))
     assert derivative.name == "sub-01_ses-1_space-Phantom_desc-preproc_T2w.nii.gz"
     assert json.loads(sidecar.read_text()) == {"SkullStripped": False}
+    # the sidecar is an output too, for a node downstream (niworkflows' out_meta)
+    assert Path(_result(graph, "ds_anat").out_meta) == sidecar
     before = {p: p.stat().st_mtime_ns for p in (derivative, sidecar)}
     first = _result(_downstream_wf(work, derivative).run(), "stamp").when
 

@@ -32,6 +32,8 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
 
 class _DerivativesDataSinkOutputSpec(TraitedSpec):
     out_file = File(desc="the stored file")
+    out_meta = File(desc="its sidecar JSON, where metadata was given (as niworkflows' "
+                         "DerivativesDataSink gives it)")
 
 
 class DerivativesDataSink(SimpleInterface):
@@ -59,6 +61,7 @@ class DerivativesDataSink(SimpleInterface):
             sidecar = sidecar_path(out)
             atomic_write_text(json.dumps(self.inputs.metadata, indent=2) + "\n", sidecar,
                               skip_identical=True)
+            self._results["out_meta"] = str(sidecar)
         _describe_dataset(Path(self.inputs.base_directory), self.inputs.source_file, out)
         self._results["out_file"] = str(out)
         return runtime
