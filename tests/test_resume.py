@@ -347,8 +347,9 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs, h
     The same command then resumes and finishes. SIGTERM to the command alone (``kill PID``, a
     scheduler ending the job that runs it) killed it at once, silently, and left MultiProc's
     workers and the running ANTs programs writing into the unlocked work dir: now it ends
-    them and stops as Ctrl-C does. The resume runs after MultiProc's stop only: the work dir
-    is left the same way by both plugins (unlocked, no crash file)."""
+    them and stops as Ctrl-C does, but with ``terminated`` and exit 143 (128 + 15), as the
+    other commands (it said ``interrupted``, exit 130). The resume runs after MultiProc's stop
+    only: the work dir is left the same way by both plugins (unlocked, no crash file)."""
     out, work = tmp_path / "out", tmp_path / "work"
     cmd = register_command(example_dataset, out, work)
     cmd[cmd.index("--nprocs") + 1] = nprocs
@@ -376,9 +377,10 @@ def test_ctrl_c_stops_the_run_with_one_line(example_dataset, tmp_path, nprocs, h
         left = _live_group_members(proc.pid)
     finally:
         text, lines = end_run(proc, log, tmp_path / "first.log")
-    assert rc == 130 and waited < 10, (rc, waited, text[-2000:])
+    code, word = (130, "interrupted") if how == "ctrl_c" else (143, "terminated")
+    assert rc == code and waited < 10, (rc, waited, text[-2000:])
     assert not left, left  # no worker or ANTs program left running
-    assert lines[-1] == "samri_ml-register: interrupted", lines
+    assert lines[-1] == f"samri_ml-register: {word}", lines
     assert len(lines) == 2 and "session(s)" in lines[0], lines
     # the node Linear was running when Ctrl-C came left no crash file: it did not crash
     assert not list(out.glob("**/log/crash-*")), [p.read_text() for p in out.glob("**/crash-*")]

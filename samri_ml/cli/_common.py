@@ -43,9 +43,10 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv=None, *,
     """Run ``main(argv)``; turn failures into one line on stderr and an exit code.
 
     0 success, 2 usage error (argparse), 1 any other failure, 130 interrupted, 143 terminated
-    (:class:`Terminated`: SIGTERM under :func:`terminate_as_interrupt`). With ``-v`` the
-    traceback is printed as well. ``memory_hint``: what to try after a ``MemoryError``, in the
-    command's own options (``samri_ml-register``: fewer ``--nprocs``).
+    (:class:`Terminated`: SIGTERM under :func:`terminate_as_interrupt` or
+    :func:`quiet_interrupts`). With ``-v`` the traceback is printed as well. ``memory_hint``:
+    what to try after a ``MemoryError``, in the command's own options (``samri_ml-register``:
+    fewer ``--nprocs``).
     """
     code = _run_cli(prog, main, argv, memory_hint)
     if code in (130, 143):
@@ -477,7 +478,8 @@ def quiet_interrupts():
     one ``interrupted`` line (exit 130) is all a user sees. Where SIGINT is ignored (a
     background job) it stays ignored. SIGTERM (sent to this process alone: ``kill PID``, a
     scheduler ending the job that runs the command) first ends every process below it (the
-    workers, the ANTs programs), then stops the run the same way.
+    workers, the ANTs programs), then stops the run the same way, as :class:`Terminated`
+    (``terminated``, exit 143, as the other commands; the state's ``exc`` is what to raise).
 
     Ctrl-C reaches the workers too: the process pool breaks, and its thread logs each
     future's ``BrokenProcessPool`` (Nipype's callback re-raises it), maybe before the Python
@@ -488,7 +490,7 @@ def quiet_interrupts():
     import signal
     from types import SimpleNamespace
 
-    state = SimpleNamespace(interrupted=False, muted={})
+    state = SimpleNamespace(interrupted=False, muted={}, exc=KeyboardInterrupt)
     # an ignored SIGINT (a background job) stays ignored; SIGTERM is taken where it would
     # kill the process (as in a background job run with nohup ... &)
     signals = [signum for signum, default in ((signal.SIGINT, signal.default_int_handler),
@@ -513,6 +515,8 @@ def quiet_interrupts():
             for pid in _descendants(parent):
                 with suppress(OSError):
                     os.kill(pid, signal.SIGTERM)
+        if not state.interrupted:  # the first signal says how the run ended
+            state.exc = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         state.interrupted = True
         # Nipype sets a level on each of its loggers: mute every one, not only the parent
         names = [n for n in logging.root.manager.loggerDict
@@ -521,14 +525,14 @@ def quiet_interrupts():
             logger = logging.getLogger(name)
             state.muted.setdefault(name, logger.level)
             logger.setLevel(logging.CRITICAL + 1)
-        raise KeyboardInterrupt
+        raise state.exc
 
     previous = {signum: signal.signal(signum, handler) for signum in signals}
     try:
         yield state
     except BaseException:
         if state.interrupted or quiet.signalled():  # e.g. "some steps failed" (a node caught it)
-            raise KeyboardInterrupt from None
+            raise state.exc from None
         raise
     finally:
         for signum, handling in previous.items():
@@ -543,7 +547,7 @@ def quiet_interrupts():
             if name.split(".")[0] == "nipype":
                 logging.getLogger(name).setLevel(level)
     if state.interrupted:  # caught by a node and turned into its failure: still an interrupt
-        raise KeyboardInterrupt
+        raise state.exc
 
 
 def _descendants(pid: int) -> list[int]:

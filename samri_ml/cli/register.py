@@ -793,7 +793,7 @@ class Progress:
 
     def __call__(self, node, status):
         if self.stop is not None and self.stop.interrupted:
-            raise KeyboardInterrupt
+            raise self.stop.exc
         if status == "start":
             self.started.add(id(node))
             if self.linear and _reusable(node):  # Linear starts the nodes it reuses too
@@ -1111,7 +1111,9 @@ def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        if crash_cause(text).startswith("KeyboardInterrupt"):
+        # Ctrl-C, or SIGTERM (samri_ml.cli._common.Terminated)
+        if crash_cause(text).split(":")[0].rsplit(".", 1)[-1] in ("KeyboardInterrupt",
+                                                                  "Terminated"):
             path.unlink(missing_ok=True)
 
 
