@@ -261,8 +261,10 @@ def submit_whole(runner, prog: str = "samri_ml") -> None:
                  if tries else "")
         # the plugin's own argument (LSF was told to fix sbatch_args/qsub_args); a scheduler
         # that is down ("unable to contact qmaster") is no request to fix
+        # (the docs are in the source distribution only: a pip user has no docs/ folder)
         raise SamriMLError(f"{what}; hint: if the scheduler is reachable, check what the step "
-                           "asks for (docs/cluster.rst) against the queue or partition, and "
+                           "asks for (its CPUs and memory: docs/cluster.rst of samri_ml's "
+                           "source distribution) against the queue or partition, and "
                            f"--plugin-args' {args}{tried}")
 
     runner._submit_batchtask = whole

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: where the commands look for the real data unless told, as their --help says it: a pip
+#: install has no ``../shared/data`` (it used to name that alone, a folder beside the source)
+DATA_DIR_DEFAULT = "$SAMRI_ML_SHARED_DATA, else ../shared/data beside a source checkout"
+
 
 def shared_data_dir() -> Path:
     """``$SAMRI_ML_SHARED_DATA``, else ``../shared/data`` beside the repository.

@@ -344,6 +344,49 @@ def test_graph_help_has_no_rst_markup():
     assert "Draw any samri_ml workflow's graph (without running it)." in " ".join(text.split())
 
 
+def _pointers_a_pip_user_cannot_follow(source: str) -> list[str]:
+    """The strings of ``source`` (Python; docstrings aside) that name a file of the source
+    tree alone: ``docs/...`` without saying it is in the source distribution, or
+    ``../shared/data`` without saying it is beside a source checkout."""
+    import ast
+
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                       ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and id(node) not in docstrings):
+            text = node.value
+        else:
+            continue
+        if (("docs/" in text and "source distribution" not in text)
+                or ("../shared" in text and "beside a source checkout" not in text)):
+            bad.append(text)
+    return bad
+
+
+def test_messages_and_help_point_to_what_a_pip_install_has():
+    """A lab installs the wheel: it has no docs/ and no ../shared/data. A refused cluster
+    job's hint said '(docs/cluster.rst)', and --data-dir's help (samri_ml-train-masker,
+    samri_ml-evaluate-masker), samri_ml-train-plates' --data and their descriptions named
+    ../shared/data alone. Every such pointer now says where it is (the source distribution,
+    a source checkout) or names the environment variable and option to use."""
+    bad = {str(path.relative_to(ROOT)): found for path in sorted((ROOT / "samri_ml").rglob("*.py"))
+           if (found := _pointers_a_pip_user_cannot_follow(path.read_text()))}
+    assert not bad, bad
+    from samri_ml.cli.evaluate_masker import get_parser
+
+    text = " ".join(get_parser().format_help().split())
+    assert "(default: $SAMRI_ML_SHARED_DATA, else ../shared/data beside a source checkout)" \
+        in text, text
+    assert _pointers_a_pip_user_cannot_follow('x = "(docs/cluster.rst)"')  # the old hint
+
+
 @pytest.mark.parametrize("doc", ["README.rst", "docs/plates.rst", "docs/masking.rst",
                                  "docs/errors.rst", "docs/cluster.rst"])
 def test_the_docs_are_valid_restructuredtext(doc):

@@ -180,8 +180,10 @@ def add_masker_data_options(parser) -> None:
     and evaluation."""
     from pathlib import Path
 
+    from samri_ml.paths import DATA_DIR_DEFAULT
+
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="shared data folder (default: $SAMRI_ML_SHARED_DATA or ../shared/data)")
+                        help=f"real-data folder, holding mri/ (default: {DATA_DIR_DEFAULT})")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="folder for registration-derived masks "
                         "(default $XDG_CACHE_HOME/samri_ml/masks, else "

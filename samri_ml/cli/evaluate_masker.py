@@ -37,7 +37,8 @@ SOURCES = ("dama", "sammba", "emory", "templates")
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Score a masking model on the real scans of ../shared/data/mri that have a "
+        description="Score a masking model on the real scans of the data folder's mri/ "
+        "(--data-dir) that have a "
         "reference mask (or on your own, --scans DIR): Dice per scan, median per source and over "
         "the sources the model was not trained on, and the seed's correlation table (image vs "
         "reference vs predicted mask).",

@@ -40,7 +40,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Train the slice-wise U-Net brain masker on the real scans of "
-        "../shared/data/mri (dama, sammba, emory, templates; sources in --holdout are left out for an "
+        "the data folder's mri/ (--data-dir; dama, sammba, emory, templates; sources in --holdout are left out for an "
         "honest leave-source-out test) plus synthetic skull-on T1/T2/EPI heads built around "
         "their brains. Writes OUT (.keras), OUT_loss.png and OUT_training.json.",
         formatter_class=HelpFormatter,

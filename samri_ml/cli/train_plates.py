@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_version_option,
         number_in,
     )
+    from samri_ml.paths import DATA_DIR_DEFAULT
     from samri_ml.plates.train import TrainConfig
 
     whole = number_in(int, 1)  # steps, images, channels: at least one
@@ -31,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default=None,
-        help="folder with atlas/, train/, val_1/, val_2/ (default: plates/ in "
-        "$SAMRI_ML_SHARED_DATA or ../shared/data)",
+        help="folder with atlas/, train/, val_1/, val_2/ (default: plates/ in the real-data "
+        f"folder: {DATA_DIR_DEFAULT})",
     )
     p.add_argument("--out", help="output folder (checkpoints, history.json and its curves "
                    "history.png); required but with --fit-router")
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=number_in(float, 0, 1 - TrainConfig.real_fraction),
         default=0.0,
         help="share of anchors cut at random angles from the CCF annotation and painted with "
-        f"random contrasts (needs ../shared/data/ccf; at most {1 - TrainConfig.real_fraction:g}: "
+        f"random contrasts (needs ccf/ in {DATA_DIR_DEFAULT}; at most {1 - TrainConfig.real_fraction:g}: "
         f"{TrainConfig.real_fraction:g} of the anchors are real sections)",
     )
     p.add_argument("--synth-max-tilt", type=number_in(float, 0, 45), default=6.0,
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="instead of training: fit the modality router of --variant auto (confocal/Nissl "
         "vs other modalities; train sections and atlas plates vs synthetic CCF sections, needs "
-        "../shared/data/ccf) and write DIR/plates_router.json",
+        f"ccf/ in {DATA_DIR_DEFAULT}) and write DIR/plates_router.json",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     add_version_option(p)
