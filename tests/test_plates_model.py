@@ -1075,6 +1075,52 @@ def test_montage_says_how_the_section_was_read_at_its_foot(tmp_path, plate_thumb
     assert orange[0] > 50 and orange[1] == 0, orange
 
 
+def _orange(band: np.ndarray) -> int:
+    """Pixels of a montage band (BGR) in the labels' orange: red well above blue."""
+    return int(((band[..., 2].astype(int) - band[..., 0]) > 100).sum())
+
+
+def test_montage_says_a_section_was_inverted_or_uncertain_at_its_foot(tmp_path, plate_thumbs,
+                                                                      capsys):
+    """A brightfield section (dark tissue on a bright background) is ranked, and shown in its
+    montage, inverted; an ``uncertain`` ranking is flagged: both were said on the command line
+    only, and the montage, looked at later, showed a bright-on-dark section the microscope
+    never made and an uncertain top plate as any other. Both are now noted at the foot of
+    the section's tile; a section read as it is has none."""
+    import cv2
+
+    from samri_ml.cli.identify_plate import main
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.plates.data import read_image
+    from samri_ml.plates.montage import LABEL_BAND, TILE, write_ranked_montage
+
+    cv2.imwrite(str(tmp_path / "dark.png"), plate_thumbs[70])
+    cv2.imwrite(str(tmp_path / "bright.png"), 255 - plate_thumbs[70])
+    out = tmp_path / "montages"
+    assert main([str(tmp_path / "dark.png"), str(tmp_path / "bright.png"), "--montage", str(out),
+                 "--no-regions", "--variant", "default"]) == 0
+    assert "bright.png: dark tissue on a bright background" in capsys.readouterr().err
+    dark, bright = (cv2.imread(str(out / f"{n}.png_plates.png")) for n in ("dark", "bright"))
+    assert dark.shape == (LABEL_BAND + TILE, 6 * TILE, 3)  # no note: no foot band
+    assert bright.shape == (2 * LABEL_BAND + TILE, 6 * TILE, 3)
+    assert _orange(bright[-LABEL_BAND:, :TILE]) > 50 and not bright[-LABEL_BAND:, TILE:].any()
+    # uncertain, alone and after the other notes (the last part of a long note is kept)
+    ident = PlateIdentifier(variant="default")
+    with pytest.warns(SamriMLNote, match="brightfield"):
+        img = read_image(tmp_path / "bright.png")
+    res = ident.rank_read([img], regions=False)[0]
+    feet = {}
+    for name, r in (("plain", {**res, "uncertain": False}), ("uncertain", {**res, "uncertain": True}),
+                    ("long", {**res, "uncertain": True, "turned_degrees": 270,
+                              "read_as": "ventral part"})):
+        png = write_ranked_montage(ident, img, r, tmp_path / f"{name}.png", title="bright.png")
+        feet[name] = cv2.imread(str(png))[-LABEL_BAND:, :TILE]
+    assert _orange(feet["uncertain"]) > _orange(feet["plain"]) > 50
+    # "... uncertain" ends every note: the right of the band is drawn alike
+    assert _orange(feet["long"][:, TILE // 2:]) > 50
+    np.testing.assert_array_equal(feet["plain"][:, :40], feet["uncertain"][:, :40])
+
+
 @pytest.mark.shared_data
 def test_an_atlas_of_the_shipped_plates_keeps_the_uncertain_flag_and_the_turn_back(tmp_path):
     """``--atlas DIR`` turned the ``uncertain`` flag and the turn-back off for every atlas,

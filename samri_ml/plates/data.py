@@ -673,7 +673,8 @@ def _as_the_plates(img: np.ndarray, path, keep: bool = False,
                       "background: they are not tissue", SamriMLNote, stacklevel=3)
         img = img.copy()
         img[fill] = np.percentile(img[~fill], 1)  # the section's own dark background
-    if looks_brightfield(img):
+    inverted = looks_brightfield(img)
+    if inverted:
         warnings.warn(f"{path}: {BRIGHTFIELD_NOTE}", SamriMLNote, stacklevel=3)
         img = 255 - img
     look = _quarter_look(img)
@@ -685,7 +686,7 @@ def _as_the_plates(img: np.ndarray, path, keep: bool = False,
     if keep:
         if given is not None and np.may_share_memory(img, given):
             img = img.copy()  # the same pixels: the same look
-        _keep_look(img, look)
+        _keep_look(img, look, inverted)
     return img
 
 
@@ -1076,8 +1077,8 @@ def _section_region(img: np.ndarray):
 
 
 #: :func:`_quarter_look` of the images :func:`read_image` returned, by ``id``: ``(a weak
-#: reference to the image, its look)``, dropped when the image is freed (the reference tells
-#: a later image given the same ``id`` from it)
+#: reference to the image, its look, whether it was inverted)``, dropped when the image is
+#: freed (the reference tells a later image given the same ``id`` from it)
 _LOOKS: dict[int, tuple] = {}
 
 
@@ -1104,14 +1105,23 @@ def _quarter_look(img: np.ndarray) -> tuple:
     return small, blur, slide
 
 
-def _keep_look(img: np.ndarray, look: tuple) -> None:
+def _keep_look(img: np.ndarray, look: tuple, inverted: bool = False) -> None:
     """Keep ``look`` (:func:`_quarter_look`) for ``img`` as long as it lives, ``img`` made
     read-only: a look kept for pixels changed in place would box the old ones (a copy,
-    ``img.copy()``, is looked at again)."""
+    ``img.copy()``, is looked at again); and whether it was ``inverted``
+    (:func:`read_inverted`)."""
     img.flags.writeable = False
     key = id(img)
-    _LOOKS[key] = (weakref.ref(img), look)
+    _LOOKS[key] = (weakref.ref(img), look, inverted)
     weakref.finalize(img, _LOOKS.pop, key, None)
+
+
+def read_inverted(img: np.ndarray) -> bool:
+    """Whether ``img`` is a section :func:`read_image` (or :func:`as_section` with ``keep``)
+    inverted: dark tissue on a bright background (brightfield), made bright on dark as the
+    plates are. The montage says so on its tile, which shows it inverted."""
+    kept = _LOOKS.get(id(img))
+    return kept is not None and kept[0]() is img and kept[2]
 
 
 def other_sections(img: np.ndarray, look: tuple | None = None) -> int:

@@ -29,16 +29,41 @@ def _tile(img: np.ndarray, text: str, prepared: bool = False, note: str = "",
     t = cv2.cvtColor(t, cv2.COLOR_GRAY2BGR)
     # the labels in bands of their own, above and below the picture: drawn over it, they hid
     # its top (and, with a note, its foot) 24 px, a tenth of the section a user compares
-    bands = [(text, "top")] + ([(_label(note), "foot")] if note or foot else [])
+    bands = [(text, "top")] + ([(note, "foot")] if note or foot else [])
     for label, where in bands:
         band = np.zeros((LABEL_BAND, TILE, 3), np.uint8)
         # OpenCV's fonts draw ASCII only, and a file name that is not UTF-8 (a Latin-1 byte,
         # held by Python as a surrogate) crashed putText: the process ended, nothing written
         label = label.encode("ascii", "replace").decode()
-        cv2.putText(band, label, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 220, 255), 1,
+        scale = 0.5
+        if where == "foot":  # a note of several parts in smaller letters, else its end
+            label, scale = _fit_note(label)
+        cv2.putText(band, label, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, scale, (80, 220, 255), 1,
                     cv2.LINE_AA)
         t = np.vstack([band, t] if where == "top" else [t, band])
     return t
+
+
+#: the smallest letters of a foot note (OpenCV's scale; the labels' is 0.5)
+NOTE_MIN_SCALE = 0.35
+
+
+def _fit_note(text: str) -> tuple[str, float]:
+    """``(text, scale)`` of a foot note in a tile's width: at the labels' scale, 0.5, where it
+    fits, else smaller, down to :data:`NOTE_MIN_SCALE`, where it then loses its start (a note
+    of several parts keeps its last: ``uncertain``); it was cut to 30 characters at 0.5."""
+    import cv2
+
+    def width(t: str, scale: float) -> int:
+        return cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+
+    room = TILE - 8
+    scale = min(0.5, 0.5 * room / max(width(text, 0.5), 1))
+    if scale >= NOTE_MIN_SCALE:
+        return text, scale
+    while len(text) > 4 and width(text, NOTE_MIN_SCALE) > room:
+        text = "..." + text.lstrip(".")[1:]
+    return text, NOTE_MIN_SCALE
 
 
 #: the last atlas folder read for montages: ``(folder, its atlas_signature)`` and
@@ -138,10 +163,10 @@ def write_montage(
 LABEL_CHARS = 30
 
 
-def _label(text: str) -> str:
-    """``text`` in :data:`LABEL_CHARS` characters: a long one loses its start (a file name's
-    end tells it from its neighbours)."""
-    return text if len(text) <= LABEL_CHARS else "..." + text[-(LABEL_CHARS - 3):]
+def _label(text: str, chars: int = LABEL_CHARS) -> str:
+    """``text`` in ``chars`` characters: a long one loses its start (a file name's end tells
+    it from its neighbours)."""
+    return text if len(text) <= chars else "..." + text[-(chars - 3):]
 
 
 def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: int = 5,
@@ -151,8 +176,11 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
     pictures of the index that ranked it (with ``variant="auto"``: of the variant the router
     chose). A piece read as a part of a section (``read_as``) is drawn as it was read: at a
     whole section's scale, where that part lies in a section. How it was read (turned back,
-    the part) is noted at the foot of its tile."""
-    from samri_ml.plates.data import _to_uint8
+    the part), that it was read inverted (a brightfield section, :func:`read_inverted`: dark
+    tissue on a bright background, shown bright on dark) and that its ranking is
+    ``uncertain`` are noted at the foot of its tile (the last two were said on the command
+    line only)."""
+    from samri_ml.plates.data import _to_uint8, read_inverted
     from samri_ml.plates.identify import part_image, turn_back
 
     shown = turn_back(img, result.get("turned_degrees", 0) // 90)
@@ -165,5 +193,9 @@ def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: 
         shown = preprocess(part_image(shown, used.tissue_box(shown), result["read_as"]), TILE,
                            crop=False)
         notes.append(result["read_as"])
+    if read_inverted(img):
+        notes.append("inverted (brightfield)")
+    if result.get("uncertain"):  # last: a note too long for the tile keeps its end
+        notes.append("uncertain")
     return write_montage(shown, result, out_png, top=top, atlas_dir=atlas_dir, index=used.index,
                          title=title, note=", ".join(notes))
