@@ -68,6 +68,29 @@ def test_qc_plot_has_a_row_per_modality_paired_points_and_n():
                        for ln in lines) == n
 
 
+def _tick_labels_apart(fig) -> bool:
+    """Whether no two tick labels of ``fig`` overlap: upright ones by their boxes; slanted
+    ones (whose upright boxes overlap, the text not) by their distance across their lines,
+    more than a line of 8 pt is high, and by the boxes of the panels' label rows."""
+    import math
+
+    renderer = fig.canvas.get_renderer()
+    boxes, rows = [], {}
+    for ax in fig.axes:
+        labels = ax.get_xticklabels()
+        slant = labels[0].get_rotation()
+        if slant:
+            xs = [ax.transData.transform((t.get_position()[0], 0))[0] for t in labels]
+            if min(np.diff(xs)) * math.sin(math.radians(slant)) / fig.dpi < 0.12:
+                return False
+            rows.setdefault(round(ax.get_position().y0, 3), []).append(
+                Bbox.union([t.get_window_extent(renderer) for t in labels]))
+        else:
+            boxes += [t.get_window_extent(renderer) for t in labels]
+    return not any(a.overlaps(b) for group in (boxes, *rows.values())
+                   for i, a in enumerate(group) for b in group[i + 1:])
+
+
 @pytest.mark.parametrize("names", [
     ("samri_ml generic", "samri_ml masked"),  # two runs of samri_ml-register, Names told apart
     ("deriv_generic_fast", "deriv_masked_fast", "deriv_masked_precise", "averyveryverylongname"),
@@ -80,16 +103,35 @@ def test_qc_plot_tick_labels_neither_overlap_nor_lose_a_character(names):
     groups = {name: [dict(r, workflow=name) for r in recs]
               for name, recs in zip(names, [base["masked"], base["plain"]] * 2, strict=False)}
     fig = violin_figure(groups)
-    renderer = fig.canvas.get_renderer()
-    boxes = []
     for ax in fig.axes:
         labels = ax.get_xticklabels()
-        shown = ["".join(t.get_text().rsplit("\n", 1)[0].split()) for t in labels]
+        # wrapped above "n=5", or slanted on one line where a word is wider than its column
+        shown = ["".join((t.get_text().rsplit(" (n=", 1) if t.get_rotation()
+                          else t.get_text().rsplit("\n", 1))[0].split()) for t in labels]
         assert shown == ["".join(n.split()) for n in names]  # (a space ends a line)
-        boxes += [t.get_window_extent(renderer) for t in labels]
-    assert len(boxes) == 2 * len(PLOT_PANELS) * len(names)
-    overlaps = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
-    assert not overlaps
+    assert _tick_labels_apart(fig)
+
+
+def test_qc_plot_tick_labels_keep_their_words_whole():
+    """Four workflows of folder names: "deriv_unmasked" was wrapped as "deriv_" / "unmask" /
+    "ed", a word broken in its middle, as a word wider than its column always was. Labels
+    are wrapped after "_", "-", "." and spaces only; where a word cannot fit its column, they
+    are slanted, each on one line, and still do not overlap."""
+    from samri_ml.qc.compare import wrap_label
+
+    assert wrap_label("sub-01_unmasked_fast", 0.6) == "sub-01_\nunmasked_\nfast"
+    base = _groups(5, 2)
+    for names, slanted in ((("deriv_unmasked", "deriv_unet", "deriv_ants", "deriv_none"), True),
+                           (("unmasked", "unet"), False)):
+        groups = {name: [dict(r, workflow=name) for r in recs] for name, recs
+                  in zip(names, [base["masked"], base["plain"]] * 2, strict=False)}
+        fig = violin_figure(groups)
+        for ax in fig.axes:
+            labels = ax.get_xticklabels()
+            assert all(bool(t.get_rotation()) == slanted for t in labels), names
+            words = {w for t in labels for w in t.get_text().replace("_", " ").split()}
+            assert {w for n in names for w in n.replace("_", " ").split()} <= words, words
+        assert _tick_labels_apart(fig), names
 
 
 def test_qc_plot_of_many_workflows_slants_its_labels_apart():

@@ -512,22 +512,43 @@ MIN_TICK_INCHES = 0.3
 SLANTED_GAP_INCHES = 0.13
 
 
-def wrap_label(text: str, width_in: float, size: float = 8) -> str:
-    """``text`` in lines no wider than ``width_in`` inches at ``size`` points, broken after
-    spaces, underscores, hyphens and dots (a folder name such as ``deriv_masked_fast`` has
-    no space), a part wider than a line on its own broken anywhere."""
+#: the pieces :func:`wrap_label` breaks a label into: each ends after a space, underscore,
+#: hyphen or dot (a folder name such as ``deriv_masked_fast`` has no space)
+LABEL_PIECES = re.compile(r"[^\s_\-.]*[\s_\-.]?")
+
+
+def widest_piece(text: str, size: float = 8) -> float:
+    """Inches at ``size`` points of the widest piece of ``text`` that :func:`wrap_label` keeps
+    whole where it can (a word, ``unmasked`` of ``deriv_unmasked``)."""
+    return max((_label_width(p, size) for p in LABEL_PIECES.findall(text) if p.strip()),
+               default=0.0)
+
+
+def _label_width(text: str, size: float) -> float:
+    """Inches of ``text`` at ``size`` points but the space or mark it ends with (which hangs
+    past a line's width)."""
     from samri_ml.graph import text_width
 
+    return text_width(text.rstrip().rstrip("_-.") or text.rstrip(), size)
+
+
+def wrap_label(text: str, width_in: float, size: float = 8) -> str:
+    """``text`` in lines no wider than ``width_in`` inches at ``size`` points, broken after
+    spaces, underscores, hyphens and dots (:data:`LABEL_PIECES`), a piece wider than a line
+    on its own broken anywhere (:func:`violin_figure` slants its labels instead where a
+    piece, :func:`widest_piece`, is wider than their room). The mark a line ends with hangs
+    past its width: counted, it sent ``unmasked_`` of ``sub-01_unmasked_fast`` to two
+    lines, ``unmasked`` and ``_fast``."""
     lines, line = [], ""
-    for part in re.findall(r"[^\s_\-.]*[\s_\-.]?", text):
+    for part in LABEL_PIECES.findall(text):
         if not part:
             continue
-        if line and text_width((line + part).rstrip(), size) > width_in:
+        if line and _label_width(line + part, size) > width_in:
             lines.append(line.rstrip())
             line = ""
-        while line == "" and len(part) > 1 and text_width(part.rstrip(), size) > width_in:
+        while line == "" and len(part) > 1 and _label_width(part, size) > width_in:
             cut = next(k for k in range(len(part), 0, -1)
-                       if k == 1 or text_width(part[:k], size) <= width_in)
+                       if k == 1 or _label_width(part[:k], size) <= width_in)
             lines.append(part[:cut])
             part = part[cut:]
         line += part
@@ -557,7 +578,9 @@ def violin_figure(groups: dict[str, list[dict]]):
     tick_row = max(TICK_ROW_INCHES, SLANTED_GAP_INCHES * (len(names) + 0.2))
     spacing = tick_row / (len(names) + 0.2)
     room = spacing - 0.08
-    slanted = room < MIN_TICK_INCHES
+    # a word wider than its column was wrapped in the middle ("unmask" over "ed" under four
+    # workflows of folder names): slanted whole on one line instead
+    slanted = room < MIN_TICK_INCHES or any(widest_piece(wf) > room for wf in names)
     slant, label_height = 0.0, 0.0
     if slanted:  # the least slant that keeps the labels apart, and the height it takes
         from samri_ml.graph import text_width
@@ -625,7 +648,8 @@ def violin_figure(groups: dict[str, list[dict]]):
                 ax.set_ylim(bottom=0.0)
             ax.set_xlim(0.4, len(names) + 0.6)
             ax.set_xticks(range(1, len(names) + 1))
-            if slanted:  # 5 or more workflows: wrapped, "samri_ml" took 5 lines of 2 letters
+            if slanted:  # 5 or more workflows (or a word wider than its column): wrapped,
+                # "samri_ml" took 5 lines of 2 letters
                 ax.set_xticklabels([f"{wf} (n={c})" for wf, c in zip(names, counts, strict=True)],
                                    fontsize=8, rotation=slant, ha="right",
                                    rotation_mode="anchor")
