@@ -267,6 +267,29 @@ def test_augmentation_moves_image_and_mask_together():
         assert dice(xa > 0.5, ya > 0.5) > 0.9
 
 
+def test_a_label_map_is_told_from_scans_masks_and_8_bit_images():
+    """An atlas' label map (the emory EPI atlas beside its template, the DSURQE labels) given
+    to samri_ml-mask got a believable volume and a mask of nothing, without a word. A label
+    map is integer patches of one value; a scan, a smooth template, their 8-bit copies and a
+    mask are not."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:40, :48, :40]
+    head = ((x - 20) / 16) ** 2 + ((y - 24) / 20) ** 2 + ((z - 20) / 13) ** 2 <= 1
+    # regions: the head cut into numbered blocks (ids 1-48, as an atlas numbers them)
+    labels = (1 + (x // 10) + 4 * (y // 12) + 16 * (z // 14)) * head
+    assert pp.looks_like_label_map(labels.astype(np.int16))
+    assert pp.looks_like_label_map(labels.astype(np.float32))  # a label map stored as float
+    smooth = ndimage.gaussian_filter(labels.astype(np.float32), 2)  # a shaded template
+    scan = smooth + rng.normal(0, 2, labels.shape) * head  # a noisy scan
+    for image in (smooth, scan, np.round(smooth / smooth.max() * 255),  # 8 bits
+                  np.round(np.clip(scan, 0, None) / scan.max() * 255).astype(np.uint8),
+                  head.astype(np.uint8),  # a mask: samri_ml-mask names it itself
+                  np.zeros(labels.shape)):
+        assert not pp.looks_like_label_map(image)
+
+
 def test_intensity_curves_keep_the_background_dark_and_change_the_contrast():
     from samri_ml.masking.train import remap_intensity
 

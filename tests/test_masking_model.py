@@ -717,6 +717,30 @@ def test_a_repeated_view_counts_once(phantom):
         assert np.array_equal(a, b), repeated
 
 
+def test_a_label_map_given_as_the_scan_gets_a_note(phantom, tmp_path, capsys):
+    """samri_ml-mask on an atlas' label map (the emory EPI atlas for its template) wrote a mask
+    of believable volume, exit 0, without a word; now a note says it is a label map. The
+    phantom's brain cut into numbered regions; the phantom scan itself gets no such note."""
+    import warnings
+
+    from samri_ml.cli.mask import main
+
+    mask = np.asarray(phantom["mask"].dataobj) > 0
+    i, j, k = np.indices(mask.shape)
+    regions = (1 + i * 4 // mask.shape[0] + 4 * (j * 5 // mask.shape[1])) * mask
+    nb.save(nb.Nifti1Image(regions.astype(np.int16), phantom["mask"].affine),
+            tmp_path / "atlas.nii.gz")
+    nb.save(phantom["T2w"], tmp_path / "T2w.nii.gz")
+    words = "note: the image holds integer values in patches of one value: a label map"
+    with warnings.catch_warnings():  # out of pytest's own recording, as in a command
+        warnings.simplefilter("default")
+        for name, noted in (("atlas", True), ("T2w", False)):
+            assert main([str(tmp_path / f"{name}.nii.gz"), str(tmp_path / f"{name}_m.nii.gz"),
+                         "--threads", "1"]) == 0
+            err = capsys.readouterr().err
+            assert (words in err) is noted, err
+
+
 def test_negative_or_offset_backgrounds(phantom, tmp_path, capsys):
     """A z-scored image (negative background) gets the plain image's mask (it is shifted to a
     zero minimum first); an offset background is named in a note by samri_ml-mask, but not a

@@ -579,6 +579,7 @@ def predict_mask(
         warnings.warn("a complex image: its magnitude (abs) is masked", SamriMLNote,
                       stacklevel=2)
     data = _checked_volume(img)
+    labels = pp.looks_like_label_map(data)  # before any shift: said after the checks
     high = pp.high_percentile(data)  # once: the note below and the normalisation use it
     offset = pp.background_fraction(data, high)  # 0 where the background is dark (or negative)
     if data.min() < 0:
@@ -652,6 +653,10 @@ def predict_mask(
         warnings.warn(f"the background is not dark (1st percentile {100 * offset:.0f} % of the "
                       "99th: an intensity offset?); the mask may come out too large; hint: "
                       "subtract the background level first", SamriMLNote, stacklevel=2)
+    if labels:  # an atlas given for its template: a believable volume, a mask of nothing
+        warnings.warn("the image holds integer values in patches of one value: a label map "
+                      "(an atlas' regions), not a scan? its mask means nothing; hint: give the "
+                      "MRI image (the template, not its labels)", SamriMLNote, stacklevel=2)
     mask = pp.from_ras(mask_ras.astype(np.uint8), ornt)
     # a NIfTI pair's (.img/.hdr) header too: its qform and sform codes were lost (0 and 2)
     header = img.header.copy() if isinstance(img, nb.Nifti1Pair) else None
