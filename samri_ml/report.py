@@ -4,7 +4,8 @@
 Each page shows, for every registered scan, SAMRI's "operator overview": the registered scan
 slice by slice under the template's brain mask (red) and the template's own anatomy (cyan:
 the edges of its darkest and brightest regions inside the brain, e.g. ventricles and white
-matter), above the template itself at the same slices, so a scan registered to the wrong
+matter; a template without contrast there has none, and no legend or key lists it), above
+the template itself at the same slices, so a scan registered to the wrong
 place does not pass as good. A functional mean is shown above its registered structural scan,
 brain masks where masks were predicted (in native space), the VCF/SCF values (a red banner
 names each scan whose VCF says the registration failed, and each failed step), a coherence
@@ -249,6 +250,14 @@ def mosaic(image, contour=None, *, n_slices: int = 8, out_base=None, title: str 
         box = head_box(data, span)
         data, cdata, odata, edata, rdata = (None if v is None else v[box] for v in
                                             (data, cdata, odata, edata, rdata))
+    if legend:
+        # only what is drawn: a template without contrast (no anatomy to outline) left the
+        # cyan "template anatomy" in the legend of a picture that has none
+        drawn = {colour for mask, colour in ((edata, edges_colour), (cdata, contour_colour))
+                 if mask is not None and any(_display_slice(mask, axis, k).any()
+                                             for k in indices)}
+        legend = {colour: label for colour, label in legend.items()
+                  if colour not in (edges_colour, contour_colour) or colour in drawn}
     rows = [(data, np.percentile(data, 99.5) or 1.0)]
     if rdata is not None:
         rows.append((rdata, np.percentile(rdata, 99.5) or 1.0))
@@ -557,7 +566,8 @@ def _other_spaces(folder: Path, template_name: str) -> list[str]:
     return sorted(s for s in spaces if s and s != template_name)
 
 
-def _header(title, *, template, template_name, masking, flavour, command, started) -> list[str]:
+def _header(title, *, template, template_name, masking, flavour, command, started,
+            anatomy: bool = True) -> list[str]:
     from samri_ml import __version__
 
     now = datetime.datetime.now().astimezone()
@@ -577,9 +587,10 @@ def _header(title, *, template, template_name, masking, flavour, command, starte
         out.append(f"<p class='note'>Command: <code>{html.escape(command)}</code></p>")
     out.append("<p class='note'>Pictures: coronal slices, posterior to anterior, the "
                "subject's left on the left (L/R, S/I marked), positions in mm. "
-               "<span style='color:#d00'>Red</span>: the template's brain mask; "
-               "<span style='color:#0aa'>cyan</span>: the template's anatomy (edges of its "
-               "darkest and brightest regions in the brain)"
+               "<span style='color:#d00'>Red</span>: the template's brain mask"
+               # a template without contrast in its brain has no anatomy drawn
+               + ("; <span style='color:#0aa'>cyan</span>: the template's anatomy (edges of "
+                  "its darkest and brightest regions in the brain)" if anatomy else "")
                # none is drawn where the run predicted none (--masking none): no yellow then
                + ("" if masking == "none" else
                   "; <span style='color:#b90'>yellow</span>: a predicted brain mask") + ".</p>")
@@ -789,7 +800,11 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
             banner = ["<div class='banner' role='alert'><b>Warning: sub-"
                       f"{html.escape(subject)}</b><ul>"
                       + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>"]
-        head = _header(f"samri_ml report: sub-{subject}", **facts)
+        # cyan in the key only where the template's anatomy was drawn (a template without
+        # contrast in its brain, or one that cannot be read, has none)
+        anatomy = any(edges is not None and np.asanyarray(edges.dataobj).any()
+                      for _, _, edges in grid_cache.values())
+        head = _header(f"samri_ml report: sub-{subject}", **facts, anatomy=anatomy)
         back = f"<p class='note'><a href='{INDEX}'>All subjects ({INDEX})</a></p>"
         page = _page(f"sub-{subject}", head[:1] + banner + head[1:] + [back] + body)
         written.append(atomic_write_text(page, output_dir / f"sub-{subject}.html"))

@@ -732,3 +732,24 @@ def test_the_index_says_an_earlier_runs_report_has_warnings(tmp_path):
     assert "with warnings: see it" in rows["sub-02"]
     assert "<td class='text'>an earlier run's report" in rows["sub-03"]
     assert "with warnings" not in rows["sub-03"]
+
+
+def test_a_template_without_contrast_has_no_anatomy_in_the_legend_or_key(tmp_path):
+    """A template without contrast in its brain (a brain mask given as the template) has no
+    anatomy to outline: no cyan is drawn, but each picture's legend still listed the cyan
+    "template anatomy (dark/bright edges)", and the report's key explained cyan. Both now list
+    only what is drawn; a template with contrast keeps them."""
+    out, items, kw = _make_run(tmp_path)
+    _, brain = _phantom()
+    flat = _save(brain.astype(np.float32) * 100, tmp_path / "flat" / "tpl-T_T2w.nii.gz")
+    for template, drawn in ((flat, False), (kw["template"], True)):
+        write_subject_reports(out, items, masking="unet", **{**kw, "template": template})
+        for view in ("overview_T2w", "overview_bold"):
+            (svg,) = (out / "sub-01" / "figures").glob(f"*desc-{view}.svg")
+            texts = _svg_texts(svg)
+            assert "template brain mask" in texts, texts
+            assert any("template anatomy" in t for t in texts) == drawn, (view, texts)
+            assert bool(_pixels(svg.with_suffix(".png"), CYAN).sum()) == drawn
+        page = (out / "sub-01.html").read_text()
+        assert ("the template's anatomy" in page) == drawn
+        assert "the template's brain mask" in page
