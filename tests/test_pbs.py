@@ -154,7 +154,8 @@ def test_ctrl_c_during_a_submission_cancels_the_job_submitted(example_dataset, t
     yet read) left that job running after the "interrupted" line: Ctrl-C stopped qsub and the
     command before the job's id was in the plugin's queue, so it was not cancelled. The
     submission now finishes first, and its job is cancelled with the others. SIGTERM to the
-    command alone likewise (it ended qsub with the command's other children)."""
+    command alone likewise (it ended qsub with the command's other children), ending with
+    ``terminated``, exit 143."""
     pbs = FakePBS(tmp_path / "pbs", delay=3.0)
     command = register_command(example_dataset, tmp_path / "out", tmp_path / "work",
                                "--plugin", "PBS", "--plugin-args", "poll_sleep_duration=0.5")
@@ -162,7 +163,8 @@ def test_ctrl_c_during_a_submission_cancels_the_job_submitted(example_dataset, t
     rc, text, lines = _ctrl_c_when(pbs.running, pbs, command, tmp_path / "run.log",
                                    terminate=terminate)
     assert len(pbs.submitted()) == 1
-    assert rc == 130 and lines[-1] == "samri_ml-register: interrupted", text[-2000:]
+    code, word = (143, "terminated") if terminate else (130, "interrupted")
+    assert rc == code and lines[-1] == f"samri_ml-register: {word}", text[-2000:]
     assert "note: cancelled the 1 job(s)" in lines[-2] and "(qdel 0)" in lines[-2], lines
     assert not _left_running(pbs), "the job being submitted at Ctrl-C is still running"
 
