@@ -2239,6 +2239,77 @@ def test_evaluate_masker_scores_a_scan_with_an_empty_reference_and_goes_on(tmp_p
         lab_scans(lab)
 
 
+def _out_dir_layout(lab_scans_dir, root):
+    """``lab_scans_dir``'s images in a BIDS tree ``root/ds`` and their masks in one folder
+    ``root/masks``, as ``samri_ml-mask ds/sub-*/anat/*.nii.gz --out-dir masks`` names them."""
+    import shutil
+
+    from samri_ml.masking.data import lab_pairs
+
+    ds, masks = _lab_copy(lab_scans_dir, root / "ds"), root / "masks"
+    masks.mkdir()
+    pairs = lab_pairs(ds, min_subjects=1)
+    for image, mask, _ in pairs:
+        shutil.copy(mask, masks / image.name.replace(".nii.gz", "_mask.nii.gz"))
+    for _, mask, _ in pairs:
+        mask.unlink(missing_ok=True)
+    return ds, masks
+
+
+def test_lab_pairs_read_the_masks_of_an_out_dir(tmp_path, lab_scans_dir):
+    """``samri_ml-mask ds/sub-*/anat/*.nii.gz --out-dir masks`` writes a BIDS tree's masks
+    into one folder; evaluate-masker --scans read only masks beside their images, so a lab
+    that corrected them there had to move each beside its image. ``masks_dir`` pairs them
+    with the images of their names; a mask there of no image is named in a note, an image
+    with a mask beside it and one there is refused."""
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.masking.data import lab_pairs
+
+    want = {(i.name, i.name.replace(".nii.gz", "_mask.nii.gz"), s)
+            for i, _, s in lab_pairs(lab_scans_dir)}
+    ds, masks = _out_dir_layout(lab_scans_dir, tmp_path)
+    with pytest.raises(SamriMLError, match="no brain masks"):
+        lab_pairs(ds)
+    got = lab_pairs(ds, masks_dir=masks)
+    assert {(i.name, m.name, s) for i, m, s in got} == want and len(got) == 4
+    # --out-dir the images' own folder: the masks beside them are those in it, one mask each
+    anat = ds / "sub-02" / "anat"
+    assert lab_pairs(_lab_copy(anat, tmp_path / "own", add=[(
+        "sub-02_T2w_mask.nii.gz", nb.load(masks / "sub-02_T2w_mask.nii.gz"))]), min_subjects=1,
+        masks_dir=tmp_path / "own")[0][1].name == "sub-02_T2w_mask.nii.gz"
+    assert all(m.parent == masks for _, m, _ in got)
+    (masks / "sub-09_T2w_mask.nii.gz").write_bytes((masks / "sub-01_T2w_mask.nii.gz")
+                                                   .read_bytes())
+    with pytest.warns(SamriMLNote, match=r"--masks: 1 mask\(s\) in .* of no image under "
+                      r"--scans, left out: sub-09_T2w_mask\.nii\.gz"):
+        assert len(lab_pairs(ds, masks_dir=masks)) == 4
+    beside = ds / "sub-02" / "anat" / "sub-02_T2w_mask.nii.gz"
+    beside.write_bytes((masks / "sub-02_T2w_mask.nii.gz").read_bytes())
+    with pytest.raises(SamriMLError, match=r"sub-02_T2w\.nii\.gz has two masks, "
+                       r"sub-02_T2w_mask\.nii\.gz beside it and .*masks.* in --masks"):
+        lab_pairs(ds, masks_dir=masks)
+
+
+def test_evaluate_masker_scores_scans_against_the_masks_of_an_out_dir(tmp_path, lab_scans_dir,
+                                                                      capsys):
+    """``--masks DIR`` with ``--scans``: the same Dice as with the masks beside the images."""
+    from samri_ml.cli import evaluate_masker
+
+    lab = _lab_copy(lab_scans_dir, tmp_path / "lab", drop=["sub-02", "sub-03"])
+    ds, masks = _out_dir_layout(lab, tmp_path)
+    rows = {}
+    for argv, out in ((["--scans", str(lab)], "beside.json"),
+                      (["--scans", str(ds), "--masks", str(masks)], "out_dir.json")):
+        assert evaluate_masker.main([*argv, "--json", str(tmp_path / out)]) == 0
+        rows[out] = {r["scan"]: r["dice"]
+                     for r in json.loads((tmp_path / out).read_text())["rows"]}
+    assert rows["out_dir.json"] == pytest.approx(rows["beside.json"], abs=1e-6)
+    assert len(rows["beside.json"]) == 2
+    capsys.readouterr()
+    assert evaluate_masker.main(["--masks", str(masks)]) == 2  # the shared data: no --masks
+    assert "--masks is for --scans" in capsys.readouterr().err
+
+
 def test_evaluate_masker_sigterm_says_terminated_and_leaves_no_temporary_file(tmp_path,
                                                                               lab_scans_dir):
     """SIGTERM (``kill``, a cluster's time limit) ended samri_ml-evaluate-masker without a

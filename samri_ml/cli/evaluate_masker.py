@@ -55,6 +55,12 @@ def get_parser() -> argparse.ArgumentParser:
         "image without a mask is left out, named in a note",
     )
     p.add_argument(
+        "--masks", type=Path, default=None, metavar="DIR",
+        help="with --scans: the images' masks are also looked for in DIR, as samri_ml-mask IN "
+        "[IN ...] --out-dir DIR wrote them (DIR/<image's name>_mask.nii.gz, one folder for a "
+        "whole BIDS tree), e.g. corrected there",
+    )
+    p.add_argument(
         "--sources",
         nargs="+",  # none given ran every source
         default=None,
@@ -220,6 +226,12 @@ def _evaluate(parser, args) -> int:
     if args.scans is not None and not args.scans.is_dir():
         parser.error(f"--scans {args.scans}: not a folder; hint: give the folder that holds "
                      "the scans and their *_desc-brain_mask.nii.gz")
+    if args.masks is not None and args.scans is None:
+        parser.error("--masks is for --scans (a lab's own scans; the shared data's masks are "
+                     "read from its layout)")
+    if args.masks is not None and not args.masks.is_dir():
+        parser.error(f"--masks {args.masks}: not a folder; hint: give the --out-dir of "
+                     "samri_ml-mask that holds the masks")
     if args.scans is not None and (args.sources or args.held_out is not None):
         parser.error("--sources and --held-out name shared sources; with --scans only your "
                      "scans are scored")
@@ -237,7 +249,8 @@ def _evaluate(parser, args) -> int:
         from samri_ml.masking.data import lab_pairs
 
         # an image without a mask is left out, named (it stopped the whole evaluation)
-        pairs = lab_pairs(args.scans, min_subjects=1, skip_unmasked=True)
+        pairs = lab_pairs(args.scans, min_subjects=1, skip_unmasked=True,
+                          masks_dir=args.masks)
         held_out = [] if _trained_on(model_path, args.scans) else ["scans"]
     else:
         data_dir = existing_data_dir(args.data_dir)

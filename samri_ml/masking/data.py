@@ -415,8 +415,43 @@ def _nifti_stem(path: Path) -> str | None:
     return None
 
 
-def lab_pairs(folder, min_subjects: int = 2, *,
-              skip_unmasked: bool = False) -> list[tuple[Path, Path, str]]:
+def _masks_in(masks_dir: Path, images: dict, beside: dict) -> dict:
+    """The masks of ``images`` (path: name without .nii[.gz]) in ``masks_dir``, as
+    ``samri_ml-mask --out-dir`` names them (:func:`lab_pairs`' ``masks_dir``); ``beside``: the
+    images' own masks beside them (an image with both is refused). A mask there of no image is
+    named in a note."""
+    import warnings
+
+    from samri_ml.errors import SamriMLError, SamriMLNote
+
+    there = {}
+    for path in sorted(masks_dir.iterdir()) if masks_dir.is_dir() else []:
+        stem = _nifti_stem(path)
+        if stem is not None and stem.endswith(IMAGE_MASK_SUFFIX) and path.is_file():
+            there.setdefault(stem[: -len(IMAGE_MASK_SUFFIX)], path)
+    found, named = {}, {}
+    for image, stem in images.items():
+        mask = there.get(stem)
+        if mask is None:
+            continue
+        if stem in named:  # samri_ml-mask --out-dir refuses to write it for both
+            raise SamriMLError(f"--masks: {named[stem]} and {image} have one name: which one "
+                               f"is {mask.name}'s? hint: give them --masks folders of their own")
+        if image in beside and beside[image].resolve() != mask.resolve():  # (DIR: its folder)
+            raise SamriMLError(f"--scans: {image} has two masks, {beside[image].name} beside it "
+                               f"and {mask} in --masks; hint: move the one that is not its brain "
+                               "mask away")
+        named[stem], found[image] = image, mask
+    unused = sorted(set(there) - set(named))
+    if unused:
+        warnings.warn(f"--masks: {len(unused)} mask(s) in {masks_dir} of no image under "
+                      f"--scans, left out: {', '.join(there[s].name for s in unused)}",
+                      SamriMLNote, stacklevel=3)
+    return found
+
+
+def lab_pairs(folder, min_subjects: int = 2, *, skip_unmasked: bool = False,
+              masks_dir=None) -> list[tuple[Path, Path, str]]:
     """A lab's own training scans under ``folder`` as ``(image, mask, subject)``, from the
     file names and headers alone (checked before TensorFlow starts and the data set is built).
 
@@ -431,6 +466,9 @@ def lab_pairs(folder, min_subjects: int = 2, *,
     one side of the validation split, which needs ``min_subjects`` animals (1 to score a model
     on them: ``samri_ml-evaluate-masker --scans``). ``skip_unmasked``: images without a mask
     are left out, named in a note (:class:`~samri_ml.errors.SamriMLNote`), not refused.
+    ``masks_dir``: the images' own masks are also looked for there, as ``samri_ml-mask IN [IN
+    ...] --out-dir DIR`` writes them (``DIR/<image's name>_mask.nii[.gz]``, one folder for a
+    whole BIDS tree); a mask there of no image is named in a note.
 
     Raises
     ------
@@ -475,6 +513,8 @@ def lab_pairs(folder, min_subjects: int = 2, *,
            if s.endswith(IMAGE_MASK_SUFFIX) and p not in masks}
     own = {image: own[image.parent, stem] for image, stem in images.items()
            if (image.parent, stem) in own}
+    if masks_dir is not None:
+        own.update(_masks_in(Path(masks_dir), images, own))
     if not masks and not own:
         raise SamriMLError(f"--scans {folder}: no brain masks (*{LAB_MASK_SUFFIX}.nii.gz, or "
                            f"<image>{IMAGE_MASK_SUFFIX}.nii.gz) found; hint: name each "
