@@ -9,18 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
     TraitedSpec,
     traits,
 )
 from nipype.interfaces.base import isdefined as traits_defined
 
 from samri_ml.interfaces._base import SimpleInterface
-from samri_ml.interfaces._paths import File
+from samri_ml.interfaces._paths import File, InFileKeyedInputSpec
 from samri_ml.masking.predict import MIN_MAX_SLICES
 
 
-class _MaskBrainInputSpec(BaseInterfaceInputSpec):
+class _MaskBrainInputSpec(InFileKeyedInputSpec):
     in_file = File(exists=True, mandatory=True, desc="3D image, or 4D series (its temporal mean "
                    "is masked), in any orientation")  # fmt: skip
     model = File(exists=True, desc="Keras model file (default: the shipped masker, two U-Nets "
@@ -56,13 +55,6 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
                                 "'model', else the shipped U-Net's): part of the cache key, so "
                                 "that other weights invalidate cached masks")  # fmt: skip
 
-    in_file_checksum = traits.Str(usedefault=True,
-                                  desc="in_file's path and the size and sha256 of its content "
-                                  "(set from 'in_file'): part of the cache key, as the outputs "
-                                  "are named by the path, which Nipype leaves out of it, and so "
-                                  "that a scan replaced with its old size and time is masked "
-                                  "again")  # fmt: skip
-
     def _model_checksum_default(self):
         return masker_checksum(self.model)
 
@@ -70,11 +62,9 @@ class _MaskBrainInputSpec(BaseInterfaceInputSpec):
         self.model_checksum = masker_checksum(new)
 
     def get_hashval(self, hash_method=None):
-        from samri_ml.models.inference import named_checksum
-
-        # the files' content now, when Nipype makes the cache key (not when they were set)
+        # the model's content now, when Nipype makes the cache key (not when it was set);
+        # in_file's path and content: InFileKeyedInputSpec
         self.model_checksum = masker_checksum(self.model)
-        self.in_file_checksum = named_checksum(self.in_file)
         return super().get_hashval(hash_method=hash_method)
 
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 import os
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
     TraitedSpec,
     traits,
 )
 
 from samri_ml.errors import SamriMLError
 from samri_ml.interfaces._base import SimpleInterface
-from samri_ml.interfaces._paths import Directory, File
+from samri_ml.interfaces._paths import Directory, File, InFileKeyedInputSpec
 from samri_ml.io import json_dumps
 from samri_ml.plates.identify import VARIANT_CHOICES
 
 
-class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
+class _IdentifyPlateInputSpec(InFileKeyedInputSpec):
     in_file = File(exists=True, mandatory=True, desc="microscopy section image (PNG/JPEG/TIFF)")
     atlas_dir = Directory(exists=True, desc="atlas folder (N.jpg|png|tif); default: shipped "
                           "index. The first node to use a folder embeds it (132 plates: about "
@@ -57,13 +56,6 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
                                 "plates added, removed or replaced (even with their old size "
                                 "and time) invalidate cached rankings")
 
-    in_file_checksum = traits.Str(usedefault=True,
-                                  desc="the section's path and the size and sha256 of its "
-                                  "content (set from 'in_file'): part of the cache key, as the "
-                                  "outputs are keyed and named by the path, which Nipype leaves "
-                                  "out of it, and so that a section replaced with its old size "
-                                  "and time is ranked again")
-
     def _model_checksum_default(self):
         return plates_checksum(self.model, self.index)
 
@@ -77,12 +69,10 @@ class _IdentifyPlateInputSpec(BaseInterfaceInputSpec):
         self.model_checksum = plates_checksum(self.model, new)
 
     def get_hashval(self, hash_method=None):
-        from samri_ml.models.inference import named_checksum
-
-        # the files' content now, when Nipype makes the cache key (not when they were set)
+        # the files' content now, when Nipype makes the cache key (not when they were set);
+        # in_file's path and content: InFileKeyedInputSpec
         self.model_checksum = plates_checksum(self.model, self.index)
         self.atlas_checksum = atlas_checksum(self.atlas_dir)
-        self.in_file_checksum = named_checksum(self.in_file)
         return super().get_hashval(hash_method=hash_method)
 
 
