@@ -322,6 +322,21 @@ def test_a_section_scanned_larger_is_read_at_the_training_scale():
     assert np.abs(preprocess(three) - preprocess(six)).max() < 0.1
 
 
+def test_a_small_section_on_a_very_large_slide_is_boxed_at_its_own_scale():
+    """A 300 x 400 px section alone on an 8000 px slide (a slide scanner's whole slide): the
+    section, not the slide, is brought to :data:`WORKING_SIDE` (here: left as it is). The
+    slide shrunk to 1024 px made the section 51 px, and its box came out 20 px off (5 % of it)."""
+    h, w = 300, 400
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (0.48 * h)) ** 2 + ((xx - w / 2) / (0.48 * w)) ** 2 < 1
+    texture = 120 + 60 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + 40 * np.sin((xx + yy) / 41.0)
+    section = np.where(inside, texture, 8).astype(np.uint8)
+    slide = np.full((6000, 8000), 8, np.uint8)
+    slide[2000:2000 + h, 4000:4000 + w] = section
+    box = np.array(tissue_bbox(slide)) - [2000, 2000, 4000, 4000]
+    assert np.abs(box - np.array(tissue_bbox(section))).max() <= 4
+
+
 def test_the_triangle_box_keeps_dim_tissue_that_otsus_box_cuts_off():
     """Otsu's level falls between a plate's bright cerebellum and its dim brainstem, so the
     box held the cerebellum only (plates 100-131 of the Allen atlas); the triangle level sits
