@@ -2701,3 +2701,25 @@ def test_a_graph_plugins_refused_submissions_are_said(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert "prog: note: submitting the jobs said: Unable to run job: Job was rejected because " \
            "job requests unknown queue \"nope\"." in err, err
+
+
+@pytest.mark.parametrize("cause, hint", [
+    ("OSError: [Errno 28] No space left on device: '/w/samri_ml_wf/sub_01/f_dummy/x.nii.gz'",
+     "free some space"),
+    ("OSError: [Errno 122] Disk quota exceeded", "free some space"),
+    ("OSError: [Errno 27] File too large", "free some space"),
+    ("samri_ml.errors.SamriMLError: /b/sub-01_T2w.nii.gz: the image is constant",
+     "fix the cause"),
+])
+def test_a_failed_run_on_a_full_disk_says_to_free_space(tmp_path, cause, hint):
+    """A step that found the disk full (or a quota, a file size limit) ended the run's line
+    in "hint: fix the cause", which sent users to look for a bug: the line the run prints
+    from its first crash file now says to free some space."""
+    from samri_ml.cli.register import _crash_summary, _fix_hint
+
+    crash = tmp_path / "crash-20261205-120000-root-f_dummy-1.txt"
+    crash.write_text("Node: samri_ml_wf.f_dummy\nTraceback (most recent call last):\n"
+                     f'  File "x.py", line 1, in <module>\n{cause}\n')
+    summary = _crash_summary([crash])
+    assert cause.split(": ", 1)[1][:20] in summary, summary
+    assert _fix_hint(summary).startswith(hint)

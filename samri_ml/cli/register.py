@@ -1019,11 +1019,12 @@ def _main(argv=None) -> int:
                 if record["scan"].split("_")[0] in finished])
             n = f"{len(crashes)} step(s) failed" if crashes else "some steps failed"
             said = "; ".join(f"{what}: {some_names(names, 5)}" for what, names in outcomes.items())
+            summary = _crash_summary(crashes)
             raise SamriMLError(
                 f"{n}{f' ({said})' if said else ''}; crash files are in "
-                f"{args.output_dir}/sub-*/log{_crash_summary(crashes)}; hint: fix the "
-                "cause and rerun the same command (with the same -w): only what failed or "
-                "did not run is redone") from err
+                f"{args.output_dir}/sub-*/log{summary}; hint: {_fix_hint(summary)} and "
+                "rerun the same command (with the same -w): only what failed or did not run "
+                "is redone") from err
         finally:  # in-process callers (tests, the API) get Nipype's logging back as it was
             logging.getLogger("nipype.workflow").removeFilter(quiet_failures)
         if args.plugin in GRAPH_PLUGINS:
@@ -1095,6 +1096,20 @@ def _crash_summary(crashes: list[Path]) -> str:
     # the start and the end (the hint) of a long cause, as the reports keep them
     cause = shorten_middle(cause, 200)
     return f", the first {crashes[0].name} says: {cause}"
+
+
+#: what a failed step's cause says where the disk (or the user's quota, or a file size
+#: limit) was full: the fix is room, not a change to the command
+FULL_DISK_CAUSES = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def _fix_hint(summary: str) -> str:
+    """The start of the failed run's hint, from :func:`_crash_summary`'s text: "free some
+    space" where a step found the disk full (it said "fix the cause", which sent users to
+    look for a bug), else "fix the cause"."""
+    if any(cause in summary for cause in FULL_DISK_CAUSES):
+        return "free some space (see df -h on the work and output folders)"
+    return "fix the cause"
 
 
 def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
