@@ -458,6 +458,24 @@ def test_brightfield_sections_are_inverted_with_a_note(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "df.png"), sec)
 
 
+def test_a_small_brightfield_section_on_a_very_large_slide_is_taken_for_brightfield():
+    """A dark 300 x 400 px section alone on a bright 8000 px slide (a whole-slide scan) is
+    0.2 % of the slide (a 20000 px scan's 1200 px section: 0.3 %). Its darkest and
+    brightest hundredths were both background ('no contrast'), so it was not inverted, and
+    ranked as dark tissue on bright; now its thousandths are compared. A bright section so
+    laid on a dark slide is still not brightfield."""
+    from samri_ml.plates.data import looks_brightfield
+
+    h, w = 300, 400
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (0.48 * h)) ** 2 + ((xx - w / 2) / (0.48 * w)) ** 2 < 1
+    texture = 120 + 60 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + 40 * np.sin((xx + yy) / 41.0)
+    slide = np.full((6000, 8000), 8, np.uint8)
+    slide[2000:2000 + h, 4000:4000 + w] = np.where(inside, texture, 8)
+    assert looks_brightfield(255 - slide)
+    assert not looks_brightfield(slide)
+
+
 def test_a_bright_border_around_a_section_is_cut_off_not_taken_for_tissue(tmp_path):
     """A dark-background section saved with a white or grey border (padded to a canvas,
     pasted on a page) had the border taken for tissue: its tissue box was the whole canvas,
