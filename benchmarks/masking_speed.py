@@ -47,6 +47,13 @@ def _old_clean_mask(mask):
     return drop_far_islands(mask)
 
 
+def precisions_to_run(given: list[str], default: str) -> list[str]:
+    """The precisions given, and this CPU's ``default``: its masks are the reference of the
+    ``a=`` Dice (``--precisions float32`` on a bfloat16 CPU loaded it but never ran it: a
+    KeyError)."""
+    return list(dict.fromkeys([*given, default]))
+
+
 def _volumes(data: Path):
     import nibabel as nb
     from scipy import ndimage
@@ -89,7 +96,9 @@ def main() -> None:
                     help="also the clean-up before 2026-12-01's fifth session")
     ap.add_argument("--models", type=Path, nargs="*", default=[],
                     help="other masking models, timed beside the shipped one")
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="the shared data folder (default: $SAMRI_ML_SHARED_DATA, else "
+                    "../shared/data beside the repository, as the other benchmarks)")
     args = ap.parse_args()
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
@@ -99,6 +108,7 @@ def main() -> None:
     from samri_ml.metrics import dice
     from samri_ml.models.inference import import_keras, inference_precision, mark_for_inference
     from samri_ml.models.unet import CUSTOM_OBJECTS
+    from samri_ml.paths import shared_data_dir
 
     keras = import_keras()
     shipped = inference_precision()
@@ -106,19 +116,18 @@ def main() -> None:
         m = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
         return mark_for_inference(m, precision)
 
-    models = {precision: load(P.default_model_path(), precision) for precision in args.precisions}
-    if shipped not in models:  # the reference of the "a=" Dice
-        models[shipped] = load(P.default_model_path(), shipped)
+    precisions = precisions_to_run(args.precisions, shipped)
+    models = {precision: load(P.default_model_path(), precision) for precision in precisions}
     for path in args.models:
         models[path.stem] = load(path, shipped)
-    setups = [(precision, precision, None, P.clean_mask) for precision in args.precisions]
+    setups = [(precision, precision, None, P.clean_mask) for precision in precisions]
     setups += [(path.stem, path.stem, None, P.clean_mask) for path in args.models]
     if args.old_fill:
         setups.insert(0, ("old fill", shipped, None, _old_clean_mask))
     setups += [(f"max {n}", shipped, n, P.clean_mask) for n in args.max_slices]
     print(f"this CPU's default precision: {shipped}")
     print(f"{'volume':32s} " + " ".join(f"{name:>22s}" for name, *_ in setups))
-    for name, img, ref in _volumes(args.data):
+    for name, img, ref in _volumes(args.data or shared_data_dir()):
         # predict_mask's own steps (its input checks and the NIfTI output left out, the same
         # for every setup), with the clean-up as an argument
         ras, ornt = pp.to_ras(np.asarray(img.dataobj, np.float32), img.affine)
