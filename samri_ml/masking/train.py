@@ -182,7 +182,9 @@ def build_dataset(config: TrainConfig, data_dir=None, cache_dir=None, log=print)
                     image, mask = synth.crop_to_brain(image, mask, rng)
                 add(group, image, mask)
         log(f"  {scan.name}: {1 + n_synth} volumes ({time.time() - t0:.0f} s so far)")
-    x = np.concatenate(xs).astype(np.float32)
+    # float16 values, as the data set cache stores them (halved): the run that builds it
+    # trains on what the runs that read it do (the same command gave other numbers)
+    x = np.concatenate(xs).astype(np.float16).astype(np.float32)
     y = np.concatenate(ys).astype(np.float32)
     groups = np.asarray(groups)
     return x, y, groups, np.isin(groups, sorted(val_groups)), volumes
