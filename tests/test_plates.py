@@ -903,6 +903,29 @@ def test_a_dim_8_bit_image_is_stretched_as_its_float_copy_is(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "full.png"), b)
 
 
+def test_a_small_section_alone_on_a_very_large_slide_is_read_as_it_is(tmp_path):
+    """A 150 x 200 px section alone on a dark 4000 px slide is 0.2 % of it: its 99.9th
+    percentile lay in its own tissue, so the 8-bit slide was taken for dim and, like its
+    16-bit copy, stretched to it, half the tissue white (val_1's 110 at 800 px on a 20000 x
+    15000 slide: plate 114 and 'uncertain'). Now the tissue's own percentiles: the 8-bit
+    slide reads as it is, the 16-bit one as a 16-bit section alone would."""
+    import cv2
+
+    h, w = 150, 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (0.48 * h)) ** 2 + ((xx - w / 2) / (0.48 * w)) ** 2 < 1
+    texture = 120 + 60 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + 40 * np.sin((xx + yy) / 41.0)
+    slide = np.full((3000, 4000), 8, np.uint8)
+    slide[1000:1000 + h, 2000:2000 + w] = np.where(inside, texture, 8)
+    cv2.imwrite(str(tmp_path / "slide.png"), slide)
+    alone = slide[1000:1000 + h, 2000:2000 + w].astype(np.uint16) * 257
+    cv2.imwrite(str(tmp_path / "slide16.png"), slide.astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "alone16.png"), alone)
+    np.testing.assert_array_equal(read_image(tmp_path / "slide.png"), slide)
+    on_slide = read_image(tmp_path / "slide16.png")[1000:1000 + h, 2000:2000 + w]
+    assert np.abs(on_slide.astype(int) - read_image(tmp_path / "alone16.png")).max() <= 2
+
+
 def test_a_constant_image_is_named_by_its_own_value(tmp_path):
     """A constant 16-bit image of 1000 was "empty (every pixel is 0)": the value after the
     8-bit conversion. Now the file's own value."""
