@@ -2132,6 +2132,22 @@ def test_the_regions_are_cut_from_the_box_the_section_was_cut_to(ident, plate_th
     assert all(set(r["regions"]) == set(identify.REGIONS) and "tilt" in r for r in res)
 
 
+def test_a_regions_tissue_fraction_is_relative_to_its_section_not_to_the_slide(ident,
+                                                                              plate_thumbs):
+    """A region's ``tissue_fraction`` is its density relative to its section's: it was
+    relative to the whole image's, so a section laid on a slide four times its size came out
+    5-16 times as dense as itself in every region (478-546 for an 800 px section on a 20000 x
+    15000 slide), and a region with little tissue passed MIN_TISSUE_FRACTION. Now the same
+    as the section alone, within a few hundredths."""
+    for plate in (40, 100):
+        thumb = plate_thumbs[plate]
+        slide = np.zeros((4 * thumb.shape[0], 4 * thumb.shape[1]), np.uint8)
+        slide[thumb.shape[0]:2 * thumb.shape[0], 2 * thumb.shape[1]:3 * thumb.shape[1]] = thumb
+        (alone, on_slide) = (ident.rank([im], regions=True)[0]["regions"] for im in (thumb, slide))
+        for name in alone:
+            assert abs(on_slide[name]["tissue_fraction"] - alone[name]["tissue_fraction"]) < 0.1
+
+
 @pytest.mark.shared_data
 def test_a_read_section_is_looked_at_once_and_ranked_as_before(shared_data, tmp_path,
                                                               monkeypatch, capsys):

@@ -531,13 +531,16 @@ class PlateIdentifier(_Ranker):
 
     def embed_regions(self, imgs: list[np.ndarray],
                       boxes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Region embeddings ``(N, R, L)`` and tissue fractions ``(N, R)``. ``boxes``: the
-        images' tissue boxes where known (:meth:`prepare`'s), not sought again."""
+        """Region embeddings ``(N, R, L)`` and tissue fractions ``(N, R)``: a region's
+        tissue density relative to its section's, in the tissue box the regions are cut from
+        (the whole image's made a section on a slide 5-500 times as dense as itself).
+        ``boxes``: the images' tissue boxes where known (:meth:`prepare`'s), not sought
+        again."""
         crops, frac = [], []
         for i, im in enumerate(imgs):
-            rc = region_crops(im, crop=self.crop, crop_threshold=self.crop_threshold,
-                              box=None if boxes is None else boxes[i])
-            whole = tissue_fraction(im)
+            y0, y1, x0, x1 = self.tissue_box(im) if boxes is None else boxes[i]
+            rc = region_crops(im, crop=True, box=(y0, y1, x0, x1))
+            whole = tissue_fraction(im[y0:y1, x0:x1])
             for name in REGIONS:
                 c = rc[name]
                 crops.append(c if min(c.shape) >= 4 else np.zeros((8, 8), np.uint8))
