@@ -48,10 +48,13 @@ def _volumes(n_heads: int, seed: int = 2026):
     from samri_ml.masking import synth
     from samri_ml.masking.data import real_scans
     from samri_ml.masking.train import _resample_to
+    from samri_ml.paths import existing_data_dir
 
-    scans = [s for s in real_scans(skip=("sammba", "emory", "templates")) if s.name in VALIDATION]
+    data = existing_data_dir(option=None)  # none: one line naming where it looked, exit 1
+    scans = [s for s in real_scans(data, skip=("sammba", "emory", "templates"))
+             if s.name in VALIDATION]
     if len(scans) != len(VALIDATION):
-        raise SystemExit("the dama validation subjects are not in ../shared/data")
+        raise SystemExit(f"the dama validation subjects are not in {data}")
     rng = np.random.default_rng(seed)
     for s in scans:
         for k in (3, 6):

@@ -66,12 +66,14 @@ def main() -> None:
     from samri_ml.masking.data import real_scans
     from samri_ml.masking.predict import default_model_path, load_model, predict_mask
     from samri_ml.metrics import dice
+    from samri_ml.paths import existing_data_dir
 
     warnings.simplefilter("ignore", SamriMLNote)  # the background note, on every volume
-    scans = [s for s in real_scans(register=False, skip=("sammba", "emory", "templates"))
+    data = existing_data_dir(option=None)  # none: one line naming where it looked, exit 1
+    scans = [s for s in real_scans(data, register=False, skip=("sammba", "emory", "templates"))
              if args.all_dama or s.name in VALIDATION]
     if not scans:
-        raise SystemExit("no dama scans found under the shared data folder")
+        raise SystemExit(f"no dama scans found in {data}")
     names = [str(m or default_model_path()) for m in args.model]
     models = [load_model(m) for m in args.model]
     rng = np.random.default_rng(0)
