@@ -40,7 +40,8 @@ import numpy as np
 def main() -> None:
     ap = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--split", default="val_2")
-    ap.add_argument("--mi-sections", type=int, default=3)
+    ap.add_argument("--mi-sections", type=int, default=3,
+                    help="sections the MI-affine baseline ranks (the speed-up is theirs)")
     ap.add_argument("--mi-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel-ops", type=int, default=None,
@@ -50,6 +51,8 @@ def main() -> None:
                     "of the CLIs), default, multimodal")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args()
+    if args.mi_sections < 1:  # 0: a ValueError traceback after the Siamese timings
+        ap.error("--mi-sections must be at least 1: the speed-up is measured on those sections")
     if args.parallel_ops is None:
         from samri_ml.models.inference import PLATE_PARALLEL_OPS
 

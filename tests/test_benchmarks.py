@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import re
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -97,3 +98,15 @@ def test_masking_speed_always_runs_this_cpus_default_precision():
     assert bench.precisions_to_run(["bfloat16", "float32"], "bfloat16") == ["bfloat16",
                                                                               "float32"]
     assert bench.precisions_to_run(["float32"], "float32") == ["float32"]
+
+
+def test_plates_speed_refuses_no_baseline_sections():
+    """``benchmarks/plates_speed.py --mi-sections 0`` timed the Siamese network (a minute),
+    then ended in a ValueError traceback ('no sections to evaluate') where the baseline's
+    metrics and the speed-up were due. It is refused at once, as a usage error."""
+    proc = subprocess.run([sys.executable, str(BENCH / "plates_speed.py"), "--mi-sections", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "plates_speed.py: error: --mi-sections must be at least 1: the speed-up is measured on "
+        "those sections")
