@@ -1022,9 +1022,7 @@ def _main(argv=None) -> int:
             summary = _crash_summary(crashes)
             raise SamriMLError(
                 f"{n}{f' ({said})' if said else ''}; crash files are in "
-                f"{args.output_dir}/sub-*/log{summary}; hint: {_fix_hint(summary)} and "
-                "rerun the same command (with the same -w): only what failed or did not run "
-                "is redone") from err
+                f"{args.output_dir}/sub-*/log{summary}; hint: {_fix_hint(summary)}") from err
         finally:  # in-process callers (tests, the API) get Nipype's logging back as it was
             logging.getLogger("nipype.workflow").removeFilter(quiet_failures)
         if args.plugin in GRAPH_PLUGINS:
@@ -1104,12 +1102,14 @@ FULL_DISK_CAUSES = ("No space left on device", "Disk quota exceeded", "File too 
 
 
 def _fix_hint(summary: str) -> str:
-    """The start of the failed run's hint, from :func:`_crash_summary`'s text: "free some
-    space" where a step found the disk full (it said "fix the cause", which sent users to
-    look for a bug), else "fix the cause"."""
+    """The failed run's hint, from :func:`_crash_summary`'s text: "free some space" where a
+    step found the disk full (it said "fix the cause", which sent users to look for a bug),
+    else "fix the cause"; then rerun."""
     if any(cause in summary for cause in FULL_DISK_CAUSES):
-        return "free some space (see df -h on the work and output folders)"
-    return "fix the cause"
+        return ("free some space (see df -h on the work and output folders) and rerun the same "
+                "command (with the same -w): only what failed or did not run is redone")
+    return ("fix the cause and rerun the same command (with the same -w): only what failed or "
+            "did not run is redone")
 
 
 def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
