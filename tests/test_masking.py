@@ -286,6 +286,7 @@ def test_a_label_map_is_told_from_scans_masks_and_8_bit_images():
     for image in (smooth, scan, np.round(smooth / smooth.max() * 255),  # 8 bits
                   np.round(np.clip(scan, 0, None) / scan.max() * 255).astype(np.uint8),
                   head.astype(np.uint8),  # a mask: samri_ml-mask names it itself
+                  head.astype(np.uint8) * 255,  # a 0/255 mask too (it was a label map)
                   np.zeros(labels.shape)):
         assert not pp.looks_like_label_map(image)
 

@@ -741,6 +741,26 @@ def test_a_label_map_given_as_the_scan_gets_a_note(phantom, tmp_path, capsys):
             assert (words in err) is noted, err
 
 
+def test_a_mask_of_0_and_255_given_as_the_scan_is_called_a_mask(phantom, tmp_path, capsys):
+    """samri_ml-mask on a brain mask stored 0/255 (the arguments' order slipped, as for a 0/1
+    one) called it 'a label map (an atlas' regions)' and told the user to give the template
+    rather than its labels; it is a mask, said as of a 0/1 one."""
+    import warnings
+
+    from samri_ml.cli.mask import main
+
+    mask = tmp_path / "brain_mask.nii.gz"
+    inside = np.asarray(phantom["mask"].dataobj) > 0
+    nb.save(nb.Nifti1Image(inside.astype(np.uint8) * 255, phantom["mask"].affine), mask)
+    with warnings.catch_warnings():  # out of pytest's own recording, as in a command
+        warnings.simplefilter("default")
+        assert main([str(mask), str(tmp_path / "out_mask.nii.gz"), "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert (f"samri_ml-mask: note: {mask} holds only the values 0 and 255: a mask, not a scan? "
+            "hint: give the scan first (samri_ml-mask IN OUT)") in err, err
+    assert "label map" not in err, err
+
+
 def test_negative_or_offset_backgrounds(phantom, tmp_path, capsys):
     """A z-scored image (negative background) gets the plain image's mask (it is shifted to a
     zero minimum first); an offset background is named in a note by samri_ml-mask, but not a

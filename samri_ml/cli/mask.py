@@ -386,16 +386,20 @@ TYPICAL_BRAIN_MM3 = 500.0
 
 
 def _note_binary_input(img, in_file) -> None:
-    """IN holding only 0 and 1 is a mask, likely given for the scan (``samri_ml-mask
-    mask.nii.gz scan.nii.gz``, the arguments' order slipped): it gets a believable mask, and
-    OUT, the scan, is overwritten by it (:func:`_check_outputs` refuses that much)."""
+    """IN holding only 0 and one other value (0/1, 0/255) is a mask, likely given for the scan
+    (``samri_ml-mask mask.nii.gz scan.nii.gz``, the arguments' order slipped): it gets a
+    believable mask, and OUT, the scan, is overwritten by it (:func:`_check_outputs` refuses
+    that much). A 0/255 mask was called a label map (an atlas' regions)."""
     import warnings
 
-    from samri_ml.masks import is_binary
+    import numpy as np
 
-    if is_binary(img.dataobj):
-        warnings.warn(f"{in_file} holds only the values 0 and 1: a mask, not a scan? hint: "
-                      "give the scan first (samri_ml-mask IN OUT)", SamriMLNote, stacklevel=2)
+    data = np.asanyarray(img.dataobj)
+    top = data.max()
+    if top != 0 and np.all((data == 0) | (data == top)) and not np.all(data == top):
+        warnings.warn(f"{in_file} holds only the values 0 and {top:g}: a mask, not a scan? "
+                      "hint: give the scan first (samri_ml-mask IN OUT)", SamriMLNote,
+                      stacklevel=2)
 
 
 def _holds_a_mask(path) -> bool | None:

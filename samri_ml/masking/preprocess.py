@@ -142,9 +142,10 @@ LABEL_MAP_EQUAL_FRACTION = 0.6
 
 def looks_like_label_map(volume: np.ndarray) -> bool:
     """Whether a volume is a label map (an atlas' regions, numbered), not an image: integer
-    values, others than 0 and 1 (a mask), and of each two neighbouring non-zero voxels (along
-    every axis) more than :data:`LABEL_MAP_EQUAL_FRACTION` of one value, where a scan's noise
-    and a template's shading make neighbours differ. The network masks a label map as if it
+    values, more than 0 and one other (a mask, 0/1 or 0/255, which was called a label map),
+    and of each two neighbouring non-zero voxels (along every axis) more than
+    :data:`LABEL_MAP_EQUAL_FRACTION` of one value, where a scan's noise and a template's
+    shading make neighbours differ. The network masks a label map as if it
     were a scan (an atlas given for its template got a believable volume, its picture
     nonsense)."""
     volume = np.asarray(volume)
@@ -152,7 +153,8 @@ def looks_like_label_map(volume: np.ndarray) -> bool:
         return False
     if volume.dtype.kind == "f" and not np.array_equal(volume, np.round(volume)):
         return False
-    if not np.any((volume != 0) & (volume != 1)):  # a mask: samri_ml-mask says so itself
+    top = volume.max()
+    if np.all((volume == 0) | (volume == top)):  # a mask (0/1, 0/255): samri_ml-mask says so
         return False
     equal = pairs = 0
     for axis in range(3):
