@@ -423,6 +423,32 @@ def test_a_margin_reaches_the_loss_and_the_bar_ends_where_the_run_stopped(tiny_d
     assert first[0] != first[1]  # a hinge at 0.05 against one at 1.5: other losses
 
 
+def test_the_evaluation_lines_begin_their_own_line_under_the_bar(tiny_data, tmp_path,
+                                                                 monkeypatch):
+    """In a terminal (stdout and stderr on one screen) each evaluation's line was printed
+    where the progress bar ended, ``... loss=4.3883, val1=49.58]step 4 loss 3.6954 | ...``,
+    and the bar stayed above it, one stale bar per evaluation; the bar is cleared first now,
+    as ``tqdm.write`` does, and drawn again below the line."""
+    import io
+
+    from samri_ml.cli.train_plates import main
+
+    screen = io.StringIO()
+    screen.isatty = lambda: True  # the bar is for a terminal
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    assert main(_tiny_run(tiny_data, tmp_path / "r", "--iterations", 6,
+                          "--eval-every", 2)) == 0
+    lines = screen.getvalue().split("\n")
+    shown = [line.split("\r")[-1] for line in lines]  # what a terminal leaves on each line
+    steps = [line for line in lines if re.search(r"step \d+ loss", line)]
+    assert len(steps) == 3, lines
+    assert "train-plates:" in screen.getvalue()  # the bar was drawn
+    assert all(re.match(r"step \d+ loss", line.split("\r")[-1]) for line in steps), steps
+    assert not [line for line in shown if line.startswith("train-plates:")
+                and "step" in line], shown
+
+
 def test_a_new_run_into_the_folder_of_another_is_refused(tiny_data, tmp_path, capsys):
     """A rerun into an existing --out wrote its config.json beside the other run's
     best.keras (an --export-only then failed on the mismatch). Now a usage error, before

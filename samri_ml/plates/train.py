@@ -423,7 +423,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 old.unlink(missing_ok=True)
         earlier.clear()
         loss = "-" if rec["loss"] is None else f"{rec['loss']:.4f}"
-        log(
+        say(
             f"step {it} loss {loss} | {format_metrics(m1, 'val_1')} | "
             f"{format_metrics(m2, 'val_2')} | best val_1 step {best['step']}"
         )
@@ -434,6 +434,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     # evaluations' lines say the progress (as train-masker's one line per epoch does)
     bar = tqdm(total=cfg.iterations, desc="train-plates", mininterval=2,
                disable=not sys.stderr.isatty())
+
+    def say(line: str) -> None:
+        """``log`` with the bar cleared first and drawn again below (as ``tqdm.write``): in a
+        terminal each line began where the bar ended, under a stale bar."""
+        with tqdm.external_write_mode():
+            log(line)
+
     started = time.time()
     it = 0
     try:
@@ -460,11 +467,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 with averaged():
                     evaluate_and_save(it)
                 if it - best["step"] >= cfg.patience:
-                    log(f"early stop at step {it}: val_1 MAE not improved for {cfg.patience} "
+                    say(f"early stop at step {it}: val_1 MAE not improved for {cfg.patience} "
                         "steps")
                     break
                 if cfg.max_minutes and time.time() - started > 60 * cfg.max_minutes:
-                    log(f"time limit ({cfg.max_minutes:g} min) reached at step {it}; the best "
+                    say(f"time limit ({cfg.max_minutes:g} min) reached at step {it}; the best "
                         f"model so far is step {best['step']}'s")
                     break
         bar.close()
