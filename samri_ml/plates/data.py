@@ -915,8 +915,9 @@ def tissue_bbox(img: np.ndarray, margin: float = 0.02,
     size, not of the slide's. Images without such pieces (the atlas plates, the training and
     validation sections) get the box they always got.
 
-    An image of one section larger than :data:`WORKING_SIDE` px is looked at shrunk to it
-    (:func:`_quarter_look`), the box scaled back.
+    An image of one section larger than :data:`WORKING_SIDE` px is looked at shrunk to it, or,
+    on a slide of mostly background, shrunk so that its section is (:func:`_quarter_look`),
+    the box scaled back.
     """
     import cv2
 

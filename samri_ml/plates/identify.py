@@ -181,18 +181,12 @@ def region_crops(img: np.ndarray, crop: bool = True, crop_threshold: str = "otsu
     """Sub-images (uint8) of the tissue bounding box (:func:`tissue_bbox` at
     ``crop_threshold``, or ``box`` where the caller has it already) for each region of
     :data:`REGIONS`."""
-    import cv2
-
     if crop:
         y0, y1, x0, x1 = tissue_bbox(img, threshold=crop_threshold) if box is None else box
         img = img[y0:y1, x0:x1]
+    # regions are embedded at ~128 px: no need to equalise 1024 px crops
+    img = at_working_scale(img, 512)
     h, w = img.shape
-    if max(h, w) > 512:  # regions are embedded at ~128 px: no need to equalise 1024 px crops
-        f = 512 / max(h, w)
-        img = cv2.resize(
-            img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
-        )
-        h, w = img.shape
     out = {}
     for name, (a, b, c, d) in REGIONS.items():
         out[name] = img[

@@ -163,10 +163,10 @@ def write_montage(
 LABEL_CHARS = 30
 
 
-def _label(text: str, chars: int = LABEL_CHARS) -> str:
-    """``text`` in ``chars`` characters: a long one loses its start (a file name's end tells
-    it from its neighbours)."""
-    return text if len(text) <= chars else "..." + text[-(chars - 3):]
+def _label(text: str) -> str:
+    """``text`` in :data:`LABEL_CHARS` characters: a long one loses its start (a file name's
+    end tells it from its neighbours)."""
+    return text if len(text) <= LABEL_CHARS else "..." + text[-(LABEL_CHARS - 3):]
 
 
 def write_ranked_montage(ident, img: np.ndarray, result: dict, out_png, *, top: int = 5,
