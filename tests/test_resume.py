@@ -204,6 +204,27 @@ def test_a_cached_rerun_restores_deleted_and_overwritten_derivatives(interrupted
     assert all(d["identical"] for d in diff.values()), diff
 
 
+def test_a_step_whose_output_was_deleted_from_the_work_dir_runs_again(interrupted,
+                                                                        example_dataset):
+    """An output file of a finished step deleted from the work dir (to free space) stopped a
+    rerun under MultiProc, the default plugin, with a page of Nipype's traceback and
+    "error: TraitError: The 'out_file' trait ... must be ... an existing file": the step was
+    taken for done by its hash alone, and the next one could not read its result (Linear ran
+    it again). It runs again now under every plugin, with a note; nothing else is redone."""
+    out, work = interrupted["out"], interrupted["work"]
+    mean = next(work.rglob("f_mean/*_mean.nii.gz"))
+    mean.unlink()
+    computing = {k: v for k, v in _results(work).items() if not Path(k).name.startswith("ds_")}
+    proc = run_register(example_dataset, out, work)  # RUN_ARGS: --nprocs 2, MultiProc
+    assert mean.is_file()
+    assert (f"samri_ml-register: note: 1 step(s) of an earlier run whose results are gone from "
+            f"the work dir are run again (e.g. {mean.parent.relative_to(work / 'samri_ml_wf')})"
+            in proc.stderr), proc.stderr
+    again = _results(work)
+    assert [k for k, v in computing.items() if again[k] != v] == [
+        str(mean.parent.relative_to(work))]
+
+
 def _copy_read_only(src: Path, dst: Path) -> str:
     """Copy the dataset and make it read-only; return how (for the tear-down)."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("derivatives"))

@@ -893,6 +893,7 @@ def _main(argv=None) -> int:
         # sidecar without a data file"); a lab's own lines are kept
         write_bidsignore(args.output_dir, output_bidsignore())
         _announce(args, sessions, wf, ants)
+        _forget_unreadable_results(Path(args.work_dir) / wf.name)
         plugin_args = dict(args.plugin_args)
         # Nipype reads these from its execution config, not from the plugin's arguments;
         # accepting them in --plugin-args lets cluster users poll the scheduler less (or more)
@@ -1229,6 +1230,40 @@ def _dry_run(args, sessions, wf, ants) -> None:
     nodes = sum(1 for _ in wf._create_flat_graph().nodes())
     print(f"{PROG}: dry run: {nodes} nodes built, none run; a run writes into "
           f"{args.output_dir}", file=sys.stderr)
+
+
+def _forget_unreadable_results(folder: Path) -> None:
+    """Make the steps of an earlier run whose result Nipype can no longer read back (an output
+    file of theirs deleted from the work dir, e.g. to free space) run again, and say so:
+    MultiProc and the cluster plugins took such a step for done, by its hash alone, and the
+    next step failed reading its result ('TraitError: The 'out_json' trait ... must be ... an
+    existing file', after a page of Nipype's traceback); Linear ran it again. Its hash file is
+    removed, so that every plugin runs it."""
+    from nipype import logging as nlogging
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    forgotten = []
+    quiet = nlogging.getLogger("nipype.utils")  # "No metadata was found in the pkl file"
+    level = quiet.level
+    quiet.setLevel("ERROR")
+    try:
+        for result in sorted(folder.rglob("result_*.pklz")) if folder.is_dir() else []:
+            hashes = [h for h in result.parent.glob("_0x*.json")
+                      if not h.name.endswith("_unfinished.json")]
+            if not hashes:  # not cached: it runs anyway
+                continue
+            try:
+                load_resultfile(result)
+            except Exception:  # noqa: BLE001 - whatever stops Nipype reading it back
+                for h in hashes:
+                    h.unlink(missing_ok=True)
+                forgotten.append(result.parent)
+    finally:
+        quiet.setLevel(level)
+    if forgotten:
+        print(f"{PROG}: note: {len(forgotten)} step(s) of an earlier run whose results are "
+              f"gone from the work dir are run again (e.g. {forgotten[0].relative_to(folder)})",
+              file=sys.stderr)
 
 
 def _remove_leftover_temporaries(args, sessions, started: float) -> None:
