@@ -29,6 +29,15 @@ def _brain(h=120, w=160, seed=0):
     return (inside * rng.integers(80, 220, (h, w))).astype(np.uint8)
 
 
+def _textured(h: int, w: int, ry: float = 0.48, rx: float = 0.48) -> np.ndarray:
+    """A smooth-textured ellipse of tissue (radii ``ry``, ``rx`` of the sides) on a dark
+    background of 8: a fake section whose texture survives resizing."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (ry * h)) ** 2 + ((xx - w / 2) / (rx * w)) ** 2 < 1
+    texture = 120 + 60 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + 40 * np.sin((xx + yy) / 41.0)
+    return np.where(inside, texture, 8).astype(np.uint8)
+
+
 # --- metrics (exactly the seed's) -------------------------------------------------------------
 
 
@@ -309,11 +318,7 @@ def test_a_section_scanned_larger_is_read_at_the_training_scale():
 
     from samri_ml.plates.data import WORKING_SIDE, at_working_scale
 
-    h, w = 700, 900
-    yy, xx = np.mgrid[0:h, 0:w]
-    inside = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.47 * w)) ** 2 < 1
-    texture = 120 + 60 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + 40 * np.sin((xx + yy) / 41.0)
-    section = np.where(inside, texture, 8).astype(np.uint8)
+    section = _textured(700, 900, 0.42, 0.47)
     assert at_working_scale(section) is section  # at most 1024 px: as it is
     three, six = (cv2.resize(section, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
                   for f in (3, 6))
@@ -327,10 +332,7 @@ def test_a_small_section_on_a_very_large_slide_is_boxed_at_its_own_scale():
     section, not the slide, is brought to :data:`WORKING_SIDE` (here: left as it is). The
     slide shrunk to 1024 px made the section 51 px, and its box came out 20 px off (5 % of it)."""
     h, w = 300, 400
-    yy, xx = np.mgrid[0:h, 0:w]
-    inside = ((yy - h / 2) / (0.48 * h)) ** 2 + ((xx - w / 2) / (0.48 * w)) ** 2 < 1
-    texture = 120 + 60 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + 40 * np.sin((xx + yy) / 41.0)
-    section = np.where(inside, texture, 8).astype(np.uint8)
+    section = _textured(h, w)
     slide = np.full((6000, 8000), 8, np.uint8)
     slide[2000:2000 + h, 4000:4000 + w] = section
     box = np.array(tissue_bbox(slide)) - [2000, 2000, 4000, 4000]
@@ -467,11 +469,8 @@ def test_a_small_brightfield_section_on_a_very_large_slide_is_taken_for_brightfi
     from samri_ml.plates.data import looks_brightfield
 
     h, w = 300, 400
-    yy, xx = np.mgrid[0:h, 0:w]
-    inside = ((yy - h / 2) / (0.48 * h)) ** 2 + ((xx - w / 2) / (0.48 * w)) ** 2 < 1
-    texture = 120 + 60 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + 40 * np.sin((xx + yy) / 41.0)
     slide = np.full((6000, 8000), 8, np.uint8)
-    slide[2000:2000 + h, 4000:4000 + w] = np.where(inside, texture, 8)
+    slide[2000:2000 + h, 4000:4000 + w] = _textured(h, w)
     assert looks_brightfield(255 - slide)
     assert not looks_brightfield(slide)
 
@@ -912,11 +911,8 @@ def test_a_small_section_alone_on_a_very_large_slide_is_read_as_it_is(tmp_path):
     import cv2
 
     h, w = 150, 200
-    yy, xx = np.mgrid[0:h, 0:w]
-    inside = ((yy - h / 2) / (0.48 * h)) ** 2 + ((xx - w / 2) / (0.48 * w)) ** 2 < 1
-    texture = 120 + 60 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + 40 * np.sin((xx + yy) / 41.0)
     slide = np.full((3000, 4000), 8, np.uint8)
-    slide[1000:1000 + h, 2000:2000 + w] = np.where(inside, texture, 8)
+    slide[1000:1000 + h, 2000:2000 + w] = _textured(h, w)
     cv2.imwrite(str(tmp_path / "slide.png"), slide)
     alone = slide[1000:1000 + h, 2000:2000 + w].astype(np.uint16) * 257
     cv2.imwrite(str(tmp_path / "slide16.png"), slide.astype(np.uint16) * 257)
