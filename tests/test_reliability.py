@@ -1078,6 +1078,25 @@ def test_a_broken_sidecar_is_named_and_stops_only_its_subject(tmp_path, capsys):
     assert "dry run: sub-01 ses-1" in err and "dry run: sub-02" not in err, err
 
 
+def test_a_sidecar_not_fetched_stops_only_its_subject(tmp_path, capsys):
+    """A DataLad dataset where sub-02's sidecar was not fetched (a link into
+    .git/annex/objects to nothing): --participant-label 01 stopped with "its content is not
+    here" for sub-02's file, the link's target (under .git) taken for the file's place; sub-02
+    is left out with a note, as for a sidecar that is not JSON."""
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    shutil.copytree(root / "sub-01", root / "sub-02")
+    for path in (root / "sub-02").rglob("sub-01*"):
+        path.rename(path.with_name(path.name.replace("sub-01", "sub-02")))
+    sidecar = "sub-02/ses-1/func/sub-02_ses-1_task-rest_bold.json"
+    _annexed(sidecar)(tmp_path)
+    assert main(_argv(tmp_path, ["--participant-label", "01"])) == 0
+    err = capsys.readouterr().err
+    assert f"note: {root / sidecar}: its content is not here (a DataLad/git-annex file not " \
+        "fetched); sub-02 is not selected: left out" in err, err
+    assert "dry run: sub-01 ses-1" in err and "dry run: sub-02" not in err, err
+
+
 def test_a_run_too_short_for_slice_timing_is_named(tmp_path, capsys):
     """5 volumes less 3 dummy scans leave 2, too few for slice timing: said before the run
     (its sidecar said SliceTimingCorrected false, and nothing else did)."""

@@ -397,8 +397,9 @@ def _unselected_subject(bids_dir, path, selected) -> str | None:
     (None: no selection, or the file belongs to a selected subject or none)."""
     if path is None or selected is None:
         return None
-    try:
-        first = Path(path).resolve().relative_to(Path(bids_dir).resolve()).parts[0]
+    try:  # the folder resolved, not the file: a DataLad/git-annex file links into .git/
+        first = (Path(path).parent.resolve().relative_to(Path(bids_dir).resolve())
+                 .parts[0])
     except (ValueError, IndexError):
         return None
     if not first.startswith("sub-") or first[4:] in selected:
