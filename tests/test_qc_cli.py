@@ -591,6 +591,42 @@ def test_compare_cautions_when_the_matched_tests_rest_on_a_few_shared_scans(tmp_
             "so the repeated-measures and paired tests are n/a") in capsys.readouterr().out
 
 
+def test_compare_of_three_names_the_pairs_whose_paired_tests_stand(tmp_path, capsys):
+    """Three workflows, B and C on the same 8 scans, A on 8 of which B and C have 1 (or 3):
+    the note said the paired tests were all n/a (or all said little) while B vs C's, on 8
+    scans, printed p-values. The note now names the pairs it is about."""
+
+    def deriv(name, subjects, seed):
+        rng = np.random.default_rng(seed)
+        vcfs = 1 + 0.03 * rng.standard_normal(len(subjects))
+        root = _deriv(tmp_path / name, name, vcfs, 1.1 + 0.03 * rng.standard_normal(8))
+        for i, sub in enumerate(subjects):  # renamed: sub-00.. to the given subjects
+            for f in (root / f"sub-{i:02d}").rglob("*.json"):
+                rec = json.loads(f.read_text())
+                rec["scan"] = f"sub-{sub:02d}_ses-1_T2w"
+                f.write_text(json.dumps(rec))
+        return root
+
+    b, c = deriv("B", range(8), 1), deriv("C", range(8), 2)
+    for shared, seed in ((1, 3), (3, 4)):
+        a = deriv(f"A{shared}", [*range(shared), *range(20, 28 - shared)], seed)
+        out = tmp_path / f"out{shared}"
+        assert main(["compare", str(a), str(b), str(c), "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        pairs = {(r["a"], r["b"]): r for r in _read_tsv(out / "qc_pairwise.tsv")
+                 if r["quantity"] == "vcf_dev"}
+        assert pairs[("B", "C")]["n_paired"] == "8" and pairs[("B", "C")]["paired_p"] != "n/a"
+        assert pairs[(f"A{shared}", "B")]["n_paired"] == str(shared)
+        said = {1: "**Note:** the workflows share 1 scan(s) (matched by source name and "
+                   "modality), so the repeated-measures test is n/a, as are the paired tests "
+                   "of A1 vs B, A1 vs C (those of B vs C stand); hint: check that they ran "
+                   "on the same scans.",
+                3: "**Caution:** the workflows share 3 scan(s) (n_matched); with fewer than 5 "
+                   "the repeated-measures test and the paired tests of A3 vs B, A3 vs C below "
+                   "say little."}[shared]
+        assert said in printed.split("\n\n"), printed[:600]
+
+
 def _in_unit(src: Path, dst: Path, unit: str, per_mm: float) -> Path:
     """The same image with its header counting space in ``unit`` (``per_mm`` units a mm)."""
     img = nb.load(src)

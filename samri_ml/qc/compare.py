@@ -852,18 +852,32 @@ def compare_workflows(
     # the scans every workflow has, whatever was measured on them (a quantity unmeasured
     # everywhere, SCF null, leaves its own n_matched 0 with the others' tests standing)
     common = len(set.intersection(*({_key(r) for r in recs} for recs in groups.values())))
+    # three or more workflows: a pair can share more scans than all of them do, its paired
+    # tests standing where the note said every paired test was n/a (or said little)
+    have = {wf: {_key(r) for r in recs} for wf, recs in groups.items()}
+    paired = {(a, b): len(have[a] & have[b]) for a, b in itertools.combinations(have, 2)}
     if len(groups) > 1 and common < 2:
         # the matched tests came out n/a without a word: folders of other subjects, or scans
         # named otherwise (records without scan or modality)
+        na, stand = _pairs_split(paired.items(), 2)
+        tests = ("the repeated-measures and paired tests are n/a" if not stand else
+                 "the repeated-measures test is n/a"
+                 + (f", as are the paired tests of {na}" if na else "")
+                 + f" (those of {stand} stand)")
         caution.append(f"**Note:** the workflows share {common} scan(s) (matched by source "
-                       "name and modality), so the repeated-measures and paired tests are "
-                       "n/a; hint: check that they ran on the same scans.")
+                       f"name and modality), so {tests}; hint: check that they ran on the "
+                       "same scans.")
     elif len(groups) > 1 and smallest >= MIN_SCANS_FOR_STATISTICS \
             and shared < MIN_SCANS_FOR_STATISTICS:
-        caution.append(f"**Caution:** the workflows share {shared} scan(s) (n_matched, "
-                       "n_paired); with fewer than "
-                       f"{MIN_SCANS_FOR_STATISTICS} the repeated-measures and paired tests "
-                       "below say little.")
+        few, stand = _pairs_split(
+            (((r["a"], r["b"]), r["n_paired"]) for r in pairwise), MIN_SCANS_FOR_STATISTICS)
+        tests = ("(n_matched, n_paired); with fewer than "
+                 f"{MIN_SCANS_FOR_STATISTICS} the repeated-measures and paired tests"
+                 if not stand else
+                 f"(n_matched); with fewer than {MIN_SCANS_FOR_STATISTICS} the "
+                 "repeated-measures test" + (f" and the paired tests of {few}" if few else ""))
+        caution.append(f"**Caution:** the workflows share {shared} scan(s) {tests} below say "
+                       "little.")
     lacking = _lacking(groups)
     if lacking and common >= 2:
         # a subject one workflow failed on (no record written) left its statistics without
@@ -1022,6 +1036,18 @@ def _raw_run_methods(groups: dict[str, list[dict]]) -> list[str]:
     if len({n or 0 for ns in per_wf.values() for n in ns}) < 2:  # no key: the whole run too
         return []
     return [f"{wf}: " + " and ".join(how(n) for n in ns) for wf, ns in per_wf.items() if ns]
+
+
+def _pairs_split(shared, least: int) -> tuple[str, str]:
+    """The pairs of workflows (``"a vs b, ..."``) whose shared scans, ``(pair, n)`` in
+    ``shared`` (the least of a pair's where it comes once per quantity), are fewer than
+    ``least``, and the others."""
+    fewest: dict[tuple[str, str], int] = {}
+    for pair, n in shared:
+        fewest[pair] = min(n, fewest.get(pair, n))
+    below = [f"{a} vs {b}" for (a, b), n in fewest.items() if n < least]
+    above = [f"{a} vs {b}" for (a, b), n in fewest.items() if n >= least]
+    return ", ".join(below), ", ".join(above)
 
 
 def _is_partial(record: dict) -> bool:
