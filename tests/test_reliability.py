@@ -879,6 +879,25 @@ def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     assert "note: no structural scan in sub-03 ses-2" in capsys.readouterr().err
 
 
+def test_a_run_without_any_repetition_time_is_said(tmp_path, capsys):
+    """A run without a sidecar whose NIfTI header gives no repetition time either (pixdim[4]
+    0) was registered without a word; its derivative then had none (BIDS requires one)."""
+    import nibabel as nb
+
+    make_dataset(tmp_path)
+    root = tmp_path / "bids"
+    (root / BOLD.replace(".nii.gz", ".json")).unlink()
+    img = nb.load(root / BOLD)
+    header = img.header.copy()
+    header.set_zooms((*header.get_zooms()[:3], 0.0))
+    nb.save(nb.Nifti1Image(np.asanyarray(img.dataobj), img.affine, header), root / BOLD)
+    assert main(_argv(tmp_path, [])) == 0
+    err = capsys.readouterr().err
+    assert "note: sub-01_ses-1_task-rest_bold.nii.gz: no RepetitionTime in its sidecar nor " \
+        "its NIfTI header; the registered run has none either; hint: add RepetitionTime (in " \
+        "seconds) to its sidecar" in err, err
+
+
 def test_a_functional_only_session_says_the_other_sessions_structural_is_not_used(tmp_path,
                                                                                    capsys):
     """A session with functional runs only, beside a session of the same subject with a

@@ -296,6 +296,12 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
             meta["RepetitionTime"] = header_tr
             print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
                   f"header's, {header_tr:g} s", file=sys.stderr)
+        else:
+            # the registered run's sidecar and header then had none either (BIDS requires
+            # it of a bold run), without a word
+            print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar nor its NIfTI "
+                  "header; the registered run has none either; hint: add RepetitionTime (in "
+                  "seconds) to its sidecar", file=sys.stderr)
     tr = meta.get("RepetitionTime")
     if had_tr and not is_repetition_time(tr):
         # a string ("1.0") or a negative time was blamed on the registration flavour ("a
