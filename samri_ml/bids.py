@@ -337,7 +337,8 @@ def bidsignore_regex(line: str) -> re.Pattern | None:
 
     A pattern with a ``/`` before its end is anchored at the root, one without matches at any
     depth; a trailing ``/`` matches folders only; ``*`` and ``?`` stay within one path part,
-    ``**`` spans parts. A match covers everything below it.
+    ``**`` spans parts, ``[0-9]`` and ``[!0-9]`` are classes of one character. A match
+    covers everything below it.
 
     >>> bool(bidsignore_regex("*acq-scratch*").search("/sub-01/anat/sub-01_acq-scratch_T2w.nii"))
     True
@@ -367,6 +368,14 @@ def bidsignore_regex(line: str) -> re.Pattern | None:
         elif body[i] == "?":
             out += "[^/]"
             i += 1
+        elif body[i] == "[" and "]" in body[i + 2:]:
+            # a class, [0-9] or [!a] (gitignore's): it was read as the letters '[0-9]'
+            end = body.index("]", i + 2)
+            inner = body[i + 1:end]
+            negated = inner[:1] in ("!", "^")
+            out += ("[^/" if negated else "[") + \
+                inner[negated:].replace("\\", "\\\\").replace("[", "\\[") + "]"
+            i = end + 1
         else:
             out += re.escape(body[i])
             i += 1

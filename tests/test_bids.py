@@ -270,3 +270,17 @@ def test_write_bidsignore_adds_what_is_missing_and_keeps_a_labs_lines(tmp_path):
     before = path.stat().st_mtime_ns
     write_bidsignore(tmp_path, output_bidsignore())
     assert path.stat().st_mtime_ns == before and path.read_text().splitlines() == lines
+
+
+def test_a_bidsignore_class_of_characters_is_read_as_gitignore_reads_it():
+    """``*_run-[2-9]_bold.nii.gz`` or ``sub-0[!1]/`` in a lab's .bidsignore matched nothing
+    (the brackets were taken as letters): the scans it lists were registered."""
+    from samri_ml.bids import bidsignore_regex
+
+    runs = bidsignore_regex("sub-01/**/*_run-[2-9]_bold.nii.gz")
+    assert runs.search("/sub-01/ses-1/func/sub-01_ses-1_task-rest_run-2_bold.nii.gz")
+    assert not runs.search("/sub-01/ses-1/func/sub-01_ses-1_task-rest_run-1_bold.nii.gz")
+    others = bidsignore_regex("sub-0[!1]/")
+    assert others.search("/sub-02/anat/sub-02_T2w.nii.gz")
+    assert not others.search("/sub-01/anat/sub-01_T2w.nii.gz")
+    assert bidsignore_regex("x[").search("/x[")  # no closing bracket: a letter
