@@ -108,6 +108,32 @@ def test_the_paired_test_and_the_repeated_measures_f_agree_on_a_constant_differe
     assert pair["vcf_dev"]["n_paired"] == 8
 
 
+def test_the_paired_test_gives_the_difference_it_tests():
+    """Workflow b has a scan a lacks, |1-VCF| 0.30: the table gave mean_a 0.053 below mean_b
+    0.088 beside a paired t of +0.21 (a worse on the 7 scans both have), and the difference
+    that t is of nowhere. ``paired_diff`` is the mean of a - b over the paired scans (scipy's
+    paired t of it checked), given too where the difference is constant and t is n/a."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    va = 1 + 0.05 * rng.standard_normal(8)
+    vb = va + 0.02 + 0.01 * rng.standard_normal(8)
+    ra, rb = _group(va[:7], "a"), _group(vb[:7], "b")
+    rb.append({"scan": "s9", "modality": "anat", "vcf": 1.3, "scf": 1.0, "scf_normalised": 1.0})
+    pair = {r["quantity"]: r for r in pairwise_table({"a": ra, "b": rb})}["vcf_dev"]
+    da, db = np.abs(1 - va[:7]), np.abs(1 - vb[:7])
+    assert pair["n_paired"] == 7
+    assert pair["paired_diff"] == pytest.approx(np.mean(da - db), rel=1e-12)
+    assert pair["paired_t"] == pytest.approx(stats.ttest_rel(da, db).statistic, rel=1e-12)
+    assert (pair["paired_diff"] > 0) == (pair["paired_t"] > 0) != (pair["mean_a"]
+                                                                  > pair["mean_b"])
+    # every scan 0.0486 apart: no t (no residual variance), the difference all the same
+    base = 0.8 + 0.05 * rng.random(8)
+    pair = {r["quantity"]: r for r in pairwise_table(
+        {"a": _group(base, "a"), "b": _group(base - 0.0486, "b")})}["vcf_dev"]
+    assert np.isnan(pair["paired_t"]) and pair["paired_diff"] == pytest.approx(-0.0486)
+
+
 def test_a_label_with_a_bar_keeps_its_markdown_row():
     """A workflow label with '|' added a column to its row of qc_stats.md."""
     from samri_ml.qc.compare import markdown_table

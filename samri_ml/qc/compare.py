@@ -377,7 +377,10 @@ def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
     """Pairwise comparisons of workflows A vs B per quantity.
 
     - Welch's two-tailed t-test (unequal variances) on all scans;
-    - when scans with the same name exist in both, a paired two-tailed t-test on those;
+    - when scans with the same name exist in both, a paired two-tailed t-test on those, and
+      their mean difference ``paired_diff`` (the one the test is of: ``mean_a - mean_b``
+      counts each workflow's own scans, of the opposite sign where one has scans the other
+      lacks);
     - RMSE ratio of the factor behind the quantity:
       :math:`\\mathrm{RMSE}_A(1-x) / \\mathrm{RMSE}_B(1-x)` (< 1: A conserves better).
     """
@@ -424,6 +427,9 @@ def pairwise_table(groups: dict[str, list[dict]]) -> list[dict]:
                     "welch_t": t,
                     "welch_p": p,
                     "n_paired": len(common),
+                    # the paired t of +0.21 stood beside means of 0.053 and 0.088 (a scan of
+                    # 0.30 in b alone), its own difference of +0.002 nowhere
+                    "paired_diff": float((pa - pb).mean()) if common else float("nan"),
                     "paired_t": tp,
                     "paired_p": pp,
                     "rmse_ratio": ratio,
@@ -701,7 +707,7 @@ SUMMARY_COLUMNS = (
 )
 PAIR_COLUMNS = [
     "a", "b", "quantity", "mean_a", "mean_b", "welch_t", "welch_p", "welch_p_holm", "n_paired",
-    "paired_t", "paired_p", "paired_p_holm", "rmse_ratio",
+    "paired_diff", "paired_t", "paired_p", "paired_p_holm", "rmse_ratio",
 ]  # fmt: skip
 ANOVA_COLUMNS = ["quantity", "label", "F", "p", "groups", "F_rm", "p_rm", "n_matched"]
 #: the columns of ``qc_metrics.tsv``: a scan's QC table's, the template and the record read
@@ -759,6 +765,9 @@ def table_dictionaries() -> dict[str, dict]:
             "welch_p_holm": {"Description": f"welch_p {p_holm}"},
             "n_paired": {"Description": "Scans both workflows have, those the paired test "
                          "compares"},
+            "paired_diff": {"Description": "Mean of a - b over those scans, the difference "
+                            "paired_t tests (mean_a - mean_b counts each workflow's own "
+                            "scans)"},
             "paired_t": {"Description": "Paired t (a - b) on those scans"},
             "paired_p": {"Description": "Two-tailed p-value of paired_t"},
             "paired_p_holm": {"Description": f"paired_p {p_holm}"},
@@ -967,8 +976,8 @@ def compare_workflows(
             "repeated measures on the n_matched scans every workflow has, the one to read "
             "when the workflows ran on the same scans)\n\n"
             + markdown_table(anova, ANOVA_COLUMNS[1:]),
-            "## Pairwise (two-tailed; _holm: Holm-adjusted over the pairs; RMSE ratio = "
-            "RMSE_a(1-x) / RMSE_b(1-x))\n\n"
+            "## Pairwise (two-tailed; _holm: Holm-adjusted over the pairs; paired_diff: mean "
+            "a - b over the n_paired scans; RMSE ratio = RMSE_a(1-x) / RMSE_b(1-x))\n\n"
             + (
                 markdown_table(pairwise, ["a", "b", "label"] + PAIR_COLUMNS[3:])
                 or "(needs two or more workflows)"
