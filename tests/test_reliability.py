@@ -2340,6 +2340,18 @@ def test_a_label_with_spaces_around_it_is_found(tmp_path, capsys):
     assert "dry run: sub-01 ses-1" in capsys.readouterr().err
 
 
+def test_a_label_given_as_its_folder_is_found(tmp_path, capsys):
+    """``--participant-label sub-01/`` (the folder's name as the shell completes it) was
+    refused with the hint to give BIDS_DIR [OUTPUT_DIR] participant first, which was done;
+    it is the label sub-01. A label without its prefix and with a slash stays refused."""
+    make_dataset(tmp_path)
+    argv = _argv(tmp_path, ["--participant-label", "sub-01/", "--session-label", "ses-1/"])
+    assert main(argv) == 0
+    assert "dry run: sub-01 ses-1" in capsys.readouterr().err
+    assert main(_argv(tmp_path, ["--participant-label", "out/"])) == 2
+    assert "took 'out/' as a label" in capsys.readouterr().err
+
+
 def test_an_interrupted_rerun_that_rewrote_part_of_a_subject_says_so(tmp_path, capsys):
     """A rerun with another --masking, interrupted after it wrote the new registered scan,
     left it beside the earlier run's QC record and under a report that said "masking none",

@@ -231,8 +231,15 @@ def validate(args, parser) -> None:
     """Check paths before building anything; usage problems go through ``parser.error`` (exit 2)."""
     from samri_ml.io import load_nifti
 
-    for option, prefix, labels in (("--participant-label", "sub-", args.participant_label),
-                                   ("--session-label", "ses-", args.session_label)):
+    seps = os.sep + (os.altsep or "")
+    for attr, option, prefix in (("participant_label", "--participant-label", "sub-"),
+                                 ("session_label", "--session-label", "ses-")):
+        # sub-01/, a folder's name as the shell completes it, is its label (it was refused
+        # with the hint to give BIDS_DIR ... first, which the user had)
+        labels = [label.strip().rstrip(seps)
+                  if re.fullmatch(rf"{prefix}[a-zA-Z0-9]+[{re.escape(seps)}]+", label.strip())
+                  else label for label in getattr(args, attr) or ()] or getattr(args, attr)
+        setattr(args, attr, labels)
         if any(not label.strip().removeprefix(prefix) for label in labels or ()):
             # '' matched no subject: "participant(s)  not found", a blank in the message
             parser.error(f"{option}: an empty label; hint: give labels such as 01 or "
