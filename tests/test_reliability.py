@@ -448,6 +448,13 @@ CASES = [
      ["--session-label took '/data/out' as a label; hint:"]),
     ("empty_session_label", None, ["--session-label", "ses-"], 2,
      ["--session-label: an empty label"]),
+    # "participant(s) 01,02 not found in ...; available: 01, 02"
+    ("comma_separated_participant_labels", None, ["--participant-label", "sub-01,sub-02"], 2,
+     ["--participant-label: 'sub-01,sub-02' is not a BIDS label (letters and digits only); "
+      "hint: separate labels with spaces: --participant-label 01 02"]),
+    ("participant_label_with_a_session", None, ["--participant-label", "sub-01_ses-1"], 2,
+     ["--participant-label: 'sub-01_ses-1' is not a BIDS label (letters and digits only); "
+      "hint: give labels such as 01 or sub-01"]),
 ]
 
 

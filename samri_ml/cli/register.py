@@ -250,6 +250,15 @@ def validate(args, parser) -> None:
                 # `BIDS OUT --participant-label 01 participant` said "participant(s)
                 # participant not found"; a path there, "participant(s) /data/out not found"
                 parser.error(f"{option} took {label!r} as a label; {LABELS_FIRST_HINT}")
+            bare = label.strip().removeprefix(prefix)
+            if not is_label(bare):
+                # '01,02' was "participant(s) 01,02 not found; available: 01, 02"
+                parts = [p.strip().removeprefix(prefix) for p in bare.split(",")]
+                hint = (f"separate labels with spaces: {option} {' '.join(parts)}"
+                        if "," in bare and all(map(is_label, parts))
+                        else f"give labels such as 01 or {prefix}01")
+                parser.error(f"{option}: {label!r} is not a BIDS label (letters and digits "
+                             f"only); hint: {hint}")
     bids_dir = args.bids_dir
     if not bids_dir.exists():
         parser.error(f"BIDS_DIR {bids_dir} does not exist")
