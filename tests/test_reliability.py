@@ -216,6 +216,17 @@ def _annexed(*rels: str, pointer: bool = False):
     return edit
 
 
+def _linked_to_nothing(*rels: str):
+    """A breaker: ``rels`` as links into a storage that is not mounted."""
+    def edit(root: Path) -> None:
+        for rel in rels:
+            path = root / "bids" / rel
+            path.unlink()
+            path.symlink_to(f"/nonexistent/nas/{path.name}")
+
+    return edit
+
+
 def _scan_of_another_subject(root: Path) -> None:
     """sub-02 beside sub-01, its structural scan a copy of sub-01's not renamed
     (``sub-02/ses-1/anat/sub-01_ses-1_T2w.nii.gz``)."""
@@ -274,6 +285,12 @@ CASES = [
      ["2 selected scan(s) have no content here (DataLad/git-annex files not fetched): "
       "sub-01_ses-1_T2w.nii.gz, sub-01_ses-1_task-rest_bold.nii.gz; hint: cd ",
       "bids && datalad get sub-01"]),
+    # a storage not mounted: the links were named one per run
+    ("scans_linked_to_nothing", _linked_to_nothing(ANAT, BOLD), [], 1,
+     ["2 selected scan(s) are symbolic links to files that do not exist: "
+      "sub-01_ses-1_T2w.nii.gz -> /nonexistent/nas/sub-01_ses-1_T2w.nii.gz, "
+      "sub-01_ses-1_task-rest_bold.nii.gz -> /nonexistent/nas/sub-01_ses-1_task-rest_bold.nii.gz;"
+      " hint: mount or restore what they point to, or fix the links"]),
     ("annexed_unlocked_scan_not_fetched", _annexed(BOLD, pointer=True), [], 1,
      ["1 selected scan(s) have no content here", "datalad get sub-01"]),
     ("annexed_sidecar_not_fetched", _annexed(BOLD.replace(".nii.gz", ".json")), [], 1,

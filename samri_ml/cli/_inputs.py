@@ -8,6 +8,7 @@ its name instead of hours later inside a node.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -118,6 +119,14 @@ def check_scans(args, sessions) -> None:
             f"{len(unfetched)} selected scan(s) have no content here (DataLad/git-annex files "
             f"not fetched): {some_names([scan.name for scan in unfetched])}; hint: cd "
             f"{args.bids_dir} && datalad get {' '.join(where) or '.'}")
+    dangling = [Path(scan) for item in sessions for scan in session_scans(item)
+                if Path(scan).is_symlink() and not Path(scan).exists()]
+    if dangling:
+        # all of them too (a storage not mounted): they were named one per run
+        raise SamriMLError(
+            f"{len(dangling)} selected scan(s) are symbolic links to files that do not exist: "
+            f"{some_names([f'{scan.name} -> {os.readlink(scan)}' for scan in dangling])}; "
+            "hint: mount or restore what they point to, or fix the links")
     no_timing, direct, too_short, two_affines, unchecked = [], [], [], [], []
     discarded = []  # runs whose sidecar says volumes were dropped before (scanner, user)
     for item in sessions:
