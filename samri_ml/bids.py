@@ -536,8 +536,11 @@ def atomic_targets(dsts, remove=()):
     temporary file, so the set is never of two writes."""
     dsts = [Path(d) for d in dsts]
     with ExitStack() as stack:
-        # entered in order, renamed in reverse: the first file is never newer than the rest
-        tmps = [stack.enter_context(atomic_target(d, d.suffix)) for d in dsts]
+        # entered in order, renamed in reverse: the first file is never newer than the rest;
+        # a signal while one is made (its file created, its removal not yet on the stack) left
+        # it behind, hidden and empty: it waits until each one's removal is on the stack
+        with deferred_sigint():
+            tmps = [stack.enter_context(atomic_target(d, d.suffix)) for d in dsts]
         yield tmps
         renames = stack.pop_all()
     with deferred_sigint():
