@@ -167,7 +167,7 @@ def test_a_quantity_unmeasured_everywhere_does_not_say_the_workflows_share_no_sc
 
 def test_a_scan_one_workflow_has_no_record_of_is_named(tmp_path):
     """A subject one workflow failed on (no record written) was in the other workflow's mean,
-    F-test and Welch test, out of its own, and nothing said so."""
+    RMSE, F-test and Welch test, out of its own, and nothing said so."""
     import json
 
     from samri_ml.qc.compare import compare_workflows
@@ -183,6 +183,9 @@ def test_a_scan_one_workflow_has_no_record_of_is_named(tmp_path):
                  "scf_normalised": 1.1}))
     result = compare_workflows([tmp_path / "w1", tmp_path / "w2"])
     assert "w2 lacks 1: sub-03_T2w (anat)" in result["markdown"]
+    # the RMSE ratio too (w1's with sub-03, w2's without), which the note left out
+    assert ("the means, the RMSE ratios, the F-test and the Welch tests count each "
+            "workflow's own scans") in result["markdown"]
     assert "w1 lacks" not in result["markdown"]
     # the same scans in both: no such note
     (tmp_path / "w1" / "sub-03").rename(tmp_path / "sub-03")

@@ -771,8 +771,8 @@ def table_dictionaries() -> dict[str, dict]:
             "paired_t": {"Description": "Paired t (a - b) on those scans"},
             "paired_p": {"Description": "Two-tailed p-value of paired_t"},
             "paired_p_holm": {"Description": f"paired_p {p_holm}"},
-            "rmse_ratio": {"Description": "RMSE of a's factor from 1 / RMSE of b's (below 1: a "
-                           "conserves better)"}},
+            "rmse_ratio": {"Description": "RMSE of a's factor from 1 / RMSE of b's, each "
+                           "over its own scans (below 1: a conserves better)"}},
     }
     order = {"qc_metrics.tsv": METRICS_COLUMNS, "qc_summary.tsv": SUMMARY_COLUMNS,
              "qc_anova.tsv": ANOVA_COLUMNS, "qc_pairwise.tsv": PAIR_COLUMNS}
@@ -892,9 +892,9 @@ def compare_workflows(
         # a subject one workflow failed on (no record written) left its statistics without
         # the scan, the others' with it, and nothing said so
         caution.append("**Note:** not every workflow has a QC record of every scan ("
-                       + "; ".join(lacking) + "): the means, the F-test and the Welch tests "
-                       "count each workflow's own scans, the repeated-measures and paired "
-                       "tests those they share; a workflow that failed on a scan wrote no "
+                       + "; ".join(lacking) + "): the means, the RMSE ratios, the F-test and "
+                       "the Welch tests count each workflow's own scans, the repeated-measures "
+                       "and paired tests those they share; a workflow that failed on a scan wrote no "
                        "record of it (see its reports and crash files).")
     spaces = {wf: recs[0].get("space", "") for wf, recs in groups.items()}
     if len(set(spaces.values())) > 1:
