@@ -293,9 +293,14 @@ CASES = [
       " hint: mount or restore what they point to, or fix the links"]),
     ("annexed_unlocked_scan_not_fetched", _annexed(BOLD, pointer=True), [], 1,
      ["1 selected scan(s) have no content here", "datalad get sub-01"]),
+    # its subject's folder, as for the scans (one sidecar fetched per run, stopping at the next)
     ("annexed_sidecar_not_fetched", _annexed(BOLD.replace(".nii.gz", ".json")), [], 1,
      ["sub-01_ses-1_task-rest_bold.json: its content is not here (a DataLad/git-annex file "
-      "not fetched); hint: fetch it, e.g. datalad get "]),
+      "not fetched); hint: cd ", "bids && datalad get sub-01"]),
+    # it said "no dataset_description.json; hint: add one"
+    ("annexed_description_not_fetched", _annexed("dataset_description.json"), [], 1,
+     ["bids/dataset_description.json: its content is not here (a DataLad/git-annex file not "
+      "fetched); hint: fetch it, e.g. datalad get "]),
     # its derivatives are named from its name: they went into sub-01's folder, replacing
     # sub-01's, in silence
     ("scan_named_for_another_subject", _scan_of_another_subject,
@@ -319,7 +324,7 @@ CASES = [
     ("annexed_unlocked_sidecar_not_fetched",
      _annexed(BOLD.replace(".nii.gz", ".json"), pointer=True), [], 1,
      ["sub-01_ses-1_task-rest_bold.json: its content is not here (a DataLad/git-annex file "
-      "not fetched); hint: fetch it, e.g. datalad get "]),
+      "not fetched); hint: cd ", "bids && datalad get sub-01"]),
     ("truncated_template", lambda r: _truncate(r / TEMPLATE), [], 1,
      ["tpl-Tiny_T2w.nii.gz", "truncated or corrupt"]),
     ("corrupt_template", lambda r: (r / TEMPLATE).write_bytes(os.urandom(4000)), [], 1,

@@ -390,13 +390,22 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
 def _index_failure(bids_dir, err) -> tuple[str | None, str]:
     """``(file, message)`` of pybids' failure to index ``bids_dir``: the file it names (None
     where it names none) and a one-line message with a hint."""
-    from samri_ml.io import content_missing
+    from samri_ml.io import annex_unfetched, content_missing
 
     # a sidecar not fetched: pybids reads every JSON while indexing (a link to nothing
     # raises FileNotFoundError; a pointer file, its own error naming the file)
     match = re.search(r"filename='([^']+)'", str(err))
     name = getattr(err, "filename", None) or (match.group(1) if match else None)
     missing = name and content_missing(name)
+    if missing and annex_unfetched(name):
+        # its subject's folder, as for the scans: fetching one sidecar per run stopped at the
+        # next one not fetched
+        folder, root = Path(name).parent.resolve(), Path(bids_dir).resolve()
+        rel = folder.relative_to(root).parts if folder.is_relative_to(root) else ()
+        where = rel[0] if rel and rel[0].startswith("sub-") else \
+            Path(*rel, Path(name).name).as_posix()
+        return name, (f"{name}: its content is not here (a DataLad/git-annex file not "
+                      f"fetched); hint: cd {bids_dir} && datalad get {where}")
     if missing:
         return name, f"{name}: {missing}"
     if name and "decode JSON" in str(err):  # pybids' words; the JSON error is its cause

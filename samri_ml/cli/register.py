@@ -229,7 +229,7 @@ def template_label(path: Path) -> str:
 
 def validate(args, parser) -> None:
     """Check paths before building anything; usage problems go through ``parser.error`` (exit 2)."""
-    from samri_ml.io import load_nifti
+    from samri_ml.io import content_missing, load_nifti
 
     seps = os.sep + (os.altsep or "")
     for attr, option, prefix in (("participant_label", "--participant-label", "sub-"),
@@ -264,6 +264,9 @@ def validate(args, parser) -> None:
         parser.error(f"BIDS_DIR {bids_dir} does not exist")
     if not bids_dir.is_dir():
         parser.error(f"BIDS_DIR {bids_dir} is not a folder")
+    missing = content_missing(bids_dir / "dataset_description.json")
+    if missing:  # a DataLad dataset not fetched: it said "no dataset_description.json"
+        raise SamriMLError(f"{bids_dir / 'dataset_description.json'}: {missing}")
     if not (bids_dir / "dataset_description.json").is_file():
         if subject_folders(bids_dir):
             # the root it is, only without its description: "point to the root" misled
