@@ -132,13 +132,9 @@ def _deriv(root: Path, name: str, vcfs, scfs, modality="anat", describe=True,
     return root
 
 
-def test_compare_out_that_cannot_be_written_keeps_the_last_complete_files(tmp_path):
-    """samri_ml-qc compare --out on a full disk stopped with a bare "OSError: [Errno 28] No
-    space left on device" and left an empty (or cut short) qc_metrics.tsv beside the last run's
-    other tables. Now one line names the file, and every file is renamed into place: the last
-    complete ones stay as they were. A real process whose files may not grow past 3 kB."""
-    from samri_ml.testing import file_size_limit
-
+def _compared_once(tmp_path):
+    """``samri_ml-qc compare`` of two derivatives (A, B) run once into ``tmp_path/cmp`` as a
+    real process: its argv, the --out folder and the files it wrote (name: bytes)."""
     rng = np.random.default_rng(1)
     a = _deriv(tmp_path / "a", "A", 1 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
     b = _deriv(tmp_path / "b", "B", 0.9 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
@@ -146,7 +142,17 @@ def test_compare_out_that_cannot_be_written_keeps_the_last_complete_files(tmp_pa
     argv = [sys.executable, "-m", "samri_ml.cli.qc", "compare", str(a), str(b), "--out",
             str(out)]  # fmt: skip
     assert subprocess.run(argv, capture_output=True).returncode == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    return argv, out, {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_compare_out_that_cannot_be_written_keeps_the_last_complete_files(tmp_path):
+    """samri_ml-qc compare --out on a full disk stopped with a bare "OSError: [Errno 28] No
+    space left on device" and left an empty (or cut short) qc_metrics.tsv beside the last run's
+    other tables. Now one line names the file, and every file is renamed into place: the last
+    complete ones stay as they were. A real process whose files may not grow past 3 kB."""
+    from samri_ml.testing import file_size_limit
+
+    argv, out, before = _compared_once(tmp_path)
     assert len(before["qc_metrics.tsv"]) > 3000
     run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=file_size_limit(3000))
     err = run.stderr.strip().splitlines()
@@ -164,14 +170,7 @@ def test_compare_stopped_half_way_keeps_the_last_complete_set(tmp_path):
     grow past 20 kB (the tables fit, the plot does not)."""
     from samri_ml.testing import file_size_limit
 
-    rng = np.random.default_rng(1)
-    a = _deriv(tmp_path / "a", "A", 1 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
-    b = _deriv(tmp_path / "b", "B", 0.9 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
-    out = tmp_path / "cmp"
-    argv = [sys.executable, "-m", "samri_ml.cli.qc", "compare", str(a), str(b), "--out",
-            str(out)]  # fmt: skip
-    assert subprocess.run(argv, capture_output=True).returncode == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv, out, before = _compared_once(tmp_path)
     assert len(before["qc_violin.png"]) > 20000 > len(before["qc_metrics.tsv"])
     run = subprocess.run(argv + ["--labels", "X", "Y"], capture_output=True, text=True,
                          preexec_fn=file_size_limit(20000))
@@ -189,14 +188,7 @@ def test_compare_sigterm_leaves_no_temporary_file(tmp_path):
     import signal
     import time
 
-    rng = np.random.default_rng(1)
-    a = _deriv(tmp_path / "a", "A", 1 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
-    b = _deriv(tmp_path / "b", "B", 0.9 + 0.02 * rng.standard_normal(12), np.full(12, 1.1))
-    out = tmp_path / "cmp"
-    argv = [sys.executable, "-m", "samri_ml.cli.qc", "compare", str(a), str(b), "--out",
-            str(out)]  # fmt: skip
-    assert subprocess.run(argv, capture_output=True).returncode == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv, out, before = _compared_once(tmp_path)
     proc = subprocess.Popen(argv + ["--labels", "X", "Y"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
