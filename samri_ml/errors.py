@@ -1,5 +1,15 @@
 """Errors a user should see as one line (cause and hint), never as a traceback."""
 
+import errno
+import os
+
+#: the errors of a write that found no room: a full disk, the user's quota, a file size
+#: limit (the fix is room, not a change to the command)
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: how the operating system words them ("No space left on device", ...), as a failed step's
+#: crash file quotes them
+FULL_DISK_CAUSES = tuple(os.strerror(code) for code in FULL_DISK_ERRNOS)
+
 
 class SamriMLError(Exception):
     """A failure with a one-line, user-facing cause (and, after a colon or 'hint:', a fix)."""

@@ -31,7 +31,6 @@ along the phase-encoding axis (y): ``x_s -> x_s + d(x_s) e_y`` before ``A_f^-1``
 
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import json
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samri_ml.errors import SamriMLError
+from samri_ml.errors import FULL_DISK_ERRNOS, SamriMLError
 
 __all__ = [
     "BRAIN_LABELS",
@@ -1049,7 +1048,7 @@ def write_example_dataset(
             _remove_empty_folders(out)
         if isinstance(err, KeyboardInterrupt):
             raise
-        full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        full = err.errno in FULL_DISK_ERRNOS
         hint = "free some space, or give OUT_DIR on another disk" if full else (
             "give a writable OUT_DIR")
         raise SamriMLError(f"cannot write {failed} ({err.strerror or err}); nothing kept; "

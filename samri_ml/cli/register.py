@@ -1116,15 +1116,12 @@ def _crash_summary(crashes: list[Path]) -> str:
     return f", the first {crashes[0].name} says: {cause}"
 
 
-#: what a failed step's cause says where the disk (or the user's quota, or a file size
-#: limit) was full: the fix is room, not a change to the command
-FULL_DISK_CAUSES = ("No space left on device", "Disk quota exceeded", "File too large")
-
-
 def _fix_hint(summary: str) -> str:
     """The failed run's hint, from :func:`_crash_summary`'s text: "free some space" where a
     step found the disk full (it said "fix the cause", which sent users to look for a bug),
     else "fix the cause"; then rerun."""
+    from samri_ml.errors import FULL_DISK_CAUSES
+
     if any(cause in summary for cause in FULL_DISK_CAUSES):
         return ("free some space (see df -h on the work and output folders) and rerun the same "
                 "command (with the same -w): only what failed or did not run is redone")

@@ -8,7 +8,6 @@ two-tailed tests (Holm-adjusted too) and RMSE ratios.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import math
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from samri_ml.bids import atomic_targets
-from samri_ml.errors import SamriMLError
+from samri_ml.errors import FULL_DISK_ERRNOS, SamriMLError
 from samri_ml.qc.metrics import (
     AXES_KEY,
     COVERAGE_KEY,
@@ -1016,7 +1015,7 @@ def compare_workflows(
         except OSError as err:
             raise SamriMLError(f"cannot write {out / name} ({err.strerror or err}); "
                                "hint: free some space, or give --out on another disk"
-                               if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else
+                               if err.errno in FULL_DISK_ERRNOS else
                                f"cannot write {out / name} ({err.strerror or err})") from err
         files = [out / n for n in writers]
     return {
