@@ -4,12 +4,12 @@ Your pipeline (here: N4 bias correction then antsRegistration to a template) gai
 ``MaskBrain``, whose mask restricts the registration metric to the brain in every stage, as the
 seed paper's "Generic Masked" workflow. Unlike the seed, N4 keeps fitting the bias field on the
 whole image: with an imperfect mask the mask-restricted field cost one example subject 0.04
-Dice (see the README). Caution: this is the wiring the README measured as harmful on a real
+Dice (see docs/results.rst). Caution: this is the wiring docs/results.rst measured as harmful on a real
 skull-on head (its "Masked registration of a real head": a moving mask alone on the MI stages
 shrank the brain into the mask, Dice 0.48 against 0.82 unmasked); it shows how to connect the
 node on the example's phantoms. samri_ml's own ``default`` and ``fast`` flavours run their
 linear phases brain to brain instead (the scan and the template each times its mask), then
-SyN on the whole images (README, "the linear phases brain to brain"). Run:
+SyN on the whole images (docs/results.rst, "the linear phases brain to brain"). Run:
 
     python examples/add_maskbrain_to_pipeline.py T2w.nii.gz TEMPLATE.nii.gz TEMPLATE_MASK.nii.gz OUT_DIR
 """
@@ -43,7 +43,7 @@ def existing_pipeline(in_file, template, template_mask, base_dir):
         metric_weight=[1, 1], radius_or_number_of_bins=[32, 32],
         # MI on every voxel of the template mask: on a 25 % sample this pipeline, on two
         # threads, diverged in 1 of 6 runs of the example subject (Dice 0.05, the others
-        # 0.969-0.971; every voxel: 0.9700 in 4 of 4; see the README's "on two threads")
+        # 0.969-0.971; every voxel: 0.9700 in 4 of 4; see docs/results.rst, "on two threads")
         sampling_strategy=["None", "None"], sampling_percentage=[1.0, 1.0],
         convergence_threshold=[1e-6, 1e-6], convergence_window_size=[10, 10],
         smoothing_sigmas=[[2, 1], [1, 0]], shrink_factors=[[4, 2], [2, 1]],

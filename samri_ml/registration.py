@@ -162,7 +162,7 @@ def n4_uses_mask(flavour: str) -> bool:
 
     ``default`` and ``fast`` fit it on the whole image: with the mask-restricted field (the
     seed's wiring, kept in ``samri``) an imperfect U-Net mask cost one example subject 0.04 Dice;
-    on the whole image masked registration matches unmasked (README)."""
+    on the whole image masked registration matches unmasked (docs/results.rst)."""
     return bool(load_flavour(flavour).get("n4_mask", True))
 
 
@@ -190,7 +190,7 @@ def mask_dilation(flavour: str) -> int:
     A mask that ends exactly at the brain's edge leaves that edge, the strongest feature the
     linear stages have, out of the metric: on the example data one subject's masked
     registration diverged in the affine stage (Dice 0.14) with a mask of Dice 0.94; with the
-    mask grown by 1-2 voxels it reached 0.973, as unmasked (README). ``default`` and ``fast``
+    mask grown by 1-2 voxels it reached 0.973, as unmasked (docs/results.rst). ``default`` and ``fast``
     say 8 voxels (by 2 before 2026-12-02, which cost a real skull-on head 0.005 Dice against
     unmasked, where 8 gains 0.003-0.004), for their SyN stage only (:func:`moving_mask_stages`;
     their linear phases run brain to brain, :func:`brain_phases`); the template's own mask is
@@ -220,7 +220,7 @@ def brain_phases(flavour: str, stream: str) -> list[str]:
     after SyN on the whole images. On the example phantoms, whose reference masks leave a CSF
     rim out that the U-Net includes, every phase brain to brain fell to 0.93 (the brains'
     outlines matched, not their insides), where SyN on the whole images keeps 0.972-0.975
-    (README). Both images must be stripped: with the template whole under its mask, the affine
+    (docs/results.rst). Both images must be stripped: with the template whole under its mask, the affine
     phase of ``default`` zoomed the stripped brain until the template's mask held brain only
     (Dice 0.66). ``samri`` keeps the seed's wiring.
     """

@@ -176,7 +176,7 @@ def test_fwhm_recovery_table(request, capsys):
     """Recovery error of the FWHM estimators across kernel sizes (prints a markdown table).
 
     Run with ``pytest -m benchmark tests/test_qc_smoothness.py -s`` (about a minute). The
-    README gives the worst mean error for kernels of 1-12 voxels (FWHM 0.2-1.2 mm here); it
+    docs/qc.rst gives the worst mean error for kernels of 1-12 voxels (FWHM 0.2-1.2 mm here); it
     said 1.1 % while the 4D 1.2 mm row measures -1.13 %.
     """
     import re
@@ -184,7 +184,7 @@ def test_fwhm_recovery_table(request, capsys):
 
     if "benchmark" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("measurement; run with -m benchmark")
-    readme = " ".join((Path(__file__).parents[1] / "README.rst").read_text().split())
+    readme = " ".join((Path(__file__).parents[1] / "docs" / "qc.rst").read_text().split())
     claimed = float(re.search(r"Gaussian-smoothed noise within ([\d.]+) %", readme).group(1))
     worst = 0.0
     rows = []
@@ -212,7 +212,7 @@ def test_fwhm_recovery_table(request, capsys):
             "\n| data | FWHM mm | voxels | classic, sampled kernel (%) | classic, AFNI "
             "continuous (%) | ACF/sqrt2 (%) |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
         )
-    assert worst <= claimed, f"README: within {claimed} %, measured {worst:.2f} %"
+    assert worst <= claimed, f"docs/qc.rst: within {claimed} %, measured {worst:.2f} %"
 
 
 def test_a_smoothed_copy_of_a_head_has_scf_above_one(example_dataset):

@@ -86,7 +86,7 @@ def test_masked_registration_of_a_real_skull_on_head_is_better(shared_data, samm
     stage only, the wiring before, 0.836; with the mask on every stage, before 2026-12-01's
     seventh session, 0.67-0.72). The unmasked bound, 0.82, holds the MI stages to every voxel
     (a 25 % sample gave 0.818) (benchmarks/registration_sammba.py, one thread per ANTs call,
-    as here: two threads scatter unmasked, see the README)."""
+    as here: two threads scatter unmasked, see docs/results.rst)."""
     from samri_ml.evaluation import warped_mask_dice
 
     sammba = shared_data / "mri" / "scans" / "sammba"

@@ -61,7 +61,7 @@ def test_a_phase_can_run_without_the_moving_mask(tmp_path):
     use = moving_mask_stages(str(flavour), "structural")
     assert use == [False, True, True, True]
     # the seed's Generic Masked masks every stage; default and fast their SyN stage only (the
-    # linear stages masked shrank a real skull-on head: README, "Masked registration of a real
+    # linear stages masked shrank a real skull-on head: docs/results.rst, "Masked registration of a real
     # head")
     assert all(moving_mask_stages("samri", "structural"))
     for name in ("default", "fast"):
@@ -127,7 +127,7 @@ def test_the_subject_mask_is_grown_before_it_restricts_the_metric(tmp_path, monk
 def test_masked_streams_register_brain_to_brain_then_whole(flavour):
     """default and fast, with a brain mask, run their linear phases on the stripped scan and
     template (the fixed mask grown by 4 voxels, the only mask), then SyN on the whole images
-    from that transform; samri does not (README, "Masked registration of a real head")."""
+    from that transform; samri does not (docs/results.rst, "Masked registration of a real head")."""
     from samri_ml.registration import brain_fixed_mask_dilation, brain_phases
     from samri_ml.workflows.registration import init_functional_wf, init_structural_wf
 
