@@ -147,3 +147,58 @@ def check_template_mask(template, template_mask, template_img, mask_img) -> None
     warnings.warn(f"template mask {template_mask} is not binary (values {low:g} to {high:g}): "
                   f"its voxels above {MASK_LEVEL} are taken as the brain, by the registration "
                   "and the QC alike", SamriMLNote, stacklevel=3)
+
+
+#: an adult mouse brain's volume (mm^3), low and high: the templates' brain masks here are
+#: 508-537 mm^3, the masks of the real scans (manual, algorithmic, the shipped masker's) 299-775
+MOUSE_BRAIN_MM3 = (400.0, 550.0)
+#: how far from :data:`MOUSE_BRAIN_MM3` a mask's volume may be, either side, before it is
+#: called into question: wide, so that no mouse scan here is (a 12-slice EPI's mask 299 mm^3,
+#: the largest manual mask 775), while a rat's brain (about 2000) and a few slices of a brain
+#: are; a mouse's whole head (1100-1600 mm^3 in sammba's field of view) only where it is large
+PLAUSIBLE_FACTOR = 3.0
+#: volumes (mm^3) outside which the header's voxel size, not the mask, is taken to be off: a
+#: voxel edge ten times too large or small gives a volume 1000 times off
+TOO_LARGE_MM3, TOO_SMALL_MM3 = 20_000.0, 5.0
+#: a mouse brain's volume (mm^3), the scale the voxel size's factor is told against
+TYPICAL_BRAIN_MM3 = 500.0
+
+
+def plausible_brain_mm3() -> tuple[float, float]:
+    """The brain volumes (mm^3) a mouse brain mask may have without a note: a factor of
+    :data:`PLAUSIBLE_FACTOR` either side of :data:`MOUSE_BRAIN_MM3` (133-1650 mm^3)."""
+    low, high = MOUSE_BRAIN_MM3
+    return low / PLAUSIBLE_FACTOR, high * PLAUSIBLE_FACTOR
+
+
+def brain_volume_note(mm3: float, voxel_mm) -> str | None:
+    """A note on a brain mask of ``mm3`` mm^3 that no mouse brain has, or None where it is
+    plausible (:func:`plausible_brain_mm3`, bounds included).
+
+    The note names the volume, the expected range and a hint: a volume a thousand times off
+    or more (outside :data:`TOO_SMALL_MM3`-:data:`TOO_LARGE_MM3`) is the header's voxel size
+    ``voxel_mm`` (mm, the affine's column lengths) off by a power of ten,
+    :math:`10^{\\max(1, |\\mathrm{round}(\\log_{10}(V / 500) / 3)|)}` (coordinates in
+    micrometres in a header saying mm: 1,000); a volume above the range (up to 40 times a
+    mouse brain's) is a rat, the whole head masked, or a voxel size too large; one below it
+    (down to a hundredth) a few slices of the brain in the image, a mask of part of it, or a
+    voxel size too small."""
+    low, high = plausible_brain_mm3()
+    if low <= mm3 <= high:
+        return None
+    sizes = " x ".join(f"{z:g}" for z in voxel_mm)
+    said = f"{mm3:.0f}" if mm3 >= 10 else f"{mm3:.2g}"
+    note = (f"a brain mask of {said} mm^3, outside a mouse brain's {low:.0f}-{high:.0f} mm^3; "
+            "hint: ")
+    if mm3 > TOO_LARGE_MM3 or mm3 < TOO_SMALL_MM3:
+        power = max(1, abs(round(np.log10(max(mm3, 1e-12) / TYPICAL_BRAIN_MM3) / 3)))
+        factor = "ten" if power == 1 else f"{10 ** power:,}"
+        return note + (f"the header's voxel size ({sizes} mm) may be off by a factor of "
+                       f"{factor}; the mask does not depend on it, registration to a template "
+                       "does")
+    if mm3 > high:
+        return note + ("not a mouse (a rat's brain is about 2000 mm^3)? the whole head masked "
+                       f"(look at it on the image)? or the header's voxel size ({sizes} mm) too "
+                       "large?")
+    return note + ("only a few slices of the brain in the image, or part of it masked (look at "
+                   f"it on the image)? or the header's voxel size ({sizes} mm) too small?")

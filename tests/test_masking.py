@@ -617,24 +617,56 @@ def test_mask_volume_is_in_mm_whatever_the_headers_unit():
 
     from samri_ml.cli.mask import summary
 
+    # 467 mm^3 at 0.5 mm, a mouse brain's volume (at 0.3 mm, 101 mm^3: a note of its own)
     mask = _ellipsoid((30, 40, 20)).astype(np.uint8)
-    mm = nb.Nifti1Image(mask, np.diag([0.3, 0.3, 0.3, 1]))
+    mm = nb.Nifti1Image(mask, np.diag([0.5, 0.5, 0.5, 1]))
     mm.header.set_xyzt_units("mm")
-    want = f"{mask.sum() * 0.027:.0f} mm^3"
+    want = f"{mask.sum() * 0.125:.0f} mm^3"
     for unit, scale in (("micron", 1000), ("meter", 1e-3)):
-        img = nb.Nifti1Image(mask, np.diag([0.3 * scale, 0.3 * scale, 0.3 * scale, 1]))
+        img = nb.Nifti1Image(mask, np.diag([0.5 * scale, 0.5 * scale, 0.5 * scale, 1]))
         img.header.set_xyzt_units(unit)
         line = summary(img, "m.nii.gz")
         assert want in line and "note:" not in line, line
     assert want in summary(mm, "m.nii.gz")
-    tenfold = nb.Nifti1Image(mask, np.diag([3000, 3000, 3000, 1]))
+    tenfold = nb.Nifti1Image(mask, np.diag([5000, 5000, 5000, 1]))
     tenfold.header.set_xyzt_units("micron")
-    assert "voxel size (3 x 3 x 3 mm) may be off by a factor of ten" in summary(tenfold, "m")
+    assert "voxel size (5 x 5 x 5 mm) may be off by a factor of ten" in summary(tenfold, "m")
     # micrometres in a header without units: 1000 times, not "ten" (the QA pass)
-    micrometres = nb.Nifti1Image(mask, np.diag([300, 300, 300, 1]))
+    micrometres = nb.Nifti1Image(mask, np.diag([500, 500, 500, 1]))
     micrometres.header.set_xyzt_units("mm")
-    assert "voxel size (300 x 300 x 300 mm) may be off by a factor of 1,000;" in summary(
+    assert "voxel size (500 x 500 x 500 mm) may be off by a factor of 1,000;" in summary(
         micrometres, "m")
+
+
+@pytest.mark.parametrize("mm3, hint", [
+    (299, None),  # sammba's 12-slice EPI, the smallest real mouse mask here
+    (500, None),  # the Allen CCFv3 template
+    (775, None),  # the largest manual mask (dama, a wild type)
+    (400 / 3, None), (1650, None),  # the bounds, a factor of 3 around 400-550
+    (2102, "not a mouse (a rat's brain is about 2000 mm^3)? the whole head masked"),  # nirodents
+    (1700, "the whole head masked"),
+    (120, "only a few slices of the brain in the image"),
+    (19_000, "or the header's voxel size (0.2 x 0.2 x 0.2 mm) too large?"),
+    (6, "or the header's voxel size (0.2 x 0.2 x 0.2 mm) too small?"),
+    (423_712, "voxel size (0.2 x 0.2 x 0.2 mm) may be off by a factor of ten;"),  # emory
+    (0.41, "voxel size (0.2 x 0.2 x 0.2 mm) may be off by a factor of ten;"),  # 1000 x small
+    (5e11, "may be off by a factor of 1,000;"),  # micrometres read as mm
+])
+def test_a_brain_volume_no_mouse_has_gets_a_note(mm3, hint):
+    """A mask 2-5 times a mouse brain's volume (a rat, the whole head, a few slices, a voxel
+    size off in one direction) got no word; only one 1000 times off did. The note names the
+    volume, the range and what to check."""
+    from samri_ml.masks import brain_volume_note, plausible_brain_mm3
+
+    assert plausible_brain_mm3() == pytest.approx((133.3, 1650), abs=0.1)
+    note = brain_volume_note(mm3, (0.2, 0.2, 0.2))
+    if hint is None:
+        assert note is None, note
+        return
+    said = f"{mm3:.0f}" if mm3 >= 10 else f"{mm3:.2g}"
+    assert note.startswith(f"a brain mask of {said} mm^3, outside a mouse brain's 133-1650 "
+                           "mm^3; hint: "), note
+    assert hint in note, note
 
 
 def test_a_figure_that_fails_is_a_note_and_the_command_succeeds(tmp_path):

@@ -804,11 +804,54 @@ def test_a_voxel_size_ten_times_too_large_is_named(phantom, tmp_path, capsys):
     assert main([str(tmp_path / "big.nii.gz"), str(tmp_path / "m.nii.gz")]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and " mm^3, " in err[0] and "of the image" in err[0], err
-    assert err[1].startswith("samri_ml-mask: note: a rodent brain of ") and "factor of ten" \
+    assert err[1].startswith("samri_ml-mask: note: a brain mask of ") and "factor of ten" \
         in err[1], err
     nb.save(img, tmp_path / "plain.nii.gz")
     assert main([str(tmp_path / "plain.nii.gz"), str(tmp_path / "m2.nii.gz")]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_a_brain_volume_no_mouse_has_is_named_and_the_mask_kept(phantom, tmp_path, capsys):
+    """A mask whose volume is not a mouse brain's got no word unless it was a thousand times
+    off: voxel sizes ten times too small in the header (0.45 mm^3), twice too large (a
+    believable 3568 mm^3, a rat's or a whole head's), a slab of 10 slices (89 mm^3). Each
+    is one note line naming the volume, the range and a hint; the exit code is 0 and, where
+    only the header differs, the mask is the plain image's (the phantom's 446 mm^3: no note)."""
+    from samri_ml.cli.mask import main
+
+    img = phantom["T2w"]
+    data = np.asarray(img.dataobj)
+    nb.save(img, tmp_path / "plain.nii.gz")
+    assert main([str(tmp_path / "plain.nii.gz"), str(tmp_path / "plain_mask.nii.gz")]) == 0
+    assert "note:" not in capsys.readouterr().err
+    plain = np.asarray(nb.load(tmp_path / "plain_mask.nii.gz").dataobj)
+    cases = {
+        "small": (data, np.diag([0.1, 0.1, 0.1, 1]) @ img.affine,
+                  "may be off by a factor of ten; the mask does not depend on it"),
+        "large": (data, np.diag([2, 2, 2, 1]) @ img.affine,
+                  "hint: not a mouse (a rat's brain is about 2000 mm^3)? the whole head masked "
+                  "(look at it on the image)? or the header's voxel size (0.4 x 0.4 x 0.4 mm) "
+                  "too large?"),
+        "slab": (data[:, 40:50, :], img.affine,
+                 "hint: only a few slices of the brain in the image, or part of it masked"),
+    }
+    for name, (voxels, affine, hint) in cases.items():
+        nb.save(nb.Nifti1Image(voxels, affine), tmp_path / f"{name}.nii.gz")
+        out = tmp_path / f"{name}_mask.nii.gz"
+        assert main([str(tmp_path / f"{name}.nii.gz"), str(out)]) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 2, err
+        mm3 = err[0].split(" voxels, ")[1].split(" mm^3")[0]
+        assert err[1].startswith(f"samri_ml-mask: note: a brain mask of {mm3}"), err
+        assert "outside a mouse brain's 133-1650 mm^3; " in err[1] and hint in err[1], err
+        mask = np.asarray(nb.load(out).dataobj)
+        if name != "slab":  # the voxel size changes nothing of the mask
+            np.testing.assert_array_equal(mask, plain)
+    # the batch says it of each scan, and still succeeds
+    assert main([str(tmp_path / "small.nii.gz"), str(tmp_path / "plain.nii.gz"),
+                 "--out-dir", str(tmp_path / "batch")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: a brain mask of ") == 1 and "factor of ten" in err, err
 
 
 def test_a_stack_of_a_few_slices_is_refused(phantom):

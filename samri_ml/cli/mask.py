@@ -352,13 +352,14 @@ def voxel_size_mm(img):
 
 
 def summary(mask, out_file, masked=None) -> str:
-    """The line said when a mask is written: its volume (a mouse brain is 390-750 mm^3 in the
-    scans and templates here, a rat's about 2000, so a mask of the whole head shows at a
-    glance), its share of the image, where the files went; and a hint where the volume says
-    that the header's voxel size is off by a factor of ten, a common quirk of rodent scans.
-    Sizes are in mm whatever the header's spatial unit (micron, meter; :func:`voxel_size_mm`)."""
+    """The line said when a mask is written: its volume, its share of the image, where the
+    files went; and a note where no mouse brain has that volume
+    (:func:`samri_ml.masks.brain_volume_note`: a rat, the whole head masked, a few slices, the
+    header's voxel size off by a factor of ten, a common quirk of rodent scans). Sizes are in
+    mm whatever the header's spatial unit (micron, meter; :func:`voxel_size_mm`)."""
     import numpy as np
 
+    from samri_ml.masks import brain_volume_note
     from samri_ml.qc.volume import affine_mm, voxel_volume
 
     data = np.asarray(mask.dataobj) > 0
@@ -366,23 +367,8 @@ def summary(mask, out_file, masked=None) -> str:
     line = (f"{PROG}: {out_file}: brain mask of {int(data.sum())} voxels, {mm3:.0f} mm^3, "
             f"{100 * data.mean():.1f} % of the image")
     line += f"; masked image {masked}" if masked is not None else ""
-    if mm3 > TOO_LARGE_MM3 or mm3 < TOO_SMALL_MM3:
-        # the voxel edge's factor, a power of ten, from the volume's against a mouse brain's
-        # (coordinates in micrometres with no unit in the header were "off by ten": 1000)
-        power = max(1, abs(round(np.log10(max(mm3, 1e-12) / TYPICAL_BRAIN_MM3) / 3)))
-        factor = "ten" if power == 1 else f"{10 ** power:,}"
-        line += (f"\n{PROG}: note: a rodent brain of {mm3:.0f} mm^3? The header's voxel size "
-                 f"({' x '.join(f'{z:g}' for z in voxel_size_mm(mask))} mm) may be off "
-                 f"by a factor of {factor}; the mask does not depend on it, registration to a "
-                 "template does")
-    return line
-
-
-#: mask volumes (mm^3) outside which the voxel size is called into question: a mouse brain
-#: is 390-750 mm^3 here and a rat's about 2000; ten times the voxel edge is 1000 times that
-TOO_LARGE_MM3, TOO_SMALL_MM3 = 20_000.0, 5.0
-#: a mouse brain's volume (mm^3), the scale the voxel size's factor is told against
-TYPICAL_BRAIN_MM3 = 500.0
+    note = brain_volume_note(mm3, voxel_size_mm(mask))
+    return line + (f"\n{PROG}: note: {note}" if note else "")
 
 
 def _note_binary_input(img, in_file) -> None:
