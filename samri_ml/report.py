@@ -600,7 +600,8 @@ def _header(title, *, template, template_name, masking, flavour, command, starte
 def write_subject_reports(output_dir, sessions, *, template, template_mask, template_name,
                           masking=None, qc=True, crashes_since: float | None = None,
                           flavour: str | None = None, workflow_graph=None,
-                          confirmed=None, off_template: list | None = None):
+                          confirmed=None, off_template: list | None = None,
+                          notes: dict | None = None, dataset_notes=(), notes_log=None):
     """Write ``OUTPUT_DIR/sub-<label>.html`` for every subject of ``sessions``; return the paths.
 
     ``masking="none"``: the run predicted no masks, so a ``desc-brain_mask`` left in
@@ -621,7 +622,10 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
     ``OUTPUT_DIR/figures/workflow_graph.png`` where it exists. ``off_template``: a list that
     gets the structural scans off the template that have no QC record to say so (``qc=False``):
     records of ``scan``, ``modality`` and ``_coverage``, for the run's end-of-run notes
-    (:func:`samri_ml.cli.register.implausible_qc_notes`).
+    (:func:`samri_ml.cli.register.implausible_qc_notes`). ``notes``: subject label -> the
+    notes the run printed of that subject's files, shown in a "Notes" section of its report
+    (none without); ``dataset_notes``, the run's others, and ``notes_log``, the file (relative
+    to ``output_dir``) that holds every note of the run, are shown in ``index.html``.
     """
     output_dir = Path(output_dir)
     tpl_mask = nb.load(str(template_mask))
@@ -806,10 +810,25 @@ def write_subject_reports(output_dir, sessions, *, template, template_mask, temp
                       for _, _, edges in grid_cache.values())
         head = _header(f"samri_ml report: sub-{subject}", **facts, anatomy=anatomy)
         back = f"<p class='note'><a href='{INDEX}'>All subjects ({INDEX})</a></p>"
-        page = _page(f"sub-{subject}", head[:1] + banner + head[1:] + [back] + body)
+        said = _notes_section((notes or {}).get(subject, ()), notes_log,
+                              "What the run said of this subject's files")
+        page = _page(f"sub-{subject}", head[:1] + banner + head[1:] + [back] + said + body)
         written.append(atomic_write_text(page, output_dir / f"sub-{subject}.html"))
-    write_index(output_dir, summaries, graph=graph, **facts)
+    write_index(output_dir, summaries, graph=graph, notes=dataset_notes, notes_log=notes_log,
+                subject_notes={s: len(n) for s, n in (notes or {}).items()}, **facts)
     return written
+
+
+def _notes_section(notes, notes_log, what: str) -> list[str]:
+    """A report's "Notes" section: ``notes`` (the run's ``note:`` lines, printed on the
+    terminal only before), and where the run wrote them all, ``notes_log``; none without
+    notes."""
+    if not notes:
+        return []
+    where = (f" (every note of the run: <a href='{html.escape(Path(notes_log).as_posix())}'>"
+             f"{html.escape(Path(notes_log).as_posix())}</a>)" if notes_log else "")
+    return [f"<h2>Notes</h2><p class='note'>{what}, as it printed them{where}:</p><ul>"
+            + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>"]
 
 
 #: the page of ``OUTPUT_DIR`` that lists every subject's report (:func:`write_index`)
@@ -864,12 +883,16 @@ def unlinked_graphs(output_dir) -> list[Path]:
                   and _graph_group(p.name) not in linked)
 
 
-def write_index(output_dir, summaries: dict, *, graph=None, **facts) -> Path:
+def write_index(output_dir, summaries: dict, *, graph=None, notes=(), notes_log=None,
+                subject_notes: dict | None = None, **facts) -> Path:
     """``OUTPUT_DIR/index.html``: a link to every ``sub-*.html`` in ``output_dir`` (this run's
     and earlier runs'), each of this run's subjects with its sessions and the lines of its
     red banner (``summaries``: subject label -> (session tags, warnings)), the run's facts
     (:func:`_header`'s ``facts``) and its workflow graph (``graph``, a link). A run of many
-    subjects left as many pages side by side, with nothing to start from."""
+    subjects left as many pages side by side, with nothing to start from. ``notes``: the
+    run's notes of no subject's files (the dataset's, skipped participants...), in a "Notes"
+    section with ``notes_log`` (:func:`_notes_section`); ``subject_notes``: subject label ->
+    the number of notes in its report."""
     output_dir = Path(output_dir)
     rows = []
     for page in sorted(output_dir.glob("sub-*.html")):
@@ -877,8 +900,10 @@ def write_index(output_dir, summaries: dict, *, graph=None, **facts) -> Path:
         link = f"<a href='{html.escape(page.name)}'>sub-{html.escape(subject)}</a>"
         if subject in summaries:
             sessions, warnings = summaries[subject]
+            n_notes = (subject_notes or {}).get(subject, 0)
+            said = f"; {n_notes} note(s) in its report" if n_notes else ""
             status = ("<td class='bad text'>" + "<br>".join(html.escape(w) for w in warnings)
-                      + "</td>") if warnings else "<td class='text'>no warnings</td>"
+                      + f"{said}</td>") if warnings else f"<td class='text'>no warnings{said}</td>"
         else:
             sessions = []
             written = datetime.datetime.fromtimestamp(page.stat().st_mtime).astimezone()
@@ -899,6 +924,11 @@ def write_index(output_dir, summaries: dict, *, graph=None, **facts) -> Path:
                 f"{n_warned} with warnings (in red).</p>")
     body.append("<table><tr><th>subject</th><th>sessions</th><th>warnings of this run"
                 "</th></tr>" + "".join(rows) + "</table>")
+    body += _notes_section(notes, notes_log, "What the run said of the dataset, of no "
+                           "subject's files")
+    if not notes and notes_log and subject_notes:
+        log = html.escape(Path(notes_log).as_posix())
+        body.append(f"<p class='note'>Every note of this run: <a href='{log}'>{log}</a></p>")
     if graph is not None and Path(graph).exists():
         body.append(_graph_link(graph, output_dir))
     return atomic_write_text(_page(output_dir.name, body), output_dir / INDEX)

@@ -123,7 +123,9 @@ def _run_cli(prog: str, main: Callable[[list[str] | None], int], argv, memory_hi
     def show(message, category, filename, lineno, file=None, line=None):
         # samri_ml's own notes (what it left out or changed) as the command's note lines
         if issubclass(category, SamriMLNote):
-            print(f"{prog}: note: {message}", file=sys.stderr)
+            from samri_ml.cli._notes import note
+
+            note(prog, str(message))
         else:
             default_show(message, category, filename, lineno, file, line)
 

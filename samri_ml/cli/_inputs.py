@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
+from samri_ml.cli._notes import Note, note
 from samri_ml.errors import SamriMLError
 from samri_ml.func import (
     MAX_TR_SECONDS,
@@ -171,9 +171,9 @@ def check_scans(args, sessions) -> None:
             before = _discarded_before(metadata.get(path, {})) if kind == "functional" else 0
             if before and dummies:
                 discarded.append(f"{Path(path).name} ({before})")
-            note = too_few_volumes_note(img.shape[3], dummies) if kind == "functional" else None
-            if note:  # the run is kept, cut to its last volume: said here, not in a node's warning
-                print(f"{PROG}: note: {path}: {note}", file=sys.stderr)
+            few = too_few_volumes_note(img.shape[3], dummies) if kind == "functional" else None
+            if few:  # the run is kept, cut to its last volume: said here, not in a node's warning
+                note(PROG, f"{path}: {few}")
             if (kind == "functional" and metadata.get(path, {}).get("SliceTiming")
                     and not getattr(args, "no_slice_timing", False)):
                 kept = img.shape[3] - n_dummy_to_drop(img.shape[3], dummies)
@@ -191,34 +191,36 @@ def check_scans(args, sessions) -> None:
     # said with the run's summary (register._announce), once every check has passed
     args.scan_notes = []
     if no_timing:
-        args.scan_notes.append(
+        args.scan_notes.append(Note(
             f"{len(no_timing)} functional run(s) without SliceTiming in their sidecar, not "
-            f"slice-timing corrected: {some_names(no_timing)}")
+            f"slice-timing corrected: {some_names(no_timing)}", no_timing))
     if two_affines:
-        args.scan_notes.append(
+        args.scan_notes.append(Note(
             f"{len(two_affines)} scan(s) whose header holds two different orientations (sform "
             "and qform), which tools read differently (a mirrored qform gave a mirrored "
             f"result): {some_names(two_affines)}; "
-            "hint: make them agree, e.g. nibabel's img.set_qform(img.get_sform())")
+            "hint: make them agree, e.g. nibabel's img.set_qform(img.get_sform())",
+            two_affines))
     if unchecked:
-        args.scan_notes.append(
+        args.scan_notes.append(Note(
             f"--no-fov-check: {len(unchecked)} scan(s) registered with a field of view far "
             f"from the template's ({args.template_extent:.3g} mm), as their headers give it: "
             f"{some_names(unchecked)}; a header scaled by 10 registers into a blur, with a VCF "
-            "far from 1")
+            "far from 1", unchecked))
     if too_short:
-        args.scan_notes.append(
+        args.scan_notes.append(Note(
             f"{len(too_short)} functional run(s) with fewer than {MIN_SLICE_TIMING_VOLUMES} "
             "volumes after the dummy scans, not slice-timing corrected: "
-            f"{some_names(too_short)}")
+            f"{some_names(too_short)}", too_short))
     if discarded:
         # BIDS: those volumes are not in the file; the first volumes may be at steady state
         # already, and the default 10 dummy scans were dropped on top of them, unsaid
-        args.scan_notes.append(
+        args.scan_notes.append(Note(
             f"{len(discarded)} functional run(s) whose sidecar says volumes were discarded "
             "before (NumberOfVolumesDiscardedByScanner/ByUser): "
             f"{some_names(discarded)}; --dummy-scans drops {args.dummy_scans} more volumes "
-            "from each; hint: --dummy-scans 0 where the runs start at steady state")
+            "from each; hint: --dummy-scans 0 where the runs start at steady state",
+            discarded))
     if direct:
         # a structural scan of the subject's other sessions is not borrowed: the run-to-
         # structural step assumes one placement of the head, and the structural scan's own
@@ -303,14 +305,14 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
     if not had_tr:
         if header_tr > 0:
             meta["RepetitionTime"] = header_tr
-            print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar; using the NIfTI "
-                  f"header's, {header_tr:g} s", file=sys.stderr)
+            note(PROG, f"{name}: no RepetitionTime in its sidecar; using the NIfTI "
+                 f"header's, {header_tr:g} s")
         else:
             # the registered run's sidecar and header then had none either (BIDS requires
             # it of a bold run), without a word
-            print(f"{PROG}: note: {name}: no RepetitionTime in its sidecar nor its NIfTI "
-                  "header; the registered run has none either; hint: add RepetitionTime (in "
-                  "seconds) to its sidecar", file=sys.stderr)
+            note(PROG, f"{name}: no RepetitionTime in its sidecar nor its NIfTI "
+                 "header; the registered run has none either; hint: add RepetitionTime (in "
+                 "seconds) to its sidecar")
     tr = meta.get("RepetitionTime")
     if had_tr and not is_repetition_time(tr):
         # a string ("1.0") or a negative time was blamed on the registration flavour ("a
@@ -330,10 +332,9 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
                            f"hint: give it in seconds ({tr / 1000:g} for {tr:g} ms)")
     if tr is not None and tr > 0 < header_tr and abs(tr - header_tr) > 0.01 * tr:
         # BIDS: the sidecar wins; a header of another TR was used as it was, silently
-        print(f"{PROG}: note: {name}: RepetitionTime {tr:g} s in "
-              f"{_sidecar_of(path, chain, 'RepetitionTime')}, {header_tr:g} s in its NIfTI "
-              "header; the sidecar's is used (hint: fix the one that is wrong)",
-              file=sys.stderr)
+        note(PROG, f"{name}: RepetitionTime {tr:g} s in "
+             f"{_sidecar_of(path, chain, 'RepetitionTime')}, {header_tr:g} s in its NIfTI "
+             "header; the sidecar's is used (hint: fix the one that is wrong)")
     task = parse_entities(path).get("task")
     if not meta.get("TaskName") and task:
         meta["TaskName"] = task
@@ -353,8 +354,8 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
         # BIDS: without SliceEncodingDirection the header's slice_dim tells the slice axis;
         # the third was taken whatever it said (a run of slices along j, corrected along k)
         meta["SliceEncodingDirection"] = "ijk"[slice_dim]
-        print(f"{PROG}: note: {name}: no SliceEncodingDirection in its sidecar; using the "
-              f"NIfTI header's slice axis (slice_dim), {'ijk'[slice_dim]}", file=sys.stderr)
+        note(PROG, f"{name}: no SliceEncodingDirection in its sidecar; using the "
+             f"NIfTI header's slice axis (slice_dim), {'ijk'[slice_dim]}")
     direction = str(meta.get("SliceEncodingDirection", "k"))
     axis = slice_axis(direction)
     if axis is None:
@@ -363,10 +364,10 @@ def _check_run_metadata(args, path: str, img, meta: dict, no_timing: list,
                            f"not one of {', '.join(SLICE_ENCODING_DIRECTIONS)}; hint: fix the "
                            "sidecar, or pass --no-slice-timing")
     if slice_dim is not None and slice_dim != axis:
-        print(f"{PROG}: note: {name}: SliceEncodingDirection {direction} in "
-              f"{_sidecar_of(path, chain, 'SliceEncodingDirection')}, slice axis "
-              f"{'ijk'[slice_dim]} in its NIfTI header (slice_dim); the sidecar's is used "
-              "(hint: fix the one that is wrong)", file=sys.stderr)
+        note(PROG, f"{name}: SliceEncodingDirection {direction} in "
+             f"{_sidecar_of(path, chain, 'SliceEncodingDirection')}, slice axis "
+             f"{'ijk'[slice_dim]} in its NIfTI header (slice_dim); the sidecar's is used "
+             "(hint: fix the one that is wrong)")
     if len(times) != img.shape[axis]:
         raise SamriMLError(f"{path}: {_sidecar_of(path, chain, 'SliceTiming')} gives "
                            f"{len(times)} SliceTiming values for "
@@ -484,8 +485,8 @@ def collect_sessions(args) -> list[dict]:
             if other is None:
                 raise SamriMLError(why) from err
             # a broken sidecar of a subject not asked for stopped the run of the others
-            print(f"{PROG}: note: {why.split('; hint')[0]}; sub-{other} is not selected: "
-                  "left out", file=sys.stderr)
+            note(PROG, f"{why.split('; hint')[0]}; sub-{other} is not selected: "
+                 "left out")
             ignore.append(re.compile(f"^/sub-{re.escape(other)}/"))
     subjects = layout.get_subjects()
     if not subjects:
@@ -569,11 +570,11 @@ def collect_sessions(args) -> list[dict]:
                 continue
             if len(anats) > 1:
                 where = f"sub-{subject}" + (f" ses-{session}" if session else "")
-                print(f"{PROG}: note: {where}: {len(anats)} structural scans; using "
-                      f"{Path(anats[0].path).name} (the others are not registered); hint: "
-                      "choose with -s, a whole filter, e.g. -s "
-                      f"'{json.dumps(_filter_for(anats[1], anats[0], layout.root))}' for "
-                      f"{Path(anats[1].path).name}", file=sys.stderr)  # fmt: skip
+                note(PROG, f"{where}: {len(anats)} structural scans; using "
+                     f"{Path(anats[0].path).name} (the others are not registered); hint: "
+                     "choose with -s, a whole filter, e.g. -s "
+                     f"'{json.dumps(_filter_for(anats[1], anats[0], layout.root))}' for "
+                     f"{Path(anats[1].path).name}")  # fmt: skip
             out.append({
                 "subject": subject, "session": session,
                 "anat": anats[0].path if anats else None,
@@ -586,28 +587,26 @@ def collect_sessions(args) -> list[dict]:
         else:  # the sessions of a subject that has others (one of only dwi or fmap scans)
             empty += unmatched
     if out and skipped:
-        print(f"{PROG}: note: skipped {len(skipped)} participant(s): {'; '.join(skipped)}",
-              file=sys.stderr)
+        note(PROG, f"skipped {len(skipped)} participant(s): {'; '.join(skipped)}")
     if out and empty:
         # such a session was dropped without a word, beside its subject's other sessions
-        print(f"{PROG}: note: skipped {len(empty)} session(s) where no scan matches -s/-f: "
-              f"{some_names(empty, 20)}", file=sys.stderr)
+        note(PROG, f"skipped {len(empty)} session(s) where no scan matches -s/-f: "
+             f"{some_names(empty, 20)}", about=empty)
     if outside:
         where = [Path(p).relative_to(layout.root).as_posix() for p in outside]
-        print(f"{PROG}: note: left out {len(outside)} scan(s) in no ses-* folder of a subject "
-              f"that has sessions (each scan belongs to one session): {some_names(where)}; "
-              "hint: move it into its session's folder, named with its ses- label",
-              file=sys.stderr)
+        note(PROG, f"left out {len(outside)} scan(s) in no ses-* folder of a subject "
+             f"that has sessions (each scan belongs to one session): {some_names(where)}; "
+             "hint: move it into its session's folder, named with its ses- label", about=where)
     if nested:
         where = [Path(p).relative_to(layout.root).as_posix() for p in sorted(nested)]
-        print(f"{PROG}: note: left out {len(nested)} scan(s) in a folder below their datatype "
-              f"folder (not BIDS files): {some_names(where)}; hint: list the folder in the "
-              "dataset's .bidsignore", file=sys.stderr)
+        note(PROG, f"left out {len(nested)} scan(s) in a folder below their datatype "
+             f"folder (not BIDS files): {some_names(where)}; hint: list the folder in the "
+             "dataset's .bidsignore", about=where)
     if phase:
         names = [Path(p).name for p in sorted(phase)]
-        print(f"{PROG}: note: left out {len(phase)} scan(s) that are not magnitude images "
-              f"(part-{'/'.join(NOT_MAGNITUDE)}): {some_names(names)}; hint: -s/-f with a "
-              "\"part\" entity selects them", file=sys.stderr)
+        note(PROG, f"left out {len(phase)} scan(s) that are not magnitude images "
+             f"(part-{'/'.join(NOT_MAGNITUDE)}): {some_names(names)}; hint: -s/-f with a "
+             "\"part\" entity selects them", about=names)
     check_names(args.bids_dir, [scan for item in out for scan in session_scans(item)])
     if not out:
         raise SamriMLError(
@@ -623,10 +622,10 @@ def collect_sessions(args) -> list[dict]:
                                       return_type="filename")
                 if _datatype_of(f, layout.root) == "func" and f not in named]
         if runs:
-            print(f"{PROG}: note: no functional run matches -f "
-                  f"{json.dumps(args.functional_match)}, of the {len(runs)} in the selected "
-                  f"participants' func/ folders (e.g. {Path(runs[0]).name}): only structural "
-                  "scans are registered; hint: check -f", file=sys.stderr)
+            note(PROG, f"no functional run matches -f "
+                 f"{json.dumps(args.functional_match)}, of the {len(runs)} in the selected "
+                 f"participants' func/ folders (e.g. {Path(runs[0]).name}): only structural "
+                 "scans are registered; hint: check -f")
     return out
 
 
@@ -759,8 +758,7 @@ def _labels_once(option: str, prefix: str, given: list[str]) -> list[str]:
     labels = [s.strip().removeprefix(prefix) for s in given]
     repeated = [label for label in dict.fromkeys(labels) if labels.count(label) > 1]
     if repeated:
-        print(f"{PROG}: note: {option}: {', '.join(repeated)} given more than once; taken once",
-              file=sys.stderr)
+        note(PROG, f"{option}: {', '.join(repeated)} given more than once; taken once")
     return list(dict.fromkeys(labels))
 
 

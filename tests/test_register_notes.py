@@ -1,0 +1,115 @@
+"""samri_ml-register's notes (``note:`` lines) kept where a user finds them after the run:
+each subject's report, ``index.html`` and ``OUTPUT_DIR/log/notes.txt``. They were printed on
+the terminal only (on a cluster, a log file deleted with the job)."""
+
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+
+from samri_ml.cli._notes import NOTES_LOG, Note, notes_of
+from samri_ml.cli.register import main
+
+NOTE = "samri_ml-register: note: "
+
+
+def _register(bids, out, work, *extra) -> str:
+    tpl = bids / "template"
+    argv = [str(bids), str(out), "participant", "--participant-label", "01", "--fast",
+            "--template", str(tpl / "tpl-Phantom_T2w.nii.gz"),
+            "--template-mask", str(tpl / "tpl-Phantom_desc-brain_mask.nii.gz"),
+            "-w", str(work), "--omp-nthreads", "1", *extra]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(argv) == 0, err.getvalue()
+    return err.getvalue()
+
+
+def _edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data, indent=2))
+
+
+@pytest.fixture(scope="module")
+def two_runs(example_dataset, tmp_path_factory):
+    """A run whose inputs make notes (a run's sidecar without RepetitionTime, which its header
+    gives; a dataset_description.json without Name), then the same run, its steps reused,
+    once the sidecar and the description are fixed: the reports and the log after each."""
+    bids = tmp_path_factory.mktemp("notes") / "bids"
+    shutil.copytree(example_dataset, bids)
+    sidecar = bids / "sub-01" / "ses-1" / "func" / "sub-01_ses-1_task-rest_bold.json"
+    tr = json.loads(sidecar.read_text())["RepetitionTime"]
+    description = bids / "dataset_description.json"
+    name = json.loads(description.read_text())["Name"]
+    _edit_json(sidecar, RepetitionTime=None)
+    _edit_json(description, Name=None)
+    out, work = bids.parent / "out", bids.parent / "work"
+    files = ("sub-01.html", "index.html", str(NOTES_LOG))
+    first = _register(bids, out, work, "--nprocs", "2")
+    after_first = {f: (out / f).read_text() for f in files}
+    _edit_json(sidecar, RepetitionTime=tr)
+    _edit_json(description, Name=name)
+    second = _register(bids, out, work, "--nprocs", "1")
+    after_second = {f: (out / f).read_text() for f in files}
+    return first, after_first, second, after_second
+
+
+@pytest.mark.slow
+def test_notes_of_a_run_are_in_its_reports_and_its_log(two_runs):
+    stderr, files, _, _ = two_runs
+    printed = [line.removeprefix(NOTE) for line in stderr.splitlines()
+               if line.startswith(NOTE)]
+    no_tr = next(n for n in printed if "no RepetitionTime in its sidecar" in n)
+    no_name = next(n for n in printed if "dataset_description.json: no Name" in n)
+    # the subject's note in its report, the dataset's in index.html
+    report, index = files["sub-01.html"], files["index.html"]
+    assert "<h2>Notes</h2>" in report and "sub-01_ses-1_task-rest_bold.nii.gz: no " \
+        "RepetitionTime in its sidecar" in report
+    assert "dataset_description.json: no Name" not in report
+    assert "<h2>Notes</h2>" in index and "dataset_description.json: no Name" in index
+    assert "no RepetitionTime" not in index and "1 note(s) in its report" in index
+    assert f"href='{NOTES_LOG.as_posix()}'" in report
+    # every note printed, in the log as printed, once; how the run ended last
+    log = files[str(NOTES_LOG)].splitlines()
+    assert [line for line in log if line.startswith(NOTE)] == [NOTE + n for n in printed]
+    assert {NOTE + no_tr, NOTE + no_name} <= set(log)
+    assert log[-1] == "# samri_ml-register: finished"
+
+
+@pytest.mark.slow
+def test_a_cached_rerun_replaces_the_notes_of_the_run_before(two_runs):
+    _, _, stderr, files = two_runs
+    assert "result of an earlier run reused" in stderr  # a rerun from the cache
+    assert NOTE not in stderr
+    assert "<h2>Notes</h2>" not in files["sub-01.html"]
+    assert "<h2>Notes</h2>" not in files["index.html"]
+    assert "note(s) in its report" not in files["index.html"]
+    log = files[str(NOTES_LOG)]
+    # replaced, not appended to: one run's header, no note of the run before
+    assert log.count("# samri_ml-register: the notes of the run started") == 1
+    assert "RepetitionTime" not in log and "samri_ml-register: no notes" in log
+
+
+def test_a_note_concerns_the_subjects_it_names_and_those_of_its_files():
+    listed = ["sub-01_ses-1_task-rest_bold.nii.gz", "sub-02_task-rest_bold.nii.gz",
+              "sub-03_task-rest_bold.nii.gz", "sub-04_task-rest_bold.nii.gz"]
+    shown = Note("4 functional run(s) without SliceTiming: " + ", ".join(listed[:3])
+                 + ", ... (4 in all)", listed)
+    assert shown.subjects == {"01", "02", "03", "04"}
+    assert Note(shown).subjects == shown.subjects  # printed again, as scan notes are
+    assert Note("/data/bids/sub-07/ses-1/anat/sub-07_ses-1_T2w.nii.gz: ...").subjects == {"07"}
+    mine, rest = notes_of([shown, Note("skipped 1 participant(s): sub-09 (no scan matches)"),
+                           Note("--participant-label: 01 given more than once; taken once")],
+                          ["01", "04", "05"])
+    # a note of several subjects in each one's report; a subject not run, and none, the
+    # dataset's
+    assert mine == {"01": [shown], "04": [shown]}
+    assert [n.split(":")[0] for n in rest] == ["skipped 1 participant(s)",
+                                               "--participant-label"]
