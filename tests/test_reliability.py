@@ -868,6 +868,28 @@ def test_a_runs_slice_axis_comes_from_its_header_where_the_sidecar_has_none(tmp_
         "(slice_dim); the sidecar's is used" in capsys.readouterr().err
 
 
+def test_the_echoes_of_a_multi_echo_run_are_said_to_be_registered_apart(tmp_path, capsys):
+    """Each echo of a multi-echo run (echo-1, echo-2 beside each other) was registered as a
+    run of its own without a word: a note names them, with the -f that selects one echo."""
+    make_dataset(tmp_path)
+    func = tmp_path / "bids" / "sub-01" / "ses-1" / "func"
+    for path in list(func.iterdir()):
+        for echo in (1, 2):
+            shutil.copy(path, path.with_name(path.name.replace("_bold", f"_echo-{echo}_bold")))
+        path.unlink()
+    argv = _argv(tmp_path, [])
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "note: 2 functional run(s) are the echoes of 1 multi-echo acquisition(s): " \
+        "sub-01_ses-1_task-rest_echo-1_bold.nii.gz, sub-01_ses-1_task-rest_echo-2_bold.nii.gz; " \
+        "each echo is registered as a run of its own" in err, err
+    hint = re.search(r"register one echo with -f '([^']+)'", err).group(1)
+    assert main([*argv, "-f", hint]) == 0
+    err = capsys.readouterr().err
+    assert "multi-echo" not in err and "sub-01_ses-1_task-rest_echo-1_bold.nii.gz\n" in err, err
+    assert "echo-2" not in err
+
+
 def test_what_the_checks_fill_in_and_skip_is_said(tmp_path, capsys):
     """A repeated participant label is one participant; a run without a sidecar takes its
     repetition time from the header (said) and its task from the file name; runs without

@@ -107,6 +107,7 @@ def check_scans(args, sessions) -> None:
     finite, not all-zero values (:func:`samri_ml.io.load_nifti`) and a field of view within
     a factor :data:`FOV_RATIO_LIMIT` of the template's (unless ``--no-fov-check``).
     """
+    from samri_ml.bids import parse_entities
     from samri_ml.io import annex_unfetched, load_nifti
 
     unfetched = [Path(scan) for item in sessions for scan in session_scans(item)
@@ -221,6 +222,20 @@ def check_scans(args, sessions) -> None:
             f"{some_names(discarded)}; --dummy-scans drops {args.dummy_scans} more volumes "
             "from each; hint: --dummy-scans 0 where the runs start at steady state",
             discarded))
+    echoes = multi_echo_runs(sessions)
+    if echoes:
+        # each echo was registered as a run of its own, without a word: a transform each,
+        # a registered run and QC each, and no combined run
+        names = [name for group in echoes for name in group]
+        first = parse_entities(names[0])["echo"]
+        one = {**getattr(args, "functional_match", {}),
+               "echo": int(first) if first.isdigit() else first}
+        args.scan_notes.append(Note(
+            f"{len(names)} functional run(s) are the echoes of {len(echoes)} multi-echo "
+            f"acquisition(s): {some_names(names)}; each echo is registered as a run of its "
+            "own (its own transform, registered run and QC), the echoes are not combined; "
+            f"hint: register one echo with -f '{json.dumps(one)}', or combine the echoes "
+            "beforehand (e.g. tedana) and register the combined run", names))
     if direct:
         # a structural scan of the subject's other sessions is not borrowed: the run-to-
         # structural step assumes one placement of the head, and the structural scan's own
@@ -234,6 +249,23 @@ def check_scans(args, sessions) -> None:
         args.scan_notes.append(
             f"no structural scan in {', '.join(direct)}: its functional runs are registered "
             f"straight to the template (as --registration-method functional){other}")
+
+
+def multi_echo_runs(sessions) -> list[list[str]]:
+    """The names of each session's functional runs that are echoes of one acquisition: runs
+    whose names differ only in their ``echo-`` entity (``..._task-rest_echo-1_bold.nii.gz``,
+    ``..._echo-2_bold...``), one list per acquisition of two echoes or more."""
+    from samri_ml.bids import parse_entities
+
+    groups: dict[tuple, list[str]] = {}
+    for item in sessions:
+        for run in item["bold"]:
+            name = Path(run).name
+            if "echo" in parse_entities(name):
+                key = (item["subject"], item["session"],
+                       re.sub(r"_echo-[a-zA-Z0-9]+", "", name))
+                groups.setdefault(key, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _check_structural_volumes(path: str) -> None:
