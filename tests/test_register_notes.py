@@ -113,3 +113,33 @@ def test_a_note_concerns_the_subjects_it_names_and_those_of_its_files():
     assert mine == {"01": [shown], "04": [shown]}
     assert [n.split(":")[0] for n in rest] == ["skipped 1 participant(s)",
                                                "--participant-label"]
+
+
+@pytest.mark.parametrize("ending, last", [
+    (None, "finished"),
+    ("error", "error: 1 step(s) failed (failed: sub-01); crash files are in /o/sub-*/log"),
+    ("terminated", "terminated"),
+])
+def test_the_notes_log_says_how_the_run_ended(tmp_path, ending, last):
+    """A run that failed or was stopped (a cluster's time limit) writes its notes too, with
+    how it ended: what a user reads after the job's own log is gone."""
+    from types import SimpleNamespace
+
+    from samri_ml.cli._common import Terminated
+    from samri_ml.cli._notes import keeping_notes, note
+    from samri_ml.cli.register import _write_notes
+    from samri_ml.errors import SamriMLError
+
+    exc = {None: None, "terminated": Terminated(),
+           "error": SamriMLError("1 step(s) failed (failed: sub-01);\n crash files are in "
+                                 "/o/sub-*/log")}[ending]
+    args = SimpleNamespace(output_dir=tmp_path, command="samri_ml-register /b /o participant")
+    err = io.StringIO()
+    with keeping_notes(), contextlib.redirect_stderr(err):
+        note("samri_ml-register", "sub-01_T2w.nii.gz: a note")
+        note("samri_ml-register", "sub-01_T2w.nii.gz: a note")  # said once
+        _write_notes(args, 0.0, type(exc), exc, None)
+    assert err.getvalue() == NOTE + "sub-01_T2w.nii.gz: a note\n"
+    log = (tmp_path / NOTES_LOG).read_text().splitlines()
+    assert log[1:] == ["# samri_ml-register /b /o participant",
+                       NOTE + "sub-01_T2w.nii.gz: a note", f"# samri_ml-register: {last}"]
