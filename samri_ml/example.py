@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from samri_ml.errors import FULL_DISK_ERRNOS, SamriMLError
+from samri_ml.lock import LOCK_NAME, OutputLock
 
 __all__ = [
     "BRAIN_LABELS",
@@ -926,6 +927,8 @@ def write_example_dataset(
     is left untouched when it is complete and was made with the same settings, and is rewritten
     otherwise (only the files it lists are replaced or removed). Any other non-empty folder is
     refused unless ``force`` (then same-named files are overwritten, nothing is removed).
+    While it writes, the folder is locked (:class:`~samri_ml.lock.OutputLock`, no file left
+    after): another run into it is refused at once.
 
     Returns
     -------
@@ -935,31 +938,70 @@ def write_example_dataset(
     Raises
     ------
     SamriMLError
-        ``out_dir`` is a file, or a non-empty folder that is not an example dataset.
+        ``out_dir`` is a file, or a non-empty folder that is not an example dataset, or another
+        run is writing to it.
     """
-    from samri_ml import __version__
-
     if n_subjects < 1 or n_volumes < 1:
         raise SamriMLError("need at least one subject and one volume")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SamriMLError(f"{out}: exists and is not a folder")
+
+    fresh = not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir())
+    written: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # two runs into one OUT_DIR: the second was refused as "not a samri_ml example
+        # dataset" (the first one's files), or, rewriting one, failed on the files the first
+        # removed ("give a writable OUT_DIR"); a run stopped removed the other's files
+        with OutputLock(out, "OUT_DIR", remove=True):
+            try:
+                _write_files(out, n_subjects, n_volumes, seed, force, written)
+            except (OSError, KeyboardInterrupt):
+                # a full disk or a quota, Ctrl-C or SIGTERM: the files written so far are
+                # removed (and the folders, where it was new or empty), so that the same
+                # command can be run again; it was a bare "OSError: [Errno 28] No space left
+                # on device" (an interrupt: a file cut short at its name), and the rerun
+                # refused the folder left behind as "not a samri_ml example dataset"
+                for path in written:
+                    path.unlink(missing_ok=True)
+                if fresh:
+                    _remove_empty_folders(out)
+                raise
+    except (OSError, KeyboardInterrupt) as err:
+        if fresh:  # now without its lock file: removed where nothing else is in it
+            _remove_empty_folders(out)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        failed = written[-1] if written else out
+        full = err.errno in FULL_DISK_ERRNOS
+        hint = "free some space, or give OUT_DIR on another disk" if full else (
+            "give a writable OUT_DIR")
+        raise SamriMLError(f"cannot write {failed} ({err.strerror or err}); nothing kept; "
+                           f"hint: {hint}") from err
+    return out
+
+
+def _write_files(out: Path, n_subjects: int, n_volumes: int, seed: int, force: bool,
+                 written: list[Path]) -> None:
+    """:func:`write_example_dataset`'s work, its lock held; each file is added to ``written``
+    before it is written."""
+    from samri_ml import __version__
+
     settings = _settings(n_subjects, n_volumes, seed)
-    manifest = _read_manifest(out) if out.is_dir() else None
+    manifest = _read_manifest(out)
     if manifest is not None:
         if not force and is_current_example(out, n_subjects, n_volumes, seed):
-            return out
+            return
         for f in manifest.get("files", {}):  # only what we wrote before
             p = out / f
             if p.is_file():
                 p.unlink()
-    elif out.is_dir() and any(out.iterdir()) and not force:
+    elif any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
         raise SamriMLError(
             f"{out}: folder is not empty and is not a samri_ml example dataset; hint: give a new "
             "or empty folder, or --force to write into it anyway"
         )
-    fresh = not out.is_dir() or not any(out.iterdir())
-    written: list[Path] = []
 
     def save(img, rel):
         written.append(out / rel)
@@ -974,86 +1016,64 @@ def write_example_dataset(
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text(text)
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    generated_by = [{"Name": GENERATOR, "Version": __version__,
+                     "Description": f"mouse-head phantom, seed {seed}"}]  # fmt: skip
+    save_json(
+        {"Name": "samri_ml example: mouse head phantom", "BIDSVersion": "1.8.0",
+         "DatasetType": "raw", "License": "CC0", "Authors": ["samri_ml"],
+         "GeneratedBy": generated_by},
+        "dataset_description.json",
+    )  # fmt: skip
+    subs = [f"{i + 1:02d}" for i in range(n_subjects)]
+    save_text(
+        "participant_id\tspecies\tstrain\n"
+        + "".join(f"sub-{s}\tMus musculus\tphantom\n" for s in subs),
+        "participants.tsv",
+    )
+    save_text("template/\nderivatives/\n", ".bidsignore")
+    save_text(_README.format(n=n_subjects, v=n_volumes, seed=seed), "README")
 
-        generated_by = [{"Name": GENERATOR, "Version": __version__,
-                         "Description": f"mouse-head phantom, seed {seed}"}]  # fmt: skip
-        save_json(
-            {"Name": "samri_ml example: mouse head phantom", "BIDSVersion": "1.8.0",
-             "DatasetType": "raw", "License": "CC0", "Authors": ["samri_ml"],
-             "GeneratedBy": generated_by},
-            "dataset_description.json",
-        )  # fmt: skip
-        subs = [f"{i + 1:02d}" for i in range(n_subjects)]
-        save_text(
-            "participant_id\tspecies\tstrain\n"
-            + "".join(f"sub-{s}\tMus musculus\tphantom\n" for s in subs),
-            "participants.tsv",
-        )
-        save_text("template/\nderivatives/\n", ".bidsignore")
-        save_text(_README.format(n=n_subjects, v=n_volumes, seed=seed), "README")
+    tpl = make_template(seed, contrasts=("t2", "epi"))
+    tdir = "template"
+    save(tpl["T2w"], f"{tdir}/tpl-{TEMPLATE_NAME}_T2w.nii.gz")
+    save(tpl["bold"], f"{tdir}/tpl-{TEMPLATE_NAME}_bold.nii.gz")
+    save(tpl["mask"], f"{tdir}/tpl-{TEMPLATE_NAME}_desc-brain_mask.nii.gz")
+    save(tpl["dseg"], f"{tdir}/tpl-{TEMPLATE_NAME}_dseg.nii.gz")
+    lut = "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in LABELS.items() if k)
+    save_text(lut, f"{tdir}/tpl-{TEMPLATE_NAME}_dseg.tsv")
+    tmask = np.asarray(tpl["mask"].dataobj)
+    save_json(
+        {"Name": f"{TEMPLATE_NAME}: samri_ml mouse-head phantom template", "seed": int(seed),
+         "head": asdict(tpl["head"]), "RAS": True, "res_mm": TEMPLATE_ZOOM,
+         "brain_volume_mm3": float(tmask.sum() * TEMPLATE_ZOOM**3), "GeneratedBy": generated_by},
+        f"{tdir}/template_description.json",
+    )  # fmt: skip
 
-        tpl = make_template(seed, contrasts=("t2", "epi"))
-        tdir = "template"
-        save(tpl["T2w"], f"{tdir}/tpl-{TEMPLATE_NAME}_T2w.nii.gz")
-        save(tpl["bold"], f"{tdir}/tpl-{TEMPLATE_NAME}_bold.nii.gz")
-        save(tpl["mask"], f"{tdir}/tpl-{TEMPLATE_NAME}_desc-brain_mask.nii.gz")
-        save(tpl["dseg"], f"{tdir}/tpl-{TEMPLATE_NAME}_dseg.nii.gz")
-        lut = "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in LABELS.items() if k)
-        save_text(lut, f"{tdir}/tpl-{TEMPLATE_NAME}_dseg.tsv")
-        tmask = np.asarray(tpl["mask"].dataobj)
-        save_json(
-            {"Name": f"{TEMPLATE_NAME}: samri_ml mouse-head phantom template", "seed": int(seed),
-             "head": asdict(tpl["head"]), "RAS": True, "res_mm": TEMPLATE_ZOOM,
-             "brain_volume_mm3": float(tmask.sum() * TEMPLATE_ZOOM**3), "GeneratedBy": generated_by},
-            f"{tdir}/template_description.json",
-        )  # fmt: skip
+    gt = "derivatives/groundtruth"
+    save_json(
+        {"Name": "samri_ml example ground truth", "BIDSVersion": "1.8.0",
+         "DatasetType": "derivative", "GeneratedBy": generated_by,
+         "SourceDatasets": [{"URL": "../../"}]},
+        f"{gt}/dataset_description.json",
+    )  # fmt: skip
+    save_text(lut, f"{gt}/dseg.tsv")
+    for i, s in enumerate(subs):
+        subj = make_subject(tpl, [int(seed), i + 1], n_volumes=n_volumes)
+        base = f"sub-{s}/ses-1"
+        stem = f"sub-{s}_ses-1"
+        save(subj["T2w"], f"{base}/anat/{stem}_T2w.nii.gz")
+        save_json(subj["T2w_json"], f"{base}/anat/{stem}_T2w.json")
+        save(subj["bold"], f"{base}/func/{stem}_task-rest_bold.nii.gz")
+        save_json(subj["bold_json"], f"{base}/func/{stem}_task-rest_bold.json")
+        save(subj["mask"], f"{gt}/{base}/anat/{stem}_desc-brain_mask.nii.gz")
+        save(subj["dseg"], f"{gt}/{base}/anat/{stem}_dseg.nii.gz")
+        save(subj["func_mask"], f"{gt}/{base}/func/{stem}_task-rest_desc-brain_mask.nii.gz")
+        save(subj["func_dseg"], f"{gt}/{base}/func/{stem}_task-rest_dseg.nii.gz")
+        save_json(subj["pose"], f"{gt}/{base}/{stem}_pose.json")
 
-        gt = "derivatives/groundtruth"
-        save_json(
-            {"Name": "samri_ml example ground truth", "BIDSVersion": "1.8.0",
-             "DatasetType": "derivative", "GeneratedBy": generated_by,
-             "SourceDatasets": [{"URL": "../../"}]},
-            f"{gt}/dataset_description.json",
-        )  # fmt: skip
-        save_text(lut, f"{gt}/dseg.tsv")
-        for i, s in enumerate(subs):
-            subj = make_subject(tpl, [int(seed), i + 1], n_volumes=n_volumes)
-            base = f"sub-{s}/ses-1"
-            stem = f"sub-{s}_ses-1"
-            save(subj["T2w"], f"{base}/anat/{stem}_T2w.nii.gz")
-            save_json(subj["T2w_json"], f"{base}/anat/{stem}_T2w.json")
-            save(subj["bold"], f"{base}/func/{stem}_task-rest_bold.nii.gz")
-            save_json(subj["bold_json"], f"{base}/func/{stem}_task-rest_bold.json")
-            save(subj["mask"], f"{gt}/{base}/anat/{stem}_desc-brain_mask.nii.gz")
-            save(subj["dseg"], f"{gt}/{base}/anat/{stem}_dseg.nii.gz")
-            save(subj["func_mask"], f"{gt}/{base}/func/{stem}_task-rest_desc-brain_mask.nii.gz")
-            save(subj["func_dseg"], f"{gt}/{base}/func/{stem}_task-rest_dseg.nii.gz")
-            save_json(subj["pose"], f"{gt}/{base}/{stem}_pose.json")
-
-        files = {p.relative_to(out).as_posix(): _sha256(p) for p in written}
-        written.append(out / MANIFEST)  # last: a folder without it is never taken as complete
-        _write_json({"generator": GENERATOR, "settings": settings, "files": files}, out / MANIFEST)
-    except (OSError, KeyboardInterrupt) as err:
-        # a full disk or a quota, Ctrl-C or SIGTERM: the files written so far are removed (and
-        # the folders, where it was new or empty), so that the same command can be run again;
-        # it was a bare "OSError: [Errno 28] No space left on device" (an interrupt: a file cut
-        # short at its name), and the rerun refused the folder left behind as "not a samri_ml
-        # example dataset"
-        failed = written[-1] if written else out
-        for path in written:
-            path.unlink(missing_ok=True)
-        if fresh:
-            _remove_empty_folders(out)
-        if isinstance(err, KeyboardInterrupt):
-            raise
-        full = err.errno in FULL_DISK_ERRNOS
-        hint = "free some space, or give OUT_DIR on another disk" if full else (
-            "give a writable OUT_DIR")
-        raise SamriMLError(f"cannot write {failed} ({err.strerror or err}); nothing kept; "
-                           f"hint: {hint}") from err
-    return out
+    files = {p.relative_to(out).as_posix(): _sha256(p) for p in written}
+    written.append(out / MANIFEST)  # last: a folder without it is never taken as complete
+    _write_json({"generator": GENERATOR, "settings": settings, "files": files}, out / MANIFEST)
 
 
 def _remove_empty_folders(root: Path) -> None:

@@ -302,3 +302,31 @@ def test_pose_matrix_and_deformation_are_pure():
     far = ex.deformation_displacement(np.array([[20.0], [0], [0]]), c, 2.0, [[0.3, 0, 0]])
     assert np.allclose(far, 0)
     assert ex.slice_timing(4, 1.0) == [0.0, 0.5, 0.25, 0.75]
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_writes(tmp_path, capsys):
+    """Two samri_ml-example runs into one OUT_DIR: the second was refused as "not a samri_ml
+    example dataset" (the first one's files); rewriting one, it failed on the files the first
+    had removed ("give a writable OUT_DIR"), and a run stopped removed the other's files. The
+    folder is locked while it is written: the second says who writes it (exit 1), the first
+    finishes, and no lock file is left in the data set. Two real processes."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ex"
+    argv = [str(out), "--subjects", "1", "--volumes", str(N_VOL)]
+    first = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.example", *argv],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None and not (
+            out / "dataset_description.json").exists():
+        time.sleep(0.002)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"samri_ml-example: error: another samri_ml run (pid {first.pid}) is "
+                   f"writing to {out}; hint: wait for it, or use another OUT_DIR"], err
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert ex.is_current_example(out, 1, N_VOL, 0)
+    assert ".samri_ml.lock" not in _files(out)
+    assert main(argv) == 0 and "up to date" in capsys.readouterr().out

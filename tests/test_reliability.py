@@ -1333,6 +1333,24 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path):
         pass
 
 
+def test_a_lock_that_removes_its_file_leaves_none_and_is_taken_again(tmp_path):
+    """``OutputLock(remove=True)`` (the folders of commands other than samri_ml-register):
+    another run is refused while it is held, naming the folder's option; once released no
+    file is left, and the next run takes it."""
+    from samri_ml.lock import OutputLock
+
+    with _lock_held_elsewhere(tmp_path, "--out-dir") as holder:
+        with pytest.raises(Exception, match=re.escape(
+                f"another samri_ml run (pid {holder.pid}) is writing to {tmp_path}; hint: "
+                "wait for it, or use another --out-dir")):
+            with OutputLock(tmp_path, "--out-dir", remove=True):
+                pass
+    for _ in range(2):
+        with OutputLock(tmp_path, "--out-dir", remove=True) as lock:
+            assert lock.path.read_text() == str(os.getpid())
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_a_work_dir_in_use_refuses_a_second_run_before_anything_is_written(tmp_path, capsys):
     """Two runs with one -w and two OUTPUT_DIRs crashed each other's steps (a FileNotFoundError
     in Nipype's node folders, both exit 1): the work dir is locked like OUTPUT_DIR, and the
