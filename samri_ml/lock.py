@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from samri_ml.errors import SamriMLError
@@ -97,3 +99,22 @@ class OutputLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         return False
+
+
+@contextmanager
+def holding(folder, what: str) -> Iterator[Path]:
+    """``folder``, created where missing, locked for the block (:class:`OutputLock`, its file
+    removed at the end); the folders made here are removed again where the block left them
+    empty, so that a run refused inside it leaves no folder behind."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with OutputLock(folder, what, remove=True):
+            yield folder
+    finally:
+        for path in made:
+            try:
+                path.rmdir()  # only where empty: another run's files are never touched
+            except OSError:
+                break

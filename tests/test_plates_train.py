@@ -816,3 +816,38 @@ def test_a_backend_without_a_training_step_is_refused_before_anything_is_written
     with pytest.raises(SamriMLError, match="trains on Keras. tensorflow or torch backend, not jax"):
         train(TrainConfig(data_dir=str(tiny_data), out_dir=str(out), size=64, width=4))
     assert not out.exists()
+
+
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_trains(tiny_data, tmp_path,
+                                                                          capsys):
+    """The same training started twice into one --out (a job submitted again) ran twice at
+    once, each writing its checkpoints and history over the other's, both exit 0; runs of
+    two seeds both found --out empty and left one config.json beside checkpoints of both.
+    --out is held by one run at a time: the second is refused at once (exit 1), and the
+    first's folder holds no lock file once it ends. Two real processes."""
+    import signal
+    import subprocess
+    import sys
+
+    from samri_ml.cli.train_plates import main
+
+    out = tmp_path / "run"
+    # a minute at most (the second one, before the lock, ran beside the first one)
+    argv = _tiny_run(tiny_data, out, "--iterations", 100000, "--eval-every", 3,
+                     "--max-minutes", 0.25)
+    p = subprocess.Popen([sys.executable, "-m", "samri_ml.cli.train_plates", *argv],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_sigint_default)
+    try:
+        _wait_for(p, out / "config.json")
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"samri_ml-train-plates: error: another samri_ml run (pid {p.pid}) is "
+                       f"writing to {out}; hint: wait for it, or use another --out"], err
+        assert p.poll() is None  # refused while the first one trains
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, first = p.communicate(timeout=120)
+    assert p.returncode == 130, first[-2000:]
+    assert not (out / ".samri_ml.lock").exists()
+    assert json.loads((out / "config.json").read_text())["max_minutes"] == 0.25

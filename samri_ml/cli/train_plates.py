@@ -293,13 +293,28 @@ def _run(parser, args) -> int:
     from samri_ml.models.inference import import_keras
 
     import_keras()  # TensorFlow without its C++ start-up lines above a one-line error
-    if args.ensemble:
-        from samri_ml.plates.train import make_ensemble_run
+    if args.export_only:
+        return _export(args)
+    from samri_ml.lock import holding
 
-        make_ensemble_run(args.ensemble, args.out)
-    elif not args.export_only:
-        best = train(cfg)
-        print_line(f"best val_1 MAE {best['mae']:.2f} at step {best['step']}")
+    # two runs into one --out, of other seeds, both found it empty and both exit 0: one
+    # config.json beside checkpoints of both (or the second failed on the first one's
+    # config.json, after its start); one run at a time, refused at once
+    with holding(args.out, "--out"):
+        if args.ensemble:
+            from samri_ml.plates.train import make_ensemble_run
+
+            make_ensemble_run(args.ensemble, args.out)
+        else:
+            best = train(cfg)
+            print_line(f"best val_1 MAE {best['mae']:.2f} at step {best['step']}")
+        return _export(args)
+
+
+def _export(args) -> int:
+    """``--export DIR``: the run in ``--out`` shipped into DIR, where given."""
+    from samri_ml.cli._common import print_line
+
     if args.export:
         from samri_ml.plates.metrics import format_metrics
         from samri_ml.plates.train import export_and_measure
