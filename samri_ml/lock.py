@@ -45,7 +45,7 @@ class OutputLock:
     work dir's option, ``-w``, or the folder's argument or option (``OUTPUT_DIR``, ``--out``).
     ``remove``: the lock file is removed when the run ends, for the folders of commands other
     than ``samri_ml-register`` (a data set, a folder of masks or tables, which had no such
-    file); a run a killed one left it to takes it over.
+    file); one that a killed run left behind is taken over by the next run.
     """
 
     def __init__(self, folder, what: str = "OUTPUT_DIR", *, remove: bool = False):
