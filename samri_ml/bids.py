@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -159,14 +160,16 @@ def _temporary_prefix(name: str, suffix: str = "") -> str:
 
 
 @contextmanager
-def atomic_target(dst: Path, suffix: str = ""):
+def atomic_target(dst: Path, suffix: str = "", *, replace: bool = True):
     """Yield a temporary path beside ``dst`` (ending in ``suffix``, e.g. ``.nii.gz`` for a
     writer that picks its format by the name); rename it onto ``dst`` if the block succeeds.
 
     The rename is atomic on one file system, so ``dst`` is never seen half-written; on failure
     the temporary file is removed. ``dst`` gets the mode ``open()`` would give it: an existing
     file's own, a new one ``0o666`` less the umask (:func:`current_umask`; ``mkstemp`` makes
-    the temporary file ``0o600``).
+    the temporary file ``0o600``). With ``replace=False`` a ``dst`` that exists by then (made
+    by another process since the caller looked) is kept and ``FileExistsError`` raised
+    (:func:`_place_new`).
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(dst.name, suffix), suffix=suffix,
@@ -179,10 +182,30 @@ def atomic_target(dst: Path, suffix: str = ""):
         except OSError:
             mode = None
         os.chmod(tmp, 0o666 & ~current_umask() if mode is None else mode)
-        os.replace(tmp, dst)
+        if replace:
+            os.replace(tmp, dst)
+        else:
+            _place_new(Path(tmp), dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _place_new(tmp: Path, dst: Path) -> None:
+    """Give ``tmp`` the name ``dst`` where no file has it; ``FileExistsError`` where one has
+    (``os.replace`` would replace it). A hard link is made and checked in one step, so of two
+    processes that both found no ``dst`` only one writes it; on a file system without hard
+    links, the check and the rename are two steps."""
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
+        os.replace(tmp, dst)
+        return
+    tmp.unlink()
 
 
 def current_umask() -> int:

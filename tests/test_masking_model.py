@@ -2912,3 +2912,38 @@ def test_shared_scans_linked_into_a_labs_scans_folder_count_as_seen(tmp_path):
     (tmp_path / "m_training.json").write_text(json.dumps({"config": {
         "scans": str(tmp_path / "moved"), "holdout": []}}))
     assert linked_sources(model, scans) == []
+
+
+def test_two_batches_into_one_out_dir_never_replace_each_others_masks(tmp_path, phantom):
+    """Two ``--out-dir`` batches into one DIR (two cluster jobs of one study) both found no
+    ``head_mask.nii.gz`` there and both wrote it: one scan's mask replaced by the other's
+    without --overwrite, both saying they wrote it (exit 0). The mask is placed only where
+    no file has its name by then: of two scans of one name, one run writes its mask and the
+    other says it kept that one (exit 1); each run's other scans are masked, so jobs that mask
+    different scans into one DIR run side by side. Two real processes, started together."""
+    import re
+
+    jobs = {}
+    for job, contrast in (("a", "T2w"), ("b", "T1w")):
+        (tmp_path / job).mkdir()
+        scans = [tmp_path / job / f"other_{job}.nii.gz", tmp_path / job / "head.nii.gz"]
+        nb.save(phantom["bold"], scans[0])
+        nb.save(phantom[contrast], scans[1])
+        jobs[job] = scans
+    out = tmp_path / "masks"
+    procs = {job: subprocess.Popen(
+        [sys.executable, "-m", "samri_ml.cli.mask", *map(str, scans), "--out-dir", str(out)],
+        stderr=subprocess.PIPE, text=True) for job, scans in jobs.items()}
+    errs = {job: proc.communicate(timeout=600)[1] for job, proc in procs.items()}
+    codes = sorted(proc.returncode for proc in procs.values())
+    assert codes == [0, 1], errs
+    loser = next(job for job, proc in procs.items() if proc.returncode == 1)
+    winner = "b" if loser == "a" else "a"
+    assert (f"samri_ml-mask: error: {out / 'head_mask.nii.gz'} was written by another run "
+            "while this one masked it; kept, this run's mask not written; hint: --overwrite "
+            "to replace it, or mask into another --out-dir") in errs[loser], errs[loser]
+    voxels = int(re.search(r"head_mask\.nii\.gz: brain mask of (\d+) voxels",
+                           errs[winner]).group(1))
+    assert int((np.asarray(nb.load(out / "head_mask.nii.gz").dataobj) > 0).sum()) == voxels
+    assert sorted(p.name for p in out.iterdir()) == [
+        "head_mask.nii.gz", "other_a_mask.nii.gz", "other_b_mask.nii.gz"]

@@ -2842,3 +2842,20 @@ def test_a_failed_run_on_a_full_disk_says_to_free_space(tmp_path, cause, hint):
     summary = _crash_summary([crash])
     assert cause.split(": ", 1)[1][:20] in summary, summary
     assert _fix_hint(summary).startswith(hint)
+
+
+def test_a_write_that_must_not_replace_keeps_a_file_made_meanwhile(tmp_path):
+    """``atomic_target(..., replace=False)``: a file another process gave the name since the
+    caller looked is kept, FileExistsError raised and no temporary file left; where no file
+    has the name, the write lands as with ``replace=True``."""
+    from samri_ml.bids import atomic_target
+
+    dst = tmp_path / "head_mask.nii.gz"
+    with atomic_target(dst, ".nii.gz", replace=False) as tmp:
+        tmp.write_bytes(b"first")
+    assert dst.read_bytes() == b"first"
+    with pytest.raises(FileExistsError):
+        with atomic_target(dst, ".nii.gz", replace=False) as tmp:
+            tmp.write_bytes(b"second")
+    assert dst.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["head_mask.nii.gz"]

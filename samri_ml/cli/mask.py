@@ -180,6 +180,10 @@ class _ModelOnce:
         return self.model
 
 
+class _WrittenMeanwhile(SamriMLError):
+    """A batch's mask that another run wrote into ``--out-dir`` while this one masked it."""
+
+
 def _mask_one(args, in_file, out_file, masked, png, model) -> tuple[float, float]:
     """Mask ``in_file`` into ``out_file`` (and ``masked``, ``png`` where given) with
     ``model()``; returns the times (perf_counter) the model was ready and the mask predicted."""
@@ -210,7 +214,16 @@ def _mask_one(args, in_file, out_file, masked, png, model) -> tuple[float, float
     outputs = [(mask, out_file)]
     if masked is not None:
         outputs.append((apply_mask(img, mask), masked))
-    _save_all(outputs)
+    try:
+        # a batch without --overwrite: a mask another run wrote into DIR since this one looked
+        # (two cluster jobs given the same scan name) is kept; it was replaced, both saying
+        # they wrote it
+        _save_all(outputs, replace=args.out_dir is None or args.overwrite)
+    except FileExistsError as err:
+        raise _WrittenMeanwhile(f"{out_file} was written by another run while this one "
+                                "masked it; kept, this run's mask not written; hint: "
+                                "--overwrite to replace it, or mask into another "
+                                "--out-dir") from err
     print(summary(mask, out_file, masked), file=sys.stderr)
     if png is not None:
         _draw(img, mask, png, in_file)
@@ -315,6 +328,13 @@ def _run_batch(parser, args) -> int:
                 _mask_one(args, path, targets[name], None, png, model)
             except _ModelError:  # not the scan's fault: every scan would fail, each loading it
                 raise
+            except _WrittenMeanwhile as err:
+                if not args.skip_existing:  # --skip-existing keeps a mask found there
+                    print(f"{PROG}: error: {err}", file=sys.stderr)
+                    failed.append(str(path))
+                    continue
+                print(f"{PROG}: note: {targets[name]} was written by another run meanwhile; "
+                      "kept", file=sys.stderr)
             except SamriMLError as err:  # one line, and on to the next scan
                 print(f"{PROG}: error: {err}", file=sys.stderr)
                 failed.append(str(path))
@@ -467,10 +487,12 @@ def _draw(img, mask, png, in_file) -> bool:
     return True
 
 
-def _save_all(outputs) -> None:
+def _save_all(outputs, replace: bool = True) -> None:
     """Write every ``(image, path)`` to a temporary file beside its path, then rename them
     all (:func:`samri_ml.bids.atomic_target`, nested; Ctrl-C deferred during the renames): a
-    failure leaves none of the outputs (not the mask without the masked image)."""
+    failure leaves none of the outputs (not the mask without the masked image). With
+    ``replace=False`` a path that another process wrote meanwhile is kept
+    (``FileExistsError``)."""
     from contextlib import ExitStack
 
     import nibabel as nb
@@ -482,10 +504,13 @@ def _save_all(outputs) -> None:
         with ExitStack() as stack:
             for image, path in outputs:
                 suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-                nb.save(image, str(stack.enter_context(atomic_target(path, suffix))))
+                nb.save(image, str(stack.enter_context(
+                    atomic_target(path, suffix, replace=replace))))
             renames = stack.pop_all()
         with deferred_sigint():  # Ctrl-C between two renames left --masked without OUT
             renames.close()
+    except FileExistsError:  # replace=False: the caller says what to do
+        raise
     except OSError as err:
         raise SamriMLError(f"cannot write {path} ({err.strerror}); nothing written") from err
 
