@@ -927,13 +927,10 @@ def tissue_bbox(img: np.ndarray, margin: float = 0.02,
     small, blur, region = _section_region(img)
     oy, ox = region[0], region[1]
     blur = blur[region[0]:region[2], region[1]:region[3]]
-    method = cv2.THRESH_OTSU if threshold == "otsu" else cv2.THRESH_TRIANGLE
-    _, fg = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY + method)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
-    if n <= 1:
+    union = _tissue_union(blur, cv2.THRESH_OTSU if threshold == "otsu" else cv2.THRESH_TRIANGLE)
+    if union is None:
         return 0, h, 0, w
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    top, left, bottom, right = _union_box(stats[1:][areas >= 0.02 * areas.max()])
+    top, left, bottom, right = union
     top, left, bottom, right = top + oy, left + ox, bottom + oy, right + ox
     sy, sx = h / small.shape[0], w / small.shape[1]
     # the margin: a fraction of the image's side, or of the tissue's where the tissue is
@@ -971,6 +968,31 @@ def _union_box(stats: np.ndarray) -> tuple[int, int, int, int]:
     return (int(top.min()), int(left.min()),
             int((top + stats[:, cv2.CC_STAT_HEIGHT]).max()),
             int((left + stats[:, cv2.CC_STAT_WIDTH]).max()))
+
+
+def _tissue_pieces(blur: np.ndarray, method: int | None = None) -> np.ndarray:
+    """The connected pieces of ``blur`` above a threshold (``method``: ``cv2.THRESH_OTSU`` or
+    ``cv2.THRESH_TRIANGLE``, the default): ``connectedComponentsWithStats`` rows, the
+    background's row removed (none where nothing stands out)."""
+    import cv2
+
+    method = cv2.THRESH_TRIANGLE if method is None else method
+    _, fg = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY + method)
+    return cv2.connectedComponentsWithStats(fg.astype(np.uint8))[2][1:]
+
+
+def _tissue_union(blur: np.ndarray, method: int | None = None
+                  ) -> tuple[int, int, int, int] | None:
+    """``(top, left, bottom, right)`` around :func:`_tissue_pieces` of at least 2 % of the
+    largest one's area (smaller ones are dust), in px of ``blur``; ``None`` where nothing
+    stands out. :func:`tissue_bbox`'s box before its margin, and :func:`_tissue_side`'s."""
+    import cv2
+
+    stats = _tissue_pieces(blur, method)
+    if not len(stats):
+        return None
+    areas = stats[:, cv2.CC_STAT_AREA]
+    return _union_box(stats[areas >= 0.02 * areas.max()])
 
 
 def _section_pieces(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1064,11 +1086,10 @@ def _on_a_slide(blur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     import cv2
 
     slide = _mostly_background(blur)
-    _, fg = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_TRIANGLE)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
-    if n <= 1:
+    stats = _tissue_pieces(blur)
+    if not len(stats):
         return None
-    kept, far = _section_pieces(stats[1:])
+    kept, far = _section_pieces(stats)
     if not len(far):  # nothing far away
         return None
     largest = kept[:, cv2.CC_STAT_AREA].max()
@@ -1145,14 +1166,7 @@ def _tissue_side(blur: np.ndarray) -> int:
     """The longer side (px of ``blur``) of the box around the tissue at the triangle level
     (pieces of at least 2 % of the largest, as :func:`tissue_bbox` keeps); ``blur``'s own
     longer side where nothing stands out."""
-    import cv2
-
-    _, fg = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_TRIANGLE)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8))
-    if n <= 1:
-        return max(blur.shape)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    top, left, bottom, right = _union_box(stats[1:][areas >= 0.02 * areas.max()])
+    top, left, bottom, right = _tissue_union(blur) or (0, 0, *blur.shape)
     return max(bottom - top, right - left)
 
 
