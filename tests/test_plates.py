@@ -418,6 +418,41 @@ def test_a_section_on_a_slide_is_boxed_without_the_label_or_another_section(tmp_
         read_image(tmp_path / "two.png")
 
 
+def _on_a_labelled_slide(section: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """A real section (1024 px) at ``(100, 100)`` of a dark 1500 x 2300 slide at the
+    section's own background level, with a white label written on far from it (bottom
+    right); and where the section lies."""
+    import cv2
+
+    slide = np.full((1500, 2300), int(np.percentile(section, 1)), np.uint8)
+    slide[100:100 + section.shape[0], 100:100 + section.shape[1]] = section
+    slide[1300:1450, 1800:2250] = 240
+    cv2.putText(slide, "M12 s34", (1820, 1400), cv2.FONT_HERSHEY_SIMPLEX, 2.5, 20, 6)
+    return slide, (100, 100)
+
+
+@pytest.mark.parametrize("name", ["val_1/126.png", "val_2/107.png"])
+def test_a_real_section_on_a_labelled_slide_scanned_larger_is_boxed_as_at_its_own_size(
+        shared_data, name):
+    """A section on a slide with a label (other things left out of the box) was looked at at
+    the slide's own size, not at the training scale: scanned 3 times larger, its box
+    differed by 32 (val_1's 126) and 37 px (val_2's 107) of the section's own size from the
+    box at 1 x (val_1's 104 at 8 x: 210 px, a fifth of its width lost). The section is now
+    brought to :data:`WORKING_SIDE` as a section alone is: within 6 px."""
+    import cv2
+
+    from samri_ml.plates.data import other_sections
+
+    slide, (y, x) = _on_a_labelled_slide(read_image(shared_data / "plates" / name))
+    three = cv2.resize(slide, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    box = np.array(tissue_bbox(slide)) - [y, y, x, x]
+    box3 = (np.array(tissue_bbox(three)) - 3 * np.array([y, y, x, x])) / 3
+    assert np.abs(box3 - box).max() <= 6, (box, box3)  # 1.5 px of the quarter-size look
+    assert box[1] < 1200 and box[3] < 1300  # the label left out, at both sizes
+    assert box3[1] < 1200 and box3[3] < 1300
+    assert other_sections(slide) == other_sections(three) == 0
+
+
 def test_sections_laid_side_by_side_on_a_slide_are_told_apart():
     """Sections laid a third of their width apart (as on a real slide) were joined into one
     box, ranked as one wide section, with no note; a fragment of the next section in the gap

@@ -2178,8 +2178,8 @@ def test_a_read_section_is_looked_at_once_and_ranked_as_before(shared_data, tmp_
         copies = [read_image(p).copy() for p in paths]  # copies: looked at again
     expected = json.loads(json_dumps(dict(zip(paths, ident.rank_read(copies), strict=True))))
     looks = []
-    real = data._on_a_slide
-    monkeypatch.setattr(data, "_on_a_slide", lambda blur: looks.append(1) or real(blur))
+    real = data._look_afresh
+    monkeypatch.setattr(data, "_look_afresh", lambda img: looks.append(1) or real(img))
     out = tmp_path / "out.json"
     assert main([*paths, "--json", str(out), "--no-regions"]) == 0
     assert "two.png: 1 more section-sized object" in capsys.readouterr().err
