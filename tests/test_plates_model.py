@@ -632,6 +632,34 @@ def test_a_real_section_scanned_larger_is_ranked_alike_at_any_size(name):
     assert set(three["ranking"][:5]) == set(eight["ranking"][:5])
 
 
+def test_a_real_section_on_a_long_strip_is_boxed_and_ranked_as_alone():
+    """val_1's 104 at 500 px high on a dark 500 x 30000 strip (an extreme aspect ratio), and
+    the strip turned upright: the tissue filled the strip's height, so the box's margin was
+    2 % of the strip's length (600 px each side of a 575 px section): plate 127 first,
+    'uncertain'. Now 2 % of the section, as on any slide: boxed tightly, ranked as the
+    section alone (103, 104, 102 first; 104 as shared is ranked 103, 104, 102)."""
+    import cv2
+
+    from samri_ml.plates.data import as_section, read_image, tissue_bbox
+    from samri_ml.plates.identify import make_identifier
+
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data not found")
+    img = read_image(SHARED / "val_1" / "104.png")
+    section = cv2.resize(img, None, fx=500 / img.shape[0], fy=500 / img.shape[0],
+                         interpolation=cv2.INTER_AREA)
+    strip = np.full((500, 30000), int(np.percentile(section, 1)), np.uint8)
+    strip[:, 10000:10000 + section.shape[1]] = section
+    y0, y1, x0, x1 = tissue_bbox(strip)
+    assert 10000 - 16 <= x0 and x1 <= 10000 + section.shape[1] + 16, (x0, x1)
+    assert tissue_bbox(np.ascontiguousarray(strip.T)) == (x0, x1, y0, y1)
+    alone, on_strip = make_identifier().rank_read([section, as_section(strip, keep=True)],
+                                                  regions=False)
+    assert on_strip["ranking"][:3] == alone["ranking"][:3]
+    assert set(on_strip["ranking"][:5]) == set(alone["ranking"][:5])
+    assert not on_strip.get("uncertain")
+
+
 @pytest.mark.shared_data
 def test_multimodal_variant_ranks_two_photon_slices_in_the_top_5_most_of_the_time():
     """The issue's cross-modality target on the one two-photon brain we have: coronal slices of

@@ -934,10 +934,12 @@ def tissue_bbox(img: np.ndarray, margin: float = 0.02,
     top, left, bottom, right = top + oy, left + ox, bottom + oy, right + ox
     sy, sx = h / small.shape[0], w / small.shape[1]
     # the margin: a fraction of the image's side, or of the tissue's where the tissue is
-    # small in the image (a section on a slide: 2 % of a 4000 px slide was a tenth of it)
-    side = max(h, w)
-    if max((bottom - top) / small.shape[0], (right - left) / small.shape[1]) < 0.5:
-        side = max((bottom - top) * sy, (right - left) * sx)
+    # small in the image (a section on a slide: 2 % of a 4000 px slide was a tenth of it),
+    # longer side against longer side: a section filling the height of a 30000 x 500 strip
+    # got 2 % of 30000 px (600 px on a 575 px section, ranked as noise)
+    side = max((bottom - top) * sy, (right - left) * sx)
+    if side >= 0.5 * max(h, w):
+        side = max(h, w)
     m = int(margin * side)
     y0, y1 = max(0, int(top * sy) - m), min(h, int(bottom * sy) + m)
     x0, x1 = max(0, int(left * sx) - m), min(w, int(right * sx) + m)
