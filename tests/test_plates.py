@@ -510,6 +510,38 @@ def test_a_small_brightfield_section_on_a_very_large_slide_is_taken_for_brightfi
     assert not looks_brightfield(slide)
 
 
+@pytest.mark.parametrize("name", ["val_1/62.png", "val_1/87.png"])
+def test_a_brightfield_section_under_a_thousandth_of_a_white_slide_is_inverted_and_found(
+        shared_data, name):
+    """A real section made brightfield (inverted), 200 px on a white 6000 x 8000 slide with
+    camera noise (0.06 % of it): the slide was cut off as a 'flat bright border' (5 of the
+    22 val_1 + val_2 sections so laid: frame_box asked that what it surrounds be flatter at
+    its dark end than at its bright end, which a tissue crop without background may be, and
+    not whether it has a dark background at all), and the section, read as a crop without
+    background, was not inverted. Now a bright frame must surround a near-black background,
+    as bright_fill's must: the slide is kept, inverted, and the section boxed. The same
+    section bright on a dark slide is not brightfield."""
+    import cv2
+
+    from samri_ml.plates.data import as_section, looks_brightfield, read_inverted
+
+    section = read_image(shared_data / "plates" / name)
+    f = 200 / max(section.shape)
+    small = cv2.resize(section, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    h, w = small.shape
+    noise = np.random.default_rng(0).integers(0, 6, (6000, 8000)).astype(np.uint8)
+    dark = noise.copy()
+    dark[2000:2000 + h, 4000:4000 + w] = np.maximum(dark[2000:2000 + h, 4000:4000 + w], small)
+    assert not looks_brightfield(dark)
+    white = 255 - dark - 15  # a background of 235-240
+    with pytest.warns(Warning, match="brightfield"):
+        img = as_section(white, name, keep=True)
+    assert read_inverted(img) and img.shape == white.shape  # nothing cut off as a border
+    y0, y1, x0, x1 = tissue_bbox(img)
+    assert 2000 - 16 <= y0 < y1 <= 2000 + h + 16 and 4000 - 16 <= x0 < x1 <= 4000 + w + 16
+    assert (y1 - y0) * (x1 - x0) >= 0.5 * h * w
+
+
 def test_a_bright_border_around_a_section_is_cut_off_not_taken_for_tissue(tmp_path):
     """A dark-background section saved with a white or grey border (padded to a canvas,
     pasted on a page) had the border taken for tissue: its tissue box was the whole canvas,

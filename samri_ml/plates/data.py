@@ -596,9 +596,22 @@ def frame_box(img: np.ndarray) -> tuple[int, int, int, int] | None:
     if value - np.median(edge) <= 2 * FRAME_TOL or value <= np.median(inner):
         return None
     blur = _quarter(inner)[1]
-    if _flat_fraction(blur) <= _flat_fraction(255 - blur):  # not a dark background inside
+    if not _dark_background(blur):  # the border is a brightfield section's own background
         return None
     return box
+
+
+def _dark_background(blur: np.ndarray) -> bool:
+    """Whether what a bright frame or fill surrounds (its blurred quarter-size copy) has a
+    flat dark background of its own (:func:`_flat_fraction`: more of it lies flat at its dark
+    end than at its bright end), near black (its 1st percentile at most twice
+    :data:`FRAME_TOL`): a brightfield section's tissue, which the slide's bright background
+    surrounds, has none (stained tissue's darkest is grey). :func:`frame_box` did not ask
+    the second: val_1 + val_2 sections made brightfield at 200 px on a white 6000 x 8000
+    slide (under 0.1 % of it) had 5 of 22 the slide cut off as a 'flat bright border', and
+    were ranked not inverted (their darkest 1 %: 61-115)."""
+    return (np.percentile(blur, 1) <= 2 * FRAME_TOL
+            and _flat_fraction(blur) > _flat_fraction(255 - blur))
 
 
 #: :func:`bright_fill`: a fill's value is shared (within :data:`FRAME_TOL`) by at least this
@@ -664,9 +677,8 @@ def bright_fill(img: np.ndarray) -> np.ndarray | None:
     inside = blur[cv2.resize(fill.astype(np.uint8), small.shape[::-1],
                              interpolation=cv2.INTER_NEAREST) == 0]
     # a brightfield section's own background is the fill: what it surrounds is tissue, with
-    # no dark background of its own (stained tissue's darkest is grey, not near black)
-    if (not inside.size or np.percentile(inside, 1) > 2 * FRAME_TOL
-            or _flat_fraction(inside) <= _flat_fraction(255 - inside)):
+    # no dark background of its own
+    if not inside.size or not _dark_background(inside):
         return None
     return fill
 
