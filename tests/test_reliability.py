@@ -2859,3 +2859,34 @@ def test_a_write_that_must_not_replace_keeps_a_file_made_meanwhile(tmp_path):
             tmp.write_bytes(b"second")
     assert dst.read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["head_mask.nii.gz"]
+
+
+def test_a_negative_voxel_size_is_said_once_by_samri_ml_alone(tmp_path):
+    """A scan whose header's pixdim is negative: samri_ml-register said its note (before the
+    run) and again from each QC step of the scan, and nibabel's own log line ("pixdim[1,2,3]
+    should be positive; setting to abs of pixdim values", twice: raw and through the root
+    logger) leaked from the workflow's build (its headers read again) and from the bias
+    correction step (Nipype's copy_header): only samri_ml's note, once."""
+    make_dataset(tmp_path)
+    bids = tmp_path / "bids"
+    for run in (bids / BOLD, bids / BOLD.replace(".nii.gz", ".json")):
+        run.unlink()  # the structural scan alone: a shorter run
+    path = bids / ANAT
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[80:84] = np.array([-0.2], "<f4").tobytes()  # pixdim[1] of the NIfTI-1 header
+    path.write_bytes(gzip.compress(bytes(raw)))
+    argv = [arg for arg in _argv(tmp_path, ["WORK=work", "OUT=out"])
+            if arg not in ("--no-qc", "--dry-run")]  # the QC steps read the scan again
+    # a process of its own: nibabel's handler writes to the stderr of its import
+    proc = subprocess.run([sys.executable, "-m", "samri_ml.cli.register", *argv,
+                           "--nprocs", "2"],  # MultiProc: the steps in forked workers
+                          capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 0, err[-2000:]
+    assert "setting to abs" not in err and "nibabel.global" not in err, err
+    notes = [line for line in err.splitlines() if "voxel size (pixdim) is negative" in line]
+    assert notes == [f"samri_ml-register: note: {path}: the header's voxel size (pixdim) is "
+                     "negative, which NIfTI does not allow: taken as positive (nibabel's "
+                     "reading, and the outputs' headers), where ANTs and ITK-SNAP mirror that "
+                     "axis, so outputs on the scan's grid lie mirrored on the scan there; hint: "
+                     "check which way that axis runs, and make the header's pixdim positive"], err

@@ -119,13 +119,18 @@ def _run_cli(prog: str, main: Callable[[list[str] | None], int], argv, memory_hi
     import warnings
 
     default_show = warnings.showwarning
+    said = set()
 
     def show(message, category, filename, lineno, file=None, line=None):
-        # samri_ml's own notes (what it left out or changed) as the command's note lines
+        # samri_ml's own notes (what it left out or changed) as the command's note lines,
+        # each once: a scan's header note came again from each step that read the scan
+        # (samri_ml-register's QC; forked workers inherit the notes said before the run)
         if issubclass(category, SamriMLNote):
-            from samri_ml.cli._notes import note
+            if str(message) not in said:
+                from samri_ml.cli._notes import note
 
-            note(prog, str(message))
+                said.add(str(message))
+                note(prog, str(message))
         else:
             default_show(message, category, filename, lineno, file, line)
 

@@ -872,6 +872,19 @@ def _register(argv=None) -> int:
     # pybids' in-memory database: Ctrl-C while the dataset is indexed logged sqlalchemy's
     # 30-line "Error closing cursor" traceback above the one 'interrupted' line
     logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
+    from samri_ml.io import _nibabel_log
+
+    # what nibabel fixes in a header (a negative pixdim: "setting to abs of pixdim values")
+    # load_nifti says in a note of each scan and of the template before the run; nibabel's
+    # raw line leaked (twice, raw and through the root logger) where the workflow's build
+    # reads the headers again and from a step (Nipype's N4 copy_header; forked workers
+    # inherit its logger as held here)
+    with _nibabel_log():
+        return _run(args, parser, argv)
+
+
+def _run(args, parser, argv) -> int:
+    """:func:`_main` once the command line is parsed and logging set up."""
     validate(args, parser)
     from samri_ml.ants import ensure_ants_on_path
 
