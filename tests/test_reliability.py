@@ -2841,7 +2841,54 @@ def test_a_failed_run_on_a_full_disk_says_to_free_space(tmp_path, cause, hint):
                      f'  File "x.py", line 1, in <module>\n{cause}\n')
     summary = _crash_summary([crash])
     assert cause.split(": ", 1)[1][:20] in summary, summary
-    assert _fix_hint(summary).startswith(hint)
+    assert _fix_hint([crash]).startswith(hint)
+
+
+#: a folder deep enough that a path of it fills the run's quoted cause
+DEEP = "/w" + "/a_rather_long_folder_name" * 10 + "/work/samri_ml_wf/sub_01_ses_1/func0_wf/f_stc"
+
+
+@pytest.mark.parametrize("tail", [
+    # MultiProc's worker: the result file Nipype could not write, then not read back
+    "OSError: [Errno 28] No space left on device\n\nDuring handling of the above exception, "
+    "another exception occurred:\n\nTraceback (most recent call last):\n  File \"x.py\", "
+    f"line 2, in <module>\nFileNotFoundError: {DEEP}/result_f_stc.pklz\n",
+    # the words behind a long path, the end a long hint: the quoted cause is cut between
+    f"samri_ml.errors.SamriMLError: {DEEP}/x.nii.gz: cannot write (No space left on device); "
+    "hint: " + "check the folder and its permissions, " * 3 + "then rerun\n",
+], ids=["chained", "long_path"])
+def test_a_full_disk_is_told_from_the_steps_exception_not_the_quoted_cause(tmp_path, tail):
+    """The full-disk hint looked for "No space left on device" in the run's line, whose cause
+    is cut at 200 characters: a long path before the words, or a chained error after them (a
+    result file that could not be written, then read), lost it ("hint: fix the cause")."""
+    from samri_ml.cli.register import _crash_summary, _fix_hint
+
+    crash = tmp_path / "crash-20261205-120000-root-f_stc-1.txt"
+    crash.write_text("Node: samri_ml_wf.f_stc\nTraceback (most recent call last):\n"
+                     f'  File "x.py", line 1, in <module>\n{tail}')
+    assert "No space left" not in _crash_summary([crash])
+    assert _fix_hint([crash]).startswith("free some space")
+
+
+def test_a_full_disk_outside_the_steps_gets_the_free_space_hint(tmp_path):
+    """A write of the scheduler process itself that found no room (Nipype's d3.js in the work
+    dir, the first file of a run over 100 KB here, under a file size limit: EFBIG, as a full
+    disk) ended the run in "error: OSError: [Errno 27] File too large: '…/d3.js' -> '…' (rerun
+    with -v for the traceback)": a one-line cause naming the file, with the hint to free
+    space."""
+    from samri_ml.testing import file_size_limit
+
+    make_dataset(tmp_path)
+    argv = [arg for arg in _argv(tmp_path, ["WORK=work", "OUT=out"]) if arg != "--dry-run"]
+    proc = subprocess.run([sys.executable, "-m", "samri_ml.cli.register", *argv,
+                           "--nprocs", "1"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=file_size_limit(100_000))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1] == (
+        f"samri_ml-register: error: cannot write {tmp_path}/work/samri_ml_wf/d3.js (File too "
+        "large); hint: free some space (see df -h on the work and output folders) and rerun the "
+        "same command (with the same -w): only what failed or did not run is redone"), \
+        proc.stderr[-2000:]
 
 
 def test_a_write_that_must_not_replace_keeps_a_file_made_meanwhile(tmp_path):

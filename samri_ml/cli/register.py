@@ -50,7 +50,7 @@ from samri_ml.cluster import (
     parse_plugin_args,
     submit_whole,
 )
-from samri_ml.errors import SamriMLError
+from samri_ml.errors import FULL_DISK_CAUSES, FULL_DISK_ERRNOS, SamriMLError
 from samri_ml.hardware import available_cpus
 
 DEFAULT_STRUCTURAL = {"datatype": "anat", "suffix": ["T2w", "T1w"]}
@@ -880,7 +880,18 @@ def _register(argv=None) -> int:
     # reads the headers again and from a step (Nipype's N4 copy_header; forked workers
     # inherit its logger as held here)
     with _nibabel_log():
-        return _run(args, parser, argv)
+        try:
+            return _run(args, parser, argv)
+        except OSError as err:
+            # a write the scheduler process makes (Nipype's d3.js and graph files in the work
+            # dir, the reports): a full disk was "error: OSError: [Errno 28] No space left on
+            # device: '…/d3.js' -> '…/work/samri_ml_wf/d3.js' (rerun with -v for the
+            # traceback)", without the failed steps' hint to free space
+            if err.errno not in FULL_DISK_ERRNOS:
+                raise
+            written = err.filename2 or err.filename  # shutil's copy: (source, target)
+            raise SamriMLError(f"cannot write{f' {written}' if written else ''} "
+                               f"({err.strerror}); hint: {FULL_DISK_HINT}") from err
 
 
 def _run(args, parser, argv) -> int:
@@ -1061,7 +1072,7 @@ def _run(args, parser, argv) -> int:
             summary = _crash_summary(crashes)
             raise SamriMLError(
                 f"{n}{f' ({said})' if said else ''}; crash files are in "
-                f"{args.output_dir}/sub-*/log{summary}; hint: {_fix_hint(summary)}") from err
+                f"{args.output_dir}/sub-*/log{summary}; hint: {_fix_hint(crashes)}") from err
         finally:  # in-process callers (tests, the API) get Nipype's logging back as it was
             logging.getLogger("nipype.workflow").removeFilter(quiet_failures)
         if args.plugin in GRAPH_PLUGINS:
@@ -1162,17 +1173,37 @@ def _crash_summary(crashes: list[Path]) -> str:
     return f", the first {crashes[0].name} says: {cause}"
 
 
-def _fix_hint(summary: str) -> str:
-    """The failed run's hint, from :func:`_crash_summary`'s text: "free some space" where a
-    step found the disk full (it said "fix the cause", which sent users to look for a bug),
-    else "fix the cause"; then rerun."""
-    from samri_ml.errors import FULL_DISK_CAUSES
+#: the hint of a run that found no room to write (:data:`~samri_ml.errors.FULL_DISK_ERRNOS`)
+FULL_DISK_HINT = ("free some space (see df -h on the work and output folders) and rerun the "
+                  "same command (with the same -w): only what failed or did not run is redone")
 
-    if any(cause in summary for cause in FULL_DISK_CAUSES):
-        return ("free some space (see df -h on the work and output folders) and rerun the same "
-                "command (with the same -w): only what failed or did not run is redone")
+
+def _fix_hint(crashes: list[Path]) -> str:
+    """The failed run's hint: "free some space" where the first of its ``crashes`` (the one
+    :func:`_crash_summary` quotes) is of a step that found the disk full (it said "fix the
+    cause", which sent users to look for a bug), else "fix the cause"; then rerun."""
+    if crashes and _full_disk_crash(crashes[0]):
+        return FULL_DISK_HINT
     return ("fix the cause and rerun the same command (with the same -w): only what failed or "
             "did not run is redone")
+
+
+def _full_disk_crash(crash: Path) -> bool:
+    """Whether the Nipype crash file ``crash`` is of a write that found no room: an exception
+    of its traceback, chained ones too, is an ``OSError`` of
+    :data:`~samri_ml.errors.FULL_DISK_ERRNOS` (``[Errno 28] No space left on device``), or
+    its cause (:func:`~samri_ml.report.crash_cause`) says one's words. The cause as the run's
+    line quotes it, cut to 200 characters, lost them behind a long path, and a chained error
+    (the result file Nipype could then not write, or read back) has none."""
+    from samri_ml.report import crash_cause
+
+    try:
+        text = crash.read_text(errors="replace")
+    except OSError:
+        return False
+    cause = crash_cause(text)
+    return any(f"[Errno {code}] {os.strerror(code)}" in text for code in FULL_DISK_ERRNOS) or \
+        any(words in cause for words in FULL_DISK_CAUSES)
 
 
 def _drop_interrupt_crash_files(output_dir: Path, started: float) -> None:
