@@ -1066,6 +1066,26 @@ def test_a_template_mask_of_other_values_than_0_and_1_is_the_brain_above_half(tm
         init_generic_wf(template_mask=binary, **kw)
 
 
+@pytest.mark.parametrize("method", ["composite", "functional"])
+def test_init_generic_wf_binarises_the_template_mask_in_one_node(tmp_path, method):
+    """init_generic_wf's template_binary_mask node gave its 0/1 mask to the streams, whose own
+    template_binary_mask nodes read it again and gave it on unchanged: two or more nodes per
+    session of one job (each a step of the run, 6 of the example data's 93). One node, its
+    mask used by every registration that takes the template's mask, and by the QC."""
+    anat = _run_with_slices(tmp_path / "sub-01_T2w.nii.gz", shape=(8, 8, 8))
+    run = _run_with_slices(tmp_path / "sub-01_task-rest_bold.nii.gz", shape=(8, 8, 8, 3))
+    wf = init_generic_wf(template=anat, template_mask=anat, anat_file=anat, bold_files=[run],
+                         method=method, flavour="fast", dummy_scans=0)
+    graph = generate_expanded_graph(wf._create_flat_graph())  # the steps a run runs
+    binarising = [node.fullname for node in graph.nodes()
+                  if node.name == "template_binary_mask"]
+    assert binarising == [f"{wf.name}.template_binary_mask"], binarising
+    node = next(n for n in graph.nodes() if n.name == "template_binary_mask")
+    uses = {dst.name for _, dst in graph.out_edges(node)}
+    stream = {"composite": "s_fixed_masks", "functional": "f_fixed_masks"}[method]
+    assert {stream, "anat_vcf", "func0_vcf"} <= uses, uses
+
+
 @pytest.mark.parametrize("factory", [
     lambda: init_structural_wf(flavour="fast", masking="input"),
     lambda: init_structural_wf(flavour="samri"),

@@ -239,8 +239,9 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
            f"masking {masking}")
     anat_wf = None
     if anat_file is not None:
+        # the mask binarised above, once for all the streams (and the QC)
         anat_wf = init_structural_wf(flavour=flavour, masking=masking, omp_nthreads=omp_nthreads,
-                                     mask_model=mask_model,
+                                     mask_model=mask_model, binarise_template_mask=False,
                                      name="anat_wf")
         anat_wf.inputs.inputnode.in_file = str(anat_file)
         wf.connect(inputnode, "template", anat_wf, "inputnode.template")
@@ -272,7 +273,8 @@ def init_generic_wf(*, template: str, template_mask: str, anat_file: str | None 
                 flavour=flavour, method=method, masking=masking, dummy_scans=dummy_scans,
                 slice_timing=times, repetition_time=meta.get("RepetitionTime"),
                 slice_encoding_direction=meta.get("SliceEncodingDirection", "k"),
-                omp_nthreads=omp_nthreads, mask_model=mask_model, name=f"func{index}_wf")
+                omp_nthreads=omp_nthreads, mask_model=mask_model,
+                binarise_template_mask=False, name=f"func{index}_wf")
         except SamriMLError as err:  # its metadata: name the run
             raise SamriMLError(f"bold_files[{index}] {bold}: {err}") from None
         func_wf.inputs.inputnode.in_file = str(bold)

@@ -187,6 +187,14 @@ def _template_binary_mask(wf, source):
     return node, "out_file"
 
 
+def _template_mask(wf, inputnode, binarise: bool):
+    """The template's mask of a stream (``inputnode.template_mask``) as its registration takes
+    it: through :func:`_template_binary_mask` where ``binarise``, else as given (0/1 already:
+    init_generic_wf's own node made it so, and a second node per stream read it again)."""
+    source = (inputnode, "template_mask")
+    return _template_binary_mask(wf, source) if binarise else source
+
+
 def _brain(in_file, mask_file):
     """The image times its brain mask, written into the node's folder."""
     import os
@@ -301,7 +309,8 @@ def _mask_source(workflow, masking, inputnode, image_source, prefix, omp_nthread
 
 
 def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_nthreads: int = 1,
-                       mask_model: str | None = None, name: str = "structural_wf"):
+                       mask_model: str | None = None, binarise_template_mask: bool = True,
+                       name: str = "structural_wf"):
     """Structural stream: bias correction and registration to a template.
 
     Parameters
@@ -315,6 +324,10 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     mask_model : str or None
         The U-Net of ``masking='unet'`` (a ``.keras`` file, e.g. one fine-tuned with
         ``samri_ml-train-masker --scans``); None: the shipped one.
+    binarise_template_mask : bool
+        Take ``inputnode.template_mask`` above 0.5 (node ``template_binary_mask``); False:
+        it is a 0/1 mask already, used as given (init_generic_wf binarises it once for all
+        its streams).
 
     Inputs
     ------
@@ -355,7 +368,7 @@ def init_structural_wf(*, flavour: str = "default", masking: str = "none", omp_n
     register = _registration(wf, flavour=flavour, stream="structural", prefix="s",
                              omp_nthreads=omp_nthreads, fixed=(inputnode, "template"),
                              moving=(biascorrect, "output_image"),
-                             fixed_mask=_template_binary_mask(wf, (inputnode, "template_mask")),
+                             fixed_mask=_template_mask(wf, inputnode, binarise_template_mask),
                              moving_mask=mask)
     wf.connect([
         (register, warp, [("composite_transform", "transforms")]),
@@ -373,7 +386,8 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
                        masking: str = "none", dummy_scans: int = 10, slice_timing=None,
                        repetition_time: float | None = None,
                        slice_encoding_direction: str = "k", omp_nthreads: int = 1,
-                       mask_model: str | None = None, name: str = "functional_wf"):
+                       mask_model: str | None = None, binarise_template_mask: bool = True,
+                       name: str = "functional_wf"):
     """Functional stream: a 4D run into template space.
 
     Parameters
@@ -396,6 +410,8 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         correction.
     repetition_time : float
         Needed with ``slice_timing``.
+    binarise_template_mask : bool
+        As :func:`init_structural_wf`'s (used by ``method='functional'``).
 
     Inputs
     ------
@@ -506,7 +522,7 @@ def init_functional_wf(*, flavour: str = "default", method: str = "composite",
         register = _registration(
             wf, flavour=flavour, stream=stream, prefix="f", omp_nthreads=omp_nthreads,
             fixed=(inputnode, "template"), moving=(biascorrect, "output_image"),
-            fixed_mask=_template_binary_mask(wf, (inputnode, "template_mask")),
+            fixed_mask=_template_mask(wf, inputnode, binarise_template_mask),
             moving_mask=mask)
         wf.connect(register, "composite_transform", merge, "in1")
     else:
