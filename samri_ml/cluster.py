@@ -380,7 +380,15 @@ def follow_jobs(runner) -> None:
     and compared its answer (bytes) with a string: a TypeError, taken for "not ended" after 50
     s of retries, so a job that ended unseen (a cluster with ``finished_jobs 0``, or more jobs
     ending between two polls than qstat keeps) counted as running for ever and the run hung.
-    ``qacct -j ID`` is read as text now."""
+    ``qacct -j ID`` is read as text now.
+
+    MultiProc (:func:`_follow_workers`): a step whose result file could not be written (a
+    full work dir) hung the run."""
+    from concurrent.futures import Executor
+
+    if isinstance(getattr(runner, "pool", None), Executor):  # MultiProc's (not a Pool's)
+        _follow_workers(runner)
+        return
     get = getattr(runner, "_get_result", None)
     if get is None or not hasattr(runner, "_pending"):
         return
@@ -403,6 +411,36 @@ def follow_jobs(runner) -> None:
         runner._is_pending = _slurm_pending
     elif hasattr(runner, "_refQstatSubstitute"):  # SGE
         runner._refQstatSubstitute._qacct_verified_complete = _sge_ended
+
+
+def _follow_workers(runner) -> None:
+    """Make a step of Nipype's MultiProc plugin (``runner``) that failed in its worker beyond
+    the step's own error handling fail the step, not hang the run.
+
+    A step whose result file could not be written (a work dir on a full disk: "[Errno 28] No
+    space left on device") failed, and the worker then read that file back for the crash
+    report: its FileNotFoundError reached the plugin's callback, which never recorded the step
+    as ended, and the run waited for it for ever after one "exception calling callback for
+    <Future ...>" traceback (seen on the example data in a 3 MB work dir: 10 minutes, then
+    killed). The step now fails with a crash file of the worker's errors (the full disk among
+    them, which the run's hint names), and the run goes on as after any failed step."""
+    import traceback
+
+    callback, tasks = runner._async_callback, getattr(runner, "_task_obj", {})
+
+    def settled(future):
+        try:
+            future.result()
+        except Exception as err:  # noqa: BLE001 - whatever escaped the worker fails its step
+            # (a future done at once calls back before the plugin has filed it: the task
+            # being submitted)
+            taskid = next((t for t, f in list(tasks.items()) if f is future), runner._taskid)
+            runner._taskresult[taskid] = {"result": None, "taskid": taskid,
+                                          "traceback": traceback.format_exception(err)}
+            return
+        callback(future)
+
+    runner._async_callback = settled
 
 
 def _condor_pending(taskid) -> bool:

@@ -2937,3 +2937,53 @@ def test_a_negative_voxel_size_is_said_once_by_samri_ml_alone(tmp_path):
                      "reading, and the outputs' headers), where ANTs and ITK-SNAP mirror that "
                      "axis, so outputs on the scan's grid lie mirrored on the scan there; hint: "
                      "check which way that axis runs, and make the header's pixdim positive"], err
+
+
+#: a MultiProc run of one step whose worker finds no room for the step's result file (a file
+#: size limit set in the worker: EFBIG, as a full work dir); ``follow`` mends the plugin
+_FULL_WORKER = """
+import sys
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe, plugins
+from samri_ml.cluster import follow_jobs
+
+def _fill(x):
+    import os, resource, signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    return os.urandom(50_000)  # the result file: over the limit, gzipped too
+
+wf = pe.Workflow("w", base_dir=sys.argv[1])
+wf.add_nodes([pe.Node(niu.Function(function=_fill, input_names=["x"], output_names=["y"]),
+                      name="a")])
+wf.get_node("a").inputs.x = 1
+wf.config["execution"].update(poll_sleep_duration=0.2, crashdump_dir=sys.argv[2],
+                              crashfile_format="txt")
+runner = plugins.MultiProcPlugin(plugin_args={"n_procs": 2})
+if sys.argv[3] == "follow":
+    follow_jobs(runner)
+try:
+    wf.run(plugin=runner)
+except RuntimeError:
+    sys.exit(3)
+"""
+
+
+def test_a_multiproc_step_without_room_for_its_result_fails_not_hangs(tmp_path):
+    """A step whose result file could not be written (a full work dir: seen on the example
+    data with -w on a 3 MB tmpfs) hung samri_ml-register for ever under MultiProc, after one
+    "exception calling callback for <Future ...>" traceback: the worker read the missing file
+    back for its crash report, and Nipype's callback never recorded the step as ended. The
+    step fails with a crash file of the worker's errors, and the run's hint says to free
+    space (its quoted cause is the FileNotFoundError of the result file)."""
+    from samri_ml.cli.register import _fix_hint
+
+    crashes, script = tmp_path / "log", tmp_path / "full_worker.py"
+    script.write_text(_FULL_WORKER)  # (Nipype's Function reads its function's source)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "work"), str(crashes),
+                           "follow"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr[-2000:]  # the run failed, and ended
+    crash = list(crashes.glob("crash-*.txt"))
+    assert len(crash) == 1, proc.stderr[-2000:]
+    assert "[Errno 27] File too large" in crash[0].read_text()
+    assert _fix_hint(crash).startswith("free some space")

@@ -1006,7 +1006,9 @@ def _run(args, parser, argv) -> int:
                 # after Ctrl-C
                 runner = getattr(plugins, f"{args.plugin}Plugin")(plugin_args=plugin_args)
                 submit_whole(runner, PROG)  # Ctrl-C waits for a submission: its job is cancelled
-                follow_jobs(runner)  # a job killed by the scheduler fails its step, not the run
+                # a job killed by the scheduler, a MultiProc step whose result file could
+                # not be written: its step fails, the run neither stops nor hangs
+                follow_jobs(runner)
                 graph = wf.run(plugin=runner)
         except KeyboardInterrupt:
             _drop_interrupt_crash_files(args.output_dir, started)
