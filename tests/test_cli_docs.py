@@ -715,3 +715,28 @@ def test_every_doc_is_named_where_the_readme_says_where_to_read_on():
     missing = [p.name for p in sorted((ROOT / "docs").glob("*.rst"))
                if f"``docs/{p.name}``" not in listed]
     assert not missing, missing
+
+
+def test_a_field_of_view_under_a_quarter_of_the_templates_is_refused_too(
+        tmp_path, capsys, example):
+    """docs/registration.rst said ``--no-fov-check`` lets through scans whose field of view is
+    over 4x the template's; the check also refuses one under a quarter of it (a header whose
+    voxel sizes are 10x too small), which the docs now say: refused in one line with the
+    hint, let through with a note by ``--no-fov-check``."""
+    import shutil
+
+    from samri_ml.cli.register import main as register
+
+    bids = tmp_path / "bids"
+    shutil.copytree(example, bids)
+    scan = next(bids.glob("sub-01/ses-1/anat/*_T2w.nii.gz"))
+    img = nb.load(scan)
+    affine = img.affine.copy()
+    affine[:3, :3] /= 5
+    nb.save(nb.Nifti1Image(np.asanyarray(img.dataobj), affine, img.header), scan)
+    argv = _register_argv(bids, tmp_path / "out", "--dry-run")
+    assert register(argv) == 1
+    err = capsys.readouterr().err
+    assert "is 0.2x the template's" in err and "--no-fov-check" in err, err
+    assert register([*argv, "--no-fov-check"]) == 0
+    assert "--no-fov-check: 1 scan(s) registered" in capsys.readouterr().err
