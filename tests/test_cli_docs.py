@@ -740,3 +740,30 @@ def test_a_field_of_view_under_a_quarter_of_the_templates_is_refused_too(
     assert "is 0.2x the template's" in err and "--no-fov-check" in err, err
     assert register([*argv, "--no-fov-check"]) == 0
     assert "--no-fov-check: 1 scan(s) registered" in capsys.readouterr().err
+
+
+def test_every_section_the_docs_name_is_one_the_named_doc_has():
+    """The docs send a lab to a section by name (``docs/plates.rst``, "Latest"; the README,
+    "Reliability"); cutting the README moved sections between files, and a name left behind
+    points to nothing. Each quoted name after a doc must start a heading of that doc, or a
+    paragraph's bold or italic lead (``**Latest**``, ``*Sections scanned larger ...*``)."""
+    import re
+
+    docs = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst")),
+            *sorted((ROOT / "samri_ml" / "data" / "models").rglob("*.md"))]
+    pointer = re.compile(r"(?:``)?(docs/\w+\.rst|README)(?:``)?,\s+\"([^\"]+)\"")
+    elsewhere = re.compile(r"\"([^\"]{8,})\" in (?:``)?(docs/\w+\.rst)")  # "X" in docs/y.rst
+    here = re.compile(r"(?:see )\"([^\"]{8,})\" (?:below|above)")  # see "X" below
+    missing, n = [], 0
+    for doc in docs:
+        text = " ".join(doc.read_text().split())
+        pointers = [*pointer.findall(text), *((t, x) for x, t in elsewhere.findall(text)),
+                    *((str(doc.relative_to(ROOT)), x) for x in here.findall(text))]
+        for target, name in pointers:
+            n += 1
+            lines = (ROOT / ("README.rst" if target == "README" else target)).read_text()
+            lines = [line.strip().lstrip("*").strip() for line in lines.splitlines()]
+            if not any(line.startswith(name.strip()) for line in lines):
+                missing.append(f'{doc.name}: {target}, "{name}"')
+    assert not missing, "\n".join(missing)
+    assert n >= 10, n
