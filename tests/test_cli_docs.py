@@ -547,6 +547,25 @@ def test_the_plates_card_and_docs_commands_parse():
     assert n >= 10, n
 
 
+def _command_parsers() -> dict:
+    """``(module, argparse parser)`` of every ``samri_ml-<program>`` console script of
+    setup.cfg."""
+    import configparser
+    import importlib
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    scripts = dict(line.replace(" ", "").split("=", 1) for line in
+                   config["options.entry_points"]["console_scripts"].strip().splitlines())
+    parsers = {}
+    for name, target in scripts.items():
+        if name.startswith("samri_ml-"):
+            module = importlib.import_module(target.split(":")[0])
+            factory = getattr(module, "get_parser", None) or module.build_parser
+            parsers[name] = module, factory()
+    return parsers
+
+
 def _option_strings(parser) -> set[str]:
     """Every option string of ``parser`` and of its subcommands' parsers."""
     import argparse
@@ -566,20 +585,9 @@ def test_every_option_the_docs_give_a_command_is_one_it_takes():
     in one command (lines joined at a trailing backslash; quoted arguments such as
     ``--plugin-args '{"sbatch_args": "--mem=8G"}'`` left out) must be one the program's parser
     takes, and every ``samri_ml-<program>`` must be a console script of setup.cfg."""
-    import configparser
-    import importlib
     import re
 
-    config = configparser.ConfigParser()
-    config.read(ROOT / "setup.cfg")
-    scripts = dict(line.replace(" ", "").split("=", 1) for line in
-                   config["options.entry_points"]["console_scripts"].strip().splitlines())
-    parsers = {}
-    for name, target in scripts.items():
-        if name.startswith("samri_ml-"):
-            module = importlib.import_module(target.split(":")[0])
-            factory = getattr(module, "get_parser", None) or module.build_parser
-            parsers[name] = _option_strings(factory())
+    parsers = {name: _option_strings(parser) for name, (_, parser) in _command_parsers().items()}
     docs = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst")),
             *sorted((ROOT / "samri_ml" / "data" / "models").rglob("*.md")),
             *sorted((ROOT / "examples").iterdir())]
@@ -767,3 +775,33 @@ def test_every_section_the_docs_name_is_one_the_named_doc_has():
                 missing.append(f'{doc.name}: {target}, "{name}"')
     assert not missing, "\n".join(missing)
     assert n >= 10, n
+
+
+def test_options_the_readme_gives_as_alternatives_exclude_each_other():
+    """The README's synopses write ``[--a | --b]`` for options of which one may be given.
+    ``samri_ml-evaluate-masker [--phantom | --scans DIR]`` said so of two that go together
+    (``--phantom`` adds the example's phantoms to the shared data's scans or to ``--scans``):
+    a lab without the shared data read ``--phantom`` as the way to run without it, and was
+    refused ('data folder not found'). Each such pair must be a mutually exclusive group of
+    the command's parser, or refused together by its own message ('--overwrite and
+    --skip-existing: give one')."""
+    import inspect
+    import re
+
+    parsers = _command_parsers()
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "README.rst").read_text())
+    wrong, n = [], 0
+    for line in text.splitlines():
+        m = re.match(r"\s*(samri_ml-[a-z-]+)\s", line)
+        if not m:
+            continue
+        module, parser = parsers[m.group(1)]
+        source = inspect.getsource(module)
+        groups = [{s for a in g._group_actions for s in a.option_strings}
+                  for g in parser._mutually_exclusive_groups]
+        for a, b in re.findall(r"\[(--[\w-]+)[^\[\]|]*\|\s*(--[\w-]+)[^\[\]]*\]", line):
+            n += 1
+            if not any({a, b} <= g for g in groups) and f"{a} and {b}" not in source:
+                wrong.append(f"{m.group(1)} [{a} | {b}]")
+    assert not wrong, wrong
+    assert n >= 2, n
