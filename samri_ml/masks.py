@@ -202,3 +202,23 @@ def brain_volume_note(mm3: float, voxel_mm) -> str | None:
                        "large?")
     return note + ("only a few slices of the brain in the image, or part of it masked (look at "
                    f"it on the image)? or the header's voxel size ({sizes} mm) too small?")
+
+
+def voxel_size_mm(img):
+    """The voxel edges of ``img`` in mm: the affine's column lengths in the header's spatial
+    unit (:func:`samri_ml.qc.volume.mm_per_unit`: micron, meter)."""
+    from nibabel.affines import voxel_sizes
+
+    from samri_ml.qc.volume import affine_mm
+
+    return voxel_sizes(affine_mm(img))
+
+
+def mask_volume(mask_img) -> tuple[int, float, str | None]:
+    """A brain mask's voxels (those above 0), its volume in mm^3 whatever the header's spatial
+    unit, and :func:`brain_volume_note` on it (None where a mouse brain has that volume)."""
+    from samri_ml.qc.volume import affine_mm, voxel_volume
+
+    n = int(np.count_nonzero(np.asanyarray(mask_img.dataobj) > 0))
+    mm3 = n * voxel_volume(affine_mm(mask_img))
+    return n, mm3, brain_volume_note(mm3, voxel_size_mm(mask_img))

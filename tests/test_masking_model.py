@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import nibabel as nb
 import numpy as np
@@ -633,9 +634,12 @@ def test_maskbrain_node(tmp_path, phantom, monkeypatch):
     src = tmp_path / "sub-1_T2w.nii"
     nb.save(phantom["T2w"], src)
     monkeypatch.chdir(tmp_path)
-    res = MaskBrain(in_file=str(src), report=True).run()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = MaskBrain(in_file=str(src), report=True).run()
     out = res.outputs
     assert out.mask_list == [out.out_mask]
+    assert not [w for w in caught if "a brain mask of" in str(w.message)]  # a mouse's volume
     from samri_ml.report import PREDICTED_MASK_COLOUR
     from samri_ml.testing import colour_pixels
 
@@ -645,6 +649,24 @@ def test_maskbrain_node(tmp_path, phantom, monkeypatch):
     assert dice(mask > 0, np.asarray(phantom["mask"].dataobj) > 0) > 0.75
     brain = np.asarray(nb.load(out.out_file).dataobj)
     assert not brain[mask == 0].any() and brain[mask > 0].any()
+
+
+def test_maskbrain_says_when_its_mask_has_a_volume_no_mouse_brain_has(tmp_path, phantom):
+    """The node gave a rat's mask, or that of a scan whose header's voxels are too large,
+    without a word (``samri_ml-mask`` says it): a SamriMLNote now, as the command's note."""
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.interfaces.masking import MaskBrain
+
+    img = phantom["T2w"]
+    src = tmp_path / "sub-1_T2w.nii.gz"
+    # voxel edges twice as long: 8 times the phantom's brain, a rat's
+    nb.save(nb.Nifti1Image(np.asanyarray(img.dataobj), np.diag([2, 2, 2, 1]) @ img.affine), src)
+    with pytest.warns(SamriMLNote, match=r"sub-1_T2w.nii.gz: a brain mask of \d+ mm\^3, outside "
+                      r"a mouse brain's 133-1650 mm\^3; hint: not a mouse") as caught:
+        out = MaskBrain(in_file=str(src), views=["coronal"]).run(cwd=str(tmp_path)).outputs
+    said = [w for w in caught if "a brain mask of" in str(w.message)]
+    assert len(said) == 1 and str(src) in str(said[0].message)
+    assert np.asarray(nb.load(out.out_mask).dataobj).any()  # the mask is still given
 
 
 def test_trained_model_is_saved_compact_and_predicts_the_same(tmp_path):

@@ -77,9 +77,8 @@ def test_no_real_mouse_scan_gets_the_brain_volume_note(shared_data, tmp_path, ca
     the scans in one batch, the model loaded once (about 20 s on 2 cores)."""
     import nibabel as nb
 
-    from samri_ml.cli.mask import main, voxel_size_mm
-    from samri_ml.masks import brain_volume_note
-    from samri_ml.qc.volume import affine_mm, voxel_volume
+    from samri_ml.cli.mask import main
+    from samri_ml.masks import mask_volume
 
     mri = shared_data / "mri"
     masks = sorted((mri / "templates").glob("*mask*")) + sorted(
@@ -95,9 +94,8 @@ def test_no_real_mouse_scan_gets_the_brain_volume_note(shared_data, tmp_path, ca
     if not all(p.is_file() for p in (*masks, *scans, *quirks)) or len(scans) < 25:
         pytest.skip("some of the shared data's mouse scans are missing")
     for path in masks:
-        img = nb.load(path)
-        mm3 = float((np.asarray(img.dataobj) > 0).sum()) * voxel_volume(affine_mm(img))
-        assert brain_volume_note(mm3, voxel_size_mm(img)) is None, (path, mm3)
+        _, mm3, note = mask_volume(nb.load(path))
+        assert note is None, (path, mm3)
     assert main([*map(str, scans), *map(str, quirks), "--out-dir", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     said = {}  # each scan's summary line and the note below it, if any

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shutil
+import warnings
 
 import pytest
 
@@ -143,3 +144,40 @@ def test_the_notes_log_says_how_the_run_ended(tmp_path, ending, last):
     log = (tmp_path / NOTES_LOG).read_text().splitlines()
     assert log[1:] == ["# samri_ml-register /b /o participant",
                        NOTE + "sub-01_T2w.nii.gz: a note", f"# samri_ml-register: {last}"]
+
+
+@pytest.mark.slow
+def test_a_predicted_mask_of_no_mouse_brains_volume_is_a_note_of_the_run(example_dataset,
+                                                                          tmp_path):
+    """``--masking unet`` on a rat-sized brain (the example's sub-01 with voxel edges twice as
+    long: 3000-4000 mm^3) registered without a word on it: the MaskBrain nodes ran in worker
+    processes. One note per scan now, kept (report, log) as the others, and said once: not
+    also as the node's own warning."""
+    import nibabel as nb
+    import numpy as np
+
+    bids = tmp_path / "bids"
+    shutil.copytree(example_dataset, bids)
+    scans = sorted((bids / "sub-01").rglob("*.nii.gz"))
+    for scan in scans:
+        img = nb.load(scan)
+        nb.save(nb.Nifti1Image(np.asanyarray(img.dataobj), np.diag([2, 2, 2, 1]) @ img.affine,
+                               img.header), scan)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # in this process (Linear): a node's warning would be a note of its own
+        err = _register(bids, tmp_path / "out", tmp_path / "work", "--masking", "unet",
+                        "--plugin", "Linear")
+    assert not [w for w in caught if "a brain mask of" in str(w.message)]
+    said = [line for line in err.splitlines() if "a brain mask of" in line]
+    assert len(said) == len(scans) == 2, err
+    for scan, line in zip(scans, said, strict=True):  # anat, then func
+        name = scan.name.replace("_T2w", "").replace("_bold", "")
+        assert line.startswith(NOTE) and name.replace(".nii.gz", "_desc-brain_mask.nii.gz") \
+            in line and f"(the predicted mask of {scan.name}): a brain mask of " in line
+        assert "hint: not a mouse" in line
+    report = (tmp_path / "out" / "sub-01.html").read_text()
+    log = (tmp_path / "out" / NOTES_LOG).read_text().splitlines()
+    for line in said:
+        assert line in log
+        assert line.removeprefix(NOTE).replace("'", "&#x27;") in report

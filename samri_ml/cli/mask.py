@@ -361,33 +361,20 @@ def _is_nifti_name(path) -> bool:
     return str(path).lower().endswith((".nii", ".nii.gz"))
 
 
-def voxel_size_mm(img):
-    """The voxel edges of ``img`` in mm: the affine's column lengths in the header's spatial
-    unit (:func:`samri_ml.qc.volume.mm_per_unit`: micron, meter)."""
-    from nibabel.affines import voxel_sizes
-
-    from samri_ml.qc.volume import affine_mm
-
-    return voxel_sizes(affine_mm(img))
-
-
 def summary(mask, out_file, masked=None) -> str:
     """The line said when a mask is written: its volume, its share of the image, where the
     files went; and a note where no mouse brain has that volume
     (:func:`samri_ml.masks.brain_volume_note`: a rat, the whole head masked, a few slices, the
     header's voxel size off by a factor of ten, a common quirk of rodent scans). Sizes are in
-    mm whatever the header's spatial unit (micron, meter; :func:`voxel_size_mm`)."""
+    mm whatever the header's spatial unit (micron, meter; :func:`samri_ml.masks.mask_volume`)."""
     import numpy as np
 
-    from samri_ml.masks import brain_volume_note
-    from samri_ml.qc.volume import affine_mm, voxel_volume
+    from samri_ml.masks import mask_volume
 
-    data = np.asarray(mask.dataobj) > 0
-    mm3 = float(data.sum()) * voxel_volume(affine_mm(mask))
-    line = (f"{PROG}: {out_file}: brain mask of {int(data.sum())} voxels, {mm3:.0f} mm^3, "
-            f"{100 * data.mean():.1f} % of the image")
+    n, mm3, note = mask_volume(mask)
+    line = (f"{PROG}: {out_file}: brain mask of {n} voxels, {mm3:.0f} mm^3, "
+            f"{100 * n / np.prod(mask.shape):.1f} % of the image")
     line += f"; masked image {masked}" if masked is not None else ""
-    note = brain_volume_note(mm3, voxel_size_mm(mask))
     return line + (f"\n{PROG}: note: {note}" if note else "")
 
 

@@ -989,6 +989,9 @@ def _run(args, parser, argv) -> int:
         # workers inherit the filter)
         warnings.filterwarnings("ignore", message=r"only \d+ volumes: dropping",
                                 category=UserWarning)
+        # the MaskBrain nodes' note on a mask's volume: said once, kept, after the run
+        # (_note_mask_volumes)
+        warnings.filterwarnings("ignore", message=MASK_VOLUME_WARNING, category=UserWarning)
         template = plugin_args.get("template")
         if isinstance(template, str) and os.path.isfile(template):  # read in the work dir
             plugin_args["template"] = os.path.abspath(template)
@@ -1096,6 +1099,10 @@ def _run(args, parser, argv) -> int:
         _note_implausible_qc(args, [*sink_outputs(graph), *off_template])
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
+
+
+#: how the note of a MaskBrain node on a mask's volume reads (a ``warnings`` filter)
+MASK_VOLUME_WARNING = r".*: a brain mask of \S+ mm\^3, outside a mouse brain's"
 
 
 def _write_notes(args, started: float, exc_type=None, exc=None, tb=None) -> None:
@@ -1505,6 +1512,7 @@ def _write_reports(args, sessions, started: float | None = None,
     run wrote or found as it would have written them (:func:`_confirmed_outputs`). Returns
     the reports' records of the structural scans off the template without a QC record
     (``--no-qc``), for :func:`_note_implausible_qc`."""
+    _note_mask_volumes(args, sessions)  # before the notes are shared out among the reports
     try:
         from samri_ml.report import INDEX, write_subject_reports
     except ImportError:
@@ -1528,6 +1536,32 @@ def _write_reports(args, sessions, started: float | None = None,
     print(f"{PROG}: every subject's report: {args.output_dir / INDEX}", file=sys.stderr)
     _note_sessions_not_reported(args.output_dir, sessions)
     return off_template
+
+
+def _note_mask_volumes(args, sessions) -> None:
+    """With ``--masking unet``, a note for each scan whose predicted brain mask (its
+    ``desc-brain_mask`` derivative, as the report shows it) has a volume no mouse brain has
+    (:func:`samri_ml.masks.mask_volume`: a rat, a header's voxel size off by ten), as
+    ``samri_ml-mask`` says it. The masks are made by MaskBrain nodes in worker processes,
+    whose warnings reach no note: a rat dataset registered without a word on it. Said here,
+    in the run's own process, so that the note is kept with the others (the subject's report,
+    ``log/notes.txt``); also where every step is reused."""
+    if args.masking != "unet":
+        return
+    import nibabel as nb
+
+    from samri_ml.masks import mask_volume
+    from samri_ml.report import _derivative
+
+    for item in sessions:
+        for raw in session_scans(item):
+            path = _derivative(args.output_dir, raw, desc="brain", suffix="mask")
+            try:
+                said = mask_volume(nb.load(path))[2] if path.is_file() else None
+            except Exception:  # noqa: BLE001 -- an unreadable mask is the report's to show
+                continue
+            if said:
+                note(PROG, f"{path} (the predicted mask of {Path(raw).name}): {said}")
 
 
 def _note_sessions_not_reported(output_dir: Path, sessions) -> None:

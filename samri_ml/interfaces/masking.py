@@ -114,7 +114,25 @@ class MaskBrain(SimpleInterface):
         else:
             out = mask_files(**kwargs)
         self._results.update(out, mask_list=[out["out_mask"]])
+        _warn_implausible_volume(self.inputs.in_file, out["out_mask"])
         return runtime
+
+
+def _warn_implausible_volume(in_file, out_mask) -> None:
+    """A :class:`~samri_ml.errors.SamriMLNote` where the mask's volume is no mouse brain's
+    (:func:`samri_ml.masks.mask_volume`: a rat, a header's voxel size ten times off), as
+    ``samri_ml-mask`` says it: the node gave the mask without a word. Said here, in the
+    node's process, not in :func:`mask_files` (a new interpreter's warnings are lost)."""
+    import warnings
+
+    import nibabel as nb
+
+    from samri_ml.errors import SamriMLNote
+    from samri_ml.masks import mask_volume
+
+    note = mask_volume(nb.load(out_mask))[2]
+    if note:
+        warnings.warn(f"{in_file}: {note}", SamriMLNote, stacklevel=2)
 
 
 def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "coronal",
