@@ -181,3 +181,43 @@ def test_a_predicted_mask_of_no_mouse_brains_volume_is_a_note_of_the_run(example
     for line in said:
         assert line in log
         assert line.removeprefix(NOTE).replace("'", "&#x27;") in report
+
+
+def test_a_subject_is_named_by_a_bids_name_not_by_the_folders_a_dataset_lies_in():
+    """A note was filed under a subject wherever ``sub-<label>`` stood in it: a dataset under
+    ``/data/sub-01_study`` (or in a folder ``sub-01``) had its own notes in sub-01's report."""
+    from samri_ml.cli._notes import subjects_named
+
+    description = Note("/data/sub-01_study/bids/dataset_description.json: no Name")
+    assert description.subjects == set()
+    in_folder = Note("/data/sub-01/bids/dataset_description.json: no Name")
+    scan = Note("/data/sub-01/bids/sub-02/anat/sub-02_T2w.nii.gz: no RepetitionTime",
+                ["/data/sub-01/bids/sub-02/anat/sub-02_T2w.nii.gz"])
+    mine, rest = notes_of([description, in_folder, scan], ["01", "02"],
+                          roots=["/data/sub-01/bids", "/data/sub-01/out/"])
+    assert mine == {"02": [scan]} and rest == [description, in_folder]
+    assert notes_of([in_folder], ["01"])[0] == {"01": [in_folder]}  # without the roots
+    # folders sub-<label>, file names, words; a list without spaces; not sub-13-old/
+    assert subjects_named("skipped: sub-09,sub-10 (no scan); sub-11.html shows; sub-12: x; "
+                          "/d/sub-13-old/x; /o/sub-14_study/sub-15/anat/sub-15_T2w.nii") \
+        == {"09", "10", "11", "12", "15"}
+
+
+@pytest.mark.slow
+def test_the_notes_of_an_output_dir_in_a_folder_named_as_a_subject_are_the_datasets(
+        example_dataset, tmp_path):
+    """OUTPUT_DIR in ``…/sub-01_study/`` (BIDS_DIR there is refused before the run): the
+    dataset's note on it (made from a dataset since moved) was in sub-01's report, not in
+    index.html."""
+    bids = tmp_path / "bids"
+    shutil.copytree(example_dataset, bids)
+    out = tmp_path / "sub-01_study" / "out"
+    out.mkdir(parents=True)
+    gone = tmp_path / "sub-01_study" / "bids"  # where the dataset was before it was moved
+    (out / "dataset_description.json").write_text(json.dumps({
+        "Name": "samri_ml", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "samri_ml"}], "DatasetLinks": {"raw": gone.as_uri()}}))
+    _register(bids, out, tmp_path / "work", "--no-qc")
+    report, index = (out / "sub-01.html").read_text(), (out / "index.html").read_text()
+    assert f"OUTPUT_DIR {out} was made from {gone}, which is gone" in index
+    assert "which is gone" not in report

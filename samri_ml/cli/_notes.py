@@ -16,8 +16,24 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-#: a ``sub-<label>`` in a file's name or path, or in a note's text
-_SUBJECT = re.compile(r"(?<![A-Za-z0-9])sub-([a-zA-Z0-9]+)")
+#: a ``sub-<label>`` in a file's name or path, or in a note's text, and the rest of its path
+#: component (up to a ``/`` or a space)
+_SUBJECT = re.compile(r"(?<![A-Za-z0-9])sub-([a-zA-Z0-9]+)(?=([^/\s]*)(/?))")
+
+
+def subjects_named(text: str, roots: Iterable = ()) -> set[str]:
+    """The subjects (labels without ``sub-``) that ``text`` names: a BIDS folder
+    ``sub-<label>/``, a file name ``sub-<label>_…`` (or ``.html``...), a word ``sub-<label>``;
+    not a folder whose name only starts so (``/data/sub-01_study/``, ``sub-01-old/``), nor
+    anything in ``roots`` (BIDS_DIR, OUTPUT_DIR, the work dir: where a dataset lies names no
+    subject of it). Each path component counted alone: a dataset under ``/data/sub-01_study``
+    had every note of its own filed under sub-01."""
+    for root in sorted({str(r).rstrip("/") for r in roots if str(r).strip("/")}, key=len,
+                       reverse=True):
+        text = re.sub(re.escape(root) + r"(?=/|\s|$|[:;,)'\"])", "", text)
+    return {label for label, rest, folder in _SUBJECT.findall(text)
+            if not rest.startswith("-") and not (rest and folder)}
+
 
 #: where a run's notes are written, relative to OUTPUT_DIR (``log/`` is in its .bidsignore)
 NOTES_LOG = Path("log") / "notes.txt"
@@ -29,12 +45,21 @@ class Note(str):
     many runs concerns them all)."""
 
     subjects: frozenset[str]
+    #: the note's text and the files it is about, whose subjects :meth:`subjects_below` tells
+    sources: tuple[str, ...]
 
     def __new__(cls, text: str, about: Iterable = ()) -> Note:
         note = super().__new__(cls, text)
-        note.subjects = frozenset(getattr(text, "subjects", ())) | frozenset(
-            label for item in (text, *map(str, about)) for label in _SUBJECT.findall(item))
+        note.sources = tuple(dict.fromkeys((*getattr(text, "sources", (str(text),)),
+                                            *map(str, about))))
+        note.subjects = frozenset(note.subjects_below())
         return note
+
+    def subjects_below(self, roots: Iterable = ()) -> set[str]:
+        """The subjects this note concerns, ``roots`` (the run's folders) left out of its
+        text and files (:func:`subjects_named`)."""
+        roots = tuple(roots)
+        return {label for item in self.sources for label in subjects_named(item, roots)}
 
 
 _kept: list[Note] | None = None
@@ -67,16 +92,19 @@ def note(prog: str, text: str, about: Iterable = ()) -> None:
     print(f"{prog}: note: {text}", file=sys.stderr)
 
 
-def notes_of(notes: Iterable[Note], subjects: Iterable[str]) -> tuple[dict[str, list[str]],
-                                                                       list[str]]:
+def notes_of(notes: Iterable[Note], subjects: Iterable[str], roots: Iterable = ()
+             ) -> tuple[dict[str, list[str]], list[str]]:
     """``notes`` split into those of each of ``subjects`` (a note naming two subjects is each
     one's) and the others, the dataset's (a note that names no subject, or only subjects
-    outside ``subjects``: a participant skipped has no report)."""
+    outside ``subjects``: a participant skipped has no report). ``roots``: the run's folders
+    (BIDS_DIR, OUTPUT_DIR...), whose own names name no subject (:func:`subjects_named`)."""
     subjects = list(subjects)
+    roots = tuple(roots)
     by_subject: dict[str, list[str]] = {s: [] for s in subjects}
     rest = []
     for item in notes:
-        mine = [s for s in subjects if s in getattr(item, "subjects", Note(item).subjects)]
+        named = (item if isinstance(item, Note) else Note(item)).subjects_below(roots)
+        mine = [s for s in subjects if s in named]
         for subject in mine:
             by_subject[subject].append(str(item))
         if not mine:

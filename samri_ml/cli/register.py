@@ -1520,7 +1520,8 @@ def _write_reports(args, sessions, started: float | None = None,
     from samri_ml.cli._notes import kept_notes, notes_of
 
     off_template: list[dict] = []
-    by_subject, dataset_notes = notes_of(kept_notes(), [item["subject"] for item in sessions])
+    by_subject, dataset_notes = notes_of(kept_notes(), [item["subject"] for item in sessions],
+                                         roots=(args.bids_dir, args.output_dir, args.work_dir))
     for path in write_subject_reports(args.output_dir, sessions, template=args.template,
                                       template_mask=args.template_mask,
                                       template_name=args.template_name,
