@@ -907,15 +907,18 @@ def write_index(output_dir, summaries: dict, *, graph=None, notes=(), notes_log=
         else:
             sessions = []
             written = datetime.datetime.fromtimestamp(page.stat().st_mtime).astimezone()
-            # its red banner (its run's warnings, or a later run interrupted) went unsaid
+            # its red banner (its run's warnings, or a later run interrupted) went unsaid;
+            # and its notes (a run of --participant-label 02 listed sub-01 without them)
             try:
-                warned = "<div class='banner" in page.read_text(encoding="utf-8",
-                                                                 errors="replace")
+                text = page.read_text(encoding="utf-8", errors="replace")
             except OSError:
-                warned = False
+                text = ""
+            warned = "<div class='banner" in text
+            n_notes = _notes_shown(text)
+            said = f"; {n_notes} note(s) in it" if n_notes else ""
             status = (f"<td class='{'bad ' if warned else ''}text'>an earlier run's report "
                       f"(written {written:%Y-%m-%d %H:%M %Z})"
-                      f"{', with warnings: see it' if warned else ''}</td>")
+                      f"{', with warnings: see it' if warned else ''}{said}</td>")
         rows.append(f"<tr><td class='text'>{link}</td>"
                     f"<td>{html.escape(', '.join(sessions))}</td>{status}</tr>")
     n_warned = sum(bool(w) for _, w in summaries.values())
@@ -932,6 +935,13 @@ def write_index(output_dir, summaries: dict, *, graph=None, notes=(), notes_log=
     if graph is not None and Path(graph).exists():
         body.append(_graph_link(graph, output_dir))
     return atomic_write_text(_page(output_dir.name, body), output_dir / INDEX)
+
+
+def _notes_shown(page: str) -> int:
+    """How many notes a report's text (``sub-X.html``) shows in its Notes section
+    (:func:`_notes_section`); 0 without one."""
+    _, found, rest = page.partition("<h2>Notes</h2>")
+    return rest.split("</ul>", 1)[0].count("<li>") if found else 0
 
 
 def _page(title: str, lines: list[str]) -> str:

@@ -14,6 +14,8 @@ from samri_ml.cli._notes import NOTES_LOG, Note, notes_of
 from samri_ml.cli.register import main
 
 NOTE = "samri_ml-register: note: "
+#: the notes of a run of --participant-label 01 (a run of the whole dataset: NOTES_LOG)
+LOG_01 = NOTES_LOG.with_name("notes_sub-01.txt")
 
 
 def _register(bids, out, work, *extra) -> str:
@@ -52,7 +54,7 @@ def two_runs(example_dataset, tmp_path_factory):
     _edit_json(sidecar, RepetitionTime=None)
     _edit_json(description, Name=None)
     out, work = bids.parent / "out", bids.parent / "work"
-    files = ("sub-01.html", "index.html", str(NOTES_LOG))
+    files = ("sub-01.html", "index.html", str(LOG_01))
     first = _register(bids, out, work, "--nprocs", "2")
     after_first = {f: (out / f).read_text() for f in files}
     _edit_json(sidecar, RepetitionTime=tr)
@@ -76,9 +78,9 @@ def test_notes_of_a_run_are_in_its_reports_and_its_log(two_runs):
     assert "dataset_description.json: no Name" not in report
     assert "<h2>Notes</h2>" in index and "dataset_description.json: no Name" in index
     assert "no RepetitionTime" not in index and "1 note(s) in its report" in index
-    assert f"href='{NOTES_LOG.as_posix()}'" in report
+    assert f"href='{LOG_01.as_posix()}'" in report
     # every note printed, in the log as printed, once; how the run ended last
-    log = files[str(NOTES_LOG)].splitlines()
+    log = files[str(LOG_01)].splitlines()
     assert [line for line in log if line.startswith(NOTE)] == [NOTE + n for n in printed]
     assert {NOTE + no_tr, NOTE + no_name} <= set(log)
     assert log[-1] == "# samri_ml-register: finished"
@@ -92,7 +94,7 @@ def test_a_cached_rerun_replaces_the_notes_of_the_run_before(two_runs):
     assert "<h2>Notes</h2>" not in files["sub-01.html"]
     assert "<h2>Notes</h2>" not in files["index.html"]
     assert "note(s) in its report" not in files["index.html"]
-    log = files[str(NOTES_LOG)]
+    log = files[str(LOG_01)]
     # replaced, not appended to: one run's header, no note of the run before
     assert log.count("# samri_ml-register: the notes of the run started") == 1
     assert "RepetitionTime" not in log and "samri_ml-register: no notes" in log
@@ -177,7 +179,7 @@ def test_a_predicted_mask_of_no_mouse_brains_volume_is_a_note_of_the_run(example
             in line and f"(the predicted mask of {scan.name}): a brain mask of " in line
         assert "hint: not a mouse" in line
     report = (tmp_path / "out" / "sub-01.html").read_text()
-    log = (tmp_path / "out" / NOTES_LOG).read_text().splitlines()
+    log = (tmp_path / "out" / LOG_01).read_text().splitlines()
     for line in said:
         assert line in log
         assert line.removeprefix(NOTE).replace("'", "&#x27;") in report
@@ -221,3 +223,39 @@ def test_the_notes_of_an_output_dir_in_a_folder_named_as_a_subject_are_the_datas
     report, index = (out / "sub-01.html").read_text(), (out / "index.html").read_text()
     assert f"OUTPUT_DIR {out} was made from {gone}, which is gone" in index
     assert "which is gone" not in report
+
+
+@pytest.mark.slow
+def test_a_run_of_another_participant_keeps_the_notes_of_the_first(example_dataset,
+                                                                   tmp_path):
+    """A run of ``--participant-label 02`` replaced ``log/notes.txt``, sub-01's notes with it,
+    and index.html listed sub-01 without its notes' count. Each selection's notes are a log of
+    their own now (as its workflow graph), and index.html counts an earlier report's notes."""
+    bids = tmp_path / "bids"
+    shutil.copytree(example_dataset, bids)
+    _edit_json(bids / "sub-01" / "ses-1" / "func" / "sub-01_ses-1_task-rest_bold.json",
+               RepetitionTime=None)
+    out, work = tmp_path / "out", tmp_path / "work"
+    _register(bids, out, work, "--no-qc")
+    first = (out / LOG_01).read_text()
+    assert "no RepetitionTime in its sidecar" in first
+    _register(bids, out, work, "--no-qc", "--participant-label", "02")
+    assert (out / LOG_01).read_text() == first  # kept
+    log_02 = NOTES_LOG.with_name("notes_sub-02.txt")
+    assert "--participant-label 02" in (out / log_02).read_text()
+    assert not (out / NOTES_LOG).exists()  # no run of the whole dataset yet
+    index = (out / "index.html").read_text()
+    row = index.split("<a href='sub-01.html'>", 1)[1].split("</tr>", 1)[0]
+    assert "an earlier run's report" in row and "; 1 note(s) in it" in row
+    assert "no RepetitionTime" in (out / "sub-01.html").read_text()
+
+
+def test_a_selections_notes_are_named_as_its_graph():
+    from samri_ml.cli.register import notes_log_path
+
+    sessions = [{"subject": f"{i:02d}", "session": "1"} for i in range(40)]
+    assert notes_log_path(sessions, None, None) == NOTES_LOG
+    assert notes_log_path(sessions[2:3], ["02"]).as_posix() == "log/notes_sub-02.txt"
+    assert notes_log_path(sessions[2:3], ["02"], ["1"]).name == "notes_sub-02_ses-1.txt"
+    many = notes_log_path(sessions, ["x"]).name
+    assert len(many) <= 104 and many.startswith("notes_40-sessions_")

@@ -4,8 +4,9 @@
 orientation, skipped participants, ``.bidsignore``...) on the terminal only: on a cluster
 that is a log file deleted with the job, and the HTML reports read later said nothing. A run
 keeps its notes (:func:`keeping_notes`); each subject's report shows those that name its files,
-``index.html`` the others, and ``OUTPUT_DIR/log/notes.txt`` (:func:`write_notes_log`) holds
-them all, as printed. Each run replaces them: a rerun's notes are its own.
+``index.html`` the others, and ``OUTPUT_DIR/log/notes.txt`` (:func:`write_notes_log`; a run
+of some subjects' ``log/notes_sub-02.txt``) holds them all, as printed. Each run replaces
+them: a rerun's notes are its own.
 """
 
 from __future__ import annotations
@@ -113,10 +114,12 @@ def notes_of(notes: Iterable[Note], subjects: Iterable[str], roots: Iterable = (
 
 
 def write_notes_log(output_dir, prog: str, notes: Iterable[str], *, started: float,
-                    command: str | None = None, end: str | None = None) -> Path:
-    """``OUTPUT_DIR/log/notes.txt``: the run's notes, one per line as printed, under a line
-    with the run's start and command, and ``end``, how the run ended, last; replaced by each
-    run (a run without notes says so)."""
+                    command: str | None = None, end: str | None = None,
+                    where=NOTES_LOG) -> Path:
+    """``OUTPUT_DIR/log/notes.txt`` (``where``, relative to OUTPUT_DIR: a run of a selection
+    of subjects has a log of its own, ``log/notes_sub-02.txt``): the run's notes, one per
+    line as printed, under a line with the run's start and command, and ``end``, how the run
+    ended, last; replaced by each such run (a run without notes says so)."""
     import datetime
 
     from samri_ml.bids import atomic_write_text
@@ -128,6 +131,6 @@ def write_notes_log(output_dir, prog: str, notes: Iterable[str], *, started: flo
     lines = [f"{prog}: note: {text}" for text in notes] or [f"{prog}: no notes"]
     if end:
         lines.append(f"# {prog}: {end}")
-    path = Path(output_dir) / NOTES_LOG
+    path = Path(output_dir) / where
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text("\n".join(head + lines) + "\n", path)

@@ -850,7 +850,7 @@ def _reusable(node) -> bool:
 
 
 def _main(argv=None) -> int:
-    # the run's notes, for its reports and OUTPUT_DIR/log/notes.txt (_write_notes)
+    # the run's notes, for its reports and OUTPUT_DIR/log/notes*.txt (_write_notes)
     with keeping_notes():
         return _register(argv)
 
@@ -933,6 +933,7 @@ def _run(args, parser, argv) -> int:
 
         args.command = recorded_command(sys.argv[1:] if argv is None else argv)
         # however the run ends (finished, failed, interrupted), while OUTPUT_DIR is locked
+        args.notes_log = notes_log_path(sessions, args.participant_label, args.session_label)
         held.push(functools.partial(_write_notes, args, time.time()))
         write_dataset_description(args.output_dir, args.bids_dir, __version__, args.command)
         if not args.no_qc:  # the columns of every scan's QC table, which BIDS wants described
@@ -1107,7 +1108,8 @@ MASK_VOLUME_WARNING = r".*: a brain mask of \S+ mm\^3, outside a mouse brain's"
 
 def _write_notes(args, started: float, exc_type=None, exc=None, tb=None) -> None:
     """Write the run's notes (:func:`samri_ml.cli._notes.write_notes_log`) into
-    ``OUTPUT_DIR/log/notes.txt``, replacing the last run's, with how the run ended (an
+    ``OUTPUT_DIR/log/notes.txt`` (a selection's: :func:`notes_log_path`), replacing the last
+    such run's, with how the run ended (an
     ``ExitStack`` callback: ``exc`` is what ended it, None where it finished). A file that
     cannot be written is said, and the run's own outcome stands."""
     from samri_ml.cli._common import Terminated, _one_line
@@ -1123,11 +1125,12 @@ def _write_notes(args, started: float, exc_type=None, exc=None, tb=None) -> None
         end = f"error: {_one_line(exc)}"
     else:
         end = f"error: {type(exc).__name__}: {_one_line(exc)}"
+    where = getattr(args, "notes_log", NOTES_LOG)
     try:
         write_notes_log(args.output_dir, PROG, kept_notes(), started=started,
-                        command=getattr(args, "command", None), end=end)
+                        command=getattr(args, "command", None), end=end, where=where)
     except OSError as err:
-        print(f"{PROG}: could not write {args.output_dir / NOTES_LOG} ({err.strerror})",
+        print(f"{PROG}: could not write {args.output_dir / where} ({err.strerror})",
               file=sys.stderr)
 
 
@@ -1305,17 +1308,32 @@ def graph_stem(sessions, participant_label=None, session_label=None) -> str:
     ``--session-label 2`` too: ``workflow_graph_sub-02_ses-2``), their number and a digest
     where the labels are many. A rerun of one subject replaced the graph that the other
     subjects' reports link, which then showed a graph without them."""
+    return selection_stem("workflow_graph", sessions, participant_label, session_label)
+
+
+def selection_stem(prefix: str, sessions, participant_label=None, session_label=None) -> str:
+    """``prefix`` for a run of the whole dataset, else ``prefix`` and the run's selection of
+    subjects and sessions (:func:`graph_stem`, :func:`notes_log_path`)."""
     if not (participant_label or session_label):
-        return "workflow_graph"
+        return prefix
     tags = [f"sub-{s}" for s in sorted({item["subject"] for item in sessions})]
     if session_label:
         tags += [f"ses-{s}" for s in sorted({item["session"] for item in sessions
                                              if item["session"]})]
-    stem = "_".join(["workflow_graph", *tags])
+    stem = "_".join([prefix, *tags])
     if len(stem) > GRAPH_STEM_MAX:
         digest = hashlib.sha1(stem.encode()).hexdigest()[:8]
-        stem = f"workflow_graph_{len(sessions)}-sessions_{digest}"
+        stem = f"{prefix}_{len(sessions)}-sessions_{digest}"
     return stem
+
+
+def notes_log_path(sessions, participant_label=None, session_label=None) -> Path:
+    """Where a run's notes go, relative to OUTPUT_DIR: ``log/notes.txt`` for a run of the whole
+    dataset, else one per selection (``--participant-label 02``: ``log/notes_sub-02.txt``), as
+    the workflow graph (:func:`graph_stem`). A rerun of one subject replaced the log that held
+    the other subjects' notes."""
+    stem = selection_stem(NOTES_LOG.stem, sessions, participant_label, session_label)
+    return NOTES_LOG.with_name(stem + NOTES_LOG.suffix)
 
 
 def _dry_run(args, sessions, wf, ants) -> None:
@@ -1532,7 +1550,8 @@ def _write_reports(args, sessions, started: float | None = None,
                                       crashes_since=started, confirmed=confirmed,
                                       workflow_graph=getattr(args, "graph_path", False),
                                       off_template=off_template, notes=by_subject,
-                                      dataset_notes=dataset_notes, notes_log=NOTES_LOG):
+                                      dataset_notes=dataset_notes,
+                                      notes_log=getattr(args, "notes_log", NOTES_LOG)):
         print(f"{PROG}: report {path}", file=sys.stderr)
     print(f"{PROG}: every subject's report: {args.output_dir / INDEX}", file=sys.stderr)
     _note_sessions_not_reported(args.output_dir, sessions)
