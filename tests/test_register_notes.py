@@ -259,3 +259,15 @@ def test_a_selections_notes_are_named_as_its_graph():
     assert notes_log_path(sessions[2:3], ["02"], ["1"]).name == "notes_sub-02_ses-1.txt"
     many = notes_log_path(sessions, ["x"]).name
     assert len(many) <= 104 and many.startswith("notes_40-sessions_")
+
+
+
+@pytest.mark.slow
+def test_a_run_in_process_leaves_the_warning_filters_as_they_were(example_dataset, tmp_path):
+    """samri_ml-register run in-process (a notebook, a test) added its warning filters for
+    good: MaskBrain's note on a mask's volume and the dummy scans' note were hidden from any
+    pipeline run later in that process."""
+    before = list(warnings.filters)
+    _register(example_dataset, tmp_path / "out", tmp_path / "work", "--no-qc",
+              "--registration-method", "structural")
+    assert warnings.filters == before

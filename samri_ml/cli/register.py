@@ -850,8 +850,12 @@ def _reusable(node) -> bool:
 
 
 def _main(argv=None) -> int:
-    # the run's notes, for its reports and OUTPUT_DIR/log/notes*.txt (_write_notes)
-    with keeping_notes():
+    import warnings
+
+    # the run's notes, for its reports and OUTPUT_DIR/log/notes*.txt (_write_notes); the
+    # warning filters a run sets (notes said once, before or after the steps) are its own: run
+    # in-process (tests, a notebook), they hid MaskBrain's notes from later pipelines
+    with keeping_notes(), warnings.catch_warnings():
         return _register(argv)
 
 
