@@ -218,7 +218,7 @@ def _mask_one(args, in_file, out_file, masked, png, model) -> tuple[float, float
         # a batch without --overwrite: a mask another run wrote into DIR since this one looked
         # (two cluster jobs given the same scan name) is kept; it was replaced, both saying
         # they wrote it
-        _save_all(outputs, replace=args.out_dir is None or args.overwrite)
+        _save_all(outputs, replace=args.out_dir is None or out_file in args.found_there)
     except FileExistsError as err:
         raise _WrittenMeanwhile(f"{out_file} was written by another run while this one "
                                 "masked it; kept, this run's mask not written; hint: "
@@ -289,6 +289,9 @@ def _run_batch(parser, args) -> int:
                          "hint: an earlier run's mask? leave the *_mask.nii.gz out of IN, or give "
                          "--skip-existing to keep them")
     there = [target for target in targets.values() if target.exists()]
+    # what this run may replace: those there now (--overwrite; --skip-existing makes again a
+    # mask without its --figures picture), not one another run writes meanwhile
+    args.found_there = set(there)
     if there and not (args.overwrite or args.skip_existing):
         # names the command made up: a lab's own <scan>_mask.nii.gz beside its scans (manual,
         # --out-dir the data folder) was replaced without a word
