@@ -18,9 +18,11 @@ NOTE = "samri_ml-register: note: "
 LOG_01 = NOTES_LOG.with_name("notes_sub-01.txt")
 
 
-def _register(bids, out, work, *extra) -> str:
+def _register(bids, out, work, *extra, labels=("01",)) -> str:
+    """The run's stderr; of ``--participant-label`` ``labels`` (none: the whole dataset)."""
     tpl = bids / "template"
-    argv = [str(bids), str(out), "participant", "--participant-label", "01", "--fast",
+    select = ["--participant-label", *labels] if labels else []
+    argv = [str(bids), str(out), "participant", *select, "--fast",
             "--template", str(tpl / "tpl-Phantom_T2w.nii.gz"),
             "--template-mask", str(tpl / "tpl-Phantom_desc-brain_mask.nii.gz"),
             "-w", str(work), "--omp-nthreads", "1", *extra]
@@ -248,6 +250,14 @@ def test_a_run_of_another_participant_keeps_the_notes_of_the_first(example_datas
     row = index.split("<a href='sub-01.html'>", 1)[1].split("</tr>", 1)[0]
     assert "an earlier run's report" in row and "; 1 note(s) in it" in row
     assert "no RepetitionTime" in (out / "sub-01.html").read_text()
+    # the whole dataset (every step reused): its notes in log/notes.txt, and the selections'
+    # logs, which it supersedes, named with the files not from this run (kept, unsaid before)
+    err = _register(bids, out, work, "--no-qc", labels=())
+    assert "no RepetitionTime in its sidecar" in (out / NOTES_LOG).read_text()
+    stale = [line for line in err.splitlines() if "are not from this run" in line]
+    assert len(stale) == 1 and "log/notes_sub-01.txt" in stale[0] and \
+        "log/notes_sub-02.txt" in stale[0], err
+    assert (out / LOG_01).exists() and (out / log_02).exists()
 
 
 def test_a_selections_notes_are_named_as_its_graph():

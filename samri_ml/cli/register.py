@@ -1411,7 +1411,8 @@ def _note_stale(args, sessions, graph) -> None:
     """Name the derivatives an earlier run with other options left beside this run's (another
     ``-f``, ``--masking none`` after ``unet``, ``--no-qc``), the report pictures of its
     sessions this run did not draw (report.DRAWN) and the workflow graphs no report links
-    any more (report.unlinked_graphs): they are kept, not deleted."""
+    any more (report.unlinked_graphs), and after a run of the whole dataset the notes logs of
+    earlier runs of some subjects (``log/notes_sub-02.txt``): they are kept, not deleted."""
     from samri_ml.bids import old_figure_name, old_qc_table_name, stale_files
     from samri_ml.interfaces.bids import sink_outputs
 
@@ -1420,6 +1421,9 @@ def _note_stale(args, sessions, graph) -> None:
 
     stale = stale_files(args.output_dir, sink_outputs(graph), sources, figures_drawn=DRAWN)
     stale += unlinked_graphs(args.output_dir)
+    if getattr(args, "notes_log", NOTES_LOG) == NOTES_LOG:  # a run of the whole dataset
+        # the notes of earlier runs of some subjects (log/notes_sub-02.txt), now in its own
+        stale += sorted((args.output_dir / NOTES_LOG.parent).glob(f"{NOTES_LOG.stem}_*.txt"))
     # an upgrade's rerun: the pictures the first release named otherwise came first (sorted,
     # figures/ before ses-*/) and a stale mask of another --masking was one of "and 9 more"
     renamed = [p for p in stale if old_figure_name(p)]
