@@ -1175,3 +1175,33 @@ def test_a_4d_template_or_template_mask_is_refused_when_built_as_the_command_doe
             assert str(err.value) == str(command.value)
     one = _run_with_slices(tmp_path / "tpl1.nii.gz", shape=(4, 5, 3, 1))  # one volume: 3D
     init_generic_wf(anat_file=anat, template=one, template_mask=anat)
+
+
+def test_init_generic_wf_says_a_negative_voxel_size_once_in_its_own_words(tmp_path, capfd):
+    """A run whose header's pixdim is negative: init_generic_wf gave nibabel's raw
+    'pixdim[1,2,3] should be positive; setting to abs of pixdim values' alone (the headers
+    read to size the run's steps), never samri_ml's note of what it means (ANTs mirrors that
+    axis), which samri_ml-register says."""
+    import gzip
+    import warnings
+
+    import numpy as np
+
+    from samri_ml.errors import SamriMLNote
+
+    tpl = _template(tmp_path)
+    run = tmp_path / "sub-01_task-rest_bold.nii.gz"
+    _run_with_slices(run, shape=(4, 5, 3, 6))
+    raw = bytearray(gzip.decompress(run.read_bytes()))
+    raw[80:84] = np.array([-1.0], "<f4").tobytes()  # pixdim[1] of the NIfTI-1 header
+    run.write_bytes(gzip.compress(bytes(raw)))
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("default")  # Python's own: each place's note once
+        init_generic_wf(**tpl, anat_file=None, bold_files=[str(run)], method="functional",
+                        flavour="fast", dummy_scans=0)
+    notes = [str(w.message) for w in said if issubclass(w.category, SamriMLNote)
+             and "pixdim) is negative" in str(w.message)]
+    assert len(notes) == 1, [str(w.message) for w in said]
+    err = capfd.readouterr().err
+    assert "setting to abs" not in err, err

@@ -526,13 +526,20 @@ def _check_dimensions(anat_file, bold_files, headers: dict) -> None:
 
 def _header_of(path):
     """The image at ``path`` as nibabel opens it (its header read, not its data), or None
-    where it cannot be read (a path not written yet, a stand-in of samri_ml-graph)."""
+    where it cannot be read (a path not written yet, a stand-in of samri_ml-graph). What
+    nibabel fixed in the header is said as samri_ml says it (:func:`samri_ml.io.load_nifti`):
+    a run's negative pixdim came as nibabel's raw log line alone."""
     import nibabel as nb
 
+    from samri_ml.io import _nibabel_log, _say_header_fixes
+
     try:
-        return nb.load(str(path))
+        with _nibabel_log() as fixed:
+            img = nb.load(str(path))
     except Exception:  # noqa: BLE001 - the workflow's first node says what is wrong with it
         return None
+    _say_header_fixes(img, path, fixed)
+    return img
 
 
 def _kept_and_dropped(img, dummy_scans: int) -> tuple[int, int]:
