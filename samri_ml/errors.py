@@ -20,6 +20,12 @@ class SamriMLNote(UserWarning):
     the commands show it as one ``<command>: note: ...`` line."""
 
 
+class MaskVolumeNote(SamriMLNote):
+    """:class:`~samri_ml.interfaces.MaskBrain`'s note on a mask whose volume no mouse brain
+    has (:func:`samri_ml.masks.brain_volume_note`): ``samri_ml-register`` says it from the
+    run's own process instead, after the steps, and leaves the nodes' out by this class."""
+
+
 class SamriMLValueError(SamriMLError, ValueError):
     """Bad input values to a samri_ml function: a one-line cause (and hint) like any
     :class:`SamriMLError`, and still a ``ValueError``, which these functions raised before (code

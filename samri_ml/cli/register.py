@@ -50,7 +50,12 @@ from samri_ml.cluster import (
     parse_plugin_args,
     submit_whole,
 )
-from samri_ml.errors import FULL_DISK_CAUSES, FULL_DISK_ERRNOS, SamriMLError
+from samri_ml.errors import (
+    FULL_DISK_CAUSES,
+    FULL_DISK_ERRNOS,
+    MaskVolumeNote,
+    SamriMLError,
+)
 from samri_ml.hardware import available_cpus
 
 DEFAULT_STRUCTURAL = {"datatype": "anat", "suffix": ["T2w", "T1w"]}
@@ -996,7 +1001,7 @@ def _run(args, parser, argv) -> int:
                                 category=UserWarning)
         # the MaskBrain nodes' note on a mask's volume: said once, kept, after the run
         # (_note_mask_volumes)
-        warnings.filterwarnings("ignore", message=MASK_VOLUME_WARNING, category=UserWarning)
+        warnings.filterwarnings("ignore", category=MaskVolumeNote)
         template = plugin_args.get("template")
         if isinstance(template, str) and os.path.isfile(template):  # read in the work dir
             plugin_args["template"] = os.path.abspath(template)
@@ -1104,10 +1109,6 @@ def _run(args, parser, argv) -> int:
         _note_implausible_qc(args, [*sink_outputs(graph), *off_template])
     print(f"{PROG}: finished; derivatives in {args.output_dir}", file=sys.stderr)
     return 0
-
-
-#: how the note of a MaskBrain node on a mask's volume reads (a ``warnings`` filter)
-MASK_VOLUME_WARNING = r".*: a brain mask of \S+ mm\^3, outside a mouse brain's"
 
 
 def _write_notes(args, started: float, exc_type=None, exc=None, tb=None) -> None:

@@ -127,12 +127,12 @@ def _warn_implausible_volume(in_file, out_mask) -> None:
 
     import nibabel as nb
 
-    from samri_ml.errors import SamriMLNote
+    from samri_ml.errors import MaskVolumeNote
     from samri_ml.masks import mask_volume
 
     note = mask_volume(nb.load(out_mask))[2]
     if note:
-        warnings.warn(f"{in_file}: {note}", SamriMLNote, stacklevel=2)
+        warnings.warn(f"{in_file}: {note}", MaskVolumeNote, stacklevel=2)
 
 
 def mask_files(in_file, out_dir, model=None, threshold=0.5, views=("sagittal", "coronal",
