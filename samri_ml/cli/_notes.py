@@ -45,7 +45,6 @@ class Note(str):
     those its text names and those of the files in ``about`` (a note naming the first 3 of
     many runs concerns them all)."""
 
-    subjects: frozenset[str]
     #: the note's text and the files it is about, whose subjects :meth:`subjects_below` tells
     sources: tuple[str, ...]
 
@@ -53,8 +52,12 @@ class Note(str):
         note = super().__new__(cls, text)
         note.sources = tuple(dict.fromkeys((*getattr(text, "sources", (str(text),)),
                                             *map(str, about))))
-        note.subjects = frozenset(note.subjects_below())
         return note
+
+    @property
+    def subjects(self) -> frozenset[str]:
+        """The subjects this note concerns, wherever the run's folders lie."""
+        return frozenset(self.subjects_below())
 
     def subjects_below(self, roots: Iterable = ()) -> set[str]:
         """The subjects this note concerns, ``roots`` (the run's folders) left out of its
